@@ -1,0 +1,125 @@
+"""sandboxrt: create, run and manage OCI containers in real Linux sandboxes.
+
+Public names are imported lazily, so that the sandbox supervisor (which runs
+in its own fresh interpreter) can import sandboxrt's stdlib-only modules
+without paying for attrs, cattrs or psutil.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from subprocess import DEVNULL, PIPE, STDOUT
+
+    from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file, write_spec_file
+    from sandboxrt._core.spec_default import default_spec
+    from sandboxrt._core.status import Operation, Status
+    from sandboxrt._proc.launcher import Launcher, SubprocessLauncher
+    from sandboxrt.config import Config
+    from sandboxrt.container import Container, OCIState
+    from sandboxrt.errors import (
+        AmbiguousIDError,
+        ContainerExistsError,
+        ContainerNotFoundError,
+        CorruptMetadataError,
+        HookError,
+        InitError,
+        InvalidIDError,
+        InvalidStateError,
+        LockTimeoutError,
+        MissingFeatureError,
+        ProtocolError,
+        SandboxDiedError,
+        SandboxrtError,
+        SpecError,
+        SystemCallError,
+        WaitTimeoutError,
+    )
+    from sandboxrt.sandbox import Sandbox
+    from sandboxrt.stores import FileStore, MemoryStore, MetadataStore, default_root
+
+__all__ = [
+    "DEVNULL",
+    "PIPE",
+    "STDOUT",
+    "AmbiguousIDError",
+    "Config",
+    "Container",
+    "ContainerExistsError",
+    "ContainerNotFoundError",
+    "CorruptMetadataError",
+    "FileStore",
+    "HookError",
+    "InitError",
+    "InvalidIDError",
+    "InvalidStateError",
+    "Launcher",
+    "LockTimeoutError",
+    "MemoryStore",
+    "MetadataStore",
+    "MissingFeatureError",
+    "OCIState",
+    "Operation",
+    "ProtocolError",
+    "Sandbox",
+    "SandboxDiedError",
+    "SandboxrtError",
+    "Spec",
+    "SpecError",
+    "Status",
+    "SubprocessLauncher",
+    "SystemCallError",
+    "WaitTimeoutError",
+    "__version__",
+    "default_root",
+    "default_spec",
+    "dump_spec",
+    "load_spec",
+    "read_spec_file",
+    "write_spec_file",
+]
+
+_HOMES = {
+    "DEVNULL": "subprocess",
+    "PIPE": "subprocess",
+    "STDOUT": "subprocess",
+    "Spec": "sandboxrt._core.spec",
+    "dump_spec": "sandboxrt._core.spec",
+    "load_spec": "sandboxrt._core.spec",
+    "read_spec_file": "sandboxrt._core.spec",
+    "write_spec_file": "sandboxrt._core.spec",
+    "default_spec": "sandboxrt._core.spec_default",
+    "Operation": "sandboxrt._core.status",
+    "Status": "sandboxrt._core.status",
+    "Launcher": "sandboxrt._proc.launcher",
+    "SubprocessLauncher": "sandboxrt._proc.launcher",
+    "Config": "sandboxrt.config",
+    "Container": "sandboxrt.container",
+    "OCIState": "sandboxrt.container",
+    "Sandbox": "sandboxrt.sandbox",
+    "FileStore": "sandboxrt.stores",
+    "MemoryStore": "sandboxrt.stores",
+    "MetadataStore": "sandboxrt.stores",
+    "default_root": "sandboxrt.stores",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("sandboxrt")
+        except PackageNotFoundError:
+            return "0+unknown"
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    if name in __all__:
+        return getattr(importlib.import_module("sandboxrt.errors"), name)
+    raise AttributeError(f"module 'sandboxrt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

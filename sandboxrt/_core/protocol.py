@@ -1,0 +1,260 @@
+"""The typed messages between the library and the sandbox supervisor.
+
+Pure data: frozen dataclasses that turn into JSON objects and back. The
+socket code that carries them (with file descriptors alongside) is in
+``sandboxrt._os.channel``. Standard library only: the supervisor imports it.
+
+Two conversations use these types:
+
+* bootstrap, over a socket pair made at launch: the library sends a
+  :class:`SandboxPlan` with the init's stdio fds; the launched process answers
+  with :class:`Launched` (the supervisor's host pid), then the supervisor
+  reports :class:`Progress` steps until the container is created;
+* control, over the sandbox's Unix socket: one :class:`Request` a message,
+  one :class:`Reply` each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from typing import Any, ClassVar, Self, TypeVar
+
+__all__ = [
+    "MAX_MESSAGE",
+    "DevicePlan",
+    "ExitStatus",
+    "InitPlan",
+    "Launched",
+    "MountPlan",
+    "Progress",
+    "Reply",
+    "Request",
+    "SandboxPlan",
+    "decode",
+    "encode",
+]
+
+#: The largest message either side accepts, in bytes.
+MAX_MESSAGE = 4 * 1024 * 1024
+
+T = TypeVar("T", bound="_Message")
+
+
+class _Message:
+    """Mixin: JSON encoding of a (nested) frozen dataclass."""
+
+    kind: ClassVar[str] = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)  # type: ignore[call-overload]
+        data["kind"] = self.kind
+        return typing.cast("dict[str, Any]", data)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Self:
+        return typing.cast("Self", _build(cls, data))
+
+
+def _build(cls: type[Any], data: Any) -> Any:
+    """Build dataclass ``cls`` from ``data``, recursing into nested dataclasses."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        hint = hints[field.name]
+        kwargs[field.name] = _convert(hint, value)
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _build(hint, value)
+    if origin in (list, tuple) and args and isinstance(value, list):
+        return [_convert(args[0], v) for v in value]
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value) if len(inner) == 1 else value
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class MountPlan:
+    """One mount, ready for ``mount(2)``: options already parsed."""
+
+    destination: str
+    type: str
+    source: str
+    flags: int = 0
+    data: str = ""
+    propagation: list[int] = dataclasses.field(default_factory=list)
+    bind: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class DevicePlan:
+    """A device node to create in the container's /dev."""
+
+    path: str
+    type: str
+    major: int
+    minor: int
+    mode: int = 0o666
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class InitPlan(_Message):
+    """Everything the container's init needs, derived from the spec."""
+
+    kind: ClassVar[str] = "init-plan"
+
+    container_id: str
+    rootfs: str
+    args: list[str]
+    env: list[str] = dataclasses.field(default_factory=list)
+    cwd: str = "/"
+    uid: int = 0
+    gid: int = 0
+    additional_gids: list[int] = dataclasses.field(default_factory=list)
+    umask: int | None = None
+    rlimits: list[list[Any]] = dataclasses.field(default_factory=list)
+    oom_score_adj: int | None = None
+    no_new_privileges: bool = False
+    terminal: bool = False
+    readonly_root: bool = False
+    mounts: list[MountPlan] = dataclasses.field(default_factory=list)
+    devices: list[DevicePlan] = dataclasses.field(default_factory=list)
+    default_devices: bool = True
+    sysctl: dict[str, str] = dataclasses.field(default_factory=dict)
+    masked_paths: list[str] = dataclasses.field(default_factory=list)
+    readonly_paths: list[str] = dataclasses.field(default_factory=list)
+    rootfs_propagation: int = 0
+    #: Stop after the mounts so the library can run prestart/createRuntime hooks.
+    pause_for_hooks: bool = False
+    create_container_hooks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    start_container_hooks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxPlan(_Message):
+    """What a new sandbox must be: its namespaces, identity and first container."""
+
+    kind: ClassVar[str] = "sandbox-plan"
+
+    sandbox_id: str
+    runtime_dir: str
+    control_socket: str
+    exit_file: str
+    #: ``[type, path]`` pairs: an empty path makes a new namespace, a path joins one.
+    namespaces: list[list[str]]
+    init: InitPlan
+    hostname: str | None = None
+    domainname: str | None = None
+    #: Number of stdio fds (0-3) sent with this message, for stdin, stdout, stderr.
+    stdio: list[int] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class Launched(_Message):
+    """The launched process forked the supervisor: its pid on the host."""
+
+    kind: ClassVar[str] = "launched"
+
+    pid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress(_Message):
+    """A step of sandbox creation, or its failure.
+
+    ``step`` is ``"mounted"`` (runtime hooks may run now), ``"created"`` (init
+    waits for start; a pty master may come with it) or ``"error"``.
+    """
+
+    kind: ClassVar[str] = "progress"
+
+    step: str
+    error: str = ""
+    error_type: str = ""
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitStatus(_Message):
+    """How a process ended, as ``subprocess`` reports it: ``-N`` for signal N."""
+
+    kind: ClassVar[str] = "exit-status"
+
+    returncode: int
+
+    @classmethod
+    def from_wait_status(cls, status: int) -> ExitStatus:
+        import os
+
+        return cls(returncode=os.waitstatus_to_exitcode(status))
+
+
+@dataclasses.dataclass(frozen=True)
+class Request(_Message):
+    """A control request. ``op`` is one of :attr:`OPS`."""
+
+    kind: ClassVar[str] = "request"
+    OPS: ClassVar[frozenset[str]] = frozenset({"ping", "start", "wait", "signal"})
+
+    op: str
+    container_id: str = ""
+    signal: int = 0
+    all: bool = False
+    #: The OCI state for hooks the supervisor runs on the library's behalf.
+    state: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply(_Message):
+    """The answer to one :class:`Request`."""
+
+    kind: ClassVar[str] = "reply"
+
+    ok: bool
+    error: str = ""
+    error_type: str = ""
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    returncode: int | None = None
+
+
+_KINDS: dict[str, type[_Message]] = {
+    cls.kind: cls for cls in (InitPlan, SandboxPlan, Launched, Progress, ExitStatus, Request, Reply)
+}
+
+
+def encode(message: _Message) -> bytes:
+    """One message as the bytes of one datagram."""
+    return json.dumps(message.to_wire(), separators=(",", ":")).encode()
+
+
+def decode(raw: bytes, expected: type[T]) -> T:
+    """Parse one datagram; ``ValueError`` unless it is a well-formed ``expected``."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not a JSON message: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError("a message must be a JSON object")
+    kind = data.pop("kind", None)
+    if _KINDS.get(kind) is not expected:  # type: ignore[arg-type]
+        raise ValueError(f"expected a {expected.kind!r} message, got {kind!r}")
+    try:
+        return expected.from_wire(data)
+    except TypeError as exc:
+        raise ValueError(f"malformed {expected.kind!r} message: {exc}") from exc

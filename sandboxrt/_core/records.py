@@ -1,0 +1,107 @@
+"""The persisted record of a container and its versioned JSON envelope.
+
+A record is read and written with one cattrs converter (:data:`converter`).
+On disk it is ``{"schema": SCHEMA_VERSION, "container": {...}}``; older
+schemas are brought forward by pure dict-to-dict migrations in
+:data:`MIGRATIONS`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import cattrs
+
+from sandboxrt._core.status import Status, check_transition
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "ContainerRecord",
+    "ProcessIdentity",
+    "converter",
+    "record_from_json",
+    "record_to_json",
+]
+
+SCHEMA_VERSION = 1
+
+
+@attrs.frozen
+class ProcessIdentity:
+    """A process that cannot be confused with a later one reusing its PID.
+
+    ``start_ticks`` is field 22 of ``/proc/PID/stat`` (clock ticks since boot)
+    and ``boot_id`` the kernel's boot id: together with the pid they name one
+    process for the lifetime of the machine.
+    """
+
+    pid: int
+    start_ticks: int
+    boot_id: str
+
+
+@attrs.frozen
+class ContainerRecord:
+    """What sandboxrt persists about one container."""
+
+    id: str
+    bundle: str
+    spec: dict[str, Any] = attrs.field(repr=False)
+    status: Status
+    created_at: _dt.datetime
+    owner: str = ""
+    sandbox_id: str = ""
+    sandbox: ProcessIdentity | None = None
+    init: ProcessIdentity | None = None
+    gofer: ProcessIdentity | None = None
+    runtime_dir: str = ""
+    config: dict[str, Any] = attrs.field(factory=dict, repr=False)
+    annotations: dict[str, str] = attrs.field(factory=dict, repr=False)
+
+    def with_status(self, new: Status) -> ContainerRecord:
+        """A copy in status ``new``; raises if the transition is illegal."""
+        return attrs.evolve(self, status=check_transition(self.id, self.status, new))
+
+
+converter = cattrs.Converter()
+converter.register_unstructure_hook(_dt.datetime, lambda d: d.isoformat())
+converter.register_structure_hook(_dt.datetime, lambda v, _: _dt.datetime.fromisoformat(v))
+
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+
+#: ``MIGRATIONS[n]`` turns a schema ``n`` envelope into a schema ``n + 1`` one.
+MIGRATIONS: Mapping[int, Migration] = {}
+
+
+def record_to_json(record: ContainerRecord) -> bytes:
+    """Serialise ``record`` into its versioned envelope."""
+    envelope = {"schema": SCHEMA_VERSION, "container": converter.unstructure(record)}
+    return json.dumps(envelope, sort_keys=True, separators=(",", ":")).encode()
+
+
+def record_from_json(data: bytes | str) -> ContainerRecord:
+    """Parse an envelope written by :func:`record_to_json` (any known schema).
+
+    Raises ``ValueError`` (or a ``cattrs`` error, which is one) when the data is
+    not a record; stores turn that into ``CorruptMetadataError``.
+    """
+    envelope = json.loads(data)
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("schema"), int):
+        raise ValueError("not a sandboxrt record envelope (no integer 'schema')")
+    schema = envelope["schema"]
+    if schema > SCHEMA_VERSION:
+        raise ValueError(f"record schema {schema} is newer than this sandboxrt ({SCHEMA_VERSION})")
+    while schema < SCHEMA_VERSION:
+        if schema not in MIGRATIONS:
+            raise ValueError(f"no migration from record schema {schema}")
+        envelope = MIGRATIONS[schema](envelope)
+        schema = envelope["schema"]
+    try:
+        return converter.structure(envelope["container"], ContainerRecord)
+    except (cattrs.BaseValidationError, KeyError, TypeError) as exc:
+        raise ValueError(f"record does not match schema {SCHEMA_VERSION}: {exc}") from exc

@@ -1,0 +1,144 @@
+"""Message sockets: one JSON message a datagram, file descriptors alongside.
+
+Carries the messages of :mod:`sandboxrt._core.protocol` over
+``SOCK_SEQPACKET`` Unix sockets, whose datagrams keep their boundaries and
+can carry ``SCM_RIGHTS``. Standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from typing import TypeVar
+
+from sandboxrt._core import protocol
+
+__all__ = [
+    "ChannelClosedError",
+    "bind_listener",
+    "close_fds",
+    "connect",
+    "receive",
+    "receive_one_of",
+    "send",
+    "socket_pair",
+]
+
+M = TypeVar("M", bound=protocol._Message)
+
+_MAX_FDS = 16
+_SUN_PATH_MAX = 107
+
+
+class ChannelClosedError(ConnectionError):
+    """The peer closed the channel before a whole message arrived."""
+
+
+def socket_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected pair of message sockets (close-on-exec)."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+
+
+def send(sock: socket.socket, message: protocol._Message, fds: Sequence[int] = ()) -> None:
+    """Send one message, with ``fds`` passed alongside."""
+    data = protocol.encode(message)
+    if len(data) > protocol.MAX_MESSAGE:
+        raise ValueError(f"message of {len(data)} bytes is over {protocol.MAX_MESSAGE}")
+    if fds:
+        socket.send_fds(sock, [data], list(fds))
+    else:
+        sock.sendall(data)
+
+
+def receive_one_of(
+    sock: socket.socket, *expected: type[protocol._Message]
+) -> tuple[protocol._Message, list[int]]:
+    """Receive one message that may be of any of the ``expected`` types."""
+    data, fds = _receive_raw(sock)
+    for kind in expected:
+        try:
+            return protocol.decode(data, kind), fds
+        except ValueError:
+            continue
+    close_fds(fds)
+    raise ValueError(f"expected one of {[k.kind for k in expected]}")
+
+
+def _receive_raw(sock: socket.socket) -> tuple[bytes, list[int]]:
+    data, fds, flags, _ = socket.recv_fds(
+        sock, protocol.MAX_MESSAGE, _MAX_FDS, socket.MSG_CMSG_CLOEXEC
+    )
+    if not data and not fds:
+        raise ChannelClosedError("the peer closed the channel")
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        close_fds(fds)
+        raise ValueError("message truncated")
+    return data, fds
+
+
+def receive(sock: socket.socket, expected: type[M]) -> tuple[M, list[int]]:
+    """Receive one message of type ``expected`` and the fds that came with it.
+
+    Raises :class:`ChannelClosedError` at end of stream and ``ValueError`` for
+    a message that is not an ``expected``; received fds are close-on-exec.
+    """
+    data, fds = _receive_raw(sock)
+    try:
+        return protocol.decode(data, expected), fds
+    except ValueError:
+        close_fds(fds)
+        raise
+
+
+def close_fds(fds: Sequence[int]) -> None:
+    """Close every fd in ``fds``, ignoring those already closed."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _short_address(path: str) -> tuple[str, int | None]:
+    """A path ``bind``/``connect`` accept, through the parent's fd if ``path`` is long."""
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        return path, None
+    parent, name = os.path.split(path)
+    dirfd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return f"/proc/self/fd/{dirfd}/{name}", dirfd
+
+
+def bind_listener(path: str, backlog: int = 64) -> socket.socket:
+    """A listening message socket bound at ``path`` with mode 0600."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    address, dirfd = _short_address(path)
+    old = os.umask(0o177)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+        if dirfd is not None:
+            os.close(dirfd)
+    os.chmod(path, 0o600)
+    sock.listen(backlog)
+    return sock
+
+
+def connect(path: str, timeout: float | None = None) -> socket.socket:
+    """A message socket connected to the listener at ``path``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout)
+    address, dirfd = _short_address(path)
+    try:
+        sock.connect(address)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        if dirfd is not None:
+            os.close(dirfd)
+    return sock

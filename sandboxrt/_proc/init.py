@@ -1,0 +1,158 @@
+"""The container's init: builds its root, waits for start, becomes the program.
+
+Forked by the supervisor; runs in a mount namespace of its own. It talks to
+the supervisor over a message socket (close-on-exec, so a successful exec
+shows as end of stream) and reports any failure as a ``Progress("error")``.
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import resource
+import socket
+import termios
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from sandboxrt._core import abi
+from sandboxrt._core.protocol import InitPlan, Progress, Request
+from sandboxrt._os import channel, mounts, syscalls
+from sandboxrt._proc import hooks
+from sandboxrt.errors import HookError
+
+__all__ = ["error_progress", "find_executable", "run_init"]
+
+
+def error_progress(exc: BaseException) -> Progress:
+    """A ``Progress("error")`` that lets the library rebuild ``exc``'s meaning."""
+    details: dict[str, Any] = {}
+    if isinstance(exc, HookError):
+        details = {
+            "path": exc.path,
+            "phase": exc.phase,
+            "returncode": exc.returncode,
+            "output": exc.output,
+        }
+    return Progress("error", error=str(exc), error_type=type(exc).__name__, details=details)
+
+
+def find_executable(name: str, env: Sequence[str]) -> str:
+    """Resolve ``name`` as ``execvp`` would, with the container's own PATH."""
+    if "/" in name:
+        candidates = [name]
+    else:
+        path = next((e[5:] for e in env if e.startswith("PATH=")), "/usr/bin:/bin")
+        candidates = [os.path.join(d or ".", name) for d in path.split(":")]
+    for candidate in candidates:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    if "/" in name:
+        raise FileNotFoundError(f"executable {name!r} does not exist or is not executable")
+    raise FileNotFoundError(f"executable file {name!r} not found in $PATH")
+
+
+def _prepare_root(plan: InitPlan, sync: socket.socket) -> None:
+    syscalls.unshare(abi.CLONE_NEWNS)
+    syscalls.mount(None, "/", None, abi.MS_REC | abi.MS_PRIVATE)
+    root = os.path.realpath(plan.rootfs)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"rootfs {plan.rootfs} does not exist or is not a directory")
+    mounts.bind_rootfs(root)
+    for mount in plan.mounts:
+        mounts.make_mount(root, mount)
+    dev_is_tmpfs = any(m.destination.rstrip("/") == "/dev" for m in plan.mounts)
+    devices = list(plan.devices)
+    if dev_is_tmpfs and plan.default_devices:
+        devices = [*mounts.DEFAULT_DEVICES, *devices]
+    mounts.create_devices(root, devices)
+    if dev_is_tmpfs:
+        has_devpts = any(m.type == "devpts" for m in plan.mounts)
+        mounts.default_dev_symlinks(root, has_devpts=has_devpts)
+    if plan.pause_for_hooks:
+        channel.send(sync, Progress("mounted"))
+        go, _ = channel.receive(sync, Progress)
+        if go.step != "go":
+            raise RuntimeError(go.error or "creation was cancelled")
+        state = go.details.get("state", {})
+        hooks.run_hooks(
+            plan.create_container_hooks,
+            state,
+            phase="createContainer",
+            container_id=plan.container_id,
+        )
+    mounts.pivot_into(root)
+    mounts.mask_paths(plan.masked_paths)
+    mounts.readonly_paths(plan.readonly_paths)
+    for key, value in plan.sysctl.items():
+        with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+            f.write(value)
+    if plan.rootfs_propagation:
+        syscalls.mount(None, "/", None, plan.rootfs_propagation)
+    if plan.readonly_root:
+        mounts.remount_root_readonly()
+
+
+def _apply_process(plan: InitPlan) -> None:
+    for name, soft, hard in plan.rlimits:
+        resource.setrlimit(getattr(resource, name), (soft, hard))
+    if plan.oom_score_adj is not None:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(plan.oom_score_adj))
+    if plan.umask is not None:
+        os.umask(plan.umask)
+    os.setgroups(plan.additional_gids)
+    os.setresgid(plan.gid, plan.gid, plan.gid)
+    os.setresuid(plan.uid, plan.uid, plan.uid)
+    if plan.no_new_privileges:
+        syscalls.prctl(abi.PR_SET_NO_NEW_PRIVS, 1)
+    try:
+        os.chdir(plan.cwd)
+    except FileNotFoundError:
+        os.makedirs(plan.cwd, 0o755)
+        os.chdir(plan.cwd)
+
+
+def _install_stdio(stdio: Sequence[int], tty_slave: int | None) -> None:
+    if tty_slave is not None:
+        fcntl.ioctl(tty_slave, termios.TIOCSCTTY, 0)
+        stdio = [tty_slave] * 3
+    # Move the fds clear of 0-2 first, so no dup2 overwrites one still needed.
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in stdio]
+    for target, fd in enumerate(high):
+        os.dup2(fd, target, inheritable=True)
+        os.close(fd)
+
+
+def run_init(plan: InitPlan, sync: socket.socket, stdio: Sequence[int]) -> NoReturn:
+    """Build the container and exec its program; never returns."""
+    try:
+        os.setsid()
+        _prepare_root(plan, sync)
+        executable = find_executable(plan.args[0], plan.env)
+        tty_slave = None
+        pty_fds: list[int] = []
+        if plan.terminal:
+            master, tty_slave = os.openpty()
+            pty_fds = [master]
+        channel.send(sync, Progress("created"), pty_fds)
+        channel.close_fds(pty_fds)
+        try:
+            start, _ = channel.receive(sync, Request)
+        except channel.ChannelClosedError:
+            os._exit(0)  # destroyed before start
+        hooks.run_hooks(
+            plan.start_container_hooks,
+            start.state,
+            phase="startContainer",
+            container_id=plan.container_id,
+        )
+        _install_stdio(stdio, tty_slave)
+        _apply_process(plan)
+        os.execve(executable, plan.args, dict(e.split("=", 1) for e in plan.env))
+    except BaseException as exc:
+        try:
+            channel.send(sync, error_progress(exc))
+        finally:
+            os._exit(127)

@@ -1,0 +1,307 @@
+"""The sandbox supervisor: PID 1 of the sandbox, reaper, signal relay, control server.
+
+Started as a fresh interpreter (never forked from the library's process) with
+the bootstrap socket on fd 3. :func:`main` enters the sandbox's namespaces and
+forks the supervisor, which is PID 1 of the new PID namespace; it forks the
+container's init, relays its creation, then serves control requests until the
+root container's init exits, records that exit status and exits with it.
+
+Imports only the standard library and sandboxrt's stdlib-only modules, so it
+starts in milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import selectors
+import signal
+import socket
+from collections.abc import Sequence
+from typing import NoReturn
+
+from sandboxrt._core import abi
+from sandboxrt._core.protocol import ExitStatus, Launched, Progress, Reply, Request, SandboxPlan
+from sandboxrt._os import channel, net, syscalls
+from sandboxrt._proc.init import error_progress, run_init
+
+__all__ = ["main", "write_exit_status"]
+
+_RELAYED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+)
+
+
+def write_exit_status(path: str, returncode: int) -> None:
+    """Record an exit status atomically (temporary file, then rename)."""
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(ExitStatus(returncode).to_wire(), f)
+    os.replace(tmp, path)
+
+
+def _enter_namespaces(namespaces: Sequence[Sequence[str]]) -> None:
+    """Join the namespaces given by path, then unshare the new ones."""
+    joined = [(kind, path) for kind, path in namespaces if path]
+    joined.sort(key=lambda item: item[0] != "user")  # the user namespace first
+    opened = [(kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC)) for kind, path in joined]
+    for kind, fd in opened:
+        try:
+            syscalls.setns(fd, abi.NAMESPACE_FLAGS[kind])
+        finally:
+            os.close(fd)
+    flags = 0
+    for kind, path in namespaces:
+        if not path:
+            flags |= abi.NAMESPACE_FLAGS[kind]
+    syscalls.unshare(flags | abi.CLONE_NEWNS)
+    # Nothing mounted in here may reach the host: every mount private, first thing.
+    syscalls.mount(None, "/", None, abi.MS_REC | abi.MS_PRIVATE)
+
+
+class Supervisor:
+    """PID 1 of one sandbox."""
+
+    def __init__(self, plan: SandboxPlan, bootstrap: socket.socket, stdio: list[int]) -> None:
+        self.plan = plan
+        self.bootstrap = bootstrap
+        self.stdio = stdio
+        self.init_pid = 0
+        self.init_sync: socket.socket | None = None
+        self.returncode: int | None = None
+        self.waiters: list[socket.socket] = []
+        self.selector = selectors.DefaultSelector()
+        self.started = False
+
+    # -- setting up ----------------------------------------------------------------------
+
+    def setup(self) -> None:
+        os.setsid()
+        syscalls.prctl(abi.PR_SET_CHILD_SUBREAPER, 1)
+        new = {kind for kind, path in self.plan.namespaces if not path}
+        if self.plan.hostname is not None:
+            socket.sethostname(self.plan.hostname)
+        if self.plan.domainname is not None:
+            syscalls.setdomainname(self.plan.domainname)
+        if "network" in new:
+            net.set_link_up("lo")
+        if "pid" in new:
+            # The supervisor's own view of its PID namespace (its mounts are private).
+            flags = abi.MS_NOSUID | abi.MS_NODEV | abi.MS_NOEXEC
+            syscalls.mount("proc", "/proc", "proc", flags)
+        self.listener = channel.bind_listener(self.plan.control_socket)
+
+    def fork_init(self) -> None:
+        parent_end, child_end = channel.socket_pair()
+        pid = os.fork()
+        if pid == 0:
+            parent_end.close()
+            self.listener.close()
+            self.bootstrap.close()
+            run_init(self.plan.init, child_end, self.stdio)
+        child_end.close()
+        channel.close_fds(self.stdio)
+        self.stdio = []
+        self.init_pid = pid
+        self.init_sync = parent_end
+
+    def relay_creation(self) -> bool:
+        """Pass creation steps between init and the library; ``True`` once created."""
+        assert self.init_sync is not None
+        while True:
+            try:
+                step, fds = channel.receive(self.init_sync, Progress)
+            except channel.ChannelClosedError:
+                step, fds = Progress("error", error="the container's init died"), []
+            channel.send(self.bootstrap, step, fds)
+            channel.close_fds(fds)
+            if step.step == "mounted":
+                go, _ = channel.receive(self.bootstrap, Progress)
+                channel.send(self.init_sync, go)
+                continue
+            return step.step == "created"
+
+    # -- serving ---------------------------------------------------------------------------
+
+    def serve(self) -> NoReturn:
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        for sig in _RELAYED_SIGNALS:
+            signal.signal(sig, self._relay_signal)
+        self.selector.register(wake_r, selectors.EVENT_READ, "wake")
+        self.selector.register(self.listener, selectors.EVENT_READ, "listen")
+        self.bootstrap.close()
+        self._reap()
+        while True:
+            for key, _ in self.selector.select():
+                if key.data == "wake":
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wake_r, 4096)
+                    self._reap()
+                elif key.data == "listen":
+                    conn, _ = self.listener.accept()
+                    self.selector.register(conn, selectors.EVENT_READ, "conn")
+                else:
+                    self._handle(key.fileobj)  # type: ignore[arg-type]
+
+    def _relay_signal(self, signum: int, _frame: object) -> None:
+        if self.init_pid and self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.init_pid, signum)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if pid == self.init_pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        if self.returncode is not None:
+            self._finish()
+
+    def _drop(self, conn: socket.socket) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(conn)
+        conn.close()
+
+    def _handle(self, conn: socket.socket) -> None:
+        try:
+            request, fds = channel.receive(conn, Request)
+        except (channel.ChannelClosedError, OSError, ValueError):
+            self._drop(conn)
+            return
+        channel.close_fds(fds)
+        try:
+            reply = self._dispatch(conn, request)
+        except Exception as exc:  # noqa: BLE001 - any failure goes back to the caller
+            reply = Reply(False, error=str(exc), error_type=type(exc).__name__)
+        if reply is not None:
+            with contextlib.suppress(OSError):
+                channel.send(conn, reply)
+
+    def _dispatch(self, conn: socket.socket, request: Request) -> Reply | None:
+        if request.op == "ping":
+            return Reply(True)
+        if request.op == "wait":
+            if self.returncode is not None:
+                return Reply(True, returncode=self.returncode)
+            self.waiters.append(conn)
+            return None
+        if request.op == "start":
+            return self._start(request)
+        if request.op == "signal":
+            self._signal(request.signal, everyone=request.all)
+            return Reply(True)
+        return Reply(False, error=f"unknown request {request.op!r}", error_type="ProtocolError")
+
+    def _start(self, request: Request) -> Reply:
+        if self.started or self.init_sync is None:
+            return Reply(False, error="the container was started already", error_type="State")
+        self.started = True
+        sync, self.init_sync = self.init_sync, None
+        try:
+            channel.send(sync, request)
+            step, _ = channel.receive(sync, Progress)
+        except channel.ChannelClosedError:
+            return Reply(True)  # the sync socket closed on exec: the program runs
+        finally:
+            sync.close()
+        return Reply(False, error=step.error, error_type=step.error_type, details=step.details)
+
+    def _signal(self, signum: int, *, everyone: bool) -> None:
+        if self.returncode is not None and not everyone:
+            raise ProcessLookupError(errno.ESRCH, "the container's init has exited")
+        if everyone and os.getpid() == 1:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(-1, signum)
+        elif everyone:
+            for pid in _descendants(os.getpid()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+        else:
+            os.kill(self.init_pid, signum)
+
+    def _finish(self) -> NoReturn:
+        assert self.returncode is not None
+        write_exit_status(self.plan.exit_file, self.returncode)
+        for conn in self.waiters:
+            with contextlib.suppress(OSError):
+                channel.send(conn, Reply(True, returncode=self.returncode))
+        self.listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.plan.control_socket)
+        code = self.returncode if self.returncode >= 0 else 128 - self.returncode
+        os._exit(code)
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below ``root``, found by walking parent links in /proc."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        ppid = int(raw[raw.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _run_supervisor(plan: SandboxPlan, bootstrap: socket.socket, stdio: list[int]) -> NoReturn:
+    supervisor = Supervisor(plan, bootstrap, stdio)
+    try:
+        supervisor.setup()
+        supervisor.fork_init()
+        created = supervisor.relay_creation()
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            channel.send(bootstrap, error_progress(exc))
+        os._exit(1)
+    if not created:
+        os._exit(1)
+    supervisor.serve()
+
+
+def main(bootstrap_fd: int) -> NoReturn:
+    """Entry point of the launched process; ``bootstrap_fd`` is its bootstrap socket."""
+    bootstrap = socket.socket(fileno=bootstrap_fd)
+    os.set_inheritable(bootstrap_fd, False)
+    try:
+        plan, stdio = channel.receive(bootstrap, SandboxPlan)
+        _enter_namespaces(plan.namespaces)
+        gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            channel.send(bootstrap, error_progress(exc))
+        os._exit(1)
+    if pid == 0:
+        os.close(gate_w)
+        os.read(gate_r, 1)  # the library learns our pid before anything else
+        os.close(gate_r)
+        _run_supervisor(plan, bootstrap, stdio)
+    channel.send(bootstrap, Launched(pid))
+    os.close(gate_w)
+    os._exit(0)
+

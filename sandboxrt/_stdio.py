@@ -1,0 +1,73 @@
+"""Turning subprocess-style stdio arguments into fds for a container's init."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import IO, Any
+
+__all__ = ["StdioArg", "StdioPlan"]
+
+#: What ``stdin``/``stdout``/``stderr`` accept: ``None`` (inherit), ``PIPE``,
+#: ``DEVNULL``, ``STDOUT`` (stderr only), an fd, or an object with ``fileno()``.
+StdioArg = int | IO[Any] | None
+
+
+class StdioPlan:
+    """The init's three fds, and the caller's ends of any pipes.
+
+    ``child_fds`` go to the sandbox; call :meth:`close_child_ends` once they
+    were sent, and :meth:`close_all` on failure.
+    """
+
+    def __init__(self, stdin: StdioArg, stdout: StdioArg, stderr: StdioArg) -> None:
+        self._owned: list[int] = []
+        self.stdin: IO[bytes] | None = None
+        self.stdout: IO[bytes] | None = None
+        self.stderr: IO[bytes] | None = None
+        try:
+            in_fd = self._fd(stdin, 0, reading=True)
+            out_fd = self._fd(stdout, 1, reading=False)
+            err_fd = out_fd if stderr == subprocess.STDOUT else self._fd(stderr, 2, reading=False)
+        except BaseException:
+            self.close_all()
+            raise
+        self.child_fds = [in_fd, out_fd, err_fd]
+
+    def _fd(self, arg: StdioArg, default: int, *, reading: bool) -> int:
+        if arg is None:
+            return default
+        if arg == subprocess.DEVNULL:
+            fd = os.open(os.devnull, (os.O_RDONLY if reading else os.O_WRONLY) | os.O_CLOEXEC)
+            self._owned.append(fd)
+            return fd
+        if arg == subprocess.PIPE:
+            r, w = os.pipe2(os.O_CLOEXEC)
+            child, ours = (r, w) if reading else (w, r)
+            self._owned.append(child)
+            stream = os.fdopen(ours, "wb" if reading else "rb")
+            if default == 0:
+                self.stdin = stream
+            elif default == 1:
+                self.stdout = stream
+            else:
+                self.stderr = stream
+            return child
+        if isinstance(arg, int):
+            if arg < 0:
+                raise ValueError(f"invalid stdio argument {arg}")
+            return arg
+        return arg.fileno()
+
+    def close_child_ends(self) -> None:
+        """Close the fds this plan opened for the child (after they were sent)."""
+        for fd in self._owned:
+            os.close(fd)
+        self._owned = []
+
+    def close_all(self) -> None:
+        """Close everything, the caller's pipe ends included."""
+        self.close_child_ends()
+        for stream in (self.stdin, self.stdout, self.stderr):
+            if stream is not None:
+                stream.close()

@@ -1,0 +1,398 @@
+"""``Container``: one OCI bundle in a sandbox, with its lifecycle and persisted state."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import getpass
+import logging
+import os
+import signal as _signal
+import socket
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+
+from sandboxrt._core.ids import resolve_id, validate_id
+from sandboxrt._core.plan import build_plan
+from sandboxrt._core.records import ContainerRecord
+from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
+from sandboxrt._core.status import Operation, Status, require
+from sandboxrt._proc import hooks
+from sandboxrt._proc.launcher import Launcher
+from sandboxrt._stdio import StdioArg, StdioPlan
+from sandboxrt.config import Config
+from sandboxrt.errors import ContainerExistsError, ContainerNotFoundError, MissingFeatureError
+from sandboxrt.sandbox import Sandbox
+from sandboxrt.stores import FileStore, MetadataStore
+
+__all__ = ["Container", "OCIState"]
+
+log = logging.getLogger("sandboxrt")
+
+_LIVE = frozenset({Status.CREATED, Status.RUNNING, Status.PAUSED})
+
+
+@attrs.frozen
+class OCIState:
+    """The OCI runtime state of a container (what ``runc state`` prints)."""
+
+    oci_version: str
+    id: str
+    status: Status
+    pid: int | None
+    bundle: str
+    annotations: dict[str, str] = attrs.field(factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The state as OCI JSON (``pid`` only while the sandbox lives)."""
+        data: dict[str, Any] = {
+            "ociVersion": self.oci_version,
+            "id": self.id,
+            "status": str(self.status),
+            "bundle": self.bundle,
+        }
+        if self.pid is not None:
+            data["pid"] = self.pid
+        if self.annotations:
+            data["annotations"] = dict(self.annotations)
+        return data
+
+
+class Container:
+    """A container: create it, start it, wait for it, signal it, destroy it.
+
+    Every operation takes the container's cross-process lock in its store, so
+    a container may be driven from several processes at once.
+    """
+
+    def __init__(self, record: ContainerRecord, store: MetadataStore) -> None:
+        self._record = record
+        self._store = store
+        #: The caller's ends of pipes asked for with ``PIPE`` (creating process only).
+        self.stdin: IO[bytes] | None = None
+        self.stdout: IO[bytes] | None = None
+        self.stderr: IO[bytes] | None = None
+        #: The pty master when ``process.terminal`` is set and no console socket was given.
+        self.console: IO[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"Container(id={self.id!r}, status={self.status.value!r})"
+
+    # -- creating and finding ----------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        id: str,  # noqa: A002 - the public contract's name
+        bundle: str | os.PathLike[str],
+        *,
+        store: MetadataStore | None = None,
+        config: Config | None = None,
+        stdin: StdioArg = None,
+        stdout: StdioArg = None,
+        stderr: StdioArg = None,
+        console_socket: str | os.PathLike[str] | None = None,
+        pid_file: str | os.PathLike[str] | None = None,
+        launcher: Launcher | None = None,
+        spec: Spec | None = None,
+    ) -> Container:
+        """Create container ``id`` from ``bundle``: its init waits for :meth:`start`.
+
+        ``spec`` overrides the bundle's config.json. Any failure leaves no
+        process, socket or record behind.
+        """
+        validate_id(id)
+        store = store if store is not None else FileStore()
+        config = config or Config()
+        if config.overlay:
+            raise MissingFeatureError("the overlay root (Config(overlay=True))", "not built yet")
+        bundle_path = Path(bundle).absolute()
+        if spec is None:
+            spec = read_spec_file(bundle_path / "config.json")
+        document = _apply_config(dump_spec(spec), config)
+        with store.lock(id, timeout=config.lock_timeout):
+            if id in store.list_ids():
+                raise ContainerExistsError(id)
+            record = ContainerRecord(
+                id=id,
+                bundle=str(bundle_path),
+                spec=document,
+                status=Status.CREATING,
+                created_at=_dt.datetime.now(_dt.UTC),
+                owner=_owner(),
+                sandbox_id=id,
+                config=attrs.asdict(config),
+                annotations=dict(document.get("annotations") or {}),
+            )
+            plan = build_plan(
+                container_id=id,
+                sandbox_id=id,
+                spec=document,
+                bundle=str(bundle_path),
+                runtime_root=str(store.runtime_dir),
+            )
+            store.create(record)
+            container = cls(record, store)
+            stdio = StdioPlan(stdin, stdout, stderr)
+            try:
+                sandbox, pty = Sandbox.launch(
+                    plan,
+                    stdio.child_fds,
+                    launcher=launcher,
+                    on_mounted=container._run_runtime_hooks,
+                )
+                stdio.close_child_ends()
+                container._record = attrs.evolve(
+                    record,
+                    sandbox=sandbox.supervisor,
+                    runtime_dir=sandbox.runtime_dir,
+                ).with_status(Status.CREATED)
+                store.save(container._record)
+                container.stdin, container.stdout, container.stderr = (
+                    stdio.stdin,
+                    stdio.stdout,
+                    stdio.stderr,
+                )
+                if pty is not None:
+                    container._hand_over_console(pty, console_socket)
+                if pid_file is not None:
+                    _write_pid_file(pid_file, sandbox.pid)
+            except BaseException:
+                stdio.close_all()
+                container._teardown()
+                raise
+        return container
+
+    @classmethod
+    def run(
+        cls,
+        id: str,  # noqa: A002
+        bundle: str | os.PathLike[str],
+        **kwargs: Any,
+    ) -> int:
+        """Create, start, wait for and destroy a container; its exit code."""
+        container = cls.create(id, bundle, **kwargs)
+        try:
+            container.start()
+            return container.wait()
+        finally:
+            container.destroy()
+
+    @classmethod
+    def load(cls, id_or_prefix: str, *, store: MetadataStore | None = None) -> Container:
+        """The container with this id, or the only one whose id starts with it."""
+        store = store if store is not None else FileStore()
+        container_id = resolve_id(id_or_prefix, store.list_ids())
+        return cls(store.load(container_id), store)
+
+    @classmethod
+    def list(cls, *, store: MetadataStore | None = None) -> list[str]:
+        """The ids of all containers in ``store``."""
+        return (store if store is not None else FileStore()).list_ids()
+
+    # -- what it is ----------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self._record.id
+
+    @property
+    def bundle(self) -> str:
+        return self._record.bundle
+
+    @property
+    def spec(self) -> Spec:
+        """The spec the container was created with."""
+        return load_spec(self._record.spec, validate=False)
+
+    @property
+    def sandbox(self) -> Sandbox | None:
+        """The sandbox this container runs in (``None`` before creation finished)."""
+        record = self._record
+        if record.sandbox is None:
+            return None
+        return Sandbox(record.sandbox_id, record.sandbox, record.runtime_dir)
+
+    @property
+    def gofer(self) -> None:
+        """The container's gofer; native sandboxes have none yet (it comes with the file API)."""
+        return None
+
+    @property
+    def status(self) -> Status:
+        """The status now: a live status whose sandbox or init is gone reads ``stopped``."""
+        self._refresh()
+        return _effective_status(self._record, self.sandbox)
+
+    def state(self) -> OCIState:
+        """The OCI state of the container."""
+        status = self.status
+        sandbox = self.sandbox
+        return OCIState(
+            oci_version=str(self._record.spec.get("ociVersion", "1.2.0")),
+            id=self.id,
+            status=status,
+            pid=sandbox.pid if sandbox is not None and status in _LIVE else None,
+            bundle=self.bundle,
+            annotations=dict(self._record.annotations),
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the container's program (created containers only)."""
+        with self._locked() as sandbox:
+            require(Operation.START, self.id, _effective_status(self._record, sandbox))
+            assert sandbox is not None
+            sandbox.start(self.id, self._state_dict(Status.CREATED))
+            self._record = self._record.with_status(Status.RUNNING)
+            self._store.save(self._record)
+        hooks.run_hooks_best_effort(
+            self._hooks("poststart"),
+            self._state_dict(Status.RUNNING),
+            phase="poststart",
+            container_id=self.id,
+            log=log,
+        )
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the container's init to exit; its exit code, ``-N`` if killed by signal N.
+
+        Works any number of times and from any process, until :meth:`destroy`.
+        """
+        self._refresh()
+        sandbox = self.sandbox
+        if sandbox is None:
+            raise ContainerNotFoundError(self.id)
+        return sandbox.wait(self.id, timeout)
+
+    def kill(self, sig: int = _signal.SIGTERM, *, all: bool = False) -> None:  # noqa: A002
+        """Send ``sig`` to the init, or with ``all=True`` to every process of the container.
+
+        ``all=True`` is allowed on a stopped container, to clean up leftovers.
+        """
+        with self._locked() as sandbox:
+            status = _effective_status(self._record, sandbox)
+            require(Operation.KILL_ALL if all else Operation.KILL, self.id, status)
+            if sandbox is None or not sandbox.is_running():
+                return
+            sandbox.signal(self.id, int(sig), all=all)
+
+    def destroy(self) -> None:
+        """Kill everything of the container and remove all it left; a no-op when gone."""
+        try:
+            with self._locked():
+                self._teardown()
+        except ContainerNotFoundError:
+            return
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _refresh(self) -> None:
+        self._record = self._store.load(self.id)
+
+    def _locked(self) -> _Locked:
+        return _Locked(self)
+
+    def _teardown(self) -> None:
+        """Destroy under the lock: sandbox, runtime files, record, then poststop hooks."""
+        sandbox = self.sandbox
+        if sandbox is not None:
+            sandbox.destroy(timeout=float(self._record.config.get("destroy_timeout", 10.0)))
+        self._store.delete(self.id)
+        hooks.run_hooks_best_effort(
+            self._hooks("poststop"),
+            self._state_dict(Status.STOPPED),
+            phase="poststop",
+            container_id=self.id,
+            log=log,
+        )
+
+    def _hooks(self, phase: str) -> list[dict[str, Any]]:
+        return list((self._record.spec.get("hooks") or {}).get(phase) or [])
+
+    def _state_dict(self, status: Status, pid: int | None = None) -> dict[str, Any]:
+        sandbox = self.sandbox
+        if pid is None and sandbox is not None and status is not Status.STOPPED:
+            pid = sandbox.pid
+        return OCIState(
+            oci_version=str(self._record.spec.get("ociVersion", "1.2.0")),
+            id=self.id,
+            status=status,
+            pid=pid,
+            bundle=self.bundle,
+            annotations=dict(self._record.annotations),
+        ).to_dict()
+
+    def _run_runtime_hooks(self, sandbox: Sandbox) -> dict[str, Any]:
+        state = self._state_dict(Status.CREATING, pid=sandbox.pid)
+        for phase in ("prestart", "createRuntime"):
+            hooks.run_hooks(
+                self._hooks(phase), state, phase=phase, container_id=self.id, cwd=self.bundle
+            )
+        return state
+
+    def _hand_over_console(self, master: int, console_socket: str | os.PathLike[str] | None) -> None:
+        if console_socket is None:
+            self.console = os.fdopen(master, "r+b", buffering=0)
+            return
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+                sock.connect(os.fspath(console_socket))
+                socket.send_fds(sock, [b"/dev/ptmx"], [master])
+        finally:
+            os.close(master)
+
+
+class _Locked:
+    """Holds the container's lock and yields its freshly loaded sandbox."""
+
+    def __init__(self, container: Container) -> None:
+        self._container = container
+        timeout = float(container._record.config.get("lock_timeout", 30.0))
+        self._lock = container._store.lock(container.id, timeout=timeout)
+
+    def __enter__(self) -> Sandbox | None:
+        self._lock.__enter__()
+        try:
+            self._container._refresh()
+        except BaseException as exc:
+            self._lock.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self._container.sandbox
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.__exit__(*exc)  # type: ignore[arg-type]
+
+
+def _effective_status(record: ContainerRecord, sandbox: Sandbox | None) -> Status:
+    if record.status in _LIVE and (
+        sandbox is None or not sandbox.is_running() or sandbox.exit_status() is not None
+    ):
+        return Status.STOPPED
+    return record.status
+
+
+def _apply_config(document: dict[str, Any], config: Config) -> dict[str, Any]:
+    if config.network == "host":
+        linux = document.get("linux") or {}
+        namespaces = [ns for ns in linux.get("namespaces") or [] if ns.get("type") != "network"]
+        document = {**document, "linux": {**linux, "namespaces": namespaces}}
+    return document
+
+
+def _owner() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def _write_pid_file(path: str | os.PathLike[str], pid: int) -> None:
+    """Write the pid (no newline) atomically: readers never see an empty file."""
+    target = os.fspath(path)
+    tmp = f"{target}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.replace(tmp, target)

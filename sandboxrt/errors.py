@@ -1,0 +1,206 @@
+"""The one exception hierarchy of sandboxrt.
+
+Every error sandboxrt raises derives from :class:`SandboxrtError`. Where a
+builtin means the same thing, the error derives from it too, so callers may
+catch either (``ContainerNotFoundError`` is a ``LookupError``).
+
+This module imports only the standard library: the sandbox supervisor uses it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AmbiguousIDError",
+    "ContainerExistsError",
+    "ContainerNotFoundError",
+    "CorruptMetadataError",
+    "HookError",
+    "InitError",
+    "InvalidIDError",
+    "InvalidStateError",
+    "LockTimeoutError",
+    "MissingFeatureError",
+    "ProtocolError",
+    "SandboxDiedError",
+    "SandboxrtError",
+    "SpecError",
+    "SystemCallError",
+    "WaitTimeoutError",
+]
+
+
+class SandboxrtError(Exception):
+    """Base class of every error raised by sandboxrt."""
+
+
+class InvalidIDError(SandboxrtError, ValueError):
+    """A container id is malformed."""
+
+    def __init__(self, container_id: str, reason: str) -> None:
+        shown = container_id if len(container_id) <= 80 else container_id[:77] + "..."
+        super().__init__(f"invalid container id {shown!r}: {reason}")
+        self.container_id = container_id
+        self.reason = reason
+
+
+class ContainerNotFoundError(SandboxrtError, LookupError):
+    """No container matches an id or id prefix."""
+
+    def __init__(self, id_or_prefix: str) -> None:
+        super().__init__(f"container {id_or_prefix!r} does not exist")
+        self.container_id = id_or_prefix
+
+
+class AmbiguousIDError(SandboxrtError, LookupError):
+    """An id prefix matches more than one container."""
+
+    def __init__(self, prefix: str, candidates: list[str]) -> None:
+        names = ", ".join(repr(c) for c in sorted(candidates))
+        super().__init__(f"container id prefix {prefix!r} is ambiguous: it matches {names}")
+        self.prefix = prefix
+        self.candidates = sorted(candidates)
+
+
+class ContainerExistsError(SandboxrtError, FileExistsError):
+    """A container with this id already exists."""
+
+    def __init__(self, container_id: str) -> None:
+        super().__init__(f'container "{container_id}" already exists')
+        self.container_id = container_id
+
+
+class InvalidStateError(SandboxrtError, RuntimeError):
+    """An operation is not allowed in the container's current status."""
+
+    def __init__(self, operation: str, container_id: str, status: str) -> None:
+        super().__init__(f'cannot {operation} container "{container_id}" in state {status}')
+        self.operation = operation
+        self.container_id = container_id
+        self.status = status
+
+
+class SpecError(SandboxrtError, ValueError):
+    """An OCI runtime spec (config.json) is malformed or invalid.
+
+    ``problems`` lists ``(json_path, message)`` pairs; the message shows them all.
+    """
+
+    def __init__(self, problems: list[tuple[str, str]], *, source: str | None = None) -> None:
+        lines = [f"{path}: {msg}" if path else msg for path, msg in problems]
+        prefix = f"{source}: " if source else ""
+        if len(lines) == 1:
+            text = prefix + lines[0]
+        else:
+            text = prefix + "invalid spec:\n  " + "\n  ".join(lines)
+        super().__init__(text)
+        self.problems = problems
+        self.source = source
+
+
+class CorruptMetadataError(SandboxrtError):
+    """A stored container record cannot be read back."""
+
+    def __init__(self, container_id: str, cause: str) -> None:
+        super().__init__(f'metadata of container "{container_id}" is corrupt: {cause}')
+        self.container_id = container_id
+        self.cause = cause
+
+
+class LockTimeoutError(SandboxrtError, TimeoutError):
+    """The lock of a container could not be taken in time."""
+
+    def __init__(self, container_id: str, timeout: float) -> None:
+        super().__init__(
+            f'timed out after {timeout:g}s waiting for the lock of container "{container_id}": '
+            "another operation on it is still running"
+        )
+        self.container_id = container_id
+        self.timeout = timeout
+
+
+class HookError(SandboxrtError):
+    """An OCI hook failed, timed out or could not be started."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        phase: str = "",
+        container_id: str = "",
+        returncode: int | None = None,
+        output: str = "",
+        reason: str = "",
+    ) -> None:
+        where = f"{phase} hook {path}" if phase else f"hook {path}"
+        if container_id:
+            where += f' of container "{container_id}"'
+        if reason:
+            what = reason
+        elif returncode is not None and returncode < 0:
+            what = f"killed by signal {-returncode}"
+        else:
+            what = f"exited with status {returncode}"
+        text = f"{where} failed: {what}"
+        if output.strip():
+            text += f"\noutput:\n{output.rstrip()}"
+        super().__init__(text)
+        self.path = path
+        self.phase = phase
+        self.container_id = container_id
+        self.returncode = returncode
+        self.output = output
+
+
+class MissingFeatureError(SandboxrtError, OSError):
+    """The machine lacks something sandboxrt needs (privilege, kernel feature, tool)."""
+
+    def __init__(self, feature: str, detail: str = "") -> None:
+        text = f"{feature} is not available on this machine"
+        if detail:
+            text += f": {detail}"
+        super().__init__(text)
+        self.feature = feature
+        self.detail = detail
+
+
+class SystemCallError(SandboxrtError, OSError):
+    """A system call failed while working on a container."""
+
+    def __init__(self, what: str, err: OSError, *, container_id: str = "") -> None:
+        who = f'container "{container_id}": ' if container_id else ""
+        super().__init__(err.errno, f"{who}{what}: {err.strerror or err}")
+        self.what = what
+        self.container_id = container_id
+
+
+class SandboxDiedError(SandboxrtError):
+    """The sandbox supervisor (or a gofer) is gone while an operation needed it."""
+
+    def __init__(self, container_id: str, detail: str = "") -> None:
+        text = f'the sandbox of container "{container_id}" is not running'
+        if detail:
+            text += f": {detail}"
+        super().__init__(text)
+        self.container_id = container_id
+
+
+class ProtocolError(SandboxrtError):
+    """The sandbox or gofer sent something that breaks the control protocol."""
+
+
+class InitError(SandboxrtError):
+    """The container's init failed before it could run the container's program."""
+
+    def __init__(self, container_id: str, cause: str) -> None:
+        super().__init__(f'container "{container_id}": {cause}')
+        self.container_id = container_id
+        self.cause = cause
+
+
+class WaitTimeoutError(SandboxrtError, TimeoutError):
+    """A wait for a container or process did not finish in time."""
+
+    def __init__(self, container_id: str, timeout: float) -> None:
+        super().__init__(f'container "{container_id}" did not exit within {timeout:g}s')
+        self.container_id = container_id
+        self.timeout = timeout

@@ -1,0 +1,267 @@
+"""The library's side of a sandbox: launching it and talking to its supervisor."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import backoff
+
+from sandboxrt._core.protocol import ExitStatus, Launched, Progress, Reply, Request, SandboxPlan
+from sandboxrt._core.records import ProcessIdentity
+from sandboxrt._os import channel, procfs
+from sandboxrt._proc.launcher import Launcher, SubprocessLauncher
+from sandboxrt.errors import (
+    HookError,
+    InitError,
+    InvalidStateError,
+    ProtocolError,
+    SandboxDiedError,
+    SandboxrtError,
+    WaitTimeoutError,
+)
+
+__all__ = ["Sandbox"]
+
+#: What ``wait`` reports when the supervisor was killed before it could record an exit.
+KILLED_RETURNCODE = -signal.SIGKILL
+
+
+def remote_error(container_id: str, error_type: str, message: str, details: dict[str, Any]) -> SandboxrtError:
+    """The exception a failure reported by the supervisor or init stands for."""
+    if error_type == "HookError":
+        return HookError(
+            details.get("path", "?"),
+            phase=details.get("phase", ""),
+            container_id=container_id,
+            returncode=details.get("returncode"),
+            output=details.get("output", ""),
+            reason="" if details.get("returncode") is not None else message,
+        )
+    if error_type == "State":
+        return InvalidStateError("start", container_id, "running")
+    if error_type == "ProtocolError":
+        return ProtocolError(f'container "{container_id}": {message}')
+    return InitError(container_id, message)
+
+
+class Sandbox:
+    """A sandbox: a supervisor process (PID 1 of its PID namespace) and its control socket."""
+
+    def __init__(self, sandbox_id: str, supervisor: ProcessIdentity, runtime_dir: str) -> None:
+        self.id = sandbox_id
+        self.supervisor = supervisor
+        self.runtime_dir = runtime_dir
+
+    def __repr__(self) -> str:
+        return f"Sandbox(id={self.id!r}, pid={self.pid})"
+
+    @property
+    def pid(self) -> int:
+        """The supervisor's pid on the host (what the OCI state and pid file give)."""
+        return self.supervisor.pid
+
+    @property
+    def control_socket(self) -> str:
+        return os.path.join(self.runtime_dir, "ctl")
+
+    @property
+    def exit_file(self) -> str:
+        return os.path.join(self.runtime_dir, "exit")
+
+    @property
+    def log_file(self) -> str:
+        return os.path.join(self.runtime_dir, "supervisor.log")
+
+    # -- launching ---------------------------------------------------------------------
+
+    @classmethod
+    def launch(
+        cls,
+        plan: SandboxPlan,
+        stdio: Sequence[int],
+        *,
+        launcher: Launcher | None = None,
+        on_mounted: Callable[[Sandbox], dict[str, Any]] | None = None,
+    ) -> tuple[Sandbox, int | None]:
+        """Start a sandbox for ``plan``; returns it and the pty master, if any.
+
+        ``on_mounted`` runs (in this process) once the container's mounts are
+        made and before ``pivot_root``: the place of prestart and createRuntime
+        hooks. It returns the OCI state the createContainer hooks get.
+        On any failure nothing is left behind.
+        """
+        container_id = plan.init.container_id
+        os.makedirs(plan.runtime_dir, mode=0o700)
+        sandbox: Sandbox | None = None
+        try:
+            log_fd = os.open(
+                os.path.join(plan.runtime_dir, "supervisor.log"),
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                0o600,
+            )
+            ours, theirs = channel.socket_pair()
+            try:
+                process = (launcher or SubprocessLauncher()).launch(
+                    bootstrap_fd=theirs.fileno(), log_fd=log_fd
+                )
+            finally:
+                theirs.close()
+                os.close(log_fd)
+            with ours:
+                channel.send(ours, plan, stdio)
+                first, _ = cls._next(ours, container_id, plan.runtime_dir, Launched, Progress)
+                if isinstance(first, Progress):
+                    raise cls._failure(container_id, first)
+                assert isinstance(first, Launched)
+                sandbox = cls(plan.sandbox_id, _identity(first.pid, container_id), plan.runtime_dir)
+                process.wait()
+                return sandbox, sandbox._follow_creation(ours, container_id, on_mounted)
+        except BaseException:
+            if sandbox is not None:
+                sandbox.destroy(timeout=10.0)
+            shutil.rmtree(plan.runtime_dir, ignore_errors=True)
+            raise
+
+    @staticmethod
+    def _next(
+        sock: socket.socket, container_id: str, runtime_dir: str, *kinds: type[Any]
+    ) -> tuple[Any, list[int]]:
+        try:
+            return channel.receive_one_of(sock, *kinds)
+        except channel.ChannelClosedError:
+            log = os.path.join(runtime_dir, "supervisor.log")
+            try:
+                with open(log, errors="replace") as f:
+                    tail = f.read()[-2000:].strip()
+            except OSError:
+                tail = ""
+            raise SandboxDiedError(container_id, tail or "it exited during creation") from None
+        except ValueError as exc:
+            raise ProtocolError(f'container "{container_id}": {exc}') from exc
+
+    @staticmethod
+    def _failure(container_id: str, step: Progress) -> SandboxrtError:
+        return remote_error(container_id, step.error_type, step.error, step.details)
+
+    def _follow_creation(
+        self,
+        sock: socket.socket,
+        container_id: str,
+        on_mounted: Callable[[Sandbox], dict[str, Any]] | None,
+    ) -> int | None:
+        while True:
+            step, fds = self._next(sock, container_id, self.runtime_dir, Progress)
+            if step.step == "mounted":
+                try:
+                    state = on_mounted(self) if on_mounted else {}
+                except BaseException:
+                    channel.send(sock, Progress("cancel"))
+                    raise
+                channel.send(sock, Progress("go", details={"state": state}))
+            elif step.step == "created":
+                return fds[0] if fds else None
+            else:
+                channel.close_fds(fds)
+                raise self._failure(container_id, step)
+
+    # -- talking to the supervisor -----------------------------------------------------
+
+    def is_running(self) -> bool:
+        """Whether the supervisor process (not one reusing its pid) still runs."""
+        s = self.supervisor
+        return procfs.is_alive(s.pid, s.start_ticks, s.boot_id)
+
+    def exit_status(self) -> int | None:
+        """The root container's recorded exit status, if it has exited."""
+        try:
+            with open(self.exit_file) as f:
+                return ExitStatus.from_wire(
+                    {k: v for k, v in json.load(f).items() if k != "kind"}
+                ).returncode
+        except FileNotFoundError:
+            return None
+
+    def request(self, container_id: str, request: Request, timeout: float | None = None) -> Reply:
+        """Send one control request and return the reply."""
+        try:
+            with channel.connect(self.control_socket, timeout) as sock:
+                channel.send(sock, request)
+                reply, fds = channel.receive(sock, Reply)
+                channel.close_fds(fds)
+                return reply
+        except TimeoutError:
+            raise
+        except (ConnectionError, FileNotFoundError, channel.ChannelClosedError) as exc:
+            raise SandboxDiedError(container_id, str(exc)) from exc
+        except ValueError as exc:
+            raise ProtocolError(f'container "{container_id}": {exc}') from exc
+
+    def _checked(self, container_id: str, request: Request) -> Reply:
+        reply = self.request(container_id, request)
+        if not reply.ok:
+            raise remote_error(container_id, reply.error_type, reply.error, reply.details)
+        return reply
+
+    def start(self, container_id: str, state: dict[str, Any]) -> None:
+        """Release the container's init: it runs startContainer hooks, then execs."""
+        self._checked(container_id, Request("start", container_id, state=state))
+
+    def signal(self, container_id: str, signum: int, *, all: bool = False) -> None:  # noqa: A002
+        """Signal the container's init, or with ``all`` every process of the container."""
+        self._checked(container_id, Request("signal", container_id, signal=signum, all=all))
+
+    def wait(self, container_id: str, timeout: float | None = None) -> int:
+        """Block until the container's init exits; its exit code (``-N``: signal N)."""
+        recorded = self.exit_status()
+        if recorded is not None:
+            return recorded
+        try:
+            reply = self.request(container_id, Request("wait", container_id), timeout)
+        except TimeoutError:
+            raise WaitTimeoutError(container_id, timeout or 0.0) from None
+        except SandboxDiedError:
+            recorded = self.exit_status()
+            return KILLED_RETURNCODE if recorded is None else recorded
+        if reply.returncode is None:
+            raise ProtocolError(f'container "{container_id}": wait reply without a status')
+        return reply.returncode
+
+    # -- ending ------------------------------------------------------------------------
+
+    def kill(self) -> None:
+        """SIGKILL the supervisor, which takes its whole PID namespace with it."""
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return
+        try:
+            # The pidfd pins one process: check it is ours before signalling it.
+            if self.is_running():
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        finally:
+            os.close(pidfd)
+
+    def destroy(self, timeout: float) -> None:
+        """Kill the sandbox, wait until it is gone, remove its runtime files."""
+        self.kill()
+        gone = backoff.on_predicate(
+            backoff.expo, lambda alive: alive, max_time=timeout, factor=0.001, max_value=0.05
+        )(self.is_running)()
+        if gone:
+            raise SandboxDiedError(self.id, f"the supervisor (pid {self.pid}) did not exit")
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+def _identity(pid: int, container_id: str) -> ProcessIdentity:
+    info = procfs.read_stat(pid)
+    if info is None:
+        raise SandboxDiedError(container_id, f"the supervisor (pid {pid}) exited at once")
+    return ProcessIdentity(pid=pid, start_ticks=info.start_ticks, boot_id=procfs.boot_id())
