@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -54,6 +55,11 @@ def _host_usr_rootfs(rootfs: Path) -> list[Mount]:
     return [Mount(destination="/usr", type="bind", source="/usr", options=["rbind", "ro"])]
 
 
+def _busybox_applets() -> list[str]:
+    listing = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True)
+    return [name for name in listing.stdout.split() if name and name != "busybox"]
+
+
 def _busybox_rootfs(rootfs: Path) -> list[Mount]:
     if not os.access(BUSYBOX, os.X_OK):
         raise MissingFeatureError("busybox", f"{BUSYBOX} is missing: apt-get install busybox-static")
@@ -61,7 +67,7 @@ def _busybox_rootfs(rootfs: Path) -> list[Mount]:
     bin_dir = rootfs / "bin"
     bin_dir.mkdir(exist_ok=True)
     shutil.copy2(BUSYBOX, bin_dir / "busybox")
-    for applet in ("sh", "true", "false", "echo", "cat", "id", "hostname", "sleep", "ls", "env"):
+    for applet in _busybox_applets():
         (bin_dir / applet).symlink_to("busybox")
     (rootfs / "sbin").symlink_to("bin")
     (rootfs / "usr").mkdir(exist_ok=True)

@@ -16,7 +16,7 @@ import backoff
 from sandboxrt._core.protocol import ExitStatus, Launched, Progress, Reply, Request, SandboxPlan
 from sandboxrt._core.records import ProcessIdentity
 from sandboxrt._os import channel, procfs
-from sandboxrt._proc.launcher import Launcher, SubprocessLauncher
+from sandboxrt._proc.launcher import Launcher, default_launcher
 from sandboxrt.errors import (
     HookError,
     InitError,
@@ -108,7 +108,7 @@ class Sandbox:
             )
             ours, theirs = channel.socket_pair()
             try:
-                process = (launcher or SubprocessLauncher()).launch(
+                process = (launcher or default_launcher()).launch(
                     bootstrap_fd=theirs.fileno(), log_fd=log_fd
                 )
             finally:

@@ -210,7 +210,7 @@ class Request(_Message):
     """A control request. ``op`` is one of :attr:`OPS`."""
 
     kind: ClassVar[str] = "request"
-    OPS: ClassVar[frozenset[str]] = frozenset({"ping", "start", "wait", "signal"})
+    OPS: ClassVar[frozenset[str]] = frozenset({"ping", "start", "wait", "signal", "launch"})
 
     op: str
     container_id: str = ""

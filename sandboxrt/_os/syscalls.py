@@ -15,6 +15,7 @@ __all__ = [
     "mount",
     "pivot_root",
     "prctl",
+    "set_process_name",
     "setdomainname",
     "setns",
     "umount2",
@@ -83,3 +84,12 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
     """``prctl(2)``."""
     args = (ctypes.c_ulong(a) for a in (arg2, arg3, arg4, arg5))
     return _check(_libc.prctl(ctypes.c_int(option), *args), f"prctl({option})")
+
+
+_PR_SET_NAME = 15
+
+
+def set_process_name(name: str) -> None:
+    """Set the calling thread's name (``/proc/PID/comm``, at most 15 bytes)."""
+    buffer = ctypes.create_string_buffer(name.encode()[:15])
+    _check(_libc.prctl(ctypes.c_int(_PR_SET_NAME), buffer, 0, 0, 0), "prctl(PR_SET_NAME)")

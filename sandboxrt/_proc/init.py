@@ -22,7 +22,10 @@ from sandboxrt._os import channel, mounts, syscalls
 from sandboxrt._proc import hooks
 from sandboxrt.errors import HookError
 
-__all__ = ["error_progress", "find_executable", "run_init"]
+__all__ = ["PROCESS_NAME", "error_progress", "find_executable", "run_init"]
+
+#: The init's name in ``/proc/PID/comm`` until it execs the program.
+PROCESS_NAME = "sandboxrt-init"
 
 
 def error_progress(exc: BaseException) -> Progress:
@@ -129,6 +132,7 @@ def run_init(plan: InitPlan, sync: socket.socket, stdio: Sequence[int]) -> NoRet
     """Build the container and exec its program; never returns."""
     try:
         os.setsid()
+        syscalls.set_process_name(PROCESS_NAME)
         _prepare_root(plan, sync)
         executable = find_executable(plan.args[0], plan.env)
         tty_slave = None

@@ -10,11 +10,22 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from typing import Protocol, runtime_checkable
 
 import sandboxrt
+from sandboxrt._core.protocol import Launched, Reply, Request
+from sandboxrt._os import channel
+from sandboxrt.errors import SandboxrtError
 
-__all__ = ["LaunchedProcess", "Launcher", "SubprocessLauncher", "supervisor_command"]
+__all__ = [
+    "ForkServerLauncher",
+    "LaunchedProcess",
+    "Launcher",
+    "SubprocessLauncher",
+    "default_launcher",
+    "python_command",
+]
 
 
 @runtime_checkable
@@ -38,14 +49,15 @@ class Launcher(Protocol):
     def launch(self, *, bootstrap_fd: int, log_fd: int) -> LaunchedProcess: ...
 
 
-def supervisor_command(bootstrap_fd: int, python: str | None = None) -> list[str]:
-    """The argv of a fresh, isolated interpreter that runs the supervisor."""
+def python_command(module: str, function: str, fd: int, python: str | None = None) -> list[str]:
+    """The argv of a fresh, isolated interpreter (no site, no environment) that
+    runs ``module.function(fd)`` from this copy of sandboxrt."""
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(sandboxrt.__file__)))
     code = (
         f"import sys; sys.path.insert(0, {package_parent!r}); "
-        "from sandboxrt._proc.supervisor import main; main(int(sys.argv[1]))"
+        f"from {module} import {function}; {function}(int(sys.argv[1]))"
     )
-    return [python or sys.executable, "-I", "-S", "-c", code, str(bootstrap_fd)]
+    return [python or sys.executable, "-I", "-S", "-c", code, str(fd)]
 
 
 class SubprocessLauncher:
@@ -56,7 +68,7 @@ class SubprocessLauncher:
 
     def launch(self, *, bootstrap_fd: int, log_fd: int) -> LaunchedProcess:
         return subprocess.Popen(
-            supervisor_command(bootstrap_fd, self.python),
+            python_command("sandboxrt._proc.supervisor", "main", bootstrap_fd, self.python),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log_fd,
@@ -64,3 +76,83 @@ class SubprocessLauncher:
             close_fds=True,
             start_new_session=True,
         )
+
+
+class _ForkedProcess:
+    """A process the fork server started; the fork server reaps it."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def wait(self, timeout: float | None = None) -> int:
+        return 0
+
+
+class ForkServerLauncher:
+    """Launches by asking a pre-started, single-threaded fork server to fork.
+
+    The server is started on first use (a fresh interpreter, so this is safe
+    from threaded callers) and serves this process until it exits. A launch
+    costs a fork instead of an interpreter start.
+    """
+
+    def __init__(self, python: str | None = None) -> None:
+        self.python = python
+        self._lock = threading.Lock()
+        self._sock: channel.socket.socket | None = None
+        self._server: subprocess.Popen[bytes] | None = None
+        self._owner = 0
+
+    def _connection(self) -> channel.socket.socket:
+        if self._sock is not None and self._owner == os.getpid() and self._server is not None:
+            if self._server.poll() is None:
+                return self._sock
+        self.close()
+        ours, theirs = channel.socket_pair()
+        with theirs:
+            self._server = subprocess.Popen(
+                python_command("sandboxrt._proc.forkserver", "serve", theirs.fileno(), self.python),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                close_fds=True,
+                start_new_session=True,
+            )
+        self._sock, self._owner = ours, os.getpid()
+        return ours
+
+    def launch(self, *, bootstrap_fd: int, log_fd: int) -> LaunchedProcess:
+        with self._lock:
+            sock = self._connection()
+            try:
+                channel.send(sock, Request("launch"), [bootstrap_fd, log_fd])
+                reply, _ = channel.receive_one_of(sock, Launched, Reply)
+            except (OSError, channel.ChannelClosedError) as exc:
+                self.close()
+                raise SandboxrtError(f"the sandbox fork server failed: {exc}") from exc
+        if isinstance(reply, Reply):
+            raise SandboxrtError(f"the sandbox fork server refused to launch: {reply.error}")
+        assert isinstance(reply, Launched)
+        return _ForkedProcess(reply.pid)
+
+    def close(self) -> None:
+        """Stop the fork server (sandboxes it launched live on)."""
+        if self._sock is not None and self._owner == os.getpid():
+            self._sock.close()
+            if self._server is not None:
+                self._server.wait()
+        self._sock = None
+        self._server = None
+
+
+_default: ForkServerLauncher | None = None
+_default_lock = threading.Lock()
+
+
+def default_launcher() -> Launcher:
+    """The process-wide launcher used when none is given: a fork server."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = ForkServerLauncher()
+        return _default

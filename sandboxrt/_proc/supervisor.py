@@ -27,7 +27,10 @@ from sandboxrt._core.protocol import ExitStatus, Launched, Progress, Reply, Requ
 from sandboxrt._os import channel, net, syscalls
 from sandboxrt._proc.init import error_progress, run_init
 
-__all__ = ["main", "write_exit_status"]
+__all__ = ["PROCESS_NAME", "main", "write_exit_status"]
+
+#: The supervisor's name in ``/proc/PID/comm``.
+PROCESS_NAME = "sandboxrt-sup"
 
 _RELAYED_SIGNALS = (
     signal.SIGTERM,
@@ -86,6 +89,7 @@ class Supervisor:
 
     def setup(self) -> None:
         os.setsid()
+        syscalls.set_process_name(PROCESS_NAME)
         syscalls.prctl(abi.PR_SET_CHILD_SUBREAPER, 1)
         new = {kind for kind, path in self.plan.namespaces if not path}
         if self.plan.hostname is not None:

@@ -1,0 +1,379 @@
+"""Check a loaded spec against the OCI runtime-spec MUSTs (and runc's own refusals).
+
+:func:`validate_spec` raises one :class:`~sandboxrt.errors.SpecError` listing
+every problem as ``(json_path, message)``. The vocabularies it checks against
+(capability names, rlimit types, namespace types, seccomp actions...) are
+exported for the modules that act on a spec.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from sandboxrt.errors import SpecError
+
+if TYPE_CHECKING:
+    from sandboxrt._core.spec import IDMapping, Linux, Process, Spec
+
+__all__ = [
+    "CAPABILITIES",
+    "CAPABILITY_NUMBERS",
+    "DEVICE_TYPES",
+    "NAMESPACE_TYPES",
+    "RLIMITS",
+    "ROOTFS_PROPAGATIONS",
+    "SECCOMP_ACTIONS",
+    "SECCOMP_ARCHITECTURES",
+    "SECCOMP_FLAGS",
+    "SECCOMP_OPERATORS",
+    "SUPPORTED_VERSIONS",
+    "spec_problems",
+    "validate_spec",
+]
+
+_CAPABILITY_ORDER = (
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+)
+
+CAPABILITY_NUMBERS: Mapping[str, int] = MappingProxyType(
+    {"CAP_" + name: number for number, name in enumerate(_CAPABILITY_ORDER)}
+)
+"""Linux capability name -> number (``CAP_CHOWN`` = 0 ... ``CAP_CHECKPOINT_RESTORE`` = 40)."""
+
+CAPABILITIES: frozenset[str] = frozenset(CAPABILITY_NUMBERS)
+"""The 41 Linux capability names a spec may use."""
+
+RLIMITS: frozenset[str] = frozenset(
+    "RLIMIT_" + name
+    for name in [
+        "AS",
+        "CORE",
+        "CPU",
+        "DATA",
+        "FSIZE",
+        "LOCKS",
+        "MEMLOCK",
+        "MSGQUEUE",
+        "NICE",
+        "NOFILE",
+        "NPROC",
+        "RSS",
+        "RTPRIO",
+        "RTTIME",
+        "SIGPENDING",
+        "STACK",
+    ]
+)
+"""The POSIX/Linux rlimit types of ``process.rlimits[].type``."""
+
+NAMESPACE_TYPES = frozenset({"pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time"})
+DEVICE_TYPES = frozenset({"c", "b", "u", "p"})
+ROOTFS_PROPAGATIONS = frozenset(
+    {"private", "rprivate", "slave", "rslave", "shared", "rshared", "unbindable", "runbindable"}
+)
+SECCOMP_ACTIONS = frozenset(
+    "SCMP_ACT_" + name
+    for name in [
+        "KILL",
+        "KILL_PROCESS",
+        "KILL_THREAD",
+        "TRAP",
+        "ERRNO",
+        "TRACE",
+        "ALLOW",
+        "LOG",
+        "NOTIFY",
+    ]
+)
+SECCOMP_OPERATORS = frozenset(
+    "SCMP_CMP_" + name for name in ["NE", "LT", "LE", "EQ", "GE", "GT", "MASKED_EQ"]
+)
+SECCOMP_ARCHITECTURES = frozenset(
+    "SCMP_ARCH_" + name
+    for name in [
+        "X86",
+        "X86_64",
+        "X32",
+        "ARM",
+        "AARCH64",
+        "MIPS",
+        "MIPS64",
+        "MIPS64N32",
+        "MIPSEL",
+        "MIPSEL64",
+        "MIPSEL64N32",
+        "PPC",
+        "PPC64",
+        "PPC64LE",
+        "S390",
+        "S390X",
+        "PARISC",
+        "PARISC64",
+        "RISCV64",
+        "LOONGARCH64",
+        "M68K",
+        "SH",
+        "SHEB",
+    ]
+)
+SECCOMP_FLAGS = frozenset(
+    "SECCOMP_FILTER_FLAG_" + name for name in ["TSYNC", "LOG", "SPEC_ALLOW", "WAIT_KILLABLE_RECV"]
+)
+SUPPORTED_VERSIONS = "1.0.0 to 1.3.x"
+
+_SEMVER = re.compile(
+    r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*)?"
+    r"(?:\+[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*)?"
+)
+_UINT32 = 2**32 - 1
+_IO_PRIORITY_CLASSES = frozenset({"IOPRIO_CLASS_RT", "IOPRIO_CLASS_BE", "IOPRIO_CLASS_IDLE"})
+_PERSONALITY_DOMAINS = frozenset({"LINUX", "LINUX32"})
+
+_Problems = list[tuple[str, str]]
+
+
+def validate_spec(spec: Spec) -> None:
+    """Raise :class:`SpecError` listing every OCI MUST that ``spec`` breaks."""
+    problems = spec_problems(spec)
+    if problems:
+        raise SpecError(problems)
+
+
+def spec_problems(spec: Spec) -> list[tuple[str, str]]:
+    """Return the ``(json_path, message)`` problems of ``spec``; empty when it is valid."""
+    out: _Problems = []
+    _check_version(out, spec.oci_version)
+    if spec.root is None:
+        out.append(("root", "missing: root.path is required on Linux"))
+    elif not spec.root.path:
+        out.append(("root.path", "must not be empty"))
+    if spec.process is not None:
+        _check_process(out, spec.process)
+    for i, mount in enumerate(spec.mounts or ()):
+        _check_absolute(out, f"mounts[{i}].destination", mount.destination)
+        _check_mappings(out, f"mounts[{i}].uidMappings", mount.uid_mappings)
+        _check_mappings(out, f"mounts[{i}].gidMappings", mount.gid_mappings)
+    if spec.hooks is not None:
+        hooks = spec.hooks
+        phases = (
+            ("prestart", hooks.prestart),
+            ("createRuntime", hooks.create_runtime),
+            ("createContainer", hooks.create_container),
+            ("startContainer", hooks.start_container),
+            ("poststart", hooks.poststart),
+            ("poststop", hooks.poststop),
+        )
+        for phase, phase_hooks in phases:
+            for i, hook in enumerate(phase_hooks or ()):
+                where = f"hooks.{phase}[{i}]"
+                _check_absolute(out, f"{where}.path", hook.path)
+                _check_env(out, f"{where}.env", hook.env)
+                if hook.timeout is not None and hook.timeout <= 0:
+                    out.append((f"{where}.timeout", f"must be positive, got {hook.timeout}"))
+    for key in spec.annotations or {}:
+        if not key:
+            out.append(("annotations", "keys must not be empty"))
+    namespaces = {ns.type for ns in (spec.linux.namespaces or ())} if spec.linux else set()
+    for name, value in (("hostname", spec.hostname), ("domainname", spec.domainname)):
+        if value and "uts" not in namespaces:
+            out.append((name, f"cannot set the {name} without a private UTS namespace"))
+    if spec.linux is not None:
+        _check_linux(out, spec.linux)
+    return out
+
+
+def _check_version(out: _Problems, version: str) -> None:
+    match = _SEMVER.fullmatch(version)
+    if match is None:
+        out.append(("ociVersion", f'expected a SemVer version like "1.2.0", got "{version}"'))
+    elif match.group(1) != "1" or int(match.group(2)) > 3:
+        out.append(
+            ("ociVersion", f'unsupported version "{version}" (supported: {SUPPORTED_VERSIONS})')
+        )
+
+
+def _check_absolute(out: _Problems, path: str, value: str) -> None:
+    if not value.startswith("/"):
+        out.append((path, f'must be an absolute path, got "{value}"'))
+
+
+def _check_range(out: _Problems, path: str, value: int | None, low: int, high: int) -> None:
+    if value is not None and not low <= value <= high:
+        out.append((path, f"must be in [{low}, {high}], got {value}"))
+
+
+def _check_known(out: _Problems, path: str, value: str, known: frozenset[str], what: str) -> None:
+    if value not in known:
+        out.append((path, f'unknown {what} "{value}"'))
+
+
+def _check_env(out: _Problems, path: str, env: Sequence[str] | None) -> None:
+    for i, entry in enumerate(env or ()):
+        if entry.partition("=")[0] == "" or "=" not in entry:
+            out.append((f"{path}[{i}]", f'expected "KEY=VALUE", got "{entry}"'))
+
+
+def _check_mappings(out: _Problems, path: str, mappings: Iterable[IDMapping] | None) -> None:
+    for i, mapping in enumerate(mappings or ()):
+        _check_range(out, f"{path}[{i}].containerID", mapping.container_id, 0, _UINT32)
+        _check_range(out, f"{path}[{i}].hostID", mapping.host_id, 0, _UINT32)
+        if mapping.size <= 0:
+            out.append((f"{path}[{i}].size", f"must be positive, got {mapping.size}"))
+
+
+def _check_process(out: _Problems, process: Process) -> None:
+    if not process.args:
+        out.append(("process.args", "expected a non-empty list of strings"))
+    elif not process.args[0]:
+        out.append(("process.args[0]", "must not be empty"))
+    _check_absolute(out, "process.cwd", process.cwd)
+    _check_env(out, "process.env", process.env)
+    user = process.user
+    _check_range(out, "process.user.uid", user.uid, 0, _UINT32)
+    _check_range(out, "process.user.gid", user.gid, 0, _UINT32)
+    _check_range(out, "process.user.umask", user.umask, 0, 0o777)
+    for i, gid in enumerate(user.additional_gids or ()):
+        _check_range(out, f"process.user.additionalGids[{i}]", gid, 0, _UINT32)
+    if process.capabilities is not None:
+        for key in ("bounding", "effective", "inheritable", "permitted", "ambient"):
+            for i, cap in enumerate(getattr(process.capabilities, key) or ()):
+                where = f"process.capabilities.{key}[{i}]"
+                _check_known(out, where, cap, CAPABILITIES, "capability")
+    seen: set[str] = set()
+    for i, rlimit in enumerate(process.rlimits or ()):
+        where = f"process.rlimits[{i}]"
+        _check_known(out, f"{where}.type", rlimit.type, RLIMITS, "rlimit type")
+        if rlimit.type in seen:
+            out.append((f"{where}.type", f'duplicate rlimit type "{rlimit.type}"'))
+        seen.add(rlimit.type)
+        _check_range(out, f"{where}.hard", rlimit.hard, 0, 2**64 - 1)
+        _check_range(out, f"{where}.soft", rlimit.soft, 0, 2**64 - 1)
+        if rlimit.soft > rlimit.hard:
+            out.append((f"{where}.soft", f"must not exceed hard ({rlimit.soft} > {rlimit.hard})"))
+    _check_range(out, "process.oomScoreAdj", process.oom_score_adj, -1000, 1000)
+    if process.io_priority is not None:
+        prio = process.io_priority
+        _check_known(out, "process.ioPriority.class", prio.class_, _IO_PRIORITY_CLASSES, "class")
+        _check_range(out, "process.ioPriority.priority", prio.priority, 0, 7)
+    if process.scheduler is not None:
+        _check_range(out, "process.scheduler.nice", process.scheduler.nice, -20, 19)
+
+
+def _check_linux(out: _Problems, linux: Linux) -> None:
+    seen: set[str] = set()
+    for i, ns in enumerate(linux.namespaces or ()):
+        where = f"linux.namespaces[{i}]"
+        _check_known(out, f"{where}.type", ns.type, NAMESPACE_TYPES, "namespace type")
+        if ns.type in seen:
+            out.append((f"{where}.type", f'duplicate namespace type "{ns.type}"'))
+        seen.add(ns.type)
+        if ns.path is not None:
+            _check_absolute(out, f"{where}.path", ns.path)
+    _check_mappings(out, "linux.uidMappings", linux.uid_mappings)
+    _check_mappings(out, "linux.gidMappings", linux.gid_mappings)
+    user_ns = next((ns for ns in linux.namespaces or () if ns.type == "user"), None)
+    for key, mappings in (("uidMappings", linux.uid_mappings), ("gidMappings", linux.gid_mappings)):
+        if mappings and user_ns is None:
+            out.append((f"linux.{key}", "given, but there is no user namespace"))
+        if not mappings and user_ns is not None and not user_ns.path:
+            out.append((f"linux.{key}", "required to create a new user namespace"))
+    for i, dev in enumerate(linux.devices or ()):
+        where = f"linux.devices[{i}]"
+        _check_absolute(out, f"{where}.path", dev.path)
+        _check_known(out, f"{where}.type", dev.type, DEVICE_TYPES, "device type")
+        if dev.type in {"c", "b", "u"}:
+            for key, number in (("major", dev.major), ("minor", dev.minor)):
+                if number is None:
+                    out.append((f"{where}.{key}", f'required for device type "{dev.type}"'))
+        _check_range(out, f"{where}.fileMode", dev.file_mode, 0, 0o7777)
+        _check_range(out, f"{where}.uid", dev.uid, 0, _UINT32)
+        _check_range(out, f"{where}.gid", dev.gid, 0, _UINT32)
+    if linux.resources is not None:
+        for i, rule in enumerate(linux.resources.devices or ()):
+            where = f"linux.resources.devices[{i}]"
+            if rule.type is not None and rule.type not in {"a", "b", "c"}:
+                out.append((f"{where}.type", f'unknown device type "{rule.type}"'))
+            if rule.access is not None and set(rule.access) - set("rwm"):
+                out.append((f"{where}.access", f'expected letters of "rwm", got "{rule.access}"'))
+    if linux.rootfs_propagation is not None:
+        propagation = linux.rootfs_propagation
+        _check_known(
+            out, "linux.rootfsPropagation", propagation, ROOTFS_PROPAGATIONS, "propagation"
+        )
+    for key, paths in (
+        ("maskedPaths", linux.masked_paths),
+        ("readonlyPaths", linux.readonly_paths),
+    ):
+        for i, path in enumerate(paths or ()):
+            _check_absolute(out, f"linux.{key}[{i}]", path)
+    if linux.personality is not None:
+        domain = linux.personality.domain
+        _check_known(out, "linux.personality.domain", domain, _PERSONALITY_DOMAINS, "domain")
+    _check_seccomp(out, linux)
+
+
+def _check_seccomp(out: _Problems, linux: Linux) -> None:
+    seccomp = linux.seccomp
+    if seccomp is None:
+        return
+    action = seccomp.default_action
+    _check_known(out, "linux.seccomp.defaultAction", action, SECCOMP_ACTIONS, "seccomp action")
+    if action == "SCMP_ACT_NOTIFY":
+        out.append(("linux.seccomp.defaultAction", "SCMP_ACT_NOTIFY cannot be the default"))
+    for i, arch in enumerate(seccomp.architectures or ()):
+        where = f"linux.seccomp.architectures[{i}]"
+        _check_known(out, where, arch, SECCOMP_ARCHITECTURES, "seccomp architecture")
+    for i, flag in enumerate(seccomp.flags or ()):
+        _check_known(out, f"linux.seccomp.flags[{i}]", flag, SECCOMP_FLAGS, "seccomp flag")
+    for i, syscall in enumerate(seccomp.syscalls or ()):
+        where = f"linux.seccomp.syscalls[{i}]"
+        if not syscall.names:
+            out.append((f"{where}.names", "expected a non-empty list of strings"))
+        _check_known(out, f"{where}.action", syscall.action, SECCOMP_ACTIONS, "seccomp action")
+        for j, arg in enumerate(syscall.args or ()):
+            _check_range(out, f"{where}.args[{j}].index", arg.index, 0, 5)
+            _check_known(out, f"{where}.args[{j}].op", arg.op, SECCOMP_OPERATORS, "operator")

@@ -1,0 +1,92 @@
+"""Shared fixtures: stores, real bundles, and a leak check around every container test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from sandboxrt import FileStore
+from sandboxrt._os import procfs
+from sandboxrt._proc.init import PROCESS_NAME as INIT_NAME
+from sandboxrt._proc.supervisor import PROCESS_NAME
+from sandboxrt.bundle import BUSYBOX, make_bundle
+
+IS_ROOT = os.geteuid() == 0
+
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root to create namespaces and mounts")
+needs_busybox = pytest.mark.skipif(
+    not os.access(BUSYBOX, os.X_OK), reason="needs busybox-static (apt-get install busybox-static)"
+)
+
+BundleFactory = Callable[..., Path]
+
+
+def supervisor_pids() -> set[int]:
+    """Live (non-zombie) sandboxrt supervisor processes on this machine."""
+    found = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        if comm in (PROCESS_NAME, INIT_NAME):
+            info = procfs.read_stat(int(name))
+            if info is not None and info.state not in "ZX":
+                found.add(int(name))
+    return found
+
+
+def host_mounts() -> list[str]:
+    """The host's mount table, without mount ids (which stay stable anyway)."""
+    with open("/proc/self/mountinfo") as f:
+        return sorted(" ".join(line.split()[3:]) for line in f)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileStore:
+    """A FileStore of the test's own."""
+    return FileStore(tmp_path / "store")
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> BundleFactory:
+    """Make a bundle: ``bundle(args, rootfs="busybox"|"host_usr", name=..., **kw)``."""
+    counter = iter(range(10_000))
+
+    def make(
+        args: Sequence[str] = ("true",),
+        *,
+        rootfs: str = "busybox",
+        name: str | None = None,
+        **kwargs: object,
+    ) -> Path:
+        path = tmp_path / (name or f"bundle{next(counter)}")
+        make_bundle(path, list(args), rootfs=rootfs, **kwargs)  # type: ignore[arg-type]
+        return path
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves supervisors running or changes the host's mount table."""
+    if not IS_ROOT:
+        yield
+        return
+    before_pids = supervisor_pids()
+    before_mounts = host_mounts()
+    yield
+    leaked = supervisor_pids() - before_pids
+    for pid in leaked:  # clean up what we started, by pid, then fail
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    assert not leaked, f"sandbox supervisors left running: {sorted(leaked)}"
+    assert host_mounts() == before_mounts, "the host's mount table changed"
