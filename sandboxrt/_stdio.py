@@ -37,6 +37,11 @@ class StdioPlan:
     def _fd(self, arg: StdioArg, default: int, *, reading: bool) -> int:
         if arg is None:
             return default
+        if isinstance(arg, bool) or not (isinstance(arg, int) or hasattr(arg, "fileno")):
+            raise TypeError(
+                "a stdio argument must be None, PIPE, DEVNULL, STDOUT (stderr only), an fd "
+                f"or an object with fileno(), not {type(arg).__name__}"
+            )
         if arg == subprocess.DEVNULL:
             fd = os.open(os.devnull, (os.O_RDONLY if reading else os.O_WRONLY) | os.O_CLOEXEC)
             self._owned.append(fd)
@@ -53,11 +58,14 @@ class StdioPlan:
             else:
                 self.stderr = stream
             return child
-        if isinstance(arg, int):
-            if arg < 0:
-                raise ValueError(f"invalid stdio argument {arg}")
-            return arg
-        return arg.fileno()
+        fd = arg if isinstance(arg, int) else arg.fileno()
+        if fd < 0:
+            raise ValueError(f"invalid stdio argument {arg!r}")
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise ValueError(f"stdio file descriptor {fd} is not open") from None
+        return fd
 
     def close_child_ends(self) -> None:
         """Close the fds this plan opened for the child (after they were sent)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import datetime as _dt
 import getpass
 import logging
@@ -22,7 +23,13 @@ from sandboxrt._proc import hooks
 from sandboxrt._proc.launcher import Launcher
 from sandboxrt._stdio import StdioArg, StdioPlan
 from sandboxrt.config import Config
-from sandboxrt.errors import ContainerExistsError, ContainerNotFoundError, MissingFeatureError
+from sandboxrt.errors import (
+    ContainerExistsError,
+    ContainerNotFoundError,
+    InitError,
+    MissingFeatureError,
+    SandboxDiedError,
+)
 from sandboxrt.sandbox import Sandbox
 from sandboxrt.stores import FileStore, MetadataStore
 
@@ -111,6 +118,14 @@ class Container:
         if spec is None:
             spec = read_spec_file(bundle_path / "config.json")
         document = _apply_config(dump_spec(spec), config)
+        # Before the lock: a spec the plan refuses leaves nothing behind, not even a lock file.
+        plan = build_plan(
+            container_id=id,
+            sandbox_id=id,
+            spec=document,
+            bundle=str(bundle_path),
+            runtime_root=str(store.runtime_dir),
+        )
         with store.lock(id, timeout=config.lock_timeout):
             if id in store.list_ids():
                 raise ContainerExistsError(id)
@@ -125,17 +140,11 @@ class Container:
                 config=attrs.asdict(config),
                 annotations=dict(document.get("annotations") or {}),
             )
-            plan = build_plan(
-                container_id=id,
-                sandbox_id=id,
-                spec=document,
-                bundle=str(bundle_path),
-                runtime_root=str(store.runtime_dir),
-            )
             store.create(record)
             container = cls(record, store)
-            stdio = StdioPlan(stdin, stdout, stderr)
+            stdio: StdioPlan | None = None
             try:
+                stdio = StdioPlan(stdin, stdout, stderr)
                 sandbox, pty = Sandbox.launch(
                     plan,
                     stdio.child_fds,
@@ -159,7 +168,8 @@ class Container:
                 if pid_file is not None:
                     _write_pid_file(pid_file, sandbox.pid)
             except BaseException:
-                stdio.close_all()
+                if stdio is not None:
+                    stdio.close_all()
                 container._teardown()
                 raise
         return container
@@ -277,7 +287,13 @@ class Container:
             require(Operation.KILL_ALL if all else Operation.KILL, self.id, status)
             if sandbox is None or not sandbox.is_running():
                 return
-            sandbox.signal(self.id, int(sig), all=all)
+            try:
+                sandbox.signal(self.id, int(sig), all=all)
+            except (SandboxDiedError, InitError):
+                # It stopped meanwhile: answer as if it had stopped before the call.
+                if _effective_status(self._record, sandbox) is not Status.STOPPED:
+                    raise
+                require(Operation.KILL_ALL if all else Operation.KILL, self.id, Status.STOPPED)
 
     def destroy(self) -> None:
         """Kill everything of the container and remove all it left; a no-op when gone."""
@@ -309,7 +325,7 @@ class Container:
             log=log,
         )
 
-    def _hooks(self, phase: str) -> list[dict[str, Any]]:
+    def _hooks(self, phase: str) -> builtins.list[dict[str, Any]]:
         return list((self._record.spec.get("hooks") or {}).get(phase) or [])
 
     def _state_dict(self, status: Status, pid: int | None = None) -> dict[str, Any]:
@@ -334,6 +350,7 @@ class Container:
         return state
 
     def _hand_over_console(self, master: int, console_socket: str | os.PathLike[str] | None) -> None:
+        os.set_inheritable(master, False)  # received over SCM_RIGHTS without close-on-exec
         if console_socket is None:
             self.console = os.fdopen(master, "r+b", buffering=0)
             return
@@ -357,6 +374,11 @@ class _Locked:
         self._lock.__enter__()
         try:
             self._container._refresh()
+        except ContainerNotFoundError as exc:
+            # Gone: drop the lock file this lock just made, as destroy did.
+            self._container._store.delete(self._container.id)
+            self._lock.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         except BaseException as exc:
             self._lock.__exit__(type(exc), exc, exc.__traceback__)
             raise

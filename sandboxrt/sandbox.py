@@ -16,7 +16,7 @@ import backoff
 from sandboxrt._core.protocol import ExitStatus, Launched, Progress, Reply, Request, SandboxPlan
 from sandboxrt._core.records import ProcessIdentity
 from sandboxrt._os import channel, procfs
-from sandboxrt._proc.launcher import Launcher, default_launcher
+from sandboxrt._proc.launcher import LaunchedProcess, Launcher, default_launcher
 from sandboxrt.errors import (
     HookError,
     InitError,
@@ -100,6 +100,7 @@ class Sandbox:
         container_id = plan.init.container_id
         os.makedirs(plan.runtime_dir, mode=0o700)
         sandbox: Sandbox | None = None
+        launched: LaunchedProcess | None = None
         try:
             log_fd = os.open(
                 os.path.join(plan.runtime_dir, "supervisor.log"),
@@ -111,21 +112,33 @@ class Sandbox:
                 process = (launcher or default_launcher()).launch(
                     bootstrap_fd=theirs.fileno(), log_fd=log_fd
                 )
+            except BaseException:
+                ours.close()
+                raise
             finally:
                 theirs.close()
                 os.close(log_fd)
+            launched = process
             with ours:
-                channel.send(ours, plan, stdio)
+                try:
+                    channel.send(ours, plan, stdio)
+                except (BrokenPipeError, ConnectionResetError) as exc:
+                    raise SandboxDiedError(
+                        container_id, f"the launched process took no plan ({exc.strerror})"
+                    ) from None
                 first, _ = cls._next(ours, container_id, plan.runtime_dir, Launched, Progress)
                 if isinstance(first, Progress):
                     raise cls._failure(container_id, first)
                 assert isinstance(first, Launched)
                 sandbox = cls(plan.sandbox_id, _identity(first.pid, container_id), plan.runtime_dir)
                 process.wait()
+                launched = None
                 return sandbox, sandbox._follow_creation(ours, container_id, on_mounted)
         except BaseException:
             if sandbox is not None:
                 sandbox.destroy(timeout=10.0)
+            if launched is not None:
+                _reap(launched)
             shutil.rmtree(plan.runtime_dir, ignore_errors=True)
             raise
 
@@ -135,7 +148,7 @@ class Sandbox:
     ) -> tuple[Any, list[int]]:
         try:
             return channel.receive_one_of(sock, *kinds)
-        except channel.ChannelClosedError:
+        except ConnectionError:  # closed, or reset with our message unread
             log = os.path.join(runtime_dir, "supervisor.log")
             try:
                 with open(log, errors="replace") as f:
@@ -249,8 +262,26 @@ class Sandbox:
         finally:
             os.close(pidfd)
 
+    def owns_pid_namespace(self) -> bool:
+        """Whether the supervisor is PID 1 of a PID namespace (its death then kills the rest)."""
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                nspid = next((line.split()[1:] for line in f if line.startswith("NSpid:")), [])
+        except OSError:
+            return True  # gone: nothing is left to kill
+        return len(nspid) > 1 and nspid[-1] == "1"
+
     def destroy(self, timeout: float) -> None:
         """Kill the sandbox, wait until it is gone, remove its runtime files."""
+        if self.is_running() and not self.owns_pid_namespace():
+            # Without a PID namespace of its own the container's processes outlive
+            # the supervisor: have it SIGKILL them all (best effort) first.
+            with contextlib.suppress(SandboxrtError, OSError):
+                self.request(
+                    self.id,
+                    Request("signal", self.id, signal=signal.SIGKILL, all=True),
+                    timeout=min(timeout, 1.0),
+                )
         self.kill()
         gone = backoff.on_predicate(
             backoff.expo, lambda alive: alive, max_time=timeout, factor=0.001, max_value=0.05
@@ -258,6 +289,17 @@ class Sandbox:
         if gone:
             raise SandboxDiedError(self.id, f"the supervisor (pid {self.pid}) did not exit")
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+def _reap(process: LaunchedProcess) -> None:
+    """Wait for a launched process after a failed launch; SIGKILL it if it lingers."""
+    try:
+        process.wait(timeout=1.0)
+    except Exception:  # any launcher's timeout error
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            process.wait(timeout=5.0)
 
 
 def _identity(pid: int, container_id: str) -> ProcessIdentity:

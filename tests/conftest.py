@@ -23,6 +23,11 @@ needs_busybox = pytest.mark.skipif(
 
 BundleFactory = Callable[..., Path]
 
+# Sandboxes inherit the environment (through the fork server), so this marks the
+# ones this test session started: the leak check never touches anyone else's.
+OWNER_MARK = f"SANDBOXRT_TEST_OWNER={os.getpid()}".encode()
+os.environ["SANDBOXRT_TEST_OWNER"] = str(os.getpid())
+
 
 def supervisor_pids() -> set[int]:
     """Live (non-zombie) sandboxrt supervisor processes on this machine."""
@@ -35,11 +40,19 @@ def supervisor_pids() -> set[int]:
                 comm = f.read().strip()
         except OSError:
             continue
-        if comm in (PROCESS_NAME, INIT_NAME):
+        if comm in (PROCESS_NAME, INIT_NAME) and _ours(name):
             info = procfs.read_stat(int(name))
             if info is not None and info.state not in "ZX":
                 found.add(int(name))
     return found
+
+
+def _ours(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return OWNER_MARK in f.read().split(b"\0")
+    except OSError:
+        return False
 
 
 def host_mounts() -> list[str]:

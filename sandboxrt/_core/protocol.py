@@ -252,7 +252,7 @@ def decode(raw: bytes, expected: type[T]) -> T:
     if not isinstance(data, dict):
         raise ValueError("a message must be a JSON object")
     kind = data.pop("kind", None)
-    if _KINDS.get(kind) is not expected:  # type: ignore[arg-type]
+    if not isinstance(kind, str) or _KINDS.get(kind) is not expected:
         raise ValueError(f"expected a {expected.kind!r} message, got {kind!r}")
     try:
         return expected.from_wire(data)

@@ -151,6 +151,7 @@ def create_devices(root: str, devices: Iterable[DevicePlan]) -> None:
             os.unlink(target)
         try:
             os.mknod(target, kinds[dev.type] | (dev.mode & 0o7777), os.makedev(dev.major, dev.minor))
+            os.chmod(target, dev.mode & 0o7777)  # mknod's mode went through the umask
             os.chown(target, dev.uid, dev.gid)
         except PermissionError:
             _ensure_target(target, directory=False, root=root)

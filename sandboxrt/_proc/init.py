@@ -86,11 +86,12 @@ def _prepare_root(plan: InitPlan, sync: socket.socket) -> None:
             container_id=plan.container_id,
         )
     mounts.pivot_into(root)
-    mounts.mask_paths(plan.masked_paths)
-    mounts.readonly_paths(plan.readonly_paths)
+    # Sysctls first: the default readonlyPaths make /proc/sys read-only.
     for key, value in plan.sysctl.items():
         with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
             f.write(value)
+    mounts.mask_paths(plan.masked_paths)
+    mounts.readonly_paths(plan.readonly_paths)
     if plan.rootfs_propagation:
         syscalls.mount(None, "/", None, plan.rootfs_propagation)
     if plan.readonly_root:
@@ -118,6 +119,11 @@ def _apply_process(plan: InitPlan) -> None:
 
 
 def _install_stdio(stdio: Sequence[int], tty_slave: int | None) -> None:
+    # The fds came over SCM_RIGHTS and are inheritable (Python 3.11's
+    # socket.recv_fds drops MSG_CMSG_CLOEXEC): only the 0-2 made below may
+    # reach the program.
+    for fd in set(stdio):
+        os.set_inheritable(fd, False)
     if tty_slave is not None:
         fcntl.ioctl(tty_slave, termios.TIOCSCTTY, 0)
         stdio = [tty_slave] * 3

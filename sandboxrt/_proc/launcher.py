@@ -8,6 +8,7 @@ sandboxrt's stdlib-only modules. A host application may pass its own.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -99,11 +100,11 @@ class ForkServerLauncher:
     def __init__(self, python: str | None = None) -> None:
         self.python = python
         self._lock = threading.Lock()
-        self._sock: channel.socket.socket | None = None
+        self._sock: socket.socket | None = None
         self._server: subprocess.Popen[bytes] | None = None
         self._owner = 0
 
-    def _connection(self) -> channel.socket.socket:
+    def _connection(self) -> socket.socket:
         if self._sock is not None and self._owner == os.getpid() and self._server is not None:
             if self._server.poll() is None:
                 return self._sock

@@ -223,7 +223,16 @@ class Supervisor:
             return Reply(True)  # the sync socket closed on exec: the program runs
         finally:
             sync.close()
+        # The init exits right after reporting the failure: record its exit before
+        # replying, so the caller sees the container stopped once start fails.
+        self._await_init()
         return Reply(False, error=step.error, error_type=step.error_type, details=step.details)
+
+    def _await_init(self) -> None:
+        with contextlib.suppress(ChildProcessError):
+            _, status = os.waitpid(self.init_pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+            write_exit_status(self.plan.exit_file, self.returncode)
 
     def _signal(self, signum: int, *, everyone: bool) -> None:
         if self.returncode is not None and not everyone:

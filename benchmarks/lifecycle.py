@@ -1,0 +1,151 @@
+"""Container lifecycle latency: sandboxrt beside runc, crun and runsc, in one run.
+
+Prints the median and spread (p10-p90) of running ``/bin/true`` to completion
+(create + start + wait + destroy) and of each step separately, for every
+runtime that is installed, with ratios against sandboxrt. All runtimes use
+the same busybox bundle and run in one private mount namespace with a tmpfs
+over /sys/fs/cgroup/unified (crun refuses this machine's hybrid layout
+otherwise). Needs root.
+
+    python benchmarks/lifecycle.py [-n 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sandboxrt import Container, FileStore
+from sandboxrt.bundle import make_bundle
+
+STEPS = ("run", "create", "start", "wait", "destroy")
+Timings = dict[str, list[float]]
+
+
+def enter_private_namespace() -> None:
+    """Re-run this script in a private mount namespace with the cgroup2 mount hidden."""
+    if os.environ.get("SANDBOXRT_BENCH_NS") == "1":
+        if os.path.ismount("/sys/fs/cgroup/unified"):
+            subprocess.run(["mount", "-t", "tmpfs", "none", "/sys/fs/cgroup/unified"], check=True)
+        return
+    env = {**os.environ, "SANDBOXRT_BENCH_NS": "1"}
+    argv = ["unshare", "--mount", "--propagation", "private", sys.executable, *sys.argv]
+    raise SystemExit(subprocess.run(argv, env=env, check=False).returncode)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench_sandboxrt(bundle: Path, root: Path, n: int) -> Timings:
+    store = FileStore(root)
+    out: Timings = {step: [] for step in STEPS}
+    Container.run("warmup", bundle, store=store)  # starts the fork server
+    for i in range(n):
+        out["run"].append(timed(lambda i=i: Container.run(f"run{i}", bundle, store=store)))
+    for i in range(n):
+        holder: list[Container] = []
+        out["create"].append(
+            timed(lambda i=i: holder.append(Container.create(f"c{i}", bundle, store=store)))
+        )
+        c = holder[0]
+        out["start"].append(timed(c.start))
+        out["wait"].append(timed(c.wait))
+        out["destroy"].append(timed(c.destroy))
+    return out
+
+
+def bench_cli(binary: str, bundle: Path, root: Path, n: int, extra: list[str]) -> Timings:
+    """runc-style CLI: run; create, start, wait (poll state), delete."""
+    base = [binary, "--root", str(root), *extra]
+    out: Timings = {step: [] for step in STEPS}
+    bundle_flag = "--bundle" if binary != "runsc" else "-bundle"
+    # A file, not a pipe, for stderr: a created container's init holds it open.
+    errors = tempfile.TemporaryFile()
+
+    def run(*args: str) -> None:
+        errors.seek(0)
+        errors.truncate()
+        done = subprocess.run([*base, *args], stdout=subprocess.DEVNULL, stderr=errors)
+        if done.returncode != 0:
+            errors.seek(0)
+            raise subprocess.CalledProcessError(done.returncode, args, stderr=errors.read())
+
+    run("run", bundle_flag, str(bundle), "warmup")
+    for i in range(n):
+        out["run"].append(timed(lambda i=i: run("run", bundle_flag, str(bundle), f"run{i}")))
+    for i in range(n):
+        cid = f"c{i}"
+        out["create"].append(timed(lambda cid=cid: run("create", bundle_flag, str(bundle), cid)))
+        out["start"].append(timed(lambda cid=cid: run("start", cid)))
+
+        def wait(cid: str = cid) -> None:
+            while True:
+                state = subprocess.run(
+                    [*base, "state", cid], capture_output=True, text=True, check=False
+                )
+                if '"stopped"' in state.stdout or state.returncode != 0:
+                    return
+                time.sleep(0.0005)
+
+        out["wait"].append(timed(wait))
+        out["destroy"].append(timed(lambda cid=cid: run("delete", "--force", cid)))
+    return out
+
+
+def summary(values: list[float]) -> tuple[float, float, float]:
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return statistics.median(ordered) * 1000, pick(0.1) * 1000, pick(0.9) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=30, help="iterations per step")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("benchmarks/lifecycle.py needs root")
+    enter_private_namespace()
+    work = Path(tempfile.mkdtemp(prefix="sandboxrt-bench-"))
+    runs = Path(tempfile.mkdtemp(prefix="sandboxrt-bench-", dir="/run"))
+    try:
+        bundle = work / "bundle"
+        make_bundle(bundle, ["/bin/true"], rootfs="busybox")
+        results: dict[str, Timings] = {"sandboxrt": bench_sandboxrt(bundle, runs / "sbrt", args.n)}
+        others = {"runc": [], "crun": [], "runsc": ["--network=none", "--platform=ptrace"]}
+        for name, extra in others.items():
+            if shutil.which(name) is None:
+                print(f"{name}: not installed, skipped")
+                continue
+            try:
+                results[name] = bench_cli(name, bundle, runs / name, args.n, extra)
+            except subprocess.CalledProcessError as exc:
+                err = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
+                print(f"{name}: failed ({err[-1] if err else exc}), skipped")
+        base = {step: summary(results["sandboxrt"][step])[0] for step in STEPS}
+        print(f"\n/bin/true, busybox rootfs, n={args.n}; median ms [p10-p90] (ratio to sandboxrt)")
+        print(f"{'step':<8}" + "".join(f"{name:>28}" for name in results))
+        for step in STEPS:
+            cells = []
+            for name, timings in results.items():
+                med, p10, p90 = summary(timings[step])
+                ratio = med / base[step] if base[step] else float("nan")
+                cells.append(f"{med:7.2f} [{p10:6.2f}-{p90:6.2f}] x{ratio:4.2f}")
+            print(f"{step:<8}" + "".join(f"{c:>28}" for c in cells))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(runs, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

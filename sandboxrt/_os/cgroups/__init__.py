@@ -1,0 +1,108 @@
+"""Linux cgroups (v1 and v2) for the containers of sandboxrt.
+
+Typical use::
+
+    cgroup = create(spec_linux.get("cgroupsPath"), spec_linux.get("resources"),
+                    container_id=cid)
+    cgroup.add_process(pid)
+    record = cgroup.to_dict()            # plain JSON: keep it in the metadata
+    ...
+    cgroup = load(record)                # in another process
+    cgroup.kill_all()
+    cgroup.destroy()                     # removes only the levels create() made
+
+:func:`detect` picks the driver: v2 when the cgroup2 mount offers the memory,
+pids and cpu controllers, else v1. On v2, device rules are refused
+(:class:`~sandboxrt.errors.MissingFeatureError`): they need eBPF. Standard
+library only: the sandbox supervisor imports this package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sandboxrt.errors import CorruptMetadataError, MissingFeatureError
+
+from .common import Cgroup, CgroupStats, Placement
+from .layout import CgroupLayout, Hierarchy, detect
+from .resources import (
+    CpuResources,
+    DeviceRule,
+    MemoryResources,
+    Resources,
+    ResourcesLike,
+    shares_to_weight,
+    swap_to_v2,
+)
+from .v1 import CgroupV1
+from .v2 import CgroupV2
+
+__all__ = [
+    "Cgroup",
+    "CgroupLayout",
+    "CgroupStats",
+    "CgroupV1",
+    "CgroupV2",
+    "CpuResources",
+    "DeviceRule",
+    "Hierarchy",
+    "MemoryResources",
+    "Resources",
+    "ResourcesLike",
+    "create",
+    "default_path",
+    "detect",
+    "load",
+    "shares_to_weight",
+    "swap_to_v2",
+]
+
+_DRIVERS: dict[str, type[Cgroup]] = {"v1": CgroupV1, "v2": CgroupV2}
+
+
+def default_path(container_id: str) -> str:
+    """The cgroupsPath used when a spec gives none: ``/sandboxrt/<id>``."""
+    return f"/sandboxrt/{container_id}"
+
+
+def create(
+    path: str | None,
+    resources: ResourcesLike | None = None,
+    *,
+    container_id: str = "",
+    layout: CgroupLayout | None = None,
+) -> Cgroup:
+    """Create the cgroup of a container and apply ``resources``.
+
+    ``path`` is the OCI ``linux.cgroupsPath``: absolute from each hierarchy's
+    root, relative from the caller's own cgroup; when empty,
+    :func:`default_path` of ``container_id``. ``resources`` is the OCI
+    ``linux.resources`` object or a :class:`Resources`. ``layout`` defaults
+    to :func:`detect`.
+    """
+    if not path:
+        if not container_id:
+            raise ValueError("create() needs a cgroupsPath or a container id")
+        path = default_path(container_id)
+    layout = layout if layout is not None else detect()
+    driver = layout.driver
+    if driver is None:
+        raise MissingFeatureError("cgroups", "neither cgroup v1 controllers nor cgroup2 is mounted")
+    return _DRIVERS[driver].create(layout, path, resources)
+
+
+def load(record: Mapping[str, Any], *, container_id: str = "") -> Cgroup:
+    """Reattach to a cgroup from its :meth:`Cgroup.to_dict` record.
+
+    Raises :class:`CorruptMetadataError` when the record is malformed.
+    """
+    try:
+        cls = _DRIVERS[record["driver"]]
+        path = str(record["path"])
+        placements = [Placement.from_dict(p) for p in record["placements"]]
+    except (KeyError, TypeError, ValueError) as err:
+        raise CorruptMetadataError(container_id, f"bad cgroup record: {err!r}") from err
+    if not placements:
+        raise CorruptMetadataError(container_id, "bad cgroup record: no placements")
+    return cls(path, placements)

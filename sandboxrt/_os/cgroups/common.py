@@ -1,0 +1,421 @@
+"""What the cgroup v1 and v2 drivers share.
+
+File access with errors mapped to :class:`SystemCallError`, directory creation
+that records which levels it made, removal with retries on ``EBUSY``, process
+listing, the freeze-kill-thaw loop, and the serialisable record of a cgroup.
+
+Writes create missing files only where the filesystem allows it: on cgroupfs
+a missing control file stays missing (``ENOENT``), while a fake tree of plain
+directories (used by the tests) simply gains the file. Standard library only.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import errno
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, ClassVar
+
+from sandboxrt.errors import MissingFeatureError, SystemCallError
+
+from .layout import CgroupLayout, Hierarchy
+from .resources import ResourcesLike, as_resources
+
+__all__ = [
+    "UNLIMITED",
+    "Cgroup",
+    "CgroupStats",
+    "Placement",
+    "read_file",
+    "read_int",
+    "read_keyed",
+    "read_optional",
+    "write_file",
+]
+
+#: Values at or above this are "no limit" (v1 reports 2**63 rounded down to a page).
+UNLIMITED = 1 << 62
+_MAX_DELAY = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupStats:
+    """Usage counters of a cgroup; ``None`` limits are unlimited or unknown."""
+
+    cpu_usage_ns: int = 0
+    cpu_user_ns: int = 0
+    cpu_system_ns: int = 0
+    memory_usage: int = 0
+    memory_limit: int | None = None
+    memory_max_usage: int | None = None
+    memory_failcnt: int = 0
+    pids_current: int = 0
+    pids_limit: int | None = None
+
+
+# -- files -------------------------------------------------------------------------------
+
+
+def write_file(directory: Path, name: str, value: str | int) -> None:
+    """Write ``value`` to the control file ``name`` of the cgroup ``directory`` in one write."""
+    path = directory / name
+    data = str(value).encode()
+    try:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        except FileNotFoundError as missing:
+            try:  # a fake tree: create the file; cgroupfs refuses (EACCES)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            except OSError:
+                raise missing from None
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        what = f"cgroup {directory}: writing {data.decode()!r} to {name}"
+        raise SystemCallError(what, err) from err
+
+
+def read_optional(directory: Path, name: str) -> str | None:
+    """The content of a control file, or ``None`` when it does not exist."""
+    try:
+        with open(directory / name) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise SystemCallError(f"cgroup {directory}: reading {name}", err) from err
+
+
+def read_file(directory: Path, name: str) -> str:
+    """The content of a control file that must exist."""
+    text = read_optional(directory, name)
+    if text is None:
+        err = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+        raise SystemCallError(f"cgroup {directory}: reading {name}", err)
+    return text
+
+
+def read_int(directory: Path, name: str) -> int | None:
+    """An integer control file; ``None`` when missing, empty, ``max`` or unlimited."""
+    text = (read_optional(directory, name) or "").strip()
+    if not text or text == "max":
+        return None
+    value = int(text.split()[0])
+    return None if value >= UNLIMITED else value
+
+
+def read_keyed(directory: Path, name: str) -> dict[str, int]:
+    """A flat keyed file (``key value`` lines) such as ``cpu.stat``; empty when missing."""
+    result: dict[str, int] = {}
+    for line in (read_optional(directory, name) or "").splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().lstrip("-").isdigit():
+            result[key] = int(value)
+    return result
+
+
+def _subdirs(directory: Path) -> list[Path]:
+    try:
+        return [Path(e.path) for e in os.scandir(directory) if e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
+
+
+def _rmdir(directory: Path, deadline: float, *, shared: bool) -> bool:
+    """Remove one cgroup directory, retrying while it is busy.
+
+    A ``shared`` level (a parent we created) that still has child cgroups is
+    in use by someone else: it is left alone and ``False`` returned.
+    """
+    delay = 0.005
+    while True:
+        try:
+            os.rmdir(directory)
+        except FileNotFoundError:
+            return True
+        except OSError as err:
+            if err.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+                raise SystemCallError(f"removing cgroup {directory}", err) from err
+            children = _subdirs(directory)
+            if shared and children:
+                return False
+            if err.errno == errno.ENOTEMPTY and not children:
+                # A fake tree of plain files (cgroupfs says EBUSY, never ENOTEMPTY).
+                for entry in os.scandir(directory):
+                    os.unlink(entry.path)
+                continue
+            if time.monotonic() >= deadline:
+                raise SystemCallError(f"removing cgroup {directory}", err) from err
+            time.sleep(delay)
+            delay = min(delay * 2, _MAX_DELAY)
+        else:
+            return True
+
+
+def _remove_tree(directory: Path, deadline: float) -> None:
+    """Remove a cgroup we own with every cgroup below it, deepest first."""
+    for child in _subdirs(directory):
+        _remove_tree(child, deadline)
+    _rmdir(directory, deadline, shared=False)
+
+
+def _parse_pids(text: str | None) -> Iterator[int]:
+    return (int(line) for line in (text or "").split())
+
+
+# -- the cgroup of one container ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """A cgroup's directory in one hierarchy, and the levels of it sandboxrt created."""
+
+    mountpoint: Path
+    controllers: frozenset[str]
+    rel: PurePosixPath
+    created: tuple[PurePosixPath, ...]
+
+    @property
+    def directory(self) -> Path:
+        return self.mountpoint / self.rel
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mountpoint": str(self.mountpoint),
+            "controllers": sorted(self.controllers),
+            "path": str(self.rel),
+            "created": [str(c) for c in self.created],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Placement:
+        """Parse and check a record; raises ``ValueError`` when it is malformed."""
+        if not isinstance(data, dict):
+            raise ValueError("placement must be an object")
+        mountpoint = Path(data["mountpoint"])
+        rel = PurePosixPath(data["path"])
+        created = tuple(PurePosixPath(c) for c in data["created"])
+        controllers = frozenset(str(c) for c in data["controllers"])
+        if not mountpoint.is_absolute():
+            raise ValueError(f"mountpoint {mountpoint} is not absolute")
+        for path in (rel, *created):
+            if path.is_absolute() or ".." in path.parts or str(path) in ("", "."):
+                raise ValueError(f"cgroup path {str(path)!r} is not below the mountpoint")
+        for path in created:
+            if path != rel and path not in rel.parents:
+                raise ValueError(f"created level {path} is not the cgroup or one of its parents")
+        return cls(mountpoint, controllers, rel, created)
+
+
+def make_levels(
+    mountpoint: Path,
+    rel: PurePosixPath,
+    *,
+    before: Callable[[Path], None] | None = None,
+    after: Callable[[Path], None] | None = None,
+) -> tuple[PurePosixPath, ...]:
+    """Create the missing levels of ``mountpoint/rel``; return those created, parents first.
+
+    ``before(parent)`` runs for every parent level (existing or not) before
+    its child is made; ``after(level)`` for every level this call created. On
+    failure the levels already created are removed again.
+    """
+    created: list[PurePosixPath] = []
+    try:
+        for depth in range(1, len(rel.parts) + 1):
+            level = PurePosixPath(*rel.parts[:depth])
+            if before is not None:
+                before(mountpoint / level.parent)
+            try:
+                os.mkdir(mountpoint / level, 0o755)
+            except FileExistsError:
+                continue
+            except OSError as err:
+                raise SystemCallError(f"creating cgroup {mountpoint / level}", err) from err
+            created.append(level)
+            if after is not None:
+                after(mountpoint / level)
+    except BaseException:
+        _remove_levels(mountpoint, rel, tuple(created), time.monotonic() + 1.0)
+        raise
+    return tuple(created)
+
+
+def _remove_levels(
+    mountpoint: Path, rel: PurePosixPath, created: tuple[PurePosixPath, ...], deadline: float
+) -> None:
+    for level in sorted(created, key=lambda p: len(p.parts), reverse=True):
+        if level == rel:
+            _remove_tree(mountpoint / level, deadline)
+        else:
+            _rmdir(mountpoint / level, deadline, shared=True)
+
+
+class Cgroup(abc.ABC):
+    """The cgroup of one container, in one or (v1) several hierarchies.
+
+    Create one with :func:`sandboxrt._os.cgroups.create`; persist
+    :meth:`to_dict` and reattach from another process with
+    :func:`sandboxrt._os.cgroups.load`.
+    """
+
+    driver: ClassVar[str]
+
+    def __init__(self, path: str, placements: Iterable[Placement]) -> None:
+        self.path = path
+        self.placements = tuple(placements)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path!r}>"
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls, layout: CgroupLayout, path: str, resources: ResourcesLike | None = None
+    ) -> Cgroup:
+        """Create the cgroup ``path`` (an OCI ``cgroupsPath``) and apply ``resources``."""
+        res = as_resources(resources)
+        placements: list[Placement] = []
+        cgroup = cls(path, placements)
+        try:
+            for hierarchy in cls._hierarchies(layout):
+                rel = layout.resolve(hierarchy, path)
+                created = cgroup._make(hierarchy, rel)
+                placements.append(
+                    Placement(hierarchy.mountpoint, hierarchy.controllers, rel, created)
+                )
+                cgroup.placements = tuple(placements)
+            cgroup.apply(res)
+        except BaseException:
+            with contextlib.suppress(SystemCallError):  # keep the original error
+                cgroup.destroy(timeout=1.0)
+            raise
+        return cgroup
+
+    @classmethod
+    @abc.abstractmethod
+    def _hierarchies(cls, layout: CgroupLayout) -> list[Hierarchy]:
+        """The hierarchies this driver places a cgroup in."""
+
+    @abc.abstractmethod
+    def _make(self, hierarchy: Hierarchy, rel: PurePosixPath) -> tuple[PurePosixPath, ...]:
+        """Create the directory of this cgroup in ``hierarchy``; return the levels created."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain-JSON record of this cgroup, for :func:`~sandboxrt._os.cgroups.load`."""
+        return {
+            "driver": self.driver,
+            "path": self.path,
+            "placements": [p.to_dict() for p in self.placements],
+        }
+
+    # -- the interface --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def apply(self, resources: ResourcesLike) -> None:
+        """Set the limits given in ``resources``; fields left ``None`` are not touched."""
+
+    @abc.abstractmethod
+    def freeze(self, timeout: float = 5.0) -> None:
+        """Freeze every process of the cgroup; return once they all are frozen."""
+
+    @abc.abstractmethod
+    def thaw(self) -> None:
+        """Let the processes of the cgroup run again."""
+
+    @abc.abstractmethod
+    def stats(self) -> CgroupStats:
+        """CPU, memory and pids usage of the cgroup."""
+
+    def _can_freeze(self) -> bool:
+        return True
+
+    def _kill_at_once(self) -> bool:
+        """Kill every process with one write, if the kernel can; ``False`` if not."""
+        return False
+
+    @property
+    def directories(self) -> list[Path]:
+        """The cgroup's directory in each hierarchy."""
+        return list(dict.fromkeys(p.directory for p in self.placements))
+
+    def directory(self, controller: str) -> Path | None:
+        """The cgroup's directory in the hierarchy of ``controller``, if there is one."""
+        return next((p.directory for p in self.placements if controller in p.controllers), None)
+
+    def require(self, controller: str) -> Path:
+        """:meth:`directory`, raising :class:`MissingFeatureError` when there is none."""
+        directory = self.directory(controller)
+        if directory is None:
+            raise MissingFeatureError(f"cgroup controller {controller!r}")
+        return directory
+
+    def exists(self) -> bool:
+        """Whether the cgroup's directory still exists (in any hierarchy)."""
+        return any(d.is_dir() for d in self.directories)
+
+    def add_process(self, pid: int) -> None:
+        """Move the process ``pid`` (all its threads) into the cgroup."""
+        for directory in self.directories:
+            write_file(directory, "cgroup.procs", pid)
+
+    def pids(self) -> list[int]:
+        """Every process in the cgroup or in cgroups below it, sorted."""
+        found: set[int] = set()
+        for directory in self.directories:
+            for dirpath, _, _ in os.walk(directory):
+                found.update(_parse_pids(read_optional(Path(dirpath), "cgroup.procs")))
+        return sorted(found)
+
+    def kill_all(self, timeout: float = 10.0) -> None:
+        """SIGKILL every process of the cgroup and wait until it is empty.
+
+        Without a kernel ``cgroup.kill``: freeze, kill every listed PID, thaw,
+        and repeat, so that a process forking meanwhile cannot escape.
+        """
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while self.pids():
+            if not self._kill_at_once():
+                self._freeze_kill_thaw(deadline)
+            if time.monotonic() >= deadline:
+                err = OSError(errno.EBUSY, "processes are still running")
+                raise SystemCallError(f"killing the processes of cgroup {self.path}", err)
+            time.sleep(delay)
+            delay = min(delay * 2, _MAX_DELAY / 4)
+
+    def _freeze_kill_thaw(self, deadline: float) -> None:
+        frozen = False
+        if self._can_freeze():
+            try:
+                self.freeze(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+                frozen = True
+            except SystemCallError:
+                pass  # kill what we see; the next round catches the rest
+        try:
+            for pid in self.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        finally:
+            if frozen:
+                self.thaw()
+
+    def destroy(self, timeout: float = 5.0) -> None:
+        """Remove the directories sandboxrt created (idempotent).
+
+        Does not kill: call :meth:`kill_all` first. A busy cgroup is retried
+        until ``timeout``; a created parent level still holding other cgroups
+        is left in place; pre-existing levels are never removed.
+        """
+        deadline = time.monotonic() + timeout
+        for placement in self.placements:
+            _remove_levels(placement.mountpoint, placement.rel, placement.created, deadline)

@@ -1,0 +1,226 @@
+"""The OCI ``linux.resources`` subset that sandboxrt enforces with cgroups.
+
+:meth:`Resources.from_oci` parses the ``linux.resources`` object of a
+config.json; ``None`` in a field means "leave the current value alone", ``-1``
+means unlimited. Unknown keys (``blockIO``, ``hugepageLimits``, ...) are
+ignored. Standard library only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from sandboxrt.errors import SpecError
+
+__all__ = [
+    "CpuResources",
+    "DeviceRule",
+    "MemoryResources",
+    "Resources",
+    "ResourcesLike",
+    "as_resources",
+    "shares_to_weight",
+    "swap_to_v2",
+]
+
+_WHERE = "linux.resources"
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryResources:
+    """Memory limits in bytes; ``swap`` is memory plus swap, as in OCI and cgroup v1."""
+
+    limit: int | None = None
+    reservation: int | None = None
+    swap: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CpuResources:
+    """CPU shares, CFS quota and period (microseconds), and cpuset lists."""
+
+    shares: int | None = None
+    quota: int | None = None
+    period: int | None = None
+    cpus: str | None = None
+    mems: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRule:
+    """One device cgroup rule; ``None`` major or minor is the wildcard ``*``."""
+
+    allow: bool
+    type: str = "a"
+    major: int | None = None
+    minor: int | None = None
+    access: str = "rwm"
+
+    def v1_line(self) -> str:
+        """The rule as written to ``devices.allow`` / ``devices.deny``."""
+        if self.type == "a":
+            return "a"
+        major = "*" if self.major is None else str(self.major)
+        minor = "*" if self.minor is None else str(self.minor)
+        return f"{self.type} {major}:{minor} {self.access}"
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """The resources of one cgroup."""
+
+    memory: MemoryResources = MemoryResources()
+    cpu: CpuResources = CpuResources()
+    pids_limit: int | None = None
+    devices: tuple[DeviceRule, ...] = ()
+
+    @classmethod
+    def from_oci(cls, data: Mapping[str, Any] | None) -> Resources:
+        """Parse an OCI ``linux.resources`` object; :class:`SpecError` lists every problem."""
+        if data is None:
+            return cls()
+        parser = _Parser()
+        if not isinstance(data, Mapping):
+            raise SpecError([(_WHERE, "must be an object")])
+        mem = parser.section(data, "memory")
+        cpu = parser.section(data, "cpu")
+        pids = parser.section(data, "pids")
+        memory = MemoryResources(
+            limit=parser.limit(mem, "memory", "limit"),
+            reservation=parser.limit(mem, "memory", "reservation"),
+            swap=parser.limit(mem, "memory", "swap"),
+        )
+        cpu_res = CpuResources(
+            shares=parser.number(cpu, "cpu", "shares", minimum=0),
+            quota=parser.limit(cpu, "cpu", "quota"),
+            period=parser.number(cpu, "cpu", "period", minimum=0),
+            cpus=parser.text(cpu, "cpu", "cpus"),
+            mems=parser.text(cpu, "cpu", "mems"),
+        )
+        pids_limit = parser.number(pids, "pids", "limit", minimum=None)
+        devices = parser.devices(data.get("devices"))
+        if parser.problems:
+            raise SpecError(parser.problems)
+        swap, limit = memory.swap or 0, memory.limit or 0
+        if swap > 0 and limit > 0 and swap < limit:
+            raise SpecError(
+                [(f"{_WHERE}.memory.swap", "memory+swap limit must be >= the memory limit")]
+            )
+        return cls(memory, cpu_res, pids_limit, devices)
+
+
+ResourcesLike: TypeAlias = Resources | Mapping[str, Any]
+
+
+def as_resources(value: ResourcesLike | None) -> Resources:
+    """``value`` itself, or parsed from its OCI dict form."""
+    if isinstance(value, Resources):
+        return value
+    return Resources.from_oci(value)
+
+
+def shares_to_weight(shares: int) -> int:
+    """Convert cgroup v1 ``cpu.shares`` [2, 262144] to v2 ``cpu.weight`` [1, 10000], as runc."""
+    if shares == 0:
+        return 0
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+def swap_to_v2(swap: int | None, limit: int | None) -> int | None:
+    """Convert OCI memory+swap to v2 ``memory.swap.max`` (swap alone), as runc.
+
+    ``None`` leaves swap alone, ``-1`` is unlimited. Raises :class:`SpecError`
+    for a swap limit without a memory limit.
+    """
+    limit = limit or 0
+    swap = swap or 0
+    if limit == -1 and swap == 0:
+        return -1  # unlimited memory without a swap value: swap unlimited too, as v1 does
+    if swap in (0, -1):
+        return swap or None
+    if limit in (0, -1):
+        raise SpecError([(f"{_WHERE}.memory.swap", "a swap limit needs a memory limit")])
+    return swap - limit
+
+
+class _Parser:
+    """Collects ``(json_path, message)`` problems while reading fields."""
+
+    def __init__(self) -> None:
+        self.problems: list[tuple[str, str]] = []
+
+    def section(self, data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+        value = data.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.problems.append((f"{_WHERE}.{key}", "must be an object"))
+            return {}
+        return value
+
+    def number(
+        self, data: Mapping[str, Any], section: str, key: str, *, minimum: int | None
+    ) -> int | None:
+        """An integer field; 0 or absent means unset (as runc treats them)."""
+        value = data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problems.append((f"{_WHERE}.{section}.{key}", "must be an integer"))
+            return None
+        if minimum is not None and value < minimum:
+            self.problems.append((f"{_WHERE}.{section}.{key}", f"must be >= {minimum}"))
+            return None
+        return value or None
+
+    def limit(self, data: Mapping[str, Any], section: str, key: str) -> int | None:
+        """An integer field where -1 means unlimited."""
+        return self.number(data, section, key, minimum=-1)
+
+    def text(self, data: Mapping[str, Any], section: str, key: str) -> str | None:
+        value = data.get(key)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            self.problems.append((f"{_WHERE}.{section}.{key}", "must be a string"))
+            return None
+        return value
+
+    def devices(self, value: Any) -> tuple[DeviceRule, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.problems.append((f"{_WHERE}.devices", "must be an array"))
+            return ()
+        rules = []
+        for i, item in enumerate(value):
+            where = f"{_WHERE}.devices[{i}]"
+            if not isinstance(item, Mapping):
+                self.problems.append((where, "must be an object"))
+                continue
+            allow = item.get("allow")
+            kind = item.get("type", "a") or "a"
+            access = item.get("access", "rwm") or "rwm"
+            numbers = [item.get("major"), item.get("minor")]
+            ok = True
+            if not isinstance(allow, bool):
+                self.problems.append((f"{where}.allow", "must be true or false"))
+                ok = False
+            if kind not in ("a", "b", "c"):
+                self.problems.append((f"{where}.type", "must be 'a', 'b' or 'c'"))
+                ok = False
+            if not isinstance(access, str) or not set(access) <= set("rwm"):
+                self.problems.append((f"{where}.access", "must be letters of 'rwm'"))
+                ok = False
+            for name, number in zip(("major", "minor"), numbers, strict=True):
+                if number is not None and (
+                    isinstance(number, bool) or not isinstance(number, int) or number < -1
+                ):
+                    self.problems.append((f"{where}.{name}", "must be an integer >= 0"))
+                    ok = False
+            if ok:
+                major, minor = (None if n is None or n == -1 else n for n in numbers)
+                rules.append(DeviceRule(bool(allow), kind, major, minor, access))
+        return tuple(rules)

@@ -1,0 +1,172 @@
+"""The cgroup v1 driver: one directory per controller hierarchy.
+
+Controllers may be mounted separately or together (``cpu,cpuacct``); a
+controller that is not mounted only matters when a resource needs it, which
+then raises :class:`MissingFeatureError`. Standard library only.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from dataclasses import replace
+from pathlib import Path, PurePosixPath
+
+from sandboxrt.errors import MissingFeatureError, SystemCallError
+
+from .common import (
+    Cgroup,
+    CgroupStats,
+    make_levels,
+    read_file,
+    read_int,
+    read_keyed,
+    read_optional,
+    write_file,
+)
+from .layout import V1_CONTROLLERS, CgroupLayout, Hierarchy
+from .resources import CpuResources, MemoryResources, ResourcesLike, as_resources
+
+__all__ = ["CgroupV1"]
+
+_MEMSW = "memory.memsw.limit_in_bytes"
+
+
+class CgroupV1(Cgroup):
+    """A cgroup in the v1 hierarchies of cpu, cpuacct, cpuset, devices, freezer, memory, pids."""
+
+    driver = "v1"
+
+    @classmethod
+    def _hierarchies(cls, layout: CgroupLayout) -> list[Hierarchy]:
+        found = [h for h in layout.hierarchies if h.version == 1 and h.controllers & V1_CONTROLLERS]
+        if not found:
+            raise MissingFeatureError("cgroup v1", "no cgroup v1 controller is mounted")
+        return found
+
+    def _make(self, hierarchy: Hierarchy, rel: PurePosixPath) -> tuple[PurePosixPath, ...]:
+        after = _copy_cpuset if "cpuset" in hierarchy.controllers else None
+        return make_levels(hierarchy.mountpoint, rel, after=after)
+
+    def apply(self, resources: ResourcesLike) -> None:
+        res = as_resources(resources)
+        self._apply_memory(res.memory)
+        self._apply_cpu(res.cpu)
+        if res.pids_limit is not None:
+            limit = "max" if res.pids_limit < 0 else res.pids_limit
+            write_file(self.require("pids"), "pids.max", limit)
+        if res.devices:
+            directory = self.require("devices")
+            write_file(directory, "devices.deny", "a")
+            for rule in res.devices:
+                name = "devices.allow" if rule.allow else "devices.deny"
+                write_file(directory, name, rule.v1_line())
+
+    def _apply_memory(self, mem: MemoryResources) -> None:
+        if mem == MemoryResources():
+            return
+        directory = self.require("memory")
+        if mem.reservation is not None:
+            write_file(directory, "memory.soft_limit_in_bytes", mem.reservation)
+        limit, swap = mem.limit, mem.swap
+        has_swap = (directory / _MEMSW).exists()
+        if limit == -1 and swap is None and has_swap:
+            swap = -1  # unlimited memory means unlimited memory+swap too
+        if swap is not None and not has_swap:
+            raise MissingFeatureError(
+                "memory.memsw (swap accounting)", f"{directory} has no {_MEMSW}"
+            )
+        # memory+swap must stay >= memory: order the two writes so that it does (as runc).
+        swap_first = False
+        if limit is not None and swap is not None:
+            current = read_int(directory, "memory.limit_in_bytes")  # None: unlimited
+            swap_first = swap == -1 or (current is not None and current < swap)
+        if swap_first and swap is not None:
+            write_file(directory, _MEMSW, swap)
+        if limit is not None:
+            write_file(directory, "memory.limit_in_bytes", limit)
+        if not swap_first and swap is not None:
+            write_file(directory, _MEMSW, swap)
+
+    def _apply_cpu(self, cpu: CpuResources) -> None:
+        if cpu.shares is not None or cpu.quota is not None or cpu.period is not None:
+            directory = self.require("cpu")
+            if cpu.shares is not None:
+                write_file(directory, "cpu.shares", cpu.shares)
+            quota_done = False
+            if cpu.period is not None:
+                try:
+                    write_file(directory, "cpu.cfs_period_us", cpu.period)
+                except SystemCallError as err:
+                    # The current quota may not fit the new period: write the quota first.
+                    if err.errno != errno.EINVAL or cpu.quota is None:
+                        raise
+                    write_file(directory, "cpu.cfs_quota_us", cpu.quota)
+                    write_file(directory, "cpu.cfs_period_us", cpu.period)
+                    quota_done = True
+            if cpu.quota is not None and not quota_done:
+                write_file(directory, "cpu.cfs_quota_us", cpu.quota)
+        for name, value in (("cpuset.cpus", cpu.cpus), ("cpuset.mems", cpu.mems)):
+            if value is not None:
+                write_file(self.require("cpuset"), name, value)
+
+    def _can_freeze(self) -> bool:
+        return self.directory("freezer") is not None
+
+    def freeze(self, timeout: float = 5.0) -> None:
+        directory = self.require("freezer")
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            write_file(directory, "freezer.state", "FROZEN")
+            if read_file(directory, "freezer.state").strip() == "FROZEN":
+                return
+            if time.monotonic() >= deadline:
+                self.thaw()
+                err = OSError(errno.ETIMEDOUT, "the freezer state stays FREEZING")
+                raise SystemCallError(f"cgroup {directory}: freezing", err)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def thaw(self) -> None:
+        write_file(self.require("freezer"), "freezer.state", "THAWED")
+
+    def stats(self) -> CgroupStats:
+        stats = CgroupStats()
+        cpuacct = self.directory("cpuacct")
+        if cpuacct is not None:
+            ticks = read_keyed(cpuacct, "cpuacct.stat")
+            ns_per_tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+            stats = replace(
+                stats,
+                cpu_usage_ns=read_int(cpuacct, "cpuacct.usage") or 0,
+                cpu_user_ns=ticks.get("user", 0) * ns_per_tick,
+                cpu_system_ns=ticks.get("system", 0) * ns_per_tick,
+            )
+        memory = self.directory("memory")
+        if memory is not None:
+            stats = replace(
+                stats,
+                memory_usage=read_int(memory, "memory.usage_in_bytes") or 0,
+                memory_limit=read_int(memory, "memory.limit_in_bytes"),
+                memory_max_usage=read_int(memory, "memory.max_usage_in_bytes"),
+                memory_failcnt=read_int(memory, "memory.failcnt") or 0,
+            )
+        pids = self.directory("pids")
+        if pids is not None:
+            stats = replace(
+                stats,
+                pids_current=read_int(pids, "pids.current") or 0,
+                pids_limit=read_int(pids, "pids.max"),
+            )
+        return stats
+
+
+def _copy_cpuset(level: Path) -> None:
+    """Give a new cpuset cgroup its parent's CPUs and memory nodes (else tasks get ENOSPC)."""
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        if not (read_optional(level, name) or "").strip():
+            inherited = (read_optional(level.parent, name) or "").strip()
+            if inherited:
+                write_file(level, name, inherited)

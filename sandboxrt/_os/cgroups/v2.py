@@ -1,0 +1,152 @@
+"""The cgroup v2 driver: one directory in the unified hierarchy.
+
+Resource values are converted from their OCI (v1) meaning as runc does:
+``cpu.shares`` → ``cpu.weight``, memory+swap → ``memory.swap.max``.
+Device rules are not supported: v2 enforces them with eBPF programs, which
+sandboxrt does not load, so any device rule raises
+:class:`MissingFeatureError`. Standard library only.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from pathlib import Path, PurePosixPath
+
+from sandboxrt.errors import MissingFeatureError, SystemCallError
+
+from .common import (
+    Cgroup,
+    CgroupStats,
+    make_levels,
+    read_int,
+    read_keyed,
+    read_optional,
+    write_file,
+)
+from .layout import CgroupLayout, Hierarchy
+from .resources import (
+    MemoryResources,
+    ResourcesLike,
+    as_resources,
+    shares_to_weight,
+    swap_to_v2,
+)
+
+__all__ = ["CgroupV2"]
+
+#: Controllers enabled (when available) in ``cgroup.subtree_control`` of every parent level.
+ENABLED = ("cpu", "cpuset", "memory", "pids")
+
+
+def _limit(value: int) -> str:
+    return "max" if value < 0 else str(value)
+
+
+class CgroupV2(Cgroup):
+    """A cgroup in the unified (cgroup2) hierarchy."""
+
+    driver = "v2"
+
+    @classmethod
+    def _hierarchies(cls, layout: CgroupLayout) -> list[Hierarchy]:
+        unified = layout.unified
+        if unified is None:
+            raise MissingFeatureError("cgroup v2", "no cgroup2 filesystem is mounted")
+        return [unified]
+
+    def _make(self, hierarchy: Hierarchy, rel: PurePosixPath) -> tuple[PurePosixPath, ...]:
+        wanted = [c for c in ENABLED if c in hierarchy.controllers]
+
+        def enable(parent: Path) -> None:
+            text = read_optional(parent, "cgroup.subtree_control") or ""
+            enabled = {name.lstrip("+") for name in text.split()}
+            missing = [c for c in wanted if c not in enabled]
+            if missing:
+                write_file(parent, "cgroup.subtree_control", " ".join(f"+{c}" for c in missing))
+
+        return make_levels(hierarchy.mountpoint, rel, before=enable)
+
+    @property
+    def _dir(self) -> Path:
+        return self.placements[0].directory
+
+    def apply(self, resources: ResourcesLike) -> None:
+        res = as_resources(resources)
+        if res.devices:
+            raise MissingFeatureError(
+                "cgroup v2 device filtering (eBPF)", "linux.resources.devices must be empty"
+            )
+        mem = res.memory
+        if mem != MemoryResources():
+            directory = self.require("memory")
+            swap = swap_to_v2(mem.swap, mem.limit)
+            if swap is not None and not (directory / "memory.swap.max").exists():
+                if mem.swap is not None:
+                    raise MissingFeatureError("memory.swap.max (swap accounting)")
+                swap = None  # only implied by an unlimited memory limit
+            if mem.reservation is not None:
+                write_file(directory, "memory.low", _limit(mem.reservation))
+            if mem.limit is not None:
+                write_file(directory, "memory.max", _limit(mem.limit))
+            if swap is not None:
+                write_file(directory, "memory.swap.max", _limit(swap))
+        cpu = res.cpu
+        if cpu.shares is not None:
+            write_file(self.require("cpu"), "cpu.weight", shares_to_weight(cpu.shares))
+        if cpu.quota is not None or cpu.period is not None:
+            value = str(cpu.quota) if cpu.quota is not None and cpu.quota > 0 else "max"
+            if cpu.period is not None:
+                value += f" {cpu.period}"
+            write_file(self.require("cpu"), "cpu.max", value)
+        for name, text in (("cpuset.cpus", cpu.cpus), ("cpuset.mems", cpu.mems)):
+            if text is not None:
+                write_file(self.require("cpuset"), name, text)
+        if res.pids_limit is not None:
+            write_file(self.require("pids"), "pids.max", _limit(res.pids_limit))
+
+    def _can_freeze(self) -> bool:
+        return (self._dir / "cgroup.freeze").exists()
+
+    def _freezer(self) -> Path:
+        if not self._can_freeze():
+            raise MissingFeatureError("cgroup v2 freezer (cgroup.freeze)")
+        return self._dir
+
+    def freeze(self, timeout: float = 5.0) -> None:
+        directory = self._freezer()
+        write_file(directory, "cgroup.freeze", "1")
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while read_keyed(directory, "cgroup.events").get("frozen") != 1:
+            if time.monotonic() >= deadline:
+                self.thaw()
+                err = OSError(errno.ETIMEDOUT, "cgroup.events does not report frozen")
+                raise SystemCallError(f"cgroup {directory}: freezing", err)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def thaw(self) -> None:
+        write_file(self._freezer(), "cgroup.freeze", "0")
+
+    def _kill_at_once(self) -> bool:
+        if not (self._dir / "cgroup.kill").exists():
+            return False
+        write_file(self._dir, "cgroup.kill", "1")
+        return True
+
+    def stats(self) -> CgroupStats:
+        directory = self._dir
+        cpu = read_keyed(directory, "cpu.stat")
+        events = read_keyed(directory, "memory.events")
+        return CgroupStats(
+            cpu_usage_ns=cpu.get("usage_usec", 0) * 1000,
+            cpu_user_ns=cpu.get("user_usec", 0) * 1000,
+            cpu_system_ns=cpu.get("system_usec", 0) * 1000,
+            memory_usage=read_int(directory, "memory.current") or 0,
+            memory_limit=read_int(directory, "memory.max"),
+            memory_max_usage=read_int(directory, "memory.peak"),
+            memory_failcnt=events.get("max", 0),
+            pids_current=read_int(directory, "pids.current") or 0,
+            pids_limit=read_int(directory, "pids.max"),
+        )

@@ -1,0 +1,559 @@
+"""Bad input: invalid ids, malformed specs, missing bundles, wrong states, wrong stdio.
+
+Each refusal raises the documented error and leaves nothing behind: no
+record, no lock file, no runtime directory, no process, no open fd.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BundleFactory, needs_busybox, needs_root
+
+from sandboxrt import (
+    AmbiguousIDError,
+    Config,
+    Container,
+    ContainerExistsError,
+    ContainerNotFoundError,
+    FileStore,
+    InvalidIDError,
+    InvalidStateError,
+    MemoryStore,
+    SpecError,
+    Status,
+    WaitTimeoutError,
+)
+
+pytestmark = [needs_root, needs_busybox]
+
+
+def open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def assert_nothing_left(store: FileStore) -> None:
+    """No record, no lock or temp file, no sandbox runtime directory."""
+    assert Container.list(store=store) == []
+    if store.root.exists():
+        assert sorted(os.listdir(store.root)) in ([], [".sandboxes"])
+        if (store.root / ".sandboxes").exists():
+            assert os.listdir(store.runtime_dir) == []
+
+
+@pytest.fixture
+def fd_check() -> Iterator[None]:
+    """Fail when the test leaves an fd open in this process."""
+    before = open_fds()
+    yield
+    assert open_fds() - before == set(), "file descriptors leaked"
+
+
+# --- ids ---------------------------------------------------------------------------------------
+
+BAD_IDS: list[Any] = [
+    "",
+    ".",
+    "..",
+    "a/b",
+    "../escape",
+    "-leading-dash",
+    ".hidden",
+    "with space",
+    "nul\0byte",
+    "tab\there",
+    "ünïcode",
+    "x" * 1025,
+    "x" * 300,  # valid in general, but too long for a file name in a FileStore
+    123,
+    None,
+]
+
+
+@pytest.mark.parametrize("bad_id", BAD_IDS, ids=lambda v: repr(v)[:20])
+def test_invalid_id_on_create(
+    bad_id: Any, store: FileStore, bundle: BundleFactory, fd_check: None
+) -> None:
+    path = bundle()
+    with pytest.raises(InvalidIDError) as info:
+        Container.create(bad_id, path, store=store)
+    assert isinstance(info.value, ValueError)
+    assert "invalid container id" in str(info.value)
+    assert_nothing_left(store)
+
+
+@pytest.mark.parametrize(
+    "bad_id", [i for i in BAD_IDS if i != "x" * 300], ids=lambda v: repr(v)[:20]
+)
+def test_invalid_id_on_load(bad_id: Any, store: FileStore) -> None:
+    with pytest.raises(InvalidIDError):
+        Container.load(bad_id, store=store)
+    assert_nothing_left(store)
+
+
+def test_id_too_long_for_a_file_store_is_never_found(store: FileStore) -> None:
+    with pytest.raises(ContainerNotFoundError):
+        Container.load("x" * 300, store=store)
+
+
+def test_load_unknown_and_ambiguous(store: FileStore, bundle: BundleFactory) -> None:
+    with pytest.raises(ContainerNotFoundError) as info:
+        Container.load("nope", store=store)
+    assert isinstance(info.value, LookupError)
+    assert "'nope'" in str(info.value)
+    path = bundle(["sleep", "30"])
+    first = Container.create("web1", path, store=store)
+    second = Container.create("web2", path, store=store)
+    try:
+        with pytest.raises(AmbiguousIDError) as ambiguous:
+            Container.load("web", store=store)
+        assert isinstance(ambiguous.value, LookupError)
+        assert ambiguous.value.candidates == ["web1", "web2"]
+        assert Container.load("web2", store=store).id == "web2"
+        with pytest.raises(ContainerNotFoundError):
+            Container.load("web3", store=store)
+    finally:
+        first.destroy()
+        second.destroy()
+    assert_nothing_left(store)
+
+
+def test_duplicate_id_leaves_the_first_alone(store: FileStore, bundle: BundleFactory) -> None:
+    path = bundle(["sleep", "30"])
+    first = Container.create("dup", path, store=store)
+    try:
+        with pytest.raises(ContainerExistsError) as info:
+            Container.create("dup", path, store=store)
+        assert isinstance(info.value, FileExistsError)
+        assert first.status is Status.CREATED
+        assert first.sandbox is not None and first.sandbox.is_running()
+    finally:
+        first.destroy()
+    assert_nothing_left(store)
+
+
+# --- bundles and specs -------------------------------------------------------------------------
+
+
+def test_missing_bundle_dir(store: FileStore, tmp_path: Path, fd_check: None) -> None:
+    with pytest.raises(SpecError) as info:
+        Container.create("x", tmp_path / "no-such-bundle", store=store)
+    assert "no-such-bundle/config.json" in str(info.value)
+    assert "cannot read" in str(info.value)
+    assert_nothing_left(store)
+
+
+def test_missing_config_json(store: FileStore, bundle: BundleFactory, fd_check: None) -> None:
+    path = bundle()
+    (path / "config.json").unlink()
+    with pytest.raises(SpecError, match=r"config\.json: cannot read"):
+        Container.create("x", path, store=store)
+    assert_nothing_left(store)
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """A change to a spec document: set the value at a dotted path (``[n]`` indexes lists)."""
+
+    def change(doc: dict[str, Any]) -> None:
+        target: Any = doc
+        keys: list[Any] = []
+        for part in path.split("."):
+            name, _, index = part.partition("[")
+            keys.append(name)
+            if index:
+                keys.append(int(index.rstrip("]")))
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+
+    return change
+
+
+def _drop(key: str) -> Callable[[dict[str, Any]], None]:
+    return lambda doc: doc.pop(key)
+
+
+def _drop_mount_namespace(doc: dict[str, Any]) -> None:
+    namespaces = doc["linux"]["namespaces"]
+    doc["linux"]["namespaces"] = [ns for ns in namespaces if ns["type"] != "mount"]
+
+
+BAD_SPECS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+    ("args-string", _set("process.args", "sh"), "process.args"),
+    ("args-number", _set("process.args", [1]), "process.args[0]"),
+    ("args-empty", _set("process.args", []), "process.args"),
+    ("uid-string", _set("process.user.uid", "root"), "process.user.uid"),
+    ("env-dict", _set("process.env", {"A": "1"}), "process.env"),
+    ("mount-destination", _set("mounts[0].destination", 3), "mounts[0].destination"),
+    ("mounts-object", _set("mounts", {"destination": "/x"}), "mounts"),
+    ("root-path", _set("root.path", 5), "root.path"),
+    ("namespace-type", _set("linux.namespaces[0].type", "bogus"), "linux.namespaces[0].type"),
+    (
+        "rlimit-type",
+        _set("process.rlimits", [{"type": "RLIMIT_X", "soft": 1, "hard": 1}]),
+        "process.rlimits[0].type",
+    ),
+    ("hook-without-path", _set("hooks", {"prestart": [{"args": []}]}), "hooks.prestart[0].path"),
+    ("no-oci-version", _drop("ociVersion"), "ociVersion"),
+    ("no-mount-namespace", _drop_mount_namespace, "linux.namespaces"),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "json_path"),
+    [(c, p) for _, c, p in BAD_SPECS],
+    ids=[name for name, _, _ in BAD_SPECS],
+)
+def test_malformed_spec_names_the_json_path(
+    change: Callable[[dict[str, Any]], None],
+    json_path: str,
+    store: FileStore,
+    bundle: BundleFactory,
+    fd_check: None,
+) -> None:
+    path = bundle()
+    doc = json.loads((path / "config.json").read_text())
+    change(doc)
+    (path / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(SpecError) as info:
+        Container.create("x", path, store=store)
+    assert isinstance(info.value, ValueError)
+    assert json_path in [p for p, _ in info.value.problems], info.value.problems
+    assert f"{json_path}:" in str(info.value)
+    assert_nothing_left(store)
+
+
+@pytest.mark.parametrize("text", ["{not json", "", "[]", "null", '"spec"', "{}"])
+def test_config_json_that_is_not_a_spec(
+    text: str, store: FileStore, bundle: BundleFactory, fd_check: None
+) -> None:
+    path = bundle()
+    (path / "config.json").write_text(text)
+    with pytest.raises(SpecError) as info:
+        Container.create("x", path, store=store)
+    assert str(path / "config.json") in str(info.value)
+    assert_nothing_left(store)
+
+
+def test_config_json_that_is_a_directory(store: FileStore, bundle: BundleFactory) -> None:
+    path = bundle()
+    (path / "config.json").unlink()
+    (path / "config.json").mkdir()
+    with pytest.raises(SpecError, match="cannot read"):
+        Container.create("x", path, store=store)
+    assert_nothing_left(store)
+
+
+def test_bad_config_values() -> None:
+    for bad in ({"lock_timeout": 0}, {"destroy_timeout": -1.0}):
+        with pytest.raises(ValueError, match="must be > 0"):
+            Config(**bad)  # type: ignore[arg-type]
+
+
+# --- wrong state -------------------------------------------------------------------------------
+
+
+def test_operations_in_the_wrong_state(store: FileStore, bundle: BundleFactory) -> None:
+    path = bundle(["sleep", "30"])
+    container = Container.create("x", path, store=store)
+    try:
+        # created, then stopped before it ever ran
+        container.kill(signal.SIGKILL)
+        assert container.wait(timeout=10) == -signal.SIGKILL
+        assert container.status is Status.STOPPED
+        with pytest.raises(InvalidStateError) as info:
+            container.start()
+        assert str(info.value) == 'cannot start container "x" in state stopped'
+        assert isinstance(info.value, RuntimeError)
+        assert (info.value.operation, info.value.container_id, info.value.status) == (
+            "start",
+            "x",
+            "stopped",
+        )
+        with pytest.raises(InvalidStateError, match='cannot kill container "x" in state stopped'):
+            container.kill()
+        container.kill(signal.SIGKILL, all=True)  # allowed: cleaning up leftovers
+        assert container.wait() == -signal.SIGKILL  # any number of times
+    finally:
+        container.destroy()
+    # destroyed: gone, and saying so
+    for operation in (container.start, container.kill, container.wait):
+        with pytest.raises(ContainerNotFoundError):
+            operation()
+    with pytest.raises(ContainerNotFoundError):
+        _ = container.status
+    container.destroy()  # a no-op
+    assert_nothing_left(store)
+
+
+def test_start_while_running_and_after_exit(store: FileStore, bundle: BundleFactory) -> None:
+    path = bundle(["sleep", "30"])
+    container = Container.create("y", path, store=store)
+    try:
+        container.start()
+        assert container.status is Status.RUNNING
+        with pytest.raises(InvalidStateError, match='cannot start container "y" in state running'):
+            container.start()
+        with pytest.raises(WaitTimeoutError):
+            container.wait(timeout=0.1)
+        container.kill(signal.SIGKILL)
+        assert container.wait(timeout=10) == -signal.SIGKILL
+        with pytest.raises(InvalidStateError, match='cannot start container "y" in state stopped'):
+            container.start()
+        with pytest.raises(InvalidStateError, match='cannot kill container "y" in state stopped'):
+            container.kill(signal.SIGTERM)
+    finally:
+        container.destroy()
+    assert_nothing_left(store)
+
+
+def test_wrong_state_with_a_memory_store(bundle: BundleFactory) -> None:
+    store = MemoryStore()
+    container = Container.create("m", bundle(["true"]), store=store)
+    try:
+        container.start()
+        assert container.wait(timeout=10) == 0
+        with pytest.raises(InvalidStateError, match='cannot start container "m" in state stopped'):
+            container.start()
+    finally:
+        container.destroy()
+    assert Container.list(store=store) == []
+
+
+# --- stdio -------------------------------------------------------------------------------------
+
+
+class _NoFileno:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"stdout": "out.txt"}, TypeError),
+        ({"stdout": 1.5}, TypeError),
+        ({"stdin": _NoFileno()}, TypeError),
+        ({"stderr": b"x"}, TypeError),
+        ({"stdout": True}, TypeError),
+        ({"stdout": -7}, ValueError),
+        ({"stdin": subprocess.STDOUT}, ValueError),
+        ({"stdout": subprocess.PIPE, "stderr": "nope"}, TypeError),
+    ],
+    ids=["str", "float", "no-fileno", "bytes", "bool", "negative", "stdin-STDOUT", "pipe-then-bad"],
+)
+def test_stdio_of_the_wrong_kind(
+    kwargs: dict[str, Any],
+    error: type[Exception],
+    store: FileStore,
+    bundle: BundleFactory,
+    fd_check: None,
+) -> None:
+    with pytest.raises(error):
+        Container.create("x", bundle(), store=store, **kwargs)
+    assert_nothing_left(store)
+
+
+def test_stdio_fd_that_is_not_open(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path, fd_check: None
+) -> None:
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(ValueError, match=f"{w} is not open"):
+        Container.create("x", bundle(), store=store, stdout=w)
+    closed = (tmp_path / "f").open("wb")
+    closed.close()
+    with pytest.raises(ValueError, match="closed file"):
+        Container.create("x", bundle(), store=store, stdout=closed)
+    assert_nothing_left(store)
+
+
+# --- failures during creation leave nothing behind --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def warmed_up(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Run one container first: a launcher may keep a connection open for the whole process."""
+    from sandboxrt.bundle import make_bundle
+
+    path = tmp_path_factory.mktemp("warm") / "bundle"
+    make_bundle(path, ["true"], rootfs="busybox")
+    assert Container.run("warm", path, store=MemoryStore()) == 0
+
+
+def children_of_this_process() -> set[int]:
+    """Our child processes, zombies included (a launched process nobody waited for).
+
+    When this process is PID 1 of its namespace, the zombies of orphans it
+    adopted are not ours to wait for, and are left out.
+    """
+    found = set()
+    for task in os.listdir(f"/proc/{os.getpid()}/task"):
+        with open(f"/proc/{os.getpid()}/task/{task}/children") as f:
+            found.update(int(pid) for pid in f.read().split())
+    if os.getpid() == 1:
+        found = {pid for pid in found if not _is_zombie(pid)}
+    return found
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@pytest.fixture
+def leak_check(warmed_up: None) -> Iterator[None]:
+    """No fd and no child process may outlive a failed create."""
+    fds, children = open_fds(), children_of_this_process()
+    yield
+    assert open_fds() - fds == set(), "file descriptors leaked"
+    assert children_of_this_process() - children == set(), "child processes left behind"
+
+
+def _with_hooks(path: Path, **hooks: list[dict[str, Any]]) -> None:
+    doc = json.loads((path / "config.json").read_text())
+    doc["hooks"] = hooks
+    (path / "config.json").write_text(json.dumps(doc))
+
+
+def _failing_hook(code: int) -> dict[str, Any]:
+    return {"path": "/bin/sh", "args": ["sh", "-c", f"echo hook-output; exit {code}"]}
+
+
+def _missing_rootfs(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path / "rootfs")
+
+
+def _bad_mount_source(path: Path) -> None:
+    doc = json.loads((path / "config.json").read_text())
+    doc["mounts"].append(
+        {"destination": "/mnt", "type": "bind", "source": "/no/such/dir", "options": ["rbind"]}
+    )
+    (path / "config.json").write_text(json.dumps(doc))
+
+
+CREATE_FAILURES: list[tuple[str, Callable[[Path], None], list[str], str]] = [
+    ("missing-rootfs", _missing_rootfs, ["true"], "rootfs"),
+    ("bad-mount-source", _bad_mount_source, ["true"], "/no/such/dir"),
+    (
+        "prestart-hook",
+        lambda p: _with_hooks(p, prestart=[_failing_hook(3)]),
+        ["true"],
+        "prestart hook",
+    ),
+    (
+        "create-runtime-hook",
+        lambda p: _with_hooks(p, createRuntime=[_failing_hook(4)]),
+        ["true"],
+        "createRuntime hook",
+    ),
+    (
+        "create-container-hook",
+        lambda p: _with_hooks(p, createContainer=[_failing_hook(5)]),
+        ["true"],
+        "createContainer hook",
+    ),
+    ("missing-executable", lambda p: None, ["/no/such/program"], "/no/such/program"),
+    ("executable-not-in-path", lambda p: None, ["no-such-program"], "no-such-program"),
+]
+
+
+@pytest.mark.parametrize(
+    ("breakage", "args", "message"),
+    [c[1:] for c in CREATE_FAILURES],
+    ids=[c[0] for c in CREATE_FAILURES],
+)
+def test_failed_create_leaves_nothing(
+    breakage: Callable[[Path], None],
+    args: list[str],
+    message: str,
+    store: FileStore,
+    bundle: BundleFactory,
+    leak_check: None,
+) -> None:
+    path = bundle(args)
+    breakage(path)
+    with pytest.raises(Exception) as info:  # the kind is checked below
+        Container.create(
+            "x",
+            path,
+            store=store,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    from sandboxrt import HookError, InitError
+
+    assert isinstance(info.value, HookError | InitError), repr(info.value)
+    assert message in str(info.value)
+    assert 'container "x"' in str(info.value)
+    assert_nothing_left(store)
+    # And the id is free again: a good bundle is created under it.
+    good = bundle(["true"])
+    assert Container.run("x", good, store=store) == 0
+    assert_nothing_left(store)
+
+
+class RaisingLauncher:
+    def launch(self, *, bootstrap_fd: int, log_fd: int) -> Any:
+        raise OSError(5, "the launcher broke")
+
+
+class MuteLauncher:
+    """Launches a program that exits at once without a word (``pass_fd``: it had the socket)."""
+
+    def __init__(self, *, pass_fd: bool) -> None:
+        self.pass_fd = pass_fd
+        self.launched: list[subprocess.Popen[bytes]] = []
+
+    def launch(self, *, bootstrap_fd: int, log_fd: int) -> Any:
+        process = subprocess.Popen(
+            ["/bin/true"], pass_fds=(bootstrap_fd,) if self.pass_fd else (), stderr=log_fd
+        )
+        self.launched.append(process)
+        return process
+
+
+def test_launcher_that_raises(store: FileStore, bundle: BundleFactory, leak_check: None) -> None:
+    with pytest.raises(OSError, match="the launcher broke"):
+        Container.create(
+            "x",
+            bundle(),
+            store=store,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            launcher=RaisingLauncher(),
+        )
+    assert_nothing_left(store)
+
+
+@pytest.mark.parametrize("pass_fd", [True, False], ids=["had-socket", "no-socket"])
+def test_launched_process_that_exits_without_talking(
+    pass_fd: bool, store: FileStore, bundle: BundleFactory, leak_check: None
+) -> None:
+    from sandboxrt import SandboxDiedError
+
+    launcher = MuteLauncher(pass_fd=pass_fd)
+    with pytest.raises(SandboxDiedError, match='container "x"'):
+        Container.create(
+            "x",
+            bundle(),
+            store=store,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            launcher=launcher,
+        )
+    assert [p.returncode for p in launcher.launched] == [0]  # waited for
+    assert_nothing_left(store)

@@ -1,0 +1,276 @@
+"""OCI hooks around a real container's lifecycle: order, the state they see, failures."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BundleFactory, needs_busybox, needs_root, supervisor_pids
+
+from sandboxrt import Container, FileStore, Status
+from sandboxrt.errors import HookError
+
+pytestmark = [needs_root, needs_busybox]
+
+# Shell builtins only: the hook gets an empty environment (no PATH), and the
+# startContainer hook runs with the container's busybox sh.
+LOGGING_HOOK = """#!/bin/sh
+IFS= read -r state
+printf '%s %s\\n' "$1" "$state" >> "$2"
+"""
+FAILING_HOOK = """#!/bin/sh
+echo "boom from $1"
+exit 3
+"""
+
+CREATE_PHASES = ("prestart", "createRuntime", "createContainer")
+ALL_PHASES = (*CREATE_PHASES, "startContainer", "poststart", "poststop")
+
+
+class Setup:
+    """A busybox bundle whose every hook phase logs to one host file."""
+
+    def __init__(self, tmp_path: Path, bundle: BundleFactory) -> None:
+        self.log_dir = tmp_path / "logs"
+        self.log_dir.mkdir()
+        self.log = self.log_dir / "hooks.log"
+        self.host_hook = tmp_path / "hook.sh"
+        self.failing_hook = tmp_path / "fail.sh"
+        for path, text in ((self.host_hook, LOGGING_HOOK), (self.failing_hook, FAILING_HOOK)):
+            path.write_text(text)
+            path.chmod(0o755)
+        self.path = bundle(["sh", "-c", "echo ran"])
+        rootfs = self.path / "rootfs"
+        (rootfs / "hooks").mkdir()
+        for name, text in (("hook.sh", LOGGING_HOOK), ("fail.sh", FAILING_HOOK)):
+            (rootfs / "hooks" / name).write_text(text)
+            (rootfs / "hooks" / name).chmod(0o755)
+
+    def hook(self, phase: str, tag: str | None = None, *, fail: bool = False) -> dict[str, Any]:
+        tag = tag or phase
+        if phase == "startContainer":  # runs in the container: paths in its rootfs
+            path = "/hooks/fail.sh" if fail else "/hooks/hook.sh"
+            return {"path": path, "args": [path, tag, "/log/hooks.log"]}
+        path = str(self.failing_hook if fail else self.host_hook)
+        return {"path": path, "args": [path, tag, str(self.log)], "timeout": 10}
+
+    def write(self, hooks: dict[str, list[dict[str, Any]]]) -> None:
+        config = self.path / "config.json"
+        document = json.loads(config.read_text())
+        document["hooks"] = hooks
+        document["mounts"].append(
+            {
+                "destination": "/log",
+                "type": "bind",
+                "source": str(self.log_dir),
+                "options": ["bind"],
+            }
+        )
+        config.write_text(json.dumps(document))
+
+    def entries(self) -> list[tuple[str, dict[str, Any]]]:
+        if not self.log.exists():
+            return []
+        found = []
+        for line in self.log.read_text().splitlines():
+            tag, _, state = line.partition(" ")
+            found.append((tag, json.loads(state)))
+        return found
+
+    def tags(self) -> list[str]:
+        return [tag for tag, _ in self.entries()]
+
+
+@pytest.fixture
+def setup(tmp_path: Path, bundle: BundleFactory) -> Setup:
+    return Setup(tmp_path, bundle)
+
+
+def assert_nothing_left(store: FileStore, before: set[int]) -> None:
+    assert Container.list(store=store) == []
+    runtime = Path(store.runtime_dir)
+    assert not runtime.exists() or list(runtime.iterdir()) == []
+    assert supervisor_pids() == before
+
+
+def test_every_phase_in_order_with_its_state(store: FileStore, setup: Setup) -> None:
+    setup.write(
+        {
+            "prestart": [
+                setup.hook("prestart", "prestart-1"),
+                setup.hook("prestart", "prestart-2"),
+            ],
+            "createRuntime": [setup.hook("createRuntime")],
+            "createContainer": [setup.hook("createContainer")],
+            "startContainer": [setup.hook("startContainer")],
+            "poststart": [setup.hook("poststart")],
+            "poststop": [setup.hook("poststop")],
+        }
+    )
+    container = Container.create("hooked", setup.path, store=store, stdout=subprocess.PIPE)
+    try:
+        supervisor = container.state().pid
+        assert supervisor is not None
+        assert setup.tags() == ["prestart-1", "prestart-2", "createRuntime", "createContainer"]
+        container.start()
+        assert container.stdout is not None
+        assert container.stdout.read() == b"ran\n"
+        assert container.wait(timeout=10) == 0
+        assert setup.tags()[4:] == ["startContainer", "poststart"]
+    finally:
+        if container.stdout is not None:
+            container.stdout.close()
+        container.destroy()
+    container.destroy()  # poststop runs once, not again
+    entries = setup.entries()
+    assert [tag for tag, _ in entries] == [
+        "prestart-1",
+        "prestart-2",
+        "createRuntime",
+        "createContainer",
+        "startContainer",
+        "poststart",
+        "poststop",
+    ]
+    expected_status = ["creating"] * 4 + ["created", "running", "stopped"]
+    for (tag, state), status in zip(entries, expected_status, strict=True):
+        assert state["status"] == status, tag
+        assert state["id"] == "hooked", tag
+        assert state["bundle"] == str(setup.path), tag
+        assert state["ociVersion"] == "1.2.0", tag
+        if status == "stopped":
+            assert "pid" not in state, tag
+        else:
+            assert state["pid"] == supervisor, tag
+
+
+@pytest.mark.parametrize("phase", CREATE_PHASES)
+def test_failing_creation_hook(store: FileStore, setup: Setup, phase: str) -> None:
+    hooks = {p: [setup.hook(p)] for p in CREATE_PHASES}
+    hooks[phase] = [setup.hook(phase, fail=True), setup.hook(phase, "after-failure")]
+    setup.write(hooks)
+    before = supervisor_pids()
+    with pytest.raises(HookError) as info:
+        Container.create("failing", setup.path, store=store)
+    message = str(info.value)
+    assert str(setup.failing_hook) in message
+    assert "exited with status 3" in message
+    assert f"boom from {phase}" in message
+    assert phase in message
+    assert info.value.returncode == 3
+    assert info.value.phase == phase
+    assert_nothing_left(store, before)
+    ran = setup.tags()
+    assert "after-failure" not in ran
+    assert ran == list(CREATE_PHASES[: CREATE_PHASES.index(phase)])
+
+
+def test_failing_start_container_hook(store: FileStore, setup: Setup) -> None:
+    setup.write(
+        {
+            "startContainer": [setup.hook("startContainer", fail=True)],
+            "poststart": [setup.hook("poststart")],
+        }
+    )
+    container = Container.create("failstart", setup.path, store=store, stdout=subprocess.PIPE)
+    try:
+        with pytest.raises(HookError) as info:
+            container.start()
+        assert "/hooks/fail.sh" in str(info.value)
+        assert "boom from startContainer" in str(info.value)
+        assert info.value.returncode == 3
+        assert container.stdout is not None
+        assert container.stdout.read() == b""  # the program never ran
+        assert container.status is Status.STOPPED
+        assert container.wait(timeout=10) == 127  # the init's exit when it cannot run the program
+        supervisor = container.sandbox
+        assert supervisor is not None
+        deadline = time.monotonic() + 10
+        while supervisor.is_running():  # it exits on its own, like after any init exit
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert "poststart" not in setup.tags()
+    finally:
+        if container.stdout is not None:
+            container.stdout.close()
+        container.destroy()
+    assert Container.list(store=store) == []
+
+
+def test_failing_poststart_hook(
+    store: FileStore, setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    setup.write({"poststart": [setup.hook("poststart", fail=True), setup.hook("poststart")]})
+    container = Container.create("failpost", setup.path, store=store, stdout=subprocess.DEVNULL)
+    try:
+        with caplog.at_level(logging.WARNING, logger="sandboxrt"):
+            container.start()
+        assert container.wait(timeout=10) == 0
+        assert any("boom from poststart" in r.getMessage() for r in caplog.records)
+        assert setup.tags() == ["poststart"]  # the next hook still ran
+    finally:
+        container.destroy()
+
+
+def test_failing_poststop_hook_runs_once(
+    store: FileStore, setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    setup.write({"poststop": [setup.hook("poststop", fail=True), setup.hook("poststop")]})
+    container = Container.create("failstop", setup.path, store=store, stdout=subprocess.DEVNULL)
+    container.start()
+    assert container.wait(timeout=10) == 0
+    with caplog.at_level(logging.WARNING, logger="sandboxrt"):
+        container.destroy()
+    assert Container.list(store=store) == []
+    assert sum("boom from poststop" in r.getMessage() for r in caplog.records) == 1
+    container.destroy()
+    assert setup.tags() == ["poststop"]
+
+
+def test_poststop_once_across_objects(store: FileStore, setup: Setup) -> None:
+    setup.write({"poststop": [setup.hook("poststop")]})
+    first = Container.create("once", setup.path, store=store, stdout=subprocess.DEVNULL)
+    second = Container.load("once", store=store)
+    first.start()
+    first.destroy()
+    second.destroy()
+    first.destroy()
+    assert setup.tags() == ["poststop"]
+
+
+def test_where_hooks_run(store: FileStore, setup: Setup, tmp_path: Path) -> None:
+    """prestart/createRuntime: the host's mount namespace; createContainer: the container's,
+    before pivot_root (host paths work, the container's /proc is mounted in its rootfs)."""
+    probe = tmp_path / "probe.sh"
+    probe.write_text(
+        "#!/bin/sh\n"
+        'echo "$1 $(readlink /proc/self/ns/mnt) $(test -e "$3/proc/self/status" && echo proc)"'
+        ' >> "$2"\n'
+    )
+    probe.chmod(0o755)
+    out = tmp_path / "where.log"
+    rootfs = setup.path / "rootfs"
+
+    def hook(phase: str) -> dict[str, Any]:
+        return {
+            "path": str(probe),
+            "args": [str(probe), phase, str(out), str(rootfs)],
+            "env": ["PATH=/usr/bin:/bin"],
+        }
+
+    setup.write({phase: [hook(phase)] for phase in CREATE_PHASES})
+    container = Container.create("where", setup.path, store=store)
+    container.destroy()
+    host_ns = os.readlink("/proc/self/ns/mnt")
+    seen = {line.split()[0]: line.split()[1:] for line in out.read_text().splitlines()}
+    assert seen["prestart"] == [host_ns]
+    assert seen["createRuntime"] == [host_ns]
+    ns, *proc = seen["createContainer"]
+    assert ns != host_ns
+    assert proc == ["proc"]

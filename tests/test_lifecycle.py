@@ -1,0 +1,599 @@
+"""The container lifecycle with real sandboxes: exit codes, wait, kill, destroy, load, state."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from conftest import BundleFactory, needs_busybox, needs_root, supervisor_pids
+
+from sandboxrt import Container, FileStore, Status
+from sandboxrt._core.records import ProcessIdentity
+from sandboxrt._os import procfs
+from sandboxrt.errors import (
+    AmbiguousIDError,
+    ContainerExistsError,
+    InitError,
+    InvalidStateError,
+    SpecError,
+    WaitTimeoutError,
+)
+
+pytestmark = [needs_root, needs_busybox]
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def edit_config(bundle: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    """Change a bundle's config.json in place."""
+    path = bundle / "config.json"
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+
+
+def run_output(store: FileStore, bundle: Path, cid: str = "c1") -> tuple[int, str]:
+    """Create, start, wait for and destroy a container; its exit code and output."""
+    container = Container.create(
+        cid, bundle, store=store, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        container.start()
+        assert container.stdout is not None
+        out = container.stdout.read().decode()
+        return container.wait(timeout=30), out
+    finally:
+        if container.stdout is not None:
+            container.stdout.close()
+        container.destroy()
+
+
+def in_subprocess(store: FileStore, code: str, timeout: float = 30) -> subprocess.Popen[str]:
+    """Start ``python -c`` with ``store`` bound to a FileStore of the same root."""
+    prelude = (
+        "import json, sys\n"
+        "from sandboxrt import Container, FileStore\n"
+        f"store = FileStore({str(store.root)!r})\n"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", prelude + code],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 30) -> str:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    return out
+
+
+def descendants(pid: int) -> dict[int, bytes]:
+    """The processes below ``pid`` on the host, with their command lines."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            info = procfs.read_stat(int(name))
+            if info is not None and info.state not in "ZX":
+                children.setdefault(info.ppid, []).append(int(name))
+    found: dict[int, bytes] = {}
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            try:
+                found[child] = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            todo.append(child)
+    return found
+
+
+def sleepers(supervisor: int) -> list[int]:
+    return [pid for pid, cmd in descendants(supervisor).items() if cmd == b"sleep\x001000\x00"]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "condition never became true"
+        time.sleep(0.01)
+
+
+def alive(pid: int) -> bool:
+    info = procfs.read_stat(pid)
+    return info is not None and info.state not in "ZX"
+
+
+def leftovers(store: FileStore) -> list[str]:
+    """Whatever a failed create could have left in the store."""
+    runtime = Path(store.runtime_dir)
+    found = [f"record {cid}" for cid in Container.list(store=store)]
+    if runtime.exists():
+        found += [f"runtime {p.name}" for p in runtime.iterdir()]
+    return found
+
+
+def start_ready(store: FileStore, bundle: Path, cid: str = "c1") -> Container:
+    """Create and start a container whose program prints ``ready`` when set up."""
+    container = Container.create(cid, bundle, store=store, stdout=subprocess.PIPE)
+    container.start()
+    assert container.stdout is not None
+    assert container.stdout.readline() == b"ready\n"
+    return container
+
+
+# -- 1. exit codes and signals ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [0, 3, 255])
+def test_exit_code(store: FileStore, bundle: BundleFactory, code: int) -> None:
+    path = bundle(["sh", "-c", f"exit {code}"])
+    assert Container.run("exit", path, store=store) == code
+    assert Container.list(store=store) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_by_signal_waits_negative(
+    store: FileStore, bundle: BundleFactory, sig: signal.Signals
+) -> None:
+    container = Container.create("sig", bundle(["sleep", "1000"]), store=store)
+    try:
+        container.start()
+        assert Container.load("sig", store=store).status is Status.RUNNING
+        container.kill(sig)
+        assert container.wait(timeout=10) == -sig
+        assert container.status is Status.STOPPED
+    finally:
+        container.destroy()
+
+
+def test_trapped_sigterm_exit_code(store: FileStore, bundle: BundleFactory) -> None:
+    script = 'trap "exit 7" TERM; sleep 1000 & echo ready; wait'
+    container = start_ready(store, bundle(["sh", "-c", script]))
+    try:
+        container.kill(signal.SIGTERM)
+        assert container.wait(timeout=10) == 7
+    finally:
+        container.destroy()
+
+
+# -- 2. wait -----------------------------------------------------------------------------------
+
+
+def test_wait_twice_and_from_another_process(store: FileStore, bundle: BundleFactory) -> None:
+    path = bundle(["sh", "-c", "read line; exit 5"])
+    container = Container.create("waited", path, store=store, stdin=subprocess.PIPE)
+    try:
+        container.start()
+        waiter = in_subprocess(store, "print(Container.load('waited', store=store).wait())")
+        time.sleep(0.5)
+        assert waiter.poll() is None, "wait in another process returned while running"
+        assert container.status is Status.RUNNING
+        with pytest.raises(WaitTimeoutError):
+            container.wait(timeout=0.1)
+        assert container.stdin is not None
+        container.stdin.write(b"go\n")
+        container.stdin.close()
+        assert finish(waiter).strip() == "5"
+        assert container.wait(timeout=10) == 5
+        assert container.wait(timeout=10) == 5
+        after = in_subprocess(store, "print(Container.load('waited', store=store).wait())")
+        assert finish(after).strip() == "5"
+    finally:
+        container.destroy()
+
+
+# -- 3. kill and kill-all ------------------------------------------------------------------
+
+
+def test_kill_all_kills_init_and_background_child(store: FileStore, bundle: BundleFactory) -> None:
+    container = Container.create(
+        "killall", bundle(["sh", "-c", "sleep 1000 & sleep 1000"]), store=store
+    )
+    try:
+        container.start()
+        supervisor = container.state().pid
+        assert supervisor is not None
+        wait_for(lambda: len(sleepers(supervisor)) == 2)
+        pids = sleepers(supervisor)
+        container.kill(signal.SIGKILL, all=True)
+        assert container.wait(timeout=10) == -signal.SIGKILL
+        wait_for(lambda: not any(alive(pid) for pid in pids))
+    finally:
+        container.destroy()
+
+
+def test_kill_all_reaches_children_while_init_lives(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    # The init handles TERM and keeps running; its background child does not.
+    script = 'trap "echo trapped" TERM; sleep 1000 & echo ready; while :; do sleep 0.05; done'
+    container = start_ready(store, bundle(["sh", "-c", script]))
+    try:
+        supervisor = container.state().pid
+        assert supervisor is not None
+        assert len(sleepers(supervisor)) == 1
+        container.kill(signal.SIGTERM, all=True)
+        wait_for(lambda: not sleepers(supervisor))
+        assert container.stdout is not None
+        assert container.stdout.readline() == b"trapped\n"
+        assert container.status is Status.RUNNING
+        container.kill(signal.SIGKILL)
+        assert container.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if container.stdout is not None:
+            container.stdout.close()
+        container.destroy()
+
+
+def test_kill_stopped(store: FileStore, bundle: BundleFactory) -> None:
+    container = Container.create("stopped", bundle(["true"]), store=store)
+    try:
+        container.start()
+        assert container.wait(timeout=10) == 0
+        assert container.status is Status.STOPPED
+        with pytest.raises(
+            InvalidStateError, match='cannot kill container "stopped" in state stopped'
+        ):
+            container.kill(signal.SIGTERM)
+        container.kill(signal.SIGKILL, all=True)  # allowed: cleans up leftovers
+    finally:
+        container.destroy()
+
+
+def test_kill_created_container(store: FileStore, bundle: BundleFactory) -> None:
+    container = Container.create("created", bundle(["true"]), store=store)
+    try:
+        container.kill(signal.SIGKILL)
+        assert container.wait(timeout=10) == -signal.SIGKILL
+        assert container.status is Status.STOPPED
+    finally:
+        container.destroy()
+
+
+# -- 4. destroy ----------------------------------------------------------------------------
+
+
+def assert_destroyed(
+    store: FileStore, cid: str, runtime_dir: str, supervisor: ProcessIdentity
+) -> None:
+    assert cid not in Container.list(store=store)
+    assert not os.path.exists(runtime_dir)
+    assert not procfs.is_alive(supervisor.pid, supervisor.start_ticks, supervisor.boot_id)
+
+
+@pytest.mark.parametrize("phase", ["created", "running", "stopped"])
+def test_destroy(store: FileStore, bundle: BundleFactory, phase: str) -> None:
+    args = ["true"] if phase == "stopped" else ["sleep", "1000"]
+    container = Container.create("gone", bundle(args), store=store)
+    sandbox = container.sandbox
+    assert sandbox is not None
+    assert os.path.isdir(sandbox.runtime_dir)
+    assert sandbox.is_running()
+    if phase != "created":
+        container.start()
+    if phase == "stopped":
+        assert container.wait(timeout=10) == 0
+    assert container.status.value == phase
+    container.destroy()
+    assert_destroyed(store, "gone", sandbox.runtime_dir, sandbox.supervisor)
+    container.destroy()  # twice: a no-op
+    assert_destroyed(store, "gone", sandbox.runtime_dir, sandbox.supervisor)
+
+
+def test_destroy_from_second_object(store: FileStore, bundle: BundleFactory) -> None:
+    first = Container.create("twin", bundle(["sleep", "1000"]), store=store)
+    second = Container.load("twin", store=store)
+    sandbox = first.sandbox
+    assert sandbox is not None
+    first.start()
+    first.destroy()
+    second.destroy()
+    assert_destroyed(store, "twin", sandbox.runtime_dir, sandbox.supervisor)
+
+
+def without_pid_namespace(document: dict[str, Any]) -> None:
+    namespaces = document["linux"]["namespaces"]
+    document["linux"]["namespaces"] = [ns for ns in namespaces if ns["type"] != "pid"]
+
+
+@pytest.mark.parametrize("how", ["destroy", "kill-all"])
+def test_without_pid_namespace_nothing_survives(
+    store: FileStore, bundle: BundleFactory, how: str
+) -> None:
+    # The supervisor is no PID 1 here: its death does not take the container with it.
+    path = bundle(["sh", "-c", "sleep 1000 & sleep 1000"])
+    edit_config(path, without_pid_namespace)
+    container = Container.create("nopidns", path, store=store)
+    try:
+        container.start()
+        sandbox = container.sandbox
+        assert sandbox is not None
+        assert not sandbox.owns_pid_namespace()
+        wait_for(lambda: len(sleepers(sandbox.pid)) == 2)
+        pids = sleepers(sandbox.pid)
+        if how == "kill-all":
+            container.kill(signal.SIGKILL, all=True)
+            assert container.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        container.destroy()
+    wait_for(lambda: not any(alive(pid) for pid in pids))
+
+
+# -- 5. load ---------------------------------------------------------------------------------
+
+
+def test_load_by_prefix_from_another_process(store: FileStore, bundle: BundleFactory) -> None:
+    path = bundle(["sleep", "1000"])
+    annotated = bundle(["sleep", "1000"])
+    edit_config(annotated, lambda d: d.update(annotations={"org.example/k": "v"}))
+    alpha = Container.create("alpha-1", annotated, store=store)
+    beta = Container.create("beta-1", path, store=store)
+    try:
+        alpha.start()
+        code = (
+            "c = Container.load('alp', store=store)\n"
+            "print(json.dumps({'id': c.id, 'status': str(c.status), 'state': c.state().to_dict()}))"
+        )
+        seen = json.loads(finish(in_subprocess(store, code)))
+        assert seen["id"] == "alpha-1"
+        assert seen["status"] == "running"
+        assert seen["state"] == {
+            "ociVersion": "1.2.0",
+            "id": "alpha-1",
+            "status": "running",
+            "pid": alpha.state().pid,
+            "bundle": str(annotated),
+            "annotations": {"org.example/k": "v"},
+        }
+        code = "print(Container.load('bet', store=store).status)"
+        assert finish(in_subprocess(store, code)).strip() == "created"
+    finally:
+        alpha.destroy()
+        beta.destroy()
+
+
+def test_load_ambiguous_prefix(store: FileStore, bundle: BundleFactory) -> None:
+    path = bundle(["true"])
+    first = Container.create("web-1", path, store=store)
+    second = Container.create("web-2", path, store=store)
+    try:
+        with pytest.raises(AmbiguousIDError, match="'web-1', 'web-2'"):
+            Container.load("web", store=store)
+        assert Container.load("web-2", store=store).id == "web-2"
+        code = (
+            "from sandboxrt.errors import AmbiguousIDError\n"
+            "try:\n    Container.load('web', store=store)\n"
+            "except AmbiguousIDError as e:\n    print(sorted(e.candidates))"
+        )
+        assert finish(in_subprocess(store, code)).strip() == "['web-1', 'web-2']"
+    finally:
+        first.destroy()
+        second.destroy()
+
+
+# -- 6. and 7. stale records -----------------------------------------------------------------
+
+
+def test_killed_supervisor_reads_stopped(store: FileStore, bundle: BundleFactory) -> None:
+    container = Container.create("stale", bundle(["sleep", "1000"]), store=store)
+    try:
+        container.start()
+        pid = container.state().pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not alive(pid))
+        assert container.status is Status.STOPPED
+        assert Container.load("stale", store=store).status is Status.STOPPED
+        assert container.state().pid is None
+        assert container.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        container.destroy()
+    assert leftovers(store) == []
+
+
+def test_reused_pid_reads_stopped_and_is_not_killed(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    container = Container.create("reuse", bundle(["true"]), store=store)
+    container.start()
+    assert container.wait(timeout=10) == 0
+    stranger = subprocess.Popen(["sleep", "1000"])
+    try:
+        info = procfs.read_stat(stranger.pid)
+        assert info is not None
+        record = store.load("reuse")
+        assert record.status is Status.RUNNING  # as recorded; the exit is not seen yet
+        store.save(
+            attrs.evolve(
+                record,
+                sandbox=ProcessIdentity(
+                    pid=stranger.pid, start_ticks=info.start_ticks + 1, boot_id=procfs.boot_id()
+                ),
+            )
+        )
+        loaded = Container.load("reuse", store=store)
+        assert loaded.status is Status.STOPPED
+        assert loaded.state().pid is None
+        with pytest.raises(InvalidStateError):
+            loaded.kill(signal.SIGKILL)
+        loaded.kill(signal.SIGKILL, all=True)
+        loaded.destroy()
+        assert Container.list(store=store) == []
+        time.sleep(0.1)
+        assert stranger.poll() is None, "destroy killed an unrelated process"
+    finally:
+        stranger.kill()
+        stranger.wait()
+        container.destroy()
+
+
+# -- 8. and 9. pid file and OCI state --------------------------------------------------------
+
+
+def test_pid_file(store: FileStore, bundle: BundleFactory, tmp_path: Path) -> None:
+    pid_file = tmp_path / "run" / "c.pid"
+    pid_file.parent.mkdir()
+    container = Container.create("pidf", bundle(["true"]), store=store, pid_file=pid_file)
+    try:
+        content = pid_file.read_bytes()
+        assert content == str(container.state().pid).encode()
+        assert int(content) in supervisor_pids()
+    finally:
+        container.destroy()
+
+
+def test_oci_state_per_phase(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = bundle(["sh", "-c", "read line; true"], name="relative")
+    edit_config(path, lambda d: d.update(annotations={"a": "1", "org.example/b": "two"}))
+    monkeypatch.chdir(tmp_path)
+    container = Container.create("st", "relative", store=store, stdin=subprocess.PIPE)
+    try:
+        state = container.state()
+        assert state.oci_version == "1.2.0"
+        assert state.id == "st"
+        assert state.status is Status.CREATED
+        assert state.bundle == str(tmp_path / "relative")
+        assert os.path.isabs(state.bundle)
+        assert state.annotations == {"a": "1", "org.example/b": "two"}
+        assert state.pid is not None and state.pid in supervisor_pids()
+        assert state.to_dict()["pid"] == state.pid
+
+        container.start()
+        running = container.state()
+        assert running.status is Status.RUNNING
+        assert running.pid == state.pid
+        assert running.to_dict()["status"] == "running"
+
+        assert container.stdin is not None
+        container.stdin.close()
+        assert container.wait(timeout=10) == 0
+        stopped = container.state()
+        assert stopped.status is Status.STOPPED
+        assert stopped.pid is None
+        assert "pid" not in stopped.to_dict()
+        assert stopped.to_dict() == {
+            "ociVersion": "1.2.0",
+            "id": "st",
+            "status": "stopped",
+            "bundle": str(tmp_path / "relative"),
+            "annotations": {"a": "1", "org.example/b": "two"},
+        }
+    finally:
+        container.destroy()
+
+
+# -- 14. the host's mount table ------------------------------------------------------------
+
+
+def test_host_mount_table_unchanged(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    path = bundle(["sh", "-c", "cat /proc/mounts | wc -l"], rootfs="host_usr")
+
+    def more_mounts(document: dict[str, Any]) -> None:
+        document["mounts"] += [
+            {
+                "destination": "/mnt/a",
+                "type": "bind",
+                "source": str(shared),
+                "options": ["rbind", "ro"],
+            },
+            {"destination": "/mnt/b", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m"]},
+            {"destination": "/mnt/c", "type": "bind", "source": "/dev", "options": ["rbind"]},
+            {
+                "destination": "/mnt/a2",
+                "type": "bind",
+                "source": str(shared),
+                "options": ["bind", "rshared"],
+            },
+        ]
+
+    edit_config(path, more_mounts)
+    before = Path("/proc/self/mountinfo").read_text()
+    code, out = run_output(store, path)
+    assert code == 0, out
+    assert int(out) > 10
+    assert Path("/proc/self/mountinfo").read_text() == before
+
+
+# -- 15. errors ------------------------------------------------------------------------------
+
+
+def test_missing_rootfs(store: FileStore, bundle: BundleFactory) -> None:
+    path = bundle(["true"])
+    os.rename(path / "rootfs", path / "elsewhere")
+    before = supervisor_pids()
+    with pytest.raises(InitError, match="rootfs"):
+        Container.create("noroot", path, store=store)
+    assert leftovers(store) == []
+    assert supervisor_pids() == before
+
+
+def test_malformed_config(store: FileStore, bundle: BundleFactory) -> None:
+    path = bundle(["true"])
+    (path / "config.json").write_text('{"ociVersion": "1.2.0", "process": {"args": 5}')
+    with pytest.raises(SpecError):
+        Container.create("badjson", path, store=store)
+    (path / "config.json").write_text('{"ociVersion": "1.2.0", "process": {"args": 5}}')
+    with pytest.raises(SpecError, match="args"):
+        Container.create("badspec", path, store=store)
+    assert leftovers(store) == []
+
+
+def test_existing_id(store: FileStore, bundle: BundleFactory) -> None:
+    container = Container.create("dup", bundle(["sleep", "1000"]), store=store)
+    try:
+        container.start()
+        pid = container.state().pid
+        with pytest.raises(ContainerExistsError):
+            Container.create("dup", bundle(["true"]), store=store)
+        again = Container.load("dup", store=store)
+        assert again.status is Status.RUNNING
+        assert again.state().pid == pid
+        assert pid is not None and alive(pid)
+        assert container.sandbox is not None and os.path.exists(container.sandbox.control_socket)
+    finally:
+        container.destroy()
+
+
+def test_start_twice(store: FileStore, bundle: BundleFactory) -> None:
+    container = Container.create("twice", bundle(["sleep", "1000"]), store=store)
+    try:
+        container.start()
+        with pytest.raises(InvalidStateError) as info:
+            container.start()
+        assert str(info.value) == 'cannot start container "twice" in state running'
+        with pytest.raises(InvalidStateError) as info:
+            Container.load("twice", store=store).start()
+        assert str(info.value) == 'cannot start container "twice" in state running'
+    finally:
+        container.destroy()
+
+
+def test_executable_not_found(store: FileStore, bundle: BundleFactory) -> None:
+    path = bundle(["no-such-program", "arg"])
+    before = supervisor_pids()
+    with pytest.raises(InitError, match="no-such-program"):
+        Container.create("noexe", path, store=store)
+    assert leftovers(store) == []
+    assert supervisor_pids() == before

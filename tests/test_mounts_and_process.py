@@ -1,0 +1,438 @@
+"""What a real container sees: terminal, root, mounts, /dev, hostname, user, cwd, env, rlimits."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BundleFactory, needs_busybox, needs_root, supervisor_pids
+
+from sandboxrt import Container, FileStore
+
+pytestmark = [needs_root, needs_busybox]
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def edit_config(bundle: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    """Change a bundle's config.json in place."""
+    path = bundle / "config.json"
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+
+
+def add_mounts(bundle: Path, *mounts: dict[str, Any]) -> None:
+    edit_config(bundle, lambda d: d["mounts"].extend(mounts))
+
+
+def run_output(store: FileStore, bundle: Path, cid: str = "c1") -> tuple[int, str]:
+    """Create, start, wait for and destroy a container; its exit code and output."""
+    container = Container.create(
+        cid, bundle, store=store, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        container.start()
+        assert container.stdout is not None
+        out = container.stdout.read().decode()
+        return container.wait(timeout=30), out
+    finally:
+        if container.stdout is not None:
+            container.stdout.close()
+        container.destroy()
+
+
+def sh(store: FileStore, bundle: BundleFactory, script: str, **kwargs: Any) -> str:
+    """Run ``sh -c script`` in a new busybox container; its output (exit code 0 expected)."""
+    code, out = run_output(store, bundle(["sh", "-c", script], **kwargs))
+    assert code == 0, out
+    return out
+
+
+def mount_line(mounts: str, destination: str) -> list[str]:
+    """The fields of the /proc/mounts line of ``destination`` (the last one mounted there)."""
+    lines = [line.split() for line in mounts.splitlines() if line.split()[1:2] == [destination]]
+    assert lines, f"{destination} is not mounted:\n{mounts}"
+    return lines[-1]
+
+
+def read_master(fd: int, timeout: float = 10.0) -> bytes:
+    """Read a pty master until the slave side is closed everywhere."""
+    out = b""
+    end = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while time.monotonic() < end:
+            if not sel.select(end - time.monotonic()):
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: no slave left
+                return out
+            if not chunk:
+                return out
+            out += chunk
+    raise AssertionError(f"the pty never closed; read so far: {out!r}")
+
+
+# -- 10. terminal ----------------------------------------------------------------------------
+
+
+def test_terminal_through_console_socket(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    path = bundle(["sh", "-c", "tty; echo hi"], terminal=True)
+    sock_path = tmp_path / "console.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(sock_path))
+        listener.listen(1)
+        container = Container.create("tty", path, store=store, console_socket=sock_path)
+        try:
+            assert container.console is None
+            conn, _ = listener.accept()
+            with conn:
+                _, fds, _, _ = socket.recv_fds(conn, 1024, 1)
+            assert len(fds) == 1
+            master = fds[0]
+            try:
+                assert os.isatty(master)
+                container.start()
+                out = read_master(master).decode()
+            finally:
+                os.close(master)
+            assert container.wait(timeout=10) == 0
+        finally:
+            container.destroy()
+    assert "/dev/pts/" in out
+    assert "hi" in out
+
+
+def test_terminal_without_console_socket(store: FileStore, bundle: BundleFactory) -> None:
+    path = bundle(["sh", "-c", "tty; echo hi; ls /proc/self/fd"], terminal=True)
+    container = Container.create("tty", path, store=store)
+    try:
+        assert container.console is not None
+        assert not os.get_inheritable(container.console.fileno())
+        container.start()
+        out = read_master(container.console.fileno()).decode()
+        assert container.wait(timeout=10) == 0
+    finally:
+        if container.console is not None:
+            container.console.close()
+        container.destroy()
+    lines = out.split()
+    assert lines[0].startswith("/dev/pts/")
+    assert lines[1] == "hi"
+    assert sorted(lines[2:]) == ["0", "1", "2", "3"], "the caller's stdio leaked in"
+
+
+def test_unreachable_console_socket_leaves_nothing(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    path = bundle(["true"], terminal=True)
+    before = supervisor_pids()
+    with pytest.raises(OSError):
+        Container.create("tty", path, store=store, console_socket=tmp_path / "missing.sock")
+    assert Container.list(store=store) == []
+    assert list(Path(store.runtime_dir).iterdir()) == []
+    assert supervisor_pids() == before
+
+
+def test_no_fds_leak_into_the_program(store: FileStore, bundle: BundleFactory) -> None:
+    code, out = run_output(store, bundle(["ls", "/proc/self/fd"]))
+    assert code == 0, out
+    assert sorted(out.split()) == ["0", "1", "2", "3"]  # 3: ls's own directory
+
+
+# -- 11. read-only root ----------------------------------------------------------------------
+
+
+def test_readonly_root(store: FileStore, bundle: BundleFactory) -> None:
+    script = (
+        "touch /x 2>/dev/null; echo root=$?; touch /tmp/x 2>/dev/null; echo tmp=$?; "
+        "touch /dev/shm/x; echo shm=$?"
+    )
+    # default_spec mounts no /tmp: on a read-only root it is read-only too.
+    assert sh(store, bundle, script, readonly=True).split() == ["root=1", "tmp=1", "shm=0"]
+    path = bundle(["sh", "-c", script], readonly=True)
+    add_mounts(path, {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"})
+    code, out = run_output(store, path)
+    assert (code, out.split()) == (0, ["root=1", "tmp=0", "shm=0"])
+    assert sh(store, bundle, script).split() == ["root=0", "tmp=0", "shm=0"]
+
+
+# -- 12. mounts ------------------------------------------------------------------------------
+
+
+def test_proc(store: FileStore, bundle: BundleFactory) -> None:
+    path = bundle(["sh", "-c", "test -e /proc/self/status && cat /proc/1/cmdline"])
+    container = Container.create("proc", path, store=store, stdout=subprocess.PIPE)
+    try:
+        supervisor = container.state().pid
+        expected = Path(f"/proc/{supervisor}/cmdline").read_bytes()
+        container.start()
+        assert container.stdout is not None
+        out = container.stdout.read()
+        assert container.wait(timeout=10) == 0
+    finally:
+        if container.stdout is not None:
+            container.stdout.close()
+        container.destroy()
+    assert out == expected
+    assert b"sandboxrt" in out
+
+
+def test_sysfs(store: FileStore, bundle: BundleFactory) -> None:
+    out = sh(store, bundle, "test -d /sys/kernel && echo ok; cat /proc/mounts")
+    assert out.startswith("ok\n")
+    fields = mount_line(out, "/sys")
+    assert fields[2] == "sysfs"
+    assert {"ro", "nosuid", "nodev", "noexec"} <= set(fields[3].split(","))
+
+
+def test_tmpfs_size_and_mode(store: FileStore, bundle: BundleFactory) -> None:
+    path = bundle(["sh", "-c", "stat -c %a /scratch; cat /proc/mounts"])
+    add_mounts(
+        path,
+        {
+            "destination": "/scratch",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "nodev", "noexec", "size=1m", "mode=1770"],
+        },
+    )
+    code, out = run_output(store, path)
+    assert code == 0, out
+    assert out.startswith("1770\n")
+    fields = mount_line(out, "/scratch")
+    assert fields[2] == "tmpfs"
+    options = set(fields[3].split(","))
+    assert {"rw", "nosuid", "nodev", "noexec", "size=1024k", "mode=1770"} <= options
+
+
+def test_devpts_and_mqueue(store: FileStore, bundle: BundleFactory) -> None:
+    out = sh(store, bundle, "cat /proc/mounts")
+    devpts = mount_line(out, "/dev/pts")
+    assert devpts[2] == "devpts"
+    assert {"nosuid", "noexec", "gid=5", "mode=620", "ptmxmode=666"} <= set(devpts[3].split(","))
+    mqueue = mount_line(out, "/dev/mqueue")
+    assert mqueue[2] == "mqueue"
+    assert {"nosuid", "nodev", "noexec"} <= set(mqueue[3].split(","))
+
+
+@pytest.fixture
+def host_dir(tmp_path: Path) -> Path:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "hello.txt").write_text("hello from the host\n")
+    script = shared / "run.sh"
+    script.write_text("#!/bin/sh\necho ran\n")
+    script.chmod(0o755)
+    return shared
+
+
+def test_bind_read_write(store: FileStore, bundle: BundleFactory, host_dir: Path) -> None:
+    path = bundle(["sh", "-c", "cat /data/hello.txt && echo new > /data/new.txt && /data/run.sh"])
+    add_mounts(
+        path, {"destination": "/data", "type": "bind", "source": str(host_dir), "options": ["bind"]}
+    )
+    code, out = run_output(store, path)
+    assert (code, out) == (0, "hello from the host\nran\n")
+    assert (host_dir / "new.txt").read_text() == "new\n"
+
+
+def test_bind_readonly(store: FileStore, bundle: BundleFactory, host_dir: Path) -> None:
+    path = bundle(["sh", "-c", "cat /data/hello.txt; echo x > /data/new.txt; echo rc=$?"])
+    add_mounts(
+        path,
+        {
+            "destination": "/data",
+            "type": "bind",
+            "source": str(host_dir),
+            "options": ["bind", "ro"],
+        },
+    )
+    code, out = run_output(store, path)
+    assert code == 0
+    assert out.startswith("hello from the host\n")
+    assert out.endswith("rc=1\n")
+    assert "Read-only file system" in out
+    assert not (host_dir / "new.txt").exists()
+
+
+def test_bind_single_file(store: FileStore, bundle: BundleFactory, host_dir: Path) -> None:
+    path = bundle(["cat", "/etc/greeting"])
+    add_mounts(
+        path,
+        {
+            "destination": "/etc/greeting",
+            "type": "bind",
+            "source": str(host_dir / "hello.txt"),
+            "options": ["rbind", "ro"],
+        },
+    )
+    assert run_output(store, path) == (0, "hello from the host\n")
+
+
+def test_bind_nosuid_nodev_noexec(store: FileStore, bundle: BundleFactory, host_dir: Path) -> None:
+    path = bundle(["sh", "-c", "/data/run.sh; echo rc=$?; cat /proc/mounts"])
+    add_mounts(
+        path,
+        {
+            "destination": "/data",
+            "type": "bind",
+            "source": str(host_dir),
+            "options": ["rbind", "nosuid", "nodev", "noexec"],
+        },
+    )
+    code, out = run_output(store, path)
+    assert code == 0, out
+    assert "rc=126" in out  # noexec: permission denied
+    fields = mount_line(out, "/data")
+    assert {"rw", "nosuid", "nodev", "noexec"} <= set(fields[3].split(","))
+
+
+def _host_submount() -> tuple[str, str]:
+    """A host mount point with another mount below it (for rbind)."""
+    with open("/proc/self/mountinfo") as f:
+        points = {line.split()[4] for line in f}
+    for parent, child in (("/dev", "pts"), ("/dev", "shm"), ("/sys", "fs/cgroup")):
+        if parent in points and f"{parent}/{child}" in points:
+            return parent, child
+    pytest.skip("no host mount with a submount to rbind")
+
+
+@pytest.mark.parametrize("kind", ["bind", "rbind"])
+def test_rbind_brings_submounts(store: FileStore, bundle: BundleFactory, kind: str) -> None:
+    parent, child = _host_submount()
+    path = bundle(["cat", "/proc/mounts"])
+    add_mounts(
+        path, {"destination": "/host", "type": "bind", "source": parent, "options": [kind, "ro"]}
+    )
+    code, out = run_output(store, path)
+    assert code == 0, out
+    points = [line.split()[1] for line in out.splitlines()]
+    assert "/host" in points
+    assert (f"/host/{child}" in points) is (kind == "rbind")
+
+
+def test_default_devices_and_symlinks(store: FileStore, bundle: BundleFactory) -> None:
+    script = (
+        "stat -c '%n %F %t:%T %a' /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty;"
+        ' for l in fd stdin stdout stderr ptmx; do echo "$l -> $(readlink /dev/$l)"; done;'
+        " echo data > /dev/null && head -c 4 /dev/zero | wc -c"
+    )
+    lines = sh(store, bundle, script).splitlines()
+    assert lines == [
+        "/dev/null character special file 1:3 666",
+        "/dev/zero character special file 1:5 666",
+        "/dev/full character special file 1:7 666",
+        "/dev/random character special file 1:8 666",
+        "/dev/urandom character special file 1:9 666",
+        "/dev/tty character special file 5:0 666",
+        "fd -> /proc/self/fd",
+        "stdin -> /proc/self/fd/0",
+        "stdout -> /proc/self/fd/1",
+        "stderr -> /proc/self/fd/2",
+        "ptmx -> pts/ptmx",
+        "4",
+    ]
+
+
+def test_sysctl_is_applied(store: FileStore, bundle: BundleFactory) -> None:
+    path = bundle(["cat", "/proc/sys/net/ipv4/ip_forward"])
+    edit_config(path, lambda d: d["linux"].update(sysctl={"net.ipv4.ip_forward": "1"}))
+    assert run_output(store, path) == (0, "1\n")
+
+
+def test_masked_and_readonly_paths(store: FileStore, bundle: BundleFactory) -> None:
+    script = (
+        "wc -c < /proc/keys; ls /sys/firmware | wc -l;"
+        " (echo 1 > /proc/sys/kernel/panic) 2>/dev/null; echo sys=$?;"
+        " cat /proc/sys/kernel/ostype"
+    )
+    assert sh(store, bundle, script).split() == ["0", "0", "sys=1", "Linux"]
+
+
+def test_symlink_in_rootfs_does_not_lead_outside(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    path = bundle(["sh", "-c", "echo in > /escape/sub/file; cat /proc/mounts"])
+    (path / "rootfs" / "escape").symlink_to(outside)  # absolute: resolved in the rootfs
+    add_mounts(path, {"destination": "/escape/sub", "type": "tmpfs", "source": "tmpfs"})
+    code, out = run_output(store, path)
+    assert code == 0, out
+    assert list(outside.iterdir()) == []
+    assert mount_line(out, f"{outside}/sub")[2] == "tmpfs"
+
+
+# -- 13. hostname, user, cwd, env, rlimits -------------------------------------------------
+
+
+def test_hostname_and_domainname(store: FileStore, bundle: BundleFactory) -> None:
+    path = bundle(["sh", "-c", "hostname; cat /proc/sys/kernel/domainname"])
+    edit_config(path, lambda d: d.update(hostname="box-1", domainname="example.org"))
+    assert run_output(store, path) == (0, "box-1\nexample.org\n")
+    assert socket.gethostname() != "box-1"
+
+
+def test_user_umask_cwd(store: FileStore, bundle: BundleFactory) -> None:
+    path = bundle(["sh", "-c", "id; umask; pwd; touch f; stat -c %a f"])
+
+    def change(document: dict[str, Any]) -> None:
+        document["process"]["user"] = {
+            "uid": 1000,
+            "gid": 1000,
+            "additionalGids": [10, 20],
+            "umask": 0o027,
+        }
+        document["process"]["cwd"] = "/tmp"
+
+    edit_config(path, change)
+    code, out = run_output(store, path)
+    assert code == 0, out
+    assert out.splitlines() == ["uid=1000 gid=1000 groups=10,20", "0027", "/tmp", "640"]
+
+
+def test_cwd_is_created(store: FileStore, bundle: BundleFactory) -> None:
+    path = bundle(["pwd"])
+    edit_config(path, lambda d: d["process"].update(cwd="/work/dir"))
+    assert run_output(store, path) == (0, "/work/dir\n")
+
+
+def test_env_passed_exactly(store: FileStore, bundle: BundleFactory) -> None:
+    env = ["PATH=/bin", "FOO=bar baz", "EMPTY=", "MULTI=a=b=c"]
+    path = bundle(["env"])
+    edit_config(path, lambda d: d["process"].update(env=env))
+    code, out = run_output(store, path)
+    assert code == 0
+    assert sorted(out.splitlines()) == sorted(env)
+
+
+def test_no_new_privileges_and_oom_score_adj(store: FileStore, bundle: BundleFactory) -> None:
+    path = bundle(["sh", "-c", "grep NoNewPrivs /proc/self/status; cat /proc/self/oom_score_adj"])
+    edit_config(path, lambda d: d["process"].update(oomScoreAdj=345, noNewPrivileges=True))
+    code, out = run_output(store, path)
+    assert (code, out.split()) == (0, ["NoNewPrivs:", "1", "345"])
+
+
+def test_rlimit_nofile(store: FileStore, bundle: BundleFactory) -> None:
+    path = bundle(["sh", "-c", "ulimit -n; ulimit -Hn"])
+    edit_config(
+        path,
+        lambda d: d["process"].update(
+            rlimits=[{"type": "RLIMIT_NOFILE", "soft": 123, "hard": 456}]
+        ),
+    )
+    assert run_output(store, path) == (0, "123\n456\n")
