@@ -62,7 +62,9 @@ def _busybox_applets() -> list[str]:
 
 def _busybox_rootfs(rootfs: Path) -> list[Mount]:
     if not os.access(BUSYBOX, os.X_OK):
-        raise MissingFeatureError("busybox", f"{BUSYBOX} is missing: apt-get install busybox-static")
+        raise MissingFeatureError(
+            "busybox", f"{BUSYBOX} is missing: apt-get install busybox-static"
+        )
     _skeleton(rootfs)
     bin_dir = rootfs / "bin"
     bin_dir.mkdir(exist_ok=True)

@@ -91,7 +91,7 @@ class Container:
     @classmethod
     def create(
         cls,
-        id: str,  # noqa: A002 - the public contract's name
+        id: str,
         bundle: str | os.PathLike[str],
         *,
         store: MetadataStore | None = None,
@@ -177,7 +177,7 @@ class Container:
     @classmethod
     def run(
         cls,
-        id: str,  # noqa: A002
+        id: str,
         bundle: str | os.PathLike[str],
         **kwargs: Any,
     ) -> int:
@@ -277,7 +277,7 @@ class Container:
             raise ContainerNotFoundError(self.id)
         return sandbox.wait(self.id, timeout)
 
-    def kill(self, sig: int = _signal.SIGTERM, *, all: bool = False) -> None:  # noqa: A002
+    def kill(self, sig: int = _signal.SIGTERM, *, all: bool = False) -> None:
         """Send ``sig`` to the init, or with ``all=True`` to every process of the container.
 
         ``all=True`` is allowed on a stopped container, to clean up leftovers.
@@ -349,7 +349,9 @@ class Container:
             )
         return state
 
-    def _hand_over_console(self, master: int, console_socket: str | os.PathLike[str] | None) -> None:
+    def _hand_over_console(
+        self, master: int, console_socket: str | os.PathLike[str] | None
+    ) -> None:
         os.set_inheritable(master, False)  # received over SCM_RIGHTS without close-on-exec
         if console_socket is None:
             self.console = os.fdopen(master, "r+b", buffering=0)

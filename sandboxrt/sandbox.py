@@ -33,7 +33,9 @@ __all__ = ["Sandbox"]
 KILLED_RETURNCODE = -signal.SIGKILL
 
 
-def remote_error(container_id: str, error_type: str, message: str, details: dict[str, Any]) -> SandboxrtError:
+def remote_error(
+    container_id: str, error_type: str, message: str, details: dict[str, Any]
+) -> SandboxrtError:
     """The exception a failure reported by the supervisor or init stands for."""
     if error_type == "HookError":
         return HookError(
@@ -226,7 +228,7 @@ class Sandbox:
         """Release the container's init: it runs startContainer hooks, then execs."""
         self._checked(container_id, Request("start", container_id, state=state))
 
-    def signal(self, container_id: str, signum: int, *, all: bool = False) -> None:  # noqa: A002
+    def signal(self, container_id: str, signum: int, *, all: bool = False) -> None:
         """Signal the container's init, or with ``all`` every process of the container."""
         self._checked(container_id, Request("signal", container_id, signal=signum, all=all))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -97,9 +98,7 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     leaked = supervisor_pids() - before_pids
     for pid in leaked:  # clean up what we started, by pid, then fail
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
     assert not leaked, f"sandbox supervisors left running: {sorted(leaked)}"
     assert host_mounts() == before_mounts, "the host's mount table changed"

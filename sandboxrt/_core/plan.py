@@ -96,7 +96,7 @@ def build_plan(
     """The plan of a new sandbox whose root container is ``container_id``."""
     linux = spec.get("linux") or {}
     namespaces = [[ns["type"], ns.get("path") or ""] for ns in linux.get("namespaces") or []]
-    kinds = {kind: path for kind, path in namespaces}
+    kinds = dict(namespaces)
     if "mount" not in kinds:
         raise SpecError([("linux.namespaces", "a mount namespace is required")])
     if "user" in kinds and not kinds["user"]:

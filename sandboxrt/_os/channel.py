@@ -7,6 +7,7 @@ can carry ``SCM_RIGHTS``. Standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Sequence
@@ -94,10 +95,8 @@ def receive(sock: socket.socket, expected: type[M]) -> tuple[M, list[int]]:
 def close_fds(fds: Sequence[int]) -> None:
     """Close every fd in ``fds``, ignoring those already closed."""
     for fd in fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
 
 def _short_address(path: str) -> tuple[str, int | None]:

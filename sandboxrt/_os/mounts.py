@@ -45,8 +45,13 @@ DEFAULT_DEVICES = (
 
 # statvfs f_flag bits that a bind remount must keep (they match the MS_ bits).
 _LOCKED_FLAGS = (
-    abi.MS_RDONLY | abi.MS_NOSUID | abi.MS_NODEV | abi.MS_NOEXEC | abi.MS_NOATIME
-    | abi.MS_NODIRATIME | abi.MS_RELATIME
+    abi.MS_RDONLY
+    | abi.MS_NOSUID
+    | abi.MS_NODEV
+    | abi.MS_NOEXEC
+    | abi.MS_NOATIME
+    | abi.MS_NODIRATIME
+    | abi.MS_RELATIME
 )
 
 
@@ -150,7 +155,9 @@ def create_devices(root: str, devices: Iterable[DevicePlan]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(target)
         try:
-            os.mknod(target, kinds[dev.type] | (dev.mode & 0o7777), os.makedev(dev.major, dev.minor))
+            os.mknod(
+                target, kinds[dev.type] | (dev.mode & 0o7777), os.makedev(dev.major, dev.minor)
+            )
             os.chmod(target, dev.mode & 0o7777)  # mknod's mode went through the umask
             os.chown(target, dev.uid, dev.gid)
         except PermissionError:

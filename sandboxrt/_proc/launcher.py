@@ -105,9 +105,9 @@ class ForkServerLauncher:
         self._owner = 0
 
     def _connection(self) -> socket.socket:
-        if self._sock is not None and self._owner == os.getpid() and self._server is not None:
-            if self._server.poll() is None:
-                return self._sock
+        alive = self._server is not None and self._server.poll() is None
+        if self._sock is not None and self._owner == os.getpid() and alive:
+            return self._sock
         self.close()
         ours, theirs = channel.socket_pair()
         with theirs:

@@ -190,7 +190,7 @@ class Supervisor:
         channel.close_fds(fds)
         try:
             reply = self._dispatch(conn, request)
-        except Exception as exc:  # noqa: BLE001 - any failure goes back to the caller
+        except Exception as exc:
             reply = Reply(False, error=str(exc), error_type=type(exc).__name__)
         if reply is not None:
             with contextlib.suppress(OSError):
@@ -317,4 +317,3 @@ def main(bootstrap_fd: int) -> NoReturn:
     channel.send(bootstrap, Launched(pid))
     os.close(gate_w)
     os._exit(0)
-
