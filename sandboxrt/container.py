@@ -24,7 +24,6 @@ from sandboxrt._proc.launcher import Launcher
 from sandboxrt._stdio import StdioArg, StdioPlan
 from sandboxrt.config import Config
 from sandboxrt.errors import (
-    ContainerExistsError,
     ContainerNotFoundError,
     InitError,
     MissingFeatureError,
@@ -127,8 +126,6 @@ class Container:
             runtime_root=str(store.runtime_dir),
         )
         with store.lock(id, timeout=config.lock_timeout):
-            if id in store.list_ids():
-                raise ContainerExistsError(id)
             record = ContainerRecord(
                 id=id,
                 bundle=str(bundle_path),
@@ -140,7 +137,7 @@ class Container:
                 config=attrs.asdict(config),
                 annotations=dict(document.get("annotations") or {}),
             )
-            store.create(record)
+            store.create(record)  # raises ContainerExistsError, touching nothing
             container = cls(record, store)
             stdio: StdioPlan | None = None
             try:

@@ -111,6 +111,8 @@ class Sandbox:
             )
             ours, theirs = channel.socket_pair()
             try:
+                # The plan waits in the socket, so the launched process reads it at once.
+                channel.send(ours, plan, stdio)
                 process = (launcher or default_launcher()).launch(
                     bootstrap_fd=theirs.fileno(), log_fd=log_fd
                 )
@@ -122,12 +124,6 @@ class Sandbox:
                 os.close(log_fd)
             launched = process
             with ours:
-                try:
-                    channel.send(ours, plan, stdio)
-                except (BrokenPipeError, ConnectionResetError) as exc:
-                    raise SandboxDiedError(
-                        container_id, f"the launched process took no plan ({exc.strerror})"
-                    ) from None
                 first, _ = cls._next(ours, container_id, plan.runtime_dir, Launched, Progress)
                 if isinstance(first, Progress):
                     raise cls._failure(container_id, first)

@@ -17,6 +17,7 @@ Two conversations use these types:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import typing
 from typing import Any, ClassVar, Self, TypeVar
@@ -57,11 +58,16 @@ class _Message:
         return typing.cast("Self", _build(cls, data))
 
 
+@functools.cache
+def _hints(cls: type[Any]) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def _build(cls: type[Any], data: Any) -> Any:
     """Build dataclass ``cls`` from ``data``, recursing into nested dataclasses."""
     if not isinstance(data, dict):
         raise ValueError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     kwargs = {}
     for field in dataclasses.fields(cls):
         if field.name not in data:

@@ -74,9 +74,13 @@ def _enter_namespaces(namespaces: Sequence[Sequence[str]]) -> None:
 class Supervisor:
     """PID 1 of one sandbox."""
 
-    def __init__(self, plan: SandboxPlan, bootstrap: socket.socket, stdio: list[int]) -> None:
+    def __init__(
+        self, plan: SandboxPlan, bootstrap: socket.socket, stdio: list[int], gate: int
+    ) -> None:
         self.plan = plan
         self.bootstrap = bootstrap
+        #: Closed by the launched process once the library has our pid: we speak after that.
+        self.gate: int | None = gate
         self.stdio = stdio
         self.init_pid = 0
         self.init_sync: socket.socket | None = None
@@ -111,12 +115,22 @@ class Supervisor:
             parent_end.close()
             self.listener.close()
             self.bootstrap.close()
+            if self.gate is not None:
+                os.close(self.gate)
             run_init(self.plan.init, child_end, self.stdio)
         child_end.close()
         channel.close_fds(self.stdio)
         self.stdio = []
         self.init_pid = pid
         self.init_sync = parent_end
+
+    def report(self, step: Progress, fds: list[int] | None = None) -> None:
+        """Send a creation step to the library, after the launched process named us."""
+        if self.gate is not None:
+            os.read(self.gate, 1)
+            os.close(self.gate)
+            self.gate = None
+        channel.send(self.bootstrap, step, fds or [])
 
     def relay_creation(self) -> bool:
         """Pass creation steps between init and the library; ``True`` once created."""
@@ -126,7 +140,7 @@ class Supervisor:
                 step, fds = channel.receive(self.init_sync, Progress)
             except channel.ChannelClosedError:
                 step, fds = Progress("error", error="the container's init died"), []
-            channel.send(self.bootstrap, step, fds)
+            self.report(step, fds)
             channel.close_fds(fds)
             if step.step == "mounted":
                 go, _ = channel.receive(self.bootstrap, Progress)
@@ -281,15 +295,17 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def _run_supervisor(plan: SandboxPlan, bootstrap: socket.socket, stdio: list[int]) -> NoReturn:
-    supervisor = Supervisor(plan, bootstrap, stdio)
+def _run_supervisor(
+    plan: SandboxPlan, bootstrap: socket.socket, stdio: list[int], gate: int
+) -> NoReturn:
+    supervisor = Supervisor(plan, bootstrap, stdio, gate)
     try:
         supervisor.setup()
         supervisor.fork_init()
         created = supervisor.relay_creation()
     except BaseException as exc:
         with contextlib.suppress(OSError):
-            channel.send(bootstrap, error_progress(exc))
+            supervisor.report(error_progress(exc))
         os._exit(1)
     if not created:
         os._exit(1)
@@ -311,9 +327,7 @@ def main(bootstrap_fd: int) -> NoReturn:
         os._exit(1)
     if pid == 0:
         os.close(gate_w)
-        os.read(gate_r, 1)  # the library learns our pid before anything else
-        os.close(gate_r)
-        _run_supervisor(plan, bootstrap, stdio)
+        _run_supervisor(plan, bootstrap, stdio, gate_r)
     channel.send(bootstrap, Launched(pid))
     os.close(gate_w)
     os._exit(0)
