@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import datetime as _dt
+import functools
 import getpass
 import logging
 import os
@@ -115,7 +116,7 @@ class Container:
             raise MissingFeatureError("the overlay root (Config(overlay=True))", "not built yet")
         bundle_path = Path(bundle).absolute()
         if spec is None:
-            spec = read_spec_file(bundle_path / "config.json")
+            spec = _bundle_spec(bundle_path / "config.json")
         document = _apply_config(dump_spec(spec), config)
         # Before the lock: a spec the plan refuses leaves nothing behind, not even a lock file.
         plan = build_plan(
@@ -401,6 +402,20 @@ def _apply_config(document: dict[str, Any], config: Config) -> dict[str, Any]:
         namespaces = [ns for ns in linux.get("namespaces") or [] if ns.get("type") != "network"]
         document = {**document, "linux": {**linux, "namespaces": namespaces}}
     return document
+
+
+def _bundle_spec(path: Path) -> Spec:
+    """The validated spec in ``path``; unchanged files are parsed once (specs are frozen)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return read_spec_file(path)  # raises the SpecError that names the problem
+    return _cached_spec(str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_spec(path: str, *_identity: int) -> Spec:
+    return read_spec_file(path)
 
 
 def _owner() -> str:

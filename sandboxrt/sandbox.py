@@ -17,6 +17,7 @@ from sandboxrt._core.protocol import ExitStatus, Launched, Progress, Reply, Requ
 from sandboxrt._core.records import ProcessIdentity
 from sandboxrt._os import channel, procfs
 from sandboxrt._proc.launcher import LaunchedProcess, Launcher, default_launcher
+from sandboxrt._proc.supervisor import is_warm_shape
 from sandboxrt.errors import (
     HookError,
     InitError,
@@ -114,7 +115,9 @@ class Sandbox:
                 # The plan waits in the socket, so the launched process reads it at once.
                 channel.send(ours, plan, stdio)
                 process = (launcher or default_launcher()).launch(
-                    bootstrap_fd=theirs.fileno(), log_fd=log_fd
+                    bootstrap_fd=theirs.fileno(),
+                    log_fd=log_fd,
+                    warm=is_warm_shape(plan.namespaces),
                 )
             except BaseException:
                 ours.close()
@@ -294,6 +297,8 @@ def _reap(process: LaunchedProcess) -> None:
     try:
         process.wait(timeout=1.0)
     except Exception:  # any launcher's timeout error
+        if process.pid <= 0:  # unknown: never signal a process group by accident
+            return
         with contextlib.suppress(ProcessLookupError):
             os.kill(process.pid, signal.SIGKILL)
         with contextlib.suppress(Exception):

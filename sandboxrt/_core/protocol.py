@@ -17,7 +17,6 @@ Two conversations use these types:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import typing
 from typing import Any, ClassVar, Self, TypeVar
@@ -49,7 +48,7 @@ class _Message:
     kind: ClassVar[str] = ""
 
     def to_wire(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)  # type: ignore[call-overload]
+        data = _plain(self)
         data["kind"] = self.kind
         return typing.cast("dict[str, Any]", data)
 
@@ -58,9 +57,25 @@ class _Message:
         return typing.cast("Self", _build(cls, data))
 
 
-@functools.cache
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
 def _hints(cls: type[Any]) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON-ready data: like ``dataclasses.asdict``, without its deep copies."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def _build(cls: type[Any], data: Any) -> Any:

@@ -72,6 +72,24 @@ converter = cattrs.Converter()
 converter.register_unstructure_hook(_dt.datetime, lambda d: d.isoformat())
 converter.register_structure_hook(_dt.datetime, lambda v, _: _dt.datetime.fromisoformat(v))
 
+_PLAIN_JSON = frozenset({"spec", "config", "annotations"})
+
+
+def _unstructure_record(record: ContainerRecord) -> dict[str, Any]:
+    # The spec, config and annotations are JSON documents already: they need no
+    # walk (which would cost more than the rest of a save together).
+    return {
+        field.name: (
+            getattr(record, field.name)
+            if field.name in _PLAIN_JSON
+            else converter.unstructure(getattr(record, field.name))
+        )
+        for field in attrs.fields(ContainerRecord)
+    }
+
+
+converter.register_unstructure_hook(ContainerRecord, _unstructure_record)
+
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
 
 #: ``MIGRATIONS[n]`` turns a schema ``n`` envelope into a schema ``n + 1`` one.

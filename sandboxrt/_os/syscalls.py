@@ -12,9 +12,16 @@ import os
 import platform
 
 __all__ = [
+    "ambient_clear_all",
+    "ambient_raise",
+    "capbset_drop",
+    "capbset_read",
+    "capget",
+    "capset",
     "mount",
     "pivot_root",
     "prctl",
+    "set_keepcaps",
     "set_process_name",
     "setdomainname",
     "setns",
@@ -93,3 +100,75 @@ def set_process_name(name: str) -> None:
     """Set the calling thread's name (``/proc/PID/comm``, at most 15 bytes)."""
     buffer = ctypes.create_string_buffer(name.encode()[:15])
     _check(_libc.prctl(ctypes.c_int(_PR_SET_NAME), buffer, 0, 0, 0), "prctl(PR_SET_NAME)")
+
+
+# -- capabilities --------------------------------------------------------------------------
+
+_PR_SET_KEEPCAPS = 8
+_PR_CAPBSET_READ = 23
+_PR_CAPBSET_DROP = 24
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_RAISE = 2
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def capget(pid: int = 0) -> tuple[int, int, int]:
+    """``(effective, permitted, inheritable)`` of ``pid`` (0: this thread) as 64-bit masks."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, pid)
+    data = (_CapData * 2)()
+    _check(_libc.capget(ctypes.byref(header), data), "capget")
+    return (
+        data[0].effective | data[1].effective << 32,
+        data[0].permitted | data[1].permitted << 32,
+        data[0].inheritable | data[1].inheritable << 32,
+    )
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """Set this thread's effective, permitted and inheritable sets (64-bit masks)."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in (0, 1):
+        shift = 32 * i
+        data[i].effective = (effective >> shift) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
+
+
+def capbset_read(cap: int) -> bool:
+    """Whether ``cap`` is in the bounding set; ``OSError(EINVAL)`` if the kernel lacks it."""
+    return prctl(_PR_CAPBSET_READ, cap) == 1
+
+
+def capbset_drop(cap: int) -> None:
+    """Drop ``cap`` from the bounding set (needs ``CAP_SETPCAP``)."""
+    prctl(_PR_CAPBSET_DROP, cap)
+
+
+def set_keepcaps(keep: bool) -> None:
+    """``PR_SET_KEEPCAPS``: keep the permitted set when all uids leave 0."""
+    prctl(_PR_SET_KEEPCAPS, int(keep))
+
+
+def ambient_clear_all() -> None:
+    """Empty the ambient set."""
+    prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
+
+
+def ambient_raise(cap: int) -> None:
+    """Add ``cap`` to the ambient set (it must be permitted and inheritable)."""
+    prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, cap)

@@ -17,7 +17,7 @@ import socket
 from typing import NoReturn
 
 from sandboxrt._core import abi
-from sandboxrt._core.protocol import Launched, Reply, Request
+from sandboxrt._core.protocol import Launched, Request
 from sandboxrt._os import channel, syscalls
 from sandboxrt._proc import supervisor
 
@@ -34,31 +34,122 @@ def _reap() -> None:
             return
 
 
-def _launch(control: socket.socket, fds: list[int]) -> int:
-    bootstrap_fd, log_fd = fds
-    pid = os.fork()
-    if pid == 0:
+def _child() -> None:
+    """Reset a freshly forked child: its own session, default signals, stdio on /dev/null."""
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+
+
+class _Server:
+    """The fork server's state: its socket, and at most one warm sandbox."""
+
+    def __init__(self, control: socket.socket) -> None:
+        self.control = control
+        self.selector = selectors.DefaultSelector()
+        self.warm_link: socket.socket | None = None
+        self.warm_pid = 0
+
+    def forget(self) -> None:
+        """In a forked child: close the fork server's sockets (its peers watch them)."""
+        self.control.close()
+        if self.warm_link is not None:
+            self.warm_link.close()
+        _child()
+
+    def launch(self, fds: list[int]) -> None:
+        """Fork a process that enters a new sandbox's namespaces (the cold path)."""
+        bootstrap_fd, log_fd = fds
+        if os.fork() == 0:
+            try:
+                self.forget()
+                os.dup2(log_fd, 2)
+                os.close(log_fd)
+                supervisor.main(bootstrap_fd)
+            finally:
+                os._exit(1)
+
+    def prewarm(self) -> None:
+        """Fork a warm sandbox (see :func:`supervisor.warm`) for the next launch."""
+        ours, theirs = channel.socket_pair()
         try:
-            control.close()
-            signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, signal.SIG_DFL)
-            os.setsid()
-            null = os.open(os.devnull, os.O_RDWR)
-            os.dup2(null, 0)
-            os.dup2(null, 1)
-            os.dup2(log_fd, 2)
-            os.close(null)
-            os.close(log_fd)
-            supervisor.main(bootstrap_fd)
-        finally:
-            os._exit(1)
-    channel.close_fds(fds)
-    return pid
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            return
+        if pid == 0:
+            try:
+                ours.close()
+                self.forget()
+                supervisor.warm(theirs)
+            finally:
+                os._exit(1)
+        theirs.close()
+        self.warm_link, self.warm_pid = ours, 0
+        self.selector.register(ours, selectors.EVENT_READ, "warm")
+
+    def drop_warm(self) -> None:
+        if self.warm_link is not None:
+            self.selector.unregister(self.warm_link)
+            self.warm_link.close()
+        self.warm_link, self.warm_pid = None, 0
+
+    def warm_ready(self) -> None:
+        assert self.warm_link is not None
+        try:
+            launched, _ = channel.receive(self.warm_link, Launched)
+        except (channel.ChannelClosedError, OSError, ValueError):
+            self.drop_warm()
+            return
+        self.warm_pid = launched.pid
+
+    def hand_over(self, fds: list[int]) -> bool:
+        """Give a launch to the warm sandbox; ``False`` if there is none that takes it."""
+        if self.warm_link is None or not self.warm_pid:
+            return False
+        try:
+            channel.send(self.warm_link, Request("launch"), fds)
+        except OSError:
+            self.drop_warm()
+            return False
+        bootstrap = socket.socket(fileno=os.dup(fds[0]))
+        with contextlib.suppress(OSError), bootstrap:
+            channel.send(bootstrap, Launched(self.warm_pid))
+        self.drop_warm()  # closing the link lets the warm sandbox go on
+        return True
+
+    def handle(self) -> None:
+        try:
+            request, fds = channel.receive(self.control, Request)
+        except (channel.ChannelClosedError, ConnectionError):
+            os._exit(0)
+        except ValueError:
+            return  # nothing to answer: a failed launch shows as a silent bootstrap socket
+        if request.op == "launch" and len(fds) == 2:
+            if request.all and self.hand_over(fds):
+                self.prewarm()
+            else:
+                with contextlib.suppress(OSError):
+                    self.launch(fds)
+        channel.close_fds(fds)
 
 
 def serve(control_fd: int) -> NoReturn:
-    """Serve launch requests on ``control_fd`` until its peer goes away."""
+    """Serve launch requests on ``control_fd`` until its peer goes away.
+
+    Launches are not answered: the launched process reports on its bootstrap
+    socket, and one that could not be forked shows there as end of stream. A
+    launch whose request has ``all`` set may be served by a warm sandbox:
+    one made ahead (namespaces entered, supervisor forked) for plans with
+    exactly :data:`supervisor.WARM_NAMESPACES`; then the fork server itself
+    tells the library the supervisor's pid.
+    """
     control = socket.socket(fileno=control_fd)
     os.set_inheritable(control_fd, False)
     syscalls.prctl(abi.PR_SET_CHILD_SUBREAPER, 1)
@@ -67,28 +158,17 @@ def serve(control_fd: int) -> NoReturn:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    selector = selectors.DefaultSelector()
-    selector.register(wake_r, selectors.EVENT_READ, "wake")
-    selector.register(control, selectors.EVENT_READ, "control")
+    server = _Server(control)
+    server.selector.register(wake_r, selectors.EVENT_READ, "wake")
+    server.selector.register(control, selectors.EVENT_READ, "control")
+    server.prewarm()
     while True:
-        for key, _ in selector.select():
+        for key, _ in server.selector.select():
             if key.data == "wake":
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 4096)
                 _reap()
-                continue
-            try:
-                request, fds = channel.receive(control, Request)
-            except (channel.ChannelClosedError, ConnectionError):
-                os._exit(0)
-            except ValueError as exc:
-                channel.send(control, Reply(False, error=str(exc), error_type="ProtocolError"))
-                continue
-            if request.op != "launch" or len(fds) != 2:
-                channel.close_fds(fds)
-                channel.send(control, Reply(False, error="expected a launch with 2 fds"))
-                continue
-            try:
-                channel.send(control, Launched(_launch(control, fds)))
-            except OSError as exc:
-                channel.send(control, Reply(False, error=str(exc), error_type="OSError"))
+            elif key.data == "warm":
+                server.warm_ready()
+            else:
+                server.handle()

@@ -15,7 +15,7 @@ import threading
 from typing import Protocol, runtime_checkable
 
 import sandboxrt
-from sandboxrt._core.protocol import Launched, Reply, Request
+from sandboxrt._core.protocol import Request
 from sandboxrt._os import channel
 from sandboxrt.errors import SandboxrtError
 
@@ -44,10 +44,13 @@ class Launcher(Protocol):
     """Starts a process that runs ``sandboxrt._proc.supervisor.main(fd)``.
 
     ``bootstrap_fd`` must reach the process under the same number; ``log_fd``
-    becomes its stderr; it gets nothing else from the caller.
+    becomes its stderr; it gets nothing else from the caller. ``warm`` says
+    the sandbox wants exactly the namespaces of a warm sandbox
+    (``supervisor.WARM_NAMESPACES``), so a launcher that keeps one ready may
+    use it; others ignore it.
     """
 
-    def launch(self, *, bootstrap_fd: int, log_fd: int) -> LaunchedProcess: ...
+    def launch(self, *, bootstrap_fd: int, log_fd: int, warm: bool = False) -> LaunchedProcess: ...
 
 
 def python_command(module: str, function: str, fd: int, python: str | None = None) -> list[str]:
@@ -67,7 +70,7 @@ class SubprocessLauncher:
     def __init__(self, python: str | None = None) -> None:
         self.python = python
 
-    def launch(self, *, bootstrap_fd: int, log_fd: int) -> LaunchedProcess:
+    def launch(self, *, bootstrap_fd: int, log_fd: int, warm: bool = False) -> LaunchedProcess:
         return subprocess.Popen(
             python_command("sandboxrt._proc.supervisor", "main", bootstrap_fd, self.python),
             stdin=subprocess.DEVNULL,
@@ -80,10 +83,9 @@ class SubprocessLauncher:
 
 
 class _ForkedProcess:
-    """A process the fork server started; the fork server reaps it."""
+    """A process the fork server started; the fork server reaps it (pid unknown here)."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
+    pid = 0
 
     def wait(self, timeout: float | None = None) -> int:
         return 0
@@ -115,6 +117,7 @@ class ForkServerLauncher:
                 python_command("sandboxrt._proc.forkserver", "serve", theirs.fileno(), self.python),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
                 close_fds=True,
                 start_new_session=True,
@@ -122,19 +125,15 @@ class ForkServerLauncher:
         self._sock, self._owner = ours, os.getpid()
         return ours
 
-    def launch(self, *, bootstrap_fd: int, log_fd: int) -> LaunchedProcess:
+    def launch(self, *, bootstrap_fd: int, log_fd: int, warm: bool = False) -> LaunchedProcess:
         with self._lock:
             sock = self._connection()
             try:
-                channel.send(sock, Request("launch"), [bootstrap_fd, log_fd])
-                reply, _ = channel.receive_one_of(sock, Launched, Reply)
-            except (OSError, channel.ChannelClosedError) as exc:
+                channel.send(sock, Request("launch", all=warm), [bootstrap_fd, log_fd])
+            except OSError as exc:
                 self.close()
                 raise SandboxrtError(f"the sandbox fork server failed: {exc}") from exc
-        if isinstance(reply, Reply):
-            raise SandboxrtError(f"the sandbox fork server refused to launch: {reply.error}")
-        assert isinstance(reply, Launched)
-        return _ForkedProcess(reply.pid)
+        return _ForkedProcess()
 
     def close(self) -> None:
         """Stop the fork server (sandboxes it launched live on)."""

@@ -27,7 +27,14 @@ from sandboxrt._core.protocol import ExitStatus, Launched, Progress, Reply, Requ
 from sandboxrt._os import channel, net, syscalls
 from sandboxrt._proc.init import error_progress, run_init
 
-__all__ = ["PROCESS_NAME", "main", "write_exit_status"]
+__all__ = [
+    "PROCESS_NAME",
+    "WARM_NAMESPACES",
+    "is_warm_shape",
+    "main",
+    "warm",
+    "write_exit_status",
+]
 
 #: The supervisor's name in ``/proc/PID/comm``.
 PROCESS_NAME = "sandboxrt-sup"
@@ -64,18 +71,33 @@ def _enter_namespaces(namespaces: Sequence[Sequence[str]]) -> None:
             os.close(fd)
     flags = 0
     for kind, path in namespaces:
-        if not path:
+        if not path and kind != "cgroup":  # the init makes that one, inside the cgroup
             flags |= abi.NAMESPACE_FLAGS[kind]
+    _unshare_private(flags)
+
+
+def _unshare_private(flags: int) -> None:
+    """Unshare ``flags`` (always with a new mount namespace) and make every mount private."""
     syscalls.unshare(flags | abi.CLONE_NEWNS)
     # Nothing mounted in here may reach the host: every mount private, first thing.
     syscalls.mount(None, "/", None, abi.MS_REC | abi.MS_PRIVATE)
+
+
+#: The namespaces a warm sandbox has made before it knows its plan.
+WARM_NAMESPACES = frozenset({"pid", "network", "ipc", "uts", "mount"})
+
+
+def is_warm_shape(namespaces: Sequence[Sequence[str]]) -> bool:
+    """Whether a plan wants exactly the namespaces of a warm sandbox (cgroup aside)."""
+    kinds = [kind for kind, path in namespaces if kind != "cgroup" or path]
+    return all(not path for _, path in namespaces) and frozenset(kinds) == WARM_NAMESPACES
 
 
 class Supervisor:
     """PID 1 of one sandbox."""
 
     def __init__(
-        self, plan: SandboxPlan, bootstrap: socket.socket, stdio: list[int], gate: int
+        self, plan: SandboxPlan, bootstrap: socket.socket, stdio: list[int], gate: int | None
     ) -> None:
         self.plan = plan
         self.bootstrap = bootstrap
@@ -117,6 +139,8 @@ class Supervisor:
             self.bootstrap.close()
             if self.gate is not None:
                 os.close(self.gate)
+            if ["cgroup", ""] in self.plan.namespaces:
+                syscalls.unshare(abi.CLONE_NEWCGROUP)
             run_init(self.plan.init, child_end, self.stdio)
         child_end.close()
         channel.close_fds(self.stdio)
@@ -296,7 +320,7 @@ def _descendants(root: int) -> list[int]:
 
 
 def _run_supervisor(
-    plan: SandboxPlan, bootstrap: socket.socket, stdio: list[int], gate: int
+    plan: SandboxPlan, bootstrap: socket.socket, stdio: list[int], gate: int | None
 ) -> NoReturn:
     supervisor = Supervisor(plan, bootstrap, stdio, gate)
     try:
@@ -331,3 +355,41 @@ def main(bootstrap_fd: int) -> NoReturn:
     channel.send(bootstrap, Launched(pid))
     os.close(gate_w)
     os._exit(0)
+
+
+def warm(link: socket.socket) -> NoReturn:
+    """Make a sandbox ahead of its plan; claim it with :func:`claim`.
+
+    Runs in a fresh child of the fork server: enters the namespaces of
+    :data:`WARM_NAMESPACES`, forks the future supervisor (PID 1), sends its
+    host pid on ``link`` and exits. The supervisor waits on ``link`` for a
+    launch request carrying the bootstrap socket and log fd; end of stream
+    (the fork server went away) makes it exit. After the request it waits
+    for ``link`` to close, the sign that the library was told its pid.
+    """
+    try:
+        _unshare_private(sum(abi.NAMESPACE_FLAGS[kind] for kind in WARM_NAMESPACES))
+        pid = os.fork()
+    except BaseException:
+        os._exit(1)
+    if pid != 0:
+        channel.send(link, Launched(pid))
+        os._exit(0)
+    syscalls.set_process_name("sandboxrt-warm")
+    try:
+        _, fds = channel.receive(link, Request)
+        link.recv(1)  # end of stream: the fork server told the library our pid
+    except BaseException:
+        os._exit(0)
+    link.close()
+    bootstrap_fd, log_fd = fds
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    bootstrap = socket.socket(fileno=bootstrap_fd)
+    try:
+        plan, stdio = channel.receive(bootstrap, SandboxPlan)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            channel.send(bootstrap, error_progress(exc))
+        os._exit(1)
+    _run_supervisor(plan, bootstrap, stdio, None)

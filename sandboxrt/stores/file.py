@@ -193,9 +193,11 @@ class FileStore(_RecordStore[int]):
 
     ``root`` defaults to :func:`default_root` and is created (0o711 for root,
     0o700 otherwise) on first use. Records are 0600 files replaced atomically
-    (temp file, fsync, rename, directory fsync), so a crash leaves the old or
-    the new record. A lock is an open file description of ``<id>.lock``
-    (close-on-exec), polled with ``LOCK_EX | LOCK_NB`` until the timeout.
+    (temp file, then rename), so a crashed process leaves the old or the new
+    record. With ``durable=True`` the file and the directory are also fsynced,
+    so that holds across power loss too; the default root is usually on tmpfs,
+    which a reboot empties anyway, so it is off by default. A lock is an open file
+    description of ``<id>.lock`` (close-on-exec), polled with ``LOCK_EX | LOCK_NB`` until the timeout.
     Ids longer than :data:`MAX_FILE_ID_LENGTH` are rejected.
     """
 
@@ -204,8 +206,10 @@ class FileStore(_RecordStore[int]):
         root: str | os.PathLike[str] | None = None,
         *,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        durable: bool = False,
     ) -> None:
         super().__init__(lock_timeout)
+        self.durable = durable
         # A default root outside root's /run must be private to us (it may be in /tmp).
         self._must_be_private = root is None and os.geteuid() != 0
         self._root = Path(default_root() if root is None else root).absolute()
@@ -260,6 +264,8 @@ class FileStore(_RecordStore[int]):
             self._ensure_root()
 
     def _fsync_root(self) -> None:
+        if not self.durable:
+            return
         fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(fd)
@@ -315,7 +321,8 @@ class FileStore(_RecordStore[int]):
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
                     fh.flush()
-                    os.fsync(fh.fileno())
+                    if self.durable:
+                        os.fsync(fh.fileno())
                 if replace:
                     tmp.replace(path)
                 else:
