@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -249,17 +250,32 @@ class Sandbox:
 
     # -- ending ------------------------------------------------------------------------
 
-    def kill(self) -> None:
-        """SIGKILL the supervisor, which takes its whole PID namespace with it."""
+    def kill(self, timeout: float = 0.0) -> bool:
+        """SIGKILL the supervisor, which takes its whole PID namespace with it.
+
+        Waits up to ``timeout`` seconds for it to exit; ``True`` once it is gone.
+        """
         try:
             pidfd = os.pidfd_open(self.pid)
         except ProcessLookupError:
-            return
-        try:
-            # The pidfd pins one process: check it is ours before signalling it.
+            return True
+        except OSError:  # no pidfds on this kernel: signal by pid, poll with backoff
             if self.is_running():
                 with contextlib.suppress(ProcessLookupError):
-                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    os.kill(self.pid, signal.SIGKILL)
+            return not backoff.on_predicate(
+                backoff.expo, lambda alive: alive, max_time=timeout, factor=0.001, max_value=0.05
+            )(self.is_running)()
+        try:
+            # The pidfd pins one process: check it is ours before signalling it.
+            if not self.is_running():
+                return True
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            poller.poll(timeout * 1000)  # readable once the process has exited
+            return not self.is_running()
         finally:
             os.close(pidfd)
 
@@ -283,11 +299,7 @@ class Sandbox:
                     Request("signal", self.id, signal=signal.SIGKILL, all=True),
                     timeout=min(timeout, 1.0),
                 )
-        self.kill()
-        gone = backoff.on_predicate(
-            backoff.expo, lambda alive: alive, max_time=timeout, factor=0.001, max_value=0.05
-        )(self.is_running)()
-        if gone:
+        if not self.kill(timeout):
             raise SandboxDiedError(self.id, f"the supervisor (pid {self.pid}) did not exit")
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
