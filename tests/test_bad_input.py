@@ -507,7 +507,7 @@ def test_failed_create_leaves_nothing(
 
 
 class RaisingLauncher:
-    def launch(self, *, bootstrap_fd: int, log_fd: int) -> Any:
+    def launch(self, *, bootstrap_fd: int, log_fd: int, warm: bool = False) -> Any:
         raise OSError(5, "the launcher broke")
 
 
@@ -518,7 +518,7 @@ class MuteLauncher:
         self.pass_fd = pass_fd
         self.launched: list[subprocess.Popen[bytes]] = []
 
-    def launch(self, *, bootstrap_fd: int, log_fd: int) -> Any:
+    def launch(self, *, bootstrap_fd: int, log_fd: int, warm: bool = False) -> Any:
         process = subprocess.Popen(
             ["/bin/true"], pass_fds=(bootstrap_fd,) if self.pass_fd else (), stderr=log_fd
         )

@@ -8,6 +8,7 @@ can carry ``SCM_RIGHTS``. Standard library only.
 from __future__ import annotations
 
 import contextlib
+import array
 import os
 import socket
 from collections.abc import Sequence
@@ -67,9 +68,18 @@ def receive_one_of(
 
 
 def _receive_raw(sock: socket.socket) -> tuple[bytes, list[int]]:
-    data, fds, flags, _ = socket.recv_fds(
-        sock, protocol.MAX_MESSAGE, _MAX_FDS, socket.MSG_CMSG_CLOEXEC
+    # Not socket.recv_fds: on Python 3.11 it drops its flags, so the fds would not be
+    # close-on-exec, and every exec'd program would inherit them.
+    fd_size = array.array("i").itemsize
+    data, ancillary, flags, _ = sock.recvmsg(
+        protocol.MAX_MESSAGE, socket.CMSG_SPACE(_MAX_FDS * fd_size), socket.MSG_CMSG_CLOEXEC
     )
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            received = array.array("i")
+            received.frombytes(payload[: len(payload) - len(payload) % fd_size])
+            fds.extend(received)
     if not data and not fds:
         raise ChannelClosedError("the peer closed the channel")
     if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):

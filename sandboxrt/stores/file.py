@@ -196,8 +196,9 @@ class FileStore(_RecordStore[int]):
     (temp file, then rename), so a crashed process leaves the old or the new
     record. With ``durable=True`` the file and the directory are also fsynced,
     so that holds across power loss too; the default root is usually on tmpfs,
-    which a reboot empties anyway, so it is off by default. A lock is an open file
-    description of ``<id>.lock`` (close-on-exec), polled with ``LOCK_EX | LOCK_NB`` until the timeout.
+    which a reboot empties anyway, so it is off by default. A lock is an open
+    file description of ``<id>.lock`` (close-on-exec), polled with
+    ``LOCK_EX | LOCK_NB`` until the timeout.
     Ids longer than :data:`MAX_FILE_ID_LENGTH` are rejected.
     """
 
