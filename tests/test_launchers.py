@@ -1,0 +1,158 @@
+"""The launchers: the fork server with its warm sandbox, and the plain subprocess launcher."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import attrs
+import pytest
+from conftest import BundleFactory, needs_busybox, needs_root
+
+from sandboxrt import PIPE, Container, FileStore, SubprocessLauncher
+from sandboxrt._core.spec import read_spec_file, write_spec_file
+from sandboxrt._os import procfs
+from sandboxrt._proc.launcher import ForkServerLauncher
+from sandboxrt._proc.supervisor import is_warm_shape
+
+pytestmark = [needs_root, needs_busybox]
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            info = procfs.read_stat(int(name))
+            if info is not None and info.ppid == pid and info.state not in "ZX":
+                found.append(int(name))
+    return found
+
+
+def _wait_for(predicate: object, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_warm_shape_rules() -> None:
+    new = [["pid", ""], ["network", ""], ["ipc", ""], ["uts", ""], ["mount", ""]]
+    assert is_warm_shape(new)
+    assert is_warm_shape([*new, ["cgroup", ""]])
+    assert not is_warm_shape([*new[:-1], ["mount", "/proc/1/ns/mnt"]])
+    assert not is_warm_shape([ns for ns in new if ns[0] != "network"])
+    assert not is_warm_shape([*new, ["user", ""]])
+
+
+def test_fork_server_keeps_a_warm_sandbox_and_uses_it(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    launcher = ForkServerLauncher()
+    try:
+        code = Container.run("first", bundle(["true"]), store=store, launcher=launcher)
+        assert code == 0
+        server = launcher._server
+        assert server is not None
+        # After a launch the fork server makes the next warm sandbox at once.
+        assert _wait_for(lambda: any(_comm(p) == "sandboxrt-warm" for p in _children(server.pid)))
+        warm = [p for p in _children(server.pid) if _comm(p) == "sandboxrt-warm"]
+        c = Container.create("second", bundle(["sleep", "10"]), store=store, launcher=launcher)
+        try:
+            # The warm sandbox became this container's supervisor.
+            assert c.state().pid in warm
+            assert _comm(c.state().pid or 0) == "sandboxrt-sup"
+        finally:
+            c.destroy()
+    finally:
+        launcher.close()
+    # Closing the fork server ends it and its warm sandbox.
+    assert server.poll() is not None
+    assert _wait_for(lambda: all(not os.path.exists(f"/proc/{p}") or _comm(p) == "" for p in warm))
+
+
+def test_plans_of_another_shape_are_launched_cold(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    path = bundle(["sh", "-c", "readlink /proc/self/ns/net"])
+    spec = read_spec_file(path / "config.json")
+    assert spec.linux is not None and spec.linux.namespaces is not None
+    namespaces = [ns for ns in spec.linux.namespaces if ns.type != "network"]
+    spec = attrs.evolve(spec, linux=attrs.evolve(spec.linux, namespaces=namespaces))
+    write_spec_file(path / "config.json", spec)
+    c = Container.create("hostnet", path, store=store, stdout=PIPE)
+    try:
+        c.start()
+        assert c.wait() == 0
+        assert c.stdout is not None
+        assert c.stdout.read().decode().strip() == os.readlink("/proc/self/ns/net")
+    finally:
+        c.destroy()
+
+
+def test_subprocess_launcher_runs_a_container(store: FileStore, bundle: BundleFactory) -> None:
+    c = Container.create(
+        "plain",
+        bundle(["sh", "-c", "echo $$"]),
+        store=store,
+        stdout=PIPE,
+        launcher=SubprocessLauncher(),
+    )
+    try:
+        c.start()
+        assert c.wait() == 0
+        assert c.stdout is not None
+        assert c.stdout.read().strip() == b"2"  # the supervisor is PID 1
+    finally:
+        c.destroy()
+
+
+def test_a_killed_warm_sandbox_is_replaced(store: FileStore, bundle: BundleFactory) -> None:
+    launcher = ForkServerLauncher()
+    try:
+        assert Container.run("w1", bundle(["true"]), store=store, launcher=launcher) == 0
+        server = launcher._server
+        assert server is not None
+        assert _wait_for(lambda: any(_comm(p) == "sandboxrt-warm" for p in _children(server.pid)))
+        for pid in _children(server.pid):
+            if _comm(pid) == "sandboxrt-warm":
+                os.kill(pid, signal.SIGKILL)  # ours: a child of our own fork server
+        # The next launch still works (cold), and the one after too.
+        assert Container.run("w2", bundle(["true"]), store=store, launcher=launcher) == 0
+        assert Container.run("w3", bundle(["true"]), store=store, launcher=launcher) == 0
+    finally:
+        launcher.close()
+
+
+@pytest.mark.parametrize("launcher_kind", ["fork", "subprocess"])
+def test_supervisor_is_reaped_promptly(
+    store: FileStore, bundle: BundleFactory, launcher_kind: str
+) -> None:
+    launcher = ForkServerLauncher() if launcher_kind == "fork" else SubprocessLauncher()
+    try:
+        c = Container.create("reaped", bundle(["true"]), store=store, launcher=launcher)
+        pid = c.state().pid
+        assert pid is not None
+        c.start()
+        assert c.wait() == 0
+        c.destroy()
+        if launcher_kind == "fork":
+            # The fork server is a child subreaper: no zombie is left for init to find.
+            assert _wait_for(lambda: procfs.read_stat(pid) is None, timeout=1.0)
+        else:
+            info = procfs.read_stat(pid)
+            assert info is None or info.state in "ZX"
+    finally:
+        if isinstance(launcher, ForkServerLauncher):
+            launcher.close()
