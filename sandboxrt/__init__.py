@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from sandboxrt._core.status import Operation, Status
     from sandboxrt._proc.launcher import Launcher, SubprocessLauncher
     from sandboxrt.config import Config
-    from sandboxrt.container import Container, OCIState
+    from sandboxrt.container import Container, OCIState, Stats
     from sandboxrt.errors import (
         AmbiguousIDError,
         ContainerExistsError,
@@ -68,6 +68,7 @@ __all__ = [
     "SandboxrtError",
     "Spec",
     "SpecError",
+    "Stats",
     "Status",
     "SubprocessLauncher",
     "SystemCallError",
@@ -98,6 +99,7 @@ _HOMES = {
     "Config": "sandboxrt.config",
     "Container": "sandboxrt.container",
     "OCIState": "sandboxrt.container",
+    "Stats": "sandboxrt.container",
     "Sandbox": "sandboxrt.sandbox",
     "FileStore": "sandboxrt.stores",
     "MemoryStore": "sandboxrt.stores",

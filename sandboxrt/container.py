@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import datetime as _dt
 import functools
 import getpass
@@ -15,11 +16,14 @@ from typing import IO, Any
 
 import attrs
 
+from sandboxrt import _cgroup
 from sandboxrt._core.ids import resolve_id, validate_id
 from sandboxrt._core.plan import build_plan
 from sandboxrt._core.records import ContainerRecord
 from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
 from sandboxrt._core.status import Operation, Status, require
+from sandboxrt._os import cgroups
+from sandboxrt._os.seccomp import compile_bpf
 from sandboxrt._proc import hooks
 from sandboxrt._proc.launcher import Launcher
 from sandboxrt._stdio import StdioArg, StdioPlan
@@ -33,7 +37,7 @@ from sandboxrt.errors import (
 from sandboxrt.sandbox import Sandbox
 from sandboxrt.stores import FileStore, MetadataStore
 
-__all__ = ["Container", "OCIState"]
+__all__ = ["Container", "OCIState", "Stats"]
 
 log = logging.getLogger("sandboxrt")
 
@@ -64,6 +68,31 @@ class OCIState:
         if self.annotations:
             data["annotations"] = dict(self.annotations)
         return data
+
+
+@attrs.frozen
+class Stats:
+    """Resource usage of a container's cgroup (its supervisor included), as read now.
+
+    CPU times are nanoseconds (user and system counted in clock ticks, 10 ms,
+    on cgroup v1); memory figures are bytes. A ``None`` limit is unlimited;
+    ``memory_max_usage`` is the peak (``None`` where the kernel keeps none);
+    ``memory_failcnt`` counts hits of the memory limit.
+    """
+
+    cpu_usage_ns: int
+    cpu_user_ns: int
+    cpu_system_ns: int
+    memory_usage: int
+    memory_limit: int | None
+    memory_max_usage: int | None
+    memory_failcnt: int
+    pids_current: int
+    pids_limit: int | None
+
+    @classmethod
+    def from_cgroup(cls, stats: cgroups.CgroupStats) -> Stats:
+        return cls(**dataclasses.asdict(stats))
 
 
 class Container:
@@ -107,7 +136,15 @@ class Container:
         """Create container ``id`` from ``bundle``: its init waits for :meth:`start`.
 
         ``spec`` overrides the bundle's config.json. Any failure leaves no
-        process, socket or record behind.
+        process, socket, cgroup or record behind.
+
+        The container gets a cgroup (``linux.cgroupsPath``, else
+        ``/sandboxrt/<id>``) with ``linux.resources`` applied, which its
+        supervisor joins before forking the init. Without any cgroup hierarchy
+        mounted this raises :class:`MissingFeatureError`, unless the spec sets
+        neither ``linux.resources`` nor ``linux.cgroupsPath``: then it runs
+        without a cgroup. Device rules are enforced on cgroup v1 only (see
+        ``sandboxrt._cgroup``).
         """
         validate_id(id)
         store = store if store is not None else FileStore()
@@ -125,7 +162,9 @@ class Container:
             spec=document,
             bundle=str(bundle_path),
             runtime_root=str(store.runtime_dir),
+            compile_seccomp=compile_bpf,
         )
+        cgroup_request = _cgroup.request_for(document)
         with store.lock(id, timeout=config.lock_timeout):
             record = ContainerRecord(
                 id=id,
@@ -142,6 +181,12 @@ class Container:
             container = cls(record, store)
             stdio: StdioPlan | None = None
             try:
+                cgroup = _cgroup.create(cgroup_request, id) if cgroup_request else None
+                if cgroup is not None:
+                    # Recorded at once: a destroy after a crash from here on removes it.
+                    record = container._record = attrs.evolve(record, cgroup=cgroup.to_dict())
+                    store.save(record)
+                    plan = dataclasses.replace(plan, cgroup_procs=_cgroup.procs_files(cgroup))
                 stdio = StdioPlan(stdin, stdout, stderr)
                 sandbox, pty = Sandbox.launch(
                     plan,
@@ -279,10 +324,25 @@ class Container:
         """Send ``sig`` to the init, or with ``all=True`` to every process of the container.
 
         ``all=True`` is allowed on a stopped container, to clean up leftovers.
+        It goes through the container's cgroup, so forks cannot escape:
+        ``SIGKILL`` kills every process (the supervisor too, which ends the
+        sandbox) and returns once none is left; other signals reach every
+        process but the supervisor. Without a cgroup the supervisor signals
+        the processes of its PID namespace (or its descendants).
         """
         with self._locked() as sandbox:
             status = _effective_status(self._record, sandbox)
             require(Operation.KILL_ALL if all else Operation.KILL, self.id, status)
+            if all and self._record.cgroup is not None:
+                running = sandbox is not None and sandbox.is_running()
+                _cgroup.signal_all(
+                    self._record.cgroup,
+                    self.id,
+                    int(sig),
+                    spare=sandbox.pid if sandbox is not None and running else None,
+                    timeout=self._destroy_timeout(),
+                )
+                return
             if sandbox is None or not sandbox.is_running():
                 return
             try:
@@ -292,6 +352,17 @@ class Container:
                 if _effective_status(self._record, sandbox) is not Status.STOPPED:
                     raise
                 require(Operation.KILL_ALL if all else Operation.KILL, self.id, Status.STOPPED)
+
+    def stats(self) -> Stats:
+        """The resource usage of the container (created, running or paused only).
+
+        Raises :class:`MissingFeatureError` for a container without a cgroup.
+        """
+        self._refresh()
+        require(Operation.STATS, self.id, _effective_status(self._record, self.sandbox))
+        if self._record.cgroup is None:
+            raise MissingFeatureError("container stats", f'container "{self.id}" has no cgroup')
+        return Stats.from_cgroup(cgroups.load(self._record.cgroup, container_id=self.id).stats())
 
     def destroy(self) -> None:
         """Kill everything of the container and remove all it left; a no-op when gone."""
@@ -309,11 +380,20 @@ class Container:
     def _locked(self) -> _Locked:
         return _Locked(self)
 
+    def _destroy_timeout(self) -> float:
+        return float(self._record.config.get("destroy_timeout", 10.0))
+
     def _teardown(self) -> None:
-        """Destroy under the lock: sandbox, runtime files, record, then poststop hooks."""
+        """Destroy under the lock: sandbox, runtime files, cgroup, record, then poststop hooks.
+
+        The cgroup goes once the sandbox is gone: what is left in it (a
+        container without a PID namespace of its own) is killed first.
+        """
         sandbox = self.sandbox
         if sandbox is not None:
-            sandbox.destroy(timeout=float(self._record.config.get("destroy_timeout", 10.0)))
+            sandbox.destroy(timeout=self._destroy_timeout())
+        if self._record.cgroup is not None:
+            _cgroup.remove(self._record.cgroup, self.id, self._destroy_timeout())
         self._store.delete(self.id)
         hooks.run_hooks_best_effort(
             self._hooks("poststop"),

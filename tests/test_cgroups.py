@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -408,6 +409,15 @@ def test_destroy_removes_only_created_levels(tmp_path: Path) -> None:
     cgroup.destroy()  # idempotent
 
 
+def _xattrs_work(directory: Path) -> bool:
+    try:
+        os.setxattr(directory, "trusted.sandboxrt.probe", b"1")
+        os.removexattr(directory, "trusted.sandboxrt.probe")
+    except OSError:
+        return False
+    return True
+
+
 def test_destroy_keeps_a_created_parent_still_in_use(tmp_path: Path) -> None:
     layout, mnt = make_v2(tmp_path)
     first = create("/sandboxrt/a", layout=layout)
@@ -417,7 +427,61 @@ def test_destroy_keeps_a_created_parent_still_in_use(tmp_path: Path) -> None:
     first.destroy()
     assert all_dirs(mnt) == {"sandboxrt", "sandboxrt/b"}
     second.destroy()
-    assert all_dirs(mnt) == {"sandboxrt"}  # made by `first`, which is gone
+    if _xattrs_work(mnt):
+        # Made by `first`, which is gone, but marked: the last cgroup under it removes it.
+        assert all_dirs(mnt) == set()
+    else:
+        assert all_dirs(mnt) == {"sandboxrt"}  # unmarked: only its creator removes it
+
+
+def test_marked_parents_only(tmp_path: Path) -> None:
+    if not _xattrs_work(tmp_path):
+        pytest.skip("needs trusted.* extended attributes (root)")
+    layout, mnt = make_v2(tmp_path)
+    (mnt / "pre").mkdir()
+    cgroup = create("/pre/sandboxrt/mid/c1", layout=layout)
+    assert os.getxattr(mnt / "pre/sandboxrt", common.PARENT_XATTR) == b"1"
+    assert os.getxattr(mnt / "pre/sandboxrt/mid", common.PARENT_XATTR) == b"1"
+    with pytest.raises(OSError):
+        os.getxattr(mnt / "pre/sandboxrt/mid/c1", common.PARENT_XATTR)  # the leaf: not shared
+    other = create("/pre/sandboxrt/mid/c2", layout=layout)
+    assert other.placements[0].created == (PurePosixPath("pre/sandboxrt/mid/c2"),)
+    cgroup.destroy()
+    assert all_dirs(mnt) == {"pre", "pre/sandboxrt", "pre/sandboxrt/mid", "pre/sandboxrt/mid/c2"}
+    other.destroy()  # did not make the parents, but they are marked and now empty
+    assert all_dirs(mnt) == {"pre"}
+
+
+def test_create_starts_over_when_a_parent_vanishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not _xattrs_work(tmp_path):
+        pytest.skip("needs trusted.* extended attributes (root)")
+    layout, mnt = make_v1(tmp_path, mounts=("cpuset",))
+    first = create("/sandboxrt/a", layout=layout)
+    real_mkdir = os.mkdir
+    calls: list[str] = []
+
+    def racing_mkdir(path: Any, mode: int = 0o777) -> None:
+        calls.append(str(path))
+        if str(path).endswith("sandboxrt/b") and len(calls) == 2:
+            first.destroy()  # the last other container goes, taking the shared parent along
+        real_mkdir(path, mode)
+
+    monkeypatch.setattr(common.os, "mkdir", racing_mkdir)
+    second = create("/sandboxrt/b", layout=layout)
+    monkeypatch.undo()
+    cpuset = mnt / "cpuset"
+    names = [c.split("/cpuset/")[1] for c in calls]
+    assert names == ["sandboxrt", "sandboxrt/b", "sandboxrt", "sandboxrt/b"]
+    assert second.placements[0].created == (
+        PurePosixPath("sandboxrt"),
+        PurePosixPath("sandboxrt/b"),
+    )
+    assert read(cpuset / "sandboxrt" / "cpuset.cpus") == "0-3"
+    assert read(cpuset / "sandboxrt/b" / "cpuset.cpus") == "0-3"
+    second.destroy()
+    assert all_dirs(cpuset) == set()
 
 
 def test_destroy_leaves_a_pre_existing_leaf(tmp_path: Path) -> None:
@@ -427,6 +491,20 @@ def test_destroy_leaves_a_pre_existing_leaf(tmp_path: Path) -> None:
     assert cgroup.placements[0].created == ()
     cgroup.destroy()
     assert all_dirs(mnt) == {"sandboxrt", "sandboxrt/c1"}
+
+
+def test_a_default_cgroup_is_never_shared(tmp_path: Path) -> None:
+    layout, base = make_v1(tmp_path)
+    (base / "pids" / "sandboxrt" / "c1").mkdir(parents=True)  # another store's "c1"
+    before = all_dirs(base)
+    with pytest.raises(SystemCallError, match="pids/sandboxrt/c1: it exists already") as info:
+        create(None, container_id="c1", layout=layout)
+    assert info.value.errno == errno.EEXIST
+    assert all_dirs(base) == before  # what it made in the other hierarchies is gone again
+    # An explicit cgroupsPath may name an existing cgroup: it is used, and left in place.
+    explicit = create("/sandboxrt/c1", layout=layout)
+    explicit.destroy()
+    assert all_dirs(base) == before
 
 
 def test_record_round_trip_and_destroy_from_another_object(tmp_path: Path) -> None:

@@ -171,6 +171,8 @@ def test_twenty_containers_from_threads_and_processes(
                     cid, path, store=store, spec=one, stdout=subprocess.PIPE
                 )
                 try:
+                    # Each has a cgroup of its own, named after it: the leak check means something.
+                    assert len(cgroup_dirs(cid)) >= 1, cid
                     container.start()
                     assert container.stdout is not None
                     output = container.stdout.read().decode()
@@ -208,6 +210,7 @@ def test_twenty_containers_from_threads_and_processes(
     assert supervisor_pids() - supervisors_before == set()
     extra = children_of_this_process() - children_before
     assert extra == set(), [(p, Path(f"/proc/{p}/stat").read_text()[:80]) for p in extra]
+    assert cgroup_dirs(tag) == set()
     assert (cgroup_dirs(tag) | cgroup_dirs("sandboxrt")) - cgroups_before == set()
 
 

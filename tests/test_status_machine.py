@@ -41,6 +41,7 @@ EXPECTED_ALLOWED: dict[str, set[str]] = {
     "kill-all": {"created", "running", "stopped"},
     "checkpoint": {"created", "running", "paused"},
     "processes": {"running", "paused"},
+    "stats": {"created", "running", "paused"},
     "destroy": ALL,
 }
 
@@ -61,6 +62,7 @@ EXPECTED_VERBS = {
     "kill-all": "kill all processes of",
     "checkpoint": "checkpoint",
     "processes": "list the processes of",
+    "stats": "read the stats of",
     "destroy": "destroy",
 }
 
@@ -75,6 +77,7 @@ EFFECT: dict[str, str | None] = {
     "kill-all": "stopped",
     "checkpoint": None,
     "processes": None,
+    "stats": None,
     "destroy": "gone",
 }
 

@@ -68,7 +68,14 @@ def fresh_import(module: str, *, site: bool) -> tuple[list[str], float]:
     return data["modules"], data["seconds"]
 
 
+#: sandboxrt._os modules the supervisor must not import: the libseccomp binding is the
+#: library's (it compiles profiles to BPF); the init loads the program with seccomp(2).
+LIBRARY_ONLY = frozenset({"sandboxrt._os.seccomp"})
+
+
 def _allowed(name: str, extra: frozenset[str] = frozenset()) -> bool:
+    if name in LIBRARY_ONLY:
+        return False
     return name in ALLOWED or name in extra or name.startswith("sandboxrt._os.")
 
 

@@ -1,4 +1,4 @@
-"""Linux ABI constants (namespace, mount and prctl flags). Pure numbers."""
+"""Linux ABI constants (namespace, mount, prctl and seccomp flags). Pure numbers."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ __all__ = [
     "PR_SET_CHILD_SUBREAPER",
     "PR_SET_NO_NEW_PRIVS",
     "PR_SET_PDEATHSIG",
+    "SECCOMP_FILTER_FLAGS",
 ]
 
 CLONE_NEWTIME = 0x00000080
@@ -85,3 +86,11 @@ MNT_DETACH = 0x2
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
+
+#: OCI ``linux.seccomp.flags`` → ``SECCOMP_FILTER_FLAG_*`` bit of ``seccomp(2)``.
+SECCOMP_FILTER_FLAGS = {
+    "SECCOMP_FILTER_FLAG_TSYNC": 1,
+    "SECCOMP_FILTER_FLAG_LOG": 2,
+    "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 4,
+    "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV": 32,
+}

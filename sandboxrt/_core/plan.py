@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import os.path
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from sandboxrt._core.abi import SECCOMP_FILTER_FLAGS
 from sandboxrt._core.mount_options import PROPAGATION, parse_mount_options
-from sandboxrt._core.protocol import DevicePlan, InitPlan, MountPlan, SandboxPlan
+from sandboxrt._core.protocol import (
+    CapabilityPlan,
+    DevicePlan,
+    InitPlan,
+    MountPlan,
+    SandboxPlan,
+    SeccompPlan,
+)
+from sandboxrt._core.spec_validate import CAPABILITY_NUMBERS
 from sandboxrt.errors import MissingFeatureError, SpecError
 
-__all__ = ["build_plan", "sandbox_paths"]
+__all__ = ["SeccompCompiler", "build_plan", "sandbox_paths"]
+
+#: Compiles a spec's ``linux.seccomp`` to classic BPF (``struct sock_filter[]`` bytes).
+#: The pure core cannot: the library passes ``sandboxrt._os.seccomp.compile_bpf``.
+SeccompCompiler = Callable[[Mapping[str, Any]], bytes]
 
 
 def sandbox_paths(runtime_root: str, sandbox_id: str) -> tuple[str, str, str]:
@@ -40,7 +53,66 @@ def _mount_plan(mount: Mapping[str, Any], bundle: str) -> MountPlan:
     )
 
 
-def _init_plan(container_id: str, spec: Mapping[str, Any], bundle: str) -> InitPlan:
+def _capability_plan(caps: Mapping[str, Any] | None) -> CapabilityPlan:
+    """The five sets as numbers; absent capabilities are five empty sets (as runc).
+
+    Sets the kernel could never grant are a ``SpecError``: an inheritable
+    capability outside the bounding set, an ambient one not both permitted
+    and inheritable.
+    """
+    caps = caps or {}
+    problems: list[tuple[str, str]] = []
+    sets: dict[str, list[int]] = {}
+    for key in ("bounding", "effective", "inheritable", "permitted", "ambient"):
+        numbers = set()
+        for i, name in enumerate(caps.get(key) or []):
+            if name not in CAPABILITY_NUMBERS:
+                problems.append((f"process.capabilities.{key}[{i}]", f"unknown capability {name}"))
+            else:
+                numbers.add(CAPABILITY_NUMBERS[name])
+        sets[key] = sorted(numbers)
+    for i, name in enumerate(caps.get("inheritable") or []):
+        if name in CAPABILITY_NUMBERS and CAPABILITY_NUMBERS[name] not in sets["bounding"]:
+            where = f"process.capabilities.inheritable[{i}]"
+            problems.append((where, f"{name} is not in the bounding set"))
+    raisable = set(sets["permitted"]) & set(sets["inheritable"])
+    for i, name in enumerate(caps.get("ambient") or []):
+        if name in CAPABILITY_NUMBERS and CAPABILITY_NUMBERS[name] not in raisable:
+            where = f"process.capabilities.ambient[{i}]"
+            problems.append((where, f"{name} must be in the permitted and inheritable sets too"))
+    if problems:
+        raise SpecError(problems)
+    return CapabilityPlan(**sets)
+
+
+def _seccomp_plan(
+    seccomp: Mapping[str, Any] | None, *, no_new_privileges: bool, compile_seccomp: SeccompCompiler
+) -> SeccompPlan | None:
+    if not seccomp:
+        return None
+    if seccomp.get("defaultAction") == "SCMP_ACT_NOTIFY" or any(
+        rule.get("action") == "SCMP_ACT_NOTIFY" for rule in seccomp.get("syscalls") or []
+    ):
+        raise MissingFeatureError(
+            "seccomp user notification (SCMP_ACT_NOTIFY)", "sandboxrt has no listener support"
+        )
+    flags = 0
+    for flag in seccomp.get("flags") or []:
+        flags |= SECCOMP_FILTER_FLAGS[flag]
+    return SeccompPlan(
+        bpf=compile_seccomp(seccomp).hex(),
+        flags=flags,
+        early=not no_new_privileges,
+    )
+
+
+def _init_plan(
+    container_id: str,
+    spec: Mapping[str, Any],
+    bundle: str,
+    *,
+    compile_seccomp: SeccompCompiler,
+) -> InitPlan:
     process = spec.get("process") or {}
     user = process.get("user") or {}
     linux = spec.get("linux") or {}
@@ -52,6 +124,7 @@ def _init_plan(container_id: str, spec: Mapping[str, Any], bundle: str) -> InitP
     if not process.get("args"):
         raise SpecError([("process.args", "expected a non-empty list of strings")])
     propagation = linux.get("rootfsPropagation")
+    no_new_privileges = bool(process.get("noNewPrivileges", False))
     return InitPlan(
         container_id=container_id,
         rootfs=os.path.normpath(rootfs),
@@ -64,7 +137,7 @@ def _init_plan(container_id: str, spec: Mapping[str, Any], bundle: str) -> InitP
         umask=user.get("umask"),
         rlimits=[[r["type"], r["soft"], r["hard"]] for r in process.get("rlimits") or []],
         oom_score_adj=process.get("oomScoreAdj"),
-        no_new_privileges=bool(process.get("noNewPrivileges", False)),
+        no_new_privileges=no_new_privileges,
         terminal=bool(process.get("terminal", False)),
         readonly_root=bool(root.get("readonly", False)),
         mounts=[_mount_plan(m, bundle) for m in spec.get("mounts") or []],
@@ -87,13 +160,29 @@ def _init_plan(container_id: str, spec: Mapping[str, Any], bundle: str) -> InitP
         pause_for_hooks=any(hooks.get(k) for k in ("prestart", "createRuntime", "createContainer")),
         create_container_hooks=list(hooks.get("createContainer") or []),
         start_container_hooks=list(hooks.get("startContainer") or []),
+        capabilities=_capability_plan(process.get("capabilities")),
+        seccomp=_seccomp_plan(
+            linux.get("seccomp"),
+            no_new_privileges=no_new_privileges,
+            compile_seccomp=compile_seccomp,
+        ),
     )
 
 
 def build_plan(
-    *, container_id: str, sandbox_id: str, spec: Mapping[str, Any], bundle: str, runtime_root: str
+    *,
+    container_id: str,
+    sandbox_id: str,
+    spec: Mapping[str, Any],
+    bundle: str,
+    runtime_root: str,
+    compile_seccomp: SeccompCompiler,
 ) -> SandboxPlan:
-    """The plan of a new sandbox whose root container is ``container_id``."""
+    """The plan of a new sandbox whose root container is ``container_id``.
+
+    ``compile_seccomp`` turns ``linux.seccomp`` into the BPF program the init
+    loads: a required hook, so that no plan ever leaves a filter out.
+    """
     linux = spec.get("linux") or {}
     namespaces = [[ns["type"], ns.get("path") or ""] for ns in linux.get("namespaces") or []]
     kinds = dict(namespaces)
@@ -111,7 +200,7 @@ def build_plan(
         control_socket=control_socket,
         exit_file=exit_file,
         namespaces=namespaces,
-        init=_init_plan(container_id, spec, bundle),
+        init=_init_plan(container_id, spec, bundle, compile_seccomp=compile_seccomp),
         hostname=spec.get("hostname") if new_uts else None,
         domainname=spec.get("domainname") if new_uts else None,
     )

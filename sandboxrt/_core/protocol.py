@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Self, TypeVar
 
 __all__ = [
     "MAX_MESSAGE",
+    "CapabilityPlan",
     "DevicePlan",
     "ExitStatus",
     "InitPlan",
@@ -32,6 +33,7 @@ __all__ = [
     "Reply",
     "Request",
     "SandboxPlan",
+    "SeccompPlan",
     "decode",
     "encode",
 ]
@@ -135,6 +137,30 @@ class DevicePlan:
 
 
 @dataclasses.dataclass(frozen=True)
+class CapabilityPlan:
+    """The five capability sets of the container's process, as capability numbers."""
+
+    bounding: list[int] = dataclasses.field(default_factory=list)
+    effective: list[int] = dataclasses.field(default_factory=list)
+    inheritable: list[int] = dataclasses.field(default_factory=list)
+    permitted: list[int] = dataclasses.field(default_factory=list)
+    ambient: list[int] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class SeccompPlan:
+    """``linux.seccomp`` compiled in the library: the init loads it with ``seccomp(2)``."""
+
+    #: The classic BPF program (``struct sock_filter[]``, 8 bytes each), in hex.
+    bpf: str
+    #: ``SECCOMP_FILTER_FLAG_*`` bits from ``linux.seccomp.flags``.
+    flags: int = 0
+    #: Load before the init drops any privilege: without ``no_new_privs``, installing a
+    #: filter needs ``CAP_SYS_ADMIN``. Otherwise it goes in last, just before ``execve``.
+    early: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class InitPlan(_Message):
     """Everything the container's init needs, derived from the spec."""
 
@@ -165,6 +191,10 @@ class InitPlan(_Message):
     pause_for_hooks: bool = False
     create_container_hooks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     start_container_hooks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: None leaves the init's capabilities as they are; a plan from a spec always has one.
+    capabilities: CapabilityPlan | None = None
+    #: None: no seccomp filter.
+    seccomp: SeccompPlan | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +214,9 @@ class SandboxPlan(_Message):
     domainname: str | None = None
     #: Number of stdio fds (0-3) sent with this message, for stdin, stdout, stderr.
     stdio: list[int] = dataclasses.field(default_factory=list)
+    #: The ``cgroup.procs`` file of the container's cgroup in every hierarchy (host paths):
+    #: the supervisor writes ``0`` to each (moving itself) before it forks the init.
+    cgroup_procs: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)

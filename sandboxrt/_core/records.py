@@ -62,6 +62,8 @@ class ContainerRecord:
     runtime_dir: str = ""
     config: dict[str, Any] = attrs.field(factory=dict, repr=False)
     annotations: dict[str, str] = attrs.field(factory=dict, repr=False)
+    #: The container's cgroup (``Cgroup.to_dict()``), or ``None`` when it has none.
+    cgroup: dict[str, Any] | None = attrs.field(default=None, repr=False)
 
     def with_status(self, new: Status) -> ContainerRecord:
         """A copy in status ``new``; raises if the transition is illegal."""
@@ -72,11 +74,11 @@ converter = cattrs.Converter()
 converter.register_unstructure_hook(_dt.datetime, lambda d: d.isoformat())
 converter.register_structure_hook(_dt.datetime, lambda v, _: _dt.datetime.fromisoformat(v))
 
-_PLAIN_JSON = frozenset({"spec", "config", "annotations"})
+_PLAIN_JSON = frozenset({"spec", "config", "annotations", "cgroup"})
 
 
 def _unstructure_record(record: ContainerRecord) -> dict[str, Any]:
-    # The spec, config and annotations are JSON documents already: they need no
+    # The spec, config, annotations and cgroup are JSON documents already: they need no
     # walk (which would cost more than the rest of a save together).
     return {
         field.name: (

@@ -1,17 +1,20 @@
 """The default spec: what ``runc spec`` (and ``runc spec --rootless``) writes.
 
 Differences from runc: the hostname is ``sandboxrt``, ``terminal`` defaults to
-false, the cgroup namespace is always added, and ``maskedPaths`` also has
-Docker's wider list.
+false, the cgroup namespace is always added, ``maskedPaths`` also has
+Docker's wider list, and ``linux.seccomp`` is the built-in profile of
+:mod:`sandboxrt._core.seccomp_default` (Docker's default in effect).
 """
 
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Sequence
 
 import attrs
 
+from sandboxrt._core.seccomp_default import default_profile
 from sandboxrt._core.spec import (
     Capabilities,
     DeviceCgroup,
@@ -23,8 +26,10 @@ from sandboxrt._core.spec import (
     Resources,
     Rlimit,
     Root,
+    Seccomp,
     Spec,
     User,
+    converter,
 )
 
 __all__ = [
@@ -130,6 +135,7 @@ def default_spec(
             namespaces=[Namespace(type=ns) for ns in namespaces],
             masked_paths=list(DEFAULT_MASKED_PATHS),
             readonly_paths=list(DEFAULT_READONLY_PATHS),
+            seccomp=converter.structure(default_profile(platform.machine()), Seccomp),
         ),
     )
 

@@ -44,6 +44,7 @@ class Operation(enum.StrEnum):
     KILL_ALL = "kill-all"
     CHECKPOINT = "checkpoint"
     PROCESSES = "processes"
+    STATS = "stats"
     DESTROY = "destroy"
 
 
@@ -68,6 +69,7 @@ ALLOWED_BY_OPERATION: Mapping[Operation, frozenset[Status]] = {
     Operation.KILL_ALL: frozenset({_S.CREATED, _S.RUNNING, _S.STOPPED}),
     Operation.CHECKPOINT: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
     Operation.PROCESSES: frozenset({_S.RUNNING, _S.PAUSED}),
+    Operation.STATS: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
     Operation.DESTROY: frozenset(_S),
 }
 
@@ -76,6 +78,7 @@ _VERBS: Mapping[Operation, str] = {
     Operation.KILL_ALL: "kill all processes of",
     Operation.EXEC: "exec in",
     Operation.PROCESSES: "list the processes of",
+    Operation.STATS: "read the stats of",
 }
 
 

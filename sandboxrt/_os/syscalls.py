@@ -8,6 +8,7 @@ sandbox supervisor imports this module and must start in milliseconds.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
 
@@ -21,6 +22,7 @@ __all__ = [
     "mount",
     "pivot_root",
     "prctl",
+    "seccomp_set_filter",
     "set_keepcaps",
     "set_process_name",
     "setdomainname",
@@ -30,6 +32,7 @@ __all__ = [
 ]
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+_SYS_SECCOMP = {"x86_64": 317, "aarch64": 277, "riscv64": 277, "ppc64le": 358, "s390x": 348}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -100,6 +103,47 @@ def set_process_name(name: str) -> None:
     """Set the calling thread's name (``/proc/PID/comm``, at most 15 bytes)."""
     buffer = ctypes.create_string_buffer(name.encode()[:15])
     _check(_libc.prctl(ctypes.c_int(_PR_SET_NAME), buffer, 0, 0, 0), "prctl(PR_SET_NAME)")
+
+
+# -- seccomp -------------------------------------------------------------------------------
+
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+_SECCOMP_SET_MODE_FILTER = 1
+_SECCOMP_FILTER_FLAG_TSYNC = 1
+_BPF_MAXINSNS = 4096
+
+
+class _SockFprog(ctypes.Structure):
+    """``struct sock_fprog``: the length and address of a ``struct sock_filter`` array."""
+
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def seccomp_set_filter(program: bytes, flags: int = 0) -> None:
+    """Install a classic BPF seccomp filter into the calling thread.
+
+    ``program`` is ``struct sock_filter[]`` (8 bytes each, as libseccomp's
+    ``seccomp_export_bpf`` writes it); ``flags`` are ``SECCOMP_FILTER_FLAG_*``
+    bits for ``seccomp(2)``. Without flags this is ``prctl(PR_SET_SECCOMP)``.
+    Needs ``no_new_privs`` or ``CAP_SYS_ADMIN``.
+    """
+    count, rest = divmod(len(program), 8)
+    if not count or rest or count > _BPF_MAXINSNS:
+        raise ValueError(f"not a seccomp BPF program: {len(program)} bytes")
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(count, ctypes.addressof(buffer))
+    if not flags:
+        prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
+        return
+    number = _SYS_SECCOMP.get(platform.machine())
+    if number is None:
+        raise OSError(errno.ENOSYS, f"seccomp: unknown syscall number on {platform.machine()}")
+    args = (ctypes.c_ulong(_SECCOMP_SET_MODE_FILTER), ctypes.c_ulong(flags))
+    result = _check(_libc.syscall(ctypes.c_long(number), *args, ctypes.byref(fprog)), "seccomp")
+    if result and flags & _SECCOMP_FILTER_FLAG_TSYNC:
+        # TSYNC's failure: the id of a thread that could not be synchronized.
+        raise OSError(errno.ESRCH, f"seccomp: thread {result} could not be synchronized (TSYNC)")
 
 
 # -- capabilities --------------------------------------------------------------------------

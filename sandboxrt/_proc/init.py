@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import InitPlan, Progress, Request
-from sandboxrt._os import channel, mounts, syscalls
+from sandboxrt._os import capabilities, channel, mounts, syscalls
 from sandboxrt._proc import hooks
 from sandboxrt.errors import HookError
 
@@ -49,6 +49,10 @@ def find_executable(name: str, env: Sequence[str]) -> str:
         path = next((e[5:] for e in env if e.startswith("PATH=")), "/usr/bin:/bin")
         candidates = [os.path.join(d or ".", name) for d in path.split(":")]
     for candidate in candidates:
+        try:  # resolved beneath the root: never through /proc/1/root (the host's root)
+            candidate = mounts.resolve_beneath_root(candidate)
+        except OSError:
+            continue
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     if "/" in name:
@@ -98,7 +102,32 @@ def _prepare_root(plan: InitPlan, sync: socket.socket) -> None:
         mounts.remount_root_readonly()
 
 
-def _apply_process(plan: InitPlan) -> None:
+def _seccomp_program(plan: InitPlan) -> bytes | None:
+    """The plan's seccomp filter, compiled by the library: classic BPF for ``seccomp(2)``.
+
+    Decoded and checked before the root is built, so that a malformed program
+    fails the creation rather than the start.
+    """
+    if plan.seccomp is None:
+        return None
+    program = bytes.fromhex(plan.seccomp.bpf)
+    if not program or len(program) % 8:
+        raise ValueError(f"malformed seccomp program ({len(program)} bytes)")
+    return program
+
+
+def _apply_process(plan: InitPlan, seccomp_program: bytes | None = None) -> None:
+    """Become the program's process: limits, user, cwd, capabilities, no_new_privs, seccomp.
+
+    The order is the kernel's: bounding set dropped while privileged,
+    ``PR_SET_KEEPCAPS`` across the uid change, then ``capset`` and the ambient
+    set, then ``no_new_privs``. Without ``no_new_privs`` installing a filter
+    needs ``CAP_SYS_ADMIN``, so it goes in before any privilege is dropped (and
+    must allow what follows); with it, the filter goes in last and only
+    ``execve`` is left for it to allow. The plan says which (``seccomp.early``).
+    """
+    seccomp_flags = plan.seccomp.flags if plan.seccomp is not None else 0
+    seccomp_early = plan.seccomp is not None and plan.seccomp.early
     for name, soft, hard in plan.rlimits:
         resource.setrlimit(getattr(resource, name), (soft, hard))
     if plan.oom_score_adj is not None:
@@ -106,16 +135,25 @@ def _apply_process(plan: InitPlan) -> None:
             f.write(str(plan.oom_score_adj))
     if plan.umask is not None:
         os.umask(plan.umask)
+    if seccomp_program is not None and seccomp_early:
+        syscalls.seccomp_set_filter(seccomp_program, seccomp_flags)
+    caps = plan.capabilities
+    if caps is not None:
+        capabilities.drop_bounding(caps.bounding)
+        syscalls.set_keepcaps(True)
     os.setgroups(plan.additional_gids)
     os.setresgid(plan.gid, plan.gid, plan.gid)
     os.setresuid(plan.uid, plan.uid, plan.uid)
+    mounts.chdir_beneath_root(plan.cwd)  # never through /proc/1/root (the host's root)
+    if caps is not None:
+        syscalls.set_keepcaps(False)
+        capabilities.apply_final_sets(
+            caps.effective, caps.permitted, caps.inheritable, caps.ambient
+        )
     if plan.no_new_privileges:
         syscalls.prctl(abi.PR_SET_NO_NEW_PRIVS, 1)
-    try:
-        os.chdir(plan.cwd)
-    except FileNotFoundError:
-        os.makedirs(plan.cwd, 0o755)
-        os.chdir(plan.cwd)
+    if seccomp_program is not None and not seccomp_early:
+        syscalls.seccomp_set_filter(seccomp_program, seccomp_flags)
 
 
 def _install_stdio(stdio: Sequence[int], tty_slave: int | None) -> None:
@@ -139,6 +177,7 @@ def run_init(plan: InitPlan, sync: socket.socket, stdio: Sequence[int]) -> NoRet
     try:
         os.setsid()
         syscalls.set_process_name(PROCESS_NAME)
+        seccomp_program = _seccomp_program(plan)
         _prepare_root(plan, sync)
         executable = find_executable(plan.args[0], plan.env)
         tty_slave = None
@@ -159,7 +198,7 @@ def run_init(plan: InitPlan, sync: socket.socket, stdio: Sequence[int]) -> NoRet
             container_id=plan.container_id,
         )
         _install_stdio(stdio, tty_slave)
-        _apply_process(plan)
+        _apply_process(plan, seccomp_program)
         os.execve(executable, plan.args, dict(e.split("=", 1) for e in plan.env))
     except BaseException as exc:
         try:

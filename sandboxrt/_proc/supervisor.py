@@ -114,6 +114,7 @@ class Supervisor:
     # -- setting up ----------------------------------------------------------------------
 
     def setup(self) -> None:
+        self.join_cgroups()
         os.setsid()
         syscalls.set_process_name(PROCESS_NAME)
         syscalls.prctl(abi.PR_SET_CHILD_SUBREAPER, 1)
@@ -129,6 +130,32 @@ class Supervisor:
             flags = abi.MS_NOSUID | abi.MS_NODEV | abi.MS_NOEXEC
             syscalls.mount("proc", "/proc", "proc", flags)
         self.listener = channel.bind_listener(self.plan.control_socket)
+
+    def join_cgroups(self) -> None:
+        """Move this process into the container's cgroup in every hierarchy.
+
+        Writing ``0`` to ``cgroup.procs`` moves the writer (v1 and v2); the
+        init and everything it forks are born inside. Done first, so that no
+        child is forked outside. Being single-threaded, on v1 we write to
+        ``tasks`` instead (moving the calling thread): the kernel then skips
+        the global threadgroup lock, whose first taking waits for an RCU grace
+        period (5-13 ms measured, a third of a container's whole run).
+        """
+        try:
+            single = len(os.listdir("/proc/self/task")) == 1
+        except OSError:
+            single = False
+        for procs in self.plan.cgroup_procs:
+            tasks = os.path.join(os.path.dirname(procs), "tasks")
+            path = tasks if single and os.path.exists(tasks) else procs
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, b"0")
+                finally:
+                    os.close(fd)
+            except OSError as err:
+                raise OSError(err.errno, f"joining the cgroup: {path}: {err.strerror}") from err
 
     def fork_init(self) -> None:
         parent_end, child_end = channel.socket_pair()
@@ -279,7 +306,19 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(-1, signum)
         elif everyone:
-            for pid in _descendants(os.getpid()):
+            # No PID namespace of our own: our cgroup holds the container's processes,
+            # daemons that left our subtree included; without a cgroup, our descendants.
+            pids: set[int] = set()
+            try:
+                for path in self.plan.cgroup_procs:
+                    with open(path) as f:
+                        pids.update(int(pid) for pid in f.read().split())
+            except (OSError, ValueError):
+                pids.clear()
+            if not pids:
+                pids.update(_descendants(os.getpid()))
+            pids -= {0, os.getpid()}  # 0: outside our PID namespace; never a process group
+            for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signum)
         else:

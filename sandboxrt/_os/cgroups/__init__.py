@@ -10,6 +10,7 @@ Typical use::
     cgroup = load(record)                # in another process
     cgroup.kill_all()
     cgroup.destroy()                     # removes only the levels create() made
+                                         # (and empty parents marked as sandboxrt's)
 
 :func:`detect` picks the driver: v2 when the cgroup2 mount offers the memory,
 pids and cpu controllers, else v1. On v2, device rules are refused
@@ -76,11 +77,14 @@ def create(
     """Create the cgroup of a container and apply ``resources``.
 
     ``path`` is the OCI ``linux.cgroupsPath``: absolute from each hierarchy's
-    root, relative from the caller's own cgroup; when empty,
-    :func:`default_path` of ``container_id``. ``resources`` is the OCI
-    ``linux.resources`` object or a :class:`Resources`. ``layout`` defaults
-    to :func:`detect`.
+    root, relative from the caller's own cgroup; an existing cgroup is used
+    (and never removed). When empty, :func:`default_path` of
+    ``container_id``, which must not exist yet: a container of the same id
+    from another store, or one left behind, is never shared (``EEXIST``).
+    ``resources`` is the OCI ``linux.resources`` object or a
+    :class:`Resources`. ``layout`` defaults to :func:`detect`.
     """
+    exclusive = not path
     if not path:
         if not container_id:
             raise ValueError("create() needs a cgroupsPath or a container id")
@@ -89,7 +93,7 @@ def create(
     driver = layout.driver
     if driver is None:
         raise MissingFeatureError("cgroups", "neither cgroup v1 controllers nor cgroup2 is mounted")
-    return _DRIVERS[driver].create(layout, path, resources)
+    return _DRIVERS[driver].create(layout, path, resources, exclusive=exclusive)
 
 
 def load(record: Mapping[str, Any], *, container_id: str = "") -> Cgroup:

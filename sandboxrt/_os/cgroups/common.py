@@ -4,6 +4,15 @@ File access with errors mapped to :class:`SystemCallError`, directory creation
 that records which levels it made, removal with retries on ``EBUSY``, process
 listing, the freeze-kill-thaw loop, and the serialisable record of a cgroup.
 
+Parent levels that sandboxrt creates (such as ``/sandboxrt`` above every
+default cgroup) are shared by many containers, so each is marked with the
+extended attribute :data:`PARENT_XATTR`. Destroying a cgroup removes the
+levels it created and then every marked parent left empty, whichever
+container made it: when the last container is gone, no parent is left.
+Unmarked levels that existed before are never removed. Where the mark cannot
+be set (no ``trusted.*`` xattrs without ``CAP_SYS_ADMIN``), a parent is
+removed only by the cgroup that created it, if empty by then.
+
 Writes create missing files only where the filesystem allows it: on cgroupfs
 a missing control file stays missing (``ENOENT``), while a fake tree of plain
 directories (used by the tests) simply gains the file. Standard library only.
@@ -28,6 +37,7 @@ from .layout import CgroupLayout, Hierarchy
 from .resources import ResourcesLike, as_resources
 
 __all__ = [
+    "PARENT_XATTR",
     "UNLIMITED",
     "Cgroup",
     "CgroupStats",
@@ -42,6 +52,10 @@ __all__ = [
 #: Values at or above this are "no limit" (v1 reports 2**63 rounded down to a page).
 UNLIMITED = 1 << 62
 _MAX_DELAY = 0.2
+#: The extended attribute marking a parent level sandboxrt created (value ``b"1"``).
+PARENT_XATTR = "trusted.sandboxrt.parent"
+#: How often creation starts over when a parent level vanished under it.
+_MAKE_ATTEMPTS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,38 +239,76 @@ def make_levels(
     """Create the missing levels of ``mountpoint/rel``; return those created, parents first.
 
     ``before(parent)`` runs for every parent level (existing or not) before
-    its child is made; ``after(level)`` for every level this call created. On
-    failure the levels already created are removed again.
+    its child is made; ``after(level)`` for every level this call created.
+    Parent levels created are marked with :data:`PARENT_XATTR`. A parent
+    removed meanwhile (the last other container under it was destroyed) makes
+    the creation start over. On failure the levels already created are
+    removed again.
     """
     created: list[PurePosixPath] = []
     try:
-        for depth in range(1, len(rel.parts) + 1):
-            level = PurePosixPath(*rel.parts[:depth])
-            if before is not None:
-                before(mountpoint / level.parent)
+        for attempt in range(1, _MAKE_ATTEMPTS + 1):
             try:
-                os.mkdir(mountpoint / level, 0o755)
-            except FileExistsError:
-                continue
+                _make_missing(mountpoint, rel, created, before, after)
+                break
             except OSError as err:
-                raise SystemCallError(f"creating cgroup {mountpoint / level}", err) from err
-            created.append(level)
-            if after is not None:
-                after(mountpoint / level)
+                if err.errno != errno.ENOENT or attempt == _MAKE_ATTEMPTS:
+                    raise
+                if not mountpoint.is_dir():
+                    raise
+                created[:] = [level for level in created if (mountpoint / level).is_dir()]
     except BaseException:
         _remove_levels(mountpoint, rel, tuple(created), time.monotonic() + 1.0)
         raise
     return tuple(created)
 
 
+def _make_missing(
+    mountpoint: Path,
+    rel: PurePosixPath,
+    created: list[PurePosixPath],
+    before: Callable[[Path], None] | None,
+    after: Callable[[Path], None] | None,
+) -> None:
+    for depth in range(1, len(rel.parts) + 1):
+        level = PurePosixPath(*rel.parts[:depth])
+        if before is not None:
+            before(mountpoint / level.parent)
+        try:
+            os.mkdir(mountpoint / level, 0o755)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise SystemCallError(f"creating cgroup {mountpoint / level}", err) from err
+        created.append(level)
+        if level != rel:
+            with contextlib.suppress(OSError):  # unmarked: removed by its creator only
+                os.setxattr(mountpoint / level, PARENT_XATTR, b"1")
+        if after is not None:
+            after(mountpoint / level)
+
+
+def _is_marked(directory: Path) -> bool:
+    try:
+        return os.getxattr(directory, PARENT_XATTR) == b"1"
+    except OSError:
+        return False
+
+
 def _remove_levels(
     mountpoint: Path, rel: PurePosixPath, created: tuple[PurePosixPath, ...], deadline: float
 ) -> None:
-    for level in sorted(created, key=lambda p: len(p.parts), reverse=True):
-        if level == rel:
-            _remove_tree(mountpoint / level, deadline)
-        else:
-            _rmdir(mountpoint / level, deadline, shared=True)
+    """Remove the cgroup (if created) and then, upwards, each empty created or marked parent."""
+    if rel in created:
+        _remove_tree(mountpoint / rel, deadline)
+    for level in rel.parents:
+        if not level.parts:
+            break  # the hierarchy's root
+        directory = mountpoint / level
+        if level not in created and not _is_marked(directory):
+            break  # existed before sandboxrt: never removed
+        if not _rmdir(directory, deadline, shared=True):
+            break  # still holds other cgroups
 
 
 class Cgroup(abc.ABC):
@@ -280,9 +332,19 @@ class Cgroup(abc.ABC):
 
     @classmethod
     def create(
-        cls, layout: CgroupLayout, path: str, resources: ResourcesLike | None = None
+        cls,
+        layout: CgroupLayout,
+        path: str,
+        resources: ResourcesLike | None = None,
+        *,
+        exclusive: bool = False,
     ) -> Cgroup:
-        """Create the cgroup ``path`` (an OCI ``cgroupsPath``) and apply ``resources``."""
+        """Create the cgroup ``path`` (an OCI ``cgroupsPath``) and apply ``resources``.
+
+        A cgroup that exists already is used as it is (and left in place by
+        :meth:`destroy`), unless ``exclusive``: then it raises
+        :class:`SystemCallError` (``EEXIST``), touching nothing.
+        """
         res = as_resources(resources)
         placements: list[Placement] = []
         cgroup = cls(path, placements)
@@ -290,6 +352,9 @@ class Cgroup(abc.ABC):
             for hierarchy in cls._hierarchies(layout):
                 rel = layout.resolve(hierarchy, path)
                 created = cgroup._make(hierarchy, rel)
+                if exclusive and rel not in created:
+                    err = FileExistsError(errno.EEXIST, "it exists already")
+                    raise SystemCallError(f"creating cgroup {hierarchy.mountpoint / rel}", err)
                 placements.append(
                     Placement(hierarchy.mountpoint, hierarchy.controllers, rel, created)
                 )
@@ -413,8 +478,10 @@ class Cgroup(abc.ABC):
         """Remove the directories sandboxrt created (idempotent).
 
         Does not kill: call :meth:`kill_all` first. A busy cgroup is retried
-        until ``timeout``; a created parent level still holding other cgroups
-        is left in place; pre-existing levels are never removed.
+        until ``timeout``. Then the parent levels this cgroup created, or any
+        container created (marked with :data:`PARENT_XATTR`), are removed
+        upwards once empty; one still holding other cgroups is left in place.
+        Pre-existing levels are never removed.
         """
         deadline = time.monotonic() + timeout
         for placement in self.placements:

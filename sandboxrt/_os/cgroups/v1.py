@@ -46,8 +46,10 @@ class CgroupV1(Cgroup):
         return found
 
     def _make(self, hierarchy: Hierarchy, rel: PurePosixPath) -> tuple[PurePosixPath, ...]:
-        after = _copy_cpuset if "cpuset" in hierarchy.controllers else None
-        return make_levels(hierarchy.mountpoint, rel, after=after)
+        if "cpuset" not in hierarchy.controllers:
+            return make_levels(hierarchy.mountpoint, rel)
+        # Before: a parent another container just made may not have its CPUs yet.
+        return make_levels(hierarchy.mountpoint, rel, before=_copy_cpuset, after=_copy_cpuset)
 
     def apply(self, resources: ResourcesLike) -> None:
         res = as_resources(resources)

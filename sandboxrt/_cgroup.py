@@ -1,0 +1,185 @@
+"""The cgroup of a container, on the library's side: made from the spec, used, removed.
+
+Every container gets a cgroup before its sandbox is launched: ``linux.cgroupsPath``
+when the spec sets one (absolute from each hierarchy's root, relative from the
+caller's own cgroup), else ``/sandboxrt/<id>``, with ``linux.resources`` applied.
+The supervisor joins it before it forks the container's init (see
+``Supervisor.join_cgroups``), so every process of the container is born inside.
+
+Two cases run without a cgroup, and :func:`request_for` says so with ``None``:
+
+* no cgroup hierarchy is mounted at all and the spec sets neither
+  ``linux.resources`` nor ``linux.cgroupsPath`` (with either,
+  :class:`MissingFeatureError` names what is missing);
+* the spec sets neither, and making the cgroup is refused for lack of
+  permission (``EACCES``, ``EPERM``, ``EROFS``: an unprivileged caller).
+
+Device rules (``linux.resources.devices``) are enforced on cgroup v1 only, where
+runc's defaults (``/dev/null``, ``zero``, ``full``, ``random``, ``urandom``,
+``tty``, ``ptmx``, ``pts/*`` and ``mknod`` of any node) and the spec's own
+``linux.devices`` are allowed after the spec's rules, as runc does. On a
+cgroup v2 host they are dropped (logged at debug level), not refused: v2 needs
+eBPF programs for them, which sandboxrt does not load, and refusing would
+refuse every default spec (its rules deny all devices). What a v2 container
+can open is then bounded by the device nodes its ``/dev`` is given and by its
+capabilities (no ``CAP_MKNOD`` by default), not by the cgroup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+from sandboxrt._os import cgroups
+from sandboxrt._os.cgroups import Cgroup, CgroupLayout, DeviceRule, Resources
+from sandboxrt.errors import MissingFeatureError, SystemCallError
+
+__all__ = [
+    "DEFAULT_DEVICE_RULES",
+    "CgroupRequest",
+    "create",
+    "procs_files",
+    "remove",
+    "request_for",
+    "resources_for",
+    "signal_all",
+]
+
+log = logging.getLogger("sandboxrt")
+
+#: Allowed after a spec's own device rules (runc's ``AllowedDevices``, without tun/tap).
+DEFAULT_DEVICE_RULES: tuple[DeviceRule, ...] = (
+    DeviceRule(True, "c", None, None, "m"),
+    DeviceRule(True, "b", None, None, "m"),
+    DeviceRule(True, "c", 1, 3),  # /dev/null
+    DeviceRule(True, "c", 1, 5),  # /dev/zero
+    DeviceRule(True, "c", 1, 7),  # /dev/full
+    DeviceRule(True, "c", 1, 8),  # /dev/random
+    DeviceRule(True, "c", 1, 9),  # /dev/urandom
+    DeviceRule(True, "c", 5, 0),  # /dev/tty
+    DeviceRule(True, "c", 5, 2),  # /dev/ptmx
+    DeviceRule(True, "c", 136, None),  # /dev/pts/*
+)
+
+_NO_PERMISSION = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CgroupRequest:
+    """The cgroup a container asks for; ``required`` unless the spec mentions none."""
+
+    path: str | None
+    resources: Resources
+    layout: CgroupLayout
+    required: bool
+
+
+def resources_for(spec: Mapping[str, Any], driver: str) -> Resources:
+    """The spec's ``linux.resources``, with device rules as ``driver`` enforces them."""
+    linux = spec.get("linux") or {}
+    resources = Resources.from_oci(linux.get("resources"))
+    if not resources.devices:
+        return resources
+    if driver == "v2":
+        log.debug("cgroup v2: %d device rule(s) not enforced (no eBPF)", len(resources.devices))
+        return dataclasses.replace(resources, devices=())
+    own = tuple(_device_rule(d) for d in linux.get("devices") or [] if d.get("type") != "p")
+    return dataclasses.replace(resources, devices=(*resources.devices, *own, *DEFAULT_DEVICE_RULES))
+
+
+def _device_rule(device: Mapping[str, Any]) -> DeviceRule:
+    kind = "c" if device.get("type") == "u" else str(device.get("type", "c"))
+    return DeviceRule(True, kind, device.get("major"), device.get("minor"))
+
+
+def request_for(
+    spec: Mapping[str, Any], *, layout: CgroupLayout | None = None
+) -> CgroupRequest | None:
+    """What cgroup the container of ``spec`` gets; ``None`` to run without one.
+
+    Raises :class:`MissingFeatureError` when the spec needs a cgroup and no
+    hierarchy is mounted, :class:`~sandboxrt.errors.SpecError` for bad resources.
+    """
+    linux = spec.get("linux") or {}
+    path = linux.get("cgroupsPath") or None
+    required = linux.get("resources") is not None or path is not None
+    layout = layout if layout is not None else cgroups.detect()
+    driver = layout.driver
+    if driver is None:
+        if required:
+            raise MissingFeatureError(
+                "cgroups",
+                "neither cgroup v1 controllers nor a cgroup2 filesystem is mounted, "
+                "and the spec sets linux.resources or linux.cgroupsPath",
+            )
+        log.debug("no cgroup hierarchy is mounted: the container runs without a cgroup")
+        return None
+    return CgroupRequest(path, resources_for(spec, driver), layout, required)
+
+
+def create(request: CgroupRequest, container_id: str) -> Cgroup | None:
+    """Make the cgroup; ``None`` when refused for lack of permission and not required."""
+    try:
+        return cgroups.create(
+            request.path, request.resources, container_id=container_id, layout=request.layout
+        )
+    except SystemCallError as err:
+        if request.required or err.errno not in _NO_PERMISSION:
+            raise
+        log.debug("container %s runs without a cgroup: %s", container_id, err)
+        return None
+
+
+def procs_files(cgroup: Cgroup) -> list[str]:
+    """The ``cgroup.procs`` file of ``cgroup`` in every hierarchy."""
+    return [str(directory / "cgroup.procs") for directory in cgroup.directories]
+
+
+def signal_all(
+    record: Mapping[str, Any],
+    container_id: str,
+    signum: int,
+    *,
+    spare: int | None,
+    timeout: float,
+) -> None:
+    """Send ``signum`` to every process of the container's cgroup.
+
+    ``SIGKILL`` goes to every process, ``spare`` (the supervisor) included,
+    and returns once the cgroup is empty: ``cgroup.kill`` on v2, else
+    freeze-kill-thaw rounds, so no fork escapes. Another signal spares
+    ``spare`` and is sent while the cgroup is frozen (where it can be), so no
+    process forks between the listing and the signal.
+    """
+    cgroup = cgroups.load(record, container_id=container_id)
+    if signum == signal.SIGKILL:
+        cgroup.kill_all(timeout=timeout)
+        return
+    frozen = False
+    with contextlib.suppress(MissingFeatureError, SystemCallError):
+        cgroup.freeze(timeout=min(timeout, 2.0))
+        frozen = True
+    try:
+        for pid in cgroup.pids():
+            if pid != spare:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+    finally:
+        if frozen:
+            cgroup.thaw()
+
+
+def remove(record: Mapping[str, Any], container_id: str, timeout: float) -> None:
+    """SIGKILL what is left in the container's cgroup, then remove what sandboxrt made.
+
+    Idempotent; a pre-existing cgroup (a ``cgroupsPath`` that existed) stays.
+    """
+    cgroup = cgroups.load(record, container_id=container_id)
+    cgroup.kill_all(timeout=timeout)
+    cgroup.destroy(timeout=timeout)

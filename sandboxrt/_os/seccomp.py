@@ -1,0 +1,306 @@
+"""seccomp filters compiled to classic BPF by the system's libseccomp, through ctypes.
+
+Runs in the library process only: the init loads the compiled program with
+``seccomp(2)`` (:func:`sandboxrt._os.syscalls.seccomp_set_filter`) and never
+needs libseccomp. Standard library only; libseccomp is loaded on first use,
+not at import. The spec's ``linux.seccomp`` section becomes BPF in two steps:
+
+* :func:`build_filter` makes the libseccomp context: default action,
+  architectures, flags and rules;
+* :meth:`Filter.export` has libseccomp generate the program
+  (``seccomp_export_bpf``): the ``struct sock_filter`` array the kernel takes.
+
+:func:`compile_bpf` does both and caches the program per process, keyed by
+the section's canonical JSON, the libseccomp version and the machine, so a
+profile (the default one above all) is compiled once per process.
+
+Choices, as runc makes them: syscall names and architectures this
+libseccomp does not know are skipped; rules whose action is the default
+action are skipped; conditions on the same argument within one rule are
+OR-ed (one rule each, as libseccomp refuses two on one argument), others
+AND-ed; ``SCMP_ACT_ERRNO`` and ``SCMP_ACT_TRACE`` without ``errnoRet``
+return ``EPERM``. The init sets ``no_new_privs`` itself, from
+``process.noNewPrivileges``.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import errno
+import hashlib
+import json
+import os
+import platform
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sandboxrt.errors import MissingFeatureError
+
+__all__ = [
+    "ACTIONS",
+    "FLAG_ATTRIBUTES",
+    "OPERATORS",
+    "Filter",
+    "action_value",
+    "arch_name",
+    "build_filter",
+    "compile_bpf",
+    "load_library",
+]
+
+#: OCI action name → libseccomp ``SCMP_ACT_*`` value (the low 16 bits carry the errno).
+ACTIONS: dict[str, int] = {
+    "SCMP_ACT_KILL": 0x00000000,
+    "SCMP_ACT_KILL_THREAD": 0x00000000,
+    "SCMP_ACT_KILL_PROCESS": 0x80000000,
+    "SCMP_ACT_TRAP": 0x00030000,
+    "SCMP_ACT_ERRNO": 0x00050000,
+    "SCMP_ACT_TRACE": 0x7FF00000,
+    "SCMP_ACT_LOG": 0x7FFC0000,
+    "SCMP_ACT_ALLOW": 0x7FFF0000,
+    "SCMP_ACT_NOTIFY": 0x7FC00000,
+}
+
+#: OCI operator name → libseccomp ``enum scmp_compare``.
+OPERATORS: dict[str, int] = {
+    "SCMP_CMP_NE": 1,
+    "SCMP_CMP_LT": 2,
+    "SCMP_CMP_LE": 3,
+    "SCMP_CMP_EQ": 4,
+    "SCMP_CMP_GE": 5,
+    "SCMP_CMP_GT": 6,
+    "SCMP_CMP_MASKED_EQ": 7,
+}
+
+#: OCI ``linux.seccomp.flags`` → libseccomp ``enum scmp_filter_attr`` set to 1.
+FLAG_ATTRIBUTES: dict[str, int] = {
+    "SECCOMP_FILTER_FLAG_TSYNC": 4,
+    "SECCOMP_FILTER_FLAG_LOG": 6,
+    "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 7,
+    "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV": 10,
+}
+
+_NR_SCMP_ERROR = -1
+_LIBRARY_NAMES: tuple[str, ...] = ("libseccomp.so.2",)
+_library: ctypes.CDLL | None = None
+#: How many compiled programs :func:`compile_bpf` keeps (least recently used go first).
+_CACHE_SIZE = 16
+_cache: collections.OrderedDict[tuple[str, str, str], bytes] = collections.OrderedDict()
+_cache_lock = threading.Lock()
+
+
+class _ArgCmp(ctypes.Structure):
+    """``struct scmp_arg_cmp``."""
+
+    _fields_ = [
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    ]
+
+
+class _Version(ctypes.Structure):
+    """``struct scmp_version``."""
+
+    _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint), ("micro", ctypes.c_uint)]
+
+
+def action_value(action: str, errno_ret: int | None = None) -> int:
+    """The libseccomp value of an OCI action; ``ERRNO``/``TRACE`` carry ``errno_ret`` or EPERM."""
+    try:
+        value = ACTIONS[action]
+    except KeyError:
+        raise ValueError(f"unknown seccomp action {action!r}") from None
+    if action in ("SCMP_ACT_ERRNO", "SCMP_ACT_TRACE"):
+        value |= (errno.EPERM if errno_ret is None else errno_ret) & 0xFFFF
+    return value
+
+
+def arch_name(arch: str) -> str:
+    """libseccomp's name of an OCI architecture: ``SCMP_ARCH_X86_64`` → ``x86_64``."""
+    return arch.removeprefix("SCMP_ARCH_").lower()
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    ctx, u32, i32 = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int
+    signatures: dict[str, tuple[list[Any], Any]] = {
+        "seccomp_init": ([u32], ctx),
+        "seccomp_release": ([ctx], None),
+        "seccomp_export_bpf": ([ctx, i32], i32),
+        "seccomp_version": ([], ctypes.POINTER(_Version)),
+        "seccomp_attr_set": ([ctx, i32, u32], i32),
+        "seccomp_arch_add": ([ctx, u32], i32),
+        "seccomp_arch_resolve_name": ([ctypes.c_char_p], u32),
+        "seccomp_syscall_resolve_name": ([ctypes.c_char_p], i32),
+        "seccomp_rule_add_array": ([ctx, u32, i32, ctypes.c_uint, ctypes.POINTER(_ArgCmp)], i32),
+    }
+    for name, (argtypes, restype) in signatures.items():
+        function = getattr(lib, name)
+        function.argtypes = argtypes
+        function.restype = restype
+    return lib
+
+
+def load_library() -> ctypes.CDLL:
+    """The system's libseccomp; :class:`MissingFeatureError` if it cannot be loaded."""
+    global _library
+    if _library is not None:
+        return _library
+    errors = []
+    for name in _LIBRARY_NAMES:
+        try:
+            _library = _bind(ctypes.CDLL(name, use_errno=True))
+            return _library
+        except (OSError, AttributeError) as exc:
+            errors.append(str(exc))
+    from ctypes.util import find_library  # slow (it may run ldconfig): only as a fallback
+
+    found = find_library("seccomp")
+    if found is not None:
+        try:
+            _library = _bind(ctypes.CDLL(found, use_errno=True))
+            return _library
+        except (OSError, AttributeError) as exc:
+            errors.append(str(exc))
+    raise MissingFeatureError(
+        "libseccomp",
+        "linux.seccomp needs the system's libseccomp.so.2 (apt-get install libseccomp2)"
+        + (f"; {'; '.join(errors)}" if errors else ""),
+    )
+
+
+def _check(result: int, what: str) -> None:
+    if result < 0:
+        raise OSError(-result, f"{what}: {os.strerror(-result)}")
+
+
+class Filter:
+    """A built libseccomp filter: :meth:`export` its BPF program, then :meth:`release` it."""
+
+    def __init__(self, lib: ctypes.CDLL, ctx: int) -> None:
+        self._lib = lib
+        self._ctx: int | None = ctx
+
+    def export(self) -> bytes:
+        """The filter as classic BPF: ``struct sock_filter`` records, 8 bytes each."""
+        if self._ctx is None:
+            raise ValueError("the seccomp filter was released")
+        fd = os.memfd_create("sandboxrt-seccomp", os.MFD_CLOEXEC)
+        try:
+            _check(self._lib.seccomp_export_bpf(self._ctx, fd), "seccomp_export_bpf")
+            size = os.fstat(fd).st_size
+            chunks = []
+            offset = 0
+            while offset < size:
+                chunk = os.pread(fd, size - offset, offset)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                offset += len(chunk)
+        finally:
+            os.close(fd)
+        program = b"".join(chunks)
+        if not program or len(program) % 8:
+            raise OSError(errno.EINVAL, f"seccomp_export_bpf wrote {len(program)} bytes")
+        return program
+
+    def release(self) -> None:
+        """Free the libseccomp context (idempotent)."""
+        if self._ctx is not None:
+            self._lib.seccomp_release(self._ctx)
+            self._ctx = None
+
+
+def _conditions(args: Sequence[Mapping[str, Any]]) -> list[list[_ArgCmp]]:
+    """The ``scmp_arg_cmp`` arrays of one OCI rule: one per rule libseccomp needs."""
+    cmps = [
+        _ArgCmp(
+            arg["index"],
+            OPERATORS[arg["op"]],
+            arg["value"] & 2**64 - 1,
+            (arg.get("valueTwo") or 0) & 2**64 - 1,
+        )
+        for arg in args
+    ]
+    if len({arg["index"] for arg in args}) == len(args):
+        return [cmps]
+    return [[cmp] for cmp in cmps]
+
+
+def build_filter(section: Mapping[str, Any]) -> Filter:
+    """Compile a spec's ``linux.seccomp`` with libseccomp into a :class:`Filter`."""
+    lib = load_library()
+    default = action_value(section["defaultAction"], section.get("defaultErrnoRet"))
+    ctx = lib.seccomp_init(default)
+    if not ctx:
+        raise OSError(errno.EINVAL, "seccomp_init failed")
+    result = Filter(lib, ctx)
+    try:
+        for arch in section.get("architectures") or []:
+            token = lib.seccomp_arch_resolve_name(arch_name(arch).encode())
+            if token == 0:
+                continue  # unknown to this libseccomp
+            rc = lib.seccomp_arch_add(ctx, token)
+            if rc != -errno.EEXIST:
+                _check(rc, f"seccomp_arch_add({arch})")
+        # The flags do not change the program (the init passes them to seccomp(2)), but
+        # setting them asks libseccomp whether this kernel supports them.
+        for flag in section.get("flags") or []:
+            if lib.seccomp_attr_set(ctx, FLAG_ATTRIBUTES[flag], 1) < 0:
+                raise MissingFeatureError(
+                    f"seccomp flag {flag}", "this libseccomp or kernel does not support it"
+                )
+        for rule in section.get("syscalls") or []:
+            action = action_value(rule["action"], rule.get("errnoRet"))
+            if action == default:
+                continue
+            for cmps in _conditions(rule.get("args") or []):
+                array = (_ArgCmp * max(1, len(cmps)))(*cmps)
+                for name in rule["names"]:
+                    number = lib.seccomp_syscall_resolve_name(name.encode())
+                    if number == _NR_SCMP_ERROR:
+                        continue  # unknown syscall name
+                    rc = lib.seccomp_rule_add_array(ctx, action, number, len(cmps), array)
+                    _check(rc, f"seccomp rule for {name}")
+    except BaseException:
+        result.release()
+        raise
+    return result
+
+
+def _library_version(lib: ctypes.CDLL) -> str:
+    version = lib.seccomp_version().contents
+    return f"{version.major}.{version.minor}.{version.micro}"
+
+
+def compile_bpf(section: Mapping[str, Any]) -> bytes:
+    """A spec's ``linux.seccomp`` as a classic BPF program, compiled once per process.
+
+    The cache key is the SHA-256 of the section's canonical JSON, with the
+    libseccomp version and the machine: what decides the program.
+    """
+    lib = load_library()
+    canonical = json.dumps(section, sort_keys=True, separators=(",", ":"))
+    key = (
+        hashlib.sha256(canonical.encode()).hexdigest(),
+        _library_version(lib),
+        platform.machine(),
+    )
+    with _cache_lock:
+        program = _cache.get(key)
+        if program is not None:
+            _cache.move_to_end(key)
+            return program
+    built = build_filter(section)
+    try:
+        program = built.export()
+    finally:
+        built.release()
+    with _cache_lock:
+        _cache[key] = program
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return program

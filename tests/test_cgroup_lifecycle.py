@@ -1,0 +1,499 @@
+"""Every container in a cgroup of its own: limits, stats, kill-all through it, removal.
+
+Real containers on the real kernel. The cgroups these tests make are named
+after ``sandboxrt`` or ``sbrt-test-*`` and are all removed again; processes are
+only ever those the tests started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BundleFactory, needs_busybox, needs_root
+
+from sandboxrt import (
+    Container,
+    FileStore,
+    InitError,
+    InvalidStateError,
+    MissingFeatureError,
+    Stats,
+    Status,
+    SystemCallError,
+)
+from sandboxrt import _cgroup as library_cgroup
+from sandboxrt._os import cgroups, procfs
+from sandboxrt._os.cgroups import CgroupLayout, DeviceRule, Hierarchy
+from sandboxrt._os.cgroups.layout import parse_proc_cgroup
+
+MiB = 1 << 20
+
+
+def _layout() -> CgroupLayout | None:
+    try:
+        return cgroups.detect()
+    except OSError:
+        return None
+
+
+LAYOUT = _layout()
+
+
+def _has_controllers(layout: CgroupLayout | None, wanted: set[str]) -> bool:
+    if layout is None or layout.driver is None:
+        return False
+    if layout.driver == "v2":
+        return layout.unified is not None and wanted <= layout.unified.controllers
+    return wanted <= set(layout.v1)
+
+
+needs_cgroups = pytest.mark.skipif(
+    not _has_controllers(LAYOUT, {"memory", "pids"}),
+    reason="needs the memory and pids cgroup controllers",
+)
+
+
+def real(test: Callable[..., None]) -> Callable[..., None]:
+    """Marks a test that runs real containers in real cgroups."""
+    for mark in (needs_root, needs_busybox, needs_cgroups):
+        test = mark(test)
+    return test
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def edit_config(bundle: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    path = bundle / "config.json"
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+
+
+def resources(**values: Any) -> Callable[[dict[str, Any]], None]:
+    def change(document: dict[str, Any]) -> None:
+        document["linux"].setdefault("resources", {}).update(values)
+
+    return change
+
+
+def cgroups_path(path: str) -> Callable[[dict[str, Any]], None]:
+    def change(document: dict[str, Any]) -> None:
+        document["linux"]["cgroupsPath"] = path
+
+    return change
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "condition never became true"
+        time.sleep(0.01)
+
+
+def proc_cgroups(pid: int) -> dict[str, str]:
+    """Controller → cgroup path of ``pid``, from ``/proc/PID/cgroup`` (``""``: v2)."""
+    with open(f"/proc/{pid}/cgroup") as f:
+        return parse_proc_cgroup(f.read())
+
+
+def family(pid: int) -> list[int]:
+    """``pid`` and every live process below it."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            info = procfs.read_stat(int(name))
+            if info is not None and info.state not in "ZX":
+                children.setdefault(info.ppid, []).append(int(name))
+    found, todo = [pid], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def cgroup_of(store: FileStore, cid: str) -> cgroups.Cgroup:
+    record = store.load(cid).cgroup
+    assert record is not None
+    return cgroups.load(record, container_id=cid)
+
+
+def created_dirs(cgroup: cgroups.Cgroup) -> list[Path]:
+    return [p.mountpoint / level for p in cgroup.placements for level in p.created]
+
+
+def expected_paths(cgroup: cgroups.Cgroup) -> dict[str, str]:
+    """Controller → the path ``/proc/PID/cgroup`` shows for a member of ``cgroup``."""
+    assert LAYOUT is not None
+    roots = {h.mountpoint: h for h in LAYOUT.hierarchies}
+    found = {}
+    for placement in cgroup.placements:
+        hierarchy: Hierarchy = roots[placement.mountpoint]
+        keys = [""] if hierarchy.version == 2 else sorted(placement.controllers)
+        for key in keys:
+            found[key] = os.path.normpath(os.path.join(hierarchy.root, str(placement.rel)))
+    return found
+
+
+def read(directory: Path, name: str) -> str:
+    return (directory / name).read_text().strip()
+
+
+def our_cgroups(marker: str) -> list[Path]:
+    return [p for p in Path("/sys/fs/cgroup").glob(f"**/*{marker}*") if p.is_dir()]
+
+
+@pytest.fixture
+def unique() -> str:
+    return secrets.token_hex(4)
+
+
+@pytest.fixture
+def own_cgroup(unique: str) -> Iterator[str]:
+    """A cgroup name of the test's own; the test fails if anything is left under it."""
+    name = f"sbrt-test-{unique}"
+    yield name
+    left = our_cgroups(name)
+    for path in sorted(left, key=lambda p: len(p.parts), reverse=True):
+        _empty(path)  # only processes of this test's containers can be in there
+        path.rmdir()
+    assert left == [], left
+
+
+def _empty(path: Path) -> None:
+    end = time.monotonic() + 10
+    while pids := (path / "cgroup.procs").read_text().split():
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        assert time.monotonic() < end, f"{path} does not empty"
+        time.sleep(0.01)
+
+
+# -- the cgroup of a container ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("phase", ["created", "running"])
+@real
+def test_processes_live_in_the_containers_cgroup_with_its_limits(
+    store: FileStore, bundle: BundleFactory, phase: str
+) -> None:
+    path = bundle(["sh", "-c", "sleep 1000 & sleep 1000"])
+    edit_config(path, resources(memory={"limit": 64 * MiB}, pids={"limit": 50}))
+    cid = f"cg-{phase}"
+    container = Container.create(cid, path, store=store)
+    cgroup = cgroup_of(store, cid)
+    made = created_dirs(cgroup)
+    try:
+        assert cgroup.path == f"/sandboxrt/{cid}"
+        assert made and all(d.is_dir() for d in made)
+        supervisor = container.state().pid
+        assert supervisor is not None
+        if phase == "running":
+            container.start()
+            wait_for(lambda: len(family(supervisor)) >= 3)  # supervisor, sh or sleep, sleep
+        members = family(supervisor)
+        assert len(members) >= (3 if phase == "running" else 2)  # the init waits in created
+        want = expected_paths(cgroup)
+        for pid in members:
+            seen = proc_cgroups(pid)
+            assert {k: seen.get(k) for k in want} == want, (pid, seen)
+        assert set(members) <= set(cgroup.pids())
+        assert read(cgroup.require("memory"), _memory_limit_file(cgroup)) == str(64 * MiB)
+        assert read(cgroup.require("pids"), "pids.max") == "50"
+        if cgroup.driver == "v1":  # the spec denies every device but runc's defaults
+            devices = read(cgroup.require("devices"), "devices.list").splitlines()
+            assert "c 1:3 rwm" in devices and "a *:* rwm" not in devices
+    finally:
+        container.destroy()
+    assert not any(d.exists() for d in made)
+    for directory in cgroup.directories:  # /sandboxrt goes with the last cgroup under it
+        parent = directory.parent
+        assert not parent.exists() or any(p.is_dir() for p in parent.iterdir())
+
+
+def _memory_limit_file(cgroup: cgroups.Cgroup) -> str:
+    return "memory.limit_in_bytes" if cgroup.driver == "v1" else "memory.max"
+
+
+@real
+def test_a_failed_create_leaves_no_cgroup(store: FileStore, bundle: BundleFactory) -> None:
+    with pytest.raises(InitError, match="no-such-program"):
+        Container.create("cg-noexe", bundle(["no-such-program"]), store=store)
+    assert our_cgroups("cg-noexe") == []
+    assert Container.list(store=store) == []
+
+
+@real
+def test_resources_the_kernel_refuses_leave_no_cgroup(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    path = bundle(["true"])
+    edit_config(path, resources(cpu={"cpus": "4096"}))  # no such CPU
+    with pytest.raises(SystemCallError, match=r"cpuset\.cpus"):
+        Container.create("cg-badcpus", path, store=store)
+    assert our_cgroups("cg-badcpus") == []
+    assert Container.list(store=store) == []
+
+
+@real
+def test_a_pre_existing_cgroup_is_used_and_left(
+    store: FileStore, bundle: BundleFactory, own_cgroup: str
+) -> None:
+    mine = cgroups.create(f"/{own_cgroup}")  # made by someone else than the container
+    path = bundle(["sh", "-c", "sleep 1000 & sleep 1000"])
+    edit_config(path, cgroups_path(f"/{own_cgroup}"))
+    container = Container.create("cg-pre", path, store=store)
+    try:
+        container.start()
+        supervisor = container.state().pid
+        assert supervisor is not None
+        wait_for(lambda: len(mine.pids()) == 3)
+        assert set(mine.pids()) == set(family(supervisor))
+        assert all(p.created == () for p in cgroup_of(store, "cg-pre").placements)
+    finally:
+        container.destroy()
+    assert mine.exists() and mine.pids() == []
+    mine.destroy()
+    assert not mine.exists()
+
+
+@real
+def test_a_relative_cgroups_path_is_below_our_own_cgroup(
+    store: FileStore, bundle: BundleFactory, own_cgroup: str
+) -> None:
+    path = bundle(["sleep", "1000"])
+    edit_config(path, cgroups_path(f"{own_cgroup}/ctr"))
+    container = Container.create("cg-rel", path, store=store)
+    cgroup = cgroup_of(store, "cg-rel")
+    made = created_dirs(cgroup)
+    try:
+        supervisor = container.state().pid
+        assert supervisor is not None
+        own = proc_cgroups(os.getpid())
+        seen = proc_cgroups(supervisor)
+        for key, where in expected_paths(cgroup).items():
+            assert where == os.path.join(own[key], own_cgroup, "ctr")
+            assert seen[key] == where
+    finally:
+        container.destroy()
+    assert made and not any(d.exists() for d in made)
+    assert our_cgroups(own_cgroup) == []
+
+
+# -- stats -----------------------------------------------------------------------------------
+
+
+@real
+def test_stats_follow_memory_and_cpu(store: FileStore, bundle: BundleFactory) -> None:
+    script = (
+        "import sys, time\n"
+        "sys.stdin.readline()\n"
+        "data = b'x' * (50 << 20)\n"  # filled, so every page is charged
+        "print('allocated', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "end = time.monotonic() + 0.5\n"
+        "while time.monotonic() < end: pass\n"
+        "print('burnt', flush=True)\n"
+        "sys.stdin.readline()\n"
+    )
+    path = bundle(["python3", "-c", script], rootfs="host_usr")
+    edit_config(path, resources(memory={"limit": 256 * MiB}, pids={"limit": 20}))
+    container = Container.create(
+        "cg-stats", path, store=store, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert container.stdin is not None and container.stdout is not None
+
+    def step(expected: bytes) -> Stats:
+        assert container.stdin is not None and container.stdout is not None
+        container.stdin.write(b"go\n")
+        container.stdin.flush()
+        assert container.stdout.readline() == expected
+        return container.stats()
+
+    try:
+        created = container.stats()
+        assert isinstance(created, Stats)
+        assert created.pids_current >= 2 and created.pids_limit == 20  # supervisor and init
+        assert created.memory_limit == 256 * MiB
+        container.start()
+        allocated = step(b"allocated\n")
+        assert allocated.memory_usage >= created.memory_usage + 45 * MiB, (created, allocated)
+        assert allocated.memory_max_usage is None or allocated.memory_max_usage >= 50 * MiB
+        burnt = step(b"burnt\n")
+        assert burnt.cpu_usage_ns >= allocated.cpu_usage_ns + 400_000_000, (allocated, burnt)
+        assert burnt.cpu_user_ns + burnt.cpu_system_ns > 0
+        container.stdin.write(b"done\n")
+        container.stdin.flush()
+        assert container.wait(timeout=10) == 0
+        with pytest.raises(InvalidStateError, match='read the stats of container "cg-stats"'):
+            container.stats()
+    finally:
+        container.stdin.close()
+        container.stdout.close()
+        container.destroy()
+
+
+# -- containment -----------------------------------------------------------------------------
+
+_FORK_BOMB = """
+import os, time
+while True:
+    try:
+        os.fork()            # parent and child both go on forking
+    except OSError:
+        time.sleep(0.005)    # EAGAIN: the pids limit
+"""
+
+
+@real
+def test_a_fork_bomb_is_contained_and_stays_controllable(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    path = bundle(["python3", "-c", _FORK_BOMB], rootfs="host_usr")
+    edit_config(path, resources(pids={"limit": 32}))
+    container = Container.create("cg-bomb", path, store=store, stderr=subprocess.DEVNULL)
+    cgroup = cgroup_of(store, "cg-bomb")
+    try:
+        container.start()
+        wait_for(lambda: container.stats().pids_current >= 30)
+        for _ in range(20):
+            stats = container.stats()
+            assert stats.pids_current <= 32 and stats.pids_limit == 32
+            assert len(cgroup.pids()) <= 32
+            time.sleep(0.02)
+        assert container.status is Status.RUNNING
+        assert (
+            subprocess.run(["true"], check=False, timeout=10).returncode == 0
+        )  # the host still forks
+        started = time.monotonic()
+        container.kill(signal.SIGKILL, all=True)
+        assert cgroup.pids() == []
+        assert container.wait(timeout=10) == -signal.SIGKILL
+        assert time.monotonic() - started < 5
+    finally:
+        started = time.monotonic()
+        container.destroy()
+        assert time.monotonic() - started < 5
+    assert not cgroup.exists()
+
+
+@real
+def test_a_memory_hog_is_oom_killed_and_reported(store: FileStore, bundle: BundleFactory) -> None:
+    hog = "import time\nchunks = []\nwhile True: chunks.append(b'x' * (4 << 20))\n"
+    path = bundle(["python3", "-c", hog], rootfs="host_usr")
+    edit_config(path, resources(memory={"limit": 32 * MiB}))
+    container = Container.create("cg-hog", path, store=store, stderr=subprocess.DEVNULL)
+    try:
+        sandbox = container.sandbox
+        assert sandbox is not None
+        container.start()
+        assert container.wait(timeout=30) == -signal.SIGKILL
+        assert sandbox.exit_status() == -signal.SIGKILL  # recorded by the surviving supervisor
+        assert container.status is Status.STOPPED
+    finally:
+        container.destroy()
+
+
+@real
+def test_kill_all_through_the_cgroup_reaches_a_double_forked_daemon(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    path = bundle(["sh", "-c", "sh -c 'sleep 1000 &' ; sleep 1000"])
+    container = Container.create("cg-daemon", path, store=store)
+    cgroup = cgroup_of(store, "cg-daemon")
+    try:
+        container.start()
+        # The supervisor, the init (sh execs its last sleep) and the daemon, reparented.
+        wait_for(lambda: len(cgroup.pids()) == 3)
+        members = cgroup.pids()
+        container.kill(signal.SIGKILL, all=True)
+        assert cgroup.pids() == []
+        for pid in members:
+            info = procfs.read_stat(pid)
+            assert info is None or info.state in "ZX"
+        assert container.wait(timeout=10) == -signal.SIGKILL
+        assert container.status is Status.STOPPED
+        container.kill(signal.SIGKILL, all=True)  # stopped: allowed, nothing left to kill
+    finally:
+        container.destroy()
+    assert not cgroup.exists()
+
+
+@real
+def test_kill_all_with_another_signal_spares_the_supervisor(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    # SIGALRM: the supervisor does not handle it, so receiving it would end the sandbox.
+    script = "sh -c 'sleep 1000 &'; trap '' ALRM; echo ready; sleep 1000"
+    container = Container.create(
+        "cg-alrm", bundle(["sh", "-c", script]), store=store, stdout=subprocess.PIPE
+    )
+    cgroup = cgroup_of(store, "cg-alrm")
+    try:
+        container.start()
+        assert container.stdout is not None
+        assert container.stdout.readline() == b"ready\n"
+        supervisor = container.state().pid
+        # The supervisor, the init (sh execs its last sleep, ALRM still ignored), the daemon.
+        wait_for(lambda: len(cgroup.pids()) == 3)
+        container.kill(signal.SIGALRM, all=True)
+        wait_for(lambda: len(cgroup.pids()) == 2)  # the daemon died, the init ignored it
+        assert supervisor in cgroup.pids()
+        assert container.status is Status.RUNNING
+    finally:
+        if container.stdout is not None:
+            container.stdout.close()
+        container.destroy()
+    assert not cgroup.exists()
+
+
+# -- the library's choices, without a kernel -------------------------------------------------
+
+V1_ONLY = CgroupLayout((Hierarchy(Path("/x/memory"), "/", frozenset({"memory"}), 1),))
+V2_ONLY = CgroupLayout(
+    (Hierarchy(Path("/x/unified"), "/", frozenset({"memory", "pids", "cpu"}), 2),)
+)
+NONE = CgroupLayout(())
+DENY_ALL = {"linux": {"resources": {"devices": [{"allow": False, "access": "rwm"}]}}}
+
+
+def test_device_rules_get_runc_defaults_on_v1_and_are_dropped_on_v2() -> None:
+    spec = {
+        "linux": {
+            **DENY_ALL["linux"],
+            "devices": [
+                {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229},
+                {"path": "/dev/fifo", "type": "p"},
+            ],
+        }
+    }
+    v1 = library_cgroup.resources_for(spec, "v1").devices
+    assert v1[0] == DeviceRule(False, "a", None, None, "rwm")
+    assert v1[1] == DeviceRule(True, "c", 10, 229)  # the spec's own device
+    assert v1[2:] == library_cgroup.DEFAULT_DEVICE_RULES
+    assert library_cgroup.resources_for(spec, "v2").devices == ()
+    assert library_cgroup.resources_for({"linux": {}}, "v1").devices == ()
+
+
+def test_without_any_hierarchy_a_cgroup_is_required_only_when_asked_for() -> None:
+    with pytest.raises(MissingFeatureError, match="cgroups is not available"):
+        library_cgroup.request_for(DENY_ALL, layout=NONE)
+    with pytest.raises(MissingFeatureError):
+        library_cgroup.request_for({"linux": {"cgroupsPath": "/a"}}, layout=NONE)
+    assert library_cgroup.request_for({"linux": {}}, layout=NONE) is None
+    request = library_cgroup.request_for(DENY_ALL, layout=V2_ONLY)
+    assert request is not None and request.required and request.resources.devices == ()
+    request = library_cgroup.request_for({}, layout=V1_ONLY)
+    assert request is not None and not request.required and request.path is None
