@@ -19,7 +19,7 @@ import os
 import selectors
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NoReturn
 
 from sandboxrt._core import abi
@@ -83,6 +83,16 @@ def _unshare_private(flags: int) -> None:
     syscalls.mount(None, "/", None, abi.MS_REC | abi.MS_PRIVATE)
 
 
+def _prepare_namespaces(new: Iterable[str]) -> None:
+    """Ready the supervisor's new namespaces: loopback up, its own /proc."""
+    new = frozenset(new)
+    if "network" in new:
+        net.set_link_up("lo")
+    if "pid" in new:
+        # The supervisor's own view of its PID namespace (its mounts are private).
+        syscalls.mount("proc", "/proc", "proc", abi.MS_NOSUID | abi.MS_NODEV | abi.MS_NOEXEC)
+
+
 #: The namespaces a warm sandbox has made before it knows its plan.
 WARM_NAMESPACES = frozenset({"pid", "network", "ipc", "uts", "mount"})
 
@@ -97,12 +107,20 @@ class Supervisor:
     """PID 1 of one sandbox."""
 
     def __init__(
-        self, plan: SandboxPlan, bootstrap: socket.socket, stdio: list[int], gate: int | None
+        self,
+        plan: SandboxPlan,
+        bootstrap: socket.socket,
+        stdio: list[int],
+        gate: int | None,
+        *,
+        prepared: bool = False,
     ) -> None:
         self.plan = plan
         self.bootstrap = bootstrap
         #: Closed by the launched process once the library has our pid: we speak after that.
         self.gate: int | None = gate
+        #: Loopback and /proc were readied ahead (a warm sandbox).
+        self.prepared = prepared
         self.stdio = stdio
         self.init_pid = 0
         self.init_sync: socket.socket | None = None
@@ -123,12 +141,8 @@ class Supervisor:
             socket.sethostname(self.plan.hostname)
         if self.plan.domainname is not None:
             syscalls.setdomainname(self.plan.domainname)
-        if "network" in new:
-            net.set_link_up("lo")
-        if "pid" in new:
-            # The supervisor's own view of its PID namespace (its mounts are private).
-            flags = abi.MS_NOSUID | abi.MS_NODEV | abi.MS_NOEXEC
-            syscalls.mount("proc", "/proc", "proc", flags)
+        if not self.prepared:
+            _prepare_namespaces(new)
         self.listener = channel.bind_listener(self.plan.control_socket)
 
     def join_cgroups(self) -> None:
@@ -359,9 +373,14 @@ def _descendants(root: int) -> list[int]:
 
 
 def _run_supervisor(
-    plan: SandboxPlan, bootstrap: socket.socket, stdio: list[int], gate: int | None
+    plan: SandboxPlan,
+    bootstrap: socket.socket,
+    stdio: list[int],
+    gate: int | None,
+    *,
+    prepared: bool = False,
 ) -> NoReturn:
-    supervisor = Supervisor(plan, bootstrap, stdio, gate)
+    supervisor = Supervisor(plan, bootstrap, stdio, gate, prepared=prepared)
     try:
         supervisor.setup()
         supervisor.fork_init()
@@ -416,6 +435,7 @@ def warm(link: socket.socket) -> NoReturn:
         os._exit(0)
     syscalls.set_process_name("sandboxrt-warm")
     try:
+        _prepare_namespaces(WARM_NAMESPACES)
         _, fds = channel.receive(link, Request)
         link.recv(1)  # end of stream: the fork server told the library our pid
     except BaseException:
@@ -431,4 +451,4 @@ def warm(link: socket.socket) -> NoReturn:
         with contextlib.suppress(OSError):
             channel.send(bootstrap, error_progress(exc))
         os._exit(1)
-    _run_supervisor(plan, bootstrap, stdio, None)
+    _run_supervisor(plan, bootstrap, stdio, None, prepared=True)
