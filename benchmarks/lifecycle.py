@@ -109,6 +109,31 @@ def summary(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(ordered) * 1000, pick(0.1) * 1000, pick(0.9) * 1000
 
 
+def compare(bundle: Path, runs: Path, n: int, title: str) -> None:
+    """Time every runtime on ``bundle`` and print one table."""
+    results: dict[str, Timings] = {"sandboxrt": bench_sandboxrt(bundle, runs / "sbrt", n)}
+    others = {"runc": [], "crun": [], "runsc": ["--network=none", "--platform=ptrace"]}
+    for name, extra in others.items():
+        if shutil.which(name) is None:
+            print(f"{name}: not installed, skipped")
+            continue
+        try:
+            results[name] = bench_cli(name, bundle, runs / name, n, extra)
+        except subprocess.CalledProcessError as exc:
+            err = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
+            print(f"{name}: failed ({err[-1] if err else exc}), skipped")
+    base = {step: summary(results["sandboxrt"][step])[0] for step in STEPS}
+    print(f"\n{title}, n={n}; median ms [p10-p90] (ratio to sandboxrt)")
+    print(f"{'step':<8}" + "".join(f"{name:>28}" for name in results))
+    for step in STEPS:
+        cells = []
+        for timings in results.values():
+            med, p10, p90 = summary(timings[step])
+            ratio = med / base[step] if base[step] else float("nan")
+            cells.append(f"{med:7.2f} [{p10:6.2f}-{p90:6.2f}] x{ratio:4.2f}")
+        print(f"{step:<8}" + "".join(f"{c:>28}" for c in cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=30, help="iterations per step")
@@ -122,28 +147,15 @@ def main() -> None:
         bundle = work / "bundle"
         spec = make_bundle(bundle, ["/bin/true"], rootfs="busybox")
         # The oldest spec version every runtime here accepts (Debian 12's crun stops at 1.0).
-        write_spec_file(bundle / "config.json", attrs.evolve(spec, oci_version="1.0.2"))
-        results: dict[str, Timings] = {"sandboxrt": bench_sandboxrt(bundle, runs / "sbrt", args.n)}
-        others = {"runc": [], "crun": [], "runsc": ["--network=none", "--platform=ptrace"]}
-        for name, extra in others.items():
-            if shutil.which(name) is None:
-                print(f"{name}: not installed, skipped")
-                continue
-            try:
-                results[name] = bench_cli(name, bundle, runs / name, args.n, extra)
-            except subprocess.CalledProcessError as exc:
-                err = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
-                print(f"{name}: failed ({err[-1] if err else exc}), skipped")
-        base = {step: summary(results["sandboxrt"][step])[0] for step in STEPS}
-        print(f"\n/bin/true, busybox rootfs, n={args.n}; median ms [p10-p90] (ratio to sandboxrt)")
-        print(f"{'step':<8}" + "".join(f"{name:>28}" for name in results))
-        for step in STEPS:
-            cells = []
-            for timings in results.values():
-                med, p10, p90 = summary(timings[step])
-                ratio = med / base[step] if base[step] else float("nan")
-                cells.append(f"{med:7.2f} [{p10:6.2f}-{p90:6.2f}] x{ratio:4.2f}")
-            print(f"{step:<8}" + "".join(f"{c:>28}" for c in cells))
+        spec = attrs.evolve(spec, oci_version="1.0.2")
+        write_spec_file(bundle / "config.json", spec)
+        compare(bundle, runs / "default", args.n, "/bin/true, default spec (seccomp), busybox")
+        # The same without a seccomp profile, as `runc spec` writes it.
+        assert spec.linux is not None
+        write_spec_file(
+            bundle / "config.json", attrs.evolve(spec, linux=attrs.evolve(spec.linux, seccomp=None))
+        )
+        compare(bundle, runs / "plain", args.n, "/bin/true, no seccomp profile, busybox")
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(runs, ignore_errors=True)

@@ -146,6 +146,39 @@ class Container:
         without a cgroup. Device rules are enforced on cgroup v1 only (see
         ``sandboxrt._cgroup``).
         """
+        return cls._create(
+            id,
+            bundle,
+            store=store,
+            config=config,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            console_socket=console_socket,
+            pid_file=pid_file,
+            launcher=launcher,
+            spec=spec,
+        )
+
+    @classmethod
+    def _create(
+        cls,
+        id: str,
+        bundle: str | os.PathLike[str],
+        *,
+        store: MetadataStore | None = None,
+        config: Config | None = None,
+        stdin: StdioArg = None,
+        stdout: StdioArg = None,
+        stderr: StdioArg = None,
+        console_socket: str | os.PathLike[str] | None = None,
+        pid_file: str | os.PathLike[str] | None = None,
+        launcher: Launcher | None = None,
+        spec: Spec | None = None,
+        autostart: bool = False,
+    ) -> Container:
+        """:meth:`create`; with ``autostart`` (for :meth:`run`) the program starts at
+        once, without a start round trip, unless hooks or a terminal need one."""
         validate_id(id)
         store = store if store is not None else FileStore()
         config = config or Config()
@@ -164,6 +197,9 @@ class Container:
             runtime_root=str(store.runtime_dir),
             compile_seccomp=compile_bpf,
         )
+        autostart = autostart and not plan.init.start_container_hooks and not plan.init.terminal
+        if autostart:
+            plan = dataclasses.replace(plan, autostart=True)
         cgroup_request = _cgroup.request_for(document)
         with store.lock(id, timeout=config.lock_timeout):
             record = ContainerRecord(
@@ -200,6 +236,8 @@ class Container:
                     sandbox=sandbox.supervisor,
                     runtime_dir=sandbox.runtime_dir,
                 ).with_status(Status.CREATED)
+                if autostart:
+                    container._record = container._record.with_status(Status.RUNNING)
                 store.save(container._record)
                 container.stdin, container.stdout, container.stderr = (
                     stdio.stdin,
@@ -224,10 +262,17 @@ class Container:
         bundle: str | os.PathLike[str],
         **kwargs: Any,
     ) -> int:
-        """Create, start, wait for and destroy a container; its exit code."""
-        container = cls.create(id, bundle, **kwargs)
+        """Create, start, wait for and destroy a container; its exit code.
+
+        Like ``runc run``, the program starts as part of creation when no hook or
+        terminal needs a separate start.
+        """
+        container = cls._create(id, bundle, autostart=True, **kwargs)
         try:
-            container.start()
+            if container._record.status is Status.CREATED:
+                container.start()
+            else:
+                container._poststart()
             return container.wait()
         finally:
             container.destroy()
@@ -301,6 +346,10 @@ class Container:
             sandbox.start(self.id, self._state_dict(Status.CREATED))
             self._record = self._record.with_status(Status.RUNNING)
             self._store.save(self._record)
+        self._poststart()
+
+    def _poststart(self) -> None:
+        """poststart hooks: failures are logged, as OCI asks, never raised."""
         hooks.run_hooks_best_effort(
             self._hooks("poststart"),
             self._state_dict(Status.RUNNING),
@@ -375,7 +424,11 @@ class Container:
     # -- internals ---------------------------------------------------------------------
 
     def _refresh(self) -> None:
-        self._record = self._store.load(self.id)
+        record = self._store.load(self.id)
+        if record.spec == self._record.spec:
+            # Keep our spec object: its serialised form is cached (see records.py).
+            record = attrs.evolve(record, spec=self._record.spec)
+        self._record = record
 
     def _locked(self) -> _Locked:
         return _Locked(self)

@@ -135,7 +135,9 @@ class Sandbox:
                 sandbox = cls(plan.sandbox_id, _identity(first.pid, container_id), plan.runtime_dir)
                 process.wait()
                 launched = None
-                return sandbox, sandbox._follow_creation(ours, container_id, on_mounted)
+                return sandbox, sandbox._follow_creation(
+                    ours, container_id, on_mounted, plan.autostart
+                )
         except BaseException:
             if sandbox is not None:
                 sandbox.destroy(timeout=10.0)
@@ -170,7 +172,9 @@ class Sandbox:
         sock: socket.socket,
         container_id: str,
         on_mounted: Callable[[Sandbox], dict[str, Any]] | None,
+        autostart: bool,
     ) -> int | None:
+        pty: int | None = None
         while True:
             step, fds = self._next(sock, container_id, self.runtime_dir, Progress)
             if step.step == "mounted":
@@ -180,8 +184,12 @@ class Sandbox:
                     channel.send(sock, Progress("cancel"))
                     raise
                 channel.send(sock, Progress("go", details={"state": state}))
-            elif step.step == "created":
+            elif step.step == "created" and not autostart:
                 return fds[0] if fds else None
+            elif step.step == "created":
+                pty, autostart = (fds[0] if fds else None), False  # "started" comes next
+            elif step.step == "started":
+                return pty
             else:
                 channel.close_fds(fds)
                 raise self._failure(container_id, step)

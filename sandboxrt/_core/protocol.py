@@ -217,6 +217,9 @@ class SandboxPlan(_Message):
     #: The ``cgroup.procs`` file of the container's cgroup in every hierarchy (host paths):
     #: the supervisor writes ``0`` to each (moving itself) before it forks the init.
     cgroup_procs: list[str] = dataclasses.field(default_factory=list)
+    #: Start the program as soon as the container is created (``run``): the supervisor
+    #: reports ``started`` (or ``error``) right after ``created``.
+    autostart: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,6 +293,19 @@ class Reply(_Message):
 _KINDS: dict[str, type[_Message]] = {
     cls.kind: cls for cls in (InitPlan, SandboxPlan, Launched, Progress, ExitStatus, Request, Reply)
 }
+
+
+def _resolve_hints(cls: type[Any]) -> None:
+    for hint in _hints(cls).values():
+        for candidate in (hint, *typing.get_args(hint)):
+            if dataclasses.is_dataclass(candidate) and isinstance(candidate, type):
+                _resolve_hints(candidate)
+
+
+# Resolved once here, so that processes forked from a warm fork server (supervisors,
+# inits) do not evaluate annotations again at their first message.
+for _cls in _KINDS.values():
+    _resolve_hints(_cls)
 
 
 def encode(message: _Message) -> bytes:

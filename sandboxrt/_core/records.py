@@ -98,10 +98,30 @@ Migration = Callable[[dict[str, Any]], dict[str, Any]]
 MIGRATIONS: Mapping[int, Migration] = {}
 
 
+_SPEC_TEXTS: dict[int, tuple[dict[str, Any], str]] = {}
+
+
+def _spec_text(spec: dict[str, Any]) -> str:
+    """The JSON text of a record's spec, kept per spec object: a record's spec never
+    changes after creation, and it is most of every save (a seccomp profile alone is
+    tens of kilobytes)."""
+    cached = _SPEC_TEXTS.get(id(spec))
+    if cached is not None and cached[0] is spec:
+        return cached[1]
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    if len(_SPEC_TEXTS) >= 64:
+        _SPEC_TEXTS.pop(next(iter(_SPEC_TEXTS)))
+    _SPEC_TEXTS[id(spec)] = (spec, text)
+    return text
+
+
 def record_to_json(record: ContainerRecord) -> bytes:
     """Serialise ``record`` into its versioned envelope."""
-    envelope = {"schema": SCHEMA_VERSION, "container": converter.unstructure(record)}
-    return json.dumps(envelope, sort_keys=True, separators=(",", ":")).encode()
+    container = converter.unstructure(record)
+    spec = container.pop("spec")
+    text = json.dumps(container, sort_keys=True, separators=(",", ":"))
+    text = f'{text[:-1]},"spec":{_spec_text(spec)}}}'
+    return f'{{"container":{text},"schema":{SCHEMA_VERSION}}}'.encode()
 
 
 def record_from_json(data: bytes | str) -> ContainerRecord:

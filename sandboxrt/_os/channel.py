@@ -7,8 +7,8 @@ can carry ``SCM_RIGHTS``. Standard library only.
 
 from __future__ import annotations
 
-import contextlib
 import array
+import contextlib
 import os
 import socket
 from collections.abc import Sequence
@@ -70,9 +70,14 @@ def receive_one_of(
 def _receive_raw(sock: socket.socket) -> tuple[bytes, list[int]]:
     # Not socket.recv_fds: on Python 3.11 it drops its flags, so the fds would not be
     # close-on-exec, and every exec'd program would inherit them.
+    # Peek at the datagram's size first: a buffer of MAX_MESSAGE for every message
+    # would cost a 4 MiB allocation, and its page faults, each time.
+    size = sock.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)
     fd_size = array.array("i").itemsize
     data, ancillary, flags, _ = sock.recvmsg(
-        protocol.MAX_MESSAGE, socket.CMSG_SPACE(_MAX_FDS * fd_size), socket.MSG_CMSG_CLOEXEC
+        max(1, min(size, protocol.MAX_MESSAGE)),
+        socket.CMSG_SPACE(_MAX_FDS * fd_size),
+        socket.MSG_CMSG_CLOEXEC,
     )
     fds: list[int] = []
     for level, kind, payload in ancillary:

@@ -10,6 +10,7 @@ of its socket closes. Standard library only.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import selectors
 import signal
@@ -161,6 +162,9 @@ def serve(control_fd: int) -> NoReturn:
     server = _Server(control)
     server.selector.register(wake_r, selectors.EVENT_READ, "wake")
     server.selector.register(control, selectors.EVENT_READ, "control")
+    # Everything imported so far lives as long as we do: keep it out of the collector, so
+    # that children do not touch (and copy) every page of the heap when they collect.
+    gc.freeze()
     server.prewarm()
     while True:
         for key, _ in server.selector.select():

@@ -198,7 +198,11 @@ class Supervisor:
         channel.send(self.bootstrap, step, fds or [])
 
     def relay_creation(self) -> bool:
-        """Pass creation steps between init and the library; ``True`` once created."""
+        """Pass creation steps between init and the library; ``True`` once created.
+
+        With ``autostart``, the start follows at once and its outcome is reported too
+        (a failed start still counts as created: the library sees the error).
+        """
         assert self.init_sync is not None
         while True:
             try:
@@ -211,7 +215,15 @@ class Supervisor:
                 go, _ = channel.receive(self.bootstrap, Progress)
                 channel.send(self.init_sync, go)
                 continue
-            return step.step == "created"
+            if step.step != "created":
+                return False
+            if self.plan.autostart:
+                reply = self._start(Request("start", self.plan.init.container_id))
+                started = Progress("started")
+                if not reply.ok:
+                    started = Progress("error", reply.error, reply.error_type, dict(reply.details))
+                self.report(started)
+            return True
 
     # -- serving ---------------------------------------------------------------------------
 
