@@ -24,12 +24,16 @@ if TYPE_CHECKING:
         ContainerExistsError,
         ContainerNotFoundError,
         CorruptMetadataError,
+        ExecError,
         HookError,
         InitError,
         InvalidIDError,
         InvalidStateError,
         LockTimeoutError,
         MissingFeatureError,
+        ProcessError,
+        ProcessNotFoundError,
+        ProcessTimeoutError,
         ProtocolError,
         SandboxDiedError,
         SandboxrtError,
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
         SystemCallError,
         WaitTimeoutError,
     )
+    from sandboxrt.process import Process
     from sandboxrt.sandbox import Sandbox
     from sandboxrt.stores import FileStore, MemoryStore, MetadataStore, default_root
 
@@ -50,6 +55,7 @@ __all__ = [
     "ContainerExistsError",
     "ContainerNotFoundError",
     "CorruptMetadataError",
+    "ExecError",
     "FileStore",
     "HookError",
     "InitError",
@@ -62,6 +68,10 @@ __all__ = [
     "MissingFeatureError",
     "OCIState",
     "Operation",
+    "Process",
+    "ProcessError",
+    "ProcessNotFoundError",
+    "ProcessTimeoutError",
     "ProtocolError",
     "Sandbox",
     "SandboxDiedError",
@@ -100,6 +110,7 @@ _HOMES = {
     "Container": "sandboxrt.container",
     "OCIState": "sandboxrt.container",
     "Stats": "sandboxrt.container",
+    "Process": "sandboxrt.process",
     "Sandbox": "sandboxrt.sandbox",
     "FileStore": "sandboxrt.stores",
     "MemoryStore": "sandboxrt.stores",

@@ -11,6 +11,8 @@ import logging
 import os
 import signal as _signal
 import socket
+import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,7 +20,7 @@ import attrs
 
 from sandboxrt import _cgroup
 from sandboxrt._core.ids import resolve_id, validate_id
-from sandboxrt._core.plan import build_plan
+from sandboxrt._core.plan import UserArg, build_plan, exec_plan
 from sandboxrt._core.records import ContainerRecord
 from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
 from sandboxrt._core.status import Operation, Status, require
@@ -31,9 +33,13 @@ from sandboxrt.config import Config
 from sandboxrt.errors import (
     ContainerNotFoundError,
     InitError,
+    InvalidStateError,
     MissingFeatureError,
+    ProcessError,
+    ProcessTimeoutError,
     SandboxDiedError,
 )
+from sandboxrt.process import Process
 from sandboxrt.sandbox import Sandbox
 from sandboxrt.stores import FileStore, MetadataStore
 
@@ -401,6 +407,155 @@ class Container:
                 if _effective_status(self._record, sandbox) is not Status.STOPPED:
                     raise
                 require(Operation.KILL_ALL if all else Operation.KILL, self.id, Status.STOPPED)
+
+    # -- exec'd processes ------------------------------------------------------------
+
+    def exec(
+        self,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | Sequence[str] | None = None,
+        cwd: str | None = None,
+        user: UserArg | None = None,
+        tty: bool = False,
+        stdin: StdioArg = None,
+        stdout: StdioArg = None,
+        stderr: StdioArg = None,
+        timeout: float | None = None,
+    ) -> Process:
+        """Run ``args`` in the container (created or running) and return its :class:`Process`.
+
+        The process is the spec's ``process`` (user, capabilities,
+        ``noNewPrivileges``, seccomp, rlimits, umask, env, cwd) with these
+        overrides: ``env`` (a mapping or ``KEY=value`` strings) replaces the
+        environment; ``cwd`` is an absolute path in the container; ``user`` is
+        a uid or ``"uid[:gid]"`` (gid 0 unless given, no additional gids). It
+        joins the container's namespaces, root and cgroup, leads a process
+        group of its own, and ``args[0]`` is looked up in the env's ``PATH``.
+
+        ``stdin``, ``stdout`` and ``stderr`` take what ``subprocess.Popen``
+        takes (``None`` passes this process's own). With ``tty=True`` they
+        must be left out: the process gets a new pty of the container and
+        ``Process.console`` is its master. ``timeout`` is a deadline after which
+        the process and its process group are killed (see :class:`Process`).
+
+        Returns once the program runs; raises :class:`ExecError` when it could
+        not be started (a missing binary...), :class:`InvalidStateError`
+        unless the container is created or running. Works from any process
+        that can load the container: everything goes through its control socket.
+        """
+        if tty and any(arg is not None for arg in (stdin, stdout, stderr)):
+            raise ValueError(
+                "with tty=True, stdin, stdout and stderr are the terminal: use console"
+            )
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be positive, not {timeout!r}")
+        plan = exec_plan(
+            self._record.spec,
+            args,
+            env=env,
+            cwd=cwd,
+            user=user,
+            terminal=tty,
+            compile_seccomp=compile_bpf,
+        )
+        stdio = None if tty else StdioPlan(stdin, stdout, stderr)
+        try:
+            with self._locked() as sandbox:
+                require(Operation.EXEC, self.id, _effective_status(self._record, sandbox))
+                assert sandbox is not None
+                try:
+                    pid, master = sandbox.exec(self.id, plan, stdio.child_fds if stdio else [])
+                except SandboxDiedError:
+                    # It stopped meanwhile: answer as if it had stopped before the call.
+                    if _effective_status(self._record, sandbox) is Status.STOPPED:
+                        raise InvalidStateError("exec in", self.id, str(Status.STOPPED)) from None
+                    raise
+        except BaseException:
+            if stdio is not None:
+                stdio.close_all()
+            raise
+        console = None
+        if stdio is not None:
+            stdio.close_child_ends()
+        if master is not None:
+            os.set_inheritable(master, False)
+            console = os.fdopen(master, "r+b", buffering=0)
+        return Process(
+            container_id=self.id,
+            sandbox=sandbox,
+            pid=pid,
+            args=plan.args,
+            stdin=stdio.stdin if stdio else None,
+            stdout=stdio.stdout if stdio else None,
+            stderr=stdio.stderr if stdio else None,
+            console=console,
+            timeout=timeout,
+        )
+
+    def exec_run(
+        self,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | Sequence[str] | None = None,
+        cwd: str | None = None,
+        user: UserArg | None = None,
+        tty: bool = False,
+        stdin: StdioArg = None,
+        input: bytes | None = None,
+        stdout: StdioArg = None,
+        stderr: StdioArg = None,
+        capture_output: bool = False,
+        check: bool = False,
+        timeout: float | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run ``args`` in the container to completion, as ``subprocess.run`` does.
+
+        Takes :meth:`exec`'s arguments and ``input``, ``capture_output``,
+        ``check`` and ``timeout`` like ``subprocess.run``: returns a
+        ``CompletedProcess`` (``args``, ``returncode``, ``stdout``, ``stderr``;
+        output is bytes when captured). With ``check``, a non-zero exit raises
+        :class:`ProcessError` (a ``subprocess.CalledProcessError``). After
+        ``timeout`` seconds the process and its process group are killed and
+        :class:`ProcessTimeoutError` (a ``subprocess.TimeoutExpired``, with
+        the output so far) is raised.
+        """
+        if input is not None:
+            if stdin is not None:
+                raise ValueError("stdin and input arguments may not both be used")
+            stdin = None if tty else subprocess.PIPE
+        if capture_output:
+            if stdout is not None or stderr is not None:
+                raise ValueError("stdout and stderr arguments may not be used with capture_output")
+            stdout = stderr = subprocess.PIPE
+            if tty:
+                stdout = stderr = None
+        process = self.exec(
+            args, env=env, cwd=cwd, user=user, tty=tty, stdin=stdin, stdout=stdout, stderr=stderr
+        )
+        with process:
+            try:
+                out, err = process.communicate(input, timeout=timeout)
+            except ProcessTimeoutError:
+                process.kill(group=True)
+                out, err = process.communicate()
+                raise ProcessTimeoutError(
+                    self.id,
+                    process.args,
+                    timeout or 0.0,
+                    pid=process.pid,
+                    output=out,
+                    stderr=err,
+                    killed=True,
+                ) from None
+            except BaseException:
+                process.kill(group=True)
+                raise
+        returncode = process.returncode
+        assert returncode is not None
+        if check and returncode:
+            raise ProcessError(self.id, process.args, returncode, out, err)
+        return subprocess.CompletedProcess(process.args, returncode, out, err)
 
     def stats(self) -> Stats:
         """The resource usage of the container (created, running or paused only).

@@ -9,17 +9,24 @@ This module imports only the standard library: the sandbox supervisor uses it.
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Sequence
+
 __all__ = [
     "AmbiguousIDError",
     "ContainerExistsError",
     "ContainerNotFoundError",
     "CorruptMetadataError",
+    "ExecError",
     "HookError",
     "InitError",
     "InvalidIDError",
     "InvalidStateError",
     "LockTimeoutError",
     "MissingFeatureError",
+    "ProcessError",
+    "ProcessNotFoundError",
+    "ProcessTimeoutError",
     "ProtocolError",
     "SandboxDiedError",
     "SandboxrtError",
@@ -204,3 +211,83 @@ class WaitTimeoutError(SandboxrtError, TimeoutError):
         super().__init__(f'container "{container_id}" did not exit within {timeout:g}s')
         self.container_id = container_id
         self.timeout = timeout
+
+
+class ExecError(SandboxrtError):
+    """A process could not be exec'd into a container (missing binary, bad cwd or user...)."""
+
+    def __init__(self, container_id: str, executable: str, cause: str) -> None:
+        super().__init__(f'container "{container_id}": cannot exec {executable!r}: {cause}')
+        self.container_id = container_id
+        self.executable = executable
+        self.cause = cause
+
+
+class ProcessNotFoundError(SandboxrtError, ProcessLookupError):
+    """A pid is not a process of the container (the init or one exec'd), or ``exited``."""
+
+    def __init__(
+        self, container_id: str, pid: int, detail: str = "", *, exited: bool = False
+    ) -> None:
+        super().__init__(detail or f'pid {pid} does not belong to container "{container_id}"')
+        self.container_id = container_id
+        self.pid = pid
+        #: The process was the container's and has exited.
+        self.exited = exited
+
+
+class ProcessError(SandboxrtError, subprocess.CalledProcessError):
+    """A process exec'd with ``check=True`` exited with a non-zero status.
+
+    Also a :class:`subprocess.CalledProcessError`: ``returncode``, ``cmd``,
+    ``output``/``stdout`` and ``stderr`` (bytes, when captured).
+    """
+
+    def __init__(
+        self,
+        container_id: str,
+        cmd: Sequence[str],
+        returncode: int,
+        output: bytes | None = None,
+        stderr: bytes | None = None,
+    ) -> None:
+        subprocess.CalledProcessError.__init__(self, returncode, list(cmd), output, stderr)
+        self.container_id = container_id
+
+    def __str__(self) -> str:
+        return f'container "{self.container_id}": {subprocess.CalledProcessError.__str__(self)}'
+
+
+class ProcessTimeoutError(WaitTimeoutError, subprocess.TimeoutExpired):
+    """An exec'd process did not exit in time.
+
+    Both a :class:`WaitTimeoutError` (so a ``TimeoutError``) and a
+    :class:`subprocess.TimeoutExpired` (``cmd``, ``timeout``, ``output``/
+    ``stdout``, ``stderr``), so code written for ``subprocess`` catches it.
+    ``killed`` says whether the exec's own ``timeout`` killed the process and
+    its process group (else it still runs, as after ``Popen.wait(timeout)``).
+    """
+
+    def __init__(
+        self,
+        container_id: str,
+        cmd: Sequence[str],
+        timeout: float,
+        *,
+        pid: int = 0,
+        output: bytes | None = None,
+        stderr: bytes | None = None,
+        killed: bool = False,
+    ) -> None:
+        WaitTimeoutError.__init__(self, container_id, timeout)
+        subprocess.TimeoutExpired.__init__(self, list(cmd), timeout, output, stderr)
+        self.pid = pid
+        self.killed = killed
+        what = "was killed after" if killed else "did not exit within"
+        self._message = (
+            f'container "{container_id}": process {pid} ({list(cmd)!r}) {what} {timeout:g}s'
+        )
+        self.args = (self._message,)
+
+    def __str__(self) -> str:
+        return self._message

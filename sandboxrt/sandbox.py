@@ -14,15 +14,25 @@ from typing import Any
 
 import backoff
 
-from sandboxrt._core.protocol import ExitStatus, Launched, Progress, Reply, Request, SandboxPlan
+from sandboxrt._core.protocol import (
+    ExecPlan,
+    ExitStatus,
+    Launched,
+    Progress,
+    Reply,
+    Request,
+    SandboxPlan,
+)
 from sandboxrt._core.records import ProcessIdentity
 from sandboxrt._os import channel, procfs
 from sandboxrt._proc.launcher import LaunchedProcess, Launcher, default_launcher
 from sandboxrt._proc.supervisor import is_warm_shape
 from sandboxrt.errors import (
+    ExecError,
     HookError,
     InitError,
     InvalidStateError,
+    ProcessNotFoundError,
     ProtocolError,
     SandboxDiedError,
     SandboxrtError,
@@ -50,6 +60,11 @@ def remote_error(
         )
     if error_type == "State":
         return InvalidStateError("start", container_id, "running")
+    if error_type == "Stopped":
+        return InvalidStateError("exec in", container_id, "stopped")
+    if error_type == "ProcessNotFoundError":
+        pid = int(details.get("pid", 0))
+        return ProcessNotFoundError(container_id, pid, message, exited=bool(details.get("exited")))
     if error_type == "ProtocolError":
         return ProtocolError(f'container "{container_id}": {message}')
     return InitError(container_id, message)
@@ -213,12 +228,23 @@ class Sandbox:
 
     def request(self, container_id: str, request: Request, timeout: float | None = None) -> Reply:
         """Send one control request and return the reply."""
+        reply, fds = self.exchange(container_id, request, timeout=timeout)
+        channel.close_fds(fds)
+        return reply
+
+    def exchange(
+        self,
+        container_id: str,
+        request: Request,
+        fds: Sequence[int] = (),
+        *,
+        timeout: float | None = None,
+    ) -> tuple[Reply, list[int]]:
+        """Send one control request with ``fds`` alongside; the reply and the fds it brought."""
         try:
             with channel.connect(self.control_socket, timeout) as sock:
-                channel.send(sock, request)
-                reply, fds = channel.receive(sock, Reply)
-                channel.close_fds(fds)
-                return reply
+                channel.send(sock, request, fds)
+                return channel.receive(sock, Reply)
         except TimeoutError:
             raise
         except (ConnectionError, FileNotFoundError, channel.ChannelClosedError) as exc:
@@ -255,6 +281,64 @@ class Sandbox:
         if reply.returncode is None:
             raise ProtocolError(f'container "{container_id}": wait reply without a status')
         return reply.returncode
+
+    # -- exec'd processes --------------------------------------------------------------
+
+    def exec(
+        self, container_id: str, plan: ExecPlan, stdio: Sequence[int]
+    ) -> tuple[int, int | None]:
+        """Run ``plan`` in the container: its pid (in the sandbox's PID namespace) and its
+        pty master when it has a terminal. ``stdio`` is its stdin, stdout and stderr (none
+        with a terminal). Returns once the program was exec'd; raises :class:`ExecError`
+        when it could not be (missing binary, bad cwd...)."""
+        reply, fds = self.exchange(container_id, Request("exec", container_id, exec=plan), stdio)
+        if not reply.ok:
+            channel.close_fds(fds)
+            if reply.error_type == "ExecError":
+                if reply.details.get("cause_type") == "ProcessLookupError":
+                    raise InvalidStateError("exec in", container_id, "stopped")
+                raise ExecError(container_id, plan.args[0], reply.error)
+            raise remote_error(container_id, reply.error_type, reply.error, reply.details)
+        if reply.pid <= 0:
+            channel.close_fds(fds)
+            raise ProtocolError(f'container "{container_id}": exec reply without a pid')
+        if plan.terminal and len(fds) != 1:
+            channel.close_fds(fds)
+            raise ProtocolError(f'container "{container_id}": exec reply without a pty')
+        return reply.pid, (fds[0] if fds else None)
+
+    def wait_process(
+        self, container_id: str, pid: int, timeout: float | None = None, *, nohang: bool = False
+    ) -> int | None:
+        """The exit status of process ``pid`` of the container, once it exits.
+
+        ``None`` with ``nohang`` while it runs. Raises ``TimeoutError`` after
+        ``timeout`` seconds, :class:`ProcessNotFoundError` for a pid that is not
+        the container's. A sandbox that is gone took its processes with it:
+        ``-SIGKILL``.
+        """
+        request = Request("wait", container_id, pid=pid, nohang=nohang)
+        try:
+            reply = self.request(container_id, request, timeout)
+        except SandboxDiedError:
+            return KILLED_RETURNCODE
+        if not reply.ok:
+            raise remote_error(container_id, reply.error_type, reply.error, reply.details)
+        if reply.returncode is None and not nohang:
+            raise ProtocolError(f'container "{container_id}": wait reply without a status')
+        return reply.returncode
+
+    def signal_process(
+        self, container_id: str, pid: int, signum: int, *, group: bool = False
+    ) -> None:
+        """Signal process ``pid`` of the container, or with ``group`` its process group.
+
+        Raises :class:`ProcessNotFoundError` (``exited`` set) once it has exited.
+        """
+        request = Request("signal", container_id, signal=signum, pid=pid, group=group)
+        reply = self.request(container_id, request)
+        if not reply.ok:
+            raise remote_error(container_id, reply.error_type, reply.error, reply.details)
 
     # -- ending ------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ for writing are closed without a byte written. Standard library only.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import platform
@@ -151,7 +152,7 @@ for _flag, _ns in [
     (0x04000000, "uts"),
     (0x02000000, "cgroup"),
 ]:
-    PROBES[f"unshare_{_ns}"] = lambda flag=_flag: rc(libc.unshare(flag))
+    PROBES[f"unshare_{_ns}"] = functools.partial(lambda flag: rc(libc.unshare(flag)), _flag)
 
 
 @probe("setns_pid1_mnt")
@@ -200,6 +201,11 @@ def _() -> Result:
     return open_for_write("/proc/sys/kernel/modprobe")
 
 
+@probe("write_proc_irq")
+def _() -> Result:
+    return open_for_write("/proc/irq/default_smp_affinity")
+
+
 @probe("write_sysrq_trigger")
 def _() -> Result:
     return open_for_write("/proc/sysrq-trigger")
@@ -216,7 +222,7 @@ for _path in [
     "/proc/scsi",
     "/sys/firmware",
 ]:
-    PROBES[f"masked:{_path}"] = lambda path=_path: masked(path)
+    PROBES[f"masked:{_path}"] = functools.partial(masked, _path)
 
 
 @probe("mkdir_sys")
@@ -458,6 +464,6 @@ if __name__ == "__main__":
     for name, fn in PROBES.items():  # one line each: a crash loses only what follows
         try:
             result = fn()
-        except Exception as exc:  # noqa: BLE001 - report it, never stop the run
+        except Exception as exc:  # report it, never stop the run
             result = {"exception": repr(exc)}
         print(json.dumps({"probe": name, **result}), flush=True)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os.path
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sandboxrt._core.abi import SECCOMP_FILTER_FLAGS
@@ -12,15 +13,17 @@ from sandboxrt._core.mount_options import PROPAGATION, parse_mount_options
 from sandboxrt._core.protocol import (
     CapabilityPlan,
     DevicePlan,
+    ExecPlan,
     InitPlan,
     MountPlan,
+    ProcessPlan,
     SandboxPlan,
     SeccompPlan,
 )
 from sandboxrt._core.spec_validate import CAPABILITY_NUMBERS
 from sandboxrt.errors import MissingFeatureError, SpecError
 
-__all__ = ["SeccompCompiler", "build_plan", "sandbox_paths"]
+__all__ = ["SeccompCompiler", "UserArg", "build_plan", "exec_plan", "sandbox_paths"]
 
 #: Compiles a spec's ``linux.seccomp`` to classic BPF (``struct sock_filter[]`` bytes).
 #: The pure core cannot: the library passes ``sandboxrt._os.seccomp.compile_bpf``.
@@ -106,29 +109,17 @@ def _seccomp_plan(
     )
 
 
-def _init_plan(
-    container_id: str,
-    spec: Mapping[str, Any],
-    bundle: str,
-    *,
-    compile_seccomp: SeccompCompiler,
-) -> InitPlan:
+def _process_plan(
+    spec: Mapping[str, Any], args: Sequence[str], *, compile_seccomp: SeccompCompiler
+) -> ProcessPlan:
+    """The spec's ``process`` (with ``linux.seccomp``) as the plan a process applies to
+    become it: shared by the container's init and every exec'd process."""
     process = spec.get("process") or {}
     user = process.get("user") or {}
     linux = spec.get("linux") or {}
-    hooks = spec.get("hooks") or {}
-    root = spec.get("root") or {}
-    rootfs = root.get("path", "rootfs")
-    if not rootfs.startswith("/"):
-        rootfs = os.path.join(bundle, rootfs)
-    if not process.get("args"):
-        raise SpecError([("process.args", "expected a non-empty list of strings")])
-    propagation = linux.get("rootfsPropagation")
     no_new_privileges = bool(process.get("noNewPrivileges", False))
-    return InitPlan(
-        container_id=container_id,
-        rootfs=os.path.normpath(rootfs),
-        args=list(process["args"]),
+    return ProcessPlan(
+        args=list(args),
         env=list(process.get("env") or []),
         cwd=process.get("cwd") or "/",
         uid=int(user.get("uid", 0)),
@@ -139,6 +130,41 @@ def _init_plan(
         oom_score_adj=process.get("oomScoreAdj"),
         no_new_privileges=no_new_privileges,
         terminal=bool(process.get("terminal", False)),
+        capabilities=_capability_plan(process.get("capabilities")),
+        seccomp=_seccomp_plan(
+            linux.get("seccomp"),
+            no_new_privileges=no_new_privileges,
+            compile_seccomp=compile_seccomp,
+        ),
+    )
+
+
+def _fields(plan: ProcessPlan) -> dict[str, Any]:
+    """The fields of a :class:`ProcessPlan`, to build one of its subclasses from it."""
+    return {field.name: getattr(plan, field.name) for field in dataclasses.fields(ProcessPlan)}
+
+
+def _init_plan(
+    container_id: str,
+    spec: Mapping[str, Any],
+    bundle: str,
+    *,
+    compile_seccomp: SeccompCompiler,
+) -> InitPlan:
+    process = spec.get("process") or {}
+    linux = spec.get("linux") or {}
+    hooks = spec.get("hooks") or {}
+    root = spec.get("root") or {}
+    rootfs = root.get("path", "rootfs")
+    if not rootfs.startswith("/"):
+        rootfs = os.path.join(bundle, rootfs)
+    if not process.get("args"):
+        raise SpecError([("process.args", "expected a non-empty list of strings")])
+    propagation = linux.get("rootfsPropagation")
+    return InitPlan(
+        **_fields(_process_plan(spec, process["args"], compile_seccomp=compile_seccomp)),
+        container_id=container_id,
+        rootfs=os.path.normpath(rootfs),
         readonly_root=bool(root.get("readonly", False)),
         mounts=[_mount_plan(m, bundle) for m in spec.get("mounts") or []],
         devices=[
@@ -160,13 +186,81 @@ def _init_plan(
         pause_for_hooks=any(hooks.get(k) for k in ("prestart", "createRuntime", "createContainer")),
         create_container_hooks=list(hooks.get("createContainer") or []),
         start_container_hooks=list(hooks.get("startContainer") or []),
-        capabilities=_capability_plan(process.get("capabilities")),
-        seccomp=_seccomp_plan(
-            linux.get("seccomp"),
-            no_new_privileges=no_new_privileges,
-            compile_seccomp=compile_seccomp,
-        ),
     )
+
+
+#: What ``user`` of :func:`exec_plan` accepts: a uid, or ``"uid"``/``"uid:gid"``.
+UserArg = int | str
+
+
+def _parse_user(user: UserArg) -> tuple[int, int]:
+    """``(uid, gid)`` from ``1000``, ``"1000"`` or ``"1000:1000"``; the gid defaults to 0."""
+    if isinstance(user, bool) or not isinstance(user, int | str):
+        raise TypeError(f"user must be an int or a 'uid[:gid]' string, not {type(user).__name__}")
+    parts = [user] if isinstance(user, int) else user.split(":")
+    if len(parts) > 2 or not all(
+        isinstance(p, int) or (p.isascii() and p.isdigit()) for p in parts
+    ):
+        raise ValueError(f"user must be numeric, as 'uid' or 'uid:gid', not {user!r}")
+    ids = [int(p) for p in parts]
+    if any(not 0 <= i < 2**32 - 1 for i in ids):
+        raise ValueError(f"user {user!r}: ids must be between 0 and 4294967294")
+    return ids[0], ids[1] if len(ids) > 1 else 0
+
+
+def _env_list(env: Mapping[str, str] | Sequence[str]) -> list[str]:
+    if isinstance(env, str | bytes):
+        raise TypeError("env must be a mapping or a sequence of 'KEY=value' strings")
+    if isinstance(env, Mapping):
+        entries = [f"{key}={value}" for key, value in env.items()]
+        bad = [
+            f"{key}={value!r}"
+            for key, value in env.items()
+            if not isinstance(key, str) or not key or "=" in key or not isinstance(value, str)
+        ]
+    else:
+        entries = list(env)
+        bad = [e for e in entries if not isinstance(e, str) or "=" not in e or e.startswith("=")]
+    if bad or any("\0" in e for e in entries):
+        raise ValueError(f"malformed environment entries: {bad or entries}")
+    return entries
+
+
+def exec_plan(
+    spec: Mapping[str, Any],
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str] | Sequence[str] | None = None,
+    cwd: str | None = None,
+    user: UserArg | None = None,
+    terminal: bool = False,
+    compile_seccomp: SeccompCompiler,
+) -> ExecPlan:
+    """The plan of a process exec'd into a container made from ``spec``.
+
+    It is the spec's ``process`` (user, capabilities, ``noNewPrivileges``,
+    seccomp, rlimits, umask, OOM score, env, cwd) with ``args`` and the
+    caller's overrides: ``env`` replaces the spec's environment when given;
+    ``cwd`` must be absolute; ``user`` sets the uid and gid (the gid is 0
+    unless given, as ``runc exec --user``) and drops the spec's additional
+    gids. The spec's ``terminal`` is ignored: ``terminal`` says.
+    """
+    if isinstance(args, str | bytes) or not args or not all(isinstance(a, str) for a in args):
+        raise ValueError("args must be a non-empty sequence of strings")
+    if any("\0" in a for a in args):
+        raise ValueError("args must not contain NUL characters")
+    base = _process_plan(spec, args, compile_seccomp=compile_seccomp)
+    overrides: dict[str, Any] = {"terminal": bool(terminal)}
+    if env is not None:
+        overrides["env"] = _env_list(env)
+    if cwd is not None:
+        if not isinstance(cwd, str) or not cwd.startswith("/") or "\0" in cwd:
+            raise ValueError(f"cwd must be an absolute path, not {cwd!r}")
+        overrides["cwd"] = cwd
+    if user is not None:
+        overrides["uid"], overrides["gid"] = _parse_user(user)
+        overrides["additional_gids"] = []
+    return ExecPlan(**{**_fields(base), **overrides})
 
 
 def build_plan(

@@ -25,10 +25,12 @@ __all__ = [
     "MAX_MESSAGE",
     "CapabilityPlan",
     "DevicePlan",
+    "ExecPlan",
     "ExitStatus",
     "InitPlan",
     "Launched",
     "MountPlan",
+    "ProcessPlan",
     "Progress",
     "Reply",
     "Request",
@@ -160,14 +162,11 @@ class SeccompPlan:
     early: bool = False
 
 
-@dataclasses.dataclass(frozen=True)
-class InitPlan(_Message):
-    """Everything the container's init needs, derived from the spec."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProcessPlan:
+    """A process to become, derived from the spec's ``process``: what the container's init
+    and every exec'd process apply the same way (``sandboxrt._proc.init``)."""
 
-    kind: ClassVar[str] = "init-plan"
-
-    container_id: str
-    rootfs: str
     args: list[str]
     env: list[str] = dataclasses.field(default_factory=list)
     cwd: str = "/"
@@ -179,6 +178,29 @@ class InitPlan(_Message):
     oom_score_adj: int | None = None
     no_new_privileges: bool = False
     terminal: bool = False
+    #: None leaves the process's capabilities as they are; a plan from a spec always has one.
+    capabilities: CapabilityPlan | None = None
+    #: None: no seccomp filter.
+    seccomp: SeccompPlan | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExecPlan(ProcessPlan, _Message):
+    """A process to run in a living container (``Container.exec``): the container's
+    ``process`` with the caller's overrides. The supervisor forks it into the init's
+    namespaces; it applies the plan as the init does and execs."""
+
+    kind: ClassVar[str] = "exec-plan"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class InitPlan(ProcessPlan, _Message):
+    """Everything the container's init needs, derived from the spec."""
+
+    kind: ClassVar[str] = "init-plan"
+
+    container_id: str
+    rootfs: str
     readonly_root: bool = False
     mounts: list[MountPlan] = dataclasses.field(default_factory=list)
     devices: list[DevicePlan] = dataclasses.field(default_factory=list)
@@ -191,10 +213,6 @@ class InitPlan(_Message):
     pause_for_hooks: bool = False
     create_container_hooks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     start_container_hooks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    #: None leaves the init's capabilities as they are; a plan from a spec always has one.
-    capabilities: CapabilityPlan | None = None
-    #: None: no seccomp filter.
-    seccomp: SeccompPlan | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,7 +285,7 @@ class Request(_Message):
     """A control request. ``op`` is one of :attr:`OPS`."""
 
     kind: ClassVar[str] = "request"
-    OPS: ClassVar[frozenset[str]] = frozenset({"ping", "start", "wait", "signal", "launch"})
+    OPS: ClassVar[frozenset[str]] = frozenset({"ping", "start", "wait", "signal", "exec", "launch"})
 
     op: str
     container_id: str = ""
@@ -275,6 +293,17 @@ class Request(_Message):
     all: bool = False
     #: The OCI state for hooks the supervisor runs on the library's behalf.
     state: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: ``exec``: the process to run (its stdin, stdout, stderr fds come alongside, none
+    #: with a terminal).
+    exec: ExecPlan | None = None
+    #: ``wait``/``signal``: this process (an exec'd one, or the init) rather than the init;
+    #: a pid in the sandbox's PID namespace, as ``exec`` replied it. 0: the init.
+    pid: int = 0
+    #: ``signal`` with ``pid``: the process's whole process group (exec'd processes lead
+    #: one of their own), so what it forked goes too.
+    group: bool = False
+    #: ``wait``: answer at once; ``returncode`` is None while the process runs.
+    nohang: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,10 +317,23 @@ class Reply(_Message):
     error_type: str = ""
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
     returncode: int | None = None
+    #: ``exec``: the new process's pid in the sandbox's PID namespace (a pty master comes
+    #: alongside when it has a terminal).
+    pid: int = 0
 
 
 _KINDS: dict[str, type[_Message]] = {
-    cls.kind: cls for cls in (InitPlan, SandboxPlan, Launched, Progress, ExitStatus, Request, Reply)
+    cls.kind: cls
+    for cls in (
+        InitPlan,
+        ExecPlan,
+        SandboxPlan,
+        Launched,
+        Progress,
+        ExitStatus,
+        Request,
+        Reply,
+    )
 }
 
 

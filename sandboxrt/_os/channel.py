@@ -11,6 +11,7 @@ import array
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -143,12 +144,26 @@ def bind_listener(path: str, backlog: int = 64) -> socket.socket:
 
 
 def connect(path: str, timeout: float | None = None) -> socket.socket:
-    """A message socket connected to the listener at ``path``."""
+    """A message socket connected to the listener at ``path``.
+
+    With a ``timeout``, a full listen backlog (which a blocking connect would
+    wait out) is retried until the timeout passes.
+    """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     sock.settimeout(timeout)
     address, dirfd = _short_address(path)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.0005
     try:
-        sock.connect(address)
+        while True:
+            try:
+                sock.connect(address)
+                break
+            except BlockingIOError:  # EAGAIN: the backlog is full
+                if deadline is None or time.monotonic() + delay > deadline:
+                    raise TimeoutError(f"{path}: the listener's backlog stayed full") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
     except OSError:
         sock.close()
         raise

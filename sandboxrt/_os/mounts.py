@@ -2,8 +2,27 @@
 
 Runs in the container's init, after it entered a fresh mount namespace whose
 mounts are all private, so nothing here can reach the host's mount table.
-Paths inside the rootfs are resolved beneath it: a symlink in a (possibly
-hostile) bundle never leads a mount or a write outside. Standard library only.
+Standard library only.
+
+A bundle's rootfs may be hostile: it may hold symlinks to host paths
+(``proc -> /``, ``data -> /etc``), a fake ``/dev/null`` (a regular file, or a
+symlink into ``/proc``), and the supervisor's ``/proc/1/root`` is a magic link
+to the host's root. So no path of the container is ever handed to the kernel
+to resolve. Instead :func:`_walk` opens it one component at a time from an fd
+on the root, with ``O_PATH | O_NOFOLLOW``; a symlink is read and resolved as
+the container would see it (absolute targets restart at the root, ``..`` never
+climbs above it), so magic links are never followed. Mounts then go onto the
+opened fd itself (``/proc/self/fd/N``, through an fd on the init's own
+``/proc/self/fd`` opened while the host's /proc was still there), so swapping
+a path component between the check and the mount cannot redirect the mount
+(CVE-2025-31133, CVE-2025-52565, CVE-2025-52881). Before ``pivot_root`` every
+opened mount point is also checked to be beneath the rootfs by reading its
+``/proc/self/fd`` link.
+
+Masked and read-only paths: one whose last component is a symlink is skipped
+(mounting onto it would follow it, and whatever it names is not the path that
+was asked for); the mask source, the container's ``/dev/null``, must be the
+character device 1:3 before and after the bind, else creation fails.
 """
 
 from __future__ import annotations
@@ -11,8 +30,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import posixpath
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Literal
 
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import DevicePlan, MountPlan
@@ -21,6 +42,7 @@ from sandboxrt._os import syscalls
 __all__ = [
     "DEFAULT_DEVICES",
     "bind_rootfs",
+    "chdir_beneath_root",
     "create_devices",
     "default_dev_symlinks",
     "make_mount",
@@ -28,10 +50,14 @@ __all__ = [
     "pivot_into",
     "readonly_paths",
     "remount_root_readonly",
+    "resolve_beneath_root",
     "resolve_in_root",
 ]
 
 _MAX_SYMLINKS = 255
+_O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+_NULL_RDEV = os.makedev(1, 3)
 
 #: The device nodes every container gets (OCI "default devices").
 DEFAULT_DEVICES = (
@@ -54,6 +80,17 @@ _LOCKED_FLAGS = (
     | abi.MS_RELATIME
 )
 
+#: (pid, fd) of an ``O_PATH`` fd on ``/proc/<pid>/fd``, opened before ``pivot_root``.
+_fd_table: tuple[int, int] | None = None
+
+
+class UnsafePathError(OSError):
+    """A path of the rootfs would lead a mount outside it, or onto the wrong file."""
+
+
+def _unsafe(message: str, path: str) -> UnsafePathError:
+    return UnsafePathError(errno.EXDEV, message, path)
+
 
 def resolve_in_root(root: str, path: str) -> str:
     """The host path of ``path`` as seen from a container whose root is ``root``.
@@ -63,7 +100,7 @@ def resolve_in_root(root: str, path: str) -> str:
     ``root``. Components that do not exist yet are kept as they are.
     """
     root = os.path.realpath(root)
-    parts = [p for p in path.split("/") if p not in ("", ".")]
+    parts = _components(path)
     resolved: list[str] = []
     links = 0
     while parts:
@@ -87,137 +124,495 @@ def resolve_in_root(root: str, path: str) -> str:
         target = os.readlink(candidate)
         if target.startswith("/"):
             resolved = []
-        parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+        parts = _components(target) + parts
     return os.path.join(root, *resolved)
 
 
-def _ensure_target(target: str, *, directory: bool, root: str) -> None:
-    """Create the mount point ``target`` (a directory or an empty file)."""
-    if os.path.lexists(target):
-        return
-    parent = os.path.dirname(target)
-    os.makedirs(parent, mode=0o755, exist_ok=True)
-    if resolve_in_root(root, parent[len(root) :] or "/") != parent:
-        raise OSError(errno.EXDEV, f"mount point parent escaped the rootfs: {parent}", parent)
-    if directory:
-        os.mkdir(target, 0o755)
-    else:
-        os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644))
+# -- walking beneath a root, one fd at a time ---------------------------------------------
 
 
-def _kept_flags(path: str) -> int:
-    return os.statvfs(path).f_flag & _LOCKED_FLAGS
+def _components(path: str) -> list[str]:
+    return [p for p in path.split("/") if p not in ("", ".")]
 
 
-def _bind(source: str, target: str, flags: int) -> None:
-    """Bind ``source`` on ``target``, then apply the other flags with a remount."""
-    syscalls.mount(source, target, None, abi.MS_BIND | (flags & abi.MS_REC))
-    extra = flags & ~(abi.MS_BIND | abi.MS_REC | abi.MS_REMOUNT)
-    if extra:
-        syscalls.mount(
-            None, target, None, abi.MS_REMOUNT | abi.MS_BIND | extra | _kept_flags(target)
-        )
+def _walk(
+    root_fd: int,
+    path: str,
+    *,
+    create: Literal["dir", "file"] | None = None,
+    follow: bool = True,
+) -> tuple[int, str]:
+    """Open ``path`` beneath ``root_fd`` as the container would resolve it.
+
+    Returns an ``O_PATH`` fd (the caller closes it) and the resolved path
+    relative to the root, with no symlink left in it. Each component is opened
+    with ``O_NOFOLLOW`` relative to its parent's fd; symlinks are read and
+    resolved against the root (a magic link of /proc is never followed, only
+    its text is), and ``..`` pops back to the parent fd, never above the root.
+    With ``create``, missing components are created: directories, and the last
+    one as ``create`` says. With ``follow=False`` a symlink as the last
+    component is opened itself.
+    """
+    parts = _components(path)
+    stack: list[tuple[str, int]] = []
+    links = 0
+    try:
+        while parts:
+            part = parts.pop(0)
+            if part == "..":
+                if stack:
+                    os.close(stack.pop()[1])
+                continue
+            parent = stack[-1][1] if stack else root_fd
+            last = not parts
+            try:
+                fd = os.open(part, _O_PATH, dir_fd=parent)
+            except FileNotFoundError:
+                if create is None:
+                    raise
+                _create(parent, part, directory=not last or create == "dir")
+                fd = os.open(part, _O_PATH, dir_fd=parent)
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISLNK(mode) and (follow or not last):
+                try:
+                    target = os.readlink("", dir_fd=fd)
+                finally:
+                    os.close(fd)
+                links += 1
+                if links > _MAX_SYMLINKS:
+                    raise OSError(errno.ELOOP, f"too many symlinks resolving {path}", path)
+                if target.startswith("/"):
+                    while stack:
+                        os.close(stack.pop()[1])
+                parts = _components(target) + parts
+                continue
+            stack.append((part, fd))
+            if not last and not stat.S_ISDIR(mode):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
+        resolved = "/" + "/".join(name for name, _ in stack)
+        fd = stack.pop()[1] if stack else os.dup(root_fd)
+        return fd, resolved
+    finally:
+        for _, fd in stack:
+            os.close(fd)
+
+
+def _create(parent: int, name: str, *, directory: bool) -> None:
+    with contextlib.suppress(FileExistsError):  # lost a race: the open that follows decides
+        if directory:
+            os.mkdir(name, 0o755, dir_fd=parent)
+        else:
+            flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            os.close(os.open(name, flags, 0o644, dir_fd=parent))
+
+
+def _open_root(root: str) -> int:
+    return os.open(root, _O_DIR)
+
+
+def _fd_dir() -> int:
+    """An ``O_PATH`` fd on this process's ``/proc/<pid>/fd``.
+
+    Opened on first use, which is before ``pivot_root`` (:func:`bind_rootfs`
+    and :func:`pivot_into` make sure of it), so it is the host's procfs and not
+    whatever the rootfs has at ``/proc``; it stays usable after the old root is
+    detached.
+    """
+    global _fd_table
+    pid = os.getpid()
+    if _fd_table is None or _fd_table[0] != pid:
+        fd = os.open(f"/proc/{pid}/fd", _O_DIR)
+        if not os.path.samestat(os.stat(str(fd), dir_fd=fd), os.fstat(fd)):
+            os.close(fd)
+            raise _unsafe("/proc is not this process's procfs", "/proc")
+        _fd_table = (pid, fd)
+    return _fd_table[1]
+
+
+@contextlib.contextmanager
+def _in_fd_table() -> Iterator[None]:
+    """Work in ``/proc/<pid>/fd``: there the name ``str(fd)`` is a magic link to ``fd``."""
+    table = _fd_dir()
+    saved = os.open(".", _O_DIR)
+    try:
+        os.fchdir(table)
+        yield
+    finally:
+        os.fchdir(saved)
+        os.close(saved)
+
+
+def _fd_mount(
+    source: str | int | None,
+    target_fd: int,
+    fstype: str | None,
+    flags: int,
+    data: str | None = None,
+    *,
+    what: str,
+) -> None:
+    """``mount(2)`` onto the file ``target_fd`` (and from ``source`` when it is an fd)."""
+    src = str(source) if isinstance(source, int) else source
+    try:
+        with _in_fd_table():
+            syscalls.mount(src, str(target_fd), fstype, flags, data)
+    except OSError as exc:
+        raise OSError(exc.errno, f"mount on {what}: {os.strerror(exc.errno or 0)}") from None
+
+
+def _fd_path(fd: int) -> str:
+    """Where ``fd`` is, as the kernel names it (``/proc/self/fd/N``'s link)."""
+    return os.readlink(str(fd), dir_fd=_fd_dir())
+
+
+def _check_beneath(fd: int, root: str, what: str) -> None:
+    """Refuse a mount point that is not ``root`` or beneath it."""
+    where = _fd_path(fd)
+    if root not in ("/", where) and not where.startswith(root + "/"):
+        raise _unsafe(f"{what} resolves to {where}, outside the rootfs {root}", what)
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _kept_flags(fd: int) -> int:
+    return os.statvfs(fd).f_flag & _LOCKED_FLAGS
+
+
+def _bind_fds(
+    source_fd: int, target_fd: int, root_fd: int, path: str, flags: int, *, follow: bool
+) -> None:
+    """Bind ``source_fd`` onto ``target_fd`` (``path`` beneath ``root_fd``), then remount.
+
+    After the bind, ``path`` is walked again for the new mount's root, which must
+    be ``source_fd``'s file; the remount with the other flags goes onto that fd.
+    """
+    _fd_mount(source_fd, target_fd, None, abi.MS_BIND | (flags & abi.MS_REC), what=path)
+    mounted, _ = _walk(root_fd, path, follow=follow)
+    try:
+        if not _same_file(os.fstat(mounted), os.fstat(source_fd)):
+            raise _unsafe(f"{path} changed while it was being mounted", path)
+        extra = flags & ~(abi.MS_BIND | abi.MS_REC | abi.MS_REMOUNT)
+        if extra:
+            flags = abi.MS_REMOUNT | abi.MS_BIND | extra | _kept_flags(mounted)
+            _fd_mount(None, mounted, None, flags, what=path)
+    finally:
+        os.close(mounted)
+
+
+# -- before pivot_root: spec mounts, devices ------------------------------------------------
+
+
+def _mount_point(root_fd: int, root: str, plan: MountPlan, *, directory: bool) -> int:
+    """Create and open the mount point of ``plan`` beneath the root; check where it is."""
+    if plan.type in ("proc", "sysfs") and not plan.bind:
+        # As runc: never mount these through a symlink (``proc -> /``).
+        with contextlib.suppress(FileNotFoundError):
+            fd, _ = _walk(root_fd, plan.destination, follow=False)
+            try:
+                if not stat.S_ISDIR(os.fstat(fd).st_mode):
+                    raise _unsafe(
+                        f"{plan.type} must be mounted on an ordinary directory,"
+                        f" {plan.destination} is not one",
+                        plan.destination,
+                    )
+            finally:
+                os.close(fd)
+    fd, resolved = _walk(root_fd, plan.destination, create="dir" if directory else "file")
+    try:
+        if resolved == "/":
+            raise _unsafe(f"mount destination {plan.destination} is the root itself", root)
+        _check_beneath(fd, root, plan.destination)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def make_mount(root: str, plan: MountPlan) -> None:
-    """Perform one spec mount beneath ``root``."""
-    target = resolve_in_root(root, plan.destination)
-    if plan.bind:
-        source_is_dir = os.path.isdir(plan.source)
-        if not os.path.exists(plan.source):
-            raise FileNotFoundError(
-                errno.ENOENT, f"bind source of {plan.destination} does not exist", plan.source
-            )
-        _ensure_target(target, directory=source_is_dir, root=root)
-        _bind(plan.source, target, plan.flags)
-    elif plan.type == "cgroup":
-        # A read-only placeholder: the container sees no host cgroup tree.
-        _ensure_target(target, directory=True, root=root)
-        syscalls.mount("tmpfs", target, "tmpfs", plan.flags | abi.MS_RDONLY, "mode=755,size=4k")
-    else:
-        _ensure_target(target, directory=True, root=root)
-        syscalls.mount(plan.source or plan.type, target, plan.type, plan.flags, plan.data or None)
-    for propagation in plan.propagation:
-        syscalls.mount(None, target, None, propagation)
+    """Perform one spec mount beneath ``root`` (before ``pivot_root``)."""
+    root = os.path.realpath(root)
+    root_fd = _open_root(root)
+    try:
+        if plan.bind:
+            try:
+                source_fd = os.open(plan.source, os.O_PATH | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    errno.ENOENT, f"bind source of {plan.destination} does not exist", plan.source
+                ) from None
+            try:
+                directory = stat.S_ISDIR(os.fstat(source_fd).st_mode)
+                target_fd = _mount_point(root_fd, root, plan, directory=directory)
+                try:
+                    _bind_fds(
+                        source_fd, target_fd, root_fd, plan.destination, plan.flags, follow=True
+                    )
+                finally:
+                    os.close(target_fd)
+            finally:
+                os.close(source_fd)
+        else:
+            if plan.type == "cgroup":
+                # A read-only placeholder: the container sees no host cgroup tree.
+                flags, source, fstype = plan.flags | abi.MS_RDONLY, "tmpfs", "tmpfs"
+                data: str | None = "mode=755,size=4k"
+            else:
+                flags, source, fstype = plan.flags, plan.source or plan.type, plan.type
+                data = plan.data or None
+            target_fd = _mount_point(root_fd, root, plan, directory=True)
+            try:
+                _fd_mount(source, target_fd, fstype, flags, data, what=plan.destination)
+            finally:
+                os.close(target_fd)
+        if plan.propagation:
+            mounted, _ = _walk(root_fd, plan.destination)
+            try:
+                for propagation in plan.propagation:
+                    _fd_mount(None, mounted, None, propagation, what=plan.destination)
+            finally:
+                os.close(mounted)
+    finally:
+        os.close(root_fd)
 
 
 def bind_rootfs(rootfs: str) -> None:
     """Make ``rootfs`` a mount point of its own (``pivot_root`` needs one)."""
+    _fd_dir()  # open the host's /proc/<pid>/fd now, while it is there
     syscalls.mount(rootfs, rootfs, None, abi.MS_BIND | abi.MS_REC)
 
 
-def create_devices(root: str, devices: Iterable[DevicePlan]) -> None:
-    """Create device nodes beneath ``root``; bind the host's node where mknod is denied."""
-    kinds = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
-    for dev in devices:
-        target = resolve_in_root(root, dev.path)
-        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(target)
+def _split(path: str) -> tuple[str, str]:
+    parent, name = posixpath.split(posixpath.normpath("/" + path))
+    if not name:
+        raise _unsafe(f"{path} names no file", path)
+    return parent, name
+
+
+def _host_device(dev: DevicePlan, kind: int) -> int:
+    """An ``O_PATH`` fd on the host's node of ``dev``, checked to be that device."""
+    fd = os.open(dev.path, os.O_PATH | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if stat.S_IFMT(st.st_mode) != kind or st.st_rdev != os.makedev(dev.major, dev.minor):
+        os.close(fd)
+        raise _unsafe(f"the host's {dev.path} is not device {dev.major}:{dev.minor}", dev.path)
+    return fd
+
+
+def _bind_host_device(dev: DevicePlan, kind: int, parent: int, name: str, root_fd: int) -> None:
+    source = _host_device(dev, kind)
+    try:
+        _create(parent, name, directory=False)
+        target = os.open(name, _O_PATH, dir_fd=parent)
         try:
-            os.mknod(
-                target, kinds[dev.type] | (dev.mode & 0o7777), os.makedev(dev.major, dev.minor)
-            )
-            os.chmod(target, dev.mode & 0o7777)  # mknod's mode went through the umask
-            os.chown(target, dev.uid, dev.gid)
-        except PermissionError:
-            _ensure_target(target, directory=False, root=root)
-            syscalls.mount(dev.path, target, None, abi.MS_BIND)
+            if not stat.S_ISREG(os.fstat(target).st_mode):
+                raise _unsafe(f"{dev.path} changed while it was being created", dev.path)
+            _bind_fds(source, target, root_fd, dev.path, 0, follow=False)
+        finally:
+            os.close(target)
+    finally:
+        os.close(source)
+
+
+def create_devices(root: str, devices: Iterable[DevicePlan]) -> None:
+    """Create device nodes beneath ``root``; bind the host's node where mknod is denied.
+
+    The parent directory is walked beneath the root; whatever is at the node's
+    name (a symlink included) is replaced, never followed.
+    """
+    kinds = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
+    root = os.path.realpath(root)
+    root_fd = _open_root(root)
+    try:
+        for dev in devices:
+            parent_path, name = _split(dev.path)
+            parent, _ = _walk(root_fd, parent_path, create="dir")
+            try:
+                _check_beneath(parent, root, dev.path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=parent)
+                kind = kinds[dev.type]
+                try:
+                    old_umask = os.umask(0)
+                    try:
+                        rdev = os.makedev(dev.major, dev.minor)
+                        os.mknod(name, kind | (dev.mode & 0o7777), rdev, dir_fd=parent)
+                    finally:
+                        os.umask(old_umask)
+                    os.chown(name, dev.uid, dev.gid, dir_fd=parent, follow_symlinks=False)
+                except PermissionError:
+                    _bind_host_device(dev, kind, parent, name, root_fd)
+            finally:
+                os.close(parent)
+    finally:
+        os.close(root_fd)
 
 
 def default_dev_symlinks(root: str, *, has_devpts: bool) -> None:
     """The /dev symlinks every container gets (/dev/fd, stdio, ptmx)."""
     links = [
-        ("/proc/self/fd", "/dev/fd"),
-        ("/proc/self/fd/0", "/dev/stdin"),
-        ("/proc/self/fd/1", "/dev/stdout"),
-        ("/proc/self/fd/2", "/dev/stderr"),
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
     ]
     if os.path.exists("/proc/kcore"):
-        links.append(("/proc/kcore", "/dev/core"))
+        links.append(("/proc/kcore", "core"))
     if has_devpts:
-        links.append(("pts/ptmx", "/dev/ptmx"))
-    for source, link in links:
-        target = resolve_in_root(root, link)
-        if os.path.lexists(target):
-            if link != "/dev/ptmx":
-                continue
-            os.unlink(target)
-        os.symlink(source, target)
+        links.append(("pts/ptmx", "ptmx"))
+    root = os.path.realpath(root)
+    root_fd = _open_root(root)
+    try:
+        dev, _ = _walk(root_fd, "/dev", create="dir")
+    finally:
+        os.close(root_fd)
+    try:
+        _check_beneath(dev, root, "/dev")
+        for source, name in links:
+            try:
+                os.lstat(name, dir_fd=dev)
+            except FileNotFoundError:
+                pass
+            else:
+                if name != "ptmx":
+                    continue
+                os.unlink(name, dir_fd=dev)
+            os.symlink(source, name, dir_fd=dev)
+    finally:
+        os.close(dev)
 
 
 def pivot_into(rootfs: str) -> None:
     """Make ``rootfs`` the root and detach the old one."""
+    _fd_dir()  # the masks after the pivot mount through it
     os.chdir(rootfs)
     syscalls.pivot_root(".", ".")
     syscalls.umount2(".", abi.MNT_DETACH)
     os.chdir("/")
 
 
+# -- after pivot_root: masks, read-only paths, the process's cwd -------------------------
+
+
 def remount_root_readonly() -> None:
     """Make ``/`` read-only (after :func:`pivot_into`)."""
-    syscalls.mount(None, "/", None, abi.MS_REMOUNT | abi.MS_BIND | abi.MS_RDONLY | _kept_flags("/"))
+    flags = abi.MS_REMOUNT | abi.MS_BIND | abi.MS_RDONLY | os.statvfs("/").f_flag & _LOCKED_FLAGS
+    syscalls.mount(None, "/", None, flags)
+
+
+def _is_null(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == _NULL_RDEV
+
+
+def _open_null(root_fd: int, masked: str) -> int:
+    """An ``O_PATH`` fd on the container's /dev/null, which must be the null device."""
+    try:
+        fd, _ = _walk(root_fd, "/dev/null", follow=False)
+    except OSError as exc:
+        raise _unsafe(
+            f"cannot mask {masked}: the container has no /dev/null ({exc.strerror})", "/dev/null"
+        ) from None
+    st = os.fstat(fd)
+    if not _is_null(st):
+        os.close(fd)
+        found = "a symlink" if stat.S_ISLNK(st.st_mode) else f"mode {st.st_mode:o}"
+        raise _unsafe(
+            f"cannot mask {masked}: /dev/null is not the null device 1:3 ({found})", "/dev/null"
+        )
+    return fd
+
+
+def _skippable(root_fd: int, path: str) -> int | None:
+    """``path``'s fd, or None when it is missing or a symlink (both are skipped)."""
+    try:
+        fd, _ = _walk(root_fd, path, follow=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISLNK(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
 
 
 def mask_paths(paths: Iterable[str]) -> None:
-    """Hide ``paths`` (after pivot): /dev/null over files, an empty read-only tmpfs over dirs."""
-    for path in paths:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            syscalls.mount("tmpfs", path, "tmpfs", abi.MS_RDONLY, "size=0,mode=755")
-        elif not stat.S_ISLNK(st.st_mode):
-            syscalls.mount("/dev/null", path, None, abi.MS_BIND)
+    """Hide ``paths`` (after pivot): /dev/null over files, an empty read-only tmpfs over dirs.
+
+    Missing paths and symlinks are skipped. Files are masked with the
+    container's /dev/null only if it is the null device before and after the
+    bind; anything else fails the creation.
+    """
+    root_fd = _open_root("/")
+    null_fd: int | None = None
+    try:
+        for path in paths:
+            fd = _skippable(root_fd, path)
+            if fd is None:
+                continue
+            try:
+                if stat.S_ISDIR(os.fstat(fd).st_mode):
+                    _fd_mount("tmpfs", fd, "tmpfs", abi.MS_RDONLY, "size=0,mode=755", what=path)
+                    continue
+                if null_fd is None:
+                    null_fd = _open_null(root_fd, path)
+                _bind_fds(null_fd, fd, root_fd, path, 0, follow=False)
+                masked, _ = _walk(root_fd, path, follow=False)
+                try:
+                    if not (_is_null(os.fstat(masked)) and _is_null(os.fstat(null_fd))):
+                        raise _unsafe(f"{path} is not the null device after masking", path)
+                finally:
+                    os.close(masked)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(root_fd)
+        if null_fd is not None:
+            os.close(null_fd)
 
 
 def readonly_paths(paths: Iterable[str]) -> None:
-    """Make ``paths`` read-only (after pivot) with a recursive bind and a remount."""
-    for path in paths:
-        try:
-            if os.path.islink(path):
+    """Make ``paths`` read-only (after pivot) with a recursive bind and a remount.
+
+    Missing paths and symlinks are skipped.
+    """
+    flags = abi.MS_REC | abi.MS_RDONLY | abi.MS_NOSUID | abi.MS_NODEV
+    root_fd = _open_root("/")
+    try:
+        for path in paths:
+            fd = _skippable(root_fd, path)
+            if fd is None:
                 continue
-            _bind(path, path, abi.MS_REC | abi.MS_RDONLY | abi.MS_NOSUID | abi.MS_NODEV)
-        except FileNotFoundError:
-            continue
+            try:
+                _bind_fds(fd, fd, root_fd, path, flags, follow=False)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(root_fd)
+
+
+def resolve_beneath_root(path: str) -> str:
+    """``path`` with its symlinks resolved beneath ``/`` (after pivot), never through /proc's
+    magic links (``/proc/1/root`` is the supervisor's root: the host's). Raises if missing."""
+    root_fd = _open_root("/")
+    try:
+        fd, resolved = _walk(root_fd, path)
+    finally:
+        os.close(root_fd)
+    os.close(fd)
+    return resolved
+
+
+def chdir_beneath_root(path: str) -> None:
+    """``chdir`` to ``path`` resolved beneath ``/`` (after pivot), creating what is missing.
+
+    Runs as the process's user, so the search permissions are that user's.
+    """
+    root_fd = _open_root("/")
+    try:
+        fd, _ = _walk(root_fd, path, create="dir")
+    finally:
+        os.close(root_fd)
+    try:
+        os.fchdir(fd)
+    finally:
+        os.close(fd)

@@ -1,8 +1,11 @@
-"""The container's init: builds its root, waits for start, becomes the program.
+"""The container's init, and processes exec'd into a container.
 
-Forked by the supervisor; runs in a mount namespace of its own. It talks to
+The init is forked by the supervisor and runs in a mount namespace of its
+own: it builds its root, waits for start and becomes the program. An exec'd
+process is forked by the supervisor too, joins the init's namespaces and
+root, and becomes its program the same way (:func:`_become`). Both talk to
 the supervisor over a message socket (close-on-exec, so a successful exec
-shows as end of stream) and reports any failure as a ``Progress("error")``.
+shows as end of stream) and report any failure as a ``Progress("error")``.
 Standard library only.
 """
 
@@ -11,21 +14,36 @@ from __future__ import annotations
 import fcntl
 import os
 import resource
+import signal
 import socket
 import termios
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
 from sandboxrt._core import abi
-from sandboxrt._core.protocol import InitPlan, Progress, Request
+from sandboxrt._core.protocol import ExecPlan, InitPlan, ProcessPlan, Progress, Request
 from sandboxrt._os import capabilities, channel, mounts, syscalls
 from sandboxrt._proc import hooks
 from sandboxrt.errors import HookError
 
-__all__ = ["PROCESS_NAME", "error_progress", "find_executable", "run_init"]
+__all__ = [
+    "EXEC_PROCESS_NAME",
+    "PROCESS_NAME",
+    "error_progress",
+    "find_executable",
+    "run_exec",
+    "run_init",
+]
 
 #: The init's name in ``/proc/PID/comm`` until it execs the program.
 PROCESS_NAME = "sandboxrt-init"
+
+#: An exec'd process's name in ``/proc/PID/comm`` until it execs its program.
+EXEC_PROCESS_NAME = "sandboxrt-exec"
+
+#: The namespaces an exec'd process joins when the init's differ from the supervisor's:
+#: ``(name in /proc/PID/ns, OCI kind)``; the mount namespace last (its /proc differs).
+_JOINABLE = (("cgroup", "cgroup"), ("ipc", "ipc"), ("uts", "uts"), ("net", "network"))
 
 
 def error_progress(exc: BaseException) -> Progress:
@@ -102,7 +120,7 @@ def _prepare_root(plan: InitPlan, sync: socket.socket) -> None:
         mounts.remount_root_readonly()
 
 
-def _seccomp_program(plan: InitPlan) -> bytes | None:
+def _seccomp_program(plan: ProcessPlan) -> bytes | None:
     """The plan's seccomp filter, compiled by the library: classic BPF for ``seccomp(2)``.
 
     Decoded and checked before the root is built, so that a malformed program
@@ -116,7 +134,7 @@ def _seccomp_program(plan: InitPlan) -> bytes | None:
     return program
 
 
-def _apply_process(plan: InitPlan, seccomp_program: bytes | None = None) -> None:
+def _apply_process(plan: ProcessPlan, seccomp_program: bytes | None = None) -> None:
     """Become the program's process: limits, user, cwd, capabilities, no_new_privs, seccomp.
 
     The order is the kernel's: bounding set dropped while privileged,
@@ -172,6 +190,38 @@ def _install_stdio(stdio: Sequence[int], tty_slave: int | None) -> None:
         os.close(fd)
 
 
+def _default_signals(mask: Iterable[int] = ()) -> None:
+    """Every signal's disposition to the default, then the signal mask to ``mask``.
+
+    The program must not inherit what Python (SIGPIPE and SIGXFSZ ignored) or
+    the supervisor (handlers, a wakeup fd) set up. Handlers would be reset by
+    ``execve`` anyway; ignored signals would not.
+    """
+    signal.set_wakeup_fd(-1)
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            if signal.getsignal(sig) not in (signal.SIG_DFL, None):
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):  # signals Python may not touch
+            continue
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _become(
+    plan: ProcessPlan,
+    executable: str,
+    stdio: Sequence[int],
+    tty_slave: int | None,
+    seccomp_program: bytes | None,
+) -> NoReturn:
+    """Install stdio, apply the plan (user, limits, capabilities, seccomp...) and exec."""
+    _install_stdio(stdio, tty_slave)
+    _apply_process(plan, seccomp_program)
+    os.execve(executable, plan.args, dict(e.split("=", 1) for e in plan.env))
+
+
 def run_init(plan: InitPlan, sync: socket.socket, stdio: Sequence[int]) -> NoReturn:
     """Build the container and exec its program; never returns."""
     try:
@@ -197,11 +247,78 @@ def run_init(plan: InitPlan, sync: socket.socket, stdio: Sequence[int]) -> NoRet
             phase="startContainer",
             container_id=plan.container_id,
         )
-        _install_stdio(stdio, tty_slave)
-        _apply_process(plan, seccomp_program)
-        os.execve(executable, plan.args, dict(e.split("=", 1) for e in plan.env))
+        _default_signals()
+        _become(plan, executable, stdio, tty_slave, seccomp_program)
     except BaseException as exc:
         try:
             channel.send(sync, error_progress(exc))
+        finally:
+            os._exit(127)
+
+
+def _join_init(init_pid: int) -> None:
+    """Enter the init's namespaces that differ from ours, then its root.
+
+    ``/proc`` here is the supervisor's (the init is ``init_pid`` in it); every
+    file is opened before the mount namespace changes. The root comes from
+    ``/proc/PID/root`` (a ``chroot`` into the init's own root, after joining
+    its mount namespace), the very directory the init pivoted into.
+    """
+    opened: list[tuple[str, int]] = []
+    root = -1
+    try:
+        for name, kind in _JOINABLE:
+            theirs = os.stat(f"/proc/{init_pid}/ns/{name}")
+            ours = os.stat(f"/proc/self/ns/{name}")
+            if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
+                opened.append((kind, os.open(f"/proc/{init_pid}/ns/{name}", os.O_RDONLY)))
+        opened.append(("mount", os.open(f"/proc/{init_pid}/ns/mnt", os.O_RDONLY)))
+        root = os.open(f"/proc/{init_pid}/root", os.O_PATH | os.O_DIRECTORY)
+    except FileNotFoundError:
+        channel.close_fds([fd for _, fd in opened])
+        raise ProcessLookupError("the container's init has exited") from None
+    try:
+        for kind, fd in opened:
+            syscalls.setns(fd, abi.NAMESPACE_FLAGS[kind])
+        os.fchdir(root)
+        os.chroot(".")
+    finally:
+        channel.close_fds([fd for _, fd in opened] + [root])
+
+
+def run_exec(
+    plan: ExecPlan,
+    init_pid: int,
+    status: socket.socket,
+    stdio: Sequence[int],
+    mask: Iterable[int] = (),
+) -> NoReturn:
+    """Run ``plan`` in the container of the init ``init_pid``; never returns.
+
+    Forked by the supervisor with every signal blocked (``mask`` is the mask to
+    restore). Leads a process group and session of its own, so that a timeout
+    can kill what it forks. On ``status`` (close-on-exec) it sends the pty
+    master when the plan has a terminal, then an error, or nothing: end of
+    stream means the program runs.
+    """
+    try:
+        _default_signals(mask)
+        os.setsid()
+        syscalls.set_process_name(EXEC_PROCESS_NAME)
+        seccomp_program = _seccomp_program(plan)
+        _join_init(init_pid)
+        executable = find_executable(plan.args[0], plan.env)
+        tty_slave = None
+        if plan.terminal:
+            # In the container's mount namespace: a pty of its own devpts instance.
+            master, tty_slave = os.openpty()
+            try:
+                channel.send(status, Progress("pty"), [master])
+            finally:
+                os.close(master)
+        _become(plan, executable, stdio, tty_slave, seccomp_program)
+    except BaseException as exc:
+        try:
+            channel.send(status, error_progress(exc))
         finally:
             os._exit(127)

@@ -12,6 +12,7 @@ starts in milliseconds.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import json
@@ -24,8 +25,8 @@ from typing import NoReturn
 
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import ExitStatus, Launched, Progress, Reply, Request, SandboxPlan
-from sandboxrt._os import channel, net, syscalls
-from sandboxrt._proc.init import error_progress, run_init
+from sandboxrt._os import capabilities, channel, net, syscalls
+from sandboxrt._proc.init import error_progress, run_exec, run_init
 
 __all__ = [
     "PROCESS_NAME",
@@ -38,6 +39,13 @@ __all__ = [
 
 #: The supervisor's name in ``/proc/PID/comm``.
 PROCESS_NAME = "sandboxrt-sup"
+
+#: Exit statuses of exec'd processes kept after their first wait (the latest ones).
+WAITED_KEPT = 4096
+#: Exit statuses of exec'd processes nobody waited for: kept until waited, up to this many.
+UNWAITED_KEPT = 65536
+#: How long an exec'd process may take to reach ``execve`` before it is killed (seconds).
+EXEC_START_TIMEOUT = 30.0
 
 _RELAYED_SIGNALS = (
     signal.SIGTERM,
@@ -128,6 +136,16 @@ class Supervisor:
         self.waiters: list[socket.socket] = []
         self.selector = selectors.DefaultSelector()
         self.started = False
+        # Exec'd processes (pids in our PID namespace). Running ones are in ``execs``; once
+        # reaped, their status waits in ``unwaited`` until a wait asks for it, then moves to
+        # ``waited`` (the latest WAITED_KEPT). A pid the kernel hands out again (after the
+        # PID space wraps) replaces an old status nobody asked for.
+        self.execs: set[int] = set()
+        self.unwaited: dict[int, int] = {}
+        self.waited: collections.OrderedDict[int, int] = collections.OrderedDict()
+        #: Connections waiting for an exec'd process, by pid, and the pid each waits for.
+        self.exec_waiters: dict[int, list[socket.socket]] = {}
+        self.waiting_on: dict[socket.socket, int] = {}
 
     # -- setting up ----------------------------------------------------------------------
 
@@ -264,12 +282,19 @@ class Supervisor:
                 break
             if pid == self.init_pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
+            elif pid in self.execs:
+                self._exec_exited(pid, os.waitstatus_to_exitcode(status))
+            # Anything else is an orphan the kernel gave us: never ours to report.
         if self.returncode is not None:
             self._finish()
 
     def _drop(self, conn: socket.socket) -> None:
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(conn)
+        pid = self.waiting_on.pop(conn, None)
+        if pid is not None:
+            with contextlib.suppress(ValueError):
+                self.exec_waiters[pid].remove(conn)
         conn.close()
 
     def _handle(self, conn: socket.socket) -> None:
@@ -278,29 +303,172 @@ class Supervisor:
         except (channel.ChannelClosedError, OSError, ValueError):
             self._drop(conn)
             return
-        channel.close_fds(fds)
         try:
-            reply = self._dispatch(conn, request)
+            reply = self._dispatch(conn, request, fds)
         except Exception as exc:
             reply = Reply(False, error=str(exc), error_type=type(exc).__name__)
+        finally:
+            channel.close_fds(fds)
         if reply is not None:
             with contextlib.suppress(OSError):
                 channel.send(conn, reply)
 
-    def _dispatch(self, conn: socket.socket, request: Request) -> Reply | None:
+    def _dispatch(self, conn: socket.socket, request: Request, fds: list[int]) -> Reply | None:
         if request.op == "ping":
             return Reply(True)
         if request.op == "wait":
-            if self.returncode is not None:
-                return Reply(True, returncode=self.returncode)
+            if request.pid and request.pid != self.init_pid:
+                return self._wait_exec(conn, request.pid, nohang=request.nohang)
+            if self.returncode is not None or request.nohang:
+                return Reply(True, returncode=self.returncode, pid=self.init_pid)
             self.waiters.append(conn)
             return None
         if request.op == "start":
             return self._start(request)
         if request.op == "signal":
-            self._signal(request.signal, everyone=request.all)
+            if request.pid and request.pid != self.init_pid:
+                return self._signal_exec(request.pid, request.signal, group=request.group)
+            self._signal(request.signal, everyone=request.all, group=request.group)
             return Reply(True)
+        if request.op == "exec":
+            reply, pty = self._exec(request, fds)
+            try:
+                with contextlib.suppress(OSError):
+                    channel.send(conn, reply, pty)
+            finally:
+                channel.close_fds(pty)
+            return None
         return Reply(False, error=f"unknown request {request.op!r}", error_type="ProtocolError")
+
+    # -- exec'd processes ------------------------------------------------------------------
+
+    def _exec(self, request: Request, fds: list[int]) -> tuple[Reply, list[int]]:
+        """Fork a process that joins the init's namespaces and root and execs ``request.exec``.
+
+        Waits (at most EXEC_START_TIMEOUT) until it exec'd or failed: its status
+        socket is close-on-exec. The reply carries its pid, and its pty master.
+        """
+        plan = request.exec
+        if plan is None or len(fds) != (0 if plan.terminal else 3):
+            return Reply(False, error="malformed exec request", error_type="ProtocolError"), []
+        if self.returncode is not None or not self.init_pid:
+            return Reply(False, error="the container's init has exited", error_type="Stopped"), []
+        capabilities.last_cap()  # probed once here, not in every child
+        ours, theirs = channel.socket_pair()
+        # Blocked across fork: the child must not run our handlers (which signal the init)
+        # before it has reset them.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            ours.close()
+            theirs.close()
+            raise
+        if pid == 0:
+            ours.close()
+            run_exec(plan, self.init_pid, theirs, fds, mask)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        theirs.close()
+        with ours:
+            return self._await_exec(pid, ours)
+
+    def _await_exec(self, pid: int, status: socket.socket) -> tuple[Reply, list[int]]:
+        pty: list[int] = []
+        status.settimeout(EXEC_START_TIMEOUT)
+        try:
+            while True:
+                try:
+                    step, fds = channel.receive(status, Progress)
+                except channel.ChannelClosedError:
+                    break  # close-on-exec: the program runs
+                if step.step == "pty":
+                    channel.close_fds(pty)
+                    pty = fds
+                    continue
+                channel.close_fds(fds + pty)
+                self._reap_failed(pid)
+                details = {"cause_type": step.error_type}
+                return Reply(False, error=step.error, error_type="ExecError", details=details), []
+        except (OSError, ValueError) as exc:  # TimeoutError included
+            channel.close_fds(pty)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            self._reap_failed(pid)
+            return Reply(
+                False, error=f"the process did not start: {exc}", error_type="ExecError"
+            ), []
+        self.unwaited.pop(pid, None)
+        self.waited.pop(pid, None)
+        self.execs.add(pid)
+        return Reply(True, pid=pid), pty
+
+    @staticmethod
+    def _reap_failed(pid: int) -> None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+    def _exec_exited(self, pid: int, returncode: int) -> None:
+        self.execs.discard(pid)
+        waiters = self.exec_waiters.pop(pid, [])
+        if not waiters:
+            self.unwaited[pid] = returncode
+            if len(self.unwaited) > UNWAITED_KEPT:
+                del self.unwaited[next(iter(self.unwaited))]
+            return
+        self._remember_waited(pid, returncode)
+        for conn in waiters:
+            self.waiting_on.pop(conn, None)
+            with contextlib.suppress(OSError):
+                channel.send(conn, Reply(True, pid=pid, returncode=returncode))
+
+    def _remember_waited(self, pid: int, returncode: int) -> None:
+        self.waited[pid] = returncode
+        self.waited.move_to_end(pid)
+        while len(self.waited) > WAITED_KEPT:
+            self.waited.popitem(last=False)
+
+    def _not_ours(self, pid: int) -> Reply:
+        container_id = self.plan.init.container_id
+        return Reply(
+            False,
+            error=f'pid {pid} does not belong to container "{container_id}"',
+            error_type="ProcessNotFoundError",
+            details={"pid": pid},
+        )
+
+    def _wait_exec(self, conn: socket.socket, pid: int, *, nohang: bool) -> Reply | None:
+        if pid in self.execs:
+            if nohang:
+                return Reply(True, pid=pid)
+            self.exec_waiters.setdefault(pid, []).append(conn)
+            self.waiting_on[conn] = pid
+            return None
+        if pid in self.unwaited:
+            self._remember_waited(pid, self.unwaited.pop(pid))
+        if pid in self.waited:
+            return Reply(True, pid=pid, returncode=self.waited[pid])
+        return self._not_ours(pid)
+
+    def _signal_exec(self, pid: int, signum: int, *, group: bool) -> Reply:
+        """Signal an exec'd process, or its process group (which may outlive it)."""
+        if pid not in self.execs and pid not in self.unwaited and pid not in self.waited:
+            return self._not_ours(pid)
+        try:
+            if group:
+                os.killpg(pid, signum)
+            elif pid in self.execs:  # not reaped yet: the pid is still its own
+                os.kill(pid, signum)
+            else:
+                raise ProcessLookupError
+        except ProcessLookupError:
+            return Reply(
+                False,
+                error=f"process {pid} has exited",
+                error_type="ProcessNotFoundError",
+                details={"pid": pid, "exited": True},
+            )
+        return Reply(True, pid=pid)
 
     def _start(self, request: Request) -> Reply:
         if self.started or self.init_sync is None:
@@ -325,7 +493,7 @@ class Supervisor:
             self.returncode = os.waitstatus_to_exitcode(status)
             write_exit_status(self.plan.exit_file, self.returncode)
 
-    def _signal(self, signum: int, *, everyone: bool) -> None:
+    def _signal(self, signum: int, *, everyone: bool, group: bool = False) -> None:
         if self.returncode is not None and not everyone:
             raise ProcessLookupError(errno.ESRCH, "the container's init has exited")
         if everyone and os.getpid() == 1:
@@ -347,6 +515,8 @@ class Supervisor:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signum)
+        elif group:
+            os.killpg(self.init_pid, signum)
         else:
             os.kill(self.init_pid, signum)
 
@@ -356,6 +526,15 @@ class Supervisor:
         for conn in self.waiters:
             with contextlib.suppress(OSError):
                 channel.send(conn, Reply(True, returncode=self.returncode))
+        # Exec'd processes end with the container (with our PID namespace, if we have one;
+        # without, here): killed, as their waiters are told.
+        for pid in self.execs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        for pid, conns in self.exec_waiters.items():
+            for conn in conns:
+                with contextlib.suppress(OSError):
+                    channel.send(conn, Reply(True, pid=pid, returncode=-signal.SIGKILL))
         self.listener.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.plan.control_socket)

@@ -1,0 +1,113 @@
+"""Exec latency: sandboxrt beside runc, crun and runsc, in one run.
+
+Prints the median and spread (p10-p90) of running ``/bin/true`` in an
+already running container, from the exec call until its exit status is
+known, for every runtime that is installed, with ratios against sandboxrt.
+sandboxrt is timed as a library call (``Container.exec(...).wait()``), the
+others as their CLI (``<runtime> exec ID /bin/true``), which includes
+starting that binary. Same busybox bundle, same private mount namespace as
+``lifecycle.py`` (whose helpers this reuses). Needs root.
+
+    python benchmarks/exec.py [-n 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import attrs
+from lifecycle import enter_private_namespace, summary, timed
+
+from sandboxrt import Container, FileStore, write_spec_file
+from sandboxrt.bundle import make_bundle
+
+#: What each runtime needs on the command line here (as in lifecycle.py).
+RUNTIMES = {"runc": [], "crun": [], "runsc": ["--network=none", "--platform=ptrace"]}
+WARMUP = 5
+
+
+def bench_sandboxrt(bundle: Path, root: Path, n: int) -> list[float]:
+    container = Container.create("exec-bench", bundle, store=FileStore(root))
+    try:
+        container.start()
+        for _ in range(WARMUP):
+            assert container.exec(["/bin/true"]).wait() == 0
+        return [timed(lambda: container.exec(["/bin/true"]).wait()) for _ in range(n)]
+    finally:
+        container.destroy()
+
+
+def bench_cli(binary: str, bundle: Path, root: Path, n: int, extra: list[str]) -> list[float]:
+    """``<binary> exec`` into a container made with ``create`` and ``start``."""
+    base = [binary, "--root", str(root), *extra]
+    bundle_flag = "--bundle" if binary != "runsc" else "-bundle"
+    # A file, not a pipe, for stderr: the container's init holds it open.
+    errors = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as this function
+
+    def run(*args: str) -> None:
+        errors.seek(0)
+        errors.truncate()
+        done = subprocess.run(
+            [*base, *args],
+            check=False,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
+        if done.returncode != 0:
+            errors.seek(0)
+            raise subprocess.CalledProcessError(done.returncode, args, stderr=errors.read())
+
+    cid = "exec-bench"
+    run("create", bundle_flag, str(bundle), cid)
+    try:
+        run("start", cid)
+        for _ in range(WARMUP):
+            run("exec", cid, "/bin/true")
+        return [timed(lambda: run("exec", cid, "/bin/true")) for _ in range(n)]
+    finally:
+        subprocess.run([*base, "delete", "--force", cid], check=False, capture_output=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=200, help="execs per runtime")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("benchmarks/exec.py needs root")
+    enter_private_namespace()
+    work = Path(tempfile.mkdtemp(prefix="sandboxrt-bench-"))
+    runs = Path(tempfile.mkdtemp(prefix="sandboxrt-bench-", dir="/run"))
+    try:
+        bundle = work / "bundle"
+        spec = make_bundle(bundle, ["sleep", "100000"], rootfs="busybox")
+        # The oldest spec version every runtime here accepts (Debian 12's crun stops at 1.0).
+        write_spec_file(bundle / "config.json", attrs.evolve(spec, oci_version="1.0.2"))
+        results = {"sandboxrt": bench_sandboxrt(bundle, runs / "sbrt", args.n)}
+        for name, extra in RUNTIMES.items():
+            if shutil.which(name) is None:
+                print(f"{name}: not installed, skipped")
+                continue
+            try:
+                results[name] = bench_cli(name, bundle, runs / name, args.n, extra)
+            except subprocess.CalledProcessError as exc:
+                err = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
+                print(f"{name}: failed ({err[-1] if err else exc}), skipped")
+        base = summary(results["sandboxrt"])[0]
+        print(f"\nexec /bin/true to exit in a running busybox container (default spec), n={args.n}")
+        print(f"{'runtime':<10}{'median ms':>10} {'p10-p90':>15} {'ratio':>7}")
+        for name, timings in results.items():
+            med, p10, p90 = summary(timings)
+            print(f"{name:<10}{med:10.2f} [{p10:6.2f}-{p90:6.2f}] x{med / base:5.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(runs, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""``Process``: a process exec'd into a container, used like ``subprocess.Popen``.
+
+Made by :meth:`sandboxrt.Container.exec`. Everything goes through the
+sandbox's control socket, so any process that can load the container can
+exec into it; a :class:`Process` waits for and signals its own process only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal as _signal
+import threading
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import IO
+
+from sandboxrt.errors import ProcessNotFoundError, ProcessTimeoutError, SandboxrtError
+from sandboxrt.sandbox import Sandbox
+
+__all__ = ["Process"]
+
+_READ_SIZE = 64 * 1024
+_WRITE_SIZE = 64 * 1024
+
+
+class Process:
+    """A process running in a container, exec'd by :meth:`sandboxrt.Container.exec`.
+
+    Like :class:`subprocess.Popen`: ``pid`` (in the container's PID namespace),
+    ``args``, ``returncode``, :meth:`poll`, :meth:`wait`, :meth:`communicate`,
+    :meth:`send_signal`, :meth:`terminate`, :meth:`kill`, the ``stdin``,
+    ``stdout`` and ``stderr`` streams asked for with ``PIPE``, and use as a
+    context manager (closes the streams, then waits). With a terminal,
+    ``console`` is the pty master (read and write), and :meth:`communicate`
+    reads it as stdout.
+
+    Timeouts raise :class:`sandboxrt.ProcessTimeoutError`, which is also a
+    :class:`subprocess.TimeoutExpired`. A ``wait(timeout)`` or
+    ``communicate(timeout=...)`` that runs out leaves the process running, as
+    with ``Popen``. The exec's own ``timeout`` is a deadline: if the process
+    has not been seen to exit by then, it and its process group (what it
+    forked, unless that left the group) are SIGKILLed, whether anyone waits
+    or not, and :meth:`wait` and :meth:`communicate` raise the error with
+    ``killed`` set (``timed_out`` is ``True``, ``returncode`` usually ``-9``).
+    """
+
+    def __init__(
+        self,
+        *,
+        container_id: str,
+        sandbox: Sandbox,
+        pid: int,
+        args: Sequence[str],
+        stdin: IO[bytes] | None = None,
+        stdout: IO[bytes] | None = None,
+        stderr: IO[bytes] | None = None,
+        console: IO[bytes] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.container_id = container_id
+        self.pid = pid
+        self.args = list(args)
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        #: The pty master, when the process was exec'd with ``tty=True``.
+        self.console = console
+        self.returncode: int | None = None
+        #: The exec's ``timeout``: the deadline of the process and its process group.
+        self.timeout = timeout
+        #: The exec's ``timeout`` expired and the process group was killed.
+        self.timed_out = False
+        self._sandbox = sandbox
+        self._output: dict[int, list[bytes]] = {}
+        self._input = memoryview(b"")
+        self._input_offset = 0
+        self._communicating = False
+        self._timer: threading.Timer | None = None
+        #: Held by the deadline while it kills, so a wait sees ``timed_out`` settled.
+        self._expiring = threading.Lock()
+        if timeout is not None:
+            self._timer = threading.Timer(timeout, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def __repr__(self) -> str:
+        return (
+            f"Process(container={self.container_id!r}, pid={self.pid}, args={self.args!r}, "
+            f"returncode={self.returncode})"
+        )
+
+    def __enter__(self) -> Process:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for stream in (self.stdout, self.stderr, self.console):
+            if stream is not None:
+                stream.close()
+        if self.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                self.stdin.close()
+        try:
+            self.wait()
+        except ProcessTimeoutError as error:
+            if not error.killed:
+                raise
+
+    # -- status ------------------------------------------------------------------------
+
+    def poll(self) -> int | None:
+        """The exit status if the process has exited, else ``None``."""
+        if self.returncode is None:
+            code = self._sandbox.wait_process(self.container_id, self.pid, nohang=True)
+            if code is not None:
+                self._exited(code)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the process to exit; its exit status (``-N``: killed by signal N).
+
+        Raises :class:`ProcessTimeoutError` after ``timeout`` seconds (the
+        process keeps running), or once the exec's own timeout killed it.
+        """
+        if self.returncode is None:
+            try:
+                code = self._sandbox.wait_process(self.container_id, self.pid, timeout)
+            except TimeoutError:
+                raise ProcessTimeoutError(
+                    self.container_id, self.args, timeout or 0.0, pid=self.pid
+                ) from None
+            assert code is not None
+            self._exited(code)
+        assert self.returncode is not None
+        if self.timed_out:
+            raise self._killed_error()
+        return self.returncode
+
+    def _exited(self, returncode: int) -> None:
+        with self._expiring:
+            self.returncode = returncode
+        if self._timer is not None:
+            self._timer.cancel()  # its group is left alone once it has exited
+
+    def _killed_error(
+        self, output: bytes | None = None, stderr: bytes | None = None
+    ) -> ProcessTimeoutError:
+        return ProcessTimeoutError(
+            self.container_id,
+            self.args,
+            self.timeout or 0.0,
+            pid=self.pid,
+            output=output,
+            stderr=stderr,
+            killed=True,
+        )
+
+    def _expire(self) -> None:
+        """The exec's deadline: SIGKILL the process's group (the process and its forks)."""
+        with self._expiring:
+            if self.returncode is not None:
+                return
+            try:
+                self._sandbox.signal_process(
+                    self.container_id, self.pid, _signal.SIGKILL, group=True
+                )
+            except (SandboxrtError, OSError):
+                return  # it had exited, or the sandbox is gone and the process with it
+            self.timed_out = True
+
+    # -- signals -----------------------------------------------------------------------
+
+    def send_signal(self, sig: int, *, group: bool = False) -> None:
+        """Send ``sig`` to the process, or with ``group`` to its whole process group.
+
+        Does nothing once the process is known to have exited (a group may
+        outlive its leader: ``group=True`` still reaches it then).
+        """
+        if self.returncode is not None and not group:
+            return
+        try:
+            self._sandbox.signal_process(self.container_id, self.pid, int(sig), group=group)
+        except ProcessNotFoundError as error:
+            if not error.exited:
+                raise
+
+    def terminate(self) -> None:
+        """Send SIGTERM."""
+        self.send_signal(_signal.SIGTERM)
+
+    def kill(self, *, group: bool = False) -> None:
+        """Send SIGKILL (to the process group too with ``group``)."""
+        self.send_signal(_signal.SIGKILL, group=group)
+
+    # -- communicating -----------------------------------------------------------------
+
+    def communicate(
+        self, input: bytes | None = None, timeout: float | None = None
+    ) -> tuple[bytes | None, bytes | None]:
+        """Send ``input``, read stdout and stderr to their end, wait; ``(stdout, stderr)``.
+
+        Like ``Popen.communicate``: the pipes are served together (one
+        selector), so neither side can fill up and block the other, whatever
+        the size. Each output is ``None`` unless it is a pipe (the console
+        counts as stdout). After a :class:`ProcessTimeoutError` (which carries
+        the output so far) it may be called again to go on.
+        """
+        if self._communicating and input:
+            raise ValueError("cannot send input after starting communication")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._communicating:
+            self._communicating = True
+            self._input = memoryview(input or b"")
+            if self.stdin is not None:
+                with contextlib.suppress(BrokenPipeError):
+                    self.stdin.flush()
+                if not input:
+                    with contextlib.suppress(BrokenPipeError):
+                        self.stdin.close()
+            elif input and self.console is None:
+                raise ValueError("input needs stdin=PIPE (or tty=True)")
+        out_stream = self.stdout if self.stdout is not None else self.console
+        try:
+            self._pump(out_stream, deadline, timeout)
+        except ProcessTimeoutError as error:
+            error.output, error.stderr = self._collected(out_stream), self._collected(self.stderr)
+            raise
+        stdout, stderr = self._collected(out_stream), self._collected(self.stderr)
+        try:
+            self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except ProcessTimeoutError as error:
+            error.output, error.stderr = stdout, stderr
+            raise
+        return stdout, stderr
+
+    def _collected(self, stream: IO[bytes] | None) -> bytes | None:
+        if stream is None:
+            return None
+        return b"".join(self._output.get(id(stream), []))
+
+    def _pump(
+        self, out_stream: IO[bytes] | None, deadline: float | None, timeout: float | None
+    ) -> None:
+        """Serve stdin, stdout (or the console) and stderr until the outputs end."""
+        with selectors.DefaultSelector() as selector:
+            wanted: dict[int, tuple[int, IO[bytes]]] = {}
+            writing = self.stdin if self.stdin is not None else self.console
+            pending = self._input_offset < len(self._input)
+            if writing is not None and not writing.closed and pending:
+                os.set_blocking(writing.fileno(), False)
+                wanted[writing.fileno()] = (selectors.EVENT_WRITE, writing)
+            for stream in (out_stream, self.stderr):
+                if stream is not None and not stream.closed:
+                    self._output.setdefault(id(stream), [])
+                    events, _ = wanted.get(stream.fileno(), (0, stream))
+                    wanted[stream.fileno()] = (events | selectors.EVENT_READ, stream)
+            for fd, (events, stream) in wanted.items():
+                selector.register(fd, events, stream)
+            while selector.get_map():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ProcessTimeoutError(
+                        self.container_id, self.args, timeout or 0.0, pid=self.pid
+                    )
+                for key, events in selector.select(remaining):
+                    stream = key.data
+                    if events & selectors.EVENT_WRITE:
+                        self._write_input(selector, stream)
+                    if events & selectors.EVENT_READ:
+                        self._read_output(selector, stream)
+
+    def _write_input(self, selector: selectors.BaseSelector, stream: IO[bytes]) -> None:
+        chunk = self._input[self._input_offset : self._input_offset + _WRITE_SIZE]
+        try:
+            self._input_offset += os.write(stream.fileno(), chunk)
+        except BlockingIOError:
+            return
+        except BrokenPipeError:
+            self._input_offset = len(self._input)
+        if self._input_offset < len(self._input):
+            return
+        if stream is self.console:  # keep reading it
+            os.set_blocking(stream.fileno(), True)
+            selector.modify(stream.fileno(), selectors.EVENT_READ, stream)
+            return
+        selector.unregister(stream.fileno())
+        with contextlib.suppress(BrokenPipeError):
+            stream.close()
+
+    def _read_output(self, selector: selectors.BaseSelector, stream: IO[bytes]) -> None:
+        try:
+            data = os.read(stream.fileno(), _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO: a pty whose slave side is closed everywhere
+            data = b""
+        if data:
+            self._output[id(stream)].append(data)
+            return
+        selector.unregister(stream.fileno())
+        stream.close()

@@ -1,0 +1,495 @@
+"""Processes exec'd into real containers: streams, exit codes, signals, timeouts, isolation."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import BundleFactory, needs_busybox, needs_root
+
+from sandboxrt import (
+    Container,
+    ExecError,
+    FileStore,
+    InvalidStateError,
+    Process,
+    ProcessError,
+    ProcessNotFoundError,
+    ProcessTimeoutError,
+    Status,
+)
+from sandboxrt._core.plan import exec_plan
+
+pytestmark = [needs_root, needs_busybox]
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def running(store: FileStore, bundle: BundleFactory) -> Iterator[Container]:
+    """A running busybox container whose program sleeps."""
+    container = Container.create("ex1", bundle(["sleep", "1000"]), store=store)
+    try:
+        container.start()
+        yield container
+    finally:
+        container.destroy()
+
+
+def output(container: Container, *args: str, **kwargs: object) -> str:
+    """The stdout of ``args`` run to completion in ``container`` (exit code 0 expected)."""
+    done = container.exec_run(list(args), capture_output=True, **kwargs)  # type: ignore[arg-type]
+    assert done.returncode == 0, done
+    return done.stdout.decode()
+
+
+def status_fields(text: str, *names: str) -> dict[str, str]:
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {name: fields[name].strip() for name in names}
+
+
+def live_commands(container: Container) -> list[str]:
+    """The command lines of the container's live (non-zombie) processes."""
+    script = 'for p in /proc/[0-9]*; do tr "\\0" " " < $p/cmdline 2>/dev/null; echo; done'
+    return [line.strip() for line in output(container, "sh", "-c", script).splitlines()]
+
+
+# -- streams -------------------------------------------------------------------------------
+
+
+def test_output_streams_line_by_line_while_the_process_runs(running: Container) -> None:
+    process = running.exec(
+        ["sh", "-c", "echo a; read x; echo b $x"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert process.stdin is not None and process.stdout is not None
+    assert process.stdout.readline() == b"a\n"
+    assert process.poll() is None  # blocked in read: it is still running
+    process.stdin.write(b"go\n")
+    process.stdin.flush()
+    assert process.stdout.readline() == b"b go\n"
+    assert process.wait(timeout=10) == 0
+    process.stdin.close()
+    process.stdout.close()
+
+
+def test_stdin_reaches_the_process(running: Container) -> None:
+    process = running.exec(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    out, err = process.communicate(b"hello\nworld\n", timeout=30)
+    assert (out, err, process.returncode) == (b"hello\nworld\n", None, 0)
+
+
+def test_100_mb_of_output_does_not_deadlock(running: Container) -> None:
+    process = running.exec(
+        ["head", "-c", "100000000", "/dev/zero"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = process.communicate(timeout=120)
+    assert len(out or b"") == 100_000_000
+    assert err == b""
+    assert process.returncode == 0
+
+
+def test_large_input_and_output_at_once_do_not_deadlock(running: Container) -> None:
+    data = os.urandom(8 * 1024 * 1024)
+    process = running.exec(
+        ["sh", "-c", "cat; cat /proc/self/status >&2"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = process.communicate(data, timeout=120)
+    assert out == data
+    assert b"NoNewPrivs" in (err or b"")
+
+
+def test_streaming_from_python_in_a_host_usr_container(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    container = Container.create("py1", bundle(["sleep", "1000"], rootfs="host_usr"), store=store)
+    try:
+        container.start()
+        code = "import sys\nfor line in sys.stdin:\n    print(line.strip().upper(), flush=True)"
+        process = container.exec(
+            ["python3", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        assert process.stdin is not None and process.stdout is not None
+        for word in (b"one", b"two", b"three"):
+            process.stdin.write(word + b"\n")
+            process.stdin.flush()
+            assert process.stdout.readline() == word.upper() + b"\n"
+        process.stdin.close()
+        assert process.wait(timeout=30) == 0
+        process.stdout.close()
+    finally:
+        container.destroy()
+
+
+def test_stderr_to_stdout_and_devnull(running: Container) -> None:
+    done = running.exec_run(
+        ["sh", "-c", "echo out; echo err >&2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert sorted(done.stdout.split()) == [b"err", b"out"]
+    done = running.exec_run(["echo", "x"], stdout=subprocess.DEVNULL)
+    assert (done.returncode, done.stdout) == (0, None)
+
+
+def test_output_to_a_file(running: Container, tmp_path: Path) -> None:
+    path = tmp_path / "out"
+    with path.open("wb") as f:
+        assert running.exec(["echo", "to a file"], stdout=f).wait(timeout=10) == 0
+    assert path.read_bytes() == b"to a file\n"
+
+
+# -- exit codes and signals ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [0, 1, 3, 255])
+def test_exit_codes(running: Container, code: int) -> None:
+    assert running.exec(["sh", "-c", f"exit {code}"]).wait(timeout=10) == code
+    assert running.exec_run(["sh", "-c", f"exit {code}"]).returncode == code
+
+
+def test_check_raises_a_process_error(running: Container) -> None:
+    with pytest.raises(ProcessError) as caught:
+        running.exec_run(
+            ["sh", "-c", "echo out; echo err >&2; exit 7"], capture_output=True, check=True
+        )
+    error = caught.value
+    assert isinstance(error, subprocess.CalledProcessError)
+    assert (error.returncode, error.stdout, error.stderr) == (7, b"out\n", b"err\n")
+    assert '"ex1"' in str(error)
+
+
+def test_terminate_kill_and_send_signal(running: Container) -> None:
+    process = running.exec(["sleep", "100"])
+    assert process.poll() is None
+    process.terminate()
+    assert process.wait(timeout=10) == -signal.SIGTERM
+    process.terminate()  # exited: nothing happens
+    process = running.exec(["sleep", "100"])
+    process.kill()
+    assert process.wait(timeout=10) == -signal.SIGKILL
+    trap = "trap 'echo usr1; exit 5' USR1; echo ready; while true; do sleep 0.05; done"
+    process = running.exec(["sh", "-c", trap], stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    assert process.stdout.readline() == b"ready\n"
+    process.send_signal(signal.SIGUSR1)
+    assert process.wait(timeout=10) == 5
+    assert process.stdout.read() == b"usr1\n"
+    process.stdout.close()
+
+
+def test_wait_and_poll(running: Container) -> None:
+    process = running.exec(["sleep", "0.5"])
+    with pytest.raises(ProcessTimeoutError) as caught:
+        process.wait(timeout=0.05)
+    assert isinstance(caught.value, subprocess.TimeoutExpired)
+    assert not caught.value.killed
+    assert process.poll() is None  # a wait timeout leaves it running
+    assert process.wait(timeout=10) == 0
+    assert process.poll() == 0
+    # The status stays available to later waits (here from a fresh Process object).
+    again = Process(container_id=running.id, sandbox=running.sandbox, pid=process.pid, args=["x"])  # type: ignore[arg-type]
+    assert again.wait(timeout=10) == 0
+
+
+def test_with_block_closes_streams_and_waits(running: Container) -> None:
+    with running.exec(["echo", "x"], stdout=subprocess.PIPE) as process:
+        assert process.stdout is not None
+        assert process.stdout.read() == b"x\n"
+    assert process.returncode == 0
+    assert process.stdout.closed
+
+
+# -- timeouts ------------------------------------------------------------------------------
+
+
+def test_timeout_kills_the_process_and_what_it_forked(running: Container) -> None:
+    process = running.exec(["sh", "-c", "sleep 100 & sleep 100"], timeout=1.0)
+    assert "sleep 100" in live_commands(running)
+    start = time.monotonic()
+    with pytest.raises(ProcessTimeoutError) as caught:
+        process.wait(timeout=30)
+    assert time.monotonic() - start < 10
+    assert caught.value.killed and process.timed_out
+    assert process.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while "sleep 100" in live_commands(running):  # the orphan is reaped by the supervisor
+        assert time.monotonic() < deadline, live_commands(running)
+        time.sleep(0.05)
+
+
+def test_exec_run_timeout_raises_timeout_expired_with_the_output(running: Container) -> None:
+    start = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired) as caught:
+        running.exec_run(
+            ["sh", "-c", "echo started; sleep 100 & sleep 100"], capture_output=True, timeout=0.5
+        )
+    assert time.monotonic() - start < 10
+    error = caught.value
+    assert isinstance(error, ProcessTimeoutError) and error.killed
+    assert error.stdout == b"started\n"
+    assert "sleep 100" not in live_commands(running) or _eventually_gone(running)
+
+
+def _eventually_gone(container: Container) -> bool:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if "sleep 100" not in live_commands(container):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_communicate_timeout_can_be_resumed(running: Container) -> None:
+    process = running.exec(["sh", "-c", "echo one; sleep 0.5; echo two"], stdout=subprocess.PIPE)
+    with pytest.raises(ProcessTimeoutError) as caught:
+        process.communicate(timeout=0.2)
+    assert caught.value.stdout == b"one\n"
+    out, _ = process.communicate(timeout=30)
+    assert out == b"one\ntwo\n"
+
+
+# -- many at once, from elsewhere ----------------------------------------------------------
+
+
+def test_100_concurrent_execs(running: Container) -> None:
+    def one(i: int) -> tuple[int, bytes]:
+        done = running.exec_run(
+            ["sh", "-c", "echo $i"], env={"i": str(i)}, capture_output=True, timeout=60
+        )
+        return done.returncode, done.stdout
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=100) as pool:
+        results = list(pool.map(one, range(100)))
+    assert results == [(0, f"{i}\n".encode()) for i in range(100)]
+
+
+def test_exec_from_another_python_process(running: Container, store: FileStore) -> None:
+    code = (
+        "import subprocess, sys\n"
+        "from sandboxrt import Container, FileStore\n"
+        f"c = Container.load({running.id!r}, store=FileStore({str(store.root)!r}))\n"
+        "p = c.exec(['sh', '-c', 'echo from $$; exit 4'], stdout=subprocess.PIPE)\n"
+        "print(p.stdout.read().decode().strip())\n"
+        "sys.exit(p.wait())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    assert done.returncode == 4, done.stderr
+    assert re.fullmatch(r"from \d+\n", done.stdout)
+
+
+def test_a_process_of_another_is_not_ours(running: Container) -> None:
+    sandbox = running.sandbox
+    assert sandbox is not None
+    with pytest.raises(ProcessNotFoundError, match="does not belong"):
+        sandbox.wait_process(running.id, 31000)
+    with pytest.raises(ProcessNotFoundError, match="does not belong"):
+        sandbox.signal_process(running.id, 31000, signal.SIGTERM)
+    with pytest.raises(ProcessNotFoundError, match="does not belong"):
+        sandbox.signal_process(running.id, 1, signal.SIGTERM)  # the supervisor
+
+
+# -- errors and states ---------------------------------------------------------------------
+
+
+def test_missing_binary_is_a_clear_error(running: Container) -> None:
+    with pytest.raises(ExecError, match=r"ex1.*'nosuch'.*not found in \$PATH"):
+        running.exec(["nosuch", "arg"])
+    with pytest.raises(ExecError, match=r"/bin/nosuch.*does not exist"):
+        running.exec(["/bin/nosuch"])
+    with pytest.raises(ExecError, match="cannot exec 'true'"):
+        running.exec(["true"], cwd="/bin/busybox")  # not a directory
+    assert running.exec(["true"]).wait(timeout=10) == 0  # the container is unharmed
+
+
+def test_bad_arguments(running: Container) -> None:
+    with pytest.raises(ValueError, match="args"):
+        running.exec([])
+    with pytest.raises(ValueError, match="absolute"):
+        running.exec(["true"], cwd="tmp")
+    with pytest.raises(ValueError, match="numeric"):
+        running.exec(["true"], user="nobody")
+    with pytest.raises(ValueError, match="tty"):
+        running.exec(["true"], tty=True, stdout=subprocess.PIPE)
+
+
+def test_exec_into_a_stopped_container(store: FileStore, bundle: BundleFactory) -> None:
+    container = Container.create("st1", bundle(["true"]), store=store)
+    try:
+        container.start()
+        assert container.wait(timeout=10) == 0
+        with pytest.raises(InvalidStateError, match='exec in container "st1" in state stopped'):
+            container.exec(["true"])
+    finally:
+        container.destroy()
+
+
+def test_exec_into_a_paused_container(running: Container, store: FileStore) -> None:
+    record = store.load(running.id)
+    store.save(record.with_status(Status.PAUSED))  # pause itself is not built yet
+    with pytest.raises(InvalidStateError, match="state paused"):
+        running.exec(["true"])
+
+
+def test_exec_into_a_created_container(store: FileStore, bundle: BundleFactory) -> None:
+    container = Container.create("cr1", bundle(["sleep", "1000"]), store=store)
+    try:
+        assert output(container, "cat", "/etc/hostname") == "sandboxrt\n"
+        container.start()
+        assert container.status is Status.RUNNING
+    finally:
+        container.destroy()
+
+
+def test_exec_d_processes_die_with_the_container(running: Container) -> None:
+    process = running.exec(["sleep", "100"])
+    running.kill(signal.SIGKILL)
+    assert running.wait(timeout=10) == -signal.SIGKILL
+    assert process.wait(timeout=10) == -signal.SIGKILL
+
+
+# -- what the process is and sees ----------------------------------------------------------
+
+
+def test_namespaces_root_and_cgroup_are_the_container_s(running: Container) -> None:
+    init_pid = 2  # the supervisor is 1; the container's program is its first child
+    script = (
+        "echo $$; for ns in /proc/self/ns/mnt /proc/2/ns/mnt /proc/self/ns/cgroup "
+        "/proc/2/ns/cgroup; do readlink $ns; done; "
+        "cat /proc/self/cgroup; echo --; cat /proc/2/cgroup; ls /bin/busybox"
+    )
+    process = running.exec(["sh", "-c", script], stdout=subprocess.PIPE)
+    out, _ = process.communicate(timeout=30)
+    lines = (out or b"").decode().splitlines()
+    assert int(lines[0]) == process.pid and process.pid not in (1, init_pid)
+    mnt_self, mnt_init, cg_self, cg_init = lines[1:5]
+    assert mnt_self == mnt_init and cg_self == cg_init
+    own = os.readlink("/proc/self/ns/mnt")
+    assert mnt_self != own  # not the host's mount namespace
+    rest = "\n".join(lines[5:])
+    mine, theirs = rest.split("\n--\n")
+    assert mine == "\n".join(theirs.splitlines()[: len(mine.splitlines())])
+    assert lines[-1] == "/bin/busybox"
+
+
+def test_the_process_is_in_the_container_s_cgroup_on_the_host(running: Container) -> None:
+    sandbox = running.sandbox
+    assert sandbox is not None
+    process = running.exec(["sleep", "100"])
+    try:
+        # Its host pid: in the sandbox's PID namespace, with the pid exec gave.
+        pid_ns = os.readlink(f"/proc/{sandbox.pid}/ns/pid")
+        host_pid = next(pid for pid in _host_pids(pid_ns) if _nspid(pid)[-1] == process.pid)
+        with open(f"/proc/{sandbox.pid}/cgroup") as f:
+            theirs = f.read()
+        with open(f"/proc/{host_pid}/cgroup") as f:
+            assert f.read() == theirs
+        with open(f"/proc/{host_pid}/comm") as f:
+            assert f.read() == "busybox\n"  # sleep is a busybox applet
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def _host_pids(pid_ns: str) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.readlink(f"/proc/{name}/ns/pid") == pid_ns:
+                    found.append(int(name))
+            except OSError:
+                continue
+    return found
+
+
+def _nspid(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return [int(x) for x in line.split()[1:]]
+    except OSError:
+        pass
+    return [0]
+
+
+def test_env_cwd_and_user_overrides(running: Container) -> None:
+    spec_env = running._record.spec["process"]["env"]
+    assert sorted(output(running, "env").splitlines()) == sorted(spec_env)
+    env = output(running, "/bin/env", env={"FOO": "bar baz"})
+    assert env.splitlines() == ["FOO=bar baz"]
+    assert output(running, "/bin/env", env=["A=1", "B=2"]).splitlines() == ["A=1", "B=2"]
+    assert output(running, "pwd") == "/\n"
+    assert output(running, "pwd", cwd="/tmp") == "/tmp\n"
+    assert output(running, "id", "-u") == "0\n"
+    assert output(running, "sh", "-c", "id -u; id -g; id -G", user="1000:1001").split() == [
+        "1000",
+        "1001",
+        "1001",
+    ]
+    assert output(running, "sh", "-c", "id -u; id -g", user=65534).split() == ["65534", "0"]
+
+
+def test_the_process_gets_the_container_s_privileges(running: Container) -> None:
+    names = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")
+    mine = status_fields(output(running, "cat", "/proc/self/status"), *names)
+    init = status_fields(output(running, "cat", "/proc/2/status"), *names)
+    assert mine == init
+    assert mine["NoNewPrivs"] == "1" and mine["Seccomp"] == "2"
+    assert mine["CapEff"] != "000001ffffffffff"  # the default set, not everything
+    # Nothing ignored or blocked leaks from the supervisor (Python ignores SIGPIPE).
+    sig = status_fields(output(running, "cat", "/proc/self/status"), "SigIgn", "SigBlk")
+    assert sig == {"SigIgn": "0000000000000000", "SigBlk": "0000000000000000"}
+    # A process that is not PID 1 or 2 and leads its own process group and session.
+    stat = output(running, "cat", "/proc/self/stat")
+    fields = stat[stat.rindex(")") + 2 :].split()
+    pid = int(stat.split()[0])
+    assert pid > 2 and int(fields[2]) == pid and int(fields[3]) == pid  # pgrp, session
+
+
+def test_exec_plan_is_the_spec_s_process_with_overrides(running: Container) -> None:
+    spec = running._record.spec
+    plan = exec_plan(spec, ["x"], compile_seccomp=lambda _: b"\0" * 8)
+    assert plan.env == spec["process"]["env"]
+    assert plan.capabilities is not None and plan.capabilities.effective
+    assert plan.no_new_privileges and plan.seccomp is not None
+    plan = exec_plan(
+        spec,
+        ["x"],
+        env={"A": "1"},
+        cwd="/tmp",
+        user="5:6",
+        terminal=True,
+        compile_seccomp=lambda _: b"\0" * 8,
+    )
+    assert (plan.env, plan.cwd, plan.uid, plan.gid, plan.terminal) == (["A=1"], "/tmp", 5, 6, True)
+
+
+def test_tty_gives_a_pty(running: Container) -> None:
+    process = running.exec(["tty"], tty=True)
+    out, err = process.communicate(timeout=30)
+    assert err is None
+    assert re.fullmatch(rb"/dev/pts/\d+\r\n", out or b""), out
+    assert process.returncode == 0
+    process = running.exec(["sh", "-c", "read x; echo got $x"], tty=True)
+    out, _ = process.communicate(b"hello\n", timeout=30)
+    assert (out or b"").endswith(b"got hello\r\n")

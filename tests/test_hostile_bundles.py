@@ -1,0 +1,406 @@
+"""Hostile bundles: symlinks and fake device nodes in the rootfs must never reach the host.
+
+Each container test plants a canary outside the rootfs (in ``tmp_path``) and
+checks afterwards that it was neither modified, read from inside, nor
+mounted over; the autouse leak check of conftest also fails any test that
+changes the host's mount table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import subprocess
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BundleFactory, needs_busybox, needs_root
+
+from sandboxrt import Container, FileStore
+from sandboxrt._os import mounts
+from sandboxrt.bundle import BUSYBOX
+from sandboxrt.errors import InitError, SandboxrtError
+
+SECRET = "host-secret-" + uuid.uuid4().hex
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def edit_config(bundle: Path, change: Callable[[dict[str, Any]], None]) -> Path:
+    path = bundle / "config.json"
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+    return bundle
+
+
+def run_output(store: FileStore, bundle: Path, cid: str = "hostile") -> tuple[int, str]:
+    """Create, start, wait for and destroy a container; its exit code and output."""
+    container = Container.create(
+        cid, bundle, store=store, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        container.start()
+        assert container.stdout is not None
+        out = container.stdout.read().decode()
+        return container.wait(timeout=30), out
+    finally:
+        if container.stdout is not None:
+            container.stdout.close()
+        container.destroy()
+
+
+def create_fails(store: FileStore, bundle: Path) -> str:
+    """Creating the container must fail (cleanly: nothing left running); the message."""
+    with pytest.raises(SandboxrtError) as info:
+        run_output(store, bundle)
+    assert isinstance(info.value, InitError), info.value
+    return str(info.value)
+
+
+def without_dev_mounts(document: dict[str, Any]) -> None:
+    """No tmpfs on /dev: the rootfs's own /dev (and its /dev/null) is what the container gets."""
+    document["mounts"] = [m for m in document["mounts"] if not m["destination"].startswith("/dev")]
+
+
+def fingerprint(path: Path) -> tuple[str, int, int, int]:
+    """Content hash, mode, mtime and device of a host file: any change shows."""
+    st = path.lstat()
+    return hashlib.sha256(path.read_bytes()).hexdigest(), st.st_mode, st.st_mtime_ns, st.st_dev
+
+
+@pytest.fixture
+def canary(tmp_path: Path) -> Iterator[Path]:
+    """A host file outside every rootfs; checked untouched after the test."""
+    path = tmp_path / "host" / "shadow-canary"
+    path.parent.mkdir()
+    path.write_text(SECRET + "\n")
+    path.chmod(0o600)
+    before = fingerprint(path)
+    listing = sorted(os.listdir(path.parent))
+    yield path
+    assert fingerprint(path) == before, "the host canary was modified"
+    assert sorted(os.listdir(path.parent)) == listing, "something was created next to it"
+
+
+# -- unit: resolution beneath a root (no privileges needed) ---------------------------------
+
+
+def walk(root: Path, path: str, **kwargs: Any) -> str:
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        fd, resolved = mounts._walk(root_fd, path, **kwargs)
+    finally:
+        os.close(root_fd)
+    try:
+        expected = os.path.normpath(os.path.realpath(root) + resolved)
+        assert mounts._fd_path(fd) == expected
+    finally:
+        os.close(fd)
+    return resolved
+
+
+def test_walk_resolves_symlinks_as_the_container_would(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc" / "real").mkdir(parents=True)
+    (root / "abs").symlink_to("/etc/real")
+    (root / "rel").symlink_to("etc/../etc/real")
+    (root / "up").symlink_to("../../../../../etc")
+    (root / "etc" / "real" / "back").symlink_to("..")
+    assert walk(root, "/abs") == "/etc/real"
+    assert walk(root, "/rel/") == "/etc/real"
+    assert walk(root, "/up/real") == "/etc/real"
+    assert walk(root, "/etc/../../../etc/real/back/real") == "/etc/real"
+    assert walk(root, "../..") == "/"
+    assert walk(root, "/abs", follow=False) == "/abs"
+    assert mounts.resolve_in_root(str(root), "/up/real") == f"{root}/etc/real"
+
+
+def test_walk_never_follows_magic_links(tmp_path: Path) -> None:
+    """The kernel would follow ``/proc/self/root`` to the host's /; _walk resolves its text."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "magic").symlink_to("/proc/self/root")
+    with pytest.raises(FileNotFoundError):  # the root has no /proc of its own
+        walk(root, "/magic/etc/passwd")
+    (root / "proc" / "self").mkdir(parents=True)
+    (root / "proc" / "self" / "root").symlink_to("/")
+    assert walk(root, "/magic") == "/"
+
+
+def test_walk_creates_beneath_the_root_only(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    outside = tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "data").symlink_to(outside)
+    assert walk(root, "/data/sub/file", create="file") == f"{outside}/sub/file"
+    assert (root / str(outside).lstrip("/") / "sub" / "file").is_file()
+    assert list(outside.iterdir()) == []
+
+
+def test_walk_loops_and_files(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a").symlink_to("b")
+    (root / "b").symlink_to("/a")
+    (root / "file").write_text("x")
+    with pytest.raises(OSError) as info:
+        walk(root, "/a")
+    assert info.value.errno == errno.ELOOP
+    with pytest.raises(NotADirectoryError):
+        walk(root, "/file/x")
+
+
+# -- rootfs symlinks under spec mounts -------------------------------------------------------
+
+
+@needs_root
+@needs_busybox
+@pytest.mark.parametrize("target", ["/", "../../..", "/proc/1/root"])
+def test_proc_symlink_to_host_root_fails_cleanly(
+    store: FileStore, bundle: BundleFactory, canary: Path, target: str
+) -> None:
+    path = bundle(["true"])
+    (path / "rootfs" / "proc").rmdir()
+    (path / "rootfs" / "proc").symlink_to(target)
+    message = create_fails(store, path)
+    assert "proc must be mounted on an ordinary directory" in message
+
+
+@needs_root
+@needs_busybox
+def test_sys_symlink_fails_cleanly(store: FileStore, bundle: BundleFactory, canary: Path) -> None:
+    path = bundle(["true"])
+    (path / "rootfs" / "sys").rmdir()
+    (path / "rootfs" / "sys").symlink_to(canary.parent)
+    assert "sysfs must be mounted on an ordinary directory" in create_fails(store, path)
+    assert list(canary.parent.iterdir()) == [canary]
+
+
+@needs_root
+@needs_busybox
+def test_dotdot_destination_stays_in_the_rootfs(store: FileStore, bundle: BundleFactory) -> None:
+    name = f"sandboxrt-escape-{uuid.uuid4().hex[:12]}"
+    path = bundle(["sh", "-c", f"grep ' /tmp/{name} ' /proc/mounts"])
+    mount = {"destination": f"/etc/../../tmp/{name}", "type": "tmpfs", "source": "tmpfs"}
+    edit_config(path, lambda d: d["mounts"].append(mount))
+    code, out = run_output(store, path)
+    assert code == 0, out
+    assert out.split()[2] == "tmpfs"
+    assert not os.path.lexists(f"/tmp/{name}")
+    assert (path / "rootfs" / "tmp" / name).is_dir()
+
+
+@needs_root
+@needs_busybox
+@pytest.mark.parametrize("style", ["absolute", "relative", "magic"])
+def test_bind_through_symlinked_directory_lands_in_the_rootfs(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path, style: str
+) -> None:
+    hostdir = tmp_path / "hostdir"
+    source = tmp_path / "source"
+    hostdir.mkdir()
+    source.mkdir()
+    path = bundle(["sh", "-c", "echo hi > /data/sub/file; ls /data"])
+    rootfs = path / "rootfs"
+    link = {
+        "absolute": str(hostdir),
+        "relative": os.path.relpath(hostdir, rootfs),
+        "magic": f"/proc/1/root{hostdir}",
+    }[style]
+    (rootfs / "data").symlink_to(link)
+    bind = {"destination": "/data/sub", "type": "bind", "source": str(source), "options": ["bind"]}
+    edit_config(path, lambda d: d["mounts"].append(bind))
+    code, out = run_output(store, path)
+    assert list(hostdir.iterdir()) == [], "the mount point was created on the host"
+    if style == "magic":  # after the pivot the kernel follows it, and /proc/1 is off-limits
+        assert code == 1, out
+        assert "/data: Permission denied" in out
+        assert list(source.iterdir()) == []
+        return
+    assert code == 0, out
+    assert out.split() == ["sub"]
+    assert (source / "file").read_text() == "hi\n"
+
+
+@needs_root
+@needs_busybox
+def test_swapping_a_mount_point_for_a_symlink_never_reaches_the_host(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """A host-side racer flips ``rootfs/inner`` between a directory and a symlink to the host."""
+    hostdir = tmp_path / "hostdir"
+    hostdir.mkdir()
+    path = bundle(["true"])
+    rootfs = path / "rootfs"
+    inner, parked = rootfs / "inner", rootfs / "parked"
+    inner.mkdir()
+    mount = {"destination": "/inner/sub", "type": "tmpfs", "source": "tmpfs"}
+    edit_config(path, lambda d: d["mounts"].append(mount))
+    stop = threading.Event()
+
+    def racer() -> None:
+        while not stop.is_set():  # the container's init may create ``inner`` meanwhile
+            with contextlib.suppress(OSError):
+                os.rename(inner, parked)
+            with contextlib.suppress(OSError):
+                inner.symlink_to(hostdir)
+            with contextlib.suppress(OSError):
+                inner.unlink()
+            with contextlib.suppress(OSError):
+                os.rename(parked, inner)
+
+    thread = threading.Thread(target=racer)
+    thread.start()
+    outcomes: list[int | str] = []
+    try:
+        for i in range(12):
+            try:
+                outcomes.append(run_output(store, path, cid=f"race{i}")[0])
+            except SandboxrtError as exc:  # a refused creation is a safe outcome too
+                outcomes.append(str(exc))
+    finally:
+        stop.set()
+        thread.join()
+    assert list(hostdir.iterdir()) == [], outcomes
+    assert all(o == 0 or "rootfs" in str(o) or "changed" in str(o) for o in outcomes), outcomes
+
+
+# -- masked and read-only paths --------------------------------------------------------------
+
+
+@needs_root
+@needs_busybox
+@pytest.mark.parametrize("via", ["file", "dir", "magic"])
+def test_masked_symlink_to_a_host_file(
+    store: FileStore, bundle: BundleFactory, canary: Path, via: str
+) -> None:
+    path = bundle(["sh", "-c", "cat /etc/secret /etc/x/shadow-canary 2>&1; true"])
+    etc = path / "rootfs" / "etc"
+    if via == "file":
+        (etc / "secret").symlink_to(canary)
+        masked = ["/etc/secret"]
+    elif via == "dir":
+        (etc / "x").symlink_to(canary.parent)
+        masked = ["/etc/x/shadow-canary"]
+    else:
+        (etc / "x").symlink_to(f"/proc/1/root{canary.parent}")
+        masked = ["/etc/x/shadow-canary"]
+    edit_config(path, lambda d: d["linux"].update(maskedPaths=masked, readonlyPaths=masked))
+    code, out = run_output(store, path)
+    assert code == 0, out
+    assert SECRET not in out
+
+
+@needs_root
+@needs_busybox
+@pytest.mark.parametrize("fake", ["regular", "core_pattern", "host_file", "zero", "missing"])
+def test_fake_dev_null_refuses_masking(
+    store: FileStore, bundle: BundleFactory, canary: Path, fake: str
+) -> None:
+    """CVE-2025-31133: with no tmpfs on /dev, the rootfs's /dev/null is the mask source."""
+    path = edit_config(bundle(["true"]), without_dev_mounts)
+    null = path / "rootfs" / "dev" / "null"
+    if fake == "regular":
+        null.write_text("not a device\n")
+    elif fake == "core_pattern":
+        null.symlink_to("/proc/sys/kernel/core_pattern")
+    elif fake == "host_file":
+        null.symlink_to(canary)
+    elif fake == "zero":
+        os.mknod(null, 0o20666, os.makedev(1, 5))
+    message = create_fails(store, path)
+    assert "/dev/null" in message
+    if fake == "missing":
+        assert "the container has no /dev/null" in message
+    else:
+        assert "/dev/null is not the null device 1:3" in message
+
+
+@needs_root
+@needs_busybox
+def test_real_dev_null_in_the_rootfs_masks(store: FileStore, bundle: BundleFactory) -> None:
+    """The control: a genuine 1:3 node in the rootfs's own /dev is used as the mask."""
+    path = edit_config(bundle(["stat", "-c", "%F %t:%T", "/proc/keys"]), without_dev_mounts)
+    os.mknod(path / "rootfs" / "dev" / "null", 0o20666, os.makedev(1, 3))
+    assert run_output(store, path) == (0, "character special file 1:3\n")
+
+
+# -- devices, cwd, executable ----------------------------------------------------------------
+
+
+@needs_root
+@needs_busybox
+@pytest.mark.parametrize("where", ["dev_dir", "node"])
+def test_device_node_symlink_does_not_escape(
+    store: FileStore, bundle: BundleFactory, canary: Path, where: str
+) -> None:
+    path = edit_config(bundle(["ls", "-l", "/dev/escape"]), without_dev_mounts)
+    rootfs = path / "rootfs"
+    if where == "dev_dir":
+        (rootfs / "dev").rmdir()
+        (rootfs / "dev").symlink_to(canary.parent)
+    else:
+        (rootfs / "dev" / "escape").symlink_to(canary)
+    device = {"path": "/dev/escape", "type": "c", "major": 1, "minor": 5, "fileMode": 0o666}
+
+    def change(document: dict[str, Any]) -> None:
+        document["linux"]["devices"] = [device]
+        document["linux"]["maskedPaths"] = []
+
+    edit_config(path, change)
+    code, out = run_output(store, path)
+    assert code == 0, out
+    assert out.startswith("crw-rw-rw-"), out
+    if where == "dev_dir":  # created in the rootfs's copy of the canary's directory
+        assert (rootfs / str(canary.parent).lstrip("/") / "escape").is_char_device()
+    else:
+        assert (rootfs / "dev" / "escape").is_char_device()
+
+
+@needs_root
+@needs_busybox
+@pytest.mark.parametrize(
+    ("cwd", "link"),
+    [
+        ("/work", "/"),
+        ("/work", "/proc/1/root"),
+        ("/proc/1/root", None),
+        ("/proc/1/cwd", None),
+        ("/proc/self/root", None),
+    ],
+)
+def test_cwd_cannot_reach_host_files(
+    store: FileStore, bundle: BundleFactory, canary: Path, cwd: str, link: str | None
+) -> None:
+    relative = str(canary).lstrip("/")
+    path = bundle(["sh", "-c", f"ls; cat {relative} 2>&1; cat ../../{relative} 2>&1; true"])
+    if link is not None:
+        (path / "rootfs" / "work").symlink_to(link)
+    edit_config(path, lambda d: d["process"].update(cwd=cwd))
+    code, out = run_output(store, path)
+    assert code == 0, out
+    assert SECRET not in out
+    assert "No such file or directory" in out
+
+
+@needs_root
+@needs_busybox
+def test_executable_through_proc_1_root_is_not_the_host_file(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    host_bin = tmp_path / "hostbin" / "host-only-sh"
+    host_bin.parent.mkdir()
+    host_bin.write_bytes(Path(BUSYBOX).read_bytes())
+    host_bin.chmod(0o755)
+    path = bundle([f"/proc/1/root{host_bin}", "sh", "-c", "echo escaped"])
+    assert "does not exist" in create_fails(store, path)
