@@ -38,7 +38,7 @@ from typing import Any
 
 from sandboxrt._os import cgroups
 from sandboxrt._os.cgroups import Cgroup, CgroupLayout, DeviceRule, Resources
-from sandboxrt.errors import MissingFeatureError, SystemCallError
+from sandboxrt.errors import MissingFeatureError, SandboxrtError, SystemCallError
 
 __all__ = [
     "DEFAULT_DEVICE_RULES",
@@ -126,7 +126,7 @@ def request_for(
 def create(request: CgroupRequest, container_id: str) -> Cgroup | None:
     """Make the cgroup; ``None`` when refused for lack of permission and not required."""
     try:
-        return cgroups.create(
+        cgroup = cgroups.create(
             request.path, request.resources, container_id=container_id, layout=request.layout
         )
     except SystemCallError as err:
@@ -134,6 +134,16 @@ def create(request: CgroupRequest, container_id: str) -> Cgroup | None:
             raise
         log.debug("container %s runs without a cgroup: %s", container_id, err)
         return None
+    # A cgroupsPath naming a cgroup that already holds processes is refused (as runc
+    # does): kill-all and destroy would otherwise reach processes that are not ours.
+    busy = cgroup.pids()
+    if busy:
+        cgroup.destroy()
+        raise SandboxrtError(
+            f'container "{container_id}": its cgroup {request.path} already holds '
+            f"{len(busy)} process(es) of someone else"
+        )
+    return cgroup
 
 
 def procs_files(cgroup: Cgroup) -> list[str]:

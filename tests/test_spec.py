@@ -721,3 +721,16 @@ def test_spec_is_frozen() -> None:
     spec: Spec = default_spec()
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         spec.hostname = "x"  # type: ignore[misc]
+
+
+def test_only_namespaced_sysctls_are_accepted() -> None:
+    spec = dump_spec(default_spec())
+    spec["linux"]["sysctl"] = {"kernel.core_pattern": "|/bin/x", "net.ipv4.ip_forward": "1"}
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec)
+    assert 'linux.sysctl["kernel.core_pattern"]: not namespaced' in str(caught.value)
+    assert "ip_forward" not in str(caught.value)
+    spec["linux"]["sysctl"] = {"net.ipv4.ip_forward": "1"}
+    spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] != "network"]
+    with pytest.raises(SpecError, match=r'ip_forward"\]: needs a network namespace'):
+        load_spec(spec)

@@ -34,6 +34,7 @@ __all__ = [
     "MS_UNBINDABLE",
     "NAMESPACE_FLAGS",
     "PR_SET_CHILD_SUBREAPER",
+    "PR_SET_DUMPABLE",
     "PR_SET_NO_NEW_PRIVS",
     "PR_SET_PDEATHSIG",
     "SECCOMP_FILTER_FLAGS",
@@ -85,6 +86,7 @@ MNT_DETACH = 0x2
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 
 #: OCI ``linux.seccomp.flags`` → ``SECCOMP_FILTER_FLAG_*`` bit of ``seccomp(2)``.

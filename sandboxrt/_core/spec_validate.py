@@ -303,6 +303,37 @@ def _check_process(out: _Problems, process: Process) -> None:
         _check_range(out, "process.scheduler.nice", process.scheduler.nice, -20, 19)
 
 
+#: Sysctls that belong to a namespace, and which one: any other is global to the host.
+_NAMESPACED_SYSCTLS = {
+    "kernel.msgmax": "ipc",
+    "kernel.msgmnb": "ipc",
+    "kernel.msgmni": "ipc",
+    "kernel.sem": "ipc",
+    "kernel.shmall": "ipc",
+    "kernel.shmmax": "ipc",
+    "kernel.shmmni": "ipc",
+    "kernel.shm_rmid_forced": "ipc",
+    "kernel.hostname": "uts",
+    "kernel.domainname": "uts",
+}
+_NAMESPACED_PREFIXES = {"fs.mqueue.": "ipc", "net.": "network"}
+
+
+def _check_sysctls(out: _Problems, linux: Linux) -> None:
+    """Only sysctls of a namespace the container owns: others would change the host."""
+    owned = {ns.type for ns in linux.namespaces or ()}  # new, or joined: not the host's
+    for key in linux.sysctl or {}:
+        name = key.replace("/", ".")
+        kind = _NAMESPACED_SYSCTLS.get(name) or next(
+            (k for prefix, k in _NAMESPACED_PREFIXES.items() if name.startswith(prefix)), None
+        )
+        if kind is None:
+            out.append((f'linux.sysctl["{key}"]', "not namespaced: it would change the host"))
+        elif kind not in owned:
+            where = f'linux.sysctl["{key}"]'
+            out.append((where, f"needs a {kind} namespace of the container's own"))
+
+
 def _check_linux(out: _Problems, linux: Linux) -> None:
     seen: set[str] = set()
     for i, ns in enumerate(linux.namespaces or ()):
@@ -339,6 +370,7 @@ def _check_linux(out: _Problems, linux: Linux) -> None:
                 out.append((f"{where}.type", f'unknown device type "{rule.type}"'))
             if rule.access is not None and set(rule.access) - set("rwm"):
                 out.append((f"{where}.access", f'expected letters of "rwm", got "{rule.access}"'))
+    _check_sysctls(out, linux)
     if linux.rootfs_propagation is not None:
         propagation = linux.rootfs_propagation
         _check_known(

@@ -226,6 +226,9 @@ def run_init(plan: InitPlan, sync: socket.socket, stdio: Sequence[int]) -> NoRet
     """Build the container and exec its program; never returns."""
     try:
         os.setsid()
+        # Not dumpable until exec: the container's processes must not ptrace us or open
+        # our /proc entries while we still hold privileges and the runtime's fds.
+        syscalls.prctl(abi.PR_SET_DUMPABLE, 0)
         syscalls.set_process_name(PROCESS_NAME)
         seccomp_program = _seccomp_program(plan)
         _prepare_root(plan, sync)
@@ -286,6 +289,15 @@ def _join_init(init_pid: int) -> None:
         channel.close_fds([fd for _, fd in opened] + [root])
 
 
+def _close_fds_but(*keep: int) -> None:
+    """Close every fd above 2 but ``keep`` (the supervisor's sockets must not reach exec)."""
+    low = 3
+    for fd in sorted(k for k in set(keep) if k >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
+
+
 def run_exec(
     plan: ExecPlan,
     init_pid: int,
@@ -304,6 +316,8 @@ def run_exec(
     try:
         _default_signals(mask)
         os.setsid()
+        syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # as the init: no ptrace before exec
+        _close_fds_but(status.fileno(), *stdio)
         syscalls.set_process_name(EXEC_PROCESS_NAME)
         seccomp_program = _seccomp_program(plan)
         _join_init(init_pid)

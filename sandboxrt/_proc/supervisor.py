@@ -152,6 +152,7 @@ class Supervisor:
     def setup(self) -> None:
         self.join_cgroups()
         os.setsid()
+        syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # the container must not reach into us
         syscalls.set_process_name(PROCESS_NAME)
         syscalls.prctl(abi.PR_SET_CHILD_SUBREAPER, 1)
         new = {kind for kind, path in self.plan.namespaces if not path}
@@ -617,7 +618,9 @@ def warm(link: socket.socket) -> NoReturn:
     for ``link`` to close, the sign that the library was told its pid.
     """
     try:
-        _unshare_private(sum(abi.NAMESPACE_FLAGS[kind] for kind in WARM_NAMESPACES))
+        # Not the mount namespace yet: made at claim time, it sees the host's mounts as
+        # they are then (a rootfs mounted after the warm-up, say), not a stale copy.
+        syscalls.unshare(sum(abi.NAMESPACE_FLAGS[k] for k in WARM_NAMESPACES - {"mount"}))
         pid = os.fork()
     except BaseException:
         os._exit(1)
@@ -626,7 +629,7 @@ def warm(link: socket.socket) -> NoReturn:
         os._exit(0)
     syscalls.set_process_name("sandboxrt-warm")
     try:
-        _prepare_namespaces(WARM_NAMESPACES)
+        _prepare_namespaces({"network"})
         _, fds = channel.receive(link, Request)
         link.recv(1)  # end of stream: the fork server told the library our pid
     except BaseException:
@@ -638,6 +641,8 @@ def warm(link: socket.socket) -> NoReturn:
     bootstrap = socket.socket(fileno=bootstrap_fd)
     try:
         plan, stdio = channel.receive(bootstrap, SandboxPlan)
+        _unshare_private(0)
+        _prepare_namespaces({"pid"})
     except BaseException as exc:
         with contextlib.suppress(OSError):
             channel.send(bootstrap, error_progress(exc))
