@@ -272,7 +272,9 @@ def test_swapping_a_mount_point_for_a_symlink_never_reaches_the_host(
         stop.set()
         thread.join()
     assert list(hostdir.iterdir()) == [], outcomes
-    assert all(o == 0 or "rootfs" in str(o) or "changed" in str(o) for o in outcomes), outcomes
+    # Each run either worked or was refused with an error naming its container (the racer
+    # may have moved ``inner`` away at that moment): both are safe.
+    assert all(o == 0 or f'container "race{i}"' in str(o) for i, o in enumerate(outcomes)), outcomes
 
 
 # -- masked and read-only paths --------------------------------------------------------------
