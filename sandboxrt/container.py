@@ -14,9 +14,10 @@ import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypedDict
 
 import attrs
+from typing_extensions import Unpack
 
 from sandboxrt import _cgroup
 from sandboxrt._core.ids import resolve_id, validate_id
@@ -43,7 +44,7 @@ from sandboxrt.process import Process
 from sandboxrt.sandbox import Sandbox
 from sandboxrt.stores import FileStore, MetadataStore
 
-__all__ = ["Container", "OCIState", "Stats"]
+__all__ = ["Container", "CreateOptions", "OCIState", "Stats"]
 
 log = logging.getLogger("sandboxrt")
 
@@ -101,6 +102,20 @@ class Stats:
         return cls(**dataclasses.asdict(stats))
 
 
+class CreateOptions(TypedDict, total=False):
+    """The keyword arguments of :meth:`Container.create` and :meth:`Container.run`."""
+
+    store: MetadataStore | None
+    config: Config | None
+    stdin: StdioArg
+    stdout: StdioArg
+    stderr: StdioArg
+    console_socket: str | os.PathLike[str] | None
+    pid_file: str | os.PathLike[str] | None
+    launcher: Launcher | None
+    spec: Spec | None
+
+
 class Container:
     """A container: create it, start it, wait for it, signal it, destroy it.
 
@@ -125,24 +140,13 @@ class Container:
 
     @classmethod
     def create(
-        cls,
-        id: str,
-        bundle: str | os.PathLike[str],
-        *,
-        store: MetadataStore | None = None,
-        config: Config | None = None,
-        stdin: StdioArg = None,
-        stdout: StdioArg = None,
-        stderr: StdioArg = None,
-        console_socket: str | os.PathLike[str] | None = None,
-        pid_file: str | os.PathLike[str] | None = None,
-        launcher: Launcher | None = None,
-        spec: Spec | None = None,
+        cls, id: str, bundle: str | os.PathLike[str], **options: Unpack[CreateOptions]
     ) -> Container:
         """Create container ``id`` from ``bundle``: its init waits for :meth:`start`.
 
-        ``spec`` overrides the bundle's config.json. Any failure leaves no
-        process, socket, cgroup or record behind.
+        ``options`` are those of :class:`CreateOptions`; ``spec`` overrides the
+        bundle's config.json. Any failure leaves no process, socket, cgroup or
+        record behind.
 
         The container gets a cgroup (``linux.cgroupsPath``, else
         ``/sandboxrt/<id>``) with ``linux.resources`` applied, which its
@@ -152,39 +156,29 @@ class Container:
         without a cgroup. Device rules are enforced on cgroup v1 only (see
         ``sandboxrt._cgroup``).
         """
-        return cls._create(
-            id,
-            bundle,
-            store=store,
-            config=config,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            console_socket=console_socket,
-            pid_file=pid_file,
-            launcher=launcher,
-            spec=spec,
-        )
+        return cls._create(id, bundle, options, autostart=False)
 
     @classmethod
     def _create(
         cls,
         id: str,
         bundle: str | os.PathLike[str],
+        options: CreateOptions,
         *,
-        store: MetadataStore | None = None,
-        config: Config | None = None,
-        stdin: StdioArg = None,
-        stdout: StdioArg = None,
-        stderr: StdioArg = None,
-        console_socket: str | os.PathLike[str] | None = None,
-        pid_file: str | os.PathLike[str] | None = None,
-        launcher: Launcher | None = None,
-        spec: Spec | None = None,
-        autostart: bool = False,
+        autostart: bool,
     ) -> Container:
         """:meth:`create`; with ``autostart`` (for :meth:`run`) the program starts at
         once, without a start round trip, unless hooks or a terminal need one."""
+        unknown = set(options) - CreateOptions.__optional_keys__
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+        store = options.get("store")
+        config = options.get("config")
+        spec = options.get("spec")
+        launcher = options.get("launcher")
+        pid_file = options.get("pid_file")
+        console_socket = options.get("console_socket")
+        stdin, stdout, stderr = options.get("stdin"), options.get("stdout"), options.get("stderr")
         validate_id(id)
         store = store if store is not None else FileStore()
         config = config or Config()
@@ -262,18 +256,13 @@ class Container:
         return container
 
     @classmethod
-    def run(
-        cls,
-        id: str,
-        bundle: str | os.PathLike[str],
-        **kwargs: Any,
-    ) -> int:
+    def run(cls, id: str, bundle: str | os.PathLike[str], **options: Unpack[CreateOptions]) -> int:
         """Create, start, wait for and destroy a container; its exit code.
 
         Like ``runc run``, the program starts as part of creation when no hook or
         terminal needs a separate start.
         """
-        container = cls._create(id, bundle, autostart=True, **kwargs)
+        container = cls._create(id, bundle, options, autostart=True)
         try:
             if container._record.status is Status.CREATED:
                 container.start()
