@@ -43,11 +43,26 @@ def socket_pair() -> tuple[socket.socket, socket.socket]:
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
 
 
+_SO_SNDBUFFORCE = 32
+
+
+def _make_room(sock: socket.socket, size: int) -> None:
+    """Grow the send buffer for a large datagram (a seqpacket must fit in it whole)."""
+    if size + 4096 <= sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2:
+        return
+    wanted = 2 * size + 65536
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, wanted)  # past wmem_max, as root
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wanted)
+
+
 def send(sock: socket.socket, message: protocol._Message, fds: Sequence[int] = ()) -> None:
     """Send one message, with ``fds`` passed alongside."""
     data = protocol.encode(message)
     if len(data) > protocol.MAX_MESSAGE:
         raise ValueError(f"message of {len(data)} bytes is over {protocol.MAX_MESSAGE}")
+    _make_room(sock, len(data))
     if fds:
         socket.send_fds(sock, [data], list(fds))
     else:
