@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import posixpath
 import stat
@@ -47,6 +48,7 @@ __all__ = [
     "default_dev_symlinks",
     "make_mount",
     "mask_paths",
+    "open_pty",
     "pivot_into",
     "readonly_paths",
     "remount_root_readonly",
@@ -616,3 +618,40 @@ def chdir_beneath_root(path: str) -> None:
         os.fchdir(fd)
     finally:
         os.close(fd)
+
+
+_PTMX_RDEV = os.makedev(5, 2)
+_TIOCSPTLCK = 0x40045431
+_TIOCGPTPEER = 0x5441
+
+
+def open_pty() -> tuple[int, int]:
+    """A pty pair of the container's own devpts, as ``(master, slave)`` (after pivot).
+
+    ``/dev/ptmx`` is resolved beneath ``/`` (a symlink planted by the container
+    cannot lead to a host file through ``/proc/1/root``) and must be the
+    devpts multiplexer (char 5:2); the slave comes from the master itself
+    (``TIOCGPTPEER``), never from a path.
+    """
+    root_fd = _open_root("/")
+    try:
+        path_fd, _ = _walk(root_fd, "/dev/ptmx")
+    finally:
+        os.close(root_fd)
+    try:
+        st = os.fstat(path_fd)
+        if not stat.S_ISCHR(st.st_mode) or st.st_rdev != _PTMX_RDEV:
+            raise _unsafe("is not the devpts multiplexer (char 5:2)", "/dev/ptmx")
+        flags = os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC
+        master = os.open(str(path_fd), flags, dir_fd=_fd_dir())
+    finally:
+        os.close(path_fd)
+    try:
+        if os.fstat(master).st_rdev != _PTMX_RDEV:
+            raise _unsafe("changed while it was opened", "/dev/ptmx")
+        fcntl.ioctl(master, _TIOCSPTLCK, b"\0\0\0\0")
+        slave = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except BaseException:
+        os.close(master)
+        raise
+    return master, slave

@@ -236,7 +236,7 @@ def run_init(plan: InitPlan, sync: socket.socket, stdio: Sequence[int]) -> NoRet
         tty_slave = None
         pty_fds: list[int] = []
         if plan.terminal:
-            master, tty_slave = os.openpty()
+            master, tty_slave = mounts.open_pty()
             pty_fds = [master]
         channel.send(sync, Progress("created"), pty_fds)
         channel.close_fds(pty_fds)
@@ -325,7 +325,7 @@ def run_exec(
         tty_slave = None
         if plan.terminal:
             # In the container's mount namespace: a pty of its own devpts instance.
-            master, tty_slave = os.openpty()
+            master, tty_slave = mounts.open_pty()
             try:
                 channel.send(status, Progress("pty"), [master])
             finally:
