@@ -147,7 +147,7 @@ class Sandbox:
                 if isinstance(first, Progress):
                     raise cls._failure(container_id, first)
                 assert isinstance(first, Launched)
-                sandbox = cls(plan.sandbox_id, _identity(first.pid, container_id), plan.runtime_dir)
+                sandbox = cls(plan.sandbox_id, _identity(first, container_id), plan.runtime_dir)
                 process.wait()
                 launched = None
                 return sandbox, sandbox._follow_creation(
@@ -409,8 +409,13 @@ def _reap(process: LaunchedProcess) -> None:
             process.wait(timeout=5.0)
 
 
-def _identity(pid: int, container_id: str) -> ProcessIdentity:
-    info = procfs.read_stat(pid)
-    if info is None:
-        raise SandboxDiedError(container_id, f"the supervisor (pid {pid}) exited at once")
-    return ProcessIdentity(pid=pid, start_ticks=info.start_ticks, boot_id=procfs.boot_id())
+def _identity(launched: Launched, container_id: str) -> ProcessIdentity:
+    """The supervisor's identity, from its parent's word when it gave one: read here, a
+    supervisor that died at once could already have had its pid reused."""
+    ticks = launched.start_ticks
+    if not ticks:
+        info = procfs.read_stat(launched.pid)
+        if info is None:
+            raise SandboxDiedError(container_id, f"the supervisor (pid {launched.pid}) exited")
+        ticks = info.start_ticks
+    return ProcessIdentity(pid=launched.pid, start_ticks=ticks, boot_id=procfs.boot_id())

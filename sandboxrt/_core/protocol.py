@@ -242,11 +242,13 @@ class SandboxPlan(_Message):
 
 @dataclasses.dataclass(frozen=True)
 class Launched(_Message):
-    """The launched process forked the supervisor: its pid on the host."""
+    """The launched process forked the supervisor: its pid on the host, and its start
+    time (``/proc/PID/stat`` field 22), read by its parent while it could not be reaped."""
 
     kind: ClassVar[str] = "launched"
 
     pid: int
+    start_ticks: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

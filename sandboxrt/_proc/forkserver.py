@@ -55,6 +55,7 @@ class _Server:
         self.selector = selectors.DefaultSelector()
         self.warm_link: socket.socket | None = None
         self.warm_pid = 0
+        self.warm_ticks = 0
 
     def forget(self) -> None:
         """In a forked child: close the fork server's sockets (its peers watch them)."""
@@ -108,7 +109,7 @@ class _Server:
         except (channel.ChannelClosedError, OSError, ValueError):
             self.drop_warm()
             return
-        self.warm_pid = launched.pid
+        self.warm_pid, self.warm_ticks = launched.pid, launched.start_ticks
 
     def hand_over(self, fds: list[int]) -> bool:
         """Give a launch to the warm sandbox; ``False`` if there is none that takes it."""
@@ -121,7 +122,7 @@ class _Server:
             return False
         bootstrap = socket.socket(fileno=os.dup(fds[0]))
         with contextlib.suppress(OSError), bootstrap:
-            channel.send(bootstrap, Launched(self.warm_pid))
+            channel.send(bootstrap, Launched(self.warm_pid, self.warm_ticks))
         self.drop_warm()  # closing the link lets the warm sandbox go on
         return True
 

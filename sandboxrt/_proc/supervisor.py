@@ -25,7 +25,7 @@ from typing import NoReturn
 
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import ExitStatus, Launched, Progress, Reply, Request, SandboxPlan
-from sandboxrt._os import capabilities, channel, net, syscalls
+from sandboxrt._os import capabilities, channel, net, procfs, syscalls
 from sandboxrt._proc.init import error_progress, run_exec, run_init
 
 __all__ = [
@@ -602,9 +602,15 @@ def main(bootstrap_fd: int) -> NoReturn:
     if pid == 0:
         os.close(gate_w)
         _run_supervisor(plan, bootstrap, stdio, gate_r)
-    channel.send(bootstrap, Launched(pid))
+    channel.send(bootstrap, _launched(pid))
     os.close(gate_w)
     os._exit(0)
+
+
+def _launched(pid: int) -> Launched:
+    """Name our child ``pid`` for the library; as its parent we read its start time safely."""
+    info = procfs.read_stat(pid)
+    return Launched(pid, info.start_ticks if info is not None else 0)
 
 
 def warm(link: socket.socket) -> NoReturn:
@@ -625,7 +631,7 @@ def warm(link: socket.socket) -> NoReturn:
     except BaseException:
         os._exit(1)
     if pid != 0:
-        channel.send(link, Launched(pid))
+        channel.send(link, _launched(pid))
         os._exit(0)
     syscalls.set_process_name("sandboxrt-warm")
     try:
