@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from sandboxrt import FileStore
+from sandboxrt import Container, FileStore
 from sandboxrt._os import procfs
 from sandboxrt._proc.init import PROCESS_NAME as INIT_NAME
 from sandboxrt._proc.supervisor import PROCESS_NAME
@@ -102,3 +103,39 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
             os.kill(pid, 9)
     assert not leaked, f"sandbox supervisors left running: {sorted(leaked)}"
     assert host_mounts() == before_mounts, "the host's mount table changed"
+
+
+def run_output(store: FileStore, bundle: Path, cid: str = "c1") -> tuple[int, str]:
+    """Create, start, wait for and destroy a container; its exit code and output."""
+    container = Container.create(
+        cid, bundle, store=store, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        container.start()
+        assert container.stdout is not None
+        out = container.stdout.read().decode()
+        return container.wait(timeout=30), out
+    finally:
+        if container.stdout is not None:
+            container.stdout.close()
+        container.destroy()
+
+
+def children_of_this_process() -> set[int]:
+    """Our child processes, zombies included (a launched process nobody waited for).
+
+    When this process is PID 1 of its namespace, the zombies of orphans it
+    adopted are not ours to wait for, and are left out.
+    """
+    found = set()
+    for task in os.listdir(f"/proc/{os.getpid()}/task"):
+        with open(f"/proc/{os.getpid()}/task/{task}/children") as f:
+            found.update(int(pid) for pid in f.read().split())
+    if os.getpid() == 1:
+        found = {pid for pid in found if not _is_zombie(pid)}
+    return found
+
+
+def _is_zombie(pid: int) -> bool:
+    info = procfs.read_stat(pid)
+    return info is not None and info.state == "Z"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BundleFactory, needs_busybox, needs_root
+from conftest import BundleFactory, children_of_this_process, needs_busybox, needs_root
 
 from sandboxrt import (
     AmbiguousIDError,
@@ -386,29 +386,6 @@ def warmed_up(tmp_path_factory: pytest.TempPathFactory) -> None:
     path = tmp_path_factory.mktemp("warm") / "bundle"
     make_bundle(path, ["true"], rootfs="busybox")
     assert Container.run("warm", path, store=MemoryStore()) == 0
-
-
-def children_of_this_process() -> set[int]:
-    """Our child processes, zombies included (a launched process nobody waited for).
-
-    When this process is PID 1 of its namespace, the zombies of orphans it
-    adopted are not ours to wait for, and are left out.
-    """
-    found = set()
-    for task in os.listdir(f"/proc/{os.getpid()}/task"):
-        with open(f"/proc/{os.getpid()}/task/{task}/children") as f:
-            found.update(int(pid) for pid in f.read().split())
-    if os.getpid() == 1:
-        found = {pid for pid in found if not _is_zombie(pid)}
-    return found
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 @pytest.fixture

@@ -19,7 +19,13 @@ from typing import Any
 
 import attrs
 import pytest
-from conftest import BundleFactory, needs_busybox, needs_root, supervisor_pids
+from conftest import (
+    BundleFactory,
+    children_of_this_process,
+    needs_busybox,
+    needs_root,
+    supervisor_pids,
+)
 
 import sandboxrt
 from sandboxrt import (
@@ -64,29 +70,6 @@ def assert_store_empty(store: FileStore) -> None:
     assert Container.list(store=store) == []
     assert sorted(os.listdir(store.root)) in ([], [".sandboxes"]), os.listdir(store.root)
     assert os.listdir(store.runtime_dir) == []
-
-
-def children_of_this_process() -> set[int]:
-    """Our child processes, zombies included (a launched process nobody waited for).
-
-    When this process is PID 1 of its namespace, the zombies of orphans it
-    adopted are not ours to wait for, and are left out.
-    """
-    found = set()
-    for task in os.listdir(f"/proc/{os.getpid()}/task"):
-        with open(f"/proc/{os.getpid()}/task/{task}/children") as f:
-            found.update(int(pid) for pid in f.read().split())
-    if os.getpid() == 1:
-        found = {pid for pid in found if not _is_zombie(pid)}
-    return found
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 # --- 20 containers from 4 threads and 4 processes ----------------------------------------------

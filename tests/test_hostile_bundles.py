@@ -13,7 +13,6 @@ import errno
 import hashlib
 import json
 import os
-import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BundleFactory, needs_busybox, needs_root
+from conftest import BundleFactory, needs_busybox, needs_root, run_output
 
-from sandboxrt import Container, FileStore
+from sandboxrt import FileStore
 from sandboxrt._os import mounts
 from sandboxrt.bundle import BUSYBOX
 from sandboxrt.errors import InitError, SandboxrtError
@@ -40,22 +39,6 @@ def edit_config(bundle: Path, change: Callable[[dict[str, Any]], None]) -> Path:
     change(document)
     path.write_text(json.dumps(document))
     return bundle
-
-
-def run_output(store: FileStore, bundle: Path, cid: str = "hostile") -> tuple[int, str]:
-    """Create, start, wait for and destroy a container; its exit code and output."""
-    container = Container.create(
-        cid, bundle, store=store, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    try:
-        container.start()
-        assert container.stdout is not None
-        out = container.stdout.read().decode()
-        return container.wait(timeout=30), out
-    finally:
-        if container.stdout is not None:
-            container.stdout.close()
-        container.destroy()
 
 
 def create_fails(store: FileStore, bundle: Path) -> str:

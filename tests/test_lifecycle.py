@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 import pytest
-from conftest import BundleFactory, needs_busybox, needs_root, supervisor_pids
+from conftest import BundleFactory, needs_busybox, needs_root, run_output, supervisor_pids
 
 from sandboxrt import Container, FileStore, Status
 from sandboxrt._core.records import ProcessIdentity
@@ -42,22 +42,6 @@ def edit_config(bundle: Path, change: Callable[[dict[str, Any]], None]) -> None:
     document = json.loads(path.read_text())
     change(document)
     path.write_text(json.dumps(document))
-
-
-def run_output(store: FileStore, bundle: Path, cid: str = "c1") -> tuple[int, str]:
-    """Create, start, wait for and destroy a container; its exit code and output."""
-    container = Container.create(
-        cid, bundle, store=store, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    try:
-        container.start()
-        assert container.stdout is not None
-        out = container.stdout.read().decode()
-        return container.wait(timeout=30), out
-    finally:
-        if container.stdout is not None:
-            container.stdout.close()
-        container.destroy()
 
 
 def in_subprocess(store: FileStore, code: str, timeout: float = 30) -> subprocess.Popen[str]:

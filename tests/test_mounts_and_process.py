@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BundleFactory, needs_busybox, needs_root, supervisor_pids
+from conftest import BundleFactory, needs_busybox, needs_root, run_output, supervisor_pids
 
 from sandboxrt import Container, FileStore
 
@@ -33,22 +33,6 @@ def edit_config(bundle: Path, change: Callable[[dict[str, Any]], None]) -> None:
 
 def add_mounts(bundle: Path, *mounts: dict[str, Any]) -> None:
     edit_config(bundle, lambda d: d["mounts"].extend(mounts))
-
-
-def run_output(store: FileStore, bundle: Path, cid: str = "c1") -> tuple[int, str]:
-    """Create, start, wait for and destroy a container; its exit code and output."""
-    container = Container.create(
-        cid, bundle, store=store, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    try:
-        container.start()
-        assert container.stdout is not None
-        out = container.stdout.read().decode()
-        return container.wait(timeout=30), out
-    finally:
-        if container.stdout is not None:
-            container.stdout.close()
-        container.destroy()
 
 
 def sh(store: FileStore, bundle: BundleFactory, script: str, **kwargs: Any) -> str:

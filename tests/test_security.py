@@ -13,16 +13,15 @@ import errno
 import json
 import platform
 import re
-import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BundleFactory, needs_busybox, needs_root
+from conftest import BundleFactory, needs_busybox, needs_root, run_output
 
-from sandboxrt import Container, FileStore
+from sandboxrt import FileStore
 from sandboxrt._core.plan import _init_plan, build_plan
 from sandboxrt._core.protocol import InitPlan
 from sandboxrt._core.protocol import decode as decode_message
@@ -84,22 +83,6 @@ def set_seccomp(profile: dict[str, Any] | None) -> Callable[[dict[str, Any]], No
             document["linux"]["seccomp"] = profile
 
     return change
-
-
-def run(store: FileStore, bundle: Path) -> tuple[int, str]:
-    """Create, start, wait for and destroy a container; its exit code and output."""
-    container = Container.create(
-        "sec", bundle, store=store, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    try:
-        container.start()
-        assert container.stdout is not None
-        out = container.stdout.read().decode()
-        return container.wait(timeout=30), out
-    finally:
-        if container.stdout is not None:
-            container.stdout.close()
-        container.destroy()
 
 
 def status(out: str) -> dict[str, str]:
@@ -662,3 +645,8 @@ def test_default_profile_lets_ordinary_programs_run(
     code, out = run(store, bundle(["python3", "-I", "-c", script], rootfs="host_usr"))
     assert code == 0, out
     assert out.split() == ["thread", "child", "pair", "7"]
+
+
+def run(store: FileStore, bundle: Path) -> tuple[int, str]:
+    """Create, start, wait for and destroy a container; its exit code and output."""
+    return run_output(store, bundle, cid="sec")
