@@ -117,6 +117,9 @@ class Sandbox:
         On any failure nothing is left behind.
         """
         container_id = plan.init.container_id
+        # The caller holds the container's lock and has just made its record: a runtime
+        # directory already there was left by a create that crashed, and is stale.
+        shutil.rmtree(plan.runtime_dir, ignore_errors=True)
         os.makedirs(plan.runtime_dir, mode=0o700)
         sandbox: Sandbox | None = None
         launched: LaunchedProcess | None = None

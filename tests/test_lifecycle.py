@@ -581,3 +581,13 @@ def test_executable_not_found(store: FileStore, bundle: BundleFactory) -> None:
         Container.create("noexe", path, store=store)
     assert leftovers(store) == []
     assert supervisor_pids() == before
+
+
+def test_a_runtime_dir_left_by_a_crashed_create_does_not_block_the_id(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    stale = store.runtime_dir / "crashed"
+    stale.mkdir(parents=True)
+    (stale / "supervisor.log").write_text("from an earlier, crashed create\n")
+    assert Container.run("crashed", bundle(["true"]), store=store) == 0
+    assert not stale.exists()
