@@ -216,6 +216,7 @@ class Container:
             store.create(record)  # raises ContainerExistsError, touching nothing
             container = cls(record, store)
             stdio: StdioPlan | None = None
+            pty: int | None = None
             try:
                 cgroup = _cgroup.create(cgroup_request, id) if cgroup_request else None
                 if cgroup is not None:
@@ -245,12 +246,17 @@ class Container:
                     stdio.stderr,
                 )
                 if pty is not None:
-                    container._hand_over_console(pty, console_socket)
+                    master, pty = pty, None
+                    container._hand_over_console(master, console_socket)
                 if pid_file is not None:
                     _write_pid_file(pid_file, sandbox.pid)
             except BaseException:
                 if stdio is not None:
                     stdio.close_all()
+                if pty is not None:
+                    os.close(pty)
+                if container.console is not None:
+                    container.console.close()
                 container._teardown()
                 raise
         return container
