@@ -87,7 +87,10 @@ def resources_for(spec: Mapping[str, Any], driver: str) -> Resources:
     if not resources.devices:
         return resources
     if driver == "v2":
-        log.debug("cgroup v2: %d device rule(s) not enforced (no eBPF)", len(resources.devices))
+        log.warning(
+            "cgroup v2: %d device rule(s) of linux.resources are NOT enforced (that needs eBPF)",
+            len(resources.devices),
+        )
         return dataclasses.replace(resources, devices=())
     own = tuple(_device_rule(d) for d in linux.get("devices") or [] if d.get("type") != "p")
     return dataclasses.replace(resources, devices=(*resources.devices, *own, *DEFAULT_DEVICE_RULES))
