@@ -230,6 +230,7 @@ class Container:
                     stdio.child_fds,
                     launcher=launcher,
                     on_mounted=container._run_runtime_hooks,
+                    timeout=config.create_timeout,
                 )
                 stdio.close_child_ends()
                 container._record = attrs.evolve(

@@ -17,6 +17,7 @@ __all__ = [
     "ContainerExistsError",
     "ContainerNotFoundError",
     "CorruptMetadataError",
+    "CreateTimeoutError",
     "ExecError",
     "HookError",
     "InitError",
@@ -291,3 +292,15 @@ class ProcessTimeoutError(WaitTimeoutError, subprocess.TimeoutExpired):
 
     def __str__(self) -> str:
         return self._message
+
+
+class CreateTimeoutError(SandboxrtError, TimeoutError):
+    """A sandbox stayed silent too long while its container was being created."""
+
+    def __init__(self, container_id: str, timeout: float) -> None:
+        super().__init__(
+            f'container "{container_id}": the sandbox gave no sign for {timeout:g}s '
+            "while it was being created"
+        )
+        self.container_id = container_id
+        self.timeout = timeout

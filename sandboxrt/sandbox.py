@@ -28,6 +28,7 @@ from sandboxrt._os import channel, procfs
 from sandboxrt._proc.launcher import LaunchedProcess, Launcher, default_launcher
 from sandboxrt._proc.supervisor import is_warm_shape
 from sandboxrt.errors import (
+    CreateTimeoutError,
     ExecError,
     HookError,
     InitError,
@@ -108,6 +109,7 @@ class Sandbox:
         *,
         launcher: Launcher | None = None,
         on_mounted: Callable[[Sandbox], dict[str, Any]] | None = None,
+        timeout: float | None = None,
     ) -> tuple[Sandbox, int | None]:
         """Start a sandbox for ``plan``; returns it and the pty master, if any.
 
@@ -130,6 +132,7 @@ class Sandbox:
                 0o600,
             )
             ours, theirs = channel.socket_pair()
+            ours.settimeout(timeout)
             try:
                 # The plan waits in the socket, so the launched process reads it at once.
                 channel.send(ours, plan, stdio)
@@ -170,6 +173,9 @@ class Sandbox:
     ) -> tuple[Any, list[int]]:
         try:
             return channel.receive_one_of(sock, *kinds)
+        except TimeoutError:
+            timeout = sock.gettimeout() or 0.0
+            raise CreateTimeoutError(container_id, timeout) from None
         except ConnectionError:  # closed, or reset with our message unread
             log = os.path.join(runtime_dir, "supervisor.log")
             try:

@@ -16,7 +16,7 @@ import attrs
 import pytest
 from conftest import BundleFactory, needs_busybox, needs_root, run_output, supervisor_pids
 
-from sandboxrt import Container, FileStore, Status
+from sandboxrt import Config, Container, CreateTimeoutError, FileStore, Status
 from sandboxrt._core.records import ProcessIdentity
 from sandboxrt._os import procfs
 from sandboxrt.errors import (
@@ -591,3 +591,21 @@ def test_a_runtime_dir_left_by_a_crashed_create_does_not_block_the_id(
     (stale / "supervisor.log").write_text("from an earlier, crashed create\n")
     assert Container.run("crashed", bundle(["true"]), store=store) == 0
     assert not stale.exists()
+
+
+def test_a_sandbox_silent_during_creation_times_out(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    hook = tmp_path / "slow.sh"
+    hook.write_text("#!/bin/sh\nsleep 5\n")
+    hook.chmod(0o755)
+    path = bundle(["true"])
+    edit_config(
+        path, lambda d: d.setdefault("hooks", {}).update(createContainer=[{"path": str(hook)}])
+    )
+    started = time.monotonic()
+    with pytest.raises(CreateTimeoutError, match=r'container "slow": .* 0.5s'):
+        Container.create("slow", path, store=store, config=Config(create_timeout=0.5))
+    assert time.monotonic() - started < 4
+    assert Container.list(store=store) == []
+    assert list(store.runtime_dir.iterdir()) == []
