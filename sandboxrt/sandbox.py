@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
 import shutil
@@ -22,6 +21,7 @@ from sandboxrt._core.protocol import (
     Reply,
     Request,
     SandboxPlan,
+    decode,
 )
 from sandboxrt._core.records import ProcessIdentity
 from sandboxrt._os import channel, procfs
@@ -228,12 +228,14 @@ class Sandbox:
     def exit_status(self) -> int | None:
         """The root container's recorded exit status, if it has exited."""
         try:
-            with open(self.exit_file) as f:
-                return ExitStatus.from_wire(
-                    {k: v for k, v in json.load(f).items() if k != "kind"}
-                ).returncode
+            with open(self.exit_file, "rb") as f:
+                data = f.read()
         except FileNotFoundError:
             return None
+        try:
+            return decode(data, ExitStatus).returncode
+        except ValueError as exc:
+            raise ProtocolError(f'sandbox "{self.id}": unreadable exit status: {exc}') from exc
 
     def request(self, container_id: str, request: Request, timeout: float | None = None) -> Reply:
         """Send one control request and return the reply."""

@@ -230,8 +230,6 @@ class SandboxPlan(_Message):
     init: InitPlan
     hostname: str | None = None
     domainname: str | None = None
-    #: Number of stdio fds (0-3) sent with this message, for stdin, stdout, stderr.
-    stdio: list[int] = dataclasses.field(default_factory=list)
     #: The ``cgroup.procs`` file of the container's cgroup in every hierarchy (host paths):
     #: the supervisor writes ``0`` to each (moving itself) before it forks the init.
     cgroup_procs: list[str] = dataclasses.field(default_factory=list)
@@ -275,12 +273,6 @@ class ExitStatus(_Message):
 
     returncode: int
 
-    @classmethod
-    def from_wait_status(cls, status: int) -> ExitStatus:
-        import os
-
-        return cls(returncode=os.waitstatus_to_exitcode(status))
-
 
 @dataclasses.dataclass(frozen=True)
 class Request(_Message):
@@ -306,6 +298,10 @@ class Request(_Message):
     group: bool = False
     #: ``wait``: answer at once; ``returncode`` is None while the process runs.
     nohang: bool = False
+
+    def __post_init__(self) -> None:
+        if self.op not in self.OPS:
+            raise ValueError(f"unknown request {self.op!r}")
 
 
 @dataclasses.dataclass(frozen=True)

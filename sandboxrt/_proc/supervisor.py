@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
-import json
 import os
 import selectors
 import signal
@@ -24,7 +23,15 @@ from collections.abc import Iterable, Sequence
 from typing import NoReturn
 
 from sandboxrt._core import abi
-from sandboxrt._core.protocol import ExitStatus, Launched, Progress, Reply, Request, SandboxPlan
+from sandboxrt._core.protocol import (
+    ExitStatus,
+    Launched,
+    Progress,
+    Reply,
+    Request,
+    SandboxPlan,
+    encode,
+)
 from sandboxrt._os import capabilities, channel, net, procfs, syscalls
 from sandboxrt._proc.init import error_progress, run_exec, run_init
 
@@ -62,8 +69,8 @@ def write_exit_status(path: str, returncode: int) -> None:
     """Record an exit status atomically (temporary file, then rename)."""
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(ExitStatus(returncode).to_wire(), f)
+    with os.fdopen(fd, "wb") as f:
+        f.write(encode(ExitStatus(returncode)))
     os.replace(tmp, path)
 
 
