@@ -14,20 +14,15 @@ starting that binary. Same busybox bundle, same private mount namespace as
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
-import attrs
-from lifecycle import enter_private_namespace, summary, timed
+from lifecycle import bench_others, summary, timed, workspace
 
-from sandboxrt import Container, FileStore, write_spec_file
-from sandboxrt.bundle import make_bundle
+from sandboxrt import Container, FileStore
 
 #: What each runtime needs on the command line here (as in lifecycle.py).
-RUNTIMES = {"runc": [], "crun": [], "runsc": ["--network=none", "--platform=ptrace"]}
 WARMUP = 5
 
 
@@ -78,35 +73,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=200, help="execs per runtime")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("benchmarks/exec.py needs root")
-    enter_private_namespace()
-    work = Path(tempfile.mkdtemp(prefix="sandboxrt-bench-"))
-    runs = Path(tempfile.mkdtemp(prefix="sandboxrt-bench-", dir="/run"))
-    try:
-        bundle = work / "bundle"
-        spec = make_bundle(bundle, ["sleep", "100000"], rootfs="busybox")
-        # The oldest spec version every runtime here accepts (Debian 12's crun stops at 1.0).
-        write_spec_file(bundle / "config.json", attrs.evolve(spec, oci_version="1.0.2"))
+    with workspace("exec.py", ["sleep", "100000"]) as (bundle, runs, _):
         results = {"sandboxrt": bench_sandboxrt(bundle, runs / "sbrt", args.n)}
-        for name, extra in RUNTIMES.items():
-            if shutil.which(name) is None:
-                print(f"{name}: not installed, skipped")
-                continue
-            try:
-                results[name] = bench_cli(name, bundle, runs / name, args.n, extra)
-            except subprocess.CalledProcessError as exc:
-                err = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
-                print(f"{name}: failed ({err[-1] if err else exc}), skipped")
+        results |= bench_others(
+            lambda name, extra: bench_cli(name, bundle, runs / name, args.n, extra)
+        )
         base = summary(results["sandboxrt"])[0]
         print(f"\nexec /bin/true to exit in a running busybox container (default spec), n={args.n}")
         print(f"{'runtime':<10}{'median ms':>10} {'p10-p90':>15} {'ratio':>7}")
         for name, timings in results.items():
             med, p10, p90 = summary(timings)
             print(f"{name:<10}{med:10.2f} [{p10:6.2f}-{p90:6.2f}] x{med / base:5.2f}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(runs, ignore_errors=True)
 
 
 if __name__ == "__main__":

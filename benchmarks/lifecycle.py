@@ -13,6 +13,7 @@ otherwise). Needs root.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -20,16 +21,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import attrs
 
-from sandboxrt import Container, FileStore, write_spec_file
+from sandboxrt import Container, FileStore, Spec, write_spec_file
 from sandboxrt.bundle import make_bundle
 
 STEPS = ("run", "create", "start", "wait", "destroy")
 Timings = dict[str, list[float]]
+T = TypeVar("T")
 
 
 def enter_private_namespace() -> None:
@@ -109,19 +112,54 @@ def summary(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(ordered) * 1000, pick(0.1) * 1000, pick(0.9) * 1000
 
 
-def compare(bundle: Path, runs: Path, n: int, title: str) -> None:
-    """Time every runtime on ``bundle`` and print one table."""
-    results: dict[str, Timings] = {"sandboxrt": bench_sandboxrt(bundle, runs / "sbrt", n)}
-    others = {"runc": [], "crun": [], "runsc": ["--network=none", "--platform=ptrace"]}
-    for name, extra in others.items():
+#: The runtimes compared with sandboxrt, and the flags each needs here.
+OTHERS: dict[str, list[str]] = {
+    "runc": [],
+    "crun": [],
+    "runsc": ["--network=none", "--platform=ptrace"],
+}
+
+
+def bench_others(bench: Callable[[str, list[str]], T]) -> dict[str, T]:
+    """``bench(name, flags)`` for every installed runtime of :data:`OTHERS`; failures skipped."""
+    results: dict[str, T] = {}
+    for name, extra in OTHERS.items():
         if shutil.which(name) is None:
             print(f"{name}: not installed, skipped")
             continue
         try:
-            results[name] = bench_cli(name, bundle, runs / name, n, extra)
+            results[name] = bench(name, extra)
         except subprocess.CalledProcessError as exc:
             err = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
             print(f"{name}: failed ({err[-1] if err else exc}), skipped")
+    return results
+
+
+@contextlib.contextmanager
+def workspace(script: str, args: list[str]) -> Iterator[tuple[Path, Path, Spec]]:
+    """A busybox bundle running ``args`` and a state dir under /run, in a private
+    mount namespace; ``(bundle, runs, spec)``. Removed afterwards."""
+    if os.geteuid() != 0:
+        raise SystemExit(f"benchmarks/{script} needs root")
+    enter_private_namespace()
+    work = Path(tempfile.mkdtemp(prefix="sandboxrt-bench-"))
+    runs = Path(tempfile.mkdtemp(prefix="sandboxrt-bench-", dir="/run"))
+    try:
+        bundle = work / "bundle"
+        spec = make_bundle(bundle, args, rootfs="busybox")
+        # The oldest spec version every runtime here accepts (Debian 12's crun stops at 1.0).
+        spec = attrs.evolve(spec, oci_version="1.0.2")
+        write_spec_file(bundle / "config.json", spec)
+        yield bundle, runs, spec
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(runs, ignore_errors=True)
+
+
+def compare(bundle: Path, runs: Path, n: int, title: str) -> None:
+    """Time every runtime on ``bundle`` and print one table."""
+    results: dict[str, Timings] = {"sandboxrt": bench_sandboxrt(bundle, runs / "sbrt", n)}
+    results |= bench_others(lambda name, extra: bench_cli(name, bundle, runs / name, n, extra))
     base = {step: summary(results["sandboxrt"][step])[0] for step in STEPS}
     print(f"\n{title}, n={n}; median ms [p10-p90] (ratio to sandboxrt)")
     print(f"{'step':<8}" + "".join(f"{name:>28}" for name in results))
@@ -138,17 +176,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=30, help="iterations per step")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("benchmarks/lifecycle.py needs root")
-    enter_private_namespace()
-    work = Path(tempfile.mkdtemp(prefix="sandboxrt-bench-"))
-    runs = Path(tempfile.mkdtemp(prefix="sandboxrt-bench-", dir="/run"))
-    try:
-        bundle = work / "bundle"
-        spec = make_bundle(bundle, ["/bin/true"], rootfs="busybox")
-        # The oldest spec version every runtime here accepts (Debian 12's crun stops at 1.0).
-        spec = attrs.evolve(spec, oci_version="1.0.2")
-        write_spec_file(bundle / "config.json", spec)
+    with workspace("lifecycle.py", ["/bin/true"]) as (bundle, runs, spec):
         compare(bundle, runs / "default", args.n, "/bin/true, default spec (seccomp), busybox")
         # The same without a seccomp profile, as `runc spec` writes it.
         assert spec.linux is not None
@@ -156,9 +184,6 @@ def main() -> None:
             bundle / "config.json", attrs.evolve(spec, linux=attrs.evolve(spec.linux, seccomp=None))
         )
         compare(bundle, runs / "plain", args.n, "/bin/true, no seccomp profile, busybox")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(runs, ignore_errors=True)
 
 
 if __name__ == "__main__":
