@@ -22,9 +22,10 @@ from typing import Any
 
 import pytest
 from conftest import BundleFactory, host_mounts, needs_root, supervisor_pids
+from escape_probes import MASKED
 
 from sandboxrt import Container, FileStore
-from sandboxrt._core.spec_default import DEFAULT_HOSTNAME
+from sandboxrt._core.spec_default import DEFAULT_HOSTNAME, DEFAULT_MASKED_PATHS
 from sandboxrt._proc.supervisor import PROCESS_NAME as SUPERVISOR_NAME
 from sandboxrt.bundle import make_bundle
 
@@ -88,17 +89,6 @@ EROFS_IF_PRESENT = {
     "write_sysctl_modprobe": "/proc/sys/kernel/modprobe",
     "write_proc_irq": "/proc/irq/default_smp_affinity",
 }
-MASKED = (
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/timer_list",
-    "/proc/sched_debug",
-    "/proc/interrupts",
-    "/proc/latency_stats",
-    "/proc/acpi",
-    "/proc/scsi",
-    "/sys/firmware",
-)
 DEV_ENTRIES = {
     *("fd", "stdin", "stdout", "stderr", "ptmx", "pts", "shm", "mqueue"),
     *("null", "zero", "full", "random", "urandom", "tty"),
@@ -192,6 +182,10 @@ def test_read_only(probes: dict[str, Any], name: str) -> None:
 def test_read_only_where_present(probes: dict[str, Any], name: str) -> None:
     expected = "EROFS" if os.path.exists(EROFS_IF_PRESENT[name]) else "ENOENT"
     assert errno_name(outcome(probes, name)) == expected
+
+
+def test_the_probed_masked_paths_are_the_default_specs() -> None:
+    assert set(MASKED) <= set(DEFAULT_MASKED_PATHS)
 
 
 @pytest.mark.parametrize("path", MASKED)
