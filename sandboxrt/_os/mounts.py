@@ -53,7 +53,6 @@ __all__ = [
     "readonly_paths",
     "remount_root_readonly",
     "resolve_beneath_root",
-    "resolve_in_root",
 ]
 
 _MAX_SYMLINKS = 255
@@ -92,45 +91,6 @@ class UnsafePathError(OSError):
 
 def _unsafe(message: str, path: str) -> UnsafePathError:
     return UnsafePathError(errno.EXDEV, message, path)
-
-
-def resolve_in_root(root: str, path: str) -> str:
-    """The host path of ``path`` as seen from a container whose root is ``root``.
-
-    Every symlink met on the way is followed as the container would follow it
-    (absolute targets restart at ``root``), and ``..`` never climbs above
-    ``root``. Components that do not exist yet are kept as they are.
-    """
-    root = os.path.realpath(root)
-    parts = _components(path)
-    resolved: list[str] = []
-    links = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = os.path.join(root, *resolved, part)
-        try:
-            st = os.lstat(candidate)
-        except FileNotFoundError:
-            resolved.append(part)
-            continue
-        if not stat.S_ISLNK(st.st_mode):
-            resolved.append(part)
-            continue
-        links += 1
-        if links > _MAX_SYMLINKS:
-            raise OSError(errno.ELOOP, f"too many symlinks resolving {path}", path)
-        target = os.readlink(candidate)
-        if target.startswith("/"):
-            resolved = []
-        parts = _components(target) + parts
-    return os.path.join(root, *resolved)
-
-
-# -- walking beneath a root, one fd at a time ---------------------------------------------
 
 
 def _components(path: str) -> list[str]:
