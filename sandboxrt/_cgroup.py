@@ -2,7 +2,9 @@
 
 Every container gets a cgroup before its sandbox is launched: ``linux.cgroupsPath``
 when the spec sets one (absolute from each hierarchy's root, relative from the
-caller's own cgroup), else ``/sandboxrt/<id>``, with ``linux.resources`` applied.
+caller's own cgroup), else ``/sandboxrt/<id>`` for the default store and
+``/sandboxrt/<store tag>/<id>`` for any other (see :func:`scope_for`), with
+``linux.resources`` applied.
 The supervisor joins it before it forks the container's init (see
 ``Supervisor.join_cgroups``), so every process of the container is born inside.
 
@@ -30,15 +32,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import logging
 import os
 import signal
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from sandboxrt._os import cgroups
 from sandboxrt._os.cgroups import Cgroup, CgroupLayout, DeviceRule, Resources
 from sandboxrt.errors import MissingFeatureError, SandboxrtError, SystemCallError
+from sandboxrt.stores.file import default_root
 
 __all__ = [
     "DEFAULT_DEVICE_RULES",
@@ -48,6 +53,7 @@ __all__ = [
     "remove",
     "request_for",
     "resources_for",
+    "scope_for",
     "signal_all",
 ]
 
@@ -126,11 +132,23 @@ def request_for(
     return CgroupRequest(path, resources_for(spec, driver), layout, required)
 
 
-def create(request: CgroupRequest, container_id: str) -> Cgroup | None:
+def scope_for(runtime_dir: os.PathLike[str] | str) -> str:
+    """The default cgroup path's store component: none for the default store, else
+    a short hash of the store's runtime directory, so stores never share a cgroup."""
+    if Path(runtime_dir) == default_root() / ".sandboxes":
+        return ""
+    return hashlib.blake2s(os.fsencode(runtime_dir), digest_size=4).hexdigest()
+
+
+def create(request: CgroupRequest, container_id: str, scope: str = "") -> Cgroup | None:
     """Make the cgroup; ``None`` when refused for lack of permission and not required."""
     try:
         cgroup = cgroups.create(
-            request.path, request.resources, container_id=container_id, layout=request.layout
+            request.path,
+            request.resources,
+            container_id=container_id,
+            scope=scope,
+            layout=request.layout,
         )
     except SystemCallError as err:
         if request.required or err.errno not in _NO_PERMISSION:

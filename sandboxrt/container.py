@@ -149,7 +149,8 @@ class Container:
         record behind.
 
         The container gets a cgroup (``linux.cgroupsPath``, else
-        ``/sandboxrt/<id>``) with ``linux.resources`` applied, which its
+        ``/sandboxrt/<id>``, with a store tag before the id for a store other
+        than the default) with ``linux.resources`` applied, which its
         supervisor joins before forking the init. Without any cgroup hierarchy
         mounted this raises :class:`MissingFeatureError`, unless the spec sets
         neither ``linux.resources`` nor ``linux.cgroupsPath``: then it runs
@@ -218,7 +219,11 @@ class Container:
             stdio: StdioPlan | None = None
             pty: int | None = None
             try:
-                cgroup = _cgroup.create(cgroup_request, id) if cgroup_request else None
+                cgroup = (
+                    _cgroup.create(cgroup_request, id, _cgroup.scope_for(store.runtime_dir))
+                    if cgroup_request
+                    else None
+                )
                 if cgroup is not None:
                     # Recorded at once: a destroy after a crash from here on removes it.
                     record = container._record = attrs.evolve(record, cgroup=cgroup.to_dict())

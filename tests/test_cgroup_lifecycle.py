@@ -196,7 +196,7 @@ def test_processes_live_in_the_containers_cgroup_with_its_limits(
     cgroup = cgroup_of(store, cid)
     made = created_dirs(cgroup)
     try:
-        assert cgroup.path == f"/sandboxrt/{cid}"
+        assert cgroup.path == f"/sandboxrt/{library_cgroup.scope_for(store.runtime_dir)}/{cid}"
         assert made and all(d.is_dir() for d in made)
         supervisor = container.state().pid
         assert supervisor is not None

@@ -810,3 +810,14 @@ def test_package_exports() -> None:
     for name in cgroups.__all__:
         assert hasattr(cgroups, name)
     assert DeviceRule(allow=True).v1_line() == "a"
+
+
+def test_default_path_scope_keeps_stores_apart(tmp_path: Path) -> None:
+    from sandboxrt import _cgroup
+    from sandboxrt.stores.file import default_root
+
+    assert cgroups.default_path("c1") == "/sandboxrt/c1"
+    assert cgroups.default_path("c1", "ab12") == "/sandboxrt/ab12/c1"
+    assert _cgroup.scope_for(default_root() / ".sandboxes") == ""
+    one, two = _cgroup.scope_for(tmp_path / "a"), _cgroup.scope_for(tmp_path / "b")
+    assert one and two and one != two

@@ -62,9 +62,12 @@ __all__ = [
 _DRIVERS: dict[str, type[Cgroup]] = {"v1": CgroupV1, "v2": CgroupV2}
 
 
-def default_path(container_id: str) -> str:
-    """The cgroupsPath used when a spec gives none: ``/sandboxrt/<id>``."""
-    return f"/sandboxrt/{container_id}"
+def default_path(container_id: str, scope: str = "") -> str:
+    """The cgroupsPath used when a spec gives none: ``/sandboxrt[/<scope>]/<id>``.
+
+    ``scope`` keeps apart the containers of different stores that share an id.
+    """
+    return f"/sandboxrt/{scope}/{container_id}" if scope else f"/sandboxrt/{container_id}"
 
 
 def create(
@@ -72,6 +75,7 @@ def create(
     resources: ResourcesLike | None = None,
     *,
     container_id: str = "",
+    scope: str = "",
     layout: CgroupLayout | None = None,
 ) -> Cgroup:
     """Create the cgroup of a container and apply ``resources``.
@@ -79,7 +83,7 @@ def create(
     ``path`` is the OCI ``linux.cgroupsPath``: absolute from each hierarchy's
     root, relative from the caller's own cgroup; an existing cgroup is used
     (and never removed). When empty, :func:`default_path` of
-    ``container_id``, which must not exist yet: a container of the same id
+    ``container_id`` in ``scope``, which must not exist yet: a container of the same id
     from another store, or one left behind, is never shared (``EEXIST``).
     ``resources`` is the OCI ``linux.resources`` object or a
     :class:`Resources`. ``layout`` defaults to :func:`detect`.
@@ -88,7 +92,7 @@ def create(
     if not path:
         if not container_id:
             raise ValueError("create() needs a cgroupsPath or a container id")
-        path = default_path(container_id)
+        path = default_path(container_id, scope)
     layout = layout if layout is not None else detect()
     driver = layout.driver
     if driver is None:
