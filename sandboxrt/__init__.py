@@ -22,10 +22,17 @@ if TYPE_CHECKING:
     from sandboxrt.errors import (
         AmbiguousIDError,
         ContainerExistsError,
+        ContainerFileError,
+        ContainerFileExistsError,
+        ContainerFileNotFoundError,
+        ContainerIsADirectoryError,
+        ContainerNotADirectoryError,
         ContainerNotFoundError,
+        ContainerPermissionError,
         CorruptMetadataError,
         CreateTimeoutError,
         ExecError,
+        GoferError,
         HookError,
         InitError,
         InvalidIDError,
@@ -42,6 +49,8 @@ if TYPE_CHECKING:
         SystemCallError,
         WaitTimeoutError,
     )
+    from sandboxrt.files import ContainerFiles, FileStat
+    from sandboxrt.gofer import Gofer
     from sandboxrt.process import Process
     from sandboxrt.sandbox import Sandbox
     from sandboxrt.stores import FileStore, MemoryStore, MetadataStore, default_root
@@ -54,11 +63,21 @@ __all__ = [
     "Config",
     "Container",
     "ContainerExistsError",
+    "ContainerFileError",
+    "ContainerFileExistsError",
+    "ContainerFileNotFoundError",
+    "ContainerFiles",
+    "ContainerIsADirectoryError",
+    "ContainerNotADirectoryError",
     "ContainerNotFoundError",
+    "ContainerPermissionError",
     "CorruptMetadataError",
     "CreateTimeoutError",
     "ExecError",
+    "FileStat",
     "FileStore",
+    "Gofer",
+    "GoferError",
     "HookError",
     "InitError",
     "InvalidIDError",
@@ -112,6 +131,9 @@ _HOMES = {
     "Container": "sandboxrt.container",
     "OCIState": "sandboxrt.container",
     "Stats": "sandboxrt.container",
+    "ContainerFiles": "sandboxrt.files",
+    "FileStat": "sandboxrt.files",
+    "Gofer": "sandboxrt.gofer",
     "Process": "sandboxrt.process",
     "Sandbox": "sandboxrt.sandbox",
     "FileStore": "sandboxrt.stores",

@@ -33,6 +33,7 @@ from sandboxrt._stdio import StdioArg, StdioPlan
 from sandboxrt.config import Config
 from sandboxrt.errors import (
     ContainerNotFoundError,
+    GoferError,
     InitError,
     InvalidStateError,
     MissingFeatureError,
@@ -40,8 +41,11 @@ from sandboxrt.errors import (
     ProcessTimeoutError,
     SandboxDiedError,
 )
+from sandboxrt.files import ContainerFiles
+from sandboxrt.gofer import SOCKET_NAME as gofer_socket
+from sandboxrt.gofer import Gofer, PendingGofer
 from sandboxrt.process import Process
-from sandboxrt.sandbox import Sandbox
+from sandboxrt.sandbox import Sandbox, kill_process
 from sandboxrt.stores import FileStore, MetadataStore
 
 __all__ = ["Container", "CreateOptions", "OCIState", "Stats"]
@@ -218,6 +222,8 @@ class Container:
             container = cls(record, store)
             stdio: StdioPlan | None = None
             pty: int | None = None
+            root: int | None = None
+            gofer: PendingGofer | None = None
             try:
                 cgroup = (
                     _cgroup.create(cgroup_request, id, _cgroup.scope_for(store.runtime_dir))
@@ -230,7 +236,9 @@ class Container:
                     store.save(record)
                     plan = dataclasses.replace(plan, cgroup_procs=_cgroup.procs_files(cgroup))
                 stdio = StdioPlan(stdin, stdout, stderr)
-                sandbox, pty = Sandbox.launch(
+                # Launched first: its start overlaps the sandbox's creation.
+                gofer = PendingGofer(launcher)
+                sandbox, pty, root = Sandbox.launch(
                     plan,
                     stdio.child_fds,
                     launcher=launcher,
@@ -238,10 +246,25 @@ class Container:
                     timeout=config.create_timeout,
                 )
                 stdio.close_child_ends()
+                gofer_identity = None
+                if root is not None:
+                    gofer_identity = gofer.start(
+                        id,
+                        root=root,
+                        supervisor=sandbox.supervisor,
+                        runtime_dir=sandbox.runtime_dir,
+                        uid=plan.init.uid,
+                        gid=plan.init.gid,
+                    ).identity
+                    os.close(root)
+                    root = None
+                else:
+                    gofer.abort()
                 container._record = attrs.evolve(
                     record,
                     sandbox=sandbox.supervisor,
                     runtime_dir=sandbox.runtime_dir,
+                    gofer=gofer_identity,
                 ).with_status(Status.CREATED)
                 if autostart:
                     container._record = container._record.with_status(Status.RUNNING)
@@ -261,6 +284,10 @@ class Container:
                     stdio.close_all()
                 if pty is not None:
                     os.close(pty)
+                if root is not None:
+                    os.close(root)
+                if gofer is not None:
+                    gofer.abort()
                 if container.console is not None:
                     container.console.close()
                 container._teardown()
@@ -320,9 +347,19 @@ class Container:
         return Sandbox(record.sandbox_id, record.sandbox, record.runtime_dir)
 
     @property
-    def gofer(self) -> None:
-        """The container's gofer; native sandboxes have none yet (it comes with the file API)."""
-        return None
+    def gofer(self) -> Gofer | None:
+        """The container's gofer (the process that serves :attr:`files`), while the
+        container is created, running or paused; ``None`` once it stopped."""
+        self._refresh()
+        record = self._record
+        if record.gofer is None or _effective_status(record, self.sandbox) not in _LIVE:
+            return None
+        return Gofer(self.id, record.gofer, os.path.join(record.runtime_dir, gofer_socket))
+
+    @property
+    def files(self) -> ContainerFiles:
+        """The container's files, served by its gofer: ``container.files.read_text(...)``."""
+        return ContainerFiles(self)
 
     @property
     def status(self) -> Status:
@@ -586,6 +623,16 @@ class Container:
             record = attrs.evolve(record, spec=self._record.spec)
         self._record = record
 
+    def _file_server(self) -> Gofer:
+        """The gofer, for the file API: :class:`InvalidStateError` unless the container is
+        created, running or paused; :class:`GoferError` if it has none."""
+        self._refresh()
+        record = self._record
+        require(Operation.FILES, self.id, _effective_status(record, self.sandbox))
+        if record.gofer is None:
+            raise GoferError(self.id, "none was started (its sandbox could not open its root)")
+        return Gofer(self.id, record.gofer, os.path.join(record.runtime_dir, gofer_socket))
+
     def _locked(self) -> _Locked:
         return _Locked(self)
 
@@ -598,6 +645,10 @@ class Container:
         The cgroup goes once the sandbox is gone: what is left in it (a
         container without a PID namespace of its own) is killed first.
         """
+        if self._record.gofer is not None and not kill_process(
+            self._record.gofer, self._destroy_timeout()
+        ):
+            raise GoferError(self.id, f"pid {self._record.gofer.pid} did not exit")
         sandbox = self.sandbox
         if sandbox is not None:
             sandbox.destroy(timeout=self._destroy_timeout())

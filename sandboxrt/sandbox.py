@@ -40,7 +40,7 @@ from sandboxrt.errors import (
     WaitTimeoutError,
 )
 
-__all__ = ["Sandbox"]
+__all__ = ["Sandbox", "kill_process", "open_pidfd"]
 
 #: What ``wait`` reports when the supervisor was killed before it could record an exit.
 KILLED_RETURNCODE = -signal.SIGKILL
@@ -110,8 +110,10 @@ class Sandbox:
         launcher: Launcher | None = None,
         on_mounted: Callable[[Sandbox], dict[str, Any]] | None = None,
         timeout: float | None = None,
-    ) -> tuple[Sandbox, int | None]:
-        """Start a sandbox for ``plan``; returns it and the pty master, if any.
+    ) -> tuple[Sandbox, int | None, int | None]:
+        """Start a sandbox for ``plan``; returns it, the pty master (if any) and an
+        ``O_PATH`` fd of the container's root as it sees it (None if the supervisor
+        could not open it).
 
         ``on_mounted`` runs (in this process) once the container's mounts are
         made and before ``pivot_root``: the place of prestart and createRuntime
@@ -156,9 +158,8 @@ class Sandbox:
                 sandbox = cls(plan.sandbox_id, _identity(first, container_id), plan.runtime_dir)
                 process.wait()
                 launched = None
-                return sandbox, sandbox._follow_creation(
-                    ours, container_id, on_mounted, plan.autostart
-                )
+                pty, root = sandbox._follow_creation(ours, container_id, on_mounted, plan.autostart)
+                return sandbox, pty, root
         except BaseException:
             if sandbox is not None:
                 sandbox.destroy(timeout=10.0)
@@ -197,8 +198,9 @@ class Sandbox:
         container_id: str,
         on_mounted: Callable[[Sandbox], dict[str, Any]] | None,
         autostart: bool,
-    ) -> int | None:
+    ) -> tuple[int | None, int | None]:
         pty: int | None = None
+        root: int | None = None
         while True:
             step, fds = self._next(sock, container_id, self.runtime_dir, Progress)
             if step.step == "mounted":
@@ -208,14 +210,17 @@ class Sandbox:
                     channel.send(sock, Progress("cancel"))
                     raise
                 channel.send(sock, Progress("go", details={"state": state}))
-            elif step.step == "created" and not autostart:
-                return fds[0] if fds else None
             elif step.step == "created":
-                pty, autostart = (fds[0] if fds else None), False  # "started" comes next
+                if step.details.get("root") and fds:
+                    root, fds = fds[0], fds[1:]
+                pty = fds[0] if fds else None
+                if not autostart:
+                    return pty, root
+                autostart = False  # "started" comes next
             elif step.step == "started":
-                return pty
+                return pty, root
             else:
-                channel.close_fds(fds)
+                channel.close_fds([*fds, *(fd for fd in (pty, root) if fd is not None)])
                 raise self._failure(container_id, step)
 
     # -- talking to the supervisor -----------------------------------------------------
@@ -358,29 +363,7 @@ class Sandbox:
 
         Waits up to ``timeout`` seconds for it to exit; ``True`` once it is gone.
         """
-        try:
-            pidfd = os.pidfd_open(self.pid)
-        except ProcessLookupError:
-            return True
-        except OSError:  # no pidfds on this kernel: signal by pid, poll with backoff
-            if self.is_running():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, signal.SIGKILL)
-            return not backoff.on_predicate(
-                backoff.expo, lambda alive: alive, max_time=timeout, factor=0.001, max_value=0.05
-            )(self.is_running)()
-        try:
-            # The pidfd pins one process: check it is ours before signalling it.
-            if not self.is_running():
-                return True
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            poller.poll(timeout * 1000)  # readable once the process has exited
-            return not self.is_running()
-        finally:
-            os.close(pidfd)
+        return kill_process(self.supervisor, timeout)
 
     def owns_pid_namespace(self) -> bool:
         """Whether the supervisor is PID 1 of a PID namespace (its death then kills the rest)."""
@@ -405,6 +388,53 @@ class Sandbox:
         if not self.kill(timeout):
             raise SandboxDiedError(self.id, f"the supervisor (pid {self.pid}) did not exit")
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+def _alive(identity: ProcessIdentity) -> bool:
+    return procfs.is_alive(identity.pid, identity.start_ticks, identity.boot_id)
+
+
+def kill_process(identity: ProcessIdentity, timeout: float = 0.0) -> bool:
+    """SIGKILL the process ``identity`` names (never one reusing its pid).
+
+    Waits up to ``timeout`` seconds for it to exit; ``True`` once it is gone.
+    """
+    try:
+        pidfd = os.pidfd_open(identity.pid)
+    except ProcessLookupError:
+        return True
+    except OSError:  # no pidfds on this kernel: signal by pid, poll with backoff
+        if _alive(identity):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(identity.pid, signal.SIGKILL)
+        return not backoff.on_predicate(
+            backoff.expo, lambda alive: alive, max_time=timeout, factor=0.001, max_value=0.05
+        )(lambda: _alive(identity))()
+    try:
+        # The pidfd pins one process: check it is ours before signalling it.
+        if not _alive(identity):
+            return True
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.poll(timeout * 1000)  # readable once the process has exited
+        return not _alive(identity)
+    finally:
+        os.close(pidfd)
+
+
+def open_pidfd(identity: ProcessIdentity) -> int | None:
+    """A pidfd of the process ``identity`` names, or None once it is gone."""
+    try:
+        pidfd = os.pidfd_open(identity.pid)
+    except OSError:
+        return None
+    if not _alive(identity):
+        os.close(pidfd)
+        return None
+    os.set_inheritable(pidfd, False)
+    return pidfd
 
 
 def _reap(process: LaunchedProcess) -> None:

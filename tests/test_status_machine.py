@@ -42,6 +42,7 @@ EXPECTED_ALLOWED: dict[str, set[str]] = {
     "checkpoint": {"created", "running", "paused"},
     "processes": {"running", "paused"},
     "stats": {"created", "running", "paused"},
+    "files": {"created", "running", "paused"},
     "destroy": ALL,
 }
 
@@ -63,6 +64,7 @@ EXPECTED_VERBS = {
     "checkpoint": "checkpoint",
     "processes": "list the processes of",
     "stats": "read the stats of",
+    "files": "use the files of",
     "destroy": "destroy",
 }
 
@@ -78,6 +80,7 @@ EFFECT: dict[str, str | None] = {
     "checkpoint": None,
     "processes": None,
     "stats": None,
+    "files": None,
     "destroy": "gone",
 }
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 __all__ = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
     "CLONE_NEWCGROUP",
     "CLONE_NEWIPC",
     "CLONE_NEWNET",
@@ -37,6 +42,11 @@ __all__ = [
     "PR_SET_DUMPABLE",
     "PR_SET_NO_NEW_PRIVS",
     "PR_SET_PDEATHSIG",
+    "RESOLVE_BENEATH",
+    "RESOLVE_IN_ROOT",
+    "RESOLVE_NO_MAGICLINKS",
+    "RESOLVE_NO_SYMLINKS",
+    "RESOLVE_NO_XDEV",
     "SECCOMP_FILTER_FLAGS",
 ]
 
@@ -96,3 +106,17 @@ SECCOMP_FILTER_FLAGS = {
     "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 4,
     "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV": 32,
 }
+
+# openat2(2) ``resolve`` flags.
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+# Capability numbers (capabilities(7)) the gofer keeps.
+CAP_CHOWN = 0
+CAP_DAC_OVERRIDE = 1
+CAP_DAC_READ_SEARCH = 2
+CAP_FOWNER = 3
+CAP_FSETID = 4

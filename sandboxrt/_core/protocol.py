@@ -38,6 +38,7 @@ __all__ = [
     "SeccompPlan",
     "decode",
     "encode",
+    "register",
 ]
 
 #: The largest message either side accepts, in bytes.
@@ -279,7 +280,9 @@ class Request(_Message):
     """A control request. ``op`` is one of :attr:`OPS`."""
 
     kind: ClassVar[str] = "request"
-    OPS: ClassVar[frozenset[str]] = frozenset({"ping", "start", "wait", "signal", "exec", "launch"})
+    OPS: ClassVar[frozenset[str]] = frozenset(
+        {"ping", "start", "wait", "signal", "exec", "launch", "gofer"}
+    )
 
     op: str
     container_id: str = ""
@@ -346,6 +349,14 @@ def _resolve_hints(cls: type[Any]) -> None:
 # inits) do not evaluate annotations again at their first message.
 for _cls in _KINDS.values():
     _resolve_hints(_cls)
+
+
+def register(*classes: type[_Message]) -> None:
+    """Make more message types known to :func:`decode` (another conversation's messages)."""
+    for cls in classes:
+        if _KINDS.setdefault(cls.kind, cls) is not cls:
+            raise ValueError(f"message kind {cls.kind!r} is taken")
+        _resolve_hints(cls)
 
 
 def encode(message: _Message) -> bytes:

@@ -45,6 +45,7 @@ class Operation(enum.StrEnum):
     CHECKPOINT = "checkpoint"
     PROCESSES = "processes"
     STATS = "stats"
+    FILES = "files"
     DESTROY = "destroy"
 
 
@@ -70,6 +71,7 @@ ALLOWED_BY_OPERATION: Mapping[Operation, frozenset[Status]] = {
     Operation.CHECKPOINT: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
     Operation.PROCESSES: frozenset({_S.RUNNING, _S.PAUSED}),
     Operation.STATS: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
+    Operation.FILES: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
     Operation.DESTROY: frozenset(_S),
 }
 
@@ -79,6 +81,7 @@ _VERBS: Mapping[Operation, str] = {
     Operation.EXEC: "exec in",
     Operation.PROCESSES: "list the processes of",
     Operation.STATS: "read the stats of",
+    Operation.FILES: "use the files of",
 }
 
 

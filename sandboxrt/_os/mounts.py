@@ -48,10 +48,12 @@ __all__ = [
     "default_dev_symlinks",
     "make_mount",
     "mask_paths",
+    "open_beneath",
     "open_pty",
     "pivot_into",
     "readonly_paths",
     "remount_root_readonly",
+    "reopen",
     "resolve_beneath_root",
 ]
 
@@ -159,6 +161,39 @@ def _walk(
             os.close(fd)
 
 
+#: Whether this kernel has ``openat2(2)`` (cleared at the first ``ENOSYS``).
+_have_openat2 = True
+_RESOLVE = abi.RESOLVE_IN_ROOT | abi.RESOLVE_NO_MAGICLINKS
+
+
+def open_beneath(root_fd: int, path: str, *, follow: bool = True) -> int:
+    """An ``O_PATH`` fd on ``path`` resolved beneath ``root_fd`` as the container sees it.
+
+    ``openat2`` with ``RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`` (retried on
+    ``EAGAIN``, which a racing rename causes); where the kernel lacks it, the
+    component walk :func:`_walk`. Absolute symlinks and ``..`` stay beneath
+    the root; magic links are refused (``ELOOP``) or never followed. With
+    ``follow=False`` a symlink as the last component is opened itself.
+    """
+    global _have_openat2
+    if _have_openat2:
+        flags = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+        for _ in range(64):
+            try:
+                return syscalls.openat2(root_fd, path, flags, 0, _RESOLVE)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno != errno.ENOSYS:
+                    raise OSError(exc.errno, os.strerror(exc.errno or 0), path) from None
+                _have_openat2 = False
+                break
+        else:
+            raise OSError(errno.EAGAIN, "the path kept changing while it was resolved", path)
+    fd, _ = _walk(root_fd, path, follow=follow)
+    return fd
+
+
 def _create(parent: int, name: str, *, directory: bool) -> None:
     with contextlib.suppress(FileExistsError):  # lost a race: the open that follows decides
         if directory:
@@ -189,6 +224,15 @@ def _fd_dir() -> int:
             raise _unsafe("/proc is not this process's procfs", "/proc")
         _fd_table = (pid, fd)
     return _fd_table[1]
+
+
+def reopen(fd: int, flags: int) -> int:
+    """A new open file description of ``fd``'s file (an ``O_PATH`` fd, say) with ``flags``.
+
+    Goes through this process's own ``/proc/<pid>/fd``, so it reopens exactly
+    that inode, whatever its path names now.
+    """
+    return os.open(str(fd), flags | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=_fd_dir())
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import errno
 import os
 import selectors
@@ -235,6 +236,11 @@ class Supervisor:
                 step, fds = channel.receive(self.init_sync, Progress)
             except channel.ChannelClosedError:
                 step, fds = Progress("error", error="the container's init died"), []
+            if step.step == "created":
+                root = self._open_root()
+                if root is not None:  # first, before a pty master: for the gofer
+                    fds = [root, *fds]
+                    step = dataclasses.replace(step, details={**step.details, "root": True})
             self.report(step, fds)
             channel.close_fds(fds)
             if step.step == "mounted":
@@ -250,6 +256,14 @@ class Supervisor:
                     started = Progress("error", reply.error, reply.error_type, dict(reply.details))
                 self.report(started)
             return True
+
+    def _open_root(self) -> int | None:
+        """An ``O_PATH`` fd of the init's root as the container sees it (mounts made,
+        pivoted), or None if it cannot be opened."""
+        try:
+            return os.open(f"/proc/{self.init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
 
     # -- serving ---------------------------------------------------------------------------
 
