@@ -1,0 +1,138 @@
+"""The gofer: confined (capabilities, no_new_privs, own mount namespace), one per container,
+gone with its container and after destroy; the file API fails clearly without it."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import BundleFactory, children_of_this_process, needs_busybox, needs_root
+
+from sandboxrt import Container, FileStore, Gofer, GoferError, InitError, SubprocessLauncher
+from sandboxrt._os import procfs
+from sandboxrt._proc.gofer import KEPT_CAPABILITIES, PROCESS_NAME
+
+pytestmark = [needs_root, needs_busybox]
+
+
+def status_fields(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def wait_exit(pid: int, timeout: float = 30.0) -> bool:
+    """Whether ``pid`` exits within ``timeout`` seconds (a pidfd becomes readable)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([pidfd], [], [], timeout)[0])
+    finally:
+        os.close(pidfd)
+
+
+def alive(gofer: Gofer) -> bool:
+    i = gofer.identity
+    return procfs.is_alive(i.pid, i.start_ticks, i.boot_id)
+
+
+def test_gofer_holds_only_its_capabilities_and_no_new_privs(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    c = Container.create("gcaps", bundle(["sleep", "60"]), store=store)
+    try:
+        gofer = c.gofer
+        assert gofer is not None
+        assert gofer.socket == os.path.join(c.sandbox.runtime_dir, "gofer.sock")  # type: ignore[union-attr]
+        assert os.stat(gofer.socket).st_mode & 0o777 == 0o600
+        fields = status_fields(gofer.pid)
+        expected = sum(1 << cap for cap in KEPT_CAPABILITIES)
+        assert expected == 0x1F  # chown, dac_override, dac_read_search, fowner, fsetid
+        for name in ("CapEff", "CapPrm", "CapBnd"):
+            assert int(fields[name], 16) == expected, name
+        assert int(fields["CapInh"], 16) == 0 and int(fields["CapAmb"], 16) == 0
+        assert fields["NoNewPrivs"] == "1"
+        with open(f"/proc/{gofer.pid}/comm") as f:
+            assert f.read().strip() == PROCESS_NAME
+        # A mount namespace of its own: neither ours nor the container's.
+        own = os.stat(f"/proc/{gofer.pid}/ns/mnt").st_ino
+        assert own != os.stat("/proc/self/ns/mnt").st_ino
+        sup = c.sandbox.pid  # type: ignore[union-attr]
+        assert own != os.stat(f"/proc/{sup}/ns/mnt").st_ino
+        # Outside the sandbox's PID namespace: the container cannot see or signal it.
+        assert os.stat(f"/proc/{gofer.pid}/ns/pid").st_ino == os.stat("/proc/self/ns/pid").st_ino
+        assert c.files.listdir("/bin")  # and it serves
+    finally:
+        c.destroy()
+
+
+def test_gofer_exits_with_its_container(store: FileStore, bundle: BundleFactory) -> None:
+    c = Container.create("gexit", bundle(["sh", "-c", "exit 3"]), store=store)
+    try:
+        gofer = c.gofer
+        assert gofer is not None
+        c.start()
+        assert c.wait(timeout=30) == 3
+        assert wait_exit(gofer.pid)
+        assert not alive(gofer)
+        assert c.gofer is None
+    finally:
+        c.destroy()
+
+
+def test_destroy_kills_the_gofer_and_is_idempotent(store: FileStore, bundle: BundleFactory) -> None:
+    c = Container.create("gdestroy", bundle(["sleep", "60"]), store=store)
+    gofer = c.gofer
+    assert gofer is not None and alive(gofer)
+    c.destroy()
+    assert not alive(gofer)
+    c.destroy()
+    assert not os.path.exists(gofer.socket)
+
+
+def test_file_api_after_the_gofers_death_raises_gofer_error(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    c = Container.create("gdead", bundle(["sleep", "60"]), store=store)
+    try:
+        c.start()
+        gofer = c.gofer
+        assert gofer is not None
+        os.kill(gofer.pid, signal.SIGKILL)
+        assert wait_exit(gofer.pid)
+        with pytest.raises(GoferError, match='gofer of container "gdead" is not running'):
+            c.files.read_text("/etc/passwd")
+        assert c.status.value == "running"  # the container lives on (decision 16)
+        assert c.exec_run(["true"]).returncode == 0
+    finally:
+        c.destroy()
+
+
+def test_gofer_with_the_subprocess_launcher(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    Container.run("gwarm", bundle(["true"]), store=store)  # the fork server, if any, is up
+    children = children_of_this_process()
+    c = Container.create(
+        "gsub", bundle(["sleep", "60"]), store=store, launcher=SubprocessLauncher()
+    )
+    try:
+        c.files.write_text("/tmp/x", "sub")
+        assert c.files.read_text("/tmp/x") == "sub"
+        gofer = c.gofer
+        assert gofer is not None
+    finally:
+        c.destroy()
+    assert not alive(gofer)
+    assert children_of_this_process() <= children  # launched processes were waited for
+
+
+def test_failed_create_leaves_no_gofer(store: FileStore, bundle: BundleFactory) -> None:
+    with pytest.raises(InitError):
+        Container.create("gfail", bundle(["/no/such/program"]), store=store)
+    # The leak check (conftest) fails the test if a gofer was left running.
+    assert "gfail" not in Container.list(store=store)
