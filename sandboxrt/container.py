@@ -246,16 +246,16 @@ class Container:
                     timeout=config.create_timeout,
                 )
                 stdio.close_child_ends()
-                gofer_identity = None
+                serving = None
                 if root is not None:
-                    gofer_identity = gofer.start(
+                    serving = gofer.start(
                         id,
                         root=root,
                         supervisor=sandbox.supervisor,
                         runtime_dir=sandbox.runtime_dir,
                         uid=plan.init.uid,
                         gid=plan.init.gid,
-                    ).identity
+                    )
                     os.close(root)
                     root = None
                 else:
@@ -264,7 +264,7 @@ class Container:
                     record,
                     sandbox=sandbox.supervisor,
                     runtime_dir=sandbox.runtime_dir,
-                    gofer=gofer_identity,
+                    gofer=serving.identity if serving is not None else None,
                 ).with_status(Status.CREATED)
                 if autostart:
                     container._record = container._record.with_status(Status.RUNNING)

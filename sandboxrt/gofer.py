@@ -132,13 +132,18 @@ class PendingGofer:
         runtime_dir: str,
         uid: int,
         gid: int,
-    ) -> Gofer:
-        """Hand the gofer the container's root and its socket; it serves from then on."""
+    ) -> Gofer | None:
+        """Hand the gofer the container's root and its socket; it serves from then on.
+
+        None when the sandbox has exited already (a quick program started by
+        ``run``): the gofer is stopped, there is nothing left to serve.
+        """
         identity = self._launched(container_id)
         path = os.path.join(runtime_dir, SOCKET_NAME)
         pidfd = open_pidfd(supervisor)
         if pidfd is None:
-            raise GoferError(container_id, "the sandbox exited before its gofer started")
+            self.abort()
+            return None
         try:
             log = os.open(
                 os.path.join(runtime_dir, "gofer.log"),

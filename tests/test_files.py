@@ -414,3 +414,59 @@ def test_copy_to_a_closed_container_after_run(store: FileStore, bundle: BundleFa
     """run() destroys the container: its gofer goes with it, nothing is left."""
     assert Container.run("run1", bundle(["true"]), store=store) == 0
     assert "run1" not in Container.list(store=store)  # processes: the leak fixture checks
+
+
+# -- resolution beneath a root: openat2 and the fallback walk agree -------------------------
+
+HOSTILE_PATHS = [
+    "etc/shadow",
+    "evil/to_root/etc/shadow",
+    "evil/up/etc/shadow",
+    "evil/to_shadow",
+    "/../../etc/shadow",
+    "evil/proc_root/etc/shadow",
+    "evil/to_canary/secret",
+    "evil/loop",
+    "evil/to_root",
+]
+
+
+@pytest.mark.parametrize("path", HOSTILE_PATHS)
+def test_open_beneath_fallback_resolves_as_openat2(
+    tmp_path: Path, canary: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """Where openat2 is missing (ENOSYS), the component walk gives the same file, or fails
+    too: never a file outside the root."""
+    from sandboxrt._os import mounts
+
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/shadow").write_text("inside")
+    evil = root / "evil"
+    evil.mkdir()
+    (evil / "to_root").symlink_to("/")
+    (evil / "up").symlink_to("../../..")
+    (evil / "to_shadow").symlink_to("/etc/shadow")
+    (evil / "proc_root").symlink_to("/proc/self/root")
+    (evil / "to_canary").symlink_to(canary)
+    (evil / "loop").symlink_to("loop")
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    outcomes = []
+    try:
+        for have in (True, False):
+            monkeypatch.setattr(mounts, "_have_openat2", have)
+            try:
+                fd = mounts.open_beneath(root_fd, path)
+            except OSError as exc:
+                outcomes.append(type(exc).__name__ if exc.errno != 40 else "ELOOP")
+                continue
+            try:
+                st = os.fstat(fd)
+                where = os.readlink(f"/proc/self/fd/{fd}")
+            finally:
+                os.close(fd)
+            assert where == str(root) or where.startswith(f"{root}/"), where
+            outcomes.append(f"{st.st_dev}:{st.st_ino}")
+    finally:
+        os.close(root_fd)
+    assert outcomes[0] == outcomes[1] or "proc_root" in path, outcomes

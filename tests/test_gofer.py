@@ -136,3 +136,36 @@ def test_failed_create_leaves_no_gofer(store: FileStore, bundle: BundleFactory) 
         Container.create("gfail", bundle(["/no/such/program"]), store=store)
     # The leak check (conftest) fails the test if a gofer was left running.
     assert "gfail" not in Container.list(store=store)
+
+
+def test_a_sandbox_gone_before_its_gofer_starts_leaves_no_gofer(tmp_path: Path) -> None:
+    """``run`` of a quick program: the sandbox may exit before the gofer is handed the root.
+    Then there is nothing to serve: no gofer, and none left running."""
+    import subprocess
+
+    from sandboxrt._core.records import ProcessIdentity
+    from sandboxrt.gofer import PendingGofer
+
+    exited = subprocess.Popen(["true"])
+    info = procfs.read_stat(exited.pid)
+    assert info is not None
+    exited.wait()
+    supervisor = ProcessIdentity(exited.pid, info.start_ticks, procfs.boot_id())
+    pending = PendingGofer(None)
+    root = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        served = pending.start(
+            "gone", root=root, supervisor=supervisor, runtime_dir=str(tmp_path), uid=0, gid=0
+        )
+    finally:
+        os.close(root)
+    assert served is None
+    assert pending.identity is not None
+    assert wait_exit(pending.identity.pid)
+    assert not os.path.exists(tmp_path / "gofer.sock")
+
+
+def test_many_quick_runs(store: FileStore, bundle: BundleFactory) -> None:
+    path = bundle(["true"])
+    for i in range(20):
+        assert Container.run(f"quick{i}", path, store=store) == 0

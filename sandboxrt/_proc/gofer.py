@@ -75,6 +75,13 @@ def _confine() -> None:
 _O_DIR = os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 
 
+def _is_symlink(parent: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(name, dir_fd=parent).st_mode)
+    except OSError:
+        return False
+
+
 def _split(path: str) -> tuple[str, str]:
     parent, name = posixpath.split(posixpath.normpath("/" + path))
     if not name:
@@ -140,6 +147,10 @@ class Files:
             except FileExistsError:
                 if flags & os.O_EXCL:
                     raise
+                if _is_symlink(parent, name):
+                    raise FileExistsError(
+                        errno.EEXIST, "a symlink to nothing is in the way", path
+                    ) from None
                 continue
             finally:
                 os.close(parent)
