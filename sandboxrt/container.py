@@ -222,8 +222,6 @@ class Container:
             container = cls(record, store)
             stdio: StdioPlan | None = None
             pty: int | None = None
-            root: int | None = None
-            gofer: PendingGofer | None = None
             try:
                 cgroup = (
                     _cgroup.create(cgroup_request, id, _cgroup.scope_for(store.runtime_dir))
@@ -236,9 +234,7 @@ class Container:
                     store.save(record)
                     plan = dataclasses.replace(plan, cgroup_procs=_cgroup.procs_files(cgroup))
                 stdio = StdioPlan(stdin, stdout, stderr)
-                # Launched first: its start overlaps the sandbox's creation.
-                gofer = PendingGofer(launcher)
-                sandbox, pty, root = Sandbox.launch(
+                sandbox, pty = Sandbox.launch(
                     plan,
                     stdio.child_fds,
                     launcher=launcher,
@@ -246,25 +242,10 @@ class Container:
                     timeout=config.create_timeout,
                 )
                 stdio.close_child_ends()
-                serving = None
-                if root is not None:
-                    serving = gofer.start(
-                        id,
-                        root=root,
-                        supervisor=sandbox.supervisor,
-                        runtime_dir=sandbox.runtime_dir,
-                        uid=plan.init.uid,
-                        gid=plan.init.gid,
-                    )
-                    os.close(root)
-                    root = None
-                else:
-                    gofer.abort()
                 container._record = attrs.evolve(
                     record,
                     sandbox=sandbox.supervisor,
                     runtime_dir=sandbox.runtime_dir,
-                    gofer=serving.identity if serving is not None else None,
                 ).with_status(Status.CREATED)
                 if autostart:
                     container._record = container._record.with_status(Status.RUNNING)
@@ -284,10 +265,6 @@ class Container:
                     stdio.close_all()
                 if pty is not None:
                     os.close(pty)
-                if root is not None:
-                    os.close(root)
-                if gofer is not None:
-                    gofer.abort()
                 if container.console is not None:
                     container.console.close()
                 container._teardown()
@@ -348,13 +325,13 @@ class Container:
 
     @property
     def gofer(self) -> Gofer | None:
-        """The container's gofer (the process that serves :attr:`files`), while the
-        container is created, running or paused; ``None`` once it stopped."""
-        self._refresh()
-        record = self._record
-        if record.gofer is None or _effective_status(record, self.sandbox) not in _LIVE:
+        """The container's gofer (the process that serves :attr:`files`), started on
+        first use, while the container is created, running or paused; ``None`` once
+        it stopped."""
+        try:
+            return self._file_server()
+        except InvalidStateError:
             return None
-        return Gofer(self.id, record.gofer, os.path.join(record.runtime_dir, gofer_socket))
 
     @property
     def files(self) -> ContainerFiles:
@@ -624,14 +601,49 @@ class Container:
         self._record = record
 
     def _file_server(self) -> Gofer:
-        """The gofer, for the file API: :class:`InvalidStateError` unless the container is
-        created, running or paused; :class:`GoferError` if it has none."""
+        """The gofer, for the file API, started (under the lock) if it was not yet:
+        :class:`InvalidStateError` unless the container is created, running or paused."""
         self._refresh()
         record = self._record
         require(Operation.FILES, self.id, _effective_status(record, self.sandbox))
         if record.gofer is None:
-            raise GoferError(self.id, "none was started (its sandbox could not open its root)")
+            with self._locked() as sandbox:
+                require(Operation.FILES, self.id, _effective_status(self._record, sandbox))
+                assert sandbox is not None
+                if self._record.gofer is None:
+                    try:
+                        self._start_gofer(sandbox)
+                    except SandboxDiedError:  # it stopped meanwhile
+                        require(Operation.FILES, self.id, _effective_status(self._record, sandbox))
+                        raise
+            record = self._record
+        assert record.gofer is not None
         return Gofer(self.id, record.gofer, os.path.join(record.runtime_dir, gofer_socket))
+
+    def _start_gofer(self, sandbox: Sandbox) -> None:
+        """Start the container's gofer and record it (under the lock; decision 15)."""
+        user = (self._record.spec.get("process") or {}).get("user") or {}
+        pending = PendingGofer(None)
+        try:
+            root = sandbox.root(self.id)
+            try:
+                serving = pending.start(
+                    self.id,
+                    root=root,
+                    supervisor=sandbox.supervisor,
+                    runtime_dir=sandbox.runtime_dir,
+                    uid=int(user.get("uid", 0)),
+                    gid=int(user.get("gid", 0)),
+                )
+            finally:
+                os.close(root)
+            if serving is None:
+                raise InvalidStateError("use the files of", self.id, str(Status.STOPPED))
+            self._record = attrs.evolve(self._record, gofer=serving.identity)
+            self._store.save(self._record)
+        except BaseException:
+            pending.abort()
+            raise
 
     def _locked(self) -> _Locked:
         return _Locked(self)

@@ -1,11 +1,11 @@
 """The library's side of a container's gofer: starting it and talking to it.
 
-The gofer (``sandboxrt._proc.gofer``) is launched before the sandbox, so its
-start overlaps the container's creation; once the sandbox reports
-``created`` with the container's root, :meth:`PendingGofer.start` hands it
-that root, a pidfd of the supervisor and its listening socket
-(``<runtime dir>/gofer.sock``, bound here so it exists as soon as ``create``
-returns) without waiting for an answer.
+The gofer (``sandboxrt._proc.gofer``) is started on the container's first
+file call (decision 15): :class:`PendingGofer` launches it, and
+:meth:`PendingGofer.start` hands it the container's root (from the
+supervisor), a pidfd of the supervisor and its listening socket
+(``<runtime dir>/gofer.sock``, bound here so it exists at once) without
+waiting for an answer.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class Gofer:
 
 
 class PendingGofer:
-    """A gofer launched ahead of its container; :meth:`start` it once the root is known."""
+    """A launched gofer that waits for :meth:`start` (its root, pidfd and socket)."""
 
     def __init__(self, launcher: Launcher | None) -> None:
         ours, theirs = channel.socket_pair()

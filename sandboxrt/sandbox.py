@@ -110,10 +110,8 @@ class Sandbox:
         launcher: Launcher | None = None,
         on_mounted: Callable[[Sandbox], dict[str, Any]] | None = None,
         timeout: float | None = None,
-    ) -> tuple[Sandbox, int | None, int | None]:
-        """Start a sandbox for ``plan``; returns it, the pty master (if any) and an
-        ``O_PATH`` fd of the container's root as it sees it (None if the supervisor
-        could not open it).
+    ) -> tuple[Sandbox, int | None]:
+        """Start a sandbox for ``plan``; returns it and the pty master, if any.
 
         ``on_mounted`` runs (in this process) once the container's mounts are
         made and before ``pivot_root``: the place of prestart and createRuntime
@@ -158,8 +156,9 @@ class Sandbox:
                 sandbox = cls(plan.sandbox_id, _identity(first, container_id), plan.runtime_dir)
                 process.wait()
                 launched = None
-                pty, root = sandbox._follow_creation(ours, container_id, on_mounted, plan.autostart)
-                return sandbox, pty, root
+                return sandbox, sandbox._follow_creation(
+                    ours, container_id, on_mounted, plan.autostart
+                )
         except BaseException:
             if sandbox is not None:
                 sandbox.destroy(timeout=10.0)
@@ -198,9 +197,8 @@ class Sandbox:
         container_id: str,
         on_mounted: Callable[[Sandbox], dict[str, Any]] | None,
         autostart: bool,
-    ) -> tuple[int | None, int | None]:
+    ) -> int | None:
         pty: int | None = None
-        root: int | None = None
         while True:
             step, fds = self._next(sock, container_id, self.runtime_dir, Progress)
             if step.step == "mounted":
@@ -210,17 +208,14 @@ class Sandbox:
                     channel.send(sock, Progress("cancel"))
                     raise
                 channel.send(sock, Progress("go", details={"state": state}))
+            elif step.step == "created" and not autostart:
+                return fds[0] if fds else None
             elif step.step == "created":
-                if step.details.get("root") and fds:
-                    root, fds = fds[0], fds[1:]
-                pty = fds[0] if fds else None
-                if not autostart:
-                    return pty, root
-                autostart = False  # "started" comes next
+                pty, autostart = (fds[0] if fds else None), False  # "started" comes next
             elif step.step == "started":
-                return pty, root
+                return pty
             else:
-                channel.close_fds([*fds, *(fd for fd in (pty, root) if fd is not None)])
+                channel.close_fds(fds)
                 raise self._failure(container_id, step)
 
     # -- talking to the supervisor -----------------------------------------------------
@@ -273,6 +268,15 @@ class Sandbox:
         if not reply.ok:
             raise remote_error(container_id, reply.error_type, reply.error, reply.details)
         return reply
+
+    def root(self, container_id: str) -> int:
+        """An ``O_PATH`` fd of the container's root as it sees it (its mounts made, pivoted),
+        which the supervisor opened when the container was created."""
+        reply, fds = self.exchange(container_id, Request("root", container_id))
+        if not reply.ok or len(fds) != 1:
+            channel.close_fds(fds)
+            raise remote_error(container_id, reply.error_type or "ProtocolError", reply.error, {})
+        return fds[0]
 
     def start(self, container_id: str, state: dict[str, Any]) -> None:
         """Release the container's init: it runs startContainer hooks, then execs."""

@@ -9,7 +9,13 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import BundleFactory, children_of_this_process, needs_busybox, needs_root
+from conftest import (
+    BundleFactory,
+    children_of_this_process,
+    needs_busybox,
+    needs_root,
+    supervisor_pids,
+)
 
 from sandboxrt import Container, FileStore, Gofer, GoferError, InitError, SubprocessLauncher
 from sandboxrt._os import procfs
@@ -35,6 +41,16 @@ def wait_exit(pid: int, timeout: float = 30.0) -> bool:
         os.close(pidfd)
 
 
+def gofer_pids() -> set[int]:
+    """This session's live gofers."""
+    found = set()
+    for pid in supervisor_pids():
+        with open(f"/proc/{pid}/comm") as f:
+            if f.read().strip() == PROCESS_NAME:
+                found.add(pid)
+    return found
+
+
 def alive(gofer: Gofer) -> bool:
     i = gofer.identity
     return procfs.is_alive(i.pid, i.start_ticks, i.boot_id)
@@ -45,7 +61,10 @@ def test_gofer_holds_only_its_capabilities_and_no_new_privs(
 ) -> None:
     c = Container.create("gcaps", bundle(["sleep", "60"]), store=store)
     try:
+        assert not gofer_pids()  # started on first use only (decision 15)
         gofer = c.gofer
+        assert gofer_pids() == {gofer.pid}  # type: ignore[union-attr]
+        assert c.gofer.pid == gofer.pid  # type: ignore[union-attr]  # one per container
         assert gofer is not None
         assert gofer.socket == os.path.join(c.sandbox.runtime_dir, "gofer.sock")  # type: ignore[union-attr]
         assert os.stat(gofer.socket).st_mode & 0o777 == 0o600
@@ -134,7 +153,7 @@ def test_gofer_with_the_subprocess_launcher(
 def test_failed_create_leaves_no_gofer(store: FileStore, bundle: BundleFactory) -> None:
     with pytest.raises(InitError):
         Container.create("gfail", bundle(["/no/such/program"]), store=store)
-    # The leak check (conftest) fails the test if a gofer was left running.
+    assert not gofer_pids()
     assert "gfail" not in Container.list(store=store)
 
 

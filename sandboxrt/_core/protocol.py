@@ -281,7 +281,7 @@ class Request(_Message):
 
     kind: ClassVar[str] = "request"
     OPS: ClassVar[frozenset[str]] = frozenset(
-        {"ping", "start", "wait", "signal", "exec", "launch", "gofer"}
+        {"ping", "start", "wait", "signal", "exec", "launch", "gofer", "root"}
     )
 
     op: str

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import errno
 import os
 import selectors
@@ -140,6 +139,8 @@ class Supervisor:
         self.stdio = stdio
         self.init_pid = 0
         self.init_sync: socket.socket | None = None
+        #: ``O_PATH`` fd of the container's root as the init sees it, opened at ``created``.
+        self.root: int | None = None
         self.returncode: int | None = None
         self.waiters: list[socket.socket] = []
         self.selector = selectors.DefaultSelector()
@@ -237,10 +238,7 @@ class Supervisor:
             except channel.ChannelClosedError:
                 step, fds = Progress("error", error="the container's init died"), []
             if step.step == "created":
-                root = self._open_root()
-                if root is not None:  # first, before a pty master: for the gofer
-                    fds = [root, *fds]
-                    step = dataclasses.replace(step, details={**step.details, "root": True})
+                self.root = self._open_root()  # for the gofer (``root`` requests)
             self.report(step, fds)
             channel.close_fds(fds)
             if step.step == "mounted":
@@ -352,6 +350,14 @@ class Supervisor:
                 return self._signal_exec(request.pid, request.signal, group=request.group)
             self._signal(request.signal, everyone=request.all, group=request.group)
             return Reply(True)
+        if request.op == "root":
+            if self.root is None:
+                return Reply(
+                    False, error="the container's root is not open", error_type="ProtocolError"
+                )
+            with contextlib.suppress(OSError):
+                channel.send(conn, Reply(True), [self.root])
+            return None
         if request.op == "exec":
             reply, pty = self._exec(request, fds)
             try:
