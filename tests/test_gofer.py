@@ -45,9 +45,12 @@ def gofer_pids() -> set[int]:
     """This session's live gofers."""
     found = set()
     for pid in supervisor_pids():
-        with open(f"/proc/{pid}/comm") as f:
-            if f.read().strip() == PROCESS_NAME:
-                found.add(pid)
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == PROCESS_NAME:
+                    found.add(pid)
+        except OSError:
+            continue  # exited meanwhile
     return found
 
 
@@ -62,6 +65,7 @@ def test_gofer_holds_only_its_capabilities_and_no_new_privs(
     c = Container.create("gcaps", bundle(["sleep", "60"]), store=store)
     try:
         assert not gofer_pids()  # started on first use only (decision 15)
+        assert c.files.listdir("/bin")  # served once confined: the checks below hold
         gofer = c.gofer
         assert gofer_pids() == {gofer.pid}  # type: ignore[union-attr]
         assert c.gofer.pid == gofer.pid  # type: ignore[union-attr]  # one per container
@@ -84,7 +88,6 @@ def test_gofer_holds_only_its_capabilities_and_no_new_privs(
         assert own != os.stat(f"/proc/{sup}/ns/mnt").st_ino
         # Outside the sandbox's PID namespace: the container cannot see or signal it.
         assert os.stat(f"/proc/{gofer.pid}/ns/pid").st_ino == os.stat("/proc/self/ns/pid").st_ino
-        assert c.files.listdir("/bin")  # and it serves
     finally:
         c.destroy()
 
@@ -188,3 +191,18 @@ def test_many_quick_runs(store: FileStore, bundle: BundleFactory) -> None:
     path = bundle(["true"])
     for i in range(20):
         assert Container.run(f"quick{i}", path, store=store) == 0
+
+
+def test_one_gofer_serves_every_handle_of_the_container(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    c = Container.create("gshare", bundle(["sleep", "60"]), store=store)
+    try:
+        c.files.write_text("/tmp/shared", "one")
+        other = Container.load("gshare", store=store)
+        assert other.files.read_text("/tmp/shared") == "one"
+        assert other.gofer is not None and c.gofer is not None
+        assert other.gofer.pid == c.gofer.pid
+        assert gofer_pids() == {c.gofer.pid}
+    finally:
+        c.destroy()
