@@ -222,8 +222,7 @@ class Sandbox:
 
     def is_running(self) -> bool:
         """Whether the supervisor process (not one reusing its pid) still runs."""
-        s = self.supervisor
-        return procfs.is_alive(s.pid, s.start_ticks, s.boot_id)
+        return _alive(self.supervisor)
 
     def exit_status(self) -> int | None:
         """The root container's recorded exit status, if it has exited."""
