@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dataclasses
 import datetime as _dt
 import functools
@@ -20,12 +21,14 @@ import attrs
 from typing_extensions import Unpack
 
 from sandboxrt import _cgroup
+from sandboxrt._core import abi
 from sandboxrt._core.ids import resolve_id, validate_id
 from sandboxrt._core.plan import UserArg, build_plan, exec_plan
+from sandboxrt._core.protocol import MountPlan, SandboxPlan
 from sandboxrt._core.records import ContainerRecord
 from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
 from sandboxrt._core.status import Operation, Status, require
-from sandboxrt._os import cgroups
+from sandboxrt._os import cgroups, channel
 from sandboxrt._os.seccomp import compile_bpf
 from sandboxrt._proc import hooks
 from sandboxrt._proc.launcher import Launcher
@@ -222,6 +225,8 @@ class Container:
             container = cls(record, store)
             stdio: StdioPlan | None = None
             pty: int | None = None
+            gofer: PendingGofer | None = None
+            trees: list[int] = []
             try:
                 cgroup = (
                     _cgroup.create(cgroup_request, id, _cgroup.scope_for(store.runtime_dir))
@@ -234,19 +239,31 @@ class Container:
                     store.save(record)
                     plan = dataclasses.replace(plan, cgroup_procs=_cgroup.procs_files(cgroup))
                 stdio = StdioPlan(stdin, stdout, stderr)
+                binds = [m for m in plan.init.mounts if m.bind]
+                if 0 < len(binds) <= _MAX_TREES:
+                    # The gofer opens the bind sources (decision 18); it serves files later.
+                    gofer = PendingGofer(launcher)
+                    plan, trees = _with_trees(plan, gofer.prepare(id, _bind_sources(binds)))
                 sandbox, pty = Sandbox.launch(
                     plan,
-                    stdio.child_fds,
+                    [*stdio.child_fds, *trees],
                     launcher=launcher,
                     on_mounted=container._run_runtime_hooks,
                     timeout=config.create_timeout,
                 )
                 stdio.close_child_ends()
+                channel.close_fds(trees)
+                trees = []
                 container._record = attrs.evolve(
                     record,
                     sandbox=sandbox.supervisor,
                     runtime_dir=sandbox.runtime_dir,
                 ).with_status(Status.CREATED)
+                if gofer is not None:
+                    pending, gofer = gofer, None
+                    # A quick program may have ended the sandbox already: nothing to serve.
+                    with contextlib.suppress(SandboxDiedError, InvalidStateError):
+                        container._start_gofer(sandbox, pending, save=False)
                 if autostart:
                     container._record = container._record.with_status(Status.RUNNING)
                 store.save(container._record)
@@ -265,6 +282,9 @@ class Container:
                     stdio.close_all()
                 if pty is not None:
                     os.close(pty)
+                channel.close_fds(trees)
+                if gofer is not None:
+                    gofer.abort()
                 if container.console is not None:
                     container.console.close()
                 container._teardown()
@@ -620,10 +640,13 @@ class Container:
         assert record.gofer is not None
         return Gofer(self.id, record.gofer, os.path.join(record.runtime_dir, gofer_socket))
 
-    def _start_gofer(self, sandbox: Sandbox) -> None:
-        """Start the container's gofer and record it (under the lock; decision 15)."""
+    def _start_gofer(
+        self, sandbox: Sandbox, pending: PendingGofer | None = None, *, save: bool = True
+    ) -> None:
+        """Start the container's gofer (``pending``, or a new one) and record it (under the
+        lock; decision 15); ``save=False`` leaves saving the record to the caller."""
         user = (self._record.spec.get("process") or {}).get("user") or {}
-        pending = PendingGofer(None)
+        pending = pending or PendingGofer(None)
         try:
             root = sandbox.root(self.id)
             try:
@@ -640,7 +663,8 @@ class Container:
             if serving is None:
                 raise InvalidStateError("use the files of", self.id, str(Status.STOPPED))
             self._record = attrs.evolve(self._record, gofer=serving.identity)
-            self._store.save(self._record)
+            if save:
+                self._store.save(self._record)
         except BaseException:
             pending.abort()
             raise
@@ -746,6 +770,32 @@ def _effective_status(record: ContainerRecord, sandbox: Sandbox | None) -> Statu
     ):
         return Status.STOPPED
     return record.status
+
+
+#: At most this many bind mounts go to the init as detached mounts (with its 3 stdio fds,
+#: one datagram's fds); more are bound by path.
+_MAX_TREES = 13
+
+
+def _bind_sources(binds: Sequence[MountPlan]) -> list[tuple[str, bool]]:
+    return [(m.source, bool(m.flags & abi.MS_REC)) for m in binds]
+
+
+def _with_trees(
+    plan: SandboxPlan, trees: builtins.list[int] | None
+) -> tuple[SandboxPlan, builtins.list[int]]:
+    """``plan`` with its bind mounts numbered for ``trees`` (the gofer's detached mounts, one
+    per bind mount, in order), and the trees; unchanged without them."""
+    if not trees:
+        return plan, []
+    numbered, index = [], 0
+    for mount in plan.init.mounts:
+        if mount.bind:
+            mount = dataclasses.replace(mount, tree=index)
+            index += 1
+        numbered.append(mount)
+    init = dataclasses.replace(plan.init, mounts=numbered)
+    return dataclasses.replace(plan, init=init), trees
 
 
 def _apply_config(document: dict[str, Any], config: Config) -> dict[str, Any]:

@@ -3,6 +3,7 @@ gone with its container and after destroy; the file API fails clearly without it
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -14,10 +15,20 @@ from conftest import (
     children_of_this_process,
     needs_busybox,
     needs_root,
+    run_output,
     supervisor_pids,
 )
 
-from sandboxrt import Container, FileStore, Gofer, GoferError, InitError, SubprocessLauncher
+from sandboxrt import (
+    PIPE,
+    STDOUT,
+    Container,
+    FileStore,
+    Gofer,
+    GoferError,
+    InitError,
+    SubprocessLauncher,
+)
 from sandboxrt._os import procfs
 from sandboxrt._proc.gofer import KEPT_CAPABILITIES, PROCESS_NAME
 
@@ -206,3 +217,57 @@ def test_one_gofer_serves_every_handle_of_the_container(
         assert gofer_pids() == {c.gofer.pid}
     finally:
         c.destroy()
+
+
+def bind_config(path: Path, binds: list[tuple[str, str, list[str]]]) -> None:
+    doc = json.loads((path / "config.json").read_text())
+    doc["mounts"] += [
+        {"destination": dst, "type": "bind", "source": src, "options": options}
+        for src, dst, options in binds
+    ]
+    (path / "config.json").write_text(json.dumps(doc))
+
+
+def test_bind_mounts_come_from_the_gofer_as_detached_mounts(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """The gofer opens bind sources with open_tree and the init attaches them with
+    move_mount: a source the sandbox cannot reach by path is mounted all the same (our
+    /proc/<pid>/task: in the sandbox, /proc is its own PID namespace's)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "f").write_text("read-only\n")
+    path = bundle(["sh", "-c", "ls /hostproc; cat /ro/f; touch /ro/x || echo refused"])
+    bind_config(
+        path,
+        [(f"/proc/{os.getpid()}/task", "/hostproc", ["rbind"]), (str(ro), "/ro", ["bind", "ro"])],
+    )
+    c = Container.create("gtrees", path, store=store, stdout=PIPE, stderr=STDOUT)
+    try:
+        assert len(gofer_pids()) == 1  # started with the container, for its bind mounts
+        c.start()
+        assert c.stdout is not None
+        out = c.stdout.read().decode().split()
+        assert c.wait(timeout=30) == 0
+    finally:
+        if c.stdout is not None:
+            c.stdout.close()
+        c.destroy()
+    assert str(os.getpid()) in out  # our main thread's task, seen from inside
+    assert "read-only" in out and "refused" in out
+    assert not (ro / "x").exists()
+
+
+def test_many_bind_mounts_fall_back_to_binding_by_path(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    sources = []
+    for i in range(14):  # more than one datagram's fds: bound by path, as before
+        src = tmp_path / f"s{i}"
+        src.mkdir()
+        (src / "n").write_text(str(i))
+        sources.append((str(src), f"/m{i}", ["bind"]))
+    path = bundle(["cat", "/m0/n", "/m13/n"])
+    bind_config(path, sources)
+    code, out = run_output(store, path, "gmany")
+    assert (code, out) == (0, "013")

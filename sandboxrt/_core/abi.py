@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "AT_RECURSIVE",
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_DAC_READ_SEARCH",
@@ -17,6 +18,8 @@ __all__ = [
     "CLONE_NEWUSER",
     "CLONE_NEWUTS",
     "MNT_DETACH",
+    "MOVE_MOUNT_F_EMPTY_PATH",
+    "MOVE_MOUNT_T_EMPTY_PATH",
     "MS_BIND",
     "MS_DIRSYNC",
     "MS_LAZYTIME",
@@ -38,6 +41,8 @@ __all__ = [
     "MS_SYNCHRONOUS",
     "MS_UNBINDABLE",
     "NAMESPACE_FLAGS",
+    "OPEN_TREE_CLOEXEC",
+    "OPEN_TREE_CLONE",
     "PR_SET_CHILD_SUBREAPER",
     "PR_SET_DUMPABLE",
     "PR_SET_NO_NEW_PRIVS",
@@ -120,3 +125,10 @@ CAP_DAC_OVERRIDE = 1
 CAP_DAC_READ_SEARCH = 2
 CAP_FOWNER = 3
 CAP_FSETID = 4
+
+# open_tree(2) and move_mount(2).
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = 0o2000000
+AT_RECURSIVE = 0x8000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40

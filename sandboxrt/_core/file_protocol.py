@@ -11,11 +11,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from sandboxrt._core.protocol import _Message, register
 
-__all__ = ["OPEN_FLAGS", "FileReply", "FileRequest", "FileStat", "GoferStart", "WalkEntry"]
+__all__ = [
+    "OPEN_FLAGS",
+    "FileReply",
+    "FileRequest",
+    "FileStat",
+    "GoferPrepare",
+    "GoferStart",
+    "WalkEntry",
+]
 
 #: The ``open(2)`` flags a request may carry; the gofer drops any other.
 OPEN_FLAGS = os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_APPEND
@@ -80,6 +88,17 @@ class WalkEntry:
 
 
 @dataclasses.dataclass(frozen=True)
+class GoferPrepare(_Message):
+    """Library → gofer, before the sandbox is launched: open these bind sources as detached
+    mounts (``open_tree``). ``binds`` are ``[host source, recursive]`` pairs; the answer is
+    ``Progress("trees")`` with one fd each, in order, or ``Progress("error")``."""
+
+    kind: ClassVar[str] = "gofer-prepare"
+
+    binds: list[list[Any]]
+
+
+@dataclasses.dataclass(frozen=True)
 class GoferStart(_Message):
     """Library → gofer, once the container exists: with it come the container's root
     (``O_PATH``), a pidfd of the sandbox's supervisor and the listening socket."""
@@ -135,4 +154,4 @@ class FileReply(_Message):
     entries: list[WalkEntry] = dataclasses.field(default_factory=list)
 
 
-register(GoferStart, FileRequest, FileReply)
+register(GoferPrepare, GoferStart, FileRequest, FileReply)

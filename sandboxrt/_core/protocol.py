@@ -124,6 +124,9 @@ class MountPlan:
     data: str = ""
     propagation: list[int] = dataclasses.field(default_factory=list)
     bind: bool = False
+    #: A bind mount's source as a detached mount (``open_tree``, made by the gofer): its
+    #: index among the tree fds that follow the init's stdio; -1: bind ``source`` by path.
+    tree: int = -1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -295,6 +295,12 @@ def _bind_fds(
     be ``source_fd``'s file; the remount with the other flags goes onto that fd.
     """
     _fd_mount(source_fd, target_fd, None, abi.MS_BIND | (flags & abi.MS_REC), what=path)
+    _check_bound(source_fd, root_fd, path, flags, follow=follow)
+
+
+def _check_bound(source_fd: int, root_fd: int, path: str, flags: int, *, follow: bool) -> None:
+    """After a bind of ``source_fd`` onto ``path``: the mount there must be that file; then
+    remount it with ``flags``' other flags."""
     mounted, _ = _walk(root_fd, path, follow=follow)
     try:
         if not _same_file(os.fstat(mounted), os.fstat(source_fd)):
@@ -336,12 +342,34 @@ def _mount_point(root_fd: int, root: str, plan: MountPlan, *, directory: bool) -
     return fd
 
 
-def make_mount(root: str, plan: MountPlan) -> None:
-    """Perform one spec mount beneath ``root`` (before ``pivot_root``)."""
+def _attach_tree(tree: int, root_fd: int, root: str, plan: MountPlan) -> None:
+    """Attach the detached mount ``tree`` (``open_tree``) at ``plan.destination``, opened
+    beneath the root, then check it and apply the plan's flags."""
+    directory = stat.S_ISDIR(os.fstat(tree).st_mode)
+    target_fd = _mount_point(root_fd, root, plan, directory=directory)
+    try:
+        flags = abi.MOVE_MOUNT_F_EMPTY_PATH | abi.MOVE_MOUNT_T_EMPTY_PATH
+        try:
+            syscalls.move_mount(tree, "", target_fd, "", flags)
+        except OSError as exc:
+            raise OSError(exc.errno, f"mount on {plan.destination}: {exc.strerror}") from None
+        _check_bound(tree, root_fd, plan.destination, plan.flags, follow=True)
+    finally:
+        os.close(target_fd)
+
+
+def make_mount(root: str, plan: MountPlan, tree: int | None = None) -> None:
+    """Perform one spec mount beneath ``root`` (before ``pivot_root``).
+
+    ``tree``: the bind source as a detached mount (``open_tree``), attached
+    with ``move_mount`` instead of a bind of ``plan.source`` by path.
+    """
     root = os.path.realpath(root)
     root_fd = _open_root(root)
     try:
-        if plan.bind:
+        if plan.bind and tree is not None:
+            _attach_tree(tree, root_fd, root, plan)
+        elif plan.bind:
             try:
                 source_fd = os.open(plan.source, os.O_PATH | os.O_CLOEXEC)
             except FileNotFoundError:

@@ -20,6 +20,8 @@ __all__ = [
     "capget",
     "capset",
     "mount",
+    "move_mount",
+    "open_tree",
     "openat2",
     "pivot_root",
     "prctl",
@@ -33,7 +35,9 @@ __all__ = [
 ]
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
-#: openat2(2) has the same number on every architecture (the unified table of 5.6).
+#: open_tree, move_mount and openat2 have one number on every architecture (5.2, 5.6).
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
 _SYS_OPENAT2 = 437
 _SYS_SECCOMP = {"x86_64": 317, "aarch64": 277, "riscv64": 277, "ppc64le": 358, "s390x": 348}
 
@@ -123,6 +127,24 @@ def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) 
     how = _OpenHow(flags, mode, resolve)
     args = (ctypes.c_int(dirfd), os.fsencode(path), ctypes.byref(how), ctypes.c_size_t(24))
     return _check(_libc.syscall(ctypes.c_long(_SYS_OPENAT2), *args), "openat2", path)
+
+
+def open_tree(dirfd: int, path: str, flags: int) -> int:
+    """``open_tree(2)``: with ``OPEN_TREE_CLONE``, a detached copy of the mount at ``path``."""
+    args = (ctypes.c_int(dirfd), os.fsencode(path), ctypes.c_uint(flags))
+    return _check(_libc.syscall(ctypes.c_long(_SYS_OPEN_TREE), *args), "open_tree", path)
+
+
+def move_mount(from_dirfd: int, from_path: str, to_dirfd: int, to_path: str, flags: int) -> None:
+    """``move_mount(2)``: attach or move a mount (fd to fd with the ``*_EMPTY_PATH`` flags)."""
+    args = (
+        ctypes.c_int(from_dirfd),
+        os.fsencode(from_path),
+        ctypes.c_int(to_dirfd),
+        os.fsencode(to_path),
+        ctypes.c_uint(flags),
+    )
+    _check(_libc.syscall(ctypes.c_long(_SYS_MOVE_MOUNT), *args), "move_mount", to_path)
 
 
 # -- seccomp -------------------------------------------------------------------------------

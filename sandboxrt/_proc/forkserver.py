@@ -67,7 +67,7 @@ class _Server:
 
     def launch(self, fds: list[int], entry: Callable[[int], NoReturn] = supervisor.main) -> None:
         """Fork a process that runs ``entry``: by default it enters a new sandbox's
-        namespaces (the cold path); :func:`gofer.main` starts a container's gofer."""
+        namespaces (the cold path); :func:`gofer.serve_here` becomes a container's gofer."""
         bootstrap_fd, log_fd = fds
         if os.fork() == 0:
             try:
@@ -137,7 +137,7 @@ class _Server:
             return  # nothing to answer: a failed launch shows as a silent bootstrap socket
         if request.op == "gofer" and len(fds) == 2:
             with contextlib.suppress(OSError):
-                self.launch(fds, gofer.main)
+                self.launch(fds, gofer.serve_here)
         elif request.op == "launch" and len(fds) == 2:
             if request.all and self.hand_over(fds):
                 self.prewarm()

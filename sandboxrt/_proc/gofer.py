@@ -1,8 +1,11 @@
 """The gofer: one per container, the only way the file API reaches the container's files.
 
-Started like a sandbox (a fork of the fork server, or a fresh stdlib-only
-interpreter): :func:`main` forks the gofer, names it to the library
-(``Launched``) and exits. The gofer enters a mount namespace of its own
+Started like a sandbox: a child of the fork server (:func:`serve_here`), or
+a fresh stdlib-only interpreter whose :func:`main` forks the gofer, names it
+to the library (``Launched``) and exits. For a container with bind mounts a
+``GoferPrepare`` comes first: still privileged, and before its own mount
+namespace exists, it opens each bind source as a detached mount
+(``open_tree``) and sends the fds back; the init attaches them. The gofer enters a mount namespace of its own
 (every mount private), keeps only the capabilities that serving files as
 the container's user needs (:data:`KEPT_CAPABILITIES`), sets
 ``no_new_privs`` and is not dumpable. It then waits for ``GoferStart``,
@@ -31,7 +34,7 @@ import socket
 import stat
 import sys
 import traceback
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from sandboxrt._core import abi
 from sandboxrt._core.file_protocol import (
@@ -39,13 +42,14 @@ from sandboxrt._core.file_protocol import (
     FileReply,
     FileRequest,
     FileStat,
+    GoferPrepare,
     GoferStart,
     WalkEntry,
 )
-from sandboxrt._core.protocol import Launched
+from sandboxrt._core.protocol import Launched, Progress
 from sandboxrt._os import capabilities, channel, mounts, procfs, syscalls
 
-__all__ = ["KEPT_CAPABILITIES", "PROCESS_NAME", "main"]
+__all__ = ["KEPT_CAPABILITIES", "PROCESS_NAME", "main", "serve_here"]
 
 #: The gofer's name in ``/proc/PID/comm``.
 PROCESS_NAME = "sandboxrt-gofer"
@@ -61,10 +65,26 @@ KEPT_CAPABILITIES = (
 )
 
 
-def _confine() -> None:
-    """Own mount namespace (all private), only :data:`KEPT_CAPABILITIES`, no_new_privs."""
+def _own_mount_namespace() -> None:
     syscalls.unshare(abi.CLONE_NEWNS)
     syscalls.mount(None, "/", None, abi.MS_REC | abi.MS_PRIVATE)
+
+
+def _open_trees(binds: list[list[Any]]) -> list[int]:
+    """Each bind source as a detached mount (``open_tree``; recursive for rbind)."""
+    trees: list[int] = []
+    try:
+        for source, recursive in binds:
+            flags = abi.OPEN_TREE_CLONE | abi.OPEN_TREE_CLOEXEC
+            trees.append(syscalls.open_tree(-100, source, flags | (abi.AT_RECURSIVE * recursive)))
+    except BaseException:
+        channel.close_fds(trees)
+        raise
+    return trees
+
+
+def _drop_privileges() -> None:
+    """Only :data:`KEPT_CAPABILITIES` from here on, and no_new_privs."""
     capabilities.drop_bounding(KEPT_CAPABILITIES)
     kept = capabilities.mask(KEPT_CAPABILITIES)
     syscalls.capset(kept, kept, 0)
@@ -329,6 +349,23 @@ def _serve(files: Files, listener: socket.socket, supervisor: int) -> NoReturn:
                 channel.close_fds(sent)
 
 
+def _prepare(
+    bootstrap: socket.socket, request: GoferPrepare, problem: BaseException | None
+) -> None:
+    """Answer a :class:`GoferPrepare` (still privileged: ``open_tree`` needs it)."""
+    try:
+        if problem is not None:
+            raise problem
+        trees = _open_trees(request.binds)
+    except Exception as exc:
+        channel.send(bootstrap, Progress("error", error=str(exc), error_type=type(exc).__name__))
+        return
+    try:
+        channel.send(bootstrap, Progress("trees"), trees)
+    finally:
+        channel.close_fds(trees)
+
+
 def _run(bootstrap: socket.socket) -> NoReturn:
     problem: BaseException | None = None
     try:
@@ -336,28 +373,56 @@ def _run(bootstrap: socket.socket) -> NoReturn:
         syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # the container must not reach into us
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.umask(0)  # requests carry the exact modes
-        _confine()
-    except BaseException as exc:
+    except Exception as exc:
         problem = exc
     try:
-        start, fds = channel.receive(bootstrap, GoferStart)
+        first, fds = channel.receive_one_of(bootstrap, GoferPrepare, GoferStart)
+        if isinstance(first, GoferPrepare):
+            # Detached copies change no mount table: made before our own namespace, so
+            # that the container's creation, which waits for them, need not wait for it.
+            _prepare(bootstrap, first, problem)
+        if problem is None:
+            try:
+                _own_mount_namespace()
+            except Exception as exc:
+                problem = exc
+        if isinstance(first, GoferPrepare):
+            first, fds = channel.receive(bootstrap, GoferStart)
     except BaseException:
         os._exit(0)  # the creation failed or was abandoned
     bootstrap.close()
-    if len(fds) != 4:
+    if not isinstance(first, GoferStart) or len(fds) != 4:
         os._exit(1)
     root, supervisor, listen_fd, log_fd = fds
     os.dup2(log_fd, 2)
     os.close(log_fd)
+    if problem is None:
+        try:
+            _drop_privileges()
+        except Exception as exc:
+            problem = exc
     if problem is not None:
         traceback.print_exception(problem, file=sys.stderr)
         os._exit(1)
     listener = socket.socket(fileno=listen_fd)
-    _serve(Files(root, start.uid, start.gid), listener, supervisor)
+    _serve(Files(root, first.uid, first.gid), listener, supervisor)
+
+
+def serve_here(bootstrap_fd: int) -> NoReturn:
+    """Entry point in a child of the fork server (which reaps it): be the gofer, no fork."""
+    bootstrap = socket.socket(fileno=bootstrap_fd)
+    os.set_inheritable(bootstrap_fd, False)
+    info = procfs.read_stat(os.getpid())
+    try:
+        channel.send(bootstrap, Launched(os.getpid(), info.start_ticks if info is not None else 0))
+        _run(bootstrap)
+    finally:
+        os._exit(1)
 
 
 def main(bootstrap_fd: int) -> NoReturn:
-    """Entry point of the launched process: fork the gofer, tell the library its pid, exit."""
+    """Entry point of a fresh interpreter: fork the gofer, tell the library its pid, exit
+    (so that the launcher can wait for the launched process)."""
     bootstrap = socket.socket(fileno=bootstrap_fd)
     os.set_inheritable(bootstrap_fd, False)
     try:

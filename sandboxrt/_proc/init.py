@@ -78,7 +78,7 @@ def find_executable(name: str, env: Sequence[str]) -> str:
     raise FileNotFoundError(f"executable file {name!r} not found in $PATH")
 
 
-def _prepare_root(plan: InitPlan, sync: socket.socket) -> None:
+def _prepare_root(plan: InitPlan, sync: socket.socket, trees: Sequence[int] = ()) -> None:
     syscalls.unshare(abi.CLONE_NEWNS)
     syscalls.mount(None, "/", None, abi.MS_REC | abi.MS_PRIVATE)
     root = os.path.realpath(plan.rootfs)
@@ -86,7 +86,9 @@ def _prepare_root(plan: InitPlan, sync: socket.socket) -> None:
         raise FileNotFoundError(f"rootfs {plan.rootfs} does not exist or is not a directory")
     mounts.bind_rootfs(root)
     for mount in plan.mounts:
-        mounts.make_mount(root, mount)
+        tree = trees[mount.tree] if 0 <= mount.tree < len(trees) else None
+        mounts.make_mount(root, mount, tree)
+    channel.close_fds(trees)
     dev_is_tmpfs = any(m.destination.rstrip("/") == "/dev" for m in plan.mounts)
     devices = list(plan.devices)
     if dev_is_tmpfs and plan.default_devices:
@@ -222,8 +224,14 @@ def _become(
     os.execve(executable, plan.args, dict(e.split("=", 1) for e in plan.env))
 
 
-def run_init(plan: InitPlan, sync: socket.socket, stdio: Sequence[int]) -> NoReturn:
-    """Build the container and exec its program; never returns."""
+def run_init(
+    plan: InitPlan, sync: socket.socket, stdio: Sequence[int], trees: Sequence[int] = ()
+) -> NoReturn:
+    """Build the container and exec its program; never returns.
+
+    ``trees`` are detached mounts (the gofer's ``open_tree``) for the bind
+    mounts whose plan names one (``MountPlan.tree``).
+    """
     try:
         os.setsid()
         # Not dumpable until exec: the container's processes must not ptrace us or open
@@ -231,7 +239,7 @@ def run_init(plan: InitPlan, sync: socket.socket, stdio: Sequence[int]) -> NoRet
         syscalls.prctl(abi.PR_SET_DUMPABLE, 0)
         syscalls.set_process_name(PROCESS_NAME)
         seccomp_program = _seccomp_program(plan)
-        _prepare_root(plan, sync)
+        _prepare_root(plan, sync, trees)
         executable = find_executable(plan.args[0], plan.env)
         tty_slave = None
         pty_fds: list[int] = []

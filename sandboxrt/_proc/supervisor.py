@@ -210,7 +210,8 @@ class Supervisor:
                 os.close(self.gate)
             if ["cgroup", ""] in self.plan.namespaces:
                 syscalls.unshare(abi.CLONE_NEWCGROUP)
-            run_init(self.plan.init, child_end, self.stdio)
+            # The library sends the init's stdio (3 fds), then the bind mounts' trees.
+            run_init(self.plan.init, child_end, self.stdio[:3], self.stdio[3:])
         child_end.close()
         channel.close_fds(self.stdio)
         self.stdio = []
