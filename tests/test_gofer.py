@@ -245,6 +245,12 @@ def test_bind_mounts_come_from_the_gofer_as_detached_mounts(
     c = Container.create("gtrees", path, store=store, stdout=PIPE, stderr=STDOUT)
     try:
         assert len(gofer_pids()) == 1  # started with the container, for its bind mounts
+        assert c.files.read_text("/ro/f") == "read-only\n"  # then it serves, confined:
+        gofer = c.gofer
+        assert gofer is not None
+        fields = status_fields(gofer.pid)
+        assert int(fields["CapEff"], 16) == 0x1F and fields["NoNewPrivs"] == "1"
+        assert os.stat(f"/proc/{gofer.pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino
         c.start()
         assert c.stdout is not None
         out = c.stdout.read().decode().split()

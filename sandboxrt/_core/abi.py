@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "AT_FDCWD",
     "AT_RECURSIVE",
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -127,6 +128,7 @@ CAP_FOWNER = 3
 CAP_FSETID = 4
 
 # open_tree(2) and move_mount(2).
+AT_FDCWD = -100
 OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = 0o2000000
 AT_RECURSIVE = 0x8000

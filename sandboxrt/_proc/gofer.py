@@ -5,10 +5,11 @@ a fresh stdlib-only interpreter whose :func:`main` forks the gofer, names it
 to the library (``Launched``) and exits. For a container with bind mounts a
 ``GoferPrepare`` comes first: still privileged, and before its own mount
 namespace exists, it opens each bind source as a detached mount
-(``open_tree``) and sends the fds back; the init attaches them. The gofer enters a mount namespace of its own
-(every mount private), keeps only the capabilities that serving files as
-the container's user needs (:data:`KEPT_CAPABILITIES`), sets
-``no_new_privs`` and is not dumpable. It then waits for ``GoferStart``,
+(``open_tree``) and sends the fds back; the init attaches them. Then the
+gofer enters a mount namespace of its own (every mount private), keeps only
+the capabilities that serving files as the container's user needs
+(:data:`KEPT_CAPABILITIES`), sets ``no_new_privs`` and is not dumpable. It
+then waits for ``GoferStart``,
 which brings an ``O_PATH`` fd of the container's root as the container sees
 it (its spec mounts included), a pidfd of the sandbox's supervisor and its
 listening socket. It serves ``FileRequest``s until the supervisor exits.
@@ -65,9 +66,15 @@ KEPT_CAPABILITIES = (
 )
 
 
-def _own_mount_namespace() -> None:
+def _confine() -> None:
+    """Own mount namespace (all private), only :data:`KEPT_CAPABILITIES`, no_new_privs."""
     syscalls.unshare(abi.CLONE_NEWNS)
     syscalls.mount(None, "/", None, abi.MS_REC | abi.MS_PRIVATE)
+    capabilities.drop_bounding(KEPT_CAPABILITIES)
+    kept = capabilities.mask(KEPT_CAPABILITIES)
+    syscalls.capset(kept, kept, 0)
+    syscalls.ambient_clear_all()
+    syscalls.prctl(abi.PR_SET_NO_NEW_PRIVS, 1)
 
 
 def _open_trees(binds: list[list[Any]]) -> list[int]:
@@ -76,20 +83,12 @@ def _open_trees(binds: list[list[Any]]) -> list[int]:
     try:
         for source, recursive in binds:
             flags = abi.OPEN_TREE_CLONE | abi.OPEN_TREE_CLOEXEC
-            trees.append(syscalls.open_tree(-100, source, flags | (abi.AT_RECURSIVE * recursive)))
+            flags |= abi.AT_RECURSIVE if recursive else 0
+            trees.append(syscalls.open_tree(abi.AT_FDCWD, source, flags))
     except BaseException:
         channel.close_fds(trees)
         raise
     return trees
-
-
-def _drop_privileges() -> None:
-    """Only :data:`KEPT_CAPABILITIES` from here on, and no_new_privs."""
-    capabilities.drop_bounding(KEPT_CAPABILITIES)
-    kept = capabilities.mask(KEPT_CAPABILITIES)
-    syscalls.capset(kept, kept, 0)
-    syscalls.ambient_clear_all()
-    syscalls.prctl(abi.PR_SET_NO_NEW_PRIVS, 1)
 
 
 _O_DIR = os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
@@ -383,7 +382,7 @@ def _run(bootstrap: socket.socket) -> NoReturn:
             _prepare(bootstrap, first, problem)
         if problem is None:
             try:
-                _own_mount_namespace()
+                _confine()
             except Exception as exc:
                 problem = exc
         if isinstance(first, GoferPrepare):
@@ -396,11 +395,6 @@ def _run(bootstrap: socket.socket) -> NoReturn:
     root, supervisor, listen_fd, log_fd = fds
     os.dup2(log_fd, 2)
     os.close(log_fd)
-    if problem is None:
-        try:
-            _drop_privileges()
-        except Exception as exc:
-            problem = exc
     if problem is not None:
         traceback.print_exception(problem, file=sys.stderr)
         os._exit(1)
