@@ -228,7 +228,12 @@ class Container:
                     # Recorded at once: a destroy after a crash from here on removes it.
                     record = container._record = attrs.evolve(record, cgroup=cgroup.to_dict())
                     store.save(record)
-                    plan = dataclasses.replace(plan, cgroup_procs=_cgroup.procs_files(cgroup))
+                    plan = dataclasses.replace(
+                        plan,
+                        init=dataclasses.replace(
+                            plan.init, cgroup_procs=_cgroup.procs_files(cgroup)
+                        ),
+                    )
                 stdio = StdioPlan(stdin, stdout, stderr)
                 sandbox, pty = Sandbox.launch(
                     plan,

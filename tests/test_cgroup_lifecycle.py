@@ -203,13 +203,14 @@ def test_processes_live_in_the_containers_cgroup_with_its_limits(
         if phase == "running":
             container.start()
             wait_for(lambda: len(family(supervisor)) >= 3)  # supervisor, sh or sleep, sleep
-        members = family(supervisor)
-        assert len(members) >= (3 if phase == "running" else 2)  # the init waits in created
+        members = family(supervisor)[1:]  # the supervisor stays outside: it serves a frozen one
+        assert len(members) >= (2 if phase == "running" else 1)  # the init waits in created
         want = expected_paths(cgroup)
         for pid in members:
             seen = proc_cgroups(pid)
             assert {k: seen.get(k) for k in want} == want, (pid, seen)
         assert set(members) <= set(cgroup.pids())
+        assert supervisor not in cgroup.pids()
         assert read(cgroup.require("memory"), _memory_limit_file(cgroup)) == str(64 * MiB)
         assert read(cgroup.require("pids"), "pids.max") == "50"
         if cgroup.driver == "v1":  # the spec denies every device but runc's defaults
@@ -259,8 +260,8 @@ def test_a_pre_existing_cgroup_is_used_and_left(
         container.start()
         supervisor = container.state().pid
         assert supervisor is not None
-        wait_for(lambda: len(mine.pids()) == 3)
-        assert set(mine.pids()) == set(family(supervisor))
+        wait_for(lambda: len(mine.pids()) == 2)
+        assert set(mine.pids()) == set(family(supervisor)[1:])
         assert all(p.created == () for p in cgroup_of(store, "cg-pre").placements)
     finally:
         container.destroy()
@@ -282,7 +283,7 @@ def test_a_relative_cgroups_path_is_below_our_own_cgroup(
         supervisor = container.state().pid
         assert supervisor is not None
         own = proc_cgroups(os.getpid())
-        seen = proc_cgroups(supervisor)
+        seen = proc_cgroups(family(supervisor)[1])  # the init
         for key, where in expected_paths(cgroup).items():
             assert where == os.path.join(own[key], own_cgroup, "ctr")
             assert seen[key] == where
@@ -325,7 +326,7 @@ def test_stats_follow_memory_and_cpu(store: FileStore, bundle: BundleFactory) ->
     try:
         created = container.stats()
         assert isinstance(created, Stats)
-        assert created.pids_current >= 2 and created.pids_limit == 20  # supervisor and init
+        assert created.pids_current == 1 and created.pids_limit == 20  # the init, waiting
         assert created.memory_limit == 256 * MiB
         container.start()
         allocated = step(b"allocated\n")
@@ -415,8 +416,8 @@ def test_kill_all_through_the_cgroup_reaches_a_double_forked_daemon(
     cgroup = cgroup_of(store, "cg-daemon")
     try:
         container.start()
-        # The supervisor, the init (sh execs its last sleep) and the daemon, reparented.
-        wait_for(lambda: len(cgroup.pids()) == 3)
+        # The init (sh execs its last sleep) and the daemon, reparented.
+        wait_for(lambda: len(cgroup.pids()) == 2)
         members = cgroup.pids()
         container.kill(signal.SIGKILL, all=True)
         assert cgroup.pids() == []
@@ -446,11 +447,12 @@ def test_kill_all_with_another_signal_spares_the_supervisor(
         assert container.stdout is not None
         assert container.stdout.readline() == b"ready\n"
         supervisor = container.state().pid
-        # The supervisor, the init (sh execs its last sleep, ALRM still ignored), the daemon.
-        wait_for(lambda: len(cgroup.pids()) == 3)
+        # The init (sh execs its last sleep, ALRM still ignored) and the daemon.
+        wait_for(lambda: len(cgroup.pids()) == 2)
+        assert supervisor not in cgroup.pids()
         container.kill(signal.SIGALRM, all=True)
-        wait_for(lambda: len(cgroup.pids()) == 2)  # the daemon died, the init ignored it
-        assert supervisor in cgroup.pids()
+        wait_for(lambda: len(cgroup.pids()) == 1)  # the daemon died, the init ignored it
+        assert supervisor is not None and procfs.read_stat(supervisor) is not None
         assert container.status is Status.RUNNING
     finally:
         if container.stdout is not None:

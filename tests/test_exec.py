@@ -398,8 +398,11 @@ def test_the_process_is_in_the_container_s_cgroup_on_the_host(running: Container
         # Its host pid: in the sandbox's PID namespace, with the pid exec gave.
         pid_ns = os.readlink(f"/proc/{sandbox.pid}/ns/pid")
         host_pid = next(pid for pid in _host_pids(pid_ns) if _nspid(pid)[-1] == process.pid)
-        with open(f"/proc/{sandbox.pid}/cgroup") as f:
+        init_host_pid = next(pid for pid in _host_pids(pid_ns) if _nspid(pid)[-1] == 2)
+        with open(f"/proc/{init_host_pid}/cgroup") as f:
             theirs = f.read()
+        with open(f"/proc/{sandbox.pid}/cgroup") as f:
+            assert f.read() != theirs  # the supervisor stays outside
         with open(f"/proc/{host_pid}/cgroup") as f:
             assert f.read() == theirs
         with open(f"/proc/{host_pid}/comm") as f:

@@ -213,6 +213,11 @@ class InitPlan(ProcessPlan, _Message):
     pause_for_hooks: bool = False
     create_container_hooks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     start_container_hooks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: The ``cgroup.procs`` file of the container's cgroup in every hierarchy (host paths).
+    #: The init and every exec'd process join it first thing after the fork, so all the
+    #: container's processes are born inside; the supervisor stays outside, and keeps
+    #: serving while the container is frozen.
+    cgroup_procs: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,9 +235,6 @@ class SandboxPlan(_Message):
     init: InitPlan
     hostname: str | None = None
     domainname: str | None = None
-    #: The ``cgroup.procs`` file of the container's cgroup in every hierarchy (host paths):
-    #: the supervisor writes ``0`` to each (moving itself) before it forks the init.
-    cgroup_procs: list[str] = dataclasses.field(default_factory=list)
     #: Start the program as soon as the container is created (``run``): the supervisor
     #: reports ``started`` (or ``error``) right after ``created``.
     autostart: bool = False

@@ -157,7 +157,6 @@ class Supervisor:
     # -- setting up ----------------------------------------------------------------------
 
     def setup(self) -> None:
-        self.join_cgroups()
         os.setsid()
         syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # the container must not reach into us
         syscalls.set_process_name(PROCESS_NAME)
@@ -171,32 +170,6 @@ class Supervisor:
             _prepare_namespaces(new)
         self.listener = channel.bind_listener(self.plan.control_socket)
 
-    def join_cgroups(self) -> None:
-        """Move this process into the container's cgroup in every hierarchy.
-
-        Writing ``0`` to ``cgroup.procs`` moves the writer (v1 and v2); the
-        init and everything it forks are born inside. Done first, so that no
-        child is forked outside. Being single-threaded, on v1 we write to
-        ``tasks`` instead (moving the calling thread): the kernel then skips
-        the global threadgroup lock, whose first taking waits for an RCU grace
-        period (5-13 ms measured, a third of a container's whole run).
-        """
-        try:
-            single = len(os.listdir("/proc/self/task")) == 1
-        except OSError:
-            single = False
-        for procs in self.plan.cgroup_procs:
-            tasks = os.path.join(os.path.dirname(procs), "tasks")
-            path = tasks if single and os.path.exists(tasks) else procs
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-                try:
-                    os.write(fd, b"0")
-                finally:
-                    os.close(fd)
-            except OSError as err:
-                raise OSError(err.errno, f"joining the cgroup: {path}: {err.strerror}") from err
-
     def fork_init(self) -> None:
         parent_end, child_end = channel.socket_pair()
         pid = os.fork()
@@ -206,9 +179,12 @@ class Supervisor:
             self.bootstrap.close()
             if self.gate is not None:
                 os.close(self.gate)
-            if ["cgroup", ""] in self.plan.namespaces:
-                syscalls.unshare(abi.CLONE_NEWCGROUP)
-            run_init(self.plan.init, child_end, self.stdio)
+            run_init(
+                self.plan.init,
+                child_end,
+                self.stdio,
+                new_cgroup_namespace=["cgroup", ""] in self.plan.namespaces,
+            )
         child_end.close()
         channel.close_fds(self.stdio)
         self.stdio = []
@@ -375,7 +351,7 @@ class Supervisor:
             raise
         if pid == 0:
             ours.close()
-            run_exec(plan, self.init_pid, theirs, fds, mask)
+            run_exec(plan, self.init_pid, theirs, fds, mask, cgroup=self.plan.init.cgroup_procs)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
         with ours:
@@ -508,11 +484,11 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(-1, signum)
         elif everyone:
-            # No PID namespace of our own: our cgroup holds the container's processes,
+            # No PID namespace of our own: the container's cgroup holds its processes,
             # daemons that left our subtree included; without a cgroup, our descendants.
             pids: set[int] = set()
             try:
-                for path in self.plan.cgroup_procs:
+                for path in self.plan.init.cgroup_procs:
                     with open(path) as f:
                         pids.update(int(pid) for pid in f.read().split())
             except (OSError, ValueError):
