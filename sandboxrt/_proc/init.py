@@ -250,13 +250,17 @@ def run_init(
     stdio: Sequence[int],
     *,
     new_cgroup_namespace: bool = False,
+    signal_mask: Iterable[int] | None = None,
 ) -> NoReturn:
     """Build the container and exec its program; never returns.
 
     Joins the container's cgroup first (then makes its cgroup namespace, when
-    ``new_cgroup_namespace``, rooted there).
+    ``new_cgroup_namespace``, rooted there). With ``signal_mask``, forked with
+    every signal blocked: the dispositions are reset, then the mask restored.
     """
     try:
+        if signal_mask is not None:
+            _default_signals(signal_mask)
         join_cgroup(plan.cgroup_procs)
         if new_cgroup_namespace:
             syscalls.unshare(abi.CLONE_NEWCGROUP)

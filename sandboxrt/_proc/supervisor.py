@@ -3,7 +3,8 @@
 Started as a fresh interpreter (never forked from the library's process) with
 the bootstrap socket on fd 3. :func:`main` enters the sandbox's namespaces and
 forks the supervisor, which is PID 1 of the new PID namespace; it forks the
-container's init, relays its creation, then serves control requests until the
+root container's init, relays its creation, then serves control requests
+(and forks the inits of subcontainers that join the sandbox: a pod) until the
 root container's init exits, records that exit status and exits with it.
 
 Imports only the standard library and sandboxrt's stdlib-only modules, so it
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import errno
 import os
 import selectors
@@ -25,6 +27,7 @@ from typing import NoReturn
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import (
     ExitStatus,
+    InitPlan,
     Launched,
     Progress,
     Reply,
@@ -118,8 +121,33 @@ def is_warm_shape(namespaces: Sequence[Sequence[str]]) -> bool:
     return all(not path for _, path in namespaces) and frozenset(kinds) == WARM_NAMESPACES
 
 
+@dataclasses.dataclass(eq=False)
+class _Member:
+    """One container of the sandbox as its supervisor sees it: its init and its waiters."""
+
+    plan: InitPlan
+    #: Where its exit status is recorded.
+    exit_file: str
+    new_cgroup_namespace: bool = False
+    autostart: bool = False
+    init_pid: int = 0
+    #: The init's sync socket, until the init is started.
+    init_sync: socket.socket | None = None
+    started: bool = False
+    returncode: int | None = None
+    #: Connections waiting for the init to exit.
+    waiters: list[socket.socket] = dataclasses.field(default_factory=list)
+    #: While a subcontainer is being created: the connection that asked for it, which
+    #: the creation steps go to.
+    creator: socket.socket | None = None
+
+    @property
+    def id(self) -> str:
+        return self.plan.container_id
+
+
 class Supervisor:
-    """PID 1 of one sandbox."""
+    """PID 1 of one sandbox: the root container's, and any subcontainers' (a pod)."""
 
     def __init__(
         self,
@@ -137,12 +165,17 @@ class Supervisor:
         #: Loopback and /proc were readied ahead (a warm sandbox).
         self.prepared = prepared
         self.stdio = stdio
-        self.init_pid = 0
-        self.init_sync: socket.socket | None = None
-        self.returncode: int | None = None
-        self.waiters: list[socket.socket] = []
+        #: The root container: the sandbox ends when its init exits.
+        self.root = _Member(
+            plan.init,
+            plan.exit_file,
+            new_cgroup_namespace=["cgroup", ""] in plan.namespaces,
+            autostart=plan.autostart,
+        )
+        #: Every container of the sandbox by id, the root's included.
+        self.members: dict[str, _Member] = {self.root.id: self.root}
         self.selector = selectors.DefaultSelector()
-        self.started = False
+        self.wake_fds: tuple[int, int] | None = None
         # Exec'd processes (pids in our PID namespace). Running ones are in ``execs``; once
         # reaped, their status waits in ``unwaited`` until a wait asks for it, then moves to
         # ``waited`` (the latest WAITED_KEPT). A pid the kernel hands out again (after the
@@ -150,6 +183,8 @@ class Supervisor:
         self.execs: set[int] = set()
         self.unwaited: dict[int, int] = {}
         self.waited: collections.OrderedDict[int, int] = collections.OrderedDict()
+        #: The container each exec'd process (running, or with a status kept) was exec'd into.
+        self.exec_owner: dict[int, str] = {}
         #: Connections waiting for an exec'd process, by pid, and the pid each waits for.
         self.exec_waiters: dict[int, list[socket.socket]] = {}
         self.waiting_on: dict[socket.socket, int] = {}
@@ -171,25 +206,58 @@ class Supervisor:
         self.listener = channel.bind_listener(self.plan.control_socket)
 
     def fork_init(self) -> None:
+        """Fork the root container's init."""
+        stdio, self.stdio = self.stdio, []
+        try:
+            self._fork_init(self.root, stdio)
+        finally:
+            channel.close_fds(stdio)
+
+    def _fork_init(self, member: _Member, stdio: Sequence[int]) -> None:
+        """Fork ``member``'s init, which builds its root and reports on ``member.init_sync``.
+
+        Every signal is blocked across the fork: the child must not run our
+        handlers (which signal the root's init) before it has reset them.
+        """
         parent_end, child_end = channel.socket_pair()
-        pid = os.fork()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            parent_end.close()
+            child_end.close()
+            raise
         if pid == 0:
             parent_end.close()
-            self.listener.close()
-            self.bootstrap.close()
-            if self.gate is not None:
-                os.close(self.gate)
+            self._close_in_child()
             run_init(
-                self.plan.init,
+                member.plan,
                 child_end,
-                self.stdio,
-                new_cgroup_namespace=["cgroup", ""] in self.plan.namespaces,
+                stdio,
+                new_cgroup_namespace=member.new_cgroup_namespace,
+                signal_mask=mask,
             )
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child_end.close()
-        channel.close_fds(self.stdio)
-        self.stdio = []
-        self.init_pid = pid
-        self.init_sync = parent_end
+        member.init_pid = pid
+        member.init_sync = parent_end
+
+    def _close_in_child(self) -> None:
+        """In a child just forked: close our sockets, which the container must never hold."""
+        self.listener.close()
+        self.bootstrap.close()
+        if self.gate is not None:
+            os.close(self.gate)
+        for key in list(self.selector.get_map().values()):
+            if isinstance(key.fileobj, socket.socket):
+                key.fileobj.close()
+        for member in self.members.values():
+            if member.init_sync is not None:
+                member.init_sync.close()
+        if self.wake_fds is not None:
+            signal.set_wakeup_fd(-1)
+            channel.close_fds(self.wake_fds)
 
     def report(self, step: Progress, fds: list[int] | None = None) -> None:
         """Send a creation step to the library, after the launched process named us."""
@@ -200,37 +268,41 @@ class Supervisor:
         channel.send(self.bootstrap, step, fds or [])
 
     def relay_creation(self) -> bool:
-        """Pass creation steps between init and the library; ``True`` once created.
+        """Pass the root init's creation steps to the library; ``True`` once created.
 
         With ``autostart``, the start follows at once and its outcome is reported too
         (a failed start still counts as created: the library sees the error).
         """
-        assert self.init_sync is not None
+        root = self.root
+        assert root.init_sync is not None
         while True:
             try:
-                step, fds = channel.receive(self.init_sync, Progress)
+                step, fds = channel.receive(root.init_sync, Progress)
             except channel.ChannelClosedError:
                 step, fds = Progress("error", error="the container's init died"), []
             self.report(step, fds)
             channel.close_fds(fds)
             if step.step == "mounted":
                 go, _ = channel.receive(self.bootstrap, Progress)
-                channel.send(self.init_sync, go)
+                channel.send(root.init_sync, go)
                 continue
             if step.step != "created":
                 return False
-            if self.plan.autostart:
-                reply = self._start(Request("start", self.plan.init.container_id))
-                started = Progress("started")
-                if not reply.ok:
-                    started = Progress("error", reply.error, reply.error_type, dict(reply.details))
-                self.report(started)
+            if root.autostart:
+                self.report(self._start_step(root))
             return True
+
+    def _start_step(self, member: _Member) -> Progress:
+        """Start ``member`` (autostart); ``started``, or the error as a creation step."""
+        reply = self._start(member, Request("start", member.id))
+        if reply.ok:
+            return Progress("started")
+        return Progress("error", reply.error, reply.error_type, dict(reply.details))
 
     # -- serving ---------------------------------------------------------------------------
 
     def serve(self) -> NoReturn:
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        wake_r, wake_w = self.wake_fds = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         for sig in _RELAYED_SIGNALS:
@@ -241,20 +313,26 @@ class Supervisor:
         self._reap()
         while True:
             for key, _ in self.selector.select():
-                if key.data == "wake":
+                data = key.data
+                if data == "wake":
                     with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 4096)
                     self._reap()
-                elif key.data == "listen":
+                elif data == "listen":
                     conn, _ = self.listener.accept()
                     self.selector.register(conn, selectors.EVENT_READ, "conn")
-                else:
+                elif data == "conn":
                     self._handle(key.fileobj)  # type: ignore[arg-type]
+                elif data[0] == "creating":
+                    self._creation_step(data[1])
+                else:
+                    self._creator_message(data[1])
 
     def _relay_signal(self, signum: int, _frame: object) -> None:
-        if self.init_pid and self.returncode is None:
+        root = self.root
+        if root.init_pid and root.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.init_pid, signum)
+                os.kill(root.init_pid, signum)
 
     def _reap(self) -> None:
         while True:
@@ -264,13 +342,39 @@ class Supervisor:
                 break
             if pid == 0:
                 break
-            if pid == self.init_pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
+            returncode = os.waitstatus_to_exitcode(status)
+            member = self._member_of_init(pid)
+            if member is not None:
+                self._init_exited(member, returncode)
             elif pid in self.execs:
-                self._exec_exited(pid, os.waitstatus_to_exitcode(status))
+                self._exec_exited(pid, returncode)
             # Anything else is an orphan the kernel gave us: never ours to report.
-        if self.returncode is not None:
+        if self.root.returncode is not None:
             self._finish()
+
+    def _member_of_init(self, pid: int) -> _Member | None:
+        for member in self.members.values():
+            if member.init_pid == pid and member.returncode is None:
+                return member
+        return None
+
+    def _init_exited(self, member: _Member, returncode: int) -> None:
+        """Record that ``member``'s init exited; a subcontainer's other processes go too."""
+        member.returncode = returncode
+        if member.creator is not None:
+            return  # it died while being created: its creation step says so
+        write_exit_status(member.exit_file, returncode)
+        if member is self.root:
+            return  # the sandbox ends with it (_finish)
+        self._answer_waiters(member, returncode)
+        self._kill_rest(member)
+
+    @staticmethod
+    def _answer_waiters(member: _Member, returncode: int) -> None:
+        waiters, member.waiters = member.waiters, []
+        for conn in waiters:
+            with contextlib.suppress(OSError):
+                channel.send(conn, Reply(True, returncode=returncode, pid=member.init_pid))
 
     def _drop(self, conn: socket.socket) -> None:
         with contextlib.suppress(KeyError, ValueError):
@@ -300,33 +404,186 @@ class Supervisor:
     def _dispatch(self, conn: socket.socket, request: Request, fds: list[int]) -> Reply | None:
         if request.op == "ping":
             return Reply(True)
+        if request.op == "create-container":
+            self._create_container(conn, request, fds)
+            return None
+        member = self.members.get(request.container_id or self.root.id)
+        if member is None or member.creator is not None:
+            return Reply(
+                False,
+                error=f'container "{request.container_id}" is not in sandbox '
+                f'"{self.plan.sandbox_id}"',
+                error_type="ContainerNotFoundError",
+            )
         if request.op == "wait":
-            if request.pid and request.pid != self.init_pid:
-                return self._wait_exec(conn, request.pid, nohang=request.nohang)
-            if self.returncode is not None or request.nohang:
-                return Reply(True, returncode=self.returncode, pid=self.init_pid)
-            self.waiters.append(conn)
+            if request.pid and request.pid != member.init_pid:
+                return self._wait_exec(conn, member, request.pid, nohang=request.nohang)
+            if member.returncode is not None or request.nohang:
+                return Reply(True, returncode=member.returncode, pid=member.init_pid)
+            member.waiters.append(conn)
             return None
         if request.op == "start":
-            return self._start(request)
+            return self._start(member, request)
         if request.op == "signal":
-            if request.pid and request.pid != self.init_pid:
-                return self._signal_exec(request.pid, request.signal, group=request.group)
-            self._signal(request.signal, everyone=request.all, group=request.group)
+            if request.pid and request.pid != member.init_pid:
+                return self._signal_exec(member, request.pid, request.signal, group=request.group)
+            self._signal(member, request.signal, everyone=request.all, group=request.group)
             return Reply(True)
         if request.op == "exec":
-            reply, pty = self._exec(request, fds)
+            reply, pty = self._exec(member, request, fds)
             try:
                 with contextlib.suppress(OSError):
                     channel.send(conn, reply, pty)
             finally:
                 channel.close_fds(pty)
             return None
+        if request.op == "destroy-container":
+            return self._destroy_container(member)
         return Reply(False, error=f"unknown request {request.op!r}", error_type="ProtocolError")
+
+    # -- subcontainers ---------------------------------------------------------------------
+
+    def _create_container(self, conn: socket.socket, request: Request, fds: list[int]) -> None:
+        """Fork a subcontainer's init; its creation steps go to ``conn`` as they come.
+
+        Nothing blocks meanwhile: the init's steps and the library's answers
+        (``go``/``cancel`` after ``mounted``) arrive through the selector. The
+        library giving up (its connection closing) kills the init.
+        """
+        plan = request.container
+        error, error_type = "", "ProtocolError"
+        if plan is None or len(fds) != (0 if plan.init.terminal else 3):
+            error = "malformed create-container request"
+        elif plan.sandbox_id != self.plan.sandbox_id:
+            error = f'the plan is for sandbox "{plan.sandbox_id}", not "{self.plan.sandbox_id}"'
+        elif self.root.returncode is not None:
+            error, error_type = "the sandbox's root container has exited", "SandboxStopped"
+        elif plan.init.container_id in self.members:
+            error, error_type = "it is in the sandbox already", "ContainerExistsError"
+        if error or plan is None:
+            with contextlib.suppress(OSError):
+                channel.send(conn, Progress("error", error, error_type))
+            return
+        member = _Member(
+            plan.init,
+            plan.exit_file,
+            new_cgroup_namespace=plan.new_cgroup_namespace,
+            autostart=plan.autostart,
+            creator=conn,
+        )
+        self._fork_init(member, fds)
+        self.members[member.id] = member
+        assert member.init_sync is not None
+        self.selector.modify(conn, selectors.EVENT_READ, ("creator", member))
+        self.selector.register(member.init_sync, selectors.EVENT_READ, ("creating", member))
+
+    def _creation_step(self, member: _Member) -> None:
+        """A subcontainer's init reported a creation step: pass it on to the library."""
+        sync, creator = member.init_sync, member.creator
+        if sync is None or creator is None:
+            return
+        try:
+            step, fds = channel.receive(sync, Progress)
+        except (channel.ChannelClosedError, OSError, ValueError):
+            step, fds = Progress("error", error="the container's init died"), []
+        try:
+            channel.send(creator, step, fds)
+        except OSError:
+            step = Progress("error")  # the library is gone: the creation is abandoned
+        finally:
+            channel.close_fds(fds)
+        if step.step == "mounted":
+            return  # the library answers on its connection (_creator_message)
+        if step.step != "created":
+            self._remove(member)
+            return
+        self.selector.unregister(sync)
+        member.creator = None
+        started = None
+        if member.returncode is not None:  # killed after it reported: now it is stopped
+            self._init_exited(member, member.returncode)
+            started = Progress("error", error="the container's init died", error_type="Died")
+        elif member.autostart:
+            started = self._start_step(member)
+        if member.autostart and started is not None:
+            with contextlib.suppress(OSError):
+                channel.send(creator, started)
+        # Back to a plain connection: the library closes it.
+        self.selector.modify(creator, selectors.EVENT_READ, "conn")
+
+    def _creator_message(self, member: _Member) -> None:
+        """The library answered ``mounted`` (``go`` or ``cancel``), or gave up."""
+        creator, sync = member.creator, member.init_sync
+        if creator is None or sync is None:
+            return
+        try:
+            answer, fds = channel.receive(creator, Progress)
+            channel.close_fds(fds)
+            channel.send(sync, answer)
+        except (channel.ChannelClosedError, OSError, ValueError):
+            self._remove(member)
+
+    def _destroy_container(self, member: _Member) -> Reply:
+        if member is self.root:
+            return Reply(
+                False,
+                error="the root container is destroyed with its sandbox",
+                error_type="ProtocolError",
+            )
+        self._remove(member)
+        return Reply(True)
+
+    def _remove(self, member: _Member) -> None:
+        """Forget a subcontainer and SIGKILL what is left of it (destroyed, or not created).
+
+        Its init, when reaped, is then an orphan like any other; its waiters get -9.
+        """
+        self.members.pop(member.id, None)
+        if member.returncode is None and member.init_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member.init_pid, signal.SIGKILL)
+        self._kill_rest(member)
+        if member.init_sync is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(member.init_sync)
+            member.init_sync.close()
+            member.init_sync = None
+        if member.creator is not None:
+            self._drop(member.creator)
+            member.creator = None
+        if member.returncode is None:
+            self._answer_waiters(member, -signal.SIGKILL)
+
+    def _kill_rest(self, member: _Member) -> None:
+        """SIGKILL a stopping subcontainer's processes: its cgroup's, its init's process
+        group and the process groups of what was exec'd into it."""
+        pids = self._cgroup_pids(member)
+        if member.init_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(member.init_pid, signal.SIGKILL)
+        for pid, owner in self.exec_owner.items():
+            if owner == member.id and pid in self.execs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+        for pid in pids - {0, os.getpid()}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    @staticmethod
+    def _cgroup_pids(member: _Member) -> set[int]:
+        """The processes in ``member``'s cgroup (pids in our namespace; 0: outside it)."""
+        pids: set[int] = set()
+        try:
+            for path in member.plan.cgroup_procs:
+                with open(path) as f:
+                    pids.update(int(pid) for pid in f.read().split())
+        except (OSError, ValueError):
+            pids.clear()
+        return pids
 
     # -- exec'd processes ------------------------------------------------------------------
 
-    def _exec(self, request: Request, fds: list[int]) -> tuple[Reply, list[int]]:
+    def _exec(self, member: _Member, request: Request, fds: list[int]) -> tuple[Reply, list[int]]:
         """Fork a process that joins the init's namespaces and root and execs ``request.exec``.
 
         Waits (at most EXEC_START_TIMEOUT) until it exec'd or failed: its status
@@ -335,7 +592,7 @@ class Supervisor:
         plan = request.exec
         if plan is None or len(fds) != (0 if plan.terminal else 3):
             return Reply(False, error="malformed exec request", error_type="ProtocolError"), []
-        if self.returncode is not None or not self.init_pid:
+        if member.returncode is not None or not member.init_pid:
             return Reply(False, error="the container's init has exited", error_type="Stopped"), []
         capabilities.last_cap()  # probed once here, not in every child
         ours, theirs = channel.socket_pair()
@@ -351,11 +608,14 @@ class Supervisor:
             raise
         if pid == 0:
             ours.close()
-            run_exec(plan, self.init_pid, theirs, fds, mask, cgroup=self.plan.init.cgroup_procs)
+            run_exec(plan, member.init_pid, theirs, fds, mask, cgroup=member.plan.cgroup_procs)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
         with ours:
-            return self._await_exec(pid, ours)
+            reply, pty = self._await_exec(pid, ours)
+        if reply.ok:
+            self.exec_owner[pid] = member.id
+        return reply, pty
 
     def _await_exec(self, pid: int, status: socket.socket) -> tuple[Reply, list[int]]:
         pty: list[int] = []
@@ -394,11 +654,16 @@ class Supervisor:
 
     def _exec_exited(self, pid: int, returncode: int) -> None:
         self.execs.discard(pid)
+        if self.exec_owner.get(pid) not in self.members:
+            self.exec_owner.pop(pid, None)  # its container was destroyed: nobody asks
+            return
         waiters = self.exec_waiters.pop(pid, [])
         if not waiters:
             self.unwaited[pid] = returncode
             if len(self.unwaited) > UNWAITED_KEPT:
-                del self.unwaited[next(iter(self.unwaited))]
+                oldest = next(iter(self.unwaited))
+                del self.unwaited[oldest]
+                self.exec_owner.pop(oldest, None)
             return
         self._remember_waited(pid, returncode)
         for conn in waiters:
@@ -410,18 +675,22 @@ class Supervisor:
         self.waited[pid] = returncode
         self.waited.move_to_end(pid)
         while len(self.waited) > WAITED_KEPT:
-            self.waited.popitem(last=False)
+            oldest, _ = self.waited.popitem(last=False)
+            self.exec_owner.pop(oldest, None)
 
-    def _not_ours(self, pid: int) -> Reply:
-        container_id = self.plan.init.container_id
+    def _not_ours(self, member: _Member, pid: int) -> Reply:
         return Reply(
             False,
-            error=f'pid {pid} does not belong to container "{container_id}"',
+            error=f'pid {pid} does not belong to container "{member.id}"',
             error_type="ProcessNotFoundError",
             details={"pid": pid},
         )
 
-    def _wait_exec(self, conn: socket.socket, pid: int, *, nohang: bool) -> Reply | None:
+    def _wait_exec(
+        self, conn: socket.socket, member: _Member, pid: int, *, nohang: bool
+    ) -> Reply | None:
+        if self.exec_owner.get(pid) != member.id:
+            return self._not_ours(member, pid)
         if pid in self.execs:
             if nohang:
                 return Reply(True, pid=pid)
@@ -432,12 +701,14 @@ class Supervisor:
             self._remember_waited(pid, self.unwaited.pop(pid))
         if pid in self.waited:
             return Reply(True, pid=pid, returncode=self.waited[pid])
-        return self._not_ours(pid)
+        return self._not_ours(member, pid)
 
-    def _signal_exec(self, pid: int, signum: int, *, group: bool) -> Reply:
+    def _signal_exec(self, member: _Member, pid: int, signum: int, *, group: bool) -> Reply:
         """Signal an exec'd process, or its process group (which may outlive it)."""
-        if pid not in self.execs and pid not in self.unwaited and pid not in self.waited:
-            return self._not_ours(pid)
+        if self.exec_owner.get(pid) != member.id or (
+            pid not in self.execs and pid not in self.unwaited and pid not in self.waited
+        ):
+            return self._not_ours(member, pid)
         try:
             if group:
                 os.killpg(pid, signum)
@@ -454,11 +725,11 @@ class Supervisor:
             )
         return Reply(True, pid=pid)
 
-    def _start(self, request: Request) -> Reply:
-        if self.started or self.init_sync is None:
+    def _start(self, member: _Member, request: Request) -> Reply:
+        if member.started or member.init_sync is None:
             return Reply(False, error="the container was started already", error_type="State")
-        self.started = True
-        sync, self.init_sync = self.init_sync, None
+        member.started = True
+        sync, member.init_sync = member.init_sync, None
         try:
             channel.send(sync, request)
             step, _ = channel.receive(sync, Progress)
@@ -468,50 +739,56 @@ class Supervisor:
             sync.close()
         # The init exits right after reporting the failure: record its exit before
         # replying, so the caller sees the container stopped once start fails.
-        self._await_init()
+        self._await_init(member)
         return Reply(False, error=step.error, error_type=step.error_type, details=step.details)
 
-    def _await_init(self) -> None:
+    def _await_init(self, member: _Member) -> None:
         with contextlib.suppress(ChildProcessError):
-            _, status = os.waitpid(self.init_pid, 0)
-            self.returncode = os.waitstatus_to_exitcode(status)
-            write_exit_status(self.plan.exit_file, self.returncode)
+            _, status = os.waitpid(member.init_pid, 0)
+            self._init_exited(member, os.waitstatus_to_exitcode(status))
 
-    def _signal(self, signum: int, *, everyone: bool, group: bool = False) -> None:
-        if self.returncode is not None and not everyone:
+    def _signal(self, member: _Member, signum: int, *, everyone: bool, group: bool = False) -> None:
+        if member.returncode is not None and not everyone:
             raise ProcessLookupError(errno.ESRCH, "the container's init has exited")
-        if everyone and os.getpid() == 1:
+        if everyone and os.getpid() == 1 and list(self.members.values()) == [member]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(-1, signum)
         elif everyone:
-            # No PID namespace of our own: the container's cgroup holds its processes,
-            # daemons that left our subtree included; without a cgroup, our descendants.
-            pids: set[int] = set()
-            try:
-                for path in self.plan.init.cgroup_procs:
-                    with open(path) as f:
-                        pids.update(int(pid) for pid in f.read().split())
-            except (OSError, ValueError):
-                pids.clear()
-            if not pids:
+            # The container's cgroup holds its processes, daemons that left our subtree
+            # included; without a cgroup, our descendants (the only container's), or its
+            # init's and its exec'd processes' (one of several).
+            pids = self._cgroup_pids(member)
+            if not pids and len(self.members) == 1:
                 pids.update(_descendants(os.getpid()))
+            elif not pids:
+                tops = {p for p, owner in self.exec_owner.items() if owner == member.id}
+                tops &= self.execs
+                if member.returncode is None:
+                    tops.add(member.init_pid)
+                for top in tops:
+                    pids.add(top)
+                    pids.update(_descendants(top))
             pids -= {0, os.getpid()}  # 0: outside our PID namespace; never a process group
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signum)
         elif group:
-            os.killpg(self.init_pid, signum)
+            os.killpg(member.init_pid, signum)
         else:
-            os.kill(self.init_pid, signum)
+            os.kill(member.init_pid, signum)
 
     def _finish(self) -> NoReturn:
-        assert self.returncode is not None
-        write_exit_status(self.plan.exit_file, self.returncode)
-        for conn in self.waiters:
-            with contextlib.suppress(OSError):
-                channel.send(conn, Reply(True, returncode=self.returncode))
-        # Exec'd processes end with the container (with our PID namespace, if we have one;
-        # without, here): killed, as their waiters are told.
+        root = self.root
+        assert root.returncode is not None
+        write_exit_status(self.plan.exit_file, root.returncode)
+        self._answer_waiters(root, root.returncode)
+        # Subcontainers and exec'd processes end with the sandbox (with our PID namespace,
+        # if we have one; without, here): killed, as their waiters are told.
+        for member in self.members.values():
+            if member is not root and member.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(member.init_pid, signal.SIGKILL)
+                self._answer_waiters(member, -signal.SIGKILL)
         for pid in self.execs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
@@ -522,7 +799,7 @@ class Supervisor:
         self.listener.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.plan.control_socket)
-        code = self.returncode if self.returncode >= 0 else 128 - self.returncode
+        code = root.returncode if root.returncode >= 0 else 128 - root.returncode
         os._exit(code)
 
 
