@@ -785,9 +785,11 @@ class Supervisor:
         # Subcontainers and exec'd processes end with the sandbox (with our PID namespace,
         # if we have one; without, here): killed, as their waiters are told.
         for member in self.members.values():
-            if member is not root and member.returncode is None:
+            if member is not root and member.returncode is None and member.creator is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(member.init_pid, signal.SIGKILL)
+                with contextlib.suppress(OSError):
+                    write_exit_status(member.exit_file, -signal.SIGKILL)
                 self._answer_waiters(member, -signal.SIGKILL)
         for pid in self.execs:
             with contextlib.suppress(ProcessLookupError):
