@@ -237,6 +237,10 @@ class Container:
                 created_at=_dt.datetime.now(_dt.UTC),
                 owner=_owner(),
                 sandbox_id=sandbox_id,
+                # A subcontainer's sandbox is known (and recorded) from the start: a
+                # failure from here on has the teardown ask it to forget the container.
+                sandbox=host.supervisor if host is not None else None,
+                runtime_dir=host.runtime_dir if host is not None else "",
                 config=attrs.asdict(config),
                 annotations=dict(document.get("annotations") or {}),
             )
@@ -271,13 +275,7 @@ class Container:
                     )
                 else:
                     assert host is not None
-                    # The sandbox is recorded first: a failure from here on has the
-                    # teardown ask its supervisor to forget this container.
                     sandbox = host
-                    record = container._record = attrs.evolve(
-                        record, sandbox=host.supervisor, runtime_dir=host.runtime_dir
-                    )
-                    store.save(record)
                     pty = host.create_container(
                         plan,
                         stdio.child_fds,

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 from conftest import BundleFactory, needs_busybox, needs_root
+from test_hooks_lifecycle import ALL_PHASES as HOOK_PHASES
+from test_hooks_lifecycle import Setup
 
 from sandboxrt import (
     Container,
@@ -34,6 +36,7 @@ from sandboxrt import (
 from sandboxrt._core import cri
 from sandboxrt._core.spec import read_spec_file
 from sandboxrt._os import cgroups, procfs
+from sandboxrt.errors import HookError
 
 pytestmark = [needs_root, needs_busybox]
 
@@ -406,6 +409,37 @@ def test_subcontainer_creation_racing_a_root_destroy_leaves_nothing(
     assert "added" in outcomes
     assert store.list_ids() == []
     assert os.listdir(store.runtime_dir) == []
+
+
+def test_a_subcontainer_runs_its_own_hooks(pod: Pod, tmp_path: Path, bundle: BundleFactory) -> None:
+    setup = Setup(tmp_path, bundle)
+    setup.write({phase: [setup.hook(phase)] for phase in HOOK_PHASES})
+    a = pod.add_container("a", setup.path, stdout=subprocess.PIPE)
+    try:
+        a.start()
+        assert a.stdout is not None
+        assert a.stdout.read() == b"ran\n"
+        assert a.wait(timeout=10) == 0
+    finally:
+        if a.stdout is not None:
+            a.stdout.close()
+        a.destroy()
+    entries = setup.entries()
+    assert [tag for tag, _ in entries] == list(HOOK_PHASES)
+    assert {state["id"] for _, state in entries} == {"a"}
+    assert pod.root.status is Status.RUNNING
+
+
+def test_a_failing_hook_of_a_subcontainer_leaves_the_pod_as_it_was(
+    pod: Pod, tmp_path: Path, bundle: BundleFactory, store: FileStore
+) -> None:
+    setup = Setup(tmp_path, bundle)
+    setup.write({"createRuntime": [setup.hook("createRuntime", fail=True)]})
+    with pytest.raises(HookError, match="boom"):
+        pod.add_container("a", setup.path)
+    assert store.list_ids() == ["pod"]
+    assert [c.id for c in pod.containers()] == ["pod"]
+    assert out(pod.root, "echo", "fine") == "fine\n"
 
 
 # -- CRI annotations -------------------------------------------------------------------------

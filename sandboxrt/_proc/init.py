@@ -209,6 +209,20 @@ def _default_signals(mask: Iterable[int] = ()) -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
+def _drop_handlers(mask: Iterable[int]) -> None:
+    """Forget the Python signal handlers (and wakeup fd) of the process that forked us,
+    then set the signal mask to ``mask``. Ignored signals stay ignored until
+    :func:`_default_signals`: the init still writes to hooks' pipes (SIGPIPE)."""
+    signal.set_wakeup_fd(-1)
+    for sig in signal.valid_signals():
+        try:
+            if callable(signal.getsignal(sig)):
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):  # signals Python may not touch
+            continue
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def _become(
     plan: ProcessPlan,
     executable: str,
@@ -256,11 +270,12 @@ def run_init(
 
     Joins the container's cgroup first (then makes its cgroup namespace, when
     ``new_cgroup_namespace``, rooted there). With ``signal_mask``, forked with
-    every signal blocked: the dispositions are reset, then the mask restored.
+    every signal blocked: the forking process's signal handlers are dropped,
+    then the mask restored (all dispositions go to default before exec).
     """
     try:
         if signal_mask is not None:
-            _default_signals(signal_mask)
+            _drop_handlers(signal_mask)
         join_cgroup(plan.cgroup_procs)
         if new_cgroup_namespace:
             syscalls.unshare(abi.CLONE_NEWCGROUP)

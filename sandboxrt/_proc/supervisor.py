@@ -780,17 +780,23 @@ class Supervisor:
     def _finish(self) -> NoReturn:
         root = self.root
         assert root.returncode is not None
-        write_exit_status(self.plan.exit_file, root.returncode)
-        self._answer_waiters(root, root.returncode)
         # Subcontainers and exec'd processes end with the sandbox (with our PID namespace,
-        # if we have one; without, here): killed, as their waiters are told.
-        for member in self.members.values():
-            if member is not root and member.returncode is None and member.creator is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(member.init_pid, signal.SIGKILL)
-                with contextlib.suppress(OSError):
-                    write_exit_status(member.exit_file, -signal.SIGKILL)
-                self._answer_waiters(member, -signal.SIGKILL)
+        # if we have one; without, here): killed, as their waiters are told. Every exit
+        # status is recorded before any waiter hears of one.
+        write_exit_status(self.plan.exit_file, root.returncode)
+        killed = [
+            member
+            for member in self.members.values()
+            if member is not root and member.returncode is None and member.creator is None
+        ]
+        for member in killed:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(member.init_pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                write_exit_status(member.exit_file, -signal.SIGKILL)
+        self._answer_waiters(root, root.returncode)
+        for member in killed:
+            self._answer_waiters(member, -signal.SIGKILL)
         for pid in self.execs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
