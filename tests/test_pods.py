@@ -355,6 +355,35 @@ def test_a_created_subcontainer_waits_for_start(pod: Pod, bundle: BundleFactory)
     assert a.wait(timeout=10) == 7
 
 
+def test_run_in_a_pod_starts_at_once_and_destroys_only_the_subcontainer(
+    pod: Pod, bundle: BundleFactory, store: FileStore
+) -> None:
+    app = annotate(
+        bundle(["sh", "-c", "exit 5"]),
+        {cri.CONTAINERD_TYPE: "container", cri.CONTAINERD_SANDBOX_ID: "pod"},
+    )
+    assert Container.run("job", app, store=store) == 5
+    assert store.list_ids() == ["pod"]
+    assert pod.root.status is Status.RUNNING
+
+
+def test_a_subcontainer_gets_its_own_terminal(pod: Pod, bundle: BundleFactory) -> None:
+    a = pod.add_container("a", bundle(["sh", "-c", "tty; echo done"], terminal=True))
+    try:
+        assert a.console is not None
+        a.start()
+        assert a.wait(timeout=10) == 0
+        text = b""
+        while b"done" not in text:
+            chunk = a.console.read(1024)
+            assert chunk, text
+            text += chunk
+        assert b"/dev/pts/0" in text  # the first pty of its own devpts
+    finally:
+        if a.console is not None:
+            a.console.close()
+
+
 def test_a_subcontainer_that_cannot_be_created_leaves_nothing(
     pod: Pod, bundle: BundleFactory, store: FileStore
 ) -> None:

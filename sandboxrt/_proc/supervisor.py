@@ -452,7 +452,7 @@ class Supervisor:
         """
         plan = request.container
         error, error_type = "", "ProtocolError"
-        if plan is None or len(fds) != (0 if plan.init.terminal else 3):
+        if plan is None or len(fds) not in ((0, 3) if plan.init.terminal else (3,)):
             error = "malformed create-container request"
         elif plan.sandbox_id != self.plan.sandbox_id:
             error = f'the plan is for sandbox "{plan.sandbox_id}", not "{self.plan.sandbox_id}"'
@@ -460,18 +460,23 @@ class Supervisor:
             error, error_type = "the sandbox's root container has exited", "SandboxStopped"
         elif plan.init.container_id in self.members:
             error, error_type = "it is in the sandbox already", "ContainerExistsError"
-        if error or plan is None:
+        member = None
+        if not error and plan is not None:
+            member = _Member(
+                plan.init,
+                plan.exit_file,
+                new_cgroup_namespace=plan.new_cgroup_namespace,
+                autostart=plan.autostart,
+                creator=conn,
+            )
+            try:
+                self._fork_init(member, fds)
+            except OSError as exc:
+                error, error_type = f"cannot fork its init: {exc}", type(exc).__name__
+        if error or member is None:
             with contextlib.suppress(OSError):
                 channel.send(conn, Progress("error", error, error_type))
             return
-        member = _Member(
-            plan.init,
-            plan.exit_file,
-            new_cgroup_namespace=plan.new_cgroup_namespace,
-            autostart=plan.autostart,
-            creator=conn,
-        )
-        self._fork_init(member, fds)
         self.members[member.id] = member
         assert member.init_sync is not None
         self.selector.modify(conn, selectors.EVENT_READ, ("creator", member))
