@@ -29,6 +29,7 @@ from sandboxrt import (
     InitError,
     InvalidStateError,
     Pod,
+    ProcessNotFoundError,
     SpecError,
     Status,
 )
@@ -223,6 +224,26 @@ def test_exec_into_a_subcontainer_joins_its_mount_namespace_and_cgroup(
     finally:
         process.kill()
         process.wait(timeout=10)
+
+
+def test_a_process_belongs_to_the_container_it_was_exec_d_into(
+    pod: Pod, bundle: BundleFactory
+) -> None:
+    a = add_running(pod, bundle(SLEEP), "a")
+    add_running(pod, bundle(SLEEP), "b")
+    process = a.exec(["sleep", "999"])
+    sandbox = pod.sandbox
+    assert sandbox is not None
+    try:
+        for cid in ("b", "pod"):
+            with pytest.raises(ProcessNotFoundError, match=f'does not belong to container "{cid}"'):
+                sandbox.wait_process(cid, process.pid, nohang=True)
+            with pytest.raises(ProcessNotFoundError):
+                sandbox.signal_process(cid, process.pid, signal.SIGKILL)
+        assert process.poll() is None
+    finally:
+        process.kill()
+    assert process.wait(timeout=10) == -signal.SIGKILL
 
 
 # -- lifecycle -------------------------------------------------------------------------------

@@ -548,6 +548,15 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(member.init_pid, signal.SIGKILL)
         self._kill_rest(member)
+        # Its exec'd processes' statuses go; running ones are kept from a later container
+        # of the same id (their waiters are still answered).
+        for pid in [p for p, owner in self.exec_owner.items() if owner == member.id]:
+            self.unwaited.pop(pid, None)
+            self.waited.pop(pid, None)
+            if pid in self.execs:
+                self.exec_owner[pid] = ""
+            else:
+                del self.exec_owner[pid]
         if member.init_sync is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(member.init_sync)
@@ -659,18 +668,18 @@ class Supervisor:
 
     def _exec_exited(self, pid: int, returncode: int) -> None:
         self.execs.discard(pid)
-        if self.exec_owner.get(pid) not in self.members:
-            self.exec_owner.pop(pid, None)  # its container was destroyed: nobody asks
-            return
         waiters = self.exec_waiters.pop(pid, [])
-        if not waiters:
+        if self.exec_owner.get(pid) not in self.members:
+            self.exec_owner.pop(pid, None)  # its container was destroyed: status not kept
+        elif not waiters:
             self.unwaited[pid] = returncode
             if len(self.unwaited) > UNWAITED_KEPT:
                 oldest = next(iter(self.unwaited))
                 del self.unwaited[oldest]
                 self.exec_owner.pop(oldest, None)
             return
-        self._remember_waited(pid, returncode)
+        else:
+            self._remember_waited(pid, returncode)
         for conn in waiters:
             self.waiting_on.pop(conn, None)
             with contextlib.suppress(OSError):
