@@ -157,6 +157,9 @@ def create(request: CgroupRequest, container_id: str, scope: str = "") -> Cgroup
         return None
     # A cgroupsPath naming a cgroup that already holds processes is refused (as runc
     # does): kill-all and destroy would otherwise reach processes that are not ours.
+    # One we have just made is empty.
+    if all(p.rel in p.created for p in cgroup.placements):
+        return cgroup
     busy = cgroup.pids()
     if busy:
         cgroup.destroy()
@@ -209,8 +212,15 @@ def signal_all(
 def remove(record: Mapping[str, Any], container_id: str, timeout: float) -> None:
     """SIGKILL what is left in the container's cgroup, then remove what sandboxrt made.
 
-    Idempotent; a pre-existing cgroup (a ``cgroupsPath`` that existed) stays.
+    Idempotent; a pre-existing cgroup (a ``cgroupsPath`` that existed) stays. For a
+    cgroup sandboxrt made, removal is tried first: once a sandbox with a PID
+    namespace of its own is gone its cgroup is empty, and ``rmdir`` fails on one
+    that is not (then the processes are killed, and removal retried).
     """
     cgroup = cgroups.load(record, container_id=container_id)
+    if all(p.rel in p.created for p in cgroup.placements):
+        with contextlib.suppress(SystemCallError):
+            cgroup.destroy(timeout=0.0)
+            return
     cgroup.kill_all(timeout=timeout)
     cgroup.destroy(timeout=timeout)

@@ -218,33 +218,36 @@ class Container:
             container = cls(record, store)
             stdio: StdioPlan | None = None
             pty: int | None = None
-            try:
-                cgroup = (
-                    _cgroup.create(cgroup_request, id, _cgroup.scope_for(store.runtime_dir))
-                    if cgroup_request
-                    else None
+
+            def make_cgroup() -> list[str]:
+                assert cgroup_request is not None
+                scope = _cgroup.scope_for(store.runtime_dir)
+                cgroup = _cgroup.create(cgroup_request, id, scope)
+                if cgroup is None:
+                    return []
+                # Recorded at once: a destroy after a crash from here on removes it.
+                container._record = attrs.evolve(container._record, cgroup=cgroup.to_dict())
+                store.save(container._record)
+                return _cgroup.procs_files(cgroup)
+
+            if cgroup_request is not None:
+                # Made while the sandbox starts: the init joins it after its mounts.
+                plan = dataclasses.replace(
+                    plan, init=dataclasses.replace(plan.init, await_cgroup=True)
                 )
-                if cgroup is not None:
-                    # Recorded at once: a destroy after a crash from here on removes it.
-                    record = container._record = attrs.evolve(record, cgroup=cgroup.to_dict())
-                    store.save(record)
-                    plan = dataclasses.replace(
-                        plan,
-                        init=dataclasses.replace(
-                            plan.init, cgroup_procs=_cgroup.procs_files(cgroup)
-                        ),
-                    )
+            try:
                 stdio = StdioPlan(stdin, stdout, stderr)
                 sandbox, pty = Sandbox.launch(
                     plan,
                     stdio.child_fds,
                     launcher=launcher,
                     on_mounted=container._run_runtime_hooks,
+                    make_cgroup=make_cgroup,
                     timeout=config.create_timeout,
                 )
                 stdio.close_child_ends()
                 container._record = attrs.evolve(
-                    record,
+                    container._record,
                     sandbox=sandbox.supervisor,
                     runtime_dir=sandbox.runtime_dir,
                 ).with_status(Status.CREATED)

@@ -109,14 +109,17 @@ class Sandbox:
         *,
         launcher: Launcher | None = None,
         on_mounted: Callable[[Sandbox], dict[str, Any]] | None = None,
+        make_cgroup: Callable[[], list[str]] | None = None,
         timeout: float | None = None,
     ) -> tuple[Sandbox, int | None]:
         """Start a sandbox for ``plan``; returns it and the pty master, if any.
 
-        ``on_mounted`` runs (in this process) once the container's mounts are
-        made and before ``pivot_root``: the place of prestart and createRuntime
-        hooks. It returns the OCI state the createContainer hooks get.
-        On any failure nothing is left behind.
+        ``make_cgroup`` (for a plan whose init has ``await_cgroup``) runs in this
+        process while the sandbox starts, and returns the ``cgroup.procs`` files
+        the init joins. ``on_mounted`` runs (in this process) once the
+        container's mounts are made and before ``pivot_root``: the place of
+        prestart and createRuntime hooks. It returns the OCI state the
+        createContainer hooks get. On any failure nothing is left behind.
         """
         container_id = plan.init.container_id
         # The caller holds the container's lock and has just made its record: a runtime
@@ -149,6 +152,7 @@ class Sandbox:
                 os.close(log_fd)
             launched = process
             with ours:
+                failed = cls._make_cgroup(ours, make_cgroup) if plan.init.await_cgroup else None
                 first, _ = cls._next(ours, container_id, plan.runtime_dir, Launched, Progress)
                 if isinstance(first, Progress):
                     raise cls._failure(container_id, first)
@@ -156,6 +160,8 @@ class Sandbox:
                 sandbox = cls(plan.sandbox_id, _identity(first, container_id), plan.runtime_dir)
                 process.wait()
                 launched = None
+                if failed is not None:
+                    raise failed
                 return sandbox, sandbox._follow_creation(
                     ours, container_id, on_mounted, plan.autostart
                 )
@@ -166,6 +172,23 @@ class Sandbox:
                 _reap(launched)
             shutil.rmtree(plan.runtime_dir, ignore_errors=True)
             raise
+
+    @staticmethod
+    def _make_cgroup(
+        sock: socket.socket, make_cgroup: Callable[[], list[str]] | None
+    ) -> BaseException | None:
+        """Make the cgroup while the sandbox starts, and tell its init which to join;
+        on failure the init is told to give up, and the error returned (raised once the
+        sandbox is known, so that it is destroyed). A sandbox that is gone already is
+        reported by what follows."""
+        failed: BaseException | None = None
+        try:
+            step = Progress("cgroup", details={"procs": make_cgroup() if make_cgroup else []})
+        except BaseException as exc:
+            failed, step = exc, Progress("cancel", error=f"making the cgroup failed: {exc}")
+        with contextlib.suppress(OSError):
+            channel.send(sock, step)
+        return failed
 
     @staticmethod
     def _next(

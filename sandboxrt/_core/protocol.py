@@ -218,6 +218,11 @@ class InitPlan(ProcessPlan, _Message):
     #: container's processes are born inside; the supervisor stays outside, and keeps
     #: serving while the container is frozen.
     cgroup_procs: list[str] = dataclasses.field(default_factory=list)
+    #: The library makes the cgroup while the sandbox starts, and names its
+    #: ``cgroup.procs`` files in a ``cgroup`` :class:`Progress` step (or cancels) once
+    #: it is made: the init joins it after its mounts, before ``pivot_root`` (and before
+    #: the prestart hooks, or reporting ``created``).
+    await_cgroup: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,7 +261,9 @@ class Progress(_Message):
     """A step of sandbox creation, or its failure.
 
     ``step`` is ``"mounted"`` (runtime hooks may run now), ``"created"`` (init
-    waits for start; a pty master may come with it) or ``"error"``.
+    waits for start; a pty master may come with it) or ``"error"``; from the
+    library, ``"cgroup"`` (``details["procs"]``: the cgroup to join, see
+    :attr:`InitPlan.await_cgroup`), ``"go"`` or ``"cancel"``.
     """
 
     kind: ClassVar[str] = "progress"

@@ -78,7 +78,7 @@ def find_executable(name: str, env: Sequence[str]) -> str:
     raise FileNotFoundError(f"executable file {name!r} not found in $PATH")
 
 
-def _prepare_root(plan: InitPlan, sync: socket.socket) -> None:
+def _prepare_root(plan: InitPlan, sync: socket.socket, new_cgroup_namespace: bool) -> None:
     syscalls.unshare(abi.CLONE_NEWNS)
     syscalls.mount(None, "/", None, abi.MS_REC | abi.MS_PRIVATE)
     root = os.path.realpath(plan.rootfs)
@@ -95,6 +95,11 @@ def _prepare_root(plan: InitPlan, sync: socket.socket) -> None:
     if dev_is_tmpfs:
         has_devpts = any(m.type == "devpts" for m in plan.mounts)
         mounts.default_dev_symlinks(root, has_devpts=has_devpts)
+    if plan.await_cgroup:  # made by the library meanwhile; joined while host paths resolve
+        step, _ = channel.receive(sync, Progress)
+        if step.step != "cgroup":
+            raise RuntimeError(step.error or "creation was cancelled")
+        _enter_cgroup(step.details.get("procs", []), new_cgroup_namespace)
     if plan.pause_for_hooks:
         channel.send(sync, Progress("mounted"))
         go, _ = channel.receive(sync, Progress)
@@ -244,6 +249,12 @@ def join_cgroup(procs_files: Iterable[str]) -> None:
             raise OSError(err.errno, f"joining the cgroup: {path}: {err.strerror}") from err
 
 
+def _enter_cgroup(procs_files: Iterable[str], new_namespace: bool) -> None:
+    join_cgroup(procs_files)
+    if new_namespace:
+        syscalls.unshare(abi.CLONE_NEWCGROUP)
+
+
 def run_init(
     plan: InitPlan,
     sync: socket.socket,
@@ -253,20 +264,20 @@ def run_init(
 ) -> NoReturn:
     """Build the container and exec its program; never returns.
 
-    Joins the container's cgroup first (then makes its cgroup namespace, when
-    ``new_cgroup_namespace``, rooted there).
+    Joins the container's cgroup first, or once the library made it (see
+    :attr:`InitPlan.await_cgroup`), and then makes its cgroup namespace, when
+    ``new_cgroup_namespace``, rooted there.
     """
     try:
-        join_cgroup(plan.cgroup_procs)
-        if new_cgroup_namespace:
-            syscalls.unshare(abi.CLONE_NEWCGROUP)
+        if not plan.await_cgroup:
+            _enter_cgroup(plan.cgroup_procs, new_cgroup_namespace)
         os.setsid()
         # Not dumpable until exec: the container's processes must not ptrace us or open
         # our /proc entries while we still hold privileges and the runtime's fds.
         syscalls.prctl(abi.PR_SET_DUMPABLE, 0)
         syscalls.set_process_name(PROCESS_NAME)
         seccomp_program = _seccomp_program(plan)
-        _prepare_root(plan, sync)
+        _prepare_root(plan, sync, new_cgroup_namespace)
         executable = find_executable(plan.args[0], plan.env)
         tty_slave = None
         pty_fds: list[int] = []

@@ -139,6 +139,8 @@ class Supervisor:
         self.stdio = stdio
         self.init_pid = 0
         self.init_sync: socket.socket | None = None
+        #: The container's ``cgroup.procs`` files (exec'd processes join them).
+        self.cgroup_procs = list(plan.init.cgroup_procs)
         self.returncode: int | None = None
         self.waiters: list[socket.socket] = []
         self.selector = selectors.DefaultSelector()
@@ -198,6 +200,15 @@ class Supervisor:
             os.close(self.gate)
             self.gate = None
         channel.send(self.bootstrap, step, fds or [])
+
+    def relay_cgroup(self) -> None:
+        """Pass the library's word on the container's cgroup to the init (``await_cgroup``)."""
+        assert self.init_sync is not None
+        step, _ = channel.receive(self.bootstrap, Progress)
+        if step.step == "cgroup":
+            self.cgroup_procs = [str(p) for p in step.details.get("procs", [])]
+        with contextlib.suppress(OSError):  # an init that failed already said why
+            channel.send(self.init_sync, step)
 
     def relay_creation(self) -> bool:
         """Pass creation steps between init and the library; ``True`` once created.
@@ -351,7 +362,7 @@ class Supervisor:
             raise
         if pid == 0:
             ours.close()
-            run_exec(plan, self.init_pid, theirs, fds, mask, cgroup=self.plan.init.cgroup_procs)
+            run_exec(plan, self.init_pid, theirs, fds, mask, cgroup=self.cgroup_procs)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
         with ours:
@@ -488,7 +499,7 @@ class Supervisor:
             # daemons that left our subtree included; without a cgroup, our descendants.
             pids: set[int] = set()
             try:
-                for path in self.plan.init.cgroup_procs:
+                for path in self.cgroup_procs:
                     with open(path) as f:
                         pids.update(int(pid) for pid in f.read().split())
             except (OSError, ValueError):
@@ -559,6 +570,8 @@ def _run_supervisor(
     try:
         supervisor.setup()
         supervisor.fork_init()
+        if plan.init.await_cgroup:
+            supervisor.relay_cgroup()
         created = supervisor.relay_creation()
     except BaseException as exc:
         with contextlib.suppress(OSError):
