@@ -370,11 +370,11 @@ def test_exec_d_processes_die_with_the_container(running: Container) -> None:
 
 
 def test_namespaces_root_and_cgroup_are_the_container_s(running: Container) -> None:
-    init_pid = 2  # the supervisor is 1; the container's program is its first child
+    init_pid = _init_nspid(running)
     script = (
-        "echo $$; for ns in /proc/self/ns/mnt /proc/2/ns/mnt /proc/self/ns/cgroup "
-        "/proc/2/ns/cgroup; do readlink $ns; done; "
-        "cat /proc/self/cgroup; echo --; cat /proc/2/cgroup; ls /bin/busybox"
+        f"echo $$; for ns in /proc/self/ns/mnt /proc/{init_pid}/ns/mnt /proc/self/ns/cgroup "
+        f"/proc/{init_pid}/ns/cgroup; do readlink $ns; done; "
+        f"cat /proc/self/cgroup; echo --; cat /proc/{init_pid}/cgroup; ls /bin/busybox"
     )
     process = running.exec(["sh", "-c", script], stdout=subprocess.PIPE)
     out, _ = process.communicate(timeout=30)
@@ -398,7 +398,7 @@ def test_the_process_is_in_the_container_s_cgroup_on_the_host(running: Container
         # Its host pid: in the sandbox's PID namespace, with the pid exec gave.
         pid_ns = os.readlink(f"/proc/{sandbox.pid}/ns/pid")
         host_pid = next(pid for pid in _host_pids(pid_ns) if _nspid(pid)[-1] == process.pid)
-        init_host_pid = next(pid for pid in _host_pids(pid_ns) if _nspid(pid)[-1] == 2)
+        init_host_pid = _init_host_pid(running)
         with open(f"/proc/{init_host_pid}/cgroup") as f:
             theirs = f.read()
         with open(f"/proc/{sandbox.pid}/cgroup") as f:
@@ -422,6 +422,20 @@ def _host_pids(pid_ns: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def _init_host_pid(container: Container) -> int:
+    """The container's init on the host: the supervisor's first child (PID 2 or later in
+    the sandbox, after a root built ahead that did not serve)."""
+    supervisor = container.state().pid
+    assert supervisor is not None
+    with open(f"/proc/{supervisor}/task/{supervisor}/children") as f:
+        children = [int(pid) for pid in f.read().split()]
+    return min(children, key=lambda pid: _nspid(pid)[-1])
+
+
+def _init_nspid(container: Container) -> int:
+    return _nspid(_init_host_pid(container))[-1]
 
 
 def _nspid(pid: int) -> list[int]:
@@ -455,7 +469,7 @@ def test_env_cwd_and_user_overrides(running: Container) -> None:
 def test_the_process_gets_the_container_s_privileges(running: Container) -> None:
     names = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")
     mine = status_fields(output(running, "cat", "/proc/self/status"), *names)
-    init = status_fields(output(running, "cat", "/proc/2/status"), *names)
+    init = status_fields(output(running, "cat", f"/proc/{_init_nspid(running)}/status"), *names)
     assert mine == init
     assert mine["NoNewPrivs"] == "1" and mine["Seccomp"] == "2"
     assert mine["CapEff"] != "000001ffffffffff"  # the default set, not everything

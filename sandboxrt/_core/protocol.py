@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Self, TypeVar
 
 __all__ = [
     "MAX_MESSAGE",
+    "PROCESS_FIELDS",
     "CapabilityPlan",
     "DevicePlan",
     "ExecPlan",
@@ -224,6 +225,32 @@ class InitPlan(ProcessPlan, _Message):
     #: the prestart hooks, or reporting ``created``).
     await_cgroup: bool = False
 
+    def root_key(self) -> dict[str, Any]:
+        """What shapes the container's root (every field but :data:`PROCESS_FIELDS`): two
+        plans with equal keys build the same root from the same host files."""
+        return {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.name not in PROCESS_FIELDS
+        }
+
+    def host_sources(self) -> list[str]:
+        """The host paths the root is built from: the rootfs, then each bind source."""
+        return [self.rootfs, *(m.source for m in self.mounts if m.bind)]
+
+    def speculative(self) -> InitPlan:
+        """This plan's root alone, to build ahead of a plan like it (no cgroup, no hooks)."""
+        return dataclasses.replace(self, cgroup_procs=[], await_cgroup=False)
+
+
+#: The fields of an :class:`InitPlan` that shape the process, not the root it runs in.
+#: A root built ahead for one plan (``supervisor.warm``) serves another whose fields
+#: differ in these only; a field added to the plan shapes the root until listed here.
+PROCESS_FIELDS = frozenset(
+    {field.name for field in dataclasses.fields(ProcessPlan)}
+    | {"container_id", "start_container_hooks", "cgroup_procs", "await_cgroup"}
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class SandboxPlan(_Message):
@@ -307,6 +334,9 @@ class Request(_Message):
     group: bool = False
     #: ``wait``: answer at once; ``returncode`` is None while the process runs.
     nohang: bool = False
+    #: ``launch`` to a warm sandbox: the host's mount table has not changed since it
+    #: built a root ahead, so that root may serve (see ``supervisor.warm``).
+    speculation: bool = False
 
     def __post_init__(self) -> None:
         if self.op not in self.OPS:

@@ -27,16 +27,23 @@ from sandboxrt._proc import hooks
 from sandboxrt.errors import HookError
 
 __all__ = [
+    "AHEAD_PROCESS_NAME",
     "EXEC_PROCESS_NAME",
     "PROCESS_NAME",
     "error_progress",
     "find_executable",
+    "join_cgroup",
+    "root_identities",
     "run_exec",
     "run_init",
+    "speculate",
 ]
 
 #: The init's name in ``/proc/PID/comm`` until it execs the program.
 PROCESS_NAME = "sandboxrt-init"
+
+#: The name of an init building a root ahead (:func:`speculate`), until it has its plan.
+AHEAD_PROCESS_NAME = "sandboxrt-ahead"
 
 #: An exec'd process's name in ``/proc/PID/comm`` until it execs its program.
 EXEC_PROCESS_NAME = "sandboxrt-exec"
@@ -227,14 +234,15 @@ def _become(
     os.execve(executable, plan.args, dict(e.split("=", 1) for e in plan.env))
 
 
-def join_cgroup(procs_files: Iterable[str]) -> None:
-    """Move this (single-threaded, just forked) process into a cgroup in every hierarchy.
+def join_cgroup(procs_files: Iterable[str], pid: int = 0) -> None:
+    """Move a single-threaded process (0: this one, just forked) into a cgroup in every
+    hierarchy.
 
-    Done first thing after the fork, so that nothing the process forks is born
-    outside. On v1 we write ``0`` to ``tasks`` (moving the calling thread, all
-    there is): the kernel then skips the global threadgroup lock that
-    ``cgroup.procs`` takes, whose first taking waits for an RCU grace period
-    (5-13 ms measured, a third of a container's whole run).
+    Done before the process forks, so that nothing it forks is born outside.
+    On v1 we write to ``tasks`` (moving one thread, all there is): the kernel
+    then skips the global threadgroup lock that ``cgroup.procs`` takes, whose
+    first taking waits for an RCU grace period (5-13 ms measured, a third of a
+    container's whole run).
     """
     for procs in procs_files:
         tasks = os.path.join(os.path.dirname(procs), "tasks")
@@ -242,7 +250,7 @@ def join_cgroup(procs_files: Iterable[str]) -> None:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
             try:
-                os.write(fd, b"0")
+                os.write(fd, str(pid).encode())
             finally:
                 os.close(fd)
         except OSError as err:
@@ -271,38 +279,96 @@ def run_init(
     try:
         if not plan.await_cgroup:
             _enter_cgroup(plan.cgroup_procs, new_cgroup_namespace)
-        os.setsid()
-        # Not dumpable until exec: the container's processes must not ptrace us or open
-        # our /proc entries while we still hold privileges and the runtime's fds.
-        syscalls.prctl(abi.PR_SET_DUMPABLE, 0)
-        syscalls.set_process_name(PROCESS_NAME)
+        _init_process()
         seccomp_program = _seccomp_program(plan)
         _prepare_root(plan, sync, new_cgroup_namespace)
-        executable = find_executable(plan.args[0], plan.env)
-        tty_slave = None
-        pty_fds: list[int] = []
-        if plan.terminal:
-            master, tty_slave = mounts.open_pty()
-            pty_fds = [master]
-        channel.send(sync, Progress("created"), pty_fds)
-        channel.close_fds(pty_fds)
-        try:
-            start, _ = channel.receive(sync, Request)
-        except channel.ChannelClosedError:
-            os._exit(0)  # destroyed before start
-        hooks.run_hooks(
-            plan.start_container_hooks,
-            start.state,
-            phase="startContainer",
-            container_id=plan.container_id,
-        )
-        _default_signals()
-        _become(plan, executable, stdio, tty_slave, seccomp_program)
+        _create(plan, sync, stdio, seccomp_program)
     except BaseException as exc:
         try:
             channel.send(sync, error_progress(exc))
         finally:
             os._exit(127)
+
+
+def speculate(hint: InitPlan, sync: socket.socket) -> NoReturn:
+    """Build a container's root ahead of its plan, guessing it from ``hint``; never returns.
+
+    A warm sandbox's init (see ``supervisor.warm``): it builds the root of
+    ``hint`` (the last plan the fork server saw), reports ``ready`` with the
+    identities of the host files it mounted (see :func:`root_identities`), and
+    waits. If the real plan builds the same root, the supervisor moves us into
+    the container's cgroup and sends it (:class:`InitPlan`, stdio fds alongside,
+    after a ``Progress`` saying whether to make a cgroup namespace); we go on as
+    :func:`run_init` does after its root. Otherwise we are killed unused.
+    """
+    try:
+        _init_process(AHEAD_PROCESS_NAME)
+        identities = root_identities(hint)  # while the host's paths are in view
+        _prepare_root(hint.speculative(), sync, False)
+        channel.send(sync, Progress("ready", details={"identities": identities}))
+        go, _ = channel.receive(sync, Progress)
+        if go.step != "go":
+            raise RuntimeError(go.error or "creation was cancelled")
+        plan, stdio = channel.receive(sync, InitPlan)
+        syscalls.set_process_name(PROCESS_NAME)
+        if go.details.get("cgroupns"):
+            syscalls.unshare(abi.CLONE_NEWCGROUP)
+        _create(plan, sync, stdio, _seccomp_program(plan))
+    except BaseException as exc:
+        try:
+            channel.send(sync, error_progress(exc))
+        finally:
+            os._exit(127)
+
+
+def root_identities(plan: InitPlan) -> list[list[int]]:
+    """``[st_dev, st_ino]`` of the rootfs and of every bind source of ``plan``, as they
+    are now in this mount namespace (``[0, 0]`` for one missing): equal lists, taken
+    when a speculative root was built and when the real plan came, show the host
+    files it mounted are the same."""
+    found = []
+    for path in plan.host_sources():
+        try:
+            st = os.stat(path)
+        except OSError:
+            found.append([0, 0])
+        else:
+            found.append([st.st_dev, st.st_ino])
+    return found
+
+
+def _init_process(name: str = PROCESS_NAME) -> None:
+    os.setsid()
+    # Not dumpable until exec: the container's processes must not ptrace us or open
+    # our /proc entries while we still hold privileges and the runtime's fds.
+    syscalls.prctl(abi.PR_SET_DUMPABLE, 0)
+    syscalls.set_process_name(name)
+
+
+def _create(
+    plan: InitPlan, sync: socket.socket, stdio: Sequence[int], seccomp_program: bytes | None
+) -> NoReturn:
+    """Report ``created`` (with a pty master, for a terminal), wait for start, exec."""
+    executable = find_executable(plan.args[0], plan.env)
+    tty_slave = None
+    pty_fds: list[int] = []
+    if plan.terminal:
+        master, tty_slave = mounts.open_pty()
+        pty_fds = [master]
+    channel.send(sync, Progress("created"), pty_fds)
+    channel.close_fds(pty_fds)
+    try:
+        start, _ = channel.receive(sync, Request)
+    except channel.ChannelClosedError:
+        os._exit(0)  # destroyed before start
+    hooks.run_hooks(
+        plan.start_container_hooks,
+        start.state,
+        phase="startContainer",
+        container_id=plan.container_id,
+    )
+    _default_signals()
+    _become(plan, executable, stdio, tty_slave, seccomp_program)
 
 
 def _join_init(init_pid: int) -> None:

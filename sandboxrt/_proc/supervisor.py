@@ -25,19 +25,29 @@ from typing import NoReturn
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import (
     ExitStatus,
+    InitPlan,
     Launched,
     Progress,
     Reply,
     Request,
     SandboxPlan,
+    decode,
     encode,
 )
 from sandboxrt._os import capabilities, channel, net, procfs, syscalls
-from sandboxrt._proc.init import error_progress, run_exec, run_init
+from sandboxrt._proc.init import (
+    error_progress,
+    join_cgroup,
+    root_identities,
+    run_exec,
+    run_init,
+    speculate,
+)
 
 __all__ = [
     "PROCESS_NAME",
     "WARM_NAMESPACES",
+    "RootAhead",
     "is_warm_shape",
     "main",
     "warm",
@@ -53,6 +63,8 @@ WAITED_KEPT = 4096
 UNWAITED_KEPT = 65536
 #: How long an exec'd process may take to reach ``execve`` before it is killed (seconds).
 EXEC_START_TIMEOUT = 30.0
+#: How long a root built ahead that will not serve may take to finish before it is killed.
+AHEAD_FINISH_TIMEOUT = 5.0
 
 _RELAYED_SIGNALS = (
     signal.SIGTERM,
@@ -139,6 +151,8 @@ class Supervisor:
         self.stdio = stdio
         self.init_pid = 0
         self.init_sync: socket.socket | None = None
+        #: The init was built ahead (:class:`RootAhead`), not forked for this plan.
+        self.adopted = False
         #: The container's ``cgroup.procs`` files (exec'd processes join them).
         self.cgroup_procs = list(plan.init.cgroup_procs)
         self.returncode: int | None = None
@@ -172,6 +186,26 @@ class Supervisor:
             _prepare_namespaces(new)
         self.listener = channel.bind_listener(self.plan.control_socket)
 
+    @property
+    def new_cgroup_namespace(self) -> bool:
+        return ["cgroup", ""] in self.plan.namespaces
+
+    def adopt_init(self, ahead: RootAhead) -> None:
+        """Take the init that built our root ahead (see :func:`warm`) as the container's."""
+        self.init_pid, self.init_sync = ahead.pid, ahead.sync
+        self.adopted = True
+
+    def hand_plan(self) -> None:
+        """Give an adopted init its cgroup (moved in by us: its root hides the host's
+        cgroupfs), its plan and its stdio; it goes on to ``created``."""
+        assert self.init_sync is not None
+        join_cgroup(self.cgroup_procs, pid=self.init_pid)
+        go = Progress("go", details={"cgroupns": self.new_cgroup_namespace})
+        channel.send(self.init_sync, go)
+        channel.send(self.init_sync, self.plan.init, self.stdio)
+        channel.close_fds(self.stdio)
+        self.stdio = []
+
     def fork_init(self) -> None:
         parent_end, child_end = channel.socket_pair()
         pid = os.fork()
@@ -185,7 +219,7 @@ class Supervisor:
                 self.plan.init,
                 child_end,
                 self.stdio,
-                new_cgroup_namespace=["cgroup", ""] in self.plan.namespaces,
+                new_cgroup_namespace=self.new_cgroup_namespace,
             )
         child_end.close()
         channel.close_fds(self.stdio)
@@ -207,6 +241,8 @@ class Supervisor:
         step, _ = channel.receive(self.bootstrap, Progress)
         if step.step == "cgroup":
             self.cgroup_procs = [str(p) for p in step.details.get("procs", [])]
+        if step.step == "cgroup" and self.adopted:
+            return  # moved in by hand_plan
         with contextlib.suppress(OSError):  # an init that failed already said why
             channel.send(self.init_sync, step)
 
@@ -565,13 +601,19 @@ def _run_supervisor(
     gate: int | None,
     *,
     prepared: bool = False,
+    ahead: RootAhead | None = None,
 ) -> NoReturn:
     supervisor = Supervisor(plan, bootstrap, stdio, gate, prepared=prepared)
     try:
         supervisor.setup()
-        supervisor.fork_init()
+        if ahead is not None:
+            supervisor.adopt_init(ahead)
+        else:
+            supervisor.fork_init()
         if plan.init.await_cgroup:
             supervisor.relay_cgroup()
+        if ahead is not None:
+            supervisor.hand_plan()
         created = supervisor.relay_creation()
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -609,15 +651,77 @@ def _launched(pid: int) -> Launched:
     return Launched(pid, info.start_ticks if info is not None else 0)
 
 
-def warm(link: socket.socket) -> NoReturn:
-    """Make a sandbox ahead of its plan; claim it with :func:`claim`.
+class RootAhead:
+    """An init building, in a warm sandbox, the root of the plan the fork server saw
+    last (see :func:`sandboxrt._proc.init.speculate`): a run of containers from one
+    bundle then finds its root built."""
+
+    def __init__(self, hint: InitPlan, close: Sequence[int]) -> None:
+        ours, theirs = channel.socket_pair()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            channel.close_fds(close)
+            speculate(hint, theirs)
+        theirs.close()
+        self.hint, self.pid, self.sync = hint, pid, ours
+        self.outcome: Progress | None = None
+
+    @classmethod
+    def start(cls, hint: bytes | None, close: Sequence[int]) -> RootAhead | None:
+        """Build ahead for ``hint`` (an encoded :class:`SandboxPlan`), if it suits."""
+        if not hint:
+            return None
+        try:
+            plan = decode(hint, SandboxPlan)
+        except ValueError:
+            return None
+        if not is_warm_shape(plan.namespaces) or plan.init.pause_for_hooks:
+            return None  # hooks see the root being built: never ahead
+        return cls(plan.init, close)
+
+    def serves(self, plan: InitPlan) -> bool:
+        """Whether the root built ahead is the one ``plan`` asks for, from the same host
+        files (compared with what this mount namespace, made just now, sees)."""
+        if plan.root_key() != self.hint.root_key():
+            return False
+        ready = self.finish()
+        return ready.step == "ready" and ready.details.get("identities") == root_identities(plan)
+
+    def finish(self, timeout: float | None = None) -> Progress:
+        """Wait until the root is built (``ready``) or failed; how it went."""
+        if self.outcome is None:
+            self.sync.settimeout(timeout)
+            try:
+                self.outcome, _ = channel.receive(self.sync, Progress)
+            except (channel.ChannelClosedError, OSError, ValueError) as exc:
+                self.outcome = Progress("error", error=str(exc))
+            self.sync.settimeout(None)
+        return self.outcome
+
+    def discard(self) -> None:
+        """End it unused, once it is done with the rootfs: killed mid-way, it could leave
+        a half-made device node there."""
+        self.finish(timeout=AHEAD_FINISH_TIMEOUT)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        self.sync.close()
+
+
+def warm(link: socket.socket, hint: bytes | None = None) -> NoReturn:
+    """Make a sandbox ahead of its plan, for the fork server to hand a launch to.
 
     Runs in a fresh child of the fork server: enters the namespaces of
     :data:`WARM_NAMESPACES`, forks the future supervisor (PID 1), sends its
-    host pid on ``link`` and exits. The supervisor waits on ``link`` for a
-    launch request carrying the bootstrap socket and log fd; end of stream
-    (the fork server went away) makes it exit. After the request it waits
-    for ``link`` to close, the sign that the library was told its pid.
+    host pid on ``link`` and exits. The supervisor starts building the root
+    of ``hint`` (:class:`RootAhead`), and waits on ``link`` for a launch
+    request carrying the bootstrap socket and log fd; end of stream (the fork
+    server went away) makes it exit. After the request it waits for ``link``
+    to close, the sign that the library was told its pid. The root built
+    ahead serves if the request says the host's mounts did not change
+    meanwhile and :meth:`RootAhead.serves` the plan; else it is dropped.
     """
     try:
         # Not the mount namespace yet: made at claim time, it sees the host's mounts as
@@ -630,11 +734,15 @@ def warm(link: socket.socket) -> NoReturn:
         channel.send(link, _launched(pid))
         os._exit(0)
     syscalls.set_process_name("sandboxrt-warm")
+    ahead: RootAhead | None = None
     try:
         _prepare_namespaces({"network"})
-        _, fds = channel.receive(link, Request)
+        ahead = RootAhead.start(hint, [link.fileno()])
+        request, fds = channel.receive(link, Request)
         link.recv(1)  # end of stream: the fork server told the library our pid
     except BaseException:
+        if ahead is not None:
+            ahead.discard()
         os._exit(0)
     link.close()
     bootstrap_fd, log_fd = fds
@@ -645,8 +753,11 @@ def warm(link: socket.socket) -> NoReturn:
         plan, stdio = channel.receive(bootstrap, SandboxPlan)
         _unshare_private(0)
         _prepare_namespaces({"pid"})
+        if ahead is not None and not (request.speculation and ahead.serves(plan.init)):
+            ahead.discard()
+            ahead = None
     except BaseException as exc:
         with contextlib.suppress(OSError):
             channel.send(bootstrap, error_progress(exc))
         os._exit(1)
-    _run_supervisor(plan, bootstrap, stdio, None, prepared=True)
+    _run_supervisor(plan, bootstrap, stdio, None, prepared=True, ahead=ahead)
