@@ -458,7 +458,8 @@ def test_create_starts_over_when_a_parent_vanishes(
     if not _xattrs_work(tmp_path):
         pytest.skip("needs trusted.* extended attributes (root)")
     layout, mnt = make_v1(tmp_path, mounts=("cpuset",))
-    first = create("/sandboxrt/a", layout=layout)
+    nodes = {"cpu": {"mems": "0"}}  # a cpuset cgroup is made only when the spec sets one
+    first = create("/sandboxrt/a", nodes, layout=layout)
     real_mkdir = os.mkdir
     calls: list[str] = []
 
@@ -469,7 +470,7 @@ def test_create_starts_over_when_a_parent_vanishes(
         real_mkdir(path, mode)
 
     monkeypatch.setattr(common.os, "mkdir", racing_mkdir)
-    second = create("/sandboxrt/b", layout=layout)
+    second = create("/sandboxrt/b", nodes, layout=layout)
     monkeypatch.undo()
     cpuset = mnt / "cpuset"
     names = [c.split("/cpuset/")[1] for c in calls]
@@ -821,3 +822,14 @@ def test_default_path_scope_keeps_stores_apart(tmp_path: Path) -> None:
     assert _cgroup.scope_for(default_root() / ".sandboxes") == ""
     one, two = _cgroup.scope_for(tmp_path / "a"), _cgroup.scope_for(tmp_path / "b")
     assert one and two and one != two
+
+
+def test_v1_places_a_cgroup_in_cpuset_only_for_cpus_or_mems(tmp_path: Path) -> None:
+    layout, mnt = make_v1(tmp_path, mounts=("cpuset", "memory"))
+    plain = create("/sandboxrt/plain", layout=layout)
+    assert [p.controllers for p in plain.placements] == [frozenset({"memory"})]
+    pinned = create("/sandboxrt/pinned", {"cpu": {"cpus": "1"}}, layout=layout)
+    assert {c for p in pinned.placements for c in p.controllers} == {"cpuset", "memory"}
+    assert read(mnt / "cpuset/sandboxrt/pinned/cpuset.cpus") == "1"
+    plain.destroy()
+    pinned.destroy()

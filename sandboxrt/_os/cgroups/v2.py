@@ -27,6 +27,7 @@ from .common import (
 from .layout import CgroupLayout, Hierarchy
 from .resources import (
     MemoryResources,
+    Resources,
     ResourcesLike,
     as_resources,
     shares_to_weight,
@@ -49,7 +50,7 @@ class CgroupV2(Cgroup):
     driver = "v2"
 
     @classmethod
-    def _hierarchies(cls, layout: CgroupLayout) -> list[Hierarchy]:
+    def _hierarchies(cls, layout: CgroupLayout, resources: Resources) -> list[Hierarchy]:
         unified = layout.unified
         if unified is None:
             raise MissingFeatureError("cgroup v2", "no cgroup2 filesystem is mounted")
