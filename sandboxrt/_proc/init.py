@@ -33,6 +33,8 @@ __all__ = [
     "error_progress",
     "find_executable",
     "join_cgroup",
+    "join_cgroup_fds",
+    "open_cgroup",
     "root_identities",
     "run_exec",
     "run_init",
@@ -244,17 +246,41 @@ def join_cgroup(procs_files: Iterable[str], pid: int = 0) -> None:
     first taking waits for an RCU grace period (5-13 ms measured, a third of a
     container's whole run).
     """
-    for procs in procs_files:
-        tasks = os.path.join(os.path.dirname(procs), "tasks")
-        path = tasks if os.path.exists(tasks) else procs
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    fds = open_cgroup(procs_files)
+    try:
+        join_cgroup_fds(fds, pid)
+    finally:
+        channel.close_fds(fds)
+
+
+def open_cgroup(procs_files: Iterable[str]) -> list[int]:
+    """The files that move a thread into the cgroup (v1 ``tasks``, else ``cgroup.procs``),
+    opened for writing (close-on-exec), for :func:`join_cgroup_fds`."""
+    fds: list[int] = []
+    try:
+        for procs in procs_files:
+            path = os.path.join(os.path.dirname(procs), "tasks")
             try:
-                os.write(fd, str(pid).encode())
-            finally:
-                os.close(fd)
+                try:
+                    fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+                except FileNotFoundError:  # v2
+                    path = procs
+                    fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+            except OSError as err:
+                raise OSError(err.errno, f"opening the cgroup: {path}: {err.strerror}") from err
+    except BaseException:
+        channel.close_fds(fds)
+        raise
+    return fds
+
+
+def join_cgroup_fds(fds: Iterable[int], pid: int = 0) -> None:
+    """:func:`join_cgroup` through files :func:`open_cgroup` opened (maybe by a parent)."""
+    for fd in fds:
+        try:
+            os.write(fd, str(pid).encode())
         except OSError as err:
-            raise OSError(err.errno, f"joining the cgroup: {path}: {err.strerror}") from err
+            raise OSError(err.errno, f"joining the cgroup: {err.strerror}") from err
 
 
 def _enter_cgroup(procs_files: Iterable[str], new_namespace: bool) -> None:
@@ -417,11 +443,12 @@ def run_exec(
     stdio: Sequence[int],
     mask: Iterable[int] = (),
     *,
-    cgroup: Iterable[str] = (),
+    cgroup: Iterable[int] = (),
 ) -> NoReturn:
     """Run ``plan`` in the container of the init ``init_pid``; never returns.
 
-    Joins ``cgroup`` (the container's ``cgroup.procs`` files) first thing.
+    Joins the container's cgroup first thing, through ``cgroup``: the files
+    :func:`open_cgroup` opened in the supervisor.
 
     Forked by the supervisor with every signal blocked (``mask`` is the mask to
     restore). Leads a process group and session of its own, so that a timeout
@@ -430,7 +457,7 @@ def run_exec(
     stream means the program runs.
     """
     try:
-        join_cgroup(cgroup)
+        join_cgroup_fds(cgroup)
         _default_signals(mask)
         os.setsid()
         syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # as the init: no ptrace before exec

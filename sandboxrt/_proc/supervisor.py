@@ -38,6 +38,7 @@ from sandboxrt._os import capabilities, channel, net, procfs, syscalls
 from sandboxrt._proc.init import (
     error_progress,
     join_cgroup,
+    open_cgroup,
     root_identities,
     run_exec,
     run_init,
@@ -153,8 +154,10 @@ class Supervisor:
         self.init_sync: socket.socket | None = None
         #: The init was built ahead (:class:`RootAhead`), not forked for this plan.
         self.adopted = False
-        #: The container's ``cgroup.procs`` files (exec'd processes join them).
+        #: The container's ``cgroup.procs`` files (exec'd processes join them), and the
+        #: files that join it, opened at the first exec.
         self.cgroup_procs = list(plan.init.cgroup_procs)
+        self.cgroup_fds: list[int] | None = None
         self.returncode: int | None = None
         self.waiters: list[socket.socket] = []
         self.selector = selectors.DefaultSelector()
@@ -385,6 +388,9 @@ class Supervisor:
         if self.returncode is not None or not self.init_pid:
             return Reply(False, error="the container's init has exited", error_type="Stopped"), []
         capabilities.last_cap()  # probed once here, not in every child
+        if self.cgroup_fds is None:  # opened once: every exec'd child writes to them
+            self.cgroup_fds = open_cgroup(self.cgroup_procs)
+        cgroup = self.cgroup_fds
         ours, theirs = channel.socket_pair()
         # Blocked across fork: the child must not run our handlers (which signal the init)
         # before it has reset them.
@@ -398,7 +404,7 @@ class Supervisor:
             raise
         if pid == 0:
             ours.close()
-            run_exec(plan, self.init_pid, theirs, fds, mask, cgroup=self.cgroup_procs)
+            run_exec(plan, self.init_pid, theirs, fds, mask, cgroup=cgroup)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
         with ours:
