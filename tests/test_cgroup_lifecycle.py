@@ -151,6 +151,8 @@ def read(directory: Path, name: str) -> str:
 
 
 def our_cgroups(marker: str) -> list[Path]:
+    """Cgroup directories matching ``*marker*`` (with a store tag in it: other test sessions
+    may run the same test at the same time)."""
     return [p for p in Path("/sys/fs/cgroup").glob(f"**/*{marker}*") if p.is_dir()]
 
 
@@ -232,7 +234,7 @@ def _memory_limit_file(cgroup: cgroups.Cgroup) -> str:
 def test_a_failed_create_leaves_no_cgroup(store: FileStore, bundle: BundleFactory) -> None:
     with pytest.raises(InitError, match="no-such-program"):
         Container.create("cg-noexe", bundle(["no-such-program"]), store=store)
-    assert our_cgroups("cg-noexe") == []
+    assert our_cgroups(f"{library_cgroup.scope_for(store.runtime_dir)}/cg-noexe") == []
     assert Container.list(store=store) == []
 
 
@@ -244,7 +246,7 @@ def test_resources_the_kernel_refuses_leave_no_cgroup(
     edit_config(path, resources(cpu={"cpus": "4096"}))  # no such CPU
     with pytest.raises(SystemCallError, match=r"cpuset\.cpus"):
         Container.create("cg-badcpus", path, store=store)
-    assert our_cgroups("cg-badcpus") == []
+    assert our_cgroups(f"{library_cgroup.scope_for(store.runtime_dir)}/cg-badcpus") == []
     assert Container.list(store=store) == []
 
 
