@@ -280,3 +280,42 @@ def test_a_changed_mount_table_is_not_served_from_ahead(
             subprocess.run(["umount", str(target)], check=True)
     finally:
         launcher.close()
+
+
+def test_roots_of_alternating_bundles_are_each_their_own(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    # Every launch hints the next warm sandbox at a root the following one does not want.
+    launcher = ForkServerLauncher()
+    paths = [bundle(["cat", "/marker"]), bundle(["cat", "/marker"])]
+    for n, path in enumerate(paths):
+        (path / "rootfs/marker").write_text(f"bundle {n}\n")
+    try:
+        for i in range(6):
+            c = Container.create(
+                f"alt{i}", paths[i % 2], store=store, launcher=launcher, stdout=PIPE
+            )
+            try:
+                assert _run_output(c) == f"bundle {i % 2}\n".encode()
+            finally:
+                c.destroy()
+    finally:
+        launcher.close()
+
+
+def test_a_fork_server_told_not_to_build_ahead_does_not(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    launcher = ForkServerLauncher(build_ahead=False)
+    path = bundle(["true"])
+    try:
+        for name in ("plain1", "plain2"):
+            assert Container.run(name, path, store=store, launcher=launcher) == 0
+        server = launcher._server
+        assert server is not None
+        assert _wait_for(lambda: any(_comm(p) == "sandboxrt-warm" for p in _children(server.pid)))
+        time.sleep(0.2)  # what would be built ahead would have started by now
+        warm = [p for p in _children(server.pid) if _comm(p) == "sandboxrt-warm"]
+        assert warm and all(_children(p) == [] for p in warm)
+    finally:
+        launcher.close()

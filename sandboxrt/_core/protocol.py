@@ -334,8 +334,9 @@ class Request(_Message):
     group: bool = False
     #: ``wait``: answer at once; ``returncode`` is None while the process runs.
     nohang: bool = False
-    #: ``launch`` to a warm sandbox: the host's mount table has not changed since it
-    #: built a root ahead, so that root may serve (see ``supervisor.warm``).
+    #: ``launch`` to the fork server: the next warm sandbox may build this plan's root
+    #: ahead; to a warm sandbox: the host's mount table has not changed since it built
+    #: a root ahead, so that root may serve (see ``supervisor.warm``).
     speculation: bool = False
 
     def __post_init__(self) -> None:

@@ -177,8 +177,8 @@ class _Server:
         except ValueError:
             return  # nothing to answer: a failed launch shows as a silent bootstrap socket
         if request.op == "launch" and len(fds) == 2:
-            if request.all:
-                self.hint = _peek(fds[0])  # before the plan is read: for the next warm one
+            if request.all:  # peeked before the plan is read: for the next warm sandbox
+                self.hint = _peek(fds[0]) if request.speculation else None
             if request.all and self.hand_over(fds):
                 self.prewarm()
             else:
