@@ -50,6 +50,7 @@ __all__ = [
     "mask_paths",
     "open_pty",
     "pivot_into",
+    "read_beneath_root",
     "readonly_paths",
     "remount_root_readonly",
     "resolve_beneath_root",
@@ -562,6 +563,31 @@ def resolve_beneath_root(path: str) -> str:
         os.close(root_fd)
     os.close(fd)
     return resolved
+
+
+def read_beneath_root(path: str, limit: int = 4 << 20) -> bytes | None:
+    """The first ``limit`` bytes of the regular file ``path``, resolved beneath ``/`` (after
+    pivot or chroot) as :func:`resolve_beneath_root` does; ``None`` when it is missing.
+
+    Anything but a regular file (a FIFO that would block, a device) is refused.
+    """
+    root_fd = _open_root("/")
+    try:
+        path_fd, _ = _walk(root_fd, path)
+    except FileNotFoundError:
+        return None
+    finally:
+        os.close(root_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(path_fd).st_mode):
+            raise _unsafe("is not a regular file", path)
+        fd = os.open(str(path_fd), os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=_fd_dir())
+    finally:
+        os.close(path_fd)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
 
 
 def chdir_beneath_root(path: str) -> None:
