@@ -38,6 +38,7 @@ from sandboxrt.errors import (
     InvalidStateError,
     MissingFeatureError,
     ProcessError,
+    ProcessNotFoundError,
     ProcessTimeoutError,
     SandboxDiedError,
 )
@@ -434,12 +435,13 @@ class Container:
         sandbox is gone, its processes died with it: ``-9``, but the init's
         recorded status for the init.
         """
+        pid = _process_pid(self.id, pid)
         self._refresh()
         sandbox = self.sandbox
         if sandbox is None:
             raise ContainerNotFoundError(self.id)
         try:
-            code = sandbox.wait_process(self.id, int(pid), timeout)
+            code = sandbox.wait_process(self.id, pid, timeout)
         except TimeoutError:
             raise ProcessTimeoutError(self.id, [], timeout or 0.0, pid=pid) from None
         assert code is not None
@@ -458,11 +460,12 @@ class Container:
         terminal ``pid`` holds (the init with ``process.terminal``, or a
         process exec'd with ``tty=True``).
         """
+        pid = _process_pid(self.id, pid)
         self._refresh()
         sandbox = self.sandbox
         require(Operation.KILL, self.id, _effective_status(self._record, sandbox))
         assert sandbox is not None
-        sandbox.signal_process(self.id, int(pid), int(sig), group=group, foreground=foreground)
+        sandbox.signal_process(self.id, pid, int(sig), group=group, foreground=foreground)
 
     def processes(self) -> builtins.list[ProcessInfo]:
         """The container's processes now, like ``runc ps``, sorted by pid.
@@ -520,7 +523,7 @@ class Container:
                 sandbox.signal(self.id, sig, foreground=foreground)
 
         else:
-            pid = int(process)
+            pid = _process_pid(self.id, process)
             console = None
 
             def send(sig: int) -> None:
@@ -799,6 +802,16 @@ class _Locked:
 
     def __exit__(self, *exc: object) -> None:
         self._lock.__exit__(*exc)  # type: ignore[arg-type]
+
+
+def _process_pid(container_id: str, pid: int) -> int:
+    """``pid`` as a process's pid: never 0 or less (a process group, or "the init" to the
+    supervisor's protocol)."""
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise TypeError(f"a pid must be an int, not {type(pid).__name__}")
+    if pid <= 0:
+        raise ProcessNotFoundError(container_id, pid)
+    return pid
 
 
 def _effective_status(record: ContainerRecord, sandbox: Sandbox | None) -> Status:

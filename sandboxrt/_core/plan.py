@@ -210,9 +210,8 @@ def _parse_user(user: UserArg) -> dict[str, Any]:
         )
     if isinstance(user, int) and not 0 <= user <= MAX_ID:
         raise ValueError(f"user {user!r}: ids must be between 0 and {MAX_ID}")
-    user_part, _ = parse_user_spec(str(user))
-    uid = int(user_part) if user_part.isascii() and user_part.isdigit() else 0
-    return {"uid": uid, "gid": 0, "additional_gids": [], "user": str(user)}
+    ids = [int(p) if p.isascii() and p.isdigit() else 0 for p in parse_user_spec(str(user))]
+    return {"uid": ids[0], "gid": ids[1], "additional_gids": [], "user": str(user)}
 
 
 def _env_list(env: Mapping[str, str] | Sequence[str]) -> list[str]:
