@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 from conftest import BundleFactory, needs_busybox, needs_root
 
@@ -26,8 +27,11 @@ from sandboxrt import (
     ProcessInfo,
     ProcessNotFoundError,
     ProcessTimeoutError,
+    read_spec_file,
 )
 from sandboxrt._core.users import ResolvedUser, resolve_user
+from sandboxrt._os import procfs
+from sandboxrt.process import process_infos
 
 pytestmark = [needs_root, needs_busybox]
 
@@ -355,6 +359,22 @@ def test_processes_lists_a_known_tree(running: Container) -> None:
     eventually(lambda: not want & set(commands(running)), "the sleeps were killed")
 
 
+def test_processes_without_a_cgroup_come_from_the_supervisor_s_descendants(
+    running: Container,
+) -> None:
+    """The source used when a container has no cgroup lists the same processes."""
+    running.exec(["sleep", "306"])
+    eventually(lambda: ("sleep", "306") in commands(running), "sleep 306 started")
+    sandbox = running.sandbox
+    assert sandbox is not None
+    by_tree = process_infos(procfs.descendants(sandbox.pid), sandbox.pid)
+    from_cgroup = running.processes()
+    assert [(i.pid, i.host_pid, i.ppid, i.command) for i in by_tree] == [
+        (i.pid, i.host_pid, i.ppid, i.command) for i in from_cgroup
+    ]
+    assert ("sleep", "306") in [i.command for i in by_tree]
+
+
 # -- exec users ------------------------------------------------------------------------------
 
 
@@ -411,6 +431,24 @@ def test_exec_user_names_are_never_read_from_the_host(
         container.start()
         with pytest.raises(ExecError, match='container "pc6"'):
             container.exec(["true"], user=name)
+    finally:
+        container.destroy()
+
+
+def test_exec_users_and_ttys_without_proc_in_the_container(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """The exec'd process opens its fd table before it enters the root: no /proc is needed."""
+    path = bundle(["sleep", "1000"])
+    spec = read_spec_file(path / "config.json")
+    mounts = [m for m in spec.mounts or [] if m.destination != "/proc"]
+    container = Container.create("pc7", path, store=store, spec=attrs.evolve(spec, mounts=mounts))
+    try:
+        container.start()
+        assert ids(container, "nobody") == "65534 65534 / 65534"
+        process = container.exec(["sh", "-c", "ls /proc | wc -l; tty"], tty=True)
+        out, _ = process.communicate(timeout=10)
+        assert (out or b"").split()[:2] == [b"0", b"/dev/pts/0"]
     finally:
         container.destroy()
 

@@ -48,6 +48,7 @@ __all__ = [
     "default_dev_symlinks",
     "make_mount",
     "mask_paths",
+    "open_fd_table",
     "open_pty",
     "pivot_into",
     "read_beneath_root",
@@ -190,6 +191,13 @@ def _fd_dir() -> int:
             raise _unsafe("/proc is not this process's procfs", "/proc")
         _fd_table = (pid, fd)
     return _fd_table[1]
+
+
+def open_fd_table() -> None:
+    """Open this process's ``/proc/<pid>/fd`` now, while ``/proc`` is still the runtime's
+    (an exec'd process, before it enters the container's root), for the fd-based opens
+    that follow (:func:`open_pty`, :func:`read_beneath_root`)."""
+    _fd_dir()
 
 
 @contextlib.contextmanager

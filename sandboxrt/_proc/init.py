@@ -334,6 +334,8 @@ def run_exec(
         _close_fds_but(status.fileno(), *stdio)
         syscalls.set_process_name(EXEC_PROCESS_NAME)
         seccomp_program = _seccomp_program(plan)
+        if plan.user or plan.terminal:
+            mounts.open_fd_table()  # not the container's /proc, which it may lack or fake
         _join_init(init_pid)
         if plan.user:
             plan = _resolve_user(plan)
