@@ -25,10 +25,11 @@ from sandboxrt._core.plan import UserArg, build_plan, exec_plan
 from sandboxrt._core.records import ContainerRecord
 from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
 from sandboxrt._core.status import Operation, Status, require
-from sandboxrt._os import cgroups
+from sandboxrt._os import cgroups, procfs
 from sandboxrt._os.seccomp import compile_bpf
 from sandboxrt._proc import hooks
 from sandboxrt._proc.launcher import Launcher
+from sandboxrt._signals import DEFAULT_FORWARDED, SignalForwarder
 from sandboxrt._stdio import StdioArg, StdioPlan
 from sandboxrt.config import Config
 from sandboxrt.errors import (
@@ -37,10 +38,11 @@ from sandboxrt.errors import (
     InvalidStateError,
     MissingFeatureError,
     ProcessError,
+    ProcessNotFoundError,
     ProcessTimeoutError,
     SandboxDiedError,
 )
-from sandboxrt.process import Process
+from sandboxrt.process import Process, ProcessInfo, process_infos
 from sandboxrt.sandbox import Sandbox
 from sandboxrt.stores import FileStore, MetadataStore
 
@@ -384,8 +386,13 @@ class Container:
             raise ContainerNotFoundError(self.id)
         return sandbox.wait(self.id, timeout)
 
-    def kill(self, sig: int = _signal.SIGTERM, *, all: bool = False) -> None:
+    def kill(
+        self, sig: int = _signal.SIGTERM, *, all: bool = False, foreground: bool = False
+    ) -> None:
         """Send ``sig`` to the init, or with ``all=True`` to every process of the container.
+
+        With ``foreground=True`` it goes to the foreground process group of the
+        init's terminal instead (``process.terminal``; like ``runsc kill --fg``).
 
         ``all=True`` is allowed on a stopped container, to clean up leftovers.
         It goes through the container's cgroup, so forks cannot escape:
@@ -394,6 +401,8 @@ class Container:
         process but the supervisor. Without a cgroup the supervisor signals
         the processes of its PID namespace (or its descendants).
         """
+        if all and foreground:
+            raise ValueError("kill: all and foreground exclude each other")
         with self._locked() as sandbox:
             status = _effective_status(self._record, sandbox)
             require(Operation.KILL_ALL if all else Operation.KILL, self.id, status)
@@ -410,12 +419,126 @@ class Container:
             if sandbox is None or not sandbox.is_running():
                 return
             try:
-                sandbox.signal(self.id, int(sig), all=all)
+                sandbox.signal(self.id, int(sig), all=all, foreground=foreground)
             except (SandboxDiedError, InitError):
                 # It stopped meanwhile: answer as if it had stopped before the call.
                 if _effective_status(self._record, sandbox) is not Status.STOPPED:
                     raise
                 require(Operation.KILL_ALL if all else Operation.KILL, self.id, Status.STOPPED)
+
+    # -- processes of the container -----------------------------------------------------
+    #
+    # Pids are those of the sandbox's PID namespace (the supervisor is 1 there), as
+    # ``Process.pid`` and ``runsc`` give them; ``ProcessInfo.host_pid`` is the host's.
+
+    def wait_pid(self, pid: int, timeout: float | None = None) -> int:
+        """Wait for process ``pid`` of the container to exit; its exit code (``-N``: signal N).
+
+        ``pid`` is the init or a process exec'd into the container, in the
+        sandbox's PID namespace (``Process.pid``, ``ProcessInfo.pid``). Works
+        from any process that can load the container, and again with the same
+        answer while the supervisor keeps the status (the latest 4096 waited
+        ones). Raises :class:`ProcessNotFoundError` for any other pid and
+        :class:`ProcessTimeoutError` after ``timeout`` seconds. Once the
+        sandbox is gone, its processes died with it: ``-9``, but the init's
+        recorded status for the init.
+        """
+        pid = _process_pid(self.id, pid)
+        self._refresh()
+        sandbox = self.sandbox
+        if sandbox is None:
+            raise ContainerNotFoundError(self.id)
+        try:
+            code = sandbox.wait_process(self.id, pid, timeout)
+        except TimeoutError:
+            raise ProcessTimeoutError(self.id, [], timeout or 0.0, pid=pid) from None
+        assert code is not None
+        return code
+
+    def signal_process(
+        self, pid: int, sig: int, *, group: bool = False, foreground: bool = False
+    ) -> None:
+        """Send ``sig`` to process ``pid`` of the container (sandbox PID namespace).
+
+        Any process of the container is accepted: the supervisor checks that
+        ``pid`` is in the container's cgroup (without one: among its own
+        descendants), never itself or a process of the host, and signals it
+        through a pidfd; else :class:`ProcessNotFoundError`. ``group`` signals
+        its process group; ``foreground`` the foreground process group of the
+        terminal ``pid`` holds (the init with ``process.terminal``, or a
+        process exec'd with ``tty=True``).
+        """
+        pid = _process_pid(self.id, pid)
+        self._refresh()
+        sandbox = self.sandbox
+        require(Operation.KILL, self.id, _effective_status(self._record, sandbox))
+        assert sandbox is not None
+        sandbox.signal_process(self.id, pid, int(sig), group=group, foreground=foreground)
+
+    def processes(self) -> builtins.list[ProcessInfo]:
+        """The container's processes now, like ``runc ps``, sorted by pid.
+
+        Read from ``/proc`` on this side: the members of the container's
+        cgroup (without one: the supervisor's descendants). The supervisor,
+        PID 1 of the sandbox and not the container's, is left out; the
+        container's init is the supervisor's child (``ppid`` 1).
+        """
+        self._refresh()
+        sandbox = self.sandbox
+        running = sandbox is not None and sandbox.is_running()
+        supervisor = sandbox.pid if sandbox is not None and running else None
+        if self._record.cgroup is not None:
+            host_pids = cgroups.load(self._record.cgroup, container_id=self.id).pids()
+        elif supervisor is not None:
+            host_pids = procfs.descendants(supervisor)
+        else:
+            host_pids = []
+        return process_infos(host_pids, supervisor)
+
+    def forward_signals(
+        self,
+        process: Process | int | None = None,
+        signals: Sequence[int] = DEFAULT_FORWARDED,
+        *,
+        foreground: bool = False,
+    ) -> SignalForwarder:
+        """A context manager that relays this process's ``signals`` to a container process.
+
+        The target is the container's init (``None``), an exec'd
+        :class:`Process`, or a pid (sandbox PID namespace); with
+        ``foreground`` the foreground process group of its terminal. The
+        previous handlers come back on exit. Main thread only
+        (``RuntimeError`` otherwise). SIGWINCH resizes the target's pty to the
+        caller's terminal when both exist (the pty is the :class:`Process`'s
+        ``console`` or, for the init, :attr:`console`); otherwise it is relayed.
+        Relays go straight to the supervisor, without the container's lock.
+        """
+        self._refresh()
+        sandbox = self.sandbox
+        require(Operation.KILL, self.id, _effective_status(self._record, sandbox))
+        assert sandbox is not None
+        console = self.console
+        if isinstance(process, Process):
+            target = process
+            console = process.console
+
+            def send(sig: int) -> None:
+                target.send_signal(sig, foreground=foreground)
+
+        elif process is None:
+
+            def send(sig: int) -> None:
+                sandbox.signal(self.id, sig, foreground=foreground)
+
+        else:
+            pid = _process_pid(self.id, process)
+            console = None
+
+            def send(sig: int) -> None:
+                sandbox.signal_process(self.id, pid, sig, foreground=foreground)
+
+        name = f"container {self.id!r}" + (f" process {process}" if process is not None else "")
+        return SignalForwarder(send, signals, console=console, target=name)
 
     # -- exec'd processes ------------------------------------------------------------
 
@@ -438,7 +561,11 @@ class Container:
         ``noNewPrivileges``, seccomp, rlimits, umask, env, cwd) with these
         overrides: ``env`` (a mapping or ``KEY=value`` strings) replaces the
         environment; ``cwd`` is an absolute path in the container; ``user`` is
-        a uid or ``"uid[:gid]"`` (gid 0 unless given, no additional gids). It
+        a uid, ``(uid, gid)`` (taken as is), or ``"user[:group]"`` with names
+        or ids, looked up in the container's own ``/etc/passwd`` and
+        ``/etc/group`` as ``runc exec --user`` does (a user found there brings
+        its primary gid and, without a group, the groups listing it as
+        supplementary ones; an unknown name raises :class:`ExecError`). It
         joins the container's namespaces, root and cgroup, leads a process
         group of its own, and ``args[0]`` is looked up in the env's ``PATH``.
 
@@ -683,6 +810,16 @@ class _Locked:
 
     def __exit__(self, *exc: object) -> None:
         self._lock.__exit__(*exc)  # type: ignore[arg-type]
+
+
+def _process_pid(container_id: str, pid: int) -> int:
+    """``pid`` as a process's pid: never 0 or less (a process group, or "the init" to the
+    supervisor's protocol)."""
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise TypeError(f"a pid must be an int, not {type(pid).__name__}")
+    if pid <= 0:
+        raise ProcessNotFoundError(container_id, pid)
+    return pid
 
 
 def _effective_status(record: ContainerRecord, sandbox: Sandbox | None) -> Status:

@@ -250,13 +250,18 @@ class Sandbox:
 
     def exit_status(self) -> int | None:
         """The root container's recorded exit status, if it has exited."""
+        record = self.exit_record()
+        return None if record is None else record.returncode
+
+    def exit_record(self) -> ExitStatus | None:
+        """The root container's recorded exit (status and init pid), if it has exited."""
         try:
             with open(self.exit_file, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             return None
         try:
-            return decode(data, ExitStatus).returncode
+            return decode(data, ExitStatus)
         except ValueError as exc:
             raise ProtocolError(f'sandbox "{self.id}": unreadable exit status: {exc}') from exc
 
@@ -296,9 +301,13 @@ class Sandbox:
         """Release the container's init: it runs startContainer hooks, then execs."""
         self._checked(container_id, Request("start", container_id, state=state))
 
-    def signal(self, container_id: str, signum: int, *, all: bool = False) -> None:
-        """Signal the container's init, or with ``all`` every process of the container."""
-        self._checked(container_id, Request("signal", container_id, signal=signum, all=all))
+    def signal(
+        self, container_id: str, signum: int, *, all: bool = False, foreground: bool = False
+    ) -> None:
+        """Signal the container's init, or with ``all`` every process of the container,
+        or with ``foreground`` the foreground process group of the init's terminal."""
+        request = Request("signal", container_id, signal=signum, all=all, foreground=foreground)
+        self._checked(container_id, request)
 
     def wait(self, container_id: str, timeout: float | None = None) -> int:
         """Block until the container's init exits; its exit code (``-N``: signal N)."""
@@ -349,12 +358,15 @@ class Sandbox:
         ``None`` with ``nohang`` while it runs. Raises ``TimeoutError`` after
         ``timeout`` seconds, :class:`ProcessNotFoundError` for a pid that is not
         the container's. A sandbox that is gone took its processes with it:
-        ``-SIGKILL``.
+        ``-SIGKILL``, but for the init, whose recorded status is read.
         """
         request = Request("wait", container_id, pid=pid, nohang=nohang)
         try:
             reply = self.request(container_id, request, timeout)
         except SandboxDiedError:
+            record = self.exit_record()
+            if record is not None and record.pid == pid:
+                return record.returncode
             return KILLED_RETURNCODE
         if not reply.ok:
             raise remote_error(container_id, reply.error_type, reply.error, reply.details)
@@ -363,13 +375,24 @@ class Sandbox:
         return reply.returncode
 
     def signal_process(
-        self, container_id: str, pid: int, signum: int, *, group: bool = False
+        self,
+        container_id: str,
+        pid: int,
+        signum: int,
+        *,
+        group: bool = False,
+        foreground: bool = False,
     ) -> None:
-        """Signal process ``pid`` of the container, or with ``group`` its process group.
+        """Signal process ``pid`` of the container (a pid of the sandbox's PID namespace),
+        with ``group`` its process group, with ``foreground`` the foreground process
+        group of the terminal it holds (an exec'd process with a tty, or the init).
 
-        Raises :class:`ProcessNotFoundError` (``exited`` set) once it has exited.
+        The supervisor checks that ``pid`` is the container's: else, or once it
+        has exited (``exited`` set), :class:`ProcessNotFoundError`.
         """
-        request = Request("signal", container_id, signal=signum, pid=pid, group=group)
+        request = Request(
+            "signal", container_id, signal=signum, pid=pid, group=group, foreground=foreground
+        )
         reply = self.request(container_id, request)
         if not reply.ok:
             raise remote_error(container_id, reply.error_type, reply.error, reply.details)

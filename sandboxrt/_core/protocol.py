@@ -193,6 +193,12 @@ class ExecPlan(ProcessPlan, _Message):
 
     kind: ClassVar[str] = "exec-plan"
 
+    #: A user to look up in the container's own ``/etc/passwd`` and ``/etc/group`` once the
+    #: process is in its root (``"name"``, ``"uid"``, ``"name:group"``, ``"uid:gid"``...,
+    #: see ``sandboxrt._core.users``); the result replaces ``uid``, ``gid`` and
+    #: ``additional_gids``. Empty: those are used as they are.
+    user: str = ""
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class InitPlan(ProcessPlan, _Message):
@@ -308,6 +314,8 @@ class ExitStatus(_Message):
     kind: ClassVar[str] = "exit-status"
 
     returncode: int
+    #: The process's pid in the sandbox's PID namespace (0: not recorded).
+    pid: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,6 +346,9 @@ class Request(_Message):
     #: ahead; to a warm sandbox: the host's mount table has not changed since it built
     #: a root ahead, so that root may serve (see ``supervisor.warm``).
     speculation: bool = False
+    #: ``signal``: the foreground process group of the terminal that ``pid`` (the init
+    #: when 0, or an exec'd process with a tty) holds, as ``tcgetpgrp`` names it.
+    foreground: bool = False
 
     def __post_init__(self) -> None:
         if self.op not in self.OPS:

@@ -48,8 +48,10 @@ __all__ = [
     "default_dev_symlinks",
     "make_mount",
     "mask_paths",
+    "open_fd_table",
     "open_pty",
     "pivot_into",
+    "read_beneath_root",
     "readonly_paths",
     "remount_root_readonly",
     "resolve_beneath_root",
@@ -190,6 +192,13 @@ def _fd_dir() -> int:
             raise _unsafe("/proc is not this process's procfs", "/proc")
         _fd_table = (pid, fd)
     return _fd_table[1]
+
+
+def open_fd_table() -> None:
+    """Open this process's ``/proc/<pid>/fd`` now, while ``/proc`` is still the runtime's
+    (an exec'd process, before it enters the container's root), for the fd-based opens
+    that follow (:func:`open_pty`, :func:`read_beneath_root`)."""
+    _fd_dir()
 
 
 @contextlib.contextmanager
@@ -572,6 +581,31 @@ def resolve_beneath_root(path: str) -> str:
         os.close(root_fd)
     os.close(fd)
     return resolved
+
+
+def read_beneath_root(path: str, limit: int = 4 << 20) -> bytes | None:
+    """The first ``limit`` bytes of the regular file ``path``, resolved beneath ``/`` (after
+    pivot or chroot) as :func:`resolve_beneath_root` does; ``None`` when it is missing.
+
+    Anything but a regular file (a FIFO that would block, a device) is refused.
+    """
+    root_fd = _open_root("/")
+    try:
+        path_fd, _ = _walk(root_fd, path)
+    except FileNotFoundError:
+        return None
+    finally:
+        os.close(root_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(path_fd).st_mode):
+            raise _unsafe("is not a regular file", path)
+        fd = os.open(str(path_fd), os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=_fd_dir())
+    finally:
+        os.close(path_fd)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
 
 
 def chdir_beneath_root(path: str) -> None:

@@ -11,6 +11,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import resource
@@ -20,7 +21,7 @@ import termios
 from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
-from sandboxrt._core import abi
+from sandboxrt._core import abi, users
 from sandboxrt._core.protocol import ExecPlan, InitPlan, ProcessPlan, Progress, Request
 from sandboxrt._os import capabilities, channel, mounts, syscalls
 from sandboxrt._proc import hooks
@@ -427,6 +428,19 @@ def _join_init(init_pid: int) -> None:
         channel.close_fds([fd for _, fd in opened] + [root])
 
 
+def _resolve_user(plan: ExecPlan) -> ExecPlan:
+    """``plan`` with its ``user`` looked up in the container's own passwd and group files
+    (read beneath its root: a symlink cannot lead to the host's)."""
+    texts = []
+    for path in ("/etc/passwd", "/etc/group"):
+        raw = mounts.read_beneath_root(path)
+        texts.append((raw or b"").decode(errors="replace"))
+    found = users.resolve_user(plan.user, *texts)
+    return dataclasses.replace(
+        plan, uid=found.uid, gid=found.gid, additional_gids=list(found.additional_gids)
+    )
+
+
 def _close_fds_but(*keep: int) -> None:
     """Close every fd above 2 but ``keep`` (the supervisor's sockets must not reach exec)."""
     low = 3
@@ -464,7 +478,11 @@ def run_exec(
         _close_fds_but(status.fileno(), *stdio)
         syscalls.set_process_name(EXEC_PROCESS_NAME)
         seccomp_program = _seccomp_program(plan)
+        if plan.user or plan.terminal:
+            mounts.open_fd_table()  # not the container's /proc, which it may lack or fake
         _join_init(init_pid)
+        if plan.user:
+            plan = _resolve_user(plan)
         executable = find_executable(plan.args[0], plan.env)
         tty_slave = None
         if plan.terminal:

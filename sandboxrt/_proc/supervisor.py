@@ -78,12 +78,12 @@ _RELAYED_SIGNALS = (
 )
 
 
-def write_exit_status(path: str, returncode: int) -> None:
-    """Record an exit status atomically (temporary file, then rename)."""
+def write_exit_status(path: str, returncode: int, pid: int = 0) -> None:
+    """Record an exit status (and whose: ``pid``) atomically (temporary file, then rename)."""
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(encode(ExitStatus(returncode)))
+        f.write(encode(ExitStatus(returncode, pid)))
     os.replace(tmp, path)
 
 
@@ -360,6 +360,8 @@ class Supervisor:
         if request.op == "start":
             return self._start(request)
         if request.op == "signal":
+            if request.foreground:
+                return self._signal_foreground(request.pid or self.init_pid, request.signal)
             if request.pid and request.pid != self.init_pid:
                 return self._signal_exec(request.pid, request.signal, group=request.group)
             self._signal(request.signal, everyone=request.all, group=request.group)
@@ -488,9 +490,12 @@ class Supervisor:
         return self._not_ours(pid)
 
     def _signal_exec(self, pid: int, signum: int, *, group: bool) -> Reply:
-        """Signal an exec'd process, or its process group (which may outlive it)."""
+        """Signal an exec'd process, or its process group (which may outlive it).
+
+        Any other process of the container is signalled too (see :meth:`_signal_member`).
+        """
         if pid not in self.execs and pid not in self.unwaited and pid not in self.waited:
-            return self._not_ours(pid)
+            return self._signal_member(pid, signum, group=group)
         try:
             if group:
                 os.killpg(pid, signum)
@@ -499,13 +504,78 @@ class Supervisor:
             else:
                 raise ProcessLookupError
         except ProcessLookupError:
+            return self._exited(pid)
+        return Reply(True, pid=pid)
+
+    @staticmethod
+    def _exited(pid: int, detail: str = "has exited") -> Reply:
+        return Reply(
+            False,
+            error=f"process {pid} {detail}",
+            error_type="ProcessNotFoundError",
+            details={"pid": pid, "exited": True},
+        )
+
+    def _signal_member(self, pid: int, signum: int, *, group: bool) -> Reply:
+        """Signal ``pid`` (or with ``group`` its process group) if it is the container's.
+
+        It must be one of :meth:`_member_pids`, never this supervisor. A pidfd
+        is opened before the check and the signal goes through it, so a pid
+        reused meanwhile is never signalled.
+        """
+        if pid <= 0 or pid == os.getpid():
+            return self._not_ours(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return self._not_ours(pid)
+        try:
+            if pid not in self._member_pids():
+                return self._not_ours(pid)
+            if group:
+                pgid = os.getpgid(pid)
+                # Container sessions start in the container: its groups are its own.
+                if pgid not in (0, os.getpgid(0)):
+                    os.killpg(pgid, signum)
+            else:
+                signal.pidfd_send_signal(pidfd, signum)
+        except ProcessLookupError:
+            return self._exited(pid)
+        finally:
+            os.close(pidfd)
+        return Reply(True, pid=pid)
+
+    def _signal_foreground(self, pid: int, signum: int) -> Reply:
+        """Signal the foreground process group of the terminal that ``pid`` holds.
+
+        ``pid`` is the init or an exec'd process: each leads a session of its
+        own, and with a terminal it is the session's controlling tty. The
+        group comes from ``/proc/PID/stat`` (``tpgid``, what ``tcgetpgrp``
+        gives); the kernel keeps it within that session, so within the container.
+        """
+        if pid != self.init_pid and pid not in self.execs:
+            if pid in self.unwaited or pid in self.waited:
+                return self._exited(pid)
+            return self._not_ours(pid)
+        if pid == self.init_pid and self.returncode is not None:
+            return self._exited(pid)
+        group = procfs.foreground_group(pid)
+        if group is None:
+            info = procfs.read_stat(pid)
+            if info is None or info.state in "ZX":
+                return self._exited(pid)
+            container_id = self.plan.init.container_id
             return Reply(
                 False,
-                error=f"process {pid} has exited",
+                error=f'process {pid} of container "{container_id}" has no controlling terminal',
                 error_type="ProcessNotFoundError",
-                details={"pid": pid, "exited": True},
+                details={"pid": pid},
             )
-        return Reply(True, pid=pid)
+        try:
+            os.killpg(group, signum)
+        except ProcessLookupError:
+            return self._exited(pid, f"has no foreground process group ({group} is gone)")
+        return Reply(True, pid=group)
 
     def _start(self, request: Request) -> Reply:
         if self.started or self.init_sync is None:
@@ -528,7 +598,7 @@ class Supervisor:
         with contextlib.suppress(ChildProcessError):
             _, status = os.waitpid(self.init_pid, 0)
             self.returncode = os.waitstatus_to_exitcode(status)
-            write_exit_status(self.plan.exit_file, self.returncode)
+            write_exit_status(self.plan.exit_file, self.returncode, self.init_pid)
 
     def _signal(self, signum: int, *, everyone: bool, group: bool = False) -> None:
         if self.returncode is not None and not everyone:
@@ -537,19 +607,7 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(-1, signum)
         elif everyone:
-            # No PID namespace of our own: the container's cgroup holds its processes,
-            # daemons that left our subtree included; without a cgroup, our descendants.
-            pids: set[int] = set()
-            try:
-                for path in self.cgroup_procs:
-                    with open(path) as f:
-                        pids.update(int(pid) for pid in f.read().split())
-            except (OSError, ValueError):
-                pids.clear()
-            if not pids:
-                pids.update(_descendants(os.getpid()))
-            pids -= {0, os.getpid()}  # 0: outside our PID namespace; never a process group
-            for pid in pids:
+            for pid in self._member_pids():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signum)
         elif group:
@@ -557,9 +615,26 @@ class Supervisor:
         else:
             os.kill(self.init_pid, signum)
 
+    def _member_pids(self) -> set[int]:
+        """The container's processes, as pids of our PID namespace; never this one.
+
+        Its cgroup holds them (daemons that left our subtree included); without a
+        cgroup, our descendants (in a PID namespace of our own: all of it).
+        """
+        pids: set[int] = set()
+        try:
+            for path in self.cgroup_procs:
+                with open(path) as f:
+                    pids.update(int(pid) for pid in f.read().split())
+        except (OSError, ValueError):
+            pids.clear()
+        if not pids:
+            pids.update(procfs.descendants(os.getpid()))
+        return pids - {0, os.getpid()}  # 0: outside our PID namespace; never a process group
+
     def _finish(self) -> NoReturn:
         assert self.returncode is not None
-        write_exit_status(self.plan.exit_file, self.returncode)
+        write_exit_status(self.plan.exit_file, self.returncode, self.init_pid)
         for conn in self.waiters:
             with contextlib.suppress(OSError):
                 channel.send(conn, Reply(True, returncode=self.returncode))
@@ -577,27 +652,6 @@ class Supervisor:
             os.unlink(self.plan.control_socket)
         code = self.returncode if self.returncode >= 0 else 128 - self.returncode
         os._exit(code)
-
-
-def _descendants(root: int) -> list[int]:
-    """Every process below ``root``, found by walking parent links in /proc."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        ppid = int(raw[raw.rindex(b")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(name))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def _run_supervisor(
