@@ -7,13 +7,11 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BundleFactory, needs_busybox, needs_root
+from conftest import BundleFactory, in_python, needs_busybox, needs_root
 
 from sandboxrt import (
     Container,
@@ -29,19 +27,6 @@ from sandboxrt import (
 from sandboxrt._core.plan import exec_plan
 
 pytestmark = [needs_root, needs_busybox]
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def running(store: FileStore, bundle: BundleFactory) -> Iterator[Container]:
-    """A running busybox container whose program sleeps."""
-    container = Container.create("ex1", bundle(["sleep", "1000"]), store=store)
-    try:
-        container.start()
-        yield container
-    finally:
-        container.destroy()
 
 
 def output(container: Container, *args: str, **kwargs: object) -> str:
@@ -166,7 +151,7 @@ def test_check_raises_a_process_error(running: Container) -> None:
     error = caught.value
     assert isinstance(error, subprocess.CalledProcessError)
     assert (error.returncode, error.stdout, error.stderr) == (7, b"out\n", b"err\n")
-    assert '"ex1"' in str(error)
+    assert f'"{running.id}"' in str(error)
 
 
 def test_terminate_kill_and_send_signal(running: Container) -> None:
@@ -283,15 +268,7 @@ def test_exec_from_another_python_process(running: Container, store: FileStore) 
         "print(p.stdout.read().decode().strip())\n"
         "sys.exit(p.wait())\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        check=False,
-    )
+    done = in_python(code)
     assert done.returncode == 4, done.stderr
     assert re.fullmatch(r"from \d+\n", done.stdout)
 
@@ -311,7 +288,7 @@ def test_a_process_of_another_is_not_ours(running: Container) -> None:
 
 
 def test_missing_binary_is_a_clear_error(running: Container) -> None:
-    with pytest.raises(ExecError, match=r"ex1.*'nosuch'.*not found in \$PATH"):
+    with pytest.raises(ExecError, match=rf"{running.id}.*'nosuch'.*not found in \$PATH"):
         running.exec(["nosuch", "arg"])
     with pytest.raises(ExecError, match=r"/bin/nosuch.*does not exist"):
         running.exec(["/bin/nosuch"])

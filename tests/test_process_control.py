@@ -12,12 +12,12 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
 import pytest
-from conftest import BundleFactory, needs_busybox, needs_root
+from conftest import REPO, BundleFactory, needs_busybox, needs_root
 
 from sandboxrt import (
     Container,
@@ -35,19 +35,6 @@ from sandboxrt.process import process_infos
 
 pytestmark = [needs_root, needs_busybox]
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def running(store: FileStore, bundle: BundleFactory) -> Iterator[Container]:
-    """A running busybox container whose program sleeps."""
-    container = Container.create("pc1", bundle(["sleep", "1000"]), store=store)
-    try:
-        container.start()
-        yield container
-    finally:
-        container.destroy()
-
 
 def eventually(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
     """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
@@ -59,19 +46,6 @@ def eventually(condition: Callable[[], object], what: str, timeout: float = 10.0
 
 def commands(container: Container) -> list[tuple[str, ...]]:
     return [info.command for info in container.processes() if info.state != "Z"]
-
-
-def in_python(code: str) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a second Python process that imports this checkout's sandboxrt."""
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        check=False,
-    )
 
 
 # -- wait_pid --------------------------------------------------------------------------------
