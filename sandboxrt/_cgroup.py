@@ -49,12 +49,14 @@ __all__ = [
     "DEFAULT_DEVICE_RULES",
     "CgroupRequest",
     "create",
+    "freeze",
     "procs_files",
     "remove",
     "request_for",
     "resources_for",
     "scope_for",
     "signal_all",
+    "thaw",
 ]
 
 log = logging.getLogger("sandboxrt")
@@ -172,6 +174,32 @@ def procs_files(cgroup: Cgroup) -> list[str]:
     return [str(directory / "cgroup.procs") for directory in cgroup.directories]
 
 
+def freeze(record: Mapping[str, Any] | None, container_id: str, timeout: float) -> None:
+    """Freeze every process of the container's cgroup; return once all are frozen.
+
+    Raises :class:`MissingFeatureError` naming the freezer when the container
+    has no cgroup or its cgroup no freezer.
+    """
+    _freezable(record, container_id).freeze(timeout=timeout)
+
+
+def thaw(record: Mapping[str, Any] | None, container_id: str) -> None:
+    """Let the processes of the container's cgroup run again."""
+    _freezable(record, container_id).thaw()
+
+
+def _freezable(record: Mapping[str, Any] | None, container_id: str) -> Cgroup:
+    if record is None:
+        raise MissingFeatureError("the cgroup freezer", f'container "{container_id}" has no cgroup')
+    cgroup = cgroups.load(record, container_id=container_id)
+    if not cgroup.can_freeze():
+        raise MissingFeatureError(
+            "the cgroup freezer",
+            f'the cgroup {cgroup.path} of container "{container_id}" has no freezer',
+        )
+    return cgroup
+
+
 def signal_all(
     record: Mapping[str, Any],
     container_id: str,
@@ -179,23 +207,27 @@ def signal_all(
     *,
     spare: int | None,
     timeout: float,
+    paused: bool = False,
 ) -> None:
     """Send ``signum`` to every process of the container's cgroup.
 
     ``SIGKILL`` goes to every process, ``spare`` (the supervisor) included,
     and returns once the cgroup is empty: ``cgroup.kill`` on v2, else
-    freeze-kill-thaw rounds, so no fork escapes. Another signal spares
-    ``spare`` and is sent while the cgroup is frozen (where it can be), so no
-    process forks between the listing and the signal.
+    freeze-kill-thaw rounds, so no fork escapes (a ``paused`` cgroup ends
+    thawed). Another signal spares ``spare`` and is sent while the cgroup is
+    frozen (where it can be), so no process forks between the listing and the
+    signal; a ``paused`` cgroup stays frozen, the signals pending until it
+    resumes.
     """
     cgroup = cgroups.load(record, container_id=container_id)
     if signum == signal.SIGKILL:
         cgroup.kill_all(timeout=timeout)
         return
     frozen = False
-    with contextlib.suppress(MissingFeatureError, SystemCallError):
-        cgroup.freeze(timeout=min(timeout, 2.0))
-        frozen = True
+    if not paused:
+        with contextlib.suppress(MissingFeatureError, SystemCallError):
+            cgroup.freeze(timeout=min(timeout, 2.0))
+            frozen = True
     try:
         for pid in cgroup.pids():
             if pid != spare:

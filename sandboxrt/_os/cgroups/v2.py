@@ -105,11 +105,11 @@ class CgroupV2(Cgroup):
         if res.pids_limit is not None:
             write_file(self.require("pids"), "pids.max", _limit(res.pids_limit))
 
-    def _can_freeze(self) -> bool:
+    def can_freeze(self) -> bool:
         return (self._dir / "cgroup.freeze").exists()
 
     def _freezer(self) -> Path:
-        if not self._can_freeze():
+        if not self.can_freeze():
             raise MissingFeatureError("cgroup v2 freezer (cgroup.freeze)")
         return self._dir
 
@@ -128,6 +128,9 @@ class CgroupV2(Cgroup):
 
     def thaw(self) -> None:
         write_file(self._freezer(), "cgroup.freeze", "0")
+
+    def is_frozen(self) -> bool:
+        return read_keyed(self._dir, "cgroup.events").get("frozen") == 1
 
     def _kill_at_once(self) -> bool:
         if not (self._dir / "cgroup.kill").exists():
