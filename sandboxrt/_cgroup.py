@@ -16,15 +16,12 @@ Two cases run without a cgroup, and :func:`request_for` says so with ``None``:
 * the spec sets neither, and making the cgroup is refused for lack of
   permission (``EACCES``, ``EPERM``, ``EROFS``: an unprivileged caller).
 
-Device rules (``linux.resources.devices``) are enforced on cgroup v1 only, where
+Device rules (``linux.resources.devices``) are enforced on both drivers, with
 runc's defaults (``/dev/null``, ``zero``, ``full``, ``random``, ``urandom``,
 ``tty``, ``ptmx``, ``pts/*`` and ``mknod`` of any node) and the spec's own
-``linux.devices`` are allowed after the spec's rules, as runc does. On a
-cgroup v2 host they are dropped (logged at debug level), not refused: v2 needs
-eBPF programs for them, which sandboxrt does not load, and refusing would
-refuse every default spec (its rules deny all devices). What a v2 container
-can open is then bounded by the device nodes its ``/dev`` is given and by its
-capabilities (no ``CAP_MKNOD`` by default), not by the cgroup.
+``linux.devices`` allowed after the spec's rules, as runc does: on cgroup v1
+through the devices controller, on cgroup v2 through an eBPF device program
+(``sandboxrt._core.devicefilter``) with the same meaning.
 """
 
 from __future__ import annotations
@@ -40,6 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sandboxrt._core import devicefilter
 from sandboxrt._os import cgroups
 from sandboxrt._os.cgroups import Cgroup, CgroupLayout, DeviceRule, Resources
 from sandboxrt.errors import MissingFeatureError, SandboxrtError, SystemCallError
@@ -89,19 +87,21 @@ class CgroupRequest:
 
 
 def resources_for(spec: Mapping[str, Any], driver: str) -> Resources:
-    """The spec's ``linux.resources``, with device rules as ``driver`` enforces them."""
+    """The spec's ``linux.resources``, its device rules followed by the spec's own
+    devices and :data:`DEFAULT_DEVICE_RULES`.
+
+    On v2 the rules must make an eBPF program: a deny rule punching a hole in a
+    wider allow rule (which v1 silently ignores) raises :class:`SpecError`.
+    """
     linux = spec.get("linux") or {}
     resources = Resources.from_oci(linux.get("resources"))
     if not resources.devices:
         return resources
-    if driver == "v2":
-        log.warning(
-            "cgroup v2: %d device rule(s) of linux.resources are NOT enforced (that needs eBPF)",
-            len(resources.devices),
-        )
-        return dataclasses.replace(resources, devices=())
     own = tuple(_device_rule(d) for d in linux.get("devices") or [] if d.get("type") != "p")
-    return dataclasses.replace(resources, devices=(*resources.devices, *own, *DEFAULT_DEVICE_RULES))
+    rules = (*resources.devices, *own, *DEFAULT_DEVICE_RULES)
+    if driver == "v2":
+        devicefilter.device_policy(rules)  # refused here, before any cgroup is made
+    return dataclasses.replace(resources, devices=rules)
 
 
 def _device_rule(device: Mapping[str, Any]) -> DeviceRule:

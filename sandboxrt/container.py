@@ -156,8 +156,8 @@ class Container:
         supervisor joins before forking the init. Without any cgroup hierarchy
         mounted this raises :class:`MissingFeatureError`, unless the spec sets
         neither ``linux.resources`` nor ``linux.cgroupsPath``: then it runs
-        without a cgroup. Device rules are enforced on cgroup v1 only (see
-        ``sandboxrt._cgroup``).
+        without a cgroup. Device rules are enforced on cgroup v1 (devices
+        controller) and v2 (an eBPF device program; see ``sandboxrt._cgroup``).
         """
         return cls._create(id, bundle, options, autostart=False)
 
