@@ -211,8 +211,8 @@ def signal_all(
 ) -> None:
     """Send ``signum`` to every process of the container's cgroup.
 
-    ``SIGKILL`` goes to every process, ``spare`` (the supervisor) included,
-    and returns once the cgroup is empty: ``cgroup.kill`` on v2, else
+    ``SIGKILL`` goes to every process (``spare`` included, should it be
+    inside) and returns once the cgroup is empty: ``cgroup.kill`` on v2, else
     freeze-kill-thaw rounds, so no fork escapes (a ``paused`` cgroup ends
     thawed). Another signal spares ``spare`` and is sent while the cgroup is
     frozen (where it can be), so no process forks between the listing and the

@@ -81,7 +81,7 @@ class OCIState:
 
 @attrs.frozen
 class Stats:
-    """Resource usage of a container's cgroup (its supervisor included), as read now.
+    """Resource usage of a container's cgroup (its supervisor stays outside), as read now.
 
     CPU times are nanoseconds (user and system counted in clock ticks, 10 ms,
     on cgroup v1); memory figures are bytes. A ``None`` limit is unlimited;
