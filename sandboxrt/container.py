@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dataclasses
 import datetime as _dt
 import functools
@@ -41,6 +42,7 @@ from sandboxrt.errors import (
     ProcessNotFoundError,
     ProcessTimeoutError,
     SandboxDiedError,
+    SystemCallError,
 )
 from sandboxrt.process import Process, ProcessInfo, process_infos
 from sandboxrt.sandbox import Sandbox
@@ -81,7 +83,7 @@ class OCIState:
 
 @attrs.frozen
 class Stats:
-    """Resource usage of a container's cgroup (its supervisor included), as read now.
+    """Resource usage of a container's cgroup (its supervisor stays outside), as read now.
 
     CPU times are nanoseconds (user and system counted in clock ticks, 10 ms,
     on cgroup v1); memory figures are bytes. A ``None`` limit is unlimited;
@@ -156,8 +158,8 @@ class Container:
         supervisor joins before forking the init. Without any cgroup hierarchy
         mounted this raises :class:`MissingFeatureError`, unless the spec sets
         neither ``linux.resources`` nor ``linux.cgroupsPath``: then it runs
-        without a cgroup. Device rules are enforced on cgroup v1 only (see
-        ``sandboxrt._cgroup``).
+        without a cgroup. Device rules are enforced on cgroup v1 (devices
+        controller) and v2 (an eBPF device program; see ``sandboxrt._cgroup``).
         """
         return cls._create(id, bundle, options, autostart=False)
 
@@ -396,35 +398,85 @@ class Container:
 
         ``all=True`` is allowed on a stopped container, to clean up leftovers.
         It goes through the container's cgroup, so forks cannot escape:
-        ``SIGKILL`` kills every process (the supervisor too, which ends the
-        sandbox) and returns once none is left; other signals reach every
-        process but the supervisor. Without a cgroup the supervisor signals
-        the processes of its PID namespace (or its descendants).
+        ``SIGKILL`` kills every process and returns once none is left; other
+        signals reach every process but the supervisor. Without a cgroup the
+        supervisor signals the processes of its PID namespace (or its
+        descendants).
+
+        A paused container takes signals as ``runc kill`` does: they stay
+        pending until :meth:`resume`. ``SIGKILL`` (with or without ``all``)
+        also thaws it, since frozen processes do not die on cgroup v1: the
+        container reads ``running`` until its init's death is recorded, then
+        ``stopped``.
         """
         if all and foreground:
             raise ValueError("kill: all and foreground exclude each other")
         with self._locked() as sandbox:
             status = _effective_status(self._record, sandbox)
             require(Operation.KILL_ALL if all else Operation.KILL, self.id, status)
-            if all and self._record.cgroup is not None:
-                running = sandbox is not None and sandbox.is_running()
-                _cgroup.signal_all(
-                    self._record.cgroup,
-                    self.id,
-                    int(sig),
-                    spare=sandbox.pid if sandbox is not None and running else None,
-                    timeout=self._destroy_timeout(),
-                )
-                return
-            if sandbox is None or not sandbox.is_running():
-                return
+            paused = status is Status.PAUSED
             try:
-                sandbox.signal(self.id, int(sig), all=all, foreground=foreground)
-            except (SandboxDiedError, InitError):
-                # It stopped meanwhile: answer as if it had stopped before the call.
-                if _effective_status(self._record, sandbox) is not Status.STOPPED:
-                    raise
-                require(Operation.KILL_ALL if all else Operation.KILL, self.id, Status.STOPPED)
+                self._signal(sandbox, int(sig), all=all, paused=paused, foreground=foreground)
+            finally:
+                if paused and sig == _signal.SIGKILL:
+                    _cgroup.thaw(self._record.cgroup, self.id)
+                    self._record = self._record.with_status(Status.RUNNING)
+                    self._store.save(self._record)
+
+    def _signal(
+        self, sandbox: Sandbox | None, sig: int, *, all: bool, paused: bool, foreground: bool
+    ) -> None:
+        """:meth:`kill` under the lock, the status checked."""
+        if all and self._record.cgroup is not None:
+            running = sandbox is not None and sandbox.is_running()
+            _cgroup.signal_all(
+                self._record.cgroup,
+                self.id,
+                sig,
+                spare=sandbox.pid if sandbox is not None and running else None,
+                timeout=self._destroy_timeout(),
+                paused=paused,
+            )
+            return
+        if sandbox is None or not sandbox.is_running():
+            return
+        try:
+            sandbox.signal(self.id, sig, all=all, foreground=foreground)
+        except (SandboxDiedError, InitError):
+            # It stopped meanwhile: answer as if it had stopped before the call.
+            if _effective_status(self._record, sandbox) is not Status.STOPPED:
+                raise
+            require(Operation.KILL_ALL if all else Operation.KILL, self.id, Status.STOPPED)
+
+    def pause(self) -> None:
+        """Freeze every process of the (running) container, like ``runc pause``.
+
+        Goes through the cgroup freezer (v1 ``freezer.state``, v2
+        ``cgroup.freeze``) and returns once every process is frozen; the
+        status ``paused`` is recorded. The supervisor stays outside the
+        cgroup, so :meth:`state`, :meth:`stats`, :meth:`wait`, :meth:`kill`
+        and :meth:`destroy` keep working; :meth:`exec` is refused. Raises
+        :class:`InvalidStateError` unless running, :class:`MissingFeatureError`
+        without a cgroup freezer. No hooks run.
+        """
+        with self._locked() as sandbox:
+            require(Operation.PAUSE, self.id, _effective_status(self._record, sandbox))
+            _cgroup.freeze(self._record.cgroup, self.id, timeout=self._destroy_timeout())
+            try:
+                self._record = self._record.with_status(Status.PAUSED)
+                self._store.save(self._record)
+            except BaseException:
+                _cgroup.thaw(self._record.cgroup, self.id)
+                raise
+
+    def resume(self) -> None:
+        """Thaw a paused container (``runc resume``): its processes run on, signals
+        sent meanwhile are delivered. Raises :class:`InvalidStateError` unless paused."""
+        with self._locked() as sandbox:
+            require(Operation.RESUME, self.id, _effective_status(self._record, sandbox))
+            _cgroup.thaw(self._record.cgroup, self.id)
+            self._record = self._record.with_status(Status.RUNNING)
+            self._store.save(self._record)
 
     # -- processes of the container -----------------------------------------------------
     #
@@ -577,7 +629,7 @@ class Container:
 
         Returns once the program runs; raises :class:`ExecError` when it could
         not be started (a missing binary...), :class:`InvalidStateError`
-        unless the container is created or running. Works from any process
+        unless the container is created or running (not paused). Works from any process
         that can load the container: everything goes through its control socket.
         """
         if tty and any(arg is not None for arg in (stdin, stdout, stderr)):
@@ -705,7 +757,8 @@ class Container:
         return Stats.from_cgroup(cgroups.load(self._record.cgroup, container_id=self.id).stats())
 
     def destroy(self) -> None:
-        """Kill everything of the container and remove all it left; a no-op when gone."""
+        """Kill everything of the container (paused ones too) and remove all it left;
+        a no-op when gone."""
         try:
             with self._locked():
                 self._teardown()
@@ -731,9 +784,24 @@ class Container:
         """Destroy under the lock: sandbox, runtime files, cgroup, record, then poststop hooks.
 
         The cgroup goes once the sandbox is gone: what is left in it (a
-        container without a PID namespace of its own) is killed first.
+        container without a PID namespace of its own) is killed first. A
+        paused container's processes are killed through its cgroup first,
+        then thawed.
         """
         sandbox = self.sandbox
+        if self._record.status is Status.PAUSED and self._record.cgroup is not None:
+            # Frozen processes die only once thawed (v1), and the supervisor, PID 1 of
+            # their namespace, cannot end before them: kill them all, which thaws.
+            _cgroup.signal_all(
+                self._record.cgroup,
+                self.id,
+                _signal.SIGKILL,
+                spare=None,
+                timeout=self._destroy_timeout(),
+                paused=True,
+            )
+            with contextlib.suppress(SystemCallError):  # a cgroup already gone
+                _cgroup.thaw(self._record.cgroup, self.id)
         if sandbox is not None:
             sandbox.destroy(timeout=self._destroy_timeout())
         if self._record.cgroup is not None:

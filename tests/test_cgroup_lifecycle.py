@@ -474,7 +474,7 @@ NONE = CgroupLayout(())
 DENY_ALL = {"linux": {"resources": {"devices": [{"allow": False, "access": "rwm"}]}}}
 
 
-def test_device_rules_get_runc_defaults_on_v1_and_are_dropped_on_v2() -> None:
+def test_device_rules_get_runc_defaults_on_v1_and_v2() -> None:
     spec = {
         "linux": {
             **DENY_ALL["linux"],
@@ -488,8 +488,9 @@ def test_device_rules_get_runc_defaults_on_v1_and_are_dropped_on_v2() -> None:
     assert v1[0] == DeviceRule(False, "a", None, None, "rwm")
     assert v1[1] == DeviceRule(True, "c", 10, 229)  # the spec's own device
     assert v1[2:] == library_cgroup.DEFAULT_DEVICE_RULES
-    assert library_cgroup.resources_for(spec, "v2").devices == ()
+    assert library_cgroup.resources_for(spec, "v2").devices == v1  # an eBPF program there
     assert library_cgroup.resources_for({"linux": {}}, "v1").devices == ()
+    assert library_cgroup.resources_for({"linux": {}}, "v2").devices == ()
 
 
 def test_without_any_hierarchy_a_cgroup_is_required_only_when_asked_for() -> None:
@@ -499,6 +500,7 @@ def test_without_any_hierarchy_a_cgroup_is_required_only_when_asked_for() -> Non
         library_cgroup.request_for({"linux": {"cgroupsPath": "/a"}}, layout=NONE)
     assert library_cgroup.request_for({"linux": {}}, layout=NONE) is None
     request = library_cgroup.request_for(DENY_ALL, layout=V2_ONLY)
-    assert request is not None and request.required and request.resources.devices == ()
+    assert request is not None and request.required
+    assert request.resources.devices[0] == DeviceRule(False, "a", None, None, "rwm")
     request = library_cgroup.request_for({}, layout=V1_ONLY)
     assert request is not None and not request.required and request.path is None

@@ -321,9 +321,8 @@ def test_exec_into_a_stopped_container(store: FileStore, bundle: BundleFactory) 
         container.destroy()
 
 
-def test_exec_into_a_paused_container(running: Container, store: FileStore) -> None:
-    record = store.load(running.id)
-    store.save(record.with_status(Status.PAUSED))  # pause itself is not built yet
+def test_exec_into_a_paused_container(running: Container) -> None:
+    running.pause()
     with pytest.raises(InvalidStateError, match="state paused"):
         running.exec(["true"])
 

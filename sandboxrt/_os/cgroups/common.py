@@ -398,10 +398,15 @@ class Cgroup(abc.ABC):
         """Let the processes of the cgroup run again."""
 
     @abc.abstractmethod
+    def is_frozen(self) -> bool:
+        """Whether the cgroup is frozen now (``False`` without a freezer)."""
+
+    @abc.abstractmethod
     def stats(self) -> CgroupStats:
         """CPU, memory and pids usage of the cgroup."""
 
-    def _can_freeze(self) -> bool:
+    def can_freeze(self) -> bool:
+        """Whether the cgroup has a freezer (:meth:`freeze` works)."""
         return True
 
     def _kill_at_once(self) -> bool:
@@ -460,7 +465,7 @@ class Cgroup(abc.ABC):
 
     def _freeze_kill_thaw(self, deadline: float) -> None:
         frozen = False
-        if self._can_freeze():
+        if self.can_freeze():
             try:
                 self.freeze(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
                 frozen = True

@@ -120,7 +120,7 @@ class CgroupV1(Cgroup):
             if value is not None:
                 write_file(self.require("cpuset"), name, value)
 
-    def _can_freeze(self) -> bool:
+    def can_freeze(self) -> bool:
         return self.directory("freezer") is not None
 
     def freeze(self, timeout: float = 5.0) -> None:
@@ -140,6 +140,12 @@ class CgroupV1(Cgroup):
 
     def thaw(self) -> None:
         write_file(self.require("freezer"), "freezer.state", "THAWED")
+
+    def is_frozen(self) -> bool:
+        directory = self.directory("freezer")
+        return directory is not None and (
+            (read_optional(directory, "freezer.state") or "").strip() == "FROZEN"
+        )
 
     def stats(self) -> CgroupStats:
         stats = CgroupStats()
