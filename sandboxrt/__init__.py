@@ -43,7 +43,7 @@ if TYPE_CHECKING:
         WaitTimeoutError,
     )
     from sandboxrt.pod import Pod
-    from sandboxrt.process import Process
+    from sandboxrt.process import Process, ProcessInfo
     from sandboxrt.sandbox import Sandbox
     from sandboxrt.stores import FileStore, MemoryStore, MetadataStore, default_root
 
@@ -74,6 +74,7 @@ __all__ = [
     "Pod",
     "Process",
     "ProcessError",
+    "ProcessInfo",
     "ProcessNotFoundError",
     "ProcessTimeoutError",
     "ProtocolError",
@@ -116,6 +117,7 @@ _HOMES = {
     "Stats": "sandboxrt.container",
     "Pod": "sandboxrt.pod",
     "Process": "sandboxrt.process",
+    "ProcessInfo": "sandboxrt.process",
     "Sandbox": "sandboxrt.sandbox",
     "FileStore": "sandboxrt.stores",
     "MemoryStore": "sandboxrt.stores",

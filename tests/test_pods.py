@@ -291,6 +291,11 @@ def test_a_subcontainer_stops_with_its_init(pod: Pod, bundle: BundleFactory) -> 
     wait_until(lambda: not host_pids(a))
     assert a.status is Status.STOPPED
     assert pod.root.status is Status.RUNNING
+    # Destroying the stopped container (an empty cgroup) touches nothing else.
+    b = add_running(pod, bundle(SLEEP), "b")
+    a.destroy()
+    assert pod.root.status is Status.RUNNING and b.status is Status.RUNNING
+    assert out(pod.root, "echo", "fine") == "fine\n"
 
 
 def test_destroying_a_subcontainer_removes_only_its_cgroup_and_record(

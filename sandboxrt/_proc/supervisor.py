@@ -33,14 +33,24 @@ from sandboxrt._core.protocol import (
     Reply,
     Request,
     SandboxPlan,
+    decode,
     encode,
 )
 from sandboxrt._os import capabilities, channel, net, procfs, syscalls
-from sandboxrt._proc.init import error_progress, run_exec, run_init
+from sandboxrt._proc.init import (
+    error_progress,
+    join_cgroup,
+    open_cgroup,
+    root_identities,
+    run_exec,
+    run_init,
+    speculate,
+)
 
 __all__ = [
     "PROCESS_NAME",
     "WARM_NAMESPACES",
+    "RootAhead",
     "is_warm_shape",
     "main",
     "warm",
@@ -56,6 +66,8 @@ WAITED_KEPT = 4096
 UNWAITED_KEPT = 65536
 #: How long an exec'd process may take to reach ``execve`` before it is killed (seconds).
 EXEC_START_TIMEOUT = 30.0
+#: How long a root built ahead that will not serve may take to finish before it is killed.
+AHEAD_FINISH_TIMEOUT = 5.0
 
 _RELAYED_SIGNALS = (
     signal.SIGTERM,
@@ -68,12 +80,12 @@ _RELAYED_SIGNALS = (
 )
 
 
-def write_exit_status(path: str, returncode: int) -> None:
-    """Record an exit status atomically (temporary file, then rename)."""
+def write_exit_status(path: str, returncode: int, pid: int = 0) -> None:
+    """Record an exit status (and whose: ``pid``) atomically (temporary file, then rename)."""
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(encode(ExitStatus(returncode)))
+        f.write(encode(ExitStatus(returncode, pid)))
     os.replace(tmp, path)
 
 
@@ -140,6 +152,13 @@ class _Member:
     #: While a subcontainer is being created: the connection that asked for it, which
     #: the creation steps go to.
     creator: socket.socket | None = None
+    #: Its cgroup's ``cgroup.procs`` files (exec'd processes join them), and the files
+    #: that join it, opened at the first exec.
+    cgroup_procs: list[str] = dataclasses.field(default_factory=list)
+    cgroup_fds: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        self.cgroup_procs = self.cgroup_procs or list(self.plan.cgroup_procs)
 
     @property
     def id(self) -> str:
@@ -165,6 +184,8 @@ class Supervisor:
         #: Loopback and /proc were readied ahead (a warm sandbox).
         self.prepared = prepared
         self.stdio = stdio
+        #: The root's init was built ahead (:class:`RootAhead`), not forked for this plan.
+        self.adopted = False
         #: The root container: the sandbox ends when its init exits.
         self.root = _Member(
             plan.init,
@@ -204,6 +225,23 @@ class Supervisor:
         if not self.prepared:
             _prepare_namespaces(new)
         self.listener = channel.bind_listener(self.plan.control_socket)
+
+    def adopt_init(self, ahead: RootAhead) -> None:
+        """Take the init that built our root ahead (see :func:`warm`) as the root's."""
+        self.root.init_pid, self.root.init_sync = ahead.pid, ahead.sync
+        self.adopted = True
+
+    def hand_plan(self) -> None:
+        """Give an adopted init its cgroup (moved in by us: its root hides the host's
+        cgroupfs), its plan and its stdio; it goes on to ``created``."""
+        root = self.root
+        assert root.init_sync is not None
+        join_cgroup(root.cgroup_procs, pid=root.init_pid)
+        go = Progress("go", details={"cgroupns": root.new_cgroup_namespace})
+        channel.send(root.init_sync, go)
+        channel.send(root.init_sync, self.plan.init, self.stdio)
+        channel.close_fds(self.stdio)
+        self.stdio = []
 
     def fork_init(self) -> None:
         """Fork the root container's init."""
@@ -266,6 +304,18 @@ class Supervisor:
             os.close(self.gate)
             self.gate = None
         channel.send(self.bootstrap, step, fds or [])
+
+    def relay_cgroup(self) -> None:
+        """Pass the library's word on the root's cgroup to its init (``await_cgroup``)."""
+        root = self.root
+        assert root.init_sync is not None
+        step, _ = channel.receive(self.bootstrap, Progress)
+        if step.step == "cgroup":
+            root.cgroup_procs = [str(p) for p in step.details.get("procs", [])]
+        if step.step == "cgroup" and self.adopted:
+            return  # moved in by hand_plan
+        with contextlib.suppress(OSError):  # an init that failed already said why
+            channel.send(root.init_sync, step)
 
     def relay_creation(self) -> bool:
         """Pass the root init's creation steps to the library; ``True`` once created.
@@ -363,7 +413,7 @@ class Supervisor:
         member.returncode = returncode
         if member.creator is not None:
             return  # it died while being created: its creation step says so
-        write_exit_status(member.exit_file, returncode)
+        write_exit_status(member.exit_file, returncode, member.init_pid)
         if member is self.root:
             return  # the sandbox ends with it (_finish)
         self._answer_waiters(member, returncode)
@@ -425,6 +475,9 @@ class Supervisor:
         if request.op == "start":
             return self._start(member, request)
         if request.op == "signal":
+            if request.foreground:
+                pid = request.pid or member.init_pid
+                return self._signal_foreground(member, pid, request.signal)
             if request.pid and request.pid != member.init_pid:
                 return self._signal_exec(member, request.pid, request.signal, group=request.group)
             self._signal(member, request.signal, everyone=request.all, group=request.group)
@@ -571,7 +624,7 @@ class Supervisor:
     def _kill_rest(self, member: _Member) -> None:
         """SIGKILL a stopping subcontainer's processes: its cgroup's, its init's process
         group and the process groups of what was exec'd into it."""
-        pids = self._cgroup_pids(member)
+        pids = self._member_pids(member)
         if member.init_pid:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(member.init_pid, signal.SIGKILL)
@@ -579,21 +632,36 @@ class Supervisor:
             if owner == member.id and pid in self.execs:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
-        for pid in pids - {0, os.getpid()}:
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
-    @staticmethod
-    def _cgroup_pids(member: _Member) -> set[int]:
-        """The processes in ``member``'s cgroup (pids in our namespace; 0: outside it)."""
+    def _member_pids(self, member: _Member) -> set[int]:
+        """``member``'s processes, as pids of our PID namespace; never this one.
+
+        Its cgroup holds them (daemons that left our subtree included). Without a
+        cgroup (or with an empty one): our descendants when it is the root and the
+        only container (in a PID namespace of our own: all of it), else its live
+        init's and its exec'd processes' trees.
+        """
         pids: set[int] = set()
         try:
-            for path in member.plan.cgroup_procs:
+            for path in member.cgroup_procs:
                 with open(path) as f:
                     pids.update(int(pid) for pid in f.read().split())
         except (OSError, ValueError):
             pids.clear()
-        return pids
+        if not pids and member is self.root and len(self.members) == 1:
+            pids.update(procfs.descendants(os.getpid()))
+        elif not pids:
+            tops = {p for p, owner in self.exec_owner.items() if owner == member.id}
+            tops &= self.execs
+            if member.returncode is None and member.init_pid:
+                tops.add(member.init_pid)
+            for top in tops:
+                pids.add(top)
+                pids.update(procfs.descendants(top))
+        return pids - {0, os.getpid()}  # 0: outside our PID namespace; never a process group
 
     # -- exec'd processes ------------------------------------------------------------------
 
@@ -609,6 +677,9 @@ class Supervisor:
         if member.returncode is not None or not member.init_pid:
             return Reply(False, error="the container's init has exited", error_type="Stopped"), []
         capabilities.last_cap()  # probed once here, not in every child
+        if member.cgroup_fds is None:  # opened once: every exec'd child writes to them
+            member.cgroup_fds = open_cgroup(member.cgroup_procs)
+        cgroup = member.cgroup_fds
         ours, theirs = channel.socket_pair()
         # Blocked across fork: the child must not run our handlers (which signal the init)
         # before it has reset them.
@@ -622,7 +693,7 @@ class Supervisor:
             raise
         if pid == 0:
             ours.close()
-            run_exec(plan, member.init_pid, theirs, fds, mask, cgroup=member.plan.cgroup_procs)
+            run_exec(plan, member.init_pid, theirs, fds, mask, cgroup=cgroup)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
         with ours:
@@ -718,11 +789,11 @@ class Supervisor:
         return self._not_ours(member, pid)
 
     def _signal_exec(self, member: _Member, pid: int, signum: int, *, group: bool) -> Reply:
-        """Signal an exec'd process, or its process group (which may outlive it)."""
-        if self.exec_owner.get(pid) != member.id or (
-            pid not in self.execs and pid not in self.unwaited and pid not in self.waited
-        ):
-            return self._not_ours(member, pid)
+        """Signal a process exec'd into ``member``, or its process group (which may outlive
+        it). Any other process of the container is signalled too (:meth:`_signal_member`).
+        """
+        if self.exec_owner.get(pid) != member.id:
+            return self._signal_member(member, pid, signum, group=group)
         try:
             if group:
                 os.killpg(pid, signum)
@@ -731,13 +802,78 @@ class Supervisor:
             else:
                 raise ProcessLookupError
         except ProcessLookupError:
+            return self._exited(pid)
+        return Reply(True, pid=pid)
+
+    @staticmethod
+    def _exited(pid: int, detail: str = "has exited") -> Reply:
+        return Reply(
+            False,
+            error=f"process {pid} {detail}",
+            error_type="ProcessNotFoundError",
+            details={"pid": pid, "exited": True},
+        )
+
+    def _signal_member(self, member: _Member, pid: int, signum: int, *, group: bool) -> Reply:
+        """Signal ``pid`` (or with ``group`` its process group) if it is ``member``'s.
+
+        It must be one of :meth:`_member_pids`, never this supervisor. A pidfd
+        is opened before the check and the signal goes through it, so a pid
+        reused meanwhile is never signalled.
+        """
+        if pid <= 0 or pid == os.getpid():
+            return self._not_ours(member, pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return self._not_ours(member, pid)
+        try:
+            if pid not in self._member_pids(member):
+                return self._not_ours(member, pid)
+            if group:
+                pgid = os.getpgid(pid)
+                # Container sessions start in the container: its groups are its own.
+                if pgid not in (0, os.getpgid(0)):
+                    os.killpg(pgid, signum)
+            else:
+                signal.pidfd_send_signal(pidfd, signum)
+        except ProcessLookupError:
+            return self._exited(pid)
+        finally:
+            os.close(pidfd)
+        return Reply(True, pid=pid)
+
+    def _signal_foreground(self, member: _Member, pid: int, signum: int) -> Reply:
+        """Signal the foreground process group of the terminal that ``pid`` holds.
+
+        ``pid`` is ``member``'s init or a process exec'd into it: each leads a
+        session of its own, and with a terminal it is the session's controlling
+        tty. The group comes from ``/proc/PID/stat`` (``tpgid``, what
+        ``tcgetpgrp`` gives); the kernel keeps it within that session, so
+        within the container.
+        """
+        if pid != member.init_pid and self.exec_owner.get(pid) != member.id:
+            return self._not_ours(member, pid)
+        if pid != member.init_pid and pid not in self.execs:
+            return self._exited(pid)
+        if pid == member.init_pid and member.returncode is not None:
+            return self._exited(pid)
+        group = procfs.foreground_group(pid)
+        if group is None:
+            info = procfs.read_stat(pid)
+            if info is None or info.state in "ZX":
+                return self._exited(pid)
             return Reply(
                 False,
-                error=f"process {pid} has exited",
+                error=f'process {pid} of container "{member.id}" has no controlling terminal',
                 error_type="ProcessNotFoundError",
-                details={"pid": pid, "exited": True},
+                details={"pid": pid},
             )
-        return Reply(True, pid=pid)
+        try:
+            os.killpg(group, signum)
+        except ProcessLookupError:
+            return self._exited(pid, f"has no foreground process group ({group} is gone)")
+        return Reply(True, pid=group)
 
     def _start(self, member: _Member, request: Request) -> Reply:
         if member.started or member.init_sync is None:
@@ -768,22 +904,7 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(-1, signum)
         elif everyone:
-            # The container's cgroup holds its processes, daemons that left our subtree
-            # included; without a cgroup, our descendants (the only container's), or its
-            # init's and its exec'd processes' (one of several).
-            pids = self._cgroup_pids(member)
-            if not pids and len(self.members) == 1:
-                pids.update(_descendants(os.getpid()))
-            elif not pids:
-                tops = {p for p, owner in self.exec_owner.items() if owner == member.id}
-                tops &= self.execs
-                if member.returncode is None:
-                    tops.add(member.init_pid)
-                for top in tops:
-                    pids.add(top)
-                    pids.update(_descendants(top))
-            pids -= {0, os.getpid()}  # 0: outside our PID namespace; never a process group
-            for pid in pids:
+            for pid in self._member_pids(member):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signum)
         elif group:
@@ -797,7 +918,7 @@ class Supervisor:
         # Subcontainers and exec'd processes end with the sandbox (with our PID namespace,
         # if we have one; without, here): killed, as their waiters are told. Every exit
         # status is recorded before any waiter hears of one.
-        write_exit_status(self.plan.exit_file, root.returncode)
+        write_exit_status(self.plan.exit_file, root.returncode, root.init_pid)
         killed = [
             member
             for member in self.members.values()
@@ -807,7 +928,7 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(member.init_pid, signal.SIGKILL)
             with contextlib.suppress(OSError):
-                write_exit_status(member.exit_file, -signal.SIGKILL)
+                write_exit_status(member.exit_file, -signal.SIGKILL, member.init_pid)
         self._answer_waiters(root, root.returncode)
         for member in killed:
             self._answer_waiters(member, -signal.SIGKILL)
@@ -825,27 +946,6 @@ class Supervisor:
         os._exit(code)
 
 
-def _descendants(root: int) -> list[int]:
-    """Every process below ``root``, found by walking parent links in /proc."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        ppid = int(raw[raw.rindex(b")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(name))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def _run_supervisor(
     plan: SandboxPlan,
     bootstrap: socket.socket,
@@ -853,11 +953,19 @@ def _run_supervisor(
     gate: int | None,
     *,
     prepared: bool = False,
+    ahead: RootAhead | None = None,
 ) -> NoReturn:
     supervisor = Supervisor(plan, bootstrap, stdio, gate, prepared=prepared)
     try:
         supervisor.setup()
-        supervisor.fork_init()
+        if ahead is not None:
+            supervisor.adopt_init(ahead)
+        else:
+            supervisor.fork_init()
+        if plan.init.await_cgroup:
+            supervisor.relay_cgroup()
+        if ahead is not None:
+            supervisor.hand_plan()
         created = supervisor.relay_creation()
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -895,15 +1003,77 @@ def _launched(pid: int) -> Launched:
     return Launched(pid, info.start_ticks if info is not None else 0)
 
 
-def warm(link: socket.socket) -> NoReturn:
-    """Make a sandbox ahead of its plan; claim it with :func:`claim`.
+class RootAhead:
+    """An init building, in a warm sandbox, the root of the plan the fork server saw
+    last (see :func:`sandboxrt._proc.init.speculate`): a run of containers from one
+    bundle then finds its root built."""
+
+    def __init__(self, hint: InitPlan, close: Sequence[int]) -> None:
+        ours, theirs = channel.socket_pair()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            channel.close_fds(close)
+            speculate(hint, theirs)
+        theirs.close()
+        self.hint, self.pid, self.sync = hint, pid, ours
+        self.outcome: Progress | None = None
+
+    @classmethod
+    def start(cls, hint: bytes | None, close: Sequence[int]) -> RootAhead | None:
+        """Build ahead for ``hint`` (an encoded :class:`SandboxPlan`), if it suits."""
+        if not hint:
+            return None
+        try:
+            plan = decode(hint, SandboxPlan)
+        except ValueError:
+            return None
+        if not is_warm_shape(plan.namespaces) or plan.init.pause_for_hooks:
+            return None  # hooks see the root being built: never ahead
+        return cls(plan.init, close)
+
+    def serves(self, plan: InitPlan) -> bool:
+        """Whether the root built ahead is the one ``plan`` asks for, from the same host
+        files (compared with what this mount namespace, made just now, sees)."""
+        if plan.root_key() != self.hint.root_key():
+            return False
+        ready = self.finish()
+        return ready.step == "ready" and ready.details.get("identities") == root_identities(plan)
+
+    def finish(self, timeout: float | None = None) -> Progress:
+        """Wait until the root is built (``ready``) or failed; how it went."""
+        if self.outcome is None:
+            self.sync.settimeout(timeout)
+            try:
+                self.outcome, _ = channel.receive(self.sync, Progress)
+            except (channel.ChannelClosedError, OSError, ValueError) as exc:
+                self.outcome = Progress("error", error=str(exc))
+            self.sync.settimeout(None)
+        return self.outcome
+
+    def discard(self) -> None:
+        """End it unused, once it is done with the rootfs: killed mid-way, it could leave
+        a half-made device node there."""
+        self.finish(timeout=AHEAD_FINISH_TIMEOUT)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        self.sync.close()
+
+
+def warm(link: socket.socket, hint: bytes | None = None) -> NoReturn:
+    """Make a sandbox ahead of its plan, for the fork server to hand a launch to.
 
     Runs in a fresh child of the fork server: enters the namespaces of
     :data:`WARM_NAMESPACES`, forks the future supervisor (PID 1), sends its
-    host pid on ``link`` and exits. The supervisor waits on ``link`` for a
-    launch request carrying the bootstrap socket and log fd; end of stream
-    (the fork server went away) makes it exit. After the request it waits
-    for ``link`` to close, the sign that the library was told its pid.
+    host pid on ``link`` and exits. The supervisor starts building the root
+    of ``hint`` (:class:`RootAhead`), and waits on ``link`` for a launch
+    request carrying the bootstrap socket and log fd; end of stream (the fork
+    server went away) makes it exit. After the request it waits for ``link``
+    to close, the sign that the library was told its pid. The root built
+    ahead serves if the request says the host's mounts did not change
+    meanwhile and :meth:`RootAhead.serves` the plan; else it is dropped.
     """
     try:
         # Not the mount namespace yet: made at claim time, it sees the host's mounts as
@@ -916,11 +1086,15 @@ def warm(link: socket.socket) -> NoReturn:
         channel.send(link, _launched(pid))
         os._exit(0)
     syscalls.set_process_name("sandboxrt-warm")
+    ahead: RootAhead | None = None
     try:
         _prepare_namespaces({"network"})
-        _, fds = channel.receive(link, Request)
+        ahead = RootAhead.start(hint, [link.fileno()])
+        request, fds = channel.receive(link, Request)
         link.recv(1)  # end of stream: the fork server told the library our pid
     except BaseException:
+        if ahead is not None:
+            ahead.discard()
         os._exit(0)
     link.close()
     bootstrap_fd, log_fd = fds
@@ -931,8 +1105,11 @@ def warm(link: socket.socket) -> NoReturn:
         plan, stdio = channel.receive(bootstrap, SandboxPlan)
         _unshare_private(0)
         _prepare_namespaces({"pid"})
+        if ahead is not None and not (request.speculation and ahead.serves(plan.init)):
+            ahead.discard()
+            ahead = None
     except BaseException as exc:
         with contextlib.suppress(OSError):
             channel.send(bootstrap, error_progress(exc))
         os._exit(1)
-    _run_supervisor(plan, bootstrap, stdio, None, prepared=True)
+    _run_supervisor(plan, bootstrap, stdio, None, prepared=True, ahead=ahead)
