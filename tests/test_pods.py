@@ -246,6 +246,50 @@ def test_a_process_belongs_to_the_container_it_was_exec_d_into(
     assert process.wait(timeout=10) == -signal.SIGKILL
 
 
+def test_process_control_addresses_one_container(pod: Pod, bundle: BundleFactory) -> None:
+    a = add_running(pod, bundle(["sleep", "1001"]), "a")
+    b = add_running(pod, bundle(["sleep", "1002"]), "b")
+    listed = {c.id: c.processes() for c in (pod.root, a, b)}
+    assert [p.command for p in listed["a"]] == [("sleep", "1001")]
+    assert [p.command for p in listed["b"]] == [("sleep", "1002")]
+    assert [p.command for p in listed["pod"]] == [("sleep", "1000")]
+    assert all(p.ppid == 1 for ps in listed.values() for p in ps)  # the supervisor's children
+    b_init = listed["b"][0].pid
+    with pytest.raises(ProcessNotFoundError):
+        a.signal_process(b_init, signal.SIGKILL)  # b's init is not a's
+    b.signal_process(b_init, signal.SIGTERM)
+    assert b.wait_pid(b_init, timeout=10) == -signal.SIGTERM
+    assert a.status is Status.RUNNING and pod.root.status is Status.RUNNING
+
+
+def test_pausing_a_subcontainer_freezes_only_it(pod: Pod, bundle: BundleFactory) -> None:
+    a = add_running(pod, bundle(SLEEP), "a")
+    b = add_running(pod, bundle(SLEEP), "b")
+    a.pause()
+    assert a.status is Status.PAUSED
+    assert out(b, "echo", "b runs") == "b runs\n"
+    with pytest.raises(InvalidStateError):
+        a.exec_run(["true"])
+    a.resume()
+    assert out(a, "echo", "a runs") == "a runs\n"
+
+
+def test_destroying_the_root_with_a_paused_subcontainer_leaves_nothing(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    pod = Pod.create("pod", bundle(SLEEP), store=store)
+    try:
+        pod.root.start()
+        a = add_running(pod, bundle(SLEEP), "a")
+        a.pause()
+        pids = host_pids(a) + host_pids(pod.root)
+    finally:
+        pod.destroy()
+    assert not any(alive(pid) for pid in pids)
+    assert store.list_ids() == []
+    assert os.listdir(store.runtime_dir) == []
+
+
 # -- lifecycle -------------------------------------------------------------------------------
 
 
