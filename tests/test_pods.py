@@ -364,6 +364,24 @@ def test_destroying_a_subcontainer_removes_only_its_cgroup_and_record(
     assert again.status is Status.RUNNING
 
 
+def test_subcontainers_come_and_go_without_leaking_supervisor_fds(
+    pod: Pod, bundle: BundleFactory
+) -> None:
+    supervisor = pod.root.state().pid
+    path = bundle(SLEEP)
+
+    def cycle(cid: str) -> None:
+        sub = add_running(pod, path, cid)
+        assert out(sub, "echo", cid) == f"{cid}\n"
+        sub.destroy()
+
+    cycle("warm")  # anything opened once for good is open before the count
+    before = sorted(os.listdir(f"/proc/{supervisor}/fd"))
+    for i in range(5):
+        cycle(f"c{i}")
+    assert sorted(os.listdir(f"/proc/{supervisor}/fd")) == before
+
+
 def test_destroying_the_root_takes_everything_down(store: FileStore, bundle: BundleFactory) -> None:
     pod = Pod.create("pod", bundle(SLEEP), store=store)
     try:

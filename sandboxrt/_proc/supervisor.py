@@ -610,6 +610,9 @@ class Supervisor:
                 self.exec_owner[pid] = ""
             else:
                 del self.exec_owner[pid]
+        if member.cgroup_fds is not None:
+            channel.close_fds(member.cgroup_fds)
+            member.cgroup_fds = None
         if member.init_sync is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(member.init_sync)
