@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         SystemCallError,
         WaitTimeoutError,
     )
+    from sandboxrt.pod import Pod
     from sandboxrt.process import Process, ProcessInfo
     from sandboxrt.sandbox import Sandbox
     from sandboxrt.stores import FileStore, MemoryStore, MetadataStore, default_root
@@ -70,6 +71,7 @@ __all__ = [
     "MissingFeatureError",
     "OCIState",
     "Operation",
+    "Pod",
     "Process",
     "ProcessError",
     "ProcessInfo",
@@ -113,6 +115,7 @@ _HOMES = {
     "Container": "sandboxrt.container",
     "OCIState": "sandboxrt.container",
     "Stats": "sandboxrt.container",
+    "Pod": "sandboxrt.pod",
     "Process": "sandboxrt.process",
     "ProcessInfo": "sandboxrt.process",
     "Sandbox": "sandboxrt.sandbox",

@@ -21,8 +21,10 @@ import attrs
 from typing_extensions import Unpack
 
 from sandboxrt import _cgroup
+from sandboxrt._core.cri import sandbox_to_join
 from sandboxrt._core.ids import resolve_id, validate_id
-from sandboxrt._core.plan import UserArg, build_plan, exec_plan
+from sandboxrt._core.plan import UserArg, build_container_plan, build_plan, exec_plan
+from sandboxrt._core.protocol import ContainerPlan, SandboxPlan
 from sandboxrt._core.records import ContainerRecord
 from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
 from sandboxrt._core.status import Operation, Status, require
@@ -42,6 +44,8 @@ from sandboxrt.errors import (
     ProcessNotFoundError,
     ProcessTimeoutError,
     SandboxDiedError,
+    SandboxrtError,
+    SpecError,
     SystemCallError,
 )
 from sandboxrt.process import Process, ProcessInfo, process_infos
@@ -171,9 +175,17 @@ class Container:
         options: CreateOptions,
         *,
         autostart: bool,
+        join: str | None = None,
+        root: bool = False,
     ) -> Container:
         """:meth:`create`; with ``autostart`` (for :meth:`run`) the program starts at
-        once, without a start round trip, unless hooks or a terminal need one."""
+        once, without a start round trip, unless hooks or a terminal need one.
+
+        The container joins sandbox ``join`` when given, makes a new one with
+        ``root``, else does what its spec's CRI annotations say (see
+        ``sandboxrt._core.cri``); annotations naming another sandbox than
+        ``join``, or one to join with ``root``, are a :class:`SpecError`.
+        """
         unknown = set(options) - CreateOptions.__optional_keys__
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
@@ -193,15 +205,29 @@ class Container:
         if spec is None:
             spec = _bundle_spec(bundle_path / "config.json")
         document = _apply_config(dump_spec(spec), config)
+        sandbox_id = _sandbox_id_for(id, document, join=join, root=root)
         # Before the lock: a spec the plan refuses leaves nothing behind, not even a lock file.
-        plan = build_plan(
-            container_id=id,
-            sandbox_id=id,
-            spec=document,
-            bundle=str(bundle_path),
-            runtime_root=str(store.runtime_dir),
-            compile_seccomp=compile_bpf,
-        )
+        host: Sandbox | None = None
+        plan: SandboxPlan | ContainerPlan
+        if sandbox_id == id:
+            plan = build_plan(
+                container_id=id,
+                sandbox_id=id,
+                spec=document,
+                bundle=str(bundle_path),
+                runtime_root=str(store.runtime_dir),
+                compile_seccomp=compile_bpf,
+            )
+        else:
+            host = _sandbox_to_join(store, sandbox_id, id)
+            plan = build_container_plan(
+                container_id=id,
+                sandbox_id=sandbox_id,
+                spec=document,
+                bundle=str(bundle_path),
+                runtime_dir=host.runtime_dir,
+                compile_seccomp=compile_bpf,
+            )
         autostart = autostart and not plan.init.start_container_hooks and not plan.init.terminal
         if autostart:
             plan = dataclasses.replace(plan, autostart=True)
@@ -214,7 +240,11 @@ class Container:
                 status=Status.CREATING,
                 created_at=_dt.datetime.now(_dt.UTC),
                 owner=_owner(),
-                sandbox_id=id,
+                sandbox_id=sandbox_id,
+                # A subcontainer's sandbox is known (and recorded) from the start: a
+                # failure from here on has the teardown ask it to forget the container.
+                sandbox=host.supervisor if host is not None else None,
+                runtime_dir=host.runtime_dir if host is not None else "",
                 config=attrs.asdict(config),
                 annotations=dict(document.get("annotations") or {}),
             )
@@ -234,21 +264,36 @@ class Container:
                 store.save(container._record)
                 return _cgroup.procs_files(cgroup)
 
-            if cgroup_request is not None:
+            if cgroup_request is not None and isinstance(plan, SandboxPlan):
                 # Made while the sandbox starts: the init joins it after its mounts.
                 plan = dataclasses.replace(
                     plan, init=dataclasses.replace(plan.init, await_cgroup=True)
                 )
             try:
+                if cgroup_request is not None and isinstance(plan, ContainerPlan):
+                    # A subcontainer's init is forked at once: its cgroup is made first.
+                    plan = dataclasses.replace(
+                        plan, init=dataclasses.replace(plan.init, cgroup_procs=make_cgroup())
+                    )
                 stdio = StdioPlan(stdin, stdout, stderr)
-                sandbox, pty = Sandbox.launch(
-                    plan,
-                    stdio.child_fds,
-                    launcher=launcher,
-                    on_mounted=container._run_runtime_hooks,
-                    make_cgroup=make_cgroup,
-                    timeout=config.create_timeout,
-                )
+                if isinstance(plan, SandboxPlan):
+                    sandbox, pty = Sandbox.launch(
+                        plan,
+                        stdio.child_fds,
+                        launcher=launcher,
+                        on_mounted=container._run_runtime_hooks,
+                        make_cgroup=make_cgroup,
+                        timeout=config.create_timeout,
+                    )
+                else:
+                    assert host is not None
+                    sandbox = host
+                    pty = host.create_container(
+                        plan,
+                        stdio.child_fds,
+                        on_mounted=container._run_runtime_hooks,
+                        timeout=config.create_timeout,
+                    )
                 stdio.close_child_ends()
                 container._record = attrs.evolve(
                     container._record,
@@ -329,7 +374,18 @@ class Container:
         record = self._record
         if record.sandbox is None:
             return None
-        return Sandbox(record.sandbox_id, record.sandbox, record.runtime_dir)
+        return Sandbox(self.sandbox_id, record.sandbox, record.runtime_dir)
+
+    @property
+    def sandbox_id(self) -> str:
+        """The id of the sandbox the container is in: its root container's id (its own,
+        unless it joined a sandbox as a subcontainer of a pod)."""
+        return self._record.sandbox_id or self.id
+
+    @property
+    def is_subcontainer(self) -> bool:
+        """Whether the container joined another container's sandbox (see :class:`Pod`)."""
+        return self.sandbox_id != self.id
 
     @property
     def gofer(self) -> None:
@@ -785,27 +841,30 @@ class Container:
 
         The cgroup goes once the sandbox is gone: what is left in it (a
         container without a PID namespace of its own) is killed first. A
-        paused container's processes are killed through its cgroup first,
-        then thawed.
+        subcontainer leaves its sandbox (its processes killed, nothing else); a
+        root container's sandbox ends, then every subcontainer noted in it is
+        destroyed, each under its own lock (root lock first, then each
+        subcontainer's: the only order in which two of these locks are held).
+        A paused container's processes are killed through its cgroup first, then
+        thawed (a root's paused subcontainers too: frozen processes would keep
+        the supervisor, PID 1 of their namespace, from ending).
         """
         sandbox = self.sandbox
-        if self._record.status is Status.PAUSED and self._record.cgroup is not None:
-            # Frozen processes die only once thawed (v1), and the supervisor, PID 1 of
-            # their namespace, cannot end before them: kill them all, which thaws.
-            _cgroup.signal_all(
-                self._record.cgroup,
-                self.id,
-                _signal.SIGKILL,
-                spare=None,
-                timeout=self._destroy_timeout(),
-                paused=True,
-            )
-            with contextlib.suppress(SystemCallError):  # a cgroup already gone
-                _cgroup.thaw(self._record.cgroup, self.id)
-        if sandbox is not None:
-            sandbox.destroy(timeout=self._destroy_timeout())
+        timeout = self._destroy_timeout()
+        if sandbox is not None and not self.is_subcontainer:
+            for member_id in sandbox.container_ids():
+                _kill_if_paused(self._store, member_id, self.id, timeout)
+        _kill_if_paused(self._store, self.id, self.sandbox_id, timeout, record=self._record)
+        if sandbox is not None and self.is_subcontainer:
+            sandbox.forget_container(self.id, timeout)
+        elif sandbox is not None:
+            sandbox.stop(timeout)
+            # The supervisor is gone, so nothing can join any more: the notes are complete.
+            for member_id in sandbox.container_ids():
+                _destroy_member(self._store, member_id, self.id)
+            sandbox.remove_runtime_dir()
         if self._record.cgroup is not None:
-            _cgroup.remove(self._record.cgroup, self.id, self._destroy_timeout())
+            _cgroup.remove(self._record.cgroup, self.id, timeout)
         self._store.delete(self.id)
         hooks.run_hooks_best_effort(
             self._hooks("poststop"),
@@ -892,10 +951,89 @@ def _process_pid(container_id: str, pid: int) -> int:
 
 def _effective_status(record: ContainerRecord, sandbox: Sandbox | None) -> Status:
     if record.status in _LIVE and (
-        sandbox is None or not sandbox.is_running() or sandbox.exit_status() is not None
+        sandbox is None or not sandbox.is_running() or sandbox.exit_status(record.id) is not None
     ):
         return Status.STOPPED
     return record.status
+
+
+def _kill_if_paused(
+    store: MetadataStore,
+    container_id: str,
+    sandbox_id: str,
+    timeout: float,
+    *,
+    record: ContainerRecord | None = None,
+) -> None:
+    """SIGKILL (through its cgroup, which thaws it) a paused container of ``sandbox_id``.
+
+    Frozen processes die only once thawed (v1), and the supervisor, PID 1 of
+    their namespace, cannot end before them. A subcontainer's record is read
+    without its lock: killing what is being destroyed anyway is idempotent.
+    """
+    if record is None:
+        try:
+            record = store.load(container_id)
+        except ContainerNotFoundError:
+            return
+    if record.sandbox_id not in ("", sandbox_id) or record.cgroup is None:
+        return
+    if record.status is not Status.PAUSED:
+        return
+    _cgroup.signal_all(
+        record.cgroup, container_id, _signal.SIGKILL, spare=None, timeout=timeout, paused=True
+    )
+    with contextlib.suppress(SystemCallError):  # a cgroup already gone
+        _cgroup.thaw(record.cgroup, container_id)
+
+
+def _destroy_member(store: MetadataStore, container_id: str, sandbox_id: str) -> None:
+    """Destroy subcontainer ``container_id`` of sandbox ``sandbox_id``, if it still is one."""
+    try:
+        record = store.load(container_id)
+    except ContainerNotFoundError:
+        return
+    if record.sandbox_id == sandbox_id and record.id != sandbox_id:
+        Container(record, store).destroy()
+
+
+def _sandbox_id_for(
+    container_id: str, document: Mapping[str, Any], *, join: str | None, root: bool
+) -> str:
+    """The id of the sandbox the container goes in: its own id when it makes one."""
+    annotated = sandbox_to_join(container_id, document.get("annotations"))
+    if annotated is not None and (root or (join is not None and annotated != join)):
+        where = "a new sandbox" if root else f'sandbox "{join}"'
+        raise SpecError(
+            [("annotations", f'they put the container in sandbox "{annotated}", not {where}')]
+        )
+    target = join if join is not None else annotated
+    if target == container_id:
+        raise SpecError([("annotations", "a container cannot join its own sandbox")])
+    return target or container_id
+
+
+def _sandbox_to_join(store: MetadataStore, sandbox_id: str, container_id: str) -> Sandbox:
+    """The living sandbox whose root container is ``sandbox_id``.
+
+    Read without the root's lock (records are replaced atomically): a
+    subcontainer's create never waits for its root's lock, so a concurrent
+    destroy of the root, which takes the subcontainers' locks, cannot deadlock
+    with it. Raises :class:`ContainerNotFoundError` when there is no such
+    container, :class:`InvalidStateError` unless it is created or running.
+    """
+    record = store.load(sandbox_id)
+    if record.sandbox_id and record.sandbox_id != record.id:
+        raise SandboxrtError(
+            f'container "{container_id}" cannot join sandbox "{sandbox_id}": that is a '
+            f'container of sandbox "{record.sandbox_id}", not a sandbox'
+        )
+    sandbox = None
+    if record.sandbox is not None:
+        sandbox = Sandbox(record.id, record.sandbox, record.runtime_dir)
+    require(Operation.ADD_CONTAINER, record.id, _effective_status(record, sandbox))
+    assert sandbox is not None
+    return sandbox
 
 
 def _apply_config(document: dict[str, Any], config: Config) -> dict[str, Any]:

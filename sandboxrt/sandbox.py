@@ -13,7 +13,9 @@ from typing import Any
 
 import backoff
 
+from sandboxrt._core.plan import container_exit_file, id_file_name
 from sandboxrt._core.protocol import (
+    ContainerPlan,
     ExecPlan,
     ExitStatus,
     Launched,
@@ -28,6 +30,8 @@ from sandboxrt._os import channel, procfs
 from sandboxrt._proc.launcher import LaunchedProcess, Launcher, default_launcher
 from sandboxrt._proc.supervisor import is_warm_shape
 from sandboxrt.errors import (
+    ContainerExistsError,
+    ContainerNotFoundError,
     CreateTimeoutError,
     ExecError,
     HookError,
@@ -68,6 +72,12 @@ def remote_error(
         return ProcessNotFoundError(container_id, pid, message, exited=bool(details.get("exited")))
     if error_type == "ProtocolError":
         return ProtocolError(f'container "{container_id}": {message}')
+    if error_type == "ContainerExistsError":
+        return ContainerExistsError(container_id)
+    if error_type == "ContainerNotFoundError":
+        return ContainerNotFoundError(container_id)
+    if error_type == "SandboxStopped":
+        return SandboxDiedError(container_id, message)
     return InitError(container_id, message)
 
 
@@ -248,15 +258,21 @@ class Sandbox:
         s = self.supervisor
         return procfs.is_alive(s.pid, s.start_ticks, s.boot_id)
 
-    def exit_status(self) -> int | None:
-        """The root container's recorded exit status, if it has exited."""
-        record = self.exit_record()
+    def exit_file_of(self, container_id: str) -> str:
+        """Where the supervisor records the exit status of container ``container_id``."""
+        return container_exit_file(self.runtime_dir, self.id, container_id)
+
+    def exit_status(self, container_id: str | None = None) -> int | None:
+        """The recorded exit status of a container (default: the root), if it has exited."""
+        record = self.exit_record(container_id)
         return None if record is None else record.returncode
 
-    def exit_record(self) -> ExitStatus | None:
-        """The root container's recorded exit (status and init pid), if it has exited."""
+    def exit_record(self, container_id: str | None = None) -> ExitStatus | None:
+        """The recorded exit (status and init pid) of a container (default: the root),
+        if it has exited."""
+        path = self.exit_file if container_id is None else self.exit_file_of(container_id)
         try:
-            with open(self.exit_file, "rb") as f:
+            with open(path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             return None
@@ -291,8 +307,10 @@ class Sandbox:
         except ValueError as exc:
             raise ProtocolError(f'container "{container_id}": {exc}') from exc
 
-    def _checked(self, container_id: str, request: Request) -> Reply:
-        reply = self.request(container_id, request)
+    def _checked(
+        self, container_id: str, request: Request, *, timeout: float | None = None
+    ) -> Reply:
+        reply = self.request(container_id, request, timeout)
         if not reply.ok:
             raise remote_error(container_id, reply.error_type, reply.error, reply.details)
         return reply
@@ -311,7 +329,7 @@ class Sandbox:
 
     def wait(self, container_id: str, timeout: float | None = None) -> int:
         """Block until the container's init exits; its exit code (``-N``: signal N)."""
-        recorded = self.exit_status()
+        recorded = self.exit_status(container_id)
         if recorded is not None:
             return recorded
         try:
@@ -319,11 +337,112 @@ class Sandbox:
         except TimeoutError:
             raise WaitTimeoutError(container_id, timeout or 0.0) from None
         except SandboxDiedError:
-            recorded = self.exit_status()
+            recorded = self.exit_status(container_id)
             return KILLED_RETURNCODE if recorded is None else recorded
         if reply.returncode is None:
             raise ProtocolError(f'container "{container_id}": wait reply without a status')
         return reply.returncode
+
+    # -- subcontainers (pods) ----------------------------------------------------------
+
+    def create_container(
+        self,
+        plan: ContainerPlan,
+        stdio: Sequence[int],
+        *,
+        on_mounted: Callable[[Sandbox], dict[str, Any]] | None = None,
+        timeout: float | None = None,
+    ) -> int | None:
+        """Create container ``plan`` in this living sandbox; its pty master, if any.
+
+        The supervisor forks its init and relays its creation steps as at
+        launch (``on_mounted`` runs the runtime hooks). Returns once it is
+        created (started, with ``plan.autostart``). Closing the connection on
+        a failure makes the supervisor kill the init; the caller removes the
+        cgroup.
+        """
+        container_id = plan.init.container_id
+        request = Request("create-container", container_id, container=plan)
+        self._note_member(container_id)
+        try:
+            sock = channel.connect(self.control_socket, timeout)
+        except (ConnectionError, FileNotFoundError) as exc:
+            raise SandboxDiedError(container_id, str(exc)) from exc
+        except TimeoutError:
+            raise CreateTimeoutError(container_id, timeout or 0.0) from None
+        with sock:
+            sock.settimeout(timeout)
+            try:
+                channel.send(sock, request, stdio)
+            except OSError as exc:
+                raise SandboxDiedError(container_id, str(exc)) from exc
+            return self._follow_creation(sock, container_id, on_mounted, plan.autostart)
+
+    def forget_container(self, container_id: str, timeout: float) -> None:
+        """Have the supervisor SIGKILL subcontainer ``container_id`` and forget it (best
+        effort: the caller's cgroup removal kills what is left), then remove its files."""
+        if self.is_running():
+            with contextlib.suppress(SandboxrtError, OSError):
+                request = Request("destroy-container", container_id)
+                self._checked(container_id, request, timeout=timeout)
+        for path in (self.exit_file_of(container_id), self._member_file(container_id)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        if not self.is_running():
+            # A root destroy may have emptied the directory while this container was
+            # noted in it: whatever is empty now goes.
+            for directory in (self.members_dir, self.runtime_dir):
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    break
+
+    @property
+    def members_dir(self) -> str:
+        """Where the subcontainers that join the sandbox are noted, one file each."""
+        return os.path.join(self.runtime_dir, "containers")
+
+    def _member_file(self, container_id: str) -> str:
+        return os.path.join(self.members_dir, id_file_name(container_id))
+
+    def _note_member(self, container_id: str) -> None:
+        """Note (atomically) that ``container_id`` joins, before it asks the supervisor.
+
+        A root destroy kills the supervisor, then reads these notes: whatever
+        joined had noted itself first. The runtime directory is never made
+        again here: once a destroy removed it, the sandbox is gone.
+        """
+        path = self._member_file(container_id)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(self.members_dir, 0o700)
+            with open(tmp, "w") as f:
+                f.write(container_id)
+            os.replace(tmp, path)
+        except FileNotFoundError as exc:
+            raise SandboxDiedError(container_id, "the sandbox was destroyed") from exc
+
+    def container_ids(self) -> list[str]:
+        """The ids of the subcontainers noted as joining the sandbox (sorted).
+
+        A container whose creation failed may be listed until its teardown;
+        check its record.
+        """
+        try:
+            names = os.listdir(self.members_dir)
+        except FileNotFoundError:
+            return []
+        ids = []
+        for name in names:
+            if name.endswith(".tmp"):
+                continue
+            with (
+                contextlib.suppress(FileNotFoundError),
+                open(os.path.join(self.members_dir, name)) as f,
+            ):
+                ids.append(f.read())
+        return sorted(ids)
 
     # -- exec'd processes --------------------------------------------------------------
 
@@ -364,7 +483,7 @@ class Sandbox:
         try:
             reply = self.request(container_id, request, timeout)
         except SandboxDiedError:
-            record = self.exit_record()
+            record = self.exit_record(container_id)
             if record is not None and record.pid == pid:
                 return record.returncode
             return KILLED_RETURNCODE
@@ -439,6 +558,15 @@ class Sandbox:
 
     def destroy(self, timeout: float) -> None:
         """Kill the sandbox, wait until it is gone, remove its runtime files."""
+        self.stop(timeout)
+        self.remove_runtime_dir()
+
+    def remove_runtime_dir(self) -> None:
+        """Remove the sandbox's runtime files (once it is stopped)."""
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+    def stop(self, timeout: float) -> None:
+        """Kill the sandbox and wait until it is gone; its runtime files stay."""
         if self.is_running() and not self.owns_pid_namespace():
             # Without a PID namespace of its own the container's processes outlive
             # the supervisor: have it SIGKILL them all (best effort) first.
@@ -450,7 +578,6 @@ class Sandbox:
                 )
         if not self.kill(timeout):
             raise SandboxDiedError(self.id, f"the supervisor (pid {self.pid}) did not exit")
-        shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
 
 def _reap(process: LaunchedProcess) -> None:

@@ -43,6 +43,7 @@ EXPECTED_ALLOWED: dict[str, set[str]] = {
     "processes": {"running", "paused"},
     "stats": {"created", "running", "paused"},
     "destroy": ALL,
+    "add-container": {"created", "running"},  # to the sandbox whose root this is
 }
 
 EXPECTED_TRANSITIONS: set[tuple[str, str]] = {
@@ -64,6 +65,7 @@ EXPECTED_VERBS = {
     "processes": "list the processes of",
     "stats": "read the stats of",
     "destroy": "destroy",
+    "add-container": "add a container to",
 }
 
 #: The status an operation leaves behind (None: unchanged; "gone": record deleted).
@@ -79,6 +81,7 @@ EFFECT: dict[str, str | None] = {
     "processes": None,
     "stats": None,
     "destroy": "gone",
+    "add-container": None,
 }
 
 

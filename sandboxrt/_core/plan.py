@@ -12,6 +12,7 @@ from sandboxrt._core.abi import SECCOMP_FILTER_FLAGS
 from sandboxrt._core.mount_options import PROPAGATION, parse_mount_options
 from sandboxrt._core.protocol import (
     CapabilityPlan,
+    ContainerPlan,
     DevicePlan,
     ExecPlan,
     InitPlan,
@@ -24,20 +25,42 @@ from sandboxrt._core.spec_validate import CAPABILITY_NUMBERS
 from sandboxrt._core.users import MAX_ID, parse_user_spec
 from sandboxrt.errors import MissingFeatureError, SpecError
 
-__all__ = ["SeccompCompiler", "UserArg", "build_plan", "exec_plan", "sandbox_paths"]
+__all__ = [
+    "SeccompCompiler",
+    "UserArg",
+    "build_container_plan",
+    "build_plan",
+    "container_exit_file",
+    "exec_plan",
+    "id_file_name",
+    "sandbox_paths",
+]
 
 #: Compiles a spec's ``linux.seccomp`` to classic BPF (``struct sock_filter[]`` bytes).
 #: The pure core cannot: the library passes ``sandboxrt._os.seccomp.compile_bpf``.
 SeccompCompiler = Callable[[Mapping[str, Any]], bytes]
 
 
+def id_file_name(container_id: str) -> str:
+    """``container_id`` as a file name (at most 40 characters): long ids are cut and
+    get a hash of the whole."""
+    if len(container_id) <= 40:
+        return container_id
+    return container_id[:24] + "-" + hashlib.sha256(container_id.encode()).hexdigest()[:15]
+
+
 def sandbox_paths(runtime_root: str, sandbox_id: str) -> tuple[str, str, str]:
     """``(runtime_dir, control_socket, exit_file)`` of a sandbox under ``runtime_root``."""
-    name = sandbox_id
-    if len(sandbox_id) > 40:
-        name = sandbox_id[:24] + "-" + hashlib.sha256(sandbox_id.encode()).hexdigest()[:15]
-    runtime_dir = os.path.join(runtime_root, name)
+    runtime_dir = os.path.join(runtime_root, id_file_name(sandbox_id))
     return runtime_dir, os.path.join(runtime_dir, "ctl"), os.path.join(runtime_dir, "exit")
+
+
+def container_exit_file(runtime_dir: str, sandbox_id: str, container_id: str) -> str:
+    """Where the exit status of container ``container_id`` of a sandbox is recorded:
+    ``exit`` for the root container (whose id is the sandbox's), ``exit-<id>`` else."""
+    if container_id == sandbox_id:
+        return os.path.join(runtime_dir, "exit")
+    return os.path.join(runtime_dir, "exit-" + id_file_name(container_id))
 
 
 def _mount_plan(mount: Mapping[str, Any], bundle: str) -> MountPlan:
@@ -305,4 +328,34 @@ def build_plan(
         init=_init_plan(container_id, spec, bundle, compile_seccomp=compile_seccomp),
         hostname=spec.get("hostname") if new_uts else None,
         domainname=spec.get("domainname") if new_uts else None,
+    )
+
+
+def build_container_plan(
+    *,
+    container_id: str,
+    sandbox_id: str,
+    spec: Mapping[str, Any],
+    bundle: str,
+    runtime_dir: str,
+    compile_seccomp: SeccompCompiler,
+) -> ContainerPlan:
+    """The plan of container ``container_id`` joining sandbox ``sandbox_id`` (a pod).
+
+    ``runtime_dir`` is the sandbox's. The container shares the sandbox's PID,
+    network, IPC, UTS (and user) namespaces whatever its spec's
+    ``linux.namespaces`` say (CRI runtimes list the pause container's there);
+    only a new ``cgroup`` one (no path) counts: the container gets a cgroup
+    namespace rooted at its own cgroup. ``hostname`` and ``domainname`` are the
+    sandbox's.
+    """
+    if container_id == sandbox_id:
+        raise ValueError(f"container {container_id!r} is the root of its sandbox")
+    linux = spec.get("linux") or {}
+    new = {ns["type"] for ns in linux.get("namespaces") or [] if not ns.get("path")}
+    return ContainerPlan(
+        sandbox_id=sandbox_id,
+        init=_init_plan(container_id, spec, bundle, compile_seccomp=compile_seccomp),
+        exit_file=container_exit_file(runtime_dir, sandbox_id, container_id),
+        new_cgroup_namespace="cgroup" in new,
     )

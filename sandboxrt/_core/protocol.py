@@ -25,6 +25,7 @@ __all__ = [
     "MAX_MESSAGE",
     "PROCESS_FIELDS",
     "CapabilityPlan",
+    "ContainerPlan",
     "DevicePlan",
     "ExecPlan",
     "ExitStatus",
@@ -279,6 +280,27 @@ class SandboxPlan(_Message):
 
 
 @dataclasses.dataclass(frozen=True)
+class ContainerPlan(_Message):
+    """A container joining a living sandbox (a pod's subcontainer).
+
+    It shares the sandbox's PID, network, IPC and UTS namespaces; its init,
+    forked by the supervisor on a ``create-container`` request, makes a mount
+    namespace of its own (and a cgroup namespace, when asked) as a root
+    container's init does.
+    """
+
+    kind: ClassVar[str] = "container-plan"
+
+    sandbox_id: str
+    init: InitPlan
+    #: Where the supervisor records the container's exit status (atomic JSON).
+    exit_file: str
+    new_cgroup_namespace: bool = False
+    #: As :attr:`SandboxPlan.autostart`: ``started`` (or ``error``) follows ``created``.
+    autostart: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class Launched(_Message):
     """The launched process forked the supervisor: its pid on the host, and its start
     time (``/proc/PID/stat`` field 22), read by its parent while it could not be reaped."""
@@ -323,9 +345,21 @@ class Request(_Message):
     """A control request. ``op`` is one of :attr:`OPS`."""
 
     kind: ClassVar[str] = "request"
-    OPS: ClassVar[frozenset[str]] = frozenset({"ping", "start", "wait", "signal", "exec", "launch"})
+    OPS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "ping",
+            "start",
+            "wait",
+            "signal",
+            "exec",
+            "launch",
+            "create-container",
+            "destroy-container",
+        }
+    )
 
     op: str
+    #: The container of the sandbox the request is about; empty: the root container.
     container_id: str = ""
     signal: int = 0
     all: bool = False
@@ -349,6 +383,9 @@ class Request(_Message):
     #: ``signal``: the foreground process group of the terminal that ``pid`` (the init
     #: when 0, or an exec'd process with a tty) holds, as ``tcgetpgrp`` names it.
     foreground: bool = False
+    #: ``create-container``: the subcontainer to make (its stdio fds come alongside, none
+    #: with a terminal). The supervisor answers with :class:`Progress` steps, as at launch.
+    container: ContainerPlan | None = None
 
     def __post_init__(self) -> None:
         if self.op not in self.OPS:
@@ -377,6 +414,7 @@ _KINDS: dict[str, type[_Message]] = {
         InitPlan,
         ExecPlan,
         SandboxPlan,
+        ContainerPlan,
         Launched,
         Progress,
         ExitStatus,

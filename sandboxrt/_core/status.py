@@ -46,6 +46,8 @@ class Operation(enum.StrEnum):
     PROCESSES = "processes"
     STATS = "stats"
     DESTROY = "destroy"
+    #: Add a subcontainer to the sandbox whose root this container is (a pod).
+    ADD_CONTAINER = "add-container"
 
 
 _S = Status
@@ -72,6 +74,7 @@ ALLOWED_BY_OPERATION: Mapping[Operation, frozenset[Status]] = {
     Operation.PROCESSES: frozenset({_S.RUNNING, _S.PAUSED}),
     Operation.STATS: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
     Operation.DESTROY: frozenset(_S),
+    Operation.ADD_CONTAINER: frozenset({_S.CREATED, _S.RUNNING}),
 }
 
 #: How an operation is named in error messages ("cannot <verb> container ...").
@@ -80,6 +83,7 @@ _VERBS: Mapping[Operation, str] = {
     Operation.EXEC: "exec in",
     Operation.PROCESSES: "list the processes of",
     Operation.STATS: "read the stats of",
+    Operation.ADD_CONTAINER: "add a container to",
 }
 
 

@@ -224,6 +224,20 @@ def _default_signals(mask: Iterable[int] = ()) -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
+def _drop_handlers(mask: Iterable[int]) -> None:
+    """Forget the Python signal handlers (and wakeup fd) of the process that forked us,
+    then set the signal mask to ``mask``. Ignored signals stay ignored until
+    :func:`_default_signals`: the init still writes to hooks' pipes (SIGPIPE)."""
+    signal.set_wakeup_fd(-1)
+    for sig in signal.valid_signals():
+        try:
+            if callable(signal.getsignal(sig)):
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):  # signals Python may not touch
+            continue
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def _become(
     plan: ProcessPlan,
     executable: str,
@@ -296,14 +310,19 @@ def run_init(
     stdio: Sequence[int],
     *,
     new_cgroup_namespace: bool = False,
+    signal_mask: Iterable[int] | None = None,
 ) -> NoReturn:
     """Build the container and exec its program; never returns.
 
     Joins the container's cgroup first, or once the library made it (see
     :attr:`InitPlan.await_cgroup`), and then makes its cgroup namespace, when
-    ``new_cgroup_namespace``, rooted there.
+    ``new_cgroup_namespace``, rooted there. With ``signal_mask``, forked with
+    every signal blocked: the forking process's signal handlers are dropped,
+    then the mask restored (all dispositions go to default before exec).
     """
     try:
+        if signal_mask is not None:
+            _drop_handlers(signal_mask)
         if not plan.await_cgroup:
             _enter_cgroup(plan.cgroup_procs, new_cgroup_namespace)
         _init_process()
