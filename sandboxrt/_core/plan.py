@@ -150,6 +150,7 @@ def _init_plan(
     bundle: str,
     *,
     compile_seccomp: SeccompCompiler,
+    overlay_size: int = 0,
 ) -> InitPlan:
     process = spec.get("process") or {}
     linux = spec.get("linux") or {}
@@ -166,6 +167,7 @@ def _init_plan(
         container_id=container_id,
         rootfs=os.path.normpath(rootfs),
         readonly_root=bool(root.get("readonly", False)),
+        overlay_size=overlay_size,
         mounts=[_mount_plan(m, bundle) for m in spec.get("mounts") or []],
         devices=[
             DevicePlan(
@@ -271,12 +273,17 @@ def build_plan(
     bundle: str,
     runtime_root: str,
     compile_seccomp: SeccompCompiler,
+    overlay_size: int = 0,
 ) -> SandboxPlan:
     """The plan of a new sandbox whose root container is ``container_id``.
 
     ``compile_seccomp`` turns ``linux.seccomp`` into the BPF program the init
     loads: a required hook, so that no plan ever leaves a filter out.
+    ``overlay_size`` (bytes) makes the root an overlay of the rootfs with a
+    tmpfs upper layer of that size; 0 mounts the rootfs itself.
     """
+    if overlay_size < 0:
+        raise ValueError(f"overlay_size must not be negative, not {overlay_size}")
     linux = spec.get("linux") or {}
     namespaces = [[ns["type"], ns.get("path") or ""] for ns in linux.get("namespaces") or []]
     kinds = dict(namespaces)
@@ -294,7 +301,13 @@ def build_plan(
         control_socket=control_socket,
         exit_file=exit_file,
         namespaces=namespaces,
-        init=_init_plan(container_id, spec, bundle, compile_seccomp=compile_seccomp),
+        init=_init_plan(
+            container_id,
+            spec,
+            bundle,
+            compile_seccomp=compile_seccomp,
+            overlay_size=overlay_size,
+        ),
         hostname=spec.get("hostname") if new_uts else None,
         domainname=spec.get("domainname") if new_uts else None,
     )

@@ -202,6 +202,9 @@ class InitPlan(ProcessPlan, _Message):
     container_id: str
     rootfs: str
     readonly_root: bool = False
+    #: Bytes: the root is an overlay of the rootfs (read-only lower) and a tmpfs of this
+    #: size (upper); 0: the rootfs itself is the root.
+    overlay_size: int = 0
     mounts: list[MountPlan] = dataclasses.field(default_factory=list)
     devices: list[DevicePlan] = dataclasses.field(default_factory=list)
     default_devices: bool = True
@@ -254,7 +257,9 @@ class Progress(_Message):
     """A step of sandbox creation, or its failure.
 
     ``step`` is ``"mounted"`` (runtime hooks may run now), ``"created"`` (init
-    waits for start; a pty master may come with it) or ``"error"``.
+    waits for start; a pty master may come with it) or ``"error"``. Between the
+    init and the supervisor only: ``"overlay"``, with an fd on the overlay
+    root's upper directory, which the supervisor keeps.
     """
 
     kind: ClassVar[str] = "progress"
@@ -276,10 +281,16 @@ class ExitStatus(_Message):
 
 @dataclasses.dataclass(frozen=True)
 class Request(_Message):
-    """A control request. ``op`` is one of :attr:`OPS`."""
+    """A control request. ``op`` is one of :attr:`OPS`.
+
+    ``upper`` asks for the overlay root's upper directory: the reply carries an
+    fd on it (``O_RDONLY | O_DIRECTORY``), or fails with ``NoOverlay``.
+    """
 
     kind: ClassVar[str] = "request"
-    OPS: ClassVar[frozenset[str]] = frozenset({"ping", "start", "wait", "signal", "exec", "launch"})
+    OPS: ClassVar[frozenset[str]] = frozenset(
+        {"ping", "start", "wait", "signal", "exec", "launch", "upper"}
+    )
 
     op: str
     container_id: str = ""

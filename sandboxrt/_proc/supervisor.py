@@ -139,6 +139,8 @@ class Supervisor:
         self.stdio = stdio
         self.init_pid = 0
         self.init_sync: socket.socket | None = None
+        #: An fd on the overlay root's upper directory (from the init), or -1.
+        self.upper = -1
         self.returncode: int | None = None
         self.waiters: list[socket.socket] = []
         self.selector = selectors.DefaultSelector()
@@ -235,6 +237,9 @@ class Supervisor:
                 step, fds = channel.receive(self.init_sync, Progress)
             except channel.ChannelClosedError:
                 step, fds = Progress("error", error="the container's init died"), []
+            if step.step == "overlay" and len(fds) == 1 and self.upper < 0:
+                self.upper = fds[0]  # ours to keep, for the library's "upper" requests
+                continue
             self.report(step, fds)
             channel.close_fds(fds)
             if step.step == "mounted":
@@ -338,6 +343,13 @@ class Supervisor:
                 return self._signal_exec(request.pid, request.signal, group=request.group)
             self._signal(request.signal, everyone=request.all, group=request.group)
             return Reply(True)
+        if request.op == "upper":
+            if self.upper < 0:
+                error = "the container has no overlay root"
+                return Reply(False, error=error, error_type="NoOverlay")
+            with contextlib.suppress(OSError):
+                channel.send(conn, Reply(True), [self.upper])  # the peer gets its own fd
+            return None
         if request.op == "exec":
             reply, pty = self._exec(request, fds)
             try:
