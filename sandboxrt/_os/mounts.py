@@ -430,7 +430,8 @@ def overlay_root(rootfs: str, size: int, *, container_id: str) -> int:
             raise MissingFeatureError(
                 f"an overlay root on {rootfs}",
                 f'container "{container_id}": kernel overlayfs refused this rootfs as its'
-                f" lower layer ({exc}); the fallback, fuse-overlayfs, is not supported",
+                f" lower layer ({exc}; is it on a stacked overlay, or a filesystem overlayfs"
+                " cannot use?); the fallback, fuse-overlayfs, is not supported",
             ) from None
         try:
             syscalls.move_mount(overlay, lower)

@@ -288,7 +288,8 @@ def fsconfig(fs_fd: int, cmd: int, key: str | None = None, value: str | int | No
     if result < 0:
         err = ctypes.get_errno()
         detail = _fs_log(fs_fd)
-        what = f"fsconfig {key or cmd}: {os.strerror(err)}"
+        name = key or ("create" if cmd == FSCONFIG_CMD_CREATE else str(cmd))
+        what = f"fsconfig {name}: {os.strerror(err)}"
         raise OSError(err, f"{what} ({detail})" if detail else what)
 
 
