@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import resource
 import subprocess
 import sys
 import tarfile
@@ -420,3 +421,37 @@ def test_config_is_recorded(store: FileStore, bundle: BundleFactory) -> None:
         assert record.config["overlay"] is True
         assert record.config["overlay_size"] == 3 * MIB
         assert container.config == attrs.evolve(Config(), overlay=True, overlay_size=3 * MIB)
+
+
+class _Counter(io.RawIOBase):
+    """A write-only sink that keeps only a count and a hash of what it got."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.hash = hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.count += len(data)
+        self.hash.update(data)
+        return len(data)
+
+
+@needs_root
+@needs_busybox
+def test_export_streams_large_files_in_constant_memory(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """A 192 MiB file goes out without this process's peak RSS growing by its size."""
+    path = bundle(["sleep", "1000"])
+    with running(store, path, "big", overlay(256 * MIB)) as container:
+        done = sh(container, "dd if=/dev/zero of=/big bs=1048576 count=192 2>/dev/null")
+        assert done.returncode == 0, done.stderr
+        peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        sink = _Counter()
+        container.export_changes(sink)  # type: ignore[arg-type]
+        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - peak_before
+    assert sink.count > 192 * MIB
+    assert grown < 32 * MIB, f"peak RSS grew by {grown // MIB} MiB"
