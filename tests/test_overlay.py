@@ -127,12 +127,12 @@ def test_the_plan_carries_the_overlay_size(bundle: BundleFactory) -> None:
         "runtime_root": "/run/x",
         "compile_seccomp": lambda _s: b"\0" * 8,
     }
-    assert build_plan(**common).init.overlay_size == 0  # type: ignore[arg-type]
-    sized = build_plan(**common, overlay_size=3 * MIB)  # type: ignore[arg-type]
+    assert build_plan(**common).init.overlay_size == 0
+    sized = build_plan(**common, overlay_size=3 * MIB)
     assert sized.init.overlay_size == 3 * MIB
     assert sized.init.rootfs == str(path / "rootfs")
     with pytest.raises(ValueError, match="negative"):
-        build_plan(**common, overlay_size=-1)  # type: ignore[arg-type]
+        build_plan(**common, overlay_size=-1)
 
 
 def test_a_refused_overlay_reaches_the_library_as_missing_feature() -> None:
