@@ -43,7 +43,7 @@ if TYPE_CHECKING:
         SystemCallError,
         WaitTimeoutError,
     )
-    from sandboxrt.process import Process
+    from sandboxrt.process import Process, ProcessInfo
     from sandboxrt.sandbox import Sandbox
     from sandboxrt.stores import FileStore, MemoryStore, MetadataStore, default_root
 
@@ -74,6 +74,7 @@ __all__ = [
     "Operation",
     "Process",
     "ProcessError",
+    "ProcessInfo",
     "ProcessNotFoundError",
     "ProcessTimeoutError",
     "ProtocolError",
@@ -115,6 +116,7 @@ _HOMES = {
     "OCIState": "sandboxrt.container",
     "Stats": "sandboxrt.container",
     "Process": "sandboxrt.process",
+    "ProcessInfo": "sandboxrt.process",
     "Sandbox": "sandboxrt.sandbox",
     "FileStore": "sandboxrt.stores",
     "MemoryStore": "sandboxrt.stores",

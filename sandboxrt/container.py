@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dataclasses
 import datetime as _dt
 import functools
@@ -25,10 +26,11 @@ from sandboxrt._core.plan import UserArg, build_plan, exec_plan
 from sandboxrt._core.records import ContainerRecord
 from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
 from sandboxrt._core.status import Operation, Status, require
-from sandboxrt._os import cgroups
+from sandboxrt._os import cgroups, procfs
 from sandboxrt._os.seccomp import compile_bpf
 from sandboxrt._proc import hooks
 from sandboxrt._proc.launcher import Launcher
+from sandboxrt._signals import DEFAULT_FORWARDED, SignalForwarder
 from sandboxrt._stdio import StdioArg, StdioPlan
 from sandboxrt.config import Config
 from sandboxrt.errors import (
@@ -38,10 +40,12 @@ from sandboxrt.errors import (
     MissingFeatureError,
     NoOverlayError,
     ProcessError,
+    ProcessNotFoundError,
     ProcessTimeoutError,
     SandboxDiedError,
+    SystemCallError,
 )
-from sandboxrt.process import Process
+from sandboxrt.process import Process, ProcessInfo, process_infos
 from sandboxrt.sandbox import Sandbox
 from sandboxrt.stores import FileStore, MetadataStore
 
@@ -80,7 +84,7 @@ class OCIState:
 
 @attrs.frozen
 class Stats:
-    """Resource usage of a container's cgroup (its supervisor included), as read now.
+    """Resource usage of a container's cgroup (its supervisor stays outside), as read now.
 
     CPU times are nanoseconds (user and system counted in clock ticks, 10 ms,
     on cgroup v1); memory figures are bytes. A ``None`` limit is unlimited;
@@ -155,8 +159,8 @@ class Container:
         supervisor joins before forking the init. Without any cgroup hierarchy
         mounted this raises :class:`MissingFeatureError`, unless the spec sets
         neither ``linux.resources`` nor ``linux.cgroupsPath``: then it runs
-        without a cgroup. Device rules are enforced on cgroup v1 only (see
-        ``sandboxrt._cgroup``).
+        without a cgroup. Device rules are enforced on cgroup v1 (devices
+        controller) and v2 (an eBPF device program; see ``sandboxrt._cgroup``).
         """
         return cls._create(id, bundle, options, autostart=False)
 
@@ -218,28 +222,36 @@ class Container:
             container = cls(record, store)
             stdio: StdioPlan | None = None
             pty: int | None = None
-            try:
-                cgroup = (
-                    _cgroup.create(cgroup_request, id, _cgroup.scope_for(store.runtime_dir))
-                    if cgroup_request
-                    else None
+
+            def make_cgroup() -> list[str]:
+                assert cgroup_request is not None
+                scope = _cgroup.scope_for(store.runtime_dir)
+                cgroup = _cgroup.create(cgroup_request, id, scope)
+                if cgroup is None:
+                    return []
+                # Recorded at once: a destroy after a crash from here on removes it.
+                container._record = attrs.evolve(container._record, cgroup=cgroup.to_dict())
+                store.save(container._record)
+                return _cgroup.procs_files(cgroup)
+
+            if cgroup_request is not None:
+                # Made while the sandbox starts: the init joins it after its mounts.
+                plan = dataclasses.replace(
+                    plan, init=dataclasses.replace(plan.init, await_cgroup=True)
                 )
-                if cgroup is not None:
-                    # Recorded at once: a destroy after a crash from here on removes it.
-                    record = container._record = attrs.evolve(record, cgroup=cgroup.to_dict())
-                    store.save(record)
-                    plan = dataclasses.replace(plan, cgroup_procs=_cgroup.procs_files(cgroup))
+            try:
                 stdio = StdioPlan(stdin, stdout, stderr)
                 sandbox, pty = Sandbox.launch(
                     plan,
                     stdio.child_fds,
                     launcher=launcher,
                     on_mounted=container._run_runtime_hooks,
+                    make_cgroup=make_cgroup,
                     timeout=config.create_timeout,
                 )
                 stdio.close_child_ends()
                 container._record = attrs.evolve(
-                    record,
+                    container._record,
                     sandbox=sandbox.supervisor,
                     runtime_dir=sandbox.runtime_dir,
                 ).with_status(Status.CREATED)
@@ -382,38 +394,209 @@ class Container:
             raise ContainerNotFoundError(self.id)
         return sandbox.wait(self.id, timeout)
 
-    def kill(self, sig: int = _signal.SIGTERM, *, all: bool = False) -> None:
+    def kill(
+        self, sig: int = _signal.SIGTERM, *, all: bool = False, foreground: bool = False
+    ) -> None:
         """Send ``sig`` to the init, or with ``all=True`` to every process of the container.
+
+        With ``foreground=True`` it goes to the foreground process group of the
+        init's terminal instead (``process.terminal``; like ``runsc kill --fg``).
 
         ``all=True`` is allowed on a stopped container, to clean up leftovers.
         It goes through the container's cgroup, so forks cannot escape:
-        ``SIGKILL`` kills every process (the supervisor too, which ends the
-        sandbox) and returns once none is left; other signals reach every
-        process but the supervisor. Without a cgroup the supervisor signals
-        the processes of its PID namespace (or its descendants).
+        ``SIGKILL`` kills every process and returns once none is left; other
+        signals reach every process but the supervisor. Without a cgroup the
+        supervisor signals the processes of its PID namespace (or its
+        descendants).
+
+        A paused container takes signals as ``runc kill`` does: they stay
+        pending until :meth:`resume`. ``SIGKILL`` (with or without ``all``)
+        also thaws it, since frozen processes do not die on cgroup v1: the
+        container reads ``running`` until its init's death is recorded, then
+        ``stopped``.
         """
+        if all and foreground:
+            raise ValueError("kill: all and foreground exclude each other")
         with self._locked() as sandbox:
             status = _effective_status(self._record, sandbox)
             require(Operation.KILL_ALL if all else Operation.KILL, self.id, status)
-            if all and self._record.cgroup is not None:
-                running = sandbox is not None and sandbox.is_running()
-                _cgroup.signal_all(
-                    self._record.cgroup,
-                    self.id,
-                    int(sig),
-                    spare=sandbox.pid if sandbox is not None and running else None,
-                    timeout=self._destroy_timeout(),
-                )
-                return
-            if sandbox is None or not sandbox.is_running():
-                return
+            paused = status is Status.PAUSED
             try:
-                sandbox.signal(self.id, int(sig), all=all)
-            except (SandboxDiedError, InitError):
-                # It stopped meanwhile: answer as if it had stopped before the call.
-                if _effective_status(self._record, sandbox) is not Status.STOPPED:
-                    raise
-                require(Operation.KILL_ALL if all else Operation.KILL, self.id, Status.STOPPED)
+                self._signal(sandbox, int(sig), all=all, paused=paused, foreground=foreground)
+            finally:
+                if paused and sig == _signal.SIGKILL:
+                    _cgroup.thaw(self._record.cgroup, self.id)
+                    self._record = self._record.with_status(Status.RUNNING)
+                    self._store.save(self._record)
+
+    def _signal(
+        self, sandbox: Sandbox | None, sig: int, *, all: bool, paused: bool, foreground: bool
+    ) -> None:
+        """:meth:`kill` under the lock, the status checked."""
+        if all and self._record.cgroup is not None:
+            running = sandbox is not None and sandbox.is_running()
+            _cgroup.signal_all(
+                self._record.cgroup,
+                self.id,
+                sig,
+                spare=sandbox.pid if sandbox is not None and running else None,
+                timeout=self._destroy_timeout(),
+                paused=paused,
+            )
+            return
+        if sandbox is None or not sandbox.is_running():
+            return
+        try:
+            sandbox.signal(self.id, sig, all=all, foreground=foreground)
+        except (SandboxDiedError, InitError):
+            # It stopped meanwhile: answer as if it had stopped before the call.
+            if _effective_status(self._record, sandbox) is not Status.STOPPED:
+                raise
+            require(Operation.KILL_ALL if all else Operation.KILL, self.id, Status.STOPPED)
+
+    def pause(self) -> None:
+        """Freeze every process of the (running) container, like ``runc pause``.
+
+        Goes through the cgroup freezer (v1 ``freezer.state``, v2
+        ``cgroup.freeze``) and returns once every process is frozen; the
+        status ``paused`` is recorded. The supervisor stays outside the
+        cgroup, so :meth:`state`, :meth:`stats`, :meth:`wait`, :meth:`kill`
+        and :meth:`destroy` keep working; :meth:`exec` is refused. Raises
+        :class:`InvalidStateError` unless running, :class:`MissingFeatureError`
+        without a cgroup freezer. No hooks run.
+        """
+        with self._locked() as sandbox:
+            require(Operation.PAUSE, self.id, _effective_status(self._record, sandbox))
+            _cgroup.freeze(self._record.cgroup, self.id, timeout=self._destroy_timeout())
+            try:
+                self._record = self._record.with_status(Status.PAUSED)
+                self._store.save(self._record)
+            except BaseException:
+                _cgroup.thaw(self._record.cgroup, self.id)
+                raise
+
+    def resume(self) -> None:
+        """Thaw a paused container (``runc resume``): its processes run on, signals
+        sent meanwhile are delivered. Raises :class:`InvalidStateError` unless paused."""
+        with self._locked() as sandbox:
+            require(Operation.RESUME, self.id, _effective_status(self._record, sandbox))
+            _cgroup.thaw(self._record.cgroup, self.id)
+            self._record = self._record.with_status(Status.RUNNING)
+            self._store.save(self._record)
+
+    # -- processes of the container -----------------------------------------------------
+    #
+    # Pids are those of the sandbox's PID namespace (the supervisor is 1 there), as
+    # ``Process.pid`` and ``runsc`` give them; ``ProcessInfo.host_pid`` is the host's.
+
+    def wait_pid(self, pid: int, timeout: float | None = None) -> int:
+        """Wait for process ``pid`` of the container to exit; its exit code (``-N``: signal N).
+
+        ``pid`` is the init or a process exec'd into the container, in the
+        sandbox's PID namespace (``Process.pid``, ``ProcessInfo.pid``). Works
+        from any process that can load the container, and again with the same
+        answer while the supervisor keeps the status (the latest 4096 waited
+        ones). Raises :class:`ProcessNotFoundError` for any other pid and
+        :class:`ProcessTimeoutError` after ``timeout`` seconds. Once the
+        sandbox is gone, its processes died with it: ``-9``, but the init's
+        recorded status for the init.
+        """
+        pid = _process_pid(self.id, pid)
+        self._refresh()
+        sandbox = self.sandbox
+        if sandbox is None:
+            raise ContainerNotFoundError(self.id)
+        try:
+            code = sandbox.wait_process(self.id, pid, timeout)
+        except TimeoutError:
+            raise ProcessTimeoutError(self.id, [], timeout or 0.0, pid=pid) from None
+        assert code is not None
+        return code
+
+    def signal_process(
+        self, pid: int, sig: int, *, group: bool = False, foreground: bool = False
+    ) -> None:
+        """Send ``sig`` to process ``pid`` of the container (sandbox PID namespace).
+
+        Any process of the container is accepted: the supervisor checks that
+        ``pid`` is in the container's cgroup (without one: among its own
+        descendants), never itself or a process of the host, and signals it
+        through a pidfd; else :class:`ProcessNotFoundError`. ``group`` signals
+        its process group; ``foreground`` the foreground process group of the
+        terminal ``pid`` holds (the init with ``process.terminal``, or a
+        process exec'd with ``tty=True``).
+        """
+        pid = _process_pid(self.id, pid)
+        self._refresh()
+        sandbox = self.sandbox
+        require(Operation.KILL, self.id, _effective_status(self._record, sandbox))
+        assert sandbox is not None
+        sandbox.signal_process(self.id, pid, int(sig), group=group, foreground=foreground)
+
+    def processes(self) -> builtins.list[ProcessInfo]:
+        """The container's processes now, like ``runc ps``, sorted by pid.
+
+        Read from ``/proc`` on this side: the members of the container's
+        cgroup (without one: the supervisor's descendants). The supervisor,
+        PID 1 of the sandbox and not the container's, is left out; the
+        container's init is the supervisor's child (``ppid`` 1).
+        """
+        self._refresh()
+        sandbox = self.sandbox
+        running = sandbox is not None and sandbox.is_running()
+        supervisor = sandbox.pid if sandbox is not None and running else None
+        if self._record.cgroup is not None:
+            host_pids = cgroups.load(self._record.cgroup, container_id=self.id).pids()
+        elif supervisor is not None:
+            host_pids = procfs.descendants(supervisor)
+        else:
+            host_pids = []
+        return process_infos(host_pids, supervisor)
+
+    def forward_signals(
+        self,
+        process: Process | int | None = None,
+        signals: Sequence[int] = DEFAULT_FORWARDED,
+        *,
+        foreground: bool = False,
+    ) -> SignalForwarder:
+        """A context manager that relays this process's ``signals`` to a container process.
+
+        The target is the container's init (``None``), an exec'd
+        :class:`Process`, or a pid (sandbox PID namespace); with
+        ``foreground`` the foreground process group of its terminal. The
+        previous handlers come back on exit. Main thread only
+        (``RuntimeError`` otherwise). SIGWINCH resizes the target's pty to the
+        caller's terminal when both exist (the pty is the :class:`Process`'s
+        ``console`` or, for the init, :attr:`console`); otherwise it is relayed.
+        Relays go straight to the supervisor, without the container's lock.
+        """
+        self._refresh()
+        sandbox = self.sandbox
+        require(Operation.KILL, self.id, _effective_status(self._record, sandbox))
+        assert sandbox is not None
+        console = self.console
+        if isinstance(process, Process):
+            target = process
+            console = process.console
+
+            def send(sig: int) -> None:
+                target.send_signal(sig, foreground=foreground)
+
+        elif process is None:
+
+            def send(sig: int) -> None:
+                sandbox.signal(self.id, sig, foreground=foreground)
+
+        else:
+            pid = _process_pid(self.id, process)
+            console = None
+
+            def send(sig: int) -> None:
+                sandbox.signal_process(self.id, pid, sig, foreground=foreground)
+
+        name = f"container {self.id!r}" + (f" process {process}" if process is not None else "")
+        return SignalForwarder(send, signals, console=console, target=name)
 
     # -- exec'd processes ------------------------------------------------------------
 
@@ -436,7 +619,11 @@ class Container:
         ``noNewPrivileges``, seccomp, rlimits, umask, env, cwd) with these
         overrides: ``env`` (a mapping or ``KEY=value`` strings) replaces the
         environment; ``cwd`` is an absolute path in the container; ``user`` is
-        a uid or ``"uid[:gid]"`` (gid 0 unless given, no additional gids). It
+        a uid, ``(uid, gid)`` (taken as is), or ``"user[:group]"`` with names
+        or ids, looked up in the container's own ``/etc/passwd`` and
+        ``/etc/group`` as ``runc exec --user`` does (a user found there brings
+        its primary gid and, without a group, the groups listing it as
+        supplementary ones; an unknown name raises :class:`ExecError`). It
         joins the container's namespaces, root and cgroup, leads a process
         group of its own, and ``args[0]`` is looked up in the env's ``PATH``.
 
@@ -448,7 +635,7 @@ class Container:
 
         Returns once the program runs; raises :class:`ExecError` when it could
         not be started (a missing binary...), :class:`InvalidStateError`
-        unless the container is created or running. Works from any process
+        unless the container is created or running (not paused). Works from any process
         that can load the container: everything goes through its control socket.
         """
         if tty and any(arg is not None for arg in (stdin, stdout, stderr)):
@@ -622,7 +809,8 @@ class Container:
             os.close(upper)
 
     def destroy(self) -> None:
-        """Kill everything of the container and remove all it left; a no-op when gone."""
+        """Kill everything of the container (paused ones too) and remove all it left;
+        a no-op when gone."""
         try:
             with self._locked():
                 self._teardown()
@@ -648,9 +836,24 @@ class Container:
         """Destroy under the lock: sandbox, runtime files, cgroup, record, then poststop hooks.
 
         The cgroup goes once the sandbox is gone: what is left in it (a
-        container without a PID namespace of its own) is killed first.
+        container without a PID namespace of its own) is killed first. A
+        paused container's processes are killed through its cgroup first,
+        then thawed.
         """
         sandbox = self.sandbox
+        if self._record.status is Status.PAUSED and self._record.cgroup is not None:
+            # Frozen processes die only once thawed (v1), and the supervisor, PID 1 of
+            # their namespace, cannot end before them: kill them all, which thaws.
+            _cgroup.signal_all(
+                self._record.cgroup,
+                self.id,
+                _signal.SIGKILL,
+                spare=None,
+                timeout=self._destroy_timeout(),
+                paused=True,
+            )
+            with contextlib.suppress(SystemCallError):  # a cgroup already gone
+                _cgroup.thaw(self._record.cgroup, self.id)
         if sandbox is not None:
             sandbox.destroy(timeout=self._destroy_timeout())
         if self._record.cgroup is not None:
@@ -727,6 +930,16 @@ class _Locked:
 
     def __exit__(self, *exc: object) -> None:
         self._lock.__exit__(*exc)  # type: ignore[arg-type]
+
+
+def _process_pid(container_id: str, pid: int) -> int:
+    """``pid`` as a process's pid: never 0 or less (a process group, or "the init" to the
+    supervisor's protocol)."""
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise TypeError(f"a pid must be an int, not {type(pid).__name__}")
+    if pid <= 0:
+        raise ProcessNotFoundError(container_id, pid)
+    return pid
 
 
 def _effective_status(record: ContainerRecord, sandbox: Sandbox | None) -> Status:

@@ -240,7 +240,8 @@ class ExecError(SandboxrtError):
 
 
 class ProcessNotFoundError(SandboxrtError, ProcessLookupError):
-    """A pid is not a process of the container (the init or one exec'd), or ``exited``."""
+    """A pid is not a process of the container, or ``exited``, or has no terminal for a
+    foreground signal. Waits accept only the init and processes exec'd into the container."""
 
     def __init__(
         self, container_id: str, pid: int, detail: str = "", *, exited: bool = False

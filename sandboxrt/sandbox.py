@@ -115,14 +115,17 @@ class Sandbox:
         *,
         launcher: Launcher | None = None,
         on_mounted: Callable[[Sandbox], dict[str, Any]] | None = None,
+        make_cgroup: Callable[[], list[str]] | None = None,
         timeout: float | None = None,
     ) -> tuple[Sandbox, int | None]:
         """Start a sandbox for ``plan``; returns it and the pty master, if any.
 
-        ``on_mounted`` runs (in this process) once the container's mounts are
-        made and before ``pivot_root``: the place of prestart and createRuntime
-        hooks. It returns the OCI state the createContainer hooks get.
-        On any failure nothing is left behind.
+        ``make_cgroup`` (for a plan whose init has ``await_cgroup``) runs in this
+        process while the sandbox starts, and returns the ``cgroup.procs`` files
+        the init joins. ``on_mounted`` runs (in this process) once the
+        container's mounts are made and before ``pivot_root``: the place of
+        prestart and createRuntime hooks. It returns the OCI state the
+        createContainer hooks get. On any failure nothing is left behind.
         """
         container_id = plan.init.container_id
         # The caller holds the container's lock and has just made its record: a runtime
@@ -155,6 +158,7 @@ class Sandbox:
                 os.close(log_fd)
             launched = process
             with ours:
+                failed = cls._make_cgroup(ours, make_cgroup) if plan.init.await_cgroup else None
                 first, _ = cls._next(ours, container_id, plan.runtime_dir, Launched, Progress)
                 if isinstance(first, Progress):
                     raise cls._failure(container_id, first)
@@ -162,6 +166,8 @@ class Sandbox:
                 sandbox = cls(plan.sandbox_id, _identity(first, container_id), plan.runtime_dir)
                 process.wait()
                 launched = None
+                if failed is not None:
+                    raise failed
                 return sandbox, sandbox._follow_creation(
                     ours, container_id, on_mounted, plan.autostart
                 )
@@ -172,6 +178,23 @@ class Sandbox:
                 _reap(launched)
             shutil.rmtree(plan.runtime_dir, ignore_errors=True)
             raise
+
+    @staticmethod
+    def _make_cgroup(
+        sock: socket.socket, make_cgroup: Callable[[], list[str]] | None
+    ) -> BaseException | None:
+        """Make the cgroup while the sandbox starts, and tell its init which to join;
+        on failure the init is told to give up, and the error returned (raised once the
+        sandbox is known, so that it is destroyed). A sandbox that is gone already is
+        reported by what follows."""
+        failed: BaseException | None = None
+        try:
+            step = Progress("cgroup", details={"procs": make_cgroup() if make_cgroup else []})
+        except BaseException as exc:
+            failed, step = exc, Progress("cancel", error=f"making the cgroup failed: {exc}")
+        with contextlib.suppress(OSError):
+            channel.send(sock, step)
+        return failed
 
     @staticmethod
     def _next(
@@ -233,13 +256,18 @@ class Sandbox:
 
     def exit_status(self) -> int | None:
         """The root container's recorded exit status, if it has exited."""
+        record = self.exit_record()
+        return None if record is None else record.returncode
+
+    def exit_record(self) -> ExitStatus | None:
+        """The root container's recorded exit (status and init pid), if it has exited."""
         try:
             with open(self.exit_file, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             return None
         try:
-            return decode(data, ExitStatus).returncode
+            return decode(data, ExitStatus)
         except ValueError as exc:
             raise ProtocolError(f'sandbox "{self.id}": unreadable exit status: {exc}') from exc
 
@@ -279,9 +307,13 @@ class Sandbox:
         """Release the container's init: it runs startContainer hooks, then execs."""
         self._checked(container_id, Request("start", container_id, state=state))
 
-    def signal(self, container_id: str, signum: int, *, all: bool = False) -> None:
-        """Signal the container's init, or with ``all`` every process of the container."""
-        self._checked(container_id, Request("signal", container_id, signal=signum, all=all))
+    def signal(
+        self, container_id: str, signum: int, *, all: bool = False, foreground: bool = False
+    ) -> None:
+        """Signal the container's init, or with ``all`` every process of the container,
+        or with ``foreground`` the foreground process group of the init's terminal."""
+        request = Request("signal", container_id, signal=signum, all=all, foreground=foreground)
+        self._checked(container_id, request)
 
     def wait(self, container_id: str, timeout: float | None = None) -> int:
         """Block until the container's init exits; its exit code (``-N``: signal N)."""
@@ -344,12 +376,15 @@ class Sandbox:
         ``None`` with ``nohang`` while it runs. Raises ``TimeoutError`` after
         ``timeout`` seconds, :class:`ProcessNotFoundError` for a pid that is not
         the container's. A sandbox that is gone took its processes with it:
-        ``-SIGKILL``.
+        ``-SIGKILL``, but for the init, whose recorded status is read.
         """
         request = Request("wait", container_id, pid=pid, nohang=nohang)
         try:
             reply = self.request(container_id, request, timeout)
         except SandboxDiedError:
+            record = self.exit_record()
+            if record is not None and record.pid == pid:
+                return record.returncode
             return KILLED_RETURNCODE
         if not reply.ok:
             raise remote_error(container_id, reply.error_type, reply.error, reply.details)
@@ -358,13 +393,24 @@ class Sandbox:
         return reply.returncode
 
     def signal_process(
-        self, container_id: str, pid: int, signum: int, *, group: bool = False
+        self,
+        container_id: str,
+        pid: int,
+        signum: int,
+        *,
+        group: bool = False,
+        foreground: bool = False,
     ) -> None:
-        """Signal process ``pid`` of the container, or with ``group`` its process group.
+        """Signal process ``pid`` of the container (a pid of the sandbox's PID namespace),
+        with ``group`` its process group, with ``foreground`` the foreground process
+        group of the terminal it holds (an exec'd process with a tty, or the init).
 
-        Raises :class:`ProcessNotFoundError` (``exited`` set) once it has exited.
+        The supervisor checks that ``pid`` is the container's: else, or once it
+        has exited (``exited`` set), :class:`ProcessNotFoundError`.
         """
-        request = Request("signal", container_id, signal=signum, pid=pid, group=group)
+        request = Request(
+            "signal", container_id, signal=signum, pid=pid, group=group, foreground=foreground
+        )
         reply = self.request(container_id, request)
         if not reply.ok:
             raise remote_error(container_id, reply.error_type, reply.error, reply.details)

@@ -29,6 +29,7 @@ ALLOWED = frozenset(
         "sandboxrt._core",
         "sandboxrt._core.abi",
         "sandboxrt._core.protocol",
+        "sandboxrt._core.users",
         "sandboxrt._os",
         "sandboxrt._proc",
         "sandboxrt._proc.supervisor",

@@ -1,8 +1,11 @@
-"""Linux ABI constants (namespace, mount, prctl and seccomp flags). Pure numbers."""
+"""Linux ABI constants (namespace, mount, prctl, seccomp and bpf numbers). Pure numbers."""
 
 from __future__ import annotations
 
 __all__ = [
+    "BPF_CGROUP_DEVICE",
+    "BPF_F_ALLOW_MULTI",
+    "BPF_PROG_TYPE_CGROUP_DEVICE",
     "CLONE_NEWCGROUP",
     "CLONE_NEWIPC",
     "CLONE_NEWNET",
@@ -96,3 +99,8 @@ SECCOMP_FILTER_FLAGS = {
     "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 4,
     "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV": 32,
 }
+
+#: ``bpf(2)``: the cgroup device program type, its attach type, and several programs per cgroup.
+BPF_PROG_TYPE_CGROUP_DEVICE = 15
+BPF_CGROUP_DEVICE = 6
+BPF_F_ALLOW_MULTI = 2

@@ -21,6 +21,7 @@ from sandboxrt._core.protocol import (
     SeccompPlan,
 )
 from sandboxrt._core.spec_validate import CAPABILITY_NUMBERS
+from sandboxrt._core.users import MAX_ID, parse_user_spec
 from sandboxrt.errors import MissingFeatureError, SpecError
 
 __all__ = ["SeccompCompiler", "UserArg", "build_plan", "exec_plan", "sandbox_paths"]
@@ -191,23 +192,28 @@ def _init_plan(
     )
 
 
-#: What ``user`` of :func:`exec_plan` accepts: a uid, or ``"uid"``/``"uid:gid"``.
-UserArg = int | str
+#: What ``user`` of :func:`exec_plan` accepts: a uid, ``(uid, gid)``, or a
+#: ``"user[:group]"`` string of names or ids (see ``sandboxrt._core.users``).
+UserArg = int | str | tuple[int, int]
 
 
-def _parse_user(user: UserArg) -> tuple[int, int]:
-    """``(uid, gid)`` from ``1000``, ``"1000"`` or ``"1000:1000"``; the gid defaults to 0."""
+def _parse_user(user: UserArg) -> dict[str, Any]:
+    """The plan fields a ``user`` sets: ``(uid, gid)`` exactly, anything else to be looked
+    up in the container (``user``), with ids as fallbacks that the lookup replaces."""
+    if isinstance(user, tuple):
+        if len(user) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in user):
+            raise TypeError(f"user as a tuple must be (uid, gid), not {user!r}")
+        if not all(0 <= i <= MAX_ID for i in user):
+            raise ValueError(f"user {user!r}: ids must be between 0 and {MAX_ID}")
+        return {"uid": user[0], "gid": user[1], "additional_gids": [], "user": ""}
     if isinstance(user, bool) or not isinstance(user, int | str):
-        raise TypeError(f"user must be an int or a 'uid[:gid]' string, not {type(user).__name__}")
-    parts = [user] if isinstance(user, int) else user.split(":")
-    if len(parts) > 2 or not all(
-        isinstance(p, int) or (p.isascii() and p.isdigit()) for p in parts
-    ):
-        raise ValueError(f"user must be numeric, as 'uid' or 'uid:gid', not {user!r}")
-    ids = [int(p) for p in parts]
-    if any(not 0 <= i < 2**32 - 1 for i in ids):
-        raise ValueError(f"user {user!r}: ids must be between 0 and 4294967294")
-    return ids[0], ids[1] if len(ids) > 1 else 0
+        raise TypeError(
+            f"user must be a uid, (uid, gid) or a 'user[:group]' string, not {type(user).__name__}"
+        )
+    if isinstance(user, int) and not 0 <= user <= MAX_ID:
+        raise ValueError(f"user {user!r}: ids must be between 0 and {MAX_ID}")
+    ids = [int(p) if p.isascii() and p.isdigit() else 0 for p in parse_user_spec(str(user))]
+    return {"uid": ids[0], "gid": ids[1], "additional_gids": [], "user": str(user)}
 
 
 def _env_list(env: Mapping[str, str] | Sequence[str]) -> list[str]:
@@ -243,9 +249,12 @@ def exec_plan(
     It is the spec's ``process`` (user, capabilities, ``noNewPrivileges``,
     seccomp, rlimits, umask, OOM score, env, cwd) with ``args`` and the
     caller's overrides: ``env`` replaces the spec's environment when given;
-    ``cwd`` must be absolute; ``user`` sets the uid and gid (the gid is 0
-    unless given, as ``runc exec --user``) and drops the spec's additional
-    gids. The spec's ``terminal`` is ignored: ``terminal`` says.
+    ``cwd`` must be absolute; ``user`` replaces the spec's uid, gid and
+    additional gids: ``(uid, gid)`` exactly, any other form (``1000``,
+    ``"1000:1000"``, ``"nobody"``, ``"name:group"``) is looked up in the
+    container's own ``/etc/passwd`` and ``/etc/group`` by the exec'd process,
+    as ``runc exec --user`` does (``sandboxrt._core.users``). The spec's
+    ``terminal`` is ignored: ``terminal`` says.
     """
     if isinstance(args, str | bytes) or not args or not all(isinstance(a, str) for a in args):
         raise ValueError("args must be a non-empty sequence of strings")
@@ -260,8 +269,7 @@ def exec_plan(
             raise ValueError(f"cwd must be an absolute path, not {cwd!r}")
         overrides["cwd"] = cwd
     if user is not None:
-        overrides["uid"], overrides["gid"] = _parse_user(user)
-        overrides["additional_gids"] = []
+        overrides.update(_parse_user(user))
     return ExecPlan(**{**_fields(base), **overrides})
 
 

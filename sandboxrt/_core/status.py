@@ -65,8 +65,9 @@ ALLOWED_BY_OPERATION: Mapping[Operation, frozenset[Status]] = {
     Operation.EXEC: frozenset({_S.CREATED, _S.RUNNING}),
     Operation.PAUSE: frozenset({_S.RUNNING}),
     Operation.RESUME: frozenset({_S.PAUSED}),
-    Operation.KILL: frozenset({_S.CREATED, _S.RUNNING}),
-    Operation.KILL_ALL: frozenset({_S.CREATED, _S.RUNNING, _S.STOPPED}),
+    # A paused container takes signals (delivered once it resumes; SIGKILL resumes it).
+    Operation.KILL: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
+    Operation.KILL_ALL: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED, _S.STOPPED}),
     Operation.CHECKPOINT: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
     Operation.PROCESSES: frozenset({_S.RUNNING, _S.PAUSED}),
     Operation.STATS: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),

@@ -49,9 +49,11 @@ __all__ = [
     "default_dev_symlinks",
     "make_mount",
     "mask_paths",
+    "open_fd_table",
     "open_pty",
     "overlay_root",
     "pivot_into",
+    "read_beneath_root",
     "readonly_paths",
     "remount_root_readonly",
     "resolve_beneath_root",
@@ -175,22 +177,30 @@ def _open_root(root: str) -> int:
 
 
 def _fd_dir() -> int:
-    """An ``O_PATH`` fd on this process's ``/proc/<pid>/fd``.
+    """An ``O_PATH`` fd on this process's ``/proc/self/fd``.
 
     Opened on first use, which is before ``pivot_root`` (:func:`bind_rootfs`
     and :func:`pivot_into` make sure of it), so it is the host's procfs and not
     whatever the rootfs has at ``/proc``; it stays usable after the old root is
-    detached.
+    detached. ``self``, not our pid: that procfs may be of a parent PID
+    namespace, where our pid is another (a root built ahead in a warm sandbox).
     """
     global _fd_table
     pid = os.getpid()
     if _fd_table is None or _fd_table[0] != pid:
-        fd = os.open(f"/proc/{pid}/fd", _O_DIR)
+        fd = os.open("/proc/self/fd", _O_DIR)
         if not os.path.samestat(os.stat(str(fd), dir_fd=fd), os.fstat(fd)):
             os.close(fd)
             raise _unsafe("/proc is not this process's procfs", "/proc")
         _fd_table = (pid, fd)
     return _fd_table[1]
+
+
+def open_fd_table() -> None:
+    """Open this process's ``/proc/<pid>/fd`` now, while ``/proc`` is still the runtime's
+    (an exec'd process, before it enters the container's root), for the fd-based opens
+    that follow (:func:`open_pty`, :func:`read_beneath_root`)."""
+    _fd_dir()
 
 
 @contextlib.contextmanager
@@ -480,7 +490,9 @@ def create_devices(root: str, devices: Iterable[DevicePlan]) -> None:
     """Create device nodes beneath ``root``; bind the host's node where mknod is denied.
 
     The parent directory is walked beneath the root; whatever is at the node's
-    name (a symlink included) is replaced, never followed.
+    name (a symlink included) is replaced, never followed: the node is made
+    under a temporary name and renamed over it, so that containers building
+    the same rootfs at once never see it missing.
     """
     kinds = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
     root = os.path.realpath(root)
@@ -491,18 +503,25 @@ def create_devices(root: str, devices: Iterable[DevicePlan]) -> None:
             parent, _ = _walk(root_fd, parent_path, create="dir")
             try:
                 _check_beneath(parent, root, dev.path)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=parent)
                 kind = kinds[dev.type]
+                temporary = f".{name}.sandboxrt-{os.getpid()}"
                 try:
                     old_umask = os.umask(0)
                     try:
                         rdev = os.makedev(dev.major, dev.minor)
-                        os.mknod(name, kind | (dev.mode & 0o7777), rdev, dir_fd=parent)
+                        os.mknod(temporary, kind | (dev.mode & 0o7777), rdev, dir_fd=parent)
                     finally:
                         os.umask(old_umask)
-                    os.chown(name, dev.uid, dev.gid, dir_fd=parent, follow_symlinks=False)
+                    try:
+                        os.chown(temporary, dev.uid, dev.gid, dir_fd=parent, follow_symlinks=False)
+                        os.rename(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
+                    except BaseException:
+                        with contextlib.suppress(OSError):
+                            os.unlink(temporary, dir_fd=parent)
+                        raise
                 except PermissionError:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=parent)
                     _bind_host_device(dev, kind, parent, name, root_fd)
             finally:
                 os.close(parent)
@@ -661,6 +680,31 @@ def resolve_beneath_root(path: str) -> str:
         os.close(root_fd)
     os.close(fd)
     return resolved
+
+
+def read_beneath_root(path: str, limit: int = 4 << 20) -> bytes | None:
+    """The first ``limit`` bytes of the regular file ``path``, resolved beneath ``/`` (after
+    pivot or chroot) as :func:`resolve_beneath_root` does; ``None`` when it is missing.
+
+    Anything but a regular file (a FIFO that would block, a device) is refused.
+    """
+    root_fd = _open_root("/")
+    try:
+        path_fd, _ = _walk(root_fd, path)
+    except FileNotFoundError:
+        return None
+    finally:
+        os.close(root_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(path_fd).st_mode):
+            raise _unsafe("is not a regular file", path)
+        fd = os.open(str(path_fd), os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=_fd_dir())
+    finally:
+        os.close(path_fd)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
 
 
 def chdir_beneath_root(path: str) -> None:

@@ -25,19 +25,30 @@ from typing import NoReturn
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import (
     ExitStatus,
+    InitPlan,
     Launched,
     Progress,
     Reply,
     Request,
     SandboxPlan,
+    decode,
     encode,
 )
 from sandboxrt._os import capabilities, channel, net, procfs, syscalls
-from sandboxrt._proc.init import error_progress, run_exec, run_init
+from sandboxrt._proc.init import (
+    error_progress,
+    join_cgroup,
+    open_cgroup,
+    root_identities,
+    run_exec,
+    run_init,
+    speculate,
+)
 
 __all__ = [
     "PROCESS_NAME",
     "WARM_NAMESPACES",
+    "RootAhead",
     "is_warm_shape",
     "main",
     "warm",
@@ -53,6 +64,8 @@ WAITED_KEPT = 4096
 UNWAITED_KEPT = 65536
 #: How long an exec'd process may take to reach ``execve`` before it is killed (seconds).
 EXEC_START_TIMEOUT = 30.0
+#: How long a root built ahead that will not serve may take to finish before it is killed.
+AHEAD_FINISH_TIMEOUT = 5.0
 
 _RELAYED_SIGNALS = (
     signal.SIGTERM,
@@ -65,12 +78,12 @@ _RELAYED_SIGNALS = (
 )
 
 
-def write_exit_status(path: str, returncode: int) -> None:
-    """Record an exit status atomically (temporary file, then rename)."""
+def write_exit_status(path: str, returncode: int, pid: int = 0) -> None:
+    """Record an exit status (and whose: ``pid``) atomically (temporary file, then rename)."""
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(encode(ExitStatus(returncode)))
+        f.write(encode(ExitStatus(returncode, pid)))
     os.replace(tmp, path)
 
 
@@ -141,6 +154,12 @@ class Supervisor:
         self.init_sync: socket.socket | None = None
         #: An fd on the overlay root's upper directory (from the init), or -1.
         self.upper = -1
+        #: The init was built ahead (:class:`RootAhead`), not forked for this plan.
+        self.adopted = False
+        #: The container's ``cgroup.procs`` files (exec'd processes join them), and the
+        #: files that join it, opened at the first exec.
+        self.cgroup_procs = list(plan.init.cgroup_procs)
+        self.cgroup_fds: list[int] | None = None
         self.returncode: int | None = None
         self.waiters: list[socket.socket] = []
         self.selector = selectors.DefaultSelector()
@@ -159,7 +178,6 @@ class Supervisor:
     # -- setting up ----------------------------------------------------------------------
 
     def setup(self) -> None:
-        self.join_cgroups()
         os.setsid()
         syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # the container must not reach into us
         syscalls.set_process_name(PROCESS_NAME)
@@ -173,31 +191,25 @@ class Supervisor:
             _prepare_namespaces(new)
         self.listener = channel.bind_listener(self.plan.control_socket)
 
-    def join_cgroups(self) -> None:
-        """Move this process into the container's cgroup in every hierarchy.
+    @property
+    def new_cgroup_namespace(self) -> bool:
+        return ["cgroup", ""] in self.plan.namespaces
 
-        Writing ``0`` to ``cgroup.procs`` moves the writer (v1 and v2); the
-        init and everything it forks are born inside. Done first, so that no
-        child is forked outside. Being single-threaded, on v1 we write to
-        ``tasks`` instead (moving the calling thread): the kernel then skips
-        the global threadgroup lock, whose first taking waits for an RCU grace
-        period (5-13 ms measured, a third of a container's whole run).
-        """
-        try:
-            single = len(os.listdir("/proc/self/task")) == 1
-        except OSError:
-            single = False
-        for procs in self.plan.cgroup_procs:
-            tasks = os.path.join(os.path.dirname(procs), "tasks")
-            path = tasks if single and os.path.exists(tasks) else procs
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-                try:
-                    os.write(fd, b"0")
-                finally:
-                    os.close(fd)
-            except OSError as err:
-                raise OSError(err.errno, f"joining the cgroup: {path}: {err.strerror}") from err
+    def adopt_init(self, ahead: RootAhead) -> None:
+        """Take the init that built our root ahead (see :func:`warm`) as the container's."""
+        self.init_pid, self.init_sync = ahead.pid, ahead.sync
+        self.adopted = True
+
+    def hand_plan(self) -> None:
+        """Give an adopted init its cgroup (moved in by us: its root hides the host's
+        cgroupfs), its plan and its stdio; it goes on to ``created``."""
+        assert self.init_sync is not None
+        join_cgroup(self.cgroup_procs, pid=self.init_pid)
+        go = Progress("go", details={"cgroupns": self.new_cgroup_namespace})
+        channel.send(self.init_sync, go)
+        channel.send(self.init_sync, self.plan.init, self.stdio)
+        channel.close_fds(self.stdio)
+        self.stdio = []
 
     def fork_init(self) -> None:
         parent_end, child_end = channel.socket_pair()
@@ -208,9 +220,12 @@ class Supervisor:
             self.bootstrap.close()
             if self.gate is not None:
                 os.close(self.gate)
-            if ["cgroup", ""] in self.plan.namespaces:
-                syscalls.unshare(abi.CLONE_NEWCGROUP)
-            run_init(self.plan.init, child_end, self.stdio)
+            run_init(
+                self.plan.init,
+                child_end,
+                self.stdio,
+                new_cgroup_namespace=self.new_cgroup_namespace,
+            )
         child_end.close()
         channel.close_fds(self.stdio)
         self.stdio = []
@@ -224,6 +239,17 @@ class Supervisor:
             os.close(self.gate)
             self.gate = None
         channel.send(self.bootstrap, step, fds or [])
+
+    def relay_cgroup(self) -> None:
+        """Pass the library's word on the container's cgroup to the init (``await_cgroup``)."""
+        assert self.init_sync is not None
+        step, _ = channel.receive(self.bootstrap, Progress)
+        if step.step == "cgroup":
+            self.cgroup_procs = [str(p) for p in step.details.get("procs", [])]
+        if step.step == "cgroup" and self.adopted:
+            return  # moved in by hand_plan
+        with contextlib.suppress(OSError):  # an init that failed already said why
+            channel.send(self.init_sync, step)
 
     def relay_creation(self) -> bool:
         """Pass creation steps between init and the library; ``True`` once created.
@@ -339,6 +365,8 @@ class Supervisor:
         if request.op == "start":
             return self._start(request)
         if request.op == "signal":
+            if request.foreground:
+                return self._signal_foreground(request.pid or self.init_pid, request.signal)
             if request.pid and request.pid != self.init_pid:
                 return self._signal_exec(request.pid, request.signal, group=request.group)
             self._signal(request.signal, everyone=request.all, group=request.group)
@@ -374,6 +402,9 @@ class Supervisor:
         if self.returncode is not None or not self.init_pid:
             return Reply(False, error="the container's init has exited", error_type="Stopped"), []
         capabilities.last_cap()  # probed once here, not in every child
+        if self.cgroup_fds is None:  # opened once: every exec'd child writes to them
+            self.cgroup_fds = open_cgroup(self.cgroup_procs)
+        cgroup = self.cgroup_fds
         ours, theirs = channel.socket_pair()
         # Blocked across fork: the child must not run our handlers (which signal the init)
         # before it has reset them.
@@ -387,7 +418,7 @@ class Supervisor:
             raise
         if pid == 0:
             ours.close()
-            run_exec(plan, self.init_pid, theirs, fds, mask)
+            run_exec(plan, self.init_pid, theirs, fds, mask, cgroup=cgroup)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
         with ours:
@@ -471,9 +502,12 @@ class Supervisor:
         return self._not_ours(pid)
 
     def _signal_exec(self, pid: int, signum: int, *, group: bool) -> Reply:
-        """Signal an exec'd process, or its process group (which may outlive it)."""
+        """Signal an exec'd process, or its process group (which may outlive it).
+
+        Any other process of the container is signalled too (see :meth:`_signal_member`).
+        """
         if pid not in self.execs and pid not in self.unwaited and pid not in self.waited:
-            return self._not_ours(pid)
+            return self._signal_member(pid, signum, group=group)
         try:
             if group:
                 os.killpg(pid, signum)
@@ -482,13 +516,78 @@ class Supervisor:
             else:
                 raise ProcessLookupError
         except ProcessLookupError:
+            return self._exited(pid)
+        return Reply(True, pid=pid)
+
+    @staticmethod
+    def _exited(pid: int, detail: str = "has exited") -> Reply:
+        return Reply(
+            False,
+            error=f"process {pid} {detail}",
+            error_type="ProcessNotFoundError",
+            details={"pid": pid, "exited": True},
+        )
+
+    def _signal_member(self, pid: int, signum: int, *, group: bool) -> Reply:
+        """Signal ``pid`` (or with ``group`` its process group) if it is the container's.
+
+        It must be one of :meth:`_member_pids`, never this supervisor. A pidfd
+        is opened before the check and the signal goes through it, so a pid
+        reused meanwhile is never signalled.
+        """
+        if pid <= 0 or pid == os.getpid():
+            return self._not_ours(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return self._not_ours(pid)
+        try:
+            if pid not in self._member_pids():
+                return self._not_ours(pid)
+            if group:
+                pgid = os.getpgid(pid)
+                # Container sessions start in the container: its groups are its own.
+                if pgid not in (0, os.getpgid(0)):
+                    os.killpg(pgid, signum)
+            else:
+                signal.pidfd_send_signal(pidfd, signum)
+        except ProcessLookupError:
+            return self._exited(pid)
+        finally:
+            os.close(pidfd)
+        return Reply(True, pid=pid)
+
+    def _signal_foreground(self, pid: int, signum: int) -> Reply:
+        """Signal the foreground process group of the terminal that ``pid`` holds.
+
+        ``pid`` is the init or an exec'd process: each leads a session of its
+        own, and with a terminal it is the session's controlling tty. The
+        group comes from ``/proc/PID/stat`` (``tpgid``, what ``tcgetpgrp``
+        gives); the kernel keeps it within that session, so within the container.
+        """
+        if pid != self.init_pid and pid not in self.execs:
+            if pid in self.unwaited or pid in self.waited:
+                return self._exited(pid)
+            return self._not_ours(pid)
+        if pid == self.init_pid and self.returncode is not None:
+            return self._exited(pid)
+        group = procfs.foreground_group(pid)
+        if group is None:
+            info = procfs.read_stat(pid)
+            if info is None or info.state in "ZX":
+                return self._exited(pid)
+            container_id = self.plan.init.container_id
             return Reply(
                 False,
-                error=f"process {pid} has exited",
+                error=f'process {pid} of container "{container_id}" has no controlling terminal',
                 error_type="ProcessNotFoundError",
-                details={"pid": pid, "exited": True},
+                details={"pid": pid},
             )
-        return Reply(True, pid=pid)
+        try:
+            os.killpg(group, signum)
+        except ProcessLookupError:
+            return self._exited(pid, f"has no foreground process group ({group} is gone)")
+        return Reply(True, pid=group)
 
     def _start(self, request: Request) -> Reply:
         if self.started or self.init_sync is None:
@@ -511,7 +610,7 @@ class Supervisor:
         with contextlib.suppress(ChildProcessError):
             _, status = os.waitpid(self.init_pid, 0)
             self.returncode = os.waitstatus_to_exitcode(status)
-            write_exit_status(self.plan.exit_file, self.returncode)
+            write_exit_status(self.plan.exit_file, self.returncode, self.init_pid)
 
     def _signal(self, signum: int, *, everyone: bool, group: bool = False) -> None:
         if self.returncode is not None and not everyone:
@@ -520,19 +619,7 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(-1, signum)
         elif everyone:
-            # No PID namespace of our own: our cgroup holds the container's processes,
-            # daemons that left our subtree included; without a cgroup, our descendants.
-            pids: set[int] = set()
-            try:
-                for path in self.plan.cgroup_procs:
-                    with open(path) as f:
-                        pids.update(int(pid) for pid in f.read().split())
-            except (OSError, ValueError):
-                pids.clear()
-            if not pids:
-                pids.update(_descendants(os.getpid()))
-            pids -= {0, os.getpid()}  # 0: outside our PID namespace; never a process group
-            for pid in pids:
+            for pid in self._member_pids():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signum)
         elif group:
@@ -540,9 +627,26 @@ class Supervisor:
         else:
             os.kill(self.init_pid, signum)
 
+    def _member_pids(self) -> set[int]:
+        """The container's processes, as pids of our PID namespace; never this one.
+
+        Its cgroup holds them (daemons that left our subtree included); without a
+        cgroup, our descendants (in a PID namespace of our own: all of it).
+        """
+        pids: set[int] = set()
+        try:
+            for path in self.cgroup_procs:
+                with open(path) as f:
+                    pids.update(int(pid) for pid in f.read().split())
+        except (OSError, ValueError):
+            pids.clear()
+        if not pids:
+            pids.update(procfs.descendants(os.getpid()))
+        return pids - {0, os.getpid()}  # 0: outside our PID namespace; never a process group
+
     def _finish(self) -> NoReturn:
         assert self.returncode is not None
-        write_exit_status(self.plan.exit_file, self.returncode)
+        write_exit_status(self.plan.exit_file, self.returncode, self.init_pid)
         for conn in self.waiters:
             with contextlib.suppress(OSError):
                 channel.send(conn, Reply(True, returncode=self.returncode))
@@ -562,27 +666,6 @@ class Supervisor:
         os._exit(code)
 
 
-def _descendants(root: int) -> list[int]:
-    """Every process below ``root``, found by walking parent links in /proc."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        ppid = int(raw[raw.rindex(b")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(name))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def _run_supervisor(
     plan: SandboxPlan,
     bootstrap: socket.socket,
@@ -590,11 +673,19 @@ def _run_supervisor(
     gate: int | None,
     *,
     prepared: bool = False,
+    ahead: RootAhead | None = None,
 ) -> NoReturn:
     supervisor = Supervisor(plan, bootstrap, stdio, gate, prepared=prepared)
     try:
         supervisor.setup()
-        supervisor.fork_init()
+        if ahead is not None:
+            supervisor.adopt_init(ahead)
+        else:
+            supervisor.fork_init()
+        if plan.init.await_cgroup:
+            supervisor.relay_cgroup()
+        if ahead is not None:
+            supervisor.hand_plan()
         created = supervisor.relay_creation()
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -632,15 +723,77 @@ def _launched(pid: int) -> Launched:
     return Launched(pid, info.start_ticks if info is not None else 0)
 
 
-def warm(link: socket.socket) -> NoReturn:
-    """Make a sandbox ahead of its plan; claim it with :func:`claim`.
+class RootAhead:
+    """An init building, in a warm sandbox, the root of the plan the fork server saw
+    last (see :func:`sandboxrt._proc.init.speculate`): a run of containers from one
+    bundle then finds its root built."""
+
+    def __init__(self, hint: InitPlan, close: Sequence[int]) -> None:
+        ours, theirs = channel.socket_pair()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            channel.close_fds(close)
+            speculate(hint, theirs)
+        theirs.close()
+        self.hint, self.pid, self.sync = hint, pid, ours
+        self.outcome: Progress | None = None
+
+    @classmethod
+    def start(cls, hint: bytes | None, close: Sequence[int]) -> RootAhead | None:
+        """Build ahead for ``hint`` (an encoded :class:`SandboxPlan`), if it suits."""
+        if not hint:
+            return None
+        try:
+            plan = decode(hint, SandboxPlan)
+        except ValueError:
+            return None
+        if not is_warm_shape(plan.namespaces) or plan.init.pause_for_hooks:
+            return None  # hooks see the root being built: never ahead
+        return cls(plan.init, close)
+
+    def serves(self, plan: InitPlan) -> bool:
+        """Whether the root built ahead is the one ``plan`` asks for, from the same host
+        files (compared with what this mount namespace, made just now, sees)."""
+        if plan.root_key() != self.hint.root_key():
+            return False
+        ready = self.finish()
+        return ready.step == "ready" and ready.details.get("identities") == root_identities(plan)
+
+    def finish(self, timeout: float | None = None) -> Progress:
+        """Wait until the root is built (``ready``) or failed; how it went."""
+        if self.outcome is None:
+            self.sync.settimeout(timeout)
+            try:
+                self.outcome, _ = channel.receive(self.sync, Progress)
+            except (channel.ChannelClosedError, OSError, ValueError) as exc:
+                self.outcome = Progress("error", error=str(exc))
+            self.sync.settimeout(None)
+        return self.outcome
+
+    def discard(self) -> None:
+        """End it unused, once it is done with the rootfs: killed mid-way, it could leave
+        a half-made device node there."""
+        self.finish(timeout=AHEAD_FINISH_TIMEOUT)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        self.sync.close()
+
+
+def warm(link: socket.socket, hint: bytes | None = None) -> NoReturn:
+    """Make a sandbox ahead of its plan, for the fork server to hand a launch to.
 
     Runs in a fresh child of the fork server: enters the namespaces of
     :data:`WARM_NAMESPACES`, forks the future supervisor (PID 1), sends its
-    host pid on ``link`` and exits. The supervisor waits on ``link`` for a
-    launch request carrying the bootstrap socket and log fd; end of stream
-    (the fork server went away) makes it exit. After the request it waits
-    for ``link`` to close, the sign that the library was told its pid.
+    host pid on ``link`` and exits. The supervisor starts building the root
+    of ``hint`` (:class:`RootAhead`), and waits on ``link`` for a launch
+    request carrying the bootstrap socket and log fd; end of stream (the fork
+    server went away) makes it exit. After the request it waits for ``link``
+    to close, the sign that the library was told its pid. The root built
+    ahead serves if the request says the host's mounts did not change
+    meanwhile and :meth:`RootAhead.serves` the plan; else it is dropped.
     """
     try:
         # Not the mount namespace yet: made at claim time, it sees the host's mounts as
@@ -653,11 +806,15 @@ def warm(link: socket.socket) -> NoReturn:
         channel.send(link, _launched(pid))
         os._exit(0)
     syscalls.set_process_name("sandboxrt-warm")
+    ahead: RootAhead | None = None
     try:
         _prepare_namespaces({"network"})
-        _, fds = channel.receive(link, Request)
+        ahead = RootAhead.start(hint, [link.fileno()])
+        request, fds = channel.receive(link, Request)
         link.recv(1)  # end of stream: the fork server told the library our pid
     except BaseException:
+        if ahead is not None:
+            ahead.discard()
         os._exit(0)
     link.close()
     bootstrap_fd, log_fd = fds
@@ -668,8 +825,11 @@ def warm(link: socket.socket) -> NoReturn:
         plan, stdio = channel.receive(bootstrap, SandboxPlan)
         _unshare_private(0)
         _prepare_namespaces({"pid"})
+        if ahead is not None and not (request.speculation and ahead.serves(plan.init)):
+            ahead.discard()
+            ahead = None
     except BaseException as exc:
         with contextlib.suppress(OSError):
             channel.send(bootstrap, error_progress(exc))
         os._exit(1)
-    _run_supervisor(plan, bootstrap, stdio, None, prepared=True)
+    _run_supervisor(plan, bootstrap, stdio, None, prepared=True, ahead=ahead)
