@@ -26,6 +26,7 @@ from pathlib import Path
 import attrs
 import pytest
 from conftest import BundleFactory, needs_busybox, needs_root
+from test_launchers import _ahead_of, _init_of
 
 import sandboxrt
 from sandboxrt import (
@@ -39,6 +40,7 @@ from sandboxrt import (
 from sandboxrt._core import abi
 from sandboxrt._core.plan import build_plan
 from sandboxrt._os import syscalls
+from sandboxrt._proc.launcher import ForkServerLauncher
 from sandboxrt.sandbox import remote_error
 
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(sandboxrt.__file__)))
@@ -455,3 +457,31 @@ def test_export_streams_large_files_in_constant_memory(
         grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - peak_before
     assert sink.count > 192 * MIB
     assert grown < 32 * MIB, f"peak RSS grew by {grown // MIB} MiB"
+
+
+@needs_root
+@needs_busybox
+def test_an_overlay_root_built_ahead_serves_with_its_upper_layer(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """A warm sandbox builds the next overlay root ahead; the container that adopts it
+    gets its upper layer too (its writes land there and export), the bundle untouched."""
+    launcher = ForkServerLauncher()
+    path = bundle(["true"])
+    before = tree_digest(path / "rootfs")
+    try:
+        ahead = _ahead_of(launcher, store, path, overlay())
+        container = Container.create(
+            "ahead-ov", path, store=store, launcher=launcher, config=overlay()
+        )
+        try:
+            assert _init_of(container) == ahead
+            assert sh(container, "echo adopted > /etc/motd").returncode == 0
+            out = io.BytesIO()
+            container.export_changes(out)
+            assert read_layer(out.getvalue())["etc/motd"][1] == b"adopted\n"
+        finally:
+            container.destroy()
+    finally:
+        launcher.close()
+    assert tree_digest(path / "rootfs") == before

@@ -198,6 +198,7 @@ class Supervisor:
     def adopt_init(self, ahead: RootAhead) -> None:
         """Take the init that built our root ahead (see :func:`warm`) as the container's."""
         self.init_pid, self.init_sync = ahead.pid, ahead.sync
+        self.upper, ahead.upper = ahead.upper, -1
         self.adopted = True
 
     def hand_plan(self) -> None:
@@ -738,6 +739,8 @@ class RootAhead:
         theirs.close()
         self.hint, self.pid, self.sync = hint, pid, ours
         self.outcome: Progress | None = None
+        #: An fd on the upper directory of the overlay root it built (an overlay plan), or -1.
+        self.upper = -1
 
     @classmethod
     def start(cls, hint: bytes | None, close: Sequence[int]) -> RootAhead | None:
@@ -765,7 +768,13 @@ class RootAhead:
         if self.outcome is None:
             self.sync.settimeout(timeout)
             try:
-                self.outcome, _ = channel.receive(self.sync, Progress)
+                while self.outcome is None:
+                    step, fds = channel.receive(self.sync, Progress)
+                    if step.step == "overlay" and len(fds) == 1 and self.upper < 0:
+                        self.upper = fds[0]  # an overlay root: kept for its container
+                        continue
+                    channel.close_fds(fds)
+                    self.outcome = step
             except (channel.ChannelClosedError, OSError, ValueError) as exc:
                 self.outcome = Progress("error", error=str(exc))
             self.sync.settimeout(None)
@@ -780,6 +789,9 @@ class RootAhead:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
         self.sync.close()
+        if self.upper >= 0:
+            os.close(self.upper)
+            self.upper = -1
 
 
 def warm(link: socket.socket, hint: bytes | None = None) -> NoReturn:
