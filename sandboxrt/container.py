@@ -773,8 +773,8 @@ class Container:
         attributes as they are; a deleted file or directory is a
         ``.wh.<name>`` entry and a directory that replaced a lower one holds a
         ``.wh..wh..opq`` entry. Mount points the runtime made for the spec's
-        mounts show up as added directories. Works on created, running (and
-        paused) containers and from any process that can load the container;
+        mounts show up as added directories. Works on created, running and
+        paused containers and from any process that can load the container;
         files the container writes meanwhile may or may not be included.
 
         Raises :class:`NoOverlayError` for a container created without
