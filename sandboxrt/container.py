@@ -20,7 +20,7 @@ from typing import IO, Any, TypedDict
 import attrs
 from typing_extensions import Unpack
 
-from sandboxrt import _cgroup
+from sandboxrt import _cgroup, _changes
 from sandboxrt._core.cri import sandbox_to_join
 from sandboxrt._core.ids import resolve_id, validate_id
 from sandboxrt._core.plan import UserArg, build_container_plan, build_plan, exec_plan
@@ -40,6 +40,7 @@ from sandboxrt.errors import (
     InitError,
     InvalidStateError,
     MissingFeatureError,
+    NoOverlayError,
     ProcessError,
     ProcessNotFoundError,
     ProcessTimeoutError,
@@ -199,14 +200,13 @@ class Container:
         validate_id(id)
         store = store if store is not None else FileStore()
         config = config or Config()
-        if config.overlay:
-            raise MissingFeatureError("the overlay root (Config(overlay=True))", "not built yet")
         bundle_path = Path(bundle).absolute()
         if spec is None:
             spec = _bundle_spec(bundle_path / "config.json")
         document = _apply_config(dump_spec(spec), config)
         sandbox_id = _sandbox_id_for(id, document, join=join, root=root)
         # Before the lock: a spec the plan refuses leaves nothing behind, not even a lock file.
+        overlay_size = config.overlay_size if config.overlay else 0
         host: Sandbox | None = None
         plan: SandboxPlan | ContainerPlan
         if sandbox_id == id:
@@ -217,6 +217,7 @@ class Container:
                 bundle=str(bundle_path),
                 runtime_root=str(store.runtime_dir),
                 compile_seccomp=compile_bpf,
+                overlay_size=overlay_size,
             )
         else:
             host = _sandbox_to_join(store, sandbox_id, id)
@@ -227,6 +228,7 @@ class Container:
                 bundle=str(bundle_path),
                 runtime_dir=host.runtime_dir,
                 compile_seccomp=compile_bpf,
+                overlay_size=overlay_size,
             )
         autostart = autostart and not plan.init.start_container_hooks and not plan.init.terminal
         if autostart:
@@ -386,6 +388,12 @@ class Container:
     def is_subcontainer(self) -> bool:
         """Whether the container joined another container's sandbox (see :class:`Pod`)."""
         return self.sandbox_id != self.id
+
+    @property
+    def config(self) -> Config:
+        """The :class:`Config` the container was created with (kept in its record)."""
+        fields = attrs.fields_dict(Config)
+        return Config(**{k: v for k, v in self._record.config.items() if k in fields})
 
     @property
     def gofer(self) -> None:
@@ -811,6 +819,52 @@ class Container:
         if self._record.cgroup is None:
             raise MissingFeatureError("container stats", f'container "{self.id}" has no cgroup')
         return Stats.from_cgroup(cgroups.load(self._record.cgroup, container_id=self.id).stats())
+
+    def export_changes(self, dest: str | os.PathLike[str] | IO[bytes]) -> None:
+        """Write what the container changed in its overlay root to ``dest`` as a tar layer.
+
+        ``dest`` is a path (created or truncated) or a binary file object open
+        for writing (a pipe or socket will do: the stream is written in one
+        pass, file contents in chunks). The stream is an uncompressed PAX tar
+        of the overlay's upper layer in the OCI image-layer form: relative
+        paths, modes, numeric owners, mtimes, symlinks, hard links and extended
+        attributes as they are; a deleted file or directory is a
+        ``.wh.<name>`` entry and a directory that replaced a lower one holds a
+        ``.wh..wh..opq`` entry. Mount points the runtime made for the spec's
+        mounts show up as added directories. Works on created, running and
+        paused containers and from any process that can load the container;
+        files the container writes meanwhile may or may not be included.
+
+        Raises :class:`NoOverlayError` for a container created without
+        ``Config(overlay=True)`` and :class:`InvalidStateError` once it has
+        stopped (the upper layer went with its sandbox).
+        """
+        if not self.config.overlay:
+            raise NoOverlayError(self.id, "export the changes of")
+        gone = "its overlay's upper layer went with its sandbox"
+        with self._locked() as sandbox:
+            status = _effective_status(self._record, sandbox)
+            if sandbox is None or status not in _LIVE:
+                raise InvalidStateError("export the changes of", self.id, str(status), reason=gone)
+            try:
+                upper = sandbox.overlay_upper(self.id)
+            except SandboxDiedError:
+                status = _effective_status(self._record, sandbox)
+                if status is Status.STOPPED:
+                    raise InvalidStateError(
+                        "export the changes of", self.id, str(status), reason=gone
+                    ) from None
+                raise
+        # Outside the lock: the fd keeps the layer alive, and a long export must not
+        # hold up other operations (a destroy meanwhile just ends the container).
+        try:
+            if isinstance(dest, str | os.PathLike):
+                with open(dest, "wb") as f:
+                    _changes.write_layer(upper, f)
+            else:
+                _changes.write_layer(upper, dest)
+        finally:
+            os.close(upper)
 
     def destroy(self) -> None:
         """Kill everything of the container (paused ones too) and remove all it left;

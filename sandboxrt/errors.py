@@ -25,6 +25,7 @@ __all__ = [
     "InvalidStateError",
     "LockTimeoutError",
     "MissingFeatureError",
+    "NoOverlayError",
     "ProcessError",
     "ProcessNotFoundError",
     "ProcessTimeoutError",
@@ -80,11 +81,13 @@ class ContainerExistsError(SandboxrtError, FileExistsError):
 class InvalidStateError(SandboxrtError, RuntimeError):
     """An operation is not allowed in the container's current status."""
 
-    def __init__(self, operation: str, container_id: str, status: str) -> None:
-        super().__init__(f'cannot {operation} container "{container_id}" in state {status}')
+    def __init__(self, operation: str, container_id: str, status: str, *, reason: str = "") -> None:
+        text = f'cannot {operation} container "{container_id}" in state {status}'
+        super().__init__(f"{text}: {reason}" if reason else text)
         self.operation = operation
         self.container_id = container_id
         self.status = status
+        self.reason = reason
 
 
 class SpecError(SandboxrtError, ValueError):
@@ -169,6 +172,18 @@ class MissingFeatureError(SandboxrtError, OSError):
         super().__init__(text)
         self.feature = feature
         self.detail = detail
+
+
+class NoOverlayError(SandboxrtError, LookupError):
+    """An overlay-only operation on a container created without ``Config(overlay=True)``."""
+
+    def __init__(self, container_id: str, operation: str) -> None:
+        super().__init__(
+            f'cannot {operation} container "{container_id}": it has no overlay root'
+            " (create it with Config(overlay=True))"
+        )
+        self.container_id = container_id
+        self.operation = operation
 
 
 class SystemCallError(SandboxrtError, OSError):

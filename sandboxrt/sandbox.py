@@ -37,6 +37,8 @@ from sandboxrt.errors import (
     HookError,
     InitError,
     InvalidStateError,
+    MissingFeatureError,
+    NoOverlayError,
     ProcessNotFoundError,
     ProtocolError,
     SandboxDiedError,
@@ -70,6 +72,10 @@ def remote_error(
     if error_type == "ProcessNotFoundError":
         pid = int(details.get("pid", 0))
         return ProcessNotFoundError(container_id, pid, message, exited=bool(details.get("exited")))
+    if error_type == "MissingFeatureError":
+        return MissingFeatureError(str(details.get("feature", "?")), str(details.get("detail", "")))
+    if error_type == "NoOverlay":
+        return NoOverlayError(container_id, "export the changes of")
     if error_type == "ProtocolError":
         return ProtocolError(f'container "{container_id}": {message}')
     if error_type == "ContainerExistsError":
@@ -443,6 +449,18 @@ class Sandbox:
             ):
                 ids.append(f.read())
         return sorted(ids)
+
+    def overlay_upper(self, container_id: str) -> int:
+        """An fd (``O_RDONLY | O_DIRECTORY``, close-on-exec) on the overlay root's upper
+        directory, which only the container's mount namespace shows; the caller closes it."""
+        reply, fds = self.exchange(container_id, Request("upper", container_id))
+        if not reply.ok:
+            channel.close_fds(fds)
+            raise remote_error(container_id, reply.error_type, reply.error, reply.details)
+        if len(fds) != 1:
+            channel.close_fds(fds)
+            raise ProtocolError(f'container "{container_id}": upper reply without an fd')
+        return fds[0]
 
     # -- exec'd processes --------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import attrs
 import pytest
 from conftest import BundleFactory, needs_busybox, needs_root
 
-from sandboxrt import PIPE, Container, FileStore, SubprocessLauncher
+from sandboxrt import PIPE, Config, Container, FileStore, SubprocessLauncher
 from sandboxrt._core.protocol import PROCESS_FIELDS, InitPlan, MountPlan
 from sandboxrt._core.spec import read_spec_file, write_spec_file
 from sandboxrt._os import procfs
@@ -164,12 +164,14 @@ def test_supervisor_is_reaped_promptly(
 # -- a root built ahead ---------------------------------------------------------------------
 
 
-def _ahead_of(launcher: ForkServerLauncher, store: FileStore, path: Path) -> int:
+def _ahead_of(
+    launcher: ForkServerLauncher, store: FileStore, path: Path, config: Config | None = None
+) -> int:
     """Run a container of ``path`` (two: a fork server's first launch may come before
-    its first warm sandbox is ready); then the init building its root ahead in the
-    next warm sandbox, once it is there."""
+    its first warm sandbox is ready), with ``config``; then the init building its root
+    ahead in the next warm sandbox, once it is there."""
     for name in ("warmup1", "warmup2"):
-        assert Container.run(name, path, store=store, launcher=launcher) == 0
+        assert Container.run(name, path, store=store, launcher=launcher, config=config) == 0
     server = launcher._server
     assert server is not None
 

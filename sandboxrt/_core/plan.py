@@ -174,6 +174,7 @@ def _init_plan(
     bundle: str,
     *,
     compile_seccomp: SeccompCompiler,
+    overlay_size: int = 0,
 ) -> InitPlan:
     process = spec.get("process") or {}
     linux = spec.get("linux") or {}
@@ -190,6 +191,7 @@ def _init_plan(
         container_id=container_id,
         rootfs=os.path.normpath(rootfs),
         readonly_root=bool(root.get("readonly", False)),
+        overlay_size=overlay_size,
         mounts=[_mount_plan(m, bundle) for m in spec.get("mounts") or []],
         devices=[
             DevicePlan(
@@ -302,12 +304,17 @@ def build_plan(
     bundle: str,
     runtime_root: str,
     compile_seccomp: SeccompCompiler,
+    overlay_size: int = 0,
 ) -> SandboxPlan:
     """The plan of a new sandbox whose root container is ``container_id``.
 
     ``compile_seccomp`` turns ``linux.seccomp`` into the BPF program the init
     loads: a required hook, so that no plan ever leaves a filter out.
+    ``overlay_size`` (bytes) makes the root an overlay of the rootfs with a
+    tmpfs upper layer of that size; 0 mounts the rootfs itself.
     """
+    if overlay_size < 0:
+        raise ValueError(f"overlay_size must not be negative, not {overlay_size}")
     linux = spec.get("linux") or {}
     namespaces = [[ns["type"], ns.get("path") or ""] for ns in linux.get("namespaces") or []]
     kinds = dict(namespaces)
@@ -325,7 +332,13 @@ def build_plan(
         control_socket=control_socket,
         exit_file=exit_file,
         namespaces=namespaces,
-        init=_init_plan(container_id, spec, bundle, compile_seccomp=compile_seccomp),
+        init=_init_plan(
+            container_id,
+            spec,
+            bundle,
+            compile_seccomp=compile_seccomp,
+            overlay_size=overlay_size,
+        ),
         hostname=spec.get("hostname") if new_uts else None,
         domainname=spec.get("domainname") if new_uts else None,
     )
@@ -339,6 +352,7 @@ def build_container_plan(
     bundle: str,
     runtime_dir: str,
     compile_seccomp: SeccompCompiler,
+    overlay_size: int = 0,
 ) -> ContainerPlan:
     """The plan of container ``container_id`` joining sandbox ``sandbox_id`` (a pod).
 
@@ -355,7 +369,13 @@ def build_container_plan(
     new = {ns["type"] for ns in linux.get("namespaces") or [] if not ns.get("path")}
     return ContainerPlan(
         sandbox_id=sandbox_id,
-        init=_init_plan(container_id, spec, bundle, compile_seccomp=compile_seccomp),
+        init=_init_plan(
+            container_id,
+            spec,
+            bundle,
+            compile_seccomp=compile_seccomp,
+            overlay_size=overlay_size,
+        ),
         exit_file=container_exit_file(runtime_dir, sandbox_id, container_id),
         new_cgroup_namespace="cgroup" in new,
     )

@@ -210,6 +210,9 @@ class InitPlan(ProcessPlan, _Message):
     container_id: str
     rootfs: str
     readonly_root: bool = False
+    #: Bytes: the root is an overlay of the rootfs (read-only lower) and a tmpfs of this
+    #: size (upper); 0: the rootfs itself is the root.
+    overlay_size: int = 0
     mounts: list[MountPlan] = dataclasses.field(default_factory=list)
     devices: list[DevicePlan] = dataclasses.field(default_factory=list)
     default_devices: bool = True
@@ -318,7 +321,9 @@ class Progress(_Message):
     ``step`` is ``"mounted"`` (runtime hooks may run now), ``"created"`` (init
     waits for start; a pty master may come with it) or ``"error"``; from the
     library, ``"cgroup"`` (``details["procs"]``: the cgroup to join, see
-    :attr:`InitPlan.await_cgroup`), ``"go"`` or ``"cancel"``.
+    :attr:`InitPlan.await_cgroup`), ``"go"`` or ``"cancel"``. Between the init and
+    the supervisor only: ``"overlay"``, with an fd on the overlay root's upper
+    directory, which the supervisor keeps.
     """
 
     kind: ClassVar[str] = "progress"
@@ -342,7 +347,11 @@ class ExitStatus(_Message):
 
 @dataclasses.dataclass(frozen=True)
 class Request(_Message):
-    """A control request. ``op`` is one of :attr:`OPS`."""
+    """A control request. ``op`` is one of :attr:`OPS`.
+
+    ``upper`` asks for the overlay root's upper directory: the reply carries an
+    fd on it (``O_RDONLY | O_DIRECTORY``), or fails with ``NoOverlay``.
+    """
 
     kind: ClassVar[str] = "request"
     OPS: ClassVar[frozenset[str]] = frozenset(
@@ -355,6 +364,7 @@ class Request(_Message):
             "launch",
             "create-container",
             "destroy-container",
+            "upper",
         }
     )
 

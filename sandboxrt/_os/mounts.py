@@ -39,6 +39,7 @@ from typing import Literal
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import DevicePlan, MountPlan
 from sandboxrt._os import syscalls
+from sandboxrt.errors import MissingFeatureError
 
 __all__ = [
     "DEFAULT_DEVICES",
@@ -50,6 +51,7 @@ __all__ = [
     "mask_paths",
     "open_fd_table",
     "open_pty",
+    "overlay_root",
     "pivot_into",
     "read_beneath_root",
     "readonly_paths",
@@ -353,6 +355,103 @@ def bind_rootfs(rootfs: str) -> None:
     """Make ``rootfs`` a mount point of its own (``pivot_root`` needs one)."""
     _fd_dir()  # open the host's /proc/<pid>/fd now, while it is there
     syscalls.mount(rootfs, rootfs, None, abi.MS_BIND | abi.MS_REC)
+
+
+def _overlay_layer(fs_fd: int, key: str, fd: int) -> None:
+    """Give overlayfs a layer by fd (Linux 6.13+), else by its ``/proc/self/fd`` path.
+
+    Either way no path of the bundle is parsed by the kernel: commas, colons
+    and backslashes in it cannot split or escape the option.
+    """
+    try:
+        syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_SET_FD, key, fd)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_SET_STRING, key.rstrip("+"), f"/proc/self/fd/{fd}")
+
+
+def _tmpfs_upper(size: int, root: os.stat_result) -> tuple[int, int, int]:
+    """A detached tmpfs of ``size`` bytes holding ``upper`` (with the root's owner and
+    mode: it becomes the overlay's root) and ``work``; ``(tmpfs, upper, work)`` fds.
+
+    The tmpfs's own fd must stay open until the overlay is made: closing it
+    dissolves the detached mount, which overlayfs then refuses as its upper.
+    """
+    fs = syscalls.fsopen("tmpfs")
+    try:
+        syscalls.fsconfig(fs, syscalls.FSCONFIG_SET_STRING, "size", str(size))
+        syscalls.fsconfig(fs, syscalls.FSCONFIG_SET_STRING, "mode", "0700")
+        syscalls.fsconfig(fs, syscalls.FSCONFIG_CMD_CREATE)
+        tmpfs = syscalls.fsmount(fs)
+    finally:
+        os.close(fs)
+    opened = [tmpfs]
+    try:
+        os.mkdir("upper", 0o700, dir_fd=tmpfs)
+        os.mkdir("work", 0o700, dir_fd=tmpfs)
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        opened.append(os.open("upper", flags, dir_fd=tmpfs))
+        os.fchown(opened[1], root.st_uid, root.st_gid)
+        os.fchmod(opened[1], stat.S_IMODE(root.st_mode))
+        opened.append(os.open("work", flags, dir_fd=tmpfs))
+    except BaseException:
+        for fd in opened:
+            os.close(fd)
+        raise
+    return opened[0], opened[1], opened[2]
+
+
+def overlay_root(rootfs: str, size: int, *, container_id: str) -> int:
+    """Mount an overlay over ``rootfs`` (in this mount namespace): ``rootfs`` the read-only
+    lower layer, a private tmpfs of ``size`` bytes the upper; an fd on the upper dir.
+
+    Built detached with the new mount API (``fsopen``/``fsconfig``/``fsmount``, layers
+    given by fd) and moved onto ``rootfs``, which it then hides: no staging directory
+    on a host path. The bundle's files are never written. ``redirect_dir`` and
+    ``metacopy`` are off, so the upper dir holds every change whole (what
+    ``Container.export_changes`` reads). A kernel that refuses the overlay raises
+    :class:`MissingFeatureError`.
+    """
+    _fd_dir()  # open the host's /proc/<pid>/fd now, while it is there
+    lower = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    opened = [lower]
+    try:
+        tmpfs, upper, work = _tmpfs_upper(size, os.fstat(lower))
+        opened += [tmpfs, upper, work]
+        try:
+            fs = syscalls.fsopen("overlay")
+        except OSError as exc:
+            raise MissingFeatureError(
+                "kernel overlayfs (the overlay root)",
+                f'container "{container_id}": {exc.strerror}; fuse-overlayfs is not supported',
+            ) from None
+        opened.append(fs)
+        try:
+            _overlay_layer(fs, "lowerdir+", lower)
+            _overlay_layer(fs, "upperdir", upper)
+            _overlay_layer(fs, "workdir", work)
+            for key in ("redirect_dir", "metacopy", "index"):
+                syscalls.fsconfig(fs, syscalls.FSCONFIG_SET_STRING, key, "off")
+            syscalls.fsconfig(fs, syscalls.FSCONFIG_CMD_CREATE)
+            overlay = syscalls.fsmount(fs)
+        except OSError as exc:
+            raise MissingFeatureError(
+                f"an overlay root on {rootfs}",
+                f'container "{container_id}": kernel overlayfs refused this rootfs as its'
+                f" lower layer ({exc}; is it on a stacked overlay, or a filesystem overlayfs"
+                " cannot use?); the fallback, fuse-overlayfs, is not supported",
+            ) from None
+        try:
+            syscalls.move_mount(overlay, lower)
+        finally:
+            os.close(overlay)
+        opened.remove(upper)
+        return upper
+    finally:
+        for fd in opened:
+            os.close(fd)
 
 
 def _split(path: str) -> tuple[str, str]:

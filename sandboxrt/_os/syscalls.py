@@ -25,7 +25,11 @@ __all__ = [
     "capbset_read",
     "capget",
     "capset",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
     "mount",
+    "move_mount",
     "pivot_root",
     "prctl",
     "seccomp_set_filter",
@@ -223,6 +227,107 @@ def ambient_clear_all() -> None:
 def ambient_raise(cap: int) -> None:
     """Add ``cap`` to the ambient set (it must be permitted and inheritable)."""
     prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, cap)
+
+
+# -- the new mount API (fsopen, fsconfig, fsmount, move_mount; Linux 5.2) ----------------
+# These numbers are the same on every architecture (the unified syscall table).
+
+_SYS_MOVE_MOUNT = 429
+_SYS_FSOPEN = 430
+_SYS_FSCONFIG = 431
+_SYS_FSMOUNT = 432
+
+FSOPEN_CLOEXEC = 0x1
+FSMOUNT_CLOEXEC = 0x1
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_SET_FD = 5
+FSCONFIG_CMD_CREATE = 6
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+
+
+def _fs_log(fs_fd: int) -> str:
+    """The messages the kernel left on a filesystem context (``e overlayfs: ...``)."""
+    lines = []
+    while True:
+        try:
+            raw = os.read(fs_fd, 4096)
+        except OSError:
+            break
+        if not raw:
+            break
+        lines.append(raw.decode(errors="replace").strip())
+    return "; ".join(lines)
+
+
+def fsopen(fstype: str) -> int:
+    """A new filesystem context of type ``fstype`` (close-on-exec fd; ``fsopen(2)``)."""
+    raw = _b(fstype)
+    return _check(
+        _libc.syscall(ctypes.c_long(_SYS_FSOPEN), raw, ctypes.c_uint(FSOPEN_CLOEXEC)),
+        f"fsopen {fstype}",
+    )
+
+
+def fsconfig(fs_fd: int, cmd: int, key: str | None = None, value: str | int | None = None) -> None:
+    """Configure a filesystem context (``fsconfig(2)``): a string, an fd (``aux``) or a command.
+
+    A failure raises ``OSError`` whose message carries the kernel's own log of the context.
+    """
+    aux = 0
+    val: bytes | None = None
+    if isinstance(value, int):
+        aux = value
+    elif value is not None:
+        val = os.fsencode(value)
+    result = _libc.syscall(
+        ctypes.c_long(_SYS_FSCONFIG),
+        ctypes.c_int(fs_fd),
+        ctypes.c_uint(cmd),
+        _b(key),
+        val,
+        ctypes.c_int(aux),
+    )
+    if result < 0:
+        err = ctypes.get_errno()
+        detail = _fs_log(fs_fd)
+        name = key or ("create" if cmd == FSCONFIG_CMD_CREATE else str(cmd))
+        what = f"fsconfig {name}: {os.strerror(err)}"
+        raise OSError(err, f"{what} ({detail})" if detail else what)
+
+
+def fsmount(fs_fd: int, attr_flags: int = 0) -> int:
+    """A detached mount of a created filesystem context (close-on-exec fd; ``fsmount(2)``)."""
+    return _check(
+        _libc.syscall(
+            ctypes.c_long(_SYS_FSMOUNT),
+            ctypes.c_int(fs_fd),
+            ctypes.c_uint(FSMOUNT_CLOEXEC),
+            ctypes.c_uint(attr_flags),
+        ),
+        "fsmount",
+    )
+
+
+def move_mount(from_fd: int, to_fd: int, to_path: str = "") -> None:
+    """Attach the detached mount ``from_fd`` onto ``to_fd`` (+ ``to_path``; ``move_mount(2)``)."""
+    flags = MOVE_MOUNT_F_EMPTY_PATH | (0 if to_path else MOVE_MOUNT_T_EMPTY_PATH)
+    _check(
+        _libc.syscall(
+            ctypes.c_long(_SYS_MOVE_MOUNT),
+            ctypes.c_int(from_fd),
+            b"",
+            ctypes.c_int(to_fd),
+            _b(to_path) or b"",
+            ctypes.c_uint(flags),
+        ),
+        "move_mount",
+        to_path or None,
+    )
 
 
 # -- bpf -----------------------------------------------------------------------------------

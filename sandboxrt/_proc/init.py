@@ -25,7 +25,7 @@ from sandboxrt._core import abi, users
 from sandboxrt._core.protocol import ExecPlan, InitPlan, ProcessPlan, Progress, Request
 from sandboxrt._os import capabilities, channel, mounts, syscalls
 from sandboxrt._proc import hooks
-from sandboxrt.errors import HookError
+from sandboxrt.errors import HookError, MissingFeatureError
 
 __all__ = [
     "AHEAD_PROCESS_NAME",
@@ -66,6 +66,8 @@ def error_progress(exc: BaseException) -> Progress:
             "returncode": exc.returncode,
             "output": exc.output,
         }
+    elif isinstance(exc, MissingFeatureError):
+        details = {"feature": exc.feature, "detail": exc.detail}
     return Progress("error", error=str(exc), error_type=type(exc).__name__, details=details)
 
 
@@ -94,7 +96,14 @@ def _prepare_root(plan: InitPlan, sync: socket.socket, new_cgroup_namespace: boo
     root = os.path.realpath(plan.rootfs)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"rootfs {plan.rootfs} does not exist or is not a directory")
-    mounts.bind_rootfs(root)
+    if plan.overlay_size:
+        upper = mounts.overlay_root(root, plan.overlay_size, container_id=plan.container_id)
+        try:  # the supervisor keeps it: the upper layer is seen nowhere else
+            channel.send(sync, Progress("overlay"), [upper])
+        finally:
+            os.close(upper)
+    else:
+        mounts.bind_rootfs(root)
     for mount in plan.mounts:
         mounts.make_mount(root, mount)
     dev_is_tmpfs = any(m.destination.rstrip("/") == "/dev" for m in plan.mounts)

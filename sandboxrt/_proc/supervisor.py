@@ -156,6 +156,8 @@ class _Member:
     #: that join it, opened at the first exec.
     cgroup_procs: list[str] = dataclasses.field(default_factory=list)
     cgroup_fds: list[int] | None = None
+    #: An fd on its overlay root's upper directory (from its init), or -1.
+    upper: int = -1
 
     def __post_init__(self) -> None:
         self.cgroup_procs = self.cgroup_procs or list(self.plan.cgroup_procs)
@@ -229,6 +231,7 @@ class Supervisor:
     def adopt_init(self, ahead: RootAhead) -> None:
         """Take the init that built our root ahead (see :func:`warm`) as the root's."""
         self.root.init_pid, self.root.init_sync = ahead.pid, ahead.sync
+        self.root.upper, ahead.upper = ahead.upper, -1
         self.adopted = True
 
     def hand_plan(self) -> None:
@@ -330,6 +333,9 @@ class Supervisor:
                 step, fds = channel.receive(root.init_sync, Progress)
             except channel.ChannelClosedError:
                 step, fds = Progress("error", error="the container's init died"), []
+            if step.step == "overlay" and len(fds) == 1 and root.upper < 0:
+                root.upper = fds[0]  # ours to keep, for the library's "upper" requests
+                continue
             self.report(step, fds)
             channel.close_fds(fds)
             if step.step == "mounted":
@@ -482,6 +488,13 @@ class Supervisor:
                 return self._signal_exec(member, request.pid, request.signal, group=request.group)
             self._signal(member, request.signal, everyone=request.all, group=request.group)
             return Reply(True)
+        if request.op == "upper":
+            if member.upper < 0:
+                error = "the container has no overlay root"
+                return Reply(False, error=error, error_type="NoOverlay")
+            with contextlib.suppress(OSError):
+                channel.send(conn, Reply(True), [member.upper])  # the peer gets its own fd
+            return None
         if request.op == "exec":
             reply, pty = self._exec(member, request, fds)
             try:
@@ -544,6 +557,9 @@ class Supervisor:
             step, fds = channel.receive(sync, Progress)
         except (channel.ChannelClosedError, OSError, ValueError):
             step, fds = Progress("error", error="the container's init died"), []
+        if step.step == "overlay" and len(fds) == 1 and member.upper < 0:
+            member.upper = fds[0]  # kept for the library's "upper" requests
+            return
         try:
             channel.send(creator, step, fds)
         except OSError:
@@ -613,6 +629,9 @@ class Supervisor:
         if member.cgroup_fds is not None:
             channel.close_fds(member.cgroup_fds)
             member.cgroup_fds = None
+        if member.upper >= 0:
+            os.close(member.upper)
+            member.upper = -1
         if member.init_sync is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(member.init_sync)
@@ -1021,6 +1040,8 @@ class RootAhead:
         theirs.close()
         self.hint, self.pid, self.sync = hint, pid, ours
         self.outcome: Progress | None = None
+        #: An fd on the upper directory of the overlay root it built (an overlay plan), or -1.
+        self.upper = -1
 
     @classmethod
     def start(cls, hint: bytes | None, close: Sequence[int]) -> RootAhead | None:
@@ -1048,7 +1069,13 @@ class RootAhead:
         if self.outcome is None:
             self.sync.settimeout(timeout)
             try:
-                self.outcome, _ = channel.receive(self.sync, Progress)
+                while self.outcome is None:
+                    step, fds = channel.receive(self.sync, Progress)
+                    if step.step == "overlay" and len(fds) == 1 and self.upper < 0:
+                        self.upper = fds[0]  # an overlay root: kept for its container
+                        continue
+                    channel.close_fds(fds)
+                    self.outcome = step
             except (channel.ChannelClosedError, OSError, ValueError) as exc:
                 self.outcome = Progress("error", error=str(exc))
             self.sync.settimeout(None)
@@ -1063,6 +1090,9 @@ class RootAhead:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
         self.sync.close()
+        if self.upper >= 0:
+            os.close(self.upper)
+            self.upper = -1
 
 
 def warm(link: socket.socket, hint: bytes | None = None) -> NoReturn:
