@@ -36,6 +36,7 @@ from sandboxrt import (
     InvalidStateError,
     MissingFeatureError,
     NoOverlayError,
+    Pod,
 )
 from sandboxrt._core import abi
 from sandboxrt._core.plan import build_plan
@@ -488,4 +489,28 @@ def test_an_overlay_root_built_ahead_serves_with_its_upper_layer(
             container.destroy()
     finally:
         launcher.close()
+    assert tree_digest(path / "rootfs") == before
+
+
+@needs_root
+@needs_busybox
+def test_each_container_of_a_pod_has_its_own_overlay(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    path = bundle(["sleep", "1000"])
+    before = tree_digest(path / "rootfs")
+    pod = Pod.create("ovpod", path, store=store, config=overlay())
+    try:
+        pod.root.start()
+        sub = pod.add_container("ovsub", path, config=overlay())
+        sub.start()
+        assert sh(pod.root, "echo root > /who").returncode == 0
+        assert sh(sub, "echo sub > /who").returncode == 0
+        for container, who in ((pod.root, b"root\n"), (sub, b"sub\n")):
+            assert sh(container, "cat /who").stdout == who
+            out = io.BytesIO()
+            container.export_changes(out)
+            assert read_layer(out.getvalue())["who"][1] == who
+    finally:
+        pod.destroy()
     assert tree_digest(path / "rootfs") == before
