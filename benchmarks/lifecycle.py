@@ -7,7 +7,10 @@ the same busybox bundle and run in one private mount namespace with a tmpfs
 over /sys/fs/cgroup/unified (crun refuses this machine's hybrid layout
 otherwise). Needs root.
 
-    python benchmarks/lifecycle.py [-n 30]
+    python benchmarks/lifecycle.py [-n 30] [--overlay]
+
+``--overlay`` runs sandboxrt with ``Config(overlay=True)`` (the rootfs under a
+tmpfs overlay); the other runtimes run as usual, so their ratios show its cost.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import TypeVar
 
 import attrs
 
-from sandboxrt import Container, FileStore, Spec, write_spec_file
+from sandboxrt import Config, Container, FileStore, Spec, write_spec_file
 from sandboxrt.bundle import make_bundle
 
 STEPS = ("run", "create", "start", "wait", "destroy")
@@ -52,15 +55,17 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def bench_sandboxrt(bundle: Path, root: Path, n: int) -> Timings:
+def bench_sandboxrt(bundle: Path, root: Path, n: int, config: Config | None = None) -> Timings:
     store = FileStore(root)
     out: Timings = {step: [] for step in STEPS}
-    Container.run("warmup", bundle, store=store)  # starts the fork server
+    Container.run("warmup", bundle, store=store, config=config)  # starts the fork server
     for i in range(n):
-        out["run"].append(timed(lambda i=i: Container.run(f"run{i}", bundle, store=store)))
+        out["run"].append(
+            timed(lambda i=i: Container.run(f"run{i}", bundle, store=store, config=config))
+        )
     for i in range(n):
         start = time.perf_counter()
-        c = Container.create(f"c{i}", bundle, store=store)
+        c = Container.create(f"c{i}", bundle, store=store, config=config)
         out["create"].append(time.perf_counter() - start)
         out["start"].append(timed(c.start))
         out["wait"].append(timed(c.wait))
@@ -156,9 +161,9 @@ def workspace(script: str, args: list[str]) -> Iterator[tuple[Path, Path, Spec]]
         shutil.rmtree(runs, ignore_errors=True)
 
 
-def compare(bundle: Path, runs: Path, n: int, title: str) -> None:
-    """Time every runtime on ``bundle`` and print one table."""
-    results: dict[str, Timings] = {"sandboxrt": bench_sandboxrt(bundle, runs / "sbrt", n)}
+def compare(bundle: Path, runs: Path, n: int, title: str, config: Config | None = None) -> None:
+    """Time every runtime on ``bundle`` and print one table (sandboxrt with ``config``)."""
+    results: dict[str, Timings] = {"sandboxrt": bench_sandboxrt(bundle, runs / "sbrt", n, config)}
     results |= bench_others(lambda name, extra: bench_cli(name, bundle, runs / name, n, extra))
     base = {step: summary(results["sandboxrt"][step])[0] for step in STEPS}
     print(f"\n{title}, n={n}; median ms [p10-p90] (ratio to sandboxrt)")
@@ -175,15 +180,28 @@ def compare(bundle: Path, runs: Path, n: int, title: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=30, help="iterations per step")
+    parser.add_argument(
+        "--overlay", action="store_true", help="sandboxrt with Config(overlay=True)"
+    )
     args = parser.parse_args()
+    config = Config(overlay=True) if args.overlay else None
+    mode = ", sandboxrt with an overlay root" if args.overlay else ""
     with workspace("lifecycle.py", ["/bin/true"]) as (bundle, runs, spec):
-        compare(bundle, runs / "default", args.n, "/bin/true, default spec (seccomp), busybox")
+        compare(
+            bundle,
+            runs / "default",
+            args.n,
+            f"/bin/true, default spec (seccomp), busybox{mode}",
+            config,
+        )
         # The same without a seccomp profile, as `runc spec` writes it.
         assert spec.linux is not None
         write_spec_file(
             bundle / "config.json", attrs.evolve(spec, linux=attrs.evolve(spec.linux, seccomp=None))
         )
-        compare(bundle, runs / "plain", args.n, "/bin/true, no seccomp profile, busybox")
+        compare(
+            bundle, runs / "plain", args.n, f"/bin/true, no seccomp profile, busybox{mode}", config
+        )
 
 
 if __name__ == "__main__":

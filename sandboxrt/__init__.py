@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         InvalidStateError,
         LockTimeoutError,
         MissingFeatureError,
+        NoOverlayError,
         ProcessError,
         ProcessNotFoundError,
         ProcessTimeoutError,
@@ -51,7 +52,8 @@ if TYPE_CHECKING:
     )
     from sandboxrt.files import ContainerFiles, FileStat
     from sandboxrt.gofer import Gofer
-    from sandboxrt.process import Process
+    from sandboxrt.pod import Pod
+    from sandboxrt.process import Process, ProcessInfo
     from sandboxrt.sandbox import Sandbox
     from sandboxrt.stores import FileStore, MemoryStore, MetadataStore, default_root
 
@@ -87,10 +89,13 @@ __all__ = [
     "MemoryStore",
     "MetadataStore",
     "MissingFeatureError",
+    "NoOverlayError",
     "OCIState",
     "Operation",
+    "Pod",
     "Process",
     "ProcessError",
+    "ProcessInfo",
     "ProcessNotFoundError",
     "ProcessTimeoutError",
     "ProtocolError",
@@ -134,7 +139,9 @@ _HOMES = {
     "ContainerFiles": "sandboxrt.files",
     "FileStat": "sandboxrt.files",
     "Gofer": "sandboxrt.gofer",
+    "Pod": "sandboxrt.pod",
     "Process": "sandboxrt.process",
+    "ProcessInfo": "sandboxrt.process",
     "Sandbox": "sandboxrt.sandbox",
     "FileStore": "sandboxrt.stores",
     "MemoryStore": "sandboxrt.stores",

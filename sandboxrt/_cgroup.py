@@ -16,15 +16,12 @@ Two cases run without a cgroup, and :func:`request_for` says so with ``None``:
 * the spec sets neither, and making the cgroup is refused for lack of
   permission (``EACCES``, ``EPERM``, ``EROFS``: an unprivileged caller).
 
-Device rules (``linux.resources.devices``) are enforced on cgroup v1 only, where
+Device rules (``linux.resources.devices``) are enforced on both drivers, with
 runc's defaults (``/dev/null``, ``zero``, ``full``, ``random``, ``urandom``,
 ``tty``, ``ptmx``, ``pts/*`` and ``mknod`` of any node) and the spec's own
-``linux.devices`` are allowed after the spec's rules, as runc does. On a
-cgroup v2 host they are dropped (logged at debug level), not refused: v2 needs
-eBPF programs for them, which sandboxrt does not load, and refusing would
-refuse every default spec (its rules deny all devices). What a v2 container
-can open is then bounded by the device nodes its ``/dev`` is given and by its
-capabilities (no ``CAP_MKNOD`` by default), not by the cgroup.
+``linux.devices`` allowed after the spec's rules, as runc does: on cgroup v1
+through the devices controller, on cgroup v2 through an eBPF device program
+(``sandboxrt._core.devicefilter``) with the same meaning.
 """
 
 from __future__ import annotations
@@ -40,6 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sandboxrt._core import devicefilter
 from sandboxrt._os import cgroups
 from sandboxrt._os.cgroups import Cgroup, CgroupLayout, DeviceRule, Resources
 from sandboxrt.errors import MissingFeatureError, SandboxrtError, SystemCallError
@@ -49,12 +47,14 @@ __all__ = [
     "DEFAULT_DEVICE_RULES",
     "CgroupRequest",
     "create",
+    "freeze",
     "procs_files",
     "remove",
     "request_for",
     "resources_for",
     "scope_for",
     "signal_all",
+    "thaw",
 ]
 
 log = logging.getLogger("sandboxrt")
@@ -87,19 +87,21 @@ class CgroupRequest:
 
 
 def resources_for(spec: Mapping[str, Any], driver: str) -> Resources:
-    """The spec's ``linux.resources``, with device rules as ``driver`` enforces them."""
+    """The spec's ``linux.resources``, its device rules followed by the spec's own
+    devices and :data:`DEFAULT_DEVICE_RULES`.
+
+    On v2 the rules must make an eBPF program: a deny rule punching a hole in a
+    wider allow rule (which v1 silently ignores) raises :class:`SpecError`.
+    """
     linux = spec.get("linux") or {}
     resources = Resources.from_oci(linux.get("resources"))
     if not resources.devices:
         return resources
-    if driver == "v2":
-        log.warning(
-            "cgroup v2: %d device rule(s) of linux.resources are NOT enforced (that needs eBPF)",
-            len(resources.devices),
-        )
-        return dataclasses.replace(resources, devices=())
     own = tuple(_device_rule(d) for d in linux.get("devices") or [] if d.get("type") != "p")
-    return dataclasses.replace(resources, devices=(*resources.devices, *own, *DEFAULT_DEVICE_RULES))
+    rules = (*resources.devices, *own, *DEFAULT_DEVICE_RULES)
+    if driver == "v2":
+        devicefilter.device_policy(rules)  # refused here, before any cgroup is made
+    return dataclasses.replace(resources, devices=rules)
 
 
 def _device_rule(device: Mapping[str, Any]) -> DeviceRule:
@@ -157,6 +159,9 @@ def create(request: CgroupRequest, container_id: str, scope: str = "") -> Cgroup
         return None
     # A cgroupsPath naming a cgroup that already holds processes is refused (as runc
     # does): kill-all and destroy would otherwise reach processes that are not ours.
+    # One we have just made is empty.
+    if all(p.rel in p.created for p in cgroup.placements):
+        return cgroup
     busy = cgroup.pids()
     if busy:
         cgroup.destroy()
@@ -172,6 +177,32 @@ def procs_files(cgroup: Cgroup) -> list[str]:
     return [str(directory / "cgroup.procs") for directory in cgroup.directories]
 
 
+def freeze(record: Mapping[str, Any] | None, container_id: str, timeout: float) -> None:
+    """Freeze every process of the container's cgroup; return once all are frozen.
+
+    Raises :class:`MissingFeatureError` naming the freezer when the container
+    has no cgroup or its cgroup no freezer.
+    """
+    _freezable(record, container_id).freeze(timeout=timeout)
+
+
+def thaw(record: Mapping[str, Any] | None, container_id: str) -> None:
+    """Let the processes of the container's cgroup run again."""
+    _freezable(record, container_id).thaw()
+
+
+def _freezable(record: Mapping[str, Any] | None, container_id: str) -> Cgroup:
+    if record is None:
+        raise MissingFeatureError("the cgroup freezer", f'container "{container_id}" has no cgroup')
+    cgroup = cgroups.load(record, container_id=container_id)
+    if not cgroup.can_freeze():
+        raise MissingFeatureError(
+            "the cgroup freezer",
+            f'the cgroup {cgroup.path} of container "{container_id}" has no freezer',
+        )
+    return cgroup
+
+
 def signal_all(
     record: Mapping[str, Any],
     container_id: str,
@@ -179,23 +210,27 @@ def signal_all(
     *,
     spare: int | None,
     timeout: float,
+    paused: bool = False,
 ) -> None:
     """Send ``signum`` to every process of the container's cgroup.
 
-    ``SIGKILL`` goes to every process, ``spare`` (the supervisor) included,
-    and returns once the cgroup is empty: ``cgroup.kill`` on v2, else
-    freeze-kill-thaw rounds, so no fork escapes. Another signal spares
-    ``spare`` and is sent while the cgroup is frozen (where it can be), so no
-    process forks between the listing and the signal.
+    ``SIGKILL`` goes to every process (``spare`` included, should it be
+    inside) and returns once the cgroup is empty: ``cgroup.kill`` on v2, else
+    freeze-kill-thaw rounds, so no fork escapes (a ``paused`` cgroup ends
+    thawed). Another signal spares ``spare`` and is sent while the cgroup is
+    frozen (where it can be), so no process forks between the listing and the
+    signal; a ``paused`` cgroup stays frozen, the signals pending until it
+    resumes.
     """
     cgroup = cgroups.load(record, container_id=container_id)
     if signum == signal.SIGKILL:
         cgroup.kill_all(timeout=timeout)
         return
     frozen = False
-    with contextlib.suppress(MissingFeatureError, SystemCallError):
-        cgroup.freeze(timeout=min(timeout, 2.0))
-        frozen = True
+    if not paused:
+        with contextlib.suppress(MissingFeatureError, SystemCallError):
+            cgroup.freeze(timeout=min(timeout, 2.0))
+            frozen = True
     try:
         for pid in cgroup.pids():
             if pid != spare:
@@ -209,8 +244,15 @@ def signal_all(
 def remove(record: Mapping[str, Any], container_id: str, timeout: float) -> None:
     """SIGKILL what is left in the container's cgroup, then remove what sandboxrt made.
 
-    Idempotent; a pre-existing cgroup (a ``cgroupsPath`` that existed) stays.
+    Idempotent; a pre-existing cgroup (a ``cgroupsPath`` that existed) stays. For a
+    cgroup sandboxrt made, removal is tried first: once a sandbox with a PID
+    namespace of its own is gone its cgroup is empty, and ``rmdir`` fails on one
+    that is not (then the processes are killed, and removal retried).
     """
     cgroup = cgroups.load(record, container_id=container_id)
+    if all(p.rel in p.created for p in cgroup.placements):
+        with contextlib.suppress(SystemCallError):
+            cgroup.destroy(timeout=0.0)
+            return
     cgroup.kill_all(timeout=timeout)
     cgroup.destroy(timeout=timeout)

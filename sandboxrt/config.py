@@ -6,7 +6,19 @@ from typing import Literal
 
 import attrs
 
-__all__ = ["Config"]
+__all__ = ["DEFAULT_OVERLAY_SIZE", "Config"]
+
+#: The default size limit of an overlay root's upper layer (a tmpfs): 256 MiB.
+DEFAULT_OVERLAY_SIZE = 256 * 1024 * 1024
+#: The smallest size accepted (tmpfs rounds sizes up to whole pages).
+_MIN_OVERLAY_SIZE = 64 * 1024
+
+
+def _check_overlay_size(_instance: object, _attribute: object, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"overlay_size must be a number of bytes (int), not {value!r}")
+    if value < _MIN_OVERLAY_SIZE:
+        raise ValueError(f"overlay_size must be at least {_MIN_OVERLAY_SIZE} bytes, not {value}")
 
 
 @attrs.frozen(kw_only=True)
@@ -15,8 +27,13 @@ class Config:
 
     ``network``: ``"sandbox"`` gives each sandbox its own network namespace with
     loopback up (unless the spec joins one); ``"host"`` shares the host's.
-    ``overlay``: mount the rootfs read-only under a tmpfs overlay (not yet
-    available: raises ``MissingFeatureError``). ``destroy_timeout``: seconds
+    ``overlay``: the container's root is a kernel overlayfs whose lower layer
+    is the bundle's rootfs (read-only, never modified, shareable by any number
+    of containers at once) and whose upper layer is a tmpfs of the container's
+    own, limited to ``overlay_size`` bytes (default 256 MiB; writing past it
+    fails with ``ENOSPC``); the changes vanish with the container, and
+    ``Container.export_changes`` writes them as a tar layer. With
+    ``root.readonly`` the overlay is read-only too. ``destroy_timeout``: seconds
     destroy waits for the sandbox to go. ``create_timeout``: seconds the sandbox may stay
     silent while it is being created (the library's own hooks not counted) before
     creation fails and the sandbox is destroyed.
@@ -24,6 +41,7 @@ class Config:
 
     network: Literal["sandbox", "host"] = "sandbox"
     overlay: bool = False
+    overlay_size: int = attrs.field(default=DEFAULT_OVERLAY_SIZE, validator=_check_overlay_size)
     destroy_timeout: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
     lock_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
     create_timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))

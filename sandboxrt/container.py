@@ -20,18 +20,19 @@ from typing import IO, Any, TypedDict
 import attrs
 from typing_extensions import Unpack
 
-from sandboxrt import _cgroup
-from sandboxrt._core import abi
+from sandboxrt import _cgroup, _changes
+from sandboxrt._core.cri import sandbox_to_join
 from sandboxrt._core.ids import resolve_id, validate_id
-from sandboxrt._core.plan import UserArg, build_plan, exec_plan
-from sandboxrt._core.protocol import MountPlan, SandboxPlan
+from sandboxrt._core.plan import UserArg, build_container_plan, build_plan, exec_plan
+from sandboxrt._core.protocol import ContainerPlan, SandboxPlan
 from sandboxrt._core.records import ContainerRecord
 from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
 from sandboxrt._core.status import Operation, Status, require
-from sandboxrt._os import cgroups, channel
+from sandboxrt._os import cgroups, procfs
 from sandboxrt._os.seccomp import compile_bpf
 from sandboxrt._proc import hooks
 from sandboxrt._proc.launcher import Launcher
+from sandboxrt._signals import DEFAULT_FORWARDED, SignalForwarder
 from sandboxrt._stdio import StdioArg, StdioPlan
 from sandboxrt.config import Config
 from sandboxrt.errors import (
@@ -40,14 +41,18 @@ from sandboxrt.errors import (
     InitError,
     InvalidStateError,
     MissingFeatureError,
+    NoOverlayError,
     ProcessError,
+    ProcessNotFoundError,
     ProcessTimeoutError,
     SandboxDiedError,
+    SandboxrtError,
+    SpecError,
+    SystemCallError,
 )
 from sandboxrt.files import ContainerFiles
-from sandboxrt.gofer import SOCKET_NAME as gofer_socket
-from sandboxrt.gofer import Gofer, PendingGofer
-from sandboxrt.process import Process
+from sandboxrt.gofer import Gofer, PendingGofer, socket_path
+from sandboxrt.process import Process, ProcessInfo, process_infos
 from sandboxrt.sandbox import Sandbox, kill_process
 from sandboxrt.stores import FileStore, MetadataStore
 
@@ -86,7 +91,7 @@ class OCIState:
 
 @attrs.frozen
 class Stats:
-    """Resource usage of a container's cgroup (its supervisor included), as read now.
+    """Resource usage of a container's cgroup (its supervisor stays outside), as read now.
 
     CPU times are nanoseconds (user and system counted in clock ticks, 10 ms,
     on cgroup v1); memory figures are bytes. A ``None`` limit is unlimited;
@@ -161,8 +166,8 @@ class Container:
         supervisor joins before forking the init. Without any cgroup hierarchy
         mounted this raises :class:`MissingFeatureError`, unless the spec sets
         neither ``linux.resources`` nor ``linux.cgroupsPath``: then it runs
-        without a cgroup. Device rules are enforced on cgroup v1 only (see
-        ``sandboxrt._cgroup``).
+        without a cgroup. Device rules are enforced on cgroup v1 (devices
+        controller) and v2 (an eBPF device program; see ``sandboxrt._cgroup``).
         """
         return cls._create(id, bundle, options, autostart=False)
 
@@ -174,9 +179,17 @@ class Container:
         options: CreateOptions,
         *,
         autostart: bool,
+        join: str | None = None,
+        root: bool = False,
     ) -> Container:
         """:meth:`create`; with ``autostart`` (for :meth:`run`) the program starts at
-        once, without a start round trip, unless hooks or a terminal need one."""
+        once, without a start round trip, unless hooks or a terminal need one.
+
+        The container joins sandbox ``join`` when given, makes a new one with
+        ``root``, else does what its spec's CRI annotations say (see
+        ``sandboxrt._core.cri``); annotations naming another sandbox than
+        ``join``, or one to join with ``root``, are a :class:`SpecError`.
+        """
         unknown = set(options) - CreateOptions.__optional_keys__
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
@@ -190,21 +203,36 @@ class Container:
         validate_id(id)
         store = store if store is not None else FileStore()
         config = config or Config()
-        if config.overlay:
-            raise MissingFeatureError("the overlay root (Config(overlay=True))", "not built yet")
         bundle_path = Path(bundle).absolute()
         if spec is None:
             spec = _bundle_spec(bundle_path / "config.json")
         document = _apply_config(dump_spec(spec), config)
+        sandbox_id = _sandbox_id_for(id, document, join=join, root=root)
         # Before the lock: a spec the plan refuses leaves nothing behind, not even a lock file.
-        plan = build_plan(
-            container_id=id,
-            sandbox_id=id,
-            spec=document,
-            bundle=str(bundle_path),
-            runtime_root=str(store.runtime_dir),
-            compile_seccomp=compile_bpf,
-        )
+        overlay_size = config.overlay_size if config.overlay else 0
+        host: Sandbox | None = None
+        plan: SandboxPlan | ContainerPlan
+        if sandbox_id == id:
+            plan = build_plan(
+                container_id=id,
+                sandbox_id=id,
+                spec=document,
+                bundle=str(bundle_path),
+                runtime_root=str(store.runtime_dir),
+                compile_seccomp=compile_bpf,
+                overlay_size=overlay_size,
+            )
+        else:
+            host = _sandbox_to_join(store, sandbox_id, id)
+            plan = build_container_plan(
+                container_id=id,
+                sandbox_id=sandbox_id,
+                spec=document,
+                bundle=str(bundle_path),
+                runtime_dir=host.runtime_dir,
+                compile_seccomp=compile_bpf,
+                overlay_size=overlay_size,
+            )
         autostart = autostart and not plan.init.start_container_hooks and not plan.init.terminal
         if autostart:
             plan = dataclasses.replace(plan, autostart=True)
@@ -217,7 +245,11 @@ class Container:
                 status=Status.CREATING,
                 created_at=_dt.datetime.now(_dt.UTC),
                 owner=_owner(),
-                sandbox_id=id,
+                sandbox_id=sandbox_id,
+                # A subcontainer's sandbox is known (and recorded) from the start: a
+                # failure from here on has the teardown ask it to forget the container.
+                sandbox=host.supervisor if host is not None else None,
+                runtime_dir=host.runtime_dir if host is not None else "",
                 config=attrs.asdict(config),
                 annotations=dict(document.get("annotations") or {}),
             )
@@ -225,45 +257,54 @@ class Container:
             container = cls(record, store)
             stdio: StdioPlan | None = None
             pty: int | None = None
-            gofer: PendingGofer | None = None
-            trees: list[int] = []
+
+            def make_cgroup() -> list[str]:
+                assert cgroup_request is not None
+                scope = _cgroup.scope_for(store.runtime_dir)
+                cgroup = _cgroup.create(cgroup_request, id, scope)
+                if cgroup is None:
+                    return []
+                # Recorded at once: a destroy after a crash from here on removes it.
+                container._record = attrs.evolve(container._record, cgroup=cgroup.to_dict())
+                store.save(container._record)
+                return _cgroup.procs_files(cgroup)
+
+            if cgroup_request is not None and isinstance(plan, SandboxPlan):
+                # Made while the sandbox starts: the init joins it after its mounts.
+                plan = dataclasses.replace(
+                    plan, init=dataclasses.replace(plan.init, await_cgroup=True)
+                )
             try:
-                cgroup = (
-                    _cgroup.create(cgroup_request, id, _cgroup.scope_for(store.runtime_dir))
-                    if cgroup_request
-                    else None
-                )
-                if cgroup is not None:
-                    # Recorded at once: a destroy after a crash from here on removes it.
-                    record = container._record = attrs.evolve(record, cgroup=cgroup.to_dict())
-                    store.save(record)
-                    plan = dataclasses.replace(plan, cgroup_procs=_cgroup.procs_files(cgroup))
+                if cgroup_request is not None and isinstance(plan, ContainerPlan):
+                    # A subcontainer's init is forked at once: its cgroup is made first.
+                    plan = dataclasses.replace(
+                        plan, init=dataclasses.replace(plan.init, cgroup_procs=make_cgroup())
+                    )
                 stdio = StdioPlan(stdin, stdout, stderr)
-                binds = [m for m in plan.init.mounts if m.bind]
-                if 0 < len(binds) <= _MAX_TREES:
-                    # The gofer opens the bind sources (decision 18); it serves files later.
-                    gofer = PendingGofer(launcher)
-                    plan, trees = _with_trees(plan, gofer.prepare(id, _bind_sources(binds)))
-                sandbox, pty = Sandbox.launch(
-                    plan,
-                    [*stdio.child_fds, *trees],
-                    launcher=launcher,
-                    on_mounted=container._run_runtime_hooks,
-                    timeout=config.create_timeout,
-                )
+                if isinstance(plan, SandboxPlan):
+                    sandbox, pty = Sandbox.launch(
+                        plan,
+                        stdio.child_fds,
+                        launcher=launcher,
+                        on_mounted=container._run_runtime_hooks,
+                        make_cgroup=make_cgroup,
+                        timeout=config.create_timeout,
+                    )
+                else:
+                    assert host is not None
+                    sandbox = host
+                    pty = host.create_container(
+                        plan,
+                        stdio.child_fds,
+                        on_mounted=container._run_runtime_hooks,
+                        timeout=config.create_timeout,
+                    )
                 stdio.close_child_ends()
-                channel.close_fds(trees)
-                trees = []
                 container._record = attrs.evolve(
-                    record,
+                    container._record,
                     sandbox=sandbox.supervisor,
                     runtime_dir=sandbox.runtime_dir,
                 ).with_status(Status.CREATED)
-                if gofer is not None:
-                    pending, gofer = gofer, None
-                    # A quick program may have ended the sandbox already: nothing to serve.
-                    with contextlib.suppress(SandboxDiedError, InvalidStateError):
-                        container._start_gofer(sandbox, pending, save=False)
                 if autostart:
                     container._record = container._record.with_status(Status.RUNNING)
                 store.save(container._record)
@@ -282,9 +323,6 @@ class Container:
                     stdio.close_all()
                 if pty is not None:
                     os.close(pty)
-                channel.close_fds(trees)
-                if gofer is not None:
-                    gofer.abort()
                 if container.console is not None:
                     container.console.close()
                 container._teardown()
@@ -341,7 +379,24 @@ class Container:
         record = self._record
         if record.sandbox is None:
             return None
-        return Sandbox(record.sandbox_id, record.sandbox, record.runtime_dir)
+        return Sandbox(self.sandbox_id, record.sandbox, record.runtime_dir)
+
+    @property
+    def sandbox_id(self) -> str:
+        """The id of the sandbox the container is in: its root container's id (its own,
+        unless it joined a sandbox as a subcontainer of a pod)."""
+        return self._record.sandbox_id or self.id
+
+    @property
+    def is_subcontainer(self) -> bool:
+        """Whether the container joined another container's sandbox (see :class:`Pod`)."""
+        return self.sandbox_id != self.id
+
+    @property
+    def config(self) -> Config:
+        """The :class:`Config` the container was created with (kept in its record)."""
+        fields = attrs.fields_dict(Config)
+        return Config(**{k: v for k, v in self._record.config.items() if k in fields})
 
     @property
     def gofer(self) -> Gofer | None:
@@ -410,38 +465,209 @@ class Container:
             raise ContainerNotFoundError(self.id)
         return sandbox.wait(self.id, timeout)
 
-    def kill(self, sig: int = _signal.SIGTERM, *, all: bool = False) -> None:
+    def kill(
+        self, sig: int = _signal.SIGTERM, *, all: bool = False, foreground: bool = False
+    ) -> None:
         """Send ``sig`` to the init, or with ``all=True`` to every process of the container.
+
+        With ``foreground=True`` it goes to the foreground process group of the
+        init's terminal instead (``process.terminal``; like ``runsc kill --fg``).
 
         ``all=True`` is allowed on a stopped container, to clean up leftovers.
         It goes through the container's cgroup, so forks cannot escape:
-        ``SIGKILL`` kills every process (the supervisor too, which ends the
-        sandbox) and returns once none is left; other signals reach every
-        process but the supervisor. Without a cgroup the supervisor signals
-        the processes of its PID namespace (or its descendants).
+        ``SIGKILL`` kills every process and returns once none is left; other
+        signals reach every process but the supervisor. Without a cgroup the
+        supervisor signals the processes of its PID namespace (or its
+        descendants).
+
+        A paused container takes signals as ``runc kill`` does: they stay
+        pending until :meth:`resume`. ``SIGKILL`` (with or without ``all``)
+        also thaws it, since frozen processes do not die on cgroup v1: the
+        container reads ``running`` until its init's death is recorded, then
+        ``stopped``.
         """
+        if all and foreground:
+            raise ValueError("kill: all and foreground exclude each other")
         with self._locked() as sandbox:
             status = _effective_status(self._record, sandbox)
             require(Operation.KILL_ALL if all else Operation.KILL, self.id, status)
-            if all and self._record.cgroup is not None:
-                running = sandbox is not None and sandbox.is_running()
-                _cgroup.signal_all(
-                    self._record.cgroup,
-                    self.id,
-                    int(sig),
-                    spare=sandbox.pid if sandbox is not None and running else None,
-                    timeout=self._destroy_timeout(),
-                )
-                return
-            if sandbox is None or not sandbox.is_running():
-                return
+            paused = status is Status.PAUSED
             try:
-                sandbox.signal(self.id, int(sig), all=all)
-            except (SandboxDiedError, InitError):
-                # It stopped meanwhile: answer as if it had stopped before the call.
-                if _effective_status(self._record, sandbox) is not Status.STOPPED:
-                    raise
-                require(Operation.KILL_ALL if all else Operation.KILL, self.id, Status.STOPPED)
+                self._signal(sandbox, int(sig), all=all, paused=paused, foreground=foreground)
+            finally:
+                if paused and sig == _signal.SIGKILL:
+                    _cgroup.thaw(self._record.cgroup, self.id)
+                    self._record = self._record.with_status(Status.RUNNING)
+                    self._store.save(self._record)
+
+    def _signal(
+        self, sandbox: Sandbox | None, sig: int, *, all: bool, paused: bool, foreground: bool
+    ) -> None:
+        """:meth:`kill` under the lock, the status checked."""
+        if all and self._record.cgroup is not None:
+            running = sandbox is not None and sandbox.is_running()
+            _cgroup.signal_all(
+                self._record.cgroup,
+                self.id,
+                sig,
+                spare=sandbox.pid if sandbox is not None and running else None,
+                timeout=self._destroy_timeout(),
+                paused=paused,
+            )
+            return
+        if sandbox is None or not sandbox.is_running():
+            return
+        try:
+            sandbox.signal(self.id, sig, all=all, foreground=foreground)
+        except (SandboxDiedError, InitError):
+            # It stopped meanwhile: answer as if it had stopped before the call.
+            if _effective_status(self._record, sandbox) is not Status.STOPPED:
+                raise
+            require(Operation.KILL_ALL if all else Operation.KILL, self.id, Status.STOPPED)
+
+    def pause(self) -> None:
+        """Freeze every process of the (running) container, like ``runc pause``.
+
+        Goes through the cgroup freezer (v1 ``freezer.state``, v2
+        ``cgroup.freeze``) and returns once every process is frozen; the
+        status ``paused`` is recorded. The supervisor stays outside the
+        cgroup, so :meth:`state`, :meth:`stats`, :meth:`wait`, :meth:`kill`
+        and :meth:`destroy` keep working; :meth:`exec` is refused. Raises
+        :class:`InvalidStateError` unless running, :class:`MissingFeatureError`
+        without a cgroup freezer. No hooks run.
+        """
+        with self._locked() as sandbox:
+            require(Operation.PAUSE, self.id, _effective_status(self._record, sandbox))
+            _cgroup.freeze(self._record.cgroup, self.id, timeout=self._destroy_timeout())
+            try:
+                self._record = self._record.with_status(Status.PAUSED)
+                self._store.save(self._record)
+            except BaseException:
+                _cgroup.thaw(self._record.cgroup, self.id)
+                raise
+
+    def resume(self) -> None:
+        """Thaw a paused container (``runc resume``): its processes run on, signals
+        sent meanwhile are delivered. Raises :class:`InvalidStateError` unless paused."""
+        with self._locked() as sandbox:
+            require(Operation.RESUME, self.id, _effective_status(self._record, sandbox))
+            _cgroup.thaw(self._record.cgroup, self.id)
+            self._record = self._record.with_status(Status.RUNNING)
+            self._store.save(self._record)
+
+    # -- processes of the container -----------------------------------------------------
+    #
+    # Pids are those of the sandbox's PID namespace (the supervisor is 1 there), as
+    # ``Process.pid`` and ``runsc`` give them; ``ProcessInfo.host_pid`` is the host's.
+
+    def wait_pid(self, pid: int, timeout: float | None = None) -> int:
+        """Wait for process ``pid`` of the container to exit; its exit code (``-N``: signal N).
+
+        ``pid`` is the init or a process exec'd into the container, in the
+        sandbox's PID namespace (``Process.pid``, ``ProcessInfo.pid``). Works
+        from any process that can load the container, and again with the same
+        answer while the supervisor keeps the status (the latest 4096 waited
+        ones). Raises :class:`ProcessNotFoundError` for any other pid and
+        :class:`ProcessTimeoutError` after ``timeout`` seconds. Once the
+        sandbox is gone, its processes died with it: ``-9``, but the init's
+        recorded status for the init.
+        """
+        pid = _process_pid(self.id, pid)
+        self._refresh()
+        sandbox = self.sandbox
+        if sandbox is None:
+            raise ContainerNotFoundError(self.id)
+        try:
+            code = sandbox.wait_process(self.id, pid, timeout)
+        except TimeoutError:
+            raise ProcessTimeoutError(self.id, [], timeout or 0.0, pid=pid) from None
+        assert code is not None
+        return code
+
+    def signal_process(
+        self, pid: int, sig: int, *, group: bool = False, foreground: bool = False
+    ) -> None:
+        """Send ``sig`` to process ``pid`` of the container (sandbox PID namespace).
+
+        Any process of the container is accepted: the supervisor checks that
+        ``pid`` is in the container's cgroup (without one: among its own
+        descendants), never itself or a process of the host, and signals it
+        through a pidfd; else :class:`ProcessNotFoundError`. ``group`` signals
+        its process group; ``foreground`` the foreground process group of the
+        terminal ``pid`` holds (the init with ``process.terminal``, or a
+        process exec'd with ``tty=True``).
+        """
+        pid = _process_pid(self.id, pid)
+        self._refresh()
+        sandbox = self.sandbox
+        require(Operation.KILL, self.id, _effective_status(self._record, sandbox))
+        assert sandbox is not None
+        sandbox.signal_process(self.id, pid, int(sig), group=group, foreground=foreground)
+
+    def processes(self) -> builtins.list[ProcessInfo]:
+        """The container's processes now, like ``runc ps``, sorted by pid.
+
+        Read from ``/proc`` on this side: the members of the container's
+        cgroup (without one: the supervisor's descendants). The supervisor,
+        PID 1 of the sandbox and not the container's, is left out; the
+        container's init is the supervisor's child (``ppid`` 1).
+        """
+        self._refresh()
+        sandbox = self.sandbox
+        running = sandbox is not None and sandbox.is_running()
+        supervisor = sandbox.pid if sandbox is not None and running else None
+        if self._record.cgroup is not None:
+            host_pids = cgroups.load(self._record.cgroup, container_id=self.id).pids()
+        elif supervisor is not None:
+            host_pids = procfs.descendants(supervisor)
+        else:
+            host_pids = []
+        return process_infos(host_pids, supervisor)
+
+    def forward_signals(
+        self,
+        process: Process | int | None = None,
+        signals: Sequence[int] = DEFAULT_FORWARDED,
+        *,
+        foreground: bool = False,
+    ) -> SignalForwarder:
+        """A context manager that relays this process's ``signals`` to a container process.
+
+        The target is the container's init (``None``), an exec'd
+        :class:`Process`, or a pid (sandbox PID namespace); with
+        ``foreground`` the foreground process group of its terminal. The
+        previous handlers come back on exit. Main thread only
+        (``RuntimeError`` otherwise). SIGWINCH resizes the target's pty to the
+        caller's terminal when both exist (the pty is the :class:`Process`'s
+        ``console`` or, for the init, :attr:`console`); otherwise it is relayed.
+        Relays go straight to the supervisor, without the container's lock.
+        """
+        self._refresh()
+        sandbox = self.sandbox
+        require(Operation.KILL, self.id, _effective_status(self._record, sandbox))
+        assert sandbox is not None
+        console = self.console
+        if isinstance(process, Process):
+            target = process
+            console = process.console
+
+            def send(sig: int) -> None:
+                target.send_signal(sig, foreground=foreground)
+
+        elif process is None:
+
+            def send(sig: int) -> None:
+                sandbox.signal(self.id, sig, foreground=foreground)
+
+        else:
+            pid = _process_pid(self.id, process)
+            console = None
+
+            def send(sig: int) -> None:
+                sandbox.signal_process(self.id, pid, sig, foreground=foreground)
+
+        name = f"container {self.id!r}" + (f" process {process}" if process is not None else "")
+        return SignalForwarder(send, signals, console=console, target=name)
 
     # -- exec'd processes ------------------------------------------------------------
 
@@ -464,7 +690,11 @@ class Container:
         ``noNewPrivileges``, seccomp, rlimits, umask, env, cwd) with these
         overrides: ``env`` (a mapping or ``KEY=value`` strings) replaces the
         environment; ``cwd`` is an absolute path in the container; ``user`` is
-        a uid or ``"uid[:gid]"`` (gid 0 unless given, no additional gids). It
+        a uid, ``(uid, gid)`` (taken as is), or ``"user[:group]"`` with names
+        or ids, looked up in the container's own ``/etc/passwd`` and
+        ``/etc/group`` as ``runc exec --user`` does (a user found there brings
+        its primary gid and, without a group, the groups listing it as
+        supplementary ones; an unknown name raises :class:`ExecError`). It
         joins the container's namespaces, root and cgroup, leads a process
         group of its own, and ``args[0]`` is looked up in the env's ``PATH``.
 
@@ -476,7 +706,7 @@ class Container:
 
         Returns once the program runs; raises :class:`ExecError` when it could
         not be started (a missing binary...), :class:`InvalidStateError`
-        unless the container is created or running. Works from any process
+        unless the container is created or running (not paused). Works from any process
         that can load the container: everything goes through its control socket.
         """
         if tty and any(arg is not None for arg in (stdin, stdout, stderr)):
@@ -603,8 +833,55 @@ class Container:
             raise MissingFeatureError("container stats", f'container "{self.id}" has no cgroup')
         return Stats.from_cgroup(cgroups.load(self._record.cgroup, container_id=self.id).stats())
 
+    def export_changes(self, dest: str | os.PathLike[str] | IO[bytes]) -> None:
+        """Write what the container changed in its overlay root to ``dest`` as a tar layer.
+
+        ``dest`` is a path (created or truncated) or a binary file object open
+        for writing (a pipe or socket will do: the stream is written in one
+        pass, file contents in chunks). The stream is an uncompressed PAX tar
+        of the overlay's upper layer in the OCI image-layer form: relative
+        paths, modes, numeric owners, mtimes, symlinks, hard links and extended
+        attributes as they are; a deleted file or directory is a
+        ``.wh.<name>`` entry and a directory that replaced a lower one holds a
+        ``.wh..wh..opq`` entry. Mount points the runtime made for the spec's
+        mounts show up as added directories. Works on created, running and
+        paused containers and from any process that can load the container;
+        files the container writes meanwhile may or may not be included.
+
+        Raises :class:`NoOverlayError` for a container created without
+        ``Config(overlay=True)`` and :class:`InvalidStateError` once it has
+        stopped (the upper layer went with its sandbox).
+        """
+        if not self.config.overlay:
+            raise NoOverlayError(self.id, "export the changes of")
+        gone = "its overlay's upper layer went with its sandbox"
+        with self._locked() as sandbox:
+            status = _effective_status(self._record, sandbox)
+            if sandbox is None or status not in _LIVE:
+                raise InvalidStateError("export the changes of", self.id, str(status), reason=gone)
+            try:
+                upper = sandbox.overlay_upper(self.id)
+            except SandboxDiedError:
+                status = _effective_status(self._record, sandbox)
+                if status is Status.STOPPED:
+                    raise InvalidStateError(
+                        "export the changes of", self.id, str(status), reason=gone
+                    ) from None
+                raise
+        # Outside the lock: the fd keeps the layer alive, and a long export must not
+        # hold up other operations (a destroy meanwhile just ends the container).
+        try:
+            if isinstance(dest, str | os.PathLike):
+                with open(dest, "wb") as f:
+                    _changes.write_layer(upper, f)
+            else:
+                _changes.write_layer(upper, dest)
+        finally:
+            os.close(upper)
+
     def destroy(self) -> None:
-        """Kill everything of the container and remove all it left; a no-op when gone."""
+        """Kill everything of the container (paused ones too) and remove all it left;
+        a no-op when gone."""
         try:
             with self._locked():
                 self._teardown()
@@ -638,13 +915,13 @@ class Container:
                         raise
             record = self._record
         assert record.gofer is not None
-        return Gofer(self.id, record.gofer, os.path.join(record.runtime_dir, gofer_socket))
+        return Gofer(self.id, record.gofer, socket_path(record.runtime_dir, self.id))
 
     def _start_gofer(
         self, sandbox: Sandbox, pending: PendingGofer | None = None, *, save: bool = True
     ) -> None:
         """Start the container's gofer (``pending``, or a new one) and record it (under the
-        lock; decision 15); ``save=False`` leaves saving the record to the caller."""
+        lock; decision 25); ``save=False`` leaves saving the record to the caller."""
         user = (self._record.spec.get("process") or {}).get("user") or {}
         pending = pending or PendingGofer(None)
         try:
@@ -679,17 +956,35 @@ class Container:
         """Destroy under the lock: sandbox, runtime files, cgroup, record, then poststop hooks.
 
         The cgroup goes once the sandbox is gone: what is left in it (a
-        container without a PID namespace of its own) is killed first.
+        container without a PID namespace of its own) is killed first. A
+        subcontainer leaves its sandbox (its processes killed, nothing else); a
+        root container's sandbox ends, then every subcontainer noted in it is
+        destroyed, each under its own lock (root lock first, then each
+        subcontainer's: the only order in which two of these locks are held).
+        A paused container's processes are killed through its cgroup first, then
+        thawed (a root's paused subcontainers too: frozen processes would keep
+        the supervisor, PID 1 of their namespace, from ending).
         """
         if self._record.gofer is not None and not kill_process(
             self._record.gofer, self._destroy_timeout()
         ):
             raise GoferError(self.id, f"pid {self._record.gofer.pid} did not exit")
         sandbox = self.sandbox
-        if sandbox is not None:
-            sandbox.destroy(timeout=self._destroy_timeout())
+        timeout = self._destroy_timeout()
+        if sandbox is not None and not self.is_subcontainer:
+            for member_id in sandbox.container_ids():
+                _kill_if_paused(self._store, member_id, self.id, timeout)
+        _kill_if_paused(self._store, self.id, self.sandbox_id, timeout, record=self._record)
+        if sandbox is not None and self.is_subcontainer:
+            sandbox.forget_container(self.id, timeout)
+        elif sandbox is not None:
+            sandbox.stop(timeout)
+            # The supervisor is gone, so nothing can join any more: the notes are complete.
+            for member_id in sandbox.container_ids():
+                _destroy_member(self._store, member_id, self.id)
+            sandbox.remove_runtime_dir()
         if self._record.cgroup is not None:
-            _cgroup.remove(self._record.cgroup, self.id, self._destroy_timeout())
+            _cgroup.remove(self._record.cgroup, self.id, timeout)
         self._store.delete(self.id)
         hooks.run_hooks_best_effort(
             self._hooks("poststop"),
@@ -764,38 +1059,101 @@ class _Locked:
         self._lock.__exit__(*exc)  # type: ignore[arg-type]
 
 
+def _process_pid(container_id: str, pid: int) -> int:
+    """``pid`` as a process's pid: never 0 or less (a process group, or "the init" to the
+    supervisor's protocol)."""
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise TypeError(f"a pid must be an int, not {type(pid).__name__}")
+    if pid <= 0:
+        raise ProcessNotFoundError(container_id, pid)
+    return pid
+
+
 def _effective_status(record: ContainerRecord, sandbox: Sandbox | None) -> Status:
     if record.status in _LIVE and (
-        sandbox is None or not sandbox.is_running() or sandbox.exit_status() is not None
+        sandbox is None or not sandbox.is_running() or sandbox.exit_status(record.id) is not None
     ):
         return Status.STOPPED
     return record.status
 
 
-#: At most this many bind mounts go to the init as detached mounts (with its 3 stdio fds,
-#: one datagram's fds); more are bound by path.
-_MAX_TREES = 13
+def _kill_if_paused(
+    store: MetadataStore,
+    container_id: str,
+    sandbox_id: str,
+    timeout: float,
+    *,
+    record: ContainerRecord | None = None,
+) -> None:
+    """SIGKILL (through its cgroup, which thaws it) a paused container of ``sandbox_id``.
+
+    Frozen processes die only once thawed (v1), and the supervisor, PID 1 of
+    their namespace, cannot end before them. A subcontainer's record is read
+    without its lock: killing what is being destroyed anyway is idempotent.
+    """
+    if record is None:
+        try:
+            record = store.load(container_id)
+        except ContainerNotFoundError:
+            return
+    if record.sandbox_id not in ("", sandbox_id) or record.cgroup is None:
+        return
+    if record.status is not Status.PAUSED:
+        return
+    _cgroup.signal_all(
+        record.cgroup, container_id, _signal.SIGKILL, spare=None, timeout=timeout, paused=True
+    )
+    with contextlib.suppress(SystemCallError):  # a cgroup already gone
+        _cgroup.thaw(record.cgroup, container_id)
 
 
-def _bind_sources(binds: Sequence[MountPlan]) -> list[tuple[str, bool]]:
-    return [(m.source, bool(m.flags & abi.MS_REC)) for m in binds]
+def _destroy_member(store: MetadataStore, container_id: str, sandbox_id: str) -> None:
+    """Destroy subcontainer ``container_id`` of sandbox ``sandbox_id``, if it still is one."""
+    try:
+        record = store.load(container_id)
+    except ContainerNotFoundError:
+        return
+    if record.sandbox_id == sandbox_id and record.id != sandbox_id:
+        Container(record, store).destroy()
 
 
-def _with_trees(
-    plan: SandboxPlan, trees: builtins.list[int] | None
-) -> tuple[SandboxPlan, builtins.list[int]]:
-    """``plan`` with its bind mounts numbered for ``trees`` (the gofer's detached mounts, one
-    per bind mount, in order), and the trees; unchanged without them."""
-    if not trees:
-        return plan, []
-    numbered, index = [], 0
-    for mount in plan.init.mounts:
-        if mount.bind:
-            mount = dataclasses.replace(mount, tree=index)
-            index += 1
-        numbered.append(mount)
-    init = dataclasses.replace(plan.init, mounts=numbered)
-    return dataclasses.replace(plan, init=init), trees
+def _sandbox_id_for(
+    container_id: str, document: Mapping[str, Any], *, join: str | None, root: bool
+) -> str:
+    """The id of the sandbox the container goes in: its own id when it makes one."""
+    annotated = sandbox_to_join(container_id, document.get("annotations"))
+    if annotated is not None and (root or (join is not None and annotated != join)):
+        where = "a new sandbox" if root else f'sandbox "{join}"'
+        raise SpecError(
+            [("annotations", f'they put the container in sandbox "{annotated}", not {where}')]
+        )
+    target = join if join is not None else annotated
+    if target == container_id:
+        raise SpecError([("annotations", "a container cannot join its own sandbox")])
+    return target or container_id
+
+
+def _sandbox_to_join(store: MetadataStore, sandbox_id: str, container_id: str) -> Sandbox:
+    """The living sandbox whose root container is ``sandbox_id``.
+
+    Read without the root's lock (records are replaced atomically): a
+    subcontainer's create never waits for its root's lock, so a concurrent
+    destroy of the root, which takes the subcontainers' locks, cannot deadlock
+    with it. Raises :class:`ContainerNotFoundError` when there is no such
+    container, :class:`InvalidStateError` unless it is created or running.
+    """
+    record = store.load(sandbox_id)
+    if record.sandbox_id and record.sandbox_id != record.id:
+        raise SandboxrtError(
+            f'container "{container_id}" cannot join sandbox "{sandbox_id}": that is a '
+            f'container of sandbox "{record.sandbox_id}", not a sandbox'
+        )
+    sandbox = None
+    if record.sandbox is not None:
+        sandbox = Sandbox(record.id, record.sandbox, record.runtime_dir)
+    require(Operation.ADD_CONTAINER, record.id, _effective_status(record, sandbox))
+    assert sandbox is not None
+    return sandbox
 
 
 def _apply_config(document: dict[str, Any], config: Config) -> dict[str, Any]:

@@ -34,6 +34,7 @@ __all__ = [
     "InvalidStateError",
     "LockTimeoutError",
     "MissingFeatureError",
+    "NoOverlayError",
     "ProcessError",
     "ProcessNotFoundError",
     "ProcessTimeoutError",
@@ -90,11 +91,13 @@ class ContainerExistsError(SandboxrtError, FileExistsError):
 class InvalidStateError(SandboxrtError, RuntimeError):
     """An operation is not allowed in the container's current status."""
 
-    def __init__(self, operation: str, container_id: str, status: str) -> None:
-        super().__init__(f'cannot {operation} container "{container_id}" in state {status}')
+    def __init__(self, operation: str, container_id: str, status: str, *, reason: str = "") -> None:
+        text = f'cannot {operation} container "{container_id}" in state {status}'
+        super().__init__(f"{text}: {reason}" if reason else text)
         self.operation = operation
         self.container_id = container_id
         self.status = status
+        self.reason = reason
 
 
 class SpecError(SandboxrtError, ValueError):
@@ -181,6 +184,18 @@ class MissingFeatureError(SandboxrtError, OSError):
         self.detail = detail
 
 
+class NoOverlayError(SandboxrtError, LookupError):
+    """An overlay-only operation on a container created without ``Config(overlay=True)``."""
+
+    def __init__(self, container_id: str, operation: str) -> None:
+        super().__init__(
+            f'cannot {operation} container "{container_id}": it has no overlay root'
+            " (create it with Config(overlay=True))"
+        )
+        self.container_id = container_id
+        self.operation = operation
+
+
 class SystemCallError(SandboxrtError, OSError):
     """A system call failed while working on a container."""
 
@@ -235,7 +250,8 @@ class ExecError(SandboxrtError):
 
 
 class ProcessNotFoundError(SandboxrtError, ProcessLookupError):
-    """A pid is not a process of the container (the init or one exec'd), or ``exited``."""
+    """A pid is not a process of the container, or ``exited``, or has no terminal for a
+    foreground signal. Waits accept only the init and processes exec'd into the container."""
 
     def __init__(
         self, container_id: str, pid: int, detail: str = "", *, exited: bool = False

@@ -1,16 +1,17 @@
 """The library's side of a container's gofer: starting it and talking to it.
 
 The gofer (``sandboxrt._proc.gofer``) is started on the container's first
-file call (decision 15): :class:`PendingGofer` launches it, and
+file call (decision 25): :class:`PendingGofer` launches it, and
 :meth:`PendingGofer.start` hands it the container's root (from the
 supervisor), a pidfd of the supervisor and its listening socket
-(``<runtime dir>/gofer.sock``, bound here so it exists at once) without
+(``<runtime dir>/gofer-<id hash>.sock``, bound here so it exists at once) without
 waiting for an answer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 from collections.abc import Sequence
@@ -29,10 +30,9 @@ from sandboxrt._proc.launcher import (
 from sandboxrt.errors import GoferError, ProtocolError
 from sandboxrt.sandbox import kill_process, open_pidfd
 
-__all__ = ["SOCKET_NAME", "Gofer", "PendingGofer"]
+__all__ = ["Gofer", "PendingGofer", "socket_path"]
 
 #: The gofer's listening socket, in the sandbox's runtime directory.
-SOCKET_NAME = "gofer.sock"
 
 #: How long a gofer's launched process may take to name the gofer (seconds).
 _LAUNCH_TIMEOUT = 30.0
@@ -172,14 +172,14 @@ class PendingGofer:
         ``run``): the gofer is stopped, there is nothing left to serve.
         """
         identity = self._launched(container_id)
-        path = os.path.join(runtime_dir, SOCKET_NAME)
+        path = socket_path(runtime_dir, container_id)
         pidfd = open_pidfd(supervisor)
         if pidfd is None:
             self.abort()
             return None
         try:
             log = os.open(
-                os.path.join(runtime_dir, "gofer.log"),
+                path[: -len(".sock")] + ".log",
                 os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
                 0o600,
             )
@@ -212,3 +212,10 @@ class PendingGofer:
             with contextlib.suppress(Exception):
                 self._process.wait(timeout=10.0)
             self._process = None
+
+
+def socket_path(runtime_dir: str, container_id: str) -> str:
+    """Where the gofer of ``container_id`` listens, in its sandbox's runtime directory:
+    one per container of a pod, and short enough for ``sun_path`` whatever the id."""
+    digest = hashlib.sha256(container_id.encode()).hexdigest()[:12]
+    return os.path.join(runtime_dir, f"gofer-{digest}.sock")

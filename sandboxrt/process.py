@@ -1,8 +1,14 @@
-"""``Process``: a process exec'd into a container, used like ``subprocess.Popen``.
+"""``Process``: a process exec'd into a container, used like ``subprocess.Popen``;
+``ProcessInfo``: a process of a container as ``runc ps`` lists it.
 
 Made by :meth:`sandboxrt.Container.exec`. Everything goes through the
 sandbox's control socket, so any process that can load the container can
 exec into it; a :class:`Process` waits for and signals its own process only.
+
+Pids are those of the sandbox's PID namespace (where the supervisor is 1),
+as ``runsc`` numbers them: ``Process.pid``, ``Container.wait_pid``,
+``Container.signal_process`` and ``ProcessInfo.pid`` agree;
+``ProcessInfo.host_pid`` is the same process on the host.
 """
 
 from __future__ import annotations
@@ -13,14 +19,17 @@ import selectors
 import signal as _signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import IO
 
+import attrs
+
+from sandboxrt._os import procfs
 from sandboxrt.errors import ProcessNotFoundError, ProcessTimeoutError, SandboxrtError
 from sandboxrt.sandbox import Sandbox
 
-__all__ = ["Process"]
+__all__ = ["Process", "ProcessInfo", "process_infos"]
 
 _READ_SIZE = 64 * 1024
 _WRITE_SIZE = 64 * 1024
@@ -177,8 +186,10 @@ class Process:
 
     # -- signals -----------------------------------------------------------------------
 
-    def send_signal(self, sig: int, *, group: bool = False) -> None:
-        """Send ``sig`` to the process, or with ``group`` to its whole process group.
+    def send_signal(self, sig: int, *, group: bool = False, foreground: bool = False) -> None:
+        """Send ``sig`` to the process, or with ``group`` to its whole process group, or
+        with ``foreground`` to the foreground process group of its terminal (``tty=True``;
+        like ``runsc kill --fg``: a shell's running job, not the shell).
 
         Does nothing once the process is known to have exited (a group may
         outlive its leader: ``group=True`` still reaches it then).
@@ -186,7 +197,9 @@ class Process:
         if self.returncode is not None and not group:
             return
         try:
-            self._sandbox.signal_process(self.container_id, self.pid, int(sig), group=group)
+            self._sandbox.signal_process(
+                self.container_id, self.pid, int(sig), group=group, foreground=foreground
+            )
         except ProcessNotFoundError as error:
             if not error.exited:
                 raise
@@ -306,3 +319,60 @@ class Process:
             return
         selector.unregister(stream.fileno())
         stream.close()
+
+
+@attrs.frozen
+class ProcessInfo:
+    """One process of a container, as ``runc ps`` lists it (:meth:`Container.processes`)."""
+
+    #: Its pid in the sandbox's PID namespace (what ``Process.pid`` and ``wait_pid`` use).
+    pid: int
+    #: Its pid on the host (in the caller's PID namespace).
+    host_pid: int
+    #: Its parent's pid in the sandbox's PID namespace: 1 is the supervisor; 0 a parent
+    #: outside the namespace.
+    ppid: int
+    #: Its effective uid.
+    uid: int
+    #: The kernel's state letter: ``R`` running, ``S`` sleeping, ``Z`` zombie...
+    state: str
+    #: User plus system CPU time, in seconds.
+    cpu_time: float
+    #: Its command line (empty for a zombie).
+    command: tuple[str, ...]
+    #: Its name as the kernel keeps it (``comm``, 15 characters at most).
+    name: str
+
+
+def process_infos(host_pids: Iterable[int], supervisor_pid: int | None) -> list[ProcessInfo]:
+    """The processes ``host_pids`` (host pids) as seen from the sandbox of the supervisor
+    ``supervisor_pid`` (left out; ``None`` when gone), sorted by pid. Vanished ones are skipped."""
+    level = 0  # the index of the sandbox's PID namespace in NSpid lists
+    supervisor = procfs.read_process(supervisor_pid) if supervisor_pid is not None else None
+    if supervisor is not None:
+        level = len(supervisor.nspid) - 1
+    entries = {
+        pid: entry
+        for pid in set(host_pids) - {supervisor_pid, 0}
+        if (entry := procfs.read_process(pid)) is not None and len(entry.nspid) > level
+    }
+
+    def in_sandbox(host_pid: int) -> int:
+        parent = entries.get(host_pid) or procfs.read_process(host_pid)
+        return parent.nspid[level] if parent is not None and len(parent.nspid) > level else 0
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = [
+        ProcessInfo(
+            pid=entry.nspid[level],
+            host_pid=pid,
+            ppid=in_sandbox(entry.ppid),
+            uid=entry.uid,
+            state=entry.state,
+            cpu_time=entry.cpu_ticks / ticks,
+            command=entry.cmdline,
+            name=entry.name,
+        )
+        for pid, entry in entries.items()
+    ]
+    return sorted(found, key=lambda info: info.pid)

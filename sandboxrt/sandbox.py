@@ -13,7 +13,9 @@ from typing import Any
 
 import backoff
 
+from sandboxrt._core.plan import container_exit_file, id_file_name
 from sandboxrt._core.protocol import (
+    ContainerPlan,
     ExecPlan,
     ExitStatus,
     Launched,
@@ -28,11 +30,15 @@ from sandboxrt._os import channel, procfs
 from sandboxrt._proc.launcher import LaunchedProcess, Launcher, default_launcher
 from sandboxrt._proc.supervisor import is_warm_shape
 from sandboxrt.errors import (
+    ContainerExistsError,
+    ContainerNotFoundError,
     CreateTimeoutError,
     ExecError,
     HookError,
     InitError,
     InvalidStateError,
+    MissingFeatureError,
+    NoOverlayError,
     ProcessNotFoundError,
     ProtocolError,
     SandboxDiedError,
@@ -66,8 +72,18 @@ def remote_error(
     if error_type == "ProcessNotFoundError":
         pid = int(details.get("pid", 0))
         return ProcessNotFoundError(container_id, pid, message, exited=bool(details.get("exited")))
+    if error_type == "MissingFeatureError":
+        return MissingFeatureError(str(details.get("feature", "?")), str(details.get("detail", "")))
+    if error_type == "NoOverlay":
+        return NoOverlayError(container_id, "export the changes of")
     if error_type == "ProtocolError":
         return ProtocolError(f'container "{container_id}": {message}')
+    if error_type == "ContainerExistsError":
+        return ContainerExistsError(container_id)
+    if error_type == "ContainerNotFoundError":
+        return ContainerNotFoundError(container_id)
+    if error_type == "SandboxStopped":
+        return SandboxDiedError(container_id, message)
     return InitError(container_id, message)
 
 
@@ -109,14 +125,17 @@ class Sandbox:
         *,
         launcher: Launcher | None = None,
         on_mounted: Callable[[Sandbox], dict[str, Any]] | None = None,
+        make_cgroup: Callable[[], list[str]] | None = None,
         timeout: float | None = None,
     ) -> tuple[Sandbox, int | None]:
         """Start a sandbox for ``plan``; returns it and the pty master, if any.
 
-        ``on_mounted`` runs (in this process) once the container's mounts are
-        made and before ``pivot_root``: the place of prestart and createRuntime
-        hooks. It returns the OCI state the createContainer hooks get.
-        On any failure nothing is left behind.
+        ``make_cgroup`` (for a plan whose init has ``await_cgroup``) runs in this
+        process while the sandbox starts, and returns the ``cgroup.procs`` files
+        the init joins. ``on_mounted`` runs (in this process) once the
+        container's mounts are made and before ``pivot_root``: the place of
+        prestart and createRuntime hooks. It returns the OCI state the
+        createContainer hooks get. On any failure nothing is left behind.
         """
         container_id = plan.init.container_id
         # The caller holds the container's lock and has just made its record: a runtime
@@ -149,6 +168,7 @@ class Sandbox:
                 os.close(log_fd)
             launched = process
             with ours:
+                failed = cls._make_cgroup(ours, make_cgroup) if plan.init.await_cgroup else None
                 first, _ = cls._next(ours, container_id, plan.runtime_dir, Launched, Progress)
                 if isinstance(first, Progress):
                     raise cls._failure(container_id, first)
@@ -156,6 +176,8 @@ class Sandbox:
                 sandbox = cls(plan.sandbox_id, _identity(first, container_id), plan.runtime_dir)
                 process.wait()
                 launched = None
+                if failed is not None:
+                    raise failed
                 return sandbox, sandbox._follow_creation(
                     ours, container_id, on_mounted, plan.autostart
                 )
@@ -166,6 +188,23 @@ class Sandbox:
                 _reap(launched)
             shutil.rmtree(plan.runtime_dir, ignore_errors=True)
             raise
+
+    @staticmethod
+    def _make_cgroup(
+        sock: socket.socket, make_cgroup: Callable[[], list[str]] | None
+    ) -> BaseException | None:
+        """Make the cgroup while the sandbox starts, and tell its init which to join;
+        on failure the init is told to give up, and the error returned (raised once the
+        sandbox is known, so that it is destroyed). A sandbox that is gone already is
+        reported by what follows."""
+        failed: BaseException | None = None
+        try:
+            step = Progress("cgroup", details={"procs": make_cgroup() if make_cgroup else []})
+        except BaseException as exc:
+            failed, step = exc, Progress("cancel", error=f"making the cgroup failed: {exc}")
+        with contextlib.suppress(OSError):
+            channel.send(sock, step)
+        return failed
 
     @staticmethod
     def _next(
@@ -224,15 +263,26 @@ class Sandbox:
         """Whether the supervisor process (not one reusing its pid) still runs."""
         return _alive(self.supervisor)
 
-    def exit_status(self) -> int | None:
-        """The root container's recorded exit status, if it has exited."""
+    def exit_file_of(self, container_id: str) -> str:
+        """Where the supervisor records the exit status of container ``container_id``."""
+        return container_exit_file(self.runtime_dir, self.id, container_id)
+
+    def exit_status(self, container_id: str | None = None) -> int | None:
+        """The recorded exit status of a container (default: the root), if it has exited."""
+        record = self.exit_record(container_id)
+        return None if record is None else record.returncode
+
+    def exit_record(self, container_id: str | None = None) -> ExitStatus | None:
+        """The recorded exit (status and init pid) of a container (default: the root),
+        if it has exited."""
+        path = self.exit_file if container_id is None else self.exit_file_of(container_id)
         try:
-            with open(self.exit_file, "rb") as f:
+            with open(path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             return None
         try:
-            return decode(data, ExitStatus).returncode
+            return decode(data, ExitStatus)
         except ValueError as exc:
             raise ProtocolError(f'sandbox "{self.id}": unreadable exit status: {exc}') from exc
 
@@ -262,8 +312,10 @@ class Sandbox:
         except ValueError as exc:
             raise ProtocolError(f'container "{container_id}": {exc}') from exc
 
-    def _checked(self, container_id: str, request: Request) -> Reply:
-        reply = self.request(container_id, request)
+    def _checked(
+        self, container_id: str, request: Request, *, timeout: float | None = None
+    ) -> Reply:
+        reply = self.request(container_id, request, timeout)
         if not reply.ok:
             raise remote_error(container_id, reply.error_type, reply.error, reply.details)
         return reply
@@ -281,13 +333,17 @@ class Sandbox:
         """Release the container's init: it runs startContainer hooks, then execs."""
         self._checked(container_id, Request("start", container_id, state=state))
 
-    def signal(self, container_id: str, signum: int, *, all: bool = False) -> None:
-        """Signal the container's init, or with ``all`` every process of the container."""
-        self._checked(container_id, Request("signal", container_id, signal=signum, all=all))
+    def signal(
+        self, container_id: str, signum: int, *, all: bool = False, foreground: bool = False
+    ) -> None:
+        """Signal the container's init, or with ``all`` every process of the container,
+        or with ``foreground`` the foreground process group of the init's terminal."""
+        request = Request("signal", container_id, signal=signum, all=all, foreground=foreground)
+        self._checked(container_id, request)
 
     def wait(self, container_id: str, timeout: float | None = None) -> int:
         """Block until the container's init exits; its exit code (``-N``: signal N)."""
-        recorded = self.exit_status()
+        recorded = self.exit_status(container_id)
         if recorded is not None:
             return recorded
         try:
@@ -295,11 +351,124 @@ class Sandbox:
         except TimeoutError:
             raise WaitTimeoutError(container_id, timeout or 0.0) from None
         except SandboxDiedError:
-            recorded = self.exit_status()
+            recorded = self.exit_status(container_id)
             return KILLED_RETURNCODE if recorded is None else recorded
         if reply.returncode is None:
             raise ProtocolError(f'container "{container_id}": wait reply without a status')
         return reply.returncode
+
+    # -- subcontainers (pods) ----------------------------------------------------------
+
+    def create_container(
+        self,
+        plan: ContainerPlan,
+        stdio: Sequence[int],
+        *,
+        on_mounted: Callable[[Sandbox], dict[str, Any]] | None = None,
+        timeout: float | None = None,
+    ) -> int | None:
+        """Create container ``plan`` in this living sandbox; its pty master, if any.
+
+        The supervisor forks its init and relays its creation steps as at
+        launch (``on_mounted`` runs the runtime hooks). Returns once it is
+        created (started, with ``plan.autostart``). Closing the connection on
+        a failure makes the supervisor kill the init; the caller removes the
+        cgroup.
+        """
+        container_id = plan.init.container_id
+        request = Request("create-container", container_id, container=plan)
+        self._note_member(container_id)
+        try:
+            sock = channel.connect(self.control_socket, timeout)
+        except (ConnectionError, FileNotFoundError) as exc:
+            raise SandboxDiedError(container_id, str(exc)) from exc
+        except TimeoutError:
+            raise CreateTimeoutError(container_id, timeout or 0.0) from None
+        with sock:
+            sock.settimeout(timeout)
+            try:
+                channel.send(sock, request, stdio)
+            except OSError as exc:
+                raise SandboxDiedError(container_id, str(exc)) from exc
+            return self._follow_creation(sock, container_id, on_mounted, plan.autostart)
+
+    def forget_container(self, container_id: str, timeout: float) -> None:
+        """Have the supervisor SIGKILL subcontainer ``container_id`` and forget it (best
+        effort: the caller's cgroup removal kills what is left), then remove its files."""
+        if self.is_running():
+            with contextlib.suppress(SandboxrtError, OSError):
+                request = Request("destroy-container", container_id)
+                self._checked(container_id, request, timeout=timeout)
+        for path in (self.exit_file_of(container_id), self._member_file(container_id)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        if not self.is_running():
+            # A root destroy may have emptied the directory while this container was
+            # noted in it: whatever is empty now goes.
+            for directory in (self.members_dir, self.runtime_dir):
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    break
+
+    @property
+    def members_dir(self) -> str:
+        """Where the subcontainers that join the sandbox are noted, one file each."""
+        return os.path.join(self.runtime_dir, "containers")
+
+    def _member_file(self, container_id: str) -> str:
+        return os.path.join(self.members_dir, id_file_name(container_id))
+
+    def _note_member(self, container_id: str) -> None:
+        """Note (atomically) that ``container_id`` joins, before it asks the supervisor.
+
+        A root destroy kills the supervisor, then reads these notes: whatever
+        joined had noted itself first. The runtime directory is never made
+        again here: once a destroy removed it, the sandbox is gone.
+        """
+        path = self._member_file(container_id)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(self.members_dir, 0o700)
+            with open(tmp, "w") as f:
+                f.write(container_id)
+            os.replace(tmp, path)
+        except FileNotFoundError as exc:
+            raise SandboxDiedError(container_id, "the sandbox was destroyed") from exc
+
+    def container_ids(self) -> list[str]:
+        """The ids of the subcontainers noted as joining the sandbox (sorted).
+
+        A container whose creation failed may be listed until its teardown;
+        check its record.
+        """
+        try:
+            names = os.listdir(self.members_dir)
+        except FileNotFoundError:
+            return []
+        ids = []
+        for name in names:
+            if name.endswith(".tmp"):
+                continue
+            with (
+                contextlib.suppress(FileNotFoundError),
+                open(os.path.join(self.members_dir, name)) as f,
+            ):
+                ids.append(f.read())
+        return sorted(ids)
+
+    def overlay_upper(self, container_id: str) -> int:
+        """An fd (``O_RDONLY | O_DIRECTORY``, close-on-exec) on the overlay root's upper
+        directory, which only the container's mount namespace shows; the caller closes it."""
+        reply, fds = self.exchange(container_id, Request("upper", container_id))
+        if not reply.ok:
+            channel.close_fds(fds)
+            raise remote_error(container_id, reply.error_type, reply.error, reply.details)
+        if len(fds) != 1:
+            channel.close_fds(fds)
+            raise ProtocolError(f'container "{container_id}": upper reply without an fd')
+        return fds[0]
 
     # -- exec'd processes --------------------------------------------------------------
 
@@ -334,12 +503,15 @@ class Sandbox:
         ``None`` with ``nohang`` while it runs. Raises ``TimeoutError`` after
         ``timeout`` seconds, :class:`ProcessNotFoundError` for a pid that is not
         the container's. A sandbox that is gone took its processes with it:
-        ``-SIGKILL``.
+        ``-SIGKILL``, but for the init, whose recorded status is read.
         """
         request = Request("wait", container_id, pid=pid, nohang=nohang)
         try:
             reply = self.request(container_id, request, timeout)
         except SandboxDiedError:
+            record = self.exit_record(container_id)
+            if record is not None and record.pid == pid:
+                return record.returncode
             return KILLED_RETURNCODE
         if not reply.ok:
             raise remote_error(container_id, reply.error_type, reply.error, reply.details)
@@ -348,13 +520,24 @@ class Sandbox:
         return reply.returncode
 
     def signal_process(
-        self, container_id: str, pid: int, signum: int, *, group: bool = False
+        self,
+        container_id: str,
+        pid: int,
+        signum: int,
+        *,
+        group: bool = False,
+        foreground: bool = False,
     ) -> None:
-        """Signal process ``pid`` of the container, or with ``group`` its process group.
+        """Signal process ``pid`` of the container (a pid of the sandbox's PID namespace),
+        with ``group`` its process group, with ``foreground`` the foreground process
+        group of the terminal it holds (an exec'd process with a tty, or the init).
 
-        Raises :class:`ProcessNotFoundError` (``exited`` set) once it has exited.
+        The supervisor checks that ``pid`` is the container's: else, or once it
+        has exited (``exited`` set), :class:`ProcessNotFoundError`.
         """
-        request = Request("signal", container_id, signal=signum, pid=pid, group=group)
+        request = Request(
+            "signal", container_id, signal=signum, pid=pid, group=group, foreground=foreground
+        )
         reply = self.request(container_id, request)
         if not reply.ok:
             raise remote_error(container_id, reply.error_type, reply.error, reply.details)
@@ -379,6 +562,15 @@ class Sandbox:
 
     def destroy(self, timeout: float) -> None:
         """Kill the sandbox, wait until it is gone, remove its runtime files."""
+        self.stop(timeout)
+        self.remove_runtime_dir()
+
+    def remove_runtime_dir(self) -> None:
+        """Remove the sandbox's runtime files (once it is stopped)."""
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+    def stop(self, timeout: float) -> None:
+        """Kill the sandbox and wait until it is gone; its runtime files stay."""
         if self.is_running() and not self.owns_pid_namespace():
             # Without a PID namespace of its own the container's processes outlive
             # the supervisor: have it SIGKILL them all (best effort) first.
@@ -390,7 +582,6 @@ class Sandbox:
                 )
         if not self.kill(timeout):
             raise SandboxDiedError(self.id, f"the supervisor (pid {self.pid}) did not exit")
-        shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
 
 def _alive(identity: ProcessIdentity) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -140,3 +141,31 @@ def children_of_this_process() -> set[int]:
 def _is_zombie(pid: int) -> bool:
     info = procfs.read_stat(pid)
     return info is not None and info.state == "Z"
+
+
+#: This checkout (a second Python process imports its sandboxrt from here).
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def running(store: FileStore, bundle: BundleFactory) -> Iterator[Container]:
+    """A running busybox container whose program sleeps."""
+    container = Container.create("run1", bundle(["sleep", "1000"]), store=store)
+    try:
+        container.start()
+        yield container
+    finally:
+        container.destroy()
+
+
+def in_python(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a second Python process that imports this checkout's sandboxrt."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from sandboxrt._os import cgroups, procfs
+from sandboxrt._core import abi, devicefilter
+from sandboxrt._os import cgroups, procfs, syscalls
 from sandboxrt._os.cgroups import (
     Cgroup,
     CgroupLayout,
@@ -314,10 +315,11 @@ def test_v2_swap(tmp_path: Path) -> None:
     assert read(leaf / "memory.swap.max") == "max"
 
 
-def test_v2_refuses_device_rules_and_missing_controllers(tmp_path: Path) -> None:
+def test_v2_device_rules_need_a_real_cgroup_and_missing_controllers(tmp_path: Path) -> None:
     layout, mnt = make_v2(tmp_path, controllers="cpu memory")
     devices = {"devices": [{"allow": False, "access": "rwm"}]}
-    with pytest.raises(MissingFeatureError, match=r"cgroup v2 device filtering \(eBPF\)"):
+    # A fake tree's directory is no cgroup2 directory: the program cannot be attached.
+    with pytest.raises(SystemCallError, match="attaching its device program"):
         create("/sandboxrt/c1", devices, layout=layout)
     with pytest.raises(MissingFeatureError, match="cgroup controller 'pids'"):
         create("/sandboxrt/c1", {"pids": {"limit": 5}}, layout=layout)
@@ -458,7 +460,8 @@ def test_create_starts_over_when_a_parent_vanishes(
     if not _xattrs_work(tmp_path):
         pytest.skip("needs trusted.* extended attributes (root)")
     layout, mnt = make_v1(tmp_path, mounts=("cpuset",))
-    first = create("/sandboxrt/a", layout=layout)
+    nodes = {"cpu": {"mems": "0"}}  # a cpuset cgroup is made only when the spec sets one
+    first = create("/sandboxrt/a", nodes, layout=layout)
     real_mkdir = os.mkdir
     calls: list[str] = []
 
@@ -469,7 +472,7 @@ def test_create_starts_over_when_a_parent_vanishes(
         real_mkdir(path, mode)
 
     monkeypatch.setattr(common.os, "mkdir", racing_mkdir)
-    second = create("/sandboxrt/b", layout=layout)
+    second = create("/sandboxrt/b", nodes, layout=layout)
     monkeypatch.undo()
     cpuset = mnt / "cpuset"
     names = [c.split("/cpuset/")[1] for c in calls]
@@ -806,6 +809,143 @@ def test_real_v2_lifecycle() -> None:
         )
 
 
+def _bpf_refusal() -> str | None:
+    """Why this process may not load a cgroup device program, or ``None`` when it may."""
+    try:
+        fd = syscalls.bpf_prog_load(
+            abi.BPF_PROG_TYPE_CGROUP_DEVICE,
+            devicefilter.compile_rules([DeviceRule(True, "a")]),
+            devicefilter.LICENSE,
+        )
+    except OSError as err:
+        return f"bpf(BPF_PROG_LOAD) is refused: {err}"
+    os.close(fd)
+    return None
+
+
+BPF_REFUSED = _bpf_refusal() if IS_ROOT else "needs root to load bpf programs"
+
+#: Tries each device access and prints ``name: ok | EPERM | ...`` as JSON once told to go.
+_DEVICE_PROBE = """
+import errno, json, os, stat, sys
+def attempt(action):
+    try:
+        action()
+        return "ok"
+    except OSError as err:
+        return errno.errorcode[err.errno]
+def opening(path, flags):
+    return lambda: os.close(os.open(path, flags | os.O_CLOEXEC))
+def making(name, minor):
+    path = os.path.join(sys.argv[1], name)
+    return lambda: os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, minor))
+probes = {
+    "null_w": opening("/dev/null", os.O_WRONLY),
+    "null_rw": opening("/dev/null", os.O_RDWR),
+    "zero_r": opening("/dev/zero", os.O_RDONLY),
+    "zero_w": opening("/dev/zero", os.O_WRONLY),
+    "zero_rw": opening("/dev/zero", os.O_RDWR),
+    "full_r": opening("/dev/full", os.O_RDONLY),
+    "mknod_null": making("null", 3),
+    "mknod_zero": making("zero", 5),
+}
+sys.stdin.readline()
+print(json.dumps({name: attempt(action) for name, action in probes.items()}), flush=True)
+"""
+
+
+def _device_verdicts(cgroup: Cgroup, scratch: Path) -> dict[str, str]:
+    """Run the device probe in a fresh process moved into ``cgroup``; its verdicts."""
+    scratch.mkdir()
+    child = subprocess.Popen(
+        ["python3", "-I", "-c", _DEVICE_PROBE, str(scratch)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        cgroup.add_process(child.pid)
+        out, _ = child.communicate(b"go\n", timeout=30)
+        assert child.returncode == 0
+        return dict(json.loads(out))
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def _attached(directory: Path) -> list[int]:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return syscalls.bpf_prog_query(fd, abi.BPF_CGROUP_DEVICE)
+    finally:
+        os.close(fd)
+
+
+def _program_exists(prog_id: int) -> bool:
+    try:
+        os.close(syscalls.bpf_prog_get_fd_by_id(prog_id))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.root
+@pytest.mark.skipif(REAL_UNIFIED is None, reason="needs a cgroup2 mount")
+@pytest.mark.skipif(BPF_REFUSED is not None, reason=str(BPF_REFUSED))
+def test_real_v2_device_program(tmp_path: Path) -> None:
+    deny_all = {"allow": False, "access": "rwm"}
+    null_rwm = {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"}
+    zero_r = {"allow": True, "type": "c", "major": 1, "minor": 5, "access": "r"}
+    with _real_cgroup(CgroupV2, {"devices": [deny_all, null_rwm, zero_r]}) as cgroup:
+        directory = cgroup.directories[0]
+        first = _attached(directory)
+        assert len(first) == 1
+        assert _device_verdicts(cgroup, tmp_path / "one") == {
+            "null_w": "ok",
+            "null_rw": "ok",
+            "zero_r": "ok",
+            "zero_w": "EPERM",
+            "zero_rw": "EPERM",  # r only: read and write together is more
+            "full_r": "EPERM",
+            "mknod_null": "ok",
+            "mknod_zero": "EPERM",
+        }
+        assert (tmp_path / "one" / "null").is_char_device()
+        # Applying rules again replaces the program: one attached, the new verdicts.
+        zero_rw = {**zero_r, "access": "rw"}
+        cgroup.apply({"devices": [deny_all, zero_rw]})
+        second = _attached(directory)
+        assert len(second) == 1 and second != first
+        verdicts = _device_verdicts(cgroup, tmp_path / "two")
+        assert (verdicts["null_w"], verdicts["zero_rw"], verdicts["mknod_zero"]) == (
+            "EPERM",
+            "ok",
+            "EPERM",
+        )
+        assert cgroup.pids() == []
+    # The program went with the cgroup (released by the kernel once the cgroup is gone).
+    assert not directory.exists()
+    _wait_for(lambda: not _program_exists(second[0]), timeout=10.0)
+
+
+@pytest.mark.root
+@pytest.mark.skipif(REAL_UNIFIED is None, reason="needs a cgroup2 mount")
+@pytest.mark.skipif(BPF_REFUSED is not None, reason=str(BPF_REFUSED))
+def test_real_v2_device_program_leaves_a_pre_existing_cgroup(tmp_path: Path) -> None:
+    assert REAL is not None and REAL_UNIFIED is not None
+    name = f"sandboxrt-test-{secrets.token_hex(4)}"
+    directory = REAL_UNIFIED.mountpoint / name
+    directory.mkdir()
+    try:
+        cgroup = CgroupV2.create(REAL, f"/{name}", {"devices": [{"allow": False}]})
+        assert len(_attached(directory)) == 1
+        assert _device_verdicts(cgroup, tmp_path / "probe")["null_w"] == "EPERM"
+        cgroup.destroy()
+        assert directory.is_dir() and _attached(directory) == []
+    finally:
+        directory.rmdir()
+
+
 def test_package_exports() -> None:
     for name in cgroups.__all__:
         assert hasattr(cgroups, name)
@@ -821,3 +961,14 @@ def test_default_path_scope_keeps_stores_apart(tmp_path: Path) -> None:
     assert _cgroup.scope_for(default_root() / ".sandboxes") == ""
     one, two = _cgroup.scope_for(tmp_path / "a"), _cgroup.scope_for(tmp_path / "b")
     assert one and two and one != two
+
+
+def test_v1_places_a_cgroup_in_cpuset_only_for_cpus_or_mems(tmp_path: Path) -> None:
+    layout, mnt = make_v1(tmp_path, mounts=("cpuset", "memory"))
+    plain = create("/sandboxrt/plain", layout=layout)
+    assert [p.controllers for p in plain.placements] == [frozenset({"memory"})]
+    pinned = create("/sandboxrt/pinned", {"cpu": {"cpus": "1"}}, layout=layout)
+    assert {c for p in pinned.placements for c in p.controllers} == {"cpuset", "memory"}
+    assert read(mnt / "cpuset/sandboxrt/pinned/cpuset.cpus") == "1"
+    plain.destroy()
+    pinned.destroy()

@@ -7,13 +7,11 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BundleFactory, needs_busybox, needs_root
+from conftest import BundleFactory, in_python, needs_busybox, needs_root
 
 from sandboxrt import (
     Container,
@@ -29,19 +27,6 @@ from sandboxrt import (
 from sandboxrt._core.plan import exec_plan
 
 pytestmark = [needs_root, needs_busybox]
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def running(store: FileStore, bundle: BundleFactory) -> Iterator[Container]:
-    """A running busybox container whose program sleeps."""
-    container = Container.create("ex1", bundle(["sleep", "1000"]), store=store)
-    try:
-        container.start()
-        yield container
-    finally:
-        container.destroy()
 
 
 def output(container: Container, *args: str, **kwargs: object) -> str:
@@ -166,7 +151,7 @@ def test_check_raises_a_process_error(running: Container) -> None:
     error = caught.value
     assert isinstance(error, subprocess.CalledProcessError)
     assert (error.returncode, error.stdout, error.stderr) == (7, b"out\n", b"err\n")
-    assert '"ex1"' in str(error)
+    assert f'"{running.id}"' in str(error)
 
 
 def test_terminate_kill_and_send_signal(running: Container) -> None:
@@ -283,15 +268,7 @@ def test_exec_from_another_python_process(running: Container, store: FileStore) 
         "print(p.stdout.read().decode().strip())\n"
         "sys.exit(p.wait())\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        check=False,
-    )
+    done = in_python(code)
     assert done.returncode == 4, done.stderr
     assert re.fullmatch(r"from \d+\n", done.stdout)
 
@@ -311,7 +288,7 @@ def test_a_process_of_another_is_not_ours(running: Container) -> None:
 
 
 def test_missing_binary_is_a_clear_error(running: Container) -> None:
-    with pytest.raises(ExecError, match=r"ex1.*'nosuch'.*not found in \$PATH"):
+    with pytest.raises(ExecError, match=rf"{running.id}.*'nosuch'.*not found in \$PATH"):
         running.exec(["nosuch", "arg"])
     with pytest.raises(ExecError, match=r"/bin/nosuch.*does not exist"):
         running.exec(["/bin/nosuch"])
@@ -325,8 +302,10 @@ def test_bad_arguments(running: Container) -> None:
         running.exec([])
     with pytest.raises(ValueError, match="absolute"):
         running.exec(["true"], cwd="tmp")
-    with pytest.raises(ValueError, match="numeric"):
-        running.exec(["true"], user="nobody")
+    with pytest.raises(ValueError, match="user"):
+        running.exec(["true"], user="1:2:3")
+    with pytest.raises(TypeError, match="user"):
+        running.exec(["true"], user=1.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="tty"):
         running.exec(["true"], tty=True, stdout=subprocess.PIPE)
 
@@ -342,9 +321,8 @@ def test_exec_into_a_stopped_container(store: FileStore, bundle: BundleFactory) 
         container.destroy()
 
 
-def test_exec_into_a_paused_container(running: Container, store: FileStore) -> None:
-    record = store.load(running.id)
-    store.save(record.with_status(Status.PAUSED))  # pause itself is not built yet
+def test_exec_into_a_paused_container(running: Container) -> None:
+    running.pause()
     with pytest.raises(InvalidStateError, match="state paused"):
         running.exec(["true"])
 
@@ -370,11 +348,11 @@ def test_exec_d_processes_die_with_the_container(running: Container) -> None:
 
 
 def test_namespaces_root_and_cgroup_are_the_container_s(running: Container) -> None:
-    init_pid = 2  # the supervisor is 1; the container's program is its first child
+    init_pid = _init_nspid(running)
     script = (
-        "echo $$; for ns in /proc/self/ns/mnt /proc/2/ns/mnt /proc/self/ns/cgroup "
-        "/proc/2/ns/cgroup; do readlink $ns; done; "
-        "cat /proc/self/cgroup; echo --; cat /proc/2/cgroup; ls /bin/busybox"
+        f"echo $$; for ns in /proc/self/ns/mnt /proc/{init_pid}/ns/mnt /proc/self/ns/cgroup "
+        f"/proc/{init_pid}/ns/cgroup; do readlink $ns; done; "
+        f"cat /proc/self/cgroup; echo --; cat /proc/{init_pid}/cgroup; ls /bin/busybox"
     )
     process = running.exec(["sh", "-c", script], stdout=subprocess.PIPE)
     out, _ = process.communicate(timeout=30)
@@ -398,8 +376,11 @@ def test_the_process_is_in_the_container_s_cgroup_on_the_host(running: Container
         # Its host pid: in the sandbox's PID namespace, with the pid exec gave.
         pid_ns = os.readlink(f"/proc/{sandbox.pid}/ns/pid")
         host_pid = next(pid for pid in _host_pids(pid_ns) if _nspid(pid)[-1] == process.pid)
-        with open(f"/proc/{sandbox.pid}/cgroup") as f:
+        init_host_pid = _init_host_pid(running)
+        with open(f"/proc/{init_host_pid}/cgroup") as f:
             theirs = f.read()
+        with open(f"/proc/{sandbox.pid}/cgroup") as f:
+            assert f.read() != theirs  # the supervisor stays outside
         with open(f"/proc/{host_pid}/cgroup") as f:
             assert f.read() == theirs
         with open(f"/proc/{host_pid}/comm") as f:
@@ -419,6 +400,20 @@ def _host_pids(pid_ns: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def _init_host_pid(container: Container) -> int:
+    """The container's init on the host: the supervisor's first child (PID 2 or later in
+    the sandbox, after a root built ahead that did not serve)."""
+    supervisor = container.state().pid
+    assert supervisor is not None
+    with open(f"/proc/{supervisor}/task/{supervisor}/children") as f:
+        children = [int(pid) for pid in f.read().split()]
+    return min(children, key=lambda pid: _nspid(pid)[-1])
+
+
+def _init_nspid(container: Container) -> int:
+    return _nspid(_init_host_pid(container))[-1]
 
 
 def _nspid(pid: int) -> list[int]:
@@ -446,13 +441,15 @@ def test_env_cwd_and_user_overrides(running: Container) -> None:
         "1001",
         "1001",
     ]
-    assert output(running, "sh", "-c", "id -u; id -g", user=65534).split() == ["65534", "0"]
+    # 65534 is nobody in the bundle's /etc/passwd: its group comes along (as runc does).
+    assert output(running, "sh", "-c", "id -u; id -g", user=65534).split() == ["65534", "65534"]
+    assert output(running, "sh", "-c", "id -u; id -g", user="4242").split() == ["4242", "0"]
 
 
 def test_the_process_gets_the_container_s_privileges(running: Container) -> None:
     names = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")
     mine = status_fields(output(running, "cat", "/proc/self/status"), *names)
-    init = status_fields(output(running, "cat", "/proc/2/status"), *names)
+    init = status_fields(output(running, "cat", f"/proc/{_init_nspid(running)}/status"), *names)
     assert mine == init
     assert mine["NoNewPrivs"] == "1" and mine["Seccomp"] == "2"
     assert mine["CapEff"] != "000001ffffffffff"  # the default set, not everything
@@ -482,6 +479,7 @@ def test_exec_plan_is_the_spec_s_process_with_overrides(running: Container) -> N
         compile_seccomp=lambda _: b"\0" * 8,
     )
     assert (plan.env, plan.cwd, plan.uid, plan.gid, plan.terminal) == (["A=1"], "/tmp", 5, 6, True)
+    assert plan.user == "5:6"  # looked up in the container, as runc does
 
 
 def test_tty_gives_a_pty(running: Container) -> None:

@@ -31,6 +31,7 @@ from sandboxrt import (
 )
 from sandboxrt._os import procfs
 from sandboxrt._proc.gofer import KEPT_CAPABILITIES, PROCESS_NAME
+from sandboxrt.gofer import socket_path
 
 pytestmark = [needs_root, needs_busybox]
 
@@ -81,7 +82,7 @@ def test_gofer_holds_only_its_capabilities_and_no_new_privs(
         assert gofer_pids() == {gofer.pid}  # type: ignore[union-attr]
         assert c.gofer.pid == gofer.pid  # type: ignore[union-attr]  # one per container
         assert gofer is not None
-        assert gofer.socket == os.path.join(c.sandbox.runtime_dir, "gofer.sock")  # type: ignore[union-attr]
+        assert gofer.socket == socket_path(c.sandbox.runtime_dir, c.id)  # type: ignore[union-attr]
         assert os.stat(gofer.socket).st_mode & 0o777 == 0o600
         fields = status_fields(gofer.pid)
         expected = sum(1 << cap for cap in KEPT_CAPABILITIES)
@@ -195,7 +196,7 @@ def test_a_sandbox_gone_before_its_gofer_starts_leaves_no_gofer(tmp_path: Path) 
     assert served is None
     assert pending.identity is not None
     assert wait_exit(pending.identity.pid)
-    assert not os.path.exists(tmp_path / "gofer.sock")
+    assert not os.path.exists(socket_path(str(tmp_path), "gone"))
 
 
 def test_many_quick_runs(store: FileStore, bundle: BundleFactory) -> None:
@@ -228,6 +229,10 @@ def bind_config(path: Path, binds: list[tuple[str, str, list[str]]]) -> None:
     (path / "config.json").write_text(json.dumps(doc))
 
 
+@pytest.mark.skip(
+    reason="bind mounts from the gofer are off until they follow the roots built ahead and "
+    "pod members (docs/decisions.md, 28)"
+)
 def test_bind_mounts_come_from_the_gofer_as_detached_mounts(
     store: FileStore, bundle: BundleFactory, tmp_path: Path
 ) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -11,7 +13,8 @@ import attrs
 import pytest
 from conftest import BundleFactory, needs_busybox, needs_root
 
-from sandboxrt import PIPE, Container, FileStore, SubprocessLauncher
+from sandboxrt import PIPE, Config, Container, FileStore, SubprocessLauncher
+from sandboxrt._core.protocol import PROCESS_FIELDS, InitPlan, MountPlan
 from sandboxrt._core.spec import read_spec_file, write_spec_file
 from sandboxrt._os import procfs
 from sandboxrt._proc.launcher import ForkServerLauncher
@@ -156,3 +159,165 @@ def test_supervisor_is_reaped_promptly(
     finally:
         if isinstance(launcher, ForkServerLauncher):
             launcher.close()
+
+
+# -- a root built ahead ---------------------------------------------------------------------
+
+
+def _ahead_of(
+    launcher: ForkServerLauncher, store: FileStore, path: Path, config: Config | None = None
+) -> int:
+    """Run a container of ``path`` (two: a fork server's first launch may come before
+    its first warm sandbox is ready), with ``config``; then the init building its root
+    ahead in the next warm sandbox, once it is there."""
+    for name in ("warmup1", "warmup2"):
+        assert Container.run(name, path, store=store, launcher=launcher, config=config) == 0
+    server = launcher._server
+    assert server is not None
+
+    def find() -> int:
+        for warm in _children(server.pid):
+            if _comm(warm) == "sandboxrt-warm":
+                for pid in _children(warm):
+                    if _comm(pid) == "sandboxrt-ahead":
+                        return pid
+        return 0
+
+    assert _wait_for(find)
+    return find()
+
+
+def _init_of(container: Container) -> int:
+    supervisor = container.state().pid
+    assert supervisor is not None
+    children = _children(supervisor)
+    assert len(children) == 1
+    return children[0]
+
+
+def _run_output(container: Container) -> bytes:
+    container.start()
+    assert container.wait() == 0
+    assert container.stdout is not None
+    return container.stdout.read()
+
+
+def test_root_key_leaves_out_what_shapes_only_the_process() -> None:
+    plan = InitPlan(args=["true"], container_id="a", rootfs="/b/rootfs")
+    same_root = dataclasses.replace(plan, args=["false"], container_id="b", uid=7, env=["A=1"])
+    assert same_root.root_key() == plan.root_key()
+    tmp = MountPlan(destination="/tmp", type="tmpfs", source="tmpfs")
+    assert dataclasses.replace(plan, mounts=[tmp]).root_key() != plan.root_key()
+    assert dataclasses.replace(plan, rootfs="/c").root_key() != plan.root_key()
+    assert "rootfs" not in PROCESS_FIELDS and "args" in PROCESS_FIELDS
+    bind = MountPlan(destination="/data", type="none", source="/srv/data", bind=True)
+    sources = dataclasses.replace(plan, mounts=[tmp, bind]).host_sources()
+    assert sources == ["/b/rootfs", "/srv/data"]
+
+
+def test_a_root_built_ahead_serves_the_next_container_of_its_bundle(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    launcher = ForkServerLauncher()
+    path = bundle(["sh", "-c", "echo $$; cat /etc/hostname-ahead"])
+    (path / "rootfs/etc").mkdir(exist_ok=True)
+    (path / "rootfs/etc/hostname-ahead").write_text("built ahead\n")
+    try:
+        ahead = _ahead_of(launcher, store, path)
+        c = Container.create("ahead2", path, store=store, launcher=launcher, stdout=PIPE)
+        try:
+            assert _init_of(c) == ahead  # the init that built the root is the container's
+            assert _comm(ahead) == "sandboxrt-init"
+            pid, text = _run_output(c).decode().split("\n", 1)
+            assert int(pid) > 1 and text == "built ahead\n"
+        finally:
+            c.destroy()
+    finally:
+        launcher.close()
+
+
+def test_a_replaced_rootfs_is_not_served_from_ahead(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    launcher = ForkServerLauncher()
+    path = bundle(["cat", "/marker"])
+    (path / "rootfs/marker").write_text("old\n")
+    try:
+        ahead = _ahead_of(launcher, store, path)
+        # The same path, another directory: what a re-extracted image looks like.
+        os.rename(path / "rootfs", path / "rootfs.old")
+        os.rename(bundle(["true"]) / "rootfs", path / "rootfs")
+        (path / "rootfs/marker").write_text("new\n")
+        c = Container.create("repl2", path, store=store, launcher=launcher, stdout=PIPE)
+        try:
+            assert _init_of(c) != ahead
+            assert _run_output(c) == b"new\n"
+        finally:
+            c.destroy()
+    finally:
+        launcher.close()
+
+
+def test_a_changed_mount_table_is_not_served_from_ahead(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    launcher = ForkServerLauncher()
+    path = bundle(["cat", "/mnt/marker"])
+    target = path / "rootfs/mnt"
+    target.mkdir(exist_ok=True)
+    (target / "marker").write_text("under\n")
+    try:
+        ahead = _ahead_of(launcher, store, path)
+        # A mount on the host after the root was built ahead (removed below).
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "ahead", str(target)], check=True)
+        try:
+            (target / "marker").write_text("over\n")
+            c = Container.create("mnt2", path, store=store, launcher=launcher, stdout=PIPE)
+            try:
+                assert _init_of(c) != ahead
+                assert _run_output(c) == b"over\n"
+            finally:
+                c.destroy()
+        finally:
+            subprocess.run(["umount", str(target)], check=True)
+    finally:
+        launcher.close()
+
+
+def test_roots_of_alternating_bundles_are_each_their_own(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    # Every launch hints the next warm sandbox at a root the following one does not want.
+    launcher = ForkServerLauncher()
+    paths = [bundle(["cat", "/marker"]), bundle(["cat", "/marker"])]
+    for n, path in enumerate(paths):
+        (path / "rootfs/marker").write_text(f"bundle {n}\n")
+    try:
+        for i in range(6):
+            c = Container.create(
+                f"alt{i}", paths[i % 2], store=store, launcher=launcher, stdout=PIPE
+            )
+            try:
+                assert _run_output(c) == f"bundle {i % 2}\n".encode()
+            finally:
+                c.destroy()
+    finally:
+        launcher.close()
+
+
+def test_a_fork_server_told_not_to_build_ahead_does_not(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    launcher = ForkServerLauncher(build_ahead=False)
+    path = bundle(["true"])
+    try:
+        for name in ("plain1", "plain2"):
+            assert Container.run(name, path, store=store, launcher=launcher) == 0
+        server = launcher._server
+        assert server is not None
+        assert _wait_for(lambda: any(_comm(p) == "sandboxrt-warm" for p in _children(server.pid)))
+        time.sleep(0.2)  # what would be built ahead would have started by now
+        warm = [p for p in _children(server.pid) if _comm(p) == "sandboxrt-warm"]
+        assert warm and all(_children(p) == [] for p in warm)
+    finally:
+        launcher.close()

@@ -37,13 +37,14 @@ EXPECTED_ALLOWED: dict[str, set[str]] = {
     "exec": {"created", "running"},
     "pause": {"running"},
     "resume": {"paused"},
-    "kill": {"created", "running"},
-    "kill-all": {"created", "running", "stopped"},
+    "kill": {"created", "running", "paused"},
+    "kill-all": {"created", "running", "paused", "stopped"},
     "checkpoint": {"created", "running", "paused"},
     "processes": {"running", "paused"},
     "stats": {"created", "running", "paused"},
     "files": {"created", "running", "paused"},
     "destroy": ALL,
+    "add-container": {"created", "running"},  # to the sandbox whose root this is
 }
 
 EXPECTED_TRANSITIONS: set[tuple[str, str]] = {
@@ -66,6 +67,7 @@ EXPECTED_VERBS = {
     "stats": "read the stats of",
     "files": "use the files of",
     "destroy": "destroy",
+    "add-container": "add a container to",
 }
 
 #: The status an operation leaves behind (None: unchanged; "gone": record deleted).
@@ -82,6 +84,7 @@ EFFECT: dict[str, str | None] = {
     "stats": None,
     "files": None,
     "destroy": "gone",
+    "add-container": None,
 }
 
 

@@ -30,6 +30,7 @@ ALLOWED = frozenset(
         "sandboxrt._core.abi",
         "sandboxrt._core.protocol",
         "sandboxrt._core.file_protocol",
+        "sandboxrt._core.users",
         "sandboxrt._os",
         "sandboxrt._proc",
         "sandboxrt._proc.supervisor",

@@ -1,10 +1,13 @@
-"""Linux ABI constants (namespace, mount, prctl and seccomp flags). Pure numbers."""
+"""Linux ABI constants (namespace, mount, prctl, seccomp and bpf numbers). Pure numbers."""
 
 from __future__ import annotations
 
 __all__ = [
     "AT_FDCWD",
     "AT_RECURSIVE",
+    "BPF_CGROUP_DEVICE",
+    "BPF_F_ALLOW_MULTI",
+    "BPF_PROG_TYPE_CGROUP_DEVICE",
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_DAC_READ_SEARCH",
@@ -19,8 +22,6 @@ __all__ = [
     "CLONE_NEWUSER",
     "CLONE_NEWUTS",
     "MNT_DETACH",
-    "MOVE_MOUNT_F_EMPTY_PATH",
-    "MOVE_MOUNT_T_EMPTY_PATH",
     "MS_BIND",
     "MS_DIRSYNC",
     "MS_LAZYTIME",
@@ -132,5 +133,7 @@ AT_FDCWD = -100
 OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = 0o2000000
 AT_RECURSIVE = 0x8000
-MOVE_MOUNT_F_EMPTY_PATH = 0x4
-MOVE_MOUNT_T_EMPTY_PATH = 0x40
+#: ``bpf(2)``: the cgroup device program type, its attach type, and several programs per cgroup.
+BPF_PROG_TYPE_CGROUP_DEVICE = 15
+BPF_CGROUP_DEVICE = 6
+BPF_F_ALLOW_MULTI = 2

@@ -1,6 +1,6 @@
 """The messages between the library's file API and a container's gofer.
 
-One :class:`FileRequest` a datagram on ``<runtime dir>/gofer.sock``, one
+One :class:`FileRequest` a datagram on ``<runtime dir>/gofer-<id hash>.sock``, one
 :class:`FileReply` each; an opened regular file comes back alongside as an
 fd (``SCM_RIGHTS``), never a directory. Paths are the container's paths.
 Standard library only: the gofer imports it.

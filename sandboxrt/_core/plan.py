@@ -12,6 +12,7 @@ from sandboxrt._core.abi import SECCOMP_FILTER_FLAGS
 from sandboxrt._core.mount_options import PROPAGATION, parse_mount_options
 from sandboxrt._core.protocol import (
     CapabilityPlan,
+    ContainerPlan,
     DevicePlan,
     ExecPlan,
     InitPlan,
@@ -21,22 +22,45 @@ from sandboxrt._core.protocol import (
     SeccompPlan,
 )
 from sandboxrt._core.spec_validate import CAPABILITY_NUMBERS
+from sandboxrt._core.users import MAX_ID, parse_user_spec
 from sandboxrt.errors import MissingFeatureError, SpecError
 
-__all__ = ["SeccompCompiler", "UserArg", "build_plan", "exec_plan", "sandbox_paths"]
+__all__ = [
+    "SeccompCompiler",
+    "UserArg",
+    "build_container_plan",
+    "build_plan",
+    "container_exit_file",
+    "exec_plan",
+    "id_file_name",
+    "sandbox_paths",
+]
 
 #: Compiles a spec's ``linux.seccomp`` to classic BPF (``struct sock_filter[]`` bytes).
 #: The pure core cannot: the library passes ``sandboxrt._os.seccomp.compile_bpf``.
 SeccompCompiler = Callable[[Mapping[str, Any]], bytes]
 
 
+def id_file_name(container_id: str) -> str:
+    """``container_id`` as a file name (at most 40 characters): long ids are cut and
+    get a hash of the whole."""
+    if len(container_id) <= 40:
+        return container_id
+    return container_id[:24] + "-" + hashlib.sha256(container_id.encode()).hexdigest()[:15]
+
+
 def sandbox_paths(runtime_root: str, sandbox_id: str) -> tuple[str, str, str]:
     """``(runtime_dir, control_socket, exit_file)`` of a sandbox under ``runtime_root``."""
-    name = sandbox_id
-    if len(sandbox_id) > 40:
-        name = sandbox_id[:24] + "-" + hashlib.sha256(sandbox_id.encode()).hexdigest()[:15]
-    runtime_dir = os.path.join(runtime_root, name)
+    runtime_dir = os.path.join(runtime_root, id_file_name(sandbox_id))
     return runtime_dir, os.path.join(runtime_dir, "ctl"), os.path.join(runtime_dir, "exit")
+
+
+def container_exit_file(runtime_dir: str, sandbox_id: str, container_id: str) -> str:
+    """Where the exit status of container ``container_id`` of a sandbox is recorded:
+    ``exit`` for the root container (whose id is the sandbox's), ``exit-<id>`` else."""
+    if container_id == sandbox_id:
+        return os.path.join(runtime_dir, "exit")
+    return os.path.join(runtime_dir, "exit-" + id_file_name(container_id))
 
 
 def _mount_plan(mount: Mapping[str, Any], bundle: str) -> MountPlan:
@@ -150,6 +174,7 @@ def _init_plan(
     bundle: str,
     *,
     compile_seccomp: SeccompCompiler,
+    overlay_size: int = 0,
 ) -> InitPlan:
     process = spec.get("process") or {}
     linux = spec.get("linux") or {}
@@ -166,6 +191,7 @@ def _init_plan(
         container_id=container_id,
         rootfs=os.path.normpath(rootfs),
         readonly_root=bool(root.get("readonly", False)),
+        overlay_size=overlay_size,
         mounts=[_mount_plan(m, bundle) for m in spec.get("mounts") or []],
         devices=[
             DevicePlan(
@@ -189,23 +215,28 @@ def _init_plan(
     )
 
 
-#: What ``user`` of :func:`exec_plan` accepts: a uid, or ``"uid"``/``"uid:gid"``.
-UserArg = int | str
+#: What ``user`` of :func:`exec_plan` accepts: a uid, ``(uid, gid)``, or a
+#: ``"user[:group]"`` string of names or ids (see ``sandboxrt._core.users``).
+UserArg = int | str | tuple[int, int]
 
 
-def _parse_user(user: UserArg) -> tuple[int, int]:
-    """``(uid, gid)`` from ``1000``, ``"1000"`` or ``"1000:1000"``; the gid defaults to 0."""
+def _parse_user(user: UserArg) -> dict[str, Any]:
+    """The plan fields a ``user`` sets: ``(uid, gid)`` exactly, anything else to be looked
+    up in the container (``user``), with ids as fallbacks that the lookup replaces."""
+    if isinstance(user, tuple):
+        if len(user) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in user):
+            raise TypeError(f"user as a tuple must be (uid, gid), not {user!r}")
+        if not all(0 <= i <= MAX_ID for i in user):
+            raise ValueError(f"user {user!r}: ids must be between 0 and {MAX_ID}")
+        return {"uid": user[0], "gid": user[1], "additional_gids": [], "user": ""}
     if isinstance(user, bool) or not isinstance(user, int | str):
-        raise TypeError(f"user must be an int or a 'uid[:gid]' string, not {type(user).__name__}")
-    parts = [user] if isinstance(user, int) else user.split(":")
-    if len(parts) > 2 or not all(
-        isinstance(p, int) or (p.isascii() and p.isdigit()) for p in parts
-    ):
-        raise ValueError(f"user must be numeric, as 'uid' or 'uid:gid', not {user!r}")
-    ids = [int(p) for p in parts]
-    if any(not 0 <= i < 2**32 - 1 for i in ids):
-        raise ValueError(f"user {user!r}: ids must be between 0 and 4294967294")
-    return ids[0], ids[1] if len(ids) > 1 else 0
+        raise TypeError(
+            f"user must be a uid, (uid, gid) or a 'user[:group]' string, not {type(user).__name__}"
+        )
+    if isinstance(user, int) and not 0 <= user <= MAX_ID:
+        raise ValueError(f"user {user!r}: ids must be between 0 and {MAX_ID}")
+    ids = [int(p) if p.isascii() and p.isdigit() else 0 for p in parse_user_spec(str(user))]
+    return {"uid": ids[0], "gid": ids[1], "additional_gids": [], "user": str(user)}
 
 
 def _env_list(env: Mapping[str, str] | Sequence[str]) -> list[str]:
@@ -241,9 +272,12 @@ def exec_plan(
     It is the spec's ``process`` (user, capabilities, ``noNewPrivileges``,
     seccomp, rlimits, umask, OOM score, env, cwd) with ``args`` and the
     caller's overrides: ``env`` replaces the spec's environment when given;
-    ``cwd`` must be absolute; ``user`` sets the uid and gid (the gid is 0
-    unless given, as ``runc exec --user``) and drops the spec's additional
-    gids. The spec's ``terminal`` is ignored: ``terminal`` says.
+    ``cwd`` must be absolute; ``user`` replaces the spec's uid, gid and
+    additional gids: ``(uid, gid)`` exactly, any other form (``1000``,
+    ``"1000:1000"``, ``"nobody"``, ``"name:group"``) is looked up in the
+    container's own ``/etc/passwd`` and ``/etc/group`` by the exec'd process,
+    as ``runc exec --user`` does (``sandboxrt._core.users``). The spec's
+    ``terminal`` is ignored: ``terminal`` says.
     """
     if isinstance(args, str | bytes) or not args or not all(isinstance(a, str) for a in args):
         raise ValueError("args must be a non-empty sequence of strings")
@@ -258,8 +292,7 @@ def exec_plan(
             raise ValueError(f"cwd must be an absolute path, not {cwd!r}")
         overrides["cwd"] = cwd
     if user is not None:
-        overrides["uid"], overrides["gid"] = _parse_user(user)
-        overrides["additional_gids"] = []
+        overrides.update(_parse_user(user))
     return ExecPlan(**{**_fields(base), **overrides})
 
 
@@ -271,12 +304,17 @@ def build_plan(
     bundle: str,
     runtime_root: str,
     compile_seccomp: SeccompCompiler,
+    overlay_size: int = 0,
 ) -> SandboxPlan:
     """The plan of a new sandbox whose root container is ``container_id``.
 
     ``compile_seccomp`` turns ``linux.seccomp`` into the BPF program the init
     loads: a required hook, so that no plan ever leaves a filter out.
+    ``overlay_size`` (bytes) makes the root an overlay of the rootfs with a
+    tmpfs upper layer of that size; 0 mounts the rootfs itself.
     """
+    if overlay_size < 0:
+        raise ValueError(f"overlay_size must not be negative, not {overlay_size}")
     linux = spec.get("linux") or {}
     namespaces = [[ns["type"], ns.get("path") or ""] for ns in linux.get("namespaces") or []]
     kinds = dict(namespaces)
@@ -294,7 +332,50 @@ def build_plan(
         control_socket=control_socket,
         exit_file=exit_file,
         namespaces=namespaces,
-        init=_init_plan(container_id, spec, bundle, compile_seccomp=compile_seccomp),
+        init=_init_plan(
+            container_id,
+            spec,
+            bundle,
+            compile_seccomp=compile_seccomp,
+            overlay_size=overlay_size,
+        ),
         hostname=spec.get("hostname") if new_uts else None,
         domainname=spec.get("domainname") if new_uts else None,
+    )
+
+
+def build_container_plan(
+    *,
+    container_id: str,
+    sandbox_id: str,
+    spec: Mapping[str, Any],
+    bundle: str,
+    runtime_dir: str,
+    compile_seccomp: SeccompCompiler,
+    overlay_size: int = 0,
+) -> ContainerPlan:
+    """The plan of container ``container_id`` joining sandbox ``sandbox_id`` (a pod).
+
+    ``runtime_dir`` is the sandbox's. The container shares the sandbox's PID,
+    network, IPC, UTS (and user) namespaces whatever its spec's
+    ``linux.namespaces`` say (CRI runtimes list the pause container's there);
+    only a new ``cgroup`` one (no path) counts: the container gets a cgroup
+    namespace rooted at its own cgroup. ``hostname`` and ``domainname`` are the
+    sandbox's.
+    """
+    if container_id == sandbox_id:
+        raise ValueError(f"container {container_id!r} is the root of its sandbox")
+    linux = spec.get("linux") or {}
+    new = {ns["type"] for ns in linux.get("namespaces") or [] if not ns.get("path")}
+    return ContainerPlan(
+        sandbox_id=sandbox_id,
+        init=_init_plan(
+            container_id,
+            spec,
+            bundle,
+            compile_seccomp=compile_seccomp,
+            overlay_size=overlay_size,
+        ),
+        exit_file=container_exit_file(runtime_dir, sandbox_id, container_id),
+        new_cgroup_namespace="cgroup" in new,
     )

@@ -23,7 +23,9 @@ from typing import Any, ClassVar, Self, TypeVar
 
 __all__ = [
     "MAX_MESSAGE",
+    "PROCESS_FIELDS",
     "CapabilityPlan",
+    "ContainerPlan",
     "DevicePlan",
     "ExecPlan",
     "ExitStatus",
@@ -196,6 +198,12 @@ class ExecPlan(ProcessPlan, _Message):
 
     kind: ClassVar[str] = "exec-plan"
 
+    #: A user to look up in the container's own ``/etc/passwd`` and ``/etc/group`` once the
+    #: process is in its root (``"name"``, ``"uid"``, ``"name:group"``, ``"uid:gid"``...,
+    #: see ``sandboxrt._core.users``); the result replaces ``uid``, ``gid`` and
+    #: ``additional_gids``. Empty: those are used as they are.
+    user: str = ""
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class InitPlan(ProcessPlan, _Message):
@@ -206,6 +214,9 @@ class InitPlan(ProcessPlan, _Message):
     container_id: str
     rootfs: str
     readonly_root: bool = False
+    #: Bytes: the root is an overlay of the rootfs (read-only lower) and a tmpfs of this
+    #: size (upper); 0: the rootfs itself is the root.
+    overlay_size: int = 0
     mounts: list[MountPlan] = dataclasses.field(default_factory=list)
     devices: list[DevicePlan] = dataclasses.field(default_factory=list)
     default_devices: bool = True
@@ -217,6 +228,42 @@ class InitPlan(ProcessPlan, _Message):
     pause_for_hooks: bool = False
     create_container_hooks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     start_container_hooks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: The ``cgroup.procs`` file of the container's cgroup in every hierarchy (host paths).
+    #: The init and every exec'd process join it first thing after the fork, so all the
+    #: container's processes are born inside; the supervisor stays outside, and keeps
+    #: serving while the container is frozen.
+    cgroup_procs: list[str] = dataclasses.field(default_factory=list)
+    #: The library makes the cgroup while the sandbox starts, and names its
+    #: ``cgroup.procs`` files in a ``cgroup`` :class:`Progress` step (or cancels) once
+    #: it is made: the init joins it after its mounts, before ``pivot_root`` (and before
+    #: the prestart hooks, or reporting ``created``).
+    await_cgroup: bool = False
+
+    def root_key(self) -> dict[str, Any]:
+        """What shapes the container's root (every field but :data:`PROCESS_FIELDS`): two
+        plans with equal keys build the same root from the same host files."""
+        return {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.name not in PROCESS_FIELDS
+        }
+
+    def host_sources(self) -> list[str]:
+        """The host paths the root is built from: the rootfs, then each bind source."""
+        return [self.rootfs, *(m.source for m in self.mounts if m.bind)]
+
+    def speculative(self) -> InitPlan:
+        """This plan's root alone, to build ahead of a plan like it (no cgroup, no hooks)."""
+        return dataclasses.replace(self, cgroup_procs=[], await_cgroup=False)
+
+
+#: The fields of an :class:`InitPlan` that shape the process, not the root it runs in.
+#: A root built ahead for one plan (``supervisor.warm``) serves another whose fields
+#: differ in these only; a field added to the plan shapes the root until listed here.
+PROCESS_FIELDS = frozenset(
+    {field.name for field in dataclasses.fields(ProcessPlan)}
+    | {"container_id", "start_container_hooks", "cgroup_procs", "await_cgroup"}
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,11 +281,29 @@ class SandboxPlan(_Message):
     init: InitPlan
     hostname: str | None = None
     domainname: str | None = None
-    #: The ``cgroup.procs`` file of the container's cgroup in every hierarchy (host paths):
-    #: the supervisor writes ``0`` to each (moving itself) before it forks the init.
-    cgroup_procs: list[str] = dataclasses.field(default_factory=list)
     #: Start the program as soon as the container is created (``run``): the supervisor
     #: reports ``started`` (or ``error``) right after ``created``.
+    autostart: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerPlan(_Message):
+    """A container joining a living sandbox (a pod's subcontainer).
+
+    It shares the sandbox's PID, network, IPC and UTS namespaces; its init,
+    forked by the supervisor on a ``create-container`` request, makes a mount
+    namespace of its own (and a cgroup namespace, when asked) as a root
+    container's init does.
+    """
+
+    kind: ClassVar[str] = "container-plan"
+
+    sandbox_id: str
+    init: InitPlan
+    #: Where the supervisor records the container's exit status (atomic JSON).
+    exit_file: str
+    new_cgroup_namespace: bool = False
+    #: As :attr:`SandboxPlan.autostart`: ``started`` (or ``error``) follows ``created``.
     autostart: bool = False
 
 
@@ -258,7 +323,11 @@ class Progress(_Message):
     """A step of sandbox creation, or its failure.
 
     ``step`` is ``"mounted"`` (runtime hooks may run now), ``"created"`` (init
-    waits for start; a pty master may come with it) or ``"error"``.
+    waits for start; a pty master may come with it) or ``"error"``; from the
+    library, ``"cgroup"`` (``details["procs"]``: the cgroup to join, see
+    :attr:`InitPlan.await_cgroup`), ``"go"`` or ``"cancel"``. Between the init and
+    the supervisor only: ``"overlay"``, with an fd on the overlay root's upper
+    directory, which the supervisor keeps.
     """
 
     kind: ClassVar[str] = "progress"
@@ -276,18 +345,37 @@ class ExitStatus(_Message):
     kind: ClassVar[str] = "exit-status"
 
     returncode: int
+    #: The process's pid in the sandbox's PID namespace (0: not recorded).
+    pid: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class Request(_Message):
-    """A control request. ``op`` is one of :attr:`OPS`."""
+    """A control request. ``op`` is one of :attr:`OPS`.
+
+    ``upper`` asks for the overlay root's upper directory: the reply carries an
+    fd on it (``O_RDONLY | O_DIRECTORY``), or fails with ``NoOverlay``.
+    """
 
     kind: ClassVar[str] = "request"
     OPS: ClassVar[frozenset[str]] = frozenset(
-        {"ping", "start", "wait", "signal", "exec", "launch", "gofer", "root"}
+        {
+            "ping",
+            "start",
+            "wait",
+            "signal",
+            "exec",
+            "launch",
+            "create-container",
+            "destroy-container",
+            "upper",
+            "gofer",
+            "root",
+        }
     )
 
     op: str
+    #: The container of the sandbox the request is about; empty: the root container.
     container_id: str = ""
     signal: int = 0
     all: bool = False
@@ -304,6 +392,16 @@ class Request(_Message):
     group: bool = False
     #: ``wait``: answer at once; ``returncode`` is None while the process runs.
     nohang: bool = False
+    #: ``launch`` to the fork server: the next warm sandbox may build this plan's root
+    #: ahead; to a warm sandbox: the host's mount table has not changed since it built
+    #: a root ahead, so that root may serve (see ``supervisor.warm``).
+    speculation: bool = False
+    #: ``signal``: the foreground process group of the terminal that ``pid`` (the init
+    #: when 0, or an exec'd process with a tty) holds, as ``tcgetpgrp`` names it.
+    foreground: bool = False
+    #: ``create-container``: the subcontainer to make (its stdio fds come alongside, none
+    #: with a terminal). The supervisor answers with :class:`Progress` steps, as at launch.
+    container: ContainerPlan | None = None
 
     def __post_init__(self) -> None:
         if self.op not in self.OPS:
@@ -332,6 +430,7 @@ _KINDS: dict[str, type[_Message]] = {
         InitPlan,
         ExecPlan,
         SandboxPlan,
+        ContainerPlan,
         Launched,
         Progress,
         ExitStatus,

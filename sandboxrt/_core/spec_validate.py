@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from sandboxrt._core.cri import annotation_problems
 from sandboxrt.errors import SpecError
 
 if TYPE_CHECKING:
@@ -217,6 +218,7 @@ def spec_problems(spec: Spec) -> list[tuple[str, str]]:
     for key in spec.annotations or {}:
         if not key:
             out.append(("annotations", "keys must not be empty"))
+    out.extend(annotation_problems(spec.annotations))
     namespaces = {ns.type for ns in (spec.linux.namespaces or ())} if spec.linux else set()
     for name, value in (("hostname", spec.hostname), ("domainname", spec.domainname)):
         if value and "uts" not in namespaces:

@@ -47,6 +47,8 @@ class Operation(enum.StrEnum):
     STATS = "stats"
     FILES = "files"
     DESTROY = "destroy"
+    #: Add a subcontainer to the sandbox whose root this container is (a pod).
+    ADD_CONTAINER = "add-container"
 
 
 _S = Status
@@ -66,13 +68,15 @@ ALLOWED_BY_OPERATION: Mapping[Operation, frozenset[Status]] = {
     Operation.EXEC: frozenset({_S.CREATED, _S.RUNNING}),
     Operation.PAUSE: frozenset({_S.RUNNING}),
     Operation.RESUME: frozenset({_S.PAUSED}),
-    Operation.KILL: frozenset({_S.CREATED, _S.RUNNING}),
-    Operation.KILL_ALL: frozenset({_S.CREATED, _S.RUNNING, _S.STOPPED}),
+    # A paused container takes signals (delivered once it resumes; SIGKILL resumes it).
+    Operation.KILL: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
+    Operation.KILL_ALL: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED, _S.STOPPED}),
     Operation.CHECKPOINT: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
     Operation.PROCESSES: frozenset({_S.RUNNING, _S.PAUSED}),
     Operation.STATS: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
     Operation.FILES: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
     Operation.DESTROY: frozenset(_S),
+    Operation.ADD_CONTAINER: frozenset({_S.CREATED, _S.RUNNING}),
 }
 
 #: How an operation is named in error messages ("cannot <verb> container ...").
@@ -82,6 +86,7 @@ _VERBS: Mapping[Operation, str] = {
     Operation.PROCESSES: "list the processes of",
     Operation.STATS: "read the stats of",
     Operation.FILES: "use the files of",
+    Operation.ADD_CONTAINER: "add a container to",
 }
 
 

@@ -88,7 +88,12 @@ def _receive_raw(sock: socket.socket) -> tuple[bytes, list[int]]:
     # close-on-exec, and every exec'd program would inherit them.
     # Peek at the datagram's size first: a buffer of MAX_MESSAGE for every message
     # would cost a 4 MiB allocation, and its page faults, each time.
-    size = sock.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)
+    try:
+        size = sock.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)
+    except ConnectionResetError:
+        # The peer closed with a message of ours unread. The kernel reports that once,
+        # ahead of what the peer sent before closing: read on, to get that (or EOF).
+        size = sock.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)
     fd_size = array.array("i").itemsize
     data, ancillary, flags, _ = sock.recvmsg(
         max(1, min(size, protocol.MAX_MESSAGE)),

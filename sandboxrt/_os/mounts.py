@@ -39,6 +39,7 @@ from typing import Literal
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import DevicePlan, MountPlan
 from sandboxrt._os import syscalls
+from sandboxrt.errors import MissingFeatureError
 
 __all__ = [
     "DEFAULT_DEVICES",
@@ -49,8 +50,11 @@ __all__ = [
     "make_mount",
     "mask_paths",
     "open_beneath",
+    "open_fd_table",
     "open_pty",
+    "overlay_root",
     "pivot_into",
+    "read_beneath_root",
     "readonly_paths",
     "remount_root_readonly",
     "reopen",
@@ -208,17 +212,18 @@ def _open_root(root: str) -> int:
 
 
 def _fd_dir() -> int:
-    """An ``O_PATH`` fd on this process's ``/proc/<pid>/fd``.
+    """An ``O_PATH`` fd on this process's ``/proc/self/fd``.
 
     Opened on first use, which is before ``pivot_root`` (:func:`bind_rootfs`
     and :func:`pivot_into` make sure of it), so it is the host's procfs and not
     whatever the rootfs has at ``/proc``; it stays usable after the old root is
-    detached.
+    detached. ``self``, not our pid: that procfs may be of a parent PID
+    namespace, where our pid is another (a root built ahead in a warm sandbox).
     """
     global _fd_table
     pid = os.getpid()
     if _fd_table is None or _fd_table[0] != pid:
-        fd = os.open(f"/proc/{pid}/fd", _O_DIR)
+        fd = os.open("/proc/self/fd", _O_DIR)
         if not os.path.samestat(os.stat(str(fd), dir_fd=fd), os.fstat(fd)):
             os.close(fd)
             raise _unsafe("/proc is not this process's procfs", "/proc")
@@ -233,6 +238,13 @@ def reopen(fd: int, flags: int) -> int:
     that inode, whatever its path names now.
     """
     return os.open(str(fd), flags | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=_fd_dir())
+
+
+def open_fd_table() -> None:
+    """Open this process's ``/proc/<pid>/fd`` now, while ``/proc`` is still the runtime's
+    (an exec'd process, before it enters the container's root), for the fd-based opens
+    that follow (:func:`open_pty`, :func:`read_beneath_root`)."""
+    _fd_dir()
 
 
 @contextlib.contextmanager
@@ -348,9 +360,8 @@ def _attach_tree(tree: int, root_fd: int, root: str, plan: MountPlan) -> None:
     directory = stat.S_ISDIR(os.fstat(tree).st_mode)
     target_fd = _mount_point(root_fd, root, plan, directory=directory)
     try:
-        flags = abi.MOVE_MOUNT_F_EMPTY_PATH | abi.MOVE_MOUNT_T_EMPTY_PATH
         try:
-            syscalls.move_mount(tree, "", target_fd, "", flags)
+            syscalls.move_mount(tree, target_fd)
         except OSError as exc:
             raise OSError(exc.errno, f"mount on {plan.destination}: {exc.strerror}") from None
         _check_bound(tree, root_fd, plan.destination, plan.flags, follow=True)
@@ -417,6 +428,103 @@ def bind_rootfs(rootfs: str) -> None:
     syscalls.mount(rootfs, rootfs, None, abi.MS_BIND | abi.MS_REC)
 
 
+def _overlay_layer(fs_fd: int, key: str, fd: int) -> None:
+    """Give overlayfs a layer by fd (Linux 6.13+), else by its ``/proc/self/fd`` path.
+
+    Either way no path of the bundle is parsed by the kernel: commas, colons
+    and backslashes in it cannot split or escape the option.
+    """
+    try:
+        syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_SET_FD, key, fd)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_SET_STRING, key.rstrip("+"), f"/proc/self/fd/{fd}")
+
+
+def _tmpfs_upper(size: int, root: os.stat_result) -> tuple[int, int, int]:
+    """A detached tmpfs of ``size`` bytes holding ``upper`` (with the root's owner and
+    mode: it becomes the overlay's root) and ``work``; ``(tmpfs, upper, work)`` fds.
+
+    The tmpfs's own fd must stay open until the overlay is made: closing it
+    dissolves the detached mount, which overlayfs then refuses as its upper.
+    """
+    fs = syscalls.fsopen("tmpfs")
+    try:
+        syscalls.fsconfig(fs, syscalls.FSCONFIG_SET_STRING, "size", str(size))
+        syscalls.fsconfig(fs, syscalls.FSCONFIG_SET_STRING, "mode", "0700")
+        syscalls.fsconfig(fs, syscalls.FSCONFIG_CMD_CREATE)
+        tmpfs = syscalls.fsmount(fs)
+    finally:
+        os.close(fs)
+    opened = [tmpfs]
+    try:
+        os.mkdir("upper", 0o700, dir_fd=tmpfs)
+        os.mkdir("work", 0o700, dir_fd=tmpfs)
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        opened.append(os.open("upper", flags, dir_fd=tmpfs))
+        os.fchown(opened[1], root.st_uid, root.st_gid)
+        os.fchmod(opened[1], stat.S_IMODE(root.st_mode))
+        opened.append(os.open("work", flags, dir_fd=tmpfs))
+    except BaseException:
+        for fd in opened:
+            os.close(fd)
+        raise
+    return opened[0], opened[1], opened[2]
+
+
+def overlay_root(rootfs: str, size: int, *, container_id: str) -> int:
+    """Mount an overlay over ``rootfs`` (in this mount namespace): ``rootfs`` the read-only
+    lower layer, a private tmpfs of ``size`` bytes the upper; an fd on the upper dir.
+
+    Built detached with the new mount API (``fsopen``/``fsconfig``/``fsmount``, layers
+    given by fd) and moved onto ``rootfs``, which it then hides: no staging directory
+    on a host path. The bundle's files are never written. ``redirect_dir`` and
+    ``metacopy`` are off, so the upper dir holds every change whole (what
+    ``Container.export_changes`` reads). A kernel that refuses the overlay raises
+    :class:`MissingFeatureError`.
+    """
+    _fd_dir()  # open the host's /proc/<pid>/fd now, while it is there
+    lower = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    opened = [lower]
+    try:
+        tmpfs, upper, work = _tmpfs_upper(size, os.fstat(lower))
+        opened += [tmpfs, upper, work]
+        try:
+            fs = syscalls.fsopen("overlay")
+        except OSError as exc:
+            raise MissingFeatureError(
+                "kernel overlayfs (the overlay root)",
+                f'container "{container_id}": {exc.strerror}; fuse-overlayfs is not supported',
+            ) from None
+        opened.append(fs)
+        try:
+            _overlay_layer(fs, "lowerdir+", lower)
+            _overlay_layer(fs, "upperdir", upper)
+            _overlay_layer(fs, "workdir", work)
+            for key in ("redirect_dir", "metacopy", "index"):
+                syscalls.fsconfig(fs, syscalls.FSCONFIG_SET_STRING, key, "off")
+            syscalls.fsconfig(fs, syscalls.FSCONFIG_CMD_CREATE)
+            overlay = syscalls.fsmount(fs)
+        except OSError as exc:
+            raise MissingFeatureError(
+                f"an overlay root on {rootfs}",
+                f'container "{container_id}": kernel overlayfs refused this rootfs as its'
+                f" lower layer ({exc}; is it on a stacked overlay, or a filesystem overlayfs"
+                " cannot use?); the fallback, fuse-overlayfs, is not supported",
+            ) from None
+        try:
+            syscalls.move_mount(overlay, lower)
+        finally:
+            os.close(overlay)
+        opened.remove(upper)
+        return upper
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
 def _split(path: str) -> tuple[str, str]:
     parent, name = posixpath.split(posixpath.normpath("/" + path))
     if not name:
@@ -453,7 +561,9 @@ def create_devices(root: str, devices: Iterable[DevicePlan]) -> None:
     """Create device nodes beneath ``root``; bind the host's node where mknod is denied.
 
     The parent directory is walked beneath the root; whatever is at the node's
-    name (a symlink included) is replaced, never followed.
+    name (a symlink included) is replaced, never followed: the node is made
+    under a temporary name and renamed over it, so that containers building
+    the same rootfs at once never see it missing.
     """
     kinds = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
     root = os.path.realpath(root)
@@ -464,18 +574,25 @@ def create_devices(root: str, devices: Iterable[DevicePlan]) -> None:
             parent, _ = _walk(root_fd, parent_path, create="dir")
             try:
                 _check_beneath(parent, root, dev.path)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=parent)
                 kind = kinds[dev.type]
+                temporary = f".{name}.sandboxrt-{os.getpid()}"
                 try:
                     old_umask = os.umask(0)
                     try:
                         rdev = os.makedev(dev.major, dev.minor)
-                        os.mknod(name, kind | (dev.mode & 0o7777), rdev, dir_fd=parent)
+                        os.mknod(temporary, kind | (dev.mode & 0o7777), rdev, dir_fd=parent)
                     finally:
                         os.umask(old_umask)
-                    os.chown(name, dev.uid, dev.gid, dir_fd=parent, follow_symlinks=False)
+                    try:
+                        os.chown(temporary, dev.uid, dev.gid, dir_fd=parent, follow_symlinks=False)
+                        os.rename(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
+                    except BaseException:
+                        with contextlib.suppress(OSError):
+                            os.unlink(temporary, dir_fd=parent)
+                        raise
                 except PermissionError:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=parent)
                     _bind_host_device(dev, kind, parent, name, root_fd)
             finally:
                 os.close(parent)
@@ -634,6 +751,31 @@ def resolve_beneath_root(path: str) -> str:
         os.close(root_fd)
     os.close(fd)
     return resolved
+
+
+def read_beneath_root(path: str, limit: int = 4 << 20) -> bytes | None:
+    """The first ``limit`` bytes of the regular file ``path``, resolved beneath ``/`` (after
+    pivot or chroot) as :func:`resolve_beneath_root` does; ``None`` when it is missing.
+
+    Anything but a regular file (a FIFO that would block, a device) is refused.
+    """
+    root_fd = _open_root("/")
+    try:
+        path_fd, _ = _walk(root_fd, path)
+    except FileNotFoundError:
+        return None
+    finally:
+        os.close(root_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(path_fd).st_mode):
+            raise _unsafe("is not a regular file", path)
+        fd = os.open(str(path_fd), os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=_fd_dir())
+    finally:
+        os.close(path_fd)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
 
 
 def chdir_beneath_root(path: str) -> None:

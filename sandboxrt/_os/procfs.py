@@ -1,15 +1,27 @@
-"""Process identity from /proc: a PID plus its start time and the boot id.
+"""Reading processes from /proc: identity, parentage, terminal, and what ``ps`` shows.
 
-``psutil``'s create time moves with the wall clock; the start time in clock
-ticks since boot (field 22 of ``/proc/PID/stat``) does not, and with the
-boot id it names one process for the machine's lifetime. Standard library only.
+Process identity is a PID plus its start time and the boot id: ``psutil``'s
+create time moves with the wall clock; the start time in clock ticks since
+boot (field 22 of ``/proc/PID/stat``) does not, and with the boot id it names
+one process for the machine's lifetime. Standard library only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import os
 
-__all__ = ["StatInfo", "boot_id", "is_alive", "read_stat"]
+__all__ = [
+    "ProcEntry",
+    "StatInfo",
+    "boot_id",
+    "descendants",
+    "foreground_group",
+    "is_alive",
+    "read_process",
+    "read_stat",
+]
 
 _DEAD_STATES = frozenset("ZXx")
 
@@ -39,16 +51,107 @@ def boot_id() -> str:
         return f.read().strip()
 
 
-def read_stat(pid: int, proc: str = "/proc") -> StatInfo | None:
-    """Parse ``/proc/PID/stat``; ``None`` when the process does not exist."""
+def _stat_fields(pid: int, proc: str = "/proc") -> list[bytes] | None:
+    """The fields of ``/proc/PID/stat`` from the state on (field 3); ``None`` if gone."""
     try:
         with open(f"{proc}/{pid}/stat", "rb") as f:
             raw = f.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
     # The command name may contain spaces and parentheses: split after the last ')'.
-    fields = raw[raw.rindex(b")") + 2 :].split()
+    return raw[raw.rindex(b")") + 2 :].split()
+
+
+def read_stat(pid: int, proc: str = "/proc") -> StatInfo | None:
+    """Parse ``/proc/PID/stat``; ``None`` when the process does not exist."""
+    fields = _stat_fields(pid, proc)
+    if fields is None:
+        return None
     return StatInfo((fields[0].decode(), int(fields[1]), int(fields[19])))
+
+
+def foreground_group(pid: int, proc: str = "/proc") -> int | None:
+    """The foreground process group of ``pid``'s controlling terminal (``tcgetpgrp``),
+    as the PID namespace of ``proc`` numbers it; ``None`` when the process is gone or
+    has no terminal (or the group is outside that namespace)."""
+    fields = _stat_fields(pid, proc)
+    if fields is None:
+        return None
+    tpgid = int(fields[5])  # field 8
+    return tpgid if tpgid > 0 else None
+
+
+def descendants(root: int, proc: str = "/proc") -> list[int]:
+    """Every process below ``root``, found by walking parent links in ``proc``."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir(proc):
+        if not name.isdigit():
+            continue
+        try:
+            fields = _stat_fields(int(name), proc)
+        except OSError:
+            continue
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProcEntry:
+    """One process as ``/proc/PID/{stat,status,cmdline}`` show it (``ps``'s columns)."""
+
+    pid: int
+    #: Its pid in each PID namespace, from the one of ``proc`` down to its own (``NSpid``).
+    nspid: tuple[int, ...]
+    ppid: int
+    #: The effective uid.
+    uid: int
+    state: str
+    #: User plus system CPU time, in clock ticks (``SC_CLK_TCK`` a second).
+    cpu_ticks: int
+    #: ``comm``: the name the kernel keeps (15 characters at most).
+    name: str
+    #: The command line; empty for kernel threads and zombies.
+    cmdline: tuple[str, ...]
+
+
+def read_process(pid: int, proc: str = "/proc") -> ProcEntry | None:
+    """Read what ``ps`` shows of ``pid``; ``None`` when it is gone (or went meanwhile)."""
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            stat = f.read()
+        with open(f"{proc}/{pid}/status", "rb") as f:
+            status = dict(line.split(b":", 1) for line in f.read().splitlines() if b":" in line)
+        with open(f"{proc}/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    name = stat[stat.index(b"(") + 1 : stat.rindex(b")")]
+    nspid = tuple(int(n) for n in status.get(b"NSpid", str(pid).encode()).split())
+    return ProcEntry(
+        pid=pid,
+        nspid=nspid,
+        ppid=int(fields[1]),
+        uid=int(status[b"Uid"].split()[1]),
+        state=fields[0].decode(),
+        cpu_ticks=int(fields[11]) + int(fields[12]),  # fields 14 and 15
+        name=name.decode(errors="replace"),
+        cmdline=_split_cmdline(cmdline),
+    )
+
+
+def _split_cmdline(raw: bytes) -> tuple[str, ...]:
+    if not raw:
+        return ()
+    if raw.endswith(b"\0"):
+        raw = raw[:-1]
+    return tuple(arg.decode(errors="surrogateescape") for arg in raw.split(b"\0"))
 
 
 def is_alive(pid: int, start_ticks: int, boot: str) -> bool:

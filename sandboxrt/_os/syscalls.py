@@ -11,14 +11,23 @@ import ctypes
 import errno
 import os
 import platform
+import re
 
 __all__ = [
     "ambient_clear_all",
     "ambient_raise",
+    "bpf_prog_attach",
+    "bpf_prog_detach",
+    "bpf_prog_get_fd_by_id",
+    "bpf_prog_load",
+    "bpf_prog_query",
     "capbset_drop",
     "capbset_read",
     "capget",
     "capset",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
     "mount",
     "move_mount",
     "open_tree",
@@ -40,6 +49,7 @@ _SYS_OPEN_TREE = 428
 _SYS_MOVE_MOUNT = 429
 _SYS_OPENAT2 = 437
 _SYS_SECCOMP = {"x86_64": 317, "aarch64": 277, "riscv64": 277, "ppc64le": 358, "s390x": 348}
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -133,18 +143,6 @@ def open_tree(dirfd: int, path: str, flags: int) -> int:
     """``open_tree(2)``: with ``OPEN_TREE_CLONE``, a detached copy of the mount at ``path``."""
     args = (ctypes.c_int(dirfd), os.fsencode(path), ctypes.c_uint(flags))
     return _check(_libc.syscall(ctypes.c_long(_SYS_OPEN_TREE), *args), "open_tree", path)
-
-
-def move_mount(from_dirfd: int, from_path: str, to_dirfd: int, to_path: str, flags: int) -> None:
-    """``move_mount(2)``: attach or move a mount (fd to fd with the ``*_EMPTY_PATH`` flags)."""
-    args = (
-        ctypes.c_int(from_dirfd),
-        os.fsencode(from_path),
-        ctypes.c_int(to_dirfd),
-        os.fsencode(to_path),
-        ctypes.c_uint(flags),
-    )
-    _check(_libc.syscall(ctypes.c_long(_SYS_MOVE_MOUNT), *args), "move_mount", to_path)
 
 
 # -- seccomp -------------------------------------------------------------------------------
@@ -258,3 +256,241 @@ def ambient_clear_all() -> None:
 def ambient_raise(cap: int) -> None:
     """Add ``cap`` to the ambient set (it must be permitted and inheritable)."""
     prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, cap)
+
+
+# -- the new mount API (fsopen, fsconfig, fsmount, move_mount; Linux 5.2) ----------------
+# These numbers are the same on every architecture (the unified syscall table).
+
+_SYS_MOVE_MOUNT = 429
+_SYS_FSOPEN = 430
+_SYS_FSCONFIG = 431
+_SYS_FSMOUNT = 432
+
+FSOPEN_CLOEXEC = 0x1
+FSMOUNT_CLOEXEC = 0x1
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_SET_FD = 5
+FSCONFIG_CMD_CREATE = 6
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+
+
+def _fs_log(fs_fd: int) -> str:
+    """The messages the kernel left on a filesystem context (``e overlayfs: ...``)."""
+    lines = []
+    while True:
+        try:
+            raw = os.read(fs_fd, 4096)
+        except OSError:
+            break
+        if not raw:
+            break
+        lines.append(raw.decode(errors="replace").strip())
+    return "; ".join(lines)
+
+
+def fsopen(fstype: str) -> int:
+    """A new filesystem context of type ``fstype`` (close-on-exec fd; ``fsopen(2)``)."""
+    raw = _b(fstype)
+    return _check(
+        _libc.syscall(ctypes.c_long(_SYS_FSOPEN), raw, ctypes.c_uint(FSOPEN_CLOEXEC)),
+        f"fsopen {fstype}",
+    )
+
+
+def fsconfig(fs_fd: int, cmd: int, key: str | None = None, value: str | int | None = None) -> None:
+    """Configure a filesystem context (``fsconfig(2)``): a string, an fd (``aux``) or a command.
+
+    A failure raises ``OSError`` whose message carries the kernel's own log of the context.
+    """
+    aux = 0
+    val: bytes | None = None
+    if isinstance(value, int):
+        aux = value
+    elif value is not None:
+        val = os.fsencode(value)
+    result = _libc.syscall(
+        ctypes.c_long(_SYS_FSCONFIG),
+        ctypes.c_int(fs_fd),
+        ctypes.c_uint(cmd),
+        _b(key),
+        val,
+        ctypes.c_int(aux),
+    )
+    if result < 0:
+        err = ctypes.get_errno()
+        detail = _fs_log(fs_fd)
+        name = key or ("create" if cmd == FSCONFIG_CMD_CREATE else str(cmd))
+        what = f"fsconfig {name}: {os.strerror(err)}"
+        raise OSError(err, f"{what} ({detail})" if detail else what)
+
+
+def fsmount(fs_fd: int, attr_flags: int = 0) -> int:
+    """A detached mount of a created filesystem context (close-on-exec fd; ``fsmount(2)``)."""
+    return _check(
+        _libc.syscall(
+            ctypes.c_long(_SYS_FSMOUNT),
+            ctypes.c_int(fs_fd),
+            ctypes.c_uint(FSMOUNT_CLOEXEC),
+            ctypes.c_uint(attr_flags),
+        ),
+        "fsmount",
+    )
+
+
+def move_mount(from_fd: int, to_fd: int, to_path: str = "") -> None:
+    """Attach the detached mount ``from_fd`` onto ``to_fd`` (+ ``to_path``; ``move_mount(2)``)."""
+    flags = MOVE_MOUNT_F_EMPTY_PATH | (0 if to_path else MOVE_MOUNT_T_EMPTY_PATH)
+    _check(
+        _libc.syscall(
+            ctypes.c_long(_SYS_MOVE_MOUNT),
+            ctypes.c_int(from_fd),
+            b"",
+            ctypes.c_int(to_fd),
+            _b(to_path) or b"",
+            ctypes.c_uint(flags),
+        ),
+        "move_mount",
+        to_path or None,
+    )
+
+
+# -- bpf -----------------------------------------------------------------------------------
+
+_BPF_PROG_LOAD = 5
+_BPF_PROG_ATTACH = 8
+_BPF_PROG_DETACH = 9
+_BPF_PROG_GET_FD_BY_ID = 13
+_BPF_PROG_QUERY = 16
+_BPF_LOG_SIZE = 1 << 16
+
+
+class _BpfProgLoad(ctypes.Structure):
+    """The ``BPF_PROG_LOAD`` part of ``union bpf_attr`` (the kernel zero-fills the rest)."""
+
+    _fields_ = [
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_name", ctypes.c_char * 16),
+    ]
+
+
+class _BpfProgAttach(ctypes.Structure):
+    """The ``BPF_PROG_ATTACH`` / ``BPF_PROG_DETACH`` part of ``union bpf_attr``."""
+
+    _fields_ = [
+        ("target_fd", ctypes.c_uint32),
+        ("attach_bpf_fd", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),
+        ("attach_flags", ctypes.c_uint32),
+        ("replace_bpf_fd", ctypes.c_uint32),
+    ]
+
+
+class _BpfProgQuery(ctypes.Structure):
+    """The ``BPF_PROG_QUERY`` part of ``union bpf_attr``."""
+
+    _fields_ = [
+        ("target_fd", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),
+        ("query_flags", ctypes.c_uint32),
+        ("attach_flags", ctypes.c_uint32),
+        ("prog_ids", ctypes.c_uint64),
+        ("prog_cnt", ctypes.c_uint32),
+    ]
+
+
+class _BpfGetFdById(ctypes.Structure):
+    _fields_ = [("prog_id", ctypes.c_uint32), ("next_id", ctypes.c_uint32)]
+
+
+def _bpf(command: int, attr: ctypes.Structure, what: str) -> int:
+    number = _SYS_BPF.get(platform.machine())
+    if number is None:
+        raise OSError(errno.ENOSYS, f"bpf: unknown syscall number on {platform.machine()}")
+    size = ctypes.c_uint(ctypes.sizeof(attr))
+    return _check(
+        _libc.syscall(ctypes.c_long(number), ctypes.c_int(command), ctypes.byref(attr), size), what
+    )
+
+
+def bpf_prog_load(prog_type: int, program: bytes, license: str, name: str = "") -> int:
+    """Load an eBPF ``program`` (``struct bpf_insn[]``); its fd (close-on-exec, as the
+    kernel makes every bpf fd). ``name`` shows in ``bpftool`` (15 characters of
+    ``[A-Za-z0-9_.]``). A program the verifier refuses raises ``OSError`` with the
+    verifier's log in its message."""
+    count, rest = divmod(len(program), 8)
+    if not count or rest:
+        raise ValueError(f"not an eBPF program: {len(program)} bytes")
+    insns = ctypes.create_string_buffer(program, len(program))
+    license_buf = ctypes.create_string_buffer(license.encode())
+    attr = _BpfProgLoad(
+        prog_type=prog_type,
+        insn_cnt=count,
+        insns=ctypes.addressof(insns),
+        license=ctypes.addressof(license_buf),
+        prog_name=re.sub(r"[^A-Za-z0-9_.]", "_", name).encode()[:15],
+    )
+    try:
+        return _bpf(_BPF_PROG_LOAD, attr, "bpf(BPF_PROG_LOAD)")
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.EACCES):
+            raise
+    log = ctypes.create_string_buffer(_BPF_LOG_SIZE)  # again, for the verifier's reason
+    attr.log_level, attr.log_size, attr.log_buf = 1, _BPF_LOG_SIZE, ctypes.addressof(log)
+    try:
+        return _bpf(_BPF_PROG_LOAD, attr, "bpf(BPF_PROG_LOAD)")
+    except OSError as err:
+        text = log.value.decode(errors="replace").strip()
+        raise OSError(
+            err.errno, f"{err.strerror}: {text[-500:]}" if text else err.strerror
+        ) from None
+
+
+def bpf_prog_attach(target_fd: int, prog_fd: int, attach_type: int, flags: int = 0) -> None:
+    """Attach the program ``prog_fd`` to ``target_fd`` (a cgroup directory's fd)."""
+    attr = _BpfProgAttach(target_fd, prog_fd, attach_type, flags)
+    _bpf(_BPF_PROG_ATTACH, attr, "bpf(BPF_PROG_ATTACH)")
+
+
+def bpf_prog_detach(target_fd: int, prog_fd: int, attach_type: int) -> None:
+    """Detach the program ``prog_fd`` from ``target_fd``."""
+    attr = _BpfProgAttach(target_fd, prog_fd, attach_type)
+    _bpf(_BPF_PROG_DETACH, attr, "bpf(BPF_PROG_DETACH)")
+
+
+def bpf_prog_query(target_fd: int, attach_type: int) -> list[int]:
+    """The ids of the programs attached to ``target_fd`` itself for ``attach_type``."""
+    size = 64
+    while True:
+        ids = (ctypes.c_uint32 * size)()
+        attr = _BpfProgQuery(
+            target_fd=target_fd,
+            attach_type=attach_type,
+            prog_ids=ctypes.addressof(ids),
+            prog_cnt=size,
+        )
+        try:
+            _bpf(_BPF_PROG_QUERY, attr, "bpf(BPF_PROG_QUERY)")
+        except OSError as err:
+            if err.errno == errno.ENOSPC and attr.prog_cnt > size:
+                size = attr.prog_cnt
+                continue
+            raise
+        return list(ids[: attr.prog_cnt])
+
+
+def bpf_prog_get_fd_by_id(prog_id: int) -> int:
+    """An fd (close-on-exec) of the loaded program ``prog_id``."""
+    return _bpf(_BPF_PROG_GET_FD_BY_ID, _BpfGetFdById(prog_id), "bpf(BPF_PROG_GET_FD_BY_ID)")

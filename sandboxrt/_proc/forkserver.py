@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import select
 import selectors
 import signal
 import socket
@@ -48,8 +49,43 @@ def _child() -> None:
     os.close(null)
 
 
+def _peek(fd: int) -> bytes | None:
+    """The message waiting on socket ``fd``, left there (its fds too) for its reader."""
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        try:
+            flags = socket.MSG_PEEK | socket.MSG_DONTWAIT
+            size = sock.recv_into(bytearray(1), 1, flags | socket.MSG_TRUNC)
+            return sock.recv(size, flags)
+        except OSError:
+            return None
+
+
+class _MountWatch:
+    """Tells whether this mount namespace's mount table changed since the last look
+    (``poll`` on ``/proc/self/mountinfo`` reports each change once, as ``POLLPRI``)."""
+
+    def __init__(self) -> None:
+        self.poll = select.poll()
+        try:
+            self.fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.fd = -1
+        else:
+            self.poll.register(self.fd, select.POLLPRI | select.POLLERR)
+
+    def changed(self) -> bool:
+        if self.fd < 0:
+            return True
+        return any(event & (select.POLLPRI | select.POLLERR) for _, event in self.poll.poll(0))
+
+
 class _Server:
-    """The fork server's state: its socket, and at most one warm sandbox."""
+    """The fork server's state: its socket, and at most one warm sandbox.
+
+    The warm sandbox builds ahead the root of the last plan a warm launch
+    carried (``supervisor.RootAhead``), which serves the next launch if it
+    asks for the same root and the mount table did not change meanwhile.
+    """
 
     def __init__(self, control: socket.socket) -> None:
         self.control = control
@@ -57,12 +93,17 @@ class _Server:
         self.warm_link: socket.socket | None = None
         self.warm_pid = 0
         self.warm_ticks = 0
+        #: The encoded plan of the last warm launch.
+        self.hint: bytes | None = None
+        self.mounts = _MountWatch()
 
     def forget(self) -> None:
         """In a forked child: close the fork server's sockets (its peers watch them)."""
         self.control.close()
         if self.warm_link is not None:
             self.warm_link.close()
+        if self.mounts.fd >= 0:
+            os.close(self.mounts.fd)
         _child()
 
     def launch(self, fds: list[int], entry: Callable[[int], NoReturn] = supervisor.main) -> None:
@@ -91,9 +132,10 @@ class _Server:
             try:
                 ours.close()
                 self.forget()
-                supervisor.warm(theirs)
+                supervisor.warm(theirs, self.hint)
             finally:
                 os._exit(1)
+        self.mounts.changed()  # from now on, a change makes the root built ahead stale
         theirs.close()
         self.warm_link, self.warm_pid = ours, 0
         self.selector.register(ours, selectors.EVENT_READ, "warm")
@@ -117,8 +159,9 @@ class _Server:
         """Give a launch to the warm sandbox; ``False`` if there is none that takes it."""
         if self.warm_link is None or not self.warm_pid:
             return False
+        launch = Request("launch", speculation=not self.mounts.changed())
         try:
-            channel.send(self.warm_link, Request("launch"), fds)
+            channel.send(self.warm_link, launch, fds)
         except OSError:
             self.drop_warm()
             return False
@@ -139,6 +182,8 @@ class _Server:
             with contextlib.suppress(OSError):
                 self.launch(fds, gofer.serve_here)
         elif request.op == "launch" and len(fds) == 2:
+            if request.all:  # peeked before the plan is read: for the next warm sandbox
+                self.hint = _peek(fds[0]) if request.speculation else None
             if request.all and self.hand_over(fds):
                 self.prewarm()
             else:

@@ -11,6 +11,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import resource
@@ -20,23 +21,32 @@ import termios
 from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
-from sandboxrt._core import abi
+from sandboxrt._core import abi, users
 from sandboxrt._core.protocol import ExecPlan, InitPlan, ProcessPlan, Progress, Request
 from sandboxrt._os import capabilities, channel, mounts, syscalls
 from sandboxrt._proc import hooks
-from sandboxrt.errors import HookError
+from sandboxrt.errors import HookError, MissingFeatureError
 
 __all__ = [
+    "AHEAD_PROCESS_NAME",
     "EXEC_PROCESS_NAME",
     "PROCESS_NAME",
     "error_progress",
     "find_executable",
+    "join_cgroup",
+    "join_cgroup_fds",
+    "open_cgroup",
+    "root_identities",
     "run_exec",
     "run_init",
+    "speculate",
 ]
 
 #: The init's name in ``/proc/PID/comm`` until it execs the program.
 PROCESS_NAME = "sandboxrt-init"
+
+#: The name of an init building a root ahead (:func:`speculate`), until it has its plan.
+AHEAD_PROCESS_NAME = "sandboxrt-ahead"
 
 #: An exec'd process's name in ``/proc/PID/comm`` until it execs its program.
 EXEC_PROCESS_NAME = "sandboxrt-exec"
@@ -56,6 +66,8 @@ def error_progress(exc: BaseException) -> Progress:
             "returncode": exc.returncode,
             "output": exc.output,
         }
+    elif isinstance(exc, MissingFeatureError):
+        details = {"feature": exc.feature, "detail": exc.detail}
     return Progress("error", error=str(exc), error_type=type(exc).__name__, details=details)
 
 
@@ -78,13 +90,24 @@ def find_executable(name: str, env: Sequence[str]) -> str:
     raise FileNotFoundError(f"executable file {name!r} not found in $PATH")
 
 
-def _prepare_root(plan: InitPlan, sync: socket.socket, trees: Sequence[int] = ()) -> None:
+def _prepare_root(
+    plan: InitPlan, sync: socket.socket, new_cgroup_namespace: bool, trees: Sequence[int] = ()
+) -> None:
+    """Build the root of ``plan``. ``trees`` are detached mounts (the gofer's
+    ``open_tree``) for the bind mounts whose plan names one (``MountPlan.tree``)."""
     syscalls.unshare(abi.CLONE_NEWNS)
     syscalls.mount(None, "/", None, abi.MS_REC | abi.MS_PRIVATE)
     root = os.path.realpath(plan.rootfs)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"rootfs {plan.rootfs} does not exist or is not a directory")
-    mounts.bind_rootfs(root)
+    if plan.overlay_size:
+        upper = mounts.overlay_root(root, plan.overlay_size, container_id=plan.container_id)
+        try:  # the supervisor keeps it: the upper layer is seen nowhere else
+            channel.send(sync, Progress("overlay"), [upper])
+        finally:
+            os.close(upper)
+    else:
+        mounts.bind_rootfs(root)
     for mount in plan.mounts:
         tree = trees[mount.tree] if 0 <= mount.tree < len(trees) else None
         mounts.make_mount(root, mount, tree)
@@ -97,6 +120,11 @@ def _prepare_root(plan: InitPlan, sync: socket.socket, trees: Sequence[int] = ()
     if dev_is_tmpfs:
         has_devpts = any(m.type == "devpts" for m in plan.mounts)
         mounts.default_dev_symlinks(root, has_devpts=has_devpts)
+    if plan.await_cgroup:  # made by the library meanwhile; joined while host paths resolve
+        step, _ = channel.receive(sync, Progress)
+        if step.step != "cgroup":
+            raise RuntimeError(step.error or "creation was cancelled")
+        _enter_cgroup(step.details.get("procs", []), new_cgroup_namespace)
     if plan.pause_for_hooks:
         channel.send(sync, Progress("mounted"))
         go, _ = channel.receive(sync, Progress)
@@ -211,6 +239,20 @@ def _default_signals(mask: Iterable[int] = ()) -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
+def _drop_handlers(mask: Iterable[int]) -> None:
+    """Forget the Python signal handlers (and wakeup fd) of the process that forked us,
+    then set the signal mask to ``mask``. Ignored signals stay ignored until
+    :func:`_default_signals`: the init still writes to hooks' pipes (SIGPIPE)."""
+    signal.set_wakeup_fd(-1)
+    for sig in signal.valid_signals():
+        try:
+            if callable(signal.getsignal(sig)):
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):  # signals Python may not touch
+            continue
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def _become(
     plan: ProcessPlan,
     executable: str,
@@ -224,47 +266,170 @@ def _become(
     os.execve(executable, plan.args, dict(e.split("=", 1) for e in plan.env))
 
 
+def join_cgroup(procs_files: Iterable[str], pid: int = 0) -> None:
+    """Move a single-threaded process (0: this one, just forked) into a cgroup in every
+    hierarchy.
+
+    Done before the process forks, so that nothing it forks is born outside.
+    On v1 we write to ``tasks`` (moving one thread, all there is): the kernel
+    then skips the global threadgroup lock that ``cgroup.procs`` takes, whose
+    first taking waits for an RCU grace period (5-13 ms measured, a third of a
+    container's whole run).
+    """
+    fds = open_cgroup(procs_files)
+    try:
+        join_cgroup_fds(fds, pid)
+    finally:
+        channel.close_fds(fds)
+
+
+def open_cgroup(procs_files: Iterable[str]) -> list[int]:
+    """The files that move a thread into the cgroup (v1 ``tasks``, else ``cgroup.procs``),
+    opened for writing (close-on-exec), for :func:`join_cgroup_fds`."""
+    fds: list[int] = []
+    try:
+        for procs in procs_files:
+            path = os.path.join(os.path.dirname(procs), "tasks")
+            try:
+                try:
+                    fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+                except FileNotFoundError:  # v2
+                    path = procs
+                    fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+            except OSError as err:
+                raise OSError(err.errno, f"opening the cgroup: {path}: {err.strerror}") from err
+    except BaseException:
+        channel.close_fds(fds)
+        raise
+    return fds
+
+
+def join_cgroup_fds(fds: Iterable[int], pid: int = 0) -> None:
+    """:func:`join_cgroup` through files :func:`open_cgroup` opened (maybe by a parent)."""
+    for fd in fds:
+        try:
+            os.write(fd, str(pid).encode())
+        except OSError as err:
+            raise OSError(err.errno, f"joining the cgroup: {err.strerror}") from err
+
+
+def _enter_cgroup(procs_files: Iterable[str], new_namespace: bool) -> None:
+    join_cgroup(procs_files)
+    if new_namespace:
+        syscalls.unshare(abi.CLONE_NEWCGROUP)
+
+
 def run_init(
-    plan: InitPlan, sync: socket.socket, stdio: Sequence[int], trees: Sequence[int] = ()
+    plan: InitPlan,
+    sync: socket.socket,
+    stdio: Sequence[int],
+    *,
+    new_cgroup_namespace: bool = False,
+    signal_mask: Iterable[int] | None = None,
 ) -> NoReturn:
     """Build the container and exec its program; never returns.
 
-    ``trees`` are detached mounts (the gofer's ``open_tree``) for the bind
-    mounts whose plan names one (``MountPlan.tree``).
+    Joins the container's cgroup first, or once the library made it (see
+    :attr:`InitPlan.await_cgroup`), and then makes its cgroup namespace, when
+    ``new_cgroup_namespace``, rooted there. With ``signal_mask``, forked with
+    every signal blocked: the forking process's signal handlers are dropped,
+    then the mask restored (all dispositions go to default before exec).
     """
     try:
-        os.setsid()
-        # Not dumpable until exec: the container's processes must not ptrace us or open
-        # our /proc entries while we still hold privileges and the runtime's fds.
-        syscalls.prctl(abi.PR_SET_DUMPABLE, 0)
-        syscalls.set_process_name(PROCESS_NAME)
+        if signal_mask is not None:
+            _drop_handlers(signal_mask)
+        if not plan.await_cgroup:
+            _enter_cgroup(plan.cgroup_procs, new_cgroup_namespace)
+        _init_process()
         seccomp_program = _seccomp_program(plan)
-        _prepare_root(plan, sync, trees)
-        executable = find_executable(plan.args[0], plan.env)
-        tty_slave = None
-        pty_fds: list[int] = []
-        if plan.terminal:
-            master, tty_slave = mounts.open_pty()
-            pty_fds = [master]
-        channel.send(sync, Progress("created"), pty_fds)
-        channel.close_fds(pty_fds)
-        try:
-            start, _ = channel.receive(sync, Request)
-        except channel.ChannelClosedError:
-            os._exit(0)  # destroyed before start
-        hooks.run_hooks(
-            plan.start_container_hooks,
-            start.state,
-            phase="startContainer",
-            container_id=plan.container_id,
-        )
-        _default_signals()
-        _become(plan, executable, stdio, tty_slave, seccomp_program)
+        _prepare_root(plan, sync, new_cgroup_namespace)
+        _create(plan, sync, stdio, seccomp_program)
     except BaseException as exc:
         try:
             channel.send(sync, error_progress(exc))
         finally:
             os._exit(127)
+
+
+def speculate(hint: InitPlan, sync: socket.socket) -> NoReturn:
+    """Build a container's root ahead of its plan, guessing it from ``hint``; never returns.
+
+    A warm sandbox's init (see ``supervisor.warm``): it builds the root of
+    ``hint`` (the last plan the fork server saw), reports ``ready`` with the
+    identities of the host files it mounted (see :func:`root_identities`), and
+    waits. If the real plan builds the same root, the supervisor moves us into
+    the container's cgroup and sends it (:class:`InitPlan`, stdio fds alongside,
+    after a ``Progress`` saying whether to make a cgroup namespace); we go on as
+    :func:`run_init` does after its root. Otherwise we are killed unused.
+    """
+    try:
+        _init_process(AHEAD_PROCESS_NAME)
+        identities = root_identities(hint)  # while the host's paths are in view
+        _prepare_root(hint.speculative(), sync, False)
+        channel.send(sync, Progress("ready", details={"identities": identities}))
+        go, _ = channel.receive(sync, Progress)
+        if go.step != "go":
+            raise RuntimeError(go.error or "creation was cancelled")
+        plan, stdio = channel.receive(sync, InitPlan)
+        syscalls.set_process_name(PROCESS_NAME)
+        if go.details.get("cgroupns"):
+            syscalls.unshare(abi.CLONE_NEWCGROUP)
+        _create(plan, sync, stdio, _seccomp_program(plan))
+    except BaseException as exc:
+        try:
+            channel.send(sync, error_progress(exc))
+        finally:
+            os._exit(127)
+
+
+def root_identities(plan: InitPlan) -> list[list[int]]:
+    """``[st_dev, st_ino]`` of the rootfs and of every bind source of ``plan``, as they
+    are now in this mount namespace (``[0, 0]`` for one missing): equal lists, taken
+    when a speculative root was built and when the real plan came, show the host
+    files it mounted are the same."""
+    found = []
+    for path in plan.host_sources():
+        try:
+            st = os.stat(path)
+        except OSError:
+            found.append([0, 0])
+        else:
+            found.append([st.st_dev, st.st_ino])
+    return found
+
+
+def _init_process(name: str = PROCESS_NAME) -> None:
+    os.setsid()
+    # Not dumpable until exec: the container's processes must not ptrace us or open
+    # our /proc entries while we still hold privileges and the runtime's fds.
+    syscalls.prctl(abi.PR_SET_DUMPABLE, 0)
+    syscalls.set_process_name(name)
+
+
+def _create(
+    plan: InitPlan, sync: socket.socket, stdio: Sequence[int], seccomp_program: bytes | None
+) -> NoReturn:
+    """Report ``created`` (with a pty master, for a terminal), wait for start, exec."""
+    executable = find_executable(plan.args[0], plan.env)
+    tty_slave = None
+    pty_fds: list[int] = []
+    if plan.terminal:
+        master, tty_slave = mounts.open_pty()
+        pty_fds = [master]
+    channel.send(sync, Progress("created"), pty_fds)
+    channel.close_fds(pty_fds)
+    try:
+        start, _ = channel.receive(sync, Request)
+    except channel.ChannelClosedError:
+        os._exit(0)  # destroyed before start
+    hooks.run_hooks(
+        plan.start_container_hooks,
+        start.state,
+        phase="startContainer",
+        container_id=plan.container_id,
+    )
+    _default_signals()
+    _become(plan, executable, stdio, tty_slave, seccomp_program)
 
 
 def _join_init(init_pid: int) -> None:
@@ -297,6 +462,19 @@ def _join_init(init_pid: int) -> None:
         channel.close_fds([fd for _, fd in opened] + [root])
 
 
+def _resolve_user(plan: ExecPlan) -> ExecPlan:
+    """``plan`` with its ``user`` looked up in the container's own passwd and group files
+    (read beneath its root: a symlink cannot lead to the host's)."""
+    texts = []
+    for path in ("/etc/passwd", "/etc/group"):
+        raw = mounts.read_beneath_root(path)
+        texts.append((raw or b"").decode(errors="replace"))
+    found = users.resolve_user(plan.user, *texts)
+    return dataclasses.replace(
+        plan, uid=found.uid, gid=found.gid, additional_gids=list(found.additional_gids)
+    )
+
+
 def _close_fds_but(*keep: int) -> None:
     """Close every fd above 2 but ``keep`` (the supervisor's sockets must not reach exec)."""
     low = 3
@@ -312,8 +490,13 @@ def run_exec(
     status: socket.socket,
     stdio: Sequence[int],
     mask: Iterable[int] = (),
+    *,
+    cgroup: Iterable[int] = (),
 ) -> NoReturn:
     """Run ``plan`` in the container of the init ``init_pid``; never returns.
+
+    Joins the container's cgroup first thing, through ``cgroup``: the files
+    :func:`open_cgroup` opened in the supervisor.
 
     Forked by the supervisor with every signal blocked (``mask`` is the mask to
     restore). Leads a process group and session of its own, so that a timeout
@@ -322,13 +505,18 @@ def run_exec(
     stream means the program runs.
     """
     try:
+        join_cgroup_fds(cgroup)
         _default_signals(mask)
         os.setsid()
         syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # as the init: no ptrace before exec
         _close_fds_but(status.fileno(), *stdio)
         syscalls.set_process_name(EXEC_PROCESS_NAME)
         seccomp_program = _seccomp_program(plan)
+        if plan.user or plan.terminal:
+            mounts.open_fd_table()  # not the container's /proc, which it may lack or fake
         _join_init(init_pid)
+        if plan.user:
+            plan = _resolve_user(plan)
         executable = find_executable(plan.args[0], plan.env)
         tty_slave = None
         if plan.terminal:

@@ -104,11 +104,15 @@ class ForkServerLauncher:
 
     The server is started on first use (a fresh interpreter, so this is safe
     from threaded callers) and serves this process until it exits. A launch
-    costs a fork instead of an interpreter start.
+    costs a fork instead of an interpreter start. With ``build_ahead`` (the
+    default) its warm sandbox also builds the root of the last plan ahead of
+    the next launch (see docs/decisions.md, 17): turn it off where a sandbox
+    must never hold a rootfs's mounts between launches.
     """
 
-    def __init__(self, python: str | None = None) -> None:
+    def __init__(self, python: str | None = None, *, build_ahead: bool = True) -> None:
         self.python = python
+        self.build_ahead = build_ahead
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._server: subprocess.Popen[bytes] | None = None
@@ -134,7 +138,8 @@ class ForkServerLauncher:
         return ours
 
     def launch(self, *, bootstrap_fd: int, log_fd: int, warm: bool = False) -> LaunchedProcess:
-        return self._ask(Request("launch", all=warm), bootstrap_fd, log_fd)
+        launch = Request("launch", all=warm, speculation=self.build_ahead)
+        return self._ask(launch, bootstrap_fd, log_fd)
 
     def launch_gofer(self, *, bootstrap_fd: int, log_fd: int) -> LaunchedProcess:
         """Have the fork server fork a process that runs ``sandboxrt._proc.gofer.main``."""

@@ -3,7 +3,8 @@
 Started as a fresh interpreter (never forked from the library's process) with
 the bootstrap socket on fd 3. :func:`main` enters the sandbox's namespaces and
 forks the supervisor, which is PID 1 of the new PID namespace; it forks the
-container's init, relays its creation, then serves control requests until the
+root container's init, relays its creation, then serves control requests
+(and forks the inits of subcontainers that join the sandbox: a pod) until the
 root container's init exits, records that exit status and exits with it.
 
 Imports only the standard library and sandboxrt's stdlib-only modules, so it
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import errno
 import os
 import selectors
@@ -25,19 +27,30 @@ from typing import NoReturn
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import (
     ExitStatus,
+    InitPlan,
     Launched,
     Progress,
     Reply,
     Request,
     SandboxPlan,
+    decode,
     encode,
 )
 from sandboxrt._os import capabilities, channel, net, procfs, syscalls
-from sandboxrt._proc.init import error_progress, run_exec, run_init
+from sandboxrt._proc.init import (
+    error_progress,
+    join_cgroup,
+    open_cgroup,
+    root_identities,
+    run_exec,
+    run_init,
+    speculate,
+)
 
 __all__ = [
     "PROCESS_NAME",
     "WARM_NAMESPACES",
+    "RootAhead",
     "is_warm_shape",
     "main",
     "warm",
@@ -53,6 +66,8 @@ WAITED_KEPT = 4096
 UNWAITED_KEPT = 65536
 #: How long an exec'd process may take to reach ``execve`` before it is killed (seconds).
 EXEC_START_TIMEOUT = 30.0
+#: How long a root built ahead that will not serve may take to finish before it is killed.
+AHEAD_FINISH_TIMEOUT = 5.0
 
 _RELAYED_SIGNALS = (
     signal.SIGTERM,
@@ -65,12 +80,12 @@ _RELAYED_SIGNALS = (
 )
 
 
-def write_exit_status(path: str, returncode: int) -> None:
-    """Record an exit status atomically (temporary file, then rename)."""
+def write_exit_status(path: str, returncode: int, pid: int = 0) -> None:
+    """Record an exit status (and whose: ``pid``) atomically (temporary file, then rename)."""
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(encode(ExitStatus(returncode)))
+        f.write(encode(ExitStatus(returncode, pid)))
     os.replace(tmp, path)
 
 
@@ -118,8 +133,45 @@ def is_warm_shape(namespaces: Sequence[Sequence[str]]) -> bool:
     return all(not path for _, path in namespaces) and frozenset(kinds) == WARM_NAMESPACES
 
 
+@dataclasses.dataclass(eq=False)
+class _Member:
+    """One container of the sandbox as its supervisor sees it: its init and its waiters."""
+
+    plan: InitPlan
+    #: Where its exit status is recorded.
+    exit_file: str
+    new_cgroup_namespace: bool = False
+    autostart: bool = False
+    init_pid: int = 0
+    #: The init's sync socket, until the init is started.
+    init_sync: socket.socket | None = None
+    started: bool = False
+    returncode: int | None = None
+    #: Connections waiting for the init to exit.
+    waiters: list[socket.socket] = dataclasses.field(default_factory=list)
+    #: While a subcontainer is being created: the connection that asked for it, which
+    #: the creation steps go to.
+    creator: socket.socket | None = None
+    #: Its cgroup's ``cgroup.procs`` files (exec'd processes join them), and the files
+    #: that join it, opened at the first exec.
+    cgroup_procs: list[str] = dataclasses.field(default_factory=list)
+    cgroup_fds: list[int] | None = None
+    #: An fd on its overlay root's upper directory (from its init), or -1.
+    upper: int = -1
+    #: ``O_PATH`` fd of its root as its init sees it (mounts made, pivoted), opened at
+    #: ``created``, for its gofer (``root`` requests).
+    root_fd: int | None = None
+
+    def __post_init__(self) -> None:
+        self.cgroup_procs = self.cgroup_procs or list(self.plan.cgroup_procs)
+
+    @property
+    def id(self) -> str:
+        return self.plan.container_id
+
+
 class Supervisor:
-    """PID 1 of one sandbox."""
+    """PID 1 of one sandbox: the root container's, and any subcontainers' (a pod)."""
 
     def __init__(
         self,
@@ -137,14 +189,19 @@ class Supervisor:
         #: Loopback and /proc were readied ahead (a warm sandbox).
         self.prepared = prepared
         self.stdio = stdio
-        self.init_pid = 0
-        self.init_sync: socket.socket | None = None
-        #: ``O_PATH`` fd of the container's root as the init sees it, opened at ``created``.
-        self.root: int | None = None
-        self.returncode: int | None = None
-        self.waiters: list[socket.socket] = []
+        #: The root's init was built ahead (:class:`RootAhead`), not forked for this plan.
+        self.adopted = False
+        #: The root container: the sandbox ends when its init exits.
+        self.root = _Member(
+            plan.init,
+            plan.exit_file,
+            new_cgroup_namespace=["cgroup", ""] in plan.namespaces,
+            autostart=plan.autostart,
+        )
+        #: Every container of the sandbox by id, the root's included.
+        self.members: dict[str, _Member] = {self.root.id: self.root}
         self.selector = selectors.DefaultSelector()
-        self.started = False
+        self.wake_fds: tuple[int, int] | None = None
         # Exec'd processes (pids in our PID namespace). Running ones are in ``execs``; once
         # reaped, their status waits in ``unwaited`` until a wait asks for it, then moves to
         # ``waited`` (the latest WAITED_KEPT). A pid the kernel hands out again (after the
@@ -152,6 +209,8 @@ class Supervisor:
         self.execs: set[int] = set()
         self.unwaited: dict[int, int] = {}
         self.waited: collections.OrderedDict[int, int] = collections.OrderedDict()
+        #: The container each exec'd process (running, or with a status kept) was exec'd into.
+        self.exec_owner: dict[int, str] = {}
         #: Connections waiting for an exec'd process, by pid, and the pid each waits for.
         self.exec_waiters: dict[int, list[socket.socket]] = {}
         self.waiting_on: dict[socket.socket, int] = {}
@@ -159,7 +218,6 @@ class Supervisor:
     # -- setting up ----------------------------------------------------------------------
 
     def setup(self) -> None:
-        self.join_cgroups()
         os.setsid()
         syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # the container must not reach into us
         syscalls.set_process_name(PROCESS_NAME)
@@ -173,50 +231,77 @@ class Supervisor:
             _prepare_namespaces(new)
         self.listener = channel.bind_listener(self.plan.control_socket)
 
-    def join_cgroups(self) -> None:
-        """Move this process into the container's cgroup in every hierarchy.
+    def adopt_init(self, ahead: RootAhead) -> None:
+        """Take the init that built our root ahead (see :func:`warm`) as the root's."""
+        self.root.init_pid, self.root.init_sync = ahead.pid, ahead.sync
+        self.root.upper, ahead.upper = ahead.upper, -1
+        self.adopted = True
 
-        Writing ``0`` to ``cgroup.procs`` moves the writer (v1 and v2); the
-        init and everything it forks are born inside. Done first, so that no
-        child is forked outside. Being single-threaded, on v1 we write to
-        ``tasks`` instead (moving the calling thread): the kernel then skips
-        the global threadgroup lock, whose first taking waits for an RCU grace
-        period (5-13 ms measured, a third of a container's whole run).
-        """
-        try:
-            single = len(os.listdir("/proc/self/task")) == 1
-        except OSError:
-            single = False
-        for procs in self.plan.cgroup_procs:
-            tasks = os.path.join(os.path.dirname(procs), "tasks")
-            path = tasks if single and os.path.exists(tasks) else procs
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-                try:
-                    os.write(fd, b"0")
-                finally:
-                    os.close(fd)
-            except OSError as err:
-                raise OSError(err.errno, f"joining the cgroup: {path}: {err.strerror}") from err
-
-    def fork_init(self) -> None:
-        parent_end, child_end = channel.socket_pair()
-        pid = os.fork()
-        if pid == 0:
-            parent_end.close()
-            self.listener.close()
-            self.bootstrap.close()
-            if self.gate is not None:
-                os.close(self.gate)
-            if ["cgroup", ""] in self.plan.namespaces:
-                syscalls.unshare(abi.CLONE_NEWCGROUP)
-            # The library sends the init's stdio (3 fds), then the bind mounts' trees.
-            run_init(self.plan.init, child_end, self.stdio[:3], self.stdio[3:])
-        child_end.close()
+    def hand_plan(self) -> None:
+        """Give an adopted init its cgroup (moved in by us: its root hides the host's
+        cgroupfs), its plan and its stdio; it goes on to ``created``."""
+        root = self.root
+        assert root.init_sync is not None
+        join_cgroup(root.cgroup_procs, pid=root.init_pid)
+        go = Progress("go", details={"cgroupns": root.new_cgroup_namespace})
+        channel.send(root.init_sync, go)
+        channel.send(root.init_sync, self.plan.init, self.stdio)
         channel.close_fds(self.stdio)
         self.stdio = []
-        self.init_pid = pid
-        self.init_sync = parent_end
+
+    def fork_init(self) -> None:
+        """Fork the root container's init."""
+        stdio, self.stdio = self.stdio, []
+        try:
+            self._fork_init(self.root, stdio)
+        finally:
+            channel.close_fds(stdio)
+
+    def _fork_init(self, member: _Member, stdio: Sequence[int]) -> None:
+        """Fork ``member``'s init, which builds its root and reports on ``member.init_sync``.
+
+        Every signal is blocked across the fork: the child must not run our
+        handlers (which signal the root's init) before it has reset them.
+        """
+        parent_end, child_end = channel.socket_pair()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            parent_end.close()
+            child_end.close()
+            raise
+        if pid == 0:
+            parent_end.close()
+            self._close_in_child()
+            run_init(
+                member.plan,
+                child_end,
+                stdio,
+                new_cgroup_namespace=member.new_cgroup_namespace,
+                signal_mask=mask,
+            )
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        child_end.close()
+        member.init_pid = pid
+        member.init_sync = parent_end
+
+    def _close_in_child(self) -> None:
+        """In a child just forked: close our sockets, which the container must never hold."""
+        self.listener.close()
+        self.bootstrap.close()
+        if self.gate is not None:
+            os.close(self.gate)
+        for key in list(self.selector.get_map().values()):
+            if isinstance(key.fileobj, socket.socket):
+                key.fileobj.close()
+        for member in self.members.values():
+            if member.init_sync is not None:
+                member.init_sync.close()
+        if self.wake_fds is not None:
+            signal.set_wakeup_fd(-1)
+            channel.close_fds(self.wake_fds)
 
     def report(self, step: Progress, fds: list[int] | None = None) -> None:
         """Send a creation step to the library, after the launched process named us."""
@@ -226,48 +311,59 @@ class Supervisor:
             self.gate = None
         channel.send(self.bootstrap, step, fds or [])
 
+    def relay_cgroup(self) -> None:
+        """Pass the library's word on the root's cgroup to its init (``await_cgroup``)."""
+        root = self.root
+        assert root.init_sync is not None
+        step, _ = channel.receive(self.bootstrap, Progress)
+        if step.step == "cgroup":
+            root.cgroup_procs = [str(p) for p in step.details.get("procs", [])]
+        if step.step == "cgroup" and self.adopted:
+            return  # moved in by hand_plan
+        with contextlib.suppress(OSError):  # an init that failed already said why
+            channel.send(root.init_sync, step)
+
     def relay_creation(self) -> bool:
-        """Pass creation steps between init and the library; ``True`` once created.
+        """Pass the root init's creation steps to the library; ``True`` once created.
 
         With ``autostart``, the start follows at once and its outcome is reported too
         (a failed start still counts as created: the library sees the error).
         """
-        assert self.init_sync is not None
+        root = self.root
+        assert root.init_sync is not None
         while True:
             try:
-                step, fds = channel.receive(self.init_sync, Progress)
+                step, fds = channel.receive(root.init_sync, Progress)
             except channel.ChannelClosedError:
                 step, fds = Progress("error", error="the container's init died"), []
+            if step.step == "overlay" and len(fds) == 1 and root.upper < 0:
+                root.upper = fds[0]  # ours to keep, for the library's "upper" requests
+                continue
             if step.step == "created":
-                self.root = self._open_root()  # for the gofer (``root`` requests)
+                root.root_fd = _open_root(root.init_pid)  # for the gofer (``root`` requests)
             self.report(step, fds)
             channel.close_fds(fds)
             if step.step == "mounted":
                 go, _ = channel.receive(self.bootstrap, Progress)
-                channel.send(self.init_sync, go)
+                channel.send(root.init_sync, go)
                 continue
             if step.step != "created":
                 return False
-            if self.plan.autostart:
-                reply = self._start(Request("start", self.plan.init.container_id))
-                started = Progress("started")
-                if not reply.ok:
-                    started = Progress("error", reply.error, reply.error_type, dict(reply.details))
-                self.report(started)
+            if root.autostart:
+                self.report(self._start_step(root))
             return True
 
-    def _open_root(self) -> int | None:
-        """An ``O_PATH`` fd of the init's root as the container sees it (mounts made,
-        pivoted), or None if it cannot be opened."""
-        try:
-            return os.open(f"/proc/{self.init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            return None
+    def _start_step(self, member: _Member) -> Progress:
+        """Start ``member`` (autostart); ``started``, or the error as a creation step."""
+        reply = self._start(member, Request("start", member.id))
+        if reply.ok:
+            return Progress("started")
+        return Progress("error", reply.error, reply.error_type, dict(reply.details))
 
     # -- serving ---------------------------------------------------------------------------
 
     def serve(self) -> NoReturn:
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        wake_r, wake_w = self.wake_fds = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         for sig in _RELAYED_SIGNALS:
@@ -278,20 +374,26 @@ class Supervisor:
         self._reap()
         while True:
             for key, _ in self.selector.select():
-                if key.data == "wake":
+                data = key.data
+                if data == "wake":
                     with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 4096)
                     self._reap()
-                elif key.data == "listen":
+                elif data == "listen":
                     conn, _ = self.listener.accept()
                     self.selector.register(conn, selectors.EVENT_READ, "conn")
-                else:
+                elif data == "conn":
                     self._handle(key.fileobj)  # type: ignore[arg-type]
+                elif data[0] == "creating":
+                    self._creation_step(data[1])
+                else:
+                    self._creator_message(data[1])
 
     def _relay_signal(self, signum: int, _frame: object) -> None:
-        if self.init_pid and self.returncode is None:
+        root = self.root
+        if root.init_pid and root.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.init_pid, signum)
+                os.kill(root.init_pid, signum)
 
     def _reap(self) -> None:
         while True:
@@ -301,13 +403,39 @@ class Supervisor:
                 break
             if pid == 0:
                 break
-            if pid == self.init_pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
+            returncode = os.waitstatus_to_exitcode(status)
+            member = self._member_of_init(pid)
+            if member is not None:
+                self._init_exited(member, returncode)
             elif pid in self.execs:
-                self._exec_exited(pid, os.waitstatus_to_exitcode(status))
+                self._exec_exited(pid, returncode)
             # Anything else is an orphan the kernel gave us: never ours to report.
-        if self.returncode is not None:
+        if self.root.returncode is not None:
             self._finish()
+
+    def _member_of_init(self, pid: int) -> _Member | None:
+        for member in self.members.values():
+            if member.init_pid == pid and member.returncode is None:
+                return member
+        return None
+
+    def _init_exited(self, member: _Member, returncode: int) -> None:
+        """Record that ``member``'s init exited; a subcontainer's other processes go too."""
+        member.returncode = returncode
+        if member.creator is not None:
+            return  # it died while being created: its creation step says so
+        write_exit_status(member.exit_file, returncode, member.init_pid)
+        if member is self.root:
+            return  # the sandbox ends with it (_finish)
+        self._answer_waiters(member, returncode)
+        self._kill_rest(member)
+
+    @staticmethod
+    def _answer_waiters(member: _Member, returncode: int) -> None:
+        waiters, member.waiters = member.waiters, []
+        for conn in waiters:
+            with contextlib.suppress(OSError):
+                channel.send(conn, Reply(True, returncode=returncode, pid=member.init_pid))
 
     def _drop(self, conn: socket.socket) -> None:
         with contextlib.suppress(KeyError, ValueError):
@@ -337,41 +465,245 @@ class Supervisor:
     def _dispatch(self, conn: socket.socket, request: Request, fds: list[int]) -> Reply | None:
         if request.op == "ping":
             return Reply(True)
+        if request.op == "create-container":
+            self._create_container(conn, request, fds)
+            return None
+        member = self.members.get(request.container_id or self.root.id)
+        if member is None or member.creator is not None:
+            return Reply(
+                False,
+                error=f'container "{request.container_id}" is not in sandbox '
+                f'"{self.plan.sandbox_id}"',
+                error_type="ContainerNotFoundError",
+            )
         if request.op == "wait":
-            if request.pid and request.pid != self.init_pid:
-                return self._wait_exec(conn, request.pid, nohang=request.nohang)
-            if self.returncode is not None or request.nohang:
-                return Reply(True, returncode=self.returncode, pid=self.init_pid)
-            self.waiters.append(conn)
+            if request.pid and request.pid != member.init_pid:
+                return self._wait_exec(conn, member, request.pid, nohang=request.nohang)
+            if member.returncode is not None or request.nohang:
+                return Reply(True, returncode=member.returncode, pid=member.init_pid)
+            member.waiters.append(conn)
             return None
         if request.op == "start":
-            return self._start(request)
+            return self._start(member, request)
         if request.op == "signal":
-            if request.pid and request.pid != self.init_pid:
-                return self._signal_exec(request.pid, request.signal, group=request.group)
-            self._signal(request.signal, everyone=request.all, group=request.group)
+            if request.foreground:
+                pid = request.pid or member.init_pid
+                return self._signal_foreground(member, pid, request.signal)
+            if request.pid and request.pid != member.init_pid:
+                return self._signal_exec(member, request.pid, request.signal, group=request.group)
+            self._signal(member, request.signal, everyone=request.all, group=request.group)
             return Reply(True)
         if request.op == "root":
-            if self.root is None:
-                return Reply(
-                    False, error="the container's root is not open", error_type="ProtocolError"
-                )
+            if member.root_fd is None:
+                error = "the container's root is not open"
+                return Reply(False, error=error, error_type="ProtocolError")
             with contextlib.suppress(OSError):
-                channel.send(conn, Reply(True), [self.root])
+                channel.send(conn, Reply(True), [member.root_fd])
+            return None
+        if request.op == "upper":
+            if member.upper < 0:
+                error = "the container has no overlay root"
+                return Reply(False, error=error, error_type="NoOverlay")
+            with contextlib.suppress(OSError):
+                channel.send(conn, Reply(True), [member.upper])  # the peer gets its own fd
             return None
         if request.op == "exec":
-            reply, pty = self._exec(request, fds)
+            reply, pty = self._exec(member, request, fds)
             try:
                 with contextlib.suppress(OSError):
                     channel.send(conn, reply, pty)
             finally:
                 channel.close_fds(pty)
             return None
+        if request.op == "destroy-container":
+            return self._destroy_container(member)
         return Reply(False, error=f"unknown request {request.op!r}", error_type="ProtocolError")
+
+    # -- subcontainers ---------------------------------------------------------------------
+
+    def _create_container(self, conn: socket.socket, request: Request, fds: list[int]) -> None:
+        """Fork a subcontainer's init; its creation steps go to ``conn`` as they come.
+
+        Nothing blocks meanwhile: the init's steps and the library's answers
+        (``go``/``cancel`` after ``mounted``) arrive through the selector. The
+        library giving up (its connection closing) kills the init.
+        """
+        plan = request.container
+        error, error_type = "", "ProtocolError"
+        if plan is None or len(fds) not in ((0, 3) if plan.init.terminal else (3,)):
+            error = "malformed create-container request"
+        elif plan.sandbox_id != self.plan.sandbox_id:
+            error = f'the plan is for sandbox "{plan.sandbox_id}", not "{self.plan.sandbox_id}"'
+        elif self.root.returncode is not None:
+            error, error_type = "the sandbox's root container has exited", "SandboxStopped"
+        elif plan.init.container_id in self.members:
+            error, error_type = "it is in the sandbox already", "ContainerExistsError"
+        member = None
+        if not error and plan is not None:
+            member = _Member(
+                plan.init,
+                plan.exit_file,
+                new_cgroup_namespace=plan.new_cgroup_namespace,
+                autostart=plan.autostart,
+                creator=conn,
+            )
+            try:
+                self._fork_init(member, fds)
+            except OSError as exc:
+                error, error_type = f"cannot fork its init: {exc}", type(exc).__name__
+        if error or member is None:
+            with contextlib.suppress(OSError):
+                channel.send(conn, Progress("error", error, error_type))
+            return
+        self.members[member.id] = member
+        assert member.init_sync is not None
+        self.selector.modify(conn, selectors.EVENT_READ, ("creator", member))
+        self.selector.register(member.init_sync, selectors.EVENT_READ, ("creating", member))
+
+    def _creation_step(self, member: _Member) -> None:
+        """A subcontainer's init reported a creation step: pass it on to the library."""
+        sync, creator = member.init_sync, member.creator
+        if sync is None or creator is None:
+            return
+        try:
+            step, fds = channel.receive(sync, Progress)
+        except (channel.ChannelClosedError, OSError, ValueError):
+            step, fds = Progress("error", error="the container's init died"), []
+        if step.step == "overlay" and len(fds) == 1 and member.upper < 0:
+            member.upper = fds[0]  # kept for the library's "upper" requests
+            return
+        try:
+            channel.send(creator, step, fds)
+        except OSError:
+            step = Progress("error")  # the library is gone: the creation is abandoned
+        finally:
+            channel.close_fds(fds)
+        if step.step == "mounted":
+            return  # the library answers on its connection (_creator_message)
+        if step.step != "created":
+            self._remove(member)
+            return
+        member.root_fd = _open_root(member.init_pid)
+        self.selector.unregister(sync)
+        member.creator = None
+        started = None
+        if member.returncode is not None:  # killed after it reported: now it is stopped
+            self._init_exited(member, member.returncode)
+            started = Progress("error", error="the container's init died", error_type="Died")
+        elif member.autostart:
+            started = self._start_step(member)
+        if member.autostart and started is not None:
+            with contextlib.suppress(OSError):
+                channel.send(creator, started)
+        # Back to a plain connection: the library closes it.
+        self.selector.modify(creator, selectors.EVENT_READ, "conn")
+
+    def _creator_message(self, member: _Member) -> None:
+        """The library answered ``mounted`` (``go`` or ``cancel``), or gave up."""
+        creator, sync = member.creator, member.init_sync
+        if creator is None or sync is None:
+            return
+        try:
+            answer, fds = channel.receive(creator, Progress)
+            channel.close_fds(fds)
+            channel.send(sync, answer)
+        except (channel.ChannelClosedError, OSError, ValueError):
+            self._remove(member)
+
+    def _destroy_container(self, member: _Member) -> Reply:
+        if member is self.root:
+            return Reply(
+                False,
+                error="the root container is destroyed with its sandbox",
+                error_type="ProtocolError",
+            )
+        self._remove(member)
+        return Reply(True)
+
+    def _remove(self, member: _Member) -> None:
+        """Forget a subcontainer and SIGKILL what is left of it (destroyed, or not created).
+
+        Its init, when reaped, is then an orphan like any other; its waiters get -9.
+        """
+        self.members.pop(member.id, None)
+        if member.returncode is None and member.init_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member.init_pid, signal.SIGKILL)
+        self._kill_rest(member)
+        # Its exec'd processes' statuses go; running ones are kept from a later container
+        # of the same id (their waiters are still answered).
+        for pid in [p for p, owner in self.exec_owner.items() if owner == member.id]:
+            self.unwaited.pop(pid, None)
+            self.waited.pop(pid, None)
+            if pid in self.execs:
+                self.exec_owner[pid] = ""
+            else:
+                del self.exec_owner[pid]
+        if member.cgroup_fds is not None:
+            channel.close_fds(member.cgroup_fds)
+            member.cgroup_fds = None
+        if member.upper >= 0:
+            os.close(member.upper)
+            member.upper = -1
+        if member.root_fd is not None:
+            os.close(member.root_fd)
+            member.root_fd = None
+        if member.init_sync is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(member.init_sync)
+            member.init_sync.close()
+            member.init_sync = None
+        if member.creator is not None:
+            self._drop(member.creator)
+            member.creator = None
+        if member.returncode is None:
+            self._answer_waiters(member, -signal.SIGKILL)
+
+    def _kill_rest(self, member: _Member) -> None:
+        """SIGKILL a stopping subcontainer's processes: its cgroup's, its init's process
+        group and the process groups of what was exec'd into it."""
+        pids = self._member_pids(member)
+        if member.init_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(member.init_pid, signal.SIGKILL)
+        for pid, owner in self.exec_owner.items():
+            if owner == member.id and pid in self.execs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def _member_pids(self, member: _Member) -> set[int]:
+        """``member``'s processes, as pids of our PID namespace; never this one.
+
+        Its cgroup holds them (daemons that left our subtree included). Without a
+        cgroup (or with an empty one): our descendants when it is the root and the
+        only container (in a PID namespace of our own: all of it), else its live
+        init's and its exec'd processes' trees.
+        """
+        pids: set[int] = set()
+        try:
+            for path in member.cgroup_procs:
+                with open(path) as f:
+                    pids.update(int(pid) for pid in f.read().split())
+        except (OSError, ValueError):
+            pids.clear()
+        if not pids and member is self.root and len(self.members) == 1:
+            pids.update(procfs.descendants(os.getpid()))
+        elif not pids:
+            tops = {p for p, owner in self.exec_owner.items() if owner == member.id}
+            tops &= self.execs
+            if member.returncode is None and member.init_pid:
+                tops.add(member.init_pid)
+            for top in tops:
+                pids.add(top)
+                pids.update(procfs.descendants(top))
+        return pids - {0, os.getpid()}  # 0: outside our PID namespace; never a process group
 
     # -- exec'd processes ------------------------------------------------------------------
 
-    def _exec(self, request: Request, fds: list[int]) -> tuple[Reply, list[int]]:
+    def _exec(self, member: _Member, request: Request, fds: list[int]) -> tuple[Reply, list[int]]:
         """Fork a process that joins the init's namespaces and root and execs ``request.exec``.
 
         Waits (at most EXEC_START_TIMEOUT) until it exec'd or failed: its status
@@ -380,9 +712,12 @@ class Supervisor:
         plan = request.exec
         if plan is None or len(fds) != (0 if plan.terminal else 3):
             return Reply(False, error="malformed exec request", error_type="ProtocolError"), []
-        if self.returncode is not None or not self.init_pid:
+        if member.returncode is not None or not member.init_pid:
             return Reply(False, error="the container's init has exited", error_type="Stopped"), []
         capabilities.last_cap()  # probed once here, not in every child
+        if member.cgroup_fds is None:  # opened once: every exec'd child writes to them
+            member.cgroup_fds = open_cgroup(member.cgroup_procs)
+        cgroup = member.cgroup_fds
         ours, theirs = channel.socket_pair()
         # Blocked across fork: the child must not run our handlers (which signal the init)
         # before it has reset them.
@@ -396,11 +731,14 @@ class Supervisor:
             raise
         if pid == 0:
             ours.close()
-            run_exec(plan, self.init_pid, theirs, fds, mask)
+            run_exec(plan, member.init_pid, theirs, fds, mask, cgroup=cgroup)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
         with ours:
-            return self._await_exec(pid, ours)
+            reply, pty = self._await_exec(pid, ours)
+        if reply.ok:
+            self.exec_owner[pid] = member.id
+        return reply, pty
 
     def _await_exec(self, pid: int, status: socket.socket) -> tuple[Reply, list[int]]:
         pty: list[int] = []
@@ -440,12 +778,17 @@ class Supervisor:
     def _exec_exited(self, pid: int, returncode: int) -> None:
         self.execs.discard(pid)
         waiters = self.exec_waiters.pop(pid, [])
-        if not waiters:
+        if self.exec_owner.get(pid) not in self.members:
+            self.exec_owner.pop(pid, None)  # its container was destroyed: status not kept
+        elif not waiters:
             self.unwaited[pid] = returncode
             if len(self.unwaited) > UNWAITED_KEPT:
-                del self.unwaited[next(iter(self.unwaited))]
+                oldest = next(iter(self.unwaited))
+                del self.unwaited[oldest]
+                self.exec_owner.pop(oldest, None)
             return
-        self._remember_waited(pid, returncode)
+        else:
+            self._remember_waited(pid, returncode)
         for conn in waiters:
             self.waiting_on.pop(conn, None)
             with contextlib.suppress(OSError):
@@ -455,18 +798,22 @@ class Supervisor:
         self.waited[pid] = returncode
         self.waited.move_to_end(pid)
         while len(self.waited) > WAITED_KEPT:
-            self.waited.popitem(last=False)
+            oldest, _ = self.waited.popitem(last=False)
+            self.exec_owner.pop(oldest, None)
 
-    def _not_ours(self, pid: int) -> Reply:
-        container_id = self.plan.init.container_id
+    def _not_ours(self, member: _Member, pid: int) -> Reply:
         return Reply(
             False,
-            error=f'pid {pid} does not belong to container "{container_id}"',
+            error=f'pid {pid} does not belong to container "{member.id}"',
             error_type="ProcessNotFoundError",
             details={"pid": pid},
         )
 
-    def _wait_exec(self, conn: socket.socket, pid: int, *, nohang: bool) -> Reply | None:
+    def _wait_exec(
+        self, conn: socket.socket, member: _Member, pid: int, *, nohang: bool
+    ) -> Reply | None:
+        if self.exec_owner.get(pid) != member.id:
+            return self._not_ours(member, pid)
         if pid in self.execs:
             if nohang:
                 return Reply(True, pid=pid)
@@ -477,12 +824,14 @@ class Supervisor:
             self._remember_waited(pid, self.unwaited.pop(pid))
         if pid in self.waited:
             return Reply(True, pid=pid, returncode=self.waited[pid])
-        return self._not_ours(pid)
+        return self._not_ours(member, pid)
 
-    def _signal_exec(self, pid: int, signum: int, *, group: bool) -> Reply:
-        """Signal an exec'd process, or its process group (which may outlive it)."""
-        if pid not in self.execs and pid not in self.unwaited and pid not in self.waited:
-            return self._not_ours(pid)
+    def _signal_exec(self, member: _Member, pid: int, signum: int, *, group: bool) -> Reply:
+        """Signal a process exec'd into ``member``, or its process group (which may outlive
+        it). Any other process of the container is signalled too (:meth:`_signal_member`).
+        """
+        if self.exec_owner.get(pid) != member.id:
+            return self._signal_member(member, pid, signum, group=group)
         try:
             if group:
                 os.killpg(pid, signum)
@@ -491,19 +840,84 @@ class Supervisor:
             else:
                 raise ProcessLookupError
         except ProcessLookupError:
-            return Reply(
-                False,
-                error=f"process {pid} has exited",
-                error_type="ProcessNotFoundError",
-                details={"pid": pid, "exited": True},
-            )
+            return self._exited(pid)
         return Reply(True, pid=pid)
 
-    def _start(self, request: Request) -> Reply:
-        if self.started or self.init_sync is None:
+    @staticmethod
+    def _exited(pid: int, detail: str = "has exited") -> Reply:
+        return Reply(
+            False,
+            error=f"process {pid} {detail}",
+            error_type="ProcessNotFoundError",
+            details={"pid": pid, "exited": True},
+        )
+
+    def _signal_member(self, member: _Member, pid: int, signum: int, *, group: bool) -> Reply:
+        """Signal ``pid`` (or with ``group`` its process group) if it is ``member``'s.
+
+        It must be one of :meth:`_member_pids`, never this supervisor. A pidfd
+        is opened before the check and the signal goes through it, so a pid
+        reused meanwhile is never signalled.
+        """
+        if pid <= 0 or pid == os.getpid():
+            return self._not_ours(member, pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return self._not_ours(member, pid)
+        try:
+            if pid not in self._member_pids(member):
+                return self._not_ours(member, pid)
+            if group:
+                pgid = os.getpgid(pid)
+                # Container sessions start in the container: its groups are its own.
+                if pgid not in (0, os.getpgid(0)):
+                    os.killpg(pgid, signum)
+            else:
+                signal.pidfd_send_signal(pidfd, signum)
+        except ProcessLookupError:
+            return self._exited(pid)
+        finally:
+            os.close(pidfd)
+        return Reply(True, pid=pid)
+
+    def _signal_foreground(self, member: _Member, pid: int, signum: int) -> Reply:
+        """Signal the foreground process group of the terminal that ``pid`` holds.
+
+        ``pid`` is ``member``'s init or a process exec'd into it: each leads a
+        session of its own, and with a terminal it is the session's controlling
+        tty. The group comes from ``/proc/PID/stat`` (``tpgid``, what
+        ``tcgetpgrp`` gives); the kernel keeps it within that session, so
+        within the container.
+        """
+        if pid != member.init_pid and self.exec_owner.get(pid) != member.id:
+            return self._not_ours(member, pid)
+        if pid != member.init_pid and pid not in self.execs:
+            return self._exited(pid)
+        if pid == member.init_pid and member.returncode is not None:
+            return self._exited(pid)
+        group = procfs.foreground_group(pid)
+        if group is None:
+            info = procfs.read_stat(pid)
+            if info is None or info.state in "ZX":
+                return self._exited(pid)
+            return Reply(
+                False,
+                error=f'process {pid} of container "{member.id}" has no controlling terminal',
+                error_type="ProcessNotFoundError",
+                details={"pid": pid},
+            )
+        try:
+            os.killpg(group, signum)
+        except ProcessLookupError:
+            return self._exited(pid, f"has no foreground process group ({group} is gone)")
+        return Reply(True, pid=group)
+
+    def _start(self, member: _Member, request: Request) -> Reply:
+        if member.started or member.init_sync is None:
             return Reply(False, error="the container was started already", error_type="State")
-        self.started = True
-        sync, self.init_sync = self.init_sync, None
+        member.started = True
+        sync, member.init_sync = member.init_sync, None
         try:
             channel.send(sync, request)
             step, _ = channel.receive(sync, Progress)
@@ -513,50 +927,49 @@ class Supervisor:
             sync.close()
         # The init exits right after reporting the failure: record its exit before
         # replying, so the caller sees the container stopped once start fails.
-        self._await_init()
+        self._await_init(member)
         return Reply(False, error=step.error, error_type=step.error_type, details=step.details)
 
-    def _await_init(self) -> None:
+    def _await_init(self, member: _Member) -> None:
         with contextlib.suppress(ChildProcessError):
-            _, status = os.waitpid(self.init_pid, 0)
-            self.returncode = os.waitstatus_to_exitcode(status)
-            write_exit_status(self.plan.exit_file, self.returncode)
+            _, status = os.waitpid(member.init_pid, 0)
+            self._init_exited(member, os.waitstatus_to_exitcode(status))
 
-    def _signal(self, signum: int, *, everyone: bool, group: bool = False) -> None:
-        if self.returncode is not None and not everyone:
+    def _signal(self, member: _Member, signum: int, *, everyone: bool, group: bool = False) -> None:
+        if member.returncode is not None and not everyone:
             raise ProcessLookupError(errno.ESRCH, "the container's init has exited")
-        if everyone and os.getpid() == 1:
+        if everyone and os.getpid() == 1 and list(self.members.values()) == [member]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(-1, signum)
         elif everyone:
-            # No PID namespace of our own: our cgroup holds the container's processes,
-            # daemons that left our subtree included; without a cgroup, our descendants.
-            pids: set[int] = set()
-            try:
-                for path in self.plan.cgroup_procs:
-                    with open(path) as f:
-                        pids.update(int(pid) for pid in f.read().split())
-            except (OSError, ValueError):
-                pids.clear()
-            if not pids:
-                pids.update(_descendants(os.getpid()))
-            pids -= {0, os.getpid()}  # 0: outside our PID namespace; never a process group
-            for pid in pids:
+            for pid in self._member_pids(member):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signum)
         elif group:
-            os.killpg(self.init_pid, signum)
+            os.killpg(member.init_pid, signum)
         else:
-            os.kill(self.init_pid, signum)
+            os.kill(member.init_pid, signum)
 
     def _finish(self) -> NoReturn:
-        assert self.returncode is not None
-        write_exit_status(self.plan.exit_file, self.returncode)
-        for conn in self.waiters:
+        root = self.root
+        assert root.returncode is not None
+        # Subcontainers and exec'd processes end with the sandbox (with our PID namespace,
+        # if we have one; without, here): killed, as their waiters are told. Every exit
+        # status is recorded before any waiter hears of one.
+        write_exit_status(self.plan.exit_file, root.returncode, root.init_pid)
+        killed = [
+            member
+            for member in self.members.values()
+            if member is not root and member.returncode is None and member.creator is None
+        ]
+        for member in killed:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(member.init_pid, signal.SIGKILL)
             with contextlib.suppress(OSError):
-                channel.send(conn, Reply(True, returncode=self.returncode))
-        # Exec'd processes end with the container (with our PID namespace, if we have one;
-        # without, here): killed, as their waiters are told.
+                write_exit_status(member.exit_file, -signal.SIGKILL, member.init_pid)
+        self._answer_waiters(root, root.returncode)
+        for member in killed:
+            self._answer_waiters(member, -signal.SIGKILL)
         for pid in self.execs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
@@ -567,29 +980,8 @@ class Supervisor:
         self.listener.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.plan.control_socket)
-        code = self.returncode if self.returncode >= 0 else 128 - self.returncode
+        code = root.returncode if root.returncode >= 0 else 128 - root.returncode
         os._exit(code)
-
-
-def _descendants(root: int) -> list[int]:
-    """Every process below ``root``, found by walking parent links in /proc."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        ppid = int(raw[raw.rindex(b")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(name))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def _run_supervisor(
@@ -599,11 +991,19 @@ def _run_supervisor(
     gate: int | None,
     *,
     prepared: bool = False,
+    ahead: RootAhead | None = None,
 ) -> NoReturn:
     supervisor = Supervisor(plan, bootstrap, stdio, gate, prepared=prepared)
     try:
         supervisor.setup()
-        supervisor.fork_init()
+        if ahead is not None:
+            supervisor.adopt_init(ahead)
+        else:
+            supervisor.fork_init()
+        if plan.init.await_cgroup:
+            supervisor.relay_cgroup()
+        if ahead is not None:
+            supervisor.hand_plan()
         created = supervisor.relay_creation()
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -641,15 +1041,97 @@ def _launched(pid: int) -> Launched:
     return Launched(pid, info.start_ticks if info is not None else 0)
 
 
-def warm(link: socket.socket) -> NoReturn:
-    """Make a sandbox ahead of its plan; claim it with :func:`claim`.
+def _open_root(init_pid: int) -> int | None:
+    """An ``O_PATH`` fd of an init's root as its container sees it, or None if it cannot
+    be opened (the init died)."""
+    try:
+        return os.open(f"/proc/{init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+class RootAhead:
+    """An init building, in a warm sandbox, the root of the plan the fork server saw
+    last (see :func:`sandboxrt._proc.init.speculate`): a run of containers from one
+    bundle then finds its root built."""
+
+    def __init__(self, hint: InitPlan, close: Sequence[int]) -> None:
+        ours, theirs = channel.socket_pair()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            channel.close_fds(close)
+            speculate(hint, theirs)
+        theirs.close()
+        self.hint, self.pid, self.sync = hint, pid, ours
+        self.outcome: Progress | None = None
+        #: An fd on the upper directory of the overlay root it built (an overlay plan), or -1.
+        self.upper = -1
+
+    @classmethod
+    def start(cls, hint: bytes | None, close: Sequence[int]) -> RootAhead | None:
+        """Build ahead for ``hint`` (an encoded :class:`SandboxPlan`), if it suits."""
+        if not hint:
+            return None
+        try:
+            plan = decode(hint, SandboxPlan)
+        except ValueError:
+            return None
+        if not is_warm_shape(plan.namespaces) or plan.init.pause_for_hooks:
+            return None  # hooks see the root being built: never ahead
+        return cls(plan.init, close)
+
+    def serves(self, plan: InitPlan) -> bool:
+        """Whether the root built ahead is the one ``plan`` asks for, from the same host
+        files (compared with what this mount namespace, made just now, sees)."""
+        if plan.root_key() != self.hint.root_key():
+            return False
+        ready = self.finish()
+        return ready.step == "ready" and ready.details.get("identities") == root_identities(plan)
+
+    def finish(self, timeout: float | None = None) -> Progress:
+        """Wait until the root is built (``ready``) or failed; how it went."""
+        if self.outcome is None:
+            self.sync.settimeout(timeout)
+            try:
+                while self.outcome is None:
+                    step, fds = channel.receive(self.sync, Progress)
+                    if step.step == "overlay" and len(fds) == 1 and self.upper < 0:
+                        self.upper = fds[0]  # an overlay root: kept for its container
+                        continue
+                    channel.close_fds(fds)
+                    self.outcome = step
+            except (channel.ChannelClosedError, OSError, ValueError) as exc:
+                self.outcome = Progress("error", error=str(exc))
+            self.sync.settimeout(None)
+        return self.outcome
+
+    def discard(self) -> None:
+        """End it unused, once it is done with the rootfs: killed mid-way, it could leave
+        a half-made device node there."""
+        self.finish(timeout=AHEAD_FINISH_TIMEOUT)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        self.sync.close()
+        if self.upper >= 0:
+            os.close(self.upper)
+            self.upper = -1
+
+
+def warm(link: socket.socket, hint: bytes | None = None) -> NoReturn:
+    """Make a sandbox ahead of its plan, for the fork server to hand a launch to.
 
     Runs in a fresh child of the fork server: enters the namespaces of
     :data:`WARM_NAMESPACES`, forks the future supervisor (PID 1), sends its
-    host pid on ``link`` and exits. The supervisor waits on ``link`` for a
-    launch request carrying the bootstrap socket and log fd; end of stream
-    (the fork server went away) makes it exit. After the request it waits
-    for ``link`` to close, the sign that the library was told its pid.
+    host pid on ``link`` and exits. The supervisor starts building the root
+    of ``hint`` (:class:`RootAhead`), and waits on ``link`` for a launch
+    request carrying the bootstrap socket and log fd; end of stream (the fork
+    server went away) makes it exit. After the request it waits for ``link``
+    to close, the sign that the library was told its pid. The root built
+    ahead serves if the request says the host's mounts did not change
+    meanwhile and :meth:`RootAhead.serves` the plan; else it is dropped.
     """
     try:
         # Not the mount namespace yet: made at claim time, it sees the host's mounts as
@@ -662,11 +1144,15 @@ def warm(link: socket.socket) -> NoReturn:
         channel.send(link, _launched(pid))
         os._exit(0)
     syscalls.set_process_name("sandboxrt-warm")
+    ahead: RootAhead | None = None
     try:
         _prepare_namespaces({"network"})
-        _, fds = channel.receive(link, Request)
+        ahead = RootAhead.start(hint, [link.fileno()])
+        request, fds = channel.receive(link, Request)
         link.recv(1)  # end of stream: the fork server told the library our pid
     except BaseException:
+        if ahead is not None:
+            ahead.discard()
         os._exit(0)
     link.close()
     bootstrap_fd, log_fd = fds
@@ -677,8 +1163,11 @@ def warm(link: socket.socket) -> NoReturn:
         plan, stdio = channel.receive(bootstrap, SandboxPlan)
         _unshare_private(0)
         _prepare_namespaces({"pid"})
+        if ahead is not None and not (request.speculation and ahead.serves(plan.init)):
+            ahead.discard()
+            ahead = None
     except BaseException as exc:
         with contextlib.suppress(OSError):
             channel.send(bootstrap, error_progress(exc))
         os._exit(1)
-    _run_supervisor(plan, bootstrap, stdio, None, prepared=True)
+    _run_supervisor(plan, bootstrap, stdio, None, prepared=True, ahead=ahead)

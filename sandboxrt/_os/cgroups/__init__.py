@@ -13,9 +13,9 @@ Typical use::
                                          # (and empty parents marked as sandboxrt's)
 
 :func:`detect` picks the driver: v2 when the cgroup2 mount offers the memory,
-pids and cpu controllers, else v1. On v2, device rules are refused
-(:class:`~sandboxrt.errors.MissingFeatureError`): they need eBPF. Standard
-library only: the sandbox supervisor imports this package.
+pids and cpu controllers, else v1. Device rules go to the v1 devices
+controller, or on v2 into an eBPF device program attached to the cgroup.
+Standard library only: the sandbox supervisor imports this package.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 from sandboxrt.errors import MissingFeatureError, SystemCallError
 
 from .layout import CgroupLayout, Hierarchy
-from .resources import ResourcesLike, as_resources
+from .resources import Resources, ResourcesLike, as_resources
 
 __all__ = [
     "PARENT_XATTR",
@@ -349,7 +349,7 @@ class Cgroup(abc.ABC):
         placements: list[Placement] = []
         cgroup = cls(path, placements)
         try:
-            for hierarchy in cls._hierarchies(layout):
+            for hierarchy in cls._hierarchies(layout, res):
                 rel = layout.resolve(hierarchy, path)
                 created = cgroup._make(hierarchy, rel)
                 if exclusive and rel not in created:
@@ -368,8 +368,8 @@ class Cgroup(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def _hierarchies(cls, layout: CgroupLayout) -> list[Hierarchy]:
-        """The hierarchies this driver places a cgroup in."""
+    def _hierarchies(cls, layout: CgroupLayout, resources: Resources) -> list[Hierarchy]:
+        """The hierarchies this driver places a cgroup with ``resources`` in."""
 
     @abc.abstractmethod
     def _make(self, hierarchy: Hierarchy, rel: PurePosixPath) -> tuple[PurePosixPath, ...]:
@@ -398,10 +398,15 @@ class Cgroup(abc.ABC):
         """Let the processes of the cgroup run again."""
 
     @abc.abstractmethod
+    def is_frozen(self) -> bool:
+        """Whether the cgroup is frozen now (``False`` without a freezer)."""
+
+    @abc.abstractmethod
     def stats(self) -> CgroupStats:
         """CPU, memory and pids usage of the cgroup."""
 
-    def _can_freeze(self) -> bool:
+    def can_freeze(self) -> bool:
+        """Whether the cgroup has a freezer (:meth:`freeze` works)."""
         return True
 
     def _kill_at_once(self) -> bool:
@@ -460,7 +465,7 @@ class Cgroup(abc.ABC):
 
     def _freeze_kill_thaw(self, deadline: float) -> None:
         frozen = False
-        if self._can_freeze():
+        if self.can_freeze():
             try:
                 self.freeze(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
                 frozen = True

@@ -26,7 +26,7 @@ from .common import (
     write_file,
 )
 from .layout import V1_CONTROLLERS, CgroupLayout, Hierarchy
-from .resources import CpuResources, MemoryResources, ResourcesLike, as_resources
+from .resources import CpuResources, MemoryResources, Resources, ResourcesLike, as_resources
 
 __all__ = ["CgroupV1"]
 
@@ -39,8 +39,15 @@ class CgroupV1(Cgroup):
     driver = "v1"
 
     @classmethod
-    def _hierarchies(cls, layout: CgroupLayout) -> list[Hierarchy]:
-        found = [h for h in layout.hierarchies if h.version == 1 and h.controllers & V1_CONTROLLERS]
+    def _hierarchies(cls, layout: CgroupLayout, resources: Resources) -> list[Hierarchy]:
+        """Every v1 hierarchy of :data:`V1_CONTROLLERS`, but a cpuset-only one unless the
+        resources set CPUs or memory nodes: a new cpuset cgroup must be given its
+        parent's lists level by level (a third of the cost of making the whole cgroup),
+        and one with its parent's lists changes nothing."""
+        wanted = V1_CONTROLLERS
+        if resources.cpu.cpus is None and resources.cpu.mems is None:
+            wanted = wanted - {"cpuset"}
+        found = [h for h in layout.hierarchies if h.version == 1 and h.controllers & wanted]
         if not found:
             raise MissingFeatureError("cgroup v1", "no cgroup v1 controller is mounted")
         return found
@@ -113,7 +120,7 @@ class CgroupV1(Cgroup):
             if value is not None:
                 write_file(self.require("cpuset"), name, value)
 
-    def _can_freeze(self) -> bool:
+    def can_freeze(self) -> bool:
         return self.directory("freezer") is not None
 
     def freeze(self, timeout: float = 5.0) -> None:
@@ -133,6 +140,12 @@ class CgroupV1(Cgroup):
 
     def thaw(self) -> None:
         write_file(self.require("freezer"), "freezer.state", "THAWED")
+
+    def is_frozen(self) -> bool:
+        directory = self.directory("freezer")
+        return directory is not None and (
+            (read_optional(directory, "freezer.state") or "").strip() == "FROZEN"
+        )
 
     def stats(self) -> CgroupStats:
         stats = CgroupStats()

@@ -2,17 +2,24 @@
 
 Resource values are converted from their OCI (v1) meaning as runc does:
 ``cpu.shares`` → ``cpu.weight``, memory+swap → ``memory.swap.max``.
-Device rules are not supported: v2 enforces them with eBPF programs, which
-sandboxrt does not load, so any device rule raises
-:class:`MissingFeatureError`. Standard library only.
+Device rules become a ``BPF_PROG_TYPE_CGROUP_DEVICE`` program
+(:mod:`sandboxrt._core.devicefilter`), loaded with ``bpf(2)`` and attached to
+the cgroup (``BPF_F_ALLOW_MULTI``); applying rules again replaces it. The
+program goes with the cgroup when it is removed, and is detached from a
+pre-existing cgroup on :meth:`CgroupV2.destroy`. Standard library only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import time
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
+from sandboxrt._core import abi, devicefilter
+from sandboxrt._os import syscalls
 from sandboxrt.errors import MissingFeatureError, SystemCallError
 
 from .common import (
@@ -26,14 +33,16 @@ from .common import (
 )
 from .layout import CgroupLayout, Hierarchy
 from .resources import (
+    DeviceRule,
     MemoryResources,
+    Resources,
     ResourcesLike,
     as_resources,
     shares_to_weight,
     swap_to_v2,
 )
 
-__all__ = ["CgroupV2"]
+__all__ = ["CgroupV2", "attach_device_program", "detach_device_programs"]
 
 #: Controllers enabled (when available) in ``cgroup.subtree_control`` of every parent level.
 ENABLED = ("cpu", "cpuset", "memory", "pids")
@@ -49,7 +58,7 @@ class CgroupV2(Cgroup):
     driver = "v2"
 
     @classmethod
-    def _hierarchies(cls, layout: CgroupLayout) -> list[Hierarchy]:
+    def _hierarchies(cls, layout: CgroupLayout, resources: Resources) -> list[Hierarchy]:
         unified = layout.unified
         if unified is None:
             raise MissingFeatureError("cgroup v2", "no cgroup2 filesystem is mounted")
@@ -73,10 +82,6 @@ class CgroupV2(Cgroup):
 
     def apply(self, resources: ResourcesLike) -> None:
         res = as_resources(resources)
-        if res.devices:
-            raise MissingFeatureError(
-                "cgroup v2 device filtering (eBPF)", "linux.resources.devices must be empty"
-            )
         mem = res.memory
         if mem != MemoryResources():
             directory = self.require("memory")
@@ -104,12 +109,23 @@ class CgroupV2(Cgroup):
                 write_file(self.require("cpuset"), name, text)
         if res.pids_limit is not None:
             write_file(self.require("pids"), "pids.max", _limit(res.pids_limit))
+        if res.devices:
+            attach_device_program(self._dir, res.devices)
 
-    def _can_freeze(self) -> bool:
+    def destroy(self, timeout: float = 5.0) -> None:
+        """As :meth:`Cgroup.destroy`; a cgroup that stays (it existed before) loses
+        its device program, which went with the container."""
+        for placement in self.placements:
+            if placement.rel not in placement.created and placement.directory.is_dir():
+                with contextlib.suppress(SystemCallError):
+                    detach_device_programs(placement.directory)
+        super().destroy(timeout)
+
+    def can_freeze(self) -> bool:
         return (self._dir / "cgroup.freeze").exists()
 
     def _freezer(self) -> Path:
-        if not self._can_freeze():
+        if not self.can_freeze():
             raise MissingFeatureError("cgroup v2 freezer (cgroup.freeze)")
         return self._dir
 
@@ -128,6 +144,9 @@ class CgroupV2(Cgroup):
 
     def thaw(self) -> None:
         write_file(self._freezer(), "cgroup.freeze", "0")
+
+    def is_frozen(self) -> bool:
+        return read_keyed(self._dir, "cgroup.events").get("frozen") == 1
 
     def _kill_at_once(self) -> bool:
         if not (self._dir / "cgroup.kill").exists():
@@ -150,3 +169,62 @@ class CgroupV2(Cgroup):
             pids_current=read_int(directory, "pids.current") or 0,
             pids_limit=read_int(directory, "pids.max"),
         )
+
+
+def _open_cgroup(directory: Path) -> int:
+    return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def attach_device_program(directory: Path, rules: Iterable[DeviceRule]) -> None:
+    """Enforce device ``rules`` on the cgroup ``directory`` with an eBPF program.
+
+    The new program is attached before the ones attached earlier are
+    detached, so there is no moment without a policy. Raises
+    :class:`SystemCallError` when ``bpf(2)`` refuses (``EPERM`` without
+    ``CAP_BPF``/``CAP_SYS_ADMIN``; ``EBADF`` when ``directory`` is no cgroup2
+    directory).
+    """
+    program = devicefilter.compile_rules(rules)
+    try:
+        cgroup_fd = _open_cgroup(directory)
+        try:
+            old = syscalls.bpf_prog_query(cgroup_fd, abi.BPF_CGROUP_DEVICE)
+            prog_fd = syscalls.bpf_prog_load(
+                abi.BPF_PROG_TYPE_CGROUP_DEVICE, program, devicefilter.LICENSE, "sandboxrt_dev"
+            )
+            try:
+                syscalls.bpf_prog_attach(
+                    cgroup_fd, prog_fd, abi.BPF_CGROUP_DEVICE, abi.BPF_F_ALLOW_MULTI
+                )
+            finally:
+                os.close(prog_fd)
+            _detach(cgroup_fd, old)
+        finally:
+            os.close(cgroup_fd)
+    except OSError as err:
+        raise SystemCallError(f"cgroup {directory}: attaching its device program", err) from err
+
+
+def detach_device_programs(directory: Path) -> None:
+    """Detach every device program attached to the cgroup ``directory`` itself."""
+    try:
+        cgroup_fd = _open_cgroup(directory)
+        try:
+            _detach(cgroup_fd, syscalls.bpf_prog_query(cgroup_fd, abi.BPF_CGROUP_DEVICE))
+        finally:
+            os.close(cgroup_fd)
+    except OSError as err:
+        raise SystemCallError(f"cgroup {directory}: detaching its device programs", err) from err
+
+
+def _detach(cgroup_fd: int, prog_ids: Iterable[int]) -> None:
+    for prog_id in prog_ids:
+        try:
+            prog_fd = syscalls.bpf_prog_get_fd_by_id(prog_id)
+        except FileNotFoundError:
+            continue  # detached and freed meanwhile
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                syscalls.bpf_prog_detach(cgroup_fd, prog_fd, abi.BPF_CGROUP_DEVICE)
+        finally:
+            os.close(prog_fd)

@@ -1,0 +1,250 @@
+"""An overlay's upper layer as an OCI image-layer tar stream (``Container.export_changes``).
+
+The upper directory comes as an fd from the sandbox's supervisor: only the
+container's mount namespace shows it at a path. It is walked from that fd
+only downward: every entry is opened by its single name relative to its
+parent's fd with ``O_NOFOLLOW`` (``..`` is never looked up, symlinks are read,
+never followed), and checked to still be what ``lstat`` saw, so a container
+that keeps changing its files cannot lead the walk elsewhere. File contents
+stream in chunks: memory use does not grow with file sizes.
+
+overlayfs records a deletion as a character device 0:0 and a directory that
+replaces a lower one as ``trusted.overlay.opaque=y``; in the tar they become
+the OCI whiteouts ``.wh.<name>`` and ``<dir>/.wh..wh..opq``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import tarfile
+from collections.abc import Iterator
+from typing import IO
+
+__all__ = ["OPAQUE_WHITEOUT", "WHITEOUT_PREFIX", "write_layer"]
+
+#: The prefix of an OCI whiteout entry: ``dir/.wh.name`` deletes ``dir/name``.
+WHITEOUT_PREFIX = ".wh."
+#: The OCI entry that makes its directory opaque (hides the lower layers' entries).
+OPAQUE_WHITEOUT = ".wh..wh..opq"
+
+_CHUNK = 1 << 20
+_OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+_OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+_O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _Exact:
+    """Exactly ``size`` bytes of an open file, in chunks: zeros pad a file that shrank
+    while it was read, and what it grew by is left out (the header is written first)."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd = fd
+        self._left = size
+
+    def read(self, n: int = _CHUNK) -> bytes:
+        n = min(n, self._left)
+        parts: list[bytes] = []
+        got = 0
+        while got < n:
+            chunk = os.read(self._fd, min(n - got, _CHUNK))
+            if not chunk:
+                parts.append(bytes(n - got))
+                got = n
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        self._left -= got
+        return b"".join(parts)
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino, stat.S_IFMT(a.st_mode)) == (
+        b.st_dev,
+        b.st_ino,
+        stat.S_IFMT(b.st_mode),
+    )
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _is_opaque(fd: int) -> bool:
+    for name in _OPAQUE_XATTRS:
+        with contextlib.suppress(OSError):
+            if os.getxattr(fd, name) == b"y":
+                return True
+    return False
+
+
+def _xattrs(fd: int) -> dict[str, str]:
+    """The file's extended attributes, overlayfs's own left out, as PAX records."""
+    records: dict[str, str] = {}
+    try:
+        names = os.listxattr(fd)
+    except OSError:
+        return records
+    for name in names:
+        if name.startswith(_OVERLAY_XATTR_PREFIXES):
+            continue
+        with contextlib.suppress(OSError):
+            value = os.getxattr(fd, name)
+            records["SCHILY.xattr." + name] = value.decode("utf-8", "surrogateescape")
+    return records
+
+
+def _info(path: str, st: os.stat_result, kind: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(path)
+    info.type = kind
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.uid, info.gid = st.st_uid, st.st_gid
+    info.uname = info.gname = ""
+    info.mtime = st.st_mtime
+    return info
+
+
+def _whiteout(path: str, st: os.stat_result) -> tarfile.TarInfo:
+    info = _info(path, st, tarfile.REGTYPE)
+    info.mode = 0o644
+    info.size = 0
+    return info
+
+
+def _entries(dir_fd: int) -> Iterator[tuple[str, os.stat_result]]:
+    """The directory's entries, sorted by name, each with its ``lstat``."""
+    for name in sorted(os.listdir(dir_fd)):
+        try:
+            yield name, os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:  # removed meanwhile
+            continue
+
+
+def _walk_dir(
+    tar: tarfile.TarFile, dir_fd: int, prefix: str, links: dict[tuple[int, int], str]
+) -> None:
+    stack: list[tuple[int, str, Iterator[tuple[str, os.stat_result]]]] = [
+        (dir_fd, prefix, _entries(dir_fd))
+    ]
+    try:
+        while stack:
+            fd, base, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                stack.pop()
+                if fd != dir_fd:
+                    os.close(fd)
+                continue
+            name, st = entry
+            path = base + name
+            if _is_whiteout(st):
+                dirname, _, leaf = path.rpartition("/")
+                where = dirname + "/" if dirname else ""
+                tar.addfile(_whiteout(where + WHITEOUT_PREFIX + leaf, st))
+            elif stat.S_ISDIR(st.st_mode):
+                child = _open_checked(fd, name, st, _O_DIR)
+                if child is None:
+                    continue
+                try:
+                    info = _info(path, st, tarfile.DIRTYPE)
+                    info.pax_headers = _xattrs(child)
+                    tar.addfile(info)
+                    if _is_opaque(child):
+                        tar.addfile(_whiteout(path + "/" + OPAQUE_WHITEOUT, st))
+                except BaseException:
+                    os.close(child)
+                    raise
+                stack.append((child, path + "/", _entries(child)))
+            elif stat.S_ISLNK(st.st_mode):
+                try:
+                    target = os.readlink(name, dir_fd=fd)
+                except OSError:
+                    continue
+                info = _info(path, st, tarfile.SYMTYPE)
+                info.linkname = target
+                tar.addfile(info)
+            elif stat.S_ISREG(st.st_mode):
+                _add_file(tar, fd, name, path=path, st=st, links=links)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+                kind = (
+                    tarfile.CHRTYPE
+                    if stat.S_ISCHR(st.st_mode)
+                    else tarfile.BLKTYPE
+                    if stat.S_ISBLK(st.st_mode)
+                    else tarfile.FIFOTYPE
+                )
+                info = _info(path, st, kind)
+                info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+                tar.addfile(info)
+            # Sockets have no tar form: left out.
+    finally:
+        for fd, _, _ in stack:
+            if fd != dir_fd:
+                os.close(fd)
+
+
+def _open_checked(dir_fd: int, name: str, st: os.stat_result, flags: int) -> int | None:
+    """Open ``name`` beneath ``dir_fd`` without following it; None if it is no longer
+    the file ``st`` describes (replaced or removed meanwhile)."""
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
+            return None
+        raise
+    if not _same(os.fstat(fd), st):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _add_file(
+    tar: tarfile.TarFile,
+    dir_fd: int,
+    name: str,
+    *,
+    path: str,
+    st: os.stat_result,
+    links: dict[tuple[int, int], str],
+) -> None:
+    key = (st.st_dev, st.st_ino)
+    if st.st_nlink > 1 and key in links:
+        info = _info(path, st, tarfile.LNKTYPE)
+        info.linkname = links[key]
+        tar.addfile(info)
+        return
+    fd = _open_checked(dir_fd, name, st, _O_FILE)
+    if fd is None:
+        return
+    try:
+        st = os.fstat(fd)
+        info = _info(path, st, tarfile.REGTYPE)
+        info.size = st.st_size
+        info.pax_headers = _xattrs(fd)
+        tar.addfile(info, _Exact(fd, st.st_size))
+    finally:
+        os.close(fd)
+    if st.st_nlink > 1:
+        links[key] = path
+
+
+def write_layer(upper_fd: int, dest: IO[bytes]) -> None:
+    """Write the tree under ``upper_fd`` to ``dest`` as an uncompressed tar stream (PAX).
+
+    Entries are relative paths (``etc/passwd``), parents before children,
+    siblings by name; the top directory itself is left out. Modes, numeric
+    owners, mtimes, symlinks, hard links (within the layer), device nodes,
+    FIFOs and extended attributes are kept; overlayfs's whiteouts become OCI
+    whiteouts.
+    """
+    # An open file description of our own: a received fd shares its read position
+    # with the supervisor's and any other exporter's.
+    top = os.open(".", _O_DIR, dir_fd=upper_fd)
+    try:
+        with tarfile.open(fileobj=dest, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            _walk_dir(tar, top, "", {})
+    finally:
+        os.close(top)

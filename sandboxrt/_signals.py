@@ -1,0 +1,136 @@
+"""Relaying the caller's signals to a process of a container (``Container.forward_signals``)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import struct
+import termios
+import threading
+from collections.abc import Callable, Iterable
+from types import FrameType, TracebackType
+from typing import IO, Any
+
+from sandboxrt.errors import SandboxrtError
+
+__all__ = ["DEFAULT_FORWARDED", "SignalForwarder"]
+
+log = logging.getLogger("sandboxrt")
+
+#: What ``forward_signals`` relays unless told otherwise (the supervisor relays the same).
+DEFAULT_FORWARDED: tuple[signal.Signals, ...] = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+)
+
+#: Never relayed: uncatchable, or what the caller's own machinery needs.
+_REFUSED = frozenset({signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD})
+
+
+class SignalForwarder:
+    """A context manager: while inside, ``signals`` sent to this process go to ``send``.
+
+    Installs a handler for each signal on entry and puts the previous ones back
+    on exit. Signal handlers are the main thread's business: entering from
+    another thread raises ``RuntimeError``. With a ``console`` (a pty master),
+    SIGWINCH copies the caller's terminal size onto it (the kernel then signals
+    the terminal's foreground group) when the caller has a terminal, and is
+    relayed as a signal otherwise; the size is also copied once on entry.
+    A relay that fails (the process is gone) is logged and dropped.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[int], None],
+        signals: Iterable[int] = DEFAULT_FORWARDED,
+        *,
+        console: IO[bytes] | None = None,
+        target: str = "",
+    ) -> None:
+        self.signals = tuple(dict.fromkeys(signal.Signals(s) for s in signals))
+        refused = [s.name for s in self.signals if s in _REFUSED]
+        if refused:
+            raise ValueError(f"these signals cannot be forwarded: {', '.join(refused)}")
+        self._send = send
+        self._console = console
+        self._target = target
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalForwarder:
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError(
+                "forward_signals works in the main thread only: Python runs signal handlers there"
+            )
+        if self._previous:
+            raise RuntimeError("this forward_signals context is already active")
+        try:
+            for sig in self.signals:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except BaseException:
+            self._restore()
+            raise
+        if signal.SIGWINCH in self.signals:
+            self._resize()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGWINCH and self._resize():
+            return
+        try:
+            self._send(signum)
+        except (SandboxrtError, OSError) as exc:
+            log.debug("signal %d not forwarded to %s: %s", signum, self._target, exc)
+
+    def _resize(self) -> bool:
+        """Copy the caller's terminal size onto the console; ``False`` if either is missing."""
+        console = self._console
+        if console is None or console.closed:
+            return False
+        size = _terminal_size()
+        if size is None:
+            return False
+        try:
+            fcntl.ioctl(console.fileno(), termios.TIOCSWINSZ, size)
+        except OSError:
+            return False
+        return True
+
+
+def _terminal_size() -> bytes | None:
+    """The caller's terminal size (a ``struct winsize``), from stdin, stdout, stderr or
+    ``/dev/tty``; ``None`` without a terminal."""
+    empty = struct.pack("HHHH", 0, 0, 0, 0)
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            return fcntl.ioctl(fd, termios.TIOCGWINSZ, empty)
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return fcntl.ioctl(fd, termios.TIOCGWINSZ, empty)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)

@@ -1,0 +1,262 @@
+"""pause / resume: real containers frozen and thawed through their cgroup freezer.
+
+A paused container's supervisor stays outside its cgroup, so state, stats,
+wait, kill and destroy keep working; exec is refused. No timed asserts: a
+frozen counter is compared with itself, a running one polled until it moves.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+from conftest import BundleFactory, needs_busybox, needs_root
+
+from sandboxrt import (
+    Container,
+    FileStore,
+    InvalidStateError,
+    MissingFeatureError,
+    Status,
+    WaitTimeoutError,
+)
+from sandboxrt import _cgroup as library_cgroup
+from sandboxrt._os import cgroups
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _has_freezer() -> bool:
+    try:
+        layout = cgroups.detect()
+    except OSError:
+        return False
+    if layout.driver == "v1":
+        return "freezer" in layout.v1
+    return layout.driver == "v2"
+
+
+pytestmark = [
+    needs_root,
+    needs_busybox,
+    pytest.mark.skipif(not _has_freezer(), reason="needs a cgroup freezer"),
+]
+
+#: Counts forever, replacing /n atomically with the count after each step.
+COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /n.new; mv /n.new /n; usleep 10000; done"
+
+
+@pytest.fixture
+def counter(store: FileStore, bundle: BundleFactory) -> Iterator[tuple[Container, Path]]:
+    """A running container counting into ``<rootfs>/n``, and that file."""
+    path = bundle(["sh", "-c", COUNTER])
+    container = Container.create("pz1", path, store=store)
+    try:
+        container.start()
+        count = path / "rootfs" / "n"
+        first = wait_for(lambda: read_count(count))
+        wait_for(lambda: read_count(count) > first)  # it counts
+        yield container, count
+    finally:
+        container.destroy()
+
+
+def read_count(path: Path) -> int:
+    try:
+        return int(path.read_text() or 0)
+    except FileNotFoundError:
+        return 0
+
+
+def wait_for(probe: Callable[[], int | bool], timeout: float = 20.0) -> int:
+    """Poll ``probe`` until it is truthy; its value (a deadline, never an assert on time)."""
+    end = time.monotonic() + timeout
+    while not (value := probe()):
+        assert time.monotonic() < end, "condition never met"
+        time.sleep(0.01)
+    return int(value)
+
+
+def cgroup_of(container: Container) -> cgroups.Cgroup:
+    record = container._record.cgroup
+    assert record is not None
+    return cgroups.load(record)
+
+
+def status_elsewhere(store: FileStore, cid: str) -> str:
+    """The container's OCI state status as another Python process loads it."""
+    code = (
+        "import sys; from sandboxrt import Container, FileStore; "
+        "c = Container.load(sys.argv[1], store=FileStore(sys.argv[2])); "
+        "print(c.state().status, c.status)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", code, cid, str(store.root)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def test_a_paused_container_stops_counting_and_resumes(
+    counter: tuple[Container, Path], store: FileStore
+) -> None:
+    container, count = counter
+    cgroup = cgroup_of(container)
+    container.pause()
+    assert container.status is Status.PAUSED
+    assert cgroup.is_frozen()
+    frozen_at = read_count(count)
+    time.sleep(0.5)
+    assert read_count(count) == frozen_at
+    assert status_elsewhere(store, container.id) == "paused paused"
+    assert Container.load(container.id, store=store).state().status is Status.PAUSED
+    container.resume()
+    assert container.status is Status.RUNNING
+    assert not cgroup.is_frozen()
+    assert wait_for(lambda: read_count(count) > frozen_at)
+    assert status_elsewhere(store, container.id) == "running running"
+
+
+def test_stats_state_and_wait_work_while_paused(counter: tuple[Container, Path]) -> None:
+    container, _ = counter
+    container.pause()
+    stats = container.stats()
+    assert stats.pids_current >= 1 and stats.memory_usage > 0
+    state = container.state()
+    assert state.status is Status.PAUSED and state.pid is not None
+    with pytest.raises(WaitTimeoutError):
+        container.wait(timeout=0.3)  # frozen: the init cannot exit
+    assert container.stats().cpu_usage_ns == stats.cpu_usage_ns  # no cpu burnt while frozen
+    container.resume()
+
+
+def test_exec_is_refused_while_paused(counter: tuple[Container, Path]) -> None:
+    container, _ = counter
+    container.pause()
+    with pytest.raises(InvalidStateError, match='exec in container "pz1" in state paused'):
+        container.exec(["true"])
+    container.resume()
+    assert container.exec_run(["true"]).returncode == 0
+
+
+def test_a_signal_to_a_paused_container_arrives_on_resume(
+    counter: tuple[Container, Path],
+) -> None:
+    container, _ = counter
+    container.pause()
+    container.kill(signal.SIGTERM)
+    container.kill(signal.SIGTERM, all=True)  # pending too: the cgroup stays frozen
+    assert container.status is Status.PAUSED
+    assert cgroup_of(container).is_frozen()
+    with pytest.raises(WaitTimeoutError):
+        container.wait(timeout=0.3)
+    container.resume()
+    assert container.wait(timeout=20) == -signal.SIGTERM
+    assert container.status is Status.STOPPED
+
+
+@pytest.mark.parametrize("everyone", [False, True], ids=["init", "all"])
+def test_sigkill_ends_a_paused_container(counter: tuple[Container, Path], everyone: bool) -> None:
+    container, _ = counter
+    container.pause()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(container.wait)  # blocks on the supervisor while paused
+        container.kill(signal.SIGKILL, all=everyone)
+        assert waiting.result(timeout=20) == -signal.SIGKILL
+    assert not cgroup_of(container).is_frozen()
+    wait_for(lambda: container.status is Status.STOPPED)
+    wait_for(lambda: cgroup_of(container).pids() == [])  # the rest dies with the sandbox
+
+
+def test_destroy_of_a_paused_container_leaves_nothing(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    path = bundle(["sh", "-c", "sleep 1000 & sleep 1000"])
+    container = Container.create("pz2", path, store=store)
+    try:
+        container.start()
+        cgroup = cgroup_of(container)
+        wait_for(lambda: len(cgroup.pids()) >= 2)
+        members = cgroup.pids()
+        supervisor = container.state().pid
+        container.pause()
+        container.destroy()
+    finally:
+        container.destroy()
+    assert not cgroup.exists()
+    for pid in [*members, supervisor]:
+        assert pid is not None and not os.path.exists(f"/proc/{pid}")
+    assert Container.list(store=store) == []
+
+
+def test_pause_and_resume_need_the_right_status(store: FileStore, bundle: BundleFactory) -> None:
+    container = Container.create("pz3", bundle(["true"]), store=store)
+    try:
+        with pytest.raises(InvalidStateError, match='pause container "pz3" in state created'):
+            container.pause()
+        with pytest.raises(InvalidStateError, match=r"cannot resume .* in state created"):
+            container.resume()
+        container.start()
+        assert container.wait(timeout=20) == 0
+        with pytest.raises(InvalidStateError, match=r"cannot pause .* in state stopped"):
+            container.pause()
+    finally:
+        container.destroy()
+
+
+def test_resume_of_a_running_container_is_refused(counter: tuple[Container, Path]) -> None:
+    container, _ = counter
+    with pytest.raises(InvalidStateError, match=r"cannot resume .* in state running"):
+        container.resume()
+
+
+def test_pause_without_a_freezer_names_it(
+    counter: tuple[Container, Path], store: FileStore
+) -> None:
+    container, _ = counter
+    with pytest.raises(MissingFeatureError, match=r"freezer.*no cgroup"):
+        library_cgroup.freeze(None, "pz1", timeout=1.0)
+    record = store.load(container.id)
+    full = record.cgroup
+    assert full is not None
+    placements = [p for p in full["placements"] if "freezer" not in p["controllers"]]
+    if full["driver"] == "v2":
+        pytest.skip("a v2 cgroup always has its freezer")
+    store.save(attrs.evolve(record, cgroup={**full, "placements": placements}))
+    try:
+        with pytest.raises(MissingFeatureError, match="freezer") as info:
+            container.pause()
+        assert "pz1" in str(info.value)
+        assert container.status is Status.RUNNING
+    finally:
+        store.save(attrs.evolve(store.load(container.id), cgroup=full))
+
+
+def test_a_dead_paused_sandbox_reads_stopped(counter: tuple[Container, Path]) -> None:
+    container, _ = counter
+    container.pause()
+    sandbox = container.sandbox
+    assert sandbox is not None
+    # Kill what is frozen and then the supervisor, as a crash would: the record still
+    # says paused, the status reconciles to stopped.
+    library_cgroup.signal_all(
+        container._record.cgroup or {}, container.id, signal.SIGKILL, spare=None, timeout=10
+    )
+    library_cgroup.thaw(container._record.cgroup, container.id)
+    assert sandbox.kill(timeout=10)
+    assert container._store.load(container.id).status is Status.PAUSED
+    assert container.status is Status.STOPPED
+    with pytest.raises(InvalidStateError, match=r"cannot resume .* in state stopped"):
+        container.resume()

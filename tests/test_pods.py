@@ -1,0 +1,646 @@
+"""Pods: several containers in one sandbox, by the API and by CRI annotations.
+
+Real sandboxes: the containers share the supervisor's PID, network, IPC and
+UTS namespaces, and each has its own mount namespace, root, cgroup and record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BundleFactory, needs_busybox, needs_root
+from test_hooks_lifecycle import ALL_PHASES as HOOK_PHASES
+from test_hooks_lifecycle import Setup
+
+from sandboxrt import (
+    Container,
+    ContainerExistsError,
+    ContainerNotFoundError,
+    FileStore,
+    InitError,
+    InvalidStateError,
+    Pod,
+    ProcessNotFoundError,
+    SpecError,
+    Status,
+)
+from sandboxrt._core import cri
+from sandboxrt._core.spec import read_spec_file
+from sandboxrt._os import cgroups, procfs
+from sandboxrt.errors import HookError
+
+pytestmark = [needs_root, needs_busybox]
+
+REPO = Path(__file__).resolve().parent.parent
+SLEEP = ["sleep", "1000"]
+SHARED = ("pid", "net", "ipc", "uts")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def annotate(bundle: Path, annotations: dict[str, str]) -> Path:
+    """Add ``annotations`` to the bundle's config.json."""
+    path = bundle / "config.json"
+    document = json.loads(path.read_text())
+    document["annotations"] = {**document.get("annotations", {}), **annotations}
+    path.write_text(json.dumps(document))
+    return bundle
+
+
+def cgroup_of(container: Container) -> cgroups.Cgroup:
+    record = container._store.load(container.id).cgroup
+    assert record is not None, f"{container.id} has no cgroup"
+    return cgroups.load(record, container_id=container.id)
+
+
+def host_pids(container: Container) -> list[int]:
+    """The container's processes, as host pids (its cgroup's members)."""
+    return sorted(cgroup_of(container).pids())
+
+
+def init_host_pid(container: Container) -> int:
+    """The host pid of the container's init (the oldest process of its cgroup)."""
+    pids = host_pids(container)
+    assert pids, f"{container.id} has no process"
+    return min(pids, key=lambda pid: (_start_ticks(pid), pid))
+
+
+def _start_ticks(pid: int) -> int:
+    info = procfs.read_stat(pid)
+    return info.start_ticks if info is not None else 0
+
+
+def ns(pid: int | str, kind: str) -> str:
+    return os.readlink(f"/proc/{pid}/ns/{kind}")
+
+
+def out(container: Container, *args: str) -> str:
+    done = container.exec_run(list(args), capture_output=True, timeout=30)
+    assert done.returncode == 0, done
+    return done.stdout.decode()
+
+
+def commands(container: Container) -> dict[int, str]:
+    """pid → command line of every process the container sees in its /proc."""
+    script = 'for p in /proc/[0-9]*; do echo "${p#/proc/} $(tr "\\0" " " < $p/cmdline)"; done'
+    found = {}
+    for line in out(container, "sh", "-c", script).splitlines():
+        pid, _, cmd = line.partition(" ")
+        found[int(pid)] = cmd.strip()
+    return found
+
+
+def alive(pid: int) -> bool:
+    info = procfs.read_stat(pid)
+    return info is not None and info.state not in "ZX"
+
+
+@pytest.fixture
+def pod(store: FileStore, bundle: BundleFactory) -> Iterator[Pod]:
+    """A running pod whose root (a pause-like container) sleeps."""
+    pod = Pod.create("pod", bundle(SLEEP), store=store)
+    try:
+        pod.root.start()
+        yield pod
+    finally:
+        pod.destroy()
+
+
+def add_running(pod: Pod, bundle: Path, cid: str, **options: Any) -> Container:
+    container = pod.add_container(cid, bundle, **options)
+    container.start()
+    return container
+
+
+# -- the pure core ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("type_key", "id_key"),
+    [
+        (cri.CONTAINERD_TYPE, cri.CONTAINERD_SANDBOX_ID),
+        (cri.CRIO_TYPE, cri.CRIO_SANDBOX_ID),
+    ],
+)
+def test_cri_annotations_say_which_sandbox(type_key: str, id_key: str) -> None:
+    assert cri.sandbox_to_join("c", {}) is None
+    assert cri.sandbox_to_join("c", None) is None
+    assert cri.sandbox_to_join("c", {type_key: "sandbox", id_key: "c"}) is None
+    assert cri.sandbox_to_join("c", {type_key: "container", id_key: "pod"}) == "pod"
+    with pytest.raises(SpecError, match=f"annotations.{id_key}: .*needs a sandbox id"):
+        cri.sandbox_to_join("c", {type_key: "container"})
+    with pytest.raises(SpecError, match="unknown container type 'pause'"):
+        cri.sandbox_to_join("c", {type_key: "pause", id_key: "pod"})
+    with pytest.raises(SpecError, match="cannot join its own sandbox"):
+        cri.sandbox_to_join("c", {type_key: "container", id_key: "c"})
+
+
+def test_a_container_type_without_sandbox_id_is_refused_when_the_spec_is_read(
+    tmp_path: Path, bundle: BundleFactory
+) -> None:
+    path = annotate(bundle(SLEEP), {cri.CRIO_TYPE: "container"})
+    with pytest.raises(SpecError, match=cri.CRIO_SANDBOX_ID):
+        read_spec_file(path / "config.json")
+
+
+# -- sharing and isolation -------------------------------------------------------------------
+
+
+def test_containers_of_a_pod_share_one_pid_namespace(pod: Pod, bundle: BundleFactory) -> None:
+    a = add_running(pod, bundle(["sleep", "1001"]), "a")
+    b = add_running(pod, bundle(["sleep", "1002"]), "b")
+    for container in (pod.root, a, b):
+        assert out(container, "cat", "/proc/1/comm") == "sandboxrt-sup\n"
+        seen = commands(container)
+        for program in ("sleep 1000", "sleep 1001", "sleep 1002"):
+            pids = [pid for pid, cmd in seen.items() if cmd == program]
+            assert len(pids) == 1, (container.id, program, seen)
+            assert pids[0] != 1  # the supervisor is PID 1, no container's init is
+    # The very same namespaces, seen from the host; the mount namespaces differ.
+    inits = [init_host_pid(c) for c in (pod.root, a, b)]
+    for kind in SHARED:
+        assert len({ns(pid, kind) for pid in inits}) == 1, kind
+    assert len({ns(pid, "mnt") for pid in inits}) == 3
+
+
+def test_each_container_has_its_own_root(pod: Pod, bundle: BundleFactory) -> None:
+    a = add_running(pod, bundle(SLEEP), "a")
+    b = add_running(pod, bundle(SLEEP), "b")
+    out(a, "sh", "-c", "echo from-a > /tmp/mark")
+    assert out(a, "cat", "/tmp/mark") == "from-a\n"
+    for other in (b, pod.root):
+        done = other.exec_run(["cat", "/tmp/mark"], capture_output=True)
+        assert done.returncode != 0, (other.id, done)
+
+
+def test_containers_of_a_pod_share_loopback(
+    pod: Pod, bundle: BundleFactory, store: FileStore
+) -> None:
+    server = pod.add_container(
+        "server",
+        bundle(["nc", "-l", "-p", "7777"]),
+        stdin=subprocess.PIPE,  # open until the end: nc must not stop at end of input
+        stdout=subprocess.PIPE,
+    )
+    try:
+        server.start()
+        client = add_running(pod, bundle(SLEEP), "client")
+        # Retried until the server listens; the exec's timeout bounds the loop.
+        script = "until echo hello-over-lo | nc 127.0.0.1 7777; do sleep 0.05; done"
+        client.exec_run(["sh", "-c", script], check=True, timeout=60)
+        assert server.stdout is not None
+        assert server.stdout.readline() == b"hello-over-lo\n"
+        assert server.wait(timeout=30) == 0
+    finally:
+        for stream in (server.stdin, server.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def test_exec_into_a_subcontainer_joins_its_mount_namespace_and_cgroup(
+    pod: Pod, bundle: BundleFactory
+) -> None:
+    a = add_running(pod, bundle(SLEEP), "a")
+    init = init_host_pid(a)
+    before = set(host_pids(a))
+    process = a.exec(["sleep", "999"])
+    try:
+        (new,) = set(host_pids(a)) - before
+        assert ns(new, "mnt") == ns(init, "mnt") != ns(init_host_pid(pod.root), "mnt")
+        assert ns(new, "cgroup") == ns(init, "cgroup")
+        assert new not in host_pids(pod.root)
+        assert out(a, "sh", "-c", "echo x > /tmp/only-a; echo ok") == "ok\n"
+        assert pod.root.exec_run(["cat", "/tmp/only-a"], capture_output=True).returncode != 0
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def test_a_process_belongs_to_the_container_it_was_exec_d_into(
+    pod: Pod, bundle: BundleFactory
+) -> None:
+    a = add_running(pod, bundle(SLEEP), "a")
+    add_running(pod, bundle(SLEEP), "b")
+    process = a.exec(["sleep", "999"])
+    sandbox = pod.sandbox
+    assert sandbox is not None
+    try:
+        for cid in ("b", "pod"):
+            with pytest.raises(ProcessNotFoundError, match=f'does not belong to container "{cid}"'):
+                sandbox.wait_process(cid, process.pid, nohang=True)
+            with pytest.raises(ProcessNotFoundError):
+                sandbox.signal_process(cid, process.pid, signal.SIGKILL)
+        assert process.poll() is None
+    finally:
+        process.kill()
+    assert process.wait(timeout=10) == -signal.SIGKILL
+
+
+def test_process_control_addresses_one_container(pod: Pod, bundle: BundleFactory) -> None:
+    a = add_running(pod, bundle(["sleep", "1001"]), "a")
+    b = add_running(pod, bundle(["sleep", "1002"]), "b")
+    listed = {c.id: c.processes() for c in (pod.root, a, b)}
+    assert [p.command for p in listed["a"]] == [("sleep", "1001")]
+    assert [p.command for p in listed["b"]] == [("sleep", "1002")]
+    assert [p.command for p in listed["pod"]] == [("sleep", "1000")]
+    assert all(p.ppid == 1 for ps in listed.values() for p in ps)  # the supervisor's children
+    b_init = listed["b"][0].pid
+    with pytest.raises(ProcessNotFoundError):
+        a.signal_process(b_init, signal.SIGKILL)  # b's init is not a's
+    b.signal_process(b_init, signal.SIGTERM)
+    assert b.wait_pid(b_init, timeout=10) == -signal.SIGTERM
+    assert a.status is Status.RUNNING and pod.root.status is Status.RUNNING
+
+
+def test_pausing_a_subcontainer_freezes_only_it(pod: Pod, bundle: BundleFactory) -> None:
+    a = add_running(pod, bundle(SLEEP), "a")
+    b = add_running(pod, bundle(SLEEP), "b")
+    a.pause()
+    assert a.status is Status.PAUSED
+    assert out(b, "echo", "b runs") == "b runs\n"
+    with pytest.raises(InvalidStateError):
+        a.exec_run(["true"])
+    a.resume()
+    assert out(a, "echo", "a runs") == "a runs\n"
+
+
+def test_destroying_the_root_with_a_paused_subcontainer_leaves_nothing(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    pod = Pod.create("pod", bundle(SLEEP), store=store)
+    try:
+        pod.root.start()
+        a = add_running(pod, bundle(SLEEP), "a")
+        a.pause()
+        pids = host_pids(a) + host_pids(pod.root)
+    finally:
+        pod.destroy()
+    assert not any(alive(pid) for pid in pids)
+    assert store.list_ids() == []
+    assert os.listdir(store.runtime_dir) == []
+
+
+# -- lifecycle -------------------------------------------------------------------------------
+
+
+def test_killing_a_subcontainer_leaves_the_others_running(pod: Pod, bundle: BundleFactory) -> None:
+    a = add_running(pod, bundle(SLEEP), "a")
+    b = add_running(pod, bundle(SLEEP), "b")
+    a.kill(signal.SIGKILL)
+    assert a.wait(timeout=10) == -signal.SIGKILL
+    assert a.status is Status.STOPPED
+    assert b.status is Status.RUNNING and pod.root.status is Status.RUNNING
+    assert out(b, "echo", "alive") == "alive\n"
+    b.kill(signal.SIGTERM)
+    assert b.wait(timeout=10) == -signal.SIGTERM
+    assert pod.root.status is Status.RUNNING
+
+
+def test_kill_all_on_a_subcontainer_reaches_only_its_processes(
+    pod: Pod, bundle: BundleFactory
+) -> None:
+    a = add_running(pod, bundle(["sh", "-c", "sleep 1000 & sleep 1000"]), "a")
+    b = add_running(pod, bundle(SLEEP), "b")
+    theirs = host_pids(b) + host_pids(pod.root)
+    # sh, and the two sleeps (the background one may still be forking).
+    a_pids: list[int] = []
+
+    def ready() -> bool:
+        a_pids[:] = host_pids(a)
+        return len(a_pids) >= 2
+
+    wait_until(ready)
+    a.kill(signal.SIGKILL, all=True)
+    assert a.wait(timeout=10) == -signal.SIGKILL
+    assert not host_pids(a)
+    assert not any(alive(pid) for pid in a_pids)
+    assert all(alive(pid) for pid in theirs)
+    assert b.status is Status.RUNNING
+
+
+def test_a_subcontainer_stops_with_its_init(pod: Pod, bundle: BundleFactory) -> None:
+    # Its init exits while a background child runs: that child goes too.
+    a = add_running(pod, bundle(["sh", "-c", "sleep 1000 & exit 3"]), "a")
+    assert a.wait(timeout=10) == 3
+    wait_until(lambda: not host_pids(a))
+    assert a.status is Status.STOPPED
+    assert pod.root.status is Status.RUNNING
+    # Destroying the stopped container (an empty cgroup) touches nothing else.
+    b = add_running(pod, bundle(SLEEP), "b")
+    a.destroy()
+    assert pod.root.status is Status.RUNNING and b.status is Status.RUNNING
+    assert out(pod.root, "echo", "fine") == "fine\n"
+
+
+def test_destroying_a_subcontainer_removes_only_its_cgroup_and_record(
+    pod: Pod, bundle: BundleFactory, store: FileStore
+) -> None:
+    a = add_running(pod, bundle(SLEEP), "a")
+    b = add_running(pod, bundle(SLEEP), "b")
+    a_dirs, b_dirs = cgroup_of(a).directories, cgroup_of(b).directories
+    a_pids = host_pids(a)
+    assert [c.id for c in pod.containers()] == ["pod", "a", "b"]
+    a.destroy()
+    assert not any(alive(pid) for pid in a_pids)
+    assert not any(d.exists() for d in a_dirs)
+    assert all(d.exists() for d in b_dirs)
+    assert sorted(store.list_ids()) == ["b", "pod"]
+    assert [c.id for c in pod.containers()] == ["pod", "b"]
+    assert b.status is Status.RUNNING and pod.root.status is Status.RUNNING
+    assert out(b, "echo", "still") == "still\n"
+    a.destroy()  # idempotent
+    # The id is free again, in the same pod.
+    again = add_running(pod, bundle(SLEEP), "a")
+    assert again.status is Status.RUNNING
+
+
+def test_subcontainers_come_and_go_without_leaking_supervisor_fds(
+    pod: Pod, bundle: BundleFactory
+) -> None:
+    supervisor = pod.root.state().pid
+    path = bundle(SLEEP)
+
+    def cycle(cid: str) -> None:
+        sub = add_running(pod, path, cid)
+        assert out(sub, "echo", cid) == f"{cid}\n"
+        sub.destroy()
+
+    cycle("warm")  # anything opened once for good is open before the count
+    before = sorted(os.listdir(f"/proc/{supervisor}/fd"))
+    for i in range(5):
+        cycle(f"c{i}")
+    assert sorted(os.listdir(f"/proc/{supervisor}/fd")) == before
+
+
+def test_destroying_the_root_takes_everything_down(store: FileStore, bundle: BundleFactory) -> None:
+    pod = Pod.create("pod", bundle(SLEEP), store=store)
+    try:
+        pod.root.start()
+        subs = [add_running(pod, bundle(SLEEP), cid) for cid in ("a", "b")]
+        created_only = pod.add_container("c", bundle(SLEEP))  # never started
+        members = [pod.root, *subs, created_only]
+        pids = [pid for c in members for pid in host_pids(c)]
+        dirs = [d for c in members for d in cgroup_of(c).directories]
+        supervisor = pod.root.state().pid
+        assert supervisor is not None and len(pids) == 4
+    finally:
+        pod.destroy()
+    assert not alive(supervisor)
+    assert not any(alive(pid) for pid in pids)
+    assert not any(d.exists() for d in dirs)
+    assert store.list_ids() == []
+    assert os.listdir(store.runtime_dir) == []
+    for container in members:
+        with pytest.raises(ContainerNotFoundError):
+            container.status  # noqa: B018 - its record is gone
+    pod.destroy()  # idempotent
+
+
+def test_when_the_root_exits_the_subcontainers_stop(pod: Pod, bundle: BundleFactory) -> None:
+    a = add_running(pod, bundle(SLEEP), "a")
+    created = pod.add_container("c", bundle(SLEEP))
+    pod.root.kill(signal.SIGKILL)
+    assert pod.root.wait(timeout=10) == -signal.SIGKILL
+    assert a.wait(timeout=10) == -signal.SIGKILL
+    assert a.status is Status.STOPPED and created.status is Status.STOPPED
+    loaded = in_subprocess(pod.root._store, "print(Container.load('a', store=store).status)")
+    assert loaded == "stopped"
+    with pytest.raises(InvalidStateError, match='cannot add a container to container "pod"'):
+        pod.add_container("late", bundle(SLEEP))
+    assert sorted(pod.root._store.list_ids()) == ["a", "c", "pod"]
+
+
+def test_a_subcontainer_loads_and_execs_from_another_process(
+    pod: Pod, bundle: BundleFactory, store: FileStore
+) -> None:
+    add_running(pod, bundle(SLEEP), "a")
+    script = (
+        "c = Container.load('a', store=store); "
+        "done = c.exec_run(['sh', '-c', 'echo $((6*7))'], capture_output=True); "
+        "print(c.status, c.sandbox_id, c.is_subcontainer, done.stdout.decode().strip(), "
+        "[x.id for x in Pod.load('a', store=store).containers()])"
+    )
+    assert in_subprocess(store, script) == "running pod True 42 ['pod', 'a']"
+
+
+def test_a_created_subcontainer_waits_for_start(pod: Pod, bundle: BundleFactory) -> None:
+    a = pod.add_container("a", bundle(["sh", "-c", "exit 7"]))
+    assert a.status is Status.CREATED
+    assert a.state().pid == pod.root.state().pid  # the sandbox's pid, as runsc
+    a.start()
+    assert a.wait(timeout=10) == 7
+    assert a.wait(timeout=10) == 7
+
+
+def test_run_in_a_pod_starts_at_once_and_destroys_only_the_subcontainer(
+    pod: Pod, bundle: BundleFactory, store: FileStore
+) -> None:
+    app = annotate(
+        bundle(["sh", "-c", "exit 5"]),
+        {cri.CONTAINERD_TYPE: "container", cri.CONTAINERD_SANDBOX_ID: "pod"},
+    )
+    assert Container.run("job", app, store=store) == 5
+    assert store.list_ids() == ["pod"]
+    assert pod.root.status is Status.RUNNING
+
+
+def test_a_subcontainer_gets_its_own_terminal(pod: Pod, bundle: BundleFactory) -> None:
+    a = pod.add_container("a", bundle(["sh", "-c", "tty; echo done"], terminal=True))
+    try:
+        assert a.console is not None
+        a.start()
+        assert a.wait(timeout=10) == 0
+        text = b""
+        while b"done" not in text:
+            chunk = a.console.read(1024)
+            assert chunk, text
+            text += chunk
+        assert b"/dev/pts/0" in text  # the first pty of its own devpts
+    finally:
+        if a.console is not None:
+            a.console.close()
+
+
+def test_a_subcontainer_that_cannot_be_created_leaves_nothing(
+    pod: Pod, bundle: BundleFactory, store: FileStore
+) -> None:
+    with pytest.raises(InitError, match="no-such-program"):
+        pod.add_container("bad", bundle(["no-such-program"]))
+    assert store.list_ids() == ["pod"]
+    assert [c.id for c in pod.containers()] == ["pod"]
+    assert pod.root.status is Status.RUNNING
+    add_running(pod, bundle(SLEEP), "bad")  # the id, and the sandbox, still serve
+    with pytest.raises(ContainerExistsError):
+        pod.add_container("bad", bundle(SLEEP))
+
+
+def test_adding_to_a_missing_pod_fails_cleanly(store: FileStore, bundle: BundleFactory) -> None:
+    with pytest.raises(ContainerNotFoundError):
+        Container.create(
+            "a",
+            annotate(
+                bundle(SLEEP),
+                {cri.CONTAINERD_TYPE: "container", cri.CONTAINERD_SANDBOX_ID: "nowhere"},
+            ),
+            store=store,
+        )
+    assert store.list_ids() == []
+
+
+def test_subcontainer_creation_racing_a_root_destroy_leaves_nothing(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    pod = Pod.create("pod", bundle(SLEEP), store=store)
+    path = bundle(SLEEP)
+    outcomes: list[str] = []
+
+    def add_many() -> None:
+        for i in range(30):
+            try:
+                pod.add_container(f"c{i}", path)
+                outcomes.append("added")
+            except Exception as exc:  # checked below: only our clean refusals
+                outcomes.append(type(exc).__name__)
+                break
+
+    try:
+        pod.root.start()
+        adder = threading.Thread(target=add_many)
+        adder.start()
+        wait_until(lambda: len(outcomes) >= 3)  # then destroy amid the next adds
+    finally:
+        pod.destroy()
+    adder.join(timeout=120)
+    assert not adder.is_alive()
+    assert outcomes[:3] == ["added"] * 3
+    refusals = {"ContainerNotFoundError", "InvalidStateError", "SandboxDiedError"}
+    assert set(outcomes) - {"added"} <= refusals, outcomes
+    assert store.list_ids() == []
+    assert os.listdir(store.runtime_dir) == []
+
+
+def test_a_subcontainer_runs_its_own_hooks(pod: Pod, tmp_path: Path, bundle: BundleFactory) -> None:
+    setup = Setup(tmp_path, bundle)
+    setup.write({phase: [setup.hook(phase)] for phase in HOOK_PHASES})
+    a = pod.add_container("a", setup.path, stdout=subprocess.PIPE)
+    try:
+        a.start()
+        assert a.stdout is not None
+        assert a.stdout.read() == b"ran\n"
+        assert a.wait(timeout=10) == 0
+    finally:
+        if a.stdout is not None:
+            a.stdout.close()
+        a.destroy()
+    entries = setup.entries()
+    assert [tag for tag, _ in entries] == list(HOOK_PHASES)
+    assert {state["id"] for _, state in entries} == {"a"}
+    assert pod.root.status is Status.RUNNING
+
+
+def test_a_failing_hook_of_a_subcontainer_leaves_the_pod_as_it_was(
+    pod: Pod, tmp_path: Path, bundle: BundleFactory, store: FileStore
+) -> None:
+    setup = Setup(tmp_path, bundle)
+    setup.write({"createRuntime": [setup.hook("createRuntime", fail=True)]})
+    with pytest.raises(HookError, match="boom"):
+        pod.add_container("a", setup.path)
+    assert store.list_ids() == ["pod"]
+    assert [c.id for c in pod.containers()] == ["pod"]
+    assert out(pod.root, "echo", "fine") == "fine\n"
+
+
+# -- CRI annotations -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("type_key", "id_key"),
+    [
+        (cri.CONTAINERD_TYPE, cri.CONTAINERD_SANDBOX_ID),
+        (cri.CRIO_TYPE, cri.CRIO_SANDBOX_ID),
+    ],
+    ids=["containerd", "cri-o"],
+)
+def test_cri_annotations_put_a_container_in_a_sandbox(
+    store: FileStore, bundle: BundleFactory, type_key: str, id_key: str
+) -> None:
+    pause = annotate(bundle(SLEEP), {type_key: "sandbox", id_key: "pause1"})
+    root = Container.create("pause1", pause, store=store)
+    try:
+        root.start()
+        app = annotate(bundle(SLEEP), {type_key: "container", id_key: "pause1"})
+        member = Container.create("app1", app, store=store)
+        member.start()
+        assert member.sandbox_id == "pause1" and member.is_subcontainer
+        assert not root.is_subcontainer
+        assert member.state().annotations[type_key] == "container"
+        for kind in SHARED:
+            assert ns(init_host_pid(member), kind) == ns(init_host_pid(root), kind)
+        assert ns(init_host_pid(member), "mnt") != ns(init_host_pid(root), "mnt")
+        assert [c.id for c in Pod.load("app1", store=store).containers()] == ["pause1", "app1"]
+        # Without a sandbox id: refused before anything is made.
+        orphan = annotate(bundle(SLEEP), {type_key: "container"})
+        with pytest.raises(SpecError, match=id_key):
+            Container.create("orphan", orphan, store=store)
+        assert sorted(store.list_ids()) == ["app1", "pause1"]
+        # A Pod API call that contradicts the annotations is refused too.
+        with pytest.raises(SpecError, match='sandbox "pause1", not a new sandbox'):
+            Pod.create("other", app, store=store)
+    finally:
+        root.destroy()
+    assert store.list_ids() == []
+
+
+# -- shared helpers --------------------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``predicate`` until true (fails after ``timeout`` s: never a timed assert)."""
+    deadline = threading.Event()
+    timer = threading.Timer(timeout, deadline.set)
+    timer.start()
+    try:
+        while not predicate():
+            assert not deadline.wait(0.01), "condition never became true"
+    finally:
+        timer.cancel()
+
+
+def in_subprocess(store: FileStore, code: str) -> str:
+    """Run ``code`` in a fresh Python process with ``store`` and the API imported."""
+    program = (
+        "from sandboxrt import Container, FileStore, Pod\n"
+        f"store = FileStore({str(store.root)!r})\n"
+        f"{code}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_each_container_of_a_pod_has_its_own_files(pod: Pod, bundle: BundleFactory) -> None:
+    sub = add_running(pod, bundle(SLEEP), "files-sub")
+    sub.files.write_text("/who", "sub\n")
+    pod.root.files.write_text("/who", "root\n")
+    assert sub.exec_run(["cat", "/who"], capture_output=True).stdout == b"sub\n"
+    assert pod.root.exec_run(["cat", "/who"], capture_output=True).stdout == b"root\n"
+    assert sub.gofer is not None and pod.root.gofer is not None
+    assert sub.gofer.pid != pod.root.gofer.pid and sub.gofer.socket != pod.root.gofer.socket
