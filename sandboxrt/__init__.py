@@ -22,10 +22,17 @@ if TYPE_CHECKING:
     from sandboxrt.errors import (
         AmbiguousIDError,
         ContainerExistsError,
+        ContainerFileError,
+        ContainerFileExistsError,
+        ContainerFileNotFoundError,
+        ContainerIsADirectoryError,
+        ContainerNotADirectoryError,
         ContainerNotFoundError,
+        ContainerPermissionError,
         CorruptMetadataError,
         CreateTimeoutError,
         ExecError,
+        GoferError,
         HookError,
         InitError,
         InvalidIDError,
@@ -43,6 +50,8 @@ if TYPE_CHECKING:
         SystemCallError,
         WaitTimeoutError,
     )
+    from sandboxrt.files import ContainerFiles, FileStat
+    from sandboxrt.gofer import Gofer
     from sandboxrt.pod import Pod
     from sandboxrt.process import Process, ProcessInfo
     from sandboxrt.sandbox import Sandbox
@@ -56,11 +65,21 @@ __all__ = [
     "Config",
     "Container",
     "ContainerExistsError",
+    "ContainerFileError",
+    "ContainerFileExistsError",
+    "ContainerFileNotFoundError",
+    "ContainerFiles",
+    "ContainerIsADirectoryError",
+    "ContainerNotADirectoryError",
     "ContainerNotFoundError",
+    "ContainerPermissionError",
     "CorruptMetadataError",
     "CreateTimeoutError",
     "ExecError",
+    "FileStat",
     "FileStore",
+    "Gofer",
+    "GoferError",
     "HookError",
     "InitError",
     "InvalidIDError",
@@ -117,6 +136,9 @@ _HOMES = {
     "Container": "sandboxrt.container",
     "OCIState": "sandboxrt.container",
     "Stats": "sandboxrt.container",
+    "ContainerFiles": "sandboxrt.files",
+    "FileStat": "sandboxrt.files",
+    "Gofer": "sandboxrt.gofer",
     "Pod": "sandboxrt.pod",
     "Process": "sandboxrt.process",
     "ProcessInfo": "sandboxrt.process",

@@ -37,6 +37,7 @@ from sandboxrt._stdio import StdioArg, StdioPlan
 from sandboxrt.config import Config
 from sandboxrt.errors import (
     ContainerNotFoundError,
+    GoferError,
     InitError,
     InvalidStateError,
     MissingFeatureError,
@@ -49,8 +50,10 @@ from sandboxrt.errors import (
     SpecError,
     SystemCallError,
 )
+from sandboxrt.files import ContainerFiles
+from sandboxrt.gofer import Gofer, PendingGofer, socket_path
 from sandboxrt.process import Process, ProcessInfo, process_infos
-from sandboxrt.sandbox import Sandbox
+from sandboxrt.sandbox import Sandbox, kill_process
 from sandboxrt.stores import FileStore, MetadataStore
 
 __all__ = ["Container", "CreateOptions", "OCIState", "Stats"]
@@ -396,9 +399,19 @@ class Container:
         return Config(**{k: v for k, v in self._record.config.items() if k in fields})
 
     @property
-    def gofer(self) -> None:
-        """The container's gofer; native sandboxes have none yet (it comes with the file API)."""
-        return None
+    def gofer(self) -> Gofer | None:
+        """The container's gofer (the process that serves :attr:`files`), started on
+        first use, while the container is created, running or paused; ``None`` once
+        it stopped."""
+        try:
+            return self._file_server()
+        except InvalidStateError:
+            return None
+
+    @property
+    def files(self) -> ContainerFiles:
+        """The container's files, served by its gofer: ``container.files.read_text(...)``."""
+        return ContainerFiles(self)
 
     @property
     def status(self) -> Status:
@@ -884,6 +897,55 @@ class Container:
             record = attrs.evolve(record, spec=self._record.spec)
         self._record = record
 
+    def _file_server(self) -> Gofer:
+        """The gofer, for the file API, started (under the lock) if it was not yet:
+        :class:`InvalidStateError` unless the container is created, running or paused."""
+        self._refresh()
+        record = self._record
+        require(Operation.FILES, self.id, _effective_status(record, self.sandbox))
+        if record.gofer is None:
+            with self._locked() as sandbox:
+                require(Operation.FILES, self.id, _effective_status(self._record, sandbox))
+                assert sandbox is not None
+                if self._record.gofer is None:
+                    try:
+                        self._start_gofer(sandbox)
+                    except SandboxDiedError:  # it stopped meanwhile
+                        require(Operation.FILES, self.id, _effective_status(self._record, sandbox))
+                        raise
+            record = self._record
+        assert record.gofer is not None
+        return Gofer(self.id, record.gofer, socket_path(record.runtime_dir, self.id))
+
+    def _start_gofer(
+        self, sandbox: Sandbox, pending: PendingGofer | None = None, *, save: bool = True
+    ) -> None:
+        """Start the container's gofer (``pending``, or a new one) and record it (under the
+        lock; decision 25); ``save=False`` leaves saving the record to the caller."""
+        user = (self._record.spec.get("process") or {}).get("user") or {}
+        pending = pending or PendingGofer(None)
+        try:
+            root = sandbox.root(self.id)
+            try:
+                serving = pending.start(
+                    self.id,
+                    root=root,
+                    supervisor=sandbox.supervisor,
+                    runtime_dir=sandbox.runtime_dir,
+                    uid=int(user.get("uid", 0)),
+                    gid=int(user.get("gid", 0)),
+                )
+            finally:
+                os.close(root)
+            if serving is None:
+                raise InvalidStateError("use the files of", self.id, str(Status.STOPPED))
+            self._record = attrs.evolve(self._record, gofer=serving.identity)
+            if save:
+                self._store.save(self._record)
+        except BaseException:
+            pending.abort()
+            raise
+
     def _locked(self) -> _Locked:
         return _Locked(self)
 
@@ -903,6 +965,10 @@ class Container:
         thawed (a root's paused subcontainers too: frozen processes would keep
         the supervisor, PID 1 of their namespace, from ending).
         """
+        if self._record.gofer is not None and not kill_process(
+            self._record.gofer, self._destroy_timeout()
+        ):
+            raise GoferError(self.id, f"pid {self._record.gofer.pid} did not exit")
         sandbox = self.sandbox
         timeout = self._destroy_timeout()
         if sandbox is not None and not self.is_subcontainer:

@@ -9,16 +9,25 @@ This module imports only the standard library: the sandbox supervisor uses it.
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 from collections.abc import Sequence
 
 __all__ = [
     "AmbiguousIDError",
     "ContainerExistsError",
+    "ContainerFileError",
+    "ContainerFileExistsError",
+    "ContainerFileNotFoundError",
+    "ContainerIsADirectoryError",
+    "ContainerNotADirectoryError",
     "ContainerNotFoundError",
+    "ContainerPermissionError",
     "CorruptMetadataError",
     "CreateTimeoutError",
     "ExecError",
+    "GoferError",
     "HookError",
     "InitError",
     "InvalidIDError",
@@ -35,6 +44,7 @@ __all__ = [
     "SpecError",
     "SystemCallError",
     "WaitTimeoutError",
+    "file_error",
 ]
 
 
@@ -320,3 +330,62 @@ class CreateTimeoutError(SandboxrtError, TimeoutError):
         )
         self.container_id = container_id
         self.timeout = timeout
+
+
+class GoferError(SandboxrtError):
+    """A container's gofer is not running, so its file API cannot work."""
+
+    def __init__(self, container_id: str, detail: str = "") -> None:
+        text = f'the gofer of container "{container_id}" is not running'
+        if detail:
+            text += f": {detail}"
+        super().__init__(text)
+        self.container_id = container_id
+
+
+class ContainerFileError(SandboxrtError, OSError):
+    """A file operation in a container failed; ``filename`` is the container's path.
+
+    The subclasses below are also the matching builtin (``FileNotFoundError``...).
+    """
+
+    def __init__(self, container_id: str, path: str, err: int, reason: str) -> None:
+        super().__init__(err, f'container "{container_id}": {reason}', path)
+        self.container_id = container_id
+
+
+class ContainerFileNotFoundError(ContainerFileError, FileNotFoundError):
+    """A path of the container does not exist."""
+
+
+class ContainerFileExistsError(ContainerFileError, FileExistsError):
+    """A path of the container exists already."""
+
+
+class ContainerIsADirectoryError(ContainerFileError, IsADirectoryError):
+    """A path of the container is a directory where a file was expected."""
+
+
+class ContainerNotADirectoryError(ContainerFileError, NotADirectoryError):
+    """A path of the container is not a directory where one was expected."""
+
+
+class ContainerPermissionError(ContainerFileError, PermissionError):
+    """An operation on a container's file is not permitted (a read-only mount, say)."""
+
+
+_FILE_ERRORS: dict[int, type[ContainerFileError]] = {
+    errno.ENOENT: ContainerFileNotFoundError,
+    errno.EEXIST: ContainerFileExistsError,
+    errno.EISDIR: ContainerIsADirectoryError,
+    errno.ENOTDIR: ContainerNotADirectoryError,
+    errno.EACCES: ContainerPermissionError,
+    errno.EPERM: ContainerPermissionError,
+    errno.EROFS: ContainerPermissionError,
+}
+
+
+def file_error(container_id: str, path: str, err: int, reason: str = "") -> ContainerFileError:
+    """The :class:`ContainerFileError` (subclass) for ``errno`` ``err`` on ``path``."""
+    cls = _FILE_ERRORS.get(err, ContainerFileError)
+    return cls(container_id, path, err, reason or os.strerror(err))

@@ -46,7 +46,7 @@ from sandboxrt.errors import (
     WaitTimeoutError,
 )
 
-__all__ = ["Sandbox"]
+__all__ = ["Sandbox", "kill_process", "open_pidfd"]
 
 #: What ``wait`` reports when the supervisor was killed before it could record an exit.
 KILLED_RETURNCODE = -signal.SIGKILL
@@ -261,8 +261,7 @@ class Sandbox:
 
     def is_running(self) -> bool:
         """Whether the supervisor process (not one reusing its pid) still runs."""
-        s = self.supervisor
-        return procfs.is_alive(s.pid, s.start_ticks, s.boot_id)
+        return _alive(self.supervisor)
 
     def exit_file_of(self, container_id: str) -> str:
         """Where the supervisor records the exit status of container ``container_id``."""
@@ -320,6 +319,15 @@ class Sandbox:
         if not reply.ok:
             raise remote_error(container_id, reply.error_type, reply.error, reply.details)
         return reply
+
+    def root(self, container_id: str) -> int:
+        """An ``O_PATH`` fd of the container's root as it sees it (its mounts made, pivoted),
+        which the supervisor opened when the container was created."""
+        reply, fds = self.exchange(container_id, Request("root", container_id))
+        if not reply.ok or len(fds) != 1:
+            channel.close_fds(fds)
+            raise remote_error(container_id, reply.error_type or "ProtocolError", reply.error, {})
+        return fds[0]
 
     def start(self, container_id: str, state: dict[str, Any]) -> None:
         """Release the container's init: it runs startContainer hooks, then execs."""
@@ -541,29 +549,7 @@ class Sandbox:
 
         Waits up to ``timeout`` seconds for it to exit; ``True`` once it is gone.
         """
-        try:
-            pidfd = os.pidfd_open(self.pid)
-        except ProcessLookupError:
-            return True
-        except OSError:  # no pidfds on this kernel: signal by pid, poll with backoff
-            if self.is_running():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, signal.SIGKILL)
-            return not backoff.on_predicate(
-                backoff.expo, lambda alive: alive, max_time=timeout, factor=0.001, max_value=0.05
-            )(self.is_running)()
-        try:
-            # The pidfd pins one process: check it is ours before signalling it.
-            if not self.is_running():
-                return True
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            poller.poll(timeout * 1000)  # readable once the process has exited
-            return not self.is_running()
-        finally:
-            os.close(pidfd)
+        return kill_process(self.supervisor, timeout)
 
     def owns_pid_namespace(self) -> bool:
         """Whether the supervisor is PID 1 of a PID namespace (its death then kills the rest)."""
@@ -596,6 +582,53 @@ class Sandbox:
                 )
         if not self.kill(timeout):
             raise SandboxDiedError(self.id, f"the supervisor (pid {self.pid}) did not exit")
+
+
+def _alive(identity: ProcessIdentity) -> bool:
+    return procfs.is_alive(identity.pid, identity.start_ticks, identity.boot_id)
+
+
+def kill_process(identity: ProcessIdentity, timeout: float = 0.0) -> bool:
+    """SIGKILL the process ``identity`` names (never one reusing its pid).
+
+    Waits up to ``timeout`` seconds for it to exit; ``True`` once it is gone.
+    """
+    try:
+        pidfd = os.pidfd_open(identity.pid)
+    except ProcessLookupError:
+        return True
+    except OSError:  # no pidfds on this kernel: signal by pid, poll with backoff
+        if _alive(identity):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(identity.pid, signal.SIGKILL)
+        return not backoff.on_predicate(
+            backoff.expo, lambda alive: alive, max_time=timeout, factor=0.001, max_value=0.05
+        )(lambda: _alive(identity))()
+    try:
+        # The pidfd pins one process: check it is ours before signalling it.
+        if not _alive(identity):
+            return True
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.poll(timeout * 1000)  # readable once the process has exited
+        return not _alive(identity)
+    finally:
+        os.close(pidfd)
+
+
+def open_pidfd(identity: ProcessIdentity) -> int | None:
+    """A pidfd of the process ``identity`` names, or None once it is gone."""
+    try:
+        pidfd = os.pidfd_open(identity.pid)
+    except OSError:
+        return None
+    if not _alive(identity):
+        os.close(pidfd)
+        return None
+    os.set_inheritable(pidfd, False)
+    return pidfd
 
 
 def _reap(process: LaunchedProcess) -> None:

@@ -634,3 +634,13 @@ def in_subprocess(store: FileStore, code: str) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
+
+
+def test_each_container_of_a_pod_has_its_own_files(pod: Pod, bundle: BundleFactory) -> None:
+    sub = add_running(pod, bundle(SLEEP), "files-sub")
+    sub.files.write_text("/who", "sub\n")
+    pod.root.files.write_text("/who", "root\n")
+    assert sub.exec_run(["cat", "/who"], capture_output=True).stdout == b"sub\n"
+    assert pod.root.exec_run(["cat", "/who"], capture_output=True).stdout == b"root\n"
+    assert sub.gofer is not None and pod.root.gofer is not None
+    assert sub.gofer.pid != pod.root.gofer.pid and sub.gofer.socket != pod.root.gofer.socket

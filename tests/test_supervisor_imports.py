@@ -29,12 +29,14 @@ ALLOWED = frozenset(
         "sandboxrt._core",
         "sandboxrt._core.abi",
         "sandboxrt._core.protocol",
+        "sandboxrt._core.file_protocol",
         "sandboxrt._core.users",
         "sandboxrt._os",
         "sandboxrt._proc",
         "sandboxrt._proc.supervisor",
         "sandboxrt._proc.init",
         "sandboxrt._proc.hooks",
+        "sandboxrt._proc.gofer",
     }
 )
 
@@ -96,6 +98,14 @@ def test_supervisor_imports_only_stdlib_only_modules(site: bool) -> None:
         f"\nimport sandboxrt._proc.supervisor ({'site' if site else 'no site'}): "
         f"{seconds * 1000:.1f} ms, {len(modules)} modules"
     )
+
+
+@pytest.mark.parametrize("site", [False, True], ids=["-I -S", "-I"])
+def test_gofer_imports_only_stdlib_only_modules(site: bool) -> None:
+    """The gofer starts like a sandbox (a fresh interpreter or a fork of the fork server)."""
+    modules, _ = fresh_import("sandboxrt._proc.gofer", site=site)
+    _check(modules)
+    assert "sandboxrt._proc.supervisor" not in modules  # nothing of the sandbox's side
 
 
 @pytest.mark.skipif(

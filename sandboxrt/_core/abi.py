@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 __all__ = [
+    "AT_FDCWD",
+    "AT_RECURSIVE",
     "BPF_CGROUP_DEVICE",
     "BPF_F_ALLOW_MULTI",
     "BPF_PROG_TYPE_CGROUP_DEVICE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
     "CLONE_NEWCGROUP",
     "CLONE_NEWIPC",
     "CLONE_NEWNET",
@@ -36,10 +43,17 @@ __all__ = [
     "MS_SYNCHRONOUS",
     "MS_UNBINDABLE",
     "NAMESPACE_FLAGS",
+    "OPEN_TREE_CLOEXEC",
+    "OPEN_TREE_CLONE",
     "PR_SET_CHILD_SUBREAPER",
     "PR_SET_DUMPABLE",
     "PR_SET_NO_NEW_PRIVS",
     "PR_SET_PDEATHSIG",
+    "RESOLVE_BENEATH",
+    "RESOLVE_IN_ROOT",
+    "RESOLVE_NO_MAGICLINKS",
+    "RESOLVE_NO_SYMLINKS",
+    "RESOLVE_NO_XDEV",
     "SECCOMP_FILTER_FLAGS",
 ]
 
@@ -100,6 +114,25 @@ SECCOMP_FILTER_FLAGS = {
     "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV": 32,
 }
 
+# openat2(2) ``resolve`` flags.
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+# Capability numbers (capabilities(7)) the gofer keeps.
+CAP_CHOWN = 0
+CAP_DAC_OVERRIDE = 1
+CAP_DAC_READ_SEARCH = 2
+CAP_FOWNER = 3
+CAP_FSETID = 4
+
+# open_tree(2) and move_mount(2).
+AT_FDCWD = -100
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = 0o2000000
+AT_RECURSIVE = 0x8000
 #: ``bpf(2)``: the cgroup device program type, its attach type, and several programs per cgroup.
 BPF_PROG_TYPE_CGROUP_DEVICE = 15
 BPF_CGROUP_DEVICE = 6

@@ -40,6 +40,7 @@ __all__ = [
     "SeccompPlan",
     "decode",
     "encode",
+    "register",
 ]
 
 #: The largest message either side accepts, in bytes.
@@ -125,6 +126,9 @@ class MountPlan:
     data: str = ""
     propagation: list[int] = dataclasses.field(default_factory=list)
     bind: bool = False
+    #: A bind mount's source as a detached mount (``open_tree``, made by the gofer): its
+    #: index among the tree fds that follow the init's stdio; -1: bind ``source`` by path.
+    tree: int = -1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,6 +369,8 @@ class Request(_Message):
             "create-container",
             "destroy-container",
             "upper",
+            "gofer",
+            "root",
         }
     )
 
@@ -445,6 +451,14 @@ def _resolve_hints(cls: type[Any]) -> None:
 # inits) do not evaluate annotations again at their first message.
 for _cls in _KINDS.values():
     _resolve_hints(_cls)
+
+
+def register(*classes: type[_Message]) -> None:
+    """Make more message types known to :func:`decode` (another conversation's messages)."""
+    for cls in classes:
+        if _KINDS.setdefault(cls.kind, cls) is not cls:
+            raise ValueError(f"message kind {cls.kind!r} is taken")
+        _resolve_hints(cls)
 
 
 def encode(message: _Message) -> bytes:

@@ -45,6 +45,7 @@ class Operation(enum.StrEnum):
     CHECKPOINT = "checkpoint"
     PROCESSES = "processes"
     STATS = "stats"
+    FILES = "files"
     DESTROY = "destroy"
     #: Add a subcontainer to the sandbox whose root this container is (a pod).
     ADD_CONTAINER = "add-container"
@@ -73,6 +74,7 @@ ALLOWED_BY_OPERATION: Mapping[Operation, frozenset[Status]] = {
     Operation.CHECKPOINT: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
     Operation.PROCESSES: frozenset({_S.RUNNING, _S.PAUSED}),
     Operation.STATS: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
+    Operation.FILES: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
     Operation.DESTROY: frozenset(_S),
     Operation.ADD_CONTAINER: frozenset({_S.CREATED, _S.RUNNING}),
 }
@@ -83,6 +85,7 @@ _VERBS: Mapping[Operation, str] = {
     Operation.EXEC: "exec in",
     Operation.PROCESSES: "list the processes of",
     Operation.STATS: "read the stats of",
+    Operation.FILES: "use the files of",
     Operation.ADD_CONTAINER: "add a container to",
 }
 

@@ -49,6 +49,7 @@ __all__ = [
     "default_dev_symlinks",
     "make_mount",
     "mask_paths",
+    "open_beneath",
     "open_fd_table",
     "open_pty",
     "overlay_root",
@@ -56,6 +57,7 @@ __all__ = [
     "read_beneath_root",
     "readonly_paths",
     "remount_root_readonly",
+    "reopen",
     "resolve_beneath_root",
 ]
 
@@ -163,6 +165,39 @@ def _walk(
             os.close(fd)
 
 
+#: Whether this kernel has ``openat2(2)`` (cleared at the first ``ENOSYS``).
+_have_openat2 = True
+_RESOLVE = abi.RESOLVE_IN_ROOT | abi.RESOLVE_NO_MAGICLINKS
+
+
+def open_beneath(root_fd: int, path: str, *, follow: bool = True) -> int:
+    """An ``O_PATH`` fd on ``path`` resolved beneath ``root_fd`` as the container sees it.
+
+    ``openat2`` with ``RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`` (retried on
+    ``EAGAIN``, which a racing rename causes); where the kernel lacks it, the
+    component walk :func:`_walk`. Absolute symlinks and ``..`` stay beneath
+    the root; magic links are refused (``ELOOP``) or never followed. With
+    ``follow=False`` a symlink as the last component is opened itself.
+    """
+    global _have_openat2
+    if _have_openat2:
+        flags = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+        for _ in range(64):
+            try:
+                return syscalls.openat2(root_fd, path, flags, 0, _RESOLVE)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno != errno.ENOSYS:
+                    raise OSError(exc.errno, os.strerror(exc.errno or 0), path) from None
+                _have_openat2 = False
+                break
+        else:
+            raise OSError(errno.EAGAIN, "the path kept changing while it was resolved", path)
+    fd, _ = _walk(root_fd, path, follow=follow)
+    return fd
+
+
 def _create(parent: int, name: str, *, directory: bool) -> None:
     with contextlib.suppress(FileExistsError):  # lost a race: the open that follows decides
         if directory:
@@ -194,6 +229,15 @@ def _fd_dir() -> int:
             raise _unsafe("/proc is not this process's procfs", "/proc")
         _fd_table = (pid, fd)
     return _fd_table[1]
+
+
+def reopen(fd: int, flags: int) -> int:
+    """A new open file description of ``fd``'s file (an ``O_PATH`` fd, say) with ``flags``.
+
+    Goes through this process's own ``/proc/<pid>/fd``, so it reopens exactly
+    that inode, whatever its path names now.
+    """
+    return os.open(str(fd), flags | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=_fd_dir())
 
 
 def open_fd_table() -> None:
@@ -263,6 +307,12 @@ def _bind_fds(
     be ``source_fd``'s file; the remount with the other flags goes onto that fd.
     """
     _fd_mount(source_fd, target_fd, None, abi.MS_BIND | (flags & abi.MS_REC), what=path)
+    _check_bound(source_fd, root_fd, path, flags, follow=follow)
+
+
+def _check_bound(source_fd: int, root_fd: int, path: str, flags: int, *, follow: bool) -> None:
+    """After a bind of ``source_fd`` onto ``path``: the mount there must be that file; then
+    remount it with ``flags``' other flags."""
     mounted, _ = _walk(root_fd, path, follow=follow)
     try:
         if not _same_file(os.fstat(mounted), os.fstat(source_fd)):
@@ -304,12 +354,33 @@ def _mount_point(root_fd: int, root: str, plan: MountPlan, *, directory: bool) -
     return fd
 
 
-def make_mount(root: str, plan: MountPlan) -> None:
-    """Perform one spec mount beneath ``root`` (before ``pivot_root``)."""
+def _attach_tree(tree: int, root_fd: int, root: str, plan: MountPlan) -> None:
+    """Attach the detached mount ``tree`` (``open_tree``) at ``plan.destination``, opened
+    beneath the root, then check it and apply the plan's flags."""
+    directory = stat.S_ISDIR(os.fstat(tree).st_mode)
+    target_fd = _mount_point(root_fd, root, plan, directory=directory)
+    try:
+        try:
+            syscalls.move_mount(tree, target_fd)
+        except OSError as exc:
+            raise OSError(exc.errno, f"mount on {plan.destination}: {exc.strerror}") from None
+        _check_bound(tree, root_fd, plan.destination, plan.flags, follow=True)
+    finally:
+        os.close(target_fd)
+
+
+def make_mount(root: str, plan: MountPlan, tree: int | None = None) -> None:
+    """Perform one spec mount beneath ``root`` (before ``pivot_root``).
+
+    ``tree``: the bind source as a detached mount (``open_tree``), attached
+    with ``move_mount`` instead of a bind of ``plan.source`` by path.
+    """
     root = os.path.realpath(root)
     root_fd = _open_root(root)
     try:
-        if plan.bind:
+        if plan.bind and tree is not None:
+            _attach_tree(tree, root_fd, root, plan)
+        elif plan.bind:
             try:
                 source_fd = os.open(plan.source, os.O_PATH | os.O_CLOEXEC)
             except FileNotFoundError:

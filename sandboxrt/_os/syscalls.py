@@ -30,6 +30,8 @@ __all__ = [
     "fsopen",
     "mount",
     "move_mount",
+    "open_tree",
+    "openat2",
     "pivot_root",
     "prctl",
     "seccomp_set_filter",
@@ -42,6 +44,10 @@ __all__ = [
 ]
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+#: open_tree, move_mount and openat2 have one number on every architecture (5.2, 5.6).
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+_SYS_OPENAT2 = 437
 _SYS_SECCOMP = {"x86_64": 317, "aarch64": 277, "riscv64": 277, "ppc64le": 358, "s390x": 348}
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 
@@ -114,6 +120,29 @@ def set_process_name(name: str) -> None:
     """Set the calling thread's name (``/proc/PID/comm``, at most 15 bytes)."""
     buffer = ctypes.create_string_buffer(name.encode()[:15])
     _check(_libc.prctl(ctypes.c_int(_PR_SET_NAME), buffer, 0, 0, 0), "prctl(PR_SET_NAME)")
+
+
+class _OpenHow(ctypes.Structure):
+    """``struct open_how`` of ``openat2(2)``."""
+
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
+    """``openat2(2)``: a new fd (pass ``O_CLOEXEC`` in ``flags``); ``OSError`` as the kernel says.
+
+    ``ENOSYS`` where the kernel lacks it; ``EAGAIN`` when a rename raced a
+    ``RESOLVE_IN_ROOT`` lookup (the caller retries).
+    """
+    how = _OpenHow(flags, mode, resolve)
+    args = (ctypes.c_int(dirfd), os.fsencode(path), ctypes.byref(how), ctypes.c_size_t(24))
+    return _check(_libc.syscall(ctypes.c_long(_SYS_OPENAT2), *args), "openat2", path)
+
+
+def open_tree(dirfd: int, path: str, flags: int) -> int:
+    """``open_tree(2)``: with ``OPEN_TREE_CLONE``, a detached copy of the mount at ``path``."""
+    args = (ctypes.c_int(dirfd), os.fsencode(path), ctypes.c_uint(flags))
+    return _check(_libc.syscall(ctypes.c_long(_SYS_OPEN_TREE), *args), "open_tree", path)
 
 
 # -- seccomp -------------------------------------------------------------------------------

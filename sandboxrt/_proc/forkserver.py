@@ -16,12 +16,13 @@ import select
 import selectors
 import signal
 import socket
+from collections.abc import Callable
 from typing import NoReturn
 
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import Launched, Request
 from sandboxrt._os import channel, syscalls
-from sandboxrt._proc import supervisor
+from sandboxrt._proc import gofer, supervisor
 
 __all__ = ["serve"]
 
@@ -105,15 +106,16 @@ class _Server:
             os.close(self.mounts.fd)
         _child()
 
-    def launch(self, fds: list[int]) -> None:
-        """Fork a process that enters a new sandbox's namespaces (the cold path)."""
+    def launch(self, fds: list[int], entry: Callable[[int], NoReturn] = supervisor.main) -> None:
+        """Fork a process that runs ``entry``: by default it enters a new sandbox's
+        namespaces (the cold path); :func:`gofer.serve_here` becomes a container's gofer."""
         bootstrap_fd, log_fd = fds
         if os.fork() == 0:
             try:
                 self.forget()
                 os.dup2(log_fd, 2)
                 os.close(log_fd)
-                supervisor.main(bootstrap_fd)
+                entry(bootstrap_fd)
             finally:
                 os._exit(1)
 
@@ -176,7 +178,10 @@ class _Server:
             os._exit(0)
         except ValueError:
             return  # nothing to answer: a failed launch shows as a silent bootstrap socket
-        if request.op == "launch" and len(fds) == 2:
+        if request.op == "gofer" and len(fds) == 2:
+            with contextlib.suppress(OSError):
+                self.launch(fds, gofer.serve_here)
+        elif request.op == "launch" and len(fds) == 2:
             if request.all:  # peeked before the plan is read: for the next warm sandbox
                 self.hint = _peek(fds[0]) if request.speculation else None
             if request.all and self.hand_over(fds):

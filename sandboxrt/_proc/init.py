@@ -90,7 +90,11 @@ def find_executable(name: str, env: Sequence[str]) -> str:
     raise FileNotFoundError(f"executable file {name!r} not found in $PATH")
 
 
-def _prepare_root(plan: InitPlan, sync: socket.socket, new_cgroup_namespace: bool) -> None:
+def _prepare_root(
+    plan: InitPlan, sync: socket.socket, new_cgroup_namespace: bool, trees: Sequence[int] = ()
+) -> None:
+    """Build the root of ``plan``. ``trees`` are detached mounts (the gofer's
+    ``open_tree``) for the bind mounts whose plan names one (``MountPlan.tree``)."""
     syscalls.unshare(abi.CLONE_NEWNS)
     syscalls.mount(None, "/", None, abi.MS_REC | abi.MS_PRIVATE)
     root = os.path.realpath(plan.rootfs)
@@ -105,7 +109,9 @@ def _prepare_root(plan: InitPlan, sync: socket.socket, new_cgroup_namespace: boo
     else:
         mounts.bind_rootfs(root)
     for mount in plan.mounts:
-        mounts.make_mount(root, mount)
+        tree = trees[mount.tree] if 0 <= mount.tree < len(trees) else None
+        mounts.make_mount(root, mount, tree)
+    channel.close_fds(trees)
     dev_is_tmpfs = any(m.destination.rstrip("/") == "/dev" for m in plan.mounts)
     devices = list(plan.devices)
     if dev_is_tmpfs and plan.default_devices:

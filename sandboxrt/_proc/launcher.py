@@ -21,6 +21,7 @@ from sandboxrt.errors import SandboxrtError
 
 __all__ = [
     "ForkServerLauncher",
+    "GoferLauncher",
     "LaunchedProcess",
     "Launcher",
     "SubprocessLauncher",
@@ -71,8 +72,15 @@ class SubprocessLauncher:
         self.python = python
 
     def launch(self, *, bootstrap_fd: int, log_fd: int, warm: bool = False) -> LaunchedProcess:
+        return self._start("sandboxrt._proc.supervisor", bootstrap_fd, log_fd)
+
+    def launch_gofer(self, *, bootstrap_fd: int, log_fd: int) -> LaunchedProcess:
+        """Start a process that runs ``sandboxrt._proc.gofer.main(bootstrap_fd)``."""
+        return self._start("sandboxrt._proc.gofer", bootstrap_fd, log_fd)
+
+    def _start(self, module: str, bootstrap_fd: int, log_fd: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            python_command("sandboxrt._proc.supervisor", "main", bootstrap_fd, self.python),
+            python_command(module, "main", bootstrap_fd, self.python),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log_fd,
@@ -130,11 +138,18 @@ class ForkServerLauncher:
         return ours
 
     def launch(self, *, bootstrap_fd: int, log_fd: int, warm: bool = False) -> LaunchedProcess:
+        launch = Request("launch", all=warm, speculation=self.build_ahead)
+        return self._ask(launch, bootstrap_fd, log_fd)
+
+    def launch_gofer(self, *, bootstrap_fd: int, log_fd: int) -> LaunchedProcess:
+        """Have the fork server fork a process that runs ``sandboxrt._proc.gofer.main``."""
+        return self._ask(Request("gofer"), bootstrap_fd, log_fd)
+
+    def _ask(self, request: Request, bootstrap_fd: int, log_fd: int) -> LaunchedProcess:
         with self._lock:
             sock = self._connection()
             try:
-                launch = Request("launch", all=warm, speculation=self.build_ahead)
-                channel.send(sock, launch, [bootstrap_fd, log_fd])
+                channel.send(sock, request, [bootstrap_fd, log_fd])
             except OSError as exc:
                 self.close()
                 raise SandboxrtError(f"the sandbox fork server failed: {exc}") from exc
@@ -152,6 +167,15 @@ class ForkServerLauncher:
 
 _default: ForkServerLauncher | None = None
 _default_lock = threading.Lock()
+
+
+@runtime_checkable
+class GoferLauncher(Protocol):
+    """A :class:`Launcher` that can also start a container's gofer: a process that runs
+    ``sandboxrt._proc.gofer.main(bootstrap_fd)`` (same rules as ``launch``). For a
+    launcher without it, gofers start with :class:`SubprocessLauncher`."""
+
+    def launch_gofer(self, *, bootstrap_fd: int, log_fd: int) -> LaunchedProcess: ...
 
 
 def default_launcher() -> Launcher:

@@ -158,6 +158,9 @@ class _Member:
     cgroup_fds: list[int] | None = None
     #: An fd on its overlay root's upper directory (from its init), or -1.
     upper: int = -1
+    #: ``O_PATH`` fd of its root as its init sees it (mounts made, pivoted), opened at
+    #: ``created``, for its gofer (``root`` requests).
+    root_fd: int | None = None
 
     def __post_init__(self) -> None:
         self.cgroup_procs = self.cgroup_procs or list(self.plan.cgroup_procs)
@@ -336,6 +339,8 @@ class Supervisor:
             if step.step == "overlay" and len(fds) == 1 and root.upper < 0:
                 root.upper = fds[0]  # ours to keep, for the library's "upper" requests
                 continue
+            if step.step == "created":
+                root.root_fd = _open_root(root.init_pid)  # for the gofer (``root`` requests)
             self.report(step, fds)
             channel.close_fds(fds)
             if step.step == "mounted":
@@ -488,6 +493,13 @@ class Supervisor:
                 return self._signal_exec(member, request.pid, request.signal, group=request.group)
             self._signal(member, request.signal, everyone=request.all, group=request.group)
             return Reply(True)
+        if request.op == "root":
+            if member.root_fd is None:
+                error = "the container's root is not open"
+                return Reply(False, error=error, error_type="ProtocolError")
+            with contextlib.suppress(OSError):
+                channel.send(conn, Reply(True), [member.root_fd])
+            return None
         if request.op == "upper":
             if member.upper < 0:
                 error = "the container has no overlay root"
@@ -571,6 +583,7 @@ class Supervisor:
         if step.step != "created":
             self._remove(member)
             return
+        member.root_fd = _open_root(member.init_pid)
         self.selector.unregister(sync)
         member.creator = None
         started = None
@@ -632,6 +645,9 @@ class Supervisor:
         if member.upper >= 0:
             os.close(member.upper)
             member.upper = -1
+        if member.root_fd is not None:
+            os.close(member.root_fd)
+            member.root_fd = None
         if member.init_sync is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(member.init_sync)
@@ -1023,6 +1039,15 @@ def _launched(pid: int) -> Launched:
     """Name our child ``pid`` for the library; as its parent we read its start time safely."""
     info = procfs.read_stat(pid)
     return Launched(pid, info.start_ticks if info is not None else 0)
+
+
+def _open_root(init_pid: int) -> int | None:
+    """An ``O_PATH`` fd of an init's root as its container sees it, or None if it cannot
+    be opened (the init died)."""
+    try:
+        return os.open(f"/proc/{init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 class RootAhead:

@@ -1,0 +1,157 @@
+"""The messages between the library's file API and a container's gofer.
+
+One :class:`FileRequest` a datagram on ``<runtime dir>/gofer-<id hash>.sock``, one
+:class:`FileReply` each; an opened regular file comes back alongside as an
+fd (``SCM_RIGHTS``), never a directory. Paths are the container's paths.
+Standard library only: the gofer imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from typing import Any, ClassVar
+
+from sandboxrt._core.protocol import _Message, register
+
+__all__ = [
+    "OPEN_FLAGS",
+    "FileReply",
+    "FileRequest",
+    "FileStat",
+    "GoferPrepare",
+    "GoferStart",
+    "WalkEntry",
+]
+
+#: The ``open(2)`` flags a request may carry; the gofer drops any other.
+OPEN_FLAGS = os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_APPEND
+
+
+@dataclasses.dataclass(frozen=True)
+class FileStat:
+    """What ``stat`` says about a file in a container (times in nanoseconds)."""
+
+    mode: int
+    size: int
+    uid: int
+    gid: int
+    nlink: int
+    ino: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def from_os(cls, st: os.stat_result) -> FileStat:
+        return cls(
+            mode=st.st_mode,
+            size=st.st_size,
+            uid=st.st_uid,
+            gid=st.st_gid,
+            nlink=st.st_nlink,
+            ino=st.st_ino,
+            atime_ns=st.st_atime_ns,
+            mtime_ns=st.st_mtime_ns,
+            ctime_ns=st.st_ctime_ns,
+        )
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_file(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def permissions(self) -> int:
+        """The mode's permission bits (``0o7777``)."""
+        return stat.S_IMODE(self.mode)
+
+
+@dataclasses.dataclass(frozen=True)
+class WalkEntry:
+    """One entry below a walked directory: its path relative to it, and what it is."""
+
+    path: str
+    #: ``"dir"``, ``"file"``, ``"symlink"`` or ``"other"`` (devices, fifos, sockets).
+    type: str
+    mode: int = 0
+    #: A symlink's target, as written.
+    target: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class GoferPrepare(_Message):
+    """Library → gofer, before the sandbox is launched: open these bind sources as detached
+    mounts (``open_tree``). ``binds`` are ``[host source, recursive]`` pairs; the answer is
+    ``Progress("trees")`` with one fd each, in order, or ``Progress("error")``."""
+
+    kind: ClassVar[str] = "gofer-prepare"
+
+    binds: list[list[Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class GoferStart(_Message):
+    """Library → gofer, once the container exists: with it come the container's root
+    (``O_PATH``), a pidfd of the sandbox's supervisor and the listening socket."""
+
+    kind: ClassVar[str] = "gofer-start"
+
+    container_id: str
+    #: Owner of what the file API creates: the container process's user.
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRequest(_Message):
+    """A file operation. ``op`` is one of :attr:`OPS`."""
+
+    kind: ClassVar[str] = "file-request"
+    OPS: ClassVar[frozenset[str]] = frozenset(
+        {"open", "stat", "listdir", "mkdir", "remove", "symlink", "walk"}
+    )
+
+    op: str
+    path: str = ""
+    #: ``open``: flags within :data:`OPEN_FLAGS`.
+    flags: int = 0
+    #: ``open`` (with ``O_CREAT``), ``mkdir``: permission bits of what is created.
+    mode: int = 0o644
+    #: ``mkdir``: create missing parents; with them an existing directory is fine.
+    parents: bool = False
+    #: ``remove``: a directory with everything in it.
+    recursive: bool = False
+    #: ``stat``: follow a symlink as the last component.
+    follow: bool = True
+    #: ``symlink``: the link's target.
+    target: str = ""
+
+    def __post_init__(self) -> None:
+        if self.op not in self.OPS:
+            raise ValueError(f"unknown file request {self.op!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FileReply(_Message):
+    """The answer to one :class:`FileRequest`; ``errno`` names a failure's cause."""
+
+    kind: ClassVar[str] = "file-reply"
+
+    ok: bool
+    error: str = ""
+    errno: int = 0
+    stat: FileStat | None = None
+    names: list[str] = dataclasses.field(default_factory=list)
+    entries: list[WalkEntry] = dataclasses.field(default_factory=list)
+
+
+register(GoferPrepare, GoferStart, FileRequest, FileReply)

@@ -1,0 +1,434 @@
+"""The gofer: one per container, the only way the file API reaches the container's files.
+
+Started like a sandbox: a child of the fork server (:func:`serve_here`), or
+a fresh stdlib-only interpreter whose :func:`main` forks the gofer, names it
+to the library (``Launched``) and exits. For a container with bind mounts a
+``GoferPrepare`` comes first: still privileged, and before its own mount
+namespace exists, it opens each bind source as a detached mount
+(``open_tree``) and sends the fds back; the init attaches them. Then the
+gofer enters a mount namespace of its own (every mount private), keeps only
+the capabilities that serving files as the container's user needs
+(:data:`KEPT_CAPABILITIES`), sets ``no_new_privs`` and is not dumpable. It
+then waits for ``GoferStart``,
+which brings an ``O_PATH`` fd of the container's root as the container sees
+it (its spec mounts included), a pidfd of the sandbox's supervisor and its
+listening socket. It serves ``FileRequest``s until the supervisor exits.
+
+Every path is resolved beneath that root (:func:`mounts.open_beneath`:
+``openat2`` with ``RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS``); mutations
+happen relative to the resolved parent's fd. Opened regular files go back to
+the library as fds; directory fds never leave this process (``..`` from
+one could climb above the root): listings and tree walks happen here.
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import posixpath
+import selectors
+import shutil
+import signal
+import socket
+import stat
+import sys
+import traceback
+from typing import Any, NoReturn
+
+from sandboxrt._core import abi
+from sandboxrt._core.file_protocol import (
+    OPEN_FLAGS,
+    FileReply,
+    FileRequest,
+    FileStat,
+    GoferPrepare,
+    GoferStart,
+    WalkEntry,
+)
+from sandboxrt._core.protocol import Launched, Progress
+from sandboxrt._os import capabilities, channel, mounts, procfs, syscalls
+
+__all__ = ["KEPT_CAPABILITIES", "PROCESS_NAME", "main", "serve_here"]
+
+#: The gofer's name in ``/proc/PID/comm``.
+PROCESS_NAME = "sandboxrt-gofer"
+
+#: The capabilities the gofer keeps: reading and writing any file of the container and
+#: giving what it creates to the container's user. No ``CAP_SYS_ADMIN``, no ptrace, no net.
+KEPT_CAPABILITIES = (
+    abi.CAP_CHOWN,
+    abi.CAP_DAC_OVERRIDE,
+    abi.CAP_DAC_READ_SEARCH,
+    abi.CAP_FOWNER,
+    abi.CAP_FSETID,
+)
+
+
+def _confine() -> None:
+    """Own mount namespace (all private), only :data:`KEPT_CAPABILITIES`, no_new_privs."""
+    syscalls.unshare(abi.CLONE_NEWNS)
+    syscalls.mount(None, "/", None, abi.MS_REC | abi.MS_PRIVATE)
+    capabilities.drop_bounding(KEPT_CAPABILITIES)
+    kept = capabilities.mask(KEPT_CAPABILITIES)
+    syscalls.capset(kept, kept, 0)
+    syscalls.ambient_clear_all()
+    syscalls.prctl(abi.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _open_trees(binds: list[list[Any]]) -> list[int]:
+    """Each bind source as a detached mount (``open_tree``; recursive for rbind)."""
+    trees: list[int] = []
+    try:
+        for source, recursive in binds:
+            flags = abi.OPEN_TREE_CLONE | abi.OPEN_TREE_CLOEXEC
+            flags |= abi.AT_RECURSIVE if recursive else 0
+            trees.append(syscalls.open_tree(abi.AT_FDCWD, source, flags))
+    except BaseException:
+        channel.close_fds(trees)
+        raise
+    return trees
+
+
+_O_DIR = os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _is_symlink(parent: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(name, dir_fd=parent).st_mode)
+    except OSError:
+        return False
+
+
+def _split(path: str) -> tuple[str, str]:
+    parent, name = posixpath.split(posixpath.normpath("/" + path))
+    if not name:
+        raise OSError(errno.EINVAL, "the container's root itself", path)
+    return parent, name
+
+
+class Files:
+    """The file operations, beneath one root fd, creating as ``uid:gid``."""
+
+    def __init__(self, root: int, uid: int, gid: int) -> None:
+        self.root = root
+        self.uid = uid
+        self.gid = gid
+
+    def resolve(self, path: str, *, follow: bool = True) -> int:
+        return mounts.open_beneath(self.root, path, follow=follow)
+
+    def parent(self, path: str) -> tuple[int, str]:
+        """An ``O_PATH`` fd on ``path``'s parent directory (resolved beneath the root) and
+        the last component's name."""
+        parent, name = _split(path)
+        fd = self.resolve(parent)
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), parent)
+        return fd, name
+
+    def _regular(self, fd: int, flags: int, path: str) -> int:
+        """Reopen ``O_PATH`` ``fd`` with ``flags`` if it is a regular file (closes ``fd``)."""
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            if not stat.S_ISREG(mode):
+                raise OSError(errno.EINVAL, "not a regular file", path)
+            return mounts.reopen(fd, flags)
+        finally:
+            os.close(fd)
+
+    def open(self, request: FileRequest) -> int:
+        flags = request.flags & OPEN_FLAGS
+        path = request.path
+        for _ in range(8):  # a file appearing between the lookup and the creation: again
+            try:
+                fd = self.resolve(path)
+            except FileNotFoundError:
+                if not flags & os.O_CREAT:
+                    raise
+            else:
+                if flags & os.O_CREAT and flags & os.O_EXCL:
+                    os.close(fd)
+                    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+                return self._regular(fd, flags & ~(os.O_CREAT | os.O_EXCL), path)
+            parent, name = self.parent(path)
+            try:
+                created = os.open(
+                    name,
+                    flags | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY,
+                    request.mode & 0o7777,
+                    dir_fd=parent,
+                )
+            except FileExistsError:
+                if flags & os.O_EXCL:
+                    raise
+                if _is_symlink(parent, name):
+                    raise FileExistsError(
+                        errno.EEXIST, "a symlink to nothing is in the way", path
+                    ) from None
+                continue
+            finally:
+                os.close(parent)
+            try:
+                os.fchown(created, self.uid, self.gid)
+                os.fchmod(created, request.mode & 0o7777)  # chown cleared set-id bits
+            except BaseException:
+                os.close(created)
+                raise
+            return created
+        raise OSError(errno.EAGAIN, "the path kept changing", path)
+
+    def stat(self, request: FileRequest) -> FileStat:
+        fd = self.resolve(request.path, follow=request.follow)
+        try:
+            return FileStat.from_os(os.fstat(fd))
+        finally:
+            os.close(fd)
+
+    def _directory(self, path: str) -> int:
+        """``path`` opened for reading as a directory (never leaves this process)."""
+        fd = self.resolve(path)
+        try:
+            if not stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+            return mounts.reopen(fd, os.O_RDONLY | os.O_DIRECTORY)
+        finally:
+            os.close(fd)
+
+    def listdir(self, request: FileRequest) -> list[str]:
+        fd = self._directory(request.path)
+        try:
+            return sorted(os.listdir(fd))
+        finally:
+            os.close(fd)
+
+    def _mkdir_one(self, path: str, mode: int) -> None:
+        parent, name = self.parent(path)
+        try:
+            os.mkdir(name, mode, dir_fd=parent)
+            os.chown(name, self.uid, self.gid, dir_fd=parent, follow_symlinks=False)
+            os.chmod(name, mode, dir_fd=parent, follow_symlinks=False)
+        finally:
+            os.close(parent)
+
+    def mkdir(self, request: FileRequest) -> None:
+        mode = request.mode & 0o7777
+        if not request.parents:
+            self._mkdir_one(request.path, mode)
+            return
+        parts = [p for p in posixpath.normpath("/" + request.path).split("/") if p]
+        for i in range(1, len(parts) + 1):
+            prefix = "/" + "/".join(parts[:i])
+            try:
+                fd = self.resolve(prefix)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):
+                    self._mkdir_one(prefix, mode)
+                fd = self.resolve(prefix)
+            try:
+                if not stat.S_ISDIR(os.fstat(fd).st_mode):
+                    raise FileExistsError(errno.EEXIST, "exists and is not a directory", prefix)
+            finally:
+                os.close(fd)
+
+    def remove(self, request: FileRequest) -> None:
+        parent, name = self.parent(request.path)
+        try:
+            st = os.lstat(name, dir_fd=parent)
+            if not stat.S_ISDIR(st.st_mode):
+                os.unlink(name, dir_fd=parent)
+            elif request.recursive:
+                # fd-based: each directory is opened, checked to be the one lstat saw,
+                # and emptied through its fd; symlinks are unlinked, never followed.
+                shutil.rmtree(name, dir_fd=parent)
+            else:
+                os.rmdir(name, dir_fd=parent)
+        finally:
+            os.close(parent)
+
+    def symlink(self, request: FileRequest) -> None:
+        parent, name = self.parent(request.path)
+        try:
+            os.symlink(request.target, name, dir_fd=parent)
+            os.chown(name, self.uid, self.gid, dir_fd=parent, follow_symlinks=False)
+        finally:
+            os.close(parent)
+
+    def walk(self, request: FileRequest) -> list[WalkEntry]:
+        """Every entry below a directory, parents first; symlinks are listed, not followed."""
+        entries: list[WalkEntry] = []
+        top = self._directory(request.path)
+        todo = [("", top)]
+        try:
+            while todo:
+                prefix, fd = todo.pop()
+                try:
+                    for entry in sorted(os.scandir(fd), key=lambda e: e.name):
+                        rel = prefix + entry.name
+                        st = entry.stat(follow_symlinks=False)
+                        if stat.S_ISLNK(st.st_mode):
+                            target = os.readlink(entry.name, dir_fd=fd)
+                            entries.append(WalkEntry(rel, "symlink", st.st_mode, target))
+                        elif stat.S_ISDIR(st.st_mode):
+                            entries.append(WalkEntry(rel, "dir", st.st_mode))
+                            try:
+                                sub = os.open(entry.name, os.O_RDONLY | _O_DIR, dir_fd=fd)
+                            except OSError:  # replaced meanwhile (by a symlink, say): skipped
+                                continue
+                            todo.append((rel + "/", sub))
+                        elif stat.S_ISREG(st.st_mode):
+                            entries.append(WalkEntry(rel, "file", st.st_mode))
+                        else:
+                            entries.append(WalkEntry(rel, "other", st.st_mode))
+                finally:
+                    os.close(fd)
+        finally:
+            channel.close_fds([fd for _, fd in todo])
+        return entries
+
+
+def handle(files: Files, request: FileRequest) -> tuple[FileReply, list[int]]:
+    """Serve one request: its reply, and the fd that goes with it (``open``)."""
+    try:
+        if request.op == "open":
+            return FileReply(True), [files.open(request)]
+        if request.op == "stat":
+            return FileReply(True, stat=files.stat(request)), []
+        if request.op == "listdir":
+            return FileReply(True, names=files.listdir(request)), []
+        if request.op == "walk":
+            return FileReply(True, entries=files.walk(request)), []
+        if request.op == "mkdir":
+            files.mkdir(request)
+        elif request.op == "remove":
+            files.remove(request)
+        elif request.op == "symlink":
+            files.symlink(request)
+        return FileReply(True), []
+    except OSError as exc:
+        return FileReply(False, error=exc.strerror or str(exc), errno=exc.errno or 0), []
+    except Exception as exc:
+        return FileReply(False, error=f"{type(exc).__name__}: {exc}"), []
+
+
+def _serve(files: Files, listener: socket.socket, supervisor: int) -> NoReturn:
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ, "listen")
+    selector.register(supervisor, selectors.EVENT_READ, "supervisor")
+    while True:
+        for key, _ in selector.select():
+            if key.data == "supervisor":
+                os._exit(0)  # the sandbox is gone: so is its container
+            if key.data == "listen":
+                with contextlib.suppress(OSError):
+                    accepted, _ = listener.accept()
+                    selector.register(accepted, selectors.EVENT_READ, "conn")
+                continue
+            conn = key.fileobj
+            if not isinstance(conn, socket.socket):
+                continue
+            try:
+                request, fds = channel.receive(conn, FileRequest)
+            except (OSError, ValueError):  # ChannelClosedError included
+                selector.unregister(conn)
+                conn.close()
+                continue
+            channel.close_fds(fds)
+            reply, sent = handle(files, request)
+            try:
+                channel.send(conn, reply, sent)
+            except (OSError, ValueError) as exc:
+                with contextlib.suppress(OSError):
+                    channel.send(conn, FileReply(False, error=f"cannot reply: {exc}"))
+            finally:
+                channel.close_fds(sent)
+
+
+def _prepare(
+    bootstrap: socket.socket, request: GoferPrepare, problem: BaseException | None
+) -> None:
+    """Answer a :class:`GoferPrepare` (still privileged: ``open_tree`` needs it)."""
+    try:
+        if problem is not None:
+            raise problem
+        trees = _open_trees(request.binds)
+    except Exception as exc:
+        channel.send(bootstrap, Progress("error", error=str(exc), error_type=type(exc).__name__))
+        return
+    try:
+        channel.send(bootstrap, Progress("trees"), trees)
+    finally:
+        channel.close_fds(trees)
+
+
+def _run(bootstrap: socket.socket) -> NoReturn:
+    problem: BaseException | None = None
+    try:
+        syscalls.set_process_name(PROCESS_NAME)
+        syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # the container must not reach into us
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.umask(0)  # requests carry the exact modes
+    except Exception as exc:
+        problem = exc
+    try:
+        first, fds = channel.receive_one_of(bootstrap, GoferPrepare, GoferStart)
+        if isinstance(first, GoferPrepare):
+            # Detached copies change no mount table: made before our own namespace, so
+            # that the container's creation, which waits for them, need not wait for it.
+            _prepare(bootstrap, first, problem)
+        if problem is None:
+            try:
+                _confine()
+            except Exception as exc:
+                problem = exc
+        if isinstance(first, GoferPrepare):
+            first, fds = channel.receive(bootstrap, GoferStart)
+    except BaseException:
+        os._exit(0)  # the creation failed or was abandoned
+    bootstrap.close()
+    if not isinstance(first, GoferStart) or len(fds) != 4:
+        os._exit(1)
+    root, supervisor, listen_fd, log_fd = fds
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    if problem is not None:
+        traceback.print_exception(problem, file=sys.stderr)
+        os._exit(1)
+    listener = socket.socket(fileno=listen_fd)
+    _serve(Files(root, first.uid, first.gid), listener, supervisor)
+
+
+def serve_here(bootstrap_fd: int) -> NoReturn:
+    """Entry point in a child of the fork server (which reaps it): be the gofer, no fork."""
+    bootstrap = socket.socket(fileno=bootstrap_fd)
+    os.set_inheritable(bootstrap_fd, False)
+    info = procfs.read_stat(os.getpid())
+    try:
+        channel.send(bootstrap, Launched(os.getpid(), info.start_ticks if info is not None else 0))
+        _run(bootstrap)
+    finally:
+        os._exit(1)
+
+
+def main(bootstrap_fd: int) -> NoReturn:
+    """Entry point of a fresh interpreter: fork the gofer, tell the library its pid, exit
+    (so that the launcher can wait for the launched process)."""
+    bootstrap = socket.socket(fileno=bootstrap_fd)
+    os.set_inheritable(bootstrap_fd, False)
+    try:
+        pid = os.fork()
+    except BaseException:
+        os._exit(1)
+    if pid == 0:
+        try:
+            _run(bootstrap)
+        finally:
+            os._exit(1)
+    info = procfs.read_stat(pid)  # its parent: it cannot be reaped meanwhile
+    with contextlib.suppress(OSError):
+        channel.send(bootstrap, Launched(pid, info.start_ticks if info is not None else 0))
+    os._exit(0)

@@ -1,0 +1,391 @@
+"""``container.files``: a container's files, read and written through its gofer.
+
+Paths are the container's own (on its rootfs, tmpfs and bind mounts alike)
+and are resolved by the gofer beneath the container's root, so ``..``,
+absolute symlinks and ``/proc/self/root`` never lead out of it. Regular
+files come back as fds: data moves between them and the host with
+``copy_file_range``/``sendfile`` in chunks (constant memory), never through
+the gofer. What the API creates belongs to the container process's user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import posixpath
+import socket
+import stat
+from collections.abc import Iterator
+from typing import IO, TYPE_CHECKING, Any
+
+from sandboxrt._core.file_protocol import FileReply, FileRequest, FileStat, WalkEntry
+from sandboxrt._os import channel
+from sandboxrt.errors import ContainerFileError, GoferError, file_error
+
+if TYPE_CHECKING:
+    from sandboxrt.container import Container
+    from sandboxrt.gofer import Gofer
+
+__all__ = ["ContainerFiles", "FileStat", "WalkEntry"]
+
+#: Bytes moved per system call when streaming a file in or out.
+CHUNK = 8 * 1024 * 1024
+
+HostPath = str | os.PathLike[str]
+
+
+def _open_flags(mode: str) -> int:
+    """``open(2)`` flags for a Python file ``mode`` (``"r"``, ``"wb"``, ``"a+"``...)."""
+    kinds = set(mode) & set("rwax")
+    if len(kinds) != 1 or len(set(mode)) != len(mode) or set(mode) - set("rwaxbt+"):
+        raise ValueError(f"invalid mode: {mode!r}")
+    if "b" in mode and "t" in mode:
+        raise ValueError(f"invalid mode: {mode!r}")
+    kind = kinds.pop()
+    flags = {
+        "r": 0,
+        "w": os.O_CREAT | os.O_TRUNC,
+        "a": os.O_CREAT | os.O_APPEND,
+        "x": os.O_CREAT | os.O_EXCL,
+    }[kind]
+    if "+" in mode:
+        return flags | os.O_RDWR
+    return flags | (os.O_RDONLY if kind == "r" else os.O_WRONLY)
+
+
+def _pump(src: int, dst: int) -> int:
+    """Copy ``src`` to ``dst`` from their offsets to the end, in chunks; bytes copied."""
+    total = 0
+    try:
+        while n := os.copy_file_range(src, dst, CHUNK):
+            total += n
+        return total
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+    try:
+        while n := os.sendfile(dst, src, None, CHUNK):
+            total += n
+        return total
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS):
+            raise
+    buffer = bytearray(1024 * 1024)
+    view = memoryview(buffer)
+    while n := os.readv(src, [buffer]):
+        written = 0
+        while written < n:
+            written += os.write(dst, view[written:n])
+        total += n
+    return total
+
+
+_O_HOST_DIR = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+class _Session:
+    """One connection to the gofer, for one verb (a tree copy makes many requests)."""
+
+    def __init__(self, gofer: Gofer, conn: socket.socket) -> None:
+        self.gofer = gofer
+        self.conn = conn
+
+    def call(self, request: FileRequest) -> tuple[FileReply, list[int]]:
+        reply, fds = self.gofer.ask(self.conn, request)
+        if not reply.ok:
+            channel.close_fds(fds)
+            cid = self.gofer.container_id
+            if reply.errno:
+                raise file_error(cid, request.path, reply.errno, reply.error)
+            raise ContainerFileError(cid, request.path, errno.EIO, reply.error)
+        return reply, fds
+
+    def open_fd(self, path: str, flags: int, mode: int = 0o644) -> int:
+        _, fds = self.call(FileRequest("open", path, flags=flags, mode=mode))
+        if len(fds) != 1:
+            channel.close_fds(fds)
+            raise ContainerFileError(self.gofer.container_id, path, errno.EIO, "no fd came back")
+        return fds[0]
+
+    def stat(self, path: str, *, follow: bool = True) -> FileStat:
+        reply, _ = self.call(FileRequest("stat", path, follow=follow))
+        assert reply.stat is not None
+        return reply.stat
+
+    def is_dir(self, path: str) -> bool:
+        try:
+            return self.stat(path).is_dir
+        except FileNotFoundError:
+            return False
+
+    def mkdir(self, path: str, mode: int, *, parents: bool, exist_ok: bool) -> None:
+        try:
+            self.call(FileRequest("mkdir", path, mode=mode, parents=parents))
+        except FileExistsError:
+            if not (exist_ok and self.is_dir(path)):
+                raise
+
+
+class ContainerFiles:
+    """The files of a created, running or paused container (``container.files``).
+
+    Verbs raise :class:`InvalidStateError` on a stopped container,
+    :class:`GoferError` when its gofer is gone, and for a failed operation a
+    :class:`ContainerFileError` that is also the matching builtin
+    (``FileNotFoundError``, ``IsADirectoryError``, ``PermissionError``...),
+    naming the container and the path.
+    """
+
+    def __init__(self, container: Container) -> None:
+        self._container = container
+
+    def __repr__(self) -> str:
+        return f"ContainerFiles({self._container.id!r})"
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[_Session]:
+        gofer = self._container._file_server()
+        try:
+            conn = gofer.connect()
+        except GoferError:
+            self._container._file_server()  # InvalidStateError if it stopped meanwhile
+            raise
+        try:
+            yield _Session(gofer, conn)
+        finally:
+            conn.close()
+
+    # -- single files ------------------------------------------------------------------
+
+    def open(
+        self,
+        path: str,
+        mode: str = "r",
+        *,
+        buffering: int = -1,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+        permissions: int = 0o644,
+    ) -> IO[Any]:
+        """Open a regular file of the container, as the builtin ``open`` does.
+
+        ``mode`` is ``r``, ``w``, ``a`` or ``x`` with ``b``/``t`` and ``+``; a
+        file it creates gets ``permissions`` and the container user as owner.
+        Reading and writing go straight to the file (the gofer is not in the
+        way), so streams of any size use little memory.
+        """
+        flags = _open_flags(mode)
+        with self._session() as session:
+            fd = session.open_fd(path, flags, permissions)
+        try:
+            return open(fd, mode, buffering, encoding, errors, newline)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def read_bytes(self, path: str) -> bytes:
+        """The whole content of a file."""
+        with self.open(path, "rb") as f:
+            data: bytes = f.read()
+        return data
+
+    def read_text(self, path: str, encoding: str | None = None, errors: str | None = None) -> str:
+        with self.open(path, "r", encoding=encoding, errors=errors) as f:
+            text: str = f.read()
+        return text
+
+    def write_bytes(self, path: str, data: bytes, *, permissions: int = 0o644) -> int:
+        """Replace a file's content with ``data`` (creating it); bytes written."""
+        with self.open(path, "wb", permissions=permissions) as f:
+            return f.write(data)
+
+    def write_text(
+        self,
+        path: str,
+        data: str,
+        encoding: str | None = None,
+        errors: str | None = None,
+        *,
+        permissions: int = 0o644,
+    ) -> int:
+        with self.open(path, "w", encoding=encoding, errors=errors, permissions=permissions) as f:
+            return f.write(data)
+
+    # -- directories and metadata ------------------------------------------------------
+
+    def stat(self, path: str, *, follow_symlinks: bool = True) -> FileStat:
+        with self._session() as session:
+            return session.stat(path, follow=follow_symlinks)
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.stat(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def listdir(self, path: str = "/") -> list[str]:
+        """The names in a directory, sorted."""
+        with self._session() as session:
+            reply, _ = session.call(FileRequest("listdir", path))
+            return reply.names
+
+    def mkdir(
+        self, path: str, mode: int = 0o755, *, parents: bool = False, exist_ok: bool = False
+    ) -> None:
+        """Make a directory; with ``parents`` its missing parents too (and then an existing
+        directory is fine, as with ``mkdir -p``)."""
+        with self._session() as session:
+            session.mkdir(path, mode, parents=parents, exist_ok=exist_ok or parents)
+
+    def remove(self, path: str, *, recursive: bool = False) -> None:
+        """Remove a file, symlink or empty directory; with ``recursive`` a whole tree.
+
+        A symlink is removed itself, never what it points to.
+        """
+        with self._session() as session:
+            session.call(FileRequest("remove", path, recursive=recursive))
+
+    def symlink(self, path: str, target: str) -> None:
+        """Make ``path`` a symlink to ``target`` (as the container will read it)."""
+        with self._session() as session:
+            session.call(FileRequest("symlink", path, target=target))
+
+    def walk(self, path: str) -> list[WalkEntry]:
+        """Every entry below a directory, parents first; symlinks are not followed."""
+        with self._session() as session:
+            reply, _ = session.call(FileRequest("walk", path))
+            return reply.entries
+
+    # -- copies between the host and the container -----------------------------------
+
+    def copy_in(self, host_src: HostPath, dst: str) -> None:
+        """Copy a host file or directory tree into the container at ``dst``.
+
+        A file goes to ``dst``, or into it if ``dst`` is a directory; a tree's
+        content goes beneath ``dst`` (made if missing, merged if present).
+        Permission bits are kept, owners become the container's user, host
+        symlinks are copied as symlinks.
+        """
+        src = os.fspath(host_src)
+        st = os.stat(src)
+        with self._session() as session:
+            if not stat.S_ISDIR(st.st_mode):
+                if session.is_dir(dst):
+                    dst = posixpath.join(dst, os.path.basename(src))
+                self._file_in(session, src, dst, st.st_mode)
+                return
+            session.mkdir(dst, stat.S_IMODE(st.st_mode) & 0o777, parents=True, exist_ok=True)
+            for here, dirs, files in os.walk(src):
+                rel = os.path.relpath(here, src)
+                base = dst if rel == "." else posixpath.join(dst, rel)
+                for name in [*dirs, *files]:
+                    host = os.path.join(here, name)
+                    target = posixpath.join(base, name)
+                    st = os.lstat(host)
+                    if stat.S_ISLNK(st.st_mode):
+                        session.call(FileRequest("symlink", target, target=os.readlink(host)))
+                    elif stat.S_ISDIR(st.st_mode):
+                        session.mkdir(
+                            target, stat.S_IMODE(st.st_mode), parents=False, exist_ok=True
+                        )
+                    elif stat.S_ISREG(st.st_mode):
+                        self._file_in(session, host, target, st.st_mode)
+
+    @staticmethod
+    def _file_in(session: _Session, src: str, dst: str, mode: int) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        with open(src, "rb", buffering=0) as source:
+            out = session.open_fd(dst, flags, stat.S_IMODE(mode) & 0o777)
+            try:
+                _pump(source.fileno(), out)
+            finally:
+                os.close(out)
+
+    def copy_out(self, src: str, host_dst: HostPath) -> None:
+        """Copy a container file or directory tree to ``host_dst`` on the host.
+
+        A file goes to ``host_dst``, or into it if that is a directory; a
+        tree's content goes beneath ``host_dst`` (made if missing). Symlinks
+        are copied as symlinks and never followed on the host: every host
+        directory is opened with ``O_NOFOLLOW`` from ``host_dst`` down, and
+        files are created with ``O_NOFOLLOW``. Devices, fifos and sockets are
+        skipped.
+        """
+        dst = os.fspath(host_dst)
+        with self._session() as session:
+            st = session.stat(src)
+            if not st.is_dir:
+                if os.path.isdir(dst):
+                    dst = os.path.join(dst, posixpath.basename(posixpath.normpath("/" + src)))
+                parent, name = os.path.split(os.path.abspath(dst))
+                parent_fd = os.open(parent, _O_HOST_DIR)
+                try:
+                    self._file_out(session, src, parent_fd, name, st.mode)
+                finally:
+                    os.close(parent_fd)
+                return
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(dst, st.permissions & 0o777)
+            reply, _ = session.call(FileRequest("walk", src))
+            top = os.open(dst, _O_HOST_DIR)
+            try:
+                links: list[WalkEntry] = []
+                for entry in reply.entries:
+                    if entry.type == "symlink":
+                        links.append(entry)  # last: nothing is ever written through one
+                        continue
+                    parent_fd, name = _host_parent(top, entry.path)
+                    try:
+                        if entry.type == "dir":
+                            with contextlib.suppress(FileExistsError):
+                                os.mkdir(name, stat.S_IMODE(entry.mode) & 0o777, dir_fd=parent_fd)
+                        elif entry.type == "file":
+                            path = posixpath.join(src, entry.path)
+                            self._file_out(session, path, parent_fd, name, entry.mode)
+                    finally:
+                        os.close(parent_fd)
+                for entry in links:
+                    parent_fd, name = _host_parent(top, entry.path)
+                    try:
+                        os.symlink(entry.target, name, dir_fd=parent_fd)
+                    finally:
+                        os.close(parent_fd)
+            finally:
+                os.close(top)
+
+    @staticmethod
+    def _file_out(session: _Session, src: str, parent_fd: int, name: str, mode: int) -> None:
+        source = session.open_fd(src, os.O_RDONLY)
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+            out = os.open(name, flags, stat.S_IMODE(mode) & 0o777, dir_fd=parent_fd)
+            try:
+                _pump(source, out)
+            finally:
+                os.close(out)
+        finally:
+            os.close(source)
+
+
+def _host_parent(top: int, rel: str) -> tuple[int, str]:
+    """An fd on the host directory that holds ``rel`` beneath ``top``, opened one
+    component at a time with ``O_NOFOLLOW``, and the last component's name."""
+    *dirs, name = rel.split("/")
+    fd = os.dup(top)
+    try:
+        for part in dirs:
+            if part in ("", ".", ".."):
+                raise OSError(errno.EINVAL, "unexpected path component", rel)
+            nxt = os.open(part, _O_HOST_DIR, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    if name in ("", ".", ".."):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "unexpected path component", rel)
+    return fd, name

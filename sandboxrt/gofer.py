@@ -1,0 +1,221 @@
+"""The library's side of a container's gofer: starting it and talking to it.
+
+The gofer (``sandboxrt._proc.gofer``) is started on the container's first
+file call (decision 25): :class:`PendingGofer` launches it, and
+:meth:`PendingGofer.start` hands it the container's root (from the
+supervisor), a pidfd of the supervisor and its listening socket
+(``<runtime dir>/gofer-<id hash>.sock``, bound here so it exists at once) without
+waiting for an answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+from collections.abc import Sequence
+
+from sandboxrt._core.file_protocol import FileReply, FileRequest, GoferPrepare, GoferStart
+from sandboxrt._core.protocol import Launched, Progress
+from sandboxrt._core.records import ProcessIdentity
+from sandboxrt._os import channel, procfs
+from sandboxrt._proc.launcher import (
+    GoferLauncher,
+    LaunchedProcess,
+    Launcher,
+    SubprocessLauncher,
+    default_launcher,
+)
+from sandboxrt.errors import GoferError, ProtocolError
+from sandboxrt.sandbox import kill_process, open_pidfd
+
+__all__ = ["Gofer", "PendingGofer", "socket_path"]
+
+#: The gofer's listening socket, in the sandbox's runtime directory.
+
+#: How long a gofer's launched process may take to name the gofer (seconds).
+_LAUNCH_TIMEOUT = 30.0
+
+
+class Gofer:
+    """A container's gofer: the process that serves its files (``container.files``)."""
+
+    def __init__(self, container_id: str, identity: ProcessIdentity, socket_path: str) -> None:
+        self.container_id = container_id
+        self.identity = identity
+        #: The gofer's control socket (``SOCK_SEQPACKET``, mode 0600).
+        self.socket = socket_path
+
+    def __repr__(self) -> str:
+        return f"Gofer(container_id={self.container_id!r}, pid={self.pid})"
+
+    @property
+    def pid(self) -> int:
+        return self.identity.pid
+
+    def is_running(self) -> bool:
+        """Whether the gofer (not a process reusing its pid) still runs."""
+        i = self.identity
+        return procfs.is_alive(i.pid, i.start_ticks, i.boot_id)
+
+    def kill(self, timeout: float = 10.0) -> bool:
+        """SIGKILL the gofer and wait up to ``timeout`` seconds; ``True`` once it is gone."""
+        return kill_process(self.identity, timeout)
+
+    def connect(self) -> socket.socket:
+        """A connection to the gofer; :class:`GoferError` if it is not running."""
+        if not self.is_running():
+            raise GoferError(self.container_id, f"pid {self.pid} has exited")
+        try:
+            return channel.connect(self.socket, timeout=None)
+        except OSError as exc:
+            raise GoferError(self.container_id, str(exc)) from exc
+
+    def ask(
+        self, conn: socket.socket, request: FileRequest, fds: Sequence[int] = ()
+    ) -> tuple[FileReply, list[int]]:
+        """One request on ``conn``: the reply and the fds that came with it."""
+        try:
+            channel.send(conn, request, fds)
+            return channel.receive(conn, FileReply)
+        except (ConnectionError, BrokenPipeError) as exc:
+            raise GoferError(self.container_id, f"it went away: {exc}") from exc
+        except ValueError as exc:
+            raise ProtocolError(f'container "{self.container_id}": gofer: {exc}') from exc
+
+
+class PendingGofer:
+    """A launched gofer that waits for :meth:`start` (its root, pidfd and socket)."""
+
+    def __init__(self, launcher: Launcher | None) -> None:
+        ours, theirs = channel.socket_pair()
+        ours.settimeout(_LAUNCH_TIMEOUT)
+        self._sock: socket.socket | None = ours
+        self._process: LaunchedProcess | None = None
+        self.identity: ProcessIdentity | None = None
+        chosen = launcher or default_launcher()
+        starter = chosen if isinstance(chosen, GoferLauncher) else SubprocessLauncher()
+        null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            self._process = starter.launch_gofer(bootstrap_fd=theirs.fileno(), log_fd=null)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+            os.close(null)
+
+    def prepare(self, container_id: str, binds: Sequence[tuple[str, bool]]) -> list[int] | None:
+        """Have the gofer open ``(host source, recursive)`` bind sources as detached mounts
+        (``open_tree``): one fd each, in order; None if it could not (the caller then binds
+        by path, and the init reports what is wrong with a source)."""
+        assert self._sock is not None
+        request = GoferPrepare([[source, recursive] for source, recursive in binds])
+        step: Progress | None = None
+        trees: list[int] = []
+        try:
+            channel.send(self._sock, request)  # waits in the socket for the gofer
+            while step is None:  # Launched (from its parent) and the answer, in either order
+                message, fds = channel.receive_one_of(self._sock, Launched, Progress)
+                if isinstance(message, Progress):
+                    step, trees = message, fds
+                else:
+                    channel.close_fds(fds)
+                    assert isinstance(message, Launched)
+                    self._identify(message)
+            self._launched(container_id)
+        except (OSError, ValueError, GoferError):
+            channel.close_fds(trees)
+            return None
+        if step.step != "trees" or len(trees) != len(binds):
+            channel.close_fds(trees)
+            return None
+        return trees
+
+    def _launched(self, container_id: str) -> ProcessIdentity:
+        """The gofer's identity, from its ``Launched`` (received once)."""
+        if self.identity is not None:
+            return self.identity
+        assert self._sock is not None
+        try:
+            launched, fds = channel.receive(self._sock, Launched)
+        except (OSError, ValueError) as exc:
+            raise GoferError(container_id, f"it did not start: {exc}") from exc
+        channel.close_fds(fds)
+        return self._identify(launched)
+
+    def _identify(self, launched: Launched) -> ProcessIdentity:
+        if self._process is not None:
+            self._process.wait()
+            self._process = None
+        ticks = launched.start_ticks
+        if not ticks:
+            info = procfs.read_stat(launched.pid)
+            ticks = info.start_ticks if info is not None else 0
+        self.identity = ProcessIdentity(launched.pid, ticks, procfs.boot_id())
+        return self.identity
+
+    def start(
+        self,
+        container_id: str,
+        *,
+        root: int,
+        supervisor: ProcessIdentity,
+        runtime_dir: str,
+        uid: int,
+        gid: int,
+    ) -> Gofer | None:
+        """Hand the gofer the container's root and its socket; it serves from then on.
+
+        None when the sandbox has exited already (a quick program started by
+        ``run``): the gofer is stopped, there is nothing left to serve.
+        """
+        identity = self._launched(container_id)
+        path = socket_path(runtime_dir, container_id)
+        pidfd = open_pidfd(supervisor)
+        if pidfd is None:
+            self.abort()
+            return None
+        try:
+            log = os.open(
+                path[: -len(".sock")] + ".log",
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                0o600,
+            )
+            try:
+                with channel.bind_listener(path) as listener:
+                    assert self._sock is not None
+                    message = GoferStart(container_id, uid=uid, gid=gid)
+                    channel.send(self._sock, message, [root, pidfd, listener.fileno(), log])
+            finally:
+                os.close(log)
+        finally:
+            os.close(pidfd)
+        self.close()
+        return Gofer(container_id, identity, path)
+
+    def abort(self) -> None:
+        """Stop the gofer of a creation that failed: it exits, and is waited for."""
+        if self._sock is not None and self.identity is None:
+            with contextlib.suppress(GoferError):
+                self._launched("")
+        self.close()
+        if self.identity is not None:
+            kill_process(self.identity, 10.0)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._process is not None:
+            with contextlib.suppress(Exception):
+                self._process.wait(timeout=10.0)
+            self._process = None
+
+
+def socket_path(runtime_dir: str, container_id: str) -> str:
+    """Where the gofer of ``container_id`` listens, in its sandbox's runtime directory:
+    one per container of a pod, and short enough for ``sun_path`` whatever the id."""
+    digest = hashlib.sha256(container_id.encode()).hexdigest()[:12]
+    return os.path.join(runtime_dir, f"gofer-{digest}.sock")

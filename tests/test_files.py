@@ -1,0 +1,472 @@
+"""``container.files``: every verb on created and running busybox containers, on the rootfs,
+a tmpfs mount and a bind mount; hostile rootfs content and swap races stay inside the root;
+a 1 GiB file round-trips with constant memory."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import BundleFactory, needs_busybox, needs_root
+
+from sandboxrt import (
+    Container,
+    ContainerFileError,
+    FileStore,
+    InvalidStateError,
+    SandboxrtError,
+)
+
+pytestmark = [needs_root, needs_busybox]
+
+
+def edit_config(path: Path, **changes: object) -> None:
+    """Change the bundle's config.json: ``mounts`` are appended, ``user`` set on process."""
+    doc = json.loads((path / "config.json").read_text())
+    doc["mounts"] = [*doc.get("mounts", []), *changes.get("mounts", [])]  # type: ignore[list-item]
+    if "user" in changes:
+        doc["process"]["user"] = changes["user"]
+    (path / "config.json").write_text(json.dumps(doc))
+
+
+@pytest.fixture
+def host_dir(tmp_path: Path) -> Path:
+    """A host directory bind-mounted at /data in the containers of this module."""
+    path = tmp_path / "hostdata"
+    path.mkdir()
+    (path / "from-host.txt").write_text("host side\n")
+    return path
+
+
+@pytest.fixture(params=["created", "running"])
+def container(
+    request: pytest.FixtureRequest, store: FileStore, bundle: BundleFactory, host_dir: Path
+) -> Iterator[Container]:
+    """A busybox container with a tmpfs at /scratch and ``host_dir`` bound at /data,
+    created, or running ``sleep``."""
+    path = bundle(["sleep", "60"])
+    edit_config(
+        path,
+        mounts=[
+            {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": []},
+            {
+                "destination": "/data",
+                "type": "bind",
+                "source": str(host_dir),
+                "options": ["rbind", "rw"],
+            },
+        ],
+    )
+    c = Container.create("files1", path, store=store)
+    try:
+        if request.param == "running":
+            c.start()
+        yield c
+    finally:
+        c.destroy()
+
+
+def rootfs(c: Container) -> Path:
+    return Path(c.bundle) / "rootfs"
+
+
+def in_container(c: Container, *args: str) -> str:
+    """Output of ``args`` run in the container (running ones only)."""
+    return c.exec_run(list(args), capture_output=True, check=True).stdout.decode()
+
+
+# -- every verb ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["/tmp", "/scratch", "/data"])
+def test_read_and_write_on_rootfs_tmpfs_and_bind_mount(
+    container: Container, host_dir: Path, where: str
+) -> None:
+    files = container.files
+    assert files.write_bytes(f"{where}/a.bin", b"\x00\x01binary") == 8
+    assert files.read_bytes(f"{where}/a.bin") == b"\x00\x01binary"
+    files.write_text(f"{where}/a.txt", "héllo\n", encoding="utf-8")
+    assert files.read_text(f"{where}/a.txt", encoding="utf-8") == "héllo\n"
+    assert "a.txt" in files.listdir(where)
+    st = files.stat(f"{where}/a.txt")
+    assert st.is_file and st.size == len("héllo\n".encode()) and st.permissions == 0o644
+    if where == "/data":  # the bind mount's source is the host directory itself
+        assert (host_dir / "a.txt").read_text(encoding="utf-8") == "héllo\n"
+        assert files.read_text("/data/from-host.txt") == "host side\n"
+    elif where == "/tmp":
+        assert (rootfs(container) / "tmp/a.txt").read_bytes() == "héllo\n".encode()
+    else:  # the tmpfs lives only in the container's mount namespace
+        assert not (rootfs(container) / "scratch/a.txt").exists()
+    if container.status.value == "running":
+        assert in_container(container, "cat", f"{where}/a.txt") == "héllo\n"
+
+
+def test_open_streams_in_every_mode(container: Container) -> None:
+    files = container.files
+    with files.open("/tmp/s.txt", "w") as f:
+        f.write("one\n")
+    with files.open("/tmp/s.txt", "a") as f:
+        f.write("two\n")
+    with files.open("/tmp/s.txt") as f:
+        assert f.readlines() == ["one\n", "two\n"]
+    with files.open("/tmp/s.txt", "r+b") as f:
+        f.seek(1)
+        f.write(b"N")
+        f.seek(0)
+        assert f.read() == b"oNe\ntwo\n"
+    with pytest.raises(FileExistsError), files.open("/tmp/s.txt", "x"):
+        pass
+    with files.open("/tmp/new.bin", "xb") as f:
+        f.write(b"x" * 100_000)
+    assert files.stat("/tmp/new.bin").size == 100_000
+    with pytest.raises(ValueError, match="invalid mode"):
+        files.open("/tmp/s.txt", "rw")
+
+
+def test_mkdir_listdir_stat_remove(container: Container) -> None:
+    files = container.files
+    files.mkdir("/tmp/d")
+    with pytest.raises(FileExistsError):
+        files.mkdir("/tmp/d")
+    files.mkdir("/tmp/d", exist_ok=True)
+    files.mkdir("/tmp/d/e/f/g", parents=True)
+    files.mkdir("/tmp/d/e/f/g", parents=True)  # as mkdir -p
+    files.write_text("/tmp/d/e/f/g/leaf", "x")
+    files.symlink("/tmp/d/link", "/tmp/d/e")
+    assert files.listdir("/tmp/d") == ["e", "link"]
+    assert files.stat("/tmp/d/e").is_dir
+    assert files.stat("/tmp/d/link", follow_symlinks=False).is_symlink
+    assert files.stat("/tmp/d/link").is_dir
+    walked = [e.path for e in files.walk("/tmp/d")]
+    assert sorted(walked) == ["e", "e/f", "e/f/g", "e/f/g/leaf", "link"]
+    for i, rel in enumerate(walked):  # parents first
+        assert "/" not in rel or rel.rsplit("/", 1)[0] in walked[:i]
+    with pytest.raises(OSError) as info:
+        files.remove("/tmp/d/e")  # not empty
+    assert isinstance(info.value, ContainerFileError)
+    files.remove("/tmp/d/link")  # the symlink, not its target
+    assert files.exists("/tmp/d/e/f/g/leaf")
+    files.remove("/tmp/d", recursive=True)
+    assert not files.exists("/tmp/d")
+    assert not (rootfs(container) / "tmp/d").exists()
+
+
+def test_errors_are_typed_and_name_the_container_and_path(container: Container) -> None:
+    files = container.files
+    with pytest.raises(FileNotFoundError) as missing:
+        files.read_bytes("/no/such/file")
+    assert isinstance(missing.value, SandboxrtError)
+    assert missing.value.filename == "/no/such/file"
+    assert 'container "files1"' in str(missing.value)
+    with pytest.raises(IsADirectoryError):
+        files.read_bytes("/tmp")
+    with pytest.raises(NotADirectoryError):
+        files.listdir("/bin/busybox")
+    with pytest.raises(FileExistsError):
+        files.mkdir("/tmp")
+    with pytest.raises(OSError, match="not a regular file"):
+        files.read_bytes("/dev/null")
+    with pytest.raises(OSError, match="root itself"):
+        files.remove("/", recursive=True)
+    assert files.exists("/bin/busybox")
+
+
+def test_created_files_belong_to_the_containers_user(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    path = bundle(["sleep", "60"])
+    edit_config(path, user={"uid": 1234, "gid": 4321})
+    c = Container.create("owner1", path, store=store)
+    try:
+        c.files.write_text("/tmp/owned", "x")
+        c.files.mkdir("/tmp/od/sub", parents=True)
+        c.files.symlink("/tmp/ol", "owned")
+        for name in ("tmp/owned", "tmp/od", "tmp/od/sub", "tmp/ol"):
+            st = os.lstat(rootfs(c) / name)
+            assert (st.st_uid, st.st_gid) == (1234, 4321), name
+        assert os.stat(rootfs(c) / "tmp/od").st_mode & 0o777 == 0o755
+        c.start()
+        assert in_container(c, "cat", "/tmp/owned") == "x"  # readable by that user
+    finally:
+        c.destroy()
+
+
+def test_copy_in_and_out_of_files_and_trees(container: Container, tmp_path: Path) -> None:
+    src = tmp_path / "tree"
+    (src / "sub/deeper").mkdir(parents=True)
+    (src / "top.txt").write_text("top")
+    (src / "sub/deeper/leaf.bin").write_bytes(os.urandom(300_000))
+    (src / "sub/run.sh").write_text("#!/bin/sh\n")
+    (src / "sub/run.sh").chmod(0o750)
+    (src / "link").symlink_to("sub/deeper")
+    files = container.files
+    files.copy_in(src, "/scratch/tree")
+    assert files.listdir("/scratch/tree") == ["link", "sub", "top.txt"]
+    assert files.stat("/scratch/tree/sub/run.sh").permissions == 0o750
+    assert files.stat("/scratch/tree/link", follow_symlinks=False).is_symlink
+    assert (
+        files.read_bytes("/scratch/tree/link/leaf.bin")
+        == (src / "sub/deeper/leaf.bin").read_bytes()
+    )
+    files.copy_in(src / "top.txt", "/scratch")  # into a directory: keeps its name
+    assert files.read_text("/scratch/top.txt") == "top"
+
+    out = tmp_path / "out"
+    files.copy_out("/scratch/tree", out)
+    for rel in ("top.txt", "sub/run.sh", "sub/deeper/leaf.bin"):
+        assert (out / rel).read_bytes() == (src / rel).read_bytes(), rel
+    assert (out / "sub/run.sh").stat().st_mode & 0o777 == 0o750
+    assert (out / "link").is_symlink() and os.readlink(out / "link") == "sub/deeper"
+    files.copy_out("/scratch/top.txt", tmp_path / "single.txt")
+    assert (tmp_path / "single.txt").read_text() == "top"
+    files.copy_out("/scratch/top.txt", out)  # into a host directory
+    assert (out / "top.txt").read_text() == "top"
+
+
+def test_stopped_container_refuses(store: FileStore, bundle: BundleFactory) -> None:
+    c = Container.create("stopped1", bundle(["true"]), store=store)
+    try:
+        c.start()
+        c.wait(timeout=30)
+        with pytest.raises(InvalidStateError, match='use the files of container "stopped1"'):
+            c.files.read_text("/etc/passwd")
+        assert c.gofer is None
+    finally:
+        c.destroy()
+
+
+# -- hostile rootfs content ----------------------------------------------------------------
+
+
+@pytest.fixture
+def canary(tmp_path: Path) -> Iterator[Path]:
+    """A host directory no container may read or write; checked unchanged afterwards."""
+    path = tmp_path / "canary"
+    path.mkdir()
+    (path / "secret").write_text("HOST SECRET")
+    before = snapshot(path)
+    yield path
+    assert snapshot(path) == before, "a host file outside the container's root changed"
+
+
+def snapshot(path: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p.relative_to(path)): (p.read_bytes() if p.is_file() else b"", p.stat().st_mtime_ns)
+        for p in [path, *path.rglob("*")]
+    }
+
+
+def test_hostile_symlinks_stay_inside_the_root(
+    store: FileStore, bundle: BundleFactory, canary: Path, tmp_path: Path
+) -> None:
+    path = bundle(["sleep", "60"])
+    root = path / "rootfs"
+    (root / "etc/shadow").write_text("container shadow\n")
+    evil = root / "evil"
+    evil.mkdir()
+    (evil / "to_root").symlink_to("/")
+    (evil / "to_shadow").symlink_to("/etc/shadow")
+    (evil / "up").symlink_to("../../..")
+    (evil / "proc_root").symlink_to("/proc/self/root")
+    (evil / "to_canary").symlink_to(canary)
+    c = Container.create("hostile1", path, store=store)
+    try:
+        c.start()
+        files = c.files
+        assert files.listdir("/evil/to_root") == files.listdir("/")
+        assert files.listdir("/evil/up") == files.listdir("/")
+        assert files.read_text("/evil/to_shadow") == "container shadow\n"
+        assert files.read_text("/evil/up/etc/shadow") == "container shadow\n"
+        assert files.read_text("/../../../etc/shadow") == "container shadow\n"
+        with pytest.raises(OSError):  # a magic link: refused, never followed
+            files.read_text("/evil/proc_root/etc/hostname")
+        with pytest.raises(OSError):
+            files.listdir("/evil/proc_root")
+        with pytest.raises(FileNotFoundError):
+            files.read_text("/evil/to_canary/secret")
+        with pytest.raises(FileNotFoundError):  # its parent is missing beneath the root
+            files.write_text("/evil/to_canary/planted", "x")
+        files.write_text("/evil/to_root/planted", "inside")
+        assert (root / "planted").read_text() == "inside"
+        files.copy_in(canary, "/evil/up/copied")  # host -> container is the caller's choice
+        assert (root / "copied/secret").read_text() == "HOST SECRET"
+        out = tmp_path / "evil-out"
+        files.copy_out("/evil", out)
+        for name in ("to_root", "to_shadow", "up", "proc_root", "to_canary"):
+            assert (out / name).is_symlink(), name  # copied as links, never followed
+        files.copy_out("/evil/to_shadow", tmp_path / "shadow-out")
+        assert (tmp_path / "shadow-out").read_text() == "container shadow\n"
+        files.remove("/evil/to_canary", recursive=True)  # the link only
+        assert canary.is_dir()
+        files.remove("/evil/up/copied", recursive=True)
+        assert not (root / "copied").exists()
+    finally:
+        c.destroy()
+
+
+def test_directory_swapped_for_a_symlink_during_copies(
+    store: FileStore, bundle: BundleFactory, canary: Path, tmp_path: Path
+) -> None:
+    """For ~3 s a host thread swaps a container directory for a symlink to the host's
+    canary, while copies go in and out through it: nothing outside the root is touched."""
+    path = bundle(["sleep", "60"])
+    race = path / "rootfs/race"
+    (race / "dir").mkdir(parents=True)
+    (race / "dir/inside.txt").write_text("inside")
+    src = tmp_path / "src"
+    (src / "a/b").mkdir(parents=True)
+    (src / "a/b/payload").write_text("PAYLOAD")
+    (src / "top").write_text("TOP")
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                os.rename(race / "dir", race / "real")
+                os.symlink(canary, race / "dir")
+                time.sleep(0.0005)
+                os.unlink(race / "dir")
+                os.rename(race / "real", race / "dir")
+
+    c = Container.create("race1", path, store=store)
+    swapper = threading.Thread(target=swap)
+    copies = failures = 0
+    try:
+        c.start()
+        swapper.start()
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            out = tmp_path / f"out{copies}"
+            for op in (
+                lambda: c.files.copy_in(src, "/race/dir/in"),
+                lambda: c.files.copy_in(src / "top", "/race/dir/top"),
+                lambda out=out: c.files.copy_out("/race/dir", out),
+                lambda: c.files.write_text("/race/dir/written", "W"),
+                lambda: c.files.read_text("/race/dir/secret"),
+            ):
+                try:
+                    op()
+                    copies += 1
+                except OSError:  # the path changed under the copy: a refusal is safe
+                    failures += 1
+    finally:
+        stop.set()
+        if swapper.is_alive():
+            swapper.join()
+        c.destroy()
+    print(f"\nswap race: {copies} operations succeeded, {failures} refused")
+    assert copies > 0
+    for out in tmp_path.glob("out*"):  # nothing of the host's canary was copied out
+        for here, _, names in os.walk(out):
+            for name in names:
+                p = Path(here, name)
+                if not p.is_symlink():
+                    assert b"HOST SECRET" not in p.read_bytes(), p
+
+
+# -- large files ---------------------------------------------------------------------------
+
+GIB = 1 << 30
+
+
+def test_one_gib_round_trip_with_constant_memory(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    big = tmp_path / "big.bin"
+    back = tmp_path / "back.bin"
+    markers = {0: b"start", GIB // 3: b"third", GIB - 3: b"end"}
+    with open(big, "wb") as f:  # sparse, with data at a few offsets
+        f.truncate(GIB)
+        for offset, data in markers.items():
+            f.seek(offset)
+            f.write(data)
+    c = Container.create("big1", bundle(["sleep", "60"]), store=store)
+    try:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        c.files.copy_in(big, "/big.bin")
+        assert c.files.stat("/big.bin").size == GIB
+        c.files.copy_out("/big.bin", back)
+        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+        assert grown < 64 * 1024 * 1024, f"peak RSS grew by {grown >> 20} MiB"
+        assert back.stat().st_size == GIB
+        with open(back, "rb") as f:
+            for offset, data in markers.items():
+                f.seek(offset)
+                assert f.read(len(data)) == data
+            f.seek(4096)
+            assert f.read(1 << 20) == bytes(1 << 20)
+        # The copy in the container's rootfs too (it is the bundle's directory).
+        assert (Path(c.bundle) / "rootfs/big.bin").stat().st_size == GIB
+    finally:
+        c.destroy()
+        for p in (big, back):
+            p.unlink(missing_ok=True)
+
+
+def test_copy_to_a_closed_container_after_run(store: FileStore, bundle: BundleFactory) -> None:
+    """run() destroys the container: its gofer goes with it, nothing is left."""
+    assert Container.run("run1", bundle(["true"]), store=store) == 0
+    assert "run1" not in Container.list(store=store)  # processes: the leak fixture checks
+
+
+# -- resolution beneath a root: openat2 and the fallback walk agree -------------------------
+
+HOSTILE_PATHS = [
+    "etc/shadow",
+    "evil/to_root/etc/shadow",
+    "evil/up/etc/shadow",
+    "evil/to_shadow",
+    "/../../etc/shadow",
+    "evil/proc_root/etc/shadow",
+    "evil/to_canary/secret",
+    "evil/loop",
+    "evil/to_root",
+]
+
+
+@pytest.mark.parametrize("path", HOSTILE_PATHS)
+def test_open_beneath_fallback_resolves_as_openat2(
+    tmp_path: Path, canary: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """Where openat2 is missing (ENOSYS), the component walk gives the same file, or fails
+    too: never a file outside the root."""
+    from sandboxrt._os import mounts
+
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/shadow").write_text("inside")
+    evil = root / "evil"
+    evil.mkdir()
+    (evil / "to_root").symlink_to("/")
+    (evil / "up").symlink_to("../../..")
+    (evil / "to_shadow").symlink_to("/etc/shadow")
+    (evil / "proc_root").symlink_to("/proc/self/root")
+    (evil / "to_canary").symlink_to(canary)
+    (evil / "loop").symlink_to("loop")
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    outcomes = []
+    try:
+        for have in (True, False):
+            monkeypatch.setattr(mounts, "_have_openat2", have)
+            try:
+                fd = mounts.open_beneath(root_fd, path)
+            except OSError as exc:
+                outcomes.append(type(exc).__name__ if exc.errno != 40 else "ELOOP")
+                continue
+            try:
+                st = os.fstat(fd)
+                where = os.readlink(f"/proc/self/fd/{fd}")
+            finally:
+                os.close(fd)
+            assert where == str(root) or where.startswith(f"{root}/"), where
+            outcomes.append(f"{st.st_dev}:{st.st_ino}")
+    finally:
+        os.close(root_fd)
+    assert outcomes[0] == outcomes[1] or "proc_root" in path, outcomes
