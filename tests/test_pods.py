@@ -10,14 +10,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BundleFactory, needs_busybox, needs_root
+from conftest import BundleFactory, in_python, needs_busybox, needs_root
 from test_hooks_lifecycle import ALL_PHASES as HOOK_PHASES
 from test_hooks_lifecycle import Setup
 
@@ -40,7 +39,6 @@ from sandboxrt.errors import HookError
 
 pytestmark = [needs_root, needs_busybox]
 
-REPO = Path(__file__).resolve().parent.parent
 SLEEP = ["sleep", "1000"]
 SHARED = ("pid", "net", "ipc", "uts")
 
@@ -623,15 +621,7 @@ def in_subprocess(store: FileStore, code: str) -> str:
         f"store = FileStore({str(store.root)!r})\n"
         f"{code}\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", program],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        check=False,
-    )
+    done = in_python(program)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 

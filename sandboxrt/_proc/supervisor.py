@@ -264,11 +264,9 @@ class Supervisor:
         handlers (which signal the root's init) before it has reset them.
         """
         parent_end, child_end = channel.socket_pair()
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
-            pid = os.fork()
+            pid, mask = _fork_signals_blocked()
         except BaseException:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             parent_end.close()
             child_end.close()
             raise
@@ -719,13 +717,9 @@ class Supervisor:
             member.cgroup_fds = open_cgroup(member.cgroup_procs)
         cgroup = member.cgroup_fds
         ours, theirs = channel.socket_pair()
-        # Blocked across fork: the child must not run our handlers (which signal the init)
-        # before it has reset them.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
-            pid = os.fork()
+            pid, mask = _fork_signals_blocked()
         except BaseException:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             ours.close()
             theirs.close()
             raise
@@ -1039,6 +1033,18 @@ def _launched(pid: int) -> Launched:
     """Name our child ``pid`` for the library; as its parent we read its start time safely."""
     info = procfs.read_stat(pid)
     return Launched(pid, info.start_ticks if info is not None else 0)
+
+
+def _fork_signals_blocked() -> tuple[int, set[int | signal.Signals]]:
+    """``fork()`` with every signal blocked: the child must not run our handlers (which
+    signal inits) before it has reset them. ``(pid, the mask to restore)``; the parent
+    restores it on failure, each side once its work allows."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        return os.fork(), mask
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise
 
 
 def _open_root(init_pid: int) -> int | None:
