@@ -21,14 +21,15 @@ import attrs
 from typing_extensions import Unpack
 
 from sandboxrt import _cgroup, _changes
+from sandboxrt._core import abi
 from sandboxrt._core.cri import sandbox_to_join
 from sandboxrt._core.ids import resolve_id, validate_id
 from sandboxrt._core.plan import UserArg, build_container_plan, build_plan, exec_plan
-from sandboxrt._core.protocol import ContainerPlan, SandboxPlan
+from sandboxrt._core.protocol import ContainerPlan, MountPlan, SandboxPlan
 from sandboxrt._core.records import ContainerRecord
 from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
 from sandboxrt._core.status import Operation, Status, require
-from sandboxrt._os import cgroups, procfs
+from sandboxrt._os import cgroups, channel, procfs
 from sandboxrt._os.seccomp import compile_bpf
 from sandboxrt._proc import hooks
 from sandboxrt._proc.launcher import Launcher
@@ -257,6 +258,8 @@ class Container:
             container = cls(record, store)
             stdio: StdioPlan | None = None
             pty: int | None = None
+            gofer: PendingGofer | None = None
+            trees: builtins.list[int] = []
 
             def make_cgroup() -> list[str]:
                 assert cgroup_request is not None
@@ -282,9 +285,14 @@ class Container:
                     )
                 stdio = StdioPlan(stdin, stdout, stderr)
                 if isinstance(plan, SandboxPlan):
+                    binds = [m for m in plan.init.mounts if m.bind]
+                    if 0 < len(binds) <= _MAX_TREES:
+                        # The gofer opens the bind sources (decision 28); it serves files later.
+                        gofer = PendingGofer(launcher)
+                        plan, trees = _with_trees(plan, gofer.prepare(id, _bind_sources(binds)))
                     sandbox, pty = Sandbox.launch(
                         plan,
-                        stdio.child_fds,
+                        [*stdio.child_fds, *trees],
                         launcher=launcher,
                         on_mounted=container._run_runtime_hooks,
                         make_cgroup=make_cgroup,
@@ -300,11 +308,18 @@ class Container:
                         timeout=config.create_timeout,
                     )
                 stdio.close_child_ends()
+                channel.close_fds(trees)
+                trees = []
                 container._record = attrs.evolve(
                     container._record,
                     sandbox=sandbox.supervisor,
                     runtime_dir=sandbox.runtime_dir,
                 ).with_status(Status.CREATED)
+                if gofer is not None:
+                    pending, gofer = gofer, None
+                    # A quick program may have ended the sandbox already: nothing to serve.
+                    with contextlib.suppress(SandboxDiedError, InvalidStateError):
+                        container._start_gofer(sandbox, pending, save=False)
                 if autostart:
                     container._record = container._record.with_status(Status.RUNNING)
                 store.save(container._record)
@@ -323,6 +338,9 @@ class Container:
                     stdio.close_all()
                 if pty is not None:
                     os.close(pty)
+                channel.close_fds(trees)
+                if gofer is not None:
+                    gofer.abort()
                 if container.console is not None:
                     container.console.close()
                 container._teardown()
@@ -1192,3 +1210,29 @@ def _write_pid_file(path: str | os.PathLike[str], pid: int) -> None:
     with open(tmp, "w") as f:
         f.write(str(pid))
     os.replace(tmp, target)
+
+
+#: At most this many bind mounts go to the init as detached mounts (with its 3 stdio fds,
+#: one datagram's fds); more are bound by path.
+_MAX_TREES = 13
+
+
+def _bind_sources(binds: Sequence[MountPlan]) -> builtins.list[tuple[str, bool]]:
+    return [(m.source, bool(m.flags & abi.MS_REC)) for m in binds]
+
+
+def _with_trees(
+    plan: SandboxPlan, trees: builtins.list[int] | None
+) -> tuple[SandboxPlan, builtins.list[int]]:
+    """``plan`` with its bind mounts numbered for ``trees`` (the gofer's detached mounts, one
+    per bind mount, in order), and the trees; unchanged without them."""
+    if not trees:
+        return plan, []
+    numbered, index = [], 0
+    for mount in plan.init.mounts:
+        if mount.bind:
+            mount = dataclasses.replace(mount, tree=index)
+            index += 1
+        numbered.append(mount)
+    init = dataclasses.replace(plan.init, mounts=numbered)
+    return dataclasses.replace(plan, init=init), trees

@@ -229,10 +229,6 @@ def bind_config(path: Path, binds: list[tuple[str, str, list[str]]]) -> None:
     (path / "config.json").write_text(json.dumps(doc))
 
 
-@pytest.mark.skip(
-    reason="bind mounts from the gofer are off until they follow the roots built ahead and "
-    "pod members (docs/decisions.md, 28)"
-)
 def test_bind_mounts_come_from_the_gofer_as_detached_mounts(
     store: FileStore, bundle: BundleFactory, tmp_path: Path
 ) -> None:
@@ -282,3 +278,36 @@ def test_many_bind_mounts_fall_back_to_binding_by_path(
     bind_config(path, sources)
     code, out = run_output(store, path, "gmany")
     assert (code, out) == (0, "013")
+
+
+def test_a_root_whose_binds_come_from_the_gofer_is_never_built_ahead(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    from test_launchers import _children, _comm
+
+    from sandboxrt._proc.launcher import ForkServerLauncher
+
+    src = tmp_path / "src"
+    src.mkdir()
+    path = bundle(["cat", "/data/marker"])
+    bind_config(path, [(str(src), "/data", ["bind", "ro"])])
+    launcher = ForkServerLauncher()
+    try:
+        for n in range(3):  # the same plan each time: a root built ahead would be its
+            (src / "marker").write_text(f"run {n}\n")
+            c = Container.create(f"gahead{n}", path, store=store, launcher=launcher, stdout=PIPE)
+            try:
+                c.start()
+                assert c.stdout is not None
+                assert c.stdout.read() == f"run {n}\n".encode()
+                assert c.wait(timeout=30) == 0
+            finally:
+                if c.stdout is not None:
+                    c.stdout.close()
+                c.destroy()
+        server = launcher._server
+        assert server is not None
+        warm = [p for p in _children(server.pid) if _comm(p) == "sandboxrt-warm"]
+        assert all(_comm(p) != "sandboxrt-ahead" for w in warm for p in _children(w))
+    finally:
+        launcher.close()

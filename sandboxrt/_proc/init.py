@@ -334,7 +334,11 @@ def run_init(
     ``new_cgroup_namespace``, rooted there. With ``signal_mask``, forked with
     every signal blocked: the forking process's signal handlers are dropped,
     then the mask restored (all dispositions go to default before exec).
+    ``stdio`` ends with the detached mounts of the bind mounts whose plan names
+    one (``MountPlan.tree``, made by the gofer).
     """
+    count = sum(1 for mount in plan.mounts if mount.tree >= 0)
+    stdio, trees = list(stdio[: len(stdio) - count]), list(stdio[len(stdio) - count :])
     try:
         if signal_mask is not None:
             _drop_handlers(signal_mask)
@@ -342,7 +346,7 @@ def run_init(
             _enter_cgroup(plan.cgroup_procs, new_cgroup_namespace)
         _init_process()
         seccomp_program = _seccomp_program(plan)
-        _prepare_root(plan, sync, new_cgroup_namespace)
+        _prepare_root(plan, sync, new_cgroup_namespace, trees)
         _create(plan, sync, stdio, seccomp_program)
     except BaseException as exc:
         try:

@@ -1056,6 +1056,12 @@ def _open_root(init_pid: int) -> int | None:
         return None
 
 
+def uses_trees(plan: InitPlan) -> bool:
+    """Whether ``plan``'s bind mounts come as the gofer's detached mounts (decision 28):
+    such a root is never built ahead, where they do not exist yet."""
+    return any(mount.tree >= 0 for mount in plan.mounts)
+
+
 class RootAhead:
     """An init building, in a warm sandbox, the root of the plan the fork server saw
     last (see :func:`sandboxrt._proc.init.speculate`): a run of containers from one
@@ -1085,12 +1091,14 @@ class RootAhead:
             return None
         if not is_warm_shape(plan.namespaces) or plan.init.pause_for_hooks:
             return None  # hooks see the root being built: never ahead
+        if uses_trees(plan.init):
+            return None  # its bind mounts come from the gofer, at launch
         return cls(plan.init, close)
 
     def serves(self, plan: InitPlan) -> bool:
         """Whether the root built ahead is the one ``plan`` asks for, from the same host
         files (compared with what this mount namespace, made just now, sees)."""
-        if plan.root_key() != self.hint.root_key():
+        if plan.root_key() != self.hint.root_key() or uses_trees(plan):
             return False
         ready = self.finish()
         return ready.step == "ready" and ready.details.get("identities") == root_identities(plan)
