@@ -514,3 +514,24 @@ def test_each_container_of_a_pod_has_its_own_overlay(
     finally:
         pod.destroy()
     assert tree_digest(path / "rootfs") == before
+
+
+@needs_root
+@needs_busybox
+def test_the_file_api_sees_the_overlay_root(store: FileStore, bundle: BundleFactory) -> None:
+    path = bundle(["sleep", "1000"])
+    (path / "rootfs" / "data").mkdir()
+    (path / "rootfs" / "data" / "lower.txt").write_text("lower\n")
+    before = tree_digest(path / "rootfs")
+    with running(store, path, "ovfiles", overlay()) as container:
+        assert sh(container, "echo upper > /data/lower.txt").returncode == 0
+        assert container.files.read_text("/data/lower.txt") == "upper\n"
+        container.files.write_text("/data/from-files", "written\n")
+        assert sh(container, "cat /data/from-files").stdout == b"written\n"
+        out = io.BytesIO()
+        container.export_changes(out)
+        layer = read_layer(out.getvalue())
+        assert layer["data/from-files"][1] == b"written\n"
+        assert layer["data/lower.txt"][1] == b"upper\n"
+    assert tree_digest(path / "rootfs") == before
+    assert_store_empty(store)
