@@ -50,6 +50,7 @@ __all__ = [
     "freeze",
     "procs_files",
     "remove",
+    "remove_if_empty",
     "request_for",
     "resources_for",
     "scope_for",
@@ -241,6 +242,19 @@ def signal_all(
             cgroup.thaw()
 
 
+def remove_if_empty(record: Mapping[str, Any], container_id: str) -> bool:
+    """Remove the container's cgroup if sandboxrt made it and no process is left in it;
+    whether it is gone. Never waits: ``rmdir`` fails at once on a busy cgroup."""
+    cgroup = cgroups.load(record, container_id=container_id)
+    if not all(p.rel in p.created for p in cgroup.placements):
+        return False
+    try:
+        cgroup.destroy(timeout=0.0)
+    except SystemCallError:
+        return False
+    return True
+
+
 def remove(record: Mapping[str, Any], container_id: str, timeout: float) -> None:
     """SIGKILL what is left in the container's cgroup, then remove what sandboxrt made.
 
@@ -249,10 +263,8 @@ def remove(record: Mapping[str, Any], container_id: str, timeout: float) -> None
     namespace of its own is gone its cgroup is empty, and ``rmdir`` fails on one
     that is not (then the processes are killed, and removal retried).
     """
+    if remove_if_empty(record, container_id):
+        return
     cgroup = cgroups.load(record, container_id=container_id)
-    if all(p.rel in p.created for p in cgroup.placements):
-        with contextlib.suppress(SystemCallError):
-            cgroup.destroy(timeout=0.0)
-            return
     cgroup.kill_all(timeout=timeout)
     cgroup.destroy(timeout=timeout)

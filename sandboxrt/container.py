@@ -236,7 +236,7 @@ class Container:
             )
         autostart = autostart and not plan.init.start_container_hooks and not plan.init.terminal
         if autostart:
-            plan = dataclasses.replace(plan, autostart=True)
+            plan = dataclasses.replace(plan, init=dataclasses.replace(plan.init, autostart=True))
         cgroup_request = _cgroup.request_for(document)
         with store.lock(id, timeout=config.lock_timeout):
             record = ContainerRecord(
@@ -272,6 +272,20 @@ class Container:
                 store.save(container._record)
                 return _cgroup.procs_files(cgroup)
 
+            def record_sandbox(sandbox: Sandbox) -> None:
+                record = attrs.evolve(
+                    container._record,
+                    sandbox=sandbox.supervisor,
+                    runtime_dir=sandbox.runtime_dir,
+                ).with_status(Status.CREATED)
+                container._record = record.with_status(Status.RUNNING) if autostart else record
+
+            def save_running(sandbox: Sandbox) -> None:
+                """Created, with the program on its way (``run``): saved as running while
+                it execs, rather than after."""
+                record_sandbox(sandbox)
+                store.save(container._record)
+
             if cgroup_request is not None and isinstance(plan, SandboxPlan):
                 # Made while the sandbox starts: the init joins it after its mounts.
                 plan = dataclasses.replace(
@@ -295,6 +309,7 @@ class Container:
                         [*stdio.child_fds, *trees],
                         launcher=launcher,
                         on_mounted=container._run_runtime_hooks,
+                        on_created=save_running if autostart and gofer is None else None,
                         make_cgroup=make_cgroup,
                         timeout=config.create_timeout,
                     )
@@ -310,19 +325,14 @@ class Container:
                 stdio.close_child_ends()
                 channel.close_fds(trees)
                 trees = []
-                container._record = attrs.evolve(
-                    container._record,
-                    sandbox=sandbox.supervisor,
-                    runtime_dir=sandbox.runtime_dir,
-                ).with_status(Status.CREATED)
-                if gofer is not None:
-                    pending, gofer = gofer, None
-                    # A quick program may have ended the sandbox already: nothing to serve.
-                    with contextlib.suppress(SandboxDiedError, InvalidStateError):
-                        container._start_gofer(sandbox, pending, save=False)
-                if autostart:
-                    container._record = container._record.with_status(Status.RUNNING)
-                store.save(container._record)
+                if container._record.status is Status.CREATING:  # else saved by save_running
+                    record_sandbox(sandbox)
+                    if gofer is not None:
+                        pending, gofer = gofer, None
+                        # A quick program may have ended the sandbox already: nothing to serve.
+                        with contextlib.suppress(SandboxDiedError, InvalidStateError):
+                            container._start_gofer(sandbox, pending, save=False)
+                    store.save(container._record)
                 container.stdin, container.stdout, container.stderr = (
                     stdio.stdin,
                     stdio.stdout,
@@ -360,7 +370,9 @@ class Container:
                 container.start()
             else:
                 container._poststart()
-            return container.wait()
+            sandbox = container.sandbox
+            assert sandbox is not None
+            return sandbox.wait(container.id)  # ours since creation: no record to reload
         finally:
             container.destroy()
 
@@ -996,6 +1008,12 @@ class Container:
         if sandbox is not None and self.is_subcontainer:
             sandbox.forget_container(self.id, timeout)
         elif sandbox is not None:
+            # A container whose processes all exited leaves an empty cgroup: removed
+            # while the supervisor is still on its way out, not after.
+            if self._record.cgroup is not None and _cgroup.remove_if_empty(
+                self._record.cgroup, self.id
+            ):
+                self._record = attrs.evolve(self._record, cgroup=None)
             sandbox.stop(timeout)
             # The supervisor is gone, so nothing can join any more: the notes are complete.
             for member_id in sandbox.container_ids():

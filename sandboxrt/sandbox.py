@@ -125,6 +125,7 @@ class Sandbox:
         *,
         launcher: Launcher | None = None,
         on_mounted: Callable[[Sandbox], dict[str, Any]] | None = None,
+        on_created: Callable[[Sandbox], None] | None = None,
         make_cgroup: Callable[[], list[str]] | None = None,
         timeout: float | None = None,
     ) -> tuple[Sandbox, int | None]:
@@ -135,7 +136,9 @@ class Sandbox:
         the init joins. ``on_mounted`` runs (in this process) once the
         container's mounts are made and before ``pivot_root``: the place of
         prestart and createRuntime hooks. It returns the OCI state the
-        createContainer hooks get. On any failure nothing is left behind.
+        createContainer hooks get. With ``plan.init.autostart``, ``on_created``
+        runs once the container is created, while its program execs; the launch
+        returns once it did. On any failure nothing is left behind.
         """
         container_id = plan.init.container_id
         # The caller holds the container's lock and has just made its record: a runtime
@@ -179,7 +182,7 @@ class Sandbox:
                 if failed is not None:
                     raise failed
                 return sandbox, sandbox._follow_creation(
-                    ours, container_id, on_mounted, plan.autostart
+                    ours, container_id, on_mounted, plan.init.autostart, on_created
                 )
         except BaseException:
             if sandbox is not None:
@@ -236,6 +239,7 @@ class Sandbox:
         container_id: str,
         on_mounted: Callable[[Sandbox], dict[str, Any]] | None,
         autostart: bool,
+        on_created: Callable[[Sandbox], None] | None = None,
     ) -> int | None:
         pty: int | None = None
         while True:
@@ -251,6 +255,13 @@ class Sandbox:
                 return fds[0] if fds else None
             elif step.step == "created":
                 pty, autostart = (fds[0] if fds else None), False  # "started" comes next
+                if on_created is not None:
+                    try:
+                        on_created(self)
+                    except BaseException:
+                        if pty is not None:
+                            os.close(pty)
+                        raise
             elif step.step == "started":
                 return pty
             else:
@@ -371,7 +382,7 @@ class Sandbox:
 
         The supervisor forks its init and relays its creation steps as at
         launch (``on_mounted`` runs the runtime hooks). Returns once it is
-        created (started, with ``plan.autostart``). Closing the connection on
+        created (started, with ``plan.init.autostart``). Closing the connection on
         a failure makes the supervisor kill the init; the caller removes the
         cgroup.
         """
@@ -390,7 +401,7 @@ class Sandbox:
                 channel.send(sock, request, stdio)
             except OSError as exc:
                 raise SandboxDiedError(container_id, str(exc)) from exc
-            return self._follow_creation(sock, container_id, on_mounted, plan.autostart)
+            return self._follow_creation(sock, container_id, on_mounted, plan.init.autostart)
 
     def forget_container(self, container_id: str, timeout: float) -> None:
         """Have the supervisor SIGKILL subcontainer ``container_id`` and forget it (best

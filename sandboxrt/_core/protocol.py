@@ -238,6 +238,10 @@ class InitPlan(ProcessPlan, _Message):
     #: it is made: the init joins it after its mounts, before ``pivot_root`` (and before
     #: the prestart hooks, or reporting ``created``).
     await_cgroup: bool = False
+    #: Start the program as soon as the container is created (``run``): the init goes on
+    #: to exec after ``created``, with no start request; the supervisor reports
+    #: ``started`` (or ``error``) right after ``created``.
+    autostart: bool = False
 
     def root_key(self) -> dict[str, Any]:
         """What shapes the container's root (every field but :data:`PROCESS_FIELDS`): two
@@ -262,7 +266,7 @@ class InitPlan(ProcessPlan, _Message):
 #: differ in these only; a field added to the plan shapes the root until listed here.
 PROCESS_FIELDS = frozenset(
     {field.name for field in dataclasses.fields(ProcessPlan)}
-    | {"container_id", "start_container_hooks", "cgroup_procs", "await_cgroup"}
+    | {"container_id", "start_container_hooks", "cgroup_procs", "await_cgroup", "autostart"}
 )
 
 
@@ -281,9 +285,6 @@ class SandboxPlan(_Message):
     init: InitPlan
     hostname: str | None = None
     domainname: str | None = None
-    #: Start the program as soon as the container is created (``run``): the supervisor
-    #: reports ``started`` (or ``error``) right after ``created``.
-    autostart: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,8 +304,6 @@ class ContainerPlan(_Message):
     #: Where the supervisor records the container's exit status (atomic JSON).
     exit_file: str
     new_cgroup_namespace: bool = False
-    #: As :attr:`SandboxPlan.autostart`: ``started`` (or ``error``) follows ``created``.
-    autostart: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,6 +365,7 @@ class Request(_Message):
             "signal",
             "exec",
             "launch",
+            "prewarm",
             "create-container",
             "destroy-container",
             "upper",

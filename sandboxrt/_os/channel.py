@@ -22,9 +22,12 @@ __all__ = [
     "bind_listener",
     "close_fds",
     "connect",
+    "peek",
     "receive",
+    "receive_bytes",
     "receive_one_of",
     "send",
+    "send_bytes",
     "socket_pair",
 ]
 
@@ -67,6 +70,31 @@ def send(sock: socket.socket, message: protocol._Message, fds: Sequence[int] = (
         socket.send_fds(sock, [data], list(fds))
     else:
         sock.sendall(data)
+
+
+def send_bytes(sock: socket.socket, data: bytes) -> None:
+    """Send ``data`` (not empty: that reads as end of stream) as one raw datagram."""
+    if not data or len(data) > protocol.MAX_MESSAGE:
+        raise ValueError(f"a raw datagram of {len(data)} bytes")
+    _make_room(sock, len(data))
+    sock.sendall(data)
+
+
+def receive_bytes(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """Receive one raw datagram and the fds alongside (close-on-exec)."""
+    return _receive_raw(sock)
+
+
+def peek(fd: int) -> bytes | None:
+    """The datagram waiting on socket ``fd``, left there (its fds too) for its reader;
+    ``None`` if there is none."""
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        try:
+            flags = socket.MSG_PEEK | socket.MSG_DONTWAIT
+            size = sock.recv_into(bytearray(1), 1, flags | socket.MSG_TRUNC)
+            return sock.recv(size, flags) or None
+        except OSError:
+            return None
 
 
 def receive_one_of(

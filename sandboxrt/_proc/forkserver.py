@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import select
 import selectors
 import signal
 import socket
@@ -49,61 +48,34 @@ def _child() -> None:
     os.close(null)
 
 
-def _peek(fd: int) -> bytes | None:
-    """The message waiting on socket ``fd``, left there (its fds too) for its reader."""
-    with socket.socket(fileno=os.dup(fd)) as sock:
-        try:
-            flags = socket.MSG_PEEK | socket.MSG_DONTWAIT
-            size = sock.recv_into(bytearray(1), 1, flags | socket.MSG_TRUNC)
-            return sock.recv(size, flags)
-        except OSError:
-            return None
-
-
-class _MountWatch:
-    """Tells whether this mount namespace's mount table changed since the last look
-    (``poll`` on ``/proc/self/mountinfo`` reports each change once, as ``POLLPRI``)."""
-
-    def __init__(self) -> None:
-        self.poll = select.poll()
-        try:
-            self.fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            self.fd = -1
-        else:
-            self.poll.register(self.fd, select.POLLPRI | select.POLLERR)
-
-    def changed(self) -> bool:
-        if self.fd < 0:
-            return True
-        return any(event & (select.POLLPRI | select.POLLERR) for _, event in self.poll.poll(0))
-
-
 class _Server:
     """The fork server's state: its socket, and at most one warm sandbox.
 
-    The warm sandbox builds ahead the root of the last plan a warm launch
-    carried (``supervisor.RootAhead``), which serves the next launch if it
-    asks for the same root and the mount table did not change meanwhile.
+    A warm sandbox, once ready, is given to the library (its link, see
+    :func:`give_warm`), which hands it a launch itself; the library's
+    ``prewarm`` request says it took one, and carries the plan for the next
+    one to build the root of ahead (``supervisor.RootAhead``).
     """
 
     def __init__(self, control: socket.socket) -> None:
         self.control = control
         self.selector = selectors.DefaultSelector()
+        #: The warm sandbox being readied: its link, and a mount table watch opened
+        #: when it was forked (see :func:`mount_watch`).
         self.warm_link: socket.socket | None = None
-        self.warm_pid = 0
-        self.warm_ticks = 0
+        self.warm_watch = -1
+        #: A warm sandbox was given to the library, which has not said it used it.
+        self.given = False
         #: The encoded plan of the last warm launch.
         self.hint: bytes | None = None
-        self.mounts = _MountWatch()
 
     def forget(self) -> None:
         """In a forked child: close the fork server's sockets (its peers watch them)."""
         self.control.close()
         if self.warm_link is not None:
             self.warm_link.close()
-        if self.mounts.fd >= 0:
-            os.close(self.mounts.fd)
+        if self.warm_watch >= 0:
+            os.close(self.warm_watch)
         _child()
 
     def launch(self, fds: list[int], entry: Callable[[int], NoReturn] = supervisor.main) -> None:
@@ -120,56 +92,53 @@ class _Server:
                 os._exit(1)
 
     def prewarm(self) -> None:
-        """Fork a warm sandbox (see :func:`supervisor.warm`) for the next launch."""
+        """Fork a warm sandbox (see :func:`supervisor.warm`) unless one is on its way
+        or in the library's hands."""
+        if self.warm_link is not None or self.given:
+            return
         ours, theirs = channel.socket_pair()
+        # From now on, a change of the mount table makes the root it builds ahead stale.
+        watch = mount_watch()
         try:
             pid = os.fork()
         except OSError:
             ours.close()
             theirs.close()
+            channel.close_fds([watch])
             return
         if pid == 0:
             try:
                 ours.close()
+                channel.close_fds([watch])
                 self.forget()
                 supervisor.warm(theirs, self.hint)
             finally:
                 os._exit(1)
-        self.mounts.changed()  # from now on, a change makes the root built ahead stale
         theirs.close()
-        self.warm_link, self.warm_pid = ours, 0
+        self.warm_link, self.warm_watch = ours, watch
         self.selector.register(ours, selectors.EVENT_READ, "warm")
 
     def drop_warm(self) -> None:
         if self.warm_link is not None:
             self.selector.unregister(self.warm_link)
             self.warm_link.close()
-        self.warm_link, self.warm_pid = None, 0
+        channel.close_fds([self.warm_watch])
+        self.warm_link, self.warm_watch = None, -1
 
-    def warm_ready(self) -> None:
+    def give_warm(self) -> None:
+        """The warm sandbox is ready: give the library its link and mount watch, with
+        its pid (a :class:`Launched`)."""
         assert self.warm_link is not None
         try:
             launched, _ = channel.receive(self.warm_link, Launched)
+            watch = [self.warm_watch] if self.warm_watch >= 0 else []
+            channel.send(self.control, launched, [self.warm_link.fileno(), *watch])
         except (channel.ChannelClosedError, OSError, ValueError):
             self.drop_warm()
+            self.prewarm()  # it died (or was killed) before it was ready: another one
             return
-        self.warm_pid, self.warm_ticks = launched.pid, launched.start_ticks
-
-    def hand_over(self, fds: list[int]) -> bool:
-        """Give a launch to the warm sandbox; ``False`` if there is none that takes it."""
-        if self.warm_link is None or not self.warm_pid:
-            return False
-        launch = Request("launch", speculation=not self.mounts.changed())
-        try:
-            channel.send(self.warm_link, launch, fds)
-        except OSError:
-            self.drop_warm()
-            return False
-        bootstrap = socket.socket(fileno=os.dup(fds[0]))
-        with contextlib.suppress(OSError), bootstrap:
-            channel.send(bootstrap, Launched(self.warm_pid, self.warm_ticks))
-        self.drop_warm()  # closing the link lets the warm sandbox go on
-        return True
+        self.given = True
+        self.drop_warm()  # the library holds the link now: the warm sandbox lives on
 
     def handle(self) -> None:
         try:
@@ -182,14 +151,32 @@ class _Server:
             with contextlib.suppress(OSError):
                 self.launch(fds, gofer.serve_here)
         elif request.op == "launch" and len(fds) == 2:
-            if request.all:  # peeked before the plan is read: for the next warm sandbox
-                self.hint = _peek(fds[0]) if request.speculation else None
-            if request.all and self.hand_over(fds):
+            if request.all:  # a warm shape, launched cold: its plan is the next hint
+                self.hint = channel.peek(fds[0]) if request.speculation else None
+            with contextlib.suppress(OSError):
+                self.launch(fds)
+            if request.all:
                 self.prewarm()
-            else:
-                with contextlib.suppress(OSError):
-                    self.launch(fds)
+        elif request.op == "prewarm":
+            # The library used (or dropped) the warm sandbox we gave it. With
+            # ``speculation``, the plan it launched there follows, as raw bytes.
+            self.hint = None
+            if request.speculation:
+                with contextlib.suppress(OSError, ValueError):
+                    self.hint, extra = channel.receive_bytes(self.control)
+                    channel.close_fds(extra)
+            self.given = False
+            self.prewarm()
         channel.close_fds(fds)
+
+
+def mount_watch() -> int:
+    """An fd on ``/proc/self/mountinfo`` whose ``poll`` reports ``POLLPRI`` once the
+    mount table changed after this call (-1 if it cannot be opened)."""
+    try:
+        return os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
 
 
 def serve(control_fd: int) -> NoReturn:
@@ -197,10 +184,10 @@ def serve(control_fd: int) -> NoReturn:
 
     Launches are not answered: the launched process reports on its bootstrap
     socket, and one that could not be forked shows there as end of stream. A
-    launch whose request has ``all`` set may be served by a warm sandbox:
-    one made ahead (namespaces entered, supervisor forked) for plans with
-    exactly :data:`supervisor.WARM_NAMESPACES`; then the fork server itself
-    tells the library the supervisor's pid.
+    warm sandbox (namespaces entered, supervisor forked: for plans with exactly
+    :data:`supervisor.WARM_NAMESPACES`) is made ahead and, once ready, sent to
+    the library unasked (a :class:`Launched` with its link and a mount watch);
+    the library launches there itself, then asks for the next (``prewarm``).
     """
     control = socket.socket(fileno=control_fd)
     os.set_inheritable(control_fd, False)
@@ -224,6 +211,6 @@ def serve(control_fd: int) -> NoReturn:
                     os.read(wake_r, 4096)
                 _reap()
             elif key.data == "warm":
-                server.warm_ready()
+                server.give_warm()
             else:
                 server.handle()

@@ -413,7 +413,8 @@ def _init_process(name: str = PROCESS_NAME) -> None:
 def _create(
     plan: InitPlan, sync: socket.socket, stdio: Sequence[int], seccomp_program: bytes | None
 ) -> NoReturn:
-    """Report ``created`` (with a pty master, for a terminal), wait for start, exec."""
+    """Report ``created`` (with a pty master, for a terminal), wait for start (unless
+    ``plan.autostart``), exec."""
     executable = find_executable(plan.args[0], plan.env)
     tty_slave = None
     pty_fds: list[int] = []
@@ -422,16 +423,17 @@ def _create(
         pty_fds = [master]
     channel.send(sync, Progress("created"), pty_fds)
     channel.close_fds(pty_fds)
-    try:
-        start, _ = channel.receive(sync, Request)
-    except channel.ChannelClosedError:
-        os._exit(0)  # destroyed before start
-    hooks.run_hooks(
-        plan.start_container_hooks,
-        start.state,
-        phase="startContainer",
-        container_id=plan.container_id,
-    )
+    if not plan.autostart:  # (which has no startContainer hooks: the library sees to it)
+        try:
+            start, _ = channel.receive(sync, Request)
+        except channel.ChannelClosedError:
+            os._exit(0)  # destroyed before start
+        hooks.run_hooks(
+            plan.start_container_hooks,
+            start.state,
+            phase="startContainer",
+            container_id=plan.container_id,
+        )
     _default_signals()
     _become(plan, executable, stdio, tty_slave, seccomp_program)
 

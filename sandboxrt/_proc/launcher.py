@@ -7,7 +7,9 @@ sandboxrt's stdlib-only modules. A host application may pass its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import threading
 from typing import Protocol, runtime_checkable
 
 import sandboxrt
-from sandboxrt._core.protocol import Request
+from sandboxrt._core.protocol import Launched, Request
 from sandboxrt._os import channel
 from sandboxrt.errors import SandboxrtError
 
@@ -90,6 +92,14 @@ class SubprocessLauncher:
         )
 
 
+def _mounts_changed(watch: int) -> bool:
+    """Whether the mount table changed since ``watch`` (an fd on ``mountinfo``) was
+    opened or last polled (the kernel reports a change once, as ``POLLPRI``)."""
+    poll = select.poll()
+    poll.register(watch, select.POLLPRI | select.POLLERR)
+    return any(event & (select.POLLPRI | select.POLLERR) for _, event in poll.poll(0))
+
+
 class _ForkedProcess:
     """A process the fork server started; the fork server reaps it (pid unknown here)."""
 
@@ -138,8 +148,65 @@ class ForkServerLauncher:
         return ours
 
     def launch(self, *, bootstrap_fd: int, log_fd: int, warm: bool = False) -> LaunchedProcess:
+        with self._lock:
+            sock = self._connection()
+            if warm and self._launch_warm(sock, bootstrap_fd, log_fd):
+                return _ForkedProcess()
         launch = Request("launch", all=warm, speculation=self.build_ahead)
         return self._ask(launch, bootstrap_fd, log_fd)
+
+    def _launch_warm(self, sock: socket.socket, bootstrap_fd: int, log_fd: int) -> bool:
+        """Hand the launch to the warm sandbox the fork server sent us, if one came;
+        ``False`` if there is none that takes it (then launch cold).
+
+        The plan waits on the bootstrap socket: read by the warm sandbox, and
+        peeked here first for the fork server, whose next warm sandbox builds
+        its root ahead. The warm sandbox reads its plan once its link closes, so
+        that the :class:`Launched` we put on the bootstrap socket comes first.
+        """
+        warm = self._take_warm(sock)
+        if warm is None:
+            return False
+        launched, link, watch = warm
+        hint = channel.peek(bootstrap_fd) if self.build_ahead else None
+        try:
+            with link:
+                unchanged = watch >= 0 and not _mounts_changed(watch)
+                channel.send(link, Request("launch", speculation=unchanged), [bootstrap_fd, log_fd])
+                bootstrap = socket.socket(fileno=os.dup(bootstrap_fd))
+                with bootstrap:
+                    channel.send(bootstrap, launched)
+            return True
+        except OSError:
+            return False  # it died meanwhile: nothing reached the bootstrap socket
+        finally:
+            channel.close_fds([watch])
+            self._prewarm(sock, hint)
+
+    def _take_warm(self, sock: socket.socket) -> tuple[Launched, socket.socket, int] | None:
+        """The warm sandbox waiting on ``sock``, if the fork server sent one."""
+        sock.setblocking(False)
+        try:
+            launched, fds = channel.receive(sock, Launched)
+        except (BlockingIOError, ValueError):
+            return None
+        except OSError as exc:
+            self.close()
+            raise SandboxrtError(f"the sandbox fork server failed: {exc}") from exc
+        finally:
+            sock.setblocking(True)
+        if not fds:
+            return None
+        link = socket.socket(fileno=fds[0])
+        return launched, link, fds[1] if len(fds) > 1 else -1
+
+    def _prewarm(self, sock: socket.socket, hint: bytes | None) -> None:
+        """Tell the fork server we used its warm sandbox; ``hint`` is the plan for the
+        next one to build the root of ahead."""
+        with contextlib.suppress(OSError, ValueError):
+            channel.send(sock, Request("prewarm", speculation=hint is not None))
+            if hint is not None:
+                channel.send_bytes(sock, hint)
 
     def launch_gofer(self, *, bootstrap_fd: int, log_fd: int) -> LaunchedProcess:
         """Have the fork server fork a process that runs ``sandboxrt._proc.gofer.main``."""

@@ -141,7 +141,6 @@ class _Member:
     #: Where its exit status is recorded.
     exit_file: str
     new_cgroup_namespace: bool = False
-    autostart: bool = False
     init_pid: int = 0
     #: The init's sync socket, until the init is started.
     init_sync: socket.socket | None = None
@@ -168,6 +167,10 @@ class _Member:
     @property
     def id(self) -> str:
         return self.plan.container_id
+
+    @property
+    def autostart(self) -> bool:
+        return self.plan.autostart
 
 
 class Supervisor:
@@ -196,7 +199,6 @@ class Supervisor:
             plan.init,
             plan.exit_file,
             new_cgroup_namespace=["cgroup", ""] in plan.namespaces,
-            autostart=plan.autostart,
         )
         #: Every container of the sandbox by id, the root's included.
         self.members: dict[str, _Member] = {self.root.id: self.root}
@@ -542,7 +544,6 @@ class Supervisor:
                 plan.init,
                 plan.exit_file,
                 new_cgroup_namespace=plan.new_cgroup_namespace,
-                autostart=plan.autostart,
                 creator=conn,
             )
             try:
@@ -913,7 +914,8 @@ class Supervisor:
         member.started = True
         sync, member.init_sync = member.init_sync, None
         try:
-            channel.send(sync, request)
+            if not member.autostart:  # else it goes on to exec by itself after created
+                channel.send(sync, request)
             step, _ = channel.receive(sync, Progress)
         except channel.ChannelClosedError:
             return Reply(True)  # the sync socket closed on exec: the program runs
