@@ -20,7 +20,7 @@ from typing import NoReturn
 
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import Launched, Request
-from sandboxrt._os import channel, syscalls
+from sandboxrt._os import channel, procfs, syscalls
 from sandboxrt._proc import gofer, supervisor
 
 __all__ = ["serve"]
@@ -51,31 +51,33 @@ def _child() -> None:
 class _Server:
     """The fork server's state: its socket, and at most one warm sandbox.
 
-    A warm sandbox, once ready, is given to the library (its link, see
-    :func:`give_warm`), which hands it a launch itself; the library's
-    ``prewarm`` request says it took one, and carries the plan for the next
-    one to build the root of ahead (``supervisor.RootAhead``).
+    A warm sandbox is given to the library as soon as it is forked (see
+    :meth:`prewarm`), which hands it a launch itself; the library's ``prewarm``
+    request says it took one, and carries the plan for the next one to build
+    the root of ahead (``supervisor.RootAhead``).
     """
 
     def __init__(self, control: socket.socket) -> None:
         self.control = control
         self.selector = selectors.DefaultSelector()
-        #: The warm sandbox being readied: its link, and a mount table watch opened
-        #: when it was forked (see :func:`mount_watch`).
-        self.warm_link: socket.socket | None = None
-        self.warm_watch = -1
         #: A warm sandbox was given to the library, which has not said it used it.
         self.given = False
+        self.warm_flags = sum(abi.NAMESPACE_FLAGS[k] for k in supervisor.WARM_UNSHARED)
+        #: Our own namespaces of those kinds (and our PID namespace as our children's).
+        self.own_namespaces = [
+            (
+                os.open(f"/proc/self/ns/{_NS_FILES[kind]}", os.O_RDONLY | os.O_CLOEXEC),
+                abi.NAMESPACE_FLAGS[kind],
+            )
+            for kind in sorted(supervisor.WARM_UNSHARED)
+        ]
         #: The encoded plan of the last warm launch.
         self.hint: bytes | None = None
 
     def forget(self) -> None:
         """In a forked child: close the fork server's sockets (its peers watch them)."""
         self.control.close()
-        if self.warm_link is not None:
-            self.warm_link.close()
-        if self.warm_watch >= 0:
-            os.close(self.warm_watch)
+        channel.close_fds([fd for fd, _ in self.own_namespaces])
         _child()
 
     def launch(self, fds: list[int], entry: Callable[[int], NoReturn] = supervisor.main) -> None:
@@ -92,15 +94,16 @@ class _Server:
                 os._exit(1)
 
     def prewarm(self) -> None:
-        """Fork a warm sandbox (see :func:`supervisor.warm`) unless one is on its way
-        or in the library's hands."""
-        if self.warm_link is not None or self.given:
+        """Fork a warm sandbox (see :func:`supervisor.warm`) and give the library its
+        link, a mount watch and its pid (a :class:`Launched`), unless the library holds
+        one it has not used. The link is then the library's alone."""
+        if self.given:
             return
         ours, theirs = channel.socket_pair()
         # From now on, a change of the mount table makes the root it builds ahead stale.
         watch = mount_watch()
         try:
-            pid = os.fork()
+            pid = self.fork_into_new_namespaces()
         except OSError:
             ours.close()
             theirs.close()
@@ -115,30 +118,30 @@ class _Server:
             finally:
                 os._exit(1)
         theirs.close()
-        self.warm_link, self.warm_watch = ours, watch
-        self.selector.register(ours, selectors.EVENT_READ, "warm")
+        with ours, contextlib.suppress(OSError):
+            fds = [ours.fileno(), *([watch] if watch >= 0 else [])]
+            channel.send(self.control, Launched(pid, _start_ticks(pid)), fds)
+            self.given = True
+        channel.close_fds([watch])
 
-    def drop_warm(self) -> None:
-        if self.warm_link is not None:
-            self.selector.unregister(self.warm_link)
-            self.warm_link.close()
-        channel.close_fds([self.warm_watch])
-        self.warm_link, self.warm_watch = None, -1
-
-    def give_warm(self) -> None:
-        """The warm sandbox is ready: give the library its link and mount watch, with
-        its pid (a :class:`Launched`)."""
-        assert self.warm_link is not None
+    def fork_into_new_namespaces(self) -> int:
+        """``fork()`` a child into new namespaces (:data:`supervisor.WARM_UNSHARED`): PID 1
+        of a new PID namespace. We unshare them, fork, and go back to our own (whose fds
+        we opened at start): one fork, not two (a child unsharing, then forking)."""
+        syscalls.unshare(self.warm_flags)
         try:
-            launched, _ = channel.receive(self.warm_link, Launched)
-            watch = [self.warm_watch] if self.warm_watch >= 0 else []
-            channel.send(self.control, launched, [self.warm_link.fileno(), *watch])
-        except (channel.ChannelClosedError, OSError, ValueError):
-            self.drop_warm()
-            self.prewarm()  # it died (or was killed) before it was ready: another one
-            return
-        self.given = True
-        self.drop_warm()  # the library holds the link now: the warm sandbox lives on
+            pid = os.fork()
+        except BaseException:
+            self.return_home()
+            raise
+        if pid != 0:
+            self.return_home()
+        return pid
+
+    def return_home(self) -> None:
+        """Back to our own namespaces (and our PID namespace for our next children)."""
+        for fd, flag in self.own_namespaces:
+            syscalls.setns(fd, flag)
 
     def handle(self) -> None:
         try:
@@ -168,6 +171,17 @@ class _Server:
             self.given = False
             self.prewarm()
         channel.close_fds(fds)
+
+
+#: The file under ``/proc/PID/ns`` of each namespace type.
+_NS_FILES = {"pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts"}
+
+
+def _start_ticks(pid: int) -> int:
+    """Our child ``pid``'s start time (``/proc/PID/stat`` field 22): it cannot have been
+    reaped, so the pid is still its."""
+    info = procfs.read_stat(pid)
+    return info.start_ticks if info is not None else 0
 
 
 def mount_watch() -> int:
@@ -210,7 +224,5 @@ def serve(control_fd: int) -> NoReturn:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 4096)
                 _reap()
-            elif key.data == "warm":
-                server.give_warm()
             else:
                 server.handle()

@@ -50,6 +50,7 @@ from sandboxrt._proc.init import (
 __all__ = [
     "PROCESS_NAME",
     "WARM_NAMESPACES",
+    "WARM_UNSHARED",
     "RootAhead",
     "is_warm_shape",
     "main",
@@ -220,7 +221,8 @@ class Supervisor:
     # -- setting up ----------------------------------------------------------------------
 
     def setup(self) -> None:
-        os.setsid()
+        if os.getsid(0) != os.getpid():  # a warm sandbox is a session leader already
+            os.setsid()
         syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # the container must not reach into us
         syscalls.set_process_name(PROCESS_NAME)
         syscalls.prctl(abi.PR_SET_CHILD_SUBREAPER, 1)
@@ -1136,36 +1138,30 @@ class RootAhead:
             self.upper = -1
 
 
-def warm(link: socket.socket, hint: bytes | None = None) -> NoReturn:
-    """Make a sandbox ahead of its plan, for the fork server to hand a launch to.
+#: The namespaces the fork server makes for a warm sandbox's supervisor, which it forks
+#: into them (see :func:`warm`): all of :data:`WARM_NAMESPACES` but the mount namespace.
+WARM_UNSHARED = frozenset(WARM_NAMESPACES - {"mount"})
 
-    Runs in a fresh child of the fork server: enters the namespaces of
-    :data:`WARM_NAMESPACES`, forks the future supervisor (PID 1), sends its
-    host pid on ``link`` and exits. The supervisor starts building the root
-    of ``hint`` (:class:`RootAhead`), and waits on ``link`` for a launch
-    request carrying the bootstrap socket and log fd; end of stream (the fork
-    server went away) makes it exit. After the request it waits for ``link``
-    to close, the sign that the library was told its pid. The root built
-    ahead serves if the request says the host's mounts did not change
-    meanwhile and :meth:`RootAhead.serves` the plan; else it is dropped.
+
+def warm(link: socket.socket, hint: bytes | None = None) -> NoReturn:
+    """Be a sandbox's supervisor made ahead of its plan, for a launch to claim.
+
+    Runs in a child the fork server forked into new namespaces
+    (:data:`WARM_UNSHARED`): PID 1 of its PID namespace. It brings loopback
+    up, starts building the root of ``hint`` (:class:`RootAhead`), and waits
+    on ``link`` for a launch request carrying the bootstrap socket and log fd;
+    end of stream (nobody will launch here) makes it exit. After the request it
+    waits for ``link`` to close, the sign that the library was told its pid.
+    The root built ahead serves if the request says the host's mounts did not
+    change meanwhile and :meth:`RootAhead.serves` the plan; else it is dropped.
     """
-    try:
-        # Not the mount namespace yet: made at claim time, it sees the host's mounts as
-        # they are then (a rootfs mounted after the warm-up, say), not a stale copy.
-        syscalls.unshare(sum(abi.NAMESPACE_FLAGS[k] for k in WARM_NAMESPACES - {"mount"}))
-        pid = os.fork()
-    except BaseException:
-        os._exit(1)
-    if pid != 0:
-        channel.send(link, _launched(pid))
-        os._exit(0)
     syscalls.set_process_name("sandboxrt-warm")
     ahead: RootAhead | None = None
     try:
         _prepare_namespaces({"network"})
         ahead = RootAhead.start(hint, [link.fileno()])
         request, fds = channel.receive(link, Request)
-        link.recv(1)  # end of stream: the fork server told the library our pid
+        link.recv(1)  # end of stream: the library, which knows our pid, let go
     except BaseException:
         if ahead is not None:
             ahead.discard()
