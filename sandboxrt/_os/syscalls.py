@@ -34,6 +34,7 @@ __all__ = [
     "openat2",
     "pivot_root",
     "prctl",
+    "rename_exchange",
     "seccomp_set_filter",
     "set_keepcaps",
     "set_process_name",
@@ -99,6 +100,29 @@ def pivot_root(new_root: str, put_old: str) -> None:
     if number is None:
         raise OSError(38, f"pivot_root: unknown syscall number on {platform.machine()}")
     _check(_libc.syscall(ctypes.c_long(number), _b(new_root), _b(put_old)), "pivot_root")
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def rename_exchange(first: str, second: str) -> None:
+    """Swap two paths atomically (``renameat2`` with ``RENAME_EXCHANGE``); both must exist.
+
+    Replacing a file this way (then removing the old one under the temporary
+    name) spares ext4 the flush it makes when a rename replaces a file.
+    """
+    _check(
+        _libc.renameat2(
+            ctypes.c_int(_AT_FDCWD),
+            _b(first),
+            ctypes.c_int(_AT_FDCWD),
+            _b(second),
+            ctypes.c_uint(_RENAME_EXCHANGE),
+        ),
+        "renameat2",
+        second,
+    )
 
 
 def setdomainname(name: str) -> None:

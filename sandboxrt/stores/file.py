@@ -31,6 +31,7 @@ import portalocker
 
 from sandboxrt._core.ids import validate_id
 from sandboxrt._core.records import ContainerRecord, record_from_json, record_to_json
+from sandboxrt._os import syscalls
 from sandboxrt.errors import (
     ContainerExistsError,
     ContainerNotFoundError,
@@ -325,7 +326,7 @@ class FileStore(_RecordStore[int]):
                     if self.durable:
                         os.fsync(fh.fileno())
                 if replace:
-                    tmp.replace(path)
+                    _replace(tmp, path)
                 else:
                     try:
                         os.link(tmp, path)  # atomic create-if-absent
@@ -439,3 +440,14 @@ def _remove_if_stale(entry: os.DirEntry[str], now: float) -> None:
     with contextlib.suppress(OSError):
         if now - entry.stat(follow_symlinks=False).st_mtime > _STALE_TEMP_AGE:
             Path(entry.path).unlink()
+
+
+def _replace(new: Path, path: Path) -> None:
+    """Put ``new`` in ``path``'s place atomically (``path`` has the new file or the old,
+    whole, at every moment), leaving the old one, if any, under ``new``'s name."""
+    try:
+        syscalls.rename_exchange(str(new), str(path))
+    except OSError as err:
+        if err.errno not in (errno.ENOENT, errno.EINVAL, errno.ENOSYS, errno.EPERM):
+            raise
+        new.replace(path)  # no old file to swap with, or a filesystem without exchange
