@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
+from conftest import in_python
 
 from sandboxrt._core import abi, devicefilter
 from sandboxrt._os import cgroups, procfs, syscalls
@@ -972,3 +973,28 @@ def test_v1_places_a_cgroup_in_cpuset_only_for_cpus_or_mems(tmp_path: Path) -> N
     assert read(mnt / "cpuset/sandboxrt/pinned/cpuset.cpus") == "1"
     plain.destroy()
     pinned.destroy()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root for a mount namespace")
+@pytest.mark.skipif(not REAL_V1, reason="needs cgroup v1 controllers mounted")
+def test_detect_parses_the_mount_table_again_once_it_changed() -> None:
+    # In a private mount namespace of a second process: unmounting a hierarchy there
+    # must show in the next detect(), which otherwise reuses the last parse.
+    code = (
+        "import ctypes, os\n"
+        "from sandboxrt._os.cgroups import detect\n"
+        "from sandboxrt._os import syscalls\n"
+        "from sandboxrt._core import abi\n"
+        "syscalls.unshare(abi.CLONE_NEWNS)\n"
+        "syscalls.mount(None, '/', None, abi.MS_REC | abi.MS_PRIVATE)\n"
+        "before = detect()\n"
+        "assert detect().hierarchies == before.hierarchies\n"
+        "pids = next(h for h in before.hierarchies if 'pids' in h.controllers)\n"
+        "syscalls.umount2(str(pids.mountpoint), 0)\n"
+        "after = detect()\n"
+        "print(sorted(c for h in after.hierarchies for c in h.controllers))\n"
+    )
+    done = in_python(code)
+    assert done.returncode == 0, done.stderr
+    assert "'pids'" not in done.stdout
+    assert "'memory'" in done.stdout

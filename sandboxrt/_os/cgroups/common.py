@@ -245,6 +245,19 @@ def make_levels(
     the creation start over. On failure the levels already created are
     removed again.
     """
+    if before is None and len(rel.parts) > 1:
+        # The common case, parents in place: one mkdir.
+        try:
+            os.mkdir(mountpoint / rel, 0o755)
+        except OSError as err:
+            if err.errno not in (errno.ENOENT, errno.EEXIST):
+                raise SystemCallError(f"creating cgroup {mountpoint / rel}", err) from err
+            if err.errno == errno.EEXIST:
+                return ()
+        else:
+            if after is not None:
+                after(mountpoint / rel)
+            return (rel,)
     created: list[PurePosixPath] = []
     try:
         for attempt in range(1, _MAKE_ATTEMPTS + 1):

@@ -7,8 +7,11 @@ to resolve a relative ``linux.cgroupsPath``). Standard library only.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
+import select
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -182,12 +185,62 @@ def detect(
     mountinfo_path: str | Path = "/proc/self/mountinfo",
     proc_cgroup_path: str | Path = "/proc/self/cgroup",
 ) -> CgroupLayout:
-    """Read the cgroup layout of this machine (and the caller's cgroups)."""
-    with open(mountinfo_path) as f:
-        hierarchies = parse_mountinfo(f.read())
+    """Read the cgroup layout of this machine (and the caller's cgroups).
+
+    This process's own mount table is parsed again only once it changed
+    (see :class:`_MountedHierarchies`); the caller's cgroups are read each time.
+    """
+    if mountinfo_path == "/proc/self/mountinfo":
+        hierarchies = _MOUNTED.current()
+    else:
+        with open(mountinfo_path) as f:
+            hierarchies = parse_mountinfo(f.read())
     try:
         with open(proc_cgroup_path) as f:
             own = parse_proc_cgroup(f.read())
     except FileNotFoundError:
         own = {}
     return CgroupLayout(hierarchies, own)
+
+
+class _MountedHierarchies:
+    """The cgroup hierarchies of this process's mount table, parsed again only after it
+    changed: ``poll`` on an open ``mountinfo`` reports each change as ``POLLPRI``.
+    Per process: a forked child opens its own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._poll: select.poll | None = None
+        self._fd = -1
+        self._hierarchies: tuple[Hierarchy, ...] | None = None
+
+    def current(self) -> tuple[Hierarchy, ...]:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._reopen()
+            elif self._changed():
+                self._hierarchies = None
+            if self._hierarchies is None:
+                with open("/proc/self/mountinfo") as f:
+                    self._hierarchies = parse_mountinfo(f.read())
+            return self._hierarchies
+
+    def _reopen(self) -> None:
+        if self._fd >= 0 and self._pid == os.getpid():
+            os.close(self._fd)
+        self._pid, self._hierarchies, self._poll, self._fd = os.getpid(), None, None, -1
+        try:
+            self._fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLPRI | select.POLLERR)
+
+    def _changed(self) -> bool:
+        if self._poll is None:
+            return True
+        return any(event & (select.POLLPRI | select.POLLERR) for _, event in self._poll.poll(0))
+
+
+_MOUNTED = _MountedHierarchies()
