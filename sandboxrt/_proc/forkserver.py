@@ -60,6 +60,8 @@ class _Server:
     def __init__(self, control: socket.socket) -> None:
         self.control = control
         self.selector = selectors.DefaultSelector()
+        #: The pipe our signal handlers wake the selector through.
+        self.wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         #: A warm sandbox was given to the library, which has not said it used it.
         self.given = False
         self.warm_flags = sum(abi.NAMESPACE_FLAGS[k] for k in supervisor.WARM_UNSHARED)
@@ -76,9 +78,10 @@ class _Server:
 
     def forget(self) -> None:
         """In a forked child: close the fork server's sockets (its peers watch them)."""
+        _child()  # first: it drops the signal wakeup fd
         self.control.close()
-        channel.close_fds([fd for fd, _ in self.own_namespaces])
-        _child()
+        self.selector.close()
+        channel.close_fds([*self.wake, *(fd for fd, _ in self.own_namespaces)])
 
     def launch(self, fds: list[int], entry: Callable[[int], NoReturn] = supervisor.main) -> None:
         """Fork a process that runs ``entry``: by default it enters a new sandbox's
@@ -208,10 +211,10 @@ def serve(control_fd: int) -> NoReturn:
     syscalls.prctl(abi.PR_SET_CHILD_SUBREAPER, 1)
     syscalls.set_process_name("sandboxrt-fork")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     server = _Server(control)
+    wake_r, wake_w = server.wake
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     server.selector.register(wake_r, selectors.EVENT_READ, "wake")
     server.selector.register(control, selectors.EVENT_READ, "control")
     # Everything imported so far lives as long as we do: keep it out of the collector, so
