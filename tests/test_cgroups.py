@@ -8,13 +8,12 @@ import json
 import os
 import secrets
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
-from conftest import in_python
+from conftest import in_python, wait_until
 
 from sandboxrt._core import abi, devicefilter
 from sandboxrt._os import cgroups, procfs, syscalls
@@ -693,13 +692,6 @@ REAL_V2 = REAL_UNIFIED is not None and {"memory", "pids"} <= REAL_UNIFIED.contro
 IS_ROOT = os.geteuid() == 0
 
 
-def _wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 @contextlib.contextmanager
 def _real_cgroup(cls: type[Cgroup], resources: dict[str, Any]) -> Iterator[Cgroup]:
     """A real cgroup named sandboxrt-test-*, removed (with its processes) in any case."""
@@ -732,7 +724,7 @@ def _run_in(cgroup: Cgroup) -> Iterator[tuple[subprocess.Popen[bytes], list[int]
         assert child.stdin is not None
         child.stdin.write(b"go\n")
         child.stdin.flush()
-        _wait_for(lambda: len(cgroup.pids()) == 3)  # sh and both sleeps, forked inside
+        wait_until(lambda: len(cgroup.pids()) == 3)  # sh and both sleeps, forked inside
         yield child, cgroup.pids()
     finally:
         child.kill()
@@ -926,7 +918,7 @@ def test_real_v2_device_program(tmp_path: Path) -> None:
         assert cgroup.pids() == []
     # The program went with the cgroup (released by the kernel once the cgroup is gone).
     assert not directory.exists()
-    _wait_for(lambda: not _program_exists(second[0]), timeout=10.0)
+    wait_until(lambda: not _program_exists(second[0]), timeout=10.0)
 
 
 @pytest.mark.root

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import attrs
 import pytest
-from conftest import BundleFactory, needs_busybox, needs_root
+from conftest import BundleFactory, needs_busybox, needs_root, wait_until
 
 from sandboxrt import PIPE, Config, Container, FileStore, SubprocessLauncher
 from sandboxrt._core.protocol import PROCESS_FIELDS, InitPlan, MountPlan
@@ -41,15 +41,6 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _wait_for(predicate: object, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def test_warm_shape_rules() -> None:
     new = [["pid", ""], ["network", ""], ["ipc", ""], ["uts", ""], ["mount", ""]]
     assert is_warm_shape(new)
@@ -69,7 +60,7 @@ def test_fork_server_keeps_a_warm_sandbox_and_uses_it(
         server = launcher._server
         assert server is not None
         # After a launch the fork server makes the next warm sandbox at once.
-        assert _wait_for(lambda: any(_comm(p) == "sandboxrt-warm" for p in _children(server.pid)))
+        wait_until(lambda: any(_comm(p) == "sandboxrt-warm" for p in _children(server.pid)))
         warm = [p for p in _children(server.pid) if _comm(p) == "sandboxrt-warm"]
         c = Container.create("second", bundle(["sleep", "10"]), store=store, launcher=launcher)
         try:
@@ -82,7 +73,7 @@ def test_fork_server_keeps_a_warm_sandbox_and_uses_it(
         launcher.close()
     # Closing the fork server ends it and its warm sandbox.
     assert server.poll() is not None
-    assert _wait_for(lambda: all(not os.path.exists(f"/proc/{p}") or _comm(p) == "" for p in warm))
+    wait_until(lambda: all(not os.path.exists(f"/proc/{p}") or _comm(p) == "" for p in warm))
 
 
 def test_plans_of_another_shape_are_launched_cold(
@@ -127,7 +118,7 @@ def test_a_killed_warm_sandbox_is_replaced(store: FileStore, bundle: BundleFacto
         assert Container.run("w1", bundle(["true"]), store=store, launcher=launcher) == 0
         server = launcher._server
         assert server is not None
-        assert _wait_for(lambda: any(_comm(p) == "sandboxrt-warm" for p in _children(server.pid)))
+        wait_until(lambda: any(_comm(p) == "sandboxrt-warm" for p in _children(server.pid)))
         for pid in _children(server.pid):
             if _comm(pid) == "sandboxrt-warm":
                 os.kill(pid, signal.SIGKILL)  # ours: a child of our own fork server
@@ -152,7 +143,7 @@ def test_supervisor_is_reaped_promptly(
         c.destroy()
         if launcher_kind == "fork":
             # The fork server is a child subreaper: no zombie is left for init to find.
-            assert _wait_for(lambda: procfs.read_stat(pid) is None, timeout=1.0)
+            wait_until(lambda: procfs.read_stat(pid) is None, timeout=1.0)
         else:
             info = procfs.read_stat(pid)
             assert info is None or info.state in "ZX"
@@ -183,7 +174,7 @@ def _ahead_of(
                         return pid
         return 0
 
-    assert _wait_for(find)
+    wait_until(find)
     return find()
 
 
@@ -315,7 +306,7 @@ def test_a_fork_server_told_not_to_build_ahead_does_not(
             assert Container.run(name, path, store=store, launcher=launcher) == 0
         server = launcher._server
         assert server is not None
-        assert _wait_for(lambda: any(_comm(p) == "sandboxrt-warm" for p in _children(server.pid)))
+        wait_until(lambda: any(_comm(p) == "sandboxrt-warm" for p in _children(server.pid)))
         time.sleep(0.2)  # what would be built ahead would have started by now
         warm = [p for p in _children(server.pid) if _comm(p) == "sandboxrt-warm"]
         assert warm and all(_children(p) == [] for p in warm)

@@ -12,12 +12,12 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BundleFactory, in_python, needs_busybox, needs_root
+from conftest import BundleFactory, in_python, needs_busybox, needs_root, wait_until
 from test_hooks_lifecycle import ALL_PHASES as HOOK_PHASES
 from test_hooks_lifecycle import Setup
 
@@ -612,18 +612,6 @@ def test_cri_annotations_put_a_container_in_a_sandbox(
 
 
 # -- shared helpers --------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``predicate`` until true (fails after ``timeout`` s: never a timed assert)."""
-    deadline = threading.Event()
-    timer = threading.Timer(timeout, deadline.set)
-    timer.start()
-    try:
-        while not predicate():
-            assert not deadline.wait(0.01), "condition never became true"
-    finally:
-        timer.cancel()
 
 
 def in_subprocess(store: FileStore, code: str) -> str:

@@ -17,11 +17,12 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_until
 
 from sandboxrt._core.records import ContainerRecord, record_to_json
 from sandboxrt._core.status import Status
@@ -138,13 +139,6 @@ def children() -> Iterator[Children]:
         yield kids
     finally:
         kids.close()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
 
 
 def open_paths(pid: int) -> set[str]:
