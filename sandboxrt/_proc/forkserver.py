@@ -20,7 +20,7 @@ from typing import NoReturn
 
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import Launched, Request
-from sandboxrt._os import channel, procfs, syscalls
+from sandboxrt._os import capabilities, channel, procfs, syscalls
 from sandboxrt._proc import gofer, supervisor
 
 __all__ = ["serve"]
@@ -217,6 +217,7 @@ def serve(control_fd: int) -> NoReturn:
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     server.selector.register(wake_r, selectors.EVENT_READ, "wake")
     server.selector.register(control, selectors.EVENT_READ, "control")
+    capabilities.last_cap()  # probed once here, for every init forked from us
     # Everything imported so far lives as long as we do: keep it out of the collector, so
     # that children do not touch (and copy) every page of the heap when they collect.
     gc.freeze()
