@@ -16,7 +16,7 @@ from conftest import BundleFactory, needs_busybox, needs_root, wait_until
 from sandboxrt import PIPE, Config, Container, FileStore, SubprocessLauncher
 from sandboxrt._core.protocol import PROCESS_FIELDS, InitPlan, MountPlan
 from sandboxrt._core.spec import read_spec_file, write_spec_file
-from sandboxrt._os import procfs
+from sandboxrt._os import cgroups, procfs
 from sandboxrt._proc.launcher import ForkServerLauncher
 from sandboxrt._proc.supervisor import is_warm_shape
 
@@ -219,6 +219,10 @@ def test_a_root_built_ahead_serves_the_next_container_of_its_bundle(
         try:
             assert _init_of(c) == ahead  # the init that built the root is the container's
             assert _comm(ahead) == "sandboxrt-init"
+            # It joined the container's cgroup, in every hierarchy (by itself, decision 29).
+            assert c._record.cgroup is not None
+            for directory in cgroups.load(c._record.cgroup).directories:
+                assert str(ahead) in (directory / "cgroup.procs").read_text().split()
             pid, text = _run_output(c).decode().split("\n", 1)
             assert int(pid) > 1 and text == "built ahead\n"
         finally:

@@ -39,7 +39,6 @@ from sandboxrt._core.protocol import (
 from sandboxrt._os import capabilities, channel, net, procfs, syscalls
 from sandboxrt._proc.init import (
     error_progress,
-    join_cgroup,
     open_cgroup,
     root_identities,
     run_exec,
@@ -242,13 +241,18 @@ class Supervisor:
         self.adopted = True
 
     def hand_plan(self) -> None:
-        """Give an adopted init its cgroup (moved in by us: its root hides the host's
-        cgroupfs), its plan and its stdio; it goes on to ``created``."""
+        """Give an adopted init its cgroup (files we open: its root hides the host's
+        cgroupfs; it joins by itself, which on v1 spares the global lock a move by pid
+        takes, see :func:`join_cgroup`), its plan and its stdio; it goes on to
+        ``created``."""
         root = self.root
         assert root.init_sync is not None
-        join_cgroup(root.cgroup_procs, pid=root.init_pid)
-        go = Progress("go", details={"cgroupns": root.new_cgroup_namespace})
-        channel.send(root.init_sync, go)
+        cgroup = open_cgroup(root.cgroup_procs)
+        try:
+            go = Progress("go", details={"cgroupns": root.new_cgroup_namespace})
+            channel.send(root.init_sync, go, cgroup)
+        finally:
+            channel.close_fds(cgroup)
         channel.send(root.init_sync, self.plan.init, self.stdio)
         channel.close_fds(self.stdio)
         self.stdio = []
