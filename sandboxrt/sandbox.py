@@ -578,7 +578,18 @@ class Sandbox:
 
     def remove_runtime_dir(self) -> None:
         """Remove the sandbox's runtime files (once it is stopped)."""
-        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        try:  # the common case, files only: no tree walk
+            with os.scandir(self.runtime_dir) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        raise IsADirectoryError(entry.path)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+            os.rmdir(self.runtime_dir)
+        except FileNotFoundError:
+            return  # gone already
+        except OSError:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
     def stop(self, timeout: float) -> None:
         """Kill the sandbox and wait until it is gone; its runtime files stay."""

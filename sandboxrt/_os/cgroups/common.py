@@ -176,6 +176,14 @@ def _rmdir(directory: Path, deadline: float, *, shared: bool) -> bool:
 
 def _remove_tree(directory: Path, deadline: float) -> None:
     """Remove a cgroup we own with every cgroup below it, deepest first."""
+    try:
+        os.rmdir(directory)  # the common case: no cgroup below, nothing in it
+        return
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        if err.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+            raise SystemCallError(f"removing cgroup {directory}", err) from err
     for child in _subdirs(directory):
         _remove_tree(child, deadline)
     _rmdir(directory, deadline, shared=False)
