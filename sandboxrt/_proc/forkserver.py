@@ -21,7 +21,7 @@ from typing import NoReturn
 
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import Launched, Request
-from sandboxrt._os import channel, syscalls
+from sandboxrt._os import channel, mounts, syscalls
 from sandboxrt._proc import gofer, supervisor
 
 __all__ = ["serve"]
@@ -120,22 +120,33 @@ class _Server:
                 os._exit(1)
 
     def prewarm(self) -> None:
-        """Fork a warm sandbox (see :func:`supervisor.warm`) for the next launch."""
+        """Fork a warm sandbox (see :func:`supervisor.warm`) for the next launch, with the
+        detached mounts of the last plan's rootfs and binds, opened here (on the host
+        side), to build its root ahead from."""
+        self.mounts.changed()  # from now on, a change makes the root built ahead stale
+        hint = supervisor.ahead_plan(self.hint)
+        trees: list[int] = []
+        if hint is not None:
+            try:
+                trees = mounts.open_host_trees(hint.init.tree_sources())
+            except OSError:
+                hint = None
         ours, theirs = channel.socket_pair()
         try:
             pid = os.fork()
         except OSError:
             ours.close()
             theirs.close()
+            channel.close_fds(trees)
             return
         if pid == 0:
             try:
                 ours.close()
                 self.forget()
-                supervisor.warm(theirs, self.hint)
+                supervisor.warm(theirs, hint, trees)
             finally:
                 os._exit(1)
-        self.mounts.changed()  # from now on, a change makes the root built ahead stale
+        channel.close_fds(trees)
         theirs.close()
         self.warm_link, self.warm_pid = ours, 0
         self.selector.register(ours, selectors.EVENT_READ, "warm")
