@@ -292,3 +292,28 @@ def test_the_old_root_is_gone_after_the_pivot(
         "/sys",
         "/sys/fs/cgroup",
     } | {fields[4] for fields in lines if fields[4].startswith(("/proc/", "/sys/"))}
+
+
+def test_a_root_built_ahead_is_matched_by_trees_not_paths(
+    store: FileStore, bundle: BundleFactory, fork_server: ForkServerLauncher
+) -> None:
+    """The claim's trees, opened by the library before the rootfs was replaced at its path,
+    are those the root was built ahead from: it serves, and the container sees them."""
+    path = bundle(["cat", "/marker"])
+    (path / "rootfs/marker").write_text("opened\n")
+    decoy = bundle(["true"])
+    (decoy / "rootfs/marker").write_text("decoy\n")
+    ahead = _ahead_of(fork_server, store, path)
+
+    def swap() -> None:
+        os.rename(path / "rootfs", path / "rootfs.opened")
+        os.rename(decoy / "rootfs", path / "rootfs")
+
+    launcher = _SwapOnLaunch(fork_server, swap)
+    c = Container.create("aheadswap", path, store=store, launcher=launcher, stdout=PIPE)
+    try:
+        assert _init_of(c) == ahead
+    except BaseException:
+        c.destroy()
+        raise
+    assert output(c) == "opened\n"

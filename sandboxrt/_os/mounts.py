@@ -17,7 +17,9 @@ opened fd itself (``/proc/self/fd/N``, through an fd on the init's own
 a path component between the check and the mount cannot redirect the mount
 (CVE-2025-31133, CVE-2025-52565, CVE-2025-52881). Before ``pivot_root`` every
 opened mount point is also checked to be beneath the rootfs by reading its
-``/proc/self/fd`` link.
+``/proc/self/fd`` link, or, in a rootfs entered as a detached mount
+(:func:`enter_tree`: the host side opened it, no host path is resolved here),
+by following its ``..`` chain up to that root.
 
 Masked and read-only paths: one whose last component is a symlink is skipped
 (mounting onto it would follow it, and whatever it names is not the path that

@@ -17,6 +17,7 @@ import os
 import resource
 import signal
 import socket
+import stat
 import termios
 from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
@@ -106,6 +107,8 @@ def _prepare_root(
             m.bind and m.tree < 0 for m in plan.mounts
         ):
             raise ValueError("the plan's rootfs comes as a tree, but not all its trees came")
+        if not stat.S_ISDIR(os.fstat(trees[0]).st_mode):
+            raise NotADirectoryError(f"rootfs {plan.rootfs} is not a directory")
         top = trees[0]
         if plan.overlay_size:  # the rootfs's tree is the lower layer, never attached
             top, upper = mounts.overlay_tree(
