@@ -1205,19 +1205,17 @@ def _with_trees(init: InitPlan, container_id: str) -> tuple[InitPlan, builtins.l
     """``init`` with its rootfs and bind sources as detached mounts opened here, on the host
     side (``open_tree``, symlinks resolved here), and those trees (decision 29).
 
-    A plan with createContainer hooks keeps its rootfs by path (the hooks, host
-    programs, find the root at the bundle's rootfs path); its binds still come as
-    trees. Where a tree cannot be made (a missing source, no ``open_tree``), the plan
-    goes by path, as before: the init then reports what is wrong.
+    Where a tree cannot be made (a missing source, no ``open_tree``), the plan goes
+    by path, as before: the init then reports what is wrong.
     """
-    rootfs_tree = not init.create_container_hooks
-    numbered, index = [], int(rootfs_tree)
+    numbered, index = [], 1  # tree 0: the rootfs
+
     for mount in init.mounts:
         if mount.bind:
             mount = dataclasses.replace(mount, tree=index)
             index += 1
         numbered.append(mount)
-    planned = dataclasses.replace(init, mounts=numbered, rootfs_tree=rootfs_tree)
+    planned = dataclasses.replace(init, mounts=numbered, rootfs_tree=True)
     try:
         return planned, mounts.open_host_trees(planned.tree_sources())
     except OSError as exc:

@@ -317,3 +317,33 @@ def test_a_root_built_ahead_is_matched_by_trees_not_paths(
         c.destroy()
         raise
     assert output(c) == "opened\n"
+
+
+def test_create_container_hooks_see_the_tree_at_the_rootfs_path(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """A plan with createContainer hooks gets its rootfs as a tree too; the root built in it
+    is moved onto the bundle's rootfs path for the hooks (host programs), even where that
+    path names another directory by then."""
+    path = bundle(["cat", "/marker"])
+    (path / "rootfs/marker").write_text("opened\n")
+    decoy = bundle(["true"])
+    (decoy / "rootfs/marker").write_text("decoy\n")
+    seen = tmp_path / "seen"
+    doc = json.loads((path / "config.json").read_text())
+    doc["hooks"] = {
+        "createContainer": [
+            {"path": "/bin/sh", "args": ["sh", "-c", f"cat {path}/rootfs/marker > {seen}"]}
+        ]
+    }
+    (path / "config.json").write_text(json.dumps(doc))
+
+    def swap() -> None:
+        os.rename(path / "rootfs", path / "rootfs.opened")
+        os.rename(decoy / "rootfs", path / "rootfs")
+
+    launcher = _SwapOnLaunch(SubprocessLauncher(), swap)
+    c = Container.create("hooktree", path, store=store, launcher=launcher, stdout=PIPE)
+    assert output(c) == "opened\n"
+    assert seen.read_text() == "opened\n"
+    assert (path / "rootfs/marker").read_text() == "decoy\n"

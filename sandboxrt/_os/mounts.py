@@ -67,6 +67,7 @@ __all__ = [
     "remount_root_readonly",
     "reopen",
     "resolve_beneath_root",
+    "show_at",
 ]
 
 _MAX_SYMLINKS = 255
@@ -535,6 +536,13 @@ def leave_tree(host: int) -> None:
         os.chroot(".")
     finally:
         os.close(host)
+
+
+def show_at(root: int, path: str) -> None:
+    """Move the root built in a tree (:func:`enter_tree`; ``root`` an fd on it, mounts
+    and all) from over ``/`` onto host ``path``, where createContainer hooks expect it:
+    only the mount point is resolved by path, not what is mounted there."""
+    syscalls.move_mount(root, abi.AT_FDCWD, path)
 
 
 def bind_rootfs(rootfs: str) -> None:

@@ -148,6 +148,8 @@ def _prepare_root(
     if host is not None:  # back to the host's root: cgroups and hooks are host paths
         built = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         mounts.leave_tree(host)
+        if plan.create_container_hooks:  # host programs: they look at the bundle's rootfs
+            mounts.show_at(built, os.path.realpath(plan.rootfs))
     if plan.await_cgroup:  # made by the library meanwhile; joined while host paths resolve
         step, _ = channel.receive(sync, Progress)
         if step.step != "cgroup":
