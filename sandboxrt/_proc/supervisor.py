@@ -21,6 +21,7 @@ import os
 import selectors
 import signal
 import socket
+import stat
 from collections.abc import Iterable, Sequence
 from typing import NoReturn
 
@@ -1088,6 +1089,18 @@ def _receive_rest(conn: socket.socket, fds: list[int], plan: InitPlan) -> str:
     return ""
 
 
+def _park(trees: Sequence[int]) -> None:
+    """Close detached mounts we do not need without dissolving them now: closing the last
+    fd of one never attached waits for an RCU grace period (up to milliseconds, in the
+    library's ``create``, the last to close it). A directory's goes beneath our ``/proc``
+    (hidden, and gone with our mount namespace); others are closed."""
+    for tree in trees:
+        with contextlib.suppress(OSError):
+            if stat.S_ISDIR(os.fstat(tree).st_mode):
+                syscalls.move_mount(tree, abi.AT_FDCWD, "/proc", beneath=True)
+        os.close(tree)
+
+
 def ahead_plan(hint: bytes | None) -> SandboxPlan | None:
     """The plan encoded in ``hint`` (the last warm launch's), if its root may be built
     ahead: a warm sandbox's shape, no hooks, its rootfs and binds as trees (which the
@@ -1217,7 +1230,7 @@ def warm(
             ahead.discard()
             ahead = None
         if ahead is not None:  # its root is built: the trees that came are not needed
-            channel.close_fds(claimed)
+            _park(claimed)
             stdio = stdio[:3]
     except BaseException as exc:
         with contextlib.suppress(OSError):
