@@ -21,15 +21,14 @@ import attrs
 from typing_extensions import Unpack
 
 from sandboxrt import _cgroup, _changes
-from sandboxrt._core import abi
 from sandboxrt._core.cri import sandbox_to_join
 from sandboxrt._core.ids import resolve_id, validate_id
 from sandboxrt._core.plan import UserArg, build_container_plan, build_plan, exec_plan
-from sandboxrt._core.protocol import ContainerPlan, MountPlan, SandboxPlan
+from sandboxrt._core.protocol import ContainerPlan, InitPlan, SandboxPlan
 from sandboxrt._core.records import ContainerRecord
 from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
 from sandboxrt._core.status import Operation, Status, require
-from sandboxrt._os import cgroups, channel, procfs
+from sandboxrt._os import cgroups, channel, mounts, procfs
 from sandboxrt._os.seccomp import compile_bpf
 from sandboxrt._proc import hooks
 from sandboxrt._proc.launcher import Launcher
@@ -258,7 +257,6 @@ class Container:
             container = cls(record, store)
             stdio: StdioPlan | None = None
             pty: int | None = None
-            gofer: PendingGofer | None = None
             trees: builtins.list[int] = []
 
             def make_cgroup() -> list[str]:
@@ -298,18 +296,16 @@ class Container:
                         plan, init=dataclasses.replace(plan.init, cgroup_procs=make_cgroup())
                     )
                 stdio = StdioPlan(stdin, stdout, stderr)
+                # The rootfs and bind sources go as detached mounts (decision 30).
+                init, trees = _with_trees(plan.init, id)
+                plan = dataclasses.replace(plan, init=init)
                 if isinstance(plan, SandboxPlan):
-                    binds = [m for m in plan.init.mounts if m.bind]
-                    if 0 < len(binds) <= _MAX_TREES:
-                        # The gofer opens the bind sources (decision 28); it serves files later.
-                        gofer = PendingGofer(launcher)
-                        plan, trees = _with_trees(plan, gofer.prepare(id, _bind_sources(binds)))
                     sandbox, pty = Sandbox.launch(
                         plan,
                         [*stdio.child_fds, *trees],
                         launcher=launcher,
                         on_mounted=container._run_runtime_hooks,
-                        on_created=save_running if autostart and gofer is None else None,
+                        on_created=save_running if autostart else None,
                         make_cgroup=make_cgroup,
                         timeout=config.create_timeout,
                     )
@@ -318,7 +314,7 @@ class Container:
                     sandbox = host
                     pty = host.create_container(
                         plan,
-                        stdio.child_fds,
+                        [*stdio.child_fds, *trees],
                         on_mounted=container._run_runtime_hooks,
                         timeout=config.create_timeout,
                     )
@@ -327,11 +323,6 @@ class Container:
                 trees = []
                 if container._record.status is Status.CREATING:  # else saved by save_running
                     record_sandbox(sandbox)
-                    if gofer is not None:
-                        pending, gofer = gofer, None
-                        # A quick program may have ended the sandbox already: nothing to serve.
-                        with contextlib.suppress(SandboxDiedError, InvalidStateError):
-                            container._start_gofer(sandbox, pending, save=False)
                     store.save(container._record)
                 container.stdin, container.stdout, container.stderr = (
                     stdio.stdin,
@@ -349,8 +340,6 @@ class Container:
                 if pty is not None:
                     os.close(pty)
                 channel.close_fds(trees)
-                if gofer is not None:
-                    gofer.abort()
                 if container.console is not None:
                     container.console.close()
                 container._teardown()
@@ -1230,27 +1219,23 @@ def _write_pid_file(path: str | os.PathLike[str], pid: int) -> None:
     os.replace(tmp, target)
 
 
-#: At most this many bind mounts go to the init as detached mounts (with its 3 stdio fds,
-#: one datagram's fds); more are bound by path.
-_MAX_TREES = 13
+def _with_trees(init: InitPlan, container_id: str) -> tuple[InitPlan, builtins.list[int]]:
+    """``init`` with its rootfs and bind sources as detached mounts opened here, on the host
+    side (``open_tree``, symlinks resolved here), and those trees (decision 30).
 
+    Where a tree cannot be made (a missing source, no ``open_tree``), the plan goes
+    by path, as before: the init then reports what is wrong.
+    """
+    numbered, index = [], 1  # tree 0: the rootfs
 
-def _bind_sources(binds: Sequence[MountPlan]) -> builtins.list[tuple[str, bool]]:
-    return [(m.source, bool(m.flags & abi.MS_REC)) for m in binds]
-
-
-def _with_trees(
-    plan: SandboxPlan, trees: builtins.list[int] | None
-) -> tuple[SandboxPlan, builtins.list[int]]:
-    """``plan`` with its bind mounts numbered for ``trees`` (the gofer's detached mounts, one
-    per bind mount, in order), and the trees; unchanged without them."""
-    if not trees:
-        return plan, []
-    numbered, index = [], 0
-    for mount in plan.init.mounts:
+    for mount in init.mounts:
         if mount.bind:
             mount = dataclasses.replace(mount, tree=index)
             index += 1
         numbered.append(mount)
-    init = dataclasses.replace(plan.init, mounts=numbered)
-    return dataclasses.replace(plan, init=init), trees
+    planned = dataclasses.replace(init, mounts=numbered, rootfs_tree=True)
+    try:
+        return planned, mounts.open_host_trees(planned.tree_sources())
+    except OSError as exc:
+        log.debug("container %s: its root goes by path: %s", container_id, exc)
+        return init, []

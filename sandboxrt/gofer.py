@@ -16,8 +16,8 @@ import os
 import socket
 from collections.abc import Sequence
 
-from sandboxrt._core.file_protocol import FileReply, FileRequest, GoferPrepare, GoferStart
-from sandboxrt._core.protocol import Launched, Progress
+from sandboxrt._core.file_protocol import FileReply, FileRequest, GoferStart
+from sandboxrt._core.protocol import Launched
 from sandboxrt._core.records import ProcessIdentity
 from sandboxrt._os import channel, procfs
 from sandboxrt._proc.launcher import (
@@ -105,33 +105,6 @@ class PendingGofer:
         finally:
             theirs.close()
             os.close(null)
-
-    def prepare(self, container_id: str, binds: Sequence[tuple[str, bool]]) -> list[int] | None:
-        """Have the gofer open ``(host source, recursive)`` bind sources as detached mounts
-        (``open_tree``): one fd each, in order; None if it could not (the caller then binds
-        by path, and the init reports what is wrong with a source)."""
-        assert self._sock is not None
-        request = GoferPrepare([[source, recursive] for source, recursive in binds])
-        step: Progress | None = None
-        trees: list[int] = []
-        try:
-            channel.send(self._sock, request)  # waits in the socket for the gofer
-            while step is None:  # Launched (from its parent) and the answer, in either order
-                message, fds = channel.receive_one_of(self._sock, Launched, Progress)
-                if isinstance(message, Progress):
-                    step, trees = message, fds
-                else:
-                    channel.close_fds(fds)
-                    assert isinstance(message, Launched)
-                    self._identify(message)
-            self._launched(container_id)
-        except (OSError, ValueError, GoferError):
-            channel.close_fds(trees)
-            return None
-        if step.step != "trees" or len(trees) != len(binds):
-            channel.close_fds(trees)
-            return None
-        return trees
 
     def _launched(self, container_id: str) -> ProcessIdentity:
         """The gofer's identity, from its ``Launched`` (received once)."""

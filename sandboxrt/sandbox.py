@@ -157,7 +157,7 @@ class Sandbox:
             ours.settimeout(timeout)
             try:
                 # The plan waits in the socket, so the launched process reads it at once.
-                channel.send(ours, plan, stdio)
+                channel.send_many(ours, plan, stdio)
                 process = (launcher or default_launcher()).launch(
                     bootstrap_fd=theirs.fileno(),
                     log_fd=log_fd,
@@ -398,7 +398,7 @@ class Sandbox:
         with sock:
             sock.settimeout(timeout)
             try:
-                channel.send(sock, request, stdio)
+                channel.send_many(sock, request, stdio)
             except OSError as exc:
                 raise SandboxDiedError(container_id, str(exc)) from exc
             return self._follow_creation(sock, container_id, on_mounted, plan.init.autostart)

@@ -15,7 +15,6 @@ from conftest import (
     children_of_this_process,
     needs_busybox,
     needs_root,
-    run_output,
     supervisor_pids,
 )
 
@@ -229,12 +228,13 @@ def bind_config(path: Path, binds: list[tuple[str, str, list[str]]]) -> None:
     (path / "config.json").write_text(json.dumps(doc))
 
 
-def test_bind_mounts_come_from_the_gofer_as_detached_mounts(
+def test_the_gofer_serves_bind_mounts_made_from_trees(
     store: FileStore, bundle: BundleFactory, tmp_path: Path
 ) -> None:
-    """The gofer opens bind sources with open_tree and the init attaches them with
-    move_mount: a source the sandbox cannot reach by path is mounted all the same (our
-    /proc/<pid>/task: in the sandbox, /proc is its own PID namespace's)."""
+    """Bind mounts come to the init as detached mounts opened on the host side (decision
+    29): a source the sandbox cannot reach by path is mounted all the same (our
+    /proc/<pid>/task: in the sandbox, /proc is its own PID namespace's). No gofer is
+    started for them; the first file call starts it, confined, and it serves them."""
     ro = tmp_path / "ro"
     ro.mkdir()
     (ro / "f").write_text("read-only\n")
@@ -245,7 +245,7 @@ def test_bind_mounts_come_from_the_gofer_as_detached_mounts(
     )
     c = Container.create("gtrees", path, store=store, stdout=PIPE, stderr=STDOUT)
     try:
-        assert len(gofer_pids()) == 1  # started with the container, for its bind mounts
+        assert gofer_pids() == set()  # the trees come from the library, not from a gofer
         assert c.files.read_text("/ro/f") == "read-only\n"  # then it serves, confined:
         gofer = c.gofer
         assert gofer is not None
@@ -263,51 +263,3 @@ def test_bind_mounts_come_from_the_gofer_as_detached_mounts(
     assert str(os.getpid()) in out  # our main thread's task, seen from inside
     assert "read-only" in out and "refused" in out
     assert not (ro / "x").exists()
-
-
-def test_many_bind_mounts_fall_back_to_binding_by_path(
-    store: FileStore, bundle: BundleFactory, tmp_path: Path
-) -> None:
-    sources = []
-    for i in range(14):  # more than one datagram's fds: bound by path, as before
-        src = tmp_path / f"s{i}"
-        src.mkdir()
-        (src / "n").write_text(str(i))
-        sources.append((str(src), f"/m{i}", ["bind"]))
-    path = bundle(["cat", "/m0/n", "/m13/n"])
-    bind_config(path, sources)
-    code, out = run_output(store, path, "gmany")
-    assert (code, out) == (0, "013")
-
-
-def test_a_root_whose_binds_come_from_the_gofer_is_never_built_ahead(
-    store: FileStore, bundle: BundleFactory, tmp_path: Path
-) -> None:
-    from test_launchers import _children, _comm
-
-    from sandboxrt._proc.launcher import ForkServerLauncher
-
-    src = tmp_path / "src"
-    src.mkdir()
-    path = bundle(["cat", "/data/marker"])
-    bind_config(path, [(str(src), "/data", ["bind", "ro"])])
-    launcher = ForkServerLauncher()
-    try:
-        for n in range(3):  # the same plan each time: a root built ahead would be its
-            (src / "marker").write_text(f"run {n}\n")
-            c = Container.create(f"gahead{n}", path, store=store, launcher=launcher, stdout=PIPE)
-            try:
-                c.start()
-                assert c.stdout is not None
-                assert c.stdout.read() == f"run {n}\n".encode()
-                assert c.wait(timeout=30) == 0
-            finally:
-                if c.stdout is not None:
-                    c.stdout.close()
-                c.destroy()
-        server = launcher._server
-        assert server is not None
-        warm = [p for p in _children(server.pid) if _comm(p) == "sandboxrt-warm"]
-        assert all(_comm(p) != "sandboxrt-ahead" for w in warm for p in _children(w))
-    finally:
-        launcher.close()

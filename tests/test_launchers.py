@@ -201,9 +201,10 @@ def test_root_key_leaves_out_what_shapes_only_the_process() -> None:
     assert dataclasses.replace(plan, mounts=[tmp]).root_key() != plan.root_key()
     assert dataclasses.replace(plan, rootfs="/c").root_key() != plan.root_key()
     assert "rootfs" not in PROCESS_FIELDS and "args" in PROCESS_FIELDS
-    bind = MountPlan(destination="/data", type="none", source="/srv/data", bind=True)
-    sources = dataclasses.replace(plan, mounts=[tmp, bind]).host_sources()
-    assert sources == ["/b/rootfs", "/srv/data"]
+    bind = MountPlan(destination="/data", type="none", source="/srv/data", bind=True, tree=1)
+    trees = dataclasses.replace(plan, mounts=[tmp, bind], rootfs_tree=True)
+    assert trees.root_key() != dataclasses.replace(plan, mounts=[tmp, bind]).root_key()
+    assert trees.tree_sources() == [("/b/rootfs", True), ("/srv/data", False)]
 
 
 def test_a_root_built_ahead_serves_the_next_container_of_its_bundle(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "AT_EMPTY_PATH",
     "AT_FDCWD",
     "AT_RECURSIVE",
     "BPF_CGROUP_DEVICE",
@@ -130,6 +131,7 @@ CAP_FSETID = 4
 
 # open_tree(2) and move_mount(2).
 AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
 OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = 0o2000000
 AT_RECURSIVE = 0x8000

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from sandboxrt._core.protocol import _Message, register
 
@@ -20,7 +20,6 @@ __all__ = [
     "FileReply",
     "FileRequest",
     "FileStat",
-    "GoferPrepare",
     "GoferStart",
     "WalkEntry",
 ]
@@ -88,17 +87,6 @@ class WalkEntry:
 
 
 @dataclasses.dataclass(frozen=True)
-class GoferPrepare(_Message):
-    """Library → gofer, before the sandbox is launched: open these bind sources as detached
-    mounts (``open_tree``). ``binds`` are ``[host source, recursive]`` pairs; the answer is
-    ``Progress("trees")`` with one fd each, in order, or ``Progress("error")``."""
-
-    kind: ClassVar[str] = "gofer-prepare"
-
-    binds: list[list[Any]]
-
-
-@dataclasses.dataclass(frozen=True)
 class GoferStart(_Message):
     """Library → gofer, once the container exists: with it come the container's root
     (``O_PATH``), a pidfd of the sandbox's supervisor and the listening socket."""
@@ -154,4 +142,4 @@ class FileReply(_Message):
     entries: list[WalkEntry] = dataclasses.field(default_factory=list)
 
 
-register(GoferPrepare, GoferStart, FileRequest, FileReply)
+register(GoferStart, FileRequest, FileReply)

@@ -21,6 +21,8 @@ import json
 import typing
 from typing import Any, ClassVar, Self, TypeVar
 
+from sandboxrt._core import abi
+
 __all__ = [
     "MAX_MESSAGE",
     "PROCESS_FIELDS",
@@ -126,8 +128,9 @@ class MountPlan:
     data: str = ""
     propagation: list[int] = dataclasses.field(default_factory=list)
     bind: bool = False
-    #: A bind mount's source as a detached mount (``open_tree``, made by the gofer): its
-    #: index among the tree fds that follow the init's stdio; -1: bind ``source`` by path.
+    #: A bind mount's source as a detached mount (``open_tree``, made on the host side):
+    #: its index among the tree fds that follow the init's stdio (see
+    #: :meth:`InitPlan.tree_sources`); -1: bind ``source`` by path.
     tree: int = -1
 
 
@@ -242,6 +245,9 @@ class InitPlan(ProcessPlan, _Message):
     #: to exec after ``created``, with no start request; the supervisor reports
     #: ``started`` (or ``error``) right after ``created``.
     autostart: bool = False
+    #: The rootfs comes as a detached mount (tree 0, made on the host side, like the
+    #: bind mounts' trees): the init attaches it and never resolves :attr:`rootfs`.
+    rootfs_tree: bool = False
 
     def root_key(self) -> dict[str, Any]:
         """What shapes the container's root (every field but :data:`PROCESS_FIELDS`): two
@@ -252,9 +258,13 @@ class InitPlan(ProcessPlan, _Message):
             if field.name not in PROCESS_FIELDS
         }
 
-    def host_sources(self) -> list[str]:
-        """The host paths the root is built from: the rootfs, then each bind source."""
-        return [self.rootfs, *(m.source for m in self.mounts if m.bind)]
+    def tree_sources(self) -> list[tuple[str, bool]]:
+        """``(host path, recursive)`` of each detached mount the init gets after its stdio
+        fds, in order: the rootfs (with :attr:`rootfs_tree`), then the bind sources that
+        name a tree, by :attr:`MountPlan.tree`."""
+        binds = sorted((m for m in self.mounts if m.tree >= 0), key=lambda m: m.tree)
+        found = [(self.rootfs, True)] if self.rootfs_tree else []
+        return found + [(m.source, bool(m.flags & abi.MS_REC)) for m in binds]
 
     def speculative(self) -> InitPlan:
         """This plan's root alone, to build ahead of a plan like it (no cgroup, no hooks)."""

@@ -18,6 +18,7 @@ from typing import TypeVar
 from sandboxrt._core import protocol
 
 __all__ = [
+    "MAX_FDS",
     "ChannelClosedError",
     "bind_listener",
     "close_fds",
@@ -26,14 +27,17 @@ __all__ = [
     "receive",
     "receive_bytes",
     "receive_one_of",
+    "receive_rest",
     "send",
     "send_bytes",
+    "send_many",
     "socket_pair",
 ]
 
 M = TypeVar("M", bound=protocol._Message)
 
-_MAX_FDS = 16
+#: The most fds one message carries (more go with :func:`send_many`).
+MAX_FDS = 16
 _SUN_PATH_MAX = 107
 
 
@@ -97,6 +101,29 @@ def peek(fd: int) -> bytes | None:
             return None
 
 
+def send_many(sock: socket.socket, message: protocol._Message, fds: Sequence[int]) -> None:
+    """:func:`send`, with more fds than one datagram carries: the first go with the
+    message, the rest follow in ``Progress("fds")`` messages (:func:`receive_rest`)."""
+    send(sock, message, fds[:MAX_FDS])
+    for start in range(MAX_FDS, len(fds), MAX_FDS):
+        send(sock, protocol.Progress("fds"), fds[start : start + MAX_FDS])
+
+
+def receive_rest(sock: socket.socket, fds: list[int], total: int) -> None:
+    """Receive into ``fds`` the ``Progress("fds")`` messages of :func:`send_many` until
+    it holds ``total`` fds; on a failure every fd in it is closed."""
+    try:
+        while len(fds) < total:
+            step, more = receive(sock, protocol.Progress)
+            fds.extend(more)
+            if step.step != "fds" or not more:
+                raise ValueError(f"expected {total - len(fds)} more fds, got {step.step!r}")
+    except BaseException:
+        close_fds(fds)
+        fds.clear()
+        raise
+
+
 def receive_one_of(
     sock: socket.socket, *expected: type[protocol._Message]
 ) -> tuple[protocol._Message, list[int]]:
@@ -125,7 +152,7 @@ def _receive_raw(sock: socket.socket) -> tuple[bytes, list[int]]:
     fd_size = array.array("i").itemsize
     data, ancillary, flags, _ = sock.recvmsg(
         max(1, min(size, protocol.MAX_MESSAGE)),
-        socket.CMSG_SPACE(_MAX_FDS * fd_size),
+        socket.CMSG_SPACE(MAX_FDS * fd_size),
         socket.MSG_CMSG_CLOEXEC,
     )
     fds: list[int] = []

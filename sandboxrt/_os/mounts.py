@@ -17,7 +17,9 @@ opened fd itself (``/proc/self/fd/N``, through an fd on the init's own
 a path component between the check and the mount cannot redirect the mount
 (CVE-2025-31133, CVE-2025-52565, CVE-2025-52881). Before ``pivot_root`` every
 opened mount point is also checked to be beneath the rootfs by reading its
-``/proc/self/fd`` link.
+``/proc/self/fd`` link, or, in a rootfs entered as a detached mount
+(:func:`enter_tree`: the host side opened it, no host path is resolved here),
+by following its ``..`` chain up to that root.
 
 Masked and read-only paths: one whose last component is a symlink is skipped
 (mounting onto it would follow it, and whatever it names is not the path that
@@ -47,18 +49,25 @@ __all__ = [
     "chdir_beneath_root",
     "create_devices",
     "default_dev_symlinks",
+    "enter_tree",
+    "leave_tree",
     "make_mount",
     "mask_paths",
     "open_beneath",
     "open_fd_table",
+    "open_host_tree",
+    "open_host_trees",
     "open_pty",
     "overlay_root",
+    "overlay_tree",
     "pivot_into",
+    "pivot_into_fd",
     "read_beneath_root",
     "readonly_paths",
     "remount_root_readonly",
     "reopen",
     "resolve_beneath_root",
+    "show_at",
 ]
 
 _MAX_SYMLINKS = 255
@@ -284,14 +293,55 @@ def _fd_path(fd: int) -> str:
 
 
 def _check_beneath(fd: int, root: str, what: str) -> None:
-    """Refuse a mount point that is not ``root`` or beneath it."""
+    """Refuse a mount point that is not ``root`` or beneath it.
+
+    Root ``/`` is the root a process entered (:func:`enter_tree`): there the
+    fd's name says nothing (one renamed out of the root is named from the
+    filesystem's root), so its ``..`` chain must reach the root instead.
+    """
+    if root == "/":
+        _check_reaches_root(fd, what)
+        return
     where = _fd_path(fd)
     if root not in ("/", where) and not where.startswith(root + "/"):
         raise _unsafe(f"{what} resolves to {where}, outside the rootfs {root}", what)
 
 
+def _check_file_beneath(root_fd: int, fd: int, resolved: str, what: str) -> None:
+    """:func:`_check_reaches_root` for a file ``fd`` (no ``..`` from it), found at
+    ``resolved``: its parent must reach the root, and hold ``fd``'s file under its name."""
+    parent_path, name = posixpath.split(resolved)
+    parent, _ = _walk(root_fd, parent_path)
+    try:
+        _check_reaches_root(parent, what)
+        if not _same_file(os.stat(name, dir_fd=parent, follow_symlinks=False), os.fstat(fd)):
+            raise _unsafe(f"{what} changed while it was being mounted", what)
+    finally:
+        os.close(parent)
+
+
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _check_reaches_root(fd: int, what: str) -> None:
+    """Refuse ``fd`` unless going up (``..``, across mounts) from it reaches ``/``, the
+    root this process entered; the top of the mount namespace comes first otherwise."""
+    root = os.stat("/")
+    current = os.dup(fd)
+    try:
+        for _ in range(4096):
+            st = os.fstat(current)
+            if _same_file(st, root):
+                return
+            parent = os.open("..", _O_DIR, dir_fd=current)
+            os.close(current)
+            current = parent
+            if _same_file(os.fstat(current), st):
+                break  # the top: ".." is itself
+    finally:
+        os.close(current)
+    raise _unsafe(f"{what} is not beneath the container's root", what)
 
 
 def _kept_flags(fd: int) -> int:
@@ -347,7 +397,10 @@ def _mount_point(root_fd: int, root: str, plan: MountPlan, *, directory: bool) -
     try:
         if resolved == "/":
             raise _unsafe(f"mount destination {plan.destination} is the root itself", root)
-        _check_beneath(fd, root, plan.destination)
+        if root == "/" and not stat.S_ISDIR(os.fstat(fd).st_mode):
+            _check_file_beneath(root_fd, fd, resolved, plan.destination)
+        else:
+            _check_beneath(fd, root, plan.destination)
     except BaseException:
         os.close(fd)
         raise
@@ -422,6 +475,76 @@ def make_mount(root: str, plan: MountPlan, tree: int | None = None) -> None:
         os.close(root_fd)
 
 
+def open_host_tree(path: str, *, recursive: bool = True) -> int:
+    """A detached copy (``open_tree(OPEN_TREE_CLONE)``) of the directory or file at host
+    ``path``, symlinks resolved here, on the host side (as runc resolves a rootfs).
+
+    The path is opened first and the copy made of that very file: the tree's root is
+    checked to be it (``st_dev``/``st_ino``). Close-on-exec; attached once, with
+    :func:`enter_tree` or ``move_mount``, a detached copy changes no mount table.
+    """
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        flags = abi.OPEN_TREE_CLONE | abi.OPEN_TREE_CLOEXEC | abi.AT_EMPTY_PATH
+        tree = syscalls.open_tree(fd, "", flags | (abi.AT_RECURSIVE if recursive else 0))
+        if not _same_file(os.fstat(tree), os.fstat(fd)):
+            os.close(tree)
+            raise _unsafe(f"the detached copy of {path} is not that file", path)
+        return tree
+    finally:
+        os.close(fd)
+
+
+def open_host_trees(sources: Iterable[tuple[str, bool]]) -> list[int]:
+    """:func:`open_host_tree` of each ``(path, recursive)``; all, or none (raises)."""
+    trees: list[int] = []
+    try:
+        for path, recursive in sources:
+            trees.append(open_host_tree(path, recursive=recursive))
+    except BaseException:
+        for tree in trees:
+            os.close(tree)
+        raise
+    return trees
+
+
+def enter_tree(tree: int) -> int:
+    """Attach the detached rootfs ``tree`` over ``/`` (of this private mount namespace)
+    and ``chroot`` into it; an fd on the root left (for :func:`leave_tree`).
+
+    No host path is resolved: the tree came as an fd. Until :func:`leave_tree`,
+    ``/`` is the rootfs, so the root is built as beneath any path root (``root``
+    ``"/"``); then :func:`pivot_into_fd` makes it the root for good.
+    """
+    _fd_dir()  # the host's /proc/<pid>/fd, opened while it is there
+    host = os.open("/", _O_DIR)
+    try:
+        syscalls.move_mount(tree, host)
+        os.fchdir(tree)
+        os.chroot(".")
+    except BaseException:
+        os.close(host)
+        raise
+    return host
+
+
+def leave_tree(host: int) -> None:
+    """Back to the root :func:`enter_tree` left (and close ``host``): hooks and cgroups
+    are host paths."""
+    try:
+        os.fchdir(host)
+        os.chroot(".")
+    finally:
+        os.close(host)
+
+
+def show_at(root: int, path: str) -> None:
+    """Move the root built in a tree (:func:`enter_tree`; ``root`` an fd on it, mounts
+    and all) from over ``/`` onto host ``path``, where createContainer hooks expect it:
+    only the mount point is resolved by path, not what is mounted there."""
+    syscalls.move_mount(root, abi.AT_FDCWD, path)
+
+
 def bind_rootfs(rootfs: str) -> None:
     """Make ``rootfs`` a mount point of its own (``pivot_root`` needs one)."""
     _fd_dir()  # open the host's /proc/<pid>/fd now, while it is there
@@ -478,16 +601,38 @@ def overlay_root(rootfs: str, size: int, *, container_id: str) -> int:
     """Mount an overlay over ``rootfs`` (in this mount namespace): ``rootfs`` the read-only
     lower layer, a private tmpfs of ``size`` bytes the upper; an fd on the upper dir.
 
-    Built detached with the new mount API (``fsopen``/``fsconfig``/``fsmount``, layers
-    given by fd) and moved onto ``rootfs``, which it then hides: no staging directory
-    on a host path. The bundle's files are never written. ``redirect_dir`` and
+    Built detached (:func:`overlay_tree`) and moved onto ``rootfs``, which it then
+    hides: no staging directory on a host path.
+    """
+    _fd_dir()  # open the host's /proc/<pid>/fd now, while it is there
+    lower = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        overlay, upper = overlay_tree(lower, size, container_id=container_id, what=rootfs)
+        try:
+            syscalls.move_mount(overlay, lower)
+        except BaseException:
+            os.close(upper)
+            raise
+        finally:
+            os.close(overlay)
+        return upper
+    finally:
+        os.close(lower)
+
+
+def overlay_tree(lower: int, size: int, *, container_id: str, what: str) -> tuple[int, int]:
+    """A detached overlay of the directory ``lower`` (read-only lower layer; a detached
+    rootfs tree, say) and a private tmpfs of ``size`` bytes (upper): ``(the overlay's
+    mount fd, an fd on the upper dir)``; ``what`` names ``lower`` in errors.
+
+    Built with the new mount API (``fsopen``/``fsconfig``/``fsmount``, layers
+    given by fd). The bundle's files are never written. ``redirect_dir`` and
     ``metacopy`` are off, so the upper dir holds every change whole (what
     ``Container.export_changes`` reads). A kernel that refuses the overlay raises
     :class:`MissingFeatureError`.
     """
-    _fd_dir()  # open the host's /proc/<pid>/fd now, while it is there
-    lower = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    opened = [lower]
+    _fd_dir()  # the layers' /proc/self/fd paths, where the kernel wants strings
+    opened: list[int] = []
     try:
         tmpfs, upper, work = _tmpfs_upper(size, os.fstat(lower))
         opened += [tmpfs, upper, work]
@@ -509,17 +654,13 @@ def overlay_root(rootfs: str, size: int, *, container_id: str) -> int:
             overlay = syscalls.fsmount(fs)
         except OSError as exc:
             raise MissingFeatureError(
-                f"an overlay root on {rootfs}",
+                f"an overlay root on {what}",
                 f'container "{container_id}": kernel overlayfs refused this rootfs as its'
                 f" lower layer ({exc}; is it on a stacked overlay, or a filesystem overlayfs"
                 " cannot use?); the fallback, fuse-overlayfs, is not supported",
             ) from None
-        try:
-            syscalls.move_mount(overlay, lower)
-        finally:
-            os.close(overlay)
         opened.remove(upper)
-        return upper
+        return overlay, upper
     finally:
         for fd in opened:
             os.close(fd)
@@ -532,9 +673,13 @@ def _split(path: str) -> tuple[str, str]:
     return parent, name
 
 
-def _host_device(dev: DevicePlan, kind: int) -> int:
-    """An ``O_PATH`` fd on the host's node of ``dev``, checked to be that device."""
-    fd = os.open(dev.path, os.O_PATH | os.O_CLOEXEC)
+def _host_device(dev: DevicePlan, kind: int, host: int | None) -> int:
+    """An ``O_PATH`` fd on the host's node of ``dev`` (beneath ``host``, an fd on the
+    host's root, when given), checked to be that device."""
+    if host is None:
+        fd = os.open(dev.path, os.O_PATH | os.O_CLOEXEC)
+    else:
+        fd = os.open(dev.path.lstrip("/"), os.O_PATH | os.O_CLOEXEC, dir_fd=host)
     st = os.fstat(fd)
     if stat.S_IFMT(st.st_mode) != kind or st.st_rdev != os.makedev(dev.major, dev.minor):
         os.close(fd)
@@ -542,8 +687,10 @@ def _host_device(dev: DevicePlan, kind: int) -> int:
     return fd
 
 
-def _bind_host_device(dev: DevicePlan, kind: int, parent: int, name: str, root_fd: int) -> None:
-    source = _host_device(dev, kind)
+def _bind_host_device(
+    dev: DevicePlan, kind: int, parent: int, name: str, root_fd: int, *, host: int | None
+) -> None:
+    source = _host_device(dev, kind, host)
     try:
         _create(parent, name, directory=False)
         target = os.open(name, _O_PATH, dir_fd=parent)
@@ -557,8 +704,9 @@ def _bind_host_device(dev: DevicePlan, kind: int, parent: int, name: str, root_f
         os.close(source)
 
 
-def create_devices(root: str, devices: Iterable[DevicePlan]) -> None:
-    """Create device nodes beneath ``root``; bind the host's node where mknod is denied.
+def create_devices(root: str, devices: Iterable[DevicePlan], *, host: int | None = None) -> None:
+    """Create device nodes beneath ``root``; bind the host's node where mknod is denied
+    (found beneath ``host``, an fd on the host's root, when the root was entered).
 
     The parent directory is walked beneath the root; whatever is at the node's
     name (a symlink included) is replaced, never followed: the node is made
@@ -593,7 +741,7 @@ def create_devices(root: str, devices: Iterable[DevicePlan]) -> None:
                 except PermissionError:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(name, dir_fd=parent)
-                    _bind_host_device(dev, kind, parent, name, root_fd)
+                    _bind_host_device(dev, kind, parent, name, root_fd, host=host)
             finally:
                 os.close(parent)
     finally:
@@ -638,6 +786,20 @@ def pivot_into(rootfs: str) -> None:
     """Make ``rootfs`` the root and detach the old one."""
     _fd_dir()  # the masks after the pivot mount through it
     os.chdir(rootfs)
+    _pivot_here()
+
+
+def pivot_into_fd(root: int) -> None:
+    """:func:`pivot_into` the directory ``root`` (an fd on a mount's root; closed)."""
+    _fd_dir()
+    try:
+        os.fchdir(root)
+    finally:
+        os.close(root)
+    _pivot_here()
+
+
+def _pivot_here() -> None:
     syscalls.pivot_root(".", ".")
     syscalls.umount2(".", abi.MNT_DETACH)
     os.chdir("/")

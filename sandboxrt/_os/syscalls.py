@@ -307,6 +307,7 @@ MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOVE_MOUNT_T_EMPTY_PATH = 0x40
+MOVE_MOUNT_BENEATH = 0x200
 
 
 def _fs_log(fs_fd: int) -> str:
@@ -372,9 +373,11 @@ def fsmount(fs_fd: int, attr_flags: int = 0) -> int:
     )
 
 
-def move_mount(from_fd: int, to_fd: int, to_path: str = "") -> None:
-    """Attach the detached mount ``from_fd`` onto ``to_fd`` (+ ``to_path``; ``move_mount(2)``)."""
+def move_mount(from_fd: int, to_fd: int, to_path: str = "", *, beneath: bool = False) -> None:
+    """Attach the detached mount ``from_fd`` onto ``to_fd`` (+ ``to_path``; ``move_mount(2)``);
+    with ``beneath``, under the mount on top there (``MOVE_MOUNT_BENEATH``, Linux 6.5+)."""
     flags = MOVE_MOUNT_F_EMPTY_PATH | (0 if to_path else MOVE_MOUNT_T_EMPTY_PATH)
+    flags |= MOVE_MOUNT_BENEATH if beneath else 0
     _check(
         _libc.syscall(
             ctypes.c_long(_SYS_MOVE_MOUNT),

@@ -20,7 +20,7 @@ from typing import NoReturn
 
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import Launched, Request
-from sandboxrt._os import capabilities, channel, procfs, syscalls
+from sandboxrt._os import capabilities, channel, mounts, procfs, syscalls
 from sandboxrt._proc import gofer, supervisor
 
 __all__ = ["serve"]
@@ -99,27 +99,37 @@ class _Server:
     def prewarm(self) -> None:
         """Fork a warm sandbox (see :func:`supervisor.warm`) and give the library its
         link, a mount watch and its pid (a :class:`Launched`), unless the library holds
-        one it has not used. The link is then the library's alone."""
+        one it has not used. The link is then the library's alone. It gets the detached
+        mounts of the last plan's rootfs and binds, opened here (on the host side), to
+        build its root ahead from."""
         if self.given:
             return
-        ours, theirs = channel.socket_pair()
         # From now on, a change of the mount table makes the root it builds ahead stale.
         watch = mount_watch()
+        hint = supervisor.ahead_plan(self.hint)
+        trees: list[int] = []
+        if hint is not None:
+            try:
+                trees = mounts.open_host_trees(hint.init.tree_sources())
+            except OSError:
+                hint = None
+        ours, theirs = channel.socket_pair()
         try:
             pid = self.fork_into_new_namespaces()
         except OSError:
             ours.close()
             theirs.close()
-            channel.close_fds([watch])
+            channel.close_fds([watch, *trees])
             return
         if pid == 0:
             try:
                 ours.close()
                 channel.close_fds([watch])
                 self.forget()
-                supervisor.warm(theirs, self.hint)
+                supervisor.warm(theirs, hint, trees)
             finally:
                 os._exit(1)
+        channel.close_fds(trees)
         theirs.close()
         with ours, contextlib.suppress(OSError):
             fds = [ours.fileno(), *([watch] if watch >= 0 else [])]

@@ -2,10 +2,7 @@
 
 Started like a sandbox: a child of the fork server (:func:`serve_here`), or
 a fresh stdlib-only interpreter whose :func:`main` forks the gofer, names it
-to the library (``Launched``) and exits. For a container with bind mounts a
-``GoferPrepare`` comes first: still privileged, and before its own mount
-namespace exists, it opens each bind source as a detached mount
-(``open_tree``) and sends the fds back; the init attaches them. Then the
+to the library (``Launched``) and exits. The
 gofer enters a mount namespace of its own (every mount private), keeps only
 the capabilities that serving files as the container's user needs
 (:data:`KEPT_CAPABILITIES`), sets ``no_new_privs`` and is not dumpable. It
@@ -35,7 +32,7 @@ import socket
 import stat
 import sys
 import traceback
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from sandboxrt._core import abi
 from sandboxrt._core.file_protocol import (
@@ -43,11 +40,10 @@ from sandboxrt._core.file_protocol import (
     FileReply,
     FileRequest,
     FileStat,
-    GoferPrepare,
     GoferStart,
     WalkEntry,
 )
-from sandboxrt._core.protocol import Launched, Progress
+from sandboxrt._core.protocol import Launched
 from sandboxrt._os import capabilities, channel, mounts, procfs, syscalls
 
 __all__ = ["KEPT_CAPABILITIES", "PROCESS_NAME", "main", "serve_here"]
@@ -75,20 +71,6 @@ def _confine() -> None:
     syscalls.capset(kept, kept, 0)
     syscalls.ambient_clear_all()
     syscalls.prctl(abi.PR_SET_NO_NEW_PRIVS, 1)
-
-
-def _open_trees(binds: list[list[Any]]) -> list[int]:
-    """Each bind source as a detached mount (``open_tree``; recursive for rbind)."""
-    trees: list[int] = []
-    try:
-        for source, recursive in binds:
-            flags = abi.OPEN_TREE_CLONE | abi.OPEN_TREE_CLOEXEC
-            flags |= abi.AT_RECURSIVE if recursive else 0
-            trees.append(syscalls.open_tree(abi.AT_FDCWD, source, flags))
-    except BaseException:
-        channel.close_fds(trees)
-        raise
-    return trees
 
 
 _O_DIR = os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
@@ -348,23 +330,6 @@ def _serve(files: Files, listener: socket.socket, supervisor: int) -> NoReturn:
                 channel.close_fds(sent)
 
 
-def _prepare(
-    bootstrap: socket.socket, request: GoferPrepare, problem: BaseException | None
-) -> None:
-    """Answer a :class:`GoferPrepare` (still privileged: ``open_tree`` needs it)."""
-    try:
-        if problem is not None:
-            raise problem
-        trees = _open_trees(request.binds)
-    except Exception as exc:
-        channel.send(bootstrap, Progress("error", error=str(exc), error_type=type(exc).__name__))
-        return
-    try:
-        channel.send(bootstrap, Progress("trees"), trees)
-    finally:
-        channel.close_fds(trees)
-
-
 def _run(bootstrap: socket.socket) -> NoReturn:
     problem: BaseException | None = None
     try:
@@ -374,19 +339,13 @@ def _run(bootstrap: socket.socket) -> NoReturn:
         os.umask(0)  # requests carry the exact modes
     except Exception as exc:
         problem = exc
+    if problem is None:
+        try:
+            _confine()
+        except Exception as exc:
+            problem = exc
     try:
-        first, fds = channel.receive_one_of(bootstrap, GoferPrepare, GoferStart)
-        if isinstance(first, GoferPrepare):
-            # Detached copies change no mount table: made before our own namespace, so
-            # that the container's creation, which waits for them, need not wait for it.
-            _prepare(bootstrap, first, problem)
-        if problem is None:
-            try:
-                _confine()
-            except Exception as exc:
-                problem = exc
-        if isinstance(first, GoferPrepare):
-            first, fds = channel.receive(bootstrap, GoferStart)
+        first, fds = channel.receive(bootstrap, GoferStart)
     except BaseException:
         os._exit(0)  # the creation failed or was abandoned
     bootstrap.close()

@@ -17,6 +17,7 @@ import os
 import resource
 import signal
 import socket
+import stat
 import termios
 from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
@@ -36,10 +37,10 @@ __all__ = [
     "join_cgroup",
     "join_cgroup_fds",
     "open_cgroup",
-    "root_identities",
     "run_exec",
     "run_init",
     "speculate",
+    "tree_identities",
 ]
 
 #: The init's name in ``/proc/PID/comm`` until it execs the program.
@@ -93,21 +94,44 @@ def find_executable(name: str, env: Sequence[str]) -> str:
 def _prepare_root(
     plan: InitPlan, sync: socket.socket, new_cgroup_namespace: bool, trees: Sequence[int] = ()
 ) -> None:
-    """Build the root of ``plan``. ``trees`` are detached mounts (the gofer's
-    ``open_tree``) for the bind mounts whose plan names one (``MountPlan.tree``)."""
+    """Build the root of ``plan``. ``trees`` are the detached mounts (``open_tree`` on the
+    host side) of :meth:`InitPlan.tree_sources`: with :attr:`InitPlan.rootfs_tree` the
+    root is built in the rootfs's tree, entered with ``chroot`` (no host path is resolved
+    for it, or for a bind source), and pivoted into by fd."""
     syscalls.unshare(abi.CLONE_NEWNS)
     syscalls.mount(None, "/", None, abi.MS_REC | abi.MS_PRIVATE)
-    root = os.path.realpath(plan.rootfs)
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"rootfs {plan.rootfs} does not exist or is not a directory")
-    if plan.overlay_size:
-        upper = mounts.overlay_root(root, plan.overlay_size, container_id=plan.container_id)
+    host: int | None = None
+    upper = -1
+    if plan.rootfs_tree:
+        if len(trees) != len(plan.tree_sources()) or any(
+            m.bind and m.tree < 0 for m in plan.mounts
+        ):
+            raise ValueError("the plan's rootfs comes as a tree, but not all its trees came")
+        if not stat.S_ISDIR(os.fstat(trees[0]).st_mode):
+            raise NotADirectoryError(f"rootfs {plan.rootfs} is not a directory")
+        top = trees[0]
+        if plan.overlay_size:  # the rootfs's tree is the lower layer, never attached
+            top, upper = mounts.overlay_tree(
+                trees[0], plan.overlay_size, container_id=plan.container_id, what=plan.rootfs
+            )
+        try:
+            host, root = mounts.enter_tree(top), "/"
+        finally:
+            if top != trees[0]:
+                os.close(top)
+    else:
+        root = os.path.realpath(plan.rootfs)
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"rootfs {plan.rootfs} does not exist or is not a directory")
+        if plan.overlay_size:
+            upper = mounts.overlay_root(root, plan.overlay_size, container_id=plan.container_id)
+        else:
+            mounts.bind_rootfs(root)
+    if upper >= 0:
         try:  # the supervisor keeps it: the upper layer is seen nowhere else
             channel.send(sync, Progress("overlay"), [upper])
         finally:
             os.close(upper)
-    else:
-        mounts.bind_rootfs(root)
     for mount in plan.mounts:
         tree = trees[mount.tree] if 0 <= mount.tree < len(trees) else None
         mounts.make_mount(root, mount, tree)
@@ -116,10 +140,16 @@ def _prepare_root(
     devices = list(plan.devices)
     if dev_is_tmpfs and plan.default_devices:
         devices = [*mounts.DEFAULT_DEVICES, *devices]
-    mounts.create_devices(root, devices)
+    mounts.create_devices(root, devices, host=host)
     if dev_is_tmpfs:
         has_devpts = any(m.type == "devpts" for m in plan.mounts)
         mounts.default_dev_symlinks(root, has_devpts=has_devpts)
+    built: int | None = None
+    if host is not None:  # back to the host's root: cgroups and hooks are host paths
+        built = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        mounts.leave_tree(host)
+        if plan.create_container_hooks:  # host programs: they look at the bundle's rootfs
+            mounts.show_at(built, os.path.realpath(plan.rootfs))
     if plan.await_cgroup:  # made by the library meanwhile; joined while host paths resolve
         step, _ = channel.receive(sync, Progress)
         if step.step != "cgroup":
@@ -137,7 +167,10 @@ def _prepare_root(
             phase="createContainer",
             container_id=plan.container_id,
         )
-    mounts.pivot_into(root)
+    if built is not None:
+        mounts.pivot_into_fd(built)
+    else:
+        mounts.pivot_into(root)
     # Sysctls first: the default readonlyPaths make /proc/sys read-only.
     for key, value in plan.sysctl.items():
         with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
@@ -335,10 +368,9 @@ def run_init(
     ``new_cgroup_namespace``, rooted there. With ``signal_mask``, forked with
     every signal blocked: the forking process's signal handlers are dropped,
     then the mask restored (all dispositions go to default before exec).
-    ``stdio`` ends with the detached mounts of the bind mounts whose plan names
-    one (``MountPlan.tree``, made by the gofer).
+    ``stdio`` ends with the detached mounts of :meth:`InitPlan.tree_sources`.
     """
-    count = sum(1 for mount in plan.mounts if mount.tree >= 0)
+    count = len(plan.tree_sources())
     stdio, trees = list(stdio[: len(stdio) - count]), list(stdio[len(stdio) - count :])
     try:
         if signal_mask is not None:
@@ -356,22 +388,22 @@ def run_init(
             os._exit(127)
 
 
-def speculate(hint: InitPlan, sync: socket.socket) -> NoReturn:
+def speculate(hint: InitPlan, sync: socket.socket, trees: Sequence[int]) -> NoReturn:
     """Build a container's root ahead of its plan, guessing it from ``hint``; never returns.
 
     A warm sandbox's init (see ``supervisor.warm``): it builds the root of
-    ``hint`` (the last plan the fork server saw), reports ``ready`` with the
-    identities of the host files it mounted (see :func:`root_identities`), and
-    waits. If the real plan builds the same root, the supervisor sends a ``go``
-    (with the container's cgroup files, which we join, and whether to make a
-    cgroup namespace), then the plan (:class:`InitPlan`, stdio fds alongside);
-    we go on as :func:`run_init` does after its root. Otherwise we are killed
-    unused.
+    ``hint`` (the last plan the fork server saw) from ``trees`` (the fork
+    server opened them: see :meth:`InitPlan.tree_sources`), reports ``ready``
+    with their identities (see :func:`tree_identities`), and waits. If the real
+    plan builds the same root, the supervisor sends a ``go`` (with the
+    container's cgroup files, which we join, and whether to make a cgroup
+    namespace), then the plan (:class:`InitPlan`, stdio fds alongside); we go on
+    as :func:`run_init` does after its root. Otherwise we are killed unused.
     """
     try:
         _init_process(AHEAD_PROCESS_NAME)
-        identities = root_identities(hint)  # while the host's paths are in view
-        _prepare_root(hint.speculative(), sync, False)
+        identities = tree_identities(trees)
+        _prepare_root(hint.speculative(), sync, False, trees)
         channel.send(sync, Progress("ready", details={"identities": identities}))
         go, cgroup = channel.receive(sync, Progress)
         try:
@@ -392,19 +424,14 @@ def speculate(hint: InitPlan, sync: socket.socket) -> NoReturn:
             os._exit(127)
 
 
-def root_identities(plan: InitPlan) -> list[list[int]]:
-    """``[st_dev, st_ino]`` of the rootfs and of every bind source of ``plan``, as they
-    are now in this mount namespace (``[0, 0]`` for one missing): equal lists, taken
-    when a speculative root was built and when the real plan came, show the host
-    files it mounted are the same."""
+def tree_identities(trees: Sequence[int]) -> list[list[int]]:
+    """``[st_dev, st_ino]`` of the root of each detached mount in ``trees``: equal lists,
+    for the trees a speculative root was built from and those the real plan came with,
+    show the host files it mounted are the same (no host path is resolved here)."""
     found = []
-    for path in plan.host_sources():
-        try:
-            st = os.stat(path)
-        except OSError:
-            found.append([0, 0])
-        else:
-            found.append([st.st_dev, st.st_ino])
+    for tree in trees:
+        st = os.fstat(tree)
+        found.append([st.st_dev, st.st_ino])
     return found
 
 

@@ -21,6 +21,7 @@ import os
 import selectors
 import signal
 import socket
+import stat
 from collections.abc import Iterable, Sequence
 from typing import NoReturn
 
@@ -40,10 +41,10 @@ from sandboxrt._os import capabilities, channel, net, procfs, syscalls
 from sandboxrt._proc.init import (
     error_progress,
     open_cgroup,
-    root_identities,
     run_exec,
     run_init,
     speculate,
+    tree_identities,
 )
 
 __all__ = [
@@ -51,8 +52,10 @@ __all__ = [
     "WARM_NAMESPACES",
     "WARM_UNSHARED",
     "RootAhead",
+    "ahead_plan",
     "is_warm_shape",
     "main",
+    "receive_trees",
     "warm",
     "write_exit_status",
 ]
@@ -68,6 +71,8 @@ UNWAITED_KEPT = 65536
 EXEC_START_TIMEOUT = 30.0
 #: How long a root built ahead that will not serve may take to finish before it is killed.
 AHEAD_FINISH_TIMEOUT = 5.0
+#: How long the rest of a message's fds (``channel.send_many``) may take to come.
+RECEIVE_TIMEOUT = 5.0
 
 _RELAYED_SIGNALS = (
     signal.SIGTERM,
@@ -536,7 +541,13 @@ class Supervisor:
         """
         plan = request.container
         error, error_type = "", "ProtocolError"
-        if plan is None or len(fds) not in ((0, 3) if plan.init.terminal else (3,)):
+        if plan is not None:
+            error = _receive_rest(conn, fds, plan.init)
+        if error:
+            pass  # said below
+        elif plan is None or len(fds) - len(plan.init.tree_sources()) not in (
+            (0, 3) if plan.init.terminal else (3,)
+        ):
             error = "malformed create-container request"
         elif plan.sandbox_id != self.plan.sandbox_id:
             error = f'the plan is for sandbox "{plan.sandbox_id}", not "{self.plan.sandbox_id}"'
@@ -1022,6 +1033,7 @@ def main(bootstrap_fd: int) -> NoReturn:
     os.set_inheritable(bootstrap_fd, False)
     try:
         plan, stdio = channel.receive(bootstrap, SandboxPlan)
+        receive_trees(bootstrap, stdio, plan.init)
         _enter_namespaces(plan.namespaces)
         gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
@@ -1064,10 +1076,54 @@ def _open_root(init_pid: int) -> int | None:
         return None
 
 
-def uses_trees(plan: InitPlan) -> bool:
-    """Whether ``plan``'s bind mounts come as the gofer's detached mounts (decision 28):
-    such a root is never built ahead, where they do not exist yet."""
-    return any(mount.tree >= 0 for mount in plan.mounts)
+def receive_trees(sock: socket.socket, fds: list[int], plan: InitPlan) -> None:
+    """Receive into ``fds`` (the stdio fds that came with ``plan``) the rest of its trees,
+    when there were more than one message carries (``channel.send_many``)."""
+    if len(fds) >= channel.MAX_FDS:
+        channel.receive_rest(sock, fds, 3 + len(plan.tree_sources()))
+
+
+def _receive_rest(conn: socket.socket, fds: list[int], plan: InitPlan) -> str:
+    """:func:`receive_trees` on a control connection (the rest follows at once, if
+    any): what went wrong, or ``""``."""
+    try:
+        conn.settimeout(RECEIVE_TIMEOUT)
+        receive_trees(conn, fds, plan)
+    except (OSError, ValueError) as exc:
+        return f"the rest of its fds did not come: {exc}"
+    finally:
+        with contextlib.suppress(OSError):
+            conn.settimeout(None)
+    return ""
+
+
+def _park(trees: Sequence[int]) -> None:
+    """Close detached mounts we do not need without dissolving them now: closing the last
+    fd of one never attached waits for an RCU grace period (up to milliseconds, in the
+    library's ``create``, the last to close it). A directory's goes beneath our ``/proc``
+    (hidden, and gone with our mount namespace); others are closed."""
+    for tree in trees:
+        with contextlib.suppress(OSError):
+            if stat.S_ISDIR(os.fstat(tree).st_mode):
+                syscalls.move_mount(tree, abi.AT_FDCWD, "/proc", beneath=True)
+        os.close(tree)
+
+
+def ahead_plan(hint: bytes | None) -> SandboxPlan | None:
+    """The plan encoded in ``hint`` (the last warm launch's), if its root may be built
+    ahead: a warm sandbox's shape, no hooks, its rootfs and binds as trees (which the
+    fork server opens for it: the sandbox resolves no host path)."""
+    if not hint:
+        return None
+    try:
+        plan = decode(hint, SandboxPlan)
+    except ValueError:
+        return None
+    if not is_warm_shape(plan.namespaces) or plan.init.pause_for_hooks:
+        return None  # hooks see the root being built: never ahead
+    if not plan.init.rootfs_tree:
+        return None
+    return plan
 
 
 class RootAhead:
@@ -1075,41 +1131,27 @@ class RootAhead:
     last (see :func:`sandboxrt._proc.init.speculate`): a run of containers from one
     bundle then finds its root built."""
 
-    def __init__(self, hint: InitPlan, close: Sequence[int]) -> None:
+    def __init__(self, hint: InitPlan, trees: Sequence[int], close: Sequence[int]) -> None:
         ours, theirs = channel.socket_pair()
         pid = os.fork()
         if pid == 0:
             ours.close()
             channel.close_fds(close)
-            speculate(hint, theirs)
+            speculate(hint, theirs, trees)
         theirs.close()
         self.hint, self.pid, self.sync = hint, pid, ours
         self.outcome: Progress | None = None
         #: An fd on the upper directory of the overlay root it built (an overlay plan), or -1.
         self.upper = -1
 
-    @classmethod
-    def start(cls, hint: bytes | None, close: Sequence[int]) -> RootAhead | None:
-        """Build ahead for ``hint`` (an encoded :class:`SandboxPlan`), if it suits."""
-        if not hint:
-            return None
-        try:
-            plan = decode(hint, SandboxPlan)
-        except ValueError:
-            return None
-        if not is_warm_shape(plan.namespaces) or plan.init.pause_for_hooks:
-            return None  # hooks see the root being built: never ahead
-        if uses_trees(plan.init):
-            return None  # its bind mounts come from the gofer, at launch
-        return cls(plan.init, close)
-
-    def serves(self, plan: InitPlan) -> bool:
+    def serves(self, plan: InitPlan, trees: Sequence[int]) -> bool:
         """Whether the root built ahead is the one ``plan`` asks for, from the same host
-        files (compared with what this mount namespace, made just now, sees)."""
-        if plan.root_key() != self.hint.root_key() or uses_trees(plan):
+        files: ``trees``, those ``plan`` came with, are copies of the same directories
+        and files (``st_dev``/``st_ino`` of their roots) as those it was built from."""
+        if plan.root_key() != self.hint.root_key():
             return False
         ready = self.finish()
-        return ready.step == "ready" and ready.details.get("identities") == root_identities(plan)
+        return ready.step == "ready" and ready.details.get("identities") == tree_identities(trees)
 
     def finish(self, timeout: float | None = None) -> Progress:
         """Wait until the root is built (``ready``) or failed; how it went."""
@@ -1147,23 +1189,29 @@ class RootAhead:
 WARM_UNSHARED = frozenset(WARM_NAMESPACES - {"mount"})
 
 
-def warm(link: socket.socket, hint: bytes | None = None) -> NoReturn:
+def warm(
+    link: socket.socket, hint: SandboxPlan | None = None, trees: Sequence[int] = ()
+) -> NoReturn:
     """Be a sandbox's supervisor made ahead of its plan, for a launch to claim.
 
     Runs in a child the fork server forked into new namespaces
     (:data:`WARM_UNSHARED`): PID 1 of its PID namespace. It brings loopback
-    up, starts building the root of ``hint`` (:class:`RootAhead`), and waits
-    on ``link`` for a launch request carrying the bootstrap socket and log fd;
-    end of stream (nobody will launch here) makes it exit. After the request it
-    waits for ``link`` to close, the sign that the library was told its pid.
-    The root built ahead serves if the request says the host's mounts did not
-    change meanwhile and :meth:`RootAhead.serves` the plan; else it is dropped.
+    up, starts building the root of ``hint`` (see :func:`ahead_plan`) from
+    ``trees``, its detached mounts the fork server opened (:class:`RootAhead`),
+    and waits on ``link`` for a launch request carrying the bootstrap socket
+    and log fd; end of stream (nobody will launch here) makes it exit. After
+    the request it waits for ``link`` to close, the sign that the library,
+    which knows our pid, let go. The root built ahead serves if the request
+    says the host's mounts did not change meanwhile and :meth:`RootAhead.serves`
+    the plan; else it is dropped.
     """
     syscalls.set_process_name("sandboxrt-warm")
     ahead: RootAhead | None = None
     try:
         _prepare_namespaces({"network"})
-        ahead = RootAhead.start(hint, [link.fileno()])
+        if hint is not None:
+            ahead = RootAhead(hint.init, trees, [link.fileno()])
+        channel.close_fds(trees)
         request, fds = channel.receive(link, Request)
         link.recv(1)  # end of stream: the library, which knows our pid, let go
     except BaseException:
@@ -1177,11 +1225,16 @@ def warm(link: socket.socket, hint: bytes | None = None) -> NoReturn:
     bootstrap = socket.socket(fileno=bootstrap_fd)
     try:
         plan, stdio = channel.receive(bootstrap, SandboxPlan)
+        receive_trees(bootstrap, stdio, plan.init)
         _unshare_private(0)
         _prepare_namespaces({"pid"})
-        if ahead is not None and not (request.speculation and ahead.serves(plan.init)):
+        claimed = stdio[3:]
+        if ahead is not None and not (request.speculation and ahead.serves(plan.init, claimed)):
             ahead.discard()
             ahead = None
+        if ahead is not None:  # its root is built: the trees that came are not needed
+            _park(claimed)
+            stdio = stdio[:3]
     except BaseException as exc:
         with contextlib.suppress(OSError):
             channel.send(bootstrap, error_progress(exc))
