@@ -239,6 +239,8 @@ class Supervisor:
         self.waiting_on: dict[socket.socket, int] = {}
         #: Every exec agent not reaped yet (its member's, or one ended), by pid.
         self.agents: dict[int, _Agent] = {}
+        #: Agents to move out of their container's cgroup, after a spawn.
+        self.agents_out: list[_Agent] = []
 
     # -- setting up ----------------------------------------------------------------------
 
@@ -544,6 +546,7 @@ class Supervisor:
                     channel.send(conn, reply, pty)
             finally:
                 channel.close_fds(pty)
+                self._agents_home()
             return None
         if request.op == "destroy-container":
             return self._destroy_container(member)
@@ -838,7 +841,8 @@ class Supervisor:
         failed = Reply(False, error="the exec agent failed", error_type="AgentFailed")
         try:
             join_cgroup_fds(member.cgroup_fds, agent.pid)  # what it spawns is born inside
-            channel.send(agent.sock, plan, fds)
+            # What varies between its spawns, and nothing else: a short message.
+            channel.send(agent.sock, ExecPlan(args=plan.args, env=plan.env, cwd=plan.cwd), fds)
         except OSError:
             self._end_agent(member)  # dead before it read the request: nothing ran
             return failed
@@ -846,8 +850,7 @@ class Supervisor:
             step = self._agent_reply(member, agent)
         finally:
             if member.agent is agent:
-                with contextlib.suppress(OSError):
-                    join_cgroup_fds(agent.home_fds, agent.pid)
+                self.agents_out.append(agent)  # moved home once the reply is sent
         if step is None:
             return Reply(
                 False,
@@ -896,6 +899,19 @@ class Supervisor:
         finally:
             if member.agent is agent:
                 agent.sock.settimeout(None)
+
+    def _agents_home(self) -> None:
+        """Move the agents that just spawned back to our cgroups (where they wait)."""
+        out, self.agents_out = self.agents_out, []
+        for agent in out:
+            if agent.pid not in self.agents:
+                continue
+            try:
+                join_cgroup_fds(agent.home_fds, agent.pid)
+            except OSError:  # left in the container's cgroup, it would count as one of its own
+                for member in self.members.values():
+                    if member.agent is agent:
+                        self._end_agent(member)
 
     def _agent_child_exited(self, agent: _Agent, step: Progress) -> None:
         pid = int(step.details.get("pid", 0))
