@@ -239,8 +239,6 @@ class Supervisor:
         self.waiting_on: dict[socket.socket, int] = {}
         #: Every exec agent not reaped yet (its member's, or one ended), by pid.
         self.agents: dict[int, _Agent] = {}
-        #: Agents to move out of their container's cgroup, after a spawn.
-        self.agents_out: list[_Agent] = []
 
     # -- setting up ----------------------------------------------------------------------
 
@@ -546,7 +544,6 @@ class Supervisor:
                     channel.send(conn, reply, pty)
             finally:
                 channel.close_fds(pty)
-                self._agents_home()
             return None
         if request.op == "destroy-container":
             return self._destroy_container(member)
@@ -850,7 +847,9 @@ class Supervisor:
             step = self._agent_reply(member, agent)
         finally:
             if member.agent is agent:
-                self.agents_out.append(agent)  # moved home once the reply is sent
+                # Back to our cgroups before the reply: then it is never one of the
+                # container's processes to anyone who knows of the exec.
+                self._agent_home(member, agent)
         if step is None:
             return Reply(
                 False,
@@ -873,8 +872,9 @@ class Supervisor:
     def _agent_reply(self, member: _Member, agent: _Agent) -> Progress | None:
         """The agent's answer to the request just sent (``spawned`` or an error);
         ``Progress("unready")`` if it died before it was ready (so before it read the
-        request); ``None`` if it died (or hung) while at it. Exits it reports meanwhile
-        are handled."""
+        request) or was killed by its seccomp filter (``SIGSYS``: a syscall it needs is
+        not allowed); ``None`` if it died otherwise (or hung) while at it. Exits it
+        reports meanwhile are handled."""
         agent.sock.settimeout(EXEC_START_TIMEOUT)
         try:
             while True:
@@ -890,9 +890,10 @@ class Supervisor:
                 else:
                     return step
         except channel.ChannelClosedError:
-            ready = agent.ready
-            self._end_agent(member)
-            return None if ready else Progress("unready")
+            returncode = self._reap_agent(agent)
+            if agent.ready and returncode != -signal.SIGSYS:
+                return None
+            return Progress("unready")
         except (OSError, ValueError):  # TimeoutError included
             self._end_agent(member)
             return None
@@ -900,18 +901,12 @@ class Supervisor:
             if member.agent is agent:
                 agent.sock.settimeout(None)
 
-    def _agents_home(self) -> None:
-        """Move the agents that just spawned back to our cgroups (where they wait)."""
-        out, self.agents_out = self.agents_out, []
-        for agent in out:
-            if agent.pid not in self.agents:
-                continue
-            try:
-                join_cgroup_fds(agent.home_fds, agent.pid)
-            except OSError:  # left in the container's cgroup, it would count as one of its own
-                for member in self.members.values():
-                    if member.agent is agent:
-                        self._end_agent(member)
+    def _agent_home(self, member: _Member, agent: _Agent) -> None:
+        """Move ``agent`` back to our cgroups, where it waits between spawns."""
+        try:
+            join_cgroup_fds(agent.home_fds, agent.pid)
+        except OSError:  # left in the container's cgroup, it would count as one of its own
+            self._end_agent(member)
 
     def _agent_child_exited(self, agent: _Agent, step: Progress) -> None:
         pid = int(step.details.get("pid", 0))
@@ -982,6 +977,17 @@ class Supervisor:
             self.selector.unregister(agent.sock)
         with contextlib.suppress(ProcessLookupError):
             os.kill(agent.pid, signal.SIGKILL)
+
+    def _reap_agent(self, agent: _Agent) -> int | None:
+        """Wait for ``agent``, which closed its end (so is exiting), and forget it; its
+        exit status."""
+        returncode = None
+        with contextlib.suppress(ChildProcessError):
+            _, status = os.waitpid(agent.pid, 0)
+            returncode = os.waitstatus_to_exitcode(status)
+        self.agents.pop(agent.pid, None)
+        self._agent_exited(agent)
+        return returncode
 
     def _agent_exited(self, agent: _Agent) -> None:
         """An agent was reaped: read the exits it reported, then settle what it spawned.
