@@ -748,7 +748,9 @@ class Container:
                 require(Operation.EXEC, self.id, _effective_status(self._record, sandbox))
                 assert sandbox is not None
                 try:
-                    pid, master = sandbox.exec(self.id, plan, stdio.child_fds if stdio else [])
+                    pid, master, connection = sandbox.exec_connected(
+                        self.id, plan, stdio.child_fds if stdio else []
+                    )
                 except SandboxDiedError:
                     # It stopped meanwhile: answer as if it had stopped before the call.
                     if _effective_status(self._record, sandbox) is Status.STOPPED:
@@ -774,6 +776,7 @@ class Container:
             stderr=stdio.stderr if stdio else None,
             console=console,
             timeout=timeout,
+            connection=connection,
         )
 
     def exec_run(
