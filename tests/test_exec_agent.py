@@ -7,6 +7,7 @@ of the supervisor outside the container's cgroup), or the supervisor itself.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,9 @@ from test_process_control import eventually
 from test_security import edit_config, set_seccomp
 
 from sandboxrt import Container, FileStore, InvalidStateError, Pod, Process
+from sandboxrt._core.plan import exec_plan
 from sandboxrt._os import procfs
+from sandboxrt._os.seccomp import compile_bpf
 from sandboxrt._proc.init import AGENT_PROCESS_NAME
 from sandboxrt._proc.supervisor import PROCESS_NAME as SUPERVISOR_NAME
 
@@ -194,3 +197,19 @@ def pod(store: FileStore, bundle: BundleFactory) -> Iterator[Pod]:
         yield pod
     finally:
         pod.destroy()
+
+
+def test_an_exec_plan_from_a_base_is_the_plan_made_afresh(bundle: BundleFactory) -> None:
+    spec = json.loads((bundle(["sleep", "1"]) / "config.json").read_text())
+    base = exec_plan(spec, ["-"], compile_seccomp=compile_bpf)
+    overrides: list[dict[str, Any]] = [
+        {},
+        {"env": {"A": "b"}, "cwd": "/tmp", "user": (5, 6), "terminal": True},
+    ]
+    for options in overrides:
+        args = ["sh", "-c", "x"]
+        fresh = exec_plan(spec, args, compile_seccomp=compile_bpf, **options)
+        again = exec_plan(spec, args, compile_seccomp=compile_bpf, base=base, **options)
+        assert again == fresh and again.seccomp is not None
+    with pytest.raises(ValueError, match="non-empty"):
+        exec_plan(spec, [], compile_seccomp=compile_bpf, base=base)
