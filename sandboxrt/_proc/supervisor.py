@@ -1219,9 +1219,12 @@ class Supervisor:
         self._answer_waiters(root, root.returncode)
         for member in killed:
             self._answer_waiters(member, -signal.SIGKILL)
-        for pid in [*self.execs, *self.agents]:
+        for pid in self.execs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+        for pid in self.agents:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         for pid, conns in self.exec_waiters.items():
             for conn in conns:
                 with contextlib.suppress(OSError):
