@@ -20,7 +20,7 @@ from conftest import BundleFactory, needs_busybox, needs_root
 from test_process_control import eventually
 from test_security import edit_config, set_seccomp
 
-from sandboxrt import Container, FileStore, InvalidStateError, Pod, Process
+from sandboxrt import Container, FileStore, InvalidStateError, Pod, Process, ProcessNotFoundError
 from sandboxrt._core.plan import exec_plan
 from sandboxrt._os import procfs
 from sandboxrt._os.seccomp import compile_bpf
@@ -213,3 +213,17 @@ def test_an_exec_plan_from_a_base_is_the_plan_made_afresh(bundle: BundleFactory)
         assert again == fresh and again.seccomp is not None
     with pytest.raises(ValueError, match="non-empty"):
         exec_plan(spec, [], compile_seccomp=compile_bpf, base=base)
+
+
+def test_the_agent_is_not_one_of_the_container_s_processes(running: Container) -> None:
+    running.exec_run(["true"], check=True)
+    (agent,) = agents(running)
+    entry = procfs.read_process(agent)
+    assert entry is not None
+    with pytest.raises(ProcessNotFoundError):
+        running.signal_process(entry.nspid[-1], signal.SIGTERM)
+    assert procfs.read_stat(agent) is not None  # untouched
+    # kill(all=True) goes through the cgroup: the container ends, and the agent with it.
+    running.kill(signal.SIGKILL, all=True)
+    assert running.wait() == -signal.SIGKILL
+    eventually(lambda: procfs.read_stat(agent) is None, "the agent ended with the sandbox")
