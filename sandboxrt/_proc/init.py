@@ -559,8 +559,8 @@ def run_agent(
     process (user, capabilities, no_new_privs, seccomp; not its cwd) once, then
     reports ``ready`` on ``sock`` and serves: for each :class:`ExecPlan` (its
     stdin, stdout and stderr alongside) it changes to the plan's cwd and
-    spawns the program (``posix_spawn``: no copy of this process to make or
-    tear down) as the leader of a session of its own, and reports
+    spawns the program (:func:`_spawn`: ``vfork``, so no copy of this process
+    to make or tear down) as the leader of a session of its own, and reports
     ``spawned`` with its pid, or the error. It reaps what it spawned and
     reports each exit (``exited``: pid, returncode). The supervisor moves it
     into the container's cgroup for each spawn only. End of stream, or the
