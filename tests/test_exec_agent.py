@@ -227,3 +227,28 @@ def test_the_agent_is_not_one_of_the_container_s_processes(running: Container) -
     running.kill(signal.SIGKILL, all=True)
     assert running.wait() == -signal.SIGKILL
     eventually(lambda: procfs.read_stat(agent) is None, "the agent ended with the sandbox")
+
+
+def pids_limit_1(document: dict[str, Any]) -> None:
+    document["linux"].setdefault("resources", {})["pids"] = {"limit": 1}
+
+
+def test_a_full_pids_limit_goes_the_slow_way_and_keeps_the_agent(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """The agent forks inside the cgroup, where the limit holds (EAGAIN); the slow way
+    joins it after its fork, as before: that exec runs, and the agent stays fit."""
+    path = edit_config(bundle(["sleep", "1000"]), pids_limit_1)
+    container = Container.create("ag6", path, store=store)
+    try:
+        container.start()
+        process = container.exec(["sleep", "411"])
+        assert parent(container, process)[1] == SUPERVISOR_NAME
+        (agent,) = agents(container)  # made for this exec, kept
+        process.kill()
+        assert process.wait() == -signal.SIGKILL
+        eventually(lambda: len(container.processes()) == 1, "the sleep is gone")
+        done = container.exec_run(["echo", "hi"], capture_output=True, check=True)
+        assert done.stdout == b"hi\n" and agents(container) == [agent]
+    finally:
+        container.destroy()

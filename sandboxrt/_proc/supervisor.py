@@ -752,7 +752,8 @@ class Supervisor:
         if by_agent is not None and (by_agent.ok or by_agent.error_type != "AgentFailed"):
             return by_agent, []
         reply, pty = self._fork_exec(member, plan, fds)
-        if by_agent is not None and reply.ok:
+        transient = by_agent is not None and by_agent.details.get("cause_type") in _TRANSIENT
+        if by_agent is not None and reply.ok and not transient:
             # The agent failed where the slow way works: never again for this profile.
             member.agent_unfit.append(_profile(plan))
             self._end_agent(member)
@@ -860,7 +861,8 @@ class Supervisor:
         if step.step == "unready":
             return failed  # it died before it took the request
         if step.step != "spawned":
-            return Reply(False, error=step.error, error_type="AgentFailed")
+            details = {"cause_type": step.error_type}
+            return Reply(False, error=step.error, error_type="AgentFailed", details=details)
         pid = int(step.details.get("pid", 0))
         agent.children.add(pid)
         self.unwaited.pop(pid, None)
@@ -1303,6 +1305,11 @@ def _fork_signals_blocked() -> tuple[int, set[int | signal.Signals]]:
     except BaseException:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         raise
+
+
+#: Errors of an agent's spawn that say nothing of its fitness (``EAGAIN``: a pids limit
+#: reached, which the slow way's fork outside the cgroup does not meet).
+_TRANSIENT = frozenset({"BlockingIOError"})
 
 
 def _profile(plan: ExecPlan) -> ExecPlan:
