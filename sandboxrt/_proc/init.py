@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
+import mmap
 import os
 import resource
 import selectors
@@ -20,7 +22,7 @@ import signal
 import socket
 import subprocess
 import termios
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
 from sandboxrt._core import abi, users
@@ -30,6 +32,7 @@ from sandboxrt._proc import hooks
 from sandboxrt.errors import HookError, MissingFeatureError
 
 __all__ = [
+    "AGENT_BOARD",
     "AGENT_PROCESS_NAME",
     "AHEAD_PROCESS_NAME",
     "EXEC_PROCESS_NAME",
@@ -550,7 +553,11 @@ def run_exec(
 
 
 def run_agent(
-    plan: ExecPlan, init_pid: int, sock: socket.socket, mask: Iterable[int] = ()
+    plan: ExecPlan,
+    init_pid: int,
+    sock: socket.socket,
+    mask: Iterable[int] = (),
+    board: mmap.mmap | None = None,
 ) -> NoReturn:
     """Be the exec agent of the container of the init ``init_pid``; never returns.
 
@@ -564,7 +571,10 @@ def run_agent(
     ``spawned`` with its pid, or the error. It reaps what it spawned and
     reports each exit (``exited``: pid, returncode). The supervisor moves it
     into the container's cgroup for each spawn only. End of stream, or the
-    supervisor's death (``PR_SET_PDEATHSIG``), ends it. See decision 29.
+    supervisor's death (``PR_SET_PDEATHSIG``), ends it. On ``board`` (shared
+    memory, :data:`AGENT_BOARD` words) it counts the spawns it began and ended,
+    with the last pid: if it dies without an answer, the supervisor knows
+    whether it spawned. See decision 29.
     """
     parent = os.getppid()
     try:
@@ -589,14 +599,15 @@ def run_agent(
             channel.send(sock, error_progress(exc))
         finally:
             os._exit(127)
-    _serve_agent(sock, wake_r)
+    _serve_agent(sock, wake_r, board)
 
 
-def _serve_agent(sock: socket.socket, wake: int) -> NoReturn:
+def _serve_agent(sock: socket.socket, wake: int, board: mmap.mmap | None) -> NoReturn:
     """The agent's loop: spawn what the supervisor asks for, report every exit."""
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ, "request")
     selector.register(wake, selectors.EVENT_READ, "wake")
+    taken = 0
     try:
         while True:
             for key, _ in selector.select():
@@ -607,8 +618,11 @@ def _serve_agent(sock: socket.socket, wake: int) -> NoReturn:
                     plan, stdio = channel.receive(sock, ExecPlan)
                 except channel.ChannelClosedError:
                     os._exit(0)
+                taken += 1
                 try:
-                    pid = _spawn(plan, stdio)
+                    pid = _spawn(plan, stdio, functools.partial(_mark, board, 0, taken))
+                    _mark(board, 2, pid)
+                    _mark(board, 1, taken)
                 except Exception as exc:
                     channel.send(sock, error_progress(exc))
                 else:
@@ -617,6 +631,15 @@ def _serve_agent(sock: socket.socket, wake: int) -> NoReturn:
                     channel.close_fds(stdio)
     except BaseException:
         os._exit(1)  # the supervisor sees end of stream
+
+
+#: The words of an agent's board (8 bytes each): spawns begun, spawns done, last pid.
+AGENT_BOARD = 3
+
+
+def _mark(board: mmap.mmap | None, word: int, value: int) -> None:
+    if board is not None:
+        board[word * 8 : word * 8 + 8] = value.to_bytes(8, "little")
 
 
 def _report_exits(sock: socket.socket, wake: int) -> None:
@@ -637,8 +660,9 @@ def _report_exits(sock: socket.socket, wake: int) -> None:
         channel.send(sock, Progress("exited", details={"pid": pid, "returncode": code}))
 
 
-def _spawn(plan: ExecPlan, stdio: Sequence[int]) -> int:
+def _spawn(plan: ExecPlan, stdio: Sequence[int], begin: Callable[[], None]) -> int:
     """Spawn ``plan``'s program with ``stdio`` as its fds 0-2 (no other fd); its pid.
+    ``begin`` is called just before the spawn itself.
 
     ``subprocess`` spawns with ``vfork`` here (no ``preexec_fn``, user or
     groups), and resets every signal handler: glibc's ``posix_spawn`` would
@@ -648,6 +672,7 @@ def _spawn(plan: ExecPlan, stdio: Sequence[int]) -> int:
     executable = find_executable(plan.args[0], plan.env)
     env = dict(e.split("=", 1) for e in plan.env)
     stdin, stdout, stderr = stdio
+    begin()
     child = subprocess.Popen(
         plan.args,
         executable=executable,

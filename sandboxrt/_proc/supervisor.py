@@ -17,6 +17,7 @@ import collections
 import contextlib
 import dataclasses
 import errno
+import mmap
 import os
 import re
 import selectors
@@ -40,6 +41,7 @@ from sandboxrt._core.protocol import (
 )
 from sandboxrt._os import capabilities, channel, net, procfs, syscalls
 from sandboxrt._proc.init import (
+    AGENT_BOARD,
     error_progress,
     join_cgroup,
     join_cgroup_fds,
@@ -147,6 +149,11 @@ class _Agent:
     profile: ExecPlan
     #: Files that move it back to the supervisor's own cgroups after each spawn.
     home_fds: list[int]
+    #: Shared with it (``init.run_agent``): the spawns it began and ended (and the last
+    #: pid), beside how many requests were sent, tell what became of a request when it
+    #: dies without an answer.
+    board: mmap.mmap
+    sent: int = 0
     ready: bool = False
     #: What it spawned and has not reported exited yet.
     children: set[int] = dataclasses.field(default_factory=set)
@@ -837,13 +844,18 @@ class Supervisor:
                 return None
         assert member.cgroup_fds is not None
         failed = Reply(False, error="the exec agent failed", error_type="AgentFailed")
+        # Gone before it took the request: nothing ran, and nothing is said of its fitness.
+        lost = Reply(
+            False, error="the exec agent died", error_type="AgentFailed", details=_AGENT_DIED
+        )
         try:
             join_cgroup_fds(member.cgroup_fds, agent.pid)  # what it spawns is born inside
             # What varies between its spawns, and nothing else: a short message.
             channel.send(agent.sock, ExecPlan(args=plan.args, env=plan.env, cwd=plan.cwd), fds)
+            agent.sent += 1
         except OSError:
-            self._end_agent(member)  # dead before it read the request: nothing ran
-            return failed
+            self._end_agent(member)
+            return lost
         try:
             step = self._agent_reply(member, agent)
         finally:
@@ -852,31 +864,37 @@ class Supervisor:
                 # container's processes to anyone who knows of the exec.
                 self._agent_home(member, agent)
         if step is None:
-            return Reply(
-                False,
-                error="the exec agent died or did not answer",
-                error_type="ExecError",
-                details={"cause_type": "AgentDied"},
-            )
+            error = "the exec agent died or did not answer"
+            return Reply(False, error=error, error_type="ExecError", details=_AGENT_DIED)
         if step.step == "unready":
-            return failed  # it died before it took the request
+            return failed  # unfit: the slow way runs it, and says whether it could
+        if step.step == "lost":
+            return lost
         if step.step != "spawned":
             details = {"cause_type": step.error_type}
             return Reply(False, error=step.error, error_type="AgentFailed", details=details)
         pid = int(step.details.get("pid", 0))
+        self._agent_spawned(member, agent, pid)
+        return Reply(True, pid=pid)
+
+    def _agent_spawned(self, member: _Member, agent: _Agent, pid: int) -> None:
+        if pid in agent.children:
+            return
         agent.children.add(pid)
         self.unwaited.pop(pid, None)
         self.waited.pop(pid, None)
         self.execs.add(pid)
         self.exec_owner[pid] = member.id
-        return Reply(True, pid=pid)
 
     def _agent_reply(self, member: _Member, agent: _Agent) -> Progress | None:
-        """The agent's answer to the request just sent (``spawned`` or an error);
-        ``Progress("unready")`` if it died before it was ready (so before it read the
-        request) or was killed by its seccomp filter (``SIGSYS``: a syscall it needs is
-        not allowed); ``None`` if it died otherwise (or hung) while at it. Exits it
-        reports meanwhile are handled."""
+        """The agent's answer to the request just sent (``spawned`` or an error).
+
+        If it dies without one, its ``board`` says how far it got: ``spawned``
+        (then died); ``Progress("unready")`` if its seccomp filter killed it
+        (``SIGSYS``: a syscall it needs is not allowed) or its preparation failed;
+        ``Progress("lost")`` if it died otherwise before it spawned; ``None`` if it
+        died while spawning (or hung). Exits it reports meanwhile are handled.
+        """
         agent.sock.settimeout(EXEC_START_TIMEOUT)
         try:
             while True:
@@ -892,10 +910,19 @@ class Supervisor:
                 else:
                     return step
         except channel.ChannelClosedError:
-            returncode = self._reap_agent(agent)
-            if agent.ready and returncode != -signal.SIGSYS:
-                return None
-            return Progress("unready")
+            begun, done, pid = (
+                int.from_bytes(agent.board[i : i + 8], "little") for i in range(0, 24, 8)
+            )
+            if done >= agent.sent:  # it spawned, and died before it said so
+                self._agent_spawned(member, agent, pid)
+            killed_by_seccomp = self._reap_agent(agent) == -signal.SIGSYS
+            if done >= agent.sent:
+                return Progress("spawned", details={"pid": pid})
+            if killed_by_seccomp:  # in its fork, say: a syscall it needs is not allowed
+                return Progress("unready")
+            if begun < agent.sent:
+                return Progress("lost")  # nothing was spawned
+            return None  # killed while it spawned: it may have, so never run it twice
         except (OSError, ValueError):  # TimeoutError included
             self._end_agent(member)
             return None
@@ -952,20 +979,22 @@ class Supervisor:
             member.agent_unfit.append(profile)
             return None
         ours, theirs = channel.socket_pair()
+        board = mmap.mmap(-1, 8 * AGENT_BOARD)  # anonymous, shared with the child
         try:
             pid, mask = _fork_signals_blocked()
         except BaseException:
             channel.close_fds(home_fds)
             ours.close()
             theirs.close()
+            board.close()
             raise
         if pid == 0:
             ours.close()
             self._close_in_child()
-            run_agent(profile, member.init_pid, theirs, mask)
+            run_agent(profile, member.init_pid, theirs, mask, board)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
-        member.agent = self.agents[pid] = _Agent(pid, ours, profile, home_fds)
+        member.agent = self.agents[pid] = _Agent(pid, ours, profile, home_fds, board)
         self.selector.register(ours, selectors.EVENT_READ, ("agent", member))
         return member.agent
 
@@ -1011,6 +1040,7 @@ class Supervisor:
                 if step.step == "exited":
                     self._agent_child_exited(agent, step)
         agent.sock.close()
+        agent.board.close()
         channel.close_fds(agent.home_fds)
         for pid in sorted(agent.children & self.execs):
             try:
@@ -1307,9 +1337,10 @@ def _fork_signals_blocked() -> tuple[int, set[int | signal.Signals]]:
         raise
 
 
-#: Errors of an agent's spawn that say nothing of its fitness (``EAGAIN``: a pids limit
-#: reached, which the slow way's fork outside the cgroup does not meet).
-_TRANSIENT = frozenset({"BlockingIOError"})
+#: Failures of an agent that say nothing of its fitness: ``EAGAIN`` (a pids limit reached,
+#: which the slow way's fork outside the cgroup does not meet), its death by another's hand.
+_TRANSIENT = frozenset({"BlockingIOError", "AgentDied"})
+_AGENT_DIED = {"cause_type": "AgentDied"}
 
 
 def _profile(plan: ExecPlan) -> ExecPlan:
