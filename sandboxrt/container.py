@@ -24,7 +24,7 @@ from sandboxrt import _cgroup, _changes
 from sandboxrt._core.cri import sandbox_to_join
 from sandboxrt._core.ids import resolve_id, validate_id
 from sandboxrt._core.plan import UserArg, build_container_plan, build_plan, exec_plan
-from sandboxrt._core.protocol import ContainerPlan, InitPlan, SandboxPlan
+from sandboxrt._core.protocol import ContainerPlan, ExecPlan, InitPlan, SandboxPlan
 from sandboxrt._core.records import ContainerRecord
 from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
 from sandboxrt._core.status import Operation, Status, require
@@ -144,6 +144,9 @@ class Container:
         self.stderr: IO[bytes] | None = None
         #: The pty master when ``process.terminal`` is set and no console socket was given.
         self.console: IO[bytes] | None = None
+        #: The spec's ``process`` as an exec plan, made at the first exec (the spec of a
+        #: container never changes).
+        self._exec_base: ExecPlan | None = None
 
     def __repr__(self) -> str:
         return f"Container(id={self.id!r}, status={self.status.value!r})"
@@ -734,6 +737,8 @@ class Container:
             )
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
+        if self._exec_base is None:
+            self._exec_base = exec_plan(self._record.spec, ["-"], compile_seccomp=compile_bpf)
         plan = exec_plan(
             self._record.spec,
             args,
@@ -742,6 +747,7 @@ class Container:
             user=user,
             terminal=tty,
             compile_seccomp=compile_bpf,
+            base=self._exec_base,
         )
         stdio = None if tty else StdioPlan(stdin, stdout, stderr)
         try:
@@ -749,7 +755,9 @@ class Container:
                 require(Operation.EXEC, self.id, _effective_status(self._record, sandbox))
                 assert sandbox is not None
                 try:
-                    pid, master = sandbox.exec(self.id, plan, stdio.child_fds if stdio else [])
+                    pid, master, connection = sandbox.exec_connected(
+                        self.id, plan, stdio.child_fds if stdio else []
+                    )
                 except SandboxDiedError:
                     # It stopped meanwhile: answer as if it had stopped before the call.
                     if _effective_status(self._record, sandbox) is Status.STOPPED:
@@ -775,6 +783,7 @@ class Container:
             stderr=stdio.stderr if stdio else None,
             console=console,
             timeout=timeout,
+            connection=connection,
         )
 
     def exec_run(

@@ -17,6 +17,7 @@ import contextlib
 import os
 import selectors
 import signal as _signal
+import socket
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -68,6 +69,7 @@ class Process:
         stderr: IO[bytes] | None = None,
         console: IO[bytes] | None = None,
         timeout: float | None = None,
+        connection: socket.socket | None = None,
     ) -> None:
         self.container_id = container_id
         self.pid = pid
@@ -90,6 +92,11 @@ class Process:
         self._timer: threading.Timer | None = None
         #: Held by the deadline while it kills, so a wait sees ``timed_out`` settled.
         self._expiring = threading.Lock()
+        #: The fd of the connection the exec went on, for waits (one at a time:
+        #: ``_connection_lock``). An fd, not a socket: closed by ``__del__`` whatever the
+        #: order in which a garbage cycle is finalized.
+        self._connection = connection.detach() if connection is not None else -1
+        self._connection_lock = threading.Lock()
         if timeout is not None:
             self._timer = threading.Timer(timeout, self._expire)
             self._timer.daemon = True
@@ -124,10 +131,45 @@ class Process:
 
     # -- status ------------------------------------------------------------------------
 
+    def __del__(self) -> None:
+        self._close_connection()
+
+    def _close_connection(self) -> None:
+        fd, self._connection = getattr(self, "_connection", -1), -1
+        if fd >= 0:
+            os.close(fd)
+
+    def _wait_status(self, timeout: float | None = None, *, nohang: bool = False) -> int | None:
+        """Ask the supervisor for the exit status, on the exec's connection when it is free
+        (a timed-out wait leaves it unusable: closed), else on a new one."""
+        if self._connection < 0 or not self._connection_lock.acquire(blocking=False):
+            return self._sandbox.wait_process(self.container_id, self.pid, timeout, nohang=nohang)
+        try:
+            connection = None
+            if self._connection >= 0:
+                kind = socket.SOCK_SEQPACKET
+                connection = socket.socket(socket.AF_UNIX, kind, 0, self._connection)
+            try:
+                code = self._sandbox.wait_process(
+                    self.container_id, self.pid, timeout, nohang=nohang, connection=connection
+                )
+            except BaseException:
+                if connection is not None:
+                    connection.detach()
+                self._close_connection()
+                raise
+            if connection is not None:
+                connection.detach()
+            if code is not None:
+                self._close_connection()  # nothing more to ask about
+            return code
+        finally:
+            self._connection_lock.release()
+
     def poll(self) -> int | None:
         """The exit status if the process has exited, else ``None``."""
         if self.returncode is None:
-            code = self._sandbox.wait_process(self.container_id, self.pid, nohang=True)
+            code = self._wait_status(nohang=True)
             if code is not None:
                 self._exited(code)
         return self.returncode
@@ -140,7 +182,7 @@ class Process:
         """
         if self.returncode is None:
             try:
-                code = self._sandbox.wait_process(self.container_id, self.pid, timeout)
+                code = self._wait_status(timeout)
             except TimeoutError:
                 raise ProcessTimeoutError(
                     self.container_id, self.args, timeout or 0.0, pid=self.pid

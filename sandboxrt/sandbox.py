@@ -312,16 +312,46 @@ class Sandbox:
         timeout: float | None = None,
     ) -> tuple[Reply, list[int]]:
         """Send one control request with ``fds`` alongside; the reply and the fds it brought."""
+        reply, got, _ = self._exchange(container_id, request, fds, timeout=timeout)
+        return reply, got
+
+    def _exchange(
+        self,
+        container_id: str,
+        request: Request,
+        fds: Sequence[int] = (),
+        *,
+        timeout: float | None = None,
+        connection: socket.socket | None = None,
+        keep: bool = False,
+    ) -> tuple[Reply, list[int], socket.socket | None]:
+        """:meth:`exchange` on ``connection`` (the caller's, which it closes on an error)
+        or on a new one, closed unless ``keep`` (then it is returned, the caller's to close:
+        the supervisor serves further requests on it)."""
+        sock = connection
         try:
-            with channel.connect(self.control_socket, timeout) as sock:
-                channel.send(sock, request, fds)
-                return channel.receive(sock, Reply)
+            if sock is None:
+                sock = channel.connect(self.control_socket, timeout)
+            else:
+                sock.settimeout(timeout)
+            channel.send(sock, request, fds)
+            reply, got = channel.receive(sock, Reply)
         except TimeoutError:
+            if sock is not None and connection is None:
+                sock.close()
             raise
         except (ConnectionError, FileNotFoundError, channel.ChannelClosedError) as exc:
+            if sock is not None and connection is None:
+                sock.close()
             raise SandboxDiedError(container_id, str(exc)) from exc
         except ValueError as exc:
+            if sock is not None and connection is None:
+                sock.close()
             raise ProtocolError(f'container "{container_id}": {exc}') from exc
+        if connection is None and not keep:
+            sock.close()
+            return reply, got, None
+        return reply, got, sock
 
     def _checked(
         self, container_id: str, request: Request, *, timeout: float | None = None
@@ -490,7 +520,28 @@ class Sandbox:
         pty master when it has a terminal. ``stdio`` is its stdin, stdout and stderr (none
         with a terminal). Returns once the program was exec'd; raises :class:`ExecError`
         when it could not be (missing binary, bad cwd...)."""
-        reply, fds = self.exchange(container_id, Request("exec", container_id, exec=plan), stdio)
+        pid, master, connection = self.exec_connected(container_id, plan, stdio)
+        connection.close()
+        return pid, master
+
+    def exec_connected(
+        self, container_id: str, plan: ExecPlan, stdio: Sequence[int]
+    ) -> tuple[int, int | None, socket.socket]:
+        """:meth:`exec`, keeping the connection it used (the caller closes it): waiting for
+        the process on it (``wait_process(connection=...)``) spares a connection."""
+        request = Request("exec", container_id, exec=plan)
+        reply, fds, connection = self._exchange(container_id, request, stdio, keep=True)
+        assert connection is not None
+        try:
+            return (*self._exec_reply(container_id, plan, reply, fds), connection)
+        except BaseException:
+            connection.close()
+            raise
+
+    @staticmethod
+    def _exec_reply(
+        container_id: str, plan: ExecPlan, reply: Reply, fds: list[int]
+    ) -> tuple[int, int | None]:
         if not reply.ok:
             channel.close_fds(fds)
             if reply.error_type == "ExecError":
@@ -507,18 +558,29 @@ class Sandbox:
         return reply.pid, (fds[0] if fds else None)
 
     def wait_process(
-        self, container_id: str, pid: int, timeout: float | None = None, *, nohang: bool = False
+        self,
+        container_id: str,
+        pid: int,
+        timeout: float | None = None,
+        *,
+        nohang: bool = False,
+        connection: socket.socket | None = None,
     ) -> int | None:
         """The exit status of process ``pid`` of the container, once it exits.
 
         ``None`` with ``nohang`` while it runs. Raises ``TimeoutError`` after
         ``timeout`` seconds, :class:`ProcessNotFoundError` for a pid that is not
         the container's. A sandbox that is gone took its processes with it:
-        ``-SIGKILL``, but for the init, whose recorded status is read.
+        ``-SIGKILL``, but for the init, whose recorded status is read. Asks on
+        ``connection`` when given (one :meth:`exec_connected` kept; after a
+        ``TimeoutError`` its reply may still come: close it), else on a new one.
         """
         request = Request("wait", container_id, pid=pid, nohang=nohang)
         try:
-            reply = self.request(container_id, request, timeout)
+            reply, fds, _ = self._exchange(
+                container_id, request, timeout=timeout, connection=connection
+            )
+            channel.close_fds(fds)
         except SandboxDiedError:
             record = self.exit_record(container_id)
             if record is not None and record.pid == pid:

@@ -15,6 +15,7 @@ import pytest
 from sandboxrt import Container, FileStore
 from sandboxrt._os import procfs
 from sandboxrt._proc.gofer import PROCESS_NAME as GOFER_NAME
+from sandboxrt._proc.init import AGENT_PROCESS_NAME
 from sandboxrt._proc.init import PROCESS_NAME as INIT_NAME
 from sandboxrt._proc.supervisor import PROCESS_NAME
 from sandboxrt.bundle import BUSYBOX, make_bundle
@@ -35,7 +36,8 @@ os.environ["SANDBOXRT_TEST_OWNER"] = str(os.getpid())
 
 
 def supervisor_pids() -> set[int]:
-    """Live (non-zombie) sandboxrt supervisors, inits and gofers this test session started."""
+    """Live (non-zombie) sandboxrt supervisors, inits, exec agents and gofers this test
+    session started."""
     found = set()
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -45,7 +47,7 @@ def supervisor_pids() -> set[int]:
                 comm = f.read().strip()
         except OSError:
             continue
-        if comm in (PROCESS_NAME, INIT_NAME, GOFER_NAME) and _ours(name):
+        if comm in (PROCESS_NAME, INIT_NAME, AGENT_PROCESS_NAME, GOFER_NAME) and _ours(name):
             info = procfs.read_stat(int(name))
             if info is not None and info.state not in "ZX":
                 found.add(int(name))

@@ -17,8 +17,11 @@ Two conversations use these types:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import types
 import typing
+from collections.abc import Callable
 from typing import Any, ClassVar, Self, TypeVar
 
 from sandboxrt._core import abi
@@ -78,8 +81,13 @@ def _hints(cls: type[Any]) -> dict[str, Any]:
 
 def _plain(value: Any) -> Any:
     """``value`` as JSON-ready data: like ``dataclasses.asdict``, without its deep copies."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    names = _NAMES.get(type(value))
+    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = _NAMES[type(value)] = [f.name for f in dataclasses.fields(value)]
+    if names is not None:
+        return {name: _plain(getattr(value, name)) for name in names}
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
@@ -87,34 +95,53 @@ def _plain(value: Any) -> Any:
     return value
 
 
+#: The field names of every dataclass :func:`_plain` met.
+_NAMES: dict[type[Any], list[str]] = {}
+
+
 def _build(cls: type[Any], data: Any) -> Any:
     """Build dataclass ``cls`` from ``data``, recursing into nested dataclasses."""
     if not isinstance(data, dict):
         raise ValueError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
-    hints = _hints(cls)
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        hints = _hints(cls)
+        fields = [(f.name, _converter(hints[f.name])) for f in dataclasses.fields(cls)]
+        _FIELDS[cls] = fields
     kwargs = {}
-    for field in dataclasses.fields(cls):
-        if field.name not in data:
-            continue
-        value = data[field.name]
-        hint = hints[field.name]
-        kwargs[field.name] = _convert(hint, value)
+    for name, convert in fields:
+        if name in data:
+            kwargs[name] = convert(data[name])
     return cls(**kwargs)
 
 
-def _convert(hint: Any, value: Any) -> Any:
+#: Per dataclass: its fields and the converter of each (see :func:`_converter`).
+_FIELDS: dict[type[Any], list[tuple[str, Callable[[Any], Any]]]] = {}
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _converter(hint: Any) -> Callable[[Any], Any]:
+    """What turns a decoded JSON value into a value of type ``hint`` (made once per hint):
+    nested dataclasses are built, lists converted item by item, anything else kept."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return _build(hint, value)
-    if origin in (list, tuple) and args and isinstance(value, list):
-        return [_convert(args[0], v) for v in value]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None:
-            return None
+        return functools.partial(_build, hint)
+    if origin in (list, tuple) and args:
+        item = _converter(args[0])
+        if item is _same:
+            return _same
+        return lambda value: [item(v) for v in value] if isinstance(value, list) else value
+    if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value) if len(inner) == 1 else value
-    return value
+        if len(inner) != 1:
+            return _same
+        one = _converter(inner[0])
+        return _same if one is _same else lambda value: None if value is None else one(value)
+    return _same
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
+import mmap
 import os
 import resource
+import selectors
 import signal
 import socket
 import stat
+import subprocess
 import termios
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
 from sandboxrt._core import abi, users
@@ -29,6 +33,8 @@ from sandboxrt._proc import hooks
 from sandboxrt.errors import HookError, MissingFeatureError
 
 __all__ = [
+    "AGENT_BOARD",
+    "AGENT_PROCESS_NAME",
     "AHEAD_PROCESS_NAME",
     "EXEC_PROCESS_NAME",
     "PROCESS_NAME",
@@ -37,6 +43,7 @@ __all__ = [
     "join_cgroup",
     "join_cgroup_fds",
     "open_cgroup",
+    "run_agent",
     "run_exec",
     "run_init",
     "speculate",
@@ -51,6 +58,9 @@ AHEAD_PROCESS_NAME = "sandboxrt-ahead"
 
 #: An exec'd process's name in ``/proc/PID/comm`` until it execs its program.
 EXEC_PROCESS_NAME = "sandboxrt-exec"
+
+#: The name of a container's exec agent (:func:`run_agent`).
+AGENT_PROCESS_NAME = "sandboxrt-agent"
 
 #: The namespaces an exec'd process joins when the init's differ from the supervisor's:
 #: ``(name in /proc/PID/ns, OCI kind)``; the mount namespace last (its /proc differs).
@@ -197,8 +207,11 @@ def _seccomp_program(plan: ProcessPlan) -> bytes | None:
     return program
 
 
-def _apply_process(plan: ProcessPlan, seccomp_program: bytes | None = None) -> None:
-    """Become the program's process: limits, user, cwd, capabilities, no_new_privs, seccomp.
+def _apply_process(
+    plan: ProcessPlan, seccomp_program: bytes | None = None, *, chdir: bool = True
+) -> None:
+    """Become the program's process: limits, user, cwd (unless not ``chdir``),
+    capabilities, no_new_privs, seccomp.
 
     The order is the kernel's: bounding set dropped while privileged,
     ``PR_SET_KEEPCAPS`` across the uid change, then ``capset`` and the ambient
@@ -225,7 +238,8 @@ def _apply_process(plan: ProcessPlan, seccomp_program: bytes | None = None) -> N
     os.setgroups(plan.additional_gids)
     os.setresgid(plan.gid, plan.gid, plan.gid)
     os.setresuid(plan.uid, plan.uid, plan.uid)
-    mounts.chdir_beneath_root(plan.cwd)  # never through /proc/1/root (the host's root)
+    if chdir:
+        mounts.chdir_beneath_root(plan.cwd)  # never through /proc/1/root (the host's root)
     if caps is not None:
         syscalls.set_keepcaps(False)
         capabilities.apply_final_sets(
@@ -571,3 +585,137 @@ def run_exec(
             channel.send(status, error_progress(exc))
         finally:
             os._exit(127)
+
+
+def run_agent(
+    plan: ExecPlan,
+    init_pid: int,
+    sock: socket.socket,
+    mask: Iterable[int] = (),
+    board: mmap.mmap | None = None,
+) -> NoReturn:
+    """Be the exec agent of the container of the init ``init_pid``; never returns.
+
+    Forked by the supervisor with every signal blocked (``mask`` is the mask
+    to restore). Joins the init's namespaces and root and becomes ``plan``'s
+    process (user, capabilities, no_new_privs, seccomp; not its cwd) once, then
+    reports ``ready`` on ``sock`` and serves: for each :class:`ExecPlan` (its
+    stdin, stdout and stderr alongside) it changes to the plan's cwd and
+    spawns the program (:func:`_spawn`: ``vfork``, so no copy of this process
+    to make or tear down) as the leader of a session of its own, and reports
+    ``spawned`` with its pid, or the error. It reaps what it spawned and
+    reports each exit (``exited``: pid, returncode). The supervisor moves it
+    into the container's cgroup for each spawn only. End of stream, or the
+    supervisor's death (``PR_SET_PDEATHSIG``), ends it. On ``board`` (shared
+    memory, :data:`AGENT_BOARD` words) it counts the spawns it began and ended,
+    with the last pid: if it dies without an answer, the supervisor knows
+    whether it spawned. See decision 31.
+    """
+    parent = os.getppid()
+    try:
+        _default_signals(mask)
+        os.setsid()
+        syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # as the init: no ptrace, no /proc/PID/mem
+        _close_fds_but(sock.fileno())
+        syscalls.set_process_name(AGENT_PROCESS_NAME)
+        seccomp_program = _seccomp_program(plan)
+        _join_init(init_pid)
+        _apply_process(plan, seccomp_program, chdir=False)
+        syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # a uid change may have reset it
+        syscalls.prctl(abi.PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change
+        if os.getppid() != parent:
+            os._exit(0)  # the supervisor is gone already
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        channel.send(sock, Progress("ready"))
+    except BaseException as exc:
+        try:
+            channel.send(sock, error_progress(exc))
+        finally:
+            os._exit(127)
+    _serve_agent(sock, wake_r, board)
+
+
+def _serve_agent(sock: socket.socket, wake: int, board: mmap.mmap | None) -> NoReturn:
+    """The agent's loop: spawn what the supervisor asks for, report every exit."""
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ, "request")
+    selector.register(wake, selectors.EVENT_READ, "wake")
+    taken = 0
+    try:
+        while True:
+            for key, _ in selector.select():
+                if key.data == "wake":
+                    _report_exits(sock, wake)
+                    continue
+                try:
+                    plan, stdio = channel.receive(sock, ExecPlan)
+                except channel.ChannelClosedError:
+                    os._exit(0)
+                taken += 1
+                try:
+                    pid = _spawn(plan, stdio, functools.partial(_mark, board, 0, taken))
+                    _mark(board, 2, pid)
+                    _mark(board, 1, taken)
+                except Exception as exc:
+                    channel.send(sock, error_progress(exc))
+                else:
+                    channel.send(sock, Progress("spawned", details={"pid": pid}))
+                finally:
+                    channel.close_fds(stdio)
+    except BaseException:
+        os._exit(1)  # the supervisor sees end of stream
+
+
+#: The words of an agent's board (8 bytes each): spawns begun, spawns done, last pid.
+AGENT_BOARD = 3
+
+
+def _mark(board: mmap.mmap | None, word: int, value: int) -> None:
+    if board is not None:
+        board[word * 8 : word * 8 + 8] = value.to_bytes(8, "little")
+
+
+def _report_exits(sock: socket.socket, wake: int) -> None:
+    while True:
+        try:
+            if not os.read(wake, 4096):
+                break
+        except BlockingIOError:
+            break
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        channel.send(sock, Progress("exited", details={"pid": pid, "returncode": code}))
+
+
+def _spawn(plan: ExecPlan, stdio: Sequence[int], begin: Callable[[], None]) -> int:
+    """Spawn ``plan``'s program with ``stdio`` as its fds 0-2 (no other fd); its pid.
+    ``begin`` is called just before the spawn itself.
+
+    ``subprocess`` spawns with ``vfork`` here (no ``preexec_fn``, user or
+    groups), and resets every signal handler: glibc's ``posix_spawn`` would
+    leave its internal signals (32, 33) ignored in the program.
+    """
+    mounts.chdir_beneath_root(plan.cwd)  # as the plan's user, as an exec'd process does
+    executable = find_executable(plan.args[0], plan.env)
+    env = dict(e.split("=", 1) for e in plan.env)
+    stdin, stdout, stderr = stdio
+    begin()
+    child = subprocess.Popen(
+        plan.args,
+        executable=executable,
+        env=env,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        start_new_session=True,
+    )
+    child.returncode = 0  # reaped by _report_exits, never by subprocess
+    return child.pid

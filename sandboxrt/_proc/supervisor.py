@@ -17,7 +17,9 @@ import collections
 import contextlib
 import dataclasses
 import errno
+import mmap
 import os
+import re
 import selectors
 import signal
 import socket
@@ -27,6 +29,7 @@ from typing import NoReturn
 
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import (
+    ExecPlan,
     ExitStatus,
     InitPlan,
     Launched,
@@ -39,8 +42,11 @@ from sandboxrt._core.protocol import (
 )
 from sandboxrt._os import capabilities, channel, net, procfs, syscalls
 from sandboxrt._proc.init import (
+    AGENT_BOARD,
     error_progress,
+    join_cgroup_fds,
     open_cgroup,
+    run_agent,
     run_exec,
     run_init,
     speculate,
@@ -139,6 +145,26 @@ def is_warm_shape(namespaces: Sequence[Sequence[str]]) -> bool:
 
 
 @dataclasses.dataclass(eq=False)
+class _Agent:
+    """A container's exec agent (``init.run_agent``), as the supervisor sees it."""
+
+    pid: int
+    sock: socket.socket
+    #: The plan it became (args, env and cwd aside): the requests it serves match it.
+    profile: ExecPlan
+    #: Files that move it back to the supervisor's own cgroups after each spawn.
+    home_fds: list[int]
+    #: Shared with it (``init.run_agent``): the spawns it began and ended (and the last
+    #: pid), beside how many requests were sent, tell what became of a request when it
+    #: dies without an answer.
+    board: mmap.mmap
+    sent: int = 0
+    ready: bool = False
+    #: What it spawned and has not reported exited yet.
+    children: set[int] = dataclasses.field(default_factory=set)
+
+
+@dataclasses.dataclass(eq=False)
 class _Member:
     """One container of the sandbox as its supervisor sees it: its init and its waiters."""
 
@@ -165,6 +191,10 @@ class _Member:
     #: ``O_PATH`` fd of its root as its init sees it (mounts made, pivoted), opened at
     #: ``created``, for its gofer (``root`` requests).
     root_fd: int | None = None
+    #: Its exec agent, made at its first exec that may use one (decision 31).
+    agent: _Agent | None = None
+    #: Profiles (see :func:`_profile`) an agent failed to serve: exec'd the slow way.
+    agent_unfit: list[ExecPlan] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.cgroup_procs = self.cgroup_procs or list(self.plan.cgroup_procs)
@@ -221,6 +251,8 @@ class Supervisor:
         #: Connections waiting for an exec'd process, by pid, and the pid each waits for.
         self.exec_waiters: dict[int, list[socket.socket]] = {}
         self.waiting_on: dict[socket.socket, int] = {}
+        #: Every exec agent not reaped yet (its member's, or one ended), by pid.
+        self.agents: dict[int, _Agent] = {}
 
     # -- setting up ----------------------------------------------------------------------
 
@@ -310,6 +342,9 @@ class Supervisor:
         for member in self.members.values():
             if member.init_sync is not None:
                 member.init_sync.close()
+        for agent in self.agents.values():
+            agent.sock.close()
+            channel.close_fds(agent.home_fds)
         if self.wake_fds is not None:
             signal.set_wakeup_fd(-1)
             channel.close_fds(self.wake_fds)
@@ -397,6 +432,8 @@ class Supervisor:
                     self._handle(key.fileobj)  # type: ignore[arg-type]
                 elif data[0] == "creating":
                     self._creation_step(data[1])
+                elif data[0] == "agent":
+                    self._agent_message(data[1])
                 else:
                     self._creator_message(data[1])
 
@@ -420,6 +457,8 @@ class Supervisor:
                 self._init_exited(member, returncode)
             elif pid in self.execs:
                 self._exec_exited(pid, returncode)
+            elif pid in self.agents:
+                self._agent_exited(self.agents.pop(pid))
             # Anything else is an orphan the kernel gave us: never ours to report.
         if self.root.returncode is not None:
             self._finish()
@@ -677,7 +716,8 @@ class Supervisor:
 
     def _kill_rest(self, member: _Member) -> None:
         """SIGKILL a stopping subcontainer's processes: its cgroup's, its init's process
-        group and the process groups of what was exec'd into it."""
+        group and the process groups of what was exec'd into it; and its exec agent."""
+        self._end_agent(member)
         pids = self._member_pids(member)
         if member.init_pid:
             with contextlib.suppress(ProcessLookupError):
@@ -720,10 +760,10 @@ class Supervisor:
     # -- exec'd processes ------------------------------------------------------------------
 
     def _exec(self, member: _Member, request: Request, fds: list[int]) -> tuple[Reply, list[int]]:
-        """Fork a process that joins the init's namespaces and root and execs ``request.exec``.
+        """Run ``request.exec`` in ``member``: spawned by its exec agent when one may serve
+        it (:meth:`_exec_by_agent`), else (or if the agent failed) the slow way.
 
-        Waits (at most EXEC_START_TIMEOUT) until it exec'd or failed: its status
-        socket is close-on-exec. The reply carries its pid, and its pty master.
+        The reply carries its pid, and its pty master.
         """
         plan = request.exec
         if plan is None or len(fds) != (0 if plan.terminal else 3):
@@ -733,6 +773,24 @@ class Supervisor:
         capabilities.last_cap()  # probed once here, not in every child
         if member.cgroup_fds is None:  # opened once: every exec'd child writes to them
             member.cgroup_fds = open_cgroup(member.cgroup_procs)
+        by_agent = self._exec_by_agent(member, plan, fds)
+        if by_agent is not None and (by_agent.ok or by_agent.error_type != "AgentFailed"):
+            return by_agent, []
+        reply, pty = self._fork_exec(member, plan, fds)
+        transient = by_agent is not None and by_agent.details.get("cause_type") in _TRANSIENT
+        if by_agent is not None and reply.ok and not transient:
+            # The agent failed where the slow way works: never again for this profile.
+            member.agent_unfit.append(_profile(plan))
+            self._end_agent(member)
+        return reply, pty
+
+    def _fork_exec(
+        self, member: _Member, plan: ExecPlan, fds: list[int]
+    ) -> tuple[Reply, list[int]]:
+        """The slow way: fork a process that joins the init's namespaces and root and execs
+        (``run_exec``). Waits (at most EXEC_START_TIMEOUT) until it exec'd or failed: its
+        status socket is close-on-exec."""
+        assert member.cgroup_fds is not None
         cgroup = member.cgroup_fds
         ours, theirs = channel.socket_pair()
         try:
@@ -781,6 +839,235 @@ class Supervisor:
         self.waited.pop(pid, None)
         self.execs.add(pid)
         return Reply(True, pid=pid), pty
+
+    # -- exec agents (decision 31) ----------------------------------------------------------
+
+    def _exec_by_agent(self, member: _Member, plan: ExecPlan, fds: list[int]) -> Reply | None:
+        """Run ``plan`` through ``member``'s exec agent (made now if it has none).
+
+        ``None`` when no agent may serve it (a terminal, a user to look up, no
+        cgroup, another profile than the agent's, one an agent failed at);
+        a reply with ``error_type`` ``AgentFailed`` when the agent could not
+        spawn it (the caller then goes the slow way, whose outcome counts).
+        """
+        profile = _profile(plan)
+        if plan.terminal or plan.user or not member.cgroup_procs or profile in member.agent_unfit:
+            return None
+        agent = member.agent
+        if agent is not None and agent.profile != profile:
+            return None  # the first profile keeps the agent; others go the slow way
+        if agent is None:
+            agent = self._start_agent(member, profile)
+            if agent is None:
+                return None
+        assert member.cgroup_fds is not None
+        failed = Reply(False, error="the exec agent failed", error_type="AgentFailed")
+        # Gone before it took the request: nothing ran, and nothing is said of its fitness.
+        lost = Reply(
+            False, error="the exec agent died", error_type="AgentFailed", details=_AGENT_DIED
+        )
+        try:
+            join_cgroup_fds(member.cgroup_fds, agent.pid)  # what it spawns is born inside
+            # What varies between its spawns, and nothing else: a short message.
+            channel.send(agent.sock, ExecPlan(args=plan.args, env=plan.env, cwd=plan.cwd), fds)
+            agent.sent += 1
+        except OSError:
+            self._end_agent(member)
+            return lost
+        try:
+            step = self._agent_reply(member, agent)
+        finally:
+            if member.agent is agent:
+                # Back to our cgroups before the reply: then it is never one of the
+                # container's processes to anyone who knows of the exec.
+                self._agent_home(member, agent)
+        if step is None:
+            error = "the exec agent died or did not answer"
+            return Reply(False, error=error, error_type="ExecError", details=_AGENT_DIED)
+        if step.step == "unready":
+            return failed  # unfit: the slow way runs it, and says whether it could
+        if step.step == "lost":
+            return lost
+        if step.step != "spawned":
+            details = {"cause_type": step.error_type}
+            return Reply(False, error=step.error, error_type="AgentFailed", details=details)
+        pid = int(step.details.get("pid", 0))
+        self._agent_spawned(member, agent, pid)
+        return Reply(True, pid=pid)
+
+    def _agent_spawned(self, member: _Member, agent: _Agent, pid: int) -> None:
+        if pid in agent.children:
+            return
+        agent.children.add(pid)
+        self.unwaited.pop(pid, None)
+        self.waited.pop(pid, None)
+        self.execs.add(pid)
+        self.exec_owner[pid] = member.id
+
+    def _agent_reply(self, member: _Member, agent: _Agent) -> Progress | None:
+        """The agent's answer to the request just sent (``spawned`` or an error).
+
+        If it dies without one, its ``board`` says how far it got: ``spawned``
+        (then died); ``Progress("unready")`` if its seccomp filter killed it
+        (``SIGSYS``: a syscall it needs is not allowed) or its preparation failed;
+        ``Progress("lost")`` if it died otherwise before it spawned; ``None`` if it
+        died while spawning (or hung). Exits it reports meanwhile are handled.
+        """
+        agent.sock.settimeout(EXEC_START_TIMEOUT)
+        try:
+            while True:
+                step, fds = channel.receive(agent.sock, Progress)
+                channel.close_fds(fds)
+                if step.step == "ready":
+                    agent.ready = True
+                elif step.step == "exited":
+                    self._agent_child_exited(agent, step)
+                elif not agent.ready:
+                    self._end_agent(member)  # its preparation failed
+                    return Progress("unready", error=step.error)
+                else:
+                    return step
+        except channel.ChannelClosedError:
+            begun, done, pid = (
+                int.from_bytes(agent.board[i : i + 8], "little") for i in range(0, 24, 8)
+            )
+            if done >= agent.sent:  # it spawned, and died before it said so
+                self._agent_spawned(member, agent, pid)
+            killed_by_seccomp = self._reap_agent(agent) == -signal.SIGSYS
+            if done >= agent.sent:
+                return Progress("spawned", details={"pid": pid})
+            if killed_by_seccomp:  # in its fork, say: a syscall it needs is not allowed
+                return Progress("unready")
+            if begun < agent.sent:
+                return Progress("lost")  # nothing was spawned
+            return None  # killed while it spawned: it may have, so never run it twice
+        except (OSError, ValueError):  # TimeoutError included
+            self._end_agent(member)
+            return None
+        finally:
+            if member.agent is agent:
+                agent.sock.settimeout(None)
+
+    def _agent_home(self, member: _Member, agent: _Agent) -> None:
+        """Move ``agent`` back to our cgroups, where it waits between spawns."""
+        try:
+            join_cgroup_fds(agent.home_fds, agent.pid)
+        except OSError:  # left in the container's cgroup, it would count as one of its own
+            self._end_agent(member)
+
+    def _agent_child_exited(self, agent: _Agent, step: Progress) -> None:
+        pid = int(step.details.get("pid", 0))
+        if pid in agent.children:
+            agent.children.discard(pid)
+            if pid in self.execs:
+                self._exec_exited(pid, int(step.details.get("returncode", -signal.SIGKILL)))
+
+    def _agent_message(self, member: _Member) -> None:
+        """The agent spoke (an exit, ``ready``) or ended, between requests."""
+        agent = member.agent
+        if agent is None:
+            return
+        agent.sock.settimeout(0.0)
+        try:
+            while True:
+                step, fds = channel.receive(agent.sock, Progress)
+                channel.close_fds(fds)
+                if step.step == "ready":
+                    agent.ready = True
+                elif step.step == "exited":
+                    self._agent_child_exited(agent, step)
+        except BlockingIOError:
+            pass
+        except (channel.ChannelClosedError, OSError, ValueError):
+            self._end_agent(member)
+            return
+        finally:
+            if member.agent is agent:
+                agent.sock.settimeout(None)
+
+    def _start_agent(self, member: _Member, profile: ExecPlan) -> _Agent | None:
+        """Fork ``member``'s exec agent for ``profile``; ``None`` if it cannot have one."""
+        home = _home_cgroup(member.cgroup_procs)
+        if home is None:
+            member.agent_unfit.append(profile)
+            return None
+        try:
+            home_fds = open_cgroup(home)
+        except OSError:
+            member.agent_unfit.append(profile)
+            return None
+        ours, theirs = channel.socket_pair()
+        board = mmap.mmap(-1, 8 * AGENT_BOARD)  # anonymous, shared with the child
+        try:
+            pid, mask = _fork_signals_blocked()
+        except BaseException:
+            channel.close_fds(home_fds)
+            ours.close()
+            theirs.close()
+            board.close()
+            raise
+        if pid == 0:
+            ours.close()
+            self._close_in_child()
+            run_agent(profile, member.init_pid, theirs, mask, board)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        theirs.close()
+        member.agent = self.agents[pid] = _Agent(pid, ours, profile, home_fds, board)
+        self.selector.register(ours, selectors.EVENT_READ, ("agent", member))
+        return member.agent
+
+    def _end_agent(self, member: _Member) -> None:
+        """SIGKILL ``member``'s agent and detach it; it is forgotten once reaped
+        (:meth:`_agent_exited`)."""
+        agent, member.agent = member.agent, None
+        if agent is None:
+            return
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(agent.sock)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(agent.pid, signal.SIGKILL)
+
+    def _reap_agent(self, agent: _Agent) -> int | None:
+        """Wait for ``agent``, which closed its end (so is exiting), and forget it; its
+        exit status."""
+        returncode = None
+        with contextlib.suppress(ChildProcessError):
+            _, status = os.waitpid(agent.pid, 0)
+            returncode = os.waitstatus_to_exitcode(status)
+        self.agents.pop(agent.pid, None)
+        self._agent_exited(agent)
+        return returncode
+
+    def _agent_exited(self, agent: _Agent) -> None:
+        """An agent was reaped: read the exits it reported, then settle what it spawned.
+
+        What still runs is our child now (we are its subreaper) and is reaped
+        as any exec'd process; what it reaped without telling us is reported
+        killed.
+        """
+        for member in self.members.values():
+            if member.agent is agent:
+                member.agent = None
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(agent.sock)
+        agent.sock.settimeout(0.0)
+        with contextlib.suppress(OSError, ValueError):  # end of stream included
+            while True:
+                step, fds = channel.receive(agent.sock, Progress)
+                channel.close_fds(fds)
+                if step.step == "exited":
+                    self._agent_child_exited(agent, step)
+        agent.sock.close()
+        agent.board.close()
+        channel.close_fds(agent.home_fds)
+        for pid in sorted(agent.children & self.execs):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by the agent, which died before it said so
+                self._exec_exited(pid, -signal.SIGKILL)
+                continue
+            if done:
+                self._exec_exited(pid, os.waitstatus_to_exitcode(status))
 
     @staticmethod
     def _reap_failed(pid: int) -> None:
@@ -986,6 +1273,9 @@ class Supervisor:
         for pid in self.execs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+        for pid in self.agents:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         for pid, conns in self.exec_waiters.items():
             for conn in conns:
                 with contextlib.suppress(OSError):
@@ -1065,6 +1355,65 @@ def _fork_signals_blocked() -> tuple[int, set[int | signal.Signals]]:
     except BaseException:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         raise
+
+
+#: Failures of an agent that say nothing of its fitness: ``EAGAIN`` (a pids limit reached,
+#: which the slow way's fork outside the cgroup does not meet), its death by another's hand.
+_TRANSIENT = frozenset({"BlockingIOError", "AgentDied"})
+_AGENT_DIED = {"cause_type": "AgentDied"}
+
+
+def _profile(plan: ExecPlan) -> ExecPlan:
+    """What an exec agent becomes ahead for ``plan``: the plan without what each spawn
+    sets (args, env, cwd)."""
+    return dataclasses.replace(plan, args=[], env=[], cwd="/")
+
+
+_MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def _home_cgroup(procs_files: Sequence[str]) -> list[str] | None:
+    """Our own cgroup's ``cgroup.procs`` in the hierarchy of each of ``procs_files`` (a
+    container's), where its exec agent waits between spawns; ``None`` if one cannot be
+    told (or is the container's)."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            mountinfo = f.read()
+        with open("/proc/self/cgroup") as f:
+            own_text = f.read()
+    except OSError:
+        return None
+    own: dict[str, str] = {}
+    for line in own_text.splitlines():
+        _, controllers, path = [*line.split(":", 2), "", ""][:3]
+        for name in controllers.split(",") if controllers else [""]:
+            own.setdefault(name, path)
+    mounts: list[tuple[str, str, list[str]]] = []  # (mount point, root, keys of ``own``)
+    for line in mountinfo.splitlines():
+        head, _, tail = line.partition(" - ")
+        fields, after = head.split(), tail.split()
+        if len(fields) < 5 or len(after) < 3 or after[0] not in ("cgroup", "cgroup2"):
+            continue
+        keys = [""] if after[0] == "cgroup2" else [o for o in after[2].split(",") if o in own]
+        unescape = [_MOUNTINFO_ESCAPE.sub(lambda m: chr(int(m[1], 8)), x) for x in fields[3:5]]
+        mounts.append((unescape[1].rstrip("/") or "/", unescape[0], keys))
+    homes = []
+    for procs in procs_files:
+        directory = os.path.dirname(procs)
+        found = [m for m in mounts if directory.startswith(m[0].rstrip("/") + "/")]
+        if not found:
+            return None
+        mountpoint, root, keys = max(found, key=lambda m: len(m[0]))
+        ours = own.get(keys[0]) if keys else None
+        if ours is None or not (root in ("/", ours) or ours.startswith(root + "/")):
+            return None
+        if root != "/":
+            ours = ours[len(root) :]
+        home = os.path.join(mountpoint, ours.lstrip("/"))
+        if os.path.normpath(home) == os.path.normpath(directory):
+            return None
+        homes.append(os.path.join(home, "cgroup.procs"))
+    return homes
 
 
 def _open_root(init_pid: int) -> int | None:
