@@ -918,15 +918,12 @@ class Supervisor:
             while True:
                 step, fds = channel.receive(agent.sock, Progress)
                 channel.close_fds(fds)
-                if step.step == "ready":
-                    agent.ready = True
-                elif step.step == "exited":
-                    self._agent_child_exited(agent, step)
-                elif not agent.ready:
+                if self._agent_news(agent, step):
+                    continue
+                if not agent.ready:
                     self._end_agent(member)  # its preparation failed
                     return Progress("unready", error=step.error)
-                else:
-                    return step
+                return step
         except channel.ChannelClosedError:
             begun, done, pid = (
                 int.from_bytes(agent.board[i : i + 8], "little") for i in range(0, 24, 8)
@@ -955,6 +952,17 @@ class Supervisor:
         except OSError:  # left in the container's cgroup, it would count as one of its own
             self._end_agent(member)
 
+    def _agent_news(self, agent: _Agent, step: Progress) -> bool:
+        """Take in what ``agent`` says unasked (``ready``, an ``exited`` child); ``False``
+        for any other step."""
+        if step.step == "ready":
+            agent.ready = True
+        elif step.step == "exited":
+            self._agent_child_exited(agent, step)
+        else:
+            return False
+        return True
+
     def _agent_child_exited(self, agent: _Agent, step: Progress) -> None:
         pid = int(step.details.get("pid", 0))
         if pid in agent.children:
@@ -972,10 +980,7 @@ class Supervisor:
             while True:
                 step, fds = channel.receive(agent.sock, Progress)
                 channel.close_fds(fds)
-                if step.step == "ready":
-                    agent.ready = True
-                elif step.step == "exited":
-                    self._agent_child_exited(agent, step)
+                self._agent_news(agent, step)
         except BlockingIOError:
             pass
         except (channel.ChannelClosedError, OSError, ValueError):
