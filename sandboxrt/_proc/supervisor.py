@@ -24,6 +24,7 @@ import selectors
 import signal
 import socket
 import stat
+import time
 from collections.abc import Iterable, Sequence
 from typing import NoReturn
 
@@ -75,6 +76,9 @@ WAITED_KEPT = 4096
 UNWAITED_KEPT = 65536
 #: How long an exec'd process may take to reach ``execve`` before it is killed (seconds).
 EXEC_START_TIMEOUT = 30.0
+#: How often (over a second) the supervisor looks for a dying agent it waits for, before
+#: leaving it to the reaping of any child.
+AGENT_REAP_TRIES = 200
 #: How long a root built ahead that will not serve may take to finish before it is killed.
 AHEAD_FINISH_TIMEOUT = 5.0
 #: How long the rest of a message's fds (``channel.send_many``) may take to come.
@@ -925,25 +929,31 @@ class Supervisor:
                     return Progress("unready", error=step.error)
                 return step
         except channel.ChannelClosedError:
-            begun, done, pid = (
-                int.from_bytes(agent.board[i : i + 8], "little") for i in range(0, 24, 8)
-            )
-            if done >= agent.sent:  # it spawned, and died before it said so
-                self._agent_spawned(member, agent, pid)
-            killed_by_seccomp = self._reap_agent(agent) == -signal.SIGSYS
-            if done >= agent.sent:
-                return Progress("spawned", details={"pid": pid})
-            if killed_by_seccomp:  # in its fork, say: a syscall it needs is not allowed
-                return Progress("unready")
-            if begun < agent.sent:
-                return Progress("lost")  # nothing was spawned
-            return None  # killed while it spawned: it may have, so never run it twice
-        except (OSError, ValueError):  # TimeoutError included
-            self._end_agent(member)
-            return None
+            return self._agent_dead(member, agent)
+        except (OSError, ValueError):  # TimeoutError included: stopped, say
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(agent.pid, signal.SIGKILL)
+            return self._agent_dead(member, agent)
         finally:
             if member.agent is agent:
                 agent.sock.settimeout(None)
+
+    def _agent_dead(self, member: _Member, agent: _Agent) -> Progress | None:
+        """What became of the request of an agent that died (or was killed) without an
+        answer (see :meth:`_agent_reply`), once it is reaped."""
+        begun, done, pid = (
+            int.from_bytes(agent.board[i : i + 8], "little") for i in range(0, 24, 8)
+        )
+        if done >= agent.sent:  # it spawned, and died before it said so
+            self._agent_spawned(member, agent, pid)
+        returncode = self._reap_agent(agent)
+        if done >= agent.sent:
+            return Progress("spawned", details={"pid": pid})
+        if returncode == -signal.SIGSYS:  # in its fork, say: a syscall it needs is denied
+            return Progress("unready")
+        if begun < agent.sent and returncode is not None:
+            return Progress("lost")  # nothing was spawned
+        return None  # killed while it spawned: it may have, so never run it twice
 
     def _agent_home(self, member: _Member, agent: _Agent) -> None:
         """Move ``agent`` back to our cgroups, where it waits between spawns."""
@@ -1033,15 +1043,25 @@ class Supervisor:
             os.kill(agent.pid, signal.SIGKILL)
 
     def _reap_agent(self, agent: _Agent) -> int | None:
-        """Wait for ``agent``, which closed its end (so is exiting), and forget it; its
-        exit status."""
-        returncode = None
-        with contextlib.suppress(ChildProcessError):
-            _, status = os.waitpid(agent.pid, 0)
-            returncode = os.waitstatus_to_exitcode(status)
-        self.agents.pop(agent.pid, None)
-        self._agent_exited(agent)
-        return returncode
+        """Wait (a second at most: a frozen one would not end) for ``agent``, which is
+        exiting or killed, and forget it; its exit status. ``None`` if it is not reaped
+        by then: it is ended, and :meth:`_reap` collects it later."""
+        for _ in range(AGENT_REAP_TRIES):
+            try:
+                done, status = os.waitpid(agent.pid, os.WNOHANG)
+            except ChildProcessError:  # not ours to wait for any more: gone
+                self.agents.pop(agent.pid, None)
+                self._agent_exited(agent)
+                return None
+            if done:
+                self.agents.pop(agent.pid, None)
+                self._agent_exited(agent)
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(1.0 / AGENT_REAP_TRIES)
+        for member in self.members.values():
+            if member.agent is agent:
+                self._end_agent(member)
+        return None
 
     def _agent_exited(self, agent: _Agent) -> None:
         """An agent was reaped: read the exits it reported, then settle what it spawned.
