@@ -945,13 +945,10 @@ class Container:
         assert record.gofer is not None
         return Gofer(self.id, record.gofer, socket_path(record.runtime_dir, self.id))
 
-    def _start_gofer(
-        self, sandbox: Sandbox, pending: PendingGofer | None = None, *, save: bool = True
-    ) -> None:
-        """Start the container's gofer (``pending``, or a new one) and record it (under the
-        lock; decision 25); ``save=False`` leaves saving the record to the caller."""
+    def _start_gofer(self, sandbox: Sandbox) -> None:
+        """Start the container's gofer and record it (under the lock; decision 25)."""
         user = (self._record.spec.get("process") or {}).get("user") or {}
-        pending = pending or PendingGofer(None)
+        pending = PendingGofer(None)
         try:
             root = sandbox.root(self.id)
             try:
@@ -968,8 +965,7 @@ class Container:
             if serving is None:
                 raise InvalidStateError("use the files of", self.id, str(Status.STOPPED))
             self._record = attrs.evolve(self._record, gofer=serving.identity)
-            if save:
-                self._store.save(self._record)
+            self._store.save(self._record)
         except BaseException:
             pending.abort()
             raise
