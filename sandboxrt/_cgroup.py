@@ -249,7 +249,7 @@ def remove_if_empty(record: Mapping[str, Any], container_id: str) -> bool:
     if not all(p.rel in p.created for p in cgroup.placements):
         return False
     try:
-        cgroup.destroy(timeout=0.0)
+        cgroup.destroy(timeout=0.0, keep_parents=_keeps_parents(cgroup))
     except SystemCallError:
         return False
     return True
@@ -267,4 +267,10 @@ def remove(record: Mapping[str, Any], container_id: str, timeout: float) -> None
         return
     cgroup = cgroups.load(record, container_id=container_id)
     cgroup.kill_all(timeout=timeout)
-    cgroup.destroy(timeout=timeout)
+    cgroup.destroy(timeout=timeout, keep_parents=_keeps_parents(cgroup))
+
+
+def _keeps_parents(cgroup: Cgroup) -> bool:
+    """A default path's parent levels (``/sandboxrt``, a store's level) stay until this
+    process exits (``cgroups.release_parents``): its next container needs them again."""
+    return cgroups.shares_default_parents(cgroup.path)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sandboxrt import Container, FileStore
-from sandboxrt._os import procfs
+from sandboxrt._os import cgroups, procfs
 from sandboxrt._proc.gofer import PROCESS_NAME as GOFER_NAME
 from sandboxrt._proc.init import AGENT_PROCESS_NAME
 from sandboxrt._proc.init import PROCESS_NAME as INIT_NAME
@@ -102,6 +102,7 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     before_pids = supervisor_pids()
     before_mounts = host_mounts()
     yield
+    cgroups.release_parents()  # the parent levels kept for this process's next containers
     leaked = supervisor_pids() - before_pids
     for pid in leaked:  # clean up what we started, by pid, then fail
         with contextlib.suppress(ProcessLookupError):

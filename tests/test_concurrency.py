@@ -40,6 +40,7 @@ from sandboxrt import (
     Status,
     read_spec_file,
 )
+from sandboxrt._os import cgroups
 
 pytestmark = [needs_root, needs_busybox]
 
@@ -194,6 +195,7 @@ def test_twenty_containers_from_threads_and_processes(
     extra = children_of_this_process() - children_before
     assert extra == set(), [(p, Path(f"/proc/{p}/stat").read_text()[:80]) for p in extra]
     assert cgroup_dirs(tag) == set()
+    cgroups.release_parents()  # the parent levels this process kept for its next containers
     assert (cgroup_dirs(tag) | cgroup_dirs("sandboxrt")) - cgroups_before == set()
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from sandboxrt.errors import CorruptMetadataError, MissingFeatureError
 
-from .common import Cgroup, CgroupStats, Placement
+from .common import Cgroup, CgroupStats, Placement, release_parents
 from .layout import CgroupLayout, Hierarchy, detect
 from .resources import (
     CpuResources,
@@ -55,11 +55,15 @@ __all__ = [
     "default_path",
     "detect",
     "load",
+    "release_parents",
+    "shares_default_parents",
     "shares_to_weight",
     "swap_to_v2",
 ]
 
 _DRIVERS: dict[str, type[Cgroup]] = {"v1": CgroupV1, "v2": CgroupV2}
+#: The top level of every default cgroup path.
+_DEFAULT_TOP = "/sandboxrt"
 
 
 def default_path(container_id: str, scope: str = "") -> str:
@@ -67,7 +71,12 @@ def default_path(container_id: str, scope: str = "") -> str:
 
     ``scope`` keeps apart the containers of different stores that share an id.
     """
-    return f"/sandboxrt/{scope}/{container_id}" if scope else f"/sandboxrt/{container_id}"
+    return f"{_DEFAULT_TOP}/{scope}/{container_id}" if scope else f"{_DEFAULT_TOP}/{container_id}"
+
+
+def shares_default_parents(path: str) -> bool:
+    """Whether a cgroup at ``path`` sits below the default paths' shared parent levels."""
+    return path.startswith(_DEFAULT_TOP + "/")
 
 
 def create(

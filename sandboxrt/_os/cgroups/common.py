@@ -9,6 +9,9 @@ default cgroup) are shared by many containers, so each is marked with the
 extended attribute :data:`PARENT_XATTR`. Destroying a cgroup removes the
 levels it created and then every marked parent left empty, whichever
 container made it: when the last container is gone, no parent is left.
+With ``keep_parents`` the parents' removal is put off until
+:func:`release_parents` (called at the process's exit): a process making
+container after container does not remove and remake them each time.
 Unmarked levels that existed before are never removed. Where the mark cannot
 be set (no ``trusted.*`` xattrs without ``CAP_SYS_ADMIN``), a parent is
 removed only by the cgroup that created it, if empty by then.
@@ -21,6 +24,7 @@ directories (used by the tests) simply gains the file. Standard library only.
 from __future__ import annotations
 
 import abc
+import atexit
 import contextlib
 import errno
 import os
@@ -46,6 +50,7 @@ __all__ = [
     "read_int",
     "read_keyed",
     "read_optional",
+    "release_parents",
     "write_file",
 ]
 
@@ -56,6 +61,9 @@ _MAX_DELAY = 0.2
 PARENT_XATTR = "trusted.sandboxrt.parent"
 #: How often creation starts over when a parent level vanished under it.
 _MAKE_ATTEMPTS = 8
+#: Parent levels whose removal was put off (``keep_parents``), each with whether this
+#: process created it (else it goes only if marked), for :func:`release_parents`.
+_PUT_OFF: dict[Path, bool] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,19 +325,41 @@ def _is_marked(directory: Path) -> bool:
 
 
 def _remove_levels(
-    mountpoint: Path, rel: PurePosixPath, created: tuple[PurePosixPath, ...], deadline: float
+    mountpoint: Path,
+    rel: PurePosixPath,
+    created: tuple[PurePosixPath, ...],
+    deadline: float,
+    *,
+    keep_parents: bool = False,
 ) -> None:
-    """Remove the cgroup (if created) and then, upwards, each empty created or marked parent."""
+    """Remove the cgroup (if created) and then, upwards, each empty created or marked
+    parent; with ``keep_parents``, the parents are left for :func:`release_parents`."""
     if rel in created:
         _remove_tree(mountpoint / rel, deadline)
     for level in rel.parents:
         if not level.parts:
             break  # the hierarchy's root
         directory = mountpoint / level
+        if keep_parents:
+            if not _PUT_OFF:
+                atexit.register(release_parents)
+            _PUT_OFF[directory] = _PUT_OFF.get(directory, False) or level in created
+            continue
         if level not in created and not _is_marked(directory):
             break  # existed before sandboxrt: never removed
         if not _rmdir(directory, deadline, shared=True):
             break  # still holds other cgroups
+
+
+def release_parents() -> None:
+    """Remove the parent levels whose removal was put off, deepest first, where empty
+    (and marked, or made by this process); one still in use stays. Never raises."""
+    while _PUT_OFF:
+        directory = max(_PUT_OFF, key=lambda d: len(d.parts))
+        ours = _PUT_OFF.pop(directory)
+        if ours or _is_marked(directory):
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
 
 
 class Cgroup(abc.ABC):
@@ -500,15 +530,22 @@ class Cgroup(abc.ABC):
             if frozen:
                 self.thaw()
 
-    def destroy(self, timeout: float = 5.0) -> None:
+    def destroy(self, timeout: float = 5.0, *, keep_parents: bool = False) -> None:
         """Remove the directories sandboxrt created (idempotent).
 
         Does not kill: call :meth:`kill_all` first. A busy cgroup is retried
         until ``timeout``. Then the parent levels this cgroup created, or any
         container created (marked with :data:`PARENT_XATTR`), are removed
-        upwards once empty; one still holding other cgroups is left in place.
-        Pre-existing levels are never removed.
+        upwards once empty (with ``keep_parents``: at :func:`release_parents`);
+        one still holding other cgroups is left in place. Pre-existing levels
+        are never removed.
         """
         deadline = time.monotonic() + timeout
         for placement in self.placements:
-            _remove_levels(placement.mountpoint, placement.rel, placement.created, deadline)
+            _remove_levels(
+                placement.mountpoint,
+                placement.rel,
+                placement.created,
+                deadline,
+                keep_parents=keep_parents,
+            )
