@@ -478,9 +478,9 @@ class Supervisor:
         member.returncode = returncode
         if member.creator is not None:
             return  # it died while being created: its creation step says so
-        write_exit_status(member.exit_file, returncode, member.init_pid)
         if member is self.root:
-            return  # the sandbox ends with it (_finish)
+            return  # the sandbox ends with it (_finish, which records the status)
+        write_exit_status(member.exit_file, returncode, member.init_pid)
         self._answer_waiters(member, returncode)
         self._kill_rest(member)
 
