@@ -8,7 +8,7 @@ import json
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -552,11 +552,19 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
     done: list[tuple[str, str, str]] = []
     real = common.write_file
 
+    real_lines = common.write_lines
+
     def record(directory: Path, name: str, value: str | int) -> None:
         done.append((directory.name, name, str(value)))
         real(directory, name, value)
 
+    def record_lines(directory: Path, lines: Iterable[tuple[str, str | int]]) -> None:
+        lines = list(lines)
+        done.extend((directory.name, name, str(value)) for name, value in lines)
+        real_lines(directory, lines)
+
     monkeypatch.setattr(v1_module, "write_file", record)
+    monkeypatch.setattr(v1_module, "write_lines", record_lines)
     return done
 
 
@@ -583,8 +591,7 @@ def test_v1_writes(tmp_path: Path, writes: list[tuple[str, str, str]]) -> None:
         ("c1", "cpuset.mems", "0"),
     ]
     assert [w for w in writes if w[1].startswith("devices")] == [
-        ("c1", "devices.deny", "a"),
-        ("c1", "devices.deny", "a"),
+        ("c1", "devices.deny", "a"),  # the spec's own first rule: not written twice
         ("c1", "devices.allow", "c 1:3 rwm"),
     ]
     assert [w[1] for w in writes if w[1].startswith("cpu.")] == [
@@ -592,6 +599,26 @@ def test_v1_writes(tmp_path: Path, writes: list[tuple[str, str, str]]) -> None:
         "cpu.cfs_period_us",
         "cpu.cfs_quota_us",
     ]
+
+
+def test_v1_device_rules_start_by_denying_every_device(
+    tmp_path: Path, writes: list[tuple[str, str, str]]
+) -> None:
+    layout, base = make_v1(tmp_path)
+    devices = [
+        {"allow": True, "type": "c", "major": 1, "minor": 5, "access": "rw"},
+        {"allow": True, "type": "c", "major": 1, "minor": 9, "access": "r"},
+    ]
+    create("/sandboxrt/c1", {"devices": devices}, layout=layout)
+    assert [w for w in writes if w[1].startswith("devices")] == [
+        ("c1", "devices.deny", "a"),
+        ("c1", "devices.allow", "c 1:5 rw"),
+        ("c1", "devices.allow", "c 1:9 r"),
+    ]
+    # Each file is opened once: in a fake tree (a plain file) the second line follows
+    # the first, where reopening it would have truncated it.
+    allowed = read(PathMap(base, "sandboxrt/c1")["devices"] / "devices.allow")
+    assert allowed == "c 1:5 rwc 1:9 r"
 
 
 class PathMap:

@@ -52,6 +52,7 @@ __all__ = [
     "read_optional",
     "release_parents",
     "write_file",
+    "write_lines",
 ]
 
 #: Values at or above this are "no limit" (v1 reports 2**63 rounded down to a page).
@@ -86,23 +87,38 @@ class CgroupStats:
 
 def write_file(directory: Path, name: str, value: str | int) -> None:
     """Write ``value`` to the control file ``name`` of the cgroup ``directory`` in one write."""
-    path = directory / name
-    data = str(value).encode()
+    write_lines(directory, [(name, value)])
+
+
+def write_lines(directory: Path, lines: Iterable[tuple[str, str | int]]) -> None:
+    """Write each ``(name, value)`` in order, one write each, to the control files of the
+    cgroup ``directory``, opening each file once (rules such as ``devices.allow`` take
+    one line per write)."""
+    fds: dict[str, int] = {}
     try:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
-        except FileNotFoundError as missing:
-            try:  # a fake tree: create the file; cgroupfs refuses (EACCES)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            except OSError:
-                raise missing from None
-        try:
-            os.write(fd, data)
-        finally:
+        for name, value in lines:
+            data = str(value).encode()
+            try:
+                fd = fds.get(name)
+                if fd is None:
+                    fd = fds[name] = _open_control(directory / name)
+                os.write(fd, data)
+            except OSError as err:
+                what = f"cgroup {directory}: writing {data.decode()!r} to {name}"
+                raise SystemCallError(what, err) from err
+    finally:
+        for fd in fds.values():
             os.close(fd)
-    except OSError as err:
-        what = f"cgroup {directory}: writing {data.decode()!r} to {name}"
-        raise SystemCallError(what, err) from err
+
+
+def _open_control(path: Path) -> int:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    except FileNotFoundError as missing:
+        try:  # a fake tree: create the file; cgroupfs refuses (EACCES)
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError:
+            raise missing from None
 
 
 def read_optional(directory: Path, name: str) -> str | None:

@@ -24,6 +24,7 @@ from .common import (
     read_keyed,
     read_optional,
     write_file,
+    write_lines,
 )
 from .layout import V1_CONTROLLERS, CgroupLayout, Hierarchy
 from .resources import CpuResources, MemoryResources, Resources, ResourcesLike, as_resources
@@ -31,6 +32,9 @@ from .resources import CpuResources, MemoryResources, Resources, ResourcesLike, 
 __all__ = ["CgroupV1"]
 
 _MEMSW = "memory.memsw.limit_in_bytes"
+#: The first device rule: deny every device.
+_DENY_ALL = ("devices.deny", "a")
+_DEVICE_FILES = {True: "devices.allow", False: "devices.deny"}
 
 
 class CgroupV1(Cgroup):
@@ -66,11 +70,12 @@ class CgroupV1(Cgroup):
             limit = "max" if res.pids_limit < 0 else res.pids_limit
             write_file(self.require("pids"), "pids.max", limit)
         if res.devices:
-            directory = self.require("devices")
-            write_file(directory, "devices.deny", "a")
-            for rule in res.devices:
-                name = "devices.allow" if rule.allow else "devices.deny"
-                write_file(directory, name, rule.v1_line())
+            rules = [
+                ("devices.allow" if r.allow else "devices.deny", r.v1_line()) for r in res.devices
+            ]
+            if rules[0] != _DENY_ALL:  # (a spec's rules usually start with it)
+                rules.insert(0, _DENY_ALL)
+            write_lines(self.require("devices"), rules)
 
     def _apply_memory(self, mem: MemoryResources) -> None:
         if mem == MemoryResources():
