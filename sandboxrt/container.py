@@ -268,10 +268,13 @@ class Container:
                 cgroup = _cgroup.create(cgroup_request, id, scope)
                 if cgroup is None:
                     return []
-                # Recorded at once: a destroy after a crash from here on removes it.
                 container._record = attrs.evolve(container._record, cgroup=cgroup.to_dict())
-                store.save(container._record)
                 return _cgroup.procs_files(cgroup)
+
+            def record_cgroup() -> None:
+                """Saved at once (a destroy after a crash from here on removes it)."""
+                if container._record.cgroup is not None:
+                    store.save(container._record)
 
             def record_sandbox(sandbox: Sandbox) -> None:
                 record = attrs.evolve(
@@ -295,8 +298,10 @@ class Container:
             try:
                 if cgroup_request is not None and isinstance(plan, ContainerPlan):
                     # A subcontainer's init is forked at once: its cgroup is made first.
+                    procs = make_cgroup()
+                    record_cgroup()
                     plan = dataclasses.replace(
-                        plan, init=dataclasses.replace(plan.init, cgroup_procs=make_cgroup())
+                        plan, init=dataclasses.replace(plan.init, cgroup_procs=procs)
                     )
                 stdio = StdioPlan(stdin, stdout, stderr)
                 # The rootfs and bind sources go as detached mounts (decision 30).
@@ -310,6 +315,7 @@ class Container:
                         on_mounted=container._run_runtime_hooks,
                         on_created=save_running if autostart else None,
                         make_cgroup=make_cgroup,
+                        on_cgroup=record_cgroup,
                         timeout=config.create_timeout,
                     )
                 else:

@@ -127,15 +127,17 @@ class Sandbox:
         on_mounted: Callable[[Sandbox], dict[str, Any]] | None = None,
         on_created: Callable[[Sandbox], None] | None = None,
         make_cgroup: Callable[[], list[str]] | None = None,
+        on_cgroup: Callable[[], None] | None = None,
         timeout: float | None = None,
     ) -> tuple[Sandbox, int | None]:
         """Start a sandbox for ``plan``; returns it and the pty master, if any.
 
         ``make_cgroup`` (for a plan whose init has ``await_cgroup``) runs in this
         process while the sandbox starts, and returns the ``cgroup.procs`` files
-        the init joins. ``on_mounted`` runs (in this process) once the
-        container's mounts are made and before ``pivot_root``: the place of
-        prestart and createRuntime hooks. It returns the OCI state the
+        the init joins; ``on_cgroup`` runs right after the init was told which
+        (the place to record it: the init does not wait for that). ``on_mounted``
+        runs (in this process) once the container's mounts are made and before
+        ``pivot_root``: the place of prestart and createRuntime hooks. It returns the OCI state the
         createContainer hooks get. With ``plan.init.autostart``, ``on_created``
         runs once the container is created, while its program execs; the launch
         returns once it did. On any failure nothing is left behind.
@@ -171,7 +173,11 @@ class Sandbox:
                 os.close(log_fd)
             launched = process
             with ours:
-                failed = cls._make_cgroup(ours, make_cgroup) if plan.init.await_cgroup else None
+                failed = (
+                    cls._make_cgroup(ours, make_cgroup, on_cgroup)
+                    if plan.init.await_cgroup
+                    else None
+                )
                 first, _ = cls._next(ours, container_id, plan.runtime_dir, Launched, Progress)
                 if isinstance(first, Progress):
                     raise cls._failure(container_id, first)
@@ -194,7 +200,9 @@ class Sandbox:
 
     @staticmethod
     def _make_cgroup(
-        sock: socket.socket, make_cgroup: Callable[[], list[str]] | None
+        sock: socket.socket,
+        make_cgroup: Callable[[], list[str]] | None,
+        on_cgroup: Callable[[], None] | None,
     ) -> BaseException | None:
         """Make the cgroup while the sandbox starts, and tell its init which to join;
         on failure the init is told to give up, and the error returned (raised once the
@@ -207,6 +215,11 @@ class Sandbox:
             failed, step = exc, Progress("cancel", error=f"making the cgroup failed: {exc}")
         with contextlib.suppress(OSError):
             channel.send(sock, step)
+        if on_cgroup is not None:
+            try:
+                on_cgroup()
+            except BaseException as exc:
+                failed = failed or exc
         return failed
 
     @staticmethod
