@@ -6,7 +6,10 @@ import os
 
 import pytest
 
-from sandboxrt._core.protocol import Progress
+from sandboxrt._core.plan import SandboxPlan, build_plan
+from sandboxrt._core.protocol import Progress, decode, encode
+from sandboxrt._core.spec import dump_spec
+from sandboxrt._core.spec_default import default_spec
 from sandboxrt._os import channel
 
 
@@ -40,3 +43,23 @@ def test_what_a_peer_sent_before_closing_outlives_our_unread_message() -> None:
         assert step.error == "rootfs is missing"
         with pytest.raises(channel.ChannelClosedError):
             channel.receive(ours, Progress)
+
+
+def test_a_nested_plan_round_trips_through_its_encoding() -> None:
+    spec = dump_spec(default_spec())
+    spec["linux"].pop("seccomp", None)  # no compiler needed
+    spec["mounts"].append(
+        {"destination": "/data", "type": "bind", "source": "/tmp", "options": ["rbind", "ro"]}
+    )
+    plan = build_plan(
+        container_id="c",
+        sandbox_id="c",
+        spec=spec,
+        bundle="/b",
+        runtime_root="/run/x",
+        compile_seccomp=lambda _section: b"",
+    )
+    raw = encode(plan)
+    assert decode(raw, SandboxPlan) == plan
+    assert encode(decode(raw, SandboxPlan)) == raw
+    assert any(m.bind and m.destination == "/data" for m in plan.init.mounts)

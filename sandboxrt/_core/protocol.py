@@ -16,6 +16,7 @@ Two conversations use these types:
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import functools
 import json
@@ -60,9 +61,9 @@ class _Message:
     kind: ClassVar[str] = ""
 
     def to_wire(self) -> dict[str, Any]:
-        data = _plain(self)
+        data = _plain_dataclass(type(self), self)
         data["kind"] = self.kind
-        return typing.cast("dict[str, Any]", data)
+        return data
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Self:
@@ -97,6 +98,57 @@ def _plain(value: Any) -> Any:
 
 #: The field names of every dataclass :func:`_plain` met.
 _NAMES: dict[type[Any], list[str]] = {}
+
+
+def _plain_dataclass(cls: type[Any], value: Any) -> dict[str, Any]:
+    """A dataclass ``value`` of type ``cls`` as JSON-ready data, through encoders made
+    once per field from its type (see :func:`_encoder`): what JSON takes as it is
+    (strings, numbers, lists and tuples of them) is not copied."""
+    fields = _ENCODERS.get(cls)
+    if fields is None:
+        hints = _hints(cls)
+        fields = _ENCODERS[cls] = [
+            (f.name, _encoder(hints[f.name])) for f in dataclasses.fields(cls)
+        ]
+    return {
+        name: getattr(value, name) if encode is None else encode(getattr(value, name))
+        for name, encode in fields
+    }
+
+
+#: Per dataclass: its fields and the encoder of each (None: taken as it is).
+_ENCODERS: dict[type[Any], list[tuple[str, Callable[[Any], Any] | None]]] = {}
+_AS_IS = (str, int, float, bool, type(None))
+
+
+def _encoder(hint: Any) -> Callable[[Any], Any] | None:
+    """What makes a value of type ``hint`` JSON-ready; None when JSON takes it as it is.
+    Types it cannot see into (``Any``, ``object``) go through :func:`_plain`."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint in _AS_IS:
+        return None
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return functools.partial(_plain_dataclass, hint)
+    if origin in (list, tuple, collections.abc.Sequence) and args:
+        items = [_encoder(a) for a in args if a is not Ellipsis]
+        if all(item is None for item in items):
+            return None
+        if len(items) == 1 and items[0] is not None:
+            item = items[0]
+            return lambda value: [item(v) for v in value]
+    str_keys = origin in (dict, collections.abc.Mapping) and args[:1] == (str,)
+    if str_keys and _encoder(args[1]) is None:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        encoders = [_encoder(a) for a in inner]
+        if all(e is None for e in encoders):
+            return None
+        if len(inner) == 1 and encoders[0] is not None:
+            one = encoders[0]
+            return lambda value: None if value is None else one(value)
+    return _plain
 
 
 def _build(cls: type[Any], data: Any) -> Any:
