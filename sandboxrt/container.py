@@ -147,6 +147,8 @@ class Container:
         #: The spec's ``process`` as an exec plan, made at the first exec (the spec of a
         #: container never changes).
         self._exec_base: ExecPlan | None = None
+        #: The sandbox ``run`` launched, which holds the socket its exit status comes on.
+        self._launched: Sandbox | None = None
 
     def __repr__(self) -> str:
         return f"Container(id={self.id!r}, status={self.status.value!r})"
@@ -327,6 +329,8 @@ class Container:
                         on_mounted=container._run_runtime_hooks,
                         timeout=config.create_timeout,
                     )
+                if autostart:
+                    container._launched = sandbox
                 stdio.close_child_ends()
                 channel.close_fds(trees)
                 trees = []
@@ -368,7 +372,7 @@ class Container:
                 container.start()
             else:
                 container._poststart()
-            sandbox = container.sandbox
+            sandbox = container._launched or container.sandbox
             assert sandbox is not None
             return sandbox.wait(container.id)  # ours since creation: no record to reload
         finally:
@@ -995,6 +999,9 @@ class Container:
         thawed (a root's paused subcontainers too: frozen processes would keep
         the supervisor, PID 1 of their namespace, from ending).
         """
+        if self._launched is not None:
+            self._launched.close()
+            self._launched = None
         if self._record.gofer is not None and not kill_process(
             self._record.gofer, self._destroy_timeout()
         ):

@@ -94,6 +94,9 @@ class Sandbox:
         self.id = sandbox_id
         self.supervisor = supervisor
         self.runtime_dir = runtime_dir
+        #: After a launch with ``autostart`` (``run``): the socket the launch went on,
+        #: on which the supervisor sends the root's exit status (see :meth:`wait`).
+        self._exit_conn: socket.socket | None = None
 
     def __repr__(self) -> str:
         return f"Sandbox(id={self.id!r}, pid={self.pid})"
@@ -172,7 +175,8 @@ class Sandbox:
                 theirs.close()
                 os.close(log_fd)
             launched = process
-            with ours:
+            with contextlib.ExitStack() as closing:
+                closing.callback(ours.close)
                 failed = (
                     cls._make_cgroup(ours, make_cgroup, on_cgroup)
                     if plan.init.await_cgroup
@@ -187,9 +191,13 @@ class Sandbox:
                 launched = None
                 if failed is not None:
                     raise failed
-                return sandbox, sandbox._follow_creation(
+                pty = sandbox._follow_creation(
                     ours, container_id, on_mounted, plan.init.autostart, on_created
                 )
+                if plan.init.autostart:  # the root's exit status comes on it
+                    sandbox._exit_conn = ours
+                    closing.pop_all()
+                return sandbox, pty
         except BaseException:
             if sandbox is not None:
                 sandbox.destroy(timeout=10.0)
@@ -400,6 +408,10 @@ class Sandbox:
         recorded = self.exit_status(container_id)
         if recorded is not None:
             return recorded
+        if container_id == self.id and self._exit_conn is not None:
+            returncode = self._wait_on_launch(timeout)
+            if returncode is not None:
+                return returncode
         try:
             reply = self.request(container_id, Request("wait", container_id), timeout)
         except TimeoutError:
@@ -410,6 +422,29 @@ class Sandbox:
         if reply.returncode is None:
             raise ProtocolError(f'container "{container_id}": wait reply without a status')
         return reply.returncode
+
+    def _wait_on_launch(self, timeout: float | None) -> int | None:
+        """The root's exit status from the socket it was launched with (``run``: no
+        wait request); None if that socket failed (then ask as usual)."""
+        conn = self._exit_conn
+        assert conn is not None
+        try:
+            conn.settimeout(timeout)
+            reply, fds = channel.receive(conn, Reply)
+            channel.close_fds(fds)
+        except TimeoutError:
+            raise WaitTimeoutError(self.id, timeout or 0.0) from None
+        except (OSError, ValueError):
+            self.close()
+            return None
+        self.close()
+        return reply.returncode
+
+    def close(self) -> None:
+        """Let go of the socket a ``run`` launch kept (the supervisor lives on)."""
+        if self._exit_conn is not None:
+            self._exit_conn.close()
+            self._exit_conn = None
 
     # -- subcontainers (pods) ----------------------------------------------------------
 
@@ -635,6 +670,7 @@ class Sandbox:
 
         Waits up to ``timeout`` seconds for it to exit; ``True`` once it is gone.
         """
+        self.close()
         return kill_process(self.supervisor, timeout)
 
     def owns_pid_namespace(self) -> bool:

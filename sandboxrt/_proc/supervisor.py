@@ -420,7 +420,13 @@ class Supervisor:
             signal.signal(sig, self._relay_signal)
         self.selector.register(wake_r, selectors.EVENT_READ, "wake")
         self.selector.register(self.listener, selectors.EVENT_READ, "listen")
-        self.bootstrap.close()
+        if self.root.autostart and self.root.returncode is None:
+            # ``run``: the library waits on the socket it launched us with, as a waiter
+            # that asked no question (its closing is seen like any connection's).
+            self.root.waiters.append(self.bootstrap)
+            self.selector.register(self.bootstrap, selectors.EVENT_READ, "conn")
+        else:
+            self.bootstrap.close()
         self._reap()
         while True:
             for key, _ in self.selector.select():
