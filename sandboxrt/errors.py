@@ -5,14 +5,20 @@ builtin means the same thing, the error derives from it too, so callers may
 catch either (``ContainerNotFoundError`` is a ``LookupError``).
 
 This module imports only the standard library: the sandbox supervisor uses it.
+:class:`ProcessError` and :class:`ProcessTimeoutError`, which are also
+``subprocess``'s, come from :mod:`sandboxrt._subprocess_errors` on first use:
+``subprocess`` imports ``threading``, whose at-fork handler would run in every
+process the fork server forks.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import subprocess
-from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sandboxrt._subprocess_errors import ProcessError, ProcessTimeoutError
 
 __all__ = [
     "AmbiguousIDError",
@@ -263,63 +269,6 @@ class ProcessNotFoundError(SandboxrtError, ProcessLookupError):
         self.exited = exited
 
 
-class ProcessError(SandboxrtError, subprocess.CalledProcessError):
-    """A process exec'd with ``check=True`` exited with a non-zero status.
-
-    Also a :class:`subprocess.CalledProcessError`: ``returncode``, ``cmd``,
-    ``output``/``stdout`` and ``stderr`` (bytes, when captured).
-    """
-
-    def __init__(
-        self,
-        container_id: str,
-        cmd: Sequence[str],
-        returncode: int,
-        output: bytes | None = None,
-        stderr: bytes | None = None,
-    ) -> None:
-        subprocess.CalledProcessError.__init__(self, returncode, list(cmd), output, stderr)
-        self.container_id = container_id
-
-    def __str__(self) -> str:
-        return f'container "{self.container_id}": {subprocess.CalledProcessError.__str__(self)}'
-
-
-class ProcessTimeoutError(WaitTimeoutError, subprocess.TimeoutExpired):
-    """An exec'd process did not exit in time.
-
-    Both a :class:`WaitTimeoutError` (so a ``TimeoutError``) and a
-    :class:`subprocess.TimeoutExpired` (``cmd``, ``timeout``, ``output``/
-    ``stdout``, ``stderr``), so code written for ``subprocess`` catches it.
-    ``killed`` says whether the exec's own ``timeout`` killed the process and
-    its process group (else it still runs, as after ``Popen.wait(timeout)``).
-    """
-
-    def __init__(
-        self,
-        container_id: str,
-        cmd: Sequence[str],
-        timeout: float,
-        *,
-        pid: int = 0,
-        output: bytes | None = None,
-        stderr: bytes | None = None,
-        killed: bool = False,
-    ) -> None:
-        WaitTimeoutError.__init__(self, container_id, timeout)
-        subprocess.TimeoutExpired.__init__(self, list(cmd), timeout, output, stderr)
-        self.pid = pid
-        self.killed = killed
-        what = "was killed after" if killed else "did not exit within"
-        self._message = (
-            f'container "{container_id}": process {pid} ({list(cmd)!r}) {what} {timeout:g}s'
-        )
-        self.args = (self._message,)
-
-    def __str__(self) -> str:
-        return self._message
-
-
 class CreateTimeoutError(SandboxrtError, TimeoutError):
     """A sandbox stayed silent too long while its container was being created."""
 
@@ -389,3 +338,17 @@ def file_error(container_id: str, path: str, err: int, reason: str = "") -> Cont
     """The :class:`ContainerFileError` (subclass) for ``errno`` ``err`` on ``path``."""
     cls = _FILE_ERRORS.get(err, ContainerFileError)
     return cls(container_id, path, err, reason or os.strerror(err))
+
+
+#: Errors that are also ``subprocess``'s, made on first use (see the module docstring).
+_SUBPROCESS_LIKE = frozenset({"ProcessError", "ProcessTimeoutError"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBPROCESS_LIKE:
+        from sandboxrt import _subprocess_errors
+
+        value = getattr(_subprocess_errors, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -274,3 +274,27 @@ def test_where_hooks_run(store: FileStore, setup: Setup, tmp_path: Path) -> None
     ns, *proc = seen["createContainer"]
     assert ns != host_ns
     assert proc == ["proc"]
+
+
+def test_a_start_container_hook_runs_after_a_run_of_the_same_bundle(
+    store: FileStore, setup: Setup
+) -> None:
+    # The run leaves a warm sandbox building this bundle's root ahead; the next plan, with
+    # a startContainer hook, must not get that init (it runs hooks from the container's
+    # root, so it imports their runner before: a root built ahead never serves it).
+    setup.write({})
+    for name in ("warmup-1", "warmup-2"):  # the second one's launch hints the bundle
+        assert Container.run(name, setup.path, store=store, stdout=subprocess.DEVNULL) == 0
+    config = setup.path / "config.json"
+    document = json.loads(config.read_text())  # the same root, and now a hook
+    document["hooks"] = {"startContainer": [setup.hook("startContainer")]}
+    config.write_text(json.dumps(document))
+    container = Container.create("hooked-late", setup.path, store=store, stdout=subprocess.PIPE)
+    try:
+        container.start()
+        assert container.wait(timeout=10) == 0
+        assert setup.tags() == ["startContainer"]
+    finally:
+        if container.stdout is not None:
+            container.stdout.close()
+        container.destroy()

@@ -26,12 +26,10 @@ import errno
 import os
 import posixpath
 import selectors
-import shutil
 import signal
 import socket
 import stat
 import sys
-import traceback
 from typing import NoReturn
 
 from sandboxrt._core import abi
@@ -226,6 +224,8 @@ class Files:
             elif request.recursive:
                 # fd-based: each directory is opened, checked to be the one lstat saw,
                 # and emptied through its fd; symlinks are unlinked, never followed.
+                import shutil  # (not at import: it loads the compression modules)
+
                 shutil.rmtree(name, dir_fd=parent)
             else:
                 os.rmdir(name, dir_fd=parent)
@@ -355,6 +355,8 @@ def _run(bootstrap: socket.socket) -> NoReturn:
     os.dup2(log_fd, 2)
     os.close(log_fd)
     if problem is not None:
+        import traceback
+
         traceback.print_exception(problem, file=sys.stderr)
         os._exit(1)
     listener = socket.socket(fileno=listen_fd)

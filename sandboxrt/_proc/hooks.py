@@ -9,24 +9,28 @@ closed. The hook starts in a new session, so on timeout the hook and everything
 it forked (unless it left the session) is killed with ``SIGKILL``.
 
 This module imports only the standard library and :mod:`sandboxrt.errors`: the
-sandbox supervisor imports it and must start fast. It is thread-safe (no
-``preexec_fn``; one :class:`subprocess.Popen` per hook).
+sandbox supervisor imports it and must start fast. ``subprocess`` and ``logging``
+are imported when a hook runs, not before: both import ``threading``, whose
+at-fork handler would run in every process forked from the fork server. It is
+thread-safe (no ``preexec_fn``; one :class:`subprocess.Popen` per hook).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import selectors
 import signal
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandboxrt.errors import HookError
+
+if TYPE_CHECKING:
+    import logging
+    import subprocess
 
 __all__ = ["OUTPUT_LIMIT", "run_hook", "run_hooks", "run_hooks_best_effort"]
 
@@ -41,8 +45,6 @@ _DRAIN_GRACE = 0.1
 # Exit polling interval, only used where pidfd_open(2) is unavailable.
 _POLL_INTERVAL = 0.02
 _TRUNCATED_NOTE = "[earlier output truncated]\n"
-
-_log = logging.getLogger(__name__)
 
 
 def run_hook(
@@ -88,14 +90,17 @@ def run_hooks_best_effort(
 
     For phases whose failures are not fatal per OCI (``poststart``, ``poststop``).
     """
-    logger = _log if log is None else log
+    if log is None:
+        import logging
+
+        log = logging.getLogger(__name__)
     data = _encode_state(state)
     errors: list[HookError] = []
     for hook in hooks:
         try:
             _run(hook, data, phase=phase, container_id=container_id, cwd=cwd)
         except HookError as err:
-            logger.warning("%s", err)
+            log.warning("%s", err)
             errors.append(err)
     return errors
 
@@ -167,6 +172,8 @@ def _run(
 ) -> None:
     path, argv, env, timeout = _parse(hook, phase, container_id)
     try:
+        import subprocess
+
         proc = subprocess.Popen(
             argv,
             executable=path,

@@ -21,7 +21,6 @@ import selectors
 import signal
 import socket
 import stat
-import subprocess
 import termios
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
@@ -389,6 +388,8 @@ def run_init(
     try:
         if signal_mask is not None:
             _drop_handlers(signal_mask)
+        if plan.create_container_hooks or plan.start_container_hooks:
+            _import_hook_runner()
         if not plan.await_cgroup:
             _enter_cgroup(plan.cgroup_procs, new_cgroup_namespace)
         _init_process()
@@ -400,6 +401,14 @@ def run_init(
             channel.send(sync, error_progress(exc))
         finally:
             os._exit(127)
+
+
+def _import_hook_runner() -> None:
+    """Import what runs hooks (:mod:`subprocess`, which :mod:`sandboxrt._proc.hooks` imports
+    only when a hook runs) now, from the host's files: later, in the container's root,
+    an import would read the container's files. Only an init whose plan has hooks pays
+    for it (a root built ahead never serves such a plan: ``RootAhead.serves``)."""
+    import subprocess  # noqa: F401
 
 
 def speculate(hint: InitPlan, sync: socket.socket, trees: Sequence[int]) -> NoReturn:
@@ -613,6 +622,10 @@ def run_agent(
     """
     parent = os.getppid()
     try:
+        # Imported here, from the host's files, before we enter the container's root:
+        # not by the fork server, whose every child would run threading's at-fork handler.
+        import subprocess  # noqa: F401  (for _spawn)
+
         _default_signals(mask)
         os.setsid()
         syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # as the init: no ptrace, no /proc/PID/mem
@@ -707,6 +720,8 @@ def _spawn(plan: ExecPlan, stdio: Sequence[int], begin: Callable[[], None]) -> i
     executable = find_executable(plan.args[0], plan.env)
     env = dict(e.split("=", 1) for e in plan.env)
     stdin, stdout, stderr = stdio
+    import subprocess  # imported by run_agent, before it entered the container's root
+
     begin()
     child = subprocess.Popen(
         plan.args,

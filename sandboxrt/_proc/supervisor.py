@@ -1528,8 +1528,8 @@ class RootAhead:
         """Whether the root built ahead is the one ``plan`` asks for, from the same host
         files: ``trees``, those ``plan`` came with, are copies of the same directories
         and files (``st_dev``/``st_ino`` of their roots) as those it was built from."""
-        if plan.root_key() != self.hint.root_key():
-            return False
+        if plan.root_key() != self.hint.root_key() or plan.start_container_hooks:
+            return False  # (an init that runs hooks imports their runner before its root)
         ready = self.finish()
         return ready.step == "ready" and ready.details.get("identities") == tree_identities(trees)
 

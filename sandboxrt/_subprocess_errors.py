@@ -1,0 +1,74 @@
+"""The errors of sandboxrt that are also ``subprocess``'s (``CalledProcessError``,
+``TimeoutExpired``), so code written for ``subprocess`` catches them. Reached as
+:mod:`sandboxrt.errors` attributes, which import this module on first use (it
+imports ``subprocess``, and so ``threading``, which the sandbox's side avoids)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+
+from sandboxrt.errors import SandboxrtError, WaitTimeoutError
+
+__all__ = ["ProcessError", "ProcessTimeoutError"]
+
+
+class ProcessError(SandboxrtError, subprocess.CalledProcessError):
+    """A process exec'd with ``check=True`` exited with a non-zero status.
+
+    Also a :class:`subprocess.CalledProcessError`: ``returncode``, ``cmd``,
+    ``output``/``stdout`` and ``stderr`` (bytes, when captured).
+    """
+
+    __module__ = "sandboxrt.errors"
+
+    def __init__(
+        self,
+        container_id: str,
+        cmd: Sequence[str],
+        returncode: int,
+        output: bytes | None = None,
+        stderr: bytes | None = None,
+    ) -> None:
+        subprocess.CalledProcessError.__init__(self, returncode, list(cmd), output, stderr)
+        self.container_id = container_id
+
+    def __str__(self) -> str:
+        return f'container "{self.container_id}": {subprocess.CalledProcessError.__str__(self)}'
+
+
+class ProcessTimeoutError(WaitTimeoutError, subprocess.TimeoutExpired):
+    """An exec'd process did not exit in time.
+
+    Both a :class:`WaitTimeoutError` (so a ``TimeoutError``) and a
+    :class:`subprocess.TimeoutExpired` (``cmd``, ``timeout``, ``output``/
+    ``stdout``, ``stderr``), so code written for ``subprocess`` catches it.
+    ``killed`` says whether the exec's own ``timeout`` killed the process and
+    its process group (else it still runs, as after ``Popen.wait(timeout)``).
+    """
+
+    __module__ = "sandboxrt.errors"
+
+    def __init__(
+        self,
+        container_id: str,
+        cmd: Sequence[str],
+        timeout: float,
+        *,
+        pid: int = 0,
+        output: bytes | None = None,
+        stderr: bytes | None = None,
+        killed: bool = False,
+    ) -> None:
+        WaitTimeoutError.__init__(self, container_id, timeout)
+        subprocess.TimeoutExpired.__init__(self, list(cmd), timeout, output, stderr)
+        self.pid = pid
+        self.killed = killed
+        what = "was killed after" if killed else "did not exit within"
+        self._message = (
+            f'container "{container_id}": process {pid} ({list(cmd)!r}) {what} {timeout:g}s'
+        )
+        self.args = (self._message,)
+
+    def __str__(self) -> str:
+        return self._message
