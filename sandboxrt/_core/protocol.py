@@ -31,6 +31,7 @@ __all__ = [
     "MAX_MESSAGE",
     "PROCESS_FIELDS",
     "CapabilityPlan",
+    "Claim",
     "ContainerPlan",
     "DevicePlan",
     "ExecPlan",
@@ -427,6 +428,22 @@ class Progress(_Message):
 
 
 @dataclasses.dataclass(frozen=True)
+class Claim(_Message):
+    """To an init that built its root ahead (``supervisor.RootAhead``): go on as ``plan``'s.
+
+    The first ``cgroup_fds`` fds alongside are the cgroup files it joins by itself (the
+    rest, its stdio); ``cgroupns``: it then makes a cgroup namespace. One message, so
+    that the init wakes once.
+    """
+
+    kind: ClassVar[str] = "claim"
+
+    plan: InitPlan
+    cgroup_fds: int = 0
+    cgroupns: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class ExitStatus(_Message):
     """How a process ended, as ``subprocess`` reports it: ``-N`` for signal N."""
 
@@ -522,6 +539,7 @@ _KINDS: dict[str, type[_Message]] = {
         ContainerPlan,
         Launched,
         Progress,
+        Claim,
         ExitStatus,
         Request,
         Reply,

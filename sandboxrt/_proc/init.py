@@ -26,7 +26,14 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
 from sandboxrt._core import abi, users
-from sandboxrt._core.protocol import ExecPlan, InitPlan, ProcessPlan, Progress, Request
+from sandboxrt._core.protocol import (
+    Claim,
+    ExecPlan,
+    InitPlan,
+    ProcessPlan,
+    Progress,
+    Request,
+)
 from sandboxrt._os import capabilities, channel, mounts, syscalls
 from sandboxrt._proc import hooks
 from sandboxrt.errors import HookError, MissingFeatureError
@@ -418,26 +425,29 @@ def speculate(hint: InitPlan, sync: socket.socket, trees: Sequence[int]) -> NoRe
     ``hint`` (the last plan the fork server saw) from ``trees`` (the fork
     server opened them: see :meth:`InitPlan.tree_sources`), reports ``ready``
     with their identities (see :func:`tree_identities`), and waits. If the real
-    plan builds the same root, the supervisor sends a ``go`` (with the
-    container's cgroup files, which we join, and whether to make a cgroup
-    namespace), then the plan (:class:`InitPlan`, stdio fds alongside); we go on
-    as :func:`run_init` does after its root. Otherwise we are killed unused.
+    plan builds the same root, the supervisor sends a :class:`Claim` (the plan,
+    with the container's cgroup files, which we join, and the stdio fds
+    alongside, and whether to make a cgroup namespace), or a ``cancel``; we go
+    on as :func:`run_init` does after its root. Otherwise we are killed unused.
     """
     try:
         _init_process(AHEAD_PROCESS_NAME)
         identities = tree_identities(trees)
         _prepare_root(hint.speculative(), sync, False, trees)
         channel.send(sync, Progress("ready", details={"identities": identities}))
-        go, cgroup = channel.receive(sync, Progress)
+        claim, fds = channel.receive_one_of(sync, Claim, Progress)
+        if not isinstance(claim, Claim):
+            channel.close_fds(fds)
+            assert isinstance(claim, Progress)
+            raise RuntimeError(claim.error or "creation was cancelled")
+        cgroup, stdio = fds[: claim.cgroup_fds], fds[claim.cgroup_fds :]
         try:
-            if go.step != "go":
-                raise RuntimeError(go.error or "creation was cancelled")
             join_cgroup_fds(cgroup)
         finally:
             channel.close_fds(cgroup)
-        plan, stdio = channel.receive(sync, InitPlan)
+        plan = claim.plan
         syscalls.set_process_name(PROCESS_NAME)
-        if go.details.get("cgroupns"):
+        if claim.cgroupns:
             syscalls.unshare(abi.CLONE_NEWCGROUP)
         _create(plan, sync, stdio, _seccomp_program(plan))
     except BaseException as exc:

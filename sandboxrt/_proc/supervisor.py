@@ -30,6 +30,7 @@ from typing import NoReturn
 
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import (
+    Claim,
     ExecPlan,
     ExitStatus,
     InitPlan,
@@ -290,13 +291,11 @@ class Supervisor:
         assert root.init_sync is not None
         cgroup = open_cgroup(root.cgroup_procs)
         try:
-            go = Progress("go", details={"cgroupns": root.new_cgroup_namespace})
-            channel.send(root.init_sync, go, cgroup)
+            claim = Claim(self.plan.init, len(cgroup), root.new_cgroup_namespace)
+            channel.send(root.init_sync, claim, [*cgroup, *self.stdio])
         finally:
-            channel.close_fds(cgroup)
-        channel.send(root.init_sync, self.plan.init, self.stdio)
-        channel.close_fds(self.stdio)
-        self.stdio = []
+            channel.close_fds([*cgroup, *self.stdio])
+            self.stdio = []
 
     def fork_init(self) -> None:
         """Fork the root container's init."""
