@@ -1222,10 +1222,16 @@ def _cached_spec(path: str, *_identity: int) -> Spec:
 
 
 def _owner() -> str:
+    return _user_name(os.getuid())
+
+
+@functools.lru_cache(maxsize=8)
+def _user_name(uid: int) -> str:
+    """The name of the user creating containers (looked up once: it reads /etc/passwd)."""
     try:
         return getpass.getuser()
     except (KeyError, OSError):
-        return str(os.getuid())
+        return str(uid)
 
 
 def _write_pid_file(path: str | os.PathLike[str], pid: int) -> None:
