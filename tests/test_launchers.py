@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -248,6 +249,32 @@ def test_a_replaced_rootfs_is_not_served_from_ahead(
         try:
             assert _init_of(c) != ahead
             assert _run_output(c) == b"new\n"
+        finally:
+            c.destroy()
+    finally:
+        launcher.close()
+
+
+def test_a_plan_with_another_bounding_set_is_not_served_from_ahead(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    # An init built ahead drops the bounding set of the plan it guessed: a claim that
+    # keeps more (CAP_SYS_ADMIN here) needs a fresh init, which can still keep it.
+    launcher = ForkServerLauncher()
+    path = bundle(["sh", "-c", "grep CapBnd /proc/self/status"])
+    try:
+        ahead = _ahead_of(launcher, store, path)
+        config = path / "config.json"
+        document = json.loads(config.read_text())
+        bounding = document["process"]["capabilities"]["bounding"]
+        assert "CAP_SYS_ADMIN" not in bounding
+        bounding.append("CAP_SYS_ADMIN")
+        config.write_text(json.dumps(document))
+        c = Container.create("bnd2", path, store=store, launcher=launcher, stdout=PIPE)
+        try:
+            assert _init_of(c) != ahead
+            capbnd = int(_run_output(c).decode().split()[1], 16)
+            assert capbnd & (1 << 21)  # CAP_SYS_ADMIN
         finally:
             c.destroy()
     finally:

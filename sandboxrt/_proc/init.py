@@ -239,7 +239,7 @@ def _apply_process(
         syscalls.seccomp_set_filter(seccomp_program, seccomp_flags)
     caps = plan.capabilities
     if caps is not None:
-        capabilities.drop_bounding(caps.bounding)
+        _drop_bounding(caps.bounding)
         syscalls.set_keepcaps(True)
     os.setgroups(plan.additional_gids)
     os.setresgid(plan.gid, plan.gid, plan.gid)
@@ -255,6 +255,20 @@ def _apply_process(
         syscalls.prctl(abi.PR_SET_NO_NEW_PRIVS, 1)
     if seccomp_program is not None and not seccomp_early:
         syscalls.seccomp_set_filter(seccomp_program, seccomp_flags)
+
+
+#: The bounding set this process has dropped to already: an init built ahead does it
+#: before it is claimed (for the plan it guessed: ``RootAhead.serves`` takes only a
+#: plan with the same one), so that it is not done again on the way to ``execve``.
+_bounded: frozenset[int] | None = None
+
+
+def _drop_bounding(keep: Iterable[int]) -> None:
+    global _bounded
+    wanted = frozenset(keep)
+    if wanted != _bounded:
+        capabilities.drop_bounding(wanted)
+        _bounded = wanted
 
 
 def _install_stdio(stdio: Sequence[int], tty_slave: int | None) -> None:
@@ -434,6 +448,8 @@ def speculate(hint: InitPlan, sync: socket.socket, trees: Sequence[int]) -> NoRe
         _init_process(AHEAD_PROCESS_NAME)
         identities = tree_identities(trees)
         _prepare_root(hint.speculative(), sync, False, trees)
+        if hint.capabilities is not None:
+            _drop_bounding(hint.capabilities.bounding)  # (a claim has the same bounding set)
         channel.send(sync, Progress("ready", details={"identities": identities}))
         claim, fds = channel.receive_one_of(sync, Claim, Progress)
         if not isinstance(claim, Claim):

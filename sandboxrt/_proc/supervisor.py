@@ -1505,6 +1505,11 @@ def ahead_plan(hint: bytes | None) -> SandboxPlan | None:
     return plan
 
 
+def _bounding(plan: InitPlan) -> frozenset[int] | None:
+    caps = plan.capabilities
+    return None if caps is None else frozenset(caps.bounding)
+
+
 class RootAhead:
     """An init building, in a warm sandbox, the root of the plan the fork server saw
     last (see :func:`sandboxrt._proc.init.speculate`): a run of containers from one
@@ -1529,6 +1534,8 @@ class RootAhead:
         and files (``st_dev``/``st_ino`` of their roots) as those it was built from."""
         if plan.root_key() != self.hint.root_key() or plan.start_container_hooks:
             return False  # (an init that runs hooks imports their runner before its root)
+        if _bounding(plan) != _bounding(self.hint):
+            return False  # it dropped the hint's bounding set already
         ready = self.finish()
         return ready.step == "ready" and ready.details.get("identities") == tree_identities(trees)
 
