@@ -233,6 +233,26 @@ def test_a_root_built_ahead_serves_the_next_container_of_its_bundle(
         launcher.close()
 
 
+def test_the_program_of_a_root_built_ahead_inherits_no_signal_ignored_or_blocked(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    # Its init reset every signal before its claim (Python ignores SIGPIPE, the fork
+    # server SIGINT).
+    launcher = ForkServerLauncher()
+    path = bundle(["cat", "/proc/self/status"])
+    try:
+        ahead = _ahead_of(launcher, store, path)
+        c = Container.create("sig2", path, store=store, launcher=launcher, stdout=PIPE)
+        try:
+            assert _init_of(c) == ahead
+            status = dict(line.split(":\t", 1) for line in _run_output(c).decode().splitlines())
+            assert status["SigIgn"] == status["SigBlk"] == "0000000000000000"
+        finally:
+            c.destroy()
+    finally:
+        launcher.close()
+
+
 def test_a_replaced_rootfs_is_not_served_from_ahead(
     store: FileStore, bundle: BundleFactory
 ) -> None:

@@ -287,6 +287,10 @@ def _install_stdio(stdio: Sequence[int], tty_slave: int | None) -> None:
         os.close(fd)
 
 
+#: Every signal's disposition is the default and none is blocked (:func:`_default_signals`).
+_signals_reset = False
+
+
 def _default_signals(mask: Iterable[int] = ()) -> None:
     """Every signal's disposition to the default, then the signal mask to ``mask``.
 
@@ -294,6 +298,7 @@ def _default_signals(mask: Iterable[int] = ()) -> None:
     the supervisor (handlers, a wakeup fd) set up. Handlers would be reset by
     ``execve`` anyway; ignored signals would not.
     """
+    global _signals_reset
     signal.set_wakeup_fd(-1)
     for sig in signal.valid_signals():
         if sig in (signal.SIGKILL, signal.SIGSTOP):
@@ -303,7 +308,9 @@ def _default_signals(mask: Iterable[int] = ()) -> None:
                 signal.signal(sig, signal.SIG_DFL)
         except (OSError, ValueError):  # signals Python may not touch
             continue
+    mask = set(mask)
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    _signals_reset = not mask
 
 
 def _drop_handlers(mask: Iterable[int]) -> None:
@@ -450,6 +457,7 @@ def speculate(hint: InitPlan, sync: socket.socket, trees: Sequence[int]) -> NoRe
         _prepare_root(hint.speculative(), sync, False, trees)
         if hint.capabilities is not None:
             _drop_bounding(hint.capabilities.bounding)  # (a claim has the same bounding set)
+        _default_signals()  # ahead too: no handler of ours runs from here on
         channel.send(sync, Progress("ready", details={"identities": identities}))
         claim, fds = channel.receive_one_of(sync, Claim, Progress)
         if not isinstance(claim, Claim):
@@ -516,7 +524,8 @@ def _create(
             phase="startContainer",
             container_id=plan.container_id,
         )
-    _default_signals()
+    if not _signals_reset:  # (an init built ahead did it before its claim)
+        _default_signals()
     _become(plan, executable, stdio, tty_slave, seccomp_program)
 
 
