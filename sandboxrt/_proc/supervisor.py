@@ -182,6 +182,8 @@ class _Member:
     init_sync: socket.socket | None = None
     started: bool = False
     returncode: int | None = None
+    #: Its exit status is in :attr:`exit_file`.
+    recorded: bool = False
     #: Connections waiting for the init to exit.
     waiters: list[socket.socket] = dataclasses.field(default_factory=list)
     #: While a subcontainer is being created: the connection that asked for it, which
@@ -483,9 +485,10 @@ class Supervisor:
         member.returncode = returncode
         if member.creator is not None:
             return  # it died while being created: its creation step says so
-        if member is self.root:
-            return  # the sandbox ends with it (_finish, which records the status)
         write_exit_status(member.exit_file, returncode, member.init_pid)
+        member.recorded = True
+        if member is self.root:
+            return  # the sandbox ends with it (_finish)
         self._answer_waiters(member, returncode)
         self._kill_rest(member)
 
@@ -1286,7 +1289,8 @@ class Supervisor:
         # Subcontainers and exec'd processes end with the sandbox (with our PID namespace,
         # if we have one; without, here): killed, as their waiters are told. Every exit
         # status is recorded before any waiter hears of one.
-        write_exit_status(self.plan.exit_file, root.returncode, root.init_pid)
+        if not root.recorded:  # (once: a rename over a file makes ext4 flush)
+            write_exit_status(self.plan.exit_file, root.returncode, root.init_pid)
         killed = [
             member
             for member in self.members.values()
