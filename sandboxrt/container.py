@@ -28,7 +28,7 @@ from sandboxrt._core.protocol import ContainerPlan, ExecPlan, InitPlan, SandboxP
 from sandboxrt._core.records import ContainerRecord
 from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
 from sandboxrt._core.status import Operation, Status, require
-from sandboxrt._os import cgroups, channel, mounts, procfs
+from sandboxrt._os import cgroups, channel, procfs
 from sandboxrt._os.seccomp import compile_bpf
 from sandboxrt._proc import hooks
 from sandboxrt._proc.launcher import Launcher
@@ -263,6 +263,7 @@ class Container:
             stdio: StdioPlan | None = None
             pty: int | None = None
             trees: builtins.list[int] = []
+            gofer: PendingGofer | None = None
 
             def make_cgroup() -> list[str]:
                 assert cgroup_request is not None
@@ -306,9 +307,12 @@ class Container:
                         plan, init=dataclasses.replace(plan.init, cgroup_procs=procs)
                     )
                 stdio = StdioPlan(stdin, stdout, stderr)
-                # The rootfs and bind sources go as detached mounts (decision 30).
-                init, trees = _with_trees(plan.init, id)
+                # The container's gofer, started with it, opens its rootfs and bind sources
+                # as detached mounts, which go to the sandbox (decisions 30 and 37).
+                gofer = PendingGofer(launcher)
+                init, trees = _with_trees(plan.init, id, gofer)
                 plan = dataclasses.replace(plan, init=init)
+                container._record = attrs.evolve(container._record, gofer=gofer.identity)
                 if isinstance(plan, SandboxPlan):
                     sandbox, pty = Sandbox.launch(
                         plan,
@@ -334,6 +338,8 @@ class Container:
                 stdio.close_child_ends()
                 channel.close_fds(trees)
                 trees = []
+                container._hand_over_gofer(gofer, sandbox)
+                gofer = None
                 if container._record.status is Status.CREATING:  # else saved by save_running
                     record_sandbox(sandbox)
                     store.save(container._record)
@@ -353,6 +359,8 @@ class Container:
                 if pty is not None:
                     os.close(pty)
                 channel.close_fds(trees)
+                if gofer is not None:
+                    gofer.abort()
                 if container.console is not None:
                     container.console.close()
                 container._teardown()
@@ -955,30 +963,32 @@ class Container:
         assert record.gofer is not None
         return Gofer(self.id, record.gofer, socket_path(record.runtime_dir, self.id))
 
-    def _start_gofer(self, sandbox: Sandbox) -> None:
-        """Start the container's gofer and record it (under the lock; decision 25)."""
+    def _hand_over_gofer(self, pending: PendingGofer, sandbox: Sandbox) -> Gofer | None:
+        """Start the gofer launched with the container: it serves from now on (None when
+        the sandbox is gone already: a quick ``run``)."""
         user = (self._record.spec.get("process") or {}).get("user") or {}
-        pending = PendingGofer(None)
         try:
-            root = sandbox.root(self.id)
-            try:
-                serving = pending.start(
-                    self.id,
-                    root=root,
-                    supervisor=sandbox.supervisor,
-                    runtime_dir=sandbox.runtime_dir,
-                    uid=int(user.get("uid", 0)),
-                    gid=int(user.get("gid", 0)),
-                )
-            finally:
-                os.close(root)
-            if serving is None:
-                raise InvalidStateError("use the files of", self.id, str(Status.STOPPED))
-            self._record = attrs.evolve(self._record, gofer=serving.identity)
-            self._store.save(self._record)
+            return pending.start(
+                self.id,
+                supervisor=sandbox.supervisor,
+                runtime_dir=sandbox.runtime_dir,
+                control_socket=sandbox.control_socket,
+                uid=int(user.get("uid", 0)),
+                gid=int(user.get("gid", 0)),
+            )
         except BaseException:
             pending.abort()
             raise
+
+    def _start_gofer(self, sandbox: Sandbox) -> None:
+        """Start a gofer for a container recorded without one, and record it (under the
+        lock)."""
+        pending = PendingGofer(None)
+        serving = self._hand_over_gofer(pending, sandbox)
+        if serving is None:
+            raise InvalidStateError("use the files of", self.id, str(Status.STOPPED))
+        self._record = attrs.evolve(self._record, gofer=serving.identity)
+        self._store.save(self._record)
 
     def _locked(self) -> _Locked:
         return _Locked(self)
@@ -1002,10 +1012,9 @@ class Container:
         if self._launched is not None:
             self._launched.close()
             self._launched = None
-        if self._record.gofer is not None and not kill_process(
-            self._record.gofer, self._destroy_timeout()
-        ):
-            raise GoferError(self.id, f"pid {self._record.gofer.pid} did not exit")
+        gofer = self._record.gofer
+        if gofer is not None:
+            kill_process(gofer)  # waited for at the end, while the rest is torn down
         sandbox = self.sandbox
         timeout = self._destroy_timeout()
         if sandbox is not None and not self.is_subcontainer:
@@ -1028,6 +1037,8 @@ class Container:
             sandbox.remove_runtime_dir()
         if self._record.cgroup is not None:
             _cgroup.remove(self._record.cgroup, self.id, timeout)
+        if gofer is not None and not kill_process(gofer, timeout):
+            raise GoferError(self.id, f"pid {gofer.pid} did not exit")
         self._store.delete(self.id)
         hooks.run_hooks_best_effort(
             self._hooks("poststop"),
@@ -1243,9 +1254,12 @@ def _write_pid_file(path: str | os.PathLike[str], pid: int) -> None:
     os.replace(tmp, target)
 
 
-def _with_trees(init: InitPlan, container_id: str) -> tuple[InitPlan, builtins.list[int]]:
-    """``init`` with its rootfs and bind sources as detached mounts opened here, on the host
-    side (``open_tree``, symlinks resolved here), and those trees (decision 30).
+def _with_trees(
+    init: InitPlan, container_id: str, gofer: PendingGofer
+) -> tuple[InitPlan, builtins.list[int]]:
+    """``init`` with its rootfs and bind sources as detached mounts the container's
+    ``gofer`` opened, on the host side (``open_tree``, symlinks resolved on the host), and
+    those trees (decisions 30 and 37).
 
     Where a tree cannot be made (a missing source, no ``open_tree``), the plan goes
     by path, as before: the init then reports what is wrong.
@@ -1259,7 +1273,7 @@ def _with_trees(init: InitPlan, container_id: str) -> tuple[InitPlan, builtins.l
         numbered.append(mount)
     planned = dataclasses.replace(init, mounts=numbered, rootfs_tree=True)
     try:
-        return planned, mounts.open_host_trees(planned.tree_sources())
+        return planned, gofer.prepare(container_id, planned.tree_sources())
     except OSError as exc:
         log.debug("container %s: its root goes by path: %s", container_id, exc)
         return init, []

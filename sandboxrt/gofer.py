@@ -1,22 +1,23 @@
 """The library's side of a container's gofer: starting it and talking to it.
 
-The gofer (``sandboxrt._proc.gofer``) is started on the container's first
-file call (decision 25): :class:`PendingGofer` launches it, and
-:meth:`PendingGofer.start` hands it the container's root (from the
-supervisor), a pidfd of the supervisor and its listening socket
-(``<runtime dir>/gofer-<id hash>.sock``, bound here so it exists at once) without
-waiting for an answer.
+The gofer (``sandboxrt._proc.gofer``) is started with its container (decision 37):
+:class:`PendingGofer` launches it, :meth:`PendingGofer.prepare` has it open the
+container's rootfs and bind sources as detached mounts (which go to the sandbox), and,
+once the container is created, :meth:`PendingGofer.start` hands it a pidfd of the
+supervisor and its listening socket (``<runtime dir>/gofer-<id hash>.sock``, bound here
+so it exists at once) without waiting for an answer; the gofer asks the supervisor for
+the container's root itself.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import socket
 from collections.abc import Sequence
 
-from sandboxrt._core.file_protocol import FileReply, FileRequest, GoferStart
+from sandboxrt._core.file_protocol import FileReply, FileRequest, GoferPrepare, GoferStart
+from sandboxrt._core.plan import gofer_socket
 from sandboxrt._core.protocol import Launched
 from sandboxrt._core.records import ProcessIdentity
 from sandboxrt._os import channel, procfs
@@ -118,6 +119,24 @@ class PendingGofer:
         channel.close_fds(fds)
         return self._identify(launched)
 
+    def prepare(self, container_id: str, sources: Sequence[tuple[str, bool]]) -> list[int]:
+        """The detached mounts of ``sources`` (``(host path, recursive)``), opened by the
+        gofer; ``OSError`` when one cannot be made (a missing source...), as
+        :func:`sandboxrt._os.mounts.open_host_trees` says."""
+        self._launched(container_id)
+        assert self._sock is not None
+        try:
+            channel.send(self._sock, GoferPrepare([[path, rec] for path, rec in sources]))
+            reply, trees = channel.receive(self._sock, FileReply)
+            if reply.ok and len(trees) < len(sources):
+                channel.receive_rest(self._sock, trees, len(sources))
+        except (OSError, ValueError) as exc:
+            raise GoferError(container_id, f"it did not prepare the root: {exc}") from exc
+        if not reply.ok:
+            channel.close_fds(trees)
+            raise OSError(reply.errno, reply.error)
+        return trees
+
     def _identify(self, launched: Launched) -> ProcessIdentity:
         if self._process is not None:
             self._process.wait()
@@ -133,13 +152,14 @@ class PendingGofer:
         self,
         container_id: str,
         *,
-        root: int,
         supervisor: ProcessIdentity,
         runtime_dir: str,
+        control_socket: str,
         uid: int,
         gid: int,
     ) -> Gofer | None:
-        """Hand the gofer the container's root and its socket; it serves from then on.
+        """Hand the gofer its socket and the supervisor; it fetches the container's root
+        from the supervisor (``control_socket``) and serves from then on.
 
         None when the sandbox has exited already (a quick program started by
         ``run``): the gofer is stopped, there is nothing left to serve.
@@ -159,8 +179,8 @@ class PendingGofer:
             try:
                 with channel.bind_listener(path) as listener:
                     assert self._sock is not None
-                    message = GoferStart(container_id, uid=uid, gid=gid)
-                    channel.send(self._sock, message, [root, pidfd, listener.fileno(), log])
+                    message = GoferStart(container_id, uid, gid, control_socket)
+                    channel.send(self._sock, message, [pidfd, listener.fileno(), log])
             finally:
                 os.close(log)
         finally:
@@ -187,8 +207,5 @@ class PendingGofer:
             self._process = None
 
 
-def socket_path(runtime_dir: str, container_id: str) -> str:
-    """Where the gofer of ``container_id`` listens, in its sandbox's runtime directory:
-    one per container of a pod, and short enough for ``sun_path`` whatever the id."""
-    digest = hashlib.sha256(container_id.encode()).hexdigest()[:12]
-    return os.path.join(runtime_dir, f"gofer-{digest}.sock")
+#: Where the gofer of a container listens (see :func:`sandboxrt._core.plan.gofer_socket`).
+socket_path = gofer_socket

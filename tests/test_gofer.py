@@ -28,7 +28,7 @@ from sandboxrt import (
     InitError,
     SubprocessLauncher,
 )
-from sandboxrt._os import procfs
+from sandboxrt._os import mounts, procfs
 from sandboxrt._proc.gofer import KEPT_CAPABILITIES, PROCESS_NAME
 from sandboxrt.gofer import socket_path
 
@@ -75,10 +75,9 @@ def test_gofer_holds_only_its_capabilities_and_no_new_privs(
 ) -> None:
     c = Container.create("gcaps", bundle(["sleep", "60"]), store=store)
     try:
-        assert not gofer_pids()  # started on first use only (decision 15)
+        gofer = c.gofer  # started with the container, before any file call (decision 37)
+        assert gofer is not None and gofer_pids() == {gofer.pid}
         assert c.files.listdir("/bin")  # served once confined: the checks below hold
-        gofer = c.gofer
-        assert gofer_pids() == {gofer.pid}  # type: ignore[union-attr]
         assert c.gofer.pid == gofer.pid  # type: ignore[union-attr]  # one per container
         assert gofer is not None
         assert gofer.socket == socket_path(c.sandbox.runtime_dir, c.id)  # type: ignore[union-attr]
@@ -185,13 +184,14 @@ def test_a_sandbox_gone_before_its_gofer_starts_leaves_no_gofer(tmp_path: Path) 
     exited.wait()
     supervisor = ProcessIdentity(exited.pid, info.start_ticks, procfs.boot_id())
     pending = PendingGofer(None)
-    root = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        served = pending.start(
-            "gone", root=root, supervisor=supervisor, runtime_dir=str(tmp_path), uid=0, gid=0
-        )
-    finally:
-        os.close(root)
+    served = pending.start(
+        "gone",
+        supervisor=supervisor,
+        runtime_dir=str(tmp_path),
+        control_socket=str(tmp_path / "ctl"),
+        uid=0,
+        gid=0,
+    )
     assert served is None
     assert pending.identity is not None
     assert wait_exit(pending.identity.pid)
@@ -229,12 +229,18 @@ def bind_config(path: Path, binds: list[tuple[str, str, list[str]]]) -> None:
 
 
 def test_the_gofer_serves_bind_mounts_made_from_trees(
-    store: FileStore, bundle: BundleFactory, tmp_path: Path
+    store: FileStore, bundle: BundleFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Bind mounts come to the init as detached mounts opened on the host side (decision
-    29): a source the sandbox cannot reach by path is mounted all the same (our
-    /proc/<pid>/task: in the sandbox, /proc is its own PID namespace's). No gofer is
-    started for them; the first file call starts it, confined, and it serves them."""
+    """The rootfs and bind mounts come to the init as detached mounts the gofer opened on
+    the host side (decision 37), never this process: a source the sandbox cannot reach by
+    path is mounted all the same (our /proc/<pid>/task: in the sandbox, /proc is its own
+    PID namespace's). The gofer then confines itself, and serves them."""
+
+    def not_here(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the library opened a tree itself")
+
+    monkeypatch.setattr(mounts, "open_host_tree", not_here)
+    monkeypatch.setattr(mounts, "open_host_trees", not_here)
     ro = tmp_path / "ro"
     ro.mkdir()
     (ro / "f").write_text("read-only\n")
@@ -245,10 +251,9 @@ def test_the_gofer_serves_bind_mounts_made_from_trees(
     )
     c = Container.create("gtrees", path, store=store, stdout=PIPE, stderr=STDOUT)
     try:
-        assert gofer_pids() == set()  # the trees come from the library, not from a gofer
-        assert c.files.read_text("/ro/f") == "read-only\n"  # then it serves, confined:
         gofer = c.gofer
-        assert gofer is not None
+        assert gofer is not None and gofer_pids() == {gofer.pid}
+        assert c.files.read_text("/ro/f") == "read-only\n"  # it serves them, confined:
         fields = status_fields(gofer.pid)
         assert int(fields["CapEff"], 16) == 0x1F and fields["NoNewPrivs"] == "1"
         assert os.stat(f"/proc/{gofer.pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from sandboxrt._core.protocol import _Message, register
 
@@ -20,6 +20,7 @@ __all__ = [
     "FileReply",
     "FileRequest",
     "FileStat",
+    "GoferPrepare",
     "GoferStart",
     "WalkEntry",
 ]
@@ -87,9 +88,22 @@ class WalkEntry:
 
 
 @dataclasses.dataclass(frozen=True)
+class GoferPrepare(_Message):
+    """Library → gofer, first, as the container is created: open each host path of
+    ``sources`` (``[path, recursive]``: the rootfs, then the bind sources) as a detached
+    mount and send them back (a :class:`FileReply`, the trees alongside); the gofer then
+    confines itself."""
+
+    kind: ClassVar[str] = "gofer-prepare"
+
+    sources: list[list[Any]] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
 class GoferStart(_Message):
-    """Library → gofer, once the container exists: with it come the container's root
-    (``O_PATH``), a pidfd of the sandbox's supervisor and the listening socket."""
+    """Library → gofer, once the container exists: with it come a pidfd of the sandbox's
+    supervisor, the listening socket and the log file. The gofer asks the supervisor for
+    the container's root (``O_PATH``) on ``control_socket`` itself."""
 
     kind: ClassVar[str] = "gofer-start"
 
@@ -97,6 +111,8 @@ class GoferStart(_Message):
     #: Owner of what the file API creates: the container process's user.
     uid: int = 0
     gid: int = 0
+    #: The sandbox's control socket (a ``root`` request there gives the container's root).
+    control_socket: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,4 +158,4 @@ class FileReply(_Message):
     entries: list[WalkEntry] = dataclasses.field(default_factory=list)
 
 
-register(GoferStart, FileRequest, FileReply)
+register(GoferPrepare, GoferStart, FileRequest, FileReply)

@@ -32,6 +32,7 @@ __all__ = [
     "build_plan",
     "container_exit_file",
     "exec_plan",
+    "gofer_socket",
     "id_file_name",
     "sandbox_paths",
 ]
@@ -61,6 +62,14 @@ def container_exit_file(runtime_dir: str, sandbox_id: str, container_id: str) ->
     if container_id == sandbox_id:
         return os.path.join(runtime_dir, "exit")
     return os.path.join(runtime_dir, "exit-" + id_file_name(container_id))
+
+
+def gofer_socket(runtime_dir: str, container_id: str) -> str:
+    """Where the gofer of ``container_id`` listens, in its sandbox's runtime directory:
+    one per container of a pod, and short enough for ``sun_path`` whatever the id. Its
+    log is the same path with ``.log`` for ``.sock``."""
+    digest = hashlib.sha256(container_id.encode()).hexdigest()[:12]
+    return os.path.join(runtime_dir, f"gofer-{digest}.sock")
 
 
 def _mount_plan(mount: Mapping[str, Any], bundle: str) -> MountPlan:

@@ -25,6 +25,7 @@ import contextlib
 import errno
 import os
 import posixpath
+import select
 import selectors
 import signal
 import socket
@@ -38,10 +39,11 @@ from sandboxrt._core.file_protocol import (
     FileReply,
     FileRequest,
     FileStat,
+    GoferPrepare,
     GoferStart,
     WalkEntry,
 )
-from sandboxrt._core.protocol import Launched
+from sandboxrt._core.protocol import Launched, Reply, Request
 from sandboxrt._os import capabilities, channel, mounts, procfs, syscalls
 
 __all__ = ["KEPT_CAPABILITIES", "PROCESS_NAME", "main", "serve_here"]
@@ -330,6 +332,31 @@ def _serve(files: Files, listener: socket.socket, supervisor: int) -> NoReturn:
                 channel.close_fds(sent)
 
 
+def _prepare(bootstrap: socket.socket, request: GoferPrepare) -> None:
+    """Open the container's rootfs and bind sources as detached mounts, on the host's
+    side (we are still privileged, in the host's mount namespace), and send them back."""
+    try:
+        trees = mounts.open_host_trees((str(path), bool(rec)) for path, rec in request.sources)
+    except OSError as exc:
+        channel.send(bootstrap, FileReply(False, error=str(exc), errno=exc.errno or 0))
+        return
+    try:
+        channel.send_many(bootstrap, FileReply(True), trees)
+    finally:
+        channel.close_fds(trees)
+
+
+def _fetch_root(start: GoferStart) -> int:
+    """The container's root (``O_PATH``), from its supervisor (a ``root`` request)."""
+    with channel.connect(start.control_socket, timeout=10.0) as conn:
+        channel.send(conn, Request("root", start.container_id))
+        reply, fds = channel.receive(conn, Reply)
+    if not reply.ok or len(fds) != 1:
+        channel.close_fds(fds)
+        raise OSError(errno.ESRCH, f"no root from the supervisor: {reply.error}")
+    return fds[0]
+
+
 def _run(bootstrap: socket.socket) -> NoReturn:
     problem: BaseException | None = None
     try:
@@ -339,21 +366,36 @@ def _run(bootstrap: socket.socket) -> NoReturn:
         os.umask(0)  # requests carry the exact modes
     except Exception as exc:
         problem = exc
+    try:
+        first, fds = channel.receive_one_of(bootstrap, GoferPrepare, GoferStart)
+        if isinstance(first, GoferPrepare):
+            channel.close_fds(fds)
+            _prepare(bootstrap, first)
+    except BaseException:
+        os._exit(0)  # the creation failed or was abandoned
     if problem is None:
         try:
             _confine()
         except Exception as exc:
             problem = exc
     try:
-        first, fds = channel.receive(bootstrap, GoferStart)
+        if not isinstance(first, GoferStart):
+            first, fds = channel.receive(bootstrap, GoferStart)
     except BaseException:
         os._exit(0)  # the creation failed or was abandoned
     bootstrap.close()
-    if not isinstance(first, GoferStart) or len(fds) != 4:
+    if not isinstance(first, GoferStart) or len(fds) != 3:
         os._exit(1)
-    root, supervisor, listen_fd, log_fd = fds
+    supervisor, listen_fd, log_fd = fds
     os.dup2(log_fd, 2)
     os.close(log_fd)
+    if problem is None:
+        try:
+            root = _fetch_root(first)
+        except (OSError, ValueError) as exc:
+            if _gone(supervisor):
+                os._exit(0)  # a quick program (``run``): nothing is left to serve
+            problem = exc
     if problem is not None:
         import traceback
 
@@ -361,6 +403,11 @@ def _run(bootstrap: socket.socket) -> NoReturn:
         os._exit(1)
     listener = socket.socket(fileno=listen_fd)
     _serve(Files(root, first.uid, first.gid), listener, supervisor)
+
+
+def _gone(pidfd: int) -> bool:
+    """Whether the process of ``pidfd`` has exited (its pidfd is readable)."""
+    return bool(select.select([pidfd], [], [], 0)[0])
 
 
 def serve_here(bootstrap_fd: int) -> NoReturn:
