@@ -13,7 +13,7 @@ import os
 import signal as _signal
 import socket
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, TypedDict
 
@@ -28,7 +28,7 @@ from sandboxrt._core.protocol import ContainerPlan, ExecPlan, InitPlan, SandboxP
 from sandboxrt._core.records import ContainerRecord
 from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
 from sandboxrt._core.status import Operation, Status, require
-from sandboxrt._os import cgroups, channel, procfs
+from sandboxrt._os import cgroups, channel, mounts, procfs
 from sandboxrt._os.seccomp import compile_bpf
 from sandboxrt._proc import hooks
 from sandboxrt._proc.launcher import Launcher
@@ -308,11 +308,16 @@ class Container:
                     )
                 stdio = StdioPlan(stdin, stdout, stderr)
                 # The container's gofer, started with it, opens its rootfs and bind sources
-                # as detached mounts, which go to the sandbox (decisions 30 and 37).
-                gofer = PendingGofer(launcher)
-                init, trees = _with_trees(plan.init, id, gofer)
+                # as detached mounts, which go to the sandbox (decisions 30 and 37); ``run``
+                # hands the container to nobody: its gofer starts on first use, and the
+                # library opens the trees itself.
+                if autostart:
+                    init, trees = _with_trees(plan.init, id, mounts.open_host_trees)
+                else:
+                    gofer = PendingGofer(launcher)
+                    init, trees = _with_trees(plan.init, id, functools.partial(gofer.prepare, id))
+                    container._record = attrs.evolve(container._record, gofer=gofer.identity)
                 plan = dataclasses.replace(plan, init=init)
-                container._record = attrs.evolve(container._record, gofer=gofer.identity)
                 if isinstance(plan, SandboxPlan):
                     sandbox, pty = Sandbox.launch(
                         plan,
@@ -338,8 +343,9 @@ class Container:
                 stdio.close_child_ends()
                 channel.close_fds(trees)
                 trees = []
-                container._hand_over_gofer(gofer, sandbox)
-                gofer = None
+                if gofer is not None:
+                    container._hand_over_gofer(gofer, sandbox)
+                    gofer = None
                 if container._record.status is Status.CREATING:  # else saved by save_running
                     record_sandbox(sandbox)
                     store.save(container._record)
@@ -1255,11 +1261,13 @@ def _write_pid_file(path: str | os.PathLike[str], pid: int) -> None:
 
 
 def _with_trees(
-    init: InitPlan, container_id: str, gofer: PendingGofer
+    init: InitPlan,
+    container_id: str,
+    open_trees: Callable[[Sequence[tuple[str, bool]]], builtins.list[int]],
 ) -> tuple[InitPlan, builtins.list[int]]:
-    """``init`` with its rootfs and bind sources as detached mounts the container's
-    ``gofer`` opened, on the host side (``open_tree``, symlinks resolved on the host), and
-    those trees (decisions 30 and 37).
+    """``init`` with its rootfs and bind sources as detached mounts opened on the host
+    side by ``open_trees`` (the container's gofer, or this process for ``run``: ``open_tree``,
+    symlinks resolved on the host), and those trees (decisions 30 and 37).
 
     Where a tree cannot be made (a missing source, no ``open_tree``), the plan goes
     by path, as before: the init then reports what is wrong.
@@ -1273,7 +1281,7 @@ def _with_trees(
         numbered.append(mount)
     planned = dataclasses.replace(init, mounts=numbered, rootfs_tree=True)
     try:
-        return planned, gofer.prepare(container_id, planned.tree_sources())
+        return planned, open_trees(planned.tree_sources())
     except OSError as exc:
         log.debug("container %s: its root goes by path: %s", container_id, exc)
         return init, []

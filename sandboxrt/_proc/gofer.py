@@ -25,12 +25,12 @@ import contextlib
 import errno
 import os
 import posixpath
-import select
 import selectors
 import signal
 import socket
 import stat
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 from sandboxrt._core import abi
@@ -93,12 +93,19 @@ def _split(path: str) -> tuple[str, str]:
 
 
 class Files:
-    """The file operations, beneath one root fd, creating as ``uid:gid``."""
+    """The file operations, beneath one root fd, creating as ``uid:gid``. ``root`` is the
+    fd, or what fetches it at the first operation (the gofer asks the supervisor then)."""
 
-    def __init__(self, root: int, uid: int, gid: int) -> None:
-        self.root = root
+    def __init__(self, root: int | Callable[[], int], uid: int, gid: int) -> None:
+        self._root = root
         self.uid = uid
         self.gid = gid
+
+    @property
+    def root(self) -> int:
+        if not isinstance(self._root, int):
+            self._root = self._root()
+        return self._root
 
     def resolve(self, path: str, *, follow: bool = True) -> int:
         return mounts.open_beneath(self.root, path, follow=follow)
@@ -391,25 +398,14 @@ def _run(bootstrap: socket.socket) -> NoReturn:
     supervisor, listen_fd, log_fd = fds
     os.dup2(log_fd, 2)
     os.close(log_fd)
-    if problem is None:
-        try:
-            root = _fetch_root(first)
-        except (OSError, ValueError) as exc:
-            if _gone(supervisor):
-                os._exit(0)  # a quick program (``run``): nothing is left to serve
-            problem = exc
     if problem is not None:
         import traceback
 
         traceback.print_exception(problem, file=sys.stderr)
         os._exit(1)
     listener = socket.socket(fileno=listen_fd)
-    _serve(Files(root, first.uid, first.gid), listener, supervisor)
-
-
-def _gone(pidfd: int) -> bool:
-    """Whether the process of ``pidfd`` has exited (its pidfd is readable)."""
-    return bool(select.select([pidfd], [], [], 0)[0])
+    start = first
+    _serve(Files(lambda: _fetch_root(start), first.uid, first.gid), listener, supervisor)
 
 
 def serve_here(bootstrap_fd: int, *, warm: bool = False) -> NoReturn:
