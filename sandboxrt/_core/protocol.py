@@ -405,9 +405,6 @@ class Launched(_Message):
 
     pid: int
     start_ticks: int = 0
-    #: From the fork server, unasked: a warm gofer (its bootstrap socket alongside), not a
-    #: warm sandbox.
-    gofer: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -475,7 +472,6 @@ class Request(_Message):
             "exec",
             "launch",
             "prewarm",
-            "prewarm-gofer",
             "create-container",
             "destroy-container",
             "upper",
