@@ -7,6 +7,7 @@ import json
 import os
 import select
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,26 @@ def test_the_gofer_serves_bind_mounts_made_from_trees(
     assert str(os.getpid()) in out  # our main thread's task, seen from inside
     assert "read-only" in out and "refused" in out
     assert not (ro / "x").exists()
+
+
+def test_create_starts_the_gofer_and_run_does_not(store: FileStore, bundle: BundleFactory) -> None:
+    """A created container's gofer comes with it (it opened its root); ``run`` hands its
+    container to nobody, so its gofer would start on first use only (decision 37)."""
+
+    class Counting(SubprocessLauncher):
+        gofers = 0
+
+        def launch_gofer(self, *, bootstrap_fd: int, log_fd: int) -> subprocess.Popen[bytes]:
+            Counting.gofers += 1
+            return super().launch_gofer(bootstrap_fd=bootstrap_fd, log_fd=log_fd)
+
+    launcher = Counting()
+    path = bundle(["true"])
+    assert Container.run("grun", path, store=store, launcher=launcher) == 0
+    assert Counting.gofers == 0
+    c = Container.create("gcreate", path, store=store, launcher=launcher)
+    try:
+        assert Counting.gofers == 1
+        assert c.gofer is not None and c.gofer.is_running()
+    finally:
+        c.destroy()

@@ -2,14 +2,17 @@
 
 Started like a sandbox: a child of the fork server (:func:`serve_here`), or
 a fresh stdlib-only interpreter whose :func:`main` forks the gofer, names it
-to the library (``Launched``) and exits. The
-gofer enters a mount namespace of its own (every mount private), keeps only
-the capabilities that serving files as the container's user needs
-(:data:`KEPT_CAPABILITIES`), sets ``no_new_privs`` and is not dumpable. It
-then waits for ``GoferStart``,
-which brings an ``O_PATH`` fd of the container's root as the container sees
-it (its spec mounts included), a pidfd of the sandbox's supervisor and its
-listening socket. It serves ``FileRequest``s until the supervisor exits.
+to the library (``Launched``) and exits. Started with its container, it first
+gets ``GoferPrepare``: still privileged, in the host's mount namespace, it opens
+the container's rootfs and bind sources as detached mounts and sends them back
+(the library hands them to the sandbox). Then it enters a mount namespace of its
+own (every mount private), keeps only the capabilities that serving files as the
+container's user needs (:data:`KEPT_CAPABILITIES`), sets ``no_new_privs`` and is
+not dumpable. ``GoferStart`` (the first message of a gofer started for an existing
+container) brings a pidfd of the sandbox's supervisor and its listening socket; at
+the first request it asks the supervisor for an ``O_PATH`` fd of the container's
+root as the container sees it (its spec mounts included). It serves
+``FileRequest``s until the supervisor exits.
 
 Every path is resolved beneath that root (:func:`mounts.open_beneath`:
 ``openat2`` with ``RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS``); mutations
