@@ -17,7 +17,7 @@ import socket
 from collections.abc import Sequence
 
 from sandboxrt._core.file_protocol import FileReply, FileRequest, GoferPrepare, GoferStart
-from sandboxrt._core.plan import gofer_socket
+from sandboxrt._core.plan import gofer_log, gofer_socket
 from sandboxrt._core.protocol import Launched
 from sandboxrt._core.records import ProcessIdentity
 from sandboxrt._os import channel, procfs
@@ -172,7 +172,7 @@ class PendingGofer:
             return None
         try:
             log = os.open(
-                path[: -len(".sock")] + ".log",
+                gofer_log(runtime_dir, container_id),
                 os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
                 0o600,
             )

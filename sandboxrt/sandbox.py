@@ -13,7 +13,7 @@ from typing import Any
 
 import backoff
 
-from sandboxrt._core.plan import container_exit_file, gofer_socket, id_file_name
+from sandboxrt._core.plan import container_exit_file, gofer_log, gofer_socket, id_file_name
 from sandboxrt._core.protocol import (
     ContainerPlan,
     ExecPlan,
@@ -488,9 +488,12 @@ class Sandbox:
             with contextlib.suppress(SandboxrtError, OSError):
                 request = Request("destroy-container", container_id)
                 self._checked(container_id, request, timeout=timeout)
-        gofer = gofer_socket(self.runtime_dir, container_id)
-        files = (self.exit_file_of(container_id), self._member_file(container_id), gofer)
-        for path in (*files, gofer[: -len(".sock")] + ".log"):
+        for path in (
+            self.exit_file_of(container_id),
+            self._member_file(container_id),
+            gofer_socket(self.runtime_dir, container_id),
+            gofer_log(self.runtime_dir, container_id),
+        ):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         if not self.is_running():

@@ -32,6 +32,7 @@ __all__ = [
     "build_plan",
     "container_exit_file",
     "exec_plan",
+    "gofer_log",
     "gofer_socket",
     "id_file_name",
     "sandbox_paths",
@@ -66,10 +67,18 @@ def container_exit_file(runtime_dir: str, sandbox_id: str, container_id: str) ->
 
 def gofer_socket(runtime_dir: str, container_id: str) -> str:
     """Where the gofer of ``container_id`` listens, in its sandbox's runtime directory:
-    one per container of a pod, and short enough for ``sun_path`` whatever the id. Its
-    log is the same path with ``.log`` for ``.sock``."""
+    one per container of a pod, and short enough for ``sun_path`` whatever the id."""
+    return _gofer_file(runtime_dir, container_id, "sock")
+
+
+def gofer_log(runtime_dir: str, container_id: str) -> str:
+    """Where the gofer of ``container_id`` writes what went wrong, beside its socket."""
+    return _gofer_file(runtime_dir, container_id, "log")
+
+
+def _gofer_file(runtime_dir: str, container_id: str, suffix: str) -> str:
     digest = hashlib.sha256(container_id.encode()).hexdigest()[:12]
-    return os.path.join(runtime_dir, f"gofer-{digest}.sock")
+    return os.path.join(runtime_dir, f"gofer-{digest}.{suffix}")
 
 
 def _mount_plan(mount: Mapping[str, Any], bundle: str) -> MountPlan:
