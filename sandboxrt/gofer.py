@@ -22,6 +22,7 @@ from sandboxrt._core.protocol import Launched
 from sandboxrt._core.records import ProcessIdentity
 from sandboxrt._os import channel, procfs
 from sandboxrt._proc.launcher import (
+    ForkServerLauncher,
     GoferLauncher,
     LaunchedProcess,
     Launcher,
@@ -90,12 +91,17 @@ class PendingGofer:
     """A launched gofer that waits for :meth:`start` (its root, pidfd and socket)."""
 
     def __init__(self, launcher: Launcher | None) -> None:
-        ours, theirs = channel.socket_pair()
-        ours.settimeout(_LAUNCH_TIMEOUT)
-        self._sock: socket.socket | None = ours
         self._process: LaunchedProcess | None = None
         self.identity: ProcessIdentity | None = None
         chosen = launcher or default_launcher()
+        warm = chosen.take_gofer() if isinstance(chosen, ForkServerLauncher) else None
+        if warm is not None:  # forked ahead by the fork server
+            warm.settimeout(_LAUNCH_TIMEOUT)
+            self._sock: socket.socket | None = warm
+            return
+        ours, theirs = channel.socket_pair()
+        ours.settimeout(_LAUNCH_TIMEOUT)
+        self._sock = ours
         starter = chosen if isinstance(chosen, GoferLauncher) else SubprocessLauncher()
         null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         try:

@@ -405,6 +405,9 @@ class Launched(_Message):
 
     pid: int
     start_ticks: int = 0
+    #: From the fork server, unasked: a warm gofer (its bootstrap socket alongside), not a
+    #: warm sandbox.
+    gofer: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -472,6 +475,7 @@ class Request(_Message):
             "exec",
             "launch",
             "prewarm",
+            "prewarm-gofer",
             "create-container",
             "destroy-container",
             "upper",

@@ -64,6 +64,8 @@ class _Server:
         self.wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         #: A warm sandbox was given to the library, which has not said it used it.
         self.given = False
+        #: A warm gofer was given to the library, which has not said it took it.
+        self.given_gofer = False
         self.warm_flags = sum(abi.NAMESPACE_FLAGS[k] for k in supervisor.WARM_UNSHARED)
         #: Our own namespaces of those kinds (and our PID namespace as our children's).
         self.own_namespaces = [
@@ -137,6 +139,32 @@ class _Server:
             self.given = True
         channel.close_fds([watch])
 
+    def prewarm_gofer(self) -> None:
+        """Fork a gofer ahead (it waits for its ``GoferPrepare``) and give the library its
+        bootstrap socket (a :class:`Launched` with ``gofer``), unless it holds one."""
+        if self.given_gofer:
+            return
+        ours, theirs = channel.socket_pair()
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            return
+        if pid == 0:
+            try:
+                ours.close()
+                self.forget()
+                gofer.serve_here(theirs.fileno(), warm=True)
+            finally:
+                os._exit(1)
+        theirs.close()
+        with ours, contextlib.suppress(OSError):
+            channel.send(
+                self.control, Launched(pid, _start_ticks(pid), gofer=True), [ours.fileno()]
+            )
+            self.given_gofer = True
+
     def fork_into_new_namespaces(self) -> int:
         """``fork()`` a child into new namespaces (:data:`supervisor.WARM_UNSHARED`): PID 1
         of a new PID namespace. We unshare them, fork, and go back to our own (whose fds
@@ -173,6 +201,9 @@ class _Server:
                 self.launch(fds)
             if request.all:
                 self.prewarm()
+        elif request.op == "prewarm-gofer":  # the library took the warm gofer
+            self.given_gofer = False
+            self.prewarm_gofer()
         elif request.op == "prewarm":
             # The library used (or dropped) the warm sandbox we gave it. With
             # ``speculation``, the plan it launched there follows, as raw bytes.
@@ -232,6 +263,7 @@ def serve(control_fd: int) -> NoReturn:
     # that children do not touch (and copy) every page of the heap when they collect.
     gc.freeze()
     server.prewarm()
+    server.prewarm_gofer()
     while True:
         for key, _ in server.selector.select():
             if key.data == "wake":

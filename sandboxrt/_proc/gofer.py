@@ -49,10 +49,12 @@ from sandboxrt._core.file_protocol import (
 from sandboxrt._core.protocol import Launched, Reply, Request
 from sandboxrt._os import capabilities, channel, mounts, procfs, syscalls
 
-__all__ = ["KEPT_CAPABILITIES", "PROCESS_NAME", "main", "serve_here"]
+__all__ = ["KEPT_CAPABILITIES", "PROCESS_NAME", "WARM_NAME", "main", "serve_here"]
 
 #: The gofer's name in ``/proc/PID/comm``.
 PROCESS_NAME = "sandboxrt-gofer"
+#: The name of a gofer the fork server forked ahead, until a container takes it.
+WARM_NAME = "sandboxrt-wgofer"
 
 #: The capabilities the gofer keeps: reading and writing any file of the container and
 #: giving what it creates to the container's user. No ``CAP_SYS_ADMIN``, no ptrace, no net.
@@ -370,7 +372,6 @@ def _fetch_root(start: GoferStart) -> int:
 def _run(bootstrap: socket.socket) -> NoReturn:
     problem: BaseException | None = None
     try:
-        syscalls.set_process_name(PROCESS_NAME)
         syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # the container must not reach into us
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.umask(0)  # requests carry the exact modes
@@ -378,6 +379,7 @@ def _run(bootstrap: socket.socket) -> NoReturn:
         problem = exc
     try:
         first, fds = channel.receive_one_of(bootstrap, GoferPrepare, GoferStart)
+        syscalls.set_process_name(PROCESS_NAME)  # a container's from now on
         if isinstance(first, GoferPrepare):
             channel.close_fds(fds)
             _prepare(bootstrap, first)
@@ -409,10 +411,14 @@ def _run(bootstrap: socket.socket) -> NoReturn:
     _serve(Files(lambda: _fetch_root(start), first.uid, first.gid), listener, supervisor)
 
 
-def serve_here(bootstrap_fd: int) -> NoReturn:
-    """Entry point in a child of the fork server (which reaps it): be the gofer, no fork."""
+def serve_here(bootstrap_fd: int, *, warm: bool = False) -> NoReturn:
+    """Entry point in a child of the fork server (which reaps it): be the gofer, no fork.
+    ``warm``: forked ahead, it waits under the name :data:`WARM_NAME` until a container
+    takes it."""
     bootstrap = socket.socket(fileno=bootstrap_fd)
     os.set_inheritable(bootstrap_fd, False)
+    if warm:
+        syscalls.set_process_name(WARM_NAME)
     info = procfs.read_stat(os.getpid())
     try:
         channel.send(bootstrap, Launched(os.getpid(), info.start_ticks if info is not None else 0))

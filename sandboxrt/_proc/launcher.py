@@ -127,6 +127,11 @@ class ForkServerLauncher:
         self._sock: socket.socket | None = None
         self._server: subprocess.Popen[bytes] | None = None
         self._owner = 0
+        #: What the fork server sent unasked and we have not used: warm sandboxes
+        #: (``Launched``, link, mount watch or -1) and warm gofers (bootstrap sockets).
+        self._warm: list[tuple[Launched, socket.socket, int]] = []
+        self._gofers: list[socket.socket] = []
+        self._gofer_owed = False
 
     def _connection(self) -> socket.socket:
         alive = self._server is not None and self._server.poll() is None
@@ -185,20 +190,50 @@ class ForkServerLauncher:
 
     def _take_warm(self, sock: socket.socket) -> tuple[Launched, socket.socket, int] | None:
         """The warm sandbox waiting on ``sock``, if the fork server sent one."""
+        self._drain(sock)
+        return self._warm.pop(0) if self._warm else None
+
+    def _drain(self, sock: socket.socket) -> None:
+        """Take in what the fork server sent unasked (warm sandboxes and gofers), never
+        waiting for more."""
         sock.setblocking(False)
         try:
-            launched, fds = channel.receive(sock, Launched)
+            while True:
+                launched, fds = channel.receive(sock, Launched)
+                if launched.gofer and len(fds) == 1:
+                    self._gofers.append(socket.socket(fileno=fds[0]))
+                elif not launched.gofer and fds:
+                    link = socket.socket(fileno=fds[0])
+                    self._warm.append((launched, link, fds[1] if len(fds) > 1 else -1))
+                else:
+                    channel.close_fds(fds)
         except (BlockingIOError, ValueError):
-            return None
+            return
         except OSError as exc:
             self.close()
             raise SandboxrtError(f"the sandbox fork server failed: {exc}") from exc
         finally:
             sock.setblocking(True)
-        if not fds:
-            return None
-        link = socket.socket(fileno=fds[0])
-        return launched, link, fds[1] if len(fds) > 1 else -1
+
+    def take_gofer(self) -> socket.socket | None:
+        """A warm gofer's bootstrap socket (the gofer waits there for
+        ``GoferPrepare``), if the fork server sent one; it then forks the next."""
+        with self._lock:
+            sock = self._connection()
+            self._settle_gofer(sock)  # one taken before, and no warm launch since
+            self._drain(sock)
+            if not self._gofers:
+                return None
+            self._gofer_owed = True
+            return self._gofers.pop(0)
+
+    def _settle_gofer(self, sock: socket.socket) -> None:
+        """Tell the fork server we took its warm gofer (it forks the next), if we did:
+        after the launch it was taken for, not during it."""
+        if self._gofer_owed:
+            self._gofer_owed = False
+            with contextlib.suppress(OSError, ValueError):
+                channel.send(sock, Request("prewarm-gofer"))
 
     def _prewarm(self, sock: socket.socket, hint: bytes | None) -> None:
         """Tell the fork server we used its warm sandbox; ``hint`` is the plan for the
@@ -207,6 +242,7 @@ class ForkServerLauncher:
             channel.send(sock, Request("prewarm", speculation=hint is not None))
             if hint is not None:
                 channel.send_bytes(sock, hint)
+        self._settle_gofer(sock)
 
     def launch_gofer(self, *, bootstrap_fd: int, log_fd: int) -> LaunchedProcess:
         """Have the fork server fork a process that runs ``sandboxrt._proc.gofer.main``."""
@@ -224,6 +260,13 @@ class ForkServerLauncher:
 
     def close(self) -> None:
         """Stop the fork server (sandboxes it launched live on)."""
+        if self._owner == os.getpid():
+            for _, link, watch in self._warm:
+                link.close()
+                channel.close_fds([watch])
+            for gofer in self._gofers:
+                gofer.close()
+        self._warm, self._gofers = [], []
         if self._sock is not None and self._owner == os.getpid():
             self._sock.close()
             if self._server is not None:
