@@ -476,6 +476,7 @@ class Request(_Message):
             "launch",
             "prewarm",
             "prewarm-gofer",
+            "gofers",
             "create-container",
             "destroy-container",
             "upper",

@@ -66,6 +66,8 @@ class _Server:
         self.given = False
         #: A warm gofer was given to the library, which has not said it took it.
         self.given_gofer = False
+        #: Where warm gofers go (the library's ``gofers`` request brings it).
+        self.gofer_channel: socket.socket | None = None
         self.warm_flags = sum(abi.NAMESPACE_FLAGS[k] for k in supervisor.WARM_UNSHARED)
         #: Our own namespaces of those kinds (and our PID namespace as our children's).
         self.own_namespaces = [
@@ -82,6 +84,8 @@ class _Server:
         """In a forked child: close the fork server's sockets (its peers watch them)."""
         _child()  # first: it drops the signal wakeup fd
         self.control.close()
+        if self.gofer_channel is not None:
+            self.gofer_channel.close()
         self.selector.close()
         channel.close_fds([*self.wake, *(fd for fd, _ in self.own_namespaces)])
 
@@ -142,7 +146,7 @@ class _Server:
     def prewarm_gofer(self) -> None:
         """Fork a gofer ahead (it waits for its ``GoferPrepare``) and give the library its
         bootstrap socket (a :class:`Launched` with ``gofer``), unless it holds one."""
-        if self.given_gofer:
+        if self.given_gofer or self.gofer_channel is None:
             return
         ours, theirs = channel.socket_pair()
         try:
@@ -160,9 +164,8 @@ class _Server:
                 os._exit(1)
         theirs.close()
         with ours, contextlib.suppress(OSError):
-            channel.send(
-                self.control, Launched(pid, _start_ticks(pid), gofer=True), [ours.fileno()]
-            )
+            launched = Launched(pid, _start_ticks(pid), gofer=True)
+            channel.send(self.gofer_channel, launched, [ours.fileno()])
             self.given_gofer = True
 
     def fork_into_new_namespaces(self) -> int:
@@ -201,6 +204,9 @@ class _Server:
                 self.launch(fds)
             if request.all:
                 self.prewarm()
+        elif request.op == "gofers" and len(fds) == 1:  # where warm gofers go
+            self.gofer_channel = socket.socket(fileno=fds.pop())
+            self.prewarm_gofer()
         elif request.op == "prewarm-gofer":  # the library took the warm gofer
             self.given_gofer = False
             self.prewarm_gofer()
@@ -263,7 +269,6 @@ def serve(control_fd: int) -> NoReturn:
     # that children do not touch (and copy) every page of the heap when they collect.
     gc.freeze()
     server.prewarm()
-    server.prewarm_gofer()
     while True:
         for key, _ in server.selector.select():
             if key.data == "wake":

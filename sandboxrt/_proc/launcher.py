@@ -127,10 +127,10 @@ class ForkServerLauncher:
         self._sock: socket.socket | None = None
         self._server: subprocess.Popen[bytes] | None = None
         self._owner = 0
-        #: What the fork server sent unasked and we have not used: warm sandboxes
-        #: (``Launched``, link, mount watch or -1) and warm gofers (bootstrap sockets).
-        self._warm: list[tuple[Launched, socket.socket, int]] = []
-        self._gofers: list[socket.socket] = []
+        #: Where the fork server puts its warm gofers (a ``Launched`` with the gofer's
+        #: bootstrap socket each), apart from its warm sandboxes.
+        self._gofer_sock: socket.socket | None = None
+        #: We took a warm gofer and have not told the fork server yet.
         self._gofer_owed = False
 
     def _connection(self) -> socket.socket:
@@ -150,6 +150,10 @@ class ForkServerLauncher:
                 start_new_session=True,
             )
         self._sock, self._owner = ours, os.getpid()
+        gofers, theirs = channel.socket_pair()
+        with theirs, contextlib.suppress(OSError):
+            channel.send(ours, Request("gofers"), [theirs.fileno()])
+            self._gofer_sock = gofers
         return ours
 
     def launch(self, *, bootstrap_fd: int, log_fd: int, warm: bool = False) -> LaunchedProcess:
@@ -190,42 +194,27 @@ class ForkServerLauncher:
 
     def _take_warm(self, sock: socket.socket) -> tuple[Launched, socket.socket, int] | None:
         """The warm sandbox waiting on ``sock``, if the fork server sent one."""
-        self._drain(sock)
-        return self._warm.pop(0) if self._warm else None
-
-    def _drain(self, sock: socket.socket) -> None:
-        """Take in what the fork server sent unasked (warm sandboxes and gofers), never
-        waiting for more."""
-        sock.setblocking(False)
-        try:
-            while True:
-                launched, fds = channel.receive(sock, Launched)
-                if launched.gofer and len(fds) == 1:
-                    self._gofers.append(socket.socket(fileno=fds[0]))
-                elif not launched.gofer and fds:
-                    link = socket.socket(fileno=fds[0])
-                    self._warm.append((launched, link, fds[1] if len(fds) > 1 else -1))
-                else:
-                    channel.close_fds(fds)
-        except (BlockingIOError, ValueError):
-            return
-        except OSError as exc:
-            self.close()
-            raise SandboxrtError(f"the sandbox fork server failed: {exc}") from exc
-        finally:
-            sock.setblocking(True)
+        found = _receive_now(sock, self)
+        if found is None:
+            return None
+        launched, fds = found
+        link = socket.socket(fileno=fds[0])
+        return launched, link, fds[1] if len(fds) > 1 else -1
 
     def take_gofer(self) -> socket.socket | None:
         """A warm gofer's bootstrap socket (the gofer waits there for
-        ``GoferPrepare``), if the fork server sent one; it then forks the next."""
+        ``GoferPrepare``), if the fork server sent one; it forks the next once the
+        launch it was taken for is on its way."""
         with self._lock:
             sock = self._connection()
             self._settle_gofer(sock)  # one taken before, and no warm launch since
-            self._drain(sock)
-            if not self._gofers:
+            if self._gofer_sock is None:
+                return None
+            found = _receive_now(self._gofer_sock, self)
+            if found is None:
                 return None
             self._gofer_owed = True
-            return self._gofers.pop(0)
+            return socket.socket(fileno=found[1][0])
 
     def _settle_gofer(self, sock: socket.socket) -> None:
         """Tell the fork server we took its warm gofer (it forks the next), if we did:
@@ -260,19 +249,35 @@ class ForkServerLauncher:
 
     def close(self) -> None:
         """Stop the fork server (sandboxes it launched live on)."""
-        if self._owner == os.getpid():
-            for _, link, watch in self._warm:
-                link.close()
-                channel.close_fds([watch])
-            for gofer in self._gofers:
-                gofer.close()
-        self._warm, self._gofers = [], []
+        if self._gofer_sock is not None and self._owner == os.getpid():
+            self._gofer_sock.close()
+        self._gofer_sock = None
         if self._sock is not None and self._owner == os.getpid():
             self._sock.close()
             if self._server is not None:
                 self._server.wait()
         self._sock = None
         self._server = None
+
+
+def _receive_now(
+    sock: socket.socket, launcher: ForkServerLauncher
+) -> tuple[Launched, list[int]] | None:
+    """A ``Launched`` with fds the fork server sent on ``sock`` unasked, if one is there
+    now; a broken fork server is closed and reported."""
+    sock.setblocking(False)
+    try:
+        launched, fds = channel.receive(sock, Launched)
+    except (BlockingIOError, ValueError):
+        return None
+    except OSError as exc:
+        launcher.close()
+        raise SandboxrtError(f"the sandbox fork server failed: {exc}") from exc
+    finally:
+        sock.setblocking(True)
+    if not fds:
+        return None
+    return launched, fds
 
 
 _default: ForkServerLauncher | None = None
