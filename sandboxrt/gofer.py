@@ -93,15 +93,22 @@ class PendingGofer:
     def __init__(self, launcher: Launcher | None) -> None:
         self._process: LaunchedProcess | None = None
         self.identity: ProcessIdentity | None = None
-        chosen = launcher or default_launcher()
-        warm = chosen.take_gofer() if isinstance(chosen, ForkServerLauncher) else None
-        if warm is not None:  # forked ahead by the fork server
-            warm.settimeout(_LAUNCH_TIMEOUT)
-            self._sock: socket.socket | None = warm
-            return
+        self._launcher = launcher or default_launcher()
+        self._sock: socket.socket | None = None
+        if isinstance(self._launcher, ForkServerLauncher):
+            self._sock = self._launcher.take_gofer()  # forked ahead by the fork server
+        #: The gofer was forked ahead: if it died meanwhile, one is launched instead.
+        self._warm = self._sock is not None
+        if self._sock is not None:
+            self._sock.settimeout(_LAUNCH_TIMEOUT)
+        else:
+            self._launch()
+
+    def _launch(self) -> None:
         ours, theirs = channel.socket_pair()
         ours.settimeout(_LAUNCH_TIMEOUT)
         self._sock = ours
+        chosen = self._launcher
         starter = chosen if isinstance(chosen, GoferLauncher) else SubprocessLauncher()
         null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         try:
@@ -129,6 +136,18 @@ class PendingGofer:
         """The detached mounts of ``sources`` (``(host path, recursive)``), opened by the
         gofer; ``OSError`` when one cannot be made (a missing source...), as
         :func:`sandboxrt._os.mounts.open_host_trees` says."""
+        try:
+            return self._prepare(container_id, sources)
+        except GoferError:
+            if not self._warm:
+                raise
+        # The gofer forked ahead is gone (killed, say): launch one for this container.
+        self.close()
+        self._warm, self.identity = False, None
+        self._launch()
+        return self._prepare(container_id, sources)
+
+    def _prepare(self, container_id: str, sources: Sequence[tuple[str, bool]]) -> list[int]:
         self._launched(container_id)
         assert self._sock is not None
         try:

@@ -17,7 +17,9 @@ from conftest import (
     needs_busybox,
     needs_root,
     supervisor_pids,
+    wait_until,
 )
+from test_launchers import _children
 
 from sandboxrt import (
     PIPE,
@@ -30,7 +32,8 @@ from sandboxrt import (
     SubprocessLauncher,
 )
 from sandboxrt._os import mounts, procfs
-from sandboxrt._proc.gofer import KEPT_CAPABILITIES, PROCESS_NAME
+from sandboxrt._proc.gofer import KEPT_CAPABILITIES, PROCESS_NAME, WARM_NAME
+from sandboxrt._proc.launcher import ForkServerLauncher
 from sandboxrt.gofer import socket_path
 
 pytestmark = [needs_root, needs_busybox]
@@ -292,3 +295,38 @@ def test_create_starts_the_gofer_and_run_does_not(store: FileStore, bundle: Bund
         assert c.gofer is not None and c.gofer.is_running()
     finally:
         c.destroy()
+
+
+def test_a_warm_gofer_killed_before_its_container_is_replaced(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """The fork server keeps a gofer forked ahead; one that died before a create took it
+    makes that create launch a gofer of its own, not fail."""
+    launcher = ForkServerLauncher()
+    path = bundle(["sleep", "60"])
+    try:
+        first = Container.create("gwarm1", path, store=store, launcher=launcher)
+        first.destroy()
+        server = launcher._server
+        assert server is not None
+
+        def warm_gofer() -> int:
+            for pid in _children(server.pid):
+                with open(f"/proc/{pid}/comm") as f:
+                    if f.read().strip() == WARM_NAME:
+                        return pid
+            return 0
+
+        wait_until(warm_gofer)
+        warm = warm_gofer()
+        os.kill(warm, signal.SIGKILL)
+        assert wait_exit(warm)
+        c = Container.create("gwarm2", path, store=store, launcher=launcher)
+        try:
+            assert c.gofer is not None and c.gofer.pid != warm and c.gofer.is_running()
+            c.files.write_text("/tmp/x", "ok")
+            assert c.files.read_text("/tmp/x") == "ok"
+        finally:
+            c.destroy()
+    finally:
+        launcher.close()

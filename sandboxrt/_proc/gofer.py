@@ -54,7 +54,7 @@ __all__ = ["KEPT_CAPABILITIES", "PROCESS_NAME", "WARM_NAME", "main", "serve_here
 #: The gofer's name in ``/proc/PID/comm``.
 PROCESS_NAME = "sandboxrt-gofer"
 #: The name of a gofer the fork server forked ahead, until a container takes it.
-WARM_NAME = "sandboxrt-wgofer"
+WARM_NAME = "sandboxrt-wgof"
 
 #: The capabilities the gofer keeps: reading and writing any file of the container and
 #: giving what it creates to the container's user. No ``CAP_SYS_ADMIN``, no ptrace, no net.
