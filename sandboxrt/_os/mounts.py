@@ -47,8 +47,10 @@ __all__ = [
     "DEFAULT_DEVICES",
     "bind_rootfs",
     "chdir_beneath_root",
+    "confine_to_proc",
     "create_devices",
     "default_dev_symlinks",
+    "enter_host_tree",
     "enter_tree",
     "leave_tree",
     "make_mount",
@@ -536,6 +538,61 @@ def leave_tree(host: int) -> None:
         os.chroot(".")
     finally:
         os.close(host)
+
+
+def confine_to_proc() -> None:
+    """Make this process's root a minimal one (decision 33): a small read-only tmpfs
+    holding only the ``/proc`` mounted there now (moved, not copied), then
+    ``pivot_root`` into it and detach the old root with everything under it.
+
+    For a process in a private mount namespace of its own (every mount private):
+    what it needs of the host afterwards it holds as fds opened before.
+    """
+    fs = syscalls.fsopen("tmpfs")
+    try:
+        for key, value in (("size", "64k"), ("nr_inodes", "16"), ("mode", "0555")):
+            syscalls.fsconfig(fs, syscalls.FSCONFIG_SET_STRING, key, value)
+        syscalls.fsconfig(fs, syscalls.FSCONFIG_CMD_CREATE)
+        top = syscalls.fsmount(fs)
+    finally:
+        os.close(fs)
+    proc = -1
+    try:
+        os.mkdir("proc", 0o555, dir_fd=top)
+        proc = syscalls.open_tree(abi.AT_FDCWD, "/proc", abi.OPEN_TREE_CLOEXEC)
+        here = os.open("/", _O_DIR)
+        try:
+            syscalls.move_mount(top, here)
+        finally:
+            os.close(here)
+        syscalls.move_mount(proc, top, "proc")
+        os.fchdir(top)
+    finally:
+        os.close(top)
+        if proc >= 0:
+            os.close(proc)
+    _pivot_here()
+    flags = abi.MS_REMOUNT | abi.MS_BIND | abi.MS_RDONLY | abi.MS_NOSUID | abi.MS_NODEV
+    syscalls.mount(None, "/", None, flags | abi.MS_NOEXEC)
+
+
+def enter_host_tree(tree: int) -> None:
+    """Attach ``tree`` (a detached copy of the host's root, sent by the library) over
+    ``/`` of this private mount namespace, ``chroot`` into it and make it private: the
+    host view that createContainer hooks (host programs) and a rootfs by path need,
+    in a process whose root is minimal (:func:`confine_to_proc`). Closes ``tree``."""
+    try:
+        here = os.open("/", _O_DIR)
+        try:
+            syscalls.move_mount(tree, here)
+        finally:
+            os.close(here)
+        os.fchdir(tree)
+        os.chroot(".")
+    finally:
+        os.close(tree)
+    # A copy of shared mounts stays their peer: nothing mounted here may reach the host.
+    syscalls.mount(None, "/", None, abi.MS_REC | abi.MS_PRIVATE)
 
 
 def show_at(root: int, path: str) -> None:
