@@ -55,6 +55,7 @@ __all__ = [
     "leave_tree",
     "make_mount",
     "mask_paths",
+    "minimal_root",
     "open_beneath",
     "open_fd_table",
     "open_host_tree",
@@ -540,14 +541,9 @@ def leave_tree(host: int) -> None:
         os.close(host)
 
 
-def confine_to_proc() -> None:
-    """Make this process's root a minimal one (decision 33): a small read-only tmpfs
-    holding only the ``/proc`` mounted there now (moved, not copied), then
-    ``pivot_root`` into it and detach the old root with everything under it.
-
-    For a process in a private mount namespace of its own (every mount private):
-    what it needs of the host afterwards it holds as fds opened before.
-    """
+def minimal_root() -> int:
+    """A detached, small tmpfs holding an empty ``proc`` directory: the root
+    :func:`confine_to_proc` pivots into (made ahead where it can be)."""
     fs = syscalls.fsopen("tmpfs")
     try:
         for key, value in (("size", "64k"), ("nr_inodes", "16"), ("mode", "0555")):
@@ -556,9 +552,26 @@ def confine_to_proc() -> None:
         top = syscalls.fsmount(fs)
     finally:
         os.close(fs)
-    proc = -1
     try:
         os.mkdir("proc", 0o555, dir_fd=top)
+    except BaseException:
+        os.close(top)
+        raise
+    return top
+
+
+def confine_to_proc(top: int | None = None) -> None:
+    """Make this process's root a minimal one (decision 33): ``top`` (else a new
+    :func:`minimal_root`; closed), holding only the ``/proc`` mounted now (moved, not
+    copied); ``pivot_root`` into it, detach the old root with everything under it,
+    and make it read-only.
+
+    For a process in a private mount namespace of its own (every mount private):
+    what it needs of the host afterwards it holds as fds opened before.
+    """
+    top = minimal_root() if top is None else top
+    proc = -1
+    try:
         proc = syscalls.open_tree(abi.AT_FDCWD, "/proc", abi.OPEN_TREE_CLOEXEC)
         here = os.open("/", _O_DIR)
         try:

@@ -60,6 +60,7 @@ __all__ = [
     "PROCESS_NAME",
     "WARM_NAMESPACES",
     "WARM_UNSHARED",
+    "Confinement",
     "RootAhead",
     "ahead_plan",
     "is_warm_shape",
@@ -175,6 +176,23 @@ class _Agent:
     ready: bool = False
     #: What it spawned and has not reported exited yet.
     children: set[int] = dataclasses.field(default_factory=set)
+
+
+@dataclasses.dataclass(eq=False)
+class Confinement:
+    """What a warm sandbox makes ahead for :meth:`Supervisor.confine`: the minimal root
+    (``mounts.minimal_root``, detached) and our own cgroups (:func:`_home_cgroups`)."""
+
+    top: int
+    homes: list[int] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def make(cls) -> Confinement | None:
+        try:
+            top = mounts.minimal_root()
+        except OSError:
+            return None
+        return cls(top, _home_cgroups())
 
 
 @dataclasses.dataclass(eq=False)
@@ -295,19 +313,22 @@ class Supervisor:
         self.listener = channel.bind_listener(self.plan.control_socket)
         self.runtime_fd = os.open(self.plan.runtime_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
-    def confine(self) -> None:
+    def confine(self, ahead: Confinement | None = None) -> None:
         """Once the root container is created: open what we need of the host (the root's
         cgroup directories, our own cgroups), then make our root the minimal one
         (``mounts.confine_to_proc``: a tmpfs holding our /proc). Without a PID namespace
-        of our own (no /proc of ours) we stay as we are (decision 33)."""
+        of our own (no /proc of ours) we stay as we are (decision 33). A warm sandbox
+        prepared the rest ``ahead``."""
         root = self.root
         if root.cgroup_dirs is None:
             root.cgroup_dirs = open_cgroup_dirs(root.cgroup_procs)
-        self.homes = _home_cgroups()
+        ahead = ahead or Confinement(top=-1)
+        self.homes = ahead.homes if ahead.top >= 0 else _home_cgroups()
         if ["pid", ""] not in self.plan.namespaces:
+            channel.close_fds([ahead.top])
             return
         try:
-            mounts.confine_to_proc()
+            mounts.confine_to_proc(ahead.top if ahead.top >= 0 else None)
         except OSError as exc:
             print(f"sandboxrt-sup: cannot confine the supervisor: {exc}", file=sys.stderr)
             return
@@ -1392,6 +1413,7 @@ def _run_supervisor(
     *,
     prepared: bool = False,
     ahead: RootAhead | None = None,
+    confinement: Confinement | None = None,
 ) -> NoReturn:
     supervisor = Supervisor(plan, bootstrap, stdio, gate, prepared=prepared)
     try:
@@ -1406,7 +1428,7 @@ def _run_supervisor(
             supervisor.hand_plan()
         created = supervisor.relay_creation()
         if created:
-            supervisor.confine()
+            supervisor.confine(confinement)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             supervisor.report(error_progress(exc))
@@ -1664,10 +1686,12 @@ def warm(
     """
     syscalls.set_process_name("sandboxrt-warm")
     ahead: RootAhead | None = None
+    confinement: Confinement | None = None
     try:
         _prepare_namespaces({"network"})
         if hint is not None:
             ahead = RootAhead(hint.init, trees, [link.fileno()])
+        confinement = Confinement.make()  # after that fork: the init built ahead holds none
         channel.close_fds(trees)
         request, fds = channel.receive(link, Request)
         link.recv(1)  # end of stream: the library, which knows our pid, let go
@@ -1696,4 +1720,6 @@ def warm(
         with contextlib.suppress(OSError):
             channel.send(bootstrap, error_progress(exc))
         os._exit(1)
-    _run_supervisor(plan, bootstrap, stdio, None, prepared=True, ahead=ahead)
+    _run_supervisor(
+        plan, bootstrap, stdio, None, prepared=True, ahead=ahead, confinement=confinement
+    )
