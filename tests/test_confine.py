@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 from conftest import BundleFactory, in_python, needs_busybox, needs_root
 from test_hooks_lifecycle import ALL_PHASES as HOOK_PHASES
 from test_hooks_lifecycle import Setup
 
-from sandboxrt import Container, FileStore, Pod, Status
+from sandboxrt import Config, Container, FileStore, Pod, Status, write_spec_file
+from sandboxrt._core.spec import read_spec_file
 
 pytestmark = [needs_root, needs_busybox]
 
@@ -129,3 +133,47 @@ def test_a_pod_works_from_a_confined_supervisor(
         assert_confined(sandbox.pid)
     finally:
         pod.destroy()
+
+
+def test_an_overlay_root_and_its_export_after_confinement(
+    tmp_path: Path, bundle: BundleFactory
+) -> None:
+    store = FileStore(tmp_path / "store")
+    c = Container.create("ovl", bundle(SLEEP), store=store, config=Config(overlay=True))
+    try:
+        c.start()
+        sandbox = c.sandbox
+        assert sandbox is not None
+        assert_confined(sandbox.pid)
+        out(c, "sh", "-c", "echo changed > /new-file")
+        exported = io.BytesIO()
+        c.export_changes(exported)
+        exported.seek(0)
+        with tarfile.open(fileobj=exported) as tar:
+            assert "new-file" in tar.getnames()
+    finally:
+        c.destroy()
+
+
+def test_a_sandbox_without_a_pid_namespace_of_its_own_is_not_confined(
+    tmp_path: Path, bundle: BundleFactory
+) -> None:
+    path = bundle(["sleep", "1000"])
+    spec = read_spec_file(path / "config.json")
+    assert spec.linux is not None and spec.linux.namespaces is not None
+    namespaces = [ns for ns in spec.linux.namespaces if ns.type != "pid"]
+    write_spec_file(
+        path / "config.json",
+        attrs.evolve(spec, linux=attrs.evolve(spec.linux, namespaces=namespaces)),
+    )
+    c = Container.create("nopid", path, store=FileStore(tmp_path / "store"))
+    try:
+        c.start()
+        sandbox = c.sandbox
+        assert sandbox is not None
+        assert os.path.isdir(f"/proc/{sandbox.pid}/root/usr")  # the host's view, as before
+        assert out(c, "echo", "works") == "works\n"
+        c.kill(signal.SIGKILL)
+        assert c.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        c.destroy()
