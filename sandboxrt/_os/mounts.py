@@ -50,6 +50,7 @@ __all__ = [
     "confine_to_proc",
     "create_devices",
     "default_dev_symlinks",
+    "detach_old_root",
     "enter_host_tree",
     "enter_tree",
     "leave_tree",
@@ -563,8 +564,9 @@ def minimal_root() -> int:
 def confine_to_proc(top: int | None = None) -> None:
     """Make this process's root a minimal one (decision 33): ``top`` (else a new
     :func:`minimal_root`; closed), holding only the ``/proc`` mounted now (moved, not
-    copied); ``pivot_root`` into it, detach the old root with everything under it,
-    and make it read-only.
+    copied); ``pivot_root`` into it and make it read-only. The old root, with every
+    mount under it, is left stacked on the new one, out of reach of any path (which
+    starts at the root, beneath it) until :func:`detach_old_root` detaches it.
 
     For a process in a private mount namespace of its own (every mount private):
     what it needs of the host afterwards it holds as fds opened before.
@@ -584,9 +586,16 @@ def confine_to_proc(top: int | None = None) -> None:
         os.close(top)
         if proc >= 0:
             os.close(proc)
-    _pivot_here()
+    syscalls.pivot_root(".", ".")
     flags = abi.MS_REMOUNT | abi.MS_BIND | abi.MS_RDONLY | abi.MS_NOSUID | abi.MS_NODEV
     syscalls.mount(None, "/", None, flags | abi.MS_NOEXEC)
+
+
+def detach_old_root() -> None:
+    """Detach the old root :func:`confine_to_proc` left stacked on the new one (the
+    working directory must still be the new root). It may wait for an RCU grace
+    period, so the supervisor runs it in a thread of its own."""
+    syscalls.umount2(".", abi.MNT_DETACH)
 
 
 def enter_host_tree(tree: int) -> None:

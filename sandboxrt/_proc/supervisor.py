@@ -25,6 +25,7 @@ import signal
 import socket
 import stat
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import NoReturn
@@ -294,6 +295,8 @@ class Supervisor:
         self.homes: list[int] = []
         #: Our root is the minimal one (:meth:`confine`).
         self.confined = False
+        #: The thread detaching the old root, until :meth:`settle`.
+        self.detaching: threading.Thread | None = None
 
     # -- setting up ----------------------------------------------------------------------
 
@@ -314,8 +317,9 @@ class Supervisor:
         self.runtime_fd = os.open(self.plan.runtime_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def confine(self, ahead: Confinement | None = None) -> None:
-        """Once the root container is created: open what we need of the host (the root's
-        cgroup directories, our own cgroups), then make our root the minimal one
+        """Once the root container is created (or its init built ahead has its plan):
+        open what we need of the host (the root's cgroup directories, our own cgroups),
+        then make our root the minimal one
         (``mounts.confine_to_proc``: a tmpfs holding our /proc). Without a PID namespace
         of our own (no /proc of ours) we stay as we are (decision 33). A warm sandbox
         prepared the rest ``ahead``."""
@@ -333,6 +337,17 @@ class Supervisor:
             print(f"sandboxrt-sup: cannot confine the supervisor: {exc}", file=sys.stderr)
             return
         self.confined = True
+        # Detaching the host's mounts may wait for an RCU grace period (up to ms): done
+        # aside, and waited for before we fork (:meth:`settle`) or on a quiet moment.
+        self.detaching = threading.Thread(target=_detach_old_root, daemon=True)
+        self.detaching.start()
+
+    def settle(self) -> None:
+        """Wait for the old root's detach (:meth:`confine`): before any fork, since
+        forking with a second thread alive is unsafe."""
+        if self.detaching is not None:
+            self.detaching.join()
+            self.detaching = None
 
     def adopt_init(self, ahead: RootAhead) -> None:
         """Take the init that built our root ahead (see :func:`warm`) as the root's."""
@@ -374,6 +389,7 @@ class Supervisor:
         Every signal is blocked across the fork: the child must not run our
         handlers (which signal the root's init) before it has reset them.
         """
+        self.settle()
         parent_end, child_end = channel.socket_pair()
         try:
             pid, mask = _fork_signals_blocked()
@@ -889,6 +905,7 @@ class Supervisor:
         status socket is close-on-exec."""
         assert member.cgroup_fds is not None
         cgroup = member.cgroup_fds
+        self.settle()
         ours, theirs = channel.socket_pair()
         try:
             pid, mask = _fork_signals_blocked()
@@ -1104,6 +1121,7 @@ class Supervisor:
         except OSError:
             member.agent_unfit.append(profile)
             return None
+        self.settle()
         ours, theirs = channel.socket_pair()
         board = mmap.mmap(-1, 8 * AGENT_BOARD)  # anonymous, shared with the child
         try:
@@ -1426,8 +1444,11 @@ def _run_supervisor(
             supervisor.relay_cgroup()
         if ahead is not None:
             supervisor.hand_plan()
+            # Its init has a root and namespace of its own: we confine ourselves while it
+            # goes on to created (on the other core), not after.
+            supervisor.confine(confinement)
         created = supervisor.relay_creation()
-        if created:
+        if created and ahead is None:
             supervisor.confine(confinement)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -1491,6 +1512,11 @@ def _profile(plan: ExecPlan) -> ExecPlan:
 
 
 _MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def _detach_old_root() -> None:
+    with contextlib.suppress(OSError):
+        mounts.detach_old_root()
 
 
 def _home_cgroups() -> list[int]:
