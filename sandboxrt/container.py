@@ -31,6 +31,7 @@ from sandboxrt._core.status import Operation, Status, require
 from sandboxrt._os import cgroups, channel, mounts, procfs
 from sandboxrt._os.seccomp import compile_bpf
 from sandboxrt._proc import hooks
+from sandboxrt._proc.init import open_cgroup_dirs
 from sandboxrt._proc.launcher import Launcher
 from sandboxrt._signals import DEFAULT_FORWARDED, SignalForwarder
 from sandboxrt._stdio import StdioArg, StdioPlan
@@ -332,6 +333,13 @@ class Container:
                 else:
                     assert host is not None
                     sandbox = host
+                    # Its supervisor reaches no host path (decision 33): the cgroup's
+                    # directories go as fds, and the host's root where hooks need it.
+                    trees += open_cgroup_dirs(plan.init.cgroup_procs)
+                    has_hooks = plan.init.create_container_hooks or plan.init.start_container_hooks
+                    if has_hooks or not plan.init.rootfs_tree:
+                        trees.append(mounts.open_host_tree("/"))
+                        plan = dataclasses.replace(plan, host_tree=True)
                     pty = host.create_container(
                         plan,
                         [*stdio.child_fds, *trees],

@@ -394,6 +394,11 @@ class ContainerPlan(_Message):
     #: Where the supervisor records the container's exit status (atomic JSON).
     exit_file: str
     new_cgroup_namespace: bool = False
+    #: A detached copy of the host's root comes last with the request (after the stdio
+    #: fds, the trees and an ``O_PATH`` fd of each of ``init.cgroup_procs``' directories):
+    #: the supervisor's root is minimal (decision 33), and createContainer hooks or a
+    #: rootfs by path need the host's view.
+    host_tree: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

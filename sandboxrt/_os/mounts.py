@@ -47,12 +47,16 @@ __all__ = [
     "DEFAULT_DEVICES",
     "bind_rootfs",
     "chdir_beneath_root",
+    "confine_to_proc",
     "create_devices",
     "default_dev_symlinks",
+    "detach_old_root",
+    "enter_host_tree",
     "enter_tree",
     "leave_tree",
     "make_mount",
     "mask_paths",
+    "minimal_root",
     "open_beneath",
     "open_fd_table",
     "open_host_tree",
@@ -536,6 +540,81 @@ def leave_tree(host: int) -> None:
         os.chroot(".")
     finally:
         os.close(host)
+
+
+def minimal_root() -> int:
+    """A detached, small tmpfs holding an empty ``proc`` directory: the root
+    :func:`confine_to_proc` pivots into (made ahead where it can be)."""
+    fs = syscalls.fsopen("tmpfs")
+    try:
+        for key, value in (("size", "64k"), ("nr_inodes", "16"), ("mode", "0555")):
+            syscalls.fsconfig(fs, syscalls.FSCONFIG_SET_STRING, key, value)
+        syscalls.fsconfig(fs, syscalls.FSCONFIG_CMD_CREATE)
+        top = syscalls.fsmount(fs)
+    finally:
+        os.close(fs)
+    try:
+        os.mkdir("proc", 0o555, dir_fd=top)
+    except BaseException:
+        os.close(top)
+        raise
+    return top
+
+
+def confine_to_proc(top: int | None = None) -> None:
+    """Make this process's root a minimal one (decision 33): ``top`` (else a new
+    :func:`minimal_root`; closed), holding only the ``/proc`` mounted now (moved, not
+    copied); ``pivot_root`` into it and make it read-only. The old root, with every
+    mount under it, is left stacked on the new one, out of reach of any path (which
+    starts at the root, beneath it) until :func:`detach_old_root` detaches it.
+
+    For a process in a private mount namespace of its own (every mount private):
+    what it needs of the host afterwards it holds as fds opened before.
+    """
+    top = minimal_root() if top is None else top
+    proc = -1
+    try:
+        proc = syscalls.open_tree(abi.AT_FDCWD, "/proc", abi.OPEN_TREE_CLOEXEC)
+        here = os.open("/", _O_DIR)
+        try:
+            syscalls.move_mount(top, here)
+        finally:
+            os.close(here)
+        syscalls.move_mount(proc, top, "proc")
+        os.fchdir(top)
+    finally:
+        os.close(top)
+        if proc >= 0:
+            os.close(proc)
+    syscalls.pivot_root(".", ".")
+    flags = abi.MS_REMOUNT | abi.MS_BIND | abi.MS_RDONLY | abi.MS_NOSUID | abi.MS_NODEV
+    syscalls.mount(None, "/", None, flags | abi.MS_NOEXEC)
+
+
+def detach_old_root() -> None:
+    """Detach the old root :func:`confine_to_proc` left stacked on the new one (the
+    working directory must still be the new root). It may wait for an RCU grace
+    period, so the supervisor runs it in a thread of its own."""
+    syscalls.umount2(".", abi.MNT_DETACH)
+
+
+def enter_host_tree(tree: int) -> None:
+    """Attach ``tree`` (a detached copy of the host's root, sent by the library) over
+    ``/`` of this private mount namespace, ``chroot`` into it and make it private: the
+    host view that createContainer hooks (host programs) and a rootfs by path need,
+    in a process whose root is minimal (:func:`confine_to_proc`). Closes ``tree``."""
+    try:
+        here = os.open("/", _O_DIR)
+        try:
+            syscalls.move_mount(tree, here)
+        finally:
+            os.close(here)
+        os.fchdir(tree)
+        os.chroot(".")
+    finally:
+        os.close(tree)
+    # A copy of shared mounts stays their peer: nothing mounted here may reach the host.
+    syscalls.mount(None, "/", None, abi.MS_REC | abi.MS_PRIVATE)
 
 
 def show_at(root: int, path: str) -> None:

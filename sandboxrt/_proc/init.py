@@ -49,6 +49,7 @@ __all__ = [
     "join_cgroup",
     "join_cgroup_fds",
     "open_cgroup",
+    "open_cgroup_dirs",
     "run_agent",
     "run_exec",
     "run_init",
@@ -108,7 +109,11 @@ def find_executable(name: str, env: Sequence[str]) -> str:
 
 
 def _prepare_root(
-    plan: InitPlan, sync: socket.socket, new_cgroup_namespace: bool, trees: Sequence[int] = ()
+    plan: InitPlan,
+    sync: socket.socket,
+    new_cgroup_namespace: bool,
+    trees: Sequence[int] = (),
+    host_tree: int | None = None,
 ) -> None:
     """Build the root of ``plan``. ``trees`` are the detached mounts (``open_tree`` on the
     host side) of :meth:`InitPlan.tree_sources`: with :attr:`InitPlan.rootfs_tree` the
@@ -116,6 +121,10 @@ def _prepare_root(
     for it, or for a bind source), and pivoted into by fd."""
     syscalls.unshare(abi.CLONE_NEWNS)
     syscalls.mount(None, "/", None, abi.MS_REC | abi.MS_PRIVATE)
+    if host_tree is not None:  # forked by a confined supervisor: the host's view, for hooks
+        mounts.enter_host_tree(host_tree)
+    if plan.create_container_hooks or plan.start_container_hooks:
+        _import_hook_runner()  # while the host's files are what we see
     host: int | None = None
     upper = -1
     if plan.rootfs_tree:
@@ -351,28 +360,50 @@ def join_cgroup(procs_files: Iterable[str], pid: int = 0) -> None:
     an RCU grace period (1-16 ms measured, against 0.1 ms). So a process joins by
     itself wherever it can, through files opened for it if its root hides them.
     """
-    fds = open_cgroup(procs_files)
+    dirs = open_cgroup_dirs(procs_files)
+    try:
+        fds = open_cgroup(dirs)
+    finally:
+        channel.close_fds(dirs)
     try:
         join_cgroup_fds(fds, pid)
     finally:
         channel.close_fds(fds)
 
 
-def open_cgroup(procs_files: Iterable[str]) -> list[int]:
-    """The files that move a thread into the cgroup (v1 ``tasks``, else ``cgroup.procs``),
-    opened for writing (close-on-exec), for :func:`join_cgroup_fds`."""
+def open_cgroup_dirs(procs_files: Iterable[str]) -> list[int]:
+    """``O_PATH`` fds (close-on-exec) of the directories of a cgroup's ``procs_files``."""
     fds: list[int] = []
     try:
         for procs in procs_files:
-            path = os.path.join(os.path.dirname(procs), "tasks")
+            directory = os.path.dirname(procs)
+            try:
+                fds.append(os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+            except OSError as err:
+                raise OSError(err.errno, f"opening the cgroup {directory}: {err.strerror}") from err
+    except BaseException:
+        channel.close_fds(fds)
+        raise
+    return fds
+
+
+def open_cgroup(dirs: Iterable[int]) -> list[int]:
+    """The files that move a thread into the cgroup (v1 ``tasks``, else ``cgroup.procs``)
+    beneath each of its directories ``dirs`` (:func:`open_cgroup_dirs`), opened for
+    writing (close-on-exec), for :func:`join_cgroup_fds`."""
+    fds: list[int] = []
+    flags = os.O_WRONLY | os.O_CLOEXEC
+    try:
+        for directory in dirs:
+            name = "tasks"
             try:
                 try:
-                    fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+                    fds.append(os.open(name, flags, dir_fd=directory))
                 except FileNotFoundError:  # v2
-                    path = procs
-                    fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+                    name = "cgroup.procs"
+                    fds.append(os.open(name, flags, dir_fd=directory))
             except OSError as err:
-                raise OSError(err.errno, f"opening the cgroup: {path}: {err.strerror}") from err
+                raise OSError(err.errno, f"opening the cgroup's {name}: {err.strerror}") from err
     except BaseException:
         channel.close_fds(fds)
         raise
@@ -401,6 +432,8 @@ def run_init(
     *,
     new_cgroup_namespace: bool = False,
     signal_mask: Iterable[int] | None = None,
+    cgroup: Sequence[int] | None = None,
+    host_tree: int | None = None,
 ) -> NoReturn:
     """Build the container and exec its program; never returns.
 
@@ -410,19 +443,26 @@ def run_init(
     every signal blocked: the forking process's signal handlers are dropped,
     then the mask restored (all dispositions go to default before exec).
     ``stdio`` ends with the detached mounts of :meth:`InitPlan.tree_sources`.
+    ``cgroup``: files that join the cgroup (:func:`open_cgroup`), opened by the
+    supervisor, whose root (decision 33) shows no cgroupfs; else joined by path.
+    ``host_tree``: a detached copy of the host's root (sent by the library for
+    createContainer hooks or a rootfs by path), entered first (decision 33).
     """
     count = len(plan.tree_sources())
     stdio, trees = list(stdio[: len(stdio) - count]), list(stdio[len(stdio) - count :])
     try:
         if signal_mask is not None:
             _drop_handlers(signal_mask)
-        if plan.create_container_hooks or plan.start_container_hooks:
-            _import_hook_runner()
-        if not plan.await_cgroup:
+        if cgroup is not None:
+            join_cgroup_fds(cgroup)
+            channel.close_fds(cgroup)
+            if new_cgroup_namespace:
+                syscalls.unshare(abi.CLONE_NEWCGROUP)
+        elif not plan.await_cgroup:
             _enter_cgroup(plan.cgroup_procs, new_cgroup_namespace)
         _init_process()
         seccomp_program = _seccomp_program(plan)
-        _prepare_root(plan, sync, new_cgroup_namespace, trees)
+        _prepare_root(plan, sync, new_cgroup_namespace, trees, host_tree)
         _create(plan, sync, stdio, seccomp_program)
     except BaseException as exc:
         try:

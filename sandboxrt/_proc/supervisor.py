@@ -13,6 +13,7 @@ starts in milliseconds.
 
 from __future__ import annotations
 
+import _thread
 import collections
 import contextlib
 import dataclasses
@@ -24,6 +25,7 @@ import selectors
 import signal
 import socket
 import stat
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from typing import NoReturn
@@ -42,12 +44,13 @@ from sandboxrt._core.protocol import (
     decode,
     encode,
 )
-from sandboxrt._os import capabilities, channel, net, procfs, syscalls
+from sandboxrt._os import capabilities, channel, mounts, net, procfs, syscalls
 from sandboxrt._proc.init import (
     AGENT_BOARD,
     error_progress,
     join_cgroup_fds,
     open_cgroup,
+    open_cgroup_dirs,
     run_agent,
     run_exec,
     run_init,
@@ -59,6 +62,7 @@ __all__ = [
     "PROCESS_NAME",
     "WARM_NAMESPACES",
     "WARM_UNSHARED",
+    "Confinement",
     "RootAhead",
     "ahead_plan",
     "is_warm_shape",
@@ -96,13 +100,20 @@ _RELAYED_SIGNALS = (
 )
 
 
-def write_exit_status(path: str, returncode: int, pid: int = 0) -> None:
-    """Record an exit status (and whose: ``pid``) atomically (temporary file, then rename)."""
+def write_exit_status(
+    path: str, returncode: int, pid: int = 0, *, dir_fd: int | None = None
+) -> None:
+    """Record an exit status (and whose: ``pid``) atomically (temporary file, then rename);
+    with ``dir_fd`` (the runtime directory, held open), ``path`` is taken beneath it by
+    its name alone."""
+    if dir_fd is not None:
+        path = os.path.basename(path)
     tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
     with os.fdopen(fd, "wb") as f:
         f.write(encode(ExitStatus(returncode, pid)))
-    os.replace(tmp, path)
+    os.replace(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
 def _enter_namespaces(namespaces: Sequence[Sequence[str]]) -> None:
@@ -170,6 +181,23 @@ class _Agent:
 
 
 @dataclasses.dataclass(eq=False)
+class Confinement:
+    """What a warm sandbox makes ahead for :meth:`Supervisor.confine`: the minimal root
+    (``mounts.minimal_root``, detached) and our own cgroups (:func:`_home_cgroups`)."""
+
+    top: int
+    homes: list[int] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def make(cls) -> Confinement | None:
+        try:
+            top = mounts.minimal_root()
+        except OSError:
+            return None
+        return cls(top, _home_cgroups())
+
+
+@dataclasses.dataclass(eq=False)
 class _Member:
     """One container of the sandbox as its supervisor sees it: its init and its waiters."""
 
@@ -193,6 +221,9 @@ class _Member:
     #: that join it, opened at the first exec.
     cgroup_procs: list[str] = dataclasses.field(default_factory=list)
     cgroup_fds: list[int] | None = None
+    #: ``O_PATH`` fds of its cgroup's directories (one per hierarchy), opened before we
+    #: were confined (the root's) or sent by the library (a subcontainer's).
+    cgroup_dirs: list[int] | None = None
     #: An fd on its overlay root's upper directory (from its init), or -1.
     upper: int = -1
     #: ``O_PATH`` fd of its root as its init sees it (mounts made, pivoted), opened at
@@ -260,6 +291,15 @@ class Supervisor:
         self.waiting_on: dict[socket.socket, int] = {}
         #: Every exec agent not reaped yet (its member's, or one ended), by pid.
         self.agents: dict[int, _Agent] = {}
+        #: The runtime directory (exit files, control socket), held open: confined, we
+        #: reach no host path (decision 33).
+        self.runtime_fd = -1
+        #: ``O_PATH`` fds of our own cgroup in every hierarchy (exec agents wait there).
+        self.homes: list[int] = []
+        #: Our root is the minimal one (:meth:`confine`).
+        self.confined = False
+        #: The thread detaching the old root, until :meth:`settle`.
+        self.detaching: _Detach | None = None
 
     # -- setting up ----------------------------------------------------------------------
 
@@ -277,6 +317,43 @@ class Supervisor:
         if not self.prepared:
             _prepare_namespaces(new)
         self.listener = channel.bind_listener(self.plan.control_socket)
+        self.runtime_fd = os.open(self.plan.runtime_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def confine(self, ahead: Confinement | None = None) -> None:
+        """Once the root container is created (or its init built ahead has its plan):
+        open what we need of the host (the root's cgroup directories, our own cgroups),
+        then make our root the minimal one
+        (``mounts.confine_to_proc``: a tmpfs holding our /proc). Without a PID namespace
+        of our own (no /proc of ours) we stay as we are (decision 33). A warm sandbox
+        prepared the rest ``ahead``."""
+        root = self.root
+        if root.cgroup_dirs is None:
+            root.cgroup_dirs = open_cgroup_dirs(root.cgroup_procs)
+        ahead = ahead or Confinement(top=-1)
+        self.homes = ahead.homes if ahead.top >= 0 else _home_cgroups()
+        if ["pid", ""] not in self.plan.namespaces:
+            channel.close_fds([ahead.top])
+            return
+        if not root.autostart:
+            # The exec agent spawns with ``subprocess`` (decision 31), which only the host's
+            # files can give us, now; ``run``'s container execs the slow way.
+            import subprocess  # noqa: F401
+        try:
+            mounts.confine_to_proc(ahead.top if ahead.top >= 0 else None)
+        except OSError as exc:
+            print(f"sandboxrt-sup: cannot confine the supervisor: {exc}", file=sys.stderr)
+            return
+        self.confined = True
+        # Detaching the host's mounts may wait for an RCU grace period (up to ms): done
+        # aside, and waited for before we fork (:meth:`settle`) or on a quiet moment.
+        self.detaching = _Detach()
+
+    def settle(self) -> None:
+        """Wait for the old root's detach (:meth:`confine`): before any fork, since
+        forking with a second thread alive is unsafe."""
+        if self.detaching is not None:
+            self.detaching.join()
+            self.detaching = None
 
     def adopt_init(self, ahead: RootAhead) -> None:
         """Take the init that built our root ahead (see :func:`warm`) as the root's."""
@@ -291,7 +368,8 @@ class Supervisor:
         ``created``."""
         root = self.root
         assert root.init_sync is not None
-        cgroup = open_cgroup(root.cgroup_procs)
+        root.cgroup_dirs = open_cgroup_dirs(root.cgroup_procs)
+        cgroup = open_cgroup(root.cgroup_dirs)
         try:
             claim = Claim(self.plan.init, len(cgroup), root.new_cgroup_namespace)
             channel.send(root.init_sync, claim, [*cgroup, *self.stdio])
@@ -307,12 +385,15 @@ class Supervisor:
         finally:
             channel.close_fds(stdio)
 
-    def _fork_init(self, member: _Member, stdio: Sequence[int]) -> None:
+    def _fork_init(
+        self, member: _Member, stdio: Sequence[int], host_tree: int | None = None
+    ) -> None:
         """Fork ``member``'s init, which builds its root and reports on ``member.init_sync``.
 
         Every signal is blocked across the fork: the child must not run our
         handlers (which signal the root's init) before it has reset them.
         """
+        self.settle()
         parent_end, child_end = channel.socket_pair()
         try:
             pid, mask = _fork_signals_blocked()
@@ -322,6 +403,9 @@ class Supervisor:
             raise
         if pid == 0:
             parent_end.close()
+            cgroup = member.cgroup_fds
+            if cgroup is not None:  # not closed with the rest: the init joins through them
+                member.cgroup_fds = None
             self._close_in_child()
             run_init(
                 member.plan,
@@ -329,6 +413,8 @@ class Supervisor:
                 stdio,
                 new_cgroup_namespace=member.new_cgroup_namespace,
                 signal_mask=mask,
+                cgroup=cgroup,
+                host_tree=host_tree,
             )
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child_end.close()
@@ -336,7 +422,8 @@ class Supervisor:
         member.init_sync = parent_end
 
     def _close_in_child(self) -> None:
-        """In a child just forked: close our sockets, which the container must never hold."""
+        """In a child just forked: close our sockets, which the container must never hold,
+        and our fds on host files."""
         self.listener.close()
         self.bootstrap.close()
         if self.gate is not None:
@@ -350,9 +437,14 @@ class Supervisor:
         for agent in self.agents.values():
             agent.sock.close()
             channel.close_fds(agent.home_fds)
+        for member in self.members.values():
+            channel.close_fds(member.cgroup_fds or [])
         if self.wake_fds is not None:
             signal.set_wakeup_fd(-1)
             channel.close_fds(self.wake_fds)
+        channel.close_fds([self.runtime_fd, *self.homes])
+        for member in self.members.values():
+            channel.close_fds(member.cgroup_dirs or [])
 
     def report(self, step: Progress, fds: list[int] | None = None) -> None:
         """Send a creation step to the library, after the launched process named us."""
@@ -485,12 +577,16 @@ class Supervisor:
         member.returncode = returncode
         if member.creator is not None:
             return  # it died while being created: its creation step says so
-        write_exit_status(member.exit_file, returncode, member.init_pid)
-        member.recorded = True
+        self._write_exit(member, returncode)
         if member is self.root:
             return  # the sandbox ends with it (_finish)
         self._answer_waiters(member, returncode)
         self._kill_rest(member)
+
+    def _write_exit(self, member: _Member, returncode: int) -> None:
+        """Record ``member``'s exit status, in the runtime directory we hold open."""
+        write_exit_status(member.exit_file, returncode, member.init_pid, dir_fd=self.runtime_fd)
+        member.recorded = True
 
     @staticmethod
     def _answer_waiters(member: _Member, returncode: int) -> None:
@@ -592,14 +688,18 @@ class Supervisor:
         """
         plan = request.container
         error, error_type = "", "ProtocolError"
+        extra = 0  # after the stdio and trees: its cgroup's directories, the host's root
         if plan is not None:
-            error = _receive_rest(conn, fds, plan.init)
+            extra = len(plan.init.cgroup_procs) + (1 if plan.host_tree else 0)
+            error = _receive_rest(conn, fds, plan.init, extra)
         if error:
             pass  # said below
-        elif plan is None or len(fds) - len(plan.init.tree_sources()) not in (
+        elif plan is None or len(fds) - len(plan.init.tree_sources()) - extra not in (
             (0, 3) if plan.init.terminal else (3,)
         ):
             error = "malformed create-container request"
+        elif os.path.dirname(plan.exit_file) != self.plan.runtime_dir:
+            error = "its exit file is not in the sandbox's runtime directory"
         elif plan.sandbox_id != self.plan.sandbox_id:
             error = f'the plan is for sandbox "{plan.sandbox_id}", not "{self.plan.sandbox_id}"'
         elif self.root.returncode is not None:
@@ -614,9 +714,17 @@ class Supervisor:
                 new_cgroup_namespace=plan.new_cgroup_namespace,
                 creator=conn,
             )
+            given = fds[len(fds) - extra :]
+            host_tree = given.pop() if plan.host_tree else None
             try:
-                self._fork_init(member, fds)
+                # Ours to keep (the request's fds are closed after it): exec'd processes
+                # and the signal checks use them; the init joins through files opened here.
+                member.cgroup_dirs = [os.dup(fd) for fd in given]
+                member.cgroup_fds = open_cgroup(member.cgroup_dirs)
+                self._fork_init(member, fds[: len(fds) - extra], host_tree)
             except OSError as exc:
+                channel.close_fds([*(member.cgroup_dirs or []), *(member.cgroup_fds or [])])
+                member.cgroup_dirs = member.cgroup_fds = None
                 error, error_type = f"cannot fork its init: {exc}", type(exc).__name__
         if error or member is None:
             with contextlib.suppress(OSError):
@@ -709,6 +817,9 @@ class Supervisor:
         if member.cgroup_fds is not None:
             channel.close_fds(member.cgroup_fds)
             member.cgroup_fds = None
+        if member.cgroup_dirs is not None:
+            channel.close_fds(member.cgroup_dirs)
+            member.cgroup_dirs = None
         if member.upper >= 0:
             os.close(member.upper)
             member.upper = -1
@@ -752,8 +863,9 @@ class Supervisor:
         """
         pids: set[int] = set()
         try:
-            for path in member.cgroup_procs:
-                with open(path) as f:
+            for directory in member.cgroup_dirs or []:
+                fd = os.open("cgroup.procs", os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory)
+                with os.fdopen(fd) as f:
                     pids.update(int(pid) for pid in f.read().split())
         except (OSError, ValueError):
             pids.clear()
@@ -784,7 +896,7 @@ class Supervisor:
             return Reply(False, error="the container's init has exited", error_type="Stopped"), []
         capabilities.last_cap()  # probed once here, not in every child
         if member.cgroup_fds is None:  # opened once: every exec'd child writes to them
-            member.cgroup_fds = open_cgroup(member.cgroup_procs)
+            member.cgroup_fds = open_cgroup(member.cgroup_dirs or [])
         by_agent = self._exec_by_agent(member, plan, fds)
         if by_agent is not None and (by_agent.ok or by_agent.error_type != "AgentFailed"):
             return by_agent, []
@@ -804,6 +916,7 @@ class Supervisor:
         status socket is close-on-exec."""
         assert member.cgroup_fds is not None
         cgroup = member.cgroup_fds
+        self.settle()
         ours, theirs = channel.socket_pair()
         try:
             pid, mask = _fork_signals_blocked()
@@ -1009,9 +1122,10 @@ class Supervisor:
                 agent.sock.settimeout(None)
 
     def _start_agent(self, member: _Member, profile: ExecPlan) -> _Agent | None:
-        """Fork ``member``'s exec agent for ``profile``; ``None`` if it cannot have one."""
-        home = _home_cgroup(member.cgroup_procs)
-        if home is None:
+        """Fork ``member``'s exec agent for ``profile``; ``None`` if it cannot have one
+        (no ``subprocess`` to spawn with: a confined ``run`` sandbox, see :meth:`confine`)."""
+        home = _home_of(self.homes, member.cgroup_dirs or [])
+        if home is None or (self.confined and "subprocess" not in sys.modules):
             member.agent_unfit.append(profile)
             return None
         try:
@@ -1019,6 +1133,7 @@ class Supervisor:
         except OSError:
             member.agent_unfit.append(profile)
             return None
+        self.settle()
         ours, theirs = channel.socket_pair()
         board = mmap.mmap(-1, 8 * AGENT_BOARD)  # anonymous, shared with the child
         try:
@@ -1290,7 +1405,7 @@ class Supervisor:
         # if we have one; without, here): killed, as their waiters are told. Every exit
         # status is recorded before any waiter hears of one.
         if not root.recorded:  # (once: a rename over a file makes ext4 flush)
-            write_exit_status(self.plan.exit_file, root.returncode, root.init_pid)
+            self._write_exit(root, root.returncode)
         killed = [
             member
             for member in self.members.values()
@@ -1300,7 +1415,7 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(member.init_pid, signal.SIGKILL)
             with contextlib.suppress(OSError):
-                write_exit_status(member.exit_file, -signal.SIGKILL, member.init_pid)
+                self._write_exit(member, -signal.SIGKILL)
         self._answer_waiters(root, root.returncode)
         for member in killed:
             self._answer_waiters(member, -signal.SIGKILL)
@@ -1316,7 +1431,7 @@ class Supervisor:
                     channel.send(conn, Reply(True, pid=pid, returncode=-signal.SIGKILL))
         self.listener.close()
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.plan.control_socket)
+            os.unlink(os.path.basename(self.plan.control_socket), dir_fd=self.runtime_fd)
         code = root.returncode if root.returncode >= 0 else 128 - root.returncode
         os._exit(code)
 
@@ -1329,6 +1444,7 @@ def _run_supervisor(
     *,
     prepared: bool = False,
     ahead: RootAhead | None = None,
+    confinement: Confinement | None = None,
 ) -> NoReturn:
     supervisor = Supervisor(plan, bootstrap, stdio, gate, prepared=prepared)
     try:
@@ -1341,7 +1457,12 @@ def _run_supervisor(
             supervisor.relay_cgroup()
         if ahead is not None:
             supervisor.hand_plan()
+            # Its init has a root and namespace of its own: we confine ourselves while it
+            # goes on to created (on the other core), not after.
+            supervisor.confine(confinement)
         created = supervisor.relay_creation()
+        if created and ahead is None:
+            supervisor.confine(confinement)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             supervisor.report(error_progress(exc))
@@ -1406,48 +1527,84 @@ def _profile(plan: ExecPlan) -> ExecPlan:
 _MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
-def _home_cgroup(procs_files: Sequence[str]) -> list[str] | None:
-    """Our own cgroup's ``cgroup.procs`` in the hierarchy of each of ``procs_files`` (a
-    container's), where its exec agent waits between spawns; ``None`` if one cannot be
-    told (or is the container's)."""
+def _detach_old_root() -> None:
+    with contextlib.suppress(OSError):
+        mounts.detach_old_root()
+
+
+class _Detach:
+    """:func:`_detach_old_root` in a thread of its own, made with ``_thread``: ``threading``
+    registers an at-fork handler that every child of the fork server would run (decision
+    35)."""
+
+    def __init__(self) -> None:
+        self._done = _thread.allocate_lock()
+        self._done.acquire()
+        _thread.start_new_thread(self._run, ())
+
+    def _run(self) -> None:
+        try:
+            _detach_old_root()
+        finally:
+            self._done.release()
+
+    def join(self) -> None:
+        """Wait until the thread is gone (not only done: we fork after this)."""
+        self._done.acquire()
+        while _thread._count():
+            time.sleep(0)
+
+
+def _home_cgroups() -> list[int]:
+    """``O_PATH`` fds of our own cgroup in every cgroup hierarchy mounted here (read from
+    our mountinfo and ``/proc/self/cgroup``), opened before we are confined: a
+    container's exec agent waits there between spawns. Those that cannot be told are
+    left out."""
     try:
         with open("/proc/self/mountinfo") as f:
             mountinfo = f.read()
         with open("/proc/self/cgroup") as f:
             own_text = f.read()
     except OSError:
-        return None
+        return []
     own: dict[str, str] = {}
     for line in own_text.splitlines():
         _, controllers, path = [*line.split(":", 2), "", ""][:3]
         for name in controllers.split(",") if controllers else [""]:
             own.setdefault(name, path)
-    mounts: list[tuple[str, str, list[str]]] = []  # (mount point, root, keys of ``own``)
+    homes: list[int] = []
     for line in mountinfo.splitlines():
         head, _, tail = line.partition(" - ")
         fields, after = head.split(), tail.split()
         if len(fields) < 5 or len(after) < 3 or after[0] not in ("cgroup", "cgroup2"):
             continue
         keys = [""] if after[0] == "cgroup2" else [o for o in after[2].split(",") if o in own]
-        unescape = [_MOUNTINFO_ESCAPE.sub(lambda m: chr(int(m[1], 8)), x) for x in fields[3:5]]
-        mounts.append((unescape[1].rstrip("/") or "/", unescape[0], keys))
-    homes = []
-    for procs in procs_files:
-        directory = os.path.dirname(procs)
-        found = [m for m in mounts if directory.startswith(m[0].rstrip("/") + "/")]
-        if not found:
-            return None
-        mountpoint, root, keys = max(found, key=lambda m: len(m[0]))
+        root, mountpoint = [
+            _MOUNTINFO_ESCAPE.sub(lambda m: chr(int(m[1], 8)), x) for x in fields[3:5]
+        ]
         ours = own.get(keys[0]) if keys else None
         if ours is None or not (root in ("/", ours) or ours.startswith(root + "/")):
-            return None
+            continue
         if root != "/":
             ours = ours[len(root) :]
-        home = os.path.join(mountpoint, ours.lstrip("/"))
-        if os.path.normpath(home) == os.path.normpath(directory):
-            return None
-        homes.append(os.path.join(home, "cgroup.procs"))
+        with contextlib.suppress(OSError):
+            home = os.path.join(mountpoint, ours.lstrip("/"))
+            homes.append(os.open(home, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
     return homes
+
+
+def _home_of(homes: Sequence[int], dirs: Sequence[int]) -> list[int] | None:
+    """Of ``homes`` (see :func:`_home_cgroups`), those in the hierarchies of a container's
+    cgroup ``dirs`` (the same filesystem); ``None`` if one has none, or is the container's."""
+    found = []
+    stats = [(home, os.fstat(home)) for home in homes]
+    for directory in dirs:
+        st = os.fstat(directory)
+        match = [(home, h) for home, h in stats if h.st_dev == st.st_dev]
+        if not match or match[0][1].st_ino == st.st_ino:
+            return None
+        found.append(match[0][0])
+    return found
 
 
 def _open_root(init_pid: int) -> int | None:
@@ -1459,19 +1616,20 @@ def _open_root(init_pid: int) -> int | None:
         return None
 
 
-def receive_trees(sock: socket.socket, fds: list[int], plan: InitPlan) -> None:
-    """Receive into ``fds`` (the stdio fds that came with ``plan``) the rest of its trees,
-    when there were more than one message carries (``channel.send_many``)."""
+def receive_trees(sock: socket.socket, fds: list[int], plan: InitPlan, extra: int = 0) -> None:
+    """Receive into ``fds`` (the stdio fds that came with ``plan``) the rest of its trees
+    (and of ``extra`` fds after them), when there were more than one message carries
+    (``channel.send_many``)."""
     if len(fds) >= channel.MAX_FDS:
-        channel.receive_rest(sock, fds, 3 + len(plan.tree_sources()))
+        channel.receive_rest(sock, fds, 3 + len(plan.tree_sources()) + extra)
 
 
-def _receive_rest(conn: socket.socket, fds: list[int], plan: InitPlan) -> str:
+def _receive_rest(conn: socket.socket, fds: list[int], plan: InitPlan, extra: int) -> str:
     """:func:`receive_trees` on a control connection (the rest follows at once, if
     any): what went wrong, or ``""``."""
     try:
         conn.settimeout(RECEIVE_TIMEOUT)
-        receive_trees(conn, fds, plan)
+        receive_trees(conn, fds, plan, extra)
     except (OSError, ValueError) as exc:
         return f"the rest of its fds did not come: {exc}"
     finally:
@@ -1597,10 +1755,12 @@ def warm(
     """
     syscalls.set_process_name("sandboxrt-warm")
     ahead: RootAhead | None = None
+    confinement: Confinement | None = None
     try:
         _prepare_namespaces({"network"})
         if hint is not None:
             ahead = RootAhead(hint.init, trees, [link.fileno()])
+        confinement = Confinement.make()  # after that fork: the init built ahead holds none
         channel.close_fds(trees)
         request, fds = channel.receive(link, Request)
         link.recv(1)  # end of stream: the library, which knows our pid, let go
@@ -1629,4 +1789,6 @@ def warm(
         with contextlib.suppress(OSError):
             channel.send(bootstrap, error_progress(exc))
         os._exit(1)
-    _run_supervisor(plan, bootstrap, stdio, None, prepared=True, ahead=ahead)
+    _run_supervisor(
+        plan, bootstrap, stdio, None, prepared=True, ahead=ahead, confinement=confinement
+    )
