@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from sandboxrt._core.spec_default import default_spec
 from sandboxrt._os import mounts
 from sandboxrt._proc import supervisor
 from sandboxrt._proc.launcher import ForkServerLauncher, LaunchedProcess, Launcher
+from sandboxrt.bundle import make_bundle
 
 pytestmark = [needs_root, needs_busybox]
 
@@ -351,3 +353,49 @@ def test_create_container_hooks_see_the_tree_at_the_rootfs_path(
     assert output(c) == "opened\n"
     assert seen.read_text() == "opened\n"
     assert (path / "rootfs/marker").read_text() == "decoy\n"
+
+
+@pytest.mark.parametrize("how", ["create", "run"])
+def test_mounts_in_a_root_on_a_shared_host_mount_stay_in_the_container(
+    store: FileStore, tmp_path: Path, how: str
+) -> None:
+    """A detached copy of a shared mount is its peer: the rootfs and a bind source on a
+    shared host mount (what `/` is on most hosts; not here) must become private in the
+    container before anything is mounted there, or /proc, /dev... would show up on the
+    host, under the bundle."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(shared)], check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", str(shared)], check=True)
+        path = shared / "bundle"
+        make_bundle(path, ["sh", "-c", "cat /data/f"], rootfs="busybox")
+        (shared / "src").mkdir()
+        (shared / "src" / "f").write_text("bound\n")
+        add_binds(path, [(str(shared / "src"), "/data")])
+        (path / "rootfs" / "data").mkdir(exist_ok=True)
+        before = _mounts_under(shared)
+        if how == "run":
+            assert Container.run("shared", path, store=store, stdout=subprocess.DEVNULL) == 0
+        else:
+            c = Container.create("shared", path, store=store, stdout=PIPE, stderr=STDOUT)
+            try:
+                c.start()
+                assert c.stdout is not None
+                assert c.stdout.read() == b"bound\n"
+                assert c.wait(timeout=30) == 0
+                assert _mounts_under(shared) == before  # while the container is there
+            finally:
+                if c.stdout is not None:
+                    c.stdout.close()
+                c.destroy()
+        assert _mounts_under(shared) == before
+    finally:
+        subprocess.run(["umount", "-l", str(shared)], check=False)
+
+
+def _mounts_under(directory: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return sorted(
+            line.split()[4] for line in f if line.split()[4].startswith(str(directory) + "/")
+        )

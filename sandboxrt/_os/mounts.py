@@ -421,6 +421,9 @@ def _attach_tree(tree: int, root_fd: int, root: str, plan: MountPlan) -> None:
             syscalls.move_mount(tree, target_fd)
         except OSError as exc:
             raise OSError(exc.errno, f"mount on {plan.destination}: {exc.strerror}") from None
+        # A copy of a shared host mount is its peer: made private before anything is
+        # mounted beneath it (the plan's own propagation, if any, comes after).
+        _fd_mount(None, tree, None, abi.MS_REC | abi.MS_PRIVATE, what=plan.destination)
         _check_bound(tree, root_fd, plan.destination, plan.flags, follow=True)
     finally:
         os.close(target_fd)
@@ -526,6 +529,9 @@ def enter_tree(tree: int) -> int:
         syscalls.move_mount(tree, host)
         os.fchdir(tree)
         os.chroot(".")
+        # A copy of a shared host mount is its peer: nothing mounted in the root may
+        # reach the host's, so it is made private before any mount.
+        syscalls.mount(None, "/", None, abi.MS_REC | abi.MS_PRIVATE)
     except BaseException:
         os.close(host)
         raise
