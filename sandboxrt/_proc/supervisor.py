@@ -21,6 +21,7 @@ import errno
 import mmap
 import os
 import re
+import select
 import selectors
 import signal
 import socket
@@ -298,6 +299,8 @@ class Supervisor:
         self.homes: list[int] = []
         #: Our root is the minimal one (:meth:`confine`).
         self.confined = False
+        #: The standard library's directories (``O_PATH``), held once confined.
+        self.stdlib_fds: list[int] = []
         #: The thread detaching the old root, until :meth:`settle`.
         self.detaching: _Detach | None = None
 
@@ -334,10 +337,9 @@ class Supervisor:
         if ["pid", ""] not in self.plan.namespaces:
             channel.close_fds([ahead.top])
             return
-        if not root.autostart:
-            # The exec agent spawns with ``subprocess`` (decision 31), which only the host's
-            # files can give us, now; ``run``'s container execs the slow way.
-            import subprocess  # noqa: F401
+        # The exec agent spawns with ``subprocess`` (decision 31), imported at the first exec
+        # from the host's standard library through these (not now: it takes 1.6 ms).
+        self.stdlib_fds = _stdlib_dirs()
         try:
             mounts.confine_to_proc(ahead.top if ahead.top >= 0 else None)
         except OSError as exc:
@@ -347,6 +349,24 @@ class Supervisor:
         # Detaching the host's mounts may wait for an RCU grace period (up to ms): done
         # aside, and waited for before we fork (:meth:`settle`) or on a quiet moment.
         self.detaching = _Detach()
+
+    def _import_subprocess(self) -> bool:
+        """Import ``subprocess`` (for the exec agent) if it is not yet: from the host's
+        standard library directories, held open since :meth:`confine`, through our
+        ``/proc/self/fd``; whether it is there."""
+        if "subprocess" in sys.modules or not self.confined:
+            return True
+        paths = [f"/proc/self/fd/{fd}" for fd in self.stdlib_fds]
+        saved = list(sys.path)
+        sys.path[:] = paths
+        try:
+            import subprocess  # noqa: F401
+        except ImportError as exc:
+            print(f"sandboxrt-sup: no exec agent: {exc}", file=sys.stderr)
+            return False
+        finally:
+            sys.path[:] = saved
+        return True
 
     def settle(self) -> None:
         """Wait for the old root's detach (:meth:`confine`): before any fork, since
@@ -1125,7 +1145,7 @@ class Supervisor:
         """Fork ``member``'s exec agent for ``profile``; ``None`` if it cannot have one
         (no ``subprocess`` to spawn with: a confined ``run`` sandbox, see :meth:`confine`)."""
         home = _home_of(self.homes, member.cgroup_dirs or [])
-        if home is None or (self.confined and "subprocess" not in sys.modules):
+        if home is None or not self._import_subprocess():
             member.agent_unfit.append(profile)
             return None
         try:
@@ -1525,6 +1545,17 @@ def _profile(plan: ExecPlan) -> ExecPlan:
 
 
 _MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def _stdlib_dirs() -> list[int]:
+    """``O_PATH`` fds of the standard library's directories (pure Python modules, and the
+    extension modules': ``subprocess`` needs ``_posixsubprocess``)."""
+    found: list[int] = []
+    for module in (os, select):
+        directory = os.path.dirname(module.__file__ or "")
+        with contextlib.suppress(OSError):
+            found.append(os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+    return found
 
 
 def _detach_old_root() -> None:
