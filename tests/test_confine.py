@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,19 +121,8 @@ def test_a_pod_works_from_a_confined_supervisor(
         assert sub.wait(timeout=30) == -signal.SIGKILL
         assert os.path.exists(sandbox.exit_file_of("sub"))
         # createContainer hooks (host programs) run from a host root the library sent.
-        setup = Setup(tmp_path, bundle)
-        setup.write({phase: [setup.hook(phase)] for phase in HOOK_PHASES})
-        hooked = pod.add_container("hooked", setup.path, stdout=subprocess.PIPE)
-        try:
-            hooked.start()
-            assert hooked.stdout is not None
-            assert hooked.stdout.read() == b"ran\n"
-            assert hooked.wait(timeout=10) == 0
-        finally:
-            if hooked.stdout is not None:
-                hooked.stdout.close()
-            hooked.destroy()
-        assert [tag for tag, _ in setup.entries()] == list(HOOK_PHASES)
+        entries = Setup(tmp_path, bundle).run_in_pod(pod, "hooked")
+        assert [tag for tag, _ in entries] == list(HOOK_PHASES)
         assert_confined(sandbox.pid)
     finally:
         pod.destroy()

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from conftest import BundleFactory, needs_busybox, needs_root, supervisor_pids
 
-from sandboxrt import Container, FileStore, Status
+from sandboxrt import Container, FileStore, Pod, Status
 from sandboxrt.errors import HookError
 
 pytestmark = [needs_root, needs_busybox]
@@ -85,6 +85,22 @@ class Setup:
 
     def tags(self) -> list[str]:
         return [tag for tag, _ in self.entries()]
+
+    def run_in_pod(self, pod: Pod, container_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """Every hook phase on a subcontainer of ``pod`` made, run (its program prints
+        ``ran``) and destroyed; the log's entries."""
+        self.write({phase: [self.hook(phase)] for phase in ALL_PHASES})
+        container = pod.add_container(container_id, self.path, stdout=subprocess.PIPE)
+        try:
+            container.start()
+            assert container.stdout is not None
+            assert container.stdout.read() == b"ran\n"
+            assert container.wait(timeout=10) == 0
+        finally:
+            if container.stdout is not None:
+                container.stdout.close()
+            container.destroy()
+        return self.entries()
 
 
 @pytest.fixture

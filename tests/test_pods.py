@@ -540,19 +540,7 @@ def test_subcontainer_creation_racing_a_root_destroy_leaves_nothing(
 
 
 def test_a_subcontainer_runs_its_own_hooks(pod: Pod, tmp_path: Path, bundle: BundleFactory) -> None:
-    setup = Setup(tmp_path, bundle)
-    setup.write({phase: [setup.hook(phase)] for phase in HOOK_PHASES})
-    a = pod.add_container("a", setup.path, stdout=subprocess.PIPE)
-    try:
-        a.start()
-        assert a.stdout is not None
-        assert a.stdout.read() == b"ran\n"
-        assert a.wait(timeout=10) == 0
-    finally:
-        if a.stdout is not None:
-            a.stdout.close()
-        a.destroy()
-    entries = setup.entries()
+    entries = Setup(tmp_path, bundle).run_in_pod(pod, "a")
     assert [tag for tag, _ in entries] == list(HOOK_PHASES)
     assert {state["id"] for _, state in entries} == {"a"}
     assert pod.root.status is Status.RUNNING

@@ -12,7 +12,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 from sandboxrt._core import protocol
@@ -23,6 +23,7 @@ __all__ = [
     "bind_listener",
     "close_fds",
     "connect",
+    "open_all",
     "peek",
     "receive",
     "receive_bytes",
@@ -35,6 +36,7 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=protocol._Message)
+T_Item = TypeVar("T_Item")
 
 #: The most fds one message carries (more go with :func:`send_many`).
 MAX_FDS = 16
@@ -188,6 +190,19 @@ def close_fds(fds: Sequence[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def open_all(items: Iterable[T_Item], open_one: Callable[[T_Item], int]) -> list[int]:
+    """``open_one`` of each of ``items``: every fd, or none (what was opened is closed
+    when one fails, and the error raised)."""
+    fds: list[int] = []
+    try:
+        for item in items:
+            fds.append(open_one(item))
+    except BaseException:
+        close_fds(fds)
+        raise
+    return fds
 
 
 def _short_address(path: str) -> tuple[str, int | None]:

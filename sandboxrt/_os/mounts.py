@@ -40,7 +40,7 @@ from typing import Literal
 
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import DevicePlan, MountPlan
-from sandboxrt._os import syscalls
+from sandboxrt._os import channel, syscalls
 from sandboxrt.errors import MissingFeatureError
 
 __all__ = [
@@ -504,15 +504,7 @@ def open_host_tree(path: str, *, recursive: bool = True) -> int:
 
 def open_host_trees(sources: Iterable[tuple[str, bool]]) -> list[int]:
     """:func:`open_host_tree` of each ``(path, recursive)``; all, or none (raises)."""
-    trees: list[int] = []
-    try:
-        for path, recursive in sources:
-            trees.append(open_host_tree(path, recursive=recursive))
-    except BaseException:
-        for tree in trees:
-            os.close(tree)
-        raise
-    return trees
+    return channel.open_all(sources, lambda source: open_host_tree(source[0], recursive=source[1]))
 
 
 def enter_tree(tree: int) -> int:

@@ -373,41 +373,35 @@ def join_cgroup(procs_files: Iterable[str], pid: int = 0) -> None:
 
 def open_cgroup_dirs(procs_files: Iterable[str]) -> list[int]:
     """``O_PATH`` fds (close-on-exec) of the directories of a cgroup's ``procs_files``."""
-    fds: list[int] = []
-    try:
-        for procs in procs_files:
-            directory = os.path.dirname(procs)
-            try:
-                fds.append(os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
-            except OSError as err:
-                raise OSError(err.errno, f"opening the cgroup {directory}: {err.strerror}") from err
-    except BaseException:
-        channel.close_fds(fds)
-        raise
-    return fds
+
+    def open_directory(procs: str) -> int:
+        directory = os.path.dirname(procs)
+        try:
+            return os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as err:
+            raise OSError(err.errno, f"opening the cgroup {directory}: {err.strerror}") from err
+
+    return channel.open_all(procs_files, open_directory)
 
 
 def open_cgroup(dirs: Iterable[int]) -> list[int]:
     """The files that move a thread into the cgroup (v1 ``tasks``, else ``cgroup.procs``)
     beneath each of its directories ``dirs`` (:func:`open_cgroup_dirs`), opened for
     writing (close-on-exec), for :func:`join_cgroup_fds`."""
-    fds: list[int] = []
     flags = os.O_WRONLY | os.O_CLOEXEC
-    try:
-        for directory in dirs:
-            name = "tasks"
+
+    def open_joiner(directory: int) -> int:
+        name = "tasks"
+        try:
             try:
-                try:
-                    fds.append(os.open(name, flags, dir_fd=directory))
-                except FileNotFoundError:  # v2
-                    name = "cgroup.procs"
-                    fds.append(os.open(name, flags, dir_fd=directory))
-            except OSError as err:
-                raise OSError(err.errno, f"opening the cgroup's {name}: {err.strerror}") from err
-    except BaseException:
-        channel.close_fds(fds)
-        raise
-    return fds
+                return os.open(name, flags, dir_fd=directory)
+            except FileNotFoundError:  # v2
+                name = "cgroup.procs"
+                return os.open(name, flags, dir_fd=directory)
+        except OSError as err:
+            raise OSError(err.errno, f"opening the cgroup's {name}: {err.strerror}") from err
+
+    return channel.open_all(dirs, open_joiner)
 
 
 def join_cgroup_fds(fds: Iterable[int], pid: int = 0) -> None:
