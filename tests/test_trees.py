@@ -46,6 +46,18 @@ def add_binds(path: Path, binds: list[tuple[str, str]]) -> None:
     (path / "config.json").write_text(json.dumps(doc))
 
 
+def _bundle_out_of_reach(bundle: BundleFactory, tmp_path: Path, marker: str) -> Path:
+    """A bundle that prints its /marker (``marker``), a bound file (``bound``) and our
+    tasks: its binds are sources the sandbox cannot reach by path."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("bound\n")
+    path = bundle(["sh", "-c", "cat /marker /data/f; ls /hostproc"])
+    (path / "rootfs/marker").write_text(marker + "\n")
+    add_binds(path, [(unreachable(source), "/data"), (f"/proc/{os.getpid()}/task", "/hostproc")])
+    return path
+
+
 def output(container: Container) -> str:
     """Start ``container``, read its output, wait; the output (exit code 0 asserted)."""
     try:
@@ -109,12 +121,7 @@ def test_plans_number_their_trees() -> None:
 def test_a_rootfs_the_sandbox_cannot_reach_by_path_is_its_root(
     store: FileStore, bundle: BundleFactory, tmp_path: Path, launcher: str
 ) -> None:
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "f").write_text("bound\n")
-    path = bundle(["sh", "-c", "cat /marker /data/f; ls /hostproc"])
-    (path / "rootfs/marker").write_text("rootfs\n")
-    add_binds(path, [(unreachable(source), "/data"), (f"/proc/{os.getpid()}/task", "/hostproc")])
+    path = _bundle_out_of_reach(bundle, tmp_path, "rootfs")
     chosen: Launcher = (
         SubprocessLauncher() if launcher == "subprocess" else ForkServerLauncher(build_ahead=False)
     )
@@ -192,12 +199,7 @@ def test_an_overlay_root_stacks_on_the_rootfs_tree(store: FileStore, bundle: Bun
 def test_a_subcontainer_gets_its_rootfs_and_binds_as_trees(
     store: FileStore, bundle: BundleFactory, tmp_path: Path
 ) -> None:
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "f").write_text("bound\n")
-    member = bundle(["sh", "-c", "cat /marker /data/f; ls /hostproc"])
-    (member / "rootfs/marker").write_text("member\n")
-    add_binds(member, [(unreachable(source), "/data"), (f"/proc/{os.getpid()}/task", "/hostproc")])
+    member = _bundle_out_of_reach(bundle, tmp_path, "member")
     pod = Pod.create("treepod", bundle(["sleep", "1000"]), store=store)
     try:
         pod.root.start()
