@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import stat
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +66,43 @@ def test_a_nested_plan_round_trips_through_its_encoding() -> None:
     assert decode(raw, SandboxPlan) == plan
     assert encode(decode(raw, SandboxPlan)) == raw
     assert any(m.bind and m.destination == "/data" for m in plan.init.mounts)
+
+
+def test_listeners_bound_from_many_threads_leave_the_umask_alone(tmp_path: Path) -> None:
+    """The process's umask is every thread's: binding a socket 0600 must not set it, even
+    for a moment (threads racing to set and restore it left it 0177 for good)."""
+    before = os.umask(0o022)
+    try:
+
+        def bind_many(worker: int) -> list[int]:
+            modes = []
+            for i in range(40):
+                path = tmp_path / f"w{worker}-{i}.sock"
+                with channel.bind_listener(str(path)):
+                    modes.append(stat.S_IMODE(path.lstat().st_mode))
+                (tmp_path / f"w{worker}-{i}.txt").touch()
+            return modes
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            modes = [m for ms in pool.map(bind_many, range(8)) for m in ms]
+        assert set(modes) == {0o600}
+        assert os.umask(0o022) == 0o022
+        files = {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.glob("*.txt")}
+        assert files == {0o644}  # made while other threads bound sockets
+        assert not list(tmp_path.glob(".bind-*"))
+    finally:
+        os.umask(before)
+
+
+def test_a_listener_is_not_bound_over_an_existing_path(tmp_path: Path) -> None:
+    path = tmp_path / "taken.sock"
+    path.write_text("mine")
+    with pytest.raises(FileExistsError):
+        channel.bind_listener(str(path))
+    assert path.read_text() == "mine"
+    long_dir = tmp_path / ("d" * 120)
+    long_dir.mkdir()
+    path = long_dir / "long.sock"  # longer than sun_path holds
+    with channel.bind_listener(str(path)) as sock, channel.connect(str(path), timeout=5.0):
+        accepted, _ = sock.accept()
+        accepted.close()

@@ -215,21 +215,30 @@ def _short_address(path: str) -> tuple[str, int | None]:
 
 
 def bind_listener(path: str, backlog: int = 64) -> socket.socket:
-    """A listening message socket bound at ``path`` with mode 0600."""
+    """A listening message socket bound at ``path`` with mode 0600; ``FileExistsError``
+    if ``path`` exists.
+
+    Bound under a temporary name beside it, made 0600, then linked into place: nobody
+    can connect before the mode is set, and the process's umask, which its threads
+    share, is never changed (a umask set for a moment is another thread's file's mode).
+    """
+    parent, name = os.path.split(path)
+    dirfd = os.open(parent or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    temporary = f".bind-{os.getpid()}-{os.urandom(4).hex()}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    address, dirfd = _short_address(path)
-    old = os.umask(0o177)
     try:
-        sock.bind(address)
-    except OSError:
+        sock.bind(f"/proc/self/fd/{dirfd}/{temporary}")  # short, however long ``path`` is
+        try:
+            os.chmod(temporary, 0o600, dir_fd=dirfd)
+            os.link(temporary, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+        finally:
+            os.unlink(temporary, dir_fd=dirfd)
+        sock.listen(backlog)
+    except BaseException:
         sock.close()
         raise
     finally:
-        os.umask(old)
-        if dirfd is not None:
-            os.close(dirfd)
-    os.chmod(path, 0o600)
-    sock.listen(backlog)
+        os.close(dirfd)
     return sock
 
 
