@@ -11,6 +11,8 @@ otherwise). Needs root.
 
 ``--overlay`` runs sandboxrt with ``Config(overlay=True)`` (the rootfs under a
 tmpfs overlay); the other runtimes run as usual, so their ratios show its cost.
+A second sandboxrt column has ``Config(lazy_gofer=True)``: no gofer process
+until a file call (decision 38).
 """
 
 from __future__ import annotations
@@ -164,6 +166,9 @@ def workspace(script: str, args: list[str]) -> Iterator[tuple[Path, Path, Spec]]
 def compare(bundle: Path, runs: Path, n: int, title: str, config: Config | None = None) -> None:
     """Time every runtime on ``bundle`` and print one table (sandboxrt with ``config``)."""
     results: dict[str, Timings] = {"sandboxrt": bench_sandboxrt(bundle, runs / "sbrt", n, config)}
+    # Beside it: no gofer until the file API is used (decision 38).
+    lazy = attrs.evolve(config or Config(), lazy_gofer=True)
+    results["sandboxrt lazy_gofer"] = bench_sandboxrt(bundle, runs / "lazy", n, lazy)
     results |= bench_others(lambda name, extra: bench_cli(name, bundle, runs / name, n, extra))
     base = {step: summary(results["sandboxrt"][step])[0] for step in STEPS}
     print(f"\n{title}, n={n}; median ms [p10-p90] (ratio to sandboxrt)")

@@ -17,7 +17,8 @@ class StdioPlan:
     """The init's three fds, and the caller's ends of any pipes.
 
     ``child_fds`` go to the sandbox; call :meth:`close_child_ends` once they
-    were sent, and :meth:`close_all` on failure.
+    were sent, and :meth:`close_all` on failure (as leaving a ``with`` block on an
+    exception does).
     """
 
     def __init__(self, stdin: StdioArg, stdout: StdioArg, stderr: StdioArg) -> None:
@@ -66,6 +67,13 @@ class StdioPlan:
         except OSError:
             raise ValueError(f"stdio file descriptor {fd} is not open") from None
         return fd
+
+    def __enter__(self) -> StdioPlan:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:
+            self.close_all()
 
     def close_child_ends(self) -> None:
         """Close the fds this plan opened for the child (after they were sent)."""

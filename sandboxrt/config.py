@@ -36,7 +36,11 @@ class Config:
     ``root.readonly`` the overlay is read-only too. ``destroy_timeout``: seconds
     destroy waits for the sandbox to go. ``create_timeout``: seconds the sandbox may stay
     silent while it is being created (the library's own hooks not counted) before
-    creation fails and the sandbox is destroyed.
+    creation fails and the sandbox is destroyed. ``lazy_gofer``: the container's
+    gofer starts at the first use of ``container.files`` instead of with the container
+    (the library then opens the rootfs and bind sources for the sandbox itself): one
+    process fewer for containers whose files nobody touches, such as short jobs
+    ``Container.run`` starts and ends.
     """
 
     network: Literal["sandbox", "host"] = "sandbox"
@@ -45,3 +49,4 @@ class Config:
     destroy_timeout: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
     lock_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
     create_timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    lazy_gofer: bool = False

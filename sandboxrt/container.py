@@ -243,7 +243,22 @@ class Container:
         if autostart:
             plan = dataclasses.replace(plan, init=dataclasses.replace(plan.init, autostart=True))
         cgroup_request = _cgroup.request_for(document)
-        with store.lock(id, timeout=config.lock_timeout):
+        # The caller's fds are checked before we open any; closed if the creation fails.
+        stdio = StdioPlan(stdin, stdout, stderr)
+        gofer: PendingGofer | None = None
+        if not config.lazy_gofer:
+            # The container's gofer, started with it, opens its rootfs and bind sources
+            # as detached mounts, which go to the sandbox (decisions 30, 37 and 38): asked
+            # now, it opens them while we take the lock and make the record.
+            try:
+                gofer = PendingGofer(launcher)
+            except BaseException:
+                stdio.close_all()
+                raise
+            gofer.ask(id, _tree_plan(plan.init).tree_sources())
+        # Both ended if the creation fails, from here on (the id in use, say).
+        ending = gofer if gofer is not None else contextlib.nullcontext()
+        with stdio, ending, store.lock(id, timeout=config.lock_timeout):
             record = ContainerRecord(
                 id=id,
                 bundle=str(bundle_path),
@@ -261,10 +276,8 @@ class Container:
             )
             store.create(record)  # raises ContainerExistsError, touching nothing
             container = cls(record, store)
-            stdio: StdioPlan | None = None
             pty: int | None = None
             trees: builtins.list[int] = []
-            gofer: PendingGofer | None = None
 
             def make_cgroup() -> list[str]:
                 assert cgroup_request is not None
@@ -307,15 +320,9 @@ class Container:
                     plan = dataclasses.replace(
                         plan, init=dataclasses.replace(plan.init, cgroup_procs=procs)
                     )
-                stdio = StdioPlan(stdin, stdout, stderr)
-                # The container's gofer, started with it, opens its rootfs and bind sources
-                # as detached mounts, which go to the sandbox (decisions 30 and 37); ``run``
-                # hands the container to nobody: its gofer starts on first use, and the
-                # library opens the trees itself.
-                if autostart:
+                if gofer is None:  # ``lazy_gofer``: one starts on first use
                     init, trees = _with_trees(plan.init, id, mounts.open_host_trees)
                 else:
-                    gofer = PendingGofer(launcher)
                     init, trees = _with_trees(plan.init, id, functools.partial(gofer.prepare, id))
                     container._record = attrs.evolve(container._record, gofer=gofer.identity)
                 plan = dataclasses.replace(plan, init=init)
@@ -353,7 +360,6 @@ class Container:
                 trees = []
                 if gofer is not None:
                     container._hand_over_gofer(gofer, sandbox)
-                    gofer = None
                 if container._record.status is Status.CREATING:  # else saved by save_running
                     record_sandbox(sandbox)
                     store.save(container._record)
@@ -368,13 +374,9 @@ class Container:
                 if pid_file is not None:
                     _write_pid_file(pid_file, sandbox.pid)
             except BaseException:
-                if stdio is not None:
-                    stdio.close_all()
                 if pty is not None:
                     os.close(pty)
                 channel.close_fds(trees)
-                if gofer is not None:
-                    gofer.abort()
                 if container.console is not None:
                     container.console.close()
                 container._teardown()
@@ -454,9 +456,9 @@ class Container:
 
     @property
     def gofer(self) -> Gofer | None:
-        """The container's gofer (the process that serves :attr:`files`), started on
-        first use, while the container is created, running or paused; ``None`` once
-        it stopped."""
+        """The container's gofer (the process that serves :attr:`files`), started with
+        the container (with ``Config.lazy_gofer``, by the first use of this or of
+        :attr:`files`); ``None`` once the container stopped."""
         try:
             return self._file_server()
         except InvalidStateError:
@@ -1274,22 +1276,27 @@ def _with_trees(
     open_trees: Callable[[Sequence[tuple[str, bool]]], builtins.list[int]],
 ) -> tuple[InitPlan, builtins.list[int]]:
     """``init`` with its rootfs and bind sources as detached mounts opened on the host
-    side by ``open_trees`` (the container's gofer, or this process for ``run``: ``open_tree``,
-    symlinks resolved on the host), and those trees (decisions 30 and 37).
+    side by ``open_trees`` (the container's gofer, or this process with ``lazy_gofer``;
+    ``open_tree``, symlinks resolved on the host), and those trees (decisions 30, 37, 38).
 
     Where a tree cannot be made (a missing source, no ``open_tree``), the plan goes
     by path, as before: the init then reports what is wrong.
     """
-    numbered, index = [], 1  # tree 0: the rootfs
-
-    for mount in init.mounts:
-        if mount.bind:
-            mount = dataclasses.replace(mount, tree=index)
-            index += 1
-        numbered.append(mount)
-    planned = dataclasses.replace(init, mounts=numbered, rootfs_tree=True)
+    planned = _tree_plan(init)
     try:
         return planned, open_trees(planned.tree_sources())
     except OSError as exc:
         log.debug("container %s: its root goes by path: %s", container_id, exc)
         return init, []
+
+
+def _tree_plan(init: InitPlan) -> InitPlan:
+    """``init`` with its rootfs and bind sources to come as detached mounts: tree 0 the
+    rootfs, then each bind mount's source, numbered in order."""
+    numbered, index = [], 1
+    for mount in init.mounts:
+        if mount.bind:
+            mount = dataclasses.replace(mount, tree=index)
+            index += 1
+        numbered.append(mount)
+    return dataclasses.replace(init, mounts=numbered, rootfs_tree=True)

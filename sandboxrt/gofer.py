@@ -95,6 +95,10 @@ class PendingGofer:
         self.identity: ProcessIdentity | None = None
         self._launcher = launcher or default_launcher()
         self._sock: socket.socket | None = None
+        #: The sources of the ``GoferPrepare`` sent and not answered yet (:meth:`ask`).
+        self._asked: list[tuple[str, bool]] | None = None
+        #: :meth:`start` handed the gofer over: its container's destroy ends it.
+        self._started = False
         if isinstance(self._launcher, ForkServerLauncher):
             self._sock = self._launcher.take_gofer()  # forked ahead by the fork server
         #: The gofer was forked ahead: if it died meanwhile, one is launched instead.
@@ -132,6 +136,15 @@ class PendingGofer:
         channel.close_fds(fds)
         return self._identify(launched)
 
+    def ask(self, container_id: str, sources: Sequence[tuple[str, bool]]) -> None:
+        """Have the gofer start opening ``sources`` now; :meth:`prepare` with the same
+        sources takes them (asking again if this did not reach the gofer)."""
+        try:
+            self._launched(container_id)
+            self._send_prepare(sources)
+        except (GoferError, OSError):
+            self._asked = None
+
     def prepare(self, container_id: str, sources: Sequence[tuple[str, bool]]) -> list[int]:
         """The detached mounts of ``sources`` (``(host path, recursive)``), opened by the
         gofer; ``OSError`` when one cannot be made (a missing source...), as
@@ -143,15 +156,22 @@ class PendingGofer:
                 raise
         # The gofer forked ahead is gone (killed, say): launch one for this container.
         self.close()
-        self._warm, self.identity = False, None
+        self._warm, self.identity, self._asked = False, None, None
         self._launch()
         return self._prepare(container_id, sources)
+
+    def _send_prepare(self, sources: Sequence[tuple[str, bool]]) -> None:
+        assert self._sock is not None
+        self._asked = [(path, rec) for path, rec in sources]
+        channel.send(self._sock, GoferPrepare([[path, rec] for path, rec in sources]))
 
     def _prepare(self, container_id: str, sources: Sequence[tuple[str, bool]]) -> list[int]:
         self._launched(container_id)
         assert self._sock is not None
         try:
-            channel.send(self._sock, GoferPrepare([[path, rec] for path, rec in sources]))
+            if self._asked != list(sources):
+                self._send_prepare(sources)
+            self._asked = None
             reply, trees = channel.receive(self._sock, FileReply)
             if reply.ok and len(trees) < len(sources):
                 channel.receive_rest(self._sock, trees, len(sources))
@@ -211,10 +231,21 @@ class PendingGofer:
         finally:
             os.close(pidfd)
         self.close()
+        self._started = True
         return Gofer(container_id, identity, path)
 
+    def __enter__(self) -> PendingGofer:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:
+            self.abort()
+
     def abort(self) -> None:
-        """Stop the gofer of a creation that failed: it exits, and is waited for."""
+        """Stop the gofer of a creation that failed: it exits, and is waited for (a
+        no-op once :meth:`start` handed it over)."""
+        if self._started:
+            return
         if self._sock is not None and self.identity is None:
             with contextlib.suppress(GoferError):
                 self._launched("")

@@ -31,6 +31,8 @@ from sandboxrt import (
     Status,
     WaitTimeoutError,
 )
+from sandboxrt._os import cgroups
+from sandboxrt._proc.launcher import ForkServerLauncher, default_launcher
 
 pytestmark = [needs_root, needs_busybox]
 
@@ -50,7 +52,13 @@ def assert_nothing_left(store: FileStore) -> None:
 
 @pytest.fixture
 def fd_check() -> Iterator[None]:
-    """Fail when the test leaves an fd open in this process."""
+    """Fail when the test leaves an fd open in this process. What lives as long as the
+    process is made first: the default fork server's connection, and the mount-table
+    watch of the cgroup layout's cache."""
+    launcher = default_launcher()
+    if isinstance(launcher, ForkServerLauncher):
+        launcher.start()
+    cgroups.detect()
     before = open_fds()
     yield
     assert open_fds() - before == set(), "file descriptors leaked"

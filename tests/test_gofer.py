@@ -24,6 +24,7 @@ from test_launchers import _children
 from sandboxrt import (
     PIPE,
     STDOUT,
+    Config,
     Container,
     FileStore,
     Gofer,
@@ -274,9 +275,11 @@ def test_the_gofer_serves_bind_mounts_made_from_trees(
     assert not (ro / "x").exists()
 
 
-def test_create_starts_the_gofer_and_run_does_not(store: FileStore, bundle: BundleFactory) -> None:
-    """A created container's gofer comes with it (it opened its root); ``run`` hands its
-    container to nobody, so its gofer would start on first use only (decision 37)."""
+def test_every_container_starts_with_its_gofer_unless_it_is_lazy(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """A container's gofer comes with it, ``run``'s too (it opened the root); with
+    ``Config(lazy_gofer=True)`` none starts until the file API is used (decision 38)."""
 
     class Counting(SubprocessLauncher):
         gofers = 0
@@ -288,11 +291,21 @@ def test_create_starts_the_gofer_and_run_does_not(store: FileStore, bundle: Bund
     launcher = Counting()
     path = bundle(["true"])
     assert Container.run("grun", path, store=store, launcher=launcher) == 0
-    assert Counting.gofers == 0
+    assert Counting.gofers == 1
     c = Container.create("gcreate", path, store=store, launcher=launcher)
     try:
-        assert Counting.gofers == 1
+        assert Counting.gofers == 2
         assert c.gofer is not None and c.gofer.is_running()
+    finally:
+        c.destroy()
+    lazy = Config(lazy_gofer=True)
+    assert Container.run("glazyrun", path, store=store, launcher=launcher, config=lazy) == 0
+    c = Container.create("glazy", path, store=store, launcher=launcher, config=lazy)
+    try:
+        assert Counting.gofers == 2  # (reading ``c.gofer`` would start it)
+        c.files.write_text("/hello", "hi")  # (through the default launcher: not recorded)
+        assert c.gofer is not None and c.gofer.is_running()
+        assert c.files.read_text("/hello") == "hi"
     finally:
         c.destroy()
 

@@ -247,6 +247,12 @@ class ForkServerLauncher:
                 raise SandboxrtError(f"the sandbox fork server failed: {exc}") from exc
         return _ForkedProcess()
 
+    def start(self) -> None:
+        """Start the fork server now rather than at the first launch (a no-op while it
+        runs); its connection stays open until :meth:`close`."""
+        with self._lock:
+            self._connection()
+
     def close(self) -> None:
         """Stop the fork server (sandboxes it launched live on)."""
         if self._gofer_sock is not None and self._owner == os.getpid():
