@@ -27,6 +27,7 @@ from sandboxrt._core.protocol import (
 )
 from sandboxrt._core.records import ProcessIdentity
 from sandboxrt._os import channel, procfs
+from sandboxrt._proc.init import open_cgroup_dirs
 from sandboxrt._proc.launcher import LaunchedProcess, Launcher, default_launcher
 from sandboxrt._proc.supervisor import is_warm_shape
 from sandboxrt.errors import (
@@ -212,17 +213,25 @@ class Sandbox:
         make_cgroup: Callable[[], list[str]] | None,
         on_cgroup: Callable[[], None] | None,
     ) -> BaseException | None:
-        """Make the cgroup while the sandbox starts, and tell its init which to join;
+        """Make the cgroup while the sandbox starts, and tell its init which to join (its
+        directories as fds);
         on failure the init is told to give up, and the error returned (raised once the
         sandbox is known, so that it is destroyed). A sandbox that is gone already is
         reported by what follows."""
         failed: BaseException | None = None
+        dirs: list[int] = []
         try:
-            step = Progress("cgroup", details={"procs": make_cgroup() if make_cgroup else []})
+            procs = make_cgroup() if make_cgroup else []
+            # Its directories go as fds: the sandbox resolves no host path (decision 38).
+            dirs = open_cgroup_dirs(procs)
+            step = Progress("cgroup", details={"procs": procs})
         except BaseException as exc:
             failed, step = exc, Progress("cancel", error=f"making the cgroup failed: {exc}")
-        with contextlib.suppress(OSError):
-            channel.send(sock, step)
+        try:
+            with contextlib.suppress(OSError):
+                channel.send(sock, step, dirs)
+        finally:
+            channel.close_fds(dirs)
         if on_cgroup is not None:
             try:
                 on_cgroup()

@@ -35,6 +35,7 @@ from sandboxrt import _cgroup as library_cgroup
 from sandboxrt._os import cgroups, procfs
 from sandboxrt._os.cgroups import CgroupLayout, DeviceRule, Hierarchy
 from sandboxrt._os.cgroups.layout import parse_proc_cgroup
+from sandboxrt._proc.launcher import LaunchedProcess, SubprocessLauncher, python_command
 
 MiB = 1 << 20
 
@@ -508,3 +509,51 @@ def test_without_any_hierarchy_a_cgroup_is_required_only_when_asked_for() -> Non
     assert request.resources.devices[0] == DeviceRule(False, "a", None, None, "rwm")
     request = library_cgroup.request_for({}, layout=V1_ONLY)
     assert request is not None and not request.required and request.path is None
+
+
+class _NoCgroupfsLauncher(SubprocessLauncher):
+    """Launches sandboxes in a private mount namespace where the host's cgroupfs is not
+    mounted (``umount -l`` there, after ``--propagation private``: the host keeps it)."""
+
+    def launch(self, *, bootstrap_fd: int, log_fd: int, warm: bool = False) -> LaunchedProcess:
+        hide = 'umount -l /sys/fs/cgroup && exec "$@"'
+        command = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", hide]
+        return subprocess.Popen(
+            [*command, "sh", *python_command("sandboxrt._proc.supervisor", "main", bootstrap_fd)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log_fd,
+            pass_fds=(bootstrap_fd,),
+            close_fds=True,
+            start_new_session=True,
+        )
+
+
+@real
+def test_a_sandbox_that_sees_no_cgroupfs_still_joins_its_cgroup(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """The library opens the cgroup's directories and sends them: the sandbox resolves no
+    host cgroup path (decision 38), so hiding the cgroupfs from it changes nothing."""
+    path = bundle(["sleep", "1000"])
+    edit_config(path, resources(memory={"limit": 64 * MiB}, pids={"limit": 50}))
+    container = Container.create("nocgfs", path, store=store, launcher=_NoCgroupfsLauncher())
+    try:
+        supervisor = container.state().pid
+        assert supervisor is not None
+        container.start()
+        cgroup = cgroup_of(store, "nocgfs")
+        wait_for(lambda: len(family(supervisor)) >= 2)
+        assert container.exec_run(["true"], timeout=30).returncode == 0
+        members = family(supervisor)[1:]
+        assert members and set(members) <= set(cgroup.pids())
+        want = expected_paths(cgroup)
+        assert {k: proc_cgroups(members[0]).get(k) for k in want} == want
+        container.pause()
+        assert read(cgroup.require("freezer"), "freezer.state") == "FROZEN"
+        container.resume()
+        container.kill(signal.SIGKILL, all=True)
+        assert container.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        container.destroy()
+    assert not any(d.exists() for d in cgroup.directories)

@@ -175,11 +175,16 @@ def _prepare_root(
         mounts.leave_tree(host)
         if plan.create_container_hooks:  # host programs: they look at the bundle's rootfs
             mounts.show_at(built, os.path.realpath(plan.rootfs))
-    if plan.await_cgroup:  # made by the library meanwhile; joined while host paths resolve
-        step, _ = channel.receive(sync, Progress)
-        if step.step != "cgroup":
-            raise RuntimeError(step.error or "creation was cancelled")
-        _enter_cgroup(step.details.get("procs", []), new_cgroup_namespace)
+    if plan.await_cgroup:  # made by the library meanwhile; joined through files it opened
+        step, joiners = channel.receive(sync, Progress)
+        try:
+            if step.step != "cgroup":
+                raise RuntimeError(step.error or "creation was cancelled")
+            join_cgroup_fds(joiners)
+        finally:
+            channel.close_fds(joiners)
+        if new_cgroup_namespace:
+            syscalls.unshare(abi.CLONE_NEWCGROUP)
     if plan.pause_for_hooks:
         channel.send(sync, Progress("mounted"))
         go, _ = channel.receive(sync, Progress)

@@ -388,7 +388,8 @@ class Supervisor:
         ``created``."""
         root = self.root
         assert root.init_sync is not None
-        root.cgroup_dirs = open_cgroup_dirs(root.cgroup_procs)
+        if root.cgroup_dirs is None:
+            root.cgroup_dirs = open_cgroup_dirs(root.cgroup_procs)
         cgroup = open_cgroup(root.cgroup_dirs)
         try:
             claim = Claim(self.plan.init, len(cgroup), root.new_cgroup_namespace)
@@ -475,16 +476,27 @@ class Supervisor:
         channel.send(self.bootstrap, step, fds or [])
 
     def relay_cgroup(self) -> None:
-        """Pass the library's word on the root's cgroup to its init (``await_cgroup``)."""
+        """Pass the library's word on the root's cgroup to its init (``await_cgroup``): the
+        files that join it, beneath the directories that came as fds."""
         root = self.root
         assert root.init_sync is not None
-        step, _ = channel.receive(self.bootstrap, Progress)
+        step, dirs = channel.receive(self.bootstrap, Progress)
         if step.step == "cgroup":
             root.cgroup_procs = [str(p) for p in step.details.get("procs", [])]
+            if len(dirs) != len(root.cgroup_procs):
+                channel.close_fds(dirs)
+                raise ValueError(f"{len(dirs)} cgroup directories for {root.cgroup_procs}")
+            root.cgroup_dirs = dirs
+        else:
+            channel.close_fds(dirs)
         if step.step == "cgroup" and self.adopted:
             return  # moved in by hand_plan
-        with contextlib.suppress(OSError):  # an init that failed already said why
-            channel.send(root.init_sync, step)
+        joiners = open_cgroup(dirs) if step.step == "cgroup" else []
+        try:
+            with contextlib.suppress(OSError):  # an init that failed already said why
+                channel.send(root.init_sync, step, joiners)
+        finally:
+            channel.close_fds(joiners)
 
     def relay_creation(self) -> bool:
         """Pass the root init's creation steps to the library; ``True`` once created.
