@@ -1140,8 +1140,14 @@ def _process_pid(container_id: str, pid: int) -> int:
 
 
 def _effective_status(record: ContainerRecord, sandbox: Sandbox | None) -> Status:
+    """``record``'s status, or ``stopped`` where its sandbox is gone or its init exited: a
+    subcontainer's too once the root's init exited (the sandbox ends; the supervisor
+    records the subcontainers' exits one by one on its way out)."""
     if record.status in _LIVE and (
-        sandbox is None or not sandbox.is_running() or sandbox.exit_status(record.id) is not None
+        sandbox is None
+        or not sandbox.is_running()
+        or sandbox.exit_status(record.id) is not None
+        or (record.sandbox_id != record.id and sandbox.exit_status() is not None)
     ):
         return Status.STOPPED
     return record.status
