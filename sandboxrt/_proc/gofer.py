@@ -57,11 +57,13 @@ PROCESS_NAME = "sandboxrt-gofer"
 WARM_NAME = "sandboxrt-wgof"
 
 #: The capabilities the gofer keeps: reading and writing any file of the container and
-#: giving what it creates to the container's user. No ``CAP_SYS_ADMIN``, no ptrace, no net.
+#: giving what it creates to the container's user. No ``CAP_SYS_ADMIN``, no ptrace, no net,
+#: and no ``CAP_DAC_READ_SEARCH``: ``CAP_DAC_OVERRIDE`` passes every permission check it
+#: would, and it alone allows ``open_by_handle_at``, which opens any file of a filesystem
+#: (the host's too, if the container's root is on it) from any fd on it.
 KEPT_CAPABILITIES = (
     abi.CAP_CHOWN,
     abi.CAP_DAC_OVERRIDE,
-    abi.CAP_DAC_READ_SEARCH,
     abi.CAP_FOWNER,
     abi.CAP_FSETID,
 )
