@@ -182,3 +182,20 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.005)
+
+
+def assert_minimal_root(pid: int) -> None:
+    """``pid``'s root holds its /proc only, and it sees no other mount (the supervisor's
+    and the gofer's once confined: decisions 33 and 38)."""
+    root = f"/proc/{pid}/root"
+    assert os.listdir(root) == ["proc"]
+    for host_file in ("etc/hostname", "usr", "etc", "sys", "dev", "tmp"):
+        assert not os.path.lexists(os.path.join(root, host_file))
+
+    def mounts_seen() -> list[tuple[str, str]]:
+        with open(f"/proc/{pid}/mountinfo") as f:
+            return sorted((line.split()[4], line.split(" - ")[1].split()[0]) for line in f)
+
+    # The host's mounts are detached aside, right after the pivot.
+    wait_until(lambda: len(mounts_seen()) == 2)
+    assert mounts_seen() == [("/", "tmpfs"), ("/proc", "proc")]

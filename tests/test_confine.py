@@ -11,7 +11,13 @@ from pathlib import Path
 
 import attrs
 import pytest
-from conftest import BundleFactory, in_python, needs_busybox, needs_root, wait_until
+from conftest import (
+    BundleFactory,
+    assert_minimal_root,
+    in_python,
+    needs_busybox,
+    needs_root,
+)
 from test_hooks_lifecycle import ALL_PHASES as HOOK_PHASES
 from test_hooks_lifecycle import Setup
 
@@ -24,21 +30,10 @@ SLEEP = ["sleep", "1000"]
 
 
 def assert_confined(pid: int) -> None:
-    """``pid``'s root holds its /proc only, and it sees no other mount."""
-    root = f"/proc/{pid}/root"
-    assert os.listdir(root) == ["proc"]
-    for host_file in ("etc/hostname", "usr", "etc", "sys", "dev", "tmp"):
-        assert not os.path.lexists(os.path.join(root, host_file))
-
-    def mounts_seen() -> list[tuple[str, str]]:
-        with open(f"/proc/{pid}/mountinfo") as f:
-            return sorted((line.split()[4], line.split(" - ")[1].split()[0]) for line in f)
-
-    # The host's mounts are detached aside, right after the pivot (decision 33).
-    wait_until(lambda: len(mounts_seen()) == 2)
-    assert mounts_seen() == [("/", "tmpfs"), ("/proc", "proc")]
+    """The supervisor ``pid``'s root is minimal."""
+    assert_minimal_root(pid)
     # Its /proc is its PID namespace's: it is 1 there.
-    with open(os.path.join(root, "proc/1/status")) as f:
+    with open(f"/proc/{pid}/root/proc/1/status") as f:
         assert f.readline().split() == ["Name:", "sandboxrt-sup"]
 
 

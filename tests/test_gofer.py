@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import (
     BundleFactory,
+    assert_minimal_root,
     children_of_this_process,
     needs_busybox,
     needs_root,
@@ -122,7 +123,9 @@ def test_gofer_holds_only_its_capabilities_and_no_new_privs(
         assert fields["NoNewPrivs"] == "1"
         with open(f"/proc/{gofer.pid}/comm") as f:
             assert f.read().strip() == PROCESS_NAME
-        # A mount namespace of its own: neither ours nor the container's.
+        # A mount namespace of its own, neither ours nor the container's, whose root shows
+        # no host file (decision 38).
+        assert_minimal_root(gofer.pid)
         own = os.stat(f"/proc/{gofer.pid}/ns/mnt").st_ino
         assert own != os.stat("/proc/self/ns/mnt").st_ino
         sup = c.sandbox.pid  # type: ignore[union-attr]

@@ -102,8 +102,9 @@ class GoferPrepare(_Message):
 @dataclasses.dataclass(frozen=True)
 class GoferStart(_Message):
     """Library → gofer, once the container exists: with it come a pidfd of the sandbox's
-    supervisor, the listening socket and the log file. The gofer asks the supervisor for
-    the container's root (``O_PATH``) on ``control_socket`` itself."""
+    supervisor, the listening socket, the log file and an ``O_PATH`` fd of the runtime
+    directory. The gofer asks the supervisor for the container's root (``O_PATH``) on
+    ``control_socket`` (its name in that directory) itself."""
 
     kind: ClassVar[str] = "gofer-start"
 

@@ -33,7 +33,7 @@ import signal
 import socket
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from sandboxrt._core import abi
@@ -47,7 +47,7 @@ from sandboxrt._core.file_protocol import (
     WalkEntry,
 )
 from sandboxrt._core.protocol import Launched, Reply, Request
-from sandboxrt._os import capabilities, channel, mounts, procfs, syscalls
+from sandboxrt._os import capabilities, channel, mounts, procfs, stdlib, syscalls
 
 __all__ = ["KEPT_CAPABILITIES", "PROCESS_NAME", "WARM_NAME", "main", "serve_here"]
 
@@ -69,15 +69,22 @@ KEPT_CAPABILITIES = (
 )
 
 
-def _confine() -> None:
-    """Own mount namespace (all private), only :data:`KEPT_CAPABILITIES`, no_new_privs."""
+def _confine() -> list[int]:
+    """Own mount namespace (all private) whose root holds only ``/proc`` (no host file in
+    sight: what we need of the host comes as fds), only :data:`KEPT_CAPABILITIES`,
+    no_new_privs. Returns fds of the standard library's directories, opened before."""
+    dirs = stdlib.directories()
     syscalls.unshare(abi.CLONE_NEWNS)
     syscalls.mount(None, "/", None, abi.MS_REC | abi.MS_PRIVATE)
+    mounts.confine_to_proc()
+    # May wait for an RCU grace period: we have nothing else to do until GoferStart.
+    mounts.detach_old_root()
     capabilities.drop_bounding(KEPT_CAPABILITIES)
     kept = capabilities.mask(KEPT_CAPABILITIES)
     syscalls.capset(kept, kept, 0)
     syscalls.ambient_clear_all()
     syscalls.prctl(abi.PR_SET_NO_NEW_PRIVS, 1)
+    return dirs
 
 
 _O_DIR = os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
@@ -99,12 +106,20 @@ def _split(path: str) -> tuple[str, str]:
 
 class Files:
     """The file operations, beneath one root fd, creating as ``uid:gid``. ``root`` is the
-    fd, or what fetches it at the first operation (the gofer asks the supervisor then)."""
+    fd, or what fetches it at the first operation (the gofer asks the supervisor then);
+    ``stdlib_dirs``: where modules imported later come from (:func:`stdlib.directories`)."""
 
-    def __init__(self, root: int | Callable[[], int], uid: int, gid: int) -> None:
+    def __init__(
+        self,
+        root: int | Callable[[], int],
+        uid: int,
+        gid: int,
+        stdlib_dirs: Sequence[int] = (),
+    ) -> None:
         self._root = root
         self.uid = uid
         self.gid = gid
+        self._stdlib_dirs = stdlib_dirs
 
     @property
     def root(self) -> int:
@@ -240,8 +255,8 @@ class Files:
             elif request.recursive:
                 # fd-based: each directory is opened, checked to be the one lstat saw,
                 # and emptied through its fd; symlinks are unlinked, never followed.
-                import shutil  # (not at import: it loads the compression modules)
-
+                # (``shutil`` not at import: it loads the compression modules)
+                shutil = stdlib.import_through(self._stdlib_dirs, "shutil")
                 shutil.rmtree(name, dir_fd=parent)
             else:
                 os.rmdir(name, dir_fd=parent)
@@ -360,9 +375,11 @@ def _prepare(bootstrap: socket.socket, request: GoferPrepare) -> None:
         channel.close_fds(trees)
 
 
-def _fetch_root(start: GoferStart) -> int:
-    """The container's root (``O_PATH``), from its supervisor (a ``root`` request)."""
-    with channel.connect(start.control_socket, timeout=10.0) as conn:
+def _fetch_root(start: GoferStart, runtime_dir: int) -> int:
+    """The container's root (``O_PATH``), from its supervisor (a ``root`` request on its
+    control socket, in the ``runtime_dir`` we hold an fd of)."""
+    name = os.path.basename(start.control_socket)
+    with channel.connect(f"/proc/self/fd/{runtime_dir}/{name}", timeout=10.0) as conn:
         channel.send(conn, Request("root", start.container_id))
         reply, fds = channel.receive(conn, Reply)
     if not reply.ok or len(fds) != 1:
@@ -387,9 +404,10 @@ def _run(bootstrap: socket.socket) -> NoReturn:
             _prepare(bootstrap, first)
     except BaseException:
         os._exit(0)  # the creation failed or was abandoned
+    stdlib_dirs: list[int] = []
     if problem is None:
         try:
-            _confine()
+            stdlib_dirs = _confine()
         except Exception as exc:
             problem = exc
     try:
@@ -398,19 +416,18 @@ def _run(bootstrap: socket.socket) -> NoReturn:
     except BaseException:
         os._exit(0)  # the creation failed or was abandoned
     bootstrap.close()
-    if not isinstance(first, GoferStart) or len(fds) != 3:
+    if not isinstance(first, GoferStart) or len(fds) != 4:
         os._exit(1)
-    supervisor, listen_fd, log_fd = fds
+    supervisor, listen_fd, log_fd, runtime_dir = fds
     os.dup2(log_fd, 2)
     os.close(log_fd)
     if problem is not None:
-        import traceback
-
-        traceback.print_exception(problem, file=sys.stderr)
+        print(f"{PROCESS_NAME}: {type(problem).__name__}: {problem}", file=sys.stderr)
         os._exit(1)
     listener = socket.socket(fileno=listen_fd)
     start = first
-    _serve(Files(lambda: _fetch_root(start), first.uid, first.gid), listener, supervisor)
+    files = Files(lambda: _fetch_root(start, runtime_dir), first.uid, first.gid, stdlib_dirs)
+    _serve(files, listener, supervisor)
 
 
 def serve_here(bootstrap_fd: int, *, warm: bool = False) -> NoReturn:

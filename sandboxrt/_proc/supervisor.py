@@ -21,7 +21,6 @@ import errno
 import mmap
 import os
 import re
-import select
 import selectors
 import signal
 import socket
@@ -45,7 +44,7 @@ from sandboxrt._core.protocol import (
     decode,
     encode,
 )
-from sandboxrt._os import capabilities, channel, mounts, net, procfs, syscalls
+from sandboxrt._os import capabilities, channel, mounts, net, procfs, stdlib, syscalls
 from sandboxrt._proc.init import (
     AGENT_BOARD,
     error_progress,
@@ -339,7 +338,7 @@ class Supervisor:
             return
         # The exec agent spawns with ``subprocess`` (decision 31), imported at the first exec
         # from the host's standard library through these (not now: it takes 1.6 ms).
-        self.stdlib_fds = _stdlib_dirs()
+        self.stdlib_fds = stdlib.directories()
         try:
             mounts.confine_to_proc(ahead.top if ahead.top >= 0 else None)
         except OSError as exc:
@@ -354,18 +353,11 @@ class Supervisor:
         """Import ``subprocess`` (for the exec agent) if it is not yet: from the host's
         standard library directories, held open since :meth:`confine`, through our
         ``/proc/self/fd``; whether it is there."""
-        if "subprocess" in sys.modules or not self.confined:
-            return True
-        paths = [f"/proc/self/fd/{fd}" for fd in self.stdlib_fds]
-        saved = list(sys.path)
-        sys.path[:] = paths
         try:
-            import subprocess  # noqa: F401
+            stdlib.import_through(self.stdlib_fds, "subprocess")
         except ImportError as exc:
             print(f"sandboxrt-sup: no exec agent: {exc}", file=sys.stderr)
             return False
-        finally:
-            sys.path[:] = saved
         return True
 
     def settle(self) -> None:
@@ -1557,17 +1549,6 @@ def _profile(plan: ExecPlan) -> ExecPlan:
 
 
 _MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")
-
-
-def _stdlib_dirs() -> list[int]:
-    """``O_PATH`` fds of the standard library's directories (pure Python modules, and the
-    extension modules': ``subprocess`` needs ``_posixsubprocess``)."""
-    found: list[int] = []
-    for module in (os, select):
-        directory = os.path.dirname(module.__file__ or "")
-        with contextlib.suppress(OSError):
-            found.append(os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
-    return found
 
 
 def _detach_old_root() -> None:
