@@ -243,22 +243,18 @@ class Container:
         if autostart:
             plan = dataclasses.replace(plan, init=dataclasses.replace(plan.init, autostart=True))
         cgroup_request = _cgroup.request_for(document)
-        # The caller's fds are checked before we open any; closed if the creation fails.
-        stdio = StdioPlan(stdin, stdout, stderr)
-        gofer: PendingGofer | None = None
-        if not config.lazy_gofer:
-            # The container's gofer, started with it, opens its rootfs and bind sources
-            # as detached mounts, which go to the sandbox (decisions 30, 37 and 38): asked
-            # now, it opens them while we take the lock and make the record.
-            try:
-                gofer = PendingGofer(launcher)
-            except BaseException:
-                stdio.close_all()
-                raise
-            gofer.ask(id, _tree_plan(plan.init).tree_sources())
-        # Both ended if the creation fails, from here on (the id in use, say).
-        ending = gofer if gofer is not None else contextlib.nullcontext()
-        with stdio, ending, store.lock(id, timeout=config.lock_timeout):
+        # Each closed or ended if the creation fails, from here on (the id in use, say).
+        with contextlib.ExitStack() as undo:
+            # The caller's fds are checked before we open any.
+            stdio = undo.enter_context(StdioPlan(stdin, stdout, stderr))
+            gofer: PendingGofer | None = None
+            if not config.lazy_gofer:
+                # The container's gofer, started with it, opens its rootfs and bind sources
+                # as detached mounts, which go to the sandbox (decisions 30, 37 and 38):
+                # asked now, it opens them while we take the lock and make the record.
+                gofer = undo.enter_context(PendingGofer(launcher))
+                gofer.ask(_tree_plan(plan.init).tree_sources())
+            undo.enter_context(store.lock(id, timeout=config.lock_timeout))
             record = ContainerRecord(
                 id=id,
                 bundle=str(bundle_path),
@@ -991,6 +987,7 @@ class Container:
                 control_socket=sandbox.control_socket,
                 uid=int(user.get("uid", 0)),
                 gid=int(user.get("gid", 0)),
+                subcontainer=self.is_subcontainer,
             )
         except BaseException:
             pending.abort()

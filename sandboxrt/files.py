@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 from sandboxrt._core.file_protocol import FileReply, FileRequest, FileStat, WalkEntry
+from sandboxrt._core.protocol import DEFAULT_UMASK
 from sandboxrt._os import channel
 from sandboxrt.errors import ContainerFileError, GoferError, file_error
 
@@ -143,6 +144,12 @@ class ContainerFiles:
     def __repr__(self) -> str:
         return f"ContainerFiles({self._container.id!r})"
 
+    def _umask(self) -> int:
+        """The umask of the container's process (``process.user.umask``; 022 unset)."""
+        user = (self._container._record.spec.get("process") or {}).get("user") or {}
+        umask = user.get("umask")
+        return int(umask) if umask is not None else DEFAULT_UMASK
+
     @contextlib.contextmanager
     def _session(self) -> Iterator[_Session]:
         gofer = self._container._file_server()
@@ -167,16 +174,20 @@ class ContainerFiles:
         encoding: str | None = None,
         errors: str | None = None,
         newline: str | None = None,
-        permissions: int = 0o644,
+        permissions: int | None = None,
     ) -> IO[Any]:
         """Open a regular file of the container, as the builtin ``open`` does.
 
         ``mode`` is ``r``, ``w``, ``a`` or ``x`` with ``b``/``t`` and ``+``; a
-        file it creates gets ``permissions`` and the container user as owner.
-        Reading and writing go straight to the file (the gofer is not in the
-        way), so streams of any size use little memory.
+        file it creates is the container user's, with ``permissions`` (exactly),
+        else 0666 less the user's umask (``process.user.umask``, 022 if unset), as
+        the container's own process would make it. Reading and writing go straight
+        to the file (the gofer is not in the way), so streams of any size use little
+        memory.
         """
         flags = _open_flags(mode)
+        if permissions is None:
+            permissions = 0o666 & ~self._umask()
         with self._session() as session:
             fd = session.open_fd(path, flags, permissions)
         try:
@@ -196,8 +207,9 @@ class ContainerFiles:
             text: str = f.read()
         return text
 
-    def write_bytes(self, path: str, data: bytes, *, permissions: int = 0o644) -> int:
-        """Replace a file's content with ``data`` (creating it); bytes written."""
+    def write_bytes(self, path: str, data: bytes, *, permissions: int | None = None) -> int:
+        """Replace a file's content with ``data`` (creating it, as :meth:`open` does);
+        bytes written."""
         with self.open(path, "wb", permissions=permissions) as f:
             return f.write(data)
 
@@ -208,7 +220,7 @@ class ContainerFiles:
         encoding: str | None = None,
         errors: str | None = None,
         *,
-        permissions: int = 0o644,
+        permissions: int | None = None,
     ) -> int:
         with self.open(path, "w", encoding=encoding, errors=errors, permissions=permissions) as f:
             return f.write(data)
@@ -233,10 +245,18 @@ class ContainerFiles:
             return reply.names
 
     def mkdir(
-        self, path: str, mode: int = 0o755, *, parents: bool = False, exist_ok: bool = False
+        self,
+        path: str,
+        mode: int | None = None,
+        *,
+        parents: bool = False,
+        exist_ok: bool = False,
     ) -> None:
-        """Make a directory; with ``parents`` its missing parents too (and then an existing
-        directory is fine, as with ``mkdir -p``)."""
+        """Make a directory, the container user's, with ``mode`` (exactly), else 0777
+        less the user's umask (as :meth:`open`); with ``parents`` its missing parents too
+        (and then an existing directory is fine, as with ``mkdir -p``)."""
+        if mode is None:
+            mode = 0o777 & ~self._umask()
         with self._session() as session:
             session.mkdir(path, mode, parents=parents, exist_ok=exist_ok or parents)
 

@@ -136,14 +136,14 @@ class PendingGofer:
         channel.close_fds(fds)
         return self._identify(launched)
 
-    def ask(self, container_id: str, sources: Sequence[tuple[str, bool]]) -> None:
-        """Have the gofer start opening ``sources`` now; :meth:`prepare` with the same
-        sources takes them (asking again if this did not reach the gofer)."""
+    def ask(self, sources: Sequence[tuple[str, bool]]) -> None:
+        """Send the gofer ``GoferPrepare`` for ``sources`` now, without waiting (it waits
+        in the socket while a gofer starts): it opens them while we go on, and
+        :meth:`prepare` with the same sources takes them."""
         try:
-            self._launched(container_id)
             self._send_prepare(sources)
-        except (GoferError, OSError):
-            self._asked = None
+        except OSError:
+            self._asked = None  # (a warm gofer that died: :meth:`prepare` replaces it)
 
     def prepare(self, container_id: str, sources: Sequence[tuple[str, bool]]) -> list[int]:
         """The detached mounts of ``sources`` (``(host path, recursive)``), opened by the
@@ -154,8 +154,11 @@ class PendingGofer:
         except GoferError:
             if not self._warm:
                 raise
-        # The gofer forked ahead is gone (killed, say): launch one for this container.
+        # The gofer forked ahead is gone (killed, say) or stuck: it is ended, and one
+        # launched for this container.
         self.close()
+        if self.identity is not None:
+            kill_process(self.identity, 10.0)
         self._warm, self.identity, self._asked = False, None, None
         self._launch()
         return self._prepare(container_id, sources)
@@ -166,15 +169,18 @@ class PendingGofer:
         channel.send(self._sock, GoferPrepare([[path, rec] for path, rec in sources]))
 
     def _prepare(self, container_id: str, sources: Sequence[tuple[str, bool]]) -> list[int]:
+        wanted = [(path, rec) for path, rec in sources]
+        if self._asked is not None and self._asked != wanted:
+            raise ValueError("the gofer was asked for other trees")  # (it answers once)
         self._launched(container_id)
         assert self._sock is not None
         try:
-            if self._asked != list(sources):
-                self._send_prepare(sources)
+            if self._asked is None:
+                self._send_prepare(wanted)
             self._asked = None
             reply, trees = channel.receive(self._sock, FileReply)
-            if reply.ok and len(trees) < len(sources):
-                channel.receive_rest(self._sock, trees, len(sources))
+            if reply.ok and len(trees) < len(wanted):
+                channel.receive_rest(self._sock, trees, len(wanted))
         except (OSError, ValueError) as exc:
             raise GoferError(container_id, f"it did not prepare the root: {exc}") from exc
         if not reply.ok:
@@ -202,9 +208,12 @@ class PendingGofer:
         control_socket: str,
         uid: int,
         gid: int,
+        subcontainer: bool = False,
     ) -> Gofer | None:
         """Hand the gofer its socket and the supervisor; it fetches the container's root
-        from the supervisor (``control_socket``) and serves from then on.
+        from the supervisor (``control_socket``) and serves from then on, until the
+        supervisor exits or, for a ``subcontainer`` (whose root it fetches at once), its
+        init does.
 
         None when the sandbox has exited already (a quick program started by
         ``run``): the gofer is stopped, there is nothing left to serve.
@@ -226,9 +235,15 @@ class PendingGofer:
                 # reached through an fd of its directory.
                 directory = os.open(runtime_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
                 try:
+                    # One left by a creation of this id that crashed is stale (we hold the
+                    # container's lock).
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
                     with channel.bind_listener(path) as listener:
                         assert self._sock is not None
-                        message = GoferStart(container_id, uid, gid, control_socket)
+                        message = GoferStart(
+                            container_id, uid, gid, control_socket, watch_init=subcontainer
+                        )
                         fds = [pidfd, listener.fileno(), log, directory]
                         channel.send(self._sock, message, fds)
                 finally:

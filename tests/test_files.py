@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import resource
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from sandboxrt import (
     FileStore,
     InvalidStateError,
     SandboxrtError,
+    SubprocessLauncher,
 )
 
 pytestmark = [needs_root, needs_busybox]
@@ -470,3 +472,38 @@ def test_open_beneath_fallback_resolves_as_openat2(
     finally:
         os.close(root_fd)
     assert outcomes[0] == outcomes[1] or "proc_root" in path, outcomes
+
+
+@pytest.mark.parametrize("umask", [None, 0o027])
+def test_modes_follow_the_container_users_umask(
+    store: FileStore, bundle: BundleFactory, umask: int | None
+) -> None:
+    """What the file API creates gets the modes the container's own process would give it
+    (0666/0777 less ``process.user.umask``, 022 when unset, as runc), unless given; the
+    container's process runs with that umask too, whatever the caller's is."""
+    path = bundle(["sh", "-c", "umask; touch /tmp/byproc; stat -c %a /tmp/byproc"])
+    edit_config(path, user={"uid": 0, "gid": 0, **({"umask": umask} if umask else {})})
+    effective = 0o022 if umask is None else umask
+    saved = os.umask(0o077)  # the caller's, inherited by a sandbox launched afresh
+    try:
+        c = Container.create(
+            "modes", path, store=store, stdout=subprocess.PIPE, launcher=SubprocessLauncher()
+        )
+    finally:
+        os.umask(saved)
+    try:
+        c.files.write_text("/tmp/made", "x")
+        c.files.mkdir("/tmp/dir")
+        c.files.write_bytes("/tmp/exact", b"y", permissions=0o604)
+        modes = {name: c.files.stat(f"/tmp/{name}").mode & 0o7777 for name in ("made", "dir")}
+        assert modes == {"made": 0o666 & ~effective, "dir": 0o777 & ~effective}
+        assert c.files.stat("/tmp/exact").mode & 0o7777 == 0o604
+        c.start()
+        assert c.stdout is not None
+        out = c.stdout.read().decode().split()
+        assert c.wait(timeout=30) == 0
+        assert out == [f"{effective:04o}", f"{0o666 & ~effective:o}"]
+    finally:
+        if c.stdout is not None:
+            c.stdout.close()
+        c.destroy()

@@ -37,6 +37,7 @@ from sandboxrt._core import cri
 from sandboxrt._core.spec import read_spec_file
 from sandboxrt._os import cgroups, procfs
 from sandboxrt.errors import HookError
+from sandboxrt.gofer import socket_path
 
 pytestmark = [needs_root, needs_busybox]
 
@@ -622,3 +623,29 @@ def test_each_container_of_a_pod_has_its_own_files(pod: Pod, bundle: BundleFacto
     assert pod.root.exec_run(["cat", "/who"], capture_output=True).stdout == b"root\n"
     assert sub.gofer is not None and pod.root.gofer is not None
     assert sub.gofer.pid != pod.root.gofer.pid and sub.gofer.socket != pod.root.gofer.socket
+
+
+def test_a_subcontainers_gofer_exits_with_its_init(pod: Pod, bundle: BundleFactory) -> None:
+    """The supervisor outlives a subcontainer: its gofer watches the subcontainer's init
+    (a pidfd from the supervisor) and exits with it, not with the sandbox."""
+    a = add_running(pod, bundle(SLEEP), "a")
+    gofer = a.gofer
+    assert gofer is not None and gofer.is_running()
+    assert a.files.read_text("/etc/hostname") is not None
+    a.kill(signal.SIGKILL)
+    assert a.wait(timeout=10) == -signal.SIGKILL
+    wait_until(lambda: not gofer.is_running())
+    assert pod.root.status is Status.RUNNING  # the sandbox lives on
+    root_gofer = pod.root.gofer
+    assert root_gofer is not None and root_gofer.is_running()
+
+
+def test_a_stale_gofer_socket_does_not_stop_a_subcontainer(pod: Pod, bundle: BundleFactory) -> None:
+    """A gofer socket a crashed creation of the same id left behind is replaced."""
+    runtime_dir = pod.root.sandbox.runtime_dir  # type: ignore[union-attr]
+    stale = socket_path(runtime_dir, "b")
+    with open(stale, "w") as f:
+        f.write("stale")
+    b = add_running(pod, bundle(SLEEP), "b")
+    assert b.files.listdir("/bin")
+    assert os.stat(stale).st_mode & 0o170000 == 0o140000  # a socket now

@@ -112,8 +112,12 @@ class GoferStart(_Message):
     #: Owner of what the file API creates: the container process's user.
     uid: int = 0
     gid: int = 0
-    #: The sandbox's control socket (a ``root`` request there gives the container's root).
+    #: The sandbox's control socket (a ``root`` request there gives the container's root,
+    #: and a pidfd of its init).
     control_socket: str = ""
+    #: Fetch the root at once and exit when the container's init does (a subcontainer's:
+    #: its supervisor, whose exit ends the gofer of a root container, outlives it).
+    watch_init: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

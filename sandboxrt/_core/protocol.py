@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Self, TypeVar
 from sandboxrt._core import abi
 
 __all__ = [
+    "DEFAULT_UMASK",
     "MAX_MESSAGE",
     "PROCESS_FIELDS",
     "CapabilityPlan",
@@ -49,6 +50,9 @@ __all__ = [
     "encode",
     "register",
 ]
+
+#: The umask of a container process whose spec sets none (runc's, and the file API's).
+DEFAULT_UMASK = 0o022
 
 #: The largest message either side accepts, in bytes.
 MAX_MESSAGE = 4 * 1024 * 1024
@@ -262,6 +266,7 @@ class ProcessPlan:
     uid: int = 0
     gid: int = 0
     additional_gids: list[int] = dataclasses.field(default_factory=list)
+    #: ``process.user.umask``; unset, :data:`DEFAULT_UMASK`.
     umask: int | None = None
     rlimits: list[list[Any]] = dataclasses.field(default_factory=list)
     oom_score_adj: int | None = None
@@ -311,15 +316,17 @@ class InitPlan(ProcessPlan, _Message):
     pause_for_hooks: bool = False
     create_container_hooks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     start_container_hooks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    #: The ``cgroup.procs`` file of the container's cgroup in every hierarchy (host paths).
-    #: The init and every exec'd process join it first thing after the fork, so all the
-    #: container's processes are born inside; the supervisor stays outside, and keeps
-    #: serving while the container is frozen.
+    #: The ``cgroup.procs`` file of the container's cgroup in every hierarchy (host paths,
+    #: a subcontainer's: their directories come as fds with the plan). The init and every
+    #: exec'd process join it first thing after the fork, through files the supervisor
+    #: opens beneath those, so all the container's processes are born inside; the
+    #: supervisor stays outside, and keeps serving while the container is frozen.
     cgroup_procs: list[str] = dataclasses.field(default_factory=list)
-    #: The library makes the cgroup while the sandbox starts, and names its
-    #: ``cgroup.procs`` files in a ``cgroup`` :class:`Progress` step (or cancels) once
-    #: it is made: the init joins it after its mounts, before ``pivot_root`` (and before
-    #: the prestart hooks, or reporting ``created``).
+    #: The library makes the cgroup while the sandbox starts, and sends it in a
+    #: ``cgroup`` :class:`Progress` step (its ``cgroup.procs`` files named, their
+    #: directories as ``O_PATH`` fds) or cancels, once it is made: the init joins it
+    #: after its mounts, before ``pivot_root`` (and before the prestart hooks, or
+    #: reporting ``created``).
     await_cgroup: bool = False
     #: Start the program as soon as the container is created (``run``): the init goes on
     #: to exec after ``created``, with no start request; the supervisor reports

@@ -227,7 +227,10 @@ def bind_listener(path: str, backlog: int = 64) -> socket.socket:
     temporary = f".bind-{os.getpid()}-{os.urandom(4).hex()}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
-        sock.bind(f"/proc/self/fd/{dirfd}/{temporary}")  # short, however long ``path`` is
+        address = os.path.join(parent, temporary)
+        if len(os.fsencode(address)) > _SUN_PATH_MAX:
+            address = f"/proc/self/fd/{dirfd}/{temporary}"  # short, however long ``path`` is
+        sock.bind(address)
         try:
             os.chmod(temporary, 0o600, dir_fd=dirfd)
             os.link(temporary, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import posixpath
 import selectors
@@ -328,14 +329,17 @@ def handle(files: Files, request: FileRequest) -> tuple[FileReply, list[int]]:
         return FileReply(False, error=f"{type(exc).__name__}: {exc}"), []
 
 
-def _serve(files: Files, listener: socket.socket, supervisor: int) -> NoReturn:
+def _serve(files: Files, listener: socket.socket, ends: Sequence[int]) -> NoReturn:
+    """Serve ``FileRequest``s until one of the pidfds ``ends`` (the supervisor's, maybe
+    the container init's) is readable: the container is gone."""
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, "listen")
-    selector.register(supervisor, selectors.EVENT_READ, "supervisor")
+    for pidfd in ends:
+        selector.register(pidfd, selectors.EVENT_READ, "end")
     while True:
         for key, _ in selector.select():
-            if key.data == "supervisor":
-                os._exit(0)  # the sandbox is gone: so is its container
+            if key.data == "end":
+                os._exit(0)  # the sandbox or the container's init is gone: so is the container
             if key.data == "listen":
                 with contextlib.suppress(OSError):
                     accepted, _ = listener.accept()
@@ -375,17 +379,24 @@ def _prepare(bootstrap: socket.socket, request: GoferPrepare) -> None:
         channel.close_fds(trees)
 
 
-def _fetch_root(start: GoferStart, runtime_dir: int) -> int:
-    """The container's root (``O_PATH``), from its supervisor (a ``root`` request on its
-    control socket, in the ``runtime_dir`` we hold an fd of)."""
+def _fetch_root(start: GoferStart, runtime_dir: int) -> tuple[int, int]:
+    """The container's root (``O_PATH``) and a pidfd of its init, from its supervisor (a
+    ``root`` request on its control socket, in the ``runtime_dir`` we hold an fd of)."""
     name = os.path.basename(start.control_socket)
     with channel.connect(f"/proc/self/fd/{runtime_dir}/{name}", timeout=10.0) as conn:
         channel.send(conn, Request("root", start.container_id))
         reply, fds = channel.receive(conn, Reply)
-    if not reply.ok or len(fds) != 1:
+    if not reply.ok or len(fds) != 2:
         channel.close_fds(fds)
         raise OSError(errno.ESRCH, f"no root from the supervisor: {reply.error}")
-    return fds[0]
+    return fds[0], fds[1]
+
+
+def _root_only(start: GoferStart, runtime_dir: int) -> int:
+    """:func:`_fetch_root`'s root (its init is watched through the supervisor's exit)."""
+    root, init = _fetch_root(start, runtime_dir)
+    os.close(init)
+    return root
 
 
 def _run(bootstrap: socket.socket) -> NoReturn:
@@ -426,14 +437,21 @@ def _run(bootstrap: socket.socket) -> NoReturn:
         os._exit(1)
     listener = socket.socket(fileno=listen_fd)
     start = first
-    files = Files(lambda: _fetch_root(start, runtime_dir), first.uid, first.gid, stdlib_dirs)
-    _serve(files, listener, supervisor)
+    ends = [supervisor]
+    root: int | Callable[[], int] = functools.partial(_root_only, start, runtime_dir)
+    if start.watch_init:  # a subcontainer's: we end with its init
+        try:
+            root, init = _fetch_root(start, runtime_dir)
+        except OSError:
+            os._exit(0)  # it is gone already: so is what we would serve
+        ends.append(init)
+    _serve(Files(root, first.uid, first.gid, stdlib_dirs), listener, ends)
 
 
 def serve_here(bootstrap_fd: int, *, warm: bool = False) -> NoReturn:
-    """Entry point in a child of the fork server (which reaps it): be the gofer, no fork.
-    ``warm``: forked ahead, it waits under the name :data:`WARM_NAME` until a container
-    takes it."""
+    """Be the gofer in this process (a child of the fork server, which reaps it, or of
+    :func:`main`): name ourselves to the library first. ``warm``: forked ahead, it waits
+    under the name :data:`WARM_NAME` until a container takes it."""
     bootstrap = socket.socket(fileno=bootstrap_fd)
     os.set_inheritable(bootstrap_fd, False)
     if warm:
@@ -447,20 +465,13 @@ def serve_here(bootstrap_fd: int, *, warm: bool = False) -> NoReturn:
 
 
 def main(bootstrap_fd: int) -> NoReturn:
-    """Entry point of a fresh interpreter: fork the gofer, tell the library its pid, exit
-    (so that the launcher can wait for the launched process)."""
-    bootstrap = socket.socket(fileno=bootstrap_fd)
-    os.set_inheritable(bootstrap_fd, False)
+    """Entry point of a fresh interpreter: fork the gofer, which names itself to the
+    library (``Launched``, before any reply), and exit (so that the launcher can wait
+    for the launched process)."""
     try:
         pid = os.fork()
     except BaseException:
         os._exit(1)
     if pid == 0:
-        try:
-            _run(bootstrap)
-        finally:
-            os._exit(1)
-    info = procfs.read_stat(pid)  # its parent: it cannot be reaped meanwhile
-    with contextlib.suppress(OSError):
-        channel.send(bootstrap, Launched(pid, info.start_ticks if info is not None else 0))
+        serve_here(bootstrap_fd)
     os._exit(0)

@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 
 from sandboxrt._core import abi, users
 from sandboxrt._core.protocol import (
+    DEFAULT_UMASK,
     Claim,
     ExecPlan,
     InitPlan,
@@ -46,7 +47,6 @@ __all__ = [
     "PROCESS_NAME",
     "error_progress",
     "find_executable",
-    "join_cgroup",
     "join_cgroup_fds",
     "open_cgroup",
     "open_cgroup_dirs",
@@ -170,7 +170,7 @@ def _prepare_root(
         has_devpts = any(m.type == "devpts" for m in plan.mounts)
         mounts.default_dev_symlinks(root, has_devpts=has_devpts)
     built: int | None = None
-    if host is not None:  # back to the host's root: cgroups and hooks are host paths
+    if host is not None:  # back to the root we came from: hooks are host programs
         built = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         mounts.leave_tree(host)
         if plan.create_container_hooks:  # host programs: they look at the bundle's rootfs
@@ -247,8 +247,7 @@ def _apply_process(
     if plan.oom_score_adj is not None:
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write(str(plan.oom_score_adj))
-    if plan.umask is not None:
-        os.umask(plan.umask)
+    os.umask(plan.umask if plan.umask is not None else DEFAULT_UMASK)
     if seccomp_program is not None and seccomp_early:
         syscalls.seccomp_set_filter(seccomp_program, seccomp_flags)
     caps = plan.capabilities
@@ -354,28 +353,6 @@ def _become(
     os.execve(executable, plan.args, dict(e.split("=", 1) for e in plan.env))
 
 
-def join_cgroup(procs_files: Iterable[str], pid: int = 0) -> None:
-    """Move a single-threaded process (0: this one, just forked) into a cgroup in every
-    hierarchy.
-
-    Done before the process forks, so that nothing it forks is born outside.
-    On v1 we write to ``tasks`` (moving one thread, all there is): for the
-    writer itself (``pid`` 0) the kernel then skips the global threadgroup lock
-    that ``cgroup.procs`` and any move by pid take, whose first taking waits for
-    an RCU grace period (1-16 ms measured, against 0.1 ms). So a process joins by
-    itself wherever it can, through files opened for it if its root hides them.
-    """
-    dirs = open_cgroup_dirs(procs_files)
-    try:
-        fds = open_cgroup(dirs)
-    finally:
-        channel.close_fds(dirs)
-    try:
-        join_cgroup_fds(fds, pid)
-    finally:
-        channel.close_fds(fds)
-
-
 def open_cgroup_dirs(procs_files: Iterable[str]) -> list[int]:
     """``O_PATH`` fds (close-on-exec) of the directories of a cgroup's ``procs_files``."""
 
@@ -410,18 +387,21 @@ def open_cgroup(dirs: Iterable[int]) -> list[int]:
 
 
 def join_cgroup_fds(fds: Iterable[int], pid: int = 0) -> None:
-    """:func:`join_cgroup` through files :func:`open_cgroup` opened (maybe by a parent)."""
+    """Move a single-threaded process (0: this one, just forked) into a cgroup in every
+    hierarchy, through the files :func:`open_cgroup` opened (maybe by a parent).
+
+    Done before the process forks, so that nothing it forks is born outside.
+    On v1 we write to ``tasks`` (moving one thread, all there is): for the
+    writer itself (``pid`` 0) the kernel then skips the global threadgroup lock
+    that ``cgroup.procs`` and any move by pid take, whose first taking waits for
+    an RCU grace period (1-16 ms measured, against 0.1 ms). So a process joins by
+    itself wherever it can, through files opened for it if its root hides them.
+    """
     for fd in fds:
         try:
             os.write(fd, str(pid).encode())
         except OSError as err:
             raise OSError(err.errno, f"joining the cgroup: {err.strerror}") from err
-
-
-def _enter_cgroup(procs_files: Iterable[str], new_namespace: bool) -> None:
-    join_cgroup(procs_files)
-    if new_namespace:
-        syscalls.unshare(abi.CLONE_NEWCGROUP)
 
 
 def run_init(
@@ -455,10 +435,10 @@ def run_init(
         if cgroup is not None:
             join_cgroup_fds(cgroup)
             channel.close_fds(cgroup)
-            if new_cgroup_namespace:
-                syscalls.unshare(abi.CLONE_NEWCGROUP)
-        elif not plan.await_cgroup:
-            _enter_cgroup(plan.cgroup_procs, new_cgroup_namespace)
+        elif plan.cgroup_procs and not plan.await_cgroup:
+            raise ValueError("the files that join the container's cgroup did not come")
+        if new_cgroup_namespace and not plan.await_cgroup:
+            syscalls.unshare(abi.CLONE_NEWCGROUP)
         _init_process()
         seccomp_program = _seccomp_program(plan)
         _prepare_root(plan, sync, new_cgroup_namespace, trees, host_tree)

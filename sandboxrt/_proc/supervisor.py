@@ -50,7 +50,6 @@ from sandboxrt._proc.init import (
     error_progress,
     join_cgroup_fds,
     open_cgroup,
-    open_cgroup_dirs,
     run_agent,
     run_exec,
     run_init,
@@ -329,8 +328,8 @@ class Supervisor:
         of our own (no /proc of ours) we stay as we are (decision 33). A warm sandbox
         prepared the rest ``ahead``."""
         root = self.root
-        if root.cgroup_dirs is None:
-            root.cgroup_dirs = open_cgroup_dirs(root.cgroup_procs)
+        if root.cgroup_dirs is None:  # (none: the library sends them with its cgroup)
+            root.cgroup_dirs = []
         ahead = ahead or Confinement(top=-1)
         self.homes = ahead.homes if ahead.top >= 0 else _home_cgroups()
         if ["pid", ""] not in self.plan.namespaces:
@@ -376,12 +375,12 @@ class Supervisor:
     def hand_plan(self) -> None:
         """Give an adopted init its cgroup (files we open: its root hides the host's
         cgroupfs; it joins by itself, which on v1 spares the global lock a move by pid
-        takes, see :func:`join_cgroup`), its plan and its stdio; it goes on to
+        takes, see :func:`join_cgroup_fds`), its plan and its stdio; it goes on to
         ``created``."""
         root = self.root
         assert root.init_sync is not None
-        if root.cgroup_dirs is None:
-            root.cgroup_dirs = open_cgroup_dirs(root.cgroup_procs)
+        if root.cgroup_dirs is None:  # (none: the library sends them with its cgroup)
+            root.cgroup_dirs = []
         cgroup = open_cgroup(root.cgroup_dirs)
         try:
             claim = Claim(self.plan.init, len(cgroup), root.new_cgroup_namespace)
@@ -675,12 +674,18 @@ class Supervisor:
                 return self._signal_exec(member, request.pid, request.signal, group=request.group)
             self._signal(member, request.signal, everyone=request.all, group=request.group)
             return Reply(True)
-        if request.op == "root":
+        if request.op == "root":  # (for the gofer: the root, and a pidfd of the init)
             if member.root_fd is None:
                 error = "the container's root is not open"
                 return Reply(False, error=error, error_type="ProtocolError")
-            with contextlib.suppress(OSError):
-                channel.send(conn, Reply(True), [member.root_fd])
+            if member.returncode is not None:  # (not reaped before: no pid reuse here)
+                return Reply(False, error="the container has stopped", error_type="Stopped")
+            init = os.pidfd_open(member.init_pid)
+            try:
+                with contextlib.suppress(OSError):
+                    channel.send(conn, Reply(True), [member.root_fd, init])
+            finally:
+                os.close(init)
             return None
         if request.op == "upper":
             if member.upper < 0:
