@@ -29,13 +29,13 @@ from sandboxrt import (
     MissingFeatureError,
     Stats,
     Status,
+    SubprocessLauncher,
     SystemCallError,
 )
 from sandboxrt import _cgroup as library_cgroup
 from sandboxrt._os import cgroups, procfs
 from sandboxrt._os.cgroups import CgroupLayout, DeviceRule, Hierarchy
 from sandboxrt._os.cgroups.layout import parse_proc_cgroup
-from sandboxrt._proc.launcher import LaunchedProcess, SubprocessLauncher, python_command
 
 MiB = 1 << 20
 
@@ -511,22 +511,12 @@ def test_without_any_hierarchy_a_cgroup_is_required_only_when_asked_for() -> Non
     assert request is not None and not request.required and request.path is None
 
 
-class _NoCgroupfsLauncher(SubprocessLauncher):
-    """Launches sandboxes in a private mount namespace where the host's cgroupfs is not
-    mounted (``umount -l`` there, after ``--propagation private``: the host keeps it)."""
-
-    def launch(self, *, bootstrap_fd: int, log_fd: int, warm: bool = False) -> LaunchedProcess:
-        hide = 'umount -l /sys/fs/cgroup && exec "$@"'
-        command = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", hide]
-        return subprocess.Popen(
-            [*command, "sh", *python_command("sandboxrt._proc.supervisor", "main", bootstrap_fd)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=log_fd,
-            pass_fds=(bootstrap_fd,),
-            close_fds=True,
-            start_new_session=True,
-        )
+#: Sandboxes launched in a private mount namespace where the host's cgroupfs is not mounted
+#: (``umount -l`` there, after ``--propagation private``: the host keeps it).
+_HIDE_CGROUPFS = [
+    *["unshare", "--mount", "--propagation", "private", "--"],
+    *["sh", "-c", 'umount -l /sys/fs/cgroup && exec "$@"', "sh"],
+]
 
 
 @real
@@ -537,7 +527,8 @@ def test_a_sandbox_that_sees_no_cgroupfs_still_joins_its_cgroup(
     host cgroup path (decision 38), so hiding the cgroupfs from it changes nothing."""
     path = bundle(["sleep", "1000"])
     edit_config(path, resources(memory={"limit": 64 * MiB}, pids={"limit": 50}))
-    container = Container.create("nocgfs", path, store=store, launcher=_NoCgroupfsLauncher())
+    launcher = SubprocessLauncher(prefix=_HIDE_CGROUPFS)
+    container = Container.create("nocgfs", path, store=store, launcher=launcher)
     try:
         supervisor = container.state().pid
         assert supervisor is not None

@@ -113,6 +113,20 @@ def test_subprocess_launcher_runs_a_container(store: FileStore, bundle: BundleFa
         c.destroy()
 
 
+def test_a_subprocess_launcher_prefix_wraps_the_sandbox_and_the_gofer(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """``SubprocessLauncher(prefix=...)`` runs the interpreter through a wrapper command."""
+    launcher = SubprocessLauncher(prefix=["env", "SBRT_WRAPPED=yes"])
+    c = Container.create("wrapped", bundle(["sleep", "60"]), store=store, launcher=launcher)
+    try:
+        for process in (c.state().pid, c.gofer.pid if c.gofer else 0):
+            with open(f"/proc/{process}/environ", "rb") as f:
+                assert b"SBRT_WRAPPED=yes" in f.read().split(b"\0")
+    finally:
+        c.destroy()
+
+
 def test_a_killed_warm_sandbox_is_replaced(store: FileStore, bundle: BundleFactory) -> None:
     launcher = ForkServerLauncher()
     try:

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import sandboxrt
@@ -68,10 +69,13 @@ def python_command(module: str, function: str, fd: int, python: str | None = Non
 
 
 class SubprocessLauncher:
-    """Launches with :class:`subprocess.Popen` (safe from threaded callers)."""
+    """Launches with :class:`subprocess.Popen` (safe from threaded callers): ``python``
+    (default: this interpreter), after ``prefix``, a command that runs the rest of its
+    argv (a wrapper such as ``taskset -c 1``, ``systemd-run --scope`` or ``unshare``)."""
 
-    def __init__(self, python: str | None = None) -> None:
+    def __init__(self, python: str | None = None, *, prefix: Sequence[str] = ()) -> None:
         self.python = python
+        self.prefix = list(prefix)
 
     def launch(self, *, bootstrap_fd: int, log_fd: int, warm: bool = False) -> LaunchedProcess:
         return self._start("sandboxrt._proc.supervisor", bootstrap_fd, log_fd)
@@ -82,7 +86,7 @@ class SubprocessLauncher:
 
     def _start(self, module: str, bootstrap_fd: int, log_fd: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            python_command(module, "main", bootstrap_fd, self.python),
+            [*self.prefix, *python_command(module, "main", bootstrap_fd, self.python)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log_fd,
