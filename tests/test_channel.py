@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import socket
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,3 +108,20 @@ def test_a_listener_is_not_bound_over_an_existing_path(tmp_path: Path) -> None:
     with channel.bind_listener(str(path)) as sock, channel.connect(str(path), timeout=5.0):
         accepted, _ = sock.accept()
         accepted.close()
+
+
+def test_a_peer_that_closes_between_our_peek_and_our_read_still_gets_its_word_in() -> None:
+    """The same reset, reported at the read rather than at the peek: the peer closed (with
+    a message of ours unread) after we peeked at its message's size."""
+    ours, theirs = channel.socket_pair()
+
+    class PeerClosesNow(socket.socket):
+        def recvmsg(self, *args: int) -> tuple[bytes, list[tuple[int, int, bytes]], int, Any]:
+            theirs.close()  # right between the peek and the read
+            return super().recvmsg(*args)
+
+    with ours, PeerClosesNow(fileno=os.dup(ours.fileno())) as reader:
+        channel.send(theirs, Progress("error", error="overlayfs refused"))
+        channel.send(ours, Progress("cgroup"))  # never read
+        step, _ = channel.receive(reader, Progress)
+        assert step.error == "overlayfs refused"

@@ -37,6 +37,7 @@ __all__ = [
 
 M = TypeVar("M", bound=protocol._Message)
 T_Item = TypeVar("T_Item")
+T_Read = TypeVar("T_Read")
 
 #: The most fds one message carries (more go with :func:`send_many`).
 MAX_FDS = 16
@@ -140,22 +141,30 @@ def receive_one_of(
     raise ValueError(f"expected one of {[k.kind for k in expected]}")
 
 
+def _past_reset(read: Callable[[], T_Read]) -> T_Read:
+    """``read()``, once more if it met ``ECONNRESET``: the peer closed with a message of
+    ours unread. The kernel reports that once, ahead of what the peer sent before
+    closing (at the peek, or at the read when the peer closed between the two): reading
+    on gets that (or EOF)."""
+    try:
+        return read()
+    except ConnectionResetError:
+        return read()
+
+
 def _receive_raw(sock: socket.socket) -> tuple[bytes, list[int]]:
     # Not socket.recv_fds: on Python 3.11 it drops its flags, so the fds would not be
     # close-on-exec, and every exec'd program would inherit them.
     # Peek at the datagram's size first: a buffer of MAX_MESSAGE for every message
     # would cost a 4 MiB allocation, and its page faults, each time.
-    try:
-        size = sock.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)
-    except ConnectionResetError:
-        # The peer closed with a message of ours unread. The kernel reports that once,
-        # ahead of what the peer sent before closing: read on, to get that (or EOF).
-        size = sock.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)
+    size = _past_reset(lambda: sock.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC))
     fd_size = array.array("i").itemsize
-    data, ancillary, flags, _ = sock.recvmsg(
-        max(1, min(size, protocol.MAX_MESSAGE)),
-        socket.CMSG_SPACE(MAX_FDS * fd_size),
-        socket.MSG_CMSG_CLOEXEC,
+    data, ancillary, flags, _ = _past_reset(
+        lambda: sock.recvmsg(
+            max(1, min(size, protocol.MAX_MESSAGE)),
+            socket.CMSG_SPACE(MAX_FDS * fd_size),
+            socket.MSG_CMSG_CLOEXEC,
+        )
     )
     fds: list[int] = []
     for level, kind, payload in ancillary:
