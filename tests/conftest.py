@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxrt import Container, FileStore
+from sandboxrt import Container, FileStore, SandboxrtError
 from sandboxrt._os import cgroups, procfs
 from sandboxrt._proc.gofer import PROCESS_NAME as GOFER_NAME
 from sandboxrt._proc.init import AGENT_PROCESS_NAME
@@ -69,9 +69,17 @@ def host_mounts() -> list[str]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> FileStore:
-    """A FileStore of the test's own."""
-    return FileStore(tmp_path / "store")
+def store(tmp_path: Path) -> Iterator[FileStore]:
+    """A FileStore of the test's own. Containers a test leaves in it (a failed test's,
+    say) are destroyed after it, so that none of their processes, cgroups or mounts
+    outlives it, and then reported."""
+    store = FileStore(tmp_path / "store")
+    yield store
+    left = Container.list(store=store)
+    for container_id in left:
+        with contextlib.suppress(SandboxrtError):
+            Container.load(container_id, store=store).destroy()
+    assert not left, f"containers left in the store: {left}"
 
 
 @pytest.fixture
