@@ -220,8 +220,8 @@ class _Member:
     #: that join it, opened at the first exec.
     cgroup_procs: list[str] = dataclasses.field(default_factory=list)
     cgroup_fds: list[int] | None = None
-    #: ``O_PATH`` fds of its cgroup's directories (one per hierarchy), opened before we
-    #: were confined (the root's) or sent by the library (a subcontainer's).
+    #: ``O_PATH`` fds of its cgroup's directories (one per hierarchy), sent by the library
+    #: (with the root's ``cgroup`` step, or with a subcontainer's plan).
     cgroup_dirs: list[int] | None = None
     #: An fd on its overlay root's upper directory (from its init), or -1.
     upper: int = -1
@@ -295,9 +295,7 @@ class Supervisor:
         self.runtime_fd = -1
         #: ``O_PATH`` fds of our own cgroup in every hierarchy (exec agents wait there).
         self.homes: list[int] = []
-        #: Our root is the minimal one (:meth:`confine`).
-        self.confined = False
-        #: The standard library's directories (``O_PATH``), held once confined.
+        #: The standard library's directories (``O_PATH``), held once confined (:meth:`confine`).
         self.stdlib_fds: list[int] = []
         #: The thread detaching the old root, until :meth:`settle`.
         self.detaching: _Detach | None = None
@@ -343,7 +341,6 @@ class Supervisor:
         except OSError as exc:
             print(f"sandboxrt-sup: cannot confine the supervisor: {exc}", file=sys.stderr)
             return
-        self.confined = True
         # Detaching the host's mounts may wait for an RCU grace period (up to ms): done
         # aside, and waited for before we fork (:meth:`settle`) or on a quiet moment.
         self.detaching = _Detach()
