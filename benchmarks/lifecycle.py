@@ -13,12 +13,21 @@ otherwise). Needs root.
 tmpfs overlay); the other runtimes run as usual, so their ratios show its cost.
 A second sandboxrt column has ``Config(lazy_gofer=True)``: no gofer process
 until a file call (decision 38).
+
+The first tables time runs back to back: the throughput of a loop of runs. A
+last table times isolated runs: each ``run`` comes after ``--gap`` seconds
+(0.2 by default, 0 to skip it) with nothing running, one runtime after the
+other in turn: the latency of a container run now and then. The two differ:
+a runtime that moves its container into a cgroup by pid takes the kernel's
+cgroup threadgroup lock, whose first taking after a quiet spell waits for an
+RCU grace period (decision 39).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import shutil
 import statistics
@@ -75,13 +84,12 @@ def bench_sandboxrt(bundle: Path, root: Path, n: int, config: Config | None = No
     return out
 
 
-def bench_cli(binary: str, bundle: Path, root: Path, n: int, extra: list[str]) -> Timings:
-    """runc-style CLI: run; create, start, wait (poll state), delete."""
+def cli(binary: str, root: Path, extra: list[str]) -> Callable[..., None]:
+    """A function running ``binary`` (a runc-style CLI) with ``args``; a failure raises
+    ``CalledProcessError`` with its stderr."""
     base = [binary, "--root", str(root), *extra]
-    out: Timings = {step: [] for step in STEPS}
-    bundle_flag = "--bundle" if binary != "runsc" else "-bundle"
     # A file, not a pipe, for stderr: a created container's init holds it open.
-    errors = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as this function
+    errors = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the function
 
     def run(*args: str) -> None:
         errors.seek(0)
@@ -91,12 +99,25 @@ def bench_cli(binary: str, bundle: Path, root: Path, n: int, extra: list[str]) -
             errors.seek(0)
             raise subprocess.CalledProcessError(done.returncode, args, stderr=errors.read())
 
-    run("run", bundle_flag, str(bundle), "warmup")
+    return run
+
+
+def bundle_flag(binary: str) -> str:
+    return "--bundle" if binary != "runsc" else "-bundle"
+
+
+def bench_cli(binary: str, bundle: Path, root: Path, n: int, extra: list[str]) -> Timings:
+    """runc-style CLI: run; create, start, wait (poll state), delete."""
+    base = [binary, "--root", str(root), *extra]
+    out: Timings = {step: [] for step in STEPS}
+    run = cli(binary, root, extra)
+    flag = bundle_flag(binary)
+    run("run", flag, str(bundle), "warmup")
     for i in range(n):
-        out["run"].append(timed(lambda i=i: run("run", bundle_flag, str(bundle), f"run{i}")))
+        out["run"].append(timed(lambda i=i: run("run", flag, str(bundle), f"run{i}")))
     for i in range(n):
         cid = f"c{i}"
-        out["create"].append(timed(lambda cid=cid: run("create", bundle_flag, str(bundle), cid)))
+        out["create"].append(timed(lambda cid=cid: run("create", flag, str(bundle), cid)))
         out["start"].append(timed(lambda cid=cid: run("start", cid)))
 
         def wait(cid: str = cid) -> None:
@@ -182,11 +203,55 @@ def compare(bundle: Path, runs: Path, n: int, title: str, config: Config | None 
         print(f"{step:<8}" + "".join(f"{c:>28}" for c in cells))
 
 
+def isolated(
+    bundle: Path, runs: Path, n: int, gap: float, title: str, config: Config | None
+) -> None:
+    """Time ``run`` of every runtime, each run after ``gap`` idle seconds, the runtimes
+    in turn (so that a drift of the machine reaches them all alike); print one table."""
+    lazy = attrs.evolve(config or Config(), lazy_gofer=True)
+    runners: dict[str, Callable[[str], None]] = {}
+    for name, cfg in (("sandboxrt", config), ("sandboxrt lazy_gofer", lazy)):
+        store = FileStore(runs / name.replace(" ", "-"))
+
+        def run_sandboxrt(cid: str, store: FileStore = store, cfg: Config | None = cfg) -> None:
+            Container.run(cid, bundle, store=store, config=cfg)
+
+        runners[name] = run_sandboxrt
+
+    def run_cli(name: str, extra: list[str]) -> Callable[[str], None]:
+        run = cli(name, runs / name, extra)
+        run("run", bundle_flag(name), str(bundle), "warmup")
+        return lambda cid: run("run", bundle_flag(name), str(bundle), cid)
+
+    runners |= bench_others(run_cli)
+    results: dict[str, list[float]] = {name: [] for name in runners}
+    for run in runners.values():
+        run("warmup2")  # (sandboxrt: starts the fork server)
+    order = list(runners.items())
+    for i in range(n):
+        # Each round starts with the next runtime: what one leaves running (runsc's
+        # sandbox still exiting, say) falls on each of the others alike.
+        for name, run in order[i % len(order) :] + order[: i % len(order)]:
+            time.sleep(gap)
+            results[name].append(timed(functools.partial(run, f"iso{i}")))
+    base = summary(results["sandboxrt"])[0]
+    print(f"\n{title}, isolated runs ({gap:g} s idle before each), n={n}; median ms [p10-p90]")
+    print(f"{'step':<8}" + "".join(f"{name:>28}" for name in results))
+    cells = []
+    for values in results.values():
+        med, p10, p90 = summary(values)
+        cells.append(f"{med:7.2f} [{p10:6.2f}-{p90:6.2f}] x{med / base:4.2f}")
+    print(f"{'run':<8}" + "".join(f"{c:>28}" for c in cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=30, help="iterations per step")
     parser.add_argument(
         "--overlay", action="store_true", help="sandboxrt with Config(overlay=True)"
+    )
+    parser.add_argument(
+        "--gap", type=float, default=0.2, help="idle seconds before each isolated run (0: none)"
     )
     args = parser.parse_args()
     config = Config(overlay=True) if args.overlay else None
@@ -204,9 +269,10 @@ def main() -> None:
         write_spec_file(
             bundle / "config.json", attrs.evolve(spec, linux=attrs.evolve(spec.linux, seccomp=None))
         )
-        compare(
-            bundle, runs / "plain", args.n, f"/bin/true, no seccomp profile, busybox{mode}", config
-        )
+        title = f"/bin/true, no seccomp profile, busybox{mode}"
+        compare(bundle, runs / "plain", args.n, title, config)
+        if args.gap > 0:
+            isolated(bundle, runs / "isolated", args.n, args.gap, title, config)
 
 
 if __name__ == "__main__":
