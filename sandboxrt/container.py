@@ -229,7 +229,8 @@ class Container:
                 overlay_size=overlay_size,
             )
         else:
-            host = _sandbox_to_join(store, sandbox_id, id)
+            host, root_spec = _sandbox_to_join(store, sandbox_id, id)
+            root_namespaces = (root_spec.get("linux") or {}).get("namespaces") or []
             plan = build_container_plan(
                 container_id=id,
                 sandbox_id=sandbox_id,
@@ -238,6 +239,7 @@ class Container:
                 runtime_dir=host.runtime_dir,
                 compile_seccomp=compile_bpf,
                 overlay_size=overlay_size,
+                sandbox_pid_namespace=any(ns.get("type") == "pid" for ns in root_namespaces),
             )
         autostart = autostart and not plan.init.start_container_hooks and not plan.init.terminal
         if autostart:
@@ -1206,8 +1208,10 @@ def _sandbox_id_for(
     return target or container_id
 
 
-def _sandbox_to_join(store: MetadataStore, sandbox_id: str, container_id: str) -> Sandbox:
-    """The living sandbox whose root container is ``sandbox_id``.
+def _sandbox_to_join(
+    store: MetadataStore, sandbox_id: str, container_id: str
+) -> tuple[Sandbox, dict[str, Any]]:
+    """The living sandbox whose root container is ``sandbox_id``, and that root's spec.
 
     Read without the root's lock (records are replaced atomically): a
     subcontainer's create never waits for its root's lock, so a concurrent
@@ -1226,7 +1230,7 @@ def _sandbox_to_join(store: MetadataStore, sandbox_id: str, container_id: str) -
         sandbox = Sandbox(record.id, record.sandbox, record.runtime_dir)
     require(Operation.ADD_CONTAINER, record.id, _effective_status(record, sandbox))
     assert sandbox is not None
-    return sandbox
+    return sandbox, record.spec
 
 
 def _apply_config(document: dict[str, Any], config: Config) -> dict[str, Any]:

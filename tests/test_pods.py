@@ -6,9 +6,12 @@ UTS namespaces, and each has its own mount namespace, root, cgroup and record.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -451,6 +454,27 @@ def test_a_created_subcontainer_waits_for_start(pod: Pod, bundle: BundleFactory)
     a.start()
     assert a.wait(timeout=10) == 7
     assert a.wait(timeout=10) == 7
+
+
+def test_a_created_subcontainers_init_holds_no_host_directory_it_has_no_use_for(
+    pod: Pod, bundle: BundleFactory
+) -> None:
+    # It waits for start, privileged: the supervisor's fds on host directories (the
+    # standard library's, the cgroups' it joined through files already) stay with us.
+    a = pod.add_container("a", bundle(["true"]))
+    assert a.status is Status.CREATED
+    pid = init_host_pid(a)
+    stdlib = {os.path.dirname(module.__file__ or "") for module in (os, select)}
+    held = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            held[fd] = (os.readlink(f"/proc/{pid}/fd/{fd}"), os.stat(f"/proc/{pid}/fd/{fd}"))
+    assert held, "the init holds its stdio at least"
+    directories = {fd: link for fd, (link, st) in held.items() if stat.S_ISDIR(st.st_mode)}
+    assert not {fd: link for fd, link in directories.items() if link in stdlib}
+    assert not {fd: link for fd, link in directories.items() if link.startswith("/sys/fs/cgroup")}
+    a.start()
+    assert a.wait(timeout=10) == 0
 
 
 def test_run_in_a_pod_starts_at_once_and_destroys_only_the_subcontainer(

@@ -13,6 +13,7 @@ import errno
 import json
 import platform
 import re
+import signal
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,8 +22,8 @@ from typing import Any
 import pytest
 from conftest import BundleFactory, needs_busybox, needs_root, run_output
 
-from sandboxrt import FileStore
-from sandboxrt._core.plan import _init_plan, build_plan
+from sandboxrt import Container, FileStore, Status
+from sandboxrt._core.plan import _init_plan, build_container_plan, build_plan
 from sandboxrt._core.protocol import InitPlan
 from sandboxrt._core.protocol import decode as decode_message
 from sandboxrt._core.protocol import encode as encode_message
@@ -31,7 +32,7 @@ from sandboxrt._core.spec import dump_spec
 from sandboxrt._core.spec_default import DEFAULT_CAPABILITIES, default_spec
 from sandboxrt._core.spec_validate import CAPABILITY_NUMBERS
 from sandboxrt._os import capabilities, seccomp, syscalls
-from sandboxrt.errors import MissingFeatureError, SpecError
+from sandboxrt.errors import ExecError, InitError, MissingFeatureError, SpecError
 
 CAP_NAMES = {number: name for name, number in CAPABILITY_NUMBERS.items()}
 SETS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
@@ -305,6 +306,40 @@ def test_plan_rejects_capabilities_the_kernel_cannot_grant(
         init_plan(spec)
 
 
+@pytest.mark.parametrize("key", ["bounding", "effective", "permitted", "inheritable", "ambient"])
+def test_plan_refuses_sys_ptrace_beside_the_supervisor(key: str) -> None:
+    # With CAP_SYS_PTRACE the container's processes could open the fds of the supervisor
+    # (PID 1 of their PID namespace, not dumpable) through /proc/1/fd, or ptrace it.
+    spec = dump_spec(default_spec())
+    spec["process"]["capabilities"] = {
+        "bounding": ["CAP_KILL", "CAP_SYS_PTRACE"],
+        key: ["CAP_KILL", "CAP_SYS_PTRACE"],
+    }
+    if key == "ambient":
+        both = ["CAP_KILL", "CAP_SYS_PTRACE"]
+        spec["process"]["capabilities"] |= {"permitted": both, "inheritable": both}
+    common = {"bundle": "/b", "compile_seccomp": seccomp.compile_bpf}
+    with pytest.raises(SpecError, match=rf"process\.capabilities\.{key}\[1\]: CAP_SYS_PTRACE"):
+        build_plan(container_id="c", sandbox_id="c", spec=spec, runtime_root="/run/x", **common)
+    with pytest.raises(SpecError, match="supervisor"):
+        build_container_plan(
+            container_id="s", sandbox_id="c", spec=spec, runtime_dir="/run/x/c", **common
+        )
+    # Sharing the host's PID namespace, the supervisor is one host process among others.
+    build_container_plan(
+        container_id="s",
+        sandbox_id="c",
+        spec=spec,
+        runtime_dir="/run/x/c",
+        sandbox_pid_namespace=False,
+        **common,
+    )
+    spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] != "pid"]
+    plan = build_plan(container_id="c", sandbox_id="c", spec=spec, runtime_root="/run/x", **common)
+    assert plan.init.capabilities is not None
+    assert CAPABILITY_NUMBERS["CAP_SYS_PTRACE"] in plan.init.capabilities.bounding
+
+
 def test_plan_seccomp_round_trips_and_refuses_notify() -> None:
     spec = dump_spec(default_spec())
     plan = init_plan(spec)
@@ -363,6 +398,20 @@ def test_capability_sets_are_exactly_the_spec(store: FileStore, bundle: BundleFa
         "CapInh": {"CAP_KILL", "CAP_NET_BIND_SERVICE"},
         "CapAmb": {"CAP_NET_BIND_SERVICE"},
     }
+
+
+@needs_root
+@needs_busybox
+def test_a_container_that_could_ptrace_its_supervisor_is_refused_and_leaves_nothing(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    caps = ["CAP_KILL", "CAP_SYS_PTRACE"]
+    path = edit_config(bundle(["true"]), set_caps(bounding=caps, effective=caps, permitted=caps))
+    with pytest.raises(SpecError, match="CAP_SYS_PTRACE") as raised:
+        Container.create("ptrace", path, store=store)
+    assert "supervisor" in str(raised.value)
+    assert Container.list(store=store) == []
+    assert not store.runtime_dir.exists() or not any(store.runtime_dir.iterdir())
 
 
 @needs_root
@@ -536,6 +585,63 @@ def test_default_profile_denies_keyctl_with_eperm(
         assert out.split() == ["errno", str(errno.EPERM)]
     else:
         assert out.split()[1] != str(errno.EPERM)
+
+
+def killing(name: str, **arg: int) -> dict[str, Any]:
+    """A profile (loaded early: no ``noNewPrivileges``) killing the caller of syscall
+    ``name`` (with argument ``index`` equal to ``value`` if given), allowing the rest."""
+    rule: dict[str, Any] = {"names": [name], "action": "SCMP_ACT_KILL"}
+    if arg:
+        rule["args"] = [{"index": arg["index"], "value": arg["value"], "op": "SCMP_CMP_EQ"}]
+    return {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [rule]}
+
+
+def early_profile(profile: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    def change(document: dict[str, Any]) -> None:
+        document["process"]["noNewPrivileges"] = False
+        document["linux"]["seccomp"] = profile
+
+    return change
+
+
+@needs_root
+@needs_busybox
+def test_an_init_killed_before_its_program_runs_fails_start(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    # The init calls setgroups on its way to execve: the profile kills it there. The
+    # sync socket closes as it dies, as it would on exec: start used to succeed.
+    path = edit_config(bundle(["true"]), early_profile(killing("setgroups")))
+    container = Container.create("killed", path, store=store)
+    try:
+        with pytest.raises(InitError, match=r"killed by signal 31 \(SIGSYS\) before it ran"):
+            container.start()
+        assert container.status is Status.STOPPED
+        assert container.wait(timeout=10) == -signal.SIGSYS
+    finally:
+        container.destroy()
+    with pytest.raises(InitError, match="SIGSYS"):
+        Container.run("killed-run", path, store=store)
+    assert Container.list(store=store) == []
+
+
+@needs_root
+@needs_busybox
+def test_an_exec_killed_before_its_program_runs_is_an_exec_error(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    # Only a process becoming uid 65534 is killed: the init (root) runs on.
+    profile = killing("setresuid", index=0, value=65534)
+    path = edit_config(bundle(["sleep", "60"]), early_profile(profile))
+    container = Container.create("exec-killed", path, store=store)
+    try:
+        container.start()
+        with pytest.raises(ExecError, match="SIGSYS"):
+            container.exec(["true"], user=(65534, 65534))
+        assert container.exec(["true"]).wait(timeout=10) == 0  # the rest works on
+        assert container.status is Status.RUNNING
+    finally:
+        container.destroy()
 
 
 @needs_root

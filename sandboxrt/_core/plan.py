@@ -108,7 +108,7 @@ def _capability_plan(caps: Mapping[str, Any] | None) -> CapabilityPlan:
     caps = caps or {}
     problems: list[tuple[str, str]] = []
     sets: dict[str, list[int]] = {}
-    for key in ("bounding", "effective", "inheritable", "permitted", "ambient"):
+    for key in _CAPABILITY_SETS:
         numbers = set()
         for i, name in enumerate(caps.get(key) or []):
             if name not in CAPABILITY_NUMBERS:
@@ -128,6 +128,37 @@ def _capability_plan(caps: Mapping[str, Any] | None) -> CapabilityPlan:
     if problems:
         raise SpecError(problems)
     return CapabilityPlan(**sets)
+
+
+#: The capability sets of ``process.capabilities``.
+_CAPABILITY_SETS = ("bounding", "effective", "inheritable", "permitted", "ambient")
+
+
+def _refuse_ptrace(spec: Mapping[str, Any]) -> None:
+    """A ``SpecError`` if the container's processes could hold ``CAP_SYS_PTRACE``.
+
+    They share a PID namespace with the supervisor (PID 1 there), which keeps the
+    runtime's capabilities and fds on host directories (its runtime directory, its
+    cgroups, the standard library's). Making it not dumpable keeps out only those
+    without ``CAP_SYS_PTRACE``: with it, ``/proc/1/fd`` opens those directories, and
+    ``PTRACE_ATTACH`` runs code as the supervisor. Any set counts, the bounding set too:
+    a process of uid 0 gets the bounding set as it execs.
+    """
+    caps = (spec.get("process") or {}).get("capabilities") or {}
+    problems = [
+        (
+            f"process.capabilities.{key}[{i}]",
+            "CAP_SYS_PTRACE would let the container's processes reach into the sandbox's "
+            "supervisor (PID 1 of their PID namespace), which holds the runtime's "
+            "privileges and fds on host directories: drop it, or share the host's PID "
+            "namespace",
+        )
+        for key in _CAPABILITY_SETS
+        for i, name in enumerate(caps.get(key) or [])
+        if name == "CAP_SYS_PTRACE"
+    ]
+    if problems:
+        raise SpecError(problems)
 
 
 def _seccomp_plan(
@@ -348,6 +379,8 @@ def build_plan(
         raise MissingFeatureError(
             "new user namespaces", "sandboxrt does not map users yet; join one by path instead"
         )
+    if "pid" in kinds:  # the supervisor is in the container's PID namespace
+        _refuse_ptrace(spec)
     runtime_dir, control_socket, exit_file = sandbox_paths(runtime_root, sandbox_id)
     new_uts = "uts" in kinds and not kinds["uts"]
     return SandboxPlan(
@@ -377,6 +410,7 @@ def build_container_plan(
     runtime_dir: str,
     compile_seccomp: SeccompCompiler,
     overlay_size: int = 0,
+    sandbox_pid_namespace: bool = True,
 ) -> ContainerPlan:
     """The plan of container ``container_id`` joining sandbox ``sandbox_id`` (a pod).
 
@@ -385,10 +419,13 @@ def build_container_plan(
     ``linux.namespaces`` say (CRI runtimes list the pause container's there);
     only a new ``cgroup`` one (no path) counts: the container gets a cgroup
     namespace rooted at its own cgroup. ``hostname`` and ``domainname`` are the
-    sandbox's.
+    sandbox's. ``sandbox_pid_namespace``: whether the sandbox has a PID namespace
+    (its supervisor's) rather than the host's.
     """
     if container_id == sandbox_id:
         raise ValueError(f"container {container_id!r} is the root of its sandbox")
+    if sandbox_pid_namespace:
+        _refuse_ptrace(spec)
     linux = spec.get("linux") or {}
     new = {ns["type"] for ns in linux.get("namespaces") or [] if not ns.get("path")}
     return ContainerPlan(

@@ -17,6 +17,7 @@ __all__ = [
     "StatInfo",
     "boot_id",
     "descendants",
+    "dying_name",
     "foreground_group",
     "is_alive",
     "read_process",
@@ -24,6 +25,8 @@ __all__ = [
 ]
 
 _DEAD_STATES = frozenset("ZXx")
+#: ``PF_EXITING`` in ``/proc/PID/stat``'s flags: set as a process starts to exit.
+_PF_EXITING = 0x4
 
 
 class StatInfo(tuple[str, int, int]):
@@ -68,6 +71,22 @@ def read_stat(pid: int, proc: str = "/proc") -> StatInfo | None:
     if fields is None:
         return None
     return StatInfo((fields[0].decode(), int(fields[1]), int(fields[19])))
+
+
+def dying_name(pid: int, proc: str = "/proc") -> str | None:
+    """The name (``comm``) of process ``pid`` if it is on its way out (exiting, or a
+    zombie); ``None`` if it runs on or is gone."""
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    end = raw.rindex(b")")
+    fields = raw[end + 2 :].split()
+    state, flags = fields[0].decode(), int(fields[6])  # fields 3 and 9
+    if state in _DEAD_STATES or flags & _PF_EXITING:
+        return raw[raw.index(b"(") + 1 : end].decode(errors="replace")
+    return None
 
 
 def foreground_group(pid: int, proc: str = "/proc") -> int | None:

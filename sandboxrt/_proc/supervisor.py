@@ -47,6 +47,8 @@ from sandboxrt._core.protocol import (
 from sandboxrt._os import capabilities, channel, mounts, net, procfs, stdlib, syscalls
 from sandboxrt._proc.init import (
     AGENT_BOARD,
+    AHEAD_PROCESS_NAME,
+    EXEC_PROCESS_NAME,
     error_progress,
     join_cgroup_fds,
     open_cgroup,
@@ -56,6 +58,7 @@ from sandboxrt._proc.init import (
     speculate,
     tree_identities,
 )
+from sandboxrt._proc.init import PROCESS_NAME as INIT_PROCESS_NAME
 
 __all__ = [
     "PROCESS_NAME",
@@ -299,6 +302,8 @@ class Supervisor:
         self.stdlib_fds: list[int] = []
         #: The thread detaching the old root, until :meth:`settle`.
         self.detaching: _Detach | None = None
+        #: What a warm sandbox made ahead for :meth:`confine`, until it is used.
+        self.confinement: Confinement | None = None
 
     # -- setting up ----------------------------------------------------------------------
 
@@ -328,6 +333,7 @@ class Supervisor:
         root = self.root
         if root.cgroup_dirs is None:  # (none: the library sends them with its cgroup)
             root.cgroup_dirs = []
+        self.confinement = None  # ours to use up now (``ahead``)
         ahead = ahead or Confinement(top=-1)
         self.homes = ahead.homes if ahead.top >= 0 else _home_cgroups()
         if ["pid", ""] not in self.plan.namespaces:
@@ -395,12 +401,17 @@ class Supervisor:
             channel.close_fds(stdio)
 
     def _fork_init(
-        self, member: _Member, stdio: Sequence[int], host_tree: int | None = None
+        self,
+        member: _Member,
+        stdio: Sequence[int],
+        host_tree: int | None = None,
+        spare: Sequence[int] = (),
     ) -> None:
         """Fork ``member``'s init, which builds its root and reports on ``member.init_sync``.
 
         Every signal is blocked across the fork: the child must not run our
-        handlers (which signal the root's init) before it has reset them.
+        handlers (which signal the root's init) before it has reset them. The child
+        closes ``spare`` (fds of ours it has no use for).
         """
         self.settle()
         parent_end, child_end = channel.socket_pair()
@@ -416,6 +427,7 @@ class Supervisor:
             if cgroup is not None:  # not closed with the rest: the init joins through them
                 member.cgroup_fds = None
             self._close_in_child()
+            channel.close_fds([*spare, *(member.cgroup_dirs or [])])
             run_init(
                 member.plan,
                 child_end,
@@ -451,9 +463,11 @@ class Supervisor:
         if self.wake_fds is not None:
             signal.set_wakeup_fd(-1)
             channel.close_fds(self.wake_fds)
-        channel.close_fds([self.runtime_fd, *self.homes])
+        channel.close_fds([self.runtime_fd, *self.homes, *self.stdlib_fds])
         for member in self.members.values():
-            channel.close_fds(member.cgroup_dirs or [])
+            channel.close_fds([*(member.cgroup_dirs or []), member.upper, member.root_fd or -1])
+        if self.confinement is not None:
+            channel.close_fds([self.confinement.top, *self.confinement.homes])
 
     def report(self, step: Progress, fds: list[int] | None = None) -> None:
         """Send a creation step to the library, after the launched process named us."""
@@ -747,7 +761,8 @@ class Supervisor:
                 # and the signal checks use them; the init joins through files opened here.
                 member.cgroup_dirs = [os.dup(fd) for fd in given]
                 member.cgroup_fds = open_cgroup(member.cgroup_dirs)
-                self._fork_init(member, fds[: len(fds) - extra], host_tree)
+                spare = given  # (the request's: closed here after it, in the init now)
+                self._fork_init(member, fds[: len(fds) - extra], host_tree, spare)
             except OSError as exc:
                 channel.close_fds([*(member.cgroup_dirs or []), *(member.cgroup_fds or [])])
                 member.cgroup_dirs = member.cgroup_fds = None
@@ -969,7 +984,12 @@ class Supervisor:
                 try:
                     step, fds = channel.receive(status, Progress)
                 except channel.ChannelClosedError:
-                    break  # close-on-exec: the program runs
+                    if not _died_before_exec(pid, (EXEC_PROCESS_NAME,)):
+                        break  # close-on-exec: the program runs
+                    channel.close_fds(pty)
+                    _, wait_status = os.waitpid(pid, 0)
+                    error = _death_before_exec("process", os.waitstatus_to_exitcode(wait_status))
+                    return Reply(False, error=error, error_type="ExecError"), []
                 if step.step == "pty":
                     channel.close_fds(pty)
                     pty = fds
@@ -1396,7 +1416,12 @@ class Supervisor:
                 channel.send(sync, request)
             step, _ = channel.receive(sync, Progress)
         except channel.ChannelClosedError:
-            return Reply(True)  # the sync socket closed on exec: the program runs
+            # The sync socket closed on exec (the program runs), or as the init died.
+            if not _died_before_exec(member.init_pid, (INIT_PROCESS_NAME, AHEAD_PROCESS_NAME)):
+                return Reply(True)
+            self._await_init(member)
+            assert member.returncode is not None
+            return Reply(False, error=_death_before_exec("init", member.returncode))
         finally:
             sync.close()
         # The init exits right after reporting the failure: record its exit before
@@ -1473,6 +1498,7 @@ def _run_supervisor(
     confinement: Confinement | None = None,
 ) -> NoReturn:
     supervisor = Supervisor(plan, bootstrap, stdio, gate, prepared=prepared)
+    supervisor.confinement = confinement  # (an init forked before it is used closes it)
     try:
         supervisor.setup()
         if ahead is not None:
@@ -1518,6 +1544,31 @@ def main(bootstrap_fd: int) -> NoReturn:
     channel.send(bootstrap, _launched(pid))
     os.close(gate_w)
     os._exit(0)
+
+
+def _died_before_exec(pid: int, names: Sequence[str]) -> bool:
+    """Whether our child ``pid``, whose sync socket just closed, died before its
+    ``execve`` rather than exec'd: it is exiting under one of our ``names``. (The
+    kernel gives a process its program's name as it execs, before it closes the
+    close-on-exec fds.) Its ``/proc`` entry stays until we reap it."""
+    return procfs.dying_name(pid) in names
+
+
+def _death_before_exec(what: str, returncode: int) -> str:
+    """Why a container's ``what`` (its init, an exec'd process) never ran its program."""
+    if returncode >= 0:
+        return f"its {what} exited with status {returncode} before it ran the program"
+    try:
+        signame = f" ({signal.Signals(-returncode).name})"
+    except ValueError:
+        signame = ""
+    why = f"its {what} was killed by signal {-returncode}{signame} before it ran the program"
+    if returncode == -signal.SIGSYS:
+        why += (
+            ": the seccomp profile, loaded early without noNewPrivileges, forbids a "
+            "system call the runtime makes before the program starts"
+        )
+    return why
 
 
 def _launched(pid: int) -> Launched:
