@@ -769,23 +769,16 @@ class Container:
             )
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
-        if self._exec_base is None:
-            self._exec_base = exec_plan(self._record.spec, ["-"], compile_seccomp=compile_bpf)
-        plan = exec_plan(
-            self._record.spec,
-            args,
-            env=env,
-            cwd=cwd,
-            user=user,
-            terminal=tty,
-            compile_seccomp=compile_bpf,
-            base=self._exec_base,
-        )
+        spec = self._record.spec
+        overrides: dict[str, Any] = {"env": env, "cwd": cwd, "user": user, "terminal": tty}
+        plan = self._exec_plan(args, overrides)  # (before the lock: a bad argument waits not)
         stdio = None if tty else StdioPlan(stdin, stdout, stderr)
         try:
             with self._locked() as sandbox:
                 require(Operation.EXEC, self.id, _effective_status(self._record, sandbox))
                 assert sandbox is not None
+                if self._record.spec is not spec:  # the id names another container now
+                    plan = self._exec_plan(args, overrides)
                 try:
                     pid, master, connection = sandbox.exec_connected(
                         self.id, plan, stdio.child_fds if stdio else []
@@ -955,7 +948,17 @@ class Container:
         if record.spec == self._record.spec:
             # Keep our spec object: its serialised form is cached (see records.py).
             record = attrs.evolve(record, spec=self._record.spec)
+        else:  # (the id was destroyed and used again)
+            self._exec_base = None
         self._record = record
+
+    def _exec_plan(self, args: Sequence[str], overrides: dict[str, Any]) -> ExecPlan:
+        """The plan of ``args`` exec'd into this container (:func:`exec_plan` of its spec)."""
+        if self._exec_base is None:
+            self._exec_base = exec_plan(self._record.spec, ["-"], compile_seccomp=compile_bpf)
+        return exec_plan(
+            self._record.spec, args, compile_seccomp=compile_bpf, base=self._exec_base, **overrides
+        )
 
     def _file_server(self) -> Gofer:
         """The gofer, for the file API, started (under the lock) if it was not yet:

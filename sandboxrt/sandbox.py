@@ -160,7 +160,7 @@ class Sandbox:
                 0o600,
             )
             ours, theirs = channel.socket_pair()
-            ours.settimeout(timeout)
+            channel.set_timeout(ours, timeout)
             try:
                 # The plan waits in the socket, so the launched process reads it at once.
                 channel.send_many(ours, plan, stdio)
@@ -363,7 +363,7 @@ class Sandbox:
             if sock is None:
                 sock = channel.connect(self.control_socket, timeout)
             else:
-                sock.settimeout(timeout)
+                channel.set_timeout(sock, timeout)
             channel.send(sock, request, fds)
             reply, got = channel.receive(sock, Reply)
         except TimeoutError:
@@ -438,7 +438,7 @@ class Sandbox:
         conn = self._exit_conn
         assert conn is not None
         try:
-            conn.settimeout(timeout)
+            channel.set_timeout(conn, timeout)
             reply, fds = channel.receive(conn, Reply)
             channel.close_fds(fds)
         except TimeoutError:
@@ -483,7 +483,7 @@ class Sandbox:
         except TimeoutError:
             raise CreateTimeoutError(container_id, timeout or 0.0) from None
         with sock:
-            sock.settimeout(timeout)
+            channel.set_timeout(sock, timeout)
             try:
                 channel.send_many(sock, request, stdio)
             except OSError as exc:

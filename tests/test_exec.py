@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import re
 import signal
@@ -23,6 +24,7 @@ from sandboxrt import (
     ProcessNotFoundError,
     ProcessTimeoutError,
     Status,
+    WaitTimeoutError,
 )
 from sandboxrt._core.plan import exec_plan
 
@@ -319,6 +321,42 @@ def test_exec_into_a_stopped_container(store: FileStore, bundle: BundleFactory) 
             container.exec(["true"])
     finally:
         container.destroy()
+
+
+def test_an_object_of_a_destroyed_container_execs_as_the_new_one_of_its_id(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    path = bundle(["sleep", "1000"])
+    first = Container.create("again", path, store=store)
+    stale = Container.load("again", store=store)
+    try:
+        first.start()
+        assert output(stale, "id", "-u") == "0\n"  # (its plan is cached from here on)
+    finally:
+        first.destroy()
+    config = path / "config.json"
+    document = json.loads(config.read_text())
+    document["process"]["user"] = {"uid": 1000, "gid": 1000}
+    config.write_text(json.dumps(document))
+    second = Container.create("again", path, store=store)
+    try:
+        second.start()
+        assert output(stale, "id", "-u") == "1000\n"  # the container the id names now
+    finally:
+        second.destroy()
+
+
+@pytest.mark.parametrize("timeout", [0, -1])
+def test_a_deadline_already_past_is_a_timeout(running: Container, timeout: float) -> None:
+    with pytest.raises(WaitTimeoutError):
+        running.wait(timeout=timeout)
+    process = running.exec(["sleep", "100"])
+    with pytest.raises(ProcessTimeoutError):
+        process.wait(timeout=timeout)
+    with pytest.raises(WaitTimeoutError):
+        running.wait_pid(process.pid, timeout=timeout)
+    process.kill()
+    assert process.wait(timeout=10) == -signal.SIGKILL
 
 
 def test_exec_into_a_paused_container(running: Container) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "send",
     "send_bytes",
     "send_many",
+    "set_timeout",
     "socket_pair",
 ]
 
@@ -254,6 +255,18 @@ def bind_listener(path: str, backlog: int = 64) -> socket.socket:
     return sock
 
 
+#: The timeout a socket gets for a deadline already past: the shortest that still makes
+#: a read that would block raise ``TimeoutError`` (0 would make it ``BlockingIOError``).
+_EXPIRED = 1e-6
+
+
+def set_timeout(sock: socket.socket, timeout: float | None) -> None:
+    """``sock.settimeout(timeout)``, where a timeout of 0 or less means one already past
+    (``TimeoutError`` rather than ``BlockingIOError`` or ``ValueError``), as
+    ``subprocess`` takes it."""
+    sock.settimeout(None if timeout is None else max(timeout, _EXPIRED))
+
+
 def connect(path: str, timeout: float | None = None) -> socket.socket:
     """A message socket connected to the listener at ``path``.
 
@@ -261,7 +274,7 @@ def connect(path: str, timeout: float | None = None) -> socket.socket:
     wait out) is retried until the timeout passes.
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    sock.settimeout(timeout)
+    set_timeout(sock, timeout)
     address, dirfd = _short_address(path)
     deadline = None if timeout is None else time.monotonic() + timeout
     delay = 0.0005
