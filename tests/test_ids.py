@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sandboxrt._core.ids import MAX_ID_LENGTH, resolve_id, validate_id
+from sandboxrt._core.plan import id_file_name
 from sandboxrt.errors import (
     AmbiguousIDError,
     ContainerNotFoundError,
@@ -110,3 +111,15 @@ def test_prefix_is_validated() -> None:
         resolve_id("", KNOWN)
     with pytest.raises(InvalidIDError):
         resolve_id("../foo", KNOWN)
+
+
+@pytest.mark.parametrize("length", [41, 64, MAX_ID_LENGTH])
+def test_a_long_ids_file_name_is_no_id_of_its_own(length: int) -> None:
+    # Else creating that id would take (and remove) the long one's runtime directory.
+    long_id = "a" * length
+    name = id_file_name(long_id)
+    assert len(name) == 40
+    assert name != id_file_name("a" * (length + 1))
+    with pytest.raises(InvalidIDError):
+        validate_id(name)
+    assert id_file_name("b" * 40) == "b" * 40  # short ones stay as they are

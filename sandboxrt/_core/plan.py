@@ -45,10 +45,11 @@ SeccompCompiler = Callable[[Mapping[str, Any]], bytes]
 
 def id_file_name(container_id: str) -> str:
     """``container_id`` as a file name (at most 40 characters): long ids are cut and
-    get a hash of the whole."""
+    get a hash of the whole, after a ``~``, which no id may hold: a short id can never
+    name the files of a long one."""
     if len(container_id) <= 40:
         return container_id
-    return container_id[:24] + "-" + hashlib.sha256(container_id.encode()).hexdigest()[:15]
+    return container_id[:24] + "~" + hashlib.sha256(container_id.encode()).hexdigest()[:15]
 
 
 def sandbox_paths(runtime_root: str, sandbox_id: str) -> tuple[str, str, str]:
