@@ -353,13 +353,20 @@ class Container:
                     )
                 if autostart:
                     container._launched = sandbox
+                unsaved = container._record.status is Status.CREATING  # (else save_running)
+                if unsaved:
+                    record_sandbox(sandbox)  # a teardown from here on stops the sandbox
                 stdio.close_child_ends()
                 channel.close_fds(trees)
                 trees = []
                 if gofer is not None:
-                    container._hand_over_gofer(gofer, sandbox)
-                if container._record.status is Status.CREATING:  # else saved by save_running
-                    record_sandbox(sandbox)
+                    try:
+                        container._hand_over_gofer(gofer, sandbox)
+                    except (GoferError, OSError) as exc:
+                        # It died already: the file API says so, the container lives on
+                        # (decision 26).
+                        log.warning('container "%s": its gofer did not start: %s', id, exc)
+                if unsaved:
                     store.save(container._record)
                 container.stdin, container.stdout, container.stderr = (
                     stdio.stdin,

@@ -8,6 +8,7 @@ import os
 import select
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,32 @@ def test_file_api_after_the_gofers_death_raises_gofer_error(
         assert c.exec_run(["true"]).returncode == 0
     finally:
         c.destroy()
+
+
+def test_a_gofer_that_dies_during_create_leaves_the_container_and_nothing_else(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    # A prestart hook (it runs once the gofer opened the trees, before it is handed its
+    # socket) kills the gofer: handing it over failed with a raw BrokenPipeError, and
+    # the sandbox and its runtime directory were left behind.
+    record = store.root / "gdies.json"
+    pid = f"json.load(open({str(record)!r}))['container']['gofer']['pid']"
+    kill = f"import json, os; os.kill({pid}, 9)"
+    path = bundle(["sleep", "60"])
+    config = path / "config.json"
+    document = json.loads(config.read_text())
+    document["hooks"] = {"prestart": [{"path": sys.executable, "args": ["python3", "-c", kill]}]}
+    config.write_text(json.dumps(document))
+    c = Container.create("gdies", path, store=store)
+    try:
+        c.start()
+        with pytest.raises(GoferError, match='gofer of container "gdies" is not running'):
+            c.files.read_text("/etc/passwd")
+        assert c.exec_run(["true"]).returncode == 0  # the container lives on (decision 26)
+    finally:
+        c.destroy()
+    assert not (store.runtime_dir / "gdies").exists()
+    assert not gofer_pids()
 
 
 def test_gofer_with_the_subprocess_launcher(
