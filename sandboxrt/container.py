@@ -10,6 +10,7 @@ import functools
 import getpass
 import logging
 import os
+import shutil
 import signal as _signal
 import socket
 import subprocess
@@ -23,7 +24,13 @@ from typing_extensions import Unpack
 from sandboxrt import _cgroup, _changes
 from sandboxrt._core.cri import sandbox_to_join
 from sandboxrt._core.ids import resolve_id, validate_id
-from sandboxrt._core.plan import UserArg, build_container_plan, build_plan, exec_plan
+from sandboxrt._core.plan import (
+    UserArg,
+    build_container_plan,
+    build_plan,
+    exec_plan,
+    sandbox_paths,
+)
 from sandboxrt._core.protocol import ContainerPlan, ExecPlan, InitPlan, SandboxPlan
 from sandboxrt._core.records import ContainerRecord
 from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
@@ -1060,6 +1067,11 @@ class Container:
             for member_id in sandbox.container_ids():
                 _destroy_member(self._store, member_id, self.id)
             sandbox.remove_runtime_dir()
+        elif not self.is_subcontainer:
+            # A creation that died before it recorded its sandbox (we hold the lock it
+            # held): the runtime directory it made is named after the id.
+            runtime_dir, _, _ = sandbox_paths(str(self._store.runtime_dir), self.id)
+            shutil.rmtree(runtime_dir, ignore_errors=True)
         if self._record.cgroup is not None:
             _cgroup.remove(self._record.cgroup, self.id, timeout)
         if gofer is not None and not kill_process(gofer, timeout):

@@ -593,6 +593,25 @@ def test_a_runtime_dir_left_by_a_crashed_create_does_not_block_the_id(
     assert not stale.exists()
 
 
+def test_destroy_after_a_create_that_died_removes_its_runtime_dir(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    # The creating process dies (its prestart hook kills it) after it made the
+    # sandbox's runtime directory and before it recorded the sandbox.
+    path = bundle(["true"])
+    hook = {"path": "/bin/sh", "args": ["sh", "-c", "kill -9 $PPID"]}
+    edit_config(path, lambda d: d.update(hooks={"prestart": [hook]}))
+    creator = in_subprocess(store, f"Container.create('died', {str(path)!r}, store=store)")
+    _, err = creator.communicate(timeout=30)
+    assert creator.returncode == -signal.SIGKILL, err
+    assert (store.runtime_dir / "died").exists()
+    container = Container.load("died", store=store)
+    assert container.status is Status.CREATING
+    container.destroy()
+    assert not (store.runtime_dir / "died").exists()
+    assert Container.list(store=store) == []
+
+
 def test_a_sandbox_silent_during_creation_times_out(
     store: FileStore, bundle: BundleFactory, tmp_path: Path
 ) -> None:
