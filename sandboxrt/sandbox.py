@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import shutil
@@ -48,6 +49,8 @@ from sandboxrt.errors import (
 )
 
 __all__ = ["Sandbox", "kill_process", "open_pidfd"]
+
+log = logging.getLogger("sandboxrt")
 
 #: What ``wait`` reports when the supervisor was killed before it could record an exit.
 KILLED_RETURNCODE = -signal.SIGKILL
@@ -201,7 +204,11 @@ class Sandbox:
                 return sandbox, pty
         except BaseException:
             if sandbox is not None:
-                sandbox.destroy(timeout=10.0)
+                try:
+                    sandbox.destroy(timeout=10.0)
+                except (SandboxrtError, OSError) as exc:  # why the launch failed says more
+                    log.warning('container "%s": its sandbox outlived a failed create: %s',
+                                container_id, exc)  # fmt: skip
             if launched is not None:
                 _reap(launched)
             shutil.rmtree(plan.runtime_dir, ignore_errors=True)

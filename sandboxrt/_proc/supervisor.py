@@ -1457,6 +1457,8 @@ class Supervisor:
         # status is recorded before any waiter hears of one.
         if not root.recorded:  # (once: a rename over a file makes ext4 flush)
             self._write_exit(root, root.returncode)
+        for member in list(self.members.values()):  # exits an agent reported, not read yet:
+            self._agent_message(member)  # their waiters get the true status, not -SIGKILL
         killed = [
             member
             for member in self.members.values()
