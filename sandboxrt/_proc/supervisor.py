@@ -1002,7 +1002,7 @@ class Supervisor:
             channel.close_fds(pty)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            self._reap_failed(pid)
+            self._reap_failed(pid, hang=False)
             return Reply(
                 False, error=f"the process did not start: {exc}", error_type="ExecError"
             ), []
@@ -1264,9 +1264,12 @@ class Supervisor:
                 self._exec_exited(pid, os.waitstatus_to_exitcode(status))
 
     @staticmethod
-    def _reap_failed(pid: int) -> None:
+    def _reap_failed(pid: int, *, hang: bool = True) -> None:
+        """Reap a child that failed to start; without ``hang`` only if it has exited
+        already (killed in a cgroup frozen from outside, it ends once thawed: then
+        :meth:`_reap` collects it, as no process of ours)."""
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+            os.waitpid(pid, 0 if hang else os.WNOHANG)
 
     def _exec_exited(self, pid: int, returncode: int) -> None:
         self.execs.discard(pid)
