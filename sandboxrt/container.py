@@ -507,7 +507,11 @@ class Container:
         with self._locked() as sandbox:
             require(Operation.START, self.id, _effective_status(self._record, sandbox))
             assert sandbox is not None
-            sandbox.start(self.id, self._state_dict(Status.CREATED))
+            try:
+                sandbox.start(self.id, self._state_dict(Status.CREATED))
+            except SandboxDiedError:
+                if not self._stopped_meanwhile(Operation.START, sandbox):
+                    raise
             self._record = self._record.with_status(Status.RUNNING)
             self._store.save(self._record)
         self._poststart()
@@ -588,10 +592,8 @@ class Container:
         try:
             sandbox.signal(self.id, sig, all=all, foreground=foreground)
         except (SandboxDiedError, InitError):
-            # It stopped meanwhile: answer as if it had stopped before the call.
-            if _effective_status(self._record, sandbox) is not Status.STOPPED:
+            if not self._stopped_meanwhile(Operation.KILL_ALL if all else Operation.KILL, sandbox):
                 raise
-            require(Operation.KILL_ALL if all else Operation.KILL, self.id, Status.STOPPED)
 
     def pause(self) -> None:
         """Freeze every process of the (running) container, like ``runc pause``.
@@ -670,7 +672,11 @@ class Container:
         sandbox = self.sandbox
         require(Operation.KILL, self.id, _effective_status(self._record, sandbox))
         assert sandbox is not None
-        sandbox.signal_process(self.id, pid, int(sig), group=group, foreground=foreground)
+        try:
+            sandbox.signal_process(self.id, pid, int(sig), group=group, foreground=foreground)
+        except SandboxDiedError:
+            if not self._stopped_meanwhile(Operation.KILL, sandbox):
+                raise
 
     def processes(self) -> builtins.list[ProcessInfo]:
         """The container's processes now, like ``runc ps``, sorted by pid.
@@ -798,10 +804,8 @@ class Container:
                         self.id, plan, stdio.child_fds if stdio else []
                     )
                 except SandboxDiedError:
-                    # It stopped meanwhile: answer as if it had stopped before the call.
-                    if _effective_status(self._record, sandbox) is Status.STOPPED:
-                        raise InvalidStateError("exec in", self.id, str(Status.STOPPED)) from None
-                    raise
+                    if not self._stopped_meanwhile(Operation.EXEC, sandbox):
+                        raise
         except BaseException:
             if stdio is not None:
                 stdio.close_all()
@@ -965,6 +969,15 @@ class Container:
         else:  # (the id was destroyed and used again)
             self._exec_base = None
         self._record = record
+
+    def _stopped_meanwhile(self, operation: Operation, sandbox: Sandbox | None) -> bool:
+        """After the sandbox failed ``operation``: whether the container stopped
+        meanwhile, and then it is answered as if it had stopped before the call (the
+        :class:`InvalidStateError` of an operation a stopped container refuses)."""
+        if _effective_status(self._record, sandbox) is not Status.STOPPED:
+            return False
+        require(operation, self.id, Status.STOPPED)
+        return True
 
     def _exec_plan(self, args: Sequence[str], overrides: dict[str, Any]) -> ExecPlan:
         """The plan of ``args`` exec'd into this container (:func:`exec_plan` of its spec)."""
