@@ -564,6 +564,50 @@ def test_subcontainer_creation_racing_a_root_destroy_leaves_nothing(
     assert os.listdir(store.runtime_dir) == []
 
 
+def test_a_start_waiting_on_its_hooks_holds_up_no_other_container(
+    pod: Pod, tmp_path: Path, bundle: BundleFactory
+) -> None:
+    # A startContainer hook (no timeout) that waits for a gate: the supervisor used to
+    # wait with it, and served no request of any container of the pod meanwhile.
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    path = bundle(["true"])
+    config = path / "config.json"
+    document = json.loads(config.read_text())
+    mount = {"destination": "/gate", "type": "bind", "source": str(gate), "options": ["bind"]}
+    document["mounts"].append(mount)
+    wait = "while [ ! -e /gate/open ]; do sleep 0.05; done"
+    document["hooks"] = {"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", wait]}]}
+    config.write_text(json.dumps(document))
+    a = pod.add_container("a", path)
+    outcomes: list[object] = []
+
+    def start() -> None:
+        try:
+            a.start()
+            outcomes.append("started")
+        except Exception as exc:  # checked below
+            outcomes.append(exc)
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    served = threading.Event()
+
+    def exec_in_root() -> None:
+        if pod.root.exec_run(["true"]).returncode == 0:
+            served.set()
+
+    threading.Thread(target=exec_in_root, daemon=True).start()
+    try:
+        assert served.wait(timeout=60), "the pod's supervisor waited with a start hook"
+        assert outcomes == [], "the start waits for its hook"
+    finally:
+        (gate / "open").touch()
+        starter.join(timeout=60)
+    assert outcomes == ["started"]
+    assert a.wait(timeout=10) == 0
+
+
 def test_a_subcontainer_runs_its_own_hooks(pod: Pod, tmp_path: Path, bundle: BundleFactory) -> None:
     entries = Setup(tmp_path, bundle).run_in_pod(pod, "a")
     assert [tag for tag, _ in entries] == list(HOOK_PHASES)

@@ -21,6 +21,7 @@ import errno
 import mmap
 import os
 import re
+import select
 import selectors
 import signal
 import socket
@@ -211,6 +212,9 @@ class _Member:
     #: The init's sync socket, until the init is started.
     init_sync: socket.socket | None = None
     started: bool = False
+    #: While its init runs its startContainer hooks (a start not waited for, see
+    #: :meth:`Supervisor._start_later`): the connection the reply goes to.
+    starting: socket.socket | None = None
     returncode: int | None = None
     #: Its exit status is in :attr:`exit_file`.
     recorded: bool = False
@@ -569,6 +573,8 @@ class Supervisor:
                     self._handle(key.fileobj)  # type: ignore[arg-type]
                 elif data[0] == "creating":
                     self._creation_step(data[1])
+                elif data[0] == "starting":
+                    self._started(data[1])
                 elif data[0] == "agent":
                     self._agent_message(data[1])
                 else:
@@ -581,6 +587,11 @@ class Supervisor:
                 os.kill(root.init_pid, signum)
 
     def _reap(self) -> None:
+        # A start over (its init exec'd or died: its sync socket closed before it could
+        # exit) is replied to first, while the init's /proc entry tells which.
+        for starting in list(self.members.values()):
+            if starting.starting is not None and _readable(starting.init_sync):
+                self._started(starting)
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -676,7 +687,7 @@ class Supervisor:
             member.waiters.append(conn)
             return None
         if request.op == "start":
-            return self._start(member, request)
+            return self._start_later(conn, member, request)
         if request.op == "signal":
             if request.foreground:
                 pid = request.pid or member.init_pid
@@ -872,6 +883,11 @@ class Supervisor:
                 self.selector.unregister(member.init_sync)
             member.init_sync.close()
             member.init_sync = None
+        if member.starting is not None:
+            with contextlib.suppress(OSError):
+                error = "the container was destroyed while it started"
+                channel.send(member.starting, Reply(False, error=error, error_type="Died"))
+            member.starting = None
         if member.creator is not None:
             self._drop(member.creator)
             member.creator = None
@@ -1410,13 +1426,47 @@ class Supervisor:
         return Reply(True, pid=group)
 
     def _start(self, member: _Member, request: Request) -> Reply:
+        """Start ``member``; the reply once its program runs, or its start failed."""
+        sync = self._begin_start(member, request)
+        return sync if isinstance(sync, Reply) else self._start_outcome(member, sync)
+
+    def _start_later(self, conn: socket.socket, member: _Member, request: Request) -> Reply | None:
+        """:meth:`_start`, the reply sent to ``conn`` later (:meth:`_started`): the init
+        runs the startContainer hooks, which may take long, while we serve the other
+        containers' requests."""
+        sync = self._begin_start(member, request)
+        if isinstance(sync, Reply):
+            return sync
+        member.init_sync, member.starting = sync, conn
+        self.selector.register(sync, selectors.EVENT_READ, ("starting", member))
+        return None
+
+    def _begin_start(self, member: _Member, request: Request) -> socket.socket | Reply:
+        """Tell ``member``'s init to go on to exec (unless it goes by itself: autostart);
+        its sync socket, which says how it went, or the reply of a start refused."""
         if member.started or member.init_sync is None:
             return Reply(False, error="the container was started already", error_type="State")
         member.started = True
         sync, member.init_sync = member.init_sync, None
-        try:
-            if not member.autostart:  # else it goes on to exec by itself after created
+        if not member.autostart:  # else it goes on to exec by itself after created
+            with contextlib.suppress(OSError):  # (a dead init: its end of stream says so)
                 channel.send(sync, request)
+        return sync
+
+    def _started(self, member: _Member) -> None:
+        """A start not waited for is over (:meth:`_start_later`): reply."""
+        sync, conn = member.init_sync, member.starting
+        member.init_sync = member.starting = None
+        if sync is None or conn is None:
+            return
+        self.selector.unregister(sync)
+        reply = self._start_outcome(member, sync)
+        with contextlib.suppress(OSError):
+            channel.send(conn, reply)
+
+    def _start_outcome(self, member: _Member, sync: socket.socket) -> Reply:
+        """Read how ``member``'s start went on its init's ``sync`` socket (closed here)."""
+        try:
             step, _ = channel.receive(sync, Progress)
         except channel.ChannelClosedError:
             # The sync socket closed on exec (the program runs), or as the init died.
@@ -1549,6 +1599,15 @@ def main(bootstrap_fd: int) -> NoReturn:
     channel.send(bootstrap, _launched(pid))
     os.close(gate_w)
     os._exit(0)
+
+
+def _readable(sock: socket.socket | None) -> bool:
+    """Whether ``sock`` has a message or end of stream waiting."""
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _died_before_exec(pid: int, names: Sequence[str]) -> bool:
