@@ -32,7 +32,7 @@ from sandboxrt._core.plan import (
     sandbox_paths,
 )
 from sandboxrt._core.protocol import ContainerPlan, ExecPlan, InitPlan, SandboxPlan
-from sandboxrt._core.records import ContainerRecord
+from sandboxrt._core.records import ContainerRecord, ProcessIdentity
 from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
 from sandboxrt._core.status import Operation, Status, require
 from sandboxrt._os import cgroups, channel, mounts, procfs
@@ -278,6 +278,7 @@ class Container:
                 runtime_dir=host.runtime_dir if host is not None else "",
                 config=attrs.asdict(config),
                 annotations=dict(document.get("annotations") or {}),
+                creator=_this_process(),
             )
             store.create(record)  # raises ContainerExistsError, touching nothing
             container = cls(record, store)
@@ -1176,7 +1177,14 @@ def _process_pid(container_id: str, pid: int) -> int:
 def _effective_status(record: ContainerRecord, sandbox: Sandbox | None) -> Status:
     """``record``'s status, or ``stopped`` where its sandbox is gone or its init exited: a
     subcontainer's too once the root's init exited (the sandbox ends; the supervisor
-    records the subcontainers' exits one by one on its way out)."""
+    records the subcontainers' exits one by one on its way out); and ``stopped`` where
+    it is ``creating`` but its creator is gone (a creation that died half-way)."""
+    if record.status is Status.CREATING:
+        creator = record.creator
+        alive = creator is None or procfs.is_alive(
+            creator.pid, creator.start_ticks, creator.boot_id
+        )
+        return record.status if alive else Status.STOPPED
     if record.status in _LIVE and (
         sandbox is None
         or not sandbox.is_running()
@@ -1292,6 +1300,20 @@ def _cached_spec(path: str, *_identity: int) -> Spec:
 
 def _owner() -> str:
     return _user_name(os.getuid())
+
+
+_THIS_PROCESS: dict[int, ProcessIdentity] = {}
+
+
+def _this_process() -> ProcessIdentity:
+    """This process's identity (read once per process: a fork gets its own)."""
+    pid = os.getpid()
+    if pid not in _THIS_PROCESS:
+        info = procfs.read_stat(pid)
+        ticks = info.start_ticks if info is not None else 0
+        _THIS_PROCESS.clear()
+        _THIS_PROCESS[pid] = ProcessIdentity(pid, ticks, procfs.boot_id())
+    return _THIS_PROCESS[pid]
 
 
 @functools.lru_cache(maxsize=8)

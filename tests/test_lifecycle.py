@@ -593,7 +593,7 @@ def test_a_runtime_dir_left_by_a_crashed_create_does_not_block_the_id(
     assert not stale.exists()
 
 
-def test_destroy_after_a_create_that_died_removes_its_runtime_dir(
+def test_destroy_after_a_create_that_died_reads_stopped_and_leaves_nothing(
     store: FileStore, bundle: BundleFactory
 ) -> None:
     # The creating process dies (its prestart hook kills it) after it made the
@@ -606,7 +606,8 @@ def test_destroy_after_a_create_that_died_removes_its_runtime_dir(
     assert creator.returncode == -signal.SIGKILL, err
     assert (store.runtime_dir / "died").exists()
     container = Container.load("died", store=store)
-    assert container.status is Status.CREATING
+    assert container.status is Status.STOPPED  # its creator is gone (it read creating)
+    assert container.state().status == "stopped"
     container.destroy()
     assert not (store.runtime_dir / "died").exists()
     assert Container.list(store=store) == []

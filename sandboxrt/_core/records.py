@@ -64,6 +64,9 @@ class ContainerRecord:
     annotations: dict[str, str] = attrs.field(factory=dict, repr=False)
     #: The container's cgroup (``Cgroup.to_dict()``), or ``None`` when it has none.
     cgroup: dict[str, Any] | None = attrs.field(default=None, repr=False)
+    #: The process that created the container: while it is ``creating``, a creator that
+    #: is gone means a creation that died half-way (the container reads stopped).
+    creator: ProcessIdentity | None = None
 
     def with_status(self, new: Status) -> ContainerRecord:
         """A copy in status ``new``; raises if the transition is illegal."""
