@@ -27,7 +27,12 @@ from typing import IO
 import attrs
 
 from sandboxrt._os import procfs
-from sandboxrt.errors import ProcessNotFoundError, ProcessTimeoutError, SandboxrtError
+from sandboxrt.errors import (
+    ProcessNotFoundError,
+    ProcessTimeoutError,
+    SandboxDiedError,
+    SandboxrtError,
+)
 from sandboxrt.sandbox import Sandbox
 
 __all__ = ["Process", "ProcessInfo", "process_infos"]
@@ -245,6 +250,8 @@ class Process:
         except ProcessNotFoundError as error:
             if not error.exited:
                 raise
+        except SandboxDiedError:
+            pass  # gone with its sandbox
 
     def terminate(self) -> None:
         """Send SIGTERM."""

@@ -369,6 +369,12 @@ class Sandbox:
         try:
             if sock is None:
                 sock = channel.connect(self.control_socket, timeout)
+                if channel.peer_pid(sock) != self.supervisor.pid:
+                    # Another sandbox's, made since under the same id: never ask it.
+                    raise ConnectionRefusedError(
+                        f"{self.control_socket} is no longer its supervisor's "
+                        f"(pid {self.supervisor.pid})"
+                    )
             else:
                 channel.set_timeout(sock, timeout)
             channel.send(sock, request, fds)

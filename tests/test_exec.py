@@ -346,6 +346,37 @@ def test_an_object_of_a_destroyed_container_execs_as_the_new_one_of_its_id(
         second.destroy()
 
 
+def test_a_process_of_a_destroyed_container_never_reaches_the_next_of_its_id(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    # Both sandboxes number their processes alike: the stale process object, asking the
+    # control socket by path, used to signal the new container's process of its pid.
+    path = bundle(["sleep", "1000"])
+    first = Container.create("reused", path, store=store)
+    try:
+        first.start()
+        for _ in range(10):  # its pid, higher than the next sandbox's first ones
+            first.exec(["true"]).wait(timeout=10)
+        stale = first.exec(["sleep", "1000"])
+    finally:
+        first.destroy()
+    second = Container.create("reused", path, store=store)
+    try:
+        second.start()
+        fresh = second.exec(["sleep", "1000"])
+        while fresh.pid < stale.pid:  # until it has the stale one's pid
+            fresh.kill()
+            fresh.wait(timeout=10)
+            fresh = second.exec(["sleep", "1000"])
+        assert fresh.pid == stale.pid
+        stale.kill()
+        assert stale.wait(timeout=10) == -signal.SIGKILL
+        assert fresh.poll() is None
+        assert second.processes()  # the new sandbox still answers
+    finally:
+        second.destroy()
+
+
 @pytest.mark.parametrize("timeout", [0, -1])
 def test_a_deadline_already_past_is_a_timeout(running: Container, timeout: float) -> None:
     with pytest.raises(WaitTimeoutError):

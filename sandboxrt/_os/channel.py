@@ -11,6 +11,7 @@ import array
 import contextlib
 import os
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
@@ -25,6 +26,7 @@ __all__ = [
     "connect",
     "open_all",
     "peek",
+    "peer_pid",
     "receive",
     "receive_bytes",
     "receive_one_of",
@@ -265,6 +267,14 @@ def set_timeout(sock: socket.socket, timeout: float | None) -> None:
     (``TimeoutError`` rather than ``BlockingIOError`` or ``ValueError``), as
     ``subprocess`` takes it."""
     sock.settimeout(None if timeout is None else max(timeout, _EXPIRED))
+
+
+def peer_pid(sock: socket.socket) -> int:
+    """The pid (as our PID namespace numbers it; 0 if it cannot) of the process that
+    made the listener ``sock`` is connected to (``SO_PEERCRED``: fixed at ``listen``)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid: int = struct.unpack("3i", creds)[0]
+    return pid
 
 
 def connect(path: str, timeout: float | None = None) -> socket.socket:
