@@ -352,6 +352,18 @@ class Sandbox:
         reply, got, _ = self._exchange(container_id, request, fds, timeout=timeout)
         return reply, got
 
+    def _connect(self, timeout: float | None) -> socket.socket:
+        """A connection to the supervisor's control socket, found by path: refused
+        (``ConnectionRefusedError``) when another process listens there, the supervisor
+        of a sandbox made since under the same id (``SO_PEERCRED``)."""
+        sock = channel.connect(self.control_socket, timeout)
+        if channel.peer_pid(sock) != self.supervisor.pid:
+            sock.close()
+            raise ConnectionRefusedError(
+                f"{self.control_socket} is no longer its supervisor's (pid {self.supervisor.pid})"
+            )
+        return sock
+
     def _exchange(
         self,
         container_id: str,
@@ -368,13 +380,7 @@ class Sandbox:
         sock = connection
         try:
             if sock is None:
-                sock = channel.connect(self.control_socket, timeout)
-                if channel.peer_pid(sock) != self.supervisor.pid:
-                    # Another sandbox's, made since under the same id: never ask it.
-                    raise ConnectionRefusedError(
-                        f"{self.control_socket} is no longer its supervisor's "
-                        f"(pid {self.supervisor.pid})"
-                    )
+                sock = self._connect(timeout)
             else:
                 channel.set_timeout(sock, timeout)
             channel.send(sock, request, fds)
@@ -490,7 +496,7 @@ class Sandbox:
         request = Request("create-container", container_id, container=plan)
         self._note_member(container_id)
         try:
-            sock = channel.connect(self.control_socket, timeout)
+            sock = self._connect(timeout)
         except (ConnectionError, FileNotFoundError) as exc:
             raise SandboxDiedError(container_id, str(exc)) from exc
         except TimeoutError:
