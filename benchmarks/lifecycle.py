@@ -251,7 +251,10 @@ def main() -> None:
         "--overlay", action="store_true", help="sandboxrt with Config(overlay=True)"
     )
     parser.add_argument(
-        "--gap", type=float, default=0.2, help="idle seconds before each isolated run (0: none)"
+        "--gap",
+        type=float,
+        default=0.2,
+        help="idle seconds before each isolated run (0: skip them)",
     )
     args = parser.parse_args()
     config = Config(overlay=True) if args.overlay else None

@@ -54,6 +54,9 @@ log = logging.getLogger("sandboxrt")
 
 #: What ``wait`` reports when the supervisor was killed before it could record an exit.
 KILLED_RETURNCODE = -signal.SIGKILL
+#: How long a supervisor may take over a question it needs no waiting to answer (a wait
+#: whose deadline is past, 0 or less: asked with ``nohang``, as ``subprocess`` polls).
+ANSWER_TIMEOUT = 5.0
 
 
 def remote_error(
@@ -436,17 +439,21 @@ class Sandbox:
         recorded = self.exit_status(container_id)
         if recorded is not None:
             return recorded
-        if container_id == self.id and self._exit_conn is not None:
+        expired = timeout is not None and timeout <= 0  # then it is asked, not waited for
+        if container_id == self.id and self._exit_conn is not None and not expired:
             returncode = self._wait_on_launch(timeout)
             if returncode is not None:
                 return returncode
         try:
-            reply = self.request(container_id, Request("wait", container_id), timeout)
+            request = Request("wait", container_id, nohang=expired)
+            reply = self.request(container_id, request, ANSWER_TIMEOUT if expired else timeout)
         except TimeoutError:
             raise WaitTimeoutError(container_id, timeout or 0.0) from None
         except SandboxDiedError:
             recorded = self.exit_status(container_id)
             return KILLED_RETURNCODE if recorded is None else recorded
+        if expired and reply.returncode is None:
+            raise WaitTimeoutError(container_id, timeout or 0.0)
         if reply.returncode is None:
             raise ProtocolError(f'container "{container_id}": wait reply without a status')
         return reply.returncode
@@ -656,10 +663,14 @@ class Sandbox:
         ``connection`` when given (one :meth:`exec_connected` kept; after a
         ``TimeoutError`` its reply may still come: close it), else on a new one.
         """
-        request = Request("wait", container_id, pid=pid, nohang=nohang)
+        expired = timeout is not None and timeout <= 0 and not nohang  # asked, not waited for
+        request = Request("wait", container_id, pid=pid, nohang=nohang or expired)
         try:
             reply, fds, _ = self._exchange(
-                container_id, request, timeout=timeout, connection=connection
+                container_id,
+                request,
+                timeout=ANSWER_TIMEOUT if expired else timeout,
+                connection=connection,
             )
             channel.close_fds(fds)
         except SandboxDiedError:
@@ -669,6 +680,8 @@ class Sandbox:
             return KILLED_RETURNCODE
         if not reply.ok:
             raise remote_error(container_id, reply.error_type, reply.error, reply.details)
+        if reply.returncode is None and expired:
+            raise TimeoutError(f"process {pid} of container {container_id!r} runs on")
         if reply.returncode is None and not nohang:
             raise ProtocolError(f'container "{container_id}": wait reply without a status')
         return reply.returncode

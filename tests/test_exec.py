@@ -388,6 +388,8 @@ def test_a_deadline_already_past_is_a_timeout(running: Container, timeout: float
         running.wait_pid(process.pid, timeout=timeout)
     process.kill()
     assert process.wait(timeout=10) == -signal.SIGKILL
+    # An exited process's status is there at once: asked, not waited for.
+    assert running.wait_pid(process.pid, timeout=timeout) == -signal.SIGKILL
 
 
 def test_exec_into_a_paused_container(running: Container) -> None:

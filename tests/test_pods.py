@@ -33,6 +33,7 @@ from sandboxrt import (
     InvalidStateError,
     Pod,
     ProcessNotFoundError,
+    SandboxDiedError,
     SpecError,
     Status,
 )
@@ -562,6 +563,20 @@ def test_subcontainer_creation_racing_a_root_destroy_leaves_nothing(
     assert set(outcomes) - {"added"} <= refusals, outcomes
     assert store.list_ids() == []
     assert os.listdir(store.runtime_dir) == []
+
+
+def test_a_start_of_a_subcontainer_whose_init_died_fails(pod: Pod, bundle: BundleFactory) -> None:
+    a = pod.add_container("a", bundle(["true"]))
+    os.kill(init_host_pid(a), signal.SIGKILL)
+    wait_until(lambda: a.status is Status.STOPPED)
+    with pytest.raises(InvalidStateError):  # the library checks its status first
+        a.start()
+    sandbox = a.sandbox
+    assert sandbox is not None
+    # Asked anyway (a start racing the init's death): the supervisor said "started".
+    with pytest.raises(SandboxDiedError, match="exited before it was started"):
+        sandbox.start("a", {})
+    assert a.wait(timeout=10) == -signal.SIGKILL
 
 
 def test_a_start_waiting_on_its_hooks_holds_up_no_other_container(

@@ -135,31 +135,28 @@ def _capability_plan(caps: Mapping[str, Any] | None) -> CapabilityPlan:
 _CAPABILITY_SETS = ("bounding", "effective", "inheritable", "permitted", "ambient")
 
 
-def _refuse_ptrace(spec: Mapping[str, Any]) -> None:
+def _refuse_ptrace(spec: Mapping[str, Any], container_id: str, *, pod: bool = False) -> None:
     """A ``SpecError`` if the container's processes could hold ``CAP_SYS_PTRACE``.
 
-    They share a PID namespace with the supervisor (PID 1 there), which keeps the
-    runtime's capabilities and fds on host directories (its runtime directory, its
-    cgroups, the standard library's). Making it not dumpable keeps out only those
-    without ``CAP_SYS_PTRACE``: with it, ``/proc/1/fd`` opens those directories, and
-    ``PTRACE_ATTACH`` runs code as the supervisor. Any set counts, the bounding set too:
-    a process of uid 0 gets the bounding set as it execs.
+    They share a PID namespace with the supervisor, which keeps the runtime's
+    capabilities and fds on host directories (its runtime directory, its cgroups, the
+    standard library's). Making it not dumpable keeps out only those without
+    ``CAP_SYS_PTRACE``: with it, ``/proc/<its pid>/fd`` opens those directories, and
+    ``PTRACE_ATTACH`` runs code as the supervisor. Any set counts, the bounding set
+    too: a process of uid 0 gets the bounding set as it execs. ``pod``: a container
+    joining a sandbox, whose namespaces its root decided.
     """
     caps = (spec.get("process") or {}).get("capabilities") or {}
-    problems = [
-        (
-            f"process.capabilities.{key}[{i}]",
-            "CAP_SYS_PTRACE would let the container's processes reach into the sandbox's "
-            "supervisor (PID 1 of their PID namespace), which holds the runtime's "
-            "privileges and fds on host directories: drop it, or share the host's PID "
-            "namespace",
-        )
-        for key in _CAPABILITY_SETS
-        for i, name in enumerate(caps.get(key) or [])
-        if name == "CAP_SYS_PTRACE"
-    ]
-    if problems:
-        raise SpecError(problems)
+    sets = [key for key in _CAPABILITY_SETS if "CAP_SYS_PTRACE" in (caps.get(key) or [])]
+    if not sets:
+        return
+    way_out = "" if pod else ", or share the host's PID namespace"
+    problem = (
+        f"CAP_SYS_PTRACE (in {', '.join(sets)}) would let the container's processes reach "
+        "into the sandbox's supervisor, which shares their PID namespace and holds the "
+        f"runtime's privileges and fds on host directories: drop it{way_out}"
+    )
+    raise SpecError([("process.capabilities", problem)], source=f'container "{container_id}"')
 
 
 def _seccomp_plan(
@@ -381,7 +378,7 @@ def build_plan(
             "new user namespaces", "sandboxrt does not map users yet; join one by path instead"
         )
     if "pid" in kinds:  # the supervisor is in the container's PID namespace
-        _refuse_ptrace(spec)
+        _refuse_ptrace(spec, container_id)
     runtime_dir, control_socket, exit_file = sandbox_paths(runtime_root, sandbox_id)
     new_uts = "uts" in kinds and not kinds["uts"]
     return SandboxPlan(
@@ -426,7 +423,7 @@ def build_container_plan(
     if container_id == sandbox_id:
         raise ValueError(f"container {container_id!r} is the root of its sandbox")
     if sandbox_pid_namespace:
-        _refuse_ptrace(spec)
+        _refuse_ptrace(spec, container_id, pod=True)
     linux = spec.get("linux") or {}
     new = {ns["type"] for ns in linux.get("namespaces") or [] if not ns.get("path")}
     return ContainerPlan(

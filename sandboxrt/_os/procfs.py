@@ -54,15 +54,23 @@ def boot_id() -> str:
         return f.read().strip()
 
 
-def _stat_fields(pid: int, proc: str = "/proc") -> list[bytes] | None:
-    """The fields of ``/proc/PID/stat`` from the state on (field 3); ``None`` if gone."""
+def _read_stat(pid: int, proc: str = "/proc") -> tuple[str, list[bytes]] | None:
+    """``/proc/PID/stat``: the command name (field 2) and the fields from the state on
+    (field 3); ``None`` if the process is gone."""
     try:
         with open(f"{proc}/{pid}/stat", "rb") as f:
             raw = f.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
     # The command name may contain spaces and parentheses: split after the last ')'.
-    return raw[raw.rindex(b")") + 2 :].split()
+    end = raw.rindex(b")")
+    return raw[raw.index(b"(") + 1 : end].decode(errors="replace"), raw[end + 2 :].split()
+
+
+def _stat_fields(pid: int, proc: str = "/proc") -> list[bytes] | None:
+    """The fields of ``/proc/PID/stat`` from the state on (field 3); ``None`` if gone."""
+    stat = _read_stat(pid, proc)
+    return None if stat is None else stat[1]
 
 
 def read_stat(pid: int, proc: str = "/proc") -> StatInfo | None:
@@ -76,17 +84,12 @@ def read_stat(pid: int, proc: str = "/proc") -> StatInfo | None:
 def dying_name(pid: int, proc: str = "/proc") -> str | None:
     """The name (``comm``) of process ``pid`` if it is on its way out (exiting, or a
     zombie); ``None`` if it runs on or is gone."""
-    try:
-        with open(f"{proc}/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except (FileNotFoundError, ProcessLookupError):
+    stat = _read_stat(pid, proc)
+    if stat is None:
         return None
-    end = raw.rindex(b")")
-    fields = raw[end + 2 :].split()
+    name, fields = stat
     state, flags = fields[0].decode(), int(fields[6])  # fields 3 and 9
-    if state in _DEAD_STATES or flags & _PF_EXITING:
-        return raw[raw.index(b"(") + 1 : end].decode(errors="replace")
-    return None
+    return name if state in _DEAD_STATES or flags & _PF_EXITING else None
 
 
 def foreground_group(pid: int, proc: str = "/proc") -> int | None:

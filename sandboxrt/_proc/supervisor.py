@@ -21,7 +21,6 @@ import errno
 import mmap
 import os
 import re
-import select
 import selectors
 import signal
 import socket
@@ -587,18 +586,25 @@ class Supervisor:
                 os.kill(root.init_pid, signum)
 
     def _reap(self) -> None:
-        # A start over (its init exec'd or died: its sync socket closed before it could
-        # exit) is replied to first, while the init's /proc entry tells which.
-        for starting in list(self.members.values()):
-            if starting.starting is not None and _readable(starting.init_sync):
-                self._started(starting)
         while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+            try:  # which child exited, left unreaped for now
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 break
-            if pid == 0:
+            if info is None or info.si_pid == 0:
                 break
+            pid = info.si_pid
+            starting = self._member_of_init(pid)
+            if starting is not None and starting.starting is not None:
+                # Its start is answered first, while its /proc entry (a zombie's) tells
+                # an exec from a death before it.
+                self._started(starting)
+            try:
+                reaped, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                continue  # (reaped meanwhile: _started waited for it)
+            if reaped == 0:
+                break  # (never: it exited)
             returncode = os.waitstatus_to_exitcode(status)
             member = self._member_of_init(pid)
             if member is not None:
@@ -885,8 +891,7 @@ class Supervisor:
             member.init_sync = None
         if member.starting is not None:
             with contextlib.suppress(OSError):
-                error = "the container was destroyed while it started"
-                channel.send(member.starting, Reply(False, error=error, error_type="Died"))
+                channel.send(member.starting, _STOPPED_BEFORE_START)
             member.starting = None
         if member.creator is not None:
             self._drop(member.creator)
@@ -1446,6 +1451,8 @@ class Supervisor:
         its sync socket, which says how it went, or the reply of a start refused."""
         if member.started or member.init_sync is None:
             return Reply(False, error="the container was started already", error_type="State")
+        if member.returncode is not None:  # (killed while created, and reaped)
+            return _STOPPED_BEFORE_START
         member.started = True
         sync, member.init_sync = member.init_sync, None
         if not member.autostart:  # else it goes on to exec by itself after created
@@ -1470,6 +1477,8 @@ class Supervisor:
             step, _ = channel.receive(sync, Progress)
         except channel.ChannelClosedError:
             # The sync socket closed on exec (the program runs), or as the init died.
+            if member.returncode is not None:  # reaped already: it cannot tell which
+                return _STOPPED_BEFORE_START
             if not _died_before_exec(member.init_pid, (INIT_PROCESS_NAME, AHEAD_PROCESS_NAME)):
                 return Reply(True)
             self._await_init(member)
@@ -1525,6 +1534,9 @@ class Supervisor:
         self._answer_waiters(root, root.returncode)
         for member in killed:
             self._answer_waiters(member, -signal.SIGKILL)
+            if member.starting is not None:
+                with contextlib.suppress(OSError):
+                    channel.send(member.starting, _STOPPED_BEFORE_START)
         for pid in self.execs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
@@ -1601,20 +1613,19 @@ def main(bootstrap_fd: int) -> NoReturn:
     os._exit(0)
 
 
-def _readable(sock: socket.socket | None) -> bool:
-    """Whether ``sock`` has a message or end of stream waiting."""
-    if sock is None:
-        return False
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
+#: The answer to a start of a container whose init is gone (the library reads the
+#: container's status: stopped, then ``InvalidStateError``).
+_STOPPED_BEFORE_START = Reply(
+    False, error="the container's init exited before it was started", error_type="SandboxStopped"
+)
 
 
 def _died_before_exec(pid: int, names: Sequence[str]) -> bool:
     """Whether our child ``pid``, whose sync socket just closed, died before its
-    ``execve`` rather than exec'd: it is exiting under one of our ``names``. (The
-    kernel gives a process its program's name as it execs, before it closes the
-    close-on-exec fds.) Its ``/proc`` entry stays until we reap it."""
+    ``execve`` rather than exec'd: it is exiting (or a zombie) under one of our
+    ``names``. A process in the middle of an exec is neither (its name may still be
+    ours for a moment); one that exec'd and exits at once has its program's name.
+    Its ``/proc`` entry stays until we reap it."""
     return procfs.dying_name(pid) in names
 
 
