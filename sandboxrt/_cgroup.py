@@ -145,32 +145,34 @@ def scope_for(runtime_dir: os.PathLike[str] | str) -> str:
 
 def create(request: CgroupRequest, container_id: str, scope: str = "") -> Cgroup | None:
     """Make the cgroup; ``None`` when refused for lack of permission and not required."""
+
+    def refuse_busy(cgroup: Cgroup) -> None:
+        """A cgroupsPath naming a cgroup that already holds processes is refused (as runc
+        does), before any limit is written to it: kill-all and destroy would otherwise
+        reach processes that are not ours. One we have just made is empty."""
+        if all(p.rel in p.created for p in cgroup.placements):
+            return
+        busy = cgroup.pids()
+        if busy:
+            raise SandboxrtError(
+                f'container "{container_id}": its cgroup {request.path} already holds '
+                f"{len(busy)} process(es) of someone else"
+            )
+
     try:
-        cgroup = cgroups.create(
+        return cgroups.create(
             request.path,
             request.resources,
             container_id=container_id,
             scope=scope,
             layout=request.layout,
+            check=refuse_busy,
         )
     except SystemCallError as err:
         if request.required or err.errno not in _NO_PERMISSION:
             raise
         log.debug("container %s runs without a cgroup: %s", container_id, err)
         return None
-    # A cgroupsPath naming a cgroup that already holds processes is refused (as runc
-    # does): kill-all and destroy would otherwise reach processes that are not ours.
-    # One we have just made is empty.
-    if all(p.rel in p.created for p in cgroup.placements):
-        return cgroup
-    busy = cgroup.pids()
-    if busy:
-        cgroup.destroy()
-        raise SandboxrtError(
-            f'container "{container_id}": its cgroup {request.path} already holds '
-            f"{len(busy)} process(es) of someone else"
-        )
-    return cgroup
 
 
 def procs_files(cgroup: Cgroup) -> list[str]:

@@ -27,6 +27,7 @@ from sandboxrt import (
     InitError,
     InvalidStateError,
     MissingFeatureError,
+    SandboxrtError,
     Stats,
     Status,
     SubprocessLauncher,
@@ -276,6 +277,32 @@ def test_a_pre_existing_cgroup_is_used_and_left(
     assert mine.exists() and mine.pids() == []
     mine.destroy()
     assert not mine.exists()
+
+
+@real
+def test_a_busy_cgroup_is_refused_before_any_limit_is_written_to_it(
+    store: FileStore, bundle: BundleFactory, own_cgroup: str
+) -> None:
+    mine = cgroups.create(f"/{own_cgroup}")  # someone else's, with a process in it
+    sleeper = subprocess.Popen(["sleep", "1000"])
+    try:
+        mine.add_process(sleeper.pid)
+        pids_dir = mine.directory("pids")
+        if pids_dir is None:
+            pytest.skip("no pids controller")
+        before = read(pids_dir, "pids.max")
+        path = bundle(["true"])
+        edit_config(path, cgroups_path(f"/{own_cgroup}"))
+        edit_config(path, resources(pids={"limit": 3}))
+        with pytest.raises(SandboxrtError, match="already holds 1 process"):
+            Container.create("cg-busy", path, store=store)
+        assert read(pids_dir, "pids.max") == before  # it was left at 3
+        assert mine.pids() == [sleeper.pid]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    wait_for(lambda: mine.pids() == [])
+    mine.destroy()
 
 
 @real

@@ -20,7 +20,7 @@ Standard library only: the sandbox supervisor imports this package.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sandboxrt.errors import CorruptMetadataError, MissingFeatureError
@@ -86,8 +86,10 @@ def create(
     container_id: str = "",
     scope: str = "",
     layout: CgroupLayout | None = None,
+    check: Callable[[Cgroup], None] | None = None,
 ) -> Cgroup:
-    """Create the cgroup of a container and apply ``resources``.
+    """Create the cgroup of a container and apply ``resources`` (unless ``check``, called
+    first, refuses it by raising).
 
     ``path`` is the OCI ``linux.cgroupsPath``: absolute from each hierarchy's
     root, relative from the caller's own cgroup; an existing cgroup is used
@@ -106,7 +108,7 @@ def create(
     driver = layout.driver
     if driver is None:
         raise MissingFeatureError("cgroups", "neither cgroup v1 controllers nor cgroup2 is mounted")
-    return _DRIVERS[driver].create(layout, path, resources, exclusive=exclusive)
+    return _DRIVERS[driver].create(layout, path, resources, exclusive=exclusive, check=check)
 
 
 def load(record: Mapping[str, Any], *, container_id: str = "") -> Cgroup:

@@ -405,12 +405,14 @@ class Cgroup(abc.ABC):
         resources: ResourcesLike | None = None,
         *,
         exclusive: bool = False,
+        check: Callable[[Cgroup], None] | None = None,
     ) -> Cgroup:
         """Create the cgroup ``path`` (an OCI ``cgroupsPath``) and apply ``resources``.
 
         A cgroup that exists already is used as it is (and left in place by
         :meth:`destroy`), unless ``exclusive``: then it raises
-        :class:`SystemCallError` (``EEXIST``), touching nothing.
+        :class:`SystemCallError` (``EEXIST``), touching nothing. ``check`` may refuse
+        the cgroup (by raising) before any resource is written to it.
         """
         res = as_resources(resources)
         placements: list[Placement] = []
@@ -426,6 +428,8 @@ class Cgroup(abc.ABC):
                     Placement(hierarchy.mountpoint, hierarchy.controllers, rel, created)
                 )
                 cgroup.placements = tuple(placements)
+            if check is not None:
+                check(cgroup)
             cgroup.apply(res)
         except BaseException:
             with contextlib.suppress(SystemCallError):  # keep the original error
