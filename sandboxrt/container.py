@@ -45,6 +45,7 @@ from sandboxrt._stdio import StdioArg, StdioPlan
 from sandboxrt.config import Config
 from sandboxrt.errors import (
     ContainerNotFoundError,
+    CorruptMetadataError,
     GoferError,
     InitError,
     InvalidStateError,
@@ -1210,9 +1211,8 @@ def _kill_if_paused(
     without its lock: killing what is being destroyed anyway is idempotent.
     """
     if record is None:
-        try:
-            record = store.load(container_id)
-        except ContainerNotFoundError:
+        record = _member_record(store, container_id)
+        if record is None:
             return
     if record.sandbox_id not in ("", sandbox_id) or record.cgroup is None:
         return
@@ -1225,11 +1225,22 @@ def _kill_if_paused(
         _cgroup.thaw(record.cgroup, container_id)
 
 
+def _member_record(store: MetadataStore, container_id: str) -> ContainerRecord | None:
+    """The record of a pod's member, read to tear the pod down: ``None`` when it is gone,
+    or unreadable (logged: one corrupt record must not keep a whole pod alive)."""
+    try:
+        return store.load(container_id)
+    except ContainerNotFoundError:
+        return None
+    except CorruptMetadataError as exc:
+        log.warning("a container of a pod being destroyed is left as it is: %s", exc)
+        return None
+
+
 def _destroy_member(store: MetadataStore, container_id: str, sandbox_id: str) -> None:
     """Destroy subcontainer ``container_id`` of sandbox ``sandbox_id``, if it still is one."""
-    try:
-        record = store.load(container_id)
-    except ContainerNotFoundError:
+    record = _member_record(store, container_id)
+    if record is None:
         return
     if record.sandbox_id == sandbox_id and record.id != sandbox_id:
         Container(record, store).destroy()

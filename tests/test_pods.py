@@ -565,6 +565,25 @@ def test_subcontainer_creation_racing_a_root_destroy_leaves_nothing(
     assert os.listdir(store.runtime_dir) == []
 
 
+def test_a_corrupt_record_of_a_subcontainer_keeps_no_pod_alive(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    pod = Pod.create("pod", bundle(SLEEP), store=store)
+    record = store.root / "a.json"
+    try:
+        pod.root.start()
+        add_running(pod, bundle(SLEEP), "a")
+        record.write_text(record.read_text()[:40])  # cut short
+        supervisor = pod.root.sandbox
+        assert supervisor is not None
+    finally:
+        pod.destroy()  # raised CorruptMetadataError, the sandbox left running
+    assert not supervisor.is_running()
+    assert "pod" not in store.list_ids()
+    record.unlink()  # (ours: the corrupt record is left for its owner to look at)
+    (store.root / "a.lock").unlink(missing_ok=True)
+
+
 def test_a_start_of_a_subcontainer_whose_init_died_fails(pod: Pod, bundle: BundleFactory) -> None:
     a = pod.add_container("a", bundle(["true"]))
     os.kill(init_host_pid(a), signal.SIGKILL)

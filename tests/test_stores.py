@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from conftest import wait_until
 
-from sandboxrt._core.records import ContainerRecord, record_to_json
+from sandboxrt._core.records import ContainerRecord, _spec_text, record_to_json
 from sandboxrt._core.status import Status
 from sandboxrt.errors import (
     ContainerExistsError,
@@ -784,3 +784,28 @@ def test_memory_locks_of_missing_containers_are_dropped() -> None:
     with store.lock("kept"):
         pass
     assert list(store._locks) == ["kept"]
+
+
+def test_records_serialise_from_many_threads_at_once() -> None:
+    # The cache of specs' JSON texts was evicted by two threads at once: KeyError or
+    # "dictionary changed size during iteration" out of a save.
+    errors: list[BaseException] = []
+
+    def save_many(k: int) -> None:
+        try:
+            for i in range(2000):
+                _spec_text({"k": k, "i": i})
+        except Exception as exc:  # checked below
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # a thread switch at almost every bytecode
+    try:
+        threads = [threading.Thread(target=save_many, args=(k,)) for k in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []

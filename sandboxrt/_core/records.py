@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -102,6 +103,7 @@ MIGRATIONS: Mapping[int, Migration] = {}
 
 
 _SPEC_TEXTS: dict[int, tuple[dict[str, Any], str]] = {}
+_SPEC_TEXTS_LOCK = threading.Lock()  # (records are saved from many threads)
 
 
 def _spec_text(spec: dict[str, Any]) -> str:
@@ -112,9 +114,10 @@ def _spec_text(spec: dict[str, Any]) -> str:
     if cached is not None and cached[0] is spec:
         return cached[1]
     text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
-    if len(_SPEC_TEXTS) >= 64:
-        _SPEC_TEXTS.pop(next(iter(_SPEC_TEXTS)))
-    _SPEC_TEXTS[id(spec)] = (spec, text)
+    with _SPEC_TEXTS_LOCK:
+        if len(_SPEC_TEXTS) >= 64:
+            _SPEC_TEXTS.pop(next(iter(_SPEC_TEXTS)))
+        _SPEC_TEXTS[id(spec)] = (spec, text)
     return text
 
 
