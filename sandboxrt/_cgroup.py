@@ -230,10 +230,10 @@ def signal_all(
         cgroup.kill_all(timeout=timeout)
         return
     frozen = False
-    if not paused:
-        with contextlib.suppress(MissingFeatureError, SystemCallError):
+    if not paused and cgroup.can_freeze():
+        frozen = True  # thawed below even if freezing fails half-way (or is interrupted)
+        with contextlib.suppress(SystemCallError):
             cgroup.freeze(timeout=min(timeout, 2.0))
-            frozen = True
     try:
         for pid in cgroup.pids():
             if pid != spare:

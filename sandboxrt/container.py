@@ -610,12 +610,15 @@ class Container:
         """
         with self._locked() as sandbox:
             require(Operation.PAUSE, self.id, _effective_status(self._record, sandbox))
-            _cgroup.freeze(self._record.cgroup, self.id, timeout=self._destroy_timeout())
             try:
+                _cgroup.freeze(self._record.cgroup, self.id, timeout=self._destroy_timeout())
                 self._record = self._record.with_status(Status.PAUSED)
                 self._store.save(self._record)
-            except BaseException:
-                _cgroup.thaw(self._record.cgroup, self.id)
+            except MissingFeatureError:
+                raise  # nothing was frozen
+            except BaseException:  # (a freeze half-way, an interrupt: running, not frozen)
+                with contextlib.suppress(SystemCallError):
+                    _cgroup.thaw(self._record.cgroup, self.id)
                 raise
 
     def resume(self) -> None:

@@ -535,13 +535,10 @@ class Cgroup(abc.ABC):
             delay = min(delay * 2, _MAX_DELAY / 4)
 
     def _freeze_kill_thaw(self, deadline: float) -> None:
-        frozen = False
-        if self.can_freeze():
-            try:
+        frozen = self.can_freeze()  # thawed below even if freezing fails half-way
+        if frozen:
+            with contextlib.suppress(SystemCallError):  # kill what we see; the next round
                 self.freeze(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
-                frozen = True
-            except SystemCallError:
-                pass  # kill what we see; the next round catches the rest
         try:
             for pid in self.pids():
                 with contextlib.suppress(ProcessLookupError):
