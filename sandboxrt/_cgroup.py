@@ -149,15 +149,23 @@ def create(request: CgroupRequest, container_id: str, scope: str = "") -> Cgroup
     def refuse_busy(cgroup: Cgroup) -> None:
         """A cgroupsPath naming a cgroup that already holds processes is refused (as runc
         does), before any limit is written to it: kill-all and destroy would otherwise
-        reach processes that are not ours. One we have just made is empty."""
-        if all(p.rel in p.created for p in cgroup.placements):
-            return
-        busy = cgroup.pids()
-        if busy:
+        reach processes that are not ours. So is one that is, or sits in or above,
+        another container's cgroup (processes or not: the one destroyed first would kill
+        the other's, or remove its cgroup). One we have just made is empty."""
+        owner = cgroup.owner_around()
+        if owner is not None:
             raise SandboxrtError(
-                f'container "{container_id}": its cgroup {request.path} already holds '
-                f"{len(busy)} process(es) of someone else"
+                f'container "{container_id}": its cgroup {request.path} is, or is in or '
+                f'above, the cgroup of container "{owner}"'
             )
+        if not all(p.rel in p.created for p in cgroup.placements):
+            busy = cgroup.pids()
+            if busy:
+                raise SandboxrtError(
+                    f'container "{container_id}": its cgroup {request.path} already holds '
+                    f"{len(busy)} process(es) of someone else"
+                )
+        cgroup.mark_owner(container_id)
 
     try:
         return cgroups.create(

@@ -280,6 +280,34 @@ def test_a_pre_existing_cgroup_is_used_and_left(
 
 
 @real
+@pytest.mark.parametrize("second", ["same", "below", "above"])
+def test_no_container_takes_another_ones_cgroup_or_nests_with_it(
+    store: FileStore, bundle: BundleFactory, own_cgroup: str, second: str
+) -> None:
+    # The first one's cgroup holds no process (its program exited): a second one took it,
+    # or sat below or above it, and the first one's destroy killed the second's program
+    # and removed its cgroup.
+    first_path = {"same": "/x", "below": "/x", "above": "/x/y"}[second]
+    second_path = {"same": "/x", "below": "/x/y", "above": "/x"}[second]
+    path = bundle(["true"])
+    edit_config(path, cgroups_path(f"/{own_cgroup}{first_path}"))
+    first = Container.create("cg-first", path, store=store)
+    try:
+        first.start()
+        assert first.wait(timeout=10) == 0  # stopped, not destroyed: its cgroup stays
+        other = bundle(["sleep", "1000"])
+        edit_config(other, cgroups_path(f"/{own_cgroup}{second_path}"))
+        with pytest.raises(SandboxrtError, match='cgroup of container "cg-first"'):
+            Container.create("cg-second", other, store=store)
+    finally:
+        first.destroy()
+    assert Container.list(store=store) == []
+    # Once it is destroyed, the path is free again.
+    second_one = Container.create("cg-second", other, store=store)
+    second_one.destroy()
+
+
+@real
 def test_a_busy_cgroup_is_refused_before_any_limit_is_written_to_it(
     store: FileStore, bundle: BundleFactory, own_cgroup: str
 ) -> None:

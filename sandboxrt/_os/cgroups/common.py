@@ -41,6 +41,7 @@ from .layout import CgroupLayout, Hierarchy
 from .resources import Resources, ResourcesLike, as_resources
 
 __all__ = [
+    "OWNER_XATTR",
     "PARENT_XATTR",
     "UNLIMITED",
     "Cgroup",
@@ -60,6 +61,10 @@ UNLIMITED = 1 << 62
 _MAX_DELAY = 0.2
 #: The extended attribute marking a parent level sandboxrt created (value ``b"1"``).
 PARENT_XATTR = "trusted.sandboxrt.parent"
+#: The extended attribute naming the container whose cgroup a directory is (its id),
+#: set on the leaf in every hierarchy: no other container's cgroup may be it, nor sit
+#: above or below it (its destroy would kill, or remove, the other's).
+OWNER_XATTR = "trusted.sandboxrt.owner"
 #: How often creation starts over when a parent level vanished under it.
 _MAKE_ATTEMPTS = 8
 #: Parent levels whose removal was put off (``keep_parents``), each with whether this
@@ -333,6 +338,13 @@ def _make_missing(
             after(mountpoint / level)
 
 
+def _owner_of(directory: Path) -> str | None:
+    try:
+        return os.fsdecode(os.getxattr(directory, OWNER_XATTR))
+    except OSError:
+        return None
+
+
 def _is_marked(directory: Path) -> bool:
     try:
         return os.getxattr(directory, PARENT_XATTR) == b"1"
@@ -476,6 +488,32 @@ class Cgroup(abc.ABC):
     def stats(self) -> CgroupStats:
         """CPU, memory and pids usage of the cgroup."""
 
+    def owner_around(self) -> str | None:
+        """The container whose cgroup this one would be, or sit in or above: an
+        :data:`OWNER_XATTR` on its directory or a level above it in any hierarchy, or,
+        on a directory that existed before, on one below it. ``None`` if there is none
+        (or the filesystem keeps no extended attributes)."""
+        for placement in self.placements:
+            directory = placement.mountpoint / placement.rel
+            levels = [directory, *directory.parents]
+            for level in levels[: len(placement.rel.parts) + 1]:
+                owner = _owner_of(level)
+                if owner is not None:
+                    return owner
+            if placement.rel not in placement.created:
+                for dirpath, _, _ in os.walk(directory):
+                    owner = _owner_of(Path(dirpath))
+                    if owner is not None:
+                        return owner
+        return None
+
+    def mark_owner(self, container_id: str) -> None:
+        """Mark this cgroup as ``container_id``'s (:data:`OWNER_XATTR`; best effort)."""
+        for placement in self.placements:
+            with contextlib.suppress(OSError):
+                directory = placement.mountpoint / placement.rel
+                os.setxattr(directory, OWNER_XATTR, os.fsencode(container_id))
+
     def can_freeze(self) -> bool:
         """Whether the cgroup has a freezer (:meth:`freeze` works)."""
         return True
@@ -559,6 +597,9 @@ class Cgroup(abc.ABC):
         """
         deadline = time.monotonic() + timeout
         for placement in self.placements:
+            if placement.rel not in placement.created:  # it stays: no longer ours
+                with contextlib.suppress(OSError):
+                    os.removexattr(placement.mountpoint / placement.rel, OWNER_XATTR)
             _remove_levels(
                 placement.mountpoint,
                 placement.rel,
