@@ -25,6 +25,7 @@ from sandboxrt import (
     SandboxrtError,
     SubprocessLauncher,
 )
+from sandboxrt._os import syscalls
 
 pytestmark = [needs_root, needs_busybox]
 
@@ -309,6 +310,48 @@ def test_hostile_symlinks_stay_inside_the_root(
         assert canary.is_dir()
         files.remove("/evil/up/copied", recursive=True)
         assert not (root / "copied").exists()
+    finally:
+        c.destroy()
+
+
+def test_a_recursive_remove_never_opens_what_replaced_a_directory(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """A host thread swaps a directory and a FIFO (RENAME_EXCHANGE) while the gofer
+    removes the directory: opened by name as the directory it had seen, the FIFO blocked
+    the gofer (and with it every later file call) for good."""
+    path = bundle(["sleep", "60"])
+    race = path / "rootfs/race"
+    race.mkdir()
+    c = Container.create("race-rm", path, store=store)
+    try:
+        for attempt in range(30):
+            directory, fifo = race / f"T{attempt}", race / f"F{attempt}"
+            (directory / "sub").mkdir(parents=True)
+            (directory / "sub/file").write_text("x")
+            os.mkfifo(fifo)
+            stop = threading.Event()
+
+            def swap(
+                directory: Path = directory, fifo: Path = fifo, stop: threading.Event = stop
+            ) -> None:
+                while not stop.is_set():
+                    with contextlib.suppress(OSError):
+                        syscalls.rename_exchange(str(directory), str(fifo))
+
+            def remove(directory: Path = directory) -> None:
+                with contextlib.suppress(ContainerFileError):  # (whatever it met, it answered)
+                    c.files.remove(f"/race/{directory.name}", recursive=True)
+
+            swapper = threading.Thread(target=swap)
+            remover = threading.Thread(target=remove, daemon=True)
+            swapper.start()
+            remover.start()
+            remover.join(timeout=20)
+            stop.set()
+            swapper.join()
+            assert not remover.is_alive(), f"the gofer hangs (attempt {attempt})"
+        assert c.files.read_text("/etc/hostname")  # it still serves
     finally:
         c.destroy()
 

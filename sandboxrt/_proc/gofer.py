@@ -48,7 +48,7 @@ from sandboxrt._core.file_protocol import (
     WalkEntry,
 )
 from sandboxrt._core.protocol import Launched, Reply, Request
-from sandboxrt._os import capabilities, channel, mounts, procfs, stdlib, syscalls
+from sandboxrt._os import capabilities, channel, mounts, procfs, syscalls
 
 __all__ = ["KEPT_CAPABILITIES", "PROCESS_NAME", "WARM_NAME", "main", "serve_here"]
 
@@ -70,11 +70,10 @@ KEPT_CAPABILITIES = (
 )
 
 
-def _confine() -> list[int]:
+def _confine() -> None:
     """Own mount namespace (all private) whose root holds only ``/proc`` (no host file in
     sight: what we need of the host comes as fds), only :data:`KEPT_CAPABILITIES`,
-    no_new_privs. Returns fds of the standard library's directories, opened before."""
-    dirs = stdlib.directories()
+    no_new_privs."""
     syscalls.unshare(abi.CLONE_NEWNS)
     syscalls.mount(None, "/", None, abi.MS_REC | abi.MS_PRIVATE)
     mounts.confine_to_proc()
@@ -85,7 +84,6 @@ def _confine() -> list[int]:
     syscalls.capset(kept, kept, 0)
     syscalls.ambient_clear_all()
     syscalls.prctl(abi.PR_SET_NO_NEW_PRIVS, 1)
-    return dirs
 
 
 _O_DIR = os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
@@ -107,20 +105,12 @@ def _split(path: str) -> tuple[str, str]:
 
 class Files:
     """The file operations, beneath one root fd, creating as ``uid:gid``. ``root`` is the
-    fd, or what fetches it at the first operation (the gofer asks the supervisor then);
-    ``stdlib_dirs``: where modules imported later come from (:func:`stdlib.directories`)."""
+    fd, or what fetches it at the first operation (the gofer asks the supervisor then)."""
 
-    def __init__(
-        self,
-        root: int | Callable[[], int],
-        uid: int,
-        gid: int,
-        stdlib_dirs: Sequence[int] = (),
-    ) -> None:
+    def __init__(self, root: int | Callable[[], int], uid: int, gid: int) -> None:
         self._root = root
         self.uid = uid
         self.gid = gid
-        self._stdlib_dirs = stdlib_dirs
 
     @property
     def root(self) -> int:
@@ -254,11 +244,7 @@ class Files:
             if not stat.S_ISDIR(st.st_mode):
                 os.unlink(name, dir_fd=parent)
             elif request.recursive:
-                # fd-based: each directory is opened, checked to be the one lstat saw,
-                # and emptied through its fd; symlinks are unlinked, never followed.
-                # (``shutil`` not at import: it loads the compression modules)
-                shutil = stdlib.import_through(self._stdlib_dirs, "shutil")
-                shutil.rmtree(name, dir_fd=parent)
+                _remove_tree(parent, name)
             else:
                 os.rmdir(name, dir_fd=parent)
         finally:
@@ -303,6 +289,38 @@ class Files:
         finally:
             channel.close_fds([fd for _, fd in todo])
         return entries
+
+
+def _remove_tree(parent: int, name: str) -> None:
+    """Remove directory ``name`` of ``parent`` (an fd) and all it holds, through fds.
+
+    Only ever opens a directory, never following a symlink and never blocking
+    (``O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK``): the container may swap any entry
+    for a FIFO, a device node or a symlink while we go (``shutil.rmtree`` opened
+    what ``lstat`` had seen as a directory by name, and a FIFO there blocked us for
+    good, a device node we then held open). What is no directory is unlinked.
+    """
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | _O_DIR, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        os.unlink(name, dir_fd=parent)  # swapped for something else meanwhile
+        return
+    try:
+        with os.scandir(fd) as entries:
+            found = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+        for entry_name, is_dir in found:
+            if is_dir:
+                _remove_tree(fd, entry_name)
+                continue
+            try:
+                os.unlink(entry_name, dir_fd=fd)
+            except IsADirectoryError:  # swapped for a directory meanwhile
+                _remove_tree(fd, entry_name)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent)
 
 
 def handle(files: Files, request: FileRequest) -> tuple[FileReply, list[int]]:
@@ -415,10 +433,9 @@ def _run(bootstrap: socket.socket) -> NoReturn:
             _prepare(bootstrap, first)
     except BaseException:
         os._exit(0)  # the creation failed or was abandoned
-    stdlib_dirs: list[int] = []
     if problem is None:
         try:
-            stdlib_dirs = _confine()
+            _confine()
         except Exception as exc:
             problem = exc
     try:
@@ -445,7 +462,7 @@ def _run(bootstrap: socket.socket) -> NoReturn:
         except OSError:
             os._exit(0)  # it is gone already: so is what we would serve
         ends.append(init)
-    _serve(Files(root, first.uid, first.gid, stdlib_dirs), listener, ends)
+    _serve(Files(root, first.uid, first.gid), listener, ends)
 
 
 def serve_here(bootstrap_fd: int, *, warm: bool = False) -> NoReturn:
