@@ -93,6 +93,9 @@ class _Session:
         self.conn = conn
 
     def call(self, request: FileRequest) -> tuple[FileReply, list[int]]:
+        for text in (request.path, request.target or ""):
+            if "\0" in text:  # (cut short at it on the way to the kernel: another path)
+                raise ValueError(f"a path in a container must not hold a NUL byte: {text!r}")
         reply, fds = self.gofer.ask(self.conn, request)
         if not reply.ok:
             channel.close_fds(fds)

@@ -5,10 +5,12 @@ a 1 GiB file round-trips with constant memory."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import resource
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -179,6 +181,11 @@ def test_errors_are_typed_and_name_the_container_and_path(container: Container) 
     with pytest.raises(OSError, match="root itself"):
         files.remove("/", recursive=True)
     assert files.exists("/bin/busybox")
+    # A NUL byte cut the path short on its way to the kernel: another file was reached.
+    with pytest.raises(ValueError, match="NUL"):
+        files.stat("/bin/busybox\0/../../no/such/file")
+    with pytest.raises(ValueError, match="NUL"):
+        files.symlink("/tmp/link", "/etc/passwd\0x")
 
 
 def test_created_files_belong_to_the_containers_user(
@@ -353,6 +360,39 @@ def test_a_recursive_remove_never_opens_what_replaced_a_directory(
             assert not remover.is_alive(), f"the gofer hangs (attempt {attempt})"
         assert c.files.read_text("/etc/hostname")  # it still serves
     finally:
+        c.destroy()
+
+
+def test_a_lease_on_a_file_is_not_waited_out(store: FileStore, bundle: BundleFactory) -> None:
+    # The gofer serves one request at a time: a write to a file someone holds a lease on
+    # waited for the lease-break time (45 s), and every other file call with it.
+    path = bundle(["sleep", "60"])
+    leased = path / "rootfs/leased"
+    leased.write_text("before")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, signal, sys, time\n"
+            "signal.signal(signal.SIGIO, signal.SIG_IGN)\n"
+            f"f = open({str(leased)!r})\n"
+            "fcntl.fcntl(f, fcntl.F_SETLEASE, fcntl.F_RDLCK)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(120)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    c = Container.create("leased", path, store=store)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(OSError) as raised:
+            c.files.write_text("/leased", "after")
+        assert raised.value.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+        assert c.files.read_text("/etc/hostname")  # the gofer serves on
+    finally:
+        holder.kill()
+        holder.wait()
         c.destroy()
 
 
