@@ -146,7 +146,7 @@ def scope_for(runtime_dir: os.PathLike[str] | str) -> str:
 def create(request: CgroupRequest, container_id: str, scope: str = "") -> Cgroup | None:
     """Make the cgroup; ``None`` when refused for lack of permission and not required."""
 
-    def refuse_busy(cgroup: Cgroup) -> None:
+    def claim(cgroup: Cgroup) -> None:
         """A cgroupsPath naming a cgroup that already holds processes is refused (as runc
         does), before any limit is written to it: kill-all and destroy would otherwise
         reach processes that are not ours. So is one that is, or sits in or above,
@@ -174,7 +174,7 @@ def create(request: CgroupRequest, container_id: str, scope: str = "") -> Cgroup
             container_id=container_id,
             scope=scope,
             layout=request.layout,
-            check=refuse_busy,
+            check=claim,
         )
     except SystemCallError as err:
         if request.required or err.errno not in _NO_PERMISSION:
@@ -278,6 +278,7 @@ def remove(record: Mapping[str, Any], container_id: str, timeout: float) -> None
     cgroup = cgroups.load(record, container_id=container_id)
     cgroup.kill_all(timeout=timeout)
     cgroup.destroy(timeout=timeout, keep_parents=_keeps_parents(cgroup))
+    cgroup.release_owner(container_id)  # a cgroup that existed before stays, not ours
 
 
 def _keeps_parents(cgroup: Cgroup) -> bool:

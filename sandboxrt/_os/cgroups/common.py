@@ -507,6 +507,15 @@ class Cgroup(abc.ABC):
                         return owner
         return None
 
+    def release_owner(self, container_id: str) -> None:
+        """Drop ``container_id``'s :data:`OWNER_XATTR` from directories that existed
+        before it (and so stay): no longer its cgroup. Another's mark stays."""
+        for placement in self.placements:
+            directory = placement.mountpoint / placement.rel
+            if placement.rel not in placement.created and _owner_of(directory) == container_id:
+                with contextlib.suppress(OSError):
+                    os.removexattr(directory, OWNER_XATTR)
+
     def mark_owner(self, container_id: str) -> None:
         """Mark this cgroup as ``container_id``'s (:data:`OWNER_XATTR`; best effort)."""
         for placement in self.placements:
@@ -597,9 +606,6 @@ class Cgroup(abc.ABC):
         """
         deadline = time.monotonic() + timeout
         for placement in self.placements:
-            if placement.rel not in placement.created:  # it stays: no longer ours
-                with contextlib.suppress(OSError):
-                    os.removexattr(placement.mountpoint / placement.rel, OWNER_XATTR)
             _remove_levels(
                 placement.mountpoint,
                 placement.rel,
