@@ -55,6 +55,13 @@ def _open_flags(mode: str) -> int:
     return flags | (os.O_RDONLY if kind == "r" else os.O_WRONLY)
 
 
+#: How a host directory and a host file are opened by a copy into a container.
+_HOST_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_HOST_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: What a host tree entry that vanished or changed kind during a copy raises.
+_GONE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
+
+
 def _pump(src: int, dst: int) -> int:
     """Copy ``src`` to ``dst`` from their offsets to the end, in chunks; bytes copied."""
     total = 0
@@ -290,42 +297,73 @@ class ContainerFiles:
         A file goes to ``dst``, or into it if ``dst`` is a directory; a tree's
         content goes beneath ``dst`` (made if missing, merged if present).
         Permission bits are kept, owners become the container's user, host
-        symlinks are copied as symlinks.
+        symlinks are copied as symlinks. Below ``host_src`` the tree is walked
+        through fds: a symlink is never followed and nothing but a regular file is
+        read, however the host tree changes meanwhile.
         """
         src = os.fspath(host_src)
         st = os.stat(src)
         with self._session() as session:
             if not stat.S_ISDIR(st.st_mode):
+                if not stat.S_ISREG(st.st_mode):  # (a FIFO or a device: never read)
+                    raise OSError(errno.EINVAL, "not a regular file or a directory", src)
                 if session.is_dir(dst):
                     dst = posixpath.join(dst, os.path.basename(src))
-                self._file_in(session, src, dst, st.st_mode)
+                self._file_in(session, os.open(src, _HOST_FILE & ~os.O_NOFOLLOW), dst)
                 return
             session.mkdir(dst, stat.S_IMODE(st.st_mode) & 0o777, parents=True, exist_ok=True)
-            for here, dirs, files in os.walk(src):
-                rel = os.path.relpath(here, src)
-                base = dst if rel == "." else posixpath.join(dst, rel)
-                for name in [*dirs, *files]:
-                    host = os.path.join(here, name)
-                    target = posixpath.join(base, name)
-                    st = os.lstat(host)
-                    if stat.S_ISLNK(st.st_mode):
-                        session.call(FileRequest("symlink", target, target=os.readlink(host)))
-                    elif stat.S_ISDIR(st.st_mode):
-                        session.mkdir(
-                            target, stat.S_IMODE(st.st_mode), parents=False, exist_ok=True
-                        )
-                    elif stat.S_ISREG(st.st_mode):
-                        self._file_in(session, host, target, st.st_mode)
+            todo = [(dst, os.open(src, _HOST_DIR & ~os.O_NOFOLLOW))]
+            try:
+                while todo:
+                    base, fd = todo.pop()
+                    try:
+                        self._directory_in(session, fd, base, todo)
+                    finally:
+                        os.close(fd)
+            finally:
+                channel.close_fds([fd for _, fd in todo])
+
+    def _directory_in(
+        self, session: _Session, fd: int, base: str, todo: list[tuple[str, int]]
+    ) -> None:
+        """Copy the entries of host directory ``fd`` to ``base``; its subdirectories are
+        made and put on ``todo`` (opened) for their own entries."""
+        with os.scandir(fd) as entries:
+            names = sorted(entry.name for entry in entries)
+        for name in names:
+            target = posixpath.join(base, name)
+            try:
+                st = os.lstat(name, dir_fd=fd)
+                if stat.S_ISLNK(st.st_mode):
+                    link = os.readlink(name, dir_fd=fd)
+                    session.call(FileRequest("symlink", target, target=link))
+                elif stat.S_ISDIR(st.st_mode):
+                    sub = os.open(name, _HOST_DIR, dir_fd=fd)
+                    todo.append((target, sub))
+                    session.mkdir(target, stat.S_IMODE(st.st_mode), parents=False, exist_ok=True)
+                elif stat.S_ISREG(st.st_mode):
+                    self._file_in(session, os.open(name, _HOST_FILE, dir_fd=fd), target)
+            except OSError as exc:
+                if exc.errno not in _GONE:
+                    raise  # (what vanished or changed kind meanwhile is skipped, as os.walk)
 
     @staticmethod
-    def _file_in(session: _Session, src: str, dst: str, mode: int) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        with open(src, "rb", buffering=0) as source:
-            out = session.open_fd(dst, flags, stat.S_IMODE(mode) & 0o777)
+    def _file_in(session: _Session, source: int, dst: str) -> None:
+        """Copy host file ``source`` (an fd, closed here) to ``dst``, if it is a regular
+        file (a FIFO or device swapped in is never read)."""
+        try:
+            st = os.fstat(source)
+            if not stat.S_ISREG(st.st_mode):
+                return
+            os.set_blocking(source, True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+            out = session.open_fd(dst, flags, stat.S_IMODE(st.st_mode) & 0o777)
             try:
-                _pump(source.fileno(), out)
+                _pump(source, out)
             finally:
                 os.close(out)
+        finally:
+            os.close(source)
 
     def copy_out(self, src: str, host_dst: HostPath) -> None:
         """Copy a container file or directory tree to ``host_dst`` on the host.

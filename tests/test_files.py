@@ -396,6 +396,50 @@ def test_a_lease_on_a_file_is_not_waited_out(store: FileStore, bundle: BundleFac
         c.destroy()
 
 
+def test_a_host_tree_changing_during_copy_in_is_never_followed_out(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """A host thread swaps a directory of the copied tree with a symlink to a host
+    directory (RENAME_EXCHANGE): ``copy_in`` walked the tree by path, and copied that
+    directory's files into the container through the symlink."""
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    for i in range(50):
+        (secret / f"s{i}").write_text("HOST SECRET")
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for i in range(50):
+        (src / "sub" / f"f{i}").write_text("fine")
+    (src / "link").symlink_to(secret)
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                syscalls.rename_exchange(str(src / "sub"), str(src / "link"))
+            time.sleep(0.0002)
+
+    c = Container.create("race-in", bundle(["sleep", "60"]), store=store)
+    swapper = threading.Thread(target=swap)
+    try:
+        swapper.start()
+        copied = 0
+        for i in range(20):
+            with contextlib.suppress(OSError):  # (an entry gone meanwhile may stop one)
+                c.files.copy_in(src, f"/in{i}")
+                copied += 1
+        stop.set()
+        swapper.join()
+        grep = "grep -rl 'HOST SECRET' /in*; true"
+        found = c.exec_run(["sh", "-c", grep], capture_output=True, timeout=60)
+        assert found.stdout == b"", found.stdout  # no file of the canary got in
+        assert copied > 0
+    finally:
+        stop.set()
+        swapper.join()
+        c.destroy()
+
+
 def test_directory_swapped_for_a_symlink_during_copies(
     store: FileStore, bundle: BundleFactory, canary: Path, tmp_path: Path
 ) -> None:
