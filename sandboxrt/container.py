@@ -62,7 +62,7 @@ from sandboxrt.errors import (
 from sandboxrt.files import ContainerFiles
 from sandboxrt.gofer import Gofer, PendingGofer, socket_path
 from sandboxrt.process import Process, ProcessInfo, process_infos
-from sandboxrt.sandbox import Sandbox, kill_process
+from sandboxrt.sandbox import Sandbox, alive, identity_of, kill_process
 from sandboxrt.stores import FileStore, MetadataStore
 
 __all__ = ["Container", "CreateOptions", "OCIState", "Stats"]
@@ -1184,11 +1184,9 @@ def _effective_status(record: ContainerRecord, sandbox: Sandbox | None) -> Statu
     records the subcontainers' exits one by one on its way out); and ``stopped`` where
     it is ``creating`` but its creator is gone (a creation that died half-way)."""
     if record.status is Status.CREATING:
-        creator = record.creator
-        alive = creator is None or procfs.is_alive(
-            creator.pid, creator.start_ticks, creator.boot_id
-        )
-        return record.status if alive else Status.STOPPED
+        if record.creator is None or alive(record.creator):
+            return record.status
+        return Status.STOPPED
     if record.status in _LIVE and (
         sandbox is None
         or not sandbox.is_running()
@@ -1316,18 +1314,14 @@ def _owner() -> str:
     return _user_name(os.getuid())
 
 
-_THIS_PROCESS: dict[int, ProcessIdentity] = {}
-
-
 def _this_process() -> ProcessIdentity:
     """This process's identity (read once per process: a fork gets its own)."""
-    pid = os.getpid()
-    if pid not in _THIS_PROCESS:
-        info = procfs.read_stat(pid)
-        ticks = info.start_ticks if info is not None else 0
-        _THIS_PROCESS.clear()
-        _THIS_PROCESS[pid] = ProcessIdentity(pid, ticks, procfs.boot_id())
-    return _THIS_PROCESS[pid]
+    identity = _identity_of_pid(os.getpid())
+    assert identity is not None  # (we run)
+    return identity
+
+
+_identity_of_pid = functools.lru_cache(maxsize=1)(identity_of)
 
 
 @functools.lru_cache(maxsize=8)

@@ -30,7 +30,7 @@ from sandboxrt._proc.launcher import (
     default_launcher,
 )
 from sandboxrt.errors import GoferError, ProtocolError
-from sandboxrt.sandbox import kill_process, open_pidfd
+from sandboxrt.sandbox import alive, identity_of, kill_process, open_pidfd
 
 __all__ = ["Gofer", "PendingGofer", "socket_path"]
 
@@ -58,8 +58,7 @@ class Gofer:
 
     def is_running(self) -> bool:
         """Whether the gofer (not a process reusing its pid) still runs."""
-        i = self.identity
-        return procfs.is_alive(i.pid, i.start_ticks, i.boot_id)
+        return alive(self.identity)
 
     def kill(self, timeout: float = 10.0) -> bool:
         """SIGKILL the gofer and wait up to ``timeout`` seconds; ``True`` once it is gone."""
@@ -192,11 +191,9 @@ class PendingGofer:
         if self._process is not None:
             self._process.wait()
             self._process = None
-        ticks = launched.start_ticks
-        if not ticks:
-            info = procfs.read_stat(launched.pid)
-            ticks = info.start_ticks if info is not None else 0
-        self.identity = ProcessIdentity(launched.pid, ticks, procfs.boot_id())
+        # (gone already: a start time nothing can match, so it reads as dead)
+        identity = identity_of(launched.pid, launched.start_ticks)
+        self.identity = identity or ProcessIdentity(launched.pid, 0, procfs.boot_id())
         return self.identity
 
     def start(

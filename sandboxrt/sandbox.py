@@ -48,7 +48,7 @@ from sandboxrt.errors import (
     WaitTimeoutError,
 )
 
-__all__ = ["Sandbox", "kill_process", "open_pidfd"]
+__all__ = ["Sandbox", "alive", "identity_of", "kill_process", "open_pidfd"]
 
 log = logging.getLogger("sandboxrt")
 
@@ -312,7 +312,7 @@ class Sandbox:
 
     def is_running(self) -> bool:
         """Whether the supervisor process (not one reusing its pid) still runs."""
-        return _alive(self.supervisor)
+        return alive(self.supervisor)
 
     def exit_file_of(self, container_id: str) -> str:
         """Where the supervisor records the exit status of container ``container_id``."""
@@ -763,10 +763,6 @@ class Sandbox:
             raise SandboxDiedError(self.id, f"the supervisor (pid {self.pid}) did not exit")
 
 
-def _alive(identity: ProcessIdentity) -> bool:
-    return procfs.is_alive(identity.pid, identity.start_ticks, identity.boot_id)
-
-
 def kill_process(identity: ProcessIdentity, timeout: float = 0.0) -> bool:
     """SIGKILL the process ``identity`` names (never one reusing its pid).
 
@@ -777,22 +773,22 @@ def kill_process(identity: ProcessIdentity, timeout: float = 0.0) -> bool:
     except ProcessLookupError:
         return True
     except OSError:  # no pidfds on this kernel: signal by pid, poll with backoff
-        if _alive(identity):
+        if alive(identity):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(identity.pid, signal.SIGKILL)
         return not backoff.on_predicate(
             backoff.expo, lambda alive: alive, max_time=timeout, factor=0.001, max_value=0.05
-        )(lambda: _alive(identity))()
+        )(lambda: alive(identity))()
     try:
         # The pidfd pins one process: check it is ours before signalling it.
-        if not _alive(identity):
+        if not alive(identity):
             return True
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
         poller.poll(timeout * 1000)  # readable once the process has exited
-        return not _alive(identity)
+        return not alive(identity)
     finally:
         os.close(pidfd)
 
@@ -803,7 +799,7 @@ def open_pidfd(identity: ProcessIdentity) -> int | None:
         pidfd = os.pidfd_open(identity.pid)
     except OSError:
         return None
-    if not _alive(identity):
+    if not alive(identity):
         os.close(pidfd)
         return None
     os.set_inheritable(pidfd, False)
@@ -823,13 +819,26 @@ def _reap(process: LaunchedProcess) -> None:
             process.wait(timeout=5.0)
 
 
+def identity_of(pid: int, start_ticks: int = 0) -> ProcessIdentity | None:
+    """The identity of process ``pid``: its start time is ``start_ticks`` when known (its
+    parent's word), else read now (``None`` if it is gone)."""
+    if not start_ticks:
+        info = procfs.read_stat(pid)
+        if info is None:
+            return None
+        start_ticks = info.start_ticks
+    return ProcessIdentity(pid=pid, start_ticks=start_ticks, boot_id=procfs.boot_id())
+
+
+def alive(identity: ProcessIdentity) -> bool:
+    """Whether the very process ``identity`` names still runs (a zombie does not)."""
+    return procfs.is_alive(identity.pid, identity.start_ticks, identity.boot_id)
+
+
 def _identity(launched: Launched, container_id: str) -> ProcessIdentity:
     """The supervisor's identity, from its parent's word when it gave one: read here, a
     supervisor that died at once could already have had its pid reused."""
-    ticks = launched.start_ticks
-    if not ticks:
-        info = procfs.read_stat(launched.pid)
-        if info is None:
-            raise SandboxDiedError(container_id, f"the supervisor (pid {launched.pid}) exited")
-        ticks = info.start_ticks
-    return ProcessIdentity(pid=launched.pid, start_ticks=ticks, boot_id=procfs.boot_id())
+    identity = identity_of(launched.pid, launched.start_ticks)
+    if identity is None:
+        raise SandboxDiedError(container_id, f"the supervisor (pid {launched.pid}) exited")
+    return identity
