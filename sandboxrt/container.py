@@ -398,11 +398,21 @@ class Container:
         return container
 
     @classmethod
-    def run(cls, id: str, bundle: str | os.PathLike[str], **options: Unpack[CreateOptions]) -> int:
+    def run(
+        cls,
+        id: str,
+        bundle: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        **options: Unpack[CreateOptions],
+    ) -> int:
         """Create, start, wait for and destroy a container; its exit code.
 
         Like ``runc run``, the program starts as part of creation when no hook or
-        terminal needs a separate start.
+        terminal needs a separate start. With ``timeout``, a program still running
+        that many seconds after it started is killed with the container (which is
+        destroyed), and :class:`WaitTimeoutError` raised, as ``subprocess.run``
+        kills its child and raises ``TimeoutExpired``.
         """
         container = cls._create(id, bundle, options, autostart=True)
         try:
@@ -412,7 +422,8 @@ class Container:
                 container._poststart()
             sandbox = container._launched or container.sandbox
             assert sandbox is not None
-            return sandbox.wait(container.id)  # ours since creation: no record to reload
+            # Ours since creation: no record to reload.
+            return sandbox.wait(container.id, timeout)
         finally:
             container.destroy()
 

@@ -131,6 +131,21 @@ def test_exit_code(store: FileStore, bundle: BundleFactory, code: int) -> None:
     assert Container.list(store=store) == []
 
 
+def test_run_with_a_timeout_kills_the_container_and_raises(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """As ``subprocess.run(timeout=...)``: the program is killed, the error raised."""
+    pid_file = tmp_path / "pid"
+    started = time.monotonic()
+    with pytest.raises(WaitTimeoutError, match='"slow"'):
+        Container.run("slow", bundle(["sleep", "60"]), store=store, timeout=0.5, pid_file=pid_file)
+    assert time.monotonic() - started < 30  # (not the program's 60 s)
+    assert Container.list(store=store) == []
+    assert int(pid_file.read_text()) not in supervisor_pids()  # the sandbox ended
+    # A program that ends in time gives its code, as without a timeout.
+    assert Container.run("quick", bundle(["sh", "-c", "exit 4"]), store=store, timeout=30) == 4
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_by_signal_waits_negative(
     store: FileStore, bundle: BundleFactory, sig: signal.Signals
