@@ -48,6 +48,7 @@ from sandboxrt.errors import (
     CorruptMetadataError,
     GoferError,
     InitError,
+    InvalidArgumentError,
     InvalidStateError,
     MissingFeatureError,
     NoOverlayError,
@@ -413,7 +414,20 @@ class Container:
         that many seconds after it started is killed with the container (which is
         destroyed), and :class:`WaitTimeoutError` raised, as ``subprocess.run``
         kills its child and raises ``TimeoutExpired``.
+
+        ``PIPE`` is refused (:class:`InvalidArgumentError`): nothing would read or
+        write it before the program ends, so a program writing more than a pipe
+        holds, or reading its input, would wait for ever. Pass a file, an fd or
+        ``DEVNULL``, or use :meth:`create` and :meth:`start` and the streams.
         """
+        piped = [name for name in ("stdin", "stdout", "stderr") if _is_pipe(options.get(name))]
+        if piped:
+            names = ", ".join(f"{name}=PIPE" for name in piped)
+            raise InvalidArgumentError(
+                id,
+                f"Container.run cannot take {names}: nothing would use it before the "
+                "program ends; pass a file, an fd or DEVNULL, or use create() and start()",
+            )
         container = cls._create(id, bundle, options, autostart=True)
         try:
             if container._record.status is Status.CREATED:
@@ -1177,6 +1191,11 @@ class _Locked:
 
     def __exit__(self, *exc: object) -> None:
         self._lock.__exit__(*exc)  # type: ignore[arg-type]
+
+
+def _is_pipe(arg: object) -> bool:
+    """Whether a stdio argument is ``PIPE`` (not ``True``, which equals 1)."""
+    return isinstance(arg, int) and not isinstance(arg, bool) and arg == subprocess.PIPE
 
 
 def _process_pid(container_id: str, pid: int) -> int:

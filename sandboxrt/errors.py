@@ -36,6 +36,7 @@ __all__ = [
     "GoferError",
     "HookError",
     "InitError",
+    "InvalidArgumentError",
     "InvalidIDError",
     "InvalidStateError",
     "LockTimeoutError",
@@ -104,6 +105,15 @@ class InvalidStateError(SandboxrtError, RuntimeError):
         self.container_id = container_id
         self.status = status
         self.reason = reason
+
+
+class InvalidArgumentError(SandboxrtError, ValueError):
+    """An argument a call cannot take for this container (not the spec: see SpecError)."""
+
+    def __init__(self, container_id: str, problem: str) -> None:
+        super().__init__(f'container "{container_id}": {problem}')
+        self.container_id = container_id
+        self.problem = problem
 
 
 class SpecError(SandboxrtError, ValueError):

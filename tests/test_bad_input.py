@@ -24,6 +24,7 @@ from sandboxrt import (
     ContainerExistsError,
     ContainerNotFoundError,
     FileStore,
+    InvalidArgumentError,
     InvalidIDError,
     InvalidStateError,
     MemoryStore,
@@ -366,6 +367,20 @@ def test_stdio_of_the_wrong_kind(
     with pytest.raises(error):
         Container.create("x", bundle(), store=store, **kwargs)
     assert_nothing_left(store)
+
+
+@pytest.mark.parametrize("stream", ["stdin", "stdout", "stderr"])
+def test_run_refuses_a_pipe_nothing_would_read(
+    stream: str, store: FileStore, bundle: BundleFactory, fd_check: None
+) -> None:
+    """A program writing more than a pipe holds would wait for ever: refused up front."""
+    path = bundle(["sh", "-c", "head -c 200000 /dev/zero"])
+    with pytest.raises(InvalidArgumentError, match=f'"x".*{stream}=PIPE'):
+        Container.run("x", path, store=store, **{stream: subprocess.PIPE})
+    assert_nothing_left(store)
+    # A file takes it all.
+    with open(os.devnull, "wb") as sink:
+        assert Container.run("x", path, store=store, stdout=sink) == 0
 
 
 def test_stdio_fd_that_is_not_open(
