@@ -163,6 +163,22 @@ class Container:
     def __repr__(self) -> str:
         return f"Container(id={self.id!r}, status={self.status.value!r})"
 
+    def __enter__(self) -> Container:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Leaving a ``with`` block destroys the container, then closes our ends of its
+        pipes and its console (as ``subprocess.Popen``'s closes its pipes)."""
+        try:
+            self.destroy()
+        finally:
+            for stream in (self.stdout, self.stderr, self.console):
+                if stream is not None:
+                    stream.close()
+            if self.stdin is not None:
+                with contextlib.suppress(BrokenPipeError):
+                    self.stdin.close()
+
     # -- creating and finding ----------------------------------------------------------
 
     @classmethod

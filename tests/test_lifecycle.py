@@ -146,6 +146,23 @@ def test_run_with_a_timeout_kills_the_container_and_raises(
     assert Container.run("quick", bundle(["sh", "-c", "exit 4"]), store=store, timeout=30) == 4
 
 
+def test_a_with_block_destroys_the_container_and_closes_its_pipes(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    path = bundle(["sh", "-c", "echo hi; sleep 60"])
+    with Container.create("w1", path, store=store, stdout=subprocess.PIPE) as container:
+        container.start()
+        assert container.stdout is not None
+        assert container.stdout.readline() == b"hi\n"
+    assert container.stdout.closed
+    assert Container.list(store=store) == []
+    # Left by an exception: destroyed all the same, and the exception goes on.
+    with pytest.raises(KeyError), Container.create("w2", path, store=store) as container:
+        container.start()
+        raise KeyError("mine")
+    assert Container.list(store=store) == []
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_by_signal_waits_negative(
     store: FileStore, bundle: BundleFactory, sig: signal.Signals
