@@ -23,6 +23,8 @@ import tarfile
 from collections.abc import Iterator
 from typing import IO
 
+from sandboxrt._os import mounts
+
 __all__ = ["OPAQUE_WHITEOUT", "WHITEOUT_PREFIX", "write_layer"]
 
 #: The prefix of an OCI whiteout entry: ``dir/.wh.name`` deletes ``dir/name``.
@@ -33,7 +35,9 @@ OPAQUE_WHITEOUT = ".wh..wh..opq"
 _CHUNK = 1 << 20
 _OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 _OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
-_O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+#: A file is first opened as a path only (no device's or FIFO's open runs), checked, then
+#: reopened for reading.
+_O_FILE = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -188,7 +192,13 @@ def _walk_dir(
 
 def _open_checked(dir_fd: int, name: str, st: os.stat_result, flags: int) -> int | None:
     """Open ``name`` beneath ``dir_fd`` without following it; None if it is no longer
-    the file ``st`` describes (replaced or removed meanwhile)."""
+    the file ``st`` describes (replaced or removed meanwhile).
+
+    A directory's open (``O_DIRECTORY``) fails on anything else before opening it;
+    a regular file is opened as a path first (``_O_FILE``), and reopened for reading
+    only once it is known to be that file: a device node or FIFO the container swaps
+    in after our ``lstat`` is never opened from this (the host's) side.
+    """
     try:
         fd = os.open(name, flags, dir_fd=dir_fd)
     except OSError as exc:
@@ -198,7 +208,12 @@ def _open_checked(dir_fd: int, name: str, st: os.stat_result, flags: int) -> int
     if not _same(os.fstat(fd), st):
         os.close(fd)
         return None
-    return fd
+    if not flags & os.O_PATH:
+        return fd
+    try:
+        return mounts.reopen(fd, os.O_RDONLY | os.O_NONBLOCK)
+    finally:
+        os.close(fd)
 
 
 def _add_file(

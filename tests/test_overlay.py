@@ -16,6 +16,7 @@ import io
 import json
 import os
 import resource
+import stat
 import subprocess
 import sys
 import tarfile
@@ -37,6 +38,7 @@ from sandboxrt import (
     MissingFeatureError,
     NoOverlayError,
     Pod,
+    _changes,
 )
 from sandboxrt._core import abi
 from sandboxrt._core.plan import build_plan
@@ -295,6 +297,39 @@ def test_export_changes_writes_an_oci_layer(
 
 @needs_root
 @needs_busybox
+def test_export_never_opens_a_node_swapped_in_for_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walk's ``lstat`` saw a regular file; by its open, a device node has the name
+    (a container swapping one in): it is not opened for reading from the host's side."""
+    layer = tmp_path / "upper"
+    layer.mkdir()
+    (layer / "file").write_bytes(b"x")
+    seen_as_file = os.lstat(layer / "file")
+    os.mknod(layer / "node", 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers
+    opened_for_reading: list[str] = []
+    real_open = os.open
+
+    def spy(path: str, flags: int, *args: object, **kwargs: object) -> int:
+        fd = real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+        if not flags & os.O_PATH and stat.S_ISCHR(os.fstat(fd).st_mode):
+            opened_for_reading.append(path)
+        return fd
+
+    top = os.open(layer, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        monkeypatch.setattr(os, "open", spy)
+        assert _changes._open_checked(top, "node", seen_as_file, _changes._O_FILE) is None
+        fd = _changes._open_checked(top, "file", seen_as_file, _changes._O_FILE)
+        monkeypatch.undo()
+        assert fd is not None
+        assert os.read(fd, 10) == b"x"
+        os.close(fd)
+    finally:
+        os.close(top)
+    assert opened_for_reading == []
+
+
 def test_export_changes_of_a_created_container(store: FileStore, bundle: BundleFactory) -> None:
     path = bundle(["sleep", "1000"])
     container = Container.create("fresh", path, store=store, config=overlay())
