@@ -33,8 +33,10 @@ WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
 
 _CHUNK = 1 << 20
-_OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
-_OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+#: overlayfs's own attributes: ``trusted.`` ones, as the overlay is mounted without
+#: ``userxattr``; a ``user.overlay.*`` attribute is the container's, kept as any other.
+_OPAQUE_XATTR = "trusted.overlay.opaque"
+_OVERLAY_XATTR_PREFIX = "trusted.overlay."
 #: A file is first opened as a path only (no device's or FIFO's open runs), checked, then
 #: reopened for reading.
 _O_FILE = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -78,10 +80,8 @@ def _is_whiteout(st: os.stat_result) -> bool:
 
 
 def _is_opaque(fd: int) -> bool:
-    for name in _OPAQUE_XATTRS:
-        with contextlib.suppress(OSError):
-            if os.getxattr(fd, name) == b"y":
-                return True
+    with contextlib.suppress(OSError):
+        return os.getxattr(fd, _OPAQUE_XATTR) == b"y"
     return False
 
 
@@ -93,7 +93,7 @@ def _xattrs(fd: int) -> dict[str, str]:
     except OSError:
         return records
     for name in names:
-        if name.startswith(_OVERLAY_XATTR_PREFIXES):
+        if name.startswith(_OVERLAY_XATTR_PREFIX):
             continue
         with contextlib.suppress(OSError):
             value = os.getxattr(fd, name)

@@ -330,6 +330,32 @@ def test_export_never_opens_a_node_swapped_in_for_a_file(
     assert opened_for_reading == []
 
 
+def test_export_keeps_the_containers_user_overlay_attributes(tmp_path: Path) -> None:
+    """The overlay uses ``trusted.overlay.*``: a ``user.overlay.opaque`` a container set
+    is its own attribute (not an opaque directory), and is exported as one."""
+    layer = tmp_path / "upper"
+    (layer / "etc").mkdir(parents=True)
+    try:
+        os.setxattr(layer / "etc", "user.overlay.opaque", b"y")
+        os.setxattr(layer / "etc", "user.overlay.keep", b"1")
+    except OSError as exc:
+        pytest.skip(f"no user xattrs on {tmp_path}: {exc}")
+    os.setxattr(layer / "etc", "trusted.overlay.origin", b"overlay's own")
+    out = io.BytesIO()
+    top = os.open(layer, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _changes.write_layer(top, out)
+    finally:
+        os.close(top)
+    out.seek(0)
+    with tarfile.open(fileobj=out) as tar:
+        assert tar.getnames() == ["etc"]
+        headers = tar.getmember("etc").pax_headers
+    assert headers.get("SCHILY.xattr.user.overlay.opaque") == "y"
+    assert headers.get("SCHILY.xattr.user.overlay.keep") == "1"
+    assert "SCHILY.xattr.trusted.overlay.origin" not in headers
+
+
 def test_export_changes_of_a_created_container(store: FileStore, bundle: BundleFactory) -> None:
     path = bundle(["sleep", "1000"])
     container = Container.create("fresh", path, store=store, config=overlay())
