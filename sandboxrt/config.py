@@ -31,7 +31,9 @@ class Config:
     is the bundle's rootfs (read-only, never modified, shareable by any number
     of containers at once) and whose upper layer is a tmpfs of the container's
     own, limited to ``overlay_size`` bytes (default 256 MiB; writing past it
-    fails with ``ENOSPC``); the changes vanish with the container, and
+    fails with ``ENOSPC``) and to a file per 4 KiB of that (at least 1024 files),
+    which bounds the kernel memory its inodes and extended attributes take; the
+    changes vanish with the container, and
     ``Container.export_changes`` writes them as a tar layer. With
     ``root.readonly`` the overlay is read-only too. ``destroy_timeout``: seconds
     destroy waits for the sandbox to go. ``create_timeout``: seconds the sandbox may stay

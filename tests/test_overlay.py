@@ -220,6 +220,12 @@ def test_the_upper_layer_size_limit_holds(store: FileStore, bundle: BundleFactor
         assert os.strerror(errno.ENOSPC).encode() in done.stderr, done.stderr
         blocks = sh(container, "df -k / | tail -1").stdout.split()
         assert int(blocks[1]) == 1024, blocks
+        # Files are bounded too (kernel memory, not counted in the size): empty ones
+        # fail once the layer's inodes (1024 for 1 MiB) are taken.
+        script = "mkdir /many && cd /many && for i in $(seq 2000); do >f$i || exit 7; done"
+        many = sh(container, script)
+        assert many.returncode == 7, many
+        assert os.strerror(errno.ENOSPC).encode() in many.stderr, many.stderr
     assert not (path / "rootfs" / "big").exists()
 
 

@@ -643,6 +643,10 @@ def _overlay_layer(fs_fd: int, key: str, fd: int) -> None:
     syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_SET_STRING, key.rstrip("+"), f"/proc/self/fd/{fd}")
 
 
+#: An overlay's upper tmpfs holds one file (inode) per this many bytes of its size.
+_UPPER_BYTES_PER_INODE = 4096
+
+
 def _tmpfs_upper(size: int, root: os.stat_result) -> tuple[int, int, int]:
     """A detached tmpfs of ``size`` bytes holding ``upper`` (with the root's owner and
     mode: it becomes the overlay's root) and ``work``; ``(tmpfs, upper, work)`` fds.
@@ -653,6 +657,10 @@ def _tmpfs_upper(size: int, root: os.stat_result) -> tuple[int, int, int]:
     fs = syscalls.fsopen("tmpfs")
     try:
         syscalls.fsconfig(fs, syscalls.FSCONFIG_SET_STRING, "size", str(size))
+        # Files too, as kernel memory (inodes, and since Linux 6.6 extended attributes)
+        # is not counted in ``size``: without it a 1 MiB layer held 250 MB of inodes.
+        inodes = max(size // _UPPER_BYTES_PER_INODE, 1024)
+        syscalls.fsconfig(fs, syscalls.FSCONFIG_SET_STRING, "nr_inodes", str(inodes))
         syscalls.fsconfig(fs, syscalls.FSCONFIG_SET_STRING, "mode", "0700")
         syscalls.fsconfig(fs, syscalls.FSCONFIG_CMD_CREATE)
         tmpfs = syscalls.fsmount(fs)
