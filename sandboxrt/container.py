@@ -264,7 +264,7 @@ class Container:
                 runtime_dir=host.runtime_dir,
                 compile_seccomp=compile_bpf,
                 overlay_size=overlay_size,
-                sandbox_pid_namespace=any(ns.get("type") == "pid" for ns in root_namespaces),
+                sandbox_namespaces={ns.get("type") for ns in root_namespaces},
             )
         autostart = autostart and not plan.init.start_container_hooks and not plan.init.terminal
         if autostart:

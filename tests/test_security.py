@@ -334,7 +334,7 @@ def test_plan_refuses_sys_ptrace_beside_the_supervisor(key: str) -> None:
         sandbox_id="c",
         spec=spec,
         runtime_dir="/run/x/c",
-        sandbox_pid_namespace=False,
+        sandbox_namespaces=("network", "ipc", "uts", "mount"),
         **common,
     )
     spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] != "pid"]

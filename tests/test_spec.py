@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sandboxrt._core.plan import build_container_plan, build_plan
 from sandboxrt._core.spec import (
     Mount,
     Spec,
@@ -30,6 +31,9 @@ from sandboxrt._core.spec_validate import (
     spec_problems,
     validate_spec,
 )
+from sandboxrt._os.seccomp import compile_bpf
+from sandboxrt.config import Config
+from sandboxrt.container import _apply_config
 from sandboxrt.errors import SpecError
 
 Doc = dict[str, Any]
@@ -721,6 +725,28 @@ def test_spec_is_frozen() -> None:
     spec: Spec = default_spec()
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         spec.hostname = "x"  # type: ignore[misc]
+
+
+def test_sysctls_are_checked_against_the_namespaces_the_container_gets() -> None:
+    """The spec's own netns is dropped by ``Config(network="host")`` and a pod's container
+    runs in its sandbox's namespaces: a sysctl of one it does not own is refused there."""
+    spec = dump_spec(default_spec())
+    spec["linux"]["sysctl"] = {"net.ipv4.ip_default_ttl": "65"}
+    common = {"bundle": "/b", "compile_seccomp": compile_bpf}
+    load_spec(spec)  # its own netns: fine
+    host_net = _apply_config(spec, Config(network="host"))
+    with pytest.raises(SpecError, match=r'container "c": .*ttl"\]: needs a network namespace'):
+        build_plan(container_id="c", sandbox_id="c", spec=host_net, runtime_root="/r", **common)
+    build_plan(container_id="c", sandbox_id="c", spec=spec, runtime_root="/r", **common)
+    pod = {"sandbox_id": "root", "spec": spec, "runtime_dir": "/r/root", **common}
+    with pytest.raises(
+        SpecError, match=r'container "s": .*needs a network namespace of its sandbox'
+    ):
+        build_container_plan(container_id="s", sandbox_namespaces={"pid", "mount"}, **pod)
+    spec["linux"]["sysctl"] = {"kernel.shm_rmid_forced": "1"}
+    with pytest.raises(SpecError, match=r"needs an ipc namespace of its sandbox"):
+        build_container_plan(container_id="s", sandbox_namespaces={"pid", "network"}, **pod)
+    build_container_plan(container_id="s", sandbox_namespaces={"pid", "ipc"}, **pod)
 
 
 def test_only_namespaced_sysctls_are_accepted() -> None:

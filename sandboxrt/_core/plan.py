@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os.path
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from sandboxrt._core.abi import SECCOMP_FILTER_FLAGS
@@ -21,7 +21,7 @@ from sandboxrt._core.protocol import (
     SandboxPlan,
     SeccompPlan,
 )
-from sandboxrt._core.spec_validate import CAPABILITY_NUMBERS
+from sandboxrt._core.spec_validate import CAPABILITY_NUMBERS, sysctl_problems
 from sandboxrt._core.users import MAX_ID, parse_user_spec
 from sandboxrt.errors import MissingFeatureError, SpecError
 
@@ -133,6 +133,18 @@ def _capability_plan(caps: Mapping[str, Any] | None) -> CapabilityPlan:
 
 #: The capability sets of ``process.capabilities``.
 _CAPABILITY_SETS = ("bounding", "effective", "inheritable", "permitted", "ambient")
+
+
+def _refuse_host_sysctls(
+    spec: Mapping[str, Any], container_id: str, owned: Collection[str], whose: str
+) -> None:
+    """A ``SpecError`` for sysctls of a namespace the container does not really own: the
+    spec's check saw its ``linux.namespaces``, but ``Config(network="host")`` drops its
+    network namespace, and a pod's container runs in its sandbox's namespaces."""
+    sysctls = (spec.get("linux") or {}).get("sysctl") or {}
+    problems = sysctl_problems(sysctls, owned, whose=whose)
+    if problems:
+        raise SpecError(problems, source=f'container "{container_id}"')
 
 
 def _refuse_ptrace(spec: Mapping[str, Any], container_id: str, *, pod: bool = False) -> None:
@@ -377,6 +389,7 @@ def build_plan(
         raise MissingFeatureError(
             "new user namespaces", "sandboxrt does not map users yet; join one by path instead"
         )
+    _refuse_host_sysctls(spec, container_id, kinds, "the container's own")
     if "pid" in kinds:  # the supervisor is in the container's PID namespace
         _refuse_ptrace(spec, container_id)
     runtime_dir, control_socket, exit_file = sandbox_paths(runtime_root, sandbox_id)
@@ -408,7 +421,7 @@ def build_container_plan(
     runtime_dir: str,
     compile_seccomp: SeccompCompiler,
     overlay_size: int = 0,
-    sandbox_pid_namespace: bool = True,
+    sandbox_namespaces: Collection[str] = ("pid", "network", "ipc", "uts", "mount"),
 ) -> ContainerPlan:
     """The plan of container ``container_id`` joining sandbox ``sandbox_id`` (a pod).
 
@@ -417,12 +430,14 @@ def build_container_plan(
     ``linux.namespaces`` say (CRI runtimes list the pause container's there);
     only a new ``cgroup`` one (no path) counts: the container gets a cgroup
     namespace rooted at its own cgroup. ``hostname`` and ``domainname`` are the
-    sandbox's. ``sandbox_pid_namespace``: whether the sandbox has a PID namespace
-    (its supervisor's) rather than the host's.
+    sandbox's. ``sandbox_namespaces``: the namespace types the sandbox has of its
+    own, new or joined by path (its root's ``linux.namespaces``), rather than the
+    host's: its sysctls must belong to one of them.
     """
     if container_id == sandbox_id:
         raise ValueError(f"container {container_id!r} is the root of its sandbox")
-    if sandbox_pid_namespace:
+    _refuse_host_sysctls(spec, container_id, sandbox_namespaces, "its sandbox's own")
+    if "pid" in sandbox_namespaces:  # (the supervisor's)
         _refuse_ptrace(spec, container_id, pod=True)
     linux = spec.get("linux") or {}
     new = {ns["type"] for ns in linux.get("namespaces") or [] if not ns.get("path")}

@@ -9,7 +9,7 @@ exported for the modules that act on a spec.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,7 @@ __all__ = [
     "SECCOMP_OPERATORS",
     "SUPPORTED_VERSIONS",
     "spec_problems",
+    "sysctl_problems",
     "validate_spec",
 ]
 
@@ -321,19 +322,33 @@ _NAMESPACED_SYSCTLS = {
 _NAMESPACED_PREFIXES = {"fs.mqueue.": "ipc", "net.": "network"}
 
 
-def _check_sysctls(out: _Problems, linux: Linux) -> None:
-    """Only sysctls of a namespace the container owns: others would change the host."""
-    owned = {ns.type for ns in linux.namespaces or ()}  # new, or joined: not the host's
-    for key in linux.sysctl or {}:
+def sysctl_problems(
+    sysctls: Iterable[str], owned: Collection[str], *, whose: str = "the container's own"
+) -> list[tuple[str, str]]:
+    """The sysctls (names) that would change the host: global ones, and those of a
+    namespace type not in ``owned`` (those the process runs in, new or joined by path).
+    The spec's own check (:func:`validate_spec`) and the plan's, which knows the
+    namespaces the container really gets (a pod's are its sandbox's, ``whose``), share
+    it."""
+    problems = []
+    for key in sysctls:
         name = key.replace("/", ".")
         kind = _NAMESPACED_SYSCTLS.get(name) or next(
             (k for prefix, k in _NAMESPACED_PREFIXES.items() if name.startswith(prefix)), None
         )
+        where = f'linux.sysctl["{key}"]'
         if kind is None:
-            out.append((f'linux.sysctl["{key}"]', "not namespaced: it would change the host"))
+            problems.append((where, "not namespaced: it would change the host"))
         elif kind not in owned:
-            where = f'linux.sysctl["{key}"]'
-            out.append((where, f"needs a {kind} namespace of the container's own"))
+            article = "an" if kind[0] in "aeiou" else "a"
+            problems.append((where, f"needs {article} {kind} namespace of {whose}"))
+    return problems
+
+
+def _check_sysctls(out: _Problems, linux: Linux) -> None:
+    """Only sysctls of a namespace the container owns: others would change the host."""
+    owned = {ns.type for ns in linux.namespaces or ()}  # new, or joined: not the host's
+    out.extend(sysctl_problems(linux.sysctl or {}, owned))
 
 
 def _check_linux(out: _Problems, linux: Linux) -> None:
