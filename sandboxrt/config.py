@@ -25,8 +25,10 @@ def _check_overlay_size(_instance: object, _attribute: object, value: object) ->
 class Config:
     """Options that shape how containers run, beyond what their spec says.
 
-    ``network``: ``"sandbox"`` gives each sandbox its own network namespace with
-    loopback up (unless the spec joins one); ``"host"`` shares the host's.
+    ``network``: ``"sandbox"`` gives the sandbox the network namespace its spec
+    asks for, as the OCI spec has it: a new one with loopback up when
+    ``linux.namespaces`` lists one without a path, the one at its path, the
+    host's when it lists none; ``"host"`` shares the host's whatever the spec says.
     ``overlay``: the container's root is a kernel overlayfs whose lower layer
     is the bundle's rootfs (read-only, never modified, shareable by any number
     of containers at once) and whose upper layer is a tmpfs of the container's
@@ -36,7 +38,9 @@ class Config:
     changes vanish with the container, and
     ``Container.export_changes`` writes them as a tar layer. With
     ``root.readonly`` the overlay is read-only too. ``destroy_timeout``: seconds
-    destroy waits for the sandbox to go. ``create_timeout``: seconds the sandbox may stay
+    destroy waits for the sandbox to go. ``lock_timeout``: seconds an operation
+    waits for the container's lock, which another one holds, before
+    ``LockTimeoutError``. ``create_timeout``: seconds the sandbox may stay
     silent while it is being created (the library's own hooks not counted) before
     creation fails and the sandbox is destroyed. ``lazy_gofer``: the container's
     gofer starts at the first use of ``container.files`` instead of with the container
@@ -45,10 +49,12 @@ class Config:
     ``Container.run`` starts and ends.
     """
 
-    network: Literal["sandbox", "host"] = "sandbox"
-    overlay: bool = False
+    network: Literal["sandbox", "host"] = attrs.field(
+        default="sandbox", validator=attrs.validators.in_(("sandbox", "host"))
+    )
+    overlay: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     overlay_size: int = attrs.field(default=DEFAULT_OVERLAY_SIZE, validator=_check_overlay_size)
     destroy_timeout: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
     lock_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
     create_timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
-    lazy_gofer: bool = False
+    lazy_gofer: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))

@@ -264,6 +264,14 @@ def test_bad_config_values() -> None:
     for bad in ({"lock_timeout": 0}, {"destroy_timeout": -1.0}):
         with pytest.raises(ValueError, match="must be > 0"):
             Config(**bad)  # type: ignore[arg-type]
+    # A typo is not taken for the default, nor a string for a flag.
+    for network in ("hots", "none", ""):
+        with pytest.raises(ValueError, match="'network' must be in"):
+            Config(network=network)  # type: ignore[arg-type]
+    for flag in ("overlay", "lazy_gofer"):
+        with pytest.raises(TypeError, match=f"'{flag}' must be <class 'bool'>"):
+            Config(**{flag: "no"})  # type: ignore[arg-type]
+    assert Config(network="host", overlay=True, lazy_gofer=True).network == "host"
 
 
 # --- wrong state -------------------------------------------------------------------------------
