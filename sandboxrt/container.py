@@ -371,12 +371,18 @@ class Container:
                     if has_hooks or not plan.init.rootfs_tree:
                         trees.append(mounts.open_host_tree("/"))
                         plan = dataclasses.replace(plan, host_tree=True)
-                    pty = host.create_container(
-                        plan,
-                        [*stdio.child_fds, *trees],
-                        on_mounted=container._run_runtime_hooks,
-                        timeout=config.create_timeout,
-                    )
+                    try:
+                        pty = host.create_container(
+                            plan,
+                            [*stdio.child_fds, *trees],
+                            on_mounted=container._run_runtime_hooks,
+                            timeout=config.create_timeout,
+                        )
+                    except SandboxDiedError:
+                        # The sandbox ended since we looked (its root exited): refused
+                        # as it would have been a moment earlier, naming the root.
+                        _sandbox_to_join(store, sandbox_id, id)
+                        raise
                 if autostart:
                     container._launched = sandbox
                 unsaved = container._record.status is Status.CREATING  # (else save_running)

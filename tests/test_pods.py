@@ -42,6 +42,7 @@ from sandboxrt._core.spec import read_spec_file
 from sandboxrt._os import cgroups, procfs
 from sandboxrt.errors import HookError
 from sandboxrt.gofer import socket_path
+from sandboxrt.sandbox import Sandbox
 
 pytestmark = [needs_root, needs_busybox]
 
@@ -531,6 +532,27 @@ def test_adding_to_a_missing_pod_fails_cleanly(store: FileStore, bundle: BundleF
             store=store,
         )
     assert store.list_ids() == []
+
+
+def test_adding_to_a_pod_whose_root_just_exited_names_the_root(
+    pod: Pod, store: FileStore, bundle: BundleFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The root exits between the check of its state and the join: refused as if it
+    had exited before (InvalidStateError naming the root), not as a raw ENOENT."""
+    path = bundle(SLEEP)
+    join = Sandbox.create_container
+
+    def root_exits_first(self: Sandbox, *args: Any, **kwargs: Any) -> Any:
+        pod.root.kill(signal.SIGKILL)
+        pod.root.wait(timeout=30)
+        wait_until(lambda: pod.root.status is Status.STOPPED)
+        wait_until(lambda: not os.path.exists(f"/proc/{self.pid}"))
+        return join(self, *args, **kwargs)
+
+    monkeypatch.setattr(Sandbox, "create_container", root_exits_first)
+    with pytest.raises(InvalidStateError, match='container "pod" in state stopped'):
+        pod.add_container("late", path)
+    assert "late" not in Container.list(store=store)
 
 
 def test_subcontainer_creation_racing_a_root_destroy_leaves_nothing(
