@@ -34,6 +34,7 @@ from sandboxrt._core.plan import (
 from sandboxrt._core.protocol import ContainerPlan, ExecPlan, InitPlan, SandboxPlan
 from sandboxrt._core.records import ContainerRecord, ProcessIdentity
 from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
+from sandboxrt._core.spec_validate import sysctl_namespace, validate_spec
 from sandboxrt._core.status import Operation, Status, require
 from sandboxrt._os import cgroups, channel, mounts, procfs
 from sandboxrt._os.seccomp import compile_bpf
@@ -235,9 +236,16 @@ class Container:
         store = store if store is not None else FileStore()
         config = config or Config()
         bundle_path = Path(bundle).absolute()
-        if spec is None:
-            spec = _bundle_spec(bundle_path / "config.json")
+        try:
+            if spec is None:
+                spec = _bundle_spec(bundle_path / "config.json")
+            else:  # made in code: checked as a config.json is
+                validate_spec(spec)
+        except SpecError as exc:
+            where = f'container "{id}"' + (f", {exc.source}" if exc.source else "")
+            raise SpecError(exc.problems, source=where) from None
         document = _apply_config(dump_spec(spec), config)
+        _refuse_sysctls_in_our_namespaces(id, document)
         sandbox_id = _sandbox_id_for(id, document, join=join, root=root)
         # Before the lock: a spec the plan refuses leaves nothing behind, not even a lock file.
         overlay_size = config.overlay_size if config.overlay else 0
@@ -1338,6 +1346,46 @@ def _sandbox_to_join(
     require(Operation.ADD_CONTAINER, record.id, _effective_status(record, sandbox))
     assert sandbox is not None
     return sandbox, record.spec
+
+
+def _refuse_sysctls_in_our_namespaces(container_id: str, document: dict[str, Any]) -> None:
+    """A :class:`SpecError` for a sysctl of a namespace the spec joins by a path that is
+    this process's own (the host's, as runc has it): setting it would change ours."""
+    linux = document.get("linux") or {}
+    sysctls = linux.get("sysctl") or {}
+    if not sysctls:
+        return
+    ours: dict[str, str] = {}  # type: path
+    for ns in linux.get("namespaces") or []:
+        kind, path = ns.get("type"), ns.get("path")
+        if path and kind in _NAMESPACE_FILES and _same_file(path, _NAMESPACE_FILES[kind]):
+            ours[kind] = path
+    problems = [
+        (
+            f'linux.sysctl["{key}"]',
+            f"not allowed in the runtime's own {kind} namespace ({ours[kind]})",
+        )
+        for key in sysctls
+        if (kind := sysctl_namespace(key)) is not None and kind in ours
+    ]
+    if problems:
+        raise SpecError(problems, source=f'container "{container_id}"')
+
+
+#: The files under ``/proc/self/ns`` of the namespace types a sysctl may belong to.
+_NAMESPACE_FILES = {
+    "network": "/proc/self/ns/net",
+    "ipc": "/proc/self/ns/ipc",
+    "uts": "/proc/self/ns/uts",
+}
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        first, second = os.stat(a), os.stat(b)
+    except OSError:
+        return False  # (a path that cannot be joined fails later, with its own error)
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
 
 
 def _apply_config(document: dict[str, Any], config: Config) -> dict[str, Any]:

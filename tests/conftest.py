@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,6 +119,16 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
             os.kill(pid, 9)
     assert not leaked, f"sandbox supervisors left running: {sorted(leaked)}"
     assert host_mounts() == before_mounts, "the host's mount table changed"
+
+
+def edit_config(bundle: Path, change: Callable[[dict[str, Any]], None]) -> Path:
+    """Change a bundle's config.json in place (``change`` edits the parsed document);
+    the bundle."""
+    path = bundle / "config.json"
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+    return bundle
 
 
 def run_output(store: FileStore, bundle: Path, cid: str = "c1") -> tuple[int, str]:

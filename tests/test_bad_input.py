@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
-from conftest import BundleFactory, children_of_this_process, needs_busybox, needs_root
+from conftest import BundleFactory, children_of_this_process, edit_config, needs_busybox, needs_root
 
 from sandboxrt import (
     AmbiguousIDError,
@@ -32,6 +33,7 @@ from sandboxrt import (
     Status,
     WaitTimeoutError,
 )
+from sandboxrt._core.spec import read_spec_file
 from sandboxrt._os import cgroups
 from sandboxrt._proc.launcher import ForkServerLauncher, default_launcher
 
@@ -248,6 +250,50 @@ def test_config_json_that_is_not_a_spec(
     with pytest.raises(SpecError) as info:
         Container.create("x", path, store=store)
     assert str(path / "config.json") in str(info.value)
+    assert_nothing_left(store)
+
+
+def test_json_nested_too_deeply_is_a_spec_error(
+    store: FileStore, bundle: BundleFactory, fd_check: None
+) -> None:
+    path = bundle()
+    (path / "config.json").write_text('{"annotations": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(SpecError, match=r'container "x", .*config\.json: .*nested too deeply'):
+        Container.create("x", path, store=store)
+    assert_nothing_left(store)
+
+
+def test_a_spec_made_in_code_is_checked_as_config_json_is(
+    store: FileStore, bundle: BundleFactory, fd_check: None
+) -> None:
+    """``spec=`` skips no check: here a sysctl that would change the host."""
+    path = bundle(["true"])
+    spec = read_spec_file(path / "config.json")
+    assert spec.linux is not None
+    bad = attrs.evolve(spec, linux=attrs.evolve(spec.linux, sysctl={"kernel.core_pattern": "x"}))
+    with pytest.raises(SpecError, match=r'container "x": .*core_pattern.*not namespaced'):
+        Container.create("x", path, store=store, spec=bad)
+    assert_nothing_left(store)
+    assert Container.run("x", path, store=store, spec=spec) == 0
+
+
+def test_sysctls_in_a_namespace_of_ours_joined_by_path_are_refused(
+    store: FileStore, bundle: BundleFactory, fd_check: None
+) -> None:
+    """As runc: a spec joining the runtime's own network namespace (by a path to it)
+    would set that namespace's sysctls, the host's."""
+    path = bundle(["true"])
+
+    def join_ours(doc: dict[str, Any]) -> None:
+        for ns in doc["linux"]["namespaces"]:
+            if ns["type"] == "network":
+                ns["path"] = f"/proc/{os.getpid()}/ns/net"
+        doc["linux"]["sysctl"] = {"net.ipv4.ip_default_ttl": "65"}
+
+    edit_config(path, join_ours)
+    match = r'container "x": .*ttl"\]: not allowed in the runtime\'s own network namespace'
+    with pytest.raises(SpecError, match=match):
+        Container.create("x", path, store=store)
     assert_nothing_left(store)
 
 

@@ -8,7 +8,6 @@ only ever those the tests started.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import signal
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BundleFactory, needs_busybox, needs_root
+from conftest import BundleFactory, edit_config, needs_busybox, needs_root
 
 from sandboxrt import (
     Container,
@@ -73,13 +72,6 @@ def real(test: Callable[..., None]) -> Callable[..., None]:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def edit_config(bundle: Path, change: Callable[[dict[str, Any]], None]) -> None:
-    path = bundle / "config.json"
-    document = json.loads(path.read_text())
-    change(document)
-    path.write_text(json.dumps(document))
 
 
 def resources(**values: Any) -> Callable[[dict[str, Any]], None]:

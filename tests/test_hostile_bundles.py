@@ -11,16 +11,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BundleFactory, needs_busybox, needs_root, run_output
+from conftest import BundleFactory, edit_config, needs_busybox, needs_root, run_output
 
 from sandboxrt import FileStore
 from sandboxrt._os import mounts
@@ -31,14 +30,6 @@ SECRET = "host-secret-" + uuid.uuid4().hex
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def edit_config(bundle: Path, change: Callable[[dict[str, Any]], None]) -> Path:
-    path = bundle / "config.json"
-    document = json.loads(path.read_text())
-    change(document)
-    path.write_text(json.dumps(document))
-    return bundle
 
 
 def create_fails(store: FileStore, bundle: Path) -> str:

@@ -14,7 +14,14 @@ from typing import Any
 
 import attrs
 import pytest
-from conftest import BundleFactory, needs_busybox, needs_root, run_output, supervisor_pids
+from conftest import (
+    BundleFactory,
+    edit_config,
+    needs_busybox,
+    needs_root,
+    run_output,
+    supervisor_pids,
+)
 
 from sandboxrt import Config, Container, CreateTimeoutError, FileStore, Status
 from sandboxrt._core.records import ProcessIdentity
@@ -34,14 +41,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def edit_config(bundle: Path, change: Callable[[dict[str, Any]], None]) -> None:
-    """Change a bundle's config.json in place."""
-    path = bundle / "config.json"
-    document = json.loads(path.read_text())
-    change(document)
-    path.write_text(json.dumps(document))
 
 
 def in_subprocess(store: FileStore, code: str, timeout: float = 30) -> subprocess.Popen[str]:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import os
 import selectors
 import socket
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BundleFactory, needs_busybox, needs_root, run_output, supervisor_pids
+from conftest import (
+    BundleFactory,
+    edit_config,
+    needs_busybox,
+    needs_root,
+    run_output,
+    supervisor_pids,
+)
 
 from sandboxrt import Container, FileStore
 
@@ -21,14 +26,6 @@ pytestmark = [needs_root, needs_busybox]
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def edit_config(bundle: Path, change: Callable[[dict[str, Any]], None]) -> None:
-    """Change a bundle's config.json in place."""
-    path = bundle / "config.json"
-    document = json.loads(path.read_text())
-    change(document)
-    path.write_text(json.dumps(document))
 
 
 def add_mounts(bundle: Path, *mounts: dict[str, Any]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import ctypes.util
 import errno
-import json
 import platform
 import re
 import signal
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BundleFactory, needs_busybox, needs_root, run_output
+from conftest import BundleFactory, edit_config, needs_busybox, needs_root, run_output
 
 from sandboxrt import Container, FileStore, Status
 from sandboxrt._core.plan import _init_plan, build_container_plan, build_plan
@@ -57,14 +56,6 @@ SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(platform.machine())
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def edit_config(bundle: Path, change: Callable[[dict[str, Any]], None]) -> Path:
-    path = bundle / "config.json"
-    document = json.loads(path.read_text())
-    change(document)
-    path.write_text(json.dumps(document))
-    return bundle
 
 
 def set_caps(**sets: Iterable[str]) -> Callable[[dict[str, Any]], None]:

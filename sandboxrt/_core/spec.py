@@ -743,12 +743,16 @@ def load_spec(
             data = json.loads(data, parse_constant=_reject_constant)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise SpecError([("", f"invalid JSON: {exc}")], source=source) from None
+        except RecursionError:
+            raise SpecError([("", "invalid JSON: nested too deeply")], source=source) from None
     elif isinstance(data, Mapping):
         data = copy.deepcopy(dict(data))  # the spec must not share unknown values with the caller
     try:
         spec = converter.structure(data, Spec)
     except (ClassValidationError, _Mismatch) as exc:
         raise SpecError(_problems(exc), source=source) from None
+    except RecursionError:
+        raise SpecError([("", "nested too deeply")], source=source) from None
     if validate:
         try:
             validate_spec(spec)

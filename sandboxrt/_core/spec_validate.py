@@ -32,6 +32,7 @@ __all__ = [
     "SECCOMP_OPERATORS",
     "SUPPORTED_VERSIONS",
     "spec_problems",
+    "sysctl_namespace",
     "sysctl_problems",
     "validate_spec",
 ]
@@ -322,6 +323,15 @@ _NAMESPACED_SYSCTLS = {
 _NAMESPACED_PREFIXES = {"fs.mqueue.": "ipc", "net.": "network"}
 
 
+def sysctl_namespace(key: str) -> str | None:
+    """The namespace type sysctl ``key`` (``net.ipv4.ip_forward`` or with slashes)
+    belongs to; None for a sysctl global to the host."""
+    name = key.replace("/", ".")
+    return _NAMESPACED_SYSCTLS.get(name) or next(
+        (kind for prefix, kind in _NAMESPACED_PREFIXES.items() if name.startswith(prefix)), None
+    )
+
+
 def sysctl_problems(
     sysctls: Iterable[str], owned: Collection[str], *, whose: str = "the container's own"
 ) -> list[tuple[str, str]]:
@@ -332,10 +342,7 @@ def sysctl_problems(
     it."""
     problems = []
     for key in sysctls:
-        name = key.replace("/", ".")
-        kind = _NAMESPACED_SYSCTLS.get(name) or next(
-            (k for prefix, k in _NAMESPACED_PREFIXES.items() if name.startswith(prefix)), None
-        )
+        kind = sysctl_namespace(key)
         where = f'linux.sysctl["{key}"]'
         if kind is None:
             problems.append((where, "not namespaced: it would change the host"))
