@@ -335,11 +335,52 @@ def test_device_node_symlink_does_not_escape(
     edit_config(path, change)
     code, out = run_output(store, path)
     assert code == 0, out
-    assert out.startswith("crw-rw-rw-"), out
     if where == "dev_dir":  # created in the rootfs's copy of the canary's directory
+        assert out.startswith("crw-rw-rw-"), out
         assert (rootfs / str(canary.parent).lstrip("/") / "escape").is_char_device()
-    else:
-        assert (rootfs / "dev" / "escape").is_char_device()
+    else:  # the name is taken: left as it is (as runc), neither followed nor replaced
+        assert out.startswith("lrwxrwxrwx"), out
+        assert (rootfs / "dev" / "escape").is_symlink()
+
+
+@needs_root
+@needs_busybox
+def test_a_bind_mounted_dev_is_left_as_it_is(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """As runc: a /dev bound from the host (a stand-in directory here) gets no default
+    node, symlink or spec device written into it."""
+    host_dev = tmp_path / "host-dev"
+    host_dev.mkdir()
+    (host_dev / "null").write_text("a host file, not a node\n")
+    device = {"path": "/dev/extra", "type": "c", "major": 1, "minor": 5, "fileMode": 0o666}
+
+    def bind_dev(document: dict[str, Any]) -> None:
+        without_dev_mounts(document)
+        bind = {"destination": "/dev", "type": "bind", "source": str(host_dev)}
+        document["mounts"].append({**bind, "options": ["rbind"]})
+        document["linux"]["devices"] = [device]
+        document["linux"]["maskedPaths"] = []  # (masks are binds of /dev/null)
+
+    path = edit_config(bundle(["ls", "/dev"]), bind_dev)
+    assert run_output(store, path) == (0, "null\n")
+    assert sorted(os.listdir(host_dev)) == ["null"]
+    assert (host_dev / "null").read_text() == "a host file, not a node\n"
+
+
+@needs_root
+@needs_busybox
+def test_a_spec_device_keeps_a_file_the_rootfs_has_at_its_path(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """As runc: a node whose name is taken in the bundle's rootfs is not made (the
+    bundle's file is not replaced)."""
+    path = edit_config(bundle(["cat", "/etc/important"]), without_dev_mounts)
+    (path / "rootfs" / "etc" / "important").write_text("precious\n")
+    device = {"path": "/etc/important", "type": "c", "major": 1, "minor": 5, "fileMode": 0o666}
+    edit_config(path, lambda d: d["linux"].update(devices=[device], maskedPaths=[]))
+    assert run_output(store, path) == (0, "precious\n")
+    assert (path / "rootfs" / "etc" / "important").read_text() == "precious\n"
 
 
 @needs_root

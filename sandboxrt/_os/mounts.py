@@ -793,10 +793,9 @@ def create_devices(root: str, devices: Iterable[DevicePlan], *, host: int | None
     """Create device nodes beneath ``root``; bind the host's node where mknod is denied
     (found beneath ``host``, an fd on the host's root, when the root was entered).
 
-    The parent directory is walked beneath the root; whatever is at the node's
-    name (a symlink included) is replaced, never followed: the node is made
-    under a temporary name and renamed over it, so that containers building
-    the same rootfs at once never see it missing.
+    The parent directory is walked beneath the root. As runc, a name that is taken
+    already (a file of the bundle's rootfs, a node an earlier container made there)
+    is left as it is, never replaced nor followed.
     """
     kinds = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
     root = os.path.realpath(root)
@@ -808,29 +807,31 @@ def create_devices(root: str, devices: Iterable[DevicePlan], *, host: int | None
             try:
                 _check_beneath(parent, root, dev.path)
                 kind = kinds[dev.type]
-                temporary = f".{name}.sandboxrt-{os.getpid()}"
+                old_umask = os.umask(0)
                 try:
-                    old_umask = os.umask(0)
-                    try:
-                        rdev = os.makedev(dev.major, dev.minor)
-                        os.mknod(temporary, kind | (dev.mode & 0o7777), rdev, dir_fd=parent)
-                    finally:
-                        os.umask(old_umask)
-                    try:
-                        os.chown(temporary, dev.uid, dev.gid, dir_fd=parent, follow_symlinks=False)
-                        os.rename(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
-                    except BaseException:
-                        with contextlib.suppress(OSError):
-                            os.unlink(temporary, dir_fd=parent)
-                        raise
+                    rdev = os.makedev(dev.major, dev.minor)
+                    os.mknod(name, kind | (dev.mode & 0o7777), rdev, dir_fd=parent)
+                except FileExistsError:
+                    continue
                 except PermissionError:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(name, dir_fd=parent)
-                    _bind_host_device(dev, kind, parent, name, root_fd, host=host)
+                    if not _exists(parent, name):
+                        _bind_host_device(dev, kind, parent, name, root_fd, host=host)
+                    continue
+                finally:
+                    os.umask(old_umask)
+                os.chown(name, dev.uid, dev.gid, dir_fd=parent, follow_symlinks=False)
             finally:
                 os.close(parent)
     finally:
         os.close(root_fd)
+
+
+def _exists(parent: int, name: str) -> bool:
+    try:
+        os.lstat(name, dir_fd=parent)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def default_dev_symlinks(root: str, *, has_devpts: bool) -> None:

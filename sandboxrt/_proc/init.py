@@ -161,12 +161,16 @@ def _prepare_root(
         tree = trees[mount.tree] if 0 <= mount.tree < len(trees) else None
         mounts.make_mount(root, mount, tree)
     channel.close_fds(trees)
-    dev_is_tmpfs = any(m.destination.rstrip("/") == "/dev" for m in plan.mounts)
-    devices = list(plan.devices)
-    if dev_is_tmpfs and plan.default_devices:
+    # As runc: a /dev of our own (a tmpfs, say) gets the default nodes and symlinks; a
+    # bind-mounted one (the host's /dev, say) is left as it is, the spec's nodes too.
+    dev_mounts = [m for m in plan.mounts if m.destination.rstrip("/") == "/dev"]
+    dev_bound = bool(dev_mounts) and dev_mounts[-1].bind
+    dev_is_ours = bool(dev_mounts) and not dev_bound
+    devices = [] if dev_bound else list(plan.devices)
+    if dev_is_ours and plan.default_devices:
         devices = [*mounts.DEFAULT_DEVICES, *devices]
     mounts.create_devices(root, devices, host=host)
-    if dev_is_tmpfs:
+    if dev_is_ours:
         has_devpts = any(m.type == "devpts" for m in plan.mounts)
         mounts.default_dev_symlinks(root, has_devpts=has_devpts)
     built: int | None = None
