@@ -250,6 +250,14 @@ MALFORMED = [
     (_set("process", "oomScoreAdj", value=1001), "process.oomScoreAdj", "[-1000, 1000]"),
     (_set("process", "user", "umask", value=0o1000), "process.user.umask", "must be in"),
     (_set("process", "user", "uid", value=-1), "process.user.uid", "must be in"),
+    # -1 to setresuid: "unchanged", so the process would stay root.
+    (_set("process", "user", "uid", value=2**32 - 1), "process.user.uid", "must be in"),
+    (_set("process", "user", "gid", value=2**32 - 1), "process.user.gid", "must be in"),
+    (
+        _set("process", "user", "additionalGids", value=[2**32 - 1]),
+        "process.user.additionalGids[0]",
+        "must be in",
+    ),
     (_set("mounts", 2, "destination", value="data"), "mounts[2].destination", "absolute path"),
     (_set("hooks", "prestart", 0, "path", value="fix-net"), "hooks.prestart[0].path", "absolute"),
     (

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from sandboxrt._core.cri import annotation_problems
+from sandboxrt._core.users import MAX_ID
 from sandboxrt.errors import SpecError
 
 if TYPE_CHECKING:
@@ -277,11 +278,12 @@ def _check_process(out: _Problems, process: Process) -> None:
     _check_absolute(out, "process.cwd", process.cwd)
     _check_env(out, "process.env", process.env)
     user = process.user
-    _check_range(out, "process.user.uid", user.uid, 0, _UINT32)
-    _check_range(out, "process.user.gid", user.gid, 0, _UINT32)
+    # Not 2**32-1: it is -1 to setresuid and setgroups, "leave unchanged" (root stays root).
+    _check_range(out, "process.user.uid", user.uid, 0, MAX_ID)
+    _check_range(out, "process.user.gid", user.gid, 0, MAX_ID)
     _check_range(out, "process.user.umask", user.umask, 0, 0o777)
     for i, gid in enumerate(user.additional_gids or ()):
-        _check_range(out, f"process.user.additionalGids[{i}]", gid, 0, _UINT32)
+        _check_range(out, f"process.user.additionalGids[{i}]", gid, 0, MAX_ID)
     if process.capabilities is not None:
         for key in ("bounding", "effective", "inheritable", "permitted", "ambient"):
             for i, cap in enumerate(getattr(process.capabilities, key) or ()):
@@ -385,8 +387,8 @@ def _check_linux(out: _Problems, linux: Linux) -> None:
                 if number is None:
                     out.append((f"{where}.{key}", f'required for device type "{dev.type}"'))
         _check_range(out, f"{where}.fileMode", dev.file_mode, 0, 0o7777)
-        _check_range(out, f"{where}.uid", dev.uid, 0, _UINT32)
-        _check_range(out, f"{where}.gid", dev.gid, 0, _UINT32)
+        _check_range(out, f"{where}.uid", dev.uid, 0, MAX_ID)
+        _check_range(out, f"{where}.gid", dev.gid, 0, MAX_ID)
     if linux.resources is not None:
         for i, rule in enumerate(linux.resources.devices or ()):
             where = f"linux.resources.devices[{i}]"
