@@ -417,3 +417,11 @@ def test_rlimit_nofile(store: FileStore, bundle: BundleFactory) -> None:
         ),
     )
     assert run_output(store, path) == (0, "123\n456\n")
+
+
+def test_an_unlimited_rlimit_as_docker_writes_it(store: FileStore, bundle: BundleFactory) -> None:
+    """RLIM_INFINITY is 2**64-1 in a spec (it overflowed Python's setrlimit)."""
+    path = bundle(["sh", "-c", "ulimit -c; ulimit -Hc"])
+    unlimited = {"type": "RLIMIT_CORE", "soft": 2**64 - 1, "hard": 2**64 - 1}
+    edit_config(path, lambda d: d["process"].update(rlimits=[unlimited]))
+    assert run_output(store, path) == (0, "unlimited\nunlimited\n")

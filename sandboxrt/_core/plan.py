@@ -135,6 +135,13 @@ def _capability_plan(caps: Mapping[str, Any] | None) -> CapabilityPlan:
 _CAPABILITY_SETS = ("bounding", "effective", "inheritable", "permitted", "ambient")
 
 
+def _rlimit_value(value: int) -> int:
+    """An rlimit as ``setrlimit`` takes it from Python: ``RLIM_INFINITY`` (2**64-1, what
+    Docker writes for "unlimited") is -1 there; no limit of 2**63 or more differs from
+    it in the kernel, and Python cannot pass one (a signed 64-bit value)."""
+    return -1 if value >= 2**63 else value
+
+
 def _refuse_host_sysctls(
     spec: Mapping[str, Any], container_id: str, owned: Collection[str], whose: str
 ) -> None:
@@ -209,7 +216,10 @@ def _process_plan(
         gid=int(user.get("gid", 0)),
         additional_gids=[int(g) for g in user.get("additionalGids") or []],
         umask=user.get("umask"),
-        rlimits=[[r["type"], r["soft"], r["hard"]] for r in process.get("rlimits") or []],
+        rlimits=[
+            [r["type"], _rlimit_value(r["soft"]), _rlimit_value(r["hard"])]
+            for r in process.get("rlimits") or []
+        ],
         oom_score_adj=process.get("oomScoreAdj"),
         no_new_privileges=no_new_privileges,
         terminal=bool(process.get("terminal", False)),
