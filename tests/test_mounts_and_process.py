@@ -306,6 +306,49 @@ def test_rbind_brings_submounts(store: FileStore, bundle: BundleFactory, kind: s
     assert (f"/host/{child}" in points) is (kind == "rbind")
 
 
+@pytest.mark.parametrize(("options", "child_ro"), [(["rro"], True), (["ro"], False)])
+def test_recursive_options_reach_the_submounts(
+    store: FileStore, bundle: BundleFactory, options: list[str], child_ro: bool
+) -> None:
+    """``rro`` (and the other ``r*`` options) hold beneath the mount too; ``ro`` only on it."""
+    parent, child = _host_submount()
+    path = bundle(["cat", "/proc/mounts"])
+    add_mounts(
+        path,
+        {
+            "destination": "/host",
+            "type": "bind",
+            "source": parent,
+            "options": ["rbind", "rnosuid", *options],
+        },
+    )
+    code, out = run_output(store, path)
+    assert code == 0, out
+    top = set(mount_line(out, "/host")[3].split(","))
+    below = set(mount_line(out, f"/host/{child}")[3].split(","))
+    assert {"ro", "nosuid"} <= top
+    assert "nosuid" in below
+    assert ("ro" in below) is child_ro
+
+
+def test_nosymfollow(store: FileStore, bundle: BundleFactory, host_dir: Path) -> None:
+    (host_dir / "link").symlink_to("hello.txt")
+    path = bundle(["sh", "-c", "cat /data/hello.txt; cat /data/link; echo rc=$?"])
+    add_mounts(
+        path,
+        {
+            "destination": "/data",
+            "type": "bind",
+            "source": str(host_dir),
+            "options": ["rbind", "nosymfollow"],
+        },
+    )
+    code, out = run_output(store, path)
+    assert code == 0, out
+    assert out.startswith("hello from the host\n")
+    assert out.endswith("rc=1\n"), out  # the link is not followed (ELOOP)
+
+
 def test_default_devices_and_symlinks(store: FileStore, bundle: BundleFactory) -> None:
     script = (
         "stat -c '%n %F %t:%T %a' /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty;"

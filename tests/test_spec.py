@@ -13,6 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sandboxrt._core import abi
+from sandboxrt._core.mount_options import parse_mount_options
 from sandboxrt._core.plan import build_container_plan, build_plan
 from sandboxrt._core.spec import (
     Mount,
@@ -34,7 +36,7 @@ from sandboxrt._core.spec_validate import (
 from sandboxrt._os.seccomp import compile_bpf
 from sandboxrt.config import Config
 from sandboxrt.container import _apply_config
-from sandboxrt.errors import SpecError
+from sandboxrt.errors import MissingFeatureError, SpecError
 
 Doc = dict[str, Any]
 
@@ -755,6 +757,33 @@ def test_sysctls_are_checked_against_the_namespaces_the_container_gets() -> None
     with pytest.raises(SpecError, match=r"needs an ipc namespace of its sandbox"):
         build_container_plan(container_id="s", sandbox_namespaces={"pid", "network"}, **pod)
     build_container_plan(container_id="s", sandbox_namespaces={"pid", "ipc"}, **pod)
+
+
+def test_recursive_mount_options_become_mount_attributes() -> None:
+    parsed = parse_mount_options(["rbind", "rro", "rnosuid", "rnoatime", "rrw", "rstrictatime"])
+    assert parsed.flags == abi.MS_BIND | abi.MS_REC
+    assert parsed.data == ""
+    # rrw undoes rro; the last atime mode wins; clearing what rrw asked.
+    assert parsed.attr_set == abi.MOUNT_ATTR_NOSUID | abi.MOUNT_ATTR_STRICTATIME
+    assert parsed.attr_clr == abi.MOUNT_ATTR_RDONLY | abi.MOUNT_ATTR__ATIME
+    assert parse_mount_options(["nosymfollow"]).flags == abi.MS_NOSYMFOLLOW
+
+
+def test_mount_options_a_bind_cannot_take_or_sandboxrt_cannot_do_are_refused() -> None:
+    spec = dump_spec(default_spec())
+    spec["mounts"].append(
+        {"destination": "/x", "type": "bind", "source": "/tmp", "options": ["rbind", "size=1m"]}
+    )
+    with pytest.raises(
+        SpecError, match=r"mounts\[\d+\]\.options: size=1m is not an option of a bind"
+    ):
+        load_spec(spec)
+    common = {"bundle": "/b", "compile_seccomp": compile_bpf, "runtime_root": "/r"}
+    for option in ("idmap", "tmpcopyup"):
+        spec["mounts"][-1] = {"destination": "/x", "type": "tmpfs", "options": [option]}
+        load_spec(spec)  # a valid spec: the plan refuses it
+        with pytest.raises(MissingFeatureError, match=f"the mount option {option} \\(on /x\\)"):
+            build_plan(container_id="c", sandbox_id="c", spec=spec, **common)
 
 
 def test_only_namespaced_sysctls_are_accepted() -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from sandboxrt._core.abi import SECCOMP_FILTER_FLAGS
-from sandboxrt._core.mount_options import PROPAGATION, parse_mount_options
+from sandboxrt._core.mount_options import PROPAGATION, UNSUPPORTED_OPTIONS, parse_mount_options
 from sandboxrt._core.protocol import (
     CapabilityPlan,
     ContainerPlan,
@@ -84,6 +84,12 @@ def _gofer_file(runtime_dir: str, container_id: str, suffix: str) -> str:
 
 def _mount_plan(mount: Mapping[str, Any], bundle: str) -> MountPlan:
     kind = mount.get("type") or ""
+    unsupported = sorted(UNSUPPORTED_OPTIONS.intersection(mount.get("options") or []))
+    if unsupported:
+        raise MissingFeatureError(
+            f"the mount option {', '.join(unsupported)} (on {mount['destination']})",
+            "sandboxrt does not do it yet: leave it out of the spec",
+        )
     options = parse_mount_options(mount.get("options") or [], kind)
     source = mount.get("source") or ""
     if options.is_bind and source and not source.startswith("/"):
@@ -96,6 +102,8 @@ def _mount_plan(mount: Mapping[str, Any], bundle: str) -> MountPlan:
         data=options.data,
         propagation=list(options.propagation),
         bind=options.is_bind,
+        attr_set=options.attr_set,
+        attr_clr=options.attr_clr,
     )
 
 

@@ -216,6 +216,10 @@ class MountPlan:
     #: its index among the tree fds that follow the init's stdio (see
     #: :meth:`InitPlan.tree_sources`); -1: bind ``source`` by path.
     tree: int = -1
+    #: ``MOUNT_ATTR_*`` the recursive options (``rro``...) set and clear, on the mount and
+    #: every mount beneath it.
+    attr_set: int = 0
+    attr_clr: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

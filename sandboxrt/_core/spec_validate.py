@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from sandboxrt._core.cri import annotation_problems
+from sandboxrt._core.mount_options import parse_mount_options
 from sandboxrt._core.users import MAX_ID
 from sandboxrt.errors import SpecError
 
@@ -201,6 +202,11 @@ def spec_problems(spec: Spec) -> list[tuple[str, str]]:
         _check_absolute(out, f"mounts[{i}].destination", mount.destination)
         _check_mappings(out, f"mounts[{i}].uidMappings", mount.uid_mappings)
         _check_mappings(out, f"mounts[{i}].gidMappings", mount.gid_mappings)
+        parsed = parse_mount_options(mount.options or (), mount.type or "")
+        if parsed.is_bind and parsed.data:
+            # A bind takes no filesystem data: such an option would be dropped unseen.
+            problem = f"{parsed.data} is not an option of a bind mount"
+            out.append((f"mounts[{i}].options", problem))
     if spec.hooks is not None:
         hooks = spec.hooks
         phases = (

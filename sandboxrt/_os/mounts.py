@@ -471,9 +471,16 @@ def make_mount(root: str, plan: MountPlan, tree: int | None = None) -> None:
                 _fd_mount(source, target_fd, fstype, flags, data, what=plan.destination)
             finally:
                 os.close(target_fd)
-        if plan.propagation:
+        if plan.propagation or plan.attr_set or plan.attr_clr:
             mounted, _ = _walk(root_fd, plan.destination)
             try:
+                if plan.attr_set or plan.attr_clr:  # rro, rnosuid...: the mounts beneath too
+                    try:
+                        syscalls.mount_setattr(mounted, plan.attr_set, plan.attr_clr)
+                    except OSError as exc:
+                        raise OSError(
+                            exc.errno, f"recursive options of {plan.destination}: {exc.strerror}"
+                        ) from None
                 for propagation in plan.propagation:
                     _fd_mount(None, mounted, None, propagation, what=plan.destination)
             finally:

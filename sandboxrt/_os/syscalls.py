@@ -13,6 +13,8 @@ import os
 import platform
 import re
 
+from sandboxrt._core import abi
+
 __all__ = [
     "ambient_clear_all",
     "ambient_raise",
@@ -29,6 +31,7 @@ __all__ = [
     "fsmount",
     "fsopen",
     "mount",
+    "mount_setattr",
     "move_mount",
     "open_tree",
     "openat2",
@@ -302,9 +305,6 @@ FSCONFIG_SET_FLAG = 0
 FSCONFIG_SET_STRING = 1
 FSCONFIG_SET_FD = 5
 FSCONFIG_CMD_CREATE = 6
-MOUNT_ATTR_RDONLY = 0x1
-MOUNT_ATTR_NOSUID = 0x2
-MOUNT_ATTR_NODEV = 0x4
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOVE_MOUNT_T_EMPTY_PATH = 0x40
 MOVE_MOUNT_BENEATH = 0x200
@@ -370,6 +370,38 @@ def fsmount(fs_fd: int, attr_flags: int = 0) -> int:
             ctypes.c_uint(attr_flags),
         ),
         "fsmount",
+    )
+
+
+_SYS_MOUNT_SETATTR = 442  # (one number on every architecture, Linux 5.12)
+
+
+class _MountAttr(ctypes.Structure):
+    """``struct mount_attr`` of ``mount_setattr(2)``."""
+
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def mount_setattr(fd: int, attr_set: int, attr_clr: int, *, recursive: bool = True) -> None:
+    """Change the attributes (``MOUNT_ATTR_*``) of the mount ``fd`` is on, and with
+    ``recursive`` of every mount beneath it (``mount_setattr(2)``)."""
+    attr = _MountAttr(attr_set, attr_clr, 0, 0)
+    flags = abi.AT_EMPTY_PATH | (abi.AT_RECURSIVE if recursive else 0)
+    _check(
+        _libc.syscall(
+            ctypes.c_long(_SYS_MOUNT_SETATTR),
+            ctypes.c_int(fd),
+            b"",
+            ctypes.c_uint(flags),
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+        ),
+        "mount_setattr",
     )
 
 
