@@ -786,6 +786,29 @@ def test_mount_options_a_bind_cannot_take_or_sandboxrt_cannot_do_are_refused() -
             build_plan(container_id="c", sandbox_id="c", spec=spec, **common)
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("process", "apparmorProfile", "docker-default"),
+        ("process", "selinuxLabel", "system_u:system_r:container_t:s0"),
+        ("process", "scheduler", {"policy": "SCHED_FIFO", "priority": 1}),
+        ("linux", "timeOffsets", {"monotonic": {"secs": 3600}}),
+        ("linux", "personality", {"domain": "LINUX32"}),
+    ],
+)
+def test_fields_sandboxrt_does_not_apply_are_refused(section: str, key: str, value: Any) -> None:
+    """Never run without what the spec asks for (a confinement, an offset...)."""
+    spec = dump_spec(default_spec())
+    spec[section][key] = value
+    load_spec(spec)  # valid: the plan refuses it
+    common = {"bundle": "/b", "compile_seccomp": compile_bpf, "runtime_root": "/r"}
+    with pytest.raises(MissingFeatureError, match=rf'{section}\.{key} \(container "c"\)'):
+        build_plan(container_id="c", sandbox_id="c", spec=spec, **common)
+    if key == "personality":  # what every process has: nothing to do
+        spec[section][key] = {"domain": "LINUX"}
+        build_plan(container_id="c", sandbox_id="c", spec=spec, **common)
+
+
 def test_only_namespaced_sysctls_are_accepted() -> None:
     spec = dump_spec(default_spec())
     spec["linux"]["sysctl"] = {"kernel.core_pattern": "|/bin/x", "net.ipv4.ip_forward": "1"}

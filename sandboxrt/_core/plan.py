@@ -245,6 +245,37 @@ def _fields(plan: ProcessPlan) -> dict[str, Any]:
     return {field.name: getattr(plan, field.name) for field in dataclasses.fields(ProcessPlan)}
 
 
+#: Spec fields sandboxrt does not apply yet: a container given one would run without
+#: what it asks for (a confinement, a time offset...), so it is refused, as runc refuses
+#: an AppArmor profile on a host without AppArmor.
+_UNSUPPORTED_FIELDS = (
+    ("process", "apparmorProfile"),
+    ("process", "selinuxLabel"),
+    ("process", "scheduler"),
+    ("process", "ioPriority"),
+    ("linux", "mountLabel"),
+    ("linux", "intelRdt"),
+    ("linux", "memoryPolicy"),
+    ("linux", "timeOffsets"),
+    ("linux", "netDevices"),
+)
+
+
+def _refuse_unsupported(
+    container_id: str, process: Mapping[str, Any], linux: Mapping[str, Any]
+) -> None:
+    sections = {"process": process, "linux": linux}
+    fields = [f"{part}.{key}" for part, key in _UNSUPPORTED_FIELDS if sections[part].get(key)]
+    personality = linux.get("personality")
+    if personality and (personality.get("domain") != "LINUX" or personality.get("flags")):
+        fields.append("linux.personality")  # (LINUX without flags is what every process has)
+    if fields:
+        raise MissingFeatureError(
+            f"{', '.join(fields)} (container \"{container_id}\")",
+            "sandboxrt does not apply it yet: leave it out of the spec",
+        )
+
+
 def _init_plan(
     container_id: str,
     spec: Mapping[str, Any],
@@ -255,6 +286,7 @@ def _init_plan(
 ) -> InitPlan:
     process = spec.get("process") or {}
     linux = spec.get("linux") or {}
+    _refuse_unsupported(container_id, process, linux)
     hooks = spec.get("hooks") or {}
     root = spec.get("root") or {}
     rootfs = root.get("path", "rootfs")
