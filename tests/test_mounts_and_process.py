@@ -387,6 +387,34 @@ def test_masked_and_readonly_paths(store: FileStore, bundle: BundleFactory) -> N
     assert sh(store, bundle, script).split() == ["0", "0", "sys=1", "Linux"]
 
 
+def test_masked_and_readonly_symlinks_hide_and_protect_their_targets(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """A masked or read-only path that is a symlink in the rootfs: its target (beneath the
+    root) is masked or made read-only, as runc does (it was skipped: left exposed)."""
+    script = (
+        "cat /etc/secret /etc/real-secret; ls /etc/hidden | wc -l;"
+        " (echo x > /etc/rodir/new) 2>/dev/null; echo ro=$?"
+    )
+    path = bundle(["sh", "-c", script])
+    etc = path / "rootfs" / "etc"
+    (etc / "real-secret").write_text("SECRET\n")
+    (etc / "secret").symlink_to("real-secret")
+    (etc / "real-hidden").mkdir()
+    (etc / "real-hidden" / "inner").write_text("x")
+    (etc / "hidden").symlink_to("/etc/real-hidden")
+    (etc / "rodir").mkdir()
+    (etc / "rolink").symlink_to("rodir")
+
+    def change(document: dict[str, Any]) -> None:
+        document["linux"]["maskedPaths"] = ["/etc/secret", "/etc/hidden"]
+        document["linux"]["readonlyPaths"] = ["/etc/rolink"]
+
+    edit_config(path, change)
+    assert run_output(store, path) == (0, "0\nro=1\n")
+    assert not (etc / "rodir" / "new").exists()
+
+
 def test_symlink_in_rootfs_does_not_lead_outside(
     store: FileStore, bundle: BundleFactory, tmp_path: Path
 ) -> None:

@@ -929,32 +929,30 @@ def _open_null(root_fd: int, masked: str) -> int:
     return fd
 
 
-def _skippable(root_fd: int, path: str) -> int | None:
-    """``path``'s fd, or None when it is missing or a symlink (both are skipped)."""
+def _skippable(root_fd: int, path: str) -> tuple[int, str] | None:
+    """``path``'s fd and its resolved path (a symlink followed beneath the root, as the
+    container sees it: what it names is what gets masked), or None when it is missing."""
     try:
-        fd, _ = _walk(root_fd, path, follow=False)
+        return _walk(root_fd, path)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    if stat.S_ISLNK(os.fstat(fd).st_mode):
-        os.close(fd)
-        return None
-    return fd
 
 
 def mask_paths(paths: Iterable[str]) -> None:
     """Hide ``paths`` (after pivot): /dev/null over files, an empty read-only tmpfs over dirs.
 
-    Missing paths and symlinks are skipped. Files are masked with the
-    container's /dev/null only if it is the null device before and after the
-    bind; anything else fails the creation.
+    Missing paths are skipped; a symlink's target (beneath the root) is masked.
+    Files are masked with the container's /dev/null only if it is the null device
+    before and after the bind; anything else fails the creation.
     """
     root_fd = _open_root("/")
     null_fd: int | None = None
     try:
-        for path in paths:
-            fd = _skippable(root_fd, path)
-            if fd is None:
+        for asked in paths:
+            found = _skippable(root_fd, asked)
+            if found is None:
                 continue
+            fd, path = found
             try:
                 if stat.S_ISDIR(os.fstat(fd).st_mode):
                     _fd_mount("tmpfs", fd, "tmpfs", abi.MS_RDONLY, "size=0,mode=755", what=path)
@@ -979,15 +977,16 @@ def mask_paths(paths: Iterable[str]) -> None:
 def readonly_paths(paths: Iterable[str]) -> None:
     """Make ``paths`` read-only (after pivot) with a recursive bind and a remount.
 
-    Missing paths and symlinks are skipped.
+    Missing paths are skipped; a symlink's target (beneath the root) is made read-only.
     """
     flags = abi.MS_REC | abi.MS_RDONLY | abi.MS_NOSUID | abi.MS_NODEV
     root_fd = _open_root("/")
     try:
-        for path in paths:
-            fd = _skippable(root_fd, path)
-            if fd is None:
+        for asked in paths:
+            found = _skippable(root_fd, asked)
+            if found is None:
                 continue
+            fd, path = found
             try:
                 _bind_fds(fd, fd, root_fd, path, flags, follow=False)
             finally:
