@@ -271,7 +271,7 @@ def _refuse_unsupported(
         fields.append("linux.personality")  # (LINUX without flags is what every process has)
     if fields:
         raise MissingFeatureError(
-            f"{', '.join(fields)} (container \"{container_id}\")",
+            f'{", ".join(fields)} (container "{container_id}")',
             "sandboxrt does not apply it yet: leave it out of the spec",
         )
 
