@@ -311,6 +311,28 @@ MALFORMED = [
         "linux.resources.devices[1].access",
         "rwm",
     ),
+    # Numbers past their OCI type would wrap on their way to the kernel.
+    (
+        _set("linux", "resources", "memory", "limit", value=2**64 + 64 * 2**20),
+        "linux.resources.memory.limit",
+        "must be in",
+    ),
+    (
+        _set("linux", "resources", "devices", 1, "major", value=-2),
+        "linux.resources.devices[1].major",
+        "must be in",
+    ),
+    (_set("linux", "devices", 0, "major", value=2**40), "linux.devices[0].major", "must be in"),
+    (
+        _set("linux", "seccomp", "syscalls", 1, "args", 0, "value", value=2**64 + 5),
+        "linux.seccomp.syscalls[1].args[0].value",
+        "must be in",
+    ),
+    (
+        _set("linux", "seccomp", "syscalls", 0, "errnoRet", value=70000),
+        "linux.seccomp.syscalls[0].errnoRet",
+        "must be in [0, 4095]",
+    ),
 ]
 
 

@@ -19,7 +19,7 @@ from sandboxrt._core.users import MAX_ID
 from sandboxrt.errors import SpecError
 
 if TYPE_CHECKING:
-    from sandboxrt._core.spec import IDMapping, Linux, Process, Spec
+    from sandboxrt._core.spec import IDMapping, Linux, Process, Resources, Spec
 
 __all__ = [
     "CAPABILITIES",
@@ -395,6 +395,8 @@ def _check_linux(out: _Problems, linux: Linux) -> None:
         _check_range(out, f"{where}.fileMode", dev.file_mode, 0, 0o7777)
         _check_range(out, f"{where}.uid", dev.uid, 0, MAX_ID)
         _check_range(out, f"{where}.gid", dev.gid, 0, MAX_ID)
+        _check_range(out, f"{where}.major", dev.major, 0, _DEV_MAJOR_MAX)
+        _check_range(out, f"{where}.minor", dev.minor, 0, _DEV_MINOR_MAX)
     if linux.resources is not None:
         for i, rule in enumerate(linux.resources.devices or ()):
             where = f"linux.resources.devices[{i}]"
@@ -402,6 +404,9 @@ def _check_linux(out: _Problems, linux: Linux) -> None:
                 out.append((f"{where}.type", f'unknown device type "{rule.type}"'))
             if rule.access is not None and set(rule.access) - set("rwm"):
                 out.append((f"{where}.access", f'expected letters of "rwm", got "{rule.access}"'))
+            _check_range(out, f"{where}.major", rule.major, -1, _DEV_MAJOR_MAX)  # -1: any
+            _check_range(out, f"{where}.minor", rule.minor, -1, _DEV_MINOR_MAX)
+        _check_resource_ranges(out, linux.resources)
     _check_sysctls(out, linux)
     if linux.rootfs_propagation is not None:
         propagation = linux.rootfs_propagation
@@ -420,12 +425,48 @@ def _check_linux(out: _Problems, linux: Linux) -> None:
     _check_seccomp(out, linux)
 
 
+#: The numbers a kernel device number holds (``MAJOR``: 12 bits, ``MINOR``: 20).
+_DEV_MAJOR_MAX = 2**12 - 1
+_DEV_MINOR_MAX = 2**20 - 1
+_INT64 = (-(2**63), 2**63 - 1)
+_UINT64 = (0, 2**64 - 1)
+#: The largest errno a seccomp rule may return (``SECCOMP_RET_DATA``; errnos stop at 4095).
+_MAX_ERRNO = 4095
+
+
+def _check_resource_ranges(out: _Problems, resources: Resources) -> None:
+    """The cgroup values in the range of their OCI types (int64, uint64): larger ones
+    would wrap (a memory limit of 2**64 + 64 MiB became 64 MiB)."""
+    where = "linux.resources"
+    memory, cpu, pids = resources.memory, resources.cpu, resources.pids
+    if memory is not None:
+        for key in ("limit", "reservation", "swap", "kernel", "kernel_tcp"):
+            name = "kernelTCP" if key == "kernel_tcp" else key
+            _check_range(out, f"{where}.memory.{name}", getattr(memory, key), -1, _INT64[1])
+        _check_range(out, f"{where}.memory.swappiness", memory.swappiness, 0, 100)
+    if cpu is not None:
+        for key, name, bounds in (
+            ("shares", "shares", _UINT64),
+            ("quota", "quota", _INT64),
+            ("burst", "burst", _UINT64),
+            ("period", "period", _UINT64),
+            ("realtime_runtime", "realtimeRuntime", _INT64),
+            ("realtime_period", "realtimePeriod", _UINT64),
+        ):
+            _check_range(out, f"{where}.cpu.{name}", getattr(cpu, key), *bounds)
+    if pids is not None:
+        _check_range(out, f"{where}.pids.limit", pids.limit, *_INT64)
+    for i, limit in enumerate(resources.hugepage_limits or ()):
+        _check_range(out, f"{where}.hugepageLimits[{i}].limit", limit.limit, *_UINT64)
+
+
 def _check_seccomp(out: _Problems, linux: Linux) -> None:
     seccomp = linux.seccomp
     if seccomp is None:
         return
     action = seccomp.default_action
     _check_known(out, "linux.seccomp.defaultAction", action, SECCOMP_ACTIONS, "seccomp action")
+    _check_range(out, "linux.seccomp.defaultErrnoRet", seccomp.default_errno_ret, 0, _MAX_ERRNO)
     if action == "SCMP_ACT_NOTIFY":
         out.append(("linux.seccomp.defaultAction", "SCMP_ACT_NOTIFY cannot be the default"))
     for i, arch in enumerate(seccomp.architectures or ()):
@@ -438,6 +479,9 @@ def _check_seccomp(out: _Problems, linux: Linux) -> None:
         if not syscall.names:
             out.append((f"{where}.names", "expected a non-empty list of strings"))
         _check_known(out, f"{where}.action", syscall.action, SECCOMP_ACTIONS, "seccomp action")
+        _check_range(out, f"{where}.errnoRet", syscall.errno_ret, 0, _MAX_ERRNO)
         for j, arg in enumerate(syscall.args or ()):
             _check_range(out, f"{where}.args[{j}].index", arg.index, 0, 5)
+            _check_range(out, f"{where}.args[{j}].value", arg.value, *_UINT64)
+            _check_range(out, f"{where}.args[{j}].valueTwo", arg.value_two, *_UINT64)
             _check_known(out, f"{where}.args[{j}].op", arg.op, SECCOMP_OPERATORS, "operator")
