@@ -10,6 +10,7 @@ import functools
 import getpass
 import logging
 import os
+import secrets
 import shutil
 import signal as _signal
 import socket
@@ -417,7 +418,7 @@ class Container:
                     master, pty = pty, None
                     container._hand_over_console(master, console_socket)
                 if pid_file is not None:
-                    _write_pid_file(pid_file, sandbox.pid)
+                    _write_pid_file(id, pid_file, sandbox.pid)
             except BaseException:
                 if pty is not None:
                     os.close(pty)
@@ -1433,13 +1434,31 @@ def _user_name(uid: int) -> str:
         return str(uid)
 
 
-def _write_pid_file(path: str | os.PathLike[str], pid: int) -> None:
-    """Write the pid (no newline) atomically: readers never see an empty file."""
+def _write_pid_file(container_id: str, path: str | os.PathLike[str], pid: int) -> None:
+    """Write the pid (no newline) atomically: readers never see an empty file.
+
+    The temporary file has a name nobody can guess and is made anew
+    (``O_EXCL|O_NOFOLLOW``): in a directory others may write to, a symlink or
+    file planted there is neither followed nor taken over. Failures are an
+    :class:`InvalidArgumentError` naming the container, and leave no temporary file.
+    """
     target = os.fspath(path)
-    tmp = f"{target}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(str(pid))
-    os.replace(tmp, target)
+    tmp = f"{target}.{secrets.token_hex(8)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, 0o644)
+        try:
+            try:
+                os.write(fd, str(pid).encode())
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        raise InvalidArgumentError(container_id, f"cannot write pid file {target}: {exc}") from None
 
 
 def _with_trees(

@@ -30,6 +30,7 @@ from sandboxrt.errors import (
     AmbiguousIDError,
     ContainerExistsError,
     InitError,
+    InvalidArgumentError,
     InvalidStateError,
     SpecError,
     WaitTimeoutError,
@@ -471,6 +472,32 @@ def test_pid_file(store: FileStore, bundle: BundleFactory, tmp_path: Path) -> No
         assert int(content) in supervisor_pids()
     finally:
         container.destroy()
+
+
+def test_the_pid_file_is_written_through_no_planted_file(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """In a directory others may write to, the temporary file of the old predictable
+    name (a symlink to a victim, here) is neither followed nor used."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    pid_file = run_dir / "c.pid"
+    for guess in (f"c.pid.{os.getpid()}.tmp", "c.pid.tmp"):
+        (run_dir / guess).symlink_to(victim)
+    container = Container.create("pidf", bundle(["true"]), store=store, pid_file=pid_file)
+    try:
+        assert not pid_file.is_symlink()
+        assert pid_file.read_text() == str(container.state().pid)
+        assert victim.read_text() == "precious"
+        assert sorted(p.name for p in run_dir.iterdir() if not p.is_symlink()) == ["c.pid"]
+    finally:
+        container.destroy()
+    # A pid file that cannot be written: a typed error naming the container, nothing left.
+    with pytest.raises(InvalidArgumentError, match=r'"pidg": cannot write pid file .*/nowhere/'):
+        Container.create("pidg", bundle(["true"]), store=store, pid_file=tmp_path / "nowhere/p")
+    assert Container.list(store=store) == []
 
 
 def test_oci_state_per_phase(
