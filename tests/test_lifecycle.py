@@ -406,6 +406,45 @@ def test_load_ambiguous_prefix(store: FileStore, bundle: BundleFactory) -> None:
 # -- 6. and 7. stale records -----------------------------------------------------------------
 
 
+def test_a_supervisor_out_of_fds_stays_up_and_serves_again(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """Each waiter holds a connection: past the supervisor's fd limit it stops listening
+    until one closes (it died, and the sandbox with it). Its soft limit is its hard one;
+    the container's is still the caller's."""
+    import resource
+    import socket
+
+    caller_soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    path = bundle(["sh", "-c", "ulimit -n; exec sleep 60"])
+    edit_config(path, lambda d: d["process"].update(rlimits=[]))
+    container = Container.create("fds", path, store=store, stdout=subprocess.PIPE)
+    try:
+        container.start()
+        assert container.stdout is not None
+        assert container.stdout.readline() == f"{caller_soft}\n".encode()
+        sandbox = container.sandbox
+        assert sandbox is not None
+        soft, hard = resource.prlimit(sandbox.pid, resource.RLIMIT_NOFILE)
+        assert soft == hard
+        resource.prlimit(sandbox.pid, resource.RLIMIT_NOFILE, (64, hard))
+        clients = []
+        try:
+            for _ in range(100):  # more than it can take: the last ones wait in the backlog
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                client.connect(sandbox.control_socket)
+                clients.append(client)
+            time.sleep(0.5)
+            assert container.status is Status.RUNNING
+        finally:
+            for client in clients:
+                client.close()
+        container.kill(signal.SIGKILL)
+        assert container.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        container.destroy()
+
+
 def test_killed_supervisor_reads_stopped(store: FileStore, bundle: BundleFactory) -> None:
     container = Container.create("stale", bundle(["sleep", "1000"]), store=store)
     try:

@@ -50,6 +50,7 @@ __all__ = [
     "join_cgroup_fds",
     "open_cgroup",
     "open_cgroup_dirs",
+    "raise_fd_limit",
     "run_agent",
     "run_exec",
     "run_init",
@@ -231,6 +232,22 @@ def _seccomp_program(plan: ProcessPlan) -> bytes | None:
     return program
 
 
+#: The NOFILE limits the supervisor had before :func:`raise_fd_limit`, for its children.
+_caller_fd_limit: tuple[int, int] | None = None
+
+
+def raise_fd_limit() -> None:
+    """Raise this process's soft NOFILE limit to its hard one (the supervisor: each live
+    ``Process`` and each waiter holds a connection to it); the processes it forks for a
+    container go back to the limits it had (:func:`_apply_process`), as a program
+    started by the caller would have."""
+    global _caller_fd_limit
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        _caller_fd_limit = (soft, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _apply_process(
     plan: ProcessPlan, seccomp_program: bytes | None = None, *, chdir: bool = True
 ) -> None:
@@ -246,6 +263,8 @@ def _apply_process(
     """
     seccomp_flags = plan.seccomp.flags if plan.seccomp is not None else 0
     seccomp_early = plan.seccomp is not None and plan.seccomp.early
+    if _caller_fd_limit is not None:  # the supervisor raised its own: ours is the caller's
+        resource.setrlimit(resource.RLIMIT_NOFILE, _caller_fd_limit)
     for name, soft, hard in plan.rlimits:
         resource.setrlimit(getattr(resource, name), (soft, hard))
     if plan.oom_score_adj is not None:

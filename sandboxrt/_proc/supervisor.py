@@ -52,6 +52,7 @@ from sandboxrt._proc.init import (
     error_progress,
     join_cgroup_fds,
     open_cgroup,
+    raise_fd_limit,
     run_agent,
     run_exec,
     run_init,
@@ -324,6 +325,8 @@ class Supervisor:
         if not self.prepared:
             _prepare_namespaces(new)
         self.listener = channel.bind_listener(self.plan.control_socket)
+        #: Whether the selector watches the listener (not while out of fds: see _accept).
+        self.listening = True
         self.runtime_fd = os.open(self.plan.runtime_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def confine(self, ahead: Confinement | None = None) -> None:
@@ -543,6 +546,7 @@ class Supervisor:
     # -- serving ---------------------------------------------------------------------------
 
     def serve(self) -> NoReturn:
+        raise_fd_limit()
         wake_r, wake_w = self.wake_fds = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -566,8 +570,7 @@ class Supervisor:
                         os.read(wake_r, 4096)
                     self._reap()
                 elif data == "listen":
-                    conn, _ = self.listener.accept()
-                    self.selector.register(conn, selectors.EVENT_READ, "conn")
+                    self._accept()
                 elif data == "conn":
                     self._handle(key.fileobj)  # type: ignore[arg-type]
                 elif data[0] == "creating":
@@ -646,6 +649,18 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 channel.send(conn, Reply(True, returncode=returncode, pid=member.init_pid))
 
+    def _accept(self) -> None:
+        """Take a connection. Out of fds, stop listening until one closes (clients wait in
+        the backlog) rather than die, which would end the sandbox."""
+        try:
+            conn, _ = self.listener.accept()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                self.selector.unregister(self.listener)
+                self.listening = False
+            return
+        self.selector.register(conn, selectors.EVENT_READ, "conn")
+
     def _drop(self, conn: socket.socket) -> None:
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(conn)
@@ -654,6 +669,9 @@ class Supervisor:
             with contextlib.suppress(ValueError):
                 self.exec_waiters[pid].remove(conn)
         conn.close()
+        if not self.listening:  # an fd is free again
+            self.selector.register(self.listener, selectors.EVENT_READ, "listen")
+            self.listening = True
 
     def _handle(self, conn: socket.socket) -> None:
         try:
