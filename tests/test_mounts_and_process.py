@@ -457,6 +457,32 @@ def test_user_umask_cwd(store: FileStore, bundle: BundleFactory) -> None:
     assert out.splitlines() == ["uid=1000 gid=1000 groups=10,20", "0027", "/tmp", "640"]
 
 
+def test_a_relative_program_runs_from_the_working_directory(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """``WORKDIR /app`` with ``CMD ["./hello.sh"]``, and an exec of one elsewhere: as
+    execve, relative to the cwd, not to the root."""
+    path = bundle(["./hello.sh"])
+    rootfs = path / "rootfs"
+    for where, text in (("", "root"), ("app", "app"), ("tmp", "tmp")):
+        script = rootfs / where / "hello.sh"
+        script.parent.mkdir(exist_ok=True)
+        script.write_text(f"#!/bin/sh\necho from {text}\n")
+        script.chmod(0o755)
+    edit_config(path, lambda d: d["process"].update(cwd="/app"))
+    assert run_output(store, path) == (0, "from app\n")
+    edit_config(path, lambda d: d["process"].update(args=["sleep", "60"]))
+    container = Container.create("rel", path, store=store)
+    try:
+        container.start()
+        done = container.exec_run(["./hello.sh"], cwd="/tmp", capture_output=True, timeout=30)
+        assert (done.returncode, done.stdout) == (0, b"from tmp\n")
+        done = container.exec_run(["hello.sh"], cwd="/tmp", env={"PATH": "."}, capture_output=True)
+        assert done.stdout == b"from tmp\n"
+    finally:
+        container.destroy()
+
+
 def test_cwd_is_created(store: FileStore, bundle: BundleFactory) -> None:
     path = bundle(["pwd"])
     edit_config(path, lambda d: d["process"].update(cwd="/work/dir"))

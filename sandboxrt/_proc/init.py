@@ -90,14 +90,17 @@ def error_progress(exc: BaseException) -> Progress:
     return Progress("error", error=str(exc), error_type=type(exc).__name__, details=details)
 
 
-def find_executable(name: str, env: Sequence[str]) -> str:
-    """Resolve ``name`` as ``execvp`` would, with the container's own PATH."""
+def find_executable(name: str, env: Sequence[str], cwd: str = "/") -> str:
+    """Resolve ``name`` as ``execvp`` would, with the container's own PATH; a relative
+    name (``./app``) or PATH entry is relative to the process's working directory
+    ``cwd`` (Docker's ``WORKDIR /app`` with ``CMD ["./app"]``)."""
     if "/" in name:
         candidates = [name]
     else:
         path = next((e[5:] for e in env if e.startswith("PATH=")), "/usr/bin:/bin")
         candidates = [os.path.join(d or ".", name) for d in path.split(":")]
     for candidate in candidates:
+        candidate = os.path.join(cwd, candidate)  # (an absolute one stays as it is)
         try:  # resolved beneath the root: never through /proc/1/root (the host's root)
             candidate = mounts.resolve_beneath_root(candidate)
         except OSError:
@@ -547,7 +550,7 @@ def _create(
 ) -> NoReturn:
     """Report ``created`` (with a pty master, for a terminal), wait for start (unless
     ``plan.autostart``), exec."""
-    executable = find_executable(plan.args[0], plan.env)
+    executable = find_executable(plan.args[0], plan.env, plan.cwd)
     tty_slave = None
     pty_fds: list[int] = []
     if plan.terminal:
@@ -656,7 +659,7 @@ def run_exec(
         _join_init(init_pid)
         if plan.user:
             plan = _resolve_user(plan)
-        executable = find_executable(plan.args[0], plan.env)
+        executable = find_executable(plan.args[0], plan.env, plan.cwd)
         tty_slave = None
         if plan.terminal:
             # In the container's mount namespace: a pty of its own devpts instance.
@@ -794,7 +797,7 @@ def _spawn(plan: ExecPlan, stdio: Sequence[int], begin: Callable[[], None]) -> i
     leave its internal signals (32, 33) ignored in the program.
     """
     mounts.chdir_beneath_root(plan.cwd)  # as the plan's user, as an exec'd process does
-    executable = find_executable(plan.args[0], plan.env)
+    executable = find_executable(plan.args[0], plan.env, plan.cwd)
     env = dict(e.split("=", 1) for e in plan.env)
     stdin, stdout, stderr = stdio
     import subprocess  # imported by run_agent, before it entered the container's root
