@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable
 from types import FrameType, TracebackType
 from typing import IO, Any
 
-from sandboxrt.errors import SandboxrtError
+from sandboxrt.errors import InvalidArgumentError, SandboxrtError
 
-__all__ = ["DEFAULT_FORWARDED", "SignalForwarder"]
+__all__ = ["DEFAULT_FORWARDED", "SignalForwarder", "signal_number"]
 
 log = logging.getLogger("sandboxrt")
 
@@ -33,6 +33,29 @@ DEFAULT_FORWARDED: tuple[signal.Signals, ...] = (
 
 #: Never relayed: uncatchable, or what the caller's own machinery needs.
 _REFUSED = frozenset({signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD})
+
+
+def signal_number(sig: int | str, container_id: str) -> int:
+    """``sig`` as a signal number: a number (0, the existence probe, included) or a name
+    as ``runc kill`` takes it (``SIGTERM``, ``TERM``, ``term``, ``"15"``); anything else
+    is an :class:`InvalidArgumentError` naming the container."""
+    if isinstance(sig, str):
+        name = sig.strip().upper()
+        if name.isdigit():
+            return signal_number(int(name), container_id)
+        try:
+            return int(signal.Signals[name if name.startswith("SIG") else "SIG" + name])
+        except KeyError:
+            raise InvalidArgumentError(container_id, f"unknown signal {sig!r}") from None
+    if isinstance(sig, bool) or not isinstance(sig, int):
+        raise InvalidArgumentError(
+            container_id, f"a signal is a number or a name, not {type(sig).__name__}"
+        )
+    if not 0 <= sig < signal.NSIG:
+        raise InvalidArgumentError(
+            container_id, f"no signal {sig}: signals go from 1 to {signal.NSIG - 1}"
+        )
+    return int(sig)
 
 
 class SignalForwarder:

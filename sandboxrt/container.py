@@ -42,7 +42,7 @@ from sandboxrt._os.seccomp import compile_bpf
 from sandboxrt._proc import hooks
 from sandboxrt._proc.init import open_cgroup_dirs
 from sandboxrt._proc.launcher import Launcher
-from sandboxrt._signals import DEFAULT_FORWARDED, SignalForwarder
+from sandboxrt._signals import DEFAULT_FORWARDED, SignalForwarder, signal_number
 from sandboxrt._stdio import StdioArg, StdioPlan
 from sandboxrt.config import Config
 from sandboxrt.errors import (
@@ -596,9 +596,12 @@ class Container:
         return sandbox.wait(self.id, timeout)
 
     def kill(
-        self, sig: int = _signal.SIGTERM, *, all: bool = False, foreground: bool = False
+        self, sig: int | str = _signal.SIGTERM, *, all: bool = False, foreground: bool = False
     ) -> None:
         """Send ``sig`` to the init, or with ``all=True`` to every process of the container.
+
+        ``sig`` is a number or a name, as ``runc kill`` takes it (``"TERM"``,
+        ``"SIGKILL"``); anything else is an :class:`InvalidArgumentError`.
 
         With ``foreground=True`` it goes to the foreground process group of the
         init's terminal instead (``process.terminal``; like ``runsc kill --fg``).
@@ -618,12 +621,13 @@ class Container:
         """
         if all and foreground:
             raise ValueError("kill: all and foreground exclude each other")
+        sig = signal_number(sig, self.id)
         with self._locked() as sandbox:
             status = _effective_status(self._record, sandbox)
             require(Operation.KILL_ALL if all else Operation.KILL, self.id, status)
             paused = status is Status.PAUSED
             try:
-                self._signal(sandbox, int(sig), all=all, paused=paused, foreground=foreground)
+                self._signal(sandbox, sig, all=all, paused=paused, foreground=foreground)
             finally:
                 if paused and sig == _signal.SIGKILL:
                     _cgroup.thaw(self._record.cgroup, self.id)
@@ -716,7 +720,7 @@ class Container:
         return code
 
     def signal_process(
-        self, pid: int, sig: int, *, group: bool = False, foreground: bool = False
+        self, pid: int, sig: int | str, *, group: bool = False, foreground: bool = False
     ) -> None:
         """Send ``sig`` to process ``pid`` of the container (sandbox PID namespace).
 
@@ -729,12 +733,13 @@ class Container:
         process exec'd with ``tty=True``).
         """
         pid = _process_pid(self.id, pid)
+        number = signal_number(sig, self.id)
         self._refresh()
         sandbox = self.sandbox
         require(Operation.KILL, self.id, _effective_status(self._record, sandbox))
         assert sandbox is not None
         try:
-            sandbox.signal_process(self.id, pid, int(sig), group=group, foreground=foreground)
+            sandbox.signal_process(self.id, pid, number, group=group, foreground=foreground)
         except SandboxDiedError:
             if not self._stopped_meanwhile(Operation.KILL, sandbox):
                 raise

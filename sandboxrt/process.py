@@ -27,6 +27,7 @@ from typing import IO
 import attrs
 
 from sandboxrt._os import procfs
+from sandboxrt._signals import signal_number
 from sandboxrt.errors import (
     ProcessNotFoundError,
     ProcessTimeoutError,
@@ -233,7 +234,7 @@ class Process:
 
     # -- signals -----------------------------------------------------------------------
 
-    def send_signal(self, sig: int, *, group: bool = False, foreground: bool = False) -> None:
+    def send_signal(self, sig: int | str, *, group: bool = False, foreground: bool = False) -> None:
         """Send ``sig`` to the process, or with ``group`` to its whole process group, or
         with ``foreground`` to the foreground process group of its terminal (``tty=True``;
         like ``runsc kill --fg``: a shell's running job, not the shell).
@@ -241,11 +242,12 @@ class Process:
         Does nothing once the process is known to have exited (a group may
         outlive its leader: ``group=True`` still reaches it then).
         """
+        number = signal_number(sig, self.container_id)
         if self.returncode is not None and not group:
             return
         try:
             self._sandbox.signal_process(
-                self.container_id, self.pid, int(sig), group=group, foreground=foreground
+                self.container_id, self.pid, number, group=group, foreground=foreground
             )
         except ProcessNotFoundError as error:
             if not error.exited:

@@ -323,6 +323,29 @@ def test_bad_config_values() -> None:
 # --- wrong state -------------------------------------------------------------------------------
 
 
+def test_signals_by_number_or_name_and_nothing_else(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    container = Container.create("sig", bundle(["sleep", "60"]), store=store)
+    try:
+        container.start()
+        process = container.exec(["sleep", "60"])
+        for bad in (999, -1, 65, "SIGNOPE", "", 1.5, True):
+            with pytest.raises(InvalidArgumentError, match='container "sig": '):
+                container.kill(bad)  # type: ignore[arg-type]
+            with pytest.raises(InvalidArgumentError, match='container "sig": '):
+                process.send_signal(bad)  # type: ignore[arg-type]
+            with pytest.raises(InvalidArgumentError, match='container "sig": '):
+                container.signal_process(process.pid, bad)  # type: ignore[arg-type]
+        assert container.status is Status.RUNNING
+        container.signal_process(process.pid, "kill")  # names as runc kill takes them
+        assert process.wait(timeout=30) == -signal.SIGKILL
+        container.kill("TERM")
+        assert container.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        container.destroy()
+
+
 def test_operations_in_the_wrong_state(store: FileStore, bundle: BundleFactory) -> None:
     path = bundle(["sleep", "30"])
     container = Container.create("x", path, store=store)
