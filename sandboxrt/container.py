@@ -247,6 +247,17 @@ class Container:
             raise SpecError(exc.problems, source=where) from None
         document = _apply_config(dump_spec(spec), config)
         _refuse_sysctls_in_our_namespaces(id, document)
+        terminal = bool((document.get("process") or {}).get("terminal"))
+        if console_socket is not None and not terminal:
+            raise InvalidArgumentError(
+                id, "a console socket is for a terminal: the spec has no process.terminal"
+            )
+        if autostart and terminal and console_socket is None:
+            raise InvalidArgumentError(
+                id,
+                "Container.run of a process.terminal spec needs a console_socket: nothing "
+                "would read the terminal; or use create() and start() and container.console",
+            )
         sandbox_id = _sandbox_id_for(id, document, join=join, root=root)
         # Before the lock: a spec the plan refuses leaves nothing behind, not even a lock file.
         overlay_size = config.overlay_size if config.overlay else 0
@@ -1199,6 +1210,9 @@ class Container:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
                 sock.connect(os.fspath(console_socket))
                 socket.send_fds(sock, [b"/dev/ptmx"], [master])
+        except OSError as exc:
+            problem = f"cannot send the console to {os.fspath(console_socket)}: {exc}"
+            raise InvalidArgumentError(self.id, problem) from None
         finally:
             os.close(master)
 

@@ -20,7 +20,7 @@ from conftest import (
     supervisor_pids,
 )
 
-from sandboxrt import Container, FileStore
+from sandboxrt import Container, FileStore, InvalidArgumentError
 
 pytestmark = [needs_root, needs_busybox]
 
@@ -121,11 +121,23 @@ def test_unreachable_console_socket_leaves_nothing(
 ) -> None:
     path = bundle(["true"], terminal=True)
     before = supervisor_pids()
-    with pytest.raises(OSError):
+    with pytest.raises(InvalidArgumentError, match=r'"tty": cannot send the console to .*missing'):
         Container.create("tty", path, store=store, console_socket=tmp_path / "missing.sock")
     assert Container.list(store=store) == []
     assert list(Path(store.runtime_dir).iterdir()) == []
     assert supervisor_pids() == before
+
+
+def test_a_console_socket_needs_a_terminal_and_run_a_terminal_a_socket(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """As runc: a console socket without process.terminal is refused; and ``run`` of a
+    terminal with nothing to read it (no console socket) would hang: refused too."""
+    with pytest.raises(InvalidArgumentError, match='"t1": a console socket is for a terminal'):
+        Container.create("t1", bundle(["true"]), store=store, console_socket=tmp_path / "s")
+    with pytest.raises(InvalidArgumentError, match=r'"t2": Container\.run of a process\.terminal'):
+        Container.run("t2", bundle(["true"], terminal=True), store=store)
+    assert Container.list(store=store) == []
 
 
 def test_no_fds_leak_into_the_program(store: FileStore, bundle: BundleFactory) -> None:
