@@ -601,10 +601,16 @@ class Container:
         Works any number of times and from any process, until :meth:`destroy`.
         """
         self._refresh()
+        return self._sandbox_to_wait_on("wait for").wait(self.id, timeout)
+
+    def _sandbox_to_wait_on(self, operation: str) -> Sandbox:
+        """The sandbox; a container still being created (by another process) has none
+        yet: :class:`InvalidStateError`, as for any operation its status refuses."""
         sandbox = self.sandbox
         if sandbox is None:
-            raise ContainerNotFoundError(self.id)
-        return sandbox.wait(self.id, timeout)
+            status = _effective_status(self._record, None).value
+            raise InvalidStateError(operation, self.id, status, reason="it has no sandbox yet")
+        return sandbox
 
     def kill(
         self, sig: int | str = _signal.SIGTERM, *, all: bool = False, foreground: bool = False
@@ -720,9 +726,7 @@ class Container:
         """
         pid = _process_pid(self.id, pid)
         self._refresh()
-        sandbox = self.sandbox
-        if sandbox is None:
-            raise ContainerNotFoundError(self.id)
+        sandbox = self._sandbox_to_wait_on("wait for a process of")
         try:
             code = sandbox.wait_process(self.id, pid, timeout)
         except TimeoutError:

@@ -21,6 +21,7 @@ from conftest import (
     needs_root,
     run_output,
     supervisor_pids,
+    wait_until,
 )
 
 from sandboxrt import Config, Container, CreateTimeoutError, FileStore, Status
@@ -688,6 +689,34 @@ def test_a_runtime_dir_left_by_a_crashed_create_does_not_block_the_id(
     (stale / "supervisor.log").write_text("from an earlier, crashed create\n")
     assert Container.run("crashed", bundle(["true"]), store=store) == 0
     assert not stale.exists()
+
+
+def test_wait_on_a_container_still_being_created_says_so(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """From another process, while a prestart hook holds up the creation: the container
+    exists (creating) but has no sandbox yet, so wait is refused, not "does not exist"."""
+    gate = tmp_path / "gate"
+    path = bundle(["true"])
+    script = f"until [ -e {gate} ]; do /bin/sleep 0.02; done"
+    hook = {"path": "/bin/sh", "args": ["sh", "-c", script]}
+    edit_config(path, lambda d: d.update(hooks={"prestart": [hook]}))
+    null = "stdin=-3, stdout=-3, stderr=-3"  # (DEVNULL: the init holds no pipe of ours)
+    code = f"Container.create('slowc', {str(path)!r}, store=store, {null})"
+    creator = in_subprocess(store, code)
+    try:
+        wait_until(lambda: "slowc" in Container.list(store=store))
+        container = Container.load("slowc", store=store)
+        assert container.status is Status.CREATING
+        with pytest.raises(InvalidStateError, match='wait for container "slowc" in state creating'):
+            container.wait(timeout=1)
+        with pytest.raises(InvalidStateError, match="in state creating"):
+            container.wait_pid(1, timeout=1)
+    finally:
+        gate.touch()
+        _, err = creator.communicate(timeout=60)
+    assert creator.returncode == 0, err
+    Container.load("slowc", store=store).destroy()
 
 
 def test_destroy_after_a_create_that_died_reads_stopped_and_leaves_nothing(
