@@ -186,6 +186,7 @@ class HookError(SandboxrtError):
         self.container_id = container_id
         self.returncode = returncode
         self.output = output
+        self.reason = reason
 
 
 class MissingFeatureError(SandboxrtError, OSError):

@@ -70,7 +70,7 @@ def remote_error(
             container_id=container_id,
             returncode=details.get("returncode"),
             output=details.get("output", ""),
-            reason="" if details.get("returncode") is not None else message,
+            reason=details.get("reason", "" if details.get("returncode") is not None else message),
         )
     if error_type == "State":
         return InvalidStateError("start", container_id, "running")

@@ -219,6 +219,23 @@ def test_failing_start_container_hook(store: FileStore, setup: Setup) -> None:
     assert Container.list(store=store) == []
 
 
+def test_a_start_container_hook_that_times_out_says_so_once(store: FileStore, setup: Setup) -> None:
+    hook = {"path": "/bin/sh", "args": ["sh", "-c", "sleep 30"], "timeout": 1}
+    setup.write({"startContainer": [hook]})
+    container = Container.create("hookto", setup.path, store=store)
+    try:
+        with pytest.raises(HookError) as info:
+            container.start()
+        message = str(info.value)
+        assert message.count("failed") == 1, message
+        assert message == 'startContainer hook /bin/sh of container "hookto" failed: ' + (
+            info.value.reason
+        )
+        assert "timed out after 1s" in info.value.reason
+    finally:
+        container.destroy()
+
+
 def test_failing_poststart_hook(
     store: FileStore, setup: Setup, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -84,6 +84,7 @@ def error_progress(exc: BaseException) -> Progress:
             "phase": exc.phase,
             "returncode": exc.returncode,
             "output": exc.output,
+            "reason": exc.reason,
         }
     elif isinstance(exc, MissingFeatureError):
         details = {"feature": exc.feature, "detail": exc.detail}
