@@ -31,6 +31,15 @@ _ETC_PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonex
 _ETC_GROUP = "root:x:0:\nnogroup:x:65534:\n"
 
 
+def _link(path: Path, target: str) -> None:
+    """``path`` as a symlink to ``target``, also where a bundle is made again."""
+    if path.is_symlink():
+        if os.readlink(path) == target:
+            return
+        path.unlink()
+    path.symlink_to(target)
+
+
 def _skeleton(rootfs: Path) -> None:
     for name in ("proc", "sys", "dev", "tmp", "etc", "root", "run"):
         (rootfs / name).mkdir(parents=True, exist_ok=True)
@@ -46,7 +55,7 @@ def _host_usr_rootfs(rootfs: Path) -> list[Mount]:
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         host = Path("/") / name
         if host.is_symlink() and os.readlink(host).lstrip("/").startswith("usr/"):
-            (rootfs / name).symlink_to(os.readlink(host).lstrip("/"))
+            _link(rootfs / name, os.readlink(host).lstrip("/"))
         elif host.is_dir() and name in ("bin", "sbin", "lib", "lib64"):
             raise MissingFeatureError(
                 "a merged /usr (/bin, /lib as symlinks into /usr)",
@@ -70,10 +79,10 @@ def _busybox_rootfs(rootfs: Path) -> list[Mount]:
     bin_dir.mkdir(exist_ok=True)
     shutil.copy2(BUSYBOX, bin_dir / "busybox")
     for applet in _busybox_applets():
-        (bin_dir / applet).symlink_to("busybox")
-    (rootfs / "sbin").symlink_to("bin")
+        _link(bin_dir / applet, "busybox")
+    _link(rootfs / "sbin", "bin")
     (rootfs / "usr").mkdir(exist_ok=True)
-    (rootfs / "usr" / "bin").symlink_to("../bin")
+    _link(rootfs / "usr" / "bin", "../bin")
     return []
 
 

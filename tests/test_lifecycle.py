@@ -147,6 +147,20 @@ def test_run_with_a_timeout_kills_the_container_and_raises(
     assert Container.run("quick", bundle(["sh", "-c", "exit 4"]), store=store, timeout=30) == 4
 
 
+@pytest.mark.parametrize("rootfs", ["busybox", "host_usr"])
+def test_a_bundle_made_again_in_the_same_place_runs_its_new_program(
+    store: FileStore, tmp_path: Path, rootfs: str
+) -> None:
+    """Running an example twice makes its bundle twice (the second time raised
+    FileExistsError on the rootfs's symlinks)."""
+    from sandboxrt.bundle import make_bundle
+
+    path = tmp_path / "bundle"
+    make_bundle(path, ["sh", "-c", "exit 3"], rootfs=rootfs)  # type: ignore[arg-type]
+    make_bundle(path, ["sh", "-c", "exit 4"], rootfs=rootfs)  # type: ignore[arg-type]
+    assert Container.run("again", path, store=store) == 4
+
+
 def test_a_with_block_destroys_the_container_and_closes_its_pipes(
     store: FileStore, bundle: BundleFactory
 ) -> None:
