@@ -224,6 +224,13 @@ class Process:
         with self._expiring:
             if self.returncode is not None:
                 return
+            try:  # exited in time, unseen by anyone: nothing to kill, no time-out
+                code = self._wait_status(nohang=True)
+            except (SandboxrtError, OSError):
+                code = None
+            if code is not None:
+                self.returncode = code
+                return
             try:
                 self._sandbox.signal_process(
                     self.container_id, self.pid, _signal.SIGKILL, group=True

@@ -215,6 +215,17 @@ def test_timeout_kills_the_process_and_what_it_forked(running: Container) -> Non
         time.sleep(0.05)
 
 
+def test_a_process_that_exited_before_its_deadline_did_not_time_out(
+    running: Container,
+) -> None:
+    """Nobody looked before the deadline: the timer finds it exited, and kills nothing."""
+    process = running.exec(["sh", "-c", "sleep 100 & exit 0"], timeout=0.5)
+    time.sleep(1.5)
+    assert process.wait(timeout=10) == 0
+    assert not process.timed_out
+    assert "sleep 100" in live_commands(running)  # its group was left alone
+
+
 def test_exec_run_timeout_raises_timeout_expired_with_the_output(running: Container) -> None:
     start = time.monotonic()
     with pytest.raises(subprocess.TimeoutExpired) as caught:
