@@ -29,6 +29,7 @@ import attrs
 from sandboxrt._os import procfs
 from sandboxrt._signals import signal_number
 from sandboxrt.errors import (
+    ContainerNotFoundError,
     ProcessNotFoundError,
     ProcessTimeoutError,
     SandboxDiedError,
@@ -146,6 +147,14 @@ class Process:
             os.close(fd)
 
     def _wait_status(self, timeout: float | None = None, *, nohang: bool = False) -> int | None:
+        """The exit status, from the supervisor; a container destroyed meanwhile (a pod's
+        container: its sandbox lives on) took its processes with it: ``-SIGKILL``."""
+        try:
+            return self._ask_status(timeout, nohang=nohang)
+        except ContainerNotFoundError:
+            return -_signal.SIGKILL
+
+    def _ask_status(self, timeout: float | None = None, *, nohang: bool = False) -> int | None:
         """Ask the supervisor for the exit status, on the exec's connection when it is free
         (a timed-out wait leaves it unusable: closed), else on a new one."""
         if self._connection < 0 or not self._connection_lock.acquire(blocking=False):
@@ -259,8 +268,8 @@ class Process:
         except ProcessNotFoundError as error:
             if not error.exited:
                 raise
-        except SandboxDiedError:
-            pass  # gone with its sandbox
+        except (SandboxDiedError, ContainerNotFoundError):
+            pass  # gone with its sandbox, or with its container (destroyed)
 
     def terminate(self) -> None:
         """Send SIGTERM."""

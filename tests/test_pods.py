@@ -347,6 +347,19 @@ def test_a_subcontainer_stops_with_its_init(pod: Pod, bundle: BundleFactory) -> 
     assert out(pod.root, "echo", "fine") == "fine\n"
 
 
+def test_processes_of_a_destroyed_subcontainer_read_killed(pod: Pod, bundle: BundleFactory) -> None:
+    """As a destroyed root's: -SIGKILL, and signalling them does nothing (they raised
+    ContainerNotFoundError, a with block's exit included)."""
+    sub = add_running(pod, bundle(SLEEP), "sub")
+    with sub.exec(["sleep", "60"]) as waited, sub.exec(["sleep", "60"]) as polled:
+        sub.destroy()
+        polled.terminate()
+        polled.kill()
+        assert polled.poll() == -signal.SIGKILL
+        assert waited.wait(timeout=30) == -signal.SIGKILL
+    assert pod.root.status is Status.RUNNING
+
+
 def test_destroying_a_subcontainer_removes_only_its_cgroup_and_record(
     pod: Pod, bundle: BundleFactory, store: FileStore
 ) -> None:
