@@ -116,6 +116,17 @@ def test_terminal_without_console_socket(store: FileStore, bundle: BundleFactory
     assert sorted(lines[2:]) == ["0", "1", "2", "3"], "the caller's stdio leaked in"
 
 
+def test_the_terminal_has_the_specs_console_size(store: FileStore, bundle: BundleFactory) -> None:
+    path = bundle(["stty", "size"], terminal=True)
+    edit_config(path, lambda d: d["process"].update(consoleSize={"height": 33, "width": 111}))
+    with Container.create("tty", path, store=store) as container:
+        assert container.console is not None
+        container.start()
+        out = read_master(container.console.fileno()).decode()
+        assert container.wait(timeout=10) == 0
+    assert out.split() == ["33", "111"]
+
+
 def test_unreachable_console_socket_leaves_nothing(
     store: FileStore, bundle: BundleFactory, tmp_path: Path
 ) -> None:

@@ -143,6 +143,13 @@ def _capability_plan(caps: Mapping[str, Any] | None) -> CapabilityPlan:
 _CAPABILITY_SETS = ("bounding", "effective", "inheritable", "permitted", "ambient")
 
 
+def _console_size(size: Mapping[str, Any] | None) -> list[int]:
+    """``process.consoleSize`` as ``[rows, columns]``; empty when not given (or 0x0)."""
+    if not size or not (size.get("height") or size.get("width")):
+        return []
+    return [int(size.get("height") or 0), int(size.get("width") or 0)]
+
+
 def _rlimit_value(value: int) -> int:
     """An rlimit as ``setrlimit`` takes it from Python: ``RLIM_INFINITY`` (2**64-1, what
     Docker writes for "unlimited") is -1 there; no limit of 2**63 or more differs from
@@ -231,6 +238,7 @@ def _process_plan(
         oom_score_adj=process.get("oomScoreAdj"),
         no_new_privileges=no_new_privileges,
         terminal=bool(process.get("terminal", False)),
+        console_size=_console_size(process.get("consoleSize")),
         capabilities=_capability_plan(process.get("capabilities")),
         seccomp=_seccomp_plan(
             linux.get("seccomp"),

@@ -276,6 +276,8 @@ class ProcessPlan:
     oom_score_adj: int | None = None
     no_new_privileges: bool = False
     terminal: bool = False
+    #: ``process.consoleSize`` as ``[rows, columns]`` of the terminal; empty: not given.
+    console_size: list[int] = dataclasses.field(default_factory=list)
     #: None leaves the process's capabilities as they are; a plan from a spec always has one.
     capabilities: CapabilityPlan | None = None
     #: None: no seccomp filter.

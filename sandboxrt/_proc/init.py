@@ -91,6 +91,14 @@ def error_progress(exc: BaseException) -> Progress:
     return Progress("error", error=str(exc), error_type=type(exc).__name__, details=details)
 
 
+def _size_terminal(tty: int, plan: ProcessPlan) -> None:
+    """Give the terminal the spec's ``process.consoleSize`` (as runc: else it is 0x0
+    until the caller sizes it)."""
+    if plan.console_size:
+        rows, columns = plan.console_size
+        termios.tcsetwinsize(tty, (rows, columns))
+
+
 def find_executable(name: str, env: Sequence[str], cwd: str = "/") -> str:
     """Resolve ``name`` as ``execvp`` would, with the container's own PATH; a relative
     name (``./app``) or PATH entry is relative to the process's working directory
@@ -556,6 +564,7 @@ def _create(
     pty_fds: list[int] = []
     if plan.terminal:
         master, tty_slave = mounts.open_pty()
+        _size_terminal(tty_slave, plan)
         pty_fds = [master]
     channel.send(sync, Progress("created"), pty_fds)
     channel.close_fds(pty_fds)
@@ -665,6 +674,7 @@ def run_exec(
         if plan.terminal:
             # In the container's mount namespace: a pty of its own devpts instance.
             master, tty_slave = mounts.open_pty()
+            _size_terminal(tty_slave, plan)
             try:
                 channel.send(status, Progress("pty"), [master])
             finally:
