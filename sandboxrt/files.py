@@ -62,6 +62,24 @@ _HOST_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _GONE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
 
 
+#: Write errors that are the destination's (the container's file system is full...).
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+@contextlib.contextmanager
+def _written(container_id: str, path: str, *, only: frozenset[int] | None = None) -> Iterator[None]:
+    """Writing to the container's ``path``: its ``OSError`` (those in ``only``, when the
+    block also reads host files) become the :class:`ContainerFileError` naming both."""
+    try:
+        yield
+    except ContainerFileError:
+        raise
+    except OSError as exc:
+        if exc.errno is None or (only is not None and exc.errno not in only):
+            raise
+        raise file_error(container_id, path, exc.errno) from exc
+
+
 def _pump(src: int, dst: int) -> int:
     """Copy ``src`` to ``dst`` from their offsets to the end, in chunks; bytes copied."""
     total = 0
@@ -220,7 +238,10 @@ class ContainerFiles:
     def write_bytes(self, path: str, data: bytes, *, permissions: int | None = None) -> int:
         """Replace a file's content with ``data`` (creating it, as :meth:`open` does);
         bytes written."""
-        with self.open(path, "wb", permissions=permissions) as f:
+        with (
+            _written(self._container.id, path),
+            self.open(path, "wb", permissions=permissions) as f,
+        ):
             return f.write(data)
 
     def write_text(
@@ -232,7 +253,10 @@ class ContainerFiles:
         *,
         permissions: int | None = None,
     ) -> int:
-        with self.open(path, "w", encoding=encoding, errors=errors, permissions=permissions) as f:
+        with (
+            _written(self._container.id, path),
+            self.open(path, "w", encoding=encoding, errors=errors, permissions=permissions) as f,
+        ):
             return f.write(data)
 
     # -- directories and metadata ------------------------------------------------------
@@ -359,7 +383,8 @@ class ContainerFiles:
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
             out = session.open_fd(dst, flags, stat.S_IMODE(st.st_mode) & 0o777)
             try:
-                _pump(source, out)
+                with _written(session.gofer.container_id, dst, only=_FULL):
+                    _pump(source, out)
             finally:
                 os.close(out)
         finally:

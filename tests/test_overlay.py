@@ -33,6 +33,7 @@ import sandboxrt
 from sandboxrt import (
     Config,
     Container,
+    ContainerFileError,
     FileStore,
     InvalidStateError,
     MissingFeatureError,
@@ -227,6 +228,24 @@ def test_the_upper_layer_size_limit_holds(store: FileStore, bundle: BundleFactor
         assert many.returncode == 7, many
         assert os.strerror(errno.ENOSPC).encode() in many.stderr, many.stderr
     assert not (path / "rootfs" / "big").exists()
+
+
+@needs_root
+@needs_busybox
+def test_a_full_layer_is_a_container_file_error(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """The file API's verbs name the container and path when the layer is full."""
+    host = tmp_path / "big"
+    host.write_bytes(b"x" * (2 * MIB))
+    with running(store, bundle(["sleep", "1000"]), "full", overlay(MIB)) as container:
+        with pytest.raises(ContainerFileError, match=r'"full".*/big1') as info:
+            container.files.write_bytes("/big1", b"x" * (2 * MIB))
+        assert info.value.errno == errno.ENOSPC
+        container.files.remove("/big1")
+        with pytest.raises(ContainerFileError, match=r'"full".*/big2') as info:
+            container.files.copy_in(host, "/big2")
+        assert info.value.errno == errno.ENOSPC
 
 
 @needs_root
