@@ -6,6 +6,7 @@ import builtins
 import contextlib
 import dataclasses
 import datetime as _dt
+import errno
 import functools
 import getpass
 import logging
@@ -1028,6 +1029,13 @@ class Container:
                     _changes.write_layer(upper, f)
             else:
                 _changes.write_layer(upper, dest)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            # The walk holds an fd per directory level: a layer nested deeper than this
+            # process may open files (the container's doing) cannot be exported.
+            what = "export the changes (nested deeper than this process's open-file limit)"
+            raise SystemCallError(what, exc, container_id=self.id) from None
         finally:
             os.close(upper)
 

@@ -39,6 +39,7 @@ from sandboxrt import (
     MissingFeatureError,
     NoOverlayError,
     Pod,
+    SystemCallError,
     _changes,
 )
 from sandboxrt._core import abi
@@ -228,6 +229,26 @@ def test_the_upper_layer_size_limit_holds(store: FileStore, bundle: BundleFactor
         assert many.returncode == 7, many
         assert os.strerror(errno.ENOSPC).encode() in many.stderr, many.stderr
     assert not (path / "rootfs" / "big").exists()
+
+
+@needs_root
+@needs_busybox
+def test_an_export_nested_past_the_fd_limit_is_a_typed_error(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    nest = "d=/deep; for i in $(seq 300); do d=$d/d; done; mkdir -p $d"
+    with running(store, bundle(["sleep", "1000"]), "deep", overlay(MIB)) as container:
+        assert sh(container, nest).returncode == 0
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 64, hard))
+        try:
+            with pytest.raises(SystemCallError, match=r'container "deep": export the changes'):
+                container.export_changes(io.BytesIO())
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        out = io.BytesIO()
+        container.export_changes(out)
+        assert "deep/" + "d/" * 299 + "d" in read_layer(out.getvalue())
 
 
 @needs_root
