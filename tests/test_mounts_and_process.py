@@ -513,12 +513,29 @@ def test_cwd_is_created(store: FileStore, bundle: BundleFactory) -> None:
 
 
 def test_env_passed_exactly(store: FileStore, bundle: BundleFactory) -> None:
+    """The spec's env as it is, and HOME from the container's /etc/passwd when it has
+    none (as runc): root's there, / for a user passwd does not list."""
     env = ["PATH=/bin", "FOO=bar baz", "EMPTY=", "MULTI=a=b=c"]
     path = bundle(["env"])
     edit_config(path, lambda d: d["process"].update(env=env))
     code, out = run_output(store, path)
     assert code == 0
-    assert sorted(out.splitlines()) == sorted(env)
+    assert sorted(out.splitlines()) == sorted([*env, "HOME=/root"])
+    edit_config(path, lambda d: d["process"].update(env=[*env, "HOME=/mine"]))
+    assert sorted(run_output(store, path)[1].splitlines()) == sorted([*env, "HOME=/mine"])
+    edit_config(path, lambda d: d["process"].update(env=env, user={"uid": 4321, "gid": 4321}))
+    assert "HOME=/" in run_output(store, path)[1].splitlines()
+
+
+def test_a_missing_cwd_is_made_by_the_runtime_for_any_user(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """As runc: the runtime (root) makes it; the user could not (it failed with EACCES)."""
+    path = bundle(["pwd"])
+    edit_config(
+        path, lambda d: d["process"].update(cwd="/srv/app", user={"uid": 1000, "gid": 1000})
+    )
+    assert run_output(store, path) == (0, "/srv/app\n")
 
 
 def test_no_new_privileges_and_oom_score_adj(store: FileStore, bundle: BundleFactory) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["MAX_ID", "ResolvedUser", "parse_user_spec", "resolve_user"]
+__all__ = ["MAX_ID", "ResolvedUser", "home_of", "parse_user_spec", "resolve_user"]
 
 #: The largest uid or gid (``(uid_t)-1`` is "no change" to the kernel).
 MAX_ID = 2**32 - 2
@@ -92,3 +92,12 @@ def resolve_user(user: str, passwd: str, group: str) -> ResolvedUser:
     if number is None:
         raise LookupError(f"no group {group_part!r} in the container's /etc/group")
     return ResolvedUser(uid, number)
+
+
+def home_of(uid: int, passwd: str) -> str:
+    """The home directory of ``uid`` in the text of ``/etc/passwd``; ``/`` when it has
+    none there (as runc sets ``HOME``)."""
+    for entry in _entries(passwd, 6):
+        if int(entry[2]) == uid and entry[5]:
+            return entry[5]
+    return "/"

@@ -54,6 +54,7 @@ __all__ = [
     "enter_host_tree",
     "enter_tree",
     "leave_tree",
+    "make_dir_beneath_root",
     "make_mount",
     "mask_paths",
     "minimal_root",
@@ -1030,6 +1031,17 @@ def read_beneath_root(path: str, limit: int = 4 << 20) -> bytes | None:
         return os.read(fd, limit)
     finally:
         os.close(fd)
+
+
+def make_dir_beneath_root(path: str) -> None:
+    """Make directory ``path`` (and its missing parents) beneath ``/`` (after pivot), as
+    :func:`resolve_beneath_root` resolves it; nothing when it exists."""
+    root_fd = _open_root("/")
+    try:
+        fd, _ = _walk(root_fd, path, create="dir")
+    finally:
+        os.close(root_fd)
+    os.close(fd)
 
 
 def chdir_beneath_root(path: str) -> None:

@@ -275,6 +275,8 @@ def _apply_process(
     """
     seccomp_flags = plan.seccomp.flags if plan.seccomp is not None else 0
     seccomp_early = plan.seccomp is not None and plan.seccomp.early
+    if chdir:  # a missing cwd is made by the runtime (root), as runc does, then entered
+        mounts.make_dir_beneath_root(plan.cwd)
     if _caller_fd_limit is not None:  # the supervisor raised its own: ours is the caller's
         resource.setrlimit(resource.RLIMIT_NOFILE, _caller_fd_limit)
     for name, soft, hard in plan.rlimits:
@@ -384,8 +386,22 @@ def _become(
 ) -> NoReturn:
     """Install stdio, apply the plan (user, limits, capabilities, seccomp...) and exec."""
     _install_stdio(stdio, tty_slave)
+    env = _program_env(plan)
     _apply_process(plan, seccomp_program)
-    os.execve(executable, plan.args, dict(e.split("=", 1) for e in plan.env))
+    os.execve(executable, plan.args, env)
+
+
+def _program_env(plan: ProcessPlan) -> dict[str, str]:
+    """The program's environment: the plan's, with ``HOME`` from the container's
+    ``/etc/passwd`` (read beneath its root) when the plan has none, as runc sets it."""
+    env = dict(e.split("=", 1) for e in plan.env)
+    if "HOME" not in env:
+        try:
+            passwd = mounts.read_beneath_root("/etc/passwd") or b""
+        except OSError:  # (not a regular file, say: no home to find there)
+            passwd = b""
+        env["HOME"] = users.home_of(plan.uid, passwd.decode(errors="replace"))
+    return env
 
 
 def open_cgroup_dirs(procs_files: Iterable[str]) -> list[int]:
@@ -809,7 +825,7 @@ def _spawn(plan: ExecPlan, stdio: Sequence[int], begin: Callable[[], None]) -> i
     """
     mounts.chdir_beneath_root(plan.cwd)  # as the plan's user, as an exec'd process does
     executable = find_executable(plan.args[0], plan.env, plan.cwd)
-    env = dict(e.split("=", 1) for e in plan.env)
+    env = _program_env(plan)
     stdin, stdout, stderr = stdio
     import subprocess  # imported by run_agent, before it entered the container's root
 
