@@ -311,6 +311,8 @@ MALFORMED = [
         "linux.resources.devices[1].access",
         "rwm",
     ),
+    (_set("hostname", value="h" * 65), "hostname", "at most 64 bytes"),
+    (_set("domainname", value="d" * 100), "domainname", "at most 64 bytes"),
     # Numbers past their OCI type would wrap on their way to the kernel.
     (
         _set("linux", "resources", "memory", "limit", value=2**64 + 64 * 2**20),

@@ -232,9 +232,15 @@ def spec_problems(spec: Spec) -> list[tuple[str, str]]:
     for name, value in (("hostname", spec.hostname), ("domainname", spec.domainname)):
         if value and "uts" not in namespaces:
             out.append((name, f"cannot set the {name} without a private UTS namespace"))
+        if value and len(value.encode()) > _HOST_NAME_MAX:
+            out.append((name, f"at most {_HOST_NAME_MAX} bytes, got {len(value.encode())}"))
     if spec.linux is not None:
         _check_linux(out, spec.linux)
     return out
+
+
+#: The longest host and domain name the kernel takes (``HOST_NAME_MAX``).
+_HOST_NAME_MAX = 64
 
 
 def _check_version(out: _Problems, version: str) -> None:
