@@ -286,6 +286,7 @@ def test_plan_capabilities() -> None:
         ({"bounding": ["CAP_KILL"], "inheritable": ["CAP_CHOWN"]}, "inheritable[0]"),
         ({"bounding": ["CAP_KILL"], "permitted": ["CAP_KILL"], "ambient": ["CAP_KILL"]}, "ambient"),
         ({"bounding": ["CAP_NOPE"]}, "bounding[0]"),
+        ({"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"]}, "effective[0]"),
     ],
 )
 def test_plan_rejects_capabilities_the_kernel_cannot_grant(
@@ -306,9 +307,11 @@ def test_plan_refuses_sys_ptrace_beside_the_supervisor(key: str) -> None:
         "bounding": ["CAP_KILL", "CAP_SYS_PTRACE"],
         key: ["CAP_KILL", "CAP_SYS_PTRACE"],
     }
+    both = ["CAP_KILL", "CAP_SYS_PTRACE"]
     if key == "ambient":
-        both = ["CAP_KILL", "CAP_SYS_PTRACE"]
         spec["process"]["capabilities"] |= {"permitted": both, "inheritable": both}
+    if key == "effective":  # (only what is permitted can be effective)
+        spec["process"]["capabilities"] |= {"permitted": both}
     common = {"bundle": "/b", "compile_seccomp": seccomp.compile_bpf}
     expected = rf'container "c": process\.capabilities: CAP_SYS_PTRACE \(in [a-z, ]*{key}'
     with pytest.raises(SpecError, match=expected) as raised:

@@ -129,6 +129,10 @@ def _capability_plan(caps: Mapping[str, Any] | None) -> CapabilityPlan:
         if name in CAPABILITY_NUMBERS and CAPABILITY_NUMBERS[name] not in sets["bounding"]:
             where = f"process.capabilities.inheritable[{i}]"
             problems.append((where, f"{name} is not in the bounding set"))
+    for i, name in enumerate(caps.get("effective") or []):
+        if name in CAPABILITY_NUMBERS and CAPABILITY_NUMBERS[name] not in sets["permitted"]:
+            where = f"process.capabilities.effective[{i}]"
+            problems.append((where, f"{name} is not in the permitted set"))
     raisable = set(sets["permitted"]) & set(sets["inheritable"])
     for i, name in enumerate(caps.get("ambient") or []):
         if name in CAPABILITY_NUMBERS and CAPABILITY_NUMBERS[name] not in raisable:
