@@ -264,29 +264,34 @@ class Container:
         overlay_size = config.overlay_size if config.overlay else 0
         host: Sandbox | None = None
         plan: SandboxPlan | ContainerPlan
-        if sandbox_id == id:
-            plan = build_plan(
-                container_id=id,
-                sandbox_id=id,
-                spec=document,
-                bundle=str(bundle_path),
-                runtime_root=str(store.runtime_dir),
-                compile_seccomp=compile_bpf,
-                overlay_size=overlay_size,
-            )
-        else:
-            host, root_spec = _sandbox_to_join(store, sandbox_id, id)
-            root_namespaces = (root_spec.get("linux") or {}).get("namespaces") or []
-            plan = build_container_plan(
-                container_id=id,
-                sandbox_id=sandbox_id,
-                spec=document,
-                bundle=str(bundle_path),
-                runtime_dir=host.runtime_dir,
-                compile_seccomp=compile_bpf,
-                overlay_size=overlay_size,
-                sandbox_namespaces={ns.get("type") for ns in root_namespaces},
-            )
+        try:
+            if sandbox_id == id:
+                plan = build_plan(
+                    container_id=id,
+                    sandbox_id=id,
+                    spec=document,
+                    bundle=str(bundle_path),
+                    runtime_root=str(store.runtime_dir),
+                    compile_seccomp=compile_bpf,
+                    overlay_size=overlay_size,
+                )
+            else:
+                host, root_spec = _sandbox_to_join(store, sandbox_id, id)
+                root_namespaces = (root_spec.get("linux") or {}).get("namespaces") or []
+                plan = build_container_plan(
+                    container_id=id,
+                    sandbox_id=sandbox_id,
+                    spec=document,
+                    bundle=str(bundle_path),
+                    runtime_dir=host.runtime_dir,
+                    compile_seccomp=compile_bpf,
+                    overlay_size=overlay_size,
+                    sandbox_namespaces={ns.get("type") for ns in root_namespaces},
+                )
+        except SpecError as exc:
+            if exc.source is not None:
+                raise
+            raise SpecError(exc.problems, source=f'container "{id}"') from None
         autostart = autostart and not plan.init.start_container_hooks and not plan.init.terminal
         if autostart:
             plan = dataclasses.replace(plan, init=dataclasses.replace(plan.init, autostart=True))

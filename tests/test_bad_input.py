@@ -297,6 +297,17 @@ def test_sysctls_in_a_namespace_of_ours_joined_by_path_are_refused(
     assert_nothing_left(store)
 
 
+def test_a_spec_error_found_by_the_plan_names_the_container(
+    store: FileStore, bundle: BundleFactory, fd_check: None
+) -> None:
+    path = bundle(["true"])
+    caps = {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"]}
+    edit_config(path, lambda d: d["process"].update(capabilities=caps))
+    with pytest.raises(SpecError, match=r'container "x": .*effective\[0\]: CAP_KILL is not in'):
+        Container.create("x", path, store=store)
+    assert_nothing_left(store)
+
+
 def test_config_json_that_is_a_directory(store: FileStore, bundle: BundleFactory) -> None:
     path = bundle()
     (path / "config.json").unlink()
