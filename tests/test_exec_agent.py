@@ -233,6 +233,18 @@ def pids_limit_1(document: dict[str, Any]) -> None:
     document["linux"].setdefault("resources", {})["pids"] = {"limit": 1}
 
 
+def test_a_stopped_agent_is_replaced_not_waited_for(running: Container) -> None:
+    """Any process of a pod may SIGSTOP an agent: it would answer nothing, and the
+    supervisor (serving every container of the sandbox) would wait on it for 30 s."""
+    first = running.exec(["true"])
+    assert first.wait() == 0
+    (agent,) = agents(running)
+    os.kill(agent, signal.SIGSTOP)
+    done = running.exec_run(["echo", "hi"], capture_output=True, check=True, timeout=60)
+    assert done.stdout == b"hi\n"
+    eventually(lambda: agent not in agents(running), "the stopped agent was ended")
+
+
 def test_a_full_pids_limit_goes_the_slow_way_and_keeps_the_agent(
     store: FileStore, bundle: BundleFactory
 ) -> None:

@@ -1076,6 +1076,12 @@ class Supervisor:
         lost = Reply(
             False, error="the exec agent died", error_type="AgentFailed", details=_AGENT_DIED
         )
+        info = procfs.read_stat(agent.pid)
+        if info is not None and info.state in ("T", "t"):
+            # Stopped (any process of the pod may signal it): it would not answer, and
+            # we would wait for it with every other request of the sandbox behind.
+            self._end_agent(member)
+            return lost
         try:
             join_cgroup_fds(member.cgroup_fds, agent.pid)  # what it spawns is born inside
             # What varies between its spawns, and nothing else: a short message.
