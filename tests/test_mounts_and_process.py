@@ -329,6 +329,45 @@ def test_rbind_brings_submounts(store: FileStore, bundle: BundleFactory, kind: s
     assert (f"/host/{child}" in points) is (kind == "rbind")
 
 
+@pytest.mark.parametrize(("propagation", "seen"), [("rslave", True), ("rprivate", False)])
+def test_a_slave_bind_sees_what_the_host_mounts_later(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path, propagation: str, seen: bool
+) -> None:
+    """Kubernetes' HostToContainer: with ``rslave`` a mount made on the host under the
+    bind's source after the start shows in the container (it never did: each bind was
+    made private first); with ``rprivate`` it does not."""
+    source = tmp_path / "src"
+    source.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(source)], check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", str(source)], check=True)
+        path = bundle(["sh", "-c", "read x; cat /x/sub/marker 2>&1"])
+        options = ["rbind", propagation]
+        add_mounts(
+            path, {"destination": "/x", "type": "bind", "source": str(source), "options": options}
+        )
+        container = Container.create(
+            "prop", path, store=store, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        try:
+            container.start()
+            (source / "sub").mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(source / "sub")], check=True)
+            (source / "sub" / "marker").write_text("from the host\n")
+            assert container.stdin is not None and container.stdout is not None
+            container.stdin.write(b"go\n")
+            container.stdin.close()
+            out = container.stdout.read().decode()
+            assert container.wait(timeout=30) == (0 if seen else 1), out
+            assert (out == "from the host\n") is seen, out
+        finally:
+            if container.stdout is not None:
+                container.stdout.close()
+            container.destroy()
+    finally:
+        subprocess.run(["umount", "-R", str(source)], check=True)
+
+
 @pytest.mark.parametrize(("options", "child_ro"), [(["rro"], True), (["ro"], False)])
 def test_recursive_options_reach_the_submounts(
     store: FileStore, bundle: BundleFactory, options: list[str], child_ro: bool

@@ -423,8 +423,13 @@ def _attach_tree(tree: int, root_fd: int, root: str, plan: MountPlan) -> None:
         except OSError as exc:
             raise OSError(exc.errno, f"mount on {plan.destination}: {exc.strerror}") from None
         # A copy of a shared host mount is its peer: made private before anything is
-        # mounted beneath it (the plan's own propagation, if any, comes after).
-        _fd_mount(None, tree, None, abi.MS_REC | abi.MS_PRIVATE, what=plan.destination)
+        # mounted beneath it (the plan's own propagation, if any, comes after), unless
+        # the plan asks for the host's mounts to reach it (slave: none goes back) or for
+        # both ways (shared: it stays the host mount's peer, as runc does).
+        if not any(step & abi.MS_SHARED for step in plan.propagation):
+            slave = any(step & abi.MS_SLAVE for step in plan.propagation)
+            first = abi.MS_SLAVE if slave else abi.MS_PRIVATE
+            _fd_mount(None, tree, None, abi.MS_REC | first, what=plan.destination)
         _check_bound(tree, root_fd, plan.destination, plan.flags, follow=True)
     finally:
         os.close(target_fd)
