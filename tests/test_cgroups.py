@@ -568,6 +568,20 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
     return done
 
 
+def test_memory_swappiness(tmp_path: Path) -> None:
+    """0 is a value (no swapping); 2**64-1 is unset, as runc has it; cgroup v2 has none."""
+    layout, base = make_v1(tmp_path / "v1")
+    create("/sandboxrt/c1", {"memory": {"swappiness": 0}}, layout=layout)
+    assert read(PathMap(base, "sandboxrt/c1")["memory"] / "memory.swappiness") == "0"
+    create("/sandboxrt/c2", {"memory": {"swappiness": 2**64 - 1}}, layout=layout)
+    assert not (PathMap(base, "sandboxrt/c2")["memory"] / "memory.swappiness").exists()
+    with pytest.raises(SpecError, match=r"swappiness: must be from 0 to 100"):
+        create("/sandboxrt/c3", {"memory": {"swappiness": 101}}, layout=layout)
+    v2, _ = make_v2(tmp_path / "v2")
+    with pytest.raises(MissingFeatureError, match=r"memory\.swappiness on cgroup v2"):
+        create("/sandboxrt/c4", {"memory": {"swappiness": 10}}, layout=v2)
+
+
 def test_v1_writes(tmp_path: Path, writes: list[tuple[str, str, str]]) -> None:
     layout, base = make_v1(tmp_path)
     devices = [

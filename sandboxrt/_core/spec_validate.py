@@ -449,7 +449,8 @@ def _check_resource_ranges(out: _Problems, resources: Resources) -> None:
         for key in ("limit", "reservation", "swap", "kernel", "kernel_tcp"):
             name = "kernelTCP" if key == "kernel_tcp" else key
             _check_range(out, f"{where}.memory.{name}", getattr(memory, key), -1, _INT64[1])
-        _check_range(out, f"{where}.memory.swappiness", memory.swappiness, 0, 100)
+        if memory.swappiness != _UINT64[1]:  # (-1 as a uint64: unset, as runc has it)
+            _check_range(out, f"{where}.memory.swappiness", memory.swappiness, 0, 100)
     if cpu is not None:
         for key, name, bounds in (
             ("shares", "shares", _UINT64),

@@ -35,6 +35,8 @@ class MemoryResources:
     limit: int | None = None
     reservation: int | None = None
     swap: int | None = None
+    #: 0-100 (cgroup v1 only); None: the kernel's.
+    swappiness: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,7 @@ class Resources:
             limit=parser.limit(mem, "memory", "limit"),
             reservation=parser.limit(mem, "memory", "reservation"),
             swap=parser.limit(mem, "memory", "swap"),
+            swappiness=_swappiness(parser, mem),
         )
         cpu_res = CpuResources(
             shares=parser.number(cpu, "cpu", "shares", minimum=0),
@@ -224,3 +227,15 @@ class _Parser:
                 major, minor = (None if n is None or n == -1 else n for n in numbers)
                 rules.append(DeviceRule(bool(allow), kind, major, minor, access))
         return tuple(rules)
+
+
+def _swappiness(parser: _Parser, memory: Mapping[str, Any]) -> int | None:
+    """``memory.swappiness`` (0 is a value here: no swapping); 2**64-1 (-1 as a uint64,
+    what older Docker wrote) is unset, as runc has it."""
+    value = memory.get("swappiness")
+    if value is None or value == 2**64 - 1:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        parser.problems.append((f"{_WHERE}.memory.swappiness", "must be from 0 to 100"))
+        return None
+    return value

@@ -81,6 +81,8 @@ class CgroupV1(Cgroup):
         if mem == MemoryResources():
             return
         directory = self.require("memory")
+        if mem.swappiness is not None:
+            write_file(directory, "memory.swappiness", mem.swappiness)
         if mem.reservation is not None:
             write_file(directory, "memory.soft_limit_in_bytes", mem.reservation)
         limit, swap = mem.limit, mem.swap

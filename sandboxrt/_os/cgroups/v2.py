@@ -84,6 +84,10 @@ class CgroupV2(Cgroup):
         res = as_resources(resources)
         mem = res.memory
         if mem != MemoryResources():
+            if mem.swappiness is not None:
+                raise MissingFeatureError(
+                    "memory.swappiness on cgroup v2", "cgroup v2 has no such setting"
+                )
             directory = self.require("memory")
             swap = swap_to_v2(mem.swap, mem.limit)
             if swap is not None and not (directory / "memory.swap.max").exists():
