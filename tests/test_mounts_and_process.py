@@ -329,13 +329,16 @@ def test_rbind_brings_submounts(store: FileStore, bundle: BundleFactory, kind: s
     assert (f"/host/{child}" in points) is (kind == "rbind")
 
 
-@pytest.mark.parametrize(("propagation", "seen"), [("rslave", True), ("rprivate", False)])
+@pytest.mark.parametrize(
+    ("propagation", "seen"), [("rslave", True), ("rprivate", False), ("rshared", True)]
+)
 def test_a_slave_bind_sees_what_the_host_mounts_later(
     store: FileStore, bundle: BundleFactory, tmp_path: Path, propagation: str, seen: bool
 ) -> None:
     """Kubernetes' HostToContainer: with ``rslave`` a mount made on the host under the
     bind's source after the start shows in the container (it never did: each bind was
-    made private first); with ``rprivate`` it does not."""
+    made private first); with ``rprivate`` it does not. With ``rshared`` too, as runc: it
+    is made a slave first, so that nothing mounted beneath it ever reaches the host."""
     source = tmp_path / "src"
     source.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(source)], check=True)
@@ -344,7 +347,10 @@ def test_a_slave_bind_sees_what_the_host_mounts_later(
         path = bundle(["sh", "-c", "read x; cat /x/sub/marker 2>&1"])
         options = ["rbind", propagation]
         add_mounts(
-            path, {"destination": "/x", "type": "bind", "source": str(source), "options": options}
+            path,
+            {"destination": "/x", "type": "bind", "source": str(source), "options": options},
+            # Mounted by the runtime beneath the bind: it must never reach the host.
+            {"destination": "/x/mine", "type": "tmpfs", "source": "tmpfs", "options": []},
         )
         container = Container.create(
             "prop", path, store=store, stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -360,6 +366,7 @@ def test_a_slave_bind_sees_what_the_host_mounts_later(
             out = container.stdout.read().decode()
             assert container.wait(timeout=30) == (0 if seen else 1), out
             assert (out == "from the host\n") is seen, out
+            assert not os.path.ismount(source / "mine")  # nothing went back to the host
         finally:
             if container.stdout is not None:
                 container.stdout.close()

@@ -422,14 +422,14 @@ def _attach_tree(tree: int, root_fd: int, root: str, plan: MountPlan) -> None:
             syscalls.move_mount(tree, target_fd)
         except OSError as exc:
             raise OSError(exc.errno, f"mount on {plan.destination}: {exc.strerror}") from None
-        # A copy of a shared host mount is its peer: made private before anything is
-        # mounted beneath it (the plan's own propagation, if any, comes after), unless
-        # the plan asks for the host's mounts to reach it (slave: none goes back) or for
-        # both ways (shared: it stays the host mount's peer, as runc does).
-        if not any(step & abi.MS_SHARED for step in plan.propagation):
-            slave = any(step & abi.MS_SLAVE for step in plan.propagation)
-            first = abi.MS_SLAVE if slave else abi.MS_PRIVATE
-            _fd_mount(None, tree, None, abi.MS_REC | first, what=plan.destination)
+        # A copy of a shared host mount is its peer: before anything is mounted beneath
+        # it, it is made private, or a slave when the plan asks for propagation (slave or
+        # shared: the host's mounts reach it, nothing goes back; shared then makes it a
+        # peer group of its own, shared and slave, as runc has it). The plan's own
+        # propagation steps come after.
+        wanted = any(step & (abi.MS_SLAVE | abi.MS_SHARED) for step in plan.propagation)
+        first = abi.MS_SLAVE if wanted else abi.MS_PRIVATE
+        _fd_mount(None, tree, None, abi.MS_REC | first, what=plan.destination)
         _check_bound(tree, root_fd, plan.destination, plan.flags, follow=True)
     finally:
         os.close(target_fd)
