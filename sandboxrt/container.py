@@ -278,6 +278,7 @@ class Container:
             else:
                 host, root_spec = _sandbox_to_join(store, sandbox_id, id)
                 root_namespaces = (root_spec.get("linux") or {}).get("namespaces") or []
+                _refuse_sysctls_in_our_namespaces(id, document, root_namespaces)
                 plan = build_container_plan(
                     container_id=id,
                     sandbox_id=sandbox_id,
@@ -1385,15 +1386,19 @@ def _sandbox_to_join(
     return sandbox, record.spec
 
 
-def _refuse_sysctls_in_our_namespaces(container_id: str, document: dict[str, Any]) -> None:
-    """A :class:`SpecError` for a sysctl of a namespace the spec joins by a path that is
-    this process's own (the host's, as runc has it): setting it would change ours."""
+def _refuse_sysctls_in_our_namespaces(
+    container_id: str, document: dict[str, Any], namespaces: list[dict[str, Any]] | None = None
+) -> None:
+    """A :class:`SpecError` for a sysctl of a namespace joined by a path that is this
+    process's own (the host's, as runc has it): setting it would change ours. The
+    namespaces are the spec's, or ``namespaces`` (a pod's container runs in its
+    sandbox's: its root's)."""
     linux = document.get("linux") or {}
     sysctls = linux.get("sysctl") or {}
     if not sysctls:
         return
     ours: dict[str, str] = {}  # type: path
-    for ns in linux.get("namespaces") or []:
+    for ns in namespaces if namespaces is not None else linux.get("namespaces") or []:
         kind, path = ns.get("type"), ns.get("path")
         if path and kind in _NAMESPACE_FILES and _same_file(path, _NAMESPACE_FILES[kind]):
             ours[kind] = path

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BundleFactory, in_python, needs_busybox, needs_root, wait_until
+from conftest import BundleFactory, edit_config, in_python, needs_busybox, needs_root, wait_until
 from test_hooks_lifecycle import ALL_PHASES as HOOK_PHASES
 from test_hooks_lifecycle import Setup
 
@@ -545,6 +545,31 @@ def test_adding_to_a_missing_pod_fails_cleanly(store: FileStore, bundle: BundleF
             store=store,
         )
     assert store.list_ids() == []
+
+
+def test_a_pod_container_may_not_set_sysctls_of_the_runtime_s_own_namespace(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """Its root joins this process's network namespace by path (the host's): a container
+    of the pod would set that namespace's sysctls, so it is refused, as the root would be."""
+
+    def join_ours(doc: dict[str, Any]) -> None:
+        for ns in doc["linux"]["namespaces"]:
+            if ns["type"] == "network":
+                ns["path"] = f"/proc/{os.getpid()}/ns/net"
+
+    root_path = bundle(SLEEP)
+    edit_config(root_path, join_ours)
+    pod = Pod.create("hostnet", root_path, store=store)
+    try:
+        pod.root.start()
+        sub = bundle(SLEEP)
+        edit_config(sub, lambda d: d["linux"].update(sysctl={"net.ipv4.ip_default_ttl": "65"}))
+        with pytest.raises(SpecError, match=r'container "sub": .*own network namespace'):
+            pod.add_container("sub", sub)
+        assert "sub" not in Container.list(store=store)
+    finally:
+        pod.destroy()
 
 
 def test_adding_to_a_pod_whose_root_just_exited_names_the_root(
