@@ -454,7 +454,16 @@ def test_a_supervisor_out_of_fds_stays_up_and_serves_again(
         finally:
             for client in clients:
                 client.close()
-        container.kill(signal.SIGKILL)
+        # Out of fds with no connection of its own to close (none frees one): it tries
+        # again on its own once the limit allows.
+        taken = {int(fd) for fd in os.listdir(f"/proc/{sandbox.pid}/fd")}
+        lowest_free = min(set(range(len(taken) + 1)) - taken)  # (a new fd takes the lowest)
+        resource.prlimit(sandbox.pid, resource.RLIMIT_NOFILE, (lowest_free, hard))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as waiting:
+            waiting.connect(sandbox.control_socket)
+            time.sleep(0.3)  # (it failed to accept it, and stopped listening)
+            resource.prlimit(sandbox.pid, resource.RLIMIT_NOFILE, (hard, hard))
+            container.kill(signal.SIGKILL)
         assert container.wait(timeout=30) == -signal.SIGKILL
     finally:
         container.destroy()

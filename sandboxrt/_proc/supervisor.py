@@ -84,6 +84,8 @@ WAITED_KEPT = 4096
 UNWAITED_KEPT = 65536
 #: How long an exec'd process may take to reach ``execve`` before it is killed (seconds).
 EXEC_START_TIMEOUT = 30.0
+#: Seconds between tries to accept again after running out of fds (see ``_accept``).
+ACCEPT_RETRY = 0.1
 #: How often (over a second) the supervisor looks for a dying agent it waits for, before
 #: leaving it to the reaping of any child.
 AGENT_REAP_TRIES = 200
@@ -563,7 +565,13 @@ class Supervisor:
             self.bootstrap.close()
         self._reap()
         while True:
-            for key, _ in self.selector.select():
+            events = self.selector.select(None if self.listening else ACCEPT_RETRY)
+            if not self.listening and not events:
+                # Out of fds a while ago and no connection closed since: try again.
+                self.selector.register(self.listener, selectors.EVENT_READ, "listen")
+                self.listening = True
+                continue
+            for key, _ in events:
                 data = key.data
                 if data == "wake":
                     with contextlib.suppress(BlockingIOError):
