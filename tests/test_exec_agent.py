@@ -243,6 +243,11 @@ def test_a_stopped_agent_is_replaced_not_waited_for(running: Container) -> None:
     done = running.exec_run(["echo", "hi"], capture_output=True, check=True, timeout=60)
     assert done.stdout == b"hi\n"
     eventually(lambda: agent not in agents(running), "the stopped agent was ended")
+    # No agent serves it any more (a new one could be stopped as well): the slow way.
+    later = running.exec(["sleep", "60"])
+    assert parent(running, later)[1] == SUPERVISOR_NAME and not agents(running)
+    later.kill()
+    assert later.wait() == -signal.SIGKILL
 
 
 def test_a_full_pids_limit_goes_the_slow_way_and_keeps_the_agent(

@@ -1087,8 +1087,10 @@ class Supervisor:
         info = procfs.read_stat(agent.pid)
         if info is not None and info.state in ("T", "t"):
             # Stopped (any process of the pod may signal it): it would not answer, and
-            # we would wait for it with every other request of the sandbox behind.
+            # we would wait for it with every other request of the sandbox behind. No
+            # agent serves this container any more: the next one could be stopped too.
             self._end_agent(member)
+            member.agent_unfit.append(profile)
             return lost
         try:
             join_cgroup_fds(member.cgroup_fds, agent.pid)  # what it spawns is born inside
