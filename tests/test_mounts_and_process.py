@@ -573,6 +573,28 @@ def test_env_passed_exactly(store: FileStore, bundle: BundleFactory) -> None:
     assert "HOME=/" in run_output(store, path)[1].splitlines()
 
 
+def test_home_is_the_users_for_the_init_and_every_exec(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """nobody's home in the busybox rootfs's /etc/passwd, for the init, an exec through
+    the agent and one the slow way (a terminal)."""
+    path = bundle(["sh", "-c", "echo $HOME; exec sleep 60"])
+    edit_config(path, lambda d: d["process"].update(user={"uid": 65534, "gid": 65534}))
+    container = Container.create("home", path, store=store, stdout=subprocess.PIPE)
+    try:
+        container.start()
+        assert container.stdout is not None
+        assert container.stdout.readline() == b"/nonexistent\n"
+        by_agent = container.exec_run(["sh", "-c", "echo $HOME"], capture_output=True)
+        assert by_agent.stdout == b"/nonexistent\n"
+        slow = container.exec_run(["sh", "-c", "echo $HOME"], capture_output=True, user=65534)
+        assert slow.stdout == b"/nonexistent\n"
+    finally:
+        if container.stdout is not None:
+            container.stdout.close()
+        container.destroy()
+
+
 def test_a_missing_cwd_is_made_by_the_runtime_for_any_user(
     store: FileStore, bundle: BundleFactory
 ) -> None:

@@ -391,16 +391,18 @@ def _become(
     os.execve(executable, plan.args, env)
 
 
-def _program_env(plan: ProcessPlan) -> dict[str, str]:
+def _program_env(plan: ProcessPlan, uid: int | None = None) -> dict[str, str]:
     """The program's environment: the plan's, with ``HOME`` from the container's
-    ``/etc/passwd`` (read beneath its root) when the plan has none, as runc sets it."""
+    ``/etc/passwd`` (read beneath its root) when the plan has none, as runc sets it:
+    the home of ``uid``, else of the plan's user."""
     env = dict(e.split("=", 1) for e in plan.env)
     if "HOME" not in env:
         try:
             passwd = mounts.read_beneath_root("/etc/passwd") or b""
         except OSError:  # (not a regular file, say: no home to find there)
             passwd = b""
-        env["HOME"] = users.home_of(plan.uid, passwd.decode(errors="replace"))
+        who = plan.uid if uid is None else uid
+        env["HOME"] = users.home_of(who, passwd.decode(errors="replace"))
     return env
 
 
@@ -680,8 +682,9 @@ def run_exec(
         _close_fds_but(status.fileno(), *stdio)
         syscalls.set_process_name(EXEC_PROCESS_NAME)
         seccomp_program = _seccomp_program(plan)
-        if plan.user or plan.terminal:
-            mounts.open_fd_table()  # not the container's /proc, which it may lack or fake
+        # Not the container's /proc, which it may lack or fake: for the user, the terminal
+        # and HOME (/etc/passwd), read beneath its root through our fd table.
+        mounts.open_fd_table()
         _join_init(init_pid)
         if plan.user:
             plan = _resolve_user(plan)
@@ -739,6 +742,7 @@ def run_agent(
         _close_fds_but(sock.fileno())
         syscalls.set_process_name(AGENT_PROCESS_NAME)
         seccomp_program = _seccomp_program(plan)
+        mounts.open_fd_table()  # ours, not the container's /proc (HOME's /etc/passwd)
         _join_init(init_pid)
         _apply_process(plan, seccomp_program, chdir=False)
         syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # a uid change may have reset it
@@ -825,7 +829,7 @@ def _spawn(plan: ExecPlan, stdio: Sequence[int], begin: Callable[[], None]) -> i
     """
     mounts.chdir_beneath_root(plan.cwd)  # as the plan's user, as an exec'd process does
     executable = find_executable(plan.args[0], plan.env, plan.cwd)
-    env = _program_env(plan)
+    env = _program_env(plan, os.getuid())  # (a spawn's plan says nothing of the user)
     stdin, stdout, stderr = stdio
     import subprocess  # imported by run_agent, before it entered the container's root
 
