@@ -573,6 +573,15 @@ def test_env_passed_exactly(store: FileStore, bundle: BundleFactory) -> None:
     assert "HOME=/" in run_output(store, path)[1].splitlines()
 
 
+def test_a_missing_cwd_is_made_under_a_read_only_root_too(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """As runc: made before the root is remounted read-only (it failed with EROFS)."""
+    path = bundle(["pwd"], readonly=True)
+    edit_config(path, lambda d: d["process"].update(cwd="/work"))
+    assert run_output(store, path) == (0, "/work\n")
+
+
 def test_home_is_the_users_for_the_init_and_every_exec(
     store: FileStore, bundle: BundleFactory
 ) -> None:

@@ -227,6 +227,7 @@ def _prepare_root(
     if plan.rootfs_propagation:
         syscalls.mount(None, "/", None, plan.rootfs_propagation)
     if plan.readonly_root:
+        mounts.make_dir_beneath_root(plan.cwd)  # a missing cwd, while it can still be made
         mounts.remount_root_readonly()
 
 
