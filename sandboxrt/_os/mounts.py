@@ -875,8 +875,11 @@ def default_dev_symlinks(root: str, *, has_devpts: bool) -> None:
             else:
                 if name != "ptmx":
                     continue
-                os.unlink(name, dir_fd=dev)
-            os.symlink(source, name, dir_fd=dev)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=dev)
+            # (Another container building the same rootfs's /dev may have made it meanwhile.)
+            with contextlib.suppress(FileExistsError):
+                os.symlink(source, name, dir_fd=dev)
     finally:
         os.close(dev)
 

@@ -174,11 +174,12 @@ def _prepare_root(
         tree = trees[mount.tree] if 0 <= mount.tree < len(trees) else None
         mounts.make_mount(root, mount, tree)
     channel.close_fds(trees)
-    # As runc: a /dev of our own (a tmpfs, say) gets the default nodes and symlinks; a
-    # bind-mounted one (the host's /dev, say) is left as it is, the spec's nodes too.
+    # As runc: /dev gets the default nodes and symlinks (in a tmpfs mounted there, or the
+    # rootfs's own /dev: a name taken there is left as it is); a bind-mounted one (the
+    # host's /dev, say) is left as it is, the spec's nodes too.
     dev_mounts = [m for m in plan.mounts if m.destination.rstrip("/") == "/dev"]
     dev_bound = bool(dev_mounts) and dev_mounts[-1].bind
-    dev_is_ours = bool(dev_mounts) and not dev_bound
+    dev_is_ours = not dev_bound
     devices = [] if dev_bound else list(plan.devices)
     if dev_is_ours and plan.default_devices:
         devices = [*mounts.DEFAULT_DEVICES, *devices]
