@@ -300,6 +300,36 @@ def test_fake_dev_null_refuses_masking(
 
 @needs_root
 @needs_busybox
+@pytest.mark.parametrize("how", ["spelled", "symlink"])
+def test_a_host_dev_reached_another_way_gets_no_defaults(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path, how: str
+) -> None:
+    """A bind of a host /dev (a stand-in here) at "//dev", or at a mount point the
+    rootfs's /dev is a symlink to: nothing is written into it, its ptmx stays."""
+    host_dev = tmp_path / "host-dev"
+    host_dev.mkdir()
+    (host_dev / "ptmx").write_text("the host's\n")
+    path = bundle(["true"])
+
+    def change(document: dict[str, Any]) -> None:
+        without_dev_mounts(document)
+        where = "//dev" if how == "spelled" else "/mnt/devices"
+        bind = {"destination": where, "type": "bind", "source": str(host_dev)}
+        document["mounts"].append({**bind, "options": ["rbind"]})
+        document["linux"]["maskedPaths"] = []
+
+    edit_config(path, change)
+    if how == "symlink":
+        (path / "rootfs" / "dev").rmdir()
+        (path / "rootfs" / "mnt" / "devices").mkdir(parents=True)
+        (path / "rootfs" / "dev").symlink_to("mnt/devices")
+    assert run_output(store, path) == (0, "")
+    assert sorted(os.listdir(host_dev)) == ["ptmx"]
+    assert (host_dev / "ptmx").read_text() == "the host's\n"
+
+
+@needs_root
+@needs_busybox
 def test_a_rootfs_dev_gets_the_default_nodes_without_a_dev_mount(
     store: FileStore, bundle: BundleFactory
 ) -> None:

@@ -455,7 +455,9 @@ def test_a_supervisor_out_of_fds_stays_up_and_serves_again(
             for client in clients:
                 client.close()
         # Out of fds with no connection of its own to close (none frees one): it tries
-        # again on its own once the limit allows.
+        # again on its own once the limit allows, even woken all the time (orphans of the
+        # container ending every few milliseconds, reaped by it).
+        busy = container.exec(["sh", "-c", "while :; do (sleep 0.01 &); sleep 0.005; done"])
         taken = {int(fd) for fd in os.listdir(f"/proc/{sandbox.pid}/fd")}
         lowest_free = min(set(range(len(taken) + 1)) - taken)  # (a new fd takes the lowest)
         resource.prlimit(sandbox.pid, resource.RLIMIT_NOFILE, (lowest_free, hard))
@@ -465,6 +467,7 @@ def test_a_supervisor_out_of_fds_stays_up_and_serves_again(
             resource.prlimit(sandbox.pid, resource.RLIMIT_NOFILE, (hard, hard))
             container.kill(signal.SIGKILL)
         assert container.wait(timeout=30) == -signal.SIGKILL
+        assert busy.wait(timeout=30) == -signal.SIGKILL
     finally:
         container.destroy()
 

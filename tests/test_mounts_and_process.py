@@ -576,10 +576,13 @@ def test_env_passed_exactly(store: FileStore, bundle: BundleFactory) -> None:
 def test_a_missing_cwd_is_made_under_a_read_only_root_too(
     store: FileStore, bundle: BundleFactory
 ) -> None:
-    """As runc: made before the root is remounted read-only (it failed with EROFS)."""
+    """As runc: made before the root is remounted read-only (it failed with EROFS). One
+    bundle after another with other cwds: a root built ahead for the last plan's cwd does
+    not serve (it failed with EROFS too)."""
     path = bundle(["pwd"], readonly=True)
-    edit_config(path, lambda d: d["process"].update(cwd="/work"))
-    assert run_output(store, path) == (0, "/work\n")
+    for i, cwd in enumerate(("/work", "/wa", "/wb", "/wc")):
+        edit_config(path, lambda d, cwd=cwd: d["process"].update(cwd=cwd))
+        assert run_output(store, path, f"ro{i}") == (0, f"{cwd}\n")
 
 
 def test_home_is_the_users_for_the_init_and_every_exec(

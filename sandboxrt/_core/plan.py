@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os.path
+import posixpath
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -95,7 +96,8 @@ def _mount_plan(mount: Mapping[str, Any], bundle: str) -> MountPlan:
     if options.is_bind and source and not source.startswith("/"):
         source = os.path.join(bundle, source)
     return MountPlan(
-        destination=mount["destination"],
+        # Normalised: "//dev" or "/dev/." is /dev (which a bind leaves without defaults).
+        destination="/" + posixpath.normpath(mount["destination"]).lstrip("/"),
         type="bind" if options.is_bind else kind,
         source=source,
         flags=options.flags,

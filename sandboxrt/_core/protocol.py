@@ -345,11 +345,14 @@ class InitPlan(ProcessPlan, _Message):
     def root_key(self) -> dict[str, Any]:
         """What shapes the container's root (every field but :data:`PROCESS_FIELDS`): two
         plans with equal keys build the same root from the same host files."""
-        return {
+        key = {
             field.name: getattr(self, field.name)
             for field in dataclasses.fields(self)
             if field.name not in PROCESS_FIELDS
         }
+        if self.readonly_root:  # its cwd is made before the root turns read-only
+            key["cwd"] = self.cwd
+        return key
 
     def tree_sources(self) -> list[tuple[str, bool]]:
         """``(host path, recursive)`` of each detached mount the init gets after its stdio

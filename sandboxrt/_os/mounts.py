@@ -51,6 +51,7 @@ __all__ = [
     "create_devices",
     "default_dev_symlinks",
     "detach_old_root",
+    "dev_takes_defaults",
     "enter_host_tree",
     "enter_tree",
     "leave_tree",
@@ -839,12 +840,50 @@ def create_devices(root: str, devices: Iterable[DevicePlan], *, host: int | None
         os.close(root_fd)
 
 
+def _link_text(parent: int, name: str) -> str | None:
+    """What symlink ``name`` beneath ``parent`` says; None if it is not a symlink."""
+    try:
+        return os.readlink(name, dir_fd=parent)
+    except OSError:
+        return None
+
+
 def _exists(parent: int, name: str) -> bool:
     try:
         os.lstat(name, dir_fd=parent)
     except FileNotFoundError:
         return False
     return True
+
+
+def dev_takes_defaults(root: str, *, mounted: bool) -> bool:
+    """Whether ``/dev`` beneath ``root`` may get the default nodes and symlinks: a
+    directory of the rootfs's own mount, or the root of a mount the spec made there
+    (``mounted``: a tmpfs, not a bind); not a symlink, nor a mount a bind put there
+    through a symlinked destination (a host directory, maybe)."""
+    root_fd = _open_root(os.path.realpath(root))
+    try:
+        try:
+            dev, _ = _walk(root_fd, "/dev", follow=False)
+        except FileNotFoundError:
+            return True  # made as a directory of the rootfs
+        try:
+            if stat.S_ISLNK(os.fstat(dev).st_mode):
+                return False
+            return mounted or _mount_id(dev) == _mount_id(root_fd)
+        finally:
+            os.close(dev)
+    finally:
+        os.close(root_fd)
+
+
+def _mount_id(fd: int) -> int:
+    """The id of the mount ``fd`` is on (``mnt_id`` of ``/proc/self/fdinfo``)."""
+    with open(f"/proc/self/fdinfo/{fd}", "rb") as info:
+        for line in info:
+            if line.startswith(b"mnt_id:"):
+                return int(line.split()[1])
+    raise OSError(errno.ENOTSUP, "no mnt_id in /proc/self/fdinfo")
 
 
 def default_dev_symlinks(root: str, *, has_devpts: bool) -> None:
@@ -871,15 +910,18 @@ def default_dev_symlinks(root: str, *, has_devpts: bool) -> None:
             try:
                 os.lstat(name, dir_fd=dev)
             except FileNotFoundError:
-                pass
-            else:
-                if name != "ptmx":
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=dev)
-            # (Another container building the same rootfs's /dev may have made it meanwhile.)
-            with contextlib.suppress(FileExistsError):
-                os.symlink(source, name, dir_fd=dev)
+                # (Another container building the same rootfs's /dev may make it meanwhile.)
+                with contextlib.suppress(FileExistsError):
+                    os.symlink(source, name, dir_fd=dev)
+                continue
+            if name != "ptmx" or _link_text(dev, name) == source:
+                continue
+            # ptmx replaced, never missing meanwhile (for a container sharing this /dev).
+            temporary = f".{name}.sandboxrt-{os.getpid()}"
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary, dir_fd=dev)
+            os.symlink(source, temporary, dir_fd=dev)
+            os.rename(temporary, name, src_dir_fd=dev, dst_dir_fd=dev)
     finally:
         os.close(dev)
 

@@ -179,7 +179,7 @@ def _prepare_root(
     # host's /dev, say) is left as it is, the spec's nodes too.
     dev_mounts = [m for m in plan.mounts if m.destination.rstrip("/") == "/dev"]
     dev_bound = bool(dev_mounts) and dev_mounts[-1].bind
-    dev_is_ours = not dev_bound
+    dev_is_ours = not dev_bound and mounts.dev_takes_defaults(root, mounted=bool(dev_mounts))
     devices = [] if dev_bound else list(plan.devices)
     if dev_is_ours and plan.default_devices:
         devices = [*mounts.DEFAULT_DEVICES, *devices]

@@ -327,8 +327,10 @@ class Supervisor:
         if not self.prepared:
             _prepare_namespaces(new)
         self.listener = channel.bind_listener(self.plan.control_socket)
-        #: Whether the selector watches the listener (not while out of fds: see _accept).
+        #: Whether the selector watches the listener (not while out of fds: see _accept),
+        #: and when it is to try again if no connection closed meanwhile.
         self.listening = True
+        self.listen_again = 0.0
         self.runtime_fd = os.open(self.plan.runtime_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def confine(self, ahead: Confinement | None = None) -> None:
@@ -565,12 +567,12 @@ class Supervisor:
             self.bootstrap.close()
         self._reap()
         while True:
-            events = self.selector.select(None if self.listening else ACCEPT_RETRY)
-            if not self.listening and not events:
+            wait = None if self.listening else max(0.0, self.listen_again - time.monotonic())
+            events = self.selector.select(wait)
+            if not self.listening and time.monotonic() >= self.listen_again:
                 # Out of fds a while ago and no connection closed since: try again.
                 self.selector.register(self.listener, selectors.EVENT_READ, "listen")
                 self.listening = True
-                continue
             for key, _ in events:
                 data = key.data
                 if data == "wake":
@@ -666,6 +668,7 @@ class Supervisor:
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 self.selector.unregister(self.listener)
                 self.listening = False
+                self.listen_again = time.monotonic() + ACCEPT_RETRY
             return
         self.selector.register(conn, selectors.EVENT_READ, "conn")
 
