@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from typing import IO, Any
 
-__all__ = ["StdioArg", "StdioPlan"]
+__all__ = ["StdioArg", "StdioPlan", "close_streams"]
 
 #: What ``stdin``/``stdout``/``stderr`` accept: ``None`` (inherit), ``PIPE``,
 #: ``DEVNULL``, ``STDOUT`` (stderr only), an fd, or an object with ``fileno()``.
@@ -87,3 +88,15 @@ class StdioPlan:
         for stream in (self.stdin, self.stdout, self.stderr):
             if stream is not None:
                 stream.close()
+
+
+def close_streams(stdin: IO[bytes] | None, *outputs: IO[bytes] | None) -> None:
+    """Close the caller's ends of a process's pipes (and console), as ``subprocess.Popen``
+    does on leaving a ``with`` block: a program that exited may have left ``stdin``'s
+    pipe broken."""
+    for stream in outputs:
+        if stream is not None:
+            stream.close()
+    if stdin is not None:
+        with contextlib.suppress(BrokenPipeError):
+            stdin.close()

@@ -44,7 +44,7 @@ from sandboxrt._proc import hooks
 from sandboxrt._proc.init import open_cgroup_dirs
 from sandboxrt._proc.launcher import Launcher
 from sandboxrt._signals import DEFAULT_FORWARDED, SignalForwarder, signal_number
-from sandboxrt._stdio import StdioArg, StdioPlan
+from sandboxrt._stdio import StdioArg, StdioPlan, close_streams
 from sandboxrt.config import Config
 from sandboxrt.errors import (
     ContainerNotFoundError,
@@ -175,12 +175,7 @@ class Container:
         try:
             self.destroy()
         finally:
-            for stream in (self.stdout, self.stderr, self.console):
-                if stream is not None:
-                    stream.close()
-            if self.stdin is not None:
-                with contextlib.suppress(BrokenPipeError):
-                    self.stdin.close()
+            close_streams(self.stdin, self.stdout, self.stderr, self.console)
 
     # -- creating and finding ----------------------------------------------------------
 

@@ -28,6 +28,7 @@ import attrs
 
 from sandboxrt._os import procfs
 from sandboxrt._signals import signal_number
+from sandboxrt._stdio import close_streams
 from sandboxrt.errors import (
     ContainerNotFoundError,
     ProcessNotFoundError,
@@ -124,12 +125,7 @@ class Process:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for stream in (self.stdout, self.stderr, self.console):
-            if stream is not None:
-                stream.close()
-        if self.stdin is not None:
-            with contextlib.suppress(BrokenPipeError):
-                self.stdin.close()
+        close_streams(self.stdin, self.stdout, self.stderr, self.console)
         try:
             self.wait()
         except ProcessTimeoutError as error:
