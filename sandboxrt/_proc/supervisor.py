@@ -327,10 +327,9 @@ class Supervisor:
         if not self.prepared:
             _prepare_namespaces(new)
         self.listener = channel.bind_listener(self.plan.control_socket)
-        #: Whether the selector watches the listener (not while out of fds: see _accept),
-        #: and when it is to try again if no connection closed meanwhile.
-        self.listening = True
-        self.listen_again = 0.0
+        #: While out of fds (see _accept): when to listen again, if no connection closed
+        #: meanwhile; None while the selector watches the listener.
+        self.deaf_until: float | None = None
         self.runtime_fd = os.open(self.plan.runtime_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def confine(self, ahead: Confinement | None = None) -> None:
@@ -567,12 +566,10 @@ class Supervisor:
             self.bootstrap.close()
         self._reap()
         while True:
-            wait = None if self.listening else max(0.0, self.listen_again - time.monotonic())
-            events = self.selector.select(wait)
-            if not self.listening and time.monotonic() >= self.listen_again:
-                # Out of fds a while ago and no connection closed since: try again.
-                self.selector.register(self.listener, selectors.EVENT_READ, "listen")
-                self.listening = True
+            deaf = self.deaf_until
+            events = self.selector.select(None if deaf is None else deaf - time.monotonic())
+            if deaf is not None and time.monotonic() >= deaf:
+                self._listen()  # out of fds a while ago, no connection closed since: try again
             for key, _ in events:
                 data = key.data
                 if data == "wake":
@@ -667,10 +664,15 @@ class Supervisor:
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 self.selector.unregister(self.listener)
-                self.listening = False
-                self.listen_again = time.monotonic() + ACCEPT_RETRY
+                self.deaf_until = time.monotonic() + ACCEPT_RETRY
             return
         self.selector.register(conn, selectors.EVENT_READ, "conn")
+
+    def _listen(self) -> None:
+        """Watch the listener again, if we stopped (out of fds: see :meth:`_accept`)."""
+        if self.deaf_until is not None:
+            self.selector.register(self.listener, selectors.EVENT_READ, "listen")
+            self.deaf_until = None
 
     def _drop(self, conn: socket.socket) -> None:
         with contextlib.suppress(KeyError, ValueError):
@@ -680,9 +682,7 @@ class Supervisor:
             with contextlib.suppress(ValueError):
                 self.exec_waiters[pid].remove(conn)
         conn.close()
-        if not self.listening:  # an fd is free again
-            self.selector.register(self.listener, selectors.EVENT_READ, "listen")
-            self.listening = True
+        self._listen()  # an fd is free again
 
     def _handle(self, conn: socket.socket) -> None:
         try:
