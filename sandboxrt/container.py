@@ -16,7 +16,7 @@ import shutil
 import signal as _signal
 import socket
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, TypedDict
 
@@ -233,16 +233,12 @@ class Container:
         store = store if store is not None else FileStore()
         config = config or Config()
         bundle_path = Path(bundle).absolute()
-        try:
+        with _naming_container(id):
             if spec is None:
                 spec = _bundle_spec(bundle_path / "config.json")
             else:  # made in code: checked as a config.json is
                 validate_spec(spec)
-        except SpecError as exc:
-            where = f'container "{id}"' + (f", {exc.source}" if exc.source else "")
-            raise SpecError(exc.problems, source=where) from None
         document = _apply_config(dump_spec(spec), config)
-        _refuse_sysctls_in_our_namespaces(id, document)
         terminal = bool((document.get("process") or {}).get("terminal"))
         if console_socket is not None and not terminal:
             raise InvalidArgumentError(
@@ -259,8 +255,9 @@ class Container:
         overlay_size = config.overlay_size if config.overlay else 0
         host: Sandbox | None = None
         plan: SandboxPlan | ContainerPlan
-        try:
+        with _naming_container(id):
             if sandbox_id == id:
+                _refuse_sysctls_in_our_namespaces(id, document)
                 plan = build_plan(
                     container_id=id,
                     sandbox_id=id,
@@ -284,10 +281,6 @@ class Container:
                     overlay_size=overlay_size,
                     sandbox_namespaces={ns.get("type") for ns in root_namespaces},
                 )
-        except SpecError as exc:
-            if exc.source is not None:
-                raise
-            raise SpecError(exc.problems, source=f'container "{id}"') from None
         autostart = autostart and not plan.init.start_container_hooks and not plan.init.terminal
         if autostart:
             plan = dataclasses.replace(plan, init=dataclasses.replace(plan.init, autostart=True))
@@ -1379,6 +1372,20 @@ def _sandbox_to_join(
     require(Operation.ADD_CONTAINER, record.id, _effective_status(record, sandbox))
     assert sandbox is not None
     return sandbox, record.spec
+
+
+@contextlib.contextmanager
+def _naming_container(container_id: str) -> Iterator[None]:
+    """A :class:`SpecError` raised in the block names the container (before the file it
+    came from, if any), unless it does already."""
+    try:
+        yield
+    except SpecError as exc:
+        who = f'container "{container_id}"'
+        if exc.source is not None and exc.source.startswith(who):
+            raise
+        source = f"{who}, {exc.source}" if exc.source else who
+        raise SpecError(exc.problems, source=source) from None
 
 
 def _refuse_sysctls_in_our_namespaces(
