@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_DEVICE_RULES",
     "CgroupRequest",
     "create",
+    "delegate_joining",
     "freeze",
     "procs_files",
     "remove",
@@ -181,6 +182,20 @@ def create(request: CgroupRequest, container_id: str, scope: str = "") -> Cgroup
             raise
         log.debug("container %s runs without a cgroup: %s", container_id, err)
         return None
+
+
+#: The files that move a process or thread into a cgroup (v1 ``tasks``; v2 threads).
+_JOINING_FILES = ("cgroup.procs", "tasks", "cgroup.threads")
+
+
+def delegate_joining(cgroup: Cgroup, uid: int, gid: int) -> None:
+    """Give ``uid``:``gid`` the files that join ``cgroup``, in every hierarchy (as
+    systemd delegates a cgroup), not its limits: the root of a container's user
+    namespace, which is not the host's root, moves its processes in through them."""
+    for directory in cgroup.directories:
+        for name in _JOINING_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(directory / name, uid, gid)
 
 
 def procs_files(cgroup: Cgroup) -> list[str]:

@@ -20,8 +20,11 @@ import errno
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
-from typing import IO
+from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsRead
 
 from sandboxrt._os import mounts
 
@@ -35,8 +38,10 @@ OPAQUE_WHITEOUT = ".wh..wh..opq"
 _CHUNK = 1 << 20
 #: overlayfs's own attributes: ``trusted.`` ones, as the overlay is mounted without
 #: ``userxattr``; a ``user.overlay.*`` attribute is the container's, kept as any other.
-_OPAQUE_XATTR = "trusted.overlay.opaque"
-_OVERLAY_XATTR_PREFIX = "trusted.overlay."
+#: In a user namespace of the container's own it is mounted with ``userxattr``: then
+#: the ``user.`` ones are overlayfs's (see :class:`_LayerTar`).
+_OVERLAY_XATTRS = "trusted.overlay."
+_OVERLAY_USER_XATTRS = "user.overlay."
 #: A file is first opened as a path only (no device's or FIFO's open runs), checked, then
 #: reopened for reading.
 _O_FILE = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -79,13 +84,27 @@ def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _is_opaque(fd: int) -> bool:
+class _LayerTar(tarfile.TarFile):
+    """The tar stream of a layer: which attributes are overlayfs's (``overlay_xattrs``,
+    their prefix), and the owners as the container sees them (``owners``: host ids to
+    the container's, through its user namespace)."""
+
+    overlay_xattrs = _OVERLAY_XATTRS
+    owners: Callable[[int, int], tuple[int, int]] | None = None
+
+    def addfile(self, tarinfo: tarfile.TarInfo, fileobj: SupportsRead[bytes] | None = None) -> None:
+        if self.owners is not None:
+            tarinfo.uid, tarinfo.gid = self.owners(tarinfo.uid, tarinfo.gid)
+        super().addfile(tarinfo, fileobj)
+
+
+def _is_opaque(tar: _LayerTar, fd: int) -> bool:
     with contextlib.suppress(OSError):
-        return os.getxattr(fd, _OPAQUE_XATTR) == b"y"
+        return os.getxattr(fd, tar.overlay_xattrs + "opaque") == b"y"
     return False
 
 
-def _xattrs(fd: int) -> dict[str, str]:
+def _xattrs(tar: _LayerTar, fd: int) -> dict[str, str]:
     """The file's extended attributes, overlayfs's own left out, as PAX records."""
     records: dict[str, str] = {}
     try:
@@ -93,7 +112,7 @@ def _xattrs(fd: int) -> dict[str, str]:
     except OSError:
         return records
     for name in names:
-        if name.startswith(_OVERLAY_XATTR_PREFIX):
+        if name.startswith(tar.overlay_xattrs):
             continue
         with contextlib.suppress(OSError):
             value = os.getxattr(fd, name)
@@ -127,9 +146,7 @@ def _entries(dir_fd: int) -> Iterator[tuple[str, os.stat_result]]:
             continue
 
 
-def _walk_dir(
-    tar: tarfile.TarFile, dir_fd: int, prefix: str, links: dict[tuple[int, int], str]
-) -> None:
+def _walk_dir(tar: _LayerTar, dir_fd: int, prefix: str, links: dict[tuple[int, int], str]) -> None:
     stack: list[tuple[int, str, Iterator[tuple[str, os.stat_result]]]] = [
         (dir_fd, prefix, _entries(dir_fd))
     ]
@@ -154,9 +171,9 @@ def _walk_dir(
                     continue
                 try:
                     info = _info(path, st, tarfile.DIRTYPE)
-                    info.pax_headers = _xattrs(child)
+                    info.pax_headers = _xattrs(tar, child)
                     tar.addfile(info)
-                    if _is_opaque(child):
+                    if _is_opaque(tar, child):
                         tar.addfile(_whiteout(path + "/" + OPAQUE_WHITEOUT, st))
                 except BaseException:
                     os.close(child)
@@ -217,7 +234,7 @@ def _open_checked(dir_fd: int, name: str, st: os.stat_result, flags: int) -> int
 
 
 def _add_file(
-    tar: tarfile.TarFile,
+    tar: _LayerTar,
     dir_fd: int,
     name: str,
     *,
@@ -238,7 +255,7 @@ def _add_file(
         st = os.fstat(fd)
         info = _info(path, st, tarfile.REGTYPE)
         info.size = st.st_size
-        info.pax_headers = _xattrs(fd)
+        info.pax_headers = _xattrs(tar, fd)
         tar.addfile(info, _Exact(fd, st.st_size))
     finally:
         os.close(fd)
@@ -246,20 +263,30 @@ def _add_file(
         links[key] = path
 
 
-def write_layer(upper_fd: int, dest: IO[bytes]) -> None:
+def write_layer(
+    upper_fd: int,
+    dest: IO[bytes],
+    *,
+    owners: Callable[[int, int], tuple[int, int]] | None = None,
+) -> None:
     """Write the tree under ``upper_fd`` to ``dest`` as an uncompressed tar stream (PAX).
 
     Entries are relative paths (``etc/passwd``), parents before children,
     siblings by name; the top directory itself is left out. Modes, numeric
     owners, mtimes, symlinks, hard links (within the layer), device nodes,
     FIFOs and extended attributes are kept; overlayfs's whiteouts become OCI
-    whiteouts.
+    whiteouts. ``owners``, for a container in a user namespace of its own (whose
+    overlay keeps its own attributes as ``user.overlay.*``): host ids to the
+    container's.
     """
     # An open file description of our own: a received fd shares its read position
     # with the supervisor's and any other exporter's.
     top = os.open(".", _O_DIR, dir_fd=upper_fd)
     try:
-        with tarfile.open(fileobj=dest, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        with _LayerTar.open(fileobj=dest, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            assert isinstance(tar, _LayerTar)
+            if owners is not None:
+                tar.owners, tar.overlay_xattrs = owners, _OVERLAY_USER_XATTRS
             _walk_dir(tar, top, "", {})
     finally:
         os.close(top)

@@ -24,6 +24,7 @@ import attrs
 from typing_extensions import Unpack
 
 from sandboxrt import _cgroup, _changes
+from sandboxrt._core import idmap
 from sandboxrt._core.cri import sandbox_to_join
 from sandboxrt._core.ids import resolve_id, validate_id
 from sandboxrt._core.plan import (
@@ -324,6 +325,9 @@ class Container:
                 cgroup = _cgroup.create(cgroup_request, id, scope)
                 if cgroup is None:
                     return []
+                owner = _mapped_root(plan, host)
+                if owner is not None:  # its processes join it as that root (see the function)
+                    _cgroup.delegate_joining(cgroup, *owner)
                 container._record = attrs.evolve(container._record, cgroup=cgroup.to_dict())
                 return _cgroup.procs_files(cgroup)
 
@@ -383,7 +387,10 @@ class Container:
                     # directories go as fds, and the host's root where hooks need it.
                     trees += open_cgroup_dirs(plan.init.cgroup_procs)
                     has_hooks = plan.init.create_container_hooks or plan.init.start_container_hooks
-                    if has_hooks or not plan.init.rootfs_tree:
+                    # In a user namespace of the sandbox's own, its init may not mknod: it
+                    # binds the host's device nodes, from the host's root.
+                    mapped = _mapped_root(plan, host) is not None
+                    if has_hooks or mapped or not plan.init.rootfs_tree:
                         trees.append(mounts.open_host_tree("/"))
                         plan = dataclasses.replace(plan, host_tree=True)
                     try:
@@ -1017,12 +1024,13 @@ class Container:
                 raise
         # Outside the lock: the fd keeps the layer alive, and a long export must not
         # hold up other operations (a destroy meanwhile just ends the container).
+        owners = self._owners_inside(sandbox)
         try:
             if isinstance(dest, str | os.PathLike):
                 with open(dest, "wb") as f:
-                    _changes.write_layer(upper, f)
+                    _changes.write_layer(upper, f, owners=owners)
             else:
-                _changes.write_layer(upper, dest)
+                _changes.write_layer(upper, dest, owners=owners)
         except OSError as exc:
             if exc.errno not in (errno.EMFILE, errno.ENFILE):
                 raise
@@ -1090,18 +1098,58 @@ class Container:
         assert record.gofer is not None
         return Gofer(self.id, record.gofer, socket_path(record.runtime_dir, self.id))
 
+    def _owner_on_host(self, sandbox: Sandbox) -> tuple[int, int]:
+        """The host uid and gid the files the gofer makes for the container get: its
+        process's, through the sandbox's user namespace (read from its supervisor; they
+        map to themselves without one). Ids it does not map stay as they are (the
+        sandbox is gone, or its spec is refused before this)."""
+        user = (self._record.spec.get("process") or {}).get("user") or {}
+        uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
+        maps = _id_maps(sandbox.supervisor.pid)
+        if maps is None:
+            return uid, gid
+        host_uid, host_gid = idmap.to_host(maps[0], uid), idmap.to_host(maps[1], gid)
+        return (uid if host_uid is None else host_uid), (gid if host_gid is None else host_gid)
+
+    def _ids_inside(self, uid: int, gid: int) -> tuple[int, int]:
+        """Host ids as the container's processes see them, through its sandbox's user
+        namespace (the kernel's overflow id, 65534, for one it does not map)."""
+        sandbox = self._record.sandbox
+        owners = self._owners_inside(sandbox) if sandbox is not None else None
+        return (uid, gid) if owners is None else owners(uid, gid)
+
+    def _owners_inside(
+        self, sandbox: Sandbox | ProcessIdentity
+    ) -> Callable[[int, int], tuple[int, int]] | None:
+        """What turns host ids into the container's (:meth:`_ids_inside`), when its
+        sandbox has a user namespace of its own."""
+        pid = sandbox.supervisor.pid if isinstance(sandbox, Sandbox) else sandbox.pid
+        maps = _id_maps(pid)
+        if maps is None or idmap.is_identity(*maps):
+            return None
+        uids, gids = maps
+
+        def inside(uid: int, gid: int) -> tuple[int, int]:
+            inside_uid, inside_gid = idmap.to_container(uids, uid), idmap.to_container(gids, gid)
+            return (
+                idmap.OVERFLOW_ID if inside_uid is None else inside_uid,
+                idmap.OVERFLOW_ID if inside_gid is None else inside_gid,
+            )
+
+        return inside
+
     def _hand_over_gofer(self, pending: PendingGofer, sandbox: Sandbox) -> Gofer | None:
         """Start the gofer launched with the container: it serves from now on (None when
         the sandbox is gone already: a quick ``run``)."""
-        user = (self._record.spec.get("process") or {}).get("user") or {}
+        uid, gid = self._owner_on_host(sandbox)
         try:
             return pending.start(
                 self.id,
                 supervisor=sandbox.supervisor,
                 runtime_dir=sandbox.runtime_dir,
                 control_socket=sandbox.control_socket,
-                uid=int(user.get("uid", 0)),
-                gid=int(user.get("gid", 0)),
+                uid=uid,
+                gid=gid,
                 subcontainer=self.is_subcontainer,
             )
         except BaseException:
@@ -1502,6 +1550,24 @@ def _write_pid_file(container_id: str, path: str | os.PathLike[str], pid: int) -
             raise
     except OSError as exc:
         raise InvalidArgumentError(container_id, f"cannot write pid file {target}: {exc}") from None
+
+
+def _id_maps(supervisor_pid: int) -> tuple[tuple[idmap.Extent, ...], ...] | None:
+    """The uid and gid extents of a sandbox's user namespace, read from its supervisor
+    (they map every id to itself when it has none of its own), or None if it is gone."""
+    maps = procfs.id_maps(supervisor_pid)
+    return None if maps is None else tuple(idmap.extents_from_text(text) for text in maps)
+
+
+def _mapped_root(plan: SandboxPlan | ContainerPlan, host: Sandbox | None) -> tuple[int, int] | None:
+    """The host uid and gid of root in the sandbox's new user namespace (None without
+    one): its supervisor, and the inits and exec'd processes it forks, are that root
+    there and join the container's cgroup as it, so it must own the joining files.
+    A subcontainer's sandbox is asked through its supervisor's maps."""
+    if isinstance(plan, SandboxPlan):
+        return idmap.mapped_root(plan.uid_map, plan.gid_map)
+    maps = procfs.id_maps(host.supervisor.pid) if host is not None else None
+    return idmap.mapped_root(*maps) if maps is not None else None
 
 
 def _with_trees(

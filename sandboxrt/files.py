@@ -11,6 +11,7 @@ the gofer. What the API creates belongs to the container process's user.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import posixpath
@@ -262,8 +263,12 @@ class ContainerFiles:
     # -- directories and metadata ------------------------------------------------------
 
     def stat(self, path: str, *, follow_symlinks: bool = True) -> FileStat:
+        """What ``stat`` says of ``path``, its owner as the container sees it (through
+        its user namespace, if it has one of its own)."""
         with self._session() as session:
-            return session.stat(path, follow=follow_symlinks)
+            found = session.stat(path, follow=follow_symlinks)
+        uid, gid = self._container._ids_inside(found.uid, found.gid)
+        return dataclasses.replace(found, uid=uid, gid=gid)
 
     def exists(self, path: str) -> bool:
         try:

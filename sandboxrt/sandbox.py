@@ -14,6 +14,7 @@ from typing import Any
 
 import backoff
 
+from sandboxrt._core import idmap
 from sandboxrt._core.plan import container_exit_file, gofer_log, gofer_socket, id_file_name
 from sandboxrt._core.protocol import (
     ContainerPlan,
@@ -157,6 +158,9 @@ class Sandbox:
         # directory already there was left by a create that crashed, and is stale.
         shutil.rmtree(plan.runtime_dir, ignore_errors=True)
         os.makedirs(plan.runtime_dir, mode=0o700)
+        owner = idmap.mapped_root(plan.uid_map, plan.gid_map)
+        if owner is not None:  # the supervisor is that root: exit files, its socket
+            os.chown(plan.runtime_dir, *owner)
         sandbox: Sandbox | None = None
         launched: LaunchedProcess | None = None
         try:

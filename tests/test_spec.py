@@ -95,8 +95,8 @@ def runc_config() -> Doc:
         },
         "annotations": {"org.example.key": "value"},
         "linux": {
-            "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}],
-            "gidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}],
+            "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}],
+            "gidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}],
             "sysctl": {"net.ipv4.ip_forward": "1"},
             "resources": {
                 "devices": [

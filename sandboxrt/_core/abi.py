@@ -14,6 +14,9 @@ __all__ = [
     "CAP_DAC_READ_SEARCH",
     "CAP_FOWNER",
     "CAP_FSETID",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
     "CLONE_NEWCGROUP",
     "CLONE_NEWIPC",
     "CLONE_NEWNET",
@@ -152,6 +155,9 @@ CAP_DAC_OVERRIDE = 1
 CAP_DAC_READ_SEARCH = 2
 CAP_FOWNER = 3
 CAP_FSETID = 4
+CAP_SETGID = 6
+CAP_SETUID = 7
+CAP_SETPCAP = 8
 
 # open_tree(2) and move_mount(2).
 AT_FDCWD = -100

@@ -9,6 +9,7 @@ import posixpath
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
+from sandboxrt._core import idmap
 from sandboxrt._core.abi import SECCOMP_FILTER_FLAGS
 from sandboxrt._core.mount_options import PROPAGATION, UNSUPPORTED_OPTIONS, parse_mount_options
 from sandboxrt._core.protocol import (
@@ -449,10 +450,9 @@ def build_plan(
     kinds = dict(namespaces)
     if "mount" not in kinds:
         raise SpecError([("linux.namespaces", "a mount namespace is required")])
-    if "user" in kinds and not kinds["user"]:
-        raise MissingFeatureError(
-            "new user namespaces", "sandboxrt does not map users yet; join one by path instead"
-        )
+    new_user = "user" in kinds and not kinds["user"]
+    uid_map = idmap.extents_from_spec(linux.get("uidMappings")) if new_user else ()
+    gid_map = idmap.extents_from_spec(linux.get("gidMappings")) if new_user else ()
     _refuse_host_sysctls(spec, container_id, kinds, "the container's own")
     if "pid" in kinds:  # the supervisor is in the container's PID namespace
         _refuse_ptrace(spec, container_id)
@@ -473,6 +473,8 @@ def build_plan(
         ),
         hostname=spec.get("hostname") if new_uts else None,
         domainname=spec.get("domainname") if new_uts else None,
+        uid_map=idmap.map_text(uid_map),
+        gid_map=idmap.map_text(gid_map),
     )
 
 

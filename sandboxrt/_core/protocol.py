@@ -391,6 +391,10 @@ class SandboxPlan(_Message):
     init: InitPlan
     hostname: str | None = None
     domainname: str | None = None
+    #: With a new user namespace: its ``uid_map`` and ``gid_map`` (text as the kernel
+    #: takes it), written before any other namespace is made, so that all are its.
+    uid_map: str = ""
+    gid_map: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from sandboxrt._core import idmap
 from sandboxrt._core.cri import annotation_problems
 from sandboxrt._core.mount_options import parse_mount_options
 from sandboxrt._core.users import MAX_ID
@@ -236,6 +237,7 @@ def spec_problems(spec: Spec) -> list[tuple[str, str]]:
             out.append((name, f"at most {_HOST_NAME_MAX} bytes, got {len(value.encode())}"))
     if spec.linux is not None:
         _check_linux(out, spec.linux)
+    _check_mapped_user(out, spec)
     return out
 
 
@@ -280,6 +282,42 @@ def _check_mappings(out: _Problems, path: str, mappings: Iterable[IDMapping] | N
         _check_range(out, f"{path}[{i}].hostID", mapping.host_id, 0, _UINT32)
         if mapping.size <= 0:
             out.append((f"{path}[{i}].size", f"must be positive, got {mapping.size}"))
+
+
+def _check_new_user_namespace(out: _Problems, linux: Linux) -> None:
+    """The mappings of a new user namespace: what the kernel takes, and the container's
+    root mapped (its supervisor and init start as root in it)."""
+    for key, mappings, kind in (
+        ("uidMappings", linux.uid_mappings, "uid"),
+        ("gidMappings", linux.gid_mappings, "gid"),
+    ):
+        if not mappings:
+            continue
+        extents = [(m.container_id, m.host_id, m.size) for m in mappings]
+        out.extend((f"linux.{key}", problem) for problem in idmap.map_problems(extents))
+        if idmap.to_host(extents, 0) is None:
+            out.append((f"linux.{key}", f"must map {kind} 0: the sandbox starts as root in it"))
+
+
+def _check_mapped_user(out: _Problems, spec: Spec) -> None:
+    """With a new user namespace, the process's uid and gids must be mapped in it."""
+    linux, process = spec.linux, spec.process
+    if linux is None or process is None:
+        return
+    user_ns = next((ns for ns in linux.namespaces or () if ns.type == "user"), None)
+    if user_ns is None or user_ns.path:
+        return
+    uids = [(m.container_id, m.host_id, m.size) for m in linux.uid_mappings or ()]
+    gids = [(m.container_id, m.host_id, m.size) for m in linux.gid_mappings or ()]
+    user = process.user
+    checks = [("process.user.uid", user.uid, uids), ("process.user.gid", user.gid, gids)]
+    checks += [
+        (f"process.user.additionalGids[{i}]", gid, gids)
+        for i, gid in enumerate(user.additional_gids or ())
+    ]
+    for where, number, extents in checks:
+        if extents and isinstance(number, int) and idmap.to_host(extents, number) is None:
+            out.append((where, f"{number} is not mapped in the container's user namespace"))
 
 
 def _check_process(out: _Problems, process: Process) -> None:
@@ -390,6 +428,8 @@ def _check_linux(out: _Problems, linux: Linux) -> None:
             out.append((f"linux.{key}", "given, but there is no user namespace"))
         if not mappings and user_ns is not None and not user_ns.path:
             out.append((f"linux.{key}", "required to create a new user namespace"))
+    if user_ns is not None and not user_ns.path:
+        _check_new_user_namespace(out, linux)
     for i, dev in enumerate(linux.devices or ()):
         where = f"linux.devices[{i}]"
         _check_absolute(out, f"{where}.path", dev.path)

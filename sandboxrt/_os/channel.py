@@ -226,9 +226,10 @@ def _short_address(path: str) -> tuple[str, int | None]:
     return f"/proc/self/fd/{dirfd}/{name}", dirfd
 
 
-def bind_listener(path: str, backlog: int = 64) -> socket.socket:
+def bind_listener(path: str, backlog: int = 64, *, listen: bool = True) -> socket.socket:
     """A listening message socket bound at ``path`` with mode 0600; ``FileExistsError``
-    if ``path`` exists.
+    if ``path`` exists. Without ``listen`` it is only bound: the process that calls
+    ``listen(backlog)`` is the one its connections see as their peer (``SO_PEERCRED``).
 
     Bound under a temporary name beside it, made 0600, then linked into place: nobody
     can connect before the mode is set, and the process's umask, which its threads
@@ -248,7 +249,8 @@ def bind_listener(path: str, backlog: int = 64) -> socket.socket:
             os.link(temporary, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
         finally:
             os.unlink(temporary, dir_fd=dirfd)
-        sock.listen(backlog)
+        if listen:
+            sock.listen(backlog)
     except BaseException:
         sock.close()
         raise

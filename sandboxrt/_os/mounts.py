@@ -54,6 +54,7 @@ __all__ = [
     "dev_takes_defaults",
     "enter_host_tree",
     "enter_tree",
+    "in_user_namespace",
     "leave_tree",
     "make_dir_beneath_root",
     "make_mount",
@@ -399,7 +400,15 @@ def _mount_point(root_fd: int, root: str, plan: MountPlan, *, directory: bool) -
                     )
             finally:
                 os.close(fd)
-    fd, resolved = _walk(root_fd, plan.destination, create="dir" if directory else "file")
+    try:
+        fd, resolved = _walk(root_fd, plan.destination, create="dir" if directory else "file")
+    except PermissionError as err:  # (the root of a user namespace, in a rootfs not its own)
+        raise PermissionError(
+            err.errno,
+            f"making the mount point {plan.destination}: {err.strerror} (have the rootfs "
+            "hold it, or belong to the container's root)",
+            plan.destination,
+        ) from None
     try:
         if resolved == "/":
             raise _unsafe(f"mount destination {plan.destination} is the root itself", root)
@@ -573,34 +582,59 @@ def minimal_root() -> int:
     return top
 
 
-def confine_to_proc(top: int | None = None) -> None:
+def confine_to_proc(top: int | None = None, *, sysfs: bool = False) -> None:
     """Make this process's root a minimal one (decision 33): ``top`` (else a new
     :func:`minimal_root`; closed), holding only the ``/proc`` mounted now (moved, not
     copied); ``pivot_root`` into it and make it read-only. The old root, with every
     mount under it, is left stacked on the new one, out of reach of any path (which
     starts at the root, beneath it) until :func:`detach_old_root` detaches it.
 
+    With ``sysfs``, a new read-only sysfs (of our network namespace) goes at
+    ``/sys`` too: in a user namespace of its own, the kernel lets a process mount
+    sysfs only where one is fully visible already, and the inits we fork later
+    start from this root. Not mounted if the kernel refuses it (a network
+    namespace that is not ours: then no container of ours may mount one either).
+
     For a process in a private mount namespace of its own (every mount private):
     what it needs of the host afterwards it holds as fds opened before.
     """
     top = minimal_root() if top is None else top
-    proc = -1
+    proc = sys_tree = -1
     try:
         proc = syscalls.open_tree(abi.AT_FDCWD, "/proc", abi.OPEN_TREE_CLOEXEC)
+        if sysfs:
+            sys_tree = _read_only_sysfs()
         here = os.open("/", _O_DIR)
         try:
             syscalls.move_mount(top, here)
         finally:
             os.close(here)
         syscalls.move_mount(proc, top, "proc")
+        if sys_tree >= 0:
+            os.mkdir("sys", 0o555, dir_fd=top)
+            syscalls.move_mount(sys_tree, top, "sys")
         os.fchdir(top)
     finally:
-        os.close(top)
-        if proc >= 0:
-            os.close(proc)
+        channel.close_fds([top, proc, sys_tree])
     syscalls.pivot_root(".", ".")
     flags = abi.MS_REMOUNT | abi.MS_BIND | abi.MS_RDONLY | abi.MS_NOSUID | abi.MS_NODEV
     syscalls.mount(None, "/", None, flags | abi.MS_NOEXEC)
+
+
+def _read_only_sysfs() -> int:
+    """A new sysfs, detached, read-only; -1 if the kernel refuses it (EPERM)."""
+    try:
+        fs = syscalls.fsopen("sysfs")
+    except PermissionError:
+        return -1
+    try:
+        syscalls.fsconfig(fs, syscalls.FSCONFIG_CMD_CREATE)
+        flags = abi.MOUNT_ATTR_RDONLY | abi.MOUNT_ATTR_NOSUID | abi.MOUNT_ATTR_NODEV
+        return syscalls.fsmount(fs, flags | abi.MOUNT_ATTR_NOEXEC)
+    except PermissionError:
+        return -1
+    finally:
+        os.close(fs)
 
 
 def detach_old_root() -> None:
@@ -732,7 +766,18 @@ def overlay_tree(lower: int, size: int, *, container_id: str, what: str) -> tupl
     """
     _fd_dir()  # the layers' /proc/self/fd paths, where the kernel wants strings
     opened: list[int] = []
+    userxattr = in_user_namespace()
     try:
+        if userxattr:
+            # Overlayfs clones its layers' mounts, which a user namespace's root may do
+            # only of mounts in its own mount namespace: the tree the host side opened
+            # is attached first, stacked on ``/`` (where no path reaches it; the overlay
+            # goes on top, and :func:`pivot_into_fd` leaves both behind).
+            here = os.open("/", _O_DIR)
+            try:
+                syscalls.move_mount(lower, here)
+            finally:
+                os.close(here)
         tmpfs, upper, work = _tmpfs_upper(size, os.fstat(lower))
         opened += [tmpfs, upper, work]
         try:
@@ -747,8 +792,13 @@ def overlay_tree(lower: int, size: int, *, container_id: str, what: str) -> tupl
             _overlay_layer(fs, "lowerdir+", lower)
             _overlay_layer(fs, "upperdir", upper)
             _overlay_layer(fs, "workdir", work)
-            for key in ("redirect_dir", "metacopy", "index"):
-                syscalls.fsconfig(fs, syscalls.FSCONFIG_SET_STRING, key, "off")
+            # In a user namespace trusted.* attributes are the host root's alone: user.*
+            # ones mark whiteouts, and directories are never redirected (``nofollow``).
+            options = {"redirect_dir": "nofollow" if userxattr else "off", "metacopy": "off"}
+            for key, value in {**options, "index": "off"}.items():
+                syscalls.fsconfig(fs, syscalls.FSCONFIG_SET_STRING, key, value)
+            if userxattr:
+                syscalls.fsconfig(fs, syscalls.FSCONFIG_SET_FLAG, "userxattr")
             syscalls.fsconfig(fs, syscalls.FSCONFIG_CMD_CREATE)
             overlay = syscalls.fsmount(fs)
         except OSError as exc:
@@ -763,6 +813,13 @@ def overlay_tree(lower: int, size: int, *, container_id: str, what: str) -> tupl
     finally:
         for fd in opened:
             os.close(fd)
+
+
+def in_user_namespace() -> bool:
+    """Whether this process is in a user namespace other than the host's (whose
+    ``uid_map`` maps every id to itself)."""
+    with open("/proc/self/uid_map") as f:
+        return f.read().split() != ["0", "0", "4294967295"]
 
 
 def _split(path: str) -> tuple[str, str]:

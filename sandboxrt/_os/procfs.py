@@ -19,6 +19,7 @@ __all__ = [
     "descendants",
     "dying_name",
     "foreground_group",
+    "id_maps",
     "is_alive",
     "read_process",
     "read_stat",
@@ -174,6 +175,16 @@ def _split_cmdline(raw: bytes) -> tuple[str, ...]:
     if raw.endswith(b"\0"):
         raw = raw[:-1]
     return tuple(arg.decode(errors="surrogateescape") for arg in raw.split(b"\0"))
+
+
+def id_maps(pid: int, proc: str = "/proc") -> tuple[str, str] | None:
+    """The text of process ``pid``'s ``uid_map`` and ``gid_map`` (its user namespace's, as
+    ours sees them: ``0 0 4294967295`` when it is ours), or None if it is gone."""
+    try:
+        with open(f"{proc}/{pid}/uid_map") as uids, open(f"{proc}/{pid}/gid_map") as gids:
+            return uids.read(), gids.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
 
 
 def is_alive(pid: int, start_ticks: int, boot: str) -> bool:

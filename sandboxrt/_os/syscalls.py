@@ -39,6 +39,7 @@ __all__ = [
     "prctl",
     "rename_exchange",
     "seccomp_set_filter",
+    "set_fs_ids",
     "set_keepcaps",
     "set_process_name",
     "setdomainname",
@@ -264,6 +265,19 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
         data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
         data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
     _check(_libc.capset(ctypes.byref(header), data), "capset")
+
+
+def set_fs_ids(uid: int, gid: int) -> None:
+    """Set this thread's filesystem uid and gid (``setfsuid``, ``setfsgid``), which new
+    files get as their owner; ``PermissionError`` if the kernel did not take them.
+    Leaving 0 drops the file capabilities from the effective set (and coming back
+    raises them again): a caller that needs them raises them itself (``capset``)."""
+    _libc.setfsgid(ctypes.c_uint(gid))
+    _libc.setfsuid(ctypes.c_uint(uid))
+    current_uid = _libc.setfsuid(ctypes.c_uint(0xFFFFFFFF))  # (an invalid id: only reads)
+    current_gid = _libc.setfsgid(ctypes.c_uint(0xFFFFFFFF))
+    if (current_uid, current_gid) != (uid, gid):
+        raise PermissionError(errno.EPERM, f"setfsuid({uid})/setfsgid({gid}) not taken")
 
 
 def capbset_read(cap: int) -> bool:

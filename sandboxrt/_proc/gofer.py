@@ -35,7 +35,7 @@ import socket
 import stat
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from sandboxrt._core import abi
 from sandboxrt._core.file_protocol import (
@@ -49,6 +49,8 @@ from sandboxrt._core.file_protocol import (
 )
 from sandboxrt._core.protocol import Launched, Reply, Request
 from sandboxrt._os import capabilities, channel, mounts, procfs, syscalls
+
+T = TypeVar("T")
 
 __all__ = ["KEPT_CAPABILITIES", "PROCESS_NAME", "WARM_NAME", "main", "serve_here"]
 
@@ -70,20 +72,36 @@ KEPT_CAPABILITIES = (
 )
 
 
+#: Kept until ``GoferStart`` too: to take the container user's ids as saved ids, then
+#: drop these from the bounding set (:func:`_take_user`).
+_UNTIL_START = (abi.CAP_SETUID, abi.CAP_SETGID, abi.CAP_SETPCAP)
+
+
 def _confine() -> None:
     """Own mount namespace (all private) whose root holds only ``/proc`` (no host file in
-    sight: what we need of the host comes as fds), only :data:`KEPT_CAPABILITIES`,
-    no_new_privs."""
+    sight: what we need of the host comes as fds), only :data:`KEPT_CAPABILITIES` (and,
+    until ``GoferStart``, :data:`_UNTIL_START`), no_new_privs."""
     syscalls.unshare(abi.CLONE_NEWNS)
     syscalls.mount(None, "/", None, abi.MS_REC | abi.MS_PRIVATE)
     mounts.confine_to_proc()
     # May wait for an RCU grace period: we have nothing else to do until GoferStart.
     mounts.detach_old_root()
-    capabilities.drop_bounding(KEPT_CAPABILITIES)
-    kept = capabilities.mask(KEPT_CAPABILITIES)
+    capabilities.drop_bounding((*KEPT_CAPABILITIES, *_UNTIL_START))
+    kept = capabilities.mask((*KEPT_CAPABILITIES, *_UNTIL_START))
     syscalls.capset(kept, kept, 0)
     syscalls.ambient_clear_all()
     syscalls.prctl(abi.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _take_user(uid: int, gid: int) -> None:
+    """Make the container user's host ids our saved ids, then drop what allowed it: we
+    may switch our filesystem ids between theirs and ours (:meth:`Files.creating`),
+    and to no other."""
+    os.setresgid(-1, -1, gid)
+    os.setresuid(-1, -1, uid)
+    capabilities.drop_bounding(KEPT_CAPABILITIES)  # (CAP_SETPCAP last)
+    kept = capabilities.mask(KEPT_CAPABILITIES)
+    syscalls.capset(kept, kept, 0)
 
 
 _O_DIR = os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
@@ -111,6 +129,26 @@ class Files:
         self._root = root
         self.uid = uid
         self.gid = gid
+
+    def creating(self, make: Callable[[], T]) -> T:
+        """``make()`` (which creates a file). In a filesystem a user namespace owns (a
+        tmpfs the container mounted), the kernel refuses a new file whose owner that
+        namespace does not map (``EOVERFLOW``), ours (the host's root) among them: then
+        again, as the container process's user (our filesystem ids), with our
+        capabilities kept."""
+        try:
+            return make()
+        except OSError as err:
+            if err.errno != errno.EOVERFLOW:
+                raise
+        effective, permitted, inheritable = syscalls.capget()
+        syscalls.set_fs_ids(self.uid, self.gid)
+        try:
+            syscalls.capset(effective, permitted, inheritable)  # (leaving 0 dropped some)
+            return make()
+        finally:
+            syscalls.set_fs_ids(0, 0)
+            syscalls.capset(effective, permitted, inheritable)
 
     @property
     def root(self) -> int:
@@ -164,11 +202,14 @@ class Files:
                 return self._regular(fd, flags & ~(os.O_CREAT | os.O_EXCL), path)
             parent, name = self.parent(path)
             try:
-                created = os.open(
-                    name,
-                    flags | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY,
-                    request.mode & 0o7777,
-                    dir_fd=parent,
+                created = self.creating(
+                    functools.partial(
+                        os.open,
+                        name,
+                        flags | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY,
+                        request.mode & 0o7777,
+                        dir_fd=parent,
+                    )
                 )
             except FileExistsError:
                 if flags & os.O_EXCL:
@@ -216,7 +257,7 @@ class Files:
     def _mkdir_one(self, path: str, mode: int) -> None:
         parent, name = self.parent(path)
         try:
-            os.mkdir(name, mode, dir_fd=parent)
+            self.creating(lambda: os.mkdir(name, mode, dir_fd=parent))
             os.chown(name, self.uid, self.gid, dir_fd=parent, follow_symlinks=False)
             os.chmod(name, mode, dir_fd=parent, follow_symlinks=False)
         finally:
@@ -258,7 +299,7 @@ class Files:
     def symlink(self, request: FileRequest) -> None:
         parent, name = self.parent(request.path)
         try:
-            os.symlink(request.target, name, dir_fd=parent)
+            self.creating(lambda: os.symlink(request.target, name, dir_fd=parent))
             os.chown(name, self.uid, self.gid, dir_fd=parent, follow_symlinks=False)
         finally:
             os.close(parent)
@@ -456,6 +497,11 @@ def _run(bootstrap: socket.socket) -> NoReturn:
     supervisor, listen_fd, log_fd, runtime_dir = fds
     os.dup2(log_fd, 2)
     os.close(log_fd)
+    if problem is None:
+        try:
+            _take_user(first.uid, first.gid)
+        except Exception as exc:
+            problem = exc
     if problem is not None:
         print(f"{PROCESS_NAME}: {type(problem).__name__}: {problem}", file=sys.stderr)
         os._exit(1)

@@ -70,9 +70,18 @@ EXEC_PROCESS_NAME = "sandboxrt-exec"
 #: The name of a container's exec agent (:func:`run_agent`).
 AGENT_PROCESS_NAME = "sandboxrt-agent"
 
-#: The namespaces an exec'd process joins when the init's differ from the supervisor's:
-#: ``(name in /proc/PID/ns, OCI kind)``; the mount namespace last (its /proc differs).
-_JOINABLE = (("cgroup", "cgroup"), ("ipc", "ipc"), ("uts", "uts"), ("net", "network"))
+#: The namespaces an init hands its supervisor at ``created`` (:func:`open_handles`), which
+#: an exec'd process joins where they differ from the supervisor's: ``(name in
+#: /proc/PID/ns, OCI kind)``; the mount namespace, always joined, last.
+_HANDLED = (
+    ("cgroup", "cgroup"),
+    ("ipc", "ipc"),
+    ("uts", "uts"),
+    ("net", "network"),
+    ("mnt", "mount"),
+)
+#: How many fds :func:`open_handles` gives: the root's, then one per namespace.
+HANDLE_COUNT = 1 + len(_HANDLED)
 
 
 def error_progress(exc: BaseException) -> Progress:
@@ -566,12 +575,19 @@ def tree_identities(trees: Sequence[int]) -> list[list[int]]:
     return found
 
 
+#: An init's ``/proc/<pid>/ns``, opened while ``/proc`` is still the runtime's (the
+#: container may have none): its entries name the namespaces it is in when opened.
+_ns_dir = -1
+
+
 def _init_process(name: str = PROCESS_NAME) -> None:
+    global _ns_dir
     os.setsid()
     # Not dumpable until exec: the container's processes must not ptrace us or open
     # our /proc entries while we still hold privileges and the runtime's fds.
     syscalls.prctl(abi.PR_SET_DUMPABLE, 0)
     syscalls.set_process_name(name)
+    _ns_dir = os.open("/proc/self/ns", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
 def _create(
@@ -586,8 +602,9 @@ def _create(
         master, tty_slave = mounts.open_pty()
         _size_terminal(tty_slave, plan)
         pty_fds = [master]
-    channel.send(sync, Progress("created"), pty_fds)
-    channel.close_fds(pty_fds)
+    handles = open_handles()
+    channel.send(sync, Progress("created"), [*pty_fds, *handles])
+    channel.close_fds([*pty_fds, *handles])
     if not plan.autostart:  # (which has no startContainer hooks: the library sees to it)
         try:
             start, _ = channel.receive(sync, Request)
@@ -604,34 +621,47 @@ def _create(
     _become(plan, executable, stdio, tty_slave, seccomp_program)
 
 
-def _join_init(init_pid: int) -> None:
-    """Enter the init's namespaces that differ from ours, then its root.
+def open_handles() -> list[int]:
+    """In an init, as it reports ``created``: ``O_PATH`` fds of its root and of its
+    namespaces (:data:`_HANDLED`), for its supervisor to keep: exec'd processes join
+    the container through them (:func:`_join_init`), its gofer gets the root.
 
-    ``/proc`` here is the supervisor's (the init is ``init_pid`` in it); every
-    file is opened before the mount namespace changes. The root comes from
-    ``/proc/PID/root`` (a ``chroot`` into the init's own root, after joining
-    its mount namespace), the very directory the init pivoted into.
-    """
-    opened: list[tuple[str, int]] = []
-    root = -1
+    Not through ``/proc/PID``: in a new user namespace the init's memory still
+    belongs to the host's (it was forked, not exec'd, since the namespace was
+    made), so its supervisor, root only in the new one, may not open those of a
+    process that is not dumpable, which the init is until it execs."""
+    if _ns_dir < 0:
+        raise RuntimeError("the init's namespace directory was not opened")
+    root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for name, kind in _JOINABLE:
-            theirs = os.stat(f"/proc/{init_pid}/ns/{name}")
-            ours = os.stat(f"/proc/self/ns/{name}")
-            if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
-                opened.append((kind, os.open(f"/proc/{init_pid}/ns/{name}", os.O_RDONLY)))
-        opened.append(("mount", os.open(f"/proc/{init_pid}/ns/mnt", os.O_RDONLY)))
-        root = os.open(f"/proc/{init_pid}/root", os.O_PATH | os.O_DIRECTORY)
-    except FileNotFoundError:
-        channel.close_fds([fd for _, fd in opened])
-        raise ProcessLookupError("the container's init has exited") from None
+        namespaces = channel.open_all(
+            (name for name, _ in _HANDLED),
+            lambda name: os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=_ns_dir),
+        )
+    except BaseException:
+        os.close(root)
+        raise
+    return [root, *namespaces]
+
+
+def _join_init(handles: Sequence[int]) -> None:
+    """Enter the init's namespaces that differ from ours, then its root, through the fds
+    it handed its supervisor (:func:`open_handles`), which this process closes.
+
+    The root is the very directory the init pivoted into: a ``chroot`` into it, after
+    joining its mount namespace."""
+    if len(handles) != HANDLE_COUNT:
+        raise ProcessLookupError("the container's init has exited")
+    root, namespaces = handles[0], handles[1:]
     try:
-        for kind, fd in opened:
-            syscalls.setns(fd, abi.NAMESPACE_FLAGS[kind])
+        for (name, kind), fd in zip(_HANDLED, namespaces, strict=True):
+            theirs, ours = os.fstat(fd), os.stat(f"/proc/self/ns/{name}")
+            if kind == "mount" or (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
+                syscalls.setns(fd, abi.NAMESPACE_FLAGS[kind])
         os.fchdir(root)
         os.chroot(".")
     finally:
-        channel.close_fds([fd for _, fd in opened] + [root])
+        channel.close_fds(handles)
 
 
 def _resolve_user(plan: ExecPlan) -> ExecPlan:
@@ -658,14 +688,15 @@ def _close_fds_but(*keep: int) -> None:
 
 def run_exec(
     plan: ExecPlan,
-    init_pid: int,
+    handles: Sequence[int],
     status: socket.socket,
     stdio: Sequence[int],
     mask: Iterable[int] = (),
     *,
     cgroup: Iterable[int] = (),
 ) -> NoReturn:
-    """Run ``plan`` in the container of the init ``init_pid``; never returns.
+    """Run ``plan`` in the container whose init handed its supervisor ``handles``
+    (:func:`open_handles`); never returns.
 
     Joins the container's cgroup first thing, through ``cgroup``: the files
     :func:`open_cgroup` opened in the supervisor.
@@ -681,13 +712,13 @@ def run_exec(
         _default_signals(mask)
         os.setsid()
         syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # as the init: no ptrace before exec
-        _close_fds_but(status.fileno(), *stdio)
+        _close_fds_but(status.fileno(), *stdio, *handles)
         syscalls.set_process_name(EXEC_PROCESS_NAME)
         seccomp_program = _seccomp_program(plan)
         # Not the container's /proc, which it may lack or fake: for the user, the terminal
         # and HOME (/etc/passwd), read beneath its root through our fd table.
         mounts.open_fd_table()
-        _join_init(init_pid)
+        _join_init(handles)
         if plan.user:
             plan = _resolve_user(plan)
         executable = find_executable(plan.args[0], plan.env, plan.cwd)
@@ -710,12 +741,13 @@ def run_exec(
 
 def run_agent(
     plan: ExecPlan,
-    init_pid: int,
+    handles: Sequence[int],
     sock: socket.socket,
     mask: Iterable[int] = (),
     board: mmap.mmap | None = None,
 ) -> NoReturn:
-    """Be the exec agent of the container of the init ``init_pid``; never returns.
+    """Be the exec agent of the container whose init handed its supervisor ``handles``
+    (:func:`open_handles`); never returns.
 
     Forked by the supervisor with every signal blocked (``mask`` is the mask
     to restore). Joins the init's namespaces and root and becomes ``plan``'s
@@ -741,11 +773,11 @@ def run_agent(
         _default_signals(mask)
         os.setsid()
         syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # as the init: no ptrace, no /proc/PID/mem
-        _close_fds_but(sock.fileno())
+        _close_fds_but(sock.fileno(), *handles)
         syscalls.set_process_name(AGENT_PROCESS_NAME)
         seccomp_program = _seccomp_program(plan)
         mounts.open_fd_table()  # ours, not the container's /proc (HOME's /etc/passwd)
-        _join_init(init_pid)
+        _join_init(handles)
         _apply_process(plan, seccomp_program, chdir=False)
         syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # a uid change may have reset it
         syscalls.prctl(abi.PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change

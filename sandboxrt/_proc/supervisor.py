@@ -44,11 +44,12 @@ from sandboxrt._core.protocol import (
     decode,
     encode,
 )
-from sandboxrt._os import capabilities, channel, mounts, net, procfs, stdlib, syscalls
+from sandboxrt._os import capabilities, channel, mounts, net, procfs, stdlib, syscalls, userns
 from sandboxrt._proc.init import (
     AGENT_BOARD,
     AHEAD_PROCESS_NAME,
     EXEC_PROCESS_NAME,
+    HANDLE_COUNT,
     error_progress,
     join_cgroup_fds,
     open_cgroup,
@@ -84,6 +85,8 @@ WAITED_KEPT = 4096
 UNWAITED_KEPT = 65536
 #: How long an exec'd process may take to reach ``execve`` before it is killed (seconds).
 EXEC_START_TIMEOUT = 30.0
+#: How many connections may wait for the control socket's ``accept``.
+CONTROL_BACKLOG = 64
 #: Seconds between tries to accept again after running out of fds (see ``_accept``).
 ACCEPT_RETRY = 0.1
 #: How often (over a second) the supervisor looks for a dying agent it waits for, before
@@ -121,19 +124,28 @@ def write_exit_status(
     os.replace(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
-def _enter_namespaces(namespaces: Sequence[Sequence[str]]) -> None:
-    """Join the namespaces given by path, then unshare the new ones."""
+def _enter_namespaces(
+    namespaces: Sequence[Sequence[str]], uid_map: str = "", gid_map: str = ""
+) -> None:
+    """Join the namespaces given by path, then make the new ones: a new user namespace
+    first (mapped by ``uid_map`` and ``gid_map``), so that the others are its own."""
     joined = [(kind, path) for kind, path in namespaces if path]
     joined.sort(key=lambda item: item[0] != "user")  # the user namespace first
-    opened = [(kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC)) for kind, path in joined]
-    for kind, fd in opened:
-        try:
-            syscalls.setns(fd, abi.NAMESPACE_FLAGS[kind])
-        finally:
-            os.close(fd)
+    with contextlib.ExitStack() as stack:
+        # Forked before we join anything: it stays where we were, and maps for us.
+        writer = stack.enter_context(userns.MapWriter(uid_map, gid_map)) if uid_map else None
+        opened = [(kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC)) for kind, path in joined]
+        for kind, fd in opened:
+            try:
+                syscalls.setns(fd, abi.NAMESPACE_FLAGS[kind])
+            finally:
+                os.close(fd)
+        if writer is not None:
+            writer.enter()
     flags = 0
     for kind, path in namespaces:
-        if not path and kind != "cgroup":  # the init makes that one, inside the cgroup
+        # (The init makes a cgroup namespace, inside the cgroup.)
+        if not path and kind not in ("cgroup", "user"):
             flags |= abi.NAMESPACE_FLAGS[kind]
     _unshare_private(flags)
 
@@ -234,9 +246,10 @@ class _Member:
     cgroup_dirs: list[int] | None = None
     #: An fd on its overlay root's upper directory (from its init), or -1.
     upper: int = -1
-    #: ``O_PATH`` fd of its root as its init sees it (mounts made, pivoted), opened at
-    #: ``created``, for its gofer (``root`` requests).
-    root_fd: int | None = None
+    #: What its init handed us at ``created`` (``init.open_handles``): an ``O_PATH`` fd of
+    #: its root as it sees it (mounts made, pivoted), for its gofer (``root`` requests),
+    #: then fds of its namespaces, which exec'd processes join.
+    handles: list[int] = dataclasses.field(default_factory=list)
     #: Its exec agent, made at its first exec that may use one (decision 31).
     agent: _Agent | None = None
     #: Profiles (see :func:`_profile`) an agent failed to serve: exec'd the slow way.
@@ -248,6 +261,22 @@ class _Member:
     @property
     def id(self) -> str:
         return self.plan.container_id
+
+    @property
+    def root_fd(self) -> int | None:
+        return self.handles[0] if self.handles else None
+
+    def take_handles(self, step: Progress, fds: list[int]) -> list[int]:
+        """Keep the handles a ``created`` step of its init brings (the last fds); the
+        rest (a pty master) go on to the library."""
+        if step.step != "created" or len(fds) < HANDLE_COUNT or self.handles:
+            return fds
+        self.handles = fds[len(fds) - HANDLE_COUNT :]
+        return fds[: len(fds) - HANDLE_COUNT]
+
+    def close_handles(self) -> None:
+        channel.close_fds(self.handles)
+        self.handles = []
 
     @property
     def autostart(self) -> bool:
@@ -302,6 +331,12 @@ class Supervisor:
         #: The runtime directory (exit files, control socket), held open: confined, we
         #: reach no host path (decision 33).
         self.runtime_fd = -1
+        #: The runtime directory's fd and the bound control socket, when the launched
+        #: process made them before it entered a user namespace (see :func:`main`).
+        self.held: tuple[int, socket.socket] | None = None
+        #: While out of fds (see _accept): when to listen again, if no connection closed
+        #: meanwhile; None while the selector watches the listener.
+        self.deaf_until: float | None = None
         #: ``O_PATH`` fds of our own cgroup in every hierarchy (exec agents wait there).
         self.homes: list[int] = []
         #: The standard library's directories (``O_PATH``), held once confined (:meth:`confine`).
@@ -326,11 +361,14 @@ class Supervisor:
             syscalls.setdomainname(self.plan.domainname)
         if not self.prepared:
             _prepare_namespaces(new)
-        self.listener = channel.bind_listener(self.plan.control_socket)
-        #: While out of fds (see _accept): when to listen again, if no connection closed
-        #: meanwhile; None while the selector watches the listener.
-        self.deaf_until: float | None = None
-        self.runtime_fd = os.open(self.plan.runtime_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        if self.held is not None:
+            (self.runtime_fd, self.listener), self.held = self.held, None
+            self.listener.listen(CONTROL_BACKLOG)
+        else:
+            self.listener = channel.bind_listener(self.plan.control_socket, CONTROL_BACKLOG)
+            self.runtime_fd = os.open(
+                self.plan.runtime_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+            )
 
     def confine(self, ahead: Confinement | None = None) -> None:
         """Once the root container is created (or its init built ahead has its plan):
@@ -352,7 +390,10 @@ class Supervisor:
         # from the host's standard library through these (not now: it takes 1.6 ms).
         self.stdlib_fds = stdlib.directories()
         try:
-            mounts.confine_to_proc(ahead.top if ahead.top >= 0 else None)
+            # In a user namespace of our own, the inits we fork later may mount a sysfs
+            # only where one is visible: a new one of ours goes in too.
+            top = ahead.top if ahead.top >= 0 else None
+            mounts.confine_to_proc(top, sysfs=bool(self.plan.uid_map))
         except OSError as exc:
             print(f"sandboxrt-sup: cannot confine the supervisor: {exc}", file=sys.stderr)
             return
@@ -451,9 +492,9 @@ class Supervisor:
         member.init_pid = pid
         member.init_sync = parent_end
 
-    def _close_in_child(self) -> None:
+    def _close_in_child(self, keep: Sequence[int] = ()) -> None:
         """In a child just forked: close our sockets, which the container must never hold,
-        and our fds on host files."""
+        and our fds on host files; a member's handles in ``keep`` stay open."""
         self.listener.close()
         self.bootstrap.close()
         if self.gate is not None:
@@ -474,7 +515,8 @@ class Supervisor:
             channel.close_fds(self.wake_fds)
         channel.close_fds([self.runtime_fd, *self.homes, *self.stdlib_fds])
         for member in self.members.values():
-            channel.close_fds([*(member.cgroup_dirs or []), member.upper, member.root_fd or -1])
+            handles = [fd for fd in member.handles if fd not in keep]
+            channel.close_fds([*(member.cgroup_dirs or []), member.upper, *handles])
         if self.confinement is not None:
             channel.close_fds([self.confinement.top, *self.confinement.homes])
 
@@ -525,8 +567,7 @@ class Supervisor:
             if step.step == "overlay" and len(fds) == 1 and root.upper < 0:
                 root.upper = fds[0]  # ours to keep, for the library's "upper" requests
                 continue
-            if step.step == "created":
-                root.root_fd = _open_root(root.init_pid)  # for the gofer (``root`` requests)
+            fds = root.take_handles(step, fds)
             self.report(step, fds)
             channel.close_fds(fds)
             if step.step == "mounted":
@@ -834,6 +875,7 @@ class Supervisor:
         if step.step == "overlay" and len(fds) == 1 and member.upper < 0:
             member.upper = fds[0]  # kept for the library's "upper" requests
             return
+        fds = member.take_handles(step, fds)
         try:
             channel.send(creator, step, fds)
         except OSError:
@@ -845,7 +887,6 @@ class Supervisor:
         if step.step != "created":
             self._remove(member)
             return
-        member.root_fd = _open_root(member.init_pid)
         self.selector.unregister(sync)
         member.creator = None
         started = None
@@ -910,9 +951,7 @@ class Supervisor:
         if member.upper >= 0:
             os.close(member.upper)
             member.upper = -1
-        if member.root_fd is not None:
-            os.close(member.root_fd)
-            member.root_fd = None
+        member.close_handles()
         if member.init_sync is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(member.init_sync)
@@ -1017,7 +1056,7 @@ class Supervisor:
             raise
         if pid == 0:
             ours.close()
-            run_exec(plan, member.init_pid, theirs, fds, mask, cgroup=cgroup)
+            run_exec(plan, member.handles, theirs, fds, mask, cgroup=cgroup)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
         with ours:
@@ -1228,7 +1267,9 @@ class Supervisor:
     def _start_agent(self, member: _Member, profile: ExecPlan) -> _Agent | None:
         """Fork ``member``'s exec agent for ``profile``; ``None`` if it cannot have one
         (no ``subprocess`` to spawn with: a confined ``run`` sandbox, see :meth:`confine`)."""
-        home = _home_of(self.homes, member.cgroup_dirs or [])
+        # In a user namespace of our own, our cgroups (the caller's) are not ours to join,
+        # and our /proc/self/fd (through which we import) not ours to read: no agent.
+        home = None if self.plan.uid_map else _home_of(self.homes, member.cgroup_dirs or [])
         if home is None or not self._import_subprocess():
             member.agent_unfit.append(profile)
             return None
@@ -1250,8 +1291,8 @@ class Supervisor:
             raise
         if pid == 0:
             ours.close()
-            self._close_in_child()
-            run_agent(profile, member.init_pid, theirs, mask, board)
+            self._close_in_child(keep=member.handles)
+            run_agent(profile, member.handles, theirs, mask, board)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
         member.agent = self.agents[pid] = _Agent(pid, ours, profile, home_fds, board)
@@ -1591,6 +1632,17 @@ class Supervisor:
         os._exit(code)
 
 
+def _hold_runtime_dir(plan: SandboxPlan) -> tuple[int, socket.socket]:
+    """An ``O_PATH`` fd of the runtime directory, and the control socket bound in it."""
+    runtime_fd = os.open(plan.runtime_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        # The supervisor listens: its peers must see it (``SO_PEERCRED``), not us.
+        return runtime_fd, channel.bind_listener(plan.control_socket, listen=False)
+    except BaseException:
+        os.close(runtime_fd)
+        raise
+
+
 def _run_supervisor(
     plan: SandboxPlan,
     bootstrap: socket.socket,
@@ -1600,8 +1652,10 @@ def _run_supervisor(
     prepared: bool = False,
     ahead: RootAhead | None = None,
     confinement: Confinement | None = None,
+    held: tuple[int, socket.socket] | None = None,
 ) -> NoReturn:
     supervisor = Supervisor(plan, bootstrap, stdio, gate, prepared=prepared)
+    supervisor.held = held
     supervisor.confinement = confinement  # (an init forked before it is used closes it)
     try:
         supervisor.setup()
@@ -1635,7 +1689,10 @@ def main(bootstrap_fd: int) -> NoReturn:
     try:
         plan, stdio = channel.receive(bootstrap, SandboxPlan)
         receive_trees(bootstrap, stdio, plan.init)
-        _enter_namespaces(plan.namespaces)
+        # Our root in a new user namespace owns its runtime directory (the library gave
+        # it), but may not reach it by path: held, and its socket bound, from out here.
+        held = _hold_runtime_dir(plan) if plan.uid_map else None
+        _enter_namespaces(plan.namespaces, plan.uid_map, plan.gid_map)
         gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
     except BaseException as exc:
@@ -1644,7 +1701,7 @@ def main(bootstrap_fd: int) -> NoReturn:
         os._exit(1)
     if pid == 0:
         os.close(gate_w)
-        _run_supervisor(plan, bootstrap, stdio, gate_r)
+        _run_supervisor(plan, bootstrap, stdio, gate_r, held=held)
     channel.send(bootstrap, _launched(pid))
     os.close(gate_w)
     os._exit(0)
@@ -1794,15 +1851,6 @@ def _home_of(homes: Sequence[int], dirs: Sequence[int]) -> list[int] | None:
             return None
         found.append(match[0][0])
     return found
-
-
-def _open_root(init_pid: int) -> int | None:
-    """An ``O_PATH`` fd of an init's root as its container sees it, or None if it cannot
-    be opened (the init died)."""
-    try:
-        return os.open(f"/proc/{init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return None
 
 
 def receive_trees(sock: socket.socket, fds: list[int], plan: InitPlan, extra: int = 0) -> None:

@@ -1,0 +1,345 @@
+"""New user namespaces: the container's root is an unprivileged host uid.
+
+Real sandboxes map container ids 0-65535 to host ids 100000-165535 (``MAPPED``).
+The escape probes only read, or write into the test's own directory: if
+isolation failed they would do no harm.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from conftest import BundleFactory, edit_config, needs_busybox, needs_root, run_output
+from test_overlay import overlay, read_layer, running, sh
+
+from sandboxrt import (
+    Container,
+    FileStore,
+    InitError,
+    Pod,
+    SpecError,
+    default_spec,
+    write_spec_file,
+)
+from sandboxrt._core import idmap
+from sandboxrt._core.spec import IDMapping, Namespace, Spec
+from sandboxrt._core.spec_validate import spec_problems
+from sandboxrt._os import cgroups, procfs
+
+HOST_BASE = 100000
+MAPPED = [{"containerID": 0, "hostID": HOST_BASE, "size": 65536}]
+
+
+def with_userns(document: dict[str, Any], mappings: list[dict[str, int]] = MAPPED) -> None:
+    """An ``edit_config`` change: a new user namespace mapped by ``mappings``."""
+    document["linux"]["namespaces"].append({"type": "user"})
+    document["linux"]["uidMappings"] = mappings
+    document["linux"]["gidMappings"] = mappings
+
+
+# -- the pure core ---------------------------------------------------------------------------
+
+
+def test_ids_map_both_ways_and_to_the_kernels_text() -> None:
+    extents = ((0, 1000, 1), (1, 100000, 65535))
+    assert idmap.to_host(extents, 0) == 1000
+    assert idmap.to_host(extents, 5) == 100004
+    assert idmap.to_host(extents, 65536) is None
+    assert idmap.to_container(extents, 100004) == 5
+    assert idmap.to_container(extents, 0) is None
+    text = idmap.map_text(extents)
+    assert text == "0 1000 1\n1 100000 65535\n"
+    assert idmap.extents_from_text(text) == extents
+    assert idmap.mapped_root(text, text) == (1000, 1000)
+    assert idmap.mapped_root("0 0 4294967295\n", "0 0 4294967295\n") is None
+
+
+def test_extents_the_kernel_would_refuse_are_named() -> None:
+    assert idmap.map_problems([(0, 1000, 10), (10, 2000, 5)]) == []
+    assert idmap.map_problems([(0, 1000, 10), (5, 2000, 10)]) == [
+        "extents [0] and [1] overlap in their containerID ranges"
+    ]
+    assert idmap.map_problems([(0, 1000, 10), (100, 1005, 1)]) == [
+        "extents [0] and [1] overlap in their hostID ranges"
+    ]
+    too_many = [(i, 1000 + i, 1) for i in range(idmap.MAX_EXTENTS + 1)]
+    assert idmap.map_problems(too_many) == [
+        f"{idmap.MAX_EXTENTS + 1} extents: the kernel takes at most {idmap.MAX_EXTENTS}"
+    ]
+
+
+def _userns_spec(uids: list[IDMapping], gids: list[IDMapping], **process: Any) -> Spec:
+    spec = default_spec(["true"])
+    assert spec.linux is not None and spec.process is not None
+    linux = attrs.evolve(
+        spec.linux,
+        namespaces=[*(spec.linux.namespaces or []), Namespace(type="user")],
+        uid_mappings=uids,
+        gid_mappings=gids,
+    )
+    user = attrs.evolve(spec.process.user, **process)
+    return attrs.evolve(spec, linux=linux, process=attrs.evolve(spec.process, user=user))
+
+
+def test_a_spec_whose_user_namespace_cannot_work_is_refused() -> None:
+    good = [IDMapping(container_id=0, host_id=HOST_BASE, size=65536)]
+    assert spec_problems(_userns_spec(good, good)) == []
+    no_root = [IDMapping(container_id=1, host_id=HOST_BASE, size=10)]
+    problems = dict(spec_problems(_userns_spec(no_root, good)))
+    assert "must map uid 0" in problems["linux.uidMappings"]
+    overlapping = [*good, IDMapping(container_id=10, host_id=1, size=1)]
+    problems = dict(spec_problems(_userns_spec(good, overlapping)))
+    assert "overlap in their containerID ranges" in problems["linux.gidMappings"]
+    problems = dict(spec_problems(_userns_spec(good, good, uid=70000, additional_gids=[5, 99999])))
+    assert problems["process.user.uid"] == ("70000 is not mapped in the container's user namespace")
+    assert "process.user.additionalGids[1]" in problems
+    assert "process.user.additionalGids[0]" not in problems
+
+
+@needs_root
+@needs_busybox
+def test_create_refuses_an_unmapped_root_naming_the_container(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    path = edit_config(
+        bundle(), lambda d: with_userns(d, [{"containerID": 1, "hostID": HOST_BASE, "size": 9}])
+    )
+    with pytest.raises(SpecError, match=r'(?s)container "u1".*must map uid 0'):
+        Container.create("u1", path, store=store)
+    assert Container.list(store=store) == []
+
+
+# -- real sandboxes --------------------------------------------------------------------------
+
+
+def host_ids(pid: int) -> tuple[int, int]:
+    """The real uid and gid of host process ``pid``."""
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    return int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])
+
+
+@needs_root
+@needs_busybox
+def test_the_containers_root_is_an_unprivileged_host_uid(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    script = "id -u; id -g; cat /proc/self/uid_map; cat /proc/self/gid_map; hostname"
+    path = edit_config(bundle(["sh", "-c", script]), with_userns)
+    code, out = run_output(store, path)
+    assert code == 0, out
+    lines = out.split()
+    assert lines[:2] == ["0", "0"]
+    assert lines[2:5] == ["0", str(HOST_BASE), "65536"]
+    assert lines[5:8] == ["0", str(HOST_BASE), "65536"]
+    assert lines[8] == "sandboxrt"
+
+
+@needs_root
+@needs_busybox
+def test_the_supervisor_and_init_run_as_the_mapped_root_and_join_the_cgroup(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    container = Container.create(
+        "u1", edit_config(bundle(["sleep", "100"]), with_userns), store=store
+    )
+    try:
+        supervisor = container.state().pid
+        assert host_ids(supervisor) == (HOST_BASE, HOST_BASE)
+        container.start()
+        record = store.load("u1").cgroup
+        assert record is not None
+        pids = cgroups.load(record, container_id="u1").pids()
+        assert pids, "the container's init is not in its cgroup"
+        for pid in pids:
+            assert host_ids(pid) == (HOST_BASE, HOST_BASE)
+            info = procfs.read_process(pid)
+            assert info is not None and "sleep" in " ".join(info.cmdline)
+        container.kill(all=True, sig=9)
+        assert container.wait(timeout=10) == -9
+    finally:
+        container.destroy()
+
+
+@needs_root
+@needs_busybox
+def test_the_containers_root_cannot_read_or_write_the_hosts_files(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """A host directory bound in: its root-only file is unreadable, and the directory
+    (the host root's, 0755) takes no new file. Without a user namespace the same
+    container reads the file (the probe's control)."""
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    secret = shared / "secret"
+    secret.write_text("host only\n")
+    secret.chmod(0o600)
+    script = "cat /shared/secret; echo probe > /shared/new; echo done"
+
+    def bind_shared(document: dict[str, Any]) -> None:
+        document["mounts"].append(
+            {"destination": "/shared", "type": "bind", "source": str(shared), "options": ["rbind"]}
+        )
+
+    plain = edit_config(bundle(["sh", "-c", script]), bind_shared)
+    (plain / "rootfs" / "shared").mkdir()  # (a mount point the mapped root may not make)
+    _, out = run_output(store, plain, "plain")
+    assert "host only" in out, out
+
+    path = edit_config(bundle(["sh", "-c", script]), lambda d: (bind_shared(d), with_userns(d)))
+    (path / "rootfs" / "shared").mkdir()
+    _, out = run_output(store, path, "mapped")
+    assert "host only" not in out
+    assert out.count("Permission denied") == 2, out
+    assert not (shared / "new").exists() or (shared / "new").stat().st_uid == 0  # plain's
+    assert sorted(p.name for p in shared.iterdir()) == ["new", "secret"]
+    assert (shared / "new").stat().st_uid == 0  # written by the plain container only
+
+
+@needs_root
+@needs_busybox
+def test_a_mount_point_the_mapped_root_may_not_make_is_named(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    def mapped_with_tmpfs(document: dict[str, Any]) -> None:
+        with_userns(document)
+        document["mounts"].append({"destination": "/data", "type": "tmpfs", "source": "tmpfs"})
+
+    path = edit_config(bundle(), mapped_with_tmpfs)
+    with pytest.raises(InitError, match="making the mount point /data: Permission denied"):
+        Container.create("u1", path, store=store)
+    assert Container.list(store=store) == []
+
+
+@needs_root
+@needs_busybox
+def test_exec_before_start_and_as_another_user_in_the_namespace(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    container = Container.create(
+        "u1", edit_config(bundle(["sleep", "100"]), with_userns), store=store
+    )
+    try:
+        # Created: the init has not exec'd yet (not dumpable, its memory the host
+        # namespace's): the exec joins it through the fds it handed its supervisor.
+        process = container.exec(
+            ["sh", "-c", "id -u; cat /proc/self/uid_map"], stdout=subprocess.PIPE
+        )
+        out, _ = process.communicate(timeout=20)
+        assert process.returncode == 0
+        assert out.decode().split() == ["0", "0", str(HOST_BASE), "65536"]
+        container.start()
+        process = container.exec(["id"], user="1000:1000", stdout=subprocess.PIPE)
+        out, _ = process.communicate(timeout=20)
+        assert out.decode().strip() == "uid=1000 gid=1000"
+        assert process.pid > 0
+    finally:
+        container.destroy()
+
+
+@needs_root
+@needs_busybox
+def test_files_the_file_api_makes_belong_to_the_containers_user(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    def mapped_with_tmpfs(document: dict[str, Any]) -> None:
+        with_userns(document)
+        document["process"]["user"] = {"uid": 1000, "gid": 1000}
+        document["mounts"].append(
+            {"destination": "/work", "type": "tmpfs", "source": "tmpfs", "options": ["mode=1777"]}
+        )
+
+    path = edit_config(bundle(["sleep", "100"]), mapped_with_tmpfs)
+    (path / "rootfs" / "work").mkdir()
+    container = Container.create("u1", path, store=store)
+    try:
+        container.start()
+        container.files.write_text("/work/f", "made by the library\n")
+        found = container.files.stat("/work/f")
+        assert (found.uid, found.gid) == (1000, 1000)  # as the container sees it
+        process = container.exec(
+            ["sh", "-c", "stat -c '%u %g' /work/f; echo more >> /work/f && echo ok"],
+            stdout=subprocess.PIPE,
+        )
+        out, _ = process.communicate(timeout=20)
+        assert out.decode().split() == ["1000", "1000", "ok"]
+        root = container.files.stat("/")
+        assert (root.uid, root.gid) == (idmap.OVERFLOW_ID, idmap.OVERFLOW_ID)  # the host's root
+    finally:
+        container.destroy()
+
+
+@needs_root
+@needs_busybox
+def test_a_pod_shares_its_roots_user_namespace(store: FileStore, bundle: BundleFactory) -> None:
+    pod = Pod.create("pod", edit_config(bundle(["sleep", "100"]), with_userns), store=store)
+    try:
+        pod.root.start()
+        member = pod.add_container(
+            "member", bundle(["sh", "-c", "id -u; cat /proc/self/uid_map"]), stdout=subprocess.PIPE
+        )
+        member.start()
+        assert member.wait(timeout=20) == 0
+        assert member.stdout is not None
+        assert member.stdout.read().decode().split() == ["0", "0", str(HOST_BASE), "65536"]
+    finally:
+        pod.destroy()
+
+
+@needs_root
+@needs_busybox
+def test_runc_spec_rootless_runs(store: FileStore, bundle: BundleFactory) -> None:
+    """``default_spec(rootless=True)`` (``runc spec --rootless``), mapped to a host uid."""
+    args = ["sh", "-c", "id -u; cat /proc/self/uid_map"]
+    path = bundle(args)
+    spec = default_spec(args, rootless=True, host_uid=HOST_BASE, host_gid=HOST_BASE)
+    write_spec_file(path / "config.json", spec)
+    code, out = run_output(store, path)
+    assert code == 0, out
+    assert out.split() == ["0", "0", str(HOST_BASE), "1"]
+
+
+def chown_tree(top: Path, uid: int, gid: int) -> None:
+    """``chown -hR``: what makes a rootfs the mapped root's."""
+    for directory, dirs, files in os.walk(top):
+        for name in [*dirs, *files]:
+            os.chown(os.path.join(directory, name), uid, gid, follow_symlinks=False)
+    os.chown(top, uid, gid)
+
+
+@needs_root
+@needs_busybox
+def test_an_overlay_root_of_a_rootfs_the_mapped_root_owns_exports_its_ids(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """Overlayfs in the container's user namespace (``userxattr``): its whiteouts and
+    opaque directories, and its owners as the container sees them."""
+    path = edit_config(bundle(["sleep", "100"]), with_userns)
+    rootfs = path / "rootfs"
+    (rootfs / "data").mkdir()
+    (rootfs / "data" / "gone.txt").write_text("lower\n")
+    (rootfs / "opq").mkdir()
+    (rootfs / "opq" / "old.txt").write_text("old\n")
+    chown_tree(rootfs, HOST_BASE, HOST_BASE)
+    script = "set -e; echo added > /data/new.txt; rm /data/gone.txt; rm -r /opq; mkdir /opq"
+    with running(store, path, "exp", overlay()) as container:
+        done = sh(container, script)
+        assert done.returncode == 0, done.stderr
+        owned = container.exec_run(["sh", "-c", "echo mine > /tmp/owned"], user="123:456")
+        assert owned.returncode == 0, owned
+        layer = io.BytesIO()
+        container.export_changes(layer)
+    members = read_layer(layer.getvalue())
+    new = members["data/new.txt"][0]
+    assert (new.uid, new.gid, members["data/new.txt"][1]) == (0, 0, b"added\n")
+    assert (members["tmp/owned"][0].uid, members["tmp/owned"][0].gid) == (123, 456)
+    assert members["data/.wh.gone.txt"][0].size == 0
+    assert members["opq/.wh..wh..opq"][0].isreg()
+    assert not any("overlay" in key for info, _ in members.values() for key in info.pax_headers)
+    assert (rootfs / "data" / "gone.txt").exists()  # the bundle is untouched
