@@ -343,3 +343,62 @@ def test_an_overlay_root_of_a_rootfs_the_mapped_root_owns_exports_its_ids(
     assert members["opq/.wh..wh..opq"][0].isreg()
     assert not any("overlay" in key for info, _ in members.values() for key in info.pax_headers)
     assert (rootfs / "data" / "gone.txt").exists()  # the bundle is untouched
+
+
+def has_sys_resource() -> bool:
+    """Whether this process holds ``CAP_SYS_RESOURCE`` (24), which raising a hard rlimit
+    and lowering ``oom_score_adj`` below its floor take even as root."""
+    with open("/proc/self/status") as f:
+        effective = next(line for line in f if line.startswith("CapEff:"))
+    return bool(int(effective.split()[1], 16) >> 24 & 1)
+
+
+@needs_root
+@needs_busybox
+def test_a_raised_hard_rlimit_and_a_lowered_oom_score_reach_the_mapped_init(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """The kernel grants both only to the host's user namespace: granted before the
+    sandbox leaves it, as runc does from outside."""
+    if not has_sys_resource():
+        pytest.skip("needs CAP_SYS_RESOURCE, which this host's root lacks")
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if hard == resource.RLIM_INFINITY:
+        pytest.skip("RLIMIT_MEMLOCK has no hard limit to raise here")
+    wanted = hard + 4096
+
+    def limits(document: dict[str, Any]) -> None:
+        with_userns(document)
+        document["process"]["rlimits"] = [
+            {"type": "RLIMIT_MEMLOCK", "soft": wanted, "hard": wanted}
+        ]
+        document["process"]["oomScoreAdj"] = -17
+
+    script = "ulimit -H -l; cat /proc/self/oom_score_adj"
+    code, out = run_output(store, edit_config(bundle(["sh", "-c", script]), limits))
+    assert code == 0, out
+    assert out.split() == [str(wanted // 1024), "-17"]
+
+
+@needs_root
+@needs_busybox
+def test_an_rlimit_the_kernel_refuses_is_named(store: FileStore, bundle: BundleFactory) -> None:
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if hard == resource.RLIM_INFINITY or has_sys_resource():
+        pytest.skip("any RLIMIT_MEMLOCK may be set here")
+    wanted = hard + 4096
+
+    def limits(document: dict[str, Any]) -> None:
+        with_userns(document)
+        document["process"]["rlimits"] = [
+            {"type": "RLIMIT_MEMLOCK", "soft": wanted, "hard": wanted}
+        ]
+
+    path = edit_config(bundle(), limits)
+    with pytest.raises(InitError, match=f"setting RLIMIT_MEMLOCK to {wanted}/{wanted}"):
+        Container.run("u1", path, store=store)
+    assert Container.list(store=store) == []

@@ -12,6 +12,7 @@ Standard library only.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import functools
 import mmap
@@ -291,10 +292,20 @@ def _apply_process(
     if _caller_fd_limit is not None:  # the supervisor raised its own: ours is the caller's
         resource.setrlimit(resource.RLIMIT_NOFILE, _caller_fd_limit)
     for name, soft, hard in plan.rlimits:
-        resource.setrlimit(getattr(resource, name), (soft, hard))
+        what = f"setting {name} to {soft}/{hard}"
+        try:
+            resource.setrlimit(getattr(resource, name), (soft, hard))
+        except ValueError as exc:  # (how Python reports EPERM: a hard limit raised)
+            raise PermissionError(errno.EPERM, f"{what}: {exc}") from None
+        except OSError as exc:
+            raise OSError(exc.errno, f"{what}: {exc.strerror}") from None
     if plan.oom_score_adj is not None:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write(str(plan.oom_score_adj))
+        try:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write(str(plan.oom_score_adj))
+        except OSError as exc:
+            what = f"setting oomScoreAdj to {plan.oom_score_adj}"
+            raise OSError(exc.errno, f"{what}: {exc.strerror}") from None
     os.umask(plan.umask if plan.umask is not None else DEFAULT_UMASK)
     if seccomp_program is not None and seccomp_early:
         syscalls.seccomp_set_filter(seccomp_program, seccomp_flags)

@@ -21,6 +21,7 @@ import errno
 import mmap
 import os
 import re
+import resource
 import selectors
 import signal
 import socket
@@ -1632,6 +1633,25 @@ class Supervisor:
         os._exit(code)
 
 
+def _grant_ahead(init: InitPlan) -> None:
+    """What the root's init will ask that the kernel grants only in the host's user
+    namespace, done here before we leave it, for us (and so for the sandbox, which
+    inherits it; the init then sets its own exactly): a hard rlimit above ours, an
+    ``oom_score_adj`` below ours (as runc sets them from outside)."""
+    for name, _, hard in init.rlimits:
+        kind = getattr(resource, name)
+        soft, current = resource.getrlimit(kind)
+        if current != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > current):
+            with contextlib.suppress(ValueError, OSError):  # (not ours either: the init says)
+                resource.setrlimit(kind, (soft, hard))
+    if init.oom_score_adj is not None:
+        with open("/proc/self/oom_score_adj", "r+") as f:
+            if init.oom_score_adj < int(f.read()):
+                f.seek(0)
+                with contextlib.suppress(OSError):
+                    f.write(str(init.oom_score_adj))
+
+
 def _hold_runtime_dir(plan: SandboxPlan) -> tuple[int, socket.socket]:
     """An ``O_PATH`` fd of the runtime directory, and the control socket bound in it."""
     runtime_fd = os.open(plan.runtime_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -1692,6 +1712,8 @@ def main(bootstrap_fd: int) -> NoReturn:
         # Our root in a new user namespace owns its runtime directory (the library gave
         # it), but may not reach it by path: held, and its socket bound, from out here.
         held = _hold_runtime_dir(plan) if plan.uid_map else None
+        if plan.uid_map:
+            _grant_ahead(plan.init)
         _enter_namespaces(plan.namespaces, plan.uid_map, plan.gid_map)
         gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
