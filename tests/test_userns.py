@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from sandboxrt import (
     write_spec_file,
 )
 from sandboxrt._core import idmap
+from sandboxrt._core.protocol import Request
 from sandboxrt._core.spec import IDMapping, Namespace, Spec
 from sandboxrt._core.spec_validate import spec_problems
 from sandboxrt._os import cgroups, procfs
@@ -402,3 +404,45 @@ def test_an_rlimit_the_kernel_refuses_is_named(store: FileStore, bundle: BundleF
     with pytest.raises(InitError, match=f"setting RLIMIT_MEMLOCK to {wanted}/{wanted}"):
         Container.run("u1", path, store=store)
     assert Container.list(store=store) == []
+
+
+@needs_root
+@needs_busybox
+def test_an_exec_held_before_execve_does_not_stall_the_sandbox(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """Exec here takes the slow way (no agent), whose process joins the container's
+    cgroup first: with that cgroup frozen behind the library's back, it waits there,
+    before ``execve``, while the supervisor answers other requests; once thawed it runs."""
+    import threading
+
+    path = edit_config(bundle(["sleep", "100"]), with_userns)
+    container = Container.create("u1", path, store=store)
+    try:
+        container.start()
+        record = store.load("u1").cgroup
+        assert record is not None
+        cgroup = cgroups.load(record, container_id="u1")
+        results: list[Any] = []
+        cgroup.freeze(timeout=10)
+        try:
+            late = threading.Thread(
+                target=lambda: results.append(
+                    container.exec_run(["echo", "ran"], capture_output=True, timeout=60)
+                )
+            )
+            late.start()
+            time.sleep(0.3)  # (its process is frozen on its way)
+            assert late.is_alive()
+            # (Not through the container, whose lock the exec holds: the supervisor.)
+            sandbox = container.sandbox
+            assert sandbox is not None
+            reply = sandbox.request("u1", Request("ping"), timeout=10)
+            assert reply.ok
+        finally:
+            cgroup.thaw()
+        late.join(timeout=30)
+        assert not late.is_alive()
+        assert results[0].returncode == 0 and results[0].stdout == b"ran\n"
+    finally:
+        container.destroy()

@@ -199,6 +199,25 @@ class _Agent:
 
 
 @dataclasses.dataclass(eq=False)
+class _ExecStart:
+    """A process exec'd the slow way (``run_exec``), on its way to ``execve``: the reply
+    goes to ``conn`` once it gets there or fails (its ``status`` socket is close-on-exec),
+    while we serve other requests (a process of the container that stops it cannot
+    stall the sandbox)."""
+
+    pid: int
+    member: _Member
+    plan: ExecPlan
+    status: socket.socket
+    conn: socket.socket
+    #: The agent's failed reply, when it tried first (see :meth:`Supervisor._exec`).
+    by_agent: Reply | None
+    deadline: float
+    pty: list[int] = dataclasses.field(default_factory=list)
+    timed_out: bool = False
+
+
+@dataclasses.dataclass(eq=False)
 class Confinement:
     """What a warm sandbox makes ahead for :meth:`Supervisor.confine`: the minimal root
     (``mounts.minimal_root``, detached) and our own cgroups (:func:`_home_cgroups`)."""
@@ -329,6 +348,8 @@ class Supervisor:
         self.waiting_on: dict[socket.socket, int] = {}
         #: Every exec agent not reaped yet (its member's, or one ended), by pid.
         self.agents: dict[int, _Agent] = {}
+        #: Processes exec'd the slow way that have not reached ``execve`` yet, by pid.
+        self.exec_starts: dict[int, _ExecStart] = {}
         #: The runtime directory (exit files, control socket), held open: confined, we
         #: reach no host path (decision 33).
         self.runtime_fd = -1
@@ -609,7 +630,11 @@ class Supervisor:
         self._reap()
         while True:
             deaf = self.deaf_until
-            events = self.selector.select(None if deaf is None else deaf - time.monotonic())
+            waits = [self._exec_start_timeouts()]
+            if deaf is not None:
+                waits.append(deaf - time.monotonic())
+            timeout = min((w for w in waits if w is not None), default=None)
+            events = self.selector.select(None if timeout is None else max(timeout, 0.0))
             if deaf is not None and time.monotonic() >= deaf:
                 self._listen()  # out of fds a while ago, no connection closed since: try again
             for key, _ in events:
@@ -628,6 +653,9 @@ class Supervisor:
                     self._started(data[1])
                 elif data[0] == "agent":
                     self._agent_message(data[1])
+                elif data[0] == "exec-start":
+                    if data[1].pid in self.exec_starts:  # (not answered by _reap meanwhile)
+                        self._exec_start_step(data[1])
                 else:
                     self._creator_message(data[1])
 
@@ -651,6 +679,8 @@ class Supervisor:
                 # Its start is answered first, while its /proc entry (a zombie's) tells
                 # an exec from a death before it.
                 self._started(starting)
+            if pid in self.exec_starts:  # so is an exec'd process's, the same way
+                self._exec_start_step(self.exec_starts[pid], dead=True)
             try:
                 reaped, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
@@ -794,12 +824,9 @@ class Supervisor:
                 channel.send(conn, Reply(True), [member.upper])  # the peer gets its own fd
             return None
         if request.op == "exec":
-            reply, pty = self._exec(member, request, fds)
-            try:
-                with contextlib.suppress(OSError):
-                    channel.send(conn, reply, pty)
-            finally:
-                channel.close_fds(pty)
+            answer = self._exec(conn, member, request, fds)
+            if answer is not None:
+                self._answer_exec(conn, *answer)
             return None
         if request.op == "destroy-container":
             return self._destroy_container(member)
@@ -1014,9 +1041,12 @@ class Supervisor:
 
     # -- exec'd processes ------------------------------------------------------------------
 
-    def _exec(self, member: _Member, request: Request, fds: list[int]) -> tuple[Reply, list[int]]:
+    def _exec(
+        self, conn: socket.socket, member: _Member, request: Request, fds: list[int]
+    ) -> tuple[Reply, list[int]] | None:
         """Run ``request.exec`` in ``member``: spawned by its exec agent when one may serve
-        it (:meth:`_exec_by_agent`), else (or if the agent failed) the slow way.
+        it (:meth:`_exec_by_agent`), else (or if the agent failed) the slow way, whose
+        reply goes to ``conn`` later (None here: :meth:`_exec_start_step`).
 
         The reply carries its pid, and its pty master.
         """
@@ -1024,27 +1054,34 @@ class Supervisor:
         if plan is None or len(fds) != (0 if plan.terminal else 3):
             return Reply(False, error="malformed exec request", error_type="ProtocolError"), []
         if member.returncode is not None or not member.init_pid:
-            return Reply(False, error="the container's init has exited", error_type="Stopped"), []
+            return _EXEC_STOPPED, []
         capabilities.last_cap()  # probed once here, not in every child
         if member.cgroup_fds is None:  # opened once: every exec'd child writes to them
             member.cgroup_fds = open_cgroup(member.cgroup_dirs or [])
         by_agent = self._exec_by_agent(member, plan, fds)
         if by_agent is not None and (by_agent.ok or by_agent.error_type != "AgentFailed"):
             return by_agent, []
-        reply, pty = self._fork_exec(member, plan, fds)
-        transient = by_agent is not None and by_agent.details.get("cause_type") in _TRANSIENT
-        if by_agent is not None and reply.ok and not transient:
-            # The agent failed where the slow way works: never again for this profile.
-            member.agent_unfit.append(_profile(plan))
-            self._end_agent(member)
-        return reply, pty
+        self._fork_exec(conn, member, plan, fds, by_agent)
+        return None
+
+    def _answer_exec(self, conn: socket.socket, reply: Reply, pty: list[int]) -> None:
+        try:
+            with contextlib.suppress(OSError):
+                channel.send(conn, reply, pty)
+        finally:
+            channel.close_fds(pty)
 
     def _fork_exec(
-        self, member: _Member, plan: ExecPlan, fds: list[int]
-    ) -> tuple[Reply, list[int]]:
+        self,
+        conn: socket.socket,
+        member: _Member,
+        plan: ExecPlan,
+        fds: list[int],
+        by_agent: Reply | None,
+    ) -> None:
         """The slow way: fork a process that joins the init's namespaces and root and execs
-        (``run_exec``). Waits (at most EXEC_START_TIMEOUT) until it exec'd or failed: its
-        status socket is close-on-exec."""
+        (``run_exec``); answered once it exec'd or failed (:meth:`_exec_start_step`), or
+        killed after EXEC_START_TIMEOUT."""
         assert member.cgroup_fds is not None
         cgroup = member.cgroup_fds
         self.settle()
@@ -1060,46 +1097,85 @@ class Supervisor:
             run_exec(plan, member.handles, theirs, fds, mask, cgroup=cgroup)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
-        with ours:
-            reply, pty = self._await_exec(pid, ours)
-        if reply.ok:
-            self.exec_owner[pid] = member.id
-        return reply, pty
+        deadline = time.monotonic() + EXEC_START_TIMEOUT
+        start = _ExecStart(pid, member, plan, ours, conn, by_agent, deadline)
+        self.exec_starts[pid] = start
+        self.selector.register(ours, selectors.EVENT_READ, ("exec-start", start))
 
-    def _await_exec(self, pid: int, status: socket.socket) -> tuple[Reply, list[int]]:
-        pty: list[int] = []
-        status.settimeout(EXEC_START_TIMEOUT)
+    def _exec_start_step(self, start: _ExecStart, *, dead: bool = False) -> None:
+        """Read what ``start``'s process said (a pty master, an error) or that its status
+        socket closed, and answer once that tells how it went; ``dead``: it exited (not
+        reaped yet, see :meth:`_reap`), so all it said is there to read."""
         try:
             while True:
-                try:
-                    step, fds = channel.receive(status, Progress)
-                except channel.ChannelClosedError:
-                    if not _died_before_exec(pid, (EXEC_PROCESS_NAME,)):
-                        break  # close-on-exec: the program runs
-                    channel.close_fds(pty)
-                    _, wait_status = os.waitpid(pid, 0)
-                    error = _death_before_exec("process", os.waitstatus_to_exitcode(wait_status))
-                    return Reply(False, error=error, error_type="ExecError"), []
+                step, fds = channel.receive(start.status, Progress)
                 if step.step == "pty":
-                    channel.close_fds(pty)
-                    pty = fds
-                    continue
-                channel.close_fds(fds + pty)
-                self._reap_failed(pid)
+                    channel.close_fds(start.pty)
+                    start.pty = fds
+                    if dead:
+                        continue
+                    return  # (the rest comes later)
+                channel.close_fds(fds)
                 details = {"cause_type": step.error_type}
-                return Reply(False, error=step.error, error_type="ExecError", details=details), []
-        except (OSError, ValueError) as exc:  # TimeoutError included
-            channel.close_fds(pty)
+                reply = Reply(False, error=step.error, error_type="ExecError", details=details)
+                self._reap_failed(start.pid)
+                break
+        except channel.ChannelClosedError:
+            reply = self._exec_start_outcome(start)
+        except (OSError, ValueError) as exc:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            self._reap_failed(pid, hang=False)
-            return Reply(
-                False, error=f"the process did not start: {exc}", error_type="ExecError"
-            ), []
-        self.unwaited.pop(pid, None)
-        self.waited.pop(pid, None)
-        self.execs.add(pid)
-        return Reply(True, pid=pid), pty
+                os.kill(start.pid, signal.SIGKILL)
+            self._reap_failed(start.pid, hang=False)
+            reply = Reply(False, error=f"the process did not start: {exc}", error_type="ExecError")
+        self._exec_start_done(start, reply)
+
+    def _exec_start_outcome(self, start: _ExecStart) -> Reply:
+        """Its status socket closed: on exec (the program runs), or as it died before."""
+        pid = start.pid
+        if not _died_before_exec(pid, (EXEC_PROCESS_NAME,)):
+            self.unwaited.pop(pid, None)
+            self.waited.pop(pid, None)
+            self.execs.add(pid)
+            self.exec_owner[pid] = start.member.id
+            return Reply(True, pid=pid)
+        _, wait_status = os.waitpid(pid, 0)
+        if start.timed_out:
+            error = f"the process did not start within {EXEC_START_TIMEOUT:g} s"
+        else:
+            error = _death_before_exec("process", os.waitstatus_to_exitcode(wait_status))
+        return Reply(False, error=error, error_type="ExecError")
+
+    def _exec_start_done(self, start: _ExecStart, reply: Reply) -> None:
+        self.exec_starts.pop(start.pid, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(start.status)
+        start.status.close()
+        pty, start.pty = start.pty, []
+        if not reply.ok:
+            channel.close_fds(pty)
+            pty = []
+        by_agent, member = start.by_agent, start.member
+        transient = by_agent is not None and by_agent.details.get("cause_type") in _TRANSIENT
+        if by_agent is not None and reply.ok and not transient and member.id in self.members:
+            # The agent failed where the slow way works: never again for this profile.
+            member.agent_unfit.append(_profile(start.plan))
+            self._end_agent(member)
+        self._answer_exec(start.conn, reply, pty)
+
+    def _exec_start_timeouts(self) -> float | None:
+        """Kill the processes that did not reach ``execve`` in time (each answered as it
+        is reaped); seconds until the next one's deadline, or None."""
+        now, next_deadline = time.monotonic(), None
+        for start in self.exec_starts.values():
+            if start.timed_out:
+                continue
+            if start.deadline <= now:
+                start.timed_out = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(start.pid, signal.SIGKILL)
+            elif next_deadline is None or start.deadline < next_deadline:
+                next_deadline = start.deadline
+        return None if next_deadline is None else next_deadline - now
 
     # -- exec agents (decision 31) ----------------------------------------------------------
 
@@ -1619,6 +1695,12 @@ class Supervisor:
         for pid in self.execs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+        for start in list(self.exec_starts.values()):  # on their way: never to run
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(start.pid, signal.SIGKILL)
+            channel.close_fds(start.pty)
+            with contextlib.suppress(OSError):
+                channel.send(start.conn, _EXEC_STOPPED)
         for pid in self.agents:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -1728,6 +1810,9 @@ def main(bootstrap_fd: int) -> NoReturn:
     os.close(gate_w)
     os._exit(0)
 
+
+#: The answer to an exec on its way when the sandbox ends.
+_EXEC_STOPPED = Reply(False, error="the container's init has exited", error_type="Stopped")
 
 #: The answer to a start of a container whose init is gone (the library reads the
 #: container's status: stopped, then ``InvalidStateError``).
