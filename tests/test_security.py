@@ -186,7 +186,10 @@ def test_build_filter_compiles_the_default_profile() -> None:
     plan = init_plan(spec)
     assert plan.seccomp is not None
     built = seccomp.build_filter(spec["linux"]["seccomp"])
-    assert built.export() == bytes.fromhex(plan.seccomp.bpf)
+    lib = seccomp.load_library()
+    native = lib.seccomp_arch_native()
+    stub = seccomp.enosys_stub(native, seccomp._highest_syscall(lib, native))
+    assert stub + built.export() == bytes.fromhex(plan.seccomp.bpf)
     built.release()
     built.release()
     with pytest.raises(ValueError, match="released"):
@@ -582,6 +585,28 @@ def test_default_profile_denies_keyctl_with_eperm(
         assert out.split() == ["errno", str(errno.EPERM)]
     else:
         assert out.split()[1] != str(errno.EPERM)
+
+
+@needs_root
+def test_a_syscall_newer_than_libseccomp_fails_with_enosys(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """As runc: a program probing a system call the profile cannot name (newer than this
+    libseccomp) gets ENOSYS, and falls back, rather than the default action's EPERM."""
+    lib = seccomp.load_library()
+    newest = seccomp._highest_syscall(lib, lib.seccomp_arch_native())
+    script = (
+        "import ctypes\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "for nr in ({newer}, {known}):\n"
+        "    r = libc.syscall(nr, 0, 0, 0, 0)\n"
+        "    print(ctypes.get_errno() if r == -1 else 0)\n"
+    )
+    # (keyctl, known and denied by the default profile: still EPERM)
+    args = ["python3", "-I", "-c", script.format(newer=newest + 1, known=SYS_KEYCTL or 250)]
+    code, out = run(store, bundle(args, rootfs="host_usr"))
+    assert code == 0, out
+    assert out.split() == [str(errno.ENOSYS), str(errno.EPERM)]
 
 
 def killing(name: str, **arg: int) -> dict[str, Any]:

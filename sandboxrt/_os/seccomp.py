@@ -15,7 +15,10 @@ the section's canonical JSON, the libseccomp version and the machine, so a
 profile (the default one above all) is compiled once per process.
 
 Choices, as runc makes them: syscall names and architectures this
-libseccomp does not know are skipped; rules whose action is the default
+libseccomp does not know are skipped, and a system call newer than any it
+knows (on the native architecture) fails with ``ENOSYS``, not the default
+action, so that a program falls back as on an older kernel
+(:func:`enosys_stub`, unless the default action allows); rules whose action is the default
 action are skipped; conditions on the same argument within one rule are
 OR-ed (one rule each, as libseccomp refuses two on one argument), others
 AND-ed; ``SCMP_ACT_ERRNO`` and ``SCMP_ACT_TRACE`` without ``errnoRet``
@@ -47,6 +50,7 @@ __all__ = [
     "arch_name",
     "build_filter",
     "compile_bpf",
+    "enosys_stub",
     "load_library",
 ]
 
@@ -135,6 +139,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         "seccomp_arch_add": ([ctx, u32], i32),
         "seccomp_arch_resolve_name": ([ctypes.c_char_p], u32),
         "seccomp_syscall_resolve_name": ([ctypes.c_char_p], i32),
+        "seccomp_syscall_resolve_num_arch": ([u32, i32], ctypes.c_void_p),
+        "seccomp_arch_native": ([], u32),
         "seccomp_rule_add_array": ([ctx, u32, i32, ctypes.c_uint, ctypes.POINTER(_ArgCmp)], i32),
     }
     for name, (argtypes, restype) in signatures.items():
@@ -271,6 +277,50 @@ def build_filter(section: Mapping[str, Any]) -> Filter:
     return result
 
 
+#: Classic BPF opcodes (``linux/filter.h``) and ``struct seccomp_data`` offsets.
+_LD_ABS_W, _JEQ_K, _JGT_K, _JGE_K, _RET_K = 0x20, 0x15, 0x25, 0x35, 0x06
+_DATA_NR, _DATA_ARCH = 0, 4
+_SECCOMP_RET_ERRNO = 0x00050000
+#: ``AUDIT_ARCH_X86_64``, whose x32 system calls carry this bit in their number.
+_AUDIT_ARCH_X86_64 = 0xC000003E
+_X32_SYSCALL_BIT = 0x40000000
+#: Past any system call number libseccomp knows of (it has ~470 in 2026).
+_SYSCALL_SCAN_FROM = 1024
+
+
+def _insn(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
+    return code.to_bytes(2, "little") + bytes((jt, jf)) + k.to_bytes(4, "little")
+
+
+def enosys_stub(audit_arch: int, highest: int) -> bytes:
+    """BPF to put before a filter: a system call of ``audit_arch`` numbered above
+    ``highest`` (the newest the filter's libseccomp knows) returns ``ENOSYS``; any other
+    goes on to the filter, which loads what it needs itself (runc's "patchbpf")."""
+    x32 = audit_arch == _AUDIT_ARCH_X86_64
+    # After the arch check: [nr load, (x32 check,) range check, return]; "to the filter"
+    # jumps count the instructions left after the jumping one.
+    body = [_insn(_LD_ABS_W, _DATA_NR)]
+    if x32:  # x32's numbers are another table: left to the filter
+        body.append(_insn(_JGE_K, _X32_SYSCALL_BIT, jt=2, jf=0))
+    body.append(_insn(_JGT_K, highest, jt=0, jf=1))
+    body.append(_insn(_RET_K, _SECCOMP_RET_ERRNO | errno.ENOSYS))
+    head = [
+        _insn(_LD_ABS_W, _DATA_ARCH),
+        _insn(_JEQ_K, audit_arch, jt=0, jf=len(body)),
+    ]
+    return b"".join(head + body)
+
+
+def _highest_syscall(lib: ctypes.CDLL, arch: int) -> int:
+    """The highest system call number this libseccomp names on ``arch``."""
+    for number in range(_SYSCALL_SCAN_FROM, -1, -1):
+        name = lib.seccomp_syscall_resolve_num_arch(arch, number)
+        if name:
+            ctypes.CDLL(None).free(ctypes.c_void_p(name))
+            return number
+    raise OSError(errno.ENOSYS, "libseccomp names no system call on this architecture")
+
+
 def _library_version(lib: ctypes.CDLL) -> str:
     version = lib.seccomp_version().contents
     return f"{version.major}.{version.minor}.{version.micro}"
@@ -299,6 +349,9 @@ def compile_bpf(section: Mapping[str, Any]) -> bytes:
         program = built.export()
     finally:
         built.release()
+    if section["defaultAction"] not in ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG"):
+        native = lib.seccomp_arch_native()
+        program = enosys_stub(native, _highest_syscall(lib, native)) + program
     with _cache_lock:
         _cache[key] = program
         while len(_cache) > _CACHE_SIZE:
