@@ -70,6 +70,10 @@ def test_extents_the_kernel_would_refuse_are_named() -> None:
     assert idmap.map_problems([(0, 1000, 10), (100, 1005, 1)]) == [
         "extents [0] and [1] overlap in their hostID ranges"
     ]
+    assert idmap.map_problems([(0, 2**32 - 10, 9)]) == []
+    assert idmap.map_problems([(0, 2**32 - 10, 10)]) == [
+        "extent [0] runs past the last id (4294967294)"
+    ]
     too_many = [(i, 1000 + i, 1) for i in range(idmap.MAX_EXTENTS + 1)]
     assert idmap.map_problems(too_many) == [
         f"{idmap.MAX_EXTENTS + 1} extents: the kernel takes at most {idmap.MAX_EXTENTS}"

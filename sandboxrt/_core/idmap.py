@@ -29,6 +29,9 @@ __all__ = [
 #: The most extents a ``uid_map`` or ``gid_map`` may have (Linux 4.15 and later).
 MAX_EXTENTS = 340
 
+#: Ids are below this (32 bits).
+_ID_LIMIT = 2**32
+
 #: The id the kernel shows for one a namespace does not map (``overflowuid``).
 OVERFLOW_ID = 65534
 
@@ -84,6 +87,9 @@ def map_problems(extents: Sequence[Extent]) -> list[str]:
     """Why the kernel would refuse ``extents`` (positive sizes and ids in range are
     checked with the rest of the spec): too many, or two that overlap."""
     problems = []
+    for i, (inside, outside, size) in enumerate(extents):
+        if max(inside, outside) + size >= _ID_LIMIT:  # ((uid_t)-1 is no id)
+            problems.append(f"extent [{i}] runs past the last id ({_ID_LIMIT - 2})")
     if len(extents) > MAX_EXTENTS:
         problems.append(f"{len(extents)} extents: the kernel takes at most {MAX_EXTENTS}")
     for side, name in ((0, "containerID"), (1, "hostID")):
