@@ -450,3 +450,27 @@ def test_an_exec_held_before_execve_does_not_stall_the_sandbox(
         assert results[0].returncode == 0 and results[0].stdout == b"ran\n"
     finally:
         container.destroy()
+
+
+@needs_root
+@needs_busybox
+@pytest.mark.parametrize("mapped", [True, False], ids=["userns", "no-userns"])
+def test_nothing_is_left_beneath_an_overlay_root(
+    store: FileStore, bundle: BundleFactory, mapped: bool
+) -> None:
+    """``..`` of the container's root is the root: no host tree stacked under it (the
+    rootfs tree an overlay in a user namespace is made from is detached again)."""
+    script = "stat -c '%d %i' / /.. /bin/..; ls /bin/.. | tr '\\n' ' '; echo; ls / | tr '\\n' ' '"
+    path = bundle(["sh", "-c", script])
+    if mapped:
+        edit_config(path, with_userns)
+    container = Container.create("ov", path, store=store, config=overlay(), stdout=subprocess.PIPE)
+    try:
+        container.start()
+        assert container.wait(timeout=20) == 0
+        assert container.stdout is not None
+        lines = container.stdout.read().decode().splitlines()
+    finally:
+        container.destroy()
+    assert lines[0] == lines[1] == lines[2], lines
+    assert lines[3] == lines[4], lines

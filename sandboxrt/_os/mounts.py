@@ -771,8 +771,8 @@ def overlay_tree(lower: int, size: int, *, container_id: str, what: str) -> tupl
         if userxattr:
             # Overlayfs clones its layers' mounts, which a user namespace's root may do
             # only of mounts in its own mount namespace: the tree the host side opened
-            # is attached first, stacked on ``/`` (where no path reaches it; the overlay
-            # goes on top, and :func:`pivot_into_fd` leaves both behind).
+            # is attached first, stacked on ``/`` (where no path reaches it), and
+            # detached again once the overlay holds its clone (below).
             here = os.open("/", _O_DIR)
             try:
                 syscalls.move_mount(lower, here)
@@ -801,6 +801,8 @@ def overlay_tree(lower: int, size: int, *, container_id: str, what: str) -> tupl
                 syscalls.fsconfig(fs, syscalls.FSCONFIG_SET_FLAG, "userxattr")
             syscalls.fsconfig(fs, syscalls.FSCONFIG_CMD_CREATE)
             overlay = syscalls.fsmount(fs)
+            if userxattr:  # left stacked, it would stay beneath the container's root
+                _detach_mount(lower)
         except OSError as exc:
             raise MissingFeatureError(
                 f"an overlay root on {what}",
@@ -1000,10 +1002,26 @@ def pivot_into_fd(root: int) -> None:
     _pivot_here()
 
 
+def _detach_mount(mount: int) -> None:
+    """Detach the attached mount whose root ``mount`` is an fd of (``MNT_DETACH``)."""
+    cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fchdir(mount)
+        syscalls.umount2(".", abi.MNT_DETACH)
+    finally:
+        os.fchdir(cwd)
+        os.close(cwd)
+
+
 def _pivot_here() -> None:
     syscalls.pivot_root(".", ".")
     syscalls.umount2(".", abi.MNT_DETACH)
     os.chdir("/")
+    # Nothing may be left stacked beneath the new root: ``..`` of the root would step
+    # into it (the old root's mounts). Fail closed if anything is.
+    root, parent = os.stat("/"), os.stat("/..")
+    if (root.st_dev, root.st_ino) != (parent.st_dev, parent.st_ino):
+        raise _unsafe("a mount is left beneath the container's root after pivot_root", "/")
 
 
 # -- after pivot_root: masks, read-only paths, the process's cwd -------------------------
