@@ -9,13 +9,20 @@ import select
 import shutil
 import signal
 import socket
+import stat
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import backoff
 
 from sandboxrt._core import idmap
-from sandboxrt._core.plan import container_exit_file, gofer_log, gofer_socket, id_file_name
+from sandboxrt._core.plan import (
+    container_exit_file,
+    control_socket_path,
+    gofer_log,
+    gofer_socket,
+    id_file_name,
+)
 from sandboxrt._core.protocol import (
     ContainerPlan,
     ExecPlan,
@@ -52,6 +59,9 @@ from sandboxrt.errors import (
 __all__ = ["Sandbox", "alive", "identity_of", "kill_process", "open_pidfd"]
 
 log = logging.getLogger("sandboxrt")
+
+#: The most of an exit status file read (it is a short JSON document).
+_EXIT_RECORD_MAX = 4096
 
 #: What ``wait`` reports when the supervisor was killed before it could record an exit.
 KILLED_RETURNCODE = -signal.SIGKILL
@@ -116,11 +126,11 @@ class Sandbox:
 
     @property
     def control_socket(self) -> str:
-        return os.path.join(self.runtime_dir, "ctl")
+        return control_socket_path(self.runtime_dir)
 
     @property
     def exit_file(self) -> str:
-        return os.path.join(self.runtime_dir, "exit")
+        return container_exit_file(self.runtime_dir, self.id, self.id)
 
     @property
     def log_file(self) -> str:
@@ -158,9 +168,11 @@ class Sandbox:
         # directory already there was left by a create that crashed, and is stale.
         shutil.rmtree(plan.runtime_dir, ignore_errors=True)
         os.makedirs(plan.runtime_dir, mode=0o700)
+        exits = os.path.dirname(plan.exit_file)
+        os.mkdir(exits, 0o700)
         owner = idmap.mapped_root(plan.uid_map, plan.gid_map)
-        if owner is not None:  # the supervisor is that root: exit files, its socket
-            os.chown(plan.runtime_dir, *owner)
+        if owner is not None:  # the supervisor is that root: where it writes, and no more
+            os.chown(exits, *owner)
         sandbox: Sandbox | None = None
         launched: LaunchedProcess | None = None
         try:
@@ -331,11 +343,18 @@ class Sandbox:
         """The recorded exit (status and init pid) of a container (default: the root),
         if it has exited."""
         path = self.exit_file if container_id is None else self.exit_file_of(container_id)
+        # Written by the supervisor, which may be a user namespace's root: never followed
+        # if a link, never waited on if a FIFO, read only if a small regular file.
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise ProtocolError(f'sandbox "{self.id}": unreadable exit status: {exc}') from exc
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ProtocolError(f'sandbox "{self.id}": its exit status is not a file')
+            data = f.read(_EXIT_RECORD_MAX)
         try:
             return decode(data, ExitStatus)
         except ValueError as exc:

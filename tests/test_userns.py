@@ -24,12 +24,13 @@ from sandboxrt import (
     FileStore,
     InitError,
     Pod,
+    ProtocolError,
     SpecError,
     default_spec,
     write_spec_file,
 )
 from sandboxrt._core import idmap
-from sandboxrt._core.protocol import Request
+from sandboxrt._core.protocol import Reply, Request
 from sandboxrt._core.spec import IDMapping, Namespace, Spec
 from sandboxrt._core.spec_validate import spec_problems
 from sandboxrt._os import cgroups, procfs
@@ -474,3 +475,98 @@ def test_nothing_is_left_beneath_an_overlay_root(
         container.destroy()
     assert lines[0] == lines[1] == lines[2], lines
     assert lines[3] == lines[4], lines
+
+
+@needs_root
+@needs_busybox
+def test_the_mapped_root_owns_only_where_exit_statuses_go(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """The runtime directory and what the library makes there stay the host root's (the
+    library trusts them); the supervisor writes exit statuses in ``exits`` alone, which
+    the library reads without following a link or waiting on a FIFO."""
+    path = edit_config(bundle(["sleep", "100"]), with_userns)
+    container = Container.create("u1", path, store=store)
+    try:
+        container.start()
+        sandbox = container.sandbox
+        assert sandbox is not None
+        runtime = Path(sandbox.runtime_dir)
+        owners = {p.name: p.lstat().st_uid for p in runtime.iterdir()}
+        assert owners.pop("exits") == HOST_BASE
+        assert set(owners.values()) == {0}, owners
+        assert runtime.stat().st_uid == 0
+        os.mkfifo(sandbox.exit_file, 0o600)  # (what a forger could leave)
+        try:
+            with pytest.raises(ProtocolError, match="not a file"):
+                sandbox.exit_record()
+        finally:
+            os.unlink(sandbox.exit_file)
+        container.kill(9)
+        assert container.wait(timeout=20) == -9
+        assert Path(sandbox.exit_file).stat().st_uid == HOST_BASE
+    finally:
+        container.destroy()
+
+
+@needs_root
+@needs_busybox
+def test_the_gofer_takes_a_root_only_from_the_supervisor(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """Whatever else listens at the control socket's path (swapped in before the gofer's
+    first request) gets no request and gives no root: the file call fails, and the
+    directory it offered is untouched."""
+    import socket as socketlib
+
+    from sandboxrt._os import channel
+    from sandboxrt.errors import SandboxrtError
+
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    container = Container.create(
+        "u1", edit_config(bundle(["sleep", "100"]), with_userns), store=store
+    )
+    try:
+        container.start()
+        sandbox = container.sandbox
+        assert sandbox is not None
+        ctl = Path(sandbox.control_socket)
+        ctl.rename(ctl.with_name("ctl.real"))
+        asked: list[Any] = []
+        try:
+            with channel.bind_listener(str(ctl)) as fake:
+                fake.settimeout(10)
+
+                def answer() -> None:
+                    try:
+                        conn, _ = fake.accept()
+                    except OSError:
+                        return
+                    with conn:
+                        conn.settimeout(2)
+                        try:
+                            asked.append(channel.receive(conn, Request))
+                        except (OSError, ValueError):
+                            return
+                        fd = os.open(decoy, os.O_PATH | os.O_DIRECTORY)
+                        try:
+                            channel.send(conn, Reply(True), [fd, fd])
+                        finally:
+                            os.close(fd)
+
+                import threading
+
+                server = threading.Thread(target=answer)
+                server.start()
+                with pytest.raises(SandboxrtError):
+                    container.files.write_text("/planted", "x")
+                fake.shutdown(socketlib.SHUT_RDWR)
+                server.join(timeout=15)
+        finally:
+            ctl.unlink(missing_ok=True)
+            ctl.with_name("ctl.real").rename(ctl)
+        assert asked == []
+        assert list(decoy.iterdir()) == []
+    finally:
+        container.destroy()

@@ -28,11 +28,13 @@ from sandboxrt._core.users import MAX_ID, parse_user_spec
 from sandboxrt.errors import MissingFeatureError, SpecError
 
 __all__ = [
+    "EXITS_DIR",
     "SeccompCompiler",
     "UserArg",
     "build_container_plan",
     "build_plan",
     "container_exit_file",
+    "control_socket_path",
     "exec_plan",
     "gofer_log",
     "gofer_socket",
@@ -54,18 +56,30 @@ def id_file_name(container_id: str) -> str:
     return container_id[:24] + "~" + hashlib.sha256(container_id.encode()).hexdigest()[:15]
 
 
+#: The directory of a sandbox's runtime directory where its supervisor records exit
+#: statuses: the only place it writes, and in a user namespace of its own, the only one
+#: its root owns (the runtime directory stays the host root's).
+EXITS_DIR = "exits"
+
+
 def sandbox_paths(runtime_root: str, sandbox_id: str) -> tuple[str, str, str]:
     """``(runtime_dir, control_socket, exit_file)`` of a sandbox under ``runtime_root``."""
     runtime_dir = os.path.join(runtime_root, id_file_name(sandbox_id))
-    return runtime_dir, os.path.join(runtime_dir, "ctl"), os.path.join(runtime_dir, "exit")
+    exit_file = container_exit_file(runtime_dir, sandbox_id, sandbox_id)
+    return runtime_dir, control_socket_path(runtime_dir), exit_file
+
+
+def control_socket_path(runtime_dir: str) -> str:
+    """The supervisor's control socket, in its sandbox's runtime directory."""
+    return os.path.join(runtime_dir, "ctl")
 
 
 def container_exit_file(runtime_dir: str, sandbox_id: str, container_id: str) -> str:
-    """Where the exit status of container ``container_id`` of a sandbox is recorded:
-    ``exit`` for the root container (whose id is the sandbox's), ``exit-<id>`` else."""
-    if container_id == sandbox_id:
-        return os.path.join(runtime_dir, "exit")
-    return os.path.join(runtime_dir, "exit-" + id_file_name(container_id))
+    """Where the exit status of container ``container_id`` of a sandbox is recorded, in
+    :data:`EXITS_DIR`: ``exit`` for the root container (whose id is the sandbox's),
+    ``exit-<id>`` else."""
+    name = "exit" if container_id == sandbox_id else "exit-" + id_file_name(container_id)
+    return os.path.join(runtime_dir, EXITS_DIR, name)
 
 
 def gofer_socket(runtime_dir: str, container_id: str) -> str:

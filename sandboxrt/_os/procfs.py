@@ -9,6 +9,7 @@ one process for the machine's lifetime. Standard library only.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import os
 
@@ -21,6 +22,7 @@ __all__ = [
     "foreground_group",
     "id_maps",
     "is_alive",
+    "pidfd_pid",
     "read_process",
     "read_stat",
 ]
@@ -185,6 +187,16 @@ def id_maps(pid: int, proc: str = "/proc") -> tuple[str, str] | None:
             return uids.read(), gids.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
+
+
+def pidfd_pid(pidfd: int) -> int:
+    """The pid (in our PID namespace) of the process a pidfd of ours refers to; -1 once it
+    has exited, 0 if our PID namespace does not see it."""
+    with open(f"/proc/self/fdinfo/{pidfd}") as f:
+        for line in f:
+            if line.startswith("Pid:"):
+                return int(line.split()[1])
+    raise OSError(errno.EBADF, f"fd {pidfd} is not a pidfd")
 
 
 def is_alive(pid: int, start_ticks: int, boot: str) -> bool:

@@ -445,11 +445,15 @@ def _prepare(bootstrap: socket.socket, request: GoferPrepare) -> None:
         channel.close_fds(trees)
 
 
-def _fetch_root(start: GoferStart, runtime_dir: int) -> tuple[int, int]:
+def _fetch_root(start: GoferStart, runtime_dir: int, supervisor: int) -> tuple[int, int]:
     """The container's root (``O_PATH``) and a pidfd of its init, from its supervisor (a
-    ``root`` request on its control socket, in the ``runtime_dir`` we hold an fd of)."""
+    ``root`` request on its control socket, in the ``runtime_dir`` we hold an fd of),
+    which must be the process of the pidfd ``supervisor``: whatever else listens there
+    gets no request of ours, and gives us no root."""
     name = os.path.basename(start.control_socket)
     with channel.connect(f"/proc/self/fd/{runtime_dir}/{name}", timeout=10.0) as conn:
+        if channel.peer_pid(conn) != procfs.pidfd_pid(supervisor):
+            raise OSError(errno.EPERM, "the control socket is not the supervisor's")
         channel.send(conn, Request("root", start.container_id))
         reply, fds = channel.receive(conn, Reply)
     if not reply.ok or len(fds) != 2:
@@ -458,9 +462,9 @@ def _fetch_root(start: GoferStart, runtime_dir: int) -> tuple[int, int]:
     return fds[0], fds[1]
 
 
-def _root_only(start: GoferStart, runtime_dir: int) -> int:
+def _root_only(start: GoferStart, runtime_dir: int, supervisor: int) -> int:
     """:func:`_fetch_root`'s root (its init is watched through the supervisor's exit)."""
-    root, init = _fetch_root(start, runtime_dir)
+    root, init = _fetch_root(start, runtime_dir, supervisor)
     os.close(init)
     return root
 
@@ -508,10 +512,10 @@ def _run(bootstrap: socket.socket) -> NoReturn:
     listener = socket.socket(fileno=listen_fd)
     start = first
     ends = [supervisor]
-    root: int | Callable[[], int] = functools.partial(_root_only, start, runtime_dir)
+    root: int | Callable[[], int] = functools.partial(_root_only, start, runtime_dir, supervisor)
     if start.watch_init:  # a subcontainer's: we end with its init
         try:
-            root, init = _fetch_root(start, runtime_dir)
+            root, init = _fetch_root(start, runtime_dir, supervisor)
         except OSError:
             os._exit(0)  # it is gone already: so is what we would serve
         ends.append(init)

@@ -350,12 +350,13 @@ class Supervisor:
         self.agents: dict[int, _Agent] = {}
         #: Processes exec'd the slow way that have not reached ``execve`` yet, by pid.
         self.exec_starts: dict[int, _ExecStart] = {}
-        #: The runtime directory (exit files, control socket), held open: confined, we
-        #: reach no host path (decision 33).
+        #: The runtime directory (its control socket) and where we record exit statuses
+        #: (``plan.EXITS_DIR``), held open: confined, we reach no host path (decision 33).
         self.runtime_fd = -1
-        #: The runtime directory's fd and the bound control socket, when the launched
-        #: process made them before it entered a user namespace (see :func:`main`).
-        self.held: tuple[int, socket.socket] | None = None
+        self.exits_fd = -1
+        #: The runtime and exit directories' fds and the bound control socket, when the
+        #: launched process made them before it entered a user namespace (see :func:`main`).
+        self.held: tuple[int, int, socket.socket] | None = None
         #: While out of fds (see _accept): when to listen again, if no connection closed
         #: meanwhile; None while the selector watches the listener.
         self.deaf_until: float | None = None
@@ -384,13 +385,11 @@ class Supervisor:
         if not self.prepared:
             _prepare_namespaces(new)
         if self.held is not None:
-            (self.runtime_fd, self.listener), self.held = self.held, None
+            (self.runtime_fd, self.exits_fd, self.listener), self.held = self.held, None
             self.listener.listen(CONTROL_BACKLOG)
         else:
             self.listener = channel.bind_listener(self.plan.control_socket, CONTROL_BACKLOG)
-            self.runtime_fd = os.open(
-                self.plan.runtime_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
-            )
+            self.runtime_fd, self.exits_fd = _open_runtime_dirs(self.plan)
 
     def confine(self, ahead: Confinement | None = None) -> None:
         """Once the root container is created (or its init built ahead has its plan):
@@ -535,7 +534,7 @@ class Supervisor:
         if self.wake_fds is not None:
             signal.set_wakeup_fd(-1)
             channel.close_fds(self.wake_fds)
-        channel.close_fds([self.runtime_fd, *self.homes, *self.stdlib_fds])
+        channel.close_fds([self.runtime_fd, self.exits_fd, *self.homes, *self.stdlib_fds])
         for member in self.members.values():
             handles = [fd for fd in member.handles if fd not in keep]
             channel.close_fds([*(member.cgroup_dirs or []), member.upper, *handles])
@@ -718,7 +717,7 @@ class Supervisor:
 
     def _write_exit(self, member: _Member, returncode: int) -> None:
         """Record ``member``'s exit status, in the runtime directory we hold open."""
-        write_exit_status(member.exit_file, returncode, member.init_pid, dir_fd=self.runtime_fd)
+        write_exit_status(member.exit_file, returncode, member.init_pid, dir_fd=self.exits_fd)
         member.recorded = True
 
     @staticmethod
@@ -853,7 +852,7 @@ class Supervisor:
             (0, 3) if plan.init.terminal else (3,)
         ):
             error = "malformed create-container request"
-        elif os.path.dirname(plan.exit_file) != self.plan.runtime_dir:
+        elif os.path.dirname(plan.exit_file) != os.path.dirname(self.plan.exit_file):
             error = "its exit file is not in the sandbox's runtime directory"
         elif plan.sandbox_id != self.plan.sandbox_id:
             error = f'the plan is for sandbox "{plan.sandbox_id}", not "{self.plan.sandbox_id}"'
@@ -1709,7 +1708,8 @@ class Supervisor:
                 with contextlib.suppress(OSError):
                     channel.send(conn, Reply(True, pid=pid, returncode=-signal.SIGKILL))
         self.listener.close()
-        with contextlib.suppress(FileNotFoundError):
+        # (Not ours to remove in a user namespace of our own: the library's destroy does.)
+        with contextlib.suppress(OSError):
             os.unlink(os.path.basename(self.plan.control_socket), dir_fd=self.runtime_fd)
         code = root.returncode if root.returncode >= 0 else 128 - root.returncode
         os._exit(code)
@@ -1734,14 +1734,25 @@ def _grant_ahead(init: InitPlan) -> None:
                     f.write(str(init.oom_score_adj))
 
 
-def _hold_runtime_dir(plan: SandboxPlan) -> tuple[int, socket.socket]:
-    """An ``O_PATH`` fd of the runtime directory, and the control socket bound in it."""
-    runtime_fd = os.open(plan.runtime_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+def _open_runtime_dirs(plan: SandboxPlan) -> tuple[int, int]:
+    """``O_PATH`` fds of the runtime directory and of its exit directory."""
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    runtime_fd = os.open(plan.runtime_dir, flags)
     try:
-        # The supervisor listens: its peers must see it (``SO_PEERCRED``), not us.
-        return runtime_fd, channel.bind_listener(plan.control_socket, listen=False)
+        return runtime_fd, os.open(os.path.dirname(plan.exit_file), flags)
     except BaseException:
         os.close(runtime_fd)
+        raise
+
+
+def _hold_runtime_dir(plan: SandboxPlan) -> tuple[int, int, socket.socket]:
+    """:func:`_open_runtime_dirs`, and the control socket bound in the runtime directory."""
+    runtime_fd, exits_fd = _open_runtime_dirs(plan)
+    try:
+        # The supervisor listens: its peers must see it (``SO_PEERCRED``), not us.
+        return runtime_fd, exits_fd, channel.bind_listener(plan.control_socket, listen=False)
+    except BaseException:
+        channel.close_fds([runtime_fd, exits_fd])
         raise
 
 
@@ -1754,7 +1765,7 @@ def _run_supervisor(
     prepared: bool = False,
     ahead: RootAhead | None = None,
     confinement: Confinement | None = None,
-    held: tuple[int, socket.socket] | None = None,
+    held: tuple[int, int, socket.socket] | None = None,
 ) -> NoReturn:
     supervisor = Supervisor(plan, bootstrap, stdio, gate, prepared=prepared)
     supervisor.held = held
