@@ -313,6 +313,7 @@ class Container:
                 config=attrs.asdict(config),
                 annotations=dict(document.get("annotations") or {}),
                 creator=_this_process(),
+                id_maps=_sandbox_id_maps(plan, host),
             )
             store.create(record)  # raises ContainerExistsError, touching nothing
             container = cls(record, store)
@@ -325,7 +326,7 @@ class Container:
                 cgroup = _cgroup.create(cgroup_request, id, scope)
                 if cgroup is None:
                     return []
-                owner = _mapped_root(plan, host)
+                owner = _mapped_root(container._record.id_maps)
                 if owner is not None:  # its processes join it as that root (see the function)
                     _cgroup.delegate_joining(cgroup, *owner)
                 container._record = attrs.evolve(container._record, cgroup=cgroup.to_dict())
@@ -389,7 +390,7 @@ class Container:
                     has_hooks = plan.init.create_container_hooks or plan.init.start_container_hooks
                     # In a user namespace of the sandbox's own, its init may not mknod: it
                     # binds the host's device nodes, from the host's root.
-                    mapped = _mapped_root(plan, host) is not None
+                    mapped = container._record.id_maps is not None
                     if has_hooks or mapped or not plan.init.rootfs_tree:
                         trees.append(mounts.open_host_tree("/"))
                         plan = dataclasses.replace(plan, host_tree=True)
@@ -1024,7 +1025,7 @@ class Container:
                 raise
         # Outside the lock: the fd keeps the layer alive, and a long export must not
         # hold up other operations (a destroy meanwhile just ends the container).
-        owners = self._owners_inside(sandbox)
+        owners = self._owners_inside()
         try:
             if isinstance(dest, str | os.PathLike):
                 with open(dest, "wb") as f:
@@ -1098,34 +1099,40 @@ class Container:
         assert record.gofer is not None
         return Gofer(self.id, record.gofer, socket_path(record.runtime_dir, self.id))
 
-    def _owner_on_host(self, sandbox: Sandbox) -> tuple[int, int]:
+    def _maps(self) -> tuple[tuple[idmap.Extent, ...], tuple[idmap.Extent, ...]] | None:
+        """The extents of the sandbox's own user namespace (see the record), or None."""
+        if self._record.id_maps is None:
+            return None
+        uid_map, gid_map = self._record.id_maps
+        return idmap.extents_from_text(uid_map), idmap.extents_from_text(gid_map)
+
+    def _owner_on_host(self) -> tuple[int, int, bool]:
         """The host uid and gid the files the gofer makes for the container get: its
-        process's, through the sandbox's user namespace (read from its supervisor; they
-        map to themselves without one). Ids it does not map stay as they are (the
-        sandbox is gone, or its spec is refused before this)."""
+        process's, through the sandbox's own user namespace if it has one (then
+        ``True``). Ids it does not map stay as they are (its spec is refused before)."""
         user = (self._record.spec.get("process") or {}).get("user") or {}
         uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
-        maps = _id_maps(sandbox.supervisor.pid)
+        maps = self._maps()
         if maps is None:
-            return uid, gid
+            return uid, gid, False
         host_uid, host_gid = idmap.to_host(maps[0], uid), idmap.to_host(maps[1], gid)
-        return (uid if host_uid is None else host_uid), (gid if host_gid is None else host_gid)
+        return (
+            uid if host_uid is None else host_uid,
+            gid if host_gid is None else host_gid,
+            True,
+        )
 
     def _ids_inside(self, uid: int, gid: int) -> tuple[int, int]:
         """Host ids as the container's processes see them, through its sandbox's user
         namespace (the kernel's overflow id, 65534, for one it does not map)."""
-        sandbox = self._record.sandbox
-        owners = self._owners_inside(sandbox) if sandbox is not None else None
+        owners = self._owners_inside()
         return (uid, gid) if owners is None else owners(uid, gid)
 
-    def _owners_inside(
-        self, sandbox: Sandbox | ProcessIdentity
-    ) -> Callable[[int, int], tuple[int, int]] | None:
+    def _owners_inside(self) -> Callable[[int, int], tuple[int, int]] | None:
         """What turns host ids into the container's (:meth:`_ids_inside`), when its
         sandbox has a user namespace of its own."""
-        pid = sandbox.supervisor.pid if isinstance(sandbox, Sandbox) else sandbox.pid
-        maps = _id_maps(pid)
-        if maps is None or idmap.is_identity(*maps):
+        maps = self._maps()
+        if maps is None:
             return None
         uids, gids = maps
 
@@ -1141,7 +1148,7 @@ class Container:
     def _hand_over_gofer(self, pending: PendingGofer, sandbox: Sandbox) -> Gofer | None:
         """Start the gofer launched with the container: it serves from now on (None when
         the sandbox is gone already: a quick ``run``)."""
-        uid, gid = self._owner_on_host(sandbox)
+        uid, gid, mapped = self._owner_on_host()
         try:
             return pending.start(
                 self.id,
@@ -1151,6 +1158,7 @@ class Container:
                 uid=uid,
                 gid=gid,
                 subcontainer=self.is_subcontainer,
+                mapped=mapped,
             )
         except BaseException:
             pending.abort()
@@ -1552,22 +1560,24 @@ def _write_pid_file(container_id: str, path: str | os.PathLike[str], pid: int) -
         raise InvalidArgumentError(container_id, f"cannot write pid file {target}: {exc}") from None
 
 
-def _id_maps(supervisor_pid: int) -> tuple[tuple[idmap.Extent, ...], ...] | None:
-    """The uid and gid extents of a sandbox's user namespace, read from its supervisor
-    (they map every id to itself when it has none of its own), or None if it is gone."""
-    maps = procfs.id_maps(supervisor_pid)
-    return None if maps is None else tuple(idmap.extents_from_text(text) for text in maps)
-
-
-def _mapped_root(plan: SandboxPlan | ContainerPlan, host: Sandbox | None) -> tuple[int, int] | None:
-    """The host uid and gid of root in the sandbox's new user namespace (None without
-    one): its supervisor, and the inits and exec'd processes it forks, are that root
-    there and join the container's cgroup as it, so it must own the joining files.
-    A subcontainer's sandbox is asked through its supervisor's maps."""
+def _sandbox_id_maps(
+    plan: SandboxPlan | ContainerPlan, host: Sandbox | None
+) -> tuple[str, str] | None:
+    """The maps of the user namespace of the container's sandbox, if it has one of its
+    own: a new sandbox's from its plan, a pod's from its supervisor (while it runs)."""
     if isinstance(plan, SandboxPlan):
-        return idmap.mapped_root(plan.uid_map, plan.gid_map)
+        return (plan.uid_map, plan.gid_map) if plan.uid_map else None
     maps = procfs.id_maps(host.supervisor.pid) if host is not None else None
-    return idmap.mapped_root(*maps) if maps is not None else None
+    if maps is None or idmap.is_identity(*(idmap.extents_from_text(m) for m in maps)):
+        return None
+    return maps
+
+
+def _mapped_root(id_maps: tuple[str, str] | None) -> tuple[int, int] | None:
+    """The host uid and gid of root in the sandbox's own user namespace (None without
+    one): its supervisor, and the inits and exec'd processes it forks, are that root
+    there and join the container's cgroup as it, so it must own the joining files."""
+    return idmap.mapped_root(*id_maps) if id_maps is not None else None
 
 
 def _with_trees(

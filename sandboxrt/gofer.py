@@ -206,6 +206,7 @@ class PendingGofer:
         uid: int,
         gid: int,
         subcontainer: bool = False,
+        mapped: bool = False,
     ) -> Gofer | None:
         """Hand the gofer its socket and the supervisor; it fetches the container's root
         from the supervisor (``control_socket``) and serves from then on, until the
@@ -239,7 +240,12 @@ class PendingGofer:
                     with channel.bind_listener(path) as listener:
                         assert self._sock is not None
                         message = GoferStart(
-                            container_id, uid, gid, control_socket, watch_init=subcontainer
+                            container_id,
+                            uid,
+                            gid,
+                            control_socket,
+                            watch_init=subcontainer,
+                            mapped=mapped,
                         )
                         fds = [pidfd, listener.fileno(), log, directory]
                         channel.send(self._sock, message, fds)

@@ -570,3 +570,34 @@ def test_the_gofer_takes_a_root_only_from_the_supervisor(
         assert list(decoy.iterdir()) == []
     finally:
         container.destroy()
+
+
+@needs_root
+@needs_busybox
+@pytest.mark.parametrize("mapped", [True, False], ids=["userns", "no-userns"])
+def test_the_gofer_keeps_the_users_ids_only_for_a_user_namespace(
+    store: FileStore, bundle: BundleFactory, mapped: bool
+) -> None:
+    """Its saved uid lets it create as the container's user where a user namespace owns
+    the filesystem; it also lets that uid signal it, so only there (where that uid's
+    processes are the sandbox's, outside the gofer's PID namespace)."""
+
+    def user_1000(document: dict[str, Any]) -> None:
+        if mapped:
+            with_userns(document)
+        document["process"]["user"] = {"uid": 1000, "gid": 1000}
+
+    path = edit_config(bundle(["sleep", "100"]), user_1000)
+    container = Container.create("u1", path, store=store)
+    try:
+        container.start()
+        container.files.exists("/")  # (the gofer has its start by now)
+        gofer = store.load("u1").gofer
+        assert gofer is not None
+        with open(f"/proc/{gofer.pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        saved = int(fields["Uid"].split()[2]), int(fields["Gid"].split()[2])
+        assert saved == ((HOST_BASE + 1000, HOST_BASE + 1000) if mapped else (0, 0))
+        assert int(fields["CapEff"], 16) == 0x1B  # CHOWN, DAC_OVERRIDE, FOWNER, FSETID
+    finally:
+        container.destroy()

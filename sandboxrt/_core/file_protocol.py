@@ -118,6 +118,9 @@ class GoferStart(_Message):
     #: Fetch the root at once and exit when the container's init does (a subcontainer's:
     #: its supervisor, whose exit ends the gofer of a root container, outlives it).
     watch_init: bool = False
+    #: The sandbox has a user namespace of its own, whose filesystems refuse files the
+    #: host's root would own: the gofer may then create as ``uid``:``gid``.
+    mapped: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -68,6 +68,9 @@ class ContainerRecord:
     #: The process that created the container: while it is ``creating``, a creator that
     #: is gone means a creation that died half-way (the container reads stopped).
     creator: ProcessIdentity | None = None
+    #: The ``uid_map`` and ``gid_map`` (their text) of the sandbox's own user namespace;
+    #: ``None`` when the sandbox has none (its ids are the host's).
+    id_maps: tuple[str, str] | None = None
 
     def with_status(self, new: Status) -> ContainerRecord:
         """A copy in status ``new``; raises if the transition is illegal."""

@@ -93,12 +93,15 @@ def _confine() -> None:
     syscalls.prctl(abi.PR_SET_NO_NEW_PRIVS, 1)
 
 
-def _take_user(uid: int, gid: int) -> None:
-    """Make the container user's host ids our saved ids, then drop what allowed it: we
-    may switch our filesystem ids between theirs and ours (:meth:`Files.creating`),
-    and to no other."""
-    os.setresgid(-1, -1, gid)
-    os.setresuid(-1, -1, uid)
+def _take_user(uid: int, gid: int, *, mapped: bool) -> None:
+    """For a sandbox with a user namespace of its own (``mapped``), make the container
+    user's host ids our saved ids: we may switch our filesystem ids between theirs and
+    ours (:meth:`Files.creating`), and to no other. (Those ids may then signal us, as
+    they could any process of theirs: only the namespace's, which are outside our PID
+    namespace.) Then drop what allowed it."""
+    if mapped:
+        os.setresgid(-1, -1, gid)
+        os.setresuid(-1, -1, uid)
     capabilities.drop_bounding(KEPT_CAPABILITIES)  # (CAP_SETPCAP last)
     kept = capabilities.mask(KEPT_CAPABILITIES)
     syscalls.capset(kept, kept, 0)
@@ -503,7 +506,7 @@ def _run(bootstrap: socket.socket) -> NoReturn:
     os.close(log_fd)
     if problem is None:
         try:
-            _take_user(first.uid, first.gid)
+            _take_user(first.uid, first.gid, mapped=first.mapped)
         except Exception as exc:
             problem = exc
     if problem is not None:
