@@ -272,6 +272,7 @@ class Container:
                 host, root_spec = _sandbox_to_join(store, sandbox_id, id)
                 root_namespaces = (root_spec.get("linux") or {}).get("namespaces") or []
                 _refuse_sysctls_in_our_namespaces(id, document, root_namespaces)
+                _refuse_another_user_namespace(id, document, host)
                 plan = build_container_plan(
                     container_id=id,
                     sandbox_id=sandbox_id,
@@ -406,6 +407,8 @@ class Container:
                         # as it would have been a moment earlier, naming the root.
                         _sandbox_to_join(store, sandbox_id, id)
                         raise
+                    if container._record.id_maps is not None and not autostart:
+                        container._grant_oom_score()
                 if autostart:
                     container._launched = sandbox
                 unsaved = container._record.status is Status.CREATING  # (else save_running)
@@ -1099,6 +1102,18 @@ class Container:
         assert record.gofer is not None
         return Gofer(self.id, record.gofer, socket_path(record.runtime_dir, self.id))
 
+    def _grant_oom_score(self) -> None:
+        """Set the spec's ``oomScoreAdj`` on a pod member's init (found in its cgroup)
+        from here: in the sandbox's own user namespace its ``/proc`` file is the host
+        root's until it execs (its root container's was set before the namespace was
+        made: ``supervisor._grant_ahead``). Where this cannot, the init tries and says."""
+        value = (self._record.spec.get("process") or {}).get("oomScoreAdj")
+        if value is None or self._record.cgroup is None:
+            return
+        with contextlib.suppress(SandboxrtError, OSError):
+            for pid in cgroups.load(self._record.cgroup, container_id=self.id).pids():
+                procfs.set_oom_score_adj(int(value), pid)
+
     def _maps(self) -> tuple[tuple[idmap.Extent, ...], tuple[idmap.Extent, ...]] | None:
         """The extents of the sandbox's own user namespace (see the record), or None."""
         if self._record.id_maps is None:
@@ -1444,6 +1459,32 @@ def _naming_container(container_id: str) -> Iterator[None]:
         raise SpecError(exc.problems, source=source) from None
 
 
+def _refuse_another_user_namespace(
+    container_id: str, document: dict[str, Any], host: Sandbox
+) -> None:
+    """A :class:`SpecError` for a pod member that asks for a new user namespace mapped
+    otherwise than its sandbox's own (or when the sandbox has none): it would run in
+    the sandbox's, which the member's spec did not ask for. (One given by path is the
+    sandbox's, as CRI runtimes write it.)"""
+    linux = document.get("linux") or {}
+    if not any(
+        ns.get("type") == "user" and not ns.get("path") for ns in linux.get("namespaces") or []
+    ):
+        return
+    wanted = (
+        idmap.map_text(idmap.extents_from_spec(linux.get("uidMappings"))),
+        idmap.map_text(idmap.extents_from_spec(linux.get("gidMappings"))),
+    )
+    theirs = _pod_id_maps(host)
+    if theirs is not None and [idmap.extents_from_text(t) for t in theirs] == [
+        idmap.extents_from_text(t) for t in wanted
+    ]:
+        return
+    has = "its own user namespace, mapped otherwise" if theirs else "no user namespace"
+    problem = f"a new user namespace, but the pod's sandbox has {has}: its containers share it"
+    raise SpecError([("linux.namespaces", problem)], source=f'container "{container_id}"')
+
+
 def _refuse_sysctls_in_our_namespaces(
     container_id: str, document: dict[str, Any], namespaces: list[dict[str, Any]] | None = None
 ) -> None:
@@ -1567,7 +1608,13 @@ def _sandbox_id_maps(
     own: a new sandbox's from its plan, a pod's from its supervisor (while it runs)."""
     if isinstance(plan, SandboxPlan):
         return (plan.uid_map, plan.gid_map) if plan.uid_map else None
-    maps = procfs.id_maps(host.supervisor.pid) if host is not None else None
+    return _pod_id_maps(host) if host is not None else None
+
+
+def _pod_id_maps(host: Sandbox) -> tuple[str, str] | None:
+    """The maps of a living sandbox's own user namespace (None without one), read from
+    its supervisor."""
+    maps = procfs.id_maps(host.supervisor.pid)
     if maps is None or idmap.is_identity(*(idmap.extents_from_text(m) for m in maps)):
         return None
     return maps

@@ -21,6 +21,7 @@ from test_overlay import overlay, read_layer, running, sh
 
 from sandboxrt import (
     Container,
+    ExecError,
     FileStore,
     InitError,
     Pod,
@@ -107,6 +108,10 @@ def test_a_spec_whose_user_namespace_cannot_work_is_refused() -> None:
     assert problems["process.user.uid"] == ("70000 is not mapped in the container's user namespace")
     assert "process.user.additionalGids[1]" in problems
     assert "process.user.additionalGids[0]" not in problems
+    only_root = [IDMapping(container_id=0, host_id=HOST_BASE, size=1)]
+    problems = dict(spec_problems(_userns_spec(only_root, only_root)))
+    assert list(problems) == ["mounts[2].options"]  # runc's /dev/pts: gid=5
+    assert problems["mounts[2].options"] == "gid=5: gid 5 is not mapped in the user namespace"
 
 
 @needs_root
@@ -601,3 +606,72 @@ def test_the_gofer_keeps_the_users_ids_only_for_a_user_namespace(
         assert int(fields["CapEff"], 16) == 0x1B  # CHOWN, DAC_OVERRIDE, FOWNER, FSETID
     finally:
         container.destroy()
+
+
+@needs_root
+@needs_busybox
+def test_oom_score_and_container_hooks_work_in_the_namespace(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """An init forked in the namespace may not write its ``oom_score_adj`` (the host
+    root's file until it execs) nor import the hooks' runner from the host's files: both
+    are seen to before (the root's) or from outside (a pod member's)."""
+
+    def scored(value: int) -> Any:
+        def change(document: dict[str, Any]) -> None:
+            with_userns(document)
+            document["process"]["oomScoreAdj"] = value
+            # (Not createContainer: its hooks see the root at the bundle's path, which the
+            # namespace's root may not reach beneath pytest's 0700 directories.)
+            document["hooks"] = {"startContainer": [{"path": "/bin/true"}]}
+
+        return change
+
+    script = ["sh", "-c", "cat /proc/self/oom_score_adj; exec sleep 100"]
+    pod = Pod.create(
+        "pod", edit_config(bundle(script), scored(100)), store=store, stdout=subprocess.PIPE
+    )
+    try:
+        pod.root.start()
+        assert pod.root.stdout is not None
+        assert pod.root.stdout.readline() == b"100\n"
+        member = pod.add_container(
+            "member",
+            edit_config(bundle(["cat", "/proc/self/oom_score_adj"]), scored(200)),
+            stdout=subprocess.PIPE,
+        )
+        member.start()
+        assert member.wait(timeout=20) == 0
+        assert member.stdout is not None
+        assert member.stdout.read() == b"200\n"
+    finally:
+        pod.destroy()
+
+
+@needs_root
+@needs_busybox
+def test_a_pod_member_may_not_ask_for_another_user_namespace(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    other = [{"containerID": 0, "hostID": 300000, "size": 65536}]
+    pod = Pod.create("pod", bundle(["sleep", "100"]), store=store)  # (no user namespace)
+    try:
+        pod.root.start()
+        with pytest.raises(SpecError, match=r'(?s)container "m1".*has no user namespace'):
+            pod.add_container("m1", edit_config(bundle(), with_userns))
+    finally:
+        pod.destroy()
+    pod = Pod.create("pod2", edit_config(bundle(["sleep", "100"]), with_userns), store=store)
+    try:
+        pod.root.start()
+        with pytest.raises(SpecError, match="mapped otherwise"):
+            pod.add_container("m2", edit_config(bundle(), lambda d: with_userns(d, other)))
+        same = pod.add_container("m3", edit_config(bundle(["id", "-u"]), with_userns))
+        same.start()
+        assert same.wait(timeout=20) == 0
+        # An id the namespace does not map, named as such.
+        with pytest.raises(ExecError, match="not mapped in the sandbox's user namespace"):
+            pod.root.exec_run(["true"], user="70000")
+    finally:
+        pod.destroy()
+    assert Container.list(store=store) == []

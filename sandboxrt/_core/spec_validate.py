@@ -318,6 +318,13 @@ def _check_mapped_user(out: _Problems, spec: Spec) -> None:
     for where, number, extents in checks:
         if extents and isinstance(number, int) and idmap.to_host(extents, number) is None:
             out.append((where, f"{number} is not mapped in the container's user namespace"))
+    for i, mount in enumerate(spec.mounts or ()):  # devpts's gid=5, a tmpfs's uid=...
+        for option in mount.options or ():
+            key, _, value = option.partition("=")
+            ids = {"uid": uids, "gid": gids}.get(key)
+            if ids and value.isdigit() and idmap.to_host(ids, int(value)) is None:
+                problem = f"{option}: {key} {value} is not mapped in the user namespace"
+                out.append((f"mounts[{i}].options", problem))
 
 
 def _check_process(out: _Problems, process: Process) -> None:

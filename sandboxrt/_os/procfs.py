@@ -25,6 +25,7 @@ __all__ = [
     "pidfd_pid",
     "read_process",
     "read_stat",
+    "set_oom_score_adj",
 ]
 
 _DEAD_STATES = frozenset("ZXx")
@@ -197,6 +198,18 @@ def pidfd_pid(pidfd: int) -> int:
             if line.startswith("Pid:"):
                 return int(line.split()[1])
     raise OSError(errno.EBADF, f"fd {pidfd} is not a pidfd")
+
+
+def set_oom_score_adj(value: int, pid: int | None = None, proc: str = "/proc") -> None:
+    """Set process ``pid``'s (default: ours) ``oom_score_adj`` to ``value``, unless it is
+    that already (then nothing is written: a write that would change nothing can be
+    refused, in a user namespace)."""
+    path = f"{proc}/{'self' if pid is None else pid}/oom_score_adj"
+    with open(path, "rb", buffering=0) as f:
+        if int(f.read()) == value:
+            return
+    with open(path, "wb", buffering=0) as f:
+        f.write(str(value).encode())
 
 
 def is_alive(pid: int, start_ticks: int, boot: str) -> bool:

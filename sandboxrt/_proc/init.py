@@ -36,7 +36,7 @@ from sandboxrt._core.protocol import (
     Progress,
     Request,
 )
-from sandboxrt._os import capabilities, channel, mounts, syscalls
+from sandboxrt._os import capabilities, channel, mounts, procfs, syscalls
 from sandboxrt._proc import hooks
 from sandboxrt.errors import HookError, MissingFeatureError
 
@@ -202,7 +202,16 @@ def _prepare_root(
         built = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         mounts.leave_tree(host)
         if plan.create_container_hooks:  # host programs: they look at the bundle's rootfs
-            mounts.show_at(built, os.path.realpath(plan.rootfs))
+            try:
+                mounts.show_at(built, os.path.realpath(plan.rootfs))
+            except PermissionError as err:  # (as runc, whose init mounts it by path)
+                raise PermissionError(
+                    err.errno,
+                    "showing the built root at the bundle's rootfs for the createContainer"
+                    f" hooks: {err.strerror} (in a user namespace, its root must be able to"
+                    " reach the bundle)",
+                    plan.rootfs,
+                ) from None
     if plan.await_cgroup:  # made by the library meanwhile; joined through files it opened
         step, joiners = channel.receive(sync, Progress)
         try:
@@ -301,8 +310,9 @@ def _apply_process(
             raise OSError(exc.errno, f"{what}: {exc.strerror}") from None
     if plan.oom_score_adj is not None:
         try:
-            with open("/proc/self/oom_score_adj", "w") as f:
-                f.write(str(plan.oom_score_adj))
+            # (In a user namespace, the file is the host root's until we exec: set from
+            # outside then, see ``supervisor._grant_ahead``; equal, it is left alone.)
+            procfs.set_oom_score_adj(plan.oom_score_adj)
         except OSError as exc:
             what = f"setting oomScoreAdj to {plan.oom_score_adj}"
             raise OSError(exc.errno, f"{what}: {exc.strerror}") from None
@@ -313,9 +323,18 @@ def _apply_process(
     if caps is not None:
         _drop_bounding(caps.bounding)
         syscalls.set_keepcaps(True)
-    os.setgroups(plan.additional_gids)
-    os.setresgid(plan.gid, plan.gid, plan.gid)
-    os.setresuid(plan.uid, plan.uid, plan.uid)
+    try:
+        os.setgroups(plan.additional_gids)
+        os.setresgid(plan.gid, plan.gid, plan.gid)
+        os.setresuid(plan.uid, plan.uid, plan.uid)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        # The kernel's EINVAL for an id a user namespace of the sandbox's does not map.
+        ids = f"uid {plan.uid}, gid {plan.gid}, additional gids {plan.additional_gids}"
+        raise OSError(
+            exc.errno, f"{ids}: one is not mapped in the sandbox's user namespace"
+        ) from None
     if chdir:
         mounts.chdir_beneath_root(plan.cwd)  # never through /proc/1/root (the host's root)
     if caps is not None:

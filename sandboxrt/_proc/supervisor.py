@@ -1718,8 +1718,9 @@ class Supervisor:
 def _grant_ahead(init: InitPlan) -> None:
     """What the root's init will ask that the kernel grants only in the host's user
     namespace, done here before we leave it, for us (and so for the sandbox, which
-    inherits it; the init then sets its own exactly): a hard rlimit above ours, an
-    ``oom_score_adj`` below ours (as runc sets them from outside)."""
+    inherits it; the init then sets its own exactly): a hard rlimit above ours, and its
+    ``oom_score_adj``, whose file a process forked in the namespace may not write (as
+    runc sets them from outside)."""
     for name, _, hard in init.rlimits:
         kind = getattr(resource, name)
         soft, current = resource.getrlimit(kind)
@@ -1727,11 +1728,8 @@ def _grant_ahead(init: InitPlan) -> None:
             with contextlib.suppress(ValueError, OSError):  # (not ours either: the init says)
                 resource.setrlimit(kind, (soft, hard))
     if init.oom_score_adj is not None:
-        with open("/proc/self/oom_score_adj", "r+") as f:
-            if init.oom_score_adj < int(f.read()):
-                f.seek(0)
-                with contextlib.suppress(OSError):
-                    f.write(str(init.oom_score_adj))
+        with contextlib.suppress(OSError):  # (not ours either: the init says)
+            procfs.set_oom_score_adj(init.oom_score_adj)
 
 
 def _open_runtime_dirs(plan: SandboxPlan) -> tuple[int, int]:
@@ -1806,6 +1804,10 @@ def main(bootstrap_fd: int) -> NoReturn:
         # it), but may not reach it by path: held, and its socket bound, from out here.
         held = _hold_runtime_dir(plan) if plan.uid_map else None
         if plan.uid_map:
+            # What inits import later from the host's files, which a user namespace's root
+            # may not read (the interpreter's may be in /root): the hooks' runner.
+            import subprocess  # noqa: F401
+
             _grant_ahead(plan.init)
         _enter_namespaces(plan.namespaces, plan.uid_map, plan.gid_map)
         gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
