@@ -1164,6 +1164,9 @@ class Container:
         """Start the gofer launched with the container: it serves from now on (None when
         the sandbox is gone already: a quick ``run``)."""
         uid, gid, mapped = self._owner_on_host()
+        # Its saved ids let the container user's host uid signal it: only where that
+        # uid's processes cannot see it (outside the sandbox's own PID namespace).
+        mapped = mapped and _own_pid_namespace(sandbox.supervisor.pid)
         try:
             return pending.start(
                 self.id,
@@ -1609,6 +1612,15 @@ def _sandbox_id_maps(
     if isinstance(plan, SandboxPlan):
         return (plan.uid_map, plan.gid_map) if plan.uid_map else None
     return _pod_id_maps(host) if host is not None else None
+
+
+def _own_pid_namespace(pid: int) -> bool:
+    """Whether process ``pid`` (a supervisor) is in a PID namespace other than ours."""
+    try:
+        theirs, ours = os.stat(f"/proc/{pid}/ns/pid"), os.stat("/proc/self/ns/pid")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino)
 
 
 def _pod_id_maps(host: Sandbox) -> tuple[str, str] | None:

@@ -579,7 +579,9 @@ class Sandbox:
         again here: once a destroy removed it, the sandbox is gone.
         """
         path = self._member_file(container_id)
-        tmp = f"{path}.{os.getpid()}.tmp"
+        # (A leading dot: no id starts with one, so no note is ever taken for another's.)
+        directory, name = os.path.split(path)
+        tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
         try:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(self.members_dir, 0o700)
@@ -601,7 +603,7 @@ class Sandbox:
             return []
         ids = []
         for name in names:
-            if name.endswith(".tmp"):
+            if name.startswith("."):  # (one being written: see _note_member)
                 continue
             with (
                 contextlib.suppress(FileNotFoundError),

@@ -13,6 +13,7 @@ import errno
 import platform
 import re
 import signal
+import struct
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -187,13 +188,52 @@ def test_build_filter_compiles_the_default_profile() -> None:
     assert plan.seccomp is not None
     built = seccomp.build_filter(spec["linux"]["seccomp"])
     lib = seccomp.load_library()
-    native = lib.seccomp_arch_native()
-    stub = seccomp.enosys_stub(native, seccomp._highest_syscall(lib, native))
+    stub = seccomp.enosys_stub(seccomp._stub_arches(lib, spec["linux"]["seccomp"]))
     assert stub + built.export() == bytes.fromhex(plan.seccomp.bpf)
     built.release()
     built.release()
     with pytest.raises(ValueError, match="released"):
         built.export()
+
+
+def _run_stub(stub: bytes, arch: int, nr: int) -> str:
+    """What ``stub`` does with a call: ``"enosys"``, or ``"filter"`` if it falls through."""
+    data = {0: nr & 0xFFFFFFFF, 4: arch}
+    acc, pc, count = 0, 0, len(stub) // 8
+    while pc < count:
+        op, jt, jf, k = struct.unpack("<HBBI", stub[pc * 8 : pc * 8 + 8])
+        pc += 1
+        if op == 0x20:
+            acc = data[k]
+        elif op == 0x06:
+            assert k == 0x00050000 | errno.ENOSYS
+            return "enosys"
+        else:
+            taken = {0x15: acc == k, 0x25: acc > k, 0x35: acc >= k}[op]
+            pc += jt if taken else jf
+    assert pc == count, "jumped past the filter's first instruction"
+    return "filter"
+
+
+def test_the_enosys_stub_sends_only_calls_past_the_known_ones_to_enosys() -> None:
+    x86_64, i386, aarch64 = 0xC000003E, 0x40000003, 0xC00000B7
+    stub = seccomp.enosys_stub([(x86_64, 456, 547), (i386, 462, None)])
+    cases = {
+        (x86_64, 0): "filter",
+        (x86_64, 456): "filter",
+        (x86_64, 457): "enosys",
+        (x86_64, 0x3FFFFFFF): "enosys",
+        (x86_64, 0x40000000 | 547): "filter",  # x32's own
+        (x86_64, 0x40000000 | 548): "enosys",
+        (x86_64, -1): "enosys",
+        (i386, 462): "filter",
+        (i386, 463): "enosys",
+        (aarch64, 1000): "filter",  # not the stub's: the filter's default
+    }
+    assert {case: _run_stub(stub, *case) for case in cases} == cases
+    without_x32 = seccomp.enosys_stub([(x86_64, 456, None)])
+    assert _run_stub(without_x32, x86_64, 0x40000000 | 548) == "filter"
+    assert _run_stub(without_x32, x86_64, 457) == "enosys"
 
 
 def test_bpf_program_is_whole_sock_filter_records() -> None:
@@ -598,7 +638,7 @@ def test_a_syscall_newer_than_libseccomp_fails_with_enosys(
     script = (
         "import ctypes\n"
         "libc = ctypes.CDLL(None, use_errno=True)\n"
-        "for nr in ({newer}, {known}):\n"
+        "for nr in ({newer}, {known}, 0x40000000 | 1000, -1):\n"
         "    r = libc.syscall(nr, 0, 0, 0, 0)\n"
         "    print(ctypes.get_errno() if r == -1 else 0)\n"
     )
@@ -606,7 +646,20 @@ def test_a_syscall_newer_than_libseccomp_fails_with_enosys(
     args = ["python3", "-I", "-c", script.format(newer=newest + 1, known=SYS_KEYCTL or 250)]
     code, out = run(store, bundle(args, rootfs="host_usr"))
     assert code == 0, out
-    assert out.split() == [str(errno.ENOSYS), str(errno.EPERM)]
+    # (Then an x32 number past x32's, and -1: ENOSYS too, as the kernel says of them.)
+    enosys = str(errno.ENOSYS)
+    assert out.split() == [enosys, str(errno.EPERM), enosys, enosys]
+
+
+def test_a_profile_past_the_kernels_instruction_limit_is_a_spec_error() -> None:
+    profile = default_profile(platform.machine())
+    rule = {"names": ["keyctl"], "action": "SCMP_ACT_ERRNO", "errnoRet": 2}
+    profile["syscalls"] += [
+        {**rule, "args": [{"index": 0, "op": "SCMP_CMP_EQ", "value": 1000 + k}]}
+        for k in range(3200)
+    ]
+    with pytest.raises(SpecError, match=r"compiles to \d+ BPF instructions; the kernel takes 4096"):
+        seccomp.compile_bpf(profile)
 
 
 def killing(name: str, **arg: int) -> dict[str, Any]:

@@ -675,3 +675,57 @@ def test_a_pod_member_may_not_ask_for_another_user_namespace(
     finally:
         pod.destroy()
     assert Container.list(store=store) == []
+
+
+@needs_root
+@needs_busybox
+def test_without_a_pid_namespace_the_gofer_keeps_no_users_ids(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """Sharing the host's PID namespace, the container's processes see the gofer: its
+    saved ids stay the host root's, so that the container user's uid cannot signal it."""
+
+    def no_pid_namespace(document: dict[str, Any]) -> None:
+        with_userns(document)
+        linux = document["linux"]
+        linux["namespaces"] = [ns for ns in linux["namespaces"] if ns["type"] != "pid"]
+        for mount in document["mounts"]:
+            if mount["destination"] == "/proc":  # (no proc of its own: the host's, bound)
+                mount.update(type="bind", source="/proc", options=["rbind", "nosuid"])
+
+    container = Container.create(
+        "u1", edit_config(bundle(["sleep", "100"]), no_pid_namespace), store=store
+    )
+    try:
+        container.start()
+        container.files.exists("/")  # (the gofer has its start by now)
+        gofer = store.load("u1").gofer
+        assert gofer is not None
+        with open(f"/proc/{gofer.pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        assert fields["Uid"].split()[:3] == ["0", "0", "0"]
+    finally:
+        container.destroy()
+
+
+@needs_root
+@needs_busybox
+def test_a_pod_member_whose_id_ends_like_a_temporary_file_keeps_its_status(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """Temporary files (exit statuses, member notes) start with a dot, which no id does:
+    ``web.tmp`` is never ``web``'s temporary file."""
+    pod = Pod.create("pod", bundle(["sleep", "100"]), store=store)
+    try:
+        pod.root.start()
+        first = pod.add_container("web.tmp", bundle(["sh", "-c", "exit 7"]))
+        first.start()
+        assert first.wait(timeout=20) == 7
+        second = pod.add_container("web", bundle(["sh", "-c", "exit 3"]))
+        second.start()
+        assert second.wait(timeout=20) == 3
+        assert Container.load("web.tmp", store=store).wait(timeout=5) == 7
+        assert sorted(c.id for c in pod.containers()) == ["pod", "web", "web.tmp"]
+    finally:
+        pod.destroy()
+    assert Container.list(store=store) == []

@@ -39,13 +39,15 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sandboxrt.errors import MissingFeatureError
+from sandboxrt.errors import MissingFeatureError, SpecError
 
 __all__ = [
     "ACTIONS",
     "FLAG_ATTRIBUTES",
+    "MAX_INSTRUCTIONS",
     "OPERATORS",
     "Filter",
+    "StubArch",
     "action_value",
     "arch_name",
     "build_filter",
@@ -281,44 +283,84 @@ def build_filter(section: Mapping[str, Any]) -> Filter:
 _LD_ABS_W, _JEQ_K, _JGT_K, _JGE_K, _RET_K = 0x20, 0x15, 0x25, 0x35, 0x06
 _DATA_NR, _DATA_ARCH = 0, 4
 _SECCOMP_RET_ERRNO = 0x00050000
-#: ``AUDIT_ARCH_X86_64``, whose x32 system calls carry this bit in their number.
+#: The most instructions the kernel takes in a filter (``BPF_MAXINSNS``).
+MAX_INSTRUCTIONS = 4096
+#: ``AUDIT_ARCH_X86_64``, whose x32 system calls carry this bit in their number, and
+#: libseccomp's token for x32 (``SCMP_ARCH_X32``), which has no audit arch of its own.
 _AUDIT_ARCH_X86_64 = 0xC000003E
+_SCMP_ARCH_X32 = 0x4000003E
 _X32_SYSCALL_BIT = 0x40000000
-#: Past any system call number libseccomp knows of (it has ~470 in 2026).
+#: Past any system call number libseccomp knows of (it has ~550 in 2026, with x32's).
 _SYSCALL_SCAN_FROM = 1024
 
+#: One architecture of the stub: its audit arch, the highest number libseccomp knows
+#: there, and (x86_64) the highest x32 one, if the filter takes x32 calls.
+StubArch = tuple[int, int, int | None]
 
-def _insn(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
-    return code.to_bytes(2, "little") + bytes((jt, jf)) + k.to_bytes(4, "little")
 
+def enosys_stub(arches: Sequence[StubArch]) -> bytes:
+    """BPF to put before a filter (runc's "patchbpf"): a system call of one of ``arches``
+    numbered above the highest that the filter's libseccomp knows there returns
+    ``ENOSYS``, as on a kernel without it, rather than the filter's default action; any
+    other goes on to the filter, which loads what it needs itself. On x86_64, numbers
+    with the x32 bit are x32's (up to ``-1``): judged against x32's highest, if given,
+    else left to the filter."""
+    # (code, k, where to go if true, if false): labels, or None for the next instruction.
+    code: list[tuple[int, int, str | None, str | None]] = [(_LD_ABS_W, _DATA_ARCH, None, None)]
+    for i, (audit_arch, highest, highest_x32) in enumerate(arches):
+        later = f"arch{i + 1}" if i + 1 < len(arches) else "filter"
+        code.append((_JEQ_K, audit_arch, None, later))
+        code.append((_LD_ABS_W, _DATA_NR, None, None))
+        if audit_arch == _AUDIT_ARCH_X86_64:
+            code.append((_JGE_K, _X32_SYSCALL_BIT, f"x32-{i}", None))
+        code.append((_JGT_K, highest, "enosys", "filter"))
+        if audit_arch == _AUDIT_ARCH_X86_64 and highest_x32 is not None:
+            code.append((_JGT_K, _X32_SYSCALL_BIT | highest_x32, "enosys", "filter"))
+        elif audit_arch == _AUDIT_ARCH_X86_64:  # (the filter takes no x32 call: its say)
+            code.append((_JGE_K, 0, "filter", "filter"))
+    code.append((_RET_K, _SECCOMP_RET_ERRNO | errno.ENOSYS, None, None))
+    # Where each label is: an architecture's check, x32's, the return, the filter.
+    labels, arch = {"filter": len(code), "enosys": len(code) - 1}, 0
+    for index, (op, _, jt, _) in enumerate(code):
+        if op == _JEQ_K:
+            labels[f"arch{arch}"] = index
+            arch += 1
+        if op == _JGE_K and jt is not None and jt.startswith("x32-"):
+            labels[jt] = index + 2  # (after the native range check)
 
-def enosys_stub(audit_arch: int, highest: int) -> bytes:
-    """BPF to put before a filter: a system call of ``audit_arch`` numbered above
-    ``highest`` (the newest the filter's libseccomp knows) returns ``ENOSYS``; any other
-    goes on to the filter, which loads what it needs itself (runc's "patchbpf")."""
-    x32 = audit_arch == _AUDIT_ARCH_X86_64
-    # After the arch check: [nr load, (x32 check,) range check, return]; "to the filter"
-    # jumps count the instructions left after the jumping one.
-    body = [_insn(_LD_ABS_W, _DATA_NR)]
-    if x32:  # x32's numbers are another table: left to the filter
-        body.append(_insn(_JGE_K, _X32_SYSCALL_BIT, jt=2, jf=0))
-    body.append(_insn(_JGT_K, highest, jt=0, jf=1))
-    body.append(_insn(_RET_K, _SECCOMP_RET_ERRNO | errno.ENOSYS))
-    head = [
-        _insn(_LD_ABS_W, _DATA_ARCH),
-        _insn(_JEQ_K, audit_arch, jt=0, jf=len(body)),
-    ]
-    return b"".join(head + body)
+    def offset(index: int, label: str | None) -> int:
+        return 0 if label is None else labels[label] - index - 1
+
+    return b"".join(
+        op.to_bytes(2, "little") + bytes((offset(i, jt), offset(i, jf))) + k.to_bytes(4, "little")
+        for i, (op, k, jt, jf) in enumerate(code)
+    )
 
 
 def _highest_syscall(lib: ctypes.CDLL, arch: int) -> int:
-    """The highest system call number this libseccomp names on ``arch``."""
+    """The highest system call number this libseccomp names on ``arch`` (its token)."""
     for number in range(_SYSCALL_SCAN_FROM, -1, -1):
         name = lib.seccomp_syscall_resolve_num_arch(arch, number)
         if name:
             ctypes.CDLL(None).free(ctypes.c_void_p(name))
             return number
     raise OSError(errno.ENOSYS, "libseccomp names no system call on this architecture")
+
+
+def _stub_arches(lib: ctypes.CDLL, section: Mapping[str, Any]) -> list[StubArch]:
+    """The architectures of the stub: the native one and the profile's (x32 folded into
+    x86_64, whose audit arch its calls carry)."""
+    tokens = [lib.seccomp_arch_native()]
+    for name in section.get("architectures") or []:
+        token = lib.seccomp_arch_resolve_name(arch_name(name).encode())
+        if token and token not in tokens:
+            tokens.append(token)
+    x32 = _highest_syscall(lib, _SCMP_ARCH_X32) if _SCMP_ARCH_X32 in tokens else None
+    return [
+        (token, _highest_syscall(lib, token), x32 if token == _AUDIT_ARCH_X86_64 else None)
+        for token in tokens
+        if token != _SCMP_ARCH_X32
+    ]
 
 
 def _library_version(lib: ctypes.CDLL) -> str:
@@ -349,9 +391,15 @@ def compile_bpf(section: Mapping[str, Any]) -> bytes:
         program = built.export()
     finally:
         built.release()
+    if len(program) > MAX_INSTRUCTIONS * 8:
+        problem = (
+            f"compiles to {len(program) // 8} BPF instructions; the kernel takes {MAX_INSTRUCTIONS}"
+        )
+        raise SpecError([("linux.seccomp", problem)])
     if section["defaultAction"] not in ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG"):
-        native = lib.seccomp_arch_native()
-        program = enosys_stub(native, _highest_syscall(lib, native)) + program
+        stub = enosys_stub(_stub_arches(lib, section))
+        if len(stub) + len(program) <= MAX_INSTRUCTIONS * 8:  # (else the filter as it is)
+            program = stub + program
     with _cache_lock:
         _cache[key] = program
         while len(_cache) > _CACHE_SIZE:

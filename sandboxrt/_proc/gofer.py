@@ -94,11 +94,11 @@ def _confine() -> None:
 
 
 def _take_user(uid: int, gid: int, *, mapped: bool) -> None:
-    """For a sandbox with a user namespace of its own (``mapped``), make the container
-    user's host ids our saved ids: we may switch our filesystem ids between theirs and
-    ours (:meth:`Files.creating`), and to no other. (Those ids may then signal us, as
-    they could any process of theirs: only the namespace's, which are outside our PID
-    namespace.) Then drop what allowed it."""
+    """For a sandbox with a user namespace and a PID namespace of its own (``mapped``),
+    make the container user's host ids our saved ids: we may switch our filesystem ids
+    between theirs and ours (:meth:`Files.creating`), and to no other. (Those ids may
+    then signal us, as they could any process of theirs: only the sandbox's, which do
+    not see us.) Then drop what allowed it."""
     if mapped:
         os.setresgid(-1, -1, gid)
         os.setresuid(-1, -1, uid)

@@ -93,6 +93,8 @@ ACCEPT_RETRY = 0.1
 #: How often (over a second) the supervisor looks for a dying agent it waits for, before
 #: leaving it to the reaping of any child.
 AGENT_REAP_TRIES = 200
+#: How long an init that said why its start failed may take to exit before it is killed.
+AWAIT_INIT_TIMEOUT = 1.0
 #: How long a root built ahead that will not serve may take to finish before it is killed.
 AHEAD_FINISH_TIMEOUT = 5.0
 #: How long the rest of a message's fds (``channel.send_many``) may take to come.
@@ -117,7 +119,9 @@ def write_exit_status(
     its name alone."""
     if dir_fd is not None:
         path = os.path.basename(path)
-    tmp = f"{path}.tmp"
+    # A leading dot: no container id starts with one, so this is never another's file.
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".{name}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
     fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
     with os.fdopen(fd, "wb") as f:
@@ -960,6 +964,10 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(member.init_pid, signal.SIGKILL)
         self._kill_rest(member)
+        for start in self.exec_starts.values():  # (stopped before it joined the cgroup, say)
+            if start.member is member:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(start.pid, signal.SIGKILL)
         # Its exec'd processes' statuses go; running ones are kept from a later container
         # of the same id (their waiters are still answered).
         for pid in [p for p, owner in self.exec_owner.items() if owner == member.id]:
@@ -1117,7 +1125,9 @@ class Supervisor:
                 channel.close_fds(fds)
                 details = {"cause_type": step.error_type}
                 reply = Reply(False, error=step.error, error_type="ExecError", details=details)
-                self._reap_failed(start.pid)
+                # Not waited for: it exits now, unless stopped (by a process of the
+                # container), which must not hold us. _reap collects it then.
+                self._reap_failed(start.pid, hang=False)
                 break
         except channel.ChannelClosedError:
             reply = self._exec_start_outcome(start)
@@ -1646,8 +1656,21 @@ class Supervisor:
         return Reply(False, error=step.error, error_type=step.error_type, details=step.details)
 
     def _await_init(self, member: _Member) -> None:
+        """Reap ``member``'s init, which is exiting (it said why its start failed, or it
+        died): waited for a moment (AWAIT_INIT_TIMEOUT), then killed, so that a process
+        of the sandbox that stops it cannot hold us."""
+        deadline = time.monotonic() + AWAIT_INIT_TIMEOUT
         with contextlib.suppress(ChildProcessError):
-            _, status = os.waitpid(member.init_pid, 0)
+            while True:
+                pid, status = os.waitpid(member.init_pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.monotonic() >= deadline:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(member.init_pid, signal.SIGKILL)
+                    _, status = os.waitpid(member.init_pid, 0)
+                    break
+                time.sleep(0.001)
             self._init_exited(member, os.waitstatus_to_exitcode(status))
 
     def _signal(self, member: _Member, signum: int, *, everyone: bool, group: bool = False) -> None:
