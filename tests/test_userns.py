@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 from conftest import BundleFactory, edit_config, needs_busybox, needs_root, run_output
 from test_overlay import overlay, read_layer, running, sh
@@ -32,12 +31,12 @@ from sandboxrt import (
 )
 from sandboxrt._core import idmap
 from sandboxrt._core.protocol import Reply, Request
-from sandboxrt._core.spec import IDMapping, Namespace, Spec
-from sandboxrt._core.spec_validate import spec_problems
 from sandboxrt._os import cgroups, procfs
 
 HOST_BASE = 100000
 MAPPED = [{"containerID": 0, "hostID": HOST_BASE, "size": 65536}]
+
+pytestmark = [needs_root, needs_busybox]
 
 
 def with_userns(document: dict[str, Any], mappings: list[dict[str, int]] = MAPPED) -> None:
@@ -47,75 +46,6 @@ def with_userns(document: dict[str, Any], mappings: list[dict[str, int]] = MAPPE
     document["linux"]["gidMappings"] = mappings
 
 
-# -- the pure core ---------------------------------------------------------------------------
-
-
-def test_ids_map_both_ways_and_to_the_kernels_text() -> None:
-    extents = ((0, 1000, 1), (1, 100000, 65535))
-    assert idmap.to_host(extents, 0) == 1000
-    assert idmap.to_host(extents, 5) == 100004
-    assert idmap.to_host(extents, 65536) is None
-    assert idmap.to_container(extents, 100004) == 5
-    assert idmap.to_container(extents, 0) is None
-    text = idmap.map_text(extents)
-    assert text == "0 1000 1\n1 100000 65535\n"
-    assert idmap.extents_from_text(text) == extents
-    assert idmap.mapped_root(text, text) == (1000, 1000)
-    assert idmap.mapped_root("0 0 4294967295\n", "0 0 4294967295\n") is None
-
-
-def test_extents_the_kernel_would_refuse_are_named() -> None:
-    assert idmap.map_problems([(0, 1000, 10), (10, 2000, 5)]) == []
-    assert idmap.map_problems([(0, 1000, 10), (5, 2000, 10)]) == [
-        "extents [0] and [1] overlap in their containerID ranges"
-    ]
-    assert idmap.map_problems([(0, 1000, 10), (100, 1005, 1)]) == [
-        "extents [0] and [1] overlap in their hostID ranges"
-    ]
-    assert idmap.map_problems([(0, 2**32 - 10, 9)]) == []
-    assert idmap.map_problems([(0, 2**32 - 10, 10)]) == [
-        "extent [0] runs past the last id (4294967294)"
-    ]
-    too_many = [(i, 1000 + i, 1) for i in range(idmap.MAX_EXTENTS + 1)]
-    assert idmap.map_problems(too_many) == [
-        f"{idmap.MAX_EXTENTS + 1} extents: the kernel takes at most {idmap.MAX_EXTENTS}"
-    ]
-
-
-def _userns_spec(uids: list[IDMapping], gids: list[IDMapping], **process: Any) -> Spec:
-    spec = default_spec(["true"])
-    assert spec.linux is not None and spec.process is not None
-    linux = attrs.evolve(
-        spec.linux,
-        namespaces=[*(spec.linux.namespaces or []), Namespace(type="user")],
-        uid_mappings=uids,
-        gid_mappings=gids,
-    )
-    user = attrs.evolve(spec.process.user, **process)
-    return attrs.evolve(spec, linux=linux, process=attrs.evolve(spec.process, user=user))
-
-
-def test_a_spec_whose_user_namespace_cannot_work_is_refused() -> None:
-    good = [IDMapping(container_id=0, host_id=HOST_BASE, size=65536)]
-    assert spec_problems(_userns_spec(good, good)) == []
-    no_root = [IDMapping(container_id=1, host_id=HOST_BASE, size=10)]
-    problems = dict(spec_problems(_userns_spec(no_root, good)))
-    assert "must map uid 0" in problems["linux.uidMappings"]
-    overlapping = [*good, IDMapping(container_id=10, host_id=1, size=1)]
-    problems = dict(spec_problems(_userns_spec(good, overlapping)))
-    assert "overlap in their containerID ranges" in problems["linux.gidMappings"]
-    problems = dict(spec_problems(_userns_spec(good, good, uid=70000, additional_gids=[5, 99999])))
-    assert problems["process.user.uid"] == ("70000 is not mapped in the container's user namespace")
-    assert "process.user.additionalGids[1]" in problems
-    assert "process.user.additionalGids[0]" not in problems
-    only_root = [IDMapping(container_id=0, host_id=HOST_BASE, size=1)]
-    problems = dict(spec_problems(_userns_spec(only_root, only_root)))
-    assert list(problems) == ["mounts[2].options"]  # runc's /dev/pts: gid=5
-    assert problems["mounts[2].options"] == "gid=5: gid 5 is not mapped in the user namespace"
-
-
-@needs_root
-@needs_busybox
 def test_create_refuses_an_unmapped_root_naming_the_container(
     store: FileStore, bundle: BundleFactory
 ) -> None:
@@ -130,15 +60,26 @@ def test_create_refuses_an_unmapped_root_naming_the_container(
 # -- real sandboxes --------------------------------------------------------------------------
 
 
+def proc_status(pid: int | str) -> dict[str, str]:
+    """The fields of ``/proc/<pid>/status``."""
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.split(":", 1) for line in f if ":" in line)
+
+
 def host_ids(pid: int) -> tuple[int, int]:
     """The real uid and gid of host process ``pid``."""
-    with open(f"/proc/{pid}/status") as f:
-        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    fields = proc_status(pid)
     return int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])
 
 
-@needs_root
-@needs_busybox
+def gofer_status(container: Container) -> dict[str, str]:
+    """:func:`proc_status` of the container's gofer, once it has its start."""
+    container.files.exists("/")
+    gofer = container._store.load(container.id).gofer
+    assert gofer is not None
+    return proc_status(gofer.pid)
+
+
 def test_the_containers_root_is_an_unprivileged_host_uid(
     store: FileStore, bundle: BundleFactory
 ) -> None:
@@ -153,8 +94,6 @@ def test_the_containers_root_is_an_unprivileged_host_uid(
     assert lines[8] == "sandboxrt"
 
 
-@needs_root
-@needs_busybox
 def test_the_supervisor_and_init_run_as_the_mapped_root_and_join_the_cgroup(
     store: FileStore, bundle: BundleFactory
 ) -> None:
@@ -179,8 +118,6 @@ def test_the_supervisor_and_init_run_as_the_mapped_root_and_join_the_cgroup(
         container.destroy()
 
 
-@needs_root
-@needs_busybox
 def test_the_containers_root_cannot_read_or_write_the_hosts_files(
     store: FileStore, bundle: BundleFactory, tmp_path: Path
 ) -> None:
@@ -214,8 +151,6 @@ def test_the_containers_root_cannot_read_or_write_the_hosts_files(
     assert (shared / "new").stat().st_uid == 0  # written by the plain container only
 
 
-@needs_root
-@needs_busybox
 def test_a_mount_point_the_mapped_root_may_not_make_is_named(
     store: FileStore, bundle: BundleFactory
 ) -> None:
@@ -229,8 +164,6 @@ def test_a_mount_point_the_mapped_root_may_not_make_is_named(
     assert Container.list(store=store) == []
 
 
-@needs_root
-@needs_busybox
 def test_exec_before_start_and_as_another_user_in_the_namespace(
     store: FileStore, bundle: BundleFactory
 ) -> None:
@@ -255,8 +188,6 @@ def test_exec_before_start_and_as_another_user_in_the_namespace(
         container.destroy()
 
 
-@needs_root
-@needs_busybox
 def test_files_the_file_api_makes_belong_to_the_containers_user(
     store: FileStore, bundle: BundleFactory
 ) -> None:
@@ -287,8 +218,6 @@ def test_files_the_file_api_makes_belong_to_the_containers_user(
         container.destroy()
 
 
-@needs_root
-@needs_busybox
 def test_a_pod_shares_its_roots_user_namespace(store: FileStore, bundle: BundleFactory) -> None:
     pod = Pod.create("pod", edit_config(bundle(["sleep", "100"]), with_userns), store=store)
     try:
@@ -304,8 +233,6 @@ def test_a_pod_shares_its_roots_user_namespace(store: FileStore, bundle: BundleF
         pod.destroy()
 
 
-@needs_root
-@needs_busybox
 def test_runc_spec_rootless_runs(store: FileStore, bundle: BundleFactory) -> None:
     """``default_spec(rootless=True)`` (``runc spec --rootless``), mapped to a host uid."""
     args = ["sh", "-c", "id -u; cat /proc/self/uid_map"]
@@ -325,8 +252,6 @@ def chown_tree(top: Path, uid: int, gid: int) -> None:
     os.chown(top, uid, gid)
 
 
-@needs_root
-@needs_busybox
 def test_an_overlay_root_of_a_rootfs_the_mapped_root_owns_exports_its_ids(
     store: FileStore, bundle: BundleFactory, tmp_path: Path
 ) -> None:
@@ -360,13 +285,9 @@ def test_an_overlay_root_of_a_rootfs_the_mapped_root_owns_exports_its_ids(
 def has_sys_resource() -> bool:
     """Whether this process holds ``CAP_SYS_RESOURCE`` (24), which raising a hard rlimit
     and lowering ``oom_score_adj`` below its floor take even as root."""
-    with open("/proc/self/status") as f:
-        effective = next(line for line in f if line.startswith("CapEff:"))
-    return bool(int(effective.split()[1], 16) >> 24 & 1)
+    return bool(int(proc_status("self")["CapEff"], 16) >> 24 & 1)
 
 
-@needs_root
-@needs_busybox
 def test_a_raised_hard_rlimit_and_a_lowered_oom_score_reach_the_mapped_init(
     store: FileStore, bundle: BundleFactory
 ) -> None:
@@ -394,8 +315,6 @@ def test_a_raised_hard_rlimit_and_a_lowered_oom_score_reach_the_mapped_init(
     assert out.split() == [str(wanted // 1024), "-17"]
 
 
-@needs_root
-@needs_busybox
 def test_an_rlimit_the_kernel_refuses_is_named(store: FileStore, bundle: BundleFactory) -> None:
     import resource
 
@@ -416,8 +335,6 @@ def test_an_rlimit_the_kernel_refuses_is_named(store: FileStore, bundle: BundleF
     assert Container.list(store=store) == []
 
 
-@needs_root
-@needs_busybox
 def test_an_exec_held_before_execve_does_not_stall_the_sandbox(
     store: FileStore, bundle: BundleFactory
 ) -> None:
@@ -458,8 +375,6 @@ def test_an_exec_held_before_execve_does_not_stall_the_sandbox(
         container.destroy()
 
 
-@needs_root
-@needs_busybox
 @pytest.mark.parametrize("mapped", [True, False], ids=["userns", "no-userns"])
 def test_nothing_is_left_beneath_an_overlay_root(
     store: FileStore, bundle: BundleFactory, mapped: bool
@@ -482,8 +397,6 @@ def test_nothing_is_left_beneath_an_overlay_root(
     assert lines[3] == lines[4], lines
 
 
-@needs_root
-@needs_busybox
 def test_the_mapped_root_owns_only_where_exit_statuses_go(
     store: FileStore, bundle: BundleFactory
 ) -> None:
@@ -514,8 +427,6 @@ def test_the_mapped_root_owns_only_where_exit_statuses_go(
         container.destroy()
 
 
-@needs_root
-@needs_busybox
 def test_the_gofer_takes_a_root_only_from_the_supervisor(
     store: FileStore, bundle: BundleFactory, tmp_path: Path
 ) -> None:
@@ -577,8 +488,6 @@ def test_the_gofer_takes_a_root_only_from_the_supervisor(
         container.destroy()
 
 
-@needs_root
-@needs_busybox
 @pytest.mark.parametrize("mapped", [True, False], ids=["userns", "no-userns"])
 def test_the_gofer_keeps_the_users_ids_only_for_a_user_namespace(
     store: FileStore, bundle: BundleFactory, mapped: bool
@@ -596,11 +505,7 @@ def test_the_gofer_keeps_the_users_ids_only_for_a_user_namespace(
     container = Container.create("u1", path, store=store)
     try:
         container.start()
-        container.files.exists("/")  # (the gofer has its start by now)
-        gofer = store.load("u1").gofer
-        assert gofer is not None
-        with open(f"/proc/{gofer.pid}/status") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        fields = gofer_status(container)
         saved = int(fields["Uid"].split()[2]), int(fields["Gid"].split()[2])
         assert saved == ((HOST_BASE + 1000, HOST_BASE + 1000) if mapped else (0, 0))
         assert int(fields["CapEff"], 16) == 0x1B  # CHOWN, DAC_OVERRIDE, FOWNER, FSETID
@@ -608,8 +513,6 @@ def test_the_gofer_keeps_the_users_ids_only_for_a_user_namespace(
         container.destroy()
 
 
-@needs_root
-@needs_busybox
 def test_oom_score_and_container_hooks_work_in_the_namespace(
     store: FileStore, bundle: BundleFactory
 ) -> None:
@@ -648,8 +551,6 @@ def test_oom_score_and_container_hooks_work_in_the_namespace(
         pod.destroy()
 
 
-@needs_root
-@needs_busybox
 def test_a_pod_member_may_not_ask_for_another_user_namespace(
     store: FileStore, bundle: BundleFactory
 ) -> None:
@@ -677,8 +578,6 @@ def test_a_pod_member_may_not_ask_for_another_user_namespace(
     assert Container.list(store=store) == []
 
 
-@needs_root
-@needs_busybox
 def test_without_a_pid_namespace_the_gofer_keeps_no_users_ids(
     store: FileStore, bundle: BundleFactory
 ) -> None:
@@ -698,18 +597,11 @@ def test_without_a_pid_namespace_the_gofer_keeps_no_users_ids(
     )
     try:
         container.start()
-        container.files.exists("/")  # (the gofer has its start by now)
-        gofer = store.load("u1").gofer
-        assert gofer is not None
-        with open(f"/proc/{gofer.pid}/status") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-        assert fields["Uid"].split()[:3] == ["0", "0", "0"]
+        assert gofer_status(container)["Uid"].split()[:3] == ["0", "0", "0"]
     finally:
         container.destroy()
 
 
-@needs_root
-@needs_busybox
 def test_a_pod_member_whose_id_ends_like_a_temporary_file_keeps_its_status(
     store: FileStore, bundle: BundleFactory
 ) -> None:
