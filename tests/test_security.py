@@ -231,6 +231,15 @@ def test_the_enosys_stub_sends_only_calls_past_the_known_ones_to_enosys() -> Non
         (aarch64, 1000): "filter",  # not the stub's: the filter's default
     }
     assert {case: _run_stub(stub, *case) for case in cases} == cases
+    # The thresholds are the profile's newest calls, wherever an architecture numbers
+    # them: ARM's private calls start at 0xf0000 (set_tls is 0xf0005).
+    lib = seccomp.load_library()
+    arm = 0x40000028
+    profile = {"architectures": ["SCMP_ARCH_ARM"], "syscalls": [{"names": ["read", "set_tls"]}]}
+    assert (arm, 0xF0005, None) in seccomp._stub_arches(lib, profile)
+    with_arm = seccomp.enosys_stub(seccomp._stub_arches(lib, profile))
+    assert _run_stub(with_arm, arm, 0xF0005) == "filter"
+    assert _run_stub(with_arm, arm, 0xF0006) == "enosys"
     without_x32 = seccomp.enosys_stub([(x86_64, 456, None)])
     assert _run_stub(without_x32, x86_64, 0x40000000 | 548) == "filter"
     assert _run_stub(without_x32, x86_64, 457) == "enosys"
@@ -634,7 +643,11 @@ def test_a_syscall_newer_than_libseccomp_fails_with_enosys(
     """As runc: a program probing a system call the profile cannot name (newer than this
     libseccomp) gets ENOSYS, and falls back, rather than the default action's EPERM."""
     lib = seccomp.load_library()
-    newest = seccomp._highest_syscall(lib, lib.seccomp_arch_native())
+    names = [
+        name for rule in default_profile(platform.machine())["syscalls"] for name in rule["names"]
+    ]
+    newest = seccomp._highest_named(lib, lib.seccomp_arch_native(), names)
+    assert newest is not None
     script = (
         "import ctypes\n"
         "libc = ctypes.CDLL(None, use_errno=True)\n"

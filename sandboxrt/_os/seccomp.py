@@ -141,7 +141,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         "seccomp_arch_add": ([ctx, u32], i32),
         "seccomp_arch_resolve_name": ([ctypes.c_char_p], u32),
         "seccomp_syscall_resolve_name": ([ctypes.c_char_p], i32),
-        "seccomp_syscall_resolve_num_arch": ([u32, i32], ctypes.c_void_p),
+        "seccomp_syscall_resolve_name_arch": ([u32, ctypes.c_char_p], i32),
         "seccomp_arch_native": ([], u32),
         "seccomp_rule_add_array": ([ctx, u32, i32, ctypes.c_uint, ctypes.POINTER(_ArgCmp)], i32),
     }
@@ -290,8 +290,6 @@ MAX_INSTRUCTIONS = 4096
 _AUDIT_ARCH_X86_64 = 0xC000003E
 _SCMP_ARCH_X32 = 0x4000003E
 _X32_SYSCALL_BIT = 0x40000000
-#: Past any system call number libseccomp knows of (it has ~550 in 2026, with x32's).
-_SYSCALL_SCAN_FROM = 1024
 
 #: One architecture of the stub: its audit arch, the highest number libseccomp knows
 #: there, and (x86_64) the highest x32 one, if the filter takes x32 calls.
@@ -337,30 +335,33 @@ def enosys_stub(arches: Sequence[StubArch]) -> bytes:
     )
 
 
-def _highest_syscall(lib: ctypes.CDLL, arch: int) -> int:
-    """The highest system call number this libseccomp names on ``arch`` (its token)."""
-    for number in range(_SYSCALL_SCAN_FROM, -1, -1):
-        name = lib.seccomp_syscall_resolve_num_arch(arch, number)
-        if name:
-            ctypes.CDLL(None).free(ctypes.c_void_p(name))
-            return number
-    raise OSError(errno.ENOSYS, "libseccomp names no system call on this architecture")
+def _highest_named(lib: ctypes.CDLL, arch: int, names: Sequence[str]) -> int | None:
+    """The highest number ``names`` (the profile's system calls) have on ``arch`` (a
+    token), without x32's bit; None if none has one there. As runc takes it: calls
+    past the profile's newest are newer than its author knew, whatever their numbering
+    (ARM's private calls from 0xf0000, MIPS's from 4000)."""
+    numbers = [lib.seccomp_syscall_resolve_name_arch(arch, name.encode()) for name in names]
+    known = [number & ~_X32_SYSCALL_BIT for number in numbers if number >= 0]
+    return max(known) if known else None
 
 
 def _stub_arches(lib: ctypes.CDLL, section: Mapping[str, Any]) -> list[StubArch]:
     """The architectures of the stub: the native one and the profile's (x32 folded into
-    x86_64, whose audit arch its calls carry)."""
+    x86_64, whose audit arch its calls carry), each with the highest number the
+    profile names there (one where it names none is left out: all to the filter)."""
     tokens = [lib.seccomp_arch_native()]
     for name in section.get("architectures") or []:
         token = lib.seccomp_arch_resolve_name(arch_name(name).encode())
         if token and token not in tokens:
             tokens.append(token)
-    x32 = _highest_syscall(lib, _SCMP_ARCH_X32) if _SCMP_ARCH_X32 in tokens else None
-    return [
-        (token, _highest_syscall(lib, token), x32 if token == _AUDIT_ARCH_X86_64 else None)
-        for token in tokens
-        if token != _SCMP_ARCH_X32
-    ]
+    names = sorted({name for rule in section.get("syscalls") or [] for name in rule["names"]})
+    x32 = _highest_named(lib, _SCMP_ARCH_X32, names) if _SCMP_ARCH_X32 in tokens else None
+    arches: list[StubArch] = []
+    for token in tokens:
+        highest = _highest_named(lib, token, names)
+        if token != _SCMP_ARCH_X32 and highest is not None:
+            arches.append((token, highest, x32 if token == _AUDIT_ARCH_X86_64 else None))
+    return arches
 
 
 def _library_version(lib: ctypes.CDLL) -> str:
@@ -396,8 +397,9 @@ def compile_bpf(section: Mapping[str, Any]) -> bytes:
             f"compiles to {len(program) // 8} BPF instructions; the kernel takes {MAX_INSTRUCTIONS}"
         )
         raise SpecError([("linux.seccomp", problem)])
-    if section["defaultAction"] not in ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG"):
-        stub = enosys_stub(_stub_arches(lib, section))
+    arches = _stub_arches(lib, section)
+    if section["defaultAction"] not in ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG") and arches:
+        stub = enosys_stub(arches)
         if len(stub) + len(program) <= MAX_INSTRUCTIONS * 8:  # (else the filter as it is)
             program = stub + program
     with _cache_lock:

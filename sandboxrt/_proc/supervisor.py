@@ -1126,7 +1126,9 @@ class Supervisor:
                 details = {"cause_type": step.error_type}
                 reply = Reply(False, error=step.error, error_type="ExecError", details=details)
                 # Not waited for: it exits now, unless stopped (by a process of the
-                # container), which must not hold us. _reap collects it then.
+                # container), which must not hold us: killed, and collected by _reap then.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(start.pid, signal.SIGKILL)
                 self._reap_failed(start.pid, hang=False)
                 break
         except channel.ChannelClosedError:
@@ -1657,21 +1659,22 @@ class Supervisor:
 
     def _await_init(self, member: _Member) -> None:
         """Reap ``member``'s init, which is exiting (it said why its start failed, or it
-        died): waited for a moment (AWAIT_INIT_TIMEOUT), then killed, so that a process
-        of the sandbox that stops it cannot hold us."""
+        died): waited for a moment (AWAIT_INIT_TIMEOUT), then killed and recorded as
+        killed, so that a process of the sandbox that stops it (or a cgroup frozen from
+        outside) cannot hold us; :meth:`_reap` collects it later, as no init of ours."""
         deadline = time.monotonic() + AWAIT_INIT_TIMEOUT
         with contextlib.suppress(ChildProcessError):
             while True:
                 pid, status = os.waitpid(member.init_pid, os.WNOHANG)
                 if pid:
-                    break
+                    self._init_exited(member, os.waitstatus_to_exitcode(status))
+                    return
                 if time.monotonic() >= deadline:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(member.init_pid, signal.SIGKILL)
-                    _, status = os.waitpid(member.init_pid, 0)
                     break
                 time.sleep(0.001)
-            self._init_exited(member, os.waitstatus_to_exitcode(status))
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member.init_pid, signal.SIGKILL)
+            self._init_exited(member, -signal.SIGKILL)
 
     def _signal(self, member: _Member, signum: int, *, everyone: bool, group: bool = False) -> None:
         if member.returncode is not None and not everyone:
