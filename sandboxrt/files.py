@@ -81,30 +81,42 @@ def _written(container_id: str, path: str, *, only: frozenset[int] | None = None
         raise file_error(container_id, path, exc.errno) from exc
 
 
-def _pump(src: int, dst: int) -> int:
-    """Copy ``src`` to ``dst`` from their offsets to the end, in chunks; bytes copied."""
+def _pump(src: int, dst: int, limit: int | None = None) -> int:
+    """Copy ``src`` to ``dst`` from their offsets to the end, in chunks; bytes copied.
+    With a ``limit``, ``OSError(EFBIG)`` once there is more than that to copy."""
     total = 0
+
+    def chunk() -> int:
+        if limit is None:
+            return CHUNK
+        if total > limit:
+            raise OSError(errno.EFBIG, f"more than the {limit} bytes allowed")
+        return min(CHUNK, limit - total + 1)  # (one byte past it tells there is more)
+
     try:
-        while n := os.copy_file_range(src, dst, CHUNK):
+        while n := os.copy_file_range(src, dst, chunk()):
             total += n
+        chunk()
         return total
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
             raise
     try:
-        while n := os.sendfile(dst, src, None, CHUNK):
+        while n := os.sendfile(dst, src, None, chunk()):
             total += n
+        chunk()
         return total
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.ENOSYS):
             raise
     buffer = bytearray(1024 * 1024)
     view = memoryview(buffer)
-    while n := os.readv(src, [buffer]):
+    while n := os.readv(src, [view[: min(len(buffer), chunk())]]):
         written = 0
         while written < n:
             written += os.write(dst, view[written:n])
         total += n
+    chunk()
     return total
 
 
@@ -395,7 +407,7 @@ class ContainerFiles:
         finally:
             os.close(source)
 
-    def copy_out(self, src: str, host_dst: HostPath) -> None:
+    def copy_out(self, src: str, host_dst: HostPath, *, max_bytes: int | None = None) -> None:
         """Copy a container file or directory tree to ``host_dst`` on the host.
 
         A file goes to ``host_dst``, or into it if that is a directory; a
@@ -404,8 +416,17 @@ class ContainerFiles:
         directory is opened with ``O_NOFOLLOW`` from ``host_dst`` down, and
         files are created with ``O_NOFOLLOW``. Devices, fifos and sockets are
         skipped.
+
+        ``max_bytes`` bounds the data copied, over all files (the container's
+        files may be larger than its owner should let onto the host: a sparse
+        file of a terabyte is cheap to make): past it, the file being copied
+        is removed and a :class:`ContainerFileError` (``EFBIG``) raised; the
+        files copied before it stay.
         """
+        if max_bytes is not None and max_bytes < 0:
+            raise ValueError(f"max_bytes must not be negative, not {max_bytes}")
         dst = os.fspath(host_dst)
+        budget = _Budget(max_bytes)
         with self._session() as session:
             st = session.stat(src)
             if not st.is_dir:
@@ -414,7 +435,7 @@ class ContainerFiles:
                 parent, name = os.path.split(os.path.abspath(dst))
                 parent_fd = os.open(parent, _O_HOST_DIR)
                 try:
-                    self._file_out(session, src, parent_fd, name, st.mode)
+                    self._file_out(session, src, parent_fd, name, st.mode, budget=budget)
                 finally:
                     os.close(parent_fd)
                 return
@@ -435,7 +456,9 @@ class ContainerFiles:
                                 os.mkdir(name, stat.S_IMODE(entry.mode) & 0o777, dir_fd=parent_fd)
                         elif entry.type == "file":
                             path = posixpath.join(src, entry.path)
-                            self._file_out(session, path, parent_fd, name, entry.mode)
+                            self._file_out(
+                                session, path, parent_fd, name, entry.mode, budget=budget
+                            )
                     finally:
                         os.close(parent_fd)
                 for entry in links:
@@ -448,17 +471,37 @@ class ContainerFiles:
                 os.close(top)
 
     @staticmethod
-    def _file_out(session: _Session, src: str, parent_fd: int, name: str, mode: int) -> None:
+    def _file_out(
+        session: _Session, src: str, parent_fd: int, name: str, mode: int, *, budget: _Budget
+    ) -> None:
         source = session.open_fd(src, os.O_RDONLY)
         try:
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
             out = os.open(name, flags, stat.S_IMODE(mode) & 0o777, dir_fd=parent_fd)
             try:
-                _pump(source, out)
+                budget.spend(_pump(source, out, budget.left))
+            except OSError as exc:
+                if exc.errno != errno.EFBIG:
+                    raise
+                os.unlink(name, dir_fd=parent_fd)  # (ours: made above, without following)
+                reason = f"copy_out stopped past max_bytes ({budget.limit})"
+                raise file_error(session.gofer.container_id, src, errno.EFBIG, reason) from None
             finally:
                 os.close(out)
         finally:
             os.close(source)
+
+
+class _Budget:
+    """How many bytes :meth:`ContainerFiles.copy_out` may still copy (None: no bound)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def spend(self, copied: int) -> None:
+        if self.left is not None:
+            self.left -= copied
 
 
 def _host_parent(top: int, rel: str) -> tuple[int, str]:

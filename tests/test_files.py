@@ -240,6 +240,29 @@ def test_copy_in_and_out_of_files_and_trees(container: Container, tmp_path: Path
     assert (out / "top.txt").read_text() == "top"
 
 
+def test_copy_out_stops_past_max_bytes(container: Container, tmp_path: Path) -> None:
+    """A bound over all files copied: past it the file being copied is removed and
+    EFBIG raised (a sparse terabyte is cheap to make in a container)."""
+    files = container.files
+    files.mkdir("/scratch/tree", parents=True)
+    files.write_bytes("/scratch/tree/a", b"a" * 3000)
+    files.write_bytes("/scratch/tree/b", b"b" * 3000)
+    out = tmp_path / "bounded"
+    files.copy_out("/scratch/tree", out, max_bytes=6000)  # exactly enough
+    assert sorted(p.name for p in out.iterdir()) == ["a", "b"]
+    out = tmp_path / "bounded2"
+    with pytest.raises(ContainerFileError, match="past max_bytes") as raised:
+        files.copy_out("/scratch/tree", out, max_bytes=5999)
+    assert raised.value.errno == errno.EFBIG
+    assert [p.name for p in out.iterdir()] == ["a"]  # b, cut short, is gone
+    assert (out / "a").read_bytes() == b"a" * 3000
+    with pytest.raises(ContainerFileError, match="past max_bytes"):
+        files.copy_out("/scratch/tree/a", tmp_path / "one", max_bytes=0)
+    assert not (tmp_path / "one").exists()
+    with pytest.raises(ValueError, match="negative"):
+        files.copy_out("/scratch/tree/a", tmp_path / "one", max_bytes=-1)
+
+
 def test_stopped_container_refuses(store: FileStore, bundle: BundleFactory) -> None:
     c = Container.create("stopped1", bundle(["true"]), store=store)
     try:
