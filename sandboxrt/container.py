@@ -881,17 +881,14 @@ class Container:
         plan = self._exec_plan(args, overrides)  # (before the lock: a bad argument waits not)
         stdio = None if tty else StdioPlan(stdin, stdout, stderr)
         try:
-            with contextlib.ExitStack() as locked:
-                sandbox = locked.enter_context(self._locked())
+            with self._locked() as sandbox:
                 require(Operation.EXEC, self.id, _effective_status(self._record, sandbox))
                 assert sandbox is not None
                 if self._record.spec is not spec:  # the id names another container now
                     plan = self._exec_plan(args, overrides)
                 try:
-                    # The lock goes once the request is sent: the process's way to execve
-                    # (which a process of the container may hold up) holds up no destroy.
                     pid, master, connection = sandbox.exec_connected(
-                        self.id, plan, stdio.child_fds if stdio else [], sent=locked.close
+                        self.id, plan, stdio.child_fds if stdio else []
                     )
                 except SandboxDiedError:
                     if not self._stopped_meanwhile(Operation.EXEC, sandbox):

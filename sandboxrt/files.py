@@ -423,6 +423,10 @@ class ContainerFiles:
         is removed and a :class:`ContainerFileError` (``EFBIG``) raised; the
         files copied before it stay.
         """
+        if max_bytes is not None and (
+            isinstance(max_bytes, bool) or not isinstance(max_bytes, int)
+        ):
+            raise TypeError(f"max_bytes must be an int, not {type(max_bytes).__name__}")
         if max_bytes is not None and max_bytes < 0:
             raise ValueError(f"max_bytes must not be negative, not {max_bytes}")
         dst = os.fspath(host_dst)

@@ -399,12 +399,10 @@ class Sandbox:
         timeout: float | None = None,
         connection: socket.socket | None = None,
         keep: bool = False,
-        sent: Callable[[], None] | None = None,
     ) -> tuple[Reply, list[int], socket.socket | None]:
         """:meth:`exchange` on ``connection`` (the caller's, which it closes on an error)
         or on a new one, closed unless ``keep`` (then it is returned, the caller's to close:
-        the supervisor serves further requests on it). ``sent`` runs once the request is
-        on its way, before the reply is read."""
+        the supervisor serves further requests on it)."""
         sock = connection
         try:
             if sock is None:
@@ -412,8 +410,6 @@ class Sandbox:
             else:
                 channel.set_timeout(sock, timeout)
             channel.send(sock, request, fds)
-            if sent is not None:
-                sent()
             reply, got = channel.receive(sock, Reply)
         except TimeoutError:
             if sock is not None and connection is None:
@@ -642,18 +638,12 @@ class Sandbox:
         return pid, master
 
     def exec_connected(
-        self,
-        container_id: str,
-        plan: ExecPlan,
-        stdio: Sequence[int],
-        *,
-        sent: Callable[[], None] | None = None,
+        self, container_id: str, plan: ExecPlan, stdio: Sequence[int]
     ) -> tuple[int, int | None, socket.socket]:
         """:meth:`exec`, keeping the connection it used (the caller closes it): waiting for
-        the process on it (``wait_process(connection=...)``) spares a connection. ``sent``
-        runs once the request is on its way (the caller may let go of its lock then)."""
+        the process on it (``wait_process(connection=...)``) spares a connection."""
         request = Request("exec", container_id, exec=plan)
-        reply, fds, connection = self._exchange(container_id, request, stdio, keep=True, sent=sent)
+        reply, fds, connection = self._exchange(container_id, request, stdio, keep=True)
         assert connection is not None
         try:
             return (*self._exec_reply(container_id, plan, reply, fds), connection)

@@ -261,6 +261,10 @@ def test_copy_out_stops_past_max_bytes(container: Container, tmp_path: Path) -> 
     assert not (tmp_path / "one").exists()
     with pytest.raises(ValueError, match="negative"):
         files.copy_out("/scratch/tree/a", tmp_path / "one", max_bytes=-1)
+    for wrong in (2.5, True):
+        with pytest.raises(TypeError, match="max_bytes must be an int"):
+            files.copy_out("/scratch/tree/a", tmp_path / "one", max_bytes=wrong)  # type: ignore[arg-type]
+    assert not (tmp_path / "one").exists()
 
 
 def test_stopped_container_refuses(store: FileStore, bundle: BundleFactory) -> None:

@@ -19,14 +19,12 @@ from conftest import BundleFactory, edit_config, needs_busybox, needs_root, run_
 from test_overlay import overlay, read_layer, running, sh
 
 from sandboxrt import (
-    Config,
     Container,
     ExecError,
     FileStore,
     InitError,
     Pod,
     ProtocolError,
-    SandboxrtError,
     SpecError,
     default_spec,
     write_spec_file,
@@ -623,51 +621,3 @@ def test_a_pod_member_whose_id_ends_like_a_temporary_file_keeps_its_status(
     finally:
         pod.destroy()
     assert Container.list(store=store) == []
-
-
-def test_a_destroy_does_not_wait_for_an_exec_held_before_execve(
-    store: FileStore, bundle: BundleFactory
-) -> None:
-    """The exec lets go of the container's lock once its request is sent: a process of
-    the container that stops the exec'd process before its execve holds up no destroy
-    (the exec is answered as failed)."""
-    import signal
-    import threading
-
-    path = edit_config(bundle(["sleep", "100"]), with_userns)
-    container = Container.create("u1", path, store=store, config=Config(lock_timeout=5.0))
-    record = None
-    try:
-        container.start()
-        record = store.load("u1").cgroup
-        assert record is not None
-        cgroup = cgroups.load(record, container_id="u1")
-        init_pids = set(cgroup.pids())
-        outcome: list[BaseException | None] = []
-
-        def exec_true() -> None:
-            try:
-                container.exec_run(["true"], timeout=60)
-                outcome.append(None)
-            except BaseException as exc:
-                outcome.append(exc)
-
-        cgroup.freeze(timeout=10)
-        try:
-            late = threading.Thread(target=exec_true)
-            late.start()
-            deadline = time.monotonic() + 10
-            while not set(cgroup.pids()) - init_pids and time.monotonic() < deadline:
-                time.sleep(0.01)
-            held = set(cgroup.pids()) - init_pids
-            assert held, "the exec'd process did not join the cgroup"
-            for pid in held:  # (what a process of the container could do)
-                os.kill(pid, signal.SIGSTOP)
-        finally:
-            cgroup.thaw()
-        container.destroy()  # (LockTimeoutError after 5 s while the exec held the lock)
-        late.join(timeout=30)
-        assert not late.is_alive()
-        assert isinstance(outcome[0], SandboxrtError), outcome
-    finally:
-        container.destroy()

@@ -1863,10 +1863,11 @@ _STOPPED_BEFORE_START = Reply(
 def _died_before_exec(pid: int, names: Sequence[str]) -> bool:
     """Whether our child ``pid``, whose sync socket just closed, died before its
     ``execve`` rather than exec'd: it is exiting (or a zombie) under one of our
-    ``names``. A process in the middle of an exec is neither (its name may still be
-    ours for a moment); one that exec'd and exits at once has its program's name.
-    Its ``/proc`` entry stays until we reap it."""
-    return procfs.dying_name(pid) in names
+    ``names``, or ours (:data:`PROCESS_NAME`: killed before it named itself). A process
+    in the middle of an exec is neither (its name may still be ours for a moment); one
+    that exec'd and exits at once has its program's name. Its ``/proc`` entry stays
+    until we reap it."""
+    return procfs.dying_name(pid) in (*names, PROCESS_NAME)
 
 
 def _death_before_exec(what: str, returncode: int) -> str:
