@@ -268,11 +268,15 @@ class Container:
                     compile_seccomp=compile_bpf,
                     overlay_size=overlay_size,
                 )
+                # The maps of the sandbox's own user namespace, if it has one (a pod's
+                # read from its supervisor): kept in the record.
+                id_maps = (plan.uid_map, plan.gid_map) if plan.uid_map else None
             else:
                 host, root_spec = _sandbox_to_join(store, sandbox_id, id)
                 root_namespaces = (root_spec.get("linux") or {}).get("namespaces") or []
                 _refuse_sysctls_in_our_namespaces(id, document, root_namespaces)
-                _refuse_another_user_namespace(id, document, host)
+                id_maps = _pod_id_maps(host)
+                _refuse_another_user_namespace(id, document, id_maps)
                 plan = build_container_plan(
                     container_id=id,
                     sandbox_id=sandbox_id,
@@ -314,7 +318,7 @@ class Container:
                 config=attrs.asdict(config),
                 annotations=dict(document.get("annotations") or {}),
                 creator=_this_process(),
-                id_maps=_sandbox_id_maps(plan, host),
+                id_maps=id_maps,
             )
             store.create(record)  # raises ContainerExistsError, touching nothing
             container = cls(record, store)
@@ -1137,15 +1141,9 @@ class Container:
             True,
         )
 
-    def _ids_inside(self, uid: int, gid: int) -> tuple[int, int]:
-        """Host ids as the container's processes see them, through its sandbox's user
-        namespace (the kernel's overflow id, 65534, for one it does not map)."""
-        owners = self._owners_inside()
-        return (uid, gid) if owners is None else owners(uid, gid)
-
     def _owners_inside(self) -> Callable[[int, int], tuple[int, int]] | None:
-        """What turns host ids into the container's (:meth:`_ids_inside`), when its
-        sandbox has a user namespace of its own."""
+        """What turns host ids into the container's (the kernel's overflow id, 65534, for
+        one its namespace does not map), when its sandbox has a user namespace of its own."""
         maps = self._maps()
         if maps is None:
             return None
@@ -1463,10 +1461,10 @@ def _naming_container(container_id: str) -> Iterator[None]:
 
 
 def _refuse_another_user_namespace(
-    container_id: str, document: dict[str, Any], host: Sandbox
+    container_id: str, document: dict[str, Any], theirs: tuple[str, str] | None
 ) -> None:
     """A :class:`SpecError` for a pod member that asks for a new user namespace mapped
-    otherwise than its sandbox's own (or when the sandbox has none): it would run in
+    otherwise than its sandbox's own (``theirs``; or when it has none): it would run in
     the sandbox's, which the member's spec did not ask for. (One given by path is the
     sandbox's, as CRI runtimes write it.)"""
     linux = document.get("linux") or {}
@@ -1478,7 +1476,6 @@ def _refuse_another_user_namespace(
         idmap.map_text(idmap.extents_from_spec(linux.get("uidMappings"))),
         idmap.map_text(idmap.extents_from_spec(linux.get("gidMappings"))),
     )
-    theirs = _pod_id_maps(host)
     if theirs is not None and [idmap.extents_from_text(t) for t in theirs] == [
         idmap.extents_from_text(t) for t in wanted
     ]:
@@ -1602,16 +1599,6 @@ def _write_pid_file(container_id: str, path: str | os.PathLike[str], pid: int) -
             raise
     except OSError as exc:
         raise InvalidArgumentError(container_id, f"cannot write pid file {target}: {exc}") from None
-
-
-def _sandbox_id_maps(
-    plan: SandboxPlan | ContainerPlan, host: Sandbox | None
-) -> tuple[str, str] | None:
-    """The maps of the user namespace of the container's sandbox, if it has one of its
-    own: a new sandbox's from its plan, a pod's from its supervisor (while it runs)."""
-    if isinstance(plan, SandboxPlan):
-        return (plan.uid_map, plan.gid_map) if plan.uid_map else None
-    return _pod_id_maps(host) if host is not None else None
 
 
 def _own_pid_namespace(pid: int) -> bool:

@@ -279,7 +279,10 @@ class ContainerFiles:
         its user namespace, if it has one of its own)."""
         with self._session() as session:
             found = session.stat(path, follow=follow_symlinks)
-        uid, gid = self._container._ids_inside(found.uid, found.gid)
+        owners = self._container._owners_inside()
+        if owners is None:
+            return found
+        uid, gid = owners(found.uid, found.gid)
         return dataclasses.replace(found, uid=uid, gid=gid)
 
     def exists(self, path: str) -> bool:

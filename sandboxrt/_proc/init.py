@@ -73,14 +73,10 @@ AGENT_PROCESS_NAME = "sandboxrt-agent"
 
 #: The namespaces an init hands its supervisor at ``created`` (:func:`open_handles`), which
 #: an exec'd process joins where they differ from the supervisor's: ``(name in
-#: /proc/PID/ns, OCI kind)``; the mount namespace, always joined, last.
-_HANDLED = (
-    ("cgroup", "cgroup"),
-    ("ipc", "ipc"),
-    ("uts", "uts"),
-    ("net", "network"),
-    ("mnt", "mount"),
-)
+#: /proc/PID/ns, OCI kind)``; the mount namespace, always joined, last. Only these can
+#: differ: an init makes no other (the PID, network, IPC and UTS namespaces are the
+#: sandbox's, which its supervisor is in).
+_HANDLED = (("cgroup", "cgroup"), ("mnt", "mount"))
 #: How many fds :func:`open_handles` gives: the root's, then one per namespace.
 HANDLE_COUNT = 1 + len(_HANDLED)
 
