@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -111,6 +112,48 @@ def test_subprocess_launcher_runs_a_container(store: FileStore, bundle: BundleFa
         assert c.stdout.read().strip() == b"2"  # the supervisor is PID 1
     finally:
         c.destroy()
+
+
+def _another_python() -> str | None:
+    """The system's ``python3`` when it is 3.11 or later and not this interpreter
+    (Debian's builds ``select`` and ``_posixsubprocess`` in: no ``__file__``)."""
+    system = "/usr/bin/python3"
+    if not os.path.exists(system) or os.path.realpath(system) == os.path.realpath(sys.executable):
+        return None
+    probe = subprocess.run(
+        [system, "-I", "-S", "-c", "import sys; print(sys.version_info >= (3, 11))"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return system if probe.stdout.strip() == "True" else None
+
+
+@pytest.mark.parametrize("launcher_kind", ["fork", "subprocess"])
+def test_the_sandbox_side_runs_under_another_interpreter(
+    store: FileStore, bundle: BundleFactory, launcher_kind: str
+) -> None:
+    """A launcher's ``python`` may be another interpreter than the library's: the
+    sandbox's entry points need its standard library only, wherever it keeps its
+    extension modules (before, one with ``select`` built in failed every container)."""
+    python = _another_python()
+    if python is None:
+        pytest.skip("needs a system python3 (3.11 or later) other than this interpreter")
+    launcher = ForkServerLauncher(python) if launcher_kind == "fork" else SubprocessLauncher(python)
+    try:
+        for name in ("one", "two"):  # the second one from a warm sandbox
+            c = Container.create(name, bundle(["sleep", "60"]), store=store, launcher=launcher)
+            try:
+                assert os.path.realpath(f"/proc/{c.state().pid}/exe") == os.path.realpath(python)
+                c.start()
+                process = c.exec(["echo", "hi"], stdout=subprocess.PIPE)
+                out, _ = process.communicate(timeout=10)
+                assert (out, process.returncode) == (b"hi\n", 0)
+            finally:
+                c.destroy()
+    finally:
+        if isinstance(launcher, ForkServerLauncher):
+            launcher.close()
 
 
 def test_a_subprocess_launcher_prefix_wraps_the_sandbox_and_the_gofer(

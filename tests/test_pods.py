@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import signal
 import stat
 import subprocess
@@ -39,7 +38,7 @@ from sandboxrt import (
 )
 from sandboxrt._core import cri
 from sandboxrt._core.spec import read_spec_file
-from sandboxrt._os import cgroups, procfs
+from sandboxrt._os import cgroups, procfs, stdlib
 from sandboxrt.errors import HookError
 from sandboxrt.gofer import socket_path
 from sandboxrt.sandbox import Sandbox
@@ -479,14 +478,20 @@ def test_a_created_subcontainers_init_holds_no_host_directory_it_has_no_use_for(
     a = pod.add_container("a", bundle(["true"]))
     assert a.status is Status.CREATED
     pid = init_host_pid(a)
-    stdlib = {os.path.dirname(module.__file__ or "") for module in (os, select)}
+    opened = stdlib.directories()
+    try:
+        directories_of_stdlib = {os.readlink(f"/proc/self/fd/{fd}") for fd in opened}
+    finally:
+        for fd in opened:
+            os.close(fd)
+    assert directories_of_stdlib
     held = {}
     for fd in os.listdir(f"/proc/{pid}/fd"):
         with contextlib.suppress(OSError):
             held[fd] = (os.readlink(f"/proc/{pid}/fd/{fd}"), os.stat(f"/proc/{pid}/fd/{fd}"))
     assert held, "the init holds its stdio at least"
     directories = {fd: link for fd, (link, st) in held.items() if stat.S_ISDIR(st.st_mode)}
-    assert not {fd: link for fd, link in directories.items() if link in stdlib}
+    assert not {fd: link for fd, link in directories.items() if link in directories_of_stdlib}
     assert not {fd: link for fd, link in directories.items() if link.startswith("/sys/fs/cgroup")}
     a.start()
     assert a.wait(timeout=10) == 0

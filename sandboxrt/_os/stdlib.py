@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-import select
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -23,10 +22,11 @@ __all__ = ["directories", "import_through"]
 def directories() -> list[int]:
     """``O_PATH`` fds (close-on-exec) of the standard library's directories: its pure
     Python modules', and its extension modules' (``subprocess`` needs
-    ``_posixsubprocess``)."""
+    ``_posixsubprocess``) where they are files (``lib-dynload`` on ``sys.path``; an
+    interpreter such as Debian's builds many of them in)."""
     found: list[int] = []
-    for module in (os, select):
-        directory = os.path.dirname(module.__file__ or "")
+    dynload = [entry for entry in sys.path if os.path.basename(entry) == "lib-dynload"]
+    for directory in dict.fromkeys([os.path.dirname(os.__file__ or ""), *dynload]):
         with contextlib.suppress(OSError):
             found.append(os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
     return found
