@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file, write_spec_file
     from sandboxrt._core.spec_default import default_spec
     from sandboxrt._core.status import Operation, Status
-    from sandboxrt._proc.launcher import Launcher, SubprocessLauncher
+    from sandboxrt._proc.launcher import ForkServerLauncher, Launcher, SubprocessLauncher
     from sandboxrt.config import Config
     from sandboxrt.container import Container, OCIState, Stats
     from sandboxrt.errors import (
@@ -79,6 +79,7 @@ __all__ = [
     "ExecError",
     "FileStat",
     "FileStore",
+    "ForkServerLauncher",
     "Gofer",
     "GoferError",
     "HookError",
@@ -132,6 +133,7 @@ _HOMES = {
     "default_spec": "sandboxrt._core.spec_default",
     "Operation": "sandboxrt._core.status",
     "Status": "sandboxrt._core.status",
+    "ForkServerLauncher": "sandboxrt._proc.launcher",
     "Launcher": "sandboxrt._proc.launcher",
     "SubprocessLauncher": "sandboxrt._proc.launcher",
     "Config": "sandboxrt.config",
