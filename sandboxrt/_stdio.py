@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import subprocess
 from typing import IO, Any
 
-__all__ = ["StdioArg", "StdioPlan", "close_streams"]
+__all__ = ["StdioArg", "StdioPlan", "close_streams", "reserve_standard_fds"]
 
 #: What ``stdin``/``stdout``/``stderr`` accept: ``None`` (inherit), ``PIPE``,
 #: ``DEVNULL``, ``STDOUT`` (stderr only), an fd, or an object with ``fileno()``.
 StdioArg = int | IO[Any] | None
+
+
+def reserve_standard_fds() -> None:
+    """Open ``/dev/null`` on whichever of fds 0, 1 and 2 is closed (a daemon's), as Go's
+    runtime does at start: else the next fd the library opened (a socket to its fork
+    server, a lock file) would take the number, and a container told to inherit that
+    stream would get it."""
+    for fd in (0, 1, 2):
+        try:
+            fcntl.fcntl(fd, fcntl.F_GETFD)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: ``fd``
+            if null != fd:  # (another thread took it meanwhile)
+                os.close(null)
 
 
 class StdioPlan:
@@ -23,6 +38,7 @@ class StdioPlan:
     """
 
     def __init__(self, stdin: StdioArg, stdout: StdioArg, stderr: StdioArg) -> None:
+        reserve_standard_fds()
         self._owned: list[int] = []
         self.stdin: IO[bytes] | None = None
         self.stdout: IO[bytes] | None = None
@@ -37,21 +53,27 @@ class StdioPlan:
         self.child_fds = [in_fd, out_fd, err_fd]
 
     def _fd(self, arg: StdioArg, default: int, *, reading: bool) -> int:
+        """The plan's own fd for one stream: a duplicate of the caller's (never the
+        caller's number, which a closed stream would have free for the library's next
+        fd), ``/dev/null`` for an inherited stream the caller has closed."""
         if arg is None:
-            return default
+            try:
+                return self._own(fcntl.fcntl(default, fcntl.F_DUPFD_CLOEXEC, 3))
+            except OSError:  # closed (a daemon's): the container gets /dev/null
+                arg = subprocess.DEVNULL
         if isinstance(arg, bool) or not (isinstance(arg, int) or hasattr(arg, "fileno")):
             raise TypeError(
                 "a stdio argument must be None, PIPE, DEVNULL, STDOUT (stderr only), an fd "
                 f"or an object with fileno(), not {type(arg).__name__}"
             )
         if arg == subprocess.DEVNULL:
-            fd = os.open(os.devnull, (os.O_RDONLY if reading else os.O_WRONLY) | os.O_CLOEXEC)
-            self._owned.append(fd)
-            return fd
+            return self._own(
+                os.open(os.devnull, (os.O_RDONLY if reading else os.O_WRONLY) | os.O_CLOEXEC)
+            )
         if arg == subprocess.PIPE:
             r, w = os.pipe2(os.O_CLOEXEC)
             child, ours = (r, w) if reading else (w, r)
-            self._owned.append(child)
+            self._own(child)
             stream = os.fdopen(ours, "wb" if reading else "rb")
             if default == 0:
                 self.stdin = stream
@@ -64,9 +86,12 @@ class StdioPlan:
         if fd < 0:
             raise ValueError(f"invalid stdio argument {arg!r}")
         try:
-            os.fstat(fd)
+            return self._own(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3))
         except OSError:
             raise ValueError(f"stdio file descriptor {fd} is not open") from None
+
+    def _own(self, fd: int) -> int:
+        self._owned.append(fd)
         return fd
 
     def __enter__(self) -> StdioPlan:
@@ -77,7 +102,7 @@ class StdioPlan:
             self.close_all()
 
     def close_child_ends(self) -> None:
-        """Close the fds this plan opened for the child (after they were sent)."""
+        """Close the fds this plan holds for the child (after they were sent)."""
         for fd in self._owned:
             os.close(fd)
         self._owned = []

@@ -45,7 +45,7 @@ from sandboxrt._proc import hooks
 from sandboxrt._proc.init import open_cgroup_dirs
 from sandboxrt._proc.launcher import Launcher
 from sandboxrt._signals import DEFAULT_FORWARDED, SignalForwarder, signal_number
-from sandboxrt._stdio import StdioArg, StdioPlan, close_streams
+from sandboxrt._stdio import StdioArg, StdioPlan, close_streams, reserve_standard_fds
 from sandboxrt.config import Config
 from sandboxrt.errors import (
     ContainerNotFoundError,
@@ -223,6 +223,7 @@ class Container:
         unknown = set(options) - CreateOptions.__optional_keys__
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+        reserve_standard_fds()  # before we open any fd: see StdioPlan
         store = options.get("store")
         config = options.get("config")
         spec = options.get("spec")
@@ -878,6 +879,7 @@ class Container:
             raise ValueError(
                 "with tty=True, stdin, stdout and stderr are the terminal: use console"
             )
+        reserve_standard_fds()
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
         spec = self._record.spec

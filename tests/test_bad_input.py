@@ -10,13 +10,21 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
-from conftest import BundleFactory, children_of_this_process, edit_config, needs_busybox, needs_root
+from conftest import (
+    REPO,
+    BundleFactory,
+    children_of_this_process,
+    edit_config,
+    needs_busybox,
+    needs_root,
+)
 
 from sandboxrt import (
     AmbiguousIDError,
@@ -484,6 +492,46 @@ def test_stdio_fd_that_is_not_open(
     with pytest.raises(ValueError, match="closed file"):
         Container.create("x", bundle(), store=store, stdout=closed)
     assert_nothing_left(store)
+
+
+def test_a_caller_with_closed_stdio_gives_no_fd_of_its_own_to_the_container(
+    bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """A daemon's fds 0 and 2 are closed: an inherited stream is then /dev/null, never
+    the next fd the library opened there (a mountinfo, a gofer's socket, a lock file)."""
+    show = "readlink /proc/self/fd/0; readlink /proc/self/fd/2"
+    path = bundle(["sh", "-c", show])
+    sleeper = bundle(["sleep", "60"])
+    out = tmp_path / "out"
+    code = f"""
+import os, subprocess
+from sandboxrt import Container, FileStore
+store = FileStore({str(tmp_path / "store")!r})
+with open({str(out)!r}, "w") as out:
+    os.close(0)
+    os.close(2)
+    for name in ("cold", "warm"):
+        assert Container.run(name, {str(path)!r}, store=store, stdout=out) == 0
+    with Container.create("x", {str(path)!r}, store=store, stdout=out) as c:
+        c.start()
+        c.wait()
+with Container.create("e", {str(sleeper)!r}, store=store) as c:
+    c.start()
+    p = c.exec(["sh", "-c", {show!r}], stdout=subprocess.PIPE)
+    print(p.communicate(timeout=10)[0].decode(), end="", file=open({str(out)!r}, "a"))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout
+    assert out.read_text().split() == ["/dev/null"] * 8
 
 
 # --- failures during creation leave nothing behind --------------------------------------------

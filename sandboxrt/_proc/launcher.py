@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 import sandboxrt
 from sandboxrt._core.protocol import Launched, Request
 from sandboxrt._os import channel
+from sandboxrt._stdio import reserve_standard_fds
 from sandboxrt.errors import SandboxrtError
 
 __all__ = [
@@ -142,6 +143,7 @@ class ForkServerLauncher:
         if self._sock is not None and self._owner == os.getpid() and alive:
             return self._sock
         self.close()
+        reserve_standard_fds()  # our sockets live long: never on the caller's 0-2
         ours, theirs = channel.socket_pair()
         with theirs:
             self._server = subprocess.Popen(

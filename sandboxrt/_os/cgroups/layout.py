@@ -7,6 +7,7 @@ to resolve a relative ``linux.cgroupsPath``). Standard library only.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import posixpath
 import re
@@ -231,9 +232,15 @@ class _MountedHierarchies:
             os.close(self._fd)
         self._pid, self._hierarchies, self._poll, self._fd = os.getpid(), None, None, -1
         try:
-            self._fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+            opened = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return
+        try:  # kept open: never on a closed fd 0-2, where the caller's stdio would be
+            self._fd = fcntl.fcntl(opened, fcntl.F_DUPFD_CLOEXEC, 3)
+        except OSError:
+            return
+        finally:
+            os.close(opened)
         self._poll = select.poll()
         self._poll.register(self._fd, select.POLLPRI | select.POLLERR)
 
