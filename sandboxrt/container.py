@@ -288,7 +288,14 @@ class Container:
                     overlay_size=overlay_size,
                     sandbox_namespaces={ns.get("type") for ns in root_namespaces},
                 )
-        autostart = autostart and not plan.init.start_container_hooks and not plan.init.terminal
+        # Started with a round trip of its own where something must come first: its hooks,
+        # its terminal's console, a pid file (written before the program runs, as runc).
+        autostart = (
+            autostart
+            and not plan.init.start_container_hooks
+            and not plan.init.terminal
+            and pid_file is None
+        )
         if autostart:
             plan = dataclasses.replace(plan, init=dataclasses.replace(plan.init, autostart=True))
         cgroup_request = _cgroup.request_for(document)

@@ -542,6 +542,21 @@ def test_pid_file(store: FileStore, bundle: BundleFactory, tmp_path: Path) -> No
         container.destroy()
 
 
+def test_run_with_a_pid_file_it_cannot_write_does_not_run_the_program(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """As ``runc run --pid-file``: the pid file is written before the program starts."""
+    path = bundle(["touch", "/ran"])
+    with pytest.raises(InvalidArgumentError):
+        Container.run("pidf", path, store=store, pid_file=tmp_path / "missing" / "c.pid")
+    assert not (path / "rootfs" / "ran").exists()
+    assert store.list_ids() == []
+    pid_file = tmp_path / "c.pid"
+    assert Container.run("pidf", path, store=store, pid_file=pid_file) == 0
+    assert (path / "rootfs" / "ran").exists()
+    assert int(pid_file.read_text()) > 1
+
+
 def test_the_pid_file_is_written_through_no_planted_file(
     store: FileStore, bundle: BundleFactory, tmp_path: Path
 ) -> None:
