@@ -11,6 +11,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -48,6 +49,7 @@ __all__ = [
     "PROCESS_NAME",
     "error_progress",
     "find_executable",
+    "give_stdio",
     "join_cgroup_fds",
     "open_cgroup",
     "open_cgroup_dirs",
@@ -374,6 +376,24 @@ def _install_stdio(stdio: Sequence[int], tty_slave: int | None) -> None:
         os.close(fd)
 
 
+def give_stdio(fds: Iterable[int], uid: int, *, terminal: bool = False) -> None:
+    """Make ``uid`` the owner of the pipes and sockets among ``fds`` (and, with
+    ``terminal``, of the container's pty they are), as runc does, so that a program
+    that is not root may reopen its stdio (``/dev/stdout``, ``/proc/self/fd/1``). Unlike
+    runc, a file or terminal of the host's is left to its owner. Best effort: an id
+    the sandbox's user namespace does not map, say, leaves the fd as it is."""
+    for fd in dict.fromkeys(fds):
+        try:
+            info = os.fstat(fd)
+        except OSError:
+            continue
+        mode = info.st_mode
+        ours = stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or (terminal and stat.S_ISCHR(mode))
+        if ours and info.st_uid != uid:
+            with contextlib.suppress(OSError):
+                os.fchown(fd, uid, -1)
+
+
 #: Every signal's disposition is the default and none is blocked (:func:`_default_signals`).
 _signals_reset = False
 
@@ -423,6 +443,7 @@ def _become(
 ) -> NoReturn:
     """Install stdio, apply the plan (user, limits, capabilities, seccomp...) and exec."""
     _install_stdio(stdio, tty_slave)
+    give_stdio((0, 1, 2), plan.uid, terminal=tty_slave is not None)
     env = _program_env(plan)
     _apply_process(plan, seccomp_program)
     os.execve(executable, plan.args, env)

@@ -52,6 +52,7 @@ from sandboxrt._proc.init import (
     EXEC_PROCESS_NAME,
     HANDLE_COUNT,
     error_progress,
+    give_stdio,
     join_cgroup_fds,
     open_cgroup,
     raise_fd_limit,
@@ -1224,6 +1225,7 @@ class Supervisor:
             return lost
         try:
             join_cgroup_fds(member.cgroup_fds, agent.pid)  # what it spawns is born inside
+            give_stdio(fds, plan.uid)  # (the agent has dropped the privilege to)
             # What varies between its spawns, and nothing else: a short message.
             channel.send(agent.sock, ExecPlan(args=plan.args, env=plan.env, cwd=plan.cwd), fds)
             agent.sent += 1
