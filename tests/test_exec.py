@@ -310,6 +310,17 @@ def test_missing_binary_is_a_clear_error(running: Container) -> None:
     assert running.exec(["true"]).wait(timeout=10) == 0  # the container is unharmed
 
 
+def test_a_missing_cwd_fails_the_exec_and_makes_nothing(running: Container) -> None:
+    """As ``runc exec --cwd``: unlike an init's, an exec'd process's missing cwd is an
+    error, through the agent and the slow way (it was made, root's, in the rootfs)."""
+    rootfs = Path(running.bundle) / "rootfs"
+    for user in (None, 1000):
+        with pytest.raises(ExecError, match=r"chdir to cwd '/nope/a': No such file"):
+            running.exec(["true"], cwd="/nope/a", user=user)
+    assert not (rootfs / "nope").exists()
+    assert running.exec(["true"], cwd="/tmp", user=1000).wait(timeout=10) == 0
+
+
 def test_bad_arguments(running: Container) -> None:
     with pytest.raises(ValueError, match="args"):
         running.exec([])

@@ -1170,13 +1170,16 @@ def make_dir_beneath_root(path: str) -> None:
 
 
 def chdir_beneath_root(path: str) -> None:
-    """``chdir`` to ``path`` resolved beneath ``/`` (after pivot), creating what is missing.
+    """``chdir`` to ``path`` resolved beneath ``/`` (after pivot); ``FileNotFoundError``
+    when it is missing (:func:`make_dir_beneath_root` makes an init's first).
 
     Runs as the process's user, so the search permissions are that user's.
     """
     root_fd = _open_root("/")
     try:
-        fd, _ = _walk(root_fd, path, create="dir")
+        fd, _ = _walk(root_fd, path)
+    except OSError as exc:  # (as runc words it)
+        raise OSError(exc.errno, f"chdir to cwd {path!r}: {exc.strerror}") from None
     finally:
         os.close(root_fd)
     try:

@@ -280,10 +280,14 @@ def raise_fd_limit() -> None:
 
 
 def _apply_process(
-    plan: ProcessPlan, seccomp_program: bytes | None = None, *, chdir: bool = True
+    plan: ProcessPlan,
+    seccomp_program: bytes | None = None,
+    *,
+    chdir: bool = True,
+    make_cwd: bool = False,
 ) -> None:
-    """Become the program's process: limits, user, cwd (unless not ``chdir``),
-    capabilities, no_new_privs, seccomp.
+    """Become the program's process: limits, user, cwd (unless not ``chdir``; made first
+    if missing with ``make_cwd``, for an init), capabilities, no_new_privs, seccomp.
 
     The order is the kernel's: bounding set dropped while privileged,
     ``PR_SET_KEEPCAPS`` across the uid change, then ``capset`` and the ambient
@@ -294,7 +298,7 @@ def _apply_process(
     """
     seccomp_flags = plan.seccomp.flags if plan.seccomp is not None else 0
     seccomp_early = plan.seccomp is not None and plan.seccomp.early
-    if chdir:  # a missing cwd is made by the runtime (root), as runc does, then entered
+    if make_cwd:  # an init's missing cwd is made by the runtime (root), as runc does
         mounts.make_dir_beneath_root(plan.cwd)
     if _caller_fd_limit is not None:  # the supervisor raised its own: ours is the caller's
         resource.setrlimit(resource.RLIMIT_NOFILE, _caller_fd_limit)
@@ -440,12 +444,15 @@ def _become(
     stdio: Sequence[int],
     tty_slave: int | None,
     seccomp_program: bytes | None,
+    *,
+    init: bool = False,
 ) -> NoReturn:
-    """Install stdio, apply the plan (user, limits, capabilities, seccomp...) and exec."""
+    """Install stdio, apply the plan (user, limits, capabilities, seccomp...) and exec.
+    An ``init``'s missing cwd is made (an exec'd process's is an error, as in runc)."""
     _install_stdio(stdio, tty_slave)
     give_stdio((0, 1, 2), plan.uid, terminal=tty_slave is not None)
     env = _program_env(plan)
-    _apply_process(plan, seccomp_program)
+    _apply_process(plan, seccomp_program, make_cwd=init)
     os.execve(executable, plan.args, env)
 
 
@@ -665,7 +672,7 @@ def _create(
         )
     if not _signals_reset:  # (an init built ahead did it before its claim)
         _default_signals()
-    _become(plan, executable, stdio, tty_slave, seccomp_program)
+    _become(plan, executable, stdio, tty_slave, seccomp_program, init=True)
 
 
 def open_handles() -> list[int]:
