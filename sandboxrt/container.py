@@ -242,6 +242,12 @@ class Container:
                 validate_spec(spec)
         document = _apply_config(dump_spec(spec), config)
         terminal = bool((document.get("process") or {}).get("terminal"))
+        if terminal and any(arg is not None for arg in (stdin, stdout, stderr)):
+            raise InvalidArgumentError(
+                id,
+                "with process.terminal, the terminal is the program's stdin, stdout and "
+                "stderr: leave them out and use container.console or a console socket",
+            )
         if console_socket is not None and not terminal:
             raise InvalidArgumentError(
                 id, "a console socket is for a terminal: the spec has no process.terminal"

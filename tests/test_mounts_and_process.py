@@ -148,6 +148,9 @@ def test_a_console_socket_needs_a_terminal_and_run_a_terminal_a_socket(
         Container.create("t1", bundle(["true"]), store=store, console_socket=tmp_path / "s")
     with pytest.raises(InvalidArgumentError, match=r'"t2": Container\.run of a process\.terminal'):
         Container.run("t2", bundle(["true"], terminal=True), store=store)
+    # The terminal is the program's stdio: pipes given as well would stay empty.
+    with pytest.raises(InvalidArgumentError, match=r'"t3": with process\.terminal, the terminal'):
+        Container.create("t3", bundle(["true"], terminal=True), store=store, stdout=subprocess.PIPE)
     assert Container.list(store=store) == []
 
 
