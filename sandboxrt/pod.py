@@ -73,8 +73,8 @@ class Pod:
         unique prefix of one)."""
         store = store if store is not None else FileStore()
         container = Container.load(id_or_prefix, store=store)
-        if container.is_subcontainer:
-            container = Container.load(container.sandbox_id, store=store)
+        if container.is_subcontainer:  # (its root's exact id: never a prefix of another)
+            container = Container(store.load(container.sandbox_id), store)
         return cls(container)
 
     def containers(self) -> list[Container]:

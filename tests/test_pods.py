@@ -461,6 +461,24 @@ def test_a_subcontainer_loads_and_execs_from_another_process(
     assert in_subprocess(store, script) == "running pod True 42 ['pod', 'a']"
 
 
+def test_pod_load_finds_the_root_by_its_exact_id_only(
+    pod: Pod, bundle: BundleFactory, store: FileStore
+) -> None:
+    """A subcontainer whose root's record is gone (its creator crashed) names no pod: not
+    the pod of another container whose id merely starts with the root's."""
+    add_running(pod, bundle(SLEEP), "a")
+    other = Container.create("pod-other", bundle(SLEEP), store=store)
+    root = store.load("pod")
+    store.delete("pod")
+    try:
+        with pytest.raises(ContainerNotFoundError):
+            Pod.load("a", store=store)
+    finally:
+        store.create(root)
+        other.destroy()
+    assert Pod.load("a", store=store).id == "pod"
+
+
 def test_a_created_subcontainer_waits_for_start(pod: Pod, bundle: BundleFactory) -> None:
     a = pod.add_container("a", bundle(["sh", "-c", "exit 7"]))
     assert a.status is Status.CREATED
