@@ -217,6 +217,19 @@ def thaw(record: Mapping[str, Any] | None, container_id: str) -> None:
     _freezable(record, container_id).thaw()
 
 
+def is_frozen(record: Mapping[str, Any] | None, container_id: str) -> bool:
+    """Whether the container's cgroup is frozen, whatever its record says (a caller killed
+    between a pause's freeze and its save leaves it so); ``False`` without a cgroup or a
+    freezer, or where it cannot be read."""
+    if record is None:
+        return False
+    try:
+        cgroup = cgroups.load(record, container_id=container_id)
+        return cgroup.can_freeze() and cgroup.is_frozen()
+    except (SandboxrtError, OSError):
+        return False
+
+
 def _freezable(record: Mapping[str, Any] | None, container_id: str) -> Cgroup:
     if record is None:
         raise MissingFeatureError("the cgroup freezer", f'container "{container_id}" has no cgroup')

@@ -1378,7 +1378,8 @@ def _kill_if_paused(
     *,
     record: ContainerRecord | None = None,
 ) -> None:
-    """SIGKILL (through its cgroup, which thaws it) a paused container of ``sandbox_id``.
+    """SIGKILL (through its cgroup, which thaws it) a paused container of ``sandbox_id``,
+    or one whose cgroup is frozen while its record says otherwise.
 
     Frozen processes die only once thawed (v1), and the supervisor, PID 1 of
     their namespace, cannot end before them. A subcontainer's record is read
@@ -1390,7 +1391,7 @@ def _kill_if_paused(
             return
     if record.sandbox_id not in ("", sandbox_id) or record.cgroup is None:
         return
-    if record.status is not Status.PAUSED:
+    if record.status is not Status.PAUSED and not _cgroup.is_frozen(record.cgroup, container_id):
         return
     _cgroup.signal_all(
         record.cgroup, container_id, _signal.SIGKILL, spare=None, timeout=timeout, paused=True

@@ -8,6 +8,7 @@ frozen counter is compared with itself, a running one polled until it moves.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,10 +22,12 @@ import pytest
 from conftest import BundleFactory, needs_busybox, needs_root
 
 from sandboxrt import (
+    Config,
     Container,
     FileStore,
     InvalidStateError,
     MissingFeatureError,
+    SandboxrtError,
     Status,
     WaitTimeoutError,
 )
@@ -194,6 +197,32 @@ def test_destroy_of_a_paused_container_leaves_nothing(
         container.pause()
         container.destroy()
     finally:
+        container.destroy()
+    assert not cgroup.exists()
+    for pid in [*members, supervisor]:
+        assert pid is not None and not os.path.exists(f"/proc/{pid}")
+    assert Container.list(store=store) == []
+
+
+def test_destroy_of_a_container_frozen_behind_its_record_leaves_nothing(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """A caller killed between a pause's freeze and its save leaves the cgroup frozen and
+    the record saying running: destroy kills and thaws it all the same (every destroy
+    failed: the supervisor, PID 1, cannot end before its frozen children)."""
+    path = bundle(["sh", "-c", "sleep 1000 & sleep 1000"])
+    container = Container.create("pz3", path, store=store, config=Config(destroy_timeout=3))
+    try:
+        container.start()
+        cgroup = cgroup_of(container)
+        wait_for(lambda: len(cgroup.pids()) >= 2)
+        members, supervisor = cgroup.pids(), container.state().pid
+        library_cgroup.freeze(container._record.cgroup, container.id, timeout=5)
+        assert container.status is Status.RUNNING
+        container.destroy()
+    finally:
+        with contextlib.suppress(SandboxrtError):
+            library_cgroup.thaw(container._record.cgroup, container.id)
         container.destroy()
     assert not cgroup.exists()
     for pid in [*members, supervisor]:
