@@ -605,6 +605,11 @@ class Container:
             except SandboxDiedError:
                 if not self._stopped_meanwhile(Operation.START, sandbox):
                     raise
+            except InvalidStateError:
+                # Started already, by a caller killed before it recorded so: recorded now.
+                self._record = self._record.with_status(Status.RUNNING)
+                self._store.save(self._record)
+                raise
             self._record = self._record.with_status(Status.RUNNING)
             self._store.save(self._record)
         self._poststart()

@@ -701,6 +701,23 @@ def test_existing_id(store: FileStore, bundle: BundleFactory) -> None:
         container.destroy()
 
 
+def test_a_start_its_caller_did_not_record_is_recorded_by_the_next(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """A caller killed between the sandbox's start and the record's save left the container
+    created for ever (and every start refused): the next start records it running."""
+    container = Container.create("unrec", bundle(["sleep", "60"]), store=store)
+    try:
+        assert container.sandbox is not None
+        container.sandbox.start(container.id, container.state().to_dict())  # no record saved
+        assert Container.load("unrec", store=store).status is Status.CREATED
+        with pytest.raises(InvalidStateError, match="running"):
+            container.start()
+        assert Container.load("unrec", store=store).status is Status.RUNNING
+    finally:
+        container.destroy()
+
+
 def test_start_twice(store: FileStore, bundle: BundleFactory) -> None:
     container = Container.create("twice", bundle(["sleep", "1000"]), store=store)
     try:
