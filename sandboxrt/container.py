@@ -376,6 +376,8 @@ class Container:
                     plan, init=dataclasses.replace(plan.init, await_cgroup=True)
                 )
             try:
+                if host is not None:  # first: a root destroy finds it by it, even after a crash
+                    host.note_member(id)
                 if cgroup_request is not None and isinstance(plan, ContainerPlan):
                     # A subcontainer's init is forked at once: its cgroup is made first.
                     procs = make_cgroup()

@@ -514,7 +514,8 @@ class Sandbox:
         on_mounted: Callable[[Sandbox], dict[str, Any]] | None = None,
         timeout: float | None = None,
     ) -> int | None:
-        """Create container ``plan`` in this living sandbox; its pty master, if any.
+        """Create container ``plan`` (noted already: :meth:`note_member`) in this living
+        sandbox; its pty master, if any.
 
         The supervisor forks its init and relays its creation steps as at
         launch (``on_mounted`` runs the runtime hooks). Returns once it is
@@ -524,7 +525,6 @@ class Sandbox:
         """
         container_id = plan.init.container_id
         request = Request("create-container", container_id, container=plan)
-        self._note_member(container_id)
         try:
             sock = self._connect(timeout)
         except (ConnectionError, FileNotFoundError) as exc:
@@ -571,8 +571,9 @@ class Sandbox:
     def _member_file(self, container_id: str) -> str:
         return os.path.join(self.members_dir, id_file_name(container_id))
 
-    def _note_member(self, container_id: str) -> None:
-        """Note (atomically) that ``container_id`` joins, before it asks the supervisor.
+    def note_member(self, container_id: str) -> None:
+        """Note (atomically) that ``container_id`` joins, once its record is made and
+        before anything else of it is (its cgroup) or it asks the supervisor.
 
         A root destroy kills the supervisor, then reads these notes: whatever
         joined had noted itself first. The runtime directory is never made
@@ -603,7 +604,7 @@ class Sandbox:
             return []
         ids = []
         for name in names:
-            if name.startswith("."):  # (one being written: see _note_member)
+            if name.startswith("."):  # (one being written: see note_member)
                 continue
             with (
                 contextlib.suppress(FileNotFoundError),

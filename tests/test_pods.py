@@ -803,6 +803,30 @@ def in_subprocess(store: FileStore, code: str) -> str:
     return done.stdout.strip()
 
 
+def test_a_member_whose_creator_died_early_goes_with_its_pod(
+    pod: Pod, bundle: BundleFactory, store: FileStore
+) -> None:
+    """Its creator killed once it made the member's record and cgroup, before it asked the
+    supervisor: the pod's destroy still removes both (it found the member by a note
+    written only when the supervisor was asked)."""
+    program = (
+        "from sandboxrt import Container, FileStore, Pod\n"
+        "from sandboxrt.sandbox import Sandbox\n"
+        "import os\n"
+        "Sandbox.create_container = lambda *args, **kwargs: os._exit(9)\n"
+        f"Pod.load('pod', store=FileStore({str(store.root)!r}))"
+        f".add_container('early', {str(bundle(SLEEP))!r})\n"
+    )
+    assert in_python(program).returncode == 9
+    record = store.load("early").cgroup
+    assert record is not None
+    directories = cgroups.load(record).directories
+    assert directories and all(d.is_dir() for d in directories)
+    pod.destroy()
+    assert store.list_ids() == []
+    assert not any(d.exists() for d in directories)
+
+
 def test_each_container_of_a_pod_has_its_own_files(pod: Pod, bundle: BundleFactory) -> None:
     sub = add_running(pod, bundle(SLEEP), "files-sub")
     sub.files.write_text("/who", "sub\n")
