@@ -1216,7 +1216,7 @@ class Container:
         return _Locked(self)
 
     def _destroy_timeout(self) -> float:
-        return float(self._record.config.get("destroy_timeout", 10.0))
+        return _configured_timeout(self._record, "destroy_timeout", 10.0)
 
     def _teardown(self) -> None:
         """Destroy under the lock: sandbox, runtime files, cgroup, record, then poststop hooks.
@@ -1234,6 +1234,11 @@ class Container:
         if self._launched is not None:
             self._launched.close()
             self._launched = None
+        try:
+            poststop = self._hooks("poststop")
+        except CorruptMetadataError as exc:  # logged, as a failing poststop hook is
+            log.warning("%s: no poststop hook runs", exc)
+            poststop = []
         gofer = self._record.gofer
         if gofer is not None:
             kill_process(gofer)  # waited for at the end, while the rest is torn down
@@ -1268,7 +1273,7 @@ class Container:
             raise GoferError(self.id, f"pid {gofer.pid} did not exit")
         self._store.delete(self.id)
         hooks.run_hooks_best_effort(
-            self._hooks("poststop"),
+            poststop,
             self._state_dict(Status.STOPPED),
             phase="poststop",
             container_id=self.id,
@@ -1276,7 +1281,14 @@ class Container:
         )
 
     def _hooks(self, phase: str) -> builtins.list[dict[str, Any]]:
-        return list((self._record.spec.get("hooks") or {}).get(phase) or [])
+        hooks = self._record.spec.get("hooks") or {}
+        found = hooks.get(phase) if isinstance(hooks, dict) else None
+        if found is None:
+            return []
+        if not isinstance(found, builtins.list) or not all(isinstance(h, dict) for h in found):
+            # (validated at creation: the record was altered on disk since)
+            raise CorruptMetadataError(self.id, f"its spec's {phase} hooks are not a list")
+        return found
 
     def _state_dict(self, status: Status, pid: int | None = None) -> dict[str, Any]:
         sandbox = self.sandbox
@@ -1322,7 +1334,7 @@ class _Locked:
 
     def __init__(self, container: Container) -> None:
         self._container = container
-        timeout = float(container._record.config.get("lock_timeout", 30.0))
+        timeout = _configured_timeout(container._record, "lock_timeout", 30.0)
         self._lock = container._store.lock(container.id, timeout=timeout)
 
     def __enter__(self) -> Sandbox | None:
@@ -1356,6 +1368,18 @@ def _process_pid(container_id: str, pid: int) -> int:
     if pid <= 0:
         raise ProcessNotFoundError(container_id, pid)
     return pid
+
+
+def _configured_timeout(record: ContainerRecord, name: str, default: float) -> float:
+    """The timeout ``name`` of the config ``record`` keeps; ``default`` where that is not
+    a number of seconds (a record altered on disk must not keep a destroy from working)."""
+    value = record.config.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e9:
+        log.warning(
+            'container "%s": its record\'s %s is %r: %gs used', record.id, name, value, default
+        )
+        return default
+    return float(value)
 
 
 def _effective_status(record: ContainerRecord, sandbox: Sandbox | None) -> Status:

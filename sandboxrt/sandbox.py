@@ -796,7 +796,7 @@ def kill_process(identity: ProcessIdentity, timeout: float = 0.0) -> bool:
     """
     try:
         pidfd = os.pidfd_open(identity.pid)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # (a pid no process can have: a bad record)
         return True
     except OSError:  # no pidfds on this kernel: signal by pid, poll with backoff
         if alive(identity):
@@ -823,7 +823,7 @@ def open_pidfd(identity: ProcessIdentity) -> int | None:
     """A pidfd of the process ``identity`` names, or None once it is gone."""
     try:
         pidfd = os.pidfd_open(identity.pid)
-    except OSError:
+    except (OSError, OverflowError):
         return None
     if not alive(identity):
         os.close(pidfd)

@@ -534,6 +534,23 @@ with Container.create("e", {str(sleeper)!r}, store=store) as c:
     assert out.read_text().split() == ["/dev/null"] * 8
 
 
+def test_a_record_altered_on_disk_still_lets_its_container_be_destroyed(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """Timeouts that are not numbers and poststop hooks that are not a list (validated at
+    creation: written into the record since) gave raw errors, and no destroy worked."""
+    container = Container.create("x", bundle(["sleep", "60"]), store=store)
+    supervisor = container.state().pid
+    record = store.load("x")
+    spec = {**record.spec, "hooks": {"poststop": 5}}
+    config = {**record.config, "destroy_timeout": "soon", "lock_timeout": -1}
+    store.save(attrs.evolve(record, spec=spec, config=config))
+    Container.load("x", store=store).destroy()
+    assert_nothing_left(store)
+    assert supervisor is not None and not os.path.exists(f"/proc/{supervisor}")
+    container.destroy()  # (idempotent: it is gone)
+
+
 # --- failures during creation leave nothing behind --------------------------------------------
 
 
