@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import subprocess
@@ -59,8 +60,10 @@ class StdioPlan:
         if arg is None:
             try:
                 return self._own(fcntl.fcntl(default, fcntl.F_DUPFD_CLOEXEC, 3))
-            except OSError:  # closed (a daemon's): the container gets /dev/null
-                arg = subprocess.DEVNULL
+            except OSError as exc:
+                if exc.errno != errno.EBADF:
+                    raise
+                arg = subprocess.DEVNULL  # closed (a daemon's): the container gets /dev/null
         if isinstance(arg, bool) or not (isinstance(arg, int) or hasattr(arg, "fileno")):
             raise TypeError(
                 "a stdio argument must be None, PIPE, DEVNULL, STDOUT (stderr only), an fd "
@@ -87,7 +90,9 @@ class StdioPlan:
             raise ValueError(f"invalid stdio argument {arg!r}")
         try:
             return self._own(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3))
-        except OSError:
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                raise
             raise ValueError(f"stdio file descriptor {fd} is not open") from None
 
     def _own(self, fd: int) -> int:

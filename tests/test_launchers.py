@@ -13,7 +13,7 @@ from pathlib import Path
 
 import attrs
 import pytest
-from conftest import BundleFactory, needs_busybox, needs_root, wait_until
+from conftest import BundleFactory, in_python, needs_busybox, needs_root, wait_until
 
 from sandboxrt import PIPE, Config, Container, FileStore, SubprocessLauncher
 from sandboxrt._core.protocol import PROCESS_FIELDS, InitPlan, MountPlan
@@ -154,6 +154,45 @@ def test_the_sandbox_side_runs_under_another_interpreter(
     finally:
         if isinstance(launcher, ForkServerLauncher):
             launcher.close()
+
+
+def test_a_caller_that_blocks_or_ignores_sigchld_still_sees_its_containers_exit(
+    bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """Launched processes inherit the caller's signal mask and ignored signals: with
+    SIGCHLD blocked the fork server never reaped, with it ignored a supervisor started by
+    ``SubprocessLauncher`` lost its children's statuses; every wait timed out."""
+    path = bundle(["sh", "-c", "exit 3"])
+    code = f"""
+import signal
+from sandboxrt import Container, FileStore, SubprocessLauncher
+store = FileStore({str(tmp_path / "store")!r})
+signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGCHLD}})
+print(Container.run("blocked", {str(path)!r}, store=store, timeout=20))
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+print(Container.run("ignored", {str(path)!r}, store=store, timeout=20,
+                    launcher=SubprocessLauncher()))
+"""
+    done = in_python(code)
+    assert (done.returncode, done.stdout.split()) == (0, ["3", "3"]), done.stderr
+
+
+def test_a_fork_server_that_cannot_start_is_a_typed_error() -> None:
+    """Out of fds (a low soft RLIMIT_NOFILE), the launcher raised a raw OSError."""
+    code = """
+import os, resource
+from sandboxrt import ForkServerLauncher, SandboxrtError
+r, w = os.pipe()
+top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+resource.setrlimit(resource.RLIMIT_NOFILE, (top + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+try:
+    ForkServerLauncher().launch(bootstrap_fd=r, log_fd=w)
+except SandboxrtError as exc:
+    print(exc)
+"""
+    done = in_python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("cannot start the sandbox fork server: [Errno 24]")
 
 
 def test_a_subprocess_launcher_prefix_wraps_the_sandbox_and_the_gofer(

@@ -34,6 +34,7 @@ ALLOWED = frozenset(
         "sandboxrt._os",
         "sandboxrt._proc",
         "sandboxrt._proc.supervisor",
+        "sandboxrt._proc.entry",
         "sandboxrt._proc.init",
         "sandboxrt._proc.hooks",
         "sandboxrt._proc.gofer",

@@ -22,6 +22,7 @@ from sandboxrt._core import abi
 from sandboxrt._core.protocol import Launched, Request
 from sandboxrt._os import capabilities, channel, mounts, procfs, syscalls
 from sandboxrt._proc import gofer, supervisor
+from sandboxrt._proc.entry import reset_inherited_signals
 
 __all__ = ["serve"]
 
@@ -253,6 +254,7 @@ def serve(control_fd: int) -> NoReturn:
     the library unasked (a :class:`Launched` with its link and a mount watch);
     the library launches there itself, then asks for the next (``prewarm``).
     """
+    reset_inherited_signals()
     control = socket.socket(fileno=control_fd)
     os.set_inheritable(control_fd, False)
     syscalls.prctl(abi.PR_SET_CHILD_SUBREAPER, 1)

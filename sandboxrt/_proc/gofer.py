@@ -49,6 +49,7 @@ from sandboxrt._core.file_protocol import (
 )
 from sandboxrt._core.protocol import Launched, Reply, Request
 from sandboxrt._os import capabilities, channel, mounts, procfs, syscalls
+from sandboxrt._proc.entry import reset_inherited_signals
 
 T = TypeVar("T")
 
@@ -545,6 +546,7 @@ def main(bootstrap_fd: int) -> NoReturn:
     """Entry point of a fresh interpreter: fork the gofer, which names itself to the
     library (``Launched``, before any reply), and exit (so that the launcher can wait
     for the launched process)."""
+    reset_inherited_signals()
     try:
         pid = os.fork()
     except BaseException:

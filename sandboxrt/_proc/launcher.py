@@ -144,17 +144,26 @@ class ForkServerLauncher:
             return self._sock
         self.close()
         reserve_standard_fds()  # our sockets live long: never on the caller's 0-2
-        ours, theirs = channel.socket_pair()
+        try:
+            ours, theirs = channel.socket_pair()
+        except OSError as exc:  # (out of fds, say)
+            raise SandboxrtError(f"cannot start the sandbox fork server: {exc}") from exc
         with theirs:
-            self._server = subprocess.Popen(
-                python_command("sandboxrt._proc.forkserver", "serve", theirs.fileno(), self.python),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(),),
-                close_fds=True,
-                start_new_session=True,
-            )
+            try:
+                self._server = subprocess.Popen(
+                    python_command(
+                        "sandboxrt._proc.forkserver", "serve", theirs.fileno(), self.python
+                    ),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    pass_fds=(theirs.fileno(),),
+                    close_fds=True,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                ours.close()
+                raise SandboxrtError(f"cannot start the sandbox fork server: {exc}") from exc
         self._sock, self._owner = ours, os.getpid()
         gofers, theirs = channel.socket_pair()
         with theirs, contextlib.suppress(OSError):

@@ -46,6 +46,7 @@ from sandboxrt._core.protocol import (
     encode,
 )
 from sandboxrt._os import capabilities, channel, mounts, net, procfs, stdlib, syscalls, userns
+from sandboxrt._proc.entry import reset_inherited_signals
 from sandboxrt._proc.init import (
     AGENT_BOARD,
     AHEAD_PROCESS_NAME,
@@ -1823,6 +1824,7 @@ def _run_supervisor(
 
 def main(bootstrap_fd: int) -> NoReturn:
     """Entry point of the launched process; ``bootstrap_fd`` is its bootstrap socket."""
+    reset_inherited_signals()
     bootstrap = socket.socket(fileno=bootstrap_fd)
     os.set_inheritable(bootstrap_fd, False)
     try:
