@@ -38,7 +38,7 @@ class ProcessError(SandboxrtError, subprocess.CalledProcessError):
 
 
 class ProcessTimeoutError(WaitTimeoutError, subprocess.TimeoutExpired):
-    """An exec'd process did not exit in time.
+    """A container's init (``pid`` 0: not known) or an exec'd process did not exit in time.
 
     Both a :class:`WaitTimeoutError` (so a ``TimeoutError``) and a
     :class:`subprocess.TimeoutExpired` (``cmd``, ``timeout``, ``output``/
@@ -65,8 +65,9 @@ class ProcessTimeoutError(WaitTimeoutError, subprocess.TimeoutExpired):
         self.pid = pid
         self.killed = killed
         what = "was killed after" if killed else "did not exit within"
+        process = f"process {pid}" if pid else "its init"
         self._message = (
-            f'container "{container_id}": process {pid} ({list(cmd)!r}) {what} {timeout:g}s'
+            f'container "{container_id}": {process} ({list(cmd)!r}) {what} {timeout:g}s'
         )
         self.args = (self._message,)
 

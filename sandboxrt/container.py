@@ -63,6 +63,7 @@ from sandboxrt.errors import (
     SandboxrtError,
     SpecError,
     SystemCallError,
+    WaitTimeoutError,
 )
 from sandboxrt.files import ContainerFiles
 from sandboxrt.gofer import Gofer, PendingGofer, socket_path
@@ -480,8 +481,9 @@ class Container:
         Like ``runc run``, the program starts as part of creation when no hook or
         terminal needs a separate start. With ``timeout``, a program still running
         that many seconds after it started is killed with the container (which is
-        destroyed), and :class:`WaitTimeoutError` raised, as ``subprocess.run``
-        kills its child and raises ``TimeoutExpired``.
+        destroyed), and :class:`ProcessTimeoutError` (a :class:`WaitTimeoutError`
+        and a ``subprocess.TimeoutExpired``) raised, as ``subprocess.run`` kills its
+        child and raises ``TimeoutExpired``.
 
         ``PIPE`` is refused (:class:`InvalidArgumentError`): nothing would read or
         write it before the program ends, so a program writing more than a pipe
@@ -505,7 +507,7 @@ class Container:
             sandbox = container._launched or container.sandbox
             assert sandbox is not None
             # Ours since creation: no record to reload.
-            return sandbox.wait(container.id, timeout)
+            return container._wait_for_init(sandbox, timeout)
         finally:
             container.destroy()
 
@@ -632,7 +634,17 @@ class Container:
         Works any number of times and from any process, until :meth:`destroy`.
         """
         self._refresh()
-        return self._sandbox_to_wait_on("wait for").wait(self.id, timeout)
+        return self._wait_for_init(self._sandbox_to_wait_on("wait for"), timeout)
+
+    def _wait_for_init(self, sandbox: Sandbox, timeout: float | None) -> int:
+        """``sandbox.wait`` for our init; past ``timeout``, a :class:`ProcessTimeoutError`
+        (a ``WaitTimeoutError`` and a ``subprocess.TimeoutExpired``, as ``Popen.wait``
+        raises), naming the init's args."""
+        try:
+            return sandbox.wait(self.id, timeout)
+        except WaitTimeoutError:
+            args = (self._record.spec.get("process") or {}).get("args") or []
+            raise ProcessTimeoutError(self.id, args, timeout or 0.0) from None
 
     def _sandbox_to_wait_on(self, operation: str) -> Sandbox:
         """The sandbox; a container still being created (by another process) has none

@@ -138,8 +138,11 @@ def test_run_with_a_timeout_kills_the_container_and_raises(
     """As ``subprocess.run(timeout=...)``: the program is killed, the error raised."""
     pid_file = tmp_path / "pid"
     started = time.monotonic()
-    with pytest.raises(WaitTimeoutError, match='"slow"'):
+    # Both sandboxrt's and subprocess's: ``except subprocess.TimeoutExpired`` catches it.
+    with pytest.raises(subprocess.TimeoutExpired, match=r'"slow": its init \(\[\'sleep\'') as exc:
         Container.run("slow", bundle(["sleep", "60"]), store=store, timeout=0.5, pid_file=pid_file)
+    assert isinstance(exc.value, WaitTimeoutError)
+    assert (exc.value.cmd, exc.value.timeout) == (["sleep", "60"], 0.5)
     assert time.monotonic() - started < 30  # (not the program's 60 s)
     assert Container.list(store=store) == []
     assert int(pid_file.read_text()) not in supervisor_pids()  # the sandbox ended
@@ -216,6 +219,8 @@ def test_wait_twice_and_from_another_process(store: FileStore, bundle: BundleFac
         assert waiter.poll() is None, "wait in another process returned while running"
         assert container.status is Status.RUNNING
         with pytest.raises(WaitTimeoutError):
+            container.wait(timeout=0.1)
+        with pytest.raises(subprocess.TimeoutExpired):  # as Popen.wait
             container.wait(timeout=0.1)
         assert container.stdin is not None
         container.stdin.write(b"go\n")
