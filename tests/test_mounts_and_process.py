@@ -639,6 +639,16 @@ def test_a_user_may_reopen_its_stdio_and_terminal_but_host_files_keep_their_owne
             done = container.exec_run(["sh", "-c", "echo kept"], stdout=f)
         assert done.returncode == 0
         assert (log.read_bytes(), log.stat().st_uid) == (b"kept\n", os.getuid())
+        fifo = tmp_path / "fifo"  # a named FIFO is a host file too
+        os.mkfifo(fifo)
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            with open(fifo, "wb") as f:
+                done = container.exec_run(["sh", "-c", "echo kept"], stdout=f)
+            assert (done.returncode, os.read(reader, 100)) == (0, b"kept\n")
+        finally:
+            os.close(reader)
+        assert fifo.stat().st_uid == os.getuid()
     finally:
         for stream in (container.stdout, container.stderr):
             if stream is not None:

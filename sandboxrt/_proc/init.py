@@ -392,10 +392,25 @@ def give_stdio(fds: Iterable[int], uid: int, *, terminal: bool = False) -> None:
         except OSError:
             continue
         mode = info.st_mode
-        ours = stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or (terminal and stat.S_ISCHR(mode))
+        ours = (
+            (stat.S_ISFIFO(mode) and info.st_dev == _pipefs_dev())  # not a named FIFO
+            or stat.S_ISSOCK(mode)
+            or (terminal and stat.S_ISCHR(mode))
+        )
         if ours and info.st_uid != uid:
             with contextlib.suppress(OSError):
                 os.fchown(fd, uid, -1)
+
+
+@functools.cache
+def _pipefs_dev() -> int:
+    """The device of anonymous pipes (pipefs): a named FIFO is on another."""
+    r, w = os.pipe()
+    try:
+        return os.fstat(r).st_dev
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 #: Every signal's disposition is the default and none is blocked (:func:`_default_signals`).
