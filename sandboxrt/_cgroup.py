@@ -61,6 +61,9 @@ __all__ = [
 
 log = logging.getLogger("sandboxrt")
 
+#: The first device rule of every container: deny every device.
+DENY_ALL = DeviceRule(False, "a", None, None)
+
 #: Allowed after a spec's own device rules (runc's ``AllowedDevices``, without tun/tap).
 DEFAULT_DEVICE_RULES: tuple[DeviceRule, ...] = (
     DeviceRule(True, "c", None, None, "m"),
@@ -89,18 +92,23 @@ class CgroupRequest:
 
 
 def resources_for(spec: Mapping[str, Any], driver: str) -> Resources:
-    """The spec's ``linux.resources``, its device rules followed by the spec's own
-    devices and :data:`DEFAULT_DEVICE_RULES`.
+    """The spec's ``linux.resources`` with the device rules every container gets, as
+    runc makes them: everything denied, then the spec's own devices (``linux.devices``,
+    allowed after the rules' leading deny-all, so that a deny of one of them wins), the
+    spec's rules, and :data:`DEFAULT_DEVICE_RULES`. A spec with no device rule gets the
+    same (before, its cgroup allowed every device).
 
     On v2 the rules must make an eBPF program: a deny rule punching a hole in a
     wider allow rule (which v1 silently ignores) raises :class:`SpecError`.
     """
     linux = spec.get("linux") or {}
     resources = Resources.from_oci(linux.get("resources"))
-    if not resources.devices:
-        return resources
     own = tuple(_device_rule(d) for d in linux.get("devices") or [] if d.get("type") != "p")
-    rules = (*resources.devices, *own, *DEFAULT_DEVICE_RULES)
+    given = resources.devices
+    lead = 0
+    while lead < len(given) and given[lead] == DENY_ALL:
+        lead += 1
+    rules = (DENY_ALL, *own, *given[lead:], *DEFAULT_DEVICE_RULES)
     if driver == "v2":
         devicefilter.device_policy(rules)  # refused here, before any cgroup is made
     return dataclasses.replace(resources, devices=rules)

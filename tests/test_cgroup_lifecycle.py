@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BundleFactory, edit_config, needs_busybox, needs_root
+from conftest import BundleFactory, edit_config, needs_busybox, needs_root, run_output
 
 from sandboxrt import (
     Container,
@@ -223,6 +223,28 @@ def test_processes_live_in_the_containers_cgroup_with_its_limits(
     cgroups.release_parents()
     for level in made:
         assert not level.exists() or any(p.is_dir() for p in level.iterdir()), level
+
+
+@real
+def test_a_spec_without_device_rules_reaches_no_host_device(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """As runc: every container's device cgroup denies all but the defaults. A spec with
+    no ``linux.resources`` and ``CAP_MKNOD`` made a node of the host's ``/dev/net/tun``
+    (10:200, which runc allows and sandboxrt does not) and opened it (its cgroup allowed
+    every device). Opened, and nothing asked of it, the device does nothing."""
+    probe = "mknod /t c 10 200 && dd if=/t of=/dev/null count=0 2>/dev/null && echo opened"
+    probe += " || echo denied"
+    path = bundle(["sh", "-c", probe])
+
+    def change(document: dict[str, Any]) -> None:
+        document["linux"].pop("resources", None)
+        caps = document["process"].setdefault("capabilities", {})
+        for kind in ("bounding", "effective", "permitted"):
+            caps[kind] = sorted({*caps.get(kind, []), "CAP_MKNOD"})
+
+    edit_config(path, change)
+    assert run_output(store, path) == (0, "denied\n")
 
 
 def _memory_limit_file(cgroup: cgroups.Cgroup) -> str:
@@ -542,8 +564,17 @@ def test_device_rules_get_runc_defaults_on_v1_and_v2() -> None:
     assert v1[1] == DeviceRule(True, "c", 10, 229)  # the spec's own device
     assert v1[2:] == library_cgroup.DEFAULT_DEVICE_RULES
     assert library_cgroup.resources_for(spec, "v2").devices == v1  # an eBPF program there
-    assert library_cgroup.resources_for({"linux": {}}, "v1").devices == ()
-    assert library_cgroup.resources_for({"linux": {}}, "v2").devices == ()
+    # No device rule in the spec: the same deny-all and defaults (it allowed every device).
+    everyone = (v1[0], *library_cgroup.DEFAULT_DEVICE_RULES)
+    assert library_cgroup.resources_for({"linux": {}}, "v1").devices == everyone
+    assert library_cgroup.resources_for({"linux": {}}, "v2").devices == everyone
+    # A deny of one of the spec's own devices wins over its implicit allow.
+    deny_fuse = {"allow": False, "type": "c", "major": 10, "minor": 229, "access": "rwm"}
+    spec["linux"]["resources"]["devices"].append(deny_fuse)
+    assert library_cgroup.resources_for(spec, "v1").devices[1:3] == (
+        DeviceRule(True, "c", 10, 229),
+        DeviceRule(False, "c", 10, 229),
+    )
 
 
 def test_without_any_hierarchy_a_cgroup_is_required_only_when_asked_for() -> None:
