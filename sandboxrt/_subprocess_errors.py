@@ -66,9 +66,7 @@ class ProcessTimeoutError(WaitTimeoutError, subprocess.TimeoutExpired):
         self.killed = killed
         what = "was killed after" if killed else "did not exit within"
         process = f"process {pid}" if pid else "its init"
-        self._message = (
-            f'container "{container_id}": {process} ({list(cmd)!r}) {what} {timeout:g}s'
-        )
+        self._message = f'container "{container_id}": {process} ({list(cmd)!r}) {what} {timeout:g}s'
         self.args = (self._message,)
 
     def __str__(self) -> str:

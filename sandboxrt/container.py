@@ -75,6 +75,10 @@ __all__ = ["Container", "CreateOptions", "OCIState", "Stats"]
 
 log = logging.getLogger("sandboxrt")
 
+# A daemon's closed fds 0-2 are filled now, before the library opens any fd of its own
+# (in any thread): see StdioPlan.
+reserve_standard_fds()
+
 _LIVE = frozenset({Status.CREATED, Status.RUNNING, Status.PAUSED})
 
 

@@ -534,6 +534,37 @@ with Container.create("e", {str(sleeper)!r}, store=store) as c:
     assert out.read_text().split() == ["/dev/null"] * 8
 
 
+def test_fd_0_closed_while_a_thread_waits_reaches_no_container(
+    bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """Closed after the library was imported, fd 0 was the number the next library socket
+    took (a wait's connection to the supervisor, in another thread): an exec told to
+    inherit stdin got it, and could speak to the supervisor."""
+    code = f"""
+import os, subprocess, threading, time
+from sandboxrt import Container, FileStore
+store = FileStore({str(tmp_path / "store")!r})
+with Container.create("w", {str(bundle(["sleep", "60"]))!r}, store=store) as c:
+    c.start()
+    os.close(0)
+    threading.Thread(target=c.wait, daemon=True).start()
+    time.sleep(0.3)
+    p = c.exec(["readlink", "/proc/self/fd/0"], stdout=subprocess.PIPE)
+    print(p.communicate(timeout=10)[0].decode().strip())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "/dev/null"), done.stderr
+
+
 def test_a_record_altered_on_disk_still_lets_its_container_be_destroyed(
     store: FileStore, bundle: BundleFactory
 ) -> None:

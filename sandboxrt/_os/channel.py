@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import fcntl
 import os
 import socket
 import struct
@@ -53,7 +54,24 @@ class ChannelClosedError(ConnectionError):
 
 def socket_pair() -> tuple[socket.socket, socket.socket]:
     """A connected pair of message sockets (close-on-exec)."""
-    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    return _off_stdio(ours), _off_stdio(theirs)
+
+
+def _message_socket() -> socket.socket:
+    return _off_stdio(socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC))
+
+
+def _off_stdio(sock: socket.socket) -> socket.socket:
+    """``sock``, moved above fd 2 if it took the number of a closed standard fd (a
+    daemon's, closed after the library filled them: ``_stdio.reserve_standard_fds``),
+    where a container told to inherit that stream would get it."""
+    if sock.fileno() > 2:
+        return sock
+    try:
+        return socket.socket(fileno=fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, 3))
+    finally:
+        sock.close()
 
 
 _SO_SNDBUFFORCE = 32
@@ -238,7 +256,7 @@ def bind_listener(path: str, backlog: int = 64, *, listen: bool = True) -> socke
     parent, name = os.path.split(path)
     dirfd = os.open(parent or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     temporary = f".bind-{os.getpid()}-{os.urandom(4).hex()}"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock = _message_socket()
     try:
         address = os.path.join(parent, temporary)
         if len(os.fsencode(address)) > _SUN_PATH_MAX:
@@ -285,7 +303,7 @@ def connect(path: str, timeout: float | None = None) -> socket.socket:
     With a ``timeout``, a full listen backlog (which a blocking connect would
     wait out) is retried until the timeout passes.
     """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock = _message_socket()
     set_timeout(sock, timeout)
     address, dirfd = _short_address(path)
     deadline = None if timeout is None else time.monotonic() + timeout
