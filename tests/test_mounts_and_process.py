@@ -667,6 +667,27 @@ def test_a_missing_cwd_is_made_by_the_runtime_for_any_user(
     assert run_output(store, path) == (0, "/srv/app\n")
 
 
+def test_a_cwd_only_root_may_search_is_entered_for_any_user(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """As runc: the runtime enters the cwd as root before the user change (a mode 0700
+    directory of root's failed with EACCES), for the init and an exec."""
+    path = bundle(["sh", "-c", "pwd; exec sleep 60"])
+    (path / "rootfs" / "priv").mkdir(mode=0o700)
+    edit_config(path, lambda d: d["process"].update(cwd="/priv", user={"uid": 1000, "gid": 1000}))
+    container = Container.create("priv", path, store=store, stdout=subprocess.PIPE)
+    try:
+        container.start()
+        assert container.stdout is not None
+        assert container.stdout.readline() == b"/priv\n"
+        done = container.exec_run(["pwd"], capture_output=True)
+        assert (done.returncode, done.stdout) == (0, b"/priv\n")
+    finally:
+        if container.stdout is not None:
+            container.stdout.close()
+        container.destroy()
+
+
 def test_no_new_privileges_and_oom_score_adj(store: FileStore, bundle: BundleFactory) -> None:
     path = bundle(["sh", "-c", "grep NoNewPrivs /proc/self/status; cat /proc/self/oom_score_adj"])
     edit_config(path, lambda d: d["process"].update(oomScoreAdj=345, noNewPrivileges=True))

@@ -1184,6 +1184,8 @@ def chdir_beneath_root(path: str) -> None:
         os.close(root_fd)
     try:
         os.fchdir(fd)
+    except OSError as exc:
+        raise OSError(exc.errno, f"chdir to cwd {path!r}: {exc.strerror}") from None
     finally:
         os.close(fd)
 

@@ -287,7 +287,8 @@ def _apply_process(
     make_cwd: bool = False,
 ) -> None:
     """Become the program's process: limits, user, cwd (unless not ``chdir``; made first
-    if missing with ``make_cwd``, for an init), capabilities, no_new_privs, seccomp.
+    if missing with ``make_cwd``, for an init; entered as root, as the user where root may
+    not), capabilities, no_new_privs, seccomp.
 
     The order is the kernel's: bounding set dropped while privileged,
     ``PR_SET_KEEPCAPS`` across the uid change, then ``capset`` and the ambient
@@ -300,6 +301,14 @@ def _apply_process(
     seccomp_early = plan.seccomp is not None and plan.seccomp.early
     if make_cwd:  # an init's missing cwd is made by the runtime (root), as runc does
         mounts.make_dir_beneath_root(plan.cwd)
+    if chdir:
+        # Entered as root first, as runc does (a cwd only root may search works), and
+        # again as the user only where root was refused (a root-squashed mount, say).
+        try:
+            mounts.chdir_beneath_root(plan.cwd)  # never through /proc/1/root (the host's)
+            chdir = False
+        except PermissionError:
+            pass
     if _caller_fd_limit is not None:  # the supervisor raised its own: ours is the caller's
         resource.setrlimit(resource.RLIMIT_NOFILE, _caller_fd_limit)
     for name, soft, hard in plan.rlimits:
@@ -338,7 +347,7 @@ def _apply_process(
             exc.errno, f"{ids}: one is not mapped in the sandbox's user namespace"
         ) from None
     if chdir:
-        mounts.chdir_beneath_root(plan.cwd)  # never through /proc/1/root (the host's root)
+        mounts.chdir_beneath_root(plan.cwd)
     if caps is not None:
         syscalls.set_keepcaps(False)
         capabilities.apply_final_sets(
