@@ -42,7 +42,7 @@ from sandboxrt._core.status import Operation, Status, require
 from sandboxrt._os import cgroups, channel, mounts, procfs
 from sandboxrt._os.seccomp import compile_bpf
 from sandboxrt._proc import hooks
-from sandboxrt._proc.init import open_cgroup_dirs
+from sandboxrt._proc.init import give_stdio, open_cgroup_dirs
 from sandboxrt._proc.launcher import Launcher
 from sandboxrt._signals import DEFAULT_FORWARDED, SignalForwarder, signal_number
 from sandboxrt._stdio import StdioArg, StdioPlan, close_streams, reserve_standard_fds
@@ -314,6 +314,7 @@ class Container:
         with contextlib.ExitStack() as undo:
             # The caller's fds are checked before we open any.
             stdio = undo.enter_context(StdioPlan(stdin, stdout, stderr))
+            _give_stdio_to_mapped_root(stdio, id_maps)
             gofer: PendingGofer | None = None
             if not config.lazy_gofer:
                 # The container's gofer, started with it, opens its rootfs and bind sources
@@ -922,6 +923,8 @@ class Container:
         overrides: dict[str, Any] = {"env": env, "cwd": cwd, "user": user, "terminal": tty}
         plan = self._exec_plan(args, overrides)  # (before the lock: a bad argument waits not)
         stdio = None if tty else StdioPlan(stdin, stdout, stderr)
+        if stdio is not None:
+            _give_stdio_to_mapped_root(stdio, self._record.id_maps)
         try:
             with self._locked() as sandbox:
                 require(Operation.EXEC, self.id, _effective_status(self._record, sandbox))
@@ -1680,6 +1683,16 @@ def _pod_id_maps(host: Sandbox) -> tuple[str, str] | None:
     if maps is None or idmap.is_identity(*(idmap.extents_from_text(m) for m in maps)):
         return None
     return maps
+
+
+def _give_stdio_to_mapped_root(stdio: StdioPlan, id_maps: tuple[str, str] | None) -> None:
+    """In a sandbox with a user namespace of its own, give the pipes and sockets of a
+    process's stdio to the host uid of root there, as runc does: the host's root is not
+    mapped there, so the process's side could not give them on to its user (``give_stdio``),
+    and a user that is not root could not reopen them (``/dev/stderr``)."""
+    owner = _mapped_root(id_maps)
+    if owner is not None:  # (both ids: the namespace's root may chown only what it maps)
+        give_stdio(stdio.child_fds, *owner)
 
 
 def _mapped_root(id_maps: tuple[str, str] | None) -> tuple[int, int] | None:

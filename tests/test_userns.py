@@ -188,6 +188,31 @@ def test_exec_before_start_and_as_another_user_in_the_namespace(
         container.destroy()
 
 
+def test_a_user_in_the_namespace_may_reopen_its_stdio(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """As runc: the pipes go to the mapped root on the host's side, then to the user
+    inside (the host's root is not mapped there: even root could not reopen them)."""
+    reopen = "echo out > /proc/self/fd/1; echo err > /dev/stderr"
+    path = edit_config(bundle(["sh", "-c", f"{reopen}; exec sleep 60"]), with_userns)
+    edit_config(path, lambda d: d["process"].update(user={"uid": 1000, "gid": 1000}))
+    container = Container.create(
+        "u-stdio", path, store=store, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        container.start()
+        assert container.stdout is not None and container.stderr is not None
+        assert (container.stdout.readline(), container.stderr.readline()) == (b"out\n", b"err\n")
+        for user in (None, 0):
+            done = container.exec_run(["sh", "-c", reopen], capture_output=True, user=user)
+            assert (done.returncode, done.stdout, done.stderr) == (0, b"out\n", b"err\n")
+    finally:
+        for stream in (container.stdout, container.stderr):
+            if stream is not None:
+                stream.close()
+        container.destroy()
+
+
 def test_files_the_file_api_makes_belong_to_the_containers_user(
     store: FileStore, bundle: BundleFactory
 ) -> None:

@@ -389,12 +389,13 @@ def _install_stdio(stdio: Sequence[int], tty_slave: int | None) -> None:
         os.close(fd)
 
 
-def give_stdio(fds: Iterable[int], uid: int, *, terminal: bool = False) -> None:
+def give_stdio(fds: Iterable[int], uid: int, gid: int = -1, *, terminal: bool = False) -> None:
     """Make ``uid`` the owner of the pipes and sockets among ``fds`` (and, with
     ``terminal``, of the container's pty they are), as runc does, so that a program
     that is not root may reopen its stdio (``/dev/stdout``, ``/proc/self/fd/1``). Unlike
-    runc, a file or terminal of the host's is left to its owner. Best effort: an id
-    the sandbox's user namespace does not map, say, leaves the fd as it is."""
+    runc, a file or terminal of the host's is left to its owner. ``gid`` too, unless -1.
+    Best effort: an id the sandbox's user namespace does not map, say, leaves the fd as
+    it is."""
     for fd in dict.fromkeys(fds):
         try:
             info = os.fstat(fd)
@@ -406,9 +407,9 @@ def give_stdio(fds: Iterable[int], uid: int, *, terminal: bool = False) -> None:
             or stat.S_ISSOCK(mode)
             or (terminal and stat.S_ISCHR(mode))
         )
-        if ours and info.st_uid != uid:
+        if ours and (info.st_uid != uid or gid not in (-1, info.st_gid)):
             with contextlib.suppress(OSError):
-                os.fchown(fd, uid, -1)
+                os.fchown(fd, uid, gid)
 
 
 @functools.cache
