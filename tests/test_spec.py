@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -831,6 +832,37 @@ def test_fields_sandboxrt_does_not_apply_are_refused(section: str, key: str, val
     if key == "personality":  # what every process has: nothing to do
         spec[section][key] = {"domain": "LINUX"}
         build_plan(container_id="c", sandbox_id="c", spec=spec, **common)
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("blockIO", {"weight": 500}),
+        ("blockIO", {"throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1048576}]}),
+        ("hugepageLimits", [{"pageSize": "2MB", "limit": 2097152}]),
+        ("network", {"classID": 1048577}),
+        ("rdma", {"mlx5_1": {"hcaHandles": 3}}),
+        ("unified", {"io.weight": "100"}),
+        ("cpu.realtimeRuntime", 1000),
+        ("memory.disableOOMKiller", True),
+    ],
+)
+def test_resources_no_cgroup_driver_applies_are_refused(path: str, value: Any) -> None:
+    """They were ignored: the container ran without the limit it asked for (runc applies
+    them, or refuses those its host cannot). Asking for nothing is no problem."""
+    spec = dump_spec(default_spec())
+    resources = spec["linux"].setdefault("resources", {})
+    *parents, key = path.split(".")
+    for parent in parents:
+        resources = resources.setdefault(parent, {})
+    resources[key] = value
+    load_spec(spec)  # valid: the plan refuses it
+    common = {"bundle": "/b", "compile_seccomp": compile_bpf, "runtime_root": "/r"}
+    field = re.escape(f"linux.resources.{path}")
+    with pytest.raises(MissingFeatureError, match=rf'{field} \(container "c"\)'):
+        build_plan(container_id="c", sandbox_id="c", spec=spec, **common)
+    resources[key] = {"weight": 0} if key == "blockIO" else type(value)()  # (no ask)
+    build_plan(container_id="c", sandbox_id="c", spec=spec, **common)
 
 
 def test_only_namespaced_sysctls_are_accepted() -> None:

@@ -290,11 +290,40 @@ _UNSUPPORTED_FIELDS = (
 )
 
 
+#: ``linux.resources`` fields no cgroup driver of sandboxrt writes yet: refused when they
+#: ask for anything (runc refuses those its host cannot apply: hugetlb, rdma, unified on v1).
+_UNAPPLIED_RESOURCES = (
+    ("blockIO",),
+    ("hugepageLimits",),
+    ("network",),
+    ("rdma",),
+    ("unified",),
+    ("cpu", "realtimeRuntime"),
+    ("cpu", "realtimePeriod"),
+    ("memory", "disableOOMKiller"),
+)
+
+
+def _asks(value: Any) -> bool:
+    """Whether a resource value asks for anything: not absent, zero, false or empty (as
+    Docker writes ``"blockIO": {"weight": 0}`` for no weight)."""
+    if isinstance(value, Mapping):
+        return any(_asks(v) for v in value.values())
+    return bool(value)
+
+
 def _refuse_unsupported(
     container_id: str, process: Mapping[str, Any], linux: Mapping[str, Any]
 ) -> None:
     sections = {"process": process, "linux": linux}
     fields = [f"{part}.{key}" for part, key in _UNSUPPORTED_FIELDS if sections[part].get(key)]
+    resources = linux.get("resources")
+    for path in _UNAPPLIED_RESOURCES if isinstance(resources, Mapping) else ():
+        value: Any = resources
+        for key in path:
+            value = value.get(key) if isinstance(value, Mapping) else None
+        if _asks(value):
+            fields.append(".".join(("linux.resources", *path)))
     personality = linux.get("personality")
     if personality and (personality.get("domain") != "LINUX" or personality.get("flags")):
         fields.append("linux.personality")  # (LINUX without flags is what every process has)

@@ -2,8 +2,8 @@
 
 :meth:`Resources.from_oci` parses the ``linux.resources`` object of a
 config.json; ``None`` in a field means "leave the current value alone", ``-1``
-means unlimited. Unknown keys (``blockIO``, ``hugepageLimits``, ...) are
-ignored. Standard library only.
+means unlimited. Other keys (``blockIO``, ``hugepageLimits``, ...) are not read here:
+the plan refuses a spec that asks for them (``_core.plan``). Standard library only.
 """
 
 from __future__ import annotations
