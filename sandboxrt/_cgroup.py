@@ -174,7 +174,14 @@ def create(request: CgroupRequest, container_id: str, scope: str = "") -> Cgroup
                     f'container "{container_id}": its cgroup {request.path} already holds '
                     f"{len(busy)} process(es) of someone else"
                 )
-        cgroup.mark_owner(container_id)
+        try:
+            cgroup.mark_owner(container_id)
+        except FileExistsError:
+            cgroup.disown_created()  # (the winner's now: our rollback must leave it)
+            raise SandboxrtError(
+                f'container "{container_id}": its cgroup {request.path} was taken by '
+                "another container meanwhile"
+            ) from None
 
     try:
         return cgroups.create(

@@ -35,6 +35,7 @@ from sandboxrt import (
 from sandboxrt import _cgroup as library_cgroup
 from sandboxrt._os import cgroups, procfs
 from sandboxrt._os.cgroups import CgroupLayout, DeviceRule, Hierarchy
+from sandboxrt._os.cgroups.common import OWNER_XATTR
 from sandboxrt._os.cgroups.layout import parse_proc_cgroup
 
 MiB = 1 << 20
@@ -320,6 +321,35 @@ def test_no_container_takes_another_ones_cgroup_or_nests_with_it(
     # Once it is destroyed, the path is free again.
     second_one = Container.create("cg-second", other, store=store)
     second_one.destroy()
+
+
+@real
+def test_a_cgroup_claimed_by_another_creation_meanwhile_is_refused_and_left(
+    own_cgroup: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two creations racing for one ``cgroupsPath``: both looked before either marked it,
+    both took it (one's destroy then killed the other's processes), or the loser's
+    rollback removed the directory the winner had claimed. The other one's mark is set
+    right after our look here."""
+    looked = cgroups.Cgroup.owner_around
+
+    def look_then_lose(cgroup: cgroups.Cgroup) -> str | None:
+        found = looked(cgroup)
+        first = cgroup.placements[0]
+        os.setxattr(first.mountpoint / first.rel, OWNER_XATTR, b"winner")
+        return found
+
+    monkeypatch.setattr(cgroups.Cgroup, "owner_around", look_then_lose)
+    request = library_cgroup.request_for({"linux": {"cgroupsPath": f"/{own_cgroup}/x"}})
+    assert request is not None
+    with pytest.raises(SandboxrtError, match=r'"loser": its cgroup .* taken by another'):
+        library_cgroup.create(request, "loser")
+    winners = [parent / "x" for parent in our_cgroups(own_cgroup) if (parent / "x").is_dir()]
+    for directory in winners:
+        directory.rmdir()  # (the winner's, here: nobody's)
+    assert winners, "the winner's cgroup was removed"
+    for parent in our_cgroups(own_cgroup):  # (the loser's, left while the winner's was in)
+        parent.rmdir()
 
 
 @real

@@ -31,7 +31,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
@@ -517,11 +517,26 @@ class Cgroup(abc.ABC):
                     os.removexattr(directory, OWNER_XATTR)
 
     def mark_owner(self, container_id: str) -> None:
-        """Mark this cgroup as ``container_id``'s (:data:`OWNER_XATTR`; best effort)."""
-        for placement in self.placements:
-            with contextlib.suppress(OSError):
-                directory = placement.mountpoint / placement.rel
-                os.setxattr(directory, OWNER_XATTR, os.fsencode(container_id))
+        """Mark this cgroup as ``container_id``'s (:data:`OWNER_XATTR`; best effort where
+        the filesystem keeps no extended attributes). The first directory's mark is made
+        only if it has none: ``FileExistsError`` when another container marked it since
+        :meth:`owner_around` looked (two creations racing for one ``cgroupsPath``)."""
+        for index, placement in enumerate(self.placements):
+            directory = placement.mountpoint / placement.rel
+            flags = os.XATTR_CREATE if index == 0 else 0
+            try:
+                os.setxattr(directory, OWNER_XATTR, os.fsencode(container_id), flags)
+            except FileExistsError:
+                raise
+            except OSError:
+                continue
+
+    def disown_created(self) -> None:
+        """Forget having created this cgroup's own directories (its parents stay ours):
+        another container claimed them, and a destroy of this one must leave them."""
+        self.placements = tuple(
+            replace(p, created=tuple(c for c in p.created if c != p.rel)) for p in self.placements
+        )
 
     def can_freeze(self) -> bool:
         """Whether the cgroup has a freezer (:meth:`freeze` works)."""
