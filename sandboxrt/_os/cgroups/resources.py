@@ -108,11 +108,26 @@ class Resources:
             raise SpecError(parser.problems)
         swap, limit = memory.swap or 0, memory.limit or 0
         if swap > 0 and limit > 0 and swap < limit:
-            raise SpecError(
-                [(f"{_WHERE}.memory.swap", "memory+swap limit must be >= the memory limit")]
+            parser.problems.append(
+                (f"{_WHERE}.memory.swap", "memory+swap limit must be >= the memory limit")
             )
+        if swap > 0 and limit in (0, -1):  # (v1 refuses it with a bare EINVAL)
+            parser.problems.append((f"{_WHERE}.memory.swap", "a swap limit needs a memory limit"))
+        shares = cpu_res.shares
+        if shares and not _MIN_SHARES <= shares <= _MAX_SHARES:  # (else clamped unsaid)
+            parser.problems.append(
+                (
+                    f"{_WHERE}.cpu.shares",
+                    f"must be {_MIN_SHARES} to {_MAX_SHARES}, as runc takes it",
+                )
+            )
+        if parser.problems:
+            raise SpecError(parser.problems)
         return cls(memory, cpu_res, pids_limit, devices)
 
+
+#: The range of v1 ``cpu.shares`` (the kernel clamps a value outside it silently).
+_MIN_SHARES, _MAX_SHARES = 2, 262144
 
 ResourcesLike: TypeAlias = Resources | Mapping[str, Any]
 
