@@ -209,7 +209,7 @@ def test_resources_from_oci_lists_every_problem() -> None:
     with pytest.raises(SpecError, match="swap: a swap limit needs a memory limit"):
         Resources.from_oci({"memory": {"swap": 1 << 30}})
     for shares in (1, 262145):
-        with pytest.raises(SpecError, match="cpu.shares: must be 2 to 262144"):
+        with pytest.raises(SpecError, match=r"cpu\.shares: must be 2 to 262144"):
             Resources.from_oci({"cpu": {"shares": shares}})
     assert Resources.from_oci({"cpu": {"shares": 2}}).cpu.shares == 2
 
