@@ -219,3 +219,33 @@ def assert_minimal_root(pid: int) -> None:
     # The host's mounts are detached aside, right after the pivot.
     wait_until(lambda: len(mounts_seen()) == 2)
     assert mounts_seen() == [("/", "tmpfs"), ("/proc", "proc")]
+
+
+#: A program's first line that reopens its stdout and stderr by path, as a program logging
+#: to /dev/stderr does; the container's program is ``sh -c f"{REOPEN_STDIO}; exec sleep 60"``.
+REOPEN_STDIO = "echo out > /proc/self/fd/1; echo err > /dev/stderr"
+
+
+@contextlib.contextmanager
+def reopened_stdio(
+    store: FileStore, path: Path, cid: str, exec_users: Sequence[int | None]
+) -> Iterator[Container]:
+    """The started container of bundle ``path`` once its init, then an exec as each of
+    ``exec_users`` (``None``: the spec's user), reopened their stdio (REOPEN_STDIO);
+    destroyed after."""
+    container = Container.create(
+        cid, path, store=store, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        container.start()
+        assert container.stdout is not None and container.stderr is not None
+        assert (container.stdout.readline(), container.stderr.readline()) == (b"out\n", b"err\n")
+        for user in exec_users:
+            done = container.exec_run(["sh", "-c", REOPEN_STDIO], capture_output=True, user=user)
+            assert (done.returncode, done.stdout, done.stderr) == (0, b"out\n", b"err\n")
+        yield container
+    finally:
+        for stream in (container.stdout, container.stderr):
+            if stream is not None:
+                stream.close()
+        container.destroy()

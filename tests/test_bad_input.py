@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,10 @@ from typing import Any
 import attrs
 import pytest
 from conftest import (
-    REPO,
     BundleFactory,
     children_of_this_process,
     edit_config,
+    in_python,
     needs_busybox,
     needs_root,
 )
@@ -520,16 +519,7 @@ with Container.create("e", {str(sleeper)!r}, store=store) as c:
     p = c.exec(["sh", "-c", {show!r}], stdout=subprocess.PIPE)
     print(p.communicate(timeout=10)[0].decode(), end="", file=open({str(out)!r}, "a"))
 """
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        check=False,
-    )
+    done = in_python(code)
     assert done.returncode == 0, done.stdout
     assert out.read_text().split() == ["/dev/null"] * 8
 
@@ -552,16 +542,7 @@ with Container.create("w", {str(bundle(["sleep", "60"]))!r}, store=store) as c:
     p = c.exec(["readlink", "/proc/self/fd/0"], stdout=subprocess.PIPE)
     print(p.communicate(timeout=10)[0].decode().strip())
 """
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        check=False,
-    )
+    done = in_python(code)
     assert (done.returncode, done.stdout.strip()) == (0, "/dev/null"), done.stderr
 
 

@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 from conftest import (
+    REOPEN_STDIO,
     BundleFactory,
     edit_config,
     needs_busybox,
     needs_root,
+    reopened_stdio,
     run_output,
     supervisor_pids,
 )
@@ -616,19 +618,9 @@ def test_a_user_may_reopen_its_stdio_and_terminal_but_host_files_keep_their_owne
     """As runc: the pipes (and a pty of the container's) are given to the process's user,
     so that ``> /dev/stderr`` works for the init, an exec through the agent and one the
     slow way; a host file given as stdout keeps its owner (runc would give it away)."""
-    reopen = "echo out > /proc/self/fd/1; echo err > /dev/stderr"
-    path = bundle(["sh", "-c", f"{reopen}; exec sleep 60"])
+    path = bundle(["sh", "-c", f"{REOPEN_STDIO}; exec sleep 60"])
     edit_config(path, lambda d: d["process"].update(user={"uid": 1000, "gid": 1000}))
-    container = Container.create(
-        "stdio", path, store=store, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        container.start()
-        assert container.stdout is not None and container.stderr is not None
-        assert (container.stdout.readline(), container.stderr.readline()) == (b"out\n", b"err\n")
-        for user in (None, 1000):  # the agent, the slow way
-            done = container.exec_run(["sh", "-c", reopen], capture_output=True, user=user)
-            assert (done.returncode, done.stdout, done.stderr) == (0, b"out\n", b"err\n")
+    with reopened_stdio(store, path, "stdio", (None, 1000)) as container:  # agent, slow way
         tty = container.exec(["sh", "-c", "echo hi > /dev/tty"], tty=True, user=1000)
         assert tty.console is not None
         assert tty.wait(timeout=10) == 0
@@ -649,11 +641,6 @@ def test_a_user_may_reopen_its_stdio_and_terminal_but_host_files_keep_their_owne
         finally:
             os.close(reader)
         assert fifo.stat().st_uid == os.getuid()
-    finally:
-        for stream in (container.stdout, container.stderr):
-            if stream is not None:
-                stream.close()
-        container.destroy()
 
 
 def test_a_missing_cwd_is_made_by_the_runtime_for_any_user(

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BundleFactory, edit_config, needs_busybox, needs_root, run_output
+from conftest import (
+    REOPEN_STDIO,
+    BundleFactory,
+    edit_config,
+    needs_busybox,
+    needs_root,
+    reopened_stdio,
+    run_output,
+)
 from test_overlay import overlay, read_layer, running, sh
 
 from sandboxrt import (
@@ -193,24 +201,10 @@ def test_a_user_in_the_namespace_may_reopen_its_stdio(
 ) -> None:
     """As runc: the pipes go to the mapped root on the host's side, then to the user
     inside (the host's root is not mapped there: even root could not reopen them)."""
-    reopen = "echo out > /proc/self/fd/1; echo err > /dev/stderr"
-    path = edit_config(bundle(["sh", "-c", f"{reopen}; exec sleep 60"]), with_userns)
+    path = edit_config(bundle(["sh", "-c", f"{REOPEN_STDIO}; exec sleep 60"]), with_userns)
     edit_config(path, lambda d: d["process"].update(user={"uid": 1000, "gid": 1000}))
-    container = Container.create(
-        "u-stdio", path, store=store, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        container.start()
-        assert container.stdout is not None and container.stderr is not None
-        assert (container.stdout.readline(), container.stderr.readline()) == (b"out\n", b"err\n")
-        for user in (None, 0):
-            done = container.exec_run(["sh", "-c", reopen], capture_output=True, user=user)
-            assert (done.returncode, done.stdout, done.stderr) == (0, b"out\n", b"err\n")
-    finally:
-        for stream in (container.stdout, container.stderr):
-            if stream is not None:
-                stream.close()
-        container.destroy()
+    with reopened_stdio(store, path, "u-stdio", (None, 0)):
+        pass
 
 
 def test_files_the_file_api_makes_belong_to_the_containers_user(
