@@ -462,13 +462,17 @@ class Container:
                     container._hand_over_console(master, console_socket)
                 if pid_file is not None:
                     _write_pid_file(id, pid_file, sandbox.pid)
-            except BaseException:
+            except BaseException as exc:
                 if pty is not None:
                     os.close(pty)
                 channel.close_fds(trees)
                 if container.console is not None:
                     container.console.close()
+                # (read before the teardown removes the cgroup)
+                memory = _memory_limit_hit(container._record.cgroup, id)
                 container._teardown()
+                if memory is not None and isinstance(exc, InitError):
+                    raise InitError(id, f"{exc.cause}: {memory}") from exc
                 raise
         return container
 
@@ -1387,6 +1391,20 @@ def _process_pid(container_id: str, pid: int) -> int:
     if pid <= 0:
         raise ProcessNotFoundError(container_id, pid)
     return pid
+
+
+def _memory_limit_hit(cgroup: Mapping[str, Any] | None, container_id: str) -> str | None:
+    """What an init that died while it was made met, if its cgroup says it reached its
+    memory limit (as runc names a limit too low to start in); ``None`` if it did not."""
+    if cgroup is None:
+        return None
+    try:
+        stats = cgroups.load(cgroup, container_id=container_id).stats()
+    except (SandboxrtError, OSError):
+        return None
+    if not stats.memory_failcnt or stats.memory_limit is None:
+        return None
+    return f"it reached its memory limit of {stats.memory_limit} bytes"
 
 
 def _configured_timeout(record: ContainerRecord, name: str, default: float) -> float:

@@ -273,6 +273,19 @@ def test_resources_the_kernel_refuses_leave_no_cgroup(
 
 
 @real
+def test_a_memory_limit_too_low_to_start_in_is_named(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """runc names the limit; the error said only that the container's init died."""
+    path = bundle(["true"])
+    edit_config(path, resources(memory={"limit": 4096}))  # a page
+    with pytest.raises(InitError, match=r'"cg-tiny": .*reached its memory limit of \d+ bytes'):
+        Container.create("cg-tiny", path, store=store)
+    assert our_cgroups(f"{library_cgroup.scope_for(store.runtime_dir)}/cg-tiny") == []
+    assert Container.list(store=store) == []
+
+
+@real
 def test_a_pre_existing_cgroup_is_used_and_left(
     store: FileStore, bundle: BundleFactory, own_cgroup: str
 ) -> None:
