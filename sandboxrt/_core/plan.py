@@ -300,7 +300,10 @@ _UNAPPLIED_RESOURCES = (
     ("unified",),
     ("cpu", "realtimeRuntime"),
     ("cpu", "realtimePeriod"),
+    ("cpu", "idle"),
+    ("cpu", "burst"),
     ("memory", "disableOOMKiller"),
+    ("memory", "kernelTCP"),
 )
 
 
