@@ -41,6 +41,8 @@ class StdioPlan:
     def __init__(self, stdin: StdioArg, stdout: StdioArg, stderr: StdioArg) -> None:
         reserve_standard_fds()
         self._owned: list[int] = []
+        #: The child ends of the pipes this plan made (``PIPE``): the library's own.
+        self.made_pipes: list[int] = []
         self.stdin: IO[bytes] | None = None
         self.stdout: IO[bytes] | None = None
         self.stderr: IO[bytes] | None = None
@@ -76,7 +78,7 @@ class StdioPlan:
         if arg == subprocess.PIPE:
             r, w = os.pipe2(os.O_CLOEXEC)
             child, ours = (r, w) if reading else (w, r)
-            self._own(child)
+            self.made_pipes.append(self._own(child))
             stream = os.fdopen(ours, "wb" if reading else "rb")
             if default == 0:
                 self.stdin = stream
@@ -110,7 +112,7 @@ class StdioPlan:
         """Close the fds this plan holds for the child (after they were sent)."""
         for fd in self._owned:
             os.close(fd)
-        self._owned = []
+        self._owned, self.made_pipes = [], []
 
     def close_all(self) -> None:
         """Close everything, the caller's pipe ends included."""

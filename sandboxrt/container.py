@@ -314,7 +314,6 @@ class Container:
         with contextlib.ExitStack() as undo:
             # The caller's fds are checked before we open any.
             stdio = undo.enter_context(StdioPlan(stdin, stdout, stderr))
-            _give_stdio_to_mapped_root(stdio, id_maps)
             gofer: PendingGofer | None = None
             if not config.lazy_gofer:
                 # The container's gofer, started with it, opens its rootfs and bind sources
@@ -341,6 +340,7 @@ class Container:
                 id_maps=id_maps,
             )
             store.create(record)  # raises ContainerExistsError, touching nothing
+            _give_pipes_to_mapped_root(stdio, id_maps)
             container = cls(record, store)
             pty: int | None = None
             trees: builtins.list[int] = []
@@ -927,14 +927,14 @@ class Container:
         overrides: dict[str, Any] = {"env": env, "cwd": cwd, "user": user, "terminal": tty}
         plan = self._exec_plan(args, overrides)  # (before the lock: a bad argument waits not)
         stdio = None if tty else StdioPlan(stdin, stdout, stderr)
-        if stdio is not None:
-            _give_stdio_to_mapped_root(stdio, self._record.id_maps)
         try:
             with self._locked() as sandbox:
                 require(Operation.EXEC, self.id, _effective_status(self._record, sandbox))
                 assert sandbox is not None
                 if self._record.spec is not spec:  # the id names another container now
                     plan = self._exec_plan(args, overrides)
+                if stdio is not None:
+                    _give_pipes_to_mapped_root(stdio, self._record.id_maps)
                 try:
                     pid, master, connection = sandbox.exec_connected(
                         self.id, plan, stdio.child_fds if stdio else []
@@ -1703,14 +1703,15 @@ def _pod_id_maps(host: Sandbox) -> tuple[str, str] | None:
     return maps
 
 
-def _give_stdio_to_mapped_root(stdio: StdioPlan, id_maps: tuple[str, str] | None) -> None:
-    """In a sandbox with a user namespace of its own, give the pipes and sockets of a
-    process's stdio to the host uid of root there, as runc does: the host's root is not
-    mapped there, so the process's side could not give them on to its user (``give_stdio``),
-    and a user that is not root could not reopen them (``/dev/stderr``)."""
+def _give_pipes_to_mapped_root(stdio: StdioPlan, id_maps: tuple[str, str] | None) -> None:
+    """In a sandbox with a user namespace of its own, give the pipes the library made for
+    a process's stdio (``PIPE``) to root there, as runc gives the pipes it makes: the
+    host's root is not mapped there, so the process's side could not give them on to its
+    user (``give_stdio``), who could not reopen them (``/dev/stderr``). The caller's own
+    fds keep their owners."""
     owner = _mapped_root(id_maps)
     if owner is not None:  # (both ids: the namespace's root may chown only what it maps)
-        give_stdio(stdio.child_fds, *owner)
+        give_stdio(stdio.made_pipes, *owner)
 
 
 def _mapped_root(id_maps: tuple[str, str] | None) -> tuple[int, int] | None:

@@ -205,6 +205,15 @@ def test_a_user_in_the_namespace_may_reopen_its_stdio(
     edit_config(path, lambda d: d["process"].update(user={"uid": 1000, "gid": 1000}))
     with reopened_stdio(store, path, "u-stdio", (None, 0)):
         pass
+    # The caller's own pipe keeps its owner (as runc, which gives only the pipes it makes).
+    r, w = os.pipe()
+    try:
+        own = edit_config(bundle(["true"]), with_userns)
+        assert Container.run("u-own", own, store=store, stdout=w) == 0
+        assert (os.fstat(w).st_uid, os.fstat(w).st_gid) == (0, 0)
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 def test_files_the_file_api_makes_belong_to_the_containers_user(
