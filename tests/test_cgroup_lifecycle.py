@@ -366,6 +366,25 @@ def test_a_cgroup_claimed_by_another_creation_meanwhile_is_refused_and_left(
 
 
 @real
+def test_a_cgroup_with_child_cgroups_says_why_its_devices_cannot_be_denied(
+    store: FileStore, bundle: BundleFactory, own_cgroup: str
+) -> None:
+    """On v1, a deny-all in a cgroup with children is EINVAL (runc fails alike): named."""
+    mine = cgroups.create(f"/{own_cgroup}")
+    child = cgroups.create(f"/{own_cgroup}/sub")
+    try:
+        if mine.driver != "v1":
+            pytest.skip("a v1 devices hierarchy only")
+        path = edit_config(bundle(["true"]), cgroups_path(f"/{own_cgroup}"))
+        with pytest.raises(SystemCallError, match=r"devices\.deny.*it has child cgroups"):
+            Container.create("cg-parent", path, store=store)
+        assert Container.list(store=store) == []
+    finally:
+        child.destroy()
+        mine.destroy()
+
+
+@real
 def test_a_busy_cgroup_is_refused_before_any_limit_is_written_to_it(
     store: FileStore, bundle: BundleFactory, own_cgroup: str
 ) -> None:

@@ -110,6 +110,9 @@ def write_lines(directory: Path, lines: Iterable[tuple[str, str | int]]) -> None
                 os.write(fd, data)
             except OSError as err:
                 what = f"cgroup {directory}: writing {data.decode()!r} to {name}"
+                if name == "devices.deny" and err.errno == errno.EINVAL and _subdirs(directory):
+                    # (v1 refuses to deny a device a child cgroup may use: runc fails alike)
+                    what += " (it has child cgroups, which a deny must not leave more)"
                 raise SystemCallError(what, err) from err
     finally:
         for fd in fds.values():
