@@ -228,7 +228,6 @@ class Container:
         unknown = set(options) - CreateOptions.__optional_keys__
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-        reserve_standard_fds()  # before we open any fd: see StdioPlan
         store = options.get("store")
         config = options.get("config")
         spec = options.get("spec")
@@ -920,7 +919,6 @@ class Container:
             raise ValueError(
                 "with tty=True, stdin, stdout and stderr are the terminal: use console"
             )
-        reserve_standard_fds()
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
         spec = self._record.spec

@@ -20,7 +20,6 @@ from typing import Protocol, runtime_checkable
 import sandboxrt
 from sandboxrt._core.protocol import Launched, Request
 from sandboxrt._os import channel
-from sandboxrt._stdio import reserve_standard_fds
 from sandboxrt.errors import SandboxrtError
 
 __all__ = [
@@ -143,7 +142,6 @@ class ForkServerLauncher:
         if self._sock is not None and self._owner == os.getpid() and alive:
             return self._sock
         self.close()
-        reserve_standard_fds()  # our sockets live long: never on the caller's 0-2
         try:
             ours, theirs = channel.socket_pair()
         except OSError as exc:  # (out of fds, say)
