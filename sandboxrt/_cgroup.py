@@ -323,7 +323,7 @@ def remove(record: Mapping[str, Any], container_id: str, timeout: float) -> None
         return
     cgroup = cgroups.load(record, container_id=container_id)
     cgroup.kill_all(timeout=timeout)
-    cgroup.destroy(timeout=timeout, keep_parents=_keeps_parents(cgroup))
+    cgroup.destroy(timeout=timeout, keep_parents=_keeps_parents(cgroup), owner=container_id)
     cgroup.release_owner(container_id)  # a cgroup that existed before stays, not ours
 
 

@@ -348,8 +348,8 @@ def test_a_cgroup_claimed_by_another_creation_meanwhile_is_refused_and_left(
 
     def look_then_lose(cgroup: cgroups.Cgroup) -> str | None:
         found = looked(cgroup)
-        first = cgroup.placements[0]
-        os.setxattr(first.mountpoint / first.rel, OWNER_XATTR, b"winner")
+        for placement in cgroup.placements:  # as the winner's mark_owner makes it
+            os.setxattr(placement.directory, OWNER_XATTR, b"winner")
         return found
 
     monkeypatch.setattr(cgroups.Cgroup, "owner_around", look_then_lose)
@@ -358,11 +358,14 @@ def test_a_cgroup_claimed_by_another_creation_meanwhile_is_refused_and_left(
     with pytest.raises(SandboxrtError, match=r'"loser": its cgroup .* taken by another'):
         library_cgroup.create(request, "loser")
     winners = [parent / "x" for parent in our_cgroups(own_cgroup) if (parent / "x").is_dir()]
-    for directory in winners:
-        directory.rmdir()  # (the winner's, here: nobody's)
     assert winners, "the winner's cgroup was removed"
-    for parent in our_cgroups(own_cgroup):  # (the loser's, left while the winner's was in)
-        parent.rmdir()
+    # The winner found it made: its destroy removes it all the same, and the loser's
+    # parent level (it was left behind, as if it had existed before).
+    monkeypatch.undo()
+    winner = cgroups.create(f"/{own_cgroup}/x")
+    assert all(p.created == () for p in winner.placements)
+    winner.destroy(owner="winner")
+    assert our_cgroups(own_cgroup) == []
 
 
 @real

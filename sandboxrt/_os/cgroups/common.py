@@ -362,11 +362,14 @@ def _remove_levels(
     deadline: float,
     *,
     keep_parents: bool = False,
+    owner: str | None = None,
 ) -> None:
-    """Remove the cgroup (if created) and then, upwards, each empty created or marked
+    """Remove the cgroup (if created, or marked and ``owner``'s: see
+    :meth:`Cgroup.disown_created`) and then, upwards, each empty created or marked
     parent; with ``keep_parents``, the parents are left for :func:`release_parents`."""
-    if rel in created:
-        _remove_tree(mountpoint / rel, deadline)
+    leaf = mountpoint / rel
+    if rel in created or (owner is not None and _is_marked(leaf) and _owner_of(leaf) == owner):
+        _remove_tree(leaf, deadline)
     for level in rel.parents:
         if not level.parts:
             break  # the hierarchy's root
@@ -536,7 +539,13 @@ class Cgroup(abc.ABC):
 
     def disown_created(self) -> None:
         """Forget having created this cgroup's own directories (its parents stay ours):
-        another container claimed them, and a destroy of this one must leave them."""
+        another container claimed them, and a destroy of this one must leave them. They
+        are marked (:data:`PARENT_XATTR`) as sandboxrt's, so that the claimant's destroy
+        (``destroy(owner=...)``) removes them, though it found them made."""
+        for placement in self.placements:
+            if placement.rel in placement.created:
+                with contextlib.suppress(OSError):
+                    os.setxattr(placement.directory, PARENT_XATTR, b"1")
         self.placements = tuple(
             replace(p, created=tuple(c for c in p.created if c != p.rel)) for p in self.placements
         )
@@ -612,8 +621,11 @@ class Cgroup(abc.ABC):
             if frozen:
                 self.thaw()
 
-    def destroy(self, timeout: float = 5.0, *, keep_parents: bool = False) -> None:
-        """Remove the directories sandboxrt created (idempotent).
+    def destroy(
+        self, timeout: float = 5.0, *, keep_parents: bool = False, owner: str | None = None
+    ) -> None:
+        """Remove the directories sandboxrt created (idempotent), and those made by
+        another creation that lost them to ``owner``, the container this cgroup is.
 
         Does not kill: call :meth:`kill_all` first. A busy cgroup is retried
         until ``timeout``. Then the parent levels this cgroup created, or any
@@ -630,4 +642,5 @@ class Cgroup(abc.ABC):
                 placement.created,
                 deadline,
                 keep_parents=keep_parents,
+                owner=owner,
             )

@@ -116,14 +116,16 @@ class CgroupV2(Cgroup):
         if res.devices:
             attach_device_program(self._dir, res.devices)
 
-    def destroy(self, timeout: float = 5.0, *, keep_parents: bool = False) -> None:
+    def destroy(
+        self, timeout: float = 5.0, *, keep_parents: bool = False, owner: str | None = None
+    ) -> None:
         """As :meth:`Cgroup.destroy`; a cgroup that stays (it existed before) loses
         its device program, which went with the container."""
         for placement in self.placements:
             if placement.rel not in placement.created and placement.directory.is_dir():
                 with contextlib.suppress(SystemCallError):
                     detach_device_programs(placement.directory)
-        super().destroy(timeout, keep_parents=keep_parents)
+        super().destroy(timeout, keep_parents=keep_parents, owner=owner)
 
     def can_freeze(self) -> bool:
         return (self._dir / "cgroup.freeze").exists()
