@@ -388,6 +388,42 @@ def test_a_cgroup_with_child_cgroups_says_why_its_devices_cannot_be_denied(
 
 
 @real
+def test_a_failed_claim_of_an_existing_cgroup_leaves_it_and_its_children_unmarked(
+    own_cgroup: str,
+) -> None:
+    """Container q claims ``mid``, a level sandboxrt made for container p, which a user's
+    cgroup keeps alive; q's creation fails (v1 refuses a deny-all above a child). Its
+    rollback removed ``mid`` and the user's cgroup (they carry sandboxrt's parent mark),
+    or else left q's owner mark, which refused the path for ever."""
+
+    def request(path: str) -> library_cgroup.CgroupRequest:
+        made = library_cgroup.request_for({"linux": {"cgroupsPath": f"/{own_cgroup}/{path}"}})
+        assert made is not None
+        return made
+
+    p = library_cgroup.create(request("mid/leaf"), "p")
+    assert p is not None
+    user = cgroups.create(f"/{own_cgroup}/mid/user")
+    library_cgroup.remove(p.to_dict(), "p", 5.0)
+    mids = [d.parent for d in user.directories]
+    try:
+        q: cgroups.Cgroup | None = None
+        with contextlib.suppress(SandboxrtError):  # (v2 takes it: then destroyed)
+            q = library_cgroup.create(request("mid"), "q")
+        if q is not None:
+            library_cgroup.remove(q.to_dict(), "q", 5.0)
+        assert all(d.is_dir() for d in user.directories), "the user's cgroup was removed"
+        for mid in mids:
+            with pytest.raises(OSError):
+                os.getxattr(mid, OWNER_XATTR)  # (no one's: the path is free again)
+    finally:
+        user.destroy()
+        for mid in mids:
+            with contextlib.suppress(FileNotFoundError):
+                mid.rmdir()
+
+
+@real
 def test_a_busy_cgroup_is_refused_before_any_limit_is_written_to_it(
     store: FileStore, bundle: BundleFactory, own_cgroup: str
 ) -> None:

@@ -65,6 +65,9 @@ PARENT_XATTR = "trusted.sandboxrt.parent"
 #: set on the leaf in every hierarchy: no other container's cgroup may be it, nor sit
 #: above or below it (its destroy would kill, or remove, the other's).
 OWNER_XATTR = "trusted.sandboxrt.owner"
+#: The extended attribute marking a cgroup a creation made and lost to another that
+#: claimed it meanwhile (value ``b"1"``): the claimant's destroy removes it.
+LOST_XATTR = "trusted.sandboxrt.lost"
 #: How often creation starts over when a parent level vanished under it.
 _MAKE_ATTEMPTS = 8
 #: Parent levels whose removal was put off (``keep_parents``), each with whether this
@@ -348,6 +351,14 @@ def _owner_of(directory: Path) -> str | None:
         return None
 
 
+def _was_lost(directory: Path) -> bool:
+    """Whether another creation made ``directory`` and lost it (:data:`LOST_XATTR`)."""
+    try:
+        return os.getxattr(directory, LOST_XATTR) == b"1"
+    except OSError:
+        return False
+
+
 def _is_marked(directory: Path) -> bool:
     try:
         return os.getxattr(directory, PARENT_XATTR) == b"1"
@@ -368,7 +379,7 @@ def _remove_levels(
     :meth:`Cgroup.disown_created`) and then, upwards, each empty created or marked
     parent; with ``keep_parents``, the parents are left for :func:`release_parents`."""
     leaf = mountpoint / rel
-    if rel in created or (owner is not None and _is_marked(leaf) and _owner_of(leaf) == owner):
+    if rel in created or (owner is not None and _was_lost(leaf) and _owner_of(leaf) == owner):
         _remove_tree(leaf, deadline)
     for level in rel.parents:
         if not level.parts:
@@ -424,8 +435,11 @@ class Cgroup(abc.ABC):
         *,
         exclusive: bool = False,
         check: Callable[[Cgroup], None] | None = None,
+        owner: str = "",
     ) -> Cgroup:
         """Create the cgroup ``path`` (an OCI ``cgroupsPath``) and apply ``resources``.
+        On failure, what was made is removed, and ``owner``'s marks (:meth:`mark_owner`,
+        which ``check`` may have set) are dropped from what stays.
 
         A cgroup that exists already is used as it is (and left in place by
         :meth:`destroy`), unless ``exclusive``: then it raises
@@ -451,7 +465,9 @@ class Cgroup(abc.ABC):
             cgroup.apply(res)
         except BaseException:
             with contextlib.suppress(SystemCallError):  # keep the original error
-                cgroup.destroy(timeout=1.0)
+                cgroup.destroy(timeout=1.0, owner=owner or None)
+                if owner:
+                    cgroup.release_owner(owner)
             raise
         return cgroup
 
@@ -540,12 +556,12 @@ class Cgroup(abc.ABC):
     def disown_created(self) -> None:
         """Forget having created this cgroup's own directories (its parents stay ours):
         another container claimed them, and a destroy of this one must leave them. They
-        are marked (:data:`PARENT_XATTR`) as sandboxrt's, so that the claimant's destroy
+        are marked (:data:`LOST_XATTR`), so that the claimant's destroy
         (``destroy(owner=...)``) removes them, though it found them made."""
         for placement in self.placements:
             if placement.rel in placement.created:
                 with contextlib.suppress(OSError):
-                    os.setxattr(placement.directory, PARENT_XATTR, b"1")
+                    os.setxattr(placement.directory, LOST_XATTR, b"1")
         self.placements = tuple(
             replace(p, created=tuple(c for c in p.created if c != p.rel)) for p in self.placements
         )
