@@ -40,6 +40,7 @@ from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
 from sandboxrt._core.spec_validate import sysctl_namespace, validate_spec
 from sandboxrt._core.status import Operation, Status, require
 from sandboxrt._os import cgroups, channel, mounts, procfs
+from sandboxrt._os.cgroups.common import read_keyed
 from sandboxrt._os.seccomp import compile_bpf
 from sandboxrt._proc import hooks
 from sandboxrt._proc.init import give_stdio, open_cgroup_dirs
@@ -1392,17 +1393,23 @@ def _process_pid(container_id: str, pid: int) -> int:
 
 
 def _memory_limit_hit(cgroup: Mapping[str, Any] | None, container_id: str) -> str | None:
-    """What an init that died while it was made met, if its cgroup says it reached its
-    memory limit (as runc names a limit too low to start in); ``None`` if it did not."""
+    """What an init that died while it was made met, if its cgroup's OOM killer killed
+    (as runc names a limit too low to start in); ``None`` if it did not. (Not the
+    failure count, which page cache reclaimed at the limit raises too.)"""
     if cgroup is None:
         return None
     try:
-        stats = cgroups.load(cgroup, container_id=container_id).stats()
+        loaded = cgroups.load(cgroup, container_id=container_id)
+        directory = loaded.directory("memory")
+        if directory is None:
+            return None
+        events = "memory.oom_control" if loaded.driver == "v1" else "memory.events"
+        if not read_keyed(directory, events).get("oom_kill"):
+            return None
+        limit = loaded.stats().memory_limit
     except (SandboxrtError, OSError):
         return None
-    if not stats.memory_failcnt or stats.memory_limit is None:
-        return None
-    return f"it reached its memory limit of {stats.memory_limit} bytes"
+    return f"its memory limit ({limit} bytes) was reached: the OOM killer killed"
 
 
 def _configured_timeout(record: ContainerRecord, name: str, default: float) -> float:

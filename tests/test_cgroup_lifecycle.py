@@ -279,7 +279,7 @@ def test_a_memory_limit_too_low_to_start_in_is_named(
     """runc names the limit; the error said only that the container's init died."""
     path = bundle(["true"])
     edit_config(path, resources(memory={"limit": 4096}))  # a page
-    with pytest.raises(InitError, match=r'"cg-tiny": .*reached its memory limit of \d+ bytes'):
+    with pytest.raises(InitError, match=r'"cg-tiny": .*memory limit \(\d+ bytes\) was reached'):
         Container.create("cg-tiny", path, store=store)
     assert our_cgroups(f"{library_cgroup.scope_for(store.runtime_dir)}/cg-tiny") == []
     assert Container.list(store=store) == []
@@ -421,6 +421,22 @@ def test_a_failed_claim_of_an_existing_cgroup_leaves_it_and_its_children_unmarke
         for mid in mids:
             with contextlib.suppress(FileNotFoundError):
                 mid.rmdir()
+
+
+@real
+def test_a_refused_claim_leaves_the_mark_of_a_container_of_the_same_id(own_cgroup: str) -> None:
+    """Another store's container may have our id: a creation refused because the cgroup
+    is its (before we marked anything) dropped its mark, and the path was free to nest in."""
+    theirs = cgroups.create(f"/{own_cgroup}")
+    try:
+        theirs.mark_owner("c1")
+        request = library_cgroup.request_for({"linux": {"cgroupsPath": f"/{own_cgroup}"}})
+        assert request is not None
+        with pytest.raises(SandboxrtError, match='the cgroup of container "c1"'):
+            library_cgroup.create(request, "c1")
+        assert all(os.getxattr(d, OWNER_XATTR) == b"c1" for d in theirs.directories)
+    finally:
+        theirs.destroy()
 
 
 @real

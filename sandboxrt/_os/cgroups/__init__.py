@@ -108,9 +108,7 @@ def create(
     driver = layout.driver
     if driver is None:
         raise MissingFeatureError("cgroups", "neither cgroup v1 controllers nor cgroup2 is mounted")
-    return _DRIVERS[driver].create(
-        layout, path, resources, exclusive=exclusive, check=check, owner=container_id
-    )
+    return _DRIVERS[driver].create(layout, path, resources, exclusive=exclusive, check=check)
 
 
 def load(record: Mapping[str, Any], *, container_id: str = "") -> Cgroup:

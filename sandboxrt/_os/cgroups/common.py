@@ -420,6 +420,8 @@ class Cgroup(abc.ABC):
     def __init__(self, path: str, placements: Iterable[Placement]) -> None:
         self.path = path
         self.placements = tuple(placements)
+        #: The container this object marked its cgroup as (:meth:`mark_owner`), if any.
+        self.marked_as: str | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path!r}>"
@@ -435,11 +437,10 @@ class Cgroup(abc.ABC):
         *,
         exclusive: bool = False,
         check: Callable[[Cgroup], None] | None = None,
-        owner: str = "",
     ) -> Cgroup:
         """Create the cgroup ``path`` (an OCI ``cgroupsPath``) and apply ``resources``.
-        On failure, what was made is removed, and ``owner``'s marks (:meth:`mark_owner`,
-        which ``check`` may have set) are dropped from what stays.
+        On failure, what was made is removed, and the marks this creation made
+        (:meth:`mark_owner`, which ``check`` may call) are dropped from what stays.
 
         A cgroup that exists already is used as it is (and left in place by
         :meth:`destroy`), unless ``exclusive``: then it raises
@@ -465,9 +466,10 @@ class Cgroup(abc.ABC):
             cgroup.apply(res)
         except BaseException:
             with contextlib.suppress(SystemCallError):  # keep the original error
-                cgroup.destroy(timeout=1.0, owner=owner or None)
-                if owner:
-                    cgroup.release_owner(owner)
+                # (only what we marked: another store's container may have our id)
+                cgroup.destroy(timeout=1.0, owner=cgroup.marked_as)
+                if cgroup.marked_as is not None:
+                    cgroup.release_owner(cgroup.marked_as)
             raise
         return cgroup
 
@@ -552,6 +554,7 @@ class Cgroup(abc.ABC):
                 raise
             except OSError:
                 continue
+        self.marked_as = container_id
 
     def disown_created(self) -> None:
         """Forget having created this cgroup's own directories (its parents stay ours):
