@@ -194,10 +194,10 @@ def create(request: CgroupRequest, container_id: str, scope: str = "") -> Cgroup
         )
     except SystemCallError as err:
         if request.required or err.errno not in _NO_PERMISSION:
-            if err.container_id:
+            named = err.naming(container_id)
+            if named is err:
                 raise
-            cause = OSError(err.errno, (err.strerror or "").removeprefix(f"{err.what}: "))
-            raise SystemCallError(err.what, cause, container_id=container_id) from err
+            raise named from err
         log.debug("container %s runs without a cgroup: %s", container_id, err)
         return None
 

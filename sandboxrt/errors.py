@@ -218,9 +218,19 @@ class SystemCallError(SandboxrtError, OSError):
 
     def __init__(self, what: str, err: OSError, *, container_id: str = "") -> None:
         who = f'container "{container_id}": ' if container_id else ""
-        super().__init__(err.errno, f"{who}{what}: {err.strerror or err}")
+        cause = str(err.strerror or err)
+        super().__init__(err.errno, f"{who}{what}: {cause}")
         self.what = what
         self.container_id = container_id
+        self._cause = cause
+
+    def naming(self, container_id: str) -> SystemCallError:
+        """This error, naming ``container_id`` (itself if it names one already)."""
+        if self.container_id:
+            return self
+        return SystemCallError(
+            self.what, OSError(self.errno, self._cause), container_id=container_id
+        )
 
 
 class SandboxDiedError(SandboxrtError):

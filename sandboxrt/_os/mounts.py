@@ -1173,21 +1173,19 @@ def chdir_beneath_root(path: str) -> None:
     """``chdir`` to ``path`` resolved beneath ``/`` (after pivot); ``FileNotFoundError``
     when it is missing (:func:`make_dir_beneath_root` makes an init's first).
 
-    Runs as the process's user, so the search permissions are that user's.
+    The search permissions are those of the process's credentials.
     """
     root_fd = _open_root("/")
     try:
         fd, _ = _walk(root_fd, path)
+        try:
+            os.fchdir(fd)
+        finally:
+            os.close(fd)
     except OSError as exc:  # (as runc words it)
         raise OSError(exc.errno, f"chdir to cwd {path!r}: {exc.strerror}") from None
     finally:
         os.close(root_fd)
-    try:
-        os.fchdir(fd)
-    except OSError as exc:
-        raise OSError(exc.errno, f"chdir to cwd {path!r}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
 
 
 _PTMX_RDEV = os.makedev(5, 2)

@@ -351,17 +351,10 @@ def _owner_of(directory: Path) -> str | None:
         return None
 
 
-def _was_lost(directory: Path) -> bool:
-    """Whether another creation made ``directory`` and lost it (:data:`LOST_XATTR`)."""
+def _is_marked(directory: Path, mark: str = PARENT_XATTR) -> bool:
+    """Whether ``directory`` carries ``mark`` (:data:`PARENT_XATTR`, :data:`LOST_XATTR`)."""
     try:
-        return os.getxattr(directory, LOST_XATTR) == b"1"
-    except OSError:
-        return False
-
-
-def _is_marked(directory: Path) -> bool:
-    try:
-        return os.getxattr(directory, PARENT_XATTR) == b"1"
+        return os.getxattr(directory, mark) == b"1"
     except OSError:
         return False
 
@@ -379,7 +372,8 @@ def _remove_levels(
     :meth:`Cgroup.disown_created`) and then, upwards, each empty created or marked
     parent; with ``keep_parents``, the parents are left for :func:`release_parents`."""
     leaf = mountpoint / rel
-    if rel in created or (owner is not None and _was_lost(leaf) and _owner_of(leaf) == owner):
+    lost_to_owner = owner is not None and _is_marked(leaf, LOST_XATTR)
+    if rel in created or (lost_to_owner and _owner_of(leaf) == owner):
         _remove_tree(leaf, deadline)
     for level in rel.parents:
         if not level.parts:
