@@ -30,6 +30,7 @@ import contextlib
 import functools
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -166,10 +167,12 @@ def bench_others(bench: Callable[[str, list[str]], T]) -> dict[str, T]:
 @contextlib.contextmanager
 def workspace(script: str, args: list[str]) -> Iterator[tuple[Path, Path, Spec]]:
     """A busybox bundle running ``args`` and a state dir under /run, in a private
-    mount namespace; ``(bundle, runs, spec)``. Removed afterwards."""
+    mount namespace; ``(bundle, runs, spec)``. Removed afterwards, also when the
+    script is ended with SIGTERM (``timeout``): its containers are destroyed first."""
     if os.geteuid() != 0:
         raise SystemExit(f"benchmarks/{script} needs root")
     enter_private_namespace()
+    signal.signal(signal.SIGTERM, lambda signo, frame: sys.exit(128 + signo))
     work = Path(tempfile.mkdtemp(prefix="sandboxrt-bench-"))
     runs = Path(tempfile.mkdtemp(prefix="sandboxrt-bench-", dir="/run"))
     try:

@@ -9,8 +9,9 @@ usual tools. ``busybox`` bundles copy a static busybox (Debian's
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
-import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,31 +32,80 @@ _ETC_PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonex
 _ETC_GROUP = "root:x:0:\nnogroup:x:65534:\n"
 
 
-def _link(path: Path, target: str) -> None:
-    """``path`` as a symlink to ``target``, also where a bundle is made again."""
-    if path.is_symlink():
-        if os.readlink(path) == target:
+#: A temporary name beside what is replaced (a dot: no applet is named so).
+_NEW = ".sandboxrt-new"
+
+
+def _directory(parent: int, name: str, mode: int = 0o755) -> int:
+    """An fd of directory ``name`` of ``parent``, made if missing. Whatever else is there
+    (a symlink a container left in its rootfs, pointing at the host) is replaced: a bundle
+    made again never writes through it."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(name, flags, dir_fd=parent)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        os.unlink(name, dir_fd=parent)
+    os.mkdir(name, mode, dir_fd=parent)
+    return os.open(name, flags, dir_fd=parent)
+
+
+def _write(parent: int, name: str, data: bytes, mode: int = 0o644) -> None:
+    """File ``name`` of ``parent`` holding ``data``: written under a new name and renamed
+    over what was there, so that a symlink there is replaced, never followed."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_NEW, dir_fd=parent)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(_NEW, flags, mode, dir_fd=parent)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fchmod(fd, mode)  # (not the umask's)
+    finally:
+        os.close(fd)
+    os.rename(_NEW, name, src_dir_fd=parent, dst_dir_fd=parent)
+
+
+def _link(parent: int, name: str, target: str) -> None:
+    """``name`` of ``parent`` as a symlink to ``target``, also where a bundle is made
+    again (what was there is replaced, never followed)."""
+    with contextlib.suppress(OSError):
+        if os.readlink(name, dir_fd=parent) == target:
             return
-        path.unlink()
-    path.symlink_to(target)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_NEW, dir_fd=parent)
+    os.symlink(target, _NEW, dir_fd=parent)
+    os.rename(_NEW, name, src_dir_fd=parent, dst_dir_fd=parent)
 
 
-def _skeleton(rootfs: Path) -> None:
+def _skeleton(rootfs: int) -> None:
     for name in ("proc", "sys", "dev", "tmp", "etc", "root", "run"):
-        (rootfs / name).mkdir(parents=True, exist_ok=True)
-    (rootfs / "tmp").chmod(0o1777)
-    (rootfs / "etc" / "passwd").write_text(_ETC_PASSWD)
-    (rootfs / "etc" / "group").write_text(_ETC_GROUP)
-    (rootfs / "etc" / "hostname").write_text("sandboxrt\n")
+        os.close(_directory(rootfs, name))
+    tmp = _directory(rootfs, "tmp")
+    try:
+        os.fchmod(tmp, 0o1777)
+    finally:
+        os.close(tmp)
+    etc = _directory(rootfs, "etc")
+    try:
+        _write(etc, "passwd", _ETC_PASSWD.encode())
+        _write(etc, "group", _ETC_GROUP.encode())
+        _write(etc, "hostname", b"sandboxrt\n")
+    finally:
+        os.close(etc)
 
 
-def _host_usr_rootfs(rootfs: Path) -> list[Mount]:
+def _host_usr_rootfs(rootfs: int) -> list[Mount]:
     _skeleton(rootfs)
-    (rootfs / "usr").mkdir(exist_ok=True)
+    os.close(_directory(rootfs, "usr"))
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         host = Path("/") / name
         if host.is_symlink() and os.readlink(host).lstrip("/").startswith("usr/"):
-            _link(rootfs / name, os.readlink(host).lstrip("/"))
+            _link(rootfs, name, os.readlink(host).lstrip("/"))
         elif host.is_dir() and name in ("bin", "sbin", "lib", "lib64"):
             raise MissingFeatureError(
                 "a merged /usr (/bin, /lib as symlinks into /usr)",
@@ -69,20 +119,25 @@ def _busybox_applets() -> list[str]:
     return [name for name in listing.stdout.split() if name and name != "busybox"]
 
 
-def _busybox_rootfs(rootfs: Path) -> list[Mount]:
+def _busybox_rootfs(rootfs: int) -> list[Mount]:
     if not os.access(BUSYBOX, os.X_OK):
         raise MissingFeatureError(
             "busybox", f"{BUSYBOX} is missing: apt-get install busybox-static"
         )
     _skeleton(rootfs)
-    bin_dir = rootfs / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    shutil.copy2(BUSYBOX, bin_dir / "busybox")
-    for applet in _busybox_applets():
-        _link(bin_dir / applet, "busybox")
-    _link(rootfs / "sbin", "bin")
-    (rootfs / "usr").mkdir(exist_ok=True)
-    _link(rootfs / "usr" / "bin", "../bin")
+    bin_dir = _directory(rootfs, "bin")
+    try:
+        _write(bin_dir, "busybox", Path(BUSYBOX).read_bytes(), 0o755)
+        for applet in _busybox_applets():
+            _link(bin_dir, applet, "busybox")
+    finally:
+        os.close(bin_dir)
+    _link(rootfs, "sbin", "bin")
+    usr = _directory(rootfs, "usr")
+    try:
+        _link(usr, "bin", "../bin")
+    finally:
+        os.close(usr)
     return []
 
 
@@ -98,7 +153,12 @@ def make_bundle(
     bundle = Path(path)
     root = bundle / "rootfs"
     root.mkdir(parents=True, exist_ok=True)
-    extra = _host_usr_rootfs(root) if rootfs == "host_usr" else _busybox_rootfs(root)
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        make = _host_usr_rootfs if rootfs == "host_usr" else _busybox_rootfs
+        extra = make(root_fd)
+    finally:
+        os.close(root_fd)
     spec = default_spec(list(args), terminal=terminal)
     assert spec.root is not None
     spec = attrs.evolve(

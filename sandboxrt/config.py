@@ -40,7 +40,8 @@ class Config:
     ``root.readonly`` the overlay is read-only too. ``destroy_timeout``: seconds
     destroy waits for the sandbox to go. ``lock_timeout``: seconds an operation
     waits for the container's lock, which another one holds, before
-    ``LockTimeoutError``. ``create_timeout``: seconds the sandbox may stay
+    ``LockTimeoutError`` (``None``: the store's own ``lock_timeout``, 30 s unless
+    the store was made with another). ``create_timeout``: seconds the sandbox may stay
     silent while it is being created (the library's own hooks not counted) before
     creation fails and the sandbox is destroyed. ``lazy_gofer``: the container's
     gofer starts at the first use of ``container.files`` instead of with the container
@@ -55,6 +56,8 @@ class Config:
     overlay: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     overlay_size: int = attrs.field(default=DEFAULT_OVERLAY_SIZE, validator=_check_overlay_size)
     destroy_timeout: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
-    lock_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    lock_timeout: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
     create_timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
     lazy_gofer: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))

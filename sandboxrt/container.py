@@ -18,7 +18,7 @@ import socket
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, TypedDict
+from typing import IO, Any, TypedDict, overload
 
 import attrs
 from typing_extensions import Unpack
@@ -65,12 +65,13 @@ from sandboxrt.errors import (
     SpecError,
     SystemCallError,
     WaitTimeoutError,
+    arguments_of,
 )
 from sandboxrt.files import ContainerFiles
 from sandboxrt.gofer import Gofer, PendingGofer, socket_path
 from sandboxrt.process import Process, ProcessInfo, process_infos
 from sandboxrt.sandbox import Sandbox, alive, identity_of, kill_process
-from sandboxrt.stores import FileStore, MetadataStore
+from sandboxrt.stores import MetadataStore, store_or_default
 
 __all__ = ["Container", "CreateOptions", "OCIState", "Stats"]
 
@@ -237,8 +238,10 @@ class Container:
         console_socket = options.get("console_socket")
         stdin, stdout, stderr = options.get("stdin"), options.get("stdout"), options.get("stderr")
         validate_id(id)
-        store = store if store is not None else FileStore()
-        config = config or Config()
+        store = store_or_default(store)
+        config = config if config is not None else Config()
+        if not isinstance(config, Config):
+            raise TypeError(f"config must be a sandboxrt.Config, not {config!r}")
         bundle_path = Path(bundle).absolute()
         with _naming_container(id):
             if spec is None:
@@ -313,7 +316,8 @@ class Container:
         # Each closed or ended if the creation fails, from here on (the id in use, say).
         with contextlib.ExitStack() as undo:
             # The caller's fds are checked before we open any.
-            stdio = undo.enter_context(StdioPlan(stdin, stdout, stderr))
+            with arguments_of(id):
+                stdio = undo.enter_context(StdioPlan(stdin, stdout, stderr))
             gofer: PendingGofer | None = None
             if not config.lazy_gofer:
                 # The container's gofer, started with it, opens its rootfs and bind sources
@@ -523,14 +527,14 @@ class Container:
     @classmethod
     def load(cls, id_or_prefix: str, *, store: MetadataStore | None = None) -> Container:
         """The container with this id, or the only one whose id starts with it."""
-        store = store if store is not None else FileStore()
+        store = store_or_default(store)
         container_id = resolve_id(id_or_prefix, store.list_ids())
         return cls(store.load(container_id), store)
 
     @classmethod
     def list(cls, *, store: MetadataStore | None = None) -> list[str]:
         """The ids of all containers in ``store``."""
-        return (store if store is not None else FileStore()).list_ids()
+        return store_or_default(store).list_ids()
 
     # -- what it is ----------------------------------------------------------------------
 
@@ -689,7 +693,7 @@ class Container:
         ``stopped``.
         """
         if all and foreground:
-            raise ValueError("kill: all and foreground exclude each other")
+            raise InvalidArgumentError(self.id, "kill: all and foreground exclude each other")
         sig = signal_number(sig, self.id)
         with self._locked() as sandbox:
             status = _effective_status(self._record, sandbox)
@@ -917,15 +921,16 @@ class Container:
         that can load the container: everything goes through its control socket.
         """
         if tty and any(arg is not None for arg in (stdin, stdout, stderr)):
-            raise ValueError(
-                "with tty=True, stdin, stdout and stderr are the terminal: use console"
+            raise InvalidArgumentError(
+                self.id, "with tty=True, stdin, stdout and stderr are the terminal: use console"
             )
         if timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be positive, not {timeout!r}")
+            raise InvalidArgumentError(self.id, f"timeout must be positive, not {timeout!r}")
         spec = self._record.spec
         overrides: dict[str, Any] = {"env": env, "cwd": cwd, "user": user, "terminal": tty}
-        plan = self._exec_plan(args, overrides)  # (before the lock: a bad argument waits not)
-        stdio = None if tty else StdioPlan(stdin, stdout, stderr)
+        with arguments_of(self.id):
+            plan = self._exec_plan(args, overrides)  # (before the lock: a bad one waits not)
+            stdio = None if tty else StdioPlan(stdin, stdout, stderr)
         try:
             with self._locked() as sandbox:
                 require(Operation.EXEC, self.id, _effective_status(self._record, sandbox))
@@ -993,11 +998,15 @@ class Container:
         """
         if input is not None:
             if stdin is not None:
-                raise ValueError("stdin and input arguments may not both be used")
+                raise InvalidArgumentError(
+                    self.id, "stdin and input arguments may not both be used"
+                )
             stdin = None if tty else subprocess.PIPE
         if capture_output:
             if stdout is not None or stderr is not None:
-                raise ValueError("stdout and stderr arguments may not be used with capture_output")
+                raise InvalidArgumentError(
+                    self.id, "stdout and stderr arguments may not be used with capture_output"
+                )
             stdout = stderr = subprocess.PIPE
             if tty:
                 stdout = stderr = None
@@ -1007,16 +1016,18 @@ class Container:
         with process:
             try:
                 out, err = process.communicate(input, timeout=timeout)
-            except ProcessTimeoutError:
+            except ProcessTimeoutError as timed_out:
+                # As subprocess.run: killed and waited for, with the output so far (what a
+                # process out of its group, setsid, holds open may never end).
                 process.kill(group=True)
-                out, err = process.communicate()
+                process.wait()
                 raise ProcessTimeoutError(
                     self.id,
                     process.args,
                     timeout or 0.0,
                     pid=process.pid,
-                    output=out,
-                    stderr=err,
+                    output=timed_out.output,
+                    stderr=timed_out.stderr,
                     killed=True,
                 ) from None
             except BaseException:
@@ -1356,7 +1367,7 @@ class _Locked:
 
     def __init__(self, container: Container) -> None:
         self._container = container
-        timeout = _configured_timeout(container._record, "lock_timeout", 30.0)
+        timeout = _configured_timeout(container._record, "lock_timeout", None)  # None: the store's
         self._lock = container._store.lock(container.id, timeout=timeout)
 
     def __enter__(self) -> Sandbox | None:
@@ -1412,13 +1423,24 @@ def _memory_limit_hit(cgroup: Mapping[str, Any] | None, container_id: str) -> st
     return f"its memory limit ({limit} bytes) was reached: the OOM killer killed"
 
 
-def _configured_timeout(record: ContainerRecord, name: str, default: float) -> float:
-    """The timeout ``name`` of the config ``record`` keeps; ``default`` where that is not
-    a number of seconds (a record altered on disk must not keep a destroy from working)."""
-    value = record.config.get(name, default)
+@overload
+def _configured_timeout(record: ContainerRecord, name: str, default: float) -> float: ...
+@overload
+def _configured_timeout(record: ContainerRecord, name: str, default: None) -> float | None: ...
+def _configured_timeout(record: ContainerRecord, name: str, default: float | None) -> float | None:
+    """The timeout ``name`` of the config ``record`` keeps (``None`` is ``default``);
+    ``default`` where that is not a number of seconds (a record altered on disk must not
+    keep a destroy from working)."""
+    value = record.config.get(name)
+    if value is None:
+        return default
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e9:
         log.warning(
-            'container "%s": its record\'s %s is %r: %gs used', record.id, name, value, default
+            'container "%s": its record\'s %s is %r: %s used',
+            record.id,
+            name,
+            value,
+            "the store's" if default is None else f"{default:g}s",
         )
         return default
     return float(value)

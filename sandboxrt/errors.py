@@ -1,8 +1,10 @@
 """The one exception hierarchy of sandboxrt.
 
-Every error sandboxrt raises derives from :class:`SandboxrtError`. Where a
-builtin means the same thing, the error derives from it too, so callers may
-catch either (``ContainerNotFoundError`` is a ``LookupError``).
+Every error sandboxrt raises derives from :class:`SandboxrtError`, but for an
+argument of the wrong type altogether, which is a ``TypeError`` as in Python.
+Where a builtin means the same thing, the error derives from it too, so callers
+may catch either (``ContainerNotFoundError`` is a ``LookupError``; a bad value,
+:class:`InvalidArgumentError`, is a ``ValueError``).
 
 This module imports only the standard library: the sandbox supervisor uses it.
 :class:`ProcessError` and :class:`ProcessTimeoutError`, which are also
@@ -13,8 +15,10 @@ process the fork server forks.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -114,6 +118,18 @@ class InvalidArgumentError(SandboxrtError, ValueError):
         super().__init__(f'container "{container_id}": {problem}')
         self.container_id = container_id
         self.problem = problem
+
+
+@contextlib.contextmanager
+def arguments_of(container_id: str) -> Iterator[None]:
+    """A plain ``ValueError`` raised in the block (a bad argument, found by code that knows
+    no container) becomes an :class:`InvalidArgumentError` naming ``container_id``."""
+    try:
+        yield
+    except SandboxrtError:
+        raise
+    except ValueError as exc:
+        raise InvalidArgumentError(container_id, str(exc)) from None
 
 
 class SpecError(SandboxrtError, ValueError):

@@ -23,7 +23,13 @@ from typing import IO, TYPE_CHECKING, Any
 from sandboxrt._core.file_protocol import FileReply, FileRequest, FileStat, WalkEntry
 from sandboxrt._core.protocol import DEFAULT_UMASK
 from sandboxrt._os import channel
-from sandboxrt.errors import ContainerFileError, GoferError, file_error
+from sandboxrt.errors import (
+    ContainerFileError,
+    GoferError,
+    InvalidArgumentError,
+    arguments_of,
+    file_error,
+)
 
 if TYPE_CHECKING:
     from sandboxrt.container import Container
@@ -133,7 +139,10 @@ class _Session:
     def call(self, request: FileRequest) -> tuple[FileReply, list[int]]:
         for text in (request.path, request.target or ""):
             if "\0" in text:  # (cut short at it on the way to the kernel: another path)
-                raise ValueError(f"a path in a container must not hold a NUL byte: {text!r}")
+                raise InvalidArgumentError(
+                    self.gofer.container_id,
+                    f"a path in a container must not hold a NUL byte: {text!r}",
+                )
         reply, fds = self.gofer.ask(self.conn, request)
         if not reply.ok:
             channel.close_fds(fds)
@@ -226,7 +235,8 @@ class ContainerFiles:
         to the file (the gofer is not in the way), so streams of any size use little
         memory.
         """
-        flags = _open_flags(mode)
+        with arguments_of(self._container.id):
+            flags = _open_flags(mode)
         if permissions is None:
             permissions = 0o666 & ~self._umask()
         with self._session() as session:
@@ -431,7 +441,9 @@ class ContainerFiles:
         ):
             raise TypeError(f"max_bytes must be an int, not {type(max_bytes).__name__}")
         if max_bytes is not None and max_bytes < 0:
-            raise ValueError(f"max_bytes must not be negative, not {max_bytes}")
+            raise InvalidArgumentError(
+                self._container.id, f"max_bytes must not be negative, not {max_bytes}"
+            )
         dst = os.fspath(host_dst)
         budget = _Budget(max_bytes)
         with self._session() as session:

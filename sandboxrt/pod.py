@@ -15,9 +15,9 @@ import os
 from typing_extensions import Unpack
 
 from sandboxrt.container import Container, CreateOptions
-from sandboxrt.errors import ContainerNotFoundError
+from sandboxrt.errors import ContainerNotFoundError, InvalidArgumentError
 from sandboxrt.sandbox import Sandbox
-from sandboxrt.stores import FileStore, MetadataStore
+from sandboxrt.stores import MetadataStore, store_or_default
 
 __all__ = ["Pod"]
 
@@ -27,7 +27,7 @@ class Pod:
 
     def __init__(self, root: Container) -> None:
         if root.is_subcontainer:
-            raise ValueError(f'container "{root.id}" is not the root of a sandbox')
+            raise InvalidArgumentError(root.id, "it is not the root of a sandbox")
         self.root = root
 
     def __repr__(self) -> str:
@@ -71,7 +71,7 @@ class Pod:
     def load(cls, id_or_prefix: str, *, store: MetadataStore | None = None) -> Pod:
         """The pod of a container: the root's id, or any of its containers' (or a
         unique prefix of one)."""
-        store = store if store is not None else FileStore()
+        store = store_or_default(store)
         container = Container.load(id_or_prefix, store=store)
         if container.is_subcontainer:  # (its root's exact id: never a prefix of another)
             container = Container(store.load(container.sandbox_id), store)

@@ -20,6 +20,7 @@ import signal as _signal
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import IO
@@ -31,6 +32,7 @@ from sandboxrt._signals import signal_number
 from sandboxrt._stdio import close_streams
 from sandboxrt.errors import (
     ContainerNotFoundError,
+    InvalidArgumentError,
     ProcessNotFoundError,
     ProcessTimeoutError,
     SandboxDiedError,
@@ -41,6 +43,8 @@ from sandboxrt.sandbox import Sandbox
 __all__ = ["Process", "ProcessInfo", "process_infos"]
 
 _READ_SIZE = 64 * 1024
+#: How often :meth:`Process.communicate` looks whether the exec's deadline killed it.
+_DEADLINE_POLL = 0.05
 _WRITE_SIZE = 64 * 1024
 
 
@@ -62,7 +66,10 @@ class Process:
     has not been seen to exit by then, it and its process group (what it
     forked, unless that left the group) are SIGKILLed, whether anyone waits
     or not, and :meth:`wait` and :meth:`communicate` raise the error with
-    ``killed`` set (``timed_out`` is ``True``, ``returncode`` usually ``-9``).
+    ``killed`` set (``timed_out`` is ``True``, ``returncode`` usually ``-9``;
+    :meth:`communicate` then returns what it read so far, without waiting for
+    the end of output a process out of the group holds open). A ``Process``
+    dropped (garbage-collected) before its deadline drops the deadline too.
     """
 
     def __init__(
@@ -106,7 +113,9 @@ class Process:
         self._connection = connection.detach() if connection is not None else -1
         self._connection_lock = threading.Lock()
         if timeout is not None:
-            self._timer = threading.Timer(timeout, self._expire)
+            # Through a weak reference: a Process dropped before its deadline is freed (its
+            # fd closed), and its deadline dropped, as a dropped Popen leaves its child be.
+            self._timer = threading.Timer(timeout, _expire_if_kept, [weakref.ref(self)])
             self._timer.daemon = True
             self._timer.start()
 
@@ -289,7 +298,9 @@ class Process:
         the output so far) it may be called again to go on.
         """
         if self._communicating and input:
-            raise ValueError("cannot send input after starting communication")
+            raise InvalidArgumentError(
+                self.container_id, "cannot send input after starting communication"
+            )
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._communicating:
             self._communicating = True
@@ -301,7 +312,9 @@ class Process:
                     with contextlib.suppress(BrokenPipeError):
                         self.stdin.close()
             elif input and self.console is None:
-                raise ValueError("input needs stdin=PIPE (or tty=True)")
+                raise InvalidArgumentError(
+                    self.container_id, "input needs stdin=PIPE (or tty=True)"
+                )
         out_stream = self.stdout if self.stdout is not None else self.console
         try:
             self._pump(out_stream, deadline, timeout)
@@ -345,6 +358,12 @@ class Process:
                     raise ProcessTimeoutError(
                         self.container_id, self.args, timeout or 0.0, pid=self.pid
                     )
+                if self._timer is not None:
+                    if self.timed_out:  # killed at its deadline: what a process out of its
+                        return  # group (setsid) holds open may never end
+                    remaining = (
+                        min(remaining, _DEADLINE_POLL) if remaining is not None else _DEADLINE_POLL
+                    )
                 for key, events in selector.select(remaining):
                     stream = key.data
                     if events & selectors.EVENT_WRITE:
@@ -382,6 +401,12 @@ class Process:
             return
         selector.unregister(stream.fileno())
         stream.close()
+
+
+def _expire_if_kept(process: weakref.ref[Process]) -> None:
+    kept = process()
+    if kept is not None:
+        kept._expire()
 
 
 @attrs.frozen

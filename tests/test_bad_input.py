@@ -493,6 +493,47 @@ def test_stdio_fd_that_is_not_open(
     assert_nothing_left(store)
 
 
+def test_bad_arguments_are_errors_of_sandboxrt_naming_the_container(
+    store: FileStore, bundle: BundleFactory, fd_check: None
+) -> None:
+    """A bad value is an :class:`InvalidArgumentError` (a ``ValueError`` too) naming the
+    container; what is of the wrong type altogether is a ``TypeError``."""
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(InvalidArgumentError, match=f'"x": stdio file descriptor {w} is not'):
+        Container.create("x", bundle(), store=store, stdout=w)
+    with pytest.raises(TypeError, match="store must be a MetadataStore"):
+        Container.create("x", bundle(), store=str(store.root))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="store must be a MetadataStore"):
+        Container.load("x", store=str(store.root))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"config must be a sandboxrt\.Config"):
+        Container.create("x", bundle(), store=store, config={})  # type: ignore[arg-type]
+    assert_nothing_left(store)
+    container = Container.create("x", bundle(["sleep", "10"]), store=store)
+    try:
+        wrong: list[tuple[Callable[[], object], str]] = [
+            (lambda: container.exec(["true"], cwd="tmp"), "cwd must be an absolute path"),
+            (lambda: container.exec(["true"], env=["NOEQUALS"]), "malformed environment"),
+            (lambda: container.exec([]), "args must be a non-empty"),
+            (lambda: container.exec(["true"], user="a:b:c"), "user must be"),
+            (lambda: container.exec(["true"], timeout=0), "timeout must be positive"),
+            (lambda: container.exec(["true"], stdin=w), f"{w} is not open"),
+            (lambda: container.kill(all=True, foreground=True), "exclude each other"),
+            (lambda: container.exec_run(["true"], input=b"", stdin=-3), "may not both"),
+        ]
+        for call, problem in wrong:
+            with pytest.raises(InvalidArgumentError, match=problem) as info:
+                call()
+            assert isinstance(info.value, ValueError)
+            assert info.value.container_id == "x"
+            assert str(info.value).startswith('container "x": ')
+        assert container.status is Status.CREATED
+    finally:
+        container.destroy()
+    assert_nothing_left(store)
+
+
 def test_a_caller_with_closed_stdio_gives_no_fd_of_its_own_to_the_container(
     bundle: BundleFactory, tmp_path: Path
 ) -> None:

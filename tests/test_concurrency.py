@@ -356,6 +356,25 @@ def test_start_waits_for_a_lock_held_by_another_process(
     assert_store_empty(store)
 
 
+def test_operations_wait_for_the_lock_as_long_as_the_store_says(
+    tmp_path: Path, bundle: BundleFactory
+) -> None:
+    """Without ``Config(lock_timeout=...)``, the store's own ``lock_timeout`` holds."""
+    store = FileStore(tmp_path / "impatient-store", lock_timeout=0.5)
+    container = Container.create("waits-little", bundle(["true"]), store=store)
+    try:
+        holder = LockHolder(store, "waits-little")
+        try:
+            with pytest.raises(LockTimeoutError) as info:
+                container.start()
+            assert info.value.timeout == 0.5
+        finally:
+            holder.release()
+    finally:
+        container.destroy()
+    assert_store_empty(store)
+
+
 def test_start_gives_up_after_the_lock_timeout(store: FileStore, bundle: BundleFactory) -> None:
     container = Container.create(
         "impatient", bundle(["true"]), store=store, config=Config(lock_timeout=0.5)

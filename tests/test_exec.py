@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import json
 import os
 import re
@@ -237,6 +238,32 @@ def test_exec_run_timeout_raises_timeout_expired_with_the_output(running: Contai
     assert isinstance(error, ProcessTimeoutError) and error.killed
     assert error.stdout == b"started\n"
     assert "sleep 100" not in live_commands(running) or _eventually_gone(running)
+
+
+@pytest.mark.parametrize("how", ["exec_run", "deadline"])
+def test_a_timeout_does_not_wait_for_what_left_the_group(running: Container, how: str) -> None:
+    """A child that left the process group (setsid) keeps the output pipe open past the
+    kill: the timeout is raised with the output so far, as subprocess.run does, not when
+    the child ends."""
+    script = ["sh", "-c", "setsid sleep 60 & echo started; sleep 60"]
+    start = time.monotonic()
+    with pytest.raises(ProcessTimeoutError) as caught:
+        if how == "exec_run":
+            running.exec_run(script, capture_output=True, timeout=0.5)
+        else:
+            running.exec(script, stdout=subprocess.PIPE, timeout=0.5).communicate()
+    assert time.monotonic() - start < 30
+    assert caught.value.killed
+    assert caught.value.output == b"started\n"
+
+
+def test_a_dropped_process_with_a_deadline_is_freed(running: Container) -> None:
+    """Its deadline does not keep a dropped Process (and its fd) alive."""
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        running.exec(["true"], timeout=600)
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
 
 
 def _eventually_gone(container: Container) -> bool:

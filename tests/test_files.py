@@ -188,6 +188,23 @@ def test_errors_are_typed_and_name_the_container_and_path(container: Container) 
         files.symlink("/tmp/link", "/etc/passwd\0x")
 
 
+def test_the_kernel_s_files_are_not_served(container: Container) -> None:
+    """procfs and sysfs files (the supervisor's ``/proc/1/oom_score_adj``, which the
+    container made ``/etc/motd`` lead to) are refused: the gofer's privileges would write
+    what the container's may not."""
+    supervisor = container.sandbox.pid if container.sandbox else 0
+    before = Path(f"/proc/{supervisor}/oom_score_adj").read_text()
+    motd = rootfs(container) / "etc" / "motd"
+    motd.symlink_to("/proc/1/oom_score_adj")
+    with pytest.raises(PermissionError, match="procfs or sysfs is not served") as info:
+        container.files.write_text("/etc/motd", "500\n")
+    assert isinstance(info.value, ContainerFileError)
+    for path in ("/proc/1/status", "/sys/kernel/uevent_seqnum"):
+        with pytest.raises(PermissionError, match="procfs or sysfs is not served"):
+            container.files.read_bytes(path)
+    assert Path(f"/proc/{supervisor}/oom_score_adj").read_text() == before
+
+
 def test_created_files_belong_to_the_containers_user(
     store: FileStore, bundle: BundleFactory
 ) -> None:

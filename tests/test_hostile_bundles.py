@@ -12,6 +12,9 @@ import contextlib
 import errno
 import hashlib
 import os
+import shutil
+import stat
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -21,9 +24,9 @@ from typing import Any
 import pytest
 from conftest import BundleFactory, edit_config, needs_busybox, needs_root, run_output
 
-from sandboxrt import FileStore
+from sandboxrt import Container, ExecError, FileStore
 from sandboxrt._os import mounts
-from sandboxrt.bundle import BUSYBOX
+from sandboxrt.bundle import BUSYBOX, make_bundle
 from sandboxrt.errors import InitError, SandboxrtError
 
 SECRET = "host-secret-" + uuid.uuid4().hex
@@ -461,3 +464,152 @@ def test_executable_through_proc_1_root_is_not_the_host_file(
     host_bin.chmod(0o755)
     path = bundle([f"/proc/1/root{host_bin}", "sh", "-c", "echo escaped"])
     assert "does not exist" in create_fails(store, path)
+
+
+@needs_root
+@needs_busybox
+@pytest.mark.parametrize("setting", ["oomScoreAdj", "sysctl"])
+def test_a_bind_led_into_proc_never_takes_the_runtime_s_writes(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path, setting: str
+) -> None:
+    """A rootfs symlink (``/vol -> /proc/self``) that would put a bind of a host file over
+    the file the runtime writes a setting to: refused, as runc refuses binds inside /proc;
+    the host file keeps its content."""
+    host_file = tmp_path / "volume-file"
+    host_file.write_text("0\n")
+    path = bundle(["true"])
+    link, target, name = {
+        "oomScoreAdj": ("/proc/self", "/vol/oom_score_adj", "oom_score_adj"),
+        "sysctl": ("/proc/sys/net/ipv4", "/vol/ip_forward", "ip_forward"),
+    }[setting]
+
+    def change(document: dict[str, Any]) -> None:
+        bind = {"destination": target, "type": "bind", "source": str(host_file)}
+        document["mounts"].append({**bind, "options": ["bind"]})
+        if setting == "oomScoreAdj":
+            document["process"]["oomScoreAdj"] = 500
+        else:
+            document["linux"]["sysctl"] = {"net.ipv4.ip_forward": "0"}
+
+    edit_config(path, change)
+    (path / "rootfs" / "vol").symlink_to(link)
+    message = create_fails(store, path)
+    assert f"mount destination {target} is inside /proc" in message, message
+    assert name in message
+    assert host_file.read_text() == "0\n"
+
+
+@needs_root
+@needs_busybox
+def test_a_setting_is_written_to_procfs_only(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """Without a procfs at /proc (a rootfs whose /proc leads to a bound host directory), a
+    sysctl is not written to the file found there: the creation fails."""
+    volume = tmp_path / "volume"
+    (volume / "sys" / "net" / "ipv4").mkdir(parents=True)
+    (volume / "sys" / "net" / "ipv4" / "ip_forward").write_text("1\n")
+    path = bundle(["true"])
+
+    def change(document: dict[str, Any]) -> None:
+        document["mounts"] = [m for m in document["mounts"] if m["type"] != "proc"]
+        bind = {"destination": "/data", "type": "bind", "source": str(volume)}
+        document["mounts"].append({**bind, "options": ["rbind"]})
+        document["linux"]["sysctl"] = {"net.ipv4.ip_forward": "0"}
+        document["linux"]["maskedPaths"] = []
+        document["linux"]["readonlyPaths"] = []
+
+    edit_config(path, change)
+    (path / "rootfs" / "proc").rmdir()
+    (path / "rootfs" / "proc").symlink_to("/data")
+    message = create_fails(store, path)
+    assert "ip_forward is not a file of procfs" in message, message
+    assert (volume / "sys" / "net" / "ipv4" / "ip_forward").read_text() == "1\n"
+
+
+@needs_busybox
+@pytest.mark.parametrize("planted", ["files", "directories"])
+def test_making_a_bundle_again_never_writes_through_a_container_s_symlinks(
+    tmp_path: Path, planted: str
+) -> None:
+    """A container may have swapped its rootfs's files (or directories) for symlinks to
+    host paths; ``make_bundle`` on the same path replaces them and leaves the host alone."""
+    host = tmp_path / "host"
+    host.mkdir()
+    host.chmod(0o700)
+    for name in ("hostname", "passwd", "group", "busybox"):
+        (host / name).write_text("the host's\n")
+    path = tmp_path / "bundle"
+    make_bundle(path, ["true"], rootfs="busybox")
+    rootfs = path / "rootfs"
+    if planted == "files":
+        for name in ("hostname", "passwd", "group"):
+            (rootfs / "etc" / name).unlink()
+            (rootfs / "etc" / name).symlink_to(host / name)
+        (rootfs / "bin" / "busybox").unlink()
+        (rootfs / "bin" / "busybox").symlink_to(host / "busybox")
+    else:
+        for name in ("etc", "tmp", "bin"):
+            shutil.rmtree(rootfs / name)
+            (rootfs / name).symlink_to(host)
+    make_bundle(path, ["true"], rootfs="busybox")
+    for name in ("hostname", "passwd", "group", "busybox"):
+        assert (host / name).read_text() == "the host's\n"
+    assert sorted(os.listdir(host)) == ["busybox", "group", "hostname", "passwd"]
+    assert stat.S_IMODE(host.stat().st_mode) == 0o700
+    assert not (rootfs / "etc").is_symlink() and not (rootfs / "tmp").is_symlink()
+    assert (rootfs / "etc" / "hostname").read_text() == "sandboxrt\n"
+    assert stat.S_IMODE((rootfs / "tmp").stat().st_mode) == 0o1777
+    assert (rootfs / "bin" / "busybox").read_bytes() == Path(BUSYBOX).read_bytes()
+    assert os.readlink(rootfs / "bin" / "sh") == "busybox"
+
+
+@needs_root
+@needs_busybox
+def test_users_are_never_looked_up_in_a_file_of_the_kernel(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """``/etc/passwd`` made a symlink into the container's procfs (``/proc/kmsg`` would hang
+    the lookup, made with the runtime's privileges, and drain the host's kernel log) is
+    refused, not read; the init still starts."""
+    path = bundle(["sh", "-c", "echo $HOME; sleep 10"])
+    (path / "rootfs" / "etc" / "passwd").unlink()
+    (path / "rootfs" / "etc" / "passwd").symlink_to("/proc/self/status")
+    container = Container.create("kernel-file", path, store=store, stdout=subprocess.PIPE)
+    try:
+        container.start()
+        assert container.stdout is not None
+        assert container.stdout.readline() == b"/\n"
+        with pytest.raises(ExecError, match="is a file of the kernel's"):
+            container.exec(["true"], user="root")
+    finally:
+        container.destroy()
+
+
+@needs_root
+@needs_busybox
+def test_a_bind_over_the_dev_tmpfs_gets_no_defaults(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """The spec's tmpfs on /dev, then a bind of a host directory at /data, which the
+    rootfs makes a symlink to /dev: the bind covers the tmpfs, and neither the default
+    nodes and symlinks nor the spec's devices are made in the host directory."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "null").write_text("the host's\n")  # (the masks need a /dev/null)
+    path = bundle(["true"])
+
+    def change(document: dict[str, Any]) -> None:
+        bind = {"destination": "/data", "type": "bind", "source": str(volume)}
+        document["mounts"].append({**bind, "options": ["rbind"]})
+        document["linux"]["devices"] = [
+            {"path": "/dev/extra", "type": "c", "major": 1, "minor": 5, "fileMode": 0o666}
+        ]
+        document["linux"]["maskedPaths"] = []
+
+    edit_config(path, change)
+    (path / "rootfs" / "data").symlink_to("/dev")
+    with contextlib.suppress(SandboxrtError):
+        run_output(store, path)
+    assert sorted(os.listdir(volume)) == ["null"]
+    assert (volume / "null").read_text() == "the host's\n"

@@ -60,6 +60,7 @@ __all__ = [
     "NAMESPACE_FLAGS",
     "OPEN_TREE_CLOEXEC",
     "OPEN_TREE_CLONE",
+    "PROC_SUPER_MAGIC",
     "PR_SET_CHILD_SUBREAPER",
     "PR_SET_DUMPABLE",
     "PR_SET_NO_NEW_PRIVS",
@@ -141,6 +142,9 @@ SECCOMP_FILTER_FLAGS = {
     "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 4,
     "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV": 32,
 }
+
+#: ``statfs(2)``'s ``f_type`` of procfs.
+PROC_SUPER_MAGIC = 0x9FA0
 
 # openat2(2) ``resolve`` flags.
 RESOLVE_NO_XDEV = 0x01

@@ -45,13 +45,15 @@ from sandboxrt.errors import MissingFeatureError
 
 __all__ = [
     "DEFAULT_DEVICES",
+    "KERNEL_FILESYSTEMS",
     "bind_rootfs",
     "chdir_beneath_root",
     "confine_to_proc",
     "create_devices",
     "default_dev_symlinks",
     "detach_old_root",
-    "dev_takes_defaults",
+    "dev_kind",
+    "dev_mount_id",
     "enter_host_tree",
     "enter_tree",
     "in_user_namespace",
@@ -385,6 +387,24 @@ def _check_bound(source_fd: int, root_fd: int, path: str, flags: int, *, follow:
 # -- before pivot_root: spec mounts, devices ------------------------------------------------
 
 
+#: What a bind mount may cover inside ``/proc``, as with runc: the files lxcfs emulates.
+_BINDABLE_IN_PROC = frozenset(
+    f"/proc/{name}"
+    for name in (
+        "cpuinfo",
+        "diskstats",
+        "meminfo",
+        "stat",
+        "swaps",
+        "uptime",
+        "loadavg",
+        "slabinfo",
+        "net/dev",
+        "sys/kernel/ns_last_pid",
+    )
+)
+
+
 def _mount_point(root_fd: int, root: str, plan: MountPlan, *, directory: bool) -> int:
     """Create and open the mount point of ``plan`` beneath the root; check where it is."""
     if plan.type in ("proc", "sysfs") and not plan.bind:
@@ -412,6 +432,20 @@ def _mount_point(root_fd: int, root: str, plan: MountPlan, *, directory: bool) -
     try:
         if resolved == "/":
             raise _unsafe(f"mount destination {plan.destination} is the root itself", root)
+        if (
+            plan.bind
+            and resolved not in _BINDABLE_IN_PROC
+            and (
+                resolved.startswith("/proc/")
+                or (resolved != "/proc" and syscalls.filesystem_type(fd) == abi.PROC_SUPER_MAGIC)
+            )
+        ):
+            # (What the runtime writes there, sysctls and oomScoreAdj, would go to it.)
+            raise _unsafe(
+                f"mount destination {plan.destination} is inside /proc ({resolved}):"
+                " only the files lxcfs emulates may be bound there",
+                plan.destination,
+            )
         if root == "/" and not stat.S_ISDIR(os.fstat(fd).st_mode):
             _check_file_beneath(root_fd, fd, resolved, plan.destination)
         else:
@@ -915,29 +949,61 @@ def _exists(parent: int, name: str) -> bool:
     return True
 
 
-def dev_takes_defaults(root: str, *, mounted: bool) -> bool:
-    """Whether ``/dev`` beneath ``root`` may get the default nodes and symlinks: a
-    directory of the rootfs's own mount, or the root of a mount the spec made there
-    (``mounted``: a tmpfs, not a bind); not a symlink, nor a mount a bind put there
-    through a symlinked destination (a host directory, maybe)."""
+def dev_mount_id(root: str) -> int | None:
+    """The id of the mount ``/dev`` beneath ``root`` is on (not followed if a symlink);
+    ``None`` when there is none."""
     root_fd = _open_root(os.path.realpath(root))
     try:
+        dev, _ = _walk(root_fd, "/dev", follow=False)
+    except FileNotFoundError:
+        return None
+    finally:
+        os.close(root_fd)
+    try:
+        return _mount_id(dev)
+    finally:
+        os.close(dev)
+
+
+def dev_kind(root: str, *, mounted: int | None) -> Literal["ours", "linked", "foreign"]:
+    """What ``/dev`` beneath ``root`` is: ``"ours"`` (a directory of the rootfs's own
+    mount, or still the root of the tmpfs the spec mounted there, whose id ``mounted`` is,
+    as :func:`dev_mount_id` gave it right after), which gets the default nodes and
+    symlinks; ``"linked"``, a symlink to a directory of those, where the spec's nodes go
+    but not the defaults; or ``"foreign"``: another mount, which a bind put there (over
+    the tmpfs or not) through a symlinked destination, a host directory maybe, where
+    nothing is made."""
+    root_fd = _open_root(os.path.realpath(root))
+    try:
+        rootfs_mount = _mount_id(root_fd)
         try:
             dev, _ = _walk(root_fd, "/dev", follow=False)
         except FileNotFoundError:
-            return True  # made as a directory of the rootfs
+            return "ours"  # made as a directory of the rootfs
         try:
-            if stat.S_ISLNK(os.fstat(dev).st_mode):
-                return False
-            return mounted or _mount_id(dev) == _mount_id(root_fd)
+            if not stat.S_ISLNK(os.fstat(dev).st_mode):
+                expected = rootfs_mount if mounted is None else mounted
+                return "ours" if _mount_id(dev) == expected else "foreign"
         finally:
             os.close(dev)
+        try:
+            target, _ = _walk(root_fd, "/dev")
+        except FileNotFoundError:
+            return "linked"
+        try:
+            return "linked" if _mount_id(target) in (rootfs_mount, mounted) else "foreign"
+        finally:
+            os.close(target)
     finally:
         os.close(root_fd)
 
 
 def _mount_id(fd: int) -> int:
-    """The id of the mount ``fd`` is on (``mnt_id`` of ``/proc/self/fdinfo``)."""
+    """The id of the mount ``fd`` is on: ``statx``'s, else ``mnt_id`` of
+    ``/proc/self/fdinfo`` (which a rootfs entered before pivot may not have)."""
+    found = syscalls.mount_id(fd)
+    if found is not None:
+        return found
     with open(f"/proc/self/fdinfo/{fd}", "rb") as info:
         for line in info:
             if line.startswith(b"mnt_id:"):
@@ -1133,11 +1199,17 @@ def resolve_beneath_root(path: str) -> str:
     return resolved
 
 
+#: ``f_type`` of procfs and sysfs, whose "regular" files are the kernel's.
+KERNEL_FILESYSTEMS = frozenset({abi.PROC_SUPER_MAGIC, 0x62656572})
+
+
 def read_beneath_root(path: str, limit: int = 4 << 20) -> bytes | None:
     """The first ``limit`` bytes of the regular file ``path``, resolved beneath ``/`` (after
     pivot or chroot) as :func:`resolve_beneath_root` does; ``None`` when it is missing.
 
-    Anything but a regular file (a FIFO that would block, a device) is refused.
+    Anything but a regular file (a FIFO that would block, a device) is refused, and so
+    are the files of procfs and sysfs (``/etc/passwd -> /proc/kmsg`` would have a process
+    that still holds the runtime's privileges wait for, and drain, the host's kernel log).
     """
     root_fd = _open_root("/")
     try:
@@ -1149,7 +1221,10 @@ def read_beneath_root(path: str, limit: int = 4 << 20) -> bytes | None:
     try:
         if not stat.S_ISREG(os.fstat(path_fd).st_mode):
             raise _unsafe("is not a regular file", path)
-        fd = os.open(str(path_fd), os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=_fd_dir())
+        if syscalls.filesystem_type(path_fd) in KERNEL_FILESYSTEMS:
+            raise _unsafe("is a file of the kernel's (procfs, sysfs)", path)
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+        fd = os.open(str(path_fd), flags, dir_fd=_fd_dir())
     finally:
         os.close(path_fd)
     try:

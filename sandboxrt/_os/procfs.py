@@ -13,6 +13,9 @@ import errno
 import functools
 import os
 
+from sandboxrt._core import abi
+from sandboxrt._os import syscalls
+
 __all__ = [
     "ProcEntry",
     "StatInfo",
@@ -26,6 +29,7 @@ __all__ = [
     "read_process",
     "read_stat",
     "set_oom_score_adj",
+    "write_proc_file",
 ]
 
 _DEAD_STATES = frozenset("ZXx")
@@ -200,6 +204,19 @@ def pidfd_pid(pidfd: int) -> int:
     raise OSError(errno.EBADF, f"fd {pidfd} is not a pidfd")
 
 
+def write_proc_file(path: str, data: bytes) -> None:
+    """Write ``data`` to the procfs file at ``path``: never to a file of another
+    filesystem that a mount or a symlink put there (a host file bound into a
+    container's ``/proc``), which is ``EXDEV``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        if syscalls.filesystem_type(fd) != abi.PROC_SUPER_MAGIC:
+            raise OSError(errno.EXDEV, f"{path} is not a file of procfs", path)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
 def set_oom_score_adj(value: int, pid: int | None = None, proc: str = "/proc") -> None:
     """Set process ``pid``'s (default: ours) ``oom_score_adj`` to ``value``, unless it is
     that already (then nothing is written: a write that would change nothing can be
@@ -208,8 +225,7 @@ def set_oom_score_adj(value: int, pid: int | None = None, proc: str = "/proc") -
     with open(path, "rb", buffering=0) as f:
         if int(f.read()) == value:
             return
-    with open(path, "wb", buffering=0) as f:
-        f.write(str(value).encode())
+    write_proc_file(path, str(value).encode())
 
 
 def is_alive(pid: int, start_ticks: int, boot: str) -> bool:

@@ -27,10 +27,12 @@ __all__ = [
     "capbset_read",
     "capget",
     "capset",
+    "filesystem_type",
     "fsconfig",
     "fsmount",
     "fsopen",
     "mount",
+    "mount_id",
     "mount_setattr",
     "move_mount",
     "open_tree",
@@ -70,6 +72,28 @@ def _check(result: int, what: str, path: str | None = None) -> int:
 
 def _b(value: str | None) -> bytes | None:
     return None if value is None else os.fsencode(value)
+
+
+def filesystem_type(fd: int) -> int:
+    """The magic number of the filesystem ``fd`` is on (``fstatfs(2)``'s ``f_type``)."""
+    buf = ctypes.create_string_buffer(256)  # (struct statfs: 120 bytes on 64-bit)
+    _check(_libc.fstatfs(ctypes.c_int(fd), buf), "fstatfs")
+    return ctypes.c_long.from_buffer(buf).value
+
+
+_STATX_MNT_ID = 0x1000
+_AT_EMPTY_PATH = 0x1000
+
+
+def mount_id(fd: int) -> int | None:
+    """The id of the mount ``fd`` is on (``statx(2)``'s ``stx_mnt_id``), whatever ``/proc``
+    is; ``None`` where the kernel does not tell it (before 5.8)."""
+    buf = ctypes.create_string_buffer(256)  # struct statx
+    flags = _AT_EMPTY_PATH | 0x100  # AT_SYMLINK_NOFOLLOW
+    _check(_libc.statx(ctypes.c_int(fd), b"", ctypes.c_int(flags), _STATX_MNT_ID, buf), "statx")
+    if not ctypes.c_uint32.from_buffer(buf).value & _STATX_MNT_ID:
+        return None
+    return ctypes.c_uint64.from_buffer(buf, 0x90).value
 
 
 def unshare(flags: int) -> None:

@@ -181,6 +181,10 @@ class Files:
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
             if not stat.S_ISREG(mode):
                 raise OSError(errno.EINVAL, "not a regular file", path)
+            if syscalls.filesystem_type(fd) in mounts.KERNEL_FILESYSTEMS:
+                # (The sandbox's processes' settings, /proc/1/oom_score_adj say: the
+                # gofer's privileges would write what the container's may not.)
+                raise OSError(errno.EACCES, "a file of procfs or sysfs is not served", path)
             # Never blocking: a lease the container holds on the file is not waited out
             # (the lease-break time, 45 s by default, with every other request waiting).
             opened = mounts.reopen(fd, flags | os.O_NONBLOCK)

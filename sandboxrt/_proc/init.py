@@ -178,17 +178,22 @@ def _prepare_root(
             channel.send(sync, Progress("overlay"), [upper])
         finally:
             os.close(upper)
+    dev_mounted: int | None = None  # the mount id of the spec's tmpfs on /dev
     for mount in plan.mounts:
         tree = trees[mount.tree] if 0 <= mount.tree < len(trees) else None
         mounts.make_mount(root, mount, tree)
+        if mount.destination.rstrip("/") == "/dev":
+            dev_mounted = None if mount.bind else mounts.dev_mount_id(root)
     channel.close_fds(trees)
     # As runc: /dev gets the default nodes and symlinks (in a tmpfs mounted there, or the
     # rootfs's own /dev: a name taken there is left as it is); a bind-mounted one (the
-    # host's /dev, say) is left as it is, the spec's nodes too.
+    # host's /dev, say, also one a bind put over the tmpfs through a symlinked
+    # destination) is left as it is, the spec's nodes too.
     dev_mounts = [m for m in plan.mounts if m.destination.rstrip("/") == "/dev"]
     dev_bound = bool(dev_mounts) and dev_mounts[-1].bind
-    dev_is_ours = not dev_bound and mounts.dev_takes_defaults(root, mounted=bool(dev_mounts))
-    devices = [] if dev_bound else list(plan.devices)
+    dev = "foreign" if dev_bound else mounts.dev_kind(root, mounted=dev_mounted)
+    dev_is_ours = dev == "ours"
+    devices = [] if dev == "foreign" else list(plan.devices)
     if dev_is_ours and plan.default_devices:
         devices = [*mounts.DEFAULT_DEVICES, *devices]
     mounts.create_devices(root, devices, host=host)
@@ -238,8 +243,7 @@ def _prepare_root(
         mounts.pivot_into(root)
     # Sysctls first: the default readonlyPaths make /proc/sys read-only.
     for key, value in plan.sysctl.items():
-        with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
-            f.write(value)
+        procfs.write_proc_file("/proc/sys/" + key.replace(".", "/"), value.encode())
     mounts.mask_paths(plan.masked_paths)
     mounts.readonly_paths(plan.readonly_paths)
     if plan.rootfs_propagation:
