@@ -37,7 +37,7 @@ from sandboxrt._core.plan import (
 from sandboxrt._core.protocol import ContainerPlan, ExecPlan, InitPlan, SandboxPlan
 from sandboxrt._core.records import ContainerRecord, ProcessIdentity
 from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
-from sandboxrt._core.spec_validate import sysctl_namespace, validate_spec
+from sandboxrt._core.spec_validate import string_problems, sysctl_namespace, validate_spec
 from sandboxrt._core.status import Operation, Status, require
 from sandboxrt._os import cgroups, channel, mounts, procfs
 from sandboxrt._os.cgroups.common import read_keyed
@@ -249,6 +249,9 @@ class Container:
             else:  # made in code: checked as a config.json is
                 validate_spec(spec)
         document = _apply_config(dump_spec(spec), config)
+        problems = string_problems(document)
+        if problems:
+            raise SpecError(problems, source=f'container "{id}"')
         terminal = bool((document.get("process") or {}).get("terminal"))
         if terminal and any(arg is not None for arg in (stdin, stdout, stderr)):
             raise InvalidArgumentError(
@@ -777,8 +780,9 @@ class Container:
         answer while the supervisor keeps the status (the latest 4096 waited
         ones). Raises :class:`ProcessNotFoundError` for any other pid and
         :class:`ProcessTimeoutError` after ``timeout`` seconds. Once the
-        sandbox is gone, its processes died with it: ``-9``, but the init's
-        recorded status for the init.
+        sandbox is gone, its processes died with it and which pids were its
+        is no longer known: ``-9`` for any pid, but the init's recorded status
+        for the init.
         """
         pid = _process_pid(self.id, pid)
         self._refresh()

@@ -763,3 +763,37 @@ def test_launched_process_that_exits_without_talking(
         )
     assert [p.returncode for p in launcher.launched] == [0]  # waited for
     assert_nothing_left(store)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("process.args[0]", "sh\0-c"),
+        ("process.env[0]", "PATH=/bin\ud800"),
+        ("process.cwd", "/tmp\0/x"),
+        ("root.path", "rootfs\0x"),
+        ("hostname", "host\0name"),
+    ],
+)
+def test_strings_no_c_string_carries_are_spec_errors(
+    store: FileStore, bundle: BundleFactory, field: str, value: str, fd_check: None
+) -> None:
+    """A NUL byte (cut short on its way to the kernel: another path or argument) or a lone
+    surrogate is a SpecError naming the field, before anything starts."""
+
+    def change(document: dict[str, Any]) -> None:
+        parts = field.replace("[0]", "").split(".")
+        target = document
+        for part in parts[:-1]:
+            target = target[part]
+        if field.endswith("[0]"):
+            target[parts[-1]][0] = value
+        else:
+            target[parts[-1]] = value
+
+    path = edit_config(bundle(), change)
+    with pytest.raises(SpecError) as info:
+        Container.create("x", path, store=store)
+    assert f"{field}: " in str(info.value)
+    assert 'container "x"' in str(info.value)
+    assert_nothing_left(store)

@@ -809,6 +809,18 @@ def test_mount_options_a_bind_cannot_take_or_sandboxrt_cannot_do_are_refused() -
         load_spec(spec)  # a valid spec: the plan refuses it
         with pytest.raises(MissingFeatureError, match=f"the mount option {option} \\(on /x\\)"):
             build_plan(container_id="c", sandbox_id="c", spec=spec, **common)
+    # idmapped mounts, by option (on a bind too) or by mappings alone: refused, not ignored
+    bind = {"destination": "/x", "type": "bind", "source": "/tmp"}
+    mapping = [{"containerID": 0, "hostID": 1000, "size": 1}]
+    for mount, refused in (
+        ({**bind, "options": ["bind", "idmap"]}, "the mount option idmap"),
+        ({**bind, "options": ["rbind", "ridmap"]}, "the mount option ridmap"),
+        ({**bind, "options": ["bind"], "uidMappings": mapping, "gidMappings": mapping}, "idmapped"),
+    ):
+        spec["mounts"][-1] = mount
+        load_spec(spec)
+        with pytest.raises(MissingFeatureError, match=refused):
+            build_plan(container_id="c", sandbox_id="c", spec=spec, **common)
 
 
 @pytest.mark.parametrize(

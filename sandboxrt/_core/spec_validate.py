@@ -8,14 +8,15 @@ exported for the modules that act on a spec.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sandboxrt._core import idmap
 from sandboxrt._core.cri import annotation_problems
-from sandboxrt._core.mount_options import parse_mount_options
+from sandboxrt._core.mount_options import UNSUPPORTED_OPTIONS, parse_mount_options
 from sandboxrt._core.users import MAX_ID
 from sandboxrt.errors import SpecError
 
@@ -35,6 +36,7 @@ __all__ = [
     "SECCOMP_OPERATORS",
     "SUPPORTED_VERSIONS",
     "spec_problems",
+    "string_problems",
     "sysctl_namespace",
     "sysctl_problems",
     "validate_spec",
@@ -189,6 +191,35 @@ def validate_spec(spec: Spec) -> None:
         raise SpecError(problems)
 
 
+def string_problems(document: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The strings of a spec ``document`` that no C string or UTF-8 text carries: a NUL
+    byte (a path or an argument would be cut short at it on its way to the kernel), or a
+    lone surrogate (other than ``surrogateescape``'s bytes)."""
+    text = json.dumps(document)  # (the quick look: both show as escapes there)
+    if "\\u0000" not in text and "\\ud" not in text:
+        return []
+    out: _Problems = []
+    todo: list[tuple[str, object]] = [("", document)]
+    while todo:
+        path, value = todo.pop()
+        if isinstance(value, str):
+            if "\0" in value:
+                out.append((path, "must not hold a NUL byte"))
+            else:
+                try:
+                    value.encode("utf-8", "surrogateescape")
+                except UnicodeEncodeError:
+                    out.append((path, "is not valid UTF-8 (a lone surrogate)"))
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                shown = json.dumps(str(key))[1:-1]  # (a NUL shows escaped)
+                at = f"{path}.{shown}" if path else shown
+                todo += [(f"{at} (the key)", key), (at, item)]
+        elif isinstance(value, list):
+            todo += [(f"{path}[{i}]", item) for i, item in enumerate(value)]
+    return sorted(out)
+
+
 def spec_problems(spec: Spec) -> list[tuple[str, str]]:
     """Return the ``(json_path, message)`` problems of ``spec``; empty when it is valid."""
     out: _Problems = []
@@ -203,7 +234,9 @@ def spec_problems(spec: Spec) -> list[tuple[str, str]]:
         _check_absolute(out, f"mounts[{i}].destination", mount.destination)
         _check_mappings(out, f"mounts[{i}].uidMappings", mount.uid_mappings)
         _check_mappings(out, f"mounts[{i}].gidMappings", mount.gid_mappings)
-        parsed = parse_mount_options(mount.options or (), mount.type or "")
+        parsed = parse_mount_options(
+            [o for o in mount.options or () if o not in UNSUPPORTED_OPTIONS], mount.type or ""
+        )
         if parsed.is_bind and parsed.data:
             # A bind takes no filesystem data: such an option would be dropped unseen.
             problem = f"{parsed.data} is not an option of a bind mount"
