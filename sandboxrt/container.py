@@ -37,7 +37,7 @@ from sandboxrt._core.plan import (
 from sandboxrt._core.protocol import ContainerPlan, ExecPlan, InitPlan, SandboxPlan
 from sandboxrt._core.records import ContainerRecord, ProcessIdentity
 from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
-from sandboxrt._core.spec_validate import string_problems, sysctl_namespace, validate_spec
+from sandboxrt._core.spec_validate import document_problems, sysctl_namespace, validate_spec
 from sandboxrt._core.status import Operation, Status, require
 from sandboxrt._os import cgroups, channel, mounts, procfs
 from sandboxrt._os.cgroups.common import read_keyed
@@ -249,7 +249,7 @@ class Container:
             else:  # made in code: checked as a config.json is
                 validate_spec(spec)
         document = _apply_config(dump_spec(spec), config)
-        problems = string_problems(document)
+        problems = document_problems(document)
         if problems:
             raise SpecError(problems, source=f'container "{id}"')
         terminal = bool((document.get("process") or {}).get("terminal"))

@@ -62,6 +62,24 @@ __all__ = [
 class SandboxrtError(Exception):
     """Base class of every error raised by sandboxrt."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as it is, not remade by calling the class with ``args`` (the message,
+        # not what ``__init__`` takes): a process pool passes errors on.
+        args = self.args
+        if isinstance(self, OSError) and self.filename is not None:  # (not in its args)
+            args = (self.errno, self.strerror, self.filename, None, self.filename2)
+        return (_rebuilt, (type(self), args, self.__dict__))
+
+
+def _rebuilt(cls: type[SandboxrtError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls, *args)
+    if isinstance(error, OSError):
+        OSError.__init__(error, *args)  # (errno, strerror and filename from them)
+    else:
+        error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class InvalidIDError(SandboxrtError, ValueError):
     """A container id is malformed."""

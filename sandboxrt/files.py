@@ -366,11 +366,22 @@ class ContainerFiles:
                 self._file_in(session, os.open(src, _HOST_FILE & ~os.O_NOFOLLOW), dst)
                 return
             session.mkdir(dst, stat.S_IMODE(st.st_mode) & 0o777, parents=True, exist_ok=True)
+            made = session.stat(dst)
             todo = [(dst, os.open(src, _HOST_DIR & ~os.O_NOFOLLOW))]
             try:
                 while todo:
                     base, fd = todo.pop()
                     try:
+                        here = os.fstat(fd)
+                        if (here.st_dev, here.st_ino) == (made.dev, made.ino):
+                            # (The rootfs is a host tree: a copy of it beneath itself
+                            # would grow as it is walked, for ever.)
+                            raise file_error(
+                                self._container.id,
+                                src,
+                                errno.EINVAL,
+                                f"cannot copy a directory into itself: {dst} is beneath {src}",
+                            )
                         self._directory_in(session, fd, base, todo)
                     finally:
                         os.close(fd)

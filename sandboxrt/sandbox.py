@@ -184,8 +184,10 @@ class Sandbox:
             ours, theirs = channel.socket_pair()
             channel.set_timeout(ours, timeout)
             try:
-                # The plan waits in the socket, so the launched process reads it at once.
-                channel.send_many(ours, plan, stdio)
+                # The plan waits in the socket, so the launched process reads it at once;
+                # the fds that do not go with it follow once it runs (a socket holds no
+                # more than ``net.unix.max_dgram_qlen`` messages: 10, as a rule).
+                channel.send(ours, plan, stdio[: channel.MAX_FDS])
                 process = (launcher or default_launcher()).launch(
                     bootstrap_fd=theirs.fileno(),
                     log_fd=log_fd,
@@ -200,6 +202,7 @@ class Sandbox:
             launched = process
             with contextlib.ExitStack() as closing:
                 closing.callback(ours.close)
+                channel.send_rest(ours, stdio)
                 failed = (
                     cls._make_cgroup(ours, make_cgroup, on_cgroup)
                     if plan.init.await_cgroup

@@ -797,3 +797,50 @@ def test_strings_no_c_string_carries_are_spec_errors(
     assert f"{field}: " in str(info.value)
     assert 'container "x"' in str(info.value)
     assert_nothing_left(store)
+
+
+def test_a_spec_too_large_for_a_sandbox_is_a_spec_error(
+    store: FileStore, bundle: BundleFactory, fd_check: None
+) -> None:
+    """What goes to a sandbox fits in one message: a larger spec (a huge annotation) is
+    refused up front; it was a raw ValueError, or a container that never started."""
+    path = edit_config(bundle(), lambda doc: doc.update(annotations={"big": "x" * (4 << 20)}))
+    with pytest.raises(SpecError, match=r'container "x": the spec is too large: \d+ bytes'):
+        Container.create("x", path, store=store)
+    assert_nothing_left(store)
+
+
+def test_errors_survive_pickling() -> None:
+    """As a process pool passes them on: same class, message and attributes."""
+    import pickle
+
+    from sandboxrt import (
+        ContainerFileNotFoundError,
+        ExecError,
+        ProcessTimeoutError,
+        SandboxDiedError,
+        SystemCallError,
+    )
+
+    errors: list[Exception] = [
+        InvalidStateError("start", "web1", "running"),
+        ContainerNotFoundError("web"),
+        ExecError("web1", "/bin/nope", "no such file"),
+        ProcessTimeoutError("web1", ["sleep", "9"], 1.5, pid=7, output=b"so far", killed=True),
+        WaitTimeoutError("web1", 2.0),
+        SandboxDiedError("web1", "gone"),
+        SystemCallError("mount", OSError(1, "Operation not permitted"), container_id="web1"),
+        ContainerFileNotFoundError("web1", "/etc/x", 2, "No such file or directory"),
+        InvalidArgumentError("web1", "bad"),
+    ]
+    for error in errors:
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        assert copy.__dict__ == error.__dict__
+        if isinstance(error, OSError):
+            assert isinstance(copy, OSError)
+            assert (copy.errno, copy.filename) == (error.errno, error.filename)
+    timed_out = pickle.loads(pickle.dumps(errors[3]))
+    assert isinstance(timed_out, subprocess.TimeoutExpired)
+    assert (timed_out.output, timed_out.timeout, timed_out.cmd) == (b"so far", 1.5, ["sleep", "9"])

@@ -205,6 +205,15 @@ def test_the_kernel_s_files_are_not_served(container: Container) -> None:
     assert Path(f"/proc/{supervisor}/oom_score_adj").read_text() == before
 
 
+def test_copying_a_tree_into_itself_is_refused(container: Container) -> None:
+    """The bundle holds the rootfs: its copy into the container would be beneath the tree
+    being copied and grow for ever, as ``cp -r`` refuses to."""
+    with pytest.raises(ContainerFileError, match="cannot copy a directory into itself") as info:
+        container.files.copy_in(container.bundle, "/work/src")
+    assert info.value.errno == errno.EINVAL
+    assert container.files.listdir("/work/src") == ["config.json", "rootfs"]
+
+
 def test_created_files_belong_to_the_containers_user(
     store: FileStore, bundle: BundleFactory
 ) -> None:

@@ -399,3 +399,21 @@ def test_a_warm_gofer_killed_before_its_container_is_replaced(
             c.destroy()
     finally:
         launcher.close()
+
+
+@pytest.mark.parametrize("lazy_gofer", [False, True])
+def test_a_spec_with_hundreds_of_bind_mounts_runs(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path, lazy_gofer: bool
+) -> None:
+    """More trees than the bootstrap socket queues before the sandbox runs (10 messages of
+    16 fds): the rest follow once it reads them."""
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "mark").write_text("x")
+    path = bundle(["sh", "-c", "ls /b/299/mark && grep -c ' /b/' /proc/self/mountinfo"])
+    bind_config(path, [(str(source), f"/b/{i}", ["bind", "ro"]) for i in range(300)])
+    out = tmp_path / "out"
+    with out.open("wb") as sink:
+        config = Config(lazy_gofer=lazy_gofer, create_timeout=20)
+        assert Container.run("binds", path, store=store, config=config, stdout=sink) == 0
+    assert out.read_text() == "/b/299/mark\n300\n"

@@ -613,3 +613,24 @@ def test_a_bind_over_the_dev_tmpfs_gets_no_defaults(
         run_output(store, path)
     assert sorted(os.listdir(volume)) == ["null"]
     assert (volume / "null").read_text() == "the host's\n"
+
+
+@needs_root
+@needs_busybox
+def test_a_spec_device_at_a_default_path_is_the_spec_s(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """As runc: ``/dev/zero`` listed in ``linux.devices`` gets the spec's mode and owner,
+    not the default node's (which used to take its name first)."""
+    path = bundle(["stat", "-c", "%a %u:%g %t:%T", "/dev/zero"])
+    device = {
+        "path": "/dev/zero",
+        "type": "c",
+        "major": 1,
+        "minor": 5,
+        "fileMode": 0o600,
+        "uid": 1000,
+        "gid": 1000,
+    }
+    edit_config(path, lambda d: d["linux"].update(devices=[device]))
+    assert run_output(store, path) == (0, "600 1000:1000 1:5\n")

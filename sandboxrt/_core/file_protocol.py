@@ -42,6 +42,8 @@ class FileStat:
     atime_ns: int
     mtime_ns: int
     ctime_ns: int
+    #: The device of the filesystem it is on (as the host numbers it).
+    dev: int = 0
 
     @classmethod
     def from_os(cls, st: os.stat_result) -> FileStat:
@@ -55,6 +57,7 @@ class FileStat:
             atime_ns=st.st_atime_ns,
             mtime_ns=st.st_mtime_ns,
             ctime_ns=st.st_ctime_ns,
+            dev=st.st_dev,
         )
 
     @property

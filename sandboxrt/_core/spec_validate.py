@@ -27,6 +27,7 @@ __all__ = [
     "CAPABILITIES",
     "CAPABILITY_NUMBERS",
     "DEVICE_TYPES",
+    "MAX_SPEC_BYTES",
     "NAMESPACE_TYPES",
     "RLIMITS",
     "ROOTFS_PROPAGATIONS",
@@ -35,8 +36,8 @@ __all__ = [
     "SECCOMP_FLAGS",
     "SECCOMP_OPERATORS",
     "SUPPORTED_VERSIONS",
+    "document_problems",
     "spec_problems",
-    "string_problems",
     "sysctl_namespace",
     "sysctl_problems",
     "validate_spec",
@@ -191,11 +192,19 @@ def validate_spec(spec: Spec) -> None:
         raise SpecError(problems)
 
 
-def string_problems(document: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The strings of a spec ``document`` that no C string or UTF-8 text carries: a NUL
+#: The largest spec (as JSON) a sandbox takes: what goes to it must fit in one message.
+MAX_SPEC_BYTES = 3 * 1024 * 1024
+
+
+def document_problems(document: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What of a spec ``document`` no sandbox can take: a spec over
+    :data:`MAX_SPEC_BYTES`, and strings that no C string or UTF-8 text carries: a NUL
     byte (a path or an argument would be cut short at it on its way to the kernel), or a
     lone surrogate (other than ``surrogateescape``'s bytes)."""
     text = json.dumps(document)  # (the quick look: both show as escapes there)
+    if len(text) > MAX_SPEC_BYTES:
+        size = f"{len(text)} bytes of JSON, over the {MAX_SPEC_BYTES} a sandbox takes"
+        return [("", f"the spec is too large: {size}")]
     if "\\u0000" not in text and "\\ud" not in text:
         return []
     out: _Problems = []

@@ -35,6 +35,7 @@ __all__ = [
     "send",
     "send_bytes",
     "send_many",
+    "send_rest",
     "set_timeout",
     "socket_pair",
 ]
@@ -129,6 +130,12 @@ def send_many(sock: socket.socket, message: protocol._Message, fds: Sequence[int
     """:func:`send`, with more fds than one datagram carries: the first go with the
     message, the rest follow in ``Progress("fds")`` messages (:func:`receive_rest`)."""
     send(sock, message, fds[:MAX_FDS])
+    send_rest(sock, fds)
+
+
+def send_rest(sock: socket.socket, fds: Sequence[int]) -> None:
+    """The ``Progress("fds")`` messages of :func:`send_many`: ``fds`` past the first
+    :data:`MAX_FDS`, which went with the message."""
     for start in range(MAX_FDS, len(fds), MAX_FDS):
         send(sock, protocol.Progress("fds"), fds[start : start + MAX_FDS])
 

@@ -195,7 +195,9 @@ def _prepare_root(
     dev_is_ours = dev == "ours"
     devices = [] if dev == "foreign" else list(plan.devices)
     if dev_is_ours and plan.default_devices:
-        devices = [*mounts.DEFAULT_DEVICES, *devices]
+        # As runc: a default the spec lists itself is the spec's (its mode and owner).
+        listed = {os.path.normpath(device.path) for device in devices}
+        devices = [d for d in mounts.DEFAULT_DEVICES if d.path not in listed] + devices
     mounts.create_devices(root, devices, host=host)
     if dev_is_ours:
         has_devpts = any(m.type == "devpts" for m in plan.mounts)
