@@ -230,20 +230,22 @@ def freeze(record: Mapping[str, Any] | None, container_id: str, timeout: float) 
     _freezable(record, container_id).freeze(timeout=timeout)
 
 
-def thaw(record: Mapping[str, Any] | None, container_id: str) -> None:
-    """Let the processes of the container's cgroup run again."""
-    _freezable(record, container_id).thaw()
+def thaw(record: Mapping[str, Any] | None, container_id: str, *, below: bool = False) -> None:
+    """Let the processes of the container's cgroup run again (with ``below``: also those
+    of cgroups beneath it that the container froze itself)."""
+    _freezable(record, container_id).thaw(below=below)
 
 
-def is_frozen(record: Mapping[str, Any] | None, container_id: str) -> bool:
+def is_frozen(record: Mapping[str, Any] | None, container_id: str, *, below: bool = False) -> bool:
     """Whether the container's cgroup is frozen, whatever its record says (a caller killed
-    between a pause's freeze and its save leaves it so); ``False`` without a cgroup or a
-    freezer, or where it cannot be read."""
+    between a pause's freeze and its save leaves it so), or with ``below`` any cgroup
+    beneath it that the container froze itself; ``False`` without a cgroup or a freezer,
+    or where it cannot be read."""
     if record is None:
         return False
     try:
         cgroup = cgroups.load(record, container_id=container_id)
-        return cgroup.can_freeze() and cgroup.is_frozen()
+        return cgroup.can_freeze() and cgroup.is_frozen(below=below)
     except (SandboxrtError, OSError):
         return False
 

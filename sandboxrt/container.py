@@ -1490,13 +1490,14 @@ def _kill_if_paused(
             return
     if record.sandbox_id not in ("", sandbox_id) or record.cgroup is None:
         return
-    if record.status is not Status.PAUSED and not _cgroup.is_frozen(record.cgroup, container_id):
+    frozen = _cgroup.is_frozen(record.cgroup, container_id, below=True)
+    if record.status is not Status.PAUSED and not frozen:
         return
     _cgroup.signal_all(
         record.cgroup, container_id, _signal.SIGKILL, spare=None, timeout=timeout, paused=True
     )
     with contextlib.suppress(SystemCallError):  # a cgroup already gone
-        _cgroup.thaw(record.cgroup, container_id)
+        _cgroup.thaw(record.cgroup, container_id, below=True)
 
 
 def _member_record(store: MetadataStore, container_id: str) -> ContainerRecord | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
@@ -53,6 +54,7 @@ from sandboxrt.errors import (
     ProtocolError,
     SandboxDiedError,
     SandboxrtError,
+    SystemCallError,
     WaitTimeoutError,
 )
 
@@ -789,7 +791,10 @@ class Sandbox:
                     timeout=min(timeout, 1.0),
                 )
         if not self.kill(timeout):
-            raise SandboxDiedError(self.id, f"the supervisor (pid {self.pid}) did not exit")
+            stuck = OSError(errno.ETIMEDOUT, f"it did not exit within {timeout:g}s of SIGKILL")
+            raise SystemCallError(
+                f"stopping the supervisor (pid {self.pid})", stuck, container_id=self.id
+            )
 
 
 def kill_process(identity: ProcessIdentity, timeout: float = 0.0) -> bool:

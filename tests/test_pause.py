@@ -16,10 +16,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
-from conftest import BundleFactory, needs_busybox, needs_root
+from conftest import BundleFactory, edit_config, needs_busybox, needs_root
 
 from sandboxrt import (
     Config,
@@ -289,3 +290,46 @@ def test_a_dead_paused_sandbox_reads_stopped(counter: tuple[Container, Path]) ->
     assert container.status is Status.STOPPED
     with pytest.raises(InvalidStateError, match=r"cannot resume .* in state stopped"):
         container.resume()
+
+
+@pytest.mark.skipif(cgroups.detect().driver != "v1", reason="v1's freezer: v2 kills frozen tasks")
+@pytest.mark.parametrize("how", ["kill_all", "destroy"])
+def test_a_cgroup_the_container_froze_itself_does_not_stop_a_kill(
+    store: FileStore, bundle: BundleFactory, how: str
+) -> None:
+    """A container with CAP_SYS_ADMIN freezes a child cgroup of its own with a process in
+    it: on v1 that process would not die of SIGKILL, and kill(all=True) and destroy failed
+    after their timeouts, leaving the sandbox; they thaw it now."""
+    script = (
+        "mkdir -p /tmp/f && mount -t cgroup -o freezer cgroup /tmp/f && mkdir /tmp/f/child"
+        " && (sleep 900 & echo $! > /tmp/f/child/cgroup.procs)"
+        " && echo FROZEN > /tmp/f/child/freezer.state && touch /tmp/frozen; exec sleep 901"
+    )
+    path = bundle(["sh", "-c", script])
+
+    def change(document: dict[str, Any]) -> None:
+        for kind in ("bounding", "effective", "permitted"):
+            document["process"]["capabilities"][kind].append("CAP_SYS_ADMIN")
+        document["linux"]["seccomp"] = None
+
+    edit_config(path, change)
+    container = Container.create("selffrozen", path, store=store, config=Config(destroy_timeout=5))
+    cgroup = cgroup_of(container)
+    child = (cgroup.directory("freezer") or Path("/nonexistent")) / "child"
+    try:
+        container.start()
+        wait_for((Path(container.bundle) / "rootfs" / "tmp" / "frozen").exists)
+        assert container._record.cgroup is not None
+        assert library_cgroup.is_frozen(container._record.cgroup, container.id, below=True)
+        members = cgroup.pids()
+        if how == "kill_all":
+            container.kill(signal.SIGKILL, all=True)
+            assert cgroup.pids() == []
+        container.destroy()
+    finally:
+        with contextlib.suppress(OSError):
+            (child / "freezer.state").write_text("THAWED")
+        container.destroy()
+    assert not cgroup.exists()
+    for pid in members:
+        assert not os.path.exists(f"/proc/{pid}")

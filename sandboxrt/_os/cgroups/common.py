@@ -495,12 +495,15 @@ class Cgroup(abc.ABC):
         """Freeze every process of the cgroup; return once they all are frozen."""
 
     @abc.abstractmethod
-    def thaw(self) -> None:
-        """Let the processes of the cgroup run again."""
+    def thaw(self, *, below: bool = False) -> None:
+        """Let the processes of the cgroup run again; with ``below``, also those of the
+        cgroups beneath it that were frozen themselves (which a container with
+        ``CAP_SYS_ADMIN`` may do: on v1 they would not die of ``SIGKILL``)."""
 
     @abc.abstractmethod
-    def is_frozen(self) -> bool:
-        """Whether the cgroup is frozen now (``False`` without a freezer)."""
+    def is_frozen(self, *, below: bool = False) -> bool:
+        """Whether the cgroup is frozen now (``False`` without a freezer); with
+        ``below``, or any cgroup beneath it frozen itself."""
 
     @abc.abstractmethod
     def stats(self) -> CgroupStats:
@@ -632,7 +635,7 @@ class Cgroup(abc.ABC):
                     os.kill(pid, signal.SIGKILL)
         finally:
             if frozen:
-                self.thaw()
+                self.thaw(below=True)
 
     def destroy(
         self, timeout: float = 5.0, *, keep_parents: bool = False, owner: str | None = None

@@ -7,9 +7,11 @@ then raises :class:`MissingFeatureError`. Standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
@@ -145,14 +147,28 @@ class CgroupV1(Cgroup):
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    def thaw(self) -> None:
-        write_file(self.require("freezer"), "freezer.state", "THAWED")
+    def thaw(self, *, below: bool = False) -> None:
+        directory = self.require("freezer")
+        write_file(directory, "freezer.state", "THAWED")
+        for frozen in self._self_frozen_below(directory) if below else ():
+            with contextlib.suppress(FileNotFoundError):  # (removed meanwhile)
+                write_file(frozen, "freezer.state", "THAWED")
 
-    def is_frozen(self) -> bool:
+    def is_frozen(self, *, below: bool = False) -> bool:
         directory = self.directory("freezer")
-        return directory is not None and (
-            (read_optional(directory, "freezer.state") or "").strip() == "FROZEN"
-        )
+        if directory is None:
+            return False
+        if (read_optional(directory, "freezer.state") or "").strip() == "FROZEN":
+            return True
+        return below and any(True for _ in self._self_frozen_below(directory))
+
+    @staticmethod
+    def _self_frozen_below(directory: Path) -> Iterator[Path]:
+        """The cgroups beneath ``directory`` frozen themselves (not by an ancestor)."""
+        for dirpath, _, _ in os.walk(directory):
+            path = Path(dirpath)
+            if path != directory and read_optional(path, "freezer.self_freezing") == "1\n":
+                yield path
 
     def stats(self) -> CgroupStats:
         stats = CgroupStats()

@@ -148,10 +148,11 @@ class CgroupV2(Cgroup):
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    def thaw(self) -> None:
+    def thaw(self, *, below: bool = False) -> None:
+        # (``below`` needs nothing: a frozen process dies of SIGKILL on v2.)
         write_file(self._freezer(), "cgroup.freeze", "0")
 
-    def is_frozen(self) -> bool:
+    def is_frozen(self, *, below: bool = False) -> bool:
         return read_keyed(self._dir, "cgroup.events").get("frozen") == 1
 
     def _kill_at_once(self) -> bool:
