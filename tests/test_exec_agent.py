@@ -20,7 +20,15 @@ from conftest import BundleFactory, needs_busybox, needs_root
 from test_process_control import eventually
 from test_security import edit_config, set_seccomp
 
-from sandboxrt import Container, FileStore, InvalidStateError, Pod, Process, ProcessNotFoundError
+from sandboxrt import (
+    Container,
+    ExecError,
+    FileStore,
+    InvalidStateError,
+    Pod,
+    Process,
+    ProcessNotFoundError,
+)
 from sandboxrt._core.plan import exec_plan
 from sandboxrt._os import procfs
 from sandboxrt._os.seccomp import compile_bpf
@@ -250,22 +258,54 @@ def test_a_stopped_agent_is_replaced_not_waited_for(running: Container) -> None:
     assert later.wait() == -signal.SIGKILL
 
 
-def test_a_full_pids_limit_goes_the_slow_way_and_keeps_the_agent(
+def test_a_full_pids_limit_refuses_the_exec_and_keeps_the_agent(
     store: FileStore, bundle: BundleFactory
 ) -> None:
-    """The agent forks inside the cgroup, where the limit holds (EAGAIN); the slow way
-    joins it after its fork, as before: that exec runs, and the agent stays fit."""
+    """The agent forks inside the cgroup, where the limit holds (EAGAIN); the slow way,
+    which joins it after its fork, is refused too (as runc's exec), and the agent, which
+    did no wrong, stays."""
     path = edit_config(bundle(["sleep", "1000"]), pids_limit_1)
     container = Container.create("ag6", path, store=store)
     try:
         container.start()
-        process = container.exec(["sleep", "411"])
-        assert parent(container, process)[1] == SUPERVISOR_NAME
+        with pytest.raises(ExecError, match="Resource temporarily unavailable"):
+            container.exec(["sleep", "411"])
         (agent,) = agents(container)  # made for this exec, kept
-        process.kill()
-        assert process.wait() == -signal.SIGKILL
-        eventually(lambda: len(container.processes()) == 1, "the sleep is gone")
-        done = container.exec_run(["echo", "hi"], capture_output=True, check=True)
-        assert done.stdout == b"hi\n" and agents(container) == [agent]
+        assert len(container.processes()) == 1  # the init alone
+        with pytest.raises(ExecError, match=r"pids\.max, 1"):
+            container.exec(["sleep", "411"])
+        assert agents(container) == [agent]
+    finally:
+        container.destroy()
+
+
+@pytest.mark.parametrize("how", ["agent", "slow way"])
+def test_exec_meets_the_container_s_pids_limit(
+    store: FileStore, bundle: BundleFactory, how: str
+) -> None:
+    """As runc's exec: once pids.max is reached an exec fails (EAGAIN), the agent's and
+    the slow way's (another user: forked outside the cgroup, then moved in, which the
+    kernel's limit does not check) alike."""
+    path = bundle(["sleep", "1000"])
+    edit_config(
+        path, lambda doc: doc["linux"].setdefault("resources", {}).update(pids={"limit": 4})
+    )
+    container = Container.create("pids", path, store=store)
+    try:
+        container.start()
+        user = {"user": 1000} if how == "slow way" else {}
+        started: list[Process] = []
+        refused = 0
+        for _ in range(6):
+            try:
+                started.append(container.exec(["sleep", "100"], **user))
+            except ExecError as error:
+                assert "Resource temporarily unavailable" in str(error)
+                refused += 1
+        assert refused >= 3
+        assert len(container.processes()) <= 4
+        for process in started:
+            process.kill()
+            process.wait()
     finally:
         container.destroy()

@@ -1070,6 +1070,12 @@ class Supervisor:
         by_agent = self._exec_by_agent(member, plan, fds)
         if by_agent is not None and (by_agent.ok or by_agent.error_type != "AgentFailed"):
             return by_agent, []
+        # The slow way forks outside the container's cgroup and joins it, which pids.max
+        # does not refuse: it is checked here, as the agent's fork inside meets it.
+        full = _pids_limit_reached(member.cgroup_dirs or [])
+        if full is not None:
+            error = f"fork: Resource temporarily unavailable (the container's pids.max, {full})"
+            return Reply(False, error=error, error_type="ExecError"), []
         self._fork_exec(conn, member, plan, fds, by_agent)
         return None
 
@@ -1910,8 +1916,32 @@ def _fork_signals_blocked() -> tuple[int, set[int | signal.Signals]]:
 
 
 #: Failures of an agent that say nothing of its fitness: ``EAGAIN`` (a pids limit reached,
-#: which the slow way's fork outside the cgroup does not meet), its death by another's hand.
+#: which the slow way then meets too, :func:`_pids_limit_reached`), its death by another's
+#: hand.
 _TRANSIENT = frozenset({"BlockingIOError", "AgentDied"})
+
+
+def _pids_limit_reached(dirs: Iterable[int]) -> int | None:
+    """The ``pids.max`` of the cgroup directories ``dirs`` (fds) when ``pids.current``
+    has reached it, else ``None``."""
+    for directory in dirs:
+        try:
+            limit, current = (_read_at(directory, name) for name in ("pids.max", "pids.current"))
+        except OSError:  # (not the pids hierarchy's)
+            continue
+        if limit != "max" and int(current) >= int(limit):
+            return int(limit)
+    return None
+
+
+def _read_at(directory: int, name: str) -> str:
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory)
+    try:
+        return os.read(fd, 64).decode().strip()
+    finally:
+        os.close(fd)
+
+
 _AGENT_DIED = {"cause_type": "AgentDied"}
 
 
