@@ -944,7 +944,7 @@ class Container:
                 if stdio is not None:
                     _give_pipes_to_mapped_root(stdio, self._record.id_maps)
                 try:
-                    pid, master, connection = sandbox.exec_connected(
+                    pid, master, serial, connection = sandbox.exec_connected(
                         self.id, plan, stdio.child_fds if stdio else []
                     )
                 except SandboxDiedError:
@@ -971,6 +971,7 @@ class Container:
             console=console,
             timeout=timeout,
             connection=connection,
+            serial=serial,
         )
 
     def exec_run(

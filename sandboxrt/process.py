@@ -85,9 +85,12 @@ class Process:
         console: IO[bytes] | None = None,
         timeout: float | None = None,
         connection: socket.socket | None = None,
+        serial: int = 0,
     ) -> None:
         self.container_id = container_id
         self.pid = pid
+        #: The exec's serial: the supervisor tells it from a later exec given its pid.
+        self._serial = serial
         self.args = list(args)
         self.stdin = stdin
         self.stdout = stdout
@@ -163,7 +166,9 @@ class Process:
         """Ask the supervisor for the exit status, on the exec's connection when it is free
         (a timed-out wait leaves it unusable: closed), else on a new one."""
         if self._connection < 0 or not self._connection_lock.acquire(blocking=False):
-            return self._sandbox.wait_process(self.container_id, self.pid, timeout, nohang=nohang)
+            return self._sandbox.wait_process(
+                self.container_id, self.pid, timeout, nohang=nohang, serial=self._serial
+            )
         try:
             connection = None
             if self._connection >= 0:
@@ -171,7 +176,12 @@ class Process:
                 connection = socket.socket(socket.AF_UNIX, kind, 0, self._connection)
             try:
                 code = self._sandbox.wait_process(
-                    self.container_id, self.pid, timeout, nohang=nohang, connection=connection
+                    self.container_id,
+                    self.pid,
+                    timeout,
+                    nohang=nohang,
+                    connection=connection,
+                    serial=self._serial,
                 )
             except BaseException:
                 if connection is not None:
@@ -247,7 +257,7 @@ class Process:
                 return
             try:
                 self._sandbox.signal_process(
-                    self.container_id, self.pid, _signal.SIGKILL, group=True
+                    self.container_id, self.pid, _signal.SIGKILL, group=True, serial=self._serial
                 )
             except (SandboxrtError, OSError):
                 return  # it had exited, or the sandbox is gone and the process with it
@@ -268,7 +278,12 @@ class Process:
             return
         try:
             self._sandbox.signal_process(
-                self.container_id, self.pid, number, group=group, foreground=foreground
+                self.container_id,
+                self.pid,
+                number,
+                group=group,
+                foreground=foreground,
+                serial=self._serial,
             )
         except ProcessNotFoundError as error:
             if not error.exited:

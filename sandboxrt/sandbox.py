@@ -639,15 +639,16 @@ class Sandbox:
         pty master when it has a terminal. ``stdio`` is its stdin, stdout and stderr (none
         with a terminal). Returns once the program was exec'd; raises :class:`ExecError`
         when it could not be (missing binary, bad cwd...)."""
-        pid, master, connection = self.exec_connected(container_id, plan, stdio)
+        pid, master, _, connection = self.exec_connected(container_id, plan, stdio)
         connection.close()
         return pid, master
 
     def exec_connected(
         self, container_id: str, plan: ExecPlan, stdio: Sequence[int]
-    ) -> tuple[int, int | None, socket.socket]:
+    ) -> tuple[int, int | None, int, socket.socket]:
         """:meth:`exec`, keeping the connection it used (the caller closes it): waiting for
-        the process on it (``wait_process(connection=...)``) spares a connection."""
+        the process on it (``wait_process(connection=...)``) spares a connection. Also
+        the exec's serial, for :meth:`wait_process` and :meth:`signal_process`."""
         request = Request("exec", container_id, exec=plan)
         reply, fds, connection = self._exchange(container_id, request, stdio, keep=True)
         assert connection is not None
@@ -660,7 +661,7 @@ class Sandbox:
     @staticmethod
     def _exec_reply(
         container_id: str, plan: ExecPlan, reply: Reply, fds: list[int]
-    ) -> tuple[int, int | None]:
+    ) -> tuple[int, int | None, int]:
         if not reply.ok:
             channel.close_fds(fds)
             if reply.error_type == "ExecError":
@@ -674,7 +675,8 @@ class Sandbox:
         if plan.terminal and len(fds) != 1:
             channel.close_fds(fds)
             raise ProtocolError(f'container "{container_id}": exec reply without a pty')
-        return reply.pid, (fds[0] if fds else None)
+        serial = reply.details.get("serial", 0)
+        return reply.pid, (fds[0] if fds else None), serial if isinstance(serial, int) else 0
 
     def wait_process(
         self,
@@ -684,6 +686,7 @@ class Sandbox:
         *,
         nohang: bool = False,
         connection: socket.socket | None = None,
+        serial: int = 0,
     ) -> int | None:
         """The exit status of process ``pid`` of the container, once it exits.
 
@@ -693,9 +696,11 @@ class Sandbox:
         ``-SIGKILL``, but for the init, whose recorded status is read. Asks on
         ``connection`` when given (one :meth:`exec_connected` kept; after a
         ``TimeoutError`` its reply may still come: close it), else on a new one.
+        ``serial`` (:meth:`exec_connected`'s) names the exec: never another that got its
+        pid since.
         """
         expired = timeout is not None and timeout <= 0 and not nohang  # asked, not waited for
-        request = Request("wait", container_id, pid=pid, nohang=nohang or expired)
+        request = Request("wait", container_id, pid=pid, nohang=nohang or expired, serial=serial)
         try:
             reply, fds, _ = self._exchange(
                 container_id,
@@ -725,6 +730,7 @@ class Sandbox:
         *,
         group: bool = False,
         foreground: bool = False,
+        serial: int = 0,
     ) -> None:
         """Signal process ``pid`` of the container (a pid of the sandbox's PID namespace),
         with ``group`` its process group, with ``foreground`` the foreground process
@@ -734,7 +740,13 @@ class Sandbox:
         has exited (``exited`` set), :class:`ProcessNotFoundError`.
         """
         request = Request(
-            "signal", container_id, signal=signum, pid=pid, group=group, foreground=foreground
+            "signal",
+            container_id,
+            signal=signum,
+            pid=pid,
+            group=group,
+            foreground=foreground,
+            serial=serial,
         )
         reply = self.request(container_id, request)
         if not reply.ok:

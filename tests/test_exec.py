@@ -612,3 +612,51 @@ def test_tty_gives_a_pty(running: Container) -> None:
     process = running.exec(["sh", "-c", "read x; echo got $x"], tty=True)
     out, _ = process.communicate(b"hello\n", timeout=30)
     assert (out or b"").endswith(b"got hello\r\n")
+
+
+def _next_pid(container: Container) -> int:
+    return int(container.exec_run(["sh", "-c", "echo $$"], capture_output=True).stdout)
+
+
+def test_a_pid_another_exec_was_given_is_not_taken_for_an_unwaited_process(
+    running: Container,
+) -> None:
+    """Once the PID space wraps, a later exec may get the pid of an exec nobody waited for:
+    the old Process still reads its own status and never signals the newer process (each
+    exec has a serial the supervisor checks)."""
+    supervisor = running.state().pid
+    assert supervisor is not None
+    small = subprocess.run(
+        ["nsenter", "-t", str(supervisor), "-p", "--", "sh", "-c",
+         "echo 400 > /proc/sys/kernel/pid_max"],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    if small.returncode != 0:
+        pytest.skip("needs a pid_max of the sandbox's own PID namespace (Linux 6.14)")
+    burn = ["sh", "-c", "i=0; while [ $i -lt 20 ]; do (:); i=$((i+1)); done"]
+    while _next_pid(running) < 320:  # (past the pids a wrap never hands out again)
+        running.exec_run(burn)
+    old = running.exec(["sh", "-c", "exit 7"])  # exits at once; never waited for
+    wrapped, last = False, old.pid
+    while not wrapped or last < old.pid - 20:
+        running.exec_run(burn)
+        pid = _next_pid(running)
+        wrapped, last = wrapped or pid < last, pid
+    new = None
+    for _ in range(100):
+        candidate = running.exec(["sleep", "1000"])
+        if candidate.pid == old.pid:
+            new = candidate
+            break
+        candidate.kill()
+        candidate.wait()
+    assert new is not None, "no exec got the old pid"
+    try:
+        assert old.poll() == 7
+        old.kill()
+        old.send_signal(signal.SIGKILL, group=True)
+        assert new.poll() is None
+        assert old.wait() == 7
+    finally:
+        new.kill()
+    assert new.wait() == -signal.SIGKILL

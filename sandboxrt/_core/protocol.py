@@ -528,6 +528,10 @@ class Request(_Message):
     group: bool = False
     #: ``wait``: answer at once; ``returncode`` is None while the process runs.
     nohang: bool = False
+    #: ``wait``/``signal`` with ``pid``: the exec's serial (its reply's ``serial`` detail),
+    #: so that a pid the kernel gave another exec since is never taken for it; 0: the
+    #: process that has ``pid`` now.
+    serial: int = 0
     #: ``launch`` to the fork server: the next warm sandbox may build this plan's root
     #: ahead; to a warm sandbox: the host's mount table has not changed since it built
     #: a root ahead, so that root may serve (see ``supervisor.warm``).

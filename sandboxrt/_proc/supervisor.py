@@ -349,6 +349,12 @@ class Supervisor:
         self.waited: collections.OrderedDict[int, int] = collections.OrderedDict()
         #: The container each exec'd process (running, or with a status kept) was exec'd into.
         self.exec_owner: dict[int, str] = {}
+        #: Each exec's serial (its reply's ``serial``), by pid: a pid taken again is
+        #: another exec. The status of one whose pid was taken before anyone asked is
+        #: kept in ``superseded``, by serial, with its container (the latest UNWAITED_KEPT).
+        self.exec_serial = 0
+        self.exec_serials: dict[int, int] = {}
+        self.superseded: dict[int, tuple[str, int]] = {}
         #: Connections waiting for an exec'd process, by pid, and the pid each waits for.
         self.exec_waiters: dict[int, list[socket.socket]] = {}
         self.waiting_on: dict[socket.socket, int] = {}
@@ -793,7 +799,9 @@ class Supervisor:
             )
         if request.op == "wait":
             if request.pid and request.pid != member.init_pid:
-                return self._wait_exec(conn, member, request.pid, nohang=request.nohang)
+                return self._wait_exec(
+                    conn, member, request.pid, nohang=request.nohang, serial=request.serial
+                )
             if member.returncode is not None or request.nohang:
                 return Reply(True, returncode=member.returncode, pid=member.init_pid)
             member.waiters.append(conn)
@@ -805,6 +813,8 @@ class Supervisor:
                 pid = request.pid or member.init_pid
                 return self._signal_foreground(member, pid, request.signal)
             if request.pid and request.pid != member.init_pid:
+                if request.serial and self.exec_serials.get(request.pid) != request.serial:
+                    return self._exited(request.pid)  # its pid is another exec's now
                 return self._signal_exec(member, request.pid, request.signal, group=request.group)
             self._signal(member, request.signal, everyone=request.all, group=request.group)
             return Reply(True)
@@ -978,7 +988,9 @@ class Supervisor:
             if pid in self.execs:
                 self.exec_owner[pid] = ""
             else:
-                del self.exec_owner[pid]
+                self._forget_exec(pid)
+        for serial in [s for s, (owner, _) in self.superseded.items() if owner == member.id]:
+            del self.superseded[serial]
         if member.cgroup_fds is not None:
             channel.close_fds(member.cgroup_fds)
             member.cgroup_fds = None
@@ -1152,11 +1164,8 @@ class Supervisor:
         """Its status socket closed: on exec (the program runs), or as it died before."""
         pid = start.pid
         if not _died_before_exec(pid, (EXEC_PROCESS_NAME,)):
-            self.unwaited.pop(pid, None)
-            self.waited.pop(pid, None)
-            self.execs.add(pid)
-            self.exec_owner[pid] = start.member.id
-            return Reply(True, pid=pid)
+            serial = self._record_exec(pid, start.member.id)
+            return Reply(True, pid=pid, details={"serial": serial})
         _, wait_status = os.waitpid(pid, 0)
         if start.timed_out:
             error = f"the process did not start within {EXEC_START_TIMEOUT:g} s"
@@ -1257,17 +1266,34 @@ class Supervisor:
             details = {"cause_type": step.error_type}
             return Reply(False, error=step.error, error_type="AgentFailed", details=details)
         pid = int(step.details.get("pid", 0))
-        self._agent_spawned(member, agent, pid)
-        return Reply(True, pid=pid)
+        serial = self._agent_spawned(member, agent, pid)
+        return Reply(True, pid=pid, details={"serial": serial})
 
-    def _agent_spawned(self, member: _Member, agent: _Agent, pid: int) -> None:
+    def _agent_spawned(self, member: _Member, agent: _Agent, pid: int) -> int:
+        """Note ``pid``, which ``agent`` spawned for ``member``; its exec's serial."""
         if pid in agent.children:
-            return
+            return self.exec_serials[pid]
         agent.children.add(pid)
-        self.unwaited.pop(pid, None)
+        return self._record_exec(pid, member.id)
+
+    def _record_exec(self, pid: int, member_id: str) -> int:
+        """Note ``pid`` as a process exec'd into ``member_id``; its serial. The status an
+        earlier exec with that pid left unasked is kept apart, by that exec's serial."""
+        earlier, status = self.exec_serials.get(pid), self.unwaited.pop(pid, None)
+        if earlier is not None and status is not None:
+            self.superseded[earlier] = (self.exec_owner.get(pid, ""), status)
+            while len(self.superseded) > UNWAITED_KEPT:
+                del self.superseded[next(iter(self.superseded))]
         self.waited.pop(pid, None)
         self.execs.add(pid)
-        self.exec_owner[pid] = member.id
+        self.exec_owner[pid] = member_id
+        self.exec_serial += 1
+        self.exec_serials[pid] = self.exec_serial
+        return self.exec_serial
+
+    def _forget_exec(self, pid: int) -> None:
+        self.exec_owner.pop(pid, None)
+        self.exec_serials.pop(pid, None)
 
     def _agent_reply(self, member: _Member, agent: _Agent) -> Progress | None:
         """The agent's answer to the request just sent (``spawned`` or an error).
@@ -1471,13 +1497,13 @@ class Supervisor:
         self.execs.discard(pid)
         waiters = self.exec_waiters.pop(pid, [])
         if self.exec_owner.get(pid) not in self.members:
-            self.exec_owner.pop(pid, None)  # its container was destroyed: status not kept
+            self._forget_exec(pid)  # its container was destroyed: status not kept
         elif not waiters:
             self.unwaited[pid] = returncode
             if len(self.unwaited) > UNWAITED_KEPT:
                 oldest = next(iter(self.unwaited))
                 del self.unwaited[oldest]
-                self.exec_owner.pop(oldest, None)
+                self._forget_exec(oldest)
             return
         else:
             self._remember_waited(pid, returncode)
@@ -1491,7 +1517,7 @@ class Supervisor:
         self.waited.move_to_end(pid)
         while len(self.waited) > WAITED_KEPT:
             oldest, _ = self.waited.popitem(last=False)
-            self.exec_owner.pop(oldest, None)
+            self._forget_exec(oldest)
 
     def _not_ours(self, member: _Member, pid: int) -> Reply:
         return Reply(
@@ -1502,8 +1528,15 @@ class Supervisor:
         )
 
     def _wait_exec(
-        self, conn: socket.socket, member: _Member, pid: int, *, nohang: bool
+        self, conn: socket.socket, member: _Member, pid: int, *, nohang: bool, serial: int = 0
     ) -> Reply | None:
+        if serial and self.exec_serials.get(pid) != serial:  # its pid is another exec's now
+            owner, returncode = self.superseded.get(serial, (member.id, None))
+            if owner != member.id:
+                return self._not_ours(member, pid)
+            if returncode is None:
+                return self._exited(pid, "has exited; its status was not kept")
+            return Reply(True, pid=pid, returncode=returncode)
         if self.exec_owner.get(pid) != member.id:
             return self._not_ours(member, pid)
         if pid in self.execs:
