@@ -326,7 +326,7 @@ class Container:
                 # The container's gofer, started with it, opens its rootfs and bind sources
                 # as detached mounts, which go to the sandbox (decisions 30, 37 and 38):
                 # asked now, it opens them while we take the lock and make the record.
-                gofer = undo.enter_context(PendingGofer(launcher))
+                gofer = undo.enter_context(PendingGofer(launcher, id))
                 gofer.ask(_tree_plan(plan.init).tree_sources())
             undo.enter_context(store.lock(id, timeout=config.lock_timeout))
             record = ContainerRecord(
@@ -1243,7 +1243,7 @@ class Container:
     def _start_gofer(self, sandbox: Sandbox) -> None:
         """Start a gofer for a container recorded without one, and record it (under the
         lock)."""
-        pending = PendingGofer(None)
+        pending = PendingGofer(None, self.id)
         serving = self._hand_over_gofer(pending, sandbox)
         if serving is None:
             raise InvalidStateError("use the files of", self.id, str(Status.STOPPED))

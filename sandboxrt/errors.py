@@ -224,10 +224,12 @@ class HookError(SandboxrtError):
 
 
 class MissingFeatureError(SandboxrtError, OSError):
-    """The machine lacks something sandboxrt needs (privilege, kernel feature, tool)."""
+    """The machine lacks something sandboxrt needs (privilege, kernel feature, tool), or
+    (``unsupported``) sandboxrt lacks it: a spec field it does not apply yet."""
 
-    def __init__(self, feature: str, detail: str = "") -> None:
-        text = f"{feature} is not available on this machine"
+    def __init__(self, feature: str, detail: str = "", *, unsupported: bool = False) -> None:
+        where = "is not supported by sandboxrt yet" if unsupported else "is not available"
+        text = f"{feature} {where}" + ("" if unsupported else " on this machine")
         if detail:
             text += f": {detail}"
         super().__init__(text)

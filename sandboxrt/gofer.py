@@ -89,8 +89,11 @@ class Gofer:
 class PendingGofer:
     """A launched gofer that waits for :meth:`start` (its root, pidfd and socket)."""
 
-    def __init__(self, launcher: Launcher | None) -> None:
+    def __init__(self, launcher: Launcher | None, container_id: str = "") -> None:
         self._process: LaunchedProcess | None = None
+        self._container_id = container_id
+        #: What a gofer launched here writes to stderr, quoted if it fails to start.
+        self._log = -1
         self.identity: ProcessIdentity | None = None
         self._launcher = launcher or default_launcher()
         self._sock: socket.socket | None = None
@@ -113,15 +116,18 @@ class PendingGofer:
         self._sock = ours
         chosen = self._launcher
         starter = chosen if isinstance(chosen, GoferLauncher) else SubprocessLauncher()
-        null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        self._close_log()
+        self._log = os.memfd_create("sandboxrt-gofer-log", os.MFD_CLOEXEC)
         try:
-            self._process = starter.launch_gofer(bootstrap_fd=theirs.fileno(), log_fd=null)
-        except BaseException:
+            self._process = starter.launch_gofer(bootstrap_fd=theirs.fileno(), log_fd=self._log)
+        except BaseException as exc:
             ours.close()
+            self._close_log()
+            if isinstance(exc, OSError):  # (an interpreter that is not there, say)
+                raise GoferError(self._container_id, f"it could not be launched: {exc}") from exc
             raise
         finally:
             theirs.close()
-            os.close(null)
 
     def _launched(self, container_id: str) -> ProcessIdentity:
         """The gofer's identity, from its ``Launched`` (received once)."""
@@ -131,9 +137,28 @@ class PendingGofer:
         try:
             launched, fds = channel.receive(self._sock, Launched)
         except (OSError, ValueError) as exc:
-            raise GoferError(container_id, f"it did not start: {exc}") from exc
+            said = self._said()
+            detail = f"it did not start: {exc}" + (f"; it said: {said}" if said else "")
+            raise GoferError(container_id, detail) from exc
         channel.close_fds(fds)
+        self._close_log()
         return self._identify(launched)
+
+    def _said(self) -> str:
+        """The end of what the gofer launched here wrote to stderr (a traceback, say)."""
+        if self._log < 0:
+            return ""
+        if self._process is not None:  # (all of it: it has exited, or soon will)
+            with contextlib.suppress(Exception):
+                self._process.wait(timeout=2.0)
+        size = os.fstat(self._log).st_size
+        text = os.pread(self._log, 2000, max(0, size - 2000)).decode(errors="replace")
+        return " | ".join(line for line in text.strip().splitlines()[-3:])
+
+    def _close_log(self) -> None:
+        if self._log >= 0:
+            os.close(self._log)
+            self._log = -1
 
     def ask(self, sources: Sequence[tuple[str, bool]]) -> None:
         """Send the gofer ``GoferPrepare`` for ``sources`` now, without waiting (it waits
@@ -279,6 +304,7 @@ class PendingGofer:
             kill_process(self.identity, 10.0)
 
     def close(self) -> None:
+        self._close_log()
         if self._sock is not None:
             self._sock.close()
             self._sock = None

@@ -15,7 +15,7 @@ import attrs
 import pytest
 from conftest import BundleFactory, in_python, needs_busybox, needs_root, wait_until
 
-from sandboxrt import PIPE, Config, Container, FileStore, SubprocessLauncher
+from sandboxrt import PIPE, Config, Container, FileStore, SandboxrtError, SubprocessLauncher
 from sandboxrt._core.protocol import PROCESS_FIELDS, InitPlan, MountPlan
 from sandboxrt._core.spec import read_spec_file, write_spec_file
 from sandboxrt._os import cgroups, procfs
@@ -460,3 +460,23 @@ def test_a_fork_server_told_not_to_build_ahead_does_not(
         assert warm and all(_children(p) == [] for p in warm)
     finally:
         launcher.close()
+
+
+def test_a_gofer_that_cannot_start_says_why(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """Its stderr is quoted (an interpreter too old dies with a SyntaxError there); one that
+    cannot be launched at all names the container, not a bare FileNotFoundError."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'SyntaxError: this interpreter is too old' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    path = bundle(["true"])
+    with pytest.raises(SandboxrtError) as info:
+        Container.run("oldpy", path, store=store, launcher=SubprocessLauncher(python=str(fake)))
+    assert 'container "oldpy"' in str(info.value)
+    assert "this interpreter is too old" in str(info.value)
+    missing = SubprocessLauncher(python=str(tmp_path / "nowhere"))
+    with pytest.raises(SandboxrtError) as info:
+        Container.run("nopy", path, store=store, launcher=missing)
+    assert 'container "nopy"' in str(info.value) and "nowhere" in str(info.value)
+    assert Container.list(store=store) == []

@@ -104,12 +104,14 @@ def _mount_plan(mount: Mapping[str, Any], bundle: str) -> MountPlan:
     if mount.get("uidMappings") or mount.get("gidMappings"):
         raise MissingFeatureError(
             f"idmapped mounts (uidMappings, gidMappings on {mount['destination']})",
-            "sandboxrt does not make them yet: leave the mappings out of the spec",
+            "leave the mappings out of the spec",
+            unsupported=True,
         )
     if unsupported:
         raise MissingFeatureError(
             f"the mount option {', '.join(unsupported)} (on {mount['destination']})",
-            "sandboxrt does not do it yet: leave it out of the spec",
+            "leave it out of the spec",
+            unsupported=True,
         )
     options = parse_mount_options(mount.get("options") or [], kind)
     source = mount.get("source") or ""
@@ -228,7 +230,9 @@ def _seccomp_plan(
         rule.get("action") == "SCMP_ACT_NOTIFY" for rule in seccomp.get("syscalls") or []
     ):
         raise MissingFeatureError(
-            "seccomp user notification (SCMP_ACT_NOTIFY)", "sandboxrt has no listener support"
+            "seccomp user notification (SCMP_ACT_NOTIFY)",
+            "a listener for it is missing",
+            unsupported=True,
         )
     flags = 0
     for flag in seccomp.get("flags") or []:
@@ -338,7 +342,8 @@ def _refuse_unsupported(
     if fields:
         raise MissingFeatureError(
             f'{", ".join(fields)} (container "{container_id}")',
-            "sandboxrt does not apply it yet: leave it out of the spec",
+            "leave it out of the spec",
+            unsupported=True,
         )
 
 

@@ -42,7 +42,6 @@ class Operation(enum.StrEnum):
     RESUME = "resume"
     KILL = "kill"
     KILL_ALL = "kill-all"
-    CHECKPOINT = "checkpoint"
     PROCESSES = "processes"
     STATS = "stats"
     FILES = "files"
@@ -71,8 +70,8 @@ ALLOWED_BY_OPERATION: Mapping[Operation, frozenset[Status]] = {
     # A paused container takes signals (delivered once it resumes; SIGKILL resumes it).
     Operation.KILL: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
     Operation.KILL_ALL: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED, _S.STOPPED}),
-    Operation.CHECKPOINT: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
-    Operation.PROCESSES: frozenset({_S.RUNNING, _S.PAUSED}),
+    # Listed as runc ps lists them: a created init, and what a stopped one left behind.
+    Operation.PROCESSES: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED, _S.STOPPED}),
     Operation.STATS: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
     Operation.FILES: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
     Operation.DESTROY: frozenset(_S),
