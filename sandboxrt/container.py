@@ -891,7 +891,7 @@ class Container:
         args: Sequence[str],
         *,
         env: Mapping[str, str] | Sequence[str] | None = None,
-        cwd: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
         user: UserArg | None = None,
         tty: bool = False,
         stdin: StdioArg = None,
@@ -931,6 +931,8 @@ class Container:
         if timeout is not None and not timeout > 0:
             raise InvalidArgumentError(self.id, f"timeout must be positive, not {timeout!r}")
         spec = self._record.spec
+        if cwd is not None:
+            cwd = os.fspath(cwd)
         overrides: dict[str, Any] = {"env": env, "cwd": cwd, "user": user, "terminal": tty}
         with arguments_of(self.id):
             plan = self._exec_plan(args, overrides)  # (before the lock: a bad one waits not)
@@ -979,7 +981,7 @@ class Container:
         args: Sequence[str],
         *,
         env: Mapping[str, str] | Sequence[str] | None = None,
-        cwd: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
         user: UserArg | None = None,
         tty: bool = False,
         stdin: StdioArg = None,

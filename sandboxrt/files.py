@@ -18,7 +18,7 @@ import posixpath
 import socket
 import stat
 from collections.abc import Iterator
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal, TextIO, overload
 
 from sandboxrt._core.file_protocol import FileReply, FileRequest, FileStat, WalkEntry
 from sandboxrt._core.protocol import DEFAULT_UMASK
@@ -41,6 +41,24 @@ __all__ = ["ContainerFiles", "FileStat", "WalkEntry"]
 CHUNK = 8 * 1024 * 1024
 
 HostPath = str | os.PathLike[str]
+_TextMode = Literal[
+    "r", "w", "a", "x", "r+", "w+", "a+", "x+", "rt", "wt", "at", "xt", "r+t", "w+t", "a+t", "x+t"
+]  # fmt: skip
+_BinaryMode = Literal[
+    "rb", "wb", "ab", "xb", "r+b", "w+b", "a+b", "x+b", "rb+", "wb+", "ab+", "xb+"
+]  # fmt: skip
+
+#: A path in a container: a ``str``, or a ``PurePosixPath`` (any ``os.PathLike[str]``).
+ContainerPath = str | os.PathLike[str]
+
+
+def _container_path(path: ContainerPath) -> str:
+    if isinstance(path, str):
+        return path
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise TypeError(f"a path in a container is a str or a PathLike of one, not {path!r}")
+    return text
 
 
 def _open_flags(mode: str) -> int:
@@ -215,9 +233,45 @@ class ContainerFiles:
 
     # -- single files ------------------------------------------------------------------
 
+    @overload
     def open(
         self,
-        path: str,
+        path: ContainerPath,
+        mode: _TextMode = "r",
+        *,
+        buffering: int = -1,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+        permissions: int | None = None,
+    ) -> TextIO: ...
+    @overload
+    def open(
+        self,
+        path: ContainerPath,
+        mode: _BinaryMode,
+        *,
+        buffering: int = -1,
+        encoding: None = None,
+        errors: None = None,
+        newline: None = None,
+        permissions: int | None = None,
+    ) -> BinaryIO: ...
+    @overload
+    def open(
+        self,
+        path: ContainerPath,
+        mode: str,
+        *,
+        buffering: int = -1,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+        permissions: int | None = None,
+    ) -> IO[Any]: ...
+    def open(
+        self,
+        path: ContainerPath,
         mode: str = "r",
         *,
         buffering: int = -1,
@@ -235,6 +289,7 @@ class ContainerFiles:
         to the file (the gofer is not in the way), so streams of any size use little
         memory.
         """
+        path = _container_path(path)
         with arguments_of(self._container.id):
             flags = _open_flags(mode)
         if permissions is None:
@@ -247,20 +302,27 @@ class ContainerFiles:
             os.close(fd)
             raise
 
-    def read_bytes(self, path: str) -> bytes:
+    def read_bytes(self, path: ContainerPath) -> bytes:
         """The whole content of a file."""
+        path = _container_path(path)
         with self.open(path, "rb") as f:
             data: bytes = f.read()
         return data
 
-    def read_text(self, path: str, encoding: str | None = None, errors: str | None = None) -> str:
+    def read_text(
+        self, path: ContainerPath, encoding: str | None = None, errors: str | None = None
+    ) -> str:
+        path = _container_path(path)
         with self.open(path, "r", encoding=encoding, errors=errors) as f:
             text: str = f.read()
         return text
 
-    def write_bytes(self, path: str, data: bytes, *, permissions: int | None = None) -> int:
+    def write_bytes(
+        self, path: ContainerPath, data: bytes, *, permissions: int | None = None
+    ) -> int:
         """Replace a file's content with ``data`` (creating it, as :meth:`open` does);
         bytes written."""
+        path = _container_path(path)
         with (
             _written(self._container.id, path),
             self.open(path, "wb", permissions=permissions) as f,
@@ -269,13 +331,14 @@ class ContainerFiles:
 
     def write_text(
         self,
-        path: str,
+        path: ContainerPath,
         data: str,
         encoding: str | None = None,
         errors: str | None = None,
         *,
         permissions: int | None = None,
     ) -> int:
+        path = _container_path(path)
         with (
             _written(self._container.id, path),
             self.open(path, "w", encoding=encoding, errors=errors, permissions=permissions) as f,
@@ -284,9 +347,10 @@ class ContainerFiles:
 
     # -- directories and metadata ------------------------------------------------------
 
-    def stat(self, path: str, *, follow_symlinks: bool = True) -> FileStat:
+    def stat(self, path: ContainerPath, *, follow_symlinks: bool = True) -> FileStat:
         """What ``stat`` says of ``path``, its owner as the container sees it (through
         its user namespace, if it has one of its own)."""
+        path = _container_path(path)
         with self._session() as session:
             found = session.stat(path, follow=follow_symlinks)
         owners = self._container._owners_inside()
@@ -295,22 +359,24 @@ class ContainerFiles:
         uid, gid = owners(found.uid, found.gid)
         return dataclasses.replace(found, uid=uid, gid=gid)
 
-    def exists(self, path: str) -> bool:
+    def exists(self, path: ContainerPath) -> bool:
+        path = _container_path(path)
         try:
             self.stat(path)
         except FileNotFoundError:
             return False
         return True
 
-    def listdir(self, path: str = "/") -> list[str]:
+    def listdir(self, path: ContainerPath = "/") -> list[str]:
         """The names in a directory, sorted."""
+        path = _container_path(path)
         with self._session() as session:
             reply, _ = session.call(FileRequest("listdir", path))
             return reply.names
 
     def mkdir(
         self,
-        path: str,
+        path: ContainerPath,
         mode: int | None = None,
         *,
         parents: bool = False,
@@ -319,33 +385,38 @@ class ContainerFiles:
         """Make a directory, the container user's, with ``mode`` (exactly), else 0777
         less the user's umask (as :meth:`open`); with ``parents`` its missing parents too
         (and then an existing directory is fine, as with ``mkdir -p``)."""
+        path = _container_path(path)
         if mode is None:
             mode = 0o777 & ~self._umask()
         with self._session() as session:
             session.mkdir(path, mode, parents=parents, exist_ok=exist_ok or parents)
 
-    def remove(self, path: str, *, recursive: bool = False) -> None:
+    def remove(self, path: ContainerPath, *, recursive: bool = False) -> None:
         """Remove a file, symlink or empty directory; with ``recursive`` a whole tree.
 
         A symlink is removed itself, never what it points to.
         """
+        path = _container_path(path)
         with self._session() as session:
             session.call(FileRequest("remove", path, recursive=recursive))
 
-    def symlink(self, path: str, target: str) -> None:
+    def symlink(self, path: ContainerPath, target: ContainerPath) -> None:
         """Make ``path`` a symlink to ``target`` (as the container will read it)."""
+        path = _container_path(path)
+        target = _container_path(target)
         with self._session() as session:
             session.call(FileRequest("symlink", path, target=target))
 
-    def walk(self, path: str) -> list[WalkEntry]:
+    def walk(self, path: ContainerPath) -> list[WalkEntry]:
         """Every entry below a directory, parents first; symlinks are not followed."""
+        path = _container_path(path)
         with self._session() as session:
             reply, _ = session.call(FileRequest("walk", path))
             return reply.entries
 
     # -- copies between the host and the container -----------------------------------
 
-    def copy_in(self, host_src: HostPath, dst: str) -> None:
+    def copy_in(self, host_src: HostPath, dst: ContainerPath) -> None:
         """Copy a host file or directory tree into the container at ``dst``.
 
         A file goes to ``dst``, or into it if ``dst`` is a directory; a tree's
@@ -355,6 +426,7 @@ class ContainerFiles:
         through fds: a symlink is never followed and nothing but a regular file is
         read, however the host tree changes meanwhile.
         """
+        dst = _container_path(dst)
         src = os.fspath(host_src)
         st = os.stat(src)
         with self._session() as session:
@@ -431,7 +503,9 @@ class ContainerFiles:
         finally:
             os.close(source)
 
-    def copy_out(self, src: str, host_dst: HostPath, *, max_bytes: int | None = None) -> None:
+    def copy_out(
+        self, src: ContainerPath, host_dst: HostPath, *, max_bytes: int | None = None
+    ) -> None:
         """Copy a container file or directory tree to ``host_dst`` on the host.
 
         A file goes to ``host_dst``, or into it if that is a directory; a
@@ -447,6 +521,7 @@ class ContainerFiles:
         is removed and a :class:`ContainerFileError` (``EFBIG``) raised; the
         files copied before it stay.
         """
+        src = _container_path(src)
         if max_bytes is not None and (
             isinstance(max_bytes, bool) or not isinstance(max_bytes, int)
         ):

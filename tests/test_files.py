@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 from conftest import BundleFactory, needs_busybox, needs_root
@@ -25,6 +25,7 @@ from sandboxrt import (
     FileStore,
     InvalidStateError,
     SandboxrtError,
+    Status,
     SubprocessLauncher,
 )
 from sandboxrt._os import syscalls
@@ -212,6 +213,26 @@ def test_copying_a_tree_into_itself_is_refused(container: Container) -> None:
         container.files.copy_in(container.bundle, "/work/src")
     assert info.value.errno == errno.EINVAL
     assert container.files.listdir("/work/src") == ["config.json", "rootfs"]
+
+
+def test_container_paths_may_be_pure_posix_paths(container: Container) -> None:
+    """As the builtin ``open`` takes a ``Path``: every path of the file API, and exec's
+    ``cwd``, take a ``PurePosixPath``."""
+    files, where = container.files, PurePosixPath("/tmp/pure")
+    files.mkdir(where)
+    files.write_text(where / "a.txt", "pure\n")
+    assert files.read_text(where / "a.txt") == "pure\n"
+    with files.open(where / "a.txt", "rb") as f:
+        assert f.read() == b"pure\n"
+    files.symlink(where / "link", PurePosixPath("a.txt"))
+    assert files.stat(where / "link").size == 5
+    assert sorted(files.listdir(where)) == ["a.txt", "link"]
+    assert files.exists(where / "a.txt")
+    if container.status is Status.RUNNING:
+        done = container.exec_run(["pwd"], cwd=where, capture_output=True, check=True)
+        assert done.stdout == b"/tmp/pure\n"
+    files.remove(where, recursive=True)
+    assert not files.exists(where)
 
 
 def test_created_files_belong_to_the_containers_user(

@@ -73,8 +73,10 @@ class SubprocessLauncher:
     (default: this interpreter), after ``prefix``, a command that runs the rest of its
     argv (a wrapper such as ``taskset -c 1``, ``systemd-run --scope`` or ``unshare``)."""
 
-    def __init__(self, python: str | None = None, *, prefix: Sequence[str] = ()) -> None:
-        self.python = python
+    def __init__(
+        self, python: str | os.PathLike[str] | None = None, *, prefix: Sequence[str] = ()
+    ) -> None:
+        self.python = None if python is None else os.fspath(python)
         self.prefix = list(prefix)
 
     def launch(self, *, bootstrap_fd: int, log_fd: int, warm: bool = False) -> LaunchedProcess:
@@ -124,8 +126,10 @@ class ForkServerLauncher:
     must never hold a rootfs's mounts between launches.
     """
 
-    def __init__(self, python: str | None = None, *, build_ahead: bool = True) -> None:
-        self.python = python
+    def __init__(
+        self, python: str | os.PathLike[str] | None = None, *, build_ahead: bool = True
+    ) -> None:
+        self.python = None if python is None else os.fspath(python)
         self.build_ahead = build_ahead
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
