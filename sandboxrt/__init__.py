@@ -51,7 +51,7 @@ if TYPE_CHECKING:
         SystemCallError,
         WaitTimeoutError,
     )
-    from sandboxrt.files import ContainerFiles, FileStat
+    from sandboxrt.files import ContainerFiles, FileStat, WalkEntry
     from sandboxrt.gofer import Gofer
     from sandboxrt.pod import Pod
     from sandboxrt.process import Process, ProcessInfo
@@ -112,6 +112,7 @@ __all__ = [
     "SubprocessLauncher",
     "SystemCallError",
     "WaitTimeoutError",
+    "WalkEntry",
     "__version__",
     "default_root",
     "default_spec",
@@ -142,6 +143,7 @@ _HOMES = {
     "Stats": "sandboxrt.container",
     "ContainerFiles": "sandboxrt.files",
     "FileStat": "sandboxrt.files",
+    "WalkEntry": "sandboxrt.files",
     "Gofer": "sandboxrt.gofer",
     "Pod": "sandboxrt.pod",
     "Process": "sandboxrt.process",
