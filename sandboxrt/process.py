@@ -20,10 +20,11 @@ import signal as _signal
 import socket
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 import attrs
 
@@ -146,8 +147,11 @@ class Process:
 
     # -- status ------------------------------------------------------------------------
 
-    def __del__(self) -> None:
+    def __del__(self, _warn: Any = warnings.warn) -> None:
         self._close_connection()
+        if getattr(self, "returncode", 0) is None:  # (as Popen: never waited for)
+            _warn(f"process {self.pid} of container {self.container_id!r} is still running",
+                  ResourceWarning, source=self)  # fmt: skip
 
     def _close_connection(self) -> None:
         fd, self._connection = getattr(self, "_connection", -1), -1

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -660,3 +661,15 @@ def test_a_pid_another_exec_was_given_is_not_taken_for_an_unwaited_process(
     finally:
         new.kill()
     assert new.wait() == -signal.SIGKILL
+
+
+def test_a_process_dropped_unwaited_warns_as_popen_does(running: Container) -> None:
+    with pytest.warns(ResourceWarning, match="is still running"):
+        running.exec(["sleep", "10"])
+        gc.collect()
+    done = running.exec(["true"])
+    done.wait()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        del done
+        gc.collect()

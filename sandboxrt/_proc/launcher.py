@@ -7,6 +7,7 @@ sandboxrt's stdlib-only modules. A host application may pass its own.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import select
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -140,6 +142,7 @@ class ForkServerLauncher:
         self._gofer_sock: socket.socket | None = None
         #: We took a warm gofer and have not told the fork server yet.
         self._gofer_owed = False
+        self._closes_at_exit = False
 
     def _connection(self) -> socket.socket:
         alive = self._server is not None and self._server.poll() is None
@@ -167,6 +170,9 @@ class ForkServerLauncher:
                 ours.close()
                 raise SandboxrtError(f"cannot start the sandbox fork server: {exc}") from exc
         self._sock, self._owner = ours, os.getpid()
+        if not self._closes_at_exit:  # (its sockets and process end with ours, quietly)
+            atexit.register(_close_at_exit, weakref.ref(self))
+            self._closes_at_exit = True
         gofers, theirs = channel.socket_pair()
         with theirs, contextlib.suppress(OSError):
             channel.send(ours, Request("gofers"), [theirs.fileno()])
@@ -278,9 +284,16 @@ class ForkServerLauncher:
         if self._sock is not None and self._owner == os.getpid():
             self._sock.close()
             if self._server is not None:
-                self._server.wait()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._server.wait(timeout=10.0)
         self._sock = None
         self._server = None
+
+
+def _close_at_exit(launcher: weakref.ref[ForkServerLauncher]) -> None:
+    kept = launcher()
+    if kept is not None:
+        kept.close()
 
 
 def _receive_now(
