@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,8 +33,9 @@ _ETC_PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonex
 _ETC_GROUP = "root:x:0:\nnogroup:x:65534:\n"
 
 
-#: A temporary name beside what is replaced (a dot: no applet is named so).
-_NEW = ".sandboxrt-new"
+#: A temporary name beside what is replaced (a dot: no applet is named so; a random part:
+#: nothing a container left there is in the way).
+_NEW = f".sandboxrt-new-{secrets.token_hex(8)}"
 
 
 def _directory(parent: int, name: str, mode: int = 0o755) -> int:

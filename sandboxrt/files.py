@@ -161,6 +161,11 @@ class _Session:
                     self.gofer.container_id,
                     f"a path in a container must not hold a NUL byte: {text!r}",
                 )
+            try:
+                text.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                problem = f"a path in a container must be valid UTF-8: {text!r}"
+                raise InvalidArgumentError(self.gofer.container_id, problem) from None
         reply, fds = self.gofer.ask(self.conn, request)
         if not reply.ok:
             channel.close_fds(fds)
@@ -493,9 +498,14 @@ class ContainerFiles:
             if not stat.S_ISREG(st.st_mode):
                 return
             os.set_blocking(source, True)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+            flags = os.O_WRONLY | os.O_CREAT  # (truncated once known not to be the source)
             out = session.open_fd(dst, flags, stat.S_IMODE(st.st_mode) & 0o777)
             try:
+                there = os.fstat(out)
+                if (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino):
+                    cid = session.gofer.container_id
+                    raise file_error(cid, dst, errno.EINVAL, f"{dst} is the file copied in")
+                os.ftruncate(out, 0)
                 with _written(session.gofer.container_id, dst, only=_FULL):
                     _pump(source, out)
             finally:

@@ -149,6 +149,9 @@ class Process:
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         self._close_connection()
+        timer = getattr(self, "_timer", None)
+        if timer is not None:
+            timer.cancel()  # (its thread ends now, not at the deadline)
         if getattr(self, "returncode", 0) is None:  # (as Popen: never waited for)
             _warn(f"process {self.pid} of container {self.container_id!r} is still running",
                   ResourceWarning, source=self)  # fmt: skip

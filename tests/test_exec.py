@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -20,6 +21,7 @@ from sandboxrt import (
     Container,
     ExecError,
     FileStore,
+    InvalidArgumentError,
     InvalidStateError,
     Process,
     ProcessError,
@@ -259,12 +261,18 @@ def test_a_timeout_does_not_wait_for_what_left_the_group(running: Container, how
 
 
 def test_a_dropped_process_with_a_deadline_is_freed(running: Container) -> None:
-    """Its deadline does not keep a dropped Process (and its fd) alive."""
-    before = len(os.listdir("/proc/self/fd"))
-    for _ in range(20):
-        running.exec(["true"], timeout=600)
-    gc.collect()
+    """Its deadline does not keep a dropped Process (its fd, its timer thread) alive."""
+    before, threads = len(os.listdir("/proc/self/fd")), threading.active_count()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # (dropped unwaited: it says so)
+        for _ in range(20):
+            running.exec(["true"], timeout=600)
+        gc.collect()
     assert len(os.listdir("/proc/self/fd")) <= before + 2
+    eventually_true = time.monotonic() + 10
+    while threading.active_count() > threads + 2 and time.monotonic() < eventually_true:
+        time.sleep(0.01)
+    assert threading.active_count() <= threads + 2
 
 
 def _eventually_gone(container: Container) -> bool:
@@ -656,6 +664,7 @@ def test_a_pid_another_exec_was_given_is_not_taken_for_an_unwaited_process(
         assert old.poll() == 7
         old.kill()
         old.send_signal(signal.SIGKILL, group=True)
+        old.send_signal(signal.SIGKILL, foreground=True)
         assert new.poll() is None
         assert old.wait() == 7
     finally:
@@ -673,3 +682,19 @@ def test_a_process_dropped_unwaited_warns_as_popen_does(running: Container) -> N
         warnings.simplefilter("error", ResourceWarning)
         del done
         gc.collect()
+
+
+def test_text_no_c_string_carries_is_a_bad_argument(running: Container) -> None:
+    """A lone surrogate (not ``surrogateescape``'s bytes) in an argument, the env or a path
+    of the file API: an InvalidArgumentError, not a failed exec or an EIO."""
+    for call in (
+        lambda: running.exec(["echo", "\ud800"]),
+        lambda: running.exec(["true"], env={"X": "\ud800"}),
+        lambda: running.exec(["true"], cwd="/tmp/\ud800"),
+        lambda: running.files.read_bytes("/tmp/\ud800"),
+    ):
+        with pytest.raises(InvalidArgumentError, match="UTF-8"):
+            call()
+    # surrogateescape's own (bytes that are not UTF-8) pass, as to subprocess
+    done = running.exec_run(["echo", "\udcff"], capture_output=True, check=True)
+    assert done.stdout == b"\xff\n"

@@ -7,6 +7,7 @@ of the supervisor outside the container's cgroup), or the supervisor itself.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -309,3 +310,29 @@ def test_exec_meets_the_container_s_pids_limit(
             process.wait()
     finally:
         container.destroy()
+
+
+def test_exec_meets_a_pids_limit_above_the_container_s_cgroup(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """A full pids.max on a parent cgroup (a pod's, a kubelet's) refuses the exec the slow
+    way too, which the kernel's limit does not check as it joins."""
+    parent = Path("/sys/fs/cgroup/pids") / f"sbrt-test-pids-{os.getpid()}"
+    if not (Path("/sys/fs/cgroup/pids") / "cgroup.procs").exists():
+        pytest.skip("needs the v1 pids controller")
+    path = bundle(["sleep", "1000"])
+    where = f"/{parent.name}/c1"
+    edit_config(path, lambda doc: doc["linux"].update(cgroupsPath=where))
+    container = Container.create("pidsup", path, store=store)
+    try:
+        container.start()
+        (parent / "pids.max").write_text((parent / "pids.current").read_text())
+        for user in ({}, {"user": 1000}):
+            with pytest.raises(ExecError, match="Resource temporarily unavailable"):
+                container.exec(["sleep", "100"], **user)
+        assert int((parent / "pids.current").read_text()) == 1
+    finally:
+        container.destroy()
+        for controller in Path("/sys/fs/cgroup").iterdir():
+            with contextlib.suppress(OSError):
+                (controller / parent.name).rmdir()

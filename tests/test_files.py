@@ -235,6 +235,17 @@ def test_container_paths_may_be_pure_posix_paths(container: Container) -> None:
     assert not files.exists(where)
 
 
+def test_copying_a_file_onto_itself_is_refused(container: Container) -> None:
+    """A host file of the rootfs copied in at its own place: refused, as ``cp`` refuses
+    ("are the same file"); it was truncated before being read."""
+    host_file = rootfs(container) / "etc" / "passwd"
+    before = host_file.read_bytes()
+    with pytest.raises(ContainerFileError, match="is the file copied in") as info:
+        container.files.copy_in(host_file, "/etc/passwd")
+    assert info.value.errno == errno.EINVAL
+    assert host_file.read_bytes() == before
+
+
 def test_created_files_belong_to_the_containers_user(
     store: FileStore, bundle: BundleFactory
 ) -> None:

@@ -634,3 +634,59 @@ def test_a_spec_device_at_a_default_path_is_the_spec_s(
     }
     edit_config(path, lambda d: d["linux"].update(devices=[device]))
     assert run_output(store, path) == (0, "600 1000:1000 1:5\n")
+
+
+@needs_root
+@needs_busybox
+def test_a_spec_device_is_never_made_in_a_bind_mount(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """A rootfs symlink (``/data -> /dev/net``) puts the bind of a host volume at /data over
+    a directory of the /dev tmpfs: the spec's ``/dev/net/tun`` would be made there, on the
+    host. The creation fails instead (runc makes it)."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    path = bundle(["true"])
+    tun = {"path": "/dev/net/tun", "type": "c", "major": 10, "minor": 200, "fileMode": 0o666}
+
+    def change(document: dict[str, Any]) -> None:
+        bind = {"destination": "/data", "type": "bind", "source": str(volume)}
+        document["mounts"].append({**bind, "options": ["rbind"]})
+        document["linux"]["devices"] = [tun]
+
+    edit_config(path, change)
+    (path / "rootfs" / "data").symlink_to("/dev/net")
+    message = create_fails(store, path)
+    assert "device /dev/net/tun would be made in a bind mount" in message, message
+    assert os.listdir(volume) == []
+
+
+@needs_root
+@needs_busybox
+def test_a_spec_device_reaches_a_dev_the_rootfs_links_elsewhere(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """``/dev -> /devx`` in the rootfs: the spec's tmpfs is mounted at /devx and its devices
+    are made there (the defaults are not: /dev is not a directory of ours)."""
+    path = bundle(["stat", "-c", "%F %t:%T", "/devx/foo"])
+    foo = {"path": "/dev/foo", "type": "c", "major": 1, "minor": 5, "fileMode": 0o666}
+    edit_config(path, lambda d: d["linux"].update(devices=[foo], maskedPaths=[]))
+    (path / "rootfs" / "dev").rmdir()
+    (path / "rootfs" / "devx").mkdir()
+    (path / "rootfs" / "dev").symlink_to("devx")
+    assert run_output(store, path) == (0, "character special file 1:5\n")
+
+
+@needs_root
+@needs_busybox
+def test_a_host_directory_bound_over_proc_is_refused(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """As runc: only a procfs may be bound at /proc."""
+    fake = tmp_path / "fake-proc"
+    fake.mkdir()
+    path = bundle(["true"])
+    bind = {"destination": "/proc", "type": "bind", "source": str(fake), "options": ["rbind"]}
+    edit_config(path, lambda d: d["mounts"].append(bind))
+    message = create_fails(store, path)
+    assert "only a procfs may be bound there" in message, message

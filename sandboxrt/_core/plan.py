@@ -434,7 +434,18 @@ def _env_list(env: Mapping[str, str] | Sequence[str]) -> list[str]:
         bad = [e for e in entries if not isinstance(e, str) or "=" not in e or e.startswith("=")]
     if bad or any("\0" in e for e in entries):
         raise ValueError(f"malformed environment entries: {bad or entries}")
+    _check_encodable("env", entries)
     return entries
+
+
+def _check_encodable(what: str, texts: Sequence[str]) -> None:
+    """A ``ValueError`` for text no C string carries: a lone surrogate (other than
+    ``surrogateescape``'s bytes, which ``os.fsencode`` gives back)."""
+    for text in texts:
+        try:
+            text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise ValueError(f"{what} {text!r} is not valid UTF-8 (a lone surrogate)") from None
 
 
 def exec_plan(
@@ -466,6 +477,7 @@ def exec_plan(
         raise ValueError("args must be a non-empty sequence of strings")
     if any("\0" in a for a in args):
         raise ValueError("args must not contain NUL characters")
+    _check_encodable("argument", args)
     if base is None:
         base = _process_plan(spec, args, compile_seccomp=compile_seccomp)
     else:
@@ -476,6 +488,7 @@ def exec_plan(
     if cwd is not None:
         if not isinstance(cwd, str) or not cwd.startswith("/") or "\0" in cwd:
             raise ValueError(f"cwd must be an absolute path, not {cwd!r}")
+        _check_encodable("cwd", [cwd])
         overrides["cwd"] = cwd
     if user is not None:
         overrides.update(_parse_user(user))

@@ -35,7 +35,7 @@ import fcntl
 import os
 import posixpath
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import Literal
 
 from sandboxrt._core import abi
@@ -53,7 +53,6 @@ __all__ = [
     "default_dev_symlinks",
     "detach_old_root",
     "dev_kind",
-    "dev_mount_id",
     "enter_host_tree",
     "enter_tree",
     "in_user_namespace",
@@ -62,6 +61,7 @@ __all__ = [
     "make_mount",
     "mask_paths",
     "minimal_root",
+    "mount_id_beneath",
     "open_beneath",
     "open_fd_table",
     "open_host_tree",
@@ -405,8 +405,11 @@ _BINDABLE_IN_PROC = frozenset(
 )
 
 
-def _mount_point(root_fd: int, root: str, plan: MountPlan, *, directory: bool) -> int:
-    """Create and open the mount point of ``plan`` beneath the root; check where it is."""
+def _mount_point(
+    root_fd: int, root: str, plan: MountPlan, *, directory: bool, source: int | None = None
+) -> int:
+    """Create and open the mount point of ``plan`` beneath the root; check where it is
+    (and, for a bind over ``/proc``, that its ``source`` is a procfs)."""
     if plan.type in ("proc", "sysfs") and not plan.bind:
         # As runc: never mount these through a symlink (``proc -> /``).
         with contextlib.suppress(FileNotFoundError):
@@ -446,6 +449,17 @@ def _mount_point(root_fd: int, root: str, plan: MountPlan, *, directory: bool) -
                 " only the files lxcfs emulates may be bound there",
                 plan.destination,
             )
+        if (
+            plan.bind
+            and resolved == "/proc"
+            and source is not None
+            and syscalls.filesystem_type(source) != abi.PROC_SUPER_MAGIC
+        ):
+            raise _unsafe(
+                f"mount destination {plan.destination} is /proc: only a procfs may be bound"
+                " there, as with runc",
+                plan.destination,
+            )
         if root == "/" and not stat.S_ISDIR(os.fstat(fd).st_mode):
             _check_file_beneath(root_fd, fd, resolved, plan.destination)
         else:
@@ -460,7 +474,7 @@ def _attach_tree(tree: int, root_fd: int, root: str, plan: MountPlan) -> None:
     """Attach the detached mount ``tree`` (``open_tree``) at ``plan.destination``, opened
     beneath the root, then check it and apply the plan's flags."""
     directory = stat.S_ISDIR(os.fstat(tree).st_mode)
-    target_fd = _mount_point(root_fd, root, plan, directory=directory)
+    target_fd = _mount_point(root_fd, root, plan, directory=directory, source=tree)
     try:
         try:
             syscalls.move_mount(tree, target_fd)
@@ -499,7 +513,7 @@ def make_mount(root: str, plan: MountPlan, tree: int | None = None) -> None:
                 ) from None
             try:
                 directory = stat.S_ISDIR(os.fstat(source_fd).st_mode)
-                target_fd = _mount_point(root_fd, root, plan, directory=directory)
+                target_fd = _mount_point(root_fd, root, plan, directory=directory, source=source_fd)
                 try:
                     _bind_fds(
                         source_fd, target_fd, root_fd, plan.destination, plan.flags, follow=True
@@ -896,13 +910,21 @@ def _bind_host_device(
         os.close(source)
 
 
-def create_devices(root: str, devices: Iterable[DevicePlan], *, host: int | None = None) -> None:
+def create_devices(
+    root: str,
+    devices: Iterable[DevicePlan],
+    *,
+    host: int | None = None,
+    binds: Collection[int] = (),
+) -> None:
     """Create device nodes beneath ``root``; bind the host's node where mknod is denied
     (found beneath ``host``, an fd on the host's root, when the root was entered).
 
     The parent directory is walked beneath the root. As runc, a name that is taken
     already (a file of the bundle's rootfs, a node an earlier container made there)
-    is left as it is, never replaced nor followed.
+    is left as it is, never replaced nor followed. Unlike runc, a parent on one of the
+    mounts ``binds`` (the ids of the spec's bind mounts: host directories) is refused:
+    a rootfs symlink (``/data -> /dev/net``) would have the node made in a host volume.
     """
     kinds = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
     root = os.path.realpath(root)
@@ -913,6 +935,11 @@ def create_devices(root: str, devices: Iterable[DevicePlan], *, host: int | None
             parent, _ = _walk(root_fd, parent_path, create="dir")
             try:
                 _check_beneath(parent, root, dev.path)
+                if _mount_id(parent) in binds:
+                    raise _unsafe(
+                        f"device {dev.path} would be made in a bind mount (a host directory)",
+                        dev.path,
+                    )
                 kind = kinds[dev.type]
                 old_umask = os.umask(0)
                 try:
@@ -949,20 +976,20 @@ def _exists(parent: int, name: str) -> bool:
     return True
 
 
-def dev_mount_id(root: str) -> int | None:
-    """The id of the mount ``/dev`` beneath ``root`` is on (not followed if a symlink);
-    ``None`` when there is none."""
+def mount_id_beneath(root: str, path: str) -> int | None:
+    """The id of the mount ``path`` beneath ``root`` is on (resolved as the container
+    would: through symlinks, inside the root); ``None`` when it is missing."""
     root_fd = _open_root(os.path.realpath(root))
     try:
-        dev, _ = _walk(root_fd, "/dev", follow=False)
+        fd, _ = _walk(root_fd, path)
     except FileNotFoundError:
         return None
     finally:
         os.close(root_fd)
     try:
-        return _mount_id(dev)
+        return _mount_id(fd)
     finally:
-        os.close(dev)
+        os.close(fd)
 
 
 def dev_kind(root: str, *, mounted: int | None) -> Literal["ours", "linked", "foreign"]:

@@ -179,11 +179,16 @@ def _prepare_root(
         finally:
             os.close(upper)
     dev_mounted: int | None = None  # the mount id of the spec's tmpfs on /dev
+    binds: set[int] = set()  # the mount ids of the spec's bind mounts
     for mount in plan.mounts:
         tree = trees[mount.tree] if 0 <= mount.tree < len(trees) else None
         mounts.make_mount(root, mount, tree)
+        if mount.bind:
+            bound = mounts.mount_id_beneath(root, mount.destination)
+            if bound is not None:
+                binds.add(bound)
         if mount.destination.rstrip("/") == "/dev":
-            dev_mounted = None if mount.bind else mounts.dev_mount_id(root)
+            dev_mounted = None if mount.bind else mounts.mount_id_beneath(root, "/dev")
     channel.close_fds(trees)
     # As runc: /dev gets the default nodes and symlinks (in a tmpfs mounted there, or the
     # rootfs's own /dev: a name taken there is left as it is); a bind-mounted one (the
@@ -198,7 +203,7 @@ def _prepare_root(
         # As runc: a default the spec lists itself is the spec's (its mode and owner).
         listed = {os.path.normpath(device.path) for device in devices}
         devices = [d for d in mounts.DEFAULT_DEVICES if d.path not in listed] + devices
-    mounts.create_devices(root, devices, host=host)
+    mounts.create_devices(root, devices, host=host, binds=binds)
     if dev_is_ours:
         has_devpts = any(m.type == "devpts" for m in plan.mounts)
         mounts.default_dev_symlinks(root, has_devpts=has_devpts)

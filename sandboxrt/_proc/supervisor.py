@@ -809,12 +809,12 @@ class Supervisor:
         if request.op == "start":
             return self._start_later(conn, member, request)
         if request.op == "signal":
+            if request.serial and self.exec_serials.get(request.pid) != request.serial:
+                return self._exited(request.pid)  # its pid is another exec's now
             if request.foreground:
                 pid = request.pid or member.init_pid
                 return self._signal_foreground(member, pid, request.signal)
             if request.pid and request.pid != member.init_pid:
-                if request.serial and self.exec_serials.get(request.pid) != request.serial:
-                    return self._exited(request.pid)  # its pid is another exec's now
                 return self._signal_exec(member, request.pid, request.signal, group=request.group)
             self._signal(member, request.signal, everyone=request.all, group=request.group)
             return Reply(True)
@@ -1955,15 +1955,24 @@ _TRANSIENT = frozenset({"BlockingIOError", "AgentDied"})
 
 
 def _pids_limit_reached(dirs: Iterable[int]) -> int | None:
-    """The ``pids.max`` of the cgroup directories ``dirs`` (fds) when ``pids.current``
-    has reached it, else ``None``."""
+    """The ``pids.max`` of the cgroup directories ``dirs`` (fds), or of a cgroup above
+    one (a pod's, a kubelet's), when its ``pids.current`` has reached it, else ``None``."""
     for directory in dirs:
+        level = os.dup(directory)
         try:
-            limit, current = (_read_at(directory, name) for name in ("pids.max", "pids.current"))
-        except OSError:  # (not the pids hierarchy's)
-            continue
-        if limit != "max" and int(current) >= int(limit):
-            return int(limit)
+            for _ in range(64):  # (up to the hierarchy's root, which has no pids.max)
+                try:
+                    limit = _read_at(level, "pids.max")
+                    current = _read_at(level, "pids.current")
+                except OSError:  # (not the pids hierarchy's, or its root)
+                    break
+                if limit != "max" and int(current) >= int(limit):
+                    return int(limit)
+                parent = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=level)
+                os.close(level)
+                level = parent
+        finally:
+            os.close(level)
     return None
 
 
