@@ -499,7 +499,10 @@ class Container:
         that many seconds after it started is killed with the container (which is
         destroyed), and :class:`ProcessTimeoutError` (a :class:`WaitTimeoutError`
         and a ``subprocess.TimeoutExpired``) raised, as ``subprocess.run`` kills its
-        child and raises ``TimeoutExpired``.
+        child and raises ``TimeoutExpired``. Should this process be killed meanwhile,
+        the program goes with it (as a child dies with its parent under ``bwrap
+        --die-with-parent``; not one started apart, for hooks, a terminal or a pid
+        file): its record and cgroup wait for a :meth:`destroy`.
 
         ``PIPE`` is refused (:class:`InvalidArgumentError`): nothing would read or
         write it before the program ends, so a program writing more than a pipe

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ from conftest import (
     wait_until,
 )
 
-from sandboxrt import Config, Container, CreateTimeoutError, FileStore, Status
+from sandboxrt import Config, Container, CreateTimeoutError, FileStore, SandboxrtError, Status
 from sandboxrt._core.records import ProcessIdentity
 from sandboxrt._os import procfs
 from sandboxrt.errors import (
@@ -820,3 +821,40 @@ def test_a_sandbox_silent_during_creation_times_out(
     assert time.monotonic() - started < 4
     assert Container.list(store=store) == []
     assert list(store.runtime_dir.iterdir()) == []
+
+
+def test_a_run_whose_caller_is_killed_ends_its_container(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """``Container.run`` in a process SIGKILLed meanwhile (a ``timeout`` ending a script):
+    nobody would wait for or destroy its container, which the supervisor then ends; it reads
+    stopped, and a destroy cleans up."""
+    path = bundle(["sleep", "1000"])
+    code = (
+        "from sandboxrt import Container, FileStore\n"
+        f"Container.run('orphan', {str(path)!r}, store=FileStore({str(store.root)!r}))\n"
+    )
+    caller = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline, "the container never ran"
+            with contextlib.suppress(SandboxrtError):
+                if Container.load("orphan", store=store).status is Status.RUNNING:
+                    break
+            time.sleep(0.02)
+    finally:
+        caller.kill()
+        caller.wait()
+    container = Container.load("orphan", store=store)
+    try:
+        assert container.wait(timeout=20) == -signal.SIGKILL
+        assert container.status is Status.STOPPED
+    finally:
+        container.destroy()
+    assert Container.list(store=store) == []

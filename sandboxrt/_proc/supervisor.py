@@ -766,6 +766,13 @@ class Supervisor:
                 self.exec_waiters[pid].remove(conn)
         conn.close()
         self._listen()  # an fd is free again
+        if conn is self.bootstrap and self.root.returncode is None:
+            # ``run``'s caller is gone (killed: it would have waited for, then destroyed,
+            # the container): nobody will, so the container goes now, as a child that dies
+            # with its parent (``bwrap --die-with-parent``). Its record and cgroup wait for
+            # a destroy; it reads stopped meanwhile.
+            with contextlib.suppress(ProcessLookupError):
+                self._signal(self.root, signal.SIGKILL, everyone=True)
 
     def _handle(self, conn: socket.socket) -> None:
         try:
