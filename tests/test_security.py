@@ -8,6 +8,7 @@ mount namespace, a port bound in its network namespace).
 from __future__ import annotations
 
 import collections
+import ctypes
 import ctypes.util
 import errno
 import platform
@@ -844,3 +845,43 @@ def test_default_profile_lets_ordinary_programs_run(
 def run(store: FileStore, bundle: Path) -> tuple[int, str]:
     """Create, start, wait for and destroy a container; its exit code and output."""
     return run_output(store, bundle, cid="sec")
+
+
+_KEYRING_ID = (
+    "import ctypes, platform; libc = ctypes.CDLL(None, use_errno=True); "
+    "nr = {'x86_64': 250, 'aarch64': 219}[platform.machine()]; "
+    "print(libc.syscall(nr, 0, -3, 1))"  # KEYCTL_GET_KEYRING_ID of the session keyring
+)
+
+
+@needs_root
+def test_a_container_has_a_session_keyring_of_its_own(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """As runc: not the caller's session keyring (whose keys it would read and add to where
+    seccomp allows keyctl), nor another container's; an exec'd process none of those
+    either."""
+    if platform.machine() not in ("x86_64", "aarch64"):
+        pytest.skip("keyctl's number is known here for x86_64 and aarch64 only")
+    libc = ctypes.CDLL(None, use_errno=True)
+    ours = libc.syscall({"x86_64": 250, "aarch64": 219}[platform.machine()], 0, -3, 1)
+    assert ours > 0
+    path = bundle(["python3", "-c", _KEYRING_ID], rootfs="host_usr")
+    edit_config(path, lambda doc: doc["linux"].pop("seccomp", None))
+    seen = set()
+    for name in ("keys1", "keys2"):
+        code, out = run_output(store, path, name)
+        assert code == 0, out
+        seen.add(int(out))
+    sleeper = bundle(["sleep", "100"], rootfs="host_usr")
+    edit_config(sleeper, lambda doc: doc["linux"].pop("seccomp", None))
+    container = Container.create("keys3", sleeper, store=store)
+    try:
+        container.start()
+        for user in ({}, {"user": 0}):  # the agent's spawn, and the slow way
+            done = container.exec_run(["python3", "-c", _KEYRING_ID], capture_output=True, **user)
+            seen.add(int(done.stdout))
+    finally:
+        container.destroy()
+    assert ours not in seen
+    assert len(seen) == 4 and all(key > 0 for key in seen)

@@ -31,6 +31,7 @@ __all__ = [
     "fsconfig",
     "fsmount",
     "fsopen",
+    "join_new_session_keyring",
     "mount",
     "mount_id",
     "mount_setattr",
@@ -56,6 +57,8 @@ _SYS_OPEN_TREE = 428
 _SYS_MOVE_MOUNT = 429
 _SYS_OPENAT2 = 437
 _SYS_SECCOMP = {"x86_64": 317, "aarch64": 277, "riscv64": 277, "ppc64le": 358, "s390x": 348}
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 280, "s390x": 280}
+_KEYCTL_JOIN_SESSION_KEYRING = 1
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -94,6 +97,20 @@ def mount_id(fd: int) -> int | None:
     if not ctypes.c_uint32.from_buffer(buf).value & _STATX_MNT_ID:
         return None
     return ctypes.c_uint64.from_buffer(buf, 0x90).value
+
+
+def join_new_session_keyring() -> None:
+    """Leave the session keyring we inherited for a new, anonymous one (as runc gives each
+    container one): keys the caller holds, or another container added, are not ours to
+    read. A kernel without keys (``ENOSYS``) is left as it is."""
+    number = _SYS_KEYCTL.get(platform.machine())
+    if number is None:
+        return
+    result = _libc.syscall(
+        ctypes.c_long(number), ctypes.c_int(_KEYCTL_JOIN_SESSION_KEYRING), ctypes.c_void_p(None)
+    )
+    if result < 0 and ctypes.get_errno() != errno.ENOSYS:
+        _check(result, "joining a new session keyring")
 
 
 def unshare(flags: int) -> None:

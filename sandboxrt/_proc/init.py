@@ -677,6 +677,7 @@ def _init_process(name: str = PROCESS_NAME) -> None:
     # our /proc entries while we still hold privileges and the runtime's fds.
     syscalls.prctl(abi.PR_SET_DUMPABLE, 0)
     syscalls.set_process_name(name)
+    syscalls.join_new_session_keyring()  # (not the caller's, nor another container's)
     _ns_dir = os.open("/proc/self/ns", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
@@ -802,6 +803,7 @@ def run_exec(
         _default_signals(mask)
         os.setsid()
         syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # as the init: no ptrace before exec
+        syscalls.join_new_session_keyring()
         _close_fds_but(status.fileno(), *stdio, *handles)
         syscalls.set_process_name(EXEC_PROCESS_NAME)
         seccomp_program = _seccomp_program(plan)
@@ -863,6 +865,7 @@ def run_agent(
         _default_signals(mask)
         os.setsid()
         syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # as the init: no ptrace, no /proc/PID/mem
+        syscalls.join_new_session_keyring()  # (its spawns share it; not the caller's)
         _close_fds_but(sock.fileno(), *handles)
         syscalls.set_process_name(AGENT_PROCESS_NAME)
         seccomp_program = _seccomp_program(plan)
