@@ -861,3 +861,53 @@ def test_a_stale_gofer_socket_does_not_stop_a_subcontainer(pod: Pod, bundle: Bun
     b = add_running(pod, bundle(SLEEP), "b")
     assert b.files.listdir("/bin")
     assert os.stat(stale).st_mode & 0o170000 == 0o140000  # a socket now
+
+
+def test_a_group_signal_to_an_exited_exec_reaches_no_other_member(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """Once an exec of member A exited and the PID space wrapped, its number may lead a
+    process group of member B (a ``setsid``): ``kill(group=True)`` on A's Process does not
+    reach it (only A's processes of that group would be signalled)."""
+    pod = Pod.create("pg-root", bundle(["sleep", "1000"]), store=store)
+    try:
+        pod.root.start()
+        a = pod.add_container("pg-a", bundle(["sleep", "1001"]), store=store)
+        a.start()
+        b = pod.add_container("pg-b", bundle(["sleep", "1002"]), store=store)
+        b.start()
+        supervisor = pod.root.state().pid
+        small = subprocess.run(
+            ["nsenter", "-t", str(supervisor), "-p", "--", "sh", "-c",
+             "echo 1200 > /proc/sys/kernel/pid_max"],
+            capture_output=True, check=False,
+        )  # fmt: skip
+        if small.returncode != 0:
+            pytest.skip("needs a pid_max of the sandbox's own PID namespace (Linux 6.14)")
+        burn = "i=0; while [ $i -lt 400 ]; do ( : ); i=$((i+1)); done"
+        a.exec_run(["sh", "-c", burn], timeout=60)
+        for _ in range(3):
+            done = a.exec(["true"])
+            assert done.wait() == 0
+            target = done.pid
+            cycle = f"""
+            while :; do
+              ( : ) & c=$!; wait $c
+              if [ $c -eq {target - 1} ]; then
+                setsid sleep 1003 </dev/null >/dev/null 2>&1 & c=$!
+                [ $c -eq {target} ] && exit 0
+                kill $c; exit 3
+              fi
+            done
+            """
+            if b.exec_run(["sh", "-c", cycle], timeout=60).returncode == 0:
+                break
+        else:
+            pytest.skip("B's leader never got the number of A's exec")
+        leader = [p for p in b.processes() if p.command == ("sleep", "1003")]
+        assert [p.pid for p in leader] == [target]
+        done.kill(group=True)
+        time.sleep(0.3)
+        assert [p.pid for p in b.processes() if p.command == ("sleep", "1003")] == [target]
+    finally:
+        pod.destroy()

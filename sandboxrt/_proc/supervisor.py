@@ -1311,10 +1311,20 @@ class Supervisor:
         ``Progress("lost")`` if it died otherwise before it spawned; ``None`` if it
         died while spawning (or hung). Exits it reports meanwhile are handled.
         """
-        agent.sock.settimeout(EXEC_START_TIMEOUT)
+        # Waited for in slices: a process of the pod may stop the agent (SIGSTOP) once it
+        # took the request, and every other request of the sandbox would wait behind it.
+        deadline = time.monotonic() + EXEC_START_TIMEOUT
+        agent.sock.settimeout(_AGENT_REPLY_SLICE)
         try:
             while True:
-                step, fds = channel.receive(agent.sock, Progress)
+                try:
+                    step, fds = channel.receive(agent.sock, Progress)
+                except TimeoutError:
+                    info = procfs.read_stat(agent.pid)
+                    stopped = info is not None and info.state in ("T", "t")
+                    if stopped or time.monotonic() >= deadline:
+                        raise
+                    continue
                 channel.close_fds(fds)
                 if self._agent_news(agent, step):
                     continue
@@ -1565,15 +1575,34 @@ class Supervisor:
         if self.exec_owner.get(pid) != member.id:
             return self._signal_member(member, pid, signum, group=group)
         try:
-            if group:
-                os.killpg(pid, signum)
-            elif pid in self.execs:  # not reaped yet: the pid is still its own
-                os.kill(pid, signum)
-            else:
+            if pid in self.execs:  # not reaped yet: the pid, and the group, are its own
+                (os.killpg if group else os.kill)(pid, signum)
+            elif not group or not self._signal_group_of(member, pid, signum):
+                # Reaped: the number may lead another group now (another member's, once
+                # the PID space wrapped): only the member's processes in it are signalled.
                 raise ProcessLookupError
         except ProcessLookupError:
             return self._exited(pid)
         return Reply(True, pid=pid)
+
+    def _signal_group_of(self, member: _Member, group: int, signum: int) -> bool:
+        """Signal ``member``'s processes of process group ``group`` (each through a pidfd,
+        checked once opened); whether there was one."""
+        found = False
+        for pid in self._member_pids(member):
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            try:
+                if os.getpgid(pid) == group:
+                    signal.pidfd_send_signal(pidfd, signum)
+                    found = True
+            except ProcessLookupError:
+                pass
+            finally:
+                os.close(pidfd)
+        return found
 
     @staticmethod
     def _exited(pid: int, detail: str = "has exited") -> Reply:
@@ -1954,6 +1983,10 @@ def _fork_signals_blocked() -> tuple[int, set[int | signal.Signals]]:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         raise
 
+
+#: How long the supervisor waits for an agent's reply before it looks whether the agent
+#: was stopped (then killed, its request handed over).
+_AGENT_REPLY_SLICE = 0.05
 
 #: Failures of an agent that say nothing of its fitness: ``EAGAIN`` (a pids limit reached,
 #: which the slow way then meets too, :func:`_pids_limit_reached`), its death by another's
