@@ -165,8 +165,12 @@ def test_foreground_group_of_an_exec_d_tty(running: Container) -> None:
     assert shell.console is not None
     shell.console.write(b"sleep 302\n")
     eventually(_job_runs(running, ("sleep", "302")), "the shell's job started")
-    shell.send_signal(signal.SIGINT, foreground=True)
-    eventually(lambda: not _job_runs(running, ("sleep", "302"))(), "the job was interrupted")
+
+    def interrupted() -> bool:  # (again until the shell has made the job the foreground)
+        shell.send_signal(signal.SIGINT, foreground=True)
+        return not _job_runs(running, ("sleep", "302"))()
+
+    eventually(interrupted, "the job was interrupted")
     assert shell.poll() is None  # the shell itself got nothing
     shell.console.write(b"echo still here; exit 3\n")
     out, _ = shell.communicate(timeout=10)
@@ -181,8 +185,12 @@ def test_foreground_group_of_a_terminal_init(store: FileStore, bundle: BundleFac
         container.start()
         container.console.write(b"sleep 303\n")
         eventually(_job_runs(container, ("sleep", "303")), "the shell's job started")
-        container.kill(signal.SIGINT, foreground=True)
-        eventually(lambda: not _job_runs(container, ("sleep", "303"))(), "the job died")
+
+        def interrupted() -> bool:  # (again until the shell has made the job the foreground)
+            container.kill(signal.SIGINT, foreground=True)
+            return not _job_runs(container, ("sleep", "303"))()
+
+        eventually(interrupted, "the job died")
         assert commands(container) == [("sh",)]  # the init shell survived
         container.console.write(b"exit 4\n")
         assert container.wait(timeout=10) == 4
