@@ -290,8 +290,9 @@ class Container:
                 # read from its supervisor): kept in the record.
                 id_maps = (plan.uid_map, plan.gid_map) if plan.uid_map else None
             else:
-                host, root_spec = _sandbox_to_join(store, sandbox_id, id)
-                root_namespaces = (root_spec.get("linux") or {}).get("namespaces") or []
+                host, root_record = _sandbox_to_join(store, sandbox_id, id)
+                config = _pod_network(id, config, root_record)
+                root_namespaces = (root_record.spec.get("linux") or {}).get("namespaces") or []
                 _refuse_sysctls_in_our_namespaces(id, document, root_namespaces)
                 id_maps = _pod_id_maps(host)
                 _refuse_another_user_namespace(id, document, id_maps)
@@ -1545,8 +1546,8 @@ def _sandbox_id_for(
 
 def _sandbox_to_join(
     store: MetadataStore, sandbox_id: str, container_id: str
-) -> tuple[Sandbox, dict[str, Any]]:
-    """The living sandbox whose root container is ``sandbox_id``, and that root's spec.
+) -> tuple[Sandbox, ContainerRecord]:
+    """The living sandbox whose root container is ``sandbox_id``, and that root's record.
 
     Read without the root's lock (records are replaced atomically): a
     subcontainer's create never waits for its root's lock, so a concurrent
@@ -1565,7 +1566,7 @@ def _sandbox_to_join(
         sandbox = Sandbox(record.id, record.sandbox, record.runtime_dir)
     require(Operation.ADD_CONTAINER, record.id, _effective_status(record, sandbox))
     assert sandbox is not None
-    return sandbox, record.spec
+    return sandbox, record
 
 
 @contextlib.contextmanager
@@ -1649,6 +1650,19 @@ def _same_file(a: str, b: str) -> bool:
     except OSError:
         return False  # (a path that cannot be joined fails later, with its own error)
     return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+
+
+def _pod_network(container_id: str, config: Config, root: ContainerRecord) -> Config:
+    """``config`` with its pod's network mode (a member shares the pod's network namespace,
+    whatever its own spec and config say); an :class:`InvalidArgumentError` for one asking
+    for the host's network in a pod that has one of its own."""
+    pod = root.config.get("network", "sandbox")
+    if config.network == pod or pod not in ("sandbox", "host"):  # (a record altered)
+        return config
+    if config.network == "host":
+        problem = f'Config(network="host") in pod "{root.id}", whose network is its own'
+        raise InvalidArgumentError(container_id, problem)
+    return attrs.evolve(config, network=pod)
 
 
 def _apply_config(document: dict[str, Any], config: Config) -> dict[str, Any]:

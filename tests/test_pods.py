@@ -24,11 +24,13 @@ from test_hooks_lifecycle import ALL_PHASES as HOOK_PHASES
 from test_hooks_lifecycle import Setup
 
 from sandboxrt import (
+    Config,
     Container,
     ContainerExistsError,
     ContainerNotFoundError,
     FileStore,
     InitError,
+    InvalidArgumentError,
     InvalidStateError,
     Pod,
     ProcessNotFoundError,
@@ -911,3 +913,27 @@ def test_a_group_signal_to_an_exited_exec_reaches_no_other_member(
         assert [p.pid for p in b.processes() if p.command == ("sleep", "1003")] == [target]
     finally:
         pod.destroy()
+
+
+def test_a_member_s_network_mode_is_its_pod_s(store: FileStore, bundle: BundleFactory) -> None:
+    """A member shares its pod's network namespace: it records the pod's mode, and asking
+    for the host's network in a pod with one of its own is refused (it was ignored)."""
+    host_pod = Pod.create("net-host", bundle(["sleep", "1000"]), store=store,
+                          config=Config(network="host"))  # fmt: skip
+    try:
+        host_pod.root.start()
+        member = host_pod.add_container("net-host-a", bundle(["sleep", "1001"]), store=store)
+        assert member.config.network == "host"
+    finally:
+        host_pod.destroy()
+    own = Pod.create("net-own", bundle(["sleep", "1000"]), store=store)
+    try:
+        own.root.start()
+        with pytest.raises(InvalidArgumentError, match=r'"net-b": Config\(network="host"\)'):
+            own.add_container(
+                "net-b", bundle(["sleep", "1001"]), store=store, config=Config(network="host")
+            )
+        assert [c.id for c in own.containers()] == ["net-own"]
+    finally:
+        own.destroy()
+    assert Container.list(store=store) == []
