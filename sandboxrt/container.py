@@ -35,7 +35,7 @@ from sandboxrt._core.plan import (
     sandbox_paths,
 )
 from sandboxrt._core.protocol import ContainerPlan, ExecPlan, InitPlan, SandboxPlan
-from sandboxrt._core.records import ContainerRecord, ProcessIdentity
+from sandboxrt._core.records import ContainerRecord, ProcessIdentity, spec_text
 from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
 from sandboxrt._core.spec_validate import document_problems, sysctl_namespace, validate_spec
 from sandboxrt._core.status import Operation, Status, require
@@ -249,7 +249,7 @@ class Container:
             else:  # made in code: checked as a config.json is
                 validate_spec(spec)
         document = _apply_config(dump_spec(spec), config)
-        problems = document_problems(document)
+        problems = document_problems(document, spec_text(document))  # (the record's, kept)
         if problems:
             raise SpecError(problems, source=f'container "{id}"')
         terminal = bool((document.get("process") or {}).get("terminal"))

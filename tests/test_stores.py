@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from conftest import wait_until
 
-from sandboxrt._core.records import ContainerRecord, _spec_text, record_to_json
+from sandboxrt._core.records import ContainerRecord, record_to_json, spec_text
 from sandboxrt._core.status import Status
 from sandboxrt.errors import (
     ContainerExistsError,
@@ -794,7 +794,7 @@ def test_records_serialise_from_many_threads_at_once() -> None:
     def save_many(k: int) -> None:
         try:
             for i in range(2000):
-                _spec_text({"k": k, "i": i})
+                spec_text({"k": k, "i": i})
         except Exception as exc:  # checked below
             errors.append(exc)
 

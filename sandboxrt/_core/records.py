@@ -27,6 +27,7 @@ __all__ = [
     "converter",
     "record_from_json",
     "record_to_json",
+    "spec_text",
 ]
 
 SCHEMA_VERSION = 1
@@ -109,7 +110,7 @@ _SPEC_TEXTS: dict[int, tuple[dict[str, Any], str]] = {}
 _SPEC_TEXTS_LOCK = threading.Lock()  # (records are saved from many threads)
 
 
-def _spec_text(spec: dict[str, Any]) -> str:
+def spec_text(spec: dict[str, Any]) -> str:
     """The JSON text of a record's spec, kept per spec object: a record's spec never
     changes after creation, and it is most of every save (a seccomp profile alone is
     tens of kilobytes)."""
@@ -129,7 +130,7 @@ def record_to_json(record: ContainerRecord) -> bytes:
     container = converter.unstructure(record)
     spec = container.pop("spec")
     text = json.dumps(container, sort_keys=True, separators=(",", ":"))
-    text = f'{text[:-1]},"spec":{_spec_text(spec)}}}'
+    text = f'{text[:-1]},"spec":{spec_text(spec)}}}'
     return f'{{"container":{text},"schema":{SCHEMA_VERSION}}}'.encode()
 
 

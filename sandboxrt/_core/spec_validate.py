@@ -196,12 +196,16 @@ def validate_spec(spec: Spec) -> None:
 MAX_SPEC_BYTES = 3 * 1024 * 1024
 
 
-def document_problems(document: Mapping[str, Any]) -> list[tuple[str, str]]:
+def document_problems(
+    document: Mapping[str, Any], text: str | None = None
+) -> list[tuple[str, str]]:
     """What of a spec ``document`` no sandbox can take: a spec over
     :data:`MAX_SPEC_BYTES`, and strings that no C string or UTF-8 text carries: a NUL
     byte (a path or an argument would be cut short at it on its way to the kernel), or a
-    lone surrogate (other than ``surrogateescape``'s bytes)."""
-    text = json.dumps(document)  # (the quick look: both show as escapes there)
+    lone surrogate (other than ``surrogateescape``'s bytes). ``text``: the document as
+    JSON already (the record's, say), for the quick look: both show as escapes there."""
+    if text is None:
+        text = json.dumps(document)
     if len(text) > MAX_SPEC_BYTES:
         size = f"{len(text)} bytes of JSON, over the {MAX_SPEC_BYTES} a sandbox takes"
         return [("", f"the spec is too large: {size}")]

@@ -21,6 +21,6 @@ def store_or_default(store: MetadataStore | None) -> MetadataStore:
     ``TypeError`` for what is no store (a path, say)."""
     if store is None:
         return FileStore()
-    if not isinstance(store, MetadataStore):
+    if not isinstance(store, FileStore | MemoryStore) and not isinstance(store, MetadataStore):
         raise TypeError(f"store must be a MetadataStore (FileStore, MemoryStore...), not {store!r}")
     return store
