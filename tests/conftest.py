@@ -182,6 +182,18 @@ def running(store: FileStore, bundle: BundleFactory) -> Iterator[Container]:
         container.destroy()
 
 
+def small_pid_space(container: Container, pid_max: int) -> None:
+    """Give the PID namespace of ``container``'s sandbox a small ``pid_max``, so that its
+    PID space wraps after hundreds of forks (not millions); the test is skipped where a
+    PID namespace has no ``pid_max`` of its own (before Linux 6.14)."""
+    supervisor = container.state().pid
+    assert supervisor is not None
+    script = f"echo {pid_max} > /proc/sys/kernel/pid_max"
+    command = ["nsenter", "-t", str(supervisor), "-p", "--", "sh", "-c", script]
+    if subprocess.run(command, capture_output=True, check=False).returncode != 0:
+        pytest.skip("needs a pid_max of the sandbox's own PID namespace (Linux 6.14)")
+
+
 def in_python(code: str) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a second Python process that imports this checkout's sandboxrt."""
     return subprocess.run(

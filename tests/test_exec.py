@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import BundleFactory, in_python, needs_busybox, needs_root
+from conftest import BundleFactory, in_python, needs_busybox, needs_root, small_pid_space
 
 from sandboxrt import (
     Container,
@@ -633,15 +633,7 @@ def test_a_pid_another_exec_was_given_is_not_taken_for_an_unwaited_process(
     """Once the PID space wraps, a later exec may get the pid of an exec nobody waited for:
     the old Process still reads its own status and never signals the newer process (each
     exec has a serial the supervisor checks)."""
-    supervisor = running.state().pid
-    assert supervisor is not None
-    small = subprocess.run(
-        ["nsenter", "-t", str(supervisor), "-p", "--", "sh", "-c",
-         "echo 400 > /proc/sys/kernel/pid_max"],
-        capture_output=True, check=False,
-    )  # fmt: skip
-    if small.returncode != 0:
-        pytest.skip("needs a pid_max of the sandbox's own PID namespace (Linux 6.14)")
+    small_pid_space(running, 400)
     burn = ["sh", "-c", "i=0; while [ $i -lt 20 ]; do (:); i=$((i+1)); done"]
     while _next_pid(running) < 320:  # (past the pids a wrap never hands out again)
         running.exec_run(burn)

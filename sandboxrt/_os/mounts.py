@@ -976,16 +976,25 @@ def _exists(parent: int, name: str) -> bool:
     return True
 
 
-def mount_id_beneath(root: str, path: str) -> int | None:
-    """The id of the mount ``path`` beneath ``root`` is on (resolved as the container
-    would: through symlinks, inside the root); ``None`` when it is missing."""
-    root_fd = _open_root(os.path.realpath(root))
+def _opened_beneath(root: str, path: str) -> int | None:
+    """``path`` opened (``O_PATH``) beneath ``root`` as :func:`_walk` resolves it; ``None``
+    when it is missing."""
+    root_fd = _open_root(root)
     try:
         fd, _ = _walk(root_fd, path)
     except FileNotFoundError:
         return None
     finally:
         os.close(root_fd)
+    return fd
+
+
+def mount_id_beneath(root: str, path: str) -> int | None:
+    """The id of the mount ``path`` beneath ``root`` is on (resolved as the container
+    would: through symlinks, inside the root); ``None`` when it is missing."""
+    fd = _opened_beneath(os.path.realpath(root), path)
+    if fd is None:
+        return None
     try:
         return _mount_id(fd)
     finally:
@@ -1238,13 +1247,9 @@ def read_beneath_root(path: str, limit: int = 4 << 20) -> bytes | None:
     are the files of procfs and sysfs (``/etc/passwd -> /proc/kmsg`` would have a process
     that still holds the runtime's privileges wait for, and drain, the host's kernel log).
     """
-    root_fd = _open_root("/")
-    try:
-        path_fd, _ = _walk(root_fd, path)
-    except FileNotFoundError:
+    path_fd = _opened_beneath("/", path)
+    if path_fd is None:
         return None
-    finally:
-        os.close(root_fd)
     try:
         if not stat.S_ISREG(os.fstat(path_fd).st_mode):
             raise _unsafe("is not a regular file", path)
