@@ -56,9 +56,19 @@ def enter_private_namespace() -> None:
         if os.path.ismount("/sys/fs/cgroup/unified"):
             subprocess.run(["mount", "-t", "tmpfs", "none", "/sys/fs/cgroup/unified"], check=True)
         return
-    env = {**os.environ, "SANDBOXRT_BENCH_NS": "1"}
+    # The workspace is made (and removed) out here: what the runtimes mounted over it in
+    # the private namespace (a rootfs's /dev, say) kept the script from removing it there.
+    work = tempfile.mkdtemp(prefix="sandboxrt-bench-")
+    runs = tempfile.mkdtemp(prefix="sandboxrt-bench-", dir="/run")
+    env = {**os.environ, "SANDBOXRT_BENCH_NS": "1", "SANDBOXRT_BENCH_DIRS": f"{work}:{runs}"}
     argv = ["unshare", "--mount", "--propagation", "private", sys.executable, *sys.argv]
-    raise SystemExit(subprocess.run(argv, env=env, check=False).returncode)
+    signal.signal(signal.SIGTERM, lambda signo, frame: sys.exit(128 + signo))
+    try:
+        code = subprocess.run(argv, env=env, check=False).returncode
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(runs, ignore_errors=True)
+    raise SystemExit(code)
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -173,8 +183,7 @@ def workspace(script: str, args: list[str]) -> Iterator[tuple[Path, Path, Spec]]
         raise SystemExit(f"benchmarks/{script} needs root")
     enter_private_namespace()
     signal.signal(signal.SIGTERM, lambda signo, frame: sys.exit(128 + signo))
-    work = Path(tempfile.mkdtemp(prefix="sandboxrt-bench-"))
-    runs = Path(tempfile.mkdtemp(prefix="sandboxrt-bench-", dir="/run"))
+    work, runs = (Path(d) for d in os.environ["SANDBOXRT_BENCH_DIRS"].split(":"))
     try:
         bundle = work / "bundle"
         spec = make_bundle(bundle, args, rootfs="busybox")
