@@ -18,7 +18,7 @@ import socket
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, TypedDict, overload
+from typing import IO, Any, Literal, TypedDict, overload
 
 import attrs
 from typing_extensions import Unpack
@@ -503,7 +503,9 @@ class Container:
         child and raises ``TimeoutExpired``. Should this process be killed meanwhile,
         the program goes with it (as a child dies with its parent under ``bwrap
         --die-with-parent``; not one started apart, for hooks, a terminal or a pid
-        file): its record and cgroup wait for a :meth:`destroy`.
+        file; and only once a child this process forked meanwhile, which holds the
+        socket the supervisor watches, has exited too): its record and cgroup wait
+        for a :meth:`destroy`.
 
         ``PIPE`` is refused (:class:`InvalidArgumentError`): nothing would read or
         write it before the program ends, so a program writing more than a pipe
@@ -1655,14 +1657,29 @@ def _same_file(a: str, b: str) -> bool:
 def _pod_network(container_id: str, config: Config, root: ContainerRecord) -> Config:
     """``config`` with its pod's network mode (a member shares the pod's network namespace,
     whatever its own spec and config say); an :class:`InvalidArgumentError` for one asking
-    for the host's network in a pod that has one of its own."""
-    pod = root.config.get("network", "sandbox")
-    if config.network == pod or pod not in ("sandbox", "host"):  # (a record altered)
+    for the host's network in a pod that has one of its own. The pod is on the host's
+    network when its root's spec has no network namespace, or joins ours by path."""
+    namespaces = (root.spec.get("linux") or {}).get("namespaces") or []
+    network = next((ns for ns in namespaces if ns.get("type") == "network"), None)
+    host = network is None or _is_our_namespace(network.get("path"), "net")
+    pod: Literal["sandbox", "host"] = "host" if host else "sandbox"
+    if config.network == pod:
         return config
     if config.network == "host":
         problem = f'Config(network="host") in pod "{root.id}", whose network is its own'
         raise InvalidArgumentError(container_id, problem)
     return attrs.evolve(config, network=pod)
+
+
+def _is_our_namespace(path: str | None, kind: str) -> bool:
+    """Whether ``path`` names this process's namespace of ``kind`` (``/proc/self/ns/...``)."""
+    if not path:
+        return False
+    try:
+        theirs, ours = os.stat(path), os.stat(f"/proc/self/ns/{kind}")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
 
 
 def _apply_config(document: dict[str, Any], config: Config) -> dict[str, Any]:

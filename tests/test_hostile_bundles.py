@@ -690,3 +690,58 @@ def test_a_host_directory_bound_over_proc_is_refused(
     edit_config(path, lambda d: d["mounts"].append(bind))
     message = create_fails(store, path)
     assert "only a procfs may be bound there" in message, message
+
+
+@needs_root
+@needs_busybox
+def test_a_spec_device_a_bind_brings_is_left_as_it_is(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """As runc: a device of ``linux.devices`` that a bind already brought (the host's
+    ``/dev/dri`` bound at ``/dev/dri``, its ``card0`` listed too) is left alone, not
+    refused as a node made in a bind."""
+    dri = tmp_path / "dri"
+    dri.mkdir()
+    (dri / "card0").write_text("the host's\n")
+    path = bundle(["cat", "/dev/dri/card0"])
+    card = {"path": "/dev/dri/card0", "type": "c", "major": 226, "minor": 0, "fileMode": 0o666}
+
+    def change(document: dict[str, Any]) -> None:
+        bind = {"destination": "/dev/dri", "type": "bind", "source": str(dri)}
+        document["mounts"].append({**bind, "options": ["rbind"]})
+        document["linux"]["devices"] = [card]
+
+    edit_config(path, change)
+    assert run_output(store, path) == (0, "the host's\n")
+
+
+@needs_root
+@needs_busybox
+def test_a_spec_device_is_never_made_beneath_a_bind_either(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """A mount beneath an rbind'd host volume is the host's too: a rootfs symlink
+    (``/dev/net -> /data/sub``) steering a device there is refused."""
+    volume = tmp_path / "volume"
+    (volume / "sub").mkdir(parents=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "sub", str(volume / "sub")], check=True
+    )
+    try:
+        path = bundle(["true"])
+        tun = {"path": "/dev/net/tun", "type": "c", "major": 1, "minor": 3, "fileMode": 0o666}
+
+        def change(document: dict[str, Any]) -> None:
+            without_dev_mounts(document)
+            bind = {"destination": "/data", "type": "bind", "source": str(volume)}
+            document["mounts"].append({**bind, "options": ["rbind"]})
+            document["linux"]["devices"] = [tun]
+            document["linux"]["maskedPaths"] = []
+
+        edit_config(path, change)
+        (path / "rootfs" / "dev" / "net").symlink_to("/data/sub")
+        message = create_fails(store, path)
+        assert "device /dev/net/tun would be made in a bind mount" in message, message
+        assert os.listdir(volume / "sub") == []
+    finally:
+        subprocess.run(["umount", str(volume / "sub")], check=True)

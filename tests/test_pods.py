@@ -930,6 +930,22 @@ def test_a_member_s_network_mode_is_its_pod_s(store: FileStore, bundle: BundleFa
         assert member.config.network == "host"
     finally:
         host_pod.destroy()
+    # A root whose spec has no network namespace: the pod is on the host's network too.
+    spec_host = edit_config(
+        bundle(["sleep", "1000"]),
+        lambda doc: doc["linux"].update(
+            namespaces=[ns for ns in doc["linux"]["namespaces"] if ns["type"] != "network"]
+        ),
+    )
+    spec_pod = Pod.create("net-spec", spec_host, store=store)
+    try:
+        spec_pod.root.start()
+        host_member = spec_pod.add_container(
+            "net-spec-a", bundle(["sleep", "1001"]), store=store, config=Config(network="host")
+        )
+        assert host_member.config.network == "host"
+    finally:
+        spec_pod.destroy()
     own = Pod.create("net-own", bundle(["sleep", "1000"]), store=store)
     try:
         own.root.start()

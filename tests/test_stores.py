@@ -809,3 +809,16 @@ def test_records_serialise_from_many_threads_at_once() -> None:
     finally:
         sys.setswitchinterval(interval)
     assert errors == []
+
+
+def test_a_spec_too_large_to_run_is_not_kept_as_text() -> None:
+    """The JSON text kept per spec (for saves) is not kept for one no sandbox takes: a
+    refused creation would keep it in memory for good."""
+    from sandboxrt._core import records
+
+    big = {"annotations": {"big": "x" * (5 << 20)}}
+    assert len(records.spec_text(big)) > 5 << 20
+    assert all(spec is not big for spec, _ in records._SPEC_TEXTS.values())
+    small = {"annotations": {"small": "x"}}
+    records.spec_text(small)
+    assert any(spec is small for spec, _ in records._SPEC_TEXTS.values())

@@ -108,6 +108,8 @@ MIGRATIONS: Mapping[int, Migration] = {}
 
 _SPEC_TEXTS: dict[int, tuple[dict[str, Any], str]] = {}
 _SPEC_TEXTS_LOCK = threading.Lock()  # (records are saved from many threads)
+#: The longest spec text kept (longer than any spec a sandbox takes).
+_SPEC_TEXT_KEPT = 4 << 20
 
 
 def spec_text(spec: dict[str, Any]) -> str:
@@ -118,6 +120,8 @@ def spec_text(spec: dict[str, Any]) -> str:
     if cached is not None and cached[0] is spec:
         return cached[1]
     text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    if len(text) > _SPEC_TEXT_KEPT:  # (a spec no sandbox takes: refused, never saved)
+        return text
     with _SPEC_TEXTS_LOCK:
         if len(_SPEC_TEXTS) >= 64:
             _SPEC_TEXTS.pop(next(iter(_SPEC_TEXTS)))

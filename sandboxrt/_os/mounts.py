@@ -915,16 +915,17 @@ def create_devices(
     devices: Iterable[DevicePlan],
     *,
     host: int | None = None,
-    binds: Collection[int] = (),
+    ours: Collection[int] | None = None,
 ) -> None:
     """Create device nodes beneath ``root``; bind the host's node where mknod is denied
     (found beneath ``host``, an fd on the host's root, when the root was entered).
 
     The parent directory is walked beneath the root. As runc, a name that is taken
-    already (a file of the bundle's rootfs, a node an earlier container made there)
-    is left as it is, never replaced nor followed. Unlike runc, a parent on one of the
-    mounts ``binds`` (the ids of the spec's bind mounts: host directories) is refused:
-    a rootfs symlink (``/data -> /dev/net``) would have the node made in a host volume.
+    already (a file of the bundle's rootfs, a node an earlier container made there, a
+    host device a bind brought) is left as it is, never replaced nor followed. Unlike
+    runc, a node is made only on one of the mounts ``ours`` (the ids of the rootfs's
+    mount and of the spec's mounts that are not binds): a rootfs symlink (``/data ->
+    /dev/net``) would have it made in a host volume, or a mount beneath one.
     """
     kinds = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
     root = os.path.realpath(root)
@@ -935,7 +936,9 @@ def create_devices(
             parent, _ = _walk(root_fd, parent_path, create="dir")
             try:
                 _check_beneath(parent, root, dev.path)
-                if _mount_id(parent) in binds:
+                if _exists(parent, name):
+                    continue
+                if ours is not None and _mount_id(parent) not in ours:
                     raise _unsafe(
                         f"device {dev.path} would be made in a bind mount (a host directory)",
                         dev.path,

@@ -179,14 +179,13 @@ def _prepare_root(
         finally:
             os.close(upper)
     dev_mounted: int | None = None  # the mount id of the spec's tmpfs on /dev
-    binds: set[int] = set()  # the mount ids of the spec's bind mounts
+    # Where device nodes may be made: the rootfs's mount and the spec's that are no binds.
+    ours = {mounts.mount_id_beneath(root, "/")}
     for mount in plan.mounts:
         tree = trees[mount.tree] if 0 <= mount.tree < len(trees) else None
         mounts.make_mount(root, mount, tree)
-        if mount.bind:
-            bound = mounts.mount_id_beneath(root, mount.destination)
-            if bound is not None:
-                binds.add(bound)
+        if not mount.bind:
+            ours.add(mounts.mount_id_beneath(root, mount.destination))
         if mount.destination.rstrip("/") == "/dev":
             dev_mounted = None if mount.bind else mounts.mount_id_beneath(root, "/dev")
     channel.close_fds(trees)
@@ -203,7 +202,7 @@ def _prepare_root(
         # As runc: a default the spec lists itself is the spec's (its mode and owner).
         listed = {os.path.normpath(device.path) for device in devices}
         devices = [d for d in mounts.DEFAULT_DEVICES if d.path not in listed] + devices
-    mounts.create_devices(root, devices, host=host, binds=binds)
+    mounts.create_devices(root, devices, host=host, ours={m for m in ours if m is not None})
     if dev_is_ours:
         has_devpts = any(m.type == "devpts" for m in plan.mounts)
         mounts.default_dev_symlinks(root, has_devpts=has_devpts)

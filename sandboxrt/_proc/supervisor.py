@@ -1587,9 +1587,16 @@ class Supervisor:
 
     def _signal_group_of(self, member: _Member, group: int, signum: int) -> bool:
         """Signal ``member``'s processes of process group ``group`` (each through a pidfd,
-        checked once opened); whether there was one."""
+        checked once opened); whether there was one. Without a cgroup, its processes
+        that we adopted (a reaped exec's children) are ours but no other member's."""
+        candidates = self._member_pids(member)
+        if not member.cgroup_dirs:
+            others = set().union(
+                *(self._member_pids(m) for m in self.members.values() if m is not member)
+            )
+            candidates |= set(procfs.descendants(os.getpid())) - others
         found = False
-        for pid in self._member_pids(member):
+        for pid in candidates:
             try:
                 pidfd = os.pidfd_open(pid)
             except ProcessLookupError:
