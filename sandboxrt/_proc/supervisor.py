@@ -2015,7 +2015,10 @@ def _pids_limit_reached(dirs: Iterable[int]) -> int | None:
                     break
                 if limit != "max" and int(current) >= int(limit):
                     return int(limit)
-                parent = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=level)
+                try:
+                    parent = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=level)
+                except OSError:
+                    break
                 os.close(level)
                 level = parent
         finally:
