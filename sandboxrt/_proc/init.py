@@ -179,12 +179,13 @@ def _prepare_root(
         finally:
             os.close(upper)
     dev_mounted: int | None = None  # the mount id of the spec's tmpfs on /dev
-    # Where device nodes may be made: the rootfs's mount and the spec's that are no binds.
-    ours = {mounts.mount_id_beneath(root, "/")}
+    # Where the spec's device nodes may be made: the rootfs's mount and the spec's that
+    # are no binds (the defaults go to a /dev that dev_kind checks).
+    ours = {mounts.mount_id_beneath(root, "/")} if plan.devices else set()
     for mount in plan.mounts:
         tree = trees[mount.tree] if 0 <= mount.tree < len(trees) else None
         mounts.make_mount(root, mount, tree)
-        if not mount.bind:
+        if plan.devices and not mount.bind:
             ours.add(mounts.mount_id_beneath(root, mount.destination))
         if mount.destination.rstrip("/") == "/dev":
             dev_mounted = None if mount.bind else mounts.mount_id_beneath(root, "/dev")
@@ -198,11 +199,12 @@ def _prepare_root(
     dev = "foreign" if dev_bound else mounts.dev_kind(root, mounted=dev_mounted)
     dev_is_ours = dev == "ours"
     devices = [] if dev == "foreign" else list(plan.devices)
+    mounts.create_devices(root, devices, host=host, ours={m for m in ours if m is not None})
     if dev_is_ours and plan.default_devices:
         # As runc: a default the spec lists itself is the spec's (its mode and owner).
         listed = {os.path.normpath(device.path) for device in devices}
-        devices = [d for d in mounts.DEFAULT_DEVICES if d.path not in listed] + devices
-    mounts.create_devices(root, devices, host=host, ours={m for m in ours if m is not None})
+        defaults = [d for d in mounts.DEFAULT_DEVICES if d.path not in listed]
+        mounts.create_devices(root, defaults, host=host)
     if dev_is_ours:
         has_devpts = any(m.type == "devpts" for m in plan.mounts)
         mounts.default_dev_symlinks(root, has_devpts=has_devpts)
