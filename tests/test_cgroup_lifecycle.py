@@ -744,29 +744,3 @@ def test_a_sandbox_that_sees_no_cgroupfs_still_joins_its_cgroup(
     finally:
         container.destroy()
     assert not any(d.exists() for d in cgroup.directories)
-
-
-@real
-def test_a_cgroup_mount_shows_the_container_its_own_cgroups(
-    store: FileStore, bundle: BundleFactory
-) -> None:
-    """As runc in a cgroup namespace: the spec's ``cgroup`` mount holds the container's own
-    hierarchies (a JVM sizes itself from them), read-only; it was an empty tmpfs."""
-    limit = 64 * MiB
-    if LAYOUT is not None and LAYOUT.driver == "v2":
-        script = "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max; mkdir /sys/fs/cgroup/x"
-    else:
-        script = (
-            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max;"
-            " mkdir /sys/fs/cgroup/memory/x"
-        )
-    # The supervisor (1) is outside the container's cgroup: a mount of a cgroup above
-    # (the host's tree) would list it.
-    own = "grep -qx 1 /sys/fs/cgroup/pids/cgroup.procs && echo above || echo own"
-    path = bundle(["sh", "-c", f"{script} 2>&1; {own}"])
-    edit_config(path, resources(memory={"limit": limit}, pids={"limit": 50}))
-    _, out = run_output(store, path, "cgmount")
-    lines = out.splitlines()
-    assert lines[:2] == [str(limit), "50"], out
-    assert "Read-only file system" in lines[2], out
-    assert lines[3] == "own", out

@@ -55,7 +55,6 @@ __all__ = [
     "dev_kind",
     "enter_host_tree",
     "enter_tree",
-    "fill_cgroup_mount",
     "in_user_namespace",
     "leave_tree",
     "make_dir_beneath_root",
@@ -525,10 +524,9 @@ def make_mount(root: str, plan: MountPlan, tree: int | None = None) -> None:
                 os.close(source_fd)
         else:
             if plan.type == "cgroup":
-                # A tmpfs that :func:`fill_cgroup_mount` fills once the container is in its
-                # cgroup namespace (and makes read-only when asked): never the host's tree.
-                flags, source, fstype = plan.flags & ~abi.MS_RDONLY, "tmpfs", "tmpfs"
-                data: str | None = "mode=755,size=64k"
+                # A read-only placeholder: the container sees no host cgroup tree.
+                flags, source, fstype = plan.flags | abi.MS_RDONLY, "tmpfs", "tmpfs"
+                data: str | None = "mode=755,size=4k"
             else:
                 flags, source, fstype = plan.flags, plan.source or plan.type, plan.type
                 data = plan.data or None
@@ -553,70 +551,6 @@ def make_mount(root: str, plan: MountPlan, tree: int | None = None) -> None:
                 os.close(mounted)
     finally:
         os.close(root_fd)
-
-
-def _own_hierarchies() -> list[str] | None:
-    """The cgroup hierarchies this process is in, as ``/proc/self/cgroup`` names their
-    controllers (``"cpu,cpuacct"``, ``"name=systemd"``, ``""`` for cgroup v2); ``None``
-    unless each shows us at its root, that is in a cgroup namespace of our own (a mount
-    would show the host's whole tree otherwise), or where that cannot be read."""
-    try:
-        with open("/proc/self/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    found = []
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if path != "/":
-            return None
-        found.append(controllers)
-    return found or None
-
-
-def fill_cgroup_mount(plan: MountPlan) -> None:
-    """Fill the tmpfs a spec's ``cgroup`` mount became (after ``pivot_root``, in the
-    container's cgroup namespace) as runc mounts it: a mount of each hierarchy the
-    container is in, rooted at its own cgroups (co-mounted ones also by each controller's
-    name, as symlinks; cgroup v2 beside them as ``unified``); cgroup2 alone on a v2 host.
-    A hierarchy that cannot be mounted is left out; outside a cgroup namespace of its own
-    the tmpfs stays empty. Read-only as the plan says."""
-    target = _opened_beneath("/", plan.destination)
-    if target is None:
-        return
-    try:
-        hierarchies = _own_hierarchies() or []
-        flags = plan.flags & ~abi.MS_RDONLY
-        if hierarchies == [""]:
-            with contextlib.suppress(OSError):
-                _fd_mount("cgroup2", target, "cgroup2", plan.flags, what=plan.destination)
-                return
-        for controllers in hierarchies:
-            name = controllers.removeprefix("name=") if controllers else "unified"
-            try:
-                os.mkdir(name, 0o755, dir_fd=target)
-                where = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=target)
-            except OSError:
-                continue
-            try:
-                if not controllers:
-                    _fd_mount("cgroup2", where, "cgroup2", plan.flags, what=plan.destination)
-                else:
-                    named = controllers.startswith("name=")
-                    data = f"none,{controllers}" if named else controllers
-                    _fd_mount("cgroup", where, "cgroup", plan.flags, data, what=plan.destination)
-            except OSError:  # (not ours to mount: left an empty directory)
-                continue
-            finally:
-                os.close(where)
-            for each in controllers.split(",") if "," in controllers else ():
-                with contextlib.suppress(OSError):
-                    os.symlink(name, each, dir_fd=target)
-        if plan.flags & abi.MS_RDONLY:
-            remount = abi.MS_REMOUNT | abi.MS_BIND | abi.MS_RDONLY | flags
-            _fd_mount(None, target, None, remount, what=plan.destination)
-    finally:
-        os.close(target)
 
 
 def open_host_tree(path: str, *, recursive: bool = True) -> int:

@@ -249,9 +249,6 @@ def _prepare_root(
         mounts.pivot_into_fd(built)
     else:
         mounts.pivot_into(root)
-    for mount in plan.mounts:  # (now in the container's cgroup namespace, if it has one)
-        if mount.type == "cgroup" and not mount.bind:
-            mounts.fill_cgroup_mount(mount)
     # Sysctls first: the default readonlyPaths make /proc/sys read-only.
     for key, value in plan.sysctl.items():
         procfs.write_proc_file("/proc/sys/" + key.replace(".", "/"), value.encode())
