@@ -1661,7 +1661,8 @@ def _pod_network(container_id: str, config: Config, root: ContainerRecord) -> Co
     network when its root's spec has no network namespace, or joins ours by path."""
     namespaces = (root.spec.get("linux") or {}).get("namespaces") or []
     network = next((ns for ns in namespaces if ns.get("type") == "network"), None)
-    host = network is None or _is_our_namespace(network.get("path"), "net")
+    path = None if network is None else network.get("path")
+    host = network is None or bool(path and _same_file(path, _NAMESPACE_FILES["network"]))
     pod: Literal["sandbox", "host"] = "host" if host else "sandbox"
     if config.network == pod:
         return config
@@ -1669,17 +1670,6 @@ def _pod_network(container_id: str, config: Config, root: ContainerRecord) -> Co
         problem = f'Config(network="host") in pod "{root.id}", whose network is its own'
         raise InvalidArgumentError(container_id, problem)
     return attrs.evolve(config, network=pod)
-
-
-def _is_our_namespace(path: str | None, kind: str) -> bool:
-    """Whether ``path`` names this process's namespace of ``kind`` (``/proc/self/ns/...``)."""
-    if not path:
-        return False
-    try:
-        theirs, ours = os.stat(path), os.stat(f"/proc/self/ns/{kind}")
-    except OSError:
-        return False
-    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
 
 
 def _apply_config(document: dict[str, Any], config: Config) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal, TextIO, overload
 
 from sandboxrt._core.file_protocol import FileReply, FileRequest, FileStat, WalkEntry
 from sandboxrt._core.protocol import DEFAULT_UMASK
+from sandboxrt._core.spec_validate import c_string_problem
 from sandboxrt._os import channel
 from sandboxrt.errors import (
     ContainerFileError,
@@ -156,16 +157,10 @@ class _Session:
 
     def call(self, request: FileRequest) -> tuple[FileReply, list[int]]:
         for text in (request.path, request.target or ""):
-            if "\0" in text:  # (cut short at it on the way to the kernel: another path)
-                raise InvalidArgumentError(
-                    self.gofer.container_id,
-                    f"a path in a container must not hold a NUL byte: {text!r}",
-                )
-            try:
-                text.encode("utf-8", "surrogateescape")
-            except UnicodeEncodeError:
-                problem = f"a path in a container must be valid UTF-8: {text!r}"
-                raise InvalidArgumentError(self.gofer.container_id, problem) from None
+            problem = c_string_problem(text)
+            if problem is not None:
+                cid = self.gofer.container_id
+                raise InvalidArgumentError(cid, f"a path in a container {problem}: {text!r}")
         reply, fds = self.gofer.ask(self.conn, request)
         if not reply.ok:
             channel.close_fds(fds)

@@ -71,6 +71,7 @@ __all__ = [
     "RESOLVE_NO_SYMLINKS",
     "RESOLVE_NO_XDEV",
     "SECCOMP_FILTER_FLAGS",
+    "SYSFS_MAGIC",
 ]
 
 CLONE_NEWTIME = 0x00000080
@@ -143,8 +144,9 @@ SECCOMP_FILTER_FLAGS = {
     "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV": 32,
 }
 
-#: ``statfs(2)``'s ``f_type`` of procfs.
+#: ``statfs(2)``'s ``f_type`` of procfs, and of sysfs.
 PROC_SUPER_MAGIC = 0x9FA0
+SYSFS_MAGIC = 0x62656572
 
 # openat2(2) ``resolve`` flags.
 RESOLVE_NO_XDEV = 0x01

@@ -23,7 +23,7 @@ from sandboxrt._core.protocol import (
     SandboxPlan,
     SeccompPlan,
 )
-from sandboxrt._core.spec_validate import CAPABILITY_NUMBERS, sysctl_problems
+from sandboxrt._core.spec_validate import CAPABILITY_NUMBERS, c_string_problem, sysctl_problems
 from sandboxrt._core.users import MAX_ID, parse_user_spec
 from sandboxrt.errors import MissingFeatureError, SpecError
 
@@ -439,13 +439,11 @@ def _env_list(env: Mapping[str, str] | Sequence[str]) -> list[str]:
 
 
 def _check_encodable(what: str, texts: Sequence[str]) -> None:
-    """A ``ValueError`` for text no C string carries: a lone surrogate (other than
-    ``surrogateescape``'s bytes, which ``os.fsencode`` gives back)."""
+    """A ``ValueError`` for text no C string carries (:func:`c_string_problem`)."""
     for text in texts:
-        try:
-            text.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:
-            raise ValueError(f"{what} {text!r} is not valid UTF-8 (a lone surrogate)") from None
+        problem = c_string_problem(text)
+        if problem is not None:
+            raise ValueError(f"{what} {text!r} {problem}")
 
 
 def exec_plan(

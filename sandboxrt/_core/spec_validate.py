@@ -36,6 +36,7 @@ __all__ = [
     "SECCOMP_FLAGS",
     "SECCOMP_OPERATORS",
     "SUPPORTED_VERSIONS",
+    "c_string_problem",
     "document_problems",
     "spec_problems",
     "sysctl_namespace",
@@ -196,6 +197,19 @@ def validate_spec(spec: Spec) -> None:
 MAX_SPEC_BYTES = 3 * 1024 * 1024
 
 
+def c_string_problem(text: str) -> str | None:
+    """What keeps ``text`` from being a C string: a NUL byte (cut short at it on its way to
+    the kernel: another path, another argument), or a lone surrogate (other than
+    ``surrogateescape``'s bytes, which ``os.fsencode`` gives back); ``None`` if nothing."""
+    if "\0" in text:
+        return "must not hold a NUL byte"
+    try:
+        text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8 (a lone surrogate)"
+    return None
+
+
 def document_problems(
     document: Mapping[str, Any], text: str | None = None
 ) -> list[tuple[str, str]]:
@@ -216,13 +230,9 @@ def document_problems(
     while todo:
         path, value = todo.pop()
         if isinstance(value, str):
-            if "\0" in value:
-                out.append((path, "must not hold a NUL byte"))
-            else:
-                try:
-                    value.encode("utf-8", "surrogateescape")
-                except UnicodeEncodeError:
-                    out.append((path, "is not valid UTF-8 (a lone surrogate)"))
+            problem = c_string_problem(value)
+            if problem is not None:
+                out.append((path, problem))
         elif isinstance(value, Mapping):
             for key, item in value.items():
                 shown = json.dumps(str(key))[1:-1]  # (a NUL shows escaped)

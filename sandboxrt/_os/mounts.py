@@ -1007,7 +1007,7 @@ def mount_id_beneath(root: str, path: str) -> int | None:
 def dev_kind(root: str, *, mounted: int | None) -> Literal["ours", "linked", "foreign"]:
     """What ``/dev`` beneath ``root`` is: ``"ours"`` (a directory of the rootfs's own
     mount, or still the root of the tmpfs the spec mounted there, whose id ``mounted`` is,
-    as :func:`dev_mount_id` gave it right after), which gets the default nodes and
+    as :func:`mount_id_beneath` gave it right after), which gets the default nodes and
     symlinks; ``"linked"``, a symlink to a directory of those, where the spec's nodes go
     but not the defaults; or ``"foreign"``: another mount, which a bind put there (over
     the tmpfs or not) through a symlinked destination, a host directory maybe, where
@@ -1239,7 +1239,7 @@ def resolve_beneath_root(path: str) -> str:
 
 
 #: ``f_type`` of procfs and sysfs, whose "regular" files are the kernel's.
-KERNEL_FILESYSTEMS = frozenset({abi.PROC_SUPER_MAGIC, 0x62656572})
+KERNEL_FILESYSTEMS = frozenset({abi.PROC_SUPER_MAGIC, abi.SYSFS_MAGIC})
 
 
 def read_beneath_root(path: str, limit: int = 4 << 20) -> bytes | None:
