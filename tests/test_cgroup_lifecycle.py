@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 from conftest import BundleFactory, edit_config, needs_busybox, needs_root, run_output
+from test_launchers import _ahead_of, _init_of
+from test_userns import with_userns
 
 from sandboxrt import (
     Container,
@@ -36,7 +38,8 @@ from sandboxrt import _cgroup as library_cgroup
 from sandboxrt._os import cgroups, procfs
 from sandboxrt._os.cgroups import CgroupLayout, DeviceRule, Hierarchy
 from sandboxrt._os.cgroups.common import OWNER_XATTR
-from sandboxrt._os.cgroups.layout import parse_proc_cgroup
+from sandboxrt._os.cgroups.layout import V1_CONTROLLERS, parse_proc_cgroup
+from sandboxrt._proc.launcher import ForkServerLauncher
 
 MiB = 1 << 20
 
@@ -744,3 +747,86 @@ def test_a_sandbox_that_sees_no_cgroupfs_still_joins_its_cgroup(
     finally:
         container.destroy()
     assert not any(d.exists() for d in cgroup.directories)
+
+
+# -- the spec's cgroup mount -----------------------------------------------------------------
+
+
+def _cgroup_mount_script(layout: CgroupLayout | None) -> str:
+    """Prints the memory and pids limits seen under ``/sys/fs/cgroup``, then whether a
+    write there fails, then ``own`` unless the supervisor (outside the container's cgroup)
+    is listed, then the names at the top of the mount."""
+    if layout is not None and layout.driver == "v2":
+        limits, procs, scratch = "memory.max pids.max", "cgroup.procs", "x"
+    else:
+        limits = "memory/memory.limit_in_bytes pids/pids.max"
+        procs, scratch = "pids/cgroup.procs", "memory/x"
+    return (
+        f"cd /sys/fs/cgroup && cat {limits} && mkdir {scratch} 2>&1;"
+        f" grep -qx 1 {procs} && echo above || echo own; ls"
+    )
+
+
+def _check_cgroup_mount(out: str, limit: int) -> None:
+    lines = out.splitlines()
+    assert lines[:2] == [str(limit), "50"], out
+    assert "Read-only file system" in lines[2], out
+    assert lines[3] == "own", out
+    if LAYOUT is not None and LAYOUT.driver == "v1":
+        names = set(" ".join(lines[4:]).split())
+        # Only the hierarchies the container was placed in: in the others (blkio,
+        # name=systemd, the hybrid cgroup2) its cgroup is its supervisor's, above it.
+        assert {"memory", "pids"} <= names, out
+        assert all(part in V1_CONTROLLERS for name in names for part in name.split(",")), out
+
+
+def _no_cgroup_namespace(document: dict[str, Any]) -> None:
+    namespaces = document["linux"]["namespaces"]
+    document["linux"]["namespaces"] = [ns for ns in namespaces if ns["type"] != "cgroup"]
+
+
+@real
+@pytest.mark.parametrize("kind", ["cgroupns", "no-cgroupns", "userns"])
+def test_a_cgroup_mount_shows_the_container_its_own_cgroups(
+    store: FileStore, bundle: BundleFactory, kind: str
+) -> None:
+    """As runc: the spec's ``cgroup`` mount holds the hierarchies the container is in, each
+    showing its own cgroup and beneath (a JVM sizes itself from them), read-only, in a
+    cgroup namespace or not, in a user namespace too. It was an empty tmpfs."""
+    limit = 64 * MiB
+    path = bundle(["sh", "-c", _cgroup_mount_script(LAYOUT)])
+    edit_config(path, resources(memory={"limit": limit}, pids={"limit": 50}))
+    if kind != "cgroupns":
+        edit_config(path, _no_cgroup_namespace if kind == "no-cgroupns" else with_userns)
+    code, out = run_output(store, path, "cgmount")
+    assert code == 0, out
+    _check_cgroup_mount(out, limit)
+
+
+@real
+def test_a_root_built_ahead_fills_its_cgroup_mount_once_claimed(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """A root built ahead mounts its tmpfs before its container's cgroup exists; the
+    hierarchies go in once its claim placed it there."""
+    limit = 64 * MiB
+    path = bundle(["sh", "-c", _cgroup_mount_script(LAYOUT)])
+    edit_config(path, resources(memory={"limit": limit}, pids={"limit": 50}))
+    launcher = ForkServerLauncher()
+    try:
+        ahead = _ahead_of(launcher, store, path)
+        c = Container.create(
+            "cgahead", path, store=store, launcher=launcher, stdout=subprocess.PIPE
+        )
+        try:
+            assert _init_of(c) == ahead
+            c.start()
+            assert c.stdout is not None
+            out = c.stdout.read().decode()
+            c.stdout.close()
+            assert c.wait(timeout=30) == 0, out
+        finally:
+            c.destroy()
+        _check_cgroup_mount(out, limit)
+    finally:
+        launcher.close()

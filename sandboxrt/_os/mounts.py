@@ -35,7 +35,7 @@ import fcntl
 import os
 import posixpath
 import stat
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Literal
 
 from sandboxrt._core import abi
@@ -46,6 +46,7 @@ from sandboxrt.errors import MissingFeatureError
 __all__ = [
     "DEFAULT_DEVICES",
     "KERNEL_FILESYSTEMS",
+    "CgroupPlacement",
     "bind_rootfs",
     "chdir_beneath_root",
     "confine_to_proc",
@@ -55,6 +56,7 @@ __all__ = [
     "dev_kind",
     "enter_host_tree",
     "enter_tree",
+    "fill_cgroup_mount",
     "in_user_namespace",
     "leave_tree",
     "make_dir_beneath_root",
@@ -524,9 +526,10 @@ def make_mount(root: str, plan: MountPlan, tree: int | None = None) -> None:
                 os.close(source_fd)
         else:
             if plan.type == "cgroup":
-                # A read-only placeholder: the container sees no host cgroup tree.
-                flags, source, fstype = plan.flags | abi.MS_RDONLY, "tmpfs", "tmpfs"
-                data: str | None = "mode=755,size=4k"
+                # A tmpfs that fill_cgroup_mount fills once the container is in its cgroups
+                # (and makes read-only as the plan says): never the host's tree.
+                flags, source, fstype = plan.flags & ~abi.MS_RDONLY, "tmpfs", "tmpfs"
+                data: str | None = "mode=755,size=64k"
             else:
                 flags, source, fstype = plan.flags, plan.source or plan.type, plan.type
                 data = plan.data or None
@@ -551,6 +554,103 @@ def make_mount(root: str, plan: MountPlan, tree: int | None = None) -> None:
                 os.close(mounted)
     finally:
         os.close(root_fd)
+
+
+#: A hierarchy a container was placed in: its controllers as ``/proc/self/cgroup`` names
+#: them (``"cpu,cpuacct"``, ``"name=systemd"``, ``""`` for cgroup v2) and the path of the
+#: container's cgroup there, as the container's cgroup namespace shows it.
+CgroupPlacement = tuple[str, str]
+
+
+def fill_cgroup_mount(
+    plan: MountPlan, mount_id: int | None, placed: Sequence[CgroupPlacement]
+) -> None:
+    """Fill the tmpfs :func:`make_mount` made for a spec's ``cgroup`` mount (whose id
+    ``mount_id`` was), after ``pivot_root`` and once the container is in its cgroups, as
+    runc does: a mount of each hierarchy in ``placed`` showing the container's own cgroup
+    and what is beneath it, never a cgroup above (a hierarchy the container was not placed
+    in is left out: its cgroup there is its supervisor's or above). v1 hierarchies go in
+    directories named by their controllers, co-mounted ones also by each controller's name
+    (symlinks), v2 beside them as ``unified``; v2 alone is mounted on the tmpfs itself. A
+    hierarchy the kernel does not let us mount (in a user namespace, say) is left out. Then
+    read-only, as the plan says. Nothing is done where the destination is no longer that
+    tmpfs (a later spec mount covered it)."""
+    target = _opened_beneath("/", plan.destination)
+    if target is None:
+        return
+    try:
+        if mount_id is None or _mount_id(target) != mount_id:
+            return
+        flags = plan.flags & ~abi.MS_REMOUNT
+        if len(placed) == 1 and not placed[0][0]:
+            with contextlib.suppress(OSError):
+                _mount_hierarchy(target, "", placed[0][1], flags, plan.destination)
+                return
+        for controllers, path in placed:
+            name = controllers.removeprefix("name=") if controllers else "unified"
+            try:
+                os.mkdir(name, 0o755, dir_fd=target)
+                where = os.open(name, _O_DIR, dir_fd=target)
+            except OSError:
+                continue
+            try:
+                _mount_hierarchy(where, controllers, path, flags, plan.destination)
+            except OSError:
+                continue  # (left an empty directory)
+            finally:
+                os.close(where)
+            for each in controllers.split(",") if "," in controllers else ():
+                with contextlib.suppress(OSError):
+                    os.symlink(name, each, dir_fd=target)
+        if plan.flags & abi.MS_RDONLY:
+            remount = abi.MS_REMOUNT | abi.MS_BIND | flags
+            _fd_mount(None, target, None, remount, what=plan.destination)
+    finally:
+        os.close(target)
+
+
+def _mount_hierarchy(where: int, controllers: str, path: str, flags: int, what: str) -> None:
+    """Mount the cgroup hierarchy of ``controllers`` (``""``: cgroup v2) on ``where``, showing
+    its cgroup at ``path`` (as our cgroup namespace shows it) and beneath. A path below the
+    namespace's root is mounted whole in a scratch directory beside ``where`` first, then
+    that cgroup alone is bound (a detached copy) and the whole unmounted."""
+    fstype = "cgroup" if controllers else "cgroup2"
+    data = (f"none,{controllers}" if controllers.startswith("name=") else controllers) or None
+    if path == "/":
+        _fd_mount(fstype, where, fstype, flags, data, what=what)
+        return
+    scratch = ".sandboxrt-hierarchy"
+    parent = os.open("..", _O_DIR, dir_fd=where)
+    try:
+        os.mkdir(scratch, 0o700, dir_fd=parent)
+        try:
+            _mount_whole_then_bind(parent, scratch, where, (fstype, flags, data, what), path)
+        finally:
+            os.rmdir(scratch, dir_fd=parent)
+    finally:
+        os.close(parent)
+
+
+def _mount_whole_then_bind(
+    parent: int, scratch: str, where: int, how: tuple[str, int, str | None, str], path: str
+) -> None:
+    fstype, flags, data, what = how
+    point = os.open(scratch, _O_DIR, dir_fd=parent)
+    try:
+        _fd_mount(fstype, point, fstype, flags, data, what=what)
+    finally:
+        os.close(point)
+    whole = os.open(scratch, _O_DIR, dir_fd=parent)  # the mount's root, now
+    try:
+        own = syscalls.open_tree(whole, path.lstrip("/"), abi.OPEN_TREE_CLONE | os.O_CLOEXEC)
+        try:
+            syscalls.move_mount(own, where)
+        finally:
+            os.close(own)
+    finally:
+        with _in_fd_table():
+            syscalls.umount2(str(whole), abi.MNT_DETACH)
+        os.close(whole)
 
 
 def open_host_tree(path: str, *, recursive: bool = True) -> int:

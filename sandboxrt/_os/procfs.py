@@ -25,6 +25,7 @@ __all__ = [
     "foreground_group",
     "id_maps",
     "is_alive",
+    "own_cgroups",
     "pidfd_pid",
     "read_process",
     "read_stat",
@@ -202,6 +203,21 @@ def pidfd_pid(pidfd: int) -> int:
             if line.startswith("Pid:"):
                 return int(line.split()[1])
     raise OSError(errno.EBADF, f"fd {pidfd} is not a pidfd")
+
+
+def own_cgroups() -> dict[str, tuple[str, str]] | None:
+    """This process's cgroups from ``/proc/self/cgroup``: hierarchy id to its controllers
+    (``""`` for cgroup v2) and the path there; ``None`` when it cannot be read."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    found = {}
+    for line in lines:
+        hierarchy, controllers, path = line.split(":", 2)
+        found[hierarchy] = (controllers, path)
+    return found
 
 
 def write_proc_file(path: str, data: bytes) -> None:

@@ -33,6 +33,7 @@ from sandboxrt._core.protocol import (
     Claim,
     ExecPlan,
     InitPlan,
+    MountPlan,
     ProcessPlan,
     Progress,
     Request,
@@ -129,17 +130,27 @@ def find_executable(name: str, env: Sequence[str], cwd: str = "/") -> str:
     raise FileNotFoundError(f"executable file {name!r} not found in $PATH")
 
 
+#: A spec's ``cgroup`` mounts and the ids of the tmpfs each became (see
+#: :func:`mounts.fill_cgroup_mount`).
+_CgroupMounts = list[tuple[MountPlan, int | None]]
+
+
 def _prepare_root(
     plan: InitPlan,
     sync: socket.socket,
     new_cgroup_namespace: bool,
     trees: Sequence[int] = (),
     host_tree: int | None = None,
-) -> None:
+    *,
+    placed: list[mounts.CgroupPlacement] | None = None,
+) -> _CgroupMounts:
     """Build the root of ``plan``. ``trees`` are the detached mounts (``open_tree`` on the
     host side) of :meth:`InitPlan.tree_sources`: with :attr:`InitPlan.rootfs_tree` the
     root is built in the rootfs's tree, entered with ``chroot`` (no host path is resolved
-    for it, or for a bind source), and pivoted into by fd."""
+    for it, or for a bind source), and pivoted into by fd. ``placed``: the hierarchies
+    the container is in (see :func:`_join_cgroup`), for its ``cgroup`` mounts, which are
+    filled after ``pivot_root``; ``None`` for a root built ahead of its cgroup (its caller
+    fills the mounts returned once it joined)."""
     syscalls.unshare(abi.CLONE_NEWNS)
     syscalls.mount(None, "/", None, abi.MS_REC | abi.MS_PRIVATE)
     if host_tree is not None:  # forked by a confined supervisor: the host's view, for hooks
@@ -182,9 +193,12 @@ def _prepare_root(
     # Where the spec's device nodes may be made: the rootfs's mount and the spec's that
     # are no binds (the defaults go to a /dev that dev_kind checks).
     ours = {mounts.mount_id_beneath(root, "/")} if plan.devices else set()
+    cgroup_mounts: _CgroupMounts = []
     for mount in plan.mounts:
         tree = trees[mount.tree] if 0 <= mount.tree < len(trees) else None
         mounts.make_mount(root, mount, tree)
+        if _is_cgroup_mount(mount):
+            cgroup_mounts.append((mount, mounts.mount_id_beneath(root, mount.destination)))
         if plan.devices and not mount.bind:
             ours.add(mounts.mount_id_beneath(root, mount.destination))
         if mount.destination.rstrip("/") == "/dev":
@@ -225,14 +239,10 @@ def _prepare_root(
                 ) from None
     if plan.await_cgroup:  # made by the library meanwhile; joined through files it opened
         step, joiners = channel.receive(sync, Progress)
-        try:
-            if step.step != "cgroup":
-                raise RuntimeError(step.error or "creation was cancelled")
-            join_cgroup_fds(joiners)
-        finally:
+        if step.step != "cgroup":
             channel.close_fds(joiners)
-        if new_cgroup_namespace:
-            syscalls.unshare(abi.CLONE_NEWCGROUP)
+            raise RuntimeError(step.error or "creation was cancelled")
+        placed = _join_cgroup(joiners, new_cgroup_namespace, plan)
     if plan.pause_for_hooks:
         channel.send(sync, Progress("mounted"))
         go, _ = channel.receive(sync, Progress)
@@ -249,6 +259,8 @@ def _prepare_root(
         mounts.pivot_into_fd(built)
     else:
         mounts.pivot_into(root)
+    if placed is not None:
+        fill_cgroup_mounts(cgroup_mounts, placed)
     # Sysctls first: the default readonlyPaths make /proc/sys read-only.
     for key, value in plan.sysctl.items():
         procfs.write_proc_file("/proc/sys/" + key.replace(".", "/"), value.encode())
@@ -259,6 +271,43 @@ def _prepare_root(
     if plan.readonly_root:
         mounts.make_dir_beneath_root(plan.cwd)  # a missing cwd, while it can still be made
         mounts.remount_root_readonly()
+    return cgroup_mounts
+
+
+def _is_cgroup_mount(mount: MountPlan) -> bool:
+    return mount.type == "cgroup" and not mount.bind
+
+
+def _join_cgroup(
+    fds: Sequence[int], new_namespace: bool, plan: InitPlan
+) -> list[mounts.CgroupPlacement]:
+    """Join the container's cgroup through ``fds`` (:func:`open_cgroup`; closed here), then
+    make its cgroup namespace when ``new_namespace``. The hierarchies joined (those where
+    our cgroup changed: where the library placed the container), with the path there as
+    we now see it, when ``plan`` has a ``cgroup`` mount to fill; else, or when
+    ``/proc/self/cgroup`` cannot be read, none."""
+    before = procfs.own_cgroups() if any(map(_is_cgroup_mount, plan.mounts)) else None
+    try:
+        join_cgroup_fds(fds)
+    finally:
+        channel.close_fds(fds)
+    after = procfs.own_cgroups() if before is not None else None
+    if new_namespace:
+        syscalls.unshare(abi.CLONE_NEWCGROUP)
+    if before is None or after is None:
+        return []
+    return [
+        (controllers, "/" if new_namespace else path)
+        for key, (controllers, path) in after.items()
+        if before.get(key) != (controllers, path)
+    ]
+
+
+def fill_cgroup_mounts(found: _CgroupMounts, placed: list[mounts.CgroupPlacement]) -> None:
+    """Fill each of a root's ``cgroup`` mounts ``found`` (:func:`_prepare_root`) with the
+    hierarchies ``placed`` (after ``pivot_root``)."""
+    for mount, mount_id in found:
+        mounts.fill_cgroup_mount(mount, mount_id, placed)
 
 
 def _seccomp_program(plan: ProcessPlan) -> bytes | None:
@@ -587,16 +636,20 @@ def run_init(
     try:
         if signal_mask is not None:
             _drop_handlers(signal_mask)
-        if cgroup is not None:
-            join_cgroup_fds(cgroup)
-            channel.close_fds(cgroup)
-        elif plan.cgroup_procs and not plan.await_cgroup:
+        placed: list[mounts.CgroupPlacement] | None = None  # (joined in _prepare_root)
+        if plan.await_cgroup:
+            pass
+        elif cgroup is not None:
+            placed = _join_cgroup(cgroup, new_cgroup_namespace, plan)
+        elif plan.cgroup_procs:
             raise ValueError("the files that join the container's cgroup did not come")
-        if new_cgroup_namespace and not plan.await_cgroup:
-            syscalls.unshare(abi.CLONE_NEWCGROUP)
+        else:
+            placed = []
+            if new_cgroup_namespace:
+                syscalls.unshare(abi.CLONE_NEWCGROUP)
         _init_process()
         seccomp_program = _seccomp_program(plan)
-        _prepare_root(plan, sync, new_cgroup_namespace, trees, host_tree)
+        _prepare_root(plan, sync, new_cgroup_namespace, trees, host_tree, placed=placed)
         _create(plan, sync, stdio, seccomp_program)
     except BaseException as exc:
         try:
@@ -628,7 +681,7 @@ def speculate(hint: InitPlan, sync: socket.socket, trees: Sequence[int]) -> NoRe
     try:
         _init_process(AHEAD_PROCESS_NAME)
         identities = tree_identities(trees)
-        _prepare_root(hint.speculative(), sync, False, trees)
+        cgroup_mounts = _prepare_root(hint.speculative(), sync, False, trees)
         if hint.capabilities is not None:
             _drop_bounding(hint.capabilities.bounding)  # (a claim has the same bounding set)
         _default_signals()  # ahead too: no handler of ours runs from here on
@@ -639,14 +692,9 @@ def speculate(hint: InitPlan, sync: socket.socket, trees: Sequence[int]) -> NoRe
             assert isinstance(claim, Progress)
             raise RuntimeError(claim.error or "creation was cancelled")
         cgroup, stdio = fds[: claim.cgroup_fds], fds[claim.cgroup_fds :]
-        try:
-            join_cgroup_fds(cgroup)
-        finally:
-            channel.close_fds(cgroup)
         plan = claim.plan
+        fill_cgroup_mounts(cgroup_mounts, _join_cgroup(cgroup, claim.cgroupns, plan))
         syscalls.set_process_name(PROCESS_NAME)
-        if claim.cgroupns:
-            syscalls.unshare(abi.CLONE_NEWCGROUP)
         _create(plan, sync, stdio, _seccomp_program(plan))
     except BaseException as exc:
         try:
