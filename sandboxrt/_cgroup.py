@@ -52,6 +52,7 @@ __all__ = [
     "procs_files",
     "remove",
     "remove_if_empty",
+    "remove_left_behind",
     "request_for",
     "resources_for",
     "scope_for",
@@ -298,6 +299,29 @@ def signal_all(
     finally:
         if frozen:
             cgroup.thaw()
+
+
+def remove_left_behind(
+    spec: Mapping[str, Any], container_id: str, scope: str, timeout: float
+) -> None:
+    """Remove the cgroup a creation of ``container_id`` (of ``spec``, in the store of
+    ``scope``) that died before recording it left behind, as :func:`remove` would have:
+    it would otherwise stay, and a default path's keep the id from being created again."""
+    try:
+        request = request_for(spec)
+    except SandboxrtError:
+        return
+    if request is None:
+        return
+    cgroup = cgroups.left_behind(
+        request.path,
+        request.resources,
+        container_id=container_id,
+        scope=scope,
+        layout=request.layout,
+    )
+    if cgroup is not None:
+        remove(cgroup.to_dict(), container_id, timeout)
 
 
 def remove_if_empty(record: Mapping[str, Any], container_id: str) -> bool:

@@ -1315,6 +1315,10 @@ class Container:
             shutil.rmtree(runtime_dir, ignore_errors=True)
         if self._record.cgroup is not None:
             _cgroup.remove(self._record.cgroup, self.id, timeout)
+        elif self._record.status is Status.CREATING:
+            # Its creation died between making its cgroup and recording it.
+            scope = _cgroup.scope_for(self._store.runtime_dir)
+            _cgroup.remove_left_behind(self._record.spec, self.id, scope, timeout)
         if gofer is not None and not kill_process(gofer, timeout):
             raise GoferError(self.id, f"pid {gofer.pid} did not exit")
         self._store.delete(self.id)

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BundleFactory, edit_config, needs_busybox, needs_root, run_output
+from conftest import (
+    BundleFactory,
+    edit_config,
+    in_python,
+    needs_busybox,
+    needs_root,
+    run_output,
+)
 from test_launchers import _ahead_of, _init_of
 from test_userns import with_userns
 
@@ -830,3 +837,42 @@ def test_a_root_built_ahead_fills_its_cgroup_mount_once_claimed(
         _check_cgroup_mount(out, limit)
     finally:
         launcher.close()
+
+
+@real
+@pytest.mark.parametrize("named", [False, True], ids=["default-path", "cgroupsPath"])
+def test_destroy_removes_a_cgroup_its_dead_creation_left_unrecorded(
+    store: FileStore, bundle: BundleFactory, named: bool, own_cgroup: str
+) -> None:
+    """A creation killed after making its cgroup, before recording it: destroy removes the
+    cgroup (it stayed for ever, and a default path's kept the id from being created again:
+    "it exists already"); a cgroupsPath's loses its mark, so the id may claim it again."""
+    path = bundle(["true"])
+    if named:
+        edit_config(path, cgroups_path(f"/{own_cgroup}"))
+        where = f"*/{own_cgroup}"
+    else:
+        where = f"*/sandboxrt/{library_cgroup.scope_for(store.runtime_dir)}/dead"
+    killed = in_python(
+        "import os\n"
+        "from sandboxrt import Container, FileStore, _cgroup\n"
+        "made = _cgroup.create\n"
+        "def create(*args, **kwargs):\n"
+        "    made(*args, **kwargs)\n"
+        "    os._exit(9)\n"
+        "_cgroup.create = create\n"
+        f"Container.create('dead', {str(path)!r}, store=FileStore({str(store.root)!r}))\n"
+    )
+    assert killed.returncode == 9, killed.stderr
+    left = list(Path("/sys/fs/cgroup").glob(where))
+    assert left  # what the creation made
+    container = Container.load("dead", store=store)
+    assert container.status is Status.STOPPED
+    container.destroy()
+    if named:  # (made by it, but not known to be: it stays, as a cgroupsPath that existed)
+        assert not any(OWNER_XATTR in os.listxattr(d) for d in left)
+    else:
+        assert not any(d.exists() for d in left)
+    assert run_output(store, path, "dead")[0] == 0
+    for directory in left if named else ():
+        directory.rmdir()

@@ -54,6 +54,7 @@ __all__ = [
     "create",
     "default_path",
     "detect",
+    "left_behind",
     "load",
     "release_parents",
     "shares_default_parents",
@@ -109,6 +110,25 @@ def create(
     if driver is None:
         raise MissingFeatureError("cgroups", "neither cgroup v1 controllers nor cgroup2 is mounted")
     return _DRIVERS[driver].create(layout, path, resources, exclusive=exclusive, check=check)
+
+
+def left_behind(
+    path: str | None,
+    resources: ResourcesLike | None = None,
+    *,
+    container_id: str,
+    scope: str = "",
+    layout: CgroupLayout | None = None,
+) -> Cgroup | None:
+    """The cgroup :func:`create` (with the same arguments) made for ``container_id`` and a
+    creation that died left unrecorded (see :meth:`Cgroup.left_behind`); ``None`` if none."""
+    layout = layout if layout is not None else detect()
+    if layout.driver is None:
+        return None
+    exclusive = not path
+    path = path or default_path(container_id, scope)
+    cls = _DRIVERS[layout.driver]
+    return cls.left_behind(layout, path, resources, container_id, exclusive=exclusive)
 
 
 def load(record: Mapping[str, Any], *, container_id: str = "") -> Cgroup:

@@ -468,6 +468,33 @@ class Cgroup(abc.ABC):
         return cgroup
 
     @classmethod
+    def left_behind(
+        cls,
+        layout: CgroupLayout,
+        path: str,
+        resources: ResourcesLike | None,
+        container_id: str,
+        *,
+        exclusive: bool,
+    ) -> Cgroup | None:
+        """The cgroup :meth:`create` would make at ``path`` for ``container_id``, as a
+        creation that died before it could record it left it: its directory in each
+        hierarchy where it exists and carries no other container's mark; ``None`` where
+        there is none. With ``exclusive`` (a default path, made by that creation alone)
+        the directories count as made, so :meth:`destroy` removes them; else they are only
+        the container's by its mark (see :meth:`release_owner`)."""
+        placements = []
+        for hierarchy in cls._hierarchies(layout, as_resources(resources)):
+            rel = layout.resolve(hierarchy, path)
+            directory = hierarchy.mountpoint / rel
+            owner = _owner_of(directory)
+            if not directory.is_dir() or owner not in (container_id, *((None,) * exclusive)):
+                continue
+            made = (rel,) if exclusive else ()
+            placements.append(Placement(hierarchy.mountpoint, hierarchy.controllers, rel, made))
+        return cls(path, placements) if placements else None
+
+    @classmethod
     @abc.abstractmethod
     def _hierarchies(cls, layout: CgroupLayout, resources: Resources) -> list[Hierarchy]:
         """The hierarchies this driver places a cgroup with ``resources`` in."""
