@@ -885,3 +885,16 @@ def test_a_container_has_a_session_keyring_of_its_own(
         container.destroy()
     assert ours not in seen
     assert len(seen) == 4 and all(key > 0 for key in seen)
+
+
+@needs_root
+@needs_busybox
+def test_the_container_sees_no_host_path_in_its_supervisors_command_line(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """``/proc/1/cmdline`` (readable by anyone in the PID namespace) showed the fork
+    server's: the interpreter's and the library's host paths. It is the supervisor's name."""
+    path = bundle(["sh", "-c", "cat /proc/1/cmdline"])
+    code, out = run_output(store, path, "cmdline")
+    assert code == 0
+    assert out == "sandboxrt-sup\0", repr(out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import platform
 import re
@@ -192,9 +193,35 @@ _PR_SET_NAME = 15
 
 
 def set_process_name(name: str) -> None:
-    """Set the calling thread's name (``/proc/PID/comm``, at most 15 bytes)."""
-    buffer = ctypes.create_string_buffer(name.encode()[:15])
+    """Set the calling thread's name (``/proc/PID/comm``, at most 15 bytes) and make it
+    the process's whole command line (``/proc/PID/cmdline``, which anyone in its PID
+    namespace may read: the interpreter's and the library's host paths are not theirs
+    to see)."""
+    encoded = name.encode()
+    buffer = ctypes.create_string_buffer(encoded[:15])
     _check(_libc.prctl(ctypes.c_int(_PR_SET_NAME), buffer, 0, 0, 0), "prctl(PR_SET_NAME)")
+    area = _argument_area()
+    if area is not None:
+        start, end = area
+        size = end - start
+        # Its last byte not NUL: the kernel reads the area as a title, up to the first
+        # NUL (as setproctitle(3) leaves it), so the name is the one argument shown.
+        title = encoded.replace(b"\0", b"")[: size - 2] + b"\0"
+        ctypes.memmove(start, title.ljust(size, b" "), size)
+
+
+@functools.cache
+def _argument_area() -> tuple[int, int] | None:
+    """Where this process's arguments are in its memory (``/proc/self/stat`` fields 48
+    and 49); the same in a forked child. ``None`` if it cannot be read."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            data = f.read()
+        fields = data[data.rindex(b")") + 2 :].split()
+        start, end = int(fields[45]), int(fields[46])
+    except (OSError, ValueError, IndexError):
+        return None
+    return (start, end) if start > 0 and start + 2 <= end else None
 
 
 class _OpenHow(ctypes.Structure):
