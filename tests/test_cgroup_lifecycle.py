@@ -793,32 +793,70 @@ def _no_cgroup_namespace(document: dict[str, Any]) -> None:
 
 
 @real
-@pytest.mark.parametrize("kind", ["cgroupns", "no-cgroupns", "userns"])
+@pytest.mark.parametrize("kind", ["cgroupns", "no-cgroupns", "userns", "rro", "no-proc"])
 def test_a_cgroup_mount_shows_the_container_its_own_cgroups(
     store: FileStore, bundle: BundleFactory, kind: str
 ) -> None:
     """As runc: the spec's ``cgroup`` mount holds the hierarchies the container is in, each
-    showing its own cgroup and beneath (a JVM sizes itself from them), read-only, in a
-    cgroup namespace or not, in a user namespace too. It was an empty tmpfs."""
+    showing its own cgroup and beneath (a JVM sizes itself from them), read-only (also by
+    ``rro``), in a cgroup namespace or not, in a user namespace too, and without ``/proc``
+    (a FIFO there hangs nobody). It was an empty tmpfs."""
     limit = 64 * MiB
     path = bundle(["sh", "-c", _cgroup_mount_script(LAYOUT)])
     edit_config(path, resources(memory={"limit": limit}, pids={"limit": 50}))
-    if kind != "cgroupns":
-        edit_config(path, _no_cgroup_namespace if kind == "no-cgroupns" else with_userns)
+    edits = {"no-cgroupns": _no_cgroup_namespace, "userns": with_userns, "rro": _rro}
+    if kind in edits:
+        edit_config(path, edits[kind])
+    if kind == "no-proc":
+        _no_proc_but_a_fifo(path)
     code, out = run_output(store, path, "cgmount")
     assert code == 0, out
     _check_cgroup_mount(out, limit)
 
 
+def _rro(document: dict[str, Any]) -> None:
+    """The cgroup mount read-only through ``rro`` (``mount_setattr``), not ``ro``."""
+    for mount in document["mounts"]:
+        if mount["type"] == "cgroup":
+            mount["options"] = ["rro" if o == "ro" else o for o in mount["options"]]
+
+
+def _no_proc_but_a_fifo(path: Path) -> None:
+    """No ``/proc`` mount, and the rootfs's ``/proc/self/cgroup`` a FIFO: whoever reads it
+    through the container's root hangs."""
+
+    def no_proc(document: dict[str, Any]) -> None:
+        document["mounts"] = [m for m in document["mounts"] if m["destination"] != "/proc"]
+
+    edit_config(path, no_proc)
+    (path / "rootfs/proc/self").mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path / "rootfs/proc/self/cgroup")
+
+
+#: The pids limit file under the cgroup mount, as the layout places it.
+PIDS_MAX = "pids.max" if LAYOUT is not None and LAYOUT.driver == "v2" else "pids/pids.max"
+
+
 @real
+@pytest.mark.parametrize("kind", ["plain", "masked", "no-proc"])
 def test_a_root_built_ahead_fills_its_cgroup_mount_once_claimed(
-    store: FileStore, bundle: BundleFactory
+    store: FileStore, bundle: BundleFactory, kind: str
 ) -> None:
     """A root built ahead mounts its tmpfs before its container's cgroup exists; the
-    hierarchies go in once its claim placed it there."""
+    hierarchies go in once its claim placed it there, then what the spec masks in them is
+    masked; its ``/proc/self/cgroup`` is read through the runtime's procfs, not the
+    container's root (where a FIFO hung the claim)."""
     limit = 64 * MiB
-    path = bundle(["sh", "-c", _cgroup_mount_script(LAYOUT)])
+    script = _cgroup_mount_script(LAYOUT)
+    if kind == "masked":
+        script = f"cat /sys/fs/cgroup/{PIDS_MAX}; echo masked"
+    path = bundle(["sh", "-c", script])
     edit_config(path, resources(memory={"limit": limit}, pids={"limit": 50}))
+    if kind == "masked":
+        masked = f"/sys/fs/cgroup/{PIDS_MAX}"
+        edit_config(path, lambda d: d["linux"].setdefault("maskedPaths", []).append(masked))
+    if kind == "no-proc":
+        _no_proc_but_a_fifo(path)
     launcher = ForkServerLauncher()
     try:
         ahead = _ahead_of(launcher, store, path)
@@ -834,7 +872,10 @@ def test_a_root_built_ahead_fills_its_cgroup_mount_once_claimed(
             assert c.wait(timeout=30) == 0, out
         finally:
             c.destroy()
-        _check_cgroup_mount(out, limit)
+        if kind == "masked":
+            assert out == "masked\n", out  # (/dev/null over the limit)
+        else:
+            _check_cgroup_mount(out, limit)
     finally:
         launcher.close()
 

@@ -34,6 +34,7 @@ import errno
 import fcntl
 import os
 import posixpath
+import secrets
 import stat
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Literal
@@ -538,22 +539,28 @@ def make_mount(root: str, plan: MountPlan, tree: int | None = None) -> None:
                 _fd_mount(source, target_fd, fstype, flags, data, what=plan.destination)
             finally:
                 os.close(target_fd)
-        if plan.propagation or plan.attr_set or plan.attr_clr:
+        # A cgroup mount's tmpfs gets them once filled (fill_cgroup_mount).
+        attrs = (plan.attr_set or plan.attr_clr) and (plan.bind or plan.type != "cgroup")
+        if plan.propagation or attrs:
             mounted, _ = _walk(root_fd, plan.destination)
             try:
-                if plan.attr_set or plan.attr_clr:  # rro, rnosuid...: the mounts beneath too
-                    try:
-                        syscalls.mount_setattr(mounted, plan.attr_set, plan.attr_clr)
-                    except OSError as exc:
-                        raise OSError(
-                            exc.errno, f"recursive options of {plan.destination}: {exc.strerror}"
-                        ) from None
+                if attrs:  # rro, rnosuid...: the mounts beneath too
+                    _set_recursive_options(mounted, plan)
                 for propagation in plan.propagation:
                     _fd_mount(None, mounted, None, propagation, what=plan.destination)
             finally:
                 os.close(mounted)
     finally:
         os.close(root_fd)
+
+
+def _set_recursive_options(mounted: int, plan: MountPlan) -> None:
+    try:
+        syscalls.mount_setattr(mounted, plan.attr_set, plan.attr_clr)
+    except OSError as exc:
+        raise OSError(
+            exc.errno, f"recursive options of {plan.destination}: {exc.strerror}"
+        ) from None
 
 
 #: A hierarchy a container was placed in: its controllers as ``/proc/self/cgroup`` names
@@ -581,76 +588,76 @@ def fill_cgroup_mount(
     try:
         if mount_id is None or _mount_id(target) != mount_id:
             return
-        flags = plan.flags & ~abi.MS_REMOUNT
-        if len(placed) == 1 and not placed[0][0]:
-            with contextlib.suppress(OSError):
-                _mount_hierarchy(target, "", placed[0][1], flags, plan.destination)
-                return
-        for controllers, path in placed:
-            name = controllers.removeprefix("name=") if controllers else "unified"
-            try:
-                os.mkdir(name, 0o755, dir_fd=target)
-                where = os.open(name, _O_DIR, dir_fd=target)
-            except OSError:
-                continue
-            try:
-                _mount_hierarchy(where, controllers, path, flags, plan.destination)
-            except OSError:
-                continue  # (left an empty directory)
-            finally:
-                os.close(where)
-            for each in controllers.split(",") if "," in controllers else ():
-                with contextlib.suppress(OSError):
-                    os.symlink(name, each, dir_fd=target)
+        _fill_cgroup_tmpfs(target, plan, placed)
         if plan.flags & abi.MS_RDONLY:
-            remount = abi.MS_REMOUNT | abi.MS_BIND | flags
+            remount = abi.MS_REMOUNT | abi.MS_BIND | (plan.flags & ~abi.MS_REMOUNT)
             _fd_mount(None, target, None, remount, what=plan.destination)
+        if plan.attr_set or plan.attr_clr:  # (rro: the hierarchies' mounts too)
+            _set_recursive_options(target, plan)
     finally:
         os.close(target)
 
 
-def _mount_hierarchy(where: int, controllers: str, path: str, flags: int, what: str) -> None:
+def _fill_cgroup_tmpfs(target: int, plan: MountPlan, placed: Sequence[CgroupPlacement]) -> None:
+    flags = plan.flags & ~abi.MS_REMOUNT
+    if len(placed) == 1 and not placed[0][0]:  # cgroup v2 alone: on the tmpfs itself
+        with contextlib.suppress(OSError):
+            _mount_hierarchy(target, "", placed[0][1], flags, plan.destination, scratch=target)
+            return
+    for controllers, path in placed:
+        name = controllers.removeprefix("name=") if controllers else "unified"
+        try:
+            os.mkdir(name, 0o755, dir_fd=target)
+            where = os.open(name, _O_DIR | os.O_NOFOLLOW, dir_fd=target)
+        except OSError:
+            continue
+        try:
+            _mount_hierarchy(where, controllers, path, flags, plan.destination, scratch=target)
+        except OSError:  # (not ours to mount: in a user namespace, say)
+            with contextlib.suppress(OSError):
+                os.rmdir(name, dir_fd=target)
+            continue
+        finally:
+            os.close(where)
+        for each in controllers.split(",") if "," in controllers else ():
+            with contextlib.suppress(OSError):
+                os.symlink(name, each, dir_fd=target)
+
+
+def _mount_hierarchy(
+    where: int, controllers: str, path: str, flags: int, what: str, *, scratch: int
+) -> None:
     """Mount the cgroup hierarchy of ``controllers`` (``""``: cgroup v2) on ``where``, showing
     its cgroup at ``path`` (as our cgroup namespace shows it) and beneath. A path below the
-    namespace's root is mounted whole in a scratch directory beside ``where`` first, then
-    that cgroup alone is bound (a detached copy) and the whole unmounted."""
+    namespace's root is mounted whole in a new directory of ``scratch`` (the tmpfs being
+    filled, which nothing else can reach yet) first, then that cgroup alone is cloned
+    (``open_tree``) onto ``where`` and the whole unmounted."""
     fstype = "cgroup" if controllers else "cgroup2"
     data = (f"none,{controllers}" if controllers.startswith("name=") else controllers) or None
     if path == "/":
         _fd_mount(fstype, where, fstype, flags, data, what=what)
         return
-    scratch = ".sandboxrt-hierarchy"
-    parent = os.open("..", _O_DIR, dir_fd=where)
+    name = f".sandboxrt-{secrets.token_hex(8)}"
+    os.mkdir(name, 0o700, dir_fd=scratch)
     try:
-        os.mkdir(scratch, 0o700, dir_fd=parent)
+        point = os.open(name, _O_DIR | os.O_NOFOLLOW, dir_fd=scratch)
         try:
-            _mount_whole_then_bind(parent, scratch, where, (fstype, flags, data, what), path)
+            _fd_mount(fstype, point, fstype, flags, data, what=what)
         finally:
-            os.rmdir(scratch, dir_fd=parent)
-    finally:
-        os.close(parent)
-
-
-def _mount_whole_then_bind(
-    parent: int, scratch: str, where: int, how: tuple[str, int, str | None, str], path: str
-) -> None:
-    fstype, flags, data, what = how
-    point = os.open(scratch, _O_DIR, dir_fd=parent)
-    try:
-        _fd_mount(fstype, point, fstype, flags, data, what=what)
-    finally:
-        os.close(point)
-    whole = os.open(scratch, _O_DIR, dir_fd=parent)  # the mount's root, now
-    try:
-        own = syscalls.open_tree(whole, path.lstrip("/"), abi.OPEN_TREE_CLONE | os.O_CLOEXEC)
+            os.close(point)
+        whole = os.open(name, _O_DIR | os.O_NOFOLLOW, dir_fd=scratch)  # the mount's root
         try:
-            syscalls.move_mount(own, where)
+            own = syscalls.open_tree(whole, path.lstrip("/"), abi.OPEN_TREE_CLONE | os.O_CLOEXEC)
+            try:
+                syscalls.move_mount(own, where)
+            finally:
+                os.close(own)
         finally:
-            os.close(own)
+            with _in_fd_table():
+                syscalls.umount2(str(whole), abi.MNT_DETACH)
+            os.close(whole)
     finally:
-        with _in_fd_table():
-            syscalls.umount2(str(whole), abi.MNT_DETACH)
-        os.close(whole)
+        os.rmdir(name, dir_fd=scratch)
 
 
 def open_host_tree(path: str, *, recursive: bool = True) -> int:

@@ -205,18 +205,26 @@ def pidfd_pid(pidfd: int) -> int:
     raise OSError(errno.EBADF, f"fd {pidfd} is not a pidfd")
 
 
-def own_cgroups() -> dict[str, tuple[str, str]] | None:
-    """This process's cgroups from ``/proc/self/cgroup``: hierarchy id to its controllers
-    (``""`` for cgroup v2) and the path there; ``None`` when it cannot be read."""
+def own_cgroups(proc_self: int | None = None) -> dict[str, tuple[str, str]] | None:
+    """This process's cgroups from ``/proc/self/cgroup`` (or ``cgroup`` beneath
+    ``proc_self``, an fd of our ``/proc/PID`` opened while ``/proc`` was the runtime's):
+    hierarchy id to its controllers (``""`` for cgroup v2) and the path there; ``None``
+    when it cannot be read."""
     try:
-        with open("/proc/self/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
+        if proc_self is None:
+            fd = os.open("/proc/self/cgroup", os.O_RDONLY | os.O_CLOEXEC)
+        else:
+            fd = os.open("cgroup", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=proc_self)
+        try:
+            text = os.read(fd, 65536).decode()
+        finally:
+            os.close(fd)
+        found = {}
+        for line in text.splitlines():
+            hierarchy, controllers, path = line.split(":", 2)
+            found[hierarchy] = (controllers, path)
+    except (OSError, ValueError):
         return None
-    found = {}
-    for line in lines:
-        hierarchy, controllers, path = line.split(":", 2)
-        found[hierarchy] = (controllers, path)
     return found
 
 

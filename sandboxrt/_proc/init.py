@@ -18,6 +18,7 @@ import fcntl
 import functools
 import mmap
 import os
+import posixpath
 import resource
 import selectors
 import signal
@@ -284,14 +285,27 @@ def _join_cgroup(
     """Join the container's cgroup through ``fds`` (:func:`open_cgroup`; closed here), then
     make its cgroup namespace when ``new_namespace``. The hierarchies joined (those where
     our cgroup changed: where the library placed the container), with the path there as
-    we now see it, when ``plan`` has a ``cgroup`` mount to fill; else, or when
-    ``/proc/self/cgroup`` cannot be read, none."""
-    before = procfs.own_cgroups() if any(map(_is_cgroup_mount, plan.mounts)) else None
+    we now see it, when ``plan`` has a ``cgroup`` mount to fill; else, or when our
+    ``/proc/PID/cgroup`` cannot be read, none. That is read through the runtime's procfs
+    (opened by :func:`_init_process`): our root may be the container's by now, where
+    ``/proc`` is whatever its rootfs holds."""
+    proc_self: int | None = None  # (our /proc/PID, which our root may no longer show)
+    if any(map(_is_cgroup_mount, plan.mounts)):
+        flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+        if _ns_dir < 0:  # (not yet: our root and /proc are still the runtime's)
+            proc_self = os.open("/proc/self", flags)
+        else:
+            proc_self = os.open("..", flags, dir_fd=_ns_dir)
     try:
-        join_cgroup_fds(fds)
+        before = procfs.own_cgroups(proc_self) if proc_self is not None else None
+        try:
+            join_cgroup_fds(fds)
+        finally:
+            channel.close_fds(fds)
+        after = procfs.own_cgroups(proc_self) if proc_self is not None else None
     finally:
-        channel.close_fds(fds)
-    after = procfs.own_cgroups() if before is not None else None
+        if proc_self is not None:
+            os.close(proc_self)
     if new_namespace:
         syscalls.unshare(abi.CLONE_NEWCGROUP)
     if before is None or after is None:
@@ -301,6 +315,12 @@ def _join_cgroup(
         for key, (controllers, path) in after.items()
         if before.get(key) != (controllers, path)
     ]
+
+
+def _beneath(paths: Iterable[str], found: _CgroupMounts) -> list[str]:
+    """Those of ``paths`` strictly beneath one of the ``cgroup`` mounts ``found``."""
+    tops = [posixpath.normpath(mount.destination).rstrip("/") + "/" for mount, _ in found]
+    return [p for p in paths if any(posixpath.normpath(p).startswith(t) for t in tops)]
 
 
 def fill_cgroup_mounts(found: _CgroupMounts, placed: list[mounts.CgroupPlacement]) -> None:
@@ -694,6 +714,10 @@ def speculate(hint: InitPlan, sync: socket.socket, trees: Sequence[int]) -> NoRe
         cgroup, stdio = fds[: claim.cgroup_fds], fds[claim.cgroup_fds :]
         plan = claim.plan
         fill_cgroup_mounts(cgroup_mounts, _join_cgroup(cgroup, claim.cgroupns, plan))
+        # What the spec masks or makes read-only in there was not there when the root
+        # was built: done now, as the fill comes first in a root built after its cgroup.
+        mounts.mask_paths(_beneath(plan.masked_paths, cgroup_mounts))
+        mounts.readonly_paths(_beneath(plan.readonly_paths, cgroup_mounts))
         syscalls.set_process_name(PROCESS_NAME)
         _create(plan, sync, stdio, _seccomp_program(plan))
     except BaseException as exc:
