@@ -682,6 +682,31 @@ def test_no_new_privileges_and_oom_score_adj(store: FileStore, bundle: BundleFac
     assert (code, out.split()) == (0, ["NoNewPrivs:", "1", "345"])
 
 
+@pytest.mark.parametrize(
+    ("klass", "priority", "shown"),
+    [("IOPRIO_CLASS_IDLE", 0, "idle"), ("IOPRIO_CLASS_BE", 6, "best-effort: prio 6")],
+)
+def test_io_priority(
+    store: FileStore, bundle: BundleFactory, klass: str, priority: int, shown: str
+) -> None:
+    """As runc: ``process.ioPriority`` is the init's, and an exec'd process's (it was
+    refused as unsupported)."""
+    path = bundle(["sh", "-c", "ionice -p $$; exec sleep 60"])
+    wanted = {"class": klass, "priority": priority}
+    edit_config(path, lambda d: d["process"].update(ioPriority=wanted))
+    container = Container.create("ioprio", path, store=store, stdout=subprocess.PIPE)
+    try:
+        container.start()
+        assert container.stdout is not None
+        assert container.stdout.readline().decode().strip() == shown
+        done = container.exec_run(["sh", "-c", "ionice -p $$"], capture_output=True)
+        assert done.stdout.decode().strip() == shown
+    finally:
+        if container.stdout is not None:
+            container.stdout.close()
+        container.destroy()
+
+
 def test_rlimit_nofile(store: FileStore, bundle: BundleFactory) -> None:
     path = bundle(["sh", "-c", "ulimit -n; ulimit -Hn"])
     edit_config(

@@ -244,6 +244,17 @@ def _seccomp_plan(
     )
 
 
+#: The ``IOPRIO_CLASS_*`` values of ``ioprio_set(2)``.
+_IO_PRIORITY_CLASSES = {"IOPRIO_CLASS_RT": 1, "IOPRIO_CLASS_BE": 2, "IOPRIO_CLASS_IDLE": 3}
+
+
+def _io_priority(value: Mapping[str, Any] | None) -> int | None:
+    """``process.ioPriority`` (checked by the spec's validation) as ``ioprio_set`` takes it."""
+    if not value:
+        return None
+    return _IO_PRIORITY_CLASSES[value["class"]] << 13 | int(value.get("priority", 0))
+
+
 def _process_plan(
     spec: Mapping[str, Any], args: Sequence[str], *, compile_seccomp: SeccompCompiler
 ) -> ProcessPlan:
@@ -266,6 +277,7 @@ def _process_plan(
             for r in process.get("rlimits") or []
         ],
         oom_score_adj=process.get("oomScoreAdj"),
+        io_priority=_io_priority(process.get("ioPriority")),
         no_new_privileges=no_new_privileges,
         terminal=bool(process.get("terminal", False)),
         console_size=_console_size(process.get("consoleSize")),
@@ -290,7 +302,6 @@ _UNSUPPORTED_FIELDS = (
     ("process", "apparmorProfile"),
     ("process", "selinuxLabel"),
     ("process", "scheduler"),
-    ("process", "ioPriority"),
     ("linux", "mountLabel"),
     ("linux", "intelRdt"),
     ("linux", "memoryPolicy"),

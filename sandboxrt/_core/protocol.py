@@ -274,6 +274,8 @@ class ProcessPlan:
     umask: int | None = None
     rlimits: list[list[Any]] = dataclasses.field(default_factory=list)
     oom_score_adj: int | None = None
+    #: ``process.ioPriority`` as ``ioprio_set(2)`` takes it (class << 13 | priority).
+    io_priority: int | None = None
     no_new_privileges: bool = False
     terminal: bool = False
     #: ``process.consoleSize`` as ``[rows, columns]`` of the terminal; empty: not given.

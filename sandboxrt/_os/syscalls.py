@@ -32,6 +32,7 @@ __all__ = [
     "fsconfig",
     "fsmount",
     "fsopen",
+    "ioprio_set",
     "join_new_session_keyring",
     "mount",
     "mount_id",
@@ -60,6 +61,7 @@ _SYS_OPENAT2 = 437
 _SYS_SECCOMP = {"x86_64": 317, "aarch64": 277, "riscv64": 277, "ppc64le": 358, "s390x": 348}
 _SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 280, "s390x": 280}
 _KEYCTL_JOIN_SESSION_KEYRING = 1
+_SYS_IOPRIO_SET = {"x86_64": 251, "aarch64": 30, "riscv64": 30, "ppc64le": 273, "s390x": 282}
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -190,6 +192,18 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
 
 
 _PR_SET_NAME = 15
+
+
+_IOPRIO_WHO_PROCESS = 1
+
+
+def ioprio_set(value: int) -> None:
+    """Set this process's I/O priority (``ioprio_set(2)``: class << 13 | priority)."""
+    number = _SYS_IOPRIO_SET.get(platform.machine())
+    if number is None:
+        raise OSError(errno.ENOSYS, f"ioprio_set: unknown syscall number on {platform.machine()}")
+    args = (ctypes.c_int(_IOPRIO_WHO_PROCESS), ctypes.c_int(0), ctypes.c_int(value))
+    _check(_libc.syscall(ctypes.c_long(number), *args), "ioprio_set")
 
 
 def set_process_name(name: str) -> None:
