@@ -707,6 +707,44 @@ def test_io_priority(
         container.destroy()
 
 
+#: The policy and nice value of the shell that runs it (``/proc/self/sched``, ``stat``).
+SHOW_SCHEDULER = "grep -E '^policy' /proc/$$/sched | tr -d ' '; cut -d' ' -f19 /proc/$$/stat"
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "shown"),
+    [
+        ({"policy": "SCHED_BATCH", "nice": 5}, ["policy:3", "5"]),
+        ({"policy": "SCHED_IDLE"}, ["policy:5", "0"]),
+        # (A fork resets a negative nice, or a real-time policy, to the defaults.)
+        (
+            {"policy": "SCHED_BATCH", "nice": -5, "flags": ["SCHED_FLAG_RESET_ON_FORK"]},
+            ["policy:3", "-5"],
+        ),
+    ],
+)
+def test_scheduler(
+    store: FileStore, bundle: BundleFactory, scheduler: dict[str, Any], shown: list[str]
+) -> None:
+    """As runc: ``process.scheduler`` is the init's, and an exec'd process's, even one that
+    resets on fork (which the exec agent, spawning by fork, could not give it). It was
+    refused as unsupported."""
+    path = bundle(["sh", "-c", f"{SHOW_SCHEDULER}; exec sleep 60"])
+    edit_config(path, lambda d: d["process"].update(scheduler=scheduler))
+    container = Container.create("sched", path, store=store, stdout=subprocess.PIPE)
+    try:
+        container.start()
+        assert container.stdout is not None
+        assert [container.stdout.readline().decode().strip() for _ in shown] == shown
+        for _ in range(2):  # (the second through the agent, when one serves)
+            done = container.exec_run(["sh", "-c", SHOW_SCHEDULER], capture_output=True)
+            assert done.stdout.decode().split() == shown
+    finally:
+        if container.stdout is not None:
+            container.stdout.close()
+        container.destroy()
+
+
 def test_rlimit_nofile(store: FileStore, bundle: BundleFactory) -> None:
     path = bundle(["sh", "-c", "ulimit -n; ulimit -Hn"])
     edit_config(

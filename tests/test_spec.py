@@ -578,6 +578,29 @@ def test_io_priority_uses_the_class_key() -> None:
     assert paths == ["process.ioPriority.class", "process.ioPriority.priority"]
 
 
+@pytest.mark.parametrize(
+    ("scheduler", "paths"),
+    [
+        ({"policy": "SCHED_FIFO", "priority": 10, "flags": ["SCHED_FLAG_RESET_ON_FORK"]}, []),
+        ({"policy": "SCHED_BATCH", "nice": 19}, []),
+        ({"policy": "SCHED_ISO"}, ["process.scheduler.policy"]),
+        ({"policy": "SCHED_FIFO"}, ["process.scheduler.priority"]),
+        ({"policy": "SCHED_RR", "priority": 100}, ["process.scheduler.priority"]),
+        ({"policy": "SCHED_OTHER", "priority": 5}, ["process.scheduler.priority"]),
+        ({"policy": "SCHED_IDLE", "nice": 20}, ["process.scheduler.nice"]),
+        ({"policy": "SCHED_OTHER", "flags": ["SCHED_FLAG_X"]}, ["process.scheduler.flags[0]"]),
+    ],
+)
+def test_scheduler_values_are_those_the_kernel_takes(
+    scheduler: dict[str, Any], paths: list[str]
+) -> None:
+    doc = edited(_set("process", "scheduler", value=scheduler))
+    if paths:
+        assert [path for path, _ in problems_of(doc)] == paths
+    else:
+        assert load_spec(doc).process is not None
+
+
 def test_explicit_false_and_empty_values_are_kept() -> None:
     doc = runc_config()
     doc["process"]["terminal"] = False
@@ -828,7 +851,6 @@ def test_mount_options_a_bind_cannot_take_or_sandboxrt_cannot_do_are_refused() -
     [
         ("process", "apparmorProfile", "docker-default"),
         ("process", "selinuxLabel", "system_u:system_r:container_t:s0"),
-        ("process", "scheduler", {"policy": "SCHED_FIFO", "priority": 1}),
         ("linux", "timeOffsets", {"monotonic": {"secs": 3600}}),
         ("linux", "personality", {"domain": "LINUX32"}),
     ],

@@ -70,6 +70,8 @@ __all__ = [
     "RESOLVE_NO_MAGICLINKS",
     "RESOLVE_NO_SYMLINKS",
     "RESOLVE_NO_XDEV",
+    "SCHED_FLAGS",
+    "SCHED_POLICIES",
     "SECCOMP_FILTER_FLAGS",
     "SYSFS_MAGIC",
 ]
@@ -175,3 +177,25 @@ AT_RECURSIVE = 0x8000
 BPF_PROG_TYPE_CGROUP_DEVICE = 15
 BPF_CGROUP_DEVICE = 6
 BPF_F_ALLOW_MULTI = 2
+
+
+#: ``process.scheduler.policy`` names and their ``SCHED_*`` values (``sched_setattr(2)``).
+SCHED_POLICIES = {
+    "SCHED_OTHER": 0,
+    "SCHED_FIFO": 1,
+    "SCHED_RR": 2,
+    "SCHED_BATCH": 3,
+    "SCHED_ISO": 4,
+    "SCHED_IDLE": 5,
+    "SCHED_DEADLINE": 6,
+}
+#: ``process.scheduler.flags`` names and their ``SCHED_FLAG_*`` bits.
+SCHED_FLAGS = {
+    "SCHED_FLAG_RESET_ON_FORK": 0x01,
+    "SCHED_FLAG_RECLAIM": 0x02,
+    "SCHED_FLAG_DL_OVERRUN": 0x04,
+    "SCHED_FLAG_KEEP_POLICY": 0x08,
+    "SCHED_FLAG_KEEP_PARAMS": 0x10,
+    "SCHED_FLAG_UTIL_CLAMP_MIN": 0x20,
+    "SCHED_FLAG_UTIL_CLAMP_MAX": 0x40,
+}

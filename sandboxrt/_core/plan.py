@@ -10,7 +10,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from sandboxrt._core import idmap
-from sandboxrt._core.abi import SECCOMP_FILTER_FLAGS
+from sandboxrt._core.abi import SCHED_FLAGS, SCHED_POLICIES, SECCOMP_FILTER_FLAGS
 from sandboxrt._core.mount_options import PROPAGATION, UNSUPPORTED_OPTIONS, parse_mount_options
 from sandboxrt._core.protocol import (
     CapabilityPlan,
@@ -255,6 +255,17 @@ def _io_priority(value: Mapping[str, Any] | None) -> int | None:
     return _IO_PRIORITY_CLASSES[value["class"]] << 13 | int(value.get("priority", 0))
 
 
+def _scheduler(value: Mapping[str, Any] | None) -> list[int] | None:
+    """``process.scheduler`` (checked by the spec's validation) as ``sched_setattr`` takes it."""
+    if not value:
+        return None
+    flags = 0
+    for name in value.get("flags") or ():
+        flags |= SCHED_FLAGS[name]
+    fields = ("nice", "priority", "runtime", "deadline", "period")
+    return [SCHED_POLICIES[value["policy"]], flags, *(int(value.get(k) or 0) for k in fields)]
+
+
 def _process_plan(
     spec: Mapping[str, Any], args: Sequence[str], *, compile_seccomp: SeccompCompiler
 ) -> ProcessPlan:
@@ -278,6 +289,7 @@ def _process_plan(
         ],
         oom_score_adj=process.get("oomScoreAdj"),
         io_priority=_io_priority(process.get("ioPriority")),
+        scheduler=_scheduler(process.get("scheduler")),
         no_new_privileges=no_new_privileges,
         terminal=bool(process.get("terminal", False)),
         console_size=_console_size(process.get("consoleSize")),
@@ -301,7 +313,6 @@ def _fields(plan: ProcessPlan) -> dict[str, Any]:
 _UNSUPPORTED_FIELDS = (
     ("process", "apparmorProfile"),
     ("process", "selinuxLabel"),
-    ("process", "scheduler"),
     ("linux", "mountLabel"),
     ("linux", "intelRdt"),
     ("linux", "memoryPolicy"),

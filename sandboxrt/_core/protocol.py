@@ -276,6 +276,9 @@ class ProcessPlan:
     oom_score_adj: int | None = None
     #: ``process.ioPriority`` as ``ioprio_set(2)`` takes it (class << 13 | priority).
     io_priority: int | None = None
+    #: ``process.scheduler`` as ``sched_setattr(2)`` takes it: policy, flags, nice,
+    #: priority, runtime, deadline, period.
+    scheduler: list[int] | None = None
     no_new_privileges: bool = False
     terminal: bool = False
     #: ``process.consoleSize`` as ``[rows, columns]`` of the terminal; empty: not given.

@@ -15,13 +15,14 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from sandboxrt._core import idmap
+from sandboxrt._core.abi import SCHED_FLAGS, SCHED_POLICIES
 from sandboxrt._core.cri import annotation_problems
 from sandboxrt._core.mount_options import UNSUPPORTED_OPTIONS, parse_mount_options
 from sandboxrt._core.users import MAX_ID
 from sandboxrt.errors import SpecError
 
 if TYPE_CHECKING:
-    from sandboxrt._core.spec import IDMapping, Linux, Process, Resources, Spec
+    from sandboxrt._core.spec import IDMapping, Linux, Process, Resources, Scheduler, Spec
 
 __all__ = [
     "CAPABILITIES",
@@ -419,7 +420,24 @@ def _check_process(out: _Problems, process: Process) -> None:
         _check_known(out, "process.ioPriority.class", prio.class_, _IO_PRIORITY_CLASSES, "class")
         _check_range(out, "process.ioPriority.priority", prio.priority, 0, 7)
     if process.scheduler is not None:
-        _check_range(out, "process.scheduler.nice", process.scheduler.nice, -20, 19)
+        _check_scheduler(out, process.scheduler)
+
+
+def _check_scheduler(out: _Problems, scheduler: Scheduler) -> None:
+    """As the kernel takes ``sched_setattr``: a real-time policy has a priority of 1-99,
+    the others none; ``SCHED_ISO`` was never merged."""
+    where = "process.scheduler"
+    known = frozenset(SCHED_POLICIES) - {"SCHED_ISO"}
+    _check_known(out, f"{where}.policy", scheduler.policy, known, "policy")
+    _check_range(out, f"{where}.nice", scheduler.nice, -20, 19)
+    if scheduler.policy in ("SCHED_FIFO", "SCHED_RR"):
+        _check_range(out, f"{where}.priority", scheduler.priority or 0, 1, 99)
+    elif scheduler.priority:
+        out.append((f"{where}.priority", f"must be 0 for {scheduler.policy}"))
+    for i, flag in enumerate(scheduler.flags or ()):
+        _check_known(out, f"{where}.flags[{i}]", flag, frozenset(SCHED_FLAGS), "flag")
+    for name in ("runtime", "deadline", "period"):
+        _check_range(out, f"{where}.{name}", getattr(scheduler, name), 0, 2**64 - 1)
 
 
 #: Sysctls that belong to a namespace, and which one: any other is global to the host.

@@ -13,6 +13,7 @@ import functools
 import os
 import platform
 import re
+from collections.abc import Sequence
 
 from sandboxrt._core import abi
 
@@ -43,6 +44,7 @@ __all__ = [
     "pivot_root",
     "prctl",
     "rename_exchange",
+    "sched_setattr",
     "seccomp_set_filter",
     "set_fs_ids",
     "set_keepcaps",
@@ -61,6 +63,7 @@ _SYS_OPENAT2 = 437
 _SYS_SECCOMP = {"x86_64": 317, "aarch64": 277, "riscv64": 277, "ppc64le": 358, "s390x": 348}
 _SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 280, "s390x": 280}
 _KEYCTL_JOIN_SESSION_KEYRING = 1
+_SYS_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274, "riscv64": 274, "ppc64le": 355, "s390x": 345}
 _SYS_IOPRIO_SET = {"x86_64": 251, "aarch64": 30, "riscv64": 30, "ppc64le": 273, "s390x": 282}
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 
@@ -78,6 +81,15 @@ def _check(result: int, what: str, path: str | None = None) -> int:
 
 def _b(value: str | None) -> bytes | None:
     return None if value is None else os.fsencode(value)
+
+
+def _number(table: dict[str, int], name: str) -> ctypes.c_long:
+    """The number of system call ``name`` on this machine, from ``table`` (libc wraps none
+    of those); ``ENOSYS`` where it has none."""
+    number = table.get(platform.machine())
+    if number is None:
+        raise OSError(errno.ENOSYS, f"{name}: unknown syscall number on {platform.machine()}")
+    return ctypes.c_long(number)
 
 
 def filesystem_type(fd: int) -> int:
@@ -144,10 +156,8 @@ def umount2(target: str, flags: int = 0) -> None:
 
 def pivot_root(new_root: str, put_old: str) -> None:
     """``pivot_root(2)``, which libc does not wrap."""
-    number = _SYS_PIVOT_ROOT.get(platform.machine())
-    if number is None:
-        raise OSError(38, f"pivot_root: unknown syscall number on {platform.machine()}")
-    _check(_libc.syscall(ctypes.c_long(number), _b(new_root), _b(put_old)), "pivot_root")
+    number = _number(_SYS_PIVOT_ROOT, "pivot_root")
+    _check(_libc.syscall(number, _b(new_root), _b(put_old)), "pivot_root")
 
 
 _AT_FDCWD = -100
@@ -199,11 +209,31 @@ _IOPRIO_WHO_PROCESS = 1
 
 def ioprio_set(value: int) -> None:
     """Set this process's I/O priority (``ioprio_set(2)``: class << 13 | priority)."""
-    number = _SYS_IOPRIO_SET.get(platform.machine())
-    if number is None:
-        raise OSError(errno.ENOSYS, f"ioprio_set: unknown syscall number on {platform.machine()}")
     args = (ctypes.c_int(_IOPRIO_WHO_PROCESS), ctypes.c_int(0), ctypes.c_int(value))
-    _check(_libc.syscall(ctypes.c_long(number), *args), "ioprio_set")
+    _check(_libc.syscall(_number(_SYS_IOPRIO_SET, "ioprio_set"), *args), "ioprio_set")
+
+
+class _SchedAttr(ctypes.Structure):
+    """``struct sched_attr`` of ``sched_setattr(2)`` (its first, 48-byte version)."""
+
+    _fields_ = [
+        ("size", ctypes.c_uint32),
+        ("policy", ctypes.c_uint32),
+        ("flags", ctypes.c_uint64),
+        ("nice", ctypes.c_int32),
+        ("priority", ctypes.c_uint32),
+        ("runtime", ctypes.c_uint64),
+        ("deadline", ctypes.c_uint64),
+        ("period", ctypes.c_uint64),
+    ]
+
+
+def sched_setattr(attributes: Sequence[int]) -> None:
+    """Set this process's scheduling policy (``sched_setattr(2)``): ``attributes`` are the
+    policy, flags, nice, priority, runtime, deadline and period, in that order."""
+    attr = _SchedAttr(ctypes.sizeof(_SchedAttr), *attributes)
+    args = (ctypes.c_int(0), ctypes.byref(attr), ctypes.c_uint(0))
+    _check(_libc.syscall(_number(_SYS_SCHED_SETATTR, "sched_setattr"), *args), "sched_setattr")
 
 
 def set_process_name(name: str) -> None:
@@ -292,11 +322,9 @@ def seccomp_set_filter(program: bytes, flags: int = 0) -> None:
     if not flags:
         prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
         return
-    number = _SYS_SECCOMP.get(platform.machine())
-    if number is None:
-        raise OSError(errno.ENOSYS, f"seccomp: unknown syscall number on {platform.machine()}")
     args = (ctypes.c_ulong(_SECCOMP_SET_MODE_FILTER), ctypes.c_ulong(flags))
-    result = _check(_libc.syscall(ctypes.c_long(number), *args, ctypes.byref(fprog)), "seccomp")
+    number = _number(_SYS_SECCOMP, "seccomp")
+    result = _check(_libc.syscall(number, *args, ctypes.byref(fprog)), "seccomp")
     if result and flags & _SECCOMP_FILTER_FLAG_TSYNC:
         # TSYNC's failure: the id of a thread that could not be synchronized.
         raise OSError(errno.ESRCH, f"seccomp: thread {result} could not be synchronized (TSYNC)")
@@ -577,13 +605,9 @@ class _BpfGetFdById(ctypes.Structure):
 
 
 def _bpf(command: int, attr: ctypes.Structure, what: str) -> int:
-    number = _SYS_BPF.get(platform.machine())
-    if number is None:
-        raise OSError(errno.ENOSYS, f"bpf: unknown syscall number on {platform.machine()}")
     size = ctypes.c_uint(ctypes.sizeof(attr))
-    return _check(
-        _libc.syscall(ctypes.c_long(number), ctypes.c_int(command), ctypes.byref(attr), size), what
-    )
+    number = _number(_SYS_BPF, "bpf")
+    return _check(_libc.syscall(number, ctypes.c_int(command), ctypes.byref(attr), size), what)
 
 
 def bpf_prog_load(prog_type: int, program: bytes, license: str, name: str = "") -> int:

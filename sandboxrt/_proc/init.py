@@ -408,11 +408,17 @@ def _apply_process(
         except OSError as exc:
             what = f"setting oomScoreAdj to {plan.oom_score_adj}"
             raise OSError(exc.errno, f"{what}: {exc.strerror}") from None
-    if plan.io_priority is not None:  # (while privileged: the real-time class needs it)
+    # While privileged: a real-time class or policy needs it.
+    if plan.io_priority is not None:
         try:
             syscalls.ioprio_set(plan.io_priority)
         except OSError as exc:
             raise OSError(exc.errno, f"setting ioPriority: {exc.strerror}") from None
+    if plan.scheduler is not None:
+        try:
+            syscalls.sched_setattr(plan.scheduler)
+        except OSError as exc:
+            raise OSError(exc.errno, f"setting the scheduler: {exc.strerror}") from None
     os.umask(plan.umask if plan.umask is not None else DEFAULT_UMASK)
     if seccomp_program is not None and seccomp_early:
         syscalls.seccomp_set_filter(seccomp_program, seccomp_flags)

@@ -1225,6 +1225,11 @@ class Supervisor:
         profile = _profile(plan)
         if plan.terminal or plan.user or not member.cgroup_procs or profile in member.agent_unfit:
             return None
+        if (
+            plan.scheduler is not None
+            and plan.scheduler[1] & abi.SCHED_FLAGS["SCHED_FLAG_RESET_ON_FORK"]
+        ):
+            return None  # (the agent's would not reach what it spawns)
         agent = member.agent
         if agent is not None and agent.profile != profile:
             return None  # the first profile keeps the agent; others go the slow way
