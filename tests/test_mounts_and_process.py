@@ -745,6 +745,32 @@ def test_scheduler(
         container.destroy()
 
 
+def test_time_offsets(store: FileStore, bundle: BundleFactory) -> None:
+    """As runc: ``linux.timeOffsets`` move the clocks of a new time namespace, for the init
+    and exec'd processes (they were refused as unsupported)."""
+    day = 86400
+    path = bundle(["sh", "-c", "cut -d. -f1 /proc/uptime; exec sleep 60"])
+
+    def offset(document: dict[str, Any]) -> None:
+        document["linux"]["namespaces"].append({"type": "time"})
+        document["linux"]["timeOffsets"] = {"boottime": {"secs": day}}
+
+    edit_config(path, offset)
+    container = Container.create("timens", path, store=store, stdout=subprocess.PIPE)
+    try:
+        container.start()
+        assert container.stdout is not None
+        seen = [int(container.stdout.readline())]
+        done = container.exec_run(["cut", "-d.", "-f1", "/proc/uptime"], capture_output=True)
+        seen.append(int(done.stdout))
+        host = float(Path("/proc/uptime").read_text().split()[0])
+        assert all(host + day - 60 < uptime <= host + day for uptime in seen), (seen, host)
+    finally:
+        if container.stdout is not None:
+            container.stdout.close()
+        container.destroy()
+
+
 def test_rlimit_nofile(store: FileStore, bundle: BundleFactory) -> None:
     path = bundle(["sh", "-c", "ulimit -n; ulimit -Hn"])
     edit_config(

@@ -601,6 +601,33 @@ def test_scheduler_values_are_those_the_kernel_takes(
         assert load_spec(doc).process is not None
 
 
+@pytest.mark.parametrize(
+    ("namespace", "offsets", "paths"),
+    [
+        ({"type": "time"}, {"monotonic": {"secs": -5, "nanosecs": 7}}, []),
+        (None, {"boottime": {"secs": 1}}, ["linux.timeOffsets"]),
+        ({"type": "time", "path": "/proc/1/ns/time"}, {"boottime": {}}, ["linux.timeOffsets"]),
+        ({"type": "time"}, {"realtime": {"secs": 1}}, ["linux.timeOffsets.realtime"]),
+        (
+            {"type": "time"},
+            {"boottime": {"nanosecs": 10**9}},
+            ["linux.timeOffsets.boottime.nanosecs"],
+        ),
+    ],
+)
+def test_time_offsets_need_a_new_time_namespace(
+    namespace: dict[str, str] | None, offsets: dict[str, Any], paths: list[str]
+) -> None:
+    doc = runc_config()
+    if namespace is not None:
+        doc["linux"]["namespaces"].append(namespace)
+    doc["linux"]["timeOffsets"] = offsets
+    if paths:
+        assert [path for path, _ in problems_of(doc)] == paths
+    else:
+        assert load_spec(doc).linux is not None
+
+
 def test_explicit_false_and_empty_values_are_kept() -> None:
     doc = runc_config()
     doc["process"]["terminal"] = False
@@ -851,7 +878,6 @@ def test_mount_options_a_bind_cannot_take_or_sandboxrt_cannot_do_are_refused() -
     [
         ("process", "apparmorProfile", "docker-default"),
         ("process", "selinuxLabel", "system_u:system_r:container_t:s0"),
-        ("linux", "timeOffsets", {"monotonic": {"secs": 3600}}),
         ("linux", "personality", {"domain": "LINUX32"}),
     ],
 )

@@ -316,7 +316,6 @@ _UNSUPPORTED_FIELDS = (
     ("linux", "mountLabel"),
     ("linux", "intelRdt"),
     ("linux", "memoryPolicy"),
-    ("linux", "timeOffsets"),
     ("linux", "netDevices"),
 )
 
@@ -564,6 +563,16 @@ def build_plan(
         domainname=spec.get("domainname") if new_uts else None,
         uid_map=idmap.map_text(uid_map),
         gid_map=idmap.map_text(gid_map),
+        time_offsets=_time_offsets(linux.get("timeOffsets")),
+    )
+
+
+def _time_offsets(offsets: Mapping[str, Any] | None) -> str:
+    """``linux.timeOffsets`` (checked by the spec's validation: a new time namespace has
+    them) as ``/proc/PID/timens_offsets`` takes them."""
+    return "".join(
+        f"{clock} {int(o.get('secs') or 0)} {int(o.get('nanosecs') or 0)}\n"
+        for clock, o in (offsets or {}).items()
     )
 
 

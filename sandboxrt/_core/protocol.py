@@ -400,6 +400,9 @@ class SandboxPlan(_Message):
     #: takes it), written before any other namespace is made, so that all are its.
     uid_map: str = ""
     gid_map: str = ""
+    #: ``linux.timeOffsets`` as ``/proc/PID/timens_offsets`` takes them (with a new time
+    #: namespace): written before any process enters it.
+    time_offsets: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

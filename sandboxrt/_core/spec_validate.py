@@ -491,6 +491,24 @@ def _check_sysctls(out: _Problems, linux: Linux) -> None:
     out.extend(sysctl_problems(linux.sysctl or {}, owned))
 
 
+#: The clocks a time namespace offsets (``/proc/PID/timens_offsets``).
+TIME_OFFSET_CLOCKS = frozenset({"monotonic", "boottime"})
+
+
+def _check_time_offsets(out: _Problems, linux: Linux) -> None:
+    """``linux.timeOffsets`` need a new time namespace, and offsets the kernel takes."""
+    if not linux.time_offsets:
+        return
+    time_ns = next((ns for ns in linux.namespaces or () if ns.type == "time"), None)
+    if time_ns is None or time_ns.path:
+        out.append(("linux.timeOffsets", "given, but there is no new time namespace"))
+    for clock, offset in linux.time_offsets.items():
+        where = f"linux.timeOffsets.{clock}"
+        _check_known(out, where, clock, TIME_OFFSET_CLOCKS, "clock")
+        _check_range(out, f"{where}.secs", offset.secs, -(2**63), 2**63 - 1)
+        _check_range(out, f"{where}.nanosecs", offset.nanosecs, 0, 999_999_999)
+
+
 def _check_linux(out: _Problems, linux: Linux) -> None:
     seen: set[str] = set()
     for i, ns in enumerate(linux.namespaces or ()):
@@ -511,6 +529,7 @@ def _check_linux(out: _Problems, linux: Linux) -> None:
             out.append((f"linux.{key}", "required to create a new user namespace"))
     if user_ns is not None and not user_ns.path:
         _check_new_user_namespace(out, linux)
+    _check_time_offsets(out, linux)
     for i, dev in enumerate(linux.devices or ()):
         where = f"linux.devices[{i}]"
         _check_absolute(out, f"{where}.path", dev.path)

@@ -1927,6 +1927,8 @@ def main(bootstrap_fd: int) -> NoReturn:
 
             _grant_ahead(plan.init)
         _enter_namespaces(plan.namespaces, plan.uid_map, plan.gid_map)
+        if plan.time_offsets:  # (our children enter the new time namespace: none yet)
+            procfs.write_proc_file("/proc/self/timens_offsets", plan.time_offsets.encode())
         gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
     except BaseException as exc:
