@@ -258,6 +258,31 @@ def test_a_spec_without_device_rules_reaches_no_host_device(
     assert run_output(store, path) == (0, "denied\n")
 
 
+@real
+def test_oom_killer_burst_and_idle(store: FileStore, bundle: BundleFactory) -> None:
+    """As runc: ``memory.disableOOMKiller``, ``cpu.burst`` and ``cpu.idle`` reach the
+    cgroup (they were refused as unapplied); on cgroup v2 the first is refused (there is
+    no such setting)."""
+    path = bundle(["sleep", "100"])
+    limits = resources(
+        memory={"limit": 64 * MiB, "disableOOMKiller": True},
+        cpu={"quota": 50000, "period": 100000, "burst": 20000, "idle": 1},
+    )
+    edit_config(path, limits)
+    if LAYOUT is not None and LAYOUT.driver == "v2":
+        with pytest.raises(MissingFeatureError, match="disableOOMKiller"):
+            Container.create("oomoff", path, store=store)
+        return
+    container = Container.create("oomoff", path, store=store)
+    try:
+        cgroup = cgroup_of(store, "oomoff")
+        assert "oom_kill_disable 1" in read(cgroup.require("memory"), "memory.oom_control")
+        assert read(cgroup.require("cpu"), "cpu.cfs_burst_us") == "20000"
+        assert read(cgroup.require("cpu"), "cpu.idle") == "1"
+    finally:
+        container.destroy()
+
+
 def _memory_limit_file(cgroup: cgroups.Cgroup) -> str:
     return "memory.limit_in_bytes" if cgroup.driver == "v1" else "memory.max"
 

@@ -179,14 +179,16 @@ def test_resources_from_oci() -> None:
     assert [r.v1_line() for r in res.devices] == ["a", "c 1:3 rw", "b 8:* rwm"]
     assert Resources.from_oci(None) == Resources()
     assert Resources.from_oci({"memory": {"limit": 0}}).memory.limit is None
+    with pytest.raises(SpecError, match=r"cpu\.idle.*0 or 1"):
+        Resources.from_oci({"cpu": {"idle": 2}})
 
 
 def test_resources_from_oci_lists_every_problem() -> None:
     with pytest.raises(SpecError) as info:
         Resources.from_oci(
             {
-                "memory": {"limit": "1G", "swap": -2},
-                "cpu": {"shares": True, "cpus": 3},
+                "memory": {"limit": "1G", "swap": -2, "disableOOMKiller": 1},
+                "cpu": {"shares": True, "cpus": 3, "burst": -1},
                 "pids": [],
                 "devices": [{"allow": "yes", "type": "x", "access": "rwx", "major": "1"}],
             }
@@ -196,8 +198,10 @@ def test_resources_from_oci_lists_every_problem() -> None:
         "linux.resources.pids",
         "linux.resources.memory.limit",
         "linux.resources.memory.swap",
+        "linux.resources.memory.disableOOMKiller",
         "linux.resources.cpu.shares",
         "linux.resources.cpu.cpus",
+        "linux.resources.cpu.burst",
         "linux.resources.devices[0].allow",
         "linux.resources.devices[0].type",
         "linux.resources.devices[0].access",
@@ -320,6 +324,22 @@ def test_v2_swap(tmp_path: Path) -> None:
     assert read(leaf / "memory.swap.max") == str(200 * MiB)
     cgroup.apply({"memory": {"limit": -1}})
     assert read(leaf / "memory.swap.max") == "max"
+
+
+def test_v2_burst_idle_and_no_oom_killer_setting(tmp_path: Path) -> None:
+    layout, mnt = make_v2(tmp_path)
+    cgroup = create("/sandboxrt/c1", layout=layout)
+    leaf = mnt / "sandboxrt" / "c1"
+    cpu = {"cpu": {"burst": 2000, "idle": 1}}
+    with pytest.raises(MissingFeatureError, match=r"cpu\.max\.burst"):  # (older kernels)
+        cgroup.apply(cpu)
+    for name in ("cpu.max.burst", "cpu.idle"):
+        (leaf / name).write_text("0\n")  # the kernel's files
+    cgroup.apply(cpu)
+    assert (read(leaf / "cpu.max.burst"), read(leaf / "cpu.idle")) == ("2000", "1")
+    with pytest.raises(MissingFeatureError, match="disableOOMKiller on cgroup v2"):
+        cgroup.apply({"memory": {"disableOOMKiller": True}})
+    cgroup.apply({"memory": {"disableOOMKiller": False}})
 
 
 def test_v2_device_rules_need_a_real_cgroup_and_missing_controllers(tmp_path: Path) -> None:

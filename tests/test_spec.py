@@ -904,10 +904,7 @@ def test_fields_sandboxrt_does_not_apply_are_refused(section: str, key: str, val
         ("rdma", {"mlx5_1": {"hcaHandles": 3}}),
         ("unified", {"io.weight": "100"}),
         ("cpu.realtimeRuntime", 1000),
-        ("memory.disableOOMKiller", True),
         ("memory.kernelTCP", 1 << 20),
-        ("cpu.idle", 1),
-        ("cpu.burst", 1000),
     ],
 )
 def test_resources_no_cgroup_driver_applies_are_refused(path: str, value: Any) -> None:

@@ -330,9 +330,6 @@ _UNAPPLIED_RESOURCES = (
     ("unified",),
     ("cpu", "realtimeRuntime"),
     ("cpu", "realtimePeriod"),
-    ("cpu", "idle"),
-    ("cpu", "burst"),
-    ("memory", "disableOOMKiller"),
     ("memory", "kernelTCP"),
 )
 

@@ -54,6 +54,7 @@ __all__ = [
     "release_parents",
     "write_file",
     "write_lines",
+    "write_newer_file",
 ]
 
 #: Values at or above this are "no limit" (v1 reports 2**63 rounded down to a page).
@@ -96,6 +97,14 @@ class CgroupStats:
 def write_file(directory: Path, name: str, value: str | int) -> None:
     """Write ``value`` to the control file ``name`` of the cgroup ``directory`` in one write."""
     write_lines(directory, [(name, value)])
+
+
+def write_newer_file(directory: Path, name: str, value: str | int) -> None:
+    """:func:`write_file` to a control file older kernels lack: where this one has none,
+    :class:`MissingFeatureError` naming it."""
+    if not (directory / name).exists():
+        raise MissingFeatureError(name, f"the cgroup {directory} has no {name} on this kernel")
+    write_file(directory, name, value)
 
 
 def write_lines(directory: Path, lines: Iterable[tuple[str, str | int]]) -> None:

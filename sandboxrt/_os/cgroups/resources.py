@@ -37,6 +37,8 @@ class MemoryResources:
     swap: int | None = None
     #: 0-100 (cgroup v1 only); None: the kernel's.
     swappiness: int | None = None
+    #: Processes past the limit wait rather than die (cgroup v1 only).
+    disable_oom_killer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,10 @@ class CpuResources:
     period: int | None = None
     cpus: str | None = None
     mems: str | None = None
+    #: CFS burst (microseconds): quota a period may borrow from earlier idle ones.
+    burst: int | None = None
+    #: 1: the cgroup's tasks run as ``SCHED_IDLE`` among its siblings.
+    idle: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +100,7 @@ class Resources:
             reservation=parser.limit(mem, "memory", "reservation"),
             swap=parser.limit(mem, "memory", "swap"),
             swappiness=_swappiness(parser, mem),
+            disable_oom_killer=parser.flag(mem, "memory", "disableOOMKiller"),
         )
         cpu_res = CpuResources(
             shares=parser.number(cpu, "cpu", "shares", minimum=0),
@@ -101,6 +108,8 @@ class Resources:
             period=parser.number(cpu, "cpu", "period", minimum=0),
             cpus=parser.text(cpu, "cpu", "cpus"),
             mems=parser.text(cpu, "cpu", "mems"),
+            burst=parser.number(cpu, "cpu", "burst", minimum=0),
+            idle=parser.number(cpu, "cpu", "idle", minimum=0),
         )
         pids_limit = parser.number(pids, "pids", "limit", minimum=None)
         devices = parser.devices(data.get("devices"))
@@ -113,6 +122,8 @@ class Resources:
             )
         if swap > 0 and limit in (0, -1):  # (v1 refuses it with a bare EINVAL)
             parser.problems.append((f"{_WHERE}.memory.swap", "a swap limit needs a memory limit"))
+        if cpu_res.idle is not None and cpu_res.idle != 1:
+            parser.problems.append((f"{_WHERE}.cpu.idle", "must be 0 or 1"))
         shares = cpu_res.shares
         if shares and not _MIN_SHARES <= shares <= _MAX_SHARES:  # (else clamped unsaid)
             parser.problems.append(
@@ -196,6 +207,14 @@ class _Parser:
     def limit(self, data: Mapping[str, Any], section: str, key: str) -> int | None:
         """An integer field where -1 means unlimited."""
         return self.number(data, section, key, minimum=-1)
+
+    def flag(self, data: Mapping[str, Any], section: str, key: str) -> bool:
+        """A boolean field; absent is false."""
+        value = data.get(key, False)
+        if not isinstance(value, bool):
+            self.problems.append((f"{_WHERE}.{section}.{key}", "must be a boolean"))
+            return False
+        return value
 
     def text(self, data: Mapping[str, Any], section: str, key: str) -> str | None:
         value = data.get(key)

@@ -27,6 +27,7 @@ from .common import (
     read_optional,
     write_file,
     write_lines,
+    write_newer_file,
 )
 from .layout import V1_CONTROLLERS, CgroupLayout, Hierarchy
 from .resources import CpuResources, MemoryResources, Resources, ResourcesLike, as_resources
@@ -85,6 +86,8 @@ class CgroupV1(Cgroup):
         directory = self.require("memory")
         if mem.swappiness is not None:
             write_file(directory, "memory.swappiness", mem.swappiness)
+        if mem.disable_oom_killer:
+            write_file(directory, "memory.oom_control", 1)
         if mem.reservation is not None:
             write_file(directory, "memory.soft_limit_in_bytes", mem.reservation)
         limit, swap = mem.limit, mem.swap
@@ -125,6 +128,9 @@ class CgroupV1(Cgroup):
                     quota_done = True
             if cpu.quota is not None and not quota_done:
                 write_file(directory, "cpu.cfs_quota_us", cpu.quota)
+        for name, newer in (("cpu.cfs_burst_us", cpu.burst), ("cpu.idle", cpu.idle)):
+            if newer is not None:
+                write_newer_file(self.require("cpu"), name, newer)
         for name, value in (("cpuset.cpus", cpu.cpus), ("cpuset.mems", cpu.mems)):
             if value is not None:
                 write_file(self.require("cpuset"), name, value)

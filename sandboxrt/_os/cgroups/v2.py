@@ -30,6 +30,7 @@ from .common import (
     read_keyed,
     read_optional,
     write_file,
+    write_newer_file,
 )
 from .layout import CgroupLayout, Hierarchy
 from .resources import (
@@ -84,10 +85,14 @@ class CgroupV2(Cgroup):
         res = as_resources(resources)
         mem = res.memory
         if mem != MemoryResources():
-            if mem.swappiness is not None:
-                raise MissingFeatureError(
-                    "memory.swappiness on cgroup v2", "cgroup v2 has no such setting"
-                )
+            for name, asked in (
+                ("swappiness", mem.swappiness is not None),
+                ("disableOOMKiller", mem.disable_oom_killer),
+            ):
+                if asked:
+                    raise MissingFeatureError(
+                        f"memory.{name} on cgroup v2", "cgroup v2 has no such setting"
+                    )
             directory = self.require("memory")
             swap = swap_to_v2(mem.swap, mem.limit)
             if swap is not None and not (directory / "memory.swap.max").exists():
@@ -108,6 +113,9 @@ class CgroupV2(Cgroup):
             if cpu.period is not None:
                 value += f" {cpu.period}"
             write_file(self.require("cpu"), "cpu.max", value)
+        for name, newer in (("cpu.max.burst", cpu.burst), ("cpu.idle", cpu.idle)):
+            if newer is not None:
+                write_newer_file(self.require("cpu"), name, newer)
         for name, text in (("cpuset.cpus", cpu.cpus), ("cpuset.mems", cpu.mems)):
             if text is not None:
                 write_file(self.require("cpuset"), name, text)
