@@ -752,15 +752,18 @@ class Container:
         """
         with self._locked() as sandbox:
             require(Operation.PAUSE, self.id, _effective_status(self._record, sandbox))
+            # Recorded first: a caller killed while it freezes leaves a container that
+            # says paused (which resume thaws), never a frozen one that says running.
+            self._record = self._record.with_status(Status.PAUSED)
+            self._store.save(self._record)
             try:
                 _cgroup.freeze(self._record.cgroup, self.id, timeout=self._destroy_timeout())
-                self._record = self._record.with_status(Status.PAUSED)
+            except BaseException as exc:  # (a freeze half-way, an interrupt: running)
+                if not isinstance(exc, MissingFeatureError):  # (else nothing was frozen)
+                    with contextlib.suppress(SystemCallError):
+                        _cgroup.thaw(self._record.cgroup, self.id)
+                self._record = self._record.with_status(Status.RUNNING)
                 self._store.save(self._record)
-            except MissingFeatureError:
-                raise  # nothing was frozen
-            except BaseException:  # (a freeze half-way, an interrupt: running, not frozen)
-                with contextlib.suppress(SystemCallError):
-                    _cgroup.thaw(self._record.cgroup, self.id)
                 raise
 
     def resume(self) -> None:
@@ -838,7 +841,11 @@ class Container:
         running = sandbox is not None and sandbox.is_running()
         supervisor = sandbox.pid if sandbox is not None and running else None
         if self._record.cgroup is not None:
-            host_pids = cgroups.load(self._record.cgroup, container_id=self.id).pids()
+            try:
+                host_pids = cgroups.load(self._record.cgroup, container_id=self.id).pids()
+            except SystemCallError as err:
+                self._raise_unless_destroyed(err)
+                host_pids = []  # (being destroyed: its processes are gone with the cgroup)
         elif supervisor is not None:
             host_pids = procfs.descendants(supervisor)
         else:
@@ -1061,7 +1068,22 @@ class Container:
         require(Operation.STATS, self.id, _effective_status(self._record, self.sandbox))
         if self._record.cgroup is None:
             raise MissingFeatureError("container stats", f'container "{self.id}" has no cgroup')
-        return Stats.from_cgroup(cgroups.load(self._record.cgroup, container_id=self.id).stats())
+        try:
+            return Stats.from_cgroup(
+                cgroups.load(self._record.cgroup, container_id=self.id).stats()
+            )
+        except SystemCallError as err:
+            self._raise_unless_destroyed(err)
+            require(Operation.STATS, self.id, Status.STOPPED)  # (being destroyed: stopped)
+            raise
+
+    def _raise_unless_destroyed(self, err: SystemCallError) -> None:
+        """After ``err`` reading the container's cgroup: re-raise it unless the cgroup is
+        gone (a destroy racing us), and :class:`ContainerNotFoundError` once the record
+        is gone too."""
+        if err.errno not in (errno.ENODEV, errno.ENOENT):
+            raise err
+        self._refresh()
 
     def export_changes(self, dest: str | os.PathLike[str] | IO[bytes]) -> None:
         """Write what the container changed in its overlay root to ``dest`` as a tar layer.

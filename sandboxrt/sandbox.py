@@ -480,6 +480,11 @@ class Sandbox:
         except SandboxDiedError:
             recorded = self.exit_status(container_id)
             return KILLED_RETURNCODE if recorded is None else recorded
+        if not reply.ok:  # (a subcontainer destroyed meanwhile, say)
+            recorded = self.exit_status(container_id)
+            if recorded is not None:
+                return recorded
+            raise remote_error(container_id, reply.error_type, reply.error, reply.details)
         if expired and reply.returncode is None:
             raise WaitTimeoutError(container_id, timeout or 0.0)
         if reply.returncode is None:

@@ -8,6 +8,7 @@ only ever those the tests started.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import signal
@@ -31,6 +32,7 @@ from test_userns import with_userns
 
 from sandboxrt import (
     Container,
+    ContainerNotFoundError,
     FileStore,
     InitError,
     InvalidStateError,
@@ -281,6 +283,34 @@ def test_oom_killer_burst_and_idle(store: FileStore, bundle: BundleFactory) -> N
         assert read(cgroup.require("cpu"), "cpu.idle") == "1"
     finally:
         container.destroy()
+
+
+@real
+def test_processes_and_stats_racing_a_destroy_are_told_so(
+    store: FileStore, bundle: BundleFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A destroy removes the cgroup before the record: ``processes()`` and ``stats()``
+    that read it in between got ``SystemCallError`` (ENODEV: a cgroup removed while it
+    was read); now no processes, and the stats of a stopped container."""
+    container = Container.create("gone", bundle(["sleep", "100"]), store=store)
+    try:
+        container.start()
+        driver = type(cgroup_of(store, "gone"))
+
+        def removed(self: cgroups.Cgroup) -> None:
+            gone = OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+            raise SystemCallError("reading cgroup.procs", gone)
+
+        monkeypatch.setattr(driver, "pids", removed)
+        monkeypatch.setattr(driver, "stats", removed)
+        assert container.processes() == []
+        with pytest.raises(InvalidStateError, match='stats of container "gone"'):
+            container.stats()
+        monkeypatch.undo()
+    finally:
+        container.destroy()
+    with pytest.raises(ContainerNotFoundError):
+        container.processes()
 
 
 def _memory_limit_file(cgroup: cgroups.Cgroup) -> str:

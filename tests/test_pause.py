@@ -231,6 +231,36 @@ def test_destroy_of_a_container_frozen_behind_its_record_leaves_nothing(
     assert Container.list(store=store) == []
 
 
+def test_a_caller_killed_while_it_freezes_leaves_a_container_that_says_paused(
+    counter: tuple[Container, Path], store: FileStore
+) -> None:
+    """The status is recorded before the freeze: a caller killed after freezing left a
+    frozen container that said running (resume refused it, and an exec hung on its
+    frozen agent for 30 s past its timeout)."""
+    container, count = counter
+    code = (
+        "import os, signal, sys\n"
+        "from sandboxrt import Container, FileStore, _cgroup\n"
+        "freeze = _cgroup.freeze\n"
+        "def frozen_then_killed(*args, **kwargs):\n"
+        "    freeze(*args, **kwargs)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "_cgroup.freeze = frozen_then_killed\n"
+        "Container.load(sys.argv[1], store=FileStore(sys.argv[2])).pause()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-c", code, container.id, str(store.root)]
+    done = subprocess.run(argv, env=env, check=False)
+    assert done.returncode == -signal.SIGKILL
+    assert library_cgroup.is_frozen(store.load(container.id).cgroup, container.id)
+    assert container.status is Status.PAUSED
+    with pytest.raises(InvalidStateError):
+        container.exec_run(["true"], timeout=5)
+    container.resume()
+    first = read_count(count)
+    wait_for(lambda: read_count(count) > first)  # it counts again
+
+
 def test_pause_and_resume_need_the_right_status(store: FileStore, bundle: BundleFactory) -> None:
     container = Container.create("pz3", bundle(["true"]), store=store)
     try:

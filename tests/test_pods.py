@@ -369,6 +369,17 @@ def test_processes_of_a_destroyed_subcontainer_read_killed(pod: Pod, bundle: Bun
     assert pod.root.status is Status.RUNNING
 
 
+def test_a_wait_racing_a_subcontainer_destroy_is_told_so(pod: Pod, bundle: BundleFactory) -> None:
+    """The supervisor's error reply (a container it no longer knows) raised a
+    ``ProtocolError`` ("wait reply without a status") in a waiter racing the destroy."""
+    sub = add_running(pod, bundle(SLEEP), "sub")
+    sandbox = sub.sandbox
+    assert sandbox is not None
+    sub.destroy()
+    with pytest.raises(ContainerNotFoundError, match="sub"):
+        sandbox.wait("sub", timeout=5)
+
+
 def test_destroying_a_subcontainer_removes_only_its_cgroup_and_record(
     pod: Pod, bundle: BundleFactory, store: FileStore
 ) -> None:
