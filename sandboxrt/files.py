@@ -17,7 +17,7 @@ import os
 import posixpath
 import socket
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal, TextIO, overload
 
 from sandboxrt._core.file_protocol import FileReply, FileRequest, FileStat, WalkEntry
@@ -151,9 +151,11 @@ _O_HOST_DIR = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 class _Session:
     """One connection to the gofer, for one verb (a tree copy makes many requests)."""
 
-    def __init__(self, gofer: Gofer, conn: socket.socket) -> None:
+    def __init__(self, gofer: Gofer, conn: socket.socket, on_no_root: Callable[[], object]) -> None:
         self.gofer = gofer
         self.conn = conn
+        #: Raises :class:`InvalidStateError` once the container stopped.
+        self.on_no_root = on_no_root
 
     def call(self, request: FileRequest) -> tuple[FileReply, list[int]]:
         for text in (request.path, request.target or ""):
@@ -165,6 +167,9 @@ class _Session:
         if not reply.ok:
             channel.close_fds(fds)
             cid = self.gofer.container_id
+            if reply.no_root:  # its supervisor is gone: stopped, or its sandbox ending
+                self.on_no_root()
+                raise GoferError(cid, reply.error)
             if reply.errno:
                 raise file_error(cid, request.path, reply.errno, reply.error)
             raise ContainerFileError(cid, request.path, errno.EIO, reply.error)
@@ -227,7 +232,7 @@ class ContainerFiles:
             self._container._file_server()  # InvalidStateError if it stopped meanwhile
             raise
         try:
-            yield _Session(gofer, conn)
+            yield _Session(gofer, conn, self._container._file_server)
         finally:
             conn.close()
 

@@ -179,6 +179,27 @@ def test_file_api_after_the_gofers_death_raises_gofer_error(
         c.destroy()
 
 
+def test_a_gofer_that_cannot_have_the_root_raises_gofer_error(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """Its supervisor unreachable (gone, or going, as a destroy races the call): the
+    gofer's connection error came back as a ``ContainerFileError`` of the path (here a
+    ``ContainerFileNotFoundError``, from the missing control socket)."""
+    c = Container.create("noroot", bundle(["sleep", "60"]), store=store)
+    try:
+        sandbox = c.sandbox
+        assert sandbox is not None
+        aside = sandbox.control_socket + ".aside"
+        os.rename(sandbox.control_socket, aside)  # (the gofer asks for the root at first use)
+        try:
+            with pytest.raises(GoferError, match="no root from the supervisor"):
+                c.files.read_text("/etc/passwd")
+        finally:
+            os.rename(aside, sandbox.control_socket)
+    finally:
+        c.destroy()
+
+
 def test_a_gofer_that_dies_during_create_leaves_the_container_and_nothing_else(
     store: FileStore, bundle: BundleFactory
 ) -> None:

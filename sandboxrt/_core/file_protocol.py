@@ -164,6 +164,9 @@ class FileReply(_Message):
     ok: bool
     error: str = ""
     errno: int = 0
+    #: The gofer could not have the container's root from its supervisor (gone, or
+    #: going): the container stopped, or its sandbox is ending.
+    no_root: bool = False
     stat: FileStat | None = None
     names: list[str] = dataclasses.field(default_factory=list)
     entries: list[WalkEntry] = dataclasses.field(default_factory=list)

@@ -398,7 +398,8 @@ def handle(files: Files, request: FileRequest) -> tuple[FileReply, list[int]]:
             files.symlink(request)
         return FileReply(True), []
     except OSError as exc:
-        return FileReply(False, error=exc.strerror or str(exc), errno=exc.errno or 0), []
+        error, number = exc.strerror or str(exc), exc.errno or 0
+        return FileReply(False, error=error, errno=number, no_root=isinstance(exc, NoRootError)), []
     except Exception as exc:
         return FileReply(False, error=f"{type(exc).__name__}: {exc}"), []
 
@@ -459,15 +460,22 @@ def _fetch_root(start: GoferStart, runtime_dir: int, supervisor: int) -> tuple[i
     which must be the process of the pidfd ``supervisor``: whatever else listens there
     gets no request of ours, and gives us no root."""
     name = os.path.basename(start.control_socket)
-    with channel.connect(f"/proc/self/fd/{runtime_dir}/{name}", timeout=10.0) as conn:
-        if channel.peer_pid(conn) != procfs.pidfd_pid(supervisor):
-            raise OSError(errno.EPERM, "the control socket is not the supervisor's")
-        channel.send(conn, Request("root", start.container_id))
-        reply, fds = channel.receive(conn, Reply)
+    try:
+        with channel.connect(f"/proc/self/fd/{runtime_dir}/{name}", timeout=10.0) as conn:
+            if channel.peer_pid(conn) != procfs.pidfd_pid(supervisor):
+                raise OSError(errno.EPERM, "the control socket is not the supervisor's")
+            channel.send(conn, Request("root", start.container_id))
+            reply, fds = channel.receive(conn, Reply)
+    except (ConnectionError, FileNotFoundError) as exc:  # (it is gone, or going)
+        raise NoRootError(errno.ESRCH, f"no root from the supervisor: {exc}") from exc
     if not reply.ok or len(fds) != 2:
         channel.close_fds(fds)
-        raise OSError(errno.ESRCH, f"no root from the supervisor: {reply.error}")
+        raise NoRootError(errno.ESRCH, f"no root from the supervisor: {reply.error}")
     return fds[0], fds[1]
+
+
+class NoRootError(OSError):
+    """The container's root could not be had from its supervisor."""
 
 
 def _root_only(start: GoferStart, runtime_dir: int, supervisor: int) -> int:
