@@ -604,7 +604,7 @@ class Container:
     def status(self) -> Status:
         """The status now: a live status whose sandbox or init is gone reads ``stopped``."""
         self._refresh()
-        return _effective_status(self._record, self.sandbox)
+        return _effective_status(self._record, self.sandbox, ask=True)
 
     def state(self) -> OCIState:
         """The OCI state of the container."""
@@ -624,6 +624,7 @@ class Container:
     def start(self) -> None:
         """Run the container's program (created containers only)."""
         with self._locked() as sandbox:
+            # (The supervisor refuses a second start, and that is recorded.)
             require(Operation.START, self.id, _effective_status(self._record, sandbox))
             assert sandbox is not None
             try:
@@ -751,7 +752,10 @@ class Container:
         without a cgroup freezer. No hooks run.
         """
         with self._locked() as sandbox:
-            require(Operation.PAUSE, self.id, _effective_status(self._record, sandbox))
+            status = _effective_status(self._record, sandbox, ask=True)
+            require(Operation.PAUSE, self.id, status)
+            if self._record.status is Status.CREATED:  # (started by a caller killed since)
+                self._record = self._record.with_status(status)
             # Recorded first: a caller killed while it freezes leaves a container that
             # says paused (which resume thaws), never a frozen one that says running.
             self._record = self._record.with_status(Status.PAUSED)
@@ -1485,11 +1489,16 @@ def _configured_timeout(record: ContainerRecord, name: str, default: float | Non
     return float(value)
 
 
-def _effective_status(record: ContainerRecord, sandbox: Sandbox | None) -> Status:
+def _effective_status(
+    record: ContainerRecord, sandbox: Sandbox | None, *, ask: bool = False
+) -> Status:
     """``record``'s status, or ``stopped`` where its sandbox is gone or its init exited: a
     subcontainer's too once the root's init exited (the sandbox ends; the supervisor
-    records the subcontainers' exits one by one on its way out); and ``stopped`` where
-    it is ``creating`` but its creator is gone (a creation that died half-way)."""
+    records the subcontainers' exits one by one on its way out); ``stopped`` where it
+    is ``creating`` but its creator is gone (a creation that died half-way); and
+    with ``ask``, ``running`` where it is ``created`` but the supervisor started it (a
+    caller killed in :meth:`Container.start` before it recorded so), which only the
+    supervisor knows: a round trip, for what tells the two apart (the status, pause)."""
     if record.status is Status.CREATING:
         if record.creator is None or alive(record.creator):
             return record.status
@@ -1501,6 +1510,9 @@ def _effective_status(record: ContainerRecord, sandbox: Sandbox | None) -> Statu
         or (record.sandbox_id != record.id and sandbox.exit_status() is not None)
     ):
         return Status.STOPPED
+    created = record.status is Status.CREATED
+    if created and ask and sandbox is not None and sandbox.was_started(record.id):
+        return Status.RUNNING
     return record.status
 
 

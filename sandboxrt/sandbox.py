@@ -335,6 +335,15 @@ class Sandbox:
         """Whether the supervisor process (not one reusing its pid) still runs."""
         return alive(self.supervisor)
 
+    def was_started(self, container_id: str) -> bool:
+        """Whether the supervisor released the container's init (``start``); ``False``
+        when it cannot say (it is gone)."""
+        try:
+            reply = self.request(container_id, Request("wait", container_id, nohang=True), 5.0)
+        except (SandboxrtError, TimeoutError):
+            return False
+        return reply.ok and reply.details.get("started") is True
+
     def exit_file_of(self, container_id: str) -> str:
         """Where the supervisor records the exit status of container ``container_id``."""
         return container_exit_file(self.runtime_dir, self.id, container_id)

@@ -716,10 +716,11 @@ def test_a_start_its_caller_did_not_record_is_recorded_by_the_next(
     try:
         assert container.sandbox is not None
         container.sandbox.start(container.id, container.state().to_dict())  # no record saved
-        assert Container.load("unrec", store=store).status is Status.CREATED
+        assert store.load("unrec").status is Status.CREATED
+        assert Container.load("unrec", store=store).status is Status.RUNNING  # (asked)
         with pytest.raises(InvalidStateError, match="running"):
             container.start()
-        assert Container.load("unrec", store=store).status is Status.RUNNING
+        assert store.load("unrec").status is Status.RUNNING
     finally:
         container.destroy()
 
@@ -858,3 +859,34 @@ def test_a_run_whose_caller_is_killed_ends_its_container(
     finally:
         container.destroy()
     assert Container.list(store=store) == []
+
+
+def test_a_caller_killed_in_start_after_the_release_leaves_a_container_that_says_running(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """The supervisor knows it started the init: a caller killed between the release and
+    its save left a container that said ``created`` while its program ran (pause refused
+    it; only the next ``start`` recorded the truth, by failing)."""
+    container = Container.create("halfstarted", bundle(["sleep", "60"]), store=store)
+    try:
+        code = (
+            "import os, signal, sys\n"
+            "from sandboxrt import Container, FileStore\n"
+            "from sandboxrt.sandbox import Sandbox\n"
+            "release = Sandbox.start\n"
+            "def released_then_killed(self, *args, **kwargs):\n"
+            "    release(self, *args, **kwargs)\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n"
+            "Sandbox.start = released_then_killed\n"
+            "Container.load(sys.argv[1], store=FileStore(sys.argv[2])).start()\n"
+        )
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        argv = [sys.executable, "-c", code, container.id, str(store.root)]
+        assert subprocess.run(argv, env=env, check=False).returncode == -signal.SIGKILL
+        assert store.load(container.id).status is Status.CREATED  # (not recorded)
+        assert container.status is Status.RUNNING
+        assert container.state().status == "running"
+        container.kill(signal.SIGKILL)
+        assert container.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        container.destroy()

@@ -810,7 +810,10 @@ class Supervisor:
                     conn, member, request.pid, nohang=request.nohang, serial=request.serial
                 )
             if member.returncode is not None or request.nohang:
-                return Reply(True, returncode=member.returncode, pid=member.init_pid)
+                # (whether it was started: a caller killed in ``start`` did not record it)
+                started = {"started": member.started}
+                pid = member.init_pid
+                return Reply(True, returncode=member.returncode, pid=pid, details=started)
             member.waiters.append(conn)
             return None
         if request.op == "start":
