@@ -342,6 +342,39 @@ def test_v2_burst_idle_and_no_oom_killer_setting(tmp_path: Path) -> None:
     cgroup.apply({"memory": {"disableOOMKiller": False}})
 
 
+def test_v2_refuses_block_io(tmp_path: Path) -> None:
+    layout, _ = make_v2(tmp_path)
+    cgroup = create("/sandboxrt/c1", layout=layout)
+    with pytest.raises(MissingFeatureError, match="blockIO on cgroup v2"):
+        cgroup.apply({"blockIO": {"weight": 100}})
+    cgroup.apply({"blockIO": {"weight": 0}})  # (Docker's "no weight")
+
+
+def test_block_io_values_are_checked() -> None:
+    with pytest.raises(SpecError) as info:
+        Resources.from_oci(
+            {
+                "blockIO": {
+                    "weight": 5,
+                    "weightDevice": [{"major": 8, "minor": -1, "weight": 2000}],
+                    "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": -1}],
+                    "throttleWriteIOPSDevice": {},
+                }
+            }
+        )
+    assert [p for p, _ in info.value.problems] == [
+        "linux.resources.blockIO.weightDevice[0].minor",
+        "linux.resources.blockIO.weightDevice[0].weight",
+        "linux.resources.blockIO.throttleReadBpsDevice[0].rate",
+        "linux.resources.blockIO.throttleWriteIOPSDevice",
+        "linux.resources.blockIO.weight",
+    ]
+    io = Resources.from_oci(
+        {"blockIO": {"weight": 100, "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 7}]}}
+    ).block_io
+    assert (io.weight, io.throttles) == (100, (("read_bps", 8, 0, 7),))
+
+
 def test_v2_device_rules_need_a_real_cgroup_and_missing_controllers(tmp_path: Path) -> None:
     layout, mnt = make_v2(tmp_path, controllers="cpu memory")
     devices = {"devices": [{"allow": False, "access": "rwm"}]}

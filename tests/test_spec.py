@@ -897,8 +897,6 @@ def test_fields_sandboxrt_does_not_apply_are_refused(section: str, key: str, val
 @pytest.mark.parametrize(
     ("path", "value"),
     [
-        ("blockIO", {"weight": 500}),
-        ("blockIO", {"throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1048576}]}),
         ("hugepageLimits", [{"pageSize": "2MB", "limit": 2097152}]),
         ("network", {"classID": 1048577}),
         ("rdma", {"mlx5_1": {"hcaHandles": 3}}),
@@ -921,7 +919,7 @@ def test_resources_no_cgroup_driver_applies_are_refused(path: str, value: Any) -
     field = re.escape(f"linux.resources.{path}")
     with pytest.raises(MissingFeatureError, match=rf'{field} \(container "c"\)'):
         build_plan(container_id="c", sandbox_id="c", spec=spec, **common)
-    resources[key] = {"weight": 0} if key == "blockIO" else type(value)()  # (no ask)
+    resources[key] = type(value)()  # (no ask)
     build_plan(container_id="c", sandbox_id="c", spec=spec, **common)
 
 

@@ -30,7 +30,7 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
@@ -99,12 +99,17 @@ def write_file(directory: Path, name: str, value: str | int) -> None:
     write_lines(directory, [(name, value)])
 
 
-def write_newer_file(directory: Path, name: str, value: str | int) -> None:
-    """:func:`write_file` to a control file older kernels lack: where this one has none,
-    :class:`MissingFeatureError` naming it."""
-    if not (directory / name).exists():
-        raise MissingFeatureError(name, f"the cgroup {directory} has no {name} on this kernel")
-    write_file(directory, name, value)
+def write_newer_file(directory: Path, names: str | Sequence[str], value: str | int) -> None:
+    """:func:`write_file` to a control file a kernel may lack (or to the first of
+    ``names`` it has: a setting whose file some kernels name otherwise); where it has
+    none, :class:`MissingFeatureError` naming them."""
+    candidates = [names] if isinstance(names, str) else list(names)
+    for name in candidates:
+        if (directory / name).exists():
+            write_file(directory, name, value)
+            return
+    named = " or ".join(candidates)
+    raise MissingFeatureError(named, f"the cgroup {directory} has no {named} on this kernel")
 
 
 def write_lines(directory: Path, lines: Iterable[tuple[str, str | int]]) -> None:

@@ -2,7 +2,7 @@
 
 :meth:`Resources.from_oci` parses the ``linux.resources`` object of a
 config.json; ``None`` in a field means "leave the current value alone", ``-1``
-means unlimited. Other keys (``blockIO``, ``hugepageLimits``, ...) are not read here:
+means unlimited. Other keys (``hugepageLimits``, ...) are not read here:
 the plan refuses a spec that asks for them (``_core.plan``). Standard library only.
 """
 
@@ -15,6 +15,8 @@ from typing import Any, TypeAlias
 from sandboxrt.errors import SpecError
 
 __all__ = [
+    "THROTTLES",
+    "BlockIOResources",
     "CpuResources",
     "DeviceRule",
     "MemoryResources",
@@ -75,6 +77,27 @@ class DeviceRule:
         return f"{self.type} {major}:{minor} {self.access}"
 
 
+#: The ``blockIO`` throttle lists and the rate each limits (``read_bps``...).
+THROTTLES = {
+    "throttleReadBpsDevice": "read_bps",
+    "throttleWriteBpsDevice": "write_bps",
+    "throttleReadIOPSDevice": "read_iops",
+    "throttleWriteIOPSDevice": "write_iops",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BlockIOResources:
+    """``blockIO``: weights (10-1000) and per-device weights and throttles."""
+
+    weight: int | None = None
+    leaf_weight: int | None = None
+    #: ``(major, minor, weight, leaf_weight)`` per device.
+    weight_devices: tuple[tuple[int, int, int | None, int | None], ...] = ()
+    #: ``(rate kind, major, minor, rate)``: the kind as :data:`THROTTLES` names it.
+    throttles: tuple[tuple[str, int, int, int], ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Resources:
     """The resources of one cgroup."""
@@ -83,6 +106,7 @@ class Resources:
     cpu: CpuResources = CpuResources()
     pids_limit: int | None = None
     devices: tuple[DeviceRule, ...] = ()
+    block_io: BlockIOResources = BlockIOResources()
 
     @classmethod
     def from_oci(cls, data: Mapping[str, Any] | None) -> Resources:
@@ -113,6 +137,7 @@ class Resources:
         )
         pids_limit = parser.number(pids, "pids", "limit", minimum=None)
         devices = parser.devices(data.get("devices"))
+        block_io = parser.block_io(parser.section(data, "blockIO"))
         if parser.problems:
             raise SpecError(parser.problems)
         swap, limit = memory.swap or 0, memory.limit or 0
@@ -134,7 +159,7 @@ class Resources:
             )
         if parser.problems:
             raise SpecError(parser.problems)
-        return cls(memory, cpu_res, pids_limit, devices)
+        return cls(memory, cpu_res, pids_limit, devices, block_io)
 
 
 #: The range of v1 ``cpu.shares`` (the kernel clamps a value outside it silently).
@@ -215,6 +240,55 @@ class _Parser:
             self.problems.append((f"{_WHERE}.{section}.{key}", "must be a boolean"))
             return False
         return value
+
+    def block_io(self, io: Mapping[str, Any]) -> BlockIOResources:
+        """``blockIO``: weights of 10-1000 (0: none, as Docker writes it)."""
+
+        def weight(data: Mapping[str, Any], key: str, where: str) -> int | None:
+            value = self.number(data, where, key, minimum=0)
+            if value is not None and not 10 <= value <= 1000:
+                self.problems.append((f"{_WHERE}.{where}.{key}", "must be 10 to 1000"))
+            return value
+
+        devices = []
+        for i, entry in enumerate(self.entries(io, "weightDevice")):
+            where = f"blockIO.weightDevice[{i}]"
+            major, minor = self.device_number(entry, where)
+            pair = (weight(entry, "weight", where), weight(entry, "leafWeight", where))
+            devices.append((major, minor, *pair))
+        throttles = []
+        for key, kind in THROTTLES.items():
+            for i, entry in enumerate(self.entries(io, key)):
+                where = f"blockIO.{key}[{i}]"
+                major, minor = self.device_number(entry, where)
+                rate = self.number(entry, where, "rate", minimum=0)
+                throttles.append((kind, major, minor, rate or 0))
+        return BlockIOResources(
+            weight=weight(io, "weight", "blockIO"),
+            leaf_weight=weight(io, "leafWeight", "blockIO"),
+            weight_devices=tuple(devices),
+            throttles=tuple(throttles),
+        )
+
+    def entries(self, data: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+        """The objects of the list ``data[key]`` (absent: none)."""
+        value = data.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(e, Mapping) for e in value):
+            self.problems.append((f"{_WHERE}.blockIO.{key}", "must be an array of objects"))
+            return []
+        return value
+
+    def device_number(self, entry: Mapping[str, Any], where: str) -> tuple[int, int]:
+        numbers = []
+        for key in ("major", "minor"):
+            value = entry.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                self.problems.append((f"{_WHERE}.{where}.{key}", "must be an integer >= 0"))
+                value = 0
+            numbers.append(value)
+        return numbers[0], numbers[1]
 
     def text(self, data: Mapping[str, Any], section: str, key: str) -> str | None:
         value = data.get(key)

@@ -30,7 +30,14 @@ from .common import (
     write_newer_file,
 )
 from .layout import V1_CONTROLLERS, CgroupLayout, Hierarchy
-from .resources import CpuResources, MemoryResources, Resources, ResourcesLike, as_resources
+from .resources import (
+    BlockIOResources,
+    CpuResources,
+    MemoryResources,
+    Resources,
+    ResourcesLike,
+    as_resources,
+)
 
 __all__ = ["CgroupV1"]
 
@@ -50,10 +57,13 @@ class CgroupV1(Cgroup):
         """Every v1 hierarchy of :data:`V1_CONTROLLERS`, but a cpuset-only one unless the
         resources set CPUs or memory nodes: a new cpuset cgroup must be given its
         parent's lists level by level (a third of the cost of making the whole cgroup),
-        and one with its parent's lists changes nothing."""
+        and one with its parent's lists changes nothing; and blkio's when they ask
+        for block I/O weights or throttles."""
         wanted = V1_CONTROLLERS
         if resources.cpu.cpus is None and resources.cpu.mems is None:
             wanted = wanted - {"cpuset"}
+        if resources.block_io != BlockIOResources():  # (blkio only when asked for)
+            wanted = wanted | {"blkio"}
         found = [h for h in layout.hierarchies if h.version == 1 and h.controllers & wanted]
         if not found:
             raise MissingFeatureError("cgroup v1", "no cgroup v1 controller is mounted")
@@ -69,6 +79,7 @@ class CgroupV1(Cgroup):
         res = as_resources(resources)
         self._apply_memory(res.memory)
         self._apply_cpu(res.cpu)
+        self._apply_block_io(res.block_io)
         if res.pids_limit is not None:
             limit = "max" if res.pids_limit < 0 else res.pids_limit
             write_file(self.require("pids"), "pids.max", limit)
@@ -109,6 +120,25 @@ class CgroupV1(Cgroup):
             write_file(directory, "memory.limit_in_bytes", limit)
         if not swap_first and swap is not None:
             write_file(directory, _MEMSW, swap)
+
+    def _apply_block_io(self, io: BlockIOResources) -> None:
+        if io == BlockIOResources():
+            return
+        directory = self.require("blkio")
+        # The weights are CFQ's files, or BFQ's (the scheduler of the device decides).
+        if io.weight is not None:
+            write_newer_file(directory, ("blkio.weight", "blkio.bfq.weight"), io.weight)
+        if io.leaf_weight is not None:
+            write_newer_file(directory, "blkio.leaf_weight", io.leaf_weight)
+        for major, minor, weight, leaf in io.weight_devices:
+            files = ("blkio.weight_device", "blkio.bfq.weight_device")
+            if weight is not None:
+                write_newer_file(directory, files, f"{major}:{minor} {weight}")
+            if leaf is not None:
+                write_newer_file(directory, "blkio.leaf_weight_device", f"{major}:{minor} {leaf}")
+        for kind, major, minor, rate in io.throttles:
+            name = f"blkio.throttle.{kind}_device"
+            write_newer_file(directory, name, f"{major}:{minor} {rate}")
 
     def _apply_cpu(self, cpu: CpuResources) -> None:
         if cpu.shares is not None or cpu.quota is not None or cpu.period is not None:

@@ -34,6 +34,7 @@ from .common import (
 )
 from .layout import CgroupLayout, Hierarchy
 from .resources import (
+    BlockIOResources,
     DeviceRule,
     MemoryResources,
     Resources,
@@ -119,6 +120,10 @@ class CgroupV2(Cgroup):
         for name, text in (("cpuset.cpus", cpu.cpus), ("cpuset.mems", cpu.mems)):
             if text is not None:
                 write_file(self.require("cpuset"), name, text)
+        if res.block_io != BlockIOResources():
+            raise MissingFeatureError(
+                "linux.resources.blockIO on cgroup v2", "sandboxrt applies it on cgroup v1 only"
+            )
         if res.pids_limit is not None:
             write_file(self.require("pids"), "pids.max", _limit(res.pids_limit))
         if res.devices:
