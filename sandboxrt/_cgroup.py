@@ -306,7 +306,9 @@ def remove_left_behind(
 ) -> None:
     """Remove the cgroup a creation of ``container_id`` (of ``spec``, in the store of
     ``scope``) that died before recording it left behind, as :func:`remove` would have:
-    it would otherwise stay, and a default path's keep the id from being created again."""
+    it would otherwise stay, and a default path's keep the id from being created again.
+    A ``cgroupsPath``'s is only unmarked, and only while empty: another store's
+    container of that id may be using it (a mark names the id, not the store)."""
     try:
         request = request_for(spec)
     except SandboxrtError:
@@ -320,8 +322,12 @@ def remove_left_behind(
         scope=scope,
         layout=request.layout,
     )
-    if cgroup is not None:
+    if cgroup is None:
+        return
+    if request.path is None:  # (the store's own path: made by that creation alone)
         remove(cgroup.to_dict(), container_id, timeout)
+    elif not cgroup.pids():
+        cgroup.release_owner(container_id)
 
 
 def remove_if_empty(record: Mapping[str, Any], container_id: str) -> bool:

@@ -359,6 +359,33 @@ def test_block_io_throttles_reach_the_blkio_cgroup(store: FileStore, bundle: Bun
     assert Container.list(store=store) == []
 
 
+@real
+def test_a_dead_creation_s_destroy_leaves_another_store_s_container_on_its_cgroups_path(
+    store: FileStore, bundle: BundleFactory, own_cgroup: str, tmp_path: Path
+) -> None:
+    """A mark names the container's id, not its store: the destroy of a creation that
+    died before making its cgroup found another store's running container of that id on
+    the same ``cgroupsPath``, and killed it."""
+    path = edit_config(bundle(["sleep", "100"]), cgroups_path(f"/{own_cgroup}"))
+    killed = in_python(
+        "import os\n"
+        "from sandboxrt import Container, FileStore, _cgroup\n"
+        "_cgroup.create = lambda *args, **kwargs: os._exit(9)\n"
+        f"Container.create('twin', {str(path)!r}, store=FileStore({str(store.root)!r}))\n"
+    )
+    assert killed.returncode == 9, killed.stderr
+    other = FileStore(tmp_path / "other")
+    theirs = Container.create("twin", path, store=other)
+    try:
+        theirs.start()
+        Container.load("twin", store=store).destroy()
+        assert theirs.status is Status.RUNNING
+        marked = list(Path("/sys/fs/cgroup").glob(f"*/{own_cgroup}"))
+        assert marked and all(os.getxattr(d, OWNER_XATTR) == b"twin" for d in marked)
+    finally:
+        theirs.destroy()
+
+
 def _memory_limit_file(cgroup: cgroups.Cgroup) -> str:
     return "memory.limit_in_bytes" if cgroup.driver == "v1" else "memory.max"
 

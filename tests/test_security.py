@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from conftest import BundleFactory, edit_config, needs_busybox, needs_root, run_output
 
-from sandboxrt import Container, FileStore, Status
+from sandboxrt import PIPE, Container, FileStore, Status, SubprocessLauncher
 from sandboxrt._core.plan import _init_plan, build_container_plan, build_plan
 from sandboxrt._core.protocol import InitPlan
 from sandboxrt._core.protocol import decode as decode_message
@@ -889,12 +889,22 @@ def test_a_container_has_a_session_keyring_of_its_own(
 
 @needs_root
 @needs_busybox
+@pytest.mark.parametrize("launcher", ["fork server", "subprocess"])
 def test_the_container_sees_no_host_path_in_its_supervisors_command_line(
-    store: FileStore, bundle: BundleFactory
+    store: FileStore, bundle: BundleFactory, launcher: str
 ) -> None:
     """``/proc/1/cmdline`` (readable by anyone in the PID namespace) showed the fork
-    server's: the interpreter's and the library's host paths. It is the supervisor's name."""
+    server's: the interpreter's and the library's host paths. It is the supervisor's name,
+    also for a supervisor started afresh (which finds where its arguments are before it
+    enters a namespace: a ``/proc`` of the spec's choosing would choose where it writes)."""
     path = bundle(["sh", "-c", "cat /proc/1/cmdline"])
-    code, out = run_output(store, path, "cmdline")
-    assert code == 0
+    chosen = SubprocessLauncher() if launcher == "subprocess" else None
+    container = Container.create("cmdline", path, store=store, launcher=chosen, stdout=PIPE)
+    try:
+        container.start()
+        assert container.stdout is not None
+        out = container.stdout.read().decode()
+        assert container.wait(timeout=30) == 0
+    finally:
+        container.destroy()
     assert out == "sandboxrt-sup\0", repr(out)

@@ -13,6 +13,7 @@ import functools
 import os
 import platform
 import re
+import sys
 from collections.abc import Sequence
 
 from sandboxrt._core import abi
@@ -39,6 +40,7 @@ __all__ = [
     "mount_id",
     "mount_setattr",
     "move_mount",
+    "note_argument_area",
     "open_tree",
     "openat2",
     "pivot_root",
@@ -257,15 +259,30 @@ def set_process_name(name: str) -> None:
 @functools.cache
 def _argument_area() -> tuple[int, int] | None:
     """Where this process's arguments are in its memory (``/proc/self/stat`` fields 48
-    and 49); the same in a forked child. ``None`` if it cannot be read."""
+    and 49), the same in a forked child; ``None`` if it cannot be read, or does not hold
+    exactly ``sys.orig_argv``. Read once, by :func:`note_argument_area` as a process of
+    ours starts: a ``/proc`` seen later may be a container's, and would choose where
+    :func:`set_process_name` writes."""
     try:
-        with open("/proc/self/stat", "rb") as f:
-            data = f.read()
+        fd = os.open("/proc/self/stat", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            if filesystem_type(fd) != abi.PROC_SUPER_MAGIC:
+                return None
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
         fields = data[data.rindex(b")") + 2 :].split()
         start, end = int(fields[45]), int(fields[46])
     except (OSError, ValueError, IndexError):
         return None
-    return (start, end) if start > 0 and start + 2 <= end else None
+    size = sum(len(os.fsencode(arg)) + 1 for arg in sys.orig_argv)
+    return (start, end) if start > 0 and end - start == size >= 2 else None
+
+
+def note_argument_area() -> None:
+    """Find where our arguments are now (see :func:`set_process_name`), while ``/proc`` is
+    still the one we started with."""
+    _argument_area()
 
 
 class _OpenHow(ctypes.Structure):

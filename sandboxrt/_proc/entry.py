@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import signal
 
+from sandboxrt._os import syscalls
+
 __all__ = ["reset_inherited_signals"]
 
 
 def reset_inherited_signals() -> None:
-    """Unblock every signal and give ``SIGCHLD`` its default disposition."""
+    """Unblock every signal and give ``SIGCHLD`` its default disposition; and note where
+    our arguments are (:func:`syscalls.note_argument_area`) before we enter anything."""
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    syscalls.note_argument_area()
