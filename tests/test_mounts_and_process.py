@@ -21,6 +21,7 @@ from conftest import (
     run_output,
     supervisor_pids,
 )
+from test_userns import with_userns
 
 from sandboxrt import Container, FileStore, InvalidArgumentError
 
@@ -745,15 +746,19 @@ def test_scheduler(
         container.destroy()
 
 
-def test_time_offsets(store: FileStore, bundle: BundleFactory) -> None:
+@pytest.mark.parametrize("userns", [False, True], ids=["", "userns"])
+def test_time_offsets(store: FileStore, bundle: BundleFactory, userns: bool) -> None:
     """As runc: ``linux.timeOffsets`` move the clocks of a new time namespace, for the init
-    and exec'd processes (they were refused as unsupported)."""
+    and exec'd processes (they were refused as unsupported); also in a new user namespace
+    (where the supervisor, no longer dumpable, could not write them)."""
     day = 86400
     path = bundle(["sh", "-c", "cut -d. -f1 /proc/uptime; exec sleep 60"])
 
     def offset(document: dict[str, Any]) -> None:
         document["linux"]["namespaces"].append({"type": "time"})
         document["linux"]["timeOffsets"] = {"boottime": {"secs": day}}
+        if userns:
+            with_userns(document)
 
     edit_config(path, offset)
     container = Container.create("timens", path, store=store, stdout=subprocess.PIPE)

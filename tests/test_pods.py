@@ -369,6 +369,18 @@ def test_processes_of_a_destroyed_subcontainer_read_killed(pod: Pod, bundle: Bun
     assert pod.root.status is Status.RUNNING
 
 
+def test_a_subcontainer_s_time_offsets_are_refused(pod: Pod, bundle: BundleFactory) -> None:
+    """It shares its sandbox's time namespace: its offsets were ignored."""
+
+    def offsets(document: dict[str, Any]) -> None:
+        document["linux"]["namespaces"].append({"type": "time"})
+        document["linux"]["timeOffsets"] = {"boottime": {"secs": 86400}}
+
+    path = edit_config(bundle(SLEEP), offsets)
+    with pytest.raises(SpecError, match=r'container "timed": linux\.timeOffsets: a pod'):
+        pod.add_container("timed", path)
+
+
 def test_a_wait_racing_a_subcontainer_destroy_is_told_so(pod: Pod, bundle: BundleFactory) -> None:
     """The supervisor's error reply (a container it no longer knows) raised a
     ``ProtocolError`` ("wait reply without a status") in a waiter racing the destroy."""

@@ -589,6 +589,18 @@ def test_io_priority_uses_the_class_key() -> None:
         ({"policy": "SCHED_OTHER", "priority": 5}, ["process.scheduler.priority"]),
         ({"policy": "SCHED_IDLE", "nice": 20}, ["process.scheduler.nice"]),
         ({"policy": "SCHED_OTHER", "flags": ["SCHED_FLAG_X"]}, ["process.scheduler.flags[0]"]),
+        (
+            {"policy": "SCHED_BATCH", "flags": ["SCHED_FLAG_UTIL_CLAMP_MIN"]},
+            ["process.scheduler.flags[0]"],
+        ),
+        ({"policy": "SCHED_OTHER", "runtime": 5000}, ["process.scheduler.runtime"]),
+        ({"policy": "SCHED_DEADLINE", "runtime": 10**6, "deadline": 10**7}, []),
+        ({"policy": "SCHED_DEADLINE", "runtime": 100, "deadline": 10**7}, ["process.scheduler"]),
+        ({"policy": "SCHED_DEADLINE", "runtime": 10**7, "deadline": 10**6}, ["process.scheduler"]),
+        (
+            {"policy": "SCHED_DEADLINE", "runtime": 2**63},
+            ["process.scheduler.runtime", "process.scheduler"],
+        ),
     ],
 )
 def test_scheduler_values_are_those_the_kernel_takes(

@@ -600,6 +600,9 @@ def build_container_plan(
     if "pid" in sandbox_namespaces:  # (the supervisor's)
         _refuse_ptrace(spec, container_id, pod=True)
     linux = spec.get("linux") or {}
+    if linux.get("timeOffsets"):
+        problem = "a pod's container shares its sandbox's time namespace, and its offsets"
+        raise SpecError([("linux.timeOffsets", problem)], source=f'container "{container_id}"')
     new = {ns["type"] for ns in linux.get("namespaces") or [] if not ns.get("path")}
     return ContainerPlan(
         sandbox_id=sandbox_id,

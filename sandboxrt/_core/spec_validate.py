@@ -434,10 +434,20 @@ def _check_scheduler(out: _Problems, scheduler: Scheduler) -> None:
         _check_range(out, f"{where}.priority", scheduler.priority or 0, 1, 99)
     elif scheduler.priority:
         out.append((f"{where}.priority", f"must be 0 for {scheduler.policy}"))
+    # (The clamp flags need util_min and util_max, which the spec has no field for.)
+    flags = frozenset(SCHED_FLAGS) - {"SCHED_FLAG_UTIL_CLAMP_MIN", "SCHED_FLAG_UTIL_CLAMP_MAX"}
     for i, flag in enumerate(scheduler.flags or ()):
-        _check_known(out, f"{where}.flags[{i}]", flag, frozenset(SCHED_FLAGS), "flag")
+        _check_known(out, f"{where}.flags[{i}]", flag, flags, "flag")
     for name in ("runtime", "deadline", "period"):
-        _check_range(out, f"{where}.{name}", getattr(scheduler, name), 0, 2**64 - 1)
+        _check_range(out, f"{where}.{name}", getattr(scheduler, name), 0, 2**63 - 1)
+    runtime, deadline = scheduler.runtime or 0, scheduler.deadline or 0
+    period = scheduler.period or deadline
+    if scheduler.policy != "SCHED_DEADLINE":
+        for name in ("runtime", "deadline", "period"):
+            if getattr(scheduler, name):
+                out.append((f"{where}.{name}", "only for SCHED_DEADLINE"))
+    elif not 1024 <= runtime <= deadline <= period:
+        out.append((where, "SCHED_DEADLINE needs 1024 <= runtime <= deadline <= period (ns)"))
 
 
 #: Sysctls that belong to a namespace, and which one: any other is global to the host.

@@ -418,7 +418,13 @@ def _apply_process(
         try:
             syscalls.sched_setattr(plan.scheduler)
         except OSError as exc:
-            raise OSError(exc.errno, f"setting the scheduler: {exc.strerror}") from None
+            what = f"setting the scheduler: {exc.strerror}"
+            if exc.errno == errno.EPERM and plan.scheduler[0] in _REAL_TIME_POLICIES:
+                what += (
+                    " (a real-time policy also needs real-time CPU time in the container's"
+                    " cgroup, cpu.rt_runtime_us on cgroup v1, which sandboxrt does not give)"
+                )
+            raise OSError(exc.errno, what) from None
     os.umask(plan.umask if plan.umask is not None else DEFAULT_UMASK)
     if seccomp_program is not None and seccomp_early:
         syscalls.seccomp_set_filter(seccomp_program, seccomp_flags)
@@ -455,6 +461,10 @@ def _apply_process(
 #: before it is claimed (for the plan it guessed: ``RootAhead.serves`` takes only a
 #: plan with the same one), so that it is not done again on the way to ``execve``.
 _bounded: frozenset[int] | None = None
+
+
+#: ``SCHED_FIFO``, ``SCHED_RR`` and ``SCHED_DEADLINE``.
+_REAL_TIME_POLICIES = frozenset({1, 2, 6})
 
 
 def _drop_bounding(keep: Iterable[int]) -> None:

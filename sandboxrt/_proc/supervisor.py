@@ -157,6 +157,22 @@ def _enter_namespaces(
     _unshare_private(flags)
 
 
+def _write_time_offsets(offsets: str) -> None:
+    """Write ``linux.timeOffsets`` for the time namespace our children enter. Our
+    ``/proc/self`` files are the host root's while we are not dumpable (a uid change in
+    a new user namespace made us so): dumpable for the write, while we have no child yet."""
+    dumpable = syscalls.prctl(abi.PR_GET_DUMPABLE)
+    try:
+        if not dumpable:
+            syscalls.prctl(abi.PR_SET_DUMPABLE, 1)
+        procfs.write_proc_file("/proc/self/timens_offsets", offsets.encode())
+    except OSError as exc:
+        raise OSError(exc.errno, f"writing linux.timeOffsets: {exc.strerror}") from None
+    finally:
+        if not dumpable:
+            syscalls.prctl(abi.PR_SET_DUMPABLE, 0)
+
+
 def _unshare_private(flags: int) -> None:
     """Unshare ``flags`` (always with a new mount namespace) and make every mount private."""
     syscalls.unshare(flags | abi.CLONE_NEWNS)
@@ -1931,7 +1947,7 @@ def main(bootstrap_fd: int) -> NoReturn:
             _grant_ahead(plan.init)
         _enter_namespaces(plan.namespaces, plan.uid_map, plan.gid_map)
         if plan.time_offsets:  # (our children enter the new time namespace: none yet)
-            procfs.write_proc_file("/proc/self/timens_offsets", plan.time_offsets.encode())
+            _write_time_offsets(plan.time_offsets)
         gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
     except BaseException as exc:
