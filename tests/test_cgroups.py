@@ -350,6 +350,30 @@ def test_v2_refuses_block_io(tmp_path: Path) -> None:
     cgroup.apply({"blockIO": {"weight": 0}})  # (Docker's "no weight")
 
 
+def test_v2_writes_unified_last_and_v1_refuses_it(tmp_path: Path) -> None:
+    layout, mnt = make_v2(tmp_path)
+    cgroup = create("/sandboxrt/c1", layout=layout)
+    leaf = mnt / "sandboxrt" / "c1"
+    (leaf / "memory.high").write_text("max\n")  # the kernel's file
+    cgroup.apply({"pids": {"limit": 5}, "unified": {"memory.high": "1048576", "pids.max": "9"}})
+    assert (read(leaf / "memory.high"), read(leaf / "pids.max")) == ("1048576", "9")
+    with pytest.raises(MissingFeatureError, match=r"io\.weight"):  # (no io controller here)
+        cgroup.apply({"unified": {"io.weight": "100"}})
+    v1_layout, _ = make_v1(tmp_path / "v1")
+    v1 = create("/sandboxrt/c1", layout=v1_layout)
+    with pytest.raises(MissingFeatureError, match="unified on cgroup v1"):
+        v1.apply({"unified": {"memory.high": "1"}})
+
+
+@pytest.mark.parametrize(
+    "unified",
+    [{"cgroup.procs": "1"}, {"memory/../x": "1"}, {"memory": "1"}, {"memory.high": 1}, []],
+)
+def test_unified_keys_name_a_controller_s_file(unified: Any) -> None:
+    with pytest.raises(SpecError, match=r"linux\.resources\.unified"):
+        Resources.from_oci({"unified": unified})
+
+
 def test_block_io_values_are_checked() -> None:
     with pytest.raises(SpecError) as info:
         Resources.from_oci(

@@ -912,7 +912,6 @@ def test_fields_sandboxrt_does_not_apply_are_refused(section: str, key: str, val
         ("hugepageLimits", [{"pageSize": "2MB", "limit": 2097152}]),
         ("network", {"classID": 1048577}),
         ("rdma", {"mlx5_1": {"hcaHandles": 3}}),
-        ("unified", {"io.weight": "100"}),
         ("cpu.realtimeRuntime", 1000),
         ("memory.kernelTCP", 1 << 20),
     ],

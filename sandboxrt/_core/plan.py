@@ -326,7 +326,6 @@ _UNAPPLIED_RESOURCES = (
     ("hugepageLimits",),
     ("network",),
     ("rdma",),
-    ("unified",),
     ("cpu", "realtimeRuntime"),
     ("cpu", "realtimePeriod"),
     ("memory", "kernelTCP"),

@@ -8,6 +8,7 @@ the plan refuses a spec that asks for them (``_core.plan``). Standard library on
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -107,6 +108,8 @@ class Resources:
     pids_limit: int | None = None
     devices: tuple[DeviceRule, ...] = ()
     block_io: BlockIOResources = BlockIOResources()
+    #: ``unified``: cgroup v2 files and what to write to them, after the rest.
+    unified: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_oci(cls, data: Mapping[str, Any] | None) -> Resources:
@@ -138,6 +141,7 @@ class Resources:
         pids_limit = parser.number(pids, "pids", "limit", minimum=None)
         devices = parser.devices(data.get("devices"))
         block_io = parser.block_io(parser.section(data, "blockIO"))
+        unified = parser.unified(data.get("unified"))
         if parser.problems:
             raise SpecError(parser.problems)
         swap, limit = memory.swap or 0, memory.limit or 0
@@ -159,8 +163,11 @@ class Resources:
             )
         if parser.problems:
             raise SpecError(parser.problems)
-        return cls(memory, cpu_res, pids_limit, devices, block_io)
+        return cls(memory, cpu_res, pids_limit, devices, block_io, unified)
 
+
+#: A ``unified`` key: ``<controller>.<file>``, one name (no ``/``).
+_UNIFIED_KEY = re.compile(r"[a-z0-9_]+\.[a-z0-9_.]+")
 
 #: The range of v1 ``cpu.shares`` (the kernel clamps a value outside it silently).
 _MIN_SHARES, _MAX_SHARES = 2, 262144
@@ -269,6 +276,25 @@ class _Parser:
             weight_devices=tuple(devices),
             throttles=tuple(throttles),
         )
+
+    def unified(self, value: Any) -> tuple[tuple[str, str], ...]:
+        """``unified``: a controller's file of the container's own cgroup for each key
+        (``memory.high``), never a ``cgroup.*`` file (membership, delegation: runtime's)."""
+        if value is None:
+            return ()
+        if not isinstance(value, Mapping):
+            self.problems.append((f"{_WHERE}.unified", "must be an object"))
+            return ()
+        found = []
+        for key, text in value.items():
+            where = f"{_WHERE}.unified.{key}"
+            if not isinstance(text, str):
+                self.problems.append((where, "must be a string"))
+            elif not _UNIFIED_KEY.fullmatch(key) or key.startswith("cgroup."):
+                self.problems.append((where, "must name a controller's file, as memory.high"))
+            else:
+                found.append((key, text))
+        return tuple(found)
 
     def entries(self, data: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
         """The objects of the list ``data[key]`` (absent: none)."""

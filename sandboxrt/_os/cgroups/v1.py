@@ -77,6 +77,10 @@ class CgroupV1(Cgroup):
 
     def apply(self, resources: ResourcesLike) -> None:
         res = as_resources(resources)
+        if res.unified:
+            raise MissingFeatureError(
+                "linux.resources.unified on cgroup v1", "it names cgroup v2 files"
+            )
         self._apply_memory(res.memory)
         self._apply_cpu(res.cpu)
         self._apply_block_io(res.block_io)

@@ -128,6 +128,8 @@ class CgroupV2(Cgroup):
             write_file(self.require("pids"), "pids.max", _limit(res.pids_limit))
         if res.devices:
             attach_device_program(self._dir, res.devices)
+        for name, text in res.unified:  # (last: they win over the fields above, as runc)
+            write_newer_file(self._dir, name, text)
 
     def destroy(
         self, timeout: float = 5.0, *, keep_parents: bool = False, owner: str | None = None
