@@ -342,36 +342,22 @@ def test_v2_burst_idle_and_no_oom_killer_setting(tmp_path: Path) -> None:
     cgroup.apply({"memory": {"disableOOMKiller": False}})
 
 
-def test_v2_refuses_block_io(tmp_path: Path) -> None:
-    layout, _ = make_v2(tmp_path)
-    cgroup = create("/sandboxrt/c1", layout=layout)
-    with pytest.raises(MissingFeatureError, match="blockIO on cgroup v2"):
-        cgroup.apply({"blockIO": {"weight": 100}})
-    cgroup.apply({"blockIO": {"weight": 0}})  # (Docker's "no weight")
-
-
-def test_v2_writes_unified_last_and_v1_refuses_it(tmp_path: Path) -> None:
+def test_v2_block_io_enables_io_down_to_the_cgroup(tmp_path: Path) -> None:
     layout, mnt = make_v2(tmp_path)
     cgroup = create("/sandboxrt/c1", layout=layout)
     leaf = mnt / "sandboxrt" / "c1"
-    (leaf / "memory.high").write_text("max\n")  # the kernel's file
-    cgroup.apply({"pids": {"limit": 5}, "unified": {"memory.high": "1048576", "pids.max": "9"}})
-    assert (read(leaf / "memory.high"), read(leaf / "pids.max")) == ("1048576", "9")
-    with pytest.raises(MissingFeatureError, match=r"io\.weight"):  # (no io controller here)
-        cgroup.apply({"unified": {"io.weight": "100"}})
-    v1_layout, _ = make_v1(tmp_path / "v1")
-    v1 = create("/sandboxrt/c1", layout=v1_layout)
-    with pytest.raises(MissingFeatureError, match="unified on cgroup v1"):
-        v1.apply({"unified": {"memory.high": "1"}})
-
-
-@pytest.mark.parametrize(
-    "unified",
-    [{"cgroup.procs": "1"}, {"memory/../x": "1"}, {"memory": "1"}, {"memory.high": 1}, []],
-)
-def test_unified_keys_name_a_controller_s_file(unified: Any) -> None:
-    with pytest.raises(SpecError, match=r"linux\.resources\.unified"):
-        Resources.from_oci({"unified": unified})
+    throttle = [{"major": 8, "minor": 0, "rate": 1 << 20}]
+    cgroup.apply({"blockIO": {"weight": 10, "throttleWriteBpsDevice": throttle}})
+    for parent in (mnt, mnt / "sandboxrt"):
+        assert "+io" in read(parent / "cgroup.subtree_control")
+    assert read(leaf / "io.weight") == "default 1"  # (v1's 10-1000 as 1-10000)
+    assert read(leaf / "io.max") == f"8:0 wbps={1 << 20}"
+    with pytest.raises(MissingFeatureError, match="leafWeight"):
+        cgroup.apply({"blockIO": {"leafWeight": 100}})
+    cgroup.apply({"blockIO": {"weight": 0}})  # (Docker's "no weight")
+    no_io, _ = make_v2(tmp_path / "no-io", controllers="cpu memory pids")
+    with pytest.raises(MissingFeatureError, match="io controller"):
+        create("/sandboxrt/c1", layout=no_io).apply({"blockIO": {"weight": 100}})
 
 
 def test_block_io_values_are_checked() -> None:

@@ -15,7 +15,7 @@ import contextlib
 import errno
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
 from sandboxrt._core import abi, devicefilter
@@ -30,6 +30,7 @@ from .common import (
     read_keyed,
     read_optional,
     write_file,
+    write_lines,
     write_newer_file,
 )
 from .layout import CgroupLayout, Hierarchy
@@ -50,6 +51,29 @@ __all__ = ["CgroupV2", "attach_device_program", "detach_device_programs"]
 ENABLED = ("cpu", "cpuset", "memory", "pids")
 
 
+def _enable(parent: Path, controllers: Sequence[str]) -> None:
+    """Enable ``controllers`` for the children of ``parent`` where they are not yet."""
+    text = read_optional(parent, "cgroup.subtree_control") or ""
+    enabled = {name.lstrip("+") for name in text.split()}
+    missing = [c for c in controllers if c not in enabled]
+    if missing:
+        write_file(parent, "cgroup.subtree_control", " ".join(f"+{c}" for c in missing))
+
+
+#: The ``io.max`` key of each throttle (:data:`THROTTLES`).
+_IO_MAX_KEYS = {
+    "read_bps": "rbps",
+    "write_bps": "wbps",
+    "read_iops": "riops",
+    "write_iops": "wiops",
+}
+
+
+def _io_weight(weight: int) -> int:
+    """A v1 blkio weight (10-1000) as an io.weight (1-10000), as runc converts it."""
+    return 1 + (weight - 10) * 9999 // 990
+
+
 def _limit(value: int) -> str:
     return "max" if value < 0 else str(value)
 
@@ -68,15 +92,17 @@ class CgroupV2(Cgroup):
 
     def _make(self, hierarchy: Hierarchy, rel: PurePosixPath) -> tuple[PurePosixPath, ...]:
         wanted = [c for c in ENABLED if c in hierarchy.controllers]
+        return make_levels(hierarchy.mountpoint, rel, before=lambda parent: _enable(parent, wanted))
 
-        def enable(parent: Path) -> None:
-            text = read_optional(parent, "cgroup.subtree_control") or ""
-            enabled = {name.lstrip("+") for name in text.split()}
-            missing = [c for c in wanted if c not in enabled]
-            if missing:
-                write_file(parent, "cgroup.subtree_control", " ".join(f"+{c}" for c in missing))
-
-        return make_levels(hierarchy.mountpoint, rel, before=enable)
+    def _enable_down(self, controller: str) -> None:
+        """Enable ``controller`` for the cgroup: in each level's parent, from the root."""
+        placement = self.placements[0]
+        if controller not in placement.controllers:
+            raise MissingFeatureError(f"the {controller} controller of cgroup v2")
+        directory = placement.mountpoint
+        for part in placement.rel.parts:
+            _enable(directory, [controller])
+            directory /= part
 
     @property
     def _dir(self) -> Path:
@@ -121,15 +147,35 @@ class CgroupV2(Cgroup):
             if text is not None:
                 write_file(self.require("cpuset"), name, text)
         if res.block_io != BlockIOResources():
-            raise MissingFeatureError(
-                "linux.resources.blockIO on cgroup v2", "sandboxrt applies it on cgroup v1 only"
-            )
+            self._apply_block_io(res.block_io)
         if res.pids_limit is not None:
             write_file(self.require("pids"), "pids.max", _limit(res.pids_limit))
         if res.devices:
             attach_device_program(self._dir, res.devices)
         for name, text in res.unified:  # (last: they win over the fields above, as runc)
             write_newer_file(self._dir, name, text)
+
+    def _apply_block_io(self, io: BlockIOResources) -> None:
+        """``blockIO`` as ``io.weight`` and ``io.max`` (the io controller enabled down to
+        the cgroup first). Leaf weights have no v2 equivalent."""
+        if io.leaf_weight is not None or any(leaf is not None for *_, leaf in io.weight_devices):
+            raise MissingFeatureError("blockIO leafWeight on cgroup v2", "v2 has no leaf weight")
+        self._enable_down("io")
+        lines: list[tuple[str, str | int]] = []
+        if io.weight is not None:
+            lines.append(("io.weight", f"default {_io_weight(io.weight)}"))
+        for major, minor, weight, _ in io.weight_devices:
+            if weight is not None:
+                lines.append(("io.weight", f"{major}:{minor} {_io_weight(weight)}"))
+        keys = {
+            "read_bps": "rbps",
+            "write_bps": "wbps",
+            "read_iops": "riops",
+            "write_iops": "wiops",
+        }
+        for kind, major, minor, rate in io.throttles:
+            lines.append(("io.max", f"{major}:{minor} {keys[kind]}={rate or 'max'}"))
+        write_lines(self._dir, lines)
 
     def destroy(
         self, timeout: float = 5.0, *, keep_parents: bool = False, owner: str | None = None
