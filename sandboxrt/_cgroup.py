@@ -311,17 +311,17 @@ def remove_left_behind(
     container of that id may be using it (a mark names the id, not the store)."""
     try:
         request = request_for(spec)
-    except SandboxrtError:
+        if request is None:
+            return
+        cgroup = cgroups.left_behind(
+            request.path,
+            request.resources,
+            container_id=container_id,
+            scope=scope,
+            layout=request.layout,
+        )
+    except SandboxrtError:  # (a spec no cgroup could have been made for)
         return
-    if request is None:
-        return
-    cgroup = cgroups.left_behind(
-        request.path,
-        request.resources,
-        container_id=container_id,
-        scope=scope,
-        layout=request.layout,
-    )
     if cgroup is None:
         return
     if request.path is None:  # (the store's own path: made by that creation alone)

@@ -360,6 +360,42 @@ def test_v2_block_io_enables_io_down_to_the_cgroup(tmp_path: Path) -> None:
         create("/sandboxrt/c1", layout=no_io).apply({"blockIO": {"weight": 100}})
 
 
+def test_v2_hugepage_limits_enable_hugetlb_down_to_the_cgroup(tmp_path: Path) -> None:
+    """As runc (kubelet writes a limit of 0 for every size a node has): they were refused."""
+    layout, mnt = make_v2(tmp_path)
+    cgroup = create("/sandboxrt/c1", layout=layout)
+    leaf = mnt / "sandboxrt" / "c1"
+    for name in ("hugetlb.2MB.max", "hugetlb.2MB.rsvd.max", "hugetlb.1GB.max"):
+        (leaf / name).write_text("max\n")  # the kernel's files
+    cgroup.apply(
+        {"hugepageLimits": [{"pageSize": "2MB", "limit": 0}, {"pageSize": "1GB", "limit": 1 << 30}]}
+    )
+    assert "+hugetlb" in read(mnt / "sandboxrt" / "cgroup.subtree_control")
+    assert [read(leaf / n) for n in ("hugetlb.2MB.max", "hugetlb.2MB.rsvd.max")] == ["0", "0"]
+    assert read(leaf / "hugetlb.1GB.max") == str(1 << 30)
+    with pytest.raises(MissingFeatureError, match=r"hugetlb\.64KB\.max"):
+        cgroup.apply({"hugepageLimits": [{"pageSize": "64KB", "limit": 0}]})
+    with pytest.raises(SpecError, match=r"hugepageLimits\[0\]\.pageSize"):
+        Resources.from_oci({"hugepageLimits": [{"pageSize": "2M", "limit": 0}]})
+
+
+def test_v1_hugepage_limits_need_a_hugetlb_hierarchy(tmp_path: Path) -> None:
+    limits = {"hugepageLimits": [{"pageSize": "2MB", "limit": 0}]}
+    layout, _ = make_v1(tmp_path / "without")
+    with pytest.raises(MissingFeatureError, match="hugepageLimits"):
+        create("/sandboxrt/c1", limits, layout=layout)
+    layout, base = make_v1(tmp_path / "with", (*V1_MOUNTS, "hugetlb"))
+    assert create("/sandboxrt/c1", layout=layout).directory("hugetlb") is None  # (unasked)
+    leaf = base / "hugetlb" / "job"
+    leaf.mkdir()
+    for name in ("hugetlb.2MB.limit_in_bytes", "hugetlb.2MB.rsvd.limit_in_bytes"):
+        (leaf / name).write_text("9223372036854771712\n")  # the kernel's files
+    cgroup = create("/job", limits, layout=layout)
+    assert cgroup.directory("hugetlb") == leaf
+    assert read(leaf / "hugetlb.2MB.limit_in_bytes") == "0"
+    assert read(leaf / "hugetlb.2MB.rsvd.limit_in_bytes") == "0"
+
+
 def test_block_io_values_are_checked() -> None:
     with pytest.raises(SpecError) as info:
         Resources.from_oci(

@@ -909,7 +909,6 @@ def test_fields_sandboxrt_does_not_apply_are_refused(section: str, key: str, val
 @pytest.mark.parametrize(
     ("path", "value"),
     [
-        ("hugepageLimits", [{"pageSize": "2MB", "limit": 2097152}]),
         ("network", {"classID": 1048577}),
         ("rdma", {"mlx5_1": {"hcaHandles": 3}}),
         ("cpu.realtimeRuntime", 1000),

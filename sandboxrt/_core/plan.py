@@ -323,7 +323,6 @@ _UNSUPPORTED_FIELDS = (
 #: ``linux.resources`` fields no cgroup driver of sandboxrt writes yet: refused when they
 #: ask for anything (runc refuses those its host cannot apply: hugetlb, rdma, unified on v1).
 _UNAPPLIED_RESOURCES = (
-    ("hugepageLimits",),
     ("network",),
     ("rdma",),
     ("cpu", "realtimeRuntime"),

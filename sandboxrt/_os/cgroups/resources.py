@@ -110,6 +110,9 @@ class Resources:
     block_io: BlockIOResources = BlockIOResources()
     #: ``unified``: cgroup v2 files and what to write to them, after the rest.
     unified: tuple[tuple[str, str], ...] = ()
+    #: ``hugepageLimits``: ``(page size, bytes)``, the size as the kernel's files name it
+    #: (``2MB``, ``1GB``).
+    hugepages: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def from_oci(cls, data: Mapping[str, Any] | None) -> Resources:
@@ -142,6 +145,7 @@ class Resources:
         devices = parser.devices(data.get("devices"))
         block_io = parser.block_io(parser.section(data, "blockIO"))
         unified = parser.unified(data.get("unified"))
+        hugepages = parser.hugepages(data.get("hugepageLimits"))
         if parser.problems:
             raise SpecError(parser.problems)
         swap, limit = memory.swap or 0, memory.limit or 0
@@ -163,8 +167,11 @@ class Resources:
             )
         if parser.problems:
             raise SpecError(parser.problems)
-        return cls(memory, cpu_res, pids_limit, devices, block_io, unified)
+        return cls(memory, cpu_res, pids_limit, devices, block_io, unified, hugepages)
 
+
+#: A huge page size as the kernel's hugetlb files name it.
+_PAGE_SIZE = re.compile(r"[1-9][0-9]*[KMG]B")
 
 #: A ``unified`` key: ``<controller>.<file>``, one name (no ``/``).
 _UNIFIED_KEY = re.compile(r"[a-z0-9_]+\.[a-z0-9_.]+")
@@ -296,13 +303,28 @@ class _Parser:
                 found.append((key, text))
         return tuple(found)
 
+    def hugepages(self, value: Any) -> tuple[tuple[str, int], ...]:
+        """``hugepageLimits``: a page size as ``2MB`` and a limit in bytes, each."""
+        found = []
+        for i, entry in enumerate(self.entries({"hugepageLimits": value}, "hugepageLimits")):
+            where = f"{_WHERE}.hugepageLimits[{i}]"
+            size, limit = entry.get("pageSize"), entry.get("limit")
+            if not isinstance(size, str) or not _PAGE_SIZE.fullmatch(size):
+                self.problems.append((f"{where}.pageSize", 'must be a size as "2MB" or "1GB"'))
+            elif isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                self.problems.append((f"{where}.limit", "must be an integer >= 0"))
+            else:
+                found.append((size, limit))
+        return tuple(found)
+
     def entries(self, data: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
         """The objects of the list ``data[key]`` (absent: none)."""
         value = data.get(key)
         if value is None:
             return []
         if not isinstance(value, list) or not all(isinstance(e, Mapping) for e in value):
-            self.problems.append((f"{_WHERE}.blockIO.{key}", "must be an array of objects"))
+            section = "" if key == "hugepageLimits" else "blockIO."
+            self.problems.append((f"{_WHERE}.{section}{key}", "must be an array of objects"))
             return []
         return value
 

@@ -64,6 +64,12 @@ class CgroupV1(Cgroup):
             wanted = wanted - {"cpuset"}
         if resources.block_io != BlockIOResources():  # (blkio only when asked for)
             wanted = wanted | {"blkio"}
+        if resources.hugepages:  # (hugetlb too)
+            if not any(h.version == 1 and "hugetlb" in h.controllers for h in layout.hierarchies):
+                raise MissingFeatureError(
+                    "linux.resources.hugepageLimits", "no cgroup v1 hugetlb hierarchy is mounted"
+                )
+            wanted = wanted | {"hugetlb"}
         found = [h for h in layout.hierarchies if h.version == 1 and h.controllers & wanted]
         if not found:
             raise MissingFeatureError("cgroup v1", "no cgroup v1 controller is mounted")
@@ -84,6 +90,11 @@ class CgroupV1(Cgroup):
         self._apply_memory(res.memory)
         self._apply_cpu(res.cpu)
         self._apply_block_io(res.block_io)
+        for size, most in res.hugepages:
+            directory = self.require("hugetlb")
+            write_newer_file(directory, f"hugetlb.{size}.limit_in_bytes", most)
+            if (directory / f"hugetlb.{size}.rsvd.limit_in_bytes").exists():  # (as runc)
+                write_file(directory, f"hugetlb.{size}.rsvd.limit_in_bytes", most)
         if res.pids_limit is not None:
             limit = "max" if res.pids_limit < 0 else res.pids_limit
             write_file(self.require("pids"), "pids.max", limit)

@@ -148,6 +148,12 @@ class CgroupV2(Cgroup):
                 write_file(self.require("cpuset"), name, text)
         if res.block_io != BlockIOResources():
             self._apply_block_io(res.block_io)
+        if res.hugepages:
+            self._enable_down("hugetlb")
+        for size, limit in res.hugepages:
+            write_newer_file(self._dir, f"hugetlb.{size}.max", limit)
+            if (self._dir / f"hugetlb.{size}.rsvd.max").exists():  # (as runc)
+                write_file(self._dir, f"hugetlb.{size}.rsvd.max", limit)
         if res.pids_limit is not None:
             write_file(self.require("pids"), "pids.max", _limit(res.pids_limit))
         if res.devices:
