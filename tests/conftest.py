@@ -207,6 +207,29 @@ def in_python(code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def killed_after(target: str, operation: str, container_id: str, store: FileStore) -> int:
+    """Run ``operation`` (a method of ``Container``) on the container in a second Python
+    process that SIGKILLs itself right after ``target`` (``"module:function"`` or
+    ``"module:Class.method"``) returns, as a ``kill -9`` landing there would; its return
+    code."""
+    module, _, attribute = target.partition(":")
+    owner, _, name = attribute.rpartition(".")
+    code = (
+        "import importlib, os, signal\n"
+        "from sandboxrt import Container, FileStore\n"
+        f"owner = importlib.import_module({module!r})\n"
+        + (f"owner = getattr(owner, {owner!r})\n" if owner else "")
+        + f"done = getattr(owner, {name!r})\n"
+        "def then_killed(*args, **kwargs):\n"
+        "    done(*args, **kwargs)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"setattr(owner, {name!r}, then_killed)\n"
+        f"container = Container.load({container_id!r}, store=FileStore({str(store.root)!r}))\n"
+        f"getattr(container, {operation!r})()\n"
+    )
+    return in_python(code).returncode
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
     """Poll ``predicate`` until it is true; fail after ``timeout`` seconds (a bound on a
     wait, not a timed assert)."""

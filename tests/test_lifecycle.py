@@ -18,6 +18,7 @@ import pytest
 from conftest import (
     BundleFactory,
     edit_config,
+    killed_after,
     needs_busybox,
     needs_root,
     run_output,
@@ -869,20 +870,8 @@ def test_a_caller_killed_in_start_after_the_release_leaves_a_container_that_says
     it; only the next ``start`` recorded the truth, by failing)."""
     container = Container.create("halfstarted", bundle(["sleep", "60"]), store=store)
     try:
-        code = (
-            "import os, signal, sys\n"
-            "from sandboxrt import Container, FileStore\n"
-            "from sandboxrt.sandbox import Sandbox\n"
-            "release = Sandbox.start\n"
-            "def released_then_killed(self, *args, **kwargs):\n"
-            "    release(self, *args, **kwargs)\n"
-            "    os.kill(os.getpid(), signal.SIGKILL)\n"
-            "Sandbox.start = released_then_killed\n"
-            "Container.load(sys.argv[1], store=FileStore(sys.argv[2])).start()\n"
-        )
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        argv = [sys.executable, "-c", code, container.id, str(store.root)]
-        assert subprocess.run(argv, env=env, check=False).returncode == -signal.SIGKILL
+        code = killed_after("sandboxrt.sandbox:Sandbox.start", "start", container.id, store)
+        assert code == -signal.SIGKILL
         assert store.load(container.id).status is Status.CREATED  # (not recorded)
         assert container.status is Status.RUNNING
         assert container.state().status == "running"

@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 import pytest
-from conftest import BundleFactory, edit_config, needs_busybox, needs_root
+from conftest import BundleFactory, edit_config, killed_after, needs_busybox, needs_root
 
 from sandboxrt import (
     Config,
@@ -238,20 +238,8 @@ def test_a_caller_killed_while_it_freezes_leaves_a_container_that_says_paused(
     frozen container that said running (resume refused it, and an exec hung on its
     frozen agent for 30 s past its timeout)."""
     container, count = counter
-    code = (
-        "import os, signal, sys\n"
-        "from sandboxrt import Container, FileStore, _cgroup\n"
-        "freeze = _cgroup.freeze\n"
-        "def frozen_then_killed(*args, **kwargs):\n"
-        "    freeze(*args, **kwargs)\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "_cgroup.freeze = frozen_then_killed\n"
-        "Container.load(sys.argv[1], store=FileStore(sys.argv[2])).pause()\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    argv = [sys.executable, "-c", code, container.id, str(store.root)]
-    done = subprocess.run(argv, env=env, check=False)
-    assert done.returncode == -signal.SIGKILL
+    code = killed_after("sandboxrt._cgroup:freeze", "pause", container.id, store)
+    assert code == -signal.SIGKILL
     assert library_cgroup.is_frozen(store.load(container.id).cgroup, container.id)
     assert container.status is Status.PAUSED
     with pytest.raises(InvalidStateError):

@@ -25,7 +25,7 @@ import signal
 import socket
 import stat
 import termios
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from sandboxrt._core import abi, users
@@ -401,30 +401,18 @@ def _apply_process(
         except OSError as exc:
             raise OSError(exc.errno, f"{what}: {exc.strerror}") from None
     if plan.oom_score_adj is not None:
-        try:
-            # (In a user namespace, the file is the host root's until we exec: set from
-            # outside then, see ``supervisor._grant_ahead``; equal, it is left alone.)
+        # (In a user namespace, the file is the host root's until we exec: set from
+        # outside then, see ``supervisor._grant_ahead``; equal, it is left alone.)
+        with _saying(f"setting oomScoreAdj to {plan.oom_score_adj}"):
             procfs.set_oom_score_adj(plan.oom_score_adj)
-        except OSError as exc:
-            what = f"setting oomScoreAdj to {plan.oom_score_adj}"
-            raise OSError(exc.errno, f"{what}: {exc.strerror}") from None
     # While privileged: a real-time class or policy needs it.
     if plan.io_priority is not None:
-        try:
+        with _saying("setting ioPriority"):
             syscalls.ioprio_set(plan.io_priority)
-        except OSError as exc:
-            raise OSError(exc.errno, f"setting ioPriority: {exc.strerror}") from None
     if plan.scheduler is not None:
-        try:
+        real_time = plan.scheduler[0] in _REAL_TIME_POLICIES
+        with _saying("setting the scheduler", _REAL_TIME_REFUSED if real_time else ""):
             syscalls.sched_setattr(plan.scheduler)
-        except OSError as exc:
-            what = f"setting the scheduler: {exc.strerror}"
-            if exc.errno == errno.EPERM and plan.scheduler[0] in _REAL_TIME_POLICIES:
-                what += (
-                    " (a real-time policy also needs real-time CPU time in the container's"
-                    " cgroup, cpu.rt_runtime_us on cgroup v1, which sandboxrt does not give)"
-                )
-            raise OSError(exc.errno, what) from None
     os.umask(plan.umask if plan.umask is not None else DEFAULT_UMASK)
     if seccomp_program is not None and seccomp_early:
         syscalls.seccomp_set_filter(seccomp_program, seccomp_flags)
@@ -465,6 +453,22 @@ _bounded: frozenset[int] | None = None
 
 #: ``SCHED_FIFO``, ``SCHED_RR`` and ``SCHED_DEADLINE``.
 _REAL_TIME_POLICIES = frozenset({1, 2, 6})
+#: Why the kernel may refuse a real-time policy (``EPERM``) to a privileged process.
+_REAL_TIME_REFUSED = (
+    " (a real-time policy also needs real-time CPU time in the container's cgroup,"
+    " cpu.rt_runtime_us on cgroup v1, which sandboxrt does not give)"
+)
+
+
+@contextlib.contextmanager
+def _saying(what: str, if_refused: str = "") -> Iterator[None]:
+    """Name ``what`` failed in the ``OSError`` of the block (and ``if_refused`` too when
+    that is ``EPERM``)."""
+    try:
+        yield
+    except OSError as exc:
+        extra = if_refused if exc.errno == errno.EPERM else ""
+        raise OSError(exc.errno, f"{what}: {exc.strerror}{extra}") from None
 
 
 def _drop_bounding(keep: Iterable[int]) -> None:
