@@ -40,7 +40,7 @@ from typing import Any
 from sandboxrt._core import devicefilter
 from sandboxrt._os import cgroups
 from sandboxrt._os.cgroups import Cgroup, CgroupLayout, DeviceRule, Resources
-from sandboxrt.errors import MissingFeatureError, SandboxrtError, SystemCallError
+from sandboxrt.errors import MissingFeatureError, SandboxrtError, SpecError, SystemCallError
 from sandboxrt.stores.file import default_root
 
 __all__ = [
@@ -201,6 +201,15 @@ def create(request: CgroupRequest, container_id: str, scope: str = "") -> Cgroup
             raise named from err
         log.debug("container %s runs without a cgroup: %s", container_id, err)
         return None
+    except SpecError as err:  # (a resource the kernel refused: a device it does not know)
+        if err.source is not None:
+            raise
+        raise SpecError(err.problems, source=f'container "{container_id}"') from err
+    except MissingFeatureError as err:
+        if f'container "{container_id}"' in str(err):
+            raise
+        feature = f'{err.feature} (container "{container_id}")'
+        raise MissingFeatureError(feature, err.detail) from err
 
 
 #: The files that move a process or thread into a cgroup (v1 ``tasks``; v2 threads).

@@ -154,7 +154,8 @@ class _Session:
     def __init__(self, gofer: Gofer, conn: socket.socket, on_no_root: Callable[[], object]) -> None:
         self.gofer = gofer
         self.conn = conn
-        #: Raises :class:`InvalidStateError` once the container stopped.
+        #: Raises :class:`InvalidStateError` once the container stopped
+        #: (:class:`ContainerNotFoundError` once destroyed).
         self.on_no_root = on_no_root
 
     def call(self, request: FileRequest) -> tuple[FileReply, list[int]]:
@@ -163,7 +164,11 @@ class _Session:
             if problem is not None:
                 cid = self.gofer.container_id
                 raise InvalidArgumentError(cid, f"a path in a container {problem}: {text!r}")
-        reply, fds = self.gofer.ask(self.conn, request)
+        try:
+            reply, fds = self.gofer.ask(self.conn, request)
+        except GoferError:  # (a destroy ends the gofer first: the container's state says)
+            self.on_no_root()
+            raise
         if not reply.ok:
             channel.close_fds(fds)
             cid = self.gofer.container_id

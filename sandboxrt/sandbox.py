@@ -338,8 +338,8 @@ class Sandbox:
     def was_started(self, container_id: str) -> bool:
         """Whether the supervisor released the container's init (``start``); ``False``
         when it cannot say (it is gone)."""
-        try:
-            reply = self.request(container_id, Request("wait", container_id, nohang=True), 5.0)
+        try:  # (briefly: a supervisor too busy or stopped to say is taken at its record)
+            reply = self.request(container_id, Request("wait", container_id, nohang=True), 1.0)
         except (SandboxrtError, TimeoutError):
             return False
         return reply.ok and reply.details.get("started") is True

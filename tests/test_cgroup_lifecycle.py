@@ -38,6 +38,7 @@ from sandboxrt import (
     InvalidStateError,
     MissingFeatureError,
     SandboxrtError,
+    SpecError,
     Stats,
     Status,
     SubprocessLauncher,
@@ -342,6 +343,11 @@ def test_block_io_throttles_reach_the_blkio_cgroup(store: FileStore, bundle: Bun
     finally:
         container.destroy()
     assert not blkio.exists()
+    nowhere = bundle(["true"])
+    rule = {"major": 250, "minor": 99, "rate": 1000}  # (no such device here)
+    edit_config(nowhere, resources(blockIO={"throttleReadBpsDevice": [rule]}))
+    with pytest.raises(SpecError, match=r'container "nowhere": linux\.resources\.blockIO: no such'):
+        Container.create("nowhere", nowhere, store=store)
     weighted = bundle(["sleep", "100"])
     edit_config(weighted, resources(blockIO={"weight": 500}))
     try:

@@ -403,7 +403,10 @@ def test_block_io_values_are_checked() -> None:
                 "blockIO": {
                     "weight": 5,
                     "weightDevice": [{"major": 8, "minor": -1, "weight": 2000}],
-                    "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": -1}],
+                    "throttleReadBpsDevice": [
+                        {"major": 8, "minor": 0, "rate": -1},
+                        {"major": 8, "minor": 0, "rate": 2**64},
+                    ],
                     "throttleWriteIOPSDevice": {},
                 }
             }
@@ -412,6 +415,7 @@ def test_block_io_values_are_checked() -> None:
         "linux.resources.blockIO.weightDevice[0].minor",
         "linux.resources.blockIO.weightDevice[0].weight",
         "linux.resources.blockIO.throttleReadBpsDevice[0].rate",
+        "linux.resources.blockIO.throttleReadBpsDevice[1].rate",
         "linux.resources.blockIO.throttleWriteIOPSDevice",
         "linux.resources.blockIO.weight",
     ]

@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
-from sandboxrt.errors import MissingFeatureError, SystemCallError
+from sandboxrt.errors import MissingFeatureError, SpecError, SystemCallError
 
 from .layout import CgroupLayout, Hierarchy
 from .resources import Resources, ResourcesLike, as_resources
@@ -47,6 +47,7 @@ __all__ = [
     "Cgroup",
     "CgroupStats",
     "Placement",
+    "block_device_errors",
     "read_file",
     "read_int",
     "read_keyed",
@@ -110,6 +111,23 @@ def write_newer_file(directory: Path, names: str | Sequence[str], value: str | i
             return
     named = " or ".join(candidates)
     raise MissingFeatureError(named, f"the cgroup {directory} has no {named} on this kernel")
+
+
+@contextlib.contextmanager
+def block_device_errors() -> Iterator[None]:
+    """Writing ``linux.resources.blockIO`` settings: a device the kernel does not know
+    (``ENODEV``) is the spec's error, one whose I/O scheduler has no weights
+    (``EOPNOTSUPP``) a missing feature; both named so."""
+    try:
+        yield
+    except SystemCallError as err:
+        if err.errno == errno.ENODEV:
+            raise SpecError([("linux.resources.blockIO", f"no such block device: {err}")]) from err
+        if err.errno == errno.EOPNOTSUPP:
+            raise MissingFeatureError(
+                "linux.resources.blockIO weights for that device", str(err)
+            ) from err
+        raise
 
 
 def write_lines(directory: Path, lines: Iterable[tuple[str, str | int]]) -> None:

@@ -269,13 +269,16 @@ class _Parser:
             where = f"blockIO.weightDevice[{i}]"
             major, minor = self.device_number(entry, where)
             pair = (weight(entry, "weight", where), weight(entry, "leafWeight", where))
-            devices.append((major, minor, *pair))
+            if pair != (None, None):  # (0: no weight, as Docker writes it)
+                devices.append((major, minor, *pair))
         throttles = []
         for key, kind in THROTTLES.items():
             for i, entry in enumerate(self.entries(io, key)):
                 where = f"blockIO.{key}[{i}]"
                 major, minor = self.device_number(entry, where)
                 rate = self.number(entry, where, "rate", minimum=0)
+                if rate is not None and rate >= 2**64:  # (the kernel would drop the rule)
+                    self.problems.append((f"{_WHERE}.{where}.rate", "must be below 2**64"))
                 throttles.append((kind, major, minor, rate or 0))
         return BlockIOResources(
             weight=weight(io, "weight", "blockIO"),

@@ -20,6 +20,7 @@ from sandboxrt.errors import MissingFeatureError, SystemCallError
 from .common import (
     Cgroup,
     CgroupStats,
+    block_device_errors,
     make_levels,
     read_file,
     read_int,
@@ -139,6 +140,10 @@ class CgroupV1(Cgroup):
     def _apply_block_io(self, io: BlockIOResources) -> None:
         if io == BlockIOResources():
             return
+        with block_device_errors():
+            self._write_block_io(io)
+
+    def _write_block_io(self, io: BlockIOResources) -> None:
         directory = self.require("blkio")
         # The weights are CFQ's files, or BFQ's (the scheduler of the device decides).
         if io.weight is not None:

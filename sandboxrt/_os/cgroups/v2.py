@@ -25,6 +25,7 @@ from sandboxrt.errors import MissingFeatureError, SystemCallError
 from .common import (
     Cgroup,
     CgroupStats,
+    block_device_errors,
     make_levels,
     read_int,
     read_keyed,
@@ -147,7 +148,8 @@ class CgroupV2(Cgroup):
             if text is not None:
                 write_file(self.require("cpuset"), name, text)
         if res.block_io != BlockIOResources():
-            self._apply_block_io(res.block_io)
+            with block_device_errors():
+                self._apply_block_io(res.block_io)
         if res.hugepages:
             self._enable_down("hugetlb")
         for size, limit in res.hugepages:
