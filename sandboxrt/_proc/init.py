@@ -681,17 +681,11 @@ def run_init(
     try:
         if signal_mask is not None:
             _drop_handlers(signal_mask)
-        placed: list[mounts.CgroupPlacement] | None = None  # (joined in _prepare_root)
-        if plan.await_cgroup:
-            pass
-        elif cgroup is not None:
-            placed = _join_cgroup(cgroup, new_cgroup_namespace, plan)
-        elif plan.cgroup_procs:
-            raise ValueError("the files that join the container's cgroup did not come")
-        else:
-            placed = []
-            if new_cgroup_namespace:
-                syscalls.unshare(abi.CLONE_NEWCGROUP)
+        placed: list[mounts.CgroupPlacement] | None = None  # (awaited: see _prepare_root)
+        if not plan.await_cgroup:
+            if cgroup is None and plan.cgroup_procs:
+                raise ValueError("the files that join the container's cgroup did not come")
+            placed = _join_cgroup(cgroup or [], new_cgroup_namespace, plan)
         _init_process()
         seccomp_program = _seccomp_program(plan)
         _prepare_root(plan, sync, new_cgroup_namespace, trees, host_tree, placed=placed)
