@@ -151,12 +151,14 @@ _O_HOST_DIR = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 class _Session:
     """One connection to the gofer, for one verb (a tree copy makes many requests)."""
 
-    def __init__(self, gofer: Gofer, conn: socket.socket, on_no_root: Callable[[], object]) -> None:
+    def __init__(
+        self, gofer: Gofer, conn: socket.socket, check_state: Callable[[], object]
+    ) -> None:
         self.gofer = gofer
         self.conn = conn
         #: Raises :class:`InvalidStateError` once the container stopped
         #: (:class:`ContainerNotFoundError` once destroyed).
-        self.on_no_root = on_no_root
+        self.check_state = check_state
 
     def call(self, request: FileRequest) -> tuple[FileReply, list[int]]:
         for text in (request.path, request.target or ""):
@@ -167,13 +169,13 @@ class _Session:
         try:
             reply, fds = self.gofer.ask(self.conn, request)
         except GoferError:  # (a destroy ends the gofer first: the container's state says)
-            self.on_no_root()
+            self.check_state()
             raise
         if not reply.ok:
             channel.close_fds(fds)
             cid = self.gofer.container_id
             if reply.no_root:  # its supervisor is gone: stopped, or its sandbox ending
-                self.on_no_root()
+                self.check_state()
                 raise GoferError(cid, reply.error)
             if reply.errno:
                 raise file_error(cid, request.path, reply.errno, reply.error)
