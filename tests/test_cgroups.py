@@ -181,6 +181,8 @@ def test_resources_from_oci() -> None:
     assert Resources.from_oci({"memory": {"limit": 0}}).memory.limit is None
     with pytest.raises(SpecError, match=r"cpu\.idle.*0 or 1"):
         Resources.from_oci({"cpu": {"idle": 2}})
+    with pytest.raises(SpecError, match=r"cpu\.burst: must not exceed cpu\.quota"):
+        Resources.from_oci({"cpu": {"quota": 1000, "burst": 2000}})
 
 
 def test_resources_from_oci_lists_every_problem() -> None:
@@ -347,6 +349,9 @@ def test_v2_block_io_enables_io_down_to_the_cgroup(tmp_path: Path) -> None:
     cgroup = create("/sandboxrt/c1", layout=layout)
     leaf = mnt / "sandboxrt" / "c1"
     throttle = [{"major": 8, "minor": 0, "rate": 1 << 20}]
+    with pytest.raises(MissingFeatureError, match=r"io\.weight"):  # (no io cost control)
+        cgroup.apply({"blockIO": {"weight": 10}})
+    (leaf / "io.weight").write_text("default 100\n")  # the kernel's file
     cgroup.apply({"blockIO": {"weight": 10, "throttleWriteBpsDevice": throttle}})
     for parent in (mnt, mnt / "sandboxrt"):
         assert "+io" in read(parent / "cgroup.subtree_control")
@@ -355,6 +360,9 @@ def test_v2_block_io_enables_io_down_to_the_cgroup(tmp_path: Path) -> None:
     with pytest.raises(MissingFeatureError, match="leafWeight"):
         cgroup.apply({"blockIO": {"leafWeight": 100}})
     cgroup.apply({"blockIO": {"weight": 0}})  # (Docker's "no weight")
+    (leaf / "io.bfq.weight").write_text("default 100\n")  # BFQ's, which runc prefers
+    cgroup.apply({"blockIO": {"weight": 500}})
+    assert read(leaf / "io.bfq.weight") == "default 500"  # (not converted)
     no_io, _ = make_v2(tmp_path / "no-io", controllers="cpu memory pids")
     with pytest.raises(MissingFeatureError, match="io controller"):
         create("/sandboxrt/c1", layout=no_io).apply({"blockIO": {"weight": 100}})
@@ -394,6 +402,37 @@ def test_v1_hugepage_limits_need_a_hugetlb_hierarchy(tmp_path: Path) -> None:
     assert cgroup.directory("hugetlb") == leaf
     assert read(leaf / "hugetlb.2MB.limit_in_bytes") == "0"
     assert read(leaf / "hugetlb.2MB.rsvd.limit_in_bytes") == "0"
+
+
+def test_v2_writes_unified_last_and_v1_refuses_it(tmp_path: Path) -> None:
+    layout, mnt = make_v2(tmp_path)
+    cgroup = create("/sandboxrt/c1", layout=layout)
+    leaf = mnt / "sandboxrt" / "c1"
+    (leaf / "memory.high").write_text("max\n")  # the kernel's file
+    cgroup.apply({"pids": {"limit": 5}, "unified": {"memory.high": "1048576", "pids.max": "9"}})
+    assert (read(leaf / "memory.high"), read(leaf / "pids.max")) == ("1048576", "9")
+    with pytest.raises(MissingFeatureError, match=r"unified\.io\.weight"):  # (no such file)
+        cgroup.apply({"unified": {"io.weight": "100"}})
+    assert "+io" in read(mnt / "sandboxrt" / "cgroup.subtree_control")  # (enabled for it)
+    (leaf / "io.max").write_text("")
+    (leaf / "hugetlb.2MB.max").write_text("max\n")
+    cgroup.apply({"unified": {"io.max": "8:0 rbps=1\n8:16 wbps=2\n", "hugetlb.2MB.max": "0"}})
+    # A line per write, without its newline (a fake file keeps them all, one after another).
+    assert read(leaf / "io.max") == "8:0 rbps=1" + "8:16 wbps=2"
+    assert read(leaf / "hugetlb.2MB.max") == "0"
+    v1_layout, _ = make_v1(tmp_path / "v1")
+    v1 = create("/sandboxrt/c1", layout=v1_layout)
+    with pytest.raises(MissingFeatureError, match="unified on cgroup v1"):
+        v1.apply({"unified": {"memory.high": "1"}})
+
+
+@pytest.mark.parametrize(
+    "unified",
+    [{"cgroup.procs": "1"}, {"memory/../x": "1"}, {"memory": "1"}, {"memory.high": 1}, []],
+)
+def test_unified_keys_name_a_controller_s_file(unified: Any) -> None:
+    with pytest.raises(SpecError, match=r"linux\.resources\.unified"):
+        Resources.from_oci({"unified": unified})
 
 
 def test_block_io_values_are_checked() -> None:

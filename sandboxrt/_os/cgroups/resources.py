@@ -155,6 +155,9 @@ class Resources:
             )
         if swap > 0 and limit in (0, -1):  # (v1 refuses it with a bare EINVAL)
             parser.problems.append((f"{_WHERE}.memory.swap", "a swap limit needs a memory limit"))
+        quota = cpu_res.quota if cpu_res.quota is not None and cpu_res.quota > 0 else None
+        if cpu_res.burst is not None and quota is not None and cpu_res.burst > quota:
+            parser.problems.append((f"{_WHERE}.cpu.burst", "must not exceed cpu.quota"))
         if cpu_res.idle is not None and cpu_res.idle != 1:
             parser.problems.append((f"{_WHERE}.cpu.idle", "must be 0 or 1"))
         shares = cpu_res.shares
@@ -174,7 +177,7 @@ class Resources:
 _PAGE_SIZE = re.compile(r"[1-9][0-9]*[KMG]B")
 
 #: A ``unified`` key: ``<controller>.<file>``, one name (no ``/``).
-_UNIFIED_KEY = re.compile(r"[a-z0-9_]+\.[a-z0-9_.]+")
+_UNIFIED_KEY = re.compile(r"[a-z0-9_]+\.[A-Za-z0-9_.]+")
 
 #: The range of v1 ``cpu.shares`` (the kernel clamps a value outside it silently).
 _MIN_SHARES, _MAX_SHARES = 2, 262144

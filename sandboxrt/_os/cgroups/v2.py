@@ -53,12 +53,24 @@ ENABLED = ("cpu", "cpuset", "memory", "pids")
 
 
 def _enable(parent: Path, controllers: Sequence[str]) -> None:
-    """Enable ``controllers`` for the children of ``parent`` where they are not yet."""
+    """Enable ``controllers`` for the children of ``parent`` where they are not yet. A
+    cgroup that holds processes cannot give its children controllers (``EBUSY``): said."""
     text = read_optional(parent, "cgroup.subtree_control") or ""
     enabled = {name.lstrip("+") for name in text.split()}
     missing = [c for c in controllers if c not in enabled]
-    if missing:
+    if not missing:
+        return
+    try:
         write_file(parent, "cgroup.subtree_control", " ".join(f"+{c}" for c in missing))
+    except SystemCallError as err:
+        if err.errno != errno.EBUSY:
+            raise
+        what = (
+            f"enabling {', '.join(missing)} for the children of {parent}, which holds"
+            " processes (cgroup v2 gives controllers only to the children of a cgroup"
+            " without any: choose a cgroupsPath outside it)"
+        )
+        raise SystemCallError(what, OSError(errno.EBUSY, os.strerror(errno.EBUSY))) from err
 
 
 #: The ``io.max`` key of each throttle (:data:`THROTTLES`).
@@ -148,8 +160,7 @@ class CgroupV2(Cgroup):
             if text is not None:
                 write_file(self.require("cpuset"), name, text)
         if res.block_io != BlockIOResources():
-            with block_device_errors():
-                self._apply_block_io(res.block_io)
+            self._apply_block_io(res.block_io)
         if res.hugepages:
             self._enable_down("hugetlb")
         for size, limit in res.hugepages:
@@ -160,30 +171,46 @@ class CgroupV2(Cgroup):
             write_file(self.require("pids"), "pids.max", _limit(res.pids_limit))
         if res.devices:
             attach_device_program(self._dir, res.devices)
-        for name, text in res.unified:  # (last: they win over the fields above, as runc)
-            write_newer_file(self._dir, name, text)
+        self._write_unified(res.unified)  # (last: it wins over the fields above, as runc)
 
     def _apply_block_io(self, io: BlockIOResources) -> None:
-        """``blockIO`` as ``io.weight`` and ``io.max`` (the io controller enabled down to
-        the cgroup first). Leaf weights have no v2 equivalent."""
+        """``blockIO`` as ``io.max`` and, as runc writes them, BFQ's ``io.bfq.weight``
+        where the kernel has it, else ``io.weight`` (converted); the io controller enabled
+        down to the cgroup first. Leaf weights have no v2 equivalent."""
         if io.leaf_weight is not None or any(leaf is not None for *_, leaf in io.weight_devices):
             raise MissingFeatureError("blockIO leafWeight on cgroup v2", "v2 has no leaf weight")
         self._enable_down("io")
-        lines: list[tuple[str, str | int]] = []
-        if io.weight is not None:
-            lines.append(("io.weight", f"default {_io_weight(io.weight)}"))
-        for major, minor, weight, _ in io.weight_devices:
-            if weight is not None:
-                lines.append(("io.weight", f"{major}:{minor} {_io_weight(weight)}"))
-        keys = {
-            "read_bps": "rbps",
-            "write_bps": "wbps",
-            "read_iops": "riops",
-            "write_iops": "wiops",
-        }
-        for kind, major, minor, rate in io.throttles:
-            lines.append(("io.max", f"{major}:{minor} {keys[kind]}={rate or 'max'}"))
-        write_lines(self._dir, lines)
+        bfq = (self._dir / "io.bfq.weight").exists()
+        weight_file = "io.bfq.weight" if bfq else "io.weight"
+
+        def weight_of(value: int) -> int:
+            return value if bfq else _io_weight(value)
+
+        with block_device_errors():
+            if io.weight is not None:
+                write_newer_file(self._dir, weight_file, f"default {weight_of(io.weight)}")
+            for major, minor, weight, _ in io.weight_devices:
+                if weight is not None:
+                    line = f"{major}:{minor} {weight_of(weight)}"
+                    write_newer_file(self._dir, weight_file, line)
+            lines: list[tuple[str, str | int]] = [
+                ("io.max", f"{major}:{minor} {_IO_MAX_KEYS[kind]}={rate or 'max'}")
+                for kind, major, minor, rate in io.throttles
+            ]
+            write_lines(self._dir, lines)
+
+    def _write_unified(self, unified: Sequence[tuple[str, str]]) -> None:
+        """``unified``: each file of the container's cgroup written line by line (a rule
+        per write), its controller enabled down to the cgroup first where it has one."""
+        for name, text in unified:
+            controller = name.partition(".")[0]
+            if controller in self.placements[0].controllers:
+                self._enable_down(controller)
+            if not (self._dir / name).exists():
+                raise MissingFeatureError(
+                    f"linux.resources.unified.{name}", f"{self._dir} has no {name}"
+                )
+            write_lines(self._dir, [(name, line) for line in text.splitlines() or [""]])
 
     def destroy(
         self, timeout: float = 5.0, *, keep_parents: bool = False, owner: str | None = None
