@@ -100,17 +100,20 @@ def write_file(directory: Path, name: str, value: str | int) -> None:
     write_lines(directory, [(name, value)])
 
 
-def write_newer_file(directory: Path, names: str | Sequence[str], value: str | int) -> None:
+def write_newer_file(
+    directory: Path, names: str | Sequence[str], value: str | int, *, field: str = ""
+) -> None:
     """:func:`write_file` to a control file a kernel may lack (or to the first of
     ``names`` it has: a setting whose file some kernels name otherwise); where it has
-    none, :class:`MissingFeatureError` naming them."""
+    none, :class:`MissingFeatureError` naming them, and the spec's ``field`` they serve."""
     candidates = [names] if isinstance(names, str) else list(names)
     for name in candidates:
         if (directory / name).exists():
             write_file(directory, name, value)
             return
     named = " or ".join(candidates)
-    raise MissingFeatureError(named, f"the cgroup {directory} has no {named} on this kernel")
+    feature = f"{field} ({named})" if field else named
+    raise MissingFeatureError(feature, f"the cgroup {directory} has no {named} on this kernel")
 
 
 @contextlib.contextmanager

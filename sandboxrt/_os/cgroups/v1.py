@@ -93,7 +93,8 @@ class CgroupV1(Cgroup):
         self._apply_block_io(res.block_io)
         for size, most in res.hugepages:
             directory = self.require("hugetlb")
-            write_newer_file(directory, f"hugetlb.{size}.limit_in_bytes", most)
+            name = f"hugetlb.{size}.limit_in_bytes"
+            write_newer_file(directory, name, most, field="linux.resources.hugepageLimits")
             if (directory / f"hugetlb.{size}.rsvd.limit_in_bytes").exists():  # (as runc)
                 write_file(directory, f"hugetlb.{size}.rsvd.limit_in_bytes", most)
         if res.pids_limit is not None:
@@ -178,9 +179,13 @@ class CgroupV1(Cgroup):
                     quota_done = True
             if cpu.quota is not None and not quota_done:
                 write_file(directory, "cpu.cfs_quota_us", cpu.quota)
-        for name, newer in (("cpu.cfs_burst_us", cpu.burst), ("cpu.idle", cpu.idle)):
+        for name, key, newer in (
+            ("cpu.cfs_burst_us", "burst", cpu.burst),
+            ("cpu.idle", "idle", cpu.idle),
+        ):
             if newer is not None:
-                write_newer_file(self.require("cpu"), name, newer)
+                field = f"linux.resources.cpu.{key}"
+                write_newer_file(self.require("cpu"), name, newer, field=field)
         for name, value in (("cpuset.cpus", cpu.cpus), ("cpuset.mems", cpu.mems)):
             if value is not None:
                 write_file(self.require("cpuset"), name, value)

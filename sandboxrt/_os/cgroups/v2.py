@@ -153,9 +153,13 @@ class CgroupV2(Cgroup):
             if cpu.period is not None:
                 value += f" {cpu.period}"
             write_file(self.require("cpu"), "cpu.max", value)
-        for name, newer in (("cpu.max.burst", cpu.burst), ("cpu.idle", cpu.idle)):
+        for name, key, newer in (
+            ("cpu.max.burst", "burst", cpu.burst),
+            ("cpu.idle", "idle", cpu.idle),
+        ):
             if newer is not None:
-                write_newer_file(self.require("cpu"), name, newer)
+                field = f"linux.resources.cpu.{key}"
+                write_newer_file(self.require("cpu"), name, newer, field=field)
         for name, text in (("cpuset.cpus", cpu.cpus), ("cpuset.mems", cpu.mems)):
             if text is not None:
                 write_file(self.require("cpuset"), name, text)
@@ -164,7 +168,8 @@ class CgroupV2(Cgroup):
         if res.hugepages:
             self._enable_down("hugetlb")
         for size, limit in res.hugepages:
-            write_newer_file(self._dir, f"hugetlb.{size}.max", limit)
+            name = f"hugetlb.{size}.max"
+            write_newer_file(self._dir, name, limit, field="linux.resources.hugepageLimits")
             if (self._dir / f"hugetlb.{size}.rsvd.max").exists():  # (as runc)
                 write_file(self._dir, f"hugetlb.{size}.rsvd.max", limit)
         if res.pids_limit is not None:
