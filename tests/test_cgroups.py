@@ -430,7 +430,14 @@ def test_v2_writes_unified_last_and_v1_refuses_it(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "unified",
-    [{"cgroup.procs": "1"}, {"memory/../x": "1"}, {"memory": "1"}, {"memory.high": 1}, []],
+    [
+        {"cgroup.procs": "1"},
+        {"memory/../x": "1"},
+        {"memory": "1"},
+        {"memory.high": 1},
+        [],
+        {"cpuset.cpus.partition": "root"},
+    ],
 )
 def test_unified_keys_name_a_controller_s_file(unified: Any) -> None:
     with pytest.raises(SpecError, match=r"linux\.resources\.unified"):

@@ -34,7 +34,6 @@ import errno
 import fcntl
 import os
 import posixpath
-import secrets
 import stat
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Literal
@@ -579,9 +578,11 @@ def fill_cgroup_mount(
     in is left out: its cgroup there is its supervisor's or above). v1 hierarchies go in
     directories named by their controllers, co-mounted ones also by each controller's name
     (symlinks), v2 beside them as ``unified``; v2 alone is mounted on the tmpfs itself. A
-    hierarchy the kernel does not let us mount (in a user namespace, say) is left out. Then
-    read-only, as the plan says. Nothing is done where the destination is no longer that
-    tmpfs (a later spec mount covered it)."""
+    hierarchy the kernel does not let us mount (in a user namespace, say) is left out, and
+    so is one where the container's cgroup is not the root of our cgroup namespace (its
+    path ``/``): the caller enters one rooted there first. Then read-only, as the plan
+    says. Nothing is done where the destination is no longer that tmpfs (a later spec
+    mount covered it)."""
     target = _opened_beneath("/", plan.destination)
     if target is None:
         return
@@ -600,11 +601,12 @@ def fill_cgroup_mount(
 
 def _fill_cgroup_tmpfs(target: int, plan: MountPlan, placed: Sequence[CgroupPlacement]) -> None:
     flags = plan.flags & ~abi.MS_REMOUNT
+    placed = [(controllers, path) for controllers, path in placed if path == "/"]
     if len(placed) == 1 and not placed[0][0]:  # cgroup v2 alone: on the tmpfs itself
         with contextlib.suppress(OSError):
-            _mount_hierarchy(target, "", placed[0][1], flags, plan.destination, scratch=target)
+            _mount_hierarchy(target, "", flags, plan.destination)
             return
-    for controllers, path in placed:
+    for controllers, _ in placed:
         name = controllers.removeprefix("name=") if controllers else "unified"
         try:
             os.mkdir(name, 0o755, dir_fd=target)
@@ -612,7 +614,7 @@ def _fill_cgroup_tmpfs(target: int, plan: MountPlan, placed: Sequence[CgroupPlac
         except OSError:
             continue
         try:
-            _mount_hierarchy(where, controllers, path, flags, plan.destination, scratch=target)
+            _mount_hierarchy(where, controllers, flags, plan.destination)
         except OSError:  # (not ours to mount: in a user namespace, say)
             with contextlib.suppress(OSError):
                 os.rmdir(name, dir_fd=target)
@@ -624,40 +626,12 @@ def _fill_cgroup_tmpfs(target: int, plan: MountPlan, placed: Sequence[CgroupPlac
                 os.symlink(name, each, dir_fd=target)
 
 
-def _mount_hierarchy(
-    where: int, controllers: str, path: str, flags: int, what: str, *, scratch: int
-) -> None:
-    """Mount the cgroup hierarchy of ``controllers`` (``""``: cgroup v2) on ``where``, showing
-    its cgroup at ``path`` (as our cgroup namespace shows it) and beneath. A path below the
-    namespace's root is mounted whole in a new directory of ``scratch`` (the tmpfs being
-    filled, which nothing else can reach yet) first, then that cgroup alone is cloned
-    (``open_tree``) onto ``where`` and the whole unmounted."""
+def _mount_hierarchy(where: int, controllers: str, flags: int, what: str) -> None:
+    """Mount the cgroup hierarchy of ``controllers`` (``""``: cgroup v2) on ``where``,
+    rooted at our cgroup namespace's root (the container's cgroup)."""
     fstype = "cgroup" if controllers else "cgroup2"
     data = (f"none,{controllers}" if controllers.startswith("name=") else controllers) or None
-    if path == "/":
-        _fd_mount(fstype, where, fstype, flags, data, what=what)
-        return
-    name = f".sandboxrt-{secrets.token_hex(8)}"
-    os.mkdir(name, 0o700, dir_fd=scratch)
-    try:
-        point = os.open(name, _O_DIR | os.O_NOFOLLOW, dir_fd=scratch)
-        try:
-            _fd_mount(fstype, point, fstype, flags, data, what=what)
-        finally:
-            os.close(point)
-        whole = os.open(name, _O_DIR | os.O_NOFOLLOW, dir_fd=scratch)  # the mount's root
-        try:
-            own = syscalls.open_tree(whole, path.lstrip("/"), abi.OPEN_TREE_CLONE | os.O_CLOEXEC)
-            try:
-                syscalls.move_mount(own, where)
-            finally:
-                os.close(own)
-        finally:
-            with _in_fd_table():
-                syscalls.umount2(str(whole), abi.MNT_DETACH)
-            os.close(whole)
-    finally:
-        os.rmdir(name, dir_fd=scratch)
+    _fd_mount(fstype, where, fstype, flags, data, what=what)
 
 
 def open_host_tree(path: str, *, recursive: bool = True) -> int:

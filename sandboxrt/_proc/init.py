@@ -325,7 +325,31 @@ def _beneath(paths: Iterable[str], found: _CgroupMounts) -> list[str]:
 
 def fill_cgroup_mounts(found: _CgroupMounts, placed: list[mounts.CgroupPlacement]) -> None:
     """Fill each of a root's ``cgroup`` mounts ``found`` (:func:`_prepare_root`) with the
-    hierarchies ``placed`` (after ``pivot_root``)."""
+    hierarchies ``placed`` (after ``pivot_root``).
+
+    Outside a cgroup namespace of its own, the container's hierarchies are mounted from
+    a new one, rooted at its cgroups, which we leave right after: a cgroup2 mount made
+    from the host's cgroup namespace sets the host's cgroup2 options (``nsdelegate``...)
+    to its own, and a mount there would show the host's whole tree. Where we may not go
+    back to our cgroup namespace (a user namespace's root), they are left out."""
+    if found and any(path != "/" for _, path in placed):
+        home = os.open("cgroup", os.O_RDONLY | os.O_CLOEXEC, dir_fd=_ns_dir)
+        try:
+            try:
+                syscalls.setns(home, abi.CLONE_NEWCGROUP)  # (ours already: may we come back?)
+            except OSError:
+                placed = []
+            else:
+                syscalls.unshare(abi.CLONE_NEWCGROUP)
+                try:
+                    rooted = [(controllers, "/") for controllers, _ in placed]
+                    for mount, mount_id in found:
+                        mounts.fill_cgroup_mount(mount, mount_id, rooted)
+                finally:
+                    syscalls.setns(home, abi.CLONE_NEWCGROUP)
+                return
+        finally:
+            os.close(home)
     for mount, mount_id in found:
         mounts.fill_cgroup_mount(mount, mount_id, placed)
 

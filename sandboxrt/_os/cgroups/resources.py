@@ -176,6 +176,10 @@ class Resources:
 #: A huge page size as the kernel's hugetlb files name it.
 _PAGE_SIZE = re.compile(r"[1-9][0-9]*[KMG]B")
 
+#: ``unified`` keys whose effect reaches past the container's cgroup (a partition root
+#: takes its CPUs from every other cgroup).
+_HOST_WIDE_KEYS = frozenset({"cpuset.cpus.partition", "cpuset.cpus.exclusive"})
+
 #: A ``unified`` key: ``<controller>.<file>``, one name (no ``/``).
 _UNIFIED_KEY = re.compile(r"[a-z0-9_]+\.[A-Za-z0-9_.]+")
 
@@ -305,6 +309,8 @@ class _Parser:
                 self.problems.append((where, "must be a string"))
             elif not _UNIFIED_KEY.fullmatch(key) or key.startswith("cgroup."):
                 self.problems.append((where, "must name a controller's file, as memory.high"))
+            elif key in _HOST_WIDE_KEYS:
+                self.problems.append((where, "changes the host's CPU partitions: refused"))
             else:
                 found.append((key, text))
         return tuple(found)
