@@ -181,6 +181,7 @@ def test_resources_from_oci() -> None:
     assert Resources.from_oci({"memory": {"limit": 0}}).memory.limit is None
     with pytest.raises(SpecError, match=r"cpu\.idle.*0 or 1"):
         Resources.from_oci({"cpu": {"idle": 2}})
+    assert Resources.from_oci({"cpu": {"idle": 0}}).cpu.idle == 0  # (written, as runc)
     with pytest.raises(SpecError, match=r"cpu\.burst: must not exceed cpu\.quota"):
         Resources.from_oci({"cpu": {"quota": 1000, "burst": 2000}})
 

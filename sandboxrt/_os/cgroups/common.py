@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 from sandboxrt.errors import MissingFeatureError, SpecError, SystemCallError
 
 from .layout import CgroupLayout, Hierarchy
-from .resources import Resources, ResourcesLike, as_resources
+from .resources import CpuResources, Resources, ResourcesLike, as_resources
 
 __all__ = [
     "OWNER_XATTR",
@@ -55,6 +55,7 @@ __all__ = [
     "release_parents",
     "write_file",
     "write_lines",
+    "write_newer_cpu_settings",
     "write_newer_file",
 ]
 
@@ -114,6 +115,16 @@ def write_newer_file(
     named = " or ".join(candidates)
     feature = f"{field} ({named})" if field else named
     raise MissingFeatureError(feature, f"the cgroup {directory} has no {named} on this kernel")
+
+
+def write_newer_cpu_settings(directory: Path, burst_file: str, cpu: CpuResources) -> None:
+    """``cpu.burst`` (to ``burst_file``: v1 and v2 name it apart) and ``cpu.idle``, files
+    older kernels lack (:func:`write_newer_file`); an idle of 0, the default, is skipped
+    where there is no file."""
+    for name, key, value in ((burst_file, "burst", cpu.burst), ("cpu.idle", "idle", cpu.idle)):
+        if value is None or (value == 0 and not (directory / name).exists()):
+            continue
+        write_newer_file(directory, name, value, field=f"linux.resources.cpu.{key}")
 
 
 @contextlib.contextmanager

@@ -55,7 +55,7 @@ class CpuResources:
     mems: str | None = None
     #: CFS burst (microseconds): quota a period may borrow from earlier idle ones.
     burst: int | None = None
-    #: 1: the cgroup's tasks run as ``SCHED_IDLE`` among its siblings.
+    #: 1: the cgroup's tasks run as ``SCHED_IDLE`` among its siblings (0: they do not).
     idle: int | None = None
 
 
@@ -139,7 +139,7 @@ class Resources:
             cpus=parser.text(cpu, "cpu", "cpus"),
             mems=parser.text(cpu, "cpu", "mems"),
             burst=parser.number(cpu, "cpu", "burst", minimum=0),
-            idle=parser.number(cpu, "cpu", "idle", minimum=0),
+            idle=parser.idle(cpu),
         )
         pids_limit = parser.number(pids, "pids", "limit", minimum=None)
         devices = parser.devices(data.get("devices"))
@@ -158,8 +158,6 @@ class Resources:
         quota = cpu_res.quota if cpu_res.quota is not None and cpu_res.quota > 0 else None
         if cpu_res.burst is not None and quota is not None and cpu_res.burst > quota:
             parser.problems.append((f"{_WHERE}.cpu.burst", "must not exceed cpu.quota"))
-        if cpu_res.idle is not None and cpu_res.idle != 1:
-            parser.problems.append((f"{_WHERE}.cpu.idle", "must be 0 or 1"))
         shares = cpu_res.shares
         if shares and not _MIN_SHARES <= shares <= _MAX_SHARES:  # (else clamped unsaid)
             parser.problems.append(
@@ -249,6 +247,17 @@ class _Parser:
             self.problems.append((f"{_WHERE}.{section}.{key}", f"must be >= {minimum}"))
             return None
         return value or None
+
+    def idle(self, cpu: Mapping[str, Any]) -> int | None:
+        """``cpu.idle``: 0 or 1, written as given (as runc: 0 makes an existing cgroup's
+        tasks plain again)."""
+        value = cpu.get("idle")
+        if value is None:
+            return None
+        if isinstance(value, bool) or value not in (0, 1):
+            self.problems.append((f"{_WHERE}.cpu.idle", "must be 0 or 1"))
+            return None
+        return int(value)
 
     def limit(self, data: Mapping[str, Any], section: str, key: str) -> int | None:
         """An integer field where -1 means unlimited."""

@@ -28,6 +28,7 @@ from .common import (
     read_optional,
     write_file,
     write_lines,
+    write_newer_cpu_settings,
     write_newer_file,
 )
 from .layout import V1_CONTROLLERS, CgroupLayout, Hierarchy
@@ -179,13 +180,8 @@ class CgroupV1(Cgroup):
                     quota_done = True
             if cpu.quota is not None and not quota_done:
                 write_file(directory, "cpu.cfs_quota_us", cpu.quota)
-        for name, key, newer in (
-            ("cpu.cfs_burst_us", "burst", cpu.burst),
-            ("cpu.idle", "idle", cpu.idle),
-        ):
-            if newer is not None:
-                field = f"linux.resources.cpu.{key}"
-                write_newer_file(self.require("cpu"), name, newer, field=field)
+        if cpu.burst is not None or cpu.idle is not None:
+            write_newer_cpu_settings(self.require("cpu"), "cpu.cfs_burst_us", cpu)
         for name, value in (("cpuset.cpus", cpu.cpus), ("cpuset.mems", cpu.mems)):
             if value is not None:
                 write_file(self.require("cpuset"), name, value)

@@ -32,6 +32,7 @@ from .common import (
     read_optional,
     write_file,
     write_lines,
+    write_newer_cpu_settings,
     write_newer_file,
 )
 from .layout import CgroupLayout, Hierarchy
@@ -153,13 +154,8 @@ class CgroupV2(Cgroup):
             if cpu.period is not None:
                 value += f" {cpu.period}"
             write_file(self.require("cpu"), "cpu.max", value)
-        for name, key, newer in (
-            ("cpu.max.burst", "burst", cpu.burst),
-            ("cpu.idle", "idle", cpu.idle),
-        ):
-            if newer is not None:
-                field = f"linux.resources.cpu.{key}"
-                write_newer_file(self.require("cpu"), name, newer, field=field)
+        if cpu.burst is not None or cpu.idle is not None:
+            write_newer_cpu_settings(self.require("cpu"), "cpu.max.burst", cpu)
         for name, text in (("cpuset.cpus", cpu.cpus), ("cpuset.mems", cpu.mems)):
             if text is not None:
                 write_file(self.require("cpuset"), name, text)
