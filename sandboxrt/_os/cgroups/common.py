@@ -530,11 +530,12 @@ class Cgroup(abc.ABC):
         the directories count as made, so :meth:`destroy` removes them; else they are only
         the container's by its mark (see :meth:`release_owner`)."""
         placements = []
+        # (An unmarked one is that creation's only at a path no one else makes.)
+        owners = {container_id, None} if exclusive else {container_id}
         for hierarchy in cls._hierarchies(layout, as_resources(resources)):
             rel = layout.resolve(hierarchy, path)
             directory = hierarchy.mountpoint / rel
-            owner = _owner_of(directory)
-            if not directory.is_dir() or owner not in (container_id, *((None,) * exclusive)):
+            if not directory.is_dir() or _owner_of(directory) not in owners:
                 continue
             made = (rel,) if exclusive else ()
             placements.append(Placement(hierarchy.mountpoint, hierarchy.controllers, rel, made))

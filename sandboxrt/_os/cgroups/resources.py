@@ -281,7 +281,7 @@ class _Parser:
             return value
 
         devices = []
-        for i, entry in enumerate(self.entries(io, "weightDevice")):
+        for i, entry in enumerate(self.entries(io.get("weightDevice"), "blockIO.weightDevice")):
             where = f"blockIO.weightDevice[{i}]"
             major, minor = self.device_number(entry, where)
             pair = (weight(entry, "weight", where), weight(entry, "leafWeight", where))
@@ -289,7 +289,7 @@ class _Parser:
                 devices.append((major, minor, *pair))
         throttles = []
         for key, kind in THROTTLES.items():
-            for i, entry in enumerate(self.entries(io, key)):
+            for i, entry in enumerate(self.entries(io.get(key), f"blockIO.{key}")):
                 where = f"blockIO.{key}[{i}]"
                 major, minor = self.device_number(entry, where)
                 rate = self.number(entry, where, "rate", minimum=0)
@@ -327,7 +327,7 @@ class _Parser:
     def hugepages(self, value: Any) -> tuple[tuple[str, int], ...]:
         """``hugepageLimits``: a page size as ``2MB`` and a limit in bytes, each."""
         found = []
-        for i, entry in enumerate(self.entries({"hugepageLimits": value}, "hugepageLimits")):
+        for i, entry in enumerate(self.entries(value, "hugepageLimits")):
             where = f"{_WHERE}.hugepageLimits[{i}]"
             size, limit = entry.get("pageSize"), entry.get("limit")
             if not isinstance(size, str) or not _PAGE_SIZE.fullmatch(size):
@@ -338,14 +338,12 @@ class _Parser:
                 found.append((size, limit))
         return tuple(found)
 
-    def entries(self, data: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
-        """The objects of the list ``data[key]`` (absent: none)."""
-        value = data.get(key)
+    def entries(self, value: Any, where: str) -> list[Mapping[str, Any]]:
+        """The objects of the list ``value``, the field at ``where`` (absent: none)."""
         if value is None:
             return []
         if not isinstance(value, list) or not all(isinstance(e, Mapping) for e in value):
-            section = "" if key == "hugepageLimits" else "blockIO."
-            self.problems.append((f"{_WHERE}.{section}{key}", "must be an array of objects"))
+            self.problems.append((f"{_WHERE}.{where}", "must be an array of objects"))
             return []
         return value
 
