@@ -44,7 +44,7 @@ from sandboxrt._os.cgroups.common import read_keyed
 from sandboxrt._os.seccomp import compile_bpf
 from sandboxrt._proc import hooks
 from sandboxrt._proc.init import give_stdio, open_cgroup_dirs
-from sandboxrt._proc.launcher import Launcher
+from sandboxrt._proc.launcher import Launcher, default_launcher
 from sandboxrt._signals import DEFAULT_FORWARDED, SignalForwarder, signal_number
 from sandboxrt._stdio import StdioArg, StdioPlan, close_streams, reserve_standard_fds
 from sandboxrt.config import Config
@@ -218,6 +218,25 @@ class Container:
         autostart: bool,
         join: str | None = None,
         root: bool = False,
+    ) -> Container:
+        """:meth:`_create_here`, then (unless ``autostart``: :meth:`run` does it once the
+        container is gone) the launcher's put-off work (decision 53)."""
+        try:
+            return cls._create_here(id, bundle, options, autostart=autostart, join=join, root=root)
+        finally:
+            if not autostart:
+                _settle(options.get("launcher"))
+
+    @classmethod
+    def _create_here(
+        cls,
+        id: str,
+        bundle: str | os.PathLike[str],
+        options: CreateOptions,
+        *,
+        autostart: bool,
+        join: str | None,
+        root: bool,
     ) -> Container:
         """:meth:`create`; with ``autostart`` (for :meth:`run`) the program starts at
         once, without a start round trip, unless hooks or a terminal need one.
@@ -520,18 +539,21 @@ class Container:
                 f"Container.run cannot take {names}: nothing would use it before the "
                 "program ends; pass a file, an fd or DEVNULL, or use create() and start()",
             )
-        container = cls._create(id, bundle, options, autostart=True)
         try:
-            if container._record.status is Status.CREATED:
-                container.start()
-            else:
-                container._poststart()
-            sandbox = container._launched or container.sandbox
-            assert sandbox is not None
-            # Ours since creation: no record to reload.
-            return container._wait_for_init(sandbox, timeout)
+            container = cls._create(id, bundle, options, autostart=True)
+            try:
+                if container._record.status is Status.CREATED:
+                    container.start()
+                else:
+                    container._poststart()
+                sandbox = container._launched or container.sandbox
+                assert sandbox is not None
+                # Ours since creation: no record to reload.
+                return container._wait_for_init(sandbox, timeout)
+            finally:
+                container.destroy()
         finally:
-            container.destroy()
+            _settle(options.get("launcher"))
 
     @classmethod
     def load(cls, id_or_prefix: str, *, store: MetadataStore | None = None) -> Container:
@@ -1429,6 +1451,14 @@ class _Locked:
 
     def __exit__(self, *exc: object) -> None:
         self._lock.__exit__(*exc)  # type: ignore[arg-type]
+
+
+def _settle(launcher: Launcher | None) -> None:
+    """Let ``launcher`` (the default one for ``None``) do the work it put off while a
+    container was being made, if it has such a ``settle()`` (decision 53)."""
+    settle = getattr(launcher if launcher is not None else default_launcher(), "settle", None)
+    if callable(settle):
+        settle()
 
 
 def _is_pipe(arg: object) -> bool:

@@ -19,6 +19,7 @@ from sandboxrt import PIPE, Config, Container, FileStore, SandboxrtError, Subpro
 from sandboxrt._core.protocol import PROCESS_FIELDS, InitPlan, MountPlan
 from sandboxrt._core.spec import read_spec_file, write_spec_file
 from sandboxrt._os import cgroups, procfs
+from sandboxrt._proc import launcher as launcher_module
 from sandboxrt._proc.launcher import ForkServerLauncher
 from sandboxrt._proc.supervisor import is_warm_shape
 
@@ -76,6 +77,99 @@ def test_fork_server_keeps_a_warm_sandbox_and_uses_it(
     # Closing the fork server ends it and its warm sandbox.
     assert server.poll() is not None
     wait_until(lambda: all(not os.path.exists(f"/proc/{p}") or _comm(p) == "" for p in warm))
+
+
+def _warm_ones(server_pid: int) -> list[int]:
+    """The fork server's warm sandboxes and warm gofers."""
+    return [p for p in _children(server_pid) if _comm(p) in ("sandboxrt-warm", "sandboxrt-wgof")]
+
+
+@pytest.mark.parametrize("operation", ["create", "run"])
+def test_the_next_warm_sandbox_is_made_once_the_operation_is_over(
+    store: FileStore, bundle: BundleFactory, operation: str
+) -> None:
+    # Made during the operation, it would take the CPU from the container being made
+    # (decision 53): the fork server is told to once the caller's operation returns.
+    launcher = ForkServerLauncher()
+    path = bundle(["true"])
+    made_during: list[list[int]] = []
+    settle = launcher.settle
+
+    def settling() -> None:
+        server = launcher._server
+        assert server is not None
+        made_during.append(_warm_ones(server.pid))
+        settle()
+
+    try:
+        assert Container.run("warmup", path, store=store, launcher=launcher) == 0
+        server = launcher._server
+        assert server is not None
+        wait_until(lambda: len(_warm_ones(server.pid)) == 2)
+        time.sleep(0.1)  # (more than BACK_TO_BACK: not one of a stream of launches)
+        launcher.settle = settling  # type: ignore[method-assign]
+        if operation == "run":
+            assert Container.run("one", path, store=store, launcher=launcher) == 0
+        else:
+            Container.create("one", path, store=store, launcher=launcher).destroy()
+        assert made_during == [[]]  # both were taken, and neither was made again
+        wait_until(lambda: len(_warm_ones(server.pid)) == 2)  # made once it was over
+    finally:
+        launcher.close()
+
+
+def test_launches_in_a_stream_have_the_next_warm_sandbox_made_at_once(
+    store: FileStore, bundle: BundleFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Back to back, the next launch would want it before a put-off one were ready.
+    monkeypatch.setattr(launcher_module, "BACK_TO_BACK", 3600.0)
+    launcher = ForkServerLauncher()
+    owed: list[object] = []
+    settle = launcher.settle
+
+    def settling() -> None:
+        owed.append(launcher._prewarm_owed)
+        settle()
+
+    launcher.settle = settling  # type: ignore[method-assign]
+    path = bundle(["true"])
+    try:
+        for name in ("s1", "s2", "s3"):
+            assert Container.run(name, path, store=store, launcher=launcher) == 0
+        # The first run's was put off (no settle before it); the next ones' were not.
+        assert owed[0] is not None and owed[1:] == [None, None]
+    finally:
+        launcher.close()
+
+
+def test_a_launch_right_after_an_operation_waits_for_the_warm_sandbox_being_made(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    # Not ready yet, it is still the quicker way: launched cold, the fork server would
+    # fork the container's sandbox only after the warm one anyway.
+    launcher = ForkServerLauncher()
+    path = bundle(["true"])
+    taken: list[bool] = []
+    settle = launcher.settle
+
+    def settle_and_take() -> None:
+        settle()  # the fork server starts making the next warm sandbox
+        assert launcher._sock is not None
+        with launcher._lock:
+            warm = launcher._take_warm(launcher._sock)  # at once, as a launch would
+        taken.append(warm is not None)
+        if warm is not None:
+            warm[1].close()  # (it exits unused)
+            os.close(warm[2])
+
+    try:
+        assert Container.run("w1", path, store=store, launcher=launcher) == 0
+        time.sleep(0.1)  # (more than BACK_TO_BACK: not one of a stream of launches)
+        launcher.settle = settle_and_take  # type: ignore[method-assign]
+        assert Container.run("w2", path, store=store, launcher=launcher) == 0
+        assert taken == [True]
+    finally:
+        launcher.close()
 
 
 def test_plans_of_another_shape_are_launched_cold(

@@ -127,6 +127,7 @@ class _Server:
             ours.close()
             theirs.close()
             channel.close_fds([watch, *trees])
+            _none_coming(self.control)
             return
         if pid == 0:
             try:
@@ -155,6 +156,7 @@ class _Server:
         except OSError:
             ours.close()
             theirs.close()
+            _none_coming(self.gofer_channel)
             return
         if pid == 0:
             try:
@@ -226,6 +228,13 @@ class _Server:
 
 #: The file under ``/proc/PID/ns`` of each namespace type.
 _NS_FILES = {"pid": "pid", "network": "net", "ipc": "ipc", "uts": "uts"}
+
+
+def _none_coming(sock: socket.socket) -> None:
+    """Tell the library, which waits for the warm process it asked for, that none comes
+    (a ``Launched`` without fds): it launches another way."""
+    with contextlib.suppress(OSError):
+        channel.send(sock, Launched(0, 0))
 
 
 def _start_ticks(pid: int) -> int:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import math
 import os
 import select
 import socket
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
@@ -53,7 +55,10 @@ class Launcher(Protocol):
     becomes its stderr; it gets nothing else from the caller. ``warm`` says
     the sandbox wants exactly the namespaces of a warm sandbox
     (``supervisor.WARM_NAMESPACES``), so a launcher that keeps one ready may
-    use it; others ignore it.
+    use it; others ignore it. A launcher may also have a ``settle()`` method,
+    which the library calls once the operation that launched (a ``create``, a
+    ``run``) is over: the moment for work done for the next launch (see
+    :meth:`ForkServerLauncher.settle`).
     """
 
     def launch(self, *, bootstrap_fd: int, log_fd: int, warm: bool = False) -> LaunchedProcess: ...
@@ -142,6 +147,15 @@ class ForkServerLauncher:
         self._gofer_sock: socket.socket | None = None
         #: We took a warm gofer and have not told the fork server yet.
         self._gofer_owed = False
+        #: We launched in a warm sandbox and have not told the fork server yet: the
+        #: plan it was for (the next one's hint), until :meth:`settle`.
+        self._prewarm_owed: tuple[bytes | None] | None = None
+        #: The fork server was asked for a warm sandbox (a gofer) that has not come yet:
+        #: it sends one, or an empty ``Launched`` if it could not fork.
+        self._warm_coming = False
+        self._gofer_coming = False
+        #: When :meth:`settle` was last called (``time.monotonic()``).
+        self._settled_at = -math.inf
         self._closes_at_exit = False
 
     def _connection(self) -> socket.socket:
@@ -170,6 +184,9 @@ class ForkServerLauncher:
                 ours.close()
                 raise SandboxrtError(f"cannot start the sandbox fork server: {exc}") from exc
         self._sock, self._owner = ours, os.getpid()
+        self._warm_coming = True  # (it makes one as it starts)
+        self._gofer_owed = False
+        self._prewarm_owed = None
         if not self._closes_at_exit:  # (its sockets and process end with ours, quietly)
             atexit.register(_close_at_exit, weakref.ref(self))
             self._closes_at_exit = True
@@ -177,13 +194,17 @@ class ForkServerLauncher:
         with theirs, contextlib.suppress(OSError):
             channel.send(ours, Request("gofers"), [theirs.fileno()])
             self._gofer_sock = gofers
+            self._gofer_coming = True
         return ours
 
     def launch(self, *, bootstrap_fd: int, log_fd: int, warm: bool = False) -> LaunchedProcess:
         with self._lock:
             sock = self._connection()
+            self._settle_sandbox(sock)  # (owed by a launch whose caller never settled)
             if warm and self._launch_warm(sock, bootstrap_fd, log_fd):
                 return _ForkedProcess()
+            if warm:  # launched cold, it forks a warm sandbox next
+                self._warm_coming = True
         launch = Request("launch", all=warm, speculation=self.build_ahead)
         return self._ask(launch, bootstrap_fd, log_fd)
 
@@ -213,11 +234,15 @@ class ForkServerLauncher:
             return False  # it died meanwhile: nothing reached the bootstrap socket
         finally:
             channel.close_fds([watch])
-            self._prewarm(sock, hint)
+            self._prewarm_owed = (hint,)
+            if time.monotonic() - self._settled_at < BACK_TO_BACK:
+                self._settle(sock)  # launches come in a stream: the next needs it soon
 
     def _take_warm(self, sock: socket.socket) -> tuple[Launched, socket.socket, int] | None:
-        """The warm sandbox waiting on ``sock``, if the fork server sent one."""
-        found = _receive_now(sock, self)
+        """The warm sandbox the fork server sent on ``sock``; one it is making is waited
+        for (it would fork a cold launch only after it anyway)."""
+        found = _receive_now(sock, self, WARM_WAIT if self._warm_coming else 0.0)
+        self._warm_coming = False
         if found is None:
             return None
         launched, fds = found
@@ -230,22 +255,41 @@ class ForkServerLauncher:
         launch it was taken for is on its way."""
         with self._lock:
             sock = self._connection()
-            self._settle_gofer(sock)  # one taken before, and no warm launch since
+            self._settle_gofer(sock)  # one taken before, and never settled
             if self._gofer_sock is None:
                 return None
-            found = _receive_now(self._gofer_sock, self)
+            found = _receive_now(self._gofer_sock, self, WARM_WAIT if self._gofer_coming else 0.0)
+            self._gofer_coming = False
             if found is None:
                 return None
             self._gofer_owed = True
             return socket.socket(fileno=found[1][0])
 
+    def settle(self) -> None:
+        """The operation that launched (a ``create``, a ``run``) is over: the fork server
+        may now make the next warm gofer and sandbox. Put off until now, their work
+        would take the CPU from the container being made (decision 53)."""
+        with self._lock:
+            self._settled_at = time.monotonic()
+            if self._sock is not None and self._owner == os.getpid():
+                self._settle(self._sock)
+
+    def _settle(self, sock: socket.socket) -> None:
+        self._settle_gofer(sock)  # first: a creation wants its gofer first
+        self._settle_sandbox(sock)
+
+    def _settle_sandbox(self, sock: socket.socket) -> None:
+        if self._prewarm_owed is not None:
+            (hint,), self._prewarm_owed = self._prewarm_owed, None
+            self._prewarm(sock, hint)
+
     def _settle_gofer(self, sock: socket.socket) -> None:
-        """Tell the fork server we took its warm gofer (it forks the next), if we did:
-        after the launch it was taken for, not during it."""
+        """Tell the fork server we took its warm gofer (it forks the next), if we did."""
         if self._gofer_owed:
             self._gofer_owed = False
             with contextlib.suppress(OSError, ValueError):
                 channel.send(sock, Request("prewarm-gofer"))
+                self._gofer_coming = True
 
     def _prewarm(self, sock: socket.socket, hint: bytes | None) -> None:
         """Tell the fork server we used its warm sandbox; ``hint`` is the plan for the
@@ -254,7 +298,7 @@ class ForkServerLauncher:
             channel.send(sock, Request("prewarm", speculation=hint is not None))
             if hint is not None:
                 channel.send_bytes(sock, hint)
-        self._settle_gofer(sock)
+            self._warm_coming = True
 
     def launch_gofer(self, *, bootstrap_fd: int, log_fd: int) -> LaunchedProcess:
         """Have the fork server fork a process that runs ``sandboxrt._proc.gofer.main``."""
@@ -296,15 +340,26 @@ def _close_at_exit(launcher: weakref.ref[ForkServerLauncher]) -> None:
         kept.close()
 
 
+#: How long a launch waits for a warm sandbox or gofer the fork server is making.
+WARM_WAIT = 2.0
+#: A launch this soon (seconds) after the last operation's :meth:`ForkServerLauncher.settle`
+#: is taken for one of a stream: the fork server makes the next warm sandbox at once,
+#: as the next launch will want it before a put-off one would be ready (decision 53).
+BACK_TO_BACK = 0.025
+
+
 def _receive_now(
-    sock: socket.socket, launcher: ForkServerLauncher
+    sock: socket.socket, launcher: ForkServerLauncher, wait: float = 0.0
 ) -> tuple[Launched, list[int]] | None:
-    """A ``Launched`` with fds the fork server sent on ``sock`` unasked, if one is there
-    now; a broken fork server is closed and reported."""
-    sock.setblocking(False)
+    """A ``Launched`` with fds the fork server sent on ``sock``, if one is there now or
+    within ``wait`` seconds; a broken fork server is closed and reported."""
+    if wait > 0:
+        sock.settimeout(wait)
+    else:
+        sock.setblocking(False)
     try:
         launched, fds = channel.receive(sock, Launched)
-    except (BlockingIOError, ValueError):
+    except (BlockingIOError, TimeoutError, ValueError):
         return None
     except OSError as exc:
         launcher.close()
