@@ -1455,10 +1455,14 @@ class _Locked:
 
 def _settle(launcher: Launcher | None) -> None:
     """Let ``launcher`` (the default one for ``None``) do the work it put off while a
-    container was being made, if it has such a ``settle()`` (decision 53)."""
+    container was being made, if it has such a ``settle()`` (decision 53). What that
+    raises is logged: the operation it follows is over, and may be failing already."""
     settle = getattr(launcher if launcher is not None else default_launcher(), "settle", None)
     if callable(settle):
-        settle()
+        try:
+            settle()
+        except Exception as exc:
+            log.warning("the launcher's settle() failed: %s: %s", type(exc).__name__, exc)
 
 
 def _is_pipe(arg: object) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import signal
@@ -10,15 +11,24 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
 from conftest import BundleFactory, in_python, needs_busybox, needs_root, wait_until
 
-from sandboxrt import PIPE, Config, Container, FileStore, SandboxrtError, SubprocessLauncher
-from sandboxrt._core.protocol import PROCESS_FIELDS, InitPlan, MountPlan
+from sandboxrt import (
+    PIPE,
+    Config,
+    Container,
+    FileStore,
+    InvalidArgumentError,
+    SandboxrtError,
+    SubprocessLauncher,
+)
+from sandboxrt._core.protocol import PROCESS_FIELDS, InitPlan, Launched, MountPlan, Request
 from sandboxrt._core.spec import read_spec_file, write_spec_file
-from sandboxrt._os import cgroups, procfs
+from sandboxrt._os import cgroups, channel, procfs
 from sandboxrt._proc import launcher as launcher_module
 from sandboxrt._proc.launcher import ForkServerLauncher
 from sandboxrt._proc.supervisor import is_warm_shape
@@ -170,6 +180,82 @@ def test_a_launch_right_after_an_operation_waits_for_the_warm_sandbox_being_made
         assert taken == [True]
     finally:
         launcher.close()
+
+
+def test_a_warm_sandbox_taken_but_not_launched_in_is_reported_used(
+    store: FileStore, bundle: BundleFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Else the fork server, which makes no other while we hold one, never made another.
+    launcher = ForkServerLauncher()
+    path = bundle(["true"])
+    peek = launcher_module.channel.peek
+    failures = [OSError(errno.EMFILE, "Too many open files")]
+
+    def failing_peek(fd: int) -> bytes | None:
+        if failures:
+            raise failures.pop()
+        return peek(fd)
+
+    warm: list[bool] = []
+    launch_warm = launcher._launch_warm
+
+    def launching(*args: Any) -> bool:
+        warm.append(launch_warm(*args))
+        return warm[-1]
+
+    launcher._launch_warm = launching  # type: ignore[method-assign]
+    try:
+        assert Container.run("w1", path, store=store, launcher=launcher) == 0
+        monkeypatch.setattr(launcher_module.channel, "peek", failing_peek)
+        for name in ("w2", "w3", "w4"):
+            time.sleep(0.1)  # (more than BACK_TO_BACK: not one of a stream of launches)
+            assert Container.run(name, path, store=store, launcher=launcher) == 0
+        assert warm == [True, False, True, True]  # w2 launched cold, the next ones warm
+    finally:
+        launcher.close()
+
+
+def test_a_warm_gofer_the_fork_server_could_not_fork_is_asked_for_again() -> None:
+    launcher = ForkServerLauncher()
+    control, server_control = channel.socket_pair()
+    gofers, server_gofers = channel.socket_pair()
+    stand_in = subprocess.Popen(["sleep", "60"])  # (a fork server that runs)
+    launcher._sock, launcher._gofer_sock, launcher._owner = control, gofers, os.getpid()
+    launcher._server = stand_in
+    try:
+        channel.send(server_gofers, Launched(0, 0))  # no fds: it could not fork one
+        launcher._gofer_coming = True
+        assert launcher.take_gofer() is None
+        launcher.settle()
+        server_control.settimeout(5.0)
+        request, _ = channel.receive(server_control, Request)
+        assert request.op == "prewarm-gofer"
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+        for sock in (control, server_control, gofers, server_gofers):
+            sock.close()
+        launcher._sock = launcher._gofer_sock = launcher._server = None
+
+
+def test_a_launcher_whose_settle_fails_fails_no_operation(
+    store: FileStore, bundle: BundleFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Failing(ForkServerLauncher):
+        def settle(self) -> None:
+            raise RuntimeError("no settling here")
+
+    launcher = Failing()
+    try:
+        assert Container.run("r", bundle(["true"]), store=store, launcher=launcher) == 0
+        Container.create("c", bundle(["true"]), store=store, launcher=launcher).destroy()
+        with pytest.raises(InvalidArgumentError, match="cannot write pid file"):
+            Container.create("bad", bundle(["true"]), store=store, launcher=launcher,
+                             pid_file="/nonexistent/dir/pid")  # fmt: skip
+    finally:
+        launcher.close()
+    said = [r.getMessage() for r in caplog.records if "settle" in r.getMessage()]
+    assert len(said) == 3 and all("no settling here" in m for m in said)
 
 
 def test_plans_of_another_shape_are_launched_cold(

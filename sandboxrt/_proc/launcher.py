@@ -203,10 +203,13 @@ class ForkServerLauncher:
             self._settle_sandbox(sock)  # (owed by a launch whose caller never settled)
             if warm and self._launch_warm(sock, bootstrap_fd, log_fd):
                 return _ForkedProcess()
-            if warm:  # launched cold, it forks a warm sandbox next
+            launch = Request("launch", all=warm, speculation=self.build_ahead)
+            self._send(sock, launch, bootstrap_fd, log_fd)
+            # Launched cold, it forks a warm sandbox next, unless it gave us one we did
+            # not report used (then it makes none until we do).
+            if warm and self._prewarm_owed is None:
                 self._warm_coming = True
-        launch = Request("launch", all=warm, speculation=self.build_ahead)
-        return self._ask(launch, bootstrap_fd, log_fd)
+        return _ForkedProcess()
 
     def _launch_warm(self, sock: socket.socket, bootstrap_fd: int, log_fd: int) -> bool:
         """Hand the launch to the warm sandbox the fork server sent us, if one came;
@@ -221,18 +224,20 @@ class ForkServerLauncher:
         if warm is None:
             return False
         launched, link, watch = warm
-        hint = channel.peek(bootstrap_fd) if self.build_ahead else None
+        hint: bytes | None = None
         try:
-            with link:
+            # (all that can fail for want of fds first, before the launch request goes)
+            with link, socket.socket(fileno=os.dup(bootstrap_fd)) as bootstrap:
+                hint = channel.peek(bootstrap_fd) if self.build_ahead else None
                 unchanged = watch >= 0 and not _mounts_changed(watch)
                 channel.send(link, Request("launch", speculation=unchanged), [bootstrap_fd, log_fd])
-                bootstrap = socket.socket(fileno=os.dup(bootstrap_fd))
-                with bootstrap:
-                    channel.send(bootstrap, launched)
+                channel.send(bootstrap, launched)
             return True
         except OSError:
             return False  # it died meanwhile: nothing reached the bootstrap socket
         finally:
+            # Owed from the moment it was taken, even on a failure: the fork server makes
+            # no other until we report it used.
             channel.close_fds([watch])
             self._prewarm_owed = (hint,)
             if time.monotonic() - self._settled_at < BACK_TO_BACK:
@@ -243,8 +248,8 @@ class ForkServerLauncher:
         for (it would fork a cold launch only after it anyway)."""
         found = _receive_now(sock, self, WARM_WAIT if self._warm_coming else 0.0)
         self._warm_coming = False
-        if found is None:
-            return None
+        if found is None or not found[1]:
+            return None  # (none there yet; or it could not fork one, and knows it)
         launched, fds = found
         link = socket.socket(fileno=fds[0])
         return launched, link, fds[1] if len(fds) > 1 else -1
@@ -261,6 +266,9 @@ class ForkServerLauncher:
             found = _receive_now(self._gofer_sock, self, WARM_WAIT if self._gofer_coming else 0.0)
             self._gofer_coming = False
             if found is None:
+                return None
+            if not found[1]:  # it could not fork one: it is asked again at the next settle
+                self._gofer_owed = True
                 return None
             self._gofer_owed = True
             return socket.socket(fileno=found[1][0])
@@ -306,13 +314,15 @@ class ForkServerLauncher:
 
     def _ask(self, request: Request, bootstrap_fd: int, log_fd: int) -> LaunchedProcess:
         with self._lock:
-            sock = self._connection()
-            try:
-                channel.send(sock, request, [bootstrap_fd, log_fd])
-            except OSError as exc:
-                self.close()
-                raise SandboxrtError(f"the sandbox fork server failed: {exc}") from exc
+            self._send(self._connection(), request, bootstrap_fd, log_fd)
         return _ForkedProcess()
+
+    def _send(self, sock: socket.socket, request: Request, bootstrap_fd: int, log_fd: int) -> None:
+        try:
+            channel.send(sock, request, [bootstrap_fd, log_fd])
+        except OSError as exc:
+            self.close()
+            raise SandboxrtError(f"the sandbox fork server failed: {exc}") from exc
 
     def start(self) -> None:
         """Start the fork server now rather than at the first launch (a no-op while it
@@ -351,8 +361,9 @@ BACK_TO_BACK = 0.025
 def _receive_now(
     sock: socket.socket, launcher: ForkServerLauncher, wait: float = 0.0
 ) -> tuple[Launched, list[int]] | None:
-    """A ``Launched`` with fds the fork server sent on ``sock``, if one is there now or
-    within ``wait`` seconds; a broken fork server is closed and reported."""
+    """A ``Launched`` the fork server sent on ``sock``, if one is there now or within
+    ``wait`` seconds (without fds: it could not fork the process asked for); a broken fork
+    server is closed and reported."""
     if wait > 0:
         sock.settimeout(wait)
     else:
@@ -366,8 +377,6 @@ def _receive_now(
         raise SandboxrtError(f"the sandbox fork server failed: {exc}") from exc
     finally:
         sock.setblocking(True)
-    if not fds:
-        return None
     return launched, fds
 
 
