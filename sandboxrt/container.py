@@ -223,6 +223,11 @@ class Container:
         container is gone) the launcher's put-off work (decision 53)."""
         try:
             return cls._create_here(id, bundle, options, autostart=autostart, join=join, root=root)
+        except OSError as exc:
+            if isinstance(exc, SandboxrtError):
+                raise
+            # (out of fds, say, at one of the many steps that open some)
+            raise SystemCallError("create", exc, container_id=id) from exc
         finally:
             if not autostart:
                 _settle(options.get("launcher"))
@@ -497,7 +502,13 @@ class Container:
                     container.console.close()
                 # (read before the teardown removes the cgroup)
                 memory = _memory_limit_hit(container._record.cgroup, id)
-                container._teardown()
+                try:
+                    container._teardown()
+                except Exception as cleanup:  # (out of fds too, say): the first error says why
+                    log.warning(
+                        'container "%s": cleaning up after a failed create failed too: %s: %s'
+                        " (destroy() finishes it)", id, type(cleanup).__name__, cleanup,
+                    )  # fmt: skip
                 if memory is not None and isinstance(exc, InitError):
                     raise InitError(id, f"{exc.cause}: {memory}") from exc
                 raise

@@ -844,3 +844,38 @@ def test_errors_survive_pickling() -> None:
     timed_out = pickle.loads(pickle.dumps(errors[3]))
     assert isinstance(timed_out, subprocess.TimeoutExpired)
     assert (timed_out.output, timed_out.timeout, timed_out.cmd) == (b"so far", 1.5, ["sleep", "9"])
+
+
+def test_a_create_out_of_fds_is_a_typed_error(
+    store: FileStore, bundle: BundleFactory, leak_check: None
+) -> None:
+    # Each step of a creation opens fds; out of them (a low soft RLIMIT_NOFILE), some
+    # step raised a raw OSError. Run in a process of its own, where the limit is lowered.
+    code = f"""
+import os, resource
+from sandboxrt import Container, FileStore, SandboxrtError
+store = FileStore({str(store.root)!r})
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+Container.run("warmup", {str(bundle(["true"]))!r}, store=store)
+for extra in range(16):
+    opened = len(os.listdir("/proc/self/fd")) - 1
+    resource.setrlimit(resource.RLIMIT_NOFILE, (opened + extra, hard))
+    try:
+        Container.create(f"c{{extra}}", {str(bundle(["true"]))!r}, store=store)
+        said = "created"
+    except SandboxrtError as exc:
+        said = "typed" if "Too many open files" in str(exc) else f"other: {{exc!r}}"
+    except BaseException as exc:
+        said = f"raw: {{exc!r}}"
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    print(extra, said)
+for name in Container.list(store=store):  # (a create failing to clean up logs it)
+    Container.load(name, store=store).destroy()
+"""
+    done = in_python(code)
+    assert done.returncode == 0, done.stderr
+    said = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert set(said.values()) <= {"created", "typed"}, said
+    assert said["0"] == "typed" and said["15"] == "created"
+    assert_nothing_left(store)

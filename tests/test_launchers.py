@@ -6,9 +6,11 @@ import dataclasses
 import errno
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -256,6 +258,104 @@ def test_a_launcher_whose_settle_fails_fails_no_operation(
         launcher.close()
     said = [r.getMessage() for r in caplog.records if "settle" in r.getMessage()]
     assert len(said) == 3 and all("no settling here" in m for m in said)
+
+
+def test_a_warm_sandbox_lost_for_want_of_fds_is_reported_used(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    # Its fds cut off (EMFILE), the message is gone but the fork server counts the warm
+    # sandbox as ours: unless told, it never made another, and every launch waited 2 s.
+    launcher = ForkServerLauncher()
+    path = bundle(["true"])
+    warm: list[bool] = []
+    launch_warm = launcher._launch_warm
+
+    def launching(*args: Any) -> bool:
+        warm.append(launch_warm(*args))
+        return warm[-1]
+
+    try:
+        assert Container.run("w1", path, store=store, launcher=launcher) == 0
+        time.sleep(0.1)  # (the next warm sandbox is there)
+        ours, theirs = channel.socket_pair()
+        with ours, theirs, open(os.devnull, "w") as log:
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (_open_fds(), hard))
+            try:
+                launcher.launch(bootstrap_fd=theirs.fileno(), log_fd=log.fileno(), warm=True)
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        launcher._launch_warm = launching  # type: ignore[method-assign]
+        for name in ("w2", "w3", "w4"):
+            time.sleep(0.1)  # (more than BACK_TO_BACK: not one of a stream of launches)
+            assert Container.run(name, path, store=store, launcher=launcher) == 0
+        assert warm == [True, True, True]
+    finally:
+        launcher.close()
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd")) - 1  # (less the listing's own)
+
+
+def test_a_fork_server_that_dies_while_awaited_is_a_typed_error(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    launcher = ForkServerLauncher()
+    try:
+        launcher.start()
+        server = launcher._server
+        assert server is not None
+        os.kill(server.pid, signal.SIGSTOP)  # (ours) before it makes its warm processes
+        killer = threading.Timer(0.3, os.kill, (server.pid, signal.SIGKILL))
+        killer.start()
+        try:
+            with pytest.raises(SandboxrtError, match="fork server failed"):
+                Container.run("lost", bundle(["true"]), store=store, launcher=launcher)
+        finally:
+            killer.join()
+        assert Container.run("next", bundle(["true"]), store=store, launcher=launcher) == 0
+    finally:
+        launcher.close()
+
+
+def test_a_forked_child_has_a_launcher_of_its_own(store: FileStore, bundle: BundleFactory) -> None:
+    # The parent's lock may be held by another of its threads at the fork, and the
+    # child must not hold the parent's fork server sockets (its exit would wait for it).
+    launcher = ForkServerLauncher()
+    path = bundle(["true"])
+    try:
+        assert Container.run("parent", path, store=store, launcher=launcher) == 0
+        assert launcher._sock is not None
+        parent_fd = launcher._sock.fileno()
+        with launcher._lock:  # as another thread of ours might hold it
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover (the child)
+                code = 1
+                try:
+                    try:
+                        os.fstat(parent_fd)
+                    except OSError:
+                        code = Container.run("child", path, store=store, launcher=launcher)
+                finally:
+                    launcher.close()
+                    os._exit(code)
+        assert _exit_code_within(pid, 60.0) == 0
+    finally:
+        launcher.close()
+
+
+def _exit_code_within(pid: int, seconds: float) -> int | None:
+    """Our child ``pid``'s exit code, or ``None`` (and it is killed) if it did not exit."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
 
 
 def test_plans_of_another_shape_are_launched_cold(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import math
 import os
 import select
@@ -157,6 +158,19 @@ class ForkServerLauncher:
         #: When :meth:`settle` was last called (``time.monotonic()``).
         self._settled_at = -math.inf
         self._closes_at_exit = False
+        os.register_at_fork(after_in_child=functools.partial(_forget_parent, weakref.ref(self)))
+
+    def _forget_parent(self) -> None:
+        """In a child this process forked: the fork server and its sockets are the
+        parent's (the child starts its own, and must not keep the parent's sockets open
+        for it), and the lock may have been held by a thread the child does not have."""
+        self._lock = threading.Lock()
+        for sock in (self._sock, self._gofer_sock):
+            if sock is not None:
+                sock.close()  # (our copy: the parent's stays open)
+        self._sock = self._gofer_sock = self._server = None
+        self._gofer_owed = self._warm_coming = self._gofer_coming = False
+        self._prewarm_owed = None
 
     def _connection(self) -> socket.socket:
         alive = self._server is not None and self._server.poll() is None
@@ -248,9 +262,14 @@ class ForkServerLauncher:
         for (it would fork a cold launch only after it anyway)."""
         found = _receive_now(sock, self, WARM_WAIT if self._warm_coming else 0.0)
         self._warm_coming = False
-        if found is None or not found[1]:
-            return None  # (none there yet; or it could not fork one, and knows it)
+        if found is None:
+            return None
         launched, fds = found
+        if launched is None:  # one came, lost: until told, the fork server makes no other
+            self._prewarm_owed = (None,)
+            return None
+        if not fds:
+            return None  # it could not fork one, and knows it
         link = socket.socket(fileno=fds[0])
         return launched, link, fds[1] if len(fds) > 1 else -1
 
@@ -267,11 +286,11 @@ class ForkServerLauncher:
             self._gofer_coming = False
             if found is None:
                 return None
-            if not found[1]:  # it could not fork one: it is asked again at the next settle
-                self._gofer_owed = True
-                return None
+            # Asked for another at the next settle, also where none came that works (it
+            # could not fork one, or the one that came was lost).
             self._gofer_owed = True
-            return socket.socket(fileno=found[1][0])
+            launched, fds = found
+            return socket.socket(fileno=fds[0]) if launched is not None and fds else None
 
     def settle(self) -> None:
         """The operation that launched (a ``create``, a ``run``) is over: the fork server
@@ -360,28 +379,45 @@ BACK_TO_BACK = 0.025
 
 def _receive_now(
     sock: socket.socket, launcher: ForkServerLauncher, wait: float = 0.0
-) -> tuple[Launched, list[int]] | None:
+) -> tuple[Launched | None, list[int]] | None:
     """A ``Launched`` the fork server sent on ``sock``, if one is there now or within
-    ``wait`` seconds (without fds: it could not fork the process asked for); a broken fork
-    server is closed and reported."""
+    ``wait`` seconds (without fds: it could not fork the process asked for); ``(None,
+    [])`` for one that came unusable (its fds cut off for want of fds of ours, say),
+    whose process is lost; a broken fork server is closed and reported."""
     if wait > 0:
         sock.settimeout(wait)
     else:
         sock.setblocking(False)
     try:
+        launched: Launched | None
         launched, fds = channel.receive(sock, Launched)
-    except (BlockingIOError, TimeoutError, ValueError):
-        return None
+    except (BlockingIOError, TimeoutError):
+        launched, fds = None, None
+    except ValueError:  # taken all the same: the fork server counts it as ours
+        launched, fds = None, []
     except OSError as exc:
-        launcher.close()
+        launcher.close()  # (which closes ``sock``)
         raise SandboxrtError(f"the sandbox fork server failed: {exc}") from exc
-    finally:
-        sock.setblocking(True)
-    return launched, fds
+    sock.setblocking(True)
+    return None if fds is None else (launched, fds)
+
+
+def _forget_parent(launcher: weakref.ref[ForkServerLauncher]) -> None:
+    kept = launcher()
+    if kept is not None:
+        kept._forget_parent()
 
 
 _default: ForkServerLauncher | None = None
 _default_lock = threading.Lock()
+
+
+def _new_default_lock() -> None:
+    global _default_lock
+    _default_lock = threading.Lock()  # (a thread the child does not have may have held it)
+
+
+os.register_at_fork(after_in_child=_new_default_lock)
 
 
 @runtime_checkable
