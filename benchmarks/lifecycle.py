@@ -16,8 +16,8 @@ until a file call (decision 38).
 
 The first tables time runs back to back: the throughput of a loop of runs. A
 last table times isolated runs: each ``run`` comes after ``--gap`` seconds
-(0.2 by default, 0 to skip it) with nothing running, one runtime after the
-other in turn: the latency of a container run now and then. The two differ:
+(0.2 by default, 0 to skip it) with nothing running, the runtimes in a new
+(seeded) random order each round: the latency of a container run now and then. The two differ:
 a runtime that moves its container into a cgroup by pid takes the kernel's
 cgroup threadgroup lock, whose first taking after a quiet spell waits for an
 RCU grace period (decision 39).
@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import functools
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -238,7 +239,7 @@ def isolated(
     bundle: Path, runs: Path, n: int, gap: float, title: str, config: Config | None
 ) -> None:
     """Time ``run`` of every runtime, each run after ``gap`` idle seconds, the runtimes
-    in turn (so that a drift of the machine reaches them all alike); print one table."""
+    in rounds (so that a drift of the machine reaches them all alike); print one table."""
     lazy = attrs.evolve(config or Config(), lazy_gofer=True)
     runners: dict[str, Callable[[str], None]] = {}
     for name, cfg in (("sandboxrt", config), ("sandboxrt lazy_gofer", lazy)):
@@ -259,10 +260,13 @@ def isolated(
     for run in runners.values():
         run("warmup2")  # (sandboxrt: starts the fork server)
     order = list(runners.items())
+    shuffled = random.Random(n)  # (seeded: the same orders at every run of the benchmark)
     for i in range(n):
-        # Each round starts with the next runtime: what one leaves running (runsc's
-        # sandbox still exiting, say) falls on each of the others alike.
-        for name, run in order[i % len(order) :] + order[: i % len(order)]:
+        # Each round in an order of its own: what one runtime leaves behind slows the one
+        # after it (a run right after crun's or runsc's took 5 ms more here, whichever it
+        # was), so no runtime may always follow the same one (decision 53).
+        shuffled.shuffle(order)
+        for name, run in order:
             time.sleep(gap)
             results[name].append(timed(functools.partial(run, f"iso{i}")))
     base = summary(results["sandboxrt"])[0]
