@@ -16,8 +16,9 @@ until a file call (decision 38).
 
 The first tables time runs back to back: the throughput of a loop of runs. A
 last table times isolated runs: each ``run`` comes after ``--gap`` seconds
-(0.2 by default, 0 to skip it) with nothing running, the runtimes in a new
-(seeded) random order each round: the latency of a container run now and then. The two differ:
+(0.2 by default, 0 to skip it) with nothing running, the runtimes in another
+order each round (each following each other alike): the latency of a container
+run now and then. The two differ:
 a runtime that moves its container into a cgroup by pid takes the kernel's
 cgroup threadgroup lock, whose first taking after a quiet spell waits for an
 RCU grace period (decision 39).
@@ -29,7 +30,6 @@ import argparse
 import contextlib
 import functools
 import os
-import random
 import shutil
 import signal
 import statistics
@@ -235,6 +235,20 @@ def compare(bundle: Path, runs: Path, n: int, title: str, config: Config | None 
         print(f"{step:<8}" + "".join(f"{c:>28}" for c in cells))
 
 
+def balanced_orders(k: int) -> list[list[int]]:
+    """Orders of ``0..k-1`` in which each one comes right after each other equally often
+    over the whole list (a Williams design: ``k`` orders, ``2k`` for an odd ``k``)."""
+    first, low, high = [0], 1, k - 1
+    while len(first) < k:
+        first.append(low)
+        low += 1
+        if len(first) < k:
+            first.append(high)
+            high -= 1
+    orders = [[(x + i) % k for x in first] for i in range(k)]
+    return orders + [order[::-1] for order in orders] if k % 2 else orders
+
+
 def isolated(
     bundle: Path, runs: Path, n: int, gap: float, title: str, config: Config | None
 ) -> None:
@@ -259,14 +273,13 @@ def isolated(
     results: dict[str, list[float]] = {name: [] for name in runners}
     for run in runners.values():
         run("warmup2")  # (sandboxrt: starts the fork server)
-    order = list(runners.items())
-    shuffled = random.Random(n)  # (seeded: the same orders at every run of the benchmark)
+    items = list(runners.items())
+    orders = balanced_orders(len(items))
     for i in range(n):
         # Each round in an order of its own: what one runtime leaves behind slows the one
         # after it (a run right after crun's or runsc's took 5 ms more here, whichever it
-        # was), so no runtime may always follow the same one (decision 53).
-        shuffled.shuffle(order)
-        for name, run in order:
+        # was), so each must follow each other alike (decision 53).
+        for name, run in (items[k] for k in orders[i % len(orders)]):
             time.sleep(gap)
             results[name].append(timed(functools.partial(run, f"iso{i}")))
     base = summary(results["sandboxrt"])[0]

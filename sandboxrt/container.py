@@ -219,15 +219,19 @@ class Container:
         join: str | None = None,
         root: bool = False,
     ) -> Container:
-        """:meth:`_create_here`, then (unless ``autostart``: :meth:`run` does it once the
-        container is gone) the launcher's put-off work (decision 53)."""
+        """:meth:`_create_here`, a raw ``OSError`` of running out (of fds, say) raised as a
+        :class:`SystemCallError` naming the container; then (unless ``autostart``:
+        :meth:`run` does it once the container is gone) the launcher's put-off work
+        (decision 53)."""
         try:
             return cls._create_here(id, bundle, options, autostart=autostart, join=join, root=root)
         except OSError as exc:
-            if isinstance(exc, SandboxrtError):
+            if isinstance(exc, SandboxrtError) or exc.errno not in _OUT_OF_RESOURCES:
                 raise
-            # (out of fds, say, at one of the many steps that open some)
-            raise SystemCallError("create", exc, container_id=id) from exc
+            # At one of the many steps that open some fds (or a launcher's own error
+            # otherwise, whose type and file name say more, as they are).
+            named = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+            raise SystemCallError("create", OSError(exc.errno, named), container_id=id) from exc
         finally:
             if not autostart:
                 _settle(options.get("launcher"))
@@ -1462,6 +1466,10 @@ class _Locked:
 
     def __exit__(self, *exc: object) -> None:
         self._lock.__exit__(*exc)  # type: ignore[arg-type]
+
+
+#: What a creation may run out of, at any of its steps: a ``SystemCallError`` naming it.
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
 def _settle(launcher: Launcher | None) -> None:

@@ -178,13 +178,18 @@ class Sandbox:
         sandbox: Sandbox | None = None
         launched: LaunchedProcess | None = None
         try:
-            log_fd = os.open(
-                os.path.join(plan.runtime_dir, "supervisor.log"),
-                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                0o600,
-            )
             ours, theirs = channel.socket_pair()
-            channel.set_timeout(ours, timeout)
+            try:
+                channel.set_timeout(ours, timeout)
+                log_fd = os.open(
+                    os.path.join(plan.runtime_dir, "supervisor.log"),
+                    os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                    0o600,
+                )
+            except BaseException:
+                ours.close()
+                theirs.close()
+                raise
             try:
                 # The plan waits in the socket, so the launched process reads it at once;
                 # the fds that do not go with it follow once it runs (a socket holds no

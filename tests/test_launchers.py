@@ -10,8 +10,8 @@ import resource
 import signal
 import subprocess
 import sys
-import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +184,19 @@ def test_a_launch_right_after_an_operation_waits_for_the_warm_sandbox_being_made
         launcher.close()
 
 
+def _warm_launches(launcher: ForkServerLauncher) -> list[bool]:
+    """Whether each launch from now on went to a warm sandbox (filled as they come)."""
+    warm: list[bool] = []
+    launch_warm = launcher._launch_warm
+
+    def launching(*args: Any) -> bool:
+        warm.append(launch_warm(*args))
+        return warm[-1]
+
+    launcher._launch_warm = launching  # type: ignore[method-assign]
+    return warm
+
+
 def test_a_warm_sandbox_taken_but_not_launched_in_is_reported_used(
     store: FileStore, bundle: BundleFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -198,14 +211,7 @@ def test_a_warm_sandbox_taken_but_not_launched_in_is_reported_used(
             raise failures.pop()
         return peek(fd)
 
-    warm: list[bool] = []
-    launch_warm = launcher._launch_warm
-
-    def launching(*args: Any) -> bool:
-        warm.append(launch_warm(*args))
-        return warm[-1]
-
-    launcher._launch_warm = launching  # type: ignore[method-assign]
+    warm = _warm_launches(launcher)
     try:
         assert Container.run("w1", path, store=store, launcher=launcher) == 0
         monkeypatch.setattr(launcher_module.channel, "peek", failing_peek)
@@ -261,22 +267,23 @@ def test_a_launcher_whose_settle_fails_fails_no_operation(
 
 
 def test_a_warm_sandbox_lost_for_want_of_fds_is_reported_used(
-    store: FileStore, bundle: BundleFactory
+    store: FileStore, bundle: BundleFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Its fds cut off (EMFILE), the message is gone but the fork server counts the warm
     # sandbox as ours: unless told, it never made another, and every launch waited 2 s.
     launcher = ForkServerLauncher()
     path = bundle(["true"])
-    warm: list[bool] = []
-    launch_warm = launcher._launch_warm
-
-    def launching(*args: Any) -> bool:
-        warm.append(launch_warm(*args))
-        return warm[-1]
-
     try:
         assert Container.run("w1", path, store=store, launcher=launcher) == 0
         time.sleep(0.1)  # (the next warm sandbox is there)
+        received: list[object] = []
+        receive_now = launcher_module._receive_now
+
+        def receiving(*args: Any) -> Any:
+            received.append(receive_now(*args))
+            return received[-1]
+
+        monkeypatch.setattr(launcher_module, "_receive_now", receiving)
         ours, theirs = channel.socket_pair()
         with ours, theirs, open(os.devnull, "w") as log:
             soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -285,7 +292,8 @@ def test_a_warm_sandbox_lost_for_want_of_fds_is_reported_used(
                 launcher.launch(bootstrap_fd=theirs.fileno(), log_fd=log.fileno(), warm=True)
             finally:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        launcher._launch_warm = launching  # type: ignore[method-assign]
+        assert received == [(None, [])]  # it came, its fds cut off
+        warm = _warm_launches(launcher)
         for name in ("w2", "w3", "w4"):
             time.sleep(0.1)  # (more than BACK_TO_BACK: not one of a stream of launches)
             assert Container.run(name, path, store=store, launcher=launcher) == 0
@@ -307,13 +315,16 @@ def test_a_fork_server_that_dies_while_awaited_is_a_typed_error(
         server = launcher._server
         assert server is not None
         os.kill(server.pid, signal.SIGSTOP)  # (ours) before it makes its warm processes
-        killer = threading.Timer(0.3, os.kill, (server.pid, signal.SIGKILL))
-        killer.start()
-        try:
+        receive_now = launcher_module._receive_now
+
+        def dying(*args: Any) -> Any:
+            os.kill(server.pid, signal.SIGKILL)  # as the launch waits for it
+            return receive_now(*args)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(launcher_module, "_receive_now", dying)
             with pytest.raises(SandboxrtError, match="fork server failed"):
                 Container.run("lost", bundle(["true"]), store=store, launcher=launcher)
-        finally:
-            killer.join()
         assert Container.run("next", bundle(["true"]), store=store, launcher=launcher) == 0
     finally:
         launcher.close()
@@ -335,8 +346,11 @@ def test_a_forked_child_has_a_launcher_of_its_own(store: FileStore, bundle: Bund
                 try:
                     try:
                         os.fstat(parent_fd)
+                        print("the child holds the parent's fork server socket", file=sys.stderr)
                     except OSError:
                         code = Container.run("child", path, store=store, launcher=launcher)
+                except BaseException:
+                    traceback.print_exc()
                 finally:
                     launcher.close()
                     os._exit(code)

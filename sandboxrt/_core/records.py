@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,6 +17,7 @@ import attrs
 import cattrs
 
 from sandboxrt._core.status import Status, check_transition
+from sandboxrt._forksafe import ForkSafeLock
 
 __all__ = [
     "MIGRATIONS",
@@ -107,7 +107,7 @@ MIGRATIONS: Mapping[int, Migration] = {}
 
 
 _SPEC_TEXTS: dict[int, tuple[dict[str, Any], str]] = {}
-_SPEC_TEXTS_LOCK = threading.Lock()  # (records are saved from many threads)
+_SPEC_TEXTS_LOCK = ForkSafeLock()  # (records are saved from many threads)
 #: The longest spec text kept (longer than any spec a sandbox takes).
 _SPEC_TEXT_KEPT = 4 << 20
 

@@ -35,10 +35,10 @@ import hashlib
 import json
 import os
 import platform
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sandboxrt._forksafe import ForkSafeLock
 from sandboxrt.errors import MissingFeatureError, SpecError
 
 __all__ = [
@@ -94,7 +94,7 @@ _library: ctypes.CDLL | None = None
 #: How many compiled programs :func:`compile_bpf` keeps (least recently used go first).
 _CACHE_SIZE = 16
 _cache: collections.OrderedDict[tuple[str, str, str], bytes] = collections.OrderedDict()
-_cache_lock = threading.Lock()
+_cache_lock = ForkSafeLock()
 
 
 class _ArgCmp(ctypes.Structure):

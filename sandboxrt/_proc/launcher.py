@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import math
 import os
 import select
 import socket
 import subprocess
 import sys
-import threading
 import time
 import weakref
 from collections.abc import Sequence
@@ -24,6 +22,7 @@ from typing import Protocol, runtime_checkable
 
 import sandboxrt
 from sandboxrt._core.protocol import Launched, Request
+from sandboxrt._forksafe import ForkSafeLock
 from sandboxrt._os import channel
 from sandboxrt.errors import SandboxrtError
 
@@ -139,7 +138,7 @@ class ForkServerLauncher:
     ) -> None:
         self.python = None if python is None else os.fspath(python)
         self.build_ahead = build_ahead
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         self._sock: socket.socket | None = None
         self._server: subprocess.Popen[bytes] | None = None
         self._owner = 0
@@ -158,16 +157,16 @@ class ForkServerLauncher:
         #: When :meth:`settle` was last called (``time.monotonic()``).
         self._settled_at = -math.inf
         self._closes_at_exit = False
-        os.register_at_fork(after_in_child=functools.partial(_forget_parent, weakref.ref(self)))
+        _LAUNCHERS.add(self)
 
     def _forget_parent(self) -> None:
         """In a child this process forked: the fork server and its sockets are the
-        parent's (the child starts its own, and must not keep the parent's sockets open
-        for it), and the lock may have been held by a thread the child does not have."""
-        self._lock = threading.Lock()
+        parent's (the child starts its own, and must not keep the parent's sockets open:
+        the parent's fork server would live on, and the parent's exit wait, for it)."""
         for sock in (self._sock, self._gofer_sock):
             if sock is not None:
-                sock.close()  # (our copy: the parent's stays open)
+                with contextlib.suppress(OSError):
+                    sock.close()  # (our copy: the parent's stays open)
         self._sock = self._gofer_sock = self._server = None
         self._gofer_owed = self._warm_coming = self._gofer_coming = False
         self._prewarm_owed = None
@@ -398,26 +397,24 @@ def _receive_now(
     except OSError as exc:
         launcher.close()  # (which closes ``sock``)
         raise SandboxrtError(f"the sandbox fork server failed: {exc}") from exc
-    sock.setblocking(True)
+    finally:
+        if sock.fileno() >= 0:
+            sock.setblocking(True)
     return None if fds is None else (launched, fds)
 
 
-def _forget_parent(launcher: weakref.ref[ForkServerLauncher]) -> None:
-    kept = launcher()
-    if kept is not None:
-        kept._forget_parent()
+_LAUNCHERS: weakref.WeakSet[ForkServerLauncher] = weakref.WeakSet()
 
+
+def _forget_parents() -> None:
+    for launcher in list(_LAUNCHERS):
+        launcher._forget_parent()
+
+
+os.register_at_fork(after_in_child=_forget_parents)
 
 _default: ForkServerLauncher | None = None
-_default_lock = threading.Lock()
-
-
-def _new_default_lock() -> None:
-    global _default_lock
-    _default_lock = threading.Lock()  # (a thread the child does not have may have held it)
-
-
-os.register_at_fork(after_in_child=_new_default_lock)
+_default_lock = ForkSafeLock()
 
 
 @runtime_checkable

@@ -8,18 +8,16 @@ to resolve a relative ``linux.cgroupsPath``). Standard library only.
 from __future__ import annotations
 
 import fcntl
-import functools
 import os
 import posixpath
 import re
 import select
-import threading
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from sandboxrt._forksafe import ForkSafeLock
 from sandboxrt.errors import SandboxrtError, SpecError
 
 __all__ = [
@@ -212,9 +210,7 @@ class _MountedHierarchies:
     Per process: a forked child opens its own."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        # (in a forked child: a thread it does not have may have held it)
-        os.register_at_fork(after_in_child=functools.partial(_new_lock, weakref.ref(self)))
+        self._lock = ForkSafeLock()
         self._pid = 0
         self._poll: select.poll | None = None
         self._fd = -1
@@ -252,12 +248,6 @@ class _MountedHierarchies:
         if self._poll is None:
             return True
         return any(event & (select.POLLPRI | select.POLLERR) for _, event in self._poll.poll(0))
-
-
-def _new_lock(hierarchies: weakref.ref[_MountedHierarchies]) -> None:
-    kept = hierarchies()
-    if kept is not None:
-        kept._lock = threading.Lock()
 
 
 _MOUNTED = _MountedHierarchies()
