@@ -274,8 +274,8 @@ class ForkServerLauncher:
 
     def take_gofer(self) -> socket.socket | None:
         """A warm gofer's bootstrap socket (the gofer waits there for
-        ``GoferPrepare``), if the fork server sent one; it forks the next once the
-        launch it was taken for is on its way."""
+        ``GoferPrepare``), if the fork server sent one (or is making it); it forks the
+        next at the :meth:`settle` that ends the operation it was taken for."""
         with self._lock:
             sock = self._connection()
             self._settle_gofer(sock)  # one taken before, and never settled
