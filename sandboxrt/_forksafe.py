@@ -2,9 +2,10 @@
 
 A thread that holds a lock when another forks is not in the child, and the
 child would wait for that lock for ever: a caller of the library may fork
-while another of its threads is inside it. The library's own locks are
-therefore :class:`ForkSafeLock`\\ s, made anew in every forked child. Standard
-library only (the sandbox's side never imports it: it has no threads).
+while another of its threads is inside it. The library's locks taken without a
+timeout on shared state are therefore :class:`ForkSafeLock`\\ s, made anew in
+every forked child. Standard library only (the sandbox's side never imports
+it: it has no threads).
 """
 
 from __future__ import annotations

@@ -25,11 +25,13 @@ from sandboxrt import (
     Container,
     FileStore,
     InvalidArgumentError,
+    MemoryStore,
     SandboxrtError,
     SubprocessLauncher,
 )
 from sandboxrt._core.protocol import PROCESS_FIELDS, InitPlan, Launched, MountPlan, Request
 from sandboxrt._core.spec import read_spec_file, write_spec_file
+from sandboxrt._forksafe import ForkSafeLock
 from sandboxrt._os import cgroups, channel, procfs
 from sandboxrt._proc import launcher as launcher_module
 from sandboxrt._proc.launcher import ForkServerLauncher
@@ -357,6 +359,20 @@ def test_a_forked_child_has_a_launcher_of_its_own(store: FileStore, bundle: Bund
         assert _exit_code_within(pid, 60.0) == 0
     finally:
         launcher.close()
+
+
+def test_locks_held_at_a_fork_are_free_in_the_child() -> None:
+    # The thread holding them is not in the child, which would wait for ever.
+    lock, store = ForkSafeLock(), MemoryStore()
+    with lock, store._mutex:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child)
+            try:
+                with lock:
+                    store.list_ids()
+            finally:
+                os._exit(0)
+    assert _exit_code_within(pid, 30.0) == 0
 
 
 def _exit_code_within(pid: int, seconds: float) -> int | None:

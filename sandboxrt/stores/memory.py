@@ -15,6 +15,7 @@ import time
 import weakref
 from pathlib import Path
 
+from sandboxrt._forksafe import ForkSafeLock
 from sandboxrt.errors import LockTimeoutError
 from sandboxrt.stores.base import DEFAULT_LOCK_TIMEOUT
 from sandboxrt.stores.file import _RecordStore
@@ -43,7 +44,7 @@ class MemoryStore(_RecordStore[threading.Lock]):
         super().__init__(lock_timeout)
         self._records: dict[str, bytes] = {}
         self._locks: dict[str, threading.Lock] = {}
-        self._mutex = threading.Lock()
+        self._mutex = ForkSafeLock()  # (per container: timed locks, a LockTimeoutError)
         self._runtime_dir = None if runtime_dir is None else Path(runtime_dir)
 
     def __repr__(self) -> str:
