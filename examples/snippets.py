@@ -1,0 +1,74 @@
+"""Run untrusted Python snippets in isolation, as a test harness or a grader would.
+
+Each snippet runs in a container of its own: no network but loopback, a memory
+and a process-count limit, a read-only root, a time limit, and its output
+captured. The rootfs is an almost empty directory into which the container
+bind-mounts the host's /usr read-only, so the host's python3 runs inside with
+no downloads. Needs root.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from sandboxrt import PIPE, STDOUT, Container, MemoryStore, ProcessTimeoutError
+from sandboxrt.bundle import make_bundle
+
+SNIPPETS = {
+    "hello": "print('hello from', __import__('socket').gethostname())",
+    "network": (
+        "import socket\n"
+        "try:\n"
+        "    socket.create_connection(('192.0.2.1', 80), timeout=1)\n"
+        "except OSError as exc:\n"
+        "    print('no network:', exc.strerror)"
+    ),
+    "memory": "x = bytearray(512 << 20)\nprint('allocated', len(x))",
+    "forever": "while True: pass",
+}
+MEMORY_LIMIT = 128 << 20
+TIME_LIMIT = 2.0
+
+
+def limit(bundle: Path) -> None:
+    """Add a memory and a pids limit to the bundle's config.json (as `runc update` would)."""
+    config = bundle / "config.json"
+    spec = json.loads(config.read_text())
+    spec["linux"]["resources"] = {"memory": {"limit": MEMORY_LIMIT}, "pids": {"limit": 64}}
+    config.write_text(json.dumps(spec))
+
+
+def run_snippet(name: str, code: str, bundle: Path, store: MemoryStore) -> tuple[str, str]:
+    """Run ``code`` in a fresh container; (outcome, output)."""
+    with Container.create(f"snippet-{name}", bundle, store=store) as c:
+        c.start()
+        process = c.exec(["python3", "-c", code], stdout=PIPE, stderr=STDOUT)
+        try:
+            output, _ = process.communicate(timeout=TIME_LIMIT)
+        except ProcessTimeoutError:
+            return "timed out", ""  # (the container's destroy kills it)
+        status = process.wait()  # (it has exited: its status)
+        if status == 0:
+            outcome = "ok"
+        else:
+            outcome = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+        lines = (output or b"").decode(errors="replace").strip().splitlines()
+        return outcome, lines[-1] if lines else ""
+
+
+def main() -> int:
+    store = MemoryStore()
+    with tempfile.TemporaryDirectory(prefix="sandboxrt-snippets-") as tmp:
+        bundle = Path(tmp) / "bundle"
+        make_bundle(bundle, ["sleep", "3600"], readonly=True)
+        limit(bundle)
+        for name, code in SNIPPETS.items():
+            outcome, last_line = run_snippet(name, code, bundle, store)
+            print(f"{name:8} {outcome:20} {last_line}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
