@@ -10,13 +10,13 @@ import signal
 import struct
 import termios
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType, TracebackType
 from typing import IO, Any
 
 from sandboxrt.errors import InvalidArgumentError, SandboxrtError
 
-__all__ = ["DEFAULT_FORWARDED", "SignalForwarder", "signal_number"]
+__all__ = ["DEFAULT_FORWARDED", "SignalForwarder", "interrupts_deferred", "signal_number"]
 
 log = logging.getLogger("sandboxrt")
 
@@ -33,6 +33,29 @@ DEFAULT_FORWARDED: tuple[signal.Signals, ...] = (
 
 #: Never relayed: uncatchable, or what the caller's own machinery needs.
 _REFUSED = frozenset({signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD})
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold back the ``KeyboardInterrupt`` of a SIGINT (Ctrl-C) while the block runs, and
+    raise it once the block is over: for work that must not stop half-way, such as a
+    destroy, whose record would stay with half its resources gone. Only in the main
+    thread, where Python's own SIGINT handler is in place; elsewhere a no-op (a handler
+    of the caller's is the caller's)."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt
 
 
 def signal_number(sig: int | str, container_id: str) -> int:

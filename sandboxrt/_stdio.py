@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import os
 import subprocess
 from typing import IO, Any
@@ -87,7 +88,13 @@ class StdioPlan:
             else:
                 self.stderr = stream
             return child
-        fd = arg if isinstance(arg, int) else arg.fileno()
+        try:
+            fd = arg if isinstance(arg, int) else arg.fileno()
+        except io.UnsupportedOperation:  # (an io.BytesIO, say: no fd to give a process)
+            raise ValueError(
+                f"a {type(arg).__name__} has no file descriptor to give a process: pass a "
+                "real file, an fd, DEVNULL or PIPE"
+            ) from None
         if fd < 0:
             raise ValueError(f"invalid stdio argument {arg!r}")
         try:

@@ -17,7 +17,7 @@ class ProcessError(SandboxrtError, subprocess.CalledProcessError):
     """A process exec'd with ``check=True`` exited with a non-zero status.
 
     Also a :class:`subprocess.CalledProcessError`: ``returncode``, ``cmd``,
-    ``output``/``stdout`` and ``stderr`` (bytes, when captured).
+    ``output``/``stdout`` and ``stderr`` (bytes when captured, ``str`` in text mode).
     """
 
     __module__ = "sandboxrt.errors"
@@ -27,8 +27,8 @@ class ProcessError(SandboxrtError, subprocess.CalledProcessError):
         container_id: str,
         cmd: Sequence[str],
         returncode: int,
-        output: bytes | None = None,
-        stderr: bytes | None = None,
+        output: bytes | str | None = None,
+        stderr: bytes | str | None = None,
     ) -> None:
         subprocess.CalledProcessError.__init__(self, returncode, list(cmd), output, stderr)
         self.container_id = container_id
@@ -66,7 +66,9 @@ class ProcessTimeoutError(WaitTimeoutError, subprocess.TimeoutExpired):
         self.killed = killed
         what = "was killed after" if killed else "did not exit within"
         process = f"process {pid}" if pid else "its init"
-        self._message = f'container "{container_id}": {process} ({list(cmd)!r}) {what} {timeout:g}s'
+        if cmd:
+            process += f" ({list(cmd)!r})"
+        self._message = f'container "{container_id}": {process} {what} {timeout:g}s'
         self.args = (self._message,)
 
     def __str__(self) -> str:

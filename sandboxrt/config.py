@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, NoReturn
 
 import attrs
+
+from sandboxrt.errors import InvalidArgumentError
 
 __all__ = ["DEFAULT_OVERLAY_SIZE", "Config"]
 
@@ -14,11 +16,40 @@ DEFAULT_OVERLAY_SIZE = 256 * 1024 * 1024
 _MIN_OVERLAY_SIZE = 64 * 1024
 
 
-def _check_overlay_size(_instance: object, _attribute: object, value: object) -> None:
+def _check_overlay_size(_instance: object, attribute: attrs.Attribute[int], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"overlay_size must be a number of bytes (int), not {value!r}")
+        raise TypeError(f"Config.overlay_size must be a number of bytes (int), not {value!r}")
     if value < _MIN_OVERLAY_SIZE:
-        raise ValueError(f"overlay_size must be at least {_MIN_OVERLAY_SIZE} bytes, not {value}")
+        _refuse(attribute, f"at least {_MIN_OVERLAY_SIZE} bytes, not {value}")
+
+
+def _check_network(_instance: object, attribute: attrs.Attribute[str], value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"Config.network must be a str, not {value!r}")
+    if value not in _NETWORK_MODES:
+        _refuse(attribute, f"one of {', '.join(map(repr, _NETWORK_MODES))}, not {value!r}")
+
+
+def _check_flag(_instance: object, attribute: attrs.Attribute[bool], value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"Config.{attribute.name} must be a bool, not {value!r}")
+
+
+def _check_seconds(_instance: object, attribute: attrs.Attribute[float], value: object) -> None:
+    if value is None and attribute.name == "lock_timeout":
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"Config.{attribute.name} must be a number of seconds, not {value!r}")
+    if not value > 0:  # (NaN too)
+        _refuse(attribute, f"a positive number of seconds, not {value!r}")
+
+
+def _refuse(attribute: attrs.Attribute[Any], must_be: str) -> NoReturn:
+    raise InvalidArgumentError("", f"Config.{attribute.name} must be {must_be}")
+
+
+#: The values of ``Config.network``.
+_NETWORK_MODES = ("sandbox", "host")
 
 
 @attrs.frozen(kw_only=True)
@@ -50,14 +81,10 @@ class Config:
     ``Container.run`` starts and ends.
     """
 
-    network: Literal["sandbox", "host"] = attrs.field(
-        default="sandbox", validator=attrs.validators.in_(("sandbox", "host"))
-    )
-    overlay: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    network: Literal["sandbox", "host"] = attrs.field(default="sandbox", validator=_check_network)
+    overlay: bool = attrs.field(default=False, validator=_check_flag)
     overlay_size: int = attrs.field(default=DEFAULT_OVERLAY_SIZE, validator=_check_overlay_size)
-    destroy_timeout: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
-    lock_timeout: float | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
-    )
-    create_timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
-    lazy_gofer: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    destroy_timeout: float = attrs.field(default=10.0, validator=_check_seconds)
+    lock_timeout: float | None = attrs.field(default=None, validator=_check_seconds)
+    create_timeout: float = attrs.field(default=60.0, validator=_check_seconds)
+    lazy_gofer: bool = attrs.field(default=False, validator=_check_flag)

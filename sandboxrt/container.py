@@ -9,6 +9,7 @@ import datetime as _dt
 import errno
 import functools
 import getpass
+import locale
 import logging
 import os
 import secrets
@@ -45,10 +46,16 @@ from sandboxrt._os.seccomp import compile_bpf
 from sandboxrt._proc import hooks
 from sandboxrt._proc.init import give_stdio, open_cgroup_dirs
 from sandboxrt._proc.launcher import Launcher, default_launcher
-from sandboxrt._signals import DEFAULT_FORWARDED, SignalForwarder, signal_number
+from sandboxrt._signals import (
+    DEFAULT_FORWARDED,
+    SignalForwarder,
+    interrupts_deferred,
+    signal_number,
+)
 from sandboxrt._stdio import StdioArg, StdioPlan, close_streams, reserve_standard_fds
 from sandboxrt.config import Config
 from sandboxrt.errors import (
+    ContainerExistsError,
     ContainerNotFoundError,
     CorruptMetadataError,
     GoferError,
@@ -564,7 +571,7 @@ class Container:
                 sandbox = container._launched or container.sandbox
                 assert sandbox is not None
                 # Ours since creation: no record to reload.
-                return container._wait_for_init(sandbox, timeout)
+                return container._wait_for_init(sandbox, timeout, kills=True)
             finally:
                 container.destroy()
         finally:
@@ -696,15 +703,17 @@ class Container:
         self._refresh()
         return self._wait_for_init(self._sandbox_to_wait_on("wait for"), timeout)
 
-    def _wait_for_init(self, sandbox: Sandbox, timeout: float | None) -> int:
+    def _wait_for_init(
+        self, sandbox: Sandbox, timeout: float | None, *, kills: bool = False
+    ) -> int:
         """``sandbox.wait`` for our init; past ``timeout``, a :class:`ProcessTimeoutError`
         (a ``WaitTimeoutError`` and a ``subprocess.TimeoutExpired``, as ``Popen.wait``
-        raises), naming the init's args."""
+        raises), naming the init's args; ``kills``: the caller then kills it."""
         try:
             return sandbox.wait(self.id, timeout)
         except WaitTimeoutError:
             args = (self._record.spec.get("process") or {}).get("args") or []
-            raise ProcessTimeoutError(self.id, args, timeout or 0.0) from None
+            raise ProcessTimeoutError(self.id, args, timeout or 0.0, killed=kills) from None
 
     def _sandbox_to_wait_on(self, operation: str) -> Sandbox:
         """The sandbox; a container still being created (by another process) has none
@@ -1039,24 +1048,36 @@ class Container:
         user: UserArg | None = None,
         tty: bool = False,
         stdin: StdioArg = None,
-        input: bytes | None = None,
+        input: bytes | str | None = None,
         stdout: StdioArg = None,
         stderr: StdioArg = None,
         capture_output: bool = False,
         check: bool = False,
         timeout: float | None = None,
-    ) -> subprocess.CompletedProcess[bytes]:
+        text: bool | None = None,
+        encoding: str | None = None,
+        errors: str | None = None,
+        universal_newlines: bool | None = None,
+    ) -> subprocess.CompletedProcess[Any]:
         """Run ``args`` in the container to completion, as ``subprocess.run`` does.
 
         Takes :meth:`exec`'s arguments and ``input``, ``capture_output``,
-        ``check`` and ``timeout`` like ``subprocess.run``: returns a
-        ``CompletedProcess`` (``args``, ``returncode``, ``stdout``, ``stderr``;
-        output is bytes when captured). With ``check``, a non-zero exit raises
-        :class:`ProcessError` (a ``subprocess.CalledProcessError``). After
-        ``timeout`` seconds the process and its process group are killed and
-        :class:`ProcessTimeoutError` (a ``subprocess.TimeoutExpired``, with
-        the output so far) is raised.
+        ``check``, ``timeout`` and the text mode's ``text`` (or
+        ``universal_newlines``), ``encoding`` and ``errors`` like
+        ``subprocess.run``: returns a ``CompletedProcess`` (``args``,
+        ``returncode``, ``stdout``, ``stderr``; output is bytes when captured,
+        ``str`` in text mode, where ``input`` is a ``str`` too). With ``check``,
+        a non-zero exit raises :class:`ProcessError` (a
+        ``subprocess.CalledProcessError``). After ``timeout`` seconds the
+        process and its process group are killed and :class:`ProcessTimeoutError`
+        (a ``subprocess.TimeoutExpired``, with the output so far, as bytes) is
+        raised. With ``tty``, the terminal's output is captured in ``stdout``.
         """
+        text_mode = _TextMode.of(self.id, text, encoding, errors, universal_newlines)
+        if text_mode is not None:
+            input = text_mode.encode(self.id, input)
+        elif isinstance(input, str):
+            raise TypeError("input must be bytes unless text, encoding or errors is given")
         if input is not None:
             if stdin is not None:
                 raise InvalidArgumentError(
@@ -1096,9 +1117,12 @@ class Container:
                 raise
         returncode = process.returncode
         assert returncode is not None
+        output: tuple[Any, Any] = (out, err)
+        if text_mode is not None:
+            output = text_mode.decode(out), text_mode.decode(err)
         if check and returncode:
-            raise ProcessError(self.id, process.args, returncode, out, err)
-        return subprocess.CompletedProcess(process.args, returncode, out, err)
+            raise ProcessError(self.id, process.args, returncode, *output)
+        return subprocess.CompletedProcess(process.args, returncode, *output)
 
     def stats(self) -> Stats:
         """The resource usage of the container (created, running or paused only).
@@ -1184,7 +1208,8 @@ class Container:
         """Kill everything of the container (paused ones too) and remove all it left;
         a no-op when gone."""
         try:
-            with self._locked():
+            # (a Ctrl-C half-way would leave the record, with half of what it names gone)
+            with interrupts_deferred(), self._locked():
                 self._teardown()
         except ContainerNotFoundError:
             return
@@ -1484,6 +1509,46 @@ def _settle(launcher: Launcher | None) -> None:
             log.warning("the launcher's settle() failed: %s: %s", type(exc).__name__, exc)
 
 
+@dataclasses.dataclass(frozen=True)
+class _TextMode:
+    """``exec_run``'s text mode, as ``subprocess.run``'s: what encodes its input and decodes
+    its output (with universal newlines)."""
+
+    encoding: str
+    errors: str
+
+    @classmethod
+    def of(
+        cls,
+        container_id: str,
+        text: bool | None,
+        encoding: str | None,
+        errors: str | None,
+        universal_newlines: bool | None,
+    ) -> _TextMode | None:
+        """The text mode those arguments ask for, if any."""
+        if text is not None and universal_newlines is not None and text != universal_newlines:
+            raise InvalidArgumentError(
+                container_id, "text and universal_newlines are given with different values"
+            )
+        if not (text or universal_newlines or encoding or errors):
+            return None
+        return cls(encoding or locale.getpreferredencoding(False), errors or "strict")
+
+    def encode(self, container_id: str, data: bytes | str | None) -> bytes | None:
+        if data is None or isinstance(data, bytes):
+            return data
+        try:
+            return data.encode(self.encoding, self.errors)
+        except (LookupError, UnicodeError) as exc:
+            raise InvalidArgumentError(container_id, f"cannot encode input: {exc}") from exc
+
+    def decode(self, data: bytes | None) -> str | None:
+        if data is None:
+            return None
+        return data.decode(self.encoding, self.errors).replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _is_pipe(arg: object) -> bool:
     """Whether a stdio argument is ``PIPE`` (not ``True``, which equals 1)."""
     return isinstance(arg, int) and not isinstance(arg, bool) and arg == subprocess.PIPE
@@ -1632,8 +1697,11 @@ def _sandbox_id_for(
             [("annotations", f'they put the container in sandbox "{annotated}", not {where}')]
         )
     target = join if join is not None else annotated
+    if target == container_id and join is not None:  # (the id is the sandbox's root's)
+        raise ContainerExistsError(container_id)
     if target == container_id:
-        raise SpecError([("annotations", "a container cannot join its own sandbox")])
+        problem = ("annotations", "a container cannot join its own sandbox")
+        raise SpecError([problem], source=f'container "{container_id}"')
     return target or container_id
 
 
@@ -1648,7 +1716,11 @@ def _sandbox_to_join(
     with it. Raises :class:`ContainerNotFoundError` when there is no such
     container, :class:`InvalidStateError` unless it is created or running.
     """
-    record = store.load(sandbox_id)
+    try:
+        record = store.load(sandbox_id)
+    except ContainerNotFoundError:
+        detail = f'container "{container_id}" cannot join sandbox "{sandbox_id}": it does not exist'
+        raise ContainerNotFoundError(sandbox_id, detail) from None
     if record.sandbox_id and record.sandbox_id != record.id:
         raise SandboxrtError(
             f'container "{container_id}" cannot join sandbox "{sandbox_id}": that is a '

@@ -94,8 +94,8 @@ class InvalidIDError(SandboxrtError, ValueError):
 class ContainerNotFoundError(SandboxrtError, LookupError):
     """No container matches an id or id prefix."""
 
-    def __init__(self, id_or_prefix: str) -> None:
-        super().__init__(f"container {id_or_prefix!r} does not exist")
+    def __init__(self, id_or_prefix: str, detail: str = "") -> None:
+        super().__init__(detail or f"container {id_or_prefix!r} does not exist")
         self.container_id = id_or_prefix
 
 
@@ -133,7 +133,8 @@ class InvalidArgumentError(SandboxrtError, ValueError):
     """An argument a call cannot take for this container (not the spec: see SpecError)."""
 
     def __init__(self, container_id: str, problem: str) -> None:
-        super().__init__(f'container "{container_id}": {problem}')
+        # (no container for an argument of no container's call: a ``Config``'s)
+        super().__init__(f'container "{container_id}": {problem}' if container_id else problem)
         self.container_id = container_id
         self.problem = problem
 
@@ -319,7 +320,10 @@ class ProcessNotFoundError(SandboxrtError, ProcessLookupError):
     def __init__(
         self, container_id: str, pid: int, detail: str = "", *, exited: bool = False
     ) -> None:
-        super().__init__(detail or f'pid {pid} does not belong to container "{container_id}"')
+        text = detail or f'pid {pid} does not belong to container "{container_id}"'
+        if f'"{container_id}"' not in text:  # (a supervisor's detail may name it already)
+            text = f'container "{container_id}": {text}'
+        super().__init__(text)
         self.container_id = container_id
         self.pid = pid
         #: The process was the container's and has exited.

@@ -6,8 +6,11 @@ record, no lock file, no runtime directory, no process, no open fd.
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
@@ -325,16 +328,25 @@ def test_config_json_that_is_a_directory(store: FileStore, bundle: BundleFactory
 
 
 def test_bad_config_values() -> None:
-    for bad in ({"lock_timeout": 0}, {"destroy_timeout": -1.0}):
-        with pytest.raises(ValueError, match="must be > 0"):
-            Config(**bad)  # type: ignore[arg-type]
-    # A typo is not taken for the default, nor a string for a flag.
+    """A bad value is an InvalidArgumentError (a ValueError) naming the option; a value of
+    the wrong type altogether a TypeError."""
+    bad_values = [
+        ({"lock_timeout": 0}, "Config.lock_timeout must be a positive number of seconds, not 0"),
+        ({"destroy_timeout": -1.0}, "Config.destroy_timeout must be a positive"),
+        ({"create_timeout": math.nan}, "Config.create_timeout must be a positive"),
+        ({"overlay_size": 5}, "Config.overlay_size must be at least 65536 bytes, not 5"),
+    ]
+    # A typo is not taken for the default.
     for network in ("hots", "none", ""):
-        with pytest.raises(ValueError, match="'network' must be in"):
-            Config(network=network)  # type: ignore[arg-type]
-    for flag in ("overlay", "lazy_gofer"):
-        with pytest.raises(TypeError, match=f"'{flag}' must be <class 'bool'>"):
-            Config(**{flag: "no"})  # type: ignore[arg-type]
+        bad_values.append(({"network": network}, "Config.network must be one of 'sandbox', "))
+    for bad, message in bad_values:
+        with pytest.raises(InvalidArgumentError, match=f"^{re.escape(message)}"):
+            Config(**bad)  # type: ignore[arg-type]
+    # Nor a string for a flag or a number.
+    for wrong in ({"overlay": "no"}, {"lazy_gofer": 1}, {"destroy_timeout": "10"}):
+        (name,) = wrong
+        with pytest.raises(TypeError, match=f"^Config.{name} must be a"):
+            Config(**wrong)  # type: ignore[arg-type]
     assert Config(network="host", overlay=True, lazy_gofer=True).network == "host"
 
 
@@ -490,6 +502,8 @@ def test_stdio_fd_that_is_not_open(
     closed.close()
     with pytest.raises(ValueError, match="closed file"):
         Container.create("x", bundle(), store=store, stdout=closed)
+    with pytest.raises(InvalidArgumentError, match='"x": a BytesIO has no file descriptor'):
+        Container.run("x", bundle(), store=store, stdout=io.BytesIO())
     assert_nothing_left(store)
 
 

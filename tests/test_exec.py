@@ -160,6 +160,28 @@ def test_check_raises_a_process_error(running: Container) -> None:
     assert f'"{running.id}"' in str(error)
 
 
+def test_text_mode_as_subprocess_run(running: Container) -> None:
+    """``text``/``universal_newlines``, ``encoding`` and ``errors`` as ``subprocess.run``
+    takes them: ``str`` in and out, newlines translated."""
+    script = ["sh", "-c", "cat; printf 'a\\r\\nb\\rc\\n'; echo err >&2; exit 2"]
+    done = running.exec_run(script, input="é\n", capture_output=True, text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (2, "é\na\nb\nc\n", "err\n")
+    latin = ["sh", "-c", "cat; printf '\\351' >&2; exit 3"]
+    done = running.exec_run(latin, input="é", capture_output=True, encoding="latin-1")
+    assert (done.stdout, done.stderr) == ("é", "é")
+    done = running.exec_run(["echo", "x"], capture_output=True, universal_newlines=True)
+    assert done.stdout == "x\n"
+    with pytest.raises(ProcessError) as caught:  # its output is text too
+        running.exec_run(latin, capture_output=True, errors="replace", check=True)
+    assert (caught.value.returncode, caught.value.stderr) == (3, "\ufffd")
+    with pytest.raises(UnicodeDecodeError):  # (strict, as subprocess.run)
+        running.exec_run(latin, capture_output=True, text=True)
+    with pytest.raises(TypeError, match="input must be bytes"):
+        running.exec_run(["cat"], input="text without text mode")
+    with pytest.raises(InvalidArgumentError, match="different values"):
+        running.exec_run(["true"], text=True, universal_newlines=False)
+
+
 def test_terminate_kill_and_send_signal(running: Container) -> None:
     process = running.exec(["sleep", "100"])
     assert process.poll() is None

@@ -141,9 +141,13 @@ def test_run_with_a_timeout_kills_the_container_and_raises(
     pid_file = tmp_path / "pid"
     started = time.monotonic()
     # Both sandboxrt's and subprocess's: ``except subprocess.TimeoutExpired`` catches it.
-    with pytest.raises(subprocess.TimeoutExpired, match=r'"slow": its init \(\[\'sleep\'') as exc:
+    with pytest.raises(
+        subprocess.TimeoutExpired,
+        match=r'"slow": its init \(\[\'sleep\', \'60\'\]\) was killed after',
+    ) as exc:
         Container.run("slow", bundle(["sleep", "60"]), store=store, timeout=0.5, pid_file=pid_file)
     assert isinstance(exc.value, WaitTimeoutError)
+    assert exc.value.killed  # (run kills it, as subprocess.run does)
     assert (exc.value.cmd, exc.value.timeout) == (["sleep", "60"], 0.5)
     assert time.monotonic() - started < 30  # (not the program's 60 s)
     assert Container.list(store=store) == []
@@ -332,6 +336,29 @@ def test_destroy(store: FileStore, bundle: BundleFactory, phase: str) -> None:
     assert_destroyed(store, "gone", sandbox.runtime_dir, sandbox.supervisor)
     container.destroy()  # twice: a no-op
     assert_destroyed(store, "gone", sandbox.runtime_dir, sandbox.supervisor)
+
+
+def test_a_ctrl_c_during_destroy_comes_once_everything_is_gone(
+    store: FileStore, bundle: BundleFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A destroy stopped half-way would leave the record with half of what it names gone:
+    the KeyboardInterrupt of a SIGINT that lands in it is raised once it is over."""
+    container = Container.create("ctrlc", bundle(["sleep", "1000"]), store=store)
+    container.start()
+    sandbox = container.sandbox
+    assert sandbox is not None
+    teardown = Container._teardown
+
+    def interrupted(self: Container) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # (delivered in the main thread, as Ctrl-C)
+        time.sleep(0.05)  # a handler would run here
+        teardown(self)
+
+    monkeypatch.setattr(Container, "_teardown", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        container.destroy()
+    assert_destroyed(store, "ctrlc", sandbox.runtime_dir, sandbox.supervisor)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_destroy_from_second_object(store: FileStore, bundle: BundleFactory) -> None:

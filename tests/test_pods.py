@@ -588,10 +588,14 @@ def test_a_subcontainer_that_cannot_be_created_leaves_nothing(
     add_running(pod, bundle(SLEEP), "bad")  # the id, and the sandbox, still serve
     with pytest.raises(ContainerExistsError):
         pod.add_container("bad", bundle(SLEEP))
+    with pytest.raises(ContainerExistsError, match='"pod"'):  # (the root's id)
+        pod.add_container("pod", bundle(SLEEP))
 
 
 def test_adding_to_a_missing_pod_fails_cleanly(store: FileStore, bundle: BundleFactory) -> None:
-    with pytest.raises(ContainerNotFoundError):
+    with pytest.raises(
+        ContainerNotFoundError, match='container "a" cannot join sandbox "nowhere": it does not'
+    ):
         Container.create(
             "a",
             annotate(

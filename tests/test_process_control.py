@@ -91,11 +91,14 @@ def test_wait_pid_from_a_second_process(running: Container, store: FileStore) ->
 
 def test_wait_pid_timeout_and_unknown_pids(running: Container) -> None:
     process = running.exec(["sleep", "100"])
-    with pytest.raises(ProcessTimeoutError) as caught:
+    with pytest.raises(ProcessTimeoutError, match=rf"process {process.pid} did not exit") as caught:
         running.wait_pid(process.pid, timeout=0.1)
     assert caught.value.pid == process.pid and not caught.value.killed
     process.kill()
     assert running.wait_pid(process.pid, timeout=10) == -signal.SIGKILL
+    # Its status was taken: signalling it now names the container and says why.
+    with pytest.raises(ProcessNotFoundError, match=rf'"{running.id}": process {process.pid} has'):
+        running.signal_process(process.pid, signal.SIGTERM)
     with pytest.raises(ProcessNotFoundError, match="does not belong"):
         running.wait_pid(1)  # the supervisor
 

@@ -318,8 +318,9 @@ class FileStore(_RecordStore[int]):
         path = self._record_path(cid)
         tmp = root / f"{_TEMP_PREFIX}{cid[:200]}-{secrets.token_hex(8)}"
         with _os_errors(f"write {path}", cid):
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600)
             try:
+                # (in the try: an interrupt right after it still removes the file)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600)
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
                     fh.flush()
