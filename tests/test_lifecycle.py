@@ -18,6 +18,7 @@ import pytest
 from conftest import (
     BundleFactory,
     edit_config,
+    in_python,
     killed_after,
     needs_busybox,
     needs_root,
@@ -906,3 +907,39 @@ def test_a_caller_killed_in_start_after_the_release_leaves_a_container_that_says
         assert container.wait(timeout=10) == -signal.SIGKILL
     finally:
         container.destroy()
+
+
+def test_a_memory_stores_containers_do_not_outlive_its_process(
+    bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """Nothing but the process that made them could reach them: those still recorded (a
+    live store's, and a collected store's) are destroyed when it exits, cgroups and
+    runtime directories included; a forked child's exit destroys none of them."""
+    path = bundle(["sleep", "1000"])
+    code = f"""
+import gc, json, os, sys
+from sandboxrt import Container, MemoryStore
+kept = MemoryStore()
+a = Container.create("kept", {str(path)!r}, store=kept)
+a.start()
+dropped = MemoryStore({str(tmp_path / "dropped")!r})
+b = Container.create("dropped", {str(path)!r}, store=dropped)
+seen = [(c.state().pid, c._record.cgroup, c.sandbox.runtime_dir) for c in (a, b)]
+del b, dropped
+gc.collect()
+if os.fork() == 0:
+    sys.exit(0)  # (runs the exit handlers in the child)
+os.wait()
+alive = [os.path.exists(f"/proc/{{pid}}") for pid, _, _ in seen]
+print(json.dumps({{"seen": seen, "alive": alive}}))
+"""
+    done = in_python(code)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["alive"] == [True, True]  # (the child's exit left them)
+    for pid, cgroup, runtime_dir in report["seen"]:
+        wait_until(lambda pid=pid: not os.path.exists(f"/proc/{pid}"))
+        assert not os.path.exists(runtime_dir)
+        for placement in cgroup["placements"]:
+            assert not os.path.exists(os.path.join(placement["mountpoint"], placement["path"]))
+    assert not (tmp_path / "dropped").exists()

@@ -7,7 +7,9 @@ corrupt data behaves as it does on disk. Locks are per-container
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import logging
 import os
 import tempfile
 import threading
@@ -22,6 +24,8 @@ from sandboxrt.stores.file import _RecordStore
 
 __all__ = ["MemoryStore"]
 
+log = logging.getLogger("sandboxrt")
+
 
 def _rmdir_if_empty(path: Path) -> None:
     with contextlib.suppress(OSError):  # gone, or still in use: leave it
@@ -33,6 +37,11 @@ class MemoryStore(_RecordStore[threading.Lock]):
 
     ``runtime_dir`` defaults to a private temporary directory, made on first
     access and removed (if empty) when the store is garbage-collected.
+
+    No other process can reach its containers, so none outlives this process:
+    those still recorded when it exits are destroyed then, also those of a store
+    garbage-collected before (which no one could reach any more). A process killed
+    outright (SIGKILL) leaves them, as nothing of it runs any more.
     """
 
     def __init__(
@@ -46,6 +55,13 @@ class MemoryStore(_RecordStore[threading.Lock]):
         self._locks: dict[str, threading.Lock] = {}
         self._mutex = ForkSafeLock()  # (per container: timed locks, a LockTimeoutError)
         self._runtime_dir = None if runtime_dir is None else Path(runtime_dir)
+        #: Where its runtime directory is, once known: for :func:`_orphaned`.
+        self._made_in: list[Path] = [] if runtime_dir is None else [Path(runtime_dir)]
+        #: The process it was made in (a forked child has copies of its records, not its
+        #: containers).
+        self._owner = os.getpid()
+        _LIVE.add(self)
+        weakref.finalize(self, _orphaned, self._records, self._made_in, self._owner).atexit = False
 
     def __repr__(self) -> str:
         return f"MemoryStore(<{len(self._records)} records>)"
@@ -58,6 +74,7 @@ class MemoryStore(_RecordStore[threading.Lock]):
                 path = Path(tempfile.mkdtemp(prefix="sandboxrt-mem-"))
                 weakref.finalize(self, _rmdir_if_empty, path)
                 self._runtime_dir = path
+                self._made_in.append(path)
             else:
                 self._runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             return self._runtime_dir
@@ -105,3 +122,39 @@ class MemoryStore(_RecordStore[threading.Lock]):
         """The ids of all stored containers, sorted."""
         with self._mutex:
             return sorted(self._records)
+
+
+#: Every MemoryStore alive, and stand-ins for those collected while they still recorded
+#: containers: what :func:`_destroy_left` goes through when this process exits.
+_LIVE: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
+_ORPHANS: list[MemoryStore] = []
+
+
+def _orphaned(records: dict[str, bytes], made_in: list[Path], owner: int) -> None:
+    """A store was garbage-collected: keep what it still recorded, for the exit."""
+    if records and owner == os.getpid():
+        stand_in = MemoryStore(made_in[0] if made_in else None)
+        stand_in._records.update(records)
+        _ORPHANS.append(stand_in)
+
+
+@atexit.register
+def _destroy_left() -> None:
+    """At exit: destroy the containers MemoryStores still record (nothing else could)."""
+    stores = [store for store in (*_LIVE, *_ORPHANS) if store._owner == os.getpid()]
+    if not any(store.list_ids() for store in stores):
+        return
+    from sandboxrt._os import cgroups
+    from sandboxrt.container import Container
+
+    for store in stores:
+        for cid in store.list_ids():
+            try:
+                Container.load(cid, store=store).destroy()
+            except LookupError:
+                pass  # (a pod's member, gone with its root)
+            except Exception as exc:  # (one failing must not keep the others)
+                log.warning("container %s of a MemoryStore outlives this process: %s", cid, exc)
+        if store._runtime_dir is not None:
+            _rmdir_if_empty(store._runtime_dir)
+    cgroups.release_parents()  # (registered before us at exit: it has run)
