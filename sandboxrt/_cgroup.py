@@ -145,12 +145,15 @@ def request_for(
     return CgroupRequest(path, resources_for(spec, driver), layout, required)
 
 
-def scope_for(runtime_dir: os.PathLike[str] | str) -> str:
+def scope_for(runtime_dir: os.PathLike[str] | str, *, transient: bool = False) -> str:
     """The default cgroup path's store component: none for the default store, else
-    a short hash of the store's runtime directory, so stores never share a cgroup."""
+    a short hash of the store's runtime directory, so stores never share a cgroup;
+    ``transient`` for a store no later process uses (its level is not kept: see
+    :data:`cgroups.TRANSIENT_SCOPE_PREFIX`)."""
     if Path(runtime_dir) == default_root() / ".sandboxes":
         return ""
-    return hashlib.blake2s(os.fsencode(runtime_dir), digest_size=4).hexdigest()
+    digest = hashlib.blake2s(os.fsencode(runtime_dir), digest_size=4).hexdigest()
+    return cgroups.TRANSIENT_SCOPE_PREFIX + digest if transient else digest
 
 
 def create(request: CgroupRequest, container_id: str, scope: str = "") -> Cgroup | None:

@@ -78,7 +78,7 @@ from sandboxrt.files import ContainerFiles
 from sandboxrt.gofer import Gofer, PendingGofer, socket_path
 from sandboxrt.process import Process, ProcessInfo, process_infos
 from sandboxrt.sandbox import Sandbox, alive, identity_of, kill_process
-from sandboxrt.stores import MetadataStore, store_or_default
+from sandboxrt.stores import MemoryStore, MetadataStore, store_or_default
 
 __all__ = ["Container", "CreateOptions", "OCIState", "Stats"]
 
@@ -390,8 +390,7 @@ class Container:
 
             def make_cgroup() -> list[str]:
                 assert cgroup_request is not None
-                scope = _cgroup.scope_for(store.runtime_dir)
-                cgroup = _cgroup.create(cgroup_request, id, scope)
+                cgroup = _cgroup.create(cgroup_request, id, _cgroup_scope(store))
                 if cgroup is None:
                     return []
                 owner = _mapped_root(container._record.id_maps)
@@ -1405,7 +1404,7 @@ class Container:
             _cgroup.remove(self._record.cgroup, self.id, timeout)
         elif self._record.status is Status.CREATING:
             # Its creation died between making its cgroup and recording it.
-            scope = _cgroup.scope_for(self._store.runtime_dir)
+            scope = _cgroup_scope(self._store)
             _cgroup.remove_left_behind(self._record.spec, self.id, scope, timeout)
         if gofer is not None and not kill_process(gofer, timeout):
             raise GoferError(self.id, f"pid {gofer.pid} did not exit")
@@ -1495,6 +1494,12 @@ class _Locked:
 
 #: What a creation may run out of, at any of its steps: a ``SystemCallError`` naming it.
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
+def _cgroup_scope(store: MetadataStore) -> str:
+    """The store level of the default cgroup paths of ``store``'s containers: a
+    ``MemoryStore``'s is transient (no later process will use it)."""
+    return _cgroup.scope_for(store.runtime_dir, transient=isinstance(store, MemoryStore))
 
 
 def _settle(launcher: Launcher | None) -> None:

@@ -36,6 +36,7 @@ from sandboxrt import (
     FileStore,
     InitError,
     InvalidStateError,
+    MemoryStore,
     MissingFeatureError,
     SandboxrtError,
     SpecError,
@@ -237,6 +238,29 @@ def test_processes_live_in_the_containers_cgroup_with_its_limits(
     cgroups.release_parents()
     for level in made:
         assert not level.exists() or any(p.is_dir() for p in level.iterdir()), level
+
+
+@real
+def test_a_memory_stores_level_goes_with_its_last_container(bundle: BundleFactory) -> None:
+    """Nothing will use a MemoryStore's level of the default path once its process ends
+    (or the store is collected): it is not kept, as a FileStore's is, but removed with its
+    last container, so a process running containers on one MemoryStore after another
+    piles none up (nor leaves any when it ends without its exit handlers)."""
+    path = bundle(["true"])
+    for i in range(3):
+        store = MemoryStore()
+        container = Container.create(f"mem{i}", path, store=store)
+        record = store.load(container.id).cgroup
+        assert record is not None
+        cgroup = cgroups.load(record, container_id=container.id)
+        level = cgroup.path.rsplit("/", 2)[1]
+        assert level.startswith(cgroups.TRANSIENT_SCOPE_PREFIX)
+        made = created_dirs(cgroup)
+        container.destroy()
+        levels = [p.mountpoint / p.rel.parent for p in cgroup.placements]
+        assert levels and not any(d.exists() for d in levels), levels
+        # The top level is shared by every store: kept for the next container.
+        assert all(d.is_dir() for d in made if d.name == "sandboxrt")
 
 
 @real

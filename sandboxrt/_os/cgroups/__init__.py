@@ -25,7 +25,7 @@ from typing import Any
 
 from sandboxrt.errors import CorruptMetadataError, MissingFeatureError
 
-from .common import Cgroup, CgroupStats, Placement, release_parents
+from .common import TRANSIENT_SCOPE_PREFIX, Cgroup, CgroupStats, Placement, release_parents
 from .layout import CgroupLayout, Hierarchy, detect
 from .resources import (
     CpuResources,
@@ -40,6 +40,7 @@ from .v1 import CgroupV1
 from .v2 import CgroupV2
 
 __all__ = [
+    "TRANSIENT_SCOPE_PREFIX",
     "Cgroup",
     "CgroupLayout",
     "CgroupStats",

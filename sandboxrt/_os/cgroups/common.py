@@ -43,6 +43,7 @@ from .resources import CpuResources, Resources, ResourcesLike, as_resources
 __all__ = [
     "OWNER_XATTR",
     "PARENT_XATTR",
+    "TRANSIENT_SCOPE_PREFIX",
     "UNLIMITED",
     "Cgroup",
     "CgroupStats",
@@ -64,6 +65,11 @@ UNLIMITED = 1 << 62
 _MAX_DELAY = 0.2
 #: The extended attribute marking a parent level sandboxrt created (value ``b"1"``).
 PARENT_XATTR = "trusted.sandboxrt.parent"
+#: The name of a default path's store level starts with this for a store nothing will
+#: use again once its process ends (a ``MemoryStore``): that level is not kept for the
+#: next container (``keep_parents``), but removed with its last one, as no later process
+#: would ever remove it.
+TRANSIENT_SCOPE_PREFIX = "mem-"
 #: The extended attribute naming the container whose cgroup a directory is (its id),
 #: set on the leaf in every hierarchy: no other container's cgroup may be it, nor sit
 #: above or below it (its destroy would kill, or remove, the other's).
@@ -425,7 +431,7 @@ def _remove_levels(
         if not level.parts:
             break  # the hierarchy's root
         directory = mountpoint / level
-        if keep_parents:
+        if keep_parents and not level.name.startswith(TRANSIENT_SCOPE_PREFIX):
             if not _PUT_OFF:
                 atexit.register(release_parents)
             _PUT_OFF[directory] = _PUT_OFF.get(directory, False) or level in created
