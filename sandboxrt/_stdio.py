@@ -10,11 +10,45 @@ import os
 import subprocess
 from typing import IO, Any
 
-__all__ = ["StdioArg", "StdioPlan", "close_streams", "reserve_standard_fds"]
+__all__ = ["PtyMaster", "StdioArg", "StdioPlan", "close_streams", "reserve_standard_fds"]
 
 #: What ``stdin``/``stdout``/``stderr`` accept: ``None`` (inherit), ``PIPE``,
 #: ``DEVNULL``, ``STDOUT`` (stderr only), an fd, or an object with ``fileno()``.
 StdioArg = int | IO[Any] | None
+
+
+class PtyMaster(io.FileIO):
+    """A pty's master end (``console``), unbuffered. Once every process of the terminal
+    has closed it, reading gives what is left, then end of file, as a pipe does (Linux
+    answers ``EIO`` there, which ``read()`` would raise, losing what it had read)."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(fd, "r+b")
+
+    def readinto(self, buffer: Any) -> int | None:
+        try:
+            return super().readinto(buffer)
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return 0
+            raise
+
+    def readall(self) -> bytes:
+        chunks = []
+        while chunk := self.read(65536):  # (None, non-blocking: what came so far)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def read(self, size: int | None = -1) -> bytes | None:  # type: ignore[override]
+        # (None, as FileIO's: nothing to read yet, non-blocking)
+        if size is None or size < 0:
+            return self.readall()
+        try:
+            return super().read(size)
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return b""
+            raise
 
 
 def reserve_standard_fds() -> None:

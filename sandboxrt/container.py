@@ -52,7 +52,7 @@ from sandboxrt._signals import (
     interrupts_deferred,
     signal_number,
 )
-from sandboxrt._stdio import StdioArg, StdioPlan, close_streams, reserve_standard_fds
+from sandboxrt._stdio import PtyMaster, StdioArg, StdioPlan, close_streams, reserve_standard_fds
 from sandboxrt.config import Config
 from sandboxrt.errors import (
     ContainerExistsError,
@@ -1023,7 +1023,7 @@ class Container:
             stdio.close_child_ends()
         if master is not None:
             os.set_inheritable(master, False)
-            console = os.fdopen(master, "r+b", buffering=0)
+            console = PtyMaster(master)
         return Process(
             container_id=self.id,
             sandbox=sandbox,
@@ -1453,7 +1453,7 @@ class Container:
     ) -> None:
         os.set_inheritable(master, False)  # received over SCM_RIGHTS without close-on-exec
         if console_socket is None:
-            self.console = os.fdopen(master, "r+b", buffering=0)
+            self.console = PtyMaster(master)
             return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:

@@ -645,6 +645,17 @@ def test_tty_gives_a_pty(running: Container) -> None:
     assert (out or b"").endswith(b"got hello\r\n")
 
 
+def test_the_console_reads_to_the_end_once_the_process_exited(running: Container) -> None:
+    """Linux answers ``EIO`` on a pty's master once its terminal is closed everywhere: the
+    console gives what was left, then end of file, as a pipe does."""
+    process = running.exec(["sh", "-c", "echo one; echo two"], tty=True)
+    assert process.console is not None
+    with process:
+        assert process.wait(timeout=10) == 0
+        assert process.console.read().replace(b"\r", b"") == b"one\ntwo\n"
+        assert process.console.read() == b"" and process.console.read(10) == b""
+
+
 def _next_pid(container: Container) -> int:
     return int(container.exec_run(["sh", "-c", "echo $$"], capture_output=True).stdout)
 
