@@ -609,7 +609,7 @@ class Container:
         record = self._record
         if record.sandbox is None:
             return None
-        return Sandbox(self.sandbox_id, record.sandbox, record.runtime_dir)
+        return Sandbox(self.sandbox_id, record.sandbox, _runtime_dir(self._store, self.sandbox_id))
 
     @property
     def sandbox_id(self) -> str:
@@ -1208,7 +1208,7 @@ class Container:
         a no-op when gone."""
         try:
             # (a Ctrl-C half-way would leave the record, with half of what it names gone)
-            with interrupts_deferred(), self._locked():
+            with interrupts_deferred(), self._locked(corrupt_ok=True):
                 self._teardown()
         except ContainerNotFoundError:
             return
@@ -1259,7 +1259,8 @@ class Container:
                         raise
             record = self._record
         assert record.gofer is not None
-        return Gofer(self.id, record.gofer, socket_path(record.runtime_dir, self.id))
+        runtime_dir = _runtime_dir(self._store, self.sandbox_id)
+        return Gofer(self.id, record.gofer, socket_path(runtime_dir, self.id))
 
     def _grant_oom_score(self) -> None:
         """Set the spec's ``oomScoreAdj`` on a pod member's init (found in its cgroup)
@@ -1345,8 +1346,8 @@ class Container:
         self._record = attrs.evolve(self._record, gofer=serving.identity)
         self._store.save(self._record)
 
-    def _locked(self) -> _Locked:
-        return _Locked(self)
+    def _locked(self, *, corrupt_ok: bool = False) -> _Locked:
+        return _Locked(self, corrupt_ok=corrupt_ok)
 
     def _destroy_timeout(self) -> float:
         return _configured_timeout(self._record, "destroy_timeout", 10.0)
@@ -1372,6 +1373,14 @@ class Container:
         except CorruptMetadataError as exc:  # logged, as a failing poststop hook is
             log.warning("%s: no poststop hook runs", exc)
             poststop = []
+        lost_cgroup = False
+        if self._record.cgroup is not None:
+            try:
+                cgroups.load(self._record.cgroup, container_id=self.id)
+            except CorruptMetadataError as exc:  # (found again from the spec, below)
+                log.warning("%s: its cgroup is looked for where it would be", exc)
+                self._record = attrs.evolve(self._record, cgroup=None)
+                lost_cgroup = True
         gofer = self._record.gofer
         if gofer is not None:
             kill_process(gofer)  # waited for at the end, while the rest is torn down
@@ -1398,12 +1407,12 @@ class Container:
         elif not self.is_subcontainer:
             # A creation that died before it recorded its sandbox (we hold the lock it
             # held): the runtime directory it made is named after the id.
-            runtime_dir, _, _ = sandbox_paths(str(self._store.runtime_dir), self.id)
-            shutil.rmtree(runtime_dir, ignore_errors=True)
+            shutil.rmtree(_runtime_dir(self._store, self.id), ignore_errors=True)
         if self._record.cgroup is not None:
             _cgroup.remove(self._record.cgroup, self.id, timeout)
-        elif self._record.status is Status.CREATING:
-            # Its creation died between making its cgroup and recording it.
+        elif lost_cgroup or self._record.status is Status.CREATING:
+            # Its creation died between making its cgroup and recording it (or its record
+            # of it cannot be read).
             scope = _cgroup_scope(self._store)
             _cgroup.remove_left_behind(self._record.spec, self.id, scope, timeout)
         if gofer is not None and not kill_process(gofer, timeout):
@@ -1467,17 +1476,25 @@ class Container:
 
 
 class _Locked:
-    """Holds the container's lock and yields its freshly loaded sandbox."""
+    """Holds the container's lock and yields its freshly loaded sandbox; with
+    ``corrupt_ok``, a stored record that cannot be read leaves the container its own
+    (read before: what a destroy then tears down)."""
 
-    def __init__(self, container: Container) -> None:
+    def __init__(self, container: Container, *, corrupt_ok: bool = False) -> None:
         self._container = container
+        self._corrupt_ok = corrupt_ok
         timeout = _configured_timeout(container._record, "lock_timeout", None)  # None: the store's
         self._lock = container._store.lock(container.id, timeout=timeout)
 
     def __enter__(self) -> Sandbox | None:
         self._lock.__enter__()
         try:
-            self._container._refresh()
+            try:
+                self._container._refresh()
+            except CorruptMetadataError as exc:
+                if not self._corrupt_ok:
+                    raise
+                log.warning("%s: the record read before is used", exc)
         except ContainerNotFoundError as exc:
             # Gone: drop the lock file this lock just made, as destroy did.
             self._container._store.delete(self._container.id)
@@ -1494,6 +1511,13 @@ class _Locked:
 
 #: What a creation may run out of, at any of its steps: a ``SystemCallError`` naming it.
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
+def _runtime_dir(store: MetadataStore, sandbox_id: str) -> str:
+    """The runtime directory of sandbox ``sandbox_id`` of ``store``: made from the two, never
+    read from a record (whose writer could make a destroy remove any directory)."""
+    runtime_dir, _, _ = sandbox_paths(str(store.runtime_dir), sandbox_id)
+    return runtime_dir
 
 
 def _cgroup_scope(store: MetadataStore) -> str:
@@ -1733,7 +1757,7 @@ def _sandbox_to_join(
         )
     sandbox = None
     if record.sandbox is not None:
-        sandbox = Sandbox(record.id, record.sandbox, record.runtime_dir)
+        sandbox = Sandbox(record.id, record.sandbox, _runtime_dir(store, record.id))
     require(Operation.ADD_CONTAINER, record.id, _effective_status(record, sandbox))
     assert sandbox is not None
     return sandbox, record

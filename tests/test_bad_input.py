@@ -34,6 +34,7 @@ from sandboxrt import (
     Container,
     ContainerExistsError,
     ContainerNotFoundError,
+    CorruptMetadataError,
     FileStore,
     InvalidArgumentError,
     InvalidIDError,
@@ -616,6 +617,69 @@ def test_a_record_altered_on_disk_still_lets_its_container_be_destroyed(
     assert_nothing_left(store)
     assert supervisor is not None and not os.path.exists(f"/proc/{supervisor}")
     container.destroy()  # (idempotent: it is gone)
+
+
+def _cgroup_dirs(record: dict[str, Any] | None) -> list[str]:
+    assert record is not None
+    return [os.path.join(p["mountpoint"], p["path"]) for p in record["placements"]]
+
+
+def test_a_records_runtime_dir_is_never_trusted(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """A destroy removed the directory the record named as the sandbox's runtime
+    directory, wherever that was (``/etc``, once): it is made from the store and the id."""
+    container = Container.create("x", bundle(["sleep", "60"]), store=store)
+    container.start()
+    supervisor = container.state().pid
+    elsewhere = tmp_path / "precious"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("me")
+    store.save(attrs.evolve(store.load("x"), runtime_dir=str(elsewhere)))
+    Container.load("x", store=store).destroy()
+    assert (elsewhere / "keep").read_text() == "me"
+    assert_nothing_left(store)
+    assert supervisor is not None and not os.path.exists(f"/proc/{supervisor}")
+    # Nor is a sandbox id that is not an id (paths are made of it).
+    store.save(rec_of(container))
+    document = json.loads((store.root / "x.json").read_text())
+    document["container"]["sandbox_id"] = "../.."
+    (store.root / "x.json").write_text(json.dumps(document))
+    with pytest.raises(CorruptMetadataError, match="sandbox_id"):
+        Container.load("x", store=store)
+    store.delete("x")
+
+
+def rec_of(container: Container) -> Any:
+    return container._record
+
+
+def test_an_unreadable_record_still_lets_its_container_be_destroyed(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """A record that cannot be read (or whose cgroup cannot) left the sandbox, its
+    cgroup and its files for good: the object that read it before destroys with what it
+    read, and a cgroup record that cannot be read is looked for where it would be."""
+    container = Container.create("x", bundle(["sleep", "60"]), store=store)
+    container.start()
+    supervisor, dirs = container.state().pid, _cgroup_dirs(rec_of(container).cgroup)
+    assert dirs and all(os.path.isdir(d) for d in dirs)
+    (store.root / "x.json").write_bytes(b'{"schema": 1, "contai')
+    with pytest.raises(CorruptMetadataError):
+        Container.load("x", store=store)
+    container.destroy()
+    assert_nothing_left(store)
+    assert supervisor is not None and not os.path.exists(f"/proc/{supervisor}")
+    assert not any(os.path.exists(d) for d in dirs)
+    # A cgroup record without its placements: loaded, and destroyed all the same.
+    container = Container.create("y", bundle(["sleep", "60"]), store=store)
+    container.start()
+    supervisor, dirs = container.state().pid, _cgroup_dirs(rec_of(container).cgroup)
+    store.save(attrs.evolve(store.load("y"), cgroup={"driver": "v1", "path": "/x"}))
+    Container.load("y", store=store).destroy()
+    assert_nothing_left(store)
+    assert supervisor is not None and not os.path.exists(f"/proc/{supervisor}")
+    assert not any(os.path.exists(d) for d in dirs)
 
 
 # --- failures during creation leave nothing behind --------------------------------------------

@@ -16,8 +16,10 @@ from typing import Any
 import attrs
 import cattrs
 
+from sandboxrt._core.ids import validate_id
 from sandboxrt._core.status import Status, check_transition
 from sandboxrt._forksafe import ForkSafeLock
+from sandboxrt.errors import InvalidIDError
 
 __all__ = [
     "MIGRATIONS",
@@ -57,7 +59,8 @@ class ContainerRecord:
     status: Status
     created_at: _dt.datetime
     owner: str = ""
-    sandbox_id: str = ""
+    #: Its root container's id (empty: its own). Paths are made of it: a valid id only.
+    sandbox_id: str = attrs.field(default="", validator=lambda _r, _a, v: _check_sandbox_id(v))
     sandbox: ProcessIdentity | None = None
     init: ProcessIdentity | None = None
     gofer: ProcessIdentity | None = None
@@ -76,6 +79,21 @@ class ContainerRecord:
     def with_status(self, new: Status) -> ContainerRecord:
         """A copy in status ``new``; raises if the transition is illegal."""
         return attrs.evolve(self, status=check_transition(self.id, self.status, new))
+
+
+def _problem(exc: BaseException, type_: type | None) -> str:
+    """How a field that fails to structure is described (a validator's own words)."""
+    if isinstance(exc, ValueError) and not isinstance(exc, cattrs.BaseValidationError):
+        return str(exc)
+    return cattrs.v.format_exception(exc, type_)
+
+
+def _check_sandbox_id(value: str) -> None:
+    if value:
+        try:
+            validate_id(value)
+        except InvalidIDError as exc:
+            raise ValueError(f"sandbox_id: {exc}") from None
 
 
 converter = cattrs.Converter()
@@ -157,5 +175,8 @@ def record_from_json(data: bytes | str) -> ContainerRecord:
         schema = envelope["schema"]
     try:
         return converter.structure(envelope["container"], ContainerRecord)
-    except (cattrs.BaseValidationError, KeyError, TypeError) as exc:
+    except cattrs.BaseValidationError as exc:
+        problems = "; ".join(cattrs.transform_error(exc, format_exception=_problem))
+        raise ValueError(f"record does not match schema {SCHEMA_VERSION}: {problems}") from exc
+    except (KeyError, TypeError) as exc:
         raise ValueError(f"record does not match schema {SCHEMA_VERSION}: {exc}") from exc
