@@ -158,11 +158,11 @@ def children_of_this_process() -> set[int]:
         with open(f"/proc/{os.getpid()}/task/{task}/children") as f:
             found.update(int(pid) for pid in f.read().split())
     if os.getpid() == 1:
-        found = {pid for pid in found if not _is_zombie(pid)}
+        found = {pid for pid in found if not is_zombie(pid)}
     return found
 
 
-def _is_zombie(pid: int) -> bool:
+def is_zombie(pid: int) -> bool:
     info = procfs.read_stat(pid)
     return info is not None and info.state == "Z"
 

@@ -24,8 +24,10 @@ from conftest import (
     children_of_this_process,
     edit_config,
     in_python,
+    is_zombie,
     needs_busybox,
     needs_root,
+    wait_until,
 )
 
 from sandboxrt import (
@@ -615,8 +617,15 @@ def test_a_record_altered_on_disk_still_lets_its_container_be_destroyed(
     store.save(attrs.evolve(record, spec=spec, config=config))
     Container.load("x", store=store).destroy()
     assert_nothing_left(store)
-    assert supervisor is not None and not os.path.exists(f"/proc/{supervisor}")
+    assert supervisor is not None and ended(supervisor)
     container.destroy()  # (idempotent: it is gone)
+
+
+def ended(pid: int) -> bool:
+    """Whether ``pid`` has exited (its parent, the fork server, may not have reaped it yet:
+    a zombie for a moment)."""
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or is_zombie(pid), timeout=5.0)
+    return True
 
 
 def _cgroup_dirs(record: dict[str, Any] | None) -> list[str]:
@@ -639,7 +648,7 @@ def test_a_records_runtime_dir_is_never_trusted(
     Container.load("x", store=store).destroy()
     assert (elsewhere / "keep").read_text() == "me"
     assert_nothing_left(store)
-    assert supervisor is not None and not os.path.exists(f"/proc/{supervisor}")
+    assert supervisor is not None and ended(supervisor)
     # Nor is a sandbox id that is not an id (paths are made of it).
     store.save(rec_of(container))
     document = json.loads((store.root / "x.json").read_text())
@@ -669,7 +678,7 @@ def test_an_unreadable_record_still_lets_its_container_be_destroyed(
         Container.load("x", store=store)
     container.destroy()
     assert_nothing_left(store)
-    assert supervisor is not None and not os.path.exists(f"/proc/{supervisor}")
+    assert supervisor is not None and ended(supervisor)
     assert not any(os.path.exists(d) for d in dirs)
     # A cgroup record without its placements: loaded, and destroyed all the same.
     container = Container.create("y", bundle(["sleep", "60"]), store=store)
@@ -678,8 +687,39 @@ def test_an_unreadable_record_still_lets_its_container_be_destroyed(
     store.save(attrs.evolve(store.load("y"), cgroup={"driver": "v1", "path": "/x"}))
     Container.load("y", store=store).destroy()
     assert_nothing_left(store)
-    assert supervisor is not None and not os.path.exists(f"/proc/{supervisor}")
+    assert supervisor is not None and ended(supervisor)
     assert not any(os.path.exists(d) for d in dirs)
+
+
+def test_a_cgroup_record_naming_what_is_not_its_cgroup_is_never_acted_on(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """What a record names as its cgroup is killed and removed: a directory that is no
+    cgroup (its tree of plain files was removed) or another container's cgroup (its
+    processes were killed) is refused, and the destroy goes on without it."""
+    other = Container.create("other", bundle(["sleep", "60"]), store=store)
+    other.start()
+    other_supervisor, other_dirs = other.state().pid, _cgroup_dirs(rec_of(other).cgroup)
+    fake = tmp_path / "tree"
+    (fake / "x").mkdir(parents=True)
+    (fake / "x" / "cgroup.procs").write_text(f"{other_supervisor}\n")
+    placement = {"mountpoint": str(fake), "controllers": [], "path": "x", "created": ["x"]}
+    not_a_cgroup = {"driver": "v1", "path": "/x", "placements": [placement]}
+    for i, cgroup in enumerate([not_a_cgroup, rec_of(other).cgroup]):
+        container = Container.create(f"x{i}", bundle(["sleep", "60"]), store=store)
+        container.start()
+        supervisor, dirs = container.state().pid, _cgroup_dirs(rec_of(container).cgroup)
+        store.save(attrs.evolve(store.load(f"x{i}"), cgroup=cgroup))
+        with pytest.raises(CorruptMetadataError, match="its cgroup record names"):
+            Container.load(f"x{i}", store=store).stats()
+        Container.load(f"x{i}", store=store).destroy()
+        assert supervisor is not None and ended(supervisor)
+        assert not any(os.path.exists(d) for d in dirs)  # (its own, found where they are)
+    assert (fake / "x" / "cgroup.procs").exists()
+    assert other.status is Status.RUNNING and all(os.path.isdir(d) for d in other_dirs)
+    other.destroy()
+    assert_nothing_left(store)
+    assert other_supervisor is not None and ended(other_supervisor)
 
 
 # --- failures during creation leave nothing behind --------------------------------------------

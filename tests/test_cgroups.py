@@ -673,7 +673,9 @@ def test_record_round_trip_and_destroy_from_another_object(tmp_path: Path) -> No
     layout, base = make_v1(tmp_path)
     cgroup = create("/sandboxrt/c1", layout=layout)
     record = json.loads(json.dumps(cgroup.to_dict()))
-    again = load(record)
+    with pytest.raises(CorruptMetadataError, match="no cgroup mount"):
+        load(record)  # (a fake tree: no cgroup hierarchy mounted there)
+    again = load(record, layout=layout)
     assert isinstance(again, CgroupV1)
     assert again.path == "/sandboxrt/c1"
     assert again.directories == cgroup.directories

@@ -25,8 +25,15 @@ from typing import Any
 
 from sandboxrt.errors import CorruptMetadataError, MissingFeatureError
 
-from .common import TRANSIENT_SCOPE_PREFIX, Cgroup, CgroupStats, Placement, release_parents
-from .layout import CgroupLayout, Hierarchy, detect
+from .common import (
+    TRANSIENT_SCOPE_PREFIX,
+    Cgroup,
+    CgroupStats,
+    Placement,
+    owner_of,
+    release_parents,
+)
+from .layout import CgroupLayout, Hierarchy, detect, mounted_hierarchies
 from .resources import (
     CpuResources,
     DeviceRule,
@@ -132,10 +139,16 @@ def left_behind(
     return cls.left_behind(layout, path, resources, container_id, exclusive=exclusive)
 
 
-def load(record: Mapping[str, Any], *, container_id: str = "") -> Cgroup:
+def load(
+    record: Mapping[str, Any], *, container_id: str = "", layout: CgroupLayout | None = None
+) -> Cgroup:
     """Reattach to a cgroup from its :meth:`Cgroup.to_dict` record.
 
-    Raises :class:`CorruptMetadataError` when the record is malformed.
+    Raises :class:`CorruptMetadataError` when the record is malformed, or names a
+    directory that is not a cgroup (its mountpoint is no mounted cgroup hierarchy), or
+    (with ``container_id``) a cgroup marked as another container's: what a record
+    names is killed and removed, and a record is only a file. ``layout``: the
+    hierarchies to check against (default: those mounted here).
     """
     try:
         cls = _DRIVERS[record["driver"]]
@@ -145,4 +158,17 @@ def load(record: Mapping[str, Any], *, container_id: str = "") -> Cgroup:
         raise CorruptMetadataError(container_id, f"bad cgroup record: {err!r}") from err
     if not placements:
         raise CorruptMetadataError(container_id, "bad cgroup record: no placements")
+    hierarchies = mounted_hierarchies() if layout is None else layout.hierarchies
+    mounted = {hierarchy.mountpoint for hierarchy in hierarchies}
+    for placement in placements:
+        if placement.mountpoint not in mounted:
+            raise CorruptMetadataError(
+                container_id, f"its cgroup record names {placement.mountpoint}, no cgroup mount"
+            )
+        owner = owner_of(placement.directory) if container_id else None
+        if owner is not None and owner != container_id:
+            raise CorruptMetadataError(
+                container_id,
+                f'its cgroup record names {placement.directory}, container "{owner}"\'s cgroup',
+            )
     return cls(path, placements)

@@ -49,6 +49,7 @@ __all__ = [
     "CgroupStats",
     "Placement",
     "block_device_errors",
+    "owner_of",
     "read_file",
     "read_int",
     "read_keyed",
@@ -396,7 +397,8 @@ def _make_missing(
             after(mountpoint / level)
 
 
-def _owner_of(directory: Path) -> str | None:
+def owner_of(directory: Path) -> str | None:
+    """The container whose cgroup ``directory`` is marked as (:data:`OWNER_XATTR`), if any."""
     try:
         return os.fsdecode(os.getxattr(directory, OWNER_XATTR))
     except OSError:
@@ -425,7 +427,7 @@ def _remove_levels(
     parent; with ``keep_parents``, the parents are left for :func:`release_parents`."""
     leaf = mountpoint / rel
     lost_to_owner = owner is not None and _is_marked(leaf, LOST_XATTR)
-    if rel in created or (lost_to_owner and _owner_of(leaf) == owner):
+    if rel in created or (lost_to_owner and owner_of(leaf) == owner):
         _remove_tree(leaf, deadline)
     for level in rel.parents:
         if not level.parts:
@@ -541,7 +543,7 @@ class Cgroup(abc.ABC):
         for hierarchy in cls._hierarchies(layout, as_resources(resources)):
             rel = layout.resolve(hierarchy, path)
             directory = hierarchy.mountpoint / rel
-            if not directory.is_dir() or _owner_of(directory) not in owners:
+            if not directory.is_dir() or owner_of(directory) not in owners:
                 continue
             made = (rel,) if exclusive else ()
             placements.append(Placement(hierarchy.mountpoint, hierarchy.controllers, rel, made))
@@ -598,12 +600,12 @@ class Cgroup(abc.ABC):
             directory = placement.mountpoint / placement.rel
             levels = [directory, *directory.parents]
             for level in levels[: len(placement.rel.parts) + 1]:
-                owner = _owner_of(level)
+                owner = owner_of(level)
                 if owner is not None:
                     return owner
             if placement.rel not in placement.created:
                 for dirpath, _, _ in os.walk(directory):
-                    owner = _owner_of(Path(dirpath))
+                    owner = owner_of(Path(dirpath))
                     if owner is not None:
                         return owner
         return None
@@ -613,7 +615,7 @@ class Cgroup(abc.ABC):
         before it (and so stay): no longer its cgroup. Another's mark stays."""
         for placement in self.placements:
             directory = placement.mountpoint / placement.rel
-            if placement.rel not in placement.created and _owner_of(directory) == container_id:
+            if placement.rel not in placement.created and owner_of(directory) == container_id:
                 with contextlib.suppress(OSError):
                     os.removexattr(directory, OWNER_XATTR)
 

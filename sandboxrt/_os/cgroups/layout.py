@@ -251,3 +251,9 @@ class _MountedHierarchies:
 
 
 _MOUNTED = _MountedHierarchies()
+
+
+def mounted_hierarchies() -> tuple[Hierarchy, ...]:
+    """The cgroup hierarchies mounted in this process's mount namespace (cached until its
+    mount table changes)."""
+    return _MOUNTED.current()
