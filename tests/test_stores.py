@@ -436,6 +436,25 @@ def test_stale_temp_files_are_cleaned(tmp_path: Path) -> None:
     assert fresh.exists()
 
 
+def test_stale_lock_files_of_no_record_are_dropped_unless_held(tmp_path: Path) -> None:
+    """A creator killed between taking the lock and writing the record left its lock file,
+    which no destroy would ever remove (list shows no such container)."""
+    store = FileStore(tmp_path / "root")
+    store.save(rec("kept"))
+    names = ("kept", "orphan", "held", "fresh")
+    for cid in names:
+        (store.root / f"{cid}.lock").touch()
+    old = time.time() - 120
+    for cid in names[:3]:
+        os.utime(store.root / f"{cid}.lock", (old, old))
+    with store.lock("held"):
+        assert store.list_ids() == ["kept"]
+        left = sorted(p.name for p in store.root.glob("*.lock"))
+        assert left == ["fresh.lock", "held.lock", "kept.lock"]
+    # (the holder dropped its own as it let go: no record)
+    assert sorted(p.name for p in store.root.glob("*.lock")) == ["fresh.lock", "kept.lock"]
+
+
 def test_save_leaves_no_temp_files_and_replaces_atomically(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "root")
     store.save(rec("a", owner="1"))

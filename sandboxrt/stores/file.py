@@ -360,8 +360,13 @@ class FileStore(_RecordStore[int]):
             self._fsync_root()
 
     def list_ids(self) -> list[str]:
-        """Ids of the ``<id>.json`` records in the root, sorted; other files are ignored."""
+        """Ids of the ``<id>.json`` records in the root, sorted; other files are ignored.
+
+        What a process killed half-way left is removed on the way, once a minute old:
+        temporary files, and lock files of no record that nobody holds.
+        """
         ids = []
+        locks = []
         now = time.time()
         with _os_errors(f"list {self._root}"):
             self._check_existing_root()
@@ -377,7 +382,18 @@ class FileStore(_RecordStore[int]):
                 cid = name[: -len(_RECORD_SUFFIX)]
                 with contextlib.suppress(InvalidIDError):
                     ids.append(self._check_id(cid))
+            elif name.endswith(_LOCK_SUFFIX) and _is_stale(entry, now):
+                locks.append(name[: -len(_LOCK_SUFFIX)])
+        for cid in set(locks).difference(ids):
+            self._drop_lock_if_free(cid)
         return sorted(ids)
+
+    def _drop_lock_if_free(self, cid: str) -> None:
+        """Remove the lock file of ``cid`` (which has no record) unless someone holds it:
+        as its holder, the one who may (see :class:`_RecordStore`)."""
+        with contextlib.suppress(SandboxrtError, OSError):
+            handle = self._acquire(self._check_id(cid), 0.0)
+            self._release(cid, handle, drop=not self._exists(cid))
 
 
 def _mkdir(path: Path, mode: int, *, parents: bool = False) -> None:
@@ -436,10 +452,19 @@ def _is_file(entry: os.DirEntry[str]) -> bool:
         return False
 
 
+def _is_stale(entry: os.DirEntry[str], now: float) -> bool:
+    """Whether ``entry`` is a file older than :data:`_STALE_TEMP_AGE` seconds."""
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and now - st.st_mtime > _STALE_TEMP_AGE
+
+
 def _remove_if_stale(entry: os.DirEntry[str], now: float) -> None:
     """Remove a temp file a crashed writer left behind (best effort)."""
-    with contextlib.suppress(OSError):
-        if now - entry.stat(follow_symlinks=False).st_mtime > _STALE_TEMP_AGE:
+    if _is_stale(entry, now):
+        with contextlib.suppress(OSError):
             Path(entry.path).unlink()
 
 
