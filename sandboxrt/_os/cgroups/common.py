@@ -310,19 +310,30 @@ class Placement:
         """Parse and check a record; raises ``ValueError`` when it is malformed."""
         if not isinstance(data, dict):
             raise ValueError("placement must be an object")
-        mountpoint = Path(data["mountpoint"])
-        rel = PurePosixPath(data["path"])
-        created = tuple(PurePosixPath(c) for c in data["created"])
-        controllers = frozenset(str(c) for c in data["controllers"])
-        if not mountpoint.is_absolute():
-            raise ValueError(f"mountpoint {mountpoint} is not absolute")
-        for path in (rel, *created):
-            if path.is_absolute() or ".." in path.parts or str(path) in ("", "."):
-                raise ValueError(f"cgroup path {str(path)!r} is not below the mountpoint")
-        for path in created:
-            if path != rel and path not in rel.parents:
-                raise ValueError(f"created level {path} is not the cgroup or one of its parents")
-        return cls(mountpoint, controllers, rel, created)
+        mountpoint = data["mountpoint"]
+        if not isinstance(mountpoint, str) or not mountpoint.startswith("/"):
+            raise ValueError(f"mountpoint {mountpoint!r} is not absolute")
+        rel = _below(data["path"])
+        created = [_below(level) for level in data["created"]]
+        for level in created:
+            if level != rel and not rel.startswith(level + "/"):
+                raise ValueError(f"created level {level} is not the cgroup or one of its parents")
+        return cls(
+            Path(mountpoint),
+            frozenset(str(c) for c in data["controllers"]),
+            PurePosixPath(rel),
+            tuple(PurePosixPath(level) for level in created),
+        )
+
+
+def _below(path: Any) -> str:
+    """``path`` of a record, a relative path with no ``..`` (normalised), or ``ValueError``."""
+    if not isinstance(path, str):
+        raise ValueError(f"cgroup path {path!r} is not a string")
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if path.startswith("/") or ".." in parts or not parts:
+        raise ValueError(f"cgroup path {path!r} is not below the mountpoint")
+    return "/".join(parts)
 
 
 def make_levels(
