@@ -33,10 +33,12 @@ class PtyMaster(io.FileIO):
                 return 0
             raise
 
-    def readall(self) -> bytes:
+    def readall(self) -> bytes | None:  # type: ignore[override]
         chunks = []
-        while chunk := self.read(65536):  # (None, non-blocking: what came so far)
+        while chunk := self.read(65536):
             chunks.append(chunk)
+        if chunk is None and not chunks:
+            return None  # (non-blocking, nothing yet: as FileIO's)
         return b"".join(chunks)
 
     def read(self, size: int | None = -1) -> bytes | None:  # type: ignore[override]

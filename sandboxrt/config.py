@@ -40,14 +40,16 @@ def _check_seconds(_instance: object, attribute: attrs.Attribute[float], value: 
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"Config.{attribute.name} must be a number of seconds, not {value!r}")
-    if not value > 0:  # (NaN too)
-        _refuse(attribute, f"a positive number of seconds, not {value!r}")
+    if not 0 < value < _MAX_SECONDS:  # (NaN and infinity too)
+        _refuse(attribute, f"a positive number of seconds under {_MAX_SECONDS:g}, not {value!r}")
 
 
 def _refuse(attribute: attrs.Attribute[Any], must_be: str) -> NoReturn:
     raise InvalidArgumentError("", f"Config.{attribute.name} must be {must_be}")
 
 
+#: The bound of every timeout (as a record's is read back: ``container._configured_timeout``).
+_MAX_SECONDS = 1e9
 #: The values of ``Config.network``.
 _NETWORK_MODES = ("sandbox", "host")
 

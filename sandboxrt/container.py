@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import codecs
 import contextlib
 import dataclasses
 import datetime as _dt
@@ -1207,8 +1208,9 @@ class Container:
         """Kill everything of the container (paused ones too) and remove all it left;
         a no-op when gone."""
         try:
-            # (a Ctrl-C half-way would leave the record, with half of what it names gone)
-            with interrupts_deferred(), self._locked(corrupt_ok=True):
+            # (a Ctrl-C half-way would leave the record, with half of what it names gone;
+            # the wait for the lock may be interrupted)
+            with self._locked(corrupt_ok=True), interrupts_deferred():
                 self._teardown()
         except ContainerNotFoundError:
             return
@@ -1562,7 +1564,13 @@ class _TextMode:
             )
         if not (text or universal_newlines or encoding or errors):
             return None
-        return cls(encoding or locale.getpreferredencoding(False), errors or "strict")
+        mode = cls(encoding or locale.getpreferredencoding(False), errors or "strict")
+        try:  # (before the program runs, as subprocess.run checks them)
+            codecs.lookup(mode.encoding)
+            codecs.lookup_error(mode.errors)
+        except LookupError as exc:
+            raise InvalidArgumentError(container_id, str(exc)) from None
+        return mode
 
     def encode(self, container_id: str, data: bytes | str | None) -> bytes | None:
         if data is None or isinstance(data, bytes):
@@ -1687,9 +1695,13 @@ def _kill_if_paused(
     frozen = _cgroup.is_frozen(record.cgroup, container_id, below=True)
     if record.status is not Status.PAUSED and not frozen:
         return
-    _cgroup.signal_all(
-        record.cgroup, container_id, _signal.SIGKILL, spare=None, timeout=timeout, paused=True
-    )
+    try:
+        _cgroup.signal_all(
+            record.cgroup, container_id, _signal.SIGKILL, spare=None, timeout=timeout, paused=True
+        )
+    except CorruptMetadataError as exc:  # (one member's must not keep the pod alive)
+        log.warning("%s: its processes are not killed through its cgroup", exc)
+        return
     with contextlib.suppress(SystemCallError):  # a cgroup already gone
         _cgroup.thaw(record.cgroup, container_id, below=True)
 

@@ -334,9 +334,14 @@ def test_bad_config_values() -> None:
     """A bad value is an InvalidArgumentError (a ValueError) naming the option; a value of
     the wrong type altogether a TypeError."""
     bad_values = [
-        ({"lock_timeout": 0}, "Config.lock_timeout must be a positive number of seconds, not 0"),
+        (
+            {"lock_timeout": 0},
+            "Config.lock_timeout must be a positive number of seconds under 1e+09, not 0",
+        ),
         ({"destroy_timeout": -1.0}, "Config.destroy_timeout must be a positive"),
         ({"create_timeout": math.nan}, "Config.create_timeout must be a positive"),
+        ({"create_timeout": math.inf}, "Config.create_timeout must be a positive"),
+        ({"lock_timeout": 1e9}, "Config.lock_timeout must be a positive number of seconds under"),
         ({"overlay_size": 5}, "Config.overlay_size must be at least 65536 bytes, not 5"),
     ]
     # A typo is not taken for the default.
@@ -705,7 +710,11 @@ def test_a_cgroup_record_naming_what_is_not_its_cgroup_is_never_acted_on(
     (fake / "x" / "cgroup.procs").write_text(f"{other_supervisor}\n")
     placement = {"mountpoint": str(fake), "controllers": [], "path": "x", "created": ["x"]}
     not_a_cgroup = {"driver": "v1", "path": "/x", "placements": [placement]}
-    for i, cgroup in enumerate([not_a_cgroup, rec_of(other).cgroup]):
+    above = json.loads(json.dumps(rec_of(other).cgroup))  # the level that holds its cgroup
+    for level in above["placements"]:
+        level["path"] = level["path"].rsplit("/", 1)[0]
+        level["created"] = [level["path"]]
+    for i, cgroup in enumerate([not_a_cgroup, rec_of(other).cgroup, above]):
         container = Container.create(f"x{i}", bundle(["sleep", "60"]), store=store)
         container.start()
         supervisor, dirs = container.state().pid, _cgroup_dirs(rec_of(container).cgroup)

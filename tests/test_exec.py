@@ -180,6 +180,12 @@ def test_text_mode_as_subprocess_run(running: Container) -> None:
         running.exec_run(["cat"], input="text without text mode")
     with pytest.raises(InvalidArgumentError, match="different values"):
         running.exec_run(["true"], text=True, universal_newlines=False)
+    # An unknown codec is refused before the program runs, as subprocess.run does.
+    with pytest.raises(InvalidArgumentError, match="unknown encoding"):
+        running.exec_run(["touch", "/ran"], encoding="no-such-codec")
+    with pytest.raises(InvalidArgumentError, match="unknown error handler"):
+        running.exec_run(["touch", "/ran"], text=True, errors="no-such-handler")
+    assert running.exec_run(["test", "-e", "/ran"]).returncode == 1
 
 
 def test_terminate_kill_and_send_signal(running: Container) -> None:
@@ -654,6 +660,13 @@ def test_the_console_reads_to_the_end_once_the_process_exited(running: Container
         assert process.wait(timeout=10) == 0
         assert process.console.read().replace(b"\r", b"") == b"one\ntwo\n"
         assert process.console.read() == b"" and process.console.read(10) == b""
+    # Non-blocking, with nothing to read yet: None, as a FileIO's (not end of file).
+    process = running.exec(["sleep", "5"], tty=True)
+    assert process.console is not None
+    with process:
+        os.set_blocking(process.console.fileno(), False)
+        assert process.console.read() is None and process.console.read(10) is None
+        process.kill()
 
 
 def _next_pid(container: Container) -> int:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -360,6 +361,36 @@ def test_a_ctrl_c_during_destroy_comes_once_everything_is_gone(
         container.destroy()
     assert_destroyed(store, "ctrlc", sandbox.runtime_dir, sandbox.supervisor)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_ctrl_c_while_destroy_waits_for_the_lock_comes_at_once(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """Held back only once the lock is ours: the wait for it (30 s by default) stays
+    interruptible, and the container is left as it was."""
+    container = Container.create("waits", bundle(["sleep", "1000"]), store=store)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.lock("waits"):
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        holding.wait(10)
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            container.destroy()
+        assert time.monotonic() - started < 3
+    finally:
+        release.set()
+        holder.join()
+    assert container.status is Status.CREATED
+    container.destroy()
 
 
 def test_destroy_from_second_object(store: FileStore, bundle: BundleFactory) -> None:
@@ -927,19 +958,24 @@ b = Container.create("dropped", {str(path)!r}, store=dropped)
 seen = [(c.state().pid, c._record.cgroup, c.sandbox.runtime_dir) for c in (a, b)]
 del b, dropped
 gc.collect()
-if os.fork() == 0:
-    sys.exit(0)  # (runs the exit handlers in the child)
+read, write = os.pipe()
+if os.fork() == 0:  # (its exit handlers run: they destroy its own container, not ours)
+    c = Container.create("child", {str(path)!r}, store=kept)
+    os.write(write, json.dumps(c.state().pid).encode())
+    sys.exit(0)
 os.wait()
+child = json.loads(os.read(read, 100))
 alive = [os.path.exists(f"/proc/{{pid}}") for pid, _, _ in seen]
-print(json.dumps({{"seen": seen, "alive": alive}}))
+print(json.dumps({{"seen": seen, "alive": alive, "child": child}}))
 """
     done = in_python(code)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["alive"] == [True, True]  # (the child's exit left them)
+    wait_until(lambda: not os.path.exists(f"/proc/{report['child']}"))
     for pid, cgroup, runtime_dir in report["seen"]:
         wait_until(lambda pid=pid: not os.path.exists(f"/proc/{pid}"))
         assert not os.path.exists(runtime_dir)
         for placement in cgroup["placements"]:
             assert not os.path.exists(os.path.join(placement["mountpoint"], placement["path"]))
-    assert not (tmp_path / "dropped").exists()
+    assert os.listdir(tmp_path / "dropped") == []  # (given: emptied, not removed)

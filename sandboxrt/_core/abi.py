@@ -17,6 +17,8 @@ __all__ = [
     "CAP_SETGID",
     "CAP_SETPCAP",
     "CAP_SETUID",
+    "CGROUP2_SUPER_MAGIC",
+    "CGROUP_SUPER_MAGIC",
     "CLONE_NEWCGROUP",
     "CLONE_NEWIPC",
     "CLONE_NEWNET",
@@ -151,6 +153,9 @@ SECCOMP_FILTER_FLAGS = {
 #: ``statfs(2)``'s ``f_type`` of procfs, and of sysfs.
 PROC_SUPER_MAGIC = 0x9FA0
 SYSFS_MAGIC = 0x62656572
+#: ... and of cgroup v1 and v2 hierarchies.
+CGROUP_SUPER_MAGIC = 0x27E0EB
+CGROUP2_SUPER_MAGIC = 0x63677270
 
 # openat2(2) ``resolve`` flags.
 RESOLVE_NO_XDEV = 0x01

@@ -18,7 +18,7 @@ import weakref
 from pathlib import Path
 
 from sandboxrt._forksafe import ForkSafeLock
-from sandboxrt.errors import LockTimeoutError
+from sandboxrt.errors import ContainerNotFoundError, LockTimeoutError, SandboxrtError
 from sandboxrt.stores.base import DEFAULT_LOCK_TIMEOUT
 from sandboxrt.stores.file import _RecordStore
 
@@ -38,10 +38,11 @@ class MemoryStore(_RecordStore[threading.Lock]):
     ``runtime_dir`` defaults to a private temporary directory, made on first
     access and removed (if empty) when the store is garbage-collected.
 
-    No other process can reach its containers, so none outlives this process:
-    those still recorded when it exits are destroyed then, also those of a store
-    garbage-collected before (which no one could reach any more). A process killed
-    outright (SIGKILL) leaves them, as nothing of it runs any more.
+    No other process can reach its containers, so none outlives the process that
+    made it: those still recorded when it exits are destroyed then, also those of a
+    store garbage-collected before (which no one could reach any more). A forked
+    child destroys those it made itself, not its parent's. A process killed outright
+    (SIGKILL) leaves them, as nothing of it runs any more.
     """
 
     def __init__(
@@ -57,11 +58,12 @@ class MemoryStore(_RecordStore[threading.Lock]):
         self._runtime_dir = None if runtime_dir is None else Path(runtime_dir)
         #: Where its runtime directory is, once known: for :func:`_orphaned`.
         self._made_in: list[Path] = [] if runtime_dir is None else [Path(runtime_dir)]
-        #: The process it was made in (a forked child has copies of its records, not its
-        #: containers).
+        #: The temporary runtime directory it made itself (removed when left empty).
+        self._made_temp: Path | None = None
+        #: The process it was made in (for records that name no creator).
         self._owner = os.getpid()
         _LIVE.add(self)
-        weakref.finalize(self, _orphaned, self._records, self._made_in, self._owner).atexit = False
+        weakref.finalize(self, _orphaned, self._records, self._made_in).atexit = False
 
     def __repr__(self) -> str:
         return f"MemoryStore(<{len(self._records)} records>)"
@@ -73,7 +75,7 @@ class MemoryStore(_RecordStore[threading.Lock]):
             if self._runtime_dir is None:
                 path = Path(tempfile.mkdtemp(prefix="sandboxrt-mem-"))
                 weakref.finalize(self, _rmdir_if_empty, path)
-                self._runtime_dir = path
+                self._runtime_dir = self._made_temp = path
                 self._made_in.append(path)
             else:
                 self._runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -130,31 +132,49 @@ _LIVE: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
 _ORPHANS: list[MemoryStore] = []
 
 
-def _orphaned(records: dict[str, bytes], made_in: list[Path], owner: int) -> None:
+def _orphaned(records: dict[str, bytes], made_in: list[Path]) -> None:
     """A store was garbage-collected: keep what it still recorded, for the exit."""
-    if records and owner == os.getpid():
+    if records:
         stand_in = MemoryStore(made_in[0] if made_in else None)
         stand_in._records.update(records)
         _ORPHANS.append(stand_in)
 
 
+def _made_here(store: MemoryStore, cid: str) -> bool:
+    """Whether this process created container ``cid`` of ``store`` (a forked child has
+    copies of its parent's records: not its containers)."""
+    try:
+        creator = store.load(cid).creator
+    except SandboxrtError:
+        return store._owner == os.getpid()
+    return (creator.pid if creator is not None else store._owner) == os.getpid()
+
+
 @atexit.register
 def _destroy_left() -> None:
-    """At exit: destroy the containers MemoryStores still record (nothing else could)."""
-    stores = [store for store in (*_LIVE, *_ORPHANS) if store._owner == os.getpid()]
-    if not any(store.list_ids() for store in stores):
+    """At exit: destroy the containers this process made that MemoryStores still record
+    (nothing else could); a Ctrl-C meanwhile waits for the end, and is dropped there."""
+    left = [
+        (store, cid)
+        for store in (*_LIVE, *_ORPHANS)
+        for cid in store.list_ids()
+        if _made_here(store, cid)
+    ]
+    if not left:
         return
     from sandboxrt._os import cgroups
+    from sandboxrt._signals import interrupts_deferred
     from sandboxrt.container import Container
 
-    for store in stores:
-        for cid in store.list_ids():
+    with contextlib.suppress(KeyboardInterrupt), interrupts_deferred():
+        for store, cid in left:
             try:
                 Container.load(cid, store=store).destroy()
-            except LookupError:
+            except ContainerNotFoundError:
                 pass  # (a pod's member, gone with its root)
             except Exception as exc:  # (one failing must not keep the others)
                 log.warning("container %s of a MemoryStore outlives this process: %s", cid, exc)
-        if store._runtime_dir is not None:
-            _rmdir_if_empty(store._runtime_dir)
-    cgroups.release_parents()  # (registered before us at exit: it has run)
+        for store in {id(store): store for store, _ in left}.values():
+            if store._made_temp is not None:
+                _rmdir_if_empty(store._made_temp)
+        cgroups.release_parents()  # (it ran before us, at exit: our destroys kept levels)

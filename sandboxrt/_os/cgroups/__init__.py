@@ -20,9 +20,12 @@ Standard library only: the sandbox supervisor imports this package.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from sandboxrt._core import abi
+from sandboxrt._os import syscalls
 from sandboxrt.errors import CorruptMetadataError, MissingFeatureError
 
 from .common import (
@@ -161,14 +164,43 @@ def load(
     hierarchies = mounted_hierarchies() if layout is None else layout.hierarchies
     mounted = {hierarchy.mountpoint for hierarchy in hierarchies}
     for placement in placements:
-        if placement.mountpoint not in mounted:
+        if placement.mountpoint not in mounted or (layout is None and not _is_cgroupfs(placement)):
             raise CorruptMetadataError(
                 container_id, f"its cgroup record names {placement.mountpoint}, no cgroup mount"
             )
-        owner = owner_of(placement.directory) if container_id else None
-        if owner is not None and owner != container_id:
+        if container_id and not _is_cgroup_of(placement, container_id):
             raise CorruptMetadataError(
-                container_id,
-                f'its cgroup record names {placement.directory}, container "{owner}"\'s cgroup',
+                container_id, f"its cgroup record names {placement.directory}, not its cgroup"
             )
     return cls(path, placements)
+
+
+def _is_cgroupfs(placement: Placement) -> bool:
+    """Whether a cgroup filesystem is what is at the placement's mountpoint now (not
+    something mounted over it)."""
+    try:
+        fd = os.open(placement.mountpoint, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        kind = syscalls.filesystem_type(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return kind in (abi.CGROUP_SUPER_MAGIC, abi.CGROUP2_SUPER_MAGIC)
+
+
+def _is_cgroup_of(placement: Placement, container_id: str) -> bool:
+    """Whether the placement's directory is ``container_id``'s cgroup: marked as its
+    (:data:`OWNER_XATTR`), gone already, or, unmarked (a hierarchy without extended
+    attributes), at its default path; a level above another container's cgroup, or a
+    host cgroup, is neither."""
+    directory = placement.directory
+    owner = owner_of(directory)
+    if owner is not None:
+        return owner == container_id
+    if not directory.exists():
+        return True
+    rel = placement.rel
+    return rel.name == container_id and rel.parts[0] == _DEFAULT_TOP.strip("/")
