@@ -784,6 +784,12 @@ def test_memory_runtime_dir_given(tmp_path: Path) -> None:
     store = MemoryStore(tmp_path / "given")
     assert store.runtime_dir == tmp_path / "given"
     assert (tmp_path / "given").is_dir()
+    # Not another's: ids are unique in a store, so two would take each other's files.
+    with pytest.raises(ValueError, match="runtime directory of another MemoryStore"):
+        MemoryStore(tmp_path / "given")
+    del store
+    gc.collect()
+    assert MemoryStore(tmp_path / "given").runtime_dir == tmp_path / "given"  # (free again)
 
 
 def test_memory_stores_are_independent() -> None:

@@ -56,6 +56,10 @@ class MemoryStore(_RecordStore[threading.Lock]):
         self._locks: dict[str, threading.Lock] = {}
         self._mutex = ForkSafeLock()  # (per container: timed locks, a LockTimeoutError)
         self._runtime_dir = None if runtime_dir is None else Path(runtime_dir)
+        if self._runtime_dir is not None and any(
+            self._runtime_dir in store._made_in for store in _LIVE
+        ):  # (ids are unique in a store: two would take each other's sandboxes' files)
+            raise ValueError(f"{self._runtime_dir} is the runtime directory of another MemoryStore")
         #: Where its runtime directory is, once known: for :func:`_orphaned`.
         self._made_in: list[Path] = [] if runtime_dir is None else [Path(runtime_dir)]
         #: The temporary runtime directory it made itself (removed when left empty).
@@ -63,7 +67,8 @@ class MemoryStore(_RecordStore[threading.Lock]):
         #: The process it was made in (for records that name no creator).
         self._owner = os.getpid()
         _LIVE.add(self)
-        weakref.finalize(self, _orphaned, self._records, self._made_in).atexit = False
+        given = runtime_dir is not None
+        weakref.finalize(self, _orphaned, self._records, self._made_in, given).atexit = False
 
     def __repr__(self) -> str:
         return f"MemoryStore(<{len(self._records)} records>)"
@@ -126,17 +131,24 @@ class MemoryStore(_RecordStore[threading.Lock]):
             return sorted(self._records)
 
 
+#: How long a destroy at exit waits for a container's lock (unless its config says).
+_EXIT_LOCK_TIMEOUT = 5.0
 #: Every MemoryStore alive, and stand-ins for those collected while they still recorded
 #: containers: what :func:`_destroy_left` goes through when this process exits.
 _LIVE: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
 _ORPHANS: list[MemoryStore] = []
 
 
-def _orphaned(records: dict[str, bytes], made_in: list[Path]) -> None:
-    """A store was garbage-collected: keep what it still recorded, for the exit."""
+def _orphaned(records: dict[str, bytes], made_in: list[Path], given: bool) -> None:
+    """A store was garbage-collected: keep what it still recorded, for the exit (in a
+    stand-in with its records and runtime directory)."""
     if records:
-        stand_in = MemoryStore(made_in[0] if made_in else None)
+        stand_in = MemoryStore()
         stand_in._records.update(records)
+        if made_in:
+            stand_in._runtime_dir = made_in[0]
+            stand_in._made_in = made_in
+            stand_in._made_temp = None if given else made_in[0]
         _ORPHANS.append(stand_in)
 
 
@@ -167,6 +179,8 @@ def _destroy_left() -> None:
     from sandboxrt.container import Container
 
     with contextlib.suppress(KeyboardInterrupt), interrupts_deferred():
+        for store, _ in left:  # (a daemon thread caught in a create holds its lock for good)
+            store._lock_timeout = min(store._lock_timeout, _EXIT_LOCK_TIMEOUT)
         for store, cid in left:
             try:
                 Container.load(cid, store=store).destroy()
