@@ -143,6 +143,22 @@ class Stats:
         return cls(**dataclasses.asdict(stats))
 
 
+class ExecRunOptions(TypedDict, total=False):
+    """The keyword arguments of :meth:`Container.exec_run` but its text mode's and
+    ``input`` (which its overloads type by the text mode)."""
+
+    env: Mapping[str, str] | Sequence[str] | None
+    cwd: str | os.PathLike[str] | None
+    user: UserArg | None
+    tty: bool
+    stdin: StdioArg
+    stdout: StdioArg
+    stderr: StdioArg
+    capture_output: bool
+    check: bool
+    timeout: float | None
+
+
 class CreateOptions(TypedDict, total=False):
     """The keyword arguments of :meth:`Container.create` and :meth:`Container.run`."""
 
@@ -1039,6 +1055,42 @@ class Container:
             serial=serial,
         )
 
+    @overload
+    def exec_run(
+        self,
+        args: Sequence[str],
+        *,
+        input: bytes | None = None,
+        text: Literal[False] | None = None,
+        encoding: None = None,
+        errors: None = None,
+        universal_newlines: Literal[False] | None = None,
+        **options: Unpack[ExecRunOptions],
+    ) -> subprocess.CompletedProcess[bytes]: ...
+    @overload
+    def exec_run(
+        self,
+        args: Sequence[str],
+        *,
+        input: bytes | str | None = None,
+        text: Literal[True],
+        encoding: str | None = None,
+        errors: str | None = None,
+        universal_newlines: bool | None = None,
+        **options: Unpack[ExecRunOptions],
+    ) -> subprocess.CompletedProcess[str]: ...
+    @overload
+    def exec_run(
+        self,
+        args: Sequence[str],
+        *,
+        input: bytes | str | None = None,
+        text: bool | None = None,
+        encoding: str | None = None,
+        errors: str | None = None,
+        universal_newlines: bool | None = None,
+        **options: Unpack[ExecRunOptions],
+    ) -> subprocess.CompletedProcess[Any]: ...
     def exec_run(
         self,
         args: Sequence[str],
