@@ -81,7 +81,7 @@ from sandboxrt.process import Process, ProcessInfo, process_infos
 from sandboxrt.sandbox import Sandbox, alive, identity_of, kill_process
 from sandboxrt.stores import MemoryStore, MetadataStore, store_or_default
 
-__all__ = ["Container", "CreateOptions", "OCIState", "Stats"]
+__all__ = ["Container", "CreateOptions", "ExecRunOptions", "OCIState", "Stats"]
 
 log = logging.getLogger("sandboxrt")
 
