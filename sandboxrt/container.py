@@ -14,13 +14,12 @@ import locale
 import logging
 import os
 import secrets
-import shutil
 import signal as _signal
 import socket
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Literal, TypedDict, overload
+from typing import IO, Any, Concatenate, Literal, ParamSpec, TypedDict, TypeVar, overload
 
 import attrs
 from typing_extensions import Unpack
@@ -78,12 +77,15 @@ from sandboxrt.errors import (
 from sandboxrt.files import ContainerFiles
 from sandboxrt.gofer import Gofer, PendingGofer, socket_path
 from sandboxrt.process import Process, ProcessInfo, process_infos
-from sandboxrt.sandbox import Sandbox, alive, identity_of, kill_process
+from sandboxrt.sandbox import Sandbox, alive, identity_of, kill_process, remove_tree
 from sandboxrt.stores import MemoryStore, MetadataStore, store_or_default
 
 __all__ = ["Container", "CreateOptions", "ExecRunOptions", "OCIState", "Stats"]
 
 log = logging.getLogger("sandboxrt")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 # A daemon's closed fds 0-2 are filled now, before the library opens any fd of its own
 # (in any thread): see StdioPlan.
@@ -173,6 +175,52 @@ class CreateOptions(TypedDict, total=False):
     spec: Spec | None
 
 
+#: What an operation may run out of (or find read-only), at any of its many steps that
+#: open or make files: a ``SystemCallError`` naming the container (:func:`_out_of_resources`).
+_OUT_OF_RESOURCES = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+)
+
+
+@contextlib.contextmanager
+def _out_of_resources(operation: str, container_id: str) -> Iterator[None]:
+    """A raw ``OSError`` of :data:`_OUT_OF_RESOURCES` raised in the block, as a
+    :class:`SystemCallError` naming the container and the file; others keep their type (a
+    launcher's own, say, whose type and file name say more as they are). A plain
+    :class:`SandboxrtError` that names no container (the fork server's) gets its name."""
+    try:
+        yield
+    except SandboxrtError as exc:
+        if type(exc) is not SandboxrtError or f'"{container_id}"' in str(exc):
+            raise
+        raise SandboxrtError(f'container "{container_id}": {exc}') from exc
+    except OSError as exc:
+        if isinstance(exc, SandboxrtError) or exc.errno not in _OUT_OF_RESOURCES:
+            raise
+        named = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+        raise SystemCallError(
+            operation, OSError(exc.errno, named), container_id=container_id
+        ) from exc
+
+
+_Method = Callable[Concatenate["Container", _P], _R]
+
+
+def _naming_resource_errors(operation: str) -> Callable[[_Method[_P, _R]], _Method[_P, _R]]:
+    """A method whose raw ``OSError`` of running out is a :class:`SystemCallError` naming
+    its container (:func:`_out_of_resources`)."""
+
+    def wrap(method: _Method[_P, _R]) -> _Method[_P, _R]:
+        def wrapped(container: Container, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+            with _out_of_resources(operation, container.id):
+                return method(container, *args, **kwargs)
+
+        functools.update_wrapper(wrapped, method)  # (its name, docstring and signature)
+        return wrapped
+
+    return wrap
+
+
 class Container:
     """A container: create it, start it, wait for it, signal it, destroy it.
 
@@ -248,14 +296,10 @@ class Container:
         :meth:`run` does it once the container is gone) the launcher's put-off work
         (decision 53)."""
         try:
-            return cls._create_here(id, bundle, options, autostart=autostart, join=join, root=root)
-        except OSError as exc:
-            if isinstance(exc, SandboxrtError) or exc.errno not in _OUT_OF_RESOURCES:
-                raise
-            # At one of the many steps that open some fds (or a launcher's own error
-            # otherwise, whose type and file name say more, as they are).
-            named = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
-            raise SystemCallError("create", OSError(exc.errno, named), container_id=id) from exc
+            with _out_of_resources("create", id):
+                return cls._create_here(
+                    id, bundle, options, autostart=autostart, join=join, root=root
+                )
         finally:
             if not autostart:
                 _settle(options.get("launcher"))
@@ -965,6 +1009,7 @@ class Container:
 
     # -- exec'd processes ------------------------------------------------------------
 
+    @_naming_resource_errors("exec")
     def exec(
         self,
         args: Sequence[str],
@@ -1256,6 +1301,7 @@ class Container:
         finally:
             os.close(upper)
 
+    @_naming_resource_errors("destroy")
     def destroy(self) -> None:
         """Kill everything of the container (paused ones too) and remove all it left;
         a no-op when gone."""
@@ -1461,7 +1507,7 @@ class Container:
         elif not self.is_subcontainer:
             # A creation that died before it recorded its sandbox (we hold the lock it
             # held): the runtime directory it made is named after the id.
-            shutil.rmtree(_runtime_dir(self._store, self.id), ignore_errors=True)
+            remove_tree(_runtime_dir(self._store, self.id), self.id)
         if self._record.cgroup is not None:
             _cgroup.remove(self._record.cgroup, self.id, timeout)
         elif lost_cgroup or self._record.status is Status.CREATING:
@@ -1561,10 +1607,6 @@ class _Locked:
 
     def __exit__(self, *exc: object) -> None:
         self._lock.__exit__(*exc)  # type: ignore[arg-type]
-
-
-#: What a creation may run out of, at any of its steps: a ``SystemCallError`` naming it.
-_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
 def _runtime_dir(store: MetadataStore, sandbox_id: str) -> str:

@@ -58,7 +58,7 @@ from sandboxrt.errors import (
     WaitTimeoutError,
 )
 
-__all__ = ["Sandbox", "alive", "identity_of", "kill_process", "open_pidfd"]
+__all__ = ["Sandbox", "alive", "identity_of", "kill_process", "open_pidfd", "remove_tree"]
 
 log = logging.getLogger("sandboxrt")
 
@@ -169,12 +169,17 @@ class Sandbox:
         # The caller holds the container's lock and has just made its record: a runtime
         # directory already there was left by a create that crashed, and is stale.
         shutil.rmtree(plan.runtime_dir, ignore_errors=True)
-        os.makedirs(plan.runtime_dir, mode=0o700)
         exits = os.path.dirname(plan.exit_file)
-        os.mkdir(exits, 0o700)
-        owner = idmap.mapped_root(plan.uid_map, plan.gid_map)
-        if owner is not None:  # the supervisor is that root: where it writes, and no more
-            os.chown(exits, *owner)
+        try:
+            os.makedirs(plan.runtime_dir, mode=0o700)
+            os.mkdir(exits, 0o700)
+            owner = idmap.mapped_root(plan.uid_map, plan.gid_map)
+            if owner is not None:  # the supervisor is that root: where it writes, no more
+                os.chown(exits, *owner)
+        except OSError as exc:  # (a read-only or full store, say)
+            shutil.rmtree(plan.runtime_dir, ignore_errors=True)
+            what = f"making the runtime directory {plan.runtime_dir}"
+            raise SystemCallError(what, exc, container_id=container_id) from exc
         sandbox: Sandbox | None = None
         launched: LaunchedProcess | None = None
         try:
@@ -808,7 +813,7 @@ class Sandbox:
         except FileNotFoundError:
             return  # gone already
         except OSError:
-            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+            remove_tree(self.runtime_dir, self.id)
 
     def stop(self, timeout: float) -> None:
         """Kill the sandbox and wait until it is gone; its runtime files stay."""
@@ -869,6 +874,18 @@ def open_pidfd(identity: ProcessIdentity) -> int | None:
         return None
     os.set_inheritable(pidfd, False)
     return pidfd
+
+
+def remove_tree(path: str, container_id: str) -> None:
+    """Remove the directory tree ``path`` (a runtime directory) if it is there; a
+    :class:`SystemCallError` naming the container if it is still there after (a read-only
+    store, say: then the record that names it must stay, for a later destroy)."""
+    errors: list[BaseException] = []
+    shutil.rmtree(path, onerror=lambda _function, _path, info: errors.append(info[1]))
+    if errors and os.path.lexists(path):
+        first = errors[0]
+        cause = first if isinstance(first, OSError) else OSError(errno.EIO, str(first))
+        raise SystemCallError(f"removing {path}", cause, container_id=container_id)
 
 
 def _reap(process: LaunchedProcess) -> None:

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
@@ -44,6 +45,7 @@ from sandboxrt import (
     MemoryStore,
     SpecError,
     Status,
+    SystemCallError,
     WaitTimeoutError,
 )
 from sandboxrt._core.spec import read_spec_file
@@ -971,6 +973,99 @@ def test_errors_survive_pickling() -> None:
     timed_out = pickle.loads(pickle.dumps(errors[3]))
     assert isinstance(timed_out, subprocess.TimeoutExpired)
     assert (timed_out.output, timed_out.timeout, timed_out.cmd) == (b"so far", 1.5, ["sleep", "9"])
+
+
+def test_a_fork_server_started_short_of_fds_is_replaced_once_the_limit_is_raised(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """Its processes had the limit of the moment it started: every later create failed,
+    limit raised or not."""
+    code = f"""
+import resource
+from sandboxrt import Container, FileStore, SandboxrtError
+store = FileStore({str(store.root)!r})
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (25, hard))
+try:
+    print("short:", Container.run("short", {str(bundle(["true"]))!r}, store=store))
+except SandboxrtError as exc:
+    print("short: typed")
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+print("raised:", Container.run("raised", {str(bundle(["true"]))!r}, store=store))
+"""
+    done = in_python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "raised: 0", done.stdout
+    assert_nothing_left(store)
+
+
+def test_exec_and_destroy_out_of_fds_are_typed_errors(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """They raised a raw OSError (EMFILE) naming no container."""
+    code = f"""
+import os, resource
+from sandboxrt import Container, FileStore, SandboxrtError
+store = FileStore({str(store.root)!r})
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+c = Container.create("x", {str(bundle(["sleep", "60"]))!r}, store=store)
+c.start()
+c.exec_run(["true"])
+for extra in range(12):
+    opened = len(os.listdir("/proc/self/fd")) - 1
+    for what in ("exec", "destroy"):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (opened + extra, hard))
+        try:
+            c.exec_run(["true"], capture_output=True) if what == "exec" else c.destroy()
+            said = "done"
+        except SandboxrtError as exc:
+            said = "typed" if '"x"' in str(exc) else f"unnamed: {{exc}}"
+        except BaseException as exc:
+            said = f"raw: {{exc!r}}"
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        print(what, said)
+        if what == "destroy" and said == "done":
+            raise SystemExit(0)
+"""
+    done = in_python(code)
+    assert done.returncode == 0, done.stderr
+    outcomes = {line.split(" ", 1)[1] for line in done.stdout.splitlines()}
+    assert outcomes <= {"done", "typed"} and "typed" in outcomes, done.stdout
+    for name in Container.list(store=store):
+        Container.load(name, store=store).destroy()
+    assert_nothing_left(store)
+
+
+@pytest.mark.skipif(shutil.which("chattr") is None, reason="needs chattr (e2fsprogs)")
+def test_a_runtime_directory_that_cannot_be_removed_keeps_the_record(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """The destroy said nothing, removed the record, and left the runtime files where
+    nothing would ever remove them (a read-only store, say)."""
+    container = Container.create("x", bundle(["true"]), store=store)
+    sandbox = container.sandbox
+    assert sandbox is not None
+    log = Path(sandbox.runtime_dir) / "supervisor.log"
+    if subprocess.run(["chattr", "+i", str(log)], check=False).returncode != 0:
+        pytest.skip("the store's filesystem has no immutable files")
+    try:
+        with pytest.raises(SystemCallError, match=r'container "x": removing .*Operation not'):
+            container.destroy()
+        assert Container.list(store=store) == ["x"]
+        assert Container.load("x", store=store).status is Status.STOPPED
+    finally:
+        subprocess.run(["chattr", "-i", str(log)], check=True)
+    Container.load("x", store=store).destroy()
+    assert_nothing_left(store)
+    # Nor can one be made: a typed error naming the container, and nothing left.
+    subprocess.run(["chattr", "+i", str(store.runtime_dir)], check=True)
+    try:
+        with pytest.raises(SystemCallError, match='container "y": making the runtime dir'):
+            Container.create("y", bundle(["true"]), store=store)
+    finally:
+        subprocess.run(["chattr", "-i", str(store.runtime_dir)], check=True)
+    assert_nothing_left(store)
 
 
 def test_a_create_out_of_fds_is_a_typed_error(

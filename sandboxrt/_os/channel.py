@@ -202,7 +202,10 @@ def _receive_raw(sock: socket.socket) -> tuple[bytes, list[int]]:
             fds.extend(received)
     if not data and not fds:
         raise ChannelClosedError("the peer closed the channel")
-    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+    if flags & socket.MSG_CTRUNC:
+        close_fds(fds)
+        raise ValueError("its file descriptors were cut off (this process has too many open)")
+    if flags & socket.MSG_TRUNC:
         close_fds(fds)
         raise ValueError("message truncated")
     return data, fds

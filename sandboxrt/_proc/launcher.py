@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import math
 import os
+import resource
 import select
 import socket
 import subprocess
@@ -156,6 +157,8 @@ class ForkServerLauncher:
         self._gofer_coming = False
         #: When :meth:`settle` was last called (``time.monotonic()``).
         self._settled_at = -math.inf
+        #: Our NOFILE limits when the fork server started (its processes have them).
+        self._limits: tuple[int, int] | None = None
         self._closes_at_exit = False
         _LAUNCHERS.add(self)
 
@@ -173,9 +176,18 @@ class ForkServerLauncher:
 
     def _connection(self) -> socket.socket:
         alive = self._server is not None and self._server.poll() is None
-        if self._sock is not None and self._owner == os.getpid() and alive:
+        # Its processes have the fd limits we had when it started: limits raised since
+        # (after running out, say) need a new fork server, or it stays short of fds.
+        limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+        raised = self._limits is not None and (
+            limits[0] > self._limits[0] or limits[1] > self._limits[1]
+        )
+        mine = self._sock is not None and self._owner == os.getpid()
+        if mine and alive and not raised:
+            assert self._sock is not None
             return self._sock
         self.close()
+        self._limits = limits
         try:
             ours, theirs = channel.socket_pair()
         except OSError as exc:  # (out of fds, say)
