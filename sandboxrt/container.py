@@ -1503,11 +1503,11 @@ class Container:
             # The supervisor is gone, so nothing can join any more: the notes are complete.
             for member_id in sandbox.container_ids():
                 _destroy_member(self._store, member_id, self.id)
-            sandbox.remove_runtime_dir()
-        elif not self.is_subcontainer:
-            # A creation that died before it recorded its sandbox (we hold the lock it
-            # held): the runtime directory it made is named after the id.
-            remove_tree(_runtime_dir(self._store, self.id), self.id)
+        # The runtime directory goes last but for the record: if it cannot (a read-only
+        # store), the record stays for a later destroy, with nothing else left to do.
+        # (A creation that died before it recorded its sandbox made one too, named
+        # after the id: we hold the lock it held.)
+        runtime_dir = None if self.is_subcontainer else _runtime_dir(self._store, self.id)
         if self._record.cgroup is not None:
             _cgroup.remove(self._record.cgroup, self.id, timeout)
         elif lost_cgroup or self._record.status is Status.CREATING:
@@ -1517,6 +1517,10 @@ class Container:
             _cgroup.remove_left_behind(self._record.spec, self.id, scope, timeout)
         if gofer is not None and not kill_process(gofer, timeout):
             raise GoferError(self.id, f"pid {gofer.pid} did not exit")
+        if sandbox is not None and not self.is_subcontainer:
+            sandbox.remove_runtime_dir()
+        elif runtime_dir is not None:
+            remove_tree(runtime_dir, self.id)
         self._store.delete(self.id)
         hooks.run_hooks_best_effort(
             poststop,

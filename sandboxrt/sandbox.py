@@ -881,11 +881,25 @@ def remove_tree(path: str, container_id: str) -> None:
     :class:`SystemCallError` naming the container if it is still there after (a read-only
     store, say: then the record that names it must stay, for a later destroy)."""
     errors: list[BaseException] = []
-    shutil.rmtree(path, onerror=lambda _function, _path, info: errors.append(info[1]))
-    if errors and os.path.lexists(path):
-        first = errors[0]
-        cause = first if isinstance(first, OSError) else OSError(errno.EIO, str(first))
-        raise SystemCallError(f"removing {path}", cause, container_id=container_id)
+    refusals: list[BaseException] = []
+    for _ in range(_REMOVE_TRIES):
+        errors.clear()
+        shutil.rmtree(path, onerror=lambda _function, _path, info: errors.append(info[1]))
+        if not os.path.lexists(path):
+            return
+        refusals = [e for e in errors if not isinstance(e, FileNotFoundError)]
+        if any(getattr(e, "errno", None) != errno.ENOTEMPTY for e in refusals):
+            break  # (refused: trying again would not help)
+        # Only entries that came or went meanwhile (a pod member noting itself): again.
+    cause = next((e for e in refusals if getattr(e, "errno", None) != errno.ENOTEMPTY), None)
+    cause = cause or (refusals[0] if refusals else OSError(errno.ENOTEMPTY, "not empty"))
+    if not isinstance(cause, OSError):
+        cause = OSError(errno.EIO, str(cause))
+    raise SystemCallError(f"removing {path}", cause, container_id=container_id)
+
+
+#: How often :func:`remove_tree` walks a tree whose entries come and go meanwhile.
+_REMOVE_TRIES = 5
 
 
 def _reap(process: LaunchedProcess) -> None:

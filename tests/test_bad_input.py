@@ -1044,7 +1044,7 @@ def test_a_runtime_directory_that_cannot_be_removed_keeps_the_record(
     """The destroy said nothing, removed the record, and left the runtime files where
     nothing would ever remove them (a read-only store, say)."""
     container = Container.create("x", bundle(["true"]), store=store)
-    sandbox = container.sandbox
+    sandbox, dirs = container.sandbox, _cgroup_dirs(rec_of(container).cgroup)
     assert sandbox is not None
     log = Path(sandbox.runtime_dir) / "supervisor.log"
     if subprocess.run(["chattr", "+i", str(log)], check=False).returncode != 0:
@@ -1054,6 +1054,8 @@ def test_a_runtime_directory_that_cannot_be_removed_keeps_the_record(
             container.destroy()
         assert Container.list(store=store) == ["x"]
         assert Container.load("x", store=store).status is Status.STOPPED
+        # All else is gone: it goes last, but for the record.
+        assert not any(os.path.exists(d) for d in dirs) and ended(sandbox.pid)
     finally:
         subprocess.run(["chattr", "-i", str(log)], check=True)
     Container.load("x", store=store).destroy()

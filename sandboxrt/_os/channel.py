@@ -204,7 +204,7 @@ def _receive_raw(sock: socket.socket) -> tuple[bytes, list[int]]:
         raise ChannelClosedError("the peer closed the channel")
     if flags & socket.MSG_CTRUNC:
         close_fds(fds)
-        raise ValueError("its file descriptors were cut off (this process has too many open)")
+        raise ValueError("its file descriptors were cut off (too many open here, say)")
     if flags & socket.MSG_TRUNC:
         close_fds(fds)
         raise ValueError("message truncated")
