@@ -162,6 +162,13 @@ def children_of_this_process() -> set[int]:
     return found
 
 
+def ended(pid: int) -> bool:
+    """Whether ``pid`` has exited, waiting up to 5 s for it (a destroyed sandbox's
+    supervisor is a zombie until its parent, the fork server, reaps it)."""
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or is_zombie(pid), timeout=5.0)
+    return True
+
+
 def is_zombie(pid: int) -> bool:
     info = procfs.read_stat(pid)
     return info is not None and info.state == "Z"

@@ -24,11 +24,10 @@ from conftest import (
     BundleFactory,
     children_of_this_process,
     edit_config,
+    ended,
     in_python,
-    is_zombie,
     needs_busybox,
     needs_root,
-    wait_until,
 )
 
 from sandboxrt import (
@@ -626,13 +625,6 @@ def test_a_record_altered_on_disk_still_lets_its_container_be_destroyed(
     assert_nothing_left(store)
     assert supervisor is not None and ended(supervisor)
     container.destroy()  # (idempotent: it is gone)
-
-
-def ended(pid: int) -> bool:
-    """Whether ``pid`` has exited (its parent, the fork server, may not have reaped it yet:
-    a zombie for a moment)."""
-    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or is_zombie(pid), timeout=5.0)
-    return True
 
 
 def _cgroup_dirs(record: dict[str, Any] | None) -> list[str]:

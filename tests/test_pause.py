@@ -20,7 +20,14 @@ from typing import Any
 
 import attrs
 import pytest
-from conftest import BundleFactory, edit_config, killed_after, needs_busybox, needs_root
+from conftest import (
+    BundleFactory,
+    edit_config,
+    ended,
+    killed_after,
+    needs_busybox,
+    needs_root,
+)
 
 from sandboxrt import (
     Config,
@@ -201,7 +208,7 @@ def test_destroy_of_a_paused_container_leaves_nothing(
         container.destroy()
     assert not cgroup.exists()
     for pid in [*members, supervisor]:
-        assert pid is not None and not os.path.exists(f"/proc/{pid}")
+        assert pid is not None and ended(pid)
     assert Container.list(store=store) == []
 
 
@@ -227,7 +234,7 @@ def test_destroy_of_a_container_frozen_behind_its_record_leaves_nothing(
         container.destroy()
     assert not cgroup.exists()
     for pid in [*members, supervisor]:
-        assert pid is not None and not os.path.exists(f"/proc/{pid}")
+        assert pid is not None and ended(pid)
     assert Container.list(store=store) == []
 
 
@@ -350,4 +357,4 @@ def test_a_cgroup_the_container_froze_itself_does_not_stop_a_kill(
         container.destroy()
     assert not cgroup.exists()
     for pid in members:
-        assert not os.path.exists(f"/proc/{pid}")
+        assert ended(pid)
