@@ -177,13 +177,7 @@ def load(
 
 def _is_cgroupfs(placement: Placement) -> bool:
     """Whether a cgroup filesystem is what is at the placement's mountpoint now (not
-    something mounted over it). Known until the mount table changes."""
-    hierarchies = mounted_hierarchies()  # (a new tuple once the mount table changed)
-    if _CGROUPFS_SEEN[0] is not hierarchies:
-        _CGROUPFS_SEEN[:] = [hierarchies, set()]
-    seen = _CGROUPFS_SEEN[1]
-    if placement.mountpoint in seen:
-        return True
+    something mounted over it)."""
     try:
         fd = os.open(placement.mountpoint, os.O_PATH | os.O_CLOEXEC)
     except OSError:
@@ -194,15 +188,7 @@ def _is_cgroupfs(placement: Placement) -> bool:
         return False
     finally:
         os.close(fd)
-    if kind not in (abi.CGROUP_SUPER_MAGIC, abi.CGROUP2_SUPER_MAGIC):
-        return False
-    seen.add(placement.mountpoint)
-    return True
-
-
-#: The mountpoints :func:`_is_cgroupfs` found a cgroup filesystem at, and the mounted
-#: hierarchies (of :func:`mounted_hierarchies`) they were found under.
-_CGROUPFS_SEEN: list[Any] = [None, set()]
+    return kind in (abi.CGROUP_SUPER_MAGIC, abi.CGROUP2_SUPER_MAGIC)
 
 
 def _is_cgroup_of(placement: Placement, container_id: str) -> bool:
