@@ -1453,7 +1453,9 @@ class Container:
         return _configured_timeout(self._record, "destroy_timeout", 10.0)
 
     def _teardown(self) -> None:
-        """Destroy under the lock: sandbox, runtime files, cgroup, record, then poststop hooks.
+        """Destroy under the lock: sandbox, pod members, cgroup, gofer, runtime files,
+        record, then poststop hooks (the runtime files last but for the record: if they
+        cannot go, the record stays for a later destroy, with nothing else left).
 
         The cgroup goes once the sandbox is gone: what is left in it (a
         container without a PID namespace of its own) is killed first. A
