@@ -45,12 +45,9 @@ class PtyMaster(io.FileIO):
         # (None, as FileIO's: nothing to read yet, non-blocking)
         if size is None or size < 0:
             return self.readall()
-        try:
-            return super().read(size)
-        except OSError as exc:
-            if exc.errno == errno.EIO:
-                return b""
-            raise
+        buffer = bytearray(size)
+        count = self.readinto(buffer)  # (where EIO is end of file)
+        return None if count is None else bytes(buffer[:count])
 
 
 def reserve_standard_fds() -> None:

@@ -36,8 +36,6 @@ def _check_flag(_instance: object, attribute: attrs.Attribute[bool], value: obje
 
 
 def _check_seconds(_instance: object, attribute: attrs.Attribute[float], value: object) -> None:
-    if value is None and attribute.name == "lock_timeout":
-        return
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"Config.{attribute.name} must be a number of seconds, not {value!r}")
     if not 0 < value < _MAX_SECONDS:  # (NaN and infinity too)
@@ -87,6 +85,8 @@ class Config:
     overlay: bool = attrs.field(default=False, validator=_check_flag)
     overlay_size: int = attrs.field(default=DEFAULT_OVERLAY_SIZE, validator=_check_overlay_size)
     destroy_timeout: float = attrs.field(default=10.0, validator=_check_seconds)
-    lock_timeout: float | None = attrs.field(default=None, validator=_check_seconds)
+    lock_timeout: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_check_seconds)
+    )
     create_timeout: float = attrs.field(default=60.0, validator=_check_seconds)
     lazy_gofer: bool = attrs.field(default=False, validator=_check_flag)
