@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 from sandboxrt._os import mounts
 
-__all__ = ["OPAQUE_WHITEOUT", "WHITEOUT_PREFIX", "write_layer"]
+__all__ = ["OPAQUE_WHITEOUT", "WHITEOUT_PREFIX", "LayerTooLargeError", "write_layer"]
 
 #: The prefix of an OCI whiteout entry: ``dir/.wh.name`` deletes ``dir/name``.
 WHITEOUT_PREFIX = ".wh."
@@ -84,13 +84,23 @@ def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
+class LayerTooLargeError(Exception):
+    """The file at ``path`` (relative to the layer) would take the layer past its bound."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
 class _LayerTar(tarfile.TarFile):
     """The tar stream of a layer: which attributes are overlayfs's (``overlay_xattrs``,
     their prefix), and the owners as the container sees them (``owners``: host ids to
-    the container's, through its user namespace)."""
+    the container's, through its user namespace), and how many bytes of file content
+    may still go in (``bytes_left``; ``None``: no bound)."""
 
     overlay_xattrs = _OVERLAY_XATTRS
     owners: Callable[[int, int], tuple[int, int]] | None = None
+    bytes_left: int | None = None
 
     def addfile(self, tarinfo: tarfile.TarInfo, fileobj: SupportsRead[bytes] | None = None) -> None:
         if self.owners is not None:
@@ -253,6 +263,10 @@ def _add_file(
         return
     try:
         st = os.fstat(fd)
+        if tar.bytes_left is not None:
+            if st.st_size > tar.bytes_left:  # (a sparse file counts whole: so it is written)
+                raise LayerTooLargeError(path)
+            tar.bytes_left -= st.st_size
         info = _info(path, st, tarfile.REGTYPE)
         info.size = st.st_size
         info.pax_headers = _xattrs(tar, fd)
@@ -268,6 +282,7 @@ def write_layer(
     dest: IO[bytes],
     *,
     owners: Callable[[int, int], tuple[int, int]] | None = None,
+    max_bytes: int | None = None,
 ) -> None:
     """Write the tree under ``upper_fd`` to ``dest`` as an uncompressed tar stream (PAX).
 
@@ -277,7 +292,8 @@ def write_layer(
     FIFOs and extended attributes are kept; overlayfs's whiteouts become OCI
     whiteouts. ``owners``, for a container in a user namespace of its own (whose
     overlay keeps its own attributes as ``user.overlay.*``): host ids to the
-    container's.
+    container's. :class:`LayerTooLargeError` before a file's content would take the
+    file data written past ``max_bytes``.
     """
     # An open file description of our own: a received fd shares its read position
     # with the supervisor's and any other exporter's.
@@ -287,6 +303,7 @@ def write_layer(
             assert isinstance(tar, _LayerTar)
             if owners is not None:
                 tar.owners, tar.overlay_xattrs = owners, _OVERLAY_USER_XATTRS
+            tar.bytes_left = max_bytes
             _walk_dir(tar, top, "", {})
     finally:
         os.close(top)

@@ -46,6 +46,7 @@ from sandboxrt._os.seccomp import compile_bpf
 from sandboxrt._proc import hooks
 from sandboxrt._proc.init import give_stdio, open_cgroup_dirs
 from sandboxrt._proc.launcher import Launcher, default_launcher
+from sandboxrt._seconds import wait_seconds
 from sandboxrt._signals import (
     DEFAULT_FORWARDED,
     SignalForwarder,
@@ -73,8 +74,9 @@ from sandboxrt.errors import (
     SystemCallError,
     WaitTimeoutError,
     arguments_of,
+    file_error,
 )
-from sandboxrt.files import ContainerFiles
+from sandboxrt.files import ContainerFiles, check_max_bytes
 from sandboxrt.gofer import Gofer, PendingGofer, socket_path
 from sandboxrt.process import Process, ProcessInfo, process_infos
 from sandboxrt.sandbox import Sandbox, alive, identity_of, kill_process, remove_tree
@@ -365,7 +367,9 @@ class Container:
                 "Container.run of a process.terminal spec needs a console_socket: nothing "
                 "would read the terminal; or use create() and start() and container.console",
             )
-        sandbox_id = _sandbox_id_for(id, document, join=join, root=root)
+        with _naming_container(id):
+            source = str(bundle_path / "config.json") if options.get("spec") is None else None
+            sandbox_id = _sandbox_id_for(id, document, join=join, root=root, source=source)
         # Before the lock: a spec the plan refuses leaves nothing behind, not even a lock file.
         overlay_size = config.overlay_size if config.overlay else 0
         host: Sandbox | None = None
@@ -613,6 +617,7 @@ class Container:
         holds, or reading its input, would wait for ever. Pass a file, an fd or
         ``DEVNULL``, or use :meth:`create` and :meth:`start` and the streams.
         """
+        timeout = wait_seconds(id, timeout)
         piped = [name for name in ("stdin", "stdout", "stderr") if _is_pipe(options.get(name))]
         if piped:
             names = ", ".join(f"{name}=PIPE" for name in piped)
@@ -760,6 +765,7 @@ class Container:
 
         Works any number of times and from any process, until :meth:`destroy`.
         """
+        timeout = wait_seconds(self.id, timeout)
         self._refresh()
         return self._wait_for_init(self._sandbox_to_wait_on("wait for"), timeout)
 
@@ -899,11 +905,13 @@ class Container:
         answer while the supervisor keeps the status (the latest 4096 waited
         ones). Raises :class:`ProcessNotFoundError` for any other pid and
         :class:`ProcessTimeoutError` after ``timeout`` seconds. Once the
-        sandbox is gone, its processes died with it and which pids were its
-        is no longer known: ``-9`` for any pid, but the init's recorded status
-        for the init.
+        sandbox is gone, the statuses it kept are read from its runtime
+        directory (the init's, and those of exec'd processes that exited
+        before it), until :meth:`destroy`; any other pid reads ``-9`` (its
+        processes died with it, and which pids were its is no longer known).
         """
         pid = _process_pid(self.id, pid)
+        timeout = wait_seconds(self.id, timeout)
         self._refresh()
         sandbox = self._sandbox_to_wait_on("wait for a process of")
         try:
@@ -1052,6 +1060,7 @@ class Container:
             raise InvalidArgumentError(
                 self.id, "with tty=True, stdin, stdout and stderr are the terminal: use console"
             )
+        timeout = wait_seconds(self.id, timeout)
         if timeout is not None and not timeout > 0:
             raise InvalidArgumentError(self.id, f"timeout must be positive, not {timeout!r}")
         spec = self._record.spec
@@ -1170,6 +1179,7 @@ class Container:
         (a ``subprocess.TimeoutExpired``, with the output so far, as bytes) is
         raised. With ``tty``, the terminal's output is captured in ``stdout``.
         """
+        timeout = wait_seconds(self.id, timeout)
         text_mode = _TextMode.of(self.id, text, encoding, errors, universal_newlines)
         if text_mode is not None:
             input = text_mode.encode(self.id, input)
@@ -1247,7 +1257,9 @@ class Container:
             raise err
         self._refresh()
 
-    def export_changes(self, dest: str | os.PathLike[str] | IO[bytes]) -> None:
+    def export_changes(
+        self, dest: str | os.PathLike[str] | IO[bytes], *, max_bytes: int | None = None
+    ) -> None:
         """Write what the container changed in its overlay root to ``dest`` as a tar layer.
 
         ``dest`` is a path (created or truncated) or a binary file object open
@@ -1262,10 +1274,17 @@ class Container:
         paused containers and from any process that can load the container;
         files the container writes meanwhile may or may not be included.
 
+        ``max_bytes`` bounds the file data written, over all files, as
+        :meth:`ContainerFiles.copy_out` does (a sparse file of a terabyte costs the
+        container nothing and the tar its whole size): past it, a
+        :class:`ContainerFileError` (``EFBIG``) naming the file, and a ``dest``
+        path made here is removed.
+
         Raises :class:`NoOverlayError` for a container created without
         ``Config(overlay=True)`` and :class:`InvalidStateError` once it has
         stopped (the upper layer went with its sandbox).
         """
+        check_max_bytes(self.id, max_bytes)
         if not self.config.overlay:
             raise NoOverlayError(self.id, "export the changes of")
         gone = "its overlay's upper layer went with its sandbox"
@@ -1287,10 +1306,17 @@ class Container:
         owners = self._owners_inside()
         try:
             if isinstance(dest, str | os.PathLike):
-                with open(dest, "wb") as f:
-                    _changes.write_layer(upper, f, owners=owners)
+                try:
+                    with open(dest, "wb") as f:
+                        _changes.write_layer(upper, f, owners=owners, max_bytes=max_bytes)
+                except _changes.LayerTooLargeError:
+                    os.unlink(dest)  # (half a layer is none)
+                    raise
             else:
-                _changes.write_layer(upper, dest, owners=owners)
+                _changes.write_layer(upper, dest, owners=owners, max_bytes=max_bytes)
+        except _changes.LayerTooLargeError as exc:
+            reason = f"export_changes stopped past max_bytes ({max_bytes})"
+            raise file_error(self.id, "/" + exc.path, errno.EFBIG, reason) from None
         except OSError as exc:
             if exc.errno not in (errno.EMFILE, errno.ENFILE):
                 raise
@@ -1828,21 +1854,28 @@ def _destroy_member(store: MetadataStore, container_id: str, sandbox_id: str) ->
 
 
 def _sandbox_id_for(
-    container_id: str, document: Mapping[str, Any], *, join: str | None, root: bool
+    container_id: str,
+    document: Mapping[str, Any],
+    *,
+    join: str | None,
+    root: bool,
+    source: str | None,
 ) -> str:
-    """The id of the sandbox the container goes in: its own id when it makes one."""
-    annotated = sandbox_to_join(container_id, document.get("annotations"))
+    """The id of the sandbox the container goes in: its own id when it makes one.
+
+    A :class:`SpecError` it raises names ``source`` (the spec's file, if it came from one).
+    """
+    try:
+        annotated = sandbox_to_join(container_id, document.get("annotations"))
+    except SpecError as exc:
+        raise SpecError(exc.problems, source=exc.source or source) from None
     if annotated is not None and (root or (join is not None and annotated != join)):
         where = "a new sandbox" if root else f'sandbox "{join}"'
-        raise SpecError(
-            [("annotations", f'they put the container in sandbox "{annotated}", not {where}')]
-        )
+        problem = f'they put the container in sandbox "{annotated}", not {where}'
+        raise SpecError([("annotations", problem)], source=source)
     target = join if join is not None else annotated
     if target == container_id and join is not None:  # (the id is the sandbox's root's)
         raise ContainerExistsError(container_id)
-    if target == container_id:
-        problem = ("annotations", "a container cannot join its own sandbox")
-        raise SpecError([problem], source=f'container "{container_id}"')
     return target or container_id
 
 
@@ -1863,14 +1896,21 @@ def _sandbox_to_join(
         detail = f'container "{container_id}" cannot join sandbox "{sandbox_id}": it does not exist'
         raise ContainerNotFoundError(sandbox_id, detail) from None
     if record.sandbox_id and record.sandbox_id != record.id:
-        raise SandboxrtError(
-            f'container "{container_id}" cannot join sandbox "{sandbox_id}": that is a '
-            f'container of sandbox "{record.sandbox_id}", not a sandbox'
+        raise InvalidArgumentError(
+            container_id,
+            f'cannot join sandbox "{sandbox_id}": that is a container of sandbox '
+            f'"{record.sandbox_id}", not a sandbox',
         )
     sandbox = None
     if record.sandbox is not None:
         sandbox = Sandbox(record.id, record.sandbox, _runtime_dir(store, record.id))
-    require(Operation.ADD_CONTAINER, record.id, _effective_status(record, sandbox))
+    try:
+        require(Operation.ADD_CONTAINER, record.id, _effective_status(record, sandbox))
+    except InvalidStateError as exc:
+        reason = f'container "{container_id}" cannot join it'
+        raise InvalidStateError(
+            exc.operation, exc.container_id, exc.status, reason=reason
+        ) from None
     assert sandbox is not None
     return sandbox, record
 

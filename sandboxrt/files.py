@@ -62,6 +62,37 @@ def _container_path(path: ContainerPath) -> str:
     return text
 
 
+def _replace_symlink(target: str, name: str, parent_fd: int) -> None:
+    """Make host entry ``name`` of ``parent_fd`` a symlink to ``target``, replacing a
+    symlink already there (a copy merges into what is there); anything else stays."""
+    try:
+        os.symlink(target, name, dir_fd=parent_fd)
+    except FileExistsError:
+        if not stat.S_ISLNK(os.lstat(name, dir_fd=parent_fd).st_mode):
+            raise
+        os.unlink(name, dir_fd=parent_fd)
+        os.symlink(target, name, dir_fd=parent_fd)
+
+
+def check_max_bytes(container_id: str, max_bytes: object) -> None:
+    """Refuse a ``max_bytes`` that is not ``None`` or a count of bytes."""
+    if max_bytes is None:
+        return
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+        raise TypeError(f"max_bytes must be an int, not {type(max_bytes).__name__}")
+    if max_bytes < 0:
+        raise InvalidArgumentError(container_id, f"max_bytes must not be negative, not {max_bytes}")
+
+
+def _check_bits(container_id: str, name: str, value: object) -> None:
+    """Refuse what is not permission bits (``TypeError``, :class:`InvalidArgumentError`)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not 0 <= value <= 0o7777:
+        problem = f"{name} must be permission bits, 0 to 0o7777, not {value:#o}"
+        raise InvalidArgumentError(container_id, problem)
+
+
 def _open_flags(mode: str) -> int:
     """``open(2)`` flags for a Python file ``mode`` (``"r"``, ``"wb"``, ``"a+"``...)."""
     kinds = set(mode) & set("rwax")
@@ -200,9 +231,24 @@ class _Session:
         except FileNotFoundError:
             return False
 
-    def mkdir(self, path: str, mode: int, *, parents: bool, exist_ok: bool) -> None:
+    def symlink(self, path: str, target: str) -> None:
+        """Make ``path`` a symlink to ``target``; one already there is replaced (copies
+        merge into what is there), anything else stays (``FileExistsError``)."""
+        request = FileRequest("symlink", path, target=target)
         try:
-            self.call(FileRequest("mkdir", path, mode=mode, parents=parents))
+            self.call(request)
+        except FileExistsError:
+            if not self.stat(path, follow=False).is_symlink:
+                raise
+            self.call(FileRequest("remove", path))
+            self.call(request)
+
+    def mkdir(
+        self, path: str, mode: int, *, parents: bool, exist_ok: bool, parent_mode: int = 0o755
+    ) -> None:
+        request = FileRequest("mkdir", path, mode=mode, parents=parents, parent_mode=parent_mode)
+        try:
+            self.call(request)
         except FileExistsError:
             if not (exist_ok and self.is_dir(path)):
                 raise
@@ -306,6 +352,7 @@ class ContainerFiles:
             flags = _open_flags(mode)
         if permissions is None:
             permissions = 0o666 & ~self._umask()
+        _check_bits(self._container.id, "permissions", permissions)
         with self._session() as session:
             fd = session.open_fd(path, flags, permissions)
         try:
@@ -372,11 +419,15 @@ class ContainerFiles:
         return dataclasses.replace(found, uid=uid, gid=gid)
 
     def exists(self, path: ContainerPath) -> bool:
+        """Whether ``path`` names a file (``False`` where ``Path.exists`` says so: nothing
+        there, a file in the way of a directory, a symlink loop)."""
         path = _container_path(path)
         try:
             self.stat(path)
-        except FileNotFoundError:
-            return False
+        except ContainerFileError as err:
+            if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return False
+            raise
         return True
 
     def listdir(self, path: ContainerPath = "/") -> list[str]:
@@ -398,10 +449,13 @@ class ContainerFiles:
         less the user's umask (as :meth:`open`); with ``parents`` its missing parents too
         (and then an existing directory is fine, as with ``mkdir -p``)."""
         path = _container_path(path)
-        if mode is None:
-            mode = 0o777 & ~self._umask()
+        created = 0o777 & ~self._umask()  # (what mkdir -p gives the parents it makes)
+        mode = created if mode is None else mode
+        _check_bits(self._container.id, "mode", mode)
         with self._session() as session:
-            session.mkdir(path, mode, parents=parents, exist_ok=exist_ok or parents)
+            session.mkdir(
+                path, mode, parents=parents, exist_ok=exist_ok or parents, parent_mode=created
+            )
 
     def remove(self, path: ContainerPath, *, recursive: bool = False) -> None:
         """Remove a file, symlink or empty directory; with ``recursive`` a whole tree.
@@ -449,7 +503,9 @@ class ContainerFiles:
                     dst = posixpath.join(dst, os.path.basename(src))
                 self._file_in(session, os.open(src, _HOST_FILE & ~os.O_NOFOLLOW), dst)
                 return
-            session.mkdir(dst, stat.S_IMODE(st.st_mode) & 0o777, parents=True, exist_ok=True)
+            parents_mode = 0o777 & ~self._umask()
+            mode = stat.S_IMODE(st.st_mode) & 0o777
+            session.mkdir(dst, mode, parents=True, exist_ok=True, parent_mode=parents_mode)
             made = session.stat(dst)
             todo = [(dst, os.open(src, _HOST_DIR & ~os.O_NOFOLLOW))]
             try:
@@ -484,8 +540,7 @@ class ContainerFiles:
             try:
                 st = os.lstat(name, dir_fd=fd)
                 if stat.S_ISLNK(st.st_mode):
-                    link = os.readlink(name, dir_fd=fd)
-                    session.call(FileRequest("symlink", target, target=link))
+                    session.symlink(target, os.readlink(name, dir_fd=fd))
                 elif stat.S_ISDIR(st.st_mode):
                     sub = os.open(name, _HOST_DIR, dir_fd=fd)
                     todo.append((target, sub))
@@ -539,14 +594,7 @@ class ContainerFiles:
         files copied before it stay.
         """
         src = _container_path(src)
-        if max_bytes is not None and (
-            isinstance(max_bytes, bool) or not isinstance(max_bytes, int)
-        ):
-            raise TypeError(f"max_bytes must be an int, not {type(max_bytes).__name__}")
-        if max_bytes is not None and max_bytes < 0:
-            raise InvalidArgumentError(
-                self._container.id, f"max_bytes must not be negative, not {max_bytes}"
-            )
+        check_max_bytes(self._container.id, max_bytes)
         dst = os.fspath(host_dst)
         budget = _Budget(max_bytes)
         with self._session() as session:
@@ -586,7 +634,7 @@ class ContainerFiles:
                 for entry in links:
                     parent_fd, name = _host_parent(top, entry.path)
                     try:
-                        os.symlink(entry.target, name, dir_fd=parent_fd)
+                        _replace_symlink(entry.target, name, parent_fd)
                     finally:
                         os.close(parent_fd)
             finally:

@@ -18,6 +18,7 @@ import os
 import selectors
 import signal as _signal
 import socket
+import termios
 import threading
 import time
 import warnings
@@ -29,6 +30,7 @@ from typing import IO, Any
 import attrs
 
 from sandboxrt._os import procfs
+from sandboxrt._seconds import wait_seconds
 from sandboxrt._signals import signal_number
 from sandboxrt._stdio import close_streams
 from sandboxrt.errors import (
@@ -47,6 +49,18 @@ _READ_SIZE = 64 * 1024
 #: How often :meth:`Process.communicate` looks whether the exec's deadline killed it.
 _DEADLINE_POLL = 0.05
 _WRITE_SIZE = 64 * 1024
+
+
+def _end_of_input(console: IO[bytes], data: bytes) -> bytes:
+    """What a terminal's user types to end ``data``: the end-of-file character (``^D``),
+    twice after a line not ended (the first only hands that line over)."""
+    try:
+        eof = termios.tcgetattr(console.fileno())[6][termios.VEOF]
+    except termios.error:
+        eof = b"\x04"
+    if isinstance(eof, int):  # (the form of a non-canonical terminal's entries)
+        eof = bytes([eof])
+    return bytes(eof) if data.endswith(b"\n") else bytes(eof) * 2
 
 
 class Process:
@@ -217,6 +231,7 @@ class Process:
         Raises :class:`ProcessTimeoutError` after ``timeout`` seconds (the
         process keeps running), or once the exec's own timeout killed it.
         """
+        timeout = wait_seconds(self.container_id, timeout)
         if self.returncode is None:
             try:
                 code = self._wait_status(timeout)
@@ -317,15 +332,20 @@ class Process:
         selector), so neither side can fill up and block the other, whatever
         the size. Each output is ``None`` unless it is a pipe (the console
         counts as stdout). After a :class:`ProcessTimeoutError` (which carries
-        the output so far) it may be called again to go on.
+        the output so far) it may be called again to go on. On a terminal
+        (``tty=True``) the input ends as its user ends it: with the end-of-file
+        character (``^D``).
         """
         if self._communicating and input:
             raise InvalidArgumentError(
                 self.container_id, "cannot send input after starting communication"
             )
+        timeout = wait_seconds(self.container_id, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._communicating:
             self._communicating = True
+            if input and self.stdin is None and self.console is not None:
+                input += _end_of_input(self.console, input)  # (a terminal is never closed)
             self._input = memoryview(input or b"")
             if self.stdin is not None:
                 with contextlib.suppress(BrokenPipeError):

@@ -25,7 +25,9 @@ from sandboxrt._core.plan import (
     id_file_name,
 )
 from sandboxrt._core.protocol import (
+    EXEC_EXITS_FILE,
     ContainerPlan,
+    ExecExits,
     ExecPlan,
     ExitStatus,
     Launched,
@@ -64,6 +66,25 @@ log = logging.getLogger("sandboxrt")
 
 #: The most of an exit status file read (it is a short JSON document).
 _EXIT_RECORD_MAX = 4096
+#: The most an :class:`ExecExits` record holds (some 3 x 4096 statuses kept).
+_EXEC_EXITS_MAX = 1 << 20
+
+
+def _read_small_file(path: str, limit: int, sandbox_id: str) -> bytes | None:
+    """At most ``limit`` bytes of the supervisor's record ``path`` (``None``: none). It
+    may be a user namespace's root: never followed if a link, never waited on if a
+    FIFO, read only if a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ProtocolError(f'sandbox "{sandbox_id}": unreadable {path}: {exc}') from exc
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ProtocolError(f'sandbox "{sandbox_id}": {path} is not a file')
+        return f.read(limit)
+
 
 #: What ``wait`` reports when the supervisor was killed before it could record an exit.
 KILLED_RETURNCODE = -signal.SIGKILL
@@ -367,22 +388,25 @@ class Sandbox:
         """The recorded exit (status and init pid) of a container (default: the root),
         if it has exited."""
         path = self.exit_file if container_id is None else self.exit_file_of(container_id)
-        # Written by the supervisor, which may be a user namespace's root: never followed
-        # if a link, never waited on if a FIFO, read only if a small regular file.
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
+        data = _read_small_file(path, _EXIT_RECORD_MAX, self.id)
+        if data is None:
             return None
-        except OSError as exc:
-            raise ProtocolError(f'sandbox "{self.id}": unreadable exit status: {exc}') from exc
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ProtocolError(f'sandbox "{self.id}": its exit status is not a file')
-            data = f.read(_EXIT_RECORD_MAX)
         try:
             return decode(data, ExitStatus)
         except ValueError as exc:
             raise ProtocolError(f'sandbox "{self.id}": unreadable exit status: {exc}') from exc
+
+    def _exec_exits(self) -> ExecExits:
+        """The statuses of exec'd processes the supervisor kept when it ended (none
+        recorded: none kept)."""
+        path = os.path.join(os.path.dirname(self.exit_file), EXEC_EXITS_FILE)
+        data = _read_small_file(path, _EXEC_EXITS_MAX, self.id)
+        if data is None:
+            return ExecExits()
+        try:
+            return decode(data, ExecExits)
+        except ValueError as exc:
+            raise ProtocolError(f'sandbox "{self.id}": unreadable exec statuses: {exc}') from exc
 
     def request(self, container_id: str, request: Request, timeout: float | None = None) -> Reply:
         """Send one control request and return the reply."""
@@ -737,7 +761,8 @@ class Sandbox:
             record = self.exit_record(container_id)
             if record is not None and record.pid == pid:
                 return record.returncode
-            return KILLED_RETURNCODE
+            kept = self._exec_exits().status_of(container_id, pid, serial)
+            return KILLED_RETURNCODE if kept is None else kept
         if not reply.ok:
             raise remote_error(container_id, reply.error_type, reply.error, reply.details)
         if reply.returncode is None and expired:

@@ -551,6 +551,11 @@ def test_bad_arguments_are_errors_of_sandboxrt_naming_the_container(
             assert isinstance(info.value, ValueError)
             assert info.value.container_id == "x"
             assert str(info.value).startswith('container "x": ')
+        # A wrong type is a TypeError naming it, as subprocess raises.
+        with pytest.raises(TypeError, match=r"must be str, not str: int \('A'\)"):
+            container.exec(["true"], env={"A": 1})  # type: ignore[dict-item]
+        with pytest.raises(TypeError, match="env entries must be str, not bytes"):
+            container.exec(["true"], env=[b"A=1"])  # type: ignore[list-item]
         assert container.status is Status.CREATED
     finally:
         container.destroy()

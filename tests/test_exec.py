@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import gc
 import json
+import math
 import os
 import re
 import signal
@@ -350,6 +351,16 @@ def test_exec_from_another_python_process(running: Container, store: FileStore) 
     assert re.fullmatch(r"from \d+\n", done.stdout)
 
 
+def eventually_pid(container: Container, command: tuple[str, ...]) -> int:
+    """The sandbox pid of the container's process running ``command``, once it runs."""
+    for _ in range(100):
+        found = [p.pid for p in container.processes() if p.command == command]
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no process {command} in {container.id}")
+
+
 def test_a_process_of_another_is_not_ours(running: Container) -> None:
     sandbox = running.sandbox
     assert sandbox is not None
@@ -359,6 +370,13 @@ def test_a_process_of_another_is_not_ours(running: Container) -> None:
         sandbox.signal_process(running.id, 31000, signal.SIGTERM)
     with pytest.raises(ProcessNotFoundError, match="does not belong"):
         sandbox.signal_process(running.id, 1, signal.SIGTERM)  # the supervisor
+    # One of its processes that is neither its init nor exec'd: said so.
+    shell = running.exec(["sh", "-c", "sleep 100 & wait"])
+    child = eventually_pid(running, ("sleep", "100"))
+    with pytest.raises(ProcessNotFoundError, match="neither its init nor exec'd into it"):
+        running.wait_pid(child, timeout=1)
+    shell.kill(group=True)
+    shell.wait()
 
 
 # -- errors and states ---------------------------------------------------------------------
@@ -478,6 +496,29 @@ def test_a_deadline_already_past_is_a_timeout(running: Container, timeout: float
     assert running.wait_pid(process.pid, timeout=timeout) == -signal.SIGKILL
 
 
+@pytest.mark.parametrize("forever", [math.inf, 1e12, 1e300])
+def test_a_timeout_of_forever_waits_for_ever(running: Container, forever: float) -> None:
+    """As ``subprocess`` takes it (it overflowed a socket's timeout, or a timer's)."""
+    done = running.exec_run(["sh", "-c", "exit 3"], timeout=forever)
+    assert done.returncode == 3
+    process = running.exec(["sh", "-c", "exit 4"], timeout=forever)
+    assert process.wait(timeout=forever) == 4
+    assert process.communicate(timeout=forever) == (None, None)
+    assert running.wait_pid(process.pid, timeout=forever) == 4
+    with pytest.raises(WaitTimeoutError):
+        running.wait(timeout=0)
+    for call in (
+        lambda: running.wait(timeout=math.nan),
+        lambda: process.wait(timeout=math.nan),
+        lambda: running.exec_run(["true"], timeout=math.nan),
+        lambda: running.wait_pid(process.pid, timeout=math.nan),
+    ):
+        with pytest.raises(InvalidArgumentError, match=f'container "{running.id}": timeout'):
+            call()
+    with pytest.raises(TypeError, match="timeout must be a number"):
+        running.wait(timeout="1")  # type: ignore[arg-type]
+
+
 def test_exec_into_a_paused_container(running: Container) -> None:
     running.pause()
     with pytest.raises(InvalidStateError, match="state paused"):
@@ -499,6 +540,34 @@ def test_exec_d_processes_die_with_the_container(running: Container) -> None:
     running.kill(signal.SIGKILL)
     assert running.wait(timeout=10) == -signal.SIGKILL
     assert process.wait(timeout=10) == -signal.SIGKILL
+
+
+def test_exec_d_processes_keep_their_status_once_the_container_stopped(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """A process that exited before its container did reads its own status afterwards,
+    from a Process or ``wait_pid`` (of this process or another), not ``-SIGKILL``."""
+    container = Container.create("kept1", bundle(["sh", "-c", "sleep 1"]), store=store)
+    try:
+        container.start()
+        unwaited = container.exec(["sh", "-c", "exit 5"])
+        waited = container.exec(["sh", "-c", "exit 6"])
+        assert waited.wait(timeout=10) == 6
+        killed = container.exec(["sleep", "100"])
+        assert container.wait(timeout=30) == 0
+        assert unwaited.wait(timeout=10) == 5
+        assert container.wait_pid(unwaited.pid) == 5
+        assert container.wait_pid(waited.pid) == 6
+        assert killed.wait(timeout=10) == -signal.SIGKILL
+        code = (
+            "from sandboxrt import Container, FileStore\n"
+            f"c = Container.load('kept1', store=FileStore({str(store.root)!r}))\n"
+            f"print(c.wait_pid({unwaited.pid}))\n"
+        )
+        done = in_python(code)
+        assert done.stdout.strip() == "5", done.stderr
+    finally:
+        container.destroy()
 
 
 # -- what the process is and sees ----------------------------------------------------------
@@ -649,6 +718,14 @@ def test_tty_gives_a_pty(running: Container) -> None:
     process = running.exec(["sh", "-c", "read x; echo got $x"], tty=True)
     out, _ = process.communicate(b"hello\n", timeout=30)
     assert (out or b"").endswith(b"got hello\r\n")
+
+
+@pytest.mark.parametrize("data", [b"abc\n", b"abc"])
+def test_input_on_a_terminal_ends_as_its_user_ends_it(running: Container, data: bytes) -> None:
+    """With ^D (twice after a line not ended): a program reading to the end gets there."""
+    done = running.exec_run(["wc", "-c"], tty=True, input=data, timeout=30)
+    assert done.stdout is not None
+    assert done.stdout.endswith(b"%d\r\n" % len(data)), done.stdout  # (after the echo)
 
 
 def test_the_console_reads_to_the_end_once_the_process_exited(running: Container) -> None:

@@ -259,6 +259,17 @@ def test_a_stopped_agent_is_replaced_not_waited_for(running: Container) -> None:
     assert later.wait() == -signal.SIGKILL
 
 
+def test_what_a_stopped_agent_spawned_is_still_waited_for(running: Container) -> None:
+    """The container stopping the agent (as any of its processes may) keeps no exit
+    status from its waiters: the agent is ended, and what it spawned is reaped by us."""
+    spawned = running.exec(["sh", "-c", "sleep 1; exit 3"])
+    (agent,) = agents(running)
+    assert parent(running, spawned)[0] == agent
+    os.kill(agent, signal.SIGSTOP)
+    assert spawned.wait(timeout=30) == 3
+    eventually(lambda: agent not in agents(running), "the stopped agent was ended")
+
+
 def test_a_full_pids_limit_refuses_the_exec_and_keeps_the_agent(
     store: FileStore, bundle: BundleFactory
 ) -> None:
@@ -336,3 +347,15 @@ def test_exec_meets_a_pids_limit_above_the_container_s_cgroup(
         for controller in Path("/sys/fs/cgroup").iterdir():
             with contextlib.suppress(OSError):
                 (controller / parent.name).rmdir()
+
+
+def test_an_agent_the_container_reniced_spawns_nothing_more(running: Container) -> None:
+    """A process of the container may lower the agent's priority (same user) or its
+    limits: what it spawned after would inherit them. Those execs take the slow way."""
+    assert running.exec(["true"]).wait() == 0
+    (agent,) = agents(running)
+    os.setpriority(os.PRIO_PROCESS, agent, 19)  # (as the container's renice would)
+    niceness = running.exec_run(["sh", "-c", "cut -d' ' -f19 /proc/self/stat"],
+                                capture_output=True, check=True)  # fmt: skip
+    assert niceness.stdout == b"0\n"
+    eventually(lambda: agent not in agents(running), "the reniced agent was ended")

@@ -23,6 +23,7 @@ from sandboxrt import (
     Container,
     ContainerFileError,
     FileStore,
+    InvalidArgumentError,
     InvalidStateError,
     SandboxrtError,
     Status,
@@ -719,3 +720,106 @@ def test_modes_follow_the_container_users_umask(
         if c.stdout is not None:
             c.stdout.close()
         c.destroy()
+
+
+def test_one_path_names_one_file_for_every_verb(container: Container) -> None:
+    """``..`` after a symlink is the parent of its target for every verb, as the kernel
+    (and so the container's own processes) resolves it; a path ending in ``..`` or ``.``
+    names no entry to make or remove, and a trailing slash asks for a directory."""
+    files = container.files
+    files.mkdir("/tmp/app/releases/v2", parents=True)
+    files.write_text("/tmp/app/keep_me", "kept")
+    files.symlink("/tmp/app/current", "/tmp/app/releases/v2")
+    assert files.listdir("/tmp/app/current/..") == ["v2"]
+    files.write_text("/tmp/app/current/../made", "x")  # made in releases/, as open(2) would
+    assert files.read_text("/tmp/app/releases/made") == "x"
+    assert files.read_text("/tmp/app/current/../made") == "x"
+    files.remove("/tmp/app/current/../made")
+    assert files.listdir("/tmp/app/releases") == ["v2"]
+    for path in ("/tmp/app/current/..", "/tmp/app/current/.", "/tmp/app/.."):
+        with pytest.raises(ContainerFileError, match=r"ending in \. or \.\.") as refused:
+            files.remove(path, recursive=True)
+        assert refused.value.errno == errno.EINVAL
+    assert files.listdir("/tmp/app") == ["current", "keep_me", "releases"]
+    with pytest.raises(IsADirectoryError):
+        files.write_text("/tmp/app/new/", "x")
+    with pytest.raises(NotADirectoryError):
+        files.remove("/tmp/app/keep_me/")
+    assert not files.exists("/tmp/app/new")
+    files.remove("/tmp/app", recursive=True)
+
+
+def test_exists_is_false_where_path_exists_says_so(container: Container) -> None:
+    files = container.files
+    files.write_text("/tmp/plain", "x")
+    files.symlink("/tmp/loop", "/tmp/loop")
+    assert not files.exists("/tmp/plain/below")  # ENOTDIR
+    assert not files.exists("/tmp/loop")  # ELOOP
+    assert not files.exists("/tmp/nothing")
+    assert files.exists("/tmp/plain")
+
+
+def test_modes_are_checked_before_anything_is_made(container: Container) -> None:
+    files = container.files
+    with pytest.raises(TypeError, match="permissions must be an int"):
+        files.write_text("/tmp/m1", "x", permissions="644")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="mode must be an int"):
+        files.mkdir("/tmp/m2", 493.0)  # type: ignore[arg-type]
+    for bad in (-1, 0o170777):
+        with pytest.raises(InvalidArgumentError, match="permission bits") as e:
+            files.write_text("/tmp/m3", "x", permissions=bad)
+        assert 'container "files1"' in str(e.value)
+        with pytest.raises(InvalidArgumentError, match="permission bits"):
+            files.mkdir("/tmp/m4", bad)
+    assert not any(files.exists(f"/tmp/m{i}") for i in range(1, 5))
+
+
+def test_mkdir_gives_its_mode_to_the_last_directory_only(container: Container) -> None:
+    """As ``mkdir -p -m``: the parents it makes get 0777 less the user's umask."""
+    files = container.files
+    files.mkdir("/tmp/pa/pb/pc", 0o700, parents=True)
+    assert files.stat("/tmp/pa").permissions == 0o755
+    assert files.stat("/tmp/pa/pb").permissions == 0o755
+    assert files.stat("/tmp/pa/pb/pc").permissions == 0o700
+
+
+def test_a_deep_tree_is_removed(container: Container) -> None:
+    """Deeper than Python's recursion limit and the default fd limit of 1024."""
+    files = container.files
+    deep = "/tmp/deep/" + "d/" * 1100
+    files.mkdir(deep, parents=True)
+    files.write_text(deep + "leaf", "x")
+    files.remove("/tmp/deep", recursive=True)
+    assert not files.exists("/tmp/deep")
+
+
+def test_what_is_made_in_a_set_group_id_directory_gets_its_group(container: Container) -> None:
+    shared = rootfs(container) / "tmp/shared"
+    shared.mkdir()
+    os.chown(shared, 0, 2000)
+    shared.chmod(0o2775)
+    files = container.files
+    files.mkdir("/tmp/shared/sub")
+    files.write_text("/tmp/shared/file", "x")
+    files.symlink("/tmp/shared/link", "file")
+    sub = files.stat("/tmp/shared/sub")
+    assert sub.gid == 2000 and sub.mode & 0o2000  # (and the bit, as mkdir(2) keeps it)
+    assert files.stat("/tmp/shared/file").gid == 2000
+    assert files.stat("/tmp/shared/link", follow_symlinks=False).gid == 2000
+
+
+def test_copies_merge_into_what_is_there(container: Container, tmp_path: Path) -> None:
+    """A second copy of the same tree replaces the symlinks it finds, as ``cp -r`` does."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "file").write_text("one")
+    (src / "link").symlink_to("file")
+    files = container.files
+    files.copy_in(src, "/tmp/m")
+    (src / "file").write_text("two")
+    files.copy_in(src, "/tmp/m")
+    assert files.read_text("/tmp/m/link") == "two"
+    out = tmp_path / "out"
+    files.copy_out("/tmp/m", out)
+    files.copy_out("/tmp/m", out)
+    assert os.readlink(out / "link") == "file" and (out / "link").read_text() == "two"

@@ -416,6 +416,37 @@ def test_export_changes_of_a_created_container(store: FileStore, bundle: BundleF
 
 @needs_root
 @needs_busybox
+def test_export_changes_is_bounded_by_max_bytes(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """A sparse file of a terabyte costs the container nothing and the tar its whole size:
+    ``max_bytes`` stops the export before it, naming the file, and a path made goes."""
+    container = Container.create(
+        "bounded", bundle(["sleep", "1000"]), store=store, config=overlay()
+    )
+    try:
+        script = "echo small > /small && dd if=/dev/zero of=/sparse bs=4096 count=1 seek=268435455"
+        assert sh(container, script).returncode == 0
+        dest = tmp_path / "layer.tar"
+        with pytest.raises(ContainerFileError, match="max_bytes") as e:
+            container.export_changes(dest, max_bytes=1 << 20)
+        assert e.value.errno == errno.EFBIG and e.value.filename == "/sparse"
+        assert not dest.exists()
+        out = io.BytesIO()
+        with pytest.raises(ContainerFileError, match="max_bytes"):
+            container.export_changes(out, max_bytes=1 << 20)
+        assert len(out.getvalue()) < 1 << 21  # (what was written before it)
+        sh(container, "rm /sparse")
+        container.export_changes(out := io.BytesIO(), max_bytes=6)
+        assert read_layer(out.getvalue())["small"][1] == b"small\n"
+        with pytest.raises(TypeError):
+            container.export_changes(io.BytesIO(), max_bytes=1.5)  # type: ignore[arg-type]
+    finally:
+        container.destroy()
+
+
+@needs_root
+@needs_busybox
 def test_export_changes_refuses_without_overlay_or_once_stopped(
     store: FileStore, bundle: BundleFactory
 ) -> None:

@@ -476,8 +476,9 @@ def test_when_the_root_exits_the_subcontainers_stop(pod: Pod, bundle: BundleFact
     assert a.status is Status.STOPPED and created.status is Status.STOPPED
     loaded = in_subprocess(pod.root._store, "print(Container.load('a', store=store).status)")
     assert loaded == "stopped"
-    with pytest.raises(InvalidStateError, match='cannot add a container to container "pod"'):
+    with pytest.raises(InvalidStateError, match='cannot add a container to container "pod"') as e:
         pod.add_container("late", bundle(SLEEP))
+    assert 'container "late" cannot join it' in str(e.value)  # (who asked, too)
     assert sorted(pod.root._store.list_ids()) == ["a", "c", "pod"]
 
 
@@ -814,12 +815,19 @@ def test_cri_annotations_put_a_container_in_a_sandbox(
         assert [c.id for c in Pod.load("app1", store=store).containers()] == ["pause1", "app1"]
         # Without a sandbox id: refused before anything is made.
         orphan = annotate(bundle(SLEEP), {type_key: "container"})
-        with pytest.raises(SpecError, match=id_key):
+        with pytest.raises(SpecError, match=id_key) as e:
             Container.create("orphan", orphan, store=store)
+        assert str(e.value).startswith(f'container "orphan", {orphan / "config.json"}: ')
         assert sorted(store.list_ids()) == ["app1", "pause1"]
         # A Pod API call that contradicts the annotations is refused too.
-        with pytest.raises(SpecError, match='sandbox "pause1", not a new sandbox'):
+        with pytest.raises(SpecError, match='sandbox "pause1", not a new sandbox') as e:
             Pod.create("other", app, store=store)
+        assert str(e.value).startswith(f'container "other", {app / "config.json"}: ')
+        # A member is no sandbox to join (typed, naming who asked).
+        nested = annotate(bundle(SLEEP), {type_key: "container", id_key: "app1"})
+        with pytest.raises(InvalidArgumentError, match='sandbox "app1": that is a container of'):
+            Container.create("nested", nested, store=store)
+        assert sorted(store.list_ids()) == ["app1", "pause1"]
     finally:
         root.destroy()
     assert store.list_ids() == []
@@ -984,3 +992,48 @@ def test_a_member_s_network_mode_is_its_pod_s(store: FileStore, bundle: BundleFa
     finally:
         own.destroy()
     assert Container.list(store=store) == []
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    return found
+
+
+def test_destroying_a_stopped_member_spares_whoever_has_its_old_pid(
+    pod: Pod, bundle: BundleFactory
+) -> None:
+    """A stopped member's init was reaped: its number may lead someone else's process
+    group by the time the member is destroyed (once the PID space wrapped; with the host's
+    PID namespace, anyone's). The destroy signals only the member's own processes."""
+    a = add_running(pod, bundle(SLEEP), "a")
+    old = next(p.pid for p in a.processes())
+    a.kill(signal.SIGKILL)
+    assert a.wait(timeout=10) == -signal.SIGKILL
+    supervisor = pod.root.state().pid
+    # The next process of the sandbox's PID namespace gets the old number and leads a
+    # process group of its own (as the PID space wrapping would give it, sooner).
+    script = f"echo {old - 1} > /proc/sys/kernel/ns_last_pid && exec setsid -f -w sleep 1000"
+    command = ["nsenter", "-t", str(supervisor), "-p", "--", "sh", "-c", script]
+    holder = subprocess.Popen(command)
+    victim = 0
+    try:
+
+        def grandchildren() -> list[int]:
+            return [pid for child in _children(holder.pid) for pid in _children(child)]
+
+        wait_until(lambda: bool(grandchildren()))
+        victim = grandchildren()[0]
+        with open(f"/proc/{victim}/status") as status:
+            nspid = next(line for line in status if line.startswith("NSpid:")).split()
+        assert int(nspid[-1]) == old and os.getpgid(victim) == victim
+        a.destroy()
+        time.sleep(0.3)
+        assert alive(victim), "the destroy killed the process that has the member's old pid"
+    finally:
+        if victim:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+        holder.wait(timeout=10)

@@ -143,6 +143,8 @@ class FileRequest(_Message):
     mode: int = 0o644
     #: ``mkdir``: create missing parents; with them an existing directory is fine.
     parents: bool = False
+    #: ``mkdir`` with ``parents``: permission bits of the parents it creates.
+    parent_mode: int = 0o755
     #: ``remove``: a directory with everything in it.
     recursive: bool = False
     #: ``stat``: follow a symlink as the last component.

@@ -438,15 +438,18 @@ def _env_list(env: Mapping[str, str] | Sequence[str]) -> list[str]:
     if isinstance(env, str | bytes):
         raise TypeError("env must be a mapping or a sequence of 'KEY=value' strings")
     if isinstance(env, Mapping):
+        for key, value in env.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                kinds = f"{type(key).__name__}: {type(value).__name__}"
+                raise TypeError(f"env keys and values must be str, not {kinds} ({key!r})")
         entries = [f"{key}={value}" for key, value in env.items()]
-        bad = [
-            f"{key}={value!r}"
-            for key, value in env.items()
-            if not isinstance(key, str) or not key or "=" in key or not isinstance(value, str)
-        ]
+        bad = [f"{key}={value}" for key, value in env.items() if not key or "=" in key]
     else:
         entries = list(env)
-        bad = [e for e in entries if not isinstance(e, str) or "=" not in e or e.startswith("=")]
+        for entry in entries:
+            if not isinstance(entry, str):
+                raise TypeError(f"env entries must be str, not {type(entry).__name__}")
+        bad = [e for e in entries if "=" not in e or e.startswith("=")]
     if bad or any("\0" in e for e in entries):
         raise ValueError(f"malformed environment entries: {bad or entries}")
     _check_encodable("env", entries)

@@ -29,12 +29,14 @@ from sandboxrt._core import abi
 
 __all__ = [
     "DEFAULT_UMASK",
+    "EXEC_EXITS_FILE",
     "MAX_MESSAGE",
     "PROCESS_FIELDS",
     "CapabilityPlan",
     "Claim",
     "ContainerPlan",
     "DevicePlan",
+    "ExecExits",
     "ExecPlan",
     "ExitStatus",
     "InitPlan",
@@ -479,6 +481,31 @@ class Claim(_Message):
     cgroupns: bool = False
 
 
+#: Where (in the runtime directory's ``exits``) a supervisor records :class:`ExecExits`:
+#: a name no container's exit file takes.
+EXEC_EXITS_FILE = "execs"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecExits(_Message):
+    """The exit statuses of exec'd processes a supervisor still kept when its sandbox
+    ended, each ``(serial, pid, container id, returncode)`` (pid 0: a later exec of the
+    same container was given that pid)."""
+
+    kind: ClassVar[str] = "exec-exits"
+
+    exits: tuple[tuple[int, int, str, int], ...] = ()
+
+    def status_of(self, container_id: str, pid: int, serial: int) -> int | None:
+        """The status of the exec with ``serial`` (``0``: the latest one with ``pid``)."""
+        for kept_serial, kept_pid, owner, returncode in self.exits:
+            if owner == container_id and (
+                kept_serial == serial if serial else pid and kept_pid == pid
+            ):
+                return returncode
+        return None
+
+
 @dataclasses.dataclass(frozen=True)
 class ExitStatus(_Message):
     """How a process ended, as ``subprocess`` reports it: ``-N`` for signal N."""
@@ -582,6 +609,7 @@ _KINDS: dict[str, type[_Message]] = {
         Launched,
         Progress,
         Claim,
+        ExecExits,
         ExitStatus,
         Request,
         Reply,

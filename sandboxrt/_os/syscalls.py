@@ -34,6 +34,7 @@ __all__ = [
     "fsconfig",
     "fsmount",
     "fsopen",
+    "ioprio_get",
     "ioprio_set",
     "join_new_session_keyring",
     "mount",
@@ -67,6 +68,7 @@ _SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 280, "s
 _KEYCTL_JOIN_SESSION_KEYRING = 1
 _SYS_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274, "riscv64": 274, "ppc64le": 355, "s390x": 345}
 _SYS_IOPRIO_SET = {"x86_64": 251, "aarch64": 30, "riscv64": 30, "ppc64le": 273, "s390x": 282}
+_SYS_IOPRIO_GET = {"x86_64": 252, "aarch64": 31, "riscv64": 31, "ppc64le": 274, "s390x": 283}
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -207,6 +209,12 @@ _PR_SET_NAME = 15
 
 
 _IOPRIO_WHO_PROCESS = 1
+
+
+def ioprio_get() -> int:
+    """This process's I/O priority (``ioprio_get(2)``)."""
+    args = (ctypes.c_int(_IOPRIO_WHO_PROCESS), ctypes.c_int(0))
+    return _check(_libc.syscall(_number(_SYS_IOPRIO_GET, "ioprio_get"), *args), "ioprio_get")
 
 
 def ioprio_set(value: int) -> None:

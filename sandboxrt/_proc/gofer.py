@@ -29,13 +29,14 @@ import errno
 import functools
 import os
 import posixpath
+import resource
 import selectors
 import signal
 import socket
 import stat
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn, TypeVar
+from typing import NamedTuple, NoReturn, TypeVar
 
 from sandboxrt._core import abi
 from sandboxrt._core.file_protocol import (
@@ -118,11 +119,27 @@ def _is_symlink(parent: int, name: str) -> bool:
         return False
 
 
-def _split(path: str) -> tuple[str, str]:
-    parent, name = posixpath.split(posixpath.normpath("/" + path))
+class _Parent(NamedTuple):
+    """The directory an entry is made or removed in: an ``O_PATH`` fd, its ``stat``; the
+    entry's name, and whether the path ended in a slash (then it must be a directory)."""
+
+    fd: int
+    st: os.stat_result
+    name: str
+    slash: bool
+
+
+def _split(path: str) -> tuple[str, str, bool]:
+    """``path``'s parent as given (the kernel resolves it, as it would for the container's
+    processes: ``..`` after a symlink is the parent of its target, never a lexical step
+    back), its last name, and whether a slash followed that name."""
+    trimmed = path.rstrip("/")
+    parent, name = posixpath.split(trimmed)
     if not name:
         raise OSError(errno.EINVAL, "the container's root itself", path)
-    return parent, name
+    if name in (".", ".."):  # (as ``rm`` refuses them)
+        raise OSError(errno.EINVAL, "a path ending in . or .. names no entry", path)
+    return parent or ("/" if trimmed.startswith("/") else "."), name, trimmed != path
 
 
 class Files:
@@ -163,15 +180,20 @@ class Files:
     def resolve(self, path: str, *, follow: bool = True) -> int:
         return mounts.open_beneath(self.root, path, follow=follow)
 
-    def parent(self, path: str) -> tuple[int, str]:
-        """An ``O_PATH`` fd on ``path``'s parent directory (resolved beneath the root) and
-        the last component's name."""
-        parent, name = _split(path)
+    def parent(self, path: str) -> _Parent:
+        """``path``'s parent directory, resolved beneath the root (close its ``fd``)."""
+        parent, name, slash = _split(path)
         fd = self.resolve(parent)
-        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISDIR(st.st_mode):
             os.close(fd)
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), parent)
-        return fd, name
+        return _Parent(fd, st, name, slash)
+
+    def group_in(self, parent: _Parent) -> int:
+        """The group of what is made in ``parent``: a set-group-ID directory's own, as the
+        kernel gives it to what the container's processes make there; else the user's."""
+        return parent.st.st_gid if parent.st.st_mode & stat.S_ISGID else self.gid
 
     def _regular(self, fd: int, flags: int, path: str) -> int:
         """Reopen ``O_PATH`` ``fd`` with ``flags`` if it is a regular file (closes ``fd``)."""
@@ -208,29 +230,32 @@ class Files:
                     os.close(fd)
                     raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
                 return self._regular(fd, flags & ~(os.O_CREAT | os.O_EXCL), path)
-            parent, name = self.parent(path)
+            parent = self.parent(path)
             try:
+                if parent.slash:  # (as open(2) says of a new file named with one)
+                    raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+                group = self.group_in(parent)
                 created = self.creating(
                     functools.partial(
                         os.open,
-                        name,
+                        parent.name,
                         flags | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY,
                         request.mode & 0o7777,
-                        dir_fd=parent,
+                        dir_fd=parent.fd,
                     )
                 )
             except FileExistsError:
                 if flags & os.O_EXCL:
                     raise
-                if _is_symlink(parent, name):
+                if _is_symlink(parent.fd, parent.name):
                     raise FileExistsError(
                         errno.EEXIST, "a symlink to nothing is in the way", path
                     ) from None
                 continue
             finally:
-                os.close(parent)
+                os.close(parent.fd)
             try:
-                os.fchown(created, self.uid, self.gid)
+                os.fchown(created, self.uid, group)
                 os.fchmod(created, request.mode & 0o7777)  # chown cleared set-id bits
             except BaseException:
                 os.close(created)
@@ -263,27 +288,33 @@ class Files:
             os.close(fd)
 
     def _mkdir_one(self, path: str, mode: int) -> None:
-        parent, name = self.parent(path)
+        if posixpath.basename(path.rstrip("/")) in (".", ".."):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+        parent = self.parent(path)
+        name, at = parent.name, parent.fd
         try:
-            self.creating(lambda: os.mkdir(name, mode, dir_fd=parent))
-            os.chown(name, self.uid, self.gid, dir_fd=parent, follow_symlinks=False)
-            os.chmod(name, mode, dir_fd=parent, follow_symlinks=False)
+            if parent.st.st_mode & stat.S_ISGID:
+                mode |= stat.S_ISGID  # (a new directory keeps the bit, as mkdir(2) gives it)
+            self.creating(lambda: os.mkdir(name, mode, dir_fd=at))
+            os.chown(name, self.uid, self.group_in(parent), dir_fd=at, follow_symlinks=False)
+            os.chmod(name, mode, dir_fd=at, follow_symlinks=False)
         finally:
-            os.close(parent)
+            os.close(at)
 
     def mkdir(self, request: FileRequest) -> None:
         mode = request.mode & 0o7777
         if not request.parents:
             self._mkdir_one(request.path, mode)
             return
-        parts = [p for p in posixpath.normpath("/" + request.path).split("/") if p]
+        # One component at a time, as ``mkdir -p``: the missing parents get ``parent_mode``.
+        parts = [p for p in request.path.split("/") if p not in ("", ".")]
         for i in range(1, len(parts) + 1):
             prefix = "/" + "/".join(parts[:i])
             try:
                 fd = self.resolve(prefix)
             except FileNotFoundError:
                 with contextlib.suppress(FileExistsError):
-                    self._mkdir_one(prefix, mode)
+                    self._mkdir_one(prefix, mode if i == len(parts) else request.parent_mode)
                 fd = self.resolve(prefix)
             try:
                 if not stat.S_ISDIR(os.fstat(fd).st_mode):
@@ -292,25 +323,33 @@ class Files:
                 os.close(fd)
 
     def remove(self, request: FileRequest) -> None:
-        parent, name = self.parent(request.path)
+        parent = self.parent(request.path)
+        name, at = parent.name, parent.fd
         try:
-            st = os.lstat(name, dir_fd=parent)
+            st = os.lstat(name, dir_fd=at)
             if not stat.S_ISDIR(st.st_mode):
-                os.unlink(name, dir_fd=parent)
+                if parent.slash:  # (``rm file/`` too)
+                    raise NotADirectoryError(
+                        errno.ENOTDIR, os.strerror(errno.ENOTDIR), request.path
+                    )
+                os.unlink(name, dir_fd=at)
             elif request.recursive:
-                _remove_tree(parent, name)
+                _remove_tree(at, name)
             else:
-                os.rmdir(name, dir_fd=parent)
+                os.rmdir(name, dir_fd=at)
         finally:
-            os.close(parent)
+            os.close(at)
 
     def symlink(self, request: FileRequest) -> None:
-        parent, name = self.parent(request.path)
+        parent = self.parent(request.path)
+        name, at = parent.name, parent.fd
         try:
-            self.creating(lambda: os.symlink(request.target, name, dir_fd=parent))
-            os.chown(name, self.uid, self.gid, dir_fd=parent, follow_symlinks=False)
+            if parent.slash:  # (as ``ln -s``)
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), request.path)
+            self.creating(lambda: os.symlink(request.target, name, dir_fd=at))
+            os.chown(name, self.uid, self.group_in(parent), dir_fd=at, follow_symlinks=False)
         finally:
-            os.close(parent)
+            os.close(at)
 
     def walk(self, request: FileRequest) -> list[WalkEntry]:
         """Every entry below a directory, parents first; symlinks are listed, not followed."""
@@ -353,28 +392,51 @@ def _remove_tree(parent: int, name: str) -> None:
     for a FIFO, a device node or a symlink while we go (``shutil.rmtree`` opened
     what ``lstat`` had seen as a directory by name, and a FIFO there blocked us for
     good, a device node we then held open). What is no directory is unlinked.
+    A loop, not a recursion: a tree is as deep as the container made it (one fd
+    held per level below the top, see :func:`_serve`).
     """
+    top = _open_directory(parent, name)
+    if top is None:
+        return
+    levels = [(parent, name, top, _entries(top))]
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | _O_DIR, dir_fd=parent)
+        while levels:
+            above, here, fd, entries = levels[-1]
+            if not entries:
+                levels.pop()
+                os.close(fd)
+                os.rmdir(here, dir_fd=above)
+                continue
+            entry, is_dir = entries.pop()
+            if not is_dir:
+                try:
+                    os.unlink(entry, dir_fd=fd)
+                    continue
+                except IsADirectoryError:  # swapped for a directory meanwhile
+                    pass
+            sub = _open_directory(fd, entry)
+            if sub is not None:
+                levels.append((fd, entry, sub, _entries(sub)))
+    finally:
+        channel.close_fds([fd for _, _, fd, _ in levels])
+
+
+def _open_directory(parent: int, name: str) -> int | None:
+    """Directory ``name`` of ``parent`` opened; ``None`` once unlinked if it is none
+    (swapped for something else meanwhile)."""
+    try:
+        return os.open(name, os.O_RDONLY | os.O_NONBLOCK | _O_DIR, dir_fd=parent)
     except OSError as exc:
         if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
             raise
-        os.unlink(name, dir_fd=parent)  # swapped for something else meanwhile
-        return
-    try:
-        with os.scandir(fd) as entries:
-            found = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
-        for entry_name, is_dir in found:
-            if is_dir:
-                _remove_tree(fd, entry_name)
-                continue
-            try:
-                os.unlink(entry_name, dir_fd=fd)
-            except IsADirectoryError:  # swapped for a directory meanwhile
-                _remove_tree(fd, entry_name)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=parent)
+    os.unlink(name, dir_fd=parent)
+    return None
+
+
+def _entries(fd: int) -> list[tuple[str, bool]]:
+    """The names in directory ``fd``, each with whether it is a directory (unfollowed)."""
+    with os.scandir(fd) as entries:
+        return [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
 
 
 def handle(files: Files, request: FileRequest) -> tuple[FileReply, list[int]]:
@@ -407,6 +469,9 @@ def handle(files: Files, request: FileRequest) -> tuple[FileReply, list[int]]:
 def _serve(files: Files, listener: socket.socket, ends: Sequence[int]) -> NoReturn:
     """Serve ``FileRequest``s until one of the pidfds ``ends`` (the supervisor's, maybe
     the container init's) is readable: the container is gone."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:  # (removing a tree holds an fd per level, and the container sets depth)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, "listen")
     for pidfd in ends:

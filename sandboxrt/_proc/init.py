@@ -988,6 +988,7 @@ def run_agent(
         mounts.open_fd_table()  # ours, not the container's /proc (HOME's /etc/passwd)
         _join_init(handles)
         _apply_process(plan, seccomp_program, chdir=False)
+        settings = _inherited_settings()
         syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # a uid change may have reset it
         syscalls.prctl(abi.PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change
         if os.getppid() != parent:
@@ -1001,11 +1002,33 @@ def run_agent(
             channel.send(sock, error_progress(exc))
         finally:
             os._exit(127)
-    _serve_agent(sock, wake_r, board)
+    _serve_agent(sock, wake_r, board, settings)
 
 
-def _serve_agent(sock: socket.socket, wake: int, board: mmap.mmap | None) -> NoReturn:
-    """The agent's loop: spawn what the supervisor asks for, report every exit."""
+def _inherited_settings() -> tuple[object, ...]:
+    """What a process we spawn inherits that another process of the container's user
+    may change in us and the spawned one could not change back (``renice``, ``prlimit``,
+    ``chrt``, ``ionice``; not the CPU affinity, which moving between cpusets changes and
+    any process may set for itself within its cpuset)."""
+    return (
+        os.getpriority(os.PRIO_PROCESS, 0),
+        os.sched_getscheduler(0),
+        os.sched_getparam(0).sched_priority,
+        syscalls.ioprio_get(),
+        *(resource.getrlimit(limit) for limit in _RLIMITS),
+    )
+
+
+#: Every resource limit this Python knows.
+_RLIMITS = tuple(getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_"))
+
+
+def _serve_agent(
+    sock: socket.socket, wake: int, board: mmap.mmap | None, settings: tuple[object, ...]
+) -> NoReturn:
+    """The agent's loop: spawn what the supervisor asks for, report every exit. A spawn
+    while what it would inherit is no longer ``settings`` (the container changed them in
+    us) fails: the slow way runs it, with the spec's, and no agent serves any more."""
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ, "request")
     selector.register(wake, selectors.EVENT_READ, "wake")
@@ -1022,6 +1045,8 @@ def _serve_agent(sock: socket.socket, wake: int, board: mmap.mmap | None) -> NoR
                     os._exit(0)
                 taken += 1
                 try:
+                    if _inherited_settings() != settings:
+                        raise OSError(errno.EPERM, "the container changed the exec agent")
                     pid = _spawn(plan, stdio, functools.partial(_mark, board, 0, taken))
                     _mark(board, 2, pid)
                     _mark(board, 1, taken)

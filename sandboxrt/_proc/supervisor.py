@@ -33,7 +33,9 @@ from typing import NoReturn
 
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import (
+    EXEC_EXITS_FILE,
     Claim,
+    ExecExits,
     ExecPlan,
     ExitStatus,
     InitPlan,
@@ -119,6 +121,12 @@ def write_exit_status(
     """Record an exit status (and whose: ``pid``) atomically (temporary file, then rename);
     with ``dir_fd`` (the runtime directory, held open), ``path`` is taken beneath it by
     its name alone."""
+    _write_atomically(path, encode(ExitStatus(returncode, pid)), dir_fd=dir_fd)
+
+
+def _write_atomically(path: str, data: bytes, *, dir_fd: int | None = None) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename (see
+    :func:`write_exit_status`)."""
     if dir_fd is not None:
         path = os.path.basename(path)
     # A leading dot: no container id starts with one, so this is never another's file.
@@ -127,7 +135,7 @@ def write_exit_status(
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
     fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
     with os.fdopen(fd, "wb") as f:
-        f.write(encode(ExitStatus(returncode, pid)))
+        f.write(data)
     os.replace(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
@@ -686,6 +694,20 @@ class Supervisor:
                 else:
                     self._creator_message(data[1])
 
+    def _write_exec_exits(self) -> None:
+        """Record the statuses of exec'd processes we keep (exited before the sandbox
+        ended): a ``Process`` waited for later reads its own, not ``-SIGKILL``."""
+        exits = [
+            (self.exec_serials[pid], pid, self.exec_owner.get(pid, ""), returncode)
+            for pid, returncode in (*self.unwaited.items(), *self.waited.items())
+            if pid in self.exec_serials
+        ]
+        exits += [(serial, 0, owner, code) for serial, (owner, code) in self.superseded.items()]
+        if exits:
+            with contextlib.suppress(OSError):  # (then they read -SIGKILL, as before)
+                data = encode(ExecExits(tuple(exits)))
+                _write_atomically(EXEC_EXITS_FILE, data, dir_fd=self.exits_fd)
+
     def _relay_signal(self, signum: int, _frame: object) -> None:
         root = self.root
         if root.init_pid and root.returncode is None:
@@ -723,8 +745,25 @@ class Supervisor:
             elif pid in self.agents:
                 self._agent_exited(self.agents.pop(pid))
             # Anything else is an orphan the kernel gave us: never ours to report.
+        self._end_stopped_agents()
         if self.root.returncode is not None:
             self._finish()
+
+    def _end_stopped_agents(self) -> None:
+        """End the exec agents the container stopped (its processes may signal them):
+        what one spawned would wait for it for ever. Ended, it leaves them to us (their
+        subreaper); no agent serves its container any more (another could be stopped)."""
+        for agent in list(self.agents.values()):
+            try:
+                stopped = os.waitid(os.P_PID, agent.pid, os.WSTOPPED | os.WNOHANG)
+            except ChildProcessError:
+                continue
+            if stopped is None or stopped.si_pid == 0:
+                continue
+            for member in self.members.values():
+                if member.agent is agent:
+                    member.agent_unfit.append(agent.profile)
+                    self._end_agent(member)
 
     def _member_of_init(self, pid: int) -> _Member | None:
         for member in self.members.values():
@@ -1047,9 +1086,13 @@ class Supervisor:
         group and the process groups of what was exec'd into it; and its exec agent."""
         self._end_agent(member)
         pids = self._member_pids(member)
-        if member.init_pid:
+        if member.init_pid and member.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(member.init_pid, signal.SIGKILL)
+        elif member.init_pid:
+            # Reaped: the number may lead another group now (once the PID space wrapped:
+            # another member's, or with the host's PID namespace anyone's).
+            self._signal_group_of(member, member.init_pid, signal.SIGKILL)
         for pid, owner in self.exec_owner.items():
             if owner == member.id and pid in self.execs:
                 with contextlib.suppress(ProcessLookupError):
@@ -1579,7 +1622,7 @@ class Supervisor:
                 return self._exited(pid, "has exited; its status was not kept")
             return Reply(True, pid=pid, returncode=returncode)
         if self.exec_owner.get(pid) != member.id:
-            return self._not_ours(member, pid)
+            return self._not_waitable(member, pid)
         if pid in self.execs:
             if nohang:
                 return Reply(True, pid=pid)
@@ -1590,6 +1633,19 @@ class Supervisor:
             self._remember_waited(pid, self.unwaited.pop(pid))
         if pid in self.waited:
             return Reply(True, pid=pid, returncode=self.waited[pid])
+        return self._not_ours(member, pid)
+
+    def _not_waitable(self, member: _Member, pid: int) -> Reply:
+        """The answer to a wait for a pid that is no exec'd process: ``ProcessNotFoundError``,
+        saying so of one of the container's other processes."""
+        if pid in self._member_pids(member):
+            return Reply(
+                False,
+                error=f'process {pid} of container "{member.id}" is neither its init nor '
+                "exec'd into it: only those are waited for",
+                error_type="ProcessNotFoundError",
+                details={"pid": pid},
+            )
         return self._not_ours(member, pid)
 
     def _signal_exec(self, member: _Member, pid: int, signum: int, *, group: bool) -> Reply:
@@ -1810,6 +1866,7 @@ class Supervisor:
             self._write_exit(root, root.returncode)
         for member in list(self.members.values()):  # exits an agent reported, not read yet:
             self._agent_message(member)  # their waiters get the true status, not -SIGKILL
+        self._write_exec_exits()
         killed = [
             member
             for member in self.members.values()

@@ -1,0 +1,26 @@
+"""The timeout a caller gives a wait: checked once, where it enters the API."""
+
+from __future__ import annotations
+
+import math
+
+from sandboxrt.errors import InvalidArgumentError
+
+__all__ = ["FOREVER", "wait_seconds"]
+
+#: Past this many seconds (some 31 years) a timeout is none: longer than a socket's or a
+#: timer's timeout can be, and than anyone waits.
+FOREVER = 1e9
+
+
+def wait_seconds(container_id: str, timeout: object, name: str = "timeout") -> float | None:
+    """``timeout`` as seconds to wait, ``None`` for no bound: as ``subprocess`` takes it,
+    infinity (and anything past :data:`FOREVER`) waits for ever. A :class:`TypeError`
+    for what is no number, an :class:`InvalidArgumentError` for NaN."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {type(timeout).__name__}")
+    if math.isnan(timeout):
+        raise InvalidArgumentError(container_id, f"{name} must be a number of seconds, not nan")
+    return None if timeout >= FOREVER else float(timeout)
