@@ -38,6 +38,7 @@ from sandboxrt._core.plan import (
 from sandboxrt._core.protocol import ContainerPlan, ExecPlan, InitPlan, SandboxPlan
 from sandboxrt._core.records import ContainerRecord, ProcessIdentity, spec_text
 from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
+from sandboxrt._core.spec_default import DEFAULT_OCI_VERSION
 from sandboxrt._core.spec_validate import document_problems, sysctl_namespace, validate_spec
 from sandboxrt._core.status import Operation, Status, require
 from sandboxrt._os import cgroups, channel, mounts, procfs
@@ -246,7 +247,8 @@ class Container:
         self._launched: Sandbox | None = None
 
     def __repr__(self) -> str:
-        return f"Container(id={self.id!r}, status={self.status.value!r})"
+        # What was read last: a repr asks nothing (a destroyed container's too).
+        return f"Container(id={self.id!r}, status={self._record.status.value!r})"
 
     def __enter__(self) -> Container:
         return self
@@ -361,6 +363,9 @@ class Container:
             raise InvalidArgumentError(
                 id, "a console socket is for a terminal: the spec has no process.terminal"
             )
+        for name, path in (("console_socket", console_socket), ("pid_file", pid_file)):
+            if path is not None and "\0" in os.fspath(path):  # (the kernel stops there)
+                raise InvalidArgumentError(id, f"{name} holds a NUL byte: {os.fspath(path)!r}")
         if autostart and terminal and console_socket is None:
             raise InvalidArgumentError(
                 id,
@@ -422,6 +427,13 @@ class Container:
             # The caller's fds are checked before we open any.
             with arguments_of(id):
                 stdio = undo.enter_context(StdioPlan(stdin, stdout, stderr))
+            # Dialled first, as runc does: one that takes no connection fails the create
+            # before anything is made, and no hook runs for it.
+            console = (
+                None
+                if console_socket is None
+                else undo.enter_context(_dial_console(id, console_socket))
+            )
             gofer: PendingGofer | None = None
             if not config.lazy_gofer:
                 # The container's gofer, started with it, opens its rootfs and bind sources
@@ -566,7 +578,7 @@ class Container:
                 )
                 if pty is not None:
                     master, pty = pty, None
-                    container._hand_over_console(master, console_socket)
+                    container._hand_over_console(master, console)
                 if pid_file is not None:
                     _write_pid_file(id, pid_file, sandbox.pid)
             except BaseException as exc:
@@ -632,7 +644,7 @@ class Container:
                 if container._record.status is Status.CREATED:
                     container.start()
                 else:
-                    container._poststart()
+                    container._poststart_locked()
                 sandbox = container._launched or container.sandbox
                 assert sandbox is not None
                 # Ours since creation: no record to reload.
@@ -720,7 +732,7 @@ class Container:
         status = self.status
         sandbox = self.sandbox
         return OCIState(
-            oci_version=str(self._record.spec.get("ociVersion", "1.2.0")),
+            oci_version=DEFAULT_OCI_VERSION,  # (the state's, as runc's: not the bundle's)
             id=self.id,
             status=status,
             pid=sandbox.pid if sandbox is not None and status in _LIVE else None,
@@ -748,10 +760,11 @@ class Container:
                 raise
             self._record = self._record.with_status(Status.RUNNING)
             self._store.save(self._record)
-        self._poststart()
+            self._poststart()  # (holding the lock: a destroy's poststop comes after)
 
     def _poststart(self) -> None:
-        """poststart hooks: failures are logged, as OCI asks, never raised."""
+        """poststart hooks: failures are logged, as OCI asks, never raised. Run holding
+        the container's lock (see :meth:`_poststart_locked`)."""
         hooks.run_hooks_best_effort(
             self._hooks("poststart"),
             self._state_dict(Status.RUNNING),
@@ -759,6 +772,14 @@ class Container:
             container_id=self.id,
             log=log,
         )
+
+    def _poststart_locked(self) -> None:
+        """:meth:`_poststart` for a container started without :meth:`start` (``run``):
+        taking the lock for it (if it has such hooks); none once destroyed meanwhile."""
+        if not self._hooks("poststart"):
+            return
+        with contextlib.suppress(ContainerNotFoundError), self._locked():
+            self._poststart()
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the container's init to exit; its exit code, ``-N`` if killed by signal N.
@@ -1573,7 +1594,7 @@ class Container:
         if pid is None and sandbox is not None and status is not Status.STOPPED:
             pid = sandbox.pid
         return OCIState(
-            oci_version=str(self._record.spec.get("ociVersion", "1.2.0")),
+            oci_version=DEFAULT_OCI_VERSION,
             id=self.id,
             status=status,
             pid=pid,
@@ -1589,19 +1610,15 @@ class Container:
             )
         return state
 
-    def _hand_over_console(
-        self, master: int, console_socket: str | os.PathLike[str] | None
-    ) -> None:
+    def _hand_over_console(self, master: int, console: socket.socket | None) -> None:
         os.set_inheritable(master, False)  # received over SCM_RIGHTS without close-on-exec
-        if console_socket is None:
+        if console is None:
             self.console = PtyMaster(master)
             return
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
-                sock.connect(os.fspath(console_socket))
-                socket.send_fds(sock, [b"/dev/ptmx"], [master])
+            socket.send_fds(console, [b"/dev/ptmx"], [master])
         except OSError as exc:
-            problem = f"cannot send the console to {os.fspath(console_socket)}: {exc}"
+            problem = f"cannot send the console to {console.getpeername()}: {exc}"
             raise InvalidArgumentError(self.id, problem) from None
         finally:
             os.close(master)
@@ -2059,6 +2076,27 @@ def _user_name(uid: int) -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return str(uid)
+
+
+def _dial_console(container_id: str, path: str | os.PathLike[str]) -> socket.socket:
+    """A connection to the console socket at ``path``, which will get the terminal.
+    Never waits: a listener whose backlog is full refuses it (``EAGAIN``), as runc's
+    dial does, rather than holding up the create (and its lock) for ever."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.setblocking(False)
+        sock.connect(os.fspath(path))
+        sock.setblocking(True)
+        sock.settimeout(_CONSOLE_SEND_TIMEOUT)
+    except OSError as exc:
+        sock.close()
+        problem = f"cannot send the console to {os.fspath(path)}: {exc}"
+        raise InvalidArgumentError(container_id, problem) from None
+    return sock
+
+
+#: How long the console's fd may wait to be taken by its socket's reader.
+_CONSOLE_SEND_TIMEOUT = 30.0
 
 
 def _write_pid_file(container_id: str, path: str | os.PathLike[str], pid: int) -> None:

@@ -6,12 +6,13 @@ import json
 import logging
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BundleFactory, needs_busybox, needs_root, supervisor_pids
+from conftest import BundleFactory, needs_busybox, needs_root, supervisor_pids, wait_until
 
 from sandboxrt import Container, FileStore, Pod, Status
 from sandboxrt.errors import HookError
@@ -264,6 +265,31 @@ def test_failing_poststop_hook_runs_once(
     assert sum("boom from poststop" in r.getMessage() for r in caplog.records) == 1
     container.destroy()
     assert setup.tags() == ["poststop"]
+
+
+def test_poststart_comes_before_a_concurrent_destroy_s_poststop(
+    store: FileStore, setup: Setup, tmp_path: Path
+) -> None:
+    """OCI: poststart before start returns, poststop after delete. A destroy while a slow
+    poststart hook runs waits for it (both hold the container's lock)."""
+    slow = tmp_path / "slow.sh"
+    slow.write_text(f"#!/bin/sh\nsleep 1\necho poststart-done >> {setup.log}.order\n")
+    slow.chmod(0o755)
+    stop = tmp_path / "stop.sh"
+    stop.write_text(f"#!/bin/sh\necho poststop >> {setup.log}.order\n")
+    stop.chmod(0o755)
+    setup.write({"poststart": [{"path": str(slow)}], "poststop": [{"path": str(stop)}]})
+    container = Container.create("order", setup.path, store=store, stdout=subprocess.DEVNULL)
+    starting = threading.Thread(target=container.start)
+    starting.start()
+    try:
+        other = Container.load("order", store=store)
+        wait_until(lambda: other.status is Status.RUNNING)
+        other.destroy()
+    finally:
+        starting.join()
+        container.destroy()
+    assert Path(f"{setup.log}.order").read_text().split() == ["poststart-done", "poststop"]
 
 
 def test_poststop_once_across_objects(store: FileStore, setup: Setup) -> None:

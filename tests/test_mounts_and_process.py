@@ -142,6 +142,33 @@ def test_unreachable_console_socket_leaves_nothing(
     assert supervisor_pids() == before
 
 
+def test_a_console_socket_is_dialled_before_anything_is_made(
+    store: FileStore, bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """As runc: one that takes no connection (its backlog full) fails the create at
+    once, before any hook runs, rather than holding it (and its lock) for ever."""
+    path = bundle(["true"], terminal=True)
+    ran = tmp_path / "ran"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\ntouch {ran}\n")
+    hook.chmod(0o755)
+    edit_config(path, lambda d: d.update(hooks={"createRuntime": [{"path": str(hook)}]}))
+    sock_path = tmp_path / "full.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(sock_path))
+        listener.listen(0)
+        waiting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        waiting.connect(str(sock_path))  # (the backlog is full now)
+        with waiting, pytest.raises(InvalidArgumentError, match="cannot send the console"):
+            Container.create("tty", path, store=store, console_socket=sock_path)
+    for name in ("console_socket", "pid_file"):
+        bad = {name: str(tmp_path / "a\0b")}
+        with pytest.raises(InvalidArgumentError, match=f'"tty": {name} holds a NUL byte'):
+            Container.create("tty", path, store=store, **bad)  # type: ignore[arg-type]
+    assert not ran.exists()
+    assert Container.list(store=store) == []
+
+
 def test_a_console_socket_needs_a_terminal_and_run_a_terminal_a_socket(
     store: FileStore, bundle: BundleFactory, tmp_path: Path
 ) -> None:
