@@ -80,7 +80,13 @@ from sandboxrt.errors import (
 from sandboxrt.files import ContainerFiles, check_max_bytes
 from sandboxrt.gofer import Gofer, PendingGofer, socket_path
 from sandboxrt.process import Process, ProcessInfo, process_infos
-from sandboxrt.sandbox import Sandbox, alive, identity_of, kill_process, remove_tree
+from sandboxrt.sandbox import (
+    Sandbox,
+    alive,
+    identity_of,
+    kill_process,
+    remove_left_runtime_dir,
+)
 from sandboxrt.stores import MemoryStore, MetadataStore, store_or_default
 
 __all__ = ["Container", "CreateOptions", "ExecRunOptions", "OCIState", "Stats"]
@@ -1569,7 +1575,7 @@ class Container:
         if sandbox is not None and not self.is_subcontainer:
             sandbox.remove_runtime_dir()
         elif runtime_dir is not None:
-            remove_tree(runtime_dir, self.id)
+            remove_left_runtime_dir(runtime_dir, self.id)
         self._store.delete(self.id)
         hooks.run_hooks_best_effort(
             poststop,

@@ -112,8 +112,9 @@ class AmbiguousIDError(SandboxrtError, LookupError):
 class ContainerExistsError(SandboxrtError, FileExistsError):
     """A container with this id already exists."""
 
-    def __init__(self, container_id: str) -> None:
-        super().__init__(f'container "{container_id}" already exists')
+    def __init__(self, container_id: str, detail: str = "") -> None:
+        text = f'container "{container_id}" already exists'
+        super().__init__(f"{text}: {detail}" if detail else text)
         self.container_id = container_id
 
 

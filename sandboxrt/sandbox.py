@@ -6,6 +6,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import select
 import shutil
 import signal
@@ -60,7 +61,15 @@ from sandboxrt.errors import (
     WaitTimeoutError,
 )
 
-__all__ = ["Sandbox", "alive", "identity_of", "kill_process", "open_pidfd", "remove_tree"]
+__all__ = [
+    "Sandbox",
+    "alive",
+    "identity_of",
+    "kill_process",
+    "open_pidfd",
+    "remove_left_runtime_dir",
+    "remove_tree",
+]
 
 log = logging.getLogger("sandboxrt")
 
@@ -187,9 +196,7 @@ class Sandbox:
         returns once it did. On any failure nothing is left behind.
         """
         container_id = plan.init.container_id
-        # The caller holds the container's lock and has just made its record: a runtime
-        # directory already there was left by a create that crashed, and is stale.
-        shutil.rmtree(plan.runtime_dir, ignore_errors=True)
+        _clear_stale_runtime_dir(plan.runtime_dir, container_id)
         exits = os.path.dirname(plan.exit_file)
         try:
             os.makedirs(plan.runtime_dir, mode=0o700)
@@ -899,6 +906,65 @@ def open_pidfd(identity: ProcessIdentity) -> int | None:
         return None
     os.set_inheritable(pidfd, False)
     return pidfd
+
+
+def _clear_stale_runtime_dir(path: str, container_id: str) -> None:
+    """Remove the runtime directory a create that crashed left at ``path`` (the caller
+    holds the container's lock and has just made its record). Only one of ours, whose
+    supervisor is gone: a directory of anything else (a ``MemoryStore`` given a
+    directory of the caller's) or a live sandbox's (another store's, sharing the
+    directory) is a :class:`ContainerExistsError`, untouched."""
+    names = _entries(path)
+    if names is None:
+        return
+    strangers = [name for name in names if not _RUNTIME_NAMES.fullmatch(name)]
+    live = "ctl" in names and _listening(control_socket_path(path))
+    if strangers or live:
+        whose = "a live sandbox's" if live else f"not sandboxrt's (it holds {strangers[0]!r})"
+        raise ContainerExistsError(container_id, f"its runtime directory {path} is {whose}")
+    remove_tree(path, container_id)
+
+
+def remove_left_runtime_dir(path: str, container_id: str) -> None:
+    """Remove the runtime directory at ``path`` of a creation that recorded no sandbox
+    (it died, or failed), if it holds only what sandboxrt makes and no sandbox lives
+    there; anything else is left (and said): it was there before the creation, which
+    refused it (see :func:`_clear_stale_runtime_dir`)."""
+    names = _entries(path)
+    if names is None:
+        return
+    strangers = [name for name in names if not _RUNTIME_NAMES.fullmatch(name)]
+    if strangers or ("ctl" in names and _listening(control_socket_path(path))):
+        whose = f"it holds {strangers[0]!r}" if strangers else "a live sandbox's"
+        log.warning('container "%s": %s is left: %s', container_id, path, whose)
+        return
+    remove_tree(path, container_id)
+
+
+def _entries(path: str) -> list[str] | None:
+    """The names in directory ``path`` (``None``: nothing there; a file there: one
+    name no runtime directory holds)."""
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return ["(not a directory)"]
+
+
+#: The names a sandbox's runtime directory holds (temporary ones included).
+_RUNTIME_NAMES = re.compile(
+    r"ctl|exits|containers|supervisor\.log|gofer-[0-9a-f]{12}\.(sock|log)|\.bind-\d+-[0-9a-f]{8}"
+)
+
+
+def _listening(path: str) -> bool:
+    """Whether something accepts connections on the Unix socket at ``path``."""
+    try:
+        channel.connect(path, timeout=1.0).close()
+    except OSError:
+        return False
+    return True
 
 
 def remove_tree(path: str, container_id: str) -> None:

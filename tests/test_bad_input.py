@@ -164,6 +164,33 @@ def test_duplicate_id_leaves_the_first_alone(store: FileStore, bundle: BundleFac
     assert_nothing_left(store)
 
 
+def test_a_runtime_directory_not_sandboxrt_s_is_never_removed(
+    bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """A ``MemoryStore`` given a directory of the caller's: an entry there named as a
+    container is refused, untouched (it was taken for a crashed create's and removed);
+    so is a live sandbox's (a second store sharing the directory through a link)."""
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "important.txt").write_text("keep")
+    store = MemoryStore(project)
+    path = bundle(["sleep", "30"])
+    with pytest.raises(ContainerExistsError, match=r"runtime directory .*data is not sandboxrt's"):
+        Container.run("data", path, store=store)
+    assert (project / "data" / "important.txt").read_text() == "keep"
+    first = Container.create("c", path, store=store)
+    try:
+        (tmp_path / "link").symlink_to(project)
+        other = MemoryStore.__new__(MemoryStore)  # (a second store, past the guard)
+        MemoryStore.__init__(other, tmp_path / "elsewhere")
+        other._runtime_dir = tmp_path / "link"
+        with pytest.raises(ContainerExistsError, match="a live sandbox's"):
+            Container.create("c", path, store=other)
+        assert first.exec_run(["true"]).returncode == 0  # (its directory is whole)
+    finally:
+        first.destroy()
+
+
 # --- bundles and specs -------------------------------------------------------------------------
 
 

@@ -787,9 +787,26 @@ def test_memory_runtime_dir_given(tmp_path: Path) -> None:
     # Not another's: ids are unique in a store, so two would take each other's files.
     with pytest.raises(ValueError, match="runtime directory of another MemoryStore"):
         MemoryStore(tmp_path / "given")
+    for spelling in (tmp_path / "given" / ".." / "given", tmp_path / "link"):
+        if spelling.name == "link":
+            spelling.symlink_to(tmp_path / "given")
+        with pytest.raises(ValueError, match="runtime directory of another MemoryStore"):
+            MemoryStore(spelling)  # (the same directory, spelled otherwise)
     del store
     gc.collect()
     assert MemoryStore(tmp_path / "given").runtime_dir == tmp_path / "given"  # (free again)
+
+
+def test_a_relative_memory_runtime_dir_is_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resolved once: the sandboxes (and the fork server, started elsewhere) find it
+    wherever this process's working directory goes next."""
+    monkeypatch.chdir(tmp_path)
+    store = MemoryStore("relative")
+    monkeypatch.chdir("/")
+    assert store.runtime_dir == tmp_path / "relative"
+    assert store.runtime_dir.is_dir()
 
 
 def test_memory_stores_are_independent() -> None:

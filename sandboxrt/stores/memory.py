@@ -55,13 +55,16 @@ class MemoryStore(_RecordStore[threading.Lock]):
         self._records: dict[str, bytes] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._mutex = ForkSafeLock()  # (per container: timed locks, a LockTimeoutError)
-        self._runtime_dir = None if runtime_dir is None else Path(runtime_dir)
+        # Absolute, links resolved: the directory is named alike by every spelling of
+        # it, and stays the same one whatever this process's working directory becomes.
+        given_dir = None if runtime_dir is None else Path(os.path.realpath(runtime_dir))
+        self._runtime_dir = given_dir
         if self._runtime_dir is not None and any(
             self._runtime_dir in store._made_in for store in _LIVE
         ):  # (ids are unique in a store: two would take each other's sandboxes' files)
             raise ValueError(f"{self._runtime_dir} is the runtime directory of another MemoryStore")
         #: Where its runtime directory is, once known: for :func:`_orphaned`.
-        self._made_in: list[Path] = [] if runtime_dir is None else [Path(runtime_dir)]
+        self._made_in: list[Path] = [] if given_dir is None else [given_dir]
         #: The temporary runtime directory it made itself (removed when left empty).
         self._made_temp: Path | None = None
         #: The process it was made in (for records that name no creator).
