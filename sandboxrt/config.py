@@ -14,13 +14,15 @@ __all__ = ["DEFAULT_OVERLAY_SIZE", "Config"]
 DEFAULT_OVERLAY_SIZE = 256 * 1024 * 1024
 #: The smallest size accepted (tmpfs rounds sizes up to whole pages).
 _MIN_OVERLAY_SIZE = 64 * 1024
+#: The largest: a tmpfs size is a 64-bit count the kernel rounds up to pages.
+_MAX_OVERLAY_SIZE = 2**63 - 1
 
 
 def _check_overlay_size(_instance: object, attribute: attrs.Attribute[int], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"Config.overlay_size must be a number of bytes (int), not {value!r}")
-    if value < _MIN_OVERLAY_SIZE:
-        _refuse(attribute, f"at least {_MIN_OVERLAY_SIZE} bytes, not {value}")
+    if not _MIN_OVERLAY_SIZE <= value <= _MAX_OVERLAY_SIZE:  # (past it, the kernel wraps it)
+        _refuse(attribute, f"{_MIN_OVERLAY_SIZE} to {_MAX_OVERLAY_SIZE} bytes, not {value}")
 
 
 def _check_network(_instance: object, attribute: attrs.Attribute[str], value: object) -> None:

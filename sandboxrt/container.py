@@ -348,6 +348,10 @@ class Container:
         config = config if config is not None else Config()
         if not isinstance(config, Config):
             raise TypeError(f"config must be a sandboxrt.Config, not {config!r}")
+        if launcher is not None and not isinstance(launcher, Launcher):
+            raise TypeError(
+                f"launcher must be a sandboxrt Launcher (with launch()), not {launcher!r}"
+            )
         bundle_path = Path(bundle).absolute()
         with _naming_container(id):
             if spec is None:

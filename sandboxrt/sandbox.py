@@ -239,6 +239,14 @@ class Sandbox:
             finally:
                 theirs.close()
                 os.close(log_fd)
+            if not isinstance(getattr(process, "pid", None), int) or not callable(
+                getattr(process, "wait", None)
+            ):
+                ours.close()
+                raise TypeError(
+                    f'container "{container_id}": the launcher returned {process!r}, not a '
+                    "launched process (with a pid and wait())"
+                )
             launched = process
             with contextlib.ExitStack() as closing:
                 closing.callback(ours.close)

@@ -370,7 +370,9 @@ def test_bad_config_values() -> None:
         ({"create_timeout": math.nan}, "Config.create_timeout must be a positive"),
         ({"create_timeout": math.inf}, "Config.create_timeout must be a positive"),
         ({"lock_timeout": 1e9}, "Config.lock_timeout must be a positive number of seconds under"),
-        ({"overlay_size": 5}, "Config.overlay_size must be at least 65536 bytes, not 5"),
+        ({"overlay_size": 5}, "Config.overlay_size must be 65536 to 9223372036854775807 bytes"),
+        # (2**64 bytes wrapped to an unbounded layer, 2**64 + 1 MiB to a 1 MiB one)
+        ({"overlay_size": 2**64}, "Config.overlay_size must be 65536 to "),
     ]
     # A typo is not taken for the default.
     for network in ("hots", "none", ""):

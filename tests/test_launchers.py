@@ -268,6 +268,25 @@ def test_a_launcher_whose_settle_fails_fails_no_operation(
     assert len(said) == 3 and all("no settling here" in m for m in said)
 
 
+def test_a_launcher_that_is_none_or_answers_garbage_is_a_type_error(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """Refused before anything is made; one whose launch returns no launched process
+    names the container (the typed error was lost in an AttributeError)."""
+    with pytest.raises(TypeError, match="launcher must be a sandboxrt Launcher"):
+        Container.create("l1", bundle(["true"]), store=store, launcher="x")  # type: ignore[arg-type]
+
+    class Garbage:
+        def launch(self, *, bootstrap_fd: int, log_fd: int, warm: bool = False) -> Any:
+            return 42
+
+    with pytest.raises(TypeError, match='container "l2": the launcher returned 42'):
+        Container.create("l2", bundle(["true"]), store=store, config=Config(lazy_gofer=True),
+                         launcher=Garbage())  # fmt: skip
+    assert Container.list(store=store) == []
+    assert list(Path(store.runtime_dir).iterdir()) == []
+
+
 def test_a_warm_sandbox_lost_for_want_of_fds_is_reported_used(
     store: FileStore, bundle: BundleFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

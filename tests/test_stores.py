@@ -336,6 +336,16 @@ def test_bad_timeout_is_rejected(any_store: Store) -> None:
         pass
     with pytest.raises(ValueError, match="timeout"):
         type(any_store)(lock_timeout=float("nan"))
+    for wrong in (True, "1"):  # (True was taken for 1 s)
+        with pytest.raises(TypeError, match="lock timeout must be a number of seconds"):
+            type(any_store)(lock_timeout=wrong)  # type: ignore[arg-type]
+
+
+def test_a_file_store_s_arguments_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="durable must be a bool"):
+        FileStore(tmp_path, durable="no")  # type: ignore[arg-type]  (was taken for True)
+    with pytest.raises(ValueError, match="must name a directory"):
+        FileStore("")  # (was the working directory)
 
 
 def test_delete_while_a_thread_waits(any_store: Store) -> None:
