@@ -559,6 +559,43 @@ def test_user_umask_cwd(store: FileStore, bundle: BundleFactory) -> None:
     assert out.splitlines() == ["uid=1000 gid=1000 groups=10,20", "0027", "/tmp", "640"]
 
 
+def test_what_runc_gives_the_same_spec(store: FileStore, bundle: BundleFactory) -> None:
+    """Differences a run of one config.json under runc and sandboxrt showed: an rlimit
+    Python's ``resource`` has no name for; ``readonlyPaths`` adding ``nodev``/``nosuid``
+    (``/dev`` read-only lost its devices) and coming after the masks (a masked path
+    inside read-only ``/proc/sys`` read EACCES, not nothing); a tmpfs without ``mode=``
+    over a directory (world-writable, where runc keeps the directory's mode); and
+    duplicate additional gids (each once)."""
+    script = (
+        "grep 'Max file locks' /proc/self/limits | tr -s ' '; "
+        "echo x > /dev/null && head -c 3 /dev/zero | wc -c; "
+        "cat /proc/sys/kernel/core_pattern; echo masked=$?; "
+        "stat -c %a /opt; grep Groups /proc/self/status"
+    )
+    path = bundle(["sh", "-c", script])
+    (path / "rootfs" / "opt").mkdir(mode=0o700, exist_ok=True)
+    (path / "rootfs" / "opt").chmod(0o700)
+
+    def change(document: dict[str, Any]) -> None:
+        process, linux = document["process"], document["linux"]
+        process["rlimits"] = [{"type": "RLIMIT_LOCKS", "hard": 10, "soft": 10}]
+        process["user"]["additionalGids"] = [0, 0, 3, 3]
+        linux["readonlyPaths"] = [*linux.get("readonlyPaths", []), "/dev"]
+        linux["maskedPaths"] = [*linux.get("maskedPaths", []), "/proc/sys/kernel/core_pattern"]
+        document["mounts"].append({"destination": "/opt", "type": "tmpfs", "source": "tmpfs"})
+
+    edit_config(path, change)
+    code, out = run_output(store, path)
+    assert code == 0, out
+    assert out.splitlines() == [
+        "Max file locks 10 10 locks ",
+        "3",
+        "masked=0",
+        "700",
+        "Groups:\t0 3 ",
+    ]
+
+
 def test_a_relative_program_runs_from_the_working_directory(
     store: FileStore, bundle: BundleFactory
 ) -> None:

@@ -235,11 +235,6 @@ MALFORMED = [
     (_set("process", "cwd", value="home"), "process.cwd", "must be an absolute path"),
     (_set("process", "env", 1, value="TERM"), "process.env[1]", 'expected "KEY=VALUE"'),
     (
-        _set("process", "capabilities", "bounding", 0, value="CAP_FOO"),
-        "process.capabilities.bounding[0]",
-        'unknown capability "CAP_FOO"',
-    ),
-    (
         _set("process", "rlimits", 1, "type", value="RLIMIT_BOGUS"),
         "process.rlimits[1].type",
         'unknown rlimit type "RLIMIT_BOGUS"',

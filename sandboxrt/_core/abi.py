@@ -73,6 +73,7 @@ __all__ = [
     "RESOLVE_NO_MAGICLINKS",
     "RESOLVE_NO_SYMLINKS",
     "RESOLVE_NO_XDEV",
+    "RLIMIT_NUMBERS",
     "SCHED_FLAGS",
     "SCHED_POLICIES",
     "SECCOMP_FILTER_FLAGS",
@@ -197,6 +198,27 @@ SCHED_POLICIES = {
     "SCHED_DEADLINE": 6,
 }
 #: ``process.scheduler.flags`` names and their ``SCHED_FLAG_*`` bits.
+#: The resource limits by name, as ``setrlimit(2)`` numbers them (the generic numbering,
+#: which every architecture we run on uses; Python's ``resource`` lacks some).
+RLIMIT_NUMBERS = {
+    "RLIMIT_CPU": 0,
+    "RLIMIT_FSIZE": 1,
+    "RLIMIT_DATA": 2,
+    "RLIMIT_STACK": 3,
+    "RLIMIT_CORE": 4,
+    "RLIMIT_RSS": 5,
+    "RLIMIT_NPROC": 6,
+    "RLIMIT_NOFILE": 7,
+    "RLIMIT_MEMLOCK": 8,
+    "RLIMIT_AS": 9,
+    "RLIMIT_LOCKS": 10,
+    "RLIMIT_SIGPENDING": 11,
+    "RLIMIT_MSGQUEUE": 12,
+    "RLIMIT_NICE": 13,
+    "RLIMIT_RTPRIO": 14,
+    "RLIMIT_RTTIME": 15,
+}
+
 SCHED_FLAGS = {
     "SCHED_FLAG_RESET_ON_FORK": 0x01,
     "SCHED_FLAG_RECLAIM": 0x02,

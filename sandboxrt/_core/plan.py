@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os.path
 import posixpath
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -26,6 +27,8 @@ from sandboxrt._core.protocol import (
 from sandboxrt._core.spec_validate import CAPABILITY_NUMBERS, c_string_problem, sysctl_problems
 from sandboxrt._core.users import MAX_ID, parse_user_spec
 from sandboxrt.errors import MissingFeatureError, SpecError
+
+log = logging.getLogger("sandboxrt")
 
 __all__ = [
     "EXITS_DIR",
@@ -134,7 +137,8 @@ def _mount_plan(mount: Mapping[str, Any], bundle: str) -> MountPlan:
 def _capability_plan(caps: Mapping[str, Any] | None) -> CapabilityPlan:
     """The five sets as numbers; absent capabilities are five empty sets (as runc).
 
-    Sets the kernel could never grant are a ``SpecError``: an inheritable
+    An unknown name is left out, with a warning, as OCI asks ("Runtimes SHOULD NOT
+    fail"). Sets the kernel could never grant are a ``SpecError``: an inheritable
     capability outside the bounding set, an ambient one not both permitted
     and inheritable.
     """
@@ -144,10 +148,11 @@ def _capability_plan(caps: Mapping[str, Any] | None) -> CapabilityPlan:
     for key in _CAPABILITY_SETS:
         numbers = set()
         for i, name in enumerate(caps.get(key) or []):
-            if name not in CAPABILITY_NUMBERS:
-                problems.append((f"process.capabilities.{key}[{i}]", f"unknown capability {name}"))
-            else:
+            if name in CAPABILITY_NUMBERS:
                 numbers.add(CAPABILITY_NUMBERS[name])
+            else:
+                where = f"process.capabilities.{key}[{i}]"
+                log.warning("%s: unknown capability %r left out", where, name)
         sets[key] = sorted(numbers)
     for i, name in enumerate(caps.get("inheritable") or []):
         if name in CAPABILITY_NUMBERS and CAPABILITY_NUMBERS[name] not in sets["bounding"]:
@@ -281,7 +286,8 @@ def _process_plan(
         cwd=process.get("cwd") or "/",
         uid=int(user.get("uid", 0)),
         gid=int(user.get("gid", 0)),
-        additional_gids=[int(g) for g in user.get("additionalGids") or []],
+        # (Each once, as runc gives them: the kernel keeps a list as it is given.)
+        additional_gids=list(dict.fromkeys(int(g) for g in user.get("additionalGids") or [])),
         umask=user.get("umask"),
         rlimits=[
             [r["type"], _rlimit_value(r["soft"]), _rlimit_value(r["hard"])]

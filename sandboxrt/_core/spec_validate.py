@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from sandboxrt._core import idmap
-from sandboxrt._core.abi import SCHED_FLAGS, SCHED_POLICIES
+from sandboxrt._core.abi import RLIMIT_NUMBERS, SCHED_FLAGS, SCHED_POLICIES
 from sandboxrt._core.cri import annotation_problems
 from sandboxrt._core.mount_options import UNSUPPORTED_OPTIONS, parse_mount_options
 from sandboxrt._core.users import MAX_ID
@@ -97,27 +97,7 @@ CAPABILITY_NUMBERS: Mapping[str, int] = MappingProxyType(
 CAPABILITIES: frozenset[str] = frozenset(CAPABILITY_NUMBERS)
 """The 41 Linux capability names a spec may use."""
 
-RLIMITS: frozenset[str] = frozenset(
-    "RLIMIT_" + name
-    for name in [
-        "AS",
-        "CORE",
-        "CPU",
-        "DATA",
-        "FSIZE",
-        "LOCKS",
-        "MEMLOCK",
-        "MSGQUEUE",
-        "NICE",
-        "NOFILE",
-        "NPROC",
-        "RSS",
-        "RTPRIO",
-        "RTTIME",
-        "SIGPENDING",
-        "STACK",
-    ]
-)
+RLIMITS: frozenset[str] = frozenset(RLIMIT_NUMBERS)
 """The POSIX/Linux rlimit types of ``process.rlimits[].type``."""
 
 NAMESPACE_TYPES = frozenset({"pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time"})
@@ -398,11 +378,8 @@ def _check_process(out: _Problems, process: Process) -> None:
     _check_range(out, "process.user.umask", user.umask, 0, 0o777)
     for i, gid in enumerate(user.additional_gids or ()):
         _check_range(out, f"process.user.additionalGids[{i}]", gid, 0, MAX_ID)
-    if process.capabilities is not None:
-        for key in ("bounding", "effective", "inheritable", "permitted", "ambient"):
-            for i, cap in enumerate(getattr(process.capabilities, key) or ()):
-                where = f"process.capabilities.{key}[{i}]"
-                _check_known(out, where, cap, CAPABILITIES, "capability")
+    # An unknown capability is no problem: OCI asks runtimes to warn and go on (the plan
+    # leaves it out, saying so), as runc does for one newer than it or the kernel.
     seen: set[str] = set()
     for i, rlimit in enumerate(process.rlimits or ()):
         where = f"process.rlimits[{i}]"

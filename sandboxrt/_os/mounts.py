@@ -533,6 +533,8 @@ def make_mount(root: str, plan: MountPlan, tree: int | None = None) -> None:
             else:
                 flags, source, fstype = plan.flags, plan.source or plan.type, plan.type
                 data = plan.data or None
+                if fstype == "tmpfs":
+                    data = _with_mode_of(root_fd, plan.destination, data)
             target_fd = _mount_point(root_fd, root, plan, directory=True)
             try:
                 _fd_mount(source, target_fd, fstype, flags, data, what=plan.destination)
@@ -551,6 +553,24 @@ def make_mount(root: str, plan: MountPlan, tree: int | None = None) -> None:
                 os.close(mounted)
     finally:
         os.close(root_fd)
+
+
+def _with_mode_of(root_fd: int, destination: str, data: str | None) -> str | None:
+    """A tmpfs's options, led by the mode of the directory it covers, if there is one (as
+    runc: a tmpfs over ``/run`` of mode 0755 is not world-writable); a ``mode=`` of the
+    spec's own comes after, so it wins."""
+    try:
+        fd, _ = _walk(root_fd, destination)
+    except OSError:
+        return data
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISDIR(st.st_mode):
+        return data
+    mode = f"mode={stat.S_IMODE(st.st_mode):04o}"
+    return f"{mode},{data}" if data else mode
 
 
 def _set_recursive_options(mounted: int, plan: MountPlan) -> None:
@@ -1287,11 +1307,12 @@ def mask_paths(paths: Iterable[str]) -> None:
 
 
 def readonly_paths(paths: Iterable[str]) -> None:
-    """Make ``paths`` read-only (after pivot) with a recursive bind and a remount.
+    """Make ``paths`` read-only (after pivot) with a recursive bind and a remount, their
+    other flags kept as they were (as runc: ``/dev`` read-only still reaches its devices).
 
     Missing paths are skipped; a symlink's target (beneath the root) is made read-only.
     """
-    flags = abi.MS_REC | abi.MS_RDONLY | abi.MS_NOSUID | abi.MS_NODEV
+    flags = abi.MS_REC | abi.MS_RDONLY
     root_fd = _open_root("/")
     try:
         for asked in paths:

@@ -265,8 +265,10 @@ def _prepare_root(
     # Sysctls first: the default readonlyPaths make /proc/sys read-only.
     for key, value in plan.sysctl.items():
         procfs.write_proc_file("/proc/sys/" + key.replace(".", "/"), value.encode())
-    mounts.mask_paths(plan.masked_paths)
+    # Read-only first, then masked, as runc: a path both masked and read-only is the
+    # null device (reading it gives nothing), not a read-only bind of it (EACCES).
     mounts.readonly_paths(plan.readonly_paths)
+    mounts.mask_paths(plan.masked_paths)
     if plan.rootfs_propagation:
         syscalls.mount(None, "/", None, plan.rootfs_propagation)
     if plan.readonly_root:
@@ -419,7 +421,7 @@ def _apply_process(
     for name, soft, hard in plan.rlimits:
         what = f"setting {name} to {soft}/{hard}"
         try:
-            resource.setrlimit(getattr(resource, name), (soft, hard))
+            resource.setrlimit(abi.RLIMIT_NUMBERS[name], (soft, hard))
         except ValueError as exc:  # (how Python reports EPERM: a hard limit raised)
             raise PermissionError(errno.EPERM, f"{what}: {exc}") from None
         except OSError as exc:
@@ -1019,8 +1021,8 @@ def _inherited_settings() -> tuple[object, ...]:
     )
 
 
-#: Every resource limit this Python knows.
-_RLIMITS = tuple(getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_"))
+#: Every resource limit.
+_RLIMITS = tuple(abi.RLIMIT_NUMBERS.values())
 
 
 def _serve_agent(

@@ -1914,7 +1914,7 @@ def _grant_ahead(init: InitPlan) -> None:
     ``oom_score_adj``, whose file a process forked in the namespace may not write (as
     runc sets them from outside)."""
     for name, _, hard in init.rlimits:
-        kind = getattr(resource, name)
+        kind = abi.RLIMIT_NUMBERS[name]
         soft, current = resource.getrlimit(kind)
         if current != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > current):
             with contextlib.suppress(ValueError, OSError):  # (not ours either: the init says)
