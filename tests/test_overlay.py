@@ -114,7 +114,7 @@ def test_config_validates_the_overlay_size() -> None:
     assert Config().overlay is False
     assert Config().overlay_size == 256 * MIB
     assert Config(overlay=True, overlay_size=MIB).overlay_size == MIB
-    with pytest.raises(ValueError, match="at least"):
+    with pytest.raises(ValueError, match="must be 65536 to"):
         Config(overlay=True, overlay_size=0)
     with pytest.raises(TypeError, match="bytes"):
         Config(overlay=True, overlay_size="64m")  # type: ignore[arg-type]
