@@ -16,7 +16,13 @@ from typing import IO, Any
 
 from sandboxrt.errors import InvalidArgumentError, SandboxrtError
 
-__all__ = ["DEFAULT_FORWARDED", "SignalForwarder", "interrupts_deferred", "signal_number"]
+__all__ = [
+    "DEFAULT_FORWARDED",
+    "REFUSED_SIGNALS",
+    "SignalForwarder",
+    "interrupts_deferred",
+    "signal_number",
+]
 
 log = logging.getLogger("sandboxrt")
 
@@ -32,7 +38,7 @@ DEFAULT_FORWARDED: tuple[signal.Signals, ...] = (
 )
 
 #: Never relayed: uncatchable, or what the caller's own machinery needs.
-_REFUSED = frozenset({signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD})
+REFUSED_SIGNALS = frozenset({signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD})
 
 
 @contextlib.contextmanager
@@ -102,7 +108,7 @@ class SignalForwarder:
         target: str = "",
     ) -> None:
         self.signals = tuple(dict.fromkeys(signal.Signals(s) for s in signals))
-        refused = [s.name for s in self.signals if s in _REFUSED]
+        refused = [s.name for s in self.signals if s in REFUSED_SIGNALS]
         if refused:
             raise ValueError(f"these signals cannot be forwarded: {', '.join(refused)}")
         self._send = send

@@ -50,6 +50,7 @@ from sandboxrt._proc.launcher import Launcher, default_launcher
 from sandboxrt._seconds import wait_seconds
 from sandboxrt._signals import (
     DEFAULT_FORWARDED,
+    REFUSED_SIGNALS,
     SignalForwarder,
     interrupts_deferred,
     signal_number,
@@ -1004,7 +1005,7 @@ class Container:
     def forward_signals(
         self,
         process: Process | int | None = None,
-        signals: Sequence[int] = DEFAULT_FORWARDED,
+        signals: Sequence[int | str] = DEFAULT_FORWARDED,
         *,
         foreground: bool = False,
     ) -> SignalForwarder:
@@ -1017,8 +1018,15 @@ class Container:
         (``RuntimeError`` otherwise). SIGWINCH resizes the target's pty to the
         caller's terminal when both exist (the pty is the :class:`Process`'s
         ``console`` or, for the init, :attr:`console`); otherwise it is relayed.
-        Relays go straight to the supervisor, without the container's lock.
+        Relays go straight to the supervisor, without the container's lock. Signals
+        are numbers or names, as :meth:`kill` takes them; SIGKILL, SIGSTOP and SIGCHLD
+        cannot be relayed (:class:`InvalidArgumentError`).
         """
+        numbers = [signal_number(sig, self.id) for sig in signals]
+        refused = [_signal.Signals(n).name for n in numbers if n in REFUSED_SIGNALS]
+        if refused or 0 in numbers:
+            what = ", ".join(refused) or "0 (no signal)"
+            raise InvalidArgumentError(self.id, f"these signals cannot be forwarded: {what}")
         self._refresh()
         sandbox = self.sandbox
         require(Operation.KILL, self.id, _effective_status(self._record, sandbox))
@@ -1044,7 +1052,7 @@ class Container:
                 sandbox.signal_process(self.id, pid, sig, foreground=foreground)
 
         name = f"container {self.id!r}" + (f" process {process}" if process is not None else "")
-        return SignalForwarder(send, signals, console=console, target=name)
+        return SignalForwarder(send, numbers, console=console, target=name)
 
     # -- exec'd processes ------------------------------------------------------------
 

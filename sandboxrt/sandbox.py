@@ -43,6 +43,7 @@ from sandboxrt._os import channel, procfs
 from sandboxrt._proc.init import open_cgroup_dirs
 from sandboxrt._proc.launcher import LaunchedProcess, Launcher, default_launcher
 from sandboxrt._proc.supervisor import is_warm_shape
+from sandboxrt._signals import interrupts_deferred
 from sandboxrt.errors import (
     ContainerExistsError,
     ContainerNotFoundError,
@@ -212,14 +213,18 @@ class Sandbox:
         launched: LaunchedProcess | None = None
         try:
             ours, theirs = channel.socket_pair()
+            log_fd = -1
             try:
                 channel.set_timeout(ours, timeout)
-                log_fd = os.open(
-                    os.path.join(plan.runtime_dir, "supervisor.log"),
-                    os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                    0o600,
-                )
+                with interrupts_deferred():  # (a Ctrl-C right after the open lost the fd)
+                    log_fd = os.open(
+                        os.path.join(plan.runtime_dir, "supervisor.log"),
+                        os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                        0o600,
+                    )
             except BaseException:
+                if log_fd >= 0:
+                    os.close(log_fd)
                 ours.close()
                 theirs.close()
                 raise
@@ -300,7 +305,8 @@ class Sandbox:
         try:
             procs = make_cgroup() if make_cgroup else []
             # Its directories go as fds: the sandbox resolves no host path (decision 38).
-            dirs = open_cgroup_dirs(procs)
+            with interrupts_deferred():  # (held: they are closed below)
+                dirs = open_cgroup_dirs(procs)
             step = Progress("cgroup", details={"procs": procs})
         except BaseException as exc:
             failed, step = exc, Progress("cancel", error=f"making the cgroup failed: {exc}")
@@ -905,15 +911,31 @@ def kill_process(identity: ProcessIdentity, timeout: float = 0.0) -> bool:
 
 def open_pidfd(identity: ProcessIdentity) -> int | None:
     """A pidfd of the process ``identity`` names, or None once it is gone."""
+    pidfd: int | None = None
+    try:
+        with interrupts_deferred():  # (a Ctrl-C between the open and the return lost it)
+            pidfd = _pidfd_if_alive(identity)
+    except BaseException:
+        if pidfd is not None:
+            os.close(pidfd)
+        raise
+    return pidfd
+
+
+def _pidfd_if_alive(identity: ProcessIdentity) -> int | None:
     try:
         pidfd = os.pidfd_open(identity.pid)
     except (OSError, OverflowError):
         return None
-    if not alive(identity):
+    try:
+        if alive(identity):
+            os.set_inheritable(pidfd, False)
+            return pidfd
+    except BaseException:
         os.close(pidfd)
-        return None
-    os.set_inheritable(pidfd, False)
-    return pidfd
+        raise
+    os.close(pidfd)
+    return None
 
 
 def _clear_stale_runtime_dir(path: str, container_id: str) -> None:

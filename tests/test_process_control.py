@@ -23,6 +23,7 @@ from sandboxrt import (
     Container,
     ExecError,
     FileStore,
+    InvalidArgumentError,
     Process,
     ProcessInfo,
     ProcessNotFoundError,
@@ -285,8 +286,16 @@ def test_forward_signals_outside_the_main_thread(running: Container) -> None:
     thread.join()
     assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
     assert "main thread" in str(errors[0])
-    with pytest.raises(ValueError, match="SIGKILL"):
-        running.forward_signals(signals=[signal.SIGKILL])
+    for bad, problem in (
+        ([signal.SIGKILL], "SIGKILL"),
+        ([999], "no signal 999"),
+        (["NOPE"], "unknown"),
+    ):
+        with pytest.raises(InvalidArgumentError, match=problem) as e:
+            running.forward_signals(signals=bad)
+        assert f'container "{running.id}"' in str(e.value)
+    with running.forward_signals(signals=["HUP", "usr1"]) as forwarder:  # (names, as kill)
+        assert forwarder.signals == (signal.SIGHUP, signal.SIGUSR1)
 
 
 def test_forward_signals_resizes_the_tty(running: Container) -> None:

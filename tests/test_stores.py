@@ -874,3 +874,42 @@ def test_a_spec_too_large_to_run_is_not_kept_as_text() -> None:
     small = {"annotations": {"small": "x"}}
     records.spec_text(small)
     assert any(spec is small for spec, _ in records._SPEC_TEXTS.values())
+
+
+def _interrupting(real: Any) -> Any:
+    """``real``, after which a Ctrl-C lands, as the call returns."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    return call
+
+
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_ctrl_c_right_after_an_open_loses_no_fd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record's temporary file and a process's pidfd: the interrupt waits until what
+    was opened is owned (it was lost, open, for the life of the caller)."""
+    from sandboxrt.sandbox import identity_of, open_pidfd
+
+    store = FileStore(tmp_path / "s")
+    store.save(rec("warm"))  # (the root exists: only the record's file is opened below)
+    me = identity_of(os.getpid())
+    assert me is not None
+    before = _fds()
+    monkeypatch.setattr(os, "open", _interrupting(os.open))
+    with pytest.raises(KeyboardInterrupt):
+        store.save(rec("a"))
+    monkeypatch.undo()
+    monkeypatch.setattr(os, "pidfd_open", _interrupting(os.pidfd_open))
+    with pytest.raises(KeyboardInterrupt):
+        open_pidfd(me)
+    monkeypatch.undo()
+    assert _fds() == before
+    assert store.list_ids() == ["warm"]  # (and no temporary file either)

@@ -25,13 +25,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import BinaryIO, Generic, TypeVar
 
 import portalocker
 
 from sandboxrt._core.ids import validate_id
 from sandboxrt._core.records import ContainerRecord, record_from_json, record_to_json
 from sandboxrt._os import syscalls
+from sandboxrt._signals import interrupts_deferred
 from sandboxrt.errors import (
     ContainerExistsError,
     ContainerNotFoundError,
@@ -326,8 +327,8 @@ class FileStore(_RecordStore[int]):
         with _os_errors(f"write {path}", cid):
             try:
                 # (in the try: an interrupt right after it still removes the file)
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600)
-                with os.fdopen(fd, "wb") as fh:
+                fh = _create_exclusively(tmp)
+                with fh:
                     fh.write(data)
                     fh.flush()
                     if self.durable:
@@ -400,6 +401,21 @@ class FileStore(_RecordStore[int]):
         with contextlib.suppress(SandboxrtError, OSError):
             handle = self._acquire(self._check_id(cid), 0.0)
             self._release(cid, handle, drop=not self._exists(cid))
+
+
+def _create_exclusively(path: Path) -> BinaryIO:
+    """``path`` made anew (``O_EXCL``, never through a symlink) and opened for writing; a
+    Ctrl-C meanwhile is held back until the file object owns the fd (it lost the fd)."""
+    fh: BinaryIO | None = None
+    try:
+        with interrupts_deferred():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600)
+            fh = os.fdopen(fd, "wb")
+    except BaseException:
+        if fh is not None:
+            fh.close()
+        raise
+    return fh
 
 
 def _mkdir(path: Path, mode: int, *, parents: bool = False) -> None:
