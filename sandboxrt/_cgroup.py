@@ -92,15 +92,17 @@ class CgroupRequest:
     required: bool
 
 
-def resources_for(spec: Mapping[str, Any], driver: str) -> Resources:
+def resources_for(spec: Mapping[str, Any]) -> Resources:
     """The spec's ``linux.resources`` with the device rules every container gets, as
     runc makes them: everything denied, then the spec's own devices (``linux.devices``,
     allowed after the rules' leading deny-all, so that a deny of one of them wins), the
     spec's rules, and :data:`DEFAULT_DEVICE_RULES`. A spec with no device rule gets the
     same (before, its cgroup allowed every device).
 
-    On v2 the rules must make an eBPF program: a deny rule punching a hole in a
-    wider allow rule (which v1 silently ignores) raises :class:`SpecError`.
+    A deny rule punching a hole in a wider allow rule raises :class:`SpecError` on
+    both drivers, as runc refuses it: v1's devices controller would silently ignore it
+    (the container could open the device the spec denies), and v2's program is
+    assembled as v1 would apply the rules.
     """
     linux = spec.get("linux") or {}
     resources = Resources.from_oci(linux.get("resources"))
@@ -110,8 +112,7 @@ def resources_for(spec: Mapping[str, Any], driver: str) -> Resources:
     while lead < len(given) and given[lead] == DENY_ALL:
         lead += 1
     rules = (DENY_ALL, *own, *given[lead:], *DEFAULT_DEVICE_RULES)
-    if driver == "v2":
-        devicefilter.device_policy(rules)  # refused here, before any cgroup is made
+    devicefilter.device_policy(rules)  # refused here, before any cgroup is made
     return dataclasses.replace(resources, devices=rules)
 
 
@@ -142,7 +143,7 @@ def request_for(
             )
         log.debug("no cgroup hierarchy is mounted: the container runs without a cgroup")
         return None
-    return CgroupRequest(path, resources_for(spec, driver), layout, required)
+    return CgroupRequest(path, resources_for(spec), layout, required)
 
 
 def scope_for(runtime_dir: os.PathLike[str] | str, *, transient: bool = False) -> str:

@@ -432,7 +432,8 @@ class Container:
         )
         if autostart:
             plan = dataclasses.replace(plan, init=dataclasses.replace(plan.init, autostart=True))
-        cgroup_request = _cgroup.request_for(document)
+        with _naming_container(id):
+            cgroup_request = _cgroup.request_for(document)
         # Each closed or ended if the creation fails, from here on (the id in use, say).
         with contextlib.ExitStack() as undo:
             # The caller's fds are checked before we open any.
@@ -599,7 +600,7 @@ class Container:
                 if container.console is not None:
                     container.console.close()
                 # (read before the teardown removes the cgroup)
-                memory = _memory_limit_hit(container._record.cgroup, id)
+                named = _naming_memory_limit(exc, container._record.cgroup, id)
                 try:
                     container._teardown()
                 except Exception as cleanup:  # (out of fds too, say): the first error says why
@@ -607,8 +608,8 @@ class Container:
                         'container "%s": cleaning up after a failed create failed too: %s: %s'
                         " (destroy() finishes it)", id, type(cleanup).__name__, cleanup,
                     )  # fmt: skip
-                if memory is not None and isinstance(exc, InitError):
-                    raise InitError(id, f"{exc.cause}: {memory}") from exc
+                if named is not exc:
+                    raise named from exc
                 raise
         return container
 
@@ -764,6 +765,11 @@ class Container:
             except SandboxDiedError:
                 if not self._stopped_meanwhile(Operation.START, sandbox):
                     raise
+            except InitError as exc:
+                named = _naming_memory_limit(exc, self._record.cgroup, self.id)
+                if named is not exc:
+                    raise named from exc
+                raise
             except InvalidStateError:
                 # Started already, by a caller killed before it recorded so: recorded now.
                 self._record = self._record.with_status(Status.RUNNING)
@@ -1760,6 +1766,17 @@ def _process_pid(container_id: str, pid: int) -> int:
     if pid <= 0:
         raise ProcessNotFoundError(container_id, pid)
     return pid
+
+
+def _naming_memory_limit(
+    exc: BaseException, cgroup: Mapping[str, Any] | None, container_id: str
+) -> BaseException:
+    """``exc``, or for an :class:`InitError` of an init the OOM killer killed, one that
+    names the memory limit it met (at create and at start alike)."""
+    if not isinstance(exc, InitError):
+        return exc
+    memory = _memory_limit_hit(cgroup, container_id)
+    return exc if memory is None else InitError(container_id, f"{exc.cause}: {memory}")
 
 
 def _memory_limit_hit(cgroup: Mapping[str, Any] | None, container_id: str) -> str | None:

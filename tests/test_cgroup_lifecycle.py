@@ -428,6 +428,24 @@ def test_a_failed_create_leaves_no_cgroup(store: FileStore, bundle: BundleFactor
     assert Container.list(store=store) == []
 
 
+def test_a_deny_inside_a_wider_allow_is_refused_whatever_the_driver(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """cgroup v1's devices controller ignored it: the container opened the device the
+    spec denies. Refused, as runc refuses it, before anything is made."""
+    path = bundle(["true"])
+    rules = [
+        {"allow": False, "access": "rwm"},
+        {"allow": True, "type": "c", "access": "rwm"},
+        {"allow": False, "type": "c", "major": 10, "minor": 229, "access": "rwm"},
+    ]
+    edit_config(path, resources(devices=rules))
+    with pytest.raises(SpecError, match=r'container "cg-hole".*punch a hole'):
+        Container.create("cg-hole", path, store=store)
+    assert our_cgroups(f"{library_cgroup.scope_for(store.runtime_dir)}/cg-hole") == []
+    assert Container.list(store=store) == []
+
+
 @real
 def test_resources_the_kernel_refuses_leave_no_cgroup(
     store: FileStore, bundle: BundleFactory
@@ -451,6 +469,19 @@ def test_a_memory_limit_too_low_to_start_in_is_named(
         Container.create("cg-tiny", path, store=store)
     assert our_cgroups(f"{library_cgroup.scope_for(store.runtime_dir)}/cg-tiny") == []
     assert Container.list(store=store) == []
+
+
+@real
+def test_a_memory_limit_met_at_start_is_named(store: FileStore, bundle: BundleFactory) -> None:
+    """As at create: an init the OOM killer killed as it went to run its program."""
+    path = bundle(["sh", "-c", "echo hi"])
+    edit_config(path, resources(memory={"limit": 256 * 1024}))
+    container = Container.create("cg-tiny-start", path, store=store, stdout=subprocess.DEVNULL)
+    try:
+        with pytest.raises(InitError, match=r"memory limit \(\d+ bytes\) was reached"):
+            container.start()
+    finally:
+        container.destroy()
 
 
 @real
@@ -844,19 +875,17 @@ def test_device_rules_get_runc_defaults_on_v1_and_v2() -> None:
             ],
         }
     }
-    v1 = library_cgroup.resources_for(spec, "v1").devices
-    assert v1[0] == DeviceRule(False, "a", None, None, "rwm")
-    assert v1[1] == DeviceRule(True, "c", 10, 229)  # the spec's own device
-    assert v1[2:] == library_cgroup.DEFAULT_DEVICE_RULES
-    assert library_cgroup.resources_for(spec, "v2").devices == v1  # an eBPF program there
+    rules = library_cgroup.resources_for(spec).devices
+    assert rules[0] == DeviceRule(False, "a", None, None, "rwm")
+    assert rules[1] == DeviceRule(True, "c", 10, 229)  # the spec's own device
+    assert rules[2:] == library_cgroup.DEFAULT_DEVICE_RULES
     # No device rule in the spec: the same deny-all and defaults (it allowed every device).
-    everyone = (v1[0], *library_cgroup.DEFAULT_DEVICE_RULES)
-    assert library_cgroup.resources_for({"linux": {}}, "v1").devices == everyone
-    assert library_cgroup.resources_for({"linux": {}}, "v2").devices == everyone
+    everyone = (rules[0], *library_cgroup.DEFAULT_DEVICE_RULES)
+    assert library_cgroup.resources_for({"linux": {}}).devices == everyone
     # A deny of one of the spec's own devices wins over its implicit allow.
     deny_fuse = {"allow": False, "type": "c", "major": 10, "minor": 229, "access": "rwm"}
     spec["linux"]["resources"]["devices"].append(deny_fuse)
-    assert library_cgroup.resources_for(spec, "v1").devices[1:3] == (
+    assert library_cgroup.resources_for(spec).devices[1:3] == (
         DeviceRule(True, "c", 10, 229),
         DeviceRule(False, "c", 10, 229),
     )

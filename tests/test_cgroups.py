@@ -167,7 +167,8 @@ def test_resources_from_oci() -> None:
             "devices": [
                 {"allow": False, "access": "rwm"},
                 {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rw"},
-                {"allow": True, "type": "b", "major": 8, "minor": -1},
+                {"allow": True, "type": "b", "major": 8, "minor": -1, "access": "rwm"},
+                {"allow": False, "type": "c", "major": 1, "minor": 5},  # (all of it)
             ],
             "blockIO": {"weight": 10},
         }
@@ -176,7 +177,11 @@ def test_resources_from_oci() -> None:
     assert res.memory.swap is None
     assert res.cpu.shares == 1024
     assert res.pids_limit == 16
-    assert [r.v1_line() for r in res.devices] == ["a", "c 1:3 rw", "b 8:* rwm"]
+    assert [r.v1_line() for r in res.devices] == ["a", "c 1:3 rw", "b 8:* rwm", "c 1:5 rwm"]
+    # An allow rule that says not what it allows is refused (as runc), never taken for rwm.
+    for access in ({}, {"access": ""}):
+        with pytest.raises(SpecError, match=r"devices\[0\]\.access: an allow rule must say"):
+            Resources.from_oci({"devices": [{"allow": True, "type": "c", **access}]})
     assert Resources.from_oci(None) == Resources()
     assert Resources.from_oci({"memory": {"limit": 0}}).memory.limit is None
     with pytest.raises(SpecError, match=r"cpu\.idle.*0 or 1"):

@@ -380,11 +380,16 @@ class _Parser:
                 continue
             allow = item.get("allow")
             kind = item.get("type", "a") or "a"
-            access = item.get("access", "rwm") or "rwm"
+            # No access: a deny denies all of it; an allow is refused (as runc), never
+            # taken for all of it (the spec gives no default).
+            access = item.get("access") or ("" if allow else "rwm")
             numbers = [item.get("major"), item.get("minor")]
             ok = True
             if not isinstance(allow, bool):
                 self.problems.append((f"{where}.allow", "must be true or false"))
+                ok = False
+            elif allow and not access:
+                self.problems.append((f"{where}.access", "an allow rule must say what it allows"))
                 ok = False
             if kind not in ("a", "b", "c"):
                 self.problems.append((f"{where}.type", "must be 'a', 'b' or 'c'"))
