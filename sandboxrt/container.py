@@ -1997,8 +1997,9 @@ def _refuse_another_user_namespace(
         idmap.map_text(idmap.extents_from_spec(linux.get("uidMappings"))),
         idmap.map_text(idmap.extents_from_spec(linux.get("gidMappings"))),
     )
-    if theirs is not None and [idmap.extents_from_text(t) for t in theirs] == [
-        idmap.extents_from_text(t) for t in wanted
+    # (Compared as sets: the kernel keeps more than five extents sorted.)
+    if theirs is not None and [sorted(idmap.extents_from_text(t)) for t in theirs] == [
+        sorted(idmap.extents_from_text(t)) for t in wanted
     ]:
         return
     has = "its own user namespace, mapped otherwise" if theirs else "no user namespace"

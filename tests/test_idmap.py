@@ -41,6 +41,10 @@ def test_extents_the_kernel_would_refuse_are_named() -> None:
     assert idmap.map_problems([(0, 2**32 - 10, 10)]) == [
         "extent [0] runs past the last id (4294967294)"
     ]
+    # Fewer than the most, but longer than the page the kernel takes the map's text in.
+    long = [(i * 10, 4_000_000_000 - i * 10, 1) for i in range(300)]
+    (problem,) = idmap.map_problems(long)
+    assert problem.startswith("300 extents make ") and "under 4096" in problem
     too_many = [(i, 1000 + i, 1) for i in range(idmap.MAX_EXTENTS + 1)]
     assert idmap.map_problems(too_many) == [
         f"{idmap.MAX_EXTENTS + 1} extents: the kernel takes at most {idmap.MAX_EXTENTS}"

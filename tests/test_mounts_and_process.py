@@ -23,7 +23,7 @@ from conftest import (
 )
 from test_userns import with_userns
 
-from sandboxrt import Container, FileStore, InvalidArgumentError
+from sandboxrt import Container, FileStore, InitError, InvalidArgumentError
 
 pytestmark = [needs_root, needs_busybox]
 
@@ -478,6 +478,10 @@ def test_sysctl_is_applied(store: FileStore, bundle: BundleFactory) -> None:
     path = bundle(["cat", "/proc/sys/net/ipv4/ip_forward"])
     edit_config(path, lambda d: d["linux"].update(sysctl={"net.ipv4.ip_forward": "1"}))
     assert run_output(store, path) == (0, "1\n")
+    # One the kernel refuses is named (its EINVAL says not which).
+    edit_config(path, lambda d: d["linux"].update(sysctl={"net.ipv4.ip_forward": "2x"}))
+    with pytest.raises(InitError, match=r"setting sysctl net\.ipv4\.ip_forward to '2x'"):
+        Container.create("bad-sysctl", path, store=store)
 
 
 def test_masked_and_readonly_paths(store: FileStore, bundle: BundleFactory) -> None:

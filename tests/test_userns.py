@@ -7,10 +7,13 @@ isolation failed they would do no harm.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -598,6 +601,23 @@ def test_a_pod_member_may_not_ask_for_another_user_namespace(
         same = pod.add_container("m3", edit_config(bundle(["id", "-u"]), with_userns))
         same.start()
         assert same.wait(timeout=20) == 0
+    finally:
+        pod.destroy()
+    # More than five extents: the kernel keeps them sorted, the spec's order is another.
+    several = [
+        {"containerID": inside, "hostID": HOST_BASE + inside, "size": 1000}
+        for inside in (0, 5000, 4000, 3000, 2000, 1000)
+    ]
+    rootfs_owned = edit_config(bundle(["sleep", "100"]), lambda d: with_userns(d, several))
+    chown_tree(rootfs_owned / "rootfs", HOST_BASE, HOST_BASE)
+    pod = Pod.create("pod3", rootfs_owned, store=store)
+    try:
+        pod.root.start()
+        member = pod.add_container(
+            "m4", edit_config(bundle(["true"]), lambda d: with_userns(d, several))
+        )
+        member.start()
+        assert member.wait(timeout=20) == 0
         # An id the namespace does not map, named as such.
         with pytest.raises(ExecError, match="not mapped in the sandbox's user namespace"):
             pod.root.exec_run(["true"], user="70000")
@@ -648,4 +668,82 @@ def test_a_pod_member_whose_id_ends_like_a_temporary_file_keeps_its_status(
         assert sorted(c.id for c in pod.containers()) == ["pod", "web", "web.tmp"]
     finally:
         pod.destroy()
+    assert Container.list(store=store) == []
+
+
+JOINED_BASE = 200000
+_HOLDER = """
+import ctypes, sys
+if ctypes.CDLL(None, use_errno=True).unshare(0x10000000) != 0:  # CLONE_NEWUSER
+    raise SystemExit("unshare failed")
+print("ready", flush=True)
+sys.stdin.read()  # until the test closes it
+"""
+
+
+@contextlib.contextmanager
+def held_user_namespace(base: int) -> Iterator[int]:
+    """A process in a user namespace of its own mapping ids 0-65535 to ``base``...: its
+    pid (a fresh interpreter, never a fork of the test's)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"ready\n"
+        for name in ("uid_map", "gid_map"):
+            Path(f"/proc/{holder.pid}/{name}").write_text(f"0 {base} 65536\n")
+        yield holder.pid
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=10)
+
+
+def joining(pid: int, base: int) -> Callable[[dict[str, Any]], None]:
+    def change(document: dict[str, Any]) -> None:
+        others = [ns for ns in document["linux"]["namespaces"] if ns["type"] != "user"]
+        document["linux"]["namespaces"] = [
+            *others,
+            {"type": "user", "path": f"/proc/{pid}/ns/user"},
+        ]
+        mappings = [{"containerID": 0, "hostID": base, "size": 65536}]
+        document["linux"]["uidMappings"] = document["linux"]["gidMappings"] = mappings
+
+    return change
+
+
+def test_a_user_namespace_joined_by_path_is_the_container_s(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """As runc: the sandbox becomes the joined namespace's root (it stayed the host's
+    root, which that namespace does not map: every create failed), and what the file API
+    makes there is owned by the mapped ids."""
+    path = bundle(["sh", "-c", "id -u; cat /proc/self/uid_map | tr -s ' '; sleep 100"])
+    chown_tree(path / "rootfs", JOINED_BASE, JOINED_BASE)
+    with held_user_namespace(JOINED_BASE) as holder:
+        edit_config(path, joining(holder, JOINED_BASE))
+        edit_config(path, lambda d: d["process"]["user"].update(uid=1000, gid=1000))
+        container = Container.create("joined", path, store=store, stdout=subprocess.PIPE)
+        try:
+            container.start()
+            assert container.stdout is not None
+            assert container.stdout.readline() == b"1000\n"
+            assert container.stdout.readline().split() == [
+                b"0",
+                str(JOINED_BASE).encode(),
+                b"65536",
+            ]
+            assert os.readlink(f"/proc/{container.state().pid}/ns/user") == os.readlink(
+                f"/proc/{holder}/ns/user"
+            )
+            container.files.write_text("/tmp/made", "x")
+            made = (path / "rootfs" / "tmp" / "made").stat()
+            assert (made.st_uid, made.st_gid) == (JOINED_BASE + 1000, JOINED_BASE + 1000)
+            assert container.files.stat("/tmp/made").uid == 1000
+        finally:
+            container.destroy()
+        # Mapped otherwise than the spec says: refused, naming why.
+        edit_config(path, joining(holder, JOINED_BASE + 1))
+        with pytest.raises(InitError, match=r'"joined2": .*mapped otherwise than the spec says'):
+            Container.create("joined2", path, store=store)
     assert Container.list(store=store) == []

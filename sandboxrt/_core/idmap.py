@@ -28,6 +28,8 @@ __all__ = [
 
 #: The most extents a ``uid_map`` or ``gid_map`` may have (Linux 4.15 and later).
 MAX_EXTENTS = 340
+#: A map's text is written in one ``write`` of less than a page.
+_MAP_TEXT_LIMIT = 4096
 
 #: Ids are below this (32 bits).
 _ID_LIMIT = 2**32
@@ -92,6 +94,12 @@ def map_problems(extents: Sequence[Extent]) -> list[str]:
             problems.append(f"extent [{i}] runs past the last id ({_ID_LIMIT - 2})")
     if len(extents) > MAX_EXTENTS:
         problems.append(f"{len(extents)} extents: the kernel takes at most {MAX_EXTENTS}")
+    elif len(map_text(extents)) >= _MAP_TEXT_LIMIT:
+        size = len(map_text(extents))
+        problems.append(
+            f"{len(extents)} extents make {size} bytes of map: the kernel takes under "
+            f"{_MAP_TEXT_LIMIT} (one page, written at once)"
+        )
     for side, name in ((0, "containerID"), (1, "hostID")):
         spans = sorted((e[side], e[side] + e[2], i) for i, e in enumerate(extents))
         for (_, end, first), (start, _, second) in itertools.pairwise(spans):

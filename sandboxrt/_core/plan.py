@@ -541,9 +541,10 @@ def build_plan(
     kinds = dict(namespaces)
     if "mount" not in kinds:
         raise SpecError([("linux.namespaces", "a mount namespace is required")])
-    new_user = "user" in kinds and not kinds["user"]
-    uid_map = idmap.extents_from_spec(linux.get("uidMappings")) if new_user else ()
-    gid_map = idmap.extents_from_spec(linux.get("gidMappings")) if new_user else ()
+    # A new user namespace's maps, or those a joined one has (as the spec says them, and
+    # the supervisor checks once it joined): what owners on the host are.
+    uid_map = idmap.extents_from_spec(linux.get("uidMappings")) if "user" in kinds else ()
+    gid_map = idmap.extents_from_spec(linux.get("gidMappings")) if "user" in kinds else ()
     _refuse_host_sysctls(spec, container_id, kinds, "the container's own")
     if "pid" in kinds:  # the supervisor is in the container's PID namespace
         _refuse_ptrace(spec, container_id)

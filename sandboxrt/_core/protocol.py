@@ -399,7 +399,8 @@ class SandboxPlan(_Message):
     hostname: str | None = None
     domainname: str | None = None
     #: With a new user namespace: its ``uid_map`` and ``gid_map`` (text as the kernel
-    #: takes it), written before any other namespace is made, so that all are its.
+    #: takes it), written before any other namespace is made, so that all are its; with
+    #: one joined by path, what the spec says its maps are (checked once joined).
     uid_map: str = ""
     gid_map: str = ""
     #: ``linux.timeOffsets`` as ``/proc/PID/timens_offsets`` takes them (with a new time

@@ -321,9 +321,10 @@ def _check_mappings(out: _Problems, path: str, mappings: Iterable[IDMapping] | N
             out.append((f"{path}[{i}].size", f"must be positive, got {mapping.size}"))
 
 
-def _check_new_user_namespace(out: _Problems, linux: Linux) -> None:
-    """The mappings of a new user namespace: what the kernel takes, and the container's
-    root mapped (its supervisor and init start as root in it)."""
+def _check_user_namespace_maps(out: _Problems, linux: Linux) -> None:
+    """The mappings of the container's user namespace (a new one's, or those a joined one
+    has): what the kernel takes, and the container's root mapped (its supervisor and
+    init start as root in it)."""
     for key, mappings, kind in (
         ("uidMappings", linux.uid_mappings, "uid"),
         ("gidMappings", linux.gid_mappings, "gid"),
@@ -342,7 +343,7 @@ def _check_mapped_user(out: _Problems, spec: Spec) -> None:
     if linux is None or process is None:
         return
     user_ns = next((ns for ns in linux.namespaces or () if ns.type == "user"), None)
-    if user_ns is None or user_ns.path:
+    if user_ns is None or (user_ns.path and not linux.uid_mappings):
         return
     uids = [(m.container_id, m.host_id, m.size) for m in linux.uid_mappings or ()]
     gids = [(m.container_id, m.host_id, m.size) for m in linux.gid_mappings or ()]
@@ -514,8 +515,8 @@ def _check_linux(out: _Problems, linux: Linux) -> None:
             out.append((f"linux.{key}", "given, but there is no user namespace"))
         if not mappings and user_ns is not None and not user_ns.path:
             out.append((f"linux.{key}", "required to create a new user namespace"))
-    if user_ns is not None and not user_ns.path:
-        _check_new_user_namespace(out, linux)
+    if user_ns is not None and (not user_ns.path or linux.uid_mappings or linux.gid_mappings):
+        _check_user_namespace_maps(out, linux)
     _check_time_offsets(out, linux)
     for i, dev in enumerate(linux.devices or ()):
         where = f"linux.devices[{i}]"

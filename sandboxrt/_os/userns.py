@@ -12,6 +12,7 @@ container's additional gids can be set. Standard library only.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 
 from sandboxrt._core import abi
@@ -106,3 +107,35 @@ def _write_maps(parent: int, uid_map: str, gid_map: str, go: int, report: int) -
             os.write(report, str(exc).encode()[:_REPORT_MAX])
     finally:
         os._exit(code)
+
+
+def become_root_of_joined(uid_map: str, gid_map: str) -> None:
+    """In a user namespace just joined (``setns``): check it is mapped as the spec says
+    (``uid_map``, ``gid_map``; empty: not said), and become its root, as runc does (the
+    host's root may be none of its ids: then nothing it makes could be ours)."""
+    for name, expected in (("uid_map", uid_map), ("gid_map", gid_map)):
+        if not expected:
+            continue
+        with open(f"/proc/self/{name}") as f:
+            found = _extents(f.read())
+        if found != _extents(expected):
+            raise OSError(
+                errno.EINVAL,
+                f"the user namespace joined is mapped otherwise than the spec says "
+                f"({name}: {' '.join(found) or 'nothing'})",
+            )
+    try:
+        os.setresgid(0, 0, 0)
+        with contextlib.suppress(PermissionError):  # (setgroups denied there: none to drop)
+            os.setgroups([])
+        os.setresuid(0, 0, 0)
+    except OSError as exc:
+        raise OSError(
+            exc.errno, f"the user namespace joined maps no root (uid and gid 0): {exc.strerror}"
+        ) from None
+
+
+def _extents(text: str) -> list[str]:
+    """A map's extents, each as ``inside outside size``, in the order the kernel keeps
+    (sorted: it sorts more than five)."""
+    return sorted(" ".join(line.split()) for line in text.splitlines() if line.strip())

@@ -264,7 +264,8 @@ def _prepare_root(
         fill_cgroup_mounts(cgroup_mounts, placed)
     # Sysctls first: the default readonlyPaths make /proc/sys read-only.
     for key, value in plan.sysctl.items():
-        procfs.write_proc_file("/proc/sys/" + key.replace(".", "/"), value.encode())
+        with _saying(f"setting sysctl {key} to {value!r}"):  # (the kernel's EINVAL says not which)
+            procfs.write_proc_file("/proc/sys/" + key.replace(".", "/"), value.encode())
     # Read-only first, then masked, as runc: a path both masked and read-only is the
     # null device (reading it gives nothing), not a read-only bind of it (EACCES).
     mounts.readonly_paths(plan.readonly_paths)

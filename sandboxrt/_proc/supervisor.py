@@ -146,15 +146,22 @@ def _enter_namespaces(
     first (mapped by ``uid_map`` and ``gid_map``), so that the others are its own."""
     joined = [(kind, path) for kind, path in namespaces if path]
     joined.sort(key=lambda item: item[0] != "user")  # the user namespace first
+    joins_user = any(kind == "user" for kind, _ in joined)
     with contextlib.ExitStack() as stack:
         # Forked before we join anything: it stays where we were, and maps for us.
-        writer = stack.enter_context(userns.MapWriter(uid_map, gid_map)) if uid_map else None
+        writer = (
+            stack.enter_context(userns.MapWriter(uid_map, gid_map))
+            if uid_map and not joins_user
+            else None
+        )
         opened = [(kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC)) for kind, path in joined]
         for kind, fd in opened:
             try:
                 syscalls.setns(fd, abi.NAMESPACE_FLAGS[kind])
             finally:
                 os.close(fd)
+            if kind == "user":
+                userns.become_root_of_joined(uid_map, gid_map)
         if writer is not None:
             writer.enter()
     flags = 0
