@@ -107,8 +107,9 @@ class SignalForwarder:
         console: IO[bytes] | None = None,
         target: str = "",
     ) -> None:
-        self.signals = tuple(dict.fromkeys(signal.Signals(s) for s in signals))
-        refused = [s.name for s in self.signals if s in REFUSED_SIGNALS]
+        # (Numbers, not ``signal.Signals``: the real-time ones have no name there.)
+        self.signals = tuple(dict.fromkeys(int(s) for s in signals))
+        refused = [signal.Signals(s).name for s in self.signals if s in REFUSED_SIGNALS]
         if refused:
             raise ValueError(f"these signals cannot be forwarded: {', '.join(refused)}")
         self._send = send

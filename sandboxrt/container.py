@@ -16,6 +16,7 @@ import os
 import secrets
 import signal as _signal
 import socket
+import stat
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -407,9 +408,10 @@ class Container:
                 id_maps = (plan.uid_map, plan.gid_map) if plan.uid_map else None
             else:
                 host, root_record = _sandbox_to_join(store, sandbox_id, id)
-                config = _pod_network(id, config, root_record)
+                shared = _namespaces_we_share(host.pid)
+                config = _pod_network(id, config, root_record, on_ours="network" in shared)
                 root_namespaces = (root_record.spec.get("linux") or {}).get("namespaces") or []
-                _refuse_sysctls_in_our_namespaces(id, document, root_namespaces)
+                _refuse_sysctls_in_our_namespaces(id, document, shared=shared)
                 id_maps = _pod_id_maps(host)
                 _refuse_another_user_namespace(id, document, id_maps)
                 plan = build_container_plan(
@@ -656,7 +658,7 @@ class Container:
                 if container._record.status is Status.CREATED:
                     container.start()
                 else:
-                    container._poststart_locked()
+                    container._poststart()
                 sandbox = container._launched or container.sandbox
                 assert sandbox is not None
                 # Ours since creation: no record to reload.
@@ -777,11 +779,12 @@ class Container:
                 raise
             self._record = self._record.with_status(Status.RUNNING)
             self._store.save(self._record)
-            self._poststart()  # (holding the lock: a destroy's poststop comes after)
+        # Not holding the lock: a hook may use its container (exec into it, say), as
+        # with runc, whose lock is no other process's either.
+        self._poststart()
 
     def _poststart(self) -> None:
-        """poststart hooks: failures are logged, as OCI asks, never raised. Run holding
-        the container's lock (see :meth:`_poststart_locked`)."""
+        """poststart hooks: failures are logged, as OCI asks, never raised."""
         hooks.run_hooks_best_effort(
             self._hooks("poststart"),
             self._state_dict(Status.RUNNING),
@@ -789,14 +792,6 @@ class Container:
             container_id=self.id,
             log=log,
         )
-
-    def _poststart_locked(self) -> None:
-        """:meth:`_poststart` for a container started without :meth:`start` (``run``):
-        taking the lock for it (if it has such hooks); none once destroyed meanwhile."""
-        if not self._hooks("poststart"):
-            return
-        with contextlib.suppress(ContainerNotFoundError), self._locked():
-            self._poststart()
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the container's init to exit; its exit code, ``-N`` if killed by signal N.
@@ -1351,12 +1346,14 @@ class Container:
         owners = self._owners_inside()
         try:
             if isinstance(dest, str | os.PathLike):
-                try:
-                    with open(dest, "wb") as f:
+                made = not os.path.lexists(dest)
+                with open(dest, "wb") as f:
+                    try:
                         _changes.write_layer(upper, f, owners=owners, max_bytes=max_bytes)
-                except _changes.LayerTooLargeError:
-                    os.unlink(dest)  # (half a layer is none)
-                    raise
+                    except _changes.LayerTooLargeError:
+                        if made:  # (half a layer is none; what was there before stays)
+                            _unlink_if_same(dest, os.fstat(f.fileno()))
+                        raise
             else:
                 _changes.write_layer(upper, dest, owners=owners, max_bytes=max_bytes)
         except _changes.LayerTooLargeError as exc:
@@ -2008,28 +2005,34 @@ def _refuse_another_user_namespace(
 
 
 def _refuse_sysctls_in_our_namespaces(
-    container_id: str, document: dict[str, Any], namespaces: list[dict[str, Any]] | None = None
+    container_id: str, document: dict[str, Any], *, shared: dict[str, str] | None = None
 ) -> None:
-    """A :class:`SpecError` for a sysctl of a namespace joined by a path that is this
-    process's own (the host's, as runc has it): setting it would change ours. The
-    namespaces are the spec's, or ``namespaces`` (a pod's container runs in its
-    sandbox's: its root's)."""
+    """A :class:`SpecError` for a sysctl of a namespace that is this process's own (the
+    host's, as runc has it): setting it would change ours. The namespaces are those the
+    spec joins by path, or ``shared`` (a pod's container runs in its sandbox's: those
+    its supervisor is in, see :func:`_namespaces_we_share`)."""
     linux = document.get("linux") or {}
-    sysctls = linux.get("sysctl") or {}
+    sysctls = dict(linux.get("sysctl") or {})
+    if shared is None:  # (a root's are set in the UTS namespace it joins, as its sysctls)
+        sysctls.update({name: "" for name in ("hostname", "domainname") if document.get(name)})
     if not sysctls:
         return
     ours: dict[str, str] = {}  # type: path
-    for ns in namespaces if namespaces is not None else linux.get("namespaces") or []:
+    if shared is not None:
+        ours = dict(shared)
+    for ns in linux.get("namespaces") or [] if shared is None else []:
         kind, path = ns.get("type"), ns.get("path")
         if path and kind in _NAMESPACE_FILES and _same_file(path, _NAMESPACE_FILES[kind]):
             ours[kind] = path
     problems = [
         (
-            f'linux.sysctl["{key}"]',
+            key if key in ("hostname", "domainname") else f'linux.sysctl["{key}"]',
             f"not allowed in the runtime's own {kind} namespace ({ours[kind]})",
         )
         for key in sysctls
-        if (kind := sysctl_namespace(key)) is not None and kind in ours
+        if (kind := "uts" if key in ("hostname", "domainname") else sysctl_namespace(key))
+        is not None
+        and kind in ours
     ]
     if problems:
         raise SpecError(problems, source=f'container "{container_id}"')
@@ -2043,6 +2046,19 @@ _NAMESPACE_FILES = {
 }
 
 
+def _namespaces_we_share(supervisor: int) -> dict[str, str]:
+    """The namespaces (of the kinds a sysctl may belong to) that sandbox ``supervisor``
+    is in and this process too: read from the supervisor itself, not from the paths its
+    spec joined, which may name nothing by now (a process's ``/proc/PID/ns`` that has
+    exited, a network namespace deleted since)."""
+    shared = {}
+    for kind, ours in _NAMESPACE_FILES.items():
+        theirs = f"/proc/{supervisor}/ns/{os.path.basename(ours)}"
+        if _same_file(theirs, ours):
+            shared[kind] = theirs
+    return shared
+
+
 def _same_file(a: str, b: str) -> bool:
     try:
         first, second = os.stat(a), os.stat(b)
@@ -2051,16 +2067,14 @@ def _same_file(a: str, b: str) -> bool:
     return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
 
 
-def _pod_network(container_id: str, config: Config, root: ContainerRecord) -> Config:
+def _pod_network(
+    container_id: str, config: Config, root: ContainerRecord, *, on_ours: bool
+) -> Config:
     """``config`` with its pod's network mode (a member shares the pod's network namespace,
     whatever its own spec and config say); an :class:`InvalidArgumentError` for one asking
     for the host's network in a pod that has one of its own. The pod is on the host's
-    network when its root's spec has no network namespace, or joins ours by path."""
-    namespaces = (root.spec.get("linux") or {}).get("namespaces") or []
-    network = next((ns for ns in namespaces if ns.get("type") == "network"), None)
-    path = None if network is None else network.get("path")
-    host = network is None or bool(path and _same_file(path, _NAMESPACE_FILES["network"]))
-    pod: Literal["sandbox", "host"] = "host" if host else "sandbox"
+    network when its sandbox is in ours (``on_ours``: what its supervisor is in)."""
+    pod: Literal["sandbox", "host"] = "host" if on_ours else "sandbox"
     if config.network == pod:
         return config
     if config.network == "host":
@@ -2112,6 +2126,14 @@ def _user_name(uid: int) -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return str(uid)
+
+
+def _unlink_if_same(path: str | os.PathLike[str], made: os.stat_result) -> None:
+    """Remove ``path`` if it is still the regular file ``made`` (never what replaced it)."""
+    with contextlib.suppress(OSError):
+        now = os.lstat(path)
+        if stat.S_ISREG(now.st_mode) and (now.st_dev, now.st_ino) == (made.st_dev, made.st_ino):
+            os.unlink(path)
 
 
 def _dial_console(container_id: str, path: str | os.PathLike[str]) -> socket.socket:

@@ -345,7 +345,8 @@ class Process:
         if not self._communicating:
             self._communicating = True
             if input and self.stdin is None and self.console is not None:
-                input += _end_of_input(self.console, input)  # (a terminal is never closed)
+                # (A new object: the caller's bytearray is the caller's.)
+                input = bytes(input) + _end_of_input(self.console, bytes(input))
             self._input = memoryview(input or b"")
             if self.stdin is not None:
                 with contextlib.suppress(BrokenPipeError):

@@ -76,8 +76,9 @@ log = logging.getLogger("sandboxrt")
 
 #: The most of an exit status file read (it is a short JSON document).
 _EXIT_RECORD_MAX = 4096
-#: The most an :class:`ExecExits` record holds (some 3 x 4096 statuses kept).
-_EXEC_EXITS_MAX = 1 << 20
+#: The most an :class:`ExecExits` record takes (``EXEC_EXITS_KEPT`` statuses, each with
+#: its container's id: 1024 characters at most, and JSON may escape each in 6).
+_EXEC_EXITS_MAX = 32 << 20
 
 
 def _read_small_file(path: str, limit: int, sandbox_id: str) -> bytes | None:

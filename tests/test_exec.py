@@ -720,12 +720,15 @@ def test_tty_gives_a_pty(running: Container) -> None:
     assert (out or b"").endswith(b"got hello\r\n")
 
 
-@pytest.mark.parametrize("data", [b"abc\n", b"abc"])
+@pytest.mark.parametrize("data", [b"abc\n", b"abc", bytearray(b"ab\n"), memoryview(b"ab\n")])
 def test_input_on_a_terminal_ends_as_its_user_ends_it(running: Container, data: bytes) -> None:
-    """With ^D (twice after a line not ended): a program reading to the end gets there."""
+    """With ^D (twice after a line not ended): a program reading to the end gets there.
+    The caller's buffer is left as it was."""
+    before = bytes(data)
     done = running.exec_run(["wc", "-c"], tty=True, input=data, timeout=30)
     assert done.stdout is not None
-    assert done.stdout.endswith(b"%d\r\n" % len(data)), done.stdout  # (after the echo)
+    assert done.stdout.endswith(b"%d\r\n" % len(before)), done.stdout  # (after the echo)
+    assert bytes(data) == before
 
 
 def test_the_console_reads_to_the_end_once_the_process_exited(running: Container) -> None:

@@ -6,13 +6,13 @@ import json
 import logging
 import os
 import subprocess
-import threading
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BundleFactory, needs_busybox, needs_root, supervisor_pids, wait_until
+from conftest import REPO, BundleFactory, edit_config, needs_busybox, needs_root, supervisor_pids
 
 from sandboxrt import Container, FileStore, Pod, Status
 from sandboxrt.errors import HookError
@@ -267,29 +267,28 @@ def test_failing_poststop_hook_runs_once(
     assert setup.tags() == ["poststop"]
 
 
-def test_poststart_comes_before_a_concurrent_destroy_s_poststop(
+def test_a_poststart_hook_may_use_its_container(
     store: FileStore, setup: Setup, tmp_path: Path
 ) -> None:
-    """OCI: poststart before start returns, poststop after delete. A destroy while a slow
-    poststart hook runs waits for it (both hold the container's lock)."""
-    slow = tmp_path / "slow.sh"
-    slow.write_text(f"#!/bin/sh\nsleep 1\necho poststart-done >> {setup.log}.order\n")
-    slow.chmod(0o755)
-    stop = tmp_path / "stop.sh"
-    stop.write_text(f"#!/bin/sh\necho poststop >> {setup.log}.order\n")
-    stop.chmod(0o755)
-    setup.write({"poststart": [{"path": str(slow)}], "poststop": [{"path": str(stop)}]})
-    container = Container.create("order", setup.path, store=store, stdout=subprocess.DEVNULL)
-    starting = threading.Thread(target=container.start)
-    starting.start()
+    """As with runc: a poststart hook that execs into its container (it waited for the
+    container's lock, which start held, and failed at the lock's timeout)."""
+    out = tmp_path / "exec.out"
+    code = (
+        "from sandboxrt import Container, FileStore; "
+        f"c = Container.load('uses', store=FileStore({str(store.root)!r})); "
+        "print(c.exec_run(['echo', 'from-hook'], capture_output=True).stdout.decode(), end='')"
+    )
+    hook = tmp_path / "uses.sh"
+    hook.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} {sys.executable} -c "{code}" > {out}\n')
+    hook.chmod(0o755)
+    setup.write({"poststart": [{"path": str(hook), "timeout": 20}]})
+    edit_config(setup.path, lambda d: d["process"].update(args=["sleep", "100"]))
+    container = Container.create("uses", setup.path, store=store, stdout=subprocess.DEVNULL)
     try:
-        other = Container.load("order", store=store)
-        wait_until(lambda: other.status is Status.RUNNING)
-        other.destroy()
+        container.start()
+        assert out.read_text() == "from-hook\n"
     finally:
-        starting.join()
         container.destroy()
-    assert Path(f"{setup.log}.order").read_text().split() == ["poststart-done", "poststop"]
 
 
 def test_poststop_once_across_objects(store: FileStore, setup: Setup) -> None:

@@ -432,6 +432,14 @@ def test_export_changes_is_bounded_by_max_bytes(
             container.export_changes(dest, max_bytes=1 << 20)
         assert e.value.errno == errno.EFBIG and e.value.filename == "/sparse"
         assert not dest.exists()
+        # What was there before is never removed (a file of the caller's, a link, a node).
+        kept = tmp_path / "kept.tar"
+        kept.write_text("precious")
+        (tmp_path / "link.tar").symlink_to(kept)
+        for there in (kept, tmp_path / "link.tar"):
+            with pytest.raises(ContainerFileError, match="max_bytes"):
+                container.export_changes(there, max_bytes=1 << 20)
+            assert there.exists()
         out = io.BytesIO()
         with pytest.raises(ContainerFileError, match="max_bytes"):
             container.export_changes(out, max_bytes=1 << 20)

@@ -14,7 +14,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -612,25 +612,41 @@ def test_a_pod_container_may_not_set_sysctls_of_the_runtime_s_own_namespace(
     store: FileStore, bundle: BundleFactory
 ) -> None:
     """Its root joins this process's network namespace by path (the host's): a container
-    of the pod would set that namespace's sysctls, so it is refused, as the root would be."""
+    of the pod would set that namespace's sysctls, so it is refused, as the root would be;
+    also once that path names nothing any more (a process's that exited: the member was
+    let through, and set the host's). Safe payload: the value the host has now."""
+    ttl = Path("/proc/sys/net/ipv4/ip_default_ttl").read_text().strip()
+    holder = subprocess.Popen(["sleep", "1000"])  # in our namespaces, for its path
 
-    def join_ours(doc: dict[str, Any]) -> None:
-        for ns in doc["linux"]["namespaces"]:
-            if ns["type"] == "network":
-                ns["path"] = f"/proc/{os.getpid()}/ns/net"
+    def join_ours(pid: int) -> Callable[[dict[str, Any]], None]:
+        def change(doc: dict[str, Any]) -> None:
+            for ns in doc["linux"]["namespaces"]:
+                if ns["type"] == "network":
+                    ns["path"] = f"/proc/{pid}/ns/net"
 
-    root_path = bundle(SLEEP)
-    edit_config(root_path, join_ours)
-    pod = Pod.create("hostnet", root_path, store=store)
+        return change
+
     try:
-        pod.root.start()
-        sub = bundle(SLEEP)
-        edit_config(sub, lambda d: d["linux"].update(sysctl={"net.ipv4.ip_default_ttl": "65"}))
-        with pytest.raises(SpecError, match=r'container "sub": .*own network namespace'):
-            pod.add_container("sub", sub)
-        assert "sub" not in Container.list(store=store)
+        for pod_id, pid in (("hostnet", os.getpid()), ("gonenet", holder.pid)):
+            root_path = bundle(SLEEP)
+            edit_config(root_path, join_ours(pid))
+            pod = Pod.create(pod_id, root_path, store=store)
+            try:
+                pod.root.start()
+                if pid == holder.pid:
+                    holder.kill()
+                    holder.wait()
+                sub = bundle(SLEEP)
+                sysctl = {"net.ipv4.ip_default_ttl": ttl}
+                edit_config(sub, lambda d, sysctl=sysctl: d["linux"].update(sysctl=sysctl))
+                with pytest.raises(SpecError, match=r'container "sub": .*own network namespace'):
+                    pod.add_container("sub", sub)
+                assert "sub" not in Container.list(store=store)
+            finally:
+                pod.destroy()
     finally:
-        pod.destroy()
+        holder.kill()
+        holder.wait()
 
 
 def test_adding_to_a_pod_whose_root_just_exited_names_the_root(

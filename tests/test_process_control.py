@@ -294,8 +294,8 @@ def test_forward_signals_outside_the_main_thread(running: Container) -> None:
         with pytest.raises(InvalidArgumentError, match=problem) as e:
             running.forward_signals(signals=bad)
         assert f'container "{running.id}"' in str(e.value)
-    with running.forward_signals(signals=["HUP", "usr1"]) as forwarder:  # (names, as kill)
-        assert forwarder.signals == (signal.SIGHUP, signal.SIGUSR1)
+    with running.forward_signals(signals=["HUP", "usr1", 35]) as forwarder:  # (as kill takes)
+        assert forwarder.signals == (signal.SIGHUP, signal.SIGUSR1, 35)  # (35: real-time)
 
 
 def test_forward_signals_resizes_the_tty(running: Container) -> None:

@@ -913,3 +913,14 @@ def test_a_ctrl_c_right_after_an_open_loses_no_fd(
     monkeypatch.undo()
     assert _fds() == before
     assert store.list_ids() == ["warm"]  # (and no temporary file either)
+
+
+def test_the_exec_statuses_a_sandbox_records_fit_what_is_read() -> None:
+    """The most it records (the latest ``EXEC_EXITS_KEPT``), with the longest ids, fit in
+    what the library reads: a truncated record read ``ProtocolError`` for every wait."""
+    from sandboxrt._core.protocol import EXEC_EXITS_KEPT, ExecExits, encode
+    from sandboxrt.sandbox import _EXEC_EXITS_MAX
+
+    longest = "\u00e9" * 1024  # (escaped in JSON: six characters each)
+    record = ExecExits(tuple((i, i, longest, 0) for i in range(EXEC_EXITS_KEPT)))
+    assert len(encode(record)) < _EXEC_EXITS_MAX

@@ -541,6 +541,12 @@ def build_plan(
     kinds = dict(namespaces)
     if "mount" not in kinds:
         raise SpecError([("linux.namespaces", "a mount namespace is required")])
+    if kinds["mount"]:
+        raise MissingFeatureError(
+            f"joining a mount namespace by path ({kinds['mount']})",
+            "each container's root is built in a mount namespace of its own: leave the path out",
+            unsupported=True,
+        )
     # A new user namespace's maps, or those a joined one has (as the spec says them, and
     # the supervisor checks once it joined): what owners on the host are.
     uid_map = idmap.extents_from_spec(linux.get("uidMappings")) if "user" in kinds else ()
@@ -549,7 +555,6 @@ def build_plan(
     if "pid" in kinds:  # the supervisor is in the container's PID namespace
         _refuse_ptrace(spec, container_id)
     runtime_dir, control_socket, exit_file = sandbox_paths(runtime_root, sandbox_id)
-    new_uts = "uts" in kinds and not kinds["uts"]
     return SandboxPlan(
         sandbox_id=sandbox_id,
         runtime_dir=runtime_dir,
@@ -563,8 +568,10 @@ def build_plan(
             compile_seccomp=compile_seccomp,
             overlay_size=overlay_size,
         ),
-        hostname=spec.get("hostname") if new_uts else None,
-        domainname=spec.get("domainname") if new_uts else None,
+        # (In a UTS namespace joined by path too, as runc: the library refuses the
+        # runtime's own.)
+        hostname=spec.get("hostname") if "uts" in kinds else None,
+        domainname=spec.get("domainname") if "uts" in kinds else None,
         uid_map=idmap.map_text(uid_map),
         gid_map=idmap.map_text(gid_map),
         time_offsets=_time_offsets(linux.get("timeOffsets")),

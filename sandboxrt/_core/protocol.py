@@ -30,6 +30,7 @@ from sandboxrt._core import abi
 __all__ = [
     "DEFAULT_UMASK",
     "EXEC_EXITS_FILE",
+    "EXEC_EXITS_KEPT",
     "MAX_MESSAGE",
     "PROCESS_FIELDS",
     "CapabilityPlan",
@@ -485,6 +486,9 @@ class Claim(_Message):
 #: Where (in the runtime directory's ``exits``) a supervisor records :class:`ExecExits`:
 #: a name no container's exit file takes.
 EXEC_EXITS_FILE = "execs"
+#: The most statuses it records there (the latest): with ids of 1024 characters, some
+#: 4.3 MB.
+EXEC_EXITS_KEPT = 4096
 
 
 @dataclasses.dataclass(frozen=True)

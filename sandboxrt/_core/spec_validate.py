@@ -267,9 +267,12 @@ def spec_problems(spec: Spec) -> list[tuple[str, str]]:
             out.append(("annotations", "keys must not be empty"))
     out.extend(annotation_problems(spec.annotations))
     namespaces = {ns.type for ns in (spec.linux.namespaces or ())} if spec.linux else set()
+    sysctls = spec.linux.sysctl or {} if spec.linux else {}
     for name, value in (("hostname", spec.hostname), ("domainname", spec.domainname)):
         if value and "uts" not in namespaces:
             out.append((name, f"cannot set the {name} without a private UTS namespace"))
+        if value and f"kernel.{name}" in sysctls:  # (as runc: which would win?)
+            out.append((f'linux.sysctl["kernel.{name}"]', f"conflicts with the {name} field"))
         if value and len(value.encode()) > _HOST_NAME_MAX:
             out.append((name, f"at most {_HOST_NAME_MAX} bytes, got {len(value.encode())}"))
     if spec.linux is not None:

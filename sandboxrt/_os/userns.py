@@ -114,10 +114,17 @@ def become_root_of_joined(uid_map: str, gid_map: str) -> None:
     (``uid_map``, ``gid_map``; empty: not said), and become its root, as runc does (the
     host's root may be none of its ids: then nothing it makes could be ours)."""
     for name, expected in (("uid_map", uid_map), ("gid_map", gid_map)):
-        if not expected:
-            continue
         with open(f"/proc/self/{name}") as f:
             found = _extents(f.read())
+        if not expected:
+            # Not said: then it must map root to the host's (we stay who we are).
+            if not any(line.split()[:2] == ["0", "0"] for line in found):
+                raise OSError(
+                    errno.EINVAL,
+                    f"the user namespace joined maps root to another host id ({name}: "
+                    f"{'; '.join(found)}): give its uidMappings and gidMappings in the spec",
+                )
+            continue
         if found != _extents(expected):
             raise OSError(
                 errno.EINVAL,

@@ -398,7 +398,7 @@ def _remove_tree(parent: int, name: str) -> None:
     top = _open_directory(parent, name)
     if top is None:
         return
-    levels = [(parent, name, top, _entries(top))]
+    levels = [(parent, name, top, _entries_or_close(top))]
     try:
         while levels:
             above, here, fd, entries = levels[-1]
@@ -416,7 +416,7 @@ def _remove_tree(parent: int, name: str) -> None:
                     pass
             sub = _open_directory(fd, entry)
             if sub is not None:
-                levels.append((fd, entry, sub, _entries(sub)))
+                levels.append((fd, entry, sub, _entries_or_close(sub)))
     finally:
         channel.close_fds([fd for _, _, fd, _ in levels])
 
@@ -433,10 +433,15 @@ def _open_directory(parent: int, name: str) -> int | None:
     return None
 
 
-def _entries(fd: int) -> list[tuple[str, bool]]:
-    """The names in directory ``fd``, each with whether it is a directory (unfollowed)."""
-    with os.scandir(fd) as entries:
-        return [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+def _entries_or_close(fd: int) -> list[tuple[str, bool]]:
+    """The names in directory ``fd``, each with whether it is a directory (unfollowed);
+    ``fd`` closed if they cannot be read."""
+    try:
+        with os.scandir(fd) as entries:
+            return [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def handle(files: Files, request: FileRequest) -> tuple[FileReply, list[int]]:

@@ -34,6 +34,7 @@ from typing import NoReturn
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import (
     EXEC_EXITS_FILE,
+    EXEC_EXITS_KEPT,
     Claim,
     ExecExits,
     ExecPlan,
@@ -710,6 +711,7 @@ class Supervisor:
             if pid in self.exec_serials
         ]
         exits += [(serial, 0, owner, code) for serial, (owner, code) in self.superseded.items()]
+        exits = sorted(exits)[-EXEC_EXITS_KEPT:]  # the latest: a record of bounded size
         if exits:
             with contextlib.suppress(OSError):  # (then they read -SIGKILL, as before)
                 data = encode(ExecExits(tuple(exits)))
