@@ -1,12 +1,13 @@
 """The cgroup of a container, on the library's side: made from the spec, used, removed.
 
-Every container gets a cgroup before its sandbox is launched: ``linux.cgroupsPath``
+Every container gets a cgroup while its sandbox starts: ``linux.cgroupsPath``
 when the spec sets one (absolute from each hierarchy's root, relative from the
 caller's own cgroup), else ``/sandboxrt/<id>`` for the default store and
 ``/sandboxrt/<store tag>/<id>`` for any other (see :func:`scope_for`), with
 ``linux.resources`` applied.
-The supervisor joins it before it forks the container's init (see
-``Supervisor.join_cgroups``), so every process of the container is born inside.
+The container's init joins it before it runs anything of the container's (through the
+directories' fds the supervisor relays, ``init.join_cgroup_fds``), so every process of
+the container is born inside; the supervisor stays outside (decision 15).
 
 Two cases run without a cgroup, and :func:`request_for` says so with ``None``:
 

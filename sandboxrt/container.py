@@ -283,8 +283,9 @@ class Container:
 
         The container gets a cgroup (``linux.cgroupsPath``, else
         ``/sandboxrt/<id>``, with a store tag before the id for a store other
-        than the default) with ``linux.resources`` applied, which its
-        supervisor joins before forking the init. Without any cgroup hierarchy
+        than the default) with ``linux.resources`` applied, which its init
+        joins before it runs anything of the container's (the supervisor stays
+        outside: decision 15). Without any cgroup hierarchy
         mounted this raises :class:`MissingFeatureError`, unless the spec sets
         neither ``linux.resources`` nor ``linux.cgroupsPath``: then it runs
         without a cgroup. Device rules are enforced on cgroup v1 (devices

@@ -37,6 +37,7 @@ from sandboxrt.errors import (
     ContainerExistsError,
     ContainerNotFoundError,
     CorruptMetadataError,
+    InvalidArgumentError,
     InvalidIDError,
     LockTimeoutError,
     SandboxrtError,
@@ -92,7 +93,7 @@ def _check_timeout(timeout: float) -> float:
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise TypeError(f"a lock timeout must be a number of seconds, not {timeout!r}")
     if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"a lock timeout must be a number >= 0, not {timeout!r}")
+        raise InvalidArgumentError("", f"a lock timeout must be a number >= 0, not {timeout!r}")
     return float(timeout)
 
 
@@ -217,7 +218,7 @@ class FileStore(_RecordStore[int]):
         if not isinstance(durable, bool):
             raise TypeError(f"durable must be a bool, not {durable!r}")
         if root is not None and not os.fspath(root):
-            raise ValueError("a store's root must name a directory, not ''")
+            raise InvalidArgumentError("", "a store's root must name a directory, not ''")
         self.durable = durable
         # A default root outside root's /run must be private to us (it may be in /tmp).
         self._must_be_private = root is None and os.geteuid() != 0
