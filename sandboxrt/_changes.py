@@ -28,7 +28,13 @@ if TYPE_CHECKING:
 
 from sandboxrt._os import mounts
 
-__all__ = ["OPAQUE_WHITEOUT", "WHITEOUT_PREFIX", "LayerTooLargeError", "write_layer"]
+__all__ = [
+    "OPAQUE_WHITEOUT",
+    "WHITEOUT_PREFIX",
+    "LayerTooLargeError",
+    "UnrepresentableError",
+    "write_layer",
+]
 
 #: The prefix of an OCI whiteout entry: ``dir/.wh.name`` deletes ``dir/name``.
 WHITEOUT_PREFIX = ".wh."
@@ -82,6 +88,15 @@ def _same(a: os.stat_result, b: os.stat_result) -> bool:
 
 def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+class UnrepresentableError(Exception):
+    """The file at ``path`` (relative to the layer) has a name a layer cannot hold (one
+    of a whiteout: ``.wh.``)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
 
 
 class LayerTooLargeError(Exception):
@@ -171,6 +186,10 @@ def _walk_dir(tar: _LayerTar, dir_fd: int, prefix: str, links: dict[tuple[int, i
                 continue
             name, st = entry
             path = base + name
+            if name.startswith(WHITEOUT_PREFIX) and not _is_whiteout(st):
+                # A layer has no way to say it: applied, it would delete (or make opaque)
+                # what the container still has (the OCI image spec names no escape).
+                raise UnrepresentableError(path)
             if _is_whiteout(st):
                 dirname, _, leaf = path.rpartition("/")
                 where = dirname + "/" if dirname else ""

@@ -1351,8 +1351,11 @@ class Container:
                 with open(dest, "wb") as f:
                     try:
                         _changes.write_layer(upper, f, owners=owners, max_bytes=max_bytes)
-                    except _changes.LayerTooLargeError:
-                        if made:  # (half a layer is none; what was there before stays)
+                    except (_changes.LayerTooLargeError, _changes.UnrepresentableError):
+                        # Half a layer is none: a file made here goes; one that was there
+                        # was overwritten, as open(dest, "wb") does (never a link's or a
+                        # node's: those are left).
+                        if made:
                             _unlink_if_same(dest, os.fstat(f.fileno()))
                         raise
             else:
@@ -1360,6 +1363,9 @@ class Container:
         except _changes.LayerTooLargeError as exc:
             reason = f"export_changes stopped past max_bytes ({max_bytes})"
             raise file_error(self.id, "/" + exc.path, errno.EFBIG, reason) from None
+        except _changes.UnrepresentableError as exc:
+            reason = "a layer cannot hold a file named as a whiteout (.wh.): it would delete"
+            raise file_error(self.id, "/" + exc.path, errno.EINVAL, reason) from None
         except OSError as exc:
             if exc.errno not in (errno.EMFILE, errno.ENFILE):
                 raise

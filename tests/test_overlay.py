@@ -455,6 +455,23 @@ def test_export_changes_is_bounded_by_max_bytes(
 
 @needs_root
 @needs_busybox
+def test_a_file_named_as_a_whiteout_is_refused_by_the_export(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """A layer cannot hold ``.wh.k`` as a file: applied, it deleted the lower ``k`` the
+    container still had. Refused, naming it, rather than written to mean another tree."""
+    container = Container.create("wh", bundle(["sleep", "1000"]), store=store, config=overlay())
+    try:
+        assert sh(container, "mkdir -p /keep && touch /keep/k /keep/.wh.k").returncode == 0
+        with pytest.raises(ContainerFileError, match="whiteout") as e:
+            container.export_changes(io.BytesIO())
+        assert e.value.errno == errno.EINVAL and e.value.filename == "/keep/.wh.k"
+    finally:
+        container.destroy()
+
+
+@needs_root
+@needs_busybox
 def test_export_changes_refuses_without_overlay_or_once_stopped(
     store: FileStore, bundle: BundleFactory
 ) -> None:

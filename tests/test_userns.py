@@ -747,3 +747,18 @@ def test_a_user_namespace_joined_by_path_is_the_container_s(
         with pytest.raises(InitError, match=r'"joined2": .*mapped otherwise than the spec says'):
             Container.create("joined2", path, store=store)
     assert Container.list(store=store) == []
+
+
+def test_an_overlay_root_is_not_nobody_s_in_a_user_namespace(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """A rootfs the host's root owns reads as owned by the overflow id (65534) in the
+    container's namespace: the overlay's root was given to that id, a user of the
+    container's own, who could then replace /root and plant what root runs."""
+    path = edit_config(bundle(["sleep", "100"]), with_userns)  # (the rootfs: the host root's)
+    with running(store, path, "nobody", overlay()) as container:
+        done = container.exec_run(["sh", "-c", "touch /planted"], user="65534:65534")
+        assert done.returncode != 0
+        owner = container.exec_run(["stat", "-c", "%u:%g", "/"], capture_output=True)
+        assert owner.stdout == b"0:0\n"
+        assert container.exec_run(["touch", "/by-root"]).returncode == 0  # (its root may)

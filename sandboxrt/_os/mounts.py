@@ -844,6 +844,34 @@ def _overlay_layer(fs_fd: int, key: str, fd: int) -> None:
 _UPPER_BYTES_PER_INODE = 4096
 
 
+def _owner_in_namespace(st: os.stat_result) -> tuple[int, int]:
+    """``st``'s owner, to give the overlay's root: an owner our user namespace does not
+    map reads as the overflow ids (65534), a user of the container's own there; the
+    upper directory goes to the namespace's root instead (its nobody owned ``/``, and
+    could plant what root ran)."""
+    uid, gid = st.st_uid, st.st_gid
+    try:
+        with open("/proc/self/uid_map") as f:
+            initial = f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        initial = False
+    if initial:  # (no namespace of ours: 65534 is the host's nobody)
+        return uid, gid
+    if uid == _overflow_id("overflowuid"):
+        uid = 0
+    if gid == _overflow_id("overflowgid"):
+        gid = 0
+    return uid, gid
+
+
+def _overflow_id(name: str) -> int:
+    try:
+        with open(f"/proc/sys/kernel/{name}") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 65534
+
+
 def _tmpfs_upper(size: int, root: os.stat_result) -> tuple[int, int, int]:
     """A detached tmpfs of ``size`` bytes holding ``upper`` (with the root's owner and
     mode: it becomes the overlay's root) and ``work``; ``(tmpfs, upper, work)`` fds.
@@ -869,7 +897,7 @@ def _tmpfs_upper(size: int, root: os.stat_result) -> tuple[int, int, int]:
         os.mkdir("work", 0o700, dir_fd=tmpfs)
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         opened.append(os.open("upper", flags, dir_fd=tmpfs))
-        os.fchown(opened[1], root.st_uid, root.st_gid)
+        os.fchown(opened[1], *_owner_in_namespace(root))
         os.fchmod(opened[1], stat.S_IMODE(root.st_mode))
         opened.append(os.open("work", flags, dir_fd=tmpfs))
     except BaseException:
