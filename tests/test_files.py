@@ -823,3 +823,18 @@ def test_copies_merge_into_what_is_there(container: Container, tmp_path: Path) -
     files.copy_out("/tmp/m", out)
     files.copy_out("/tmp/m", out)
     assert os.readlink(out / "link") == "file" and (out / "link").read_text() == "two"
+
+
+def test_a_mount_point_is_not_removed(container: Container, host_dir: Path) -> None:
+    """``EBUSY``, as the container's own ``rmdir`` gets: the gofer, in a mount namespace
+    of its own, detached the container's bind (and a recursive remove went on into it,
+    with the gofer's privileges, deleting host files)."""
+    files = container.files
+    with pytest.raises(ContainerFileError) as busy:
+        files.remove("/data")
+    assert busy.value.errno == errno.EBUSY
+    with pytest.raises(ContainerFileError) as busy:
+        files.remove("/data", recursive=True)
+    assert busy.value.errno == errno.EBUSY
+    assert (host_dir / "from-host.txt").read_text() == "host side\n"
+    assert files.read_text("/data/from-host.txt") == "host side\n"  # (still mounted)

@@ -30,6 +30,7 @@ __all__ = [
     "capbset_read",
     "capget",
     "capset",
+    "chown_fd",
     "filesystem_type",
     "fsconfig",
     "fsmount",
@@ -116,6 +117,16 @@ def mount_id(fd: int) -> int | None:
     if not ctypes.c_uint32.from_buffer(buf).value & _STATX_MNT_ID:
         return None
     return ctypes.c_uint64.from_buffer(buf, 0x90).value
+
+
+def chown_fd(fd: int, uid: int, gid: int) -> None:
+    """Change the owner of what ``fd`` is (an ``O_PATH`` fd of a symlink too:
+    ``fchownat(fd, "", AT_EMPTY_PATH)``), never of what a name leads to now."""
+    _check(
+        _libc.fchownat(ctypes.c_int(fd), b"", ctypes.c_uint(uid), ctypes.c_uint(gid),
+                       ctypes.c_int(_AT_EMPTY_PATH)),
+        "fchownat",
+    )  # fmt: skip
 
 
 def join_new_session_keyring() -> None:

@@ -295,9 +295,19 @@ class Files:
         try:
             if parent.st.st_mode & stat.S_ISGID:
                 mode |= stat.S_ISGID  # (a new directory keeps the bit, as mkdir(2) gives it)
-            self.creating(lambda: os.mkdir(name, mode, dir_fd=at))
-            os.chown(name, self.uid, self.group_in(parent), dir_fd=at, follow_symlinks=False)
-            os.chmod(name, mode, dir_fd=at, follow_symlinks=False)
+            # Made with no permission at all, then given away through an fd of it, checked
+            # to be that empty directory: by name, the container could swap another one in
+            # (one root owns) between the two, and have it given to its user.
+            self.creating(lambda: os.mkdir(name, 0, dir_fd=at))
+            made = os.open(name, os.O_RDONLY | _O_DIR, dir_fd=at)
+            try:
+                st = os.fstat(made)
+                if stat.S_IMODE(st.st_mode) & ~stat.S_ISGID or st.st_nlink != 2:
+                    raise OSError(errno.EAGAIN, "the directory was swapped while made", path)
+                os.fchown(made, self.uid, self.group_in(parent))
+                os.fchmod(made, mode)
+            finally:
+                os.close(made)
         finally:
             os.close(at)
 
@@ -326,6 +336,7 @@ class Files:
         parent = self.parent(request.path)
         name, at = parent.name, parent.fd
         try:
+            _refuse_mount_point(at, name, request.path)
             st = os.lstat(name, dir_fd=at)
             if not stat.S_ISDIR(st.st_mode):
                 if parent.slash:  # (``rm file/`` too)
@@ -347,7 +358,15 @@ class Files:
             if parent.slash:  # (as ``ln -s``)
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), request.path)
             self.creating(lambda: os.symlink(request.target, name, dir_fd=at))
-            os.chown(name, self.uid, self.group_in(parent), dir_fd=at, follow_symlinks=False)
+            # Given away through an fd of it, checked to be a symlink (by name, the
+            # container could swap a file root owns in, and have it given to its user).
+            made = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=at)
+            try:
+                if not stat.S_ISLNK(os.fstat(made).st_mode):
+                    raise OSError(errno.EAGAIN, "the symlink was swapped while made", request.path)
+                syscalls.chown_fd(made, self.uid, self.group_in(parent))
+            finally:
+                os.close(made)
         finally:
             os.close(at)
 
@@ -409,6 +428,7 @@ def _remove_tree(parent: int, name: str) -> None:
                 continue
             entry, is_dir = entries.pop()
             if not is_dir:
+                _refuse_mount_point(fd, entry, entry)  # (a file bound there)
                 try:
                     os.unlink(entry, dir_fd=fd)
                     continue
@@ -416,9 +436,30 @@ def _remove_tree(parent: int, name: str) -> None:
                     pass
             sub = _open_directory(fd, entry)
             if sub is not None:
+                if _mount_of(sub) != _mount_of(fd):
+                    os.close(sub)
+                    raise OSError(errno.EBUSY, "a mount point is in the way", entry)
                 levels.append((fd, entry, sub, _entries_or_close(sub)))
     finally:
         channel.close_fds([fd for _, _, fd, _ in levels])
+
+
+def _refuse_mount_point(parent: int, name: str, path: str) -> None:
+    """``EBUSY`` for a mount point, as the container's own ``rmdir`` gets: we are in a
+    mount namespace of our own, where the kernel would detach the container's mount."""
+    try:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    except FileNotFoundError:
+        return  # (the removal says so)
+    try:
+        if _mount_of(fd) != _mount_of(parent):
+            raise OSError(errno.EBUSY, "a mount point is not removed", path)
+    finally:
+        os.close(fd)
+
+
+def _mount_of(fd: int) -> int | None:
+    return syscalls.mount_id(fd)
 
 
 def _open_directory(parent: int, name: str) -> int | None:
