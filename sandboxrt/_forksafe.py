@@ -13,12 +13,19 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Callable
 
 __all__ = ["ForkSafeLock"]
 
 
 class ForkSafeLock:
-    """A ``threading.Lock``, used with ``with``, that a forked child gets unheld."""
+    """A ``threading.Lock``, used with ``with``, that a forked child gets unheld.
+
+    ``with`` calls the lock's own (C) ``__enter__`` and ``__exit__``, which the
+    properties below hand it when the block is entered: a Python method in
+    between let a Ctrl-C land after the acquire, outside the block, and the lock
+    stayed held for good (every later user waited for ever).
+    """
 
     __slots__ = ("__weakref__", "_lock")
 
@@ -26,11 +33,13 @@ class ForkSafeLock:
         self._lock = threading.Lock()
         _LOCKS.add(self)
 
-    def __enter__(self) -> bool:
-        return self._lock.acquire()
+    @property
+    def __enter__(self) -> Callable[[], bool]:
+        return self._lock.__enter__
 
-    def __exit__(self, *_: object) -> None:
-        self._lock.release()
+    @property
+    def __exit__(self) -> Callable[..., None]:  # noqa: PLE0302 (the lock's own takes them)
+        return self._lock.__exit__
 
 
 _LOCKS: weakref.WeakSet[ForkSafeLock] = weakref.WeakSet()

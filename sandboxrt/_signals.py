@@ -42,22 +42,23 @@ REFUSED_SIGNALS = frozenset({signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD})
 
 
 @contextlib.contextmanager
-def interrupts_deferred() -> Iterator[None]:
+def interrupts_deferred() -> Iterator[list[int]]:
     """Hold back the ``KeyboardInterrupt`` of a SIGINT (Ctrl-C) while the block runs, and
     raise it once the block is over: for work that must not stop half-way, such as a
     destroy, whose record would stay with half its resources gone. Only in the main
     thread, where Python's own SIGINT handler is in place; elsewhere a no-op (a handler
-    of the caller's is the caller's)."""
+    of the caller's is the caller's). The block gets the list of the signals held back
+    so far: a wait in it may look, and end itself (see ``_RecordStore.lock``)."""
+    caught: list[int] = []
     if (
         threading.current_thread() is not threading.main_thread()
         or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
     ):
-        yield
+        yield caught
         return
-    caught: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
     try:
-        yield
+        yield caught
     finally:
         signal.signal(signal.SIGINT, previous)
         if caught:

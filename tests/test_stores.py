@@ -924,3 +924,22 @@ def test_the_exec_statuses_a_sandbox_records_fit_what_is_read() -> None:
     longest = "\u00e9" * 1024  # (escaped in JSON: six characters each)
     record = ExecExits(tuple((i, i, longest, 0) for i in range(EXEC_EXITS_KEPT)))
     assert len(encode(record)) < _EXEC_EXITS_MAX
+
+
+def test_a_ctrl_c_as_a_lock_is_taken_or_let_go_leaves_it_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Landing as the release asks whether the record exists, or as the lock is taken,
+    it left the lock held by nobody, for good (every later operation on the container
+    timed out, from any process)."""
+    for store in (FileStore(tmp_path / "s"), MemoryStore()):
+        store.save(rec("a"))
+        before = _fds()
+        for method in ("_exists", "_acquire"):
+            monkeypatch.setattr(store, method, _interrupting(getattr(store, method)))
+            with pytest.raises(KeyboardInterrupt), store.lock("a", timeout=1):
+                pass
+            monkeypatch.undo()
+            with store.lock("a", timeout=0):  # free again
+                pass
+        assert _fds() == before

@@ -23,7 +23,7 @@ import secrets
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, Generic, TypeVar
 
@@ -123,11 +123,18 @@ class _RecordStore(abc.ABC, Generic[_H]):
         """
         cid = self._check_id(container_id)
         seconds = self._lock_timeout if timeout is None else _check_timeout(timeout)
-        handle = self._acquire(cid, seconds)
+        # A Ctrl-C is held back from the moment the lock is ours until the block owns it,
+        # and during its release (it left the lock held, for good, by nobody); the wait
+        # for it stays interruptible (it looks at what was held back).
+        held: list[_H] = []
         try:
+            with interrupts_deferred() as interrupted:
+                held.append(self._acquire(cid, seconds, interrupted))
             yield
         finally:
-            self._release(cid, handle, drop=not self._exists(cid))
+            if held:
+                with interrupts_deferred():
+                    self._release(cid, held[0], drop=not self._exists(cid))
 
     def create(self, record: ContainerRecord) -> None:
         """Store a new record; :class:`ContainerExistsError` if the id is taken."""
@@ -169,8 +176,10 @@ class _RecordStore(abc.ABC, Generic[_H]):
         """The ids of all stored containers, sorted."""
 
     @abc.abstractmethod
-    def _acquire(self, cid: str, timeout: float) -> _H:
-        """Take the lock of ``cid`` or raise :class:`LockTimeoutError`."""
+    def _acquire(self, cid: str, timeout: float, interrupted: Sequence[int] = ()) -> _H:
+        """Take the lock of ``cid`` or raise :class:`LockTimeoutError`; a wait for it ends
+        with ``KeyboardInterrupt`` once ``interrupted`` holds a signal (a Ctrl-C held
+        back)."""
 
     @abc.abstractmethod
     def _release(self, cid: str, handle: _H, *, drop: bool) -> None:
@@ -284,7 +293,7 @@ class FileStore(_RecordStore[int]):
 
     # -- locking -------------------------------------------------------------------------------
 
-    def _acquire(self, cid: str, timeout: float) -> int:
+    def _acquire(self, cid: str, timeout: float, interrupted: Sequence[int] = ()) -> int:
         path = self._lock_path(cid)
         deadline = time.monotonic() + timeout
         self._ensure_root()
@@ -294,6 +303,8 @@ class FileStore(_RecordStore[int]):
             try:
                 delay = _POLL_FIRST
                 while not _try_flock(fd, cid):
+                    if interrupted:
+                        raise KeyboardInterrupt
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise LockTimeoutError(cid, timeout)

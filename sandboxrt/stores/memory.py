@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 
 from sandboxrt._forksafe import ForkSafeLock
@@ -23,6 +24,9 @@ from sandboxrt.stores.base import DEFAULT_LOCK_TIMEOUT
 from sandboxrt.stores.file import _RecordStore
 
 __all__ = ["MemoryStore"]
+
+#: How long a wait for a container's lock goes before it looks for a Ctrl-C held back.
+_WAIT_SLICE = 0.05
 
 log = logging.getLogger("sandboxrt")
 
@@ -89,13 +93,17 @@ class MemoryStore(_RecordStore[threading.Lock]):
                 self._runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             return self._runtime_dir
 
-    def _acquire(self, cid: str, timeout: float) -> threading.Lock:
+    def _acquire(self, cid: str, timeout: float, interrupted: Sequence[int] = ()) -> threading.Lock:
         deadline = time.monotonic() + min(timeout, threading.TIMEOUT_MAX)
         while True:
             with self._mutex:
                 lock = self._locks.setdefault(cid, threading.Lock())
-            if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                raise LockTimeoutError(cid, timeout)
+            # In slices: a Ctrl-C held back (see ``lock``) ends the wait.
+            while not lock.acquire(timeout=min(_WAIT_SLICE, max(0.0, deadline - time.monotonic()))):
+                if interrupted:
+                    raise KeyboardInterrupt
+                if time.monotonic() >= deadline:
+                    raise LockTimeoutError(cid, timeout)
             # The container may have been deleted (and its lock dropped) while we waited.
             with self._mutex:
                 if self._locks.get(cid) is lock:
