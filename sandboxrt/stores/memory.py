@@ -64,7 +64,7 @@ class MemoryStore(_RecordStore[threading.Lock]):
         given_dir = None if runtime_dir is None else Path(os.path.realpath(runtime_dir))
         self._runtime_dir = given_dir
         if self._runtime_dir is not None and any(
-            self._runtime_dir in store._made_in for store in _LIVE
+            self._runtime_dir in store._made_in for store in _live_stores()
         ):  # (ids are unique in a store: two would take each other's sandboxes' files)
             raise ValueError(f"{self._runtime_dir} is the runtime directory of another MemoryStore")
         #: Where its runtime directory is, once known: for :func:`_orphaned`.
@@ -147,6 +147,18 @@ _EXIT_LOCK_TIMEOUT = 5.0
 #: Every MemoryStore alive, and stand-ins for those collected while they still recorded
 #: containers: what :func:`_destroy_left` goes through when this process exits.
 _LIVE: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
+
+
+def _live_stores() -> list[MemoryStore]:
+    """The live stores, now (another thread may make or drop one as we look: the set's
+    iteration then raises, and is done again)."""
+    while True:
+        try:
+            return list(_LIVE)
+        except RuntimeError:  # (set changed size during iteration)
+            continue
+
+
 _ORPHANS: list[MemoryStore] = []
 
 
@@ -179,7 +191,7 @@ def _destroy_left() -> None:
     (nothing else could); a Ctrl-C meanwhile waits for the end, and is dropped there."""
     left = [
         (store, cid)
-        for store in (*_LIVE, *_ORPHANS)
+        for store in (*_live_stores(), *_ORPHANS)
         for cid in store.list_ids()
         if _made_here(store, cid)
     ]
