@@ -64,6 +64,7 @@ __all__ = [
     "mask_paths",
     "minimal_root",
     "mount_id_beneath",
+    "mount_id_of",
     "open_beneath",
     "open_fd_table",
     "open_host_tree",
@@ -607,7 +608,7 @@ def fill_cgroup_mount(
     if target is None:
         return
     try:
-        if mount_id is None or _mount_id(target) != mount_id:
+        if mount_id is None or mount_id_of(target) != mount_id:
             return
         _fill_cgroup_tmpfs(target, plan, placed)
         if plan.flags & abi.MS_RDONLY:
@@ -854,7 +855,7 @@ def _owner_in_namespace(st: os.stat_result) -> tuple[int, int]:
         with open("/proc/self/uid_map") as f:
             initial = f.read().split() == ["0", "0", "4294967295"]
     except OSError:
-        initial = False
+        initial = True  # (not known: the owner is left as it reads, as before)
     if initial:  # (no namespace of ours: 65534 is the host's nobody)
         return uid, gid
     if uid == _overflow_id("overflowuid"):
@@ -1067,7 +1068,7 @@ def create_devices(
                 _check_beneath(parent, root, dev.path)
                 if _exists(parent, name):
                     continue
-                if ours is not None and _mount_id(parent) not in ours:
+                if ours is not None and mount_id_of(parent) not in ours:
                     raise _unsafe(
                         f"device {dev.path} would be made in a bind mount (a host directory)",
                         dev.path,
@@ -1128,7 +1129,7 @@ def mount_id_beneath(root: str, path: str) -> int | None:
     if fd is None:
         return None
     try:
-        return _mount_id(fd)
+        return mount_id_of(fd)
     finally:
         os.close(fd)
 
@@ -1143,7 +1144,7 @@ def dev_kind(root: str, *, mounted: int | None) -> Literal["ours", "linked", "fo
     nothing is made."""
     root_fd = _open_root(os.path.realpath(root))
     try:
-        rootfs_mount = _mount_id(root_fd)
+        rootfs_mount = mount_id_of(root_fd)
         try:
             dev, _ = _walk(root_fd, "/dev", follow=False)
         except FileNotFoundError:
@@ -1151,7 +1152,7 @@ def dev_kind(root: str, *, mounted: int | None) -> Literal["ours", "linked", "fo
         try:
             if not stat.S_ISLNK(os.fstat(dev).st_mode):
                 expected = rootfs_mount if mounted is None else mounted
-                return "ours" if _mount_id(dev) == expected else "foreign"
+                return "ours" if mount_id_of(dev) == expected else "foreign"
         finally:
             os.close(dev)
         try:
@@ -1159,14 +1160,14 @@ def dev_kind(root: str, *, mounted: int | None) -> Literal["ours", "linked", "fo
         except FileNotFoundError:
             return "linked"
         try:
-            return "linked" if _mount_id(target) in (rootfs_mount, mounted) else "foreign"
+            return "linked" if mount_id_of(target) in (rootfs_mount, mounted) else "foreign"
         finally:
             os.close(target)
     finally:
         os.close(root_fd)
 
 
-def _mount_id(fd: int) -> int:
+def mount_id_of(fd: int) -> int:
     """The id of the mount ``fd`` is on: ``statx``'s, else ``mnt_id`` of
     ``/proc/self/fdinfo`` (which a rootfs entered before pivot may not have)."""
     found = syscalls.mount_id(fd)

@@ -302,10 +302,15 @@ class Files:
             made = os.open(name, os.O_RDONLY | _O_DIR, dir_fd=at)
             try:
                 st = os.fstat(made)
-                if stat.S_IMODE(st.st_mode) & ~stat.S_ISGID or st.st_nlink != 2:
+                # (Empty, by its listing: some filesystems count no links of directories.)
+                if stat.S_IMODE(st.st_mode) & ~stat.S_ISGID or os.listdir(made):
                     raise OSError(errno.EAGAIN, "the directory was swapped while made", path)
-                os.fchown(made, self.uid, self.group_in(parent))
-                os.fchmod(made, mode)
+                try:
+                    os.fchown(made, self.uid, self.group_in(parent))
+                    os.fchmod(made, mode)
+                except BaseException:
+                    _remove_if_same(at, name, st)  # (no mode-000 directory of root's left)
+                    raise
             finally:
                 os.close(made)
         finally:
@@ -444,6 +449,14 @@ def _remove_tree(parent: int, name: str) -> None:
         channel.close_fds([fd for _, _, fd, _ in levels])
 
 
+def _remove_if_same(parent: int, name: str, made: os.stat_result) -> None:
+    """Remove directory ``name`` of ``parent`` if it is still the one ``made`` is of."""
+    with contextlib.suppress(OSError):
+        now = os.lstat(name, dir_fd=parent)
+        if (now.st_dev, now.st_ino) == (made.st_dev, made.st_ino):
+            os.rmdir(name, dir_fd=parent)
+
+
 def _refuse_mount_point(parent: int, name: str, path: str) -> None:
     """``EBUSY`` for a mount point, as the container's own ``rmdir`` gets: we are in a
     mount namespace of our own, where the kernel would detach the container's mount."""
@@ -458,8 +471,10 @@ def _refuse_mount_point(parent: int, name: str, path: str) -> None:
         os.close(fd)
 
 
-def _mount_of(fd: int) -> int | None:
-    return syscalls.mount_id(fd)
+def _mount_of(fd: int) -> int:
+    """(statx's mount id, else /proc/self/fdinfo's: before Linux 5.8 statx has none, and
+    every entry would have read as on its parent's mount.)"""
+    return mounts.mount_id_of(fd)
 
 
 def _open_directory(parent: int, name: str) -> int | None:
