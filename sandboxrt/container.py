@@ -2019,27 +2019,26 @@ def _refuse_sysctls_in_our_namespaces(
     spec joins by path, or ``shared`` (a pod's container runs in its sandbox's: those
     its supervisor is in, see :func:`_namespaces_we_share`)."""
     linux = document.get("linux") or {}
-    sysctls = dict(linux.get("sysctl") or {})
-    if shared is None:  # (a root's are set in the UTS namespace it joins, as its sysctls)
-        sysctls.update({name: "" for name in ("hostname", "domainname") if document.get(name)})
-    if not sysctls:
+    # What each setting belongs to: a sysctl's namespace; a root's hostname and
+    # domainname are set in the UTS namespace it joins, as its sysctls.
+    wanted = {f'linux.sysctl["{key}"]': sysctl_namespace(key) for key in linux.get("sysctl") or {}}
+    if shared is None:
+        wanted.update({name: "uts" for name in ("hostname", "domainname") if document.get(name)})
+    if not wanted:
         return
-    ours: dict[str, str] = {}  # type: path
-    if shared is not None:
-        ours = dict(shared)
-    for ns in linux.get("namespaces") or [] if shared is None else []:
-        kind, path = ns.get("type"), ns.get("path")
-        if path and kind in _NAMESPACE_FILES and _same_file(path, _NAMESPACE_FILES[kind]):
-            ours[kind] = path
+    ours = shared
+    if ours is None:
+        ours = {
+            ns["type"]: ns["path"]
+            for ns in linux.get("namespaces") or []
+            if ns.get("path")
+            and ns.get("type") in _NAMESPACE_FILES
+            and _same_file(ns["path"], _NAMESPACE_FILES[ns["type"]])
+        }
     problems = [
-        (
-            key if key in ("hostname", "domainname") else f'linux.sysctl["{key}"]',
-            f"not allowed in the runtime's own {kind} namespace ({ours[kind]})",
-        )
-        for key in sysctls
-        if (kind := "uts" if key in ("hostname", "domainname") else sysctl_namespace(key))
-        is not None
-        and kind in ours
+        (where, f"not allowed in the runtime's own {kind} namespace ({ours[kind]})")
+        for where, kind in wanted.items()
+        if kind in ours
     ]
     if problems:
         raise SpecError(problems, source=f'container "{container_id}"')

@@ -28,6 +28,7 @@ ALLOWED = frozenset(
         "sandboxrt.errors",
         "sandboxrt._core",
         "sandboxrt._core.abi",
+        "sandboxrt._core.idmap",
         "sandboxrt._core.protocol",
         "sandboxrt._core.file_protocol",
         "sandboxrt._core.users",

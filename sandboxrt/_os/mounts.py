@@ -852,11 +852,10 @@ def _owner_in_namespace(st: os.stat_result) -> tuple[int, int]:
     could plant what root ran)."""
     uid, gid = st.st_uid, st.st_gid
     try:
-        with open("/proc/self/uid_map") as f:
-            initial = f.read().split() == ["0", "0", "4294967295"]
+        ours = in_user_namespace()
     except OSError:
-        initial = True  # (not known: the owner is left as it reads, as before)
-    if initial:  # (no namespace of ours: 65534 is the host's nobody)
+        ours = False  # (not known: the owner is left as it reads, as before)
+    if not ours:  # (the host's namespace: 65534 is its nobody)
         return uid, gid
     if uid == _overflow_id("overflowuid"):
         uid = 0

@@ -15,7 +15,7 @@ import contextlib
 import errno
 import os
 
-from sandboxrt._core import abi
+from sandboxrt._core import abi, idmap
 from sandboxrt._os import syscalls
 
 __all__ = ["MapWriter"]
@@ -115,21 +115,24 @@ def become_root_of_joined(uid_map: str, gid_map: str) -> None:
     host's root may be none of its ids: then nothing it makes could be ours)."""
     for name, expected in (("uid_map", uid_map), ("gid_map", gid_map)):
         with open(f"/proc/self/{name}") as f:
-            found = _extents(f.read())
+            text = f.read()
+        # (Compared as sets: the kernel keeps more than five extents sorted.)
+        found = sorted(idmap.extents_from_text(text))
+        shown = "; ".join(" ".join(line.split()) for line in text.splitlines())
         if not expected:
             # Not said: then it must map root to the host's (we stay who we are).
-            if not any(line.split()[:2] == ["0", "0"] for line in found):
+            if idmap.to_host(found, 0) != 0:
                 raise OSError(
                     errno.EINVAL,
                     f"the user namespace joined maps root to another host id ({name}: "
-                    f"{'; '.join(found)}): give its uidMappings and gidMappings in the spec",
+                    f"{shown}): give its uidMappings and gidMappings in the spec",
                 )
             continue
-        if found != _extents(expected):
+        if found != sorted(idmap.extents_from_text(expected)):
             raise OSError(
                 errno.EINVAL,
                 f"the user namespace joined is mapped otherwise than the spec says "
-                f"({name}: {' '.join(found) or 'nothing'})",
+                f"({name}: {shown or 'nothing'})",
             )
     try:
         os.setresgid(0, 0, 0)
@@ -140,9 +143,3 @@ def become_root_of_joined(uid_map: str, gid_map: str) -> None:
         raise OSError(
             exc.errno, f"the user namespace joined maps no root (uid and gid 0): {exc.strerror}"
         ) from None
-
-
-def _extents(text: str) -> list[str]:
-    """A map's extents, each as ``inside outside size``, in the order the kernel keeps
-    (sorted: it sorts more than five)."""
-    return sorted(" ".join(line.split()) for line in text.splitlines() if line.strip())
