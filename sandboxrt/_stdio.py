@@ -80,19 +80,52 @@ class StdioPlan:
         self.stdin: IO[bytes] | None = None
         self.stdout: IO[bytes] | None = None
         self.stderr: IO[bytes] | None = None
+        to_stdout = stderr == subprocess.STDOUT
         try:
-            in_fd = self._fd(stdin, 0, reading=True)
-            out_fd = self._fd(stdout, 1, reading=False)
-            err_fd = out_fd if stderr == subprocess.STDOUT else self._fd(stderr, 2, reading=False)
+            # The caller's fds first: a pipe or /dev/null made for one stream could take
+            # the number of a closed one given for another, which would then pass for open.
+            given = [self._given(arg) for arg in (stdin, stdout, None if to_stdout else stderr)]
+            in_fd = self._fd(stdin, 0, reading=True) if given[0] is None else given[0]
+            out_fd = self._fd(stdout, 1, reading=False) if given[1] is None else given[1]
+            err_fd = given[2]
+            if err_fd is None:
+                err_fd = out_fd if to_stdout else self._fd(stderr, 2, reading=False)
         except BaseException:
             self.close_all()
             raise
         self.child_fds = [in_fd, out_fd, err_fd]
 
-    def _fd(self, arg: StdioArg, default: int, *, reading: bool) -> int:
-        """The plan's own fd for one stream: a duplicate of the caller's (never the
+    def _given(self, arg: StdioArg) -> int | None:
+        """The plan's own duplicate of an fd the caller gave for a stream (never the
         caller's number, which a closed stream would have free for the library's next
-        fd), ``/dev/null`` for an inherited stream the caller has closed."""
+        fd); ``None`` for ``None``, ``PIPE``, ``DEVNULL`` and ``STDOUT``."""
+        if arg is None or (isinstance(arg, int) and not isinstance(arg, bool) and arg < 0):
+            return None
+        if isinstance(arg, bool) or not (isinstance(arg, int) or hasattr(arg, "fileno")):
+            raise TypeError(
+                "a stdio argument must be None, PIPE, DEVNULL, STDOUT (stderr only), an fd "
+                f"or an object with fileno(), not {type(arg).__name__}"
+            )
+        try:
+            fd = arg if isinstance(arg, int) else arg.fileno()
+        except io.UnsupportedOperation:  # (an io.BytesIO, say: no fd to give a process)
+            raise ValueError(
+                f"a {type(arg).__name__} has no file descriptor to give a process: pass a "
+                "real file, an fd, DEVNULL or PIPE"
+            ) from None
+        if fd < 0:
+            raise ValueError(f"invalid stdio argument {arg!r}")
+        try:
+            return self._own(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3))
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                raise
+            raise ValueError(f"stdio file descriptor {fd} is not open") from None
+
+    def _fd(self, arg: StdioArg, default: int, *, reading: bool) -> int:
+        """The plan's own fd for a stream the caller gave no fd for (:meth:`_given`): a
+        duplicate of ours when inherited (``/dev/null`` when the caller has closed it), a
+        new pipe, ``/dev/null``."""
         if arg is None:
             try:
                 return self._own(fcntl.fcntl(default, fcntl.F_DUPFD_CLOEXEC, 3))
@@ -100,11 +133,6 @@ class StdioPlan:
                 if exc.errno != errno.EBADF:
                     raise
                 arg = subprocess.DEVNULL  # closed (a daemon's): the container gets /dev/null
-        if isinstance(arg, bool) or not (isinstance(arg, int) or hasattr(arg, "fileno")):
-            raise TypeError(
-                "a stdio argument must be None, PIPE, DEVNULL, STDOUT (stderr only), an fd "
-                f"or an object with fileno(), not {type(arg).__name__}"
-            )
         if arg == subprocess.DEVNULL:
             return self._own(
                 os.open(os.devnull, (os.O_RDONLY if reading else os.O_WRONLY) | os.O_CLOEXEC)
@@ -121,21 +149,7 @@ class StdioPlan:
             else:
                 self.stderr = stream
             return child
-        try:
-            fd = arg if isinstance(arg, int) else arg.fileno()
-        except io.UnsupportedOperation:  # (an io.BytesIO, say: no fd to give a process)
-            raise ValueError(
-                f"a {type(arg).__name__} has no file descriptor to give a process: pass a "
-                "real file, an fd, DEVNULL or PIPE"
-            ) from None
-        if fd < 0:
-            raise ValueError(f"invalid stdio argument {arg!r}")
-        try:
-            return self._own(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3))
-        except OSError as exc:
-            if exc.errno != errno.EBADF:
-                raise
-            raise ValueError(f"stdio file descriptor {fd} is not open") from None
+        raise ValueError(f"invalid stdio argument {arg!r}")  # (STDOUT but for stderr, say)
 
     def _own(self, fd: int) -> int:
         self._owned.append(fd)

@@ -832,6 +832,10 @@ class Container:
         ``sig`` is a number or a name, as ``runc kill`` takes it (``"TERM"``,
         ``"SIGKILL"``); anything else is an :class:`InvalidArgumentError`.
 
+        The init is not PID 1 (the supervisor is, as with ``docker run --init``),
+        so the kernel does not shield it: a signal it has no handler for acts as
+        by default (``SIGTERM`` ends it), where runc's init, PID 1, ignores it.
+
         With ``foreground=True`` it goes to the foreground process group of the
         init's terminal instead (``process.terminal``; like ``runsc kill --fg``).
 
@@ -966,7 +970,8 @@ class Container:
         through a pidfd; else :class:`ProcessNotFoundError`. ``group`` signals
         its process group; ``foreground`` the foreground process group of the
         terminal ``pid`` holds (the init with ``process.terminal``, or a
-        process exec'd with ``tty=True``).
+        process exec'd with ``tty=True``). In a paused container the signal waits
+        for :meth:`resume`, ``SIGKILL`` too: only :meth:`kill` thaws.
         """
         pid = _process_pid(self.id, pid)
         number = signal_number(sig, self.id)
@@ -1842,7 +1847,7 @@ def _effective_status(
         return Status.STOPPED
     if record.status in _LIVE and (
         sandbox is None
-        or not sandbox.is_running()
+        or not sandbox.is_serving()
         or sandbox.exit_status(record.id) is not None
         or (record.sandbox_id != record.id and sandbox.exit_status() is not None)
     ):

@@ -130,6 +130,8 @@ class Process:
         #: order in which a garbage cycle is finalized.
         self._connection = connection.detach() if connection is not None else -1
         self._connection_lock = threading.Lock()
+        #: The process whose connection and locks these are (see :meth:`_forked`).
+        self._owner = os.getpid()
         if timeout is not None:
             # Through a weak reference: a Process dropped before its deadline is freed (its
             # fd closed), and its deadline dropped, as a dropped Popen leaves its child be.
@@ -178,10 +180,24 @@ class Process:
     def _wait_status(self, timeout: float | None = None, *, nohang: bool = False) -> int | None:
         """The exit status, from the supervisor; a container destroyed meanwhile (a pod's
         container: its sandbox lives on) took its processes with it: ``-SIGKILL``."""
+        if self._owner != os.getpid():
+            self._forked()
         try:
             return self._ask_status(timeout, nohang=nohang)
         except ContainerNotFoundError:
             return -_signal.SIGKILL
+
+    def _forked(self) -> None:
+        """Used in a child the caller forked: the exec's connection is the parent's (a
+        question asked on it would take the parent's answer), and a lock another thread
+        held at the fork stays held here for ever. Ask on new connections, with new
+        locks."""
+        fd, self._connection = self._connection, -1
+        if fd >= 0:
+            os.close(fd)  # (this process's copy: the parent's stays open)
+        self._connection_lock = threading.Lock()
+        self._expiring = threading.Lock()
+        self._owner = os.getpid()
 
     def _ask_status(self, timeout: float | None = None, *, nohang: bool = False) -> int | None:
         """Ask the supervisor for the exit status, on the exec's connection when it is free
@@ -386,7 +402,7 @@ class Process:
             writing = self.stdin if self.stdin is not None else self.console
             pending = self._input_offset < len(self._input)
             if writing is not None and not writing.closed and pending:
-                os.set_blocking(writing.fileno(), False)
+                os.set_blocking(writing.fileno(), False)  # (blocking again on the way out)
                 wanted[writing.fileno()] = (selectors.EVENT_WRITE, writing)
             for stream in (out_stream, self.stderr):
                 if stream is not None and not stream.closed:
@@ -395,24 +411,34 @@ class Process:
                     wanted[stream.fileno()] = (events | selectors.EVENT_READ, stream)
             for fd, (events, stream) in wanted.items():
                 selector.register(fd, events, stream)
-            while selector.get_map():
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise ProcessTimeoutError(
-                        self.container_id, self.args, timeout or 0.0, pid=self.pid
-                    )
-                if self._timer is not None:
-                    if self.timed_out:  # killed at its deadline: what a process out of its
-                        return  # group (setsid) holds open may never end
-                    remaining = (
-                        min(remaining, _DEADLINE_POLL) if remaining is not None else _DEADLINE_POLL
-                    )
-                for key, events in selector.select(remaining):
-                    stream = key.data
-                    if events & selectors.EVENT_WRITE:
-                        self._write_input(selector, stream)
-                    if events & selectors.EVENT_READ:
-                        self._read_output(selector, stream)
+            try:
+                self._serve(selector, deadline, timeout)
+            finally:  # (a time-out leaves input unwritten: the caller's stream is as it was)
+                if writing is not None and not writing.closed and pending:
+                    os.set_blocking(writing.fileno(), True)
+
+    def _serve(
+        self, selector: selectors.BaseSelector, deadline: float | None, timeout: float | None
+    ) -> None:
+        """:meth:`_pump`'s loop: until no stream is left, the deadline, or the exec's."""
+        while selector.get_map():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise ProcessTimeoutError(
+                    self.container_id, self.args, timeout or 0.0, pid=self.pid
+                )
+            if self._timer is not None:
+                if self.timed_out:  # killed at its deadline: what a process out of its
+                    return  # group (setsid) holds open may never end
+                remaining = (
+                    min(remaining, _DEADLINE_POLL) if remaining is not None else _DEADLINE_POLL
+                )
+            for key, events in selector.select(remaining):
+                stream = key.data
+                if events & selectors.EVENT_WRITE:
+                    self._write_input(selector, stream)
+                if events & selectors.EVENT_READ:
+                    self._read_output(selector, stream)
 
     def _write_input(self, selector: selectors.BaseSelector, stream: IO[bytes]) -> None:
         chunk = self._input[self._input_offset : self._input_offset + _WRITE_SIZE]

@@ -388,6 +388,12 @@ class Sandbox:
         """Whether the supervisor process (not one reusing its pid) still runs."""
         return alive(self.supervisor)
 
+    def is_serving(self) -> bool:
+        """:meth:`is_running`, and not exiting: what the containers' statuses follow (a
+        supervisor killed while a container is frozen exits only once it is thawed)."""
+        identity = self.supervisor
+        return procfs.runs_on(identity.pid, identity.start_ticks, identity.boot_id)
+
     def was_started(self, container_id: str) -> bool:
         """Whether the supervisor released the container's init (``start``); ``False``
         when it cannot say (it is gone)."""
@@ -780,7 +786,9 @@ class Sandbox:
             )
             channel.close_fds(fds)
         except SandboxDiedError:
-            record = self.exit_record(container_id)
+            # An exec (a ``serial``) is never the init. Its serial names it in the files
+            # kept, which a later sandbox of the same id (the same path) may have written.
+            record = None if serial else self.exit_record(container_id)
             if record is not None and record.pid == pid:
                 return record.returncode
             kept = self._exec_exits().status_of(container_id, pid, serial)

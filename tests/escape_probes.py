@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import platform
+import resource
 import socket
 import stat
 import sys
@@ -412,6 +413,13 @@ def _() -> Result:
 @probe("ptrace_attach_pid1")
 def _() -> Result:
     return rc(libc.ptrace(16, 1, None, None))  # PTRACE_ATTACH
+
+
+@probe("prlimit_pid1")
+def _() -> Result:
+    # Only reads PID 1's limit: the kernel checks permission to read as to set (same uids
+    # and gids, or CAP_SYS_RESOURCE), and a container that may read them may lower them.
+    return oserror(lambda: resource.prlimit(1, resource.RLIMIT_CORE))
 
 
 @probe("raise_ambient_sys_admin")

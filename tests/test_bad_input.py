@@ -545,6 +545,24 @@ def test_stdio_fd_that_is_not_open(
     assert_nothing_left(store)
 
 
+@pytest.mark.parametrize("earlier", ["stdin", "stdout"])
+def test_a_closed_fd_is_refused_whatever_the_earlier_streams_make(
+    store: FileStore, bundle: BundleFactory, fd_check: None, earlier: str
+) -> None:
+    """A pipe or /dev/null made for an earlier stream took the lowest free number, the
+    closed one given for a later stream, which then passed for open: the program wrote
+    to the read end of its own stdin pipe."""
+    r, w = os.pipe()
+    os.close(w)  # the lowest free number now (r holds the one below it)
+    later = {"stdin": "stdout", "stdout": "stderr"}[earlier]
+    try:
+        with pytest.raises(InvalidArgumentError, match=f"descriptor {w} is not open"):
+            Container.create("x", bundle(), store=store, **{earlier: subprocess.PIPE, later: w})
+    finally:
+        os.close(r)
+    assert_nothing_left(store)
+
+
 def test_bad_arguments_are_errors_of_sandboxrt_naming_the_container(
     store: FileStore, bundle: BundleFactory, fd_check: None
 ) -> None:

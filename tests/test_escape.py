@@ -77,6 +77,7 @@ EPERM = (
     "mknod_char_device",
     "chown_other_uid",
     "ptrace_attach_pid1",
+    "prlimit_pid1",  # (its uids are the container root's: its saved gid is not)
     "raise_ambient_sys_admin",
 )
 #: PID 1 is the supervisor, with every capability: ptrace access to it is denied.

@@ -481,6 +481,35 @@ def test_a_process_of_a_destroyed_container_never_reaches_the_next_of_its_id(
         second.destroy()
 
 
+def test_a_process_of_a_destroyed_container_never_reads_the_next_s_statuses(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """Both sandboxes number their processes, and numbered their execs, alike: once the
+    second stopped, the stale handle read its exec's status from the files the second
+    left under the same runtime directory (42 for a process killed with its sandbox)."""
+    path = bundle(["sleep", "1000"])
+    first = Container.create("reread", path, store=store)
+    try:
+        first.start()
+        stale = first.exec(["sleep", "1000"])
+    finally:
+        first.destroy()
+    second = Container.create("reread", path, store=store)
+    try:
+        second.start()
+        fresh = second.exec(["sh", "-c", "exit 42"])
+        while fresh.pid < stale.pid:  # until it has the stale one's pid
+            assert fresh.wait(timeout=10) == 42
+            fresh = second.exec(["sh", "-c", "exit 42"])
+        assert fresh.pid == stale.pid
+        assert fresh.wait(timeout=10) == 42
+        second.kill(signal.SIGKILL)
+        assert second.wait(timeout=10) == -signal.SIGKILL
+        assert stale.poll() == -signal.SIGKILL
+    finally:
+        second.destroy()
+
+
 @pytest.mark.parametrize("timeout", [0, -1])
 def test_a_deadline_already_past_is_a_timeout(running: Container, timeout: float) -> None:
     with pytest.raises(WaitTimeoutError):
@@ -517,6 +546,40 @@ def test_a_timeout_of_forever_waits_for_ever(running: Container, forever: float)
             call()
     with pytest.raises(TypeError, match="timeout must be a number"):
         running.wait(timeout="1")  # type: ignore[arg-type]
+
+
+def test_a_process_used_in_a_forked_child_leaves_the_parent_s_wait_alone(
+    running: Container,
+) -> None:
+    """The child's poll went on the exec's connection, which it shares with the parent:
+    the parent's wait took the child's "no status yet" (a ProtocolError)."""
+    process = running.exec(["sleep", "1"])
+    child = os.fork()
+    if child == 0:  # (polls while the parent waits; says how it went by its exit status)
+        code = 1
+        try:
+            time.sleep(0.2)
+            seen = [process.poll() for _ in range(5)]
+            code = 0 if None in seen else 2
+        finally:
+            os._exit(code)
+    try:
+        assert process.wait(timeout=30) == 0
+    finally:
+        _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_timed_out_communicate_leaves_stdin_blocking(running: Container) -> None:
+    """Its input half written, the caller's stdin stayed non-blocking (a later write
+    raised BlockingIOError), as Popen.communicate never leaves it."""
+    process = running.exec(["sleep", "100"], stdin=subprocess.PIPE)
+    assert process.stdin is not None
+    with pytest.raises(ProcessTimeoutError):
+        process.communicate(b"z" * 1_000_000, timeout=0.3)
+    assert os.get_blocking(process.stdin.fileno())
+    process.kill()
+    assert process.wait(timeout=10) == -signal.SIGKILL
 
 
 def test_exec_into_a_paused_container(running: Container) -> None:

@@ -185,6 +185,28 @@ def test_an_agent_its_seccomp_profile_stops_hands_over_to_the_slow_way(
         container.destroy()
 
 
+def test_a_profile_that_pretends_takes_the_slow_way(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """chdir answered with success, unrun (SCMP_ACT_ERRNO, errnoRet 0): the agent, which
+    spawns under the profile, ran the program in / for cwd=/tmp; the slow way (as runc)
+    changes directory before the profile goes in."""
+    pretending = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["chdir", "fchdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 0}],
+    }
+    path: Path = edit_config(bundle(["sleep", "1000"]), set_seccomp(pretending))
+    container = Container.create("ag6", path, store=store)
+    try:
+        container.start()
+        for _ in range(2):
+            done = container.exec_run(["pwd"], cwd="/tmp", capture_output=True, check=True)
+            assert done.stdout == b"/tmp\n"
+        assert not agents(container)
+    finally:
+        container.destroy()
+
+
 def test_a_subcontainer_s_agent_ends_with_it(pod: Pod, bundle: BundleFactory) -> None:
     sub = pod.add_container("sub", bundle(["sleep", "1000"]))
     sub.start()

@@ -40,7 +40,7 @@ from sandboxrt import (
     WaitTimeoutError,
 )
 from sandboxrt import _cgroup as library_cgroup
-from sandboxrt._os import cgroups
+from sandboxrt._os import cgroups, procfs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -315,6 +315,27 @@ def test_a_dead_paused_sandbox_reads_stopped(counter: tuple[Container, Path]) ->
     assert container.status is Status.STOPPED
     with pytest.raises(InvalidStateError, match=r"cannot resume .* in state stopped"):
         container.resume()
+
+
+def test_a_supervisor_killed_while_its_container_is_paused_reads_stopped(
+    counter: tuple[Container, Path], store: FileStore
+) -> None:
+    """A PID namespace's init killed while processes of its namespace are frozen waits
+    for them (PF_EXITING) for as long as they stay frozen: it was taken for alive, and the
+    container read paused for good."""
+    container, _ = counter
+    container.pause()
+    sandbox = container.sandbox
+    assert sandbox is not None
+    pids = cgroup_of(container).pids()
+    os.kill(sandbox.pid, signal.SIGKILL)
+    wait_for(lambda: procfs.dying_name(sandbox.pid) is not None)  # (frozen children: not reaped)
+    assert container.status is Status.STOPPED
+    assert status_elsewhere(store, container.id) == "stopped stopped"
+    with pytest.raises(InvalidStateError, match=r"cannot resume .* in state stopped"):
+        container.resume()
+    container.destroy()
+    assert all(ended(pid) for pid in [*pids, sandbox.pid])
 
 
 @pytest.mark.skipif(cgroups.detect().driver != "v1", reason="v1's freezer: v2 kills frozen tasks")

@@ -304,6 +304,20 @@ def test_destroying_the_root_with_a_paused_subcontainer_leaves_nothing(
     assert os.listdir(store.runtime_dir) == []
 
 
+def test_a_paused_subcontainer_ends_with_the_root(pod: Pod, bundle: BundleFactory) -> None:
+    """Its processes are thawed to die: a frozen one outlived the SIGKILL, the member read
+    stopped with processes left, and the supervisor (PID 1) waited for them, until destroy."""
+    a = add_running(pod, bundle(SLEEP), "a")
+    a.pause()
+    pids = host_pids(a)
+    supervisor = pod.root.sandbox
+    assert pids and supervisor is not None
+    pod.root.kill(signal.SIGKILL)
+    assert pod.root.wait(timeout=10) == -signal.SIGKILL
+    assert a.status is Status.STOPPED
+    wait_until(lambda: not any(alive(pid) for pid in [*pids, supervisor.pid]), timeout=20)
+
+
 # -- lifecycle -------------------------------------------------------------------------------
 
 

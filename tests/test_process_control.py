@@ -157,6 +157,32 @@ def test_signal_process_refuses_a_host_process(running: Container) -> None:
     assert running.exec_run(["true"]).returncode == 0  # the container is unharmed
 
 
+def test_signal_process_of_a_thread_id_names_it_not_found(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """A thread's id is no process (pidfd_open: ENOENT since Linux 6.9, EINVAL before): it
+    was an InitError."""
+    code = (
+        "import threading, time\n"
+        "t = threading.Thread(target=time.sleep, args=(300,), daemon=True); t.start()\n"
+        "print(t.native_id, flush=True); time.sleep(300)\n"
+    )
+    container = Container.create("thr1", bundle(["sleep", "1000"], rootfs="host_usr"), store=store)
+    try:
+        container.start()
+        process = container.exec(["python3", "-c", code], stdout=subprocess.PIPE)
+        assert process.stdout is not None
+        tid = int(process.stdout.readline())
+        assert tid != process.pid
+        for group in (False, True):
+            with pytest.raises(ProcessNotFoundError, match="does not belong"):
+                container.signal_process(tid, 0, group=group)
+        process.kill()
+        assert process.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        container.destroy()
+
+
 # -- foreground process groups -----------------------------------------------------------------
 
 

@@ -170,6 +170,22 @@ def test_build_filter_skips_unknown_names_and_ors_one_argument() -> None:
     seccomp.build_filter(section).release()
 
 
+def test_rules_libseccomp_refuses_are_spec_errors() -> None:
+    """Two rules with the same conditions and different errnos: runc refuses it ("file
+    exists"); it was a bare FileExistsError, which reads as the id being taken."""
+    condition = [{"index": 0, "value": 1, "op": "SCMP_CMP_EQ"}]
+    section = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [
+            {"names": ["getppid"], "action": "SCMP_ACT_ERRNO", "errnoRet": 11, "args": condition},
+            {"names": ["getppid"], "action": "SCMP_ACT_ERRNO", "errnoRet": 12, "args": condition},
+        ],
+    }
+    with pytest.raises(SpecError, match=r"syscalls\[1\]: its rule for getppid conflicts") as info:
+        seccomp.compile_bpf(section)
+    assert not isinstance(info.value, FileExistsError)
+
+
 def test_build_filter_flags() -> None:
     flags = [
         "SECCOMP_FILTER_FLAG_TSYNC",
@@ -724,6 +740,26 @@ def test_an_init_killed_before_its_program_runs_fails_start(
         container.destroy()
     with pytest.raises(InitError, match="SIGSYS"):
         Container.run("killed-run", path, store=store)
+    assert Container.list(store=store) == []
+
+
+@needs_root
+@needs_busybox
+def test_a_profile_loaded_last_that_kills_execve_says_so(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """With noNewPrivileges the profile goes in just before execve: the message blamed
+    a profile "loaded early without noNewPrivileges"."""
+
+    def change(document: dict[str, Any]) -> None:
+        document["process"]["noNewPrivileges"] = True
+        document["linux"]["seccomp"] = killing("execve")
+
+    path = edit_config(bundle(["true"]), change)
+    with pytest.raises(InitError, match="SIGSYS") as info:
+        Container.run("execve-killed", path, store=store)
+    assert "loaded early" not in str(info.value)
+    assert "forbids a system call of the program's execve" in str(info.value)
     assert Container.list(store=store) == []
 
 

@@ -329,7 +329,7 @@ MALFORMED = [
     (
         _set("linux", "seccomp", "syscalls", 0, "errnoRet", value=70000),
         "linux.seccomp.syscalls[0].errnoRet",
-        "must be in [0, 4095]",
+        "must be in [0, 4094]",
     ),
 ]
 

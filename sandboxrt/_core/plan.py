@@ -242,10 +242,15 @@ def _seccomp_plan(
     flags = 0
     for flag in seccomp.get("flags") or []:
         flags |= SECCOMP_FILTER_FLAGS[flag]
+    rules = seccomp.get("syscalls") or []
+    pretends = (
+        seccomp.get("defaultAction") == "SCMP_ACT_ERRNO" and seccomp.get("defaultErrnoRet") == 0
+    ) or any(rule.get("action") == "SCMP_ACT_ERRNO" and rule.get("errnoRet") == 0 for rule in rules)
     return SeccompPlan(
         bpf=compile_seccomp(seccomp).hex(),
         flags=flags,
         early=not no_new_privileges,
+        pretends=pretends,
     )
 
 

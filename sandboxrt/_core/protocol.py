@@ -260,6 +260,10 @@ class SeccompPlan:
     #: Load before the init drops any privilege: without ``no_new_privs``, installing a
     #: filter needs ``CAP_SYS_ADMIN``. Otherwise it goes in last, just before ``execve``.
     early: bool = False
+    #: A rule answers some system call with success without running it (``SCMP_ACT_ERRNO``
+    #: with ``errnoRet`` 0): an exec agent, which spawns under the profile, could not tell
+    #: its own steps (``chdir``, ``setsid``) done, so such execs go the slow way.
+    pretends: bool = False
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -13,7 +13,9 @@ accounting, setting the clock or the host/domain name, ``quotactl``,
 Special cases: ``clone`` only without namespace flags; ``clone3`` fails with
 ``ENOSYS`` (its flags live in memory a filter cannot read; libc falls back
 to ``clone``); ``personality`` only for the harmless domains Docker allows;
-``socket`` for every family but ``AF_VSOCK``. ``ptrace`` is allowed (the
+``socket`` for every family but ``AF_VSOCK`` (as in Docker's, not through the
+32-bit ``socketcall``, whose arguments are in memory a filter cannot read: a
+32-bit program may still make one). ``ptrace`` is allowed (the
 kernel's own checks hold since 4.8) but the default bounding set has no
 ``CAP_SYS_PTRACE``. Unlike Docker, the profile does not widen with the
 process's capabilities.

@@ -567,8 +567,9 @@ _DEV_MAJOR_MAX = 2**12 - 1
 _DEV_MINOR_MAX = 2**20 - 1
 _INT64 = (-(2**63), 2**63 - 1)
 _UINT64 = (0, 2**64 - 1)
-#: The largest errno a seccomp rule may return (``SECCOMP_RET_DATA``; errnos stop at 4095).
-_MAX_ERRNO = 4095
+#: The largest errno a seccomp rule may return: libseccomp takes errnos below
+#: ``MAX_ERRNO`` (4095), the kernel's bound.
+_MAX_ERRNO = 4094
 
 
 def _check_resource_ranges(out: _Problems, resources: Resources) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "pidfd_pid",
     "read_process",
     "read_stat",
+    "runs_on",
     "set_oom_score_adj",
     "write_proc_file",
 ]
@@ -257,7 +258,25 @@ def is_alive(pid: int, start_ticks: int, boot: str) -> bool:
 
     A zombie counts as dead; a PID reused by another process does not match.
     """
+    fields = _fields_of(pid, start_ticks, boot)
+    return fields is not None and fields[0].decode() not in _DEAD_STATES
+
+
+def runs_on(pid: int, start_ticks: int, boot: str) -> bool:
+    """:func:`is_alive`, and not on its way out (``PF_EXITING``): a PID namespace's init
+    killed while processes of its namespace are frozen waits for them, for as long as
+    they stay frozen, yet will never run again."""
+    fields = _fields_of(pid, start_ticks, boot)
+    return (
+        fields is not None
+        and fields[0].decode() not in _DEAD_STATES
+        and not int(fields[6]) & _PF_EXITING
+    )
+
+
+def _fields_of(pid: int, start_ticks: int, boot: str) -> list[bytes] | None:
+    """:func:`_stat_fields` of the very process ``(pid, start_ticks, boot)`` names."""
     if boot != boot_id():
-        return False
-    info = read_stat(pid)
-    return info is not None and info.start_ticks == start_ticks and info.state not in _DEAD_STATES
+        return None
+    fields = _stat_fields(pid)
+    return fields if fields is not None and int(fields[19]) == start_ticks else None

@@ -14,8 +14,11 @@ not at import. The spec's ``linux.seccomp`` section becomes BPF in two steps:
 the section's canonical JSON, the libseccomp version and the machine, so a
 profile (the default one above all) is compiled once per process.
 
-Choices, as runc makes them: syscall names and architectures this
-libseccomp does not know are skipped, and a system call newer than any it
+Choices, as runc makes them but where noted: syscall names this libseccomp does
+not know are skipped, and so are its unknown architectures (runc refuses those;
+a call from one is killed all the same, as from any architecture the filter
+does not list); what it refuses (two rules with the same conditions and other
+actions, an errno of 4095 or more) is a :class:`SpecError`; a system call newer than any it
 knows (on the native architecture) fails with ``ENOSYS``, not the default
 action, so that a program falls back as on an older kernel
 (:func:`enosys_stub`, unless the default action allows); rules whose action is the default
@@ -185,6 +188,13 @@ def _check(result: int, what: str) -> None:
         raise OSError(-result, f"{what}: {os.strerror(-result)}")
 
 
+def _refused(result: int, where: str, what: str) -> None:
+    """A :class:`SpecError` at ``where`` if libseccomp refused part of a profile (a
+    negative ``result``), as runc refuses it."""
+    if result < 0:
+        raise SpecError([(where, f"{what} (libseccomp: {os.strerror(-result)})")])
+
+
 class Filter:
     """A built libseccomp filter: :meth:`export` its BPF program, then :meth:`release` it."""
 
@@ -244,7 +254,7 @@ def build_filter(section: Mapping[str, Any]) -> Filter:
     default = action_value(section["defaultAction"], section.get("defaultErrnoRet"))
     ctx = lib.seccomp_init(default)
     if not ctx:
-        raise OSError(errno.EINVAL, "seccomp_init failed")
+        raise SpecError([("linux.seccomp.defaultAction", "libseccomp refuses it")])
     result = Filter(lib, ctx)
     try:
         for arch in section.get("architectures") or []:
@@ -253,7 +263,7 @@ def build_filter(section: Mapping[str, Any]) -> Filter:
                 continue  # unknown to this libseccomp
             rc = lib.seccomp_arch_add(ctx, token)
             if rc != -errno.EEXIST:
-                _check(rc, f"seccomp_arch_add({arch})")
+                _refused(rc, "linux.seccomp.architectures", f"libseccomp refuses {arch}")
         # The flags do not change the program (the init passes them to seccomp(2)), but
         # setting them asks libseccomp whether this kernel supports them.
         for flag in section.get("flags") or []:
@@ -261,7 +271,7 @@ def build_filter(section: Mapping[str, Any]) -> Filter:
                 raise MissingFeatureError(
                     f"seccomp flag {flag}", "this libseccomp or kernel does not support it"
                 )
-        for rule in section.get("syscalls") or []:
+        for index, rule in enumerate(section.get("syscalls") or []):
             action = action_value(rule["action"], rule.get("errnoRet"))
             if action == default:
                 continue
@@ -272,7 +282,10 @@ def build_filter(section: Mapping[str, Any]) -> Filter:
                     if number == _NR_SCMP_ERROR:
                         continue  # unknown syscall name
                     rc = lib.seccomp_rule_add_array(ctx, action, number, len(cmps), array)
-                    _check(rc, f"seccomp rule for {name}")
+                    why = (  # (one with the same conditions and another action: runc's words)
+                        "conflicts with an earlier rule" if rc == -errno.EEXIST else "is refused"
+                    )
+                    _refused(rc, f"linux.seccomp.syscalls[{index}]", f"its rule for {name} {why}")
     except BaseException:
         result.release()
         raise

@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import NoReturn
 
-from sandboxrt._core import abi
+from sandboxrt._core import abi, idmap
 from sandboxrt._core.protocol import (
     EXEC_EXITS_FILE,
     EXEC_EXITS_KEPT,
@@ -41,6 +41,7 @@ from sandboxrt._core.protocol import (
     ExitStatus,
     InitPlan,
     Launched,
+    ProcessPlan,
     Progress,
     Reply,
     Request,
@@ -384,7 +385,9 @@ class Supervisor:
         #: Each exec's serial (its reply's ``serial``), by pid: a pid taken again is
         #: another exec. The status of one whose pid was taken before anyone asked is
         #: kept in ``superseded``, by serial, with its container (the latest UNWAITED_KEPT).
-        self.exec_serial = 0
+        #: They start anywhere: a handle of an earlier sandbox of the same id (its runtime
+        #: directory's path) never names one of our execs in what we leave there.
+        self.exec_serial = int.from_bytes(os.urandom(6), "big")
         self.exec_serials: dict[int, int] = {}
         self.superseded: dict[int, tuple[str, int]] = {}
         #: Connections waiting for an exec'd process, by pid, and the pid each waits for.
@@ -419,6 +422,7 @@ class Supervisor:
         if os.getsid(0) != os.getpid():  # a warm sandbox is a session leader already
             os.setsid()
         syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # the container must not reach into us
+        _shield_limits()
         syscalls.set_process_name(PROCESS_NAME)
         syscalls.prctl(abi.PR_SET_CHILD_SUBREAPER, 1)
         new = {kind for kind, path in self.plan.namespaces if not path}
@@ -1248,7 +1252,8 @@ class Supervisor:
         if start.timed_out:
             error = f"the process did not start within {EXEC_START_TIMEOUT:g} s"
         else:
-            error = _death_before_exec("process", os.waitstatus_to_exitcode(wait_status))
+            returncode = os.waitstatus_to_exitcode(wait_status)
+            error = _death_before_exec("process", returncode, start.plan)
         return Reply(False, error=error, error_type="ExecError")
 
     def _exec_start_done(self, start: _ExecStart, reply: Reply) -> None:
@@ -1289,12 +1294,15 @@ class Supervisor:
         """Run ``plan`` through ``member``'s exec agent (made now if it has none).
 
         ``None`` when no agent may serve it (a terminal, a user to look up, no
-        cgroup, another profile than the agent's, one an agent failed at);
+        cgroup, another profile than the agent's, one an agent failed at, a seccomp
+        profile that pretends);
         a reply with ``error_type`` ``AgentFailed`` when the agent could not
         spawn it (the caller then goes the slow way, whose outcome counts).
         """
         profile = _profile(plan)
         if plan.terminal or plan.user or not member.cgroup_procs or profile in member.agent_unfit:
+            return None
+        if plan.seccomp is not None and plan.seccomp.pretends:
             return None
         if (
             plan.scheduler is not None
@@ -1720,8 +1728,10 @@ class Supervisor:
             return self._not_ours(member, pid)
         try:
             pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            return self._not_ours(member, pid)
+        except OSError as err:  # gone, or a thread's id (ENOENT; EINVAL before Linux 6.9)
+            if err.errno in (errno.ESRCH, errno.ENOENT, errno.EINVAL):
+                return self._not_ours(member, pid)
+            raise
         try:
             if pid not in self._member_pids(member):
                 return self._not_ours(member, pid)
@@ -1823,7 +1833,7 @@ class Supervisor:
                 return Reply(True)
             self._await_init(member)
             assert member.returncode is not None
-            return Reply(False, error=_death_before_exec("init", member.returncode))
+            return Reply(False, error=_death_before_exec("init", member.returncode, member.plan))
         finally:
             sync.close()
         # The init exits right after reporting the failure: record its exit before
@@ -1884,6 +1894,10 @@ class Supervisor:
         for member in killed:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(member.init_pid, signal.SIGKILL)
+            # A paused member's processes would die only once thawed, and we, PID 1 of
+            # their namespace, could not end before them: the member would read stopped
+            # with its processes left until its destroy.
+            _thaw(member.cgroup_dirs or [])
             with contextlib.suppress(OSError):
                 self._write_exit(member, -signal.SIGKILL)
         self._answer_waiters(root, root.returncode)
@@ -1914,6 +1928,52 @@ class Supervisor:
             os.unlink(os.path.basename(self.plan.control_socket), dir_fd=self.runtime_fd)
         code = root.returncode if root.returncode >= 0 else 128 - root.returncode
         os._exit(code)
+
+
+#: The saved gid :func:`_shield_limits` gives us where it is mapped: the overflow gid.
+_SHIELD_GID = 65534
+
+
+def _shield_limits() -> None:
+    """Keep the container's root from changing our rlimits with ``prlimit``, which the
+    kernel grants a process of the same uids and gids as its target (no capability
+    needed), and through us from the processes we fork later (exec'd, a pod's members).
+    A saved gid unlike our real and effective ones matches no process's (the check wants
+    its gid equal to all three of ours); signals look at uids only, and what we make
+    goes by our effective ids. In a user namespace mapping no gid but root, nothing."""
+    try:
+        with open("/proc/self/gid_map", "rb") as f:
+            extents = idmap.extents_from_text(f.read().decode())
+    except (OSError, ValueError):
+        return
+    ends = [gid for inside, _, size in extents for gid in (inside, inside + size - 1)]
+    shield = next(
+        (gid for gid in (_SHIELD_GID, *ends) if gid and idmap.to_host(extents, gid) is not None),
+        None,
+    )
+    if shield is not None:
+        os.setresgid(-1, -1, shield)
+
+
+#: A frozen cgroup's file that thaws it, and what thaws it: v1's, v2's.
+_THAWING = (("freezer.state", b"THAWED"), ("cgroup.freeze", b"0"))
+
+
+def _thaw(cgroup_dirs: Sequence[int]) -> None:
+    """Thaw the cgroup whose directories (fds) are ``cgroup_dirs``, in whichever
+    hierarchy has a freezer (best effort: the library's destroy thaws it too)."""
+    for directory in cgroup_dirs:
+        for name, thawed in _THAWING:
+            try:
+                fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=directory)
+            except OSError:
+                continue
+            try:
+                os.write(fd, thawed)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
 
 def _grant_ahead(init: InitPlan) -> None:
@@ -2048,8 +2108,9 @@ def _died_before_exec(pid: int, names: Sequence[str]) -> bool:
     return procfs.dying_name(pid) in (*names, PROCESS_NAME)
 
 
-def _death_before_exec(what: str, returncode: int) -> str:
-    """Why a container's ``what`` (its init, an exec'd process) never ran its program."""
+def _death_before_exec(what: str, returncode: int, plan: ProcessPlan) -> str:
+    """Why a container's ``what`` (its init, an exec'd process: ``plan``) never ran its
+    program."""
     if returncode >= 0:
         return f"its {what} exited with status {returncode} before it ran the program"
     try:
@@ -2057,10 +2118,12 @@ def _death_before_exec(what: str, returncode: int) -> str:
     except ValueError:
         signame = ""
     why = f"its {what} was killed by signal {-returncode}{signame} before it ran the program"
-    if returncode == -signal.SIGSYS:
+    if returncode == -signal.SIGSYS and plan.seccomp is not None:
         why += (
             ": the seccomp profile, loaded early without noNewPrivileges, forbids a "
             "system call the runtime makes before the program starts"
+            if plan.seccomp.early
+            else ": the seccomp profile forbids a system call of the program's execve"
         )
     return why
 
