@@ -334,6 +334,43 @@ def test_where_hooks_run(store: FileStore, setup: Setup, tmp_path: Path) -> None
     assert proc == ["proc"]
 
 
+def test_a_start_container_hook_runs_as_the_container_s_process(
+    store: FileStore, setup: Setup
+) -> None:
+    """It is a file of the container's (its processes may rewrite it): it ran as the host's
+    root, with every capability, before the user, capabilities and no_new_privs were
+    applied; runc runs it as the process runs, in its cwd."""
+    who = (
+        'grep -E "^(Uid|Gid|CapEff|CapPrm|CapBnd|NoNewPrivs)" /proc/self/status > "$1"; pwd >> "$1"'
+    )
+    hook_path = setup.path / "rootfs" / "hooks" / "who.sh"
+    hook_path.write_text(f"#!/bin/sh\n{who}\n")
+    hook_path.chmod(0o755)
+    setup.log_dir.chmod(0o777)
+    setup.write(
+        {
+            "startContainer": [
+                {"path": "/hooks/who.sh", "args": ["who.sh", "/log/hook"], "env": ["PATH=/bin"]}
+            ]
+        }
+    )
+    config = setup.path / "config.json"
+    document = json.loads(config.read_text())
+    document["process"]["user"] = {"uid": 1000, "gid": 1000}
+    document["process"]["cwd"] = "/tmp"
+    document["process"]["args"] = ["sh", "-c", who, "sh", "/log/program"]
+    config.write_text(json.dumps(document))
+    container = Container.create("hookwho", setup.path, store=store)
+    try:
+        container.start()
+        assert container.wait(timeout=10) == 0
+    finally:
+        container.destroy()
+    seen = (setup.log_dir / "hook").read_text()
+    assert "Uid:\t1000" in seen and "/tmp\n" in seen
+    assert seen == (setup.log_dir / "program").read_text()
+
+
 def test_a_start_container_hook_runs_after_a_run_of_the_same_bundle(
     store: FileStore, setup: Setup
 ) -> None:

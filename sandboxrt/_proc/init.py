@@ -393,10 +393,12 @@ def _apply_process(
     *,
     chdir: bool = True,
     make_cwd: bool = False,
+    before_filter: Callable[[], None] | None = None,
 ) -> None:
     """Become the program's process: limits, user, cwd (unless not ``chdir``; made first
     if missing with ``make_cwd``, for an init; entered as root, as the user where root may
-    not), capabilities, no_new_privs, seccomp.
+    not), capabilities, no_new_privs, seccomp (``before_filter`` runs just before a
+    profile that goes in last).
 
     The order is the kernel's: bounding set dropped while privileged,
     ``PR_SET_KEEPCAPS`` across the uid change, then ``capset`` and the ambient
@@ -468,6 +470,8 @@ def _apply_process(
         )
     if plan.no_new_privileges:
         syscalls.prctl(abi.PR_SET_NO_NEW_PRIVS, 1)
+    if before_filter is not None:
+        before_filter()
     if seccomp_program is not None and not seccomp_early:
         syscalls.seccomp_set_filter(seccomp_program, seccomp_flags)
 
@@ -604,13 +608,16 @@ def _become(
     seccomp_program: bytes | None,
     *,
     init: bool = False,
+    before_exec: Callable[[], None] | None = None,
 ) -> NoReturn:
     """Install stdio, apply the plan (user, limits, capabilities, seccomp...) and exec.
-    An ``init``'s missing cwd is made (an exec'd process's is an error, as in runc)."""
+    An ``init``'s missing cwd is made (an exec'd process's is an error, as in runc).
+    ``before_exec`` runs as the program's process will, but for a seccomp profile
+    that goes in last (the startContainer hooks)."""
     _install_stdio(stdio, tty_slave)
     give_stdio((0, 1, 2), plan.uid, terminal=tty_slave is not None)
     env = _program_env(plan)
-    _apply_process(plan, seccomp_program, make_cwd=init)
+    _apply_process(plan, seccomp_program, make_cwd=init, before_filter=before_exec)
     os.execve(executable, plan.args, env)
 
 
@@ -815,20 +822,33 @@ def _create(
     handles = open_handles()
     channel.send(sync, Progress("created"), [*pty_fds, *handles])
     channel.close_fds([*pty_fds, *handles])
+    start_hooks: Callable[[], None] | None = None
     if not plan.autostart:  # (which has no startContainer hooks: the library sees to it)
         try:
             start, _ = channel.receive(sync, Request)
         except channel.ChannelClosedError:
             os._exit(0)  # destroyed before start
-        hooks.run_hooks(
-            plan.start_container_hooks,
-            start.state,
-            phase="startContainer",
-            container_id=plan.container_id,
-        )
+        if plan.start_container_hooks:
+
+            def start_hooks() -> None:
+                # As the container's process, in its cwd (as runc): a hook is a file of
+                # the container's, which its processes may have changed. Our signals are
+                # the program's by now: a hook that exits unread must not SIGPIPE us.
+                default = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+                try:
+                    hooks.run_hooks(
+                        plan.start_container_hooks,
+                        start.state,
+                        phase="startContainer",
+                        container_id=plan.container_id,
+                        cwd=".",
+                    )
+                finally:
+                    signal.signal(signal.SIGPIPE, default)
+
     if not _signals_reset:  # (an init built ahead did it before its claim)
         _default_signals()
-    _become(plan, executable, stdio, tty_slave, seccomp_program, init=True)
+    _become(plan, executable, stdio, tty_slave, seccomp_program, init=True, before_exec=start_hooks)
 
 
 def open_handles() -> list[int]:
