@@ -21,6 +21,8 @@ def wait_seconds(container_id: str, timeout: object, name: str = "timeout") -> f
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise TypeError(f"{name} must be a number of seconds, not {type(timeout).__name__}")
+    if isinstance(timeout, int):  # (one past a float's range: no NaN, bounded here)
+        return None if timeout >= FOREVER else float(max(timeout, -FOREVER))
     if math.isnan(timeout):
         raise InvalidArgumentError(container_id, f"{name} must be a number of seconds, not nan")
     return None if timeout >= FOREVER else float(timeout)

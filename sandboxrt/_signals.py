@@ -71,7 +71,7 @@ def signal_number(sig: int | str, container_id: str) -> int:
     is an :class:`InvalidArgumentError` naming the container."""
     if isinstance(sig, str):
         name = sig.strip().upper()
-        if name.isdigit():
+        if name.isascii() and name.isdigit() and len(name) < 10:  # ("²" is a digit to str)
             return signal_number(int(name), container_id)
         try:
             return int(signal.Signals[name if name.startswith("SIG") else "SIG" + name])

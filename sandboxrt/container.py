@@ -40,7 +40,12 @@ from sandboxrt._core.protocol import ContainerPlan, ExecPlan, InitPlan, SandboxP
 from sandboxrt._core.records import ContainerRecord, ProcessIdentity, spec_text
 from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
 from sandboxrt._core.spec_default import DEFAULT_OCI_VERSION
-from sandboxrt._core.spec_validate import document_problems, sysctl_namespace, validate_spec
+from sandboxrt._core.spec_validate import (
+    c_string_problem,
+    document_problems,
+    sysctl_namespace,
+    validate_spec,
+)
 from sandboxrt._core.status import Operation, Status, require
 from sandboxrt._os import cgroups, channel, mounts, procfs
 from sandboxrt._os.cgroups.common import read_keyed
@@ -355,14 +360,20 @@ class Container:
             raise TypeError(
                 f"launcher must be a sandboxrt Launcher (with launch()), not {launcher!r}"
             )
+        problem = c_string_problem(os.fsdecode(bundle))
+        if problem is not None:
+            raise InvalidArgumentError(id, f"the bundle path {problem}: {bundle!r}")
         bundle_path = Path(bundle).absolute()
         with _naming_container(id):
             if spec is None:
                 spec = _bundle_spec(bundle_path / "config.json")
             else:  # made in code: checked as a config.json is
                 validate_spec(spec)
-        document = _apply_config(dump_spec(spec), config)
-        problems = document_problems(document, spec_text(document))  # (the record's, kept)
+        try:
+            document = _apply_config(dump_spec(spec), config)
+            problems = document_problems(document, spec_text(document))  # (the record's, kept)
+        except RecursionError:  # (an unknown key's value: copied deeper than JSON parses)
+            problems = [("", "nested too deeply")]
         if problems:
             raise SpecError(problems, source=f'container "{id}"')
         terminal = bool((document.get("process") or {}).get("terminal"))
@@ -1772,9 +1783,13 @@ def _process_pid(container_id: str, pid: int) -> int:
     supervisor's protocol)."""
     if isinstance(pid, bool) or not isinstance(pid, int):
         raise TypeError(f"a pid must be an int, not {type(pid).__name__}")
-    if pid <= 0:
+    if not 0 < pid <= _PID_MAX_LIMIT:
         raise ProcessNotFoundError(container_id, pid)
     return pid
+
+
+#: No pid is above this (the kernel's ``PID_MAX_LIMIT``, 2**22 on 64-bit machines).
+_PID_MAX_LIMIT = 2**22
 
 
 def _naming_memory_limit(

@@ -1,7 +1,8 @@
 """The one exception hierarchy of sandboxrt.
 
 Every error sandboxrt raises derives from :class:`SandboxrtError`, but for an
-argument of the wrong type altogether, which is a ``TypeError`` as in Python.
+argument of the wrong type altogether, which is a ``TypeError`` as in Python (but for
+an id, :class:`InvalidIDError`, and a signal, :class:`InvalidArgumentError`).
 Where a builtin means the same thing, the error derives from it too, so callers
 may catch either (``ContainerNotFoundError`` is a ``LookupError``; a bad value,
 :class:`InvalidArgumentError`, is a ``ValueError``).

@@ -42,12 +42,14 @@ from sandboxrt import (
     InvalidIDError,
     InvalidStateError,
     MemoryStore,
+    ProcessNotFoundError,
+    SandboxrtError,
     SpecError,
     Status,
     SystemCallError,
     WaitTimeoutError,
 )
-from sandboxrt._core.spec import read_spec_file
+from sandboxrt._core.spec import load_spec, read_spec_file
 from sandboxrt._os import cgroups
 from sandboxrt._proc.launcher import ForkServerLauncher, default_launcher
 
@@ -1150,3 +1152,107 @@ for name in Container.list(store=store):  # (a create failing to clean up logs i
     # Typed errors, no fd left open, until there were fds enough.
     assert said[:-1] == ["typed"] * (len(said) - 1) and said[-1] == "created", said
     assert_nothing_left(store)
+
+
+# -- what a fuzzing review found (session 15) ---------------------------------------------------
+
+
+def test_an_unknown_key_nested_deep_is_a_spec_error(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """Deeper than the spec's copy recurses, shallower than JSON parses: a RecursionError."""
+    deep: dict[str, Any] = {}
+    for _ in range(700):
+        deep = {"a": deep}
+
+    def nest(document: dict[str, Any]) -> None:
+        document["xVendor"] = deep
+
+    path = edit_config(bundle(), nest)
+    with pytest.raises(SpecError, match="nested too deeply"):
+        Container.create("deep", path, store=store)
+    with pytest.raises(SpecError, match="nested too deeply"):
+        load_spec({**json.loads((path / "config.json").read_text()), "xVendor": deep})
+    assert_nothing_left(store)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d.update(hostname="a\udcff"),
+        lambda d: d["linux"]["seccomp"]["syscalls"][0]["names"].append("read\udcff"),
+        lambda d: d["linux"].setdefault("resources", {}).update(cpu={"cpus": "0\udcff"}),
+    ],
+    ids=["hostname", "seccomp-name", "cpuset"],
+)
+def test_undecodable_bytes_in_a_spec_never_raise_a_unicode_error(
+    store: FileStore, bundle: BundleFactory, edit: Callable[[dict[str, Any]], None]
+) -> None:
+    """``\\udcff`` is a byte (``surrogateescape``), which the document check accepts: three
+    places encoded it strictly (a raw UnicodeEncodeError)."""
+    path = edit_config(bundle(), edit)
+    try:
+        Container.create("undecodable", path, store=store).destroy()
+    except SandboxrtError as exc:  # (the kernel may refuse such a cpuset: typed)
+        assert '"undecodable"' in str(exc)
+    assert_nothing_left(store)
+
+
+def test_a_bundle_path_no_c_string_carries_is_a_bad_argument(store: FileStore) -> None:
+    for path in ("/tmp/bundle\0x", "/tmp/bundle\ud800"):
+        with pytest.raises(InvalidArgumentError, match='"bp": the bundle path'):
+            Container.create("bp", path, store=store)
+    assert_nothing_left(store)
+
+
+def test_a_config_json_that_is_no_regular_file_or_too_large_is_refused(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """A FIFO was waited on for ever (create_timeout does not cover reading it), and a
+    huge or endless file (a link to /dev/zero) read whole."""
+    path = bundle()
+    config = path / "config.json"
+    config.unlink()
+    os.mkfifo(config)
+    with pytest.raises(SpecError, match="not a regular file"):
+        Container.create("odd", path, store=store)
+    config.unlink()
+    config.symlink_to("/dev/zero")
+    with pytest.raises(SpecError, match="not a regular file"):
+        Container.create("odd", path, store=store)
+    config.unlink()
+    with config.open("wb") as f:
+        f.truncate(2**32)  # (sparse)
+    with pytest.raises(SpecError, match="too large"):
+        Container.create("odd", path, store=store)
+    assert_nothing_left(store)
+
+
+def test_console_size_is_range_checked(store: FileStore, bundle: BundleFactory) -> None:
+    def size(document: dict[str, Any]) -> None:
+        document["process"]["terminal"] = True
+        document["process"]["consoleSize"] = {"height": 70000, "width": 80}
+
+    with pytest.raises(SpecError, match=r"process\.consoleSize\.height: must be in \[0, 65535\]"):
+        Container.create("tty", edit_config(bundle(), size), store=store)
+    assert_nothing_left(store)
+
+
+def test_odd_arguments_of_a_living_container_are_typed(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    container = Container.create("odd", bundle(["sleep", "100"]), store=store)
+    try:
+        container.start()
+        for sig in ("²", "9" * 5000):  # (digits to str.isdigit, not to int)
+            with pytest.raises(InvalidArgumentError, match="unknown signal"):
+                container.kill(sig)
+        with pytest.raises(WaitTimeoutError):  # (not an OverflowError)
+            container.wait(timeout=-(10**400))
+        with pytest.raises(ProcessNotFoundError):  # (was an InitError from the supervisor)
+            container.signal_process(2**31, signal.SIGCONT)
+        with pytest.raises(InvalidArgumentError, match="args must be"):  # (an IndexError)
+            container.exec_run(iter(["true"]))  # type: ignore[arg-type]
+        assert container.status is Status.RUNNING
+    finally:
+        container.destroy()

@@ -500,7 +500,12 @@ def exec_plan(
     ``spec`` (its ``process`` part is taken from there rather than derived again: the
     seccomp program's cache lookup alone costs tens of microseconds).
     """
-    if isinstance(args, str | bytes) or not args or not all(isinstance(a, str) for a in args):
+    if (
+        isinstance(args, str | bytes)
+        or not isinstance(args, Sequence)  # (an iterator: the check below would use it up)
+        or not args
+        or not all(isinstance(a, str) for a in args)
+    ):
         raise ValueError("args must be a non-empty sequence of strings")
     if any("\0" in a for a in args):
         raise ValueError("args must not contain NUL characters")

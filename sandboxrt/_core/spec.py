@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ import cattrs.cols
 from cattrs.errors import ClassValidationError, IterableValidationError
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from sandboxrt._core.spec_validate import validate_spec
+from sandboxrt._core.spec_validate import MAX_SPEC_BYTES, validate_spec
 from sandboxrt.errors import SpecError
 
 __all__ = [
@@ -745,9 +746,9 @@ def load_spec(
             raise SpecError([("", f"invalid JSON: {exc}")], source=source) from None
         except RecursionError:
             raise SpecError([("", "invalid JSON: nested too deeply")], source=source) from None
-    elif isinstance(data, Mapping):
-        data = copy.deepcopy(dict(data))  # the spec must not share unknown values with the caller
     try:
+        if isinstance(data, Mapping):  # (not sharing unknown values with the caller)
+            data = copy.deepcopy(dict(data))
         spec = converter.structure(data, Spec)
     except (ClassValidationError, _Mismatch) as exc:
         raise SpecError(_problems(exc), source=source) from None
@@ -770,9 +771,18 @@ def dump_spec(spec: Spec) -> dict[str, Any]:
 def read_spec_file(path: str | os.PathLike[str], *, validate: bool = True) -> Spec:
     """Read and load a config.json file; an unreadable file is a :class:`SpecError` too."""
     try:
-        text = Path(path).read_bytes()
+        # Never waited on (a FIFO), nor read past what a sandbox takes (a device, a huge
+        # file): those are refused as the document is.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise SpecError([("", "not a regular file")], source=str(path))
+            text = f.read(MAX_SPEC_BYTES + 1)
     except OSError as exc:
         raise SpecError([("", f"cannot read: {exc.strerror or exc}")], source=str(path)) from None
+    if len(text) > MAX_SPEC_BYTES:
+        problem = f"the spec is too large: over the {MAX_SPEC_BYTES} bytes a sandbox takes"
+        raise SpecError([("", problem)], source=str(path))
     return load_spec(text, validate=validate, source=str(path))
 
 

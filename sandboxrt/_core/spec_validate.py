@@ -273,8 +273,9 @@ def spec_problems(spec: Spec) -> list[tuple[str, str]]:
             out.append((name, f"cannot set the {name} without a private UTS namespace"))
         if value and f"kernel.{name}" in sysctls:  # (as runc: which would win?)
             out.append((f'linux.sysctl["kernel.{name}"]', f"conflicts with the {name} field"))
-        if value and len(value.encode()) > _HOST_NAME_MAX:
-            out.append((name, f"at most {_HOST_NAME_MAX} bytes, got {len(value.encode())}"))
+        size = len(value.encode("utf-8", "surrogatepass")) if value else 0  # (lone ones:
+        if size > _HOST_NAME_MAX:  # document_problems says so)
+            out.append((name, f"at most {_HOST_NAME_MAX} bytes, got {size}"))
     if spec.linux is not None:
         _check_linux(out, spec.linux)
     _check_mapped_user(out, spec)
@@ -375,6 +376,9 @@ def _check_process(out: _Problems, process: Process) -> None:
         out.append(("process.args[0]", "must not be empty"))
     _check_absolute(out, "process.cwd", process.cwd)
     _check_env(out, "process.env", process.env)
+    if process.console_size is not None:  # (a struct winsize holds unsigned shorts)
+        _check_range(out, "process.consoleSize.height", process.console_size.height, 0, 0xFFFF)
+        _check_range(out, "process.consoleSize.width", process.console_size.width, 0, 0xFFFF)
     user = process.user
     # Not 2**32-1: it is -1 to setresuid and setgroups, "leave unchanged" (root stays root).
     _check_range(out, "process.user.uid", user.uid, 0, MAX_ID)

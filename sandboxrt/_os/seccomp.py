@@ -278,7 +278,7 @@ def build_filter(section: Mapping[str, Any]) -> Filter:
             for cmps in _conditions(rule.get("args") or []):
                 array = (_ArgCmp * max(1, len(cmps)))(*cmps)
                 for name in rule["names"]:
-                    number = lib.seccomp_syscall_resolve_name(name.encode())
+                    number = lib.seccomp_syscall_resolve_name(os.fsencode(name))
                     if number == _NR_SCMP_ERROR:
                         continue  # unknown syscall name
                     rc = lib.seccomp_rule_add_array(ctx, action, number, len(cmps), array)
@@ -353,7 +353,7 @@ def _highest_named(lib: ctypes.CDLL, arch: int, names: Sequence[str]) -> int | N
     token), without x32's bit; None if none has one there. As runc takes it: calls
     past the profile's newest are newer than its author knew, whatever their numbering
     (ARM's private calls from 0xf0000, MIPS's from 4000)."""
-    numbers = [lib.seccomp_syscall_resolve_name_arch(arch, name.encode()) for name in names]
+    numbers = [lib.seccomp_syscall_resolve_name_arch(arch, os.fsencode(name)) for name in names]
     known = [number & ~_X32_SYSCALL_BIT for number in numbers if number >= 0]
     return max(known) if known else None
 

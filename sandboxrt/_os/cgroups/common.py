@@ -158,14 +158,14 @@ def write_lines(directory: Path, lines: Iterable[tuple[str, str | int]]) -> None
     fds: dict[str, int] = {}
     try:
         for name, value in lines:
-            data = str(value).encode()
+            data = os.fsencode(str(value))  # (a spec's undecodable bytes stay bytes)
             try:
                 fd = fds.get(name)
                 if fd is None:
                     fd = fds[name] = _open_control(directory / name)
                 os.write(fd, data)
             except OSError as err:
-                what = f"cgroup {directory}: writing {data.decode()!r} to {name}"
+                what = f"cgroup {directory}: writing {str(value)!r} to {name}"
                 if name == "devices.deny" and err.errno == errno.EINVAL and _subdirs(directory):
                     # (v1 refuses to deny a device a child cgroup may use: runc fails alike)
                     what += " (it has child cgroups, which a deny must not leave more)"
