@@ -189,6 +189,15 @@ def running(store: FileStore, bundle: BundleFactory) -> Iterator[Container]:
         container.destroy()
 
 
+def has_sys_resource() -> bool:
+    """Whether this process holds ``CAP_SYS_RESOURCE`` (24), which raising a hard rlimit,
+    lowering ``oom_score_adj`` below its floor and changing a supervisor's rlimits (whose
+    saved gid is no caller's) take even as root."""
+    with open("/proc/self/status") as f:
+        caps = next(line for line in f if line.startswith("CapEff:")).split()[1]
+    return bool(int(caps, 16) >> 24 & 1)
+
+
 def small_pid_space(container: Container, pid_max: int) -> None:
     """Give the PID namespace of ``container``'s sandbox a small ``pid_max``, so that its
     PID space wraps after hundreds of forks (not millions); the test is skipped where a

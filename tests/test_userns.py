@@ -22,6 +22,7 @@ from conftest import (
     REOPEN_STDIO,
     BundleFactory,
     edit_config,
+    has_sys_resource,
     needs_busybox,
     needs_root,
     reopened_stdio,
@@ -311,12 +312,6 @@ def test_an_overlay_root_of_a_rootfs_the_mapped_root_owns_exports_its_ids(
     assert members["opq/.wh..wh..opq"][0].isreg()
     assert not any("overlay" in key for info, _ in members.values() for key in info.pax_headers)
     assert (rootfs / "data" / "gone.txt").exists()  # the bundle is untouched
-
-
-def has_sys_resource() -> bool:
-    """Whether this process holds ``CAP_SYS_RESOURCE`` (24), which raising a hard rlimit
-    and lowering ``oom_score_adj`` below its floor take even as root."""
-    return bool(int(proc_status("self")["CapEff"], 16) >> 24 & 1)
 
 
 def test_a_raised_hard_rlimit_and_a_lowered_oom_score_reach_the_mapped_init(

@@ -775,14 +775,15 @@ def read_spec_file(path: str | os.PathLike[str], *, validate: bool = True) -> Sp
         # file): those are refused as the document is.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         with open(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
                 raise SpecError([("", "not a regular file")], source=str(path))
             text = f.read(MAX_SPEC_BYTES + 1)
     except OSError as exc:
         raise SpecError([("", f"cannot read: {exc.strerror or exc}")], source=str(path)) from None
     if len(text) > MAX_SPEC_BYTES:
-        problem = f"the spec is too large: over the {MAX_SPEC_BYTES} bytes a sandbox takes"
-        raise SpecError([("", problem)], source=str(path))
+        size = f"{info.st_size} bytes of JSON, over the {MAX_SPEC_BYTES} a sandbox takes"
+        raise SpecError([("", f"the spec is too large: {size}")], source=str(path))
     return load_spec(text, validate=validate, source=str(path))
 
 
