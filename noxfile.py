@@ -27,9 +27,10 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the package."""
+    """mypy --strict on the package, and on what a caller's checker sees of it."""
     session.install("-e", ".[tests]", "mypy", "types-psutil")
     session.run("mypy", "--strict", PACKAGE)
+    session.run("mypy", "--strict", "tests/typing_public_api.py")
 
 
 @nox.session

@@ -13,12 +13,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from subprocess import DEVNULL, PIPE, STDOUT
 
+    from sandboxrt._core.records import ContainerRecord
     from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file, write_spec_file
     from sandboxrt._core.spec_default import default_spec
     from sandboxrt._core.status import Operation, Status
-    from sandboxrt._proc.launcher import ForkServerLauncher, Launcher, SubprocessLauncher
+    from sandboxrt._proc.launcher import (
+        ForkServerLauncher,
+        LaunchedProcess,
+        Launcher,
+        SubprocessLauncher,
+    )
+    from sandboxrt._signals import SignalForwarder
     from sandboxrt.config import Config
-    from sandboxrt.container import Container, OCIState, Stats
+    from sandboxrt.container import Container, CreateOptions, ExecRunOptions, OCIState, Stats
     from sandboxrt.errors import (
         AmbiguousIDError,
         ContainerExistsError,
@@ -58,6 +65,8 @@ if TYPE_CHECKING:
     from sandboxrt.sandbox import Sandbox
     from sandboxrt.stores import FileStore, MemoryStore, MetadataStore, default_root
 
+    __version__: str
+
 __all__ = [
     "DEVNULL",
     "PIPE",
@@ -74,9 +83,12 @@ __all__ = [
     "ContainerNotADirectoryError",
     "ContainerNotFoundError",
     "ContainerPermissionError",
+    "ContainerRecord",
     "CorruptMetadataError",
+    "CreateOptions",
     "CreateTimeoutError",
     "ExecError",
+    "ExecRunOptions",
     "FileStat",
     "FileStore",
     "ForkServerLauncher",
@@ -87,6 +99,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidIDError",
     "InvalidStateError",
+    "LaunchedProcess",
     "Launcher",
     "LockTimeoutError",
     "MemoryStore",
@@ -105,6 +118,7 @@ __all__ = [
     "Sandbox",
     "SandboxDiedError",
     "SandboxrtError",
+    "SignalForwarder",
     "Spec",
     "SpecError",
     "Stats",
@@ -126,6 +140,7 @@ _HOMES = {
     "DEVNULL": "subprocess",
     "PIPE": "subprocess",
     "STDOUT": "subprocess",
+    "ContainerRecord": "sandboxrt._core.records",
     "Spec": "sandboxrt._core.spec",
     "dump_spec": "sandboxrt._core.spec",
     "load_spec": "sandboxrt._core.spec",
@@ -136,9 +151,13 @@ _HOMES = {
     "Status": "sandboxrt._core.status",
     "ForkServerLauncher": "sandboxrt._proc.launcher",
     "Launcher": "sandboxrt._proc.launcher",
+    "LaunchedProcess": "sandboxrt._proc.launcher",
+    "SignalForwarder": "sandboxrt._signals",
     "SubprocessLauncher": "sandboxrt._proc.launcher",
     "Config": "sandboxrt.config",
     "Container": "sandboxrt.container",
+    "CreateOptions": "sandboxrt.container",
+    "ExecRunOptions": "sandboxrt.container",
     "OCIState": "sandboxrt.container",
     "Stats": "sandboxrt.container",
     "ContainerFiles": "sandboxrt.files",
@@ -156,7 +175,13 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
+if not TYPE_CHECKING:  # (a checker sees the names above: a misspelt one is an error)
+
+    def __getattr__(name: str) -> Any:
+        return _lazy(name)
+
+
+def _lazy(name: str) -> Any:
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
 

@@ -1197,6 +1197,42 @@ class Container:
         *,
         input: bytes | str | None = None,
         text: bool | None = None,
+        encoding: str,
+        errors: str | None = None,
+        universal_newlines: bool | None = None,
+        **options: Unpack[ExecRunOptions],
+    ) -> subprocess.CompletedProcess[str]: ...
+    @overload
+    def exec_run(
+        self,
+        args: Sequence[str],
+        *,
+        input: bytes | str | None = None,
+        text: bool | None = None,
+        encoding: str | None = None,
+        errors: str,
+        universal_newlines: bool | None = None,
+        **options: Unpack[ExecRunOptions],
+    ) -> subprocess.CompletedProcess[str]: ...
+    @overload
+    def exec_run(
+        self,
+        args: Sequence[str],
+        *,
+        input: bytes | str | None = None,
+        text: bool | None = None,
+        encoding: str | None = None,
+        errors: str | None = None,
+        universal_newlines: Literal[True],
+        **options: Unpack[ExecRunOptions],
+    ) -> subprocess.CompletedProcess[str]: ...
+    @overload
+    def exec_run(
+        self,
+        args: Sequence[str],
+        *,
+        input: bytes | str | None = None,
+        text: bool | None = None,
         encoding: str | None = None,
         errors: str | None = None,
         universal_newlines: bool | None = None,

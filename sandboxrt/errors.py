@@ -63,6 +63,10 @@ __all__ = [
 class SandboxrtError(Exception):
     """Base class of every error raised by sandboxrt."""
 
+    #: The container the error is about ("" where it is none's: a spec read on its own, a
+    #: missing feature, an id prefix that names several).
+    container_id: str = ""
+
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickled as it is, not remade by calling the class with ``args`` (the message,
         # not what ``__init__`` takes): a process pool passes errors on.
@@ -407,11 +411,13 @@ def file_error(container_id: str, path: str, err: int, reason: str = "") -> Cont
 _SUBPROCESS_LIKE = frozenset({"ProcessError", "ProcessTimeoutError"})
 
 
-def __getattr__(name: str) -> Any:
-    if name in _SUBPROCESS_LIKE:
-        from sandboxrt import _subprocess_errors
+if not TYPE_CHECKING:  # (a checker sees the two above: a misspelt name is an error)
 
-        value = getattr(_subprocess_errors, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __getattr__(name: str) -> Any:
+        if name in _SUBPROCESS_LIKE:
+            from sandboxrt import _subprocess_errors
+
+            value = getattr(_subprocess_errors, name)
+            globals()[name] = value
+            return value
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

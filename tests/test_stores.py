@@ -30,6 +30,7 @@ from sandboxrt.errors import (
     ContainerExistsError,
     ContainerNotFoundError,
     CorruptMetadataError,
+    InvalidArgumentError,
     InvalidIDError,
     LockTimeoutError,
     SystemCallError,
@@ -795,7 +796,7 @@ def test_memory_runtime_dir_given(tmp_path: Path) -> None:
     assert store.runtime_dir == tmp_path / "given"
     assert (tmp_path / "given").is_dir()
     # Not another's: ids are unique in a store, so two would take each other's files.
-    with pytest.raises(ValueError, match="runtime directory of another MemoryStore"):
+    with pytest.raises(InvalidArgumentError, match="runtime directory of another MemoryStore"):
         MemoryStore(tmp_path / "given")
     for spelling in (tmp_path / "given" / ".." / "given", tmp_path / "link"):
         if spelling.name == "link":

@@ -106,6 +106,21 @@ def test_the_containers_root_is_an_unprivileged_host_uid(
     assert lines[8] == "sandboxrt"
 
 
+def test_a_device_missing_on_the_host_is_named(store: FileStore, bundle: BundleFactory) -> None:
+    """A user namespace binds device nodes from the host's (as runc): one the host lacks
+    failed with "No such file or directory: 'dev/nonexist'", a relative path of nothing."""
+
+    def change(document: dict[str, Any]) -> None:
+        with_userns(document)
+        node = {"path": "/dev/sbrt-nonexist", "type": "c", "major": 1, "minor": 3}
+        document["linux"]["devices"] = [node]
+
+    with pytest.raises(InitError, match="device /dev/sbrt-nonexist of linux.devices") as info:
+        Container.create("nodev", edit_config(bundle(["true"]), change), store=store)
+    assert "the host's /dev/sbrt-nonexist" in str(info.value)
+    assert Container.list(store=store) == []
+
+
 def test_the_supervisor_and_init_run_as_the_mapped_root_and_join_the_cgroup(
     store: FileStore, bundle: BundleFactory
 ) -> None:

@@ -1011,10 +1011,16 @@ def _split(path: str) -> tuple[str, str]:
 def _host_device(dev: DevicePlan, kind: int, host: int | None) -> int:
     """An ``O_PATH`` fd on the host's node of ``dev`` (beneath ``host``, an fd on the
     host's root, when given), checked to be that device."""
-    if host is None:
-        fd = os.open(dev.path, os.O_PATH | os.O_CLOEXEC)
-    else:
-        fd = os.open(dev.path.lstrip("/"), os.O_PATH | os.O_CLOEXEC, dir_fd=host)
+    try:
+        if host is None:
+            fd = os.open(dev.path, os.O_PATH | os.O_CLOEXEC)
+        else:
+            fd = os.open(dev.path.lstrip("/"), os.O_PATH | os.O_CLOEXEC, dir_fd=host)
+    except OSError as err:  # (as runc: a node it may not make is bound from the host's)
+        why = f"device {dev.path} of linux.devices, which a user namespace may not make, "
+        raise OSError(
+            err.errno, why + f"is bound from the host's {dev.path}: {err.strerror}"
+        ) from None
     st = os.fstat(fd)
     if stat.S_IFMT(st.st_mode) != kind or st.st_rdev != os.makedev(dev.major, dev.minor):
         os.close(fd)

@@ -19,7 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sandboxrt._forksafe import ForkSafeLock
-from sandboxrt.errors import ContainerNotFoundError, LockTimeoutError, SandboxrtError
+from sandboxrt.errors import (
+    ContainerNotFoundError,
+    InvalidArgumentError,
+    LockTimeoutError,
+    SandboxrtError,
+)
 from sandboxrt.stores.base import DEFAULT_LOCK_TIMEOUT
 from sandboxrt.stores.file import _RecordStore
 
@@ -66,7 +71,8 @@ class MemoryStore(_RecordStore[threading.Lock]):
         if self._runtime_dir is not None and any(
             self._runtime_dir in store._made_in for store in _live_stores()
         ):  # (ids are unique in a store: two would take each other's sandboxes' files)
-            raise ValueError(f"{self._runtime_dir} is the runtime directory of another MemoryStore")
+            problem = f"{self._runtime_dir} is the runtime directory of another MemoryStore"
+            raise InvalidArgumentError("", problem)
         #: Where its runtime directory is, once known: for :func:`_orphaned`.
         self._made_in: list[Path] = [] if given_dir is None else [given_dir]
         #: The temporary runtime directory it made itself (removed when left empty).
