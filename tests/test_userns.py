@@ -115,7 +115,7 @@ def test_a_device_missing_on_the_host_is_named(store: FileStore, bundle: BundleF
         node = {"path": "/dev/sbrt-nonexist", "type": "c", "major": 1, "minor": 3}
         document["linux"]["devices"] = [node]
 
-    with pytest.raises(InitError, match="device /dev/sbrt-nonexist of linux.devices") as info:
+    with pytest.raises(InitError, match=r"device /dev/sbrt-nonexist of linux\.devices") as info:
         Container.create("nodev", edit_config(bundle(["true"]), change), store=store)
     assert "the host's /dev/sbrt-nonexist" in str(info.value)
     assert Container.list(store=store) == []

@@ -25,4 +25,4 @@ def public_api(container: Container) -> None:
     except SandboxrtError as error:
         assert_type(error.container_id, str)
     assert_type(sandboxrt.__version__, str)
-    sandboxrt.Containr  # type: ignore[attr-defined]  # (unused, were the name Any)
+    _ = sandboxrt.Containr  # type: ignore[attr-defined]  # (unused, were the name Any)
