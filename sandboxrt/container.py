@@ -982,7 +982,8 @@ class Container:
         its process group; ``foreground`` the foreground process group of the
         terminal ``pid`` holds (the init with ``process.terminal``, or a
         process exec'd with ``tty=True``). In a paused container the signal waits
-        for :meth:`resume`, ``SIGKILL`` too: only :meth:`kill` thaws.
+        for :meth:`resume`, ``SIGKILL`` too on cgroup v1 (v2 delivers it to frozen
+        processes): only :meth:`kill` thaws.
         """
         pid = _process_pid(self.id, pid)
         number = signal_number(sig, self.id)

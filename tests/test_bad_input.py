@@ -49,7 +49,9 @@ from sandboxrt import (
     SystemCallError,
     WaitTimeoutError,
 )
-from sandboxrt._core.spec import load_spec, read_spec_file
+from sandboxrt._core.spec import dump_spec, load_spec, read_spec_file, write_spec_file
+from sandboxrt._core.spec_default import default_spec
+from sandboxrt._core.spec_validate import MAX_SPEC_BYTES
 from sandboxrt._os import cgroups
 from sandboxrt._proc.launcher import ForkServerLauncher, default_launcher
 
@@ -1256,3 +1258,25 @@ def test_odd_arguments_of_a_living_container_are_typed(
         assert container.status is Status.RUNNING
     finally:
         container.destroy()
+
+
+def test_a_hostname_of_undecodable_bytes_counts_one_byte_each() -> None:
+    """``surrogateescape``'s characters are a byte each on their way to the kernel: 60
+    bytes were counted 100 and refused."""
+    document = dump_spec(default_spec(["true"]))
+    document["hostname"] = "a" * 40 + "\udcff" * 20
+    assert load_spec(document).hostname == document["hostname"]
+    document["hostname"] = "a" * 50 + "\udcff" * 20
+    with pytest.raises(SpecError, match="hostname: at most 64 bytes, got 70"):
+        load_spec(document)
+
+
+def test_an_indented_config_json_a_sandbox_takes_is_read(tmp_path: Path) -> None:
+    """The sandbox's bound is on the JSON it gets, without spaces: a config.json that
+    write_spec_file indents past it was refused by its size on disk."""
+    spec = default_spec(["true"])
+    spec = attrs.evolve(spec, annotations={f"key{i:06d}": "v" * 8 for i in range(110_000)})
+    path = tmp_path / "config.json"
+    write_spec_file(path, spec)
+    assert path.stat().st_size > MAX_SPEC_BYTES
+    assert read_spec_file(path).annotations == spec.annotations

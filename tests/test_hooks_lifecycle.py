@@ -341,7 +341,8 @@ def test_a_start_container_hook_runs_as_the_container_s_process(
     root, with every capability, before the user, capabilities and no_new_privs were
     applied; runc runs it as the process runs, in its cwd."""
     who = (
-        'grep -E "^(Uid|Gid|CapEff|CapPrm|CapBnd|NoNewPrivs)" /proc/self/status > "$1"; pwd >> "$1"'
+        'grep -E "^(Uid|Gid|CapEff|CapPrm|CapBnd|NoNewPrivs|Seccomp)" /proc/self/status > "$1";'
+        ' pwd >> "$1"'
     )
     hook_path = setup.path / "rootfs" / "hooks" / "who.sh"
     hook_path.write_text(f"#!/bin/sh\n{who}\n")
@@ -368,6 +369,7 @@ def test_a_start_container_hook_runs_as_the_container_s_process(
         container.destroy()
     seen = (setup.log_dir / "hook").read_text()
     assert "Uid:\t1000" in seen and "/tmp\n" in seen
+    assert "Seccomp:\t2" in seen  # (the profile, loaded last for the program, first for it)
     assert seen == (setup.log_dir / "program").read_text()
 
 

@@ -768,6 +768,11 @@ def dump_spec(spec: Spec) -> dict[str, Any]:
     return data
 
 
+#: The most of a config.json :func:`read_spec_file` reads: room for the indentation of a
+#: spec that a sandbox takes (:data:`MAX_SPEC_BYTES` of JSON without spaces).
+MAX_SPEC_FILE_BYTES = 8 * MAX_SPEC_BYTES
+
+
 def read_spec_file(path: str | os.PathLike[str], *, validate: bool = True) -> Spec:
     """Read and load a config.json file; an unreadable file is a :class:`SpecError` too."""
     try:
@@ -778,11 +783,11 @@ def read_spec_file(path: str | os.PathLike[str], *, validate: bool = True) -> Sp
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise SpecError([("", "not a regular file")], source=str(path))
-            text = f.read(MAX_SPEC_BYTES + 1)
+            text = f.read(MAX_SPEC_FILE_BYTES + 1)
     except OSError as exc:
         raise SpecError([("", f"cannot read: {exc.strerror or exc}")], source=str(path)) from None
-    if len(text) > MAX_SPEC_BYTES:
-        size = f"{info.st_size} bytes of JSON, over the {MAX_SPEC_BYTES} a sandbox takes"
+    if len(text) > MAX_SPEC_FILE_BYTES:  # (what a sandbox takes is counted without spaces)
+        size = f"{info.st_size} bytes, over the {MAX_SPEC_FILE_BYTES} read of a config.json"
         raise SpecError([("", f"the spec is too large: {size}")], source=str(path))
     return load_spec(text, validate=validate, source=str(path))
 

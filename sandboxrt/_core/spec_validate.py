@@ -178,6 +178,15 @@ def validate_spec(spec: Spec) -> None:
 MAX_SPEC_BYTES = 3 * 1024 * 1024
 
 
+def _byte_length(text: str) -> int:
+    """How many bytes ``text`` is on its way to the kernel (``surrogateescape``'s one
+    each); 0 for what no C string carries (:func:`document_problems` names it)."""
+    try:
+        return len(text.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        return 0
+
+
 def c_string_problem(text: str) -> str | None:
     """What keeps ``text`` from being a C string: a NUL byte (cut short at it on its way to
     the kernel: another path, another argument), or a lone surrogate (other than
@@ -273,8 +282,7 @@ def spec_problems(spec: Spec) -> list[tuple[str, str]]:
             out.append((name, f"cannot set the {name} without a private UTS namespace"))
         if value and f"kernel.{name}" in sysctls:  # (as runc: which would win?)
             out.append((f'linux.sysctl["kernel.{name}"]', f"conflicts with the {name} field"))
-        size = len(value.encode("utf-8", "surrogatepass")) if value else 0  # (lone ones:
-        if size > _HOST_NAME_MAX:  # document_problems says so)
+        if value and (size := _byte_length(value)) > _HOST_NAME_MAX:
             out.append((name, f"at most {_HOST_NAME_MAX} bytes, got {size}"))
     if spec.linux is not None:
         _check_linux(out, spec.linux)

@@ -12,7 +12,8 @@ This module imports only the standard library and :mod:`sandboxrt.errors`: the
 sandbox supervisor imports it and must start fast. ``subprocess`` and ``logging``
 are imported when a hook runs, not before: both import ``threading``, whose
 at-fork handler would run in every process forked from the fork server. It is
-thread-safe (no ``preexec_fn``; one :class:`subprocess.Popen` per hook).
+thread-safe (one :class:`subprocess.Popen` per hook; a ``preexec_fn`` only where an init,
+single-threaded, confines a startContainer hook).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 import selectors
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sandboxrt.errors import HookError
@@ -70,11 +71,13 @@ def run_hooks(
     phase: str,
     container_id: str,
     cwd: str | None = None,
+    confine: Callable[[], None] | None = None,
 ) -> None:
-    """Run ``hooks`` in order; the first failure stops the run and is raised."""
+    """Run ``hooks`` in order; the first failure stops the run and is raised. ``confine``
+    runs in each hook's process before its ``execve`` (a seccomp profile to load)."""
     data = _encode_state(state)
     for hook in hooks:
-        _run(hook, data, phase=phase, container_id=container_id, cwd=cwd)
+        _run(hook, data, phase=phase, container_id=container_id, cwd=cwd, confine=confine)
 
 
 def run_hooks_best_effort(
@@ -168,7 +171,13 @@ def _parse(
 
 
 def _run(
-    hook: Mapping[str, Any], data: bytes, *, phase: str, container_id: str, cwd: str | None
+    hook: Mapping[str, Any],
+    data: bytes,
+    *,
+    phase: str,
+    container_id: str,
+    cwd: str | None,
+    confine: Callable[[], None] | None = None,
 ) -> None:
     path, argv, env, timeout = _parse(hook, phase, container_id)
     try:
@@ -184,6 +193,7 @@ def _run(
             stderr=subprocess.STDOUT,
             close_fds=True,
             start_new_session=True,
+            preexec_fn=confine,  # noqa: PLW1509 (given only in an init, which has one thread)
         )
     except OSError as err:
         raise HookError(

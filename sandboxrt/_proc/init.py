@@ -832,8 +832,15 @@ def _create(
 
             def start_hooks() -> None:
                 # As the container's process, in its cwd (as runc): a hook is a file of
-                # the container's, which its processes may have changed. Our signals are
-                # the program's by now: a hook that exits unread must not SIGPIPE us.
+                # the container's, which its processes may have changed. What it leaves
+                # running must be as confined as the program, so a profile that we load
+                # last, it loads first (runc's does not). Our signals are the program's
+                # by now: a hook that exits unread must not SIGPIPE us.
+                seccomp = plan.seccomp
+                confine = None
+                if seccomp is not None and not seccomp.early and seccomp_program is not None:
+                    program, flags = seccomp_program, seccomp.flags
+                    confine = functools.partial(syscalls.seccomp_set_filter, program, flags)
                 default = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
                 try:
                     hooks.run_hooks(
@@ -842,6 +849,7 @@ def _create(
                         phase="startContainer",
                         container_id=plan.container_id,
                         cwd=".",
+                        confine=confine,
                     )
                 finally:
                     signal.signal(signal.SIGPIPE, default)
