@@ -450,29 +450,44 @@ def test_an_object_of_a_destroyed_container_execs_as_the_new_one_of_its_id(
         second.destroy()
 
 
-def test_a_process_of_a_destroyed_container_never_reaches_the_next_of_its_id(
-    store: FileStore, bundle: BundleFactory
-) -> None:
-    # Both sandboxes number their processes alike: the stale process object, asking the
-    # control socket by path, used to signal the new container's process of its pid.
-    path = bundle(["sleep", "1000"])
-    first = Container.create("reused", path, store=store)
+def stale_and_fresh(
+    store: FileStore, path: Path, cid: str, fresh_args: list[str], *, warmup: int = 0
+) -> tuple[Process, Container, Process]:
+    """A process of a destroyed container ``cid`` (after ``warmup`` execs, for a higher
+    pid), the running container made next with that id, and a process of it with the
+    same pid (both sandboxes number their processes alike), started by ``fresh_args``
+    (the earlier ones are waited for). The caller destroys the container."""
+    first = Container.create(cid, path, store=store)
     try:
         first.start()
-        for _ in range(10):  # its pid, higher than the next sandbox's first ones
+        for _ in range(warmup):
             first.exec(["true"]).wait(timeout=10)
         stale = first.exec(["sleep", "1000"])
     finally:
         first.destroy()
-    second = Container.create("reused", path, store=store)
+    second = Container.create(cid, path, store=store)
     try:
         second.start()
-        fresh = second.exec(["sleep", "1000"])
+        fresh = second.exec(fresh_args)
         while fresh.pid < stale.pid:  # until it has the stale one's pid
             fresh.kill()
             fresh.wait(timeout=10)
-            fresh = second.exec(["sleep", "1000"])
+            fresh = second.exec(fresh_args)
         assert fresh.pid == stale.pid
+    except BaseException:
+        second.destroy()
+        raise
+    return stale, second, fresh
+
+
+def test_a_process_of_a_destroyed_container_never_reaches_the_next_of_its_id(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    # The stale process object, asking the control socket by path, used to signal the
+    # new container's process of its pid.
+    path = bundle(["sleep", "1000"])
+    stale, second, fresh = stale_and_fresh(store, path, "reused", ["sleep", "1000"], warmup=10)
+    try:
         stale.kill()
         assert stale.wait(timeout=10) == -signal.SIGKILL
         assert fresh.poll() is None
@@ -484,24 +499,12 @@ def test_a_process_of_a_destroyed_container_never_reaches_the_next_of_its_id(
 def test_a_process_of_a_destroyed_container_never_reads_the_next_s_statuses(
     store: FileStore, bundle: BundleFactory
 ) -> None:
-    """Both sandboxes number their processes, and numbered their execs, alike: once the
-    second stopped, the stale handle read its exec's status from the files the second
-    left under the same runtime directory (42 for a process killed with its sandbox)."""
+    """Both sandboxes numbered their execs alike too: once the second stopped, the stale
+    handle read its exec's status from the files the second left under the same runtime
+    directory (42 for a process killed with its sandbox)."""
     path = bundle(["sleep", "1000"])
-    first = Container.create("reread", path, store=store)
+    stale, second, fresh = stale_and_fresh(store, path, "reread", ["sh", "-c", "exit 42"])
     try:
-        first.start()
-        stale = first.exec(["sleep", "1000"])
-    finally:
-        first.destroy()
-    second = Container.create("reread", path, store=store)
-    try:
-        second.start()
-        fresh = second.exec(["sh", "-c", "exit 42"])
-        while fresh.pid < stale.pid:  # until it has the stale one's pid
-            assert fresh.wait(timeout=10) == 42
-            fresh = second.exec(["sh", "-c", "exit 42"])
-        assert fresh.pid == stale.pid
         assert fresh.wait(timeout=10) == 42
         second.kill(signal.SIGKILL)
         assert second.wait(timeout=10) == -signal.SIGKILL
