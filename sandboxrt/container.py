@@ -375,7 +375,7 @@ class Container:
         except RecursionError:  # (an unknown key's value: copied deeper than JSON parses)
             problems = [("", "nested too deeply")]
         if problems:
-            raise SpecError(problems, source=f'container "{id}"')
+            raise SpecError(problems, source=f'container "{id}"', container_id=id)
         terminal = bool((document.get("process") or {}).get("terminal"))
         if terminal and any(arg is not None for arg in (stdin, stdout, stderr)):
             raise InvalidArgumentError(
@@ -2037,9 +2037,10 @@ def _naming_container(container_id: str) -> Iterator[None]:
     except SpecError as exc:
         who = f'container "{container_id}"'
         if exc.source is not None and exc.source.startswith(who):
+            exc.container_id = exc.container_id or container_id
             raise
         source = f"{who}, {exc.source}" if exc.source else who
-        raise SpecError(exc.problems, source=source) from None
+        raise SpecError(exc.problems, source=source, container_id=container_id) from None
 
 
 def _refuse_another_user_namespace(
@@ -2065,7 +2066,11 @@ def _refuse_another_user_namespace(
         return
     has = "its own user namespace, mapped otherwise" if theirs else "no user namespace"
     problem = f"a new user namespace, but the pod's sandbox has {has}: its containers share it"
-    raise SpecError([("linux.namespaces", problem)], source=f'container "{container_id}"')
+    raise SpecError(
+        [("linux.namespaces", problem)],
+        source=f'container "{container_id}"',
+        container_id=container_id,
+    )
 
 
 def _refuse_sysctls_in_our_namespaces(
@@ -2098,7 +2103,7 @@ def _refuse_sysctls_in_our_namespaces(
         if kind in ours
     ]
     if problems:
-        raise SpecError(problems, source=f'container "{container_id}"')
+        raise SpecError(problems, source=f'container "{container_id}"', container_id=container_id)
 
 
 #: The files under ``/proc/self/ns`` of the namespace types a sysctl may belong to.

@@ -163,7 +163,9 @@ class SpecError(SandboxrtError, ValueError):
     ``problems`` lists ``(json_path, message)`` pairs; the message shows them all.
     """
 
-    def __init__(self, problems: list[tuple[str, str]], *, source: str | None = None) -> None:
+    def __init__(
+        self, problems: list[tuple[str, str]], *, source: str | None = None, container_id: str = ""
+    ) -> None:
         lines = [f"{path}: {msg}" if path else msg for path, msg in problems]
         prefix = f"{source}: " if source else ""
         if len(lines) == 1:
@@ -173,6 +175,7 @@ class SpecError(SandboxrtError, ValueError):
         super().__init__(text)
         self.problems = problems
         self.source = source
+        self.container_id = container_id
 
 
 class CorruptMetadataError(SandboxrtError):

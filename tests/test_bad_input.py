@@ -1280,3 +1280,22 @@ def test_an_indented_config_json_a_sandbox_takes_is_read(tmp_path: Path) -> None
     write_spec_file(path, spec)
     assert path.stat().st_size > MAX_SPEC_BYTES
     assert read_spec_file(path).annotations == spec.annotations
+
+
+@pytest.mark.parametrize("where", ["file", "document", "plan"])
+def test_a_spec_error_of_a_create_names_its_container(
+    store: FileStore, bundle: BundleFactory, where: str
+) -> None:
+    """Its message named the container; its ``container_id`` was empty."""
+    path = bundle()
+    if where == "file":
+        (path / "config.json").unlink()
+    elif where == "document":
+        edit_config(path, lambda d: d.update(hostname="a" * 100))
+    else:  # (found as the plan is made: a capability set no kernel has)
+        edit_config(path, lambda d: d["process"]["capabilities"].update(ambient=["CAP_KILL"]))
+    with pytest.raises(SpecError) as info:
+        Container.create("named", path, store=store)
+    assert info.value.container_id == "named"
+    assert str(info.value).startswith('container "named"')
+    assert_nothing_left(store)
