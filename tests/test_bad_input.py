@@ -1299,3 +1299,24 @@ def test_a_spec_error_of_a_create_names_its_container(
     assert info.value.container_id == "named"
     assert str(info.value).startswith('container "named"')
     assert_nothing_left(store)
+
+
+@pytest.mark.parametrize("field", ["hostname", "domainname"])
+def test_undecodable_bytes_of_a_name_are_set_as_such(
+    store: FileStore, bundle: BundleFactory, field: str
+) -> None:
+    """Accepted by the check as the bytes they stand for: the domain name was encoded
+    strictly on its way to the kernel, and every such create failed (InitError)."""
+    path = edit_config(
+        bundle(["cat", f"/proc/sys/kernel/{field}"]), lambda d: d.update({field: "ab\udcff"})
+    )
+    container = Container.create("names", path, store=store, stdout=subprocess.PIPE)
+    try:
+        container.start()
+        assert container.stdout is not None
+        assert container.stdout.read() == b"ab\xff\n"
+        assert container.wait(timeout=10) == 0
+    finally:
+        if container.stdout is not None:
+            container.stdout.close()
+        container.destroy()

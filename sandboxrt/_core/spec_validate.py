@@ -180,11 +180,12 @@ MAX_SPEC_BYTES = 3 * 1024 * 1024
 
 def _byte_length(text: str) -> int:
     """How many bytes ``text`` is on its way to the kernel (``surrogateescape``'s one
-    each); 0 for what no C string carries (:func:`document_problems` names it)."""
+    each); a lone surrogate of another kind counts three, as UTF-8 would write it (no C
+    string carries it: :func:`document_problems` names it)."""
     try:
         return len(text.encode("utf-8", "surrogateescape"))
     except UnicodeEncodeError:
-        return 0
+        return len(text.encode("utf-8", "surrogatepass"))
 
 
 def c_string_problem(text: str) -> str | None:

@@ -199,8 +199,9 @@ def rename_exchange(first: str, second: str) -> None:
 
 
 def setdomainname(name: str) -> None:
-    """``setdomainname(2)``."""
-    raw = name.encode()
+    """``setdomainname(2)``; ``surrogateescape``'s characters are the bytes they stand for
+    (as ``socket.sethostname`` takes them)."""
+    raw = os.fsencode(name)
     _check(_libc.setdomainname(raw, ctypes.c_size_t(len(raw))), "setdomainname")
 
 

@@ -195,7 +195,7 @@ def _run(
             start_new_session=True,
             preexec_fn=confine,  # noqa: PLW1509 (given only in an init, which has one thread)
         )
-    except OSError as err:
+    except (OSError, subprocess.SubprocessError) as err:  # (the latter: ``confine`` failed)
         raise HookError(
             path,
             phase=phase,
