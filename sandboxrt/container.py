@@ -930,6 +930,14 @@ class Container:
                 self._record = self._record.with_status(Status.RUNNING)
                 self._store.save(self._record)
                 raise
+            if _effective_status(self._record, sandbox) is Status.STOPPED:
+                # It stopped meanwhile (a pod's root exited, whose supervisor thaws the
+                # members it kills, maybe before this froze): nothing stays frozen.
+                with contextlib.suppress(SystemCallError):
+                    _cgroup.thaw(self._record.cgroup, self.id)
+                self._record = self._record.with_status(Status.STOPPED)
+                self._store.save(self._record)
+                require(Operation.PAUSE, self.id, Status.STOPPED)
 
     def resume(self) -> None:
         """Thaw a paused container (``runc resume``): its processes run on, signals
@@ -1621,6 +1629,10 @@ class Container:
                 _kill_if_paused(self._store, member_id, self.id, timeout)
         _kill_if_paused(self._store, self.id, self.sandbox_id, timeout, record=self._record)
         if sandbox is not None and self.is_subcontainer:
+            if self._record.status in _LIVE:  # (read without the lock meanwhile, it would
+                # say running once its exit file is gone, its sandbox serving on)
+                self._record = self._record.with_status(Status.STOPPED)
+                self._store.save(self._record)
             sandbox.forget_container(self.id, timeout)
         elif sandbox is not None:
             # A container whose processes all exited leaves an empty cgroup: removed

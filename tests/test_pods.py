@@ -46,6 +46,7 @@ from sandboxrt import (
     SpecError,
     Status,
 )
+from sandboxrt import _cgroup as library_cgroup
 from sandboxrt._core import cri
 from sandboxrt._core.spec import read_spec_file
 from sandboxrt._os import cgroups, procfs, stdlib
@@ -302,6 +303,45 @@ def test_destroying_the_root_with_a_paused_subcontainer_leaves_nothing(
     assert not any(alive(pid) for pid in pids)
     assert store.list_ids() == []
     assert os.listdir(store.runtime_dir) == []
+
+
+def test_a_subcontainer_being_destroyed_never_reads_running_once_killed(
+    pod: Pod, bundle: BundleFactory, store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its sandbox forgot it (its processes killed, its exit file removed) before its record
+    went: read meanwhile without the lock, it said running."""
+    a = add_running(pod, bundle(SLEEP), "a")
+    seen: list[Status] = []
+    forget = Sandbox.forget_container
+
+    def forget_and_look(sandbox: Sandbox, container_id: str, timeout: float) -> None:
+        forget(sandbox, container_id, timeout)
+        seen.append(Container.load(container_id, store=store).status)
+
+    monkeypatch.setattr(Sandbox, "forget_container", forget_and_look)
+    a.destroy()
+    assert seen == [Status.STOPPED]
+
+
+def test_a_pause_the_root_s_exit_overtakes_leaves_nothing_frozen(
+    pod: Pod, bundle: BundleFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The root exited between pause's status check and its freeze: the member read
+    stopped, its record said paused and its cgroup stayed frozen."""
+    a = add_running(pod, bundle(SLEEP), "a")
+    freeze = library_cgroup.freeze
+
+    def exit_then_freeze(*args: Any, **kwargs: Any) -> None:
+        pod.root.kill(signal.SIGKILL)
+        assert pod.root.wait(timeout=10) == -signal.SIGKILL
+        wait_until(lambda: not host_pids(a), timeout=20)  # (killed with the sandbox)
+        freeze(*args, **kwargs)
+
+    monkeypatch.setattr(library_cgroup, "freeze", exit_then_freeze)
+    with pytest.raises(InvalidStateError, match=r"cannot pause .* in state stopped"):
+        a.pause()
+    assert a.status is Status.STOPPED
+    assert not cgroup_of(a).is_frozen()
 
 
 def test_a_paused_subcontainer_ends_with_the_root(pod: Pod, bundle: BundleFactory) -> None:
