@@ -209,9 +209,7 @@ def create(request: CgroupRequest, container_id: str, scope: str = "") -> Cgroup
     except SpecError as err:  # (a resource the kernel refused: a device it does not know)
         if err.source is not None:
             raise
-        raise SpecError(
-            err.problems, source=f'container "{container_id}"', container_id=container_id
-        ) from err
+        raise SpecError(err.problems, source=f'container "{container_id}"') from err
     except MissingFeatureError as err:
         if f'container "{container_id}"' in str(err):
             raise

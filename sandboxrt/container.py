@@ -360,9 +360,7 @@ class Container:
             raise TypeError(
                 f"launcher must be a sandboxrt Launcher (with launch()), not {launcher!r}"
             )
-        problem = c_string_problem(os.fsdecode(bundle))
-        if problem is not None:
-            raise InvalidArgumentError(id, f"the bundle path {problem}: {bundle!r}")
+        _check_path_argument(id, "the bundle path", bundle)
         bundle_path = Path(bundle).absolute()
         with _naming_container(id):
             if spec is None:
@@ -388,8 +386,7 @@ class Container:
                 id, "a console socket is for a terminal: the spec has no process.terminal"
             )
         for name, path in (("console_socket", console_socket), ("pid_file", pid_file)):
-            if path is not None and "\0" in os.fspath(path):  # (the kernel stops there)
-                raise InvalidArgumentError(id, f"{name} holds a NUL byte: {os.fspath(path)!r}")
+            _check_path_argument(id, name, path)
         if autostart and terminal and console_socket is None:
             raise InvalidArgumentError(
                 id,
@@ -1898,7 +1895,8 @@ def _configured_timeout(record: ContainerRecord, name: str, default: float | Non
 def _effective_status(
     record: ContainerRecord, sandbox: Sandbox | None, *, ask: bool = False
 ) -> Status:
-    """``record``'s status, or ``stopped`` where its sandbox is gone or its init exited: a
+    """``record``'s status, or ``stopped`` where its sandbox is gone (or its supervisor on
+    its way out: :meth:`Sandbox.is_serving`) or its init exited: a
     subcontainer's too once the root's init exited (the sandbox ends; the supervisor
     records the subcontainers' exits one by one on its way out); ``stopped`` where it
     is ``creating`` but its creator is gone (a creation that died half-way); and
@@ -2038,6 +2036,14 @@ def _sandbox_to_join(
         ) from None
     assert sandbox is not None
     return sandbox, record
+
+
+def _check_path_argument(container_id: str, name: str, path: str | os.PathLike[str] | None) -> None:
+    """An :class:`InvalidArgumentError` for a path no C string carries (a NUL, where the
+    kernel would stop reading it; a lone surrogate)."""
+    problem = None if path is None else c_string_problem(os.fsdecode(path))
+    if problem is not None:
+        raise InvalidArgumentError(container_id, f"{name} {problem}: {path!r}")
 
 
 @contextlib.contextmanager

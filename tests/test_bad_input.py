@@ -38,6 +38,7 @@ from sandboxrt import (
     ContainerNotFoundError,
     CorruptMetadataError,
     FileStore,
+    InitError,
     InvalidArgumentError,
     InvalidIDError,
     InvalidStateError,
@@ -1320,3 +1321,18 @@ def test_undecodable_bytes_of_a_name_are_set_as_such(
         if container.stdout is not None:
             container.stdout.close()
         container.destroy()
+
+
+def test_a_sysctl_value_of_undecodable_bytes_is_written_as_such(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """Accepted by the check as the bytes they stand for, then encoded strictly in the
+    init: the create failed on a codec error, not on what the kernel says of the value."""
+    path = edit_config(
+        bundle(), lambda d: d["linux"].update(sysctl={"net.ipv4.ping_group_range": "0\udcff"})
+    )
+    with pytest.raises(InitError) as info:
+        Container.create("sysctl", path, store=store)
+    assert "codec" not in str(info.value)
+    assert "setting sysctl net.ipv4.ping_group_range" in str(info.value)
+    assert_nothing_left(store)

@@ -172,7 +172,7 @@ def test_a_console_socket_is_dialled_before_anything_is_made(
             Container.create("tty", path, store=store, console_socket=sock_path)
     for name in ("console_socket", "pid_file"):
         bad = {name: str(tmp_path / "a\0b")}
-        with pytest.raises(InvalidArgumentError, match=f'"tty": {name} holds a NUL byte'):
+        with pytest.raises(InvalidArgumentError, match=f'"tty": {name} must not hold a NUL byte'):
             Container.create("tty", path, store=store, **bad)  # type: ignore[arg-type]
     assert not ran.exists()
     assert Container.list(store=store) == []

@@ -199,7 +199,7 @@ def _refuse_host_sysctls(
     sysctls = (spec.get("linux") or {}).get("sysctl") or {}
     problems = sysctl_problems(sysctls, owned, whose=whose)
     if problems:
-        raise SpecError(problems, source=f'container "{container_id}"', container_id=container_id)
+        raise SpecError(problems, source=f'container "{container_id}"')
 
 
 def _refuse_ptrace(spec: Mapping[str, Any], container_id: str, *, pod: bool = False) -> None:
@@ -223,11 +223,7 @@ def _refuse_ptrace(spec: Mapping[str, Any], container_id: str, *, pod: bool = Fa
         "into the sandbox's supervisor, which shares their PID namespace and holds the "
         f"runtime's privileges and fds on host directories: drop it{way_out}"
     )
-    raise SpecError(
-        [("process.capabilities", problem)],
-        source=f'container "{container_id}"',
-        container_id=container_id,
-    )
+    raise SpecError([("process.capabilities", problem)], source=f'container "{container_id}"')
 
 
 def _seccomp_plan(
@@ -631,11 +627,7 @@ def build_container_plan(
     linux = spec.get("linux") or {}
     if linux.get("timeOffsets"):
         problem = "a pod's container shares its sandbox's time namespace, and its offsets"
-        raise SpecError(
-            [("linux.timeOffsets", problem)],
-            source=f'container "{container_id}"',
-            container_id=container_id,
-        )
+        raise SpecError([("linux.timeOffsets", problem)], source=f'container "{container_id}"')
     new = {ns["type"] for ns in linux.get("namespaces") or [] if not ns.get("path")}
     return ContainerPlan(
         sandbox_id=sandbox_id,

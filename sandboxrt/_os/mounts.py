@@ -1017,7 +1017,7 @@ def _host_device(dev: DevicePlan, kind: int, host: int | None) -> int:
         else:
             fd = os.open(dev.path.lstrip("/"), os.O_PATH | os.O_CLOEXEC, dir_fd=host)
     except OSError as err:  # (as runc: a node it may not make is bound from the host's)
-        why = f"device {dev.path} of linux.devices, which a user namespace may not make, "
+        why = f"device {dev.path} of linux.devices, which could not be made (mknod), "
         raise OSError(
             err.errno, why + f"is bound from the host's {dev.path}: {err.strerror}"
         ) from None

@@ -98,8 +98,13 @@ def dying_name(pid: int, proc: str = "/proc") -> str | None:
     if stat is None:
         return None
     name, fields = stat
-    state, flags = fields[0].decode(), int(fields[6])  # fields 3 and 9
-    return name if state in _DEAD_STATES or flags & _PF_EXITING else None
+    return name if _on_its_way_out(fields) else None
+
+
+def _on_its_way_out(fields: list[bytes]) -> bool:
+    """Whether the process of ``/proc/PID/stat``'s ``fields`` (from the state on) is
+    exiting (``PF_EXITING``, field 9) or a zombie (the state, field 3)."""
+    return fields[0].decode() in _DEAD_STATES or bool(int(fields[6]) & _PF_EXITING)
 
 
 def foreground_group(pid: int, proc: str = "/proc") -> int | None:
@@ -267,11 +272,7 @@ def runs_on(pid: int, start_ticks: int, boot: str) -> bool:
     killed while processes of its namespace are frozen waits for them, for as long as
     they stay frozen, yet will never run again."""
     fields = _fields_of(pid, start_ticks, boot)
-    return (
-        fields is not None
-        and fields[0].decode() not in _DEAD_STATES
-        and not int(fields[6]) & _PF_EXITING
-    )
+    return fields is not None and not _on_its_way_out(fields)
 
 
 def _fields_of(pid: int, start_ticks: int, boot: str) -> list[bytes] | None:

@@ -195,13 +195,11 @@ def _run(
             start_new_session=True,
             preexec_fn=confine,  # noqa: PLW1509 (given only in an init, which has one thread)
         )
-    except (OSError, subprocess.SubprocessError) as err:  # (the latter: ``confine`` failed)
-        raise HookError(
-            path,
-            phase=phase,
-            container_id=container_id,
-            reason=f"cannot execute it: {type(err).__name__}: {err}",
-        ) from err
+    except (OSError, subprocess.SubprocessError) as err:
+        why = f"cannot execute it: {type(err).__name__}: {err}"
+        if not isinstance(err, OSError):  # (how Popen says its ``preexec_fn`` failed)
+            why = "cannot confine it: the container's seccomp profile did not load"
+        raise HookError(path, phase=phase, container_id=container_id, reason=why) from err
 
     with proc:
         try:

@@ -265,7 +265,7 @@ def _prepare_root(
     # Sysctls first: the default readonlyPaths make /proc/sys read-only.
     for key, value in plan.sysctl.items():
         with _saying(f"setting sysctl {key} to {value!r}"):  # (the kernel's EINVAL says not which)
-            procfs.write_proc_file("/proc/sys/" + key.replace(".", "/"), value.encode())
+            procfs.write_proc_file("/proc/sys/" + key.replace(".", "/"), os.fsencode(value))
     # Read-only first, then masked, as runc: a path both masked and read-only is the
     # null device (reading it gives nothing), not a read-only bind of it (EACCES).
     mounts.readonly_paths(plan.readonly_paths)
@@ -393,12 +393,12 @@ def _apply_process(
     *,
     chdir: bool = True,
     make_cwd: bool = False,
-    before_filter: Callable[[], None] | None = None,
+    before_filter: Callable[[Callable[[], None] | None], None] | None = None,
 ) -> None:
     """Become the program's process: limits, user, cwd (unless not ``chdir``; made first
     if missing with ``make_cwd``, for an init; entered as root, as the user where root may
     not), capabilities, no_new_privs, seccomp (``before_filter`` runs just before a
-    profile that goes in last).
+    profile that goes in last, and is given what loads it, or ``None``).
 
     The order is the kernel's: bounding set dropped while privileged,
     ``PR_SET_KEEPCAPS`` across the uid change, then ``capset`` and the ambient
@@ -470,10 +470,13 @@ def _apply_process(
         )
     if plan.no_new_privileges:
         syscalls.prctl(abi.PR_SET_NO_NEW_PRIVS, 1)
-    if before_filter is not None:
-        before_filter()
+    late = None
     if seccomp_program is not None and not seccomp_early:
-        syscalls.seccomp_set_filter(seccomp_program, seccomp_flags)
+        late = functools.partial(syscalls.seccomp_set_filter, seccomp_program, seccomp_flags)
+    if before_filter is not None:
+        before_filter(late)
+    if late is not None:
+        late()
 
 
 #: The bounding set this process has dropped to already: an init built ahead does it
@@ -608,12 +611,13 @@ def _become(
     seccomp_program: bytes | None,
     *,
     init: bool = False,
-    before_exec: Callable[[], None] | None = None,
+    before_exec: Callable[[Callable[[], None] | None], None] | None = None,
 ) -> NoReturn:
     """Install stdio, apply the plan (user, limits, capabilities, seccomp...) and exec.
     An ``init``'s missing cwd is made (an exec'd process's is an error, as in runc).
     ``before_exec`` runs as the program's process will, but for a seccomp profile
-    that goes in last (the startContainer hooks)."""
+    that goes in last, which it is given to load where it wants (the startContainer
+    hooks: in each hook's process)."""
     _install_stdio(stdio, tty_slave)
     give_stdio((0, 1, 2), plan.uid, terminal=tty_slave is not None)
     env = _program_env(plan)
@@ -822,7 +826,7 @@ def _create(
     handles = open_handles()
     channel.send(sync, Progress("created"), [*pty_fds, *handles])
     channel.close_fds([*pty_fds, *handles])
-    start_hooks: Callable[[], None] | None = None
+    start_hooks: Callable[[Callable[[], None] | None], None] | None = None
     if not plan.autostart:  # (which has no startContainer hooks: the library sees to it)
         try:
             start, _ = channel.receive(sync, Request)
@@ -830,17 +834,12 @@ def _create(
             os._exit(0)  # destroyed before start
         if plan.start_container_hooks:
 
-            def start_hooks() -> None:
+            def start_hooks(confine: Callable[[], None] | None) -> None:
                 # As the container's process, in its cwd (as runc): a hook is a file of
                 # the container's, which its processes may have changed. What it leaves
                 # running must be as confined as the program, so a profile that we load
                 # last, it loads first (runc's does not). Our signals are the program's
                 # by now: a hook that exits unread must not SIGPIPE us.
-                seccomp = plan.seccomp
-                confine = None
-                if seccomp is not None and not seccomp.early and seccomp_program is not None:
-                    program, flags = seccomp_program, seccomp.flags
-                    confine = functools.partial(syscalls.seccomp_set_filter, program, flags)
                 default = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
                 try:
                     hooks.run_hooks(

@@ -1930,17 +1930,14 @@ class Supervisor:
         os._exit(code)
 
 
-#: The saved gid :func:`_shield_limits` gives us where it is mapped: the overflow gid.
-_SHIELD_GID = 65534
-
-
 def _shield_limits() -> None:
     """Keep the container's root from changing our rlimits with ``prlimit``, which the
     kernel grants a process of the same uids and gids as its target (no capability
     needed), and through us from the processes we fork later (exec'd, a pod's members).
     A saved gid unlike our real and effective ones matches no process's (the check wants
     its gid equal to all three of ours); signals look at uids only, and what we make
-    goes by our effective ids. In a user namespace mapping no gid but root, nothing."""
+    goes by our effective ids. The overflow gid where it is mapped, else another; in a
+    user namespace mapping no gid but root, nothing."""
     try:
         with open("/proc/self/gid_map", "rb") as f:
             extents = idmap.extents_from_text(f.read().decode())
@@ -1948,7 +1945,11 @@ def _shield_limits() -> None:
         return
     ends = [gid for inside, _, size in extents for gid in (inside, inside + size - 1)]
     shield = next(
-        (gid for gid in (_SHIELD_GID, *ends) if gid and idmap.to_host(extents, gid) is not None),
+        (
+            gid
+            for gid in (idmap.OVERFLOW_ID, *ends)
+            if gid and idmap.to_host(extents, gid) is not None
+        ),
         None,
     )
     if shield is not None:
