@@ -381,3 +381,72 @@ def test_an_agent_the_container_reniced_spawns_nothing_more(running: Container) 
                                 capture_output=True, check=True)  # fmt: skip
     assert niceness.stdout == b"0\n"
     eventually(lambda: agent not in agents(running), "the reniced agent was ended")
+
+
+def test_an_agent_whose_oom_score_the_container_raised_spawns_nothing_more(
+    running: Container,
+) -> None:
+    """The container's root may raise the agent's oom_score_adj (its /proc file is root's,
+    and raising it takes no privilege): later execs inherited it, not the spec's."""
+    assert running.exec(["true"]).wait() == 0
+    (agent,) = agents(running)
+    procfs.set_oom_score_adj(900, agent)  # (as the container's root could)
+    score = running.exec_run(["cat", "/proc/self/oom_score_adj"], capture_output=True, check=True)
+    assert score.stdout != b"900\n"
+    eventually(lambda: agent not in agents(running), "the agent was ended")
+
+
+#: The container's init: SIGSYS to the exec agent as soon as it has a new child (any
+#: process of its uid may signal it). Harmless: it signals only the sandbox's agent.
+SIGSYS_AT_SPAWN = """
+import os, signal, time
+log = open("/tmp/fired", "a", buffering=1)
+def agent():
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and open(f"/proc/{d}/comm").read().strip() == "sandboxrt-agent":
+                return int(d)
+        except OSError:
+            pass
+while True:
+    a = agent()
+    if a is None:
+        time.sleep(0.001)
+        continue
+    known = None
+    while True:
+        try:
+            with open(f"/proc/{a}/task/{a}/children") as f:
+                kids = set(f.read().split())
+        except OSError:
+            break
+        if known is not None and kids - known:
+            os.kill(a, signal.SIGSYS)
+            log.write("fired\\n")
+            break
+        known = kids
+"""
+
+
+def test_an_agent_killed_with_sigsys_as_it_spawns_never_runs_an_exec_twice(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """A SIGSYS was taken for the agent's own profile refusing a system call (unfit, so the
+    exec went again the slow way) even once its spawn had begun: the container could make
+    each exec run twice, both copies on the caller's stdio."""
+    path = bundle(["python3", "/watch.py"], rootfs="host_usr")
+    (path / "rootfs" / "watch.py").write_text(SIGSYS_AT_SPAWN)
+    container = Container.create("sigsys", path, store=store)
+    try:
+        container.start()
+        for i in range(5):
+            script = f"echo run-{i} >> /tmp/count; sleep 0.2"
+            with contextlib.suppress(ExecError):  # (the agent died as it spawned: said)
+                assert container.exec_run(["sh", "-c", script], timeout=30).returncode == 0
+        counted = container.exec_run(["cat", "/tmp/count"], capture_output=True).stdout
+        fired = container.exec_run(["cat", "/tmp/fired"], capture_output=True).stdout
+        assert fired, "the agent was never signalled: this tests nothing"
+        runs = counted.decode().split()
+        assert len(runs) == len(set(runs)), f"an exec ran twice: {runs}"
+    finally:
+        container.destroy()

@@ -1038,15 +1038,25 @@ def run_agent(
 def _inherited_settings() -> tuple[object, ...]:
     """What a process we spawn inherits that another process of the container's user
     may change in us and the spawned one could not change back (``renice``, ``prlimit``,
-    ``chrt``, ``ionice``; not the CPU affinity, which moving between cpusets changes and
-    any process may set for itself within its cpuset)."""
+    ``chrt``, ``ionice``, a raised ``oom_score_adj``; not the CPU affinity, which moving
+    between cpusets changes and any process may set for itself within its cpuset)."""
     return (
         os.getpriority(os.PRIO_PROCESS, 0),
         os.sched_getscheduler(0),
         os.sched_getparam(0).sched_priority,
         syscalls.ioprio_get(),
         *(resource.getrlimit(limit) for limit in _RLIMITS),
+        _oom_score_adj(),
     )
+
+
+def _oom_score_adj() -> int | None:
+    """Our ``oom_score_adj`` (``None`` without a ``/proc`` to read it in)."""
+    try:
+        with open("/proc/self/oom_score_adj", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 #: Every resource limit.

@@ -1437,8 +1437,13 @@ class Supervisor:
         returncode = self._reap_agent(agent)
         if done >= agent.sent:
             return Progress("spawned", details={"pid": pid})
-        if returncode == -signal.SIGSYS:  # in its fork, say: a syscall it needs is denied
-            return Progress("unready")
+        if returncode == -signal.SIGSYS:  # a syscall it needs is denied, say: unfit
+            if begun < agent.sent:
+                return Progress("unready")  # (the slow way runs it, and says whether)
+            # Its spawn had begun, so it may have spawned (a SIGSYS any process of its uid
+            # may send as its child execs): never run it twice, nor this profile here.
+            member.agent_unfit.append(agent.profile)
+            return None
         if begun < agent.sent and returncode is not None:
             return Progress("lost")  # nothing was spawned
         return None  # killed while it spawned: it may have, so never run it twice
