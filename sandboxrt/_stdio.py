@@ -115,24 +115,30 @@ class StdioPlan:
             ) from None
         if fd < 0:
             raise ValueError(f"invalid stdio argument {arg!r}")
+        copy = self._copy(fd)
+        if copy is None:
+            raise ValueError(f"stdio file descriptor {fd} is not open")
+        return copy
+
+    def _copy(self, fd: int) -> int | None:
+        """Our own duplicate of ``fd`` (above the standard three, close-on-exec); ``None``
+        if ``fd`` is not open (only ``EBADF`` reads as closed)."""
         try:
             return self._own(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3))
         except OSError as exc:
             if exc.errno != errno.EBADF:
                 raise
-            raise ValueError(f"stdio file descriptor {fd} is not open") from None
+            return None
 
     def _fd(self, arg: StdioArg, default: int, *, reading: bool) -> int:
         """The plan's own fd for a stream the caller gave no fd for (:meth:`_given`): a
         duplicate of ours when inherited (``/dev/null`` when the caller has closed it), a
         new pipe, ``/dev/null``."""
         if arg is None:
-            try:
-                return self._own(fcntl.fcntl(default, fcntl.F_DUPFD_CLOEXEC, 3))
-            except OSError as exc:
-                if exc.errno != errno.EBADF:
-                    raise
-                arg = subprocess.DEVNULL  # closed (a daemon's): the container gets /dev/null
+            copy = self._copy(default)
+            if copy is not None:
+                return copy
+            arg = subprocess.DEVNULL  # closed (a daemon's): the container gets /dev/null
         if arg == subprocess.DEVNULL:
             return self._own(
                 os.open(os.devnull, (os.O_RDONLY if reading else os.O_WRONLY) | os.O_CLOEXEC)
