@@ -1499,7 +1499,7 @@ class Container:
         """Set the spec's ``oomScoreAdj`` on a pod member's init (found in its cgroup)
         from here: in the sandbox's own user namespace its ``/proc`` file is the host
         root's until it execs (its root container's was set before the namespace was
-        made: ``supervisor._grant_ahead``). Where this cannot, the init tries and says."""
+        made: ``limits.grant_ahead``). Where this cannot, the init tries and says."""
         value = (self._record.spec.get("process") or {}).get("oomScoreAdj")
         if value is None or self._record.cgroup is None:
             return

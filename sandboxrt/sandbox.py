@@ -42,7 +42,7 @@ from sandboxrt._core.records import ProcessIdentity
 from sandboxrt._os import channel, procfs
 from sandboxrt._proc.init import open_cgroup_dirs
 from sandboxrt._proc.launcher import LaunchedProcess, Launcher, default_launcher
-from sandboxrt._proc.supervisor import is_warm_shape
+from sandboxrt._proc.warm import is_warm_shape
 from sandboxrt._signals import interrupts_deferred
 from sandboxrt.errors import (
     ContainerExistsError,

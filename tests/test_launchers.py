@@ -35,7 +35,7 @@ from sandboxrt._forksafe import ForkSafeLock
 from sandboxrt._os import cgroups, channel, procfs
 from sandboxrt._proc import launcher as launcher_module
 from sandboxrt._proc.launcher import ForkServerLauncher
-from sandboxrt._proc.supervisor import is_warm_shape
+from sandboxrt._proc.warm import is_warm_shape
 
 pytestmark = [needs_root, needs_busybox]
 

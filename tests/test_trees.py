@@ -24,7 +24,7 @@ from sandboxrt import PIPE, STDOUT, Config, Container, FileStore, Pod, Subproces
 from sandboxrt._core.protocol import InitPlan, MountPlan, SandboxPlan, encode
 from sandboxrt._core.spec_default import default_spec
 from sandboxrt._os import mounts
-from sandboxrt._proc import supervisor
+from sandboxrt._proc import warm
 from sandboxrt._proc.launcher import ForkServerLauncher, LaunchedProcess, Launcher
 from sandboxrt.bundle import make_bundle
 
@@ -111,10 +111,8 @@ def test_plans_number_their_trees() -> None:
         [[k, ""] for k in ["pid", "network", "ipc", "uts", "mount"]],
         plan,
     )
-    assert supervisor.ahead_plan(encode(sandbox)) is not None
-    assert (
-        supervisor.ahead_plan(encode(SandboxPlan(**{**sandbox.__dict__, "init": by_path}))) is None
-    )
+    assert warm.ahead_plan(encode(sandbox)) is not None
+    assert warm.ahead_plan(encode(SandboxPlan(**{**sandbox.__dict__, "init": by_path}))) is None
 
 
 @pytest.mark.parametrize("launcher", ["subprocess", "forkserver"])

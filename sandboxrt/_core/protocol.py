@@ -473,7 +473,7 @@ class Progress(_Message):
 
 @dataclasses.dataclass(frozen=True)
 class Claim(_Message):
-    """To an init that built its root ahead (``supervisor.RootAhead``): go on as ``plan``'s.
+    """To an init that built its root ahead (``warm.RootAhead``): go on as ``plan``'s.
 
     The first ``cgroup_fds`` fds alongside are the cgroup files it joins by itself (the
     rest, its stdio); ``cgroupns``: it then makes a cgroup namespace. One message, so

@@ -21,7 +21,7 @@ from typing import NoReturn
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import Launched, Request
 from sandboxrt._os import capabilities, channel, mounts, procfs, syscalls
-from sandboxrt._proc import gofer, supervisor
+from sandboxrt._proc import gofer, supervisor, warm
 from sandboxrt._proc.entry import reset_inherited_signals
 
 __all__ = ["serve"]
@@ -55,7 +55,7 @@ class _Server:
     A warm sandbox is given to the library as soon as it is forked (see
     :meth:`prewarm`), which hands it a launch itself; the library's ``prewarm``
     request says it took one, and carries the plan for the next one to build
-    the root of ahead (``supervisor.RootAhead``).
+    the root of ahead (``warm.RootAhead``).
     """
 
     def __init__(self, control: socket.socket) -> None:
@@ -69,14 +69,14 @@ class _Server:
         self.given_gofer = False
         #: Where warm gofers go (the library's ``gofers`` request brings it).
         self.gofer_channel: socket.socket | None = None
-        self.warm_flags = sum(abi.NAMESPACE_FLAGS[k] for k in supervisor.WARM_UNSHARED)
+        self.warm_flags = sum(abi.NAMESPACE_FLAGS[k] for k in warm.WARM_UNSHARED)
         #: Our own namespaces of those kinds (and our PID namespace as our children's).
         self.own_namespaces = [
             (
                 os.open(f"/proc/self/ns/{_NS_FILES[kind]}", os.O_RDONLY | os.O_CLOEXEC),
                 abi.NAMESPACE_FLAGS[kind],
             )
-            for kind in sorted(supervisor.WARM_UNSHARED)
+            for kind in sorted(warm.WARM_UNSHARED)
         ]
         #: The encoded plan of the last warm launch.
         self.hint: bytes | None = None
@@ -113,7 +113,7 @@ class _Server:
             return
         # From now on, a change of the mount table makes the root it builds ahead stale.
         watch = mount_watch()
-        hint = supervisor.ahead_plan(self.hint)
+        hint = warm.ahead_plan(self.hint)
         trees: list[int] = []
         if hint is not None:
             try:
@@ -172,7 +172,7 @@ class _Server:
             self.given_gofer = True
 
     def fork_into_new_namespaces(self) -> int:
-        """``fork()`` a child into new namespaces (:data:`supervisor.WARM_UNSHARED`): PID 1
+        """``fork()`` a child into new namespaces (:data:`warm.WARM_UNSHARED`): PID 1
         of a new PID namespace. We unshare them, fork, and go back to our own (whose fds
         we opened at start): one fork, not two (a child unsharing, then forking)."""
         syscalls.unshare(self.warm_flags)
@@ -259,7 +259,7 @@ def serve(control_fd: int) -> NoReturn:
     Launches are not answered: the launched process reports on its bootstrap
     socket, and one that could not be forked shows there as end of stream. A
     warm sandbox (namespaces entered, supervisor forked: for plans with exactly
-    :data:`supervisor.WARM_NAMESPACES`) is made ahead and, once ready, sent to
+    :data:`warm.WARM_NAMESPACES`) is made ahead and, once ready, sent to
     the library unasked (a :class:`Launched` with its link and a mount watch);
     the library launches there itself, then asks for the next (``prewarm``).
     """

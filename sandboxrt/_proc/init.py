@@ -431,7 +431,7 @@ def _apply_process(
             raise OSError(exc.errno, f"{what}: {exc.strerror}") from None
     if plan.oom_score_adj is not None:
         # (In a user namespace, the file is the host root's until we exec: set from
-        # outside then, see ``supervisor._grant_ahead``; equal, it is left alone.)
+        # outside then, see ``limits.grant_ahead``; equal, it is left alone.)
         with _saying(f"setting oomScoreAdj to {plan.oom_score_adj}"):
             procfs.set_oom_score_adj(plan.oom_score_adj)
     # While privileged: a real-time class or policy needs it.

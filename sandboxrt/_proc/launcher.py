@@ -55,7 +55,7 @@ class Launcher(Protocol):
     ``bootstrap_fd`` must reach the process under the same number; ``log_fd``
     becomes its stderr; it gets nothing else from the caller. ``warm`` says
     the sandbox wants exactly the namespaces of a warm sandbox
-    (``supervisor.WARM_NAMESPACES``), so a launcher that keeps one ready may
+    (``warm.WARM_NAMESPACES``), so a launcher that keeps one ready may
     use it; others ignore it. A launcher may also have a ``settle()`` method,
     which the library calls once the operation that launched (a ``create``, a
     ``run``) is over: the moment for work done for the next launch (see

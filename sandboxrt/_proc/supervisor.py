@@ -13,25 +13,21 @@ starts in milliseconds.
 
 from __future__ import annotations
 
-import _thread
 import collections
 import contextlib
 import dataclasses
 import errno
 import mmap
 import os
-import re
-import resource
 import selectors
 import signal
 import socket
-import stat
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from typing import NoReturn
 
-from sandboxrt._core import abi, idmap
+from sandboxrt._core import abi
 from sandboxrt._core.protocol import (
     EXEC_EXITS_FILE,
     EXEC_EXITS_KEPT,
@@ -46,10 +42,10 @@ from sandboxrt._core.protocol import (
     Reply,
     Request,
     SandboxPlan,
-    decode,
     encode,
 )
-from sandboxrt._os import capabilities, channel, mounts, net, procfs, stdlib, syscalls, userns
+from sandboxrt._os import capabilities, channel, mounts, procfs, stdlib, syscalls
+from sandboxrt._proc.confinement import Confinement, OldRootDetach, home_cgroups, home_of
 from sandboxrt._proc.entry import reset_inherited_signals
 from sandboxrt._proc.init import (
     AGENT_BOARD,
@@ -64,19 +60,19 @@ from sandboxrt._proc.init import (
     run_agent,
     run_exec,
     run_init,
-    speculate,
-    tree_identities,
 )
 from sandboxrt._proc.init import PROCESS_NAME as INIT_PROCESS_NAME
+from sandboxrt._proc.limits import grant_ahead, shield_limits
+from sandboxrt._proc.namespaces import (
+    enter_namespaces,
+    prepare_namespaces,
+    unshare_private,
+    write_time_offsets,
+)
+from sandboxrt._proc.warm import RootAhead, park_trees
 
 __all__ = [
     "PROCESS_NAME",
-    "WARM_NAMESPACES",
-    "WARM_UNSHARED",
-    "Confinement",
-    "RootAhead",
-    "ahead_plan",
-    "is_warm_shape",
     "main",
     "receive_trees",
     "warm",
@@ -101,8 +97,6 @@ ACCEPT_RETRY = 0.1
 AGENT_REAP_TRIES = 200
 #: How long an init that said why its start failed may take to exit before it is killed.
 AWAIT_INIT_TIMEOUT = 1.0
-#: How long a root built ahead that will not serve may take to finish before it is killed.
-AHEAD_FINISH_TIMEOUT = 5.0
 #: How long the rest of a message's fds (``channel.send_many``) may take to come.
 RECEIVE_TIMEOUT = 5.0
 
@@ -139,82 +133,6 @@ def _write_atomically(path: str, data: bytes, *, dir_fd: int | None = None) -> N
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-
-
-def _enter_namespaces(
-    namespaces: Sequence[Sequence[str]], uid_map: str = "", gid_map: str = ""
-) -> None:
-    """Join the namespaces given by path, then make the new ones: a new user namespace
-    first (mapped by ``uid_map`` and ``gid_map``), so that the others are its own."""
-    joined = [(kind, path) for kind, path in namespaces if path]
-    joined.sort(key=lambda item: item[0] != "user")  # the user namespace first
-    joins_user = any(kind == "user" for kind, _ in joined)
-    with contextlib.ExitStack() as stack:
-        # Forked before we join anything: it stays where we were, and maps for us.
-        writer = (
-            stack.enter_context(userns.MapWriter(uid_map, gid_map))
-            if uid_map and not joins_user
-            else None
-        )
-        opened = [(kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC)) for kind, path in joined]
-        for kind, fd in opened:
-            try:
-                syscalls.setns(fd, abi.NAMESPACE_FLAGS[kind])
-            finally:
-                os.close(fd)
-            if kind == "user":
-                userns.become_root_of_joined(uid_map, gid_map)
-        if writer is not None:
-            writer.enter()
-    flags = 0
-    for kind, path in namespaces:
-        # (The init makes a cgroup namespace, inside the cgroup.)
-        if not path and kind not in ("cgroup", "user"):
-            flags |= abi.NAMESPACE_FLAGS[kind]
-    _unshare_private(flags)
-
-
-def _write_time_offsets(offsets: str) -> None:
-    """Write ``linux.timeOffsets`` for the time namespace our children enter. Our
-    ``/proc/self`` files are the host root's while we are not dumpable (a uid change in
-    a new user namespace made us so): dumpable for the write, while we have no child yet."""
-    dumpable = syscalls.prctl(abi.PR_GET_DUMPABLE)
-    try:
-        if not dumpable:
-            syscalls.prctl(abi.PR_SET_DUMPABLE, 1)
-        procfs.write_proc_file("/proc/self/timens_offsets", offsets.encode())
-    except OSError as exc:
-        raise OSError(exc.errno, f"writing linux.timeOffsets: {exc.strerror}") from None
-    finally:
-        if not dumpable:
-            syscalls.prctl(abi.PR_SET_DUMPABLE, 0)
-
-
-def _unshare_private(flags: int) -> None:
-    """Unshare ``flags`` (always with a new mount namespace) and make every mount private."""
-    syscalls.unshare(flags | abi.CLONE_NEWNS)
-    # Nothing mounted in here may reach the host: every mount private, first thing.
-    syscalls.mount(None, "/", None, abi.MS_REC | abi.MS_PRIVATE)
-
-
-def _prepare_namespaces(new: Iterable[str]) -> None:
-    """Ready the supervisor's new namespaces: loopback up, its own /proc."""
-    new = frozenset(new)
-    if "network" in new:
-        net.set_link_up("lo")
-    if "pid" in new:
-        # The supervisor's own view of its PID namespace (its mounts are private).
-        syscalls.mount("proc", "/proc", "proc", abi.MS_NOSUID | abi.MS_NODEV | abi.MS_NOEXEC)
-
-
-#: The namespaces a warm sandbox has made before it knows its plan.
-WARM_NAMESPACES = frozenset({"pid", "network", "ipc", "uts", "mount"})
-
-
-def is_warm_shape(namespaces: Sequence[Sequence[str]]) -> bool:
-    """Whether a plan wants exactly the namespaces of a warm sandbox (cgroup aside)."""
-    kinds = [kind for kind, path in namespaces if kind != "cgroup" or path]
-    return all(not path for _, path in namespaces) and frozenset(kinds) == WARM_NAMESPACES
 
 
 @dataclasses.dataclass(eq=False)
@@ -254,23 +172,6 @@ class _ExecStart:
     deadline: float
     pty: list[int] = dataclasses.field(default_factory=list)
     timed_out: bool = False
-
-
-@dataclasses.dataclass(eq=False)
-class Confinement:
-    """What a warm sandbox makes ahead for :meth:`Supervisor.confine`: the minimal root
-    (``mounts.minimal_root``, detached) and our own cgroups (:func:`_home_cgroups`)."""
-
-    top: int
-    homes: list[int] = dataclasses.field(default_factory=list)
-
-    @classmethod
-    def make(cls) -> Confinement | None:
-        try:
-            top = mounts.minimal_root()
-        except OSError:
-            return None
-        return cls(top, _home_cgroups())
 
 
 @dataclasses.dataclass(eq=False)
@@ -412,7 +313,7 @@ class Supervisor:
         #: The standard library's directories (``O_PATH``), held once confined (:meth:`confine`).
         self.stdlib_fds: list[int] = []
         #: The thread detaching the old root, until :meth:`settle`.
-        self.detaching: _Detach | None = None
+        self.detaching: OldRootDetach | None = None
         #: What a warm sandbox made ahead for :meth:`confine`, until it is used.
         self.confinement: Confinement | None = None
 
@@ -422,7 +323,7 @@ class Supervisor:
         if os.getsid(0) != os.getpid():  # a warm sandbox is a session leader already
             os.setsid()
         syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # the container must not reach into us
-        _shield_limits()
+        shield_limits()
         syscalls.set_process_name(PROCESS_NAME)
         syscalls.prctl(abi.PR_SET_CHILD_SUBREAPER, 1)
         new = {kind for kind, path in self.plan.namespaces if not path}
@@ -431,7 +332,7 @@ class Supervisor:
         if self.plan.domainname is not None:
             syscalls.setdomainname(self.plan.domainname)
         if not self.prepared:
-            _prepare_namespaces(new)
+            prepare_namespaces(new)
         if self.held is not None:
             (self.runtime_fd, self.exits_fd, self.listener), self.held = self.held, None
             self.listener.listen(CONTROL_BACKLOG)
@@ -451,7 +352,7 @@ class Supervisor:
             root.cgroup_dirs = []
         self.confinement = None  # ours to use up now (``ahead``)
         ahead = ahead or Confinement(top=-1)
-        self.homes = ahead.homes if ahead.top >= 0 else _home_cgroups()
+        self.homes = ahead.homes if ahead.top >= 0 else home_cgroups()
         if ["pid", ""] not in self.plan.namespaces:
             channel.close_fds([ahead.top])
             return
@@ -468,7 +369,7 @@ class Supervisor:
             return
         # Detaching the host's mounts may wait for an RCU grace period (up to ms): done
         # aside, and waited for before we fork (:meth:`settle`) or on a quiet moment.
-        self.detaching = _Detach()
+        self.detaching = OldRootDetach()
 
     def _import_subprocess(self) -> bool:
         """Import ``subprocess`` (for the exec agent) if it is not yet: from the host's
@@ -1498,7 +1399,7 @@ class Supervisor:
         (no ``subprocess`` to spawn with: a confined ``run`` sandbox, see :meth:`confine`)."""
         # In a user namespace of our own, our cgroups (the caller's) are not ours to join,
         # and our /proc/self/fd (through which we import) not ours to read: no agent.
-        home = None if self.plan.uid_map else _home_of(self.homes, member.cgroup_dirs or [])
+        home = None if self.plan.uid_map else home_of(self.homes, member.cgroup_dirs or [])
         if home is None or not self._import_subprocess():
             member.agent_unfit.append(profile)
             return None
@@ -1935,32 +1836,6 @@ class Supervisor:
         os._exit(code)
 
 
-def _shield_limits() -> None:
-    """Keep the container's root from changing our rlimits with ``prlimit``, which the
-    kernel grants a process of the same uids and gids as its target (no capability
-    needed), and through us from the processes we fork later (exec'd, a pod's members).
-    A saved gid unlike our real and effective ones matches no process's (the check wants
-    its gid equal to all three of ours); signals look at uids only, and what we make
-    goes by our effective ids. The overflow gid where it is mapped, else another; in a
-    user namespace mapping no gid but root, nothing."""
-    try:
-        with open("/proc/self/gid_map", "rb") as f:
-            extents = idmap.extents_from_text(f.read().decode())
-    except (OSError, ValueError):
-        return
-    ends = [gid for inside, _, size in extents for gid in (inside, inside + size - 1)]
-    shield = next(
-        (
-            gid
-            for gid in (idmap.OVERFLOW_ID, *ends)
-            if gid and idmap.to_host(extents, gid) is not None
-        ),
-        None,
-    )
-    if shield is not None:
-        os.setresgid(-1, -1, shield)
-
-
 #: A frozen cgroup's file that thaws it, and what thaws it: v1's, v2's.
 _THAWING = (("freezer.state", b"THAWED"), ("cgroup.freeze", b"0"))
 
@@ -1980,23 +1855,6 @@ def _thaw(cgroup_dirs: Sequence[int]) -> None:
                 pass
             finally:
                 os.close(fd)
-
-
-def _grant_ahead(init: InitPlan) -> None:
-    """What the root's init will ask that the kernel grants only in the host's user
-    namespace, done here before we leave it, for us (and so for the sandbox, which
-    inherits it; the init then sets its own exactly): a hard rlimit above ours, and its
-    ``oom_score_adj``, whose file a process forked in the namespace may not write (as
-    runc sets them from outside)."""
-    for name, _, hard in init.rlimits:
-        kind = abi.RLIMIT_NUMBERS[name]
-        soft, current = resource.getrlimit(kind)
-        if current != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > current):
-            with contextlib.suppress(ValueError, OSError):  # (not ours either: the init says)
-                resource.setrlimit(kind, (soft, hard))
-    if init.oom_score_adj is not None:
-        with contextlib.suppress(OSError):  # (not ours either: the init says)
-            procfs.set_oom_score_adj(init.oom_score_adj)
 
 
 def _open_runtime_dirs(plan: SandboxPlan) -> tuple[int, int]:
@@ -2076,10 +1934,10 @@ def main(bootstrap_fd: int) -> NoReturn:
             # may not read (the interpreter's may be in /root): the hooks' runner.
             import subprocess  # noqa: F401
 
-            _grant_ahead(plan.init)
-        _enter_namespaces(plan.namespaces, plan.uid_map, plan.gid_map)
+            grant_ahead(plan.init)
+        enter_namespaces(plan.namespaces, plan.uid_map, plan.gid_map)
         if plan.time_offsets:  # (our children enter the new time namespace: none yet)
-            _write_time_offsets(plan.time_offsets)
+            write_time_offsets(plan.time_offsets)
         gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
     except BaseException as exc:
@@ -2204,89 +2062,6 @@ def _profile(plan: ExecPlan) -> ExecPlan:
     return dataclasses.replace(plan, args=[], env=[], cwd="/")
 
 
-_MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")
-
-
-def _detach_old_root() -> None:
-    with contextlib.suppress(OSError):
-        mounts.detach_old_root()
-
-
-class _Detach:
-    """:func:`_detach_old_root` in a thread of its own, made with ``_thread``: ``threading``
-    registers an at-fork handler that every child of the fork server would run (decision
-    35)."""
-
-    def __init__(self) -> None:
-        self._done = _thread.allocate_lock()
-        self._done.acquire()
-        _thread.start_new_thread(self._run, ())
-
-    def _run(self) -> None:
-        try:
-            _detach_old_root()
-        finally:
-            self._done.release()
-
-    def join(self) -> None:
-        """Wait until the thread is gone (not only done: we fork after this)."""
-        self._done.acquire()
-        while _thread._count():
-            time.sleep(0)
-
-
-def _home_cgroups() -> list[int]:
-    """``O_PATH`` fds of our own cgroup in every cgroup hierarchy mounted here (read from
-    our mountinfo and ``/proc/self/cgroup``), opened before we are confined: a
-    container's exec agent waits there between spawns. Those that cannot be told are
-    left out."""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            mountinfo = f.read()
-        with open("/proc/self/cgroup") as f:
-            own_text = f.read()
-    except OSError:
-        return []
-    own: dict[str, str] = {}
-    for line in own_text.splitlines():
-        _, controllers, path = [*line.split(":", 2), "", ""][:3]
-        for name in controllers.split(",") if controllers else [""]:
-            own.setdefault(name, path)
-    homes: list[int] = []
-    for line in mountinfo.splitlines():
-        head, _, tail = line.partition(" - ")
-        fields, after = head.split(), tail.split()
-        if len(fields) < 5 or len(after) < 3 or after[0] not in ("cgroup", "cgroup2"):
-            continue
-        keys = [""] if after[0] == "cgroup2" else [o for o in after[2].split(",") if o in own]
-        root, mountpoint = [
-            _MOUNTINFO_ESCAPE.sub(lambda m: chr(int(m[1], 8)), x) for x in fields[3:5]
-        ]
-        ours = own.get(keys[0]) if keys else None
-        if ours is None or not (root in ("/", ours) or ours.startswith(root + "/")):
-            continue
-        if root != "/":
-            ours = ours[len(root) :]
-        with contextlib.suppress(OSError):
-            home = os.path.join(mountpoint, ours.lstrip("/"))
-            homes.append(os.open(home, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
-    return homes
-
-
-def _home_of(homes: Sequence[int], dirs: Sequence[int]) -> list[int] | None:
-    """Of ``homes`` (see :func:`_home_cgroups`), those in the hierarchies of a container's
-    cgroup ``dirs`` (the same filesystem); ``None`` if one has none, or is the container's."""
-    found = []
-    stats = [(home, os.fstat(home)) for home in homes]
-    for directory in dirs:
-        st = os.fstat(directory)
-        match = [(home, h) for home, h in stats if h.st_dev == st.st_dev]
-        if not match or match[0][1].st_ino == st.st_ino:
-            return None
-        found.append(match[0][0])
-    return found
-
-
 def receive_trees(sock: socket.socket, fds: list[int], plan: InitPlan, extra: int = 0) -> None:
     """Receive into ``fds`` (the stdio fds that came with ``plan``) the rest of its trees
     (and of ``extra`` fds after them), when there were more than one message carries
@@ -2309,114 +2084,16 @@ def _receive_rest(conn: socket.socket, fds: list[int], plan: InitPlan, extra: in
     return ""
 
 
-def _park(trees: Sequence[int]) -> None:
-    """Close detached mounts we do not need without dissolving them now: closing the last
-    fd of one never attached waits for an RCU grace period (up to milliseconds, in the
-    library's ``create``, the last to close it). A directory's goes beneath our ``/proc``
-    (hidden, and gone with our mount namespace); others are closed."""
-    for tree in trees:
-        with contextlib.suppress(OSError):
-            if stat.S_ISDIR(os.fstat(tree).st_mode):
-                syscalls.move_mount(tree, abi.AT_FDCWD, "/proc", beneath=True)
-        os.close(tree)
-
-
-def ahead_plan(hint: bytes | None) -> SandboxPlan | None:
-    """The plan encoded in ``hint`` (the last warm launch's), if its root may be built
-    ahead: a warm sandbox's shape, no hooks, its rootfs and binds as trees (which the
-    fork server opens for it: the sandbox resolves no host path)."""
-    if not hint:
-        return None
-    try:
-        plan = decode(hint, SandboxPlan)
-    except ValueError:
-        return None
-    if not is_warm_shape(plan.namespaces) or plan.init.pause_for_hooks:
-        return None  # hooks see the root being built: never ahead
-    if not plan.init.rootfs_tree:
-        return None
-    return plan
-
-
-def _bounding(plan: InitPlan) -> frozenset[int] | None:
-    caps = plan.capabilities
-    return None if caps is None else frozenset(caps.bounding)
-
-
-class RootAhead:
-    """An init building, in a warm sandbox, the root of the plan the fork server saw
-    last (see :func:`sandboxrt._proc.init.speculate`): a run of containers from one
-    bundle then finds its root built."""
-
-    def __init__(self, hint: InitPlan, trees: Sequence[int], close: Sequence[int]) -> None:
-        ours, theirs = channel.socket_pair()
-        pid = os.fork()
-        if pid == 0:
-            ours.close()
-            channel.close_fds(close)
-            speculate(hint, theirs, trees)
-        theirs.close()
-        self.hint, self.pid, self.sync = hint, pid, ours
-        self.outcome: Progress | None = None
-        #: An fd on the upper directory of the overlay root it built (an overlay plan), or -1.
-        self.upper = -1
-
-    def serves(self, plan: InitPlan, trees: Sequence[int]) -> bool:
-        """Whether the root built ahead is the one ``plan`` asks for, from the same host
-        files: ``trees``, those ``plan`` came with, are copies of the same directories
-        and files (``st_dev``/``st_ino`` of their roots) as those it was built from."""
-        if plan.root_key() != self.hint.root_key() or plan.start_container_hooks:
-            return False  # (an init that runs hooks imports their runner before its root)
-        if _bounding(plan) != _bounding(self.hint):
-            return False  # it dropped the hint's bounding set already
-        ready = self.finish()
-        return ready.step == "ready" and ready.details.get("identities") == tree_identities(trees)
-
-    def finish(self, timeout: float | None = None) -> Progress:
-        """Wait until the root is built (``ready``) or failed; how it went."""
-        if self.outcome is None:
-            self.sync.settimeout(timeout)
-            try:
-                while self.outcome is None:
-                    step, fds = channel.receive(self.sync, Progress)
-                    if step.step == "overlay" and len(fds) == 1 and self.upper < 0:
-                        self.upper = fds[0]  # an overlay root: kept for its container
-                        continue
-                    channel.close_fds(fds)
-                    self.outcome = step
-            except (channel.ChannelClosedError, OSError, ValueError) as exc:
-                self.outcome = Progress("error", error=str(exc))
-            self.sync.settimeout(None)
-        return self.outcome
-
-    def discard(self) -> None:
-        """End it unused, once it is done with the rootfs: killed mid-way, it could leave
-        a half-made device node there."""
-        self.finish(timeout=AHEAD_FINISH_TIMEOUT)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
-        self.sync.close()
-        if self.upper >= 0:
-            os.close(self.upper)
-            self.upper = -1
-
-
-#: The namespaces the fork server makes for a warm sandbox's supervisor, which it forks
-#: into them (see :func:`warm`): all of :data:`WARM_NAMESPACES` but the mount namespace.
-WARM_UNSHARED = frozenset(WARM_NAMESPACES - {"mount"})
-
-
 def warm(
     link: socket.socket, hint: SandboxPlan | None = None, trees: Sequence[int] = ()
 ) -> NoReturn:
     """Be a sandbox's supervisor made ahead of its plan, for a launch to claim.
 
     Runs in a child the fork server forked into new namespaces
-    (:data:`WARM_UNSHARED`): PID 1 of its PID namespace. It brings loopback
-    up, starts building the root of ``hint`` (see :func:`ahead_plan`) from
-    ``trees``, its detached mounts the fork server opened (:class:`RootAhead`),
+    (:data:`~sandboxrt._proc.warm.WARM_UNSHARED`): PID 1 of its PID namespace.
+    It brings loopback up, starts building the root of ``hint`` (see
+    :func:`~sandboxrt._proc.warm.ahead_plan`) from ``trees``, its detached
+    mounts the fork server opened (:class:`RootAhead`),
     and waits on ``link`` for a launch request carrying the bootstrap socket
     and log fd; end of stream (nobody will launch here) makes it exit. After
     the request it waits for ``link`` to close, the sign that the library,
@@ -2428,7 +2105,7 @@ def warm(
     ahead: RootAhead | None = None
     confinement: Confinement | None = None
     try:
-        _prepare_namespaces({"network"})
+        prepare_namespaces({"network"})
         if hint is not None:
             ahead = RootAhead(hint.init, trees, [link.fileno()])
         confinement = Confinement.make()  # after that fork: the init built ahead holds none
@@ -2447,14 +2124,14 @@ def warm(
     try:
         plan, stdio = channel.receive(bootstrap, SandboxPlan)
         receive_trees(bootstrap, stdio, plan.init)
-        _unshare_private(0)
-        _prepare_namespaces({"pid"})
+        unshare_private(0)
+        prepare_namespaces({"pid"})
         claimed = stdio[3:]
         if ahead is not None and not (request.speculation and ahead.serves(plan.init, claimed)):
             ahead.discard()
             ahead = None
         if ahead is not None:  # its root is built: the trees that came are not needed
-            _park(claimed)
+            park_trees(claimed)
             stdio = stdio[:3]
     except BaseException as exc:
         with contextlib.suppress(OSError):
