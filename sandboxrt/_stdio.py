@@ -1,16 +1,31 @@
-"""Turning subprocess-style stdio arguments into fds for a container's init."""
+"""Turning subprocess-style stdio arguments into fds for a container's init, and the
+text mode (``text``, ``encoding``, ``errors``) that encodes and decodes what goes through
+them."""
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import io
+import locale
 import os
 import subprocess
 from typing import IO, Any
 
-__all__ = ["PtyMaster", "StdioArg", "StdioPlan", "close_streams", "reserve_standard_fds"]
+from sandboxrt.errors import InvalidArgumentError
+
+__all__ = [
+    "PtyMaster",
+    "StdioArg",
+    "StdioPlan",
+    "TextMode",
+    "close_streams",
+    "is_pipe",
+    "reserve_standard_fds",
+]
 
 #: What ``stdin``/``stdout``/``stderr`` accept: ``None`` (inherit), ``PIPE``,
 #: ``DEVNULL``, ``STDOUT`` (stderr only), an fd, or an object with ``fileno()``.
@@ -192,3 +207,54 @@ def close_streams(stdin: IO[bytes] | None, *outputs: IO[bytes] | None) -> None:
     if stdin is not None:
         with contextlib.suppress(BrokenPipeError):
             stdin.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class TextMode:
+    """``exec_run``'s text mode, as ``subprocess.run``'s: what encodes its input and decodes
+    its output (with universal newlines)."""
+
+    encoding: str
+    errors: str
+
+    @classmethod
+    def of(
+        cls,
+        container_id: str,
+        text: bool | None,
+        encoding: str | None,
+        errors: str | None,
+        universal_newlines: bool | None,
+    ) -> TextMode | None:
+        """The text mode those arguments ask for, if any."""
+        if text is not None and universal_newlines is not None and text != universal_newlines:
+            raise InvalidArgumentError(
+                container_id, "text and universal_newlines are given with different values"
+            )
+        if not (text or universal_newlines or encoding or errors):
+            return None
+        mode = cls(encoding or locale.getpreferredencoding(False), errors or "strict")
+        try:  # (before the program runs, as subprocess.run checks them)
+            codecs.lookup(mode.encoding)
+            codecs.lookup_error(mode.errors)
+        except LookupError as exc:
+            raise InvalidArgumentError(container_id, str(exc)) from None
+        return mode
+
+    def encode(self, container_id: str, data: bytes | str | None) -> bytes | None:
+        if data is None or isinstance(data, bytes):
+            return data
+        try:
+            return data.encode(self.encoding, self.errors)
+        except (LookupError, UnicodeError) as exc:
+            raise InvalidArgumentError(container_id, f"cannot encode input: {exc}") from exc
+
+    def decode(self, data: bytes | None) -> str | None:
+        if data is None:
+            return None
+        return data.decode(self.encoding, self.errors).replace("\r\n", "\n").replace("\r", "\n")
+
+
+def is_pipe(arg: object) -> bool:
+    """Whether a stdio argument is ``PIPE`` (not ``True``, which equals 1)."""
+    return isinstance(arg, int) and not isinstance(arg, bool) and arg == subprocess.PIPE

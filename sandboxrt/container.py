@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import builtins
-import codecs
 import contextlib
 import dataclasses
 import datetime as _dt
 import errno
 import functools
 import getpass
-import locale
 import logging
 import os
-import secrets
 import signal as _signal
 import socket
-import stat
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -26,8 +22,13 @@ import attrs
 from typing_extensions import Unpack
 
 from sandboxrt import _cgroup, _changes
+from sandboxrt._caller_paths import (
+    check_path_argument,
+    dial_console,
+    unlink_if_same,
+    write_pid_file,
+)
 from sandboxrt._core import idmap
-from sandboxrt._core.cri import sandbox_to_join
 from sandboxrt._core.ids import resolve_id, validate_id
 from sandboxrt._core.plan import (
     UserArg,
@@ -41,17 +42,26 @@ from sandboxrt._core.records import ContainerRecord, ProcessIdentity, spec_text
 from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
 from sandboxrt._core.spec_default import DEFAULT_OCI_VERSION
 from sandboxrt._core.spec_validate import (
-    c_string_problem,
     document_problems,
-    sysctl_namespace,
     validate_spec,
 )
 from sandboxrt._core.status import Operation, Status, require
 from sandboxrt._os import cgroups, channel, mounts, procfs
 from sandboxrt._os.cgroups.common import read_keyed
 from sandboxrt._os.seccomp import compile_bpf
+from sandboxrt._pod_join import (
+    give_pipes_to_mapped_root,
+    mapped_root,
+    namespaces_we_share,
+    own_pid_namespace,
+    pod_id_maps,
+    pod_network,
+    refuse_another_user_namespace,
+    refuse_sysctls_in_our_namespaces,
+    sandbox_id_for,
+)
 from sandboxrt._proc import hooks
-from sandboxrt._proc.init import give_stdio, open_cgroup_dirs
+from sandboxrt._proc.init import open_cgroup_dirs
 from sandboxrt._proc.launcher import Launcher, default_launcher
 from sandboxrt._seconds import wait_seconds
 from sandboxrt._signals import (
@@ -61,10 +71,17 @@ from sandboxrt._signals import (
     interrupts_deferred,
     signal_number,
 )
-from sandboxrt._stdio import PtyMaster, StdioArg, StdioPlan, close_streams, reserve_standard_fds
+from sandboxrt._stdio import (
+    PtyMaster,
+    StdioArg,
+    StdioPlan,
+    TextMode,
+    close_streams,
+    is_pipe,
+    reserve_standard_fds,
+)
 from sandboxrt.config import Config
 from sandboxrt.errors import (
-    ContainerExistsError,
     ContainerNotFoundError,
     CorruptMetadataError,
     GoferError,
@@ -360,7 +377,7 @@ class Container:
             raise TypeError(
                 f"launcher must be a sandboxrt Launcher (with launch()), not {launcher!r}"
             )
-        _check_path_argument(id, "the bundle path", bundle)
+        check_path_argument(id, "the bundle path", bundle)
         bundle_path = Path(bundle).absolute()
         with _naming_container(id):
             if spec is None:
@@ -386,7 +403,7 @@ class Container:
                 id, "a console socket is for a terminal: the spec has no process.terminal"
             )
         for name, path in (("console_socket", console_socket), ("pid_file", pid_file)):
-            _check_path_argument(id, name, path)
+            check_path_argument(id, name, path)
         if autostart and terminal and console_socket is None:
             raise InvalidArgumentError(
                 id,
@@ -395,14 +412,14 @@ class Container:
             )
         with _naming_container(id):
             source = str(bundle_path / "config.json") if options.get("spec") is None else None
-            sandbox_id = _sandbox_id_for(id, document, join=join, root=root, source=source)
+            sandbox_id = sandbox_id_for(id, document, join=join, root=root, source=source)
         # Before the lock: a spec the plan refuses leaves nothing behind, not even a lock file.
         overlay_size = config.overlay_size if config.overlay else 0
         host: Sandbox | None = None
         plan: SandboxPlan | ContainerPlan
         with _naming_container(id):
             if sandbox_id == id:
-                _refuse_sysctls_in_our_namespaces(id, document)
+                refuse_sysctls_in_our_namespaces(id, document)
                 plan = build_plan(
                     container_id=id,
                     sandbox_id=id,
@@ -417,12 +434,12 @@ class Container:
                 id_maps = (plan.uid_map, plan.gid_map) if plan.uid_map else None
             else:
                 host, root_record = _sandbox_to_join(store, sandbox_id, id)
-                shared = _namespaces_we_share(host.pid)
-                config = _pod_network(id, config, root_record, on_ours="network" in shared)
+                shared = namespaces_we_share(host.pid)
+                config = pod_network(id, config, root_record, on_ours="network" in shared)
                 root_namespaces = (root_record.spec.get("linux") or {}).get("namespaces") or []
-                _refuse_sysctls_in_our_namespaces(id, document, shared=shared)
-                id_maps = _pod_id_maps(host)
-                _refuse_another_user_namespace(id, document, id_maps)
+                refuse_sysctls_in_our_namespaces(id, document, shared=shared)
+                id_maps = pod_id_maps(host)
+                refuse_another_user_namespace(id, document, id_maps)
                 plan = build_container_plan(
                     container_id=id,
                     sandbox_id=sandbox_id,
@@ -455,7 +472,7 @@ class Container:
             console = (
                 None
                 if console_socket is None
-                else undo.enter_context(_dial_console(id, console_socket))
+                else undo.enter_context(dial_console(id, console_socket))
             )
             gofer: PendingGofer | None = None
             if not config.lazy_gofer:
@@ -483,7 +500,7 @@ class Container:
                 id_maps=id_maps,
             )
             store.create(record)  # raises ContainerExistsError, touching nothing
-            _give_pipes_to_mapped_root(stdio, id_maps)
+            give_pipes_to_mapped_root(stdio, id_maps)
             container = cls(record, store)
             pty: int | None = None
             trees: builtins.list[int] = []
@@ -493,7 +510,7 @@ class Container:
                 cgroup = _cgroup.create(cgroup_request, id, _cgroup_scope(store))
                 if cgroup is None:
                     return []
-                owner = _mapped_root(container._record.id_maps)
+                owner = mapped_root(container._record.id_maps)
                 if owner is not None:  # its processes join it as that root (see the function)
                     _cgroup.delegate_joining(cgroup, *owner)
                 container._record = attrs.evolve(container._record, cgroup=cgroup.to_dict())
@@ -603,7 +620,7 @@ class Container:
                     master, pty = pty, None
                     container._hand_over_console(master, console)
                 if pid_file is not None:
-                    _write_pid_file(id, pid_file, sandbox.pid)
+                    write_pid_file(id, pid_file, sandbox.pid)
             except BaseException as exc:
                 if pty is not None:
                     os.close(pty)
@@ -653,7 +670,7 @@ class Container:
         ``DEVNULL``, or use :meth:`create` and :meth:`start` and the streams.
         """
         timeout = wait_seconds(id, timeout)
-        piped = [name for name in ("stdin", "stdout", "stderr") if _is_pipe(options.get(name))]
+        piped = [name for name in ("stdin", "stdout", "stderr") if is_pipe(options.get(name))]
         if piped:
             names = ", ".join(f"{name}=PIPE" for name in piped)
             raise InvalidArgumentError(
@@ -1140,7 +1157,7 @@ class Container:
                 if self._record.spec is not spec:  # the id names another container now
                     plan = self._exec_plan(args, overrides)
                 if stdio is not None:
-                    _give_pipes_to_mapped_root(stdio, self._record.id_maps)
+                    give_pipes_to_mapped_root(stdio, self._record.id_maps)
                 try:
                     pid, master, serial, connection = sandbox.exec_connected(
                         self.id, plan, stdio.child_fds if stdio else []
@@ -1279,7 +1296,7 @@ class Container:
         raised. With ``tty``, the terminal's output is captured in ``stdout``.
         """
         timeout = wait_seconds(self.id, timeout)
-        text_mode = _TextMode.of(self.id, text, encoding, errors, universal_newlines)
+        text_mode = TextMode.of(self.id, text, encoding, errors, universal_newlines)
         if text_mode is not None:
             input = text_mode.encode(self.id, input)
         elif isinstance(input, str):
@@ -1414,7 +1431,7 @@ class Container:
                         # was overwritten, as open(dest, "wb") does (never a link's or a
                         # node's: those are left).
                         if made:
-                            _unlink_if_same(dest, os.fstat(f.fileno()))
+                            unlink_if_same(dest, os.fstat(f.fileno()))
                         raise
             else:
                 _changes.write_layer(upper, dest, owners=owners, max_bytes=max_bytes)
@@ -1553,7 +1570,7 @@ class Container:
         uid, gid, mapped = self._owner_on_host()
         # Its saved ids let the container user's host uid signal it: only where that
         # uid's processes cannot see it (outside the sandbox's own PID namespace).
-        mapped = mapped and _own_pid_namespace(sandbox.supervisor.pid)
+        mapped = mapped and own_pid_namespace(sandbox.supervisor.pid)
         try:
             return pending.start(
                 self.id,
@@ -1773,57 +1790,6 @@ def _settle(launcher: Launcher | None) -> None:
             log.warning("the launcher's settle() failed: %s: %s", type(exc).__name__, exc)
 
 
-@dataclasses.dataclass(frozen=True)
-class _TextMode:
-    """``exec_run``'s text mode, as ``subprocess.run``'s: what encodes its input and decodes
-    its output (with universal newlines)."""
-
-    encoding: str
-    errors: str
-
-    @classmethod
-    def of(
-        cls,
-        container_id: str,
-        text: bool | None,
-        encoding: str | None,
-        errors: str | None,
-        universal_newlines: bool | None,
-    ) -> _TextMode | None:
-        """The text mode those arguments ask for, if any."""
-        if text is not None and universal_newlines is not None and text != universal_newlines:
-            raise InvalidArgumentError(
-                container_id, "text and universal_newlines are given with different values"
-            )
-        if not (text or universal_newlines or encoding or errors):
-            return None
-        mode = cls(encoding or locale.getpreferredencoding(False), errors or "strict")
-        try:  # (before the program runs, as subprocess.run checks them)
-            codecs.lookup(mode.encoding)
-            codecs.lookup_error(mode.errors)
-        except LookupError as exc:
-            raise InvalidArgumentError(container_id, str(exc)) from None
-        return mode
-
-    def encode(self, container_id: str, data: bytes | str | None) -> bytes | None:
-        if data is None or isinstance(data, bytes):
-            return data
-        try:
-            return data.encode(self.encoding, self.errors)
-        except (LookupError, UnicodeError) as exc:
-            raise InvalidArgumentError(container_id, f"cannot encode input: {exc}") from exc
-
-    def decode(self, data: bytes | None) -> str | None:
-        if data is None:
-            return None
-        return data.decode(self.encoding, self.errors).replace("\r\n", "\n").replace("\r", "\n")
-
-
-def _is_pipe(arg: object) -> bool:
-    """Whether a stdio argument is ``PIPE`` (not ``True``, which equals 1)."""
-    return isinstance(arg, int) and not isinstance(arg, bool) and arg == subprocess.PIPE
-
-
 def _process_pid(container_id: str, pid: int) -> int:
     """``pid`` as a process's pid: never 0 or less (a process group, or "the init" to the
     supervisor's protocol)."""
@@ -1976,32 +1942,6 @@ def _destroy_member(store: MetadataStore, container_id: str, sandbox_id: str) ->
         Container(record, store).destroy()
 
 
-def _sandbox_id_for(
-    container_id: str,
-    document: Mapping[str, Any],
-    *,
-    join: str | None,
-    root: bool,
-    source: str | None,
-) -> str:
-    """The id of the sandbox the container goes in: its own id when it makes one.
-
-    A :class:`SpecError` it raises names ``source`` (the spec's file, if it came from one).
-    """
-    try:
-        annotated = sandbox_to_join(container_id, document.get("annotations"))
-    except SpecError as exc:
-        raise SpecError(exc.problems, source=exc.source or source) from None
-    if annotated is not None and (root or (join is not None and annotated != join)):
-        where = "a new sandbox" if root else f'sandbox "{join}"'
-        problem = f'they put the container in sandbox "{annotated}", not {where}'
-        raise SpecError([("annotations", problem)], source=source)
-    target = join if join is not None else annotated
-    if target == container_id and join is not None:  # (the id is the sandbox's root's)
-        raise ContainerExistsError(container_id)
-    return target or container_id
-
-
 def _sandbox_to_join(
     store: MetadataStore, sandbox_id: str, container_id: str
 ) -> tuple[Sandbox, ContainerRecord]:
@@ -2038,14 +1978,6 @@ def _sandbox_to_join(
     return sandbox, record
 
 
-def _check_path_argument(container_id: str, name: str, path: str | os.PathLike[str] | None) -> None:
-    """An :class:`InvalidArgumentError` for a path no C string carries (a NUL, where the
-    kernel would stop reading it; a lone surrogate)."""
-    problem = None if path is None else c_string_problem(os.fsdecode(path))
-    if problem is not None:
-        raise InvalidArgumentError(container_id, f"{name} {problem}: {path!r}")
-
-
 @contextlib.contextmanager
 def _naming_container(container_id: str) -> Iterator[None]:
     """A :class:`SpecError` raised in the block names the container (before the file it
@@ -2059,114 +1991,6 @@ def _naming_container(container_id: str) -> Iterator[None]:
             raise
         source = f"{who}, {exc.source}" if exc.source else who
         raise SpecError(exc.problems, source=source, container_id=container_id) from None
-
-
-def _refuse_another_user_namespace(
-    container_id: str, document: dict[str, Any], theirs: tuple[str, str] | None
-) -> None:
-    """A :class:`SpecError` for a pod member that asks for a new user namespace mapped
-    otherwise than its sandbox's own (``theirs``; or when it has none): it would run in
-    the sandbox's, which the member's spec did not ask for. (One given by path is the
-    sandbox's, as CRI runtimes write it.)"""
-    linux = document.get("linux") or {}
-    if not any(
-        ns.get("type") == "user" and not ns.get("path") for ns in linux.get("namespaces") or []
-    ):
-        return
-    wanted = (
-        idmap.map_text(idmap.extents_from_spec(linux.get("uidMappings"))),
-        idmap.map_text(idmap.extents_from_spec(linux.get("gidMappings"))),
-    )
-    # (Compared as sets: the kernel keeps more than five extents sorted.)
-    if theirs is not None and [sorted(idmap.extents_from_text(t)) for t in theirs] == [
-        sorted(idmap.extents_from_text(t)) for t in wanted
-    ]:
-        return
-    has = "its own user namespace, mapped otherwise" if theirs else "no user namespace"
-    problem = f"a new user namespace, but the pod's sandbox has {has}: its containers share it"
-    raise SpecError(
-        [("linux.namespaces", problem)],
-        source=f'container "{container_id}"',
-        container_id=container_id,
-    )
-
-
-def _refuse_sysctls_in_our_namespaces(
-    container_id: str, document: dict[str, Any], *, shared: dict[str, str] | None = None
-) -> None:
-    """A :class:`SpecError` for a sysctl of a namespace that is this process's own (the
-    host's, as runc has it): setting it would change ours. The namespaces are those the
-    spec joins by path, or ``shared`` (a pod's container runs in its sandbox's: those
-    its supervisor is in, see :func:`_namespaces_we_share`)."""
-    linux = document.get("linux") or {}
-    # What each setting belongs to: a sysctl's namespace; a root's hostname and
-    # domainname are set in the UTS namespace it joins, as its sysctls.
-    wanted = {f'linux.sysctl["{key}"]': sysctl_namespace(key) for key in linux.get("sysctl") or {}}
-    if shared is None:
-        wanted.update({name: "uts" for name in ("hostname", "domainname") if document.get(name)})
-    if not wanted:
-        return
-    ours = shared
-    if ours is None:
-        ours = {
-            ns["type"]: ns["path"]
-            for ns in linux.get("namespaces") or []
-            if ns.get("path")
-            and ns.get("type") in _NAMESPACE_FILES
-            and _same_file(ns["path"], _NAMESPACE_FILES[ns["type"]])
-        }
-    problems = [
-        (where, f"not allowed in the runtime's own {kind} namespace ({ours[kind]})")
-        for where, kind in wanted.items()
-        if kind in ours
-    ]
-    if problems:
-        raise SpecError(problems, source=f'container "{container_id}"', container_id=container_id)
-
-
-#: The files under ``/proc/self/ns`` of the namespace types a sysctl may belong to.
-_NAMESPACE_FILES = {
-    "network": "/proc/self/ns/net",
-    "ipc": "/proc/self/ns/ipc",
-    "uts": "/proc/self/ns/uts",
-}
-
-
-def _namespaces_we_share(supervisor: int) -> dict[str, str]:
-    """The namespaces (of the kinds a sysctl may belong to) that sandbox ``supervisor``
-    is in and this process too: read from the supervisor itself, not from the paths its
-    spec joined, which may name nothing by now (a process's ``/proc/PID/ns`` that has
-    exited, a network namespace deleted since)."""
-    shared = {}
-    for kind, ours in _NAMESPACE_FILES.items():
-        theirs = f"/proc/{supervisor}/ns/{os.path.basename(ours)}"
-        if _same_file(theirs, ours):
-            shared[kind] = theirs
-    return shared
-
-
-def _same_file(a: str, b: str) -> bool:
-    try:
-        first, second = os.stat(a), os.stat(b)
-    except OSError:
-        return False  # (a path that cannot be joined fails later, with its own error)
-    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
-
-
-def _pod_network(
-    container_id: str, config: Config, root: ContainerRecord, *, on_ours: bool
-) -> Config:
-    """``config`` with its pod's network mode (a member shares the pod's network namespace,
-    whatever its own spec and config say); an :class:`InvalidArgumentError` for one asking
-    for the host's network in a pod that has one of its own. The pod is on the host's
-    network when its sandbox is in ours (``on_ours``: what its supervisor is in)."""
-    pod: Literal["sandbox", "host"] = "host" if on_ours else "sandbox"
-    if config.network == pod:
-        return config
-    if config.network == "host":
-        problem = f'Config(network="host") in pod "{root.id}", whose network is its own'
-        raise InvalidArgumentError(container_id, problem)
-    return attrs.evolve(config, network=pod)
 
 
 def _apply_config(document: dict[str, Any], config: Config) -> dict[str, Any]:
@@ -2212,98 +2036,6 @@ def _user_name(uid: int) -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return str(uid)
-
-
-def _unlink_if_same(path: str | os.PathLike[str], made: os.stat_result) -> None:
-    """Remove ``path`` if it is still the regular file ``made`` (never what replaced it)."""
-    with contextlib.suppress(OSError):
-        now = os.lstat(path)
-        if stat.S_ISREG(now.st_mode) and (now.st_dev, now.st_ino) == (made.st_dev, made.st_ino):
-            os.unlink(path)
-
-
-def _dial_console(container_id: str, path: str | os.PathLike[str]) -> socket.socket:
-    """A connection to the console socket at ``path``, which will get the terminal.
-    Never waits: a listener whose backlog is full refuses it (``EAGAIN``), as runc's
-    dial does, rather than holding up the create (and its lock) for ever."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.setblocking(False)
-        sock.connect(os.fspath(path))
-        sock.setblocking(True)
-        sock.settimeout(_CONSOLE_SEND_TIMEOUT)
-    except OSError as exc:
-        sock.close()
-        problem = f"cannot send the console to {os.fspath(path)}: {exc}"
-        raise InvalidArgumentError(container_id, problem) from None
-    return sock
-
-
-#: How long the console's fd may wait to be taken by its socket's reader.
-_CONSOLE_SEND_TIMEOUT = 30.0
-
-
-def _write_pid_file(container_id: str, path: str | os.PathLike[str], pid: int) -> None:
-    """Write the pid (no newline) atomically: readers never see an empty file.
-
-    The temporary file has a name nobody can guess and is made anew
-    (``O_EXCL|O_NOFOLLOW``): in a directory others may write to, a symlink or
-    file planted there is neither followed nor taken over. Failures are an
-    :class:`InvalidArgumentError` naming the container, and leave no temporary file.
-    """
-    target = os.fspath(path)
-    tmp = f"{target}.{secrets.token_hex(8)}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(tmp, flags, 0o644)
-        try:
-            try:
-                os.write(fd, str(pid).encode())
-            finally:
-                os.close(fd)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    except OSError as exc:
-        raise InvalidArgumentError(container_id, f"cannot write pid file {target}: {exc}") from None
-
-
-def _own_pid_namespace(pid: int) -> bool:
-    """Whether process ``pid`` (a supervisor) is in a PID namespace other than ours."""
-    try:
-        theirs, ours = os.stat(f"/proc/{pid}/ns/pid"), os.stat("/proc/self/ns/pid")
-    except OSError:
-        return False
-    return (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino)
-
-
-def _pod_id_maps(host: Sandbox) -> tuple[str, str] | None:
-    """The maps of a living sandbox's own user namespace (None without one), read from
-    its supervisor."""
-    maps = procfs.id_maps(host.supervisor.pid)
-    if maps is None or idmap.is_identity(*(idmap.extents_from_text(m) for m in maps)):
-        return None
-    return maps
-
-
-def _give_pipes_to_mapped_root(stdio: StdioPlan, id_maps: tuple[str, str] | None) -> None:
-    """In a sandbox with a user namespace of its own, give the pipes the library made for
-    a process's stdio (``PIPE``) to root there, as runc gives the pipes it makes: the
-    host's root is not mapped there, so the process's side could not give them on to its
-    user (``give_stdio``), who could not reopen them (``/dev/stderr``). The caller's own
-    fds keep their owners."""
-    owner = _mapped_root(id_maps)
-    if owner is not None:  # (both ids: the namespace's root may chown only what it maps)
-        give_stdio(stdio.made_pipes, *owner)
-
-
-def _mapped_root(id_maps: tuple[str, str] | None) -> tuple[int, int] | None:
-    """The host uid and gid of root in the sandbox's own user namespace (None without
-    one): its supervisor, and the inits and exec'd processes it forks, are that root
-    there and join the container's cgroup as it, so it must own the joining files."""
-    return idmap.mapped_root(*id_maps) if id_maps is not None else None
 
 
 def _with_trees(
