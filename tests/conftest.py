@@ -16,10 +16,10 @@ import pytest
 
 from sandboxrt import Container, FileStore, SandboxrtError
 from sandboxrt._os import cgroups, procfs
+from sandboxrt._proc.children import SUPERVISOR_NAME as PROCESS_NAME
 from sandboxrt._proc.gofer import PROCESS_NAME as GOFER_NAME
 from sandboxrt._proc.init import AGENT_PROCESS_NAME
 from sandboxrt._proc.init import PROCESS_NAME as INIT_NAME
-from sandboxrt._proc.supervisor import PROCESS_NAME
 from sandboxrt.bundle import BUSYBOX, make_bundle
 
 IS_ROOT = os.geteuid() == 0

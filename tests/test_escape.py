@@ -26,7 +26,7 @@ from escape_probes import MASKED
 
 from sandboxrt import Container, FileStore
 from sandboxrt._core.spec_default import DEFAULT_HOSTNAME, DEFAULT_MASKED_PATHS
-from sandboxrt._proc.supervisor import PROCESS_NAME as SUPERVISOR_NAME
+from sandboxrt._proc.children import SUPERVISOR_NAME
 from sandboxrt.bundle import make_bundle
 
 pytestmark = needs_root

@@ -33,8 +33,8 @@ from sandboxrt import (
 from sandboxrt._core.plan import exec_plan
 from sandboxrt._os import procfs
 from sandboxrt._os.seccomp import compile_bpf
+from sandboxrt._proc.children import SUPERVISOR_NAME
 from sandboxrt._proc.init import AGENT_PROCESS_NAME
-from sandboxrt._proc.supervisor import PROCESS_NAME as SUPERVISOR_NAME
 
 pytestmark = [needs_root, needs_busybox]
 

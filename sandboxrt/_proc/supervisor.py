@@ -13,56 +13,51 @@ starts in milliseconds.
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import dataclasses
 import errno
-import mmap
 import os
 import selectors
 import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import NoReturn
 
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import (
     EXEC_EXITS_FILE,
-    EXEC_EXITS_KEPT,
     Claim,
     ExecExits,
-    ExecPlan,
     ExitStatus,
     InitPlan,
     Launched,
-    ProcessPlan,
     Progress,
     Reply,
     Request,
     SandboxPlan,
     encode,
 )
-from sandboxrt._os import capabilities, channel, mounts, procfs, stdlib, syscalls
+from sandboxrt._os import channel, mounts, procfs, stdlib, syscalls
+from sandboxrt._proc.children import (
+    SUPERVISOR_NAME,
+    death_before_exec,
+    died_before_exec,
+    fork_signals_blocked,
+)
 from sandboxrt._proc.confinement import Confinement, OldRootDetach, home_cgroups, home_of
 from sandboxrt._proc.entry import reset_inherited_signals
+from sandboxrt._proc.execs import Execs
 from sandboxrt._proc.init import (
-    AGENT_BOARD,
     AHEAD_PROCESS_NAME,
-    EXEC_PROCESS_NAME,
-    HANDLE_COUNT,
     error_progress,
-    give_stdio,
-    join_cgroup_fds,
     open_cgroup,
     raise_fd_limit,
-    run_agent,
-    run_exec,
     run_init,
 )
 from sandboxrt._proc.init import PROCESS_NAME as INIT_PROCESS_NAME
 from sandboxrt._proc.limits import grant_ahead, shield_limits
+from sandboxrt._proc.members import Member, exited_reply, not_ours_reply
 from sandboxrt._proc.namespaces import (
     enter_namespaces,
     prepare_namespaces,
@@ -72,29 +67,17 @@ from sandboxrt._proc.namespaces import (
 from sandboxrt._proc.warm import RootAhead, park_trees
 
 __all__ = [
-    "PROCESS_NAME",
     "main",
     "receive_trees",
     "warm",
     "write_exit_status",
 ]
 
-#: The supervisor's name in ``/proc/PID/comm``.
-PROCESS_NAME = "sandboxrt-sup"
 
-#: Exit statuses of exec'd processes kept after their first wait (the latest ones).
-WAITED_KEPT = 4096
-#: Exit statuses of exec'd processes nobody waited for: kept until waited, up to this many.
-UNWAITED_KEPT = 65536
-#: How long an exec'd process may take to reach ``execve`` before it is killed (seconds).
-EXEC_START_TIMEOUT = 30.0
 #: How many connections may wait for the control socket's ``accept``.
 CONTROL_BACKLOG = 64
 #: Seconds between tries to accept again after running out of fds (see ``_accept``).
 ACCEPT_RETRY = 0.1
-#: How often (over a second) the supervisor looks for a dying agent it waits for, before
-#: leaving it to the reaping of any child.
-AGENT_REAP_TRIES = 200
 #: How long an init that said why its start failed may take to exit before it is killed.
 AWAIT_INIT_TIMEOUT = 1.0
 #: How long the rest of a message's fds (``channel.send_many``) may take to come.
@@ -135,114 +118,6 @@ def _write_atomically(path: str, data: bytes, *, dir_fd: int | None = None) -> N
     os.replace(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
-@dataclasses.dataclass(eq=False)
-class _Agent:
-    """A container's exec agent (``init.run_agent``), as the supervisor sees it."""
-
-    pid: int
-    sock: socket.socket
-    #: The plan it became (args, env and cwd aside): the requests it serves match it.
-    profile: ExecPlan
-    #: Files that move it back to the supervisor's own cgroups after each spawn.
-    home_fds: list[int]
-    #: Shared with it (``init.run_agent``): the spawns it began and ended (and the last
-    #: pid), beside how many requests were sent, tell what became of a request when it
-    #: dies without an answer.
-    board: mmap.mmap
-    sent: int = 0
-    ready: bool = False
-    #: What it spawned and has not reported exited yet.
-    children: set[int] = dataclasses.field(default_factory=set)
-
-
-@dataclasses.dataclass(eq=False)
-class _ExecStart:
-    """A process exec'd the slow way (``run_exec``), on its way to ``execve``: the reply
-    goes to ``conn`` once it gets there or fails (its ``status`` socket is close-on-exec),
-    while we serve other requests (a process of the container that stops it cannot
-    stall the sandbox)."""
-
-    pid: int
-    member: _Member
-    plan: ExecPlan
-    status: socket.socket
-    conn: socket.socket
-    #: The agent's failed reply, when it tried first (see :meth:`Supervisor._exec`).
-    by_agent: Reply | None
-    deadline: float
-    pty: list[int] = dataclasses.field(default_factory=list)
-    timed_out: bool = False
-
-
-@dataclasses.dataclass(eq=False)
-class _Member:
-    """One container of the sandbox as its supervisor sees it: its init and its waiters."""
-
-    plan: InitPlan
-    #: Where its exit status is recorded.
-    exit_file: str
-    new_cgroup_namespace: bool = False
-    init_pid: int = 0
-    #: The init's sync socket, until the init is started.
-    init_sync: socket.socket | None = None
-    started: bool = False
-    #: While its init runs its startContainer hooks (a start not waited for, see
-    #: :meth:`Supervisor._start_later`): the connection the reply goes to.
-    starting: socket.socket | None = None
-    returncode: int | None = None
-    #: Its exit status is in :attr:`exit_file`.
-    recorded: bool = False
-    #: Connections waiting for the init to exit.
-    waiters: list[socket.socket] = dataclasses.field(default_factory=list)
-    #: While a subcontainer is being created: the connection that asked for it, which
-    #: the creation steps go to.
-    creator: socket.socket | None = None
-    #: Its cgroup's ``cgroup.procs`` files (exec'd processes join them), and the files
-    #: that join it, opened at the first exec.
-    cgroup_procs: list[str] = dataclasses.field(default_factory=list)
-    cgroup_fds: list[int] | None = None
-    #: ``O_PATH`` fds of its cgroup's directories (one per hierarchy), sent by the library
-    #: (with the root's ``cgroup`` step, or with a subcontainer's plan).
-    cgroup_dirs: list[int] | None = None
-    #: An fd on its overlay root's upper directory (from its init), or -1.
-    upper: int = -1
-    #: What its init handed us at ``created`` (``init.open_handles``): an ``O_PATH`` fd of
-    #: its root as it sees it (mounts made, pivoted), for its gofer (``root`` requests),
-    #: then fds of its namespaces, which exec'd processes join.
-    handles: list[int] = dataclasses.field(default_factory=list)
-    #: Its exec agent, made at its first exec that may use one (decision 31).
-    agent: _Agent | None = None
-    #: Profiles (see :func:`_profile`) an agent failed to serve: exec'd the slow way.
-    agent_unfit: list[ExecPlan] = dataclasses.field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.cgroup_procs = self.cgroup_procs or list(self.plan.cgroup_procs)
-
-    @property
-    def id(self) -> str:
-        return self.plan.container_id
-
-    @property
-    def root_fd(self) -> int | None:
-        return self.handles[0] if self.handles else None
-
-    def take_handles(self, step: Progress, fds: list[int]) -> list[int]:
-        """Keep the handles a ``created`` step of its init brings (the last fds); the
-        rest (a pty master) go on to the library."""
-        if step.step != "created" or len(fds) < HANDLE_COUNT or self.handles:
-            return fds
-        self.handles = fds[len(fds) - HANDLE_COUNT :]
-        return fds[: len(fds) - HANDLE_COUNT]
-
-    def close_handles(self) -> None:
-        channel.close_fds(self.handles)
-        self.handles = []
-
-    @property
-    def autostart(self) -> bool:
-        return self.plan.autostart
-
-
 class Supervisor:
     """PID 1 of one sandbox: the root container's, and any subcontainers' (a pod)."""
 
@@ -265,39 +140,24 @@ class Supervisor:
         #: The root's init was built ahead (:class:`RootAhead`), not forked for this plan.
         self.adopted = False
         #: The root container: the sandbox ends when its init exits.
-        self.root = _Member(
+        self.root = Member(
             plan.init,
             plan.exit_file,
             new_cgroup_namespace=["cgroup", ""] in plan.namespaces,
         )
         #: Every container of the sandbox by id, the root's included.
-        self.members: dict[str, _Member] = {self.root.id: self.root}
+        self.members: dict[str, Member] = {self.root.id: self.root}
         self.selector = selectors.DefaultSelector()
         self.wake_fds: tuple[int, int] | None = None
-        # Exec'd processes (pids in our PID namespace). Running ones are in ``execs``; once
-        # reaped, their status waits in ``unwaited`` until a wait asks for it, then moves to
-        # ``waited`` (the latest WAITED_KEPT). A pid the kernel hands out again (after the
-        # PID space wraps) replaces an old status nobody asked for.
-        self.execs: set[int] = set()
-        self.unwaited: dict[int, int] = {}
-        self.waited: collections.OrderedDict[int, int] = collections.OrderedDict()
-        #: The container each exec'd process (running, or with a status kept) was exec'd into.
-        self.exec_owner: dict[int, str] = {}
-        #: Each exec's serial (its reply's ``serial``), by pid: a pid taken again is
-        #: another exec. The status of one whose pid was taken before anyone asked is
-        #: kept in ``superseded``, by serial, with its container (the latest UNWAITED_KEPT).
-        #: They start anywhere: a handle of an earlier sandbox of the same id (its runtime
-        #: directory's path) never names one of our execs in what we leave there.
-        self.exec_serial = int.from_bytes(os.urandom(6), "big")
-        self.exec_serials: dict[int, int] = {}
-        self.superseded: dict[int, tuple[str, int]] = {}
-        #: Connections waiting for an exec'd process, by pid, and the pid each waits for.
-        self.exec_waiters: dict[int, list[socket.socket]] = {}
-        self.waiting_on: dict[socket.socket, int] = {}
-        #: Every exec agent not reaped yet (its member's, or one ended), by pid.
-        self.agents: dict[int, _Agent] = {}
-        #: Processes exec'd the slow way that have not reached ``execve`` yet, by pid.
-        self.exec_starts: dict[int, _ExecStart] = {}
+        #: The processes exec'd into its containers, and their exec agents.
+        self.execs = Execs(
+            self.members,
+            self.selector,
+            settle=self.settle,
+            close_in_child=self._close_in_child,
+            agent_homes=self._agent_homes,
+            member_pids=self._member_pids,
+        )
         #: The runtime directory (its control socket) and where we record exit statuses
         #: (``plan.EXITS_DIR``), held open: confined, we reach no host path (decision 33).
         self.runtime_fd = -1
@@ -324,7 +184,7 @@ class Supervisor:
             os.setsid()
         syscalls.prctl(abi.PR_SET_DUMPABLE, 0)  # the container must not reach into us
         shield_limits()
-        syscalls.set_process_name(PROCESS_NAME)
+        syscalls.set_process_name(SUPERVISOR_NAME)
         syscalls.prctl(abi.PR_SET_CHILD_SUBREAPER, 1)
         new = {kind for kind, path in self.plan.namespaces if not path}
         if self.plan.hostname is not None:
@@ -382,6 +242,17 @@ class Supervisor:
             return False
         return True
 
+    def _agent_homes(self, member: Member) -> list[int] | None:
+        """Our own cgroups in the hierarchies of ``member``'s, where its exec agent waits
+        between spawns; ``None`` if it cannot have one (no ``subprocess`` to spawn with: a
+        confined ``run`` sandbox, see :meth:`confine`)."""
+        # In a user namespace of our own, our cgroups (the caller's) are not ours to join,
+        # and our /proc/self/fd (through which we import) not ours to read: no agent.
+        home = None if self.plan.uid_map else home_of(self.homes, member.cgroup_dirs or [])
+        if home is None or not self._import_subprocess():
+            return None
+        return home
+
     def settle(self) -> None:
         """Wait for the old root's detach (:meth:`confine`): before any fork, since
         forking with a second thread alive is unsafe."""
@@ -422,7 +293,7 @@ class Supervisor:
 
     def _fork_init(
         self,
-        member: _Member,
+        member: Member,
         stdio: Sequence[int],
         host_tree: int | None = None,
         spare: Sequence[int] = (),
@@ -436,7 +307,7 @@ class Supervisor:
         self.settle()
         parent_end, child_end = channel.socket_pair()
         try:
-            pid, mask = _fork_signals_blocked()
+            pid, mask = fork_signals_blocked()
         except BaseException:
             parent_end.close()
             child_end.close()
@@ -475,7 +346,7 @@ class Supervisor:
         for member in self.members.values():
             if member.init_sync is not None:
                 member.init_sync.close()
-        for agent in self.agents.values():
+        for agent in self.execs.agents.values():
             agent.sock.close()
             channel.close_fds(agent.home_fds)
         for member in self.members.values():
@@ -550,7 +421,7 @@ class Supervisor:
                 self.report(self._start_step(root))
             return True
 
-    def _start_step(self, member: _Member) -> Progress:
+    def _start_step(self, member: Member) -> Progress:
         """Start ``member`` (autostart); ``started``, or the error as a creation step."""
         reply = self._start(member, Request("start", member.id))
         if reply.ok:
@@ -578,7 +449,7 @@ class Supervisor:
         self._reap()
         while True:
             deaf = self.deaf_until
-            waits = [self._exec_start_timeouts()]
+            waits = [self.execs.start_timeouts()]
             if deaf is not None:
                 waits.append(deaf - time.monotonic())
             timeout = min((w for w in waits if w is not None), default=None)
@@ -600,23 +471,17 @@ class Supervisor:
                 elif data[0] == "starting":
                     self._started(data[1])
                 elif data[0] == "agent":
-                    self._agent_message(data[1])
+                    self.execs.agent_message(data[1])
                 elif data[0] == "exec-start":
-                    if data[1].pid in self.exec_starts:  # (not answered by _reap meanwhile)
-                        self._exec_start_step(data[1])
+                    if data[1].pid in self.execs.starts:  # (not answered by _reap meanwhile)
+                        self.execs.start_step(data[1])
                 else:
                     self._creator_message(data[1])
 
     def _write_exec_exits(self) -> None:
         """Record the statuses of exec'd processes we keep (exited before the sandbox
         ended): a ``Process`` waited for later reads its own, not ``-SIGKILL``."""
-        exits = [
-            (self.exec_serials[pid], pid, self.exec_owner.get(pid, ""), returncode)
-            for pid, returncode in (*self.unwaited.items(), *self.waited.items())
-            if pid in self.exec_serials
-        ]
-        exits += [(serial, 0, owner, code) for serial, (owner, code) in self.superseded.items()]
-        exits = sorted(exits)[-EXEC_EXITS_KEPT:]  # the latest: a record of bounded size
+        exits = self.execs.kept_exits()
         if exits:
             with contextlib.suppress(OSError):  # (then they read -SIGKILL, as before)
                 data = encode(ExecExits(tuple(exits)))
@@ -642,8 +507,8 @@ class Supervisor:
                 # Its start is answered first, while its /proc entry (a zombie's) tells
                 # an exec from a death before it.
                 self._started(starting)
-            if pid in self.exec_starts:  # so is an exec'd process's, the same way
-                self._exec_start_step(self.exec_starts[pid], dead=True)
+            if pid in self.execs.starts:  # so is an exec'd process's, the same way
+                self.execs.start_step(self.execs.starts[pid], dead=True)
             try:
                 reaped, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
@@ -654,38 +519,22 @@ class Supervisor:
             member = self._member_of_init(pid)
             if member is not None:
                 self._init_exited(member, returncode)
-            elif pid in self.execs:
-                self._exec_exited(pid, returncode)
-            elif pid in self.agents:
-                self._agent_exited(self.agents.pop(pid))
+            elif pid in self.execs.running:
+                self.execs.exited(pid, returncode)
+            elif pid in self.execs.agents:
+                self.execs.agent_exited(self.execs.agents.pop(pid))
             # Anything else is an orphan the kernel gave us: never ours to report.
-        self._end_stopped_agents()
+        self.execs.end_stopped_agents()
         if self.root.returncode is not None:
             self._finish()
 
-    def _end_stopped_agents(self) -> None:
-        """End the exec agents the container stopped (its processes may signal them):
-        what one spawned would wait for it for ever. Ended, it leaves them to us (their
-        subreaper); no agent serves its container any more (another could be stopped)."""
-        for agent in list(self.agents.values()):
-            try:
-                stopped = os.waitid(os.P_PID, agent.pid, os.WSTOPPED | os.WNOHANG)
-            except ChildProcessError:
-                continue
-            if stopped is None or stopped.si_pid == 0:
-                continue
-            for member in self.members.values():
-                if member.agent is agent:
-                    member.agent_unfit.append(agent.profile)
-                    self._end_agent(member)
-
-    def _member_of_init(self, pid: int) -> _Member | None:
+    def _member_of_init(self, pid: int) -> Member | None:
         for member in self.members.values():
             if member.init_pid == pid and member.returncode is None:
                 return member
         return None
 
-    def _init_exited(self, member: _Member, returncode: int) -> None:
+    def _init_exited(self, member: Member, returncode: int) -> None:
         """Record that ``member``'s init exited; a subcontainer's other processes go too."""
         member.returncode = returncode
         if member.creator is not None:
@@ -696,13 +545,13 @@ class Supervisor:
         self._answer_waiters(member, returncode)
         self._kill_rest(member)
 
-    def _write_exit(self, member: _Member, returncode: int) -> None:
+    def _write_exit(self, member: Member, returncode: int) -> None:
         """Record ``member``'s exit status, in the runtime directory we hold open."""
         write_exit_status(member.exit_file, returncode, member.init_pid, dir_fd=self.exits_fd)
         member.recorded = True
 
     @staticmethod
-    def _answer_waiters(member: _Member, returncode: int) -> None:
+    def _answer_waiters(member: Member, returncode: int) -> None:
         waiters, member.waiters = member.waiters, []
         for conn in waiters:
             with contextlib.suppress(OSError):
@@ -729,10 +578,7 @@ class Supervisor:
     def _drop(self, conn: socket.socket) -> None:
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(conn)
-        pid = self.waiting_on.pop(conn, None)
-        if pid is not None:
-            with contextlib.suppress(ValueError):
-                self.exec_waiters[pid].remove(conn)
+        self.execs.stop_waiting(conn)
         conn.close()
         self._listen()  # an fd is free again
         if conn is self.bootstrap and self.root.returncode is None:
@@ -775,7 +621,7 @@ class Supervisor:
             )
         if request.op == "wait":
             if request.pid and request.pid != member.init_pid:
-                return self._wait_exec(
+                return self.execs.wait(
                     conn, member, request.pid, nohang=request.nohang, serial=request.serial
                 )
             if member.returncode is not None or request.nohang:
@@ -788,8 +634,8 @@ class Supervisor:
         if request.op == "start":
             return self._start_later(conn, member, request)
         if request.op == "signal":
-            if request.serial and self.exec_serials.get(request.pid) != request.serial:
-                return self._exited(request.pid)  # its pid is another exec's now
+            if request.serial and self.execs.serials.get(request.pid) != request.serial:
+                return exited_reply(request.pid)  # its pid is another exec's now
             if request.foreground:
                 pid = request.pid or member.init_pid
                 return self._signal_foreground(member, pid, request.signal)
@@ -818,9 +664,9 @@ class Supervisor:
                 channel.send(conn, Reply(True), [member.upper])  # the peer gets its own fd
             return None
         if request.op == "exec":
-            answer = self._exec(conn, member, request, fds)
+            answer = self.execs.run(conn, member, request, fds)
             if answer is not None:
-                self._answer_exec(conn, *answer)
+                self.execs.answer(conn, *answer)
             return None
         if request.op == "destroy-container":
             return self._destroy_container(member)
@@ -857,7 +703,7 @@ class Supervisor:
             error, error_type = "it is in the sandbox already", "ContainerExistsError"
         member = None
         if not error and plan is not None:
-            member = _Member(
+            member = Member(
                 plan.init,
                 plan.exit_file,
                 new_cgroup_namespace=plan.new_cgroup_namespace,
@@ -885,7 +731,7 @@ class Supervisor:
         self.selector.modify(conn, selectors.EVENT_READ, ("creator", member))
         self.selector.register(member.init_sync, selectors.EVENT_READ, ("creating", member))
 
-    def _creation_step(self, member: _Member) -> None:
+    def _creation_step(self, member: Member) -> None:
         """A subcontainer's init reported a creation step: pass it on to the library."""
         sync, creator = member.init_sync, member.creator
         if sync is None or creator is None:
@@ -923,7 +769,7 @@ class Supervisor:
         # Back to a plain connection: the library closes it.
         self.selector.modify(creator, selectors.EVENT_READ, "conn")
 
-    def _creator_message(self, member: _Member) -> None:
+    def _creator_message(self, member: Member) -> None:
         """The library answered ``mounted`` (``go`` or ``cancel``), or gave up."""
         creator, sync = member.creator, member.init_sync
         if creator is None or sync is None:
@@ -935,7 +781,7 @@ class Supervisor:
         except (channel.ChannelClosedError, OSError, ValueError):
             self._remove(member)
 
-    def _destroy_container(self, member: _Member) -> Reply:
+    def _destroy_container(self, member: Member) -> Reply:
         if member is self.root:
             return Reply(
                 False,
@@ -945,7 +791,7 @@ class Supervisor:
         self._remove(member)
         return Reply(True)
 
-    def _remove(self, member: _Member) -> None:
+    def _remove(self, member: Member) -> None:
         """Forget a subcontainer and SIGKILL what is left of it (destroyed, or not created).
 
         Its init, when reaped, is then an orphan like any other; its waiters get -9.
@@ -955,21 +801,7 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(member.init_pid, signal.SIGKILL)
         self._kill_rest(member)
-        for start in self.exec_starts.values():  # (stopped before it joined the cgroup, say)
-            if start.member is member:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(start.pid, signal.SIGKILL)
-        # Its exec'd processes' statuses go; running ones are kept from a later container
-        # of the same id (their waiters are still answered).
-        for pid in [p for p, owner in self.exec_owner.items() if owner == member.id]:
-            self.unwaited.pop(pid, None)
-            self.waited.pop(pid, None)
-            if pid in self.execs:
-                self.exec_owner[pid] = ""
-            else:
-                self._forget_exec(pid)
-        for serial in [s for s, (owner, _) in self.superseded.items() if owner == member.id]:
-            del self.superseded[serial]
+        self.execs.forget_member(member)
         if member.cgroup_fds is not None:
             channel.close_fds(member.cgroup_fds)
             member.cgroup_fds = None
@@ -995,10 +827,10 @@ class Supervisor:
         if member.returncode is None:
             self._answer_waiters(member, -signal.SIGKILL)
 
-    def _kill_rest(self, member: _Member) -> None:
+    def _kill_rest(self, member: Member) -> None:
         """SIGKILL a stopping subcontainer's processes: its cgroup's, its init's process
         group and the process groups of what was exec'd into it; and its exec agent."""
-        self._end_agent(member)
+        self.execs.end_agent(member)
         pids = self._member_pids(member)
         if member.init_pid and member.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -1007,15 +839,14 @@ class Supervisor:
             # Reaped: the number may lead another group now (once the PID space wrapped:
             # another member's, or with the host's PID namespace anyone's).
             self._signal_group_of(member, member.init_pid, signal.SIGKILL)
-        for pid, owner in self.exec_owner.items():
-            if owner == member.id and pid in self.execs:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
+        for pid in self.execs.running_in(member.id):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
-    def _member_pids(self, member: _Member) -> set[int]:
+    def _member_pids(self, member: Member) -> set[int]:
         """``member``'s processes, as pids of our PID namespace; never this one.
 
         Its cgroup holds them (daemons that left our subtree included). Without a
@@ -1034,8 +865,7 @@ class Supervisor:
         if not pids and member is self.root and len(self.members) == 1:
             pids.update(procfs.descendants(os.getpid()))
         elif not pids:
-            tops = {p for p, owner in self.exec_owner.items() if owner == member.id}
-            tops &= self.execs
+            tops = set(self.execs.running_in(member.id))
             if member.returncode is None and member.init_pid:
                 tops.add(member.init_pid)
             for top in tops:
@@ -1043,552 +873,24 @@ class Supervisor:
                 pids.update(procfs.descendants(top))
         return pids - {0, os.getpid()}  # 0: outside our PID namespace; never a process group
 
-    # -- exec'd processes ------------------------------------------------------------------
-
-    def _exec(
-        self, conn: socket.socket, member: _Member, request: Request, fds: list[int]
-    ) -> tuple[Reply, list[int]] | None:
-        """Run ``request.exec`` in ``member``: spawned by its exec agent when one may serve
-        it (:meth:`_exec_by_agent`), else (or if the agent failed) the slow way, whose
-        reply goes to ``conn`` later (None here: :meth:`_exec_start_step`).
-
-        The reply carries its pid, and its pty master.
-        """
-        plan = request.exec
-        if plan is None or len(fds) != (0 if plan.terminal else 3):
-            return Reply(False, error="malformed exec request", error_type="ProtocolError"), []
-        if member.returncode is not None or not member.init_pid:
-            return _EXEC_STOPPED, []
-        capabilities.last_cap()  # probed once here, not in every child
-        if member.cgroup_fds is None:  # opened once: every exec'd child writes to them
-            member.cgroup_fds = open_cgroup(member.cgroup_dirs or [])
-        by_agent = self._exec_by_agent(member, plan, fds)
-        if by_agent is not None and (by_agent.ok or by_agent.error_type != "AgentFailed"):
-            return by_agent, []
-        # The slow way forks outside the container's cgroup and joins it, which pids.max
-        # does not refuse: it is checked here, as the agent's fork inside meets it.
-        full = _pids_limit_reached(member.cgroup_dirs or [])
-        if full is not None:
-            error = f"fork: Resource temporarily unavailable (the container's pids.max, {full})"
-            return Reply(False, error=error, error_type="ExecError"), []
-        self._fork_exec(conn, member, plan, fds, by_agent)
-        return None
-
-    def _answer_exec(self, conn: socket.socket, reply: Reply, pty: list[int]) -> None:
-        try:
-            with contextlib.suppress(OSError):
-                channel.send(conn, reply, pty)
-        finally:
-            channel.close_fds(pty)
-
-    def _fork_exec(
-        self,
-        conn: socket.socket,
-        member: _Member,
-        plan: ExecPlan,
-        fds: list[int],
-        by_agent: Reply | None,
-    ) -> None:
-        """The slow way: fork a process that joins the init's namespaces and root and execs
-        (``run_exec``); answered once it exec'd or failed (:meth:`_exec_start_step`), or
-        killed after EXEC_START_TIMEOUT."""
-        assert member.cgroup_fds is not None
-        cgroup = member.cgroup_fds
-        self.settle()
-        ours, theirs = channel.socket_pair()
-        try:
-            pid, mask = _fork_signals_blocked()
-        except BaseException:
-            ours.close()
-            theirs.close()
-            raise
-        if pid == 0:
-            ours.close()
-            run_exec(plan, member.handles, theirs, fds, mask, cgroup=cgroup)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        theirs.close()
-        deadline = time.monotonic() + EXEC_START_TIMEOUT
-        start = _ExecStart(pid, member, plan, ours, conn, by_agent, deadline)
-        self.exec_starts[pid] = start
-        self.selector.register(ours, selectors.EVENT_READ, ("exec-start", start))
-
-    def _exec_start_step(self, start: _ExecStart, *, dead: bool = False) -> None:
-        """Read what ``start``'s process said (a pty master, an error) or that its status
-        socket closed, and answer once that tells how it went; ``dead``: it exited (not
-        reaped yet, see :meth:`_reap`), so all it said is there to read."""
-        try:
-            while True:
-                step, fds = channel.receive(start.status, Progress)
-                if step.step == "pty":
-                    channel.close_fds(start.pty)
-                    start.pty = fds
-                    if dead:
-                        continue
-                    return  # (the rest comes later)
-                channel.close_fds(fds)
-                details = {"cause_type": step.error_type}
-                reply = Reply(False, error=step.error, error_type="ExecError", details=details)
-                # Not waited for: it exits now, unless stopped (by a process of the
-                # container), which must not hold us: killed, and collected by _reap then.
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(start.pid, signal.SIGKILL)
-                self._reap_failed(start.pid, hang=False)
-                break
-        except channel.ChannelClosedError:
-            reply = self._exec_start_outcome(start)
-        except (OSError, ValueError) as exc:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(start.pid, signal.SIGKILL)
-            self._reap_failed(start.pid, hang=False)
-            reply = Reply(False, error=f"the process did not start: {exc}", error_type="ExecError")
-        self._exec_start_done(start, reply)
-
-    def _exec_start_outcome(self, start: _ExecStart) -> Reply:
-        """Its status socket closed: on exec (the program runs), or as it died before."""
-        pid = start.pid
-        if not _died_before_exec(pid, (EXEC_PROCESS_NAME,)):
-            serial = self._record_exec(pid, start.member.id)
-            return Reply(True, pid=pid, details={"serial": serial})
-        _, wait_status = os.waitpid(pid, 0)
-        if start.timed_out:
-            error = f"the process did not start within {EXEC_START_TIMEOUT:g} s"
-        else:
-            returncode = os.waitstatus_to_exitcode(wait_status)
-            error = _death_before_exec("process", returncode, start.plan)
-        return Reply(False, error=error, error_type="ExecError")
-
-    def _exec_start_done(self, start: _ExecStart, reply: Reply) -> None:
-        self.exec_starts.pop(start.pid, None)
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(start.status)
-        start.status.close()
-        pty, start.pty = start.pty, []
-        if not reply.ok:
-            channel.close_fds(pty)
-            pty = []
-        by_agent, member = start.by_agent, start.member
-        transient = by_agent is not None and by_agent.details.get("cause_type") in _TRANSIENT
-        if by_agent is not None and reply.ok and not transient and member.id in self.members:
-            # The agent failed where the slow way works: never again for this profile.
-            member.agent_unfit.append(_profile(start.plan))
-            self._end_agent(member)
-        self._answer_exec(start.conn, reply, pty)
-
-    def _exec_start_timeouts(self) -> float | None:
-        """Kill the processes that did not reach ``execve`` in time (each answered as it
-        is reaped); seconds until the next one's deadline, or None."""
-        now, next_deadline = time.monotonic(), None
-        for start in self.exec_starts.values():
-            if start.timed_out:
-                continue
-            if start.deadline <= now:
-                start.timed_out = True
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(start.pid, signal.SIGKILL)
-            elif next_deadline is None or start.deadline < next_deadline:
-                next_deadline = start.deadline
-        return None if next_deadline is None else next_deadline - now
-
-    # -- exec agents (decision 31) ----------------------------------------------------------
-
-    def _exec_by_agent(self, member: _Member, plan: ExecPlan, fds: list[int]) -> Reply | None:
-        """Run ``plan`` through ``member``'s exec agent (made now if it has none).
-
-        ``None`` when no agent may serve it (a terminal, a user to look up, no
-        cgroup, another profile than the agent's, one an agent failed at, a seccomp
-        profile that pretends);
-        a reply with ``error_type`` ``AgentFailed`` when the agent could not
-        spawn it (the caller then goes the slow way, whose outcome counts).
-        """
-        profile = _profile(plan)
-        if plan.terminal or plan.user or not member.cgroup_procs or profile in member.agent_unfit:
-            return None
-        if plan.seccomp is not None and plan.seccomp.pretends:
-            return None
-        if (
-            plan.scheduler is not None
-            and plan.scheduler[1] & abi.SCHED_FLAGS["SCHED_FLAG_RESET_ON_FORK"]
-        ):
-            return None  # (the agent's would not reach what it spawns)
-        agent = member.agent
-        if agent is not None and agent.profile != profile:
-            return None  # the first profile keeps the agent; others go the slow way
-        if agent is None:
-            agent = self._start_agent(member, profile)
-            if agent is None:
-                return None
-        assert member.cgroup_fds is not None
-        failed = Reply(False, error="the exec agent failed", error_type="AgentFailed")
-        # Gone before it took the request: nothing ran, and nothing is said of its fitness.
-        lost = Reply(
-            False, error="the exec agent died", error_type="AgentFailed", details=_AGENT_DIED
-        )
-        info = procfs.read_stat(agent.pid)
-        if info is not None and info.state in ("T", "t"):
-            # Stopped (any process of the pod may signal it): it would not answer, and
-            # we would wait for it with every other request of the sandbox behind. No
-            # agent serves this container any more: the next one could be stopped too.
-            self._end_agent(member)
-            member.agent_unfit.append(profile)
-            return lost
-        try:
-            join_cgroup_fds(member.cgroup_fds, agent.pid)  # what it spawns is born inside
-            give_stdio(fds, plan.uid)  # (the agent has dropped the privilege to)
-            # What varies between its spawns, and nothing else: a short message.
-            channel.send(agent.sock, ExecPlan(args=plan.args, env=plan.env, cwd=plan.cwd), fds)
-            agent.sent += 1
-        except OSError:
-            self._end_agent(member)
-            return lost
-        try:
-            step = self._agent_reply(member, agent)
-        finally:
-            if member.agent is agent:
-                # Back to our cgroups before the reply: then it is never one of the
-                # container's processes to anyone who knows of the exec.
-                self._agent_home(member, agent)
-        if step is None:
-            error = "the exec agent died or did not answer"
-            return Reply(False, error=error, error_type="ExecError", details=_AGENT_DIED)
-        if step.step == "unready":
-            return failed  # unfit: the slow way runs it, and says whether it could
-        if step.step == "lost":
-            return lost
-        if step.step != "spawned":
-            details = {"cause_type": step.error_type}
-            return Reply(False, error=step.error, error_type="AgentFailed", details=details)
-        pid = int(step.details.get("pid", 0))
-        serial = self._agent_spawned(member, agent, pid)
-        return Reply(True, pid=pid, details={"serial": serial})
-
-    def _agent_spawned(self, member: _Member, agent: _Agent, pid: int) -> int:
-        """Note ``pid``, which ``agent`` spawned for ``member``; its exec's serial."""
-        if pid in agent.children:
-            return self.exec_serials[pid]
-        agent.children.add(pid)
-        return self._record_exec(pid, member.id)
-
-    def _record_exec(self, pid: int, member_id: str) -> int:
-        """Note ``pid`` as a process exec'd into ``member_id``; its serial. The status an
-        earlier exec with that pid left unasked is kept apart, by that exec's serial."""
-        earlier, status = self.exec_serials.get(pid), self.unwaited.pop(pid, None)
-        if earlier is not None and status is not None:
-            self.superseded[earlier] = (self.exec_owner.get(pid, ""), status)
-            while len(self.superseded) > UNWAITED_KEPT:
-                del self.superseded[next(iter(self.superseded))]
-        self.waited.pop(pid, None)
-        self.execs.add(pid)
-        self.exec_owner[pid] = member_id
-        self.exec_serial += 1
-        self.exec_serials[pid] = self.exec_serial
-        return self.exec_serial
-
-    def _forget_exec(self, pid: int) -> None:
-        self.exec_owner.pop(pid, None)
-        self.exec_serials.pop(pid, None)
-
-    def _agent_reply(self, member: _Member, agent: _Agent) -> Progress | None:
-        """The agent's answer to the request just sent (``spawned`` or an error).
-
-        If it dies without one, its ``board`` says how far it got: ``spawned``
-        (then died); ``Progress("unready")`` if its seccomp filter killed it
-        (``SIGSYS``: a syscall it needs is not allowed) or its preparation failed;
-        ``Progress("lost")`` if it died otherwise before it spawned; ``None`` if it
-        died while spawning (or hung). Exits it reports meanwhile are handled.
-        """
-        # Waited for in slices: a process of the pod may stop the agent (SIGSTOP) once it
-        # took the request, and every other request of the sandbox would wait behind it.
-        deadline = time.monotonic() + EXEC_START_TIMEOUT
-        agent.sock.settimeout(_AGENT_REPLY_SLICE)
-        try:
-            while True:
-                try:
-                    step, fds = channel.receive(agent.sock, Progress)
-                except TimeoutError:
-                    info = procfs.read_stat(agent.pid)
-                    stopped = info is not None and info.state in ("T", "t")
-                    if stopped or time.monotonic() >= deadline:
-                        raise
-                    continue
-                channel.close_fds(fds)
-                if self._agent_news(agent, step):
-                    continue
-                if not agent.ready:
-                    self._end_agent(member)  # its preparation failed
-                    return Progress("unready", error=step.error)
-                return step
-        except channel.ChannelClosedError:
-            return self._agent_dead(member, agent)
-        except (OSError, ValueError):  # TimeoutError included: stopped, say
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(agent.pid, signal.SIGKILL)
-            return self._agent_dead(member, agent)
-        finally:
-            if member.agent is agent:
-                agent.sock.settimeout(None)
-
-    def _agent_dead(self, member: _Member, agent: _Agent) -> Progress | None:
-        """What became of the request of an agent that died (or was killed) without an
-        answer (see :meth:`_agent_reply`), once it is reaped."""
-        begun, done, pid = (
-            int.from_bytes(agent.board[i : i + 8], "little") for i in range(0, 24, 8)
-        )
-        if done >= agent.sent:  # it spawned, and died before it said so
-            self._agent_spawned(member, agent, pid)
-        returncode = self._reap_agent(agent)
-        if done >= agent.sent:
-            return Progress("spawned", details={"pid": pid})
-        if returncode == -signal.SIGSYS:  # a syscall it needs is denied, say: unfit
-            if begun < agent.sent:
-                return Progress("unready")  # (the slow way runs it, and says whether)
-            # Its spawn had begun, so it may have spawned (a SIGSYS any process of its uid
-            # may send as its child execs): never run it twice, nor this profile here.
-            member.agent_unfit.append(agent.profile)
-            return None
-        if begun < agent.sent and returncode is not None:
-            return Progress("lost")  # nothing was spawned
-        return None  # killed while it spawned: it may have, so never run it twice
-
-    def _agent_home(self, member: _Member, agent: _Agent) -> None:
-        """Move ``agent`` back to our cgroups, where it waits between spawns."""
-        try:
-            join_cgroup_fds(agent.home_fds, agent.pid)
-        except OSError:  # left in the container's cgroup, it would count as one of its own
-            self._end_agent(member)
-
-    def _agent_news(self, agent: _Agent, step: Progress) -> bool:
-        """Take in what ``agent`` says unasked (``ready``, an ``exited`` child); ``False``
-        for any other step."""
-        if step.step == "ready":
-            agent.ready = True
-        elif step.step == "exited":
-            self._agent_child_exited(agent, step)
-        else:
-            return False
-        return True
-
-    def _agent_child_exited(self, agent: _Agent, step: Progress) -> None:
-        pid = int(step.details.get("pid", 0))
-        if pid in agent.children:
-            agent.children.discard(pid)
-            if pid in self.execs:
-                self._exec_exited(pid, int(step.details.get("returncode", -signal.SIGKILL)))
-
-    def _agent_message(self, member: _Member) -> None:
-        """The agent spoke (an exit, ``ready``) or ended, between requests."""
-        agent = member.agent
-        if agent is None:
-            return
-        agent.sock.settimeout(0.0)
-        try:
-            while True:
-                step, fds = channel.receive(agent.sock, Progress)
-                channel.close_fds(fds)
-                self._agent_news(agent, step)
-        except BlockingIOError:
-            pass
-        except (channel.ChannelClosedError, OSError, ValueError):
-            self._end_agent(member)
-            return
-        finally:
-            if member.agent is agent:
-                agent.sock.settimeout(None)
-
-    def _start_agent(self, member: _Member, profile: ExecPlan) -> _Agent | None:
-        """Fork ``member``'s exec agent for ``profile``; ``None`` if it cannot have one
-        (no ``subprocess`` to spawn with: a confined ``run`` sandbox, see :meth:`confine`)."""
-        # In a user namespace of our own, our cgroups (the caller's) are not ours to join,
-        # and our /proc/self/fd (through which we import) not ours to read: no agent.
-        home = None if self.plan.uid_map else home_of(self.homes, member.cgroup_dirs or [])
-        if home is None or not self._import_subprocess():
-            member.agent_unfit.append(profile)
-            return None
-        try:
-            home_fds = open_cgroup(home)
-        except OSError:
-            member.agent_unfit.append(profile)
-            return None
-        self.settle()
-        ours, theirs = channel.socket_pair()
-        board = mmap.mmap(-1, 8 * AGENT_BOARD)  # anonymous, shared with the child
-        try:
-            pid, mask = _fork_signals_blocked()
-        except BaseException:
-            channel.close_fds(home_fds)
-            ours.close()
-            theirs.close()
-            board.close()
-            raise
-        if pid == 0:
-            ours.close()
-            self._close_in_child(keep=member.handles)
-            run_agent(profile, member.handles, theirs, mask, board)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        theirs.close()
-        member.agent = self.agents[pid] = _Agent(pid, ours, profile, home_fds, board)
-        self.selector.register(ours, selectors.EVENT_READ, ("agent", member))
-        return member.agent
-
-    def _end_agent(self, member: _Member) -> None:
-        """SIGKILL ``member``'s agent and detach it; it is forgotten once reaped
-        (:meth:`_agent_exited`)."""
-        agent, member.agent = member.agent, None
-        if agent is None:
-            return
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(agent.sock)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(agent.pid, signal.SIGKILL)
-
-    def _reap_agent(self, agent: _Agent) -> int | None:
-        """Wait (a second at most: a frozen one would not end) for ``agent``, which is
-        exiting or killed, and forget it; its exit status. ``None`` if it is not reaped
-        by then: it is ended, and :meth:`_reap` collects it later."""
-        for _ in range(AGENT_REAP_TRIES):
-            try:
-                done, status = os.waitpid(agent.pid, os.WNOHANG)
-            except ChildProcessError:  # not ours to wait for any more: gone
-                self.agents.pop(agent.pid, None)
-                self._agent_exited(agent)
-                return None
-            if done:
-                self.agents.pop(agent.pid, None)
-                self._agent_exited(agent)
-                return os.waitstatus_to_exitcode(status)
-            time.sleep(1.0 / AGENT_REAP_TRIES)
-        for member in self.members.values():
-            if member.agent is agent:
-                self._end_agent(member)
-        return None
-
-    def _agent_exited(self, agent: _Agent) -> None:
-        """An agent was reaped: read the exits it reported, then settle what it spawned.
-
-        What still runs is our child now (we are its subreaper) and is reaped
-        as any exec'd process; what it reaped without telling us is reported
-        killed.
-        """
-        for member in self.members.values():
-            if member.agent is agent:
-                member.agent = None
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(agent.sock)
-        agent.sock.settimeout(0.0)
-        with contextlib.suppress(OSError, ValueError):  # end of stream included
-            while True:
-                step, fds = channel.receive(agent.sock, Progress)
-                channel.close_fds(fds)
-                if step.step == "exited":
-                    self._agent_child_exited(agent, step)
-        agent.sock.close()
-        agent.board.close()
-        channel.close_fds(agent.home_fds)
-        for pid in sorted(agent.children & self.execs):
-            try:
-                done, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:  # reaped by the agent, which died before it said so
-                self._exec_exited(pid, -signal.SIGKILL)
-                continue
-            if done:
-                self._exec_exited(pid, os.waitstatus_to_exitcode(status))
-
-    @staticmethod
-    def _reap_failed(pid: int, *, hang: bool = True) -> None:
-        """Reap a child that failed to start; without ``hang`` only if it has exited
-        already (killed in a cgroup frozen from outside, it ends once thawed: then
-        :meth:`_reap` collects it, as no process of ours)."""
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0 if hang else os.WNOHANG)
-
-    def _exec_exited(self, pid: int, returncode: int) -> None:
-        self.execs.discard(pid)
-        waiters = self.exec_waiters.pop(pid, [])
-        if self.exec_owner.get(pid) not in self.members:
-            self._forget_exec(pid)  # its container was destroyed: status not kept
-        elif not waiters:
-            self.unwaited[pid] = returncode
-            if len(self.unwaited) > UNWAITED_KEPT:
-                oldest = next(iter(self.unwaited))
-                del self.unwaited[oldest]
-                self._forget_exec(oldest)
-            return
-        else:
-            self._remember_waited(pid, returncode)
-        for conn in waiters:
-            self.waiting_on.pop(conn, None)
-            with contextlib.suppress(OSError):
-                channel.send(conn, Reply(True, pid=pid, returncode=returncode))
-
-    def _remember_waited(self, pid: int, returncode: int) -> None:
-        self.waited[pid] = returncode
-        self.waited.move_to_end(pid)
-        while len(self.waited) > WAITED_KEPT:
-            oldest, _ = self.waited.popitem(last=False)
-            self._forget_exec(oldest)
-
-    def _not_ours(self, member: _Member, pid: int) -> Reply:
-        return Reply(
-            False,
-            error=f'pid {pid} does not belong to container "{member.id}"',
-            error_type="ProcessNotFoundError",
-            details={"pid": pid},
-        )
-
-    def _wait_exec(
-        self, conn: socket.socket, member: _Member, pid: int, *, nohang: bool, serial: int = 0
-    ) -> Reply | None:
-        if serial and self.exec_serials.get(pid) != serial:  # its pid is another exec's now
-            owner, returncode = self.superseded.get(serial, (member.id, None))
-            if owner != member.id:
-                return self._not_ours(member, pid)
-            if returncode is None:
-                return self._exited(pid, "has exited; its status was not kept")
-            return Reply(True, pid=pid, returncode=returncode)
-        if self.exec_owner.get(pid) != member.id:
-            return self._not_waitable(member, pid)
-        if pid in self.execs:
-            if nohang:
-                return Reply(True, pid=pid)
-            self.exec_waiters.setdefault(pid, []).append(conn)
-            self.waiting_on[conn] = pid
-            return None
-        if pid in self.unwaited:
-            self._remember_waited(pid, self.unwaited.pop(pid))
-        if pid in self.waited:
-            return Reply(True, pid=pid, returncode=self.waited[pid])
-        return self._not_ours(member, pid)
-
-    def _not_waitable(self, member: _Member, pid: int) -> Reply:
-        """The answer to a wait for a pid that is no exec'd process: ``ProcessNotFoundError``,
-        saying so of one of the container's other processes."""
-        if pid in self._member_pids(member):
-            return Reply(
-                False,
-                error=f'process {pid} of container "{member.id}" is neither its init nor '
-                "exec'd into it: only those are waited for",
-                error_type="ProcessNotFoundError",
-                details={"pid": pid},
-            )
-        return self._not_ours(member, pid)
-
-    def _signal_exec(self, member: _Member, pid: int, signum: int, *, group: bool) -> Reply:
+    def _signal_exec(self, member: Member, pid: int, signum: int, *, group: bool) -> Reply:
         """Signal a process exec'd into ``member``, or its process group (which may outlive
         it). Any other process of the container is signalled too (:meth:`_signal_member`).
         """
-        if self.exec_owner.get(pid) != member.id:
+        if self.execs.owner.get(pid) != member.id:
             return self._signal_member(member, pid, signum, group=group)
         try:
-            if pid in self.execs:  # not reaped yet: the pid, and the group, are its own
+            if pid in self.execs.running:  # not reaped yet: the pid, and the group, are its own
                 (os.killpg if group else os.kill)(pid, signum)
             elif not group or not self._signal_group_of(member, pid, signum):
                 # Reaped: the number may lead another group now (another member's, once
                 # the PID space wrapped): only the member's processes in it are signalled.
                 raise ProcessLookupError
         except ProcessLookupError:
-            return self._exited(pid)
+            return exited_reply(pid)
         return Reply(True, pid=pid)
 
-    def _signal_group_of(self, member: _Member, group: int, signum: int) -> bool:
+    def _signal_group_of(self, member: Member, group: int, signum: int) -> bool:
         """Signal ``member``'s processes of process group ``group`` (each through a pidfd,
         checked once opened); whether there was one. Without a cgroup, its processes
         that we adopted (a reaped exec's children) are ours but no other member's."""
@@ -1614,16 +916,7 @@ class Supervisor:
                 os.close(pidfd)
         return found
 
-    @staticmethod
-    def _exited(pid: int, detail: str = "has exited") -> Reply:
-        return Reply(
-            False,
-            error=f"process {pid} {detail}",
-            error_type="ProcessNotFoundError",
-            details={"pid": pid, "exited": True},
-        )
-
-    def _signal_member(self, member: _Member, pid: int, signum: int, *, group: bool) -> Reply:
+    def _signal_member(self, member: Member, pid: int, signum: int, *, group: bool) -> Reply:
         """Signal ``pid`` (or with ``group`` its process group) if it is ``member``'s.
 
         It must be one of :meth:`_member_pids`, never this supervisor. A pidfd
@@ -1631,16 +924,16 @@ class Supervisor:
         reused meanwhile is never signalled.
         """
         if pid <= 0 or pid == os.getpid():
-            return self._not_ours(member, pid)
+            return not_ours_reply(member, pid)
         try:
             pidfd = os.pidfd_open(pid)
         except OSError as err:  # gone, or a thread's id (ENOENT; EINVAL before Linux 6.9)
             if err.errno in (errno.ESRCH, errno.ENOENT, errno.EINVAL):
-                return self._not_ours(member, pid)
+                return not_ours_reply(member, pid)
             raise
         try:
             if pid not in self._member_pids(member):
-                return self._not_ours(member, pid)
+                return not_ours_reply(member, pid)
             if group:
                 pgid = os.getpgid(pid)
                 # Container sessions start in the container: its groups are its own.
@@ -1649,12 +942,12 @@ class Supervisor:
             else:
                 signal.pidfd_send_signal(pidfd, signum)
         except ProcessLookupError:
-            return self._exited(pid)
+            return exited_reply(pid)
         finally:
             os.close(pidfd)
         return Reply(True, pid=pid)
 
-    def _signal_foreground(self, member: _Member, pid: int, signum: int) -> Reply:
+    def _signal_foreground(self, member: Member, pid: int, signum: int) -> Reply:
         """Signal the foreground process group of the terminal that ``pid`` holds.
 
         ``pid`` is ``member``'s init or a process exec'd into it: each leads a
@@ -1663,17 +956,17 @@ class Supervisor:
         ``tcgetpgrp`` gives); the kernel keeps it within that session, so
         within the container.
         """
-        if pid != member.init_pid and self.exec_owner.get(pid) != member.id:
-            return self._not_ours(member, pid)
-        if pid != member.init_pid and pid not in self.execs:
-            return self._exited(pid)
+        if pid != member.init_pid and self.execs.owner.get(pid) != member.id:
+            return not_ours_reply(member, pid)
+        if pid != member.init_pid and pid not in self.execs.running:
+            return exited_reply(pid)
         if pid == member.init_pid and member.returncode is not None:
-            return self._exited(pid)
+            return exited_reply(pid)
         group = procfs.foreground_group(pid)
         if group is None:
             info = procfs.read_stat(pid)
             if info is None or info.state in "ZX":
-                return self._exited(pid)
+                return exited_reply(pid)
             return Reply(
                 False,
                 error=f'process {pid} of container "{member.id}" has no controlling terminal',
@@ -1683,15 +976,15 @@ class Supervisor:
         try:
             os.killpg(group, signum)
         except ProcessLookupError:
-            return self._exited(pid, f"has no foreground process group ({group} is gone)")
+            return exited_reply(pid, f"has no foreground process group ({group} is gone)")
         return Reply(True, pid=group)
 
-    def _start(self, member: _Member, request: Request) -> Reply:
+    def _start(self, member: Member, request: Request) -> Reply:
         """Start ``member``; the reply once its program runs, or its start failed."""
         sync = self._begin_start(member, request)
         return sync if isinstance(sync, Reply) else self._start_outcome(member, sync)
 
-    def _start_later(self, conn: socket.socket, member: _Member, request: Request) -> Reply | None:
+    def _start_later(self, conn: socket.socket, member: Member, request: Request) -> Reply | None:
         """:meth:`_start`, the reply sent to ``conn`` later (:meth:`_started`): the init
         runs the startContainer hooks, which may take long, while we serve the other
         containers' requests."""
@@ -1702,7 +995,7 @@ class Supervisor:
         self.selector.register(sync, selectors.EVENT_READ, ("starting", member))
         return None
 
-    def _begin_start(self, member: _Member, request: Request) -> socket.socket | Reply:
+    def _begin_start(self, member: Member, request: Request) -> socket.socket | Reply:
         """Tell ``member``'s init to go on to exec (unless it goes by itself: autostart);
         its sync socket, which says how it went, or the reply of a start refused."""
         if member.started or member.init_sync is None:
@@ -1716,7 +1009,7 @@ class Supervisor:
                 channel.send(sync, request)
         return sync
 
-    def _started(self, member: _Member) -> None:
+    def _started(self, member: Member) -> None:
         """A start not waited for is over (:meth:`_start_later`): reply."""
         sync, conn = member.init_sync, member.starting
         member.init_sync = member.starting = None
@@ -1727,7 +1020,7 @@ class Supervisor:
         with contextlib.suppress(OSError):
             channel.send(conn, reply)
 
-    def _start_outcome(self, member: _Member, sync: socket.socket) -> Reply:
+    def _start_outcome(self, member: Member, sync: socket.socket) -> Reply:
         """Read how ``member``'s start went on its init's ``sync`` socket (closed here)."""
         try:
             step, _ = channel.receive(sync, Progress)
@@ -1735,11 +1028,11 @@ class Supervisor:
             # The sync socket closed on exec (the program runs), or as the init died.
             if member.returncode is not None:  # reaped already: it cannot tell which
                 return _STOPPED_BEFORE_START
-            if not _died_before_exec(member.init_pid, (INIT_PROCESS_NAME, AHEAD_PROCESS_NAME)):
+            if not died_before_exec(member.init_pid, (INIT_PROCESS_NAME, AHEAD_PROCESS_NAME)):
                 return Reply(True)
             self._await_init(member)
             assert member.returncode is not None
-            return Reply(False, error=_death_before_exec("init", member.returncode, member.plan))
+            return Reply(False, error=death_before_exec("init", member.returncode, member.plan))
         finally:
             sync.close()
         # The init exits right after reporting the failure: record its exit before
@@ -1747,7 +1040,7 @@ class Supervisor:
         self._await_init(member)
         return Reply(False, error=step.error, error_type=step.error_type, details=step.details)
 
-    def _await_init(self, member: _Member) -> None:
+    def _await_init(self, member: Member) -> None:
         """Reap ``member``'s init, which is exiting (it said why its start failed, or it
         died): waited for a moment (AWAIT_INIT_TIMEOUT), then killed and recorded as
         killed, so that a process of the sandbox that stops it (or a cgroup frozen from
@@ -1766,7 +1059,7 @@ class Supervisor:
                 os.kill(member.init_pid, signal.SIGKILL)
             self._init_exited(member, -signal.SIGKILL)
 
-    def _signal(self, member: _Member, signum: int, *, everyone: bool, group: bool = False) -> None:
+    def _signal(self, member: Member, signum: int, *, everyone: bool, group: bool = False) -> None:
         if member.returncode is not None and not everyone:
             raise ProcessLookupError(errno.ESRCH, "the container's init has exited")
         if everyone and os.getpid() == 1 and list(self.members.values()) == [member]:
@@ -1790,7 +1083,7 @@ class Supervisor:
         if not root.recorded:  # (once: a rename over a file makes ext4 flush)
             self._write_exit(root, root.returncode)
         for member in list(self.members.values()):  # exits an agent reported, not read yet:
-            self._agent_message(member)  # their waiters get the true status, not -SIGKILL
+            self.execs.agent_message(member)  # their waiters get the true status, not -SIGKILL
         self._write_exec_exits()
         killed = [
             member
@@ -1812,22 +1105,7 @@ class Supervisor:
             if member.starting is not None:
                 with contextlib.suppress(OSError):
                     channel.send(member.starting, _STOPPED_BEFORE_START)
-        for pid in self.execs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-        for start in list(self.exec_starts.values()):  # on their way: never to run
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(start.pid, signal.SIGKILL)
-            channel.close_fds(start.pty)
-            with contextlib.suppress(OSError):
-                channel.send(start.conn, _EXEC_STOPPED)
-        for pid in self.agents:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        for pid, conns in self.exec_waiters.items():
-            for conn in conns:
-                with contextlib.suppress(OSError):
-                    channel.send(conn, Reply(True, pid=pid, returncode=-signal.SIGKILL))
+        self.execs.end_all()
         self.listener.close()
         # (Not ours to remove in a user namespace of our own: the library's destroy does.)
         with contextlib.suppress(OSError):
@@ -1952,9 +1230,6 @@ def main(bootstrap_fd: int) -> NoReturn:
     os._exit(0)
 
 
-#: The answer to an exec on its way when the sandbox ends.
-_EXEC_STOPPED = Reply(False, error="the container's init has exited", error_type="Stopped")
-
 #: The answer to a start of a container whose init is gone (the library reads the
 #: container's status: stopped, then ``InvalidStateError``).
 _STOPPED_BEFORE_START = Reply(
@@ -1962,104 +1237,10 @@ _STOPPED_BEFORE_START = Reply(
 )
 
 
-def _died_before_exec(pid: int, names: Sequence[str]) -> bool:
-    """Whether our child ``pid``, whose sync socket just closed, died before its
-    ``execve`` rather than exec'd: it is exiting (or a zombie) under one of our
-    ``names``, or ours (:data:`PROCESS_NAME`: killed before it named itself). A process
-    in the middle of an exec is neither (its name may still be ours for a moment); one
-    that exec'd and exits at once has its program's name. Its ``/proc`` entry stays
-    until we reap it."""
-    return procfs.dying_name(pid) in (*names, PROCESS_NAME)
-
-
-def _death_before_exec(what: str, returncode: int, plan: ProcessPlan) -> str:
-    """Why a container's ``what`` (its init, an exec'd process: ``plan``) never ran its
-    program."""
-    if returncode >= 0:
-        return f"its {what} exited with status {returncode} before it ran the program"
-    try:
-        signame = f" ({signal.Signals(-returncode).name})"
-    except ValueError:
-        signame = ""
-    why = f"its {what} was killed by signal {-returncode}{signame} before it ran the program"
-    if returncode == -signal.SIGSYS and plan.seccomp is not None:
-        why += (
-            ": the seccomp profile, loaded early without noNewPrivileges, forbids a "
-            "system call the runtime makes before the program starts"
-            if plan.seccomp.early
-            else ": the seccomp profile forbids a system call of the program's execve"
-        )
-    return why
-
-
 def _launched(pid: int) -> Launched:
     """Name our child ``pid`` for the library; as its parent we read its start time safely."""
     info = procfs.read_stat(pid)
     return Launched(pid, info.start_ticks if info is not None else 0)
-
-
-def _fork_signals_blocked() -> tuple[int, set[int | signal.Signals]]:
-    """``fork()`` with every signal blocked: the child must not run our handlers (which
-    signal inits) before it has reset them. ``(pid, the mask to restore)``; the parent
-    restores it on failure, each side once its work allows."""
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-    try:
-        return os.fork(), mask
-    except BaseException:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        raise
-
-
-#: How long the supervisor waits for an agent's reply before it looks whether the agent
-#: was stopped (then killed, its request handed over).
-_AGENT_REPLY_SLICE = 0.05
-
-#: Failures of an agent that say nothing of its fitness: ``EAGAIN`` (a pids limit reached,
-#: which the slow way then meets too, :func:`_pids_limit_reached`), its death by another's
-#: hand.
-_TRANSIENT = frozenset({"BlockingIOError", "AgentDied"})
-
-
-def _pids_limit_reached(dirs: Iterable[int]) -> int | None:
-    """The ``pids.max`` of the cgroup directories ``dirs`` (fds), or of a cgroup above
-    one (a pod's, a kubelet's), when its ``pids.current`` has reached it, else ``None``."""
-    for directory in dirs:
-        level = os.dup(directory)
-        try:
-            for _ in range(64):  # (up to the hierarchy's root, which has no pids.max)
-                try:
-                    limit = _read_at(level, "pids.max")
-                    current = _read_at(level, "pids.current")
-                except OSError:  # (not the pids hierarchy's, or its root)
-                    break
-                if limit != "max" and int(current) >= int(limit):
-                    return int(limit)
-                try:
-                    parent = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=level)
-                except OSError:
-                    break
-                os.close(level)
-                level = parent
-        finally:
-            os.close(level)
-    return None
-
-
-def _read_at(directory: int, name: str) -> str:
-    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory)
-    try:
-        return os.read(fd, 64).decode().strip()
-    finally:
-        os.close(fd)
-
-
-_AGENT_DIED = {"cause_type": "AgentDied"}
-
-
-def _profile(plan: ExecPlan) -> ExecPlan:
-    """What an exec agent becomes ahead for ``plan``: the plan without what each spawn
-    sets (args, env, cwd)."""
-    return dataclasses.replace(plan, args=[], env=[], cwd="/")
 
 
 def receive_trees(sock: socket.socket, fds: list[int], plan: InitPlan, extra: int = 0) -> None:
