@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from sandboxrt import Container, FileStore, SandboxrtError
+from sandboxrt import Container, FileStore, SandboxrtError, _cgroup
 from sandboxrt._os import cgroups, procfs
 from sandboxrt._proc.children import SUPERVISOR_NAME as PROCESS_NAME
 from sandboxrt._proc.gofer import PROCESS_NAME as GOFER_NAME
@@ -82,6 +83,10 @@ def store(tmp_path: Path) -> Iterator[FileStore]:
         with contextlib.suppress(SandboxrtError):
             Container.load(container_id, store=store).destroy()
     assert not left, f"containers left in the store: {left}"
+    if IS_ROOT:
+        cgroups.release_parents()  # the levels kept for this process's next containers
+        cgroups_left = store_cgroups(store)
+        assert not cgroups_left, f"cgroups left by the store's containers: {cgroups_left}"
 
 
 @pytest.fixture
@@ -119,6 +124,16 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
             os.kill(pid, 9)
     assert not leaked, f"sandbox supervisors left running: {sorted(leaked)}"
     assert host_mounts() == before_mounts, "the host's mount table changed"
+
+
+def store_cgroups(store: FileStore) -> list[str]:
+    """The cgroup directories at the default path's level of ``store`` (see
+    ``_cgroup.scope_for``), in every hierarchy: none once its containers are destroyed
+    and this process released the levels it kept."""
+    scope = _cgroup.scope_for(store.runtime_dir)
+    root = Path("/sys/fs/cgroup")
+    found = [*root.glob(f"sandboxrt/{scope}"), *root.glob(f"*/sandboxrt/{scope}")]
+    return sorted(str(path) for path in found)
 
 
 def edit_config(bundle: Path, change: Callable[[dict[str, Any]], None]) -> Path:
@@ -202,11 +217,21 @@ def small_pid_space(container: Container, pid_max: int) -> None:
     """Give the PID namespace of ``container``'s sandbox a small ``pid_max``, so that its
     PID space wraps after hundreds of forks (not millions); the test is skipped where a
     PID namespace has no ``pid_max`` of its own (before Linux 6.14)."""
+    # Before 6.14 the sysctl is the whole machine's, and root may write it from any PID
+    # namespace: written then, it would leave the host a few hundred pids.
+    if tuple(int(n) for n in re.findall(r"\d+", os.uname().release)[:2]) < (6, 14):
+        pytest.skip("needs a pid_max of the sandbox's own PID namespace (Linux 6.14)")
     supervisor = container.state().pid
     assert supervisor is not None
+    host = Path("/proc/sys/kernel/pid_max")
+    before = host.read_text()
     script = f"echo {pid_max} > /proc/sys/kernel/pid_max"
     command = ["nsenter", "-t", str(supervisor), "-p", "--", "sh", "-c", script]
-    if subprocess.run(command, capture_output=True, check=False).returncode != 0:
+    written = subprocess.run(command, capture_output=True, check=False).returncode == 0
+    if host.read_text() != before:  # (a kernel that reports 6.14 without the change)
+        host.write_text(before)
+        pytest.fail("writing pid_max in the sandbox's PID namespace changed the host's")
+    if not written:
         pytest.skip("needs a pid_max of the sandbox's own PID namespace (Linux 6.14)")
 
 

@@ -24,7 +24,9 @@ from sandboxrt import (
     Config,
     Container,
     FileStore,
+    GoferError,
     InvalidArgumentError,
+    LaunchedProcess,
     MemoryStore,
     SandboxrtError,
     SubprocessLauncher,
@@ -486,7 +488,7 @@ def test_the_sandbox_side_runs_under_another_interpreter(
 
 
 def test_a_caller_that_blocks_or_ignores_sigchld_still_sees_its_containers_exit(
-    bundle: BundleFactory, tmp_path: Path
+    store: FileStore, bundle: BundleFactory
 ) -> None:
     """Launched processes inherit the caller's signal mask and ignored signals: with
     SIGCHLD blocked the fork server never reaped, with it ignored a supervisor started by
@@ -495,7 +497,7 @@ def test_a_caller_that_blocks_or_ignores_sigchld_still_sees_its_containers_exit(
     code = f"""
 import signal
 from sandboxrt import Container, FileStore, SubprocessLauncher
-store = FileStore({str(tmp_path / "store")!r})
+store = FileStore({str(store.root)!r})
 signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGCHLD}})
 print(Container.run("blocked", {str(path)!r}, store=store, timeout=20))
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)
@@ -799,9 +801,17 @@ def test_a_gofer_that_cannot_start_says_why(
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\necho 'SyntaxError: this interpreter is too old' >&2\nexit 1\n")
     fake.chmod(0o755)
+
+    class OldGoferPython(SubprocessLauncher):
+        """The sandbox on this interpreter, the gofer on ``fake``."""
+
+        def launch_gofer(self, *, bootstrap_fd: int, log_fd: int) -> LaunchedProcess:
+            old = SubprocessLauncher(python=str(fake))
+            return old.launch_gofer(bootstrap_fd=bootstrap_fd, log_fd=log_fd)
+
     path = bundle(["true"])
-    with pytest.raises(SandboxrtError) as info:
-        Container.run("oldpy", path, store=store, launcher=SubprocessLauncher(python=str(fake)))
+    with pytest.raises(GoferError) as info:
+        Container.run("oldpy", path, store=store, launcher=OldGoferPython())
     assert 'container "oldpy"' in str(info.value)
     assert "this interpreter is too old" in str(info.value)
     missing = SubprocessLauncher(python=str(tmp_path / "nowhere"))

@@ -402,6 +402,8 @@ def test_export_keeps_the_containers_user_overlay_attributes(tmp_path: Path) -> 
     assert "SCHILY.xattr.trusted.overlay.origin" not in headers
 
 
+@needs_root
+@needs_busybox
 def test_export_changes_of_a_created_container(store: FileStore, bundle: BundleFactory) -> None:
     path = bundle(["sleep", "1000"])
     container = Container.create("fresh", path, store=store, config=overlay())

@@ -377,5 +377,6 @@ def test_a_cgroup_the_container_froze_itself_does_not_stop_a_kill(
             (child / "freezer.state").write_text("THAWED")
         container.destroy()
     assert not cgroup.exists()
+    assert members
     for pid in members:
         assert ended(pid)

@@ -311,7 +311,7 @@ def test_lock_timeout_between_threads(any_store: Store) -> None:
         with pytest.raises(LockTimeoutError) as info, any_store.lock("busy", timeout=0.3):
             pass
         elapsed = time.monotonic() - start
-        assert 0.3 <= elapsed < 1.5
+        assert 0.3 <= elapsed < 5  # (waited its timeout, not for the holder)
         assert info.value.container_id == "busy"
         assert info.value.timeout == 0.3
         with pytest.raises(LockTimeoutError), any_store.lock("busy", timeout=0):
@@ -660,7 +660,7 @@ def test_lock_timeout_across_processes(tmp_path: Path, children: Children) -> No
     with pytest.raises(LockTimeoutError) as info, store.lock("held", timeout=0.3):
         pass
     elapsed = time.monotonic() - start
-    assert 0.3 <= elapsed < 1.5
+    assert 0.3 <= elapsed < 5  # (waited its timeout, not for the holder)
     assert info.value.container_id == "held"
     assert 'container "held"' in str(info.value)
     assert "0.3s" in str(info.value)

@@ -357,21 +357,15 @@ def test_a_raised_hard_rlimit_and_a_lowered_oom_score_reach_the_mapped_init(
 
 
 def test_an_rlimit_the_kernel_refuses_is_named(store: FileStore, bundle: BundleFactory) -> None:
-    import resource
-
-    _, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    if hard == resource.RLIM_INFINITY or has_sys_resource():
-        pytest.skip("any RLIMIT_MEMLOCK may be set here")
-    wanted = hard + 4096
+    """RLIMIT_NOFILE past ``fs.nr_open``: refused whatever the capabilities."""
+    wanted = int(Path("/proc/sys/fs/nr_open").read_text()) + 1
 
     def limits(document: dict[str, Any]) -> None:
         with_userns(document)
-        document["process"]["rlimits"] = [
-            {"type": "RLIMIT_MEMLOCK", "soft": wanted, "hard": wanted}
-        ]
+        document["process"]["rlimits"] = [{"type": "RLIMIT_NOFILE", "soft": wanted, "hard": wanted}]
 
     path = edit_config(bundle(), limits)
-    with pytest.raises(InitError, match=f"setting RLIMIT_MEMLOCK to {wanted}/{wanted}"):
+    with pytest.raises(InitError, match=f"setting RLIMIT_NOFILE to {wanted}/{wanted}"):
         Container.run("u1", path, store=store)
     assert Container.list(store=store) == []
 

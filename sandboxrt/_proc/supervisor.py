@@ -965,7 +965,7 @@ class Supervisor:
         group = procfs.foreground_group(pid)
         if group is None:
             info = procfs.read_stat(pid)
-            if info is None or info.state in "ZX":
+            if info is None or info.state in ("Z", "X"):
                 return exited_reply(pid)
             return Reply(
                 False,
