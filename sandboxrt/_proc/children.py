@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from collections.abc import Sequence
 
 from sandboxrt._core.protocol import ProcessPlan
-from sandboxrt._os import procfs
+from sandboxrt._os import channel, procfs
 
-__all__ = ["SUPERVISOR_NAME", "death_before_exec", "died_before_exec", "fork_signals_blocked"]
+__all__ = [
+    "SUPERVISOR_NAME",
+    "death_before_exec",
+    "died_before_exec",
+    "fork_linked",
+    "fork_signals_blocked",
+]
 
 #: The supervisor's name in ``/proc/PID/comm``, which its children keep until they name
 #: themselves.
@@ -31,6 +38,20 @@ def fork_signals_blocked() -> tuple[int, set[int | signal.Signals]]:
     except BaseException:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         raise
+
+
+def fork_linked() -> tuple[int, set[int | signal.Signals], socket.socket, socket.socket]:
+    """:func:`fork_signals_blocked` with a socket pair made first, for the child to report
+    on: ``(pid, the mask to restore, our end, the child's end)``; both ends are closed
+    if the fork fails. Each side closes the other's end."""
+    ours, theirs = channel.socket_pair()
+    try:
+        pid, mask = fork_signals_blocked()
+    except BaseException:
+        ours.close()
+        theirs.close()
+        raise
+    return pid, mask, ours, theirs
 
 
 def died_before_exec(pid: int, names: Sequence[str]) -> bool:

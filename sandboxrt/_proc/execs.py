@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import EXEC_EXITS_KEPT, ExecPlan, Progress, Reply, Request
 from sandboxrt._os import capabilities, channel, procfs
-from sandboxrt._proc.children import death_before_exec, died_before_exec, fork_signals_blocked
+from sandboxrt._proc.children import death_before_exec, died_before_exec, fork_linked
 from sandboxrt._proc.init import (
     AGENT_BOARD,
     EXEC_PROCESS_NAME,
@@ -289,13 +289,7 @@ class Execs:
         assert member.cgroup_fds is not None
         cgroup = member.cgroup_fds
         self.settle()
-        ours, theirs = channel.socket_pair()
-        try:
-            pid, mask = fork_signals_blocked()
-        except BaseException:
-            ours.close()
-            theirs.close()
-            raise
+        pid, mask, ours, theirs = fork_linked()
         if pid == 0:
             ours.close()
             run_exec(plan, member.handles, theirs, fds, mask, cgroup=cgroup)
@@ -599,15 +593,14 @@ class Execs:
             member.agent_unfit.append(profile)
             return None
         self.settle()
-        ours, theirs = channel.socket_pair()
-        board = mmap.mmap(-1, 8 * AGENT_BOARD)  # anonymous, shared with the child
+        board: mmap.mmap | None = None
         try:
-            pid, mask = fork_signals_blocked()
+            board = mmap.mmap(-1, 8 * AGENT_BOARD)  # anonymous, shared with the child
+            pid, mask, ours, theirs = fork_linked()
         except BaseException:
             channel.close_fds(home_fds)
-            ours.close()
-            theirs.close()
-            board.close()
+            if board is not None:
+                board.close()
             raise
         if pid == 0:
             ours.close()

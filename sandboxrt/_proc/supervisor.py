@@ -43,7 +43,7 @@ from sandboxrt._proc.children import (
     SUPERVISOR_NAME,
     death_before_exec,
     died_before_exec,
-    fork_signals_blocked,
+    fork_linked,
 )
 from sandboxrt._proc.confinement import Confinement, OldRootDetach, home_cgroups, home_of
 from sandboxrt._proc.entry import reset_inherited_signals
@@ -305,13 +305,7 @@ class Supervisor:
         closes ``spare`` (fds of ours it has no use for).
         """
         self.settle()
-        parent_end, child_end = channel.socket_pair()
-        try:
-            pid, mask = fork_signals_blocked()
-        except BaseException:
-            parent_end.close()
-            child_end.close()
-            raise
+        pid, mask, parent_end, child_end = fork_linked()
         if pid == 0:
             parent_end.close()
             cgroup = member.cgroup_fds
