@@ -358,98 +358,11 @@ class Container:
         ``sandboxrt._core.cri``); annotations naming another sandbox than
         ``join``, or one to join with ``root``, are a :class:`SpecError`.
         """
-        unknown = set(options) - CreateOptions.__optional_keys__
-        if unknown:
-            raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-        store = options.get("store")
-        config = options.get("config")
-        spec = options.get("spec")
-        launcher = options.get("launcher")
-        pid_file = options.get("pid_file")
-        console_socket = options.get("console_socket")
-        stdin, stdout, stderr = options.get("stdin"), options.get("stdout"), options.get("stderr")
-        validate_id(id)
-        store = store_or_default(store)
-        config = config if config is not None else Config()
-        if not isinstance(config, Config):
-            raise TypeError(f"config must be a sandboxrt.Config, not {config!r}")
-        if launcher is not None and not isinstance(launcher, Launcher):
-            raise TypeError(
-                f"launcher must be a sandboxrt Launcher (with launch()), not {launcher!r}"
-            )
-        check_path_argument(id, "the bundle path", bundle)
-        bundle_path = Path(bundle).absolute()
-        with _naming_container(id):
-            if spec is None:
-                spec = _bundle_spec(bundle_path / "config.json")
-            else:  # made in code: checked as a config.json is
-                validate_spec(spec)
-        try:
-            document = _apply_config(dump_spec(spec), config)
-            problems = document_problems(document, spec_text(document))  # (the record's, kept)
-        except RecursionError:  # (an unknown key's value: copied deeper than JSON parses)
-            problems = [("", "nested too deeply")]
-        if problems:
-            raise SpecError(problems, source=f'container "{id}"', container_id=id)
-        terminal = bool((document.get("process") or {}).get("terminal"))
-        if terminal and any(arg is not None for arg in (stdin, stdout, stderr)):
-            raise InvalidArgumentError(
-                id,
-                "with process.terminal, the terminal is the program's stdin, stdout and "
-                "stderr: leave them out and use container.console or a console socket",
-            )
-        if console_socket is not None and not terminal:
-            raise InvalidArgumentError(
-                id, "a console socket is for a terminal: the spec has no process.terminal"
-            )
-        for name, path in (("console_socket", console_socket), ("pid_file", pid_file)):
-            check_path_argument(id, name, path)
-        if autostart and terminal and console_socket is None:
-            raise InvalidArgumentError(
-                id,
-                "Container.run of a process.terminal spec needs a console_socket: nothing "
-                "would read the terminal; or use create() and start() and container.console",
-            )
-        with _naming_container(id):
-            source = str(bundle_path / "config.json") if options.get("spec") is None else None
-            sandbox_id = sandbox_id_for(id, document, join=join, root=root, source=source)
-        # Before the lock: a spec the plan refuses leaves nothing behind, not even a lock file.
-        overlay_size = config.overlay_size if config.overlay else 0
-        host: Sandbox | None = None
-        plan: SandboxPlan | ContainerPlan
-        with _naming_container(id):
-            if sandbox_id == id:
-                refuse_sysctls_in_our_namespaces(id, document)
-                plan = build_plan(
-                    container_id=id,
-                    sandbox_id=id,
-                    spec=document,
-                    bundle=str(bundle_path),
-                    runtime_root=str(store.runtime_dir),
-                    compile_seccomp=compile_bpf,
-                    overlay_size=overlay_size,
-                )
-                # The maps of the sandbox's own user namespace, if it has one (a pod's
-                # read from its supervisor): kept in the record.
-                id_maps = (plan.uid_map, plan.gid_map) if plan.uid_map else None
-            else:
-                host, root_record = _sandbox_to_join(store, sandbox_id, id)
-                shared = namespaces_we_share(host.pid)
-                config = pod_network(id, config, root_record, on_ours="network" in shared)
-                root_namespaces = (root_record.spec.get("linux") or {}).get("namespaces") or []
-                refuse_sysctls_in_our_namespaces(id, document, shared=shared)
-                id_maps = pod_id_maps(host)
-                refuse_another_user_namespace(id, document, id_maps)
-                plan = build_container_plan(
-                    container_id=id,
-                    sandbox_id=sandbox_id,
-                    spec=document,
-                    bundle=str(bundle_path),
-                    runtime_dir=host.runtime_dir,
-                    compile_seccomp=compile_bpf,
-                    overlay_size=overlay_size,
-                    sandbox_namespaces={ns.get("type") for ns in root_namespaces},
-                )
+        asked = _checked_arguments(id, bundle, options, autostart=autostart, join=join, root=root)
+        store, config, launcher = asked.store, asked.config, asked.launcher
+        pid_file, console_socket = asked.pid_file, asked.console_socket
+        document, sandbox_id, bundle_path = asked.document, asked.sandbox_id, asked.bundle
+        plan, host, id_maps, config = _planned(id, asked)
         # Started with a round trip of its own where something must come first: its hooks,
         # its terminal's console, a pid file (written before the program runs, as runc).
         autostart = (
@@ -466,7 +379,7 @@ class Container:
         with contextlib.ExitStack() as undo:
             # The caller's fds are checked before we open any.
             with arguments_of(id):
-                stdio = undo.enter_context(StdioPlan(stdin, stdout, stderr))
+                stdio = undo.enter_context(StdioPlan(asked.stdin, asked.stdout, asked.stderr))
             # Dialled first, as runc does: one that takes no connection fails the create
             # before anything is made, and no hook runs for it.
             console = (
@@ -1729,6 +1642,145 @@ class Container:
             raise InvalidArgumentError(self.id, problem) from None
         finally:
             os.close(master)
+
+
+@dataclasses.dataclass(frozen=True)
+class _CreateArguments:
+    """What a create was asked for, checked: the store and config to use, the spec as the
+    document the record keeps, and the sandbox the container goes into."""
+
+    store: MetadataStore
+    config: Config
+    launcher: Launcher | None
+    bundle: Path
+    document: dict[str, Any]
+    sandbox_id: str
+    stdin: StdioArg
+    stdout: StdioArg
+    stderr: StdioArg
+    console_socket: str | os.PathLike[str] | None
+    pid_file: str | os.PathLike[str] | None
+
+
+def _checked_arguments(
+    id: str,
+    bundle: str | os.PathLike[str],
+    options: CreateOptions,
+    *,
+    autostart: bool,
+    join: str | None,
+    root: bool,
+) -> _CreateArguments:
+    """A create's arguments and spec checked, before anything is made (see
+    :meth:`Container._create_here`): typed errors naming the container."""
+    unknown = set(options) - CreateOptions.__optional_keys__
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    config = options.get("config")
+    spec = options.get("spec")
+    launcher = options.get("launcher")
+    pid_file = options.get("pid_file")
+    console_socket = options.get("console_socket")
+    stdin, stdout, stderr = options.get("stdin"), options.get("stdout"), options.get("stderr")
+    validate_id(id)
+    store = store_or_default(options.get("store"))
+    config = config if config is not None else Config()
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a sandboxrt.Config, not {config!r}")
+    if launcher is not None and not isinstance(launcher, Launcher):
+        raise TypeError(f"launcher must be a sandboxrt Launcher (with launch()), not {launcher!r}")
+    check_path_argument(id, "the bundle path", bundle)
+    bundle_path = Path(bundle).absolute()
+    with _naming_container(id):
+        if spec is None:
+            spec = _bundle_spec(bundle_path / "config.json")
+        else:  # made in code: checked as a config.json is
+            validate_spec(spec)
+    try:
+        document = _apply_config(dump_spec(spec), config)
+        problems = document_problems(document, spec_text(document))  # (the record's, kept)
+    except RecursionError:  # (an unknown key's value: copied deeper than JSON parses)
+        problems = [("", "nested too deeply")]
+    if problems:
+        raise SpecError(problems, source=f'container "{id}"', container_id=id)
+    terminal = bool((document.get("process") or {}).get("terminal"))
+    if terminal and any(arg is not None for arg in (stdin, stdout, stderr)):
+        raise InvalidArgumentError(
+            id,
+            "with process.terminal, the terminal is the program's stdin, stdout and "
+            "stderr: leave them out and use container.console or a console socket",
+        )
+    if console_socket is not None and not terminal:
+        raise InvalidArgumentError(
+            id, "a console socket is for a terminal: the spec has no process.terminal"
+        )
+    for name, path in (("console_socket", console_socket), ("pid_file", pid_file)):
+        check_path_argument(id, name, path)
+    if autostart and terminal and console_socket is None:
+        raise InvalidArgumentError(
+            id,
+            "Container.run of a process.terminal spec needs a console_socket: nothing "
+            "would read the terminal; or use create() and start() and container.console",
+        )
+    with _naming_container(id):
+        source = str(bundle_path / "config.json") if options.get("spec") is None else None
+        sandbox_id = sandbox_id_for(id, document, join=join, root=root, source=source)
+    return _CreateArguments(
+        store=store,
+        config=config,
+        launcher=launcher,
+        bundle=bundle_path,
+        document=document,
+        sandbox_id=sandbox_id,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        console_socket=console_socket,
+        pid_file=pid_file,
+    )
+
+
+def _planned(
+    id: str, asked: _CreateArguments
+) -> tuple[SandboxPlan | ContainerPlan, Sandbox | None, tuple[str, str] | None, Config]:
+    """The plan of a create (before the lock: a spec the plan refuses leaves nothing
+    behind, not even a lock file); the sandbox it joins (``None``: a sandbox of its own),
+    the maps of that sandbox's user namespace if it has one (kept in the record), and the
+    config, whose network a pod member takes from its pod."""
+    store, config, document = asked.store, asked.config, asked.document
+    overlay_size = config.overlay_size if config.overlay else 0
+    with _naming_container(id):
+        if asked.sandbox_id == id:
+            refuse_sysctls_in_our_namespaces(id, document)
+            plan = build_plan(
+                container_id=id,
+                sandbox_id=id,
+                spec=document,
+                bundle=str(asked.bundle),
+                runtime_root=str(store.runtime_dir),
+                compile_seccomp=compile_bpf,
+                overlay_size=overlay_size,
+            )
+            id_maps = (plan.uid_map, plan.gid_map) if plan.uid_map else None
+            return plan, None, id_maps, config
+        host, root_record = _sandbox_to_join(store, asked.sandbox_id, id)
+        shared = namespaces_we_share(host.pid)
+        config = pod_network(id, config, root_record, on_ours="network" in shared)
+        root_namespaces = (root_record.spec.get("linux") or {}).get("namespaces") or []
+        refuse_sysctls_in_our_namespaces(id, document, shared=shared)
+        id_maps = pod_id_maps(host)
+        refuse_another_user_namespace(id, document, id_maps)
+        member_plan = build_container_plan(
+            container_id=id,
+            sandbox_id=asked.sandbox_id,
+            spec=document,
+            bundle=str(asked.bundle),
+            runtime_dir=host.runtime_dir,
+            compile_seccomp=compile_bpf,
+            overlay_size=overlay_size,
+            sandbox_namespaces={ns.get("type") for ns in root_namespaces},
+        )
+        return member_plan, host, id_maps, config
 
 
 class _Locked:
