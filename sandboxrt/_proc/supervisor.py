@@ -269,8 +269,8 @@ class Supervisor:
     def hand_plan(self) -> None:
         """Give an adopted init its cgroup (files we open: its root hides the host's
         cgroupfs; it joins by itself, which on v1 spares the global lock a move by pid
-        takes, see :func:`join_cgroup_fds`), its plan and its stdio; it goes on to
-        ``created``."""
+        takes, see :func:`~sandboxrt._proc.init.join_cgroup_fds`), its plan and its
+        stdio; it goes on to ``created``."""
         root = self.root
         assert root.init_sync is not None
         if root.cgroup_dirs is None:  # (none: the library sends them with its cgroup)
