@@ -21,8 +21,8 @@ from typing import Literal
 import attrs
 
 from sandboxrt._core.spec import Mount, Spec, write_spec_file
-from sandboxrt._core.spec_default import default_spec
-from sandboxrt.errors import MissingFeatureError
+from sandboxrt._core.spec_default import check_args, default_spec
+from sandboxrt.errors import InvalidArgumentError, MissingFeatureError, arguments_of
 
 __all__ = ["BUSYBOX", "make_bundle"]
 
@@ -151,7 +151,17 @@ def make_bundle(
     readonly: bool = False,
     terminal: bool = False,
 ) -> Spec:
-    """Write a runnable bundle (config.json + rootfs/) at ``path``; returns its spec."""
+    """Write a runnable bundle (config.json + rootfs/) at ``path``; returns its spec.
+
+    ``args``: the program and its arguments, a non-empty sequence of strings (a string
+    is an :class:`InvalidArgumentError`, as :meth:`Container.exec` makes it).
+    ``rootfs``: ``"host_usr"`` (the host's ``/usr``, bound read-only) or ``"busybox"``
+    (a static busybox copied in: needs the ``busybox-static`` package).
+    """
+    if rootfs not in ("host_usr", "busybox"):
+        raise InvalidArgumentError("", f'rootfs must be "host_usr" or "busybox", not {rootfs!r}')
+    with arguments_of(""):
+        check_args(args)
     bundle = Path(path)
     root = bundle / "rootfs"
     root.mkdir(parents=True, exist_ok=True)

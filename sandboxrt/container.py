@@ -195,7 +195,19 @@ class ExecRunOptions(TypedDict, total=False):
 
 
 class CreateOptions(TypedDict, total=False):
-    """The keyword arguments of :meth:`Container.create` and :meth:`Container.run`."""
+    """The keyword arguments of :meth:`Container.create` and :meth:`Container.run`.
+
+    - ``store``: where the container's record is kept (default: a :class:`FileStore` at
+      the default root).
+    - ``config``: runtime options (a :class:`Config`), kept with the container.
+    - ``spec``: a :class:`Spec` made in code, used instead of the bundle's ``config.json``.
+    - ``stdin``, ``stdout``, ``stderr``: the init's standard streams, as ``subprocess``
+      takes them (a file object, an fd, ``PIPE``, ``DEVNULL``; ``None``: ours).
+    - ``console_socket``: a Unix socket path that gets the pty master of a
+      ``process.terminal`` spec, as runc's ``--console-socket``.
+    - ``pid_file``: a file that gets the sandbox's (supervisor's) host pid.
+    - ``launcher``: how the sandbox's processes are started (a :class:`Launcher`).
+    """
 
     store: MetadataStore | None
     config: Config | None
@@ -1374,7 +1386,9 @@ class Container:
             with self._locked(corrupt_ok=True), interrupts_deferred():
                 self._teardown()
         except ContainerNotFoundError:
-            return
+            pass
+        # What a repr shows from now on (``status`` asks the store, which has no record).
+        self._record = attrs.evolve(self._record, status=Status.STOPPED)
 
     # -- internals ---------------------------------------------------------------------
 

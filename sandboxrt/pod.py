@@ -33,6 +33,13 @@ class Pod:
     def __repr__(self) -> str:
         return f"Pod(id={self.id!r})"
 
+    def __enter__(self) -> Pod:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Leaving a ``with`` block destroys the pod (as a :class:`Container`'s does)."""
+        self.destroy()
+
     @property
     def id(self) -> str:
         """The sandbox's id: its root container's."""

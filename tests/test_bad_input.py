@@ -54,6 +54,7 @@ from sandboxrt._core.spec_default import default_spec
 from sandboxrt._core.spec_validate import MAX_SPEC_BYTES
 from sandboxrt._os import cgroups
 from sandboxrt._proc.launcher import ForkServerLauncher, default_launcher
+from sandboxrt.bundle import make_bundle
 
 pytestmark = [needs_root, needs_busybox]
 
@@ -1342,3 +1343,20 @@ def test_a_sysctl_value_of_undecodable_bytes_is_written_as_such(
     assert "codec" not in str(info.value)
     assert "setting sysctl net.ipv4.ping_group_range" in str(info.value)
     assert_nothing_left(store)
+
+
+@pytest.mark.parametrize("args", ["echo hi", b"true", [], ["true", 1]], ids=repr)
+def test_make_bundle_refuses_args_that_are_no_list_of_strings(tmp_path: Path, args: Any) -> None:
+    """A string was split into its characters (``e``, ``c``, ``h``...), as no program is."""
+    with pytest.raises(InvalidArgumentError, match="args must be a non-empty sequence of strings"):
+        make_bundle(tmp_path / "b", args)
+    with pytest.raises(ValueError, match="args must be a non-empty sequence of strings"):
+        default_spec(args)
+    assert not (tmp_path / "b").exists()  # refused before anything is written
+
+
+def test_make_bundle_refuses_a_rootfs_kind_it_does_not_make(tmp_path: Path) -> None:
+    """Anything but "host_usr" was taken for "busybox"."""
+    with pytest.raises(InvalidArgumentError, match='rootfs must be "host_usr" or "busybox"'):
+        make_bundle(tmp_path / "b", ["true"], rootfs="alpine")  # type: ignore[arg-type]
+    assert not (tmp_path / "b").exists()

@@ -34,7 +34,7 @@ from sandboxrt import (
 from sandboxrt._core.protocol import PROCESS_FIELDS, InitPlan, Launched, MountPlan, Request
 from sandboxrt._core.spec import read_spec_file, write_spec_file
 from sandboxrt._forksafe import ForkSafeLock
-from sandboxrt._os import cgroups, channel, procfs
+from sandboxrt._os import capabilities, cgroups, channel, procfs
 from sandboxrt._proc import launcher as launcher_module
 from sandboxrt._proc.launcher import ForkServerLauncher
 from sandboxrt._proc.warm import is_warm_shape
@@ -698,6 +698,63 @@ def test_a_replaced_rootfs_is_not_served_from_ahead(
             assert _run_output(c) == b"new\n"
         finally:
             c.destroy()
+    finally:
+        launcher.close()
+
+
+def _built(ahead: int) -> bool:
+    """Whether the init building a root ahead has built it: it drops the plan's bounding
+    set right after (and reports ``ready``)."""
+    with open(f"/proc/{ahead}/status") as f:
+        bounding = next(line for line in f if line.startswith("CapBnd:")).split()[1]
+    return int(bounding, 16) != (1 << (capabilities.last_cap() + 1)) - 1
+
+
+def test_a_mount_point_made_again_is_not_served_from_ahead(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """Removed and made again on the host, a mount point of the root built ahead is
+    another directory: the mount stayed on the old one, and the container saw an empty
+    /proc (or a /usr without its programs)."""
+    launcher = ForkServerLauncher()
+    path = bundle(["cat", "/proc/self/comm"])
+    try:
+        ahead = _ahead_of(launcher, store, path)
+        wait_until(lambda: _built(ahead))
+        (path / "rootfs/proc").rmdir()  # (a mount point only in the ahead's namespace)
+        (path / "rootfs/proc").mkdir()
+        c = Container.create("mp2", path, store=store, launcher=launcher, stdout=PIPE)
+        try:
+            assert _init_of(c) != ahead
+            assert _run_output(c) == b"busybox\n"  # (its /proc is mounted)
+        finally:
+            c.destroy()
+    finally:
+        launcher.close()
+
+
+def test_a_root_built_ahead_writes_nothing_to_the_rootfs_before_its_claim(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """After a run its caller may remove or change the bundle: the root built meanwhile
+    for the next run made its mount points and device nodes again there, and removing
+    the bundle failed (``Directory not empty``). The rootfs stays read-only until a
+    container claims the root, which then writes as any container."""
+    launcher = ForkServerLauncher()
+    path = bundle(["sh", "-c", "echo hi > /written && cat /written"])
+    try:
+        ahead = _ahead_of(launcher, store, path)
+        wait_until(lambda: _built(ahead))
+        with open(f"/proc/{ahead}/mountinfo") as f:
+            root = next(line.split() for line in f if line.split()[4] == "/")
+        assert "ro" in root[5].split(","), root  # its mount options
+        c = Container.create("ro2", path, store=store, launcher=launcher, stdout=PIPE)
+        try:
+            assert _init_of(c) == ahead
+            assert _run_output(c) == b"hi\n"
+        finally:
+            c.destroy()
+        assert (path / "rootfs/written").read_text() == "hi\n"
     finally:
         launcher.close()
 

@@ -35,6 +35,7 @@ from sandboxrt._os import procfs
 from sandboxrt.errors import (
     AmbiguousIDError,
     ContainerExistsError,
+    ContainerNotFoundError,
     InitError,
     InvalidArgumentError,
     InvalidStateError,
@@ -403,8 +404,11 @@ def test_destroy_from_second_object(store: FileStore, bundle: BundleFactory) -> 
     first.destroy()
     second.destroy()
     assert_destroyed(store, "twin", sandbox.runtime_dir, sandbox.supervisor)
-    # A repr asks nothing: a destroyed container's shows what was read last.
-    assert repr(second).startswith("Container(id='twin', status=")
+    # A repr asks nothing: a destroyed container reads stopped (it read created, then
+    # running, before; its status asks the store, which has no record of it any more).
+    assert repr(first) == repr(second) == "Container(id='twin', status='stopped')"
+    with pytest.raises(ContainerNotFoundError):
+        second.status  # noqa: B018
 
 
 def without_pid_namespace(document: dict[str, Any]) -> None:

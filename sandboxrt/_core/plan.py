@@ -24,6 +24,7 @@ from sandboxrt._core.protocol import (
     SandboxPlan,
     SeccompPlan,
 )
+from sandboxrt._core.spec_default import check_args
 from sandboxrt._core.spec_validate import CAPABILITY_NUMBERS, c_string_problem, sysctl_problems
 from sandboxrt._core.users import MAX_ID, parse_user_spec
 from sandboxrt.errors import MissingFeatureError, SpecError
@@ -500,13 +501,7 @@ def exec_plan(
     ``spec`` (its ``process`` part is taken from there rather than derived again: the
     seccomp program's cache lookup alone costs tens of microseconds).
     """
-    if (
-        isinstance(args, str | bytes)
-        or not isinstance(args, Sequence)  # (an iterator: the check below would use it up)
-        or not args
-        or not all(isinstance(a, str) for a in args)
-    ):
-        raise ValueError("args must be a non-empty sequence of strings")
+    check_args(args)
     if any("\0" in a for a in args):
         raise ValueError("args must not contain NUL characters")
     _check_encodable("argument", args)

@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_MASKED_PATHS",
     "DEFAULT_OCI_VERSION",
     "DEFAULT_READONLY_PATHS",
+    "check_args",
     "default_spec",
 ]
 
@@ -90,13 +91,15 @@ def default_spec(
     host_uid: int | None = None,
     host_gid: int | None = None,
 ) -> Spec:
-    """Return the spec ``runc spec`` writes, running ``args``.
+    """Return the spec ``runc spec`` writes, running ``args`` (a non-empty sequence of
+    strings, else ``ValueError``: see :func:`check_args`).
 
     With ``rootless`` it is ``runc spec --rootless``: no network namespace but a
     user namespace mapping container root to ``host_uid``/``host_gid`` (default:
     the effective ids of this process), ``/sys`` bind-mounted instead of a new
     sysfs, no ``uid=``/``gid=`` mount options and no cgroup resources.
     """
+    check_args(args)
     mounts = [
         Mount(destination=dest, type=fstype, source=source, options=list(options) or None)
         for dest, fstype, source, options in _MOUNTS
@@ -153,3 +156,15 @@ def _rootless_mount(mount: Mount) -> Mount:
         return mount
     options = [opt for opt in mount.options if not opt.startswith(("uid=", "gid="))]
     return attrs.evolve(mount, options=options)
+
+
+def check_args(args: Sequence[str]) -> None:
+    """``ValueError`` unless ``args`` is a non-empty sequence of strings, as a program's
+    argument list is (a string's characters would be taken for the arguments)."""
+    if (
+        isinstance(args, str | bytes)
+        or not isinstance(args, Sequence)  # (an iterator: the check below would use it up)
+        or not args
+        or not all(isinstance(a, str) for a in args)
+    ):
+        raise ValueError("args must be a non-empty sequence of strings")

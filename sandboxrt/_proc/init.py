@@ -758,18 +758,25 @@ def speculate(hint: InitPlan, sync: socket.socket, trees: Sequence[int]) -> NoRe
     try:
         _init_process(AHEAD_PROCESS_NAME)
         identities = tree_identities(trees)
-        cgroup_mounts = _prepare_root(hint.speculative(), sync, False, trees)
+        ahead = hint.speculative()
+        # Nothing is written to the rootfs before a container claims the root: a caller
+        # may be removing or changing it (a mount point, a device node it lacks fails the
+        # build instead; the container's own init makes them).
+        locked = _lock_rootfs(ahead, trees)
+        cgroup_mounts = _prepare_root(ahead, sync, False, trees)
+        mounted = _mount_ids(ahead)
         if hint.capabilities is not None:
             _drop_bounding(hint.capabilities.bounding)  # (a claim has the same bounding set)
         _default_signals()  # ahead too: no handler of ours runs from here on
         channel.send(sync, Progress("ready", details={"identities": identities}))
-        claim, fds = channel.receive_one_of(sync, Claim, Progress)
+        claim, fds = _await_claim(sync, ahead, mounted)
         if not isinstance(claim, Claim):
             channel.close_fds(fds)
-            assert isinstance(claim, Progress)
             raise RuntimeError(claim.error or "creation was cancelled")
         cgroup, stdio = fds[: claim.cgroup_fds], fds[claim.cgroup_fds :]
         plan = claim.plan
+        if locked and not plan.readonly_root:  # claimed: the rootfs as the plan has it
+            _unlock_root()
         fill_cgroup_mounts(cgroup_mounts, _join_cgroup(cgroup, claim.cgroupns, plan))
         # What the spec masks or makes read-only in there was not there when the root
         # was built: done now, as the fill comes first in a root built after its cgroup.
@@ -782,6 +789,49 @@ def speculate(hint: InitPlan, sync: socket.socket, trees: Sequence[int]) -> NoRe
             channel.send(sync, error_progress(exc))
         finally:
             os._exit(127)
+
+
+def _lock_rootfs(plan: InitPlan, trees: Sequence[int]) -> bool:
+    """Make the rootfs's tree read-only while a root is built ahead of its claim; whether
+    it was made so (not an overlay's lower layer, which is never written, nor a tree
+    read-only already)."""
+    if plan.overlay_size or not trees or os.fstatvfs(trees[0]).f_flag & os.ST_RDONLY:
+        return False
+    syscalls.mount_setattr(trees[0], abi.MOUNT_ATTR_RDONLY, 0, recursive=False)
+    return True
+
+
+def _unlock_root() -> None:
+    """Undo :func:`_lock_rootfs` on the root (pivoted into by now)."""
+    root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        syscalls.mount_setattr(root, 0, abi.MOUNT_ATTR_RDONLY, recursive=False)
+    finally:
+        os.close(root)
+
+
+def _mount_ids(plan: InitPlan) -> list[int | None]:
+    """The mount at each of ``plan``'s mount destinations, in the root (after its pivot)."""
+    return [mounts.mount_id_beneath("/", mount.destination) for mount in plan.mounts]
+
+
+def _await_claim(
+    sync: socket.socket, plan: InitPlan, mounted: list[int | None]
+) -> tuple[Claim | Progress, list[int]]:
+    """The claim of a root built ahead (or its cancel), answering ``verify`` meanwhile:
+    whether each mount is still what its destination reaches (``mounted``). A mount
+    point removed and made again on the host since leaves its mount where nothing
+    reaches it, and the container would see the empty directory."""
+    while True:
+        message, fds = channel.receive_one_of(sync, Claim, Progress)
+        if isinstance(message, Claim):
+            return message, fds
+        assert isinstance(message, Progress)
+        if message.step != "verify":
+            return message, fds
+        channel.close_fds(fds)
+        fresh = _mount_ids(plan) == mounted
+        channel.send(sync, Progress("verified", details={"fresh": fresh}))
 
 
 def tree_identities(trees: Sequence[int]) -> list[list[int]]:

@@ -104,7 +104,23 @@ class RootAhead:
         if _bounding(plan) != _bounding(self.hint):
             return False  # it dropped the hint's bounding set already
         ready = self.finish()
-        return ready.step == "ready" and ready.details.get("identities") == tree_identities(trees)
+        if ready.step != "ready" or ready.details.get("identities") != tree_identities(trees):
+            return False
+        return self._still_mounted()
+
+    def _still_mounted(self) -> bool:
+        """Whether each mount of the root is still where the plan puts it (the init
+        checks: see ``init._await_claim``)."""
+        self.sync.settimeout(AHEAD_FINISH_TIMEOUT)
+        try:
+            channel.send(self.sync, Progress("verify"))
+            answer, fds = channel.receive(self.sync, Progress)
+            channel.close_fds(fds)
+        except (channel.ChannelClosedError, OSError, ValueError):
+            return False
+        finally:
+            self.sync.settimeout(None)
+        return answer.step == "verified" and answer.details.get("fresh") is True
 
     def finish(self, timeout: float | None = None) -> Progress:
         """Wait until the root is built (``ready``) or failed; how it went."""
