@@ -175,6 +175,7 @@ class Stats:
 
     @classmethod
     def from_cgroup(cls, stats: cgroups.CgroupStats) -> Stats:
+        """The figures a cgroup read gave."""
         return cls(**dataclasses.asdict(stats))
 
 
@@ -635,10 +636,12 @@ class Container:
 
     @property
     def id(self) -> str:
+        """The container's id, as given to :meth:`create`."""
         return self._record.id
 
     @property
     def bundle(self) -> str:
+        """The bundle's absolute path, as recorded at creation."""
         return self._record.bundle
 
     @property

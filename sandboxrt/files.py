@@ -371,6 +371,7 @@ class ContainerFiles:
     def read_text(
         self, path: ContainerPath, encoding: str | None = None, errors: str | None = None
     ) -> str:
+        """A file's content as text (as :meth:`pathlib.Path.read_text`)."""
         path = _container_path(path)
         with self.open(path, "r", encoding=encoding, errors=errors) as f:
             text: str = f.read()
@@ -397,6 +398,8 @@ class ContainerFiles:
         *,
         permissions: int | None = None,
     ) -> int:
+        """Replace a file's content with ``data`` as text (creating it, as :meth:`open`
+        does); characters written."""
         path = _container_path(path)
         with (
             _written(self._container.id, path),

@@ -54,6 +54,7 @@ class Gofer:
 
     @property
     def pid(self) -> int:
+        """The gofer's pid on the host."""
         return self.identity.pid
 
     def is_running(self) -> bool:

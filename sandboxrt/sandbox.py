@@ -160,14 +160,17 @@ class Sandbox:
 
     @property
     def control_socket(self) -> str:
+        """The path of the supervisor's control socket."""
         return control_socket_path(self.runtime_dir)
 
     @property
     def exit_file(self) -> str:
+        """The path of the file the root container's exit status is written to."""
         return container_exit_file(self.runtime_dir, self.id, self.id)
 
     @property
     def log_file(self) -> str:
+        """The path of the supervisor's log (its stderr)."""
         return os.path.join(self.runtime_dir, "supervisor.log")
 
     # -- launching ---------------------------------------------------------------------

@@ -47,6 +47,7 @@ class FileStat:
 
     @classmethod
     def from_os(cls, st: os.stat_result) -> FileStat:
+        """The fields of an ``os.stat_result``."""
         return cls(
             mode=st.st_mode,
             size=st.st_size,
@@ -62,14 +63,17 @@ class FileStat:
 
     @property
     def is_dir(self) -> bool:
+        """Whether it is a directory (``stat.S_ISDIR``)."""
         return stat.S_ISDIR(self.mode)
 
     @property
     def is_file(self) -> bool:
+        """Whether it is a regular file (``stat.S_ISREG``)."""
         return stat.S_ISREG(self.mode)
 
     @property
     def is_symlink(self) -> bool:
+        """Whether it is a symbolic link (``stat.S_ISLNK``)."""
         return stat.S_ISLNK(self.mode)
 
     @property

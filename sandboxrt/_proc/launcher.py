@@ -43,9 +43,13 @@ class LaunchedProcess(Protocol):
     """The launched process; it exits as soon as it forked the supervisor."""
 
     @property
-    def pid(self) -> int: ...
+    def pid(self) -> int:
+        """Its pid on the host."""
+        ...
 
-    def wait(self, timeout: float | None = None) -> int: ...
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for it to exit (as ``Popen.wait``); its exit status."""
+        ...
 
 
 @runtime_checkable
@@ -62,7 +66,9 @@ class Launcher(Protocol):
     :meth:`ForkServerLauncher.settle`).
     """
 
-    def launch(self, *, bootstrap_fd: int, log_fd: int, warm: bool = False) -> LaunchedProcess: ...
+    def launch(self, *, bootstrap_fd: int, log_fd: int, warm: bool = False) -> LaunchedProcess:
+        """Start the sandbox's process (see the class); it, as started."""
+        ...
 
 
 def python_command(module: str, function: str, fd: int, python: str | None = None) -> list[str]:
@@ -88,6 +94,7 @@ class SubprocessLauncher:
         self.prefix = list(prefix)
 
     def launch(self, *, bootstrap_fd: int, log_fd: int, warm: bool = False) -> LaunchedProcess:
+        """Start a process that runs ``sandboxrt._proc.supervisor.main(bootstrap_fd)``."""
         return self._start("sandboxrt._proc.supervisor", bootstrap_fd, log_fd)
 
     def launch_gofer(self, *, bootstrap_fd: int, log_fd: int) -> LaunchedProcess:
@@ -223,6 +230,8 @@ class ForkServerLauncher:
         return ours
 
     def launch(self, *, bootstrap_fd: int, log_fd: int, warm: bool = False) -> LaunchedProcess:
+        """Have the fork server start the sandbox's process (a warm one when ``warm``
+        and one is ready)."""
         with self._lock:
             sock = self._connection()
             self._settle_sandbox(sock)  # (owed by a launch whose caller never settled)
