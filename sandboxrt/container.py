@@ -1708,6 +1708,10 @@ def _checked_arguments(
         raise TypeError(f"launcher must be a sandboxrt Launcher (with launch()), not {launcher!r}")
     check_path_argument(id, "the bundle path", bundle)
     bundle_path = Path(bundle).absolute()
+    if bundle_path.is_file():  # (its config.json, say)
+        raise InvalidArgumentError(
+            id, f"the bundle {bundle_path} is a file: a bundle is the directory of config.json"
+        )
     with _naming_container(id):
         if spec is None:
             spec = _bundle_spec(bundle_path / "config.json")

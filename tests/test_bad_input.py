@@ -1360,3 +1360,13 @@ def test_make_bundle_refuses_a_rootfs_kind_it_does_not_make(tmp_path: Path) -> N
     with pytest.raises(InvalidArgumentError, match='rootfs must be "host_usr" or "busybox"'):
         make_bundle(tmp_path / "b", ["true"], rootfs="alpine")  # type: ignore[arg-type]
     assert not (tmp_path / "b").exists()
+
+
+def test_a_bundle_path_that_names_its_config_json_says_so(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """It read ``.../config.json/config.json: Not a directory``."""
+    config = bundle() / "config.json"
+    with pytest.raises(InvalidArgumentError, match="is a file: a bundle is the directory of"):
+        Container.create("cfg", config, store=store)
+    assert_nothing_left(store)
