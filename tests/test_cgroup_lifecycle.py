@@ -49,6 +49,7 @@ from sandboxrt import (
 from sandboxrt import _cgroup as library_cgroup
 from sandboxrt._os import cgroups, procfs
 from sandboxrt._os.cgroups import CgroupLayout, DeviceRule, Hierarchy
+from sandboxrt._os.cgroups import common as cgroups_common
 from sandboxrt._os.cgroups.common import OWNER_XATTR
 from sandboxrt._os.cgroups.layout import V1_CONTROLLERS, parse_proc_cgroup
 from sandboxrt._proc.launcher import ForkServerLauncher
@@ -239,6 +240,29 @@ def test_processes_live_in_the_containers_cgroup_with_its_limits(
     cgroups.release_parents()
     for level in made:
         assert not level.exists() or any(p.is_dir() for p in level.iterdir()), level
+
+
+@real
+def test_the_levels_kept_for_later_containers_are_those_of_the_stores_used_last(
+    bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """A process that makes a FileStore per test kept each store's level (a directory and
+    a memory cgroup in every hierarchy) until it exited: 600 of them after 100 stores."""
+    path = bundle(["true"])
+    levels = []
+    try:
+        for i in range(8):
+            store = FileStore(tmp_path / f"store{i}")
+            assert Container.run(f"kept{i}", path, store=store) == 0
+            scope = library_cgroup.scope_for(store.runtime_dir)
+            levels.append(sorted(Path("/sys/fs/cgroup").glob(f"*/sandboxrt/{scope}")))
+        assert all(levels) and all(level.is_dir() for level in levels[-1])  # (kept: in use)
+        assert not any(level.exists() for level in levels[0])  # (the oldest went)
+        kept = [level for found in levels for level in found if level.exists()]
+        assert len(kept) <= cgroups_common._PUT_OFF_BOUND
+    finally:
+        cgroups.release_parents()
+    assert not any(level.exists() for found in levels for level in found)
 
 
 @real

@@ -81,8 +81,14 @@ LOST_XATTR = "trusted.sandboxrt.lost"
 #: How often creation starts over when a parent level vanished under it.
 _MAKE_ATTEMPTS = 8
 #: Parent levels whose removal was put off (``keep_parents``), each with whether this
-#: process created it (else it goes only if marked), for :func:`release_parents`.
+#: process created it (else it goes only if marked), for :func:`release_parents`; the
+#: level put off last comes last.
 _PUT_OFF: dict[Path, bool] = {}
+
+#: How many levels stay put off: those of the stores used last (a store's level and the
+#: top one in each hierarchy), not one per store a process ever used (a test harness
+#: making a store per test piled them up, a memory cgroup each).
+_PUT_OFF_BOUND = 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,9 +451,7 @@ def _remove_levels(
             break  # the hierarchy's root
         directory = mountpoint / level
         if keep_parents and not level.name.startswith(TRANSIENT_SCOPE_PREFIX):
-            if not _PUT_OFF:
-                atexit.register(release_parents)
-            _PUT_OFF[directory] = _PUT_OFF.get(directory, False) or level in created
+            _put_off(directory, level in created)
             continue
         if level not in created and not _is_marked(directory):
             break  # existed before sandboxrt: never removed
@@ -455,15 +459,33 @@ def _remove_levels(
             break  # still holds other cgroups
 
 
+def _put_off(directory: Path, ours: bool) -> None:
+    """Keep ``directory`` for the next container (``ours``: made by this process); the
+    level put off longest ago goes past :data:`_PUT_OFF_BOUND` (one in use stays: it is
+    put off again when its last container goes)."""
+    if not _PUT_OFF:
+        atexit.register(release_parents)
+    _PUT_OFF[directory] = _PUT_OFF.pop(directory, False) or ours
+    while len(_PUT_OFF) > _PUT_OFF_BOUND:
+        try:
+            oldest = next(iter(_PUT_OFF))
+        except (StopIteration, RuntimeError):  # (emptied, or changed, by another thread)
+            break
+        _release(oldest, _PUT_OFF.pop(oldest, False))
+
+
+def _release(directory: Path, ours: bool) -> None:
+    if ours or _is_marked(directory):
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
+
+
 def release_parents() -> None:
     """Remove the parent levels whose removal was put off, deepest first, where empty
     (and marked, or made by this process); one still in use stays. Never raises."""
     while _PUT_OFF:
         directory = max(_PUT_OFF, key=lambda d: len(d.parts))
-        ours = _PUT_OFF.pop(directory)
-        if ours or _is_marked(directory):
-            with contextlib.suppress(OSError):
-                os.rmdir(directory)
+        _release(directory, _PUT_OFF.pop(directory))
 
 
 class Cgroup(abc.ABC):
