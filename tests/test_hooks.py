@@ -402,3 +402,29 @@ def test_concurrent_hooks_from_threads(tmp_path: Path) -> None:
     assert threading.active_count() == before
     for i in range(n):
         assert json.loads((tmp_path / f"out{i}").read_text())["pid"] == i
+
+
+def test_a_hook_whose_exit_status_this_process_cannot_see(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A caller that ignores SIGCHLD (a daemon) has the kernel reap its children unseen:
+    a failing prestart hook read as a success, and its container ran. A fatal hook is
+    refused before it runs; a poststop hook runs, with a warning that its failure
+    cannot be known."""
+    sh = script(tmp_path, "fails.sh", f": > {tmp_path}/ran; exit 3")
+    before = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        with pytest.raises(HookError, match="ignores SIGCHLD") as info:
+            run_hook({"path": sh}, STATE, phase="prestart", container_id=CID)
+        assert info.value.container_id == CID
+        assert not (tmp_path / "ran").exists()
+        with caplog.at_level(logging.WARNING):
+            errors = run_hooks_best_effort(
+                [{"path": sh}], STATE, phase="poststop", container_id=CID
+            )
+        assert errors == [] and (tmp_path / "ran").exists()
+        assert "whether its poststop hooks fail cannot be known" in caplog.text
+    finally:
+        signal.signal(signal.SIGCHLD, before)
+    with pytest.raises(HookError, match="exited with status 3"):  # (seen again)
+        run_hook({"path": sh}, STATE, phase="prestart", container_id=CID)

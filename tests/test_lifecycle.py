@@ -994,3 +994,49 @@ print(json.dumps({{"seen": seen, "alive": alive, "child": child}}))
         for placement in cgroup["placements"]:
             assert not os.path.exists(os.path.join(placement["mountpoint"], placement["path"]))
     assert os.listdir(tmp_path / "dropped") == []  # (given: emptied, not removed)
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_a_multiprocessing_worker_destroys_its_memory_store_containers(
+    bundle: BundleFactory, tmp_path: Path, method: str
+) -> None:
+    """A worker started by ``fork`` or ``forkserver`` ends with ``os._exit`` after its
+    finalizers, and no ``atexit`` handler: its containers ran on, out of reach (``spawn``
+    ends through ``sys.exit``, and always destroyed them)."""
+    path = bundle(["sleep", "1000"])
+    script = tmp_path / "workers.py"
+    script.write_text(
+        f"""
+import multiprocessing as mp
+from sandboxrt import Container, MemoryStore
+
+def work(report):
+    store = MemoryStore()
+    c = Container.create("worker", {str(path)!r}, store=store)
+    c.start()
+    report.put((c.state().pid, c.sandbox.runtime_dir))
+    globals()["kept"] = (store, c)  # (recorded until the worker exits)
+
+if __name__ == "__main__":
+    context = mp.get_context({method!r})
+    report = context.Queue()
+    worker = context.Process(target=work, args=(report,))
+    worker.start()
+    print(*report.get(timeout=60))
+    worker.join(60)
+    print(worker.exitcode)
+"""
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    (supervisor, runtime_dir), (code,) = (line.split() for line in done.stdout.splitlines())
+    assert code == "0"
+    wait_until(lambda: not os.path.exists(f"/proc/{supervisor}"))
+    assert not os.path.exists(runtime_dir)

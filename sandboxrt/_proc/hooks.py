@@ -99,9 +99,16 @@ def run_hooks_best_effort(
         log = logging.getLogger(__name__)
     data = _encode_state(state)
     errors: list[HookError] = []
+    if hooks and _children_reaped_unseen():
+        log.warning(
+            'container "%s": whether its %s hooks fail cannot be known: %s',
+            container_id,
+            phase,
+            _REAPED_UNSEEN,
+        )
     for hook in hooks:
         try:
-            _run(hook, data, phase=phase, container_id=container_id, cwd=cwd)
+            _run(hook, data, phase=phase, container_id=container_id, cwd=cwd, fatal=False)
         except HookError as err:
             log.warning("%s", err)
             errors.append(err)
@@ -178,8 +185,11 @@ def _run(
     container_id: str,
     cwd: str | None,
     confine: Callable[[], None] | None = None,
+    fatal: bool = True,
 ) -> None:
     path, argv, env, timeout = _parse(hook, phase, container_id)
+    if fatal and _children_reaped_unseen():  # (its failure would pass for success)
+        raise HookError(path, phase=phase, container_id=container_id, reason=_REAPED_UNSEEN)
     try:
         import subprocess
 
@@ -227,6 +237,19 @@ def _run(
     raise HookError(
         path, phase=phase, container_id=container_id, returncode=returncode, output=output
     )
+
+
+#: Why a hook's exit status cannot be known in a process that ignores SIGCHLD.
+_REAPED_UNSEEN = (
+    "this process ignores SIGCHLD, so the kernel reaps its children unseen and every "
+    "exit status reads 0 (set signal.SIG_DFL for SIGCHLD around the call)"
+)
+
+
+def _children_reaped_unseen() -> bool:
+    """Whether this process ignores ``SIGCHLD`` (a daemon's habit): the kernel then reaps
+    its children itself, and a hook's exit status is lost (``Popen`` reads 0)."""
+    return signal.getsignal(signal.SIGCHLD) is signal.SIG_IGN
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -128,6 +129,8 @@ class MemoryStore(_RecordStore[threading.Lock]):
             if not replace and cid in self._records:
                 return False
             self._records[cid] = data
+        if not replace:
+            _destroy_left_in_workers()
         return True
 
     def _get(self, cid: str) -> bytes | None:
@@ -189,6 +192,24 @@ def _made_here(store: MemoryStore, cid: str) -> bool:
     except SandboxrtError:
         return store._owner == os.getpid()
     return (creator.pid if creator is not None else store._owner) == os.getpid()
+
+
+#: The process whose multiprocessing finalizers run :func:`_destroy_left` (see
+#: :func:`_destroy_left_in_workers`).
+_finalized_in = 0
+
+
+def _destroy_left_in_workers() -> None:
+    """Have :func:`_destroy_left` run at the exit of a ``multiprocessing`` worker too: one
+    started by ``fork`` or ``forkserver`` ends with ``os._exit`` after its finalizers,
+    and no ``atexit`` handler runs there (its containers ran on, out of reach). Only
+    where ``multiprocessing`` is in use already (it is not imported for this)."""
+    global _finalized_in
+    util = sys.modules.get("multiprocessing.util")
+    if util is None or _finalized_in == os.getpid():
+        return
+    _finalized_in = os.getpid()
+    util.Finalize(None, _destroy_left, exitpriority=0)
 
 
 @atexit.register
