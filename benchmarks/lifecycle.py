@@ -12,7 +12,8 @@ otherwise). Needs root.
 ``--overlay`` runs sandboxrt with ``Config(overlay=True)`` (the rootfs under a
 tmpfs overlay); the other runtimes run as usual, so their ratios show its cost.
 A second sandboxrt column has ``Config(lazy_gofer=True)``: no gofer process
-until a file call (decision 38).
+until a file call (decision 38); a third ``ForkServerLauncher(build_ahead=True)``:
+the root of each run built ahead, for a bundle nothing changes (decision 63).
 
 The first tables time runs back to back: the throughput of a loop of runs. A
 last table times isolated runs: each ``run`` comes after ``--gap`` seconds
@@ -43,7 +44,7 @@ from typing import TypeVar
 
 import attrs
 
-from sandboxrt import Config, Container, FileStore, Spec, write_spec_file
+from sandboxrt import Config, Container, FileStore, ForkServerLauncher, Spec, write_spec_file
 from sandboxrt.bundle import make_bundle
 
 STEPS = ("run", "create", "start", "wait", "destroy")
@@ -78,17 +79,22 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def bench_sandboxrt(bundle: Path, root: Path, n: int, config: Config | None = None) -> Timings:
+def bench_sandboxrt(
+    bundle: Path,
+    root: Path,
+    n: int,
+    config: Config | None = None,
+    launcher: ForkServerLauncher | None = None,
+) -> Timings:
     store = FileStore(root)
     out: Timings = {step: [] for step in STEPS}
-    Container.run("warmup", bundle, store=store, config=config)  # starts the fork server
+    options = {"store": store, "config": config, "launcher": launcher}
+    Container.run("warmup", bundle, **options)  # starts the fork server
     for i in range(n):
-        out["run"].append(
-            timed(lambda i=i: Container.run(f"run{i}", bundle, store=store, config=config))
-        )
+        out["run"].append(timed(lambda i=i: Container.run(f"run{i}", bundle, **options)))
     for i in range(n):
         start = time.perf_counter()
-        c = Container.create(f"c{i}", bundle, store=store, config=config)
+        c = Container.create(f"c{i}", bundle, **options)
         out["create"].append(time.perf_counter() - start)
         out["start"].append(timed(c.start))
         out["wait"].append(timed(c.wait))
@@ -222,6 +228,9 @@ def compare(bundle: Path, runs: Path, n: int, title: str, config: Config | None 
     # Beside it: no gofer until the file API is used (decision 38).
     lazy = attrs.evolve(config or Config(), lazy_gofer=True)
     results["sandboxrt lazy_gofer"] = bench_sandboxrt(bundle, runs / "lazy", n, lazy)
+    # And with the root of each run built ahead, for a bundle nothing changes (decision 63).
+    with contextlib.closing(ForkServerLauncher(build_ahead=True)) as ahead:
+        results["sandboxrt build_ahead"] = bench_sandboxrt(bundle, runs / "ahead", n, config, ahead)
     results |= bench_others(lambda name, extra: bench_cli(name, bundle, runs / name, n, extra))
     base = {step: summary(results["sandboxrt"][step])[0] for step in STEPS}
     print(f"\n{title}, n={n}; median ms [p10-p90] (ratio to sandboxrt)")
@@ -255,12 +264,22 @@ def isolated(
     """Time ``run`` of every runtime, each run after ``gap`` idle seconds, the runtimes
     in rounds (so that a drift of the machine reaches them all alike); print one table."""
     lazy = attrs.evolve(config or Config(), lazy_gofer=True)
+    ahead = ForkServerLauncher(build_ahead=True)
     runners: dict[str, Callable[[str], None]] = {}
-    for name, cfg in (("sandboxrt", config), ("sandboxrt lazy_gofer", lazy)):
+    for name, cfg, launcher in (
+        ("sandboxrt", config, None),
+        ("sandboxrt lazy_gofer", lazy, None),
+        ("sandboxrt build_ahead", config, ahead),
+    ):
         store = FileStore(runs / name.replace(" ", "-"))
 
-        def run_sandboxrt(cid: str, store: FileStore = store, cfg: Config | None = cfg) -> None:
-            Container.run(cid, bundle, store=store, config=cfg)
+        def run_sandboxrt(
+            cid: str,
+            store: FileStore = store,
+            cfg: Config | None = cfg,
+            launcher: ForkServerLauncher | None = launcher,
+        ) -> None:
+            Container.run(cid, bundle, store=store, config=cfg, launcher=launcher)
 
         runners[name] = run_sandboxrt
 
@@ -290,6 +309,7 @@ def isolated(
         med, p10, p90 = summary(values)
         cells.append(f"{med:7.2f} [{p10:6.2f}-{p90:6.2f}] x{med / base:4.2f}")
     print(f"{'run':<8}" + "".join(f"{c:>28}" for c in cells))
+    ahead.close()
 
 
 def main() -> None:

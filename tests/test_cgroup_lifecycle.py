@@ -1079,7 +1079,7 @@ def test_a_root_built_ahead_fills_its_cgroup_mount_once_claimed(
         edit_config(path, lambda d: d["linux"].setdefault("maskedPaths", []).append(masked))
     if kind == "no-proc":
         _no_proc_but_a_fifo(path)
-    launcher = ForkServerLauncher()
+    launcher = ForkServerLauncher(build_ahead=True)
     try:
         ahead = _ahead_of(launcher, store, path)
         c = Container.create(

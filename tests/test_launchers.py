@@ -205,7 +205,7 @@ def test_a_warm_sandbox_taken_but_not_launched_in_is_reported_used(
     store: FileStore, bundle: BundleFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Else the fork server, which makes no other while we hold one, never made another.
-    launcher = ForkServerLauncher()
+    launcher = ForkServerLauncher(build_ahead=True)  # (which peeks at the plan)
     path = bundle(["true"])
     peek = launcher_module.channel.peek
     failures = [OSError(errno.EMFILE, "Too many open files")]
@@ -589,6 +589,7 @@ def _ahead_of(
     """Run a container of ``path`` (two: a fork server's first launch may come before
     its first warm sandbox is ready), with ``config``; then the init building its root
     ahead in the next warm sandbox, once it is there."""
+    assert launcher.build_ahead  # (off by default: decision 63)
     for name in ("warmup1", "warmup2"):
         assert Container.run(name, path, store=store, launcher=launcher, config=config) == 0
     server = launcher._server
@@ -638,7 +639,7 @@ def test_root_key_leaves_out_what_shapes_only_the_process() -> None:
 def test_a_root_built_ahead_serves_the_next_container_of_its_bundle(
     store: FileStore, bundle: BundleFactory
 ) -> None:
-    launcher = ForkServerLauncher()
+    launcher = ForkServerLauncher(build_ahead=True)
     path = bundle(["sh", "-c", "echo $$; cat /etc/hostname-ahead"])
     (path / "rootfs/etc").mkdir(exist_ok=True)
     (path / "rootfs/etc/hostname-ahead").write_text("built ahead\n")
@@ -665,7 +666,7 @@ def test_the_program_of_a_root_built_ahead_inherits_no_signal_ignored_or_blocked
 ) -> None:
     # Its init reset every signal before its claim (Python ignores SIGPIPE, the fork
     # server SIGINT).
-    launcher = ForkServerLauncher()
+    launcher = ForkServerLauncher(build_ahead=True)
     path = bundle(["cat", "/proc/self/status"])
     try:
         ahead = _ahead_of(launcher, store, path)
@@ -683,7 +684,7 @@ def test_the_program_of_a_root_built_ahead_inherits_no_signal_ignored_or_blocked
 def test_a_replaced_rootfs_is_not_served_from_ahead(
     store: FileStore, bundle: BundleFactory
 ) -> None:
-    launcher = ForkServerLauncher()
+    launcher = ForkServerLauncher(build_ahead=True)
     path = bundle(["cat", "/marker"])
     (path / "rootfs/marker").write_text("old\n")
     try:
@@ -716,7 +717,7 @@ def test_a_mount_point_made_again_is_not_served_from_ahead(
     """Removed and made again on the host, a mount point of the root built ahead is
     another directory: the mount stayed on the old one, and the container saw an empty
     /proc (or a /usr without its programs)."""
-    launcher = ForkServerLauncher()
+    launcher = ForkServerLauncher(build_ahead=True)
     path = bundle(["cat", "/proc/self/comm"])
     try:
         ahead = _ahead_of(launcher, store, path)
@@ -740,7 +741,7 @@ def test_a_root_built_ahead_writes_nothing_to_the_rootfs_before_its_claim(
     for the next run made its mount points and device nodes again there, and removing
     the bundle failed (``Directory not empty``). The rootfs stays read-only until a
     container claims the root, which then writes as any container."""
-    launcher = ForkServerLauncher()
+    launcher = ForkServerLauncher(build_ahead=True)
     path = bundle(["sh", "-c", "echo hi > /written && cat /written"])
     try:
         ahead = _ahead_of(launcher, store, path)
@@ -764,7 +765,7 @@ def test_a_plan_with_another_bounding_set_is_not_served_from_ahead(
 ) -> None:
     # An init built ahead drops the bounding set of the plan it guessed: a claim that
     # keeps more (CAP_SYS_ADMIN here) needs a fresh init, which can still keep it.
-    launcher = ForkServerLauncher()
+    launcher = ForkServerLauncher(build_ahead=True)
     path = bundle(["sh", "-c", "grep CapBnd /proc/self/status"])
     try:
         ahead = _ahead_of(launcher, store, path)
@@ -788,7 +789,7 @@ def test_a_plan_with_another_bounding_set_is_not_served_from_ahead(
 def test_a_changed_mount_table_is_not_served_from_ahead(
     store: FileStore, bundle: BundleFactory
 ) -> None:
-    launcher = ForkServerLauncher()
+    launcher = ForkServerLauncher(build_ahead=True)
     path = bundle(["cat", "/mnt/marker"])
     target = path / "rootfs/mnt"
     target.mkdir(exist_ok=True)

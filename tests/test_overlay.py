@@ -636,7 +636,7 @@ def test_an_overlay_root_built_ahead_serves_with_its_upper_layer(
 ) -> None:
     """A warm sandbox builds the next overlay root ahead; the container that adopts it
     gets its upper layer too (its writes land there and export), the bundle untouched."""
-    launcher = ForkServerLauncher()
+    launcher = ForkServerLauncher(build_ahead=True)
     path = bundle(["true"])
     before = tree_digest(path / "rootfs")
     try:

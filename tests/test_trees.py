@@ -74,7 +74,7 @@ def output(container: Container) -> str:
 
 @pytest.fixture
 def fork_server() -> Iterator[ForkServerLauncher]:
-    launcher = ForkServerLauncher()
+    launcher = ForkServerLauncher(build_ahead=True)
     try:
         yield launcher
     finally:
