@@ -1708,9 +1708,10 @@ def _checked_arguments(
         raise TypeError(f"launcher must be a sandboxrt Launcher (with launch()), not {launcher!r}")
     check_path_argument(id, "the bundle path", bundle)
     bundle_path = Path(bundle).absolute()
-    if bundle_path.is_file():  # (its config.json, say)
+    if spec is None and bundle_path.exists() and not bundle_path.is_dir():  # (config.json)
         raise InvalidArgumentError(
-            id, f"the bundle {bundle_path} is a file: a bundle is the directory of config.json"
+            id,
+            f"the bundle {bundle_path} is no directory: a bundle is the directory of config.json",
         )
     with _naming_container(id):
         if spec is None:

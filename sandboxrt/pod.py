@@ -37,8 +37,9 @@ class Pod:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        """Leaving a ``with`` block destroys the pod (as a :class:`Container`'s does)."""
-        self.destroy()
+        """Leaving a ``with`` block destroys the pod, and closes our ends of its root's
+        pipes, as a :class:`Container`'s does."""
+        self.root.__exit__(*exc)
 
     @property
     def id(self) -> str:

@@ -1367,6 +1367,6 @@ def test_a_bundle_path_that_names_its_config_json_says_so(
 ) -> None:
     """It read ``.../config.json/config.json: Not a directory``."""
     config = bundle() / "config.json"
-    with pytest.raises(InvalidArgumentError, match="is a file: a bundle is the directory of"):
+    with pytest.raises(InvalidArgumentError, match="is no directory: a bundle is the directory"):
         Container.create("cfg", config, store=store)
     assert_nothing_left(store)

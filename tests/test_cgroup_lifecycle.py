@@ -27,6 +27,7 @@ from conftest import (
     needs_busybox,
     needs_root,
     run_output,
+    store_cgroups,
 )
 from test_launchers import _ahead_of, _init_of
 from test_userns import with_userns
@@ -249,20 +250,17 @@ def test_the_levels_kept_for_later_containers_are_those_of_the_stores_used_last(
     """A process that makes a FileStore per test kept each store's level (a directory and
     a memory cgroup in every hierarchy) until it exited: 600 of them after 100 stores."""
     path = bundle(["true"])
-    levels = []
+    stores = [FileStore(tmp_path / f"store{i}") for i in range(8)]
     try:
-        for i in range(8):
-            store = FileStore(tmp_path / f"store{i}")
+        for i, store in enumerate(stores):
             assert Container.run(f"kept{i}", path, store=store) == 0
-            scope = library_cgroup.scope_for(store.runtime_dir)
-            levels.append(sorted(Path("/sys/fs/cgroup").glob(f"*/sandboxrt/{scope}")))
-        assert all(levels) and all(level.is_dir() for level in levels[-1])  # (kept: in use)
-        assert not any(level.exists() for level in levels[0])  # (the oldest went)
-        kept = [level for found in levels for level in found if level.exists()]
-        assert len(kept) <= cgroups_common._PUT_OFF_BOUND
+            assert store_cgroups(store)  # (kept: its next container needs it)
+        kept = [store for store in stores if store_cgroups(store)]
+        # The top level and the stores used last: ``_KEPT_LEVELS`` levels in all.
+        assert kept == stores[-(cgroups_common._KEPT_LEVELS - 1) :]
     finally:
         cgroups.release_parents()
-    assert not any(level.exists() for found in levels for level in found)
+    assert not any(store_cgroups(store) for store in stores)
 
 
 @real

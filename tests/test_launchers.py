@@ -34,7 +34,7 @@ from sandboxrt import (
 from sandboxrt._core.protocol import PROCESS_FIELDS, InitPlan, Launched, MountPlan, Request
 from sandboxrt._core.spec import read_spec_file, write_spec_file
 from sandboxrt._forksafe import ForkSafeLock
-from sandboxrt._os import capabilities, cgroups, channel, procfs
+from sandboxrt._os import cgroups, channel, procfs
 from sandboxrt._proc import launcher as launcher_module
 from sandboxrt._proc.launcher import ForkServerLauncher
 from sandboxrt._proc.warm import is_warm_shape
@@ -703,12 +703,16 @@ def test_a_replaced_rootfs_is_not_served_from_ahead(
         launcher.close()
 
 
-def _built(ahead: int) -> bool:
+def _bounding(pid: int) -> str:
+    with open(f"/proc/{pid}/status") as f:
+        return next(line for line in f if line.startswith("CapBnd:")).split()[1]
+
+
+def _built(launcher: ForkServerLauncher, ahead: int) -> bool:
     """Whether the init building a root ahead has built it: it drops the plan's bounding
-    set right after (and reports ``ready``)."""
-    with open(f"/proc/{ahead}/status") as f:
-        bounding = next(line for line in f if line.startswith("CapBnd:")).split()[1]
-    return int(bounding, 16) != (1 << (capabilities.last_cap() + 1)) - 1
+    set right after (and reports ``ready``); the fork server keeps the one it had."""
+    assert launcher._server is not None
+    return _bounding(ahead) != _bounding(launcher._server.pid)
 
 
 def test_a_mount_point_made_again_is_not_served_from_ahead(
@@ -721,7 +725,7 @@ def test_a_mount_point_made_again_is_not_served_from_ahead(
     path = bundle(["cat", "/proc/self/comm"])
     try:
         ahead = _ahead_of(launcher, store, path)
-        wait_until(lambda: _built(ahead))
+        wait_until(lambda: _built(launcher, ahead))
         (path / "rootfs/proc").rmdir()  # (a mount point only in the ahead's namespace)
         (path / "rootfs/proc").mkdir()
         c = Container.create("mp2", path, store=store, launcher=launcher, stdout=PIPE)
@@ -745,7 +749,7 @@ def test_a_root_built_ahead_writes_nothing_to_the_rootfs_before_its_claim(
     path = bundle(["sh", "-c", "echo hi > /written && cat /written"])
     try:
         ahead = _ahead_of(launcher, store, path)
-        wait_until(lambda: _built(ahead))
+        wait_until(lambda: _built(launcher, ahead))
         with open(f"/proc/{ahead}/mountinfo") as f:
             root = next(line.split() for line in f if line.split()[4] == "/")
         assert "ro" in root[5].split(","), root  # its mount options

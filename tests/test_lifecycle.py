@@ -25,6 +25,7 @@ from conftest import (
     needs_busybox,
     needs_root,
     run_output,
+    store_cgroups,
     supervisor_pids,
     wait_until,
 )
@@ -1002,13 +1003,18 @@ def test_a_multiprocessing_worker_destroys_its_memory_store_containers(
 ) -> None:
     """A worker started by ``fork`` or ``forkserver`` ends with ``os._exit`` after its
     finalizers, and no ``atexit`` handler: its containers ran on, out of reach (``spawn``
-    ends through ``sys.exit``, and always destroyed them)."""
+    ends through ``sys.exit``, and always destroyed them), and the cgroup levels it kept
+    for its next containers stayed."""
     path = bundle(["sleep", "1000"])
     script = tmp_path / "workers.py"
+    files = FileStore(tmp_path / "files")
     script.write_text(
         f"""
 import multiprocessing as mp
-from sandboxrt import Container, MemoryStore
+from sandboxrt import Container, FileStore, MemoryStore
+
+def once():
+    Container.run("once", {str(bundle(["true"]))!r}, store=FileStore({str(files.root)!r}))
 
 def work(report):
     store = MemoryStore()
@@ -1019,6 +1025,9 @@ def work(report):
 
 if __name__ == "__main__":
     context = mp.get_context({method!r})
+    first = context.Process(target=once)  # (a FileStore's container: levels kept)
+    first.start()
+    first.join(60)
     report = context.Queue()
     worker = context.Process(target=work, args=(report,))
     worker.start()
@@ -1040,3 +1049,4 @@ if __name__ == "__main__":
     assert code == "0"
     wait_until(lambda: not os.path.exists(f"/proc/{supervisor}"))
     assert not os.path.exists(runtime_dir)
+    assert store_cgroups(files) == []

@@ -1110,8 +1110,9 @@ def test_destroying_a_stopped_member_spares_whoever_has_its_old_pid(
 
 
 def test_a_pod_left_in_a_with_block_is_destroyed(store: FileStore, bundle: BundleFactory) -> None:
-    with Pod.create("wpod", bundle(SLEEP), store=store) as pod:
+    with Pod.create("wpod", bundle(SLEEP), store=store, stdout=subprocess.PIPE) as pod:
         pod.root.start()
         pod.add_container("wapp", bundle(SLEEP)).start()
         assert sorted(Container.list(store=store)) == ["wapp", "wpod"]
     assert Container.list(store=store) == []
+    assert pod.root.stdout is not None and pod.root.stdout.closed  # (as a Container's)

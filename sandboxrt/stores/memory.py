@@ -7,11 +7,9 @@ corrupt data behaves as it does on disk. Locks are per-container
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -20,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sandboxrt._forksafe import ForkSafeLock
+from sandboxrt._os.exiting import call_at_exit
 from sandboxrt.errors import (
     ContainerNotFoundError,
     InvalidArgumentError,
@@ -130,7 +129,7 @@ class MemoryStore(_RecordStore[threading.Lock]):
                 return False
             self._records[cid] = data
         if not replace:
-            _destroy_left_in_workers()
+            call_at_exit(_destroy_left)  # (a multiprocessing worker's exit too: decision 62)
         return True
 
     def _get(self, cid: str) -> bytes | None:
@@ -194,25 +193,6 @@ def _made_here(store: MemoryStore, cid: str) -> bool:
     return (creator.pid if creator is not None else store._owner) == os.getpid()
 
 
-#: The process whose multiprocessing finalizers run :func:`_destroy_left` (see
-#: :func:`_destroy_left_in_workers`).
-_finalized_in = 0
-
-
-def _destroy_left_in_workers() -> None:
-    """Have :func:`_destroy_left` run at the exit of a ``multiprocessing`` worker too: one
-    started by ``fork`` or ``forkserver`` ends with ``os._exit`` after its finalizers,
-    and no ``atexit`` handler runs there (its containers ran on, out of reach). Only
-    where ``multiprocessing`` is in use already (it is not imported for this)."""
-    global _finalized_in
-    util = sys.modules.get("multiprocessing.util")
-    if util is None or _finalized_in == os.getpid():
-        return
-    _finalized_in = os.getpid()
-    util.Finalize(None, _destroy_left, exitpriority=0)
-
-
-@atexit.register
 def _destroy_left() -> None:
     """At exit: destroy the containers this process made that MemoryStores still record
     (nothing else could); a Ctrl-C meanwhile waits for the end, and is dropped there."""

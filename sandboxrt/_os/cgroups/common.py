@@ -24,7 +24,6 @@ directories (used by the tests) simply gains the file. Standard library only.
 from __future__ import annotations
 
 import abc
-import atexit
 import contextlib
 import errno
 import os
@@ -35,6 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
+from sandboxrt._os.exiting import call_at_exit
 from sandboxrt.errors import MissingFeatureError, SpecError, SystemCallError
 
 from .layout import CgroupLayout, Hierarchy
@@ -80,15 +80,15 @@ OWNER_XATTR = "trusted.sandboxrt.owner"
 LOST_XATTR = "trusted.sandboxrt.lost"
 #: How often creation starts over when a parent level vanished under it.
 _MAKE_ATTEMPTS = 8
-#: Parent levels whose removal was put off (``keep_parents``), each with whether this
-#: process created it (else it goes only if marked), for :func:`release_parents`; the
-#: level put off last comes last.
-_PUT_OFF: dict[Path, bool] = {}
+#: Parent directories whose removal was put off (``keep_parents``), each with its level
+#: (its path below the hierarchy's root) and whether this process created it (else it
+#: goes only if marked), for :func:`release_parents`; the one put off last comes last.
+_PUT_OFF: dict[Path, tuple[PurePosixPath, bool]] = {}
 
-#: How many levels stay put off: those of the stores used last (a store's level and the
-#: top one in each hierarchy), not one per store a process ever used (a test harness
-#: making a store per test piled them up, a memory cgroup each).
-_PUT_OFF_BOUND = 24
+#: How many levels stay put off, in every hierarchy: the top one and those of the stores
+#: used last, not one per store a process ever used (a test harness making a store per
+#: test piled them up, a memory cgroup each).
+_KEPT_LEVELS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,7 +451,7 @@ def _remove_levels(
             break  # the hierarchy's root
         directory = mountpoint / level
         if keep_parents and not level.name.startswith(TRANSIENT_SCOPE_PREFIX):
-            _put_off(directory, level in created)
+            _put_off(directory, level, level in created)
             continue
         if level not in created and not _is_marked(directory):
             break  # existed before sandboxrt: never removed
@@ -459,19 +459,18 @@ def _remove_levels(
             break  # still holds other cgroups
 
 
-def _put_off(directory: Path, ours: bool) -> None:
-    """Keep ``directory`` for the next container (``ours``: made by this process); the
-    level put off longest ago goes past :data:`_PUT_OFF_BOUND` (one in use stays: it is
-    put off again when its last container goes)."""
-    if not _PUT_OFF:
-        atexit.register(release_parents)
-    _PUT_OFF[directory] = _PUT_OFF.pop(directory, False) or ours
-    while len(_PUT_OFF) > _PUT_OFF_BOUND:
-        try:
-            oldest = next(iter(_PUT_OFF))
-        except (StopIteration, RuntimeError):  # (emptied, or changed, by another thread)
-            break
-        _release(oldest, _PUT_OFF.pop(oldest, False))
+def _put_off(directory: Path, level: PurePosixPath, ours: bool) -> None:
+    """Keep ``directory`` (at ``level``) for the next container (``ours``: made by this
+    process); past :data:`_KEPT_LEVELS` levels, those of the level put off longest ago go
+    where empty (one in use is put off again when its last container goes)."""
+    call_at_exit(release_parents)
+    _, was_ours = _PUT_OFF.pop(directory, (level, False))
+    _PUT_OFF[directory] = (level, ours or was_ours)
+    levels = list(dict.fromkeys(kept for kept, _ in list(_PUT_OFF.values())))
+    for stale in levels[: max(0, len(levels) - _KEPT_LEVELS)]:
+        for kept_dir, (kept_level, kept_ours) in list(_PUT_OFF.items()):
+            if kept_level == stale and _PUT_OFF.pop(kept_dir, None) is not None:
+                _release(kept_dir, kept_ours)
 
 
 def _release(directory: Path, ours: bool) -> None:
@@ -485,7 +484,8 @@ def release_parents() -> None:
     (and marked, or made by this process); one still in use stays. Never raises."""
     while _PUT_OFF:
         directory = max(_PUT_OFF, key=lambda d: len(d.parts))
-        _release(directory, _PUT_OFF.pop(directory))
+        _, ours = _PUT_OFF.pop(directory)
+        _release(directory, ours)
 
 
 class Cgroup(abc.ABC):
