@@ -44,7 +44,15 @@ from typing import TypeVar
 
 import attrs
 
-from sandboxrt import Config, Container, FileStore, ForkServerLauncher, Spec, write_spec_file
+from sandboxrt import (
+    Config,
+    Container,
+    CreateOptions,
+    FileStore,
+    ForkServerLauncher,
+    Spec,
+    write_spec_file,
+)
 from sandboxrt.bundle import make_bundle
 
 STEPS = ("run", "create", "start", "wait", "destroy")
@@ -88,7 +96,7 @@ def bench_sandboxrt(
 ) -> Timings:
     store = FileStore(root)
     out: Timings = {step: [] for step in STEPS}
-    options = {"store": store, "config": config, "launcher": launcher}
+    options: CreateOptions = {"store": store, "config": config, "launcher": launcher}
     Container.run("warmup", bundle, **options)  # starts the fork server
     for i in range(n):
         out["run"].append(timed(lambda i=i: Container.run(f"run{i}", bundle, **options)))

@@ -1708,7 +1708,7 @@ def _checked_arguments(
         raise TypeError(f"launcher must be a sandboxrt Launcher (with launch()), not {launcher!r}")
     check_path_argument(id, "the bundle path", bundle)
     bundle_path = Path(bundle).absolute()
-    if spec is None and bundle_path.exists() and not bundle_path.is_dir():  # (config.json)
+    if bundle_path.exists() and not bundle_path.is_dir():  # (its config.json, say)
         raise InvalidArgumentError(
             id,
             f"the bundle {bundle_path} is no directory: a bundle is the directory of config.json",

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from conftest import REPO, BundleFactory, edit_config, needs_busybox, needs_root, supervisor_pids
 
-from sandboxrt import Container, FileStore, Pod, Status
+from sandboxrt import Container, FileStore, ForkServerLauncher, Pod, Status
 from sandboxrt.errors import HookError
 
 pytestmark = [needs_root, needs_busybox]
@@ -380,18 +380,27 @@ def test_a_start_container_hook_runs_after_a_run_of_the_same_bundle(
     # a startContainer hook, must not get that init (it runs hooks from the container's
     # root, so it imports their runner before: a root built ahead never serves it).
     setup.write({})
-    for name in ("warmup-1", "warmup-2"):  # the second one's launch hints the bundle
-        assert Container.run(name, setup.path, store=store, stdout=subprocess.DEVNULL) == 0
-    config = setup.path / "config.json"
-    document = json.loads(config.read_text())  # the same root, and now a hook
-    document["hooks"] = {"startContainer": [setup.hook("startContainer")]}
-    config.write_text(json.dumps(document))
-    container = Container.create("hooked-late", setup.path, store=store, stdout=subprocess.PIPE)
+    launcher = ForkServerLauncher(build_ahead=True)
     try:
-        container.start()
-        assert container.wait(timeout=10) == 0
-        assert setup.tags() == ["startContainer"]
+        for name in ("warmup-1", "warmup-2"):  # the second one's launch hints the bundle
+            code = Container.run(
+                name, setup.path, store=store, stdout=subprocess.DEVNULL, launcher=launcher
+            )
+            assert code == 0
+        config = setup.path / "config.json"
+        document = json.loads(config.read_text())  # the same root, and now a hook
+        document["hooks"] = {"startContainer": [setup.hook("startContainer")]}
+        config.write_text(json.dumps(document))
+        container = Container.create(
+            "hooked-late", setup.path, store=store, stdout=subprocess.PIPE, launcher=launcher
+        )
+        try:
+            container.start()
+            assert container.wait(timeout=10) == 0
+            assert setup.tags() == ["startContainer"]
+        finally:
+            if container.stdout is not None:
+                container.stdout.close()
+            container.destroy()
     finally:
-        if container.stdout is not None:
-            container.stdout.close()
-        container.destroy()
+        launcher.close()

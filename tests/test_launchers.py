@@ -820,7 +820,7 @@ def test_roots_of_alternating_bundles_are_each_their_own(
     store: FileStore, bundle: BundleFactory
 ) -> None:
     # Every launch hints the next warm sandbox at a root the following one does not want.
-    launcher = ForkServerLauncher()
+    launcher = ForkServerLauncher(build_ahead=True)
     paths = [bundle(["cat", "/marker"]), bundle(["cat", "/marker"])]
     for n, path in enumerate(paths):
         (path / "rootfs/marker").write_text(f"bundle {n}\n")
@@ -837,10 +837,11 @@ def test_roots_of_alternating_bundles_are_each_their_own(
         launcher.close()
 
 
-def test_a_fork_server_told_not_to_build_ahead_does_not(
+def test_a_fork_server_builds_nothing_ahead_unless_asked(
     store: FileStore, bundle: BundleFactory
 ) -> None:
-    launcher = ForkServerLauncher(build_ahead=False)
+    launcher = ForkServerLauncher()  # (decision 63)
+    assert not launcher.build_ahead
     path = bundle(["true"])
     try:
         for name in ("plain1", "plain2"):

@@ -26,8 +26,10 @@ from conftest import (
 from test_userns import with_userns
 
 from sandboxrt import (
+    PIPE,
     Container,
     FileStore,
+    ForkServerLauncher,
     InitError,
     InvalidArgumentError,
     MissingFeatureError,
@@ -663,9 +665,21 @@ def test_a_missing_cwd_is_made_under_a_read_only_root_too(
     bundle after another with other cwds: a root built ahead for the last plan's cwd does
     not serve (it failed with EROFS too)."""
     path = bundle(["pwd"], readonly=True)
-    for i, cwd in enumerate(("/work", "/wa", "/wb", "/wc")):
-        edit_config(path, lambda d, cwd=cwd: d["process"].update(cwd=cwd))
-        assert run_output(store, path, f"ro{i}") == (0, f"{cwd}\n")
+    launcher = ForkServerLauncher(build_ahead=True)
+    try:
+        for i, cwd in enumerate(("/work", "/wa", "/wb", "/wc")):
+            edit_config(path, lambda d, cwd=cwd: d["process"].update(cwd=cwd))
+            c = Container.create(f"ro{i}", path, store=store, launcher=launcher, stdout=PIPE)
+            try:
+                c.start()
+                assert c.stdout is not None
+                assert (c.wait(timeout=30), c.stdout.read()) == (0, f"{cwd}\n".encode())
+            finally:
+                if c.stdout is not None:
+                    c.stdout.close()
+                c.destroy()
+    finally:
+        launcher.close()
 
 
 def test_home_is_the_users_for_the_init_and_every_exec(

@@ -27,7 +27,9 @@ _FINALIZED: dict[Callable[[], None], int] = {}
 
 def call_at_exit(func: Callable[[], None]) -> None:
     """Have ``func`` called when this process exits, ``multiprocessing`` worker or not;
-    cheap to call again (once registered, it is not again). ``multiprocessing`` is not
+    cheap to call again (once registered, it is not again). ``func`` must bear being
+    called twice: a process that imported ``multiprocessing`` runs both its finalizers and
+    ``atexit``, and two threads may register it at once. ``multiprocessing`` is not
     imported for this: a process that has not imported it runs no worker."""
     if func not in _AT_EXIT:
         _AT_EXIT.add(func)

@@ -482,10 +482,11 @@ def _release(directory: Path, ours: bool) -> None:
 def release_parents() -> None:
     """Remove the parent levels whose removal was put off, deepest first, where empty
     (and marked, or made by this process); one still in use stays. Never raises."""
-    while _PUT_OFF:
-        directory = max(_PUT_OFF, key=lambda d: len(d.parts))
-        _, ours = _PUT_OFF.pop(directory)
-        _release(directory, ours)
+    while kept := list(_PUT_OFF):  # (a copy: other threads may put off and evict)
+        directory = max(kept, key=lambda d: len(d.parts))
+        entry = _PUT_OFF.pop(directory, None)
+        if entry is not None:
+            _release(directory, entry[1])
 
 
 class Cgroup(abc.ABC):
