@@ -471,7 +471,7 @@ def test_the_gofer_takes_a_root_only_from_the_supervisor(
     import socket as socketlib
 
     from sandboxrt._os import channel
-    from sandboxrt.errors import SandboxrtError
+    from sandboxrt.errors import ContainerPermissionError
 
     decoy = tmp_path / "decoy"
     decoy.mkdir()
@@ -510,7 +510,9 @@ def test_the_gofer_takes_a_root_only_from_the_supervisor(
 
                 server = threading.Thread(target=answer)
                 server.start()
-                with pytest.raises(SandboxrtError):
+                with pytest.raises(
+                    ContainerPermissionError, match="the control socket is not the supervisor's"
+                ):
                     container.files.write_text("/planted", "x")
                 fake.shutdown(socketlib.SHUT_RDWR)
                 server.join(timeout=15)
