@@ -493,6 +493,10 @@ class Container:
                         on_cgroup=record_cgroup,
                         timeout=config.create_timeout,
                     )
+                    tie = sandbox.take_tie()
+                    if tie is not None:  # (a MemoryStore's: it ends with this process)
+                        assert isinstance(store, MemoryStore)
+                        store._keep_tie(id, tie)
                 else:
                     assert host is not None
                     sandbox = host
@@ -1784,6 +1788,8 @@ def _planned(
                 overlay_size=overlay_size,
             )
             id_maps = (plan.uid_map, plan.gid_map) if plan.uid_map else None
+            if isinstance(store, MemoryStore):  # none but this process can reach it
+                plan = dataclasses.replace(plan, tied=True)
             return plan, None, id_maps, config
         host, root_record = _sandbox_to_join(store, asked.sandbox_id, id)
         shared = namespaces_we_share(host.pid)

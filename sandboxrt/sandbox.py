@@ -149,6 +149,9 @@ class Sandbox:
         #: After a launch with ``autostart`` (``run``): the socket the launch went on,
         #: on which the supervisor sends the root's exit status (see :meth:`wait`).
         self._exit_conn: socket.socket | None = None
+        #: After a ``tied`` launch: the socket the launch went on, whose closing ends the
+        #: sandbox (for its creator to keep: :meth:`take_tie`).
+        self._tie: socket.socket | None = None
 
     def __repr__(self) -> str:
         return f"Sandbox(id={self.id!r}, pid={self.pid})"
@@ -279,6 +282,9 @@ class Sandbox:
                 )
                 if plan.init.autostart:  # the root's exit status comes on it
                     sandbox._exit_conn = ours
+                    closing.pop_all()
+                elif plan.tied:  # its closing ends the sandbox
+                    sandbox._tie = ours
                     closing.pop_all()
                 return sandbox, pty
         except BaseException:
@@ -581,6 +587,12 @@ class Sandbox:
             return None
         self.close()
         return reply.returncode
+
+    def take_tie(self) -> socket.socket | None:
+        """The socket a ``tied`` launch kept, for the caller to hold while the sandbox
+        should live (closed, or its holder gone, the supervisor kills its containers)."""
+        tie, self._tie = self._tie, None
+        return tie
 
     def close(self) -> None:
         """Let go of the socket a ``run`` launch kept (the supervisor lives on)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -995,6 +996,58 @@ print(json.dumps({{"seen": seen, "alive": alive, "child": child}}))
         for placement in cgroup["placements"]:
             assert not os.path.exists(os.path.join(placement["mountpoint"], placement["path"]))
     assert os.listdir(tmp_path / "dropped") == []  # (given: emptied, not removed)
+
+
+def test_a_memory_store_container_dies_with_a_creator_killed_outright(
+    bundle: BundleFactory,
+) -> None:
+    """No other process can reach a MemoryStore's containers: one whose creator is
+    SIGKILLed (a notebook's kernel restarted, a worker ``Pool.terminate`` ended) ran on
+    for good. Its sandbox now ends when the socket its creator launched it on closes;
+    while the creator lives, the container lives, its objects dropped or not."""
+    path = bundle(["sleep", "1000"])
+    creator = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"""
+import gc, sys, time
+from sandboxrt import Container, MemoryStore
+store = MemoryStore()
+c = Container.create("tied", {str(path)!r}, store=store)
+c.start()
+supervisor, init = c.state().pid, c.processes()[0].host_pid
+dirs = [p["mountpoint"] + "/" + p["path"] for p in c._record.cgroup["placements"]]
+del c
+gc.collect()
+time.sleep(0.3)
+assert Container.load("tied", store=store).status.value == "running"
+print(supervisor, init, store.runtime_dir, *dirs, flush=True)
+sys.stdin.read()
+""",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert creator.stdout is not None
+        supervisor, init, runtime_dir, *cgroup_dirs = creator.stdout.readline().split()
+    finally:
+        creator.kill()
+        creator.communicate()
+    try:
+        wait_until(lambda: not os.path.exists(f"/proc/{supervisor}"))
+        wait_until(lambda: not os.path.exists(f"/proc/{init}"))
+    finally:
+        # What a creator killed outright leaves, its processes gone: empty directories.
+        for directory in cgroup_dirs:  # (the store's level and /sandboxrt: where empty)
+            store_level = os.path.dirname(directory)
+            for level in (directory, store_level, os.path.dirname(store_level)):
+                with contextlib.suppress(OSError):
+                    os.rmdir(level)
+        shutil.rmtree(runtime_dir)
 
 
 @pytest.mark.parametrize("method", ["fork", "forkserver"])

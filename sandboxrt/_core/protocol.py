@@ -411,6 +411,10 @@ class SandboxPlan(_Message):
     #: ``linux.timeOffsets`` as ``/proc/PID/timens_offsets`` takes them (with a new time
     #: namespace): written before any process enters it.
     time_offsets: str = ""
+    #: The sandbox ends with its creator: when the socket it was launched on closes (the
+    #: creating process exited, however), its containers are killed (a ``MemoryStore``'s,
+    #: which no other process can reach; ``run``'s are, by its exit-status socket).
+    tied: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -438,6 +438,9 @@ class Supervisor:
             # that asked no question (its closing is seen like any connection's).
             self.root.waiters.append(self.bootstrap)
             self.selector.register(self.bootstrap, selectors.EVENT_READ, "conn")
+        elif self.plan.tied and self.root.returncode is None:
+            # Its creator holds the socket it launched us with: its closing ends us.
+            self.selector.register(self.bootstrap, selectors.EVENT_READ, "conn")
         else:
             self.bootstrap.close()
         self._reap()
@@ -577,9 +580,10 @@ class Supervisor:
         self._listen()  # an fd is free again
         if conn is self.bootstrap and self.root.returncode is None:
             # ``run``'s caller is gone (killed: it would have waited for, then destroyed,
-            # the container): nobody will, so the container goes now, as a child that dies
-            # with its parent (``bwrap --die-with-parent``). Its record and cgroup wait for
-            # a destroy; it reads stopped meanwhile.
+            # the container), or a ``tied`` sandbox's creator: nobody will, so the
+            # container goes now, as a child that dies with its parent (``bwrap
+            # --die-with-parent``). Its record and cgroup wait for a destroy; it reads
+            # stopped meanwhile.
             with contextlib.suppress(ProcessLookupError):
                 self._signal(self.root, signal.SIGKILL, everyone=True)
 

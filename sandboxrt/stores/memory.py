@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -63,6 +64,9 @@ class MemoryStore(_RecordStore[threading.Lock]):
         super().__init__(lock_timeout)
         self._records: dict[str, bytes] = {}
         self._locks: dict[str, threading.Lock] = {}
+        #: The sockets whose closing ends a recorded container's sandbox (``tied``): held
+        #: while it is recorded, so that it dies with this process however it ends.
+        self._ties: dict[str, socket.socket] = {}
         self._mutex = ForkSafeLock()  # (per container: timed locks, a LockTimeoutError)
         # Absolute, links resolved: the directory is named alike by every spelling of
         # it, and stays the same one whatever this process's working directory becomes.
@@ -81,7 +85,10 @@ class MemoryStore(_RecordStore[threading.Lock]):
         self._owner = os.getpid()
         _LIVE.add(self)
         given = runtime_dir is not None
-        weakref.finalize(self, _orphaned, self._records, self._made_in, given).atexit = False
+        finalize = weakref.finalize(
+            self, _orphaned, self._records, self._made_in, given, self._ties
+        )
+        finalize.atexit = False
 
     def __repr__(self) -> str:
         return f"MemoryStore(<{len(self._records)} records>)"
@@ -143,6 +150,15 @@ class MemoryStore(_RecordStore[threading.Lock]):
     def _remove(self, cid: str) -> None:
         with self._mutex:
             self._records.pop(cid, None)
+            tie = self._ties.pop(cid, None)
+        if tie is not None:
+            tie.close()
+
+    def _keep_tie(self, cid: str, tie: socket.socket) -> None:
+        """Hold ``tie`` while ``cid`` is recorded: the sandbox ends when it closes, this
+        process's end included (see ``SandboxPlan.tied``)."""
+        with self._mutex:
+            self._ties[cid] = tie
 
     def list_ids(self) -> list[str]:
         """The ids of all stored containers, sorted."""
@@ -170,12 +186,16 @@ def _live_stores() -> list[MemoryStore]:
 _ORPHANS: list[MemoryStore] = []
 
 
-def _orphaned(records: dict[str, bytes], made_in: list[Path], given: bool) -> None:
+def _orphaned(
+    records: dict[str, bytes], made_in: list[Path], given: bool, ties: dict[str, socket.socket]
+) -> None:
     """A store was garbage-collected: keep what it still recorded, for the exit (in a
-    stand-in with its records and runtime directory)."""
+    stand-in with its records, the sockets its sandboxes end with, and its runtime
+    directory)."""
     if records:
         stand_in = MemoryStore()
         stand_in._records.update(records)
+        stand_in._ties.update(ties)
         if made_in:
             stand_in._runtime_dir = made_in[0]
             stand_in._made_in = made_in
