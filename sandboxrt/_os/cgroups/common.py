@@ -466,8 +466,9 @@ def _put_off(directory: Path, level: PurePosixPath, ours: bool) -> None:
     call_at_exit(release_parents)
     _, was_ours = _PUT_OFF.pop(directory, (level, False))
     _PUT_OFF[directory] = (level, ours or was_ours)
-    levels = list(dict.fromkeys(kept for kept, _ in list(_PUT_OFF.values())))
-    for stale in levels[: max(0, len(levels) - _KEPT_LEVELS)]:
+    # The levels by when one of their directories was put off last, the latest first.
+    recent = list(dict.fromkeys(kept for kept, _ in reversed(list(_PUT_OFF.values()))))
+    for stale in recent[_KEPT_LEVELS:]:
         for kept_dir, (kept_level, kept_ours) in list(_PUT_OFF.items()):
             if kept_level == stale and _PUT_OFF.pop(kept_dir, None) is not None:
                 _release(kept_dir, kept_ours)
