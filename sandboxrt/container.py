@@ -590,9 +590,9 @@ class Container:
         child and raises ``TimeoutExpired``. Should this process be killed meanwhile,
         the program goes with it (as a child dies with its parent under ``bwrap
         --die-with-parent``; not one started apart, for hooks, a terminal or a pid
-        file; and only once a child this process forked meanwhile, which holds the
-        socket the supervisor watches, has exited too): its record and cgroup wait
-        for a :meth:`destroy`.
+        file, but in a :class:`MemoryStore`; and only once a child this process forked
+        meanwhile, which holds the socket the supervisor watches, has exited too): its
+        record and cgroup wait for a :meth:`destroy`.
 
         ``PIPE`` is refused (:class:`InvalidArgumentError`): nothing would read or
         write it before the program ends, so a program writing more than a pipe

@@ -998,8 +998,9 @@ print(json.dumps({{"seen": seen, "alive": alive, "child": child}}))
     assert os.listdir(tmp_path / "dropped") == []  # (given: emptied, not removed)
 
 
+@pytest.mark.parametrize("paused", [False, True], ids=["running", "paused"])
 def test_a_memory_store_container_dies_with_a_creator_killed_outright(
-    bundle: BundleFactory,
+    bundle: BundleFactory, paused: bool
 ) -> None:
     """No other process can reach a MemoryStore's containers: one whose creator is
     SIGKILLed (a notebook's kernel restarted, a worker ``Pool.terminate`` ended) ran on
@@ -1011,10 +1012,11 @@ def test_a_memory_store_container_dies_with_a_creator_killed_outright(
             sys.executable,
             "-c",
             f"""
-import gc, sys, time
+import gc, subprocess, sys, time
 from sandboxrt import Container, MemoryStore
 store = MemoryStore()
-c = Container.create("tied", {str(path)!r}, store=store)
+quiet = {{"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}}  # (not our pipe)
+c = Container.create("tied", {str(path)!r}, store=store, **quiet)
 c.start()
 supervisor, init = c.state().pid, c.processes()[0].host_pid
 dirs = [p["mountpoint"] + "/" + p["path"] for p in c._record.cgroup["placements"]]
@@ -1022,6 +1024,8 @@ del c
 gc.collect()
 time.sleep(0.3)
 assert Container.load("tied", store=store).status.value == "running"
+if {paused!r}:  # (frozen, SIGKILL waits for a thaw)
+    Container.load("tied", store=store).pause()
 print(supervisor, init, store.runtime_dir, *dirs, flush=True)
 sys.stdin.read()
 """,
@@ -1037,10 +1041,20 @@ sys.stdin.read()
     finally:
         creator.kill()
         creator.communicate()
+    gone = False
     try:
         wait_until(lambda: not os.path.exists(f"/proc/{supervisor}"))
         wait_until(lambda: not os.path.exists(f"/proc/{init}"))
+        gone = True
     finally:
+        if not gone:  # (a failure: what is left goes, frozen or not; still ours)
+            for directory in cgroup_dirs:
+                with contextlib.suppress(OSError):
+                    Path(directory, "freezer.state").write_text("THAWED")
+            for pid in (init, supervisor):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            wait_until(lambda: not os.path.exists(f"/proc/{init}/cgroup"))
         # What a creator killed outright leaves, its processes gone: empty directories.
         for directory in cgroup_dirs:  # (the store's level and /sandboxrt: where empty)
             store_level = os.path.dirname(directory)

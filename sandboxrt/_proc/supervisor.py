@@ -583,9 +583,10 @@ class Supervisor:
             # the container), or a ``tied`` sandbox's creator: nobody will, so the
             # container goes now, as a child that dies with its parent (``bwrap
             # --die-with-parent``). Its record and cgroup wait for a destroy; it reads
-            # stopped meanwhile.
+            # stopped meanwhile. A paused one dies only once thawed (v1's freezer).
             with contextlib.suppress(ProcessLookupError):
                 self._signal(self.root, signal.SIGKILL, everyone=True)
+            _thaw(self.root.cgroup_dirs or [])
 
     def _handle(self, conn: socket.socket) -> None:
         try:

@@ -51,8 +51,10 @@ class MemoryStore(_RecordStore[threading.Lock]):
     No other process can reach its containers, so none outlives the process that
     made it: those still recorded when it exits are destroyed then, also those of a
     store garbage-collected before (which no one could reach any more). A forked
-    child destroys those it made itself, not its parent's. A process killed outright
-    (SIGKILL) leaves them, as nothing of it runs any more.
+    child destroys those it made itself, not its parent's. Should the process be
+    killed outright (SIGKILL), or ``exec`` another program, its containers' processes
+    are killed with it (their sandboxes are tied to it: once a child it forked
+    meanwhile has exited too), and their empty cgroup and runtime directories stay.
     """
 
     def __init__(
