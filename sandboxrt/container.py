@@ -13,6 +13,7 @@ import logging
 import os
 import signal as _signal
 import socket
+import stat
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -496,7 +497,7 @@ class Container:
                     tie = sandbox.take_tie()
                     if tie is not None:  # (a MemoryStore's: it ends with this process)
                         assert isinstance(store, MemoryStore)
-                        store._keep_tie(id, tie)
+                        store.keep_tie(id, tie)
                 else:
                     assert host is not None
                     sandbox = host
@@ -1712,7 +1713,11 @@ def _checked_arguments(
         raise TypeError(f"launcher must be a sandboxrt Launcher (with launch()), not {launcher!r}")
     check_path_argument(id, "the bundle path", bundle)
     bundle_path = Path(bundle).absolute()
-    if bundle_path.exists() and not bundle_path.is_dir():  # (its config.json, say)
+    try:  # (one stat on create's path, not two)
+        is_directory = stat.S_ISDIR(os.stat(bundle_path).st_mode)
+    except OSError:  # (missing: said when its config.json is read)
+        is_directory = True
+    if not is_directory:  # (its config.json, say)
         raise InvalidArgumentError(
             id,
             f"the bundle {bundle_path} is no directory: a bundle is the directory of config.json",

@@ -156,7 +156,7 @@ class MemoryStore(_RecordStore[threading.Lock]):
         if tie is not None:
             tie.close()
 
-    def _keep_tie(self, cid: str, tie: socket.socket) -> None:
+    def keep_tie(self, cid: str, tie: socket.socket) -> None:
         """Hold ``tie`` while ``cid`` is recorded: the sandbox ends when it closes, this
         process's end included (see ``SandboxPlan.tied``)."""
         with self._mutex:
