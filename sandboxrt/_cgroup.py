@@ -46,7 +46,9 @@ from sandboxrt.stores.file import default_root
 
 __all__ = [
     "DEFAULT_DEVICE_RULES",
+    "CgroupRef",
     "CgroupRequest",
+    "attach",
     "create",
     "delegate_joining",
     "freeze",
@@ -81,6 +83,17 @@ DEFAULT_DEVICE_RULES: tuple[DeviceRule, ...] = (
 )
 
 _NO_PERMISSION = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+#: A container's cgroup: its record (checked when loaded), or a :class:`Cgroup` loaded
+#: from it already (a destroy checks the record once and acts on it several times).
+CgroupRef = Mapping[str, Any] | Cgroup
+
+
+def attach(ref: CgroupRef, container_id: str) -> Cgroup:
+    """The cgroup ``ref`` names, loaded (and checked) from its record unless it is one."""
+    if isinstance(ref, Cgroup):
+        return ref
+    return cgroups.load(ref, container_id=container_id)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -236,7 +249,7 @@ def procs_files(cgroup: Cgroup) -> list[str]:
     return [str(directory / "cgroup.procs") for directory in cgroup.directories]
 
 
-def freeze(record: Mapping[str, Any] | None, container_id: str, timeout: float) -> None:
+def freeze(record: CgroupRef | None, container_id: str, timeout: float) -> None:
     """Freeze every process of the container's cgroup; return once all are frozen.
 
     Raises :class:`MissingFeatureError` naming the freezer when the container
@@ -245,13 +258,13 @@ def freeze(record: Mapping[str, Any] | None, container_id: str, timeout: float) 
     _freezable(record, container_id).freeze(timeout=timeout)
 
 
-def thaw(record: Mapping[str, Any] | None, container_id: str, *, below: bool = False) -> None:
+def thaw(record: CgroupRef | None, container_id: str, *, below: bool = False) -> None:
     """Let the processes of the container's cgroup run again (with ``below``: also those
     of cgroups beneath it that the container froze itself)."""
     _freezable(record, container_id).thaw(below=below)
 
 
-def is_frozen(record: Mapping[str, Any] | None, container_id: str, *, below: bool = False) -> bool:
+def is_frozen(record: CgroupRef | None, container_id: str, *, below: bool = False) -> bool:
     """Whether the container's cgroup is frozen, whatever its record says (a caller killed
     between a pause's freeze and its save leaves it so), or with ``below`` any cgroup
     beneath it that the container froze itself; ``False`` without a cgroup or a freezer,
@@ -259,16 +272,16 @@ def is_frozen(record: Mapping[str, Any] | None, container_id: str, *, below: boo
     if record is None:
         return False
     try:
-        cgroup = cgroups.load(record, container_id=container_id)
+        cgroup = attach(record, container_id)
         return cgroup.can_freeze() and cgroup.is_frozen(below=below)
     except (SandboxrtError, OSError):
         return False
 
 
-def _freezable(record: Mapping[str, Any] | None, container_id: str) -> Cgroup:
+def _freezable(record: CgroupRef | None, container_id: str) -> Cgroup:
     if record is None:
         raise MissingFeatureError("the cgroup freezer", f'container "{container_id}" has no cgroup')
-    cgroup = cgroups.load(record, container_id=container_id)
+    cgroup = attach(record, container_id)
     if not cgroup.can_freeze():
         raise MissingFeatureError(
             "the cgroup freezer",
@@ -278,7 +291,7 @@ def _freezable(record: Mapping[str, Any] | None, container_id: str) -> Cgroup:
 
 
 def signal_all(
-    record: Mapping[str, Any],
+    record: CgroupRef,
     container_id: str,
     signum: int,
     *,
@@ -296,7 +309,7 @@ def signal_all(
     signal; a ``paused`` cgroup stays frozen, the signals pending until it
     resumes.
     """
-    cgroup = cgroups.load(record, container_id=container_id)
+    cgroup = attach(record, container_id)
     if signum == signal.SIGKILL:
         cgroup.kill_all(timeout=timeout)
         return
@@ -339,15 +352,15 @@ def remove_left_behind(
     if cgroup is None:
         return
     if request.path is None:  # (the store's own path: made by that creation alone)
-        remove(cgroup.to_dict(), container_id, timeout)
+        remove(cgroup, container_id, timeout)
     elif not cgroup.pids():
         cgroup.release_owner(container_id)
 
 
-def remove_if_empty(record: Mapping[str, Any], container_id: str) -> bool:
+def remove_if_empty(record: CgroupRef, container_id: str) -> bool:
     """Remove the container's cgroup if sandboxrt made it and no process is left in it;
     whether it is gone. Never waits: ``rmdir`` fails at once on a busy cgroup."""
-    cgroup = cgroups.load(record, container_id=container_id)
+    cgroup = attach(record, container_id)
     if not all(p.rel in p.created for p in cgroup.placements):
         return False
     try:
@@ -357,7 +370,7 @@ def remove_if_empty(record: Mapping[str, Any], container_id: str) -> bool:
     return True
 
 
-def remove(record: Mapping[str, Any], container_id: str, timeout: float) -> None:
+def remove(record: CgroupRef, container_id: str, timeout: float) -> None:
     """SIGKILL what is left in the container's cgroup, then remove what sandboxrt made.
 
     Idempotent; a pre-existing cgroup (a ``cgroupsPath`` that existed) stays. For a
@@ -365,9 +378,9 @@ def remove(record: Mapping[str, Any], container_id: str, timeout: float) -> None
     namespace of its own is gone its cgroup is empty, and ``rmdir`` fails on one
     that is not (then the processes are killed, and removal retried).
     """
-    if remove_if_empty(record, container_id):
+    cgroup = attach(record, container_id)
+    if remove_if_empty(cgroup, container_id):
         return
-    cgroup = cgroups.load(record, container_id=container_id)
     cgroup.kill_all(timeout=timeout)
     cgroup.destroy(timeout=timeout, keep_parents=_keeps_parents(cgroup), owner=container_id)
     cgroup.release_owner(container_id)  # a cgroup that existed before stays, not ours

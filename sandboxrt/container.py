@@ -48,6 +48,7 @@ from sandboxrt._core.spec_validate import (
 )
 from sandboxrt._core.status import Operation, Status, require
 from sandboxrt._os import cgroups, channel, mounts, procfs
+from sandboxrt._os.cgroups import Cgroup
 from sandboxrt._os.cgroups.common import read_keyed
 from sandboxrt._os.seccomp import compile_bpf
 from sandboxrt._pod_join import (
@@ -1561,9 +1562,10 @@ class Container:
             log.warning("%s: no poststop hook runs", exc)
             poststop = []
         lost_cgroup = False
+        cgroup: Cgroup | None = None  # its record checked once, here
         if self._record.cgroup is not None:
             try:
-                cgroups.load(self._record.cgroup, container_id=self.id)
+                cgroup = cgroups.load(self._record.cgroup, container_id=self.id)
             except CorruptMetadataError as exc:  # (found again from the spec, below)
                 log.warning("%s: its cgroup is looked for where it would be", exc)
                 self._record = attrs.evolve(self._record, cgroup=None)
@@ -1576,7 +1578,9 @@ class Container:
         if sandbox is not None and not self.is_subcontainer:
             for member_id in sandbox.container_ids():
                 _kill_if_paused(self._store, member_id, self.id, timeout)
-        _kill_if_paused(self._store, self.id, self.sandbox_id, timeout, record=self._record)
+        _kill_if_paused(
+            self._store, self.id, self.sandbox_id, timeout, record=self._record, cgroup=cgroup
+        )
         if sandbox is not None and self.is_subcontainer:
             if self._record.status in _LIVE:  # (read without the lock meanwhile, it would
                 # say running once its exit file is gone, its sandbox serving on)
@@ -1586,10 +1590,9 @@ class Container:
         elif sandbox is not None:
             # A container whose processes all exited leaves an empty cgroup: removed
             # while the supervisor is still on its way out, not after.
-            if self._record.cgroup is not None and _cgroup.remove_if_empty(
-                self._record.cgroup, self.id
-            ):
+            if cgroup is not None and _cgroup.remove_if_empty(cgroup, self.id):
                 self._record = attrs.evolve(self._record, cgroup=None)
+                cgroup = None
             sandbox.stop(timeout)
             # The supervisor is gone, so nothing can join any more: the notes are complete.
             for member_id in sandbox.container_ids():
@@ -1599,8 +1602,8 @@ class Container:
         # (A creation that died before it recorded its sandbox made one too, named
         # after the id: we hold the lock it held.)
         runtime_dir = None if self.is_subcontainer else _runtime_dir(self._store, self.id)
-        if self._record.cgroup is not None:
-            _cgroup.remove(self._record.cgroup, self.id, timeout)
+        if cgroup is not None:
+            _cgroup.remove(cgroup, self.id, timeout)
         elif lost_cgroup or self._record.status is Status.CREATING:
             # Its creation died between making its cgroup and recording it (or its record
             # of it cannot be read).
@@ -1978,9 +1981,11 @@ def _kill_if_paused(
     timeout: float,
     *,
     record: ContainerRecord | None = None,
+    cgroup: Cgroup | None = None,
 ) -> None:
     """SIGKILL (through its cgroup, which thaws it) a paused container of ``sandbox_id``,
-    or one whose cgroup is frozen while its record says otherwise.
+    or one whose cgroup is frozen while its record says otherwise (``cgroup``: the
+    record's, loaded already).
 
     Frozen processes die only once thawed (v1), and the supervisor, PID 1 of
     their namespace, cannot end before them. A subcontainer's record is read
@@ -1992,18 +1997,19 @@ def _kill_if_paused(
             return
     if record.sandbox_id not in ("", sandbox_id) or record.cgroup is None:
         return
-    frozen = _cgroup.is_frozen(record.cgroup, container_id, below=True)
+    ref: _cgroup.CgroupRef = record.cgroup if cgroup is None else cgroup
+    frozen = _cgroup.is_frozen(ref, container_id, below=True)
     if record.status is not Status.PAUSED and not frozen:
         return
     try:
         _cgroup.signal_all(
-            record.cgroup, container_id, _signal.SIGKILL, spare=None, timeout=timeout, paused=True
+            ref, container_id, _signal.SIGKILL, spare=None, timeout=timeout, paused=True
         )
     except CorruptMetadataError as exc:  # (one member's must not keep the pod alive)
         log.warning("%s: its processes are not killed through its cgroup", exc)
         return
     with contextlib.suppress(SystemCallError):  # a cgroup already gone
-        _cgroup.thaw(record.cgroup, container_id, below=True)
+        _cgroup.thaw(ref, container_id, below=True)
 
 
 def _member_record(store: MetadataStore, container_id: str) -> ContainerRecord | None:
