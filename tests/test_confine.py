@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import _thread
 import io
 import os
 import signal
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from test_hooks_lifecycle import Setup
 
 from sandboxrt import Config, Container, FileStore, Pod, Status, write_spec_file
 from sandboxrt._core.spec import read_spec_file
+from sandboxrt._proc.confinement import _thread_count
 
 pytestmark = [needs_root, needs_busybox]
 
@@ -165,3 +168,21 @@ def test_a_sandbox_without_a_pid_namespace_of_its_own_is_not_confined(
         assert c.wait(timeout=30) == -signal.SIGKILL
     finally:
         c.destroy()
+
+
+def test_the_detach_thread_is_waited_for_as_the_kernel_counts_threads() -> None:
+    """The supervisor forks only once the detach thread is gone from the kernel, which
+    outlives the interpreter's own count of it (``_thread._count``) for a moment."""
+    assert _thread_count() == len(os.listdir("/proc/self/task"))
+    before = _thread_count()
+    release = _thread.allocate_lock()
+    release.acquire()
+    _thread.start_new_thread(release.acquire, ())
+    try:
+        assert _thread_count() == before + 1
+    finally:
+        release.release()
+    deadline = time.monotonic() + 5
+    while _thread_count() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _thread_count() == before

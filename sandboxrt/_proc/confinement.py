@@ -62,10 +62,24 @@ class OldRootDetach:
             self._done.release()
 
     def join(self) -> None:
-        """Wait until the thread is gone (not only done: we fork after this)."""
+        """Wait until the thread is gone (not only done: we fork after this), as the
+        kernel counts our threads."""
         self._done.acquire()
-        while _thread._count():
+        deadline = time.monotonic() + 1.0  # (it has nothing left to run but its exit)
+        while _thread_count() > 1 and time.monotonic() < deadline:
             time.sleep(0)
+
+
+def _thread_count() -> int:
+    """How many threads this process has (``num_threads`` in ``/proc/self/stat``); 1
+    where it cannot be read (``/proc`` is the one mount a confined supervisor keeps)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return 1
+    # The fields after the command (which may hold anything) from the last ")" on.
+    return int(stat[stat.rindex(b")") + 2 :].split()[17])
 
 
 def home_cgroups() -> list[int]:
