@@ -52,6 +52,7 @@ __all__ = [
     "create",
     "delegate_joining",
     "freeze",
+    "orphan_levels",
     "procs_files",
     "remove",
     "remove_if_empty",
@@ -247,6 +248,13 @@ def delegate_joining(cgroup: Cgroup, uid: int, gid: int) -> None:
 def procs_files(cgroup: Cgroup) -> list[str]:
     """The ``cgroup.procs`` file of ``cgroup`` in every hierarchy."""
     return [str(directory / "cgroup.procs") for directory in cgroup.directories]
+
+
+def orphan_levels(cgroup: Cgroup) -> list[list[str]]:
+    """For each of :func:`procs_files`, the names of the levels (bottom up) that
+    :func:`remove` would remove: what the sandbox of a ``tied`` container removes itself
+    once its creator is gone (``SandboxPlan.tied``), as no one else knows of them."""
+    return cgroup.orphan_levels(keep_parents=_keeps_parents(cgroup))
 
 
 def freeze(record: CgroupRef | None, container_id: str, timeout: float) -> None:

@@ -433,16 +433,19 @@ class Container:
             pty: int | None = None
             trees: builtins.list[int] = []
 
-            def make_cgroup() -> list[str]:
+            def make_cgroup() -> tuple[list[str], list[list[str]]]:
                 assert cgroup_request is not None
                 cgroup = _cgroup.create(cgroup_request, id, _cgroup_scope(store))
                 if cgroup is None:
-                    return []
+                    return [], []
                 owner = mapped_root(container._record.id_maps)
                 if owner is not None:  # its processes join it as that root (see the function)
                     _cgroup.delegate_joining(cgroup, *owner)
                 container._record = attrs.evolve(container._record, cgroup=cgroup.to_dict())
-                return _cgroup.procs_files(cgroup)
+                # (A MemoryStore's sandbox is ``tied``: it removes them if we die.)
+                tied = isinstance(store, MemoryStore)
+                orphaned = _cgroup.orphan_levels(cgroup) if tied else []
+                return _cgroup.procs_files(cgroup), orphaned
 
             def record_cgroup() -> None:
                 """Saved at once (a destroy after a crash from here on removes it)."""
@@ -473,10 +476,12 @@ class Container:
                     host.note_member(id)
                 if cgroup_request is not None and isinstance(plan, ContainerPlan):
                     # A subcontainer's init is forked at once: its cgroup is made first.
-                    procs = make_cgroup()
+                    procs, orphaned = make_cgroup()
                     record_cgroup()
                     plan = dataclasses.replace(
-                        plan, init=dataclasses.replace(plan.init, cgroup_procs=procs)
+                        plan,
+                        init=dataclasses.replace(plan.init, cgroup_procs=procs),
+                        cgroup_orphaned=orphaned,
                     )
                 if gofer is None:  # ``lazy_gofer``: one starts on first use
                     init, trees = _with_trees(plan.init, id, mounts.open_host_trees)
@@ -1553,9 +1558,6 @@ class Container:
         thawed (a root's paused subcontainers too: frozen processes would keep
         the supervisor, PID 1 of their namespace, from ending).
         """
-        if self._launched is not None:
-            self._launched.close()
-            self._launched = None
         try:
             poststop = self._hooks("poststop")
         except CorruptMetadataError as exc:  # logged, as a failing poststop hook is
@@ -1597,6 +1599,12 @@ class Container:
             # The supervisor is gone, so nothing can join any more: the notes are complete.
             for member_id in sandbox.container_ids():
                 _destroy_member(self._store, member_id, self.id)
+        if self._launched is not None:
+            # ``run``'s socket, closed once its sandbox is stopped: closed before, the
+            # supervisor of a ``tied`` one would take its creator for gone, and remove
+            # what we are removing.
+            self._launched.close()
+            self._launched = None
         # The runtime directory goes last but for the record: if it cannot (a read-only
         # store), the record stays for a later destroy, with nothing else left to do.
         # (A creation that died before it recorded its sandbox made one too, named
@@ -1797,7 +1805,9 @@ def _planned(
             )
             id_maps = (plan.uid_map, plan.gid_map) if plan.uid_map else None
             if isinstance(store, MemoryStore):  # none but this process can reach it
-                plan = dataclasses.replace(plan, tied=True)
+                plan = dataclasses.replace(
+                    plan, tied=True, owns_runtime_root=store.made_runtime_dir
+                )
             return plan, None, id_maps, config
         host, root_record = _sandbox_to_join(store, asked.sandbox_id, id)
         shared = namespaces_we_share(host.pid)

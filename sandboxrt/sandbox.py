@@ -187,7 +187,7 @@ class Sandbox:
         launcher: Launcher | None = None,
         on_mounted: Callable[[Sandbox], dict[str, Any]] | None = None,
         on_created: Callable[[Sandbox], None] | None = None,
-        make_cgroup: Callable[[], list[str]] | None = None,
+        make_cgroup: Callable[[], tuple[list[str], list[list[str]]]] | None = None,
         on_cgroup: Callable[[], None] | None = None,
         timeout: float | None = None,
     ) -> tuple[Sandbox, int | None]:
@@ -195,8 +195,10 @@ class Sandbox:
 
         ``make_cgroup`` (for a plan whose init has ``await_cgroup``) runs in this
         process while the sandbox starts, and returns the ``cgroup.procs`` files
-        the init joins; ``on_cgroup`` runs right after the init was told which
-        (the place to record it: the init does not wait for that). ``on_mounted``
+        the init joins, and the levels of each a ``tied`` sandbox removes itself if
+        its creator is gone (``_cgroup.orphan_levels``); ``on_cgroup`` runs right
+        after the init was told which (the place to record it: the init does not
+        wait for that). ``on_mounted``
         runs (in this process) once the container's mounts are made and before
         ``pivot_root``: the place of prestart and createRuntime hooks. It returns the OCI state the
         createContainer hooks get. With ``plan.init.autostart``, ``on_created``
@@ -302,7 +304,7 @@ class Sandbox:
     @staticmethod
     def _make_cgroup(
         sock: socket.socket,
-        make_cgroup: Callable[[], list[str]] | None,
+        make_cgroup: Callable[[], tuple[list[str], list[list[str]]]] | None,
         on_cgroup: Callable[[], None] | None,
     ) -> BaseException | None:
         """Make the cgroup while the sandbox starts, and tell its init which to join (its
@@ -313,11 +315,11 @@ class Sandbox:
         failed: BaseException | None = None
         dirs: list[int] = []
         try:
-            procs = make_cgroup() if make_cgroup else []
+            procs, orphaned = make_cgroup() if make_cgroup else ([], [])
             # Its directories go as fds: the sandbox resolves no host path (decision 38).
             with interrupts_deferred():  # (held: they are closed below)
                 dirs = open_cgroup_dirs(procs)
-            step = Progress("cgroup", details={"procs": procs})
+            step = Progress("cgroup", details={"procs": procs, "orphaned": orphaned})
         except BaseException as exc:
             failed, step = exc, Progress("cancel", error=f"making the cgroup failed: {exc}")
         try:

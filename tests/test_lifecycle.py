@@ -998,14 +998,16 @@ print(json.dumps({{"seen": seen, "alive": alive, "child": child}}))
     assert os.listdir(tmp_path / "dropped") == []  # (given: emptied, not removed)
 
 
-@pytest.mark.parametrize("paused", [False, True], ids=["running", "paused"])
+@pytest.mark.parametrize("case", ["running", "paused", "pod"])
 def test_a_memory_store_container_dies_with_a_creator_killed_outright(
-    bundle: BundleFactory, paused: bool
+    bundle: BundleFactory, case: str
 ) -> None:
     """No other process can reach a MemoryStore's containers: one whose creator is
     SIGKILLed (a notebook's kernel restarted, a worker ``Pool.terminate`` ended) ran on
     for good. Its sandbox now ends when the socket its creator launched it on closes;
-    while the creator lives, the container lives, its objects dropped or not."""
+    while the creator lives, the container lives, its objects dropped or not. Then the
+    sandbox removes what the creator's destroy would have: its containers' cgroups (a
+    pod member's too), the store's cgroup level and the runtime directory."""
     path = bundle(["sleep", "1000"])
     creator = subprocess.Popen(
         [
@@ -1013,18 +1015,25 @@ def test_a_memory_store_container_dies_with_a_creator_killed_outright(
             "-c",
             f"""
 import gc, subprocess, sys, time
-from sandboxrt import Container, MemoryStore
+from sandboxrt import Container, MemoryStore, Pod
 store = MemoryStore()
 quiet = {{"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}}  # (not our pipe)
 c = Container.create("tied", {str(path)!r}, store=store, **quiet)
 c.start()
 supervisor, init = c.state().pid, c.processes()[0].host_pid
-dirs = [p["mountpoint"] + "/" + p["path"] for p in c._record.cgroup["placements"]]
-del c
+containers = [c]
+if {case!r} == "pod":
+    member = Pod(c).add_container("member", {str(path)!r}, store=store, **quiet)
+    member.start()
+    containers.append(member)
+dirs = [
+    p["mountpoint"] + "/" + p["path"] for k in containers for p in k._record.cgroup["placements"]
+]
+del c, containers
 gc.collect()
 time.sleep(0.3)
 assert Container.load("tied", store=store).status.value == "running"
-if {paused!r}:  # (frozen, SIGKILL waits for a thaw)
+if {case!r} == "paused":  # (frozen, SIGKILL waits for a thaw)
     Container.load("tied", store=store).pause()
 print(supervisor, init, store.runtime_dir, *dirs, flush=True)
 sys.stdin.read()
@@ -1041,11 +1050,14 @@ sys.stdin.read()
     finally:
         creator.kill()
         creator.communicate()
+    store_levels = {os.path.dirname(directory) for directory in cgroup_dirs}
     gone = False
     try:
         wait_until(lambda: not os.path.exists(f"/proc/{supervisor}"))
         wait_until(lambda: not os.path.exists(f"/proc/{init}"))
         gone = True
+        # Removed before the supervisor exits (the store's top level is everyone's).
+        assert [d for d in [*cgroup_dirs, *store_levels, runtime_dir] if os.path.exists(d)] == []
     finally:
         if not gone:  # (a failure: what is left goes, frozen or not; still ours)
             for directory in cgroup_dirs:
@@ -1055,13 +1067,13 @@ sys.stdin.read()
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
             wait_until(lambda: not os.path.exists(f"/proc/{init}/cgroup"))
-        # What a creator killed outright leaves, its processes gone: empty directories.
-        for directory in cgroup_dirs:  # (the store's level and /sandboxrt: where empty)
-            store_level = os.path.dirname(directory)
-            for level in (directory, store_level, os.path.dirname(store_level)):
-                with contextlib.suppress(OSError):
-                    os.rmdir(level)
-        shutil.rmtree(runtime_dir)
+        for directory in [*cgroup_dirs, *store_levels]:  # (where a failure left them)
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+        for top in {os.path.dirname(level) for level in store_levels}:  # (where empty)
+            with contextlib.suppress(OSError):
+                os.rmdir(top)
+        shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
 @pytest.mark.parametrize("method", ["fork", "forkserver"])

@@ -37,6 +37,7 @@ ALLOWED = frozenset(
         "sandboxrt._proc.supervisor",
         "sandboxrt._proc.children",
         "sandboxrt._proc.confinement",
+        "sandboxrt._proc.leftovers",
         "sandboxrt._proc.execs",
         "sandboxrt._proc.limits",
         "sandboxrt._proc.members",

@@ -413,8 +413,14 @@ class SandboxPlan(_Message):
     time_offsets: str = ""
     #: The sandbox ends with its creator: when the socket it was launched on closes (the
     #: creating process exited, however), its containers are killed (a ``MemoryStore``'s,
-    #: which no other process can reach; ``run``'s are, by its exit-status socket).
+    #: which no other process can reach; ``run``'s are, by its exit-status socket). Then,
+    #: as no one else knows them, the supervisor removes what the creator's destroy would
+    #: have: the containers' cgroups (the levels named by the ``cgroup`` step's
+    #: ``orphaned``, and :attr:`ContainerPlan.cgroup_orphaned`) and its runtime directory.
     tied: bool = False
+    #: With :attr:`tied`: the runtime directory's parent is the creator's own (a
+    #: ``MemoryStore``'s temporary directory), removed too once empty.
+    owns_runtime_root: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -439,6 +445,10 @@ class ContainerPlan(_Message):
     #: the supervisor's root is minimal (decision 33), and createContainer hooks or a
     #: rootfs by path need the host's view.
     host_tree: bool = False
+    #: For each of ``init.cgroup_procs``, the names of the cgroup's levels (bottom up)
+    #: that the supervisor of a ``tied`` sandbox removes once its creator is gone (see
+    #: :attr:`SandboxPlan.tied`).
+    cgroup_orphaned: list[list[str]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)

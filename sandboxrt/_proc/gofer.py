@@ -49,7 +49,7 @@ from sandboxrt._core.file_protocol import (
     WalkEntry,
 )
 from sandboxrt._core.protocol import Launched, Reply, Request
-from sandboxrt._os import capabilities, channel, mounts, procfs, syscalls
+from sandboxrt._os import capabilities, channel, mounts, procfs, removal, syscalls
 from sandboxrt._proc.entry import reset_inherited_signals
 
 T = TypeVar("T")
@@ -309,7 +309,7 @@ class Files:
                     os.fchown(made, self.uid, self.group_in(parent))
                     os.fchmod(made, mode)
                 except BaseException:
-                    _remove_if_same(at, name, st)  # (no mode-000 directory of root's left)
+                    removal.remove_if_same(at, name, st)  # (no mode-000 directory of root's left)
                     raise
             finally:
                 os.close(made)
@@ -341,7 +341,7 @@ class Files:
         parent = self.parent(request.path)
         name, at = parent.name, parent.fd
         try:
-            _refuse_mount_point(at, name, request.path)
+            removal.refuse_mount_point(at, name, request.path)
             st = os.lstat(name, dir_fd=at)
             if not stat.S_ISDIR(st.st_mode):
                 if parent.slash:  # (``rm file/`` too)
@@ -350,7 +350,7 @@ class Files:
                     )
                 os.unlink(name, dir_fd=at)
             elif request.recursive:
-                _remove_tree(at, name)
+                removal.remove_tree(at, name)
             else:
                 os.rmdir(name, dir_fd=at)
         finally:
@@ -406,98 +406,6 @@ class Files:
         finally:
             channel.close_fds([fd for _, fd in todo])
         return entries
-
-
-def _remove_tree(parent: int, name: str) -> None:
-    """Remove directory ``name`` of ``parent`` (an fd) and all it holds, through fds.
-
-    Only ever opens a directory, never following a symlink and never blocking
-    (``O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK``): the container may swap any entry
-    for a FIFO, a device node or a symlink while we go (``shutil.rmtree`` opened
-    what ``lstat`` had seen as a directory by name, and a FIFO there blocked us for
-    good, a device node we then held open). What is no directory is unlinked.
-    A loop, not a recursion: a tree is as deep as the container made it (one fd
-    held per level below the top, see :func:`_serve`).
-    """
-    top = _open_directory(parent, name)
-    if top is None:
-        return
-    levels = [(parent, name, top, _entries_or_close(top))]
-    try:
-        while levels:
-            above, here, fd, entries = levels[-1]
-            if not entries:
-                levels.pop()
-                os.close(fd)
-                os.rmdir(here, dir_fd=above)
-                continue
-            entry, is_dir = entries.pop()
-            if not is_dir:
-                _refuse_mount_point(fd, entry, entry)  # (a file bound there)
-                try:
-                    os.unlink(entry, dir_fd=fd)
-                    continue
-                except IsADirectoryError:  # swapped for a directory meanwhile
-                    pass
-            sub = _open_directory(fd, entry)
-            if sub is not None:
-                if _mount_of(sub) != _mount_of(fd):
-                    os.close(sub)
-                    raise OSError(errno.EBUSY, "a mount point is in the way", entry)
-                levels.append((fd, entry, sub, _entries_or_close(sub)))
-    finally:
-        channel.close_fds([fd for _, _, fd, _ in levels])
-
-
-def _remove_if_same(parent: int, name: str, made: os.stat_result) -> None:
-    """Remove directory ``name`` of ``parent`` if it is still the one ``made`` is of."""
-    with contextlib.suppress(OSError):
-        now = os.lstat(name, dir_fd=parent)
-        if (now.st_dev, now.st_ino) == (made.st_dev, made.st_ino):
-            os.rmdir(name, dir_fd=parent)
-
-
-def _refuse_mount_point(parent: int, name: str, path: str) -> None:
-    """``EBUSY`` for a mount point, as the container's own ``rmdir`` gets: we are in a
-    mount namespace of our own, where the kernel would detach the container's mount."""
-    try:
-        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-    except FileNotFoundError:
-        return  # (the removal says so)
-    try:
-        if _mount_of(fd) != _mount_of(parent):
-            raise OSError(errno.EBUSY, "a mount point is not removed", path)
-    finally:
-        os.close(fd)
-
-
-def _mount_of(fd: int) -> int:
-    """(statx's mount id, else /proc/self/fdinfo's: before Linux 5.8 statx has none, and
-    every entry would have read as on its parent's mount.)"""
-    return mounts.mount_id_of(fd)
-
-
-def _open_directory(parent: int, name: str) -> int | None:
-    """Directory ``name`` of ``parent`` opened; ``None`` once unlinked if it is none
-    (swapped for something else meanwhile)."""
-    try:
-        return os.open(name, os.O_RDONLY | os.O_NONBLOCK | _O_DIR, dir_fd=parent)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
-            raise
-    os.unlink(name, dir_fd=parent)
-    return None
-
-
-def _entries_or_close(fd: int) -> list[tuple[str, bool]]:
-    """The names in directory ``fd``, each with whether it is a directory (unfollowed);
-    ``fd`` closed if they cannot be read."""
-    try:
-        with os.scandir(fd) as entries:
-            return [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def handle(files: Files, request: FileRequest) -> tuple[FileReply, list[int]]:

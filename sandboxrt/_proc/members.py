@@ -68,6 +68,9 @@ class Member:
     #: ``O_PATH`` fds of its cgroup's directories (one per hierarchy), sent by the library
     #: (with the root's ``cgroup`` step, or with a subcontainer's plan).
     cgroup_dirs: list[int] | None = None
+    #: For each of :attr:`cgroup_dirs`, the names of the levels removed (bottom up) if the
+    #: sandbox's creator is gone (``SandboxPlan.tied``: see ``leftovers``).
+    cgroup_orphaned: list[list[str]] = dataclasses.field(default_factory=list)
     #: An fd on its overlay root's upper directory (from its init), or -1.
     upper: int = -1
     #: What its init handed us at ``created`` (``init.open_handles``): an ``O_PATH`` fd of

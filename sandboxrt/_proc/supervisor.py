@@ -39,6 +39,7 @@ from sandboxrt._core.protocol import (
     encode,
 )
 from sandboxrt._os import channel, mounts, procfs, stdlib, syscalls
+from sandboxrt._proc import leftovers
 from sandboxrt._proc.children import (
     SUPERVISOR_NAME,
     death_before_exec,
@@ -176,6 +177,8 @@ class Supervisor:
         self.detaching: OldRootDetach | None = None
         #: What a warm sandbox made ahead for :meth:`confine`, until it is used.
         self.confinement: Confinement | None = None
+        #: A ``tied`` sandbox whose creator is gone: what it would have removed, we do.
+        self.orphaned = False
 
     # -- setting up ----------------------------------------------------------------------
 
@@ -375,6 +378,7 @@ class Supervisor:
                 channel.close_fds(dirs)
                 raise ValueError(f"{len(dirs)} cgroup directories for {root.cgroup_procs}")
             root.cgroup_dirs = dirs
+            root.cgroup_orphaned = leftovers.level_names(step.details.get("orphaned"), len(dirs))
         else:
             channel.close_fds(dirs)
         if step.step == "cgroup" and self.adopted:
@@ -583,7 +587,9 @@ class Supervisor:
             # the container), or a ``tied`` sandbox's creator: nobody will, so the
             # container goes now, as a child that dies with its parent (``bwrap
             # --die-with-parent``). Its record and cgroup wait for a destroy; it reads
-            # stopped meanwhile. A paused one dies only once thawed (v1's freezer).
+            # stopped meanwhile (a ``tied`` one's have no one else to, we remove them: see
+            # :meth:`_finish`). A paused one dies only once thawed (v1's freezer).
+            self.orphaned = self.plan.tied
             with contextlib.suppress(ProcessLookupError):
                 self._signal(self.root, signal.SIGKILL, everyone=True)
             _thaw(self.root.cgroup_dirs or [])
@@ -714,6 +720,7 @@ class Supervisor:
                 # Ours to keep (the request's fds are closed after it): exec'd processes
                 # and the signal checks use them; the init joins through files opened here.
                 member.cgroup_dirs = [os.dup(fd) for fd in given]
+                member.cgroup_orphaned = leftovers.level_names(plan.cgroup_orphaned, len(given))
                 member.cgroup_fds = open_cgroup(member.cgroup_dirs)
                 spare = given  # (the request's: closed here after it, in the init now)
                 self._fork_init(member, fds[: len(fds) - extra], host_tree, spare)
@@ -1109,8 +1116,29 @@ class Supervisor:
         # (Not ours to remove in a user namespace of our own: the library's destroy does.)
         with contextlib.suppress(OSError):
             os.unlink(os.path.basename(self.plan.control_socket), dir_fd=self.runtime_fd)
+        if self.orphaned:
+            self._remove_leftovers()
         code = root.returncode if root.returncode >= 0 else 128 - root.returncode
         os._exit(code)
+
+    def _remove_leftovers(self) -> None:
+        """Our creator is gone and no one else knows our containers (``tied``): once every
+        process of theirs is (reaped, up to a few seconds), remove their cgroups and our
+        runtime directory, as its destroy would have. Best effort: what stays, stays."""
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    time.sleep(0.005)
+            except ChildProcessError:
+                break
+        for member in self.members.values():
+            levels = zip(member.cgroup_dirs or [], member.cgroup_orphaned, strict=False)
+            for directory, names in levels:
+                leftovers.remove_cgroup_levels(directory, names)
+        leftovers.remove_runtime_dir(
+            self.runtime_fd, self.plan.runtime_dir, owns_root=self.plan.owns_runtime_root
+        )
 
 
 #: A frozen cgroup's file that thaws it, and what thaws it: v1's, v2's.

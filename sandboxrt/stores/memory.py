@@ -108,6 +108,13 @@ class MemoryStore(_RecordStore[threading.Lock]):
                 self._runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             return self._runtime_dir
 
+    @property
+    def made_runtime_dir(self) -> bool:
+        """Whether :attr:`runtime_dir` is a temporary directory the store made (and removes
+        once empty), not one it was given."""
+        with self._mutex:
+            return self._runtime_dir is not None and self._runtime_dir == self._made_temp
+
     def _acquire(self, cid: str, timeout: float, interrupted: Sequence[int] = ()) -> threading.Lock:
         deadline = time.monotonic() + min(timeout, threading.TIMEOUT_MAX)
         while True:

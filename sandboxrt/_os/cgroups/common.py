@@ -453,10 +453,35 @@ def _remove_levels(
         if keep_parents and not level.name.startswith(TRANSIENT_SCOPE_PREFIX):
             _put_off(directory, level, level in created)
             continue
-        if level not in created and not _is_marked(directory):
+        if not _parent_removable(directory, level, created):
             break  # existed before sandboxrt: never removed
         if not _rmdir(directory, deadline, shared=True):
             break  # still holds other cgroups
+
+
+def _parent_removable(
+    directory: Path, level: PurePosixPath, created: Sequence[PurePosixPath]
+) -> bool:
+    """Whether a cgroup's parent level ``directory`` goes once empty: sandboxrt made it
+    (this cgroup's creation, or another's that marked it)."""
+    return level in created or _is_marked(directory)
+
+
+def _orphan_names(
+    mountpoint: Path, rel: PurePosixPath, created: Sequence[PurePosixPath], keep_parents: bool
+) -> list[str]:
+    """What :func:`_remove_levels` would remove, bottom up, as names (each of a directory
+    in the one above), but for parents it would put off: those stay in any case."""
+    if rel not in created:
+        return []
+    names = [rel.name]
+    for level in rel.parents:
+        if not level.parts or (keep_parents and not level.name.startswith(TRANSIENT_SCOPE_PREFIX)):
+            break
+        if not _parent_removable(mountpoint / level, level, created):
+            break
+        names.append(level.name)
+    return names
 
 
 def _put_off(directory: Path, level: PurePosixPath, ours: bool) -> None:
@@ -695,6 +720,16 @@ class Cgroup(abc.ABC):
     def directories(self) -> list[Path]:
         """The cgroup's directory in each hierarchy."""
         return list(dict.fromkeys(p.directory for p in self.placements))
+
+    def orphan_levels(self, *, keep_parents: bool) -> list[list[str]]:
+        """For each of :attr:`directories`, the names of the levels :meth:`destroy` would
+        remove (bottom up: the cgroup's, then its parents'), but for parents it would keep
+        (``keep_parents``): what a sandbox whose creator is gone removes itself once its
+        container is, from the cgroup's directory up (through ``..``), no path needed."""
+        first: dict[Path, Placement] = {}
+        for placement in self.placements:
+            first.setdefault(placement.directory, placement)
+        return [_orphan_names(p.mountpoint, p.rel, p.created, keep_parents) for p in first.values()]
 
     def directory(self, controller: str) -> Path | None:
         """The cgroup's directory in the hierarchy of ``controller``, if there is one."""

@@ -1,0 +1,113 @@
+"""Removing directories through fds, as a process that may not trust the tree does (the
+gofer serving a container's files, the supervisor removing what its creator left).
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from sandboxrt._os import channel, mounts
+
+__all__ = ["refuse_mount_point", "remove_if_same", "remove_tree"]
+
+_O_DIR = os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def remove_tree(parent: int, name: str) -> None:
+    """Remove directory ``name`` of ``parent`` (an fd) and all it holds, through fds.
+
+    Only ever opens a directory, never following a symlink and never blocking
+    (``O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK``): a container may swap any entry
+    for a FIFO, a device node or a symlink while we go (``shutil.rmtree`` opened
+    what ``lstat`` had seen as a directory by name, and a FIFO there blocked us for
+    good, a device node we then held open). What is no directory is unlinked; a
+    mount point is refused (``EBUSY``). A loop, not a recursion: a tree is as deep
+    as its writer made it (one fd held per level below the top).
+    """
+    top = _open_directory(parent, name)
+    if top is None:
+        return
+    levels = [(parent, name, top, _entries_or_close(top))]
+    try:
+        while levels:
+            above, here, fd, entries = levels[-1]
+            if not entries:
+                levels.pop()
+                os.close(fd)
+                os.rmdir(here, dir_fd=above)
+                continue
+            entry, is_dir = entries.pop()
+            if not is_dir:
+                refuse_mount_point(fd, entry, entry)  # (a file bound there)
+                try:
+                    os.unlink(entry, dir_fd=fd)
+                    continue
+                except IsADirectoryError:  # swapped for a directory meanwhile
+                    pass
+            sub = _open_directory(fd, entry)
+            if sub is not None:
+                if _mount_of(sub) != _mount_of(fd):
+                    os.close(sub)
+                    raise OSError(errno.EBUSY, "a mount point is in the way", entry)
+                levels.append((fd, entry, sub, _entries_or_close(sub)))
+    finally:
+        channel.close_fds([fd for _, _, fd, _ in levels])
+
+
+def remove_if_same(parent: int, name: str, made: os.stat_result) -> bool:
+    """Remove directory ``name`` of ``parent`` if it is still the one ``made`` is of (and
+    empty); whether it did."""
+    try:
+        now = os.lstat(name, dir_fd=parent)
+        if (now.st_dev, now.st_ino) != (made.st_dev, made.st_ino):
+            return False
+        os.rmdir(name, dir_fd=parent)
+    except OSError:
+        return False
+    return True
+
+
+def refuse_mount_point(parent: int, name: str, path: str) -> None:
+    """``EBUSY`` for a mount point, as the container's own ``rmdir`` gets: we are in a
+    mount namespace of our own, where the kernel would detach the container's mount."""
+    try:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    except FileNotFoundError:
+        return  # (the removal says so)
+    try:
+        if _mount_of(fd) != _mount_of(parent):
+            raise OSError(errno.EBUSY, "a mount point is not removed", path)
+    finally:
+        os.close(fd)
+
+
+def _mount_of(fd: int) -> int:
+    """(statx's mount id, else /proc/self/fdinfo's: before Linux 5.8 statx has none, and
+    every entry would have read as on its parent's mount.)"""
+    return mounts.mount_id_of(fd)
+
+
+def _open_directory(parent: int, name: str) -> int | None:
+    """Directory ``name`` of ``parent`` opened; ``None`` once unlinked if it is none
+    (swapped for something else meanwhile)."""
+    try:
+        return os.open(name, os.O_RDONLY | os.O_NONBLOCK | _O_DIR, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+    os.unlink(name, dir_fd=parent)
+    return None
+
+
+def _entries_or_close(fd: int) -> list[tuple[str, bool]]:
+    """The names in directory ``fd``, each with whether it is a directory (unfollowed);
+    ``fd`` closed if they cannot be read."""
+    try:
+        with os.scandir(fd) as entries:
+            return [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    except BaseException:
+        os.close(fd)
+        raise

@@ -1,0 +1,72 @@
+"""What a ``tied`` sandbox removes itself once its creator is gone (``SandboxPlan.tied``):
+its containers' cgroups and its runtime directory, which only the creator knew of (a
+``MemoryStore``'s records die with their process). Reached through the fds the
+supervisor holds, and ``..`` from them: its root shows no host path (decision 33).
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+from sandboxrt._os import channel, removal
+
+__all__ = ["level_names", "remove_cgroup_levels", "remove_runtime_dir"]
+
+_O_PARENT = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def level_names(value: Any, count: int) -> list[list[str]]:
+    """The library's ``orphaned`` levels (one list of names per cgroup directory, of
+    ``count``), checked; none where they are not that (nothing is removed then)."""
+    if not isinstance(value, list) or len(value) != count:
+        return []
+    for names in value:
+        if not isinstance(names, list) or not all(_is_name(name) for name in names):
+            return []
+    return value
+
+
+def _is_name(name: object) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+
+
+def remove_cgroup_levels(directory: int, names: list[str]) -> None:
+    """Remove the cgroup directory ``directory`` (an fd) as ``names[0]`` of its parent,
+    then that parent as ``names[1]`` of its own, and so on up, each only while it is
+    still the directory we came from and empty; stops at the first that stays."""
+    here, opened = directory, []
+    try:
+        for name in names:
+            made = os.fstat(here)
+            here = os.open("..", _O_PARENT, dir_fd=here)
+            opened.append(here)
+            if not removal.remove_if_same(here, name, made):
+                return
+    except OSError:
+        return
+    finally:
+        channel.close_fds(opened)
+
+
+def remove_runtime_dir(runtime_fd: int, runtime_dir: str, *, owns_root: bool) -> None:
+    """Remove the runtime directory ``runtime_dir`` (``runtime_fd`` is an fd of it) and
+    all it holds, then (``owns_root``) its parent once empty."""
+    opened = []
+    with contextlib.suppress(OSError):
+        parent = os.open("..", _O_PARENT, dir_fd=runtime_fd)
+        opened.append(parent)
+        name = os.path.basename(runtime_dir)
+        made, now = os.fstat(runtime_fd), os.lstat(name, dir_fd=parent)
+        if (made.st_dev, made.st_ino) != (now.st_dev, now.st_ino):
+            return  # (not the one we were given: left alone)
+        removal.remove_tree(parent, name)
+        if owns_root:
+            top = os.open("..", _O_PARENT, dir_fd=parent)
+            opened.append(top)
+            root_name = os.path.basename(os.path.dirname(runtime_dir))
+            removal.remove_if_same(top, root_name, os.fstat(parent))
+    channel.close_fds(opened)
