@@ -54,7 +54,8 @@ class MemoryStore(_RecordStore[threading.Lock]):
     child destroys those it made itself, not its parent's. Should the process be
     killed outright (SIGKILL), or ``exec`` another program, its containers' processes
     are killed with it (their sandboxes are tied to it: once a child it forked
-    meanwhile has exited too), and their empty cgroup and runtime directories stay.
+    meanwhile has exited too), and their sandboxes remove their cgroups and runtime
+    directories. Those of a container that had exited before stay, empty.
     """
 
     def __init__(
