@@ -26,6 +26,7 @@ from test_hooks_lifecycle import Setup
 from sandboxrt import Config, Container, FileStore, Pod, Status, write_spec_file
 from sandboxrt._core.spec import read_spec_file
 from sandboxrt._proc.confinement import _thread_count
+from sandboxrt._proc.launcher import ForkServerLauncher
 
 pytestmark = [needs_root, needs_busybox]
 
@@ -186,3 +187,31 @@ def test_the_detach_thread_is_waited_for_as_the_kernel_counts_threads() -> None:
     while _thread_count() > before and time.monotonic() < deadline:
         time.sleep(0.01)
     assert _thread_count() == before
+
+
+@pytest.mark.parametrize("build_ahead", [False, True], ids=["fresh", "built-ahead"])
+def test_a_run_program_never_sees_the_host_mount_table_as_its_pid_1s(
+    tmp_path: Path, bundle: BundleFactory, build_ahead: bool
+) -> None:
+    """``/proc/1/mountinfo`` in the container is the supervisor's: a ``run``'s program
+    started before the supervisor pivoted read the host's mount table there (the
+    kernel shows only mounts beneath the reader's root, and the supervisor's was the
+    host's until then), in most runs. Now the supervisor confines itself first."""
+    path = bundle(["cat", "/proc/1/mountinfo"])
+    store = FileStore(tmp_path / "store")
+    launcher = ForkServerLauncher(build_ahead=build_ahead)
+    seen = []
+    try:
+        for i in range(6):
+            with (tmp_path / f"out{i}").open("w+b") as out_file:
+                code = Container.run(
+                    f"mi{i}", path, store=store, stdout=out_file, launcher=launcher
+                )
+                out_file.seek(0)
+                seen.append(out_file.read().decode())
+            assert code == 0
+    finally:
+        launcher.close()
+    for table in seen:
+        mount_points = {line.split()[4] for line in table.splitlines()}
+        assert mount_points <= {"/", "/proc"}, table

@@ -864,8 +864,8 @@ def _init_process(name: str = PROCESS_NAME) -> None:
 def _create(
     plan: InitPlan, sync: socket.socket, stdio: Sequence[int], seccomp_program: bytes | None
 ) -> NoReturn:
-    """Report ``created`` (with a pty master, for a terminal), wait for start (unless
-    ``plan.autostart``), exec."""
+    """Report ``created`` (with a pty master, for a terminal), wait for start (with
+    ``plan.autostart``, the supervisor's word at once: it confines itself first), exec."""
     executable = find_executable(plan.args[0], plan.env, plan.cwd)
     tty_slave = None
     pty_fds: list[int] = []
@@ -877,31 +877,30 @@ def _create(
     channel.send(sync, Progress("created"), [*pty_fds, *handles])
     channel.close_fds([*pty_fds, *handles])
     start_hooks: Callable[[Callable[[], None] | None], None] | None = None
-    if not plan.autostart:  # (which has no startContainer hooks: the library sees to it)
-        try:
-            start, _ = channel.receive(sync, Request)
-        except channel.ChannelClosedError:
-            os._exit(0)  # destroyed before start
-        if plan.start_container_hooks:
+    try:
+        start, _ = channel.receive(sync, Request)
+    except channel.ChannelClosedError:
+        os._exit(0)  # destroyed before start
+    if plan.start_container_hooks:  # (never with autostart: the library sees to it)
 
-            def start_hooks(confine: Callable[[], None] | None) -> None:
-                # As the container's process, in its cwd (as runc): a hook is a file of
-                # the container's, which its processes may have changed. What it leaves
-                # running must be as confined as the program, so a profile that we load
-                # last, it loads first (runc's does not). Our signals are the program's
-                # by now: a hook that exits unread must not SIGPIPE us.
-                default = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-                try:
-                    hooks.run_hooks(
-                        plan.start_container_hooks,
-                        start.state,
-                        phase="startContainer",
-                        container_id=plan.container_id,
-                        cwd=".",
-                        confine=confine,
-                    )
-                finally:
-                    signal.signal(signal.SIGPIPE, default)
+        def start_hooks(confine: Callable[[], None] | None) -> None:
+            # As the container's process, in its cwd (as runc): a hook is a file of
+            # the container's, which its processes may have changed. What it leaves
+            # running must be as confined as the program, so a profile that we load
+            # last, it loads first (runc's does not). Our signals are the program's
+            # by now: a hook that exits unread must not SIGPIPE us.
+            default = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+            try:
+                hooks.run_hooks(
+                    plan.start_container_hooks,
+                    start.state,
+                    phase="startContainer",
+                    container_id=plan.container_id,
+                    cwd=".",
+                    confine=confine,
+                )
+            finally:
+                signal.signal(signal.SIGPIPE, default)
 
     if not _signals_reset:  # (an init built ahead did it before its claim)
         _default_signals()

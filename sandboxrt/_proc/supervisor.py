@@ -179,6 +179,8 @@ class Supervisor:
         self.confinement: Confinement | None = None
         #: A ``tied`` sandbox whose creator is gone: what it would have removed, we do.
         self.orphaned = False
+        #: :meth:`confine` ran (once is all it does).
+        self.confined = False
 
     # -- setting up ----------------------------------------------------------------------
 
@@ -209,7 +211,10 @@ class Supervisor:
         then make our root the minimal one
         (``mounts.confine_to_proc``: a tmpfs holding our /proc). Without a PID namespace
         of our own (no /proc of ours) we stay as we are (decision 33). A warm sandbox
-        prepared the rest ``ahead``."""
+        prepared the rest ``ahead``. Once only: a later call does nothing."""
+        if self.confined:
+            return
+        self.confined = True
         root = self.root
         if root.cgroup_dirs is None:  # (none: the library sends them with its cgroup)
             root.cgroup_dirs = []
@@ -416,6 +421,9 @@ class Supervisor:
             if step.step != "created":
                 return False
             if root.autostart:
+                # Before its program runs: until we pivot, our /proc/1/mountinfo (which
+                # the container reads as its PID 1's) shows the host's mount table.
+                self.confine(self.confinement)
                 self.report(self._start_step(root))
             return True
 
@@ -1002,17 +1010,17 @@ class Supervisor:
         return None
 
     def _begin_start(self, member: Member, request: Request) -> socket.socket | Reply:
-        """Tell ``member``'s init to go on to exec (unless it goes by itself: autostart);
-        its sync socket, which says how it went, or the reply of a start refused."""
+        """Tell ``member``'s init to go on to exec (with autostart too: then it waits for
+        this only, right after created); its sync socket, which says how it went, or the
+        reply of a start refused."""
         if member.started or member.init_sync is None:
             return Reply(False, error="the container was started already", error_type="State")
         if member.returncode is not None:  # (killed while created, and reaped)
             return _STOPPED_BEFORE_START
         member.started = True
         sync, member.init_sync = member.init_sync, None
-        if not member.autostart:  # else it goes on to exec by itself after created
-            with contextlib.suppress(OSError):  # (a dead init: its end of stream says so)
-                channel.send(sync, request)
+        with contextlib.suppress(OSError):  # (a dead init: its end of stream says so)
+            channel.send(sync, request)
         return sync
 
     def _started(self, member: Member) -> None:
@@ -1212,8 +1220,8 @@ def _run_supervisor(
             # goes on to created (on the other core), not after.
             supervisor.confine(confinement)
         created = supervisor.relay_creation()
-        if created and ahead is None:
-            supervisor.confine(confinement)
+        if created:  # (done already if built ahead, or for ``run``: then it does nothing)
+            supervisor.confine(supervisor.confinement)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             supervisor.report(error_progress(exc))
