@@ -944,3 +944,17 @@ def test_a_ctrl_c_as_a_lock_is_taken_or_let_go_leaves_it_free(
             with store.lock("a", timeout=0):  # free again
                 pass
         assert _fds() == before
+
+
+@pytest.mark.parametrize("kind", ["file", "memory"])
+def test_a_relative_store_path_under_a_removed_cwd_is_a_typed_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """``getcwd`` fails once the working directory is removed: the path cannot be made
+    absolute, and the error says so (it was a bare ``FileNotFoundError``)."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(InvalidArgumentError, match="relative to a working directory removed"):
+        FileStore("relative") if kind == "file" else MemoryStore("relative")

@@ -231,7 +231,7 @@ class FileStore(_RecordStore[int]):
         self.durable = durable
         # A default root outside root's /run must be private to us (it may be in /tmp).
         self._must_be_private = root is None and os.geteuid() != 0
-        self._root = Path(default_root() if root is None else root).absolute()
+        self._root = _absolute(default_root() if root is None else root, "store root")
         self._root_ready = False
 
     def __repr__(self) -> str:
@@ -428,6 +428,17 @@ def _create_exclusively(path: Path) -> BinaryIO:
             fh.close()
         raise
     return fh
+
+
+def _absolute(path: str | os.PathLike[str], what: str, *, resolve: bool = False) -> Path:
+    """``path`` made absolute (``resolve``: its links followed too); an
+    :class:`InvalidArgumentError` naming ``what`` if it is relative and our working
+    directory was removed (``getcwd`` fails)."""
+    try:
+        return Path(os.path.realpath(path)) if resolve else Path(path).absolute()
+    except FileNotFoundError as exc:
+        problem = f"the {what} {os.fspath(path)!r} is relative to a working directory removed"
+        raise InvalidArgumentError("", problem) from exc
 
 
 def _mkdir(path: Path, mode: int, *, parents: bool = False) -> None:

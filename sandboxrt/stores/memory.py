@@ -27,7 +27,7 @@ from sandboxrt.errors import (
     SandboxrtError,
 )
 from sandboxrt.stores.base import DEFAULT_LOCK_TIMEOUT
-from sandboxrt.stores.file import _RecordStore
+from sandboxrt.stores.file import _absolute, _RecordStore
 
 __all__ = ["MemoryStore"]
 
@@ -73,7 +73,9 @@ class MemoryStore(_RecordStore[threading.Lock]):
         self._mutex = ForkSafeLock()  # (per container: timed locks, a LockTimeoutError)
         # Absolute, links resolved: the directory is named alike by every spelling of
         # it, and stays the same one whatever this process's working directory becomes.
-        given_dir = None if runtime_dir is None else Path(os.path.realpath(runtime_dir))
+        given_dir = None
+        if runtime_dir is not None:
+            given_dir = _absolute(runtime_dir, "runtime directory", resolve=True)
         self._runtime_dir = given_dir
         if self._runtime_dir is not None and any(
             self._runtime_dir in store._made_in for store in _live_stores()
