@@ -599,7 +599,9 @@ class Container:
         --die-with-parent``; not one started apart, for hooks, a terminal or a pid
         file, but in a :class:`MemoryStore`; and only once a child this process forked
         meanwhile, which holds the socket the supervisor watches, has exited too): its
-        record and cgroup wait for a :meth:`destroy`.
+        record and cgroup wait for a :meth:`destroy` (a :class:`MemoryStore`'s, which no
+        other process could reach, its sandbox removes, but in a user namespace of its
+        own).
 
         ``PIPE`` is refused (:class:`InvalidArgumentError`): nothing would read or
         write it before the program ends, so a program writing more than a pipe

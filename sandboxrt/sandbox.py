@@ -264,6 +264,9 @@ class Sandbox:
             launched = process
             with contextlib.ExitStack() as closing:
                 closing.callback(ours.close)
+                # On a failure the sandbox goes first: a ``tied`` one would take that
+                # socket's closing for its creator's end, and remove what we remove.
+                closing.push(lambda kind, *_: kind is not None and _destroy_failed(sandbox))
                 channel.send_rest(ours, stdio)
                 failed = (
                     cls._make_cgroup(ours, make_cgroup, on_cgroup)
@@ -290,12 +293,6 @@ class Sandbox:
                     closing.pop_all()
                 return sandbox, pty
         except BaseException:
-            if sandbox is not None:
-                try:
-                    sandbox.destroy(timeout=10.0)
-                except (SandboxrtError, OSError) as exc:  # why the launch failed says more
-                    log.warning('container "%s": its sandbox outlived a failed create: %s',
-                                container_id, exc)  # fmt: skip
             if launched is not None:
                 _reap(launched)
             shutil.rmtree(plan.runtime_dir, ignore_errors=True)
@@ -1047,6 +1044,17 @@ def remove_tree(path: str, container_id: str) -> None:
 
 #: How often :func:`remove_tree` walks a tree whose entries come and go meanwhile.
 _REMOVE_TRIES = 5
+
+
+def _destroy_failed(sandbox: Sandbox | None) -> bool:
+    """Destroy the sandbox of a launch that failed (if it got that far); never ``True``
+    (for an exit callback: the failure goes on, and says more than one here would)."""
+    if sandbox is not None:
+        try:
+            sandbox.destroy(timeout=10.0)
+        except (SandboxrtError, OSError) as exc:
+            log.warning('container "%s": its sandbox outlived a failed create: %s', sandbox.id, exc)
+    return False
 
 
 def _reap(process: LaunchedProcess) -> None:

@@ -14,6 +14,7 @@ import re
 import secrets
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import (
+    REPO,
     BundleFactory,
     edit_config,
     in_python,
@@ -28,6 +30,7 @@ from conftest import (
     needs_root,
     run_output,
     store_cgroups,
+    wait_until,
 )
 from test_launchers import _ahead_of, _init_of
 from test_userns import with_userns
@@ -539,6 +542,42 @@ def test_a_pre_existing_cgroup_is_used_and_left(
     assert mine.exists() and mine.pids() == []
     mine.destroy()
     assert not mine.exists()
+
+
+def test_a_pre_existing_cgroup_is_left_unmarked_by_a_creator_killed_outright(
+    bundle: BundleFactory, own_cgroup: str
+) -> None:
+    """The sandbox of a MemoryStore's container whose creator was killed removes what the
+    creator's destroy would have: of a ``cgroupsPath`` that existed before, nothing but
+    the container's mark (left, it kept any other container of that id out for good)."""
+    mine = cgroups.create(f"/{own_cgroup}")
+    path = edit_config(bundle(["sleep", "1000"]), cgroups_path(f"/{own_cgroup}"))
+    script = (
+        "import sys\n"
+        "from sandboxrt import Container, MemoryStore\n"
+        f"c = Container.create('pre', {str(path)!r}, store=MemoryStore())\n"
+        "c.start()\n"
+        "print(c.state().pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    creator = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert creator.stdout is not None
+        supervisor = creator.stdout.readline().strip()
+        assert supervisor
+    finally:
+        creator.kill()
+        creator.communicate()
+    wait_until(lambda: not os.path.exists(f"/proc/{supervisor}"))
+    assert mine.exists() and mine.pids() == []
+    assert [d for d in mine.directories if OWNER_XATTR in os.listxattr(d)] == []
+    mine.destroy()
 
 
 @real

@@ -31,7 +31,15 @@ from conftest import (
     wait_until,
 )
 
-from sandboxrt import Config, Container, CreateTimeoutError, FileStore, SandboxrtError, Status
+from sandboxrt import (
+    Config,
+    Container,
+    CreateTimeoutError,
+    FileStore,
+    MemoryStore,
+    SandboxrtError,
+    Status,
+)
 from sandboxrt._core.records import ProcessIdentity
 from sandboxrt._os import procfs
 from sandboxrt.errors import (
@@ -44,6 +52,7 @@ from sandboxrt.errors import (
     SpecError,
     WaitTimeoutError,
 )
+from sandboxrt.sandbox import Sandbox
 
 pytestmark = [needs_root, needs_busybox]
 
@@ -1007,8 +1016,10 @@ def test_a_memory_store_container_dies_with_a_creator_killed_outright(
     for good. Its sandbox now ends when the socket its creator launched it on closes;
     while the creator lives, the container lives, its objects dropped or not. Then the
     sandbox removes what the creator's destroy would have: its containers' cgroups (a
-    pod member's too), the store's cgroup level and the runtime directory."""
+    pod member's too, with a daemon that left its process group), the store's cgroup
+    level and the runtime directory."""
     path = bundle(["sleep", "1000"])
+    daemon = bundle(["sh", "-c", "setsid sleep 1000 & exec sleep 1000"])
     creator = subprocess.Popen(
         [
             sys.executable,
@@ -1023,7 +1034,7 @@ c.start()
 supervisor, init = c.state().pid, c.processes()[0].host_pid
 containers = [c]
 if {case!r} == "pod":
-    member = Pod(c).add_container("member", {str(path)!r}, store=store, **quiet)
+    member = Pod(c).add_container("member", {str(daemon)!r}, store=store, **quiet)
     member.start()
     containers.append(member)
 dirs = [
@@ -1074,6 +1085,33 @@ sys.stdin.read()
             with contextlib.suppress(OSError):
                 os.rmdir(top)
         shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+def test_a_failed_memory_store_launch_stops_its_sandbox_before_untying_it(
+    bundle: BundleFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A launch failing once its sandbox runs destroys the sandbox, then closes the socket
+    the sandbox is tied by: closed first, a ``tied`` sandbox took its creator for gone,
+    and removed its cgroup and runtime files under our own destroy."""
+    follow, destroy = Sandbox._follow_creation, Sandbox.destroy
+    seen: list[tuple[bool, bool]] = []
+
+    def follow_then_fail(self: Sandbox, *args: Any, **kwargs: Any) -> Any:
+        follow(self, *args, **kwargs)
+        raise KeyboardInterrupt  # (a Ctrl-C once created)
+
+    def destroy_later(self: Sandbox, timeout: float) -> None:
+        time.sleep(0.3)  # (the supervisor's time to act on a closed socket)
+        seen.append((alive(self.pid), os.path.isdir(self.runtime_dir)))
+        destroy(self, timeout)
+
+    monkeypatch.setattr(Sandbox, "_follow_creation", follow_then_fail)
+    monkeypatch.setattr(Sandbox, "destroy", destroy_later)
+    store = MemoryStore()
+    with pytest.raises(KeyboardInterrupt):
+        Container.create("untied", bundle(["sleep", "1000"]), store=store)
+    assert seen == [(True, True)]
+    assert store.list_ids() == []
 
 
 @pytest.mark.parametrize("method", ["fork", "forkserver"])

@@ -16,8 +16,9 @@ __all__ = ["refuse_mount_point", "remove_if_same", "remove_tree"]
 _O_DIR = os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-def remove_tree(parent: int, name: str) -> None:
-    """Remove directory ``name`` of ``parent`` (an fd) and all it holds, through fds.
+def remove_tree(parent: int, name: str, *, same_as: os.stat_result | None = None) -> None:
+    """Remove directory ``name`` of ``parent`` (an fd) and all it holds, through fds
+    (with ``same_as``: only if it is the directory that is the status of, opened).
 
     Only ever opens a directory, never following a symlink and never blocking
     (``O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK``): a container may swap any entry
@@ -29,6 +30,9 @@ def remove_tree(parent: int, name: str) -> None:
     """
     top = _open_directory(parent, name)
     if top is None:
+        return
+    if same_as is not None and not _same_file(os.fstat(top), same_as):
+        os.close(top)
         return
     levels = [(parent, name, top, _entries_or_close(top))]
     try:
@@ -61,13 +65,16 @@ def remove_if_same(parent: int, name: str, made: os.stat_result) -> bool:
     """Remove directory ``name`` of ``parent`` if it is still the one ``made`` is of (and
     empty); whether it did."""
     try:
-        now = os.lstat(name, dir_fd=parent)
-        if (now.st_dev, now.st_ino) != (made.st_dev, made.st_ino):
+        if not _same_file(os.lstat(name, dir_fd=parent), made):
             return False
         os.rmdir(name, dir_fd=parent)
     except OSError:
         return False
     return True
+
+
+def _same_file(one: os.stat_result, other: os.stat_result) -> bool:
+    return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
 
 
 def refuse_mount_point(parent: int, name: str, path: str) -> None:

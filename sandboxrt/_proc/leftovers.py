@@ -8,11 +8,10 @@ Standard library only.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any
 
-from sandboxrt._os import channel, removal
+from sandboxrt._os import cgroup_marks, channel, removal
 
 __all__ = ["level_names", "remove_cgroup_levels", "remove_runtime_dir"]
 
@@ -34,39 +33,43 @@ def _is_name(name: object) -> bool:
     return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
 
 
-def remove_cgroup_levels(directory: int, names: list[str]) -> None:
+def remove_cgroup_levels(directory: int, names: list[str], container_id: str) -> None:
     """Remove the cgroup directory ``directory`` (an fd) as ``names[0]`` of its parent,
     then that parent as ``names[1]`` of its own, and so on up, each only while it is
-    still the directory we came from and empty; stops at the first that stays."""
-    here, opened = directory, []
+    still the directory we came from and empty; stops at the first that stays. One that
+    stays (a ``cgroupsPath`` that existed before, with no names) loses the owner mark of
+    ``container_id``, as a destroy drops it: it is no longer that container's."""
+    here, opened, leaf_removed = directory, [], False
     try:
         for name in names:
             made = os.fstat(here)
             here = os.open("..", _O_PARENT, dir_fd=here)
             opened.append(here)
             if not removal.remove_if_same(here, name, made):
-                return
+                break
+            leaf_removed = True
     except OSError:
-        return
+        pass
     finally:
         channel.close_fds(opened)
+    if not leaf_removed:
+        cgroup_marks.release_owner(f"/proc/self/fd/{directory}", container_id)
 
 
 def remove_runtime_dir(runtime_fd: int, runtime_dir: str, *, owns_root: bool) -> None:
     """Remove the runtime directory ``runtime_dir`` (``runtime_fd`` is an fd of it) and
     all it holds, then (``owns_root``) its parent once empty."""
-    opened = []
-    with contextlib.suppress(OSError):
+    opened: list[int] = []
+    try:
         parent = os.open("..", _O_PARENT, dir_fd=runtime_fd)
         opened.append(parent)
-        name = os.path.basename(runtime_dir)
-        made, now = os.fstat(runtime_fd), os.lstat(name, dir_fd=parent)
-        if (made.st_dev, made.st_ino) != (now.st_dev, now.st_ino):
-            return  # (not the one we were given: left alone)
-        removal.remove_tree(parent, name)
+        removal.remove_tree(parent, os.path.basename(runtime_dir), same_as=os.fstat(runtime_fd))
         if owns_root:
             top = os.open("..", _O_PARENT, dir_fd=parent)
             opened.append(top)
             root_name = os.path.basename(os.path.dirname(runtime_dir))
             removal.remove_if_same(top, root_name, os.fstat(parent))
-    channel.close_fds(opened)
+    except OSError:
+        pass
+    finally:
+        channel.close_fds(opened)

@@ -1131,8 +1131,19 @@ class Supervisor:
 
     def _remove_leftovers(self) -> None:
         """Our creator is gone and no one else knows our containers (``tied``): once every
-        process of theirs is (reaped, up to a few seconds), remove their cgroups and our
-        runtime directory, as its destroy would have. Best effort: what stays, stays."""
+        process of theirs is gone (killed, whichever group or session it left; reaped, up
+        to a few seconds), remove their cgroups and our runtime directory, as its destroy
+        would have. Best effort: what stays, stays."""
+        if os.getpid() == 1:  # (all but us in our PID namespace)
+            with contextlib.suppress(OSError):
+                os.kill(-1, signal.SIGKILL)
+        else:
+            for member in self.members.values():
+                for pid in self._member_pids(member):
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+        for member in self.members.values():  # (frozen, they die only once thawed)
+            _thaw(member.cgroup_dirs or [])
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
             try:
@@ -1143,7 +1154,7 @@ class Supervisor:
         for member in self.members.values():
             levels = zip(member.cgroup_dirs or [], member.cgroup_orphaned, strict=False)
             for directory, names in levels:
-                leftovers.remove_cgroup_levels(directory, names)
+                leftovers.remove_cgroup_levels(directory, names, member.id)
         leftovers.remove_runtime_dir(
             self.runtime_fd, self.plan.runtime_dir, owns_root=self.plan.owns_runtime_root
         )

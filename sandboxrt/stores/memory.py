@@ -55,7 +55,8 @@ class MemoryStore(_RecordStore[threading.Lock]):
     killed outright (SIGKILL), or ``exec`` another program, its containers' processes
     are killed with it (their sandboxes are tied to it: once a child it forked
     meanwhile has exited too), and their sandboxes remove their cgroups and runtime
-    directories. Those of a container that had exited before stay, empty.
+    directories (not in a user namespace of their own, which may not). Those of a
+    container that had exited before stay, empty.
     """
 
     def __init__(

@@ -34,6 +34,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
+from sandboxrt._os.cgroup_marks import (
+    LOST_XATTR,
+    OWNER_XATTR,
+    PARENT_XATTR,
+    owner_of,
+    release_owner,
+)
 from sandboxrt._os.exiting import call_at_exit
 from sandboxrt.errors import MissingFeatureError, SpecError, SystemCallError
 
@@ -64,20 +71,11 @@ __all__ = [
 #: Values at or above this are "no limit" (v1 reports 2**63 rounded down to a page).
 UNLIMITED = 1 << 62
 _MAX_DELAY = 0.2
-#: The extended attribute marking a parent level sandboxrt created (value ``b"1"``).
-PARENT_XATTR = "trusted.sandboxrt.parent"
 #: The name of a default path's store level starts with this for a store nothing will
 #: use again once its process ends (a ``MemoryStore``): that level is not kept for the
 #: next container (``keep_parents``), but removed with its last one, as no later process
 #: would ever remove it.
 TRANSIENT_SCOPE_PREFIX = "mem-"
-#: The extended attribute naming the container whose cgroup a directory is (its id),
-#: set on the leaf in every hierarchy: no other container's cgroup may be it, nor sit
-#: above or below it (its destroy would kill, or remove, the other's).
-OWNER_XATTR = "trusted.sandboxrt.owner"
-#: The extended attribute marking a cgroup a creation made and lost to another that
-#: claimed it meanwhile (value ``b"1"``): the claimant's destroy removes it.
-LOST_XATTR = "trusted.sandboxrt.lost"
 #: How often creation starts over when a parent level vanished under it.
 _MAKE_ATTEMPTS = 8
 #: Parent directories whose removal was put off (``keep_parents``), each with its level
@@ -414,14 +412,6 @@ def _make_missing(
             after(mountpoint / level)
 
 
-def owner_of(directory: Path) -> str | None:
-    """The container whose cgroup ``directory`` is marked as (:data:`OWNER_XATTR`), if any."""
-    try:
-        return os.fsdecode(os.getxattr(directory, OWNER_XATTR))
-    except OSError:
-        return None
-
-
 def _is_marked(directory: Path, mark: str = PARENT_XATTR) -> bool:
     """Whether ``directory`` carries ``mark`` (:data:`PARENT_XATTR`, :data:`LOST_XATTR`)."""
     try:
@@ -674,10 +664,8 @@ class Cgroup(abc.ABC):
         """Drop ``container_id``'s :data:`OWNER_XATTR` from directories that existed
         before it (and so stay): no longer its cgroup. Another's mark stays."""
         for placement in self.placements:
-            directory = placement.mountpoint / placement.rel
-            if placement.rel not in placement.created and owner_of(directory) == container_id:
-                with contextlib.suppress(OSError):
-                    os.removexattr(directory, OWNER_XATTR)
+            if placement.rel not in placement.created:
+                release_owner(placement.mountpoint / placement.rel, container_id)
 
     def mark_owner(self, container_id: str) -> None:
         """Mark this cgroup as ``container_id``'s (:data:`OWNER_XATTR`; best effort where
