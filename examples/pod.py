@@ -42,12 +42,15 @@ def main() -> int:
             # (its request log would go to our stderr)
             server = pod.add_container("web-server", bundles["server"], store=store, stderr=DEVNULL)
             server.start()
-            client = pod.add_container("web-client", bundles["client"], store=store, stdout=PIPE)
-            client.start()
-            assert client.stdout is not None
-            print("client got:", client.stdout.read().decode().strip())
-            print("client exit status:", client.wait())
-            print("containers:", [c.id for c in pod.containers()])
+            # (a with block closes its pipe once it is destroyed, as Popen's does)
+            with pod.add_container(
+                "web-client", bundles["client"], store=store, stdout=PIPE
+            ) as client:
+                client.start()
+                assert client.stdout is not None
+                print("client got:", client.stdout.read().decode().strip())
+                print("client exit status:", client.wait())
+                print("containers:", [c.id for c in pod.containers()])
         finally:
             pod.destroy()  # the root's destroy takes the whole sandbox down
     return 0

@@ -44,12 +44,14 @@ def run_snippet(name: str, code: str, bundle: Path, store: MemoryStore) -> tuple
     """Run ``code`` in a fresh container; (outcome, output)."""
     with Container.create(f"snippet-{name}", bundle, store=store) as c:
         c.start()
-        process = c.exec(["python3", "-c", code], stdout=PIPE, stderr=STDOUT)
-        try:
-            output, _ = process.communicate(timeout=TIME_LIMIT)
-        except ProcessTimeoutError:
-            return "timed out", ""  # (the container's destroy kills it)
-        status = process.wait()  # (it has exited: its status)
+        with c.exec(["python3", "-c", code], stdout=PIPE, stderr=STDOUT) as process:
+            try:
+                output, _ = process.communicate(timeout=TIME_LIMIT)
+            except ProcessTimeoutError:
+                process.kill()  # (as with subprocess: kill, then read what is left)
+                process.communicate()
+                return "timed out", ""
+            status = process.wait()  # (it has exited: its status)
         if status == 0:
             outcome = "ok"
         else:

@@ -13,14 +13,17 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def run_example(name: str) -> str:
+    """Run an example as users would copy it, in Python's development mode with warnings
+    as errors: an unclosed pipe or file is a failure (what users copy must be clean)."""
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)],
+        [sys.executable, "-X", "dev", "-W", "error", str(EXAMPLES / name)],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr, done.stderr  # (one at exit leaves the status 0)
     return done.stdout
 
 
