@@ -17,7 +17,7 @@ from typing import Any
 
 import backoff
 
-from sandboxrt._core import idmap
+from sandboxrt._core import abi, idmap
 from sandboxrt._core.plan import (
     container_exit_file,
     control_socket_path,
@@ -39,7 +39,7 @@ from sandboxrt._core.protocol import (
     decode,
 )
 from sandboxrt._core.records import ProcessIdentity
-from sandboxrt._os import channel, procfs
+from sandboxrt._os import capabilities, channel, procfs
 from sandboxrt._proc.init import open_cgroup_dirs
 from sandboxrt._proc.launcher import LaunchedProcess, Launcher, default_launcher
 from sandboxrt._proc.warm import is_warm_shape
@@ -353,6 +353,15 @@ class Sandbox:
 
     @staticmethod
     def _failure(container_id: str, step: Progress) -> SandboxrtError:
+        if step.error_type == "PermissionError" and not capabilities.has_effective(
+            abi.CAP_SYS_ADMIN
+        ):
+            # (what a caller that is not root meets first: say what is missing)
+            return MissingFeatureError(
+                "the privilege to make namespaces and mounts (CAP_SYS_ADMIN)",
+                f'container "{container_id}": sandboxrt makes containers as root, and this '
+                f"process (uid {os.geteuid()}) lacks it ({step.error})",
+            )
         return remote_error(container_id, step.error_type, step.error, step.details)
 
     def _follow_creation(

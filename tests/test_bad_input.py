@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import attrs
 import pytest
 from conftest import (
+    REPO,
     BundleFactory,
     children_of_this_process,
     edit_config,
@@ -1370,3 +1372,32 @@ def test_a_bundle_path_that_names_its_config_json_says_so(
     with pytest.raises(InvalidArgumentError, match="is no directory: a bundle is the directory"):
         Container.create("cfg", config, store=store)
     assert_nothing_left(store)
+
+
+def test_a_caller_without_cap_sys_admin_is_told_what_is_missing(
+    bundle: BundleFactory, tmp_path: Path
+) -> None:
+    """Not root (here: root without ``CAP_SYS_ADMIN``, which is what a user lacks): the
+    error names the privilege missing, not only the ``unshare`` the sandbox failed at."""
+    store = tmp_path / "store"
+    script = (
+        "import sys\n"
+        "from sandboxrt import Container, FileStore, MissingFeatureError\n"
+        "try:\n"
+        f"    Container.run('np', {str(bundle(['true']))!r}, store=FileStore({str(store)!r}))\n"
+        "except MissingFeatureError as exc:\n"
+        "    print(exc)\n"
+    )
+    without_sys_admin = ["setpriv", "--bounding-set", "-sys_admin", "--inh-caps", "-sys_admin"]
+    done = subprocess.run(
+        [*without_sys_admin, sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "CAP_SYS_ADMIN" in done.stdout and 'container "np"' in done.stdout, done.stdout
+    assert FileStore(store).list_ids() == []
+    assert list((store / ".sandboxes").iterdir()) == []

@@ -17,6 +17,7 @@ __all__ = [
     "CAP_SETGID",
     "CAP_SETPCAP",
     "CAP_SETUID",
+    "CAP_SYS_ADMIN",
     "CGROUP2_SUPER_MAGIC",
     "CGROUP_SUPER_MAGIC",
     "CLONE_NEWCGROUP",
@@ -174,6 +175,7 @@ CAP_FSETID = 4
 CAP_SETGID = 6
 CAP_SETUID = 7
 CAP_SETPCAP = 8
+CAP_SYS_ADMIN = 21
 
 # open_tree(2) and move_mount(2).
 AT_FDCWD = -100

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 from sandboxrt._os import syscalls
 
-__all__ = ["apply_final_sets", "drop_bounding", "last_cap", "mask"]
+__all__ = ["apply_final_sets", "drop_bounding", "has_effective", "last_cap", "mask"]
 
 _last_cap: int | None = None
 
@@ -45,6 +45,17 @@ def last_cap() -> int:
             cap += 1
         _last_cap = cap - 1
     return _last_cap
+
+
+def has_effective(cap: int) -> bool:
+    """Whether this process has ``cap`` in its effective set (``CapEff`` of its
+    ``/proc/self/status``; ``True`` where that cannot be read: the caller finds out)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            line = next(line for line in f if line.startswith(b"CapEff:"))
+    except (OSError, StopIteration):
+        return True
+    return bool(int(line.split()[1], 16) >> cap & 1)
 
 
 def mask(caps: Iterable[int], last: int | None = None) -> int:
