@@ -10,11 +10,31 @@ import os
 import secrets
 import socket
 import stat
+from pathlib import Path
 
 from sandboxrt._core.spec_validate import c_string_problem
 from sandboxrt.errors import InvalidArgumentError
 
-__all__ = ["check_path_argument", "dial_console", "unlink_if_same", "write_pid_file"]
+__all__ = [
+    "absolute_path",
+    "check_path_argument",
+    "dial_console",
+    "unlink_if_same",
+    "write_pid_file",
+]
+
+
+def absolute_path(
+    path: str | os.PathLike[str], what: str, *, resolve: bool = False, container_id: str = ""
+) -> Path:
+    """``path`` made absolute (``resolve``: its links followed too); an
+    :class:`InvalidArgumentError` naming ``what`` (and ``container_id``'s container) if it
+    is relative and our working directory was removed (``getcwd`` fails)."""
+    try:
+        return Path(os.path.realpath(path)) if resolve else Path(path).absolute()
+    except FileNotFoundError as exc:
+        problem = f"the {what} {os.fspath(path)!r} is relative to a working directory removed"
+        raise InvalidArgumentError(container_id, problem) from exc
 
 
 def check_path_argument(container_id: str, name: str, path: str | os.PathLike[str] | None) -> None:

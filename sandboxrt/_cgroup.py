@@ -250,11 +250,11 @@ def procs_files(cgroup: Cgroup) -> list[str]:
     return [str(directory / "cgroup.procs") for directory in cgroup.directories]
 
 
-def orphan_levels(cgroup: Cgroup) -> list[list[str]]:
+def orphan_levels(cgroup: Cgroup, container_id: str) -> list[list[str]]:
     """For each of :func:`procs_files`, the names of the levels (bottom up) that
     :func:`remove` would remove: what the sandbox of a ``tied`` container removes itself
     once its creator is gone (``SandboxPlan.tied``), as no one else knows of them."""
-    return cgroup.orphan_levels(keep_parents=_keeps_parents(cgroup))
+    return cgroup.orphan_levels(keep_parents=_keeps_parents(cgroup), owner=container_id)
 
 
 def freeze(record: CgroupRef | None, container_id: str, timeout: float) -> None:

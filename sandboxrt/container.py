@@ -24,6 +24,7 @@ from typing_extensions import Unpack
 
 from sandboxrt import _cgroup, _changes
 from sandboxrt._caller_paths import (
+    absolute_path,
     check_path_argument,
     dial_console,
     unlink_if_same,
@@ -444,7 +445,7 @@ class Container:
                 container._record = attrs.evolve(container._record, cgroup=cgroup.to_dict())
                 # (A MemoryStore's sandbox is ``tied``: it removes them if we die.)
                 tied = isinstance(store, MemoryStore)
-                orphaned = _cgroup.orphan_levels(cgroup) if tied else []
+                orphaned = _cgroup.orphan_levels(cgroup, id) if tied else []
                 return _cgroup.procs_files(cgroup), orphaned
 
             def record_cgroup() -> None:
@@ -1725,7 +1726,7 @@ def _checked_arguments(
     if launcher is not None and not isinstance(launcher, Launcher):
         raise TypeError(f"launcher must be a sandboxrt Launcher (with launch()), not {launcher!r}")
     check_path_argument(id, "the bundle path", bundle)
-    bundle_path = Path(bundle).absolute()
+    bundle_path = absolute_path(bundle, "bundle path", container_id=id)
     try:  # (one stat on create's path, not two)
         is_directory = stat.S_ISDIR(os.stat(bundle_path).st_mode)
     except OSError:  # (missing: said when its config.json is read)

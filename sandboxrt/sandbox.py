@@ -275,7 +275,7 @@ class Sandbox:
                 )
                 first, _ = cls._next(ours, container_id, plan.runtime_dir, Launched, Progress)
                 if isinstance(first, Progress):
-                    raise cls._failure(container_id, first)
+                    raise cls._failure(container_id, first, privileged=not plan.uid_map)
                 assert isinstance(first, Launched)
                 sandbox = cls(plan.sandbox_id, _identity(first, container_id), plan.runtime_dir)
                 process.wait()
@@ -352,15 +352,20 @@ class Sandbox:
             raise ProtocolError(f'container "{container_id}": {exc}') from exc
 
     @staticmethod
-    def _failure(container_id: str, step: Progress) -> SandboxrtError:
-        if step.error_type == "PermissionError" and not capabilities.has_effective(
-            abi.CAP_SYS_ADMIN
+    def _failure(container_id: str, step: Progress, *, privileged: bool = False) -> SandboxrtError:
+        """The error ``step`` reports. ``privileged``: the launch's first step, of a sandbox
+        with no user namespace of its own, which makes namespaces and mounts as the
+        caller: refused there for want of ``CAP_SYS_ADMIN`` (what a caller that is not
+        root meets first), it says what is missing."""
+        if (
+            privileged
+            and step.error_type == "PermissionError"
+            and not capabilities.has_effective(abi.CAP_SYS_ADMIN)
         ):
-            # (what a caller that is not root meets first: say what is missing)
             return MissingFeatureError(
                 "the privilege to make namespaces and mounts (CAP_SYS_ADMIN)",
-                f'container "{container_id}": sandboxrt makes containers as root, and this '
-                f"process (uid {os.geteuid()}) lacks it ({step.error})",
+                f'container "{container_id}" needs it, and this process (uid '
+                f"{os.geteuid()}) lacks it ({step.error})",
             )
         return remote_error(container_id, step.error_type, step.error, step.details)
 

@@ -235,10 +235,11 @@ def small_pid_space(container: Container, pid_max: int) -> None:
         pytest.skip("needs a pid_max of the sandbox's own PID namespace (Linux 6.14)")
 
 
-def in_python(code: str) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a second Python process that imports this checkout's sandboxrt."""
+def in_python(code: str, *, under: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a second Python process that imports this checkout's sandboxrt
+    (``under``: through that command, such as ``setpriv``)."""
     return subprocess.run(
-        [sys.executable, "-c", code],
+        [*under, sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=60,
@@ -246,6 +247,25 @@ def in_python(code: str) -> subprocess.CompletedProcess[str]:
         env={**os.environ, "PYTHONPATH": str(REPO)},
         check=False,
     )
+
+
+def words_then_killed(code: str) -> list[str]:
+    """Run ``code`` in a second Python process (this checkout's sandboxrt) that prints a
+    line and then waits for its stdin; the words of that line, once it is SIGKILLed (a
+    creator killed outright)."""
+    creator = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert creator.stdout is not None
+        return creator.stdout.readline().split()
+    finally:
+        creator.kill()
+        creator.communicate()
 
 
 def killed_after(target: str, operation: str, container_id: str, store: FileStore) -> int:

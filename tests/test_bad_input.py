@@ -14,7 +14,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ from typing import Any
 import attrs
 import pytest
 from conftest import (
-    REPO,
     BundleFactory,
     children_of_this_process,
     edit_config,
@@ -45,18 +43,21 @@ from sandboxrt import (
     InvalidIDError,
     InvalidStateError,
     MemoryStore,
+    MissingFeatureError,
     ProcessNotFoundError,
     SpecError,
     Status,
     SystemCallError,
     WaitTimeoutError,
 )
+from sandboxrt._core.protocol import Progress
 from sandboxrt._core.spec import dump_spec, load_spec, read_spec_file, write_spec_file
 from sandboxrt._core.spec_default import default_spec
 from sandboxrt._core.spec_validate import MAX_SPEC_BYTES
-from sandboxrt._os import cgroups
+from sandboxrt._os import capabilities, cgroups
 from sandboxrt._proc.launcher import ForkServerLauncher, default_launcher
 from sandboxrt.bundle import make_bundle
+from sandboxrt.sandbox import Sandbox
 
 pytestmark = [needs_root, needs_busybox]
 
@@ -1389,15 +1390,38 @@ def test_a_caller_without_cap_sys_admin_is_told_what_is_missing(
         "    print(exc)\n"
     )
     without_sys_admin = ["setpriv", "--bounding-set", "-sys_admin", "--inh-caps", "-sys_admin"]
-    done = subprocess.run(
-        [*without_sys_admin, sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        check=False,
-    )
+    done = in_python(script, under=without_sys_admin)
     assert done.returncode == 0, done.stderr
     assert "CAP_SYS_ADMIN" in done.stdout and 'container "np"' in done.stdout, done.stdout
     assert FileStore(store).list_ids() == []
     assert list((store / ".sandboxes").iterdir()) == []
+
+
+@pytest.mark.parametrize("privileged", [True, False], ids=["no-userns", "userns"])
+def test_only_a_privileged_first_step_refused_for_want_of_cap_sys_admin_says_so(
+    monkeypatch: pytest.MonkeyPatch, privileged: bool
+) -> None:
+    """A sandbox with a user namespace of its own is made without ``CAP_SYS_ADMIN``: a
+    ``PermissionError`` there (a cwd it may not enter) is the init's, as it says."""
+    monkeypatch.setattr(capabilities, "has_effective", lambda cap: False)
+    step = Progress("error", "[Errno 13] chdir: Permission denied", "PermissionError")
+    error = Sandbox._failure("c1", step, privileged=privileged)
+    assert isinstance(error, MissingFeatureError) is privileged, error
+    assert 'container "c1"' in str(error) and "chdir" in str(error)
+    monkeypatch.setattr(capabilities, "has_effective", lambda cap: True)
+    assert not isinstance(Sandbox._failure("c1", step, privileged=True), MissingFeatureError)
+
+
+def test_a_relative_bundle_under_a_removed_cwd_is_a_typed_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Made absolute for its record, a relative bundle path cannot be once the working
+    directory is removed: an error naming the container, not a bare FileNotFoundError."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    store = MemoryStore()
+    with pytest.raises(InvalidArgumentError, match='container "c1": the bundle path'):
+        Container.create("c1", "relative", store=store)
+    assert store.list_ids() == []

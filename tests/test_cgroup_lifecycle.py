@@ -12,9 +12,9 @@ import errno
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 from conftest import (
-    REPO,
     BundleFactory,
     edit_config,
     in_python,
@@ -31,6 +30,7 @@ from conftest import (
     run_output,
     store_cgroups,
     wait_until,
+    words_then_killed,
 )
 from test_launchers import _ahead_of, _init_of
 from test_userns import with_userns
@@ -52,9 +52,9 @@ from sandboxrt import (
 )
 from sandboxrt import _cgroup as library_cgroup
 from sandboxrt._os import cgroups, procfs
+from sandboxrt._os.cgroup_marks import OWNER_XATTR
 from sandboxrt._os.cgroups import CgroupLayout, DeviceRule, Hierarchy
 from sandboxrt._os.cgroups import common as cgroups_common
-from sandboxrt._os.cgroups.common import OWNER_XATTR
 from sandboxrt._os.cgroups.layout import V1_CONTROLLERS, parse_proc_cgroup
 from sandboxrt._proc.launcher import ForkServerLauncher
 
@@ -552,32 +552,23 @@ def test_a_pre_existing_cgroup_is_left_unmarked_by_a_creator_killed_outright(
     the container's mark (left, it kept any other container of that id out for good)."""
     mine = cgroups.create(f"/{own_cgroup}")
     path = edit_config(bundle(["sleep", "1000"]), cgroups_path(f"/{own_cgroup}"))
-    script = (
+    supervisor, runtime_dir = words_then_killed(
         "import sys\n"
         "from sandboxrt import Container, MemoryStore\n"
-        f"c = Container.create('pre', {str(path)!r}, store=MemoryStore())\n"
+        "store = MemoryStore()\n"
+        f"c = Container.create('pre', {str(path)!r}, store=store)\n"
         "c.start()\n"
-        "print(c.state().pid, flush=True)\n"
+        "print(c.state().pid, store.runtime_dir, flush=True)\n"
         "sys.stdin.read()\n"
     )
-    creator = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
     try:
-        assert creator.stdout is not None
-        supervisor = creator.stdout.readline().strip()
-        assert supervisor
+        wait_until(lambda: not os.path.exists(f"/proc/{supervisor}"))
+        assert mine.exists() and mine.pids() == []
+        assert [d for d in mine.directories if OWNER_XATTR in os.listxattr(d)] == []
+        assert not os.path.exists(runtime_dir)
     finally:
-        creator.kill()
-        creator.communicate()
-    wait_until(lambda: not os.path.exists(f"/proc/{supervisor}"))
-    assert mine.exists() and mine.pids() == []
-    assert [d for d in mine.directories if OWNER_XATTR in os.listxattr(d)] == []
-    mine.destroy()
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+        mine.destroy()  # (what a failure left in it is the fixture's to kill)
 
 
 @real

@@ -16,7 +16,7 @@ import pytest
 from conftest import in_python, wait_until
 
 from sandboxrt._core import abi, devicefilter
-from sandboxrt._os import cgroups, procfs, syscalls
+from sandboxrt._os import cgroup_marks, cgroups, procfs, syscalls
 from sandboxrt._os.cgroups import (
     Cgroup,
     CgroupLayout,
@@ -606,10 +606,10 @@ def test_marked_parents_only(tmp_path: Path) -> None:
     layout, mnt = make_v2(tmp_path)
     (mnt / "pre").mkdir()
     cgroup = create("/pre/sandboxrt/mid/c1", layout=layout)
-    assert os.getxattr(mnt / "pre/sandboxrt", common.PARENT_XATTR) == b"1"
-    assert os.getxattr(mnt / "pre/sandboxrt/mid", common.PARENT_XATTR) == b"1"
+    assert os.getxattr(mnt / "pre/sandboxrt", cgroup_marks.PARENT_XATTR) == b"1"
+    assert os.getxattr(mnt / "pre/sandboxrt/mid", cgroup_marks.PARENT_XATTR) == b"1"
     with pytest.raises(OSError):
-        os.getxattr(mnt / "pre/sandboxrt/mid/c1", common.PARENT_XATTR)  # the leaf: not shared
+        os.getxattr(mnt / "pre/sandboxrt/mid/c1", cgroup_marks.PARENT_XATTR)  # the leaf: not shared
     other = create("/pre/sandboxrt/mid/c2", layout=layout)
     assert other.placements[0].created == (PurePosixPath("pre/sandboxrt/mid/c2"),)
     cgroup.destroy()

@@ -29,6 +29,7 @@ from conftest import (
     store_cgroups,
     supervisor_pids,
     wait_until,
+    words_then_killed,
 )
 
 from sandboxrt import (
@@ -1007,7 +1008,7 @@ print(json.dumps({{"seen": seen, "alive": alive, "child": child}}))
     assert os.listdir(tmp_path / "dropped") == []  # (given: emptied, not removed)
 
 
-@pytest.mark.parametrize("case", ["running", "paused", "pod"])
+@pytest.mark.parametrize("case", ["running", "paused", "pod", "nested"])
 def test_a_memory_store_container_dies_with_a_creator_killed_outright(
     bundle: BundleFactory, case: str
 ) -> None:
@@ -1016,16 +1017,12 @@ def test_a_memory_store_container_dies_with_a_creator_killed_outright(
     for good. Its sandbox now ends when the socket its creator launched it on closes;
     while the creator lives, the container lives, its objects dropped or not. Then the
     sandbox removes what the creator's destroy would have: its containers' cgroups (a
-    pod member's too, with a daemon that left its process group), the store's cgroup
-    level and the runtime directory."""
+    pod member's too, with a daemon that left its process group; a cgroup made beneath,
+    frozen with a process in it), the store's cgroup level and the runtime directory."""
     path = bundle(["sleep", "1000"])
     daemon = bundle(["sh", "-c", "setsid sleep 1000 & exec sleep 1000"])
-    creator = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            f"""
-import gc, subprocess, sys, time
+    supervisor, init, runtime_dir, *cgroup_dirs = words_then_killed(f"""
+import gc, os, subprocess, sys, time
 from sandboxrt import Container, MemoryStore, Pod
 store = MemoryStore()
 quiet = {{"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}}  # (not our pipe)
@@ -1040,6 +1037,15 @@ if {case!r} == "pod":
 dirs = [
     p["mountpoint"] + "/" + p["path"] for k in containers for p in k._record.cgroup["placements"]
 ]
+if {case!r} == "nested":  # (as a container with its cgroup writable would)
+    for directory in dict.fromkeys(dirs):
+        os.mkdir(directory + "/child")
+        with open(directory + "/child/cgroup.procs", "w") as f:
+            f.write(str(init))
+    for directory in dirs:
+        if os.path.exists(directory + "/child/freezer.state"):
+            with open(directory + "/child/freezer.state", "w") as f:
+                f.write("FROZEN")
 del c, containers
 gc.collect()
 time.sleep(0.3)
@@ -1048,37 +1054,27 @@ if {case!r} == "paused":  # (frozen, SIGKILL waits for a thaw)
     Container.load("tied", store=store).pause()
 print(supervisor, init, store.runtime_dir, *dirs, flush=True)
 sys.stdin.read()
-""",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    try:
-        assert creator.stdout is not None
-        supervisor, init, runtime_dir, *cgroup_dirs = creator.stdout.readline().split()
-    finally:
-        creator.kill()
-        creator.communicate()
+""")
+    children = [os.path.join(directory, "child") for directory in cgroup_dirs]
     store_levels = {os.path.dirname(directory) for directory in cgroup_dirs}
+    left = [*children, *cgroup_dirs, *store_levels, runtime_dir]
     gone = False
     try:
         wait_until(lambda: not os.path.exists(f"/proc/{supervisor}"))
         wait_until(lambda: not os.path.exists(f"/proc/{init}"))
         gone = True
         # Removed before the supervisor exits (the store's top level is everyone's).
-        assert [d for d in [*cgroup_dirs, *store_levels, runtime_dir] if os.path.exists(d)] == []
+        assert [d for d in left if os.path.exists(d)] == []
     finally:
         if not gone:  # (a failure: what is left goes, frozen or not; still ours)
-            for directory in cgroup_dirs:
+            for directory in [*children, *cgroup_dirs]:
                 with contextlib.suppress(OSError):
                     Path(directory, "freezer.state").write_text("THAWED")
             for pid in (init, supervisor):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
             wait_until(lambda: not os.path.exists(f"/proc/{init}/cgroup"))
-        for directory in [*cgroup_dirs, *store_levels]:  # (where a failure left them)
+        for directory in left[:-1]:  # (where a failure left them)
             with contextlib.suppress(OSError):
                 os.rmdir(directory)
         for top in {os.path.dirname(level) for level in store_levels}:  # (where empty)

@@ -8,10 +8,11 @@ Standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
-from sandboxrt._os import cgroup_marks, channel, removal
+from sandboxrt._os import cgroup_fds, cgroup_marks, channel, removal
 
 __all__ = ["level_names", "remove_cgroup_levels", "remove_runtime_dir"]
 
@@ -34,12 +35,23 @@ def _is_name(name: object) -> bool:
 
 
 def remove_cgroup_levels(directory: int, names: list[str], container_id: str) -> None:
-    """Remove the cgroup directory ``directory`` (an fd) as ``names[0]`` of its parent,
-    then that parent as ``names[1]`` of its own, and so on up, each only while it is
-    still the directory we came from and empty; stops at the first that stays. One that
-    stays (a ``cgroupsPath`` that existed before, with no names) loses the owner mark of
+    """Remove the cgroup directory ``directory`` (an fd), the cgroups the container made
+    beneath it first (children before parents), as ``names[0]`` of its parent, then
+    that parent as ``names[1]`` of its own, and so on up, each only while it is still the
+    directory we came from and empty; stops at the first that stays. With no names (a
+    ``cgroupsPath`` that existed before: it stays) it loses the owner mark of
     ``container_id``, as a destroy drops it: it is no longer that container's."""
-    here, opened, leaf_removed = directory, [], False
+    if not names:
+        cgroup_marks.release_owner(f"/proc/self/fd/{directory}", container_id)
+        return
+    below = cgroup_fds.cgroups_below(directory)
+    try:
+        for parent, name, fd in reversed(below):
+            with contextlib.suppress(OSError):
+                removal.remove_if_same(parent, name, os.fstat(fd))
+    finally:
+        channel.close_fds([fd for _, _, fd in below])
+    here, opened = directory, []
     try:
         for name in names:
             made = os.fstat(here)
@@ -47,13 +59,10 @@ def remove_cgroup_levels(directory: int, names: list[str], container_id: str) ->
             opened.append(here)
             if not removal.remove_if_same(here, name, made):
                 break
-            leaf_removed = True
     except OSError:
         pass
     finally:
         channel.close_fds(opened)
-    if not leaf_removed:
-        cgroup_marks.release_owner(f"/proc/self/fd/{directory}", container_id)
 
 
 def remove_runtime_dir(runtime_fd: int, runtime_dir: str, *, owns_root: bool) -> None:

@@ -38,7 +38,7 @@ from sandboxrt._core.protocol import (
     SandboxPlan,
     encode,
 )
-from sandboxrt._os import channel, mounts, procfs, stdlib, syscalls
+from sandboxrt._os import cgroup_fds, channel, mounts, procfs, stdlib, syscalls
 from sandboxrt._proc import leftovers
 from sandboxrt._proc.children import (
     SUPERVISOR_NAME,
@@ -600,7 +600,7 @@ class Supervisor:
             self.orphaned = self.plan.tied
             with contextlib.suppress(ProcessLookupError):
                 self._signal(self.root, signal.SIGKILL, everyone=True)
-            _thaw(self.root.cgroup_dirs or [])
+            cgroup_fds.thaw(self.root.cgroup_dirs or [], below=True)
 
     def _handle(self, conn: socket.socket) -> None:
         try:
@@ -1110,7 +1110,7 @@ class Supervisor:
             # A paused member's processes would die only once thawed, and we, PID 1 of
             # their namespace, could not end before them: the member would read stopped
             # with its processes left until its destroy.
-            _thaw(member.cgroup_dirs or [])
+            cgroup_fds.thaw(member.cgroup_dirs or [], below=True)
             with contextlib.suppress(OSError):
                 self._write_exit(member, -signal.SIGKILL)
         self._answer_waiters(root, root.returncode)
@@ -1143,7 +1143,7 @@ class Supervisor:
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)
         for member in self.members.values():  # (frozen, they die only once thawed)
-            _thaw(member.cgroup_dirs or [])
+            cgroup_fds.thaw(member.cgroup_dirs or [], below=True)
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
             try:
@@ -1152,33 +1152,12 @@ class Supervisor:
             except ChildProcessError:
                 break
         for member in self.members.values():
-            levels = zip(member.cgroup_dirs or [], member.cgroup_orphaned, strict=False)
-            for directory, names in levels:
+            for index, directory in enumerate(member.cgroup_dirs or []):
+                names = member.cgroup_orphaned[index] if member.cgroup_orphaned else []
                 leftovers.remove_cgroup_levels(directory, names, member.id)
         leftovers.remove_runtime_dir(
             self.runtime_fd, self.plan.runtime_dir, owns_root=self.plan.owns_runtime_root
         )
-
-
-#: A frozen cgroup's file that thaws it, and what thaws it: v1's, v2's.
-_THAWING = (("freezer.state", b"THAWED"), ("cgroup.freeze", b"0"))
-
-
-def _thaw(cgroup_dirs: Sequence[int]) -> None:
-    """Thaw the cgroup whose directories (fds) are ``cgroup_dirs``, in whichever
-    hierarchy has a freezer (best effort: the library's destroy thaws it too)."""
-    for directory in cgroup_dirs:
-        for name, thawed in _THAWING:
-            try:
-                fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=directory)
-            except OSError:
-                continue
-            try:
-                os.write(fd, thawed)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
 
 
 def _open_runtime_dirs(plan: SandboxPlan) -> tuple[int, int]:

@@ -29,6 +29,7 @@ from typing import BinaryIO, Generic, TypeVar
 
 import portalocker
 
+from sandboxrt._caller_paths import absolute_path
 from sandboxrt._core.ids import validate_id
 from sandboxrt._core.records import ContainerRecord, record_from_json, record_to_json
 from sandboxrt._os import syscalls
@@ -231,7 +232,7 @@ class FileStore(_RecordStore[int]):
         self.durable = durable
         # A default root outside root's /run must be private to us (it may be in /tmp).
         self._must_be_private = root is None and os.geteuid() != 0
-        self._root = _absolute(default_root() if root is None else root, "store root")
+        self._root = absolute_path(default_root() if root is None else root, "store root")
         self._root_ready = False
 
     def __repr__(self) -> str:
@@ -428,17 +429,6 @@ def _create_exclusively(path: Path) -> BinaryIO:
             fh.close()
         raise
     return fh
-
-
-def _absolute(path: str | os.PathLike[str], what: str, *, resolve: bool = False) -> Path:
-    """``path`` made absolute (``resolve``: its links followed too); an
-    :class:`InvalidArgumentError` naming ``what`` if it is relative and our working
-    directory was removed (``getcwd`` fails)."""
-    try:
-        return Path(os.path.realpath(path)) if resolve else Path(path).absolute()
-    except FileNotFoundError as exc:
-        problem = f"the {what} {os.fspath(path)!r} is relative to a working directory removed"
-        raise InvalidArgumentError("", problem) from exc
 
 
 def _mkdir(path: Path, mode: int, *, parents: bool = False) -> None:

@@ -18,6 +18,7 @@ import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
+from sandboxrt._caller_paths import absolute_path
 from sandboxrt._forksafe import ForkSafeLock
 from sandboxrt._os.exiting import call_at_exit
 from sandboxrt.errors import (
@@ -27,7 +28,7 @@ from sandboxrt.errors import (
     SandboxrtError,
 )
 from sandboxrt.stores.base import DEFAULT_LOCK_TIMEOUT
-from sandboxrt.stores.file import _absolute, _RecordStore
+from sandboxrt.stores.file import _RecordStore
 
 __all__ = ["MemoryStore"]
 
@@ -76,7 +77,7 @@ class MemoryStore(_RecordStore[threading.Lock]):
         # it, and stays the same one whatever this process's working directory becomes.
         given_dir = None
         if runtime_dir is not None:
-            given_dir = _absolute(runtime_dir, "runtime directory", resolve=True)
+            given_dir = absolute_path(runtime_dir, "runtime directory", resolve=True)
         self._runtime_dir = given_dir
         if self._runtime_dir is not None and any(
             self._runtime_dir in store._made_in for store in _live_stores()

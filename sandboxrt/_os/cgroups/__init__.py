@@ -26,6 +26,7 @@ from typing import Any
 
 from sandboxrt._core import abi
 from sandboxrt._os import syscalls
+from sandboxrt._os.cgroup_marks import owner_of
 from sandboxrt.errors import CorruptMetadataError, MissingFeatureError
 
 from .common import (
@@ -33,7 +34,6 @@ from .common import (
     Cgroup,
     CgroupStats,
     Placement,
-    owner_of,
     release_parents,
 )
 from .layout import CgroupLayout, Hierarchy, detect, mounted_hierarchies

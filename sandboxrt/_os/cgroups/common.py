@@ -48,15 +48,12 @@ from .layout import CgroupLayout, Hierarchy
 from .resources import CpuResources, Resources, ResourcesLike, as_resources
 
 __all__ = [
-    "OWNER_XATTR",
-    "PARENT_XATTR",
     "TRANSIENT_SCOPE_PREFIX",
     "UNLIMITED",
     "Cgroup",
     "CgroupStats",
     "Placement",
     "block_device_errors",
-    "owner_of",
     "read_file",
     "read_int",
     "read_keyed",
@@ -433,8 +430,7 @@ def _remove_levels(
     :meth:`Cgroup.disown_created`) and then, upwards, each empty created or marked
     parent; with ``keep_parents``, the parents are left for :func:`release_parents`."""
     leaf = mountpoint / rel
-    lost_to_owner = owner is not None and _is_marked(leaf, LOST_XATTR)
-    if rel in created or (lost_to_owner and owner_of(leaf) == owner):
+    if _leaf_removable(leaf, rel, created, owner):
         _remove_tree(leaf, deadline)
     for level in rel.parents:
         if not level.parts:
@@ -449,6 +445,16 @@ def _remove_levels(
             break  # still holds other cgroups
 
 
+def _leaf_removable(
+    leaf: Path, rel: PurePosixPath, created: Sequence[PurePosixPath], owner: str | None
+) -> bool:
+    """Whether the cgroup itself goes: sandboxrt made it for this container, or another
+    creation made it and lost it to ``owner`` (see :meth:`Cgroup.disown_created`)."""
+    if rel in created:
+        return True
+    return owner is not None and _is_marked(leaf, LOST_XATTR) and owner_of(leaf) == owner
+
+
 def _parent_removable(
     directory: Path, level: PurePosixPath, created: Sequence[PurePosixPath]
 ) -> bool:
@@ -458,11 +464,15 @@ def _parent_removable(
 
 
 def _orphan_names(
-    mountpoint: Path, rel: PurePosixPath, created: Sequence[PurePosixPath], keep_parents: bool
+    mountpoint: Path,
+    rel: PurePosixPath,
+    created: Sequence[PurePosixPath],
+    keep_parents: bool,
+    owner: str,
 ) -> list[str]:
     """What :func:`_remove_levels` would remove, bottom up, as names (each of a directory
     in the one above), but for parents it would put off: those stay in any case."""
-    if rel not in created:
+    if not _leaf_removable(mountpoint / rel, rel, created, owner):
         return []
     names = [rel.name]
     for level in rel.parents:
@@ -709,15 +719,19 @@ class Cgroup(abc.ABC):
         """The cgroup's directory in each hierarchy."""
         return list(dict.fromkeys(p.directory for p in self.placements))
 
-    def orphan_levels(self, *, keep_parents: bool) -> list[list[str]]:
-        """For each of :attr:`directories`, the names of the levels :meth:`destroy` would
-        remove (bottom up: the cgroup's, then its parents'), but for parents it would keep
-        (``keep_parents``): what a sandbox whose creator is gone removes itself once its
-        container is, from the cgroup's directory up (through ``..``), no path needed."""
+    def orphan_levels(self, *, keep_parents: bool, owner: str) -> list[list[str]]:
+        """For each of :attr:`directories`, the names of the levels :meth:`destroy` (for
+        container ``owner``) would remove (bottom up: the cgroup's, then its parents'), but
+        for parents it would keep (``keep_parents``): what a sandbox whose creator is gone
+        removes itself once its container is, from the cgroup's directory up (through
+        ``..``), no path needed."""
         first: dict[Path, Placement] = {}
         for placement in self.placements:
             first.setdefault(placement.directory, placement)
-        return [_orphan_names(p.mountpoint, p.rel, p.created, keep_parents) for p in first.values()]
+        return [
+            _orphan_names(p.mountpoint, p.rel, p.created, keep_parents, owner)
+            for p in first.values()
+        ]
 
     def directory(self, controller: str) -> Path | None:
         """The cgroup's directory in the hierarchy of ``controller``, if there is one."""
