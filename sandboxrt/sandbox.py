@@ -275,7 +275,8 @@ class Sandbox:
                 )
                 first, _ = cls._next(ours, container_id, plan.runtime_dir, Launched, Progress)
                 if isinstance(first, Progress):
-                    raise cls._failure(container_id, first, privileged=not plan.uid_map)
+                    in_userns = any(kind == "user" for kind, _ in plan.namespaces)
+                    raise cls._failure(container_id, first, privileged=not in_userns)
                 assert isinstance(first, Launched)
                 sandbox = cls(plan.sandbox_id, _identity(first, container_id), plan.runtime_dir)
                 process.wait()
@@ -354,9 +355,10 @@ class Sandbox:
     @staticmethod
     def _failure(container_id: str, step: Progress, *, privileged: bool = False) -> SandboxrtError:
         """The error ``step`` reports. ``privileged``: the launch's first step, of a sandbox
-        with no user namespace of its own, which makes namespaces and mounts as the
-        caller: refused there for want of ``CAP_SYS_ADMIN`` (what a caller that is not
-        root meets first), it says what is missing."""
+        in no user namespace but the caller's (none made, none joined), which makes
+        namespaces and mounts with the caller's privileges: refused there for want of
+        ``CAP_SYS_ADMIN`` (what a caller that is not root meets first), it says what is
+        missing."""
         if (
             privileged
             and step.error_type == "PermissionError"

@@ -1197,3 +1197,38 @@ def test_detect_parses_the_mount_table_again_once_it_changed() -> None:
     assert done.returncode == 0, done.stderr
     assert "'pids'" not in done.stdout
     assert "'memory'" in done.stdout
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.isdir("/sys/fs/cgroup/freezer"),
+    reason="needs root and a v1 freezer hierarchy",
+)
+def test_the_cgroups_beneath_one_stop_at_a_mount_and_a_thaw_never_blocks() -> None:
+    """What the supervisor thaws and removes beneath a container's cgroup (through fds,
+    decision 64) is cgroups only: a filesystem mounted on one (with a FIFO named
+    ``freezer.state``, a directory) is not walked into, and a thaw does not block."""
+    top = f"/sys/fs/cgroup/freezer/sbrt-test-{secrets.token_hex(4)}"
+    code = (
+        "import os, signal, subprocess, sys\n"
+        "from sandboxrt._os import cgroup_fds\n"
+        f"top = {top!r}\n"
+        "for name in ('', '/child', '/child/grand', '/mnt'):\n"
+        "    os.mkdir(top + name)\n"
+        "subprocess.run(['mount', '--make-rprivate', '/'], check=True)\n"
+        "subprocess.run(['mount', '-t', 'tmpfs', 'none', top + '/mnt'], check=True)\n"
+        "os.mkdir(top + '/mnt/hostdir')\n"
+        "os.mkfifo(top + '/mnt/freezer.state')\n"
+        "fd = os.open(top, os.O_PATH | os.O_DIRECTORY)\n"
+        "below = cgroup_fds.cgroups_below(fd)\n"
+        "print(*sorted(name for _, name, _ in below))\n"
+        "signal.alarm(10)  # (a thaw opening the FIFO would wait for a reader for ever)\n"
+        "cgroup_fds.thaw([fd], below=True)\n"
+        "print('thawed')\n"
+    )
+    try:
+        done = in_python(code, under=["unshare", "--mount", "--propagation", "private"])
+        assert done.stdout.split("\n")[:2] == ["child grand", "thawed"], done
+    finally:
+        for name in ("/child/grand", "/child", "/mnt", ""):  # (the mount went with its namespace)
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(top + name)

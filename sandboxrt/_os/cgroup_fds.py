@@ -7,9 +7,10 @@ Standard library only.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 
-from sandboxrt._os import channel
+from sandboxrt._os import channel, mounts
 
 __all__ = ["Below", "cgroups_below", "thaw"]
 
@@ -25,8 +26,13 @@ Below = tuple[int, str, int]
 
 def cgroups_below(directory: int) -> list[Below]:
     """The cgroups beneath ``directory`` (an fd), parents first, each opened (``O_PATH``,
-    no link followed); the caller closes them."""
+    no link followed, no mount entered: a filesystem mounted on one is not the cgroup's
+    hierarchy); the caller closes them."""
     found: list[Below] = []
+    try:
+        mount = mounts.mount_id_of(directory)
+    except OSError:
+        return found
     todo = [directory]
     while todo and len(found) < _MAX_BELOW:
         at = todo.pop()
@@ -45,6 +51,13 @@ def cgroups_below(directory: int) -> list[Below]:
             try:
                 fd = os.open(name, _O_DIR_PATH, dir_fd=at)
             except OSError:
+                continue
+            try:
+                elsewhere = mounts.mount_id_of(fd) != mount
+            except OSError:
+                elsewhere = True
+            if elsewhere:
+                os.close(fd)
                 continue
             found.append((at, name, fd))
             todo.append(fd)
@@ -65,13 +78,17 @@ def thaw(directories: Sequence[int], *, below: bool = False) -> None:
 
 
 def _thaw_one(directory: int) -> None:
+    """(Never blocking, and only a regular file: what a container may have put there is
+    no cgroup file.)"""
+    flags = os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
     for name, thawed in _THAWING:
         try:
-            fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=directory)
+            fd = os.open(name, flags, dir_fd=directory)
         except OSError:
             continue
         try:
-            os.write(fd, thawed)
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.write(fd, thawed)
         except OSError:
             pass
         finally:
