@@ -304,12 +304,13 @@ def test_poststop_once_across_objects(store: FileStore, setup: Setup) -> None:
 
 def test_where_hooks_run(store: FileStore, setup: Setup, tmp_path: Path) -> None:
     """prestart/createRuntime: the host's mount namespace; createContainer: the container's,
-    before pivot_root (host paths work, the container's /proc is mounted in its rootfs)."""
+    before pivot_root (host paths work, the container's /proc is mounted in its rootfs),
+    in the bundle's rootfs as its working directory, as runc's (the others in the bundle)."""
     probe = tmp_path / "probe.sh"
     probe.write_text(
         "#!/bin/sh\n"
-        'echo "$1 $(readlink /proc/self/ns/mnt) $(test -e "$3/proc/self/status" && echo proc)"'
-        ' >> "$2"\n'
+        'echo "$1 $(readlink /proc/self/ns/mnt) $(pwd)'
+        ' $(test -e "$3/proc/self/status" && echo proc)" >> "$2"\n'
     )
     probe.chmod(0o755)
     out = tmp_path / "where.log"
@@ -327,10 +328,12 @@ def test_where_hooks_run(store: FileStore, setup: Setup, tmp_path: Path) -> None
     container.destroy()
     host_ns = os.readlink("/proc/self/ns/mnt")
     seen = {line.split()[0]: line.split()[1:] for line in out.read_text().splitlines()}
-    assert seen["prestart"] == [host_ns]
-    assert seen["createRuntime"] == [host_ns]
-    ns, *proc = seen["createContainer"]
+    bundle = os.path.realpath(setup.path)
+    assert seen["prestart"] == [host_ns, bundle]
+    assert seen["createRuntime"] == [host_ns, bundle]
+    ns, cwd, *proc = seen["createContainer"]
     assert ns != host_ns
+    assert cwd == os.path.realpath(rootfs)
     assert proc == ["proc"]
 
 

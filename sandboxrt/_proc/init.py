@@ -224,12 +224,14 @@ def _prepare_root(
         has_devpts = any(m.type == "devpts" for m in plan.mounts)
         mounts.default_dev_symlinks(root, has_devpts=has_devpts)
     built: int | None = None
+    shown_at: str | None = None
     if host is not None:  # back to the root we came from: hooks are host programs
         built = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         mounts.leave_tree(host)
         if plan.create_container_hooks:  # host programs: they look at the bundle's rootfs
+            shown_at = os.path.realpath(plan.rootfs)
             try:
-                mounts.show_at(built, os.path.realpath(plan.rootfs))
+                mounts.show_at(built, shown_at)
             except PermissionError as err:  # (as runc, whose init mounts it by path)
                 raise PermissionError(
                     err.errno,
@@ -255,6 +257,7 @@ def _prepare_root(
             state,
             phase="createContainer",
             container_id=plan.container_id,
+            cwd=shown_at,  # (the root built, as runc's init runs them in its rootfs)
         )
     if built is not None:
         mounts.pivot_into_fd(built)
