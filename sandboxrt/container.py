@@ -114,7 +114,7 @@ from sandboxrt.sandbox import (
     kill_process,
     remove_left_runtime_dir,
 )
-from sandboxrt.stores import MemoryStore, MetadataStore, store_or_default
+from sandboxrt.stores import MemoryStore, MetadataStore, memory_dirs, store_or_default
 
 __all__ = ["Container", "CreateOptions", "ExecRunOptions", "OCIState", "Stats"]
 
@@ -1808,9 +1808,8 @@ def _planned(
             )
             id_maps = (plan.uid_map, plan.gid_map) if plan.uid_map else None
             if isinstance(store, MemoryStore):  # none but this process can reach it
-                plan = dataclasses.replace(
-                    plan, tied=True, owns_runtime_root=store.made_runtime_dir
-                )
+                lock = memory_dirs.LOCK_NAME if store.made_runtime_dir else ""
+                plan = dataclasses.replace(plan, tied=True, runtime_root_lock=lock)
             return plan, None, id_maps, config
         host, root_record = _sandbox_to_join(store, asked.sandbox_id, id)
         shared = namespaces_we_share(host.pid)

@@ -265,7 +265,10 @@ def words_then_killed(code: str) -> list[str]:
         return creator.stdout.readline().split()
     finally:
         creator.kill()
-        creator.communicate()
+        creator.wait()  # (not for its pipes' end: a child it forked may hold them)
+        for stream in (creator.stdin, creator.stdout):
+            if stream is not None:
+                stream.close()
 
 
 def killed_after(target: str, operation: str, container_id: str, store: FileStore) -> int:

@@ -1083,6 +1083,62 @@ sys.stdin.read()
         shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
+def test_what_a_memory_store_of_processes_all_gone_left_is_swept_by_the_next(
+    bundle: BundleFactory,
+) -> None:
+    """A container that had exited before its creator was killed left its runtime files
+    and cgroup (its supervisor, gone with it, could not remove them). The next process
+    that makes a MemoryStore directory removes them, once no process that could use that
+    store is left (a child the creator forked holds it too), and never a live store's."""
+    path = bundle(["true"])
+    supervisor, runtime_dir, child, *cgroup_dirs = words_then_killed(f"""
+import os, sys, time
+from sandboxrt import Container, MemoryStore
+store = MemoryStore()
+c = Container.create("left", {str(path)!r}, store=store)
+c.start()
+assert c.wait() == 0
+dirs = [p["mountpoint"] + "/" + p["path"] for p in c._record.cgroup["placements"]]
+supervisor = c.state().pid
+child = os.fork()
+if child == 0:  # (it could use the store: a copy of it is its)
+    time.sleep(1000)
+    os._exit(0)
+print(supervisor, store.runtime_dir, child, *dirs, flush=True)
+sys.stdin.read()
+""")
+    store_levels = {os.path.dirname(directory) for directory in cgroup_dirs}
+    live = Container.create("live", path, store=MemoryStore())
+    sweeper = "from sandboxrt import MemoryStore\nprint(MemoryStore().runtime_dir)\n"
+    try:
+        live.start()
+        assert live.wait() == 0
+        wait_until(lambda: not os.path.exists(f"/proc/{supervisor}"))
+        left = [*cgroup_dirs, runtime_dir]
+        assert all(os.path.exists(d) for d in left)  # (what there is to sweep)
+        held = in_python(sweeper)
+        assert held.returncode == 0, held.stderr
+        assert all(os.path.exists(d) for d in left)  # (its forked child lives)
+        os.kill(int(child), signal.SIGKILL)
+        wait_until(lambda: not os.path.exists(f"/proc/{child}/cgroup"))
+        done = in_python(sweeper)
+        assert done.returncode == 0, done.stderr
+        assert [d for d in [*left, *store_levels] if os.path.exists(d)] == []
+        assert not os.path.exists(done.stdout.strip())  # (the sweeper's own: gone at its exit)
+        assert live.sandbox is not None and os.path.isdir(live.sandbox.runtime_dir)
+        assert live._record.cgroup is not None
+        live_dirs = [p["mountpoint"] + "/" + p["path"] for p in live._record.cgroup["placements"]]
+        assert all(os.path.isdir(d) for d in live_dirs)
+    finally:
+        live.destroy()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(child), signal.SIGKILL)
+        for directory in [*cgroup_dirs, *store_levels]:  # (where a failure left them)
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
 def test_a_failed_memory_store_launch_stops_its_sandbox_before_untying_it(
     bundle: BundleFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

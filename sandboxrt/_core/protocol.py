@@ -419,8 +419,10 @@ class SandboxPlan(_Message):
     #: ``orphaned``, and :attr:`ContainerPlan.cgroup_orphaned`) and its runtime directory.
     tied: bool = False
     #: With :attr:`tied`: the runtime directory's parent is the creator's own (a
-    #: ``MemoryStore``'s temporary directory), removed too once empty.
-    owns_runtime_root: bool = False
+    #: ``MemoryStore``'s temporary directory), with this lock file in it, which the
+    #: processes that may use the store hold (``stores.memory_dirs``): removed too, once
+    #: nothing else is left in it and none holds it.
+    runtime_root_lock: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

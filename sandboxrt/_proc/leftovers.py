@@ -9,6 +9,7 @@ Standard library only.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from typing import Any
 
@@ -65,20 +66,38 @@ def remove_cgroup_levels(directory: int, names: list[str], container_id: str) ->
         channel.close_fds(opened)
 
 
-def remove_runtime_dir(runtime_fd: int, runtime_dir: str, *, owns_root: bool) -> None:
+def remove_runtime_dir(runtime_fd: int, runtime_dir: str, *, root_lock: str = "") -> None:
     """Remove the runtime directory ``runtime_dir`` (``runtime_fd`` is an fd of it) and
-    all it holds, then (``owns_root``) its parent once empty."""
+    all it holds; then, with ``root_lock`` (the lock file a ``MemoryStore``'s processes
+    hold in the directory it made, ``SandboxPlan.runtime_root_lock``), its parent, once
+    nothing but that file is left in it and no process holds it."""
     opened: list[int] = []
     try:
         parent = os.open("..", _O_PARENT, dir_fd=runtime_fd)
         opened.append(parent)
         removal.remove_tree(parent, os.path.basename(runtime_dir), same_as=os.fstat(runtime_fd))
-        if owns_root:
+        if root_lock:
             top = os.open("..", _O_PARENT, dir_fd=parent)
             opened.append(top)
-            root_name = os.path.basename(os.path.dirname(runtime_dir))
-            removal.remove_if_same(top, root_name, os.fstat(parent))
+            _remove_unheld_root(top, os.path.basename(os.path.dirname(runtime_dir)), root_lock)
     except OSError:
         pass
     finally:
         channel.close_fds(opened)
+
+
+def _remove_unheld_root(top: int, name: str, lock_name: str) -> None:
+    """Remove directory ``name`` of ``top`` if it holds only ``lock_name``, a lock file
+    no process holds (taken here, without waiting)."""
+    root = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=top)
+    try:
+        lock = os.open(lock_name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (held: OSError, it stays)
+            if os.listdir(root) == [lock_name]:
+                os.unlink(lock_name, dir_fd=root)
+                removal.remove_if_same(top, name, os.fstat(root))
+        finally:
+            os.close(lock)
+    finally:
+        os.close(root)

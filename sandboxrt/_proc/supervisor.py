@@ -1156,7 +1156,7 @@ class Supervisor:
                 names = member.cgroup_orphaned[index] if member.cgroup_orphaned else []
                 leftovers.remove_cgroup_levels(directory, names, member.id)
         leftovers.remove_runtime_dir(
-            self.runtime_fd, self.plan.runtime_dir, owns_root=self.plan.owns_runtime_root
+            self.runtime_fd, self.plan.runtime_dir, root_lock=self.plan.runtime_root_lock
         )
 
 

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import socket
-import tempfile
 import threading
 import time
 import weakref
@@ -27,6 +26,7 @@ from sandboxrt.errors import (
     LockTimeoutError,
     SandboxrtError,
 )
+from sandboxrt.stores import memory_dirs
 from sandboxrt.stores.base import DEFAULT_LOCK_TIMEOUT
 from sandboxrt.stores.file import _RecordStore
 
@@ -36,11 +36,6 @@ __all__ = ["MemoryStore"]
 _WAIT_SLICE = 0.05
 
 log = logging.getLogger("sandboxrt")
-
-
-def _rmdir_if_empty(path: Path) -> None:
-    with contextlib.suppress(OSError):  # gone, or still in use: leave it
-        path.rmdir()
 
 
 class MemoryStore(_RecordStore[threading.Lock]):
@@ -57,7 +52,9 @@ class MemoryStore(_RecordStore[threading.Lock]):
     are killed with it (their sandboxes are tied to it: once a child it forked
     meanwhile has exited too), and their sandboxes remove their cgroups and runtime
     directories (not in a user namespace of their own, which may not). Those of a
-    container that had exited before stay, empty.
+    container that had exited before stay, empty, until another process makes a
+    MemoryStore's temporary directory: it removes what stores of processes all gone left
+    (``stores.memory_dirs``).
     """
 
     def __init__(
@@ -105,8 +102,8 @@ class MemoryStore(_RecordStore[threading.Lock]):
         """The directory for sandbox sockets and status files."""
         with self._mutex:
             if self._runtime_dir is None:
-                path = Path(tempfile.mkdtemp(prefix="sandboxrt-mem-"))
-                weakref.finalize(self, _rmdir_if_empty, path)
+                path = memory_dirs.make()
+                weakref.finalize(self, memory_dirs.remove_if_empty, path)
                 self._runtime_dir = self._made_temp = path
                 self._made_in.append(path)
             else:
@@ -254,5 +251,5 @@ def _destroy_left() -> None:
                 log.warning("container %s of a MemoryStore outlives this process: %s", cid, exc)
         for store in {id(store): store for store, _ in left}.values():
             if store._made_temp is not None:
-                _rmdir_if_empty(store._made_temp)
+                memory_dirs.remove_if_empty(store._made_temp)
         cgroups.release_parents()  # (it ran before us, at exit: our destroys kept levels)
