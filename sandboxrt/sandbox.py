@@ -987,7 +987,7 @@ def _clear_stale_runtime_dir(path: str, container_id: str) -> None:
     if names is None:
         return
     strangers = [name for name in names if not _RUNTIME_NAMES.fullmatch(name)]
-    live = "ctl" in names and _listening(control_socket_path(path))
+    live = "ctl" in names and channel.listening(control_socket_path(path))
     if strangers or live:
         whose = "a live sandbox's" if live else f"not sandboxrt's (it holds {strangers[0]!r})"
         raise ContainerExistsError(container_id, f"its runtime directory {path} is {whose}")
@@ -1003,7 +1003,7 @@ def remove_left_runtime_dir(path: str, container_id: str) -> None:
     if names is None:
         return
     strangers = [name for name in names if not _RUNTIME_NAMES.fullmatch(name)]
-    if strangers or ("ctl" in names and _listening(control_socket_path(path))):
+    if strangers or ("ctl" in names and channel.listening(control_socket_path(path))):
         whose = f"it holds {strangers[0]!r}" if strangers else "a live sandbox's"
         log.warning('container "%s": %s is left: %s', container_id, path, whose)
         return
@@ -1025,15 +1025,6 @@ def _entries(path: str) -> list[str] | None:
 _RUNTIME_NAMES = re.compile(
     r"ctl|exits|containers|supervisor\.log|gofer-[0-9a-f]{12}\.(sock|log)|\.bind-\d+-[0-9a-f]{8}"
 )
-
-
-def _listening(path: str) -> bool:
-    """Whether something accepts connections on the Unix socket at ``path``."""
-    try:
-        channel.connect(path, timeout=1.0).close()
-    except OSError:
-        return False
-    return True
 
 
 def remove_tree(path: str, container_id: str) -> None:

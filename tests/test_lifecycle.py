@@ -1139,6 +1139,52 @@ sys.stdin.read()
         shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
+def test_a_memory_store_directory_outlives_its_maker_while_a_forked_child_uses_it(
+    bundle: BundleFactory,
+) -> None:
+    """A child forked with a copy of the store may go on using it after its parent exits:
+    the parent's exit leaves the directory to it (it used to remove it, and the child
+    made it again without the lock a sweep needs), and once the child is gone too, what
+    its exited container left is swept."""
+    path = bundle(["true"])
+    runtime_dir, child, supervisor, *cgroup_dirs = words_then_killed(f"""
+import os, sys, time
+from sandboxrt import Container, MemoryStore
+store = MemoryStore()
+store.runtime_dir
+if os.fork() != 0:
+    sys.exit(0)  # (the maker exits normally: its exit handlers run)
+while os.getppid() != 1 and os.path.exists(f"/proc/{{os.getppid()}}/cgroup"):
+    time.sleep(0.01)  # (its parent gone)
+c = Container.create("ch", {str(path)!r}, store=store)
+c.start()
+assert c.wait() == 0
+dirs = [p["mountpoint"] + "/" + p["path"] for p in c._record.cgroup["placements"]]
+print(store.runtime_dir, os.getpid(), c.state().pid, *dirs, flush=True)
+sys.stdin.read()
+""")
+    store_levels = {os.path.dirname(directory) for directory in cgroup_dirs}
+    sweeper = "from sandboxrt import MemoryStore\nprint(MemoryStore().runtime_dir)\n"
+    try:
+        assert os.path.exists(os.path.join(runtime_dir, ".lock"))  # (still held: swept later)
+        os.kill(int(child), signal.SIGKILL)
+        wait_until(lambda: not os.path.exists(f"/proc/{child}/cgroup"))
+        wait_until(lambda: not os.path.exists(f"/proc/{supervisor}/cgroup"))
+        done = in_python(sweeper)
+        assert done.returncode == 0, done.stderr
+        assert [d for d in [*cgroup_dirs, *store_levels, runtime_dir] if os.path.exists(d)] == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(child), signal.SIGKILL)
+        for directory in [*cgroup_dirs, *store_levels]:  # (where a failure left them)
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+        for top in {os.path.dirname(level) for level in store_levels}:  # (the child's: empty)
+            with contextlib.suppress(OSError):
+                os.rmdir(top)
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
 def test_a_failed_memory_store_launch_stops_its_sandbox_before_untying_it(
     bundle: BundleFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

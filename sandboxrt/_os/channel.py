@@ -25,6 +25,7 @@ __all__ = [
     "bind_listener",
     "close_fds",
     "connect",
+    "listening",
     "open_all",
     "peek",
     "peer_pid",
@@ -305,6 +306,16 @@ def peer_pid(sock: socket.socket) -> int:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid: int = struct.unpack("3i", creds)[0]
     return pid
+
+
+def listening(path: str, timeout: float = 1.0) -> bool:
+    """Whether something accepts connections on the Unix socket at ``path`` (within
+    ``timeout`` seconds: a full backlog is not waited out for ever)."""
+    try:
+        connect(path, timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def connect(path: str, timeout: float | None = None) -> socket.socket:

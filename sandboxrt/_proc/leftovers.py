@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from typing import Any
 
 from sandboxrt._os import cgroup_fds, cgroup_marks, channel, removal
@@ -93,7 +94,7 @@ def _remove_unheld_root(top: int, name: str, lock_name: str) -> None:
     try:
         lock = os.open(lock_name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (held: OSError, it stays)
+            _take_soon(lock)  # (held: OSError, it stays)
             if os.listdir(root) == [lock_name]:
                 os.unlink(lock_name, dir_fd=root)
                 removal.remove_if_same(top, name, os.fstat(root))
@@ -101,3 +102,18 @@ def _remove_unheld_root(top: int, name: str, lock_name: str) -> None:
             os.close(lock)
     finally:
         os.close(root)
+
+
+def _take_soon(lock: int, patience: float = 0.5) -> None:
+    """Take ``lock`` (an ``flock``) exclusively within ``patience`` seconds, else
+    ``OSError``: a process killed outright lets go of its files one by one, and its
+    socket that told us it is gone may close before its lock does."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)

@@ -16,16 +16,21 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import posixpath
 import secrets
 import shutil
-import socket
 import tempfile
-import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from sandboxrt._forksafe import ForkSafeLock
+from sandboxrt._os import channel
 from sandboxrt.errors import SandboxrtError
+
+if TYPE_CHECKING:
+    from sandboxrt._os.cgroups.layout import Hierarchy
 
 __all__ = ["LOCK_NAME", "PREFIX", "make", "remove_if_empty", "sweep"]
 
@@ -38,7 +43,7 @@ _O_LOCK = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
 #: The directories this process made, with the fd holding each one's lock (and the
 #: process that made it: a forked child holds its parent's too, but leaves them be).
 _held: dict[Path, tuple[int, int]] = {}
-_mutex = threading.Lock()
+_mutex = ForkSafeLock()  # (a child forked while another thread held it gets it unheld)
 _swept = False
 
 
@@ -67,22 +72,32 @@ def make() -> Path:
 
 
 def remove_if_empty(path: Path) -> None:
-    """Remove ``path`` (made by :func:`make` in this process) if nothing but its lock
-    file is left in it, and let go of it; else leave it (held until this process ends,
-    then swept)."""
+    """Let go of ``path`` (made by :func:`make` in this process, which uses it no more),
+    and remove it if nothing but its lock file is left in it and no other process holds
+    it (a child this one forked, which may still use its copy of the store: then the
+    last to go leaves it to a sweep)."""
     with _mutex:
         fd, maker = _held.get(path, (-1, -1))
-        if maker != os.getpid():
-            return
-        try:
-            if os.listdir(path) != [LOCK_NAME]:
-                return
-            os.unlink(path / LOCK_NAME)
-            path.rmdir()
-        except OSError:
-            return
+        if maker != os.getpid() or not _only_lock_in(path):
+            return  # (the containers a stand-in destroys at exit are still in it: held)
         del _held[path]
-        os.close(fd)
+        os.close(fd)  # (our hold: a forked child's, on the same open file, stays)
+        with contextlib.suppress(OSError):
+            lock = os.open(path / LOCK_NAME, _O_LOCK)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if _only_lock_in(path):
+                    os.unlink(path / LOCK_NAME)
+                    path.rmdir()
+            finally:
+                os.close(lock)
+
+
+def _only_lock_in(path: Path) -> bool:
+    try:
+        return os.listdir(path) == [LOCK_NAME]
+    except OSError:
+        return False
 
 
 def sweep(top: str) -> None:
@@ -122,25 +137,22 @@ def _remove_left(path: Path) -> None:
 
     with contextlib.suppress(OSError):
         for sandbox in path.iterdir():
-            if _serves(sandbox / "ctl"):
+            control = sandbox / "ctl"
+            if control.is_socket() and channel.listening(str(control)):
                 return
     level = posixpath.dirname(cgroups.default_path("-", _cgroup.scope_for(path, transient=True)))
     with contextlib.suppress(OSError, SandboxrtError):
-        for hierarchy in cgroups.detect().hierarchies:
+        for hierarchy in _hierarchies():
             _remove_empty_tree(str(hierarchy.mountpoint) + level)
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _serves(control_socket: Path) -> bool:
-    """Whether a supervisor answers on ``control_socket``."""
-    if not control_socket.is_socket():
-        return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
-        try:
-            probe.connect(str(control_socket))
-        except OSError:
-            return False
-    return True
+@functools.cache
+def _hierarchies() -> tuple[Hierarchy, ...]:
+    """The mounted cgroup hierarchies, read once (a sweep may find many stores)."""
+    from sandboxrt._os import cgroups
+
+    return cgroups.detect().hierarchies
 
 
 def _remove_empty_tree(directory: str) -> None:
