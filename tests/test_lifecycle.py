@@ -1008,6 +1008,18 @@ print(json.dumps({{"seen": seen, "alive": alive, "child": child}}))
     assert os.listdir(tmp_path / "dropped") == []  # (given: emptied, not removed)
 
 
+def _remove_what_is_left(directories: list[str], runtime_dir: str) -> None:
+    """After a test of what a dead creator leaves: remove (where a failure left them, and
+    empty) the cgroup ``directories`` (children first), their store levels and the top
+    ones, and ``runtime_dir``."""
+    levels = {os.path.dirname(directory) for directory in directories}
+    tops = {os.path.dirname(level) for level in levels}
+    for directory in [*directories, *levels, *tops]:
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
+    shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
 @pytest.mark.parametrize("case", ["running", "paused", "pod", "nested"])
 def test_a_memory_store_container_dies_with_a_creator_killed_outright(
     bundle: BundleFactory, case: str
@@ -1074,13 +1086,7 @@ sys.stdin.read()
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
             wait_until(lambda: not os.path.exists(f"/proc/{init}/cgroup"))
-        for directory in left[:-1]:  # (where a failure left them)
-            with contextlib.suppress(OSError):
-                os.rmdir(directory)
-        for top in {os.path.dirname(level) for level in store_levels}:  # (where empty)
-            with contextlib.suppress(OSError):
-                os.rmdir(top)
-        shutil.rmtree(runtime_dir, ignore_errors=True)
+        _remove_what_is_left([*children, *cgroup_dirs], runtime_dir)
 
 
 def test_what_a_memory_store_of_processes_all_gone_left_is_swept_by_the_next(
@@ -1133,10 +1139,7 @@ sys.stdin.read()
         live.destroy()
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(child), signal.SIGKILL)
-        for directory in [*cgroup_dirs, *store_levels]:  # (where a failure left them)
-            with contextlib.suppress(OSError):
-                os.rmdir(directory)
-        shutil.rmtree(runtime_dir, ignore_errors=True)
+        _remove_what_is_left(cgroup_dirs, runtime_dir)
 
 
 def test_a_memory_store_directory_outlives_its_maker_while_a_forked_child_uses_it(
@@ -1176,13 +1179,7 @@ sys.stdin.read()
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(child), signal.SIGKILL)
-        for directory in [*cgroup_dirs, *store_levels]:  # (where a failure left them)
-            with contextlib.suppress(OSError):
-                os.rmdir(directory)
-        for top in {os.path.dirname(level) for level in store_levels}:  # (the child's: empty)
-            with contextlib.suppress(OSError):
-                os.rmdir(top)
-        shutil.rmtree(runtime_dir, ignore_errors=True)
+        _remove_what_is_left(cgroup_dirs, runtime_dir)
 
 
 def test_a_failed_memory_store_launch_stops_its_sandbox_before_untying_it(
