@@ -1,5 +1,6 @@
 """Removing directories through fds, as a process that may not trust the tree does (the
-gofer serving a container's files, the supervisor removing what its creator left).
+gofer serving a container's files, the supervisor removing what its creator left, a
+MemoryStore letting go of its directory).
 
 Standard library only.
 """
@@ -7,11 +8,13 @@ Standard library only.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import time
 
 from sandboxrt._os import channel, mounts
 
-__all__ = ["refuse_mount_point", "remove_if_same", "remove_tree"]
+__all__ = ["refuse_mount_point", "remove_if_same", "remove_tree", "remove_unheld"]
 
 _O_DIR = os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 
@@ -71,6 +74,45 @@ def remove_if_same(parent: int, name: str, made: os.stat_result) -> bool:
     except OSError:
         return False
     return True
+
+
+def remove_unheld(top: int, name: str, lock_name: str, *, patience: float = 0.0) -> bool:
+    """Remove directory ``name`` of ``top`` (an fd) if nothing but ``lock_name`` is in
+    it, an ``flock`` no process holds (taken exclusively, waiting up to ``patience``
+    seconds); whether it did."""
+    try:
+        directory = os.open(name, os.O_RDONLY | _O_DIR, dir_fd=top)
+    except OSError:
+        return False
+    try:
+        lock = os.open(lock_name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+    except OSError:
+        os.close(directory)
+        return False
+    try:
+        _take(lock, patience)
+        if os.listdir(directory) != [lock_name]:
+            return False
+        os.unlink(lock_name, dir_fd=directory)
+        return remove_if_same(top, name, os.fstat(directory))
+    except OSError:
+        return False
+    finally:
+        os.close(lock)
+        os.close(directory)
+
+
+def _take(lock: int, patience: float) -> None:
+    """``flock`` ``lock`` exclusively within ``patience`` seconds, else ``OSError``."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _same_file(one: os.stat_result, other: os.stat_result) -> bool:

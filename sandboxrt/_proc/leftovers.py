@@ -9,9 +9,7 @@ Standard library only.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import time
 from typing import Any
 
 from sandboxrt._os import cgroup_fds, cgroup_marks, channel, removal
@@ -80,40 +78,11 @@ def remove_runtime_dir(runtime_fd: int, runtime_dir: str, *, root_lock: str = ""
         if root_lock:
             top = os.open("..", _O_PARENT, dir_fd=parent)
             opened.append(top)
-            _remove_unheld_root(top, os.path.basename(os.path.dirname(runtime_dir)), root_lock)
+            # A process killed outright lets go of its files one by one: its socket, which
+            # told us it is gone, may close before its lock does.
+            root_name = os.path.basename(os.path.dirname(runtime_dir))
+            removal.remove_unheld(top, root_name, root_lock, patience=0.5)
     except OSError:
         pass
     finally:
         channel.close_fds(opened)
-
-
-def _remove_unheld_root(top: int, name: str, lock_name: str) -> None:
-    """Remove directory ``name`` of ``top`` if it holds only ``lock_name``, a lock file
-    no process holds (taken here, without waiting)."""
-    root = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=top)
-    try:
-        lock = os.open(lock_name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root)
-        try:
-            _take_soon(lock)  # (held: OSError, it stays)
-            if os.listdir(root) == [lock_name]:
-                os.unlink(lock_name, dir_fd=root)
-                removal.remove_if_same(top, name, os.fstat(root))
-        finally:
-            os.close(lock)
-    finally:
-        os.close(root)
-
-
-def _take_soon(lock: int, patience: float = 0.5) -> None:
-    """Take ``lock`` (an ``flock``) exclusively within ``patience`` seconds, else
-    ``OSError``: a process killed outright lets go of its files one by one, and its
-    socket that told us it is gone may close before its lock does."""
-    deadline = time.monotonic() + patience
-    while True:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.01)

@@ -205,21 +205,22 @@ class Supervisor:
             self.listener = channel.bind_listener(self.plan.control_socket, CONTROL_BACKLOG)
             self.runtime_fd, self.exits_fd = _open_runtime_dirs(self.plan)
 
-    def confine(self, ahead: Confinement | None = None) -> None:
+    def confine(self) -> None:
         """Once the root container is created (or its init built ahead has its plan):
         open what we need of the host (the root's cgroup directories, our own cgroups),
         then make our root the minimal one
         (``mounts.confine_to_proc``: a tmpfs holding our /proc). Without a PID namespace
         of our own (no /proc of ours) we stay as we are (decision 33). A warm sandbox
-        prepared the rest ``ahead``. Once only: a later call does nothing."""
+        prepared the rest ahead (:attr:`confinement`). Once only: a later call does
+        nothing."""
         if self.confined:
             return
         self.confined = True
         root = self.root
         if root.cgroup_dirs is None:  # (none: the library sends them with its cgroup)
             root.cgroup_dirs = []
-        self.confinement = None  # ours to use up now (``ahead``)
-        ahead = ahead or Confinement(top=-1)
+        ahead = self.confinement or Confinement(top=-1)
+        self.confinement = None  # ours to use up now
         self.homes = ahead.homes if ahead.top >= 0 else home_cgroups()
         if ["pid", ""] not in self.plan.namespaces:
             channel.close_fds([ahead.top])
@@ -423,7 +424,7 @@ class Supervisor:
             if root.autostart:
                 # Before its program runs: until we pivot, our /proc/1/mountinfo (which
                 # the container reads as its PID 1's) shows the host's mount table.
-                self.confine(self.confinement)
+                self.confine()
                 self.report(self._start_step(root))
             return True
 
@@ -1208,10 +1209,10 @@ def _run_supervisor(
             supervisor.hand_plan()
             # Its init has a root and namespace of its own: we confine ourselves while it
             # goes on to created (on the other core), not after.
-            supervisor.confine(confinement)
+            supervisor.confine()
         created = supervisor.relay_creation()
         if created:  # (done already if built ahead, or for ``run``: then it does nothing)
-            supervisor.confine(supervisor.confinement)
+            supervisor.confine()
     except BaseException as exc:
         with contextlib.suppress(OSError):
             supervisor.report(error_progress(exc))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sandboxrt._forksafe import ForkSafeLock
-from sandboxrt._os import channel
+from sandboxrt._os import channel, removal
 from sandboxrt.errors import SandboxrtError
 
 if TYPE_CHECKING:
@@ -83,14 +83,11 @@ def remove_if_empty(path: Path) -> None:
         del _held[path]
         os.close(fd)  # (our hold: a forked child's, on the same open file, stays)
         with contextlib.suppress(OSError):
-            lock = os.open(path / LOCK_NAME, _O_LOCK)
+            parent = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if _only_lock_in(path):
-                    os.unlink(path / LOCK_NAME)
-                    path.rmdir()
+                removal.remove_unheld(parent, path.name, LOCK_NAME)
             finally:
-                os.close(lock)
+                os.close(parent)
 
 
 def _only_lock_in(path: Path) -> bool:
