@@ -41,7 +41,14 @@ from typing import Any
 from sandboxrt._core import devicefilter
 from sandboxrt._os import cgroups
 from sandboxrt._os.cgroups import Cgroup, CgroupLayout, DeviceRule, Resources
-from sandboxrt.errors import MissingFeatureError, SandboxrtError, SpecError, SystemCallError
+from sandboxrt._os.cgroups.common import read_keyed
+from sandboxrt.errors import (
+    InitError,
+    MissingFeatureError,
+    SandboxrtError,
+    SpecError,
+    SystemCallError,
+)
 from sandboxrt.stores.file import default_root
 
 __all__ = [
@@ -52,6 +59,8 @@ __all__ = [
     "create",
     "delegate_joining",
     "freeze",
+    "memory_limit_hit",
+    "naming_memory_limit",
     "orphan_levels",
     "procs_files",
     "remove",
@@ -398,3 +407,34 @@ def _keeps_parents(cgroup: Cgroup) -> bool:
     """A default path's parent levels (``/sandboxrt``, a store's level) stay until this
     process exits (``cgroups.release_parents``): its next container needs them again."""
     return cgroups.shares_default_parents(cgroup.path)
+
+
+def naming_memory_limit(
+    exc: BaseException, cgroup: Mapping[str, Any] | None, container_id: str
+) -> BaseException:
+    """``exc``, or for an :class:`InitError` of an init the OOM killer killed, one that
+    names the memory limit it met (at create and at start alike)."""
+    if not isinstance(exc, InitError):
+        return exc
+    memory = memory_limit_hit(cgroup, container_id)
+    return exc if memory is None else InitError(container_id, f"{exc.cause}: {memory}")
+
+
+def memory_limit_hit(cgroup: Mapping[str, Any] | None, container_id: str) -> str | None:
+    """What an init that died while it was made met, if its cgroup's OOM killer killed
+    (as runc names a limit too low to start in); ``None`` if it did not. (Not the
+    failure count, which page cache reclaimed at the limit raises too.)"""
+    if cgroup is None:
+        return None
+    try:
+        loaded = cgroups.load(cgroup, container_id=container_id)
+        directory = loaded.directory("memory")
+        if directory is None:
+            return None
+        events = "memory.oom_control" if loaded.driver == "v1" else "memory.events"
+        if not read_keyed(directory, events).get("oom_kill"):
+            return None
+        limit = loaded.stats().memory_limit
+    except (SandboxrtError, OSError):
+        return None
+    return f"its memory limit ({limit} bytes) was reached: the OOM killer killed"

@@ -48,7 +48,7 @@ def _refuse(attribute: attrs.Attribute[Any], must_be: str) -> NoReturn:
     raise InvalidArgumentError("", f"Config.{attribute.name} must be {must_be}")
 
 
-#: The bound of every timeout (as a record's is read back: ``container._configured_timeout``).
+#: The bound of every timeout (as a record's is read back: ``_container_state.configured_timeout``).
 _MAX_SECONDS = 1e9
 #: The values of ``Config.network``.
 _NETWORK_MODES = ("sandbox", "host")

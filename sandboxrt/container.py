@@ -5,66 +5,47 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
-import datetime as _dt
 import errno
 import functools
-import getpass
 import logging
 import os
 import signal as _signal
 import socket
-import stat
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import IO, Any, Concatenate, Literal, ParamSpec, TypedDict, TypeVar, overload
 
 import attrs
 from typing_extensions import Unpack
 
-from sandboxrt import _cgroup, _changes
+from sandboxrt import _cgroup, _changes, _creation
 from sandboxrt._caller_paths import (
-    absolute_path,
-    check_path_argument,
-    dial_console,
     unlink_if_same,
-    write_pid_file,
+)
+from sandboxrt._container_state import (
+    LIVE,
+    configured_timeout,
+    effective_status,
+    runtime_dir,
 )
 from sandboxrt._core import idmap
-from sandboxrt._core.ids import resolve_id, validate_id
+from sandboxrt._core.ids import resolve_id
 from sandboxrt._core.plan import (
     UserArg,
-    build_container_plan,
-    build_plan,
     exec_plan,
-    sandbox_paths,
 )
-from sandboxrt._core.protocol import ContainerPlan, ExecPlan, InitPlan, SandboxPlan
-from sandboxrt._core.records import ContainerRecord, ProcessIdentity, spec_text
-from sandboxrt._core.spec import Spec, dump_spec, load_spec, read_spec_file
+from sandboxrt._core.protocol import ExecPlan
+from sandboxrt._core.records import ContainerRecord
+from sandboxrt._core.spec import Spec, load_spec
 from sandboxrt._core.spec_default import DEFAULT_OCI_VERSION
-from sandboxrt._core.spec_validate import (
-    document_problems,
-    validate_spec,
-)
 from sandboxrt._core.status import Operation, Status, require
-from sandboxrt._os import cgroups, channel, mounts, procfs
-from sandboxrt._os.cgroups import Cgroup
-from sandboxrt._os.cgroups.common import read_keyed
+from sandboxrt._os import cgroups, procfs
 from sandboxrt._os.seccomp import compile_bpf
 from sandboxrt._pod_join import (
     give_pipes_to_mapped_root,
-    mapped_root,
-    namespaces_we_share,
     own_pid_namespace,
-    pod_id_maps,
-    pod_network,
-    refuse_another_user_namespace,
-    refuse_sysctls_in_our_namespaces,
-    sandbox_id_for,
 )
 from sandboxrt._proc import hooks
-from sandboxrt._proc.init import open_cgroup_dirs
 from sandboxrt._proc.launcher import Launcher, default_launcher
 from sandboxrt._seconds import wait_seconds
 from sandboxrt._signals import (
@@ -83,11 +64,11 @@ from sandboxrt._stdio import (
     is_pipe,
     reserve_standard_fds,
 )
+from sandboxrt._teardown import teardown
 from sandboxrt.config import Config
 from sandboxrt.errors import (
     ContainerNotFoundError,
     CorruptMetadataError,
-    GoferError,
     InitError,
     InvalidArgumentError,
     InvalidStateError,
@@ -98,7 +79,6 @@ from sandboxrt.errors import (
     ProcessTimeoutError,
     SandboxDiedError,
     SandboxrtError,
-    SpecError,
     SystemCallError,
     WaitTimeoutError,
     arguments_of,
@@ -109,12 +89,8 @@ from sandboxrt.gofer import Gofer, PendingGofer, socket_path
 from sandboxrt.process import Process, ProcessInfo, process_infos
 from sandboxrt.sandbox import (
     Sandbox,
-    alive,
-    identity_of,
-    kill_process,
-    remove_left_runtime_dir,
 )
-from sandboxrt.stores import MemoryStore, MetadataStore, memory_dirs, store_or_default
+from sandboxrt.stores import MetadataStore, store_or_default
 
 __all__ = ["Container", "CreateOptions", "ExecRunOptions", "OCIState", "Stats"]
 
@@ -126,8 +102,6 @@ _R = TypeVar("_R")
 # A daemon's closed fds 0-2 are filled now, before the library opens any fd of its own
 # (in any thread): see StdioPlan.
 reserve_standard_fds()
-
-_LIVE = frozenset({Status.CREATED, Status.RUNNING, Status.PAUSED})
 
 
 @attrs.frozen
@@ -342,242 +316,21 @@ class Container:
         join: str | None = None,
         root: bool = False,
     ) -> Container:
-        """:meth:`_create_here`, a raw ``OSError`` of running out (of fds, say) raised as a
-        :class:`SystemCallError` naming the container; then (unless ``autostart``:
+        """:func:`_creation.create`, a raw ``OSError`` of running out (of fds, say) raised
+        as a :class:`SystemCallError` naming the container; then (unless ``autostart``:
         :meth:`run` does it once the container is gone) the launcher's put-off work
         (decision 53)."""
         try:
+            unknown = set(options) - CreateOptions.__optional_keys__
+            if unknown:
+                raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
             with _out_of_resources("create", id):
-                return cls._create_here(
-                    id, bundle, options, autostart=autostart, join=join, root=root
+                return _creation.create(
+                    cls, id, bundle, options, autostart=autostart, join=join, root=root
                 )
         finally:
             if not autostart:
                 _settle(options.get("launcher"))
-
-    @classmethod
-    def _create_here(
-        cls,
-        id: str,
-        bundle: str | os.PathLike[str],
-        options: CreateOptions,
-        *,
-        autostart: bool,
-        join: str | None,
-        root: bool,
-    ) -> Container:
-        """:meth:`create`; with ``autostart`` (for :meth:`run`) the program starts at
-        once, without a start round trip, unless hooks or a terminal need one.
-
-        The container joins sandbox ``join`` when given, makes a new one with
-        ``root``, else does what its spec's CRI annotations say (see
-        ``sandboxrt._core.cri``); annotations naming another sandbox than
-        ``join``, or one to join with ``root``, are a :class:`SpecError`.
-        """
-        asked = _checked_arguments(id, bundle, options, autostart=autostart, join=join, root=root)
-        store, config, launcher = asked.store, asked.config, asked.launcher
-        pid_file, console_socket = asked.pid_file, asked.console_socket
-        document, sandbox_id, bundle_path = asked.document, asked.sandbox_id, asked.bundle
-        plan, host, id_maps, config = _planned(id, asked)
-        # Started with a round trip of its own where something must come first: its hooks,
-        # its terminal's console, a pid file (written before the program runs, as runc).
-        autostart = (
-            autostart
-            and not plan.init.start_container_hooks
-            and not plan.init.terminal
-            and pid_file is None
-        )
-        if autostart:
-            plan = dataclasses.replace(plan, init=dataclasses.replace(plan.init, autostart=True))
-        with _naming_container(id):
-            cgroup_request = _cgroup.request_for(document)
-        # Each closed or ended if the creation fails, from here on (the id in use, say).
-        with contextlib.ExitStack() as undo:
-            # The caller's fds are checked before we open any.
-            with arguments_of(id):
-                stdio = undo.enter_context(StdioPlan(asked.stdin, asked.stdout, asked.stderr))
-            # Dialled first, as runc does: one that takes no connection fails the create
-            # before anything is made, and no hook runs for it.
-            console = (
-                None
-                if console_socket is None
-                else undo.enter_context(dial_console(id, console_socket))
-            )
-            gofer: PendingGofer | None = None
-            if not config.lazy_gofer:
-                # The container's gofer, started with it, opens its rootfs and bind sources
-                # as detached mounts, which go to the sandbox (decisions 30, 37 and 38):
-                # asked now, it opens them while we take the lock and make the record.
-                gofer = undo.enter_context(PendingGofer(launcher, id))
-                gofer.ask(_tree_plan(plan.init).tree_sources())
-            undo.enter_context(store.lock(id, timeout=config.lock_timeout))
-            record = ContainerRecord(
-                id=id,
-                bundle=str(bundle_path),
-                spec=document,
-                status=Status.CREATING,
-                created_at=_dt.datetime.now(_dt.UTC),
-                owner=_owner(),
-                sandbox_id=sandbox_id,
-                # A subcontainer's sandbox is known (and recorded) from the start: a
-                # failure from here on has the teardown ask it to forget the container.
-                sandbox=host.supervisor if host is not None else None,
-                runtime_dir=host.runtime_dir if host is not None else "",
-                config=attrs.asdict(config),
-                annotations=dict(document.get("annotations") or {}),
-                creator=_this_process(),
-                id_maps=id_maps,
-            )
-            store.create(record)  # raises ContainerExistsError, touching nothing
-            give_pipes_to_mapped_root(stdio, id_maps)
-            container = cls(record, store)
-            pty: int | None = None
-            trees: builtins.list[int] = []
-
-            def make_cgroup() -> tuple[list[str], list[list[str]]]:
-                assert cgroup_request is not None
-                cgroup = _cgroup.create(cgroup_request, id, _cgroup_scope(store))
-                if cgroup is None:
-                    return [], []
-                owner = mapped_root(container._record.id_maps)
-                if owner is not None:  # its processes join it as that root (see the function)
-                    _cgroup.delegate_joining(cgroup, *owner)
-                container._record = attrs.evolve(container._record, cgroup=cgroup.to_dict())
-                # (A MemoryStore's sandbox is ``tied``: it removes them if we die.)
-                tied = isinstance(store, MemoryStore)
-                orphaned = _cgroup.orphan_levels(cgroup, id) if tied else []
-                return _cgroup.procs_files(cgroup), orphaned
-
-            def record_cgroup() -> None:
-                """Saved at once (a destroy after a crash from here on removes it)."""
-                if container._record.cgroup is not None:
-                    store.save(container._record)
-
-            def record_sandbox(sandbox: Sandbox) -> None:
-                record = attrs.evolve(
-                    container._record,
-                    sandbox=sandbox.supervisor,
-                    runtime_dir=sandbox.runtime_dir,
-                ).with_status(Status.CREATED)
-                container._record = record.with_status(Status.RUNNING) if autostart else record
-
-            def save_running(sandbox: Sandbox) -> None:
-                """Created, with the program on its way (``run``): saved as running while
-                it execs, rather than after."""
-                record_sandbox(sandbox)
-                store.save(container._record)
-
-            if cgroup_request is not None and isinstance(plan, SandboxPlan):
-                # Made while the sandbox starts: the init joins it after its mounts.
-                plan = dataclasses.replace(
-                    plan, init=dataclasses.replace(plan.init, await_cgroup=True)
-                )
-            try:
-                if host is not None:  # first: a root destroy finds it by it, even after a crash
-                    host.note_member(id)
-                if cgroup_request is not None and isinstance(plan, ContainerPlan):
-                    # A subcontainer's init is forked at once: its cgroup is made first.
-                    procs, orphaned = make_cgroup()
-                    record_cgroup()
-                    plan = dataclasses.replace(
-                        plan,
-                        init=dataclasses.replace(plan.init, cgroup_procs=procs),
-                        cgroup_orphaned=orphaned,
-                    )
-                if gofer is None:  # ``lazy_gofer``: one starts on first use
-                    init, trees = _with_trees(plan.init, id, mounts.open_host_trees)
-                else:
-                    init, trees = _with_trees(plan.init, id, functools.partial(gofer.prepare, id))
-                    container._record = attrs.evolve(container._record, gofer=gofer.identity)
-                plan = dataclasses.replace(plan, init=init)
-                if isinstance(plan, SandboxPlan):
-                    sandbox, pty = Sandbox.launch(
-                        plan,
-                        [*stdio.child_fds, *trees],
-                        launcher=launcher,
-                        on_mounted=container._run_runtime_hooks,
-                        on_created=save_running if autostart else None,
-                        make_cgroup=make_cgroup,
-                        on_cgroup=record_cgroup,
-                        timeout=config.create_timeout,
-                    )
-                    tie = sandbox.take_tie()
-                    if tie is not None:  # (a MemoryStore's: it ends with this process)
-                        assert isinstance(store, MemoryStore)
-                        store.keep_tie(id, tie)
-                else:
-                    assert host is not None
-                    sandbox = host
-                    # Its supervisor reaches no host path (decision 33): the cgroup's
-                    # directories go as fds, and the host's root where hooks need it.
-                    trees += open_cgroup_dirs(plan.init.cgroup_procs)
-                    has_hooks = plan.init.create_container_hooks or plan.init.start_container_hooks
-                    # In a user namespace of the sandbox's own, its init may not mknod: it
-                    # binds the host's device nodes, from the host's root.
-                    mapped = container._record.id_maps is not None
-                    if has_hooks or mapped or not plan.init.rootfs_tree:
-                        trees.append(mounts.open_host_tree("/"))
-                        plan = dataclasses.replace(plan, host_tree=True)
-                    try:
-                        pty = host.create_container(
-                            plan,
-                            [*stdio.child_fds, *trees],
-                            on_mounted=container._run_runtime_hooks,
-                            timeout=config.create_timeout,
-                        )
-                    except SandboxDiedError:
-                        # The sandbox ended since we looked (its root exited): refused
-                        # as it would have been a moment earlier, naming the root.
-                        _sandbox_to_join(store, sandbox_id, id)
-                        raise
-                    if container._record.id_maps is not None and not autostart:
-                        container._grant_oom_score()
-                if autostart:
-                    container._launched = sandbox
-                unsaved = container._record.status is Status.CREATING  # (else save_running)
-                if unsaved:
-                    record_sandbox(sandbox)  # a teardown from here on stops the sandbox
-                stdio.close_child_ends()
-                channel.close_fds(trees)
-                trees = []
-                if gofer is not None:
-                    try:
-                        container._hand_over_gofer(gofer, sandbox)
-                    except (GoferError, OSError) as exc:
-                        # It died already: the file API says so, the container lives on
-                        # (decision 26).
-                        log.warning('container "%s": its gofer did not start: %s', id, exc)
-                if unsaved:
-                    store.save(container._record)
-                container.stdin, container.stdout, container.stderr = (
-                    stdio.stdin,
-                    stdio.stdout,
-                    stdio.stderr,
-                )
-                if pty is not None:
-                    master, pty = pty, None
-                    container._hand_over_console(master, console)
-                if pid_file is not None:
-                    write_pid_file(id, pid_file, sandbox.pid)
-            except BaseException as exc:
-                if pty is not None:
-                    os.close(pty)
-                channel.close_fds(trees)
-                if container.console is not None:
-                    container.console.close()
-                # (read before the teardown removes the cgroup)
-                named = _naming_memory_limit(exc, container._record.cgroup, id)
-                try:
-                    container._teardown()
-                except Exception as cleanup:  # (out of fds too, say): the first error says why
-                    log.warning(
-                        'container "%s": cleaning up after a failed create failed too: %s: %s'
-                        " (destroy() finishes it)", id, type(cleanup).__name__, cleanup,
-                    )  # fmt: skip
-                if named is not exc:
-                    raise named from exc
-                raise
-        return container
 
     @classmethod
     def run(
@@ -669,7 +422,7 @@ class Container:
         record = self._record
         if record.sandbox is None:
             return None
-        return Sandbox(self.sandbox_id, record.sandbox, _runtime_dir(self._store, self.sandbox_id))
+        return Sandbox(self.sandbox_id, record.sandbox, runtime_dir(self._store, self.sandbox_id))
 
     @property
     def sandbox_id(self) -> str:
@@ -707,7 +460,7 @@ class Container:
     def status(self) -> Status:
         """The status now: a live status whose sandbox or init is gone reads ``stopped``."""
         self._refresh()
-        return _effective_status(self._record, self.sandbox, ask=True)
+        return effective_status(self._record, self.sandbox, ask=True)
 
     def state(self) -> OCIState:
         """The OCI state of the container."""
@@ -717,7 +470,7 @@ class Container:
             oci_version=DEFAULT_OCI_VERSION,  # (the state's, as runc's: not the bundle's)
             id=self.id,
             status=status,
-            pid=sandbox.pid if sandbox is not None and status in _LIVE else None,
+            pid=sandbox.pid if sandbox is not None and status in LIVE else None,
             bundle=self.bundle,
             annotations=dict(self._record.annotations),
         )
@@ -728,7 +481,7 @@ class Container:
         """Run the container's program (created containers only)."""
         with self._locked() as sandbox:
             # (The supervisor refuses a second start, and that is recorded.)
-            require(Operation.START, self.id, _effective_status(self._record, sandbox))
+            require(Operation.START, self.id, effective_status(self._record, sandbox))
             assert sandbox is not None
             try:
                 sandbox.start(self.id, self._state_dict(Status.CREATED))
@@ -736,7 +489,7 @@ class Container:
                 if not self._stopped_meanwhile(Operation.START, sandbox):
                     raise
             except InitError as exc:
-                named = _naming_memory_limit(exc, self._record.cgroup, self.id)
+                named = _cgroup.naming_memory_limit(exc, self._record.cgroup, self.id)
                 if named is not exc:
                     raise named from exc
                 raise
@@ -787,7 +540,7 @@ class Container:
         yet: :class:`InvalidStateError`, as for any operation its status refuses."""
         sandbox = self.sandbox
         if sandbox is None:
-            status = _effective_status(self._record, None).value
+            status = effective_status(self._record, None).value
             raise InvalidStateError(operation, self.id, status, reason="it has no sandbox yet")
         return sandbox
 
@@ -823,7 +576,7 @@ class Container:
             raise InvalidArgumentError(self.id, "kill: all and foreground exclude each other")
         sig = signal_number(sig, self.id)
         with self._locked() as sandbox:
-            status = _effective_status(self._record, sandbox)
+            status = effective_status(self._record, sandbox)
             require(Operation.KILL_ALL if all else Operation.KILL, self.id, status)
             paused = status is Status.PAUSED
             try:
@@ -869,7 +622,7 @@ class Container:
         without a cgroup freezer. No hooks run.
         """
         with self._locked() as sandbox:
-            status = _effective_status(self._record, sandbox, ask=True)
+            status = effective_status(self._record, sandbox, ask=True)
             require(Operation.PAUSE, self.id, status)
             if self._record.status is Status.CREATED:  # (started by a caller killed since)
                 self._record = self._record.with_status(status)
@@ -886,7 +639,7 @@ class Container:
                 self._record = self._record.with_status(Status.RUNNING)
                 self._store.save(self._record)
                 raise
-            if _effective_status(self._record, sandbox) is Status.STOPPED:
+            if effective_status(self._record, sandbox) is Status.STOPPED:
                 # It stopped meanwhile (a pod's root exited, whose supervisor thaws the
                 # members it kills, maybe before this froze): nothing stays frozen.
                 with contextlib.suppress(SystemCallError):
@@ -899,7 +652,7 @@ class Container:
         """Thaw a paused container (``runc resume``): its processes run on, signals
         sent meanwhile are delivered. Raises :class:`InvalidStateError` unless paused."""
         with self._locked() as sandbox:
-            require(Operation.RESUME, self.id, _effective_status(self._record, sandbox))
+            require(Operation.RESUME, self.id, effective_status(self._record, sandbox))
             _cgroup.thaw(self._record.cgroup, self.id)
             self._record = self._record.with_status(Status.RUNNING)
             self._store.save(self._record)
@@ -953,7 +706,7 @@ class Container:
         number = signal_number(sig, self.id)
         self._refresh()
         sandbox = self.sandbox
-        require(Operation.KILL, self.id, _effective_status(self._record, sandbox))
+        require(Operation.KILL, self.id, effective_status(self._record, sandbox))
         assert sandbox is not None
         try:
             sandbox.signal_process(self.id, pid, number, group=group, foreground=foreground)
@@ -1012,7 +765,7 @@ class Container:
             raise InvalidArgumentError(self.id, f"these signals cannot be forwarded: {what}")
         self._refresh()
         sandbox = self.sandbox
-        require(Operation.KILL, self.id, _effective_status(self._record, sandbox))
+        require(Operation.KILL, self.id, effective_status(self._record, sandbox))
         assert sandbox is not None
         console = self.console
         if isinstance(process, Process):
@@ -1094,7 +847,7 @@ class Container:
             stdio = None if tty else StdioPlan(stdin, stdout, stderr)
         try:
             with self._locked() as sandbox:
-                require(Operation.EXEC, self.id, _effective_status(self._record, sandbox))
+                require(Operation.EXEC, self.id, effective_status(self._record, sandbox))
                 assert sandbox is not None
                 if self._record.spec is not spec:  # the id names another container now
                     plan = self._exec_plan(args, overrides)
@@ -1295,7 +1048,7 @@ class Container:
         Raises :class:`MissingFeatureError` for a container without a cgroup.
         """
         self._refresh()
-        require(Operation.STATS, self.id, _effective_status(self._record, self.sandbox))
+        require(Operation.STATS, self.id, effective_status(self._record, self.sandbox))
         if self._record.cgroup is None:
             raise MissingFeatureError("container stats", f'container "{self.id}" has no cgroup')
         try:
@@ -1347,13 +1100,13 @@ class Container:
             raise NoOverlayError(self.id, "export the changes of")
         gone = "its overlay's upper layer went with its sandbox"
         with self._locked() as sandbox:
-            status = _effective_status(self._record, sandbox)
-            if sandbox is None or status not in _LIVE:
+            status = effective_status(self._record, sandbox)
+            if sandbox is None or status not in LIVE:
                 raise InvalidStateError("export the changes of", self.id, str(status), reason=gone)
             try:
                 upper = sandbox.overlay_upper(self.id)
             except SandboxDiedError:
-                status = _effective_status(self._record, sandbox)
+                status = effective_status(self._record, sandbox)
                 if status is Status.STOPPED:
                     raise InvalidStateError(
                         "export the changes of", self.id, str(status), reason=gone
@@ -1401,7 +1154,7 @@ class Container:
             # (a Ctrl-C half-way would leave the record, with half of what it names gone;
             # the wait for the lock may be interrupted)
             with self._locked(corrupt_ok=True), interrupts_deferred():
-                self._teardown()
+                teardown(self)
         except ContainerNotFoundError:
             pass
         # What a repr shows from now on (``status`` asks the store, which has no record).
@@ -1422,7 +1175,7 @@ class Container:
         """After the sandbox failed ``operation``: whether the container stopped
         meanwhile, and then it is answered as if it had stopped before the call (the
         :class:`InvalidStateError` of an operation a stopped container refuses)."""
-        if _effective_status(self._record, sandbox) is not Status.STOPPED:
+        if effective_status(self._record, sandbox) is not Status.STOPPED:
             return False
         require(operation, self.id, Status.STOPPED)
         return True
@@ -1440,21 +1193,21 @@ class Container:
         :class:`InvalidStateError` unless the container is created, running or paused."""
         self._refresh()
         record = self._record
-        require(Operation.FILES, self.id, _effective_status(record, self.sandbox))
+        require(Operation.FILES, self.id, effective_status(record, self.sandbox))
         if record.gofer is None:
             with self._locked() as sandbox:
-                require(Operation.FILES, self.id, _effective_status(self._record, sandbox))
+                require(Operation.FILES, self.id, effective_status(self._record, sandbox))
                 assert sandbox is not None
                 if self._record.gofer is None:
                     try:
                         self._start_gofer(sandbox)
                     except SandboxDiedError:  # it stopped meanwhile
-                        require(Operation.FILES, self.id, _effective_status(self._record, sandbox))
+                        require(Operation.FILES, self.id, effective_status(self._record, sandbox))
                         raise
             record = self._record
         assert record.gofer is not None
-        runtime_dir = _runtime_dir(self._store, self.sandbox_id)
-        return Gofer(self.id, record.gofer, socket_path(runtime_dir, self.id))
+        home = runtime_dir(self._store, self.sandbox_id)
+        return Gofer(self.id, record.gofer, socket_path(home, self.id))
 
     def _grant_oom_score(self) -> None:
         """Set the spec's ``oomScoreAdj`` on a pod member's init (found in its cgroup)
@@ -1544,96 +1297,7 @@ class Container:
         return _Locked(self, corrupt_ok=corrupt_ok)
 
     def _destroy_timeout(self) -> float:
-        return _configured_timeout(self._record, "destroy_timeout", 10.0)
-
-    def _teardown(self) -> None:
-        """Destroy under the lock: sandbox, pod members, cgroup, gofer, runtime files,
-        record, then poststop hooks (the runtime files last but for the record: if they
-        cannot go, the record stays for a later destroy, with nothing else left).
-
-        The cgroup goes once the sandbox is gone: what is left in it (a
-        container without a PID namespace of its own) is killed first. A
-        subcontainer leaves its sandbox (its processes killed, nothing else); a
-        root container's sandbox ends, then every subcontainer noted in it is
-        destroyed, each under its own lock (root lock first, then each
-        subcontainer's: the only order in which two of these locks are held).
-        A paused container's processes are killed through its cgroup first, then
-        thawed (a root's paused subcontainers too: frozen processes would keep
-        the supervisor, PID 1 of their namespace, from ending).
-        """
-        try:
-            poststop = self._hooks("poststop")
-        except CorruptMetadataError as exc:  # logged, as a failing poststop hook is
-            log.warning("%s: no poststop hook runs", exc)
-            poststop = []
-        lost_cgroup = False
-        cgroup: Cgroup | None = None  # its record checked once, here
-        if self._record.cgroup is not None:
-            try:
-                cgroup = cgroups.load(self._record.cgroup, container_id=self.id)
-            except CorruptMetadataError as exc:  # (found again from the spec, below)
-                log.warning("%s: its cgroup is looked for where it would be", exc)
-                self._record = attrs.evolve(self._record, cgroup=None)
-                lost_cgroup = True
-        gofer = self._record.gofer
-        if gofer is not None:
-            kill_process(gofer)  # waited for at the end, while the rest is torn down
-        sandbox = self.sandbox
-        timeout = self._destroy_timeout()
-        if sandbox is not None and not self.is_subcontainer:
-            for member_id in sandbox.container_ids():
-                _kill_if_paused(self._store, member_id, self.id, timeout)
-        _kill_if_paused(
-            self._store, self.id, self.sandbox_id, timeout, record=self._record, cgroup=cgroup
-        )
-        if sandbox is not None and self.is_subcontainer:
-            if self._record.status in _LIVE:  # (read without the lock meanwhile, it would
-                # say running once its exit file is gone, its sandbox serving on)
-                self._record = self._record.with_status(Status.STOPPED)
-                self._store.save(self._record)
-            sandbox.forget_container(self.id, timeout)
-        elif sandbox is not None:
-            # A container whose processes all exited leaves an empty cgroup: removed
-            # while the supervisor is still on its way out, not after.
-            if cgroup is not None and _cgroup.remove_if_empty(cgroup, self.id):
-                self._record = attrs.evolve(self._record, cgroup=None)
-                cgroup = None
-            sandbox.stop(timeout)
-            # The supervisor is gone, so nothing can join any more: the notes are complete.
-            for member_id in sandbox.container_ids():
-                _destroy_member(self._store, member_id, self.id)
-        if self._launched is not None:
-            # ``run``'s socket, closed once its sandbox is stopped: closed before, the
-            # supervisor of a ``tied`` one would take its creator for gone, and remove
-            # what we are removing.
-            self._launched.close()
-            self._launched = None
-        # The runtime directory goes last but for the record: if it cannot (a read-only
-        # store), the record stays for a later destroy, with nothing else left to do.
-        # (A creation that died before it recorded its sandbox made one too, named
-        # after the id: we hold the lock it held.)
-        runtime_dir = None if self.is_subcontainer else _runtime_dir(self._store, self.id)
-        if cgroup is not None:
-            _cgroup.remove(cgroup, self.id, timeout)
-        elif lost_cgroup or self._record.status is Status.CREATING:
-            # Its creation died between making its cgroup and recording it (or its record
-            # of it cannot be read).
-            scope = _cgroup_scope(self._store)
-            _cgroup.remove_left_behind(self._record.spec, self.id, scope, timeout)
-        if gofer is not None and not kill_process(gofer, timeout):
-            raise GoferError(self.id, f"pid {gofer.pid} did not exit")
-        if sandbox is not None and not self.is_subcontainer:
-            sandbox.remove_runtime_dir()
-        elif runtime_dir is not None:
-            remove_left_runtime_dir(runtime_dir, self.id)
-        self._store.delete(self.id)
-        hooks.run_hooks_best_effort(
-            poststop,
-            self._state_dict(Status.STOPPED),
-            phase="poststop",
-            container_id=self.id,
-            log=log,
-        )
+        return configured_timeout(self._record, "destroy_timeout", 10.0)
 
     def _hooks(self, phase: str) -> builtins.list[dict[str, Any]]:
         hooks = self._record.spec.get("hooks") or {}
@@ -1680,157 +1344,6 @@ class Container:
             os.close(master)
 
 
-@dataclasses.dataclass(frozen=True)
-class _CreateArguments:
-    """What a create was asked for, checked: the store and config to use, the spec as the
-    document the record keeps, and the sandbox the container goes into."""
-
-    store: MetadataStore
-    config: Config
-    launcher: Launcher | None
-    bundle: Path
-    document: dict[str, Any]
-    sandbox_id: str
-    stdin: StdioArg
-    stdout: StdioArg
-    stderr: StdioArg
-    console_socket: str | os.PathLike[str] | None
-    pid_file: str | os.PathLike[str] | None
-
-
-def _checked_arguments(
-    id: str,
-    bundle: str | os.PathLike[str],
-    options: CreateOptions,
-    *,
-    autostart: bool,
-    join: str | None,
-    root: bool,
-) -> _CreateArguments:
-    """A create's arguments and spec checked, before anything is made (see
-    :meth:`Container._create_here`): typed errors naming the container."""
-    unknown = set(options) - CreateOptions.__optional_keys__
-    if unknown:
-        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-    config = options.get("config")
-    spec = options.get("spec")
-    launcher = options.get("launcher")
-    pid_file = options.get("pid_file")
-    console_socket = options.get("console_socket")
-    stdin, stdout, stderr = options.get("stdin"), options.get("stdout"), options.get("stderr")
-    validate_id(id)
-    store = store_or_default(options.get("store"))
-    config = config if config is not None else Config()
-    if not isinstance(config, Config):
-        raise TypeError(f"config must be a sandboxrt.Config, not {config!r}")
-    if launcher is not None and not isinstance(launcher, Launcher):
-        raise TypeError(f"launcher must be a sandboxrt Launcher (with launch()), not {launcher!r}")
-    check_path_argument(id, "the bundle path", bundle)
-    bundle_path = absolute_path(bundle, "bundle path", container_id=id)
-    try:  # (one stat on create's path, not two)
-        is_directory = stat.S_ISDIR(os.stat(bundle_path).st_mode)
-    except OSError:  # (missing: said when its config.json is read)
-        is_directory = True
-    if not is_directory:  # (its config.json, say)
-        raise InvalidArgumentError(
-            id,
-            f"the bundle {bundle_path} is no directory: a bundle is the directory of config.json",
-        )
-    with _naming_container(id):
-        if spec is None:
-            spec = _bundle_spec(bundle_path / "config.json")
-        else:  # made in code: checked as a config.json is
-            validate_spec(spec)
-    try:
-        document = _apply_config(dump_spec(spec), config)
-        problems = document_problems(document, spec_text(document))  # (the record's, kept)
-    except RecursionError:  # (an unknown key's value: copied deeper than JSON parses)
-        problems = [("", "nested too deeply")]
-    if problems:
-        raise SpecError(problems, source=f'container "{id}"', container_id=id)
-    terminal = bool((document.get("process") or {}).get("terminal"))
-    if terminal and any(arg is not None for arg in (stdin, stdout, stderr)):
-        raise InvalidArgumentError(
-            id,
-            "with process.terminal, the terminal is the program's stdin, stdout and "
-            "stderr: leave them out and use container.console or a console socket",
-        )
-    if console_socket is not None and not terminal:
-        raise InvalidArgumentError(
-            id, "a console socket is for a terminal: the spec has no process.terminal"
-        )
-    for name, path in (("console_socket", console_socket), ("pid_file", pid_file)):
-        check_path_argument(id, name, path)
-    if autostart and terminal and console_socket is None:
-        raise InvalidArgumentError(
-            id,
-            "Container.run of a process.terminal spec needs a console_socket: nothing "
-            "would read the terminal; or use create() and start() and container.console",
-        )
-    with _naming_container(id):
-        source = str(bundle_path / "config.json") if options.get("spec") is None else None
-        sandbox_id = sandbox_id_for(id, document, join=join, root=root, source=source)
-    return _CreateArguments(
-        store=store,
-        config=config,
-        launcher=launcher,
-        bundle=bundle_path,
-        document=document,
-        sandbox_id=sandbox_id,
-        stdin=stdin,
-        stdout=stdout,
-        stderr=stderr,
-        console_socket=console_socket,
-        pid_file=pid_file,
-    )
-
-
-def _planned(
-    id: str, asked: _CreateArguments
-) -> tuple[SandboxPlan | ContainerPlan, Sandbox | None, tuple[str, str] | None, Config]:
-    """The plan of a create (before the lock: a spec the plan refuses leaves nothing
-    behind, not even a lock file); the sandbox it joins (``None``: a sandbox of its own),
-    the maps of that sandbox's user namespace if it has one (kept in the record), and the
-    config, whose network a pod member takes from its pod."""
-    store, config, document = asked.store, asked.config, asked.document
-    overlay_size = config.overlay_size if config.overlay else 0
-    with _naming_container(id):
-        if asked.sandbox_id == id:
-            refuse_sysctls_in_our_namespaces(id, document)
-            plan = build_plan(
-                container_id=id,
-                sandbox_id=id,
-                spec=document,
-                bundle=str(asked.bundle),
-                runtime_root=str(store.runtime_dir),
-                compile_seccomp=compile_bpf,
-                overlay_size=overlay_size,
-            )
-            id_maps = (plan.uid_map, plan.gid_map) if plan.uid_map else None
-            if isinstance(store, MemoryStore):  # none but this process can reach it
-                lock = memory_dirs.LOCK_NAME if store.made_runtime_dir else ""
-                plan = dataclasses.replace(plan, tied=True, runtime_root_lock=lock)
-            return plan, None, id_maps, config
-        host, root_record = _sandbox_to_join(store, asked.sandbox_id, id)
-        shared = namespaces_we_share(host.pid)
-        config = pod_network(id, config, root_record, on_ours="network" in shared)
-        root_namespaces = (root_record.spec.get("linux") or {}).get("namespaces") or []
-        refuse_sysctls_in_our_namespaces(id, document, shared=shared)
-        id_maps = pod_id_maps(host)
-        refuse_another_user_namespace(id, document, id_maps)
-        member_plan = build_container_plan(
-            container_id=id,
-            sandbox_id=asked.sandbox_id,
-            spec=document,
-            bundle=str(asked.bundle),
-            runtime_dir=host.runtime_dir,
-            compile_seccomp=compile_bpf,
-            overlay_size=overlay_size,
-            sandbox_namespaces={ns.get("type") for ns in root_namespaces},
-        )
-        return member_plan, host, id_maps, config
-
-
 class _Locked:
     """Holds the container's lock and yields its freshly loaded sandbox; with
     ``corrupt_ok``, a stored record that cannot be read leaves the container its own
@@ -1839,7 +1352,7 @@ class _Locked:
     def __init__(self, container: Container, *, corrupt_ok: bool = False) -> None:
         self._container = container
         self._corrupt_ok = corrupt_ok
-        timeout = _configured_timeout(container._record, "lock_timeout", None)  # None: the store's
+        timeout = configured_timeout(container._record, "lock_timeout", None)  # None: the store's
         self._lock = container._store.lock(container.id, timeout=timeout)
 
     def __enter__(self) -> Sandbox | None:
@@ -1863,19 +1376,6 @@ class _Locked:
 
     def __exit__(self, *exc: object) -> None:
         self._lock.__exit__(*exc)  # type: ignore[arg-type]
-
-
-def _runtime_dir(store: MetadataStore, sandbox_id: str) -> str:
-    """The runtime directory of sandbox ``sandbox_id`` of ``store``: made from the two, never
-    read from a record (whose writer could make a destroy remove any directory)."""
-    runtime_dir, _, _ = sandbox_paths(str(store.runtime_dir), sandbox_id)
-    return runtime_dir
-
-
-def _cgroup_scope(store: MetadataStore) -> str:
-    """The store level of the default cgroup paths of ``store``'s containers: a
-    ``MemoryStore``'s is transient (no later process will use it)."""
-    return _cgroup.scope_for(store.runtime_dir, transient=isinstance(store, MemoryStore))
 
 
 def _settle(launcher: Launcher | None) -> None:
@@ -1902,272 +1402,3 @@ def _process_pid(container_id: str, pid: int) -> int:
 
 #: No pid is above this (the kernel's ``PID_MAX_LIMIT``, 2**22 on 64-bit machines).
 _PID_MAX_LIMIT = 2**22
-
-
-def _naming_memory_limit(
-    exc: BaseException, cgroup: Mapping[str, Any] | None, container_id: str
-) -> BaseException:
-    """``exc``, or for an :class:`InitError` of an init the OOM killer killed, one that
-    names the memory limit it met (at create and at start alike)."""
-    if not isinstance(exc, InitError):
-        return exc
-    memory = _memory_limit_hit(cgroup, container_id)
-    return exc if memory is None else InitError(container_id, f"{exc.cause}: {memory}")
-
-
-def _memory_limit_hit(cgroup: Mapping[str, Any] | None, container_id: str) -> str | None:
-    """What an init that died while it was made met, if its cgroup's OOM killer killed
-    (as runc names a limit too low to start in); ``None`` if it did not. (Not the
-    failure count, which page cache reclaimed at the limit raises too.)"""
-    if cgroup is None:
-        return None
-    try:
-        loaded = cgroups.load(cgroup, container_id=container_id)
-        directory = loaded.directory("memory")
-        if directory is None:
-            return None
-        events = "memory.oom_control" if loaded.driver == "v1" else "memory.events"
-        if not read_keyed(directory, events).get("oom_kill"):
-            return None
-        limit = loaded.stats().memory_limit
-    except (SandboxrtError, OSError):
-        return None
-    return f"its memory limit ({limit} bytes) was reached: the OOM killer killed"
-
-
-@overload
-def _configured_timeout(record: ContainerRecord, name: str, default: float) -> float: ...
-@overload
-def _configured_timeout(record: ContainerRecord, name: str, default: None) -> float | None: ...
-def _configured_timeout(record: ContainerRecord, name: str, default: float | None) -> float | None:
-    """The timeout ``name`` of the config ``record`` keeps (``None`` is ``default``);
-    ``default`` where that is not a number of seconds (a record altered on disk must not
-    keep a destroy from working)."""
-    value = record.config.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e9:
-        log.warning(
-            'container "%s": its record\'s %s is %r: %s used',
-            record.id,
-            name,
-            value,
-            "the store's" if default is None else f"{default:g}s",
-        )
-        return default
-    return float(value)
-
-
-def _effective_status(
-    record: ContainerRecord, sandbox: Sandbox | None, *, ask: bool = False
-) -> Status:
-    """``record``'s status, or ``stopped`` where its sandbox is gone (or its supervisor on
-    its way out: :meth:`Sandbox.is_serving`) or its init exited: a
-    subcontainer's too once the root's init exited (the sandbox ends; the supervisor
-    records the subcontainers' exits one by one on its way out); ``stopped`` where it
-    is ``creating`` but its creator is gone (a creation that died half-way); and
-    with ``ask``, ``running`` where it is ``created`` but the supervisor started it (a
-    caller killed in :meth:`Container.start` before it recorded so), which only the
-    supervisor knows: a round trip, for what tells the two apart (the status, pause)."""
-    if record.status is Status.CREATING:
-        if record.creator is None or alive(record.creator):
-            return record.status
-        return Status.STOPPED
-    if record.status in _LIVE and (
-        sandbox is None
-        or not sandbox.is_serving()
-        or sandbox.exit_status(record.id) is not None
-        or (record.sandbox_id != record.id and sandbox.exit_status() is not None)
-    ):
-        return Status.STOPPED
-    created = record.status is Status.CREATED
-    if created and ask and sandbox is not None and sandbox.was_started(record.id):
-        return Status.RUNNING
-    return record.status
-
-
-def _kill_if_paused(
-    store: MetadataStore,
-    container_id: str,
-    sandbox_id: str,
-    timeout: float,
-    *,
-    record: ContainerRecord | None = None,
-    cgroup: Cgroup | None = None,
-) -> None:
-    """SIGKILL (through its cgroup, which thaws it) a paused container of ``sandbox_id``,
-    or one whose cgroup is frozen while its record says otherwise (``cgroup``: the
-    record's, loaded already).
-
-    Frozen processes die only once thawed (v1), and the supervisor, PID 1 of
-    their namespace, cannot end before them. A subcontainer's record is read
-    without its lock: killing what is being destroyed anyway is idempotent.
-    """
-    if record is None:
-        record = _member_record(store, container_id)
-        if record is None:
-            return
-    if record.sandbox_id not in ("", sandbox_id) or record.cgroup is None:
-        return
-    ref: _cgroup.CgroupRef = record.cgroup if cgroup is None else cgroup
-    frozen = _cgroup.is_frozen(ref, container_id, below=True)
-    if record.status is not Status.PAUSED and not frozen:
-        return
-    try:
-        _cgroup.signal_all(
-            ref, container_id, _signal.SIGKILL, spare=None, timeout=timeout, paused=True
-        )
-    except CorruptMetadataError as exc:  # (one member's must not keep the pod alive)
-        log.warning("%s: its processes are not killed through its cgroup", exc)
-        return
-    with contextlib.suppress(SystemCallError):  # a cgroup already gone
-        _cgroup.thaw(ref, container_id, below=True)
-
-
-def _member_record(store: MetadataStore, container_id: str) -> ContainerRecord | None:
-    """The record of a pod's member, read to tear the pod down: ``None`` when it is gone,
-    or unreadable (logged: one corrupt record must not keep a whole pod alive)."""
-    try:
-        return store.load(container_id)
-    except ContainerNotFoundError:
-        return None
-    except CorruptMetadataError as exc:
-        log.warning("a container of a pod being destroyed is left as it is: %s", exc)
-        return None
-
-
-def _destroy_member(store: MetadataStore, container_id: str, sandbox_id: str) -> None:
-    """Destroy subcontainer ``container_id`` of sandbox ``sandbox_id``, if it still is one."""
-    record = _member_record(store, container_id)
-    if record is None:
-        return
-    if record.sandbox_id == sandbox_id and record.id != sandbox_id:
-        Container(record, store).destroy()
-
-
-def _sandbox_to_join(
-    store: MetadataStore, sandbox_id: str, container_id: str
-) -> tuple[Sandbox, ContainerRecord]:
-    """The living sandbox whose root container is ``sandbox_id``, and that root's record.
-
-    Read without the root's lock (records are replaced atomically): a
-    subcontainer's create never waits for its root's lock, so a concurrent
-    destroy of the root, which takes the subcontainers' locks, cannot deadlock
-    with it. Raises :class:`ContainerNotFoundError` when there is no such
-    container, :class:`InvalidStateError` unless it is created or running.
-    """
-    try:
-        record = store.load(sandbox_id)
-    except ContainerNotFoundError:
-        detail = f'container "{container_id}" cannot join sandbox "{sandbox_id}": it does not exist'
-        raise ContainerNotFoundError(sandbox_id, detail) from None
-    if record.sandbox_id and record.sandbox_id != record.id:
-        raise InvalidArgumentError(
-            container_id,
-            f'cannot join sandbox "{sandbox_id}": that is a container of sandbox '
-            f'"{record.sandbox_id}", not a sandbox',
-        )
-    sandbox = None
-    if record.sandbox is not None:
-        sandbox = Sandbox(record.id, record.sandbox, _runtime_dir(store, record.id))
-    try:
-        require(Operation.ADD_CONTAINER, record.id, _effective_status(record, sandbox))
-    except InvalidStateError as exc:
-        reason = f'container "{container_id}" cannot join it'
-        raise InvalidStateError(
-            exc.operation, exc.container_id, exc.status, reason=reason
-        ) from None
-    assert sandbox is not None
-    return sandbox, record
-
-
-@contextlib.contextmanager
-def _naming_container(container_id: str) -> Iterator[None]:
-    """A :class:`SpecError` raised in the block names the container (before the file it
-    came from, if any), unless it does already."""
-    try:
-        yield
-    except SpecError as exc:
-        who = f'container "{container_id}"'
-        if exc.source is not None and exc.source.startswith(who):
-            exc.container_id = exc.container_id or container_id
-            raise
-        source = f"{who}, {exc.source}" if exc.source else who
-        raise SpecError(exc.problems, source=source, container_id=container_id) from None
-
-
-def _apply_config(document: dict[str, Any], config: Config) -> dict[str, Any]:
-    if config.network == "host":
-        linux = document.get("linux") or {}
-        namespaces = [ns for ns in linux.get("namespaces") or [] if ns.get("type") != "network"]
-        document = {**document, "linux": {**linux, "namespaces": namespaces}}
-    return document
-
-
-def _bundle_spec(path: Path) -> Spec:
-    """The validated spec in ``path``; unchanged files are parsed once (specs are frozen)."""
-    try:
-        st = path.stat()
-    except OSError:
-        return read_spec_file(path)  # raises the SpecError that names the problem
-    return _cached_spec(str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_spec(path: str, *_identity: int) -> Spec:
-    return read_spec_file(path)
-
-
-def _owner() -> str:
-    return _user_name(os.getuid())
-
-
-def _this_process() -> ProcessIdentity:
-    """This process's identity (read once per process: a fork gets its own)."""
-    identity = _identity_of_pid(os.getpid())
-    assert identity is not None  # (we run)
-    return identity
-
-
-_identity_of_pid = functools.lru_cache(maxsize=1)(identity_of)
-
-
-@functools.lru_cache(maxsize=8)
-def _user_name(uid: int) -> str:
-    """The name of the user creating containers (looked up once: it reads /etc/passwd)."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(uid)
-
-
-def _with_trees(
-    init: InitPlan,
-    container_id: str,
-    open_trees: Callable[[Sequence[tuple[str, bool]]], builtins.list[int]],
-) -> tuple[InitPlan, builtins.list[int]]:
-    """``init`` with its rootfs and bind sources as detached mounts opened on the host
-    side by ``open_trees`` (the container's gofer, or this process with ``lazy_gofer``;
-    ``open_tree``, symlinks resolved on the host), and those trees (decisions 30, 37, 38).
-
-    Where a tree cannot be made (a missing source, no ``open_tree``), the plan goes
-    by path, as before: the init then reports what is wrong.
-    """
-    planned = _tree_plan(init)
-    try:
-        return planned, open_trees(planned.tree_sources())
-    except OSError as exc:
-        log.debug("container %s: its root goes by path: %s", container_id, exc)
-        return init, []
-
-
-def _tree_plan(init: InitPlan) -> InitPlan:
-    """``init`` with its rootfs and bind sources to come as detached mounts: tree 0 the
-    rootfs, then each bind mount's source, numbered in order."""
-    numbered, index = [], 1
-    for mount in init.mounts:
-        if mount.bind:
-            mount = dataclasses.replace(mount, tree=index)
-            index += 1
-        numbered.append(mount)
-    return dataclasses.replace(init, mounts=numbered, rootfs_tree=True)

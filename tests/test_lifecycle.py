@@ -41,6 +41,7 @@ from sandboxrt import (
     SandboxrtError,
     Status,
 )
+from sandboxrt import container as container_module
 from sandboxrt._core.records import ProcessIdentity
 from sandboxrt._os import procfs
 from sandboxrt.errors import (
@@ -363,14 +364,14 @@ def test_a_ctrl_c_during_destroy_comes_once_everything_is_gone(
     container.start()
     sandbox = container.sandbox
     assert sandbox is not None
-    teardown = Container._teardown
+    teardown = container_module.teardown
 
-    def interrupted(self: Container) -> None:
+    def interrupted(destroyed: Container) -> None:
         os.kill(os.getpid(), signal.SIGINT)  # (delivered in the main thread, as Ctrl-C)
         time.sleep(0.05)  # a handler would run here
-        teardown(self)
+        teardown(destroyed)
 
-    monkeypatch.setattr(Container, "_teardown", interrupted)
+    monkeypatch.setattr(container_module, "teardown", interrupted)
     with pytest.raises(KeyboardInterrupt):
         container.destroy()
     assert_destroyed(store, "ctrlc", sandbox.runtime_dir, sandbox.supervisor)

@@ -34,9 +34,9 @@ from sandboxrt._core.spec_validate import (
     spec_problems,
     validate_spec,
 )
+from sandboxrt._creation import apply_config
 from sandboxrt._os.seccomp import compile_bpf
 from sandboxrt.config import Config
-from sandboxrt.container import _apply_config
 from sandboxrt.errors import MissingFeatureError, SpecError
 
 Doc = dict[str, Any]
@@ -826,7 +826,7 @@ def test_sysctls_are_checked_against_the_namespaces_the_container_gets() -> None
     spec["linux"]["sysctl"] = {"net.ipv4.ip_default_ttl": "65"}
     common = {"bundle": "/b", "compile_seccomp": compile_bpf}
     load_spec(spec)  # its own netns: fine
-    host_net = _apply_config(spec, Config(network="host"))
+    host_net = apply_config(spec, Config(network="host"))
     with pytest.raises(SpecError, match=r'container "c": .*ttl"\]: needs a network namespace'):
         build_plan(container_id="c", sandbox_id="c", spec=host_net, runtime_root="/r", **common)
     build_plan(container_id="c", sandbox_id="c", spec=spec, runtime_root="/r", **common)
