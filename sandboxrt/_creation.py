@@ -389,6 +389,8 @@ def checked_arguments(
     config = config if config is not None else Config()
     if not isinstance(config, Config):
         raise TypeError(f"config must be a sandboxrt.Config, not {config!r}")
+    if spec is not None and not isinstance(spec, Spec):
+        raise TypeError(f"spec must be a sandboxrt Spec (load_spec() makes one), not {spec!r}")
     if launcher is not None and not isinstance(launcher, Launcher):
         raise TypeError(f"launcher must be a sandboxrt Launcher (with launch()), not {launcher!r}")
     check_path_argument(id, "the bundle path", bundle)

@@ -209,14 +209,19 @@ _OUT_OF_RESOURCES = frozenset(
 def _out_of_resources(operation: str, container_id: str) -> Iterator[None]:
     """A raw ``OSError`` of :data:`_OUT_OF_RESOURCES` raised in the block, as a
     :class:`SystemCallError` naming the container and the file; others keep their type (a
-    launcher's own, say, whose type and file name say more as they are). A plain
-    :class:`SandboxrtError` that names no container (the fork server's) gets its name."""
+    launcher's own, say, whose type and file name say more as they are). A
+    :class:`SandboxrtError` that names no container (a missing feature, the fork server's)
+    gets its ``container_id``, and a plain one its name in the message too."""
     try:
         yield
     except SandboxrtError as exc:
+        if not exc.container_id:
+            exc.container_id = container_id
         if type(exc) is not SandboxrtError or f'"{container_id}"' in str(exc):
             raise
-        raise SandboxrtError(f'container "{container_id}": {exc}') from exc
+        renamed = SandboxrtError(f'container "{container_id}": {exc}')
+        renamed.container_id = container_id
+        raise renamed from exc
     except OSError as exc:
         if isinstance(exc, SandboxrtError) or exc.errno not in _OUT_OF_RESOURCES:
             raise
@@ -477,6 +482,7 @@ class Container:
 
     # -- lifecycle ---------------------------------------------------------------------
 
+    @_naming_resource_errors("start")
     def start(self) -> None:
         """Run the container's program (created containers only)."""
         with self._locked() as sandbox:
@@ -514,6 +520,7 @@ class Container:
             log=log,
         )
 
+    @_naming_resource_errors("wait for")
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the container's init to exit; its exit code, ``-N`` if killed by signal N.
 
@@ -544,6 +551,7 @@ class Container:
             raise InvalidStateError(operation, self.id, status, reason="it has no sandbox yet")
         return sandbox
 
+    @_naming_resource_errors("kill")
     def kill(
         self, sig: int | str = _signal.SIGTERM, *, all: bool = False, foreground: bool = False
     ) -> None:
@@ -610,6 +618,7 @@ class Container:
             if not self._stopped_meanwhile(Operation.KILL_ALL if all else Operation.KILL, sandbox):
                 raise
 
+    @_naming_resource_errors("pause")
     def pause(self) -> None:
         """Freeze every process of the (running) container, like ``runc pause``.
 
@@ -648,6 +657,7 @@ class Container:
                 self._store.save(self._record)
                 require(Operation.PAUSE, self.id, Status.STOPPED)
 
+    @_naming_resource_errors("resume")
     def resume(self) -> None:
         """Thaw a paused container (``runc resume``): its processes run on, signals
         sent meanwhile are delivered. Raises :class:`InvalidStateError` unless paused."""
@@ -662,6 +672,7 @@ class Container:
     # Pids are those of the sandbox's PID namespace (the supervisor is 1 there), as
     # ``Process.pid`` and ``runsc`` give them; ``ProcessInfo.host_pid`` is the host's.
 
+    @_naming_resource_errors("wait for a process of")
     def wait_pid(self, pid: int, timeout: float | None = None) -> int:
         """Wait for process ``pid`` of the container to exit; its exit code (``-N``: signal N).
 
@@ -687,6 +698,7 @@ class Container:
         assert code is not None
         return code
 
+    @_naming_resource_errors("signal a process of")
     def signal_process(
         self, pid: int, sig: int | str, *, group: bool = False, foreground: bool = False
     ) -> None:
@@ -714,6 +726,7 @@ class Container:
             if not self._stopped_meanwhile(Operation.KILL, sandbox):
                 raise
 
+    @_naming_resource_errors("list the processes of")
     def processes(self) -> builtins.list[ProcessInfo]:
         """The container's processes now, like ``runc ps``, sorted by pid.
 
@@ -1042,6 +1055,7 @@ class Container:
             raise ProcessError(self.id, process.args, returncode, *output)
         return subprocess.CompletedProcess(process.args, returncode, *output)
 
+    @_naming_resource_errors("read the stats of")
     def stats(self) -> Stats:
         """The resource usage of the container (created, running or paused only).
 
@@ -1068,6 +1082,7 @@ class Container:
             raise err
         self._refresh()
 
+    @_naming_resource_errors("export the changes of")
     def export_changes(
         self, dest: str | os.PathLike[str] | IO[bytes], *, max_bytes: int | None = None
     ) -> None:

@@ -64,7 +64,8 @@ class SandboxrtError(Exception):
     """Base class of every error raised by sandboxrt."""
 
     #: The container the error is about ("" where it is none's: a spec read on its own, a
-    #: missing feature, an id prefix that names several).
+    #: missing feature found outside a container's operation, an id prefix that names
+    #: several).
     container_id: str = ""
 
     def __reduce__(self) -> tuple[Any, ...]:

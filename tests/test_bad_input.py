@@ -571,6 +571,18 @@ def test_a_closed_fd_is_refused_whatever_the_earlier_streams_make(
     assert_nothing_left(store)
 
 
+def test_what_is_missing_for_a_container_names_it_in_container_id(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """A missing feature found while working on a container (a spec field sandboxrt does
+    not apply) carries the container's id, as every other error about it does."""
+    path = edit_config(bundle(), lambda d: d["process"].update(apparmorProfile="x"))
+    with pytest.raises(MissingFeatureError, match='container "noarmor"') as info:
+        Container.create("noarmor", path, store=store)
+    assert info.value.container_id == "noarmor"
+    assert_nothing_left(store)
+
+
 def test_bad_arguments_are_errors_of_sandboxrt_naming_the_container(
     store: FileStore, bundle: BundleFactory, fd_check: None
 ) -> None:
@@ -587,6 +599,8 @@ def test_bad_arguments_are_errors_of_sandboxrt_naming_the_container(
         Container.load("x", store=str(store.root))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"config must be a sandboxrt\.Config"):
         Container.create("x", bundle(), store=store, config={})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"spec must be a sandboxrt Spec"):
+        Container.create("x", bundle(), store=store, spec={})  # type: ignore[arg-type]
     assert_nothing_left(store)
     container = Container.create("x", bundle(["sleep", "10"]), store=store)
     try:

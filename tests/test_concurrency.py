@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -381,6 +381,55 @@ def test_operations_wait_for_the_lock_as_long_as_the_store_says(
             assert info.value.timeout == 0.5
         finally:
             holder.release()
+    finally:
+        container.destroy()
+    assert_store_empty(store)
+
+
+#: Each operation that changes a container, as a test calls it (the container made with
+#: ``Config(lock_timeout=0.3)``; a create of its id too).
+_LOCKING: dict[str, Callable[[Container, Path, FileStore], object]] = {
+    "create": lambda c, path, store: Container.create(
+        c.id, path, store=store, config=Config(lock_timeout=0.3)
+    ),
+    "start": lambda c, path, store: c.start(),
+    "kill": lambda c, path, store: c.kill(signal.SIGKILL),
+    "kill-all": lambda c, path, store: c.kill(signal.SIGKILL, all=True),
+    "pause": lambda c, path, store: c.pause(),
+    "resume": lambda c, path, store: c.resume(),
+    "exec": lambda c, path, store: c.exec(["true"]),
+    "files": lambda c, path, store: c.files.read_bytes("/bin/sh"),
+    "destroy": lambda c, path, store: c.destroy(),
+}
+
+
+@pytest.mark.parametrize("operation", list(_LOCKING))
+def test_every_operation_that_changes_a_container_takes_its_lock(
+    store: FileStore, bundle: BundleFactory, operation: str
+) -> None:
+    """Another process holding the container's lock holds up every operation that changes
+    it, which gives up at the lock's timeout having changed nothing (its init lives on)."""
+    path = bundle(["sleep", "1000"])
+    config = Config(lock_timeout=0.3, lazy_gofer=True)  # (files: its gofer starts locked)
+    container = Container.create("held", path, store=store, config=config)
+    try:
+        if operation != "start":
+            container.start()
+        if operation == "resume":
+            container.pause()
+        status = container.status
+        holder = LockHolder(store, "held")
+        try:
+            with pytest.raises(LockTimeoutError) as info:
+                _LOCKING[operation](container, path, store)
+            assert info.value.container_id == "held"
+        finally:
+            holder.release()
+        assert container.status is status
+        assert container.processes(), "the init did not live on"
+        if operation == "resume":
+            container.resume()
+        assert container.exec_run(["true"]).returncode == 0
     finally:
         container.destroy()
     assert_store_empty(store)

@@ -15,6 +15,7 @@ import pytest
 from conftest import REPO, BundleFactory, edit_config, needs_busybox, needs_root, supervisor_pids
 
 from sandboxrt import Container, FileStore, ForkServerLauncher, Pod, Status
+from sandboxrt._os import cgroups
 from sandboxrt.errors import HookError
 
 pytestmark = [needs_root, needs_busybox]
@@ -186,6 +187,84 @@ def test_failing_creation_hook(store: FileStore, setup: Setup, phase: str) -> No
     ran = setup.tags()
     assert "after-failure" not in ran
     assert ran == list(CREATE_PHASES[: CREATE_PHASES.index(phase)])
+
+
+#: A hook that notes whether the file ``$3`` exists (its state on stdin is left unread).
+SEEING_HOOK = """#!/bin/sh
+if [ -e "$3" ]; then echo "$1 seen" >> "$2"; else echo "$1 absent" >> "$2"; fi
+"""
+
+
+@pytest.mark.parametrize("failing", [None, *CREATE_PHASES])
+def test_the_pid_file_comes_after_every_creation_hook(
+    store: FileStore, setup: Setup, tmp_path: Path, failing: str | None
+) -> None:
+    """As the OCI spec and runc have it, the pid file is the create's very last step: no
+    creation hook sees it, and a create that a hook fails leaves none."""
+    seeing = tmp_path / "seeing.sh"
+    seeing.write_text(SEEING_HOOK)
+    seeing.chmod(0o755)
+    pid_file = tmp_path / "sandbox.pid"
+    hooks: dict[str, list[dict[str, Any]]] = {
+        phase: [{"path": str(seeing), "args": [str(seeing), phase, str(setup.log), str(pid_file)]}]
+        for phase in CREATE_PHASES
+    }
+    if failing is not None:
+        hooks[failing].append(setup.hook(failing, fail=True))
+    setup.write(hooks)
+    if failing is not None:
+        with pytest.raises(HookError):
+            Container.create("pidfile", setup.path, store=store, pid_file=pid_file)
+        assert not pid_file.exists()
+    else:
+        container = Container.create("pidfile", setup.path, store=store, pid_file=pid_file)
+        try:
+            assert pid_file.read_text() == str(container.state().pid)
+        finally:
+            container.destroy()
+    ran = CREATE_PHASES if failing is None else CREATE_PHASES[: CREATE_PHASES.index(failing) + 1]
+    assert setup.log.read_text().splitlines() == [f"{phase} absent" for phase in ran]
+
+
+#: A poststop hook that notes each path of the list in ``$1`` that still exists.
+LEFT_HOOK = """#!/bin/sh
+while IFS= read -r path; do
+    if [ -e "$path" ]; then echo "left $path" >> "$2"; fi
+done < "$1"
+echo ran >> "$2"
+"""
+
+
+def test_poststop_hooks_run_once_everything_else_is_gone(
+    store: FileStore, setup: Setup, tmp_path: Path
+) -> None:
+    """The OCI spec runs poststop hooks after the container is deleted: by then its
+    supervisor, gofer, cgroup, runtime directory and record are gone."""
+    hook = tmp_path / "left.sh"
+    hook.write_text(LEFT_HOOK)
+    hook.chmod(0o755)
+    paths, out = tmp_path / "paths", tmp_path / "left.log"
+    setup.write({"poststop": [{"path": str(hook), "args": [str(hook), str(paths), str(out)]}]})
+    edit_config(setup.path, lambda d: d["process"].update(args=["sleep", "1000"]))
+    container = Container.create("gone", setup.path, store=store)
+    try:
+        container.start()
+        sandbox, gofer = container.sandbox, container.gofer
+        assert sandbox is not None and gofer is not None
+        cgroup = store.load("gone").cgroup
+        assert cgroup is not None
+        made = [
+            f"/proc/{sandbox.pid}",
+            f"/proc/{gofer.pid}",
+            sandbox.runtime_dir,
+            str(store.root / "gone.json"),
+            *cgroups.load(cgroup, container_id="gone").directories,
+        ]
+        assert all(os.path.exists(path) for path in made), made
+        paths.write_text("".join(f"{path}\n" for path in made))
+    finally:
+        container.destroy()
+    assert out.read_text() == "ran\n"
 
 
 def test_failing_start_container_hook(store: FileStore, setup: Setup) -> None:

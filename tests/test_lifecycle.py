@@ -38,6 +38,7 @@ from sandboxrt import (
     CreateTimeoutError,
     FileStore,
     MemoryStore,
+    Pod,
     SandboxrtError,
     Status,
 )
@@ -55,6 +56,7 @@ from sandboxrt.errors import (
     WaitTimeoutError,
 )
 from sandboxrt.sandbox import Sandbox
+from sandboxrt.stores import file as file_store_module
 
 pytestmark = [needs_root, needs_busybox]
 
@@ -187,6 +189,28 @@ def test_a_bundle_made_again_in_the_same_place_runs_its_new_program(
     assert Container.run("again", path, store=store) == 4
 
 
+def test_no_store_is_a_file_store_at_the_default_root(
+    bundle: BundleFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``store=None`` (left out) is a ``FileStore`` at ``default_root()``, for every call
+    that takes a store; a ``Config`` is frozen, as the contract has it."""
+    root = tmp_path / "default-root"
+    monkeypatch.setattr(file_store_module, "default_root", lambda: root)
+    container = Container.create("nostore", bundle(["true"]))
+    try:
+        assert (root / "nostore.json").is_file()
+        assert Container.list() == ["nostore"]
+        assert Container.load("nost").id == "nostore"
+        assert Pod.load("nostore").root.id == "nostore"
+    finally:
+        container.destroy()
+    assert Container.list() == []
+    assert Container.run("nostore-run", bundle(["true"])) == 0
+    assert Container.list() == []
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        Config().network = "host"  # type: ignore[misc]
+
+
 def test_a_with_block_destroys_the_container_and_closes_its_pipes(
     store: FileStore, bundle: BundleFactory
 ) -> None:
@@ -202,6 +226,48 @@ def test_a_with_block_destroys_the_container_and_closes_its_pipes(
         container.start()
         raise KeyError("mine")
     assert Container.list(store=store) == []
+
+
+@pytest.mark.parametrize("how", ["PIPE", "a pipe of the caller's"])
+def test_the_sandbox_lets_go_of_the_caller_s_pipes_once_the_program_exits(
+    store: FileStore, bundle: BundleFactory, how: str
+) -> None:
+    """A reader of the program's output gets its end of file when the program exits, not
+    when the container is destroyed: no process of the sandbox (supervisor, gofer) keeps
+    the pipe open, as ``subprocess`` promises of a child's."""
+    path = bundle(["sh", "-c", "echo out; echo err >&2"])
+    mine = os.pipe() if how != "PIPE" else None
+    streams: dict[str, Any] = (
+        {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        if mine is None
+        else {"stdout": mine[1], "stderr": mine[1]}
+    )
+    container = Container.create("lets-go", path, store=store, **streams)
+    try:
+        if mine is not None:
+            os.close(mine[1])
+            readers = [os.fdopen(mine[0], "rb")]
+        else:
+            assert container.stdout is not None and container.stderr is not None
+            readers = [container.stdout, container.stderr]
+        container.start()
+        assert container.wait(timeout=10) == 0
+        got = b""
+        for reader in readers:
+            os.set_blocking(reader.fileno(), False)
+            deadline = time.monotonic() + 10
+            while True:  # read to its end, which must come while the container is left
+                chunk = reader.read()
+                if chunk == b"":
+                    break
+                got += chunk or b""
+                assert time.monotonic() < deadline, f"no end of file: {got!r}"
+                time.sleep(0.01)
+            reader.close()
+        assert sorted(got.splitlines()) == [b"err", b"out"]
+        assert container.status is Status.STOPPED  # (not destroyed yet)
+    finally:
+        container.destroy()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
@@ -564,10 +630,14 @@ def test_a_supervisor_out_of_fds_stays_up_and_serves_again(
         container.destroy()
 
 
-def test_killed_supervisor_reads_stopped(store: FileStore, bundle: BundleFactory) -> None:
+@pytest.mark.parametrize("started", [True, False], ids=["running", "created"])
+def test_killed_supervisor_reads_stopped(
+    store: FileStore, bundle: BundleFactory, started: bool
+) -> None:
     container = Container.create("stale", bundle(["sleep", "1000"]), store=store)
     try:
-        container.start()
+        if started:
+            container.start()
         pid = container.state().pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
@@ -581,9 +651,12 @@ def test_killed_supervisor_reads_stopped(store: FileStore, bundle: BundleFactory
     assert leftovers(store) == []
 
 
+@pytest.mark.parametrize("differs", ["start time", "boot id"])
 def test_reused_pid_reads_stopped_and_is_not_killed(
-    store: FileStore, bundle: BundleFactory
+    store: FileStore, bundle: BundleFactory, differs: str
 ) -> None:
+    """The record names a live stranger's pid with another start time, or with its own
+    start time but of another boot: either way not the process that was the sandbox."""
     container = Container.create("reuse", bundle(["true"]), store=store)
     container.start()
     assert container.wait(timeout=10) == 0
@@ -593,12 +666,14 @@ def test_reused_pid_reads_stopped_and_is_not_killed(
         assert info is not None
         record = store.load("reuse")
         assert record.status is Status.RUNNING  # as recorded; the exit is not seen yet
+        ticks, boot = info.start_ticks, procfs.boot_id()
+        if differs == "start time":
+            ticks += 1
+        else:
+            boot = boot[:-1] + ("1" if boot[-1] == "0" else "0")
         store.save(
             attrs.evolve(
-                record,
-                sandbox=ProcessIdentity(
-                    pid=stranger.pid, start_ticks=info.start_ticks + 1, boot_id=procfs.boot_id()
-                ),
+                record, sandbox=ProcessIdentity(pid=stranger.pid, start_ticks=ticks, boot_id=boot)
             )
         )
         loaded = Container.load("reuse", store=store)
