@@ -116,6 +116,7 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     before_pids = supervisor_pids()
     before_mounts = host_mounts()
+    before_cgroups = sandboxrt_cgroups()
     yield
     cgroups.release_parents()  # the parent levels kept for this process's next containers
     leaked = supervisor_pids() - before_pids
@@ -124,6 +125,22 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
             os.kill(pid, 9)
     assert not leaked, f"sandbox supervisors left running: {sorted(leaked)}"
     assert host_mounts() == before_mounts, "the host's mount table changed"
+    left = sandboxrt_cgroups() - before_cgroups
+    for path in sorted(left, key=len, reverse=True):  # what this test made: removed, then fail
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+    assert not left, f"cgroups left behind: {sorted(left)}"
+
+
+def sandboxrt_cgroups() -> set[str]:
+    """Every cgroup directory at or beneath a ``sandboxrt`` level of any hierarchy (where
+    default cgroup paths go)."""
+    root = Path("/sys/fs/cgroup")
+    found: set[str] = set()
+    for top in [root / "sandboxrt", *root.glob("*/sandboxrt")]:
+        for directory, _, _ in os.walk(top):
+            found.add(directory)
+    return found
 
 
 def store_cgroups(store: FileStore) -> list[str]:
@@ -168,7 +185,7 @@ def children_of_this_process() -> set[int]:
     When this process is PID 1 of its namespace, the zombies of orphans it
     adopted are not ours to wait for, and are left out.
     """
-    found = set()
+    found: set[int] = set()
     for task in os.listdir(f"/proc/{os.getpid()}/task"):
         with open(f"/proc/{os.getpid()}/task/{task}/children") as f:
             found.update(int(pid) for pid in f.read().split())
