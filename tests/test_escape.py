@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BundleFactory, host_mounts, needs_root, supervisor_pids
+from conftest import BundleFactory, host_mounts, needs_busybox, needs_root, supervisor_pids
 from escape_probes import MASKED
 
 from sandboxrt import Container, FileStore
 from sandboxrt._core.spec_default import DEFAULT_HOSTNAME, DEFAULT_MASKED_PATHS
 from sandboxrt._proc.children import SUPERVISOR_NAME
 from sandboxrt.bundle import make_bundle
+from sandboxrt.errors import ExecError, InitError
 
 pytestmark = needs_root
 
@@ -203,6 +204,29 @@ def test_masked(probes: dict[str, Any], path: str) -> None:
 def test_own_executable_cannot_be_overwritten(probes: dict[str, Any]) -> None:
     """CVE-2019-5736's first step: /proc/self/exe opened for writing."""
     assert errno_name(outcome(probes, "write_own_exe")) in ("ETXTBSY", "EROFS")
+
+
+@needs_busybox
+@pytest.mark.parametrize("target", ["/proc/self/exe", "/proc/1/exe"])
+def test_a_program_linked_to_a_runtime_executable_never_runs(
+    store: FileStore, bundle: BundleFactory, target: str
+) -> None:
+    """CVE-2019-5736's way in: a program that is a symlink to ``/proc/self/exe`` would run
+    the runtime's own executable (here the host's Python) in the container, which could
+    then reopen it for writing. A program is resolved beneath the root with no magic link
+    followed, for the init and for ``exec`` alike, so that link names no program. (Hence a
+    symlinked program runs as its target: a busybox applet's ``comm`` is ``busybox``.)"""
+    path = bundle(["/bin/linked"])
+    os.symlink(target, path / "rootfs" / "bin" / "linked")
+    with pytest.raises(InitError, match="'/bin/linked' does not exist or is not executable"):
+        Container.run("linked", path, store=store)
+    running = bundle(["sleep", "1000"])
+    os.symlink(target, running / "rootfs" / "bin" / "linked")
+    with Container.create("linked-exec", running, store=store) as container:
+        container.start()
+        with pytest.raises(ExecError, match="/bin/linked"):
+            container.exec(["/bin/linked"])
+        assert container.exec_run(["/bin/true"]).returncode == 0  # (exec itself works)
 
 
 def test_no_new_privs_cannot_be_cleared(probes: dict[str, Any]) -> None:
