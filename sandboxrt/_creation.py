@@ -145,9 +145,9 @@ class _Creation:
             undo.enter_context(store.lock(id, timeout=self._config.lock_timeout))
             record = self._first_record()
             store.create(record)  # raises ContainerExistsError, touching nothing
-            give_pipes_to_mapped_root(stdio, self._id_maps)
             self._container = self._type(record, store)
             try:
+                give_pipes_to_mapped_root(stdio, self._id_maps)
                 sandbox = self._make_sandbox(stdio, gofer)
                 self._finish(sandbox, stdio, gofer, console)
             except BaseException as exc:

@@ -95,7 +95,7 @@ def teardown(container: Container) -> None:
         sandbox.stop(timeout)
         # The supervisor is gone, so nothing can join any more: the notes are complete.
         for member_id in sandbox.container_ids():
-            destroy_member(type(container), store, member_id, container.id)
+            destroy_member(store, member_id, container.id)
     if container._launched is not None:
         # ``run``'s socket, closed once its sandbox is stopped: closed before, the
         # supervisor of a ``tied`` one would take its creator for gone, and remove
@@ -180,12 +180,12 @@ def member_record(store: MetadataStore, container_id: str) -> ContainerRecord | 
         return None
 
 
-def destroy_member(
-    container_type: type[Container], store: MetadataStore, container_id: str, sandbox_id: str
-) -> None:
+def destroy_member(store: MetadataStore, container_id: str, sandbox_id: str) -> None:
     """Destroy subcontainer ``container_id`` of sandbox ``sandbox_id``, if it still is one."""
+    from sandboxrt.container import Container  # (which imports this module)
+
     record = member_record(store, container_id)
     if record is None:
         return
     if record.sandbox_id == sandbox_id and record.id != sandbox_id:
-        container_type(record, store).destroy()
+        Container(record, store).destroy()

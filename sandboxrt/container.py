@@ -211,10 +211,13 @@ def _out_of_resources(operation: str, container_id: str) -> Iterator[None]:
     :class:`SystemCallError` naming the container and the file; others keep their type (a
     launcher's own, say, whose type and file name say more as they are). A
     :class:`SandboxrtError` that names no container (a missing feature, the fork server's)
-    gets its ``container_id``, and a plain one its name in the message too."""
+    gets its ``container_id``; a plain one and a :class:`SystemCallError` its name in the
+    message too."""
     try:
         yield
     except SandboxrtError as exc:
+        if isinstance(exc, SystemCallError) and not exc.container_id:
+            raise exc.naming(container_id) from exc
         if not exc.container_id:
             exc.container_id = container_id
         if type(exc) is not SandboxrtError or f'"{container_id}"' in str(exc):
@@ -1082,7 +1085,6 @@ class Container:
             raise err
         self._refresh()
 
-    @_naming_resource_errors("export the changes of")
     def export_changes(
         self, dest: str | os.PathLike[str] | IO[bytes], *, max_bytes: int | None = None
     ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -110,7 +111,10 @@ def bundle(tmp_path: Path) -> BundleFactory:
 
 @pytest.fixture(autouse=True)
 def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail a test that leaves supervisors running or changes the host's mount table."""
+    """Fail a test that leaves supervisors running, changes the host's mount table or
+    leaves a cgroup under a ``sandboxrt`` level (that one only while no process of
+    sandboxrt that this session did not start runs: a cgroup that came meanwhile may be
+    theirs). What was left is removed first, whichever check fails."""
     if not IS_ROOT:
         yield
         return
@@ -119,19 +123,38 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     before_cgroups = sandboxrt_cgroups()
     yield
     cgroups.release_parents()  # the parent levels kept for this process's next containers
+    problems = []
     leaked = supervisor_pids() - before_pids
     for pid in leaked:  # clean up what we started, by pid, then fail
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)
-    assert not leaked, f"sandbox supervisors left running: {sorted(leaked)}"
-    assert host_mounts() == before_mounts, "the host's mount table changed"
-    if others_use_sandboxrt():  # (a cgroup that came meanwhile may be theirs)
-        return
-    left = sandboxrt_cgroups() - before_cgroups
-    for path in sorted(left, key=len, reverse=True):  # what this test made: removed, then fail
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
-    assert not left, f"cgroups left behind: {sorted(left)}"
+    for pid in leaked:
+        ended(pid)
+    if leaked:
+        problems.append(f"sandbox supervisors left running: {sorted(leaked)}")
+    if host_mounts() != before_mounts:
+        problems.append("the host's mount table changed")
+    if not others_use_sandboxrt():
+        left = sandboxrt_cgroups() - before_cgroups
+        if left:
+            remove_cgroups(left)
+            problems.append(f"cgroups left behind: {sorted(left)}")
+    assert not problems, "; ".join(problems)
+
+
+def remove_cgroups(paths: set[str]) -> None:
+    """Remove these cgroup directories, the deepest first, waiting up to 2 s for each
+    to empty (the processes of a supervisor just killed are on their way out)."""
+    deadline = time.monotonic() + 2
+    for path in sorted(paths, key=len, reverse=True):
+        while True:
+            try:
+                os.rmdir(path)
+            except OSError as exc:
+                if exc.errno == errno.EBUSY and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    continue
+            break
 
 
 def others_use_sandboxrt() -> bool:

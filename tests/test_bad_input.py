@@ -6,6 +6,7 @@ record, no lock file, no runtime directory, no process, no open fd.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
@@ -45,6 +46,7 @@ from sandboxrt import (
     MemoryStore,
     MissingFeatureError,
     ProcessNotFoundError,
+    SandboxrtError,
     SpecError,
     Status,
     SystemCallError,
@@ -581,6 +583,39 @@ def test_what_is_missing_for_a_container_names_it_in_container_id(
         Container.create("noarmor", path, store=store)
     assert info.value.container_id == "noarmor"
     assert_nothing_left(store)
+
+
+def test_an_error_of_a_container_s_operation_names_it() -> None:
+    """What code that knows no container raises in one's operation gets its id: a system
+    call's error and a plain one in their message too, and running out of fds becomes a
+    ``SystemCallError``; another container's error keeps its id."""
+    from sandboxrt.container import _out_of_resources
+
+    bad = OSError(errno.EBADF, "Bad file descriptor")
+    with (
+        pytest.raises(SystemCallError, match='container "c1": reading: Bad') as info,
+        _out_of_resources("op", "c1"),
+    ):
+        raise SystemCallError("reading", bad)
+    assert info.value.container_id == "c1" and info.value.errno == errno.EBADF
+    with pytest.raises(MissingFeatureError) as missing, _out_of_resources("op", "c1"):
+        raise MissingFeatureError("a thing")
+    assert missing.value.container_id == "c1"
+    with (
+        pytest.raises(SandboxrtError, match=r'^container "c1": the fork server') as plain,
+        _out_of_resources("op", "c1"),
+    ):
+        raise SandboxrtError("the fork server died")
+    assert plain.value.container_id == "c1"
+    with pytest.raises(ContainerNotFoundError) as other, _out_of_resources("op", "c1"):
+        raise ContainerNotFoundError("c2")
+    assert other.value.container_id == "c2"
+    with (
+        pytest.raises(SystemCallError, match='"c1": op: Too many open files') as out,
+        _out_of_resources("op", "c1"),
+    ):
+        raise OSError(errno.EMFILE, "Too many open files")
+    assert out.value.container_id == "c1"
 
 
 def test_bad_arguments_are_errors_of_sandboxrt_naming_the_container(

@@ -6,6 +6,7 @@ runtime directory, no host mount, no cgroup.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -399,6 +400,7 @@ _LOCKING: dict[str, Callable[[Container, Path, FileStore], object]] = {
     "resume": lambda c, path, store: c.resume(),
     "exec": lambda c, path, store: c.exec(["true"]),
     "files": lambda c, path, store: c.files.read_bytes("/bin/sh"),
+    "export_changes": lambda c, path, store: c.export_changes(io.BytesIO()),
     "destroy": lambda c, path, store: c.destroy(),
 }
 
@@ -410,7 +412,8 @@ def test_every_operation_that_changes_a_container_takes_its_lock(
     """Another process holding the container's lock holds up every operation that changes
     it, which gives up at the lock's timeout having changed nothing (its init lives on)."""
     path = bundle(["sleep", "1000"])
-    config = Config(lock_timeout=0.3, lazy_gofer=True)  # (files: its gofer starts locked)
+    # (files: its gofer starts under the lock; export_changes: of an overlay root)
+    config = Config(lock_timeout=0.3, lazy_gofer=True, overlay=operation == "export_changes")
     container = Container.create("held", path, store=store, config=config)
     try:
         if operation != "start":

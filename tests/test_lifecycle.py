@@ -236,38 +236,42 @@ def test_the_sandbox_lets_go_of_the_caller_s_pipes_once_the_program_exits(
     when the container is destroyed: no process of the sandbox (supervisor, gofer) keeps
     the pipe open, as ``subprocess`` promises of a child's."""
     path = bundle(["sh", "-c", "echo out; echo err >&2"])
-    mine = os.pipe() if how != "PIPE" else None
-    streams: dict[str, Any] = (
-        {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-        if mine is None
-        else {"stdout": mine[1], "stderr": mine[1]}
-    )
-    container = Container.create("lets-go", path, store=store, **streams)
+    read_end = write_end = -1
+    streams: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    if how != "PIPE":
+        read_end, write_end = os.pipe()
+        streams = {"stdout": write_end, "stderr": write_end}
     try:
-        if mine is not None:
-            os.close(mine[1])
-            readers = [os.fdopen(mine[0], "rb")]
+        container = Container.create("lets-go", path, store=store, **streams)
+    except BaseException:
+        if read_end >= 0:
+            os.close(read_end)
+        raise
+    finally:
+        if write_end >= 0:
+            os.close(write_end)  # (the container has its own)
+    with contextlib.ExitStack() as closing:
+        closing.enter_context(container)  # (destroyed last)
+        if read_end >= 0:
+            readers = [closing.enter_context(os.fdopen(read_end, "rb"))]
         else:
             assert container.stdout is not None and container.stderr is not None
             readers = [container.stdout, container.stderr]
         container.start()
         assert container.wait(timeout=10) == 0
         got = b""
-        for reader in readers:
-            os.set_blocking(reader.fileno(), False)
+        for stream in readers:
+            os.set_blocking(stream.fileno(), False)
             deadline = time.monotonic() + 10
             while True:  # read to its end, which must come while the container is left
-                chunk = reader.read()
+                chunk = stream.read()
                 if chunk == b"":
                     break
                 got += chunk or b""
                 assert time.monotonic() < deadline, f"no end of file: {got!r}"
                 time.sleep(0.01)
-            reader.close()
         assert sorted(got.splitlines()) == [b"err", b"out"]
         assert container.status is Status.STOPPED  # (not destroyed yet)
-    finally:
-        container.destroy()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
