@@ -28,7 +28,7 @@ from sandboxrt._container_state import (
     effective_status,
     runtime_dir,
 )
-from sandboxrt._core import idmap
+from sandboxrt._core import idmap, resources_update
 from sandboxrt._core.ids import resolve_id
 from sandboxrt._core.plan import (
     UserArg,
@@ -38,8 +38,11 @@ from sandboxrt._core.protocol import ExecPlan
 from sandboxrt._core.records import ContainerRecord
 from sandboxrt._core.spec import Spec, load_spec
 from sandboxrt._core.spec_default import DEFAULT_OCI_VERSION
+from sandboxrt._core.spec_validate import document_problems
 from sandboxrt._core.status import Operation, Status, require
+from sandboxrt._creation import naming_container
 from sandboxrt._os import cgroups, procfs
+from sandboxrt._os.cgroups import Cgroup, Resources
 from sandboxrt._os.seccomp import compile_bpf
 from sandboxrt._pod_join import (
     give_pipes_to_mapped_root,
@@ -79,6 +82,7 @@ from sandboxrt.errors import (
     ProcessTimeoutError,
     SandboxDiedError,
     SandboxrtError,
+    SpecError,
     SystemCallError,
     WaitTimeoutError,
     arguments_of,
@@ -1077,6 +1081,60 @@ class Container:
             require(Operation.STATS, self.id, Status.STOPPED)  # (being destroyed: stopped)
             raise
 
+    @_naming_resource_errors("update")
+    def update(self, resources: Mapping[str, Any]) -> None:
+        """Change the container's resource limits, as ``runc update --resources`` does.
+
+        ``resources`` is an OCI ``linux.resources`` object holding the fields to
+        change, e.g. ``{"memory": {"limit": 256 << 20}, "pids": {"limit": 64}}``;
+        every other field stays. What ``runc update`` changes may change: memory
+        ``limit``, ``reservation`` and ``swap``; cpu ``shares``, ``quota``,
+        ``period``, ``burst``, ``cpus`` and ``mems``; blockIO ``weight``; pids
+        ``limit``; and ``unified`` (cgroup v2 files). Anything else (device rules,
+        say) is an :class:`InvalidArgumentError`. The spec with the new values is
+        checked as at creation (:class:`SpecError`), the values are written to the
+        container's cgroup and kept in its record (:attr:`spec` shows them). A value
+        the kernel refuses (on cgroup v1, a memory limit below what the container
+        holds and cannot give back) is a :class:`SystemCallError`, and what the
+        update wrote before it is put back.
+
+        Created, running or paused containers only (:class:`InvalidStateError`);
+        :class:`MissingFeatureError` for one without a cgroup.
+        """
+        with arguments_of(self.id):
+            changes = resources_update.checked_changes(resources)
+        with self._locked() as sandbox:
+            require(Operation.UPDATE, self.id, effective_status(self._record, sandbox))
+            if self._record.cgroup is None:
+                raise MissingFeatureError(
+                    "updating resources", f'container "{self.id}" has no cgroup'
+                )
+            before = self._record.spec
+            document = resources_update.updated_document(before, changes)
+            with naming_container(self.id):
+                load_spec(document)  # checked as a config.json is
+                problems = document_problems(document)
+                if problems:
+                    raise SpecError(problems)
+                _cgroup.resources_for(document)  # (and as a cgroup's resources are)
+                wanted = Resources.from_oci(resources_update.to_write(document, changes))
+                back = Resources.from_oci(resources_update.restored(before, changes))
+            cgroup = cgroups.load(self._record.cgroup, container_id=self.id)
+            with arguments_of(self.id):
+                resources_update.check_placed(changes, _controllers(cgroup))
+            try:
+                cgroup.apply(wanted)
+            except BaseException:
+                try:
+                    cgroup.apply(back)
+                except (SandboxrtError, OSError) as exc:
+                    log.warning(
+                        'container "%s": its limits were not all put back: %s', self.id, exc
+                    )
+                raise
+            self._record = attrs.evolve(self._record, spec=document)
+            self._store.save(self._record)
+
     def _raise_unless_destroyed(self, err: SystemCallError) -> None:
         """After ``err`` reading the container's cgroup: re-raise it unless the cgroup is
         gone (a destroy racing us), and :class:`ContainerNotFoundError` once the record
@@ -1405,6 +1463,14 @@ def _settle(launcher: Launcher | None) -> None:
             settle()
         except Exception as exc:
             log.warning("the launcher's settle() failed: %s: %s", type(exc).__name__, exc)
+
+
+def _controllers(cgroup: Cgroup) -> frozenset[str] | None:
+    """The v1 controllers of the hierarchies ``cgroup`` is in (``None`` on cgroup v2,
+    where it has every controller its parent gives)."""
+    if cgroup.driver != "v1":
+        return None
+    return frozenset(c for placement in cgroup.placements for c in placement.controllers)
 
 
 def _process_pid(container_id: str, pid: int) -> int:

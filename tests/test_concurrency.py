@@ -401,6 +401,7 @@ _LOCKING: dict[str, Callable[[Container, Path, FileStore], object]] = {
     "exec": lambda c, path, store: c.exec(["true"]),
     "files": lambda c, path, store: c.files.read_bytes("/bin/sh"),
     "export_changes": lambda c, path, store: c.export_changes(io.BytesIO()),
+    "update": lambda c, path, store: c.update({"pids": {"limit": 100}}),
     "destroy": lambda c, path, store: c.destroy(),
 }
 

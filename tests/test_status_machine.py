@@ -42,6 +42,7 @@ EXPECTED_ALLOWED: dict[str, set[str]] = {
     "processes": {"created", "running", "paused", "stopped"},
     "stats": {"created", "running", "paused"},
     "files": {"created", "running", "paused"},
+    "update": {"created", "running", "paused"},
     "destroy": ALL,
     "add-container": {"created", "running"},  # to the sandbox whose root this is
 }
@@ -64,6 +65,7 @@ EXPECTED_VERBS = {
     "processes": "list the processes of",
     "stats": "read the stats of",
     "files": "use the files of",
+    "update": "update",
     "destroy": "destroy",
     "add-container": "add a container to",
 }
@@ -80,6 +82,7 @@ EFFECT: dict[str, str | None] = {
     "processes": None,
     "stats": None,
     "files": None,
+    "update": None,
     "destroy": "gone",
     "add-container": None,
 }

@@ -45,6 +45,8 @@ class Operation(enum.StrEnum):
     PROCESSES = "processes"
     STATS = "stats"
     FILES = "files"
+    #: Change the limits of its cgroup (``runc update``).
+    UPDATE = "update"
     DESTROY = "destroy"
     #: Add a subcontainer to the sandbox whose root this container is (a pod).
     ADD_CONTAINER = "add-container"
@@ -74,6 +76,7 @@ ALLOWED_BY_OPERATION: Mapping[Operation, frozenset[Status]] = {
     Operation.PROCESSES: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED, _S.STOPPED}),
     Operation.STATS: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
     Operation.FILES: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
+    Operation.UPDATE: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
     Operation.DESTROY: frozenset(_S),
     Operation.ADD_CONTAINER: frozenset({_S.CREATED, _S.RUNNING}),
 }
