@@ -34,7 +34,7 @@ import hashlib
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -213,14 +213,15 @@ def create(request: CgroupRequest, container_id: str, scope: str = "") -> Cgroup
             ) from None
 
     try:
-        return cgroups.create(
-            request.path,
-            request.resources,
-            container_id=container_id,
-            scope=scope,
-            layout=request.layout,
-            check=claim,
-        )
+        with naming_missing(container_id):
+            return cgroups.create(
+                request.path,
+                request.resources,
+                container_id=container_id,
+                scope=scope,
+                layout=request.layout,
+                check=claim,
+            )
     except SystemCallError as err:
         if request.required or err.errno not in _NO_PERMISSION:
             named = err.naming(container_id)
@@ -233,11 +234,21 @@ def create(request: CgroupRequest, container_id: str, scope: str = "") -> Cgroup
         if err.source is not None:
             raise
         raise SpecError(err.problems, source=f'container "{container_id}"') from err
+
+
+@contextlib.contextmanager
+def naming_missing(container_id: str) -> Iterator[None]:
+    """A :class:`MissingFeatureError` raised in the block names the container, unless
+    it does already."""
+    try:
+        yield
     except MissingFeatureError as err:
         if f'container "{container_id}"' in str(err):
             raise
         feature = f'{err.feature} (container "{container_id}")'
-        raise MissingFeatureError(feature, err.detail) from err
+        named = MissingFeatureError(feature, err.detail)
+        named.container_id = container_id
+        raise named from err
 
 
 #: The files that move a process or thread into a cgroup (v1 ``tasks``; v2 threads).

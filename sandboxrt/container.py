@@ -425,7 +425,9 @@ class Container:
 
     @property
     def spec(self) -> Spec:
-        """The spec the container was created with."""
+        """The spec the container was created with, with the resources :meth:`update`
+        changed since (as last read: :attr:`status`, :meth:`state` and every operation
+        read the record again)."""
         return load_spec(self._record.spec, validate=False)
 
     @property
@@ -1095,8 +1097,10 @@ class Container:
         checked as at creation (:class:`SpecError`), the values are written to the
         container's cgroup and kept in its record (:attr:`spec` shows them). A value
         the kernel refuses (on cgroup v1, a memory limit below what the container
-        holds and cannot give back) is a :class:`SystemCallError`, and what the
-        update wrote before it is put back.
+        holds and cannot give back) is a :class:`SystemCallError`: every file the
+        update wrote gets back what it held, and the record stays as it was. A value
+        a spec takes for unset (0, ``""``, ``None``) is refused, as it would change
+        nothing; -1 is no limit.
 
         Created, running or paused containers only (:class:`InvalidStateError`);
         :class:`MissingFeatureError` for one without a cgroup.
@@ -1106,11 +1110,9 @@ class Container:
         with self._locked() as sandbox:
             require(Operation.UPDATE, self.id, effective_status(self._record, sandbox))
             if self._record.cgroup is None:
-                raise MissingFeatureError(
-                    "updating resources", f'container "{self.id}" has no cgroup'
-                )
-            before = self._record.spec
-            document = resources_update.updated_document(before, changes)
+                reason = f'container "{self.id}" has no cgroup'
+                raise MissingFeatureError("updating resources", reason)
+            document = resources_update.updated_document(self._record.spec, changes)
             with naming_container(self.id):
                 load_spec(document)  # checked as a config.json is
                 problems = document_problems(document)
@@ -1118,22 +1120,28 @@ class Container:
                     raise SpecError(problems)
                 _cgroup.resources_for(document)  # (and as a cgroup's resources are)
                 wanted = Resources.from_oci(resources_update.to_write(document, changes))
-                back = Resources.from_oci(resources_update.restored(before, changes))
             cgroup = cgroups.load(self._record.cgroup, container_id=self.id)
             with arguments_of(self.id):
                 resources_update.check_placed(changes, _controllers(cgroup))
+            updated = attrs.evolve(self._record, spec=document)
+            journal = cgroups.WriteJournal()
             try:
-                cgroup.apply(wanted)
+                with (
+                    journal.recording(),
+                    _cgroup.naming_missing(self.id),
+                    naming_container(self.id),  # (a block device it does not know, say)
+                ):
+                    cgroup.apply(wanted)
+                self._store.save(updated)
             except BaseException:
-                try:
-                    cgroup.apply(back)
-                except (SandboxrtError, OSError) as exc:
+                failed = journal.undo()
+                if failed:
                     log.warning(
-                        'container "%s": its limits were not all put back: %s', self.id, exc
-                    )
+                        'container "%s": what a failed update wrote was not all given back: %s',
+                        self.id, "; ".join(failed),
+                    )  # fmt: skip
                 raise
-            self._record = attrs.evolve(self._record, spec=document)
-            self._store.save(self._record)
+            self._record = updated
 
     def _raise_unless_destroyed(self, err: SystemCallError) -> None:
         """After ``err`` reading the container's cgroup: re-raise it unless the cgroup is

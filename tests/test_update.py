@@ -42,29 +42,50 @@ def with_resources(path: Path, resources: dict[str, Any]) -> Path:
 
 
 def test_changes_are_checked_and_merged_field_by_field() -> None:
-    document = {"linux": {"resources": {"memory": {"limit": 128 * MiB, "swap": 256 * MiB}}}}
+    document = {
+        "linux": {
+            "resources": {
+                "memory": {"limit": 128 * MiB, "swap": 256 * MiB},
+                "cpu": {"quota": 50000, "period": 100000},
+                "unified": {"memory.high": "max"},
+            }
+        }
+    }
     changes = resources_update.checked_changes({"memory": {"swap": 512 * MiB}, "pids": {}})
     updated = resources_update.updated_document(document, changes)
     assert updated["linux"]["resources"]["memory"] == {"limit": 128 * MiB, "swap": 512 * MiB}
     assert document["linux"]["resources"]["memory"]["swap"] == 256 * MiB  # (left as it was)
-    # A new swap limit goes with the memory limit (v1 orders the two writes by it).
-    written = resources_update.to_write(updated, changes)
-    assert written["memory"] == {"swap": 512 * MiB, "limit": 128 * MiB}
-    assert resources_update.restored(document, changes)["memory"] == {
-        "swap": 256 * MiB,
+    # Paired fields are written together, as the updated spec has them.
+    assert resources_update.to_write(updated, changes)["memory"] == {
+        "swap": 512 * MiB,
         "limit": 128 * MiB,
     }
-    # What the spec left unset before has nothing to put back.
-    assert resources_update.restored(document, {"pids": {"limit": 5}}) == {}
+    period = {"cpu": {"period": 50000}}
+    assert resources_update.to_write(resources_update.updated_document(document, period), period)[
+        "cpu"
+    ] == {"period": 50000, "quota": 50000}
+    shares = {"cpu": {"shares": 512}}
+    assert resources_update.to_write(document, shares) == shares  # (nothing paired)
+    # Unlimited memory makes the spec's swap limit unlimited too (as the write does).
+    unlimited = resources_update.updated_document(document, {"memory": {"limit": -1}})
+    assert unlimited["linux"]["resources"]["memory"] == {"limit": -1, "swap": -1}
+    # unified: the files given change, the others stay (as in the cgroup).
+    more = resources_update.updated_document(document, {"unified": {"pids.max": "5"}})
+    assert more["linux"]["resources"]["unified"] == {"memory.high": "max", "pids.max": "5"}
     for refused in ({"devices": []}, {"memory": {"swappiness": 1}}, {"hugepageLimits": []}):
         with pytest.raises(ValueError, match="cannot be updated"):
             resources_update.checked_changes(refused)
+    for unset in (0, "", None):
+        with pytest.raises(ValueError, match="sets nothing"):
+            resources_update.checked_changes({"pids": {"limit": unset}})
     with pytest.raises(ValueError, match="nothing to update"):
         resources_update.checked_changes({})
     with pytest.raises(TypeError, match="must be a mapping"):
         resources_update.checked_changes([("pids", {"limit": 1})])
     with pytest.raises(ValueError, match="cpuset hierarchy"):
         resources_update.check_placed({"cpu": {"cpus": "0"}}, frozenset({"cpu", "memory"}))
+    with pytest.raises(ValueError, match="cgroup v2 files"):
+        resources_update.check_placed({"unified": {"pids.max": "5"}}, frozenset({"pids"}))
     resources_update.check_placed({"cpu": {"cpus": "0"}}, None)  # (cgroup v2: one for all)
 
 
@@ -125,8 +146,19 @@ def test_a_paused_container_may_be_updated_a_stopped_one_not(
         ({"memory": {"swap": 16 * MiB}}, SpecError, r"memory\.swap: memory\+swap"),
         ({"cpu": {"cpus": "0"}}, InvalidArgumentError, "cpuset hierarchy"),
         ({}, InvalidArgumentError, "nothing to update"),
+        ({"pids": {"limit": 0}}, InvalidArgumentError, "sets nothing"),
+        ({"unified": {"pids.max": "5"}}, InvalidArgumentError, "cgroup v2 files"),
     ],
-    ids=["devices", "swappiness", "not-a-number", "swap-below-limit", "no-cpuset", "empty"],
+    ids=[
+        "devices",
+        "swappiness",
+        "not-a-number",
+        "swap-below-limit",
+        "no-cpuset",
+        "empty",
+        "zero",
+        "unified-on-v1",
+    ],
 )
 def test_what_cannot_change_is_refused_and_changes_nothing(
     store: FileStore,
@@ -148,23 +180,100 @@ def test_what_cannot_change_is_refused_and_changes_nothing(
 
 @needs_root
 @needs_busybox
-def test_a_value_the_kernel_refuses_puts_back_what_the_update_wrote(
-    store: FileStore, bundle: BundleFactory
+@pytest.mark.parametrize(
+    ("created", "asked", "files"),
+    [
+        (
+            {"memory": {"limit": 128 * MiB}, "cpu": {"cpus": "0"}},
+            {"memory": {"limit": 64 * MiB}, "cpu": {"cpus": "4000"}},
+            [("memory", "memory.limit_in_bytes", str(128 * MiB)), ("cpuset", "cpuset.cpus", "0")],
+        ),
+        (
+            {},
+            {"memory": {"limit": 64 * MiB}, "pids": {"limit": 10**7}},
+            [("memory", "memory.limit_in_bytes", None), ("pids", "pids.max", "max")],
+        ),
+    ],
+    ids=["set-before", "unset-before"],
+)
+def test_a_value_the_kernel_refuses_gives_back_what_the_update_wrote(
+    store: FileStore,
+    bundle: BundleFactory,
+    created: dict[str, Any],
+    asked: dict[str, Any],
+    files: list[tuple[str, str, str | None]],
 ) -> None:
-    """The memory limit is written before the CPUs, which the kernel refuses (no such
-    CPU): the memory limit is put back and the record keeps the old spec."""
-    path = with_resources(
-        bundle(["sleep", "1000"]), {"memory": {"limit": 128 * MiB}, "cpu": {"cpus": "0"}}
-    )
+    """The memory limit is written before the CPUs (or the pids limit), which the kernel
+    refuses (no such CPU; over its pid limit): the memory limit gets back what it held,
+    whether the spec had set it or not, and the record keeps the old spec."""
+    path = with_resources(bundle(["sleep", "1000"]), created)
     with Container.create("up-back", path, store=store) as container:
         container.start()
         spec = store.load("up-back").spec
+        before = {name: cgroup_value(container, ctrl, name) for ctrl, name, _ in files}
         with pytest.raises(SystemCallError) as info:
-            container.update({"memory": {"limit": 64 * MiB}, "cpu": {"cpus": "4000"}})
+            container.update(asked)
         assert info.value.container_id == "up-back"
-        assert cgroup_value(container, "memory", "memory.limit_in_bytes") == str(128 * MiB)
-        assert cgroup_value(container, "cpuset", "cpuset.cpus") == "0"
+        assert '"up-back"' in str(info.value)
+        for controller, name, value in files:
+            now = cgroup_value(container, controller, name)
+            assert now == (value if value is not None else before[name]), name
         assert store.load("up-back").spec == spec
+        assert (
+            container.spec.linux.resources
+            == Container.load(  # type: ignore[union-attr]
+                "up-back", store=store
+            ).spec.linux.resources
+        )  # type: ignore[union-attr]
+
+
+class FailingSave(FileStore):
+    """A store whose next save fails, as on a full disk."""
+
+    fail = False
+
+    def save(self, record: Any) -> None:
+        if self.fail:
+            self.fail = False
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().save(record)
+
+
+@needs_root
+@needs_busybox
+def test_an_update_the_record_cannot_keep_gives_back_what_it_wrote(
+    tmp_path: Path, bundle: BundleFactory
+) -> None:
+    store = FailingSave(tmp_path / "store")
+    with Container.create("up-save", bundle(["sleep", "1000"]), store=store) as container:
+        container.start()
+        store.fail = True
+        with pytest.raises(OSError, match="No space left"):
+            container.update({"pids": {"limit": 5}})
+        assert cgroup_value(container, "pids", "pids.max") == "max"
+        assert container.spec.linux.resources is None or (  # type: ignore[union-attr]
+            container.spec.linux.resources.pids is None  # type: ignore[union-attr]
+        )
+
+
+@needs_root
+@needs_busybox
+@pytest.mark.skipif(
+    not Path("/sys/fs/cgroup/cpu/cpu.cfs_burst_us").exists(), reason="no CPU burst (Linux 5.14)"
+)
+def test_a_quota_and_burst_lowered_together(store: FileStore, bundle: BundleFactory) -> None:
+    """The kernel refuses a quota below the burst in force: the burst goes first too."""
+    path = with_resources(
+        bundle(["sleep", "1000"]), {"cpu": {"quota": 50000, "period": 100000, "burst": 40000}}
+    )
+    with Container.create("up-burst", path, store=store) as container:
+        container.start()
+        container.update({"cpu": {"quota": 20000, "burst": 10000}})
+        assert cgroup_value(container, "cpu", "cpu.cfs_quota_us") == "20000"
+        assert cgroup_value(container, "cpu", "cpu.cfs_burst_us") == "10000"
+        container.update({"cpu": {"quota": 60000, "burst": 50000}})
+        assert cgroup_value(container, "cpu", "cpu.cfs_quota_us") == "60000"
+        assert cgroup_value(container, "cpu", "cpu.cfs_burst_us") == "50000"
 
 
 def _has_swap() -> bool:

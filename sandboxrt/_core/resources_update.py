@@ -8,14 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = [
-    "UPDATABLE",
-    "check_placed",
-    "checked_changes",
-    "restored",
-    "to_write",
-    "updated_document",
-]
+__all__ = ["UPDATABLE", "check_placed", "checked_changes", "to_write", "updated_document"]
 
 #: The fields an update may change, by section: those ``runc update`` changes on a live
 #: cgroup (``unified``, cgroup v2's files, whole). Device rules, huge page limits, the OOM
@@ -33,8 +26,10 @@ _WHERE = "linux.resources"
 
 def checked_changes(resources: object) -> dict[str, Any]:
     """``resources`` (an OCI ``linux.resources`` object holding the fields to change) as a
-    dict, checked to name only what :data:`UPDATABLE` allows: ``TypeError`` unless it is
-    a mapping, ``ValueError`` naming the first field that may not change (or none)."""
+    dict, checked to name only what :data:`UPDATABLE` allows, each with a value that sets
+    something: ``TypeError`` unless it is a mapping, ``ValueError`` naming the first field
+    that may not change, or that a spec would take for unset (0, "", null: an update that
+    changed nothing, yet recorded a change)."""
     if not isinstance(resources, Mapping):
         kind = type(resources).__name__
         raise TypeError(f"resources must be a mapping (an OCI linux.resources), not {kind}")
@@ -45,11 +40,15 @@ def checked_changes(resources: object) -> dict[str, Any]:
             raise ValueError(f"{_WHERE}.{section} cannot be updated ({_updatable()})")
         if not isinstance(value, Mapping):
             raise ValueError(f"{_WHERE}.{section} must be an object")
-        if section != "unified":
-            for field in value:
-                if field not in fields:
-                    where = f"{_WHERE}.{section}.{field}"
-                    raise ValueError(f"{where} cannot be updated ({_updatable()})")
+        for field, given in value.items():
+            where = f"{_WHERE}.{section}.{field}"
+            if section != "unified" and field not in fields:
+                raise ValueError(f"{where} cannot be updated ({_updatable()})")
+            if given is None or (given in (0, "") and not isinstance(given, bool)):
+                raise ValueError(
+                    f"{where}: {given!r} sets nothing (a spec takes it for unset); give -1"
+                    " for no limit where one is allowed"
+                )
         changes[section] = dict(value)
     if not any(changes.values()):
         raise ValueError(f"nothing to update: give the {_WHERE} fields to change")
@@ -76,6 +75,8 @@ def check_placed(changes: Mapping[str, Any], controllers: frozenset[str] | None)
     container's cgroup is not in (``controllers``: those it is in; ``None`` on v2)."""
     if controllers is None:
         return
+    if changes.get("unified"):
+        raise ValueError(f"{_WHERE}.unified names cgroup v2 files: this cgroup is v1")
     for controller, section, fields in _PLACED_ON_DEMAND:
         asked = [f for f in fields if f in (changes.get(section) or {})]
         if asked and controller not in controllers:
@@ -88,44 +89,40 @@ def check_placed(changes: Mapping[str, Any], controllers: frozenset[str] | None)
 
 def updated_document(document: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     """``document`` (a spec's JSON) with ``changes`` in its ``linux.resources``: the
-    fields given replace theirs, every other stays (``unified`` is replaced whole)."""
+    fields given replace theirs (``unified``'s files too), every other stays. A memory
+    limit made unlimited makes a swap limit the spec has unlimited too, as the write does
+    (and as runc does)."""
     linux = dict(document.get("linux") or {})
     resources = dict(linux.get("resources") or {})
     for section, value in changes.items():
-        if section == "unified":
-            resources[section] = dict(value)
-        else:
-            resources[section] = {**(resources.get(section) or {}), **value}
+        resources[section] = {**(resources.get(section) or {}), **value}
+    memory = changes.get("memory") or {}
+    merged = resources.get("memory") or {}
+    if memory.get("limit") == -1 and "swap" not in memory and merged.get("swap") is not None:
+        resources["memory"] = {**merged, "swap": -1}
     linux["resources"] = resources
     return {**document, "linux": linux}
 
 
+#: Fields written together: a new one goes with the other as the updated spec has it
+#: (cgroup v1 orders the memory limit's and swap's writes by both; v2 writes memory+swap
+#: as swap alone, from both; and its ``cpu.max`` holds quota and period in one).
+_PAIRED = (("memory", "limit", "swap"), ("cpu", "quota", "period"))
+
+
 def to_write(document: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    """What of the updated ``document`` goes to the cgroup: the ``changes``, and the memory
-    limit beside a new swap limit (cgroup v1 orders the two writes by it)."""
-    memory = changes.get("memory")
-    if not memory or "swap" not in memory or "limit" in memory:
-        return dict(changes)
-    limit = _section(document, "memory").get("limit")
-    if limit is None:
-        return dict(changes)
-    return {**changes, "memory": {**memory, "limit": limit}}
-
-
-def restored(document: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    """What puts back the fields ``changes`` names as ``document`` (the spec before the
-    update) has them, after an update failed half-way; a field it leaves unset is left
-    as the update wrote it."""
-    back: dict[str, Any] = {}
-    for section, value in changes.items():
-        before = _section(document, section)
-        if section == "unified":
-            kept = {name: before[name] for name in value if name in before}
-        else:
-            kept = {field: before[field] for field in value if field in before}
-        if kept:
-            back[section] = kept
-    return to_write(document, back)
+    """What of the updated ``document`` goes to the cgroup: the ``changes``, each with
+    the field it is written with (:data:`_PAIRED`) as ``document`` has it."""
+    written = {section: dict(value) for section, value in changes.items()}
+    for section, one, other in _PAIRED:
+        given = written.get(section)
+        if not given or (one not in given and other not in given):
+            continue
+        have = _section(document, section)
+        for field in (one, other):
+            if field not in given and have.get(field) is not None:
+                given[field] = have[field]
+    return written
 
 
 def _section(document: Mapping[str, Any], section: str) -> Mapping[str, Any]:

@@ -34,6 +34,7 @@ from .common import (
     Cgroup,
     CgroupStats,
     Placement,
+    WriteJournal,
     release_parents,
 )
 from .layout import CgroupLayout, Hierarchy, detect, mounted_hierarchies
@@ -62,6 +63,7 @@ __all__ = [
     "MemoryResources",
     "Resources",
     "ResourcesLike",
+    "WriteJournal",
     "create",
     "default_path",
     "detect",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import contextvars
 import errno
 import os
 import signal
@@ -53,7 +54,9 @@ __all__ = [
     "Cgroup",
     "CgroupStats",
     "Placement",
+    "WriteJournal",
     "block_device_errors",
+    "burst_before_quota",
     "read_file",
     "read_int",
     "read_keyed",
@@ -135,6 +138,16 @@ def write_newer_cpu_settings(directory: Path, burst_file: str, cpu: CpuResources
         write_newer_file(directory, name, value, field=f"linux.resources.cpu.{key}")
 
 
+def burst_before_quota(directory: Path, burst_file: str, cpu: CpuResources) -> None:
+    """A new burst written ahead of a new quota too (:func:`write_newer_cpu_settings`
+    writes it after): the kernel refuses a quota below the burst in force and a burst
+    above the quota in force, so one of the two writes goes through (as runc's)."""
+    if cpu.burst is None or cpu.quota is None or not (directory / burst_file).exists():
+        return
+    with contextlib.suppress(SystemCallError):
+        write_file(directory, burst_file, cpu.burst)
+
+
 @contextlib.contextmanager
 def block_device_errors() -> Iterator[None]:
     """Writing ``linux.resources.blockIO`` settings: a device the kernel does not know
@@ -152,17 +165,68 @@ def block_device_errors() -> Iterator[None]:
         raise
 
 
+class WriteJournal:
+    """What the control files written while :meth:`recording` held before, for
+    :meth:`undo` to give back (an update of a live cgroup that fails half-way)."""
+
+    def __init__(self) -> None:
+        self._before: list[tuple[Path, str]] = []
+        self._seen: set[Path] = set()
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Note, in the block, what each control file held before its first write."""
+        token = _JOURNAL.set(self)
+        try:
+            yield
+        finally:
+            _JOURNAL.reset(token)
+
+    def note(self, path: Path) -> None:
+        """What ``path`` holds, unless noted already (a write-only file: nothing)."""
+        if path in self._seen:
+            return
+        self._seen.add(path)
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError:
+            return
+        self._before.append((path, text.rstrip("\n")))
+
+    def undo(self) -> list[str]:
+        """Give each file noted back what it held, the last written first; what could not
+        be given back, as messages."""
+        failed = []
+        for path, text in reversed(self._before):
+            try:
+                write_lines(path.parent, [(path.name, text)])
+            except SystemCallError as err:
+                failed.append(str(err))
+        return failed
+
+
+#: The journal of the :meth:`WriteJournal.recording` block we are in, if any.
+_JOURNAL: contextvars.ContextVar[WriteJournal | None] = contextvars.ContextVar(
+    "sandboxrt_cgroup_journal", default=None
+)
+
+
 def write_lines(directory: Path, lines: Iterable[tuple[str, str | int]]) -> None:
     """Write each ``(name, value)`` in order, one write each, to the control files of the
     cgroup ``directory``, opening each file once (rules such as ``devices.allow`` take
-    one line per write)."""
+    one line per write); in a :meth:`WriteJournal.recording` block, what each held before
+    is noted first."""
     fds: dict[str, int] = {}
+    journal = _JOURNAL.get()
     try:
         for name, value in lines:
             data = os.fsencode(str(value))  # (a spec's undecodable bytes stay bytes)
             try:
                 fd = fds.get(name)
                 if fd is None:
+                    if journal is not None:
+                        journal.note(directory / name)
                     fd = fds[name] = _open_control(directory / name)
                 os.write(fd, data)
             except OSError as err:

@@ -21,6 +21,7 @@ from .common import (
     Cgroup,
     CgroupStats,
     block_device_errors,
+    burst_before_quota,
     make_levels,
     read_file,
     read_int,
@@ -167,6 +168,7 @@ class CgroupV1(Cgroup):
             directory = self.require("cpu")
             if cpu.shares is not None:
                 write_file(directory, "cpu.shares", cpu.shares)
+            burst_before_quota(directory, "cpu.cfs_burst_us", cpu)
             quota_done = False
             if cpu.period is not None:
                 try:

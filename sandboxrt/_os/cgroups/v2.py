@@ -26,6 +26,7 @@ from .common import (
     Cgroup,
     CgroupStats,
     block_device_errors,
+    burst_before_quota,
     make_levels,
     read_int,
     read_keyed,
@@ -153,6 +154,7 @@ class CgroupV2(Cgroup):
             value = str(cpu.quota) if cpu.quota is not None and cpu.quota > 0 else "max"
             if cpu.period is not None:
                 value += f" {cpu.period}"
+            burst_before_quota(self.require("cpu"), "cpu.max.burst", cpu)
             write_file(self.require("cpu"), "cpu.max", value)
         if cpu.burst is not None or cpu.idle is not None:
             write_newer_cpu_settings(self.require("cpu"), "cpu.max.burst", cpu)
