@@ -41,7 +41,6 @@ from typing import Any
 from sandboxrt._core import devicefilter
 from sandboxrt._os import cgroups
 from sandboxrt._os.cgroups import Cgroup, CgroupLayout, DeviceRule, Resources
-from sandboxrt._os.cgroups.common import read_keyed
 from sandboxrt.errors import (
     InitError,
     MissingFeatureError,
@@ -438,14 +437,9 @@ def memory_limit_hit(cgroup: Mapping[str, Any] | None, container_id: str) -> str
     if cgroup is None:
         return None
     try:
-        loaded = cgroups.load(cgroup, container_id=container_id)
-        directory = loaded.directory("memory")
-        if directory is None:
-            return None
-        events = "memory.oom_control" if loaded.driver == "v1" else "memory.events"
-        if not read_keyed(directory, events).get("oom_kill"):
-            return None
-        limit = loaded.stats().memory_limit
+        stats = cgroups.load(cgroup, container_id=container_id).stats()
     except (SandboxrtError, OSError):
         return None
-    return f"its memory limit ({limit} bytes) was reached: the OOM killer killed"
+    if not stats.oom_kills:
+        return None
+    return f"its memory limit ({stats.memory_limit} bytes) was reached: the OOM killer killed"

@@ -141,7 +141,8 @@ class Stats:
     CPU times are nanoseconds (user and system counted in clock ticks, 10 ms,
     on cgroup v1); memory figures are bytes. A ``None`` limit is unlimited;
     ``memory_max_usage`` is the peak (``None`` where the kernel keeps none);
-    ``memory_failcnt`` counts hits of the memory limit.
+    ``memory_failcnt`` counts hits of the memory limit, ``oom_kills`` the processes the
+    kernel's OOM killer killed for it.
     """
 
     cpu_usage_ns: int
@@ -153,6 +154,7 @@ class Stats:
     memory_failcnt: int
     pids_current: int
     pids_limit: int | None
+    oom_kills: int = 0
 
     @classmethod
     def from_cgroup(cls, stats: cgroups.CgroupStats) -> Stats:
@@ -475,6 +477,22 @@ class Container:
         """The status now: a live status whose sandbox or init is gone reads ``stopped``."""
         self._refresh()
         return effective_status(self._record, self.sandbox, ask=True)
+
+    @property
+    def oom_killed(self) -> bool:
+        """Whether the kernel's OOM killer killed a process of the container (its memory
+        limit reached), as Docker's ``State.OOMKilled`` says: after :meth:`wait` gave -9,
+        say. Read from its cgroup, in every status until :meth:`destroy`; ``False`` for a
+        container without a cgroup whose memory is accounted."""
+        self._refresh()
+        if self._record.cgroup is None:
+            return False
+        try:
+            stats = cgroups.load(self._record.cgroup, container_id=self.id).stats()
+        except SystemCallError as err:
+            self._raise_unless_destroyed(err)
+            return False
+        return stats.oom_kills > 0
 
     def state(self) -> OCIState:
         """The OCI state of the container."""

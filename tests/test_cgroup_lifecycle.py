@@ -858,8 +858,36 @@ def test_a_memory_hog_is_oom_killed_and_reported(store: FileStore, bundle: Bundl
         assert container.wait(timeout=30) == -signal.SIGKILL
         assert sandbox.exit_status() == -signal.SIGKILL  # recorded by the surviving supervisor
         assert container.status is Status.STOPPED
+        assert container.oom_killed  # (why it got -9: as Docker's State.OOMKilled)
+        assert Container.load("cg-hog", store=store).oom_killed
     finally:
         container.destroy()
+
+
+@real
+def test_an_oom_kill_of_one_process_shows_in_the_stats(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """The init lives on when the OOM killer kills one of its children: its stats count
+    the kill, and ``oom_killed`` says so; a container that met no limit says not."""
+    hog = "chunks = []\nwhile True: chunks.append(bytes(4 << 20))\n"
+    program = f'python3 -c "{hog}" 2>/dev/null; echo $?; exec sleep 1000'
+    path = bundle(["sh", "-c", program], rootfs="host_usr")
+    edit_config(path, resources(memory={"limit": 32 * MiB}))
+    calm = Container.create("cg-calm", bundle(["sleep", "1000"]), store=store)
+    try:
+        with Container.create("cg-child", path, store=store, stdout=subprocess.PIPE) as container:
+            assert not container.oom_killed and container.stats().oom_kills == 0
+            container.start()
+            assert container.stdout is not None
+            assert container.stdout.readline() == b"137\n"  # (128 + SIGKILL)
+            assert container.stats().oom_kills == 1
+            assert container.oom_killed
+            assert container.status is Status.RUNNING
+        calm.start()
+        assert not calm.oom_killed and calm.stats().oom_kills == 0
+    finally:
+        calm.destroy()
 
 
 @real

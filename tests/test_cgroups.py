@@ -528,6 +528,7 @@ def test_v2_stats(tmp_path: Path) -> None:
     assert (stats.cpu_usage_ns, stats.cpu_user_ns, stats.cpu_system_ns) == (1500000, 10**6, 500000)
     assert (stats.memory_usage, stats.memory_limit, stats.memory_max_usage) == (4096, None, None)
     assert stats.memory_failcnt == 3
+    assert stats.oom_kills == 1
     assert (stats.pids_current, stats.pids_limit) == (2, 16)
     (leaf / "memory.peak").write_text("8192\n")
     assert cgroup.stats().memory_max_usage == 8192
@@ -868,6 +869,7 @@ def test_v1_freeze_and_stats(tmp_path: Path) -> None:
     (mem / "memory.max_usage_in_bytes").write_text("8192\n")
     (mem / "memory.limit_in_bytes").write_text("9223372036854771712\n")
     (mem / "memory.failcnt").write_text("2\n")
+    (mem / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 4\n")
     (base / "pids/sandboxrt/c1/pids.current").write_text("3\n")
     (base / "pids/sandboxrt/c1/pids.max").write_text("max\n")
     stats = cgroup.stats()
@@ -879,6 +881,7 @@ def test_v1_freeze_and_stats(tmp_path: Path) -> None:
     )
     assert (stats.memory_usage, stats.memory_max_usage, stats.memory_limit) == (4096, 8192, None)
     assert stats.memory_failcnt == 2
+    assert stats.oom_kills == 4
     assert (stats.pids_current, stats.pids_limit) == (3, None)
 
 

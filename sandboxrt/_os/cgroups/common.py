@@ -102,6 +102,8 @@ class CgroupStats:
     memory_failcnt: int = 0
     pids_current: int = 0
     pids_limit: int | None = None
+    #: Processes of the cgroup the kernel's OOM killer killed (its memory limit reached).
+    oom_kills: int = 0
 
 
 # -- files -------------------------------------------------------------------------------

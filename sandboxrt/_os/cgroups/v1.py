@@ -249,6 +249,7 @@ class CgroupV1(Cgroup):
                 memory_limit=read_int(memory, "memory.limit_in_bytes"),
                 memory_max_usage=read_int(memory, "memory.max_usage_in_bytes"),
                 memory_failcnt=read_int(memory, "memory.failcnt") or 0,
+                oom_kills=read_keyed(memory, "memory.oom_control").get("oom_kill", 0),
             )
         pids = self.directory("pids")
         if pids is not None:

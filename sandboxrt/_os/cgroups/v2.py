@@ -274,6 +274,7 @@ class CgroupV2(Cgroup):
             memory_failcnt=events.get("max", 0),
             pids_current=read_int(directory, "pids.current") or 0,
             pids_limit=read_int(directory, "pids.max"),
+            oom_kills=events.get("oom_kill", 0),
         )
 
 
