@@ -1131,6 +1131,8 @@ class Container:
                 reason = f'container "{self.id}" has no cgroup'
                 raise MissingFeatureError("updating resources", reason)
             document = resources_update.updated_document(self._record.spec, changes)
+            with arguments_of(self.id):
+                resources_update.check_not_overridden(document, changes)
             with naming_container(self.id):
                 load_spec(document)  # checked as a config.json is
                 problems = document_problems(document)
@@ -1152,6 +1154,9 @@ class Container:
                     cgroup.apply(wanted)
                 self._store.save(updated)
             except BaseException:
+                if self._saved_despite(updated):  # (a durable save that failed after it)
+                    self._record = updated
+                    raise
                 failed = journal.undo()
                 if failed:
                     log.warning(
@@ -1160,6 +1165,14 @@ class Container:
                     )  # fmt: skip
                 raise
             self._record = updated
+
+    def _saved_despite(self, record: ContainerRecord) -> bool:
+        """Whether ``record``'s spec is the one stored, after its save raised (a durable
+        store whose ``fsync`` failed once the record was in place, say)."""
+        try:
+            return self._store.load(self.id).spec == record.spec
+        except (SandboxrtError, OSError):
+            return False
 
     def _raise_unless_destroyed(self, err: SystemCallError) -> None:
         """After ``err`` reading the container's cgroup: re-raise it unless the cgroup is

@@ -19,8 +19,13 @@ from sandboxrt import (
 )
 from sandboxrt._core import resources_update
 from sandboxrt._os import cgroups
+from sandboxrt._os.cgroups import common as cgroups_common
 
 MiB = 1 << 20
+
+needs_burst = pytest.mark.skipif(
+    not Path("/sys/fs/cgroup/cpu/cpu.cfs_burst_us").exists(), reason="no CPU burst (Linux 5.14)"
+)
 
 
 def cgroup_value(container: Container, controller: str, name: str) -> str:
@@ -87,6 +92,54 @@ def test_changes_are_checked_and_merged_field_by_field() -> None:
     with pytest.raises(ValueError, match="cgroup v2 files"):
         resources_update.check_placed({"unified": {"pids.max": "5"}}, frozenset({"pids"}))
     resources_update.check_placed({"cpu": {"cpus": "0"}}, None)  # (cgroup v2: one for all)
+    assert resources_update.checked_changes({"cpu": {"burst": 0}}) == {"cpu": {"burst": 0}}
+    # A unified entry for a field's v2 file would win over the field.
+    overridden = {"linux": {"resources": {"unified": {"memory.max": "100"}}}}
+    with pytest.raises(ValueError, match=r"unified sets memory\.max"):
+        resources_update.check_not_overridden(overridden, {"memory": {"limit": 200}})
+    resources_update.check_not_overridden(overridden, {"pids": {"limit": 5}})
+
+
+def test_the_journal_gives_back_line_by_line_the_last_written_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What each file held goes back a line a write (a v2 ``io.weight`` holds a default
+    and a device's), the last written first; one the kernel refuses is tried again once
+    the others went back; one that held nothing, and a parent's ``subtree_control``, are
+    not written."""
+    files = {
+        "io.weight": "default 100\n8:0 200\n",
+        "cpu.cfs_quota_us": "50000\n",
+        "cpu.cfs_burst_us": "40000\n",
+        "cpuset.cpus": "\n",
+        "cgroup.subtree_control": "cpu io\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    journal = cgroups_common.WriteJournal()
+    for name in ("io.weight", "cpu.cfs_burst_us", "cpu.cfs_quota_us", "cpuset.cpus"):
+        journal.note(tmp_path / name)
+    journal.note(tmp_path / "cgroup.subtree_control")
+    journal.note(tmp_path / "cpu.cfs_burst_us")  # (written again, last)
+    written: list[tuple[str, str]] = []
+    refusals = {"cpu.cfs_burst_us": 1}  # (refused once: the quota must go back first)
+
+    def write_lines(directory: Path, lines: list[tuple[str, str]]) -> None:
+        for name, line in lines:
+            if refusals.get(name):
+                refusals[name] -= 1
+                raise SystemCallError(f"writing {name}", OSError(errno.EINVAL, "Invalid"))
+            written.append((name, line))
+
+    monkeypatch.setattr(cgroups_common, "write_lines", write_lines)
+    failed = journal.undo()
+    assert written == [
+        ("cpu.cfs_quota_us", "50000"),
+        ("io.weight", "default 100"),
+        ("io.weight", "8:0 200"),
+        ("cpu.cfs_burst_us", "40000"),
+    ]
+    assert len(failed) == 1 and "cpuset.cpus" in failed[0]
 
 
 # -- on real containers ---------------------------------------------------------------------
@@ -193,8 +246,14 @@ def test_what_cannot_change_is_refused_and_changes_nothing(
             {"memory": {"limit": 64 * MiB}, "pids": {"limit": 10**7}},
             [("memory", "memory.limit_in_bytes", None), ("pids", "pids.max", "max")],
         ),
+        pytest.param(
+            {"cpu": {"quota": 50000, "period": 100000, "burst": 40000}},
+            {"cpu": {"quota": 100000, "burst": 90000}, "pids": {"limit": 10**7}},
+            [("cpu", "cpu.cfs_quota_us", "50000"), ("cpu", "cpu.cfs_burst_us", "40000")],
+            marks=needs_burst,
+        ),
     ],
-    ids=["set-before", "unset-before"],
+    ids=["set-before", "unset-before", "quota-and-burst-raised"],
 )
 def test_a_value_the_kernel_refuses_gives_back_what_the_update_wrote(
     store: FileStore,
@@ -228,15 +287,18 @@ def test_a_value_the_kernel_refuses_gives_back_what_the_update_wrote(
 
 
 class FailingSave(FileStore):
-    """A store whose next save fails, as on a full disk."""
+    """A store whose next save fails, as on a full disk (``"before"``), or once the record
+    is in place, as a durable store's ``fsync`` after it (``"after"``)."""
 
-    fail = False
+    fail = ""
 
     def save(self, record: Any) -> None:
-        if self.fail:
-            self.fail = False
+        fail, self.fail = self.fail, ""
+        if fail == "before":
             raise OSError(errno.ENOSPC, "No space left on device")
         super().save(record)
+        if fail == "after":
+            raise OSError(errno.EIO, "Input/output error")
 
 
 @needs_root
@@ -244,23 +306,30 @@ class FailingSave(FileStore):
 def test_an_update_the_record_cannot_keep_gives_back_what_it_wrote(
     tmp_path: Path, bundle: BundleFactory
 ) -> None:
+    """Not saved: what the update wrote goes back. Saved, then failing (the record is
+    in place): the update stays, in the cgroup and in the record, and the error comes."""
     store = FailingSave(tmp_path / "store")
     with Container.create("up-save", bundle(["sleep", "1000"]), store=store) as container:
         container.start()
-        store.fail = True
+        store.fail = "before"
         with pytest.raises(OSError, match="No space left"):
             container.update({"pids": {"limit": 5}})
         assert cgroup_value(container, "pids", "pids.max") == "max"
         assert container.spec.linux.resources is None or (  # type: ignore[union-attr]
             container.spec.linux.resources.pids is None  # type: ignore[union-attr]
         )
+        store.fail = "after"
+        with pytest.raises(OSError, match="Input/output error"):
+            container.update({"pids": {"limit": 6}})
+        assert cgroup_value(container, "pids", "pids.max") == "6"
+        for seen in (container, Container.load("up-save", store=store)):
+            pids = seen.spec.linux.resources.pids  # type: ignore[union-attr]
+            assert pids is not None and pids.limit == 6
 
 
 @needs_root
 @needs_busybox
-@pytest.mark.skipif(
-    not Path("/sys/fs/cgroup/cpu/cpu.cfs_burst_us").exists(), reason="no CPU burst (Linux 5.14)"
-)
+@needs_burst
 def test_a_quota_and_burst_lowered_together(store: FileStore, bundle: BundleFactory) -> None:
     """The kernel refuses a quota below the burst in force: the burst goes first too."""
     path = with_resources(
@@ -274,6 +343,10 @@ def test_a_quota_and_burst_lowered_together(store: FileStore, bundle: BundleFact
         container.update({"cpu": {"quota": 60000, "burst": 50000}})
         assert cgroup_value(container, "cpu", "cpu.cfs_quota_us") == "60000"
         assert cgroup_value(container, "cpu", "cpu.cfs_burst_us") == "50000"
+        container.update({"cpu": {"burst": 0}})  # (no burst: a value of its own)
+        assert cgroup_value(container, "cpu", "cpu.cfs_burst_us") == "0"
+        container.update({"cpu": {"quota": 10000}})
+        assert cgroup_value(container, "cpu", "cpu.cfs_quota_us") == "10000"
 
 
 def _has_swap() -> bool:

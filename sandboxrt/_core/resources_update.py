@@ -8,7 +8,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["UPDATABLE", "check_placed", "checked_changes", "to_write", "updated_document"]
+__all__ = [
+    "UPDATABLE",
+    "check_not_overridden",
+    "check_placed",
+    "checked_changes",
+    "to_write",
+    "updated_document",
+]
 
 #: The fields an update may change, by section: those ``runc update`` changes on a live
 #: cgroup (``unified``, cgroup v2's files, whole). Device rules, huge page limits, the OOM
@@ -44,7 +51,9 @@ def checked_changes(resources: object) -> dict[str, Any]:
             where = f"{_WHERE}.{section}.{field}"
             if section != "unified" and field not in fields:
                 raise ValueError(f"{where} cannot be updated ({_updatable()})")
-            if given is None or (given in (0, "") and not isinstance(given, bool)):
+            zero_is_a_value = (section, field) == ("cpu", "burst")  # (no burst)
+            unset = given in (0, "") and not zero_is_a_value and not isinstance(given, bool)
+            if given is None or unset:
                 raise ValueError(
                     f"{where}: {given!r} sets nothing (a spec takes it for unset); give -1"
                     " for no limit where one is allowed"
@@ -85,6 +94,38 @@ def check_placed(changes: Mapping[str, Any], controllers: frozenset[str] | None)
                 f" set {section} {' or '.join(fields)} at creation: its cgroup is in the"
                 f" {controller} hierarchy (cgroup v1) only then"
             )
+
+
+#: The cgroup v2 files each field is written to. A spec's ``unified`` entry for one of
+#: them wins over the field (it is written last, as runc writes it).
+_V2_FILES: Mapping[tuple[str, str], tuple[str, ...]] = {
+    ("memory", "limit"): ("memory.max",),
+    ("memory", "swap"): ("memory.swap.max",),
+    ("memory", "reservation"): ("memory.low",),
+    ("cpu", "shares"): ("cpu.weight",),
+    ("cpu", "quota"): ("cpu.max",),
+    ("cpu", "period"): ("cpu.max",),
+    ("cpu", "burst"): ("cpu.max.burst",),
+    ("cpu", "cpus"): ("cpuset.cpus",),
+    ("cpu", "mems"): ("cpuset.mems",),
+    ("pids", "limit"): ("pids.max",),
+    ("blockIO", "weight"): ("io.weight", "io.bfq.weight"),
+}
+
+
+def check_not_overridden(document: Mapping[str, Any], changes: Mapping[str, Any]) -> None:
+    """``ValueError`` for a field of ``changes`` whose cgroup v2 file the updated spec
+    ``document`` sets in ``unified`` too: that entry would win, at creation and in the
+    record, over what the update wrote."""
+    unified = _section(document, "unified")
+    for section, value in changes.items():
+        for field in value if section != "unified" else ():
+            for name in _V2_FILES.get((section, field), ()):
+                if name in unified:
+                    raise ValueError(
+                        f"{_WHERE}.{section}.{field}: the spec's {_WHERE}.unified sets"
+                        f" {name}, which wins over it; update that instead"
+                    )
 
 
 def updated_document(document: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:

@@ -171,9 +171,14 @@ class WriteJournal:
     """What the control files written while :meth:`recording` held before, for
     :meth:`undo` to give back (an update of a live cgroup that fails half-way)."""
 
+    #: Files whose writes are not the limits' own: ``cgroup.subtree_control`` of the
+    #: levels above (a controller enabled there stays, as at creation).
+    NOT_NOTED = frozenset({"cgroup.subtree_control"})
+
     def __init__(self) -> None:
-        self._before: list[tuple[Path, str]] = []
-        self._seen: set[Path] = set()
+        #: Each file written, with what it held before its first write, in the order of
+        #: their last writes.
+        self._before: dict[Path, str] = {}
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[None]:
@@ -185,27 +190,43 @@ class WriteJournal:
             _JOURNAL.reset(token)
 
     def note(self, path: Path) -> None:
-        """What ``path`` holds, unless noted already (a write-only file: nothing)."""
-        if path in self._seen:
+        """``path`` is written now: what it holds, read at its first write (kept as the
+        file's last write: :meth:`undo` goes from the last written back)."""
+        if path.name in self.NOT_NOTED:
             return
-        self._seen.add(path)
-        try:
-            with open(path) as f:
-                text = f.read()
-        except OSError:
-            return
-        self._before.append((path, text.rstrip("\n")))
+        before = self._before.pop(path, None)
+        if before is None:
+            try:
+                with open(path) as f:
+                    before = f.read()
+            except OSError:
+                before = ""  # (a write-only file: nothing to give back)
+        self._before[path] = before
 
     def undo(self) -> list[str]:
-        """Give each file noted back what it held, the last written first; what could not
-        be given back, as messages."""
-        failed = []
-        for path, text in reversed(self._before):
-            try:
-                write_lines(path.parent, [(path.name, text)])
-            except SystemCallError as err:
-                failed.append(str(err))
-        return failed
+        """Give each file noted back what it held, a line a write, the last written
+        first, going over those the kernel refused again while that gets any further (a
+        quota and a burst, a memory and a memory+swap limit, may each need the other
+        given back first); what could not be given back, as messages."""
+        unwritable: list[str] = []
+        pending: list[tuple[Path, list[str]]] = []
+        for path, text in reversed(self._before.items()):
+            lines = [line for line in text.splitlines() if line.strip()]
+            if lines:
+                pending.append((path, lines))
+            else:  # (empty: a write of nothing changes nothing)
+                unwritable.append(f"{path}: what it held cannot be written back")
+        while True:
+            refused, errors = [], []
+            for path, lines in pending:
+                try:
+                    write_lines(path.parent, [(path.name, line) for line in lines])
+                except SystemCallError as err:
+                    refused.append((path, lines))
+                    errors.append(str(err))
+            if len(refused) in (0, len(pending)):
+                return unwritable + errors
+            pending = refused
 
 
 #: The journal of the :meth:`WriteJournal.recording` block we are in, if any.

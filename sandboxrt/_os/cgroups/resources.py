@@ -138,7 +138,7 @@ class Resources:
             period=parser.number(cpu, "cpu", "period", minimum=0),
             cpus=parser.text(cpu, "cpu", "cpus"),
             mems=parser.text(cpu, "cpu", "mems"),
-            burst=parser.number(cpu, "cpu", "burst", minimum=0),
+            burst=parser.number(cpu, "cpu", "burst", minimum=0, zero=True),
             idle=parser.idle(cpu),
         )
         pids_limit = parser.number(pids, "pids", "limit", minimum=None)
@@ -234,9 +234,16 @@ class _Parser:
         return value
 
     def number(
-        self, data: Mapping[str, Any], section: str, key: str, *, minimum: int | None
+        self,
+        data: Mapping[str, Any],
+        section: str,
+        key: str,
+        *,
+        minimum: int | None,
+        zero: bool = False,
     ) -> int | None:
-        """An integer field; 0 or absent means unset (as runc treats them)."""
+        """An integer field; 0 or absent means unset (as runc treats them), but for one
+        whose 0 is a value of its own (``zero``: a CPU burst of none)."""
         value = data.get(key)
         if value is None:
             return None
@@ -246,7 +253,7 @@ class _Parser:
         if minimum is not None and value < minimum:
             self.problems.append((f"{_WHERE}.{section}.{key}", f"must be >= {minimum}"))
             return None
-        return value or None
+        return value if zero else value or None
 
     def idle(self, cpu: Mapping[str, Any]) -> int | None:
         """``cpu.idle``: 0 or 1, written as given (as runc: 0 makes an existing cgroup's
