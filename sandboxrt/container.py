@@ -481,9 +481,11 @@ class Container:
     @property
     def oom_killed(self) -> bool:
         """Whether the kernel's OOM killer killed a process of the container (its memory
-        limit reached), as Docker's ``State.OOMKilled`` says: after :meth:`wait` gave -9,
-        say. Read from its cgroup, in every status until :meth:`destroy`; ``False`` for a
-        container without a cgroup whose memory is accounted."""
+        limit reached, or the machine's memory), as Docker's ``State.OOMKilled`` says:
+        after :meth:`wait` gave -9, say. Read from its cgroup (on cgroup v1, not from the
+        cgroups the container made beneath it), in every status until :meth:`destroy`;
+        ``False`` for a container without a cgroup whose memory is accounted. A pod's
+        containers each have their own."""
         self._refresh()
         if self._record.cgroup is None:
             return False
@@ -1118,7 +1120,7 @@ class Container:
         holds and cannot give back) is a :class:`SystemCallError`: every file the
         update wrote gets back what it held, and the record stays as it was. A value
         a spec takes for unset (0, ``""``, ``None``) is refused, as it would change
-        nothing; -1 is no limit.
+        nothing (but a CPU ``burst`` of 0: none); -1 is no limit.
 
         Created, running or paused containers only (:class:`InvalidStateError`);
         :class:`MissingFeatureError` for one without a cgroup.
@@ -1145,6 +1147,7 @@ class Container:
                 resources_update.check_placed(changes, _controllers(cgroup))
             updated = attrs.evolve(self._record, spec=document)
             journal = cgroups.WriteJournal()
+            saving = False
             try:
                 with (
                     journal.recording(),
@@ -1152,9 +1155,10 @@ class Container:
                     naming_container(self.id),  # (a block device it does not know, say)
                 ):
                     cgroup.apply(wanted)
+                saving = True
                 self._store.save(updated)
             except BaseException:
-                if self._saved_despite(updated):  # (a durable save that failed after it)
+                if saving and self._saved_despite(updated):  # (a durable save, failed after)
                     self._record = updated
                     raise
                 failed = journal.undo()

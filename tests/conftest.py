@@ -112,15 +112,17 @@ def bundle(tmp_path: Path) -> BundleFactory:
 @pytest.fixture(autouse=True)
 def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail a test that leaves supervisors running, changes the host's mount table or
-    leaves a cgroup under a ``sandboxrt`` level (that one only while no process of
-    sandboxrt that this session did not start runs: a cgroup that came meanwhile may be
-    theirs). What was left is removed first, whichever check fails."""
+    leaves a cgroup under a ``sandboxrt`` level (that one only where no process of
+    sandboxrt that this session did not start ran before or after the test: a cgroup that
+    came meanwhile may be theirs). What was left is removed first, whichever check
+    fails."""
     if not IS_ROOT:
         yield
         return
     before_pids = supervisor_pids()
     before_mounts = host_mounts()
     before_cgroups = sandboxrt_cgroups()
+    others_before = others_use_sandboxrt()
     yield
     cgroups.release_parents()  # the parent levels kept for this process's next containers
     problems = []
@@ -134,7 +136,7 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         problems.append(f"sandbox supervisors left running: {sorted(leaked)}")
     if host_mounts() != before_mounts:
         problems.append("the host's mount table changed")
-    if not others_use_sandboxrt():
+    if not others_before and not others_use_sandboxrt():
         left = sandboxrt_cgroups() - before_cgroups
         if left:
             remove_cgroups(left)

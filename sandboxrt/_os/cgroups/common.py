@@ -200,22 +200,19 @@ class WriteJournal:
                 with open(path) as f:
                     before = f.read()
             except OSError:
-                before = ""  # (a write-only file: nothing to give back)
+                return  # (a write-only file, or none: nothing to give back)
         self._before[path] = before
 
     def undo(self) -> list[str]:
-        """Give each file noted back what it held, a line a write, the last written
-        first, going over those the kernel refused again while that gets any further (a
-        quota and a burst, a memory and a memory+swap limit, may each need the other
-        given back first); what could not be given back, as messages."""
-        unwritable: list[str] = []
-        pending: list[tuple[Path, list[str]]] = []
-        for path, text in reversed(self._before.items()):
-            lines = [line for line in text.splitlines() if line.strip()]
-            if lines:
-                pending.append((path, lines))
-            else:  # (empty: a write of nothing changes nothing)
-                unwritable.append(f"{path}: what it held cannot be written back")
+        """Give each file noted back what it held, a line a write (an empty one as a
+        newline: v2's ``cpuset.cpus`` then inherits again), the last written first, going
+        over those the kernel refused again while that gets any further (a quota and a
+        burst, a memory and a memory+swap limit, may each need the other given back
+        first); what could not be given back, as messages."""
+        pending = [
+            (path, [line for line in text.splitlines() if line.strip()] or ["\n"])
+            for path, text in reversed(self._before.items())
+        ]
         while True:
             refused, errors = [], []
             for path, lines in pending:
@@ -225,7 +222,7 @@ class WriteJournal:
                     refused.append((path, lines))
                     errors.append(str(err))
             if len(refused) in (0, len(pending)):
-                return unwritable + errors
+                return errors
             pending = refused
 
 
@@ -823,6 +820,15 @@ class Cgroup(abc.ABC):
     def directory(self, controller: str) -> Path | None:
         """The cgroup's directory in the hierarchy of ``controller``, if there is one."""
         return next((p.directory for p in self.placements if controller in p.controllers), None)
+
+    def _write_cpu_settings(self, burst_file: str, cpu: CpuResources) -> None:
+        """``cpu.burst`` and ``cpu.idle`` (:func:`write_newer_cpu_settings`); a burst of
+        0, the kernel's own, only where the cgroup has a cpu controller: a spec's 0 asks
+        for no controller."""
+        if cpu.burst or cpu.idle is not None:
+            write_newer_cpu_settings(self.require("cpu"), burst_file, cpu)
+        elif cpu.burst == 0 and (directory := self.directory("cpu")) is not None:
+            write_newer_cpu_settings(directory, burst_file, cpu)
 
     def require(self, controller: str) -> Path:
         """:meth:`directory`, raising :class:`MissingFeatureError` when there is none."""

@@ -29,7 +29,6 @@ from .common import (
     read_optional,
     write_file,
     write_lines,
-    write_newer_cpu_settings,
     write_newer_file,
 )
 from .layout import V1_CONTROLLERS, CgroupLayout, Hierarchy
@@ -182,8 +181,7 @@ class CgroupV1(Cgroup):
                     quota_done = True
             if cpu.quota is not None and not quota_done:
                 write_file(directory, "cpu.cfs_quota_us", cpu.quota)
-        if cpu.burst is not None or cpu.idle is not None:
-            write_newer_cpu_settings(self.require("cpu"), "cpu.cfs_burst_us", cpu)
+        self._write_cpu_settings("cpu.cfs_burst_us", cpu)
         for name, value in (("cpuset.cpus", cpu.cpus), ("cpuset.mems", cpu.mems)):
             if value is not None:
                 write_file(self.require("cpuset"), name, value)

@@ -33,7 +33,6 @@ from .common import (
     read_optional,
     write_file,
     write_lines,
-    write_newer_cpu_settings,
     write_newer_file,
 )
 from .layout import CgroupLayout, Hierarchy
@@ -156,8 +155,7 @@ class CgroupV2(Cgroup):
                 value += f" {cpu.period}"
             burst_before_quota(self.require("cpu"), "cpu.max.burst", cpu)
             write_file(self.require("cpu"), "cpu.max", value)
-        if cpu.burst is not None or cpu.idle is not None:
-            write_newer_cpu_settings(self.require("cpu"), "cpu.max.burst", cpu)
+        self._write_cpu_settings("cpu.max.burst", cpu)
         for name, text in (("cpuset.cpus", cpu.cpus), ("cpuset.mems", cpu.mems)):
             if text is not None:
                 write_file(self.require("cpuset"), name, text)
