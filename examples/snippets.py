@@ -33,7 +33,8 @@ TIME_LIMIT = 2.0
 
 
 def limit(bundle: Path) -> None:
-    """Add a memory and a pids limit to the bundle's config.json (as `runc update` would)."""
+    """Add a memory and a pids limit to the bundle's config.json (a running container's
+    would change with ``container.update``, as with ``runc update``)."""
     config = bundle / "config.json"
     spec = json.loads(config.read_text())
     spec["linux"]["resources"] = {"memory": {"limit": MEMORY_LIMIT}, "pids": {"limit": 64}}
@@ -54,6 +55,8 @@ def run_snippet(name: str, code: str, bundle: Path, store: MemoryStore) -> tuple
             status = process.wait()  # (it has exited: its status)
         if status == 0:
             outcome = "ok"
+        elif c.oom_killed:  # (the kernel's OOM killer, at the memory limit)
+            outcome = "out of memory"
         else:
             outcome = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
         lines = (output or b"").decode(errors="replace").strip().splitlines()

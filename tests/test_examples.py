@@ -47,7 +47,7 @@ def test_the_snippet_runner_isolates_and_limits_each_snippet() -> None:
         lines["network"].startswith("ok")
         and "no network: Network is unreachable" in lines["network"]
     )
-    assert lines["memory"].strip() == "killed by signal 9"  # the OOM killer, at its memory limit
+    assert lines["memory"].strip() == "out of memory"  # the OOM killer, at its memory limit
     assert lines["forever"].strip() == "timed out"
 
 
