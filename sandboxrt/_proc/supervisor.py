@@ -1018,6 +1018,9 @@ class Supervisor:
             return Reply(False, error="the container was started already", error_type="State")
         if member.returncode is not None:  # (killed while created, and reaped)
             return _STOPPED_BEFORE_START
+        # Our old root detached first: until then our /proc/1/mountinfo, which the program
+        # reads as its PID 1's, still shows the host's mounts.
+        self.settle()
         member.started = True
         sync, member.init_sync = member.init_sync, None
         with contextlib.suppress(OSError):  # (a dead init: its end of stream says so)
