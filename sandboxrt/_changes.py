@@ -26,7 +26,7 @@ from typing import IO, TYPE_CHECKING
 if TYPE_CHECKING:
     from _typeshed import SupportsRead
 
-from sandboxrt._os import mounts
+from sandboxrt._os import beneath
 
 __all__ = [
     "OPAQUE_WHITEOUT",
@@ -257,7 +257,7 @@ def _open_checked(dir_fd: int, name: str, st: os.stat_result, flags: int) -> int
     if not flags & os.O_PATH:
         return fd
     try:
-        return mounts.reopen(fd, os.O_RDONLY | os.O_NONBLOCK)
+        return beneath.reopen(fd, os.O_RDONLY | os.O_NONBLOCK)
     finally:
         os.close(fd)
 

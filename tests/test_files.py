@@ -666,7 +666,7 @@ def test_open_beneath_fallback_resolves_as_openat2(
 ) -> None:
     """Where openat2 is missing (ENOSYS), the component walk gives the same file, or fails
     too: never a file outside the root."""
-    from sandboxrt._os import mounts
+    from sandboxrt._os import beneath
 
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
@@ -683,9 +683,9 @@ def test_open_beneath_fallback_resolves_as_openat2(
     outcomes = []
     try:
         for have in (True, False):
-            monkeypatch.setattr(mounts, "_have_openat2", have)
+            monkeypatch.setattr(beneath, "_have_openat2", have)
             try:
-                fd = mounts.open_beneath(root_fd, path)
+                fd = beneath.open_beneath(root_fd, path)
             except OSError as exc:
                 outcomes.append(type(exc).__name__ if exc.errno != 40 else "ELOOP")
                 continue

@@ -25,7 +25,7 @@ import pytest
 from conftest import BundleFactory, edit_config, needs_busybox, needs_root, run_output
 
 from sandboxrt import Container, ExecError, FileStore
-from sandboxrt._os import mounts
+from sandboxrt._os import beneath
 from sandboxrt.bundle import BUSYBOX, make_bundle
 from sandboxrt.errors import InitError, SandboxrtError
 
@@ -74,12 +74,12 @@ def canary(tmp_path: Path) -> Iterator[Path]:
 def walk(root: Path, path: str, **kwargs: Any) -> str:
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
     try:
-        fd, resolved = mounts._walk(root_fd, path, **kwargs)
+        fd, resolved = beneath.walk(root_fd, path, **kwargs)
     finally:
         os.close(root_fd)
     try:
         expected = os.path.normpath(os.path.realpath(root) + resolved)
-        assert mounts._fd_path(fd) == expected
+        assert beneath.fd_path(fd) == expected
     finally:
         os.close(fd)
     return resolved

@@ -10,7 +10,7 @@ import os
 import stat
 from collections.abc import Sequence
 
-from sandboxrt._os import channel, mounts
+from sandboxrt._os import beneath, channel
 
 __all__ = ["Below", "cgroups_below", "thaw"]
 
@@ -30,7 +30,7 @@ def cgroups_below(directory: int) -> list[Below]:
     hierarchy); the caller closes them."""
     found: list[Below] = []
     try:
-        mount = mounts.mount_id_of(directory)
+        mount = beneath.mount_id_of(directory)
     except OSError:
         return found
     todo = [directory]
@@ -53,7 +53,7 @@ def cgroups_below(directory: int) -> list[Below]:
             except OSError:
                 continue
             try:
-                elsewhere = mounts.mount_id_of(fd) != mount
+                elsewhere = beneath.mount_id_of(fd) != mount
             except OSError:
                 elsewhere = True
             if elsewhere:

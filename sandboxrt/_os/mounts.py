@@ -8,10 +8,9 @@ A bundle's rootfs may be hostile: it may hold symlinks to host paths
 (``proc -> /``, ``data -> /etc``), a fake ``/dev/null`` (a regular file, or a
 symlink into ``/proc``), and the supervisor's ``/proc/1/root`` is a magic link
 to the host's root. So no path of the container is ever handed to the kernel
-to resolve. Instead :func:`_walk` opens it one component at a time from an fd
-on the root, with ``O_PATH | O_NOFOLLOW``; a symlink is read and resolved as
-the container would see it (absolute targets restart at the root, ``..`` never
-climbs above it), so magic links are never followed. Mounts then go onto the
+to resolve: :mod:`sandboxrt._os.beneath` opens it one component at a time from
+an fd on the root (:func:`~sandboxrt._os.beneath.walk`), as the container would
+see it, following no magic link. Mounts then go onto the
 opened fd itself (``/proc/self/fd/N``, through an fd on the init's own
 ``/proc/self/fd`` opened while the host's /proc was still there), so swapping
 a path component between the check and the mount cannot redirect the mount
@@ -35,20 +34,35 @@ import fcntl
 import os
 import posixpath
 import stat
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Literal
 
 from sandboxrt._core import abi
 from sandboxrt._core.protocol import DevicePlan, MountPlan
 from sandboxrt._os import channel, syscalls
+from sandboxrt._os.beneath import (
+    O_DIR,
+    O_PATH,
+    check_beneath,
+    check_file_beneath,
+    create_beneath,
+    exists_beneath,
+    fd_dir,
+    in_fd_table,
+    link_text,
+    mount_id_of,
+    open_root,
+    opened_beneath,
+    same_file,
+    unsafe_path,
+    walk,
+)
 from sandboxrt.errors import MissingFeatureError
 
 __all__ = [
     "DEFAULT_DEVICES",
-    "KERNEL_FILESYSTEMS",
     "CgroupPlacement",
     "bind_rootfs",
-    "chdir_beneath_root",
     "confine_to_proc",
     "create_devices",
     "default_dev_symlinks",
@@ -59,14 +73,9 @@ __all__ = [
     "fill_cgroup_mount",
     "in_user_namespace",
     "leave_tree",
-    "make_dir_beneath_root",
     "make_mount",
     "mask_paths",
     "minimal_root",
-    "mount_id_beneath",
-    "mount_id_of",
-    "open_beneath",
-    "open_fd_table",
     "open_host_tree",
     "open_host_trees",
     "open_pty",
@@ -74,17 +83,11 @@ __all__ = [
     "overlay_tree",
     "pivot_into",
     "pivot_into_fd",
-    "read_beneath_root",
     "readonly_paths",
     "remount_root_readonly",
-    "reopen",
-    "resolve_beneath_root",
     "show_at",
 ]
 
-_MAX_SYMLINKS = 255
-_O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-_O_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _NULL_RDEV = os.makedev(1, 3)
 
 #: The device nodes every container gets (OCI "default devices").
@@ -108,178 +111,6 @@ _LOCKED_FLAGS = (
     | abi.MS_RELATIME
 )
 
-#: (pid, fd) of an ``O_PATH`` fd on ``/proc/<pid>/fd``, opened before ``pivot_root``.
-_fd_table: tuple[int, int] | None = None
-
-
-class UnsafePathError(OSError):
-    """A path of the rootfs would lead a mount outside it, or onto the wrong file."""
-
-
-def _unsafe(message: str, path: str) -> UnsafePathError:
-    return UnsafePathError(errno.EXDEV, message, path)
-
-
-def _components(path: str) -> list[str]:
-    return [p for p in path.split("/") if p not in ("", ".")]
-
-
-def _walk(
-    root_fd: int,
-    path: str,
-    *,
-    create: Literal["dir", "file"] | None = None,
-    follow: bool = True,
-) -> tuple[int, str]:
-    """Open ``path`` beneath ``root_fd`` as the container would resolve it.
-
-    Returns an ``O_PATH`` fd (the caller closes it) and the resolved path
-    relative to the root, with no symlink left in it. Each component is opened
-    with ``O_NOFOLLOW`` relative to its parent's fd; symlinks are read and
-    resolved against the root (a magic link of /proc is never followed, only
-    its text is), and ``..`` pops back to the parent fd, never above the root.
-    With ``create``, missing components are created: directories, and the last
-    one as ``create`` says. With ``follow=False`` a symlink as the last
-    component is opened itself.
-    """
-    parts = _components(path)
-    stack: list[tuple[str, int]] = []
-    links = 0
-    try:
-        while parts:
-            part = parts.pop(0)
-            if part == "..":
-                if stack:
-                    os.close(stack.pop()[1])
-                continue
-            parent = stack[-1][1] if stack else root_fd
-            last = not parts
-            try:
-                fd = os.open(part, _O_PATH, dir_fd=parent)
-            except FileNotFoundError:
-                if create is None:
-                    raise
-                _create(parent, part, directory=not last or create == "dir")
-                fd = os.open(part, _O_PATH, dir_fd=parent)
-            mode = os.fstat(fd).st_mode
-            if stat.S_ISLNK(mode) and (follow or not last):
-                try:
-                    target = os.readlink("", dir_fd=fd)
-                finally:
-                    os.close(fd)
-                links += 1
-                if links > _MAX_SYMLINKS:
-                    raise OSError(errno.ELOOP, f"too many symlinks resolving {path}", path)
-                if target.startswith("/"):
-                    while stack:
-                        os.close(stack.pop()[1])
-                parts = _components(target) + parts
-                continue
-            stack.append((part, fd))
-            if not last and not stat.S_ISDIR(mode):
-                raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
-        resolved = "/" + "/".join(name for name, _ in stack)
-        fd = stack.pop()[1] if stack else os.dup(root_fd)
-        return fd, resolved
-    finally:
-        for _, fd in stack:
-            os.close(fd)
-
-
-#: Whether this kernel has ``openat2(2)`` (cleared at the first ``ENOSYS``).
-_have_openat2 = True
-_RESOLVE = abi.RESOLVE_IN_ROOT | abi.RESOLVE_NO_MAGICLINKS
-
-
-def open_beneath(root_fd: int, path: str, *, follow: bool = True) -> int:
-    """An ``O_PATH`` fd on ``path`` resolved beneath ``root_fd`` as the container sees it.
-
-    ``openat2`` with ``RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`` (retried on
-    ``EAGAIN``, which a racing rename causes); where the kernel lacks it, the
-    component walk :func:`_walk`. Absolute symlinks and ``..`` stay beneath
-    the root; magic links are refused (``ELOOP``) or never followed. With
-    ``follow=False`` a symlink as the last component is opened itself.
-    """
-    global _have_openat2
-    if _have_openat2:
-        flags = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
-        for _ in range(64):
-            try:
-                return syscalls.openat2(root_fd, path, flags, 0, _RESOLVE)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                if exc.errno != errno.ENOSYS:
-                    raise OSError(exc.errno, os.strerror(exc.errno or 0), path) from None
-                _have_openat2 = False
-                break
-        else:
-            raise OSError(errno.EAGAIN, "the path kept changing while it was resolved", path)
-    fd, _ = _walk(root_fd, path, follow=follow)
-    return fd
-
-
-def _create(parent: int, name: str, *, directory: bool) -> None:
-    with contextlib.suppress(FileExistsError):  # lost a race: the open that follows decides
-        if directory:
-            os.mkdir(name, 0o755, dir_fd=parent)
-        else:
-            flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-            os.close(os.open(name, flags, 0o644, dir_fd=parent))
-
-
-def _open_root(root: str) -> int:
-    return os.open(root, _O_DIR)
-
-
-def _fd_dir() -> int:
-    """An ``O_PATH`` fd on this process's ``/proc/self/fd``.
-
-    Opened on first use, which is before ``pivot_root`` (:func:`bind_rootfs`
-    and :func:`pivot_into` make sure of it), so it is the host's procfs and not
-    whatever the rootfs has at ``/proc``; it stays usable after the old root is
-    detached. ``self``, not our pid: that procfs may be of a parent PID
-    namespace, where our pid is another (a root built ahead in a warm sandbox).
-    """
-    global _fd_table
-    pid = os.getpid()
-    if _fd_table is None or _fd_table[0] != pid:
-        fd = os.open("/proc/self/fd", _O_DIR)
-        if not os.path.samestat(os.stat(str(fd), dir_fd=fd), os.fstat(fd)):
-            os.close(fd)
-            raise _unsafe("/proc is not this process's procfs", "/proc")
-        _fd_table = (pid, fd)
-    return _fd_table[1]
-
-
-def reopen(fd: int, flags: int) -> int:
-    """A new open file description of ``fd``'s file (an ``O_PATH`` fd, say) with ``flags``.
-
-    Goes through this process's own ``/proc/<pid>/fd``, so it reopens exactly
-    that inode, whatever its path names now.
-    """
-    return os.open(str(fd), flags | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=_fd_dir())
-
-
-def open_fd_table() -> None:
-    """Open this process's ``/proc/<pid>/fd`` now, while ``/proc`` is still the runtime's
-    (an exec'd process, before it enters the container's root), for the fd-based opens
-    that follow (:func:`open_pty`, :func:`read_beneath_root`)."""
-    _fd_dir()
-
-
-@contextlib.contextmanager
-def _in_fd_table() -> Iterator[None]:
-    """Work in ``/proc/<pid>/fd``: there the name ``str(fd)`` is a magic link to ``fd``."""
-    table = _fd_dir()
-    saved = os.open(".", _O_DIR)
-    try:
-        os.fchdir(table)
-        yield
-    finally:
-        os.fchdir(saved)
-        os.close(saved)
-
 
 def _fd_mount(
     source: str | int | None,
@@ -293,67 +124,10 @@ def _fd_mount(
     """``mount(2)`` onto the file ``target_fd`` (and from ``source`` when it is an fd)."""
     src = str(source) if isinstance(source, int) else source
     try:
-        with _in_fd_table():
+        with in_fd_table():
             syscalls.mount(src, str(target_fd), fstype, flags, data)
     except OSError as exc:
         raise OSError(exc.errno, f"mount on {what}: {os.strerror(exc.errno or 0)}") from None
-
-
-def _fd_path(fd: int) -> str:
-    """Where ``fd`` is, as the kernel names it (``/proc/self/fd/N``'s link)."""
-    return os.readlink(str(fd), dir_fd=_fd_dir())
-
-
-def _check_beneath(fd: int, root: str, what: str) -> None:
-    """Refuse a mount point that is not ``root`` or beneath it.
-
-    Root ``/`` is the root a process entered (:func:`enter_tree`): there the
-    fd's name says nothing (one renamed out of the root is named from the
-    filesystem's root), so its ``..`` chain must reach the root instead.
-    """
-    if root == "/":
-        _check_reaches_root(fd, what)
-        return
-    where = _fd_path(fd)
-    if root not in ("/", where) and not where.startswith(root + "/"):
-        raise _unsafe(f"{what} resolves to {where}, outside the rootfs {root}", what)
-
-
-def _check_file_beneath(root_fd: int, fd: int, resolved: str, what: str) -> None:
-    """:func:`_check_reaches_root` for a file ``fd`` (no ``..`` from it), found at
-    ``resolved``: its parent must reach the root, and hold ``fd``'s file under its name."""
-    parent_path, name = posixpath.split(resolved)
-    parent, _ = _walk(root_fd, parent_path)
-    try:
-        _check_reaches_root(parent, what)
-        if not _same_file(os.stat(name, dir_fd=parent, follow_symlinks=False), os.fstat(fd)):
-            raise _unsafe(f"{what} changed while it was being mounted", what)
-    finally:
-        os.close(parent)
-
-
-def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
-def _check_reaches_root(fd: int, what: str) -> None:
-    """Refuse ``fd`` unless going up (``..``, across mounts) from it reaches ``/``, the
-    root this process entered; the top of the mount namespace comes first otherwise."""
-    root = os.stat("/")
-    current = os.dup(fd)
-    try:
-        for _ in range(4096):
-            st = os.fstat(current)
-            if _same_file(st, root):
-                return
-            parent = os.open("..", _O_DIR, dir_fd=current)
-            os.close(current)
-            current = parent
-            if _same_file(os.fstat(current), st):
-                break  # the top: ".." is itself
-    finally:
-        os.close(current)
-    raise _unsafe(f"{what} is not beneath the container's root", what)
 
 
 def _kept_flags(fd: int) -> int:
@@ -375,10 +149,10 @@ def _bind_fds(
 def _check_bound(source_fd: int, root_fd: int, path: str, flags: int, *, follow: bool) -> None:
     """After a bind of ``source_fd`` onto ``path``: the mount there must be that file; then
     remount it with ``flags``' other flags."""
-    mounted, _ = _walk(root_fd, path, follow=follow)
+    mounted, _ = walk(root_fd, path, follow=follow)
     try:
-        if not _same_file(os.fstat(mounted), os.fstat(source_fd)):
-            raise _unsafe(f"{path} changed while it was being mounted", path)
+        if not same_file(os.fstat(mounted), os.fstat(source_fd)):
+            raise unsafe_path(f"{path} changed while it was being mounted", path)
         extra = flags & ~(abi.MS_BIND | abi.MS_REC | abi.MS_REMOUNT)
         if extra:
             flags = abi.MS_REMOUNT | abi.MS_BIND | extra | _kept_flags(mounted)
@@ -416,10 +190,10 @@ def _mount_point(
     if plan.type in ("proc", "sysfs") and not plan.bind:
         # As runc: never mount these through a symlink (``proc -> /``).
         with contextlib.suppress(FileNotFoundError):
-            fd, _ = _walk(root_fd, plan.destination, follow=False)
+            fd, _ = walk(root_fd, plan.destination, follow=False)
             try:
                 if not stat.S_ISDIR(os.fstat(fd).st_mode):
-                    raise _unsafe(
+                    raise unsafe_path(
                         f"{plan.type} must be mounted on an ordinary directory,"
                         f" {plan.destination} is not one",
                         plan.destination,
@@ -427,7 +201,7 @@ def _mount_point(
             finally:
                 os.close(fd)
     try:
-        fd, resolved = _walk(root_fd, plan.destination, create="dir" if directory else "file")
+        fd, resolved = walk(root_fd, plan.destination, create="dir" if directory else "file")
     except PermissionError as err:  # (the root of a user namespace, in a rootfs not its own)
         raise PermissionError(
             err.errno,
@@ -437,7 +211,7 @@ def _mount_point(
         ) from None
     try:
         if resolved == "/":
-            raise _unsafe(f"mount destination {plan.destination} is the root itself", root)
+            raise unsafe_path(f"mount destination {plan.destination} is the root itself", root)
         if (
             plan.bind
             and resolved not in _BINDABLE_IN_PROC
@@ -447,7 +221,7 @@ def _mount_point(
             )
         ):
             # (What the runtime writes there, sysctls and oomScoreAdj, would go to it.)
-            raise _unsafe(
+            raise unsafe_path(
                 f"mount destination {plan.destination} is inside /proc ({resolved}):"
                 " only the files lxcfs emulates may be bound there",
                 plan.destination,
@@ -458,15 +232,15 @@ def _mount_point(
             and source is not None
             and syscalls.filesystem_type(source) != abi.PROC_SUPER_MAGIC
         ):
-            raise _unsafe(
+            raise unsafe_path(
                 f"mount destination {plan.destination} is /proc: only a procfs may be bound"
                 " there, as with runc",
                 plan.destination,
             )
         if root == "/" and not stat.S_ISDIR(os.fstat(fd).st_mode):
-            _check_file_beneath(root_fd, fd, resolved, plan.destination)
+            check_file_beneath(root_fd, fd, resolved, plan.destination)
         else:
-            _check_beneath(fd, root, plan.destination)
+            check_beneath(fd, root, plan.destination)
     except BaseException:
         os.close(fd)
         raise
@@ -503,7 +277,7 @@ def make_mount(root: str, plan: MountPlan, tree: int | None = None) -> None:
     with ``move_mount`` instead of a bind of ``plan.source`` by path.
     """
     root = os.path.realpath(root)
-    root_fd = _open_root(root)
+    root_fd = open_root(root)
     try:
         if plan.bind and tree is not None:
             _attach_tree(tree, root_fd, root, plan)
@@ -544,7 +318,7 @@ def make_mount(root: str, plan: MountPlan, tree: int | None = None) -> None:
         # A cgroup mount's tmpfs gets them once filled (fill_cgroup_mount).
         attrs = (plan.attr_set or plan.attr_clr) and (plan.bind or plan.type != "cgroup")
         if plan.propagation or attrs:
-            mounted, _ = _walk(root_fd, plan.destination)
+            mounted, _ = walk(root_fd, plan.destination)
             try:
                 if attrs:  # rro, rnosuid...: the mounts beneath too
                     _set_recursive_options(mounted, plan)
@@ -561,7 +335,7 @@ def _with_mode_of(root_fd: int, destination: str, data: str | None) -> str | Non
     runc: a tmpfs over ``/run`` of mode 0755 is not world-writable); a ``mode=`` of the
     spec's own comes after, so it wins."""
     try:
-        fd, _ = _walk(root_fd, destination)
+        fd, _ = walk(root_fd, destination)
     except OSError:
         return data
     try:
@@ -604,7 +378,7 @@ def fill_cgroup_mount(
     path ``/``): the caller enters one rooted there first. Then read-only, as the plan
     says. Nothing is done where the destination is no longer that tmpfs (a later spec
     mount covered it)."""
-    target = _opened_beneath("/", plan.destination)
+    target = opened_beneath("/", plan.destination)
     if target is None:
         return
     try:
@@ -631,7 +405,7 @@ def _fill_cgroup_tmpfs(target: int, plan: MountPlan, placed: Sequence[CgroupPlac
         name = controllers.removeprefix("name=") if controllers else "unified"
         try:
             os.mkdir(name, 0o755, dir_fd=target)
-            where = os.open(name, _O_DIR | os.O_NOFOLLOW, dir_fd=target)
+            where = os.open(name, O_DIR | os.O_NOFOLLOW, dir_fd=target)
         except OSError:
             continue
         try:
@@ -667,9 +441,9 @@ def open_host_tree(path: str, *, recursive: bool = True) -> int:
     try:
         flags = abi.OPEN_TREE_CLONE | abi.OPEN_TREE_CLOEXEC | abi.AT_EMPTY_PATH
         tree = syscalls.open_tree(fd, "", flags | (abi.AT_RECURSIVE if recursive else 0))
-        if not _same_file(os.fstat(tree), os.fstat(fd)):
+        if not same_file(os.fstat(tree), os.fstat(fd)):
             os.close(tree)
-            raise _unsafe(f"the detached copy of {path} is not that file", path)
+            raise unsafe_path(f"the detached copy of {path} is not that file", path)
         return tree
     finally:
         os.close(fd)
@@ -688,8 +462,8 @@ def enter_tree(tree: int) -> int:
     ``/`` is the rootfs, so the root is built as beneath any path root (``root``
     ``"/"``); then :func:`pivot_into_fd` makes it the root for good.
     """
-    _fd_dir()  # the host's /proc/<pid>/fd, opened while it is there
-    host = os.open("/", _O_DIR)
+    fd_dir()  # the host's /proc/<pid>/fd, opened while it is there
+    host = os.open("/", O_DIR)
     try:
         syscalls.move_mount(tree, host)
         os.fchdir(tree)
@@ -754,7 +528,7 @@ def confine_to_proc(top: int | None = None, *, sysfs: bool = False) -> None:
         proc = syscalls.open_tree(abi.AT_FDCWD, "/proc", abi.OPEN_TREE_CLOEXEC)
         if sysfs:
             sys_tree = _read_only_sysfs()
-        here = os.open("/", _O_DIR)
+        here = os.open("/", O_DIR)
         try:
             syscalls.move_mount(top, here)
         finally:
@@ -800,7 +574,7 @@ def enter_host_tree(tree: int) -> None:
     host view that createContainer hooks (host programs) and a rootfs by path need,
     in a process whose root is minimal (:func:`confine_to_proc`). Closes ``tree``."""
     try:
-        here = os.open("/", _O_DIR)
+        here = os.open("/", O_DIR)
         try:
             syscalls.move_mount(tree, here)
         finally:
@@ -822,7 +596,7 @@ def show_at(root: int, path: str) -> None:
 
 def bind_rootfs(rootfs: str) -> None:
     """Make ``rootfs`` a mount point of its own (``pivot_root`` needs one)."""
-    _fd_dir()  # open the host's /proc/<pid>/fd now, while it is there
+    fd_dir()  # open the host's /proc/<pid>/fd now, while it is there
     syscalls.mount(rootfs, rootfs, None, abi.MS_BIND | abi.MS_REC)
 
 
@@ -914,7 +688,7 @@ def overlay_root(rootfs: str, size: int, *, container_id: str) -> int:
     Built detached (:func:`overlay_tree`) and moved onto ``rootfs``, which it then
     hides: no staging directory on a host path.
     """
-    _fd_dir()  # open the host's /proc/<pid>/fd now, while it is there
+    fd_dir()  # open the host's /proc/<pid>/fd now, while it is there
     lower = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         overlay, upper = overlay_tree(lower, size, container_id=container_id, what=rootfs)
@@ -941,7 +715,7 @@ def overlay_tree(lower: int, size: int, *, container_id: str, what: str) -> tupl
     ``Container.export_changes`` reads). A kernel that refuses the overlay raises
     :class:`MissingFeatureError`.
     """
-    _fd_dir()  # the layers' /proc/self/fd paths, where the kernel wants strings
+    fd_dir()  # the layers' /proc/self/fd paths, where the kernel wants strings
     opened: list[int] = []
     userxattr = in_user_namespace()
     try:
@@ -950,7 +724,7 @@ def overlay_tree(lower: int, size: int, *, container_id: str, what: str) -> tupl
             # only of mounts in its own mount namespace: the tree the host side opened
             # is attached first, stacked on ``/`` (where no path reaches it), and
             # detached again once the overlay holds its clone (below).
-            here = os.open("/", _O_DIR)
+            here = os.open("/", O_DIR)
             try:
                 syscalls.move_mount(lower, here)
             finally:
@@ -1004,7 +778,7 @@ def in_user_namespace() -> bool:
 def _split(path: str) -> tuple[str, str]:
     parent, name = posixpath.split(posixpath.normpath("/" + path))
     if not name:
-        raise _unsafe(f"{path} names no file", path)
+        raise unsafe_path(f"{path} names no file", path)
     return parent, name
 
 
@@ -1024,7 +798,7 @@ def _host_device(dev: DevicePlan, kind: int, host: int | None) -> int:
     st = os.fstat(fd)
     if stat.S_IFMT(st.st_mode) != kind or st.st_rdev != os.makedev(dev.major, dev.minor):
         os.close(fd)
-        raise _unsafe(f"the host's {dev.path} is not device {dev.major}:{dev.minor}", dev.path)
+        raise unsafe_path(f"the host's {dev.path} is not device {dev.major}:{dev.minor}", dev.path)
     return fd
 
 
@@ -1033,11 +807,11 @@ def _bind_host_device(
 ) -> None:
     source = _host_device(dev, kind, host)
     try:
-        _create(parent, name, directory=False)
-        target = os.open(name, _O_PATH, dir_fd=parent)
+        create_beneath(parent, name, directory=False)
+        target = os.open(name, O_PATH, dir_fd=parent)
         try:
             if not stat.S_ISREG(os.fstat(target).st_mode):
-                raise _unsafe(f"{dev.path} changed while it was being created", dev.path)
+                raise unsafe_path(f"{dev.path} changed while it was being created", dev.path)
             _bind_fds(source, target, root_fd, dev.path, 0, follow=False)
         finally:
             os.close(target)
@@ -1064,17 +838,17 @@ def create_devices(
     """
     kinds = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
     root = os.path.realpath(root)
-    root_fd = _open_root(root)
+    root_fd = open_root(root)
     try:
         for dev in devices:
             parent_path, name = _split(dev.path)
-            parent, _ = _walk(root_fd, parent_path, create="dir")
+            parent, _ = walk(root_fd, parent_path, create="dir")
             try:
-                _check_beneath(parent, root, dev.path)
-                if _exists(parent, name):
+                check_beneath(parent, root, dev.path)
+                if exists_beneath(parent, name):
                     continue
                 if ours is not None and mount_id_of(parent) not in ours:
-                    raise _unsafe(
+                    raise unsafe_path(
                         f"device {dev.path} would be made in a bind mount (a host directory)",
                         dev.path,
                     )
@@ -1086,7 +860,7 @@ def create_devices(
                 except FileExistsError:
                     continue
                 except PermissionError:
-                    if not _exists(parent, name):
+                    if not exists_beneath(parent, name):
                         _bind_host_device(dev, kind, parent, name, root_fd, host=host)
                     continue
                 finally:
@@ -1098,47 +872,6 @@ def create_devices(
         os.close(root_fd)
 
 
-def _link_text(parent: int, name: str) -> str | None:
-    """What symlink ``name`` beneath ``parent`` says; None if it is not a symlink."""
-    try:
-        return os.readlink(name, dir_fd=parent)
-    except OSError:
-        return None
-
-
-def _exists(parent: int, name: str) -> bool:
-    try:
-        os.lstat(name, dir_fd=parent)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def _opened_beneath(root: str, path: str) -> int | None:
-    """``path`` opened (``O_PATH``) beneath ``root`` as :func:`_walk` resolves it; ``None``
-    when it is missing."""
-    root_fd = _open_root(root)
-    try:
-        fd, _ = _walk(root_fd, path)
-    except FileNotFoundError:
-        return None
-    finally:
-        os.close(root_fd)
-    return fd
-
-
-def mount_id_beneath(root: str, path: str) -> int | None:
-    """The id of the mount ``path`` beneath ``root`` is on (resolved as the container
-    would: through symlinks, inside the root); ``None`` when it is missing."""
-    fd = _opened_beneath(os.path.realpath(root), path)
-    if fd is None:
-        return None
-    try:
-        return mount_id_of(fd)
-    finally:
-        os.close(fd)
-
-
 def dev_kind(root: str, *, mounted: int | None) -> Literal["ours", "linked", "foreign"]:
     """What ``/dev`` beneath ``root`` is: ``"ours"`` (a directory of the rootfs's own
     mount, or still the root of the tmpfs the spec mounted there, whose id ``mounted`` is,
@@ -1147,11 +880,11 @@ def dev_kind(root: str, *, mounted: int | None) -> Literal["ours", "linked", "fo
     but not the defaults; or ``"foreign"``: another mount, which a bind put there (over
     the tmpfs or not) through a symlinked destination, a host directory maybe, where
     nothing is made."""
-    root_fd = _open_root(os.path.realpath(root))
+    root_fd = open_root(os.path.realpath(root))
     try:
         rootfs_mount = mount_id_of(root_fd)
         try:
-            dev, _ = _walk(root_fd, "/dev", follow=False)
+            dev, _ = walk(root_fd, "/dev", follow=False)
         except FileNotFoundError:
             return "ours"  # made as a directory of the rootfs
         try:
@@ -1161,7 +894,7 @@ def dev_kind(root: str, *, mounted: int | None) -> Literal["ours", "linked", "fo
         finally:
             os.close(dev)
         try:
-            target, _ = _walk(root_fd, "/dev")
+            target, _ = walk(root_fd, "/dev")
         except FileNotFoundError:
             return "linked"
         try:
@@ -1170,19 +903,6 @@ def dev_kind(root: str, *, mounted: int | None) -> Literal["ours", "linked", "fo
             os.close(target)
     finally:
         os.close(root_fd)
-
-
-def mount_id_of(fd: int) -> int:
-    """The id of the mount ``fd`` is on: ``statx``'s, else ``mnt_id`` of
-    ``/proc/self/fdinfo`` (which a rootfs entered before pivot may not have)."""
-    found = syscalls.mount_id(fd)
-    if found is not None:
-        return found
-    with open(f"/proc/self/fdinfo/{fd}", "rb") as info:
-        for line in info:
-            if line.startswith(b"mnt_id:"):
-                return int(line.split()[1])
-    raise OSError(errno.ENOTSUP, "no mnt_id in /proc/self/fdinfo")
 
 
 def default_dev_symlinks(root: str, *, has_devpts: bool) -> None:
@@ -1198,13 +918,13 @@ def default_dev_symlinks(root: str, *, has_devpts: bool) -> None:
     if has_devpts:
         links.append(("pts/ptmx", "ptmx"))
     root = os.path.realpath(root)
-    root_fd = _open_root(root)
+    root_fd = open_root(root)
     try:
-        dev, _ = _walk(root_fd, "/dev", create="dir")
+        dev, _ = walk(root_fd, "/dev", create="dir")
     finally:
         os.close(root_fd)
     try:
-        _check_beneath(dev, root, "/dev")
+        check_beneath(dev, root, "/dev")
         for source, name in links:
             try:
                 os.lstat(name, dir_fd=dev)
@@ -1213,7 +933,7 @@ def default_dev_symlinks(root: str, *, has_devpts: bool) -> None:
                 with contextlib.suppress(FileExistsError):
                     os.symlink(source, name, dir_fd=dev)
                 continue
-            if name != "ptmx" or _link_text(dev, name) == source:
+            if name != "ptmx" or link_text(dev, name) == source:
                 continue
             # ptmx replaced, never missing meanwhile (for a container sharing this /dev).
             temporary = f".{name}.sandboxrt-{os.getpid()}"
@@ -1227,14 +947,14 @@ def default_dev_symlinks(root: str, *, has_devpts: bool) -> None:
 
 def pivot_into(rootfs: str) -> None:
     """Make ``rootfs`` the root and detach the old one."""
-    _fd_dir()  # the masks after the pivot mount through it
+    fd_dir()  # the masks after the pivot mount through it
     os.chdir(rootfs)
     _pivot_here()
 
 
 def pivot_into_fd(root: int) -> None:
     """:func:`pivot_into` the directory ``root`` (an fd on a mount's root; closed)."""
-    _fd_dir()
+    fd_dir()
     try:
         os.fchdir(root)
     finally:
@@ -1261,7 +981,7 @@ def _pivot_here() -> None:
     # into it (the old root's mounts). Fail closed if anything is.
     root, parent = os.stat("/"), os.stat("/..")
     if (root.st_dev, root.st_ino) != (parent.st_dev, parent.st_ino):
-        raise _unsafe("a mount is left beneath the container's root after pivot_root", "/")
+        raise unsafe_path("a mount is left beneath the container's root after pivot_root", "/")
 
 
 # -- after pivot_root: masks, read-only paths, the process's cwd -------------------------
@@ -1280,16 +1000,16 @@ def _is_null(st: os.stat_result) -> bool:
 def _open_null(root_fd: int, masked: str) -> int:
     """An ``O_PATH`` fd on the container's /dev/null, which must be the null device."""
     try:
-        fd, _ = _walk(root_fd, "/dev/null", follow=False)
+        fd, _ = walk(root_fd, "/dev/null", follow=False)
     except OSError as exc:
-        raise _unsafe(
+        raise unsafe_path(
             f"cannot mask {masked}: the container has no /dev/null ({exc.strerror})", "/dev/null"
         ) from None
     st = os.fstat(fd)
     if not _is_null(st):
         os.close(fd)
         found = "a symlink" if stat.S_ISLNK(st.st_mode) else f"mode {st.st_mode:o}"
-        raise _unsafe(
+        raise unsafe_path(
             f"cannot mask {masked}: /dev/null is not the null device 1:3 ({found})", "/dev/null"
         )
     return fd
@@ -1299,7 +1019,7 @@ def _skippable(root_fd: int, path: str) -> tuple[int, str] | None:
     """``path``'s fd and its resolved path (a symlink followed beneath the root, as the
     container sees it: what it names is what gets masked), or None when it is missing."""
     try:
-        return _walk(root_fd, path)
+        return walk(root_fd, path)
     except (FileNotFoundError, NotADirectoryError):
         return None
 
@@ -1311,7 +1031,7 @@ def mask_paths(paths: Iterable[str]) -> None:
     Files are masked with the container's /dev/null only if it is the null device
     before and after the bind; anything else fails the creation.
     """
-    root_fd = _open_root("/")
+    root_fd = open_root("/")
     null_fd: int | None = None
     try:
         for asked in paths:
@@ -1326,10 +1046,10 @@ def mask_paths(paths: Iterable[str]) -> None:
                 if null_fd is None:
                     null_fd = _open_null(root_fd, path)
                 _bind_fds(null_fd, fd, root_fd, path, 0, follow=False)
-                masked, _ = _walk(root_fd, path, follow=False)
+                masked, _ = walk(root_fd, path, follow=False)
                 try:
                     if not (_is_null(os.fstat(masked)) and _is_null(os.fstat(null_fd))):
-                        raise _unsafe(f"{path} is not the null device after masking", path)
+                        raise unsafe_path(f"{path} is not the null device after masking", path)
                 finally:
                     os.close(masked)
             finally:
@@ -1347,7 +1067,7 @@ def readonly_paths(paths: Iterable[str]) -> None:
     Missing paths are skipped; a symlink's target (beneath the root) is made read-only.
     """
     flags = abi.MS_REC | abi.MS_RDONLY
-    root_fd = _open_root("/")
+    root_fd = open_root("/")
     try:
         for asked in paths:
             found = _skippable(root_fd, asked)
@@ -1358,78 +1078,6 @@ def readonly_paths(paths: Iterable[str]) -> None:
                 _bind_fds(fd, fd, root_fd, path, flags, follow=False)
             finally:
                 os.close(fd)
-    finally:
-        os.close(root_fd)
-
-
-def resolve_beneath_root(path: str) -> str:
-    """``path`` with its symlinks resolved beneath ``/`` (after pivot), never through /proc's
-    magic links (``/proc/1/root`` is the supervisor's root: the host's). Raises if missing."""
-    root_fd = _open_root("/")
-    try:
-        fd, resolved = _walk(root_fd, path)
-    finally:
-        os.close(root_fd)
-    os.close(fd)
-    return resolved
-
-
-#: ``f_type`` of procfs and sysfs, whose "regular" files are the kernel's.
-KERNEL_FILESYSTEMS = frozenset({abi.PROC_SUPER_MAGIC, abi.SYSFS_MAGIC})
-
-
-def read_beneath_root(path: str, limit: int = 4 << 20) -> bytes | None:
-    """The first ``limit`` bytes of the regular file ``path``, resolved beneath ``/`` (after
-    pivot or chroot) as :func:`resolve_beneath_root` does; ``None`` when it is missing.
-
-    Anything but a regular file (a FIFO that would block, a device) is refused, and so
-    are the files of procfs and sysfs (``/etc/passwd -> /proc/kmsg`` would have a process
-    that still holds the runtime's privileges wait for, and drain, the host's kernel log).
-    """
-    path_fd = _opened_beneath("/", path)
-    if path_fd is None:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(path_fd).st_mode):
-            raise _unsafe("is not a regular file", path)
-        if syscalls.filesystem_type(path_fd) in KERNEL_FILESYSTEMS:
-            raise _unsafe("is a file of the kernel's (procfs, sysfs)", path)
-        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
-        fd = os.open(str(path_fd), flags, dir_fd=_fd_dir())
-    finally:
-        os.close(path_fd)
-    try:
-        return os.read(fd, limit)
-    finally:
-        os.close(fd)
-
-
-def make_dir_beneath_root(path: str) -> None:
-    """Make directory ``path`` (and its missing parents) beneath ``/`` (after pivot), as
-    :func:`resolve_beneath_root` resolves it; nothing when it exists."""
-    root_fd = _open_root("/")
-    try:
-        fd, _ = _walk(root_fd, path, create="dir")
-    finally:
-        os.close(root_fd)
-    os.close(fd)
-
-
-def chdir_beneath_root(path: str) -> None:
-    """``chdir`` to ``path`` resolved beneath ``/`` (after pivot); ``FileNotFoundError``
-    when it is missing (:func:`make_dir_beneath_root` makes an init's first).
-
-    The search permissions are those of the process's credentials.
-    """
-    root_fd = _open_root("/")
-    try:
-        fd, _ = _walk(root_fd, path)
-        try:
-            os.fchdir(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:  # (as runc words it)
-        raise OSError(exc.errno, f"chdir to cwd {path!r}: {exc.strerror}") from None
     finally:
         os.close(root_fd)
 
@@ -1447,22 +1095,22 @@ def open_pty() -> tuple[int, int]:
     devpts multiplexer (char 5:2); the slave comes from the master itself
     (``TIOCGPTPEER``), never from a path.
     """
-    root_fd = _open_root("/")
+    root_fd = open_root("/")
     try:
-        path_fd, _ = _walk(root_fd, "/dev/ptmx")
+        path_fd, _ = walk(root_fd, "/dev/ptmx")
     finally:
         os.close(root_fd)
     try:
         st = os.fstat(path_fd)
         if not stat.S_ISCHR(st.st_mode) or st.st_rdev != _PTMX_RDEV:
-            raise _unsafe("is not the devpts multiplexer (char 5:2)", "/dev/ptmx")
+            raise unsafe_path("is not the devpts multiplexer (char 5:2)", "/dev/ptmx")
         flags = os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC
-        master = os.open(str(path_fd), flags, dir_fd=_fd_dir())
+        master = os.open(str(path_fd), flags, dir_fd=fd_dir())
     finally:
         os.close(path_fd)
     try:
         if os.fstat(master).st_rdev != _PTMX_RDEV:
-            raise _unsafe("changed while it was opened", "/dev/ptmx")
+            raise unsafe_path("changed while it was opened", "/dev/ptmx")
         fcntl.ioctl(master, _TIOCSPTLCK, b"\0\0\0\0")
         slave = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     except BaseException:

@@ -12,7 +12,7 @@ import fcntl
 import os
 import time
 
-from sandboxrt._os import channel, mounts
+from sandboxrt._os import beneath, channel
 
 __all__ = ["refuse_mount_point", "remove_if_same", "remove_tree", "remove_unheld"]
 
@@ -136,7 +136,7 @@ def refuse_mount_point(parent: int, name: str, path: str) -> None:
 def _mount_of(fd: int) -> int:
     """(statx's mount id, else /proc/self/fdinfo's: before Linux 5.8 statx has none, and
     every entry would have read as on its parent's mount.)"""
-    return mounts.mount_id_of(fd)
+    return beneath.mount_id_of(fd)
 
 
 def _open_directory(parent: int, name: str) -> int | None:

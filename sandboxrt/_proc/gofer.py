@@ -14,7 +14,7 @@ the first request it asks the supervisor for an ``O_PATH`` fd of the container's
 root as the container sees it (its spec mounts included). It serves
 ``FileRequest``s until the supervisor exits.
 
-Every path is resolved beneath that root (:func:`mounts.open_beneath`:
+Every path is resolved beneath that root (:func:`beneath.open_beneath`:
 ``openat2`` with ``RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS``); mutations
 happen relative to the resolved parent's fd. Opened regular files go back to
 the library as fds; directory fds never leave this process (``..`` from
@@ -49,7 +49,7 @@ from sandboxrt._core.file_protocol import (
     WalkEntry,
 )
 from sandboxrt._core.protocol import Launched, Reply, Request
-from sandboxrt._os import capabilities, channel, mounts, procfs, removal, syscalls
+from sandboxrt._os import beneath, capabilities, channel, mounts, procfs, removal, syscalls
 from sandboxrt._proc.entry import reset_inherited_signals
 
 T = TypeVar("T")
@@ -178,7 +178,7 @@ class Files:
         return self._root
 
     def resolve(self, path: str, *, follow: bool = True) -> int:
-        return mounts.open_beneath(self.root, path, follow=follow)
+        return beneath.open_beneath(self.root, path, follow=follow)
 
     def parent(self, path: str) -> _Parent:
         """``path``'s parent directory, resolved beneath the root (close its ``fd``)."""
@@ -203,13 +203,13 @@ class Files:
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
             if not stat.S_ISREG(mode):
                 raise OSError(errno.EINVAL, "not a regular file", path)
-            if syscalls.filesystem_type(fd) in mounts.KERNEL_FILESYSTEMS:
+            if syscalls.filesystem_type(fd) in beneath.KERNEL_FILESYSTEMS:
                 # (The sandbox's processes' settings, /proc/1/oom_score_adj say: the
                 # gofer's privileges would write what the container's may not.)
                 raise OSError(errno.EACCES, "a file of procfs or sysfs is not served", path)
             # Never blocking: a lease the container holds on the file is not waited out
             # (the lease-break time, 45 s by default, with every other request waiting).
-            opened = mounts.reopen(fd, flags | os.O_NONBLOCK)
+            opened = beneath.reopen(fd, flags | os.O_NONBLOCK)
             if not flags & os.O_NONBLOCK:
                 os.set_blocking(opened, True)
             return opened
@@ -276,7 +276,7 @@ class Files:
         try:
             if not stat.S_ISDIR(os.fstat(fd).st_mode):
                 raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
-            return mounts.reopen(fd, os.O_RDONLY | os.O_DIRECTORY)
+            return beneath.reopen(fd, os.O_RDONLY | os.O_DIRECTORY)
         finally:
             os.close(fd)
 

@@ -39,7 +39,7 @@ from sandboxrt._core.protocol import (
     Progress,
     Request,
 )
-from sandboxrt._os import capabilities, channel, mounts, procfs, syscalls
+from sandboxrt._os import beneath, capabilities, channel, mounts, procfs, syscalls
 from sandboxrt._proc import hooks
 from sandboxrt.errors import HookError, MissingFeatureError
 
@@ -121,7 +121,7 @@ def find_executable(name: str, env: Sequence[str], cwd: str = "/") -> str:
     for candidate in candidates:
         candidate = os.path.join(cwd, candidate)  # (an absolute one stays as it is)
         try:  # resolved beneath the root: never through /proc/1/root (the host's root)
-            candidate = mounts.resolve_beneath_root(candidate)
+            candidate = beneath.resolve_beneath_root(candidate)
         except OSError:
             continue
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
@@ -193,17 +193,17 @@ def _prepare_root(
     dev_mounted: int | None = None  # the mount id of the spec's tmpfs on /dev
     # Where the spec's device nodes may be made: the rootfs's mount and the spec's that
     # are no binds (the defaults go to a /dev that dev_kind checks).
-    ours = {mounts.mount_id_beneath(root, "/")} if plan.devices else set()
+    ours = {beneath.mount_id_beneath(root, "/")} if plan.devices else set()
     cgroup_mounts: _CgroupMounts = []
     for mount in plan.mounts:
         tree = trees[mount.tree] if 0 <= mount.tree < len(trees) else None
         mounts.make_mount(root, mount, tree)
         if _is_cgroup_mount(mount):
-            cgroup_mounts.append((mount, mounts.mount_id_beneath(root, mount.destination)))
+            cgroup_mounts.append((mount, beneath.mount_id_beneath(root, mount.destination)))
         if plan.devices and not mount.bind:
-            ours.add(mounts.mount_id_beneath(root, mount.destination))
+            ours.add(beneath.mount_id_beneath(root, mount.destination))
         if mount.destination.rstrip("/") == "/dev":
-            dev_mounted = None if mount.bind else mounts.mount_id_beneath(root, "/dev")
+            dev_mounted = None if mount.bind else beneath.mount_id_beneath(root, "/dev")
     channel.close_fds(trees)
     # As runc: /dev gets the default nodes and symlinks (in a tmpfs mounted there, or the
     # rootfs's own /dev: a name taken there is left as it is); a bind-mounted one (the
@@ -276,7 +276,7 @@ def _prepare_root(
     if plan.rootfs_propagation:
         syscalls.mount(None, "/", None, plan.rootfs_propagation)
     if plan.readonly_root:
-        mounts.make_dir_beneath_root(plan.cwd)  # a missing cwd, while it can still be made
+        beneath.make_dir_beneath_root(plan.cwd)  # a missing cwd, while it can still be made
         mounts.remount_root_readonly()
     return cgroup_mounts
 
@@ -413,12 +413,12 @@ def _apply_process(
     seccomp_flags = plan.seccomp.flags if plan.seccomp is not None else 0
     seccomp_early = plan.seccomp is not None and plan.seccomp.early
     if make_cwd:  # an init's missing cwd is made by the runtime (root), as runc does
-        mounts.make_dir_beneath_root(plan.cwd)
+        beneath.make_dir_beneath_root(plan.cwd)
     if chdir:
         # Entered as root first, as runc does (a cwd only root may search works), and
         # again as the user only where root was refused (a root-squashed mount, say).
         try:
-            mounts.chdir_beneath_root(plan.cwd)  # never through /proc/1/root (the host's)
+            beneath.chdir_beneath_root(plan.cwd)  # never through /proc/1/root (the host's)
             chdir = False
         except PermissionError:
             pass
@@ -465,7 +465,7 @@ def _apply_process(
             exc.errno, f"{ids}: one is not mapped in the sandbox's user namespace"
         ) from None
     if chdir:
-        mounts.chdir_beneath_root(plan.cwd)
+        beneath.chdir_beneath_root(plan.cwd)
     if caps is not None:
         syscalls.set_keepcaps(False)
         capabilities.apply_final_sets(
@@ -635,7 +635,7 @@ def _program_env(plan: ProcessPlan, uid: int | None = None) -> dict[str, str]:
     env = dict(e.split("=", 1) for e in plan.env)
     if "HOME" not in env:
         try:
-            passwd = mounts.read_beneath_root("/etc/passwd") or b""
+            passwd = beneath.read_beneath_root("/etc/passwd") or b""
         except OSError:  # (not a regular file, say: no home to find there)
             passwd = b""
         who = plan.uid if uid is None else uid
@@ -815,7 +815,7 @@ def _unlock_root() -> None:
 
 def _mount_ids(plan: InitPlan) -> list[int | None]:
     """The mount at each of ``plan``'s mount destinations, in the root (after its pivot)."""
-    return [mounts.mount_id_beneath("/", mount.destination) for mount in plan.mounts]
+    return [beneath.mount_id_beneath("/", mount.destination) for mount in plan.mounts]
 
 
 def _await_claim(
@@ -958,7 +958,7 @@ def _resolve_user(plan: ExecPlan) -> ExecPlan:
     (read beneath its root: a symlink cannot lead to the host's)."""
     texts = []
     for path in ("/etc/passwd", "/etc/group"):
-        raw = mounts.read_beneath_root(path)
+        raw = beneath.read_beneath_root(path)
         texts.append((raw or b"").decode(errors="replace"))
     found = users.resolve_user(plan.user, *texts)
     return dataclasses.replace(
@@ -1007,7 +1007,7 @@ def run_exec(
         seccomp_program = _seccomp_program(plan)
         # Not the container's /proc, which it may lack or fake: for the user, the terminal
         # and HOME (/etc/passwd), read beneath its root through our fd table.
-        mounts.open_fd_table()
+        beneath.open_fd_table()
         _join_init(handles)
         if plan.user:
             plan = _resolve_user(plan)
@@ -1067,7 +1067,7 @@ def run_agent(
         _close_fds_but(sock.fileno(), *handles)
         syscalls.set_process_name(AGENT_PROCESS_NAME)
         seccomp_program = _seccomp_program(plan)
-        mounts.open_fd_table()  # ours, not the container's /proc (HOME's /etc/passwd)
+        beneath.open_fd_table()  # ours, not the container's /proc (HOME's /etc/passwd)
         _join_init(handles)
         _apply_process(plan, seccomp_program, chdir=False)
         settings = _inherited_settings()
@@ -1187,7 +1187,7 @@ def _spawn(plan: ExecPlan, stdio: Sequence[int], begin: Callable[[], None]) -> i
     groups), and resets every signal handler: glibc's ``posix_spawn`` would
     leave its internal signals (32, 33) ignored in the program.
     """
-    mounts.chdir_beneath_root(plan.cwd)  # as the plan's user, as an exec'd process does
+    beneath.chdir_beneath_root(plan.cwd)  # as the plan's user, as an exec'd process does
     executable = find_executable(plan.args[0], plan.env, plan.cwd)
     env = _program_env(plan, os.getuid())  # (a spawn's plan says nothing of the user)
     stdin, stdout, stderr = stdio
