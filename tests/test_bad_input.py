@@ -573,6 +573,22 @@ def test_a_closed_fd_is_refused_whatever_the_earlier_streams_make(
     assert_nothing_left(store)
 
 
+def test_a_failed_hand_over_of_the_stdio_leaves_nothing(
+    store: FileStore, bundle: BundleFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipes go to a mapped root once the record is made: a failure there (a chown
+    refused) is undone as any later one is, record included."""
+    from sandboxrt import _creation
+
+    def refused(*_: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(_creation, "give_pipes_to_mapped_root", refused)
+    with pytest.raises(OSError, match="not permitted"):
+        Container.create("handover", bundle(), store=store, stdout=subprocess.PIPE)
+    assert_nothing_left(store)
+
+
 def test_what_is_missing_for_a_container_names_it_in_container_id(
     store: FileStore, bundle: BundleFactory
 ) -> None:
