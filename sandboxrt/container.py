@@ -1146,29 +1146,36 @@ class Container:
             with arguments_of(self.id):
                 resources_update.check_placed(changes, _controllers(cgroup))
             updated = attrs.evolve(self._record, spec=document)
-            journal = cgroups.WriteJournal()
-            saving = False
-            try:
-                with (
-                    journal.recording(),
-                    _cgroup.naming_missing(self.id),
-                    naming_container(self.id),  # (a block device it does not know, say)
-                ):
-                    cgroup.apply(wanted)
-                saving = True
-                self._store.save(updated)
-            except BaseException:
-                if saving and self._saved_despite(updated):  # (a durable save, failed after)
-                    self._record = updated
-                    raise
-                failed = journal.undo()
-                if failed:
-                    log.warning(
-                        'container "%s": what a failed update wrote was not all given back: %s',
-                        self.id, "; ".join(failed),
-                    )  # fmt: skip
+            # (a Ctrl-C half-way would leave a cgroup the record does not describe)
+            with interrupts_deferred():
+                self._apply_update(cgroup, wanted, updated)
+
+    def _apply_update(self, cgroup: Cgroup, wanted: Resources, updated: ContainerRecord) -> None:
+        """:meth:`update` under the lock: ``wanted`` written, ``updated`` saved; what was
+        written given back if either fails."""
+        journal = cgroups.WriteJournal()
+        saving = False
+        try:
+            with (
+                journal.recording(),
+                _cgroup.naming_missing(self.id),
+                naming_container(self.id),  # (a block device it does not know, say)
+            ):
+                cgroup.apply(wanted)
+            saving = True
+            self._store.save(updated)
+        except BaseException:
+            if saving and self._saved_despite(updated):  # (a durable save, failed after)
+                self._record = updated
                 raise
-            self._record = updated
+            failed = journal.undo()
+            if failed:
+                log.warning(
+                    'container "%s": what a failed update wrote was not all given back: %s',
+                    self.id, "; ".join(failed),
+                )  # fmt: skip
+            raise
+        self._record = updated
 
     def _saved_despite(self, record: ContainerRecord) -> bool:
         """Whether ``record``'s spec is the one stored, after its save raised (a durable

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import errno
+import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +288,30 @@ def test_a_value_the_kernel_refuses_gives_back_what_the_update_wrote(
                 "up-back", store=store
             ).spec.linux.resources
         )  # type: ignore[union-attr]
+
+
+@needs_root
+@needs_busybox
+def test_a_ctrl_c_during_an_update_comes_once_it_is_over(
+    store: FileStore, bundle: BundleFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Held back while the update writes and saves (as a destroy's): a cgroup half
+    written, or written and not recorded, would be what a Ctrl-C left."""
+    apply = cgroups.CgroupV1.apply
+
+    def interrupted(self: cgroups.CgroupV1, resources: Any) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # (delivered in the main thread, as Ctrl-C)
+        time.sleep(0.05)  # a handler would run here
+        apply(self, resources)
+
+    with Container.create("up-int", bundle(["sleep", "1000"]), store=store) as container:
+        container.start()
+        monkeypatch.setattr(cgroups.CgroupV1, "apply", interrupted)  # (not at the create's)
+        with pytest.raises(KeyboardInterrupt):
+            container.update({"pids": {"limit": 7}})
+        assert cgroup_value(container, "pids", "pids.max") == "7"
+        pids = store.load("up-int").spec["linux"]["resources"]["pids"]
+        assert pids == {"limit": 7}
 
 
 class FailingSave(FileStore):
