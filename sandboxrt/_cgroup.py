@@ -242,11 +242,9 @@ def naming_missing(container_id: str) -> Iterator[None]:
     try:
         yield
     except MissingFeatureError as err:
-        if f'container "{container_id}"' in str(err):
+        named = err.naming(container_id)
+        if named is err:
             raise
-        feature = f'{err.feature} (container "{container_id}")'
-        named = MissingFeatureError(feature, err.detail)
-        named.container_id = container_id
         raise named from err
 
 

@@ -217,13 +217,18 @@ def _out_of_resources(operation: str, container_id: str) -> Iterator[None]:
     :class:`SystemCallError` naming the container and the file; others keep their type (a
     launcher's own, say, whose type and file name say more as they are). A
     :class:`SandboxrtError` that names no container (a missing feature, the fork server's)
-    gets its ``container_id``; a plain one and a :class:`SystemCallError` its name in the
-    message too."""
+    gets its ``container_id``; a plain one, a :class:`SystemCallError` and a
+    :class:`MissingFeatureError` its name in the message too."""
     try:
         yield
     except SandboxrtError as exc:
         if isinstance(exc, SystemCallError) and not exc.container_id:
             raise exc.naming(container_id) from exc
+        if isinstance(exc, MissingFeatureError):
+            missing = exc.naming(container_id)
+            if missing is exc:
+                raise
+            raise missing from exc
         if not exc.container_id:
             exc.container_id = container_id
         if type(exc) is not SandboxrtError or f'"{container_id}"' in str(exc):
@@ -1156,11 +1161,9 @@ class Container:
         journal = cgroups.WriteJournal()
         saving = False
         try:
-            with (
-                journal.recording(),
-                _cgroup.naming_missing(self.id),
-                naming_container(self.id),  # (a block device it does not know, say)
-            ):
+            # (a SpecError named here: a block device it does not know; what is missing,
+            # by the method's decorator)
+            with journal.recording(), naming_container(self.id):
                 cgroup.apply(wanted)
             saving = True
             self._store.save(updated)

@@ -246,6 +246,18 @@ class MissingFeatureError(SandboxrtError, OSError):
         super().__init__(text)
         self.feature = feature
         self.detail = detail
+        self.unsupported = unsupported
+
+    def naming(self, container_id: str) -> MissingFeatureError:
+        """This error, its feature naming ``container_id`` (itself if it names it
+        already)."""
+        if f'container "{container_id}"' in str(self):
+            self.container_id = self.container_id or container_id
+            return self
+        feature = f'{self.feature} (container "{container_id}")'
+        named = MissingFeatureError(feature, self.detail, unsupported=self.unsupported)
+        named.container_id = container_id
+        return named
 
 
 class NoOverlayError(SandboxrtError, LookupError):

@@ -43,6 +43,17 @@ def supervisor_pids() -> set[int]:
     """Live (non-zombie) sandboxrt supervisors, inits, exec agents and gofers this test
     session started."""
     found = set()
+    for pid, comm, ours in sandboxrt_processes():
+        if comm in (PROCESS_NAME, INIT_NAME, AGENT_PROCESS_NAME, GOFER_NAME) and ours:
+            info = procfs.read_stat(pid)
+            if info is not None and info.state not in "ZX":
+                found.add(pid)
+    return found
+
+
+def sandboxrt_processes() -> Iterator[tuple[int, str, bool]]:
+    """Each process named ``sandboxrt-*``: its pid, its name, and whether this test session
+    started it."""
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -51,11 +62,8 @@ def supervisor_pids() -> set[int]:
                 comm = f.read().strip()
         except OSError:
             continue
-        if comm in (PROCESS_NAME, INIT_NAME, AGENT_PROCESS_NAME, GOFER_NAME) and _ours(name):
-            info = procfs.read_stat(int(name))
-            if info is not None and info.state not in "ZX":
-                found.add(int(name))
-    return found
+        if comm.startswith("sandboxrt-"):
+            yield int(name), comm, _ours(name)
 
 
 def _ours(pid: str) -> bool:
@@ -161,17 +169,7 @@ def remove_cgroups(paths: set[str]) -> None:
 
 def others_use_sandboxrt() -> bool:
     """Whether a process of sandboxrt that this test session did not start runs."""
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/comm") as f:
-                comm = f.read()
-        except OSError:
-            continue
-        if comm.startswith("sandboxrt-") and not _ours(name):
-            return True
-    return False
+    return any(not ours for _, _, ours in sandboxrt_processes())
 
 
 def sandboxrt_cgroups() -> set[str]:

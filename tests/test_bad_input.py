@@ -614,9 +614,14 @@ def test_an_error_of_a_container_s_operation_names_it() -> None:
     ):
         raise SystemCallError("reading", bad)
     assert info.value.container_id == "c1" and info.value.errno == errno.EBADF
-    with pytest.raises(MissingFeatureError) as missing, _out_of_resources("op", "c1"):
-        raise MissingFeatureError("a thing")
-    assert missing.value.container_id == "c1"
+    with (
+        pytest.raises(
+            MissingFeatureError, match=r'^a thing \(container "c1"\) is not supported'
+        ) as missing,
+        _out_of_resources("op", "c1"),
+    ):
+        raise MissingFeatureError("a thing", unsupported=True)
+    assert missing.value.container_id == "c1" and missing.value.unsupported
     with (
         pytest.raises(SandboxrtError, match=r'^container "c1": the fork server') as plain,
         _out_of_resources("op", "c1"),
