@@ -126,6 +126,7 @@ def teardown(container: Container) -> None:
         container._state_dict(Status.STOPPED),
         phase="poststop",
         container_id=container.id,
+        cwd=container.bundle,
         log=log,
     )
 

@@ -551,6 +551,7 @@ class Container:
             self._state_dict(Status.RUNNING),
             phase="poststart",
             container_id=self.id,
+            cwd=self.bundle,
             log=log,
         )
 

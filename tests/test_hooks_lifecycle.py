@@ -384,7 +384,8 @@ def test_poststop_once_across_objects(store: FileStore, setup: Setup) -> None:
 def test_where_hooks_run(store: FileStore, setup: Setup, tmp_path: Path) -> None:
     """prestart/createRuntime: the host's mount namespace; createContainer: the container's,
     before pivot_root (host paths work, the container's /proc is mounted in its rootfs),
-    in the bundle's rootfs as its working directory, as runc's (the others in the bundle)."""
+    in the bundle's rootfs as its working directory, as runc's; the others in the bundle,
+    where ``runc run`` runs them all."""
     probe = tmp_path / "probe.sh"
     probe.write_text(
         "#!/bin/sh\n"
@@ -402,18 +403,40 @@ def test_where_hooks_run(store: FileStore, setup: Setup, tmp_path: Path) -> None
             "env": ["PATH=/usr/bin:/bin"],
         }
 
-    setup.write({phase: [hook(phase)] for phase in CREATE_PHASES})
+    setup.write({phase: [hook(phase)] for phase in (*CREATE_PHASES, "poststart", "poststop")})
     container = Container.create("where", setup.path, store=store)
+    container.start()
+    assert container.wait(timeout=10) == 0
     container.destroy()
     host_ns = os.readlink("/proc/self/ns/mnt")
     seen = {line.split()[0]: line.split()[1:] for line in out.read_text().splitlines()}
     bundle = os.path.realpath(setup.path)
-    assert seen["prestart"] == [host_ns, bundle]
-    assert seen["createRuntime"] == [host_ns, bundle]
+    for phase in ("prestart", "createRuntime", "poststart", "poststop"):
+        assert seen[phase] == [host_ns, bundle], phase
     ns, cwd, *proc = seen["createContainer"]
     assert ns != host_ns
     assert cwd == os.path.realpath(rootfs)
     assert proc == ["proc"]
+
+
+def test_a_poststop_hook_of_a_moved_bundle_runs_in_the_root(
+    store: FileStore, setup: Setup, tmp_path: Path, bundle: BundleFactory
+) -> None:
+    """A bundle moved away before the destroy (its container's rootfs is mounted already)
+    does not keep the poststop hook from running: it runs in ``/``."""
+    out = tmp_path / "cwd.log"
+    probe = tmp_path / "cwd.sh"
+    probe.write_text(f'#!/bin/sh\npwd > "{out}"\n')
+    probe.chmod(0o755)
+    path = bundle(["true"])
+    edit_config(path, lambda doc: doc.update(hooks={"poststop": [{"path": str(probe)}]}))
+    container = Container.create("gone", path, store=store)
+    container.start()
+    assert container.wait(timeout=10) == 0
+    moved = tmp_path / "moved"
+    path.rename(moved)
+    container.destroy()
+    assert out.read_text() == "/\n"
 
 
 def test_a_start_container_hook_runs_as_the_container_s_process(

@@ -91,7 +91,8 @@ def run_hooks_best_effort(
 ) -> list[HookError]:
     """Run all ``hooks`` in order; log a warning for each failure and return the failures.
 
-    For phases whose failures are not fatal per OCI (``poststart``, ``poststop``).
+    For phases whose failures are not fatal per OCI (``poststart``, ``poststop``). They
+    run in ``cwd`` (the bundle, where runc's ``run`` runs them), or in ``/`` if it is gone.
     """
     if log is None:
         import logging
@@ -108,7 +109,8 @@ def run_hooks_best_effort(
         )
     for hook in hooks:
         try:
-            _run(hook, data, phase=phase, container_id=container_id, cwd=cwd, fatal=False)
+            where = cwd if cwd is not None and os.path.isdir(cwd) else None
+            _run(hook, data, phase=phase, container_id=container_id, cwd=where, fatal=False)
         except HookError as err:
             log.warning("%s", err)
             errors.append(err)
