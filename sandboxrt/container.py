@@ -487,8 +487,8 @@ class Container:
     def oom_killed(self) -> bool:
         """Whether the kernel's OOM killer killed a process of the container (its memory
         limit reached, or the machine's memory), as Docker's ``State.OOMKilled`` says:
-        after :meth:`wait` gave -9, say. Read from its cgroup (on cgroup v1, not from the
-        cgroups the container made beneath it), in every status until :meth:`destroy`;
+        after :meth:`wait` gave -9, say. Read from its cgroup and those the container made
+        beneath it, in every status until :meth:`destroy`;
         ``False`` for a container without a cgroup whose memory is accounted. A pod's
         containers each have their own."""
         self._refresh()

@@ -895,6 +895,46 @@ def test_an_oom_kill_of_one_process_shows_in_the_stats(
 
 
 @real
+@pytest.mark.skipif(
+    len(Path("/proc/swaps").read_text().splitlines()) > 1,
+    reason="with swap, the memory limit alone would not stop the hog",
+)
+def test_an_oom_kill_in_a_cgroup_the_container_made_counts(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """A process the OOM killer kills in a cgroup its container made beneath its own counts
+    as the container's (cgroup v1 counts a kill in the victim's cgroup only)."""
+    if LAYOUT is None or LAYOUT.driver == "v2":
+        pytest.skip("cgroup v2 counts the kills beneath a cgroup in its own memory.events")
+    hog = "chunks = []\nwhile True: chunks.append(bytes(4 << 20))\n"
+    sub = "/sys/fs/cgroup/memory/made"
+    # (The subshell moves itself: "0" is the writer, and echo is the shell's own.)
+    program = f'mkdir {sub} && echo 0 > {sub}/cgroup.procs && python3 -c "{hog}" 2>/dev/null'
+    path = bundle(["sh", "-c", f"({program}); echo $?; exec sleep 1000"], rootfs="host_usr")
+
+    def writable_cgroups(document: dict[str, Any]) -> None:
+        resources(memory={"limit": 32 * MiB})(document)
+        for mount in document["mounts"]:
+            if mount["destination"] == "/sys/fs/cgroup":
+                mount["options"] = [o for o in mount["options"] if o != "ro"]
+
+    edit_config(path, writable_cgroups)
+    with Container.create("cg-made", path, store=store, stdout=subprocess.PIPE) as container:
+        container.start()
+        assert container.stdout is not None
+        assert container.stdout.readline() == b"137\n"  # (128 + SIGKILL)
+        memory = cgroup_of(store, "cg-made").directory("memory")
+        assert memory is not None
+        kills = [
+            (level / "memory.oom_control").read_text().split()[-1]
+            for level in (memory, memory / "made")
+        ]
+        assert kills == ["0", "1"]  # (the kernel counted it in the made one alone)
+        assert container.stats().oom_kills == 1
+        assert container.oom_killed
+
+
+@real
 def test_kill_all_through_the_cgroup_reaches_a_double_forked_daemon(
     store: FileStore, bundle: BundleFactory
 ) -> None:

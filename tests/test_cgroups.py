@@ -883,6 +883,9 @@ def test_v1_freeze_and_stats(tmp_path: Path) -> None:
     assert stats.memory_failcnt == 2
     assert stats.oom_kills == 4
     assert (stats.pids_current, stats.pids_limit) == (3, None)
+    (mem / "made" / "deeper").mkdir(parents=True)  # (by the container: v1 counts each's own)
+    (mem / "made" / "deeper" / "memory.oom_control").write_text("oom_kill 2\n")
+    assert cgroup.stats().oom_kills == 6
 
 
 # -- the real kernel ----------------------------------------------------------------------

@@ -247,7 +247,7 @@ class CgroupV1(Cgroup):
                 memory_limit=read_int(memory, "memory.limit_in_bytes"),
                 memory_max_usage=read_int(memory, "memory.max_usage_in_bytes"),
                 memory_failcnt=read_int(memory, "memory.failcnt") or 0,
-                oom_kills=read_keyed(memory, "memory.oom_control").get("oom_kill", 0),
+                oom_kills=_oom_kills(memory),
             )
         pids = self.directory("pids")
         if pids is not None:
@@ -257,6 +257,16 @@ class CgroupV1(Cgroup):
                 pids_limit=read_int(pids, "pids.max"),
             )
         return stats
+
+
+def _oom_kills(memory: Path) -> int:
+    """The OOM killer's kills in ``memory`` and in the cgroups its processes made beneath
+    it: v1 counts each cgroup's own in its ``memory.oom_control`` (v2's ``memory.events``
+    counts those beneath too)."""
+    return sum(
+        read_keyed(Path(level), "memory.oom_control").get("oom_kill", 0)
+        for level, _, _ in os.walk(memory)
+    )
 
 
 def _copy_cpuset(level: Path) -> None:
