@@ -45,6 +45,8 @@ class ProcessTimeoutError(WaitTimeoutError, subprocess.TimeoutExpired):
     ``stdout``, ``stderr``), so code written for ``subprocess`` catches it.
     ``killed`` says whether the exec's own ``timeout`` killed the process and
     its process group (else it still runs, as after ``Popen.wait(timeout)``).
+    ``returncode`` is the process's exit status when it had exited, but its output
+    was still held open (by a process it left running) at the time-out; else ``None``.
     """
 
     __module__ = "sandboxrt.errors"
@@ -59,12 +61,19 @@ class ProcessTimeoutError(WaitTimeoutError, subprocess.TimeoutExpired):
         output: bytes | None = None,
         stderr: bytes | None = None,
         killed: bool = False,
+        returncode: int | None = None,
     ) -> None:
         WaitTimeoutError.__init__(self, container_id, timeout)
         subprocess.TimeoutExpired.__init__(self, list(cmd), timeout, output, stderr)
         self.pid = pid
         self.killed = killed
+        self.returncode = returncode
         what = "was killed after" if killed else "did not exit within"
+        if returncode is not None:
+            how = (
+                f"was killed by signal {-returncode}" if returncode < 0 else f"exited {returncode}"
+            )
+            what = f"{how}, but a process it left running held its output open after"
         process = f"process {pid}" if pid else "its init"
         if cmd:
             process += f" ({list(cmd)!r})"

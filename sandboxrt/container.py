@@ -1066,9 +1066,11 @@ class Container:
                 out, err = process.communicate(input, timeout=timeout)
             except ProcessTimeoutError as timed_out:
                 # As subprocess.run: killed and waited for, with the output so far (what a
-                # process out of its group, setsid, holds open may never end).
+                # process out of its group, setsid, holds open may never end). Its group
+                # is killed even when it had exited (what is left of it holds the output).
                 process.kill(group=True)
-                process.wait()
+                code = process.wait()
+                killed = timed_out.returncode is None and code == -_signal.SIGKILL
                 raise ProcessTimeoutError(
                     self.id,
                     process.args,
@@ -1076,7 +1078,8 @@ class Container:
                     pid=process.pid,
                     output=timed_out.output,
                     stderr=timed_out.stderr,
-                    killed=True,
+                    killed=killed,
+                    returncode=None if killed else code,
                 ) from None
             except BaseException:
                 process.kill(group=True)

@@ -262,6 +262,13 @@ class Process:
             raise self._killed_error()
         return self.returncode
 
+    def _exit_status_if_known(self) -> int | None:
+        """:meth:`poll`, ``None`` when the sandbox cannot say (it is gone)."""
+        try:
+            return self.poll()
+        except (SandboxrtError, OSError):
+            return None
+
     def _exited(self, returncode: int) -> None:
         with self._expiring:
             self.returncode = returncode
@@ -425,7 +432,11 @@ class Process:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise ProcessTimeoutError(
-                    self.container_id, self.args, timeout or 0.0, pid=self.pid
+                    self.container_id,
+                    self.args,
+                    timeout or 0.0,
+                    pid=self.pid,
+                    returncode=self._exit_status_if_known(),
                 )
             if self._timer is not None:
                 if self.timed_out:  # killed at its deadline: what a process out of its

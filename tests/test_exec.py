@@ -289,6 +289,22 @@ def test_a_timeout_does_not_wait_for_what_left_the_group(running: Container, how
     assert caught.value.output == b"started\n"
 
 
+@pytest.mark.parametrize("how", ["exec_run", "communicate"])
+def test_a_timeout_after_the_exit_says_the_process_exited(running: Container, how: str) -> None:
+    """A process that exited in time, whose output a child out of its group (setsid) still
+    holds, is not said to be killed, nor still running: the time-out gives its status."""
+    script = ["sh", "-c", "setsid sleep 60 & echo started; exit 3"]
+    with pytest.raises(ProcessTimeoutError) as caught:
+        if how == "exec_run":
+            running.exec_run(script, capture_output=True, timeout=1)
+        else:
+            running.exec(script, stdout=subprocess.PIPE).communicate(timeout=1)
+    error = caught.value
+    assert not error.killed and error.returncode == 3
+    assert "exited 3, but a process it left running held its output open" in str(error)
+    assert error.output == b"started\n"
+
+
 def test_a_dropped_process_with_a_deadline_is_freed(running: Container) -> None:
     """Its deadline does not keep a dropped Process (its fd, its timer thread) alive."""
     before, threads = len(os.listdir("/proc/self/fd")), threading.active_count()
