@@ -418,20 +418,34 @@ def _keeps_parents(cgroup: Cgroup) -> bool:
 
 
 def naming_memory_limit(
-    exc: BaseException, cgroup: Mapping[str, Any] | None, container_id: str
+    exc: BaseException,
+    cgroup: Mapping[str, Any] | None,
+    container_id: str,
+    spec: Mapping[str, Any],
 ) -> BaseException:
     """``exc``, or for an :class:`InitError` of an init the OOM killer killed, one that
     names the memory limit it met (at create and at start alike)."""
     if not isinstance(exc, InitError):
         return exc
-    memory = memory_limit_hit(cgroup, container_id)
+    memory = memory_limit_hit(cgroup, container_id, _requested_memory_limit(spec))
     return exc if memory is None else InitError(container_id, f"{exc.cause}: {memory}")
 
 
-def memory_limit_hit(cgroup: Mapping[str, Any] | None, container_id: str) -> str | None:
+def _requested_memory_limit(spec: Mapping[str, Any]) -> int | None:
+    """The spec's ``linux.resources.memory.limit`` (a record's spec: checked already)."""
+    found: Any = spec
+    for key in ("linux", "resources", "memory", "limit"):
+        found = found.get(key) if isinstance(found, Mapping) else None
+    return found if isinstance(found, int) else None
+
+
+def memory_limit_hit(
+    cgroup: Mapping[str, Any] | None, container_id: str, requested: int | None = None
+) -> str | None:
     """What an init that died while it was made met, if its cgroup's OOM killer killed
     (as runc names a limit too low to start in); ``None`` if it did not. (Not the
-    failure count, which page cache reclaimed at the limit raises too.)"""
+    failure count, which page cache reclaimed at the limit raises too.) The limit is
+    the kernel's, and ``requested`` too when the kernel rounded it (to whole pages)."""
     if cgroup is None:
         return None
     try:
@@ -440,4 +454,7 @@ def memory_limit_hit(cgroup: Mapping[str, Any] | None, container_id: str) -> str
         return None
     if not stats.oom_kills:
         return None
-    return f"its memory limit ({stats.memory_limit} bytes) was reached: the OOM killer killed"
+    limit = f"{stats.memory_limit} bytes"
+    if requested is not None and stats.memory_limit not in (None, requested):
+        limit += f", the {requested} asked for in whole pages"
+    return f"its memory limit ({limit}) was reached: the OOM killer killed"

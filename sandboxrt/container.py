@@ -529,7 +529,9 @@ class Container:
                 if not self._stopped_meanwhile(Operation.START, sandbox):
                     raise
             except InitError as exc:
-                named = _cgroup.naming_memory_limit(exc, self._record.cgroup, self.id)
+                named = _cgroup.naming_memory_limit(
+                    exc, self._record.cgroup, self.id, self._record.spec
+                )
                 if named is not exc:
                     raise named from exc
                 raise

@@ -504,6 +504,19 @@ def test_a_memory_limit_too_low_to_start_in_is_named(
 
 
 @real
+def test_a_memory_limit_the_kernel_rounded_is_named_with_the_one_asked_for(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """The kernel keeps whole pages of a limit: the error names both, not a limit the spec
+    never gave as if it had."""
+    path = bundle(["true"])
+    edit_config(path, resources(memory={"limit": 4196}))
+    named = r"memory limit \(4096 bytes, the 4196 asked for in whole pages\) was reached"
+    with pytest.raises(InitError, match=named):
+        Container.create("cg-round", path, store=store)
+
+
+@real
 def test_a_memory_limit_met_at_start_is_named(store: FileStore, bundle: BundleFactory) -> None:
     """As at create: an init the OOM killer killed as it went to run its program. (Where
     the limit is met depends on the moment's memory: at create, it is named too.)"""
