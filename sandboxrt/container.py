@@ -12,6 +12,7 @@ import os
 import signal as _signal
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, Concatenate, Literal, ParamSpec, TypedDict, TypeVar, overload
 
@@ -22,6 +23,7 @@ from sandboxrt import _cgroup, _changes, _creation
 from sandboxrt._caller_paths import (
     unlink_if_same,
 )
+from sandboxrt._communicate import Communication
 from sandboxrt._container_state import (
     LIVE,
     configured_timeout,
@@ -284,6 +286,8 @@ class Container:
         self._exec_base: ExecPlan | None = None
         #: The sandbox ``run`` launched, which holds the socket its exit status comes on.
         self._launched: Sandbox | None = None
+        #: :meth:`communicate`'s state (made at its first call, from the streams then).
+        self._communication: Communication | None = None
 
     def __repr__(self) -> str:
         # What was read last: a repr asks nothing (a destroyed container's too).
@@ -379,7 +383,7 @@ class Container:
         ``PIPE`` is refused (:class:`InvalidArgumentError`): nothing would read or
         write it before the program ends, so a program writing more than a pipe
         holds, or reading its input, would wait for ever. Pass a file, an fd or
-        ``DEVNULL``, or use :meth:`create` and :meth:`start` and the streams.
+        ``DEVNULL``, or use :meth:`create`, :meth:`start` and :meth:`communicate`.
         """
         timeout = wait_seconds(id, timeout)
         piped = [name for name in ("stdin", "stdout", "stderr") if is_pipe(options.get(name))]
@@ -388,7 +392,8 @@ class Container:
             raise InvalidArgumentError(
                 id,
                 f"Container.run cannot take {names}: nothing would use it before the "
-                "program ends; pass a file, an fd or DEVNULL, or use create() and start()",
+                "program ends; pass a file, an fd or DEVNULL, or use create(), start() and "
+                "communicate()",
             )
         try:
             container = cls._create(id, bundle, options, autostart=True)
@@ -566,6 +571,43 @@ class Container:
         timeout = wait_seconds(self.id, timeout)
         self._refresh()
         return self._wait_for_init(self._sandbox_to_wait_on("wait for"), timeout)
+
+    @_naming_resource_errors("communicate with")
+    def communicate(
+        self, input: bytes | None = None, timeout: float | None = None
+    ) -> tuple[bytes | None, bytes | None]:
+        """Send ``input`` to the init, read its stdout and stderr to their end, wait for
+        it; ``(stdout, stderr)``: ``Popen.communicate`` for the streams :meth:`create`
+        gave this handle (``PIPE``, or the terminal as stdout), served together so that
+        neither can fill up and block the other. Each output is ``None`` unless it is
+        such a stream. A :class:`ProcessTimeoutError` carries the output so far (the
+        init runs on, as after ``Popen.communicate(timeout=...)``); call it again to go
+        on. The container must be started for anything to come."""
+        timeout = wait_seconds(self.id, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._communication is None:
+            self._communication = Communication(
+                self.id,
+                stdin=self.stdin,
+                stdout=self.stdout,
+                stderr=self.stderr,
+                console=self.console,
+            )
+        communication = self._communication
+        communication.begin(input)
+        try:
+            communication.pump(deadline)
+            self._refresh()
+            sandbox = self._sandbox_to_wait_on("communicate with")
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            self._wait_for_init(sandbox, remaining)
+        except (TimeoutError, ProcessTimeoutError):
+            args = (self._record.spec.get("process") or {}).get("args") or []
+            stdout, stderr = communication.collected()
+            raise ProcessTimeoutError(
+                self.id, args, timeout or 0.0, output=stdout, stderr=stderr
+            ) from None
+        return communication.collected()
 
     def _wait_for_init(
         self, sandbox: Sandbox, timeout: float | None, *, kills: bool = False

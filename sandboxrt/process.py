@@ -13,12 +13,9 @@ as ``runsc`` numbers them: ``Process.pid``, ``Container.wait_pid``,
 
 from __future__ import annotations
 
-import contextlib
 import os
-import selectors
 import signal as _signal
 import socket
-import termios
 import threading
 import time
 import warnings
@@ -29,13 +26,13 @@ from typing import IO, Any
 
 import attrs
 
+from sandboxrt._communicate import Communication
 from sandboxrt._os import procfs
 from sandboxrt._seconds import wait_seconds
 from sandboxrt._signals import signal_number
 from sandboxrt._stdio import close_streams
 from sandboxrt.errors import (
     ContainerNotFoundError,
-    InvalidArgumentError,
     ProcessNotFoundError,
     ProcessTimeoutError,
     SandboxDiedError,
@@ -45,22 +42,8 @@ from sandboxrt.sandbox import Sandbox
 
 __all__ = ["Process", "ProcessInfo", "process_infos"]
 
-_READ_SIZE = 64 * 1024
 #: How often :meth:`Process.communicate` looks whether the exec's deadline killed it.
 _DEADLINE_POLL = 0.05
-_WRITE_SIZE = 64 * 1024
-
-
-def _end_of_input(console: IO[bytes], data: bytes) -> bytes:
-    """What a terminal's user types to end ``data``: the end-of-file character (``^D``),
-    twice after a line not ended (the first only hands that line over)."""
-    try:
-        eof = termios.tcgetattr(console.fileno())[6][termios.VEOF]
-    except termios.error:
-        eof = b"\x04"
-    if isinstance(eof, int):  # (the form of a non-canonical terminal's entries)
-        eof = bytes([eof])
-    return bytes(eof) if data.endswith(b"\n") else bytes(eof) * 2
 
 
 class Process:
@@ -118,10 +101,9 @@ class Process:
         #: The exec's ``timeout`` expired and the process group was killed.
         self.timed_out = False
         self._sandbox = sandbox
-        self._output: dict[int, list[bytes]] = {}
-        self._input = memoryview(b"")
-        self._input_offset = 0
-        self._communicating = False
+        self._communication = Communication(
+            container_id, stdin=stdin, stdout=stdout, stderr=stderr, console=console
+        )
         self._timer: threading.Timer | None = None
         #: Held by the deadline while it kills, so a wait sees ``timed_out`` settled.
         self._expiring = threading.Lock()
@@ -359,128 +341,30 @@ class Process:
         (``tty=True``) the input ends as its user ends it: with the end-of-file
         character (``^D``).
         """
-        if self._communicating and input:
-            raise InvalidArgumentError(
-                self.container_id, "cannot send input after starting communication"
-            )
         timeout = wait_seconds(self.container_id, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._communicating:
-            self._communicating = True
-            if input and self.stdin is None and self.console is not None:
-                # (A new object: the caller's bytearray is the caller's.)
-                input = bytes(input) + _end_of_input(self.console, bytes(input))
-            self._input = memoryview(input or b"")
-            if self.stdin is not None:
-                with contextlib.suppress(BrokenPipeError):
-                    self.stdin.flush()
-                if not input:
-                    with contextlib.suppress(BrokenPipeError):
-                        self.stdin.close()
-            elif input and self.console is None:
-                raise InvalidArgumentError(
-                    self.container_id, "input needs stdin=PIPE (or tty=True)"
-                )
-        out_stream = self.stdout if self.stdout is not None else self.console
-        try:
-            self._pump(out_stream, deadline, timeout)
-        except ProcessTimeoutError as error:
-            error.output, error.stderr = self._collected(out_stream), self._collected(self.stderr)
-            raise
-        stdout, stderr = self._collected(out_stream), self._collected(self.stderr)
+        communication = self._communication
+        communication.begin(input)
+        given_up = (lambda: self.timed_out) if self._timer is not None else None
+        try:  # (killed at its deadline: what a process out of its group holds may never end)
+            communication.pump(deadline, given_up=given_up, poll=_DEADLINE_POLL)
+        except TimeoutError:
+            raise ProcessTimeoutError(
+                self.container_id,
+                self.args,
+                timeout or 0.0,
+                pid=self.pid,
+                output=communication.collected()[0],
+                stderr=communication.collected()[1],
+                returncode=self._exit_status_if_known(),
+            ) from None
+        stdout, stderr = communication.collected()
         try:
             self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
         except ProcessTimeoutError as error:
             error.output, error.stderr = stdout, stderr
             raise
         return stdout, stderr
-
-    def _collected(self, stream: IO[bytes] | None) -> bytes | None:
-        if stream is None:
-            return None
-        return b"".join(self._output.get(id(stream), []))
-
-    def _pump(
-        self, out_stream: IO[bytes] | None, deadline: float | None, timeout: float | None
-    ) -> None:
-        """Serve stdin, stdout (or the console) and stderr until the outputs end."""
-        with selectors.DefaultSelector() as selector:
-            wanted: dict[int, tuple[int, IO[bytes]]] = {}
-            writing = self.stdin if self.stdin is not None else self.console
-            pending = self._input_offset < len(self._input)
-            if writing is not None and not writing.closed and pending:
-                os.set_blocking(writing.fileno(), False)  # (blocking again on the way out)
-                wanted[writing.fileno()] = (selectors.EVENT_WRITE, writing)
-            for stream in (out_stream, self.stderr):
-                if stream is not None and not stream.closed:
-                    self._output.setdefault(id(stream), [])
-                    events, _ = wanted.get(stream.fileno(), (0, stream))
-                    wanted[stream.fileno()] = (events | selectors.EVENT_READ, stream)
-            for fd, (events, stream) in wanted.items():
-                selector.register(fd, events, stream)
-            try:
-                self._serve(selector, deadline, timeout)
-            finally:  # (a time-out leaves input unwritten: the caller's stream is as it was)
-                if writing is not None and not writing.closed and pending:
-                    os.set_blocking(writing.fileno(), True)
-
-    def _serve(
-        self, selector: selectors.BaseSelector, deadline: float | None, timeout: float | None
-    ) -> None:
-        """:meth:`_pump`'s loop: until no stream is left, the deadline, or the exec's."""
-        while selector.get_map():
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise ProcessTimeoutError(
-                    self.container_id,
-                    self.args,
-                    timeout or 0.0,
-                    pid=self.pid,
-                    returncode=self._exit_status_if_known(),
-                )
-            if self._timer is not None:
-                if self.timed_out:  # killed at its deadline: what a process out of its
-                    return  # group (setsid) holds open may never end
-                remaining = (
-                    min(remaining, _DEADLINE_POLL) if remaining is not None else _DEADLINE_POLL
-                )
-            for key, events in selector.select(remaining):
-                stream = key.data
-                if events & selectors.EVENT_WRITE:
-                    self._write_input(selector, stream)
-                if events & selectors.EVENT_READ:
-                    self._read_output(selector, stream)
-
-    def _write_input(self, selector: selectors.BaseSelector, stream: IO[bytes]) -> None:
-        chunk = self._input[self._input_offset : self._input_offset + _WRITE_SIZE]
-        try:
-            self._input_offset += os.write(stream.fileno(), chunk)
-        except BlockingIOError:
-            return
-        except BrokenPipeError:
-            self._input_offset = len(self._input)
-        if self._input_offset < len(self._input):
-            return
-        if stream is self.console:  # keep reading it
-            os.set_blocking(stream.fileno(), True)
-            selector.modify(stream.fileno(), selectors.EVENT_READ, stream)
-            return
-        selector.unregister(stream.fileno())
-        with contextlib.suppress(BrokenPipeError):
-            stream.close()
-
-    def _read_output(self, selector: selectors.BaseSelector, stream: IO[bytes]) -> None:
-        try:
-            data = os.read(stream.fileno(), _READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:  # EIO: a pty whose slave side is closed everywhere
-            data = b""
-        if data:
-            self._output[id(stream)].append(data)
-            return
-        selector.unregister(stream.fileno())
-        stream.close()
 
 
 def _expire_if_kept(process: weakref.ref[Process]) -> None:

@@ -52,6 +52,7 @@ from sandboxrt.errors import (
     InitError,
     InvalidArgumentError,
     InvalidStateError,
+    ProcessTimeoutError,
     SpecError,
     WaitTimeoutError,
 )
@@ -226,6 +227,50 @@ def test_a_with_block_destroys_the_container_and_closes_its_pipes(
         container.start()
         raise KeyError("mine")
     assert Container.list(store=store) == []
+
+
+def test_communicate_serves_the_init_s_pipes_together(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """As ``Popen.communicate``: more than a pipe holds on stderr before anything on
+    stdout does not block the program, the input reaches it, and it is waited for."""
+    script = "head -c 300000 /dev/zero >&2; cat; exit 5"
+    pipes = dict.fromkeys(("stdin", "stdout", "stderr"), subprocess.PIPE)
+    with Container.create("talk", bundle(["sh", "-c", script]), store=store, **pipes) as container:
+        container.start()
+        out, err = container.communicate(b"to the init\n", timeout=30)
+        assert (out, err) == (b"to the init\n", bytes(300000))
+        assert container.status is Status.STOPPED
+        assert container.wait(timeout=10) == 5
+
+
+def test_communicate_times_out_with_the_output_so_far_and_goes_on(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    path = bundle(["sh", "-c", "echo first; sleep 1; read line; echo $line"])
+    pipes = dict.fromkeys(("stdin", "stdout"), subprocess.PIPE)
+    with Container.create("talk-later", path, store=store, **pipes) as container:
+        container.start()
+        assert container.stdin is not None
+        container.stdin.write(b"second\n")  # (flushed by communicate, then closed)
+        with pytest.raises(ProcessTimeoutError) as caught:
+            container.communicate(timeout=0.3)
+        assert caught.value.output in (b"", b"first\n")
+        assert container.status is Status.RUNNING  # (it runs on)
+        assert container.communicate(timeout=30) == (b"first\nsecond\n", None)
+        with pytest.raises(InvalidArgumentError, match="after starting communication"):
+            container.communicate(b"more")
+
+
+def test_communicate_reads_the_init_s_terminal_as_stdout(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    path = bundle(["sh", "-c", "read line; echo got $line"], terminal=True)
+    with Container.create("talk-tty", path, store=store) as container:
+        container.start()
+        out, err = container.communicate(b"this", timeout=30)
+        assert err is None and out is not None
+        assert out.replace(b"\r", b"").endswith(b"got this\n")
 
 
 @pytest.mark.parametrize("how", ["PIPE", "a pipe of the caller's"])

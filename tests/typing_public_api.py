@@ -20,6 +20,7 @@ def public_api(container: Container) -> None:
     assert_type(
         container.exec_run(["true"], universal_newlines=True), subprocess.CompletedProcess[str]
     )
+    assert_type(container.communicate(b"x", timeout=1), tuple[bytes | None, bytes | None])
     try:
         container.start()
     except SandboxrtError as error:
