@@ -1139,12 +1139,18 @@ class Container:
 
     @_naming_resource_errors("read the stats of")
     def stats(self) -> Stats:
-        """The resource usage of the container (created, running or paused only).
+        """The resource usage of the container, in every status until :meth:`destroy`:
+        once it stopped, what its processes used in all (CPU time, peak memory, OOM
+        kills), as ``wait4`` gives a child's usage after its exit (``runc events``
+        refuses a stopped container).
 
-        Raises :class:`MissingFeatureError` for a container without a cgroup.
+        Raises :class:`MissingFeatureError` for a container without a cgroup, and
+        :class:`InvalidStateError` for a stopped one whose cgroup is gone (its sandbox
+        died and removed it, or a destroy is under way).
         """
         self._refresh()
-        require(Operation.STATS, self.id, effective_status(self._record, self.sandbox))
+        status = effective_status(self._record, self.sandbox)
+        require(Operation.STATS, self.id, status)
         if self._record.cgroup is None:
             raise MissingFeatureError("container stats", f'container "{self.id}" has no cgroup')
         try:
@@ -1153,8 +1159,9 @@ class Container:
             )
         except SystemCallError as err:
             self._raise_unless_destroyed(err)
-            require(Operation.STATS, self.id, Status.STOPPED)  # (being destroyed: stopped)
-            raise
+            raise InvalidStateError(
+                "read the stats of", self.id, Status.STOPPED.value, reason="its cgroup is gone"
+            ) from None
 
     @_naming_resource_errors("update")
     def update(self, resources: Mapping[str, Any]) -> None:

@@ -40,7 +40,7 @@ EXPECTED_ALLOWED: dict[str, set[str]] = {
     "kill": {"created", "running", "paused"},
     "kill-all": {"created", "running", "paused", "stopped"},
     "processes": {"created", "running", "paused", "stopped"},
-    "stats": {"created", "running", "paused"},
+    "stats": {"created", "running", "paused", "stopped"},
     "files": {"created", "running", "paused"},
     "update": {"created", "running", "paused"},
     "destroy": ALL,

@@ -74,7 +74,7 @@ ALLOWED_BY_OPERATION: Mapping[Operation, frozenset[Status]] = {
     Operation.KILL_ALL: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED, _S.STOPPED}),
     # Listed as runc ps lists them: a created init, and what a stopped one left behind.
     Operation.PROCESSES: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED, _S.STOPPED}),
-    Operation.STATS: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
+    Operation.STATS: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED, _S.STOPPED}),
     Operation.FILES: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
     Operation.UPDATE: frozenset({_S.CREATED, _S.RUNNING, _S.PAUSED}),
     Operation.DESTROY: frozenset(_S),
