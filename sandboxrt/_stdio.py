@@ -242,8 +242,10 @@ class TextMode:
         return mode
 
     def encode(self, container_id: str, data: bytes | str | None) -> bytes | None:
-        if data is None or isinstance(data, bytes):
-            return data
+        if data is None:
+            return None
+        if not isinstance(data, str):  # (as subprocess's text-mode stdin refuses it)
+            raise TypeError(f"input must be str in text mode, not {type(data).__name__}")
         try:
             return data.encode(self.encoding, self.errors)
         except (LookupError, UnicodeError) as exc:

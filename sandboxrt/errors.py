@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -101,7 +102,8 @@ class ContainerNotFoundError(SandboxrtError, LookupError):
     """No container matches an id or id prefix."""
 
     def __init__(self, id_or_prefix: str, detail: str = "") -> None:
-        super().__init__(detail or f"container {id_or_prefix!r} does not exist")
+        # (Quoted as every error quotes a container, escaped as JSON: a prefix is any text.)
+        super().__init__(detail or f"container {json.dumps(id_or_prefix)} does not exist")
         self.container_id = id_or_prefix
 
 

@@ -142,7 +142,7 @@ def test_load_unknown_and_ambiguous(store: FileStore, bundle: BundleFactory) -> 
     with pytest.raises(ContainerNotFoundError) as info:
         Container.load("nope", store=store)
     assert isinstance(info.value, LookupError)
-    assert "'nope'" in str(info.value)
+    assert str(info.value) == 'container "nope" does not exist'  # (quoted as every error)
     path = bundle(["sleep", "30"])
     first = Container.create("web1", path, store=store)
     second = Container.create("web2", path, store=store)

@@ -179,6 +179,8 @@ def test_text_mode_as_subprocess_run(running: Container) -> None:
         running.exec_run(latin, capture_output=True, text=True)
     with pytest.raises(TypeError, match="input must be bytes"):
         running.exec_run(["cat"], input="text without text mode")
+    with pytest.raises(TypeError, match="input must be str in text mode, not bytes"):
+        running.exec_run(["cat"], input=b"bytes in text mode", text=True)  # type: ignore[call-overload]
     with pytest.raises(InvalidArgumentError, match="different values"):
         running.exec_run(["true"], text=True, universal_newlines=False)
     # An unknown codec is refused before the program runs, as subprocess.run does.
