@@ -172,6 +172,7 @@ class ExecRunOptions(TypedDict, total=False):
     cwd: str | os.PathLike[str] | None
     user: UserArg | None
     tty: bool
+    console_size: tuple[int, int] | None
     stdin: StdioArg
     stdout: StdioArg
     stderr: StdioArg
@@ -893,6 +894,7 @@ class Container:
         cwd: str | os.PathLike[str] | None = None,
         user: UserArg | None = None,
         tty: bool = False,
+        console_size: tuple[int, int] | None = None,
         stdin: StdioArg = None,
         stdout: StdioArg = None,
         stderr: StdioArg = None,
@@ -915,7 +917,9 @@ class Container:
         ``stdin``, ``stdout`` and ``stderr`` take what ``subprocess.Popen``
         takes (``None`` passes this process's own). With ``tty=True`` they
         must be left out: the process gets a new pty of the container and
-        ``Process.console`` is its master. ``timeout`` is a deadline after which
+        ``Process.console`` is its master; ``console_size`` is its ``(rows, columns)``
+        from the start (else the spec's ``process.consoleSize``, else 0x0, as with
+        runc, until the caller sizes it). ``timeout`` is a deadline after which
         the process and its process group are killed (see :class:`Process`).
 
         Returns once the program runs; raises :class:`ExecError` when it could
@@ -934,6 +938,8 @@ class Container:
         if cwd is not None:
             cwd = os.fspath(cwd)
         overrides: dict[str, Any] = {"env": env, "cwd": cwd, "user": user, "terminal": tty}
+        if console_size is not None:
+            overrides["console_size"] = console_size
         with arguments_of(self.id):
             plan = self._exec_plan(args, overrides)  # (before the lock: a bad one waits not)
             stdio = None if tty else StdioPlan(stdin, stdout, stderr)
@@ -1056,6 +1062,7 @@ class Container:
         cwd: str | os.PathLike[str] | None = None,
         user: UserArg | None = None,
         tty: bool = False,
+        console_size: tuple[int, int] | None = None,
         stdin: StdioArg = None,
         input: bytes | str | None = None,
         stdout: StdioArg = None,
@@ -1103,7 +1110,15 @@ class Container:
             if tty:
                 stdout = stderr = None
         process = self.exec(
-            args, env=env, cwd=cwd, user=user, tty=tty, stdin=stdin, stdout=stdout, stderr=stderr
+            args,
+            env=env,
+            cwd=cwd,
+            user=user,
+            tty=tty,
+            console_size=console_size,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
         )
         with process:
             try:

@@ -815,6 +815,20 @@ def test_input_on_a_terminal_ends_as_its_user_ends_it(running: Container, data: 
     assert bytes(data) == before
 
 
+def test_a_terminal_has_the_size_asked_for_from_the_start(running: Container) -> None:
+    """``console_size`` sizes the pty before the program runs (docker exec -t sizes it
+    to the caller's terminal); without it, 0x0 as runc's (busybox's stty cannot tell)."""
+    done = running.exec_run(["stty", "size"], tty=True, console_size=(30, 100), timeout=30)
+    assert done.stdout == b"30 100\r\n"
+    done = running.exec_run(["stty", "size"], tty=True, timeout=30)
+    assert b"30 100" not in (done.stdout or b"")
+    with pytest.raises(InvalidArgumentError, match="needs tty=True"):
+        running.exec(["true"], console_size=(30, 100))
+    for bad in ((30,), (30, -1), (30, 70000), "ab"):
+        with pytest.raises(InvalidArgumentError, match="console_size must be"):
+            running.exec(["true"], tty=True, console_size=bad)  # type: ignore[arg-type]
+
+
 def test_the_console_reads_to_the_end_once_the_process_exited(running: Container) -> None:
     """Linux answers ``EIO`` on a pty's master once its terminal is closed everywhere: the
     console gives what was left, then end of file, as a pipe does."""

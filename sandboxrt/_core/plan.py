@@ -484,6 +484,7 @@ def exec_plan(
     cwd: str | None = None,
     user: UserArg | None = None,
     terminal: bool = False,
+    console_size: Sequence[int] | None = None,
     compile_seccomp: SeccompCompiler,
     base: ProcessPlan | None = None,
 ) -> ExecPlan:
@@ -497,7 +498,8 @@ def exec_plan(
     ``"1000:1000"``, ``"nobody"``, ``"name:group"``) is looked up in the
     container's own ``/etc/passwd`` and ``/etc/group`` by the exec'd process,
     as ``runc exec --user`` does (``sandboxrt._core.users``). The spec's
-    ``terminal`` is ignored: ``terminal`` says. ``base``: an earlier plan from the same
+    ``terminal`` is ignored: ``terminal`` says; ``console_size`` (``(rows, columns)``,
+    a terminal's only) replaces its ``consoleSize``. ``base``: an earlier plan from the same
     ``spec`` (its ``process`` part is taken from there rather than derived again: the
     seccomp program's cache lookup alone costs tens of microseconds).
     """
@@ -519,7 +521,22 @@ def exec_plan(
         overrides["cwd"] = cwd
     if user is not None:
         overrides.update(_parse_user(user))
+    if console_size is not None:
+        overrides["console_size"] = _checked_console_size(console_size, terminal)
     return ExecPlan(**{**_fields(base), **overrides})
+
+
+def _checked_console_size(size: Sequence[int], terminal: bool) -> list[int]:
+    """``size`` as a plan's ``[rows, columns]``: two numbers a ``struct winsize`` holds."""
+    if not terminal:
+        raise ValueError("console_size is the size of a terminal: it needs tty=True")
+    if (
+        isinstance(size, str | bytes)
+        or len(size) != 2
+        or not all(type(n) is int and 0 <= n <= 0xFFFF for n in size)
+    ):
+        raise ValueError(f"console_size must be (rows, columns) from 0 to 65535, not {size!r}")
+    return [size[0], size[1]]
 
 
 def build_plan(
