@@ -13,7 +13,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from sandboxrt import PIPE, STDOUT, Container, MemoryStore, ProcessTimeoutError
+from sandboxrt import PIPE, STDOUT, Container, MemoryStore, ProcessTimeoutError, Spec, load_spec
 from sandboxrt.bundle import make_bundle
 
 SNIPPETS = {
@@ -32,27 +32,29 @@ MEMORY_LIMIT = 128 << 20
 TIME_LIMIT = 2.0
 
 
-def limit(bundle: Path) -> None:
-    """Add a memory and a pids limit to the bundle's config.json (a running container's
-    would change with ``container.update``, as with ``runc update``)."""
-    config = bundle / "config.json"
-    spec = json.loads(config.read_text())
-    spec["linux"]["resources"] = {"memory": {"limit": MEMORY_LIMIT}, "pids": {"limit": 64}}
-    config.write_text(json.dumps(spec))
+def snippet_spec(bundle: Path, code: str) -> Spec:
+    """The bundle's spec with ``code`` as its program, and a memory and a pids limit (a
+    running container's would change with ``container.update``, as with ``runc update``)."""
+    document = json.loads((bundle / "config.json").read_text())
+    document["process"]["args"] = ["python3", "-c", code]
+    document["linux"]["resources"] = {"memory": {"limit": MEMORY_LIMIT}, "pids": {"limit": 64}}
+    return load_spec(document)
 
 
 def run_snippet(name: str, code: str, bundle: Path, store: MemoryStore) -> tuple[str, str]:
-    """Run ``code`` in a fresh container; (outcome, output)."""
-    with Container.create(f"snippet-{name}", bundle, store=store) as c:
+    """Run ``code`` as the program of a fresh container; (outcome, output)."""
+    spec = snippet_spec(bundle, code)
+    with Container.create(
+        f"snippet-{name}", bundle, spec=spec, store=store, stdout=PIPE, stderr=STDOUT
+    ) as c:
         c.start()
-        with c.exec(["python3", "-c", code], stdout=PIPE, stderr=STDOUT) as process:
-            try:
-                output, _ = process.communicate(timeout=TIME_LIMIT)
-            except ProcessTimeoutError:
-                process.kill()  # (as with subprocess: kill, then read what is left)
-                process.communicate()
-                return "timed out", ""
-            status = process.wait()  # (it has exited: its status)
+        try:
+            output, _ = c.communicate(timeout=TIME_LIMIT)  # (as Popen.communicate)
+        except ProcessTimeoutError:
+            c.kill("KILL")  # (as with subprocess: kill, then read what is left)
+            c.communicate()
+            return "timed out", ""
+        status = c.wait()  # (it has exited: its status)
         if status == 0:
             outcome = "ok"
         elif c.oom_killed:  # (the kernel's OOM killer, at the memory limit)
@@ -67,8 +69,7 @@ def main() -> int:
     store = MemoryStore()
     with tempfile.TemporaryDirectory(prefix="sandboxrt-snippets-") as tmp:
         bundle = Path(tmp) / "bundle"
-        make_bundle(bundle, ["sleep", "3600"], readonly=True)
-        limit(bundle)
+        make_bundle(bundle, ["python3"], readonly=True)
         for name, code in SNIPPETS.items():
             outcome, last_line = run_snippet(name, code, bundle, store)
             print(f"{name:8} {outcome:20} {last_line}")
