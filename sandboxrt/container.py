@@ -667,13 +667,50 @@ class Container:
             status = effective_status(self._record, sandbox)
             require(Operation.KILL_ALL if all else Operation.KILL, self.id, status)
             paused = status is Status.PAUSED
+            # Through the cgroup, it may freeze it for a moment: should our caller die
+            # meanwhile, the next holder of the lock finds it said and thaws it.
+            freezing = all and not paused and self._record.cgroup is not None
+            if freezing:
+                self._save_pending({"operation": "kill"})
             try:
                 self._signal(sandbox, sig, all=all, paused=paused, foreground=foreground)
             finally:
+                if freezing:
+                    self._save_pending({})
                 if paused and sig == _signal.SIGKILL:
                     _cgroup.thaw(self._record.cgroup, self.id)
                     self._record = self._record.with_status(Status.RUNNING)
                     self._store.save(self._record)
+
+    def _save_pending(self, pending: dict[str, Any]) -> None:
+        self._record = attrs.evolve(self._record, pending=pending)
+        self._store.save(self._record)
+
+    def _finish_pending(self) -> None:
+        """Under the lock: a holder of it whose caller died half-way through an operation
+        that leaves the container apart from its record (``pending``) left it so; finish
+        it, as that holder would have: thaw a kill's frozen cgroup, write and save an
+        update (whose values the cgroup may hold some of, the record none)."""
+        pending = self._record.pending
+        if not pending:
+            return
+        operation = pending.get("operation")
+        log.warning('container "%s": a %s died half-way: finished now', self.id, operation)
+        if operation == "update" and isinstance(pending.get("changes"), dict):
+            try:
+                self._update_locked(pending["changes"])  # (which saves it done)
+                return
+            except (SandboxrtError, OSError) as exc:
+                log.warning(
+                    'container "%s": the update could not be finished (%s): its cgroup may '
+                    "hold some of its values, its record none",
+                    self.id,
+                    exc,
+                )
+        elif operation == "kill":
+            with contextlib.suppress(SandboxrtError):  # (gone: nothing left frozen)
+                _cgroup.thaw(self._record.cgroup, self.id)
+        self._save_pending({})
 
     def _signal(
         self, sandbox: Sandbox | None, sig: int, *, all: bool, paused: bool, foreground: bool
@@ -1204,30 +1241,36 @@ class Container:
             changes = resources_update.checked_changes(resources)
         with self._locked() as sandbox:
             require(Operation.UPDATE, self.id, effective_status(self._record, sandbox))
-            if self._record.cgroup is None:
-                reason = f'container "{self.id}" has no cgroup'
-                raise MissingFeatureError("updating resources", reason)
-            document = resources_update.updated_document(self._record.spec, changes)
-            with arguments_of(self.id):
-                resources_update.check_not_overridden(document, changes)
-            with naming_container(self.id):
-                load_spec(document)  # checked as a config.json is
-                problems = document_problems(document)
-                if problems:
-                    raise SpecError(problems)
-                _cgroup.resources_for(document)  # (and as a cgroup's resources are)
-                wanted = Resources.from_oci(resources_update.to_write(document, changes))
-            cgroup = cgroups.load(self._record.cgroup, container_id=self.id)
-            with arguments_of(self.id):
-                resources_update.check_placed(changes, _controllers(cgroup))
-            updated = attrs.evolve(self._record, spec=document)
-            # (a Ctrl-C half-way would leave a cgroup the record does not describe)
-            with interrupts_deferred():
-                self._apply_update(cgroup, wanted, updated)
+            self._update_locked(changes)
+
+    def _update_locked(self, changes: dict[str, Any]) -> None:
+        """:meth:`update` under the lock, the status checked."""
+        if self._record.cgroup is None:
+            reason = f'container "{self.id}" has no cgroup'
+            raise MissingFeatureError("updating resources", reason)
+        document = resources_update.updated_document(self._record.spec, changes)
+        with arguments_of(self.id):
+            resources_update.check_not_overridden(document, changes)
+        with naming_container(self.id):
+            load_spec(document)  # checked as a config.json is
+            problems = document_problems(document)
+            if problems:
+                raise SpecError(problems)
+            _cgroup.resources_for(document)  # (and as a cgroup's resources are)
+            wanted = Resources.from_oci(resources_update.to_write(document, changes))
+        cgroup = cgroups.load(self._record.cgroup, container_id=self.id)
+        with arguments_of(self.id):
+            resources_update.check_placed(changes, _controllers(cgroup))
+        updated = attrs.evolve(self._record, spec=document, pending={})
+        # (a Ctrl-C half-way would leave a cgroup the record does not describe; a caller
+        # killed half-way, the next holder of the lock finishes: ``pending``)
+        with interrupts_deferred():
+            self._save_pending({"operation": "update", "changes": changes})
+            self._apply_update(cgroup, wanted, updated)
 
     def _apply_update(self, cgroup: Cgroup, wanted: Resources, updated: ContainerRecord) -> None:
-        """:meth:`update` under the lock: ``wanted`` written, ``updated`` saved; what was
-        written given back if either fails."""
+        """:meth:`_update_locked`'s end: ``wanted`` written, ``updated`` saved; what was
+        written given back if either fails (and the update no longer ``pending``)."""
         journal = cgroups.WriteJournal()
         saving = False
         try:
@@ -1247,6 +1290,8 @@ class Container:
                     'container "%s": what a failed update wrote was not all given back: %s',
                     self.id, "; ".join(failed),
                 )  # fmt: skip
+            with contextlib.suppress(SandboxrtError, OSError):  # (its own failure goes on)
+                self._save_pending({})
             raise
         self._record = updated
 
@@ -1562,6 +1607,7 @@ class _Locked:
                 if not self._corrupt_ok:
                     raise
                 log.warning("%s: the record read before is used", exc)
+            self._container._finish_pending()
         except ContainerNotFoundError as exc:
             # Gone: drop the lock file this lock just made, as destroy did.
             self._container._store.delete(self._container.id)

@@ -66,8 +66,10 @@ class Process:
     or not, and :meth:`wait` and :meth:`communicate` raise the error with
     ``killed`` set (``timed_out`` is ``True``, ``returncode`` usually ``-9``;
     :meth:`communicate` then returns what it read so far, without waiting for
-    the end of output a process out of the group holds open). A ``Process``
-    dropped (garbage-collected) before its deadline drops the deadline too.
+    the end of output a process out of the group holds open). The deadline is
+    kept by the calling process: a ``Process`` dropped (garbage-collected)
+    before it drops it, and a caller that dies takes it along (the process runs
+    on, as a container outlives a caller that dies, but ``Container.run``'s).
     """
 
     def __init__(

@@ -328,11 +328,13 @@ def words_then_killed(code: str) -> list[str]:
                 stream.close()
 
 
-def killed_after(target: str, operation: str, container_id: str, store: FileStore) -> int:
-    """Run ``operation`` (a method of ``Container``) on the container in a second Python
-    process that SIGKILLs itself right after ``target`` (``"module:function"`` or
-    ``"module:Class.method"``) returns, as a ``kill -9`` landing there would; its return
-    code."""
+def killed_after(
+    target: str, operation: str, container_id: str, store: FileStore, arguments: str = ""
+) -> int:
+    """Run ``operation`` (a method of ``Container``, called with ``arguments``, their
+    Python text) on the container in a second Python process that SIGKILLs itself right
+    after ``target`` (``"module:function"`` or ``"module:Class.method"``) returns, as a
+    ``kill -9`` landing there would; its return code."""
     module, _, attribute = target.partition(":")
     owner, _, name = attribute.rpartition(".")
     code = (
@@ -346,7 +348,7 @@ def killed_after(target: str, operation: str, container_id: str, store: FileStor
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
         f"setattr(owner, {name!r}, then_killed)\n"
         f"container = Container.load({container_id!r}, store=FileStore({str(store.root)!r}))\n"
-        f"getattr(container, {operation!r})()\n"
+        f"getattr(container, {operation!r})({arguments})\n"
     )
     return in_python(code).returncode
 

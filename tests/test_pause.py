@@ -256,6 +256,31 @@ def test_a_caller_killed_while_it_freezes_leaves_a_container_that_says_paused(
     wait_for(lambda: read_count(count) > first)  # it counts again
 
 
+def test_a_caller_killed_while_a_kill_all_froze_the_cgroup_leaves_it_thawed_next(
+    counter: tuple[Container, Path], store: FileStore
+) -> None:
+    """A kill of every process freezes the cgroup for a moment: a caller killed then left
+    a frozen container that said running (resume refused it, an exec hung 30 s on its
+    frozen agent, wait never returned). The next holder of the lock thaws it."""
+    container, count = counter
+    driver = type(library_cgroup.attach(store.load(container.id).cgroup, container.id))
+    target = f"{driver.__module__}:{driver.__name__}.freeze"
+    code = killed_after(target, "kill", container.id, store, arguments='"CONT", all=True')
+    assert code == -signal.SIGKILL
+    record = store.load(container.id)
+    assert library_cgroup.is_frozen(record.cgroup, container.id)
+    assert record.pending == {"operation": "kill"} and container.status is Status.RUNNING
+    start = time.monotonic()
+    assert container.exec_run(["echo", "hi"], capture_output=True, timeout=5).stdout == b"hi\n"
+    assert time.monotonic() - start < 5
+    assert not library_cgroup.is_frozen(store.load(container.id).cgroup, container.id)
+    assert store.load(container.id).pending == {}
+    first = read_count(count)
+    wait_for(lambda: read_count(count) > first)  # it counts again
+    container.kill("KILL", all=True)
+    assert container.wait(timeout=10) == -signal.SIGKILL
+
+
 def test_pause_and_resume_need_the_right_status(store: FileStore, bundle: BundleFactory) -> None:
     container = Container.create("pz3", bundle(["true"]), store=store)
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BundleFactory, edit_config, needs_busybox, needs_root
+from conftest import BundleFactory, edit_config, killed_after, needs_busybox, needs_root
 
 from sandboxrt import (
     Container,
@@ -315,18 +315,47 @@ def test_a_ctrl_c_during_an_update_comes_once_it_is_over(
 
 
 class FailingSave(FileStore):
-    """A store whose next save fails, as on a full disk (``"before"``), or once the record
-    is in place, as a durable store's ``fsync`` after it (``"after"``)."""
+    """A store whose next save of an update's outcome (not of its ``pending`` mark) fails,
+    as on a full disk (``"before"``), or once the record is in place, as a durable
+    store's ``fsync`` after it (``"after"``)."""
 
     fail = ""
 
     def save(self, record: Any) -> None:
+        if record.pending:
+            super().save(record)
+            return
         fail, self.fail = self.fail, ""
         if fail == "before":
             raise OSError(errno.ENOSPC, "No space left on device")
         super().save(record)
         if fail == "after":
             raise OSError(errno.EIO, "Input/output error")
+
+
+@needs_root
+@needs_busybox
+def test_an_update_whose_caller_died_half_way_is_finished_by_the_next_operation(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """Its caller killed once the cgroup was written, before the record was saved: the
+    kernel enforced limits the record did not show. The next holder of the lock
+    finishes it: the record then says what the cgroup holds."""
+    with Container.create("up-died", bundle(["sleep", "1000"]), store=store) as container:
+        container.start()
+        driver = type(cgroups.load(store.load("up-died").cgroup or {}, container_id="up-died"))
+        target = f"{driver.__module__}:{driver.__name__}.apply"
+        code = killed_after(target, "update", "up-died", store, '{"pids": {"limit": 42}}')
+        assert code == -signal.SIGKILL
+        assert cgroup_value(container, "pids", "pids.max") == "42"
+        record = store.load("up-died")
+        assert record.pending == {"operation": "update", "changes": {"pids": {"limit": 42}}}
+        container.kill(0)  # (any operation that takes the lock)
+        record = store.load("up-died")
+        assert record.pending == {} and record.spec["linux"]["resources"]["pids"] == {"limit": 42}
+        assert cgroup_value(container, "pids", "pids.max") == "42"
+        container.update({"pids": {"limit": 43}})  # (and updates go on)
+        assert cgroup_value(container, "pids", "pids.max") == "43"
 
 
 @needs_root

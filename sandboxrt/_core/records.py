@@ -75,6 +75,12 @@ class ContainerRecord:
     #: The ``uid_map`` and ``gid_map`` (their text) of the sandbox's own user namespace;
     #: ``None`` when the sandbox has none (its ids are the host's).
     id_maps: tuple[str, str] | None = None
+    #: An operation under way, under the container's lock, that leaves the container
+    #: apart from what its record says until it ends: ``{"operation": "kill"}`` (of every
+    #: process: the cgroup frozen for a moment), ``{"operation": "update", "changes":
+    #: {...}}`` (the cgroup written before the record is saved). Found set by the next
+    #: holder of the lock, it means that one's caller died half-way: it finishes it.
+    pending: dict[str, Any] = attrs.field(factory=dict, repr=False)
 
     def with_status(self, new: Status) -> ContainerRecord:
         """A copy in status ``new``; raises if the transition is illegal."""
@@ -100,7 +106,7 @@ converter = cattrs.Converter()
 converter.register_unstructure_hook(_dt.datetime, lambda d: d.isoformat())
 converter.register_structure_hook(_dt.datetime, lambda v, _: _dt.datetime.fromisoformat(v))
 
-_PLAIN_JSON = frozenset({"spec", "config", "annotations", "cgroup"})
+_PLAIN_JSON = frozenset({"spec", "config", "annotations", "cgroup", "pending"})
 
 
 def _unstructure_record(record: ContainerRecord) -> dict[str, Any]:
