@@ -51,7 +51,7 @@ def run_snippet(name: str, code: str, bundle: Path, store: MemoryStore) -> tuple
         try:
             output, _ = c.communicate(timeout=TIME_LIMIT)  # (as Popen.communicate)
         except ProcessTimeoutError:
-            c.kill("KILL")  # (as with subprocess: kill, then read what is left)
+            c.kill("KILL", all=True)  # (as with subprocess: kill, then read what is left)
             c.communicate()
             return "timed out", ""
         status = c.wait()  # (it has exited: its status)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from sandboxrt._core import devicefilter
+from sandboxrt._core.records import ContainerRecord
 from sandboxrt._os import cgroups
 from sandboxrt._os.cgroups import Cgroup, CgroupLayout, DeviceRule, Resources
 from sandboxrt.errors import (
@@ -353,6 +354,22 @@ def signal_all(
             cgroup.thaw()
 
 
+def freezes_to_signal(
+    record: CgroupRef | None, container_id: str, signum: int, *, paused: bool = False
+) -> bool:
+    """Whether :func:`signal_all` freezes the container's cgroup for a moment to send
+    ``signum`` (no freezer, or ``cgroup.kill`` for ``SIGKILL``: it does not)."""
+    if record is None:
+        return False
+    try:
+        cgroup = attach(record, container_id)
+    except SandboxrtError:
+        return False
+    if signum == signal.SIGKILL:
+        return not cgroup.can_kill_at_once() and cgroup.can_freeze()
+    return not paused and cgroup.can_freeze()
+
+
 def remove_left_behind(
     spec: Mapping[str, Any], container_id: str, scope: str, timeout: float
 ) -> None:
@@ -417,18 +434,14 @@ def _keeps_parents(cgroup: Cgroup) -> bool:
     return cgroups.shares_default_parents(cgroup.path)
 
 
-def naming_memory_limit(
-    exc: BaseException,
-    cgroup: Mapping[str, Any] | None,
-    container_id: str,
-    spec: Mapping[str, Any],
-) -> BaseException:
+def naming_memory_limit(exc: BaseException, record: ContainerRecord) -> BaseException:
     """``exc``, or for an :class:`InitError` of an init the OOM killer killed, one that
     names the memory limit it met (at create and at start alike)."""
     if not isinstance(exc, InitError):
         return exc
-    memory = memory_limit_hit(cgroup, container_id, _requested_memory_limit(spec))
-    return exc if memory is None else InitError(container_id, f"{exc.cause}: {memory}")
+    requested = _requested_memory_limit(record.spec)
+    memory = memory_limit_hit(record.cgroup, record.id, requested)
+    return exc if memory is None else InitError(record.id, f"{exc.cause}: {memory}")
 
 
 def _requested_memory_limit(spec: Mapping[str, Any]) -> int | None:
@@ -455,6 +468,8 @@ def memory_limit_hit(
     if not stats.oom_kills:
         return None
     limit = f"{stats.memory_limit} bytes"
-    if requested is not None and stats.memory_limit not in (None, requested):
+    page = os.sysconf("SC_PAGE_SIZE")
+    rounded = requested // page * page if requested is not None and requested > 0 else None
+    if rounded is not None and stats.memory_limit == rounded != requested:
         limit += f", the {requested} asked for in whole pages"
     return f"its memory limit ({limit}) was reached: the OOM killer killed"

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import IO
 
-from sandboxrt.errors import InvalidArgumentError
+from sandboxrt.errors import InvalidArgumentError, ProcessTimeoutError
 
 __all__ = ["Communication"]
 
@@ -61,6 +61,31 @@ class Communication:
         self._input = memoryview(b"")
         self._offset = 0
         self._output: dict[int, list[bytes]] = {}
+
+    def communicate(
+        self,
+        input: bytes | None,
+        deadline: float | None,
+        *,
+        wait: Callable[[float | None], object],
+        timed_out: Callable[[], ProcessTimeoutError],
+        given_up: Callable[[], bool] | None = None,
+        poll: float = 0.05,
+    ) -> tuple[bytes | None, bytes | None]:
+        """``Popen.communicate``: :meth:`begin`, :meth:`pump`, then ``wait`` for the
+        process with what is left of the time; ``(stdout, stderr)``. The outputs' time
+        out raises ``timed_out()``; either time-out carries the output so far."""
+        self.begin(input)
+        try:
+            try:
+                self.pump(deadline, given_up=given_up, poll=poll)
+            except TimeoutError:
+                raise timed_out() from None
+            wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except ProcessTimeoutError as error:
+            error.output, error.stderr = self.collected()
+            raise
+        return self.collected()
 
     def begin(self, input: bytes | None) -> None:
         """Take ``input`` (the first call only: input after that is refused). On a

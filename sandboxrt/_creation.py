@@ -300,9 +300,7 @@ class _Creation:
         if container.console is not None:
             container.console.close()
         # (read before the teardown removes the cgroup)
-        named = _cgroup.naming_memory_limit(
-            exc, container._record.cgroup, self._id, container._record.spec
-        )
+        named = _cgroup.naming_memory_limit(exc, container._record)
         try:
             teardown(container)
         except Exception as cleanup:  # (out of fds too, say): the first error says why

@@ -37,12 +37,12 @@ from sandboxrt._core.plan import (
     exec_plan,
 )
 from sandboxrt._core.protocol import ExecPlan
-from sandboxrt._core.records import ContainerRecord
+from sandboxrt._core.records import ContainerRecord, ProcessIdentity
 from sandboxrt._core.spec import Spec, load_spec
 from sandboxrt._core.spec_default import DEFAULT_OCI_VERSION
 from sandboxrt._core.spec_validate import document_problems
 from sandboxrt._core.status import Operation, Status, require
-from sandboxrt._creation import naming_container
+from sandboxrt._creation import naming_container, this_process
 from sandboxrt._os import cgroups, procfs
 from sandboxrt._os.cgroups import Cgroup, Resources
 from sandboxrt._os.seccomp import compile_bpf
@@ -77,6 +77,7 @@ from sandboxrt.errors import (
     InitError,
     InvalidArgumentError,
     InvalidStateError,
+    LockTimeoutError,
     MissingFeatureError,
     NoOverlayError,
     ProcessError,
@@ -93,9 +94,7 @@ from sandboxrt.errors import (
 from sandboxrt.files import ContainerFiles, check_max_bytes
 from sandboxrt.gofer import Gofer, PendingGofer, socket_path
 from sandboxrt.process import Process, ProcessInfo, process_infos
-from sandboxrt.sandbox import (
-    Sandbox,
-)
+from sandboxrt.sandbox import Sandbox, alive
 from sandboxrt.stores import MetadataStore, store_or_default
 
 __all__ = ["Container", "CreateOptions", "ExecRunOptions", "OCIState", "Stats"]
@@ -535,9 +534,7 @@ class Container:
                 if not self._stopped_meanwhile(Operation.START, sandbox):
                     raise
             except InitError as exc:
-                named = _cgroup.naming_memory_limit(
-                    exc, self._record.cgroup, self.id, self._record.spec
-                )
+                named = _cgroup.naming_memory_limit(exc, self._record)
                 if named is not exc:
                     raise named from exc
                 raise
@@ -571,7 +568,17 @@ class Container:
         """
         timeout = wait_seconds(self.id, timeout)
         self._refresh()
+        self._finish_pending_left()
         return self._wait_for_init(self._sandbox_to_wait_on("wait for"), timeout)
+
+    def _finish_pending_left(self) -> None:
+        """For a reader that may wait on the container (``wait``): a mark left ``pending``
+        (by a kill of every process whose caller died with the cgroup frozen, say) is
+        finished by taking the lock a moment, as any operation that changes the container
+        would; a lock not had in time leaves it."""
+        if self._record.pending:
+            with contextlib.suppress(LockTimeoutError), self._locked():
+                pass
 
     @_naming_resource_errors("communicate with")
     def communicate(
@@ -594,21 +601,32 @@ class Container:
                 stderr=self.stderr,
                 console=self.console,
             )
-        communication = self._communication
-        communication.begin(input)
-        try:
-            communication.pump(deadline)
+
+        def timed_out() -> ProcessTimeoutError:
+            returncode = self._init_status_if_known()
+            return ProcessTimeoutError(
+                self.id, self._init_args(), timeout or 0.0, returncode=returncode
+            )
+
+        def wait(remaining: float | None) -> int:
             self._refresh()
-            sandbox = self._sandbox_to_wait_on("communicate with")
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            self._wait_for_init(sandbox, remaining)
-        except (TimeoutError, ProcessTimeoutError):
-            args = (self._record.spec.get("process") or {}).get("args") or []
-            stdout, stderr = communication.collected()
-            raise ProcessTimeoutError(
-                self.id, args, timeout or 0.0, output=stdout, stderr=stderr
-            ) from None
-        return communication.collected()
+            self._finish_pending_left()
+            return self._wait_for_init(self._sandbox_to_wait_on("communicate with"), remaining)
+
+        return self._communication.communicate(input, deadline, wait=wait, timed_out=timed_out)
+
+    def _init_args(self) -> builtins.list[str]:
+        """The init's program and arguments, as the spec gives them."""
+        args = (self._record.spec.get("process") or {}).get("args") or []
+        return [str(arg) for arg in args]
+
+    def _init_status_if_known(self) -> int | None:
+        """The init's exit status if it has exited, ``None`` if not or not known."""
+        sandbox = self._launched or self.sandbox
+        try:
+            return None if sandbox is None else sandbox.wait(self.id, 0)
+        except (SandboxrtError, OSError):
+            return None
 
     def _wait_for_init(
         self, sandbox: Sandbox, timeout: float | None, *, kills: bool = False
@@ -619,8 +637,9 @@ class Container:
         try:
             return sandbox.wait(self.id, timeout)
         except WaitTimeoutError:
-            args = (self._record.spec.get("process") or {}).get("args") or []
-            raise ProcessTimeoutError(self.id, args, timeout or 0.0, killed=kills) from None
+            raise ProcessTimeoutError(
+                self.id, self._init_args(), timeout or 0.0, killed=kills
+            ) from None
 
     def _sandbox_to_wait_on(self, operation: str) -> Sandbox:
         """The sandbox; a container still being created (by another process) has none
@@ -668,49 +687,82 @@ class Container:
             require(Operation.KILL_ALL if all else Operation.KILL, self.id, status)
             paused = status is Status.PAUSED
             # Through the cgroup, it may freeze it for a moment: should our caller die
-            # meanwhile, the next holder of the lock finds it said and thaws it.
-            freezing = all and not paused and self._record.cgroup is not None
+            # meanwhile, the next holder of the lock finds it said and thaws it. (Said if
+            # the store can: a kill does not wait on a full disk.)
+            freezing = all and _cgroup.freezes_to_signal(
+                self._record.cgroup, self.id, sig, paused=paused
+            )
             if freezing:
-                self._save_pending({"operation": "kill"})
+                freezing = self._mark_pending("kill", required=False)
             try:
                 self._signal(sandbox, sig, all=all, paused=paused, foreground=foreground)
             finally:
                 if freezing:
-                    self._save_pending({})
+                    self._unmark_pending()
                 if paused and sig == _signal.SIGKILL:
                     _cgroup.thaw(self._record.cgroup, self.id)
                     self._record = self._record.with_status(Status.RUNNING)
                     self._store.save(self._record)
 
+    def _mark_pending(self, operation: str, *, required: bool = True, **details: Any) -> bool:
+        """Save that ``operation`` is under way, by this process (``pending``); whether it
+        is. One that may go on without (``required=False``) logs a store that fails."""
+        by = attrs.asdict(this_process())
+        try:
+            self._save_pending({"operation": operation, "by": by, **details})
+        except (SandboxrtError, OSError) as exc:
+            if required:
+                raise
+            log.warning('container "%s": its %s goes on unsaid: %s', self.id, operation, exc)
+            return False
+        return True
+
+    def _unmark_pending(self) -> None:
+        """The operation marked is over (a store that fails to say so is logged: the next
+        holder of the lock sees its process alive, and clears the mark)."""
+        try:
+            self._save_pending({})
+        except (SandboxrtError, OSError) as exc:
+            log.warning('container "%s": its record still says it is busy: %s', self.id, exc)
+
     def _save_pending(self, pending: dict[str, Any]) -> None:
         self._record = attrs.evolve(self._record, pending=pending)
         self._store.save(self._record)
 
-    def _finish_pending(self) -> None:
-        """Under the lock: a holder of it whose caller died half-way through an operation
-        that leaves the container apart from its record (``pending``) left it so; finish
-        it, as that holder would have: thaw a kill's frozen cgroup, write and save an
-        update (whose values the cgroup may hold some of, the record none)."""
+    def _finish_pending(self, *, updates: bool = True) -> None:
+        """Under the lock: an operation marked ``pending`` (see :class:`ContainerRecord`)
+        whose process died half-way left the container apart from its record. A kill's
+        frozen cgroup is thawed (its signals are not sent again); an update is written and
+        saved, if ``updates`` (not in a destroy) and the container may be updated. A mark
+        whose process lives is one whose end could not be saved: it is cleared."""
         pending = self._record.pending
         if not pending:
             return
         operation = pending.get("operation")
-        log.warning('container "%s": a %s died half-way: finished now', self.id, operation)
-        if operation == "update" and isinstance(pending.get("changes"), dict):
+        by = pending.get("by")
+        try:
+            died = not alive(ProcessIdentity(**(by if isinstance(by, dict) else {})))
+        except (TypeError, ValueError):  # (no process named: a mark of another make)
+            died = True
+        if operation == "kill":
+            with contextlib.suppress(SandboxrtError):  # (gone: nothing left frozen)
+                _cgroup.thaw(self._record.cgroup, self.id)
+        if died:
+            log.warning('container "%s": a %s died half-way: finished now', self.id, operation)
+        status = effective_status(self._record, self.sandbox)
+        may_update = status in (Status.CREATED, Status.RUNNING, Status.PAUSED)
+        if died and operation == "update" and updates and may_update:
             try:
                 self._update_locked(pending["changes"])  # (which saves it done)
                 return
-            except (SandboxrtError, OSError) as exc:
+            except Exception as exc:  # (a bad mark too: it is not retried)
                 log.warning(
-                    'container "%s": the update could not be finished (%s): its cgroup may '
+                    'container "%s": its update could not be finished (%s): its cgroup may '
                     "hold some of its values, its record none",
                     self.id,
                     exc,
                 )
-        elif operation == "kill":
-            with contextlib.suppress(SandboxrtError):  # (gone: nothing left frozen)
-                _cgroup.thaw(self._record.cgroup, self.id)
-        self._save_pending({})
+        self._unmark_pending()
 
     def _signal(
         self, sandbox: Sandbox | None, sig: int, *, all: bool, paused: bool, foreground: bool
@@ -1166,7 +1218,7 @@ class Container:
                 # is killed even when it had exited (what is left of it holds the output).
                 process.kill(group=True)
                 code = process.wait()
-                killed = timed_out.returncode is None and code == -_signal.SIGKILL
+                exited = timed_out.returncode  # (at the time-out, its output held open)
                 raise ProcessTimeoutError(
                     self.id,
                     process.args,
@@ -1174,8 +1226,8 @@ class Container:
                     pid=process.pid,
                     output=timed_out.output,
                     stderr=timed_out.stderr,
-                    killed=killed,
-                    returncode=None if killed else code,
+                    killed=exited is None and code == -_signal.SIGKILL,
+                    returncode=exited,
                 ) from None
             except BaseException:
                 process.kill(group=True)
@@ -1206,14 +1258,20 @@ class Container:
         if self._record.cgroup is None:
             raise MissingFeatureError("container stats", f'container "{self.id}" has no cgroup')
         try:
-            return Stats.from_cgroup(
-                cgroups.load(self._record.cgroup, container_id=self.id).stats()
-            )
+            cgroup = cgroups.load(self._record.cgroup, container_id=self.id)
+            stats = cgroup.stats()
+            # (a file of a directory gone reads as nothing: not a container that used none)
+            gone = not all(directory.is_dir() for directory in cgroup.directories)
         except SystemCallError as err:
             self._raise_unless_destroyed(err)
+            gone = True
+        if gone:
+            self._refresh()  # (ContainerNotFoundError once the record went too)
+            status = effective_status(self._record, self.sandbox)
             raise InvalidStateError(
-                "read the stats of", self.id, Status.STOPPED.value, reason="its cgroup is gone"
-            ) from None
+                "read the stats of", self.id, status.value, reason="its cgroup is gone"
+            )
+        return Stats.from_cgroup(stats)
 
     @_naming_resource_errors("update")
     def update(self, resources: Mapping[str, Any]) -> None:
@@ -1265,7 +1323,7 @@ class Container:
         # (a Ctrl-C half-way would leave a cgroup the record does not describe; a caller
         # killed half-way, the next holder of the lock finishes: ``pending``)
         with interrupts_deferred():
-            self._save_pending({"operation": "update", "changes": changes})
+            self._mark_pending("update", changes=changes)
             self._apply_update(cgroup, wanted, updated)
 
     def _apply_update(self, cgroup: Cgroup, wanted: Resources, updated: ContainerRecord) -> None:
@@ -1290,8 +1348,7 @@ class Container:
                     'container "%s": what a failed update wrote was not all given back: %s',
                     self.id, "; ".join(failed),
                 )  # fmt: skip
-            with contextlib.suppress(SandboxrtError, OSError):  # (its own failure goes on)
-                self._save_pending({})
+            self._unmark_pending()
             raise
         self._record = updated
 
@@ -1396,7 +1453,7 @@ class Container:
         try:
             # (a Ctrl-C half-way would leave the record, with half of what it names gone;
             # the wait for the lock may be interrupted)
-            with self._locked(corrupt_ok=True), interrupts_deferred():
+            with self._locked(corrupt_ok=True, updates=False), interrupts_deferred():
                 teardown(self)
         except ContainerNotFoundError:
             pass
@@ -1536,8 +1593,8 @@ class Container:
         self._record = attrs.evolve(self._record, gofer=serving.identity)
         self._store.save(self._record)
 
-    def _locked(self, *, corrupt_ok: bool = False) -> _Locked:
-        return _Locked(self, corrupt_ok=corrupt_ok)
+    def _locked(self, *, corrupt_ok: bool = False, updates: bool = True) -> _Locked:
+        return _Locked(self, corrupt_ok=corrupt_ok, updates=updates)
 
     def _destroy_timeout(self) -> float:
         return configured_timeout(self._record, "destroy_timeout", 10.0)
@@ -1592,9 +1649,13 @@ class _Locked:
     ``corrupt_ok``, a stored record that cannot be read leaves the container its own
     (read before: what a destroy then tears down)."""
 
-    def __init__(self, container: Container, *, corrupt_ok: bool = False) -> None:
+    def __init__(
+        self, container: Container, *, corrupt_ok: bool = False, updates: bool = True
+    ) -> None:
         self._container = container
         self._corrupt_ok = corrupt_ok
+        #: Whether an update a dead caller left half-way is finished (not in a destroy).
+        self._updates = updates
         timeout = configured_timeout(container._record, "lock_timeout", None)  # None: the store's
         self._lock = container._store.lock(container.id, timeout=timeout)
 
@@ -1607,7 +1668,7 @@ class _Locked:
                 if not self._corrupt_ok:
                     raise
                 log.warning("%s: the record read before is used", exc)
-            self._container._finish_pending()
+            self._container._finish_pending(updates=self._updates)
         except ContainerNotFoundError as exc:
             # Gone: drop the lock file this lock just made, as destroy did.
             self._container._store.delete(self._container.id)

@@ -345,28 +345,28 @@ class Process:
         """
         timeout = wait_seconds(self.container_id, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
-        communication = self._communication
-        communication.begin(input)
-        given_up = (lambda: self.timed_out) if self._timer is not None else None
-        try:  # (killed at its deadline: what a process out of its group holds may never end)
-            communication.pump(deadline, given_up=given_up, poll=_DEADLINE_POLL)
-        except TimeoutError:
-            raise ProcessTimeoutError(
+
+        def timed_out() -> ProcessTimeoutError:
+            if self.timed_out:  # (its own deadline killed it meanwhile)
+                return self._killed_error()
+            return ProcessTimeoutError(
                 self.container_id,
                 self.args,
                 timeout or 0.0,
                 pid=self.pid,
-                output=communication.collected()[0],
-                stderr=communication.collected()[1],
                 returncode=self._exit_status_if_known(),
-            ) from None
-        stdout, stderr = communication.collected()
-        try:
-            self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        except ProcessTimeoutError as error:
-            error.output, error.stderr = stdout, stderr
-            raise
-        return stdout, stderr
+            )
+
+        # Killed at its deadline, what a process out of its group holds may never end.
+        given_up = (lambda: self.timed_out) if self._timer is not None else None
+        return self._communication.communicate(
+            input,
+            deadline,
+            wait=self.wait,
+            timed_out=timed_out,
+            given_up=given_up,
+            poll=_DEADLINE_POLL,
+        )
 
 
 def _expire_if_kept(process: weakref.ref[Process]) -> None:

@@ -815,6 +815,10 @@ def test_stats_follow_memory_and_cpu(store: FileStore, bundle: BundleFactory) ->
         assert stopped.pids_current == 0
         assert stopped.cpu_usage_ns >= burnt.cpu_usage_ns
         assert stopped.memory_max_usage is None or stopped.memory_max_usage >= 50 * MiB
+        for directory in cgroup_of(store, "cg-stats").directories:  # (as a tied sandbox's end)
+            directory.rmdir()
+        with pytest.raises(InvalidStateError, match="its cgroup is gone"):
+            container.stats()  # (not a container that used nothing)
     finally:
         container.stdin.close()
         container.stdout.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -35,6 +36,7 @@ from sandboxrt import (
     FileStore,
     InvalidStateError,
     MissingFeatureError,
+    ProcessTimeoutError,
     SandboxrtError,
     Status,
     WaitTimeoutError,
@@ -269,16 +271,54 @@ def test_a_caller_killed_while_a_kill_all_froze_the_cgroup_leaves_it_thawed_next
     assert code == -signal.SIGKILL
     record = store.load(container.id)
     assert library_cgroup.is_frozen(record.cgroup, container.id)
-    assert record.pending == {"operation": "kill"} and container.status is Status.RUNNING
-    start = time.monotonic()
-    assert container.exec_run(["echo", "hi"], capture_output=True, timeout=5).stdout == b"hi\n"
-    assert time.monotonic() - start < 5
+    assert record.pending["operation"] == "kill" and container.status is Status.RUNNING
+    with pytest.raises(ProcessTimeoutError):  # (a wait, which takes no lock, finishes it)
+        container.wait(timeout=0.5)
     assert not library_cgroup.is_frozen(store.load(container.id).cgroup, container.id)
     assert store.load(container.id).pending == {}
     first = read_count(count)
     wait_for(lambda: read_count(count) > first)  # it counts again
+    start = time.monotonic()
+    assert container.exec_run(["echo", "hi"], capture_output=True, timeout=5).stdout == b"hi\n"
+    assert time.monotonic() - start < 5
     container.kill("KILL", all=True)
+    assert store.load(container.id).pending == {}  # (said, then unsaid)
     assert container.wait(timeout=10) == -signal.SIGKILL
+
+
+class _MarkFails(FileStore):
+    """A store that cannot save a record marked busy (a full disk, say)."""
+
+    def save(self, record: Any) -> None:
+        if record.pending:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().save(record)
+
+
+def test_a_kill_of_every_process_goes_on_when_the_store_cannot_say_it(
+    tmp_path: Path, bundle: BundleFactory
+) -> None:
+    """A container filling the disk is one to kill: the mark of a kill under way is said
+    if the store can, and the kill goes on if it cannot."""
+    store = _MarkFails(tmp_path / "store")
+    with Container.create("pz-full", bundle(["sleep", "1000"]), store=store) as container:
+        container.start()
+        container.kill("KILL", all=True)
+        assert container.wait(timeout=10) == -signal.SIGKILL
+
+
+def test_a_destroy_is_not_stopped_by_a_bad_mark(store: FileStore, bundle: BundleFactory) -> None:
+    """A mark no update could finish (a record edited by hand, say) is cleared, and a
+    destroy finishes no update: it tears down."""
+    container = Container.create("pz-mark", bundle(["sleep", "1000"]), store=store)
+    container.start()
+    bad = {"operation": "update", "changes": {"pids": "x"}, "by": {"pid": 1}}
+    store.save(attrs.evolve(store.load("pz-mark"), pending=bad))
+    container.kill(0)  # (logged, cleared)
+    assert store.load("pz-mark").pending == {}
+    store.save(attrs.evolve(store.load("pz-mark"), pending=bad))
+    container.destroy()
+    assert Container.list(store=store) == []
 
 
 def test_pause_and_resume_need_the_right_status(store: FileStore, bundle: BundleFactory) -> None:

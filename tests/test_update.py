@@ -349,13 +349,49 @@ def test_an_update_whose_caller_died_half_way_is_finished_by_the_next_operation(
         assert code == -signal.SIGKILL
         assert cgroup_value(container, "pids", "pids.max") == "42"
         record = store.load("up-died")
-        assert record.pending == {"operation": "update", "changes": {"pids": {"limit": 42}}}
+        assert record.pending["operation"] == "update"
+        assert record.pending["changes"] == {"pids": {"limit": 42}}
         container.kill(0)  # (any operation that takes the lock)
         record = store.load("up-died")
         assert record.pending == {} and record.spec["linux"]["resources"]["pids"] == {"limit": 42}
         assert cgroup_value(container, "pids", "pids.max") == "42"
         container.update({"pids": {"limit": 43}})  # (and updates go on)
         assert cgroup_value(container, "pids", "pids.max") == "43"
+
+
+class _Full(FileStore):
+    """A store that, once ``full``, saves nothing but the mark of an operation under way."""
+
+    full = False
+
+    def save(self, record: Any) -> None:
+        if self.full and not record.pending:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().save(record)
+
+
+@needs_root
+@needs_busybox
+def test_a_failed_update_whose_mark_stays_is_not_done_later(
+    tmp_path: Path, bundle: BundleFactory
+) -> None:
+    """The store fills up in the middle of an update: the update fails, gives back what
+    it wrote, and cannot clear its mark. Its caller lives (and was told): the next
+    holder of the lock clears the mark, and does not do the update it was told failed."""
+    store = _Full(tmp_path / "store")
+    with Container.create("up-full", bundle(["sleep", "1000"]), store=store) as container:
+        container.start()
+        store.full = True
+        with pytest.raises(OSError, match="No space left"):
+            container.update({"pids": {"limit": 42}})
+        assert store.load("up-full").pending["operation"] == "update"
+        store.full = False
+        container.kill(0)  # (any operation that takes the lock)
+        assert store.load("up-full").pending == {}
+        assert cgroup_value(container, "pids", "pids.max") == "max"
+        assert container.spec.linux.resources is None or (  # type: ignore[union-attr]
+            container.spec.linux.resources.pids is None  # type: ignore[union-attr]
+        )
 
 
 @needs_root

@@ -78,8 +78,10 @@ class ContainerRecord:
     #: An operation under way, under the container's lock, that leaves the container
     #: apart from what its record says until it ends: ``{"operation": "kill"}`` (of every
     #: process: the cgroup frozen for a moment), ``{"operation": "update", "changes":
-    #: {...}}`` (the cgroup written before the record is saved). Found set by the next
-    #: holder of the lock, it means that one's caller died half-way: it finishes it.
+    #: {...}}`` (the cgroup written before the record is saved), with ``"by"``, the
+    #: :class:`ProcessIdentity` (as a dict) of the process doing it. Found set by the next
+    #: holder of the lock, it is one that process died in, which that holder finishes, or,
+    #: the process alive, one whose end its store could not save, which it clears.
     pending: dict[str, Any] = attrs.field(factory=dict, repr=False)
 
     def with_status(self, new: Status) -> ContainerRecord:

@@ -794,6 +794,11 @@ class Cgroup(abc.ABC):
         """Whether the cgroup has a freezer (:meth:`freeze` works)."""
         return True
 
+    def can_kill_at_once(self) -> bool:
+        """Whether the kernel kills every process of the cgroup with one write
+        (``cgroup.kill``): :meth:`kill_all` then freezes nothing."""
+        return False
+
     def _kill_at_once(self) -> bool:
         """Kill every process with one write, if the kernel can; ``False`` if not."""
         return False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -262,11 +263,15 @@ class CgroupV1(Cgroup):
 def _oom_kills(memory: Path) -> int:
     """The OOM killer's kills in ``memory`` and in the cgroups its processes made beneath
     it: v1 counts each cgroup's own in its ``memory.oom_control`` (v2's ``memory.events``
-    counts those beneath too)."""
-    return sum(
-        read_keyed(Path(level), "memory.oom_control").get("oom_kill", 0)
-        for level, _, _ in os.walk(memory)
-    )
+    counts those beneath too). One of those removed as it is read counts none."""
+    kills = read_keyed(memory, "memory.oom_control").get("oom_kill", 0)
+    for level, _, _ in itertools.islice(os.walk(memory), 1, None):
+        try:
+            kills += read_keyed(Path(level), "memory.oom_control").get("oom_kill", 0)
+        except SystemCallError as err:
+            if err.errno not in (errno.ENODEV, errno.ENOENT):
+                raise
+    return kills
 
 
 def _copy_cpuset(level: Path) -> None:

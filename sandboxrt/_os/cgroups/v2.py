@@ -252,8 +252,11 @@ class CgroupV2(Cgroup):
     def is_frozen(self, *, below: bool = False) -> bool:
         return read_keyed(self._dir, "cgroup.events").get("frozen") == 1
 
+    def can_kill_at_once(self) -> bool:
+        return (self._dir / "cgroup.kill").exists()
+
     def _kill_at_once(self) -> bool:
-        if not (self._dir / "cgroup.kill").exists():
+        if not self.can_kill_at_once():
             return False
         write_file(self._dir, "cgroup.kill", "1")
         return True
