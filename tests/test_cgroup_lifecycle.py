@@ -71,6 +71,15 @@ def _layout() -> CgroupLayout | None:
 LAYOUT = _layout()
 
 
+#: A program that takes memory until the OOM killer ends it.
+HOG = "chunks = []\nwhile True: chunks.append(bytes(4 << 20))\n"
+
+without_swap = pytest.mark.skipif(
+    len(Path("/proc/swaps").read_text().splitlines()) > 1,
+    reason="with swap, the memory limit alone would not stop the hog",
+)
+
+
 def _has_controllers(layout: CgroupLayout | None, wanted: set[str]) -> bool:
     if layout is None or layout.driver is None:
         return False
@@ -885,17 +894,13 @@ def test_a_memory_hog_is_oom_killed_and_reported(store: FileStore, bundle: Bundl
 
 
 @real
-@pytest.mark.skipif(
-    len(Path("/proc/swaps").read_text().splitlines()) > 1,
-    reason="with swap, the memory limit alone would not stop the hog",
-)
+@without_swap
 def test_an_oom_kill_of_one_process_shows_in_the_stats(
     store: FileStore, bundle: BundleFactory
 ) -> None:
     """The init lives on when the OOM killer kills one of its children: its stats count
     the kill, and ``oom_killed`` says so; a container that met no limit says not."""
-    hog = "chunks = []\nwhile True: chunks.append(bytes(4 << 20))\n"
-    program = f'python3 -c "{hog}" 2>/dev/null; echo $?; exec sleep 1000'
+    program = f'python3 -c "{HOG}" 2>/dev/null; echo $?; exec sleep 1000'
     path = bundle(["sh", "-c", program], rootfs="host_usr")
     edit_config(path, resources(memory={"limit": 32 * MiB}))
     calm = Container.create("cg-calm", bundle(["sleep", "1000"]), store=store)
@@ -915,10 +920,7 @@ def test_an_oom_kill_of_one_process_shows_in_the_stats(
 
 
 @real
-@pytest.mark.skipif(
-    len(Path("/proc/swaps").read_text().splitlines()) > 1,
-    reason="with swap, the memory limit alone would not stop the hog",
-)
+@without_swap
 def test_an_oom_kill_in_a_cgroup_the_container_made_counts(
     store: FileStore, bundle: BundleFactory
 ) -> None:
@@ -926,10 +928,9 @@ def test_an_oom_kill_in_a_cgroup_the_container_made_counts(
     as the container's (cgroup v1 counts a kill in the victim's cgroup only)."""
     if LAYOUT is None or LAYOUT.driver == "v2":
         pytest.skip("cgroup v2 counts the kills beneath a cgroup in its own memory.events")
-    hog = "chunks = []\nwhile True: chunks.append(bytes(4 << 20))\n"
     sub = "/sys/fs/cgroup/memory/made"
     # (The subshell moves itself: "0" is the writer, and echo is the shell's own.)
-    program = f'mkdir {sub} && echo 0 > {sub}/cgroup.procs && python3 -c "{hog}" 2>/dev/null'
+    program = f'mkdir {sub} && echo 0 > {sub}/cgroup.procs && python3 -c "{HOG}" 2>/dev/null'
     path = bundle(["sh", "-c", f"({program}); echo $?; exec sleep 1000"], rootfs="host_usr")
 
     def writable_cgroups(document: dict[str, Any]) -> None:
