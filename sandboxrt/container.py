@@ -567,18 +567,22 @@ class Container:
         Works any number of times and from any process, until :meth:`destroy`.
         """
         timeout = wait_seconds(self.id, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._refresh()
-        self._finish_pending_left()
-        return self._wait_for_init(self._sandbox_to_wait_on("wait for"), timeout)
+        self._finish_pending_left(timeout)
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self._wait_for_init(self._sandbox_to_wait_on("wait for"), remaining)
 
-    def _finish_pending_left(self) -> None:
-        """For a reader that may wait on the container (``wait``): a mark left ``pending``
+    def _finish_pending_left(self, timeout: float | None) -> None:
+        """For a reader about to wait on the container (``wait``): a mark left ``pending``
         (by a kill of every process whose caller died with the cgroup frozen, say) is
         finished by taking the lock a moment, as any operation that changes the container
-        would; a lock not had in time leaves it."""
-        if self._record.pending:
-            with contextlib.suppress(LockTimeoutError), self._locked():
-                pass
+        would; a lock not had within ``timeout`` (or the configured lock timeout), or
+        not to be had, leaves it."""
+        if not self._record.pending:
+            return
+        with contextlib.suppress(LockTimeoutError, OSError), self._locked(lock_timeout=timeout):
+            pass
 
     @_naming_resource_errors("communicate with")
     def communicate(
@@ -610,7 +614,9 @@ class Container:
 
         def wait(remaining: float | None) -> int:
             self._refresh()
-            self._finish_pending_left()
+            self._finish_pending_left(remaining)
+            if deadline is not None:
+                remaining = max(0.0, deadline - time.monotonic())
             return self._wait_for_init(self._sandbox_to_wait_on("communicate with"), remaining)
 
         return self._communication.communicate(input, deadline, wait=wait, timed_out=timed_out)
@@ -688,9 +694,10 @@ class Container:
             paused = status is Status.PAUSED
             # Through the cgroup, it may freeze it for a moment: should our caller die
             # meanwhile, the next holder of the lock finds it said and thaws it. (Said if
-            # the store can: a kill does not wait on a full disk.)
-            freezing = all and _cgroup.freezes_to_signal(
-                self._record.cgroup, self.id, sig, paused=paused
+            # the store can: a kill does not wait on a full disk. A paused container is
+            # frozen, as its record says, whatever becomes of us.)
+            freezing = (
+                all and not paused and _cgroup.freezes_to_signal(self._record.cgroup, self.id, sig)
             )
             if freezing:
                 freezing = self._mark_pending("kill", required=False)
@@ -718,23 +725,27 @@ class Container:
         return True
 
     def _unmark_pending(self) -> None:
-        """The operation marked is over (a store that fails to say so is logged: the next
-        holder of the lock sees its process alive, and clears the mark)."""
+        """The operation marked is over. A store that fails to say so is logged: while
+        this process lives, the next holder of the lock clears the mark; once it has
+        exited, it takes it for one that died half-way (an update then done after all,
+        which its caller was told failed: a disk full at both saves, decision 68)."""
         try:
             self._save_pending({})
         except (SandboxrtError, OSError) as exc:
             log.warning('container "%s": its record still says it is busy: %s', self.id, exc)
 
     def _save_pending(self, pending: dict[str, Any]) -> None:
-        self._record = attrs.evolve(self._record, pending=pending)
-        self._store.save(self._record)
+        record = attrs.evolve(self._record, pending=pending)
+        self._store.save(record)
+        self._record = record  # (once saved: a mark the store refused is not ours to keep)
 
     def _finish_pending(self, *, updates: bool = True) -> None:
         """Under the lock: an operation marked ``pending`` (see :class:`ContainerRecord`)
         whose process died half-way left the container apart from its record. A kill's
         frozen cgroup is thawed (its signals are not sent again); an update is written and
-        saved, if ``updates`` (not in a destroy) and the container may be updated. A mark
-        whose process lives is one whose end could not be saved: it is cleared."""
+        saved, if ``updates`` (not in a destroy) and the container may still be updated,
+        else only unmarked. A mark whose process lives is one whose end could not be
+        saved: it is cleared (a kill's cgroup thawed all the same)."""
         pending = self._record.pending
         if not pending:
             return
@@ -744,25 +755,46 @@ class Container:
             died = not alive(ProcessIdentity(**(by if isinstance(by, dict) else {})))
         except (TypeError, ValueError):  # (no process named: a mark of another make)
             died = True
-        if operation == "kill":
-            with contextlib.suppress(SandboxrtError):  # (gone: nothing left frozen)
-                _cgroup.thaw(self._record.cgroup, self.id)
-        if died:
-            log.warning('container "%s": a %s died half-way: finished now', self.id, operation)
-        status = effective_status(self._record, self.sandbox)
-        may_update = status in (Status.CREATED, Status.RUNNING, Status.PAUSED)
-        if died and operation == "update" and updates and may_update:
-            try:
-                self._update_locked(pending["changes"])  # (which saves it done)
+        if operation == "kill" and not self._thawed_after_a_kill():
+            return  # (the mark stays: the next holder of the lock tries again)
+        if died and operation == "update" and updates:
+            if self._finish_update(pending):
                 return
-            except Exception as exc:  # (a bad mark too: it is not retried)
-                log.warning(
-                    'container "%s": its update could not be finished (%s): its cgroup may '
-                    "hold some of its values, its record none",
-                    self.id,
-                    exc,
-                )
+        elif died:
+            log.warning('container "%s": its %s died half-way', self.id, operation)
         self._unmark_pending()
+
+    def _thawed_after_a_kill(self) -> bool:
+        """Thaw the cgroup a kill of every process left frozen; whether it is (or gone)."""
+        try:
+            _cgroup.thaw(self._record.cgroup, self.id)
+        except MissingFeatureError:
+            return True
+        except SystemCallError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENODEV):
+                return True
+            log.warning('container "%s": its cgroup stays frozen: %s', self.id, exc)
+            return False
+        return True
+
+    def _finish_update(self, pending: dict[str, Any]) -> bool:
+        """Do the update a dead caller left half-way, unless the container may no longer be
+        updated; whether it was done (else it is logged, and to be unmarked)."""
+        try:
+            status = effective_status(self._record, self.sandbox)
+            if status not in (Status.CREATED, Status.RUNNING, Status.PAUSED):
+                raise InvalidStateError("update", self.id, status.value)
+            self._update_locked(pending["changes"])  # (which saves it done)
+        except Exception as exc:  # (a bad mark too: it is not retried)
+            log.warning(
+                'container "%s": an update of it died half-way and could not be finished '
+                "(%s): its cgroup may hold some of its values, its record none",
+                self.id,
+                exc,
+            )
+            return False
+        log.warning('container "%s": an update of it died half-way: finished now', self.id)
+        return True
 
     def _signal(
         self, sandbox: Sandbox | None, sig: int, *, all: bool, paused: bool, foreground: bool
@@ -1593,8 +1625,10 @@ class Container:
         self._record = attrs.evolve(self._record, gofer=serving.identity)
         self._store.save(self._record)
 
-    def _locked(self, *, corrupt_ok: bool = False, updates: bool = True) -> _Locked:
-        return _Locked(self, corrupt_ok=corrupt_ok, updates=updates)
+    def _locked(
+        self, *, corrupt_ok: bool = False, updates: bool = True, lock_timeout: float | None = None
+    ) -> _Locked:
+        return _Locked(self, corrupt_ok=corrupt_ok, updates=updates, lock_timeout=lock_timeout)
 
     def _destroy_timeout(self) -> float:
         return configured_timeout(self._record, "destroy_timeout", 10.0)
@@ -1650,13 +1684,20 @@ class _Locked:
     (read before: what a destroy then tears down)."""
 
     def __init__(
-        self, container: Container, *, corrupt_ok: bool = False, updates: bool = True
+        self,
+        container: Container,
+        *,
+        corrupt_ok: bool = False,
+        updates: bool = True,
+        lock_timeout: float | None = None,
     ) -> None:
         self._container = container
         self._corrupt_ok = corrupt_ok
         #: Whether an update a dead caller left half-way is finished (not in a destroy).
         self._updates = updates
         timeout = configured_timeout(container._record, "lock_timeout", None)  # None: the store's
+        if lock_timeout is not None:  # (at most that: a waiter's own time)
+            timeout = lock_timeout if timeout is None else min(timeout, lock_timeout)
         self._lock = container._store.lock(container.id, timeout=timeout)
 
     def __enter__(self) -> Sandbox | None:

@@ -38,7 +38,7 @@ from sandboxrt.errors import (
     SandboxDiedError,
     SandboxrtError,
 )
-from sandboxrt.sandbox import Sandbox
+from sandboxrt.sandbox import ANSWER_TIMEOUT, Sandbox
 
 __all__ = ["Process", "ProcessInfo", "process_infos"]
 
@@ -247,11 +247,15 @@ class Process:
         return self.returncode
 
     def _exit_status_if_known(self) -> int | None:
-        """:meth:`poll`, ``None`` when the sandbox cannot say (it is gone)."""
-        try:
-            return self.poll()
-        except (SandboxrtError, OSError):
-            return None
+        """:meth:`poll` with a bound on the answer; ``None`` when the sandbox cannot say."""
+        if self.returncode is None:
+            try:
+                code = self._wait_status(ANSWER_TIMEOUT, nohang=True)
+            except (SandboxrtError, OSError):  # (a TimeoutError too)
+                return None
+            if code is not None:
+                self._exited(code)
+        return self.returncode
 
     def _exited(self, returncode: int) -> None:
         with self._expiring:

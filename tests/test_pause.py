@@ -272,7 +272,7 @@ def test_a_caller_killed_while_a_kill_all_froze_the_cgroup_leaves_it_thawed_next
     record = store.load(container.id)
     assert library_cgroup.is_frozen(record.cgroup, container.id)
     assert record.pending["operation"] == "kill" and container.status is Status.RUNNING
-    with pytest.raises(ProcessTimeoutError):  # (a wait, which takes no lock, finishes it)
+    with pytest.raises(ProcessTimeoutError):  # (a wait finishes it: it takes the lock a moment)
         container.wait(timeout=0.5)
     assert not library_cgroup.is_frozen(store.load(container.id).cgroup, container.id)
     assert store.load(container.id).pending == {}
@@ -284,6 +284,25 @@ def test_a_caller_killed_while_a_kill_all_froze_the_cgroup_leaves_it_thawed_next
     container.kill("KILL", all=True)
     assert store.load(container.id).pending == {}  # (said, then unsaid)
     assert container.wait(timeout=10) == -signal.SIGKILL
+
+
+def test_a_wait_finishing_a_mark_keeps_to_its_own_timeout(
+    counter: tuple[Container, Path], store: FileStore
+) -> None:
+    """A wait that finds a mark takes the lock a moment to finish it, within its own
+    timeout: the lock held elsewhere does not hold it up for the lock's 30 s."""
+    container, _ = counter
+    mark = {"operation": "kill", "by": {"pid": 1, "start_ticks": 1, "boot_id": "x"}}
+    store.save(attrs.evolve(store.load(container.id), pending=mark))
+    with store.lock(container.id):  # (held: by another thread or process, say)
+        start = time.monotonic()
+        with pytest.raises(ProcessTimeoutError):
+            container.wait(timeout=0.3)
+        assert time.monotonic() - start < 10  # (a bound on a wait: not the lock's 30 s)
+    assert store.load(container.id).pending == mark  # (left for the next)
+    with pytest.raises(ProcessTimeoutError):
+        container.wait(timeout=0.3)
+    assert store.load(container.id).pending == {}
 
 
 class _MarkFails(FileStore):

@@ -80,8 +80,9 @@ class ContainerRecord:
     #: process: the cgroup frozen for a moment), ``{"operation": "update", "changes":
     #: {...}}`` (the cgroup written before the record is saved), with ``"by"``, the
     #: :class:`ProcessIdentity` (as a dict) of the process doing it. Found set by the next
-    #: holder of the lock, it is one that process died in, which that holder finishes, or,
-    #: the process alive, one whose end its store could not save, which it clears.
+    #: holder of the lock (a kill's cgroup is thawed first), it is one that process died
+    #: in, an update of which that holder finishes (not in a destroy, nor once stopped:
+    #: only clears), or, the process alive, one whose end the store could not save: cleared.
     pending: dict[str, Any] = attrs.field(factory=dict, repr=False)
 
     def with_status(self, new: Status) -> ContainerRecord:
