@@ -581,7 +581,8 @@ class Container:
         not to be had, leaves it."""
         if not self._record.pending:
             return
-        with contextlib.suppress(LockTimeoutError, OSError), self._locked(lock_timeout=timeout):
+        wait_up_to = None if timeout is None else max(0.0, timeout)
+        with contextlib.suppress(LockTimeoutError, OSError), self._locked(lock_timeout=wait_up_to):
             pass
 
     @_naming_resource_errors("communicate with")
@@ -605,6 +606,12 @@ class Container:
                 stderr=self.stderr,
                 console=self.console,
             )
+
+        # A frozen container (a kill of every process whose caller died, say) would never
+        # end its output: finished first.
+        with contextlib.suppress(ContainerNotFoundError):  # (its output may still be read)
+            self._refresh()
+            self._finish_pending_left(timeout)
 
         def timed_out() -> ProcessTimeoutError:
             returncode = self._init_status_if_known()

@@ -305,6 +305,27 @@ def test_a_wait_finishing_a_mark_keeps_to_its_own_timeout(
     assert store.load(container.id).pending == {}
 
 
+def test_communicate_finishes_a_mark_before_it_reads(
+    store: FileStore, bundle: BundleFactory
+) -> None:
+    """A container left frozen by a kill whose caller died never ends its output: a
+    communicate read it for ever (a wait, which came after the reading, never came)."""
+    path = bundle(["sh", "-c", "sleep 1; echo done"])
+    with Container.create("pz-talk", path, store=store, stdout=subprocess.PIPE) as container:
+        container.start()
+        library_cgroup.freeze(store.load("pz-talk").cgroup, "pz-talk", timeout=5)
+        gone = {"pid": 1, "start_ticks": 1, "boot_id": "x"}  # (no such process)
+        store.save(attrs.evolve(store.load("pz-talk"), pending={"operation": "kill", "by": gone}))
+        assert container.communicate(timeout=30) == (b"done\n", None)
+        assert store.load("pz-talk").pending == {}
+    with Container.create("pz-neg", bundle(["sleep", "100"]), store=store) as waiting:
+        with pytest.raises(ProcessTimeoutError):  # (a negative time: as without a mark)
+            waiting.wait(-1)
+        store.save(attrs.evolve(store.load("pz-neg"), pending={"operation": "kill", "by": gone}))
+        with pytest.raises(ProcessTimeoutError):
+            waiting.wait(-1)
+
+
 class _MarkFails(FileStore):
     """A store that cannot save a record marked busy (a full disk, say)."""
 
