@@ -574,7 +574,8 @@ class Container:
         return self._wait_for_init(self._sandbox_to_wait_on("wait for"), remaining)
 
     def _finish_pending_left(self, timeout: float | None) -> None:
-        """For a reader about to wait on the container (``wait``): a mark left ``pending``
+        """For a reader about to wait on the container (``wait``, ``wait_pid``,
+        ``communicate``): a mark left ``pending``
         (by a kill of every process whose caller died with the cgroup frozen, say) is
         finished by taking the lock a moment, as any operation that changes the container
         would; a lock not had within ``timeout`` (or the configured lock timeout), or
@@ -897,10 +898,13 @@ class Container:
         """
         pid = _process_pid(self.id, pid)
         timeout = wait_seconds(self.id, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._refresh()
+        self._finish_pending_left(timeout)
         sandbox = self._sandbox_to_wait_on("wait for a process of")
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            code = sandbox.wait_process(self.id, pid, timeout)
+            code = sandbox.wait_process(self.id, pid, remaining)
         except TimeoutError:
             raise ProcessTimeoutError(self.id, [], timeout or 0.0, pid=pid) from None
         assert code is not None

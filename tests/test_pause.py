@@ -303,6 +303,11 @@ def test_a_wait_finishing_a_mark_keeps_to_its_own_timeout(
     with pytest.raises(ProcessTimeoutError):
         container.wait(timeout=0.3)
     assert store.load(container.id).pending == {}
+    store.save(attrs.evolve(store.load(container.id), pending=mark))
+    init = container.processes()[0].pid
+    with pytest.raises(ProcessTimeoutError):
+        container.wait_pid(init, timeout=0.3)  # (as a wait)
+    assert store.load(container.id).pending == {}
 
 
 def test_communicate_finishes_a_mark_before_it_reads(
