@@ -15,11 +15,13 @@ from typing import Any
 import pytest
 from conftest import in_python, wait_until
 
+from sandboxrt import _cgroup
 from sandboxrt._core import abi, devicefilter
 from sandboxrt._os import cgroup_marks, cgroups, procfs, syscalls
 from sandboxrt._os.cgroups import (
     Cgroup,
     CgroupLayout,
+    CgroupStats,
     CgroupV1,
     CgroupV2,
     DeviceRule,
@@ -1238,3 +1240,27 @@ def test_the_cgroups_beneath_one_stop_at_a_mount_and_a_thaw_never_blocks() -> No
         for name in ("/child/grand", "/child", "/mnt", ""):  # (the mount went with its namespace)
             with contextlib.suppress(FileNotFoundError):
                 os.rmdir(top + name)
+
+
+@pytest.mark.parametrize(
+    ("requested", "kernel", "named"),
+    [
+        (4196, 4096, "4096 bytes, the 4196 asked for in whole pages"),
+        (8192, 8192, "8192 bytes"),
+        (-1, 9223372036854771712, "9223372036854771712 bytes"),  # (no limit: met the host's)
+        (None, 4096, "4096 bytes"),
+        (1 << 30, 1 << 20, f"{1 << 20} bytes"),  # (a parent's limit, not a rounding)
+    ],
+)
+def test_the_memory_limit_met_is_named_as_the_kernel_keeps_it(
+    monkeypatch: pytest.MonkeyPatch, requested: int | None, kernel: int, named: str
+) -> None:
+    """The limit asked for is named too only when the kernel rounded it to whole pages."""
+
+    class Met:
+        def stats(self) -> CgroupStats:
+            return CgroupStats(memory_limit=kernel, oom_kills=1)
+
+    monkeypatch.setattr(_cgroup.cgroups, "load", lambda *_a, **_k: Met())
+    said = _cgroup.memory_limit_hit({"placements": []}, "c1", requested)
+    assert said == f"its memory limit ({named}) was reached: the OOM killer killed"
