@@ -354,20 +354,16 @@ def signal_all(
             cgroup.thaw()
 
 
-def freezes_to_signal(
-    record: CgroupRef | None, container_id: str, signum: int, *, paused: bool = False
-) -> bool:
-    """Whether :func:`signal_all` freezes the container's cgroup for a moment to send
-    ``signum`` (no freezer, or ``cgroup.kill`` for ``SIGKILL``: it does not)."""
+def freezes_to_signal(record: CgroupRef | None, container_id: str, signum: int) -> bool:
+    """Whether :func:`signal_all` freezes the container's cgroup (not paused) for a
+    moment to send ``signum`` (no freezer, or ``cgroup.kill`` for ``SIGKILL``: not)."""
     if record is None:
         return False
     try:
         cgroup = attach(record, container_id)
     except SandboxrtError:
         return False
-    if signum == signal.SIGKILL:
-        return not cgroup.can_kill_at_once() and cgroup.can_freeze()
-    return not paused and cgroup.can_freeze()
+    return cgroup.can_freeze() and not (signum == signal.SIGKILL and cgroup.can_kill_at_once())
 
 
 def remove_left_behind(

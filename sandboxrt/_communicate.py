@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import IO
 
+from sandboxrt._seconds import seconds_left
 from sandboxrt.errors import InvalidArgumentError, ProcessTimeoutError
 
 __all__ = ["Communication"]
@@ -81,7 +82,7 @@ class Communication:
                 self.pump(deadline, given_up=given_up, poll=poll)
             except TimeoutError:
                 raise timed_out() from None
-            wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            wait(seconds_left(deadline))
         except ProcessTimeoutError as error:
             error.output, error.stderr = self.collected()
             raise

@@ -12,7 +12,6 @@ import os
 import signal as _signal
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, Concatenate, Literal, ParamSpec, TypedDict, TypeVar, overload
 
@@ -52,7 +51,7 @@ from sandboxrt._pod_join import (
 )
 from sandboxrt._proc import hooks
 from sandboxrt._proc.launcher import Launcher, default_launcher
-from sandboxrt._seconds import wait_seconds
+from sandboxrt._seconds import deadline_after, seconds_left, wait_seconds
 from sandboxrt._signals import (
     DEFAULT_FORWARDED,
     REFUSED_SIGNALS,
@@ -566,25 +565,25 @@ class Container:
 
         Works any number of times and from any process, until :meth:`destroy`.
         """
-        timeout = wait_seconds(self.id, timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self._refresh()
-        self._finish_pending_left(timeout)
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        remaining = self._ready_to_wait(wait_seconds(self.id, timeout))
         return self._wait_for_init(self._sandbox_to_wait_on("wait for"), remaining)
 
-    def _finish_pending_left(self, timeout: float | None) -> None:
-        """For a reader about to wait on the container (``wait``, ``wait_pid``,
-        ``communicate``): a mark left ``pending``
-        (by a kill of every process whose caller died with the cgroup frozen, say) is
-        finished by taking the lock a moment, as any operation that changes the container
-        would; a lock not had within ``timeout`` (or the configured lock timeout), or
-        not to be had, leaves it."""
-        if not self._record.pending:
-            return
-        wait_up_to = None if timeout is None else max(0.0, timeout)
-        with contextlib.suppress(LockTimeoutError, OSError), self._locked(lock_timeout=wait_up_to):
-            pass
+    def _ready_to_wait(self, timeout: float | None) -> float | None:
+        """Before a wait on the container (``wait``, ``wait_pid``, ``communicate``): the
+        record read again, and a mark left ``pending`` (by a kill of every process whose
+        caller died with the cgroup frozen, say) finished by taking the lock a moment, as
+        any operation that changes the container would (a lock not had within
+        ``timeout``, or not to be had, leaves it); what is left of ``timeout``."""
+        deadline = deadline_after(timeout)
+        self._refresh()
+        if self._record.pending:
+            wait_up_to = None if timeout is None else max(0.0, timeout)
+            with (
+                contextlib.suppress(LockTimeoutError, OSError),
+                self._locked(lock_timeout=wait_up_to),
+            ):
+                pass
+        return seconds_left(deadline)
 
     @_naming_resource_errors("communicate with")
     def communicate(
@@ -598,7 +597,7 @@ class Container:
         init runs on, as after ``Popen.communicate(timeout=...)``); call it again to go
         on. The container must be started for anything to come."""
         timeout = wait_seconds(self.id, timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = deadline_after(timeout)
         if self._communication is None:
             self._communication = Communication(
                 self.id,
@@ -611,8 +610,7 @@ class Container:
         # A frozen container (a kill of every process whose caller died, say) would never
         # end its output: finished first.
         with contextlib.suppress(ContainerNotFoundError):  # (its output may still be read)
-            self._refresh()
-            self._finish_pending_left(timeout)
+            self._ready_to_wait(timeout)
 
         def timed_out() -> ProcessTimeoutError:
             returncode = self._init_status_if_known()
@@ -621,10 +619,7 @@ class Container:
             )
 
         def wait(remaining: float | None) -> int:
-            self._refresh()
-            self._finish_pending_left(remaining)
-            if deadline is not None:
-                remaining = max(0.0, deadline - time.monotonic())
+            remaining = self._ready_to_wait(remaining)
             return self._wait_for_init(self._sandbox_to_wait_on("communicate with"), remaining)
 
         return self._communication.communicate(input, deadline, wait=wait, timed_out=timed_out)
@@ -898,11 +893,8 @@ class Container:
         """
         pid = _process_pid(self.id, pid)
         timeout = wait_seconds(self.id, timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self._refresh()
-        self._finish_pending_left(timeout)
+        remaining = self._ready_to_wait(timeout)
         sandbox = self._sandbox_to_wait_on("wait for a process of")
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             code = sandbox.wait_process(self.id, pid, remaining)
         except TimeoutError:

@@ -17,7 +17,6 @@ import os
 import signal as _signal
 import socket
 import threading
-import time
 import warnings
 import weakref
 from collections.abc import Iterable, Sequence
@@ -28,7 +27,7 @@ import attrs
 
 from sandboxrt._communicate import Communication
 from sandboxrt._os import procfs
-from sandboxrt._seconds import wait_seconds
+from sandboxrt._seconds import deadline_after, wait_seconds
 from sandboxrt._signals import signal_number
 from sandboxrt._stdio import close_streams
 from sandboxrt.errors import (
@@ -219,8 +218,12 @@ class Process:
 
     def poll(self) -> int | None:
         """The exit status if the process has exited, else ``None``."""
+        return self._polled()
+
+    def _polled(self, answer_timeout: float | None = None) -> int | None:
+        """:meth:`poll`, the supervisor's answer waited for ``answer_timeout`` at most."""
         if self.returncode is None:
-            code = self._wait_status(nohang=True)
+            code = self._wait_status(answer_timeout, nohang=True)
             if code is not None:
                 self._exited(code)
         return self.returncode
@@ -248,14 +251,10 @@ class Process:
 
     def _exit_status_if_known(self) -> int | None:
         """:meth:`poll` with a bound on the answer; ``None`` when the sandbox cannot say."""
-        if self.returncode is None:
-            try:
-                code = self._wait_status(ANSWER_TIMEOUT, nohang=True)
-            except (SandboxrtError, OSError):  # (a TimeoutError too)
-                return None
-            if code is not None:
-                self._exited(code)
-        return self.returncode
+        try:
+            return self._polled(ANSWER_TIMEOUT)
+        except (SandboxrtError, OSError):  # (a TimeoutError too)
+            return None
 
     def _exited(self, returncode: int) -> None:
         with self._expiring:
@@ -348,7 +347,7 @@ class Process:
         character (``^D``).
         """
         timeout = wait_seconds(self.container_id, timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = deadline_after(timeout)
 
         def timed_out() -> ProcessTimeoutError:
             if self.timed_out:  # (its own deadline killed it meanwhile)
